@@ -1,0 +1,312 @@
+//! The kernel and the root image: built once from the sources in this repository, cached
+//! under a key that hashes every input, and checked before each boot.
+
+mod check;
+mod progress;
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+pub use check::{check_kernel, check_rootfs, CheckError};
+use progress::BuildProgress;
+
+/// The guest binaries of this very build (see build.rs): packed into the root image.
+const GUEST_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nodeos-init"));
+/// Where this binary was built from: the kernel/ and rootfs/ builders live there.
+const BUILT_FROM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error(
+        "the nodeos-vm sources (kernel/, rootfs/) are not in {0}; set NODEOS_VM_SRC to a checkout, \
+         or pass --kernel and --rootfs"
+    )]
+    NoSources(PathBuf),
+    #[error("no cache directory: set NODEOS_VM_CACHE, XDG_CACHE_HOME or HOME")]
+    NoCacheDir,
+    #[error("reading the {what} inputs at {path}")]
+    ReadInput { what: &'static str, path: PathBuf, #[source] source: io::Error },
+    #[error("using the cache directory {path}")]
+    Cache { path: PathBuf, #[source] source: io::Error },
+    #[error("starting the {what} build ({script})")]
+    Spawn { what: &'static str, script: PathBuf, #[source] source: io::Error },
+    #[error("the {what} build failed ({status}); its last lines:\n{tail}\nfull log: {log}")]
+    BuildFailed { what: &'static str, status: String, tail: String, log: PathBuf },
+    #[error("the {what} build finished without producing {path}")]
+    NoOutput { what: &'static str, path: PathBuf },
+}
+
+type Result<T, E = ArtifactError> = std::result::Result<T, E>;
+
+/// The two things a guest boots from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Artifact {
+    Kernel,
+    Rootfs,
+}
+
+impl Artifact {
+    pub fn name(self) -> &'static str {
+        match self {
+            Artifact::Kernel => "kernel",
+            Artifact::Rootfs => "root image",
+        }
+    }
+
+    fn file_name(self) -> &'static str {
+        match self {
+            Artifact::Kernel => "vmlinux",
+            Artifact::Rootfs => "rootfs.img",
+        }
+    }
+
+    fn script(self) -> &'static str {
+        match self {
+            Artifact::Kernel => "kernel/build.sh",
+            Artifact::Rootfs => "rootfs/build.sh",
+        }
+    }
+
+    /// Source folders whose every file is an input.
+    fn input_dirs(self) -> &'static [&'static str] {
+        match self {
+            Artifact::Kernel => &["kernel"],
+            Artifact::Rootfs => &["rootfs", "guest/js"],
+        }
+    }
+
+    /// Debian packages whose version is an input (the kernel source, Node's shared libraries).
+    fn packages(self) -> &'static [&'static str] {
+        match self {
+            Artifact::Kernel => &["linux-source-6.1"],
+            Artifact::Rootfs => &["libc6", "libstdc++6", "libgcc-s1"],
+        }
+    }
+
+    /// Said before a first build, so nobody thinks it hangs.
+    pub fn first_build_estimate(self) -> &'static str {
+        match self {
+            Artifact::Kernel => "about 5 minutes on 2 cores",
+            Artifact::Rootfs => "about 1 minute, downloading Node.js and npm",
+        }
+    }
+}
+
+/// Builds and finds the artifacts.
+#[derive(Debug, Clone)]
+pub struct Store {
+    sources: PathBuf,
+    cache: PathBuf,
+}
+
+impl Store {
+    /// The store of this user: sources from `NODEOS_VM_SRC` (else the checkout this binary was
+    /// built from), cache in `NODEOS_VM_CACHE`, `XDG_CACHE_HOME/nodeos-vm` or `~/.cache/nodeos-vm`.
+    pub fn from_env() -> Result<Store> {
+        let sources = std::env::var_os("NODEOS_VM_SRC").map(PathBuf::from).unwrap_or_else(|| BUILT_FROM.into());
+        let cache = cache_dir().ok_or(ArtifactError::NoCacheDir)?;
+        Ok(Store { sources, cache })
+    }
+
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache
+    }
+
+    /// The cached artifact for the current inputs, if it was built.
+    pub fn cached(&self, artifact: Artifact) -> Result<Option<PathBuf>> {
+        let path = self.entry(artifact, &self.key(artifact)?).join(artifact.file_name());
+        Ok(path.is_file().then_some(path))
+    }
+
+    /// The artifact for the current inputs, built first when missing (or when `force`).
+    pub fn ensure(&self, artifact: Artifact, force: bool) -> Result<PathBuf> {
+        fs::create_dir_all(&self.cache).map_err(|e| self.cache_error(e))?;
+        // Several nodeos-vm processes (parallel tests) may want the same artifact: one builds.
+        let lock = File::create(self.cache.join(format!("{}.lock", artifact.file_name())))
+            .map_err(|e| self.cache_error(e))?;
+        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| self.cache_error(e.into()))?;
+        if !force {
+            if let Some(path) = self.cached(artifact)? {
+                return Ok(path);
+            }
+        }
+        self.build(artifact)
+    }
+
+    fn build(&self, artifact: Artifact) -> Result<PathBuf> {
+        let script = self.sources.join(artifact.script());
+        if !script.is_file() {
+            return Err(ArtifactError::NoSources(self.sources.clone()));
+        }
+        let work = tempfile::Builder::new()
+            .prefix(&format!("build-{}-", artifact.file_name()))
+            .tempdir_in(&self.cache)
+            .map_err(|e| self.cache_error(e))?;
+        let out = work.path().join("out");
+        fs::create_dir(&out).map_err(|e| self.cache_error(e))?;
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script).arg(&out);
+        if artifact == Artifact::Rootfs {
+            let guest = work.path().join("guest");
+            fs::create_dir(&guest).map_err(|e| self.cache_error(e))?;
+            write_executable(&guest.join("nodeos-init"), GUEST_INIT).map_err(|e| self.cache_error(e))?;
+            cmd.arg(&guest);
+        }
+        cmd.env("DOWNLOAD_DIR", self.cache.join("downloads"));
+
+        let log_path = self.cache.join(format!("{}.log", artifact.file_name()));
+        let started = Instant::now();
+        run_logged(artifact, cmd, &script, &log_path, &self.cache)?;
+
+        let built = out.join(artifact.file_name());
+        if !built.is_file() {
+            return Err(ArtifactError::NoOutput { what: artifact.name(), path: built });
+        }
+        // The build may have installed the packages it reads: key it by what it really used.
+        let entry = self.entry(artifact, &self.key(artifact)?);
+        if entry.exists() {
+            fs::remove_dir_all(&entry).map_err(|e| self.cache_error(e))?;
+        }
+        fs::rename(&out, &entry).map_err(|e| self.cache_error(e))?;
+        tracing::info!("built the {} in {:.0?}", artifact.name(), started.elapsed());
+        Ok(entry.join(artifact.file_name()))
+    }
+
+    fn entry(&self, artifact: Artifact, key: &str) -> PathBuf {
+        self.cache.join(format!("{}-{key}", artifact.file_name()))
+    }
+
+    /// A hash of everything the artifact is built from.
+    pub fn key(&self, artifact: Artifact) -> Result<String> {
+        let mut hasher = Sha256::new();
+        for dir in artifact.input_dirs() {
+            let mut files = Vec::new();
+            list_files(&self.sources.join(dir), &mut files).map_err(|source| ArtifactError::ReadInput {
+                what: artifact.name(),
+                path: self.sources.join(dir),
+                source,
+            })?;
+            files.sort();
+            for file in files {
+                let data = fs::read(&file).map_err(|source| ArtifactError::ReadInput {
+                    what: artifact.name(),
+                    path: file.clone(),
+                    source,
+                })?;
+                let rel = file.strip_prefix(&self.sources).unwrap_or(&file);
+                hash_field(&mut hasher, rel.as_os_str().as_encoded_bytes());
+                hash_field(&mut hasher, &data);
+            }
+        }
+        for package in artifact.packages() {
+            hash_field(&mut hasher, package.as_bytes());
+            hash_field(&mut hasher, installed_version(package).as_bytes());
+        }
+        if artifact == Artifact::Rootfs {
+            hash_field(&mut hasher, GUEST_INIT);
+        }
+        Ok(hex::encode(&hasher.finalize()[..8]))
+    }
+
+    fn cache_error(&self, source: io::Error) -> ArtifactError {
+        ArtifactError::Cache { path: self.cache.clone(), source }
+    }
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    let env = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("NODEOS_VM_CACHE")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("nodeos-vm")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache/nodeos-vm")))
+}
+
+/// Length-prefixed, so that no two different input sets hash alike.
+fn hash_field(hasher: &mut Sha256, data: &[u8]) {
+    hasher.update((data.len() as u64).to_le_bytes());
+    hasher.update(data);
+}
+
+fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            list_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The installed version of a Debian package, or `absent`.
+fn installed_version(package: &str) -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", package])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|| "absent".into())
+}
+
+fn write_executable(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new().write(true).create_new(true).mode(0o755).open(path)?.write_all(data)
+}
+
+/// Runs a build script with its output in a log file and its progress on the terminal.
+fn run_logged(artifact: Artifact, mut cmd: Command, script: &Path, log_path: &Path, cache: &Path) -> Result<()> {
+    let spawn_error = |source| ArtifactError::Spawn { what: artifact.name(), script: script.to_path_buf(), source };
+    let mut log = File::create(log_path).map_err(|source| ArtifactError::Cache { path: cache.to_path_buf(), source })?;
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(spawn_error)?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let readers = [
+        forward_lines(child.stdout.take().expect("piped"), tx.clone()),
+        forward_lines(child.stderr.take().expect("piped"), tx),
+    ];
+    let mut progress = BuildProgress::start(artifact, cache);
+    let mut tail = std::collections::VecDeque::new();
+    for line in rx {
+        let _ = writeln!(log, "{line}");
+        progress.line(&line);
+        if tail.len() == 20 {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let status = child.wait().map_err(spawn_error)?;
+    if !status.success() {
+        progress.fail();
+        return Err(ArtifactError::BuildFailed {
+            what: artifact.name(),
+            status: status.to_string(),
+            tail: Vec::from(tail).join("\n"),
+            log: log_path.to_path_buf(),
+        });
+    }
+    progress.finish();
+    Ok(())
+}
+
+fn forward_lines(stream: impl io::Read + Send + 'static, tx: mpsc::Sender<String>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
+            if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
+                break;
+            }
+        }
+    })
+}

@@ -1,0 +1,67 @@
+//! The two ways to run a guest: our own VMM on KVM, or QEMU's microvm machine (KVM or TCG).
+//! Both take the same [`VmSpec`] and the same console fds and end with the same [`VmExit`],
+//! so callers cannot tell them apart (see docs/guest-contract.md).
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::console::ConsoleReady;
+
+/// Everything needed to boot one microVM, whatever the backend.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// ELF vmlinux with a PVH entry (or a bzImage, KVM backend only).
+    pub kernel: PathBuf,
+    /// Read-only squashfs root image: the first virtio-blk device, `/dev/vda`.
+    pub rootfs: PathBuf,
+    /// Writable ext4 image for the overlay's upper layer: `/dev/vdb` when present.
+    pub upper_disk: Option<PathBuf>,
+    pub memory_mib: u32,
+    pub cpus: u8,
+    /// The kernel command line without the `virtio_mmio.device=` entries, which each backend
+    /// adds for the devices it creates.
+    pub cmdline: String,
+}
+
+/// The guest's serial console: bytes read from `input` go to the UART, UART output goes to
+/// `output`. The caller owns the host terminal (raw mode, EOF translation). The backend calls
+/// `ready.signal()` when the guest writes [`CONSOLE_READY`] to the boot-timer port: the host
+/// holds input back until then.
+#[derive(Debug)]
+pub struct ConsoleIo {
+    pub input: OwnedFd,
+    pub output: OwnedFd,
+    pub ready: ConsoleReady,
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest wrote its exit status to the exit port (0xf4).
+    Guest(u8),
+    /// The guest reset or shut down without an exit status: a kernel panic (`panic=-1`
+    /// reboots), a triple fault, or a reboot.
+    Reset,
+}
+
+/// What a finished VM reports back.
+#[derive(Debug, Clone, Copy)]
+pub struct RunReport {
+    pub exit: VmExit,
+    /// Time from the backend's start to the guest's write to the boot-timer port (0x3f0).
+    pub init_reached: Option<Duration>,
+}
+
+/// Exit port: the guest writes its exit status here (docs/guest-contract.md).
+pub const EXIT_PORT: u16 = 0xf4;
+/// Boot-timer port: guest init writes [`INIT_STARTED`] here as its first action and
+/// [`CONSOLE_READY`] once its console takes input.
+pub const BOOT_TIMER_PORT: u16 = 0x3f0;
+/// Boot-timer byte: the guest's first userspace instruction ran.
+pub const INIT_STARTED: u8 = b'I';
+/// Boot-timer byte: the guest console is configured; input sent from now on is kept.
+pub const CONSOLE_READY: u8 = b'R';
+
+pub mod detect;
+pub mod qemu;

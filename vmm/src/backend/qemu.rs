@@ -1,0 +1,184 @@
+//! The fallback backend: QEMU's `microvm` machine, with KVM where the host's KVM can run Linux
+//! guests and TCG elsewhere. It gives the guest the same devices, ports and console as our own
+//! VMM (docs/guest-contract.md), so callers cannot tell the two apart.
+
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{ConsoleIo, RunReport, VmExit, VmSpec, BOOT_TIMER_PORT, CONSOLE_READY, EXIT_PORT, INIT_STARTED};
+
+const QEMU: &str = "qemu-system-x86_64";
+/// Most of QEMU's stderr we keep to explain a failure.
+const STDERR_LIMIT: u64 = 64 * 1024;
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("{QEMU} was not found on PATH; install it with `apt-get install qemu-system-x86`")]
+    NotFound,
+    #[error("starting {QEMU}")]
+    Spawn(#[source] io::Error),
+    #[error("creating the boot-timer socket in {0}")]
+    TimerSocket(PathBuf, #[source] io::Error),
+    #[error("waiting for {QEMU}")]
+    Wait(#[source] io::Error),
+    #[error("{QEMU} failed (exit status {status}): {stderr}")]
+    Failed { status: String, stderr: String },
+}
+
+/// Boots `spec` under QEMU and waits for the VM to end.
+pub fn run(spec: &VmSpec, console: ConsoleIo, accel: Accel) -> Result<RunReport, QemuError> {
+    let started = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("nodeos-vm-qemu")
+        .tempdir()
+        .map_err(|e| QemuError::TimerSocket(std::env::temp_dir(), e))?;
+    let timer_path = dir.path().join("timer.sock");
+    let timer = UnixListener::bind(&timer_path).map_err(|e| QemuError::TimerSocket(timer_path.clone(), e))?;
+
+    let mut child = Command::new(QEMU)
+        .args(args(spec, accel, timer_path.into_os_string()))
+        .stdin(Stdio::from(console.input))
+        .stdout(Stdio::from(console.output))
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => QemuError::NotFound,
+            _ => QemuError::Spawn(e),
+        })?;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let stderr = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.take(STDERR_LIMIT).read_to_string(&mut text);
+        text
+    });
+    let init_reached = Arc::new(Mutex::new(None));
+    watch_boot_timer(timer, started, console.ready, Arc::clone(&init_reached));
+
+    let status = child.wait().map_err(QemuError::Wait)?;
+    let stderr = stderr.join().unwrap_or_default();
+    let init_reached = *init_reached.lock().unwrap();
+    let exit = decode_exit(status.code(), init_reached.is_some()).ok_or_else(|| QemuError::Failed {
+        status: status.to_string(),
+        stderr: stderr.trim().to_string(),
+    })?;
+    Ok(RunReport { exit, init_reached })
+}
+
+/// QEMU reports the exit port's byte `b` as process status `(b << 1) | 1`, and a guest reset
+/// (with `-no-reboot`) as 0; it also exits with 1 on its own errors, which we tell from a
+/// guest exit with byte 0 by whether the guest ever reached init.
+fn decode_exit(code: Option<i32>, init_reached: bool) -> Option<VmExit> {
+    match code? {
+        0 => Some(VmExit::Reset),
+        1 if !init_reached => None,
+        c if c & 1 == 1 && (1..=255).contains(&c) => Some(VmExit::Guest((c >> 1) as u8)),
+        _ => None,
+    }
+}
+
+/// Timestamps the guest's first boot-timer byte and opens the console gate on the second.
+fn watch_boot_timer(
+    timer: UnixListener,
+    started: Instant,
+    ready: crate::console::ConsoleReady,
+    init_reached: Arc<Mutex<Option<Duration>>>,
+) {
+    thread::Builder::new()
+        .name("boot-timer".into())
+        .spawn(move || {
+            let Ok((mut conn, _)) = timer.accept() else { return };
+            let mut byte = [0u8; 1];
+            while let Ok(1) = conn.read(&mut byte) {
+                match byte[0] {
+                    INIT_STARTED => {
+                        init_reached.lock().unwrap().get_or_insert(started.elapsed());
+                    }
+                    CONSOLE_READY => ready.signal(),
+                    _ => {}
+                }
+            }
+            // The VM is gone: let the console relay run (and end) rather than wait forever.
+            ready.signal();
+        })
+        .expect("spawning the boot-timer thread");
+}
+
+fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString) -> Vec<OsString> {
+    let (accel, cpu) = match accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Tcg => ("tcg", "max"),
+    };
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+    push(&["-M", "microvm,acpi=off,x-option-roms=off,rtc=off", "-accel", accel, "-cpu", cpu]);
+    push(&["-m", &format!("{}M", spec.memory_mib), "-smp", &spec.cpus.to_string()]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    push(&["-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console"]);
+    push(&["-device", &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=1")]);
+    push(&["-device", &format!("isa-debugcon,iobase={BOOT_TIMER_PORT:#x},chardev=timer")]);
+    push(&["-object", "rng-random,id=rng,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng"]);
+    a.push("-chardev".into());
+    a.push(with_prefix("socket,id=timer,path=", timer_socket));
+    a.push("-kernel".into());
+    a.push(spec.kernel.clone().into_os_string());
+    a.push("-append".into());
+    a.push(spec.cmdline.clone().into());
+    // microvm lists virtio-mmio devices on the kernel command line in reverse order of
+    // creation: create the upper disk first so the root image is the first disk, /dev/vda.
+    if let Some(upper) = &spec.upper_disk {
+        a.push("-drive".into());
+        a.push(with_prefix("id=upper,format=raw,if=none,cache=writeback,file=", upper.clone().into_os_string()));
+        a.extend(["-device", "virtio-blk-device,drive=upper"].map(OsString::from));
+    }
+    a.push("-drive".into());
+    a.push(with_prefix("id=root,format=raw,if=none,readonly=on,file=", spec.rootfs.clone().into_os_string()));
+    a.extend(["-device", "virtio-blk-device,drive=root"].map(OsString::from));
+    a
+}
+
+/// `prefix` followed by a path, with QEMU's option escaping (`,` doubled).
+fn with_prefix(prefix: &str, path: OsString) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut bytes = prefix.as_bytes().to_vec();
+    for &b in path.as_bytes() {
+        bytes.push(b);
+        if b == b',' {
+            bytes.push(b',');
+        }
+    }
+    OsString::from_vec(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses() {
+        assert_eq!(decode_exit(Some(1), true), Some(VmExit::Guest(0)));
+        assert_eq!(decode_exit(Some(7), true), Some(VmExit::Guest(3)));
+        assert_eq!(decode_exit(Some(255), true), Some(VmExit::Guest(127)));
+        assert_eq!(decode_exit(Some(0), true), Some(VmExit::Reset));
+        assert_eq!(decode_exit(Some(1), false), None, "QEMU's own error before the guest ran");
+        assert_eq!(decode_exit(Some(2), true), None);
+        assert_eq!(decode_exit(None, true), None, "killed by a signal");
+    }
+
+    #[test]
+    fn paths_with_commas_are_escaped() {
+        assert_eq!(with_prefix("file=", "/a,b".into()), OsString::from("file=/a,,b"));
+    }
+}

@@ -1,0 +1,135 @@
+//! The host side of the guest's serial console: the terminal in raw mode (restored on drop), or
+//! plain pipes where a `^D` stands for end of input. Input is held back until the guest says
+//! its console is ready, since bytes sent earlier would be lost or echoed during boot.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+
+use nix::sys::termios::{self, SetArg, Termios};
+
+use crate::backend::ConsoleIo;
+use crate::cmdline::ConsoleMode;
+
+/// End of transmission: what the guest's canonical-mode console takes as end of input.
+const EOT: u8 = 0x04;
+/// Window size used when the terminal doesn't report one.
+const DEFAULT_SIZE: (u16, u16) = (80, 24);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("creating the console pipe")]
+    Pipe(#[source] nix::Error),
+    #[error("duplicating the host's standard {0} for the guest console")]
+    Dup(&'static str, #[source] io::Error),
+    #[error("putting the terminal in raw mode")]
+    RawMode(#[source] nix::Error),
+}
+
+/// Set once the guest's console can take input (boot-timer byte `R`).
+#[derive(Debug, Clone, Default)]
+pub struct ConsoleReady(Arc<(Mutex<bool>, Condvar)>);
+
+impl ConsoleReady {
+    pub fn signal(&self) {
+        let (lock, cvar) = &*self.0;
+        *lock.lock().unwrap() = true;
+        cvar.notify_all();
+    }
+
+    pub fn wait(&self) {
+        let (lock, cvar) = &*self.0;
+        let mut ready = lock.lock().unwrap();
+        while !*ready {
+            ready = cvar.wait(ready).unwrap();
+        }
+    }
+}
+
+/// The host terminal attached to a guest console; restores the terminal when dropped.
+pub struct HostConsole {
+    mode: ConsoleMode,
+    saved: Option<Termios>,
+}
+
+impl HostConsole {
+    /// Attaches the process's stdin/stdout: a tty (both ends terminals) unless `force_pipe`.
+    pub fn attach(force_pipe: bool) -> Result<(HostConsole, ConsoleIo), ConsoleError> {
+        let stdin = io::stdin();
+        let stdout = io::stdout();
+        let is_tty = !force_pipe
+            && termios::tcgetattr(stdin.as_fd()).is_ok()
+            && nix::unistd::isatty(stdout.as_raw_fd()).unwrap_or(false);
+        let (mode, saved) = if is_tty {
+            let saved = termios::tcgetattr(stdin.as_fd()).map_err(ConsoleError::RawMode)?;
+            let mut raw = saved.clone();
+            termios::cfmakeraw(&mut raw);
+            termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).map_err(ConsoleError::RawMode)?;
+            let (cols, rows) = window_size(&stdout).unwrap_or(DEFAULT_SIZE);
+            (ConsoleMode::Tty { cols, rows }, Some(saved))
+        } else {
+            (ConsoleMode::Pipe, None)
+        };
+        let host = HostConsole { mode, saved };
+
+        let (guest_in, relay_out) = nix::unistd::pipe().map_err(ConsoleError::Pipe)?;
+        let output = stdout.as_fd().try_clone_to_owned().map_err(|e| ConsoleError::Dup("output", e))?;
+        let ready = ConsoleReady::default();
+        spawn_relay(mode, relay_out, ready.clone());
+        Ok((host, ConsoleIo { input: guest_in, output, ready }))
+    }
+
+    pub fn mode(&self) -> ConsoleMode {
+        self.mode
+    }
+}
+
+impl Drop for HostConsole {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            // Best effort: nothing better to do if the terminal went away.
+            let _ = termios::tcsetattr(io::stdin().as_fd(), SetArg::TCSANOW, saved);
+        }
+    }
+}
+
+fn window_size(stdout: &io::Stdout) -> Option<(u16, u16)> {
+    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the valid, exclusively borrowed `ws`.
+    let rc = unsafe { libc::ioctl(stdout.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
+}
+
+/// Copies host stdin to the guest once it is ready. In pipe mode, end of input becomes `^D`
+/// (twice after a partial line: the first only ends the line). The thread ends with the
+/// input or when the guest goes away (broken pipe); it never holds the VM up.
+fn spawn_relay(mode: ConsoleMode, out: OwnedFd, ready: ConsoleReady) {
+    thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            let mut out = std::fs::File::from(out);
+            let mut stdin = io::stdin().lock();
+            let mut buf = [0u8; 4096];
+            let mut last = b'\n';
+            ready.wait();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        last = buf[n - 1];
+                        if out.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            if mode == ConsoleMode::Pipe {
+                let eof: &[u8] = if last == b'\n' { &[EOT] } else { &[EOT, EOT] };
+                let _ = out.write_all(eof);
+            }
+        })
+        .expect("spawning the console input thread");
+}

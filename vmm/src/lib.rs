@@ -1,0 +1,11 @@
+//! nodeos-vm: boots NodeOS (a Linux kernel whose whole userland is Node.js) in microVMs, on our
+//! own KVM-based VMM or on QEMU's microvm machine.
+//!
+//! CLI (`cli`) -> backend (`backend::{kvm, qemu}`) -> VM builder -> devices.
+
+pub mod artifacts;
+pub mod backend;
+pub mod cli;
+pub mod cmdline;
+pub mod console;
+pub mod vm_config;

@@ -1,0 +1,88 @@
+//! The user's choices for one VM (memory, vCPUs), checked before anything is built or started.
+
+const MIB: u64 = 1024 * 1024;
+/// Below this, Node.js and npm run out of memory in the guest.
+pub const MIN_MEMORY_MIB: u32 = 128;
+/// The guest kernel is built for at most this many CPUs (kernel/config.fragment).
+pub const MAX_CPUS: u8 = 32;
+pub const DEFAULT_MEMORY: &str = "512M";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--memory {0:?} is not a size; write it like 512M, 2G or 1024 (MiB)")]
+    MemorySyntax(String),
+    #[error("--memory {given}: the guest needs at least {MIN_MEMORY_MIB} MiB")]
+    MemoryTooSmall { given: String },
+    #[error("--memory {given}: this host has only {host_mib} MiB of memory")]
+    MemoryTooLarge { given: String, host_mib: u64 },
+    #[error("--cpus {0}: a VM has 1 to {MAX_CPUS} vCPUs")]
+    Cpus(u32),
+}
+
+/// Parses `512`, `512M`, `512MiB`, `2G`, `2GiB` (a bare number is MiB) and checks it against
+/// the guest's needs and the host's memory.
+pub fn memory_mib(given: &str) -> Result<u32, ConfigError> {
+    let syntax = || ConfigError::MemorySyntax(given.to_string());
+    let s = given.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| syntax())?;
+    let factor = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "M" | "MB" | "MIB" => 1,
+        "G" | "GB" | "GIB" => 1024,
+        "K" | "KB" | "KIB" if number % 1024 == 0 => return memory_mib(&format!("{}M", number / 1024)),
+        _ => return Err(syntax()),
+    };
+    let mib = number.checked_mul(factor).ok_or_else(syntax)?;
+    if mib < u64::from(MIN_MEMORY_MIB) {
+        return Err(ConfigError::MemoryTooSmall { given: given.to_string() });
+    }
+    let host_mib = host_memory_mib();
+    if mib > host_mib {
+        return Err(ConfigError::MemoryTooLarge { given: given.to_string(), host_mib });
+    }
+    u32::try_from(mib).map_err(|_| ConfigError::MemoryTooLarge { given: given.to_string(), host_mib })
+}
+
+pub fn cpus(n: u32) -> Result<u8, ConfigError> {
+    u8::try_from(n).ok().filter(|n| (1..=MAX_CPUS).contains(n)).ok_or(ConfigError::Cpus(n))
+}
+
+fn host_memory_mib() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024 / MIB)
+        .unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(memory_mib("512"), Ok(512));
+        assert_eq!(memory_mib("512M"), Ok(512));
+        assert_eq!(memory_mib("1g"), Ok(1024));
+        assert_eq!(memory_mib("1GiB"), Ok(1024));
+        assert_eq!(memory_mib("262144K"), Ok(256));
+        assert!(matches!(memory_mib("lots"), Err(ConfigError::MemorySyntax(_))));
+        assert!(matches!(memory_mib("-5"), Err(ConfigError::MemorySyntax(_))));
+        assert!(matches!(memory_mib("12X"), Err(ConfigError::MemorySyntax(_))));
+        assert!(matches!(memory_mib("64M"), Err(ConfigError::MemoryTooSmall { .. })));
+        assert!(matches!(memory_mib("100000G"), Err(ConfigError::MemoryTooLarge { .. })));
+        assert!(matches!(memory_mib("99999999999999999999"), Err(ConfigError::MemorySyntax(_))));
+    }
+
+    #[test]
+    fn cpu_counts() {
+        assert_eq!(cpus(1), Ok(1));
+        assert_eq!(cpus(32), Ok(32));
+        assert_eq!(cpus(0), Err(ConfigError::Cpus(0)));
+        assert_eq!(cpus(33), Err(ConfigError::Cpus(33)));
+        assert_eq!(cpus(1000), Err(ConfigError::Cpus(1000)));
+    }
+}
