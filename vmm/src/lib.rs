@@ -8,4 +8,5 @@ pub mod backend;
 pub mod cli;
 pub mod cmdline;
 pub mod console;
+pub mod host_packages;
 pub mod vm_config;

@@ -26,8 +26,8 @@ pub enum Accel {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
-    #[error("{QEMU} was not found on PATH; install it with `apt-get install qemu-system-x86`")]
-    NotFound,
+    #[error(transparent)]
+    NotInstalled(#[from] crate::host_packages::HostPackageError),
     #[error("starting {QEMU}")]
     Spawn(#[source] io::Error),
     #[error("creating the boot-timer socket in {0}")]
@@ -40,6 +40,7 @@ pub enum QemuError {
 
 /// Boots `spec` under QEMU and waits for the VM to end.
 pub fn run(spec: &VmSpec, console: ConsoleIo, accel: Accel) -> Result<RunReport, QemuError> {
+    crate::host_packages::ensure(QEMU, "qemu-system-x86")?;
     let started = Instant::now();
     let dir = tempfile::Builder::new()
         .prefix("nodeos-vm-qemu")
@@ -54,10 +55,7 @@ pub fn run(spec: &VmSpec, console: ConsoleIo, accel: Accel) -> Result<RunReport,
         .stdout(Stdio::from(console.output))
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => QemuError::NotFound,
-            _ => QemuError::Spawn(e),
-        })?;
+        .map_err(QemuError::Spawn)?;
     let stderr = child.stderr.take().expect("stderr is piped");
     let stderr = thread::spawn(move || {
         let mut text = String::new();

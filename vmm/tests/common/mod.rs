@@ -1,0 +1,63 @@
+//! Helpers for the integration tests: they boot real guests (our kernel, our root image) with
+//! the real `nodeos-vm` binary, on the backend `NODEOS_VM_TEST_BACKEND` names (default `auto`).
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_nodeos-vm");
+
+/// Builds the kernel and root image once for the whole test run (a no-op when cached).
+pub fn artifacts() -> &'static (PathBuf, PathBuf) {
+    static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = Command::new(BIN).arg("build").stderr(Stdio::inherit()).output().expect("running nodeos-vm build");
+        assert!(out.status.success(), "nodeos-vm build failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let path_of = |prefix: &str| {
+            let line = text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix} in {text}"));
+            PathBuf::from(line[prefix.len()..].rsplit_once(" (").unwrap().0.trim())
+        };
+        (path_of("kernel:"), path_of("root image:"))
+    })
+}
+
+pub fn backend() -> String {
+    std::env::var("NODEOS_VM_TEST_BACKEND").unwrap_or_else(|_| "auto".into())
+}
+
+/// `nodeos-vm start` with `args`, `input` on its stdin (a pipe: the console's pipe mode).
+pub fn start(args: &[&str], input: &str) -> Output {
+    artifacts();
+    let mut child = Command::new(BIN)
+        .arg("start")
+        .args(["--backend", &backend()])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting nodeos-vm");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().expect("waiting for nodeos-vm")
+}
+
+/// Evaluates `lines` in the guest REPL and returns its stdout, asserting a clean exit.
+pub fn repl(args: &[&str], lines: &str) -> String {
+    let out = start(args, lines);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "nodeos-vm start failed\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
