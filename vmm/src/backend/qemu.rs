@@ -115,13 +115,13 @@ fn watch_boot_timer(
 }
 
 fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString) -> Vec<OsString> {
-    let (accel, cpu) = match accel {
+    let (accel_name, cpu) = match accel {
         Accel::Kvm => ("kvm", "host"),
         Accel::Tcg => ("tcg", "max"),
     };
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&["-M", "microvm,acpi=off,x-option-roms=off,rtc=off", "-accel", accel, "-cpu", cpu]);
+    push(&["-M", "microvm,acpi=off,x-option-roms=off,rtc=off", "-accel", accel_name, "-cpu", cpu]);
     push(&["-m", &format!("{}M", spec.memory_mib), "-smp", &spec.cpus.to_string()]);
     push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
     push(&["-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console"]);
@@ -133,7 +133,10 @@ fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString) -> Vec<OsString> {
     a.push("-kernel".into());
     a.push(spec.kernel.clone().into_os_string());
     a.push("-append".into());
-    a.push(spec.cmdline.clone().into());
+    a.push(match accel {
+        Accel::Kvm => spec.cmdline.clone().into(),
+        Accel::Tcg => format!("{} {}", spec.cmdline, tcg_clock_params(&cpuinfo())).into(),
+    });
     // microvm lists virtio-mmio devices on the kernel command line in reverse order of
     // creation: create the upper disk first so the root image is the first disk, /dev/vda.
     if let Some(upper) = &spec.upper_disk {
@@ -145,6 +148,26 @@ fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString) -> Vec<OsString> {
     a.push(with_prefix("id=root,format=raw,if=none,readonly=on,file=", spec.rootfs.clone().into_os_string()));
     a.extend(["-device", "virtio-blk-device,drive=root"].map(OsString::from));
     a
+}
+
+/// TCG offers the guest no kvm-clock and no HPET, so its kernel calibrates the TSC, the delay
+/// loop and the local APIC timer against the PIT — about 0.4 s of a sub-second boot — and, when
+/// calibration wobbles on a busy host, falls back to a 10 ms clock. The host knows its TSC
+/// rate; tell the guest. (Under KVM the kernel gets all of this from kvm-clock.)
+fn tcg_clock_params(cpuinfo: &str) -> String {
+    let mut params = String::from("tsc=reliable no_timer_check noapictimer");
+    let mhz = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu MHz")?.split(':').nth(1)?.trim().parse::<f64>().ok());
+    if let Some(khz) = mhz.map(|mhz| (mhz * 1000.0) as u64).filter(|&khz| khz > 0) {
+        // loops per jiffy at HZ=100 (kernel/config.fragment)
+        params.push_str(&format!(" tsc_early_khz={khz} lpj={}", khz * 10));
+    }
+    params
+}
+
+fn cpuinfo() -> String {
+    std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()
 }
 
 /// `prefix` followed by a path, with QEMU's option escaping (`,` doubled).
@@ -173,6 +196,13 @@ mod tests {
         assert_eq!(decode_exit(Some(1), false), None, "QEMU's own error before the guest ran");
         assert_eq!(decode_exit(Some(2), true), None);
         assert_eq!(decode_exit(None, true), None, "killed by a signal");
+    }
+
+    #[test]
+    fn tcg_clock_from_the_host_tsc() {
+        let p = tcg_clock_params("processor\t: 0\ncpu MHz\t\t: 2596.138\n");
+        assert!(p.contains("tsc_early_khz=2596138 lpj=25961380"), "{p}");
+        assert_eq!(tcg_clock_params(""), "tsc=reliable no_timer_check noapictimer");
     }
 
     #[test]

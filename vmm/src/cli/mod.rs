@@ -1,6 +1,7 @@
 //! The `nodeos-vm` command line.
 
 mod build;
+mod doctor;
 mod start;
 
 use std::path::PathBuf;
@@ -25,6 +26,8 @@ pub enum Command {
     Start(start::StartArgs),
     /// Build the kernel and root image into the cache (only what is missing, unless --force).
     Build(build::BuildArgs),
+    /// Say what this host offers (KVM or not, which backend `auto` picks) and what is cached.
+    Doctor,
 }
 
 /// Which machine monitor runs the guest.
@@ -53,5 +56,6 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Start(args) => start::run(args),
         Command::Build(args) => build::run(args).map(|()| 0),
+        Command::Doctor => doctor::run().map(|()| 0),
     }
 }
