@@ -5,8 +5,13 @@
 
 pub mod artifacts;
 pub mod backend;
+pub mod boot;
 pub mod cli;
 pub mod cmdline;
 pub mod console;
+pub mod cpuid;
+pub mod devices;
 pub mod host_packages;
+pub mod kvm;
+pub mod memory;
 pub mod vm_config;

@@ -106,7 +106,10 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
 /// Maps anonymous guest memory of `mib` MiB with the layout of [`ram_ranges`].
 pub fn create(mib: u32) -> Result<GuestMemory, Error> {
     if mib < MIN_MEMORY_MIB {
-        return Err(Error::TooSmall { mib, min: MIN_MEMORY_MIB });
+        return Err(Error::TooSmall {
+            mib,
+            min: MIN_MEMORY_MIB,
+        });
     }
     let ranges: Vec<(GuestAddress, usize)> = ram_ranges(u64::from(mib) * MIB)
         .into_iter()
@@ -123,7 +126,10 @@ mod tests {
     #[test]
     fn small_guest_is_one_range() {
         assert_eq!(ram_ranges(512 * MIB), vec![(GuestAddress(0), 512 * MIB)]);
-        assert_eq!(ram_ranges(MMIO_GAP_START), vec![(GuestAddress(0), MMIO_GAP_START)]);
+        assert_eq!(
+            ram_ranges(MMIO_GAP_START),
+            vec![(GuestAddress(0), MMIO_GAP_START)]
+        );
     }
 
     #[test]
@@ -161,11 +167,20 @@ mod tests {
         ];
         areas.sort();
         for pair in areas.windows(2) {
-            assert!(pair[0].1 <= pair[1].0, "{:x?} overlaps {:x?}", pair[0], pair[1]);
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "{:x?} overlaps {:x?}",
+                pair[0],
+                pair[1]
+            );
         }
         assert!(areas.last().unwrap().1 <= EBDA_START);
-        assert!(KVM_IDENTITY_MAP_ADDRESS + 0x1000 <= KVM_TSS_ADDRESS);
-        assert!(KVM_TSS_ADDRESS >= MMIO_GAP_START && KVM_TSS_ADDRESS + 3 * 0x1000 <= MMIO_GAP_END);
-        assert!(u64::from(IOAPIC_ADDRESS) > VIRTIO_MMIO_BASE + 64 * VIRTIO_MMIO_SIZE);
+        const {
+            assert!(KVM_IDENTITY_MAP_ADDRESS + 0x1000 <= KVM_TSS_ADDRESS);
+            assert!(
+                KVM_TSS_ADDRESS >= MMIO_GAP_START && KVM_TSS_ADDRESS + 3 * 0x1000 <= MMIO_GAP_END
+            );
+            assert!(IOAPIC_ADDRESS as u64 > VIRTIO_MMIO_BASE + 64 * VIRTIO_MMIO_SIZE);
+        }
     }
 }

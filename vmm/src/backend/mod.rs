@@ -64,4 +64,5 @@ pub const INIT_STARTED: u8 = b'I';
 pub const CONSOLE_READY: u8 = b'R';
 
 pub mod detect;
+pub mod kvm;
 pub mod qemu;

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 
 use super::{BackendChoice, ImageArgs};
 use crate::artifacts::{check_kernel, check_rootfs, Artifact, Store};
-use crate::backend::{detect, qemu, RunReport, VmExit, VmSpec};
+use crate::backend::{detect, kvm, qemu, RunReport, VmExit, VmSpec};
 use crate::cmdline::{self, UpperLayer};
 use crate::console::HostConsole;
 use crate::vm_config;
@@ -51,6 +51,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     };
     let started = std::time::Instant::now();
     let report = match backend {
+        Backend::Kvm => kvm::run(&spec, console)?,
         Backend::Qemu(accel) => qemu::run(&spec, console, accel)?,
     };
     drop(host_console);
@@ -67,6 +68,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
 }
 
 enum Backend {
+    Kvm,
     Qemu(qemu::Accel),
 }
 
@@ -76,10 +78,8 @@ fn choose_backend(choice: BackendChoice) -> anyhow::Result<Backend> {
         (BackendChoice::Kvm, detect::KvmSupport::Unusable(why)) => {
             bail!("--backend kvm: KVM cannot run Linux guests on this host: {why}; use --backend qemu")
         }
-        (BackendChoice::Kvm, detect::KvmSupport::Usable) => {
-            bail!("--backend kvm: our own VMM is not available in this build yet; use --backend qemu")
-        }
-        (_, detect::KvmSupport::Usable) => Ok(Backend::Qemu(qemu::Accel::Kvm)),
+        (BackendChoice::Kvm | BackendChoice::Auto, detect::KvmSupport::Usable) => Ok(Backend::Kvm),
+        (BackendChoice::Qemu, detect::KvmSupport::Usable) => Ok(Backend::Qemu(qemu::Accel::Kvm)),
         (_, detect::KvmSupport::Unusable(why)) => {
             eprintln!("nodeos-vm: {why}; using QEMU with TCG (slower)");
             Ok(Backend::Qemu(qemu::Accel::Tcg))

@@ -1,0 +1,625 @@
+//! Our own VMM on KVM: builds the microVM (memory, vCPUs, devices, boot state) the way QEMU's
+//! microvm machine presents it to the guest, runs it, and tears everything down when it ends.
+//!
+//! Threads: one per vCPU, one for virtio queues, one for console input; the calling thread
+//! waits for the end, stops the others and joins them before returning, whatever the path.
+
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::{ConsoleIo, RunReport, VmSpec};
+use crate::boot::cmdline::{self, MmioSlot};
+use crate::boot::{self, mptable};
+use crate::cpuid::DEFAULT_HIDDEN;
+use crate::devices::bus::{Bus, BusDevice, OverlapError};
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::ports::{BootTimer, ExitPort};
+use crate::devices::legacy::serial::{self, ConsoleWriter, Serial};
+use crate::devices::legacy::{self, IrqLine};
+use crate::devices::virtio::block::{self, Block};
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::{worker, VirtioDevice};
+use crate::kvm::vcpu::{self, EndGuard, RunError};
+use crate::kvm::{self, Vcpu, Vm, VmControl};
+use crate::memory::{self, SharedMemory, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+
+/// The first interrupt line for virtio devices (0-4: timer, keyboard, cascade, COM2, COM1).
+const VIRTIO_IRQ_BASE: u32 = 5;
+const EXIT_PORT_LEN: u64 = 1;
+const BOOT_TIMER_LEN: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{requested} vCPUs requested; this host runs 1 to {max}")]
+    CpuCount { requested: u8, max: usize },
+    #[error(transparent)]
+    Memory(#[from] memory::Error),
+    #[error(transparent)]
+    Kvm(#[from] kvm::Error),
+    #[error(transparent)]
+    Boot(#[from] boot::Error),
+    #[error(transparent)]
+    Cmdline(#[from] cmdline::Error),
+    #[error(transparent)]
+    Disk(#[from] block::OpenError),
+    #[error("cannot set up the {what}")]
+    Device {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("device layout: {0}")]
+    Layout(#[from] OverlapError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+fn device_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Device { what, source }
+}
+
+/// Boots `spec` and runs it until the guest exits, resets or fails.
+pub fn run(spec: &VmSpec, console: ConsoleIo) -> Result<RunReport, Error> {
+    let started = Instant::now();
+    let ready = console.ready.clone();
+    let result = Machine::build(spec, console, started).and_then(Machine::run);
+    // The console relay waits for the guest's "ready"; a VM that is gone will not send it.
+    ready.signal();
+    result
+}
+
+/// A built VM, not yet running. Field order is drop order: threads are joined before any of
+/// it is dropped, the VM fd goes before its memory.
+struct Machine {
+    vcpus: Vec<Vcpu>,
+    vm: Vm,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    serial: Arc<Mutex<Serial<ConsoleWriter>>>,
+    input: OwnedFd,
+    control: Arc<VmControl>,
+    init_reached: Arc<OnceLock<Duration>>,
+    _mem: SharedMemory,
+}
+
+impl Machine {
+    fn build(spec: &VmSpec, console: ConsoleIo, started: Instant) -> Result<Machine, Error> {
+        // Memory first: on an early return the VM fd (declared later) is dropped before it.
+        let mem: SharedMemory = Arc::new(memory::create(spec.memory_mib)?);
+        let vm = Vm::new()?;
+        let max = vm.max_vcpus().min(usize::from(mptable::MAX_CPUS));
+        if spec.cpus == 0 || usize::from(spec.cpus) > max {
+            return Err(Error::CpuCount {
+                requested: spec.cpus,
+                max,
+            });
+        }
+        vcpu::install_kick_handler()?;
+        vm.register_memory(&mem)?;
+        let kernel = boot::load_kernel(&mem, &spec.kernel)?;
+
+        let control = Arc::new(VmControl::new().map_err(device_err("VM stop event"))?);
+        let init_reached = Arc::new(OnceLock::new());
+
+        // Legacy devices on port I/O.
+        let mut pio = Bus::new();
+        let serial_irq = IrqLine::new().map_err(device_err("serial interrupt"))?;
+        vm.register_irqfd(&serial_irq.0, legacy::SERIAL_IRQ)?;
+        let out = ConsoleWriter::new(console.output, control.stopping_flag());
+        let serial = Arc::new(Mutex::new(Serial::new(serial_irq, out)));
+        pio.insert(
+            legacy::SERIAL_PORT_BASE,
+            legacy::SERIAL_PORT_LEN,
+            serial.clone(),
+        )?;
+        let kbd_irq = IrqLine::new().map_err(device_err("i8042 interrupt"))?;
+        vm.register_irqfd(&kbd_irq.0, legacy::I8042_IRQ)?;
+        pio.insert(
+            legacy::I8042_PORT_BASE,
+            legacy::I8042_PORT_LEN,
+            shared(I8042::new(kbd_irq)),
+        )?;
+        pio.insert(u64::from(super::EXIT_PORT), EXIT_PORT_LEN, shared(ExitPort))?;
+        let timer = BootTimer::new(started, init_reached.clone(), console.ready.clone());
+        pio.insert(
+            u64::from(super::BOOT_TIMER_PORT),
+            BOOT_TIMER_LEN,
+            shared(timer),
+        )?;
+
+        // Virtio devices on MMIO, in the order the guest names them: vda, vdb, then the rest.
+        let mut devices: Vec<Box<dyn VirtioDevice>> =
+            vec![Box::new(Block::open(&spec.rootfs, true, "nodeos-root")?)];
+        if let Some(upper) = &spec.upper_disk {
+            devices.push(Box::new(Block::open(upper, false, "nodeos-upper")?));
+        }
+        devices.push(Box::new(Rng::new()));
+
+        let mut mmio = Bus::new();
+        let mut slots = Vec::new();
+        let mut transports = Vec::new();
+        let notify = vm.notify_registrar();
+        for (i, device) in devices.into_iter().enumerate() {
+            let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
+            let irq = VIRTIO_IRQ_BASE + i as u32;
+            let line = IrqLine::new().map_err(device_err("virtio interrupt"))?;
+            vm.register_irqfd(&line.0, irq)?;
+            let transport = MmioTransport::new(device, mem.clone(), line, notify.clone(), base)
+                .map_err(device_err("virtio-mmio transport"))?;
+            let transport = Arc::new(Mutex::new(transport));
+            mmio.insert(base, VIRTIO_MMIO_SIZE, transport.clone())?;
+            transports.push(transport);
+            slots.push(MmioSlot {
+                base,
+                size: VIRTIO_MMIO_SIZE,
+                irq,
+            });
+        }
+
+        let cmdline = cmdline::assemble(&spec.cmdline, &slots)?;
+        tracing::debug!("kernel command line: {cmdline:?}");
+        let entry = boot::configure(&mem, &kernel, &cmdline, spec.cpus)?;
+        tracing::debug!("boot entry: {entry:x?}");
+
+        let vcpus = (0..spec.cpus)
+            .map(|i| vm.create_vcpu(i, spec.cpus, DEFAULT_HIDDEN))
+            .collect::<Result<Vec<_>, _>>()?;
+        vcpus[0].set_boot_state(&entry)?;
+
+        Ok(Machine {
+            vcpus,
+            vm,
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            transports,
+            serial,
+            input: console.input,
+            control,
+            init_reached,
+            _mem: mem,
+        })
+    }
+
+    fn run(self) -> Result<RunReport, Error> {
+        let Machine {
+            vcpus,
+            vm,
+            pio,
+            mmio,
+            transports,
+            serial,
+            input,
+            control,
+            init_reached,
+            _mem,
+        } = self;
+        let mut threads = Threads::default();
+
+        let c = control.clone();
+        threads.spawn(&control, "virtio".into(), false, move || {
+            let _guard = EndGuard {
+                control: &c,
+                what: "virtio device",
+            };
+            if let Err(e) = worker::run(&transports, c.stop_evt()) {
+                tracing::error!("virtio device thread: {e}");
+            }
+        });
+        let c = control.clone();
+        threads.spawn(&control, "console-input".into(), false, move || {
+            let _guard = EndGuard {
+                control: &c,
+                what: "console input",
+            };
+            serial::forward_input(&input, &serial, c.stop_evt());
+        });
+        for vcpu in vcpus {
+            if control.is_stopping() {
+                break;
+            }
+            let (c, pio, mmio) = (control.clone(), pio.clone(), mmio.clone());
+            let name = format!("vcpu{}", vcpu.index());
+            threads.spawn(&control, name, true, move || {
+                let _guard = EndGuard {
+                    control: &c,
+                    what: "vCPU",
+                };
+                vcpu.run(&pio, &mmio, &c);
+            });
+        }
+
+        control.wait();
+        threads.stop_and_join();
+        drop(vm);
+
+        match control.take_outcome() {
+            Some(Ok(exit)) => Ok(RunReport {
+                exit,
+                init_reached: init_reached.get().copied(),
+            }),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(RunError::ThreadEnded("VM").into()),
+        }
+    }
+}
+
+fn shared<D: BusDevice + 'static>(device: D) -> Arc<Mutex<dyn BusDevice>> {
+    Arc::new(Mutex::new(device))
+}
+
+#[derive(Default)]
+struct Threads {
+    handles: Vec<(JoinHandle<()>, bool)>,
+}
+
+impl Threads {
+    /// Starts a thread; a failure to start ends the VM.
+    fn spawn(
+        &mut self,
+        control: &VmControl,
+        name: String,
+        is_vcpu: bool,
+        f: impl FnOnce() + Send + 'static,
+    ) {
+        match thread::Builder::new().name(name.clone()).spawn(f) {
+            Ok(h) => self.handles.push((h, is_vcpu)),
+            Err(source) => control.stop(Err(RunError::Spawn { what: name, source })),
+        }
+    }
+
+    /// Once the VM is stopping: kicks the vCPUs until every thread has ended, then joins.
+    fn stop_and_join(self) {
+        let since = Instant::now();
+        let mut warned = false;
+        while self.handles.iter().any(|(h, _)| !h.is_finished()) {
+            for (h, is_vcpu) in &self.handles {
+                if *is_vcpu && !h.is_finished() {
+                    vcpu::kick(h);
+                }
+            }
+            if !warned && since.elapsed() > Duration::from_secs(5) {
+                tracing::warn!("VM threads are slow to stop");
+                warned = true;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        for (h, _) in self.handles {
+            let _ = h.join();
+        }
+    }
+}
+
+/// `run()` end to end on /dev/kvm, with tiny PVH "kernels" (ELF files with a PVH note whose
+/// code is hand-assembled 32-bit x86): the same path a Linux boot takes, minus Linux.
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+
+    use super::*;
+    use crate::backend::VmExit;
+    use crate::boot::tests::tiny_elf;
+    use crate::console::ConsoleReady;
+    use crate::kvm::smoke::kvm_usable;
+
+    const LOAD_ADDR: u64 = 0x10_0000;
+
+    /// Checks the PVH entry state (EBX -> start info magic: "S"), reads the first virtio-mmio
+    /// device's magic ("V"), marks init on the boot timer, then waits for a byte on COM1,
+    /// echoes it and exits with it as the status.
+    const PVH_GUEST: &[u8] = &[
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0x81, 0x3b, 0x78, 0xc5, 0x6e, 0x33, // cmp dword [ebx], 0x336ec578
+        0x75, 0x03, // jne +3
+        0xb0, b'S', 0xee, // mov al, 'S'; out dx, al
+        0xa1, 0x00, 0x00, 0x00, 0xd0, // mov eax, [0xd0000000]
+        0x3d, 0x76, 0x69, 0x72, 0x74, // cmp eax, 0x74726976 ("virt")
+        0x75, 0x03, // jne +3
+        0xb0, b'V', 0xee, // mov al, 'V'; out dx, al
+        0xb0, b'\n', 0xee, // mov al, '\n'; out dx, al
+        0x66, 0xba, 0xf0, 0x03, // mov dx, 0x3f0
+        0xb0, b'I', 0xee, // mov al, 'I'; out dx, al
+        0xb0, b'R', 0xee, // mov al, 'R'; out dx, al
+        // wait: until LSR.DR
+        0x66, 0xba, 0xfd, 0x03, // mov dx, 0x3fd
+        0xec, // in al, dx
+        0xa8, 0x01, // test al, 1
+        0x74, 0xf7, // jz wait
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xec, // in al, dx
+        0xee, // out dx, al
+        0xe6, 0xf4, // out 0xf4, al
+        0xf4, // hlt
+    ];
+
+    /// Breaks on purpose: ud2 with no usable IDT triple-faults.
+    const TRIPLE_FAULT_GUEST: &[u8] = &[0x0f, 0x0b, 0xf4];
+
+    /// `reboot=k`: the i8042's CPU reset line.
+    const KEYBOARD_RESET_GUEST: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf4]; // mov al, 0xfe; out 0x64, al
+
+    /// The boot vCPU starts vCPU 1 the way Linux does (INIT, then a start-up IPI to real-mode
+    /// code at 0x8000); vCPU 1 prints "A" and exits with 11 while vCPU 0 spins.
+    const SMP_GUEST: &[u8] = &[
+        // The AP's code, put at 0x8000: mov dx, 0x3f8; mov al, 'A'; out dx, al;
+        // mov al, 11; out 0xf4, al; hlt
+        0xc7, 0x05, 0x00, 0x80, 0x00, 0x00, 0xba, 0xf8, 0x03, 0xb0, 0xc7, 0x05, 0x04, 0x80, 0x00,
+        0x00, b'A', 0xee, 0xb0, 11, 0xc7, 0x05, 0x08, 0x80, 0x00, 0x00, 0xe6, 0xf4, 0xf4, 0x90,
+        // LAPIC on: spurious vector register = 0x1ff
+        0xc7, 0x05, 0xf0, 0x00, 0xe0, 0xfe, 0xff, 0x01, 0x00, 0x00,
+        // ICR high: destination APIC ID 1; ICR low: INIT, assert
+        0xc7, 0x05, 0x10, 0x03, 0xe0, 0xfe, 0x00, 0x00, 0x00, 0x01, 0xc7, 0x05, 0x00, 0x03, 0xe0,
+        0xfe, 0x00, 0x45, 0x00, 0x00,
+        // ICR high: APIC ID 1; ICR low: start-up at vector 0x08 (0x8000)
+        0xc7, 0x05, 0x10, 0x03, 0xe0, 0xfe, 0x00, 0x00, 0x00, 0x01, 0xc7, 0x05, 0x00, 0x03, 0xe0,
+        0xfe, 0x08, 0x46, 0x00, 0x00, 0xeb, 0xfe, // jmp $
+    ];
+
+    /// `mov dword [addr], value`
+    fn store(code: &mut Vec<u8>, addr: u32, value: u32) {
+        code.extend_from_slice(&[0xc7, 0x05]);
+        code.extend_from_slice(&addr.to_le_bytes());
+        code.extend_from_slice(&value.to_le_bytes());
+    }
+
+    /// A guest that drives the root disk the way a virtio driver does: status handshake,
+    /// VERSION_1, one 8-entry queue, one read of sector 0 into 0x31000 with the status byte at
+    /// 0x32000; it polls the used ring (interrupts are off), prints the first byte read and
+    /// exits with the request status.
+    fn virtio_block_guest() -> Vec<u8> {
+        const MMIO: u32 = 0xd000_0000;
+        let (desc, avail, used) = (0x2_0000u32, 0x2_1000u32, 0x2_2000u32);
+        let (header, data, status) = (0x3_0000u32, 0x3_1000u32, 0x3_2000u32);
+        let mut c = Vec::new();
+        for (reg, value) in [
+            (0x70, 1),
+            (0x70, 3),
+            (0x24, 1),
+            (0x20, 1),
+            (0x24, 0),
+            (0x20, 0),
+            (0x70, 0xb),
+        ] {
+            store(&mut c, MMIO + reg, value);
+        }
+        for (reg, value) in [
+            (0x30, 0),
+            (0x38, 8),
+            (0x80, desc),
+            (0x84, 0),
+            (0x90, avail),
+            (0x94, 0),
+            (0xa0, used),
+            (0xa4, 0),
+            (0x44, 1),
+        ] {
+            store(&mut c, MMIO + reg, value);
+        }
+        // Descriptors: header (read), data (write), status (write); NEXT = 1, WRITE = 2.
+        for (i, (addr, len, flags, next)) in
+            [(header, 16, 1, 1), (data, 512, 3, 2), (status, 1, 2, 0)]
+                .into_iter()
+                .enumerate()
+        {
+            let at = desc + 16 * i as u32;
+            store(&mut c, at, addr);
+            store(&mut c, at + 4, 0);
+            store(&mut c, at + 8, len);
+            store(&mut c, at + 12, flags | (next << 16));
+        }
+        store(&mut c, status, 0xee); // so a missing status shows
+        store(&mut c, avail + 4, 0); // ring[0] = head 0
+        store(&mut c, avail, 1 << 16); // flags 0, idx 1
+        store(&mut c, MMIO + 0x70, 0xf); // DRIVER_OK
+        store(&mut c, MMIO + 0x50, 0); // QueueNotify(0)
+                                       // wait: until used.idx != 0
+        c.extend_from_slice(&[0x0f, 0xb7, 0x05]);
+        c.extend_from_slice(&(used + 2).to_le_bytes()); // movzx eax, word [used.idx]
+        c.extend_from_slice(&[0x85, 0xc0, 0x74, 0xf5]); // test eax, eax; jz wait
+        c.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03, 0xa0]); // mov dx, 0x3f8; mov al, [data]
+        c.extend_from_slice(&data.to_le_bytes());
+        c.push(0xee); // out dx, al
+        c.push(0xa0); // mov al, [status]
+        c.extend_from_slice(&status.to_le_bytes());
+        c.extend_from_slice(&[0xe6, 0xf4, 0xf4]); // out 0xf4, al; hlt
+        c
+    }
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for two descriptors.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: pipe2 just returned these two fds, owned by no one else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    fn file_with(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        f
+    }
+
+    struct Outcome {
+        result: Result<RunReport, Error>,
+        console: Vec<u8>,
+    }
+
+    fn boot(code: &[u8], cpus: u8, input: &[u8]) -> Outcome {
+        let kernel = file_with(&tiny_elf(code, LOAD_ADDR, true));
+        let rootfs = file_with(&[b'Q'; 4096]);
+        let spec = VmSpec {
+            kernel: kernel.path().into(),
+            rootfs: rootfs.path().into(),
+            upper_disk: None,
+            memory_mib: 64,
+            cpus,
+            cmdline: "console=ttyS0".into(),
+        };
+        let (in_rx, in_tx) = pipe();
+        let (out_rx, out_tx) = pipe();
+        std::fs::File::from(in_tx).write_all(input).unwrap();
+        let console = ConsoleIo {
+            input: in_rx,
+            output: out_tx,
+            ready: ConsoleReady::default(),
+        };
+        let result = run(&spec, console);
+        let mut out = Vec::new();
+        // run() closed the write end: this reads to EOF.
+        std::fs::File::from(out_rx).read_to_end(&mut out).unwrap();
+        Outcome {
+            result,
+            console: out,
+        }
+    }
+
+    #[test]
+    fn pvh_guest_runs_and_exits() {
+        if !kvm_usable() {
+            return;
+        }
+        let o = boot(PVH_GUEST, 1, b"Z");
+        let report = o.result.unwrap();
+        assert_eq!(report.exit, VmExit::Guest(b'Z'));
+        assert_eq!(String::from_utf8_lossy(&o.console), "SV\nZ");
+        assert!(report.init_reached.is_some());
+    }
+
+    #[test]
+    fn secondary_vcpus_are_stopped_too() {
+        if !kvm_usable() {
+            return;
+        }
+        // vCPU 1 waits for INIT/SIPI in the kernel for the whole run; run() must still end.
+        let o = boot(PVH_GUEST, 4, b"!");
+        assert_eq!(o.result.unwrap().exit, VmExit::Guest(b'!'));
+    }
+
+    #[test]
+    fn triple_fault_is_a_reset() {
+        if !kvm_usable() {
+            return;
+        }
+        let o = boot(TRIPLE_FAULT_GUEST, 1, b"");
+        let report = o.result.unwrap();
+        assert_eq!(report.exit, VmExit::Reset);
+        assert!(report.init_reached.is_none());
+    }
+
+    #[test]
+    fn virtio_block_read_round_trip() {
+        if !kvm_usable() {
+            return;
+        }
+        let o = boot(&virtio_block_guest(), 1, b"");
+        assert_eq!(o.result.unwrap().exit, VmExit::Guest(0), "VIRTIO_BLK_S_OK");
+        assert_eq!(o.console, b"Q", "sector 0 of the root image");
+    }
+
+    #[test]
+    fn keyboard_controller_reset_is_a_reset() {
+        if !kvm_usable() {
+            return;
+        }
+        assert_eq!(
+            boot(KEYBOARD_RESET_GUEST, 1, b"").result.unwrap().exit,
+            VmExit::Reset
+        );
+    }
+
+    #[test]
+    fn boot_vcpu_starts_a_secondary_vcpu() {
+        if !kvm_usable() {
+            return;
+        }
+        let o = boot(SMP_GUEST, 2, b"");
+        assert_eq!(o.result.unwrap().exit, VmExit::Guest(11));
+        assert_eq!(o.console, b"A");
+    }
+
+    /// Boots a real kernel given by the environment and prints what happened: a manual check
+    /// for hosts whose KVM runs Linux (and for a KVM box). `NODEOS_KVM_KERNEL` (required),
+    /// `NODEOS_KVM_ROOTFS`, `NODEOS_KVM_UPPER`, `NODEOS_KVM_CMDLINE`, `NODEOS_KVM_CPUS`,
+    /// `NODEOS_KVM_MEM_MIB`, `NODEOS_KVM_INPUT` (bytes for the console).
+    #[test]
+    #[ignore = "needs a kernel: NODEOS_KVM_KERNEL=... cargo test -- --ignored --nocapture"]
+    fn boots_a_kernel_from_the_environment() {
+        let Some(kernel) = std::env::var_os("NODEOS_KVM_KERNEL") else {
+            eprintln!("skipped: NODEOS_KVM_KERNEL is not set");
+            return;
+        };
+        if !kvm_usable() {
+            return;
+        }
+        let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.into());
+        let empty_root = file_with(&[0u8; 4096]);
+        let spec = VmSpec {
+            kernel: kernel.into(),
+            rootfs: std::env::var_os("NODEOS_KVM_ROOTFS")
+                .map_or_else(|| empty_root.path().into(), Into::into),
+            upper_disk: std::env::var_os("NODEOS_KVM_UPPER").map(Into::into),
+            memory_mib: env("NODEOS_KVM_MEM_MIB", "256").parse().unwrap(),
+            cpus: env("NODEOS_KVM_CPUS", "2").parse().unwrap(),
+            cmdline: env(
+                "NODEOS_KVM_CMDLINE",
+                "console=ttyS0 reboot=t panic=-1 root=/dev/vda rootfstype=squashfs ro",
+            ),
+        };
+        let (in_rx, in_tx) = pipe();
+        let (out_rx, out_tx) = pipe();
+        // Input goes in once the guest says its console is ready, as the CLI's relay does.
+        let ready = ConsoleReady::default();
+        let input = env("NODEOS_KVM_INPUT", "");
+        let gate = ready.clone();
+        let relay = std::thread::spawn(move || {
+            gate.wait();
+            let _ = std::fs::File::from(in_tx).write_all(input.as_bytes());
+        });
+        let printer = std::thread::spawn(move || {
+            let mut out = std::fs::File::from(out_rx);
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                std::io::stderr().write_all(&buf[..n]).unwrap();
+            }
+        });
+        let started = Instant::now();
+        let console = ConsoleIo { input: in_rx, output: out_tx, ready };
+        let result = run(&spec, console);
+        printer.join().unwrap();
+        relay.join().unwrap();
+        eprintln!("\n==> after {:?}: {result:?}", started.elapsed());
+    }
+
+    #[test]
+    fn bad_inputs_are_clear_errors() {
+        if !kvm_usable() {
+            return;
+        }
+        let kernel = file_with(&tiny_elf(PVH_GUEST, LOAD_ADDR, true));
+        let spec = |cpus, rootfs: &str| VmSpec {
+            kernel: kernel.path().into(),
+            rootfs: rootfs.into(),
+            upper_disk: None,
+            memory_mib: 64,
+            cpus,
+            cmdline: "console=ttyS0".into(),
+        };
+        let console = || {
+            let (rx, _) = pipe();
+            let (_, tx) = pipe();
+            ConsoleIo {
+                input: rx,
+                output: tx,
+                ready: ConsoleReady::default(),
+            }
+        };
+        let err = run(&spec(1, "/nonexistent/rootfs.img"), console()).unwrap_err();
+        assert!(matches!(err, Error::Disk(_)), "{err}");
+        let err = run(&spec(0, "/dev/null"), console()).unwrap_err();
+        assert!(matches!(err, Error::CpuCount { requested: 0, .. }), "{err}");
+    }
+}

@@ -1,0 +1,328 @@
+//! The guest console: a 16550A UART on COM1 (`vm-superio`), wired to the host's console fds.
+//!
+//! Output: every byte the guest transmits is written to the console output at once.
+//! Input: a thread reads the console input into a bounded buffer, which is fed to the UART's
+//! 64-byte receive FIFO as the guest drains it; when the buffer is full the thread stops
+//! reading, so the host writer blocks instead of input being dropped. EOF on the input only
+//! means no more input: the VM keeps running.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vm_superio::serial::NoEvents;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::IrqLine;
+use crate::backend::VmExit;
+use crate::devices::bus::BusDevice;
+use crate::devices::lock;
+
+/// Host input held for the guest beyond the UART's FIFO.
+pub const INPUT_BUFFER_MAX: usize = 64 << 10;
+/// The UART's receive FIFO (16550A).
+const FIFO_SIZE: usize = 64;
+const DATA_REGISTER: u64 = 0;
+
+/// COM1 with its pending input.
+pub struct Serial<W: Write> {
+    uart: vm_superio::Serial<IrqLine, NoEvents, W>,
+    pending: VecDeque<u8>,
+}
+
+impl<W: Write> Serial<W> {
+    pub fn new(irq: IrqLine, out: W) -> Self {
+        Serial {
+            uart: vm_superio::Serial::new(irq, out),
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// How many more input bytes [`push_input`](Self::push_input) takes now.
+    pub fn input_room(&self) -> usize {
+        INPUT_BUFFER_MAX - self.pending.len()
+    }
+
+    /// Queues host input for the guest; returns how many bytes were taken (at most the room).
+    pub fn push_input(&mut self, bytes: &[u8]) -> usize {
+        let taken = bytes.len().min(self.input_room());
+        self.pending.extend(&bytes[..taken]);
+        self.fill_fifo();
+        taken
+    }
+
+    /// Moves pending input into the receive FIFO as far as it has room.
+    fn fill_fifo(&mut self) {
+        let n = self
+            .uart
+            .fifo_capacity()
+            .min(self.pending.len())
+            .min(FIFO_SIZE);
+        if n == 0 {
+            return;
+        }
+        let mut chunk = [0u8; FIFO_SIZE];
+        for (dst, src) in chunk.iter_mut().zip(self.pending.iter()) {
+            *dst = *src;
+        }
+        // In loopback mode the UART takes nothing; the bytes stay pending.
+        if let Ok(taken) = self.uart.enqueue_raw_bytes(&chunk[..n]) {
+            self.pending.drain(..taken);
+        }
+    }
+
+    pub fn writer(&self) -> &W {
+        self.uart.writer()
+    }
+}
+
+impl<W: Write + Send> BusDevice for Serial<W> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let Some(first) = data.first_mut() {
+            *first = self.uart.read(offset as u8);
+        }
+        if offset == DATA_REGISTER {
+            self.fill_fifo();
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<VmExit> {
+        if let Some(value) = data.first() {
+            if let Err(e) = self.uart.write(offset as u8, *value) {
+                tracing::trace!("serial output lost: {e:?}");
+            }
+        }
+        None
+    }
+}
+
+/// The console output: writes go straight to the fd. A write blocked on a full pipe or tty
+/// gives up once the VM is stopping, so a stalled reader cannot keep a vCPU from stopping.
+pub struct ConsoleWriter {
+    fd: OwnedFd,
+    stopping: Arc<AtomicBool>,
+}
+
+impl ConsoleWriter {
+    pub fn new(fd: OwnedFd, stopping: Arc<AtomicBool>) -> Self {
+        ConsoleWriter { fd, stopping }
+    }
+}
+
+impl Write for ConsoleWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: writes from a valid buffer of buf.len() bytes to an fd we own.
+            let n = unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => {}
+                // A non-blocking fd that is full: wait a little for the reader.
+                Some(libc::EAGAIN) => {
+                    poll(&[(self.fd.as_fd(), libc::POLLOUT)], 100)?;
+                }
+                _ => return Err(err),
+            }
+            if self.stopping.load(Ordering::Acquire) {
+                return Err(io::Error::other("VM stopping: console output abandoned"));
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `poll(2)` on `fds` with `timeout_ms` (-1: forever); returns each fd's revents.
+fn poll<const N: usize>(
+    fds: &[(BorrowedFd<'_>, libc::c_short); N],
+    timeout_ms: libc::c_int,
+) -> io::Result<[libc::c_short; N]> {
+    let mut pfds = fds.map(|(fd, events)| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: pfds is a valid array of N pollfd structs.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, timeout_ms) };
+        if r >= 0 {
+            return Ok(pfds.map(|p| p.revents));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// Feeds the console input to `serial` until `stop` is signalled. Meant for its own thread.
+pub fn forward_input<W: Write>(input: &OwnedFd, serial: &Mutex<Serial<W>>, stop: &EventFd) {
+    // SAFETY: the eventfd outlives this function, which is the only user of the borrow.
+    let stop_fd = unsafe { BorrowedFd::borrow_raw(stop.as_raw_fd()) };
+    let mut buf = [0u8; 4096];
+    let mut eof = false;
+    loop {
+        let room = lock(serial).input_room();
+        let revents = if eof {
+            poll(&[(stop_fd, libc::POLLIN)], -1).map(|[s]| [s, 0])
+        } else if room == 0 {
+            // The guest is not reading: look again shortly, without reading the input.
+            poll(&[(stop_fd, libc::POLLIN)], 10).map(|[s]| [s, 0])
+        } else {
+            poll(
+                &[(stop_fd, libc::POLLIN), (input.as_fd(), libc::POLLIN)],
+                -1,
+            )
+        };
+        let [stop_ev, input_ev] = match revents {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("console input: poll failed: {e}");
+                return;
+            }
+        };
+        if stop_ev != 0 {
+            return;
+        }
+        if input_ev == 0 {
+            continue;
+        }
+        let want = room.min(buf.len());
+        // SAFETY: reads at most `want` <= buf.len() bytes into buf.
+        let n = unsafe { libc::read(input.as_raw_fd(), buf.as_mut_ptr().cast(), want) };
+        match n {
+            0 => eof = true,
+            n if n > 0 => {
+                let taken = lock(serial).push_input(&buf[..n as usize]);
+                debug_assert_eq!(taken, n as usize);
+            }
+            _ => {
+                let err = io::Error::last_os_error();
+                if !matches!(err.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) {
+                    tracing::debug!("console input closed: {err}");
+                    eof = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    const LSR: u64 = 5;
+    const IER: u64 = 1;
+    const LSR_DATA_READY: u8 = 1;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for two descriptors.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: pipe2 just returned these two fds, owned by no one else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    fn drain(serial: &mut Serial<Vec<u8>>) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut b = [0u8];
+        loop {
+            serial.read(LSR, &mut b);
+            if b[0] & LSR_DATA_READY == 0 {
+                return got;
+            }
+            serial.read(DATA_REGISTER, &mut b);
+            got.push(b[0]);
+        }
+    }
+
+    #[test]
+    fn output_goes_to_the_writer() {
+        let mut s = Serial::new(IrqLine::new().unwrap(), Vec::new());
+        for b in b"hello\n" {
+            assert_eq!(s.write(DATA_REGISTER, &[*b]), None);
+        }
+        assert_eq!(s.writer(), b"hello\n");
+    }
+
+    #[test]
+    fn input_beyond_the_fifo_is_kept_in_order() {
+        let irq = IrqLine::new().unwrap();
+        let irq_fd = irq.0.try_clone().unwrap();
+        let mut s = Serial::new(irq, Vec::new());
+        s.write(IER, &[1]); // receive interrupt on
+        let input: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        assert_eq!(s.push_input(&input), input.len());
+        assert!(irq_fd.read().unwrap() > 0, "receive interrupt raised");
+        assert_eq!(drain(&mut s), input);
+    }
+
+    #[test]
+    fn input_buffer_is_bounded() {
+        let mut s = Serial::new(IrqLine::new().unwrap(), Vec::new());
+        let big = vec![b'x'; INPUT_BUFFER_MAX + 100];
+        assert_eq!(s.push_input(&big), INPUT_BUFFER_MAX);
+        assert_eq!(s.input_room(), FIFO_SIZE, "the FIFO took its share");
+        assert_eq!(drain(&mut s).len(), INPUT_BUFFER_MAX);
+        assert_eq!(s.input_room(), INPUT_BUFFER_MAX);
+    }
+
+    #[test]
+    fn forwards_a_pipe_until_stopped() {
+        let (rx, tx) = pipe();
+        let serial = Arc::new(Mutex::new(Serial::new(IrqLine::new().unwrap(), Vec::new())));
+        let stop = EventFd::new(0).unwrap();
+        let stop2 = stop.try_clone().unwrap();
+        let s2 = serial.clone();
+        let t = thread::spawn(move || forward_input(&rx, &s2, &stop2));
+
+        let input: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let input = input.clone();
+            thread::spawn(move || {
+                let mut f = std::fs::File::from(tx);
+                f.write_all(&input).unwrap();
+                // Dropping f closes the pipe: EOF for the forwarder, which keeps running.
+            })
+        };
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while got.len() < input.len() && Instant::now() < deadline {
+            got.extend(drain(&mut lock(&serial)));
+            thread::yield_now();
+        }
+        writer.join().unwrap();
+        assert_eq!(got.len(), input.len());
+        assert!(got == input, "input arrives whole and in order");
+        thread::sleep(Duration::from_millis(20));
+        assert!(!t.is_finished(), "EOF does not stop the forwarder");
+        stop.write(1).unwrap();
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn console_writer_writes_and_gives_up_when_stopping() {
+        let (rx, tx) = pipe();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut w = ConsoleWriter::new(tx, stopping.clone());
+        w.write_all(b"abc").unwrap();
+        let mut buf = [0u8; 3];
+        let mut r = std::fs::File::from(rx);
+        std::io::Read::read_exact(&mut r, &mut buf).unwrap();
+        assert_eq!(&buf, b"abc");
+        drop(r);
+        // A closed reader: the error is reported, not retried forever.
+        assert!(w.write_all(b"x").is_err());
+    }
+}

@@ -1,0 +1,731 @@
+//! The virtio-mmio transport, version 2 (virtio 1.x §4.2.2): the register block a driver uses
+//! to discover a device, negotiate features, set up queues and drive the device status.
+//!
+//! Status follows the spec's initialization sequence (ACKNOWLEDGE, DRIVER, FEATURES_OK,
+//! DRIVER_OK, one bit at a time; FAILED at any time); FEATURES_OK is refused for features the
+//! device did not offer or without VERSION_1; queue registers are writable only between
+//! FEATURES_OK and DRIVER_OK. Writing 0 resets the device: queue notifications are detached and
+//! the device thread sees an inactive transport, so processing stops before the reset returns.
+
+use std::sync::Arc;
+
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+};
+use virtio_bindings::virtio_mmio::*;
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{NotifyRegistrar, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::backend::VmExit;
+use crate::devices::bus::BusDevice;
+use crate::devices::legacy::IrqLine;
+use crate::memory::SharedMemory;
+
+/// "virt" in little endian.
+pub const MMIO_MAGIC: u32 = 0x7472_6976;
+pub const MMIO_VERSION: u32 = 2;
+/// Vendor ID reported to the driver (not checked by Linux).
+pub const VENDOR_ID: u32 = 0x5345_444f; // "ODES"
+/// Offset of the QueueNotify register, where ioeventfds are attached.
+pub const QUEUE_NOTIFY_OFFSET: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
+const CONFIG_OFFSET: u64 = VIRTIO_MMIO_CONFIG as u64;
+
+const S_ACK: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
+const S_DRIVER: u32 = VIRTIO_CONFIG_S_DRIVER;
+const S_FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
+const S_DRIVER_OK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
+const S_FAILED: u32 = VIRTIO_CONFIG_S_FAILED;
+const S_NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
+
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: SharedMemory,
+    irq: IrqLine,
+    notify: Arc<dyn NotifyRegistrar>,
+    /// Guest-physical address of this device's QueueNotify register.
+    notify_addr: u64,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    status: u32,
+    interrupt_status: u32,
+    config_generation: u32,
+    /// Queue eventfds are attached to QueueNotify in KVM.
+    notify_attached: bool,
+    /// DRIVER_OK accepted: the device thread may process queues.
+    active: bool,
+}
+
+impl MmioTransport {
+    /// A transport for `device` whose registers start at `base`.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: SharedMemory,
+        irq: IrqLine,
+        notify: Arc<dyn NotifyRegistrar>,
+        base: u64,
+    ) -> std::io::Result<Self> {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&max| {
+                Queue::new(max)
+                    .map_err(|e| std::io::Error::other(format!("invalid queue size {max}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let queue_evts = queues
+            .iter()
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MmioTransport {
+            device,
+            mem,
+            irq,
+            notify,
+            notify_addr: base + QUEUE_NOTIFY_OFFSET,
+            queues,
+            queue_evts,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            status: 0,
+            interrupt_status: 0,
+            config_generation: 0,
+            notify_attached: false,
+            active: false,
+        })
+    }
+
+    /// The eventfd signalled when the guest notifies queue `i` (watched by the device thread).
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn has_status(&self, set: u32, clear: u32) -> bool {
+        self.status & set == set && self.status & clear == 0
+    }
+
+    /// Serves queue `index` after a notification; called by the device thread.
+    pub fn process_queue(&mut self, index: usize) {
+        if !self.active || index >= self.queues.len() {
+            return;
+        }
+        match self
+            .device
+            .process_queue(index, &mut self.queues[index], &self.mem)
+        {
+            Ok(true) => self.raise(VIRTIO_MMIO_INT_VRING),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(
+                    device = self.device.device_type(),
+                    queue = index,
+                    "virtio queue broken, device needs reset: {e}"
+                );
+                self.fail();
+            }
+        }
+    }
+
+    fn raise(&mut self, reason: u32) {
+        self.interrupt_status |= reason;
+        self.irq.trigger();
+    }
+
+    /// The device cannot go on until the driver resets it.
+    fn fail(&mut self) {
+        self.active = false;
+        self.detach_notifications();
+        self.status |= S_NEEDS_RESET;
+        self.raise(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    fn attach_notifications(&mut self) {
+        for (i, evt) in self.queue_evts.iter().enumerate() {
+            if let Err(e) = self.notify.register(evt, self.notify_addr, i as u32) {
+                // QueueNotify writes then exit to the VMM, which signals the eventfd itself.
+                tracing::debug!("no ioeventfd for queue {i} at {:#x}: {e}", self.notify_addr);
+            }
+        }
+        self.notify_attached = true;
+    }
+
+    fn detach_notifications(&mut self) {
+        if !self.notify_attached {
+            return;
+        }
+        for (i, evt) in self.queue_evts.iter().enumerate() {
+            let _ = self.notify.unregister(evt, self.notify_addr, i as u32);
+        }
+        self.notify_attached = false;
+    }
+
+    fn activate(&mut self) -> bool {
+        for (i, q) in self.queues.iter().enumerate() {
+            if q.ready() && !q.is_valid(&*self.mem) {
+                tracing::warn!(
+                    device = self.device.device_type(),
+                    "queue {i} is outside guest memory or misaligned"
+                );
+                return false;
+            }
+        }
+        self.attach_notifications();
+        self.active = true;
+        // Serve whatever the driver queued before DRIVER_OK.
+        for evt in &self.queue_evts {
+            let _ = evt.write(1);
+        }
+        true
+    }
+
+    fn reset(&mut self) {
+        self.active = false;
+        self.detach_notifications();
+        self.device.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
+        // Drop notifications that arrived before the reset.
+        for evt in &self.queue_evts {
+            let _ = evt.read();
+        }
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.queue_sel = 0;
+        self.status = 0;
+        self.interrupt_status = 0;
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        if value & S_FAILED != 0 {
+            self.status |= S_FAILED;
+            return;
+        }
+        let added = value & !self.status;
+        if value & self.status != self.status || added.count_ones() != 1 {
+            tracing::debug!(
+                "virtio-mmio: ignored status {value:#x} (was {:#x})",
+                self.status
+            );
+            return;
+        }
+        let before = self.status & !S_NEEDS_RESET;
+        match added {
+            S_ACK if before == 0 => self.status |= S_ACK,
+            S_DRIVER if before == S_ACK => self.status |= S_DRIVER,
+            S_FEATURES_OK if before == S_ACK | S_DRIVER => {
+                let offered = self.device.features();
+                if self.driver_features & !offered == 0
+                    && self.driver_features & VIRTIO_F_VERSION_1 != 0
+                {
+                    self.status |= S_FEATURES_OK;
+                } else {
+                    tracing::warn!(
+                        "virtio-mmio: driver features {:#x} not a subset of {offered:#x} with VERSION_1",
+                        self.driver_features
+                    );
+                }
+            }
+            S_DRIVER_OK if before == S_ACK | S_DRIVER | S_FEATURES_OK => {
+                self.status |= S_DRIVER_OK;
+                if !self.activate() {
+                    self.fail();
+                }
+            }
+            _ => tracing::debug!(
+                "virtio-mmio: ignored status {value:#x} (was {:#x})",
+                self.status
+            ),
+        }
+    }
+
+    fn read_register(&self, offset: u32) -> u32 {
+        let queue = self.queues.get(self.queue_sel as usize);
+        match offset {
+            VIRTIO_MMIO_MAGIC_VALUE => MMIO_MAGIC,
+            VIRTIO_MMIO_VERSION => MMIO_VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
+            VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            VIRTIO_MMIO_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
+            VIRTIO_MMIO_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt_status,
+            VIRTIO_MMIO_STATUS => self.status,
+            VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            // No shared memory regions: a length of all ones means "absent".
+            VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX,
+            VIRTIO_MMIO_SHM_BASE_LOW | VIRTIO_MMIO_SHM_BASE_HIGH => u32::MAX,
+            _ => {
+                tracing::trace!("virtio-mmio: read of register {offset:#x}");
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u32, value: u32) {
+        let queue_config = self.has_status(S_FEATURES_OK, S_DRIVER_OK | S_FAILED);
+        match offset {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_sel = value,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            VIRTIO_MMIO_DRIVER_FEATURES => {
+                if self.has_status(S_DRIVER, S_FEATURES_OK | S_FAILED) {
+                    match self.driver_features_sel {
+                        0 => {
+                            self.driver_features =
+                                (self.driver_features & !0xffff_ffff) | u64::from(value)
+                        }
+                        1 => {
+                            self.driver_features =
+                                (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                        }
+                        _ => {}
+                    }
+                } else {
+                    tracing::debug!(
+                        "virtio-mmio: driver features written in status {:#x}",
+                        self.status
+                    );
+                }
+            }
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = value,
+            VIRTIO_MMIO_QUEUE_NUM
+            | VIRTIO_MMIO_QUEUE_READY
+            | VIRTIO_MMIO_QUEUE_DESC_LOW
+            | VIRTIO_MMIO_QUEUE_DESC_HIGH
+            | VIRTIO_MMIO_QUEUE_AVAIL_LOW
+            | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+            | VIRTIO_MMIO_QUEUE_USED_LOW
+            | VIRTIO_MMIO_QUEUE_USED_HIGH => {
+                if !queue_config {
+                    tracing::debug!(
+                        "virtio-mmio: queue register {offset:#x} written in status {:#x}",
+                        self.status
+                    );
+                    return;
+                }
+                let Some(q) = self.selected_queue() else {
+                    return;
+                };
+                match offset {
+                    VIRTIO_MMIO_QUEUE_NUM => {
+                        // Invalid sizes (zero, not a power of two, over the max) are refused
+                        // by the queue; is_valid at DRIVER_OK catches what remains.
+                        q.set_size(value as u16);
+                    }
+                    VIRTIO_MMIO_QUEUE_READY => q.set_ready(value == 1),
+                    VIRTIO_MMIO_QUEUE_DESC_LOW => q.set_desc_table_address(Some(value), None),
+                    VIRTIO_MMIO_QUEUE_DESC_HIGH => q.set_desc_table_address(None, Some(value)),
+                    VIRTIO_MMIO_QUEUE_AVAIL_LOW => q.set_avail_ring_address(Some(value), None),
+                    VIRTIO_MMIO_QUEUE_AVAIL_HIGH => q.set_avail_ring_address(None, Some(value)),
+                    VIRTIO_MMIO_QUEUE_USED_LOW => q.set_used_ring_address(Some(value), None),
+                    VIRTIO_MMIO_QUEUE_USED_HIGH => q.set_used_ring_address(None, Some(value)),
+                    _ => unreachable!(),
+                }
+            }
+            VIRTIO_MMIO_QUEUE_NOTIFY => {
+                // Only reached when no ioeventfd caught the write.
+                if self.active {
+                    if let Some(evt) = self.queue_evts.get(value as usize) {
+                        let _ = evt.write(1);
+                    }
+                }
+            }
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt_status &= !value,
+            VIRTIO_MMIO_STATUS => self.set_status(value),
+            _ => tracing::trace!("virtio-mmio: write of register {offset:#x}"),
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_OFFSET {
+            self.device.read_config(offset - CONFIG_OFFSET, data);
+        } else if data.len() == 4 && offset % 4 == 0 {
+            data.copy_from_slice(&self.read_register(offset as u32).to_le_bytes());
+        } else {
+            tracing::debug!(
+                "virtio-mmio: {}-byte read of register {offset:#x}",
+                data.len()
+            );
+            data.fill(0);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<VmExit> {
+        if offset >= CONFIG_OFFSET {
+            // Neither device has writable config fields.
+            tracing::trace!("virtio-mmio: config write at {offset:#x} ignored");
+        } else if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset % 4 == 0) {
+            self.write_register(offset as u32, u32::from_le_bytes(bytes));
+        } else {
+            tracing::debug!(
+                "virtio-mmio: {}-byte write of register {offset:#x}",
+                data.len()
+            );
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_util;
+    use std::sync::Mutex;
+
+    /// A device with two queues that counts how it is used.
+    struct Dummy {
+        processed: Arc<Mutex<Vec<usize>>>,
+        resets: Arc<Mutex<u32>>,
+    }
+
+    const DUMMY_FEATURES: u64 = VIRTIO_F_VERSION_1 | 0b101;
+
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 8]
+        }
+        fn features(&self) -> u64 {
+            DUMMY_FEATURES
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            super::super::read_config_bytes(&[1, 2, 3, 4, 5, 6, 7, 8], offset, data);
+        }
+        fn process_queue(
+            &mut self,
+            index: usize,
+            _q: &mut Queue,
+            _m: &crate::memory::GuestMemory,
+        ) -> Result<bool, virtio_queue::Error> {
+            self.processed.lock().unwrap().push(index);
+            Ok(index == 0)
+        }
+        fn reset(&mut self) {
+            *self.resets.lock().unwrap() += 1;
+        }
+    }
+
+    #[derive(Default)]
+    struct Registrations(Mutex<Vec<(bool, u64, u32)>>);
+
+    impl NotifyRegistrar for Registrations {
+        fn register(&self, _evt: &EventFd, addr: u64, queue: u32) -> std::io::Result<()> {
+            self.0.lock().unwrap().push((true, addr, queue));
+            Ok(())
+        }
+        fn unregister(&self, _evt: &EventFd, addr: u64, queue: u32) -> std::io::Result<()> {
+            self.0.lock().unwrap().push((false, addr, queue));
+            Ok(())
+        }
+    }
+
+    struct Fixture {
+        t: MmioTransport,
+        regs: Arc<Registrations>,
+        irq: EventFd,
+        processed: Arc<Mutex<Vec<usize>>>,
+        resets: Arc<Mutex<u32>>,
+    }
+
+    const BASE: u64 = 0xd000_0000;
+
+    fn fixture() -> Fixture {
+        let processed = Arc::new(Mutex::new(Vec::new()));
+        let resets = Arc::new(Mutex::new(0));
+        let regs = Arc::new(Registrations::default());
+        let irq = IrqLine::new().unwrap();
+        let irq_evt = irq.0.try_clone().unwrap();
+        let dev = Dummy {
+            processed: processed.clone(),
+            resets: resets.clone(),
+        };
+        let t = MmioTransport::new(
+            Box::new(dev),
+            Arc::new(test_util::memory()),
+            irq,
+            regs.clone(),
+            BASE,
+        )
+        .unwrap();
+        Fixture {
+            t,
+            regs,
+            irq: irq_evt,
+            processed,
+            resets,
+        }
+    }
+
+    fn rd(t: &mut MmioTransport, offset: u32) -> u32 {
+        let mut d = [0u8; 4];
+        t.read(u64::from(offset), &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn wr(t: &mut MmioTransport, offset: u32, value: u32) {
+        assert_eq!(t.write(u64::from(offset), &value.to_le_bytes()), None);
+    }
+
+    /// The Linux driver's sequence up to FEATURES_OK, then a valid queue 0.
+    fn negotiate(t: &mut MmioTransport, features: u64) {
+        wr(t, VIRTIO_MMIO_STATUS, 0);
+        wr(t, VIRTIO_MMIO_STATUS, S_ACK);
+        wr(t, VIRTIO_MMIO_STATUS, S_ACK | S_DRIVER);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES, features as u32);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES, (features >> 32) as u32);
+        wr(t, VIRTIO_MMIO_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+    }
+
+    fn setup_queue0(t: &mut MmioTransport) {
+        wr(t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        wr(t, VIRTIO_MMIO_QUEUE_NUM, 16);
+        wr(t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1000);
+        wr(t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
+        wr(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x2000);
+        wr(t, VIRTIO_MMIO_QUEUE_USED_LOW, 0x3000);
+        wr(t, VIRTIO_MMIO_QUEUE_READY, 1);
+    }
+
+    #[test]
+    fn identification_registers() {
+        let mut f = fixture();
+        let t = &mut f.t;
+        assert_eq!(rd(t, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
+        assert_eq!(rd(t, VIRTIO_MMIO_VERSION), 2);
+        assert_eq!(rd(t, VIRTIO_MMIO_DEVICE_ID), 42);
+        assert_eq!(rd(t, VIRTIO_MMIO_VENDOR_ID), VENDOR_ID);
+        assert_eq!(rd(t, VIRTIO_MMIO_CONFIG_GENERATION), 0);
+        assert_eq!(rd(t, VIRTIO_MMIO_SHM_LEN_LOW), u32::MAX);
+        assert_eq!(
+            rd(t, 0x0fc + 4),
+            0x0403_0201,
+            "config space starts at 0x100"
+        );
+        let mut b = [0u8; 2];
+        t.read(0x106, &mut b);
+        assert_eq!(b, [7, 8]);
+        t.read(0x107, &mut b);
+        assert_eq!(b, [8, 0], "past the config reads zero");
+        let mut odd = [0xffu8; 2];
+        t.read(u64::from(VIRTIO_MMIO_MAGIC_VALUE), &mut odd);
+        assert_eq!(odd, [0, 0], "registers take 32-bit accesses only");
+    }
+
+    #[test]
+    fn feature_select_banks() {
+        let mut f = fixture();
+        let t = &mut f.t;
+        wr(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+        assert_eq!(rd(t, VIRTIO_MMIO_DEVICE_FEATURES), 0b101);
+        wr(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(rd(t, VIRTIO_MMIO_DEVICE_FEATURES), 1, "VERSION_1 is bit 32");
+        wr(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 2);
+        assert_eq!(rd(t, VIRTIO_MMIO_DEVICE_FEATURES), 0);
+    }
+
+    #[test]
+    fn status_follows_the_init_sequence() {
+        let mut f = fixture();
+        let t = &mut f.t;
+        // Skipping a step is refused.
+        wr(t, VIRTIO_MMIO_STATUS, S_ACK | S_DRIVER);
+        assert_eq!(rd(t, VIRTIO_MMIO_STATUS), 0);
+        wr(t, VIRTIO_MMIO_STATUS, S_ACK);
+        wr(t, VIRTIO_MMIO_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+        assert_eq!(rd(t, VIRTIO_MMIO_STATUS), S_ACK);
+        wr(t, VIRTIO_MMIO_STATUS, S_ACK | S_DRIVER);
+        // Features written before DRIVER would be ignored; now they count.
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        wr(t, VIRTIO_MMIO_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+        assert_eq!(rd(t, VIRTIO_MMIO_STATUS), S_ACK | S_DRIVER | S_FEATURES_OK);
+        // Clearing a bit without a reset is refused.
+        wr(t, VIRTIO_MMIO_STATUS, S_ACK);
+        assert_eq!(rd(t, VIRTIO_MMIO_STATUS), S_ACK | S_DRIVER | S_FEATURES_OK);
+        // FAILED sticks at any time.
+        wr(t, VIRTIO_MMIO_STATUS, S_FAILED);
+        assert_ne!(rd(t, VIRTIO_MMIO_STATUS) & S_FAILED, 0);
+        wr(t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(rd(t, VIRTIO_MMIO_STATUS), 0);
+    }
+
+    #[test]
+    fn features_ok_needs_a_subset_with_version_1() {
+        let mut f = fixture();
+        negotiate(&mut f.t, 0b101); // no VERSION_1
+        assert_eq!(rd(&mut f.t, VIRTIO_MMIO_STATUS) & S_FEATURES_OK, 0);
+        negotiate(&mut f.t, VIRTIO_F_VERSION_1 | 0b10); // bit 1 not offered
+        assert_eq!(rd(&mut f.t, VIRTIO_MMIO_STATUS) & S_FEATURES_OK, 0);
+        negotiate(&mut f.t, VIRTIO_F_VERSION_1 | 0b100);
+        assert_ne!(rd(&mut f.t, VIRTIO_MMIO_STATUS) & S_FEATURES_OK, 0);
+        // Features are frozen after FEATURES_OK.
+        wr(&mut f.t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        wr(&mut f.t, VIRTIO_MMIO_DRIVER_FEATURES, 0b1);
+        assert_eq!(f.t.driver_features, VIRTIO_F_VERSION_1 | 0b100);
+    }
+
+    #[test]
+    fn queue_registers() {
+        let mut f = fixture();
+        let t = &mut f.t;
+        // Before FEATURES_OK queue set-up is ignored.
+        wr(t, VIRTIO_MMIO_QUEUE_NUM, 4);
+        assert_eq!(t.queues[0].size(), 16);
+        negotiate(t, VIRTIO_F_VERSION_1);
+        wr(t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        assert_eq!(rd(t, VIRTIO_MMIO_QUEUE_NUM_MAX), 8);
+        wr(t, VIRTIO_MMIO_QUEUE_NUM, 4);
+        wr(t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1000);
+        wr(t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0x1);
+        wr(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x2002);
+        wr(t, VIRTIO_MMIO_QUEUE_USED_LOW, 0x3004);
+        wr(t, VIRTIO_MMIO_QUEUE_READY, 1);
+        assert_eq!(rd(t, VIRTIO_MMIO_QUEUE_READY), 1);
+        let q = &t.queues[1];
+        assert_eq!(
+            (q.size(), q.desc_table(), q.avail_ring(), q.used_ring()),
+            (4, 0x1_0000_1000, 0x2002, 0x3004)
+        );
+        // Invalid size and alignment are refused.
+        wr(t, VIRTIO_MMIO_QUEUE_NUM, 3);
+        wr(t, VIRTIO_MMIO_QUEUE_NUM, 16);
+        wr(t, VIRTIO_MMIO_QUEUE_USED_LOW, 0x3001);
+        assert_eq!((t.queues[1].size(), t.queues[1].used_ring()), (4, 0x3004));
+        // A queue that does not exist.
+        wr(t, VIRTIO_MMIO_QUEUE_SEL, 2);
+        assert_eq!(rd(t, VIRTIO_MMIO_QUEUE_NUM_MAX), 0);
+        wr(t, VIRTIO_MMIO_QUEUE_READY, 1);
+        assert_eq!(rd(t, VIRTIO_MMIO_QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn driver_ok_attaches_notifications_and_reset_detaches() {
+        let mut f = fixture();
+        negotiate(&mut f.t, VIRTIO_F_VERSION_1);
+        setup_queue0(&mut f.t);
+        wr(
+            &mut f.t,
+            VIRTIO_MMIO_STATUS,
+            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+        );
+        assert!(f.t.is_active());
+        let notify = BASE + 0x50;
+        assert_eq!(
+            *f.regs.0.lock().unwrap(),
+            vec![(true, notify, 0), (true, notify, 1)]
+        );
+        // Queue set-up is frozen after DRIVER_OK.
+        wr(&mut f.t, VIRTIO_MMIO_QUEUE_NUM, 2);
+        assert_eq!(f.t.queues[0].size(), 16);
+
+        // A notification reaches the device; used buffers raise the interrupt.
+        f.t.process_queue(0);
+        assert_eq!(*f.processed.lock().unwrap(), vec![0]);
+        assert_eq!(
+            rd(&mut f.t, VIRTIO_MMIO_INTERRUPT_STATUS),
+            VIRTIO_MMIO_INT_VRING
+        );
+        assert!(f.irq.read().unwrap() > 0);
+        wr(&mut f.t, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INT_VRING);
+        assert_eq!(rd(&mut f.t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+
+        // The fallback path: a QueueNotify write that reached the VMM signals the eventfd.
+        let _ = f.t.queue_evts()[1].read();
+        wr(&mut f.t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
+        assert_eq!(f.t.queue_evts()[1].read().unwrap(), 1);
+
+        wr(&mut f.t, VIRTIO_MMIO_STATUS, 0);
+        assert!(!f.t.is_active());
+        assert_eq!(
+            *f.resets.lock().unwrap(),
+            2,
+            "negotiate() starts with a reset too"
+        );
+        assert_eq!(
+            f.regs.0.lock().unwrap()[2..],
+            [(false, notify, 0), (false, notify, 1)]
+        );
+        assert!(!f.t.queues[0].ready());
+        assert_eq!(f.t.queues[0].size(), 16);
+        // After a reset nothing is processed and notifications are ignored.
+        f.t.process_queue(0);
+        assert_eq!(f.processed.lock().unwrap().len(), 1);
+        wr(&mut f.t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        assert!(
+            f.t.queue_evts()[0].read().is_err(),
+            "no notification after reset"
+        );
+    }
+
+    #[test]
+    fn invalid_queue_at_driver_ok_needs_reset() {
+        let mut f = fixture();
+        negotiate(&mut f.t, VIRTIO_F_VERSION_1);
+        wr(&mut f.t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        // Used ring beyond guest memory.
+        wr(&mut f.t, VIRTIO_MMIO_QUEUE_USED_LOW, 0x4000_0000);
+        wr(&mut f.t, VIRTIO_MMIO_QUEUE_READY, 1);
+        wr(
+            &mut f.t,
+            VIRTIO_MMIO_STATUS,
+            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+        );
+        assert!(!f.t.is_active());
+        assert_ne!(rd(&mut f.t, VIRTIO_MMIO_STATUS) & S_NEEDS_RESET, 0);
+        assert_eq!(
+            rd(&mut f.t, VIRTIO_MMIO_INTERRUPT_STATUS),
+            VIRTIO_MMIO_INT_CONFIG
+        );
+        // A reset recovers.
+        negotiate(&mut f.t, VIRTIO_F_VERSION_1);
+        setup_queue0(&mut f.t);
+        wr(
+            &mut f.t,
+            VIRTIO_MMIO_STATUS,
+            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+        );
+        assert!(f.t.is_active());
+        assert_eq!(
+            rd(&mut f.t, VIRTIO_MMIO_STATUS),
+            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! Virtio devices over the MMIO transport (virtio 1.x, "modern" only): the transport's register
+//! block, the block and entropy devices, and the thread that services their queues.
+//!
+//! Division of work: vCPU threads handle register accesses ([`mmio::MmioTransport`] behind a
+//! mutex on the MMIO bus); queue notifications reach the device thread ([`worker`]) through
+//! ioeventfds, and completions reach the guest through irqfds, so neither crosses the VMM's
+//! vCPU threads on the data path.
+
+pub mod block;
+pub mod mmio;
+pub mod rng;
+pub mod worker;
+
+use std::io;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::GuestMemory;
+
+/// Feature bit 32: virtio 1.x semantics (the only ones this transport offers).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+
+/// A device behind the transport: what it offers and how it serves its queues.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (2: block, 4: entropy).
+    fn device_type(&self) -> u32;
+    /// Largest size of each queue; the number of queues is this slice's length.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Offered feature bits, `VIRTIO_F_VERSION_1` included.
+    fn features(&self) -> u64;
+    /// Reads device config space at `offset`; bytes beyond it read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Serves the available buffers of queue `index`. `Ok(true)` when it added used buffers
+    /// (the guest must be interrupted); `Err` when the queue itself is broken.
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+    ) -> Result<bool, virtio_queue::Error>;
+    /// The driver reset the device.
+    fn reset(&mut self) {}
+}
+
+/// Ties a queue's eventfd to guest writes of the queue's index to `addr` (KVM ioeventfd).
+pub trait NotifyRegistrar: Send + Sync {
+    fn register(&self, evt: &EventFd, addr: u64, queue: u32) -> io::Result<()>;
+    fn unregister(&self, evt: &EventFd, addr: u64, queue: u32) -> io::Result<()>;
+}
+
+/// Copies the part of `config` that `offset`/`data` covers into `data`; the rest reads zero.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start < config.len() {
+        let n = data.len().min(config.len() - start);
+        data[..n].copy_from_slice(&config[start..start + n]);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    //! Guest memory and a driver-side queue for device tests.
+
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    use crate::memory::GuestMemory;
+
+    pub const QUEUE_SIZE: u16 = 16;
+    /// Guest memory size for tests: queue structures at 0, buffers from 0x1_0000.
+    pub const MEM_SIZE: usize = 0x10_0000;
+
+    pub fn memory() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+    }
+
+    /// A descriptor: `(addr, len, writable)`.
+    pub type Desc = (u64, u32, bool);
+
+    /// Puts one chain of `descs` in the queue's available ring.
+    pub fn add_chain(vq: &MockSplitQueue<'_, GuestMemory>, first_index: u16, descs: &[Desc]) {
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, writable))| {
+                let mut flags = if writable {
+                    VRING_DESC_F_WRITE as u16
+                } else {
+                    0
+                };
+                let last = i + 1 == descs.len();
+                if !last {
+                    flags |= VRING_DESC_F_NEXT as u16;
+                }
+                let next = if last { 0 } else { first_index + i as u16 + 1 };
+                RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+            })
+            .collect();
+        vq.add_desc_chains(&raw, first_index).unwrap();
+    }
+
+    /// The used ring's entry `i`: (head index, length).
+    pub fn used(vq: &MockSplitQueue<'_, GuestMemory>, i: usize) -> (u32, u32) {
+        let e = vq.used().ring().ref_at(i).unwrap().load();
+        (e.id(), e.len())
+    }
+
+    pub fn used_idx(vq: &MockSplitQueue<'_, GuestMemory>) -> u16 {
+        vq.used().idx().load()
+    }
+}

@@ -1,0 +1,117 @@
+//! The device thread: waits for queue notifications (the ioeventfds) and serves them.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::mmio::MmioTransport;
+use crate::devices::lock;
+
+const STOP_TOKEN: u64 = u64::MAX;
+
+struct Source {
+    transport: Arc<Mutex<MmioTransport>>,
+    queue: usize,
+    evt: EventFd,
+}
+
+/// Serves the queues of `transports` until `stop` is signalled (it is never read, so every
+/// thread watching it sees it).
+pub fn run(transports: &[Arc<Mutex<MmioTransport>>], stop: &EventFd) -> io::Result<()> {
+    let mut sources = Vec::new();
+    for t in transports {
+        let evts = lock(t)
+            .queue_evts()
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<Result<Vec<_>, _>>()?;
+        for (queue, evt) in evts.into_iter().enumerate() {
+            sources.push(Source {
+                transport: t.clone(),
+                queue,
+                evt,
+            });
+        }
+    }
+
+    let epoll = Epoll::new()?;
+    epoll.ctl(
+        ControlOperation::Add,
+        stop.as_raw_fd(),
+        EpollEvent::new(EventSet::IN, STOP_TOKEN),
+    )?;
+    for (i, s) in sources.iter().enumerate() {
+        epoll.ctl(
+            ControlOperation::Add,
+            s.evt.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, i as u64),
+        )?;
+    }
+
+    let mut events = vec![EpollEvent::default(); sources.len() + 1];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        for ev in &events[..n] {
+            if ev.data() == STOP_TOKEN {
+                return Ok(());
+            }
+            let Some(s) = sources.get(ev.data() as usize) else {
+                continue;
+            };
+            // Consume the notification before serving, so one that arrives meanwhile is seen.
+            let _ = s.evt.read();
+            lock(&s.transport).process_queue(s.queue);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::legacy::IrqLine;
+    use crate::devices::virtio::rng::Rng;
+    use crate::devices::virtio::test_util;
+    use crate::devices::virtio::NotifyRegistrar;
+    use std::thread;
+    use std::time::Duration;
+
+    struct NoIoeventfd;
+    impl NotifyRegistrar for NoIoeventfd {
+        fn register(&self, _: &EventFd, _: u64, _: u32) -> io::Result<()> {
+            Err(io::Error::other("no KVM in this test"))
+        }
+        fn unregister(&self, _: &EventFd, _: u64, _: u32) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn stops_when_asked() {
+        let t = MmioTransport::new(
+            Box::new(Rng::new()),
+            Arc::new(test_util::memory()),
+            IrqLine::new().unwrap(),
+            Arc::new(NoIoeventfd),
+            0xd000_0000,
+        )
+        .unwrap();
+        let transports = vec![Arc::new(Mutex::new(t))];
+        let stop = EventFd::new(0).unwrap();
+        let stop2 = stop.try_clone().unwrap();
+        let tr = transports.clone();
+        let h = thread::spawn(move || run(&tr, &stop2));
+        // A notification for an inactive device is consumed and ignored.
+        lock(&transports[0]).queue_evts()[0].write(1).unwrap();
+        thread::sleep(Duration::from_millis(50));
+        assert!(!h.is_finished());
+        stop.write(1).unwrap();
+        h.join().unwrap().unwrap();
+    }
+}

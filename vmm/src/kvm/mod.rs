@@ -1,0 +1,280 @@
+//! The VM and its vCPUs on KVM: creating them, giving them memory, interrupt controllers and
+//! their boot state, and running each vCPU on its own thread.
+
+pub mod regs;
+pub mod vcpu;
+
+use std::io;
+use std::sync::Arc;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_API_VERSION, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::cpuid::FeatureMask;
+use crate::devices::virtio::NotifyRegistrar;
+use crate::memory::{GuestMemory, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+
+pub use vcpu::{Vcpu, VmControl};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open /dev/kvm")]
+    Open(#[source] kvm_ioctls::Error),
+    #[error("KVM API version {0}; this VMM needs {KVM_API_VERSION}")]
+    ApiVersion(i32),
+    #[error("KVM lacks {0:?}, which this VMM needs")]
+    MissingCapability(Cap),
+    #[error("KVM: cannot {what}")]
+    Ioctl {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM: cannot map guest memory slot {slot} ({size:#x} bytes at {addr:#x})")]
+    MemorySlot {
+        slot: u32,
+        addr: u64,
+        size: u64,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM: cannot connect interrupt line {gsi}")]
+    Irqfd {
+        gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU {vcpu}: cannot {what}")]
+    VcpuSetup {
+        vcpu: u8,
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU {vcpu}: KVM took {set} of the {total} boot MSRs; MSR {index:#x} was refused")]
+    Msrs {
+        vcpu: u8,
+        set: usize,
+        total: usize,
+        index: u32,
+    },
+    #[error("vCPU {vcpu}: the CPUID table has too many entries")]
+    CpuidTooLong { vcpu: u8 },
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Ioctl { what, source }
+}
+
+/// A KVM VM with the in-kernel LAPICs, IOAPIC, PIC and PIT of a PC.
+pub struct Vm {
+    kvm: Kvm,
+    fd: Arc<VmFd>,
+    supported_cpuid: CpuId,
+    tsc_deadline: bool,
+}
+
+impl Vm {
+    pub fn new() -> Result<Self, Error> {
+        let kvm = Kvm::new().map_err(Error::Open)?;
+        let version = kvm.get_api_version();
+        if version != KVM_API_VERSION as i32 {
+            return Err(Error::ApiVersion(version));
+        }
+        for cap in [
+            Cap::Irqchip,
+            Cap::Pit2,
+            Cap::Ioeventfd,
+            Cap::Irqfd,
+            Cap::UserMemory,
+            Cap::ExtCpuid,
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(Error::MissingCapability(cap));
+            }
+        }
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("get the supported CPUID"))?;
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+
+        let fd = kvm.create_vm().map_err(ioctl("create a VM"))?;
+        // Both addresses sit in the MMIO gap, clear of RAM and devices; KVM needs them before
+        // the first vCPU exists (the identity map only matters on Intel without unrestricted
+        // guest, hence optional).
+        fd.set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(ioctl("set the TSS address"))?;
+        if kvm.check_extension(Cap::SetIdentityMapAddr) {
+            fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+                .map_err(ioctl("set the identity map address"))?;
+        }
+        fd.create_irq_chip()
+            .map_err(ioctl("create the in-kernel interrupt controllers"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(ioctl("create the in-kernel PIT"))?;
+        Ok(Vm {
+            kvm,
+            fd: Arc::new(fd),
+            supported_cpuid,
+            tsc_deadline,
+        })
+    }
+
+    pub fn fd(&self) -> &Arc<VmFd> {
+        &self.fd
+    }
+
+    /// Most vCPUs KVM runs in one VM.
+    pub fn max_vcpus(&self) -> usize {
+        self.kvm.get_max_vcpus()
+    }
+
+    /// Gives the guest its RAM, one memory slot per region.
+    pub fn register_memory(&self, mem: &GuestMemory) -> Result<(), Error> {
+        for (slot, region) in mem.iter().enumerate() {
+            let slot = slot as u32;
+            let addr = region.start_addr().0;
+            let size = region.len();
+            let host = mem
+                .get_host_address(region.start_addr())
+                .expect("a mapped region has a host address") as u64;
+            let desc = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: addr,
+                memory_size: size,
+                userspace_addr: host,
+            };
+            // SAFETY: the region is a live mapping of `size` bytes owned by `mem`, which the
+            // caller keeps alive as long as the VM (the VM fd is dropped first).
+            unsafe { self.fd.set_user_memory_region(desc) }.map_err(|source| {
+                Error::MemorySlot {
+                    slot,
+                    addr,
+                    size,
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Makes a write to `evt` raise interrupt line `gsi` (IOAPIC pin, and PIC for 0..15).
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {
+        self.fd
+            .register_irqfd(evt, gsi)
+            .map_err(|source| Error::Irqfd { gsi, source })
+    }
+
+    /// Creates vCPU `index` of `count` with its CPUID, MSRs, FPU and LAPIC set up; it is
+    /// runnable (the boot vCPU, once given its entry state) or waits for INIT/SIPI (the
+    /// others: KVM's in-kernel LAPIC holds them).
+    pub fn create_vcpu(&self, index: u8, count: u8, hidden: &[FeatureMask]) -> Result<Vcpu, Error> {
+        Vcpu::new(self, index, count, hidden)
+    }
+
+    /// An ioeventfd registrar for virtio-mmio transports.
+    pub fn notify_registrar(&self) -> Arc<dyn NotifyRegistrar> {
+        Arc::new(IoEvents(self.fd.clone()))
+    }
+}
+
+/// Attaches queue eventfds to 32-bit writes of the queue index at a QueueNotify address.
+struct IoEvents(Arc<VmFd>);
+
+impl NotifyRegistrar for IoEvents {
+    fn register(&self, evt: &EventFd, addr: u64, queue: u32) -> io::Result<()> {
+        self.0
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), queue)
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+    }
+
+    fn unregister(&self, evt: &EventFd, addr: u64, queue: u32) -> io::Result<()> {
+        self.0
+            .unregister_ioevent(evt, &IoEventAddress::Mmio(addr), queue)
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+/// Tests on the host's /dev/kvm, with tiny hand-assembled guests: they run wherever KVM can
+/// run real-mode and 32-bit code (this includes paravirtual KVM hosts that cannot boot Linux).
+#[cfg(test)]
+pub(crate) mod smoke {
+    use std::sync::Mutex;
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::backend::VmExit;
+    use crate::devices::bus::{Bus, BusDevice};
+    use crate::devices::legacy::ports::ExitPort;
+    use crate::devices::legacy::serial::Serial;
+    use crate::devices::legacy::IrqLine;
+
+    /// False (with the reason printed) when this host has no usable KVM.
+    pub(crate) fn kvm_usable() -> bool {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            eprintln!("skipped: /dev/kvm is absent on this host");
+            return false;
+        }
+        if let Err(e) = Kvm::new() {
+            if matches!(e.errno(), libc::EACCES | libc::EPERM) {
+                eprintln!("skipped: /dev/kvm is not accessible to this user ({e})");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Real mode at 0x1000: "OK\n" to COM1, then 42 to the exit port.
+    const REAL_MODE_GUEST: &[u8] = &[
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'O', 0xee, // mov al, 'O'; out dx, al
+        0xb0, b'K', 0xee, // mov al, 'K'; out dx, al
+        0xb0, b'\n', 0xee, // mov al, '\n'; out dx, al
+        0xb0, 42, 0xe6, 0xf4, // mov al, 42; out 0xf4, al
+        0xf4, // hlt
+    ];
+
+    #[test]
+    fn real_mode_guest_writes_serial_and_exits() {
+        if !kvm_usable() {
+            return;
+        }
+        let mem = crate::memory::create(32).unwrap();
+        let vm = Vm::new().unwrap();
+        vm.register_memory(&mem).unwrap();
+        mem.write_slice(REAL_MODE_GUEST, GuestAddress(0x1000))
+            .unwrap();
+
+        let irq = IrqLine::new().unwrap();
+        vm.register_irqfd(&irq.0, 4).unwrap();
+        let serial = Arc::new(Mutex::new(Serial::new(irq, Vec::new())));
+        let mut pio = Bus::new();
+        pio.insert(0x3f8, 8, serial.clone()).unwrap();
+        pio.insert(
+            0xf4,
+            1,
+            Arc::new(Mutex::new(ExitPort)) as Arc<Mutex<dyn BusDevice>>,
+        )
+        .unwrap();
+
+        let vcpu = vm.create_vcpu(0, 1, crate::cpuid::DEFAULT_HIDDEN).unwrap();
+        vcpu.set_real_mode_entry(0x1000).unwrap();
+        let control = VmControl::new().unwrap();
+        vcpu.run(&pio, &Bus::new(), &control);
+
+        assert!(control.is_stopping());
+        assert_eq!(control.take_outcome().unwrap().unwrap(), VmExit::Guest(42));
+        assert_eq!(serial.lock().unwrap().writer(), b"OK\n");
+    }
+}

@@ -1,0 +1,420 @@
+//! One vCPU: its set-up, and the loop that runs it on its own thread, sending port and MMIO
+//! exits to the buses until the VM ends.
+//!
+//! Stopping: whoever ends the VM records the outcome in [`VmControl`] (first one wins), sets
+//! its flag and signals its eventfd; the thread that owns the vCPU threads then kicks each of
+//! them with a real-time signal whose handler sets `immediate_exit` in the vCPU's `kvm_run`, so
+//! a vCPU halted in the kernel or about to enter it returns at once.
+
+use std::cell::Cell;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+use kvm_bindings::{
+    kvm_run, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, unblock_signal, Killable, SIGRTMIN};
+
+use super::{regs, Error, Vm};
+use crate::backend::VmExit;
+use crate::boot::BootEntry;
+use crate::cpuid::{self, FeatureMask, VcpuCpuid};
+use crate::devices::bus::Bus;
+
+/// Why a vCPU ended the VM with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "vCPU {vcpu}: KVM internal error: {} (suberror {suberror}, data {data:x?})",
+        internal_error_name(*suberror)
+    )]
+    InternalError {
+        vcpu: u8,
+        suberror: u32,
+        data: Vec<u64>,
+    },
+    #[error("vCPU {vcpu}: VM entry failed on host CPU {cpu}, hardware reason {reason:#x}")]
+    FailEntry { vcpu: u8, reason: u64, cpu: u32 },
+    #[error("vCPU {vcpu}: unexpected exit {exit}")]
+    UnexpectedExit { vcpu: u8, exit: String },
+    #[error("vCPU {vcpu}: KVM_RUN failed")]
+    Run {
+        vcpu: u8,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("{0} thread ended without a result")]
+    ThreadEnded(&'static str),
+    #[error("cannot start the {what} thread")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// KVM's `KVM_INTERNAL_ERROR_*` suberrors.
+fn internal_error_name(suberror: u32) -> &'static str {
+    match suberror {
+        1 => "instruction emulation failed",
+        2 => "exception while delivering an exception",
+        3 => "event delivery failed",
+        4 => "unexpected VM exit",
+        _ => "unknown",
+    }
+}
+
+/// How the VM ends and who has been told.
+pub struct VmControl {
+    stopping: Arc<AtomicBool>,
+    stop_evt: EventFd,
+    outcome: Mutex<Option<Result<VmExit, RunError>>>,
+}
+
+impl VmControl {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(VmControl {
+            stopping: Arc::new(AtomicBool::new(false)),
+            stop_evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            outcome: Mutex::new(None),
+        })
+    }
+
+    /// Ends the VM with `outcome`, unless it already has one.
+    pub fn stop(&self, outcome: Result<VmExit, RunError>) {
+        let mut slot = crate::devices::lock(&self.outcome);
+        if slot.is_none() {
+            match &outcome {
+                Ok(exit) => tracing::debug!("VM ends: {exit:?}"),
+                Err(e) => tracing::debug!("VM ends: {e}"),
+            }
+            *slot = Some(outcome);
+        }
+        drop(slot);
+        self.stopping.store(true, Ordering::Release);
+        // The eventfd is never read: it stays readable for every thread that watches it.
+        let _ = self.stop_evt.write(1);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// The flag itself, for code that only needs to know (console output).
+    pub fn stopping_flag(&self) -> Arc<AtomicBool> {
+        self.stopping.clone()
+    }
+
+    /// Readable once the VM is stopping.
+    pub fn stop_evt(&self) -> &EventFd {
+        &self.stop_evt
+    }
+
+    /// Blocks until the VM is stopping.
+    pub fn wait(&self) {
+        let mut pfd = libc::pollfd {
+            fd: self.stop_evt.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        while !self.is_stopping() {
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, -1) };
+        }
+    }
+
+    pub fn take_outcome(&self) -> Option<Result<VmExit, RunError>> {
+        crate::devices::lock(&self.outcome).take()
+    }
+}
+
+/// Ends the VM with an error if the thread holding it unwinds or returns without a result.
+pub struct EndGuard<'a> {
+    pub control: &'a VmControl,
+    pub what: &'static str,
+}
+
+impl Drop for EndGuard<'_> {
+    fn drop(&mut self) {
+        self.control.stop(Err(RunError::ThreadEnded(self.what)));
+    }
+}
+
+/// Offset from SIGRTMIN of the signal that kicks vCPUs out of KVM_RUN.
+const KICK_SIGNAL_OFFSET: libc::c_int = 0;
+
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN() + KICK_SIGNAL_OFFSET
+}
+
+thread_local! {
+    /// This thread's vCPU `kvm_run`, for the kick handler; null outside the run loop.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: the pointer is this thread's live kvm_run mapping (cleared before the vCPU
+        // is dropped); a volatile byte store is async-signal-safe.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// Installs the kick handler, once per process.
+pub fn install_kick_handler() -> Result<(), Error> {
+    static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| register_signal_handler(kick_signal(), handle_kick).map_err(|e| e.errno()))
+        .map_err(|errno| Error::Ioctl {
+            what: "install the vCPU kick signal handler",
+            source: kvm_ioctls::Error::new(errno),
+        })
+}
+
+/// Interrupts the vCPU running on `thread` (see the module doc).
+pub fn kick(thread: &JoinHandle<()>) {
+    let _ = thread.kill(kick_signal());
+}
+
+pub struct Vcpu {
+    index: u8,
+    fd: VcpuFd,
+}
+
+impl Vcpu {
+    pub(super) fn new(
+        vm: &Vm,
+        index: u8,
+        count: u8,
+        hidden: &[FeatureMask],
+    ) -> Result<Self, Error> {
+        let setup = |what| {
+            move |source| Error::VcpuSetup {
+                vcpu: index,
+                what,
+                source,
+            }
+        };
+        let fd = vm
+            .fd
+            .create_vcpu(u64::from(index))
+            .map_err(setup("create the vCPU"))?;
+
+        let mut entries = vm.supported_cpuid.as_slice().to_vec();
+        let tsc_deadline = vm.tsc_deadline;
+        cpuid::normalize(
+            &mut entries,
+            VcpuCpuid {
+                index,
+                count,
+                tsc_deadline,
+            },
+            hidden,
+        );
+        let cpuid =
+            CpuId::from_entries(&entries).map_err(|_| Error::CpuidTooLong { vcpu: index })?;
+        fd.set_cpuid2(&cpuid).map_err(setup("set CPUID"))?;
+
+        let boot_msrs = regs::boot_msrs();
+        let msrs = Msrs::from_entries(&boot_msrs).expect("the boot MSR list is short");
+        let set = fd.set_msrs(&msrs).map_err(setup("set the boot MSRs"))?;
+        if set != boot_msrs.len() {
+            return Err(Error::Msrs {
+                vcpu: index,
+                set,
+                total: boot_msrs.len(),
+                index: boot_msrs[set].index,
+            });
+        }
+
+        if cpuid::vendor(&entries) == cpuid::Vendor::Amd {
+            // TscFreqSel, as AMD firmware sets it (Linux otherwise warns of a firmware bug).
+            // Best effort: older KVMs refuse the bit, which changes nothing else.
+            let hwcr = regs::amd_hwcr();
+            let _ = Msrs::from_entries(&[hwcr]).map(|m| fd.set_msrs(&m));
+        }
+
+        fd.set_fpu(&regs::boot_fpu())
+            .map_err(setup("set the FPU state"))?;
+        let mut lapic = fd.get_lapic().map_err(setup("read the LAPIC"))?;
+        regs::set_lint(&mut lapic);
+        fd.set_lapic(&lapic)
+            .map_err(setup("set the LAPIC local interrupts"))?;
+        Ok(Vcpu { index, fd })
+    }
+
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// Gives the boot vCPU its kernel entry state.
+    pub fn set_boot_state(&self, boot: &BootEntry) -> Result<(), Error> {
+        let setup = |what| {
+            move |source| Error::VcpuSetup {
+                vcpu: self.index,
+                what,
+                source,
+            }
+        };
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(setup("read the special registers"))?;
+        self.fd
+            .set_sregs(&regs::boot_sregs(boot, &sregs))
+            .map_err(setup("set the special registers"))?;
+        self.fd
+            .set_regs(&regs::boot_regs(boot))
+            .map_err(setup("set the registers"))?;
+        Ok(())
+    }
+
+    /// Starts the vCPU in real mode at `ip` with CS base 0 (for tests of tiny guests).
+    pub fn set_real_mode_entry(&self, ip: u64) -> Result<(), Error> {
+        let setup = |what| {
+            move |source| Error::VcpuSetup {
+                vcpu: self.index,
+                what,
+                source,
+            }
+        };
+        let mut sregs = self
+            .fd
+            .get_sregs()
+            .map_err(setup("read the special registers"))?;
+        sregs.cs.base = 0;
+        sregs.cs.selector = 0;
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(setup("set the special registers"))?;
+        let regs = kvm_bindings::kvm_regs {
+            rip: ip,
+            rflags: 2,
+            ..Default::default()
+        };
+        self.fd
+            .set_regs(&regs)
+            .map_err(setup("set the registers"))?;
+        Ok(())
+    }
+
+    /// Runs the vCPU until the VM stops; records why it ended the VM, if it did.
+    pub fn run(mut self, pio: &Bus, mmio: &Bus, control: &VmControl) {
+        let _ = unblock_signal(kick_signal());
+        KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
+        tracing::debug!(vcpu = self.index, "vCPU running");
+        let outcome = self.run_loop(pio, mmio, control);
+        KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+        if let Some(outcome) = outcome {
+            control.stop(outcome);
+        }
+        tracing::debug!(vcpu = self.index, "vCPU stopped");
+    }
+
+    fn run_loop(
+        &mut self,
+        pio: &Bus,
+        mmio: &Bus,
+        control: &VmControl,
+    ) -> Option<Result<VmExit, RunError>> {
+        let vcpu = self.index;
+        loop {
+            if control.is_stopping() {
+                return None;
+            }
+            let exit = match self.fd.run() {
+                Ok(exit) => exit,
+                Err(e) if matches!(e.errno(), libc::EINTR | libc::EAGAIN) => continue,
+                Err(source) => return Some(Err(RunError::Run { vcpu, source })),
+            };
+            match exit {
+                VcpuExit::IoIn(port, data) => pio.read(u64::from(port), data),
+                VcpuExit::IoOut(port, data) => {
+                    if let Some(end) = pio.write(u64::from(port), data) {
+                        return Some(Ok(end));
+                    }
+                }
+                VcpuExit::MmioRead(addr, data) => mmio.read(addr, data),
+                VcpuExit::MmioWrite(addr, data) => {
+                    if let Some(end) = mmio.write(addr, data) {
+                        return Some(Ok(end));
+                    }
+                }
+                // Triple fault (`reboot=t`, or a crash before the IDT is up).
+                VcpuExit::Shutdown => return Some(Ok(VmExit::Reset)),
+                VcpuExit::SystemEvent(
+                    KVM_SYSTEM_EVENT_SHUTDOWN | KVM_SYSTEM_EVENT_RESET | KVM_SYSTEM_EVENT_CRASH,
+                    _,
+                ) => return Some(Ok(VmExit::Reset)),
+                // Only without an in-kernel LAPIC: a halted CPU that nothing can wake.
+                VcpuExit::Hlt => return Some(Ok(VmExit::Reset)),
+                VcpuExit::Intr => {}
+                VcpuExit::InternalError => {
+                    // SAFETY: the exit reason says `internal` is the valid union member.
+                    let info = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
+                    let n = (info.ndata as usize).min(info.data.len());
+                    return Some(Err(RunError::InternalError {
+                        vcpu,
+                        suberror: info.suberror,
+                        data: info.data[..n].to_vec(),
+                    }));
+                }
+                VcpuExit::FailEntry(reason, cpu) => {
+                    return Some(Err(RunError::FailEntry { vcpu, reason, cpu }))
+                }
+                other => {
+                    return Some(Err(RunError::UnexpectedExit {
+                        vcpu,
+                        exit: format!("{other:?}"),
+                    }))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_outcome_wins() {
+        let c = VmControl::new().unwrap();
+        assert!(!c.is_stopping());
+        c.stop(Ok(VmExit::Guest(3)));
+        c.stop(Ok(VmExit::Reset));
+        c.stop(Err(RunError::ThreadEnded("vCPU")));
+        assert!(c.is_stopping());
+        c.wait(); // returns at once
+        assert_eq!(c.take_outcome().unwrap().unwrap(), VmExit::Guest(3));
+    }
+
+    #[test]
+    fn guard_reports_a_thread_that_ends_early() {
+        let c = VmControl::new().unwrap();
+        drop(EndGuard {
+            control: &c,
+            what: "vCPU",
+        });
+        let err = c.take_outcome().unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "vCPU thread ended without a result");
+    }
+
+    #[test]
+    fn internal_errors_are_named() {
+        let e = RunError::InternalError {
+            vcpu: 1,
+            suberror: 1,
+            data: vec![0x10],
+        };
+        assert_eq!(
+            e.to_string(),
+            "vCPU 1: KVM internal error: instruction emulation failed (suberror 1, data [10])"
+        );
+    }
+}
