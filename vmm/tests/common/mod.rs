@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod cases;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -43,21 +45,4 @@ pub fn start(args: &[&str], input: &str) -> Output {
         .expect("starting nodeos-vm");
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     child.wait_with_output().expect("waiting for nodeos-vm")
-}
-
-/// Evaluates `lines` in the guest REPL and returns its stdout, asserting a clean exit.
-pub fn repl(args: &[&str], lines: &str) -> String {
-    let out = start(args, lines);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "nodeos-vm start failed\nstdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-pub fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }

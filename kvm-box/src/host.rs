@@ -1,0 +1,130 @@
+//! Host tools the box needs: running commands with readable errors, and apt.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+
+use crate::BoxError;
+
+/// The QEMU that runs L1: `KVM_BOX_QEMU` or `qemu-system-x86_64` from PATH.
+pub(crate) const QEMU_ENV: &str = "KVM_BOX_QEMU";
+const QEMU_BIN: &str = "qemu-system-x86_64";
+const QEMU_PACKAGE: &str = "qemu-system-x86";
+
+/// Runs `cmd`, returning its output if it exited 0.
+pub(crate) fn output(cmd: &mut Command) -> Result<Output, BoxError> {
+    let line = describe(cmd);
+    tracing::debug!(cmd = %line, "running");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| BoxError::Spawn {
+            cmd: line.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(BoxError::Command {
+            cmd: line,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn stdout(cmd: &mut Command) -> Result<String, BoxError> {
+    Ok(String::from_utf8_lossy(&output(cmd)?.stdout).into_owned())
+}
+
+pub(crate) fn describe(cmd: &Command) -> String {
+    let mut line = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    line
+}
+
+pub(crate) fn in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The host QEMU binary, installed with apt if missing and we are root.
+pub(crate) fn qemu() -> Result<PathBuf, BoxError> {
+    if let Some(q) = std::env::var_os(QEMU_ENV) {
+        return Ok(PathBuf::from(q));
+    }
+    if let Some(q) = in_path(QEMU_BIN) {
+        return Ok(q);
+    }
+    apt_install(QEMU_PACKAGE)?;
+    in_path(QEMU_BIN).ok_or_else(|| {
+        BoxError::Assets(format!(
+            "{QEMU_PACKAGE} installed but {QEMU_BIN} is not in PATH"
+        ))
+    })
+}
+
+/// apt-get install, serialised within this process (apt holds a lock; parallel tests would fail).
+pub(crate) fn apt_install(package: &str) -> Result<(), BoxError> {
+    static APT: Mutex<()> = Mutex::new(());
+    let _guard = APT.lock().unwrap_or_else(|e| e.into_inner());
+    if !is_root() {
+        return Err(BoxError::Assets(format!(
+            "{package} is needed: run `apt-get install -y {package}` as root"
+        )));
+    }
+    tracing::info!(package, "apt-get install");
+    let install = || {
+        output(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", package])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    if install().is_err() {
+        apt_update()?;
+        install()?;
+    }
+    Ok(())
+}
+
+pub(crate) fn apt_update() -> Result<(), BoxError> {
+    tracing::info!("apt-get update");
+    output(Command::new("apt-get").arg("update"))?;
+    Ok(())
+}
+
+/// `apt-get download PACKAGE=VERSION` into `dir`; returns the .deb's path.
+pub(crate) fn apt_download(package: &str, version: &str, dir: &Path) -> Result<PathBuf, BoxError> {
+    tracing::info!(package, version, "apt-get download");
+    output(
+        Command::new("apt-get")
+            .arg("download")
+            .arg(format!("{package}={version}"))
+            .current_dir(dir),
+    )?;
+    let entries = std::fs::read_dir(dir).map_err(BoxError::io("reading", dir))?;
+    for entry in entries {
+        let path = entry.map_err(BoxError::io("reading", dir))?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with(package) && name.ends_with(".deb") {
+            return Ok(path);
+        }
+    }
+    Err(BoxError::Assets(format!(
+        "apt-get download {package} left no .deb in {}",
+        dir.display()
+    )))
+}
+
+fn is_root() -> bool {
+    // The owner of /proc/self is our effective uid; avoids a libc dependency for geteuid().
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}

@@ -1,0 +1,290 @@
+//! The KVM box: runs a shell script inside an L1 Linux VM that QEMU emulates with TCG and an
+//! AMD CPU with SVM and nested paging. Debian's cloud kernel loads kvm and kvm-amd there, so
+//! the script gets a `/dev/kvm` with the semantics of hardware virtualization, on machines
+//! whose own `/dev/kvm` cannot boot Linux (see `shared/notes/kvm-here.md`).
+//!
+//! One [`run`] packs an initramfs (static busybox, the KVM modules, an `/init`, the script and
+//! the caller's files, with their shared libraries if asked), boots L1, runs the script with
+//! `sh`, and returns its output and exit status. The script's stdout and stderr go to L1's
+//! second UART, the kernel's console to the first, so kernel noise never mixes into what the
+//! script prints. A box costs a few seconds; batch many checks into one run with [`Script`].
+//!
+//! Absolute times inside the box are not hardware times (everything is emulated); compare
+//! ratios between runs in the same box.
+//!
+//! Environment: `KVM_BOX_CACHE` (assets cache, see [`default_cache_dir`]), `KVM_BOX_QEMU`
+//! (the host QEMU), `KVM_BOX_KEEP=1` (keep each run's work directory: initramfs, logs),
+//! `KVM_BOX_JOBS` (boxes run at once by one process; default half the host's CPUs, at least 1:
+//! a TCG vCPU keeps a host core busy, and parallel tests would otherwise slow each other into
+//! their timeouts).
+
+mod assets;
+mod cpio;
+mod error;
+mod host;
+mod initramfs;
+mod jobs;
+mod l1;
+mod modules;
+mod script;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use assets::{ensure as ensure_assets, Assets};
+pub use error::BoxError;
+pub use script::{parse_checks, shell_quote, Check, Script, DEFAULT_CHECK_TIMEOUT};
+
+use initramfs::{Tree, MARK_NO_KVM, MARK_STATUS};
+
+pub const DEFAULT_MEMORY_MIB: u32 = 2048;
+/// One vCPU: on a busy 2-core host, L1 with 2 vCPUs (MTTCG) used ~50% more host CPU and
+/// booted L2 no faster. Give L1 as many vCPUs as an L2 guest has when testing L2 SMP.
+pub const DEFAULT_CPUS: u8 = 1;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// L1's root is a tmpfs that may fill half of RAM; this much of that half stays free for
+/// what the script writes.
+const ROOT_HEADROOM_MIB: u64 = 64;
+const MIB: u64 = 1 << 20;
+
+/// A host file (or directory, copied recursively) to put into L1.
+#[derive(Debug, Clone)]
+pub struct BoxFile {
+    pub host: PathBuf,
+    /// Absolute path inside L1.
+    pub guest: String,
+    /// Also pack the shared libraries `ldd` lists for it, and the dynamic loader, at their
+    /// host paths. For an executable file only.
+    pub with_libs: bool,
+}
+
+impl BoxFile {
+    pub fn new(host: impl Into<PathBuf>, guest: impl Into<String>) -> Self {
+        Self {
+            host: host.into(),
+            guest: guest.into(),
+            with_libs: false,
+        }
+    }
+
+    /// An executable and the shared libraries it needs.
+    pub fn with_libs(host: impl Into<PathBuf>, guest: impl Into<String>) -> Self {
+        Self {
+            with_libs: true,
+            ..Self::new(host, guest)
+        }
+    }
+
+    /// A host file at the same path in L1.
+    pub fn same_path(host: impl Into<PathBuf>) -> Self {
+        let host = host.into();
+        let guest = host.to_string_lossy().into_owned();
+        Self::new(host, guest)
+    }
+}
+
+/// One box run.
+#[derive(Debug, Clone)]
+pub struct BoxRun {
+    pub files: Vec<BoxFile>,
+    /// Run by busybox `sh` in `/root`, stdin `/dev/null`. `/tmp` is a tmpfs; the root is one too.
+    pub script: String,
+    /// L1's RAM; the packed files must fit in half of it (see [`BoxError::TooBig`]).
+    pub memory_mib: u32,
+    pub cpus: u8,
+    /// Modules of L1's kernel to load after kvm-amd (`tun`, `vhost_vsock`, `vhost_net`, ...),
+    /// with their dependencies.
+    pub modules: Vec<String>,
+    /// For the whole run, L1's boot included; QEMU is killed after it.
+    pub timeout: Duration,
+}
+
+impl BoxRun {
+    pub fn new(script: impl Into<String>) -> Self {
+        Self {
+            files: Vec::new(),
+            script: script.into(),
+            memory_mib: DEFAULT_MEMORY_MIB,
+            cpus: DEFAULT_CPUS,
+            modules: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    pub fn file(mut self, file: BoxFile) -> Self {
+        self.files.push(file);
+        self
+    }
+}
+
+impl Default for BoxRun {
+    fn default() -> Self {
+        Self::new("")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BoxOutput {
+    /// The script's stdout and stderr (L1's second UART, in raw mode: bytes as written).
+    pub output: String,
+    /// L1's kernel console and `/init`'s own lines (first UART).
+    pub console: String,
+    pub script_status: i32,
+    /// From QEMU's start to the script's start (L1 boot, module loads); `None` if not seen.
+    pub boot: Option<Duration>,
+    /// From QEMU's start to its exit.
+    pub wall: Duration,
+    pub initramfs_bytes: u64,
+}
+
+impl BoxOutput {
+    /// The sections a [`Script`]'s checks printed, by name.
+    pub fn checks(&self) -> std::collections::BTreeMap<String, Check> {
+        parse_checks(&self.output)
+    }
+}
+
+/// Which UART a chunk of live output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The kernel's console and `/init`'s messages.
+    Console,
+    /// The script's stdout and stderr.
+    Output,
+}
+
+/// `KVM_BOX_CACHE`, else `$XDG_CACHE_HOME/nodeos-vm`, else `~/.cache/nodeos-vm`, else
+/// `/var/tmp/nodeos-vm`. Assets land in its `kvm-box/` (about 105 MB).
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KVM_BOX_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("nodeos-vm");
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        return PathBuf::from(home).join(".cache/nodeos-vm");
+    }
+    PathBuf::from("/var/tmp/nodeos-vm")
+}
+
+/// Runs `run` in a box and waits for it; see the crate docs.
+pub fn run(cache_dir: &Path, run: &BoxRun) -> Result<BoxOutput, BoxError> {
+    run_streaming(cache_dir, run, &mut |_, _| {})
+}
+
+/// [`run`], passing output to `sink` as it arrives (polled every few tens of milliseconds).
+pub fn run_streaming(
+    cache_dir: &Path,
+    run: &BoxRun,
+    sink: &mut dyn FnMut(Stream, &[u8]),
+) -> Result<BoxOutput, BoxError> {
+    let qemu = host::qemu()?;
+    let assets = assets::ensure(cache_dir)?;
+
+    let module_tree = modules::ModuleTree::open(&assets.module_dir, &assets.plain_module_dir)?;
+    let mut wanted = vec![modules::KVM_MODULE.to_string()];
+    wanted.extend(run.modules.iter().cloned());
+    let load_order = module_tree.load_order(&wanted)?;
+
+    let mut tree = Tree::base(&assets, &load_order, &run.script)?;
+    for file in &run.files {
+        tree.add(file)?;
+    }
+    let work = tempfile::Builder::new()
+        .prefix("kvm-box.")
+        .tempdir()
+        .map_err(BoxError::io(
+            "creating a work directory in",
+            std::env::temp_dir(),
+        ))?;
+    let initrd = work.path().join("initramfs.cpio");
+    let initramfs_bytes = tree.write_cpio(&initrd)?;
+    let limit_mib = (u64::from(run.memory_mib) / 2).saturating_sub(ROOT_HEADROOM_MIB);
+    if initramfs_bytes / MIB > limit_mib {
+        return Err(BoxError::TooBig {
+            size_mib: initramfs_bytes / MIB,
+            limit_mib,
+            memory_mib: run.memory_mib,
+        });
+    }
+    tracing::debug!(initramfs_bytes, kernel = %assets.kernel_version, "booting L1");
+
+    let _slot = jobs::acquire();
+    let l1 = l1::L1 {
+        qemu: &qemu,
+        vmlinuz: &assets.vmlinuz,
+        initrd: &initrd,
+        memory_mib: run.memory_mib,
+        cpus: run.cpus,
+        work_dir: work.path(),
+    };
+    let result = l1.run(run.timeout, sink);
+    if std::env::var_os("KVM_BOX_KEEP").is_some_and(|v| v != "0") {
+        let kept = work.keep();
+        eprintln!("kvm-box: kept the work directory {}", kept.display());
+    }
+    let result = result?;
+
+    let qemu_status = match result.ended {
+        l1::Ended::TimedOut => {
+            return Err(BoxError::Timeout {
+                timeout: run.timeout,
+                console: result.console,
+                output: result.output,
+            })
+        }
+        l1::Ended::Exited(status) => status,
+    };
+    if result.console.lines().any(|l| l == MARK_NO_KVM) {
+        return Err(BoxError::NoKvm {
+            console: result.console,
+        });
+    }
+    let Some(script_status) = status_marker(&result.console) else {
+        return Err(BoxError::NoMarker {
+            qemu_status: qemu_status.to_string(),
+            qemu_stderr: relevant_stderr(&result.qemu_stderr),
+            console: result.console,
+            output: result.output,
+        });
+    };
+    Ok(BoxOutput {
+        output: result.output,
+        console: result.console,
+        script_status,
+        boot: result.ready_after,
+        wall: result.wall,
+        initramfs_bytes,
+    })
+}
+
+fn status_marker(text: &str) -> Option<i32> {
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(MARK_STATUS))
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// QEMU's stderr without the warnings every run prints (features TCG does not emulate).
+fn relevant_stderr(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|l| !l.contains("TCG doesn't support requested feature"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_marker_is_found() {
+        assert_eq!(
+            status_marker("KVM-BOX-READY\n[ 3.1] kvm: noise\nKVM-BOX-STATUS 3\n"),
+            Some(3)
+        );
+        assert_eq!(status_marker("KVM-BOX-READY\n"), None);
+    }
+}

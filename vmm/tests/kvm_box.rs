@@ -1,0 +1,125 @@
+//! Our VMM on real KVM semantics: every `start` case (tests/common/cases.rs) runs with
+//! `--backend kvm` inside the KVM box — an L1 Linux under QEMU TCG with emulated SVM and
+//! nested paging, whose /dev/kvm behaves like hardware KVM. No QEMU is packed into the box:
+//! what boots there is our VMM alone. One box run serves all the tests of this file.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::cases::{self, Outcome};
+use kvm_box::{shell_quote, BoxFile, BoxRun, Check, Script};
+
+const KERNEL: &str = "/nodeos/vmlinux";
+const ROOTFS: &str = "/nodeos/rootfs.img";
+const TRUNCATED: &str = "/tmp/truncated.img";
+const STDERR_MARK: &str = "@@STDERR@@";
+
+fn box_checks() -> &'static BTreeMap<String, Check> {
+    static CHECKS: OnceLock<BTreeMap<String, Check>> = OnceLock::new();
+    CHECKS.get_or_init(|| {
+        let (kernel, rootfs) = common::artifacts();
+        let mut script = Script::new();
+        script.setup(&format!("head -c $(( $(wc -c < {ROOTFS}) / 2 )) {ROOTFS} > {TRUNCATED}"));
+        script.check("doctor", "/nodeos/nodeos-vm doctor");
+        script.check(
+            "auto_backend",
+            &format!("echo process.pid | /nodeos/nodeos-vm start --kernel {KERNEL} --rootfs {ROOTFS} 2>&1"),
+        );
+        for case in cases::CASES {
+            for (i, boot) in case.boots.iter().enumerate() {
+                let mut args = cases::args(boot, KERNEL, ROOTFS, TRUNCATED);
+                for (flag, default) in [("--kernel", KERNEL), ("--rootfs", ROOTFS)] {
+                    if !args.iter().any(|a| a == flag) {
+                        args.extend([flag.to_string(), default.to_string()]);
+                    }
+                }
+                let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+                script.check_with_timeout(
+                    &format!("{}.{i}", case.name),
+                    Duration::from_secs(90),
+                    &format!(
+                        "printf %s {} | /nodeos/nodeos-vm start --backend kvm {} >/tmp/o 2>/tmp/e; s=$?; \
+                         cat /tmp/o; echo {STDERR_MARK}; cat /tmp/e; exit $s",
+                        shell_quote(boot.input),
+                        args.join(" ")
+                    ),
+                );
+            }
+        }
+        let run = BoxRun::new(script.build())
+            .file(BoxFile::with_libs(common::BIN, "/nodeos/nodeos-vm"))
+            .file(BoxFile::new(kernel, KERNEL))
+            .file(BoxFile::new(rootfs, ROOTFS));
+        let run = BoxRun { timeout: Duration::from_secs(1200), ..run };
+        let out = kvm_box::run(&kvm_box::default_cache_dir(), &run).expect("the KVM box run failed");
+        eprintln!("KVM box: L1 boot {:?}, whole run {:?}", out.boot, out.wall);
+        out.checks()
+    })
+}
+
+fn check(name: &str) -> &'static Check {
+    box_checks()
+        .get(name)
+        .unwrap_or_else(|| panic!("the box printed no section {name}: the box ended early"))
+}
+
+fn run_in_box(name: &str) {
+    let case = cases::case(name);
+    let outcomes: Vec<Outcome> = (0..case.boots.len())
+        .map(|i| {
+            let c = check(&format!("{name}.{i}"));
+            let (stdout, stderr) = c.output.split_once(STDERR_MARK).unwrap_or((&c.output, ""));
+            Outcome {
+                status: c.status,
+                stdout: stdout.to_string(),
+                stderr: stderr.trim_start_matches('\n').to_string(),
+            }
+        })
+        .collect();
+    if let Err(why) = (case.check)(&outcomes) {
+        panic!("{name} (our VMM, in the KVM box): {why}");
+    }
+}
+
+macro_rules! box_cases {
+    ($($name:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            run_in_box(stringify!($name));
+        }
+    )*};
+}
+
+box_cases!(
+    repl_is_pid_1,
+    unprivileged_user_and_no_root_account,
+    overlay_root_over_a_read_only_image_and_ephemeral_writes,
+    node_is_the_pinned_version,
+    two_vcpus,
+    exit_statuses,
+    no_zombies_under_pid_1,
+    missing_kernel_error,
+    truncated_image_error,
+    bad_memory_errors,
+);
+
+#[test]
+fn every_case_runs_in_the_box() {
+    let listed = include_str!("kvm_box.rs");
+    for case in cases::CASES {
+        assert!(listed.contains(&format!("    {},\n", case.name)), "{} is not in box_cases!", case.name);
+    }
+}
+
+/// Where KVM has hardware semantics, `auto` picks our VMM, and says nothing about fallbacks.
+#[test]
+fn auto_picks_our_vmm_where_kvm_is_real() {
+    let doctor = check("doctor");
+    assert!(doctor.output.contains("auto backend: kvm"), "{}", doctor.output);
+    let auto = check("auto_backend");
+    assert_eq!(auto.status, Some(0), "{}", auto.output);
+    assert_eq!(auto.output.trim(), "1", "auto printed more than the REPL's answer");
+}
