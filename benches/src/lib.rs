@@ -1,0 +1,101 @@
+//! Shared pieces of the benchmarks: timing a `nodeos-vm start` to its REPL, and statistics.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One boot: to the guest's first userspace instruction (boot-timer port), to the REPL
+/// answering its first line, and to the VM's end after `.exit`.
+#[derive(Debug, Clone, Copy)]
+pub struct Boot {
+    pub init: Duration,
+    pub repl_ready: Duration,
+    pub total: Duration,
+}
+
+/// Boots with `nodeos-vm start --pipe --timings <args>` and measures.
+pub fn boot(bin: &Path, args: &[&str]) -> Result<Boot, String> {
+    let started = Instant::now();
+    let mut child = Command::new(bin)
+        .args(["start", "--pipe", "--timings"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    let mut stdin = child.stdin.take().unwrap();
+    // nodeos-vm holds input until the guest console is ready: the answer marks REPL-ready.
+    stdin.write_all(b"6*7\n").map_err(|e| e.to_string())?;
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let repl_ready = loop {
+        line.clear();
+        if stdout.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            return Err(format!("the VM ended before answering: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        if line.trim() == "42" {
+            break started.elapsed();
+        }
+    };
+    stdin.write_all(b".exit\n").map_err(|e| e.to_string())?;
+    drop(stdin);
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let total = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("nodeos-vm exited with {}: {stderr}", out.status));
+    }
+    let init = parse_init_ms(&stderr).ok_or_else(|| format!("no init timing in: {stderr}"))?;
+    Ok(Boot { init, repl_ready, total })
+}
+
+fn parse_init_ms(stderr: &str) -> Option<Duration> {
+    let rest = stderr.lines().find_map(|l| l.split("timings: init ").nth(1))?;
+    let ms: f64 = rest.split(" ms").next()?.parse().ok()?;
+    Some(Duration::from_secs_f64(ms / 1000.0))
+}
+
+/// Median and spread of a sample.
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+pub fn stats(values: &[f64]) -> Stats {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let median = if n == 0 { f64::NAN } else if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Stats { median, min: v.first().copied().unwrap_or(f64::NAN), max: v.last().copied().unwrap_or(f64::NAN), n }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:8.1} ms (min {:.1}, max {:.1}, n={})", self.median, self.min, self.max, self.n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_spread() {
+        let s = stats(&[5.0, 1.0, 3.0]);
+        assert_eq!((s.median, s.min, s.max, s.n), (3.0, 1.0, 5.0, 3));
+        assert_eq!(stats(&[1.0, 2.0, 3.0, 10.0]).median, 2.5);
+    }
+
+    #[test]
+    fn init_timing_line() {
+        let d = parse_init_ms("x\nnodeos-vm: timings: init 512.5 ms, total 900.0 ms\n").unwrap();
+        assert_eq!(d, Duration::from_micros(512_500));
+        assert!(parse_init_ms("nothing").is_none());
+    }
+}
