@@ -48,14 +48,16 @@ pub fn boot(bin: &Path, args: &[&str]) -> Result<Boot, String> {
     if !out.status.success() {
         return Err(format!("nodeos-vm exited with {}: {stderr}", out.status));
     }
-    let init = parse_init_ms(&stderr).ok_or_else(|| format!("no init timing in: {stderr}"))?;
-    Ok(Boot { init, repl_ready, total })
+    let (init_ms, _) = parse_timings(&stderr).ok_or_else(|| format!("no init timing in: {stderr}"))?;
+    Ok(Boot { init: Duration::from_secs_f64(init_ms / 1000.0), repl_ready, total })
 }
 
-fn parse_init_ms(stderr: &str) -> Option<Duration> {
-    let rest = stderr.lines().find_map(|l| l.split("timings: init ").nth(1))?;
-    let ms: f64 = rest.split(" ms").next()?.parse().ok()?;
-    Some(Duration::from_secs_f64(ms / 1000.0))
+/// Milliseconds to init and in all from `nodeos-vm start --timings`'s line
+/// `nodeos-vm: timings: init 512.5 ms, total 900.0 ms`.
+pub fn parse_timings(output: &str) -> Option<(f64, f64)> {
+    let line = output.lines().find_map(|l| l.split("timings: init ").nth(1))?;
+    let (init, rest) = line.split_once(" ms, total ")?;
+    Some((init.parse().ok()?, rest.trim_end_matches(" ms").parse().ok()?))
 }
 
 /// Median and spread of a sample.
@@ -93,9 +95,9 @@ mod tests {
     }
 
     #[test]
-    fn init_timing_line() {
-        let d = parse_init_ms("x\nnodeos-vm: timings: init 512.5 ms, total 900.0 ms\n").unwrap();
-        assert_eq!(d, Duration::from_micros(512_500));
-        assert!(parse_init_ms("nothing").is_none());
+    fn timings_line() {
+        let t = parse_timings("x\nnodeos-vm: timings: init 512.5 ms, total 900.0 ms\n").unwrap();
+        assert_eq!(t, (512.5, 900.0));
+        assert!(parse_timings("nothing").is_none());
     }
 }
