@@ -118,10 +118,55 @@ pub fn create(mib: u32) -> Result<GuestMemory, Error> {
     GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::Map { mib, source })
 }
 
+/// What this process holds in RAM besides the guest's own memory: the VMM's overhead, in
+/// KiB, from `/proc/self/smaps` (the resident size of every mapping but guest RAM's).
+pub fn vmm_overhead_kib(mem: &GuestMemory) -> Option<u64> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let guest: Vec<u64> = mem.iter().filter_map(|r| r.get_host_address(vm_memory::MemoryRegionAddress(0)).ok()).map(|p| p as u64).collect();
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    Some(overhead_from_smaps(&smaps, &guest))
+}
+
+fn overhead_from_smaps(smaps: &str, guest_starts: &[u64]) -> u64 {
+    let mut total = 0;
+    let mut in_guest = false;
+    for line in smaps.lines() {
+        if let Some(kib) = line.strip_prefix("Rss:") {
+            let kib: u64 = kib.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            if !in_guest {
+                total += kib;
+            }
+        } else if let Some((range, _)) = line.split_once(' ') {
+            if let Some((start, _)) = range.split_once('-') {
+                if let Ok(start) = u64::from_str_radix(start, 16) {
+                    in_guest = guest_starts.contains(&start);
+                }
+            }
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+    #[test]
+    fn overhead_leaves_out_guest_ram() {
+        let smaps = "7f00-7f10 rw-p 00000000 00:00 0\nSize: 64 kB\nRss: 40 kB\n\
+                     7e00-7e80 rw-p 00000000 00:00 0\nRss: 500 kB\nLocked: 0 kB\n\
+                     5500-5510 r-xp 00000000 08:01 12 /usr/bin/nodeos-vm\nRss: 12 kB\n";
+        assert_eq!(overhead_from_smaps(smaps, &[0x7e00]), 52);
+        assert_eq!(overhead_from_smaps(smaps, &[]), 552);
+    }
+
+    #[test]
+    fn overhead_of_this_process_is_measured() {
+        let mem = create(MIN_MEMORY_MIB).unwrap();
+        let kib = vmm_overhead_kib(&mem).unwrap();
+        assert!(kib > 0, "{kib}");
+    }
 
     #[test]
     fn small_guest_is_one_range() {

@@ -54,8 +54,9 @@ fn main() {
     println!("| backend | to init | boot + REPL answers + VM ends | whole command (L1 clock) |");
     println!("|---|---|---|---|");
     let mut medians = Vec::new();
+    let mut memory = Vec::new();
     for backend in BACKENDS {
-        let (mut init, mut total, mut wall) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut init, mut total, mut wall, mut overhead) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in 0..runs {
             let Some(check) = checks.get(&format!("{backend}.{i}")) else { continue };
             if !check.passed() || !check.output.lines().any(|l| l.trim() == "42") {
@@ -66,12 +67,18 @@ fn main() {
                 init.push(a);
                 total.push(b);
             }
+            if let Some(mib) = check.output.lines().find_map(|l| l.split("VMM overhead ").nth(1)) {
+                overhead.extend(mib.split(' ').next().and_then(|m| m.parse::<f64>().ok()));
+            }
             if let Some(e) = check.elapsed {
                 wall.push(e.as_secs_f64() * 1000.0);
             }
         }
         let (init, total, wall) = (stats(&init), stats(&total), stats(&wall));
         println!("| {backend} | {init} | {total} | {wall} |");
+        if !overhead.is_empty() {
+            memory.push((backend, stats(&overhead)));
+        }
         medians.push((init.median, total.median));
     }
     println!(
@@ -79,5 +86,8 @@ fn main() {
         medians[0].0 / medians[1].0,
         medians[0].1 / medians[1].1
     );
+    for (backend, mib) in memory {
+        println!("{backend}: VMM memory overhead besides guest RAM: median {:.1} MiB (min {:.1}, max {:.1})", mib.median, mib.min, mib.max);
+    }
     println!("(L1 boot {:?}, whole box run {:?})", result.boot, result.wall);
 }

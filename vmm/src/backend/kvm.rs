@@ -233,6 +233,7 @@ impl Machine {
         }
 
         control.wait();
+        let vmm_overhead_kib = memory::vmm_overhead_kib(&_mem);
         threads.stop_and_join();
         drop(vm);
 
@@ -240,6 +241,7 @@ impl Machine {
             Some(Ok(exit)) => Ok(RunReport {
                 exit,
                 init_reached: init_reached.get().copied(),
+                vmm_overhead_kib,
             }),
             Some(Err(e)) => Err(e.into()),
             None => Err(RunError::ThreadEnded("VM").into()),

@@ -51,6 +51,8 @@ pub struct RunReport {
     pub exit: VmExit,
     /// Time from the backend's start to the guest's write to the boot-timer port (0x3f0).
     pub init_reached: Option<Duration>,
+    /// Memory the VMM process holds besides guest RAM, in KiB, when the backend can tell.
+    pub vmm_overhead_kib: Option<u64>,
 }
 
 /// Exit port: the guest writes its exit status here (docs/guest-contract.md).

@@ -72,7 +72,7 @@ pub fn run(spec: &VmSpec, console: ConsoleIo, accel: Accel) -> Result<RunReport,
         status: status.to_string(),
         stderr: stderr.trim().to_string(),
     })?;
-    Ok(RunReport { exit, init_reached })
+    Ok(RunReport { exit, init_reached, vmm_overhead_kib: None })
 }
 
 /// QEMU reports the exit port's byte `b` as process status `(b << 1) | 1`, and a guest reset

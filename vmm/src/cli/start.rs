@@ -110,4 +110,7 @@ fn print_timings(report: &RunReport, total: std::time::Duration) {
         Some(init) => eprintln!("nodeos-vm: timings: init {:.1} ms, total {:.1} ms", ms(init), ms(total)),
         None => eprintln!("nodeos-vm: timings: init never reached, total {:.1} ms", ms(total)),
     }
+    if let Some(kib) = report.vmm_overhead_kib {
+        eprintln!("nodeos-vm: memory: VMM overhead {:.1} MiB besides guest RAM", kib as f64 / 1024.0);
+    }
 }
