@@ -1,0 +1,127 @@
+//! PID 1: set the machine up, start the supervisor, then become Node.js (the REPL).
+//!
+//! Order matters: the boot-timer mark comes first (the host measures boot by it); every
+//! failure before Node runs prints one line, `nodeos-init: <what failed>: <why>`, and ends the
+//! VM with status 121 through the exit port. PID 1 never returns or exits (that would panic
+//! the kernel).
+
+pub mod cmdline;
+pub mod console;
+pub mod mounts;
+pub mod network;
+pub mod user;
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use crate::error::{Context, Error, Result};
+use crate::ports;
+use crate::supervisor::{self, CONTROL_FD, CONTROL_FD_ENV};
+use crate::sys::{self, cvt};
+use cmdline::{Cmdline, ConsoleMode, Shell};
+
+/// Node.js and the guest's own JavaScript (rootfs/build.sh puts them there).
+pub const NODE: &str = "/usr/bin/node";
+pub const REPL_JS: &str = "/usr/lib/nodeos/repl.js";
+/// PATH of the REPL and everything it starts: npm's global prefix first.
+pub const PATH: &str = "/home/node/.npm-global/bin:/usr/local/bin:/usr/bin:/bin";
+
+pub fn main() -> ! {
+    ports::mark_boot_timer();
+    // A bug here must still end the VM the documented way, not panic the kernel.
+    std::panic::set_hook(Box::new(|info| {
+        fail(&Error::invalid("internal error", info))
+    }));
+    match boot() {
+        Ok(never) => match never {},
+        Err(err) => fail(&err),
+    }
+}
+
+fn boot() -> Result<std::convert::Infallible> {
+    mounts::mount_early()?;
+    console::ensure_stdio();
+    console::quiet_kernel();
+    let text = std::fs::read_to_string("/proc/cmdline").context(|| "read /proc/cmdline".into())?;
+    let cmdline = Cmdline::parse(&text)?;
+    // As early as possible: from here on the console echoes nothing and, in pipe mode, even a
+    // boot failure line is byte-clean.
+    console::setup(&cmdline)?;
+    mounts::build_root(&cmdline.upper)?;
+    network::setup()?;
+    let (user, groups) = user::lookup(user::USER_NAME)?;
+    let control = supervisor::start(&cmdline.upper, &user)?;
+    exec_shell(&cmdline, &user, &groups, control)
+}
+
+/// Drops to `user` and execs Node with repl.js. Returns only errors from before the drop;
+/// a failing exec is reported through the supervisor (PID 1 can no longer use the exit port).
+fn exec_shell(
+    cmdline: &Cmdline,
+    user: &user::User,
+    groups: &[u32],
+    control: OwnedFd,
+) -> Result<std::convert::Infallible> {
+    let Shell::Repl = cmdline.shell;
+    // The control pipe goes to Node at a known number, inherited (not close-on-exec).
+    if control.as_raw_fd() != CONTROL_FD {
+        // SAFETY: dup2 onto CONTROL_FD; whatever was there (nothing of ours) is replaced.
+        cvt(unsafe { libc::dup2(control.as_raw_fd(), CONTROL_FD) })
+            .context(|| format!("dup2 control pipe to fd {CONTROL_FD}"))?;
+        drop(control);
+    } else {
+        sys::set_cloexec(CONTROL_FD, false)
+            .context(|| "clear close-on-exec on the control pipe".into())?;
+        std::mem::forget(control); // stays open as CONTROL_FD
+    }
+    std::env::set_current_dir(&user.home).context(|| format!("chdir {}", user.home.display()))?;
+
+    let mut env = vec![
+        format!("HOME={}", user.home.display()),
+        format!("USER={}", user.name),
+        format!("LOGNAME={}", user.name),
+        format!("PATH={PATH}"),
+        "LANG=C.UTF-8".to_string(),
+        format!("NODEOS_CONSOLE={}", cmdline.console.as_str()),
+        format!("{CONTROL_FD_ENV}={CONTROL_FD}"),
+    ];
+    env.push(match cmdline.console {
+        ConsoleMode::Tty => "TERM=linux".to_string(),
+        ConsoleMode::Pipe => "TERM=dumb".to_string(),
+    });
+    let env: Vec<CString> = env.into_iter().map(sys::cstring).collect::<Result<_>>()?;
+    let argv = [sys::cstring("node")?, sys::cstring(REPL_JS)?];
+    let node = sys::cstring(NODE)?;
+
+    user::drop_privileges(user.uid, user.gid, groups)?;
+    let err = crate::exec::execvpe(&node, &argv, &env);
+    // Unprivileged now: print the line and let the supervisor end the VM.
+    print_failure(&Error::sys(format!("exec {NODE}"), err));
+    // SAFETY: CONTROL_FD is the control pipe's write end, open in this process.
+    let control = unsafe { std::os::fd::BorrowedFd::borrow_raw(CONTROL_FD) };
+    let _ = sys::write_all(
+        control,
+        format!("{}\n", ports::BOOT_FAILURE_STATUS).as_bytes(),
+    );
+    park()
+}
+
+/// Prints the one-line boot failure message and ends the VM with the boot-failure status.
+fn fail(err: &Error) -> ! {
+    print_failure(err);
+    supervisor::quiet_console();
+    ports::exit_vm(ports::BOOT_FAILURE_STATUS)
+}
+
+fn print_failure(err: &Error) {
+    let line = format!("nodeos-init: {err}\n");
+    let _ = sys::write_all(std::io::stderr().as_fd(), line.as_bytes());
+}
+
+/// PID 1 must never exit.
+fn park() -> ! {
+    loop {
+        // SAFETY: pause has no preconditions.
+        unsafe { libc::pause() };
+    }
+}

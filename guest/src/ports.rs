@@ -1,0 +1,102 @@
+//! The two x86 I/O ports of the host–guest contract (docs/guest-contract.md).
+//!
+//! Port I/O from user space needs `ioperm(2)` (CONFIG_X86_IOPL_IOPERM) and CAP_SYS_RAWIO; where
+//! the kernel lacks ioperm, `/dev/port` (CONFIG_DEVPORT) is tried instead.
+
+use std::io;
+
+use crate::error::{Error, Result};
+
+/// Boot timer: init writes [`BOOT_TIMER_MARK`] here first thing; the VMM timestamps it.
+pub const BOOT_TIMER_PORT: u16 = 0x3f0;
+/// Written to the boot timer port by init, first thing.
+pub const BOOT_TIMER_MARK: u8 = b'I';
+/// Written to the boot timer port when the REPL reads its input (the host may hold console
+/// input until then: what arrives earlier may be echoed or lost while the console is set up).
+pub const REPL_READY_MARK: u8 = b'R';
+/// Exit: the byte written here ends the VM, and is the host command's exit status.
+pub const EXIT_PORT: u16 = 0xf4;
+/// Exit status of a boot failure.
+pub const BOOT_FAILURE_STATUS: u8 = 121;
+/// The highest status the exit port carries; larger codes are reported as this.
+pub const MAX_EXIT_STATUS: u8 = 127;
+
+/// Writes one byte to an I/O port.
+pub fn outb(port: u16, value: u8) -> Result<()> {
+    match ioperm(port, true) {
+        Ok(()) => {
+            // SAFETY: ioperm granted this process access to exactly this port, so `out` does not
+            // fault; writing to these ports has no effect on this process's memory.
+            unsafe {
+                std::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+            };
+            Ok(())
+        }
+        Err(ioperm_err) => dev_port_write(port, value)
+            .map_err(|_| Error::sys(format!("write to I/O port {port:#x}"), ioperm_err)),
+    }
+}
+
+/// Grants or revokes access to one port (revoking needs no privilege).
+pub fn ioperm(port: u16, on: bool) -> io::Result<()> {
+    // SAFETY: ioperm changes only this thread's I/O permission bitmap.
+    let ret = unsafe { libc::ioperm(libc::c_ulong::from(port), 1, libc::c_int::from(on)) };
+    crate::sys::cvt(ret).map(drop)
+}
+
+fn dev_port_write(port: u16, value: u8) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open("/dev/port")?;
+    file.write_all_at(&[value], u64::from(port))
+}
+
+/// Marks "init started" for the host's boot timer. Best effort: a kernel without port access
+/// still boots, the host just gets no timestamp.
+pub fn mark_boot_timer() {
+    let _ = outb(BOOT_TIMER_PORT, BOOT_TIMER_MARK);
+    // Node (PID 1 after exec) must not keep port access.
+    let _ = ioperm(BOOT_TIMER_PORT, false);
+}
+
+/// Marks "the REPL is ready for input" for the host. Best effort, like the boot mark.
+pub fn mark_repl_ready() {
+    let _ = outb(BOOT_TIMER_PORT, REPL_READY_MARK);
+}
+
+/// Maps a process exit code to the byte for the exit port: like a real exit status
+/// (`code & 0xff`), then clamped to 0..=127 as the contract says.
+pub fn exit_status_byte(code: i64) -> u8 {
+    let status = (code & 0xff) as u8;
+    status.min(MAX_EXIT_STATUS)
+}
+
+/// Ends the VM with `status`. Falls back to a reboot (which `-no-reboot`/`reboot=t` turn into
+/// an exit) when the exit port cannot be written, and never returns.
+pub fn exit_vm(status: u8) -> ! {
+    let _ = outb(EXIT_PORT, status);
+    // Still here: no exit device, or no port access. End the VM some other way.
+    // SAFETY: reboot(2) with a valid command; needs CAP_SYS_BOOT, which init and the supervisor have.
+    unsafe {
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    loop {
+        // SAFETY: pause has no preconditions; PID 1 must never return or exit.
+        unsafe { libc::pause() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_is_clamped_like_a_process_status() {
+        assert_eq!(exit_status_byte(0), 0);
+        assert_eq!(exit_status_byte(3), 3);
+        assert_eq!(exit_status_byte(127), 127);
+        assert_eq!(exit_status_byte(128), 127);
+        assert_eq!(exit_status_byte(255), 127);
+        assert_eq!(exit_status_byte(256), 0);
+        assert_eq!(exit_status_byte(-1), 127);
+    }
+}

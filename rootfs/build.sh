@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Build the NodeOS root image: a read-only squashfs with Node.js, npm, the shared libraries
+# Node needs, the guest init and a minimal /etc. Nothing else: no shell, no coreutils.
+#
+# usage: rootfs/build.sh OUT_DIR GUEST_BIN_DIR
+#   GUEST_BIN_DIR holds nodeos-init, built with
+#     RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile release-guest -p nodeos-guest
+#   writes OUT_DIR/rootfs.img; the last line of stdout is "image size: N bytes (X MB)".
+#
+# environment:
+#   DOWNLOAD_DIR=dir   cache for downloaded tarballs and .debs (default: a temporary dir)
+#   SQUASHFS_COMP, SQUASHFS_COMP_OPTS, SQUASHFS_BLOCK   override the compression in rootfs/versions
+#   KEEP_WORK=1        keep the staging tree (printed on stderr)
+#
+# Pinned versions and integrity hashes: rootfs/versions. The image is reproducible: same
+# inputs, same bytes (fixed timestamps, all files root-owned except /home/node, sorted by mksquashfs).
+set -euo pipefail
+umask 022
+
+die() { echo "rootfs/build.sh: error: $*" >&2; exit 1; }
+phase() { echo "==> $*"; }
+
+[[ $# -eq 2 ]] || die "usage: rootfs/build.sh OUT_DIR GUEST_BIN_DIR"
+# Root is needed for the owners in the image (mksquashfs's -all-root would override the
+# pseudo definition that gives /home/node to uid 1000) and for installing missing tools.
+[[ $(id -u) -eq 0 ]] || die "run as root (file ownership in the image)"
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$SCRIPT_DIR")
+# The caller's SQUASHFS_* win over rootfs/versions (for measuring other compressions).
+env_comp=${SQUASHFS_COMP-} env_comp_opts=${SQUASHFS_COMP_OPTS-} env_block=${SQUASHFS_BLOCK-}
+# shellcheck source=versions
+source "$SCRIPT_DIR/versions"
+if [[ -n $env_comp ]]; then SQUASHFS_COMP=$env_comp SQUASHFS_COMP_OPTS=$env_comp_opts; fi
+SQUASHFS_BLOCK=${env_block:-$SQUASHFS_BLOCK}
+
+mkdir -p "$1" || die "cannot create OUT_DIR $1"
+OUT_DIR=$(cd "$1" && pwd)
+GUEST_BIN_DIR=$(cd "$2" 2>/dev/null && pwd) || die "GUEST_BIN_DIR $2 does not exist"
+INIT_BIN=$GUEST_BIN_DIR/nodeos-init
+[[ -x $INIT_BIN ]] || die "$INIT_BIN not found: build it first (see the usage at the top of this script)"
+if file "$INIT_BIN" 2>/dev/null | grep -q "dynamically linked"; then
+    die "$INIT_BIN is dynamically linked: build it with RUSTFLAGS=\"-C target-feature=+crt-static\""
+fi
+JS_DIR=$REPO/guest/js
+ETC_DIR=$SCRIPT_DIR/etc
+
+# ---- build dependencies ---------------------------------------------------------------
+phase "checking build dependencies"
+missing=()
+for tool in mksquashfs:squashfs-tools curl:curl openssl:openssl dpkg-deb:dpkg strip:binutils tar:tar gzip:gzip; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
+done
+if ((${#missing[@]})); then
+    [[ $(id -u) -eq 0 ]] || die "missing build dependencies; run: sudo apt-get install -y ${missing[*]}"
+    phase "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y "${missing[@]}" || { apt-get update && apt-get install -y "${missing[@]}"; } \
+        || die "apt-get install -y ${missing[*]} failed"
+fi
+
+# ---- scratch and download dirs -----------------------------------------------------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/nodeos-rootfs.XXXXXX")
+cleanup() {
+    if [[ ${KEEP_WORK:-0} == 1 ]]; then echo "rootfs/build.sh: kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+DOWNLOAD_DIR=${DOWNLOAD_DIR:-$WORK/downloads}
+mkdir -p "$DOWNLOAD_DIR" || die "cannot create DOWNLOAD_DIR $DOWNLOAD_DIR"
+DOWNLOAD_DIR=$(cd "$DOWNLOAD_DIR" && pwd)
+
+# sri_of FILE -> "sha512-<base64>", the npm registry's dist.integrity format.
+sri_of() { echo "sha512-$(openssl dgst -sha512 -binary "$1" | base64 -w0)"; }
+
+# fetch_npm NAME VERSION INTEGRITY -> path of the verified tarball in DOWNLOAD_DIR.
+fetch_npm() {
+    local name=$1 version=$2 integrity=$3
+    local file=$DOWNLOAD_DIR/$name-$version.tgz
+    if [[ -f $file && $(sri_of "$file") == "$integrity" ]]; then
+        echo "$file"; return
+    fi
+    local url=https://registry.npmjs.org/$name/-/$name-$version.tgz
+    phase "downloading $url" >&2
+    curl -fsSL --retry 3 -o "$file.part" "$url" || die "download of $url failed"
+    local got; got=$(sri_of "$file.part")
+    [[ $got == "$integrity" ]] || { rm -f "$file.part"; die "$name@$version: integrity mismatch: got $got, want $integrity"; }
+    mv "$file.part" "$file"
+    echo "$file"
+}
+
+NODE_TGZ=$(fetch_npm "$NODE_PACKAGE" "$NODE_VERSION" "$NODE_INTEGRITY")
+NPM_TGZ=$(fetch_npm npm "$NPM_VERSION" "$NPM_INTEGRITY")
+
+# Debian packages: the pinned version if the archive still has it, else the current one.
+DEB_DIR=$DOWNLOAD_DIR/debs
+mkdir -p "$DEB_DIR"
+DEBS=()
+for spec in $DEBIAN_PACKAGES; do
+    name=${spec%%=*} version=${spec#*=}
+    deb=$(ls "$DEB_DIR/${name}_${version//:/%3a}_amd64.deb" 2>/dev/null || true)
+    if [[ -z $deb ]]; then
+        phase "downloading Debian package $spec"
+        if ! (cd "$DEB_DIR" && apt-get download "$spec") >/dev/null 2>&1; then
+            # Maybe only the package lists are stale.
+            apt-get update >/dev/null 2>&1 || true
+            if ! (cd "$DEB_DIR" && apt-get download "$spec") >/dev/null 2>&1; then
+                echo "rootfs/build.sh: warning: $spec is not in the archive any more; taking the current $name" >&2
+                (cd "$DEB_DIR" && apt-get download "$name") || die "apt-get download $name failed"
+            fi
+        fi
+        deb=$(ls -t "$DEB_DIR/${name}_"*_amd64.deb | head -1)
+    fi
+    DEBS+=("$deb")
+done
+
+# ---- staging tree ------------------------------------------------------------------------
+ROOT=$WORK/root
+mkdir -p "$ROOT"
+phase "staging the image in $ROOT"
+install -d -m 0755 "$ROOT"/{proc,sys,dev,run,etc,home,sbin,usr/bin,usr/local/bin,usr/lib/nodeos,lib64}
+install -d -m 1777 "$ROOT/tmp"
+install -d -m 0755 "$ROOT/home/node"
+
+# Node.js, stripped (the published binary carries ~14 MB of symbols).
+tar -xzf "$NODE_TGZ" -C "$WORK" package/bin/node
+mv "$WORK/package/bin/node" "$ROOT/usr/bin/node"
+rm -rf "$WORK/package"
+strip --strip-all "$ROOT/usr/bin/node"
+chmod 0755 "$ROOT/usr/bin/node"
+
+# npm, without documentation, Windows launchers, type declarations, and node-gyp's Python gyp
+# (building native addons needs Python and a compiler, which the image does not have).
+tar -xzf "$NPM_TGZ" -C "$WORK"
+mv "$WORK/package" "$ROOT/usr/lib/node_modules/npm" 2>/dev/null || {
+    mkdir -p "$ROOT/usr/lib/node_modules" && mv "$WORK/package" "$ROOT/usr/lib/node_modules/npm"
+}
+NPM_DIR=$ROOT/usr/lib/node_modules/npm
+rm -rf "$NPM_DIR"/{docs,man} "$NPM_DIR/node_modules/node-gyp/gyp"
+find "$NPM_DIR/bin" \( -name '*.cmd' -o -name '*.ps1' \) -delete
+find "$NPM_DIR" -type f \( -iname 'README*' -o -iname 'CHANGELOG*' -o -iname 'HISTORY*' \
+    -o -name '*.d.ts' -o -name '*.d.mts' -o -name '*.d.cts' -o -name '*.map' \) -delete
+rm -f "$NPM_DIR/bin/npm" "$NPM_DIR/bin/npx" # sh launchers; there is no sh
+# The builtin config (lowest precedence) sends npm to /etc/npmrc, as Debian does.
+echo "globalconfig=/etc/npmrc" > "$NPM_DIR/npmrc"
+ln -s ../lib/node_modules/npm/bin/npm-cli.js "$ROOT/usr/bin/npm"
+ln -s ../lib/node_modules/npm/bin/npx-cli.js "$ROOT/usr/bin/npx"
+
+# The guest: init (also the spawn shim and env), and its JavaScript.
+install -m 0755 "$INIT_BIN" "$ROOT/sbin/nodeos-init"
+ln -s nodeos-init "$ROOT/sbin/init"
+ln -s ../../sbin/nodeos-init "$ROOT/usr/bin/env"
+install -m 0644 "$JS_DIR"/repl.js "$JS_DIR"/spawn-preload.js "$ROOT/usr/lib/nodeos/"
+
+# Shared libraries, laid out as Debian does (/lib/x86_64-linux-gnu, /lib64/ld-linux-x86-64.so.2).
+DEB_ROOT=$WORK/debs
+mkdir -p "$DEB_ROOT"
+for deb in "${DEBS[@]}"; do dpkg-deb -x "$deb" "$DEB_ROOT"; done
+LIBS=(libc.so.6 libm.so.6 libdl.so.2 libpthread.so.0 ld-linux-x86-64.so.2 libgcc_s.so.1 libstdc++.so.6)
+for lib in "${LIBS[@]}"; do
+    src=$(find "$DEB_ROOT" -name "$lib" \( -type f -o -type l \) | head -1)
+    [[ -n $src ]] || die "$lib is not in ${DEBS[*]}"
+    dir=$(dirname "${src#"$DEB_ROOT"}")
+    case $dir in /usr/lib/x86_64-linux-gnu|/lib/x86_64-linux-gnu) ;; *) continue ;; esac
+    install -d "$ROOT$dir"
+    cp -P "$src" "$ROOT$dir/"
+    if [[ -L $src ]]; then # copy what the symlink points to as well
+        cp -P "$(dirname "$src")/$(readlink "$src")" "$ROOT$dir/"
+    fi
+done
+ln -s ../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$ROOT/lib64/ld-linux-x86-64.so.2"
+
+# /etc
+install -m 0644 "$ETC_DIR"/* "$ROOT/etc/"
+
+# Check: every library Node needs resolves inside the image.
+phase "checking Node's libraries"
+needed=$(readelf -d "$ROOT/usr/bin/node" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
+for lib in $needed; do
+    [[ -e $ROOT/lib/x86_64-linux-gnu/$lib || -e $ROOT/usr/lib/x86_64-linux-gnu/$lib ]] || die "node needs $lib, which is not in the image"
+done
+
+# ---- squashfs ----------------------------------------------------------------------------
+# Everything root-owned but the user's home; device nodes for the console before devtmpfs.
+chown -R 0:0 "$ROOT"
+PSEUDO=$WORK/pseudo
+cat > "$PSEUDO" <<'PSEUDO'
+home/node m 755 1000 1000
+dev/console c 600 0 0 5 1
+dev/null c 666 0 0 1 3
+PSEUDO
+IMG=$OUT_DIR/rootfs.img
+# shellcheck disable=SC2086 # SQUASHFS_COMP_OPTS is a list of options
+read -r -a comp_opts <<< "${SQUASHFS_COMP_OPTS:-}"
+phase "mksquashfs (-comp $SQUASHFS_COMP ${comp_opts[*]} -b $SQUASHFS_BLOCK)"
+mksquashfs "$ROOT" "$IMG.part" -noappend -quiet -no-progress \
+    -comp "$SQUASHFS_COMP" "${comp_opts[@]}" -b "$SQUASHFS_BLOCK" \
+    -pf "$PSEUDO" -no-xattrs \
+    -mkfs-time 0 -all-time 0 >/dev/null
+mv "$IMG.part" "$IMG"
+size=$(stat -c %s "$IMG")
+echo "image size: $size bytes ($(awk -v s="$size" 'BEGIN { printf "%.1f", s / 1e6 }') MB)"
