@@ -7,6 +7,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::termios::{self, SetArg, Termios};
 
 use crate::backend::ConsoleIo;
@@ -51,6 +53,8 @@ impl ConsoleReady {
 pub struct HostConsole {
     mode: ConsoleMode,
     saved: Option<Termios>,
+    /// stdin's file status flags (O_NONBLOCK), which a backend sharing the terminal may change.
+    flags: Option<OFlag>,
 }
 
 impl HostConsole {
@@ -71,7 +75,8 @@ impl HostConsole {
         } else {
             (ConsoleMode::Pipe, None)
         };
-        let host = HostConsole { mode, saved };
+        let flags = fcntl(stdin.as_raw_fd(), FcntlArg::F_GETFL).ok().map(OFlag::from_bits_truncate);
+        let host = HostConsole { mode, saved, flags };
 
         let (guest_in, relay_out) = nix::unistd::pipe().map_err(ConsoleError::Pipe)?;
         let output = stdout.as_fd().try_clone_to_owned().map_err(|e| ConsoleError::Dup("output", e))?;
@@ -87,6 +92,9 @@ impl HostConsole {
 
 impl Drop for HostConsole {
     fn drop(&mut self) {
+        if let Some(flags) = self.flags {
+            let _ = fcntl(io::stdin().as_raw_fd(), FcntlArg::F_SETFL(flags));
+        }
         if let Some(saved) = &self.saved {
             // Best effort: nothing better to do if the terminal went away.
             let _ = termios::tcsetattr(io::stdin().as_fd(), SetArg::TCSANOW, saved);
@@ -99,6 +107,11 @@ fn window_size(stdout: &io::Stdout) -> Option<(u16, u16)> {
     // SAFETY: TIOCGWINSZ writes one `winsize` into the valid, exclusively borrowed `ws`.
     let rc = unsafe { libc::ioctl(stdout.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
     (rc == 0 && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
+}
+
+fn wait_readable(fd: &impl AsFd) {
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    let _ = poll(&mut fds, PollTimeout::NONE);
 }
 
 /// Copies host stdin to the guest once it is ready. In pipe mode, end of input becomes `^D`
@@ -123,6 +136,9 @@ fn spawn_relay(mode: ConsoleMode, out: OwnedFd, ready: ConsoleReady) {
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // QEMU makes its stdout non-blocking, and on a terminal that is the same
+                    // open file as our stdin: wait for input instead of giving up.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(&stdin),
                     Err(_) => break,
                 }
             }

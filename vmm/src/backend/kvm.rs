@@ -14,6 +14,7 @@ use crate::boot::cmdline::{self, MmioSlot};
 use crate::boot::{self, mptable};
 use crate::cpuid::DEFAULT_HIDDEN;
 use crate::devices::bus::{Bus, BusDevice, OverlapError};
+use crate::devices::legacy::cmos::Cmos;
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::ports::{BootTimer, ExitPort};
 use crate::devices::legacy::serial::{self, ConsoleWriter, Serial};
@@ -122,6 +123,12 @@ impl Machine {
             legacy::I8042_PORT_BASE,
             legacy::I8042_PORT_LEN,
             shared(I8042::new(kbd_irq)),
+        )?;
+        // The wall clock Linux reads at boot when kvm-clock does not give it one.
+        pio.insert(
+            legacy::CMOS_PORT_BASE,
+            legacy::CMOS_PORT_LEN,
+            shared(Cmos::new()),
         )?;
         pio.insert(u64::from(super::EXIT_PORT), EXIT_PORT_LEN, shared(ExitPort))?;
         let timer = BootTimer::new(started, init_reached.clone(), console.ready.clone());
@@ -431,6 +438,28 @@ mod tests {
         c
     }
 
+    /// Reads the RTC the way Linux does (seconds first and last, the rest between) and prints
+    /// seconds, minutes, hours, day, month, year, century, seconds again; then switches it to
+    /// binary (register B = 24-hour | DM, index written with the NMI-disable bit), prints the
+    /// seconds once more and exits with register D.
+    fn cmos_guest() -> Vec<u8> {
+        // mov al, reg; out 0x70, al; in al, 0x71
+        let read =
+            |c: &mut Vec<u8>, reg: u8| c.extend_from_slice(&[0xb0, reg, 0xe6, 0x70, 0xe4, 0x71]);
+        let mut c = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+        for reg in [0x00, 0x02, 0x04, 0x07, 0x08, 0x09, 0x32, 0x00] {
+            read(&mut c, reg);
+            c.push(0xee); // out dx, al
+        }
+        // mov al, 0x8b; out 0x70, al; mov al, 0x06; out 0x71, al
+        c.extend_from_slice(&[0xb0, 0x8b, 0xe6, 0x70, 0xb0, 0x06, 0xe6, 0x71]);
+        read(&mut c, 0x00);
+        c.push(0xee);
+        read(&mut c, 0x0d);
+        c.extend_from_slice(&[0xe6, 0xf4, 0xf4]); // out 0xf4, al; hlt
+        c
+    }
+
     fn pipe() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
         // SAFETY: fds has room for two descriptors.
@@ -541,6 +570,56 @@ mod tests {
         let o = boot(SMP_GUEST, 2, b"");
         assert_eq!(o.result.unwrap().exit, VmExit::Guest(11));
         assert_eq!(o.console, b"A");
+    }
+
+    #[test]
+    fn guest_reads_the_host_time_from_the_rtc() {
+        use crate::devices::legacy::cmos::DateTime;
+        if !kvm_usable() {
+            return;
+        }
+        let bcd = |b: u8| {
+            assert!(b & 0x0f <= 9 && b >> 4 <= 9, "{b:#x} is not BCD");
+            (b >> 4) * 10 + (b & 0x0f)
+        };
+        // A read that straddles a second shows as two different seconds: again, as Linux does.
+        for _ in 0..3 {
+            let before = DateTime::now();
+            let o = boot(&cmos_guest(), 1, b"");
+            let after = DateTime::now();
+            assert_eq!(
+                o.result.unwrap().exit,
+                VmExit::Guest(0x80),
+                "register D: time valid"
+            );
+            let [sec, min, hour, day, month, year, century, sec_again, binary_sec] = o.console[..]
+            else {
+                panic!("console: {:x?}", o.console);
+            };
+            let second = bcd(sec);
+            if second != bcd(sec_again) {
+                continue;
+            }
+            let time = |d: &DateTime| (d.year, d.month, d.day, d.hour, d.minute, d.second);
+            let seen = (
+                i64::from(bcd(century)) * 100 + i64::from(bcd(year)),
+                bcd(month),
+                bcd(day),
+                bcd(hour),
+                bcd(min),
+                second,
+            );
+            assert!(
+                time(&before) <= seen && seen <= time(&after),
+                "{before:?} <= {seen:?} <= {after:?}"
+            );
+            assert!(
+                binary_sec < 60 && (binary_sec + 60 - second) % 60 <= 2,
+                "binary {binary_sec}, BCD {second}"
+            );
+            return;
+        }
+        panic!("the RTC's seconds changed during every read");
     }
 
     /// Boots a real kernel given by the environment and prints what happened: a manual check

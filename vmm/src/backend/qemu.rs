@@ -121,7 +121,7 @@ fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString) -> Vec<OsString> {
     };
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&["-M", "microvm,acpi=off,x-option-roms=off,rtc=off", "-accel", accel_name, "-cpu", cpu]);
+    push(&["-M", "microvm,acpi=off,x-option-roms=off", "-accel", accel_name, "-cpu", cpu]);
     push(&["-m", &format!("{}M", spec.memory_mib), "-smp", &spec.cpus.to_string()]);
     push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
     push(&["-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console"]);

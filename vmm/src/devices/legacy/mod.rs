@@ -1,5 +1,6 @@
 //! PC legacy devices on port I/O.
 
+pub mod cmos;
 pub mod i8042;
 pub mod ports;
 pub mod serial;
@@ -14,6 +15,9 @@ pub const SERIAL_IRQ: u32 = 4;
 pub const I8042_PORT_BASE: u64 = 0x60;
 pub const I8042_PORT_LEN: u64 = 5;
 pub const I8042_IRQ: u32 = 1;
+/// The CMOS RTC: 0x70 (index), 0x71 (data). Its IRQ 8 is never raised.
+pub const CMOS_PORT_BASE: u64 = 0x70;
+pub const CMOS_PORT_LEN: u64 = 2;
 
 /// An interrupt line: an eventfd registered with KVM as an irqfd, so a write raises the line
 /// (as an edge) without a trip through the VMM.
