@@ -81,7 +81,7 @@ impl HostConsole {
         let (guest_in, relay_out) = nix::unistd::pipe().map_err(ConsoleError::Pipe)?;
         let output = stdout.as_fd().try_clone_to_owned().map_err(|e| ConsoleError::Dup("output", e))?;
         let ready = ConsoleReady::default();
-        spawn_relay(mode, relay_out, ready.clone());
+        spawn_relay(mode, relay_out, ready.clone(), host.saved.clone());
         Ok((host, ConsoleIo { input: guest_in, output, ready }))
     }
 
@@ -115,31 +115,42 @@ fn wait_readable(fd: &impl AsFd) {
 }
 
 /// Copies host stdin to the guest once it is ready. In pipe mode, end of input becomes `^D`
-/// (twice after a partial line: the first only ends the line). The thread ends with the
-/// input or when the guest goes away (broken pipe); it never holds the VM up.
-fn spawn_relay(mode: ConsoleMode, out: OwnedFd, ready: ConsoleReady) {
+/// (twice after a partial line: the first only ends the line). On a terminal, Ctrl-A x ends
+/// nodeos-vm (the VM with it) and Ctrl-A Ctrl-A sends a Ctrl-A. The thread ends with the input
+/// or when the guest goes away (broken pipe); it never holds the VM up.
+fn spawn_relay(mode: ConsoleMode, out: OwnedFd, ready: ConsoleReady, saved: Option<Termios>) {
     thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
             let mut out = std::fs::File::from(out);
             let mut stdin = io::stdin().lock();
             let mut buf = [0u8; 4096];
+            let mut escape = Escape::default();
             let mut last = b'\n';
             ready.wait();
             loop {
-                match stdin.read(&mut buf) {
+                let n = match stdin.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => {
-                        last = buf[n - 1];
-                        if out.write_all(&buf[..n]).is_err() {
-                            return;
-                        }
-                    }
+                    Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     // QEMU makes its stdout non-blocking, and on a terminal that is the same
                     // open file as our stdin: wait for input instead of giving up.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(&stdin),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        wait_readable(&stdin);
+                        continue;
+                    }
                     Err(_) => break,
+                };
+                last = buf[n - 1];
+                let data = match mode {
+                    ConsoleMode::Pipe => buf[..n].to_vec(),
+                    ConsoleMode::Tty { .. } => match escape.filter(&buf[..n]) {
+                        Some(data) => data,
+                        None => quit(saved.as_ref()),
+                    },
+                };
+                if out.write_all(&data).is_err() {
+                    return;
                 }
             }
             if mode == ConsoleMode::Pipe {
@@ -148,4 +159,64 @@ fn spawn_relay(mode: ConsoleMode, out: OwnedFd, ready: ConsoleReady) {
             }
         })
         .expect("spawning the console input thread");
+}
+
+/// Ctrl-A, the escape key on a terminal console (as in QEMU and screen).
+const ESCAPE: u8 = 0x01;
+/// Status of a VM the user stopped with Ctrl-A x: as for a command stopped with Ctrl-C.
+pub const ESCAPE_QUIT_STATUS: i32 = 130;
+
+/// Recognizes Ctrl-A x in terminal input, across reads.
+#[derive(Debug, Default)]
+struct Escape {
+    pending: bool,
+}
+
+impl Escape {
+    /// The bytes for the guest, or `None` when the user asked to quit.
+    fn filter(&mut self, input: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(input.len());
+        for &b in input {
+            match (self.pending, b) {
+                (false, ESCAPE) => self.pending = true,
+                (false, b) => out.push(b),
+                (true, b'x' | b'X') => return None,
+                (true, ESCAPE) => {
+                    out.push(ESCAPE);
+                    self.pending = false;
+                }
+                (true, b) => {
+                    out.extend([ESCAPE, b]);
+                    self.pending = false;
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Ends nodeos-vm at the user's request: the terminal restored, the VM gone with the process
+/// (our VMM's threads; QEMU through its parent-death signal).
+fn quit(saved: Option<&Termios>) -> ! {
+    if let Some(saved) = saved {
+        let _ = termios::tcsetattr(io::stdin().as_fd(), SetArg::TCSANOW, saved);
+    }
+    eprintln!("\r\nnodeos-vm: stopped with Ctrl-A x; the VM is gone");
+    std::process::exit(ESCAPE_QUIT_STATUS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences() {
+        let mut e = Escape::default();
+        assert_eq!(e.filter(b"abc"), Some(b"abc".to_vec()));
+        assert_eq!(e.filter(b"a\x01\x01b"), Some(b"a\x01b".to_vec()));
+        assert_eq!(e.filter(b"\x01c"), Some(b"\x01c".to_vec()));
+        assert_eq!(e.filter(b"z\x01"), Some(b"z".to_vec()), "held until the next key");
+        assert_eq!(e.filter(b"x"), None, "Ctrl-A x across two reads");
+        assert_eq!(Escape::default().filter(b"ok\x01x"), None);
+    }
 }

@@ -67,39 +67,76 @@ fn every_case_runs_here() {
     }
 }
 
-/// On a terminal the REPL is interactive: prompt, echo, line editing in the guest.
-#[test]
-fn interactive_terminal_session() {
-    common::artifacts();
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let slave = || Stdio::from(pty.slave.as_fd().try_clone_to_owned().unwrap());
-    let mut child = Command::new(BIN)
-        .args(["start", "--backend", &common::backend()])
-        .stdin(slave())
-        .stdout(slave())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(pty.slave);
-    let mut master = std::fs::File::from(pty.master);
-    let mut seen = String::new();
-    let mut wait_for = |master: &mut std::fs::File, needle: &str| {
+/// `nodeos-vm start` on a pseudo-terminal, as a person at a terminal runs it.
+struct TerminalSession {
+    child: std::process::Child,
+    master: std::fs::File,
+    _watchdog: common::Watchdog,
+}
+
+impl TerminalSession {
+    fn start() -> TerminalSession {
+        common::artifacts();
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let slave = || Stdio::from(pty.slave.as_fd().try_clone_to_owned().unwrap());
+        let child = Command::new(BIN)
+            .args(["start", "--backend", &common::backend()])
+            .stdin(slave())
+            .stdout(slave())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _watchdog = common::Watchdog::new(child.id(), common::BOOT_LIMIT);
+        TerminalSession { child, master: std::fs::File::from(pty.master), _watchdog }
+    }
+
+    /// Reads the terminal until `needle` shows up.
+    fn wait_for(&mut self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = String::new();
         let mut buf = [0u8; 4096];
         while !seen.contains(needle) {
             assert!(Instant::now() < deadline, "timed out waiting for {needle:?}; saw {seen:?}");
-            let n = master.read(&mut buf).unwrap();
+            let n = self.master.read(&mut buf).unwrap_or(0);
+            assert!(n > 0, "the console closed while waiting for {needle:?}; saw {seen:?}");
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
-        seen.clear();
-    };
-    wait_for(&mut master, "> ");
-    master.write_all(b"process.pid * 7\r").unwrap();
-    wait_for(&mut master, "7");
-    wait_for(&mut master, "> ");
-    master.write_all(b".exit\r").unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert_eq!(status.code(), Some(0), "{err}");
+    }
+
+    fn type_keys(&mut self, keys: &[u8]) {
+        self.master.write_all(keys).unwrap();
+    }
+
+    /// Exit status and stderr.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        (status.code(), err)
+    }
+}
+
+/// On a terminal the REPL is interactive: prompt, echo, line editing in the guest.
+#[test]
+fn interactive_terminal_session() {
+    let mut term = TerminalSession::start();
+    term.wait_for("> ");
+    term.type_keys(b"process.pid * 7\r");
+    term.wait_for("7");
+    term.wait_for("> ");
+    term.type_keys(b".exit\r");
+    let (status, err) = term.finish();
+    assert_eq!(status, Some(0), "{err}");
+}
+
+/// Ctrl-C belongs to the guest; Ctrl-A x is the way out of a VM from its terminal.
+#[test]
+fn ctrl_a_x_stops_the_vm() {
+    let mut term = TerminalSession::start();
+    term.wait_for("> ");
+    term.type_keys(b"while (true) {}\r");
+    term.type_keys(b"\x01x");
+    let (status, err) = term.finish();
+    assert_eq!(status, Some(130), "{err}");
+    assert!(err.contains("stopped with Ctrl-A x"), "{err}");
 }

@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::io::{self, Read};
 use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -49,7 +50,19 @@ pub fn run(spec: &VmSpec, console: ConsoleIo, accel: Accel) -> Result<RunReport,
     let timer_path = dir.path().join("timer.sock");
     let timer = UnixListener::bind(&timer_path).map_err(|e| QemuError::TimerSocket(timer_path.clone(), e))?;
 
-    let mut child = Command::new(QEMU)
+    let mut command = Command::new(QEMU);
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2),
+    // which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            // QEMU must not outlive nodeos-vm, however nodeos-vm ends.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
         .args(args(spec, accel, timer_path.into_os_string()))
         .stdin(Stdio::from(console.input))
         .stdout(Stdio::from(console.output))

@@ -44,5 +44,26 @@ pub fn start(args: &[&str], input: &str) -> Output {
         .spawn()
         .expect("starting nodeos-vm");
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let _watchdog = Watchdog::new(child.id(), BOOT_LIMIT);
     child.wait_with_output().expect("waiting for nodeos-vm")
+}
+
+/// Longest a test VM may live: a hung guest fails its test instead of hanging the suite.
+pub const BOOT_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Kills a process (SIGKILL) if it outlives the limit; dropping the watchdog disarms it.
+pub struct Watchdog(std::sync::mpsc::Sender<()>);
+
+impl Watchdog {
+    pub fn new(pid: u32, limit: std::time::Duration) -> Watchdog {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if rx.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                eprintln!("watchdog: killing pid {pid} after {limit:?}");
+                // SAFETY: kill(2) with a plain pid and signal number has no memory effects.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        });
+        Watchdog(tx)
+    }
 }

@@ -16,7 +16,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
 
-use super::{read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{read_config_bytes, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -224,7 +224,7 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let mut f = VIRTIO_F_VERSION_1 | (1 << VIRTIO_BLK_F_SEG_MAX);
+        let mut f = VIRTIO_F_VERSION_1 | RING_FEATURES | (1 << VIRTIO_BLK_F_SEG_MAX);
         f |= if self.read_only {
             1 << VIRTIO_BLK_F_RO
         } else {

@@ -20,6 +20,16 @@ use crate::memory::GuestMemory;
 
 /// Feature bit 32: virtio 1.x semantics (the only ones this transport offers).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+/// Feature bit 29: the driver says when it wants the next interrupt (`used_event`) and the
+/// device when it wants the next notification (`avail_event`). Under nested virtualization every
+/// exit and interrupt costs dearly, so this is the main lever on I/O latency.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+/// Feature bit 28: a request may be one ring entry pointing to a table of descriptors
+/// (`virtio-queue`'s chain iterator follows such tables, with bounds and nesting checks).
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 =
+    1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+/// Ring features every device here offers: the transport and `virtio-queue` implement them.
+pub const RING_FEATURES: u64 = VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC;
 
 /// A device behind the transport: what it offers and how it serves its queues.
 pub trait VirtioDevice: Send {
@@ -32,7 +42,8 @@ pub trait VirtioDevice: Send {
     /// Reads device config space at `offset`; bytes beyond it read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Serves the available buffers of queue `index`. `Ok(true)` when it added used buffers
-    /// (the guest must be interrupted); `Err` when the queue itself is broken.
+    /// (the transport then asks the queue whether the driver wants an interrupt); `Err` when
+    /// the queue itself is broken. Notification suppression is the transport's business.
     fn process_queue(
         &mut self,
         index: usize,

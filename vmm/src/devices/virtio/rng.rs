@@ -6,7 +6,7 @@ use std::io::Write;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
 
-use super::{VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -60,7 +60,7 @@ impl VirtioDevice for Rng {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        VIRTIO_F_VERSION_1 | RING_FEATURES
     }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
