@@ -3,6 +3,7 @@
 //! nested paging, whose /dev/kvm behaves like hardware KVM. No QEMU is packed into the box:
 //! what boots there is our VMM alone. One box run serves all the tests of this file.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
@@ -84,42 +85,22 @@ fn run_in_box(name: &str) {
     }
 }
 
-macro_rules! box_cases {
-    ($($name:ident),* $(,)?) => {$(
-        #[test]
-        fn $name() {
-            run_in_box(stringify!($name));
-        }
-    )*};
-}
-
-box_cases!(
-    repl_is_pid_1,
-    unprivileged_user_and_no_root_account,
-    overlay_root_over_a_read_only_image_and_ephemeral_writes,
-    node_is_the_pinned_version,
-    two_vcpus,
-    exit_statuses,
-    no_zombies_under_pid_1,
-    missing_kernel_error,
-    truncated_image_error,
-    bad_memory_errors,
-);
-
-#[test]
-fn every_case_runs_in_the_box() {
-    let listed = include_str!("kvm_box.rs");
-    for case in cases::CASES {
-        assert!(listed.contains(&format!("    {},\n", case.name)), "{} is not in box_cases!", case.name);
-    }
-}
+case_tests!(run_in_box);
 
 /// Where KVM has hardware semantics, `auto` picks our VMM, and says nothing about fallbacks.
 #[test]
 fn auto_picks_our_vmm_where_kvm_is_real() {
     let doctor = check("doctor");
-    assert!(doctor.output.contains("auto backend: kvm"), "{}", doctor.output);
+    assert!(
+        doctor.output.contains("auto backend: kvm"),
+        "{}",
+        doctor.output
+    );
     let auto = check("auto_backend");
     assert_eq!(auto.status, Some(0), "{}", auto.output);
-    assert_eq!(auto.output.trim(), "1", "auto printed more than the REPL's answer");
+    assert_eq!(
+        auto.output.trim(),
+        "1",
+        "auto printed more than the REPL's answer"
+    );
 }

@@ -2,6 +2,7 @@
 //! boots real guests on the backend `auto` picks here (or `NODEOS_VM_TEST_BACKEND`); the same
 //! cases run on our VMM inside the KVM box (tests/kvm_box.rs).
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
@@ -23,8 +24,16 @@ fn run_on_host(name: &str) {
         .boots
         .iter()
         .map(|boot| {
-            let args = cases::args(boot, kernel.to_str().unwrap(), rootfs.to_str().unwrap(), truncated.to_str().unwrap());
-            let out = common::start(&args.iter().map(String::as_str).collect::<Vec<_>>(), boot.input);
+            let args = cases::args(
+                boot,
+                kernel.to_str().unwrap(),
+                rootfs.to_str().unwrap(),
+                truncated.to_str().unwrap(),
+            );
+            let out = common::start(
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
+                boot.input,
+            );
             Outcome {
                 status: out.status.code(),
                 stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -37,35 +46,7 @@ fn run_on_host(name: &str) {
     }
 }
 
-macro_rules! host_cases {
-    ($($name:ident),* $(,)?) => {$(
-        #[test]
-        fn $name() {
-            run_on_host(stringify!($name));
-        }
-    )*};
-}
-
-host_cases!(
-    repl_is_pid_1,
-    unprivileged_user_and_no_root_account,
-    overlay_root_over_a_read_only_image_and_ephemeral_writes,
-    node_is_the_pinned_version,
-    two_vcpus,
-    exit_statuses,
-    no_zombies_under_pid_1,
-    missing_kernel_error,
-    truncated_image_error,
-    bad_memory_errors,
-);
-
-#[test]
-fn every_case_runs_here() {
-    let listed = include_str!("start.rs");
-    for case in cases::CASES {
-        assert!(listed.contains(&format!("    {},\n", case.name)), "{} is not in host_cases!", case.name);
-    }
-}
+case_tests!(run_on_host);
 
 /// `nodeos-vm start` on a pseudo-terminal, as a person at a terminal runs it.
 struct TerminalSession {
@@ -87,7 +68,11 @@ impl TerminalSession {
             .spawn()
             .unwrap();
         let _watchdog = common::Watchdog::new(child.id(), common::BOOT_LIMIT);
-        TerminalSession { child, master: std::fs::File::from(pty.master), _watchdog }
+        TerminalSession {
+            child,
+            master: std::fs::File::from(pty.master),
+            _watchdog,
+        }
     }
 
     /// Reads the terminal until `needle` shows up.
@@ -96,9 +81,15 @@ impl TerminalSession {
         let mut seen = String::new();
         let mut buf = [0u8; 4096];
         while !seen.contains(needle) {
-            assert!(Instant::now() < deadline, "timed out waiting for {needle:?}; saw {seen:?}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?}; saw {seen:?}"
+            );
             let n = self.master.read(&mut buf).unwrap_or(0);
-            assert!(n > 0, "the console closed while waiting for {needle:?}; saw {seen:?}");
+            assert!(
+                n > 0,
+                "the console closed while waiting for {needle:?}; saw {seen:?}"
+            );
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     }
@@ -111,7 +102,12 @@ impl TerminalSession {
     fn finish(mut self) -> (Option<i32>, String) {
         let status = self.child.wait().unwrap();
         let mut err = String::new();
-        self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
         (status.code(), err)
     }
 }

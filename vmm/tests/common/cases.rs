@@ -29,9 +29,16 @@ const fn boot(args: &'static [&'static str], input: &'static str) -> Boot {
 /// The non-empty lines of a REPL's output, after checking the VM ended with status 0.
 fn repl_lines(o: &Outcome) -> Result<Vec<&str>, String> {
     if o.status != Some(0) {
-        return Err(format!("status {:?}\nstdout: {}\nstderr: {}", o.status, o.stdout, o.stderr));
+        return Err(format!(
+            "status {:?}\nstdout: {}\nstderr: {}",
+            o.status, o.stdout, o.stderr
+        ));
     }
-    Ok(o.stdout.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect())
+    Ok(o.stdout
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect())
 }
 
 fn expect_lines(o: &Outcome, want: &[&str]) -> Result<(), String> {
@@ -39,7 +46,10 @@ fn expect_lines(o: &Outcome, want: &[&str]) -> Result<(), String> {
     if got == want {
         Ok(())
     } else {
-        Err(format!("expected lines {want:?}, got {got:?}\nstderr: {}", o.stderr))
+        Err(format!(
+            "expected lines {want:?}, got {got:?}\nstderr: {}",
+            o.stderr
+        ))
     }
 }
 
@@ -48,7 +58,10 @@ fn expect_error(o: &Outcome, message: &str) -> Result<(), String> {
     if o.status == Some(125) && o.stderr.contains(message) {
         Ok(())
     } else {
-        Err(format!("expected status 125 and {message:?}; got {:?}: {}", o.status, o.stderr))
+        Err(format!(
+            "expected status 125 and {message:?}; got {:?}: {}",
+            o.status, o.stderr
+        ))
     }
 }
 
@@ -155,13 +168,33 @@ pub const CASES: &[Case] = &[
 ];
 
 pub fn case(name: &str) -> &'static Case {
-    CASES.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no case {name}"))
+    CASES
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no case {name}"))
 }
 
 /// Substitutes the runner's paths into a boot's arguments.
 pub fn args(boot: &Boot, kernel: &str, rootfs: &str, truncated_rootfs: &str) -> Vec<String> {
     boot.args
         .iter()
-        .map(|a| a.replace("{kernel}", kernel).replace("{rootfs}", rootfs).replace("{truncated_rootfs}", truncated_rootfs))
+        .map(|a| {
+            a.replace("{kernel}", kernel)
+                .replace("{rootfs}", rootfs)
+                .replace("{truncated_rootfs}", truncated_rootfs)
+        })
         .collect()
+}
+
+#[test]
+fn every_case_has_a_test() {
+    let listed = include_str!("mod.rs");
+    for case in CASES {
+        assert!(
+            listed.contains(&format!("            {},", case.name))
+                || listed.contains(&format!("            {});", case.name)),
+            "{} is not in case_tests!",
+            case.name
+        );
+    }
 }

@@ -3,6 +3,30 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+/// One `#[test]` per case of `cases::CASES`, each calling `$runner(name)`: every backend's
+/// test file runs every case, and a case added to `CASES` must be added here.
+macro_rules! case_tests {
+    ($runner:ident) => {
+        case_tests!(@each $runner;
+            repl_is_pid_1,
+            unprivileged_user_and_no_root_account,
+            overlay_root_over_a_read_only_image_and_ephemeral_writes,
+            node_is_the_pinned_version,
+            two_vcpus,
+            exit_statuses,
+            no_zombies_under_pid_1,
+            missing_kernel_error,
+            truncated_image_error,
+            bad_memory_errors);
+    };
+    (@each $runner:ident; $($name:ident),*) => {$(
+        #[test]
+        fn $name() {
+            $runner(stringify!($name));
+        }
+    )*};
+}
+
 pub mod cases;
 
 use std::io::Write;
@@ -16,11 +40,18 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_nodeos-vm");
 pub fn artifacts() -> &'static (PathBuf, PathBuf) {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let out = Command::new(BIN).arg("build").stderr(Stdio::inherit()).output().expect("running nodeos-vm build");
+        let out = Command::new(BIN)
+            .arg("build")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running nodeos-vm build");
         assert!(out.status.success(), "nodeos-vm build failed");
         let text = String::from_utf8(out.stdout).unwrap();
         let path_of = |prefix: &str| {
-            let line = text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix} in {text}"));
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("{prefix} in {text}"));
             PathBuf::from(line[prefix.len()..].rsplit_once(" (").unwrap().0.trim())
         };
         (path_of("kernel:"), path_of("root image:"))
@@ -43,7 +74,12 @@ pub fn start(args: &[&str], input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting nodeos-vm");
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let _watchdog = Watchdog::new(child.id(), BOOT_LIMIT);
     child.wait_with_output().expect("waiting for nodeos-vm")
 }
