@@ -34,7 +34,10 @@ pub fn boot(bin: &Path, args: &[&str]) -> Result<Boot, String> {
         line.clear();
         if stdout.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
             let out = child.wait_with_output().map_err(|e| e.to_string())?;
-            return Err(format!("the VM ended before answering: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "the VM ended before answering: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         if line.trim() == "42" {
             break started.elapsed();
@@ -48,16 +51,26 @@ pub fn boot(bin: &Path, args: &[&str]) -> Result<Boot, String> {
     if !out.status.success() {
         return Err(format!("nodeos-vm exited with {}: {stderr}", out.status));
     }
-    let (init_ms, _) = parse_timings(&stderr).ok_or_else(|| format!("no init timing in: {stderr}"))?;
-    Ok(Boot { init: Duration::from_secs_f64(init_ms / 1000.0), repl_ready, total })
+    let (init_ms, _) =
+        parse_timings(&stderr).ok_or_else(|| format!("no init timing in: {stderr}"))?;
+    Ok(Boot {
+        init: Duration::from_secs_f64(init_ms / 1000.0),
+        repl_ready,
+        total,
+    })
 }
 
 /// Milliseconds to init and in all from `nodeos-vm start --timings`'s line
 /// `nodeos-vm: timings: init 512.5 ms, total 900.0 ms`.
 pub fn parse_timings(output: &str) -> Option<(f64, f64)> {
-    let line = output.lines().find_map(|l| l.split("timings: init ").nth(1))?;
+    let line = output
+        .lines()
+        .find_map(|l| l.split("timings: init ").nth(1))?;
     let (init, rest) = line.split_once(" ms, total ")?;
-    Some((init.parse().ok()?, rest.trim_end_matches(" ms").parse().ok()?))
+    Some((
+        init.parse().ok()?,
+        rest.trim_end_matches(" ms").parse().ok()?,
+    ))
 }
 
 /// Median and spread of a sample.
@@ -73,13 +86,28 @@ pub fn stats(values: &[f64]) -> Stats {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    let median = if n == 0 { f64::NAN } else if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-    Stats { median, min: v.first().copied().unwrap_or(f64::NAN), max: v.last().copied().unwrap_or(f64::NAN), n }
+    let median = if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Stats {
+        median,
+        min: v.first().copied().unwrap_or(f64::NAN),
+        max: v.last().copied().unwrap_or(f64::NAN),
+        n,
+    }
 }
 
 impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:8.1} ms (min {:.1}, max {:.1}, n={})", self.median, self.min, self.max, self.n)
+        write!(
+            f,
+            "{:8.1} ms (min {:.1}, max {:.1}, n={})",
+            self.median, self.min, self.max, self.n
+        )
     }
 }
 

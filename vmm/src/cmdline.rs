@@ -45,9 +45,11 @@ pub fn build(console: ConsoleMode, upper: UpperLayer, extra: &str) -> Result<Str
     }
     let mut line = String::from(BASE);
     match console {
-        ConsoleMode::Tty { cols, rows } => {
-            write!(line, " nodeos.console=tty nodeos.cols={cols} nodeos.rows={rows}").unwrap()
-        }
+        ConsoleMode::Tty { cols, rows } => write!(
+            line,
+            " nodeos.console=tty nodeos.cols={cols} nodeos.rows={rows}"
+        )
+        .unwrap(),
         ConsoleMode::Pipe => line.push_str(" nodeos.console=pipe"),
     }
     if upper == UpperLayer::Disk {
@@ -60,7 +62,9 @@ pub fn build(console: ConsoleMode, upper: UpperLayer, extra: &str) -> Result<Str
     }
     // Leave room for the backends' virtio_mmio.device= entries (~40 bytes each).
     if line.len() + 256 > MAX_LEN {
-        return Err(CmdlineError::TooLong { len: line.len() + 256 });
+        return Err(CmdlineError::TooLong {
+            len: line.len() + 256,
+        });
     }
     Ok(line)
 }
@@ -79,7 +83,15 @@ mod tests {
 
     #[test]
     fn tty_size_disk_upper_and_extra() {
-        let line = build(ConsoleMode::Tty { cols: 120, rows: 40 }, UpperLayer::Disk, " foo=1 ").unwrap();
+        let line = build(
+            ConsoleMode::Tty {
+                cols: 120,
+                rows: 40,
+            },
+            UpperLayer::Disk,
+            " foo=1 ",
+        )
+        .unwrap();
         assert!(line.contains(" nodeos.console=tty nodeos.cols=120 nodeos.rows=40"));
         assert!(line.contains(" nodeos.upper=/dev/vdb"));
         assert!(line.ends_with(" foo=1"));
@@ -87,8 +99,14 @@ mod tests {
 
     #[test]
     fn rejects_control_characters_and_overlong_lines() {
-        assert_eq!(build(ConsoleMode::Pipe, UpperLayer::Tmpfs, "a\nb"), Err(CmdlineError::ControlChar(b'\n')));
+        assert_eq!(
+            build(ConsoleMode::Pipe, UpperLayer::Tmpfs, "a\nb"),
+            Err(CmdlineError::ControlChar(b'\n'))
+        );
         let long = "x".repeat(MAX_LEN);
-        assert!(matches!(build(ConsoleMode::Pipe, UpperLayer::Tmpfs, &long), Err(CmdlineError::TooLong { .. })));
+        assert!(matches!(
+            build(ConsoleMode::Pipe, UpperLayer::Tmpfs, &long),
+            Err(CmdlineError::TooLong { .. })
+        ));
     }
 }

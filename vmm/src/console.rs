@@ -69,20 +69,33 @@ impl HostConsole {
             let saved = termios::tcgetattr(stdin.as_fd()).map_err(ConsoleError::RawMode)?;
             let mut raw = saved.clone();
             termios::cfmakeraw(&mut raw);
-            termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).map_err(ConsoleError::RawMode)?;
+            termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)
+                .map_err(ConsoleError::RawMode)?;
             let (cols, rows) = window_size(&stdout).unwrap_or(DEFAULT_SIZE);
             (ConsoleMode::Tty { cols, rows }, Some(saved))
         } else {
             (ConsoleMode::Pipe, None)
         };
-        let flags = fcntl(stdin.as_raw_fd(), FcntlArg::F_GETFL).ok().map(OFlag::from_bits_truncate);
+        let flags = fcntl(stdin.as_raw_fd(), FcntlArg::F_GETFL)
+            .ok()
+            .map(OFlag::from_bits_truncate);
         let host = HostConsole { mode, saved, flags };
 
         let (guest_in, relay_out) = nix::unistd::pipe().map_err(ConsoleError::Pipe)?;
-        let output = stdout.as_fd().try_clone_to_owned().map_err(|e| ConsoleError::Dup("output", e))?;
+        let output = stdout
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| ConsoleError::Dup("output", e))?;
         let ready = ConsoleReady::default();
         spawn_relay(mode, relay_out, ready.clone(), host.saved.clone());
-        Ok((host, ConsoleIo { input: guest_in, output, ready }))
+        Ok((
+            host,
+            ConsoleIo {
+                input: guest_in,
+                output,
+                ready,
+            },
+        ))
     }
 
     pub fn mode(&self) -> ConsoleMode {
@@ -103,7 +116,12 @@ impl Drop for HostConsole {
 }
 
 fn window_size(stdout: &io::Stdout) -> Option<(u16, u16)> {
-    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes one `winsize` into the valid, exclusively borrowed `ws`.
     let rc = unsafe { libc::ioctl(stdout.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
     (rc == 0 && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
@@ -215,7 +233,11 @@ mod tests {
         assert_eq!(e.filter(b"abc"), Some(b"abc".to_vec()));
         assert_eq!(e.filter(b"a\x01\x01b"), Some(b"a\x01b".to_vec()));
         assert_eq!(e.filter(b"\x01c"), Some(b"\x01c".to_vec()));
-        assert_eq!(e.filter(b"z\x01"), Some(b"z".to_vec()), "held until the next key");
+        assert_eq!(
+            e.filter(b"z\x01"),
+            Some(b"z".to_vec()),
+            "held until the next key"
+        );
         assert_eq!(e.filter(b"x"), None, "Ctrl-A x across two reads");
         assert_eq!(Escape::default().filter(b"ok\x01x"), None);
     }

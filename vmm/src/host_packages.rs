@@ -7,9 +7,15 @@ use std::process::{Command, Stdio};
 #[derive(Debug, thiserror::Error)]
 pub enum HostPackageError {
     #[error("{program} is not installed; install it with `sudo apt-get install {package}`")]
-    Missing { program: &'static str, package: &'static str },
+    Missing {
+        program: &'static str,
+        package: &'static str,
+    },
     #[error("`apt-get install {package}` failed; install {program} by hand")]
-    InstallFailed { program: &'static str, package: &'static str },
+    InstallFailed {
+        program: &'static str,
+        package: &'static str,
+    },
 }
 
 fn on_path(program: &str) -> bool {
@@ -38,7 +44,11 @@ pub fn ensure(program: &'static str, package: &'static str) -> Result<(), HostPa
     };
     // A fresh machine may have no package lists yet.
     let installed = install()
-        || (Command::new("apt-get").args(["update", "-q"]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+        || (Command::new("apt-get")
+            .args(["update", "-q"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
             && install());
     if installed && on_path(program) {
         Ok(())

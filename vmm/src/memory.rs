@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 /// Guest memory as the VMM uses it: shared by vCPU set-up and device threads.
 pub type GuestMemory = GuestMemoryMmap<()>;
@@ -86,7 +86,7 @@ pub enum Error {
     Map {
         mib: u32,
         #[source]
-        source: vm_memory::mmap::FromRangesError,
+        source: std::io::Error,
     },
 }
 
@@ -115,14 +115,80 @@ pub fn create(mib: u32) -> Result<GuestMemory, Error> {
         .into_iter()
         .map(|(start, len)| (start, len as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::Map { mib, source })
+    let map_err = |source| Error::Map { mib, source };
+    let regions = ranges
+        .iter()
+        .map(|&(start, len)| {
+            let host = map_aligned(len).map_err(map_err)?;
+            // SAFETY: `host` is the start of a fresh private mapping of `len` bytes that
+            // nothing else refers to; it stays mapped for the life of the process (see
+            // `map_aligned`), so for as long as any region built on it.
+            let region = unsafe { MmapRegion::build_raw(host, len, RAM_PROT, RAM_FLAGS) }
+                .map_err(|e| map_err(std::io::Error::other(e)))?;
+            GuestRegionMmap::new(region, start).ok_or_else(|| {
+                map_err(std::io::Error::other(format!(
+                    "region at {:#x} overflows",
+                    start.0
+                )))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(std::io::Error::other(e)))
+}
+
+/// Alignment of guest RAM in the VMM's address space: the size of a transparent huge page.
+pub const HUGE_PAGE_SIZE: usize = 2 << 20;
+const RAM_PROT: i32 = libc::PROT_READ | libc::PROT_WRITE;
+const RAM_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+
+/// Maps `len` bytes of anonymous memory at a 2 MiB-aligned address, as transparent huge pages
+/// where the host allows them.
+///
+/// KVM maps guest memory with 2 MiB pages only where a host huge page backs a guest-physical
+/// 2 MiB frame, which needs host and guest addresses aligned alike (QEMU aligns its RAM the
+/// same way). A plain `mmap` is only page-aligned, so every 4 KiB page the guest touches first
+/// costs its own nested-paging fault: under nested virtualization, where each such exit is
+/// expensive, that made filling the page cache (reading Node from the root image) about a
+/// quarter slower than under QEMU.
+///
+/// The mapping is never unmapped: vm-memory leaves alone a region it did not map itself, and a
+/// VMM process runs one VM, whose memory goes when the process does.
+fn map_aligned(len: usize) -> std::io::Result<*mut u8> {
+    let reserve = len
+        .checked_add(HUGE_PAGE_SIZE)
+        .ok_or_else(|| std::io::Error::other(format!("{len} bytes of RAM overflow")))?;
+    // SAFETY: a fresh anonymous mapping at an address the kernel picks; nothing is replaced.
+    let addr = unsafe { libc::mmap(std::ptr::null_mut(), reserve, RAM_PROT, RAM_FLAGS, -1, 0) };
+    if addr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let start = addr as usize;
+    let aligned = start.next_multiple_of(HUGE_PAGE_SIZE);
+    let head = aligned - start;
+    let tail = HUGE_PAGE_SIZE - head;
+    // SAFETY: both ranges lie inside the mapping just made, outside [aligned, aligned + len).
+    unsafe {
+        if head > 0 {
+            libc::munmap(addr, head);
+        }
+        if tail > 0 {
+            libc::munmap((aligned + len) as *mut libc::c_void, tail);
+        }
+        // Advice only: where THP is off or "never", this fails and the pages stay small.
+        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+    }
+    Ok(aligned as *mut u8)
 }
 
 /// What this process holds in RAM besides the guest's own memory: the VMM's overhead, in
 /// KiB, from `/proc/self/smaps` (the resident size of every mapping but guest RAM's).
 pub fn vmm_overhead_kib(mem: &GuestMemory) -> Option<u64> {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-    let guest: Vec<u64> = mem.iter().filter_map(|r| r.get_host_address(vm_memory::MemoryRegionAddress(0)).ok()).map(|p| p as u64).collect();
+    let guest: Vec<u64> = mem
+        .iter()
+        .filter_map(|r| r.get_host_address(vm_memory::MemoryRegionAddress(0)).ok())
+        .map(|p| p as u64)
+        .collect();
     let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
     Some(overhead_from_smaps(&smaps, &guest))
 }
@@ -132,7 +198,12 @@ fn overhead_from_smaps(smaps: &str, guest_starts: &[u64]) -> u64 {
     let mut in_guest = false;
     for line in smaps.lines() {
         if let Some(kib) = line.strip_prefix("Rss:") {
-            let kib: u64 = kib.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            let kib: u64 = kib
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
             if !in_guest {
                 total += kib;
             }
@@ -194,6 +265,22 @@ mod tests {
         assert_eq!(mem.num_regions(), 1);
         assert_eq!(mem.iter().next().unwrap().len(), 64 * MIB);
         assert!(matches!(create(4), Err(Error::TooSmall { .. })));
+    }
+
+    #[test]
+    fn ram_is_huge_page_aligned_in_the_vmm() {
+        use vm_memory::{Bytes, MemoryRegionAddress};
+        // Over 3 GiB: two regions, each aligned (nothing is touched, so nothing is allocated).
+        let mem = create(4096).unwrap();
+        assert_eq!(mem.num_regions(), 2);
+        for r in mem.iter() {
+            let host = r.get_host_address(MemoryRegionAddress(0)).unwrap() as usize;
+            assert_eq!(host % HUGE_PAGE_SIZE, 0, "{host:#x}");
+        }
+        let last = GuestAddress(MMIO_GAP_END + (4096 - 3072) * MIB - 8);
+        assert_eq!(mem.read_obj::<u64>(last).unwrap(), 0);
+        mem.write_obj(0x1234u64, last).unwrap();
+        assert_eq!(mem.read_obj::<u64>(last).unwrap(), 0x1234);
     }
 
     #[test]

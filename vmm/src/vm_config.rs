@@ -30,22 +30,35 @@ pub fn memory_mib(given: &str) -> Result<u32, ConfigError> {
     let factor = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "M" | "MB" | "MIB" => 1,
         "G" | "GB" | "GIB" => 1024,
-        "K" | "KB" | "KIB" if number % 1024 == 0 => return memory_mib(&format!("{}M", number / 1024)),
+        "K" | "KB" | "KIB" if number % 1024 == 0 => {
+            return memory_mib(&format!("{}M", number / 1024))
+        }
         _ => return Err(syntax()),
     };
     let mib = number.checked_mul(factor).ok_or_else(syntax)?;
     if mib < u64::from(MIN_MEMORY_MIB) {
-        return Err(ConfigError::MemoryTooSmall { given: given.to_string() });
+        return Err(ConfigError::MemoryTooSmall {
+            given: given.to_string(),
+        });
     }
     let host_mib = host_memory_mib();
     if mib > host_mib {
-        return Err(ConfigError::MemoryTooLarge { given: given.to_string(), host_mib });
+        return Err(ConfigError::MemoryTooLarge {
+            given: given.to_string(),
+            host_mib,
+        });
     }
-    u32::try_from(mib).map_err(|_| ConfigError::MemoryTooLarge { given: given.to_string(), host_mib })
+    u32::try_from(mib).map_err(|_| ConfigError::MemoryTooLarge {
+        given: given.to_string(),
+        host_mib,
+    })
 }
 
 pub fn cpus(n: u32) -> Result<u8, ConfigError> {
-    u8::try_from(n).ok().filter(|n| (1..=MAX_CPUS).contains(n)).ok_or(ConfigError::Cpus(n))
+    u8::try_from(n)
+        .ok()
+        .filter(|n| (1..=MAX_CPUS).contains(n))
+        .ok_or(ConfigError::Cpus(n))
 }
 
 fn host_memory_mib() -> u64 {
@@ -69,12 +82,30 @@ mod tests {
         assert_eq!(memory_mib("1g"), Ok(1024));
         assert_eq!(memory_mib("1GiB"), Ok(1024));
         assert_eq!(memory_mib("262144K"), Ok(256));
-        assert!(matches!(memory_mib("lots"), Err(ConfigError::MemorySyntax(_))));
-        assert!(matches!(memory_mib("-5"), Err(ConfigError::MemorySyntax(_))));
-        assert!(matches!(memory_mib("12X"), Err(ConfigError::MemorySyntax(_))));
-        assert!(matches!(memory_mib("64M"), Err(ConfigError::MemoryTooSmall { .. })));
-        assert!(matches!(memory_mib("100000G"), Err(ConfigError::MemoryTooLarge { .. })));
-        assert!(matches!(memory_mib("99999999999999999999"), Err(ConfigError::MemorySyntax(_))));
+        assert!(matches!(
+            memory_mib("lots"),
+            Err(ConfigError::MemorySyntax(_))
+        ));
+        assert!(matches!(
+            memory_mib("-5"),
+            Err(ConfigError::MemorySyntax(_))
+        ));
+        assert!(matches!(
+            memory_mib("12X"),
+            Err(ConfigError::MemorySyntax(_))
+        ));
+        assert!(matches!(
+            memory_mib("64M"),
+            Err(ConfigError::MemoryTooSmall { .. })
+        ));
+        assert!(matches!(
+            memory_mib("100000G"),
+            Err(ConfigError::MemoryTooLarge { .. })
+        ));
+        assert!(matches!(
+            memory_mib("99999999999999999999"),
+            Err(ConfigError::MemorySyntax(_))
+        ));
     }
 
     #[test]

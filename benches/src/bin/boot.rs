@@ -15,18 +15,26 @@ use nodeos_vm_benches::{boot, stats};
 fn main() {
     let bin = nodeos_vm_bin();
     let mut args = std::env::args().skip(1);
-    let runs: usize = args.next().map(|a| a.parse().expect("RUNS is a number")).unwrap_or(5);
+    let runs: usize = args
+        .next()
+        .map(|a| a.parse().expect("RUNS is a number"))
+        .unwrap_or(5);
     let mut backends: Vec<String> = args.collect();
     if backends.is_empty() {
         backends.push("qemu".into());
-        let doctor = Command::new(&bin).arg("doctor").output().expect("nodeos-vm doctor");
+        let doctor = Command::new(&bin)
+            .arg("doctor")
+            .output()
+            .expect("nodeos-vm doctor");
         if String::from_utf8_lossy(&doctor.stdout).contains("auto backend: kvm") {
             backends.push("kvm".into());
         }
     }
     let rootfs = build_artifacts(&bin);
 
-    println!("## Boot: nodeos-vm start to init and to REPL ready ({runs} runs each, interleaved)\n");
+    println!(
+        "## Boot: nodeos-vm start to init and to REPL ready ({runs} runs each, interleaved)\n"
+    );
     println!("| backend | vCPUs | to init | to REPL ready | total with .exit |");
     println!("|---|---|---|---|---|");
     let mut medians = Vec::new();
@@ -42,14 +50,22 @@ fn main() {
         }
         for (backend, s) in backends.iter().zip(&samples) {
             let ms = |f: fn(&nodeos_vm_benches::Boot) -> std::time::Duration| {
-                stats(&s.iter().map(|b| f(b).as_secs_f64() * 1000.0).collect::<Vec<_>>())
+                stats(
+                    &s.iter()
+                        .map(|b| f(b).as_secs_f64() * 1000.0)
+                        .collect::<Vec<_>>(),
+                )
             };
             let (init, ready, total) = (ms(|b| b.init), ms(|b| b.repl_ready), ms(|b| b.total));
             println!("| {backend} | {cpus} | {init} | {ready} | {total} |");
             medians.push((backend.clone(), cpus, init.median, ready.median));
         }
     }
-    if let Some((_, _, qemu_init, qemu_ready)) = medians.iter().find(|m| m.0 == "qemu" && m.1 == "1").cloned() {
+    if let Some((_, _, qemu_init, qemu_ready)) = medians
+        .iter()
+        .find(|m| m.0 == "qemu" && m.1 == "1")
+        .cloned()
+    {
         for (backend, cpus, init, ready) in medians.iter().filter(|m| m.0 != "qemu") {
             println!(
                 "\nratio {backend}/qemu ({cpus} vCPU): to init {:.2}, to REPL ready {:.2}",
@@ -59,23 +75,43 @@ fn main() {
         }
     }
 
-    println!("\n## Node.js start-up (`node -e 0`), guest ({}) against host\n", backends[0]);
+    println!(
+        "\n## Node.js start-up (`node -e 0`), guest ({}) against host\n",
+        backends[0]
+    );
     node_startup(&bin, &backends[0], &rootfs, runs);
 }
 
 fn nodeos_vm_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let bin = exe.parent().unwrap().join("nodeos-vm");
-    assert!(bin.is_file(), "build nodeos-vm first: cargo build --release (looked for {})", bin.display());
+    assert!(
+        bin.is_file(),
+        "build nodeos-vm first: cargo build --release (looked for {})",
+        bin.display()
+    );
     bin
 }
 
 fn build_artifacts(bin: &Path) -> PathBuf {
-    let out = Command::new(bin).arg("build").stderr(Stdio::inherit()).output().expect("nodeos-vm build");
+    let out = Command::new(bin)
+        .arg("build")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("nodeos-vm build");
     assert!(out.status.success(), "nodeos-vm build failed");
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.starts_with("root image:")).expect("root image path");
-    PathBuf::from(line["root image:".len()..].rsplit_once(" (").unwrap().0.trim())
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("root image:"))
+        .expect("root image path");
+    PathBuf::from(
+        line["root image:".len()..]
+            .rsplit_once(" (")
+            .unwrap()
+            .0
+            .trim(),
+    )
 }
 
 fn node_startup(bin: &Path, backend: &str, rootfs: &Path, runs: usize) {
@@ -90,7 +126,12 @@ fn node_startup(bin: &Path, backend: &str, rootfs: &Path, runs: usize) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("nodeos-vm start");
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let guest: Vec<f64> = text
@@ -111,17 +152,18 @@ fn node_startup(bin: &Path, backend: &str, rootfs: &Path, runs: usize) {
         .arg("usr/bin/node")
         .status()
         .is_ok_and(|s| s.success());
-    let host: Vec<f64> = if unpacked && std::fs::rename(dir.join("root/usr/bin/node"), &node).is_ok() {
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                Command::new(&node).args(["-e", "0"]).status().unwrap();
-                t.elapsed().as_secs_f64() * 1000.0
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let host: Vec<f64> =
+        if unpacked && std::fs::rename(dir.join("root/usr/bin/node"), &node).is_ok() {
+            (0..runs)
+                .map(|_| {
+                    let t = Instant::now();
+                    Command::new(&node).args(["-e", "0"]).status().unwrap();
+                    t.elapsed().as_secs_f64() * 1000.0
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
     let _ = std::fs::remove_dir_all(&dir);
 
     println!("| where | first run | later runs (median) |");

@@ -14,15 +14,28 @@ use nodeos_vm_benches::{parse_timings, stats};
 const BACKENDS: [&str; 2] = ["kvm", "qemu"];
 
 fn main() {
-    let runs: usize = std::env::args().nth(1).map(|a| a.parse().expect("RUNS is a number")).unwrap_or(5);
+    let runs: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("RUNS is a number"))
+        .unwrap_or(5);
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().join("nodeos-vm");
-    assert!(bin.is_file(), "build nodeos-vm first: cargo build --release");
-    let out = Command::new(&bin).arg("build").stderr(Stdio::inherit()).output().expect("nodeos-vm build");
+    assert!(
+        bin.is_file(),
+        "build nodeos-vm first: cargo build --release"
+    );
+    let out = Command::new(&bin)
+        .arg("build")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("nodeos-vm build");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     let path = |prefix: &str| {
-        let line = text.lines().find(|l| l.starts_with(prefix)).expect("artifact path");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .expect("artifact path");
         PathBuf::from(line[prefix.len()..].rsplit_once(" (").unwrap().0.trim())
     };
 
@@ -43,22 +56,34 @@ fn main() {
         .file(BoxFile::with_libs(&bin, "/nodeos/nodeos-vm"))
         .file(BoxFile::new(path("kernel:"), "/nodeos/vmlinux"))
         .file(BoxFile::new(path("root image:"), "/nodeos/rootfs.img"))
-        .file(BoxFile::with_libs("/usr/bin/qemu-system-x86_64", "/usr/bin/qemu-system-x86_64"))
+        .file(BoxFile::with_libs(
+            "/usr/bin/qemu-system-x86_64",
+            "/usr/bin/qemu-system-x86_64",
+        ))
         .file(BoxFile::same_path("/usr/share/qemu"));
-    let run = BoxRun { timeout: Duration::from_secs(1800), memory_mib: 3072, ..run };
+    let run = BoxRun {
+        timeout: Duration::from_secs(1800),
+        memory_mib: 3072,
+        ..run
+    };
     let result = kvm_box::run(&kvm_box::default_cache_dir(), &run).expect("KVM box run");
     let checks = result.checks();
 
-    println!("## In the KVM box: nodeos-vm start, our VMM (kvm) vs QEMU microvm (qemu, -accel kvm)\n");
+    println!(
+        "## In the KVM box: nodeos-vm start, our VMM (kvm) vs QEMU microvm (qemu, -accel kvm)\n"
+    );
     println!("{runs} runs each, interleaved; 1 vCPU, 512 MiB; `6*7` piped to the REPL, then end of input.\n");
     println!("| backend | to init | boot + REPL answers + VM ends | whole command (L1 clock) |");
     println!("|---|---|---|---|");
     let mut medians = Vec::new();
     let mut memory = Vec::new();
     for backend in BACKENDS {
-        let (mut init, mut total, mut wall, mut overhead) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut init, mut total, mut wall, mut overhead) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in 0..runs {
-            let Some(check) = checks.get(&format!("{backend}.{i}")) else { continue };
+            let Some(check) = checks.get(&format!("{backend}.{i}")) else {
+                continue;
+            };
             if !check.passed() || !check.output.lines().any(|l| l.trim() == "42") {
                 eprintln!("{backend}.{i} failed: {}", check.output);
                 continue;
@@ -67,7 +92,11 @@ fn main() {
                 init.push(a);
                 total.push(b);
             }
-            if let Some(mib) = check.output.lines().find_map(|l| l.split("VMM overhead ").nth(1)) {
+            if let Some(mib) = check
+                .output
+                .lines()
+                .find_map(|l| l.split("VMM overhead ").nth(1))
+            {
                 overhead.extend(mib.split(' ').next().and_then(|m| m.parse::<f64>().ok()));
             }
             if let Some(e) = check.elapsed {
@@ -89,5 +118,8 @@ fn main() {
     for (backend, mib) in memory {
         println!("{backend}: VMM memory overhead besides guest RAM: median {:.1} MiB (min {:.1}, max {:.1})", mib.median, mib.min, mib.max);
     }
-    println!("(L1 boot {:?}, whole box run {:?})", result.boot, result.wall);
+    println!(
+        "(L1 boot {:?}, whole box run {:?})",
+        result.boot, result.wall
+    );
 }

@@ -21,24 +21,45 @@ pub enum CheckError {
     #[error("the {what} {path} does not exist; run `nodeos-vm build`, or pass an existing file")]
     Missing { what: &'static str, path: PathBuf },
     #[error("reading the {what} {path}")]
-    Read { what: &'static str, path: PathBuf, #[source] source: io::Error },
-    #[error("the kernel {path} is not an x86-64 Linux kernel (neither an ELF vmlinux nor a bzImage)")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the kernel {path} is not an x86-64 Linux kernel (neither an ELF vmlinux nor a bzImage)"
+    )]
     NotAKernel { path: PathBuf },
     #[error("the {what} {path} is truncated or corrupt: {detail}; rebuild it with `nodeos-vm build --force`")]
-    Corrupt { what: &'static str, path: PathBuf, detail: String },
+    Corrupt {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
     #[error("the root image {path} is not a squashfs image")]
     NotSquashfs { path: PathBuf },
 }
 
 fn read_header(what: &'static str, path: &Path) -> Result<(Vec<u8>, u64), CheckError> {
-    let read_error = |source| CheckError::Read { what, path: path.to_path_buf(), source };
+    let read_error = |source| CheckError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = File::open(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => CheckError::Missing { what, path: path.to_path_buf() },
+        io::ErrorKind::NotFound => CheckError::Missing {
+            what,
+            path: path.to_path_buf(),
+        },
         _ => read_error(source),
     })?;
     let len = file.metadata().map_err(read_error)?.len();
     let mut header = Vec::with_capacity(HEADER_LEN);
-    file.by_ref().take(HEADER_LEN as u64).read_to_end(&mut header).map_err(read_error)?;
+    file.by_ref()
+        .take(HEADER_LEN as u64)
+        .read_to_end(&mut header)
+        .map_err(read_error)?;
     Ok((header, len))
 }
 
@@ -55,10 +76,16 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 /// An ELF vmlinux whose loadable segments all lie inside the file, or a complete bzImage.
 pub fn check_kernel(path: &Path) -> Result<(), CheckError> {
     let (h, len) = read_header("kernel", path)?;
-    let corrupt = |detail: String| CheckError::Corrupt { what: "kernel", path: path.to_path_buf(), detail };
+    let corrupt = |detail: String| CheckError::Corrupt {
+        what: "kernel",
+        path: path.to_path_buf(),
+        detail,
+    };
     if h.starts_with(ELF_MAGIC) {
         if h.get(4) != Some(&ELFCLASS64) || u16_at(&h, 18) != Some(EM_X86_64) {
-            return Err(CheckError::NotAKernel { path: path.to_path_buf() });
+            return Err(CheckError::NotAKernel {
+                path: path.to_path_buf(),
+            });
         }
         let (phoff, phentsize, phnum) = (u64_at(&h, 32), u16_at(&h, 54), u16_at(&h, 56));
         let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else {
@@ -68,13 +95,17 @@ pub fn check_kernel(path: &Path) -> Result<(), CheckError> {
             let at = phoff + i * u64::from(phentsize);
             let ph = usize::try_from(at).ok().and_then(|at| h.get(at..at + 56));
             let Some(ph) = ph else {
-                return Err(corrupt(format!("program header {i} lies outside the first {HEADER_LEN} bytes")));
+                return Err(corrupt(format!(
+                    "program header {i} lies outside the first {HEADER_LEN} bytes"
+                )));
             };
             let (kind, offset, filesz) = (u32_at(ph, 0), u64_at(ph, 8), u64_at(ph, 32));
             if kind == Some(PT_LOAD) {
                 let end = offset.unwrap_or(0).saturating_add(filesz.unwrap_or(0));
                 if end > len {
-                    return Err(corrupt(format!("segment {i} ends at byte {end} but the file has {len}")));
+                    return Err(corrupt(format!(
+                        "segment {i} ends at byte {end} but the file has {len}"
+                    )));
                 }
             }
         }
@@ -85,18 +116,24 @@ pub fn check_kernel(path: &Path) -> Result<(), CheckError> {
         let syssize = u64::from(u32_at(&h, 0x1f4).unwrap_or(0));
         let need = (setup_sects + 1) * 512 + syssize * 16;
         if need > len {
-            return Err(corrupt(format!("the bzImage header says {need} bytes but the file has {len}")));
+            return Err(corrupt(format!(
+                "the bzImage header says {need} bytes but the file has {len}"
+            )));
         }
         return Ok(());
     }
-    Err(CheckError::NotAKernel { path: path.to_path_buf() })
+    Err(CheckError::NotAKernel {
+        path: path.to_path_buf(),
+    })
 }
 
 /// A squashfs image as long as its superblock says.
 pub fn check_rootfs(path: &Path) -> Result<(), CheckError> {
     let (h, len) = read_header("root image", path)?;
     if !h.starts_with(SQUASHFS_MAGIC) {
-        return Err(CheckError::NotSquashfs { path: path.to_path_buf() });
+        return Err(CheckError::NotSquashfs {
+            path: path.to_path_buf(),
+        });
     }
     let used = u64_at(&h, SQUASHFS_BYTES_USED_OFFSET).unwrap_or(u64::MAX);
     if used > len {
@@ -137,9 +174,18 @@ mod tests {
     #[test]
     fn kernel_checks() {
         assert!(check_kernel(file(&elf(1000, 1000)).path()).is_ok());
-        assert!(matches!(check_kernel(file(&elf(5000, 1000)).path()), Err(CheckError::Corrupt { .. })));
-        assert!(matches!(check_kernel(file(b"hello").path()), Err(CheckError::NotAKernel { .. })));
-        assert!(matches!(check_kernel(Path::new("/nonexistent/vmlinux")), Err(CheckError::Missing { .. })));
+        assert!(matches!(
+            check_kernel(file(&elf(5000, 1000)).path()),
+            Err(CheckError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            check_kernel(file(b"hello").path()),
+            Err(CheckError::NotAKernel { .. })
+        ));
+        assert!(matches!(
+            check_kernel(Path::new("/nonexistent/vmlinux")),
+            Err(CheckError::Missing { .. })
+        ));
     }
 
     #[test]
@@ -149,7 +195,13 @@ mod tests {
         sb[40..48].copy_from_slice(&200u64.to_le_bytes());
         assert!(check_rootfs(file(&sb).path()).is_ok());
         sb[40..48].copy_from_slice(&4096u64.to_le_bytes());
-        assert!(matches!(check_rootfs(file(&sb).path()), Err(CheckError::Corrupt { .. })));
-        assert!(matches!(check_rootfs(file(b"not squashfs").path()), Err(CheckError::NotSquashfs { .. })));
+        assert!(matches!(
+            check_rootfs(file(&sb).path()),
+            Err(CheckError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            check_rootfs(file(b"not squashfs").path()),
+            Err(CheckError::NotSquashfs { .. })
+        ));
     }
 }

@@ -32,13 +32,32 @@ pub enum ArtifactError {
     #[error("no cache directory: set NODEOS_VM_CACHE, XDG_CACHE_HOME or HOME")]
     NoCacheDir,
     #[error("reading the {what} inputs at {path}")]
-    ReadInput { what: &'static str, path: PathBuf, #[source] source: io::Error },
+    ReadInput {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("using the cache directory {path}")]
-    Cache { path: PathBuf, #[source] source: io::Error },
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("starting the {what} build ({script})")]
-    Spawn { what: &'static str, script: PathBuf, #[source] source: io::Error },
+    Spawn {
+        what: &'static str,
+        script: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("the {what} build failed ({status}); its last lines:\n{tail}\nfull log: {log}")]
-    BuildFailed { what: &'static str, status: String, tail: String, log: PathBuf },
+    BuildFailed {
+        what: &'static str,
+        status: String,
+        tail: String,
+        log: PathBuf,
+    },
     #[error("the {what} build finished without producing {path}")]
     NoOutput { what: &'static str, path: PathBuf },
 }
@@ -110,7 +129,9 @@ impl Store {
     /// The store of this user: sources from `NODEOS_VM_SRC` (else the checkout this binary was
     /// built from), cache in `NODEOS_VM_CACHE`, `XDG_CACHE_HOME/nodeos-vm` or `~/.cache/nodeos-vm`.
     pub fn from_env() -> Result<Store> {
-        let sources = std::env::var_os("NODEOS_VM_SRC").map(PathBuf::from).unwrap_or_else(|| BUILT_FROM.into());
+        let sources = std::env::var_os("NODEOS_VM_SRC")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| BUILT_FROM.into());
         let cache = cache_dir().ok_or(ArtifactError::NoCacheDir)?;
         Ok(Store { sources, cache })
     }
@@ -121,7 +142,9 @@ impl Store {
 
     /// The cached artifact for the current inputs, if it was built.
     pub fn cached(&self, artifact: Artifact) -> Result<Option<PathBuf>> {
-        let path = self.entry(artifact, &self.key(artifact)?).join(artifact.file_name());
+        let path = self
+            .entry(artifact, &self.key(artifact)?)
+            .join(artifact.file_name());
         Ok(path.is_file().then_some(path))
     }
 
@@ -157,7 +180,8 @@ impl Store {
         if artifact == Artifact::Rootfs {
             let guest = work.path().join("guest");
             fs::create_dir(&guest).map_err(|e| self.cache_error(e))?;
-            write_executable(&guest.join("nodeos-init"), GUEST_INIT).map_err(|e| self.cache_error(e))?;
+            write_executable(&guest.join("nodeos-init"), GUEST_INIT)
+                .map_err(|e| self.cache_error(e))?;
             cmd.arg(&guest);
         }
         cmd.env("DOWNLOAD_DIR", self.cache.join("downloads"));
@@ -168,7 +192,10 @@ impl Store {
 
         let built = out.join(artifact.file_name());
         if !built.is_file() {
-            return Err(ArtifactError::NoOutput { what: artifact.name(), path: built });
+            return Err(ArtifactError::NoOutput {
+                what: artifact.name(),
+                path: built,
+            });
         }
         // The build may have installed the packages it reads: key it by what it really used.
         let entry = self.entry(artifact, &self.key(artifact)?);
@@ -189,10 +216,12 @@ impl Store {
         let mut hasher = Sha256::new();
         for dir in artifact.input_dirs() {
             let mut files = Vec::new();
-            list_files(&self.sources.join(dir), &mut files).map_err(|source| ArtifactError::ReadInput {
-                what: artifact.name(),
-                path: self.sources.join(dir),
-                source,
+            list_files(&self.sources.join(dir), &mut files).map_err(|source| {
+                ArtifactError::ReadInput {
+                    what: artifact.name(),
+                    path: self.sources.join(dir),
+                    source,
+                }
             })?;
             files.sort();
             for file in files {
@@ -217,12 +246,19 @@ impl Store {
     }
 
     fn cache_error(&self, source: io::Error) -> ArtifactError {
-        ArtifactError::Cache { path: self.cache.clone(), source }
+        ArtifactError::Cache {
+            path: self.cache.clone(),
+            source,
+        }
     }
 }
 
 fn cache_dir() -> Option<PathBuf> {
-    let env = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     env("NODEOS_VM_CACHE")
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("nodeos-vm")))
         .or_else(|| env("HOME").map(|d| d.join(".cache/nodeos-vm")))
@@ -261,14 +297,37 @@ fn installed_version(package: &str) -> String {
 
 fn write_executable(path: &Path, data: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new().write(true).create_new(true).mode(0o755).open(path)?.write_all(data)
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(path)?
+        .write_all(data)
 }
 
 /// Runs a build script with its output in a log file and its progress on the terminal.
-fn run_logged(artifact: Artifact, mut cmd: Command, script: &Path, log_path: &Path, cache: &Path) -> Result<()> {
-    let spawn_error = |source| ArtifactError::Spawn { what: artifact.name(), script: script.to_path_buf(), source };
-    let mut log = File::create(log_path).map_err(|source| ArtifactError::Cache { path: cache.to_path_buf(), source })?;
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(spawn_error)?;
+fn run_logged(
+    artifact: Artifact,
+    mut cmd: Command,
+    script: &Path,
+    log_path: &Path,
+    cache: &Path,
+) -> Result<()> {
+    let spawn_error = |source| ArtifactError::Spawn {
+        what: artifact.name(),
+        script: script.to_path_buf(),
+        source,
+    };
+    let mut log = File::create(log_path).map_err(|source| ArtifactError::Cache {
+        path: cache.to_path_buf(),
+        source,
+    })?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
     let (tx, rx) = mpsc::channel::<String>();
     let readers = [
         forward_lines(child.stdout.take().expect("piped"), tx.clone()),
@@ -301,10 +360,16 @@ fn run_logged(artifact: Artifact, mut cmd: Command, script: &Path, log_path: &Pa
     Ok(())
 }
 
-fn forward_lines(stream: impl io::Read + Send + 'static, tx: mpsc::Sender<String>) -> thread::JoinHandle<()> {
+fn forward_lines(
+    stream: impl io::Read + Send + 'static,
+    tx: mpsc::Sender<String>,
+) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
-            if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
+            if tx
+                .send(String::from_utf8_lossy(&line).into_owned())
+                .is_err()
+            {
                 break;
             }
         }

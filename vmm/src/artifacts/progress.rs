@@ -39,17 +39,27 @@ impl BuildProgress {
         } else if artifact == Artifact::Kernel {
             let bar = ProgressBar::new(expected);
             bar.set_style(
-                ProgressStyle::with_template("  [{elapsed_precise}] {wide_bar} {percent:>3}% {msg}")
-                    .expect("valid template"),
+                ProgressStyle::with_template(
+                    "  [{elapsed_precise}] {wide_bar} {percent:>3}% {msg}",
+                )
+                .expect("valid template"),
             );
             bar
         } else {
             let bar = ProgressBar::new_spinner();
-            bar.set_style(ProgressStyle::with_template("  [{elapsed_precise}] {spinner} {msg}").expect("valid template"));
+            bar.set_style(
+                ProgressStyle::with_template("  [{elapsed_precise}] {spinner} {msg}")
+                    .expect("valid template"),
+            );
             bar
         };
         bar.enable_steady_tick(Duration::from_millis(200));
-        BuildProgress { bar, plain, lines: 0, lines_file }
+        BuildProgress {
+            bar,
+            plain,
+            lines: 0,
+            lines_file,
+        }
     }
 
     pub(super) fn line(&mut self, line: &str) {

@@ -28,7 +28,11 @@ pub fn probe() -> KvmSupport {
     let cpuinfo = std::fs::read_to_string(CPUINFO).unwrap_or_default();
     classify(
         Path::new(KVM_DEVICE).exists(),
-        OpenOptions::new().read(true).write(true).open(KVM_DEVICE).err(),
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(KVM_DEVICE)
+            .err(),
         Path::new(PVM_MODULE).exists(),
         &cpuinfo,
     )
@@ -85,12 +89,19 @@ mod tests {
         for support in [
             classify(true, None, true, SVM),
             classify(false, None, false, SVM),
-            classify(true, Some(std::io::Error::from_raw_os_error(13)), false, SVM),
+            classify(
+                true,
+                Some(std::io::Error::from_raw_os_error(13)),
+                false,
+                SVM,
+            ),
             classify(true, None, false, NONE),
         ] {
             assert!(!support.is_usable(), "{support:?}");
         }
-        let KvmSupport::Unusable(why) = classify(true, None, true, SVM) else { unreachable!() };
+        let KvmSupport::Unusable(why) = classify(true, None, true, SVM) else {
+            unreachable!()
+        };
         assert!(why.contains("PVM"), "{why}");
     }
 }

@@ -668,7 +668,11 @@ mod tests {
             }
         });
         let started = Instant::now();
-        let console = ConsoleIo { input: in_rx, output: out_tx, ready };
+        let console = ConsoleIo {
+            input: in_rx,
+            output: out_tx,
+            ready,
+        };
         let result = run(&spec, console);
         printer.join().unwrap();
         relay.join().unwrap();

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{ConsoleIo, RunReport, VmExit, VmSpec, BOOT_TIMER_PORT, CONSOLE_READY, EXIT_PORT, INIT_STARTED};
+use super::{
+    ConsoleIo, RunReport, VmExit, VmSpec, BOOT_TIMER_PORT, CONSOLE_READY, EXIT_PORT, INIT_STARTED,
+};
 
 const QEMU: &str = "qemu-system-x86_64";
 /// Most of QEMU's stderr we keep to explain a failure.
@@ -48,7 +50,8 @@ pub fn run(spec: &VmSpec, console: ConsoleIo, accel: Accel) -> Result<RunReport,
         .tempdir()
         .map_err(|e| QemuError::TimerSocket(std::env::temp_dir(), e))?;
     let timer_path = dir.path().join("timer.sock");
-    let timer = UnixListener::bind(&timer_path).map_err(|e| QemuError::TimerSocket(timer_path.clone(), e))?;
+    let timer = UnixListener::bind(&timer_path)
+        .map_err(|e| QemuError::TimerSocket(timer_path.clone(), e))?;
 
     let mut command = Command::new(QEMU);
     // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2),
@@ -81,11 +84,16 @@ pub fn run(spec: &VmSpec, console: ConsoleIo, accel: Accel) -> Result<RunReport,
     let status = child.wait().map_err(QemuError::Wait)?;
     let stderr = stderr.join().unwrap_or_default();
     let init_reached = *init_reached.lock().unwrap();
-    let exit = decode_exit(status.code(), init_reached.is_some()).ok_or_else(|| QemuError::Failed {
-        status: status.to_string(),
-        stderr: stderr.trim().to_string(),
-    })?;
-    Ok(RunReport { exit, init_reached, vmm_overhead_kib: None })
+    let exit =
+        decode_exit(status.code(), init_reached.is_some()).ok_or_else(|| QemuError::Failed {
+            status: status.to_string(),
+            stderr: stderr.trim().to_string(),
+        })?;
+    Ok(RunReport {
+        exit,
+        init_reached,
+        vmm_overhead_kib: None,
+    })
 }
 
 /// QEMU reports the exit port's byte `b` as process status `(b << 1) | 1`, and a guest reset
@@ -110,12 +118,17 @@ fn watch_boot_timer(
     thread::Builder::new()
         .name("boot-timer".into())
         .spawn(move || {
-            let Ok((mut conn, _)) = timer.accept() else { return };
+            let Ok((mut conn, _)) = timer.accept() else {
+                return;
+            };
             let mut byte = [0u8; 1];
             while let Ok(1) = conn.read(&mut byte) {
                 match byte[0] {
                     INIT_STARTED => {
-                        init_reached.lock().unwrap().get_or_insert(started.elapsed());
+                        init_reached
+                            .lock()
+                            .unwrap()
+                            .get_or_insert(started.elapsed());
                     }
                     CONSOLE_READY => ready.signal(),
                     _ => {}
@@ -134,13 +147,47 @@ fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString) -> Vec<OsString> {
     };
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&["-M", "microvm,acpi=off,x-option-roms=off", "-accel", accel_name, "-cpu", cpu]);
-    push(&["-m", &format!("{}M", spec.memory_mib), "-smp", &spec.cpus.to_string()]);
-    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
-    push(&["-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console"]);
-    push(&["-device", &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=1")]);
-    push(&["-device", &format!("isa-debugcon,iobase={BOOT_TIMER_PORT:#x},chardev=timer")]);
-    push(&["-object", "rng-random,id=rng,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng"]);
+    push(&[
+        "-M",
+        "microvm,acpi=off,x-option-roms=off",
+        "-accel",
+        accel_name,
+        "-cpu",
+        cpu,
+    ]);
+    push(&[
+        "-m",
+        &format!("{}M", spec.memory_mib),
+        "-smp",
+        &spec.cpus.to_string(),
+    ]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    push(&[
+        "-chardev",
+        "stdio,id=console,signal=off",
+        "-serial",
+        "chardev:console",
+    ]);
+    push(&[
+        "-device",
+        &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=1"),
+    ]);
+    push(&[
+        "-device",
+        &format!("isa-debugcon,iobase={BOOT_TIMER_PORT:#x},chardev=timer"),
+    ]);
+    push(&[
+        "-object",
+        "rng-random,id=rng,filename=/dev/urandom",
+        "-device",
+        "virtio-rng-device,rng=rng",
+    ]);
     a.push("-chardev".into());
     a.push(with_prefix("socket,id=timer,path=", timer_socket));
     a.push("-kernel".into());
@@ -154,11 +201,17 @@ fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString) -> Vec<OsString> {
     // creation: create the upper disk first so the root image is the first disk, /dev/vda.
     if let Some(upper) = &spec.upper_disk {
         a.push("-drive".into());
-        a.push(with_prefix("id=upper,format=raw,if=none,cache=writeback,file=", upper.clone().into_os_string()));
+        a.push(with_prefix(
+            "id=upper,format=raw,if=none,cache=writeback,file=",
+            upper.clone().into_os_string(),
+        ));
         a.extend(["-device", "virtio-blk-device,drive=upper"].map(OsString::from));
     }
     a.push("-drive".into());
-    a.push(with_prefix("id=root,format=raw,if=none,readonly=on,file=", spec.rootfs.clone().into_os_string()));
+    a.push(with_prefix(
+        "id=root,format=raw,if=none,readonly=on,file=",
+        spec.rootfs.clone().into_os_string(),
+    ));
     a.extend(["-device", "virtio-blk-device,drive=root"].map(OsString::from));
     a
 }
@@ -169,9 +222,14 @@ fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString) -> Vec<OsString> {
 /// rate; tell the guest. (Under KVM the kernel gets all of this from kvm-clock.)
 fn tcg_clock_params(cpuinfo: &str) -> String {
     let mut params = String::from("tsc=reliable no_timer_check noapictimer");
-    let mhz = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("cpu MHz")?.split(':').nth(1)?.trim().parse::<f64>().ok());
+    let mhz = cpuinfo.lines().find_map(|l| {
+        l.strip_prefix("cpu MHz")?
+            .split(':')
+            .nth(1)?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    });
     if let Some(khz) = mhz.map(|mhz| (mhz * 1000.0) as u64).filter(|&khz| khz > 0) {
         // loops per jiffy at HZ=100 (kernel/config.fragment)
         params.push_str(&format!(" tsc_early_khz={khz} lpj={}", khz * 10));
@@ -206,7 +264,11 @@ mod tests {
         assert_eq!(decode_exit(Some(7), true), Some(VmExit::Guest(3)));
         assert_eq!(decode_exit(Some(255), true), Some(VmExit::Guest(127)));
         assert_eq!(decode_exit(Some(0), true), Some(VmExit::Reset));
-        assert_eq!(decode_exit(Some(1), false), None, "QEMU's own error before the guest ran");
+        assert_eq!(
+            decode_exit(Some(1), false),
+            None,
+            "QEMU's own error before the guest ran"
+        );
         assert_eq!(decode_exit(Some(2), true), None);
         assert_eq!(decode_exit(None, true), None, "killed by a signal");
     }
@@ -215,11 +277,17 @@ mod tests {
     fn tcg_clock_from_the_host_tsc() {
         let p = tcg_clock_params("processor\t: 0\ncpu MHz\t\t: 2596.138\n");
         assert!(p.contains("tsc_early_khz=2596138 lpj=25961380"), "{p}");
-        assert_eq!(tcg_clock_params(""), "tsc=reliable no_timer_check noapictimer");
+        assert_eq!(
+            tcg_clock_params(""),
+            "tsc=reliable no_timer_check noapictimer"
+        );
     }
 
     #[test]
     fn paths_with_commas_are_escaped() {
-        assert_eq!(with_prefix("file=", "/a,b".into()), OsString::from("file=/a,,b"));
+        assert_eq!(
+            with_prefix("file=", "/a,b".into()),
+            OsString::from("file=/a,,b")
+        );
     }
 }

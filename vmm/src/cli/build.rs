@@ -25,7 +25,12 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     for &artifact in wanted {
         let path = store.ensure(artifact, args.force)?;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        println!("{}: {} ({:.1} MB)", artifact.name(), path.display(), size as f64 / 1e6);
+        println!(
+            "{}: {} ({:.1} MB)",
+            artifact.name(),
+            path.display(),
+            size as f64 / 1e6
+        );
     }
     Ok(())
 }

@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub const EXIT_FAILURE: u8 = 125;
 
 #[derive(Debug, Parser)]
-#[command(name = "nodeos-vm", version, about = "Run NodeOS — Linux with Node.js as its whole userland — in microVMs")]
+#[command(
+    name = "nodeos-vm",
+    version,
+    about = "Run NodeOS — Linux with Node.js as its whole userland — in microVMs"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

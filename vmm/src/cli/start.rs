@@ -107,10 +107,20 @@ fn images(args: &ImageArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
 fn print_timings(report: &RunReport, total: std::time::Duration) {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     match report.init_reached {
-        Some(init) => eprintln!("nodeos-vm: timings: init {:.1} ms, total {:.1} ms", ms(init), ms(total)),
-        None => eprintln!("nodeos-vm: timings: init never reached, total {:.1} ms", ms(total)),
+        Some(init) => eprintln!(
+            "nodeos-vm: timings: init {:.1} ms, total {:.1} ms",
+            ms(init),
+            ms(total)
+        ),
+        None => eprintln!(
+            "nodeos-vm: timings: init never reached, total {:.1} ms",
+            ms(total)
+        ),
     }
     if let Some(kib) = report.vmm_overhead_kib {
-        eprintln!("nodeos-vm: memory: VMM overhead {:.1} MiB besides guest RAM", kib as f64 / 1024.0);
+        eprintln!(
+            "nodeos-vm: memory: VMM overhead {:.1} MiB besides guest RAM",
+            kib as f64 / 1024.0
+        );
     }
 }

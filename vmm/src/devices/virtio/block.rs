@@ -261,6 +261,10 @@ impl VirtioDevice for Block {
 mod tests {
     use super::*;
     use crate::devices::virtio::test_util::{self, add_chain, used, used_idx, Desc};
+    use virtio_bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestAddress};
 
@@ -300,11 +304,16 @@ mod tests {
     fn run(s: &Setup, read_only: bool, descs: &[Desc]) -> (u32, u8) {
         let vq = MockSplitQueue::new(&s.mem, test_util::QUEUE_SIZE);
         add_chain(&vq, 0, descs);
+        serve_one(s, read_only, &vq)
+    }
+
+    /// Serves the one chain in `vq` with a fresh device; returns (used len, status byte).
+    fn serve_one(s: &Setup, read_only: bool, vq: &MockSplitQueue<'_, GuestMemory>) -> (u32, u8) {
         let mut q: Queue = vq.create_queue().unwrap();
         let mut dev = Block::open(s.disk.path(), read_only, "nodeos-test").unwrap();
         assert!(dev.process_queue(0, &mut q, &s.mem).unwrap());
-        assert_eq!(used_idx(&vq), 1);
-        let (head, len) = used(&vq, 0);
+        assert_eq!(used_idx(vq), 1);
+        let (head, len) = used(vq, 0);
         assert_eq!(head, 0);
         (len, s.mem.read_obj(GuestAddress(STATUS)).unwrap())
     }
@@ -562,8 +571,6 @@ mod tests {
         let s = setup();
         let vq = MockSplitQueue::new(&s.mem, test_util::QUEUE_SIZE);
         // Descriptor 0 points to itself forever.
-        use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
-        use virtio_queue::desc::{split::Descriptor, RawDescriptor};
         let d = RawDescriptor::from(Descriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 0));
         vq.desc_table().store(0, d).unwrap();
         let avail = vq.avail_addr();
@@ -590,5 +597,84 @@ mod tests {
         let mut q: Queue = vq.create_queue().unwrap();
         let mut dev = Block::open(s.disk.path(), true, "x").unwrap();
         assert!(dev.process_queue(0, &mut q, &s.mem).is_err());
+    }
+
+    /// Runs a request whose only ring descriptor points to an indirect table of `table`
+    /// (written at `TABLE`) that is `table_len` bytes long.
+    fn run_indirect(s: &Setup, table: &[RawDescriptor], table_len: u32) -> (u32, u8) {
+        for (i, d) in table.iter().enumerate() {
+            s.mem
+                .write_obj(*d, GuestAddress(TABLE + 16 * i as u64))
+                .unwrap();
+        }
+        let vq = MockSplitQueue::new(&s.mem, test_util::QUEUE_SIZE);
+        let head = Descriptor::new(TABLE, table_len, VRING_DESC_F_INDIRECT as u16, 0);
+        vq.add_desc_chains(&[RawDescriptor::from(head)], 0).unwrap();
+        serve_one(s, true, &vq)
+    }
+
+    const TABLE: u64 = 0x4_0000;
+
+    fn raw(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
+    }
+
+    #[test]
+    fn indirect_descriptor_table() {
+        let s = setup();
+        header(&s.mem, VIRTIO_BLK_T_IN, 5);
+        let table = [
+            raw(HDR, 16, VRING_DESC_F_NEXT, 1),
+            raw(DATA, 512, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2),
+            raw(STATUS, 1, VRING_DESC_F_WRITE, 0),
+        ];
+        assert_eq!(run_indirect(&s, &table, 48), (513, ok_status()));
+        let mut data = [0u8; 512];
+        s.mem.read_slice(&mut data, GuestAddress(DATA)).unwrap();
+        assert!(data.iter().all(|b| *b == 5));
+    }
+
+    #[test]
+    fn malformed_indirect_tables() {
+        let s = setup();
+        let good = [
+            raw(HDR, 16, VRING_DESC_F_NEXT, 1),
+            raw(DATA, 512, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2),
+            raw(STATUS, 1, VRING_DESC_F_WRITE, 0),
+        ];
+        // A table length that is not a whole number of descriptors.
+        header(&s.mem, VIRTIO_BLK_T_IN, 0);
+        assert_eq!(run_indirect(&s, &good, 40), (0, STATUS_UNTOUCHED));
+        // A table shorter than its chain: the chain ends at the table's end, so the data's
+        // last byte is taken for the status and the read is not whole sectors.
+        header(&s.mem, VIRTIO_BLK_T_IN, 0);
+        assert_eq!(run_indirect(&s, &good, 32), (1, STATUS_UNTOUCHED));
+        assert_eq!(
+            s.mem.read_obj::<u8>(GuestAddress(DATA + 511)).unwrap(),
+            ioerr()
+        );
+        // An indirect descriptor inside an indirect table.
+        let nested = [
+            raw(HDR, 16, VRING_DESC_F_NEXT, 1),
+            raw(TABLE, 48, VRING_DESC_F_INDIRECT, 0),
+        ];
+        header(&s.mem, VIRTIO_BLK_T_IN, 0);
+        assert_eq!(run_indirect(&s, &nested, 32), (0, STATUS_UNTOUCHED));
+        // A loop inside the table ends after as many descriptors as the table holds.
+        let looping = [raw(HDR, 16, VRING_DESC_F_NEXT, 0)];
+        header(&s.mem, VIRTIO_BLK_T_IN, 0);
+        assert_eq!(run_indirect(&s, &looping, 16), (0, STATUS_UNTOUCHED));
+        // A next index beyond the table.
+        let beyond = [raw(HDR, 16, VRING_DESC_F_NEXT, 7), good[2]];
+        header(&s.mem, VIRTIO_BLK_T_IN, 0);
+        assert_eq!(run_indirect(&s, &beyond, 32), (0, STATUS_UNTOUCHED));
+        // A table outside guest memory, or of a size past what a queue may hold.
+        let far = test_util::MEM_SIZE as u64 + 0x1000;
+        let vq = MockSplitQueue::new(&s.mem, test_util::QUEUE_SIZE);
+        let head = Descriptor::new(far, 48, VRING_DESC_F_INDIRECT as u16, 0);
+        vq.add_desc_chains(&[RawDescriptor::from(head)], 0).unwrap();
+        assert_eq!(serve_one(&s, true, &vq), (0, STATUS_UNTOUCHED));
+        header(&s.mem, VIRTIO_BLK_T_IN, 0);
+        assert_eq!(run_indirect(&s, &good, 0x10_0000), (0, STATUS_UNTOUCHED));
     }
 }

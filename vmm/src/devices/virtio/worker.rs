@@ -67,7 +67,14 @@ pub fn run(transports: &[Arc<Mutex<MmioTransport>>], stop: &EventFd) -> io::Resu
             };
             // Consume the notification before serving, so one that arrives meanwhile is seen.
             let _ = s.evt.read();
-            lock(&s.transport).process_queue(s.queue);
+            // The lock is dropped between passes: a long stream of requests must not keep
+            // the vCPUs from the registers (the interrupt handler reads InterruptStatus).
+            loop {
+                let more = lock(&s.transport).process_queue(s.queue);
+                if !more {
+                    break;
+                }
+            }
         }
     }
 }
