@@ -627,59 +627,6 @@ mod tests {
     /// `NODEOS_KVM_ROOTFS`, `NODEOS_KVM_UPPER`, `NODEOS_KVM_CMDLINE`, `NODEOS_KVM_CPUS`,
     /// `NODEOS_KVM_MEM_MIB`, `NODEOS_KVM_INPUT` (bytes for the console).
     #[test]
-    #[ignore = "needs a kernel: NODEOS_KVM_KERNEL=... cargo test -- --ignored --nocapture"]
-    fn boots_a_kernel_from_the_environment() {
-        let Some(kernel) = std::env::var_os("NODEOS_KVM_KERNEL") else {
-            eprintln!("skipped: NODEOS_KVM_KERNEL is not set");
-            return;
-        };
-        if !kvm_usable() {
-            return;
-        }
-        let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.into());
-        let empty_root = file_with(&[0u8; 4096]);
-        let spec = VmSpec {
-            kernel: kernel.into(),
-            rootfs: std::env::var_os("NODEOS_KVM_ROOTFS")
-                .map_or_else(|| empty_root.path().into(), Into::into),
-            upper_disk: std::env::var_os("NODEOS_KVM_UPPER").map(Into::into),
-            memory_mib: env("NODEOS_KVM_MEM_MIB", "256").parse().unwrap(),
-            cpus: env("NODEOS_KVM_CPUS", "2").parse().unwrap(),
-            cmdline: env(
-                "NODEOS_KVM_CMDLINE",
-                "console=ttyS0 reboot=t panic=-1 root=/dev/vda rootfstype=squashfs ro",
-            ),
-        };
-        let (in_rx, in_tx) = pipe();
-        let (out_rx, out_tx) = pipe();
-        // Input goes in once the guest says its console is ready, as the CLI's relay does.
-        let ready = ConsoleReady::default();
-        let input = env("NODEOS_KVM_INPUT", "");
-        let gate = ready.clone();
-        let relay = std::thread::spawn(move || {
-            gate.wait();
-            let _ = std::fs::File::from(in_tx).write_all(input.as_bytes());
-        });
-        let printer = std::thread::spawn(move || {
-            let mut out = std::fs::File::from(out_rx);
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = out.read(&mut buf) {
-                std::io::stderr().write_all(&buf[..n]).unwrap();
-            }
-        });
-        let started = Instant::now();
-        let console = ConsoleIo {
-            input: in_rx,
-            output: out_tx,
-            ready,
-        };
-        let result = run(&spec, console);
-        printer.join().unwrap();
-        relay.join().unwrap();
-        eprintln!("\n==> after {:?}: {result:?}", started.elapsed());
-    }
-
-    #[test]
     fn bad_inputs_are_clear_errors() {
         if !kvm_usable() {
             return;
