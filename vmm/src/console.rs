@@ -69,6 +69,7 @@ impl HostConsole {
             let saved = termios::tcgetattr(stdin.as_fd()).map_err(ConsoleError::RawMode)?;
             let mut raw = saved.clone();
             termios::cfmakeraw(&mut raw);
+            restore_on_signals(&saved);
             termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)
                 .map_err(ConsoleError::RawMode)?;
             let (cols, rows) = window_size(&stdout).unwrap_or(DEFAULT_SIZE);
@@ -112,6 +113,37 @@ impl Drop for HostConsole {
             // Best effort: nothing better to do if the terminal went away.
             let _ = termios::tcsetattr(io::stdin().as_fd(), SetArg::TCSANOW, saved);
         }
+    }
+}
+
+/// The terminal settings to put back if a signal ends nodeos-vm while the terminal is raw.
+static SAVED_TERMIOS: std::sync::OnceLock<libc::termios> = std::sync::OnceLock::new();
+/// Signals that end nodeos-vm by default and may reach it while it owns the terminal.
+const FATAL_SIGNALS: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT];
+
+/// `kill nodeos-vm` must not leave the user's terminal in raw mode.
+fn restore_on_signals(saved: &Termios) {
+    if SAVED_TERMIOS
+        .set(libc::termios::from(saved.clone()))
+        .is_err()
+    {
+        return; // installed already
+    }
+    extern "C" fn handler(signal: libc::c_int) {
+        if let Some(saved) = SAVED_TERMIOS.get() {
+            // SAFETY: tcsetattr, signal and raise are async-signal-safe; `saved` is a valid
+            // termios that is never written again once set.
+            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
+        }
+        // SAFETY: as above; the default action then ends the process as the signal would have.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
+    }
+    for signal in FATAL_SIGNALS {
+        // SAFETY: installs a handler that only calls async-signal-safe functions.
+        unsafe { libc::signal(signal, handler as *const () as libc::sighandler_t) };
     }
 }
 

@@ -14,9 +14,9 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
 
-use super::{read_config_bytes, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
+use super::{read_config_bytes, serve_chains, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -243,17 +243,7 @@ impl VirtioDevice for Block {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<bool, virtio_queue::Error> {
-        let mut used = false;
-        while let Some(chain) = queue.iter(mem)?.next() {
-            let head = chain.head_index();
-            let len = self.handle(chain, mem);
-            // A head index beyond the queue cannot be returned; the driver lost that buffer.
-            if head < queue.size() {
-                queue.add_used(mem, head, len)?;
-                used = true;
-            }
-        }
-        Ok(used)
+        serve_chains(queue, mem, |chain| self.handle(chain, mem))
     }
 }
 

@@ -54,6 +54,27 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self) {}
 }
 
+/// Serves every available chain of `queue` with `serve`, which returns how many bytes it wrote
+/// for the driver, and puts each back on the used ring; `Ok(true)` when any was.
+pub fn serve_chains(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemory>) -> u32,
+) -> Result<bool, virtio_queue::Error> {
+    use virtio_queue::{QueueOwnedT, QueueT};
+    let mut used = false;
+    while let Some(chain) = queue.iter(mem)?.next() {
+        let head = chain.head_index();
+        let len = serve(chain);
+        // A head index beyond the queue cannot be returned; the driver lost that buffer.
+        if head < queue.size() {
+            queue.add_used(mem, head, len)?;
+            used = true;
+        }
+    }
+    Ok(used)
+}
+
 /// Ties a queue's eventfd to guest writes of the queue's index to `addr` (KVM ioeventfd).
 pub trait NotifyRegistrar: Send + Sync {
     fn register(&self, evt: &EventFd, addr: u64, queue: u32) -> io::Result<()>;

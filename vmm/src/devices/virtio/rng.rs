@@ -4,9 +4,9 @@
 use std::io::Write;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
+use virtio_queue::{DescriptorChain, Queue, Writer};
 
-use super::{VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
+use super::{serve_chains, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -50,6 +50,29 @@ fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+impl Rng {
+    /// Fills the chain's writable buffers with random bytes (at most [`MAX_REQUEST`]).
+    fn handle(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
+        match Writer::new(mem, chain) {
+            Ok(mut writer) => {
+                let n = writer.available_bytes().min(MAX_REQUEST);
+                let chunk = &mut self.buf[..n];
+                match fill_random(chunk).and_then(|()| writer.write_all(chunk)) {
+                    Ok(()) => n as u32,
+                    Err(e) => {
+                        tracing::warn!("virtio-rng: {e}");
+                        0
+                    }
+                }
+            }
+            Err(_) => {
+                tracing::debug!("virtio-rng: buffer outside guest memory");
+                0
+            }
+        }
+    }
+}
+
 impl VirtioDevice for Rng {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_RNG
@@ -73,32 +96,7 @@ impl VirtioDevice for Rng {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<bool, virtio_queue::Error> {
-        let mut used = false;
-        while let Some(chain) = queue.iter(mem)?.next() {
-            let head = chain.head_index();
-            let len = match Writer::new(mem, chain) {
-                Ok(mut writer) => {
-                    let n = writer.available_bytes().min(MAX_REQUEST);
-                    let chunk = &mut self.buf[..n];
-                    match fill_random(chunk).and_then(|()| writer.write_all(chunk)) {
-                        Ok(()) => n as u32,
-                        Err(e) => {
-                            tracing::warn!("virtio-rng: {e}");
-                            0
-                        }
-                    }
-                }
-                Err(_) => {
-                    tracing::debug!("virtio-rng: buffer outside guest memory");
-                    0
-                }
-            };
-            if head < queue.size() {
-                queue.add_used(mem, head, len)?;
-                used = true;
-            }
-        }
-        Ok(used)
+        serve_chains(queue, mem, |chain| self.handle(chain, mem))
     }
 }
 
