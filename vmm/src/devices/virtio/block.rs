@@ -14,9 +14,9 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
+use virtio_queue::{DescriptorChain, Reader, Writer};
 
-use super::{read_config_bytes, serve_chains, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
+use super::{read_config_bytes, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -237,13 +237,13 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn process_queue(
+    fn serve(
         &mut self,
         _index: usize,
-        queue: &mut Queue,
+        chain: DescriptorChain<&GuestMemory>,
         mem: &GuestMemory,
-    ) -> Result<bool, virtio_queue::Error> {
-        serve_chains(queue, mem, |chain| self.handle(chain, mem))
+    ) -> u32 {
+        self.handle(chain, mem)
     }
 }
 
@@ -256,6 +256,7 @@ mod tests {
     };
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
     use vm_memory::{Address, Bytes, GuestAddress};
 
     const HDR: u64 = 0x1_0000;

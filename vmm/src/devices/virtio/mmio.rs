@@ -458,6 +458,14 @@ mod tests {
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             super::super::read_config_bytes(&[1, 2, 3, 4, 5, 6, 7, 8], offset, data);
         }
+        fn serve(
+            &mut self,
+            _index: usize,
+            _chain: virtio_queue::DescriptorChain<&crate::memory::GuestMemory>,
+            _mem: &crate::memory::GuestMemory,
+        ) -> u32 {
+            unreachable!("Dummy records queues in process_queue and serves no chain")
+        }
         fn process_queue(
             &mut self,
             index: usize,
@@ -903,6 +911,14 @@ mod tests {
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             self.rng.read_config(offset, data)
+        }
+        fn serve(
+            &mut self,
+            index: usize,
+            chain: virtio_queue::DescriptorChain<&GuestMemory>,
+            mem: &GuestMemory,
+        ) -> u32 {
+            self.rng.serve(index, chain, mem)
         }
         fn process_queue(
             &mut self,

@@ -13,7 +13,7 @@ pub mod worker;
 
 use std::io;
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMemory;
@@ -41,38 +41,38 @@ pub trait VirtioDevice: Send {
     fn features(&self) -> u64;
     /// Reads device config space at `offset`; bytes beyond it read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Serves the available buffers of queue `index`. `Ok(true)` when it added used buffers
-    /// (the transport then asks the queue whether the driver wants an interrupt); `Err` when
-    /// the queue itself is broken. Notification suppression is the transport's business.
+    /// Serves one request, a descriptor chain from queue `index`; returns how many bytes it
+    /// wrote for the driver. Every address and length in it comes from the guest.
+    fn serve(
+        &mut self,
+        index: usize,
+        chain: DescriptorChain<&GuestMemory>,
+        mem: &GuestMemory,
+    ) -> u32;
+    /// Serves the available buffers of queue `index`, each through [`serve`](Self::serve), and
+    /// puts them on the used ring. `Ok(true)` when it added used buffers (the transport then
+    /// asks the queue whether the driver wants an interrupt); `Err` when the queue itself is
+    /// broken. Notification suppression is the transport's business.
     fn process_queue(
         &mut self,
         index: usize,
         queue: &mut Queue,
         mem: &GuestMemory,
-    ) -> Result<bool, virtio_queue::Error>;
+    ) -> Result<bool, virtio_queue::Error> {
+        let mut used = false;
+        while let Some(chain) = queue.iter(mem)?.next() {
+            let head = chain.head_index();
+            let len = self.serve(index, chain, mem);
+            // A head index beyond the queue cannot be returned; the driver lost that buffer.
+            if head < queue.size() {
+                queue.add_used(mem, head, len)?;
+                used = true;
+            }
+        }
+        Ok(used)
+    }
     /// The driver reset the device.
     fn reset(&mut self) {}
-}
-
-/// Serves every available chain of `queue` with `serve`, which returns how many bytes it wrote
-/// for the driver, and puts each back on the used ring; `Ok(true)` when any was.
-pub fn serve_chains(
-    queue: &mut Queue,
-    mem: &GuestMemory,
-    mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemory>) -> u32,
-) -> Result<bool, virtio_queue::Error> {
-    use virtio_queue::{QueueOwnedT, QueueT};
-    let mut used = false;
-    while let Some(chain) = queue.iter(mem)?.next() {
-        let head = chain.head_index();
-        let len = serve(chain);
-        // A head index beyond the queue cannot be returned; the driver lost that buffer.
-        if head < queue.size() {
-            queue.add_used(mem, head, len)?;
-            used = true;
-        }
-    }
-    Ok(used)
 }
 
 /// Ties a queue's eventfd to guest writes of the queue's index to `addr` (KVM ioeventfd).

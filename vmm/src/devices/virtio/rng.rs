@@ -4,9 +4,9 @@
 use std::io::Write;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
-use virtio_queue::{DescriptorChain, Queue, Writer};
+use virtio_queue::{DescriptorChain, Writer};
 
-use super::{serve_chains, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
+use super::{VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -90,13 +90,13 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn process_queue(
+    fn serve(
         &mut self,
         _index: usize,
-        queue: &mut Queue,
+        chain: DescriptorChain<&GuestMemory>,
         mem: &GuestMemory,
-    ) -> Result<bool, virtio_queue::Error> {
-        serve_chains(queue, mem, |chain| self.handle(chain, mem))
+    ) -> u32 {
+        self.handle(chain, mem)
     }
 }
 
@@ -105,6 +105,7 @@ mod tests {
     use super::*;
     use crate::devices::virtio::test_util::{self, add_chain, used, used_idx};
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
     use vm_memory::{Bytes, GuestAddress};
 
     #[test]
