@@ -136,3 +136,24 @@ fn ctrl_a_x_stops_the_vm() {
     assert_eq!(status, Some(130), "{err}");
     assert!(err.contains("stopped with Ctrl-A x"), "{err}");
 }
+
+/// `--backend kvm` boots on our VMM where KVM is hardware, and elsewhere fails at once with the
+/// reason (no hang in a guest that cannot boot).
+#[test]
+fn backend_kvm_boots_or_says_why_not() {
+    let doctor = Command::new(BIN).arg("doctor").output().unwrap();
+    let doctor = String::from_utf8_lossy(&doctor.stdout);
+    let out = common::start_with_backend("kvm", &[], "process.pid\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if doctor.contains("auto backend: kvm") {
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    } else {
+        assert_eq!(out.status.code(), Some(125), "{stderr}");
+        assert!(
+            stderr.contains("KVM cannot run Linux guests on this host"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("use --backend qemu"), "{stderr}");
+    }
+}

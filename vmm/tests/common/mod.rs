@@ -64,10 +64,15 @@ pub fn backend() -> String {
 
 /// `nodeos-vm start` with `args`, `input` on its stdin (a pipe: the console's pipe mode).
 pub fn start(args: &[&str], input: &str) -> Output {
+    start_with_backend(&backend(), args, input)
+}
+
+/// `nodeos-vm start --backend <backend>` with `args` and `input` piped in.
+pub fn start_with_backend(backend: &str, args: &[&str], input: &str) -> Output {
     artifacts();
     let mut child = Command::new(BIN)
         .arg("start")
-        .args(["--backend", &backend()])
+        .args(["--backend", backend])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
