@@ -460,6 +460,139 @@ mod tests {
         c
     }
 
+    /// A hostile guest: 4000 rounds of random accesses driven by an LCG in ESI
+    /// (x = x * 1103515245 + 12345; EAX, EBX, ECX, EDX scratch, EDI counts down; no stack).
+    /// Each round, on one of the four virtio-mmio windows (root disk, rng, two empty slots):
+    /// - every 8th round, a driver's set-up with random queue geometry and ring addresses;
+    /// - a dword write to 0x000..0x100 and one to 0x000..0x200, log-uniform values (so status
+    ///   bits, queue indexes and ring addresses inside guest memory all come up);
+    /// - a random dword into low memory 0..512 KiB, where those rings often land;
+    /// - a dword read of 0x000..0x200;
+    /// - a random byte to a random port below 0x400, except the exit port, the i8042 command
+    ///   port (0xfe there resets the VM) and COM1 (its MCR loopback bit would swallow the
+    ///   marker); a dword read of a random port below 0x400.
+    ///
+    /// Then "D" on COM1 and exit status 0.
+    fn hostile_guest() -> Vec<u8> {
+        const ROUNDS: u32 = 4000;
+        let next = |c: &mut Vec<u8>| {
+            c.extend_from_slice(&[0x69, 0xf6, 0x6d, 0x4e, 0xc6, 0x41]); // imul esi, esi, 1103515245
+            c.extend_from_slice(&[0x81, 0xc6, 0x39, 0x30, 0x00, 0x00]); // add esi, 12345
+        };
+        // EBX = 0xd0000000 | ((x >> 12) & mask): the window from bits 12..13 of the mask,
+        // the offset from its low bits.
+        let window_addr = |c: &mut Vec<u8>, mask: u32| {
+            next(c);
+            c.extend_from_slice(&[0x89, 0xf3, 0xc1, 0xeb, 12]); // mov ebx, esi; shr ebx, 12
+            c.extend_from_slice(&[0x81, 0xe3]); // and ebx, mask
+            c.extend_from_slice(&mask.to_le_bytes());
+            c.extend_from_slice(&[0x81, 0xcb, 0x00, 0x00, 0x00, 0xd0]); // or ebx, 0xd0000000
+        };
+        // EAX = x >> ((x >> 11) & 31): the top bits of x, shifted down by a random amount.
+        let log_uniform = |c: &mut Vec<u8>| {
+            next(c);
+            c.extend_from_slice(&[0x89, 0xf0, 0x89, 0xf1]); // mov eax, esi; mov ecx, esi
+            c.extend_from_slice(&[0xc1, 0xe9, 11, 0xd3, 0xe8]); // shr ecx, 11; shr eax, cl
+        };
+        // EDX = (x >> 16) & 0x3ff
+        let port = |c: &mut Vec<u8>| {
+            next(c);
+            c.extend_from_slice(&[0x89, 0xf2, 0xc1, 0xea, 16]); // mov edx, esi; shr edx, 16
+            c.extend_from_slice(&[0x81, 0xe2, 0xff, 0x03, 0x00, 0x00]); // and edx, 0x3ff
+        };
+
+        let mut c = vec![0xbe, 0x01, 0x00, 0x00, 0x00]; // mov esi, 1 (seed)
+        c.push(0xbf); // mov edi, ROUNDS
+        c.extend_from_slice(&ROUNDS.to_le_bytes());
+        let round = c.len();
+        // A driver's set-up of one random window, with random queue geometry: reset,
+        // ACKNOWLEDGE, DRIVER, VERSION_1, FEATURES_OK; QueueSel 0 or 1 (there is no queue 1),
+        // QueueNum 1 << 0..15 (many too big), log-uniform desc/avail/used addresses;
+        // QueueReady, DRIVER_OK, QueueNotify(0). Every 8th round only: an activation costs
+        // milliseconds here (ioeventfds), 4000 of them would take ~13 s.
+        c.extend_from_slice(&[0xf7, 0xc7, 0x07, 0x00, 0x00, 0x00]); // test edi, 7
+        c.extend_from_slice(&[0x0f, 0x85, 0, 0, 0, 0]); // jnz random, patched below
+        let to_random = c.len();
+        window_addr(&mut c, 0x3000);
+        // mov dword [ebx + reg], value
+        let put = |c: &mut Vec<u8>, reg: u32, value: u32| {
+            c.extend_from_slice(&[0xc7, 0x83]);
+            c.extend_from_slice(&reg.to_le_bytes());
+            c.extend_from_slice(&value.to_le_bytes());
+        };
+        // mov [ebx + reg], eax
+        let put_eax = |c: &mut Vec<u8>, reg: u32| {
+            c.extend_from_slice(&[0x89, 0x83]);
+            c.extend_from_slice(&reg.to_le_bytes());
+        };
+        for (reg, value) in [
+            (0x70, 0),
+            (0x70, 1),
+            (0x70, 3),
+            (0x24, 1),
+            (0x20, 1),
+            (0x70, 0xb),
+        ] {
+            put(&mut c, reg, value);
+        }
+        next(&mut c);
+        c.extend_from_slice(&[0x89, 0xf0, 0xc1, 0xe8, 31]); // mov eax, esi; shr eax, 31
+        put_eax(&mut c, 0x30);
+        next(&mut c);
+        c.extend_from_slice(&[0x89, 0xf1, 0xc1, 0xe9, 28]); // mov ecx, esi; shr ecx, 28
+        c.extend_from_slice(&[0xb8, 0x01, 0x00, 0x00, 0x00, 0xd3, 0xe0]); // mov eax, 1; shl eax, cl
+        put_eax(&mut c, 0x38);
+        for reg in [0x80, 0x90, 0xa0] {
+            log_uniform(&mut c);
+            put_eax(&mut c, reg);
+        }
+        for (reg, value) in [(0x44, 1), (0x70, 0xf), (0x50, 0)] {
+            put(&mut c, reg, value);
+        }
+        let setup_len = (c.len() - to_random) as u32;
+        c[to_random - 4..to_random].copy_from_slice(&setup_len.to_le_bytes());
+        // random: writes over the registers of a (maybe live) device.
+        for mask in [0x30fc, 0x31fc] {
+            window_addr(&mut c, mask);
+            log_uniform(&mut c);
+            c.extend_from_slice(&[0x89, 0x03]); // mov [ebx], eax
+        }
+        next(&mut c);
+        c.extend_from_slice(&[0x89, 0xf3, 0xc1, 0xeb, 8]); // mov ebx, esi; shr ebx, 8
+        c.extend_from_slice(&[0x81, 0xe3, 0xfc, 0xff, 0x07, 0x00]); // and ebx, 0x7fffc
+        next(&mut c);
+        c.extend_from_slice(&[0x89, 0xf0, 0x89, 0x03]); // mov eax, esi; mov [ebx], eax
+        window_addr(&mut c, 0x31fc);
+        c.extend_from_slice(&[0x8b, 0x03]); // mov eax, [ebx]
+        port(&mut c);
+        next(&mut c);
+        c.extend_from_slice(&[0x89, 0xf0, 0xc1, 0xe8, 24]); // mov eax, esi; shr eax, 24
+        let skip = |c: &mut Vec<u8>, port: u32, jcc: u8| {
+            c.extend_from_slice(&[0x81, 0xfa]); // cmp edx, port
+            c.extend_from_slice(&port.to_le_bytes());
+            c.extend_from_slice(&[jcc, 0]); // je/jae over the out, patched below
+            c.len() - 1
+        };
+        let jumps = [
+            skip(&mut c, u32::from(crate::backend::EXIT_PORT), 0x74), // je
+            skip(&mut c, 0x64, 0x74),                                 // je
+            skip(&mut c, 0x3f8, 0x73),                                // jae
+        ];
+        c.push(0xee); // out dx, al
+        for at in jumps {
+            c[at] = (c.len() - at - 1) as u8;
+        }
+        port(&mut c);
+        c.push(0xed); // in eax, dx
+        c.extend_from_slice(&[0x4f, 0x0f, 0x85]); // dec edi; jnz round
+        let back = round as i64 - (c.len() + 4) as i64;
+        c.extend_from_slice(&(back as i32).to_le_bytes());
+        c.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+        c.extend_from_slice(&[0xb0, b'D', 0xee]); // mov al, 'D'; out dx, al
+        c.extend_from_slice(&[0x31, 0xc0, 0xe6, 0xf4, 0xf4]); // xor eax, eax; out 0xf4, al; hlt
+        c
+    }
+
     fn pipe() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
         // SAFETY: fds has room for two descriptors.
@@ -620,6 +753,29 @@ mod tests {
             return;
         }
         panic!("the RTC's seconds changed during every read");
+    }
+
+    #[test]
+    fn a_hostile_guest_cannot_crash_or_hang_the_vmm() {
+        if !kvm_usable() {
+            println!("skipped: /dev/kvm is not usable here");
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = Instant::now();
+        thread::spawn(move || {
+            let _ = tx.send(boot(&hostile_guest(), 1, b""));
+        });
+        let o = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("run() did not end within 60 s");
+        eprintln!("hostile guest ran for {:?}", started.elapsed());
+        assert_eq!(o.result.unwrap().exit, VmExit::Guest(0));
+        assert_eq!(
+            String::from_utf8_lossy(&o.console),
+            "D",
+            "the marker, alone"
+        );
     }
 
     /// Boots a real kernel given by the environment and prints what happened: a manual check
