@@ -30,7 +30,7 @@ pub fn memory_mib(given: &str) -> Result<u32, ConfigError> {
     let factor = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "M" | "MB" | "MIB" => 1,
         "G" | "GB" | "GIB" => 1024,
-        "K" | "KB" | "KIB" if number % 1024 == 0 => {
+        "K" | "KB" | "KIB" if number.is_multiple_of(1024) => {
             return memory_mib(&format!("{}M", number / 1024))
         }
         _ => return Err(syntax()),

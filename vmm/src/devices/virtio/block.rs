@@ -161,7 +161,7 @@ impl Block {
     /// inside the disk.
     fn range(&self, sector: u64, len: usize) -> Option<u64> {
         let len = len as u64;
-        if len % SECTOR_SIZE != 0 {
+        if !len.is_multiple_of(SECTOR_SIZE) {
             return None;
         }
         let end_sector = sector.checked_add(len / SECTOR_SIZE)?;

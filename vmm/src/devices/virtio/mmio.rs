@@ -399,7 +399,7 @@ impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_OFFSET {
             self.device.read_config(offset - CONFIG_OFFSET, data);
-        } else if data.len() == 4 && offset % 4 == 0 {
+        } else if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_register(offset as u32).to_le_bytes());
         } else {
             tracing::debug!(
@@ -414,7 +414,7 @@ impl BusDevice for MmioTransport {
         if offset >= CONFIG_OFFSET {
             // Neither device has writable config fields.
             tracing::trace!("virtio-mmio: config write at {offset:#x} ignored");
-        } else if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset % 4 == 0) {
+        } else if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset.is_multiple_of(4)) {
             self.write_register(offset as u32, u32::from_le_bytes(bytes));
         } else {
             tracing::debug!(
