@@ -80,33 +80,6 @@ impl Block {
         }
     }
 
-    /// Serves one request; returns the number of bytes written into the chain.
-    fn handle(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
-        let Ok(mut writer) = Writer::new(mem, chain.clone()) else {
-            tracing::debug!("virtio-blk: writable descriptors outside guest memory");
-            return 0;
-        };
-        let Some(data_len) = writer.available_bytes().checked_sub(1) else {
-            tracing::debug!("virtio-blk: request without a status byte");
-            return 0;
-        };
-        let Ok(mut status_writer) = writer.split_at(data_len) else {
-            return 0;
-        };
-        let status = match Reader::new(mem, chain) {
-            Ok(mut reader) => self.execute(&mut reader, &mut writer, data_len),
-            Err(_) => {
-                tracing::debug!("virtio-blk: readable descriptors outside guest memory");
-                VIRTIO_BLK_S_IOERR
-            }
-        };
-        if status_writer.write_all(&[status as u8]).is_err() {
-            return 0;
-        }
-        // At most the chain's writable length, which fits in a u32.
-        (writer.bytes_written() + 1) as u32
-    }
-
     fn execute(
         &mut self,
         reader: &mut Reader<'_>,
@@ -237,13 +210,36 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
+    /// Serves one request; returns the number of bytes written into the chain.
     fn serve(
         &mut self,
         _index: usize,
         chain: DescriptorChain<&GuestMemory>,
         mem: &GuestMemory,
     ) -> u32 {
-        self.handle(chain, mem)
+        let Ok(mut writer) = Writer::new(mem, chain.clone()) else {
+            tracing::debug!("virtio-blk: writable descriptors outside guest memory");
+            return 0;
+        };
+        let Some(data_len) = writer.available_bytes().checked_sub(1) else {
+            tracing::debug!("virtio-blk: request without a status byte");
+            return 0;
+        };
+        let Ok(mut status_writer) = writer.split_at(data_len) else {
+            return 0;
+        };
+        let status = match Reader::new(mem, chain) {
+            Ok(mut reader) => self.execute(&mut reader, &mut writer, data_len),
+            Err(_) => {
+                tracing::debug!("virtio-blk: readable descriptors outside guest memory");
+                VIRTIO_BLK_S_IOERR
+            }
+        };
+        if status_writer.write_all(&[status as u8]).is_err() {
+            return 0;
+        }
+        // At most the chain's writable length, which fits in a u32.
+        (writer.bytes_written() + 1) as u32
     }
 }
 

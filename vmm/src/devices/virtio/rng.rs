@@ -50,29 +50,6 @@ fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-impl Rng {
-    /// Fills the chain's writable buffers with random bytes (at most [`MAX_REQUEST`]).
-    fn handle(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
-        match Writer::new(mem, chain) {
-            Ok(mut writer) => {
-                let n = writer.available_bytes().min(MAX_REQUEST);
-                let chunk = &mut self.buf[..n];
-                match fill_random(chunk).and_then(|()| writer.write_all(chunk)) {
-                    Ok(()) => n as u32,
-                    Err(e) => {
-                        tracing::warn!("virtio-rng: {e}");
-                        0
-                    }
-                }
-            }
-            Err(_) => {
-                tracing::debug!("virtio-rng: buffer outside guest memory");
-                0
-            }
-        }
-    }
-}
-
 impl VirtioDevice for Rng {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_RNG
@@ -90,13 +67,30 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
+    /// Fills the chain's writable buffers with random bytes (at most [`MAX_REQUEST`]).
     fn serve(
         &mut self,
         _index: usize,
         chain: DescriptorChain<&GuestMemory>,
         mem: &GuestMemory,
     ) -> u32 {
-        self.handle(chain, mem)
+        match Writer::new(mem, chain) {
+            Ok(mut writer) => {
+                let n = writer.available_bytes().min(MAX_REQUEST);
+                let chunk = &mut self.buf[..n];
+                match fill_random(chunk).and_then(|()| writer.write_all(chunk)) {
+                    Ok(()) => n as u32,
+                    Err(e) => {
+                        tracing::warn!("virtio-rng: {e}");
+                        0
+                    }
+                }
+            }
+            Err(_) => {
+                tracing::debug!("virtio-rng: buffer outside guest memory");
+                0
+            }
+        }
     }
 }
 
