@@ -17,11 +17,38 @@ pub struct VmSpec {
     pub rootfs: PathBuf,
     /// Writable ext4 image for the overlay's upper layer: `/dev/vdb` when present.
     pub upper_disk: Option<PathBuf>,
+    /// More virtio-blk disks after those (`/dev/vdc`, ...): the volumes of `nodeos-vm run`.
+    pub disks: Vec<Disk>,
+    /// The host end of the guest agent's link: a Unix socket speaking Firecracker's hybrid
+    /// vsock (`CONNECT <port>`; guest connections to host port P reach `<path>_P`). Our VMM
+    /// gives the guest a virtio-vsock device (CID 3); QEMU, without vhost-vsock here, a
+    /// virtio-serial port multiplexed the same way (agent_proto::mux). Callers can't tell.
+    pub agent_socket: Option<PathBuf>,
+    /// A network interface for the guest; none at all when `None`.
+    pub net: Option<NetSpec>,
     pub memory_mib: u32,
     pub cpus: u8,
     /// The kernel command line without the `virtio_mmio.device=` entries, which each backend
     /// adds for the devices it creates.
     pub cmdline: String,
+}
+
+/// A virtio-blk disk image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// How the guest's network interface reaches the outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetSpec {
+    /// User-mode NAT, no privileges: `passt` for our VMM, QEMU's user networking (slirp) for
+    /// QEMU. Either way the guest is 10.0.2.15/24, the gateway 10.0.2.2 is the host's
+    /// loopback, and DNS is at 10.0.2.3.
+    User,
+    /// An existing TAP interface of the host, by name.
+    Tap(String),
 }
 
 /// The guest's serial console: bytes read from `input` go to the UART, UART output goes to

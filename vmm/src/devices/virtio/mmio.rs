@@ -17,7 +17,9 @@ use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{NotifyRegistrar, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{
+    BackendWork, NotifyRegistrar, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
 use crate::backend::VmExit;
 use crate::devices::bus::BusDevice;
 use crate::devices::legacy::IrqLine;
@@ -171,6 +173,57 @@ impl MmioTransport {
         Ok(more)
     }
 
+    /// The device's backend descriptor, watched by the device thread.
+    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.backend_fd()
+    }
+
+    /// Lets the device do the work its backend descriptor announced. Returns `false` when the
+    /// device thread should stop watching that descriptor until the next queue notification:
+    /// the device is inactive, broken, or waiting for the driver's buffers.
+    pub fn process_backend(&mut self) -> bool {
+        if !self.active {
+            return false;
+        }
+        match self.serve_backend() {
+            Ok(watch) => watch,
+            Err(e) => {
+                tracing::warn!(
+                    device = self.device.device_type(),
+                    "virtio queue broken, device needs reset: {e}"
+                );
+                self.fail();
+                false
+            }
+        }
+    }
+
+    fn serve_backend(&mut self) -> Result<bool, virtio_queue::Error> {
+        let mem = self.mem.clone();
+        let mem: &GuestMemory = &mem;
+        loop {
+            let BackendWork { used, starved } =
+                self.device.process_backend(&mut self.queues, mem)?;
+            let mut interrupt = false;
+            for (i, queue) in self.queues.iter_mut().enumerate().take(64) {
+                if used & (1 << i) != 0 && queue.needs_notification(mem)? {
+                    interrupt = true;
+                }
+            }
+            if interrupt {
+                self.raise(VIRTIO_MMIO_INT_VRING);
+            }
+            let Some(queue) = starved.and_then(|i| self.queues.get_mut(i)) else {
+                return Ok(true);
+            };
+            // With EVENT_IDX the driver notifies only when it passes `avail_event`: publish
+            // it now, or it would never tell us about the buffers it adds next.
+            if !queue.enable_notification(mem)? {
+                return Ok(false);
+            }
+        }
+    }
+
     fn raise(&mut self, reason: u32) {
         self.interrupt_status |= reason;
         self.irq.trigger();
@@ -220,6 +273,7 @@ impl MmioTransport {
         }
         self.attach_notifications();
         self.active = true;
+        self.device.activate();
         // Serve whatever the driver queued before DRIVER_OK.
         for evt in &self.queue_evts {
             let _ = evt.write(1);

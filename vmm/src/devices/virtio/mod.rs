@@ -12,6 +12,7 @@ pub mod rng;
 pub mod worker;
 
 use std::io;
+use std::os::fd::RawFd;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
@@ -71,8 +72,41 @@ pub trait VirtioDevice: Send {
         }
         Ok(used)
     }
+    /// The driver set DRIVER_OK: the queues are set up and the device may start its backend.
+    fn activate(&mut self) {}
     /// The driver reset the device.
     fn reset(&mut self) {}
+
+    /// A descriptor the device thread watches (level-triggered) for work that does not come
+    /// from the driver — a backend socket, or an epoll set of several — valid for the device's
+    /// whole life. `None` (the default) for devices that only answer the driver.
+    fn backend_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Does the work [`backend_fd`](Self::backend_fd) announced, with all of the device's
+    /// queues: typically moves data from the backend into receive buffers. Called only while
+    /// the device is active. Devices with receive queues override [`process_queue`] for them
+    /// so that a notification does not consume empty buffers.
+    fn process_backend(
+        &mut self,
+        _queues: &mut [Queue],
+        _mem: &GuestMemory,
+    ) -> Result<BackendWork, virtio_queue::Error> {
+        Ok(BackendWork::default())
+    }
+}
+
+/// What one [`VirtioDevice::process_backend`] pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendWork {
+    /// Bit `i` set: queue `i` got used buffers (the transport then interrupts if the driver
+    /// wants it).
+    pub used: u64,
+    /// The backend has data but queue `i` has no buffers for it. The transport re-enables that
+    /// queue's notifications; unless buffers arrived meanwhile, the device thread stops
+    /// watching the backend until the driver's next notification (the backend descriptor
+    /// would stay readable and spin).
+    pub starved: Option<usize>,
 }
 
 /// Ties a queue's eventfd to guest writes of the queue's index to `addr` (KVM ioeventfd).

@@ -1,7 +1,7 @@
 //! The device thread: waits for queue notifications (the ioeventfds) and serves them.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -11,30 +11,41 @@ use super::mmio::MmioTransport;
 use crate::devices::lock;
 
 const STOP_TOKEN: u64 = u64::MAX;
+/// Tokens at and above this one are backends: `BACKEND_TOKEN + index into transports`.
+const BACKEND_TOKEN: u64 = 1 << 32;
 
 struct Source {
-    transport: Arc<Mutex<MmioTransport>>,
+    transport: usize,
     queue: usize,
     evt: EventFd,
 }
 
-/// Serves the queues of `transports` until `stop` is signalled (it is never read, so every
-/// thread watching it sees it).
+/// A device's backend descriptor and whether epoll watches it now.
+struct Backend {
+    fd: RawFd,
+    watched: bool,
+}
+
+/// Serves the queues and backends of `transports` until `stop` is signalled (it is never
+/// read, so every thread watching it sees it).
 pub fn run(transports: &[Arc<Mutex<MmioTransport>>], stop: &EventFd) -> io::Result<()> {
     let mut sources = Vec::new();
-    for t in transports {
-        let evts = lock(t)
+    let mut backends = Vec::new();
+    for (index, t) in transports.iter().enumerate() {
+        let t = lock(t);
+        let evts = t
             .queue_evts()
             .iter()
             .map(EventFd::try_clone)
             .collect::<Result<Vec<_>, _>>()?;
         for (queue, evt) in evts.into_iter().enumerate() {
             sources.push(Source {
-                transport: t.clone(),
+                transport: index,
                 queue,
                 evt,
             });
         }
+        backends.push(t.backend_fd().map(|fd| Backend { fd, watched: false }));
     }
 
     let epoll = Epoll::new()?;
@@ -50,8 +61,19 @@ pub fn run(transports: &[Arc<Mutex<MmioTransport>>], stop: &EventFd) -> io::Resu
             EpollEvent::new(EventSet::IN, i as u64),
         )?;
     }
+    // Backends start unwatched: a device has no work for them before the driver is ready,
+    // and its activation notifies every queue, which arms them.
+    for (i, b) in backends.iter().enumerate() {
+        if let Some(b) = b {
+            epoll.ctl(
+                ControlOperation::Add,
+                b.fd,
+                EpollEvent::new(EventSet::empty(), BACKEND_TOKEN + i as u64),
+            )?;
+        }
+    }
 
-    let mut events = vec![EpollEvent::default(); sources.len() + 1];
+    let mut events = vec![EpollEvent::default(); sources.len() + backends.len() + 1];
     loop {
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
@@ -59,20 +81,44 @@ pub fn run(transports: &[Arc<Mutex<MmioTransport>>], stop: &EventFd) -> io::Resu
             Err(e) => return Err(e),
         };
         for ev in &events[..n] {
-            if ev.data() == STOP_TOKEN {
+            let token = ev.data();
+            if token == STOP_TOKEN {
                 return Ok(());
             }
-            let Some(s) = sources.get(ev.data() as usize) else {
-                continue;
+            let index = if token >= BACKEND_TOKEN {
+                (token - BACKEND_TOKEN) as usize
+            } else {
+                let Some(s) = sources.get(token as usize) else {
+                    continue;
+                };
+                // Consume the notification before serving, so one that arrives meanwhile is seen.
+                let _ = s.evt.read();
+                // The lock is dropped between passes: a long stream of requests must not keep
+                // the vCPUs from the registers (the interrupt handler reads InterruptStatus).
+                loop {
+                    let more = lock(&transports[s.transport]).process_queue(s.queue);
+                    if !more {
+                        break;
+                    }
+                }
+                s.transport
             };
-            // Consume the notification before serving, so one that arrives meanwhile is seen.
-            let _ = s.evt.read();
-            // The lock is dropped between passes: a long stream of requests must not keep
-            // the vCPUs from the registers (the interrupt handler reads InterruptStatus).
-            loop {
-                let more = lock(&s.transport).process_queue(s.queue);
-                if !more {
-                    break;
+            // After a notification too: the driver may have given buffers a starved backend
+            // waits for.
+            if let Some(Some(b)) = backends.get_mut(index) {
+                let watch = lock(&transports[index]).process_backend();
+                if watch != b.watched {
+                    let set = if watch {
+                        EventSet::IN
+                    } else {
+                        EventSet::empty()
+                    };
+                    epoll.ctl(
+                        ControlOperation::Modify,
+                        b.fd,
+                        EpollEvent::new(set, BACKEND_TOKEN + index as u64),
+                    )?;
+                    b.watched = watch;
                 }
             }
         }
