@@ -4,12 +4,12 @@
 //! Threads: one per vCPU, one for virtio queues, one for console input; the calling thread
 //! waits for the end, stops the others and joins them before returning, whatever the path.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::{ConsoleIo, RunReport, VmSpec};
+use super::{ConsoleIo, RunReport, StopSignal, VmExit, VmSpec};
 use crate::boot::cmdline::{self, MmioSlot};
 use crate::boot::{self, mptable};
 use crate::cpuid::DEFAULT_HIDDEN;
@@ -63,10 +63,11 @@ fn device_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 /// Boots `spec` and runs it until the guest exits, resets or fails.
-pub fn run(spec: &VmSpec, console: ConsoleIo) -> Result<RunReport, Error> {
+pub fn run(spec: &VmSpec, console: ConsoleIo, stop: &StopSignal) -> Result<RunReport, Error> {
     let started = Instant::now();
     let ready = console.ready.clone();
-    let result = Machine::build(spec, console, started).and_then(Machine::run);
+    let result =
+        Machine::build(spec, console, started).and_then(|machine| machine.run(stop.clone()));
     // The console relay waits for the guest's "ready"; a VM that is gone will not send it.
     ready.signal();
     result
@@ -191,7 +192,7 @@ impl Machine {
         })
     }
 
-    fn run(self) -> Result<RunReport, Error> {
+    fn run(self, stop: StopSignal) -> Result<RunReport, Error> {
         let Machine {
             vcpus,
             vm,
@@ -214,6 +215,12 @@ impl Machine {
             };
             if let Err(e) = worker::run(&transports, c.stop_evt()) {
                 tracing::error!("virtio device thread: {e}");
+            }
+        });
+        let c = control.clone();
+        threads.spawn(&control, "host-stop".into(), false, move || {
+            if super::wait_readable(&[c.stop_evt().as_raw_fd(), stop.fd()]) == 1 {
+                c.stop(Ok(VmExit::Stopped));
             }
         });
         let c = control.clone();
@@ -634,7 +641,7 @@ mod tests {
             output: out_tx,
             ready: ConsoleReady::default(),
         };
-        let result = run(&spec, console);
+        let result = run(&spec, console, &StopSignal::new().unwrap());
         let mut out = Vec::new();
         // run() closed the write end: this reads to EOF.
         std::fs::File::from(out_rx).read_to_end(&mut out).unwrap();
@@ -811,9 +818,19 @@ mod tests {
                 ready: ConsoleReady::default(),
             }
         };
-        let err = run(&spec(1, "/nonexistent/rootfs.img"), console()).unwrap_err();
+        let err = run(
+            &spec(1, "/nonexistent/rootfs.img"),
+            console(),
+            &StopSignal::new().unwrap(),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::Disk(_)), "{err}");
-        let err = run(&spec(0, "/dev/null"), console()).unwrap_err();
+        let err = run(
+            &spec(0, "/dev/null"),
+            console(),
+            &StopSignal::new().unwrap(),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::CpuCount { requested: 0, .. }), "{err}");
     }
 }

@@ -2,9 +2,12 @@
 //! Both take the same [`VmSpec`] and the same console fds and end with the same [`VmExit`],
 //! so callers cannot tell them apart (see docs/guest-contract.md).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::console::ConsoleReady;
 
@@ -70,6 +73,51 @@ pub enum VmExit {
     /// The guest reset or shut down without an exit status: a kernel panic (`panic=-1`
     /// reboots), a triple fault, or a reboot.
     Reset,
+    /// The host ended it through its [`StopSignal`].
+    Stopped,
+}
+
+/// Lets the host end a running VM at once (`nodeos-vm run` once its command is done): the
+/// backend watches it and ends the VM with [`VmExit::Stopped`]. Clones share the signal.
+#[derive(Debug, Clone)]
+pub struct StopSignal(Arc<EventFd>);
+
+impl StopSignal {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(StopSignal(Arc::new(EventFd::new(libc::EFD_NONBLOCK)?)))
+    }
+
+    /// Asks the backend to end the VM; idempotent.
+    pub fn stop(&self) {
+        // Never read: it stays readable for whoever watches it.
+        let _ = self.0.write(1);
+    }
+
+    /// Readable once [`stop`](Self::stop) was called.
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Blocks until one of `fds` is readable; returns its index.
+pub(crate) fn wait_readable(fds: &[RawFd]) -> usize {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: pfds is a valid array of pfds.len() pollfds.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+        if n > 0 {
+            if let Some(i) = pfds.iter().position(|p| p.revents != 0) {
+                return i;
+            }
+        }
+    }
 }
 
 /// What a finished VM reports back.
@@ -95,3 +143,42 @@ pub const CONSOLE_READY: u8 = b'R';
 pub mod detect;
 pub mod kvm;
 pub mod qemu;
+
+/// The machine monitor that runs a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Our own VMM on /dev/kvm.
+    Kvm,
+    Qemu(qemu::Accel),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kvm(#[from] kvm::Error),
+    #[error(transparent)]
+    Qemu(#[from] qemu::QemuError),
+}
+
+impl Backend {
+    /// Boots `spec` and waits until the VM ends.
+    pub fn run(
+        self,
+        spec: &VmSpec,
+        console: ConsoleIo,
+        stop: &StopSignal,
+    ) -> Result<RunReport, Error> {
+        Ok(match self {
+            Backend::Kvm => kvm::run(spec, console, stop)?,
+            Backend::Qemu(accel) => qemu::run(spec, console, accel, stop)?,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Kvm => "kvm",
+            Backend::Qemu(qemu::Accel::Kvm) => "qemu-kvm",
+            Backend::Qemu(qemu::Accel::Tcg) => "qemu-tcg",
+        }
+    }
+}

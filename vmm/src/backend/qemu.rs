@@ -4,6 +4,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -13,7 +14,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{
-    ConsoleIo, RunReport, VmExit, VmSpec, BOOT_TIMER_PORT, CONSOLE_READY, EXIT_PORT, INIT_STARTED,
+    ConsoleIo, NetSpec, RunReport, StopSignal, VmExit, VmSpec, BOOT_TIMER_PORT, CONSOLE_READY,
+    EXIT_PORT, INIT_STARTED,
 };
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -42,7 +44,12 @@ pub enum QemuError {
 }
 
 /// Boots `spec` under QEMU and waits for the VM to end.
-pub fn run(spec: &VmSpec, console: ConsoleIo, accel: Accel) -> Result<RunReport, QemuError> {
+pub fn run(
+    spec: &VmSpec,
+    console: ConsoleIo,
+    accel: Accel,
+    stop: &StopSignal,
+) -> Result<RunReport, QemuError> {
     crate::host_packages::ensure(QEMU, "qemu-system-x86")?;
     let started = Instant::now();
     let dir = tempfile::Builder::new()
@@ -80,8 +87,16 @@ pub fn run(spec: &VmSpec, console: ConsoleIo, accel: Accel) -> Result<RunReport,
     });
     let init_reached = Arc::new(Mutex::new(None));
     watch_boot_timer(timer, started, console.ready, Arc::clone(&init_reached));
+    let stopper = Stopper::watch(stop, child.id())?;
 
     let status = child.wait().map_err(QemuError::Wait)?;
+    if stopper.finish() {
+        return Ok(RunReport {
+            exit: VmExit::Stopped,
+            init_reached: *init_reached.lock().unwrap(),
+            vmm_overhead_kib: None,
+        });
+    }
     let stderr = stderr.join().unwrap_or_default();
     let init_reached = *init_reached.lock().unwrap();
     let exit =
@@ -94,6 +109,53 @@ pub fn run(spec: &VmSpec, console: ConsoleIo, accel: Accel) -> Result<RunReport,
         init_reached,
         vmm_overhead_kib: None,
     })
+}
+
+/// Kills QEMU when the host asks the VM to stop.
+struct Stopper {
+    /// Set by the watcher when it killed QEMU; `None` once QEMU was reaped (no more kills).
+    state: Arc<Mutex<Option<bool>>>,
+    done: vmm_sys_util::eventfd::EventFd,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Stopper {
+    fn watch(stop: &StopSignal, pid: u32) -> Result<Stopper, QemuError> {
+        let done =
+            vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(QemuError::Spawn)?;
+        let done_fd = done.try_clone().map_err(QemuError::Spawn)?;
+        let state = Arc::new(Mutex::new(Some(false)));
+        let (s, stop) = (state.clone(), stop.clone());
+        let thread = thread::Builder::new()
+            .name("qemu-stop".into())
+            .spawn(move || {
+                if super::wait_readable(&[done_fd.as_raw_fd(), stop.fd()]) == 1 {
+                    let mut state = s.lock().unwrap();
+                    if let Some(killed) = state.as_mut() {
+                        // QEMU is not reaped yet (state is Some), so the pid is still its own.
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        *killed = true;
+                    }
+                }
+            })
+            .map_err(QemuError::Spawn)?;
+        Ok(Stopper {
+            state,
+            done,
+            thread,
+        })
+    }
+
+    /// QEMU was reaped: ends the watcher. True when the watcher killed it.
+    fn finish(self) -> bool {
+        let killed = self.state.lock().unwrap().take().unwrap_or(false);
+        let _ = self.done.write(1);
+        let _ = self.thread.join();
+        killed
+    }
 }
 
 /// QEMU reports the exit port's byte `b` as process status `(b << 1) | 1`, and a guest reset
@@ -197,8 +259,33 @@ fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString) -> Vec<OsString> {
         Accel::Kvm => spec.cmdline.clone().into(),
         Accel::Tcg => format!("{} {}", spec.cmdline, tcg_clock_params(&cpuinfo())).into(),
     });
+    if let Some(net) = &spec.net {
+        a.push("-netdev".into());
+        a.push(match net {
+            // Slirp's defaults are the guest contract's: 10.0.2.15/24, host loopback at
+            // 10.0.2.2, DNS at 10.0.2.3.
+            NetSpec::User => "user,id=net0,net=10.0.2.0/24".into(),
+            NetSpec::Tap(name) => {
+                format!("tap,id=net0,ifname={name},script=no,downscript=no").into()
+            }
+        });
+        a.extend(["-device", "virtio-net-device,netdev=net0"].map(OsString::from));
+    }
     // microvm lists virtio-mmio devices on the kernel command line in reverse order of
-    // creation: create the upper disk first so the root image is the first disk, /dev/vda.
+    // creation: create the root disk last so it is the first disk, /dev/vda, then the upper
+    // disk, /dev/vdb, then the volumes in order.
+    for (i, disk) in spec.disks.iter().enumerate().rev() {
+        a.push("-drive".into());
+        let readonly = if disk.read_only { "on" } else { "off" };
+        a.push(with_prefix(
+            &format!("id=disk{i},format=raw,if=none,cache=writeback,readonly={readonly},file="),
+            disk.path.clone().into_os_string(),
+        ));
+        a.extend([
+            "-device".into(),
+            format!("virtio-blk-device,drive=disk{i}").into(),
+        ]);
+    }
     if let Some(upper) = &spec.upper_disk {
         a.push("-drive".into());
         a.push(with_prefix(

@@ -6,7 +6,11 @@ mod start;
 
 use std::path::PathBuf;
 
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::artifacts::{check_kernel, check_rootfs, Artifact, Store};
+use crate::backend::{detect, qemu, Backend};
 
 /// Exit status of nodeos-vm's own failures (bad input, a backend that cannot start, a guest
 /// that crashed): what the guest's own statuses (0..=124 in practice) cannot be confused with.
@@ -54,6 +58,39 @@ pub struct ImageArgs {
     /// Boot this squashfs root image instead of the cached build.
     #[arg(long, value_name = "PATH")]
     pub rootfs: Option<PathBuf>,
+}
+
+/// The backend for `choice` on this host; says so on stderr when `auto` falls back to TCG.
+pub fn choose_backend(choice: BackendChoice) -> anyhow::Result<Backend> {
+    let kvm = detect::probe();
+    match (choice, kvm) {
+        (BackendChoice::Kvm, detect::KvmSupport::Unusable(why)) => {
+            bail!("--backend kvm: KVM cannot run Linux guests on this host: {why}; use --backend qemu")
+        }
+        (BackendChoice::Kvm | BackendChoice::Auto, detect::KvmSupport::Usable) => Ok(Backend::Kvm),
+        (BackendChoice::Qemu, detect::KvmSupport::Usable) => Ok(Backend::Qemu(qemu::Accel::Kvm)),
+        (_, detect::KvmSupport::Unusable(why)) => {
+            eprintln!("nodeos-vm: {why}; using QEMU with TCG (slower)");
+            Ok(Backend::Qemu(qemu::Accel::Tcg))
+        }
+    }
+}
+
+/// The kernel and root image to boot: the user's, checked, or the cached builds (built now
+/// when missing).
+pub fn images(args: &ImageArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let store = || Store::from_env().context("finding the kernel and root image");
+    let kernel = match &args.kernel {
+        Some(path) => path.clone(),
+        None => store()?.ensure(Artifact::Kernel, false)?,
+    };
+    let rootfs = match &args.rootfs {
+        Some(path) => path.clone(),
+        None => store()?.ensure(Artifact::Rootfs, false)?,
+    };
+    check_kernel(&kernel)?;
+    check_rootfs(&rootfs)?;
+    Ok((kernel, rootfs))
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<u8> {

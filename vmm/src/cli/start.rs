@@ -1,12 +1,9 @@
 //! `nodeos-vm start`: a Node.js REPL, PID 1 of a fresh microVM, on this terminal.
 
-use std::path::PathBuf;
+use anyhow::bail;
 
-use anyhow::{bail, Context};
-
-use super::{BackendChoice, ImageArgs};
-use crate::artifacts::{check_kernel, check_rootfs, Artifact, Store};
-use crate::backend::{detect, kvm, qemu, RunReport, VmExit, VmSpec};
+use super::{choose_backend, images, BackendChoice, ImageArgs};
+use crate::backend::{RunReport, StopSignal, VmExit, VmSpec};
 use crate::cmdline::{self, UpperLayer};
 use crate::console::HostConsole;
 use crate::vm_config;
@@ -53,58 +50,20 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
         cmdline: cmdline::build(host_console.mode(), UpperLayer::Tmpfs, &args.cmdline_extra)?,
     };
     let started = std::time::Instant::now();
-    let report = match backend {
-        Backend::Kvm => kvm::run(&spec, console)?,
-        Backend::Qemu(accel) => qemu::run(&spec, console, accel)?,
-    };
+    let report = backend.run(&spec, console, &StopSignal::new()?)?;
     drop(host_console);
     if args.timings {
         print_timings(&report, started.elapsed());
     }
     match report.exit {
         VmExit::Guest(status) => Ok(status),
+        // Nothing stops a foreground `start` but the guest itself.
+        VmExit::Stopped => Ok(0),
         VmExit::Reset => bail!(
             "the guest ended without an exit status: its kernel panicked or it reset \
              (its console output above says why)"
         ),
     }
-}
-
-enum Backend {
-    Kvm,
-    Qemu(qemu::Accel),
-}
-
-fn choose_backend(choice: BackendChoice) -> anyhow::Result<Backend> {
-    let kvm = detect::probe();
-    match (choice, kvm) {
-        (BackendChoice::Kvm, detect::KvmSupport::Unusable(why)) => {
-            bail!("--backend kvm: KVM cannot run Linux guests on this host: {why}; use --backend qemu")
-        }
-        (BackendChoice::Kvm | BackendChoice::Auto, detect::KvmSupport::Usable) => Ok(Backend::Kvm),
-        (BackendChoice::Qemu, detect::KvmSupport::Usable) => Ok(Backend::Qemu(qemu::Accel::Kvm)),
-        (_, detect::KvmSupport::Unusable(why)) => {
-            eprintln!("nodeos-vm: {why}; using QEMU with TCG (slower)");
-            Ok(Backend::Qemu(qemu::Accel::Tcg))
-        }
-    }
-}
-
-/// The kernel and root image to boot: the user's, checked, or the cached builds (built now
-/// when missing).
-fn images(args: &ImageArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let store = || Store::from_env().context("finding the kernel and root image");
-    let kernel = match &args.kernel {
-        Some(path) => path.clone(),
-        None => store()?.ensure(Artifact::Kernel, false)?,
-    };
-    let rootfs = match &args.rootfs {
-        Some(path) => path.clone(),
-        None => store()?.ensure(Artifact::Rootfs, false)?,
-    };
-    check_kernel(&kernel)?;
-    check_rootfs(&rootfs)?;
-    Ok((kernel, rootfs))
 }
 
 fn print_timings(report: &RunReport, total: std::time::Duration) {
