@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the NodeOS root image: a read-only squashfs with Node.js, npm, the shared libraries
-# Node needs, the guest init and a minimal /etc. Nothing else: no shell, no coreutils.
+# Node needs, the guest init and a minimal /etc. Nothing else: no coreutils, and for a shell
+# only the init binary's minimal `sh -c` (/bin/sh).
 #
 # usage: rootfs/build.sh OUT_DIR GUEST_BIN_DIR
 #   GUEST_BIN_DIR holds nodeos-init, built with
@@ -138,16 +139,18 @@ rm -rf "$NPM_DIR"/{docs,man} "$NPM_DIR/node_modules/node-gyp/gyp"
 find "$NPM_DIR/bin" \( -name '*.cmd' -o -name '*.ps1' \) -delete
 find "$NPM_DIR" -type f \( -iname 'README*' -o -iname 'CHANGELOG*' -o -iname 'HISTORY*' \
     -o -name '*.d.ts' -o -name '*.d.mts' -o -name '*.d.cts' -o -name '*.map' \) -delete
-rm -f "$NPM_DIR/bin/npm" "$NPM_DIR/bin/npx" # sh launchers; there is no sh
+rm -f "$NPM_DIR/bin/npm" "$NPM_DIR/bin/npx" # bash launchers; there is no bash
 # The builtin config (lowest precedence) sends npm to /etc/npmrc, as Debian does.
 echo "globalconfig=/etc/npmrc" > "$NPM_DIR/npmrc"
 ln -s ../lib/node_modules/npm/bin/npm-cli.js "$ROOT/usr/bin/npm"
 ln -s ../lib/node_modules/npm/bin/npx-cli.js "$ROOT/usr/bin/npx"
 
-# The guest: init (also the spawn shim and env), and its JavaScript.
+# The guest: init (also the spawn shim, env and sh), and its JavaScript.
 install -m 0755 "$INIT_BIN" "$ROOT/sbin/nodeos-init"
 ln -s nodeos-init "$ROOT/sbin/init"
 ln -s ../../sbin/nodeos-init "$ROOT/usr/bin/env"
+install -d -m 0755 "$ROOT/bin"
+ln -s ../sbin/nodeos-init "$ROOT/bin/sh" # npm scripts and exec()/execSync() run `sh -c`
 install -m 0644 "$JS_DIR"/repl.js "$JS_DIR"/spawn-preload.js "$ROOT/usr/lib/nodeos/"
 
 # Shared libraries, laid out as Debian does (/lib/x86_64-linux-gnu, /lib64/ld-linux-x86-64.so.2).
