@@ -24,6 +24,10 @@ fn main() {
     );
     println!(
         "cargo:rerun-if-changed={}",
+        workspace.join("agent-proto/src").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
         workspace.join("Cargo.lock").display()
     );
 

@@ -106,7 +106,12 @@ mod tests {
             b"CONNECT 1 2",
             b"CONNECT \xff",
         ] {
-            assert_eq!(parse_connect(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_connect(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

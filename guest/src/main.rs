@@ -1,18 +1,21 @@
 //! nodeos-init: the guest side of nodeos-vm, one static binary with several personalities.
 //!
-//! - PID 1 (`/sbin/init`): sets the machine up and becomes the Node.js REPL (init/).
+//! - PID 1 (`/sbin/init`): sets the machine up and becomes the Node.js REPL (init/), with the
+//!   supervisor (supervisor.rs) and, where the host asks for it, the agent (agent/) beside it.
 //! - `nodeos-init spawn -- FILE ARGS...` or argv[0] `nodeos-spawn`: the spawn shim (spawn.rs).
 //! - `nodeos-init env ...` or argv[0] `env` (`/usr/bin/env`): a minimal env(1) (env.rs).
 //! - `nodeos-init sh ...` or argv[0] `sh` (`/bin/sh`): a minimal `sh -c` (sh/).
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod agent;
 mod env;
 mod error;
 mod exec;
 mod fdpass;
 mod init;
 mod ports;
+mod poweroff;
 mod protocol;
 mod sh;
 mod spawn;

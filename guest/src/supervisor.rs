@@ -3,8 +3,9 @@
 //! - **Ends the VM.** The REPL cannot call reboot(2) (it is unprivileged) and PID 1 must never
 //!   exit (the kernel would panic). So repl.js writes its exit code, as a decimal line, to the
 //!   control pipe it inherited (fd [`CONTROL_FD`], named in `NODEOS_CONTROL_FD`) and blocks for
-//!   ever; the supervisor reads it, syncs, makes a disk upper layer read-only, silences the
-//!   kernel console, drains the serial line and writes the code to the exit port.
+//!   ever; the supervisor reads it and powers the VM off (poweroff.rs: syncs, makes the disks
+//!   read-only, silences the kernel console, drains the serial line and writes the code to the
+//!   exit port).
 //! - **Reaps orphans.** It is a child subreaper and serves the spawn service on
 //!   [`SPAWN_SOCKET`]: every command Node starts runs as a descendant of the supervisor (see
 //!   spawn.rs), so orphans reparent here and are reaped, not left as zombies under PID 1.
@@ -16,15 +17,14 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::error::{Context, Error, Result};
 use crate::fdpass;
-use crate::init::cmdline::Upper;
-use crate::init::mounts::UPPER_MOUNT;
 use crate::init::user::{self, User};
 use crate::ports;
+use crate::poweroff;
 use crate::protocol::{Request, Response, Stage, HEADER_LEN, MAX_FDS};
 use crate::spawn::SPAWN_SOCKET;
 use crate::sys::{self, cvt, ExitStatus, Fork};
@@ -33,14 +33,13 @@ use crate::sys::{self, cvt, ExitStatus, Fork};
 pub const CONTROL_FD: RawFd = 3;
 /// The environment variable that tells repl.js which descriptor is the control pipe.
 pub const CONTROL_FD_ENV: &str = "NODEOS_CONTROL_FD";
-/// How long shutdown waits for killed processes to go before making the upper layer read-only.
-const KILL_GRACE: Duration = Duration::from_millis(300);
 /// Longest control line ("-2147483648\n" fits).
 const MAX_CONTROL_MESSAGE: usize = 32;
 
 /// Starts the supervisor as a child of the calling process (PID 1, still root). Returns the
 /// write end of the control pipe, owned by `user` so that Node can reopen it close-on-exec.
-pub fn start(upper: &Upper, user: &User) -> Result<OwnedFd> {
+/// `persistent`: the disks to make clean when the VM ends (poweroff::persistent_mounts).
+pub fn start(persistent: Vec<PathBuf>, user: &User) -> Result<OwnedFd> {
     let (control_read, control_write) = sys::pipe().context(|| "create the control pipe".into())?;
     // SAFETY: fchown on a pipe descriptor we own; no memory arguments.
     cvt(unsafe { libc::fchown(control_write.as_raw_fd(), user.uid, user.gid) })
@@ -54,7 +53,7 @@ pub fn start(upper: &Upper, user: &User) -> Result<OwnedFd> {
                 control: control_read,
                 listener,
                 allowed_uid: user.uid,
-                upper: upper.clone(),
+                persistent,
             };
             supervisor.run()
         }
@@ -83,7 +82,7 @@ struct Supervisor {
     listener: UnixListener,
     /// The only uid allowed to use the spawn service (the REPL's user).
     allowed_uid: u32,
-    upper: Upper,
+    persistent: Vec<PathBuf>,
 }
 
 impl Supervisor {
@@ -127,13 +126,15 @@ impl Supervisor {
                     let line: Vec<u8> = pending.drain(..=end).collect();
                     match ControlMessage::parse(&line) {
                         ControlMessage::Ready => ports::mark_repl_ready(),
-                        ControlMessage::Exit(code) => self.shutdown(ports::exit_status_byte(code)),
+                        ControlMessage::Exit(code) => {
+                            poweroff::power_off(&self.persistent, ports::exit_status_byte(code))
+                        }
                     }
                 }
                 // PID 1 closing the pipe, or sending garbage, cannot happen through repl.js;
                 // end the VM anyway rather than leave it running with no way out.
                 if n == 0 || pending.len() >= MAX_CONTROL_MESSAGE {
-                    self.shutdown(ports::MAX_EXIT_STATUS);
+                    poweroff::power_off(&self.persistent, ports::MAX_EXIT_STATUS);
                 }
             }
         }
@@ -169,66 +170,6 @@ impl Supervisor {
                 }
             }
         }
-    }
-
-    /// Ends the VM with `status`, leaving a disk upper layer consistent.
-    fn shutdown(&self, status: u8) -> ! {
-        if let Upper::Disk(_) = self.upper {
-            // Everything but PID 1 and us: no process may still write to the disk.
-            let _ = sys::kill(-1, libc::SIGKILL);
-            let deadline = Instant::now() + KILL_GRACE;
-            while Instant::now() < deadline {
-                match sys::waitpid(-1, libc::WNOHANG) {
-                    Err(_) => break, // ECHILD: all our children are gone.
-                    Ok(Some(_)) => continue,
-                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-            // SAFETY: sync has no arguments.
-            unsafe { libc::sync() };
-            make_read_only(Path::new(UPPER_MOUNT));
-        } else {
-            // SAFETY: sync has no arguments.
-            unsafe { libc::sync() };
-        }
-        quiet_console();
-        ports::exit_vm(status)
-    }
-}
-
-/// Remounts the upper layer's file system read-only, or at least freezes it (which flushes
-/// the journal), so the disk is clean when the VM stops.
-fn make_read_only(mount_point: &Path) {
-    for _ in 0..10 {
-        if sys::mount(
-            None,
-            mount_point,
-            None,
-            libc::MS_REMOUNT | libc::MS_RDONLY,
-            None,
-        )
-        .is_ok()
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if let Ok(dir) = std::fs::File::open(mount_point) {
-        // FIFREEZE = _IOWR('X', 119, int)
-        const FIFREEZE: libc::c_ulong = 0xc004_5877;
-        // SAFETY: FIFREEZE takes no pointer argument; dir is an open descriptor on the file system.
-        unsafe { libc::ioctl(dir.as_raw_fd(), FIFREEZE, 0) };
-    }
-}
-
-/// Stops kernel messages on the console and waits until everything written to it has left
-/// the serial line: the VM ends the instant the exit port is written.
-pub fn quiet_console() {
-    const SYSLOG_ACTION_CONSOLE_OFF: libc::c_int = 6;
-    // SAFETY: klogctl CONSOLE_OFF takes no buffer; tcdrain only waits on fd 1.
-    unsafe {
-        libc::klogctl(SYSLOG_ACTION_CONSOLE_OFF, std::ptr::null_mut(), 0);
-        libc::tcdrain(1);
     }
 }
 
@@ -364,7 +305,7 @@ fn serve(conn: &UnixStream, allowed_uid: u32) -> std::result::Result<(), String>
 fn wait_for(pid: libc::pid_t, conn: &UnixStream, mut shim_alive: bool) -> ExitStatus {
     // Without a pidfd (kernel < 5.3) the command is checked every POLL_FALLBACK instead.
     const POLL_FALLBACK_MS: libc::c_int = 50;
-    let pidfd = pidfd_open(pid);
+    let pidfd = sys::pidfd_open(pid);
     if !shim_alive {
         let _ = sys::kill(pid, libc::SIGKILL);
     }
@@ -398,14 +339,6 @@ fn wait_for(pid: libc::pid_t, conn: &UnixStream, mut shim_alive: bool) -> ExitSt
             }
         }
     }
-}
-
-fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open has no memory arguments; glibc 2.36 has no wrapper in the libc crate's
-    // static target, hence the raw syscall.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: on success the kernel returned a fresh descriptor that nothing else owns.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 fn send(conn: &UnixStream, response: &Response) -> io::Result<()> {
@@ -501,7 +434,7 @@ fn move_above(fd: &OwnedFd, base: RawFd) -> io::Result<OwnedFd> {
 /// A fatal supervisor error: without the supervisor the VM could never end, so end it now.
 fn fatal(err: &Error) -> ! {
     eprintln!("nodeos-init: supervisor: {err}");
-    quiet_console();
+    poweroff::quiet_console();
     ports::exit_vm(ports::BOOT_FAILURE_STATUS)
 }
 

@@ -297,6 +297,16 @@ pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
     cvt(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
+/// A descriptor that becomes readable when child `pid` ends; `None` where the kernel has no
+/// pidfd_open (before 5.3).
+pub fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open has no memory arguments; glibc 2.36 has no wrapper in the libc crate's
+    // static target, hence the raw syscall.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: on success the kernel returned a fresh descriptor that nothing else owns.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// This process's pid.
 pub fn getpid() -> libc::pid_t {
     // SAFETY: getpid cannot fail.

@@ -1,6 +1,9 @@
 //! The `nodeos.*` parameters of the kernel command line (docs/guest-contract.md).
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -34,6 +37,44 @@ pub enum Upper {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shell {
     Repl,
+    /// Nothing: PID 1 stays our init and only reaps (the agent runs the commands).
+    None,
+}
+
+/// How the host reaches the guest agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentTransport {
+    /// AF_VSOCK, port 1024.
+    Vsock,
+    /// The channel multiplexer on the virtio-serial port `org.nodeos.agent`.
+    Serial,
+}
+
+/// An ext4 device to mount (`nodeos.vol`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub device: PathBuf,
+    pub mount_point: PathBuf,
+    pub read_only: bool,
+}
+
+/// The static IPv4 set-up of eth0 (`nodeos.net`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetConfig {
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub dns: Ipv4Addr,
+}
+
+impl NetConfig {
+    /// The netmask of the prefix length (`/24` is 255.255.255.0).
+    pub fn netmask(&self) -> Ipv4Addr {
+        let bits = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0);
+        Ipv4Addr::from(bits)
+    }
 }
 
 /// The parsed `nodeos.*` parameters, with the contract's defaults.
@@ -44,6 +85,11 @@ pub struct Cmdline {
     pub rows: Option<u16>,
     pub upper: Upper,
     pub shell: Shell,
+    /// No agent when absent.
+    pub agent: Option<AgentTransport>,
+    /// Mounted in this order.
+    pub volumes: Vec<Volume>,
+    pub net: Option<NetConfig>,
 }
 
 impl Default for Cmdline {
@@ -54,6 +100,9 @@ impl Default for Cmdline {
             rows: None,
             upper: Upper::Tmpfs,
             shell: Shell::Repl,
+            agent: None,
+            volumes: Vec::new(),
+            net: None,
         }
     }
 }
@@ -100,9 +149,21 @@ impl Cmdline {
                 "shell" => {
                     cmdline.shell = match value {
                         "repl" => Shell::Repl,
-                        _ => return Err(bad("must be repl")),
+                        "none" => Shell::None,
+                        _ => return Err(bad("must be repl or none")),
                     }
                 }
+                "agent" => {
+                    cmdline.agent = match value {
+                        "vsock" => Some(AgentTransport::Vsock),
+                        "serial" => Some(AgentTransport::Serial),
+                        _ => return Err(bad("must be vsock or serial")),
+                    }
+                }
+                "vol" => cmdline
+                    .volumes
+                    .push(parse_volume(value).map_err(|why| bad(&why))?),
+                "net" => cmdline.net = Some(parse_net(value).map_err(|why| bad(&why))?),
                 _ => {}
             }
         }
@@ -112,6 +173,94 @@ impl Cmdline {
 
 fn parse_size(value: &str) -> Option<u16> {
     value.parse::<u16>().ok().filter(|&n| n > 0)
+}
+
+/// `<dev>:<mountpoint>:<ro|rw>`, the mount point percent-encoded.
+fn parse_volume(value: &str) -> std::result::Result<Volume, String> {
+    const FORM: &str = "must be /dev/vdX:MOUNTPOINT:ro|rw";
+    let mut parts = value.split(':');
+    let (Some(device), Some(mount_point), Some(mode), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(FORM.into());
+    };
+    let letters = device.strip_prefix("/dev/vd").unwrap_or("");
+    if letters.is_empty() || !letters.bytes().all(|b| b.is_ascii_lowercase()) {
+        return Err(format!("device {device:?}: must be a /dev/vdX path"));
+    }
+    let read_only = match mode {
+        "ro" => true,
+        "rw" => false,
+        _ => return Err(format!("mode {mode:?}: must be ro or rw")),
+    };
+    let decoded = percent_decode(mount_point)?;
+    if decoded.contains(&0) {
+        return Err("mount point contains a NUL byte".into());
+    }
+    let mount_point = PathBuf::from(OsString::from_vec(decoded));
+    let bad_component = mount_point
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir));
+    if !mount_point.is_absolute() || bad_component || mount_point == Path::new("/") {
+        return Err(format!(
+            "mount point {}: must be an absolute path other than /, without . or ..",
+            mount_point.display()
+        ));
+    }
+    Ok(Volume {
+        device: PathBuf::from(device),
+        mount_point,
+        read_only,
+    })
+}
+
+/// Decodes `%XX` escapes (the host encodes every byte outside `[A-Za-z0-9/._-]`).
+fn percent_decode(text: &str) -> std::result::Result<Vec<u8>, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .ok_or_else(|| format!("bad percent escape at byte {i} of {text:?}"))?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|e| e.to_string())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// `<addr>/<prefix>,<gateway>,<dns>`.
+fn parse_net(value: &str) -> std::result::Result<NetConfig, String> {
+    const FORM: &str = "must be ADDRESS/PREFIX,GATEWAY,DNS (IPv4)";
+    let mut parts = value.split(',');
+    let (Some(cidr), Some(gateway), Some(dns), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(FORM.into());
+    };
+    let (address, prefix) = cidr.split_once('/').ok_or(FORM)?;
+    let ip = |text: &str| {
+        text.parse::<Ipv4Addr>()
+            .map_err(|_| format!("{text:?} is not an IPv4 address"))
+    };
+    let prefix = prefix
+        .parse::<u8>()
+        .ok()
+        .filter(|&p| p <= 32)
+        .ok_or_else(|| format!("prefix {prefix:?} must be 0..=32"))?;
+    Ok(NetConfig {
+        address: ip(address)?,
+        prefix,
+        gateway: ip(gateway)?,
+        dns: ip(dns)?,
+    })
 }
 
 /// Splits a kernel command line into words: whitespace-separated, with double quotes grouping
@@ -172,7 +321,61 @@ mod tests {
                 rows: Some(40),
                 upper: Upper::Disk(PathBuf::from("/dev/vdb")),
                 shell: Shell::Repl,
+                agent: None,
+                volumes: Vec::new(),
+                net: None,
             }
+        );
+    }
+
+    #[test]
+    fn agent_shell_volumes_and_network() {
+        let cmdline = Cmdline::parse(
+            "nodeos.agent=serial nodeos.shell=none nodeos.vol=/dev/vdc:/data:rw \
+             nodeos.vol=/dev/vdd:/mnt/my%20files%3a%25:ro nodeos.net=10.0.2.15/24,10.0.2.2,10.0.2.3",
+        )
+        .unwrap();
+        assert_eq!(cmdline.agent, Some(AgentTransport::Serial));
+        assert_eq!(cmdline.shell, Shell::None);
+        assert_eq!(
+            cmdline.volumes,
+            vec![
+                Volume {
+                    device: PathBuf::from("/dev/vdc"),
+                    mount_point: PathBuf::from("/data"),
+                    read_only: false,
+                },
+                Volume {
+                    device: PathBuf::from("/dev/vdd"),
+                    mount_point: PathBuf::from("/mnt/my files:%"),
+                    read_only: true,
+                },
+            ]
+        );
+        let net = cmdline.net.unwrap();
+        assert_eq!(
+            net,
+            NetConfig {
+                address: Ipv4Addr::new(10, 0, 2, 15),
+                prefix: 24,
+                gateway: Ipv4Addr::new(10, 0, 2, 2),
+                dns: Ipv4Addr::new(10, 0, 2, 3),
+            }
+        );
+        assert_eq!(net.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(
+            Cmdline::parse("nodeos.agent=vsock").unwrap().agent,
+            Some(AgentTransport::Vsock)
+        );
+        let mask = |prefix| NetConfig { prefix, ..net }.netmask();
+        assert_eq!(mask(0), Ipv4Addr::new(0, 0, 0, 0));
+        assert_eq!(mask(32), Ipv4Addr::new(255, 255, 255, 255));
+        assert_eq!(mask(20), Ipv4Addr::new(255, 255, 240, 0));
+        // A non-UTF-8 mount point survives decoding.
+        let raw = Cmdline::parse("nodeos.vol=/dev/vdb:/x%ff:rw").unwrap();
+        assert_eq!(
+            raw.volumes[0].mount_point.as_os_str().as_encoded_bytes(),
+            b"/x\xff"
         );
     }
 
@@ -197,6 +400,28 @@ mod tests {
             "nodeos.upper=/dev/",
             "nodeos.upper=/dev/../etc",
             "nodeos.shell=bash",
+            "nodeos.agent=tcp",
+            "nodeos.agent=",
+            "nodeos.vol=/dev/vdc:/data",
+            "nodeos.vol=/dev/vdc:/data:rw:x",
+            "nodeos.vol=/dev/vdc:/data:rx",
+            "nodeos.vol=/dev/sda:/data:rw",
+            "nodeos.vol=/dev/vd:/data:rw",
+            "nodeos.vol=/dev/vd1:/data:rw",
+            "nodeos.vol=/dev/vdc:data:rw",
+            "nodeos.vol=/dev/vdc:/:rw",
+            "nodeos.vol=/dev/vdc:/a/../etc:rw",
+            "nodeos.vol=/dev/vdc:/a/%2e%2e/etc:rw",
+            "nodeos.vol=/dev/vdc:/a%2:rw",
+            "nodeos.vol=/dev/vdc:/a%zz:rw",
+            "nodeos.vol=/dev/vdc:/a%00b:rw",
+            "nodeos.net=10.0.2.15/24,10.0.2.2",
+            "nodeos.net=10.0.2.15,10.0.2.2,10.0.2.3",
+            "nodeos.net=10.0.2.15/33,10.0.2.2,10.0.2.3",
+            "nodeos.net=10.0.2.256/24,10.0.2.2,10.0.2.3",
+            "nodeos.net=10.0.2.15/24,gw,10.0.2.3",
+            "nodeos.net=10.0.2.15/24,10.0.2.2,10.0.2.3,1.1.1.1",
+            "nodeos.net=::1/64,::2,::3",
         ] {
             let err = Cmdline::parse(bad).unwrap_err().to_string();
             assert!(

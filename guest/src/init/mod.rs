@@ -1,4 +1,5 @@
-//! PID 1: set the machine up, start the supervisor, then become Node.js (the REPL).
+//! PID 1: set the machine up, start the agent and the supervisor, then become Node.js (the
+//! REPL), or, with `nodeos.shell=none`, stay our init and only reap.
 //!
 //! Order matters: the boot-timer mark comes first (the host measures boot by it); every
 //! failure before Node runs prints one line, `nodeos-init: <what failed>: <why>`, and ends the
@@ -15,9 +16,9 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use crate::error::{Context, Error, Result};
-use crate::ports;
 use crate::supervisor::{self, CONTROL_FD, CONTROL_FD_ENV};
 use crate::sys::{self, cvt};
+use crate::{agent, ports, poweroff};
 use cmdline::{Cmdline, ConsoleMode, Shell};
 
 /// Node.js and the guest's own JavaScript (rootfs/build.sh puts them there).
@@ -48,10 +49,36 @@ fn boot() -> Result<std::convert::Infallible> {
     // boot failure line is byte-clean.
     console::setup(&cmdline)?;
     mounts::build_root(&cmdline.upper)?;
-    network::setup()?;
+    mounts::mount_volumes(&cmdline.volumes)?;
+    network::setup(cmdline.net.as_ref())?;
     let (user, groups) = user::lookup(user::USER_NAME)?;
-    let control = supervisor::start(&cmdline.upper, &user)?;
-    exec_shell(&cmdline, &user, &groups, control)
+    let persistent = poweroff::persistent_mounts(&cmdline);
+    // The agent first: forked before the supervisor, neither holds the other's descriptors.
+    if let Some(transport) = cmdline.agent {
+        agent::start(transport, persistent.clone(), &user, &groups)?;
+    }
+    let control = supervisor::start(persistent, &user)?;
+    match cmdline.shell {
+        Shell::Repl => exec_shell(&cmdline, &user, &groups, control),
+        Shell::None => {
+            // PID 1 keeps the control pipe open, so the supervisor never sees it close.
+            reap_forever(control)
+        }
+    }
+}
+
+/// `nodeos.shell=none`: PID 1 stays init, reaping whatever ends up as its child. It never
+/// writes to the control pipe: the VM ends by the agent's `Poweroff` (or the host).
+fn reap_forever(_control: OwnedFd) -> ! {
+    loop {
+        if let Err(e) = sys::waitpid(-1, 0) {
+            if e.raw_os_error() == Some(libc::ECHILD) {
+                // No children left (cannot really happen: the supervisor never ends).
+                // SAFETY: pause has no preconditions.
+                unsafe { libc::pause() };
+            }
+        }
+    }
 }
 
 /// Drops to `user` and execs Node with repl.js. Returns only errors from before the drop;
@@ -62,7 +89,6 @@ fn exec_shell(
     groups: &[u32],
     control: OwnedFd,
 ) -> Result<std::convert::Infallible> {
-    let Shell::Repl = cmdline.shell;
     // The control pipe goes to Node at a known number, inherited (not close-on-exec).
     if control.as_raw_fd() != CONTROL_FD {
         // SAFETY: dup2 onto CONTROL_FD; whatever was there (nothing of ours) is replaced.
@@ -109,7 +135,7 @@ fn exec_shell(
 /// Prints the one-line boot failure message and ends the VM with the boot-failure status.
 fn fail(err: &Error) -> ! {
     print_failure(err);
-    supervisor::quiet_console();
+    poweroff::quiet_console();
     ports::exit_vm(ports::BOOT_FAILURE_STATUS)
 }
 

@@ -11,7 +11,7 @@ use std::fs;
 use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::cmdline::Upper;
+use super::cmdline::{Upper, Volume};
 use super::user;
 use crate::error::{Context, Result};
 use crate::sys::{self, mount, umount};
@@ -160,6 +160,30 @@ fn mount_rest() -> Result<()> {
         symlink_if_missing(target, link)?;
     }
     mkdir("/run/nodeos", 0o755)?;
+    Ok(())
+}
+
+/// Mounts the host's ext4 volumes (`nodeos.vol`), in the new root, creating missing mount
+/// points. Their files already belong to the REPL's user: the host made them so.
+pub fn mount_volumes(volumes: &[Volume]) -> Result<()> {
+    for volume in volumes {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&volume.mount_point)
+            .context(|| format!("mkdir {}", volume.mount_point.display()))?;
+        let mut flags = libc::MS_NOATIME | libc::MS_NOSUID | libc::MS_NODEV;
+        if volume.read_only {
+            flags |= libc::MS_RDONLY;
+        }
+        mount(
+            volume.device.to_str(),
+            &volume.mount_point,
+            Some("ext4"),
+            flags,
+            None,
+        )?;
+    }
     Ok(())
 }
 

@@ -1,16 +1,28 @@
-//! Host name and the loopback interface: what a Node program expects of any machine.
+//! Host name, the loopback interface, and eth0 where the host gave the guest a network
+//! (`nodeos.net`): what a Node program expects of any machine.
 
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use super::cmdline::NetConfig;
 use crate::error::{Context, Error, Result};
 use crate::sys::cvt;
 
 pub const HOSTNAME: &str = "nodeos";
 const LOOPBACK: &str = "lo";
+/// The one NIC of a VM with a network.
+const ETHERNET: &str = "eth0";
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 
-pub fn setup() -> Result<()> {
+pub fn setup(net: Option<&NetConfig>) -> Result<()> {
     set_hostname(HOSTNAME)?;
-    bring_up(LOOPBACK)
+    let sock = inet_socket().context(|| "socket for network set-up".into())?;
+    bring_up(&sock, LOOPBACK)?;
+    if let Some(net) = net {
+        configure(&sock, ETHERNET, net)?;
+        std::fs::write(RESOLV_CONF, resolv_conf(net)).context(|| format!("write {RESOLV_CONF}"))?;
+    }
+    Ok(())
 }
 
 fn set_hostname(name: &str) -> Result<()> {
@@ -20,23 +32,34 @@ fn set_hostname(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Sets IFF_UP on an interface; for `lo` the kernel then configures 127.0.0.1/8 and ::1 itself.
-fn bring_up(interface: &str) -> Result<()> {
-    let what = || format!("bring up network interface {interface}");
+/// A socket for the interface ioctls.
+fn inet_socket() -> std::io::Result<OwnedFd> {
     // SAFETY: socket has no memory arguments.
-    let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })
-        .context(what)?;
+    let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: socket returned a fresh descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
 
+/// An ifreq naming `interface`.
+fn ifreq(interface: &str) -> Result<libc::ifreq> {
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     if interface.len() >= req.ifr_name.len() {
-        return Err(Error::invalid(what(), "interface name too long"));
+        return Err(Error::invalid(
+            format!("network interface {interface}"),
+            "name too long",
+        ));
     }
     for (dst, src) in req.ifr_name.iter_mut().zip(interface.bytes()) {
         *dst = src as libc::c_char;
     }
+    Ok(req)
+}
+
+/// Sets IFF_UP on an interface; for `lo` the kernel then configures 127.0.0.1/8 and ::1 itself.
+fn bring_up(sock: &OwnedFd, interface: &str) -> Result<()> {
+    let what = || format!("bring up network interface {interface}");
+    let mut req = ifreq(interface)?;
     // SAFETY: SIOCGIFFLAGS reads the name and writes ifru_flags inside req, which is a valid ifreq.
     cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) }).context(what)?;
     // SAFETY: the ioctl above filled ifru_flags, the union member read and written here.
@@ -44,4 +67,107 @@ fn bring_up(interface: &str) -> Result<()> {
     // SAFETY: SIOCSIFFLAGS reads the name and flags from req, a valid ifreq.
     cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).context(what)?;
     Ok(())
+}
+
+/// Address, netmask, up, and the default route through the gateway.
+fn configure(sock: &OwnedFd, interface: &str, net: &NetConfig) -> Result<()> {
+    for (request, addr, name) in [
+        (libc::SIOCSIFADDR, net.address, "address"),
+        (libc::SIOCSIFNETMASK, net.netmask(), "netmask"),
+    ] {
+        let mut req = ifreq(interface)?;
+        req.ifr_ifru.ifru_addr = sockaddr(addr);
+        // SAFETY: the SIOCSIF* ioctls read the name and ifru_addr from req, a valid ifreq.
+        cvt(unsafe { libc::ioctl(sock.as_raw_fd(), request, &req) })
+            .context(|| format!("set {interface} {name} {addr}"))?;
+    }
+    bring_up(sock, interface)?;
+    let mut route = RtEntry::default_route(net.gateway);
+    // SAFETY: SIOCADDRT reads a struct rtentry; RtEntry has its layout, and rt_dev is null.
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &mut route) })
+        .context(|| format!("add the default route via {}", net.gateway))?;
+    Ok(())
+}
+
+fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(addr).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; every bit pattern is a valid sockaddr.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// `struct rtentry` of <linux/route.h> (the libc crate has it only for musl).
+#[repr(C)]
+struct RtEntry {
+    rt_pad1: libc::c_ulong,
+    rt_dst: libc::sockaddr,
+    rt_gateway: libc::sockaddr,
+    rt_genmask: libc::sockaddr,
+    rt_flags: libc::c_ushort,
+    rt_pad2: libc::c_short,
+    rt_pad3: libc::c_ulong,
+    rt_pad4: *mut libc::c_void,
+    rt_metric: libc::c_short,
+    rt_dev: *mut libc::c_char,
+    rt_mtu: libc::c_ulong,
+    rt_window: libc::c_ulong,
+    rt_irtt: libc::c_ushort,
+}
+
+impl RtEntry {
+    /// 0.0.0.0/0 via `gateway`.
+    fn default_route(gateway: Ipv4Addr) -> Self {
+        RtEntry {
+            rt_pad1: 0,
+            rt_dst: sockaddr(Ipv4Addr::UNSPECIFIED),
+            rt_gateway: sockaddr(gateway),
+            rt_genmask: sockaddr(Ipv4Addr::UNSPECIFIED),
+            rt_flags: libc::RTF_UP | libc::RTF_GATEWAY,
+            rt_pad2: 0,
+            rt_pad3: 0,
+            rt_pad4: std::ptr::null_mut(),
+            rt_metric: 0,
+            rt_dev: std::ptr::null_mut(),
+            rt_mtu: 0,
+            rt_window: 0,
+            rt_irtt: 0,
+        }
+    }
+}
+
+fn resolv_conf(net: &NetConfig) -> String {
+    format!("nameserver {}\n", net.dns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtentry_has_the_kernel_layout() {
+        // x86-64 <linux/route.h>: 120 bytes, rt_flags at 56, rt_dev at 88.
+        assert_eq!(std::mem::size_of::<RtEntry>(), 120);
+        assert_eq!(std::mem::offset_of!(RtEntry, rt_flags), 56);
+        assert_eq!(std::mem::offset_of!(RtEntry, rt_dev), 88);
+    }
+
+    #[test]
+    fn addresses_are_in_network_order() {
+        let sa = sockaddr(Ipv4Addr::new(10, 0, 2, 15));
+        assert_eq!(sa.sa_family, libc::AF_INET as libc::sa_family_t);
+        assert_eq!(&sa.sa_data[..6], &[0, 0, 10, 0, 2, 15]);
+        let net = NetConfig {
+            address: Ipv4Addr::new(10, 0, 2, 15),
+            prefix: 24,
+            gateway: Ipv4Addr::new(10, 0, 2, 2),
+            dns: Ipv4Addr::new(10, 0, 2, 3),
+        };
+        assert_eq!(resolv_conf(&net), "nameserver 10.0.2.3\n");
+    }
 }

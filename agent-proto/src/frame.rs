@@ -1,0 +1,817 @@
+//! The agent protocol, version [`VERSION`]: what the host says to the guest agent over one
+//! connection (vsock port [`crate::AGENT_PORT`]) and what the agent answers.
+//!
+//! A connection is a stream of frames: `u32` little-endian length of what follows, one type
+//! byte, the payload (docs/agent-protocol.md lists every message and its encoding). Requests
+//! (host to guest) have types `0x01..`, replies (guest to host) `0x81..`, so one read in the
+//! wrong direction is an error rather than a misreading. Every length read from the stream is
+//! checked against [`MAX_PAYLOAD`] (and data chunks against [`MAX_CHUNK`]) before anything is
+//! allocated, and decoding never panics: anything malformed is a [`FrameError`].
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+/// The protocol version both sides say in their `Hello`.
+pub const VERSION: u32 = 1;
+/// Largest payload of any frame (the type byte not counted).
+pub const MAX_PAYLOAD: usize = 1 << 20;
+/// Largest `Stdin`, `Stdout` or `Stderr` chunk.
+pub const MAX_CHUNK: usize = 64 << 10;
+/// Bytes before the payload: the length and the type byte.
+pub const HEADER_LEN: usize = 5;
+
+/// Host to guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// First frame of every connection.
+    Hello { version: u32 },
+    /// Run a command (once per connection, after `Hello`).
+    Exec(Exec),
+    /// Bytes for the command's stdin (at most [`MAX_CHUNK`]).
+    Stdin(Vec<u8>),
+    /// End of the command's stdin.
+    StdinEof,
+    /// Send this signal to the command's process group.
+    Signal(i32),
+    /// Kill every process, make the disks clean and end the VM with status 0.
+    Poweroff,
+}
+
+/// What to run, and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exec {
+    /// argv, argv[0] included; argv[0] is looked up in the command's PATH.
+    pub argv: Vec<Vec<u8>>,
+    /// `NAME=VALUE` entries, added to (and overriding) the agent's base environment.
+    pub env: Vec<Vec<u8>>,
+    /// Working directory; the user's home when absent.
+    pub cwd: Option<Vec<u8>>,
+    /// Whether `Stdin` frames feed the command; without, its stdin is /dev/null.
+    pub stdin: bool,
+    /// Kill the command's process group after this long.
+    pub timeout_ms: Option<u64>,
+}
+
+/// Guest to host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The answer to the host's `Hello`; also what the agent sends on the ready connection.
+    Hello { version: u32 },
+    /// The command runs, as process `pid` (its process group and session id too).
+    Started { pid: i32 },
+    /// A chunk of the command's stdout (at most [`MAX_CHUNK`]).
+    Stdout(Vec<u8>),
+    /// A chunk of the command's stderr (at most [`MAX_CHUNK`]).
+    Stderr(Vec<u8>),
+    /// Final: the command exited with this code.
+    Exited(i32),
+    /// Final: the command was killed by this signal.
+    Signaled(i32),
+    /// Final: the timeout passed and the command's process group was killed.
+    TimedOut { timeout_ms: u64 },
+    /// Final: the request could not be served.
+    Error { kind: ErrorKind, message: String },
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The command was not found (a shell's 127).
+    NotFound,
+    /// The command was found but is not executable (a shell's 126).
+    NotExecutable,
+    /// The command could not be started for another reason (126).
+    ExecFailed,
+    /// The working directory could not be entered.
+    BadCwd,
+    /// A malformed frame or a message out of turn.
+    Protocol,
+    /// The host's `Hello` named a version this agent does not speak.
+    Version,
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 6] = [
+        ErrorKind::NotFound,
+        ErrorKind::NotExecutable,
+        ErrorKind::ExecFailed,
+        ErrorKind::BadCwd,
+        ErrorKind::Protocol,
+        ErrorKind::Version,
+    ];
+
+    fn code(self) -> u8 {
+        match self {
+            ErrorKind::NotFound => 1,
+            ErrorKind::NotExecutable => 2,
+            ErrorKind::ExecFailed => 3,
+            ErrorKind::BadCwd => 4,
+            ErrorKind::Protocol => 5,
+            ErrorKind::Version => 6,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.code() == code)
+    }
+
+    /// The exit status a shell would give for this failure: 127 for a command not found, 126
+    /// for one that could not be run; `None` for failures that are not the command's.
+    pub fn shell_status(self) -> Option<u8> {
+        match self {
+            ErrorKind::NotFound => Some(127),
+            ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => Some(126),
+            ErrorKind::Protocol | ErrorKind::Version => None,
+        }
+    }
+}
+
+/// A frame that could not be read or written.
+#[derive(Debug)]
+pub enum FrameError {
+    /// The stream failed.
+    Io(io::Error),
+    /// The stream ended inside a frame.
+    Truncated,
+    /// The length field is 0 (a frame has at least its type byte).
+    Empty,
+    /// A payload over [`MAX_PAYLOAD`], or a data chunk over [`MAX_CHUNK`].
+    TooLarge { len: usize, max: usize },
+    /// A type byte this direction does not have.
+    UnknownType(u8),
+    /// The payload does not encode what its type says.
+    Malformed { kind: &'static str, why: String },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Io(e) => write!(f, "agent connection: {e}"),
+            FrameError::Truncated => write!(f, "agent connection ended inside a frame"),
+            FrameError::Empty => write!(f, "agent frame of length 0"),
+            FrameError::TooLarge { len, max } => {
+                write!(f, "agent frame payload of {len} bytes (at most {max})")
+            }
+            FrameError::UnknownType(t) => write!(f, "agent frame of unknown type {t:#04x}"),
+            FrameError::Malformed { kind, why } => write!(f, "malformed agent {kind} frame: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for FrameError {
+    fn from(e: io::Error) -> Self {
+        FrameError::Io(e)
+    }
+}
+
+impl From<FrameError> for io::Error {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Io(e) => e,
+            other => io::Error::new(io::ErrorKind::InvalidData, other),
+        }
+    }
+}
+
+mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const EXEC: u8 = 0x02;
+    pub const STDIN: u8 = 0x03;
+    pub const STDIN_EOF: u8 = 0x04;
+    pub const SIGNAL: u8 = 0x05;
+    pub const POWEROFF: u8 = 0x06;
+
+    pub const R_HELLO: u8 = 0x81;
+    pub const STARTED: u8 = 0x82;
+    pub const STDOUT: u8 = 0x83;
+    pub const STDERR: u8 = 0x84;
+    pub const EXITED: u8 = 0x85;
+    pub const SIGNALED: u8 = 0x86;
+    pub const TIMED_OUT: u8 = 0x87;
+    pub const ERROR: u8 = 0x88;
+}
+
+impl Request {
+    /// The whole frame, length prefix included. Errors only for a message over the bounds.
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        let mut out = Encoder::new();
+        let kind = match self {
+            Request::Hello { version } => {
+                out.u32(*version);
+                kind::HELLO
+            }
+            Request::Exec(exec) => {
+                out.list(&exec.argv);
+                out.list(&exec.env);
+                out.option(exec.cwd.as_ref(), |out, cwd| out.bytes(cwd));
+                out.u8(u8::from(exec.stdin));
+                out.option(exec.timeout_ms.as_ref(), |out, ms| out.u64(*ms));
+                kind::EXEC
+            }
+            Request::Stdin(data) => {
+                out.raw(data);
+                kind::STDIN
+            }
+            Request::StdinEof => kind::STDIN_EOF,
+            Request::Signal(signal) => {
+                out.u32(*signal as u32);
+                kind::SIGNAL
+            }
+            Request::Poweroff => kind::POWEROFF,
+        };
+        out.finish(kind)
+    }
+
+    /// Decodes the first frame of `buf`: `Ok(None)` while `buf` holds only part of it,
+    /// otherwise the request and how many bytes of `buf` it took.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Request, usize)>, FrameError> {
+        let Some(raw) = split_frame(buf)? else {
+            return Ok(None);
+        };
+        let mut d = Decoder::new(raw.payload, "request");
+        let request = match raw.kind {
+            kind::HELLO => Request::Hello { version: d.u32()? },
+            kind::EXEC => Request::Exec(Exec {
+                argv: d.list()?,
+                env: d.list()?,
+                cwd: d.option(|d| d.bytes())?,
+                stdin: d.bool()?,
+                timeout_ms: d.option(|d| d.u64())?,
+            }),
+            kind::STDIN => Request::Stdin(d.chunk()?),
+            kind::STDIN_EOF => Request::StdinEof,
+            kind::SIGNAL => Request::Signal(d.u32()? as i32),
+            kind::POWEROFF => Request::Poweroff,
+            other => return Err(FrameError::UnknownType(other)),
+        };
+        d.end()?;
+        Ok(Some((request, raw.len)))
+    }
+}
+
+impl Reply {
+    /// The whole frame, length prefix included. Errors only for a message over the bounds.
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        let mut out = Encoder::new();
+        let kind = match self {
+            Reply::Hello { version } => {
+                out.u32(*version);
+                kind::R_HELLO
+            }
+            Reply::Started { pid } => {
+                out.u32(*pid as u32);
+                kind::STARTED
+            }
+            Reply::Stdout(data) => {
+                out.raw(data);
+                kind::STDOUT
+            }
+            Reply::Stderr(data) => {
+                out.raw(data);
+                kind::STDERR
+            }
+            Reply::Exited(code) => {
+                out.u32(*code as u32);
+                kind::EXITED
+            }
+            Reply::Signaled(signal) => {
+                out.u32(*signal as u32);
+                kind::SIGNALED
+            }
+            Reply::TimedOut { timeout_ms } => {
+                out.u64(*timeout_ms);
+                kind::TIMED_OUT
+            }
+            Reply::Error { kind, message } => {
+                out.u8(kind.code());
+                out.bytes(message.as_bytes());
+                kind::ERROR
+            }
+        };
+        out.finish(kind)
+    }
+
+    /// Decodes the first frame of `buf`: `Ok(None)` while `buf` holds only part of it,
+    /// otherwise the reply and how many bytes of `buf` it took.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Reply, usize)>, FrameError> {
+        let Some(raw) = split_frame(buf)? else {
+            return Ok(None);
+        };
+        let mut d = Decoder::new(raw.payload, "reply");
+        let reply = match raw.kind {
+            kind::R_HELLO => Reply::Hello { version: d.u32()? },
+            kind::STARTED => Reply::Started {
+                pid: d.u32()? as i32,
+            },
+            kind::STDOUT => Reply::Stdout(d.chunk()?),
+            kind::STDERR => Reply::Stderr(d.chunk()?),
+            kind::EXITED => Reply::Exited(d.u32()? as i32),
+            kind::SIGNALED => Reply::Signaled(d.u32()? as i32),
+            kind::TIMED_OUT => Reply::TimedOut {
+                timeout_ms: d.u64()?,
+            },
+            kind::ERROR => {
+                let code = d.u8()?;
+                let kind = ErrorKind::from_code(code)
+                    .ok_or_else(|| d.malformed(format!("unknown error kind {code}")))?;
+                let message = String::from_utf8(d.bytes()?)
+                    .map_err(|_| d.malformed("error message is not UTF-8".into()))?;
+                Reply::Error { kind, message }
+            }
+            other => return Err(FrameError::UnknownType(other)),
+        };
+        d.end()?;
+        Ok(Some((reply, raw.len)))
+    }
+
+    /// Whether this reply ends the connection's exchange (nothing follows it).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Reply::Exited(_) | Reply::Signaled(_) | Reply::TimedOut { .. } | Reply::Error { .. }
+        )
+    }
+}
+
+/// Writes one request frame.
+pub fn write_request(w: &mut impl Write, request: &Request) -> io::Result<()> {
+    w.write_all(&request.encode()?)
+}
+
+/// Writes one reply frame.
+pub fn write_reply(w: &mut impl Write, reply: &Reply) -> io::Result<()> {
+    w.write_all(&reply.encode()?)
+}
+
+/// Reads one request; `Ok(None)` at a clean end of stream (between frames).
+pub fn read_request(r: &mut impl Read) -> Result<Option<Request>, FrameError> {
+    read_frame(r)?
+        .map(|frame| Request::decode(&frame).map(|decoded| decoded.expect("a whole frame").0))
+        .transpose()
+}
+
+/// Reads one reply; `Ok(None)` at a clean end of stream (between frames).
+pub fn read_reply(r: &mut impl Read) -> Result<Option<Reply>, FrameError> {
+    read_frame(r)?
+        .map(|frame| Reply::decode(&frame).map(|decoded| decoded.expect("a whole frame").0))
+        .transpose()
+}
+
+/// Reads one whole frame (length included), checking its length before reading the rest.
+fn read_frame(r: &mut impl Read) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut len_field = [0u8; 4];
+    if !read_exact_or_eof(r, &mut len_field)? {
+        return Ok(None);
+    }
+    let len = frame_len(&len_field)?;
+    let mut frame = vec![0u8; 4 + len];
+    frame[..4].copy_from_slice(&len_field);
+    if !read_exact_or_eof(r, &mut frame[4..])? {
+        return Err(FrameError::Truncated);
+    }
+    Ok(Some(frame))
+}
+
+/// Fills `buf`; `Ok(false)` at end of stream before the first byte.
+fn read_exact_or_eof(r: &mut impl Read, buf: &mut [u8]) -> Result<bool, FrameError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    Ok(true)
+}
+
+/// The checked length field of a frame header: type byte plus payload.
+fn frame_len(header: &[u8]) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if len - 1 > MAX_PAYLOAD {
+        return Err(FrameError::TooLarge {
+            len: len - 1,
+            max: MAX_PAYLOAD,
+        });
+    }
+    Ok(len)
+}
+
+/// A whole frame found at the start of a buffer.
+struct RawFrame<'a> {
+    kind: u8,
+    payload: &'a [u8],
+    /// Bytes of the buffer it takes, length field included.
+    len: usize,
+}
+
+/// The first frame in `buf`, once it is all there.
+fn split_frame(buf: &[u8]) -> Result<Option<RawFrame<'_>>, FrameError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = frame_len(buf)?;
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    Ok(Some(RawFrame {
+        kind: buf[4],
+        payload: &buf[HEADER_LEN..4 + len],
+        len: 4 + len,
+    }))
+}
+
+struct Encoder {
+    buf: Vec<u8>,
+}
+
+impl Encoder {
+    fn new() -> Self {
+        Encoder {
+            buf: vec![0; HEADER_LEN],
+        }
+    }
+
+    fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+
+    fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn raw(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    fn bytes(&mut self, data: &[u8]) {
+        self.u32(data.len().min(u32::MAX as usize) as u32);
+        self.raw(data);
+    }
+
+    fn list(&mut self, items: &[Vec<u8>]) {
+        self.u32(items.len().min(u32::MAX as usize) as u32);
+        for item in items {
+            self.bytes(item);
+        }
+    }
+
+    fn option<T>(&mut self, value: Option<&T>, f: impl FnOnce(&mut Self, &T)) {
+        match value {
+            None => self.u8(0),
+            Some(v) => {
+                self.u8(1);
+                f(self, v);
+            }
+        }
+    }
+
+    fn finish(mut self, kind: u8) -> Result<Vec<u8>, FrameError> {
+        let payload = self.buf.len() - HEADER_LEN;
+        let max = match kind {
+            kind::STDIN | kind::STDOUT | kind::STDERR => MAX_CHUNK,
+            _ => MAX_PAYLOAD,
+        };
+        if payload > max {
+            return Err(FrameError::TooLarge { len: payload, max });
+        }
+        let len = (payload + 1) as u32;
+        self.buf[..4].copy_from_slice(&len.to_le_bytes());
+        self.buf[4] = kind;
+        Ok(self.buf)
+    }
+}
+
+struct Decoder<'a> {
+    rest: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Decoder<'a> {
+    fn new(payload: &'a [u8], what: &'static str) -> Self {
+        Decoder {
+            rest: payload,
+            what,
+        }
+    }
+
+    fn malformed(&self, why: String) -> FrameError {
+        FrameError::Malformed {
+            kind: self.what,
+            why,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.rest.len() < n {
+            return Err(self.malformed(format!("needs {n} more bytes, {} left", self.rest.len())));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn bool(&mut self) -> Result<bool, FrameError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(self.malformed(format!("flag byte {other} (must be 0 or 1)"))),
+        }
+    }
+
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// A length-prefixed byte string; the length is checked against what is left.
+    fn bytes(&mut self) -> Result<Vec<u8>, FrameError> {
+        let len = self.u32()? as usize;
+        Ok(self.take(len)?.to_vec())
+    }
+
+    /// A counted list of byte strings; each takes at least 4 bytes, which bounds the count.
+    fn list(&mut self) -> Result<Vec<Vec<u8>>, FrameError> {
+        let count = self.u32()? as usize;
+        if count > self.rest.len() / 4 {
+            return Err(self.malformed(format!(
+                "list of {count} items in {} bytes",
+                self.rest.len()
+            )));
+        }
+        (0..count).map(|_| self.bytes()).collect()
+    }
+
+    fn option<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, FrameError>,
+    ) -> Result<Option<T>, FrameError> {
+        if self.bool()? {
+            f(self).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The rest of the payload as a data chunk.
+    fn chunk(&mut self) -> Result<Vec<u8>, FrameError> {
+        if self.rest.len() > MAX_CHUNK {
+            return Err(FrameError::TooLarge {
+                len: self.rest.len(),
+                max: MAX_CHUNK,
+            });
+        }
+        let data = self.rest.to_vec();
+        self.rest = &[];
+        Ok(data)
+    }
+
+    fn end(&self) -> Result<(), FrameError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(self.malformed(format!("{} bytes after the message", self.rest.len())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requests() -> Vec<Request> {
+        vec![
+            Request::Hello { version: VERSION },
+            Request::Exec(Exec {
+                argv: vec![b"sh".to_vec(), b"-c".to_vec(), b"echo \xff".to_vec()],
+                env: vec![b"A=1".to_vec(), b"EMPTY=".to_vec()],
+                cwd: Some(b"/tmp".to_vec()),
+                stdin: true,
+                timeout_ms: Some(u64::MAX),
+            }),
+            Request::Exec(Exec::default()),
+            Request::Stdin(vec![7; MAX_CHUNK]),
+            Request::Stdin(Vec::new()),
+            Request::StdinEof,
+            Request::Signal(15),
+            Request::Signal(-1),
+            Request::Poweroff,
+        ]
+    }
+
+    fn replies() -> Vec<Reply> {
+        vec![
+            Reply::Hello { version: VERSION },
+            Reply::Started { pid: 4242 },
+            Reply::Stdout(b"out\n".to_vec()),
+            Reply::Stderr(vec![0; MAX_CHUNK]),
+            Reply::Exited(0),
+            Reply::Exited(-3),
+            Reply::Signaled(9),
+            Reply::TimedOut { timeout_ms: 1500 },
+            Reply::Error {
+                kind: ErrorKind::NotFound,
+                message: "nope: No such file or directory".into(),
+            },
+        ]
+        .into_iter()
+        .chain(ErrorKind::ALL.into_iter().map(|kind| Reply::Error {
+            kind,
+            message: String::new(),
+        }))
+        .collect()
+    }
+
+    #[test]
+    fn requests_round_trip_through_a_stream() {
+        let mut stream = Vec::new();
+        for request in requests() {
+            write_request(&mut stream, &request).unwrap();
+        }
+        let mut reader = &stream[..];
+        for request in requests() {
+            assert_eq!(read_request(&mut reader).unwrap(), Some(request));
+        }
+        assert_eq!(read_request(&mut reader).unwrap(), None);
+    }
+
+    #[test]
+    fn replies_round_trip_through_a_stream() {
+        let mut stream = Vec::new();
+        for reply in replies() {
+            write_reply(&mut stream, &reply).unwrap();
+        }
+        let mut reader = &stream[..];
+        for reply in replies() {
+            assert_eq!(read_reply(&mut reader).unwrap(), Some(reply));
+        }
+        assert_eq!(read_reply(&mut reader).unwrap(), None);
+    }
+
+    #[test]
+    fn decode_waits_for_a_whole_frame() {
+        let frame = Request::Signal(2).encode().unwrap();
+        for cut in 0..frame.len() {
+            assert!(Request::decode(&frame[..cut]).unwrap().is_none(), "{cut}");
+        }
+        let mut two = frame.clone();
+        two.extend_from_slice(&Request::StdinEof.encode().unwrap());
+        let (first, used) = Request::decode(&two).unwrap().unwrap();
+        assert_eq!((first, used), (Request::Signal(2), frame.len()));
+        let (second, _) = Request::decode(&two[used..]).unwrap().unwrap();
+        assert_eq!(second, Request::StdinEof);
+    }
+
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = ((payload.len() + 1) as u32).to_le_bytes().to_vec();
+        f.push(kind);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn lengths_are_checked_before_the_payload_arrives() {
+        let huge = ((MAX_PAYLOAD + 2) as u32).to_le_bytes();
+        assert!(matches!(
+            Request::decode(&huge),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            read_reply(&mut &u32::MAX.to_le_bytes()[..]),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            Request::decode(&[0, 0, 0, 0]),
+            Err(FrameError::Empty)
+        ));
+        // The largest allowed payload is fine, and a chunk is bounded tighter.
+        let mut exec = frame(kind::EXEC, &[0; MAX_PAYLOAD]);
+        assert!(Request::decode(&exec).is_err()); // not a valid Exec, but not TooLarge
+        exec.truncate(4);
+        assert!(Request::decode(&exec).unwrap().is_none());
+        assert!(matches!(
+            Reply::decode(&frame(kind::STDOUT, &[0; MAX_CHUNK + 1])),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            Request::Stdin(vec![0; MAX_CHUNK + 1]).encode(),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let long_exec = Request::Exec(Exec {
+            argv: vec![vec![b'a'; MAX_PAYLOAD]],
+            ..Exec::default()
+        });
+        assert!(matches!(
+            long_exec.encode(),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_frames_are_errors() {
+        let bad_requests: Vec<Vec<u8>> = vec![
+            frame(0x00, &[]),
+            frame(0x07, &[]),
+            frame(kind::R_HELLO, &1u32.to_le_bytes()), // a reply type read as a request
+            frame(kind::HELLO, &[1, 0, 0]),
+            frame(kind::HELLO, &[1, 0, 0, 0, 0]),
+            frame(kind::SIGNAL, &[]),
+            frame(kind::STDIN_EOF, &[0]),
+            frame(kind::POWEROFF, &[1]),
+            frame(kind::EXEC, &[]),
+            // argv claims 2^32-1 items
+            frame(kind::EXEC, &[0xff, 0xff, 0xff, 0xff]),
+            // argv of one item whose length runs past the end
+            frame(kind::EXEC, &[1, 0, 0, 0, 9, 0, 0, 0, b'x']),
+            // empty argv and env, cwd flag 2
+            frame(kind::EXEC, &[0, 0, 0, 0, 0, 0, 0, 0, 2]),
+            // stdin flag 7
+            frame(kind::EXEC, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0]),
+            // timeout flag set but no u64
+            frame(kind::EXEC, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1]),
+            // trailing byte
+            frame(kind::EXEC, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        ];
+        for bad in &bad_requests {
+            assert!(Request::decode(bad).is_err(), "{bad:?}");
+            assert!(read_request(&mut &bad[..]).is_err(), "{bad:?}");
+        }
+        let bad_replies: Vec<Vec<u8>> = vec![
+            frame(kind::HELLO, &1u32.to_le_bytes()),
+            frame(0x89, &[]),
+            frame(kind::STARTED, &[1]),
+            frame(kind::TIMED_OUT, &[1, 2, 3, 4]),
+            frame(kind::ERROR, &[]),
+            frame(kind::ERROR, &[99, 0, 0, 0, 0]),
+            frame(kind::ERROR, &[1, 2, 0, 0, 0, 0xc3, 0x28]),
+            frame(kind::ERROR, &[1, 5, 0, 0, 0, b'a']),
+        ];
+        for bad in &bad_replies {
+            assert!(Reply::decode(bad).is_err(), "{bad:?}");
+        }
+        // The smallest valid Exec, for contrast.
+        let ok = frame(kind::EXEC, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            Request::decode(&ok).unwrap().unwrap().0,
+            Request::Exec(Exec::default())
+        );
+    }
+
+    #[test]
+    fn truncated_streams_are_errors_and_clean_ends_are_none() {
+        let whole = Reply::Stdout(b"hello".to_vec()).encode().unwrap();
+        for cut in 1..whole.len() {
+            assert!(
+                matches!(read_reply(&mut &whole[..cut]), Err(FrameError::Truncated)),
+                "{cut}"
+            );
+        }
+        assert!(read_reply(&mut &[][..]).unwrap().is_none());
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        let err = Request::decode(&frame(0x42, &[])).unwrap_err();
+        assert_eq!(err.to_string(), "agent frame of unknown type 0x42");
+        let err = Request::decode(&frame(kind::HELLO, &[1])).unwrap_err();
+        assert!(err.to_string().starts_with("malformed agent request frame"));
+        let io: io::Error = err.into();
+        assert_eq!(io.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn shell_statuses() {
+        assert_eq!(ErrorKind::NotFound.shell_status(), Some(127));
+        assert_eq!(ErrorKind::ExecFailed.shell_status(), Some(126));
+        assert_eq!(ErrorKind::NotExecutable.shell_status(), Some(126));
+        assert_eq!(ErrorKind::Protocol.shell_status(), None);
+    }
+}

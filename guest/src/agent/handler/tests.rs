@@ -1,0 +1,511 @@
+//! The handler over a socketpair, running real programs of the test machine.
+
+use super::*;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+
+fn config(home: &str) -> Config {
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    Config {
+        uid,
+        gid,
+        groups: vec![gid],
+        home: PathBuf::from(home),
+        base_env: vec![
+            b"PATH=/usr/local/bin:/usr/bin:/bin".to_vec(),
+            b"HOME=/nonexistent-home".to_vec(),
+            b"LANG=C.UTF-8".to_vec(),
+        ],
+    }
+}
+
+/// The host's end of a connection served by `serve` in a thread.
+struct Session {
+    host: UnixStream,
+    server: JoinHandle<io::Result<Outcome>>,
+}
+
+impl Session {
+    fn start_with(cfg: Config) -> Self {
+        let (host, guest) = UnixStream::pair().unwrap();
+        host.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let server = thread::spawn(move || serve(guest.into(), &cfg));
+        Session { host, server }
+    }
+
+    fn start() -> Self {
+        Self::start_with(config("/"))
+    }
+
+    /// Hello both ways, then `exec`.
+    fn exec(exec: Exec) -> Self {
+        let mut session = Self::start();
+        session.hello();
+        session.send(&Request::Exec(exec));
+        session
+    }
+
+    fn hello(&mut self) {
+        self.send(&Request::Hello {
+            version: frame::VERSION,
+        });
+        assert_eq!(
+            self.recv(),
+            Reply::Hello {
+                version: frame::VERSION
+            }
+        );
+    }
+
+    fn send(&mut self, request: &Request) {
+        frame::write_request(&mut self.host, request).unwrap();
+    }
+
+    fn recv(&mut self) -> Reply {
+        frame::read_reply(&mut self.host)
+            .unwrap()
+            .expect("a reply before the end of the connection")
+    }
+
+    /// Every reply up to the final one: (stdout, stderr, final reply).
+    fn collect(&mut self) -> (Vec<u8>, Vec<u8>, Reply) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        loop {
+            match self.recv() {
+                Reply::Started { pid } => assert!(pid > 0),
+                Reply::Stdout(data) => {
+                    assert!(data.len() <= frame::MAX_CHUNK);
+                    out.extend(data)
+                }
+                Reply::Stderr(data) => err.extend(data),
+                last => {
+                    assert!(last.is_final(), "{last:?}");
+                    return (out, err, last);
+                }
+            }
+        }
+    }
+
+    fn finish(self) -> Outcome {
+        // The connection closes after the final reply.
+        let mut rest = Vec::new();
+        (&self.host).read_to_end(&mut rest).unwrap();
+        assert!(
+            rest.is_empty(),
+            "{} bytes after the final reply",
+            rest.len()
+        );
+        self.server.join().unwrap().unwrap()
+    }
+}
+
+fn argv(args: &[&str]) -> Vec<Vec<u8>> {
+    args.iter().map(|a| a.as_bytes().to_vec()).collect()
+}
+
+fn sh(script: &str) -> Exec {
+    Exec {
+        argv: argv(&["sh", "-c", script]),
+        ..Exec::default()
+    }
+}
+
+fn run(exec: Exec) -> (Vec<u8>, Vec<u8>, Reply) {
+    let mut session = Session::exec(exec);
+    let result = session.collect();
+    assert_eq!(session.finish(), Outcome::Done);
+    result
+}
+
+fn temp_file(contents: &[u8]) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "nodeos-agent-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// Whether `pid` is gone (or a zombie, which holds nothing any more).
+fn dead(pid: libc::pid_t) -> bool {
+    for _ in 0..200 {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(stat) => {
+                let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+                if state == Some("Z") {
+                    return true;
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn exit_codes() {
+    for code in [0, 1, 3] {
+        let (_, _, last) = run(sh(&format!("exit {code}")));
+        assert_eq!(last, Reply::Exited(code));
+    }
+}
+
+#[test]
+fn killed_by_a_signal() {
+    let (_, _, last) = run(sh("kill -TERM $$"));
+    assert_eq!(last, Reply::Signaled(libc::SIGTERM));
+}
+
+#[test]
+fn a_signal_request_reaches_the_process_group() {
+    let mut session = Session::exec(sh("sleep 100 & wait"));
+    assert!(matches!(session.recv(), Reply::Started { .. }));
+    session.send(&Request::Signal(libc::SIGKILL));
+    let (_, _, last) = session.collect();
+    assert_eq!(last, Reply::Signaled(libc::SIGKILL));
+    session.finish();
+}
+
+#[test]
+fn stdout_and_stderr_are_separate_and_in_order() {
+    let (out, err, last) = run(sh(
+        "echo out1; echo err1 >&2; echo out2; echo err2 >&2; exit 0",
+    ));
+    assert_eq!(out, b"out1\nout2\n");
+    assert_eq!(err, b"err1\nerr2\n");
+    assert_eq!(last, Reply::Exited(0));
+}
+
+#[test]
+fn ten_megabytes_of_output() {
+    let data: Vec<u8> = (0..10 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let path = temp_file(&data);
+    let (out, err, last) = run(Exec {
+        argv: argv(&["cat", path.to_str().unwrap()]),
+        ..Exec::default()
+    });
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(last, Reply::Exited(0));
+    assert!(err.is_empty());
+    assert!(out == data, "{} of {} bytes", out.len(), data.len());
+}
+
+#[test]
+fn stdin_flows_through_cat_both_ways_at_once() {
+    let data: Vec<u8> = (0..10 << 20).map(|i: u32| (i % 253) as u8).collect();
+    let mut session = Session::exec(Exec {
+        argv: argv(&["cat"]),
+        stdin: true,
+        ..Exec::default()
+    });
+    let mut writer = session.host.try_clone().unwrap();
+    let input = data.clone();
+    let feeder = thread::spawn(move || {
+        for chunk in input.chunks(frame::MAX_CHUNK) {
+            frame::write_request(&mut writer, &Request::Stdin(chunk.to_vec())).unwrap();
+        }
+        frame::write_request(&mut writer, &Request::StdinEof).unwrap();
+    });
+    let (out, _, last) = session.collect();
+    feeder.join().unwrap();
+    assert_eq!(last, Reply::Exited(0));
+    assert!(out == data, "{} of {} bytes", out.len(), data.len());
+    session.finish();
+}
+
+#[test]
+fn without_stdin_the_command_reads_dev_null() {
+    let (out, _, last) = run(Exec {
+        argv: argv(&["cat"]),
+        ..Exec::default()
+    });
+    assert_eq!((out, last), (Vec::new(), Reply::Exited(0)));
+}
+
+#[test]
+fn a_timeout_kills_the_whole_process_group() {
+    let started = Instant::now();
+    let mut exec = sh("sleep 100 & echo $!; sleep 100");
+    exec.timeout_ms = Some(300);
+    let (out, _, last) = run(exec);
+    assert_eq!(last, Reply::TimedOut { timeout_ms: 300 });
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let background: libc::pid_t = String::from_utf8(out).unwrap().trim().parse().unwrap();
+    assert!(
+        dead(background),
+        "the background sleep {background} survived"
+    );
+}
+
+#[test]
+fn leftover_children_are_killed_when_the_main_process_exits() {
+    let started = Instant::now();
+    let (out, _, last) = run(sh("sleep 100 & echo $!"));
+    assert_eq!(last, Reply::Exited(0));
+    // The background sleep holds stdout open: the handler stops waiting for it.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let background: libc::pid_t = String::from_utf8(out).unwrap().trim().parse().unwrap();
+    assert!(dead(background));
+}
+
+#[test]
+fn the_host_going_away_kills_the_command() {
+    let mut session = Session::exec(sh("echo $$; sleep 100"));
+    let Reply::Started { pid } = session.recv() else {
+        panic!("no Started")
+    };
+    assert!(matches!(session.recv(), Reply::Stdout(_)));
+    drop(session.host);
+    assert_eq!(session.server.join().unwrap().unwrap(), Outcome::Done);
+    assert!(dead(pid));
+}
+
+#[test]
+fn environment_and_working_directory() {
+    let mut exec = sh("echo \"$FOO $HOME $LANG\"; pwd");
+    exec.env = argv(&["FOO=bar", "HOME=/elsewhere"]);
+    let (out, _, _) = run(exec.clone());
+    assert_eq!(out, b"bar /elsewhere C.UTF-8\n/\n");
+    exec.cwd = Some(b"/tmp".to_vec());
+    let (out, _, _) = run(exec.clone());
+    assert!(
+        out.ends_with(b"\n/tmp\n"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    // PATH from the request is the one searched.
+    let mut exec = Exec {
+        argv: argv(&["sh", "-c", "exit 4"]),
+        env: argv(&["PATH=/nonexistent"]),
+        ..Exec::default()
+    };
+    let (_, _, last) = run(exec.clone());
+    assert!(
+        matches!(
+            last,
+            Reply::Error {
+                kind: ErrorKind::NotFound,
+                ..
+            }
+        ),
+        "{last:?}"
+    );
+    exec.env = argv(&["PATH=/bin:/usr/bin"]);
+    assert_eq!(run(exec).2, Reply::Exited(4));
+}
+
+#[test]
+fn start_failures_are_reported() {
+    let failure = |exec: Exec| match run(exec) {
+        (_, _, Reply::Error { kind, message }) => (kind, message),
+        other => panic!("{other:?}"),
+    };
+    let (kind, message) = failure(Exec {
+        argv: argv(&["nodeos-no-such-command"]),
+        ..Exec::default()
+    });
+    assert_eq!(kind, ErrorKind::NotFound);
+    assert_eq!(message, "nodeos-no-such-command: No such file or directory");
+    let not_executable = temp_file(b"data");
+    let (kind, _) = failure(Exec {
+        argv: vec![not_executable.as_os_str().as_encoded_bytes().to_vec()],
+        ..Exec::default()
+    });
+    let _ = std::fs::remove_file(&not_executable);
+    assert_eq!(kind, ErrorKind::NotExecutable);
+    let (kind, message) = failure(Exec {
+        argv: argv(&["true"]),
+        cwd: Some(b"/nonexistent-dir".to_vec()),
+        ..Exec::default()
+    });
+    assert_eq!(kind, ErrorKind::BadCwd);
+    assert!(message.starts_with("chdir /nonexistent-dir: "), "{message}");
+    let (kind, _) = failure(Exec::default());
+    assert_eq!(kind, ErrorKind::Protocol);
+    let (kind, _) = failure(Exec {
+        argv: argv(&["true"]),
+        env: argv(&["NOEQUALS"]),
+        ..Exec::default()
+    });
+    assert_eq!(kind, ErrorKind::Protocol);
+    let (kind, _) = failure(Exec {
+        argv: vec![b"a\0b".to_vec()],
+        ..Exec::default()
+    });
+    assert_eq!(kind, ErrorKind::ExecFailed);
+}
+
+fn expect_error(session: &mut Session, expected: ErrorKind) {
+    match session.recv() {
+        Reply::Error { kind, .. } => assert_eq!(kind, expected),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn handshake_errors() {
+    let mut session = Session::start();
+    session.send(&Request::Hello { version: 99 });
+    expect_error(&mut session, ErrorKind::Version);
+    session.finish();
+
+    let mut session = Session::start();
+    session.send(&Request::Exec(sh("exit 0")));
+    expect_error(&mut session, ErrorKind::Protocol);
+    session.finish();
+
+    let mut session = Session::start();
+    session.hello();
+    session.send(&Request::StdinEof);
+    expect_error(&mut session, ErrorKind::Protocol);
+    session.finish();
+
+    // Closing before anything is no error.
+    let session = Session::start();
+    drop(session.host);
+    assert_eq!(session.server.join().unwrap().unwrap(), Outcome::Done);
+}
+
+#[test]
+fn malformed_frames_get_a_protocol_error() {
+    let garbage: [&[u8]; 4] = [
+        &[2, 0, 0, 0, 0x42, 0],          // unknown type
+        &[0, 0, 0, 0],                   // empty frame
+        &[0xff, 0xff, 0xff, 0x7f, 0x01], // far too long
+        &[3, 0, 0, 0, 0x01, 1, 2],       // short Hello
+    ];
+    for bytes in garbage {
+        let mut session = Session::start();
+        session.host.write_all(bytes).unwrap();
+        expect_error(&mut session, ErrorKind::Protocol);
+        session.finish();
+    }
+    // Garbage while a command runs: the error, and the command is killed.
+    let mut session = Session::exec(sh("echo $$; sleep 100"));
+    let Reply::Started { pid } = session.recv() else {
+        panic!("no Started")
+    };
+    session.host.write_all(&[1, 0, 0, 0, 0x99]).unwrap();
+    loop {
+        match session.recv() {
+            Reply::Stdout(_) => {}
+            Reply::Error { kind, .. } => {
+                assert_eq!(kind, ErrorKind::Protocol);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    session.finish();
+    assert!(dead(pid));
+    // A truncated frame at the end of the connection.
+    let mut session = Session::start();
+    session.host.write_all(&[9, 0, 0, 0, 0x01]).unwrap();
+    session.host.shutdown(std::net::Shutdown::Write).unwrap();
+    expect_error(&mut session, ErrorKind::Protocol);
+    session.finish();
+}
+
+#[test]
+fn poweroff_is_passed_to_the_caller() {
+    let mut session = Session::start();
+    session.hello();
+    session.send(&Request::Poweroff);
+    assert_eq!(session.server.join().unwrap().unwrap(), Outcome::Poweroff);
+}
+
+#[test]
+fn base_environment_of_the_node_user() {
+    let user = User {
+        name: "node".into(),
+        uid: 1000,
+        gid: 1000,
+        home: PathBuf::from("/home/node"),
+        shell: "/usr/bin/node".into(),
+    };
+    let cfg = Config::for_user(&user, vec![1000, 29]);
+    let env: Vec<String> = cfg
+        .base_env
+        .iter()
+        .map(|e| String::from_utf8(e.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        env,
+        [
+            "HOME=/home/node",
+            "USER=node",
+            "LOGNAME=node",
+            &format!("PATH={}", crate::init::PATH),
+            "LANG=C.UTF-8",
+            "TERM=dumb"
+        ]
+    );
+    assert_eq!((cfg.uid, cfg.gid, cfg.groups), (1000, 1000, vec![1000, 29]));
+}
+
+#[test]
+fn request_env_overrides_by_name() {
+    let base = argv(&["A=1", "AB=2", "PATH=/bin"]);
+    let merged = command::merge_env(&base, &argv(&["A=9", "C=", "PATH=/x:/y"])).unwrap();
+    assert_eq!(merged, argv(&["AB=2", "A=9", "C=", "PATH=/x:/y"]));
+    assert!(command::merge_env(&base, &argv(&["=x"])).is_err());
+}
+
+#[test]
+fn through_the_channel_multiplexer() {
+    use agent_proto::hybrid;
+    use agent_proto::mux::{self, Role};
+    use std::os::unix::net::UnixListener;
+
+    let dir = std::env::temp_dir().join(format!("nodeos-agent-mux-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (host_link, guest_link) = UnixStream::pair().unwrap();
+    let host_path = dir.join("agent.sock");
+    let guest_path = dir.join("vsock");
+    for (link, path, role) in [
+        (host_link, host_path.clone(), Role::Host),
+        (guest_link, guest_path.clone(), Role::Guest),
+    ] {
+        let listener = UnixListener::bind(&path).unwrap();
+        thread::spawn(move || mux::run(link.into(), listener, path, role, None));
+    }
+    // The agent's side: one connection, served.
+    let agent = UnixListener::bind(hybrid::host_listener_path(&guest_path, 1024)).unwrap();
+    let server = thread::spawn(move || {
+        let (conn, _) = agent.accept().unwrap();
+        serve(conn.into(), &config("/"))
+    });
+    let host = hybrid::connect(&host_path, 1024).unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut session = Session { host, server };
+    session.hello();
+    session.send(&Request::Exec(Exec {
+        argv: argv(&["sh", "-c", "cat; echo done >&2; exit 5"]),
+        stdin: true,
+        ..Exec::default()
+    }));
+    let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 241) as u8).collect();
+    let mut writer = session.host.try_clone().unwrap();
+    let input = data.clone();
+    let feeder = thread::spawn(move || {
+        for chunk in input.chunks(frame::MAX_CHUNK) {
+            frame::write_request(&mut writer, &Request::Stdin(chunk.to_vec())).unwrap();
+        }
+        frame::write_request(&mut writer, &Request::StdinEof).unwrap();
+    });
+    let (out, err, last) = session.collect();
+    feeder.join().unwrap();
+    assert!(out == data, "{} of {} bytes", out.len(), data.len());
+    assert_eq!((err, last), (b"done\n".to_vec(), Reply::Exited(5)));
+    session.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
