@@ -22,6 +22,7 @@ use crate::devices::legacy::{self, IrqLine};
 use crate::devices::virtio::block::{self, Block};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{self, Vsock};
 use crate::devices::virtio::{worker, VirtioDevice};
 use crate::kvm::vcpu::{self, EndGuard, RunError};
 use crate::kvm::{self, Vcpu, Vm, VmControl};
@@ -46,6 +47,8 @@ pub enum Error {
     Cmdline(#[from] cmdline::Error),
     #[error(transparent)]
     Disk(#[from] block::OpenError),
+    #[error(transparent)]
+    Vsock(#[from] vsock::Error),
     #[error("cannot set up the {what}")]
     Device {
         what: &'static str,
@@ -146,6 +149,12 @@ impl Machine {
             devices.push(Box::new(Block::open(upper, false, "nodeos-upper")?));
         }
         devices.push(Box::new(Rng::new()));
+        // The guest agent's link; the guest learns which kind it has from the command line.
+        let mut base_cmdline = spec.cmdline.clone();
+        if let Some(path) = &spec.agent_socket {
+            devices.push(Box::new(Vsock::new(path)?));
+            base_cmdline.push_str(" nodeos.agent=vsock");
+        }
 
         let mut mmio = Bus::new();
         let mut slots = Vec::new();
@@ -168,7 +177,7 @@ impl Machine {
             });
         }
 
-        let cmdline = cmdline::assemble(&spec.cmdline, &slots)?;
+        let cmdline = cmdline::assemble(&base_cmdline, &slots)?;
         tracing::debug!("kernel command line: {cmdline:?}");
         let entry = boot::configure(&mem, &kernel, &cmdline, spec.cpus)?;
         tracing::debug!("boot entry: {entry:x?}");

@@ -9,6 +9,7 @@
 pub mod block;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
 pub mod worker;
 
 use std::io;
