@@ -21,6 +21,7 @@ use crate::devices::legacy::serial::{self, ConsoleWriter, Serial};
 use crate::devices::legacy::{self, IrqLine};
 use crate::devices::virtio::block::{self, Block};
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{self, Vsock};
 use crate::devices::virtio::{worker, VirtioDevice};
@@ -47,6 +48,8 @@ pub enum Error {
     Cmdline(#[from] cmdline::Error),
     #[error(transparent)]
     Disk(#[from] block::OpenError),
+    #[error(transparent)]
+    Net(#[from] net::Error),
     #[error(transparent)]
     Vsock(#[from] vsock::Error),
     #[error("cannot set up the {what}")]
@@ -149,6 +152,10 @@ impl Machine {
             devices.push(Box::new(Block::open(upper, false, "nodeos-upper")?));
         }
         devices.push(Box::new(Rng::new()));
+        // The guest's eth0; it configures its address from the command line.
+        if let Some(net) = &spec.net {
+            devices.push(net::create(net, net::DEFAULT_MAC)?);
+        }
         // The guest agent's link; the guest learns which kind it has from the command line.
         let mut base_cmdline = spec.cmdline.clone();
         if let Some(path) = &spec.agent_socket {

@@ -1,0 +1,72 @@
+//! virtio-net (virtio 1.2 §5.1): one receive and one transmit queue, a fixed MAC address, no
+//! offloads. Frames reach the host through a [`Link`]: passt (user-mode networking, no
+//! privileges; [`passt`]) or an existing TAP interface ([`tap`]).
+//!
+//! Every frame in either direction is preceded in guest memory by the 12-byte
+//! `virtio_net_hdr_v1`. Without `VIRTIO_NET_F_MRG_RXBUF` each receive chain holds one whole
+//! frame; the Linux driver then posts buffers for 1518-byte frames, so larger ones are dropped,
+//! as a NIC drops what its ring cannot hold.
+
+mod cursor;
+mod device;
+pub mod passt;
+mod stream;
+pub mod tap;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::os::fd::RawFd;
+
+pub use device::Net;
+pub use stream::Stream;
+pub use tap::Tap;
+
+use super::VirtioDevice;
+use crate::backend::NetSpec;
+
+/// QEMU's default for user networking: locally administered, so it clashes with no vendor.
+pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+/// The largest frame carried either way, Ethernet header included: Linux's `ETH_MAX_MTU`,
+/// which is also the most passt accepts.
+pub const MAX_FRAME: usize = 65535;
+/// An Ethernet header: shorter frames are malformed.
+pub const ETH_HLEN: usize = 14;
+
+/// Where the device's frames go and come from. Both directions are non-blocking.
+pub trait Link: Send {
+    /// The descriptor that is readable when frames arrive and writable when queued frames can
+    /// be written.
+    fn fd(&self) -> RawFd;
+    /// The next frame received, at least [`ETH_HLEN`] and at most [`MAX_FRAME`] bytes; it stays
+    /// the next one until [`consume`](Self::consume). `Ok(None)` when none has arrived whole;
+    /// `Err` when the link is gone for good.
+    fn recv(&mut self) -> io::Result<Option<&[u8]>>;
+    /// Drops the frame [`recv`](Self::recv) returned.
+    fn consume(&mut self);
+    /// Whether [`queue`](Self::queue) can take a frame of [`MAX_FRAME`] bytes now.
+    fn can_queue(&self) -> bool;
+    /// Queues `frame` for sending; dropped if there is no room.
+    fn queue(&mut self, frame: &[u8]);
+    /// Writes what is queued, as far as the backend takes it: `Ok(true)` when all of it went.
+    /// `Err` when the link is gone for good.
+    fn flush(&mut self) -> io::Result<bool>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Passt(#[from] passt::Error),
+    #[error(transparent)]
+    Tap(#[from] tap::Error),
+    #[error("cannot create the network device's epoll set")]
+    Epoll(#[source] io::Error),
+}
+
+/// The guest's network device for `spec`, with its backend started (passt) or attached (TAP).
+pub fn create(spec: &NetSpec, mac: [u8; 6]) -> Result<Box<dyn VirtioDevice>, Error> {
+    Ok(match spec {
+        NetSpec::User => Box::new(Net::new(passt::start()?, mac)?),
+        NetSpec::Tap(name) => Box::new(Net::new(Tap::open(name)?, mac)?),
+    })
+}

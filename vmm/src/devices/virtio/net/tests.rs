@@ -1,0 +1,600 @@
+//! The device with a socket pair standing in for passt, behind the transport, and with a
+//! real passt.
+
+use std::io::{Read, Write};
+use std::os::fd::RawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use virtio_bindings::virtio_mmio::*;
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::device::{HDR_LEN, QUEUE_SIZE, RX, TX};
+use super::*;
+use crate::devices::bus::BusDevice;
+use crate::devices::legacy::IrqLine;
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::test_util::{self, add_chain, used, used_idx};
+use crate::devices::virtio::{BackendWork, NotifyRegistrar, VIRTIO_F_VERSION_1};
+use crate::memory::{GuestMemory, SharedMemory};
+
+/// Queue structures: receive at 0, transmit at 0x4000; buffers from 0x1_0000.
+const TXQ: u64 = 0x4000;
+const RX_BUF: u64 = 0x1_0000;
+const TX_BUF: u64 = 0x8_0000;
+/// What the Linux driver posts without mergeable buffers: the header and 1518 bytes.
+const LINUX_RX_BUF: u32 = (HDR_LEN + 1518) as u32;
+const RX_HDR: [u8; HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+
+fn frame(len: usize, fill: u8) -> Vec<u8> {
+    let mut f = vec![fill; len];
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&DEFAULT_MAC);
+    f
+}
+
+fn framed(frame: &[u8]) -> Vec<u8> {
+    let mut v = (frame.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(frame);
+    v
+}
+
+fn rx_buf(i: u64) -> u64 {
+    RX_BUF + i * 0x1000
+}
+
+fn read_mem(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0; len];
+    mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+    v
+}
+
+/// Whether `fd` is readable within `timeout`.
+fn readable(fd: RawFd, timeout: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) == 1 }
+}
+
+/// A device over a socket pair, the peer's end, and the device's two queues in `mem`.
+fn device(
+    mem: &GuestMemory,
+) -> (
+    Net<Stream>,
+    UnixStream,
+    [MockSplitQueue<'_, GuestMemory>; 2],
+) {
+    let (ours, peer) = UnixStream::pair().unwrap();
+    let dev = Net::new(Stream::new(ours, None).unwrap(), DEFAULT_MAC).unwrap();
+    let rxq = MockSplitQueue::create(mem, GuestAddress(0), test_util::QUEUE_SIZE);
+    let txq = MockSplitQueue::create(mem, GuestAddress(TXQ), test_util::QUEUE_SIZE);
+    (dev, peer, [rxq, txq])
+}
+
+fn queues(vqs: &[MockSplitQueue<'_, GuestMemory>; 2]) -> [Queue; 2] {
+    [
+        vqs[0].create_queue().unwrap(),
+        vqs[1].create_queue().unwrap(),
+    ]
+}
+
+#[test]
+fn config_and_features() {
+    let (ours, _peer) = UnixStream::pair().unwrap();
+    let mac = [2, 0, 0, 0, 0, 7];
+    let dev = Net::new(Stream::new(ours, None).unwrap(), mac).unwrap();
+    assert_eq!(dev.device_type(), 1);
+    assert_eq!(dev.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
+    let mut m = [0u8; 8];
+    dev.read_config(0, &mut m);
+    assert_eq!(m, [2, 0, 0, 0, 0, 7, 0, 0]);
+    let f = dev.features();
+    assert_ne!(f & VIRTIO_F_VERSION_1, 0);
+    assert_ne!(f & (1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MAC), 0);
+    // No offloads, no mergeable buffers, no control queue.
+    assert_eq!(
+        f & 0xffff_ffff & !(1 << 5) & !super::super::RING_FEATURES,
+        0
+    );
+}
+
+#[test]
+fn transmitted_frames_reach_the_link_framed_without_their_header() {
+    let mem = test_util::memory();
+    let (mut dev, mut peer, vqs) = device(&mem);
+    let mut q = queues(&vqs);
+    let f1 = frame(60, 1);
+    let f2 = frame(100, 2);
+    // The header in its own descriptor, then header and frame in one.
+    mem.write_slice(&[0xaa; HDR_LEN], GuestAddress(TX_BUF))
+        .unwrap();
+    mem.write_slice(&f1, GuestAddress(TX_BUF + 0x100)).unwrap();
+    mem.write_slice(&[0u8; HDR_LEN], GuestAddress(TX_BUF + 0x1000))
+        .unwrap();
+    mem.write_slice(&f2, GuestAddress(TX_BUF + 0x1000 + HDR_LEN as u64))
+        .unwrap();
+    add_chain(
+        &vqs[1],
+        0,
+        &[(TX_BUF, 12, false), (TX_BUF + 0x100, 60, false)],
+    );
+    add_chain(&vqs[1], 2, &[(TX_BUF + 0x1000, 112, false)]);
+    assert!(dev.process_queue(TX, &mut q[TX], &mem).unwrap());
+    assert_eq!(used_idx(&vqs[1]), 2);
+    assert_eq!((used(&vqs[1], 0), used(&vqs[1], 1)), ((0, 0), (2, 0)));
+    let mut want = framed(&f1);
+    want.extend(framed(&f2));
+    let mut got = vec![0; want.len()];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn received_frames_fill_buffers_after_a_header() {
+    let mem = test_util::memory();
+    let (mut dev, mut peer, vqs) = device(&mem);
+    let mut q = queues(&vqs);
+    add_chain(&vqs[0], 0, &[(rx_buf(0), LINUX_RX_BUF, true)]);
+    // The header alone in the first descriptor.
+    add_chain(
+        &vqs[0],
+        1,
+        &[(rx_buf(1), 12, true), (rx_buf(2), 1518, true)],
+    );
+    // A notification takes no buffer by itself.
+    assert!(!dev.process_queue(RX, &mut q[RX], &mem).unwrap());
+    assert_eq!(used_idx(&vqs[0]), 0);
+    assert_eq!(q[RX].next_avail(), 2, "both buffers seen");
+    let work = dev.process_backend(&mut q, &mem).unwrap();
+    assert_eq!(work, BackendWork::default(), "nothing received yet");
+
+    let (f1, f2) = (frame(60, 1), frame(1514, 2));
+    peer.write_all(&framed(&f1)).unwrap();
+    peer.write_all(&framed(&f2)).unwrap();
+    let work = dev.process_backend(&mut q, &mem).unwrap();
+    assert_eq!(work.used, 1 << RX);
+    assert_eq!(work.starved, None);
+    assert_eq!(used_idx(&vqs[0]), 2);
+    assert_eq!(used(&vqs[0], 0), (0, 12 + 60));
+    assert_eq!(used(&vqs[0], 1), (1, 12 + 1514));
+    assert_eq!(read_mem(&mem, rx_buf(0), 12), RX_HDR);
+    assert_eq!(read_mem(&mem, rx_buf(0) + 12, 60), f1);
+    assert_eq!(read_mem(&mem, rx_buf(1), 12), RX_HDR);
+    assert_eq!(read_mem(&mem, rx_buf(2), 1514), f2);
+}
+
+#[test]
+fn receive_starves_without_buffers_and_resumes_when_they_come() {
+    let mem = test_util::memory();
+    let (mut dev, mut peer, vqs) = device(&mem);
+    let mut q = queues(&vqs);
+    let f = frame(80, 3);
+    peer.write_all(&framed(&f)).unwrap();
+    let work = dev.process_backend(&mut q, &mem).unwrap();
+    assert_eq!((work.used, work.starved), (0, Some(RX)));
+    // Still starved: the frame waits, nothing is lost.
+    assert_eq!(dev.process_backend(&mut q, &mem).unwrap().starved, Some(RX));
+    add_chain(&vqs[0], 0, &[(rx_buf(0), LINUX_RX_BUF, true)]);
+    assert!(!dev.process_queue(RX, &mut q[RX], &mem).unwrap());
+    let work = dev.process_backend(&mut q, &mem).unwrap();
+    assert_eq!((work.used, work.starved), (1 << RX, None));
+    assert_eq!(used(&vqs[0], 0), (0, 12 + 80));
+    assert_eq!(read_mem(&mem, rx_buf(0) + 12, 80), f);
+}
+
+#[test]
+fn a_frame_larger_than_the_buffer_is_dropped_and_the_buffer_kept() {
+    let mem = test_util::memory();
+    let (mut dev, mut peer, vqs) = device(&mem);
+    let mut q = queues(&vqs);
+    add_chain(&vqs[0], 0, &[(rx_buf(0), 12 + 100, true)]);
+    peer.write_all(&framed(&frame(101, 1))).unwrap();
+    peer.write_all(&framed(&frame(100, 2))).unwrap();
+    let work = dev.process_backend(&mut q, &mem).unwrap();
+    assert_eq!((work.used, work.starved), (1 << RX, None));
+    assert_eq!(used_idx(&vqs[0]), 1);
+    assert_eq!(used(&vqs[0], 0), (0, 112));
+    assert_eq!(read_mem(&mem, rx_buf(0) + 12, 100), frame(100, 2));
+}
+
+#[test]
+fn a_frame_split_across_reads_is_delivered_whole() {
+    let mem = test_util::memory();
+    let (mut dev, mut peer, vqs) = device(&mem);
+    let mut q = queues(&vqs);
+    add_chain(&vqs[0], 0, &[(rx_buf(0), LINUX_RX_BUF, true)]);
+    let bytes = framed(&frame(1000, 4));
+    peer.write_all(&bytes[..3]).unwrap();
+    assert_eq!(
+        dev.process_backend(&mut q, &mem).unwrap(),
+        BackendWork::default()
+    );
+    peer.write_all(&bytes[3..500]).unwrap();
+    assert_eq!(
+        dev.process_backend(&mut q, &mem).unwrap(),
+        BackendWork::default()
+    );
+    peer.write_all(&bytes[500..]).unwrap();
+    assert_eq!(dev.process_backend(&mut q, &mem).unwrap().used, 1 << RX);
+    assert_eq!(used(&vqs[0], 0), (0, 1012));
+    assert_eq!(read_mem(&mem, rx_buf(0) + 12, 1000), frame(1000, 4));
+}
+
+#[test]
+fn malformed_transmit_chains_are_dropped() {
+    let mem = test_util::memory();
+    let (mut dev, mut peer, vqs) = device(&mem);
+    let mut q = queues(&vqs);
+    let beyond = test_util::MEM_SIZE as u64 + 0x1000;
+    let good = frame(60, 9);
+    mem.write_slice(&good, GuestAddress(TX_BUF + 12)).unwrap();
+    let chains: [&[test_util::Desc]; 7] = [
+        &[(TX_BUF, 8, false)],                               // shorter than the header
+        &[(TX_BUF, 72, true)],                               // device-writable only
+        &[(beyond, 72, false)],                              // outside guest memory
+        &[(TX_BUF, (12 + MAX_FRAME + 1) as u32, false)],     // larger than any frame
+        &[(TX_BUF, 12 + 10, false)],                         // shorter than Ethernet's header
+        &[(test_util::MEM_SIZE as u64 - 40, 72, false)],     // runs off the end of memory
+        &[(TX_BUF, 72, false), (TX_BUF + 0x1000, 16, true)], // good, a writable tail ignored
+    ];
+    let mut index = 0;
+    for descs in chains {
+        add_chain(&vqs[1], index, descs);
+        index += descs.len() as u16;
+    }
+    assert!(dev.process_queue(TX, &mut q[TX], &mem).unwrap());
+    assert_eq!(used_idx(&vqs[1]), 7);
+    for i in 0..7 {
+        assert_eq!(used(&vqs[1], i).1, 0);
+    }
+    let want = framed(&good);
+    let mut got = vec![0; want.len()];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(got, want);
+    peer.set_nonblocking(true).unwrap();
+    assert!(peer.read(&mut [0u8; 1]).is_err(), "nothing else was sent");
+}
+
+#[test]
+fn malformed_receive_chains_are_returned_empty() {
+    let mem = test_util::memory();
+    let (mut dev, mut peer, vqs) = device(&mem);
+    let mut q = queues(&vqs);
+    let beyond = test_util::MEM_SIZE as u64 + 0x1000;
+    add_chain(&vqs[0], 0, &[(rx_buf(0), LINUX_RX_BUF, false)]); // device-readable
+    add_chain(&vqs[0], 1, &[(beyond, LINUX_RX_BUF, true)]); // outside guest memory
+    add_chain(&vqs[0], 2, &[(rx_buf(1), 20, true)]); // cannot hold any frame
+    add_chain(&vqs[0], 3, &[(rx_buf(2), LINUX_RX_BUF, true)]);
+    let f = frame(64, 5);
+    peer.write_all(&framed(&f)).unwrap();
+    let work = dev.process_backend(&mut q, &mem).unwrap();
+    assert_eq!((work.used, work.starved), (1 << RX, None));
+    assert_eq!(used_idx(&vqs[0]), 4);
+    assert_eq!(
+        (0..4).map(|i| used(&vqs[0], i)).collect::<Vec<_>>(),
+        [(0, 0), (1, 0), (2, 0), (3, 12 + 64)]
+    );
+    assert_eq!(read_mem(&mem, rx_buf(2) + 12, 64), f);
+}
+
+#[test]
+fn transmit_waits_while_the_link_is_full() {
+    let mem = test_util::memory();
+    let (mut dev, mut peer, vqs) = device(&mem);
+    // A larger transmit queue, to outrun the socket and the link's buffer.
+    let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), 256);
+    let mut q = [vqs[0].create_queue().unwrap(), txq.create_queue().unwrap()];
+    const CHAINS: u16 = 64;
+    const LEN: usize = 32 << 10;
+    mem.write_slice(&frame(LEN, 6), GuestAddress(TX_BUF + 12))
+        .unwrap();
+    for i in 0..CHAINS {
+        add_chain(&txq, i, &[(TX_BUF, (12 + LEN) as u32, false)]);
+    }
+    let fd = dev.backend_fd().unwrap();
+    dev.process_queue(TX, &mut q[TX], &mem).unwrap();
+    let first = txq.used().idx().load();
+    assert!(0 < first && first < CHAINS, "{first} chains sent");
+    // The rest is seen, so the transport does not serve the queue again at once...
+    assert!(!q[TX].enable_notification(&mem).unwrap());
+    // ... and the device waits for the socket, without spinning.
+    assert!(!readable(fd, Duration::ZERO));
+
+    let reader = std::thread::spawn(move || {
+        let mut all = vec![0u8; usize::from(CHAINS) * (4 + LEN)];
+        peer.read_exact(&mut all).unwrap();
+        (all, peer)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Until every chain is sent and every frame written.
+    while !reader.is_finished() {
+        assert!(Instant::now() < deadline, "transmit never resumed");
+        if readable(fd, Duration::from_millis(100)) {
+            let work = dev.process_backend(&mut q, &mem).unwrap();
+            assert_eq!(work.starved, None);
+        }
+    }
+    let (all, _peer) = reader.join().unwrap();
+    assert_eq!(txq.used().idx().load(), CHAINS);
+    for chunk in all.chunks(4 + LEN) {
+        assert_eq!(chunk[..4], (LEN as u32).to_be_bytes());
+        assert_eq!(chunk[4..], frame(LEN, 6));
+    }
+    // All written: the device no longer watches for room.
+    assert!(!readable(fd, Duration::ZERO));
+}
+
+#[test]
+fn a_closed_link_leaves_the_guest_offline_quietly() {
+    let mem = test_util::memory();
+    let (mut dev, peer, vqs) = device(&mem);
+    let mut q = queues(&vqs);
+    add_chain(&vqs[0], 0, &[(rx_buf(0), LINUX_RX_BUF, true)]);
+    drop(peer);
+    let fd = dev.backend_fd().unwrap();
+    // A test forking meanwhile holds the peer's descriptor until its child execs.
+    assert!(readable(fd, Duration::from_secs(5)), "end of stream");
+    assert_eq!(
+        dev.process_backend(&mut q, &mem).unwrap(),
+        BackendWork::default()
+    );
+    assert!(
+        !readable(fd, Duration::ZERO),
+        "no longer watched: no spinning"
+    );
+    // Transmitted frames still complete, into the void.
+    add_chain(&vqs[1], 0, &[(TX_BUF, 72, false)]);
+    assert!(dev.process_queue(TX, &mut q[TX], &mem).unwrap());
+    assert_eq!(used(&vqs[1], 0), (0, 0));
+    assert_eq!(used_idx(&vqs[0]), 0);
+}
+
+struct NoIoeventfd;
+
+impl NotifyRegistrar for NoIoeventfd {
+    fn register(&self, _: &EventFd, _: u64, _: u32) -> std::io::Result<()> {
+        Err(std::io::Error::other("no KVM in this test"))
+    }
+    fn unregister(&self, _: &EventFd, _: u64, _: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Used rings of the transport test (not the mock's, which overlap its available rings).
+const USED: [u64; 2] = [0x2000, 0x6000];
+
+fn wr(t: &mut MmioTransport, offset: u32, value: u32) {
+    t.write(u64::from(offset), &value.to_le_bytes());
+}
+
+/// The device behind the transport, taken to DRIVER_OK as Linux does.
+fn transport(
+    dev: Net<Stream>,
+    mem: &SharedMemory,
+    vqs: &[MockSplitQueue<'_, GuestMemory>; 2],
+) -> (MmioTransport, EventFd) {
+    let irq = IrqLine::new().unwrap();
+    let irq_evt = irq.0.try_clone().unwrap();
+    let mut t = MmioTransport::new(
+        Box::new(dev),
+        mem.clone(),
+        irq,
+        Arc::new(NoIoeventfd),
+        0xd000_0000,
+    )
+    .unwrap();
+    for status in [1, 3] {
+        wr(&mut t, VIRTIO_MMIO_STATUS, status);
+    }
+    wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+    wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1); // VERSION_1
+    wr(&mut t, VIRTIO_MMIO_STATUS, 0xb);
+    for (i, vq) in vqs.iter().enumerate() {
+        wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, i as u32);
+        wr(
+            &mut t,
+            VIRTIO_MMIO_QUEUE_NUM,
+            u32::from(test_util::QUEUE_SIZE),
+        );
+        wr(
+            &mut t,
+            VIRTIO_MMIO_QUEUE_DESC_LOW,
+            vq.desc_table_addr().0 as u32,
+        );
+        wr(
+            &mut t,
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+            vq.avail_addr().0 as u32,
+        );
+        wr(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, USED[i] as u32);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+    }
+    wr(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+    assert!(t.is_active());
+    (t, irq_evt)
+}
+
+fn transport_used(mem: &GuestMemory, queue: usize) -> (u16, Vec<(u32, u32)>) {
+    let idx: u16 = mem.read_obj(GuestAddress(USED[queue] + 2)).unwrap();
+    let entries = (0..u64::from(idx))
+        .map(|i| {
+            let at = USED[queue] + 4 + 8 * i;
+            (
+                mem.read_obj(GuestAddress(at)).unwrap(),
+                mem.read_obj(GuestAddress(at + 4)).unwrap(),
+            )
+        })
+        .collect();
+    (idx, entries)
+}
+
+#[test]
+fn behind_the_transport_receive_buffers_wait_without_spinning() {
+    let mem: SharedMemory = Arc::new(test_util::memory());
+    let (dev, mut peer, vqs) = device(&mem);
+    let (mut t, irq) = transport(dev, &mem, &vqs);
+    // Nothing received: nothing to do, and the socket is not readable.
+    assert!(t.process_backend());
+    add_chain(&vqs[0], 0, &[(rx_buf(0), LINUX_RX_BUF, true)]);
+    add_chain(&vqs[0], 1, &[(rx_buf(1), LINUX_RX_BUF, true)]);
+    // A receive notification is served once; the buffers wait for frames.
+    assert!(
+        !t.process_queue(RX),
+        "the transport must not serve the queue again"
+    );
+    assert_eq!(transport_used(&mem, RX).0, 0);
+    assert!(t.process_backend(), "buffers but no frame: keep watching");
+    assert_eq!(transport_used(&mem, RX).0, 0);
+
+    let f = frame(90, 7);
+    peer.write_all(&framed(&f)).unwrap();
+    assert!(t.process_backend());
+    assert_eq!(transport_used(&mem, RX), (1, vec![(0, 102)]));
+    assert!(irq.read().unwrap() > 0, "the guest is interrupted");
+    // A transmitted frame comes back through the peer.
+    mem.write_slice(&f, GuestAddress(TX_BUF + 12)).unwrap();
+    add_chain(&vqs[1], 0, &[(TX_BUF, 12 + 90, false)]);
+    assert!(!t.process_queue(TX));
+    assert_eq!(transport_used(&mem, TX), (1, vec![(0, 0)]));
+    let mut got = vec![0; 4 + 90];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(got, framed(&f));
+    // Two frames, one buffer left: starved, then parked.
+    peer.write_all(&framed(&f)).unwrap();
+    peer.write_all(&framed(&f)).unwrap();
+    assert!(!t.process_backend());
+    assert_eq!(transport_used(&mem, RX).0, 2);
+}
+
+/// Ethernet + ARP request from the guest for `target`.
+fn arp_request(target: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&DEFAULT_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&DEFAULT_MAC);
+    f.extend_from_slice(&[10, 0, 2, 15]);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}
+
+/// Ethernet + IPv4 + UDP from the guest's 10.0.2.15:`sport` to `dst`:`dport`.
+fn udp_frame(dst_mac: &[u8], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = dst_mac.to_vec();
+    f.extend_from_slice(&DEFAULT_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 2, 15]);
+    ip.extend_from_slice(&dst);
+    let sum = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend(ip);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]); // no UDP checksum
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Serves the device until a receive buffer is used; returns the frame in it.
+fn receive(
+    dev: &mut Net<Stream>,
+    q: &mut [Queue; 2],
+    mem: &GuestMemory,
+    vq: &MockSplitQueue<'_, GuestMemory>,
+    n: u16,
+) -> Vec<u8> {
+    let fd = dev.backend_fd().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while used_idx(vq) <= n {
+        assert!(Instant::now() < deadline, "no frame from passt");
+        if readable(fd, Duration::from_millis(100)) {
+            dev.process_backend(q, mem).unwrap();
+        }
+    }
+    let (head, len) = used(vq, usize::from(n));
+    let at = rx_buf(u64::from(head));
+    assert_eq!(read_mem(mem, at, HDR_LEN), RX_HDR);
+    read_mem(mem, at + HDR_LEN as u64, len as usize - HDR_LEN)
+}
+
+#[test]
+fn passt_answers_arp_and_takes_the_gateway_to_the_host() {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("passt").is_file()));
+    if !on_path {
+        println!("skipped: passt is not installed (apt-get install passt)");
+        return;
+    }
+    let mem = test_util::memory();
+    let dev = Net::new(passt::start().unwrap(), DEFAULT_MAC).unwrap();
+    let vqs = [
+        MockSplitQueue::create(&mem, GuestAddress(0), test_util::QUEUE_SIZE),
+        MockSplitQueue::create(&mem, GuestAddress(TXQ), test_util::QUEUE_SIZE),
+    ];
+    let mut dev = dev;
+    let mut q = queues(&vqs);
+    for i in 0..4 {
+        add_chain(&vqs[0], i, &[(rx_buf(u64::from(i)), LINUX_RX_BUF, true)]);
+    }
+    dev.process_queue(RX, &mut q[RX], &mem).unwrap();
+
+    let send = |dev: &mut Net<Stream>, q: &mut [Queue; 2], index: u16, f: &[u8]| {
+        let at = TX_BUF + u64::from(index) * 0x1000;
+        mem.write_slice(&[0u8; HDR_LEN], GuestAddress(at)).unwrap();
+        mem.write_slice(f, GuestAddress(at + HDR_LEN as u64))
+            .unwrap();
+        add_chain(&vqs[1], index, &[(at, (HDR_LEN + f.len()) as u32, false)]);
+        assert!(dev.process_queue(TX, &mut q[TX], &mem).unwrap());
+    };
+
+    // Who has 10.0.2.2? passt answers for the gateway.
+    send(&mut dev, &mut q, 0, &arp_request([10, 0, 2, 2]));
+    let reply = receive(&mut dev, &mut q, &mem, &vqs[0], 0);
+    assert_eq!(reply[12..14], [0x08, 0x06], "ARP: {reply:02x?}");
+    assert_eq!(reply[20..22], [0, 2], "an ARP reply");
+    assert_eq!(reply[28..32], [10, 0, 2, 2], "from the gateway");
+    assert_eq!(reply[32..38], DEFAULT_MAC, "to us");
+    let gateway_mac = reply[22..28].to_vec();
+
+    // A datagram to the gateway reaches the host's loopback, and the answer comes back.
+    let host = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let port = host.local_addr().unwrap().port();
+    send(
+        &mut dev,
+        &mut q,
+        1,
+        &udp_frame(&gateway_mac, [10, 0, 2, 2], 40000, port, b"ping"),
+    );
+    let mut buf = [0u8; 16];
+    let (n, from) = host.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ping");
+    host.send_to(b"pong", from).unwrap();
+    let answer = receive(&mut dev, &mut q, &mem, &vqs[0], 1);
+    assert_eq!(answer[12..14], [0x08, 0x00], "IPv4: {answer:02x?}");
+    assert_eq!(answer[26..30], [10, 0, 2, 2], "from the gateway");
+    assert_eq!(answer[30..34], [10, 0, 2, 15], "to the guest");
+    assert_eq!(
+        answer[36..38],
+        40000u16.to_be_bytes(),
+        "to the sending port"
+    );
+    assert_eq!(&answer[42..46], b"pong");
+}
