@@ -274,3 +274,51 @@ mod tests {
         assert_eq!(Escape::default().filter(b"ok\x01x"), None);
     }
 }
+
+/// The console of a VM nobody types into (`run`, detached VMs): no input, output to `output`
+/// (a log file, or the pipe of a [`ConsoleTail`]).
+pub fn headless(output: OwnedFd) -> Result<ConsoleIo, ConsoleError> {
+    let input = std::fs::File::open("/dev/null")
+        .map_err(|e| ConsoleError::Dup("input (/dev/null)", e))?
+        .into();
+    Ok(ConsoleIo {
+        input,
+        output,
+        ready: ConsoleReady::default(),
+    })
+}
+
+/// Keeps the last [`TAIL_BYTES`] a console wrote, to explain a VM that failed.
+#[derive(Debug, Clone, Default)]
+pub struct ConsoleTail(Arc<Mutex<Vec<u8>>>);
+
+/// How much console output a [`ConsoleTail`] keeps.
+pub const TAIL_BYTES: usize = 16 * 1024;
+
+impl ConsoleTail {
+    /// A pipe whose write end is the console output; a thread drains the read end.
+    pub fn capture() -> Result<(ConsoleTail, OwnedFd), ConsoleError> {
+        let (read, write) = nix::unistd::pipe().map_err(ConsoleError::Pipe)?;
+        let tail = ConsoleTail::default();
+        let keep = tail.clone();
+        thread::Builder::new()
+            .name("console-tail".into())
+            .spawn(move || {
+                let mut read = std::fs::File::from(read);
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = read.read(&mut buf) {
+                    let mut kept = keep.0.lock().unwrap();
+                    kept.extend_from_slice(&buf[..n]);
+                    let excess = kept.len().saturating_sub(TAIL_BYTES);
+                    kept.drain(..excess);
+                }
+            })
+            .map_err(|e| ConsoleError::Dup("output (console reader thread)", e))?;
+        Ok((tail, write))
+    }
+
+    /// What the console wrote last, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}

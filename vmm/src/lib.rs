@@ -3,6 +3,7 @@
 //!
 //! CLI (`cli`) -> backend (`backend::{kvm, qemu}`) -> VM builder -> devices.
 
+pub mod agent;
 pub mod artifacts;
 pub mod backend;
 pub mod boot;
@@ -14,4 +15,8 @@ pub mod devices;
 pub mod host_packages;
 pub mod kvm;
 pub mod memory;
+pub mod poll;
+pub mod runtime;
+pub mod sandbox;
 pub mod vm_config;
+pub mod volume;

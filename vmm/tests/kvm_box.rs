@@ -11,12 +11,14 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::cases::{self, Outcome};
+use common::run_cases::{self, RunOutcome};
 use kvm_box::{shell_quote, BoxFile, BoxRun, Check, Script};
 
 const KERNEL: &str = "/nodeos/vmlinux";
 const ROOTFS: &str = "/nodeos/rootfs.img";
 const TRUNCATED: &str = "/tmp/truncated.img";
 const STDERR_MARK: &str = "@@STDERR@@";
+const FIXTURE: &str = "/nodeos/fixture";
 
 fn box_checks() -> &'static BTreeMap<String, Check> {
     static CHECKS: OnceLock<BTreeMap<String, Check>> = OnceLock::new();
@@ -50,8 +52,31 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
                 );
             }
         }
-        let run = BoxRun::new(script.build())
+        let run_cmd = format!("/nodeos/nodeos-vm run --backend kvm --kernel {KERNEL} --rootfs {ROOTFS}");
+        for case in run_cases::RUN_CASES.iter().filter(|c| !c.net) {
+            let dir = format!("/tmp/run/{}", case.name);
+            script.check_with_timeout(
+                &format!("run.{}", case.name),
+                Duration::from_secs(240),
+                &format!(
+                    "mkdir -p {dir} && cp -r {FIXTURE} {dir}/node-project && cd {dir} && \
+                     printf %s {} | RUN={} FIXTURE={dir}/node-project sh -c {} >/tmp/o 2>/tmp/e; s=$?; \
+                     cd /root; cat /tmp/o; echo {STDERR_MARK}; cat /tmp/e; exit $s",
+                    shell_quote(case.stdin),
+                    shell_quote(&run_cmd),
+                    shell_quote(case.script),
+                ),
+            );
+        }
+        let mut run = BoxRun::new(script.build())
             .file(BoxFile::with_libs(common::BIN, "/nodeos/nodeos-vm"))
+            .file(BoxFile::new(common::fixture_dir(), FIXTURE))
+            .file(BoxFile::same_path("/etc/mke2fs.conf"));
+        // Volumes are packed with mke2fs and read back with debugfs.
+        for tool in ["/usr/sbin/mke2fs", "/usr/sbin/debugfs"] {
+            run = run.file(BoxFile::with_libs(tool, tool));
+        }
+        let run = run
             .file(BoxFile::new(kernel, KERNEL))
             .file(BoxFile::new(rootfs, ROOTFS));
         let run = BoxRun { timeout: Duration::from_secs(1200), ..run };
@@ -86,6 +111,31 @@ fn run_in_box(name: &str) {
 }
 
 case_tests!(run_in_box);
+
+fn run_case_in_box(name: &str) {
+    let case = run_cases::run_case(name);
+    if case.net {
+        // The box's L1 has no network of its own for passt to reach; --net is tested on
+        // this host (tests/run.rs) and its device by unit tests.
+        eprintln!("skipped in the KVM box: {name} needs a network");
+        return;
+    }
+    let c = check(&format!("run.{name}"));
+    let (stdout, stderr) = c.output.split_once(STDERR_MARK).unwrap_or((&c.output, ""));
+    let outcome = RunOutcome {
+        status: c.status,
+        stdout: stdout.to_string(),
+        stderr: stderr.trim_start_matches('\n').to_string(),
+    };
+    if let Err(why) = (case.check)(&outcome) {
+        panic!("run {name} (our VMM, in the KVM box): {why}");
+    }
+}
+
+mod run {
+    use super::run_case_in_box;
+    run_case_tests!(run_case_in_box);
+}
 
 /// Where KVM has hardware semantics, `auto` picks our VMM, and says nothing about fallbacks.
 #[test]

@@ -151,6 +151,13 @@ impl Machine {
         if let Some(upper) = &spec.upper_disk {
             devices.push(Box::new(Block::open(upper, false, "nodeos-upper")?));
         }
+        for disk in &spec.disks {
+            devices.push(Box::new(Block::open(
+                &disk.path,
+                disk.read_only,
+                "nodeos-volume",
+            )?));
+        }
         devices.push(Box::new(Rng::new()));
         // The guest's eth0; it configures its address from the command line.
         if let Some(net) = &spec.net {
@@ -235,7 +242,8 @@ impl Machine {
         });
         let c = control.clone();
         threads.spawn(&control, "host-stop".into(), false, move || {
-            if super::wait_readable(&[c.stop_evt().as_raw_fd(), stop.fd()]) == 1 {
+            if crate::poll::first_readable(&[c.stop_evt().as_raw_fd(), stop.fd()], None) == Some(1)
+            {
                 c.stop(Ok(VmExit::Stopped));
             }
         });

@@ -43,6 +43,10 @@ pub struct Disk {
     pub read_only: bool,
 }
 
+/// The guest side of [`NetSpec`]: its address, gateway (the host) and DNS server
+/// (`nodeos.net=`, configured by the guest's init).
+pub const GUEST_NET_PARAM: &str = "nodeos.net=10.0.2.15/24,10.0.2.2,10.0.2.3";
+
 /// How the guest's network interface reaches the outside.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetSpec {
@@ -96,27 +100,6 @@ impl StopSignal {
     /// Readable once [`stop`](Self::stop) was called.
     pub fn fd(&self) -> RawFd {
         self.0.as_raw_fd()
-    }
-}
-
-/// Blocks until one of `fds` is readable; returns its index.
-pub(crate) fn wait_readable(fds: &[RawFd]) -> usize {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    loop {
-        // SAFETY: pfds is a valid array of pfds.len() pollfds.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
-        if n > 0 {
-            if let Some(i) = pfds.iter().position(|p| p.revents != 0) {
-                return i;
-            }
-        }
     }
 }
 

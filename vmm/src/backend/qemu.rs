@@ -7,7 +7,10 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use agent_proto::mux::{self, Role};
+use agent_proto::SERIAL_PORT_NAME;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -37,6 +40,8 @@ pub enum QemuError {
     Spawn(#[source] io::Error),
     #[error("creating the boot-timer socket in {0}")]
     TimerSocket(PathBuf, #[source] io::Error),
+    #[error("creating the guest agent's socket {0}")]
+    AgentSocket(PathBuf, #[source] io::Error),
     #[error("waiting for {QEMU}")]
     Wait(#[source] io::Error),
     #[error("{QEMU} failed (exit status {status}): {stderr}")]
@@ -59,6 +64,11 @@ pub fn run(
     let timer_path = dir.path().join("timer.sock");
     let timer = UnixListener::bind(&timer_path)
         .map_err(|e| QemuError::TimerSocket(timer_path.clone(), e))?;
+    let link_path = dir.path().join("agent-link.sock");
+    let agent = match &spec.agent_socket {
+        Some(socket) => Some(AgentMux::listen(&link_path, socket)?),
+        None => None,
+    };
 
     let mut command = Command::new(QEMU);
     // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2),
@@ -73,7 +83,7 @@ pub fn run(
         });
     }
     let mut child = command
-        .args(args(spec, accel, timer_path.into_os_string()))
+        .args(args(spec, accel, timer_path.into_os_string(), &link_path))
         .stdin(Stdio::from(console.input))
         .stdout(Stdio::from(console.output))
         .stderr(Stdio::piped())
@@ -88,8 +98,12 @@ pub fn run(
     let init_reached = Arc::new(Mutex::new(None));
     watch_boot_timer(timer, started, console.ready, Arc::clone(&init_reached));
     let stopper = Stopper::watch(stop, child.id())?;
+    let agent = agent.map(AgentMux::serve).transpose()?;
 
     let status = child.wait().map_err(QemuError::Wait)?;
+    if let Some(agent) = agent {
+        agent.finish();
+    }
     if stopper.finish() {
         return Ok(RunReport {
             exit: VmExit::Stopped,
@@ -111,6 +125,87 @@ pub fn run(
     })
 }
 
+/// The host end of the agent link on QEMU: QEMU connects its virtio-serial port's chardev to
+/// `link`, and the multiplexer serves the hybrid-vsock socket the caller asked for over it.
+struct AgentMux {
+    link: UnixListener,
+    socket: UnixListener,
+    socket_path: PathBuf,
+}
+
+/// A running [`AgentMux`].
+struct ServedMux {
+    done: vmm_sys_util::eventfd::EventFd,
+    thread: thread::JoinHandle<()>,
+    socket_path: PathBuf,
+}
+
+impl AgentMux {
+    /// Binds both sockets before QEMU starts: QEMU connects at once, and clients may connect
+    /// as soon as the guest says it is ready.
+    fn listen(link_path: &Path, socket_path: &Path) -> Result<AgentMux, QemuError> {
+        let bind = |path: &Path| {
+            let _ = std::fs::remove_file(path);
+            UnixListener::bind(path).map_err(|e| QemuError::AgentSocket(path.to_path_buf(), e))
+        };
+        Ok(AgentMux {
+            link: bind(link_path)?,
+            socket: bind(socket_path)?,
+            socket_path: socket_path.to_path_buf(),
+        })
+    }
+
+    /// Waits (on a thread) for QEMU's connection and multiplexes over it until it closes.
+    fn serve(self) -> Result<ServedMux, QemuError> {
+        let done = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| QemuError::AgentSocket(self.socket_path.clone(), e))?;
+        let done_fd = done
+            .try_clone()
+            .map_err(|e| QemuError::AgentSocket(self.socket_path.clone(), e))?;
+        let socket_path = self.socket_path.clone();
+        let thread = thread::Builder::new()
+            .name("agent-mux".into())
+            .spawn(move || {
+                let fds = [self.link.as_raw_fd(), done_fd.as_raw_fd()];
+                if crate::poll::first_readable(&fds, None) != Some(0) {
+                    return; // QEMU ended before it connected.
+                }
+                let Ok((link, _)) = self.link.accept() else {
+                    return;
+                };
+                // SAFETY: done_fd is open for this whole closure; the borrow ends at once.
+                let stop = unsafe { std::os::fd::BorrowedFd::borrow_raw(done_fd.as_raw_fd()) };
+                let Ok(stop) = stop.try_clone_to_owned() else {
+                    return;
+                };
+                if let Err(e) = mux::run(
+                    link.into(),
+                    self.socket,
+                    self.socket_path,
+                    Role::Host,
+                    Some(stop),
+                ) {
+                    tracing::warn!("agent link: {e}");
+                }
+            })
+            .map_err(|e| QemuError::AgentSocket(socket_path.clone(), e))?;
+        Ok(ServedMux {
+            done,
+            thread,
+            socket_path,
+        })
+    }
+}
+
+impl ServedMux {
+    /// QEMU has ended: stops the multiplexer and removes its socket.
+    fn finish(self) {
+        let _ = self.done.write(1);
+        let _ = self.thread.join();
+        let _ = std::fs::remove_file(&self.socket_path);
+    }
+}
+
 /// Kills QEMU when the host asks the VM to stop.
 struct Stopper {
     /// Set by the watcher when it killed QEMU; `None` once QEMU was reaped (no more kills).
@@ -129,7 +224,7 @@ impl Stopper {
         let thread = thread::Builder::new()
             .name("qemu-stop".into())
             .spawn(move || {
-                if super::wait_readable(&[done_fd.as_raw_fd(), stop.fd()]) == 1 {
+                if crate::poll::first_readable(&[done_fd.as_raw_fd(), stop.fd()], None) == Some(1) {
                     let mut state = s.lock().unwrap();
                     if let Some(killed) = state.as_mut() {
                         // QEMU is not reaped yet (state is Some), so the pid is still its own.
@@ -202,7 +297,7 @@ fn watch_boot_timer(
         .expect("spawning the boot-timer thread");
 }
 
-fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString) -> Vec<OsString> {
+fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString, agent_link: &Path) -> Vec<OsString> {
     let (accel_name, cpu) = match accel {
         Accel::Kvm => ("kvm", "host"),
         Accel::Tcg => ("tcg", "max"),
@@ -254,11 +349,22 @@ fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString) -> Vec<OsString> {
     a.push(with_prefix("socket,id=timer,path=", timer_socket));
     a.push("-kernel".into());
     a.push(spec.kernel.clone().into_os_string());
+    let mut cmdline = spec.cmdline.clone();
+    if accel == Accel::Tcg {
+        cmdline = format!("{cmdline} {}", tcg_clock_params(&cpuinfo()));
+    }
+    if spec.agent_socket.is_some() {
+        cmdline.push_str(" nodeos.agent=serial");
+        a.extend(["-device", "virtio-serial-device,max_ports=2", "-chardev"].map(OsString::from));
+        a.push(with_prefix(
+            "socket,id=agent,path=",
+            agent_link.as_os_str().to_owned(),
+        ));
+        a.push("-device".into());
+        a.push(format!("virtserialport,chardev=agent,name={SERIAL_PORT_NAME}").into());
+    }
     a.push("-append".into());
-    a.push(match accel {
-        Accel::Kvm => spec.cmdline.clone().into(),
-        Accel::Tcg => format!("{} {}", spec.cmdline, tcg_clock_params(&cpuinfo())).into(),
-    });
+    a.push(cmdline.into());
     if let Some(net) = &spec.net {
         a.push("-netdev".into());
         a.push(match net {
@@ -271,10 +377,23 @@ fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString) -> Vec<OsString> {
         });
         a.extend(["-device", "virtio-net-device,netdev=net0"].map(OsString::from));
     }
-    // microvm lists virtio-mmio devices on the kernel command line in reverse order of
-    // creation: create the root disk last so it is the first disk, /dev/vda, then the upper
-    // disk, /dev/vdb, then the volumes in order.
-    for (i, disk) in spec.disks.iter().enumerate().rev() {
+    // The guest names virtio disks in the order QEMU created them: the root image first
+    // (/dev/vda), then the upper disk (/dev/vdb), then the volumes in order.
+    a.push("-drive".into());
+    a.push(with_prefix(
+        "id=root,format=raw,if=none,readonly=on,file=",
+        spec.rootfs.clone().into_os_string(),
+    ));
+    a.extend(["-device", "virtio-blk-device,drive=root"].map(OsString::from));
+    if let Some(upper) = &spec.upper_disk {
+        a.push("-drive".into());
+        a.push(with_prefix(
+            "id=upper,format=raw,if=none,cache=writeback,file=",
+            upper.clone().into_os_string(),
+        ));
+        a.extend(["-device", "virtio-blk-device,drive=upper"].map(OsString::from));
+    }
+    for (i, disk) in spec.disks.iter().enumerate() {
         a.push("-drive".into());
         let readonly = if disk.read_only { "on" } else { "off" };
         a.push(with_prefix(
@@ -286,20 +405,6 @@ fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString) -> Vec<OsString> {
             format!("virtio-blk-device,drive=disk{i}").into(),
         ]);
     }
-    if let Some(upper) = &spec.upper_disk {
-        a.push("-drive".into());
-        a.push(with_prefix(
-            "id=upper,format=raw,if=none,cache=writeback,file=",
-            upper.clone().into_os_string(),
-        ));
-        a.extend(["-device", "virtio-blk-device,drive=upper"].map(OsString::from));
-    }
-    a.push("-drive".into());
-    a.push(with_prefix(
-        "id=root,format=raw,if=none,readonly=on,file=",
-        spec.rootfs.clone().into_os_string(),
-    ));
-    a.extend(["-device", "virtio-blk-device,drive=root"].map(OsString::from));
     a
 }
 

@@ -2,7 +2,9 @@
 
 mod build;
 mod doctor;
+mod run;
 mod start;
+mod vms;
 
 use std::path::PathBuf;
 
@@ -32,6 +34,18 @@ pub enum Command {
     /// Boot a fresh microVM with the Node.js REPL as PID 1 on this terminal (builds the kernel
     /// and root image first if they are missing).
     Start(start::StartArgs),
+    /// Run a command in a fresh microVM and exit with its status; the VM is gone afterwards.
+    ///
+    /// Example: nodeos-vm run -v $PWD:/app -w /app -- npm test
+    Run(run::RunArgs),
+    /// List the detached VMs (`start --detach`) that are running.
+    Ps,
+    /// Run a command in a detached VM.
+    Exec(vms::ExecArgs),
+    /// Print a detached VM's console output.
+    Logs(vms::IdArg),
+    /// Stop a detached VM.
+    Stop(vms::IdArg),
     /// Build the kernel and root image into the cache (only what is missing, unless --force).
     Build(build::BuildArgs),
     /// Say what this host offers (KVM or not, which backend `auto` picks) and what is cached.
@@ -49,6 +63,24 @@ pub enum BackendChoice {
     Qemu,
 }
 
+/// The VM options of every command that boots one.
+#[derive(Debug, clap::Args)]
+pub struct VmArgs {
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+    /// Guest memory: 512M, 2G, or MiB.
+    #[arg(long, default_value = crate::vm_config::DEFAULT_MEMORY)]
+    pub memory: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    #[command(flatten)]
+    pub images: ImageArgs,
+    /// Extra kernel command-line parameters.
+    #[arg(long, value_name = "PARAMS", default_value = "")]
+    pub cmdline_extra: String,
+}
+
 /// Kernel and image options shared by the commands that boot a VM.
 #[derive(Debug, clap::Args)]
 pub struct ImageArgs {
@@ -60,8 +92,9 @@ pub struct ImageArgs {
     pub rootfs: Option<PathBuf>,
 }
 
-/// The backend for `choice` on this host; says so on stderr when `auto` falls back to TCG.
-pub fn choose_backend(choice: BackendChoice) -> anyhow::Result<Backend> {
+/// The backend for `choice` on this host; says so on stderr when `auto` falls back to TCG,
+/// unless `quiet` (commands whose stderr is the guest command's: `run` into a pipe).
+pub fn choose_backend(choice: BackendChoice, quiet: bool) -> anyhow::Result<Backend> {
     let kvm = detect::probe();
     match (choice, kvm) {
         (BackendChoice::Kvm, detect::KvmSupport::Unusable(why)) => {
@@ -70,7 +103,11 @@ pub fn choose_backend(choice: BackendChoice) -> anyhow::Result<Backend> {
         (BackendChoice::Kvm | BackendChoice::Auto, detect::KvmSupport::Usable) => Ok(Backend::Kvm),
         (BackendChoice::Qemu, detect::KvmSupport::Usable) => Ok(Backend::Qemu(qemu::Accel::Kvm)),
         (_, detect::KvmSupport::Unusable(why)) => {
-            eprintln!("nodeos-vm: {why}; using QEMU with TCG (slower)");
+            if quiet {
+                tracing::info!("{why}; using QEMU with TCG (slower)");
+            } else {
+                eprintln!("nodeos-vm: {why}; using QEMU with TCG (slower)");
+            }
             Ok(Backend::Qemu(qemu::Accel::Tcg))
         }
     }
@@ -96,6 +133,11 @@ pub fn images(args: &ImageArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Start(args) => start::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Ps => vms::ps(),
+        Command::Exec(args) => vms::exec(args),
+        Command::Logs(args) => vms::logs(args),
+        Command::Stop(args) => vms::stop(args),
         Command::Build(args) => build::run(args).map(|()| 0),
         Command::Doctor => doctor::run().map(|()| 0),
     }

@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 
-use super::{choose_backend, images, BackendChoice, ImageArgs};
+use super::{choose_backend, images, vms, VmArgs};
 use crate::backend::{RunReport, StopSignal, VmExit, VmSpec};
 use crate::cmdline::{self, UpperLayer};
 use crate::console::HostConsole;
@@ -10,32 +10,33 @@ use crate::vm_config;
 
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {
-    #[arg(long, value_enum, default_value = "auto")]
-    backend: BackendChoice,
-    /// Guest memory: 512M, 2G, or MiB.
-    #[arg(long, default_value = vm_config::DEFAULT_MEMORY)]
-    memory: String,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    cpus: u32,
     #[command(flatten)]
-    images: ImageArgs,
-    /// Extra kernel command-line parameters.
-    #[arg(long, value_name = "PARAMS", default_value = "")]
-    cmdline_extra: String,
+    vm: VmArgs,
     /// Drive the console as plain pipes even on a terminal (no echo, no prompt, ^D at end of input).
     #[arg(long)]
     pipe: bool,
     /// Print boot timings (to init, to the end) on stderr.
     #[arg(long, hide = true)]
     timings: bool,
+    /// Run the VM in the background, without a REPL: prints its ID, for `exec`, `logs`, `stop`.
+    #[arg(short, long, conflicts_with = "pipe")]
+    detach: bool,
+    /// (internal) Be the background process that keeps detached VM ID.
+    #[arg(long, hide = true, value_name = "ID")]
+    keeper: Option<String>,
 }
 
 pub fn run(args: StartArgs) -> anyhow::Result<u8> {
-    let memory_mib = vm_config::memory_mib(&args.memory)?;
-    let cpus = vm_config::cpus(args.cpus)?;
-    let backend = choose_backend(args.backend)?;
-    let (kernel, rootfs) = images(&args.images)?;
+    if let Some(id) = &args.keeper {
+        return vms::keep(&args.vm, id);
+    }
+    if args.detach {
+        return vms::detach(&args.vm);
+    }
+    let memory_mib = vm_config::memory_mib(&args.vm.memory)?;
+    let cpus = vm_config::cpus(args.vm.cpus)?;
+    let backend = choose_backend(args.vm.backend, false)?;
+    let (kernel, rootfs) = images(&args.vm.images)?;
 
     let (host_console, console) = HostConsole::attach(args.pipe)?;
     let spec = VmSpec {
@@ -47,7 +48,11 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
         net: None,
         memory_mib,
         cpus,
-        cmdline: cmdline::build(host_console.mode(), UpperLayer::Tmpfs, &args.cmdline_extra)?,
+        cmdline: cmdline::build(
+            host_console.mode(),
+            UpperLayer::Tmpfs,
+            &args.vm.cmdline_extra,
+        )?,
     };
     let started = std::time::Instant::now();
     let report = backend.run(&spec, console, &StopSignal::new()?)?;

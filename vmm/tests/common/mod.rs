@@ -27,7 +27,28 @@ macro_rules! case_tests {
     )*};
 }
 
+/// One `#[test]` per case of `run_cases::RUN_CASES`, each calling `$runner(name)`.
+macro_rules! run_case_tests {
+    ($runner:ident) => {
+        case_tests!(@each $runner;
+            exit_codes_and_signals,
+            stdout_and_stderr_apart_and_in_order,
+            ten_megabytes_of_output,
+            stdin_piped_in,
+            timeout_kills_the_command,
+            command_not_found,
+            volume_is_visible_and_host_files_unchanged,
+            read_only_and_read_write_volumes,
+            npm_test_of_a_node_project,
+            no_network_without_net,
+            net_reaches_the_host_loopback,
+            npm_install_from_the_host_loopback);
+    };
+}
+
 pub mod cases;
+pub mod run_cases;
+pub mod web;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -89,6 +110,32 @@ pub fn start_with_backend(backend: &str, args: &[&str], input: &str) -> Output {
     child.wait_with_output().expect("waiting for nodeos-vm")
 }
 
+/// tests/fixtures/node-project: a small Node project with tests and a dependency.
+pub fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/node-project")
+}
+
+/// A fresh copy of tests/fixtures/node-project in `dir`.
+pub fn fixture_copy(dir: &std::path::Path) -> PathBuf {
+    let src = fixture_dir();
+    let dst = dir.join("node-project");
+    copy_tree(&src, &dst);
+    dst
+}
+
+fn copy_tree(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+}
+
 /// Longest a test VM may live: a hung guest fails its test instead of hanging the suite.
 pub const BOOT_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
 
@@ -97,12 +144,21 @@ pub struct Watchdog(std::sync::mpsc::Sender<()>);
 
 impl Watchdog {
     pub fn new(pid: u32, limit: std::time::Duration) -> Watchdog {
+        Watchdog::kill_after(pid as i32, limit)
+    }
+
+    /// Kills the whole process group `pgid`.
+    pub fn for_group(pgid: u32, limit: std::time::Duration) -> Watchdog {
+        Watchdog::kill_after(-(pgid as i32), limit)
+    }
+
+    fn kill_after(pid: i32, limit: std::time::Duration) -> Watchdog {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
             if rx.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
                 eprintln!("watchdog: killing pid {pid} after {limit:?}");
                 // SAFETY: kill(2) with a plain pid and signal number has no memory effects.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         });
         Watchdog(tx)

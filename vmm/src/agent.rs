@@ -1,0 +1,287 @@
+//! The host side of the guest agent (docs/agent-protocol.md): waiting for it to say it is
+//! ready, and running one command through it with the output streamed to ours.
+//!
+//! It speaks to the VM's agent socket, which is the same hybrid-vsock Unix socket on both
+//! backends (vsock on ours, the virtio-serial multiplexer on QEMU).
+
+use std::io::{self, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::poll::first_readable;
+
+use agent_proto::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
+use agent_proto::{hybrid, AGENT_PORT, READY_PORT};
+use vmm_sys_util::eventfd::EventFd;
+
+/// What to run in the guest.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub argv: Vec<Vec<u8>>,
+    /// `NAME=VALUE` entries.
+    pub env: Vec<Vec<u8>>,
+    pub cwd: Option<Vec<u8>>,
+    /// Forward our standard input.
+    pub stdin: bool,
+    pub timeout: Option<Duration>,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    Signaled(i32),
+    /// The guest killed its process group after this long.
+    TimedOut(Duration),
+    /// It could not be started: not found (the guest's message).
+    NotFound(String),
+    /// It could not be started for another reason.
+    NotExecutable(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("listening for the guest agent on {path}")]
+    Listen {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the VM ended before its agent was ready")]
+    EndedBeforeReady,
+    #[error("the guest agent was not ready after {0:?}")]
+    NotReady(Duration),
+    #[error("the VM ended while the command ran")]
+    EndedDuringCommand,
+    #[error("the guest did not report the command's end within {0:?}; it is not responding")]
+    NoReport(Duration),
+    #[error("connecting to the guest agent")]
+    Connect(#[source] io::Error),
+    #[error("talking to the guest agent")]
+    Frame(#[from] FrameError),
+    #[error("the guest agent speaks protocol version {guest}, nodeos-vm {host}; rebuild the root image (nodeos-vm build --force)")]
+    Version { guest: u32, host: u32 },
+    #[error("the guest agent refused the request: {0}")]
+    Refused(String),
+    #[error("the guest agent sent {0} where it should not")]
+    Unexpected(&'static str),
+}
+
+/// Listens where the agent says it is ready: `<socket>_1025`.
+pub fn listen_ready(socket: &Path) -> Result<UnixListener, Error> {
+    let path = hybrid::host_listener_path(socket, READY_PORT);
+    let _ = std::fs::remove_file(&path);
+    UnixListener::bind(&path).map_err(|source| Error::Listen { path, source })
+}
+
+/// Waits until the agent connects to `listener` and says hello, the VM ends, or `timeout`.
+pub fn wait_ready(
+    listener: &UnixListener,
+    ended: &EventFd,
+    timeout: Duration,
+) -> Result<(), Error> {
+    match first_readable(&[listener.as_raw_fd(), ended.as_raw_fd()], Some(timeout)) {
+        Some(0) => {}
+        Some(_) => return Err(Error::EndedBeforeReady),
+        None => return Err(Error::NotReady(timeout)),
+    }
+    let (mut conn, _) = listener.accept().map_err(Error::Connect)?;
+    match frame::read_reply(&mut conn)? {
+        Some(Reply::Hello { version }) => check_version(version),
+        Some(_) => Err(Error::Unexpected("another message than hello when ready")),
+        None => Err(Error::Frame(FrameError::Truncated)),
+    }
+}
+
+fn check_version(guest: u32) -> Result<(), Error> {
+    if guest == frame::VERSION {
+        Ok(())
+    } else {
+        Err(Error::Version {
+            guest,
+            host: frame::VERSION,
+        })
+    }
+}
+
+/// Runs `command` through the agent behind `socket`, writing its output to our stdout and
+/// stderr as it comes. Our SIGINT, SIGTERM and SIGHUP are passed on to it. `ended` is the VM's
+/// end; `deadline` how long to wait at most before giving up on the guest.
+pub fn exec(
+    socket: &Path,
+    command: &Command,
+    ended: &EventFd,
+    deadline: Option<Duration>,
+) -> Result<Outcome, Error> {
+    let stream = hybrid::connect(socket, AGENT_PORT).map_err(Error::Connect)?;
+    let writer = Arc::new(Mutex::new(stream.try_clone().map_err(Error::Connect)?));
+    let mut reader = BufReader::new(stream);
+    send(
+        &writer,
+        &Request::Hello {
+            version: frame::VERSION,
+        },
+    )?;
+    match frame::read_reply(&mut reader)? {
+        Some(Reply::Hello { version }) => check_version(version)?,
+        Some(Reply::Error { message, .. }) => return Err(Error::Refused(message)),
+        _ => return Err(Error::Unexpected("another message than hello")),
+    }
+    send(
+        &writer,
+        &Request::Exec(Exec {
+            argv: command.argv.clone(),
+            env: command.env.clone(),
+            cwd: command.cwd.clone(),
+            stdin: command.stdin,
+            timeout_ms: command.timeout.map(|t| t.as_millis() as u64),
+        }),
+    )?;
+    if command.stdin {
+        forward_stdin(writer.clone());
+    }
+    let signals = SignalForwarder::install()?;
+    let started = Instant::now();
+    let mut stdout = io::stdout();
+    let mut stderr = io::stderr();
+    loop {
+        // Frames already buffered are read before waiting on the socket again.
+        if reader.buffer().is_empty() {
+            let left = deadline.map(|d| d.saturating_sub(started.elapsed()));
+            let fds = [
+                reader.get_ref().as_raw_fd(),
+                ended.as_raw_fd(),
+                signals.fd(),
+            ];
+            match first_readable(&fds, left) {
+                Some(0) => {}
+                Some(1) => return Err(Error::EndedDuringCommand),
+                Some(_) => {
+                    for signal in signals.take() {
+                        send(&writer, &Request::Signal(signal))?;
+                    }
+                    continue;
+                }
+                None => return Err(Error::NoReport(deadline.unwrap_or_default())),
+            }
+        }
+        let Some(reply) = frame::read_reply(&mut reader)? else {
+            return Err(Error::EndedDuringCommand);
+        };
+        match reply {
+            Reply::Started { .. } => {}
+            // A host stdout or stderr that went away must not stop the command: drop output.
+            Reply::Stdout(data) => {
+                let _ = stdout.write_all(&data).and_then(|()| stdout.flush());
+            }
+            Reply::Stderr(data) => {
+                let _ = stderr.write_all(&data).and_then(|()| stderr.flush());
+            }
+            Reply::Exited(code) => return Ok(Outcome::Exited(code)),
+            Reply::Signaled(signal) => return Ok(Outcome::Signaled(signal)),
+            Reply::TimedOut { timeout_ms } => {
+                return Ok(Outcome::TimedOut(Duration::from_millis(timeout_ms)))
+            }
+            Reply::Error { kind, message } => {
+                return match kind {
+                    ErrorKind::NotFound => Ok(Outcome::NotFound(message)),
+                    ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => {
+                        Ok(Outcome::NotExecutable(message))
+                    }
+                    ErrorKind::Protocol | ErrorKind::Version => Err(Error::Refused(message)),
+                }
+            }
+            Reply::Hello { .. } => return Err(Error::Unexpected("a second hello")),
+        }
+    }
+}
+
+fn send(writer: &Mutex<UnixStream>, request: &Request) -> Result<(), Error> {
+    let mut w = writer.lock().unwrap();
+    frame::write_request(&mut *w, request).map_err(|e| Error::Frame(FrameError::Io(e)))
+}
+
+/// Copies our stdin to the command, then says end of input. A thread of its own: reading
+/// stdin blocks.
+fn forward_stdin(writer: Arc<Mutex<UnixStream>>) {
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut stdin = io::stdin().lock();
+            let mut buf = vec![0u8; frame::MAX_CHUNK];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if send(&writer, &Request::Stdin(buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = send(&writer, &Request::StdinEof);
+        })
+        .expect("spawning the stdin thread");
+}
+
+/// Our SIGINT/SIGTERM/SIGHUP, caught and queued for the command instead of ending us.
+struct SignalForwarder {
+    read: std::fs::File,
+}
+
+/// Write end of the pipe the signal handler writes signal numbers to.
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+const FORWARDED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+extern "C" fn queue_signal(signal: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    let byte = signal as u8;
+    // SAFETY: write(2) is async-signal-safe; the buffer is one byte on this stack.
+    unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+}
+
+impl SignalForwarder {
+    fn install() -> Result<SignalForwarder, Error> {
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|e| Error::Connect(e.into()))?;
+        // The write end lives as long as the process: a handler may run at any time.
+        SIGNAL_PIPE.store(
+            std::os::fd::IntoRawFd::into_raw_fd(write),
+            Ordering::Relaxed,
+        );
+        for signal in FORWARDED {
+            // SAFETY: queue_signal only calls write(2), which is async-signal-safe.
+            unsafe { libc::signal(signal, queue_signal as *const () as libc::sighandler_t) };
+        }
+        Ok(SignalForwarder { read: read.into() })
+    }
+
+    fn fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    /// The signals caught since the last call.
+    fn take(&self) -> Vec<i32> {
+        let mut buf = [0u8; 64];
+        match (&self.read).read(&mut buf) {
+            Ok(n) => buf[..n].iter().map(|&b| i32::from(b)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for SignalForwarder {
+    fn drop(&mut self) {
+        for signal in FORWARDED {
+            // SAFETY: restoring the default disposition.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
+    }
+}

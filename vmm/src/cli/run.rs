@@ -1,0 +1,305 @@
+//! `nodeos-vm run [OPTIONS] -- CMD [ARGS...]`: a command in a fresh, throwaway microVM, its
+//! output streamed back and its exit status ours (a CI sandbox for Node apps).
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use super::{choose_backend, images, VmArgs};
+use crate::agent::{Command, Outcome};
+use crate::backend::{Disk, NetSpec, VmSpec, GUEST_NET_PARAM};
+use crate::cmdline::{self, ConsoleMode, UpperLayer};
+use crate::sandbox::{ConsoleLog, Sandbox, BOOT_TIMEOUT};
+use crate::volume::{Mode, Volume};
+use crate::{runtime, vm_config};
+
+/// Status for a command that ran out of time (as timeout(1) reports it).
+pub const EXIT_TIMED_OUT: u8 = 124;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Mount a host folder: HOST:GUEST[:ro|:rw]. Default: the guest may write, its changes are
+    /// thrown away; ro: read-only; rw: the guest's changes are copied back afterwards.
+    #[arg(short, long = "volume", value_name = "HOST:GUEST[:MODE]")]
+    volumes: Vec<String>,
+    #[command(flatten)]
+    exec: ExecOptions,
+    /// Give the guest a network interface: `user` (NAT to the host's network; the host's
+    /// loopback is 10.0.2.2) or `tap:NAME`. Without it the guest has no network at all.
+    #[arg(long, value_name = "user|tap:NAME", num_args = 0..=1, default_missing_value = "user", value_parser = parse_net)]
+    net: Option<NetSpec>,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// How a command runs in the guest (`run` and `exec`).
+#[derive(Debug, clap::Args)]
+pub struct ExecOptions {
+    /// Working directory of the command in the guest (absolute).
+    #[arg(short, long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// Set an environment variable: NAME=VALUE, or NAME to pass this host's value.
+    #[arg(short, long = "env", value_name = "NAME[=VALUE]")]
+    env: Vec<String>,
+    /// Pass this process's standard input to the command (otherwise it reads nothing).
+    #[arg(short, long)]
+    interactive: bool,
+    /// Kill the command after this long: 30s, 5m, 1h, 500ms, or seconds.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+}
+
+impl ExecOptions {
+    /// The agent command for `argv` with these options.
+    pub fn command(&self, argv: Vec<Vec<u8>>) -> anyhow::Result<Command> {
+        Ok(Command {
+            argv,
+            env: self
+                .env
+                .iter()
+                .map(|e| env_entry(e))
+                .collect::<anyhow::Result<_>>()?,
+            cwd: self.workdir.clone().map(workdir).transpose()?,
+            stdin: self.interactive,
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// How long after the command's timeout the host gives the guest to report it.
+const TIMEOUT_GRACE: Duration = Duration::from_secs(10);
+
+pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let memory_mib = vm_config::memory_mib(&args.vm.memory)?;
+    let cpus = vm_config::cpus(args.vm.cpus)?;
+    let volumes = args
+        .volumes
+        .iter()
+        .map(|v| Volume::parse(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_mount_points(&volumes)?;
+    let command = args
+        .exec
+        .command(args.command.into_iter().map(OsString::into_vec).collect())?;
+    let backend = choose_backend(
+        args.vm.backend,
+        !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    )?;
+    let (kernel, rootfs) = images(&args.vm.images)?;
+
+    let dir = runtime::scratch_dir("run")?;
+    let mut disks = Vec::new();
+    let mut params = vec!["nodeos.shell=none".to_string()];
+    for (i, volume) in volumes.iter().enumerate() {
+        let image = dir.path().join(format!("volume{i}.img"));
+        volume.pack(&image)?;
+        // vda is the root image; no upper disk here, so volumes start at vdb.
+        params.push(volume.cmdline_param(&format!("/dev/vd{}", (b'b' + i as u8) as char)));
+        disks.push(Disk {
+            path: image,
+            read_only: volume.mode == Mode::ReadOnly,
+        });
+    }
+    if args.net.is_some() {
+        params.push(GUEST_NET_PARAM.to_string());
+    }
+    let extra = format!("{} {}", params.join(" "), args.vm.cmdline_extra);
+    let agent_socket = dir.path().join("agent.sock");
+    let spec = VmSpec {
+        kernel,
+        rootfs,
+        upper_disk: None,
+        disks,
+        agent_socket: Some(agent_socket.clone()),
+        net: args.net,
+        memory_mib,
+        cpus,
+        cmdline: cmdline::build(ConsoleMode::Pipe, UpperLayer::Tmpfs, &extra)?,
+    };
+
+    let vm = Sandbox::boot(backend, spec, ConsoleLog::Tail)?;
+    let outcome = vm
+        .wait_ready(BOOT_TIMEOUT)
+        .and_then(|()| vm.exec(&command, command.timeout.map(|t| t + TIMEOUT_GRACE)));
+    // A VM that failed explains more than the agent that never answered.
+    let report = vm.stop();
+    let outcome = match (outcome, report) {
+        (Ok(outcome), Ok(_)) => outcome,
+        (_, Err(e)) | (Err(e), Ok(_)) => return Err(e.into()),
+    };
+    for (i, volume) in volumes.iter().enumerate() {
+        if volume.mode == Mode::ReadWrite {
+            let scratch = dir.path().join(format!("volume{i}.out"));
+            std::fs::create_dir(&scratch).context("creating a folder to unpack a volume")?;
+            volume.copy_back(&dir.path().join(format!("volume{i}.img")), &scratch)?;
+        }
+    }
+    Ok(exit_status(&outcome, &command))
+}
+
+/// Our exit status for the command's outcome; says on stderr what a status alone cannot.
+pub fn exit_status(outcome: &Outcome, command: &Command) -> u8 {
+    let name = String::from_utf8_lossy(&command.argv[0]);
+    match outcome {
+        Outcome::Exited(code) => (*code & 0xff) as u8,
+        Outcome::Signaled(signal) => 128u8.saturating_add(*signal as u8),
+        Outcome::TimedOut(after) => {
+            eprintln!(
+                "nodeos-vm: {name} timed out after {}; it was killed",
+                humanize(*after)
+            );
+            EXIT_TIMED_OUT
+        }
+        Outcome::NotFound(message) => {
+            eprintln!("nodeos-vm: {message}");
+            127
+        }
+        Outcome::NotExecutable(message) => {
+            eprintln!("nodeos-vm: {message}");
+            126
+        }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+fn check_mount_points(volumes: &[Volume]) -> anyhow::Result<()> {
+    for (i, v) in volumes.iter().enumerate() {
+        if volumes[..i].iter().any(|w| w.guest == v.guest) {
+            return Err(crate::volume::Error::SameMountPoint(v.guest.clone()).into());
+        }
+    }
+    if volumes.len() > crate::volume::MAX_VOLUMES {
+        bail!(
+            "{} volumes given; a VM takes at most {}",
+            volumes.len(),
+            crate::volume::MAX_VOLUMES
+        );
+    }
+    Ok(())
+}
+
+/// `NAME=VALUE`, or `NAME` for this host's value.
+fn env_entry(given: &str) -> anyhow::Result<Vec<u8>> {
+    let (name, value) = match given.split_once('=') {
+        Some((name, value)) => (name, value.to_string()),
+        None => (
+            given,
+            std::env::var(given).with_context(|| {
+                format!("--env {given}: no such variable here; write --env {given}=VALUE")
+            })?,
+        ),
+    };
+    if name.is_empty() || name.contains('\0') || value.contains('\0') {
+        bail!("--env {given:?}: expected NAME=VALUE with a non-empty NAME");
+    }
+    Ok(format!("{name}={value}").into_bytes())
+}
+
+fn workdir(dir: String) -> anyhow::Result<Vec<u8>> {
+    if !dir.starts_with('/') || dir.contains('\0') {
+        bail!("--workdir {dir:?}: must be an absolute path in the guest, like /app");
+    }
+    Ok(dir.into_bytes())
+}
+
+/// `30s`, `5m`, `1h`, `500ms`, or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let bad = || format!("{text:?} is not a duration; write it like 30s, 5m, 1h or 500ms");
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(format!("{text:?}: the timeout must be more than 0"));
+    }
+    Ok(d)
+}
+
+/// `user` or `tap:NAME`.
+fn parse_net(text: &str) -> Result<NetSpec, String> {
+    match text.split_once(':') {
+        None if text == "user" => Ok(NetSpec::User),
+        Some(("tap", name))
+            if !name.is_empty()
+                && name.len() < libc::IFNAMSIZ
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) =>
+        {
+            Ok(NetSpec::Tap(name.to_string()))
+        }
+        _ => Err(format!(
+            "{text:?}: write --net (or --net user) for NAT, or --net tap:NAME for a host TAP interface"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "1x", "-1", "0", "1.5s", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nets() {
+        assert_eq!(parse_net("user"), Ok(NetSpec::User));
+        assert_eq!(parse_net("tap:tap0"), Ok(NetSpec::Tap("tap0".into())));
+        for bad in [
+            "",
+            "tap:",
+            "tap:a,b",
+            "tap:waytoolonginterfacename",
+            "slirp",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_entries() {
+        assert_eq!(env_entry("A=b=c").unwrap(), b"A=b=c");
+        assert_eq!(env_entry("A=").unwrap(), b"A=");
+        std::env::set_var("NODEOS_VM_TEST_ENV", "v");
+        assert_eq!(
+            env_entry("NODEOS_VM_TEST_ENV").unwrap(),
+            b"NODEOS_VM_TEST_ENV=v"
+        );
+        assert!(env_entry("=x").is_err());
+        assert!(env_entry("NODEOS_VM_SURELY_UNSET_VAR").is_err());
+    }
+
+    #[test]
+    fn workdirs() {
+        assert_eq!(workdir("/app".into()).unwrap(), b"/app");
+        assert!(workdir("app".into()).is_err());
+    }
+}

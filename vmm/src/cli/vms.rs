@@ -1,0 +1,386 @@
+//! Long-lived VMs: `start --detach` boots one in the background and prints its ID; `ps`,
+//! `exec ID -- CMD`, `logs ID` and `stop ID` work on them.
+//!
+//! Each VM is a background `nodeos-vm` process (the "keeper", which owns the VM and its agent
+//! socket) and a folder in the runtime folder: `vms/<id>/` with `state` (key=value lines),
+//! `console.log` and `agent.sock`. A folder whose keeper is gone is removed by `ps` and by
+//! every lookup.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{SigSet, Signal};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::run::{exit_status, ExecOptions};
+use super::{choose_backend, images, VmArgs, EXIT_FAILURE};
+use crate::backend::VmSpec;
+use crate::cmdline::{self, ConsoleMode, UpperLayer};
+use crate::sandbox::{ConsoleLog, Sandbox, BOOT_TIMEOUT};
+use crate::{agent, runtime, vm_config};
+
+/// Environment variable naming the descriptor on which the keeper reports readiness.
+const READY_FD_ENV: &str = "NODEOS_VM_READY_FD";
+/// How long `stop` waits for a keeper to end before it kills it.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// The VM's ID (or a unique prefix of it), as `start --detach` printed it.
+    id: String,
+    #[command(flatten)]
+    options: ExecOptions,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IdArg {
+    /// The VM's ID (or a unique prefix of it).
+    id: String,
+}
+
+/// What a VM's `state` file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    id: String,
+    /// The keeper process.
+    pid: i32,
+    backend: String,
+    memory_mib: u32,
+    cpus: u8,
+    started: u64,
+    running: bool,
+}
+
+impl Record {
+    fn encode(&self) -> String {
+        format!(
+            "id={}\npid={}\nbackend={}\nmemory_mib={}\ncpus={}\nstarted={}\nstate={}\n",
+            self.id,
+            self.pid,
+            self.backend,
+            self.memory_mib,
+            self.cpus,
+            self.started,
+            if self.running { "running" } else { "booting" }
+        )
+    }
+
+    fn decode(text: &str) -> Option<Record> {
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        };
+        Some(Record {
+            id: get("id")?.to_string(),
+            pid: get("pid")?.parse().ok()?,
+            backend: get("backend")?.to_string(),
+            memory_mib: get("memory_mib")?.parse().ok()?,
+            cpus: get("cpus")?.parse().ok()?,
+            started: get("started")?.parse().ok()?,
+            running: get("state")? == "running",
+        })
+    }
+
+    fn save(&self, dir: &Path) -> std::io::Result<()> {
+        // Whole or not at all: readers never see half a file.
+        let tmp = dir.join("state.tmp");
+        fs::write(&tmp, self.encode())?;
+        fs::rename(tmp, dir.join("state"))
+    }
+
+    fn keeper_alive(&self) -> bool {
+        // The pid must still be a nodeos-vm process (pids are reused).
+        fs::read(format!("/proc/{}/cmdline", self.pid))
+            .map(|c| c.split(|&b| b == 0).any(|a| a.ends_with(b"nodeos-vm")))
+            .unwrap_or(false)
+    }
+}
+
+fn vms_dir() -> anyhow::Result<PathBuf> {
+    let dir = runtime::base()?.join("vms");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Every VM whose keeper lives; the folders of the others are removed.
+fn live_vms() -> anyhow::Result<Vec<(Record, PathBuf)>> {
+    let mut vms = Vec::new();
+    for entry in fs::read_dir(vms_dir()?)? {
+        let dir = entry?.path();
+        let record = fs::read_to_string(dir.join("state"))
+            .ok()
+            .and_then(|t| Record::decode(&t));
+        match record {
+            Some(r) if r.keeper_alive() => vms.push((r, dir)),
+            _ => {
+                // A keeper writes its state before anything else, so a folder without one
+                // is at most a moment old; leave those.
+                let young = fs::metadata(&dir)
+                    .and_then(|m| m.modified())
+                    .map(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(5))
+                    .unwrap_or(false);
+                if record.is_some() || !young {
+                    let _ = fs::remove_dir_all(&dir);
+                }
+            }
+        }
+    }
+    vms.sort_by_key(|(r, _)| r.started);
+    Ok(vms)
+}
+
+/// The live VM `id` names (exactly or as a unique prefix).
+fn find(id: &str) -> anyhow::Result<(Record, PathBuf)> {
+    let mut matches: Vec<_> = live_vms()?
+        .into_iter()
+        .filter(|(r, _)| r.id.starts_with(id))
+        .collect();
+    match matches.len() {
+        0 => bail!("no running VM {id:?}; `nodeos-vm ps` lists them"),
+        1 => Ok(matches.remove(0)),
+        n => bail!("{n} VMs start with {id:?}; give more of the ID"),
+    }
+}
+
+fn new_id() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 6];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for a VM ID")?;
+    Ok(hex::encode(bytes))
+}
+
+/// `start --detach`: starts a keeper and waits until its VM's agent is ready.
+pub fn detach(vm: &VmArgs) -> anyhow::Result<u8> {
+    // Fail on bad options here, where the user sees it, not in the keeper.
+    vm_config::memory_mib(&vm.memory)?;
+    vm_config::cpus(vm.cpus)?;
+    images(&vm.images)?;
+    let id = new_id()?;
+    let dir = vms_dir()?.join(&id);
+    fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let (read, write) = nix::unistd::pipe().context("creating a pipe")?;
+    let exe = std::env::current_exe().context("finding nodeos-vm's own binary")?;
+    let write_fd = write.into_raw_fd();
+    let mut keeper = std::process::Command::new(exe);
+    keeper
+        .args(
+            std::env::args_os()
+                .skip(1)
+                .filter(|a| a != "--detach" && a != "-d"),
+        )
+        .arg("--keeper")
+        .arg(&id)
+        .env(READY_FD_ENV, write_fd.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid(2) is async-signal-safe; the keeper leaves our session so that it
+    // outlives this terminal.
+    unsafe {
+        keeper.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let spawned = keeper.spawn();
+    // SAFETY: write_fd came from into_raw_fd above and nothing else closed it.
+    drop(unsafe { OwnedFd::from_raw_fd(write_fd) });
+    spawned.context("starting the VM's keeper process")?;
+    let mut report = String::new();
+    fs::File::from(read)
+        .read_to_string(&mut report)
+        .context("waiting for the VM")?;
+    if report.trim() == "ready" {
+        println!("{id}");
+        Ok(0)
+    } else {
+        let _ = fs::remove_dir_all(&dir);
+        eprintln!(
+            "nodeos-vm: the detached VM did not start: {}",
+            if report.trim().is_empty() {
+                "its keeper ended without a word"
+            } else {
+                report.trim()
+            }
+        );
+        Ok(EXIT_FAILURE)
+    }
+}
+
+/// The keeper: owns VM `id` until it is stopped or ends. Reports readiness (or the reason it
+/// failed) on the descriptor the parent gave.
+pub fn keep(vm: &VmArgs, id: &str) -> anyhow::Result<u8> {
+    let ready_fd: i32 = std::env::var(READY_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .context("the keeper runs only under `nodeos-vm start --detach`")?;
+    // SAFETY: the parent handed us this descriptor (the write end of its pipe) and nothing
+    // else in this process uses it.
+    let mut report = fs::File::from(unsafe { OwnedFd::from_raw_fd(ready_fd) });
+    // Signals are taken by a thread of ours (sigwait): block them before any thread starts.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().context("blocking signals")?;
+
+    let result = keep_vm(vm, id, &mut report, signals);
+    if let Err(e) = &result {
+        let _ = write!(report, "{e:#}");
+    }
+    if let Ok(dir) = vms_dir() {
+        let _ = fs::remove_dir_all(dir.join(id));
+    }
+    result.map(|()| 0)
+}
+
+fn keep_vm(vm: &VmArgs, id: &str, report: &mut fs::File, signals: SigSet) -> anyhow::Result<()> {
+    let dir = vms_dir()?.join(id);
+    let memory_mib = vm_config::memory_mib(&vm.memory)?;
+    let cpus = vm_config::cpus(vm.cpus)?;
+    let backend = choose_backend(vm.backend, true)?;
+    let mut record = Record {
+        id: id.to_string(),
+        pid: std::process::id() as i32,
+        backend: backend.name().to_string(),
+        memory_mib,
+        cpus,
+        started: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+        running: false,
+    };
+    record.save(&dir).context("writing the VM's state")?;
+    let (kernel, rootfs) = images(&vm.images)?;
+    let extra = format!("nodeos.shell=none {}", vm.cmdline_extra);
+    let spec = VmSpec {
+        kernel,
+        rootfs,
+        upper_disk: None,
+        disks: Vec::new(),
+        agent_socket: Some(dir.join("agent.sock")),
+        net: None,
+        memory_mib,
+        cpus,
+        cmdline: cmdline::build(ConsoleMode::Pipe, UpperLayer::Tmpfs, &extra)?,
+    };
+    let sandbox = Sandbox::boot(backend, spec, ConsoleLog::File(dir.join("console.log")))?;
+    let stop = sandbox.stop_signal().clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if signals.wait().is_ok() {
+                stop.stop();
+            }
+        })
+        .context("starting the signal thread")?;
+    if let Err(e) = sandbox.wait_ready(BOOT_TIMEOUT) {
+        let _ = sandbox.stop();
+        return Err(e.into());
+    }
+    record.running = true;
+    record.save(&dir).context("writing the VM's state")?;
+    report.write_all(b"ready\n")?;
+    crate::poll::first_readable(&[std::os::fd::AsRawFd::as_raw_fd(sandbox.ended())], None);
+    sandbox.stop()?;
+    Ok(())
+}
+
+/// `nodeos-vm ps`.
+pub fn ps() -> anyhow::Result<u8> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    println!(
+        "{:<12}  {:<8}  {:>6}  {:>4}  {:>8}  {:>7}",
+        "ID", "BACKEND", "MEMORY", "CPUS", "UP", "STATE"
+    );
+    for (r, _) in live_vms()? {
+        println!(
+            "{:<12}  {:<8}  {:>5}M  {:>4}  {:>7}s  {:>7}",
+            r.id,
+            r.backend,
+            r.memory_mib,
+            r.cpus,
+            now.saturating_sub(r.started),
+            if r.running { "running" } else { "booting" }
+        );
+    }
+    Ok(0)
+}
+
+/// `nodeos-vm exec ID -- CMD`.
+pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
+    let (record, dir) = find(&args.id)?;
+    if !record.running {
+        bail!("VM {} is still booting; try again in a moment", record.id);
+    }
+    let command = args
+        .options
+        .command(args.command.into_iter().map(OsString::into_vec).collect())?;
+    // The keeper's end is seen as the agent connection closing.
+    let never = EventFd::new(libc::EFD_NONBLOCK)?;
+    let outcome = agent::exec(&dir.join("agent.sock"), &command, &never, None)?;
+    Ok(exit_status(&outcome, &command))
+}
+
+/// `nodeos-vm logs ID`: the VM's console output so far.
+pub fn logs(args: IdArg) -> anyhow::Result<u8> {
+    let (_, dir) = find(&args.id)?;
+    let log = fs::read(dir.join("console.log")).unwrap_or_default();
+    std::io::stdout().write_all(&log)?;
+    Ok(0)
+}
+
+/// `nodeos-vm stop ID`: ends the VM and waits until its keeper is gone.
+pub fn stop(args: IdArg) -> anyhow::Result<u8> {
+    let (record, dir) = find(&args.id)?;
+    let pid = nix::unistd::Pid::from_raw(record.pid);
+    nix::sys::signal::kill(pid, Signal::SIGTERM)
+        .with_context(|| format!("signalling the keeper of {}", record.id))?;
+    let started = std::time::Instant::now();
+    while record.keeper_alive() {
+        if started.elapsed() > STOP_GRACE {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = fs::remove_dir_all(dir);
+    println!("{}", record.id);
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let r = Record {
+            id: "0123456789ab".into(),
+            pid: 42,
+            backend: "kvm".into(),
+            memory_mib: 512,
+            cpus: 2,
+            started: 1_700_000_000,
+            running: true,
+        };
+        assert_eq!(Record::decode(&r.encode()), Some(r.clone()));
+        assert_eq!(Record::decode("id=x\n"), None);
+        assert_eq!(Record::decode(""), None);
+    }
+}

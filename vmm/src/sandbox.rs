@@ -1,0 +1,180 @@
+//! A VM with a guest agent, booted on a thread of its own: what `nodeos-vm run` and detached
+//! VMs (`start --detach`) drive. The caller waits for the agent, runs commands through it, and
+//! stops the VM.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::thread;
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::agent::{self, Command, Outcome};
+use crate::backend::{self, Backend, RunReport, StopSignal, VmExit, VmSpec};
+use crate::console::{self, ConsoleTail, TAIL_BYTES};
+
+/// How long a guest may take to boot and report its agent ready.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{error}; the guest's console said:\n{console}")]
+    WithConsole { error: Box<Error>, console: String },
+    #[error(transparent)]
+    Agent(#[from] agent::Error),
+    #[error(transparent)]
+    Backend(#[from] backend::Error),
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
+    #[error("setting up the VM: {0}")]
+    Setup(#[source] std::io::Error),
+    #[error("the VM thread panicked")]
+    Panicked,
+    #[error("the guest's kernel panicked or the guest reset")]
+    Reset,
+}
+
+/// Where the guest's console output goes.
+pub enum ConsoleLog {
+    /// Kept in memory, the last part only, to explain failures.
+    Tail,
+    /// Appended to a file (a detached VM's log).
+    File(PathBuf),
+}
+
+enum Console {
+    Tail(ConsoleTail),
+    File(PathBuf),
+}
+
+impl Console {
+    /// The last output, to explain a failure.
+    fn text(&self) -> String {
+        match self {
+            Console::Tail(tail) => tail.text(),
+            Console::File(path) => {
+                let mut text = Vec::new();
+                if let Ok(mut f) = File::open(path) {
+                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    let _ = f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES as u64)));
+                    let _ = f.read_to_end(&mut text);
+                }
+                String::from_utf8_lossy(&text).into_owned()
+            }
+        }
+    }
+}
+
+pub struct Sandbox {
+    thread: thread::JoinHandle<Result<RunReport, backend::Error>>,
+    stop: StopSignal,
+    /// Signalled when the VM has ended, whatever the reason.
+    ended: EventFd,
+    console: Console,
+    ready: UnixListener,
+    socket: PathBuf,
+}
+
+impl Sandbox {
+    /// Boots `spec`, which must name an agent socket.
+    pub fn boot(backend: Backend, spec: VmSpec, log: ConsoleLog) -> Result<Sandbox, Error> {
+        let socket = spec
+            .agent_socket
+            .clone()
+            .expect("a sandbox VM has an agent socket");
+        // Listen before the guest can say it is ready.
+        let ready = agent::listen_ready(&socket)?;
+        let (console, output): (Console, OwnedFd) = match log {
+            ConsoleLog::Tail => {
+                let (tail, output) = ConsoleTail::capture()?;
+                (Console::Tail(tail), output)
+            }
+            ConsoleLog::File(path) => {
+                let file = File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(Error::Setup)?;
+                (Console::File(path), file.into())
+            }
+        };
+        let io = console::headless(output)?;
+        let stop = StopSignal::new().map_err(Error::Setup)?;
+        let ended = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Setup)?;
+        let (s, e) = (stop.clone(), ended.try_clone().map_err(Error::Setup)?);
+        let thread = thread::Builder::new()
+            .name("vm".into())
+            .spawn(move || {
+                let report = backend.run(&spec, io, &s);
+                let _ = e.write(1);
+                report
+            })
+            .map_err(Error::Setup)?;
+        Ok(Sandbox {
+            thread,
+            stop,
+            ended,
+            console,
+            ready,
+            socket,
+        })
+    }
+
+    fn explained(&self, e: impl Into<Error>) -> Error {
+        with_console(e.into(), &self.console)
+    }
+
+    /// Waits until the guest agent says it is ready.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
+        agent::wait_ready(&self.ready, &self.ended, timeout).map_err(|e| self.explained(e))
+    }
+
+    /// Runs `command` to its end, its output streamed to ours; gives up on a guest that has
+    /// not reported its end after `deadline`.
+    pub fn exec(&self, command: &Command, deadline: Option<Duration>) -> Result<Outcome, Error> {
+        agent::exec(&self.socket, command, &self.ended, deadline).map_err(|e| self.explained(e))
+    }
+
+    /// Readable once the VM has ended.
+    pub fn ended(&self) -> &EventFd {
+        &self.ended
+    }
+
+    /// The handle that ends the VM.
+    pub fn stop_signal(&self) -> &StopSignal {
+        &self.stop
+    }
+
+    /// Ends the VM (if it has not ended) and reports how it went.
+    pub fn stop(self) -> Result<RunReport, Error> {
+        self.stop.stop();
+        let Sandbox {
+            thread, console, ..
+        } = self;
+        let explained = |e: Error| with_console(e, &console);
+        let report = thread
+            .join()
+            .map_err(|_| Error::Panicked)?
+            .map_err(|e| explained(e.into()))?;
+        match report.exit {
+            VmExit::Stopped | VmExit::Guest(_) => Ok(report),
+            VmExit::Reset => Err(explained(Error::Reset)),
+        }
+    }
+}
+
+/// `error`, with what the guest's console said last when it said anything.
+fn with_console(error: Error, console: &Console) -> Error {
+    let console = console.text().trim().to_string();
+    if console.is_empty() {
+        error
+    } else {
+        Error::WithConsole {
+            error: Box::new(error),
+            console,
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The behaviours of `nodeos-vm run` that every backend must show, written once and run both
+//! on this host (tests/run.rs) and inside the KVM box (tests/kvm_box.rs).
+//!
+//! A case is a `sh` script; in it `$RUN` is `nodeos-vm run` with the backend, kernel and image
+//! options, `$FIXTURE` a fresh copy of tests/fixtures/node-project, and `$WEB` the address of
+//! an HTTP server on the host's loopback (`127.0.0.1:PORT`, reached from a guest with `--net`
+//! as `10.0.2.2:PORT`) that serves `/hello` and `/greeter.tgz` (an npm package).
+
+pub struct RunOutcome {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub struct RunCase {
+    pub name: &'static str,
+    pub script: &'static str,
+    /// Piped to the script's stdin.
+    pub stdin: &'static str,
+    /// Needs the network (`--net`): the box has no network backend for guests yet.
+    pub net: bool,
+    pub check: fn(&RunOutcome) -> Result<(), String>,
+}
+
+/// The page `/hello` of the test web server.
+pub const HELLO: &str = "hello from the host";
+
+fn expect(o: &RunOutcome, status: i32, stdout: &str) -> Result<(), String> {
+    if o.status == Some(status) && o.stdout == stdout {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected status {status} and stdout {stdout:?}; got {:?}, stdout {:?}, stderr {:?}",
+            o.status, o.stdout, o.stderr
+        ))
+    }
+}
+
+fn explain(o: &RunOutcome) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        o.stdout.chars().take(2000).collect::<String>(),
+        o.stderr
+    )
+}
+
+pub const RUN_CASES: &[RunCase] = &[
+    RunCase {
+        name: "exit_codes_and_signals",
+        script: "for c in 0 1 3; do $RUN -- node -e \"process.exit($c)\"; echo \"status $?\"; done
+                 $RUN -- node -e 'process.kill(process.pid, \"SIGTERM\")'; echo \"status $?\"",
+        stdin: "",
+        net: false,
+        check: |o| expect(o, 0, "status 0\nstatus 1\nstatus 3\nstatus 143\n"),
+    },
+    RunCase {
+        name: "stdout_and_stderr_apart_and_in_order",
+        script: "$RUN -- node -e 'for (let i = 0; i < 300; i++) { process.stdout.write(`out ${i}\\n`); process.stderr.write(`err ${i}\\n`) }'",
+        stdin: "",
+        net: false,
+        check: |o| {
+            let want = |tag: &str| (0..300).map(|i| format!("{tag} {i}\n")).collect::<String>();
+            if o.status == Some(0) && o.stdout == want("out") && o.stderr == want("err") {
+                Ok(())
+            } else {
+                Err(explain(o))
+            }
+        },
+    },
+    RunCase {
+        name: "ten_megabytes_of_output",
+        script: "$RUN -- node -e 'const b = Buffer.alloc(1 << 20, 97); for (let i = 0; i < 10; i++) { process.stdout.write(b); process.stderr.write(\"e\") }' | wc -c",
+        stdin: "",
+        net: false,
+        check: |o| {
+            if o.status == Some(0) && o.stdout.trim() == "10485760" && o.stderr == "eeeeeeeeee" {
+                Ok(())
+            } else {
+                Err(explain(o))
+            }
+        },
+    },
+    RunCase {
+        name: "stdin_piped_in",
+        script: "$RUN -i -- node -e 'let n = 0; process.stdin.on(\"data\", d => n += d.length).on(\"end\", () => console.log(n))'
+                 printf 'one\\ntwo\\n' | $RUN -i -- node -e 'process.stdin.pipe(process.stdout)'
+                 $RUN -- node -e 'process.stdin.on(\"data\", () => {}).on(\"end\", () => console.log(\"no input\"))'",
+        stdin: "0123456789",
+        net: false,
+        check: |o| expect(o, 0, "10\none\ntwo\nno input\n"),
+    },
+    RunCase {
+        name: "timeout_kills_the_command",
+        script: "$RUN --timeout 2s -- node -e 'require(\"child_process\").spawn(\"node\", [\"-e\", \"setInterval(() => {}, 1000)\"], {stdio: \"inherit\"}); setInterval(() => {}, 1000)'",
+        stdin: "",
+        net: false,
+        check: |o| {
+            if o.status == Some(124) && o.stderr.contains("timed out after 2s") {
+                Ok(())
+            } else {
+                Err(explain(o))
+            }
+        },
+    },
+    RunCase {
+        name: "command_not_found",
+        script: "$RUN -- no-such-command; echo \"status $?\"",
+        stdin: "",
+        net: false,
+        check: |o| {
+            if o.stdout == "status 127\n" && o.stderr.contains("no-such-command") {
+                Ok(())
+            } else {
+                Err(explain(o))
+            }
+        },
+    },
+    RunCase {
+        name: "volume_is_visible_and_host_files_unchanged",
+        script: "before=$(cat $FIXTURE/package.json $FIXTURE/lib/invoice.js | cksum)
+                 $RUN -v $FIXTURE:/app -w /app -- node -e '
+                   const fs = require(\"fs\");
+                   console.log(JSON.parse(fs.readFileSync(\"package.json\")).name);
+                   fs.writeFileSync(\"package.json\", \"rewritten\");
+                   fs.unlinkSync(\"lib/invoice.js\");
+                   fs.writeFileSync(\"new-file\", \"x\");
+                   console.log(fs.readFileSync(\"package.json\", \"utf8\"), fs.existsSync(\"lib/invoice.js\"))'
+                 after=$(cat $FIXTURE/package.json $FIXTURE/lib/invoice.js | cksum)
+                 [ \"$before\" = \"$after\" ] && [ ! -e $FIXTURE/new-file ] && echo host unchanged",
+        stdin: "",
+        net: false,
+        check: |o| expect(o, 0, "fixture-invoices\nrewritten false\nhost unchanged\n"),
+    },
+    RunCase {
+        name: "read_only_and_read_write_volumes",
+        script: "$RUN -v $FIXTURE:/app:ro -- node -e 'try { require(\"fs\").writeFileSync(\"/app/x\", \"1\") } catch (e) { console.log(e.code) }'
+                 $RUN -v $FIXTURE:/app:rw -- node -e 'const fs = require(\"fs\"); fs.writeFileSync(\"/app/out.txt\", \"from the guest\"); fs.rmSync(\"/app/lib/format.js\")'
+                 cat $FIXTURE/out.txt; echo; [ -e $FIXTURE/lib/format.js ] || echo deleted",
+        stdin: "",
+        net: false,
+        check: |o| expect(o, 0, "EROFS\nfrom the guest\ndeleted\n"),
+    },
+    RunCase {
+        name: "npm_test_of_a_node_project",
+        script: "$RUN -v $FIXTURE:/app -w /app -- npm test > out 2>&1; echo \"status $?\"; grep '^# pass\\|^# fail' out
+                 $RUN -v $FIXTURE:/app -w /app -e FIXTURE_FAIL=1 -- npm test > out 2>&1; echo \"status $?\"; grep '^# pass\\|^# fail' out",
+        stdin: "",
+        net: false,
+        check: |o| {
+            expect(
+                o,
+                0,
+                "status 0\n# pass 6\n# fail 0\nstatus 1\n# pass 5\n# fail 1\n",
+            )
+        },
+    },
+    RunCase {
+        name: "no_network_without_net",
+        script: "$RUN -- node -e '
+                   console.log(Object.keys(require(\"os\").networkInterfaces()).join());
+                   require(\"net\").connect(80, \"10.0.2.2\").on(\"error\", e => console.log(e.code))'",
+        stdin: "",
+        net: false,
+        check: |o| expect(o, 0, "lo\nENETUNREACH\n"),
+    },
+    RunCase {
+        name: "net_reaches_the_host_loopback",
+        script: "$RUN --net -- node -e 'fetch(`http://10.0.2.2:${process.argv[1]}/hello`).then(r => r.text()).then(console.log)' ${WEB#*:}",
+        stdin: "",
+        net: true,
+        check: |o| expect(o, 0, &format!("{HELLO}\n")),
+    },
+    RunCase {
+        name: "npm_install_from_the_host_loopback",
+        script: "$RUN --net -w /home/node -- sh -c \"npm install --no-audit --no-fund --loglevel=error http://10.0.2.2:${WEB#*:}/greeter.tgz > /dev/null && node -e 'console.log(require(\\\"greeter\\\")(\\\"npm\\\"))'\"",
+        stdin: "",
+        net: true,
+        check: |o| expect(o, 0, "hello, npm\n"),
+    },
+];
+
+pub fn run_case(name: &str) -> &'static RunCase {
+    RUN_CASES
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no run case {name}"))
+}
