@@ -402,7 +402,7 @@ mod tests {
             Mode::ReadWrite
         );
         for bad in [
-            format!("{host}"),
+            host.to_string(),
             format!("{host}:app"),
             format!("{host}:/"),
             format!("{host}:/a/../b"),

@@ -61,3 +61,78 @@ fn run_on_host(name: &str) {
 }
 
 run_case_tests!(run_on_host);
+
+/// `start --detach` prints an ID once the VM is ready; `ps`, `exec`, `logs` and `stop` work on
+/// it; a VM whose process is gone is cleaned up.
+#[test]
+fn detached_vm_lifecycle() {
+    let (kernel, rootfs) = common::artifacts();
+    let runtime = tempfile::tempdir().unwrap();
+    let vm = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).env("XDG_RUNTIME_DIR", runtime.path());
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _watchdog = common::Watchdog::new(child.id(), common::BOOT_LIMIT);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let backend = common::backend();
+    let (status, id, err) = vm(&[
+        "start",
+        "--detach",
+        "--backend",
+        &backend,
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+    ]);
+    assert_eq!(status, Some(0), "{err}");
+    let id = id.trim().to_string();
+    assert_eq!(id.len(), 12, "{id:?}");
+
+    let (_, ps, _) = vm(&["ps"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(&id) && l.contains("running")),
+        "{ps}"
+    );
+    let script = "require('fs').writeFileSync('/tmp/kept', 'state'); console.log(process.getuid())";
+    let (status, out, err) = vm(&["exec", &id[..6], "--", "node", "-e", script]);
+    assert_eq!((status, out.as_str()), (Some(0), "1000\n"), "{err}");
+    // The same VM: what the first command wrote is there.
+    let (status, out, err) = vm(&["exec", &id, "-e", "X=y", "--", "node", "-e",
+        "console.log(require('fs').readFileSync('/tmp/kept', 'utf8'), process.env.X); process.exit(4)"]);
+    assert_eq!((status, out.as_str()), (Some(4), "state y\n"), "{err}");
+    let (status, _, _) = vm(&["logs", &id]);
+    assert_eq!(status, Some(0));
+
+    let (status, out, err) = vm(&["stop", &id]);
+    assert_eq!((status, out.trim()), (Some(0), id.as_str()), "{err}");
+    let (_, ps, _) = vm(&["ps"]);
+    assert!(!ps.contains(&id), "{ps}");
+    let (status, _, err) = vm(&["exec", &id, "--", "node", "-e", "0"]);
+    assert_eq!(status, Some(125));
+    assert!(err.contains("no running VM"), "{err}");
+
+    // A record whose keeper is gone is removed by ps.
+    let stale = runtime.path().join("nodeos-vm/vms/deadbeef0000");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(
+        stale.join("state"),
+        "id=deadbeef0000\npid=999999999\nbackend=kvm\nmemory_mib=512\ncpus=1\nstarted=0\nstate=running\n",
+    )
+    .unwrap();
+    let (_, ps, _) = vm(&["ps"]);
+    assert!(!ps.contains("deadbeef0000"), "{ps}");
+    assert!(!stale.exists());
+}

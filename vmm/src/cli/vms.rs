@@ -228,7 +228,14 @@ pub fn keep(vm: &VmArgs, id: &str) -> anyhow::Result<u8> {
         .context("the keeper runs only under `nodeos-vm start --detach`")?;
     // SAFETY: the parent handed us this descriptor (the write end of its pipe) and nothing
     // else in this process uses it.
-    let mut report = fs::File::from(unsafe { OwnedFd::from_raw_fd(ready_fd) });
+    let report = unsafe { OwnedFd::from_raw_fd(ready_fd) };
+    // Nothing we start (QEMU, passt) may hold it: the parent waits for its end of file.
+    nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&report),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .context("setting close-on-exec on the ready descriptor")?;
+    let mut report = Some(fs::File::from(report));
     // Signals are taken by a thread of ours (sigwait): block them before any thread starts.
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -237,7 +244,7 @@ pub fn keep(vm: &VmArgs, id: &str) -> anyhow::Result<u8> {
     signals.thread_block().context("blocking signals")?;
 
     let result = keep_vm(vm, id, &mut report, signals);
-    if let Err(e) = &result {
+    if let (Err(e), Some(report)) = (&result, report.as_mut()) {
         let _ = write!(report, "{e:#}");
     }
     if let Ok(dir) = vms_dir() {
@@ -246,7 +253,12 @@ pub fn keep(vm: &VmArgs, id: &str) -> anyhow::Result<u8> {
     result.map(|()| 0)
 }
 
-fn keep_vm(vm: &VmArgs, id: &str, report: &mut fs::File, signals: SigSet) -> anyhow::Result<()> {
+fn keep_vm(
+    vm: &VmArgs,
+    id: &str,
+    report: &mut Option<fs::File>,
+    signals: SigSet,
+) -> anyhow::Result<()> {
     let dir = vms_dir()?.join(id);
     let memory_mib = vm_config::memory_mib(&vm.memory)?;
     let cpus = vm_config::cpus(vm.cpus)?;
@@ -293,7 +305,10 @@ fn keep_vm(vm: &VmArgs, id: &str, report: &mut fs::File, signals: SigSet) -> any
     }
     record.running = true;
     record.save(&dir).context("writing the VM's state")?;
-    report.write_all(b"ready\n")?;
+    if let Some(mut report) = report.take() {
+        // Closing it (end of scope) ends the parent's wait.
+        report.write_all(b"ready\n")?;
+    }
     crate::poll::first_readable(&[std::os::fd::AsRawFd::as_raw_fd(sandbox.ended())], None);
     sandbox.stop()?;
     Ok(())

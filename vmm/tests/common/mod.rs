@@ -28,6 +28,7 @@ macro_rules! case_tests {
 }
 
 /// One `#[test]` per case of `run_cases::RUN_CASES`, each calling `$runner(name)`.
+#[allow(unused_macros)] // tests/start.rs has no run cases
 macro_rules! run_case_tests {
     ($runner:ident) => {
         case_tests!(@each $runner;

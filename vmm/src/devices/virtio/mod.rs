@@ -7,6 +7,7 @@
 //! vCPU threads on the data path.
 
 pub mod block;
+pub mod cursor;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -53,7 +54,10 @@ pub trait VirtioDevice: Send {
         mem: &GuestMemory,
     ) -> u32;
     /// Serves the available buffers of queue `index`, each through [`serve`](Self::serve), and
-    /// puts them on the used ring. `Ok(true)` when it added used buffers (the transport then
+    /// puts them on the used ring. A device that leaves buffers on purpose (receive buffers
+    /// waiting for data) must override this and mark them seen with a
+    /// [`cursor::Cursor`](cursor::Cursor): the transport serves a queue again for as long as
+    /// it has buffers not handed out. `Ok(true)` when it added used buffers (the transport then
     /// asks the queue whether the driver wants an interrupt); `Err` when the queue itself is
     /// broken. Notification suppression is the transport's business.
     fn process_queue(

@@ -13,8 +13,8 @@ use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::cursor::Cursor;
 use super::{Error, Link, ETH_HLEN, MAX_FRAME};
+use crate::devices::virtio::cursor::Cursor;
 use crate::devices::virtio::{
     read_config_bytes, BackendWork, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1,
 };

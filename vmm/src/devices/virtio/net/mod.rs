@@ -7,7 +7,6 @@
 //! frame; the Linux driver then posts buffers for 1518-byte frames, so larger ones are dropped,
 //! as a NIC drops what its ring cannot hold.
 
-mod cursor;
 mod device;
 pub mod passt;
 mod stream;

@@ -16,7 +16,6 @@
 
 mod connection;
 mod packet;
-mod rx;
 #[cfg(test)]
 mod tests;
 mod unix;
@@ -40,8 +39,8 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use self::connection::{ConnKey, Connection, State};
 use self::packet::{ChainBuffers, Header, Op, HEADER_SIZE, MAX_PAYLOAD, TYPE_STREAM};
-use self::rx::RxCursor;
 use self::unix::{connect_nonblocking, Handshake};
+use super::cursor::Cursor;
 use super::{BackendWork, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
 
@@ -123,7 +122,7 @@ pub struct Vsock {
     control: VecDeque<Control>,
     /// Connections whose Unix stream may have data for the guest, served round-robin.
     rx_pending: VecDeque<ConnKey>,
-    rx_cursor: RxCursor,
+    rx_cursor: Cursor,
     next_port: u32,
     next_conn_id: u64,
     events: Vec<EpollEvent>,
@@ -174,7 +173,7 @@ impl Vsock {
             conns: HashMap::new(),
             control: VecDeque::new(),
             rx_pending: VecDeque::new(),
-            rx_cursor: RxCursor::default(),
+            rx_cursor: Cursor::default(),
             next_port: FIRST_HOST_PORT,
             next_conn_id: 0,
             events: vec![EpollEvent::default(); EVENTS_PER_PASS],
@@ -502,7 +501,7 @@ impl Vsock {
                     Some(len) => len,
                     None => {
                         // Nothing for this buffer after all: it stays the driver's.
-                        self.rx_cursor.undo();
+                        self.rx_cursor.unpop();
                         continue;
                     }
                 },

@@ -1,9 +1,9 @@
-//! The device's own position in a queue's available ring.
+//! A device's own position in a queue's available ring.
 //!
 //! After each pass over a queue the transport asks whether the driver made buffers available
-//! that the queue has not handed out, and serves the queue again while it has. A network
-//! device cannot take its buffers at the driver's pace: receive buffers wait for frames, and
-//! transmit chains for room in the backend. So it marks every available chain as seen (the
+//! that the queue has not handed out, and serves the queue again while it has. Devices with a
+//! backend (net, vsock) cannot take buffers at the driver's pace: receive buffers wait for
+//! data, and transmit chains for room in the backend. So it marks every available chain as seen (the
 //! queue's own position moves to the end) and takes chains from this cursor, which trails it,
 //! when it has work for them. The driver does not touch available-ring entries it has not got
 //! back, so the ones between the cursor and the queue's position stay valid.
@@ -16,7 +16,7 @@ use virtio_queue::{DescriptorChain, Error, Queue, QueueOwnedT, QueueT};
 use crate::memory::GuestMemory;
 
 #[derive(Debug, Default)]
-pub(super) struct Cursor(Wrapping<u16>);
+pub(crate) struct Cursor(Wrapping<u16>);
 
 impl Cursor {
     /// Marks every chain the driver has made available as seen, without taking any.
