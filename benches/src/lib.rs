@@ -1,7 +1,7 @@
 //! Shared pieces of the benchmarks: timing a `nodeos-vm start` to its REPL, and statistics.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,57 @@ pub fn parse_timings(output: &str) -> Option<(f64, f64)> {
         init.parse().ok()?,
         rest.trim_end_matches(" ms").parse().ok()?,
     ))
+}
+
+/// The `nodeos-vm` binary built beside this benchmark.
+pub fn nodeos_vm_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe.parent().unwrap().join("nodeos-vm");
+    assert!(
+        bin.is_file(),
+        "build nodeos-vm first: cargo build --release (looked for {})",
+        bin.display()
+    );
+    bin
+}
+
+/// Builds (or finds cached) the kernel and root image: `(kernel, rootfs)`.
+pub fn artifacts(bin: &Path) -> (PathBuf, PathBuf) {
+    let out = Command::new(bin)
+        .arg("build")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("nodeos-vm build");
+    assert!(out.status.success(), "nodeos-vm build failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let path = |prefix: &str| {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} line in {text}"));
+        PathBuf::from(line[prefix.len()..].rsplit_once(" (").unwrap().0.trim())
+    };
+    (path("kernel:"), path("root image:"))
+}
+
+/// A KVM box run of `script` with nodeos-vm, the kernel and image under /nodeos, and QEMU:
+/// both backends side by side.
+pub fn side_by_side_box(
+    bin: &Path,
+    kernel: &Path,
+    rootfs: &Path,
+    script: String,
+) -> kvm_box::BoxRun {
+    use kvm_box::BoxFile;
+    kvm_box::BoxRun::new(script)
+        .file(BoxFile::with_libs(bin, "/nodeos/nodeos-vm"))
+        .file(BoxFile::new(kernel, "/nodeos/vmlinux"))
+        .file(BoxFile::new(rootfs, "/nodeos/rootfs.img"))
+        .file(BoxFile::with_libs(
+            "/usr/bin/qemu-system-x86_64",
+            "/usr/bin/qemu-system-x86_64",
+        ))
+        .file(BoxFile::same_path("/usr/share/qemu"))
 }
 
 /// Median and spread of a sample.

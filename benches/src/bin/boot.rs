@@ -6,11 +6,11 @@
 //! (default: 5 runs; backends `qemu` and, where the host's KVM can run Linux, `kvm`)
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use nodeos_vm_benches::{boot, stats};
+use nodeos_vm_benches::{artifacts, boot, nodeos_vm_bin, stats};
 
 fn main() {
     let bin = nodeos_vm_bin();
@@ -30,7 +30,7 @@ fn main() {
             backends.push("kvm".into());
         }
     }
-    let rootfs = build_artifacts(&bin);
+    let (_, rootfs) = artifacts(&bin);
 
     println!(
         "## Boot: nodeos-vm start to init and to REPL ready ({runs} runs each, interleaved)\n"
@@ -80,38 +80,6 @@ fn main() {
         backends[0]
     );
     node_startup(&bin, &backends[0], &rootfs, runs);
-}
-
-fn nodeos_vm_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe.parent().unwrap().join("nodeos-vm");
-    assert!(
-        bin.is_file(),
-        "build nodeos-vm first: cargo build --release (looked for {})",
-        bin.display()
-    );
-    bin
-}
-
-fn build_artifacts(bin: &Path) -> PathBuf {
-    let out = Command::new(bin)
-        .arg("build")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("nodeos-vm build");
-    assert!(out.status.success(), "nodeos-vm build failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("root image:"))
-        .expect("root image path");
-    PathBuf::from(
-        line["root image:".len()..]
-            .rsplit_once(" (")
-            .unwrap()
-            .0
-            .trim(),
-    )
 }
 
 fn node_startup(bin: &Path, backend: &str, rootfs: &Path, runs: usize) {

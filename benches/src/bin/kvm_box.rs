@@ -4,12 +4,10 @@
 //!
 //! cargo build --release && cargo run --release -p nodeos-vm-benches --bin kvm_box -- [RUNS]
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kvm_box::{BoxFile, BoxRun, Script};
-use nodeos_vm_benches::{parse_timings, stats};
+use kvm_box::{BoxRun, Script};
+use nodeos_vm_benches::{artifacts, nodeos_vm_bin, parse_timings, side_by_side_box, stats};
 
 const BACKENDS: [&str; 2] = ["kvm", "qemu"];
 
@@ -18,26 +16,8 @@ fn main() {
         .nth(1)
         .map(|a| a.parse().expect("RUNS is a number"))
         .unwrap_or(5);
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().join("nodeos-vm");
-    assert!(
-        bin.is_file(),
-        "build nodeos-vm first: cargo build --release"
-    );
-    let out = Command::new(&bin)
-        .arg("build")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("nodeos-vm build");
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    let path = |prefix: &str| {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .expect("artifact path");
-        PathBuf::from(line[prefix.len()..].rsplit_once(" (").unwrap().0.trim())
-    };
+    let bin = nodeos_vm_bin();
+    let (kernel, rootfs) = artifacts(&bin);
 
     let mut script = Script::new();
     for i in 0..runs {
@@ -52,15 +32,7 @@ fn main() {
             );
         }
     }
-    let run = BoxRun::new(script.build())
-        .file(BoxFile::with_libs(&bin, "/nodeos/nodeos-vm"))
-        .file(BoxFile::new(path("kernel:"), "/nodeos/vmlinux"))
-        .file(BoxFile::new(path("root image:"), "/nodeos/rootfs.img"))
-        .file(BoxFile::with_libs(
-            "/usr/bin/qemu-system-x86_64",
-            "/usr/bin/qemu-system-x86_64",
-        ))
-        .file(BoxFile::same_path("/usr/share/qemu"));
+    let run = side_by_side_box(&bin, &kernel, &rootfs, script.build());
     let run = BoxRun {
         timeout: Duration::from_secs(1800),
         memory_mib: 3072,

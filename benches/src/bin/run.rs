@@ -7,12 +7,12 @@
 //!
 //! cargo build --release && ./target/release/run box 5
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kvm_box::{BoxFile, BoxRun, Script};
-use nodeos_vm_benches::stats;
+use kvm_box::{BoxRun, Script};
+use nodeos_vm_benches::{artifacts, nodeos_vm_bin, side_by_side_box, stats};
 
 const PARALLEL: usize = 10;
 const NODE_ARGS: &str = "-- node -e 'console.log(1)'";
@@ -24,36 +24,13 @@ fn main() {
         .next()
         .map(|a| a.parse().expect("RUNS is a number"))
         .unwrap_or(5);
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().join("nodeos-vm");
-    assert!(
-        bin.is_file(),
-        "build nodeos-vm first: cargo build --release"
-    );
+    let bin = nodeos_vm_bin();
     let (kernel, rootfs) = artifacts(&bin);
     match mode.as_str() {
         "host" => on_host(&bin, &kernel, &rootfs, runs),
         "box" => in_box(&bin, &kernel, &rootfs, runs),
         _ => panic!("usage: run host|box [RUNS]"),
     }
-}
-
-fn artifacts(bin: &Path) -> (PathBuf, PathBuf) {
-    let out = Command::new(bin)
-        .arg("build")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("nodeos-vm build");
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    let path = |prefix: &str| {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .expect("artifact path");
-        PathBuf::from(line[prefix.len()..].rsplit_once(" (").unwrap().0.trim())
-    };
-    (path("kernel:"), path("root image:"))
 }
 
 fn run_command(bin: &Path, kernel: &Path, rootfs: &Path) -> String {
@@ -109,15 +86,7 @@ fn in_box(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
             }
         }
     }
-    let run = BoxRun::new(script.build())
-        .file(BoxFile::with_libs(bin, "/nodeos/nodeos-vm"))
-        .file(BoxFile::new(kernel, "/nodeos/vmlinux"))
-        .file(BoxFile::new(rootfs, "/nodeos/rootfs.img"))
-        .file(BoxFile::with_libs(
-            "/usr/bin/qemu-system-x86_64",
-            "/usr/bin/qemu-system-x86_64",
-        ))
-        .file(BoxFile::same_path("/usr/share/qemu"));
+    let run = side_by_side_box(bin, kernel, rootfs, script.build());
     // Ten 512 MiB guests at once: L1 needs the room (guest RAM is touched lazily).
     let run = BoxRun {
         timeout: Duration::from_secs(3000),

@@ -66,17 +66,7 @@ pub trait VirtioDevice: Send {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<bool, virtio_queue::Error> {
-        let mut used = false;
-        while let Some(chain) = queue.iter(mem)?.next() {
-            let head = chain.head_index();
-            let len = self.serve(index, chain, mem);
-            // A head index beyond the queue cannot be returned; the driver lost that buffer.
-            if head < queue.size() {
-                queue.add_used(mem, head, len)?;
-                used = true;
-            }
-        }
-        Ok(used)
+        serve_available(self, index, queue, mem)
     }
     /// The driver set DRIVER_OK: the queues are set up and the device may start its backend.
     fn activate(&mut self) {}
@@ -100,6 +90,27 @@ pub trait VirtioDevice: Send {
     ) -> Result<BackendWork, virtio_queue::Error> {
         Ok(BackendWork::default())
     }
+}
+
+/// Serves every available buffer of queue `index` through `device.serve` and puts it on the
+/// used ring: the default [`VirtioDevice::process_queue`]. `Ok(true)` when it used any.
+pub(crate) fn serve_available<D: VirtioDevice + ?Sized>(
+    device: &mut D,
+    index: usize,
+    queue: &mut Queue,
+    mem: &GuestMemory,
+) -> Result<bool, virtio_queue::Error> {
+    let mut used = false;
+    while let Some(chain) = queue.iter(mem)?.next() {
+        let head = chain.head_index();
+        let len = device.serve(index, chain, mem);
+        // A head index beyond the queue cannot be returned; the driver lost that buffer.
+        if head < queue.size() {
+            queue.add_used(mem, head, len)?;
+            used = true;
+        }
+    }
+    Ok(used)
 }
 
 /// What one [`VirtioDevice::process_backend`] pass did.

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use agent_proto::hybrid::{host_listener_path, ok_line};
 use agent_proto::{GUEST_CID, HOST_CID};
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
@@ -575,15 +575,7 @@ impl Vsock {
         queue: &mut Queue,
         mem: &GuestMemory,
     ) -> Result<bool, virtio_queue::Error> {
-        let mut used = false;
-        while let Some(chain) = queue.iter(mem)?.next() {
-            let head = chain.head_index();
-            let len = self.serve(TX_QUEUE, chain, mem);
-            if head < queue.size() {
-                queue.add_used(mem, head, len)?;
-                used = true;
-            }
-        }
+        let used = super::serve_available(self, TX_QUEUE, queue, mem)?;
         // Replies and credit updates wait for receive buffers.
         self.kick();
         Ok(used)
