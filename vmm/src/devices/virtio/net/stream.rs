@@ -141,25 +141,12 @@ impl Link for Stream {
 
     fn flush(&mut self) -> io::Result<bool> {
         while !self.tx.is_empty() {
-            // SAFETY: send(2) reads at most tx.len() bytes from tx, which lives across the
-            // call; MSG_NOSIGNAL turns a closed peer into EPIPE instead of SIGPIPE.
-            let n = unsafe {
-                libc::send(
-                    self.sock.as_raw_fd(),
-                    self.tx.as_ptr().cast(),
-                    self.tx.len(),
-                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                )
+            let n = match crate::devices::virtio::socket::send(&self.sock, &self.tx) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => return Ok(false),
-                    io::ErrorKind::Interrupted => continue,
-                    _ => return Err(e),
-                }
-            }
-            self.tx.drain(..n as usize);
+            self.tx.drain(..n);
         }
         Ok(true)
     }

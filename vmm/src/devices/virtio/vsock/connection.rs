@@ -2,7 +2,7 @@
 //! ways (virtio 1.2 §5.10.6.3), the guest's bytes the Unix stream has not taken yet, and which
 //! halves are shut.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::Shutdown;
 use std::num::Wrapping;
 use std::os::fd::AsRawFd;
@@ -12,6 +12,7 @@ use std::time::Instant;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::packet::{ChainBuffers, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND};
+use crate::devices::virtio::socket;
 
 /// Receive buffer we advertise per connection: at most this many of the guest's bytes wait for
 /// the Unix stream.
@@ -195,13 +196,12 @@ impl Connection {
     /// once it is drained after the guest shut its send side.
     pub fn flush(&mut self) -> io::Result<()> {
         while self.has_pending() {
-            match (&self.stream).write(&self.pending[self.pending_start..]) {
+            match socket::send(&self.stream, &self.pending[self.pending_start..]) {
                 Ok(n) => {
                     self.pending_start += n;
                     // n <= pending <= BUF_ALLOC.
                     self.fwd_cnt += n as u32;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
