@@ -56,9 +56,12 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
         }
         let run_cmd = format!("/nodeos/nodeos-vm run --backend kvm --kernel {KERNEL} --rootfs {ROOTFS}");
         // For --net: passt needs a default route to pick its outbound interface (L1 has no
-        // network of its own: a dummy one does), and the web server listens on L1's loopback.
+        // network of its own: a dummy one does) and, run as root, the user `nobody` to drop
+        // to; the web server listens on L1's loopback.
         script.setup(&format!(
-            "ip link set lo up; ip link add dummy0 type dummy && ip addr add 192.0.2.1/24 dev dummy0 && \
+            "echo nobody:x:65534:65534:nobody:/:/bin/false >> /etc/passwd; \
+             echo nogroup:x:65534: >> /etc/group; \
+             ip link set lo up; ip link add dummy0 type dummy && ip addr add 192.0.2.1/24 dev dummy0 && \
              ip link set dummy0 up && ip route add default via 192.0.2.254 dev dummy0; \
              mkdir -p /srv && cp {WEB_DIR}/* /srv/ && busybox httpd -p {WEB} -h /srv"
         ));

@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::artifacts::{check_kernel, check_rootfs, Artifact, Store};
-use crate::backend::{detect, qemu, Backend};
+use crate::backend::{detect, qemu, Backend, NetSpec, GUEST_NET_PARAM};
 
 /// Exit status of nodeos-vm's own failures (bad input, a backend that cannot start, a guest
 /// that crashed): what the guest's own statuses (0..=124 in practice) cannot be confused with.
@@ -79,6 +79,41 @@ pub struct VmArgs {
     /// Extra kernel command-line parameters.
     #[arg(long, value_name = "PARAMS", default_value = "")]
     pub cmdline_extra: String,
+    /// Give the guest a network interface: `user` (NAT to the host's network; the host's
+    /// loopback is 10.0.2.2) or `tap:NAME`. Without it the guest has no network at all.
+    #[arg(long, value_name = "user|tap:NAME", num_args = 0..=1, default_missing_value = "user", value_parser = parse_net)]
+    pub net: Option<NetSpec>,
+}
+
+impl VmArgs {
+    /// The guest parameters beyond the console's: `params`, the network's, the user's.
+    pub fn cmdline_extra(&self, params: &[String]) -> String {
+        let mut extra = params.to_vec();
+        if self.net.is_some() {
+            extra.push(GUEST_NET_PARAM.to_string());
+        }
+        extra.push(self.cmdline_extra.clone());
+        extra.join(" ")
+    }
+}
+
+/// `user` or `tap:NAME`.
+fn parse_net(text: &str) -> Result<NetSpec, String> {
+    match text.split_once(':') {
+        None if text == "user" => Ok(NetSpec::User),
+        Some(("tap", name))
+            if !name.is_empty()
+                && name.len() < libc::IFNAMSIZ
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) =>
+        {
+            Ok(NetSpec::Tap(name.to_string()))
+        }
+        _ => Err(format!(
+            "{text:?}: write --net (or --net user) for NAT, or --net tap:NAME for a host TAP interface"
+        )),
+    }
 }
 
 /// Kernel and image options shared by the commands that boot a VM.
@@ -140,5 +175,25 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Stop(args) => vms::stop(args),
         Command::Build(args) => build::run(args).map(|()| 0),
         Command::Doctor => doctor::run().map(|()| 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nets() {
+        assert_eq!(parse_net("user"), Ok(NetSpec::User));
+        assert_eq!(parse_net("tap:tap0"), Ok(NetSpec::Tap("tap0".into())));
+        for bad in [
+            "",
+            "tap:",
+            "tap:a,b",
+            "tap:waytoolonginterfacename",
+            "slirp",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad}");
+        }
     }
 }

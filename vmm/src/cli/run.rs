@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 
 use super::{choose_backend, images, VmArgs};
 use crate::agent::{Command, Outcome};
-use crate::backend::{Disk, NetSpec, VmSpec, GUEST_NET_PARAM};
+use crate::backend::{Disk, VmSpec};
 use crate::cmdline::{self, ConsoleMode, UpperLayer};
 use crate::sandbox::{ConsoleLog, Sandbox, BOOT_TIMEOUT};
 use crate::volume::{Mode, Volume};
@@ -28,10 +28,6 @@ pub struct RunArgs {
     volumes: Vec<String>,
     #[command(flatten)]
     exec: ExecOptions,
-    /// Give the guest a network interface: `user` (NAT to the host's network; the host's
-    /// loopback is 10.0.2.2) or `tap:NAME`. Without it the guest has no network at all.
-    #[arg(long, value_name = "user|tap:NAME", num_args = 0..=1, default_missing_value = "user", value_parser = parse_net)]
-    net: Option<NetSpec>,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -105,10 +101,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             read_only: volume.mode == Mode::ReadOnly,
         });
     }
-    if args.net.is_some() {
-        params.push(GUEST_NET_PARAM.to_string());
-    }
-    let extra = format!("{} {}", params.join(" "), args.vm.cmdline_extra);
+    let extra = args.vm.cmdline_extra(&params);
     let agent_socket = dir.path().join("agent.sock");
     let spec = VmSpec {
         kernel,
@@ -116,7 +109,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         upper_disk: None,
         disks,
         agent_socket: Some(agent_socket.clone()),
-        net: args.net,
+        net: args.vm.net.clone(),
         memory_mib,
         cpus,
         cmdline: cmdline::build(ConsoleMode::Pipe, UpperLayer::Tmpfs, &extra)?,
@@ -234,25 +227,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// `user` or `tap:NAME`.
-fn parse_net(text: &str) -> Result<NetSpec, String> {
-    match text.split_once(':') {
-        None if text == "user" => Ok(NetSpec::User),
-        Some(("tap", name))
-            if !name.is_empty()
-                && name.len() < libc::IFNAMSIZ
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) =>
-        {
-            Ok(NetSpec::Tap(name.to_string()))
-        }
-        _ => Err(format!(
-            "{text:?}: write --net (or --net user) for NAT, or --net tap:NAME for a host TAP interface"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,21 +240,6 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         for bad in ["", "s", "1x", "-1", "0", "1.5s", "99999999999999999999h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn nets() {
-        assert_eq!(parse_net("user"), Ok(NetSpec::User));
-        assert_eq!(parse_net("tap:tap0"), Ok(NetSpec::Tap("tap0".into())));
-        for bad in [
-            "",
-            "tap:",
-            "tap:a,b",
-            "tap:waytoolonginterfacename",
-            "slirp",
-        ] {
-            assert!(parse_net(bad).is_err(), "{bad}");
         }
     }
 

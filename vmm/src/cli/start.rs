@@ -45,13 +45,13 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
         upper_disk: None,
         disks: Vec::new(),
         agent_socket: None,
-        net: None,
+        net: args.vm.net.clone(),
         memory_mib,
         cpus,
         cmdline: cmdline::build(
             host_console.mode(),
             UpperLayer::Tmpfs,
-            &args.vm.cmdline_extra,
+            &args.vm.cmdline_extra(&[]),
         )?,
     };
     let started = std::time::Instant::now();

@@ -277,14 +277,14 @@ fn keep_vm(
     };
     record.save(&dir).context("writing the VM's state")?;
     let (kernel, rootfs) = images(&vm.images)?;
-    let extra = format!("nodeos.shell=none {}", vm.cmdline_extra);
+    let extra = vm.cmdline_extra(&["nodeos.shell=none".to_string()]);
     let spec = VmSpec {
         kernel,
         rootfs,
         upper_disk: None,
         disks: Vec::new(),
         agent_socket: Some(dir.join("agent.sock")),
-        net: None,
+        net: vm.net.clone(),
         memory_mib,
         cpus,
         cmdline: cmdline::build(ConsoleMode::Pipe, UpperLayer::Tmpfs, &extra)?,
