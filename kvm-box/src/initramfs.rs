@@ -304,6 +304,18 @@ fn init_script(modules: &[&str]) -> String {
         r#"#!/bin/sh
 # kvm-box /init: mount, load KVM, run the script on {OUTPUT_TTY}, report its status, power off.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb
+# First move to a root that is a real mount (a tmpfs), as on any host: programs that sandbox
+# themselves with pivot_root (passt) fail on the initramfs's rootfs.
+if [ ! -e /.tmpfs-root ]; then
+    mkdir -p /newroot
+    mount -t tmpfs -o mode=0755 tmpfs /newroot
+    cd /
+    for f in * .[!.]*; do
+        [ -e "$f" ] && [ "$f" != newroot ] && cp -a "$f" /newroot/
+    done
+    : > /newroot/.tmpfs-root
+    exec switch_root /newroot /init
+fi
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
