@@ -61,7 +61,8 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
         script.setup(&format!(
             "echo nobody:x:65534:65534:nobody:/:/bin/false >> /etc/passwd; \
              echo nogroup:x:65534: >> /etc/group; \
-             ip link set lo up; ip link add dummy0 type dummy && ip addr add 192.0.2.1/24 dev dummy0 && \
+             ip link set lo up; \
+             [ -e /sys/class/net/dummy0 ] || ip link add dummy0 type dummy; ip addr add 192.0.2.1/24 dev dummy0 && \
              ip link set dummy0 up && ip route add default via 192.0.2.254 dev dummy0; \
              mkdir -p /srv && cp {WEB_DIR}/* /srv/ && busybox httpd -p {WEB} -h /srv"
         ));
