@@ -1,5 +1,6 @@
 //! The host side of the guest agent (docs/agent-protocol.md): waiting for it to say it is
-//! ready, and running one command through it with the output streamed to ours.
+//! ready, and running commands through it: a [`Session`] the caller drives, or [`exec`], which
+//! streams a command's output to ours.
 //!
 //! It speaks to the VM's agent socket, which is the same hybrid-vsock Unix socket on both
 //! backends (vsock on ours, the virtio-serial multiplexer on QEMU).
@@ -108,6 +109,145 @@ fn check_version(guest: u32) -> Result<(), Error> {
     }
 }
 
+/// A command running in the guest, driven by the caller: input sent with [`Session::input`],
+/// output and the end received with [`Session::next`]. `exec` (our stdin and stdout) and
+/// `serve` (an app's runner) are both built on it.
+pub struct Session {
+    writer: Arc<Mutex<UnixStream>>,
+    reader: BufReader<UnixStream>,
+    started: Instant,
+}
+
+/// Sends to a session's command from any thread.
+#[derive(Clone)]
+pub struct Input(Arc<Mutex<UnixStream>>);
+
+/// What a session's command did next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// Final: nothing follows.
+    Ended(Outcome),
+}
+
+/// Why [`Session::next`] returned.
+#[derive(Debug)]
+pub enum Wake {
+    Event(Event),
+    /// One of the caller's extra descriptors (by index) became readable.
+    Extra(usize),
+}
+
+impl Session {
+    /// Says hello to the agent behind `socket` and starts `command`.
+    pub fn start(socket: &Path, command: &Command) -> Result<Session, Error> {
+        let stream = hybrid::connect(socket, AGENT_PORT).map_err(Error::Connect)?;
+        let writer = Arc::new(Mutex::new(stream.try_clone().map_err(Error::Connect)?));
+        let mut reader = BufReader::new(stream);
+        send(
+            &writer,
+            &Request::Hello {
+                version: frame::VERSION,
+            },
+        )?;
+        match frame::read_reply(&mut reader)? {
+            Some(Reply::Hello { version }) => check_version(version)?,
+            Some(Reply::Error { message, .. }) => return Err(Error::Refused(message)),
+            _ => return Err(Error::Unexpected("another message than hello")),
+        }
+        send(
+            &writer,
+            &Request::Exec(Exec {
+                argv: command.argv.clone(),
+                env: command.env.clone(),
+                cwd: command.cwd.clone(),
+                stdin: command.stdin,
+                timeout_ms: command.timeout.map(|t| t.as_millis() as u64),
+            }),
+        )?;
+        Ok(Session {
+            writer,
+            reader,
+            started: Instant::now(),
+        })
+    }
+
+    /// The handle that writes to the command's stdin and signals it.
+    pub fn input(&self) -> Input {
+        Input(self.writer.clone())
+    }
+
+    /// Waits for the command's next output or end, for the VM's end (`ended`: an error), for
+    /// one of `extra` to become readable, or until `deadline` (an error: the guest is not
+    /// responding).
+    pub fn next(
+        &mut self,
+        ended: &EventFd,
+        extra: &[RawFd],
+        deadline: Option<Instant>,
+    ) -> Result<Wake, Error> {
+        loop {
+            // Frames already buffered are read before waiting on the socket again.
+            if self.reader.buffer().is_empty() {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let mut fds = vec![self.reader.get_ref().as_raw_fd(), ended.as_raw_fd()];
+                fds.extend_from_slice(extra);
+                match first_readable(&fds, left) {
+                    Some(0) => {}
+                    Some(1) => return Err(Error::EndedDuringCommand),
+                    Some(i) => return Ok(Wake::Extra(i - 2)),
+                    None => return Err(Error::NoReport(self.started.elapsed())),
+                }
+            }
+            let Some(reply) = frame::read_reply(&mut self.reader)? else {
+                return Err(Error::EndedDuringCommand);
+            };
+            let event = match reply {
+                Reply::Started { .. } => continue,
+                Reply::Stdout(data) => Event::Stdout(data),
+                Reply::Stderr(data) => Event::Stderr(data),
+                Reply::Exited(code) => Event::Ended(Outcome::Exited(code)),
+                Reply::Signaled(signal) => Event::Ended(Outcome::Signaled(signal)),
+                Reply::TimedOut { timeout_ms } => {
+                    Event::Ended(Outcome::TimedOut(Duration::from_millis(timeout_ms)))
+                }
+                Reply::Error { kind, message } => Event::Ended(match kind {
+                    ErrorKind::NotFound => Outcome::NotFound(message),
+                    ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => {
+                        Outcome::NotExecutable(message)
+                    }
+                    ErrorKind::Protocol | ErrorKind::Version => {
+                        return Err(Error::Refused(message))
+                    }
+                }),
+                Reply::Hello { .. } => return Err(Error::Unexpected("a second hello")),
+            };
+            return Ok(Wake::Event(event));
+        }
+    }
+}
+
+impl Input {
+    /// Writes `data` to the command's stdin (in chunks the protocol allows).
+    pub fn write(&self, data: &[u8]) -> Result<(), Error> {
+        for chunk in data.chunks(frame::MAX_CHUNK) {
+            send(&self.0, &Request::Stdin(chunk.to_vec()))?;
+        }
+        Ok(())
+    }
+
+    /// Closes the command's stdin once what was written before has been.
+    pub fn close(&self) -> Result<(), Error> {
+        send(&self.0, &Request::StdinEof)
+    }
+
+    /// Sends `signal` to the command's process group.
+    pub fn signal(&self, signal: i32) -> Result<(), Error> {
+        send(&self.0, &Request::Signal(signal))
+    }
+}
+
 /// Runs `command` through the agent behind `socket`, writing its output to our stdout and
 /// stderr as it comes. Our SIGINT, SIGTERM and SIGHUP are passed on to it. `ended` is the VM's
 /// end; `deadline` how long to wait at most before giving up on the guest.
@@ -117,85 +257,30 @@ pub fn exec(
     ended: &EventFd,
     deadline: Option<Duration>,
 ) -> Result<Outcome, Error> {
-    let stream = hybrid::connect(socket, AGENT_PORT).map_err(Error::Connect)?;
-    let writer = Arc::new(Mutex::new(stream.try_clone().map_err(Error::Connect)?));
-    let mut reader = BufReader::new(stream);
-    send(
-        &writer,
-        &Request::Hello {
-            version: frame::VERSION,
-        },
-    )?;
-    match frame::read_reply(&mut reader)? {
-        Some(Reply::Hello { version }) => check_version(version)?,
-        Some(Reply::Error { message, .. }) => return Err(Error::Refused(message)),
-        _ => return Err(Error::Unexpected("another message than hello")),
-    }
-    send(
-        &writer,
-        &Request::Exec(Exec {
-            argv: command.argv.clone(),
-            env: command.env.clone(),
-            cwd: command.cwd.clone(),
-            stdin: command.stdin,
-            timeout_ms: command.timeout.map(|t| t.as_millis() as u64),
-        }),
-    )?;
+    let mut session = Session::start(socket, command)?;
+    let input = session.input();
     if command.stdin {
-        forward_stdin(writer.clone());
+        forward_stdin(input.clone());
     }
     let signals = SignalForwarder::install()?;
-    let started = Instant::now();
+    let deadline = deadline.map(|d| Instant::now() + d);
     let mut stdout = io::stdout();
     let mut stderr = io::stderr();
     loop {
-        // Frames already buffered are read before waiting on the socket again.
-        if reader.buffer().is_empty() {
-            let left = deadline.map(|d| d.saturating_sub(started.elapsed()));
-            let fds = [
-                reader.get_ref().as_raw_fd(),
-                ended.as_raw_fd(),
-                signals.fd(),
-            ];
-            match first_readable(&fds, left) {
-                Some(0) => {}
-                Some(1) => return Err(Error::EndedDuringCommand),
-                Some(_) => {
-                    for signal in signals.take() {
-                        send(&writer, &Request::Signal(signal))?;
-                    }
-                    continue;
+        match session.next(ended, &[signals.fd()], deadline)? {
+            Wake::Extra(_) => {
+                for signal in signals.take() {
+                    input.signal(signal)?;
                 }
-                None => return Err(Error::NoReport(deadline.unwrap_or_default())),
             }
-        }
-        let Some(reply) = frame::read_reply(&mut reader)? else {
-            return Err(Error::EndedDuringCommand);
-        };
-        match reply {
-            Reply::Started { .. } => {}
             // A host stdout or stderr that went away must not stop the command: drop output.
-            Reply::Stdout(data) => {
+            Wake::Event(Event::Stdout(data)) => {
                 let _ = stdout.write_all(&data).and_then(|()| stdout.flush());
             }
-            Reply::Stderr(data) => {
+            Wake::Event(Event::Stderr(data)) => {
                 let _ = stderr.write_all(&data).and_then(|()| stderr.flush());
             }
-            Reply::Exited(code) => return Ok(Outcome::Exited(code)),
-            Reply::Signaled(signal) => return Ok(Outcome::Signaled(signal)),
-            Reply::TimedOut { timeout_ms } => {
-                return Ok(Outcome::TimedOut(Duration::from_millis(timeout_ms)))
-            }
-            Reply::Error { kind, message } => {
-                return match kind {
-                    ErrorKind::NotFound => Ok(Outcome::NotFound(message)),
-                    ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => {
-                        Ok(Outcome::NotExecutable(message))
-                    }
-                    ErrorKind::Protocol | ErrorKind::Version => Err(Error::Refused(message)),
-                }
-            }
-            Reply::Hello { .. } => return Err(Error::Unexpected("a second hello")),
+            Wake::Event(Event::Ended(outcome)) => return Ok(outcome),
         }
     }
 }
@@ -207,7 +292,7 @@ fn send(writer: &Mutex<UnixStream>, request: &Request) -> Result<(), Error> {
 
 /// Copies our stdin to the command, then says end of input. A thread of its own: reading
 /// stdin blocks.
-fn forward_stdin(writer: Arc<Mutex<UnixStream>>) {
+fn forward_stdin(input: Input) {
     std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
@@ -217,7 +302,7 @@ fn forward_stdin(writer: Arc<Mutex<UnixStream>>) {
                 match stdin.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
-                        if send(&writer, &Request::Stdin(buf[..n].to_vec())).is_err() {
+                        if input.write(&buf[..n]).is_err() {
                             return;
                         }
                     }
@@ -225,7 +310,7 @@ fn forward_stdin(writer: Arc<Mutex<UnixStream>>) {
                     Err(_) => break,
                 }
             }
-            let _ = send(&writer, &Request::StdinEof);
+            let _ = input.close();
         })
         .expect("spawning the stdin thread");
 }

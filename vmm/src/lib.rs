@@ -18,5 +18,6 @@ pub mod memory;
 pub mod poll;
 pub mod runtime;
 pub mod sandbox;
+pub mod serve;
 pub mod vm_config;
 pub mod volume;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::agent::{self, Command, Outcome};
+use crate::agent::{self, Command, Outcome, Session};
 use crate::backend::{self, Backend, RunReport, StopSignal, VmExit, VmSpec};
 use crate::console::{self, ConsoleTail, TAIL_BYTES};
 
@@ -136,6 +136,11 @@ impl Sandbox {
     /// not reported its end after `deadline`.
     pub fn exec(&self, command: &Command, deadline: Option<Duration>) -> Result<Outcome, Error> {
         agent::exec(&self.socket, command, &self.ended, deadline).map_err(|e| self.explained(e))
+    }
+
+    /// Starts `command` as a session the caller drives (input, output as it comes).
+    pub fn session(&self, command: &Command) -> Result<Session, Error> {
+        Session::start(&self.socket, command).map_err(|e| self.explained(e))
     }
 
     /// Readable once the VM has ended.

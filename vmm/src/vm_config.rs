@@ -1,4 +1,7 @@
-//! The user's choices for one VM (memory, vCPUs), checked before anything is built or started.
+//! The user's choices for one VM (memory, vCPUs, timeouts), checked before anything is built
+//! or started.
+
+use std::time::Duration;
 
 const MIB: u64 = 1024 * 1024;
 /// Below this, Node.js and npm run out of memory in the guest.
@@ -71,6 +74,26 @@ fn host_memory_mib() -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// `30s`, `5m`, `1h`, `500ms`, or a number of seconds.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let bad = || format!("{text:?} is not a duration; write it like 30s, 5m, 1h or 500ms");
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(format!("{text:?}: the timeout must be more than 0"));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +138,17 @@ mod tests {
         assert_eq!(cpus(0), Err(ConfigError::Cpus(0)));
         assert_eq!(cpus(33), Err(ConfigError::Cpus(33)));
         assert_eq!(cpus(1000), Err(ConfigError::Cpus(1000)));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "1x", "-1", "0", "1.5s", "99999999999999999999h"] {
+            assert!(duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 mod build;
 mod doctor;
 mod run;
+mod serve;
 mod start;
 mod vms;
 
@@ -46,6 +47,10 @@ pub enum Command {
     Logs(vms::IdArg),
     /// Stop a detached VM.
     Stop(vms::IdArg),
+    /// Host Node apps as functions over HTTP, each app in microVMs of its own (docs/serve.md).
+    ///
+    /// Example: nodeos-vm serve --listen 127.0.0.1:8080
+    Serve(serve::ServeArgs),
     /// Build the kernel and root image into the cache (only what is missing, unless --force).
     Build(build::BuildArgs),
     /// Say what this host offers (KVM or not, which backend `auto` picks) and what is cached.
@@ -173,6 +178,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Exec(args) => vms::exec(args),
         Command::Logs(args) => vms::logs(args),
         Command::Stop(args) => vms::stop(args),
+        Command::Serve(args) => serve::run(args),
         Command::Build(args) => build::run(args).map(|()| 0),
         Command::Doctor => doctor::run().map(|()| 0),
     }

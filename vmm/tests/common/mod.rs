@@ -1,7 +1,7 @@
 //! Helpers for the integration tests: they boot real guests (our kernel, our root image) with
 //! the real `nodeos-vm` binary, on the backend `NODEOS_VM_TEST_BACKEND` names (default `auto`).
 
-#![allow(dead_code)] // each test file uses its own subset
+#![allow(dead_code, unused_macros)] // each test file uses its own subset
 
 /// One `#[test]` per case of `cases::CASES`, each calling `$runner(name)`: every backend's
 /// test file runs every case, and a case added to `CASES` must be added here.

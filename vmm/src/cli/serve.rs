@@ -1,0 +1,31 @@
+//! `nodeos-vm serve`: the function host (see crate::serve).
+
+use std::net::SocketAddr;
+
+use super::{choose_backend, images, BackendChoice, ImageArgs};
+use crate::serve::{self, Machine};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on (port 0: any free port). The URL is printed once ready.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    #[command(flatten)]
+    images: ImageArgs,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
+    let backend = choose_backend(args.backend, false)?;
+    let (kernel, rootfs) = images(&args.images)?;
+    serve::serve(
+        args.listen,
+        Machine {
+            backend,
+            kernel,
+            rootfs,
+        },
+    )?;
+    Ok(0)
+}

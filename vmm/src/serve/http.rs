@@ -1,0 +1,356 @@
+//! The HTTP API (docs/openapi.yaml): every answer is JSON (but `/metrics` and what `fetch`
+//! apps return), every error `{"error": "..."}` with a 4xx or 5xx status.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, put};
+use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::instance::CallError;
+use super::package::{self, Options};
+use super::pool::LeaseError;
+use super::{metrics, App, DeployError, Server};
+
+/// Largest package a deploy takes, and largest call body.
+const MAX_PACKAGE_BYTES: usize = 64 << 20;
+const MAX_CALL_BYTES: usize = 6 << 20;
+/// The header that carries a call's ID (as in the logs).
+const INVOCATION_HEADER: &str = "x-invocation-id";
+
+pub fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/apps", get(list))
+        .route("/apps/{name}", put(deploy).get(show).delete(delete))
+        .route("/apps/{name}/invoke", post(invoke))
+        .route("/apps/{name}/logs", get(logs))
+        .route("/run/{name}", any(run))
+        .route("/run/{name}/{*path}", any(run))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see docs/openapi.yaml",
+            )
+        })
+        .with_state(server)
+}
+
+/// An error answer: `{"error": message, ...details}`.
+struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            status,
+            body: json!({ "error": message.to_string() }),
+        }
+    }
+
+    fn with(mut self, key: &str, value: impl serde::Serialize) -> ApiError {
+        self.body[key] = json!(value);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+/// The whole body, at most `limit` bytes.
+async fn read_body(body: Body, limit: usize, what: &str) -> Result<Vec<u8>, ApiError> {
+    to_bytes(body, limit).await.map(Vec::from).map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the {what} is larger than {} MiB", limit >> 20),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("reading the {what}: {e}"))
+        }
+    })
+}
+
+fn find(server: &Server, name: &str) -> Result<App, ApiError> {
+    package::check_name(name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    server.app(name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no app {name:?} is deployed"),
+        )
+    })
+}
+
+fn describe(name: &str, app: &App) -> Value {
+    let d = &app.current;
+    json!({
+        "name": name,
+        "version": d.version,
+        "deployed_at_ms": d.deployed_at_ms,
+        "exports": d.exports,
+        "options": d.pool.options,
+        "instances": d.pool.instances(),
+    })
+}
+
+async fn list(State(server): State<Arc<Server>>) -> Json<Value> {
+    let apps: Vec<Value> = server.apps().iter().map(|(n, a)| describe(n, a)).collect();
+    Json(json!({ "apps": apps }))
+}
+
+async fn show(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let app = find(&server, &name)?;
+    Ok(Json(describe(&name, &app)))
+}
+
+async fn deploy(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let bad = |e: package::Error| ApiError::new(StatusCode::BAD_REQUEST, e);
+    package::check_name(&name).map_err(bad)?;
+    let options = Options::from_query(&query).map_err(bad)?;
+    let package = read_body(body, MAX_PACKAGE_BYTES, "package").await?;
+    match server.deploy(&name, options, package).await {
+        Ok(app) => Ok(Json(describe(&name, &app))),
+        Err(e) => Err(match e {
+            DeployError::Package(package::Error::TooLarge) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e)
+            }
+            DeployError::Package(ref p) if p.is_bad_input() => {
+                ApiError::new(StatusCode::BAD_REQUEST, e)
+            }
+            DeployError::DoesNotLoad(ref js) => {
+                let js = js.clone();
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e).with("stack", js.stack)
+            }
+            DeployError::RunnerDied(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e),
+            e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, chain(&e)),
+        }),
+    }
+}
+
+async fn delete(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    find(&server, &name)?;
+    if server.delete(&name).await {
+        Ok(Json(json!({ "deleted": name })))
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no app {name:?} is deployed"),
+        ))
+    }
+}
+
+async fn logs(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let app = find(&server, &name)?;
+    let lines = app.logs.lines(query.get("invocation").map(String::as_str));
+    Ok(Json(json!({ "app": name, "lines": lines })))
+}
+
+async fn metrics(State(server): State<Arc<Server>>) -> Response {
+    let apps = server.apps();
+    let rows: Vec<_> = apps
+        .iter()
+        .map(|(n, a)| (n.clone(), a.current.pool.instances(), &*a.metrics))
+        .collect();
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        metrics::render(&rows),
+    )
+        .into_response()
+}
+
+/// `POST /apps/{name}/invoke`: the JSON body is the handler's event; its result the answer.
+async fn invoke(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let app = match find(&server, &name) {
+        Ok(app) => app,
+        Err(e) => return e.into_response(),
+    };
+    let id = server.call_id();
+    let answer = async {
+        let body = read_body(body, MAX_CALL_BYTES, "call's body").await?;
+        let event: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not JSON: {e}"),
+                )
+            })?
+        };
+        if !app.current.exports.handler {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("app {name:?} exports no handler(event, context); call it at /run/{name}/"),
+            ));
+        }
+        let answer = call(&app, &id, json!({ "id": id, "event": event })).await?;
+        Ok(Json(answer.get("result").cloned().unwrap_or(Value::Null)).into_response())
+    }
+    .await;
+    finish(&app, &id, started, answer)
+}
+
+/// `ANY /run/{name}/{path}`: the request, as a Web `Request`, to the app's `fetch`; its
+/// `Response` back as it is.
+async fn run(
+    State(server): State<Arc<Server>>,
+    Path(params): Path<HashMap<String, String>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let name = params.get("name").cloned().unwrap_or_default();
+    let app = match find(&server, &name) {
+        Ok(app) => app,
+        Err(e) => return e.into_response(),
+    };
+    let id = server.call_id();
+    let answer = async {
+        if !app.current.exports.fetch {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("app {name:?} exports no fetch(request); call it at /apps/{name}/invoke"),
+            ));
+        }
+        let body = read_body(body, MAX_CALL_BYTES, "request body").await?;
+        let host = headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        let path = params.get("path").map(String::as_str).unwrap_or("");
+        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        let header_list: Vec<(&str, &str)> = headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+            .collect();
+        let request = json!({
+            "id": id,
+            "fetch": {
+                "method": method.as_str(),
+                "url": format!("http://{host}/{path}{query}"),
+                "headers": header_list,
+                "body": BASE64.encode(&body),
+            },
+        });
+        let answer = call(&app, &id, request).await?;
+        response_of(&answer["response"])
+    }
+    .await;
+    finish(&app, &id, started, answer)
+}
+
+/// The HTTP response a `fetch` app's `Response` describes.
+fn response_of(r: &Value) -> Result<Response, ApiError> {
+    let bad =
+        |why: &str| ApiError::new(StatusCode::BAD_GATEWAY, format!("the app's response {why}"));
+    let status = r["status"]
+        .as_u64()
+        .and_then(|s| StatusCode::from_u16(s as u16).ok())
+        .ok_or_else(|| bad("has no valid status"))?;
+    let body = BASE64
+        .decode(r["body"].as_str().unwrap_or(""))
+        .map_err(|_| bad("body is not base64"))?;
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    for pair in r["headers"].as_array().into_iter().flatten() {
+        let (Some(k), Some(v)) = (pair[0].as_str(), pair[1].as_str()) else {
+            continue;
+        };
+        if matches!(k, "content-length" | "transfer-encoding" | "connection") {
+            continue;
+        }
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+            response.headers_mut().append(k, v);
+        }
+    }
+    Ok(response)
+}
+
+/// Runs one call on an instance of the app's current version: the runner's answer, or the
+/// error for the client.
+async fn call(app: &App, id: &str, request: Value) -> Result<Value, ApiError> {
+    let deployment = app.current.clone();
+    let mut lease = deployment.pool.lease().await.map_err(|e| match e {
+        LeaseError::Busy { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e),
+        LeaseError::Boot(_) => ApiError::new(StatusCode::BAD_GATEWAY, chain(&e)),
+    })?;
+    let instance = lease.instance.as_mut().expect("a lease holds an instance");
+    match instance
+        .call(id, &request, deployment.pool.options.timeout)
+        .await
+    {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(js)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the handler threw {}: {}", js.name, js.message),
+        )
+        .with("name", &js.name)
+        .with("message", &js.message)
+        .with("stack", &js.stack)),
+        Err(e @ CallError::Timeout(_)) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, e)),
+        Err(e @ CallError::Died(_)) => Err(ApiError::new(StatusCode::BAD_GATEWAY, e)),
+    }
+}
+
+/// The answer with the call's ID, counted in the app's metrics.
+fn finish(app: &App, id: &str, started: Instant, answer: Result<Response, ApiError>) -> Response {
+    let mut response = match answer {
+        Ok(r) => r,
+        Err(e) => e.with("invocation", id).into_response(),
+    };
+    app.metrics
+        .record(response.status().as_u16(), started.elapsed());
+    if let Ok(v) = HeaderValue::try_from(id) {
+        response.headers_mut().insert(INVOCATION_HEADER, v);
+    }
+    response
+}
+
+/// An error with its causes, for the client.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

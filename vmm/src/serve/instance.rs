@@ -1,0 +1,471 @@
+//! One instance of an app: a microVM of its own with the app's package as a read-only volume
+//! at /app and the runner (runner.js) started through the guest agent, kept warm between calls.
+//! One call at a time; an instance whose call timed out or whose runner died is never reused.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::logs::Logs;
+use crate::agent::{self, Command, Event, Outcome, Session, Wake};
+use crate::backend::{Backend, Disk, VmSpec};
+use crate::cmdline::{self, ConsoleMode, UpperLayer};
+use crate::runtime;
+use crate::sandbox::{self, ConsoleLog, Sandbox, BOOT_TIMEOUT};
+use crate::volume::Volume;
+
+/// Where the app's package is mounted in its VMs, and where the host puts the runner in it.
+pub const APP_DIR: &str = "/app";
+pub const RUNNER_PATH: &str = ".nodeos/runner.js";
+pub const RUNNER_JS: &str = include_str!("runner.js");
+/// How long the runner may take to load the app once the VM is up.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("creating the instance's runtime folder")]
+    Runtime(#[from] runtime::Error),
+    #[error("booting the app's microVM")]
+    Vm(#[from] sandbox::Error),
+    #[error("the app failed to load: {}", .0.message)]
+    Load(JsError),
+    #[error("the app's runner ended while loading the app: {0}")]
+    Died(String),
+    #[error("the app did not load within {LOAD_TIMEOUT:?}")]
+    LoadTimeout,
+    #[error("the boot task failed: {0}")]
+    Task(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("the call ran longer than the app's timeout ({0:?}); its microVM was stopped and will be replaced")]
+    Timeout(Duration),
+    #[error("the app's microVM or runner died during the call ({0}); the next call gets a fresh microVM")]
+    Died(String),
+}
+
+/// An exception as the runner reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsError {
+    pub name: String,
+    pub message: String,
+    pub stack: Option<String>,
+}
+
+/// What the app's main module exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exports {
+    pub handler: bool,
+    pub fetch: bool,
+}
+
+/// The host's part of every VM: backend and images.
+pub struct Machine {
+    pub backend: Backend,
+    pub kernel: PathBuf,
+    pub rootfs: PathBuf,
+}
+
+/// One version of one app, as its VMs boot it.
+pub struct AppSpec {
+    pub name: String,
+    /// The unpacked package (with the runner) at /app, and its packed ext4 image.
+    pub volume: Volume,
+    pub image: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub memory_mib: u32,
+    pub cpus: u8,
+}
+
+/// Counts the VMs alive in this process, so that shutdown can wait until every one stopped.
+#[derive(Clone, Default)]
+pub struct Vms(Arc<(Mutex<usize>, Condvar)>);
+
+impl Vms {
+    fn enter(&self) -> VmToken {
+        *self.0 .0.lock().unwrap() += 1;
+        VmToken(self.clone())
+    }
+
+    /// Waits until no VM is alive, at most `timeout`; true when none is.
+    pub fn wait_none(&self, timeout: Duration) -> bool {
+        let (count, changed) = &*self.0;
+        let guard = count.lock().unwrap();
+        let (guard, _) = changed
+            .wait_timeout_while(guard, timeout, |n| *n > 0)
+            .unwrap();
+        *guard == 0
+    }
+}
+
+struct VmToken(Vms);
+
+impl Drop for VmToken {
+    fn drop(&mut self) {
+        let (count, changed) = &*(self.0).0;
+        *count.lock().unwrap() -= 1;
+        changed.notify_all();
+    }
+}
+
+/// A counter of a pool's instances that this instance counts in while it lives.
+pub struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    pub fn new(counter: &Arc<AtomicUsize>) -> Counted {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Counted(counter.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A running VM: stopped (on a thread of its own: stopping waits for the VM) when dropped,
+/// its runtime folder and sockets removed after.
+struct Vm {
+    sandbox: Option<Sandbox>,
+    folder: Option<tempfile::TempDir>,
+    token: Option<VmToken>,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let (sandbox, folder, token) = (self.sandbox.take(), self.folder.take(), self.token.take());
+        let stop = move || {
+            if let Some(sandbox) = sandbox {
+                if let Err(e) = sandbox.stop() {
+                    tracing::debug!("stopping an app's VM: {e}");
+                }
+            }
+            drop(folder);
+            drop(token);
+        };
+        let spawned = std::thread::Builder::new()
+            .name("vm-stop".into())
+            .spawn(stop);
+        if let Err(e) = spawned {
+            tracing::warn!("no thread to stop a VM ({e}); it ends with us");
+        }
+    }
+}
+
+/// What the runner said, as the reader thread passes it on.
+enum Message {
+    Ready(Exports),
+    Fatal(JsError),
+    Reply {
+        id: String,
+        outcome: Result<Value, JsError>,
+    },
+    Died(String),
+}
+
+pub struct Instance {
+    /// Stopped when the instance is dropped.
+    _vm: Vm,
+    input: agent::Input,
+    messages: mpsc::UnboundedReceiver<Message>,
+    /// The call in flight, for output the runner could not tag.
+    current: Arc<Mutex<Option<String>>>,
+    /// Not to be reused: a call did not end cleanly.
+    broken: bool,
+    pub exports: Exports,
+    pub last_used: Instant,
+    _counted: Counted,
+}
+
+impl Instance {
+    /// Boots a VM for `app` and waits until the runner has loaded it.
+    pub async fn boot(
+        machine: Arc<Machine>,
+        app: Arc<AppSpec>,
+        logs: Arc<Logs>,
+        vms: Vms,
+        counted: Counted,
+    ) -> Result<Instance, BootError> {
+        let current = Arc::new(Mutex::new(None));
+        let (tx, mut messages) = mpsc::unbounded_channel();
+        let reader_current = current.clone();
+        let (vm, input) = tokio::task::spawn_blocking(move || {
+            start(&machine, &app, &vms, tx, logs, reader_current)
+        })
+        .await
+        .map_err(|e| BootError::Task(e.to_string()))??;
+        let first = tokio::time::timeout(LOAD_TIMEOUT, messages.recv()).await;
+        let exports = match first {
+            Err(_) => return Err(BootError::LoadTimeout),
+            Ok(Some(Message::Ready(exports))) => exports,
+            Ok(Some(Message::Fatal(error))) => return Err(BootError::Load(error)),
+            Ok(Some(Message::Died(why))) => return Err(BootError::Died(why)),
+            Ok(Some(Message::Reply { .. })) | Ok(None) => {
+                return Err(BootError::Died("it answered a call nobody made".into()))
+            }
+        };
+        Ok(Instance {
+            _vm: vm,
+            input,
+            messages,
+            current,
+            broken: false,
+            exports,
+            last_used: Instant::now(),
+            _counted: counted,
+        })
+    }
+
+    /// Sends `request` (an object with an `id`) to the runner and waits for its answer: the
+    /// runner's `Ok` (the answer object) or the app's exception.
+    pub async fn call(
+        &mut self,
+        id: &str,
+        request: &Value,
+        timeout: Duration,
+    ) -> Result<Result<Value, JsError>, CallError> {
+        self.broken = true;
+        *self.current.lock().unwrap() = Some(id.to_string());
+        let mut line = serde_json::to_vec(request).expect("a JSON value serializes");
+        line.push(b'\n');
+        let input = self.input.clone();
+        let sent = match tokio::task::spawn_blocking(move || input.write(&line)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            return Err(CallError::Died(format!(
+                "writing the call to the runner: {e}"
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.messages.recv()).await {
+                Err(_) => return Err(CallError::Timeout(timeout)),
+                Ok(None) => return Err(CallError::Died("the runner's output ended".into())),
+                Ok(Some(Message::Died(why))) => return Err(CallError::Died(why)),
+                Ok(Some(Message::Reply {
+                    id: answered,
+                    outcome,
+                })) if answered == id => {
+                    *self.current.lock().unwrap() = None;
+                    self.broken = false;
+                    self.last_used = Instant::now();
+                    return Ok(outcome);
+                }
+                Ok(Some(_)) => {}
+            }
+        }
+    }
+
+    /// Whether it can take another call.
+    pub fn reusable(&self) -> bool {
+        !self.broken
+    }
+}
+
+/// Boots the VM, starts the runner and the thread that reads it (blocking).
+fn start(
+    machine: &Machine,
+    app: &AppSpec,
+    vms: &Vms,
+    tx: mpsc::UnboundedSender<Message>,
+    logs: Arc<Logs>,
+    current: Arc<Mutex<Option<String>>>,
+) -> Result<(Vm, agent::Input), BootError> {
+    let folder = runtime::scratch_dir("serve")?;
+    // vda is the root image; the app's volume is the only other disk.
+    let extra = format!("nodeos.shell=none {}", app.volume.cmdline_param("/dev/vdb"));
+    let spec = VmSpec {
+        kernel: machine.kernel.clone(),
+        rootfs: machine.rootfs.clone(),
+        upper_disk: None,
+        disks: vec![Disk {
+            path: app.image.clone(),
+            read_only: true,
+        }],
+        agent_socket: Some(folder.path().join("agent.sock")),
+        net: None,
+        memory_mib: app.memory_mib,
+        cpus: app.cpus,
+        cmdline: cmdline::build(ConsoleMode::Pipe, UpperLayer::Tmpfs, &extra)
+            .map_err(|e| BootError::Task(e.to_string()))?,
+    };
+    let sandbox = Sandbox::boot(machine.backend, spec, ConsoleLog::Tail)?;
+    let vm = Vm {
+        sandbox: Some(sandbox),
+        folder: Some(folder),
+        token: Some(vms.enter()),
+    };
+    let sandbox = vm.sandbox.as_ref().expect("just set");
+    sandbox.wait_ready(BOOT_TIMEOUT)?;
+    let mut env = vec![format!("NODEOS_APP={}", app.name).into_bytes()];
+    env.extend(app.env.iter().map(|(k, v)| format!("{k}={v}").into_bytes()));
+    let session = sandbox.session(&Command {
+        argv: vec![
+            b"node".to_vec(),
+            format!("{APP_DIR}/{RUNNER_PATH}").into_bytes(),
+        ],
+        env,
+        cwd: Some(APP_DIR.as_bytes().to_vec()),
+        stdin: true,
+        timeout: None,
+    })?;
+    let input = session.input();
+    let ended = sandbox
+        .ended()
+        .try_clone()
+        .map_err(|e| BootError::Vm(sandbox::Error::Setup(e)))?;
+    std::thread::Builder::new()
+        .name(format!("runner-{}", app.name))
+        .spawn(move || read_runner(session, ended, tx, &logs, &current))
+        .map_err(|e| BootError::Vm(sandbox::Error::Setup(e)))?;
+    Ok((vm, input))
+}
+
+/// Passes the runner's answers on and its tagged output to the app's logs, until it ends.
+fn read_runner(
+    mut session: Session,
+    ended: vmm_sys_util::eventfd::EventFd,
+    tx: mpsc::UnboundedSender<Message>,
+    logs: &Logs,
+    current: &Mutex<Option<String>>,
+) {
+    let (mut out, mut err) = (Lines::default(), Lines::default());
+    let current = || current.lock().unwrap().clone();
+    let why = loop {
+        match session.next(&ended, &[], None) {
+            Ok(Wake::Event(Event::Stdout(data))) => {
+                for line in out.push(&data) {
+                    match parse_message(&line) {
+                        Some(message) => {
+                            let _ = tx.send(message);
+                        }
+                        None => logs.push(current(), "stdout", line),
+                    }
+                }
+            }
+            Ok(Wake::Event(Event::Stderr(data))) => {
+                for line in err.push(&data) {
+                    match serde_json::from_str::<Tagged>(&line) {
+                        Ok(t) => logs.push(t.id.or_else(current), t.stream.as_str(), t.text),
+                        Err(_) => logs.push(current(), "stderr", line),
+                    }
+                }
+            }
+            Ok(Wake::Event(Event::Ended(outcome))) => break describe(&outcome),
+            Ok(Wake::Extra(_)) => {}
+            Err(agent::Error::EndedDuringCommand) => break "the microVM ended".to_string(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    logs.push(current(), "system", why.clone());
+    let _ = tx.send(Message::Died(why));
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Exited(code) => format!("the runner exited with status {code}"),
+        Outcome::Signaled(signal) => format!("the runner was killed by signal {signal}"),
+        Outcome::TimedOut(_) => "the runner timed out".into(),
+        Outcome::NotFound(m) | Outcome::NotExecutable(m) => {
+            format!("the runner did not start: {m}")
+        }
+    }
+}
+
+/// A line the runner wrote to stderr for the app.
+#[derive(Deserialize)]
+struct Tagged {
+    id: Option<String>,
+    stream: String,
+    text: String,
+}
+
+fn parse_message(line: &str) -> Option<Message> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    if let Some(ready) = v.get("ready") {
+        return serde_json::from_value(ready.clone())
+            .ok()
+            .map(Message::Ready);
+    }
+    if let Some(fatal) = v.get("fatal") {
+        return serde_json::from_value(fatal.clone())
+            .ok()
+            .map(Message::Fatal);
+    }
+    let id = v.get("id")?.as_str()?.to_string();
+    let outcome = match v.get("ok")?.as_bool()? {
+        true => Ok(v),
+        false => Err(serde_json::from_value(v.get("error")?.clone()).ok()?),
+    };
+    Some(Message::Reply { id, outcome })
+}
+
+/// Splits a byte stream into lines (lossy UTF-8), keeping a partial last line for later.
+#[derive(Default)]
+struct Lines(Vec<u8>);
+
+/// Longest line kept whole; longer ones are cut.
+const MAX_LINE: usize = 1 << 20;
+
+impl Lines {
+    fn push(&mut self, data: &[u8]) -> Vec<String> {
+        self.0.extend_from_slice(data);
+        let mut lines = Vec::new();
+        while let Some(end) = self.0.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.0.drain(..=end).collect();
+            lines.push(String::from_utf8_lossy(&line[..end]).into_owned());
+        }
+        if self.0.len() > MAX_LINE {
+            lines.push(String::from_utf8_lossy(&std::mem::take(&mut self.0)).into_owned());
+        }
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_split_and_keep_the_rest() {
+        let mut l = Lines::default();
+        assert_eq!(l.push(b"a\nb"), vec!["a"]);
+        assert_eq!(l.push(b"c\n\n"), vec!["bc", ""]);
+        assert!(l.push(b"x").is_empty());
+    }
+
+    #[test]
+    fn runner_messages() {
+        assert!(matches!(
+            parse_message(r#"{"ready":{"handler":true,"fetch":false}}"#),
+            Some(Message::Ready(Exports {
+                handler: true,
+                fetch: false
+            }))
+        ));
+        assert!(matches!(
+            parse_message(r#"{"id":"a","ok":true,"result":1}"#),
+            Some(Message::Reply { id, outcome: Ok(_) }) if id == "a"
+        ));
+        assert!(matches!(
+            parse_message(
+                r#"{"id":"a","ok":false,"error":{"name":"E","message":"m","stack":null}}"#
+            ),
+            Some(Message::Reply {
+                outcome: Err(JsError { .. }),
+                ..
+            })
+        ));
+        assert!(parse_message("hello").is_none());
+        assert!(parse_message(r#"{"id":"a"}"#).is_none());
+    }
+}

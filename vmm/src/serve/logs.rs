@@ -1,0 +1,76 @@
+//! An app's recent output (`GET /apps/{name}/logs`): what its handlers wrote to stdout and
+//! stderr, each line tagged with the call that wrote it, and what happened to its runners.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// Lines kept per app; older ones are dropped.
+const KEPT_LINES: usize = 2000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Line {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The call's ID (`x-invocation-id`); none for output outside any call.
+    pub invocation: Option<String>,
+    /// `stdout`, `stderr`, or `system` (the runner's end).
+    pub stream: String,
+    pub text: String,
+}
+
+#[derive(Default)]
+pub struct Logs(Mutex<VecDeque<Line>>);
+
+impl Logs {
+    pub fn push(&self, invocation: Option<String>, stream: &str, text: String) {
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let mut lines = self.0.lock().unwrap();
+        if lines.len() == KEPT_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(Line {
+            time_ms,
+            invocation,
+            stream: stream.to_string(),
+            text: text.strip_suffix('\n').map(str::to_string).unwrap_or(text),
+        });
+    }
+
+    /// The kept lines, oldest first; only those of `invocation` when given.
+    pub fn lines(&self, invocation: Option<&str>) -> Vec<Line> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| invocation.is_none() || l.invocation.as_deref() == invocation)
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_last_lines_and_filters() {
+        let logs = Logs::default();
+        for i in 0..KEPT_LINES + 5 {
+            logs.push(Some(format!("c{}", i % 2)), "stdout", format!("{i}\n"));
+        }
+        let all = logs.lines(None);
+        assert_eq!(all.len(), KEPT_LINES);
+        assert_eq!(all[0].text, "5");
+        assert!(logs
+            .lines(Some("c1"))
+            .iter()
+            .all(|l| l.invocation.as_deref() == Some("c1")));
+        assert_eq!(logs.lines(Some("c1")).len(), KEPT_LINES / 2);
+    }
+}

@@ -1,0 +1,164 @@
+//! The instances of one version of one app: warm ones reused (the most recently used first),
+//! new ones booted while fewer than `max` run, calls queued beyond that up to `queue` (then
+//! 429), idle ones beyond `min` stopped after `idle`. A retired pool (the app was redeployed
+//! or deleted) serves the calls it already took and keeps no instance afterwards.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use super::instance::{AppSpec, BootError, Counted, Instance, Machine, Vms};
+use super::logs::Logs;
+use super::package::Options;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("all {max} instances of the app are busy and {queued} calls are waiting already; try again later")]
+    Busy { max: usize, queued: usize },
+    #[error("starting an instance of the app: {0}")]
+    Boot(#[from] BootError),
+}
+
+pub struct Pool {
+    pub options: Options,
+    machine: Arc<Machine>,
+    app: Arc<AppSpec>,
+    logs: Arc<Logs>,
+    vms: Vms,
+    idle: Mutex<VecDeque<Instance>>,
+    permits: Semaphore,
+    /// Calls waiting for an instance or running.
+    calls: AtomicUsize,
+    /// Instances alive: idle, busy or booting.
+    instances: Arc<AtomicUsize>,
+    retired: AtomicBool,
+}
+
+/// An instance lent to one call; back to the pool when dropped, unless it is broken.
+pub struct Lease<'a> {
+    pool: &'a Pool,
+    pub instance: Option<Instance>,
+    /// It was booted for this call.
+    pub cold: bool,
+    _permit: SemaphorePermit<'a>,
+    _call: CallSlot<'a>,
+}
+
+struct CallSlot<'a>(&'a AtomicUsize);
+
+impl Drop for CallSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(instance) = self.instance.take() {
+            self.pool.put(instance);
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(
+        options: Options,
+        machine: Arc<Machine>,
+        app: Arc<AppSpec>,
+        logs: Arc<Logs>,
+        vms: Vms,
+    ) -> Pool {
+        Pool {
+            permits: Semaphore::new(options.max),
+            options,
+            machine,
+            app,
+            logs,
+            vms,
+            idle: Mutex::new(VecDeque::new()),
+            calls: AtomicUsize::new(0),
+            instances: Arc::new(AtomicUsize::new(0)),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// Boots an instance outside any call (to verify a deployment, or to keep `min` warm).
+    pub async fn boot(&self) -> Result<Instance, BootError> {
+        Instance::boot(
+            self.machine.clone(),
+            self.app.clone(),
+            self.logs.clone(),
+            self.vms.clone(),
+            Counted::new(&self.instances),
+        )
+        .await
+    }
+
+    /// An instance for one call: a warm one, a new one, or, when `max` are busy, the first
+    /// one freed (calls wait in order).
+    pub async fn lease(&self) -> Result<Lease<'_>, LeaseError> {
+        let queued = self.calls.fetch_add(1, Ordering::SeqCst);
+        let call = CallSlot(&self.calls);
+        if queued >= self.options.max + self.options.queue {
+            return Err(LeaseError::Busy {
+                max: self.options.max,
+                queued: queued.saturating_sub(self.options.max),
+            });
+        }
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let warm = self.idle.lock().unwrap().pop_back();
+        let (instance, cold) = match warm {
+            Some(instance) => (instance, false),
+            None => (self.boot().await?, true),
+        };
+        Ok(Lease {
+            pool: self,
+            instance: Some(instance),
+            cold,
+            _permit: permit,
+            _call: call,
+        })
+    }
+
+    /// Takes `instance` back (idle), or lets it stop when it is broken or the pool retired.
+    pub fn put(&self, instance: Instance) {
+        if instance.reusable() && !self.retired.load(Ordering::SeqCst) {
+            self.idle.lock().unwrap().push_back(instance);
+        }
+    }
+
+    /// No more instances: the idle ones stop now, the busy ones after their call.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        self.idle.lock().unwrap().clear();
+    }
+
+    /// Stops the instances idle for longer than `idle`, beyond the `min` kept warm.
+    pub fn reap(&self, now: Instant) {
+        let mut idle = self.idle.lock().unwrap();
+        while self.instances.load(Ordering::SeqCst) > self.options.min
+            && idle
+                .front()
+                .is_some_and(|i| now.duration_since(i.last_used) >= self.options.idle)
+        {
+            idle.pop_front();
+        }
+    }
+
+    /// Whether fewer than `min` instances run (and the pool still serves).
+    pub fn below_min(&self) -> bool {
+        !self.retired.load(Ordering::SeqCst)
+            && self.instances.load(Ordering::SeqCst) < self.options.min
+    }
+
+    pub fn instances(&self) -> usize {
+        self.instances.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,486 @@
+//! `nodeos-vm serve` end to end: real microVMs on the backend `auto` picks here (or
+//! `NODEOS_VM_TEST_BACKEND`), apps built with `tar czf` as `npm pack` would, an HTTP client on
+//! the loopback. Each test runs its own server (its own data and runtime folders).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::BIN;
+
+/// A `serve` process; SIGKILLed if the test ends without stopping it.
+struct Serve {
+    child: Option<Child>,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Serve {
+    fn start() -> Serve {
+        let (kernel, rootfs) = common::artifacts();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("run")).unwrap();
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--backend",
+                &common::backend(),
+            ])
+            .arg("--kernel")
+            .arg(kernel)
+            .arg("--rootfs")
+            .arg(rootfs)
+            .env("NODEOS_VM_DATA", dir.path().join("data"))
+            .env("XDG_RUNTIME_DIR", dir.path().join("run"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("http://")
+            .unwrap_or_else(|| panic!("serve printed {line:?}"))
+            .to_string();
+        Serve {
+            child: Some(child),
+            addr,
+            dir,
+        }
+    }
+
+    /// One request; (status, body).
+    fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let mut conn = TcpStream::connect(&self.addr).unwrap();
+        conn.set_read_timeout(Some(common::BOOT_LIMIT)).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).unwrap();
+        // A server that refuses a huge body may close before reading it all.
+        let _ = conn.write_all(body);
+        let mut response = Vec::new();
+        let _ = conn.read_to_end(&mut response);
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{method} {path}: no HTTP answer: {text:?}"));
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+        (status, body.unwrap_or_default())
+    }
+
+    fn json(&self, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let (status, text) = self.request(method, path, body);
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path} answered {status} {text:?}: {e}"));
+        (status, value)
+    }
+
+    fn invoke(&self, app: &str, event: serde_json::Value) -> (u16, serde_json::Value) {
+        self.json(
+            "POST",
+            &format!("/apps/{app}/invoke"),
+            event.to_string().as_bytes(),
+        )
+    }
+
+    fn deploy(&self, app: &str, query: &str, package: &[u8]) -> (u16, serde_json::Value) {
+        self.json("PUT", &format!("/apps/{app}{query}"), package)
+    }
+
+    /// SIGTERM; the server's exit status.
+    fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let _watchdog = common::Watchdog::new(child.id(), Duration::from_secs(120));
+        child.wait().unwrap().code()
+    }
+
+    fn runtime_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("run/nodeos-vm")
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An npm-pack-like tarball of `files` (path under `package/`, contents).
+fn package(files: &[(&str, &str)]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let path = dir.path().join("package").join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    tar_czf(dir.path())
+}
+
+fn tar_czf(dir: &Path) -> Vec<u8> {
+    let status = Command::new("tar")
+        .arg("czf")
+        .arg(dir.join("app.tgz"))
+        .arg("-C")
+        .arg(dir)
+        .arg("package")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read(dir.join("app.tgz")).unwrap()
+}
+
+/// An app whose handler is `body` (an async function of `event` and `context`).
+fn app(name: &str, env: &str, body: &str) -> Vec<u8> {
+    package(&[
+        (
+            "package.json",
+            &format!(
+                r#"{{"name": "{name}", "version": "1.0.0", "main": "index.js", "nodeos": {{"env": {{{env}}}}}}}"#
+            ),
+        ),
+        (
+            "index.js",
+            &format!("exports.handler = async (event, context) => {{ {body} }};\n"),
+        ),
+    ])
+}
+
+const ECHO: &str = "console.log('event', JSON.stringify(event)); \
+    if (event.throw) throw new TypeError(event.throw); \
+    if (event.sleep) await new Promise((r) => setTimeout(r, event.sleep)); \
+    return { event, id: context.invocationId, pid: process.pid };";
+
+/// Deploy, invoke, a thrown exception, the Web `fetch` route, listing, logs, metrics, delete,
+/// and SIGTERM finishing the call in flight and leaving no VM or socket behind.
+#[test]
+fn deploy_invoke_and_clean_shutdown() {
+    let mut serve = Serve::start();
+    let pkg = package(&[
+        ("package.json", r#"{"name": "hello", "main": "lib/main.js"}"#),
+        (
+            "lib/main.js",
+            &format!(
+                "exports.handler = async (event, context) => {{ {ECHO} }};\n\
+                 exports.fetch = async (req) => new Response(`${{req.method}} ${{new URL(req.url).pathname}} ${{await req.text()}}`, \
+                   {{ status: 201, headers: {{ 'x-app': 'hello' }} }});\n"
+            ),
+        ),
+    ]);
+    let (status, info) = serve.deploy("hello", "?memory=256M&max=1", &pkg);
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(
+        info["exports"],
+        serde_json::json!({"handler": true, "fetch": true})
+    );
+    assert_eq!(info["version"], 1);
+
+    let (status, out) = serve.invoke("hello", serde_json::json!({"n": 1}));
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["event"], serde_json::json!({"n": 1}));
+    let first = out["id"].as_str().unwrap().to_string();
+    let pid = out["pid"].clone();
+    // Warm: the same runner answers.
+    let (status, out) = serve.invoke("hello", serde_json::json!({"n": 2}));
+    assert_eq!((status, &out["pid"]), (200, &pid), "{out}");
+
+    let (status, out) = serve.invoke("hello", serde_json::json!({"throw": "bad input"}));
+    assert_eq!(status, 500, "{out}");
+    assert_eq!(out["name"], "TypeError");
+    assert_eq!(out["message"], "bad input");
+    assert!(
+        out["stack"].as_str().unwrap().contains("/app/lib/main.js"),
+        "{out}"
+    );
+    // An exception does not cost the instance.
+    let (status, out) = serve.invoke("hello", serde_json::json!({}));
+    assert_eq!((status, &out["pid"]), (200, &pid), "{out}");
+
+    let (status, text) = serve.request("POST", "/run/hello/a/b?q=1", b"body!");
+    assert_eq!((status, text.as_str()), (201, "POST /a/b body!"));
+
+    let (_, list) = serve.json("GET", "/apps", b"");
+    assert_eq!(list["apps"][0]["name"], "hello");
+    let (status, logs) = serve.json("GET", &format!("/apps/hello/logs?invocation={first}"), b"");
+    assert_eq!(status, 200);
+    assert_eq!(logs["lines"][0]["text"], "event {\"n\":1}", "{logs}");
+    assert_eq!(logs["lines"][0]["stream"], "stdout", "{logs}");
+    let (status, metrics) = serve.request("GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    for line in [
+        "nodeos_serve_instances{app=\"hello\"} 1",
+        "nodeos_serve_invocations_total{app=\"hello\",status=\"200\"} 3",
+        "nodeos_serve_invocations_total{app=\"hello\",status=\"500\"} 1",
+        "nodeos_serve_invocation_seconds_count{app=\"hello\"} 5",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
+
+    // A second app, deleted.
+    let (status, _) = serve.deploy("gone", "", &app("gone", "", "return 1;"));
+    assert_eq!(status, 200);
+    let (status, _) = serve.json("DELETE", "/apps/gone", b"");
+    assert_eq!(status, 200);
+    let (status, _) = serve.invoke("gone", serde_json::json!({}));
+    assert_eq!(status, 404);
+
+    // SIGTERM while a call runs: the call finishes, then every VM stops.
+    let addr = serve.addr.clone();
+    let slow = std::thread::spawn(move || {
+        let s = Serve {
+            child: None,
+            addr,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        s.invoke("hello", serde_json::json!({"sleep": 1500}))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(serve.terminate(), Some(0));
+    let (status, out) = slow.join().unwrap();
+    assert_eq!(status, 200, "{out}");
+    let left: Vec<_> = std::fs::read_dir(serve.runtime_dir()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Two apps run in microVMs of their own: neither sees the other's files, environment or
+/// processes.
+#[test]
+fn apps_are_isolated() {
+    let serve = Serve::start();
+    let probe = "const fs = require('fs'); \
+        if (event.write) fs.writeFileSync('/tmp/mark', process.env.NODEOS_APP); \
+        const environs = fs.readdirSync('/proc').filter((p) => /^\\d+$/.test(p)).map((p) => { \
+          try { return fs.readFileSync(`/proc/${p}/environ`, 'utf8'); } catch { return ''; } }); \
+        return { mark: fs.existsSync('/tmp/mark') ? fs.readFileSync('/tmp/mark', 'utf8') : null, \
+          secret: process.env.SECRET ?? null, \
+          foreign: environs.filter((e) => e.includes('SECRET=') && !e.includes(`SECRET=${process.env.SECRET}`)).length, \
+          name: JSON.parse(fs.readFileSync('/app/package.json', 'utf8')).name };";
+    for (name, secret) in [("left", "l3ft"), ("right", "r1ght")] {
+        let (status, info) = serve.deploy(
+            name,
+            "",
+            &app(name, &format!(r#""SECRET": "{secret}""#), probe),
+        );
+        assert_eq!(status, 200, "{info}");
+    }
+    let (status, out) = serve.invoke("left", serde_json::json!({"write": true}));
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(
+        out,
+        serde_json::json!({"mark": "left", "secret": "l3ft", "foreign": 0, "name": "left"})
+    );
+    let (status, out) = serve.invoke("right", serde_json::json!({}));
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(
+        out,
+        serde_json::json!({"mark": null, "secret": "r1ght", "foreign": 0, "name": "right"})
+    );
+}
+
+/// An endless loop gets 504 at the app's timeout and a guest crash 502; each time the next
+/// call gets a fresh microVM and works.
+#[test]
+fn timeouts_and_crashes_recover() {
+    let serve = Serve::start();
+    let body = "if (event.loop) for (;;) {} \
+        if (event.kill) process.kill(process.pid, 'SIGKILL'); \
+        if (event.exit) process.exit(7); \
+        return process.pid;";
+    let (status, info) = serve.deploy("fragile", "?timeout=5s&max=1", &app("fragile", "", body));
+    assert_eq!(status, 200, "{info}");
+    let (status, before) = serve.invoke("fragile", serde_json::json!({}));
+    assert_eq!(status, 200);
+
+    let started = std::time::Instant::now();
+    let (status, out) = serve.invoke("fragile", serde_json::json!({"loop": true}));
+    assert_eq!(status, 504, "{out}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(out["error"].as_str().unwrap().contains("timeout"), "{out}");
+    let (status, after) = serve.invoke("fragile", serde_json::json!({}));
+    assert_eq!(status, 200, "{after}");
+    let _ = before;
+
+    for (event, why) in [
+        (serde_json::json!({"kill": true}), "killed by signal 9"),
+        (serde_json::json!({"exit": true}), "exited with status 7"),
+    ] {
+        let (status, out) = serve.invoke("fragile", event);
+        assert_eq!(status, 502, "{out}");
+        assert!(out["error"].as_str().unwrap().contains(why), "{out}");
+        let (status, out) = serve.invoke("fragile", serde_json::json!({}));
+        assert_eq!(status, 200, "{out}");
+    }
+}
+
+/// Every bad input is a 4xx with a JSON error, and the app deployed before is unchanged.
+#[test]
+fn bad_inputs_change_nothing() {
+    let serve = Serve::start();
+    let good = app("keep", "", "return 'v1';");
+    let (status, _) = serve.deploy("keep", "", &good);
+    assert_eq!(status, 200);
+
+    let no_handler = package(&[
+        ("package.json", r#"{"name": "keep", "main": "index.js"}"#),
+        ("index.js", "exports.notAHandler = 1;\n"),
+    ]);
+    let no_manifest = package(&[("index.js", "exports.handler = () => 1;\n")]);
+    let huge = vec![0u8; 65 << 20];
+    let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
+        (
+            "PUT",
+            "/apps/keep".into(),
+            b"not a tarball".to_vec(),
+            400,
+            "not a gzipped tarball",
+        ),
+        (
+            "PUT",
+            "/apps/keep".into(),
+            no_manifest,
+            400,
+            "no package.json",
+        ),
+        (
+            "PUT",
+            "/apps/keep".into(),
+            no_handler,
+            422,
+            "exports neither handler",
+        ),
+        ("PUT", "/apps/keep".into(), huge, 413, "larger than"),
+        ("PUT", "/apps/keep?max=0".into(), good.clone(), 400, "max"),
+        (
+            "PUT",
+            "/apps/keep?memory=lots".into(),
+            good.clone(),
+            400,
+            "memory",
+        ),
+        (
+            "PUT",
+            "/apps/keep?color=red".into(),
+            good.clone(),
+            400,
+            "unknown query parameter",
+        ),
+        ("PUT", "/apps/..".into(), good.clone(), 400, "app name"),
+        (
+            "PUT",
+            "/apps/a%2F..%2Fb".into(),
+            good.clone(),
+            400,
+            "app name",
+        ),
+        ("PUT", "/apps/.hidden".into(), good.clone(), 400, "app name"),
+        (
+            "POST",
+            "/apps/nope/invoke".into(),
+            b"{}".to_vec(),
+            404,
+            "no app",
+        ),
+        ("GET", "/apps/nope".into(), Vec::new(), 404, "no app"),
+        ("DELETE", "/apps/nope".into(), Vec::new(), 404, "no app"),
+        (
+            "POST",
+            "/apps/keep/invoke".into(),
+            b"{not json".to_vec(),
+            400,
+            "not JSON",
+        ),
+        (
+            "POST",
+            "/apps/keep/invoke".into(),
+            vec![b' '; 7 << 20],
+            413,
+            "larger than",
+        ),
+    ];
+    for (method, path, body, want, says) in cases {
+        let (status, out) = serve.json(method, &path, &body);
+        assert_eq!(status, want, "{method} {path}: {out}");
+        assert!(
+            out["error"].as_str().unwrap().contains(says),
+            "{method} {path}: {out}"
+        );
+    }
+    let (_, list) = serve.json("GET", "/apps", b"");
+    assert_eq!(list["apps"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["apps"][0]["version"], 1, "{list}");
+    assert_eq!(
+        serve.invoke("keep", serde_json::json!({})),
+        (200, serde_json::json!("v1"))
+    );
+}
+
+/// Redeploying while clients call drops no call; once the deploy returns, calls get the new
+/// version.
+#[test]
+fn redeploy_under_load_drops_nothing() {
+    let serve = std::sync::Arc::new(Serve::start());
+    let (status, _) = serve.deploy("ver", "?max=2", &app("ver", "", "return 1;"));
+    assert_eq!(status, 200);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let (serve, stop) = (serve.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    answers.push(serve.invoke("ver", serde_json::json!({})));
+                }
+                answers
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, info) = serve.deploy("ver", "?max=2", &app("ver", "", "return 2;"));
+    assert_eq!(
+        (status, &info["version"]),
+        (200, &serde_json::json!(2)),
+        "{info}"
+    );
+    assert_eq!(
+        serve.invoke("ver", serde_json::json!({})),
+        (200, serde_json::json!(2))
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answers: Vec<_> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    assert!(answers.len() > 10, "{answers:?}");
+    for (status, out) in &answers {
+        assert!(*status == 200 && (out == 1 || out == 2), "{status} {out}");
+    }
+    assert!(answers.iter().any(|(_, out)| out == 1));
+    assert!(answers.iter().any(|(_, out)| out == 2));
+}
