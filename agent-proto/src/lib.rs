@@ -18,6 +18,7 @@
 pub mod frame;
 pub mod hybrid;
 pub mod mux;
+pub mod sock;
 
 /// The guest's context ID on our vsock device.
 pub const GUEST_CID: u32 = 3;

@@ -297,7 +297,7 @@ impl Mux {
         while !self.link_out.is_empty() {
             let (chunk, _) = self.link_out.as_slices();
             let written = if self.link_is_socket {
-                send(self.link.as_fd(), chunk)
+                crate::sock::send(self.link.as_fd(), chunk)
             } else {
                 write(self.link.as_fd(), chunk)
             };
@@ -393,7 +393,7 @@ impl Mux {
                 }
                 channel.accepted = true;
                 let line = hybrid::ok_line(id);
-                if !matches!(send(channel.stream.as_fd(), line.as_bytes()), Ok(n) if n == line.len())
+                if !matches!(crate::sock::send(channel.stream.as_fd(), line.as_bytes()), Ok(n) if n == line.len())
                 {
                     self.reset(id);
                 }
@@ -518,7 +518,7 @@ impl Mux {
         let mut delivered = 0u32;
         while !channel.to_local.is_empty() {
             let (chunk, _) = channel.to_local.as_slices();
-            match send(channel.stream.as_fd(), chunk) {
+            match crate::sock::send(channel.stream.as_fd(), chunk) {
                 Ok(n) => {
                     channel.to_local.drain(..n);
                     delivered += n as u32;
@@ -681,19 +681,6 @@ fn is_socket(fd: BorrowedFd<'_>) -> io::Result<bool> {
     // SAFETY: st is a valid stat buffer for fstat to fill.
     cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
     Ok(st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
-}
-
-/// send(2) without SIGPIPE.
-fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: buf is a valid readable slice of buf.len() bytes.
-    cvt_size(unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    })
 }
 
 fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {

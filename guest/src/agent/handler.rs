@@ -209,7 +209,7 @@ impl Conn {
     fn flush(&mut self) -> io::Result<()> {
         while !self.output.is_empty() {
             let (chunk, _) = self.output.as_slices();
-            match send(self.fd.as_fd(), chunk) {
+            match agent_proto::sock::send(self.fd.as_fd(), chunk) {
                 Ok(n) => {
                     self.output.drain(..n);
                 }
@@ -547,21 +547,6 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
     // SAFETY: as above.
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
-}
-
-/// send(2) without SIGPIPE (the host may be gone).
-fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    sys::retry(|| {
-        // SAFETY: buf is a valid readable slice of buf.len() bytes.
-        cvt_size(unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        })
-    })
 }
 
 #[cfg(test)]

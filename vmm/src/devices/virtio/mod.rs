@@ -11,7 +11,6 @@ pub mod cursor;
 pub mod mmio;
 pub mod net;
 pub mod rng;
-pub mod socket;
 pub mod vsock;
 pub mod worker;
 

@@ -12,7 +12,6 @@ use std::time::Instant;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::packet::{ChainBuffers, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND};
-use crate::devices::virtio::socket;
 
 /// Receive buffer we advertise per connection: at most this many of the guest's bytes wait for
 /// the Unix stream.
@@ -196,7 +195,7 @@ impl Connection {
     /// once it is drained after the guest shut its send side.
     pub fn flush(&mut self) -> io::Result<()> {
         while self.has_pending() {
-            match socket::send(&self.stream, &self.pending[self.pending_start..]) {
+            match agent_proto::sock::send(&self.stream, &self.pending[self.pending_start..]) {
                 Ok(n) => {
                     self.pending_start += n;
                     // n <= pending <= BUF_ALLOC.

@@ -689,7 +689,7 @@ impl Vsock {
 /// Writes the handshake reply to a stream that has had nothing written to it yet, so its
 /// socket buffer takes the whole line.
 fn write_line(conn: &mut Connection, line: &str) -> Result<(), String> {
-    match super::socket::send(&conn.stream, line.as_bytes()) {
+    match agent_proto::sock::send(&conn.stream, line.as_bytes()) {
         Ok(n) if n == line.len() => Ok(()),
         Ok(n) => Err(format!("the client took {n} bytes of {line:?}")),
         Err(e) => Err(format!("writing {line:?}: {e}")),
