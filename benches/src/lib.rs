@@ -152,6 +152,14 @@ pub fn stats(values: &[f64]) -> Stats {
     }
 }
 
+/// The `p`th percentile of a sample (nearest rank; 0 is the smallest value, 100 the largest).
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = (p / 100.0 * v.len() as f64).ceil() as usize;
+    v.get(rank.saturating_sub(1)).copied().unwrap_or(f64::NAN)
+}
+
 impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -171,6 +179,16 @@ mod tests {
         let s = stats(&[5.0, 1.0, 3.0]);
         assert_eq!((s.median, s.min, s.max, s.n), (3.0, 1.0, 5.0, 3));
         assert_eq!(stats(&[1.0, 2.0, 3.0, 10.0]).median, 2.5);
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!((percentile(&v, 0.0), percentile(&v, 100.0)), (1.0, 100.0));
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+        assert!(percentile(&[], 50.0).is_nan());
     }
 
     #[test]

@@ -21,6 +21,28 @@ const STDERR_MARK: &str = "@@STDERR@@";
 const FIXTURE: &str = "/nodeos/fixture";
 const WEB_DIR: &str = "/nodeos/web";
 const WEB: &str = "127.0.0.1:8080";
+const SERVE_APP: &str = "/nodeos/serve-app.tgz";
+/// `nodeos-vm serve --backend kvm` in L1: deploys `SERVE_APP` and calls it over HTTP (busybox
+/// `nc`: L1 has no curl), then SIGTERM. nc's input stays open (a FIFO) until the server
+/// answers and closes: the server drops a request whose client half-closes first.
+const SERVE_SCRIPT: &str = r#"D=/tmp/serve; mkdir -p $D/run
+XDG_RUNTIME_DIR=$D/run NODEOS_VM_DATA=$D/data /nodeos/nodeos-vm serve --backend kvm \
+  --listen 127.0.0.1:8090 --kernel KERNEL --rootfs ROOTFS >$D/url 2>$D/err & pid=$!
+i=0; until [ -s $D/url ]; do i=$((i+1)); [ $i -lt 300 ] || { cat $D/err; exit 1; }; sleep 0.1; done
+http() {
+  rm -f $D/fifo; mkfifo $D/fifo
+  nc 127.0.0.1 8090 <$D/fifo & nc=$!
+  exec 3>$D/fifo
+  printf '%s %s HTTP/1.1\r\nHost: box\r\nContent-Length: %s\r\nConnection: close\r\n\r\n' "$1" "$2" $(wc -c <"$3") >&3
+  cat "$3" >&3
+  wait $nc; exec 3>&-; echo
+}
+printf '{"a": 2, "b": 40}' >$D/event
+http PUT /apps/boxed SERVE_APP
+http POST /apps/boxed/invoke $D/event
+kill -TERM $pid; wait $pid; s=$?
+echo "serve exited $s; left: $(ls -A $D/run/nodeos-vm)"
+exit $s"#;
 
 fn box_checks() -> &'static BTreeMap<String, Check> {
     static CHECKS: OnceLock<BTreeMap<String, Check>> = OnceLock::new();
@@ -81,16 +103,35 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
                 ),
             );
         }
+        script.check_with_timeout(
+            "serve",
+            Duration::from_secs(240),
+            &SERVE_SCRIPT
+                .replace("KERNEL", KERNEL)
+                .replace("ROOTFS", ROOTFS)
+                .replace("SERVE_APP", SERVE_APP),
+        );
         let web = tempfile::tempdir().unwrap();
         let web_dir = web.path().join("web");
         std::fs::create_dir(&web_dir).unwrap();
         std::fs::write(web_dir.join("greeter.tgz"), common::web::greeter_tarball(web.path())).unwrap();
         std::fs::write(web_dir.join("hello"), run_cases::HELLO).unwrap();
+        let serve_app = web.path().join("serve-app.tgz");
+        let handler = "exports.handler = async (e) => ({ sum: e.a + e.b, arch: process.arch });\n";
+        std::fs::write(
+            &serve_app,
+            common::npm_package(&[
+                ("package.json", r#"{"name": "boxed", "main": "index.js"}"#),
+                ("index.js", handler),
+            ]),
+        )
+        .unwrap();
         let mut run = BoxRun::new(script.build())
             .file(BoxFile::new(&web_dir, WEB_DIR))
             .file(BoxFile::with_libs("/usr/bin/passt", "/usr/bin/passt"))
             .file(BoxFile::with_libs(common::BIN, "/nodeos/nodeos-vm"))
             .file(BoxFile::new(common::fixture_dir(), FIXTURE))
+            .file(BoxFile::new(&serve_app, SERVE_APP))
             .file(BoxFile::same_path("/etc/mke2fs.conf"));
         // Volumes are packed with mke2fs and read back with debugfs.
         for tool in ["/usr/sbin/mke2fs", "/usr/sbin/debugfs"] {
@@ -171,4 +212,17 @@ fn auto_picks_our_vmm_where_kvm_is_real() {
         "1",
         "auto printed more than the REPL's answer"
     );
+}
+
+/// `nodeos-vm serve` on our VMM: an app deployed and called over HTTP, then SIGTERM stops its
+/// microVM and leaves nothing behind.
+#[test]
+fn serve_deploys_and_invokes_on_our_vmm() {
+    let serve = check("serve");
+    let out = &serve.output;
+    assert_eq!(serve.status, Some(0), "{out}");
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+    assert!(out.contains(r#""name":"boxed""#), "{out}");
+    assert!(out.contains(r#"{"arch":"x64","sum":42}"#), "{out}");
+    assert!(out.trim_end().ends_with("serve exited 0; left:"), "{out}");
 }

@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -61,6 +60,12 @@ impl Serve {
 
     /// One request; (status, body).
     fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let (status, _, body) = self.exchange(method, path, body);
+        (status, body)
+    }
+
+    /// One request; (status, head with its header names in lower case, body).
+    fn exchange(&self, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
         let mut conn = TcpStream::connect(&self.addr).unwrap();
         conn.set_read_timeout(Some(common::BOOT_LIMIT)).unwrap();
         let head = format!(
@@ -79,8 +84,8 @@ impl Serve {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("{method} {path}: no HTTP answer: {text:?}"));
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
-        (status, body.unwrap_or_default())
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (status, head.to_ascii_lowercase(), body.to_string())
     }
 
     fn json(&self, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
@@ -96,6 +101,29 @@ impl Serve {
             &format!("/apps/{app}/invoke"),
             event.to_string().as_bytes(),
         )
+    }
+
+    /// A call; (status, answer, whether it booted its instance).
+    fn invoke_cold(&self, app: &str, event: serde_json::Value) -> (u16, serde_json::Value, bool) {
+        let path = format!("/apps/{app}/invoke");
+        let (status, head, text) = self.exchange("POST", &path, event.to_string().as_bytes());
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("POST {path} answered {status} {text:?}: {e}"));
+        (status, value, head.contains("\r\nx-cold-start: 1"))
+    }
+
+    /// Waits (at most `limit`) until `app` has `n` instances; the last count seen.
+    fn wait_instances(&self, app: &str, n: u64, limit: Duration) -> u64 {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let (status, info) = self.json("GET", &format!("/apps/{app}"), b"");
+            assert_eq!(status, 200, "{info}");
+            let count = info["instances"].as_u64().unwrap();
+            if count == n || std::time::Instant::now() >= deadline {
+                return count;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn deploy(&self, app: &str, query: &str, package: &[u8]) -> (u16, serde_json::Value) {
@@ -128,33 +156,9 @@ impl Drop for Serve {
     }
 }
 
-/// An npm-pack-like tarball of `files` (path under `package/`, contents).
-fn package(files: &[(&str, &str)]) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    for (path, text) in files {
-        let path = dir.path().join("package").join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    tar_czf(dir.path())
-}
-
-fn tar_czf(dir: &Path) -> Vec<u8> {
-    let status = Command::new("tar")
-        .arg("czf")
-        .arg(dir.join("app.tgz"))
-        .arg("-C")
-        .arg(dir)
-        .arg("package")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    std::fs::read(dir.join("app.tgz")).unwrap()
-}
-
 /// An app whose handler is `body` (an async function of `event` and `context`).
 fn app(name: &str, env: &str, body: &str) -> Vec<u8> {
-    package(&[
+    common::npm_package(&[
         (
             "package.json",
             &format!(
@@ -178,7 +182,7 @@ const ECHO: &str = "console.log('event', JSON.stringify(event)); \
 #[test]
 fn deploy_invoke_and_clean_shutdown() {
     let mut serve = Serve::start();
-    let pkg = package(&[
+    let pkg = common::npm_package(&[
         ("package.json", r#"{"name": "hello", "main": "lib/main.js"}"#),
         (
             "lib/main.js",
@@ -346,11 +350,11 @@ fn bad_inputs_change_nothing() {
     let (status, _) = serve.deploy("keep", "", &good);
     assert_eq!(status, 200);
 
-    let no_handler = package(&[
+    let no_handler = common::npm_package(&[
         ("package.json", r#"{"name": "keep", "main": "index.js"}"#),
         ("index.js", "exports.notAHandler = 1;\n"),
     ]);
-    let no_manifest = package(&[("index.js", "exports.handler = () => 1;\n")]);
+    let no_manifest = common::npm_package(&[("index.js", "exports.handler = () => 1;\n")]);
     let huge = vec![0u8; 65 << 20];
     let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
         (
@@ -483,4 +487,104 @@ fn redeploy_under_load_drops_nothing() {
     }
     assert!(answers.iter().any(|(_, out)| out == 1));
     assert!(answers.iter().any(|(_, out)| out == 2));
+}
+
+/// With its `max` instances busy, an app's calls wait, up to `queue` of them, and run in turn;
+/// calls beyond that get 429 at once.
+#[test]
+fn calls_queue_then_429() {
+    let serve = std::sync::Arc::new(Serve::start());
+    let (status, info) = serve.deploy("busy", "?max=1&queue=2", &app("busy", "", ECHO));
+    assert_eq!(status, 200, "{info}");
+    const SLEEP_MS: u64 = 1500;
+    // One runs, two wait, two are refused.
+    let clients: Vec<_> = (0..5)
+        .map(|n| {
+            let serve = serve.clone();
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let (status, out) =
+                    serve.invoke("busy", serde_json::json!({"sleep": SLEEP_MS, "n": n}));
+                (status, out, started.elapsed())
+            })
+        })
+        .collect();
+    let answers: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let served: Vec<_> = answers.iter().filter(|a| a.0 == 200).collect();
+    let refused: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
+    assert_eq!((served.len(), refused.len()), (3, 2), "{answers:?}");
+    for (_, out, took) in &refused {
+        assert!(out["error"].as_str().unwrap().contains("busy"), "{out}");
+        assert!(
+            *took < Duration::from_millis(SLEEP_MS),
+            "429 after {took:?}"
+        );
+    }
+    // One instance served all three, one call after another.
+    assert!(
+        served.iter().all(|a| a.1["pid"] == served[0].1["pid"]),
+        "{served:?}"
+    );
+    let slowest = served.iter().map(|a| a.2).max().unwrap();
+    assert!(
+        slowest >= Duration::from_millis(3 * SLEEP_MS),
+        "{slowest:?}"
+    );
+    let (_, metrics) = serve.request("GET", "/metrics", b"");
+    for line in [
+        "nodeos_serve_instances{app=\"busy\"} 1",
+        "nodeos_serve_invocations_total{app=\"busy\",status=\"200\"} 3",
+        "nodeos_serve_invocations_total{app=\"busy\",status=\"429\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
+}
+
+/// An instance idle for the app's `idle` time is stopped, down to none; the next call boots
+/// a fresh one (marked `x-cold-start`) and works, and the one after is warm.
+#[test]
+fn idle_instances_scale_to_zero() {
+    let serve = Serve::start();
+    let (status, info) = serve.deploy("nap", "?idle=1s", &app("nap", "", "return 'up';"));
+    assert_eq!(
+        (status, &info["instances"]),
+        (200, &serde_json::json!(1)),
+        "{info}"
+    );
+    assert_eq!(serve.wait_instances("nap", 0, Duration::from_secs(15)), 0);
+    let (_, metrics) = serve.request("GET", "/metrics", b"");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "nodeos_serve_instances{app=\"nap\"} 0"),
+        "{metrics}"
+    );
+    let first = serve.invoke_cold("nap", serde_json::json!({}));
+    assert_eq!(first, (200, serde_json::json!("up"), true));
+    let second = serve.invoke_cold("nap", serde_json::json!({}));
+    assert_eq!(second, (200, serde_json::json!("up"), false));
+}
+
+/// `min` instances are booted after the deploy and kept past the idle time: that many
+/// concurrent calls all find a warm one.
+#[test]
+fn min_instances_stay_warm() {
+    let serve = std::sync::Arc::new(Serve::start());
+    let (status, info) = serve.deploy("warm", "?min=2&max=3&idle=1s", &app("warm", "", ECHO));
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(serve.wait_instances("warm", 2, common::BOOT_LIMIT), 2);
+    // Several reaps past the idle time.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(serve.wait_instances("warm", 2, Duration::ZERO), 2);
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let serve = serve.clone();
+            std::thread::spawn(move || serve.invoke_cold("warm", serde_json::json!({"sleep": 500})))
+        })
+        .collect();
+    for call in calls {
+        let (status, out, cold) = call.join().unwrap();
+        assert_eq!((status, cold), (200, false), "{out}");
+    }
+    assert_eq!(serve.wait_instances("warm", 2, Duration::ZERO), 2);
 }

@@ -25,6 +25,8 @@ const MAX_PACKAGE_BYTES: usize = 64 << 20;
 const MAX_CALL_BYTES: usize = 6 << 20;
 /// The header that carries a call's ID (as in the logs).
 const INVOCATION_HEADER: &str = "x-invocation-id";
+/// Set on an answer whose call booted the microVM it ran on (no warm instance was free).
+const COLD_START_HEADER: &str = "x-cold-start";
 
 pub fn router(server: Arc<Server>) -> Router {
     Router::new()
@@ -218,8 +220,9 @@ async fn invoke(
                 format!("app {name:?} exports no handler(event, context); call it at /run/{name}/"),
             ));
         }
-        let answer = call(&app, &id, json!({ "id": id, "event": event })).await?;
-        Ok(Json(answer.get("result").cloned().unwrap_or(Value::Null)).into_response())
+        let (answer, cold) = call(&app, &id, json!({ "id": id, "event": event })).await?;
+        let result = Json(answer.get("result").cloned().unwrap_or(Value::Null));
+        Ok(mark_cold(result.into_response(), cold))
     }
     .await;
     finish(&app, &id, started, answer)
@@ -269,8 +272,8 @@ async fn run(
                 "body": BASE64.encode(&body),
             },
         });
-        let answer = call(&app, &id, request).await?;
-        response_of(&answer["response"])
+        let (answer, cold) = call(&app, &id, request).await?;
+        Ok(mark_cold(response_of(&answer["response"])?, cold))
     }
     .await;
     finish(&app, &id, started, answer)
@@ -303,20 +306,31 @@ fn response_of(r: &Value) -> Result<Response, ApiError> {
     Ok(response)
 }
 
-/// Runs one call on an instance of the app's current version: the runner's answer, or the
-/// error for the client.
-async fn call(app: &App, id: &str, request: Value) -> Result<Value, ApiError> {
+/// `response` with `COLD_START_HEADER` when its call booted its instance.
+fn mark_cold(mut response: Response, cold: bool) -> Response {
+    if cold {
+        response
+            .headers_mut()
+            .insert(COLD_START_HEADER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// Runs one call on an instance of the app's current version: the runner's answer and whether
+/// the instance was booted for it, or the error for the client.
+async fn call(app: &App, id: &str, request: Value) -> Result<(Value, bool), ApiError> {
     let deployment = app.current.clone();
     let mut lease = deployment.pool.lease().await.map_err(|e| match e {
         LeaseError::Busy { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e),
         LeaseError::Boot(_) => ApiError::new(StatusCode::BAD_GATEWAY, chain(&e)),
     })?;
+    let cold = lease.cold;
     let instance = lease.instance.as_mut().expect("a lease holds an instance");
     match instance
         .call(id, &request, deployment.pool.options.timeout)
         .await
     {
-        Ok(Ok(answer)) => Ok(answer),
+        Ok(Ok(answer)) => Ok((answer, cold)),
         Ok(Err(js)) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("the handler threw {}: {}", js.name, js.message),

@@ -165,3 +165,25 @@ impl Watchdog {
         Watchdog(tx)
     }
 }
+
+/// An npm-pack-like tarball (gzipped tar of `package/`) of `files` (path under `package/`,
+/// contents).
+pub fn npm_package(files: &[(&str, &str)]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let path = dir.path().join("package").join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let tgz = dir.path().join("app.tgz");
+    let status = Command::new("tar")
+        .arg("czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(dir.path())
+        .arg("package")
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar czf failed");
+    std::fs::read(tgz).unwrap()
+}
