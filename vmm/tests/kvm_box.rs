@@ -95,7 +95,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
                 Duration::from_secs(240),
                 &format!(
                     "mkdir -p {dir} && cp -r {FIXTURE} {dir}/node-project && cd {dir} && \
-                     printf %s {} | RUN={} FIXTURE={dir}/node-project WEB={WEB} sh -c {} >/tmp/o 2>/tmp/e; s=$?; \
+                     printf %s {} | RUN={} FIXTURE={dir}/node-project WEB={WEB} IPROUTE=/usr/local/sbin/ip sh -c {} >/tmp/o 2>/tmp/e; s=$?; \
                      cd /root; cat /tmp/o; echo {STDERR_MARK}; cat /tmp/e; exit $s",
                     shell_quote(case.stdin),
                     shell_quote(&run_cmd),
@@ -129,6 +129,8 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
         let mut run = BoxRun::new(script.build())
             .file(BoxFile::new(&web_dir, WEB_DIR))
             .file(BoxFile::with_libs("/usr/bin/passt", "/usr/bin/passt"))
+            // iproute2's ip (busybox's has no tuntap), ahead of busybox's on L1's PATH.
+            .file(BoxFile::with_libs("/usr/bin/ip", "/usr/local/sbin/ip"))
             .file(BoxFile::with_libs(common::BIN, "/nodeos/nodeos-vm"))
             .file(BoxFile::new(common::fixture_dir(), FIXTURE))
             .file(BoxFile::new(&serve_app, SERVE_APP))
@@ -142,7 +144,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             .file(BoxFile::new(rootfs, ROOTFS));
         let run = BoxRun {
             timeout: Duration::from_secs(1200),
-            modules: vec!["dummy".into()],
+            modules: vec!["dummy".into(), "tun".into()],
             ..run
         };
         let out = kvm_box::run(&kvm_box::default_cache_dir(), &run).expect("the KVM box run failed");

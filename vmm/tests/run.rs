@@ -23,6 +23,11 @@ fn web() -> &'static str {
 
 fn run_on_host(name: &str) {
     let case = run_cases::run_case(name);
+    // SAFETY: geteuid has no preconditions.
+    if case.root && unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: {name} creates a TAP interface, which needs root");
+        return;
+    }
     let (kernel, rootfs) = common::artifacts();
     let dir = tempfile::tempdir().unwrap();
     let fixture = common::fixture_copy(dir.path());

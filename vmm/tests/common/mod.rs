@@ -43,7 +43,8 @@ macro_rules! run_case_tests {
             npm_test_of_a_node_project,
             no_network_without_net,
             net_reaches_the_host_loopback,
-            npm_install_from_the_host_loopback);
+            npm_install_from_the_host_loopback,
+            tap_network);
     };
 }
 

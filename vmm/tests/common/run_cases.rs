@@ -4,7 +4,8 @@
 //! A case is a `sh` script; in it `$RUN` is `nodeos-vm run` with the backend, kernel and image
 //! options, `$FIXTURE` a fresh copy of tests/fixtures/node-project, and `$WEB` the address of
 //! an HTTP server on the host's loopback (`127.0.0.1:PORT`, reached from a guest with `--net`
-//! as `10.0.2.2:PORT`) that serves `/hello` and `/greeter.tgz` (an npm package).
+//! as `10.0.2.2:PORT`) that serves `/hello` and `/greeter.tgz` (an npm package). `$IPROUTE`,
+//! when set, is iproute2's `ip` (a busybox shell runs its own applet for a plain `ip`).
 
 pub struct RunOutcome {
     pub status: Option<i32>,
@@ -19,6 +20,8 @@ pub struct RunCase {
     pub stdin: &'static str,
     /// Needs `--net` and the web server.
     pub net: bool,
+    /// Creates a TAP interface: needs root (skipped elsewhere, saying so).
+    pub root: bool,
     pub check: fn(&RunOutcome) -> Result<(), String>,
 }
 
@@ -52,6 +55,7 @@ pub const RUN_CASES: &[RunCase] = &[
                  $RUN -- node -e 'process.kill(process.pid, \"SIGTERM\")'; echo \"status $?\"",
         stdin: "",
         net: false,
+        root: false,
         check: |o| expect(o, 0, "status 0\nstatus 1\nstatus 3\nstatus 143\n"),
     },
     RunCase {
@@ -59,6 +63,7 @@ pub const RUN_CASES: &[RunCase] = &[
         script: "$RUN -- node -e 'for (let i = 0; i < 300; i++) { process.stdout.write(`out ${i}\\n`); process.stderr.write(`err ${i}\\n`) }'",
         stdin: "",
         net: false,
+        root: false,
         check: |o| {
             let want = |tag: &str| (0..300).map(|i| format!("{tag} {i}\n")).collect::<String>();
             if o.status == Some(0) && o.stdout == want("out") && o.stderr == want("err") {
@@ -73,6 +78,7 @@ pub const RUN_CASES: &[RunCase] = &[
         script: "$RUN -- node -e 'const b = Buffer.alloc(1 << 20, 97); for (let i = 0; i < 10; i++) { process.stdout.write(b); process.stderr.write(\"e\") }' | wc -c",
         stdin: "",
         net: false,
+        root: false,
         check: |o| {
             if o.status == Some(0) && o.stdout.trim() == "10485760" && o.stderr == "eeeeeeeeee" {
                 Ok(())
@@ -88,6 +94,7 @@ pub const RUN_CASES: &[RunCase] = &[
                  $RUN -- node -e 'process.stdin.on(\"data\", () => {}).on(\"end\", () => console.log(\"no input\"))'",
         stdin: "0123456789",
         net: false,
+        root: false,
         check: |o| expect(o, 0, "10\none\ntwo\nno input\n"),
     },
     RunCase {
@@ -95,6 +102,7 @@ pub const RUN_CASES: &[RunCase] = &[
         script: "$RUN --timeout 2s -- node -e 'require(\"child_process\").spawn(\"node\", [\"-e\", \"setInterval(() => {}, 1000)\"], {stdio: \"inherit\"}); setInterval(() => {}, 1000)'",
         stdin: "",
         net: false,
+        root: false,
         check: |o| {
             if o.status == Some(124) && o.stderr.contains("timed out after 2s") {
                 Ok(())
@@ -108,6 +116,7 @@ pub const RUN_CASES: &[RunCase] = &[
         script: "$RUN -- no-such-command; echo \"status $?\"",
         stdin: "",
         net: false,
+        root: false,
         check: |o| {
             if o.stdout == "status 127\n" && o.stderr.contains("no-such-command") {
                 Ok(())
@@ -130,6 +139,7 @@ pub const RUN_CASES: &[RunCase] = &[
                  [ \"$before\" = \"$after\" ] && [ ! -e $FIXTURE/new-file ] && echo host unchanged",
         stdin: "",
         net: false,
+        root: false,
         check: |o| expect(o, 0, "fixture-invoices\nrewritten false\nhost unchanged\n"),
     },
     RunCase {
@@ -139,6 +149,7 @@ pub const RUN_CASES: &[RunCase] = &[
                  cat $FIXTURE/out.txt; echo; [ -e $FIXTURE/lib/format.js ] || echo deleted",
         stdin: "",
         net: false,
+        root: false,
         check: |o| expect(o, 0, "EROFS\nfrom the guest\ndeleted\n"),
     },
     RunCase {
@@ -147,6 +158,7 @@ pub const RUN_CASES: &[RunCase] = &[
                  $RUN -v $FIXTURE:/app -w /app -e FIXTURE_FAIL=1 -- npm test > out 2>&1; echo \"status $?\"; grep '^# pass\\|^# fail' out",
         stdin: "",
         net: false,
+        root: false,
         check: |o| {
             expect(
                 o,
@@ -162,6 +174,7 @@ pub const RUN_CASES: &[RunCase] = &[
                    require(\"net\").connect(80, \"10.0.2.2\").on(\"error\", e => console.log(e.code))'",
         stdin: "",
         net: false,
+        root: false,
         check: |o| expect(o, 0, "lo\nENETUNREACH\n"),
     },
     RunCase {
@@ -169,6 +182,7 @@ pub const RUN_CASES: &[RunCase] = &[
         script: "$RUN --net -- node -e 'fetch(`http://10.0.2.2:${process.argv[1]}/hello`).then(r => r.text()).then(console.log)' ${WEB#*:}",
         stdin: "",
         net: true,
+        root: false,
         check: |o| expect(o, 0, &format!("{HELLO}\n")),
     },
     RunCase {
@@ -176,7 +190,21 @@ pub const RUN_CASES: &[RunCase] = &[
         script: "$RUN --net -w /home/node -- sh -c \"npm install --no-audit --no-fund --loglevel=error http://10.0.2.2:${WEB#*:}/greeter.tgz > /dev/null && node -e 'console.log(require(\\\"greeter\\\")(\\\"npm\\\"))'\"",
         stdin: "",
         net: true,
+        root: false,
         check: |o| expect(o, 0, "hello, npm\n"),
+    },
+    RunCase {
+        name: "tap_network",
+        script: "ip=${IPROUTE:-ip}
+                 $ip tuntap add nvtap0 mode tap && $ip addr add 10.0.2.2/24 dev nvtap0 && $ip link set nvtap0 up || exit 1
+                 mkdir www && printf 'hello over tap' > www/t
+                 busybox httpd -f -p 10.0.2.2:8081 -h www & web=$!
+                 $RUN --net tap:nvtap0 -- node -e 'fetch(\"http://10.0.2.2:8081/t\").then(r => r.text()).then(console.log)'; s=$?
+                 kill $web; $ip link del nvtap0; exit $s",
+        stdin: "",
+        net: true,
+        root: true,
+        check: |o| expect(o, 0, "hello over tap\n"),
     },
 ];
 
