@@ -148,7 +148,13 @@ pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
 pub(crate) mod test_util {
     //! Guest memory and a driver-side queue for device tests.
 
+    use virtio_bindings::virtio_mmio::*;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::mmio::MmioTransport;
+    use super::NotifyRegistrar;
+    use crate::devices::bus::BusDevice;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
@@ -197,5 +203,47 @@ pub(crate) mod test_util {
 
     pub fn used_idx(vq: &MockSplitQueue<'_, GuestMemory>) -> u16 {
         vq.used().idx().load()
+    }
+
+    /// Without KVM: QueueNotify writes are not attached to ioeventfds; tests signal them.
+    pub struct NoIoeventfd;
+
+    impl NotifyRegistrar for NoIoeventfd {
+        fn register(&self, _: &EventFd, _: u64, _: u32) -> std::io::Result<()> {
+            Err(std::io::Error::other("no KVM in this test"))
+        }
+        fn unregister(&self, _: &EventFd, _: u64, _: u32) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Where a driver put one queue: `(size, descriptor table, available ring, used ring)`.
+    pub type QueueLayout = (u16, u64, u64, u64);
+
+    /// Takes `t` the way Linux does up to FEATURES_OK (VERSION_1 only) and sets up `queues`;
+    /// the caller posts buffers and writes DRIVER_OK.
+    pub fn configure(t: &mut MmioTransport, queues: &[QueueLayout]) {
+        let mut wr = |offset: u32, value: u32| {
+            t.write(u64::from(offset), &value.to_le_bytes());
+        };
+        wr(VIRTIO_MMIO_STATUS, 1);
+        wr(VIRTIO_MMIO_STATUS, 3);
+        wr(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        wr(VIRTIO_MMIO_DRIVER_FEATURES, 1); // VERSION_1
+        wr(VIRTIO_MMIO_STATUS, 0xb);
+        for (i, &(size, desc, avail, used)) in queues.iter().enumerate() {
+            wr(VIRTIO_MMIO_QUEUE_SEL, i as u32);
+            wr(VIRTIO_MMIO_QUEUE_NUM, u32::from(size));
+            wr(VIRTIO_MMIO_QUEUE_DESC_LOW, desc as u32);
+            wr(VIRTIO_MMIO_QUEUE_AVAIL_LOW, avail as u32);
+            wr(VIRTIO_MMIO_QUEUE_USED_LOW, used as u32);
+            wr(VIRTIO_MMIO_QUEUE_READY, 1);
+        }
+    }
+
+    /// DRIVER_OK: the device goes live.
+    pub fn driver_ok(t: &mut MmioTransport) {
+        t.write(u64::from(VIRTIO_MMIO_STATUS), &0xfu32.to_le_bytes());
+        assert!(t.is_active());
     }
 }

@@ -7,7 +7,6 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virtio_bindings::virtio_mmio::*;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
@@ -15,11 +14,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{HDR_LEN, QUEUE_SIZE, RX, TX};
 use super::*;
-use crate::devices::bus::BusDevice;
 use crate::devices::legacy::IrqLine;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::test_util::{self, add_chain, used, used_idx};
-use crate::devices::virtio::{BackendWork, NotifyRegistrar, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{BackendWork, VIRTIO_F_VERSION_1};
 use crate::memory::{GuestMemory, SharedMemory};
 
 /// Queue structures: receive at 0, transmit at 0x4000; buffers from 0x1_0000.
@@ -357,23 +355,8 @@ fn a_closed_link_leaves_the_guest_offline_quietly() {
     assert_eq!(used_idx(&vqs[0]), 0);
 }
 
-struct NoIoeventfd;
-
-impl NotifyRegistrar for NoIoeventfd {
-    fn register(&self, _: &EventFd, _: u64, _: u32) -> std::io::Result<()> {
-        Err(std::io::Error::other("no KVM in this test"))
-    }
-    fn unregister(&self, _: &EventFd, _: u64, _: u32) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Used rings of the transport test (not the mock's, which overlap its available rings).
 const USED: [u64; 2] = [0x2000, 0x6000];
-
-fn wr(t: &mut MmioTransport, offset: u32, value: u32) {
-    t.write(u64::from(offset), &value.to_le_bytes());
-}
 
 /// The device behind the transport, taken to DRIVER_OK as Linux does.
 fn transport(
@@ -387,38 +370,20 @@ fn transport(
         Box::new(dev),
         mem.clone(),
         irq,
-        Arc::new(NoIoeventfd),
+        Arc::new(test_util::NoIoeventfd),
         0xd000_0000,
     )
     .unwrap();
-    for status in [1, 3] {
-        wr(&mut t, VIRTIO_MMIO_STATUS, status);
-    }
-    wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-    wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1); // VERSION_1
-    wr(&mut t, VIRTIO_MMIO_STATUS, 0xb);
-    for (i, vq) in vqs.iter().enumerate() {
-        wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, i as u32);
-        wr(
-            &mut t,
-            VIRTIO_MMIO_QUEUE_NUM,
-            u32::from(test_util::QUEUE_SIZE),
-        );
-        wr(
-            &mut t,
-            VIRTIO_MMIO_QUEUE_DESC_LOW,
-            vq.desc_table_addr().0 as u32,
-        );
-        wr(
-            &mut t,
-            VIRTIO_MMIO_QUEUE_AVAIL_LOW,
-            vq.avail_addr().0 as u32,
-        );
-        wr(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, USED[i] as u32);
-        wr(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
-    }
-    wr(&mut t, VIRTIO_MMIO_STATUS, 0xf);
-    assert!(t.is_active());
+    let layout: Vec<test_util::QueueLayout> = vqs
+        .iter()
+        .zip(USED)
+        .map(|(vq, used)| {
+            let (desc, avail) = (vq.desc_table_addr().0, vq.avail_addr().0);
+            (test_util::QUEUE_SIZE, desc, avail, used)
+        })
+        .collect();
+    test_util::configure(&mut t, &layout);
+    test_util::driver_ok(&mut t);
     (t, irq_evt)
 }
 

@@ -798,29 +798,15 @@ fn stale_sockets_are_replaced_and_removed_on_drop() {
     assert!(err.to_string().contains("v.sock"), "{err}");
 }
 
-/// Without KVM: QueueNotify writes are not attached to ioeventfds; the test signals them.
-struct NoIoeventfd;
-
-impl crate::devices::virtio::NotifyRegistrar for NoIoeventfd {
-    fn register(&self, _: &EventFd, _: u64, _: u32) -> io::Result<()> {
-        Err(io::Error::other("no KVM in this test"))
-    }
-    fn unregister(&self, _: &EventFd, _: u64, _: u32) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The device behind the MMIO transport, served by the device thread: the driver runs out of
 /// receive buffers midway, the device thread parks the backend and resumes on the driver's
 /// notification.
 #[test]
 fn served_by_the_device_thread() {
-    use crate::devices::bus::BusDevice;
     use crate::devices::legacy::IrqLine;
     use crate::devices::lock;
     use crate::devices::virtio::{mmio::MmioTransport, worker};
     use std::sync::{Arc, Mutex};
-    use virtio_bindings::virtio_mmio::*;
 
     const TOTAL: usize = 200 << 10;
     let dir = tempfile::tempdir().unwrap();
@@ -831,27 +817,16 @@ fn served_by_the_device_thread() {
         Box::new(dev),
         mem.clone(),
         IrqLine::new().unwrap(),
-        Arc::new(NoIoeventfd),
+        Arc::new(test_util::NoIoeventfd),
         0xd000_0000,
     )
     .unwrap();
-    let wr = |t: &mut MmioTransport, reg: u32, value: u32| {
-        t.write(u64::from(reg), &value.to_le_bytes());
-    };
     let mut rings = [Ring::new(0), Ring::new(1), Ring::new(2)];
-    wr(&mut t, VIRTIO_MMIO_STATUS, 1);
-    wr(&mut t, VIRTIO_MMIO_STATUS, 3);
-    wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-    wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1); // VERSION_1
-    wr(&mut t, VIRTIO_MMIO_STATUS, 0xb);
-    for (i, r) in rings.iter().enumerate() {
-        wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, i as u32);
-        wr(&mut t, VIRTIO_MMIO_QUEUE_NUM, u32::from(QSIZE));
-        wr(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, r.desc as u32);
-        wr(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, r.avail as u32);
-        wr(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, r.used as u32);
-        wr(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
-    }
+    let layout: Vec<test_util::QueueLayout> = rings
+        .iter()
+        .map(|r| (QSIZE, r.desc, r.avail, r.used))
+        .collect();
+    test_util::configure(&mut t, &layout);
     let mut rx_bufs = HashMap::new();
     let post = |ring: &mut Ring, rx_bufs: &mut HashMap<u16, u64>, addr: u64| {
         let head = ring.push(&mem, &[(addr, HEADER_SIZE as u32 + RX_DATA, true)]);
@@ -860,8 +835,7 @@ fn served_by_the_device_thread() {
     for i in 0..4 {
         post(&mut rings[0], &mut rx_bufs, RX_BASE + i * SLOT);
     }
-    wr(&mut t, VIRTIO_MMIO_STATUS, 0xf);
-    assert!(t.is_active());
+    test_util::driver_ok(&mut t);
     let transports = vec![Arc::new(Mutex::new(t))];
     let notify = |q: usize| lock(&transports[0]).queue_evts()[q].write(1).unwrap();
     let stop = EventFd::new(0).unwrap();
