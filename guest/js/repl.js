@@ -1,68 +1,9 @@
 'use strict';
 // The NodeOS shell: PID 1 runs `node /usr/lib/nodeos/repl.js` as the unprivileged user.
-//
-// When the REPL ends (.exit, Ctrl-D, process.exit(n), an uncaught exception) PID 1 must not
-// exit (the kernel would panic) and cannot end the VM itself: it writes the exit code to the
-// control pipe (NODEOS_CONTROL_FD) for the supervisor, which ends the VM, and waits for ever.
+// control.js holds what PID 1 owes the supervisor (the exit status, `ready`).
 // Keep this file small: it is on the boot path.
 
-const fs = require('fs');
-
-const pipeMode = process.env.NODEOS_CONSOLE === 'pipe';
-const control = takeControlFd();
-delete process.env.NODEOS_CONSOLE;
-delete process.env.NODEOS_CONTROL_FD;
-
-if (process.pid === 1) require('./spawn-preload.js');
-
-// The control pipe was inherited without close-on-exec, so every child would inherit it too.
-// Reopen it (Node opens everything close-on-exec) and close the inherited descriptor.
-function takeControlFd() {
-  const inherited = Number.parseInt(process.env.NODEOS_CONTROL_FD, 10);
-  if (!Number.isInteger(inherited) || inherited < 0) return -1;
-  try {
-    const fd = fs.openSync(`/proc/self/fd/${inherited}`, 'w');
-    fs.closeSync(inherited);
-    return fd;
-  } catch {
-    return inherited;
-  }
-}
-
-let finished = false;
-function finish(code) {
-  if (finished || control < 0) return;
-  finished = true;
-  let n = Number(code);
-  if (!Number.isInteger(n)) n = 0;
-  try {
-    fs.writeSync(control, `${n}\n`);
-  } catch {
-    return; // No supervisor to tell: let Node exit the normal way.
-  }
-  // The supervisor ends the VM within moments; PID 1 must not get there first.
-  const cell = new Int32Array(new SharedArrayBuffer(4));
-  for (;;) Atomics.wait(cell, 0, 0);
-}
-
-if (control >= 0) {
-  // After every 'exit' listener (the user's included) has run: both process.exit() and a fatal
-  // exception emit 'exit' through process.emit before the process ends.
-  const emit = process.emit;
-  process.emit = function (event, ...args) {
-    if (event !== 'exit') return emit.call(this, event, ...args);
-    try {
-      return emit.call(this, event, ...args);
-    } finally {
-      finish(process.exitCode ?? args[0]);
-    }
-  };
-  const reallyExit = process.reallyExit;
-  process.reallyExit = function (code) {
-    finish(code);
-    return reallyExit.call(this, code);
-  };
-}
+const { pipeMode, ready } = require('./control.js').setup();
 
 const repl = require('repl');
 if (!pipeMode) {
@@ -76,7 +17,31 @@ if (pipeMode) {
   server.displayPrompt = function (preserveCursor) { this.prompt(preserveCursor); };
 }
 server.on('exit', () => process.exit());
-// Tell the host (through the supervisor) that input is read from now on.
-if (control >= 0) {
-  try { fs.writeSync(control, 'ready\n'); } catch { /* no supervisor: nobody to tell */ }
-}
+
+// `.nsh`: the Node shell on this terminal; its `exit` comes back here.
+server.defineCommand('nsh', {
+  help: 'Start nsh, the Node shell (its exit returns to the REPL)',
+  action(args) {
+    const raw = process.stdin.isTTY && process.stdin.isRaw;
+    this.pause();
+    if (raw) process.stdin.setRawMode(false);
+    // The terminal's Ctrl-C reaches us too while nsh runs: it is nsh's.
+    const ignore = () => {};
+    process.on('SIGINT', ignore);
+    const env = { ...process.env };
+    if (pipeMode) env.NODEOS_CONSOLE = 'pipe';
+    const argv = args.trim() ? ['-c', args.trim()] : [];
+    const child = require('child_process').spawn(process.execPath,
+      [require('path').join(__dirname, 'nsh', 'nsh.js'), ...argv], { stdio: 'inherit', env });
+    const back = () => {
+      process.removeListener('SIGINT', ignore);
+      if (raw) process.stdin.setRawMode(true);
+      this.resume();
+      this.displayPrompt();
+    };
+    child.on('error', (err) => { console.error(`nsh: ${err.message}`); back(); });
+    child.on('exit', back);
+  },
+});
+
+ready();

@@ -30,6 +30,45 @@ pub enum UpperLayer {
     Disk,
 }
 
+/// Kernel command-line safe text: bytes other than `A-Za-z0-9/._-` become `%XX` (the guest
+/// decodes them; docs/guest-contract.md).
+pub fn percent_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"/._-".contains(&b) {
+            out.push(b as char);
+        } else {
+            write!(out, "%{b:02X}").unwrap();
+        }
+    }
+    out
+}
+
+/// `nodeos.env=NAME=VALUE`: an environment entry for the guest's shell and the commands its
+/// agent runs.
+pub fn env_param(name: &str, value: &str) -> String {
+    format!("nodeos.env={name}={}", percent_encode(value.as_bytes()))
+}
+
+impl UpperLayer {
+    /// The disk when the VM has one (a user's), tmpfs otherwise.
+    pub fn of(has_disk: bool) -> UpperLayer {
+        if has_disk {
+            UpperLayer::Disk
+        } else {
+            UpperLayer::Tmpfs
+        }
+    }
+
+    /// The first `/dev/vdX` letter free for volumes: after the root image and the upper disk.
+    pub fn first_volume_letter(self) -> u8 {
+        match self {
+            UpperLayer::Tmpfs => b'b',
+            UpperLayer::Disk => b'c',
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CmdlineError {
     #[error("the kernel command line would be {len} bytes; the limit is {MAX_LEN}")]

@@ -30,18 +30,41 @@ pub enum ConsoleError {
 }
 
 /// Set once the guest's console can take input (boot-timer byte `R`).
-#[derive(Debug, Clone, Default)]
-pub struct ConsoleReady(Arc<(Mutex<bool>, Condvar)>);
+#[derive(Clone, Default)]
+pub struct ConsoleReady {
+    state: Arc<(Mutex<bool>, Condvar)>,
+    /// Called once, when first signalled: how a VMM process tells its parent.
+    notify: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ConsoleReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleReady")
+            .field("ready", &*self.state.0.lock().unwrap())
+            .finish_non_exhaustive()
+    }
+}
 
 impl ConsoleReady {
+    /// One that calls `notify` when it is first signalled.
+    pub fn notifying(notify: impl Fn() + Send + Sync + 'static) -> Self {
+        ConsoleReady {
+            state: Arc::default(),
+            notify: Some(Arc::new(notify)),
+        }
+    }
+
     pub fn signal(&self) {
-        let (lock, cvar) = &*self.0;
-        *lock.lock().unwrap() = true;
+        let (lock, cvar) = &*self.state;
+        let was = std::mem::replace(&mut *lock.lock().unwrap(), true);
         cvar.notify_all();
+        if let (false, Some(notify)) = (was, &self.notify) {
+            notify();
+        }
     }
 
     pub fn wait(&self) {
-        let (lock, cvar) = &*self.0;
+        let (lock, cvar) = &*self.state;
         let mut ready = lock.lock().unwrap();
         while !*ready {
             ready = cvar.wait(ready).unwrap();

@@ -180,17 +180,53 @@ fn map_aligned(len: usize) -> std::io::Result<*mut u8> {
     Ok(aligned as *mut u8)
 }
 
+/// Where [`vmm_overhead_kib`] reads the mappings of this process.
+pub const SMAPS: &str = "/proc/self/smaps";
+
+/// [`SMAPS`], opened by [`keep_smaps_open`].
+static KEPT_SMAPS: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+
+/// Opens [`SMAPS`] for [`open_smaps`] to use later: before a jail hides `/proc`.
+pub fn keep_smaps_open() -> std::io::Result<()> {
+    let _ = KEPT_SMAPS.set(std::fs::File::open(SMAPS)?);
+    Ok(())
+}
+
+/// [`SMAPS`], to read from its start: the one [`keep_smaps_open`] kept, or opened now.
+pub fn open_smaps() -> Option<std::fs::File> {
+    use std::io::{Seek, SeekFrom};
+    match KEPT_SMAPS.get() {
+        Some(kept) => {
+            let mut smaps = kept.try_clone().ok()?;
+            smaps.seek(SeekFrom::Start(0)).ok()?;
+            Some(smaps)
+        }
+        None => std::fs::File::open(SMAPS).ok(),
+    }
+}
+
 /// What this process holds in RAM besides the guest's own memory: the VMM's overhead, in
-/// KiB, from `/proc/self/smaps` (the resident size of every mapping but guest RAM's).
-pub fn vmm_overhead_kib(mem: &GuestMemory) -> Option<u64> {
+/// KiB, from [`SMAPS`] (the resident size of every mapping but guest RAM's). `smaps` may have
+/// been opened long before (its text is made as it is read), so that a thread whose seccomp
+/// filter allows no `open` can read it: only read(2) is used.
+pub fn vmm_overhead_kib(mem: &GuestMemory, mut smaps: impl std::io::Read) -> Option<u64> {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
     let guest: Vec<u64> = mem
         .iter()
         .filter_map(|r| r.get_host_address(vm_memory::MemoryRegionAddress(0)).ok())
         .map(|p| p as u64)
         .collect();
-    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-    Some(overhead_from_smaps(&smaps, &guest))
+    let mut text = Vec::new();
+    let mut chunk = vec![0; 64 << 10];
+    loop {
+        match smaps.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(overhead_from_smaps(&String::from_utf8_lossy(&text), &guest))
 }
 
 fn overhead_from_smaps(smaps: &str, guest_starts: &[u64]) -> u64 {
@@ -235,7 +271,7 @@ mod tests {
     #[test]
     fn overhead_of_this_process_is_measured() {
         let mem = create(MIN_MEMORY_MIB).unwrap();
-        let kib = vmm_overhead_kib(&mem).unwrap();
+        let kib = vmm_overhead_kib(&mem, std::fs::File::open(SMAPS).unwrap()).unwrap();
         assert!(kib > 0, "{kib}");
     }
 

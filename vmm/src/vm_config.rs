@@ -9,6 +9,9 @@ pub const MIN_MEMORY_MIB: u32 = 128;
 /// The guest kernel is built for at most this many CPUs (kernel/config.fragment).
 pub const MAX_CPUS: u8 = 32;
 pub const DEFAULT_MEMORY: &str = "512M";
+/// A user's disk: room for the ext4 journal and metadata, up to what is sane for one user.
+pub const MIN_DISK_MIB: u64 = 32;
+pub const MAX_DISK_MIB: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -20,25 +23,33 @@ pub enum ConfigError {
     MemoryTooLarge { given: String, host_mib: u64 },
     #[error("--cpus {0}: a VM has 1 to {MAX_CPUS} vCPUs")]
     Cpus(u32),
+    #[error(
+        "--disk-size {0:?}: give {MIN_DISK_MIB}M to {max}G, like 512M or 4G",
+        max = MAX_DISK_MIB / 1024
+    )]
+    DiskSize(String),
 }
 
-/// Parses `512`, `512M`, `512MiB`, `2G`, `2GiB` (a bare number is MiB) and checks it against
-/// the guest's needs and the host's memory.
-pub fn memory_mib(given: &str) -> Result<u32, ConfigError> {
-    let syntax = || ConfigError::MemorySyntax(given.to_string());
+/// Parses a size in MiB: `512`, `512M`, `512MiB`, `2G`, `2GiB`, `1T`, or KiB that make whole
+/// MiB (a bare number is MiB). `None` when it is not one.
+pub fn size_mib(given: &str) -> Option<u64> {
     let s = given.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(digits);
-    let number: u64 = number.parse().map_err(|_| syntax())?;
-    let factor = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "M" | "MB" | "MIB" => 1,
-        "G" | "GB" | "GIB" => 1024,
-        "K" | "KB" | "KIB" if number.is_multiple_of(1024) => {
-            return memory_mib(&format!("{}M", number / 1024))
-        }
-        _ => return Err(syntax()),
-    };
-    let mib = number.checked_mul(factor).ok_or_else(syntax)?;
+    let number: u64 = number.parse().ok()?;
+    match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "M" | "MB" | "MIB" => Some(number),
+        "G" | "GB" | "GIB" => number.checked_mul(1024),
+        "T" | "TB" | "TIB" => number.checked_mul(1024 * 1024),
+        "K" | "KB" | "KIB" if number.is_multiple_of(1024) => Some(number / 1024),
+        _ => None,
+    }
+}
+
+/// Parses `--memory` (see [`size_mib`]) and checks it against the guest's needs and the host's
+/// memory.
+pub fn memory_mib(given: &str) -> Result<u32, ConfigError> {
+    let mib = size_mib(given).ok_or_else(|| ConfigError::MemorySyntax(given.to_string()))?;
     if mib < u64::from(MIN_MEMORY_MIB) {
         return Err(ConfigError::MemoryTooSmall {
             given: given.to_string(),
@@ -55,6 +66,14 @@ pub fn memory_mib(given: &str) -> Result<u32, ConfigError> {
         given: given.to_string(),
         host_mib,
     })
+}
+
+/// Parses `--disk-size` into bytes.
+pub fn disk_size_bytes(given: &str) -> Result<u64, ConfigError> {
+    size_mib(given)
+        .filter(|mib| (MIN_DISK_MIB..=MAX_DISK_MIB).contains(mib))
+        .map(|mib| mib << 20)
+        .ok_or_else(|| ConfigError::DiskSize(given.to_string()))
 }
 
 pub fn cpus(n: u32) -> Result<u8, ConfigError> {
@@ -129,6 +148,16 @@ mod tests {
             memory_mib("99999999999999999999"),
             Err(ConfigError::MemorySyntax(_))
         ));
+    }
+
+    #[test]
+    fn disk_sizes() {
+        assert_eq!(disk_size_bytes("64M"), Ok(64 << 20));
+        assert_eq!(disk_size_bytes("2G"), Ok(2 << 30));
+        assert_eq!(disk_size_bytes("1T"), Ok(1 << 40));
+        for bad in ["16M", "2T", "big", "", "-1G", "99999999999999999999T"] {
+            assert!(matches!(disk_size_bytes(bad), Err(ConfigError::DiskSize(_))), "{bad}");
+        }
     }
 
     #[test]

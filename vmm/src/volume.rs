@@ -9,7 +9,6 @@
 //!   written, created and deleted by the guest).
 
 use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -143,7 +142,7 @@ impl Volume {
         };
         format!(
             "nodeos.vol={device}:{}:{mode}",
-            percent_encode(self.guest.as_os_str().as_bytes())
+            crate::cmdline::percent_encode(self.guest.as_os_str().as_bytes())
         )
     }
 
@@ -268,7 +267,7 @@ fn write_proc(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn run_tool(mut command: Command, what: String) -> Result<(), Error> {
+pub(crate) fn run_tool(mut command: Command, what: String) -> Result<(), Error> {
     let output = command
         .stdin(Stdio::null())
         .output()
@@ -276,11 +275,13 @@ fn run_tool(mut command: Command, what: String) -> Result<(), Error> {
             what: what.clone(),
             source,
         })?;
-    // debugfs reports failures on stderr but exits 0; it prints its banner there too.
+    // debugfs reports failures on stderr but exits 0; e2fsprogs tools print their banner
+    // ("debugfs 1.47.0 (5-Feb-2023)") there too.
+    let banner = format!("{} ", command.get_program().to_string_lossy());
     let stderr = String::from_utf8_lossy(&output.stderr);
     let complaints: Vec<&str> = stderr
         .lines()
-        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .filter(|l| !l.starts_with(&banner) && !l.trim().is_empty())
         .collect();
     if !output.status.success() || !complaints.is_empty() {
         return Err(Error::ToolFailed {
@@ -369,18 +370,6 @@ fn remove(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
 }
 
 /// `%XX` for every byte outside `[A-Za-z0-9/._-]` (the guest decodes it).
-fn percent_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || b"/._-".contains(&b) {
-            out.push(b as char);
-        } else {
-            write!(out, "%{b:02X}").unwrap();
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

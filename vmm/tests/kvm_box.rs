@@ -114,8 +114,10 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
         let web = tempfile::tempdir().unwrap();
         let web_dir = web.path().join("web");
         std::fs::create_dir(&web_dir).unwrap();
-        std::fs::write(web_dir.join("greeter.tgz"), common::web::greeter_tarball(web.path())).unwrap();
-        std::fs::write(web_dir.join("hello"), run_cases::HELLO).unwrap();
+        let guest_web = format!("10.0.2.2:{}", WEB.rsplit_once(':').unwrap().1);
+        for (name, body) in common::web::site(&guest_web) {
+            std::fs::write(web_dir.join(name), body).unwrap();
+        }
         let serve_app = web.path().join("serve-app.tgz");
         let handler = "exports.handler = async (e) => ({ sum: e.a + e.b, arch: process.arch });\n";
         std::fs::write(
@@ -135,8 +137,9 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             .file(BoxFile::new(common::fixture_dir(), FIXTURE))
             .file(BoxFile::new(&serve_app, SERVE_APP))
             .file(BoxFile::same_path("/etc/mke2fs.conf"));
-        // Volumes are packed with mke2fs and read back with debugfs.
-        for tool in ["/usr/sbin/mke2fs", "/usr/sbin/debugfs"] {
+        // Volumes are packed with mke2fs and read back with debugfs;
+        // Users' disks are checked with e2fsck.
+        for tool in ["/usr/sbin/mke2fs", "/usr/sbin/debugfs", "/usr/sbin/e2fsck"] {
             run = run.file(BoxFile::with_libs(tool, tool));
         }
         let run = run

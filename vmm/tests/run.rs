@@ -15,10 +15,7 @@ use common::BIN;
 
 fn web() -> &'static str {
     static WEB: OnceLock<String> = OnceLock::new();
-    WEB.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        common::web::serve(common::web::greeter_tarball(dir.path()))
-    })
+    WEB.get_or_init(common::web::serve)
 }
 
 fn run_on_host(name: &str) {

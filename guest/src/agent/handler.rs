@@ -46,19 +46,10 @@ pub struct Config {
 }
 
 impl Config {
-    /// Commands run as `user`, with a login-like environment.
-    pub fn for_user(user: &User, groups: Vec<u32>) -> Self {
-        let base_env = [
-            format!("HOME={}", user.home.display()),
-            format!("USER={}", user.name),
-            format!("LOGNAME={}", user.name),
-            format!("PATH={}", crate::init::PATH),
-            "LANG=C.UTF-8".to_string(),
-            "TERM=dumb".to_string(),
-        ]
-        .into_iter()
-        .map(String::into_bytes)
-        .collect();
+    /// Commands run as `user`, with a login-like environment and `extra_env` on top.
+    pub fn for_user(user: &User, groups: Vec<u32>, extra_env: &[Vec<u8>]) -> Self {
+        let mut base_env = user.login_env(extra_env);
+        base_env.push(b"TERM=dumb".to_vec());
         Config {
             uid: user.uid,
             gid: user.gid,

@@ -68,6 +68,7 @@ pub fn start(
     persistent: Vec<PathBuf>,
     user: &User,
     groups: &[u32],
+    extra_env: &[Vec<u8>],
 ) -> Result<()> {
     let transport = match transport {
         AgentTransport::Vsock => Transport::Vsock(
@@ -75,7 +76,7 @@ pub fn start(
         ),
         AgentTransport::Serial => Transport::Serial(serial::Mux::open()?),
     };
-    let cfg = Config::for_user(user, groups.to_vec());
+    let cfg = Config::for_user(user, groups.to_vec(), extra_env);
     match sys::fork().context(|| "fork the agent".into())? {
         Fork::Child => run(transport, &cfg, &persistent),
         Fork::Parent(_) => Ok(()),

@@ -90,6 +90,9 @@ pub struct Cmdline {
     /// Mounted in this order.
     pub volumes: Vec<Volume>,
     pub net: Option<NetConfig>,
+    /// `nodeos.env=NAME=VALUE` entries (the value percent-encoded): added to the environment
+    /// of the shell and of the agent's commands.
+    pub env: Vec<Vec<u8>>,
 }
 
 impl Default for Cmdline {
@@ -103,6 +106,7 @@ impl Default for Cmdline {
             agent: None,
             volumes: Vec::new(),
             net: None,
+            env: Vec::new(),
         }
     }
 }
@@ -164,6 +168,7 @@ impl Cmdline {
                     .volumes
                     .push(parse_volume(value).map_err(|why| bad(&why))?),
                 "net" => cmdline.net = Some(parse_net(value).map_err(|why| bad(&why))?),
+                "env" => cmdline.env.push(parse_env(value).map_err(|why| bad(&why))?),
                 _ => {}
             }
         }
@@ -215,6 +220,28 @@ fn parse_volume(value: &str) -> std::result::Result<Volume, String> {
 }
 
 /// Decodes `%XX` escapes (the host encodes every byte outside `[A-Za-z0-9/._-]`).
+/// `NAME=VALUE`, the value percent-encoded; NAME is a shell variable name.
+fn parse_env(value: &str) -> std::result::Result<Vec<u8>, String> {
+    let (name, encoded) = value
+        .split_once('=')
+        .ok_or("must be NAME=VALUE")?;
+    let valid_name = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !valid_name {
+        return Err(format!("{name:?} is not a variable name"));
+    }
+    let decoded = percent_decode(encoded)?;
+    if decoded.contains(&0) {
+        return Err("the value contains a NUL byte".into());
+    }
+    let mut entry = format!("{name}=").into_bytes();
+    entry.extend(decoded);
+    Ok(entry)
+}
+
 fn percent_decode(text: &str) -> std::result::Result<Vec<u8>, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -324,8 +351,28 @@ mod tests {
                 agent: None,
                 volumes: Vec::new(),
                 net: None,
+                env: Vec::new(),
             }
         );
+    }
+
+    #[test]
+    fn environment_entries() {
+        let cmdline = Cmdline::parse(
+            "nodeos.env=npm_config_registry=http%3A//10.0.2.2%3A4873/ nodeos.env=EMPTY= nodeos.env=A_1=x%20y",
+        )
+        .unwrap();
+        assert_eq!(
+            cmdline.env,
+            vec![
+                b"npm_config_registry=http://10.0.2.2:4873/".to_vec(),
+                b"EMPTY=".to_vec(),
+                b"A_1=x y".to_vec()
+            ]
+        );
+        for bad in ["nodeos.env=NOVALUE", "nodeos.env=1X=y", "nodeos.env==y", "nodeos.env=A-B=y", "nodeos.env=A=%00", "nodeos.env=A=%zz"] {
+            assert!(Cmdline::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod network;
 pub mod user;
 
 use std::ffi::CString;
+use std::os::unix::ffi::OsStringExt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use crate::error::{Context, Error, Result};
@@ -55,7 +56,7 @@ fn boot() -> Result<std::convert::Infallible> {
     let persistent = poweroff::persistent_mounts(&cmdline);
     // The agent first: forked before the supervisor, neither holds the other's descriptors.
     if let Some(transport) = cmdline.agent {
-        agent::start(transport, persistent.clone(), &user, &groups)?;
+        agent::start(transport, persistent.clone(), &user, &groups, &cmdline.env)?;
     }
     let control = supervisor::start(persistent, &user)?;
     match cmdline.shell {
@@ -102,20 +103,22 @@ fn exec_shell(
     }
     std::env::set_current_dir(&user.home).context(|| format!("chdir {}", user.home.display()))?;
 
-    let mut env = vec![
-        format!("HOME={}", user.home.display()),
-        format!("USER={}", user.name),
-        format!("LOGNAME={}", user.name),
-        format!("PATH={PATH}"),
-        "LANG=C.UTF-8".to_string(),
-        format!("NODEOS_CONSOLE={}", cmdline.console.as_str()),
-        format!("{CONTROL_FD_ENV}={CONTROL_FD}"),
-    ];
-    env.push(match cmdline.console {
-        ConsoleMode::Tty => "TERM=linux".to_string(),
-        ConsoleMode::Pipe => "TERM=dumb".to_string(),
-    });
-    let env: Vec<CString> = env.into_iter().map(sys::cstring).collect::<Result<_>>()?;
+    let mut env = user.login_env(&cmdline.env);
+    env.extend(
+        [
+            format!("NODEOS_CONSOLE={}", cmdline.console.as_str()),
+            format!("{CONTROL_FD_ENV}={CONTROL_FD}"),
+            match cmdline.console {
+                ConsoleMode::Tty => "TERM=linux".to_string(),
+                ConsoleMode::Pipe => "TERM=dumb".to_string(),
+            },
+        ]
+        .map(String::into_bytes),
+    );
+    let env: Vec<CString> = env
+        .into_iter()
+        .map(|e| sys::cstring(std::ffi::OsString::from_vec(e)))
+        .collect::<Result<_>>()?;
     let argv = [sys::cstring("node")?, sys::cstring(REPL_JS)?];
     let node = sys::cstring(NODE)?;
 

@@ -21,6 +21,29 @@ pub struct User {
     pub shell: String,
 }
 
+impl User {
+    /// A login's environment for this user (`HOME`, `USER`, `LOGNAME`, `PATH`, `LANG`), then
+    /// `extra` (`NAME=VALUE` entries from the kernel command line) on top.
+    pub fn login_env(&self, extra: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut env: Vec<Vec<u8>> = [
+            format!("HOME={}", self.home.display()),
+            format!("USER={}", self.name),
+            format!("LOGNAME={}", self.name),
+            format!("PATH={}", super::PATH),
+            "LANG=C.UTF-8".to_string(),
+        ]
+        .into_iter()
+        .map(String::into_bytes)
+        .collect();
+        for entry in extra {
+            let name_len = entry.iter().position(|&b| b == b'=').unwrap_or(entry.len()) + 1;
+            env.retain(|e| !e.starts_with(&entry[..name_len]));
+            env.push(entry.clone());
+        }
+        env
+    }
+}
+
 /// Finds `name` in the text of /etc/passwd (`name:x:uid:gid:gecos:home:shell`).
 pub fn find_user(passwd: &str, name: &str) -> Result<User> {
     for (n, line) in passwd.lines().enumerate() {

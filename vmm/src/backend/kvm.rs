@@ -1,11 +1,15 @@
 //! Our own VMM on KVM: builds the microVM (memory, vCPUs, devices, boot state) the way QEMU's
 //! microvm machine presents it to the guest, runs it, and tears everything down when it ends.
 //!
-//! Threads: one per vCPU, one for virtio queues, one for console input; the calling thread
-//! waits for the end, stops the others and joins them before returning, whatever the path.
+//! Threads: one per vCPU, one for virtio queues, one for console input, one watching the
+//! host's stop signal, and `vmm`, which waits for the end, stops the others and joins them;
+//! the calling thread waits for `vmm` and tears the machine down, whatever the path. Each of
+//! them but the calling thread installs its seccomp filter first (crate::seccomp), unless
+//! the spec turns seccomp off.
 
+use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -27,7 +31,8 @@ use crate::devices::virtio::vsock::{self, Vsock};
 use crate::devices::virtio::{worker, VirtioDevice};
 use crate::kvm::vcpu::{self, EndGuard, RunError};
 use crate::kvm::{self, Vcpu, Vm, VmControl};
-use crate::memory::{self, SharedMemory, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use crate::memory::{self, GuestMemory, SharedMemory, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use crate::seccomp::{self, ThreadKind};
 
 /// The first interrupt line for virtio devices (0-4: timer, keyboard, cascade, COM2, COM1).
 const VIRTIO_IRQ_BASE: u32 = 5;
@@ -52,6 +57,8 @@ pub enum Error {
     Net(#[from] net::Error),
     #[error(transparent)]
     Vsock(#[from] vsock::Error),
+    #[error(transparent)]
+    Jail(#[from] crate::jail::Error),
     #[error("cannot set up the {what}")]
     Device {
         what: &'static str,
@@ -70,10 +77,34 @@ fn device_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 
 /// Boots `spec` and runs it until the guest exits, resets or fails.
 pub fn run(spec: &VmSpec, console: ConsoleIo, stop: &StopSignal) -> Result<RunReport, Error> {
+    run_given(spec, console, stop, Given::default())
+}
+
+/// What a VMM in a process of its own (crate::backend::process) gets besides the spec.
+#[derive(Default)]
+pub struct Given {
+    /// The host end of `spec.net`'s link, which the parent opened (net::HostEnd).
+    pub net: Option<OwnedFd>,
+    /// Runs once the VM is built (its files and devices open) and before any of its threads
+    /// starts: where a jailed VMM drops its privileges.
+    pub confine: Option<Box<dyn FnOnce() -> Result<(), crate::jail::Error>>>,
+}
+
+/// [`run`], with what a parent process gave.
+pub fn run_given(
+    spec: &VmSpec,
+    console: ConsoleIo,
+    stop: &StopSignal,
+    given: Given,
+) -> Result<RunReport, Error> {
     let started = Instant::now();
     let ready = console.ready.clone();
-    let result =
-        Machine::build(spec, console, started).and_then(|machine| machine.run(stop.clone()));
+    let result = Machine::build(spec, console, given.net, started).and_then(|machine| {
+        if let Some(confine) = given.confine {
+            confine()?;
+        }
+        machine.run(stop.clone())
+    });
     // The console relay waits for the guest's "ready"; a VM that is gone will not send it.
     ready.signal();
     result
@@ -91,11 +122,18 @@ struct Machine {
     input: OwnedFd,
     control: Arc<VmControl>,
     init_reached: Arc<OnceLock<Duration>>,
+    /// Whether the VMM's threads install their seccomp filters.
+    seccomp: bool,
     _mem: SharedMemory,
 }
 
 impl Machine {
-    fn build(spec: &VmSpec, console: ConsoleIo, started: Instant) -> Result<Machine, Error> {
+    fn build(
+        spec: &VmSpec,
+        console: ConsoleIo,
+        net_given: Option<OwnedFd>,
+        started: Instant,
+    ) -> Result<Machine, Error> {
         // Memory first: on an early return the VM fd (declared later) is dropped before it.
         let mem: SharedMemory = Arc::new(memory::create(spec.memory_mib)?);
         let vm = Vm::new()?;
@@ -161,7 +199,10 @@ impl Machine {
         devices.push(Box::new(Rng::new()));
         // The guest's eth0; it configures its address from the command line.
         if let Some(net) = &spec.net {
-            devices.push(net::create(net, net::DEFAULT_MAC)?);
+            devices.push(match net_given {
+                Some(fd) => net::attach(net, fd, net::DEFAULT_MAC)?,
+                None => net::create(net, net::DEFAULT_MAC, spec.seccomp)?,
+            });
         }
         // The guest agent's link; the guest learns which kind it has from the command line.
         let mut base_cmdline = spec.cmdline.clone();
@@ -211,6 +252,7 @@ impl Machine {
             input: console.input,
             control,
             init_reached,
+            seccomp: spec.seccomp,
             _mem: mem,
         })
     }
@@ -226,42 +268,56 @@ impl Machine {
             input,
             control,
             init_reached,
+            seccomp,
             _mem,
         } = self;
-        let mut threads = Threads::default();
+        // Opened here: the `vmm` thread's filter allows no open.
+        let smaps = memory::open_smaps();
+        // Set up here: the device thread's filter allows no new descriptors.
+        let worker = worker::Worker::new(&transports, control.stop_evt())
+            .map_err(device_err("virtio device thread"))?;
+        let mut threads = Threads {
+            handles: Vec::new(),
+            seccomp,
+        };
 
         let c = control.clone();
-        threads.spawn(&control, "virtio".into(), false, move || {
+        threads.spawn(&control, "virtio".into(), ThreadKind::Virtio, move || {
             let _guard = EndGuard {
                 control: &c,
                 what: "virtio device",
             };
-            if let Err(e) = worker::run(&transports, c.stop_evt()) {
+            if let Err(e) = worker::run(worker, &transports) {
                 tracing::error!("virtio device thread: {e}");
             }
         });
         let c = control.clone();
-        threads.spawn(&control, "host-stop".into(), false, move || {
+        threads.spawn(&control, "host-stop".into(), ThreadKind::HostStop, move || {
             if crate::poll::first_readable(&[c.stop_evt().as_raw_fd(), stop.fd()], None) == Some(1)
             {
                 c.stop(Ok(VmExit::Stopped));
             }
         });
         let c = control.clone();
-        threads.spawn(&control, "console-input".into(), false, move || {
-            let _guard = EndGuard {
-                control: &c,
-                what: "console input",
-            };
-            serial::forward_input(&input, &serial, c.stop_evt());
-        });
+        threads.spawn(
+            &control,
+            "console-input".into(),
+            ThreadKind::ConsoleInput,
+            move || {
+                let _guard = EndGuard {
+                    control: &c,
+                    what: "console input",
+                };
+                serial::forward_input(&input, &serial, c.stop_evt());
+            },
+        );
         for vcpu in vcpus {
             if control.is_stopping() {
                 break;
             }
             let (c, pio, mmio) = (control.clone(), pio.clone(), mmio.clone());
             let name = format!("vcpu{}", vcpu.index());
-            threads.spawn(&control, name, true, move || {
+            threads.spawn(&control, name, ThreadKind::Vcpu, move || {
                 let _guard = EndGuard {
                     control: &c,
                     what: "vCPU",
@@ -270,9 +326,31 @@ impl Machine {
             });
         }
 
-        control.wait();
-        let vmm_overhead_kib = memory::vmm_overhead_kib(&_mem);
-        threads.stop_and_join();
+        // The threads go to `vmm` once it runs: if it cannot start, they are still ours.
+        let (give, take) = mpsc::channel();
+        let (c, mem) = (control.clone(), _mem.clone());
+        let vmm = thread::Builder::new().name("vmm".into()).spawn(move || {
+            if seccomp {
+                if let Err(e) = seccomp::apply(ThreadKind::VmmMain) {
+                    c.stop(Err(e.into()));
+                }
+            }
+            let (threads, smaps) = take.recv().ok()?;
+            wait_and_join(&c, &mem, smaps, threads)
+        });
+        let vmm_overhead_kib = match vmm {
+            Ok(h) => {
+                let _ = give.send((threads, smaps));
+                h.join().ok().flatten()
+            }
+            Err(source) => {
+                control.stop(Err(RunError::Spawn {
+                    what: "vmm".into(),
+                    source,
+                }));
+                wait_and_join(&control, &_mem, smaps, threads)
+            }
+        };
         drop(vm);
 
         match control.take_outcome() {
@@ -287,26 +365,54 @@ impl Machine {
     }
 }
 
+/// The VMM's main loop once its threads run: waits for the VM's end, measures the VMM's
+/// memory (from `smaps`, opened beforehand), then stops and joins the threads.
+fn wait_and_join(
+    control: &VmControl,
+    mem: &GuestMemory,
+    smaps: Option<File>,
+    threads: Threads,
+) -> Option<u64> {
+    control.wait();
+    let kib = smaps.and_then(|f| memory::vmm_overhead_kib(mem, f));
+    threads.stop_and_join();
+    kib
+}
+
 fn shared<D: BusDevice + 'static>(device: D) -> Arc<Mutex<dyn BusDevice>> {
     Arc::new(Mutex::new(device))
 }
 
-#[derive(Default)]
 struct Threads {
+    /// Each thread, and whether it runs a vCPU.
     handles: Vec<(JoinHandle<()>, bool)>,
+    /// Whether threads install their seccomp filters.
+    seccomp: bool,
 }
 
 impl Threads {
-    /// Starts a thread; a failure to start ends the VM.
+    /// Starts a thread of `kind`, which installs its filter before `f` runs; a failure to
+    /// start or to filter ends the VM.
     fn spawn(
         &mut self,
-        control: &VmControl,
+        control: &Arc<VmControl>,
         name: String,
-        is_vcpu: bool,
+        kind: ThreadKind,
         f: impl FnOnce() + Send + 'static,
     ) {
-        match thread::Builder::new().name(name.clone()).spawn(f) {
-            Ok(h) => self.handles.push((h, is_vcpu)),
+        let filter = self.seccomp.then_some(kind);
+        let c = control.clone();
+        let body = move || {
+            if let Some(kind) = filter {
+                if let Err(e) = seccomp::apply(kind) {
+                    c.stop(Err(e.into()));
+                    return;
+                }
+            }
+            f();
+        };
+        match thread::Builder::new().name(name.clone()).spawn(body) {
+            Ok(h) => self.handles.push((h, kind == ThreadKind::Vcpu)),
             Err(source) => control.stop(Err(RunError::Spawn { what: name, source })),
         }
     }
@@ -656,6 +762,7 @@ mod tests {
             memory_mib: 64,
             cpus,
             cmdline: "console=ttyS0".into(),
+            seccomp: true,
         };
         let (in_rx, in_tx) = pipe();
         let (out_rx, out_tx) = pipe();
@@ -832,6 +939,7 @@ mod tests {
             memory_mib: 64,
             cpus,
             cmdline: "console=ttyS0".into(),
+            seccomp: true,
         };
         let console = || {
             let (rx, _) = pipe();

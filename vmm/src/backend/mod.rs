@@ -2,17 +2,20 @@
 //! Both take the same [`VmSpec`] and the same console fds and end with the same [`VmExit`],
 //! so callers cannot tell them apart (see docs/guest-contract.md).
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use serde::{Deserialize, Serialize};
+
 use crate::console::ConsoleReady;
+use crate::jail::Jail;
 
 /// Everything needed to boot one microVM, whatever the backend.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmSpec {
     /// ELF vmlinux with a PVH entry (or a bzImage, KVM backend only).
     pub kernel: PathBuf,
@@ -34,10 +37,13 @@ pub struct VmSpec {
     /// The kernel command line without the `virtio_mmio.device=` entries, which each backend
     /// adds for the devices it creates.
     pub cmdline: String,
+    /// Syscall filtering: seccomp-BPF on every thread of our VMM (crate::seccomp), QEMU's
+    /// `-sandbox on`. Off only for debugging (`--no-seccomp`).
+    pub seccomp: bool,
 }
 
 /// A virtio-blk disk image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disk {
     pub path: PathBuf,
     pub read_only: bool,
@@ -48,7 +54,7 @@ pub struct Disk {
 pub const GUEST_NET_PARAM: &str = "nodeos.net=10.0.2.15/24,10.0.2.2,10.0.2.3";
 
 /// How the guest's network interface reaches the outside.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NetSpec {
     /// User-mode NAT, no privileges: `passt` for our VMM, QEMU's user networking (slirp) for
     /// QEMU. Either way the guest is 10.0.2.15/24, the gateway 10.0.2.2 is the host's
@@ -70,7 +76,7 @@ pub struct ConsoleIo {
 }
 
 /// How a VM ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VmExit {
     /// The guest wrote its exit status to the exit port (0xf4).
     Guest(u8),
@@ -101,10 +107,16 @@ impl StopSignal {
     pub fn fd(&self) -> RawFd {
         self.0.as_raw_fd()
     }
+
+    /// The signal whose [`fd`](Self::fd) a parent process handed down as `fd`.
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        // SAFETY: `fd` is an eventfd (a StopSignal's) that this process now owns alone.
+        StopSignal(Arc::new(unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) }))
+    }
 }
 
 /// What a finished VM reports back.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct RunReport {
     pub exit: VmExit,
     /// Time from the backend's start to the guest's write to the boot-timer port (0x3f0).
@@ -125,20 +137,22 @@ pub const CONSOLE_READY: u8 = b'R';
 
 pub mod detect;
 pub mod kvm;
+pub mod process;
 pub mod qemu;
 
 /// The machine monitor that runs a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// Our own VMM on /dev/kvm.
-    Kvm,
+    /// Our own VMM on /dev/kvm, in a process of its own ([`process`]), jailed when given a
+    /// [`Jail`].
+    Kvm(Option<Jail>),
     Qemu(qemu::Accel),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Kvm(#[from] kvm::Error),
+    Vmm(#[from] process::Error),
     #[error(transparent)]
     Qemu(#[from] qemu::QemuError),
 }
@@ -152,14 +166,16 @@ impl Backend {
         stop: &StopSignal,
     ) -> Result<RunReport, Error> {
         Ok(match self {
-            Backend::Kvm => kvm::run(spec, console, stop)?,
+            Backend::Kvm(jail) => {
+                process::run(&process::VmmProgram::this_binary(), spec, console, stop, jail)?
+            }
             Backend::Qemu(accel) => qemu::run(spec, console, accel, stop)?,
         })
     }
 
     pub fn name(self) -> &'static str {
         match self {
-            Backend::Kvm => "kvm",
+            Backend::Kvm(_) => "kvm",
             Backend::Qemu(qemu::Accel::Kvm) => "qemu-kvm",
             Backend::Qemu(qemu::Accel::Tcg) => "qemu-tcg",
         }

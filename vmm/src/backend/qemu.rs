@@ -405,8 +405,15 @@ fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString, agent_link: &Path) 
             format!("virtio-blk-device,drive=disk{i}").into(),
         ]);
     }
+    if spec.seccomp {
+        a.extend(["-sandbox", SANDBOX].map(OsString::from));
+    }
     a
 }
+
+/// QEMU's own seccomp filter: no obsolete syscalls, no privilege changes, no new processes,
+/// no scheduling or resource changes.
+const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// TCG offers the guest no kvm-clock and no HPET, so its kernel calibrates the TSC, the delay
 /// loop and the local APIC timer against the PIT — about 0.4 s of a sub-second boot — and, when

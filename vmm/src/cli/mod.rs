@@ -2,9 +2,10 @@
 
 mod build;
 mod doctor;
-mod run;
+pub(crate) mod run;
 mod serve;
 mod start;
+mod users;
 mod vms;
 
 use std::path::PathBuf;
@@ -14,6 +15,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::artifacts::{check_kernel, check_rootfs, Artifact, Store};
 use crate::backend::{detect, qemu, Backend, NetSpec, GUEST_NET_PARAM};
+use crate::jail::{self, Jail};
+use crate::users::{UserDisk, Users};
 
 /// Exit status of nodeos-vm's own failures (bad input, a backend that cannot start, a guest
 /// that crashed): what the guest's own statuses (0..=124 in practice) cannot be confused with.
@@ -51,10 +54,16 @@ pub enum Command {
     ///
     /// Example: nodeos-vm serve --listen 127.0.0.1:8080
     Serve(serve::ServeArgs),
+    /// List or remove user environments (the persistent layers of `--user NAME`).
+    #[command(subcommand)]
+    Users(users::UsersCommand),
     /// Build the kernel and root image into the cache (only what is missing, unless --force).
     Build(build::BuildArgs),
     /// Say what this host offers (KVM or not, which backend `auto` picks) and what is cached.
     Doctor,
+    /// (internal) Be the VMM process of a VM on our own VMM (crate::backend::process).
+    #[command(hide = true)]
+    Vmm,
 }
 
 /// Which machine monitor runs the guest.
@@ -88,22 +97,91 @@ pub struct VmArgs {
     /// loopback is 10.0.2.2) or `tap:NAME`. Without it the guest has no network at all.
     #[arg(long, value_name = "user|tap:NAME", num_args = 0..=1, default_missing_value = "user", value_parser = parse_net)]
     pub net: Option<NetSpec>,
+    #[command(flatten)]
+    pub seccomp: SeccompArgs,
+    #[command(flatten)]
+    pub jail: JailArgs,
+    /// Boot as user NAME: their own persistent writable layer (created on first use; what
+    /// they write in `/` is there next time; other users never see it). `users ls` lists them.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Size of the user's disk when it is created (default 2G, sparse), or a larger size to
+    /// grow it to.
+    #[arg(long, value_name = "SIZE", requires = "user", value_parser = crate::vm_config::disk_size_bytes)]
+    pub disk_size: Option<u64>,
 }
 
 impl VmArgs {
+    /// The `--user`'s disk, locked for this VM (created on first use).
+    pub fn user_disk(&self) -> anyhow::Result<Option<UserDisk>> {
+        let Some(name) = &self.user else {
+            return Ok(None);
+        };
+        Ok(Some(Users::from_env()?.acquire(name, self.disk_size)?))
+    }
+
     /// The guest parameters beyond the console's: `params`, the network's, the user's.
     pub fn cmdline_extra(&self, params: &[String]) -> String {
         let mut extra = params.to_vec();
         if self.net.is_some() {
             extra.push(GUEST_NET_PARAM.to_string());
         }
+        extra.extend(crate::npm_registry::guest_param(self.net.as_ref()));
         extra.push(self.cmdline_extra.clone());
         extra.join(" ")
     }
 }
 
+/// Turns the VMM's syscall filters off, for debugging.
+#[derive(Debug, clap::Args)]
+pub struct SeccompArgs {
+    /// Run without seccomp filters (our VMM's threads; QEMU's -sandbox): debugging only.
+    #[arg(long)]
+    pub no_seccomp: bool,
+}
+
+/// The VMM's jail (crate::jail; docs/security.md), on by default when nodeos-vm runs as root.
+#[derive(Debug, clap::Args)]
+pub struct JailArgs {
+    /// Run our VMM without its jail (as root: in the host's namespaces and files, as root).
+    #[arg(long)]
+    pub no_jail: bool,
+    /// The user the jailed VMM runs as.
+    #[arg(long, value_name = "UID", default_value_t = jail::DEFAULT_UID, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jail_uid: u32,
+    /// The group the jailed VMM runs as.
+    #[arg(long, value_name = "GID", default_value_t = jail::DEFAULT_GID, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jail_gid: u32,
+}
+
+impl JailArgs {
+    /// The jail, when nodeos-vm runs as root and `--no-jail` is not given.
+    pub fn jail(&self) -> Option<Jail> {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        (root && !self.no_jail).then_some(Jail {
+            uid: self.jail_uid,
+            gid: self.jail_gid,
+        })
+    }
+}
+
+/// What stderr says when `--no-seccomp` is given.
+pub const NO_SECCOMP_WARNING: &str =
+    "nodeos-vm: WARNING: --no-seccomp: the VMM runs WITHOUT syscall filters; use it for debugging only";
+
+impl SeccompArgs {
+    /// Whether the VMM filters its syscalls; says loudly on stderr when it does not.
+    pub fn enabled(&self) -> bool {
+        if self.no_seccomp {
+            eprintln!("{NO_SECCOMP_WARNING}");
+        }
+        !self.no_seccomp
+    }
+}
+
 /// `user` or `tap:NAME`.
-fn parse_net(text: &str) -> Result<NetSpec, String> {
+pub fn parse_net(text: &str) -> Result<NetSpec, String> {
     match text.split_once(':') {
         None if text == "user" => Ok(NetSpec::User),
         Some(("tap", name))
@@ -132,15 +210,22 @@ pub struct ImageArgs {
     pub rootfs: Option<PathBuf>,
 }
 
-/// The backend for `choice` on this host; says so on stderr when `auto` falls back to TCG,
-/// unless `quiet` (commands whose stderr is the guest command's: `run` into a pipe).
-pub fn choose_backend(choice: BackendChoice, quiet: bool) -> anyhow::Result<Backend> {
+/// The backend for `choice` on this host, our VMM jailed as `jail` says; says so on stderr
+/// when `auto` falls back to TCG, unless `quiet` (commands whose stderr is the guest command's:
+/// `run` into a pipe).
+pub fn choose_backend(
+    choice: BackendChoice,
+    jail: &JailArgs,
+    quiet: bool,
+) -> anyhow::Result<Backend> {
     let kvm = detect::probe();
     match (choice, kvm) {
         (BackendChoice::Kvm, detect::KvmSupport::Unusable(why)) => {
             bail!("--backend kvm: KVM cannot run Linux guests on this host: {why}; use --backend qemu")
         }
-        (BackendChoice::Kvm | BackendChoice::Auto, detect::KvmSupport::Usable) => Ok(Backend::Kvm),
+        (BackendChoice::Kvm | BackendChoice::Auto, detect::KvmSupport::Usable) => {
+            Ok(Backend::Kvm(jail.jail()))
+        }
         (BackendChoice::Qemu, detect::KvmSupport::Usable) => Ok(Backend::Qemu(qemu::Accel::Kvm)),
         (_, detect::KvmSupport::Unusable(why)) => {
             if quiet {
@@ -179,8 +264,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Logs(args) => vms::logs(args),
         Command::Stop(args) => vms::stop(args),
         Command::Serve(args) => serve::run(args),
+        Command::Users(command) => users::run(command),
         Command::Build(args) => build::run(args).map(|()| 0),
         Command::Doctor => doctor::run().map(|()| 0),
+        Command::Vmm => Ok(crate::backend::process::vmm_main()),
     }
 }
 

@@ -71,6 +71,7 @@ impl ExecOptions {
 const TIMEOUT_GRACE: Duration = Duration::from_secs(10);
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let seccomp = args.vm.seccomp.enabled();
     let memory_mib = vm_config::memory_mib(&args.vm.memory)?;
     let cpus = vm_config::cpus(args.vm.cpus)?;
     let volumes = args
@@ -84,9 +85,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         .command(args.command.into_iter().map(OsString::into_vec).collect())?;
     let backend = choose_backend(
         args.vm.backend,
+        &args.vm.jail,
         !std::io::IsTerminal::is_terminal(&std::io::stderr()),
     )?;
     let (kernel, rootfs) = images(&args.vm.images)?;
+    let user = args.vm.user_disk()?;
+    let upper = UpperLayer::of(user.is_some());
 
     let dir = runtime::scratch_dir("run")?;
     let mut disks = Vec::new();
@@ -94,8 +98,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     for (i, volume) in volumes.iter().enumerate() {
         let image = dir.path().join(format!("volume{i}.img"));
         volume.pack(&image)?;
-        // vda is the root image; no upper disk here, so volumes start at vdb.
-        params.push(volume.cmdline_param(&format!("/dev/vd{}", (b'b' + i as u8) as char)));
+        let letter = upper.first_volume_letter() + i as u8;
+        params.push(volume.cmdline_param(&format!("/dev/vd{}", letter as char)));
         disks.push(Disk {
             path: image,
             read_only: volume.mode == Mode::ReadOnly,
@@ -106,13 +110,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let spec = VmSpec {
         kernel,
         rootfs,
-        upper_disk: None,
+        upper_disk: user.as_ref().map(|u| u.path().to_path_buf()),
         disks,
         agent_socket: Some(agent_socket.clone()),
         net: args.vm.net.clone(),
         memory_mib,
         cpus,
-        cmdline: cmdline::build(ConsoleMode::Pipe, UpperLayer::Tmpfs, &extra)?,
+        cmdline: cmdline::build(ConsoleMode::Pipe, upper, &extra)?,
+        seccomp,
     };
 
     let vm = Sandbox::boot(backend, spec, ConsoleLog::Tail)?;
@@ -184,7 +189,7 @@ fn check_mount_points(volumes: &[Volume]) -> anyhow::Result<()> {
 }
 
 /// `NAME=VALUE`, or `NAME` for this host's value.
-fn env_entry(given: &str) -> anyhow::Result<Vec<u8>> {
+pub fn env_entry(given: &str) -> anyhow::Result<Vec<u8>> {
     let (name, value) = match given.split_once('=') {
         Some((name, value)) => (name, value.to_string()),
         None => (
@@ -200,7 +205,7 @@ fn env_entry(given: &str) -> anyhow::Result<Vec<u8>> {
     Ok(format!("{name}={value}").into_bytes())
 }
 
-fn workdir(dir: String) -> anyhow::Result<Vec<u8>> {
+pub fn workdir(dir: String) -> anyhow::Result<Vec<u8>> {
     if !dir.starts_with('/') || dir.contains('\0') {
         bail!("--workdir {dir:?}: must be an absolute path in the guest, like /app");
     }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::{choose_backend, images, BackendChoice, ImageArgs};
+use super::{choose_backend, images, BackendChoice, ImageArgs, JailArgs, SeccompArgs};
 use crate::serve::{self, Machine};
 
 #[derive(Debug, clap::Args)]
@@ -14,10 +14,15 @@ pub struct ServeArgs {
     backend: BackendChoice,
     #[command(flatten)]
     images: ImageArgs,
+    #[command(flatten)]
+    seccomp: SeccompArgs,
+    #[command(flatten)]
+    jail: JailArgs,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
-    let backend = choose_backend(args.backend, false)?;
+    let seccomp = args.seccomp.enabled();
+    let backend = choose_backend(args.backend, &args.jail, false)?;
     let (kernel, rootfs) = images(&args.images)?;
     serve::serve(
         args.listen,
@@ -25,6 +30,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
             backend,
             kernel,
             rootfs,
+            seccomp,
         },
     )?;
     Ok(0)

@@ -27,6 +27,7 @@ pub struct StartArgs {
 }
 
 pub fn run(args: StartArgs) -> anyhow::Result<u8> {
+    let seccomp = args.vm.seccomp.enabled();
     if let Some(id) = &args.keeper {
         return vms::keep(&args.vm, id);
     }
@@ -35,14 +36,15 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     }
     let memory_mib = vm_config::memory_mib(&args.vm.memory)?;
     let cpus = vm_config::cpus(args.vm.cpus)?;
-    let backend = choose_backend(args.vm.backend, false)?;
+    let backend = choose_backend(args.vm.backend, &args.vm.jail, false)?;
     let (kernel, rootfs) = images(&args.vm.images)?;
+    let user = args.vm.user_disk()?;
 
     let (host_console, console) = HostConsole::attach(args.pipe)?;
     let spec = VmSpec {
         kernel,
         rootfs,
-        upper_disk: None,
+        upper_disk: user.as_ref().map(|u| u.path().to_path_buf()),
         disks: Vec::new(),
         agent_socket: None,
         net: args.vm.net.clone(),
@@ -50,9 +52,10 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
         cpus,
         cmdline: cmdline::build(
             host_console.mode(),
-            UpperLayer::Tmpfs,
+            UpperLayer::of(user.is_some()),
             &args.vm.cmdline_extra(&[]),
         )?,
+        seccomp,
     };
     let started = std::time::Instant::now();
     let report = backend.run(&spec, console, &StopSignal::new()?)?;

@@ -166,6 +166,8 @@ pub fn detach(vm: &VmArgs) -> anyhow::Result<u8> {
     vm_config::memory_mib(&vm.memory)?;
     vm_config::cpus(vm.cpus)?;
     images(&vm.images)?;
+    // Creates the user's disk here, with its errors on this terminal; the keeper takes it.
+    drop(vm.user_disk()?);
     let id = new_id()?;
     let dir = vms_dir()?.join(&id);
     fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -262,7 +264,7 @@ fn keep_vm(
     let dir = vms_dir()?.join(id);
     let memory_mib = vm_config::memory_mib(&vm.memory)?;
     let cpus = vm_config::cpus(vm.cpus)?;
-    let backend = choose_backend(vm.backend, true)?;
+    let backend = choose_backend(vm.backend, &vm.jail, true)?;
     let mut record = Record {
         id: id.to_string(),
         pid: std::process::id() as i32,
@@ -277,17 +279,20 @@ fn keep_vm(
     };
     record.save(&dir).context("writing the VM's state")?;
     let (kernel, rootfs) = images(&vm.images)?;
+    let user = vm.user_disk()?;
     let extra = vm.cmdline_extra(&["nodeos.shell=none".to_string()]);
     let spec = VmSpec {
         kernel,
         rootfs,
-        upper_disk: None,
+        upper_disk: user.as_ref().map(|u| u.path().to_path_buf()),
         disks: Vec::new(),
         agent_socket: Some(dir.join("agent.sock")),
         net: vm.net.clone(),
         memory_mib,
         cpus,
-        cmdline: cmdline::build(ConsoleMode::Pipe, UpperLayer::Tmpfs, &extra)?,
+        cmdline: cmdline::build(ConsoleMode::Pipe, UpperLayer::of(user.is_some()), &extra)?,
+        // The keeper's stderr goes nowhere: `start` said it on the user's terminal.
+        seccomp: !vm.seccomp.no_seccomp,
     };
     let sandbox = Sandbox::boot(backend, spec, ConsoleLog::File(dir.join("console.log")))?;
     let stop = sandbox.stop_signal().clone();

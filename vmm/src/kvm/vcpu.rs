@@ -49,6 +49,8 @@ pub enum RunError {
     },
     #[error("{0} thread ended without a result")]
     ThreadEnded(&'static str),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::Error),
     #[error("cannot start the {what} thread")]
     Spawn {
         what: String,

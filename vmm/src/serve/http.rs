@@ -204,16 +204,12 @@ async fn invoke(
     let id = server.call_id();
     let answer = async {
         let body = read_body(body, MAX_CALL_BYTES, "call's body").await?;
-        let event: Value = if body.iter().all(u8::is_ascii_whitespace) {
-            Value::Null
-        } else {
-            serde_json::from_slice(&body).map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("the body is not JSON: {e}"),
-                )
-            })?
-        };
+        let event = invoke_event(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON: {e}"),
+            )
+        })?;
         if !app.current.exports.handler {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -226,6 +222,15 @@ async fn invoke(
     }
     .await;
     finish(&app, &id, started, answer)
+}
+
+/// The event of an invoke call: its body as JSON, `null` for an empty or blank body.
+pub fn invoke_event(body: &[u8]) -> Result<Value, serde_json::Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(Value::Null)
+    } else {
+        serde_json::from_slice(body)
+    }
 }
 
 /// `ANY /run/{name}/{path}`: the request, as a Web `Request`, to the app's `fetch`; its

@@ -70,6 +70,8 @@ pub struct Machine {
     pub backend: Backend,
     pub kernel: PathBuf,
     pub rootfs: PathBuf,
+    /// Whether the VMs' VMM filters its syscalls (`VmSpec::seccomp`).
+    pub seccomp: bool,
 }
 
 /// One version of one app, as its VMs boot it.
@@ -297,6 +299,7 @@ fn start(
         cpus: app.cpus,
         cmdline: cmdline::build(ConsoleMode::Pipe, UpperLayer::Tmpfs, &extra)
             .map_err(|e| BootError::Task(e.to_string()))?,
+        seccomp: machine.seccomp,
     };
     let sandbox = Sandbox::boot(machine.backend, spec, ConsoleLog::Tail)?;
     let vm = Vm {

@@ -3,11 +3,11 @@
 //! microVMs of its own (`instance`), pooled per app version (`pool`). docs/serve.md and
 //! docs/openapi.yaml describe the API.
 
-mod http;
+pub(crate) mod http;
 mod instance;
 mod logs;
 mod metrics;
-mod package;
+pub(crate) mod package;
 mod pool;
 mod store;
 

@@ -13,8 +13,8 @@ use super::package::Options;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no folder for nodeos-vm's data: set NODEOS_VM_DATA, XDG_DATA_HOME or HOME")]
-    NoHome,
+    #[error(transparent)]
+    NoDataDir(#[from] crate::data_dir::NoDataDir),
     #[error("writing {path}")]
     Write {
         path: PathBuf,
@@ -39,15 +39,8 @@ pub struct Store {
 impl Store {
     /// The store in the data folder the environment names.
     pub fn from_env() -> Result<Store, Error> {
-        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-        let data = match (var("NODEOS_VM_DATA"), var("XDG_DATA_HOME"), var("HOME")) {
-            (Some(dir), _, _) => PathBuf::from(dir),
-            (None, Some(dir), _) => PathBuf::from(dir).join("nodeos-vm"),
-            (None, None, Some(home)) => PathBuf::from(home).join(".local/share/nodeos-vm"),
-            (None, None, None) => return Err(Error::NoHome),
-        };
         Ok(Store {
-            dir: data.join("apps"),
+            dir: crate::data_dir::data_dir()?.join("apps"),
         })
     }
 

@@ -4,8 +4,12 @@
 //! A case is a `sh` script; in it `$RUN` is `nodeos-vm run` with the backend, kernel and image
 //! options, `$FIXTURE` a fresh copy of tests/fixtures/node-project, and `$WEB` the address of
 //! an HTTP server on the host's loopback (`127.0.0.1:PORT`, reached from a guest with `--net`
-//! as `10.0.2.2:PORT`) that serves `/hello` and `/greeter.tgz` (an npm package). `$IPROUTE`,
-//! when set, is iproute2's `ip` (a busybox shell runs its own applet for a plain `ip`).
+//! as `10.0.2.2:PORT`) that serves `/hello` and a tiny npm registry (`greeter`, `hello-cli`;
+//! tests/common/web.rs). `$IPROUTE`, when set, is iproute2's `ip` (a busybox shell runs its own
+//! applet for a plain `ip`). The scripts run in a fresh folder of their own.
+//!
+//! The `user_*` cases keep users' disks in `./data` (NODEOS_VM_DATA); `${RUN%% run *}` is the
+//! nodeos-vm binary and `${RUN#* run}` the backend and image options.
 
 pub struct RunOutcome {
     pub status: Option<i32>,
@@ -205,6 +209,80 @@ pub const RUN_CASES: &[RunCase] = &[
         net: true,
         root: true,
         check: |o| expect(o, 0, "hello over tap\n"),
+    },
+    RunCase {
+        name: "user_layer_persists_and_is_private",
+        script: "export NODEOS_VM_DATA=$PWD/data
+                 $RUN --user alice -- node -e 'fs.mkdirSync(\"/home/node/notes\"); fs.writeFileSync(\"/home/node/notes/a\", \"kept\")' || exit 1
+                 $RUN --user alice -- node -e 'console.log(fs.readFileSync(\"/home/node/notes/a\", \"utf8\"))'
+                 $RUN --user bob -- node -e 'console.log(\"bob sees\", fs.existsSync(\"/home/node/notes\"))'
+                 $RUN -- node -e 'console.log(\"no user sees\", fs.existsSync(\"/home/node/notes\"))'
+                 ${RUN%% run *} users ls | sed -n 's/^\\([a-z]*\\) .* idle .*/\\1 idle/p'
+                 ${RUN%% run *} users rm bob </dev/null; echo \"rm without --yes: $?\"
+                 ${RUN%% run *} users rm --yes bob; echo \"bob left: $(${RUN%% run *} users ls | grep -c '^bob ')\"",
+        stdin: "",
+        net: false,
+        root: false,
+        check: |o| {
+            expect(
+                o,
+                0,
+                "kept\nbob sees false\nno user sees false\nalice idle\nbob idle\nrm without --yes: 125\nbob left: 0\n",
+            )?;
+            if o.stderr.contains("add --yes") {
+                Ok(())
+            } else {
+                Err(explain(o))
+            }
+        },
+    },
+    RunCase {
+        name: "user_disk_full_is_enospc",
+        script: "export NODEOS_VM_DATA=$PWD/data
+                 $RUN --user dora --disk-size 32M -- node -e 'try { fs.writeFileSync(\"/home/node/big\", Buffer.alloc(64 << 20)) } catch (e) { console.log(e.code) }'
+                 echo \"status $?\"
+                 $RUN --user dora -- node -e 'fs.rmSync(\"/home/node/big\", { force: true }); fs.writeFileSync(\"/home/node/small\", \"ok\"); console.log(fs.readFileSync(\"/home/node/small\", \"utf8\"))'",
+        stdin: "",
+        net: false,
+        root: false,
+        check: |o| expect(o, 0, "ENOSPC\nstatus 0\nok\n"),
+    },
+    RunCase {
+        name: "user_vm_killed_keeps_synced_data",
+        script: "export NODEOS_VM_DATA=$PWD/data XDG_RUNTIME_DIR=$PWD/run; mkdir -p run
+                 VM=${RUN%% run *}; START=\"$VM start ${RUN#* run}\"
+                 id=$($START --detach --user gus) || exit 1
+                 $RUN --user gus -- node -e 1; echo \"second VM: $?\"
+                 $VM exec $id -- node -e 'const fd = fs.openSync(\"/home/node/synced\", \"w\"); fs.writeSync(fd, \"durable\"); fs.fsyncSync(fd)' || exit 1
+                 $VM exec $id -- node -e 'for (let i = 0; ; i++) fs.writeFileSync(`/home/node/f${i % 64}`, Buffer.alloc(65536, i))' 2>/dev/null & writer=$!
+                 sleep 3
+                 kill -9 $(sed -n 's/^pid=//p' run/nodeos-vm/vms/$id/state); wait $writer
+                 debugfs -R features data/users/gus/disk.ext4 2>/dev/null | grep -o needs_recovery
+                 $RUN --user gus -- node -e 'console.log(fs.readFileSync(\"/home/node/synced\", \"utf8\"))'
+                 e2fsck -fn data/users/gus/disk.ext4 >/dev/null 2>&1; echo \"fsck $?\"",
+        stdin: "",
+        net: false,
+        root: false,
+        check: |o| {
+            expect(o, 0, "second VM: 125\nneeds_recovery\ndurable\nfsck 0\n")?;
+            if o.stderr.contains("already has a VM running") {
+                Ok(())
+            } else {
+                Err(explain(o))
+            }
+        },
+    },
+    RunCase {
+        name: "npm_global_install_is_per_user",
+        script: "export NODEOS_VM_DATA=$PWD/data NPM_CONFIG_REGISTRY=http://$WEB/
+                 $RUN --user erin --net -- npm install -g --no-audit --no-fund --loglevel=error hello-cli >/dev/null; echo \"installed $?\"
+                 $RUN --user erin -- hello-cli from erin
+                 $RUN --user erin --net -w /home/node -- sh -c 'npm install --no-audit --no-fund --loglevel=error greeter >/dev/null && node -e \"console.log(require(\\\"greeter\\\")(\\\"registry\\\"))\"'
+                 $RUN --user frank -- hello-cli; echo \"frank: $?\"",
+        stdin: "",
+        net: true,
+        root: false,
+        check: |o| expect(o, 0, "installed 0\nhello from a global bin from erin\nhello, registry\nfrank: 127\n"),
     },
 ];
 

@@ -1,44 +1,66 @@
-//! A small HTTP server on the host's loopback for the network tests: `/hello` and an npm
-//! package tarball, `/greeter.tgz`.
+//! A small HTTP server on the host's loopback for the network tests, and a tiny npm registry:
+//! `/hello`, npm package tarballs `/NAME.tgz`, and their registry documents `/NAME` (so that
+//! `npm install NAME` works with `registry=http://ADDR/`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::Command;
 
+use super::npm_package;
 use super::run_cases::HELLO;
 
-/// The `greeter` package as `npm pack` would make it (a gzipped tar of `package/`).
-pub fn greeter_tarball(dir: &Path) -> Vec<u8> {
-    let pkg = dir.join("greeter/package");
-    std::fs::create_dir_all(&pkg).unwrap();
-    std::fs::write(
-        pkg.join("package.json"),
-        r#"{"name": "greeter", "version": "1.0.0", "main": "index.js"}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        pkg.join("index.js"),
-        "module.exports = (who) => `hello, ${who}`;\n",
-    )
-    .unwrap();
-    let tgz = dir.join("greeter.tgz");
-    let status = Command::new("tar")
-        .arg("czf")
-        .arg(&tgz)
-        .arg("-C")
-        .arg(dir.join("greeter"))
-        .arg("package")
-        .status()
-        .unwrap();
-    assert!(status.success(), "tar failed");
-    std::fs::read(tgz).unwrap()
+/// The packages the registry holds: `greeter` (a library) and `hello-cli` (a command).
+fn packages() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (
+            "greeter",
+            npm_package(&[
+                (
+                    "package.json",
+                    r#"{"name": "greeter", "version": "1.0.0", "main": "index.js"}"#,
+                ),
+                ("index.js", "module.exports = (who) => `hello, ${who}`;\n"),
+            ]),
+        ),
+        (
+            "hello-cli",
+            npm_package(&[
+                (
+                    "package.json",
+                    r#"{"name": "hello-cli", "version": "1.0.0", "bin": {"hello-cli": "cli.js"}}"#,
+                ),
+                (
+                    "cli.js",
+                    "#!/usr/bin/env node\nconsole.log('hello from a global bin', process.argv.slice(2).join(' '));\n",
+                ),
+            ]),
+        ),
+    ]
 }
 
-/// Serves until the process ends; returns `127.0.0.1:PORT`.
-pub fn serve(tarball: Vec<u8>) -> String {
+/// Every file the server serves (path without the leading `/`, contents), for a guest that
+/// reaches the server at `guest_addr` (`10.0.2.2:PORT`).
+pub fn site(guest_addr: &str) -> Vec<(String, Vec<u8>)> {
+    let mut files = vec![("hello".to_string(), HELLO.as_bytes().to_vec())];
+    for (name, tarball) in packages() {
+        let document = format!(
+            r#"{{"name": "{name}", "dist-tags": {{"latest": "1.0.0"}}, "versions": {{"1.0.0": {{"name": "{name}", "version": "1.0.0", {bin}"dist": {{"tarball": "http://{guest_addr}/{name}.tgz"}}}}}}}}"#,
+            bin = if name == "hello-cli" {
+                r#""bin": {"hello-cli": "cli.js"}, "#
+            } else {
+                ""
+            }
+        );
+        files.push((name.to_string(), document.into_bytes()));
+        files.push((format!("{name}.tgz"), tarball));
+    }
+    files
+}
+
+/// Serves [`site`] until the process ends; returns `127.0.0.1:PORT`.
+pub fn serve() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let site = site(&format!("10.0.2.2:{}", listener.local_addr().unwrap().port()));
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
@@ -53,11 +75,12 @@ pub fn serve(tarball: Vec<u8>) -> String {
                 line.clear();
             }
             let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (status, kind, body): (&str, &str, &[u8]) = match path {
-                "/hello" => ("200 OK", "text/plain", HELLO.as_bytes()),
-                "/greeter.tgz" => ("200 OK", "application/octet-stream", &tarball),
-                _ => ("404 Not Found", "text/plain", b"not found"),
+            let file = site.iter().find(|(name, _)| Some(name.as_str()) == path.strip_prefix('/'));
+            let (status, body): (&str, &[u8]) = match file {
+                Some((_, body)) => ("200 OK", body),
+                None => ("404 Not Found", b"not found"),
             };
+            let kind = "application/octet-stream";
             let head = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()

@@ -422,7 +422,7 @@ fn poweroff_is_passed_to_the_caller() {
 }
 
 #[test]
-fn base_environment_of_the_node_user() {
+fn base_environment_of_the_node_user_with_the_command_lines_entries() {
     let user = User {
         name: "node".into(),
         uid: 1000,
@@ -430,7 +430,7 @@ fn base_environment_of_the_node_user() {
         home: PathBuf::from("/home/node"),
         shell: "/usr/bin/node".into(),
     };
-    let cfg = Config::for_user(&user, vec![1000, 29]);
+    let cfg = Config::for_user(&user, vec![1000, 29], &[b"PATH=/override".to_vec(), b"EXTRA=1".to_vec()]);
     let env: Vec<String> = cfg
         .base_env
         .iter()
@@ -442,8 +442,10 @@ fn base_environment_of_the_node_user() {
             "HOME=/home/node",
             "USER=node",
             "LOGNAME=node",
-            &format!("PATH={}", crate::init::PATH),
             "LANG=C.UTF-8",
+            // The kernel command line's entries replace the defaults of the same name.
+            "PATH=/override",
+            "EXTRA=1",
             "TERM=dumb"
         ]
     );

@@ -121,6 +121,11 @@ impl MmioTransport {
         self.device.device_type()
     }
 
+    /// The queues as the driver set them up.
+    pub fn queues(&self) -> &[Queue] {
+        &self.queues
+    }
+
     fn selected_queue(&mut self) -> Option<&mut Queue> {
         self.queues.get_mut(self.queue_sel as usize)
     }

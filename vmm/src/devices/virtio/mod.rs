@@ -8,6 +8,7 @@
 
 pub mod block;
 pub mod cursor;
+pub mod harness;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -150,10 +151,8 @@ pub(crate) mod test_util {
 
     use virtio_bindings::virtio_mmio::*;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use vmm_sys_util::eventfd::EventFd;
 
     use super::mmio::MmioTransport;
-    use super::NotifyRegistrar;
     use crate::devices::bus::BusDevice;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
@@ -205,17 +204,7 @@ pub(crate) mod test_util {
         vq.used().idx().load()
     }
 
-    /// Without KVM: QueueNotify writes are not attached to ioeventfds; tests signal them.
-    pub struct NoIoeventfd;
-
-    impl NotifyRegistrar for NoIoeventfd {
-        fn register(&self, _: &EventFd, _: u64, _: u32) -> std::io::Result<()> {
-            Err(std::io::Error::other("no KVM in this test"))
-        }
-        fn unregister(&self, _: &EventFd, _: u64, _: u32) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    pub use super::harness::NoIoeventfd;
 
     /// Where a driver put one queue: `(size, descriptor table, available ring, used ring)`.
     pub type QueueLayout = (u16, u64, u64, u64);

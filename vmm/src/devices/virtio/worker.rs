@@ -26,53 +26,77 @@ struct Backend {
     watched: bool,
 }
 
-/// Serves the queues and backends of `transports` until `stop` is signalled (it is never
-/// read, so every thread watching it sees it).
-pub fn run(transports: &[Arc<Mutex<MmioTransport>>], stop: &EventFd) -> io::Result<()> {
-    let mut sources = Vec::new();
-    let mut backends = Vec::new();
-    for (index, t) in transports.iter().enumerate() {
-        let t = lock(t);
-        let evts = t
-            .queue_evts()
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<Result<Vec<_>, _>>()?;
-        for (queue, evt) in evts.into_iter().enumerate() {
-            sources.push(Source {
-                transport: index,
-                queue,
-                evt,
-            });
-        }
-        backends.push(t.backend_fd().map(|fd| Backend { fd, watched: false }));
-    }
+/// The device thread's state: what it watches, set up before its loop runs (and before its
+/// seccomp filter, which allows no new descriptors, is installed).
+pub struct Worker {
+    sources: Vec<Source>,
+    backends: Vec<Option<Backend>>,
+    epoll: Epoll,
+}
 
-    let epoll = Epoll::new()?;
-    epoll.ctl(
-        ControlOperation::Add,
-        stop.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, STOP_TOKEN),
-    )?;
-    for (i, s) in sources.iter().enumerate() {
+impl Worker {
+    /// Watches the queues and backends of `transports`, and `stop` (never read, so every
+    /// thread watching it sees it).
+    pub fn new(transports: &[Arc<Mutex<MmioTransport>>], stop: &EventFd) -> io::Result<Self> {
+        let mut sources = Vec::new();
+        let mut backends = Vec::new();
+        for (index, t) in transports.iter().enumerate() {
+            let t = lock(t);
+            let evts = t
+                .queue_evts()
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<Result<Vec<_>, _>>()?;
+            for (queue, evt) in evts.into_iter().enumerate() {
+                sources.push(Source {
+                    transport: index,
+                    queue,
+                    evt,
+                });
+            }
+            backends.push(t.backend_fd().map(|fd| Backend { fd, watched: false }));
+        }
+
+        let epoll = Epoll::new()?;
         epoll.ctl(
             ControlOperation::Add,
-            s.evt.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, i as u64),
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, STOP_TOKEN),
         )?;
-    }
-    // Backends start unwatched: a device has no work for them before the driver is ready,
-    // and its activation notifies every queue, which arms them.
-    for (i, b) in backends.iter().enumerate() {
-        if let Some(b) = b {
+        for (i, s) in sources.iter().enumerate() {
             epoll.ctl(
                 ControlOperation::Add,
-                b.fd,
-                EpollEvent::new(EventSet::empty(), BACKEND_TOKEN + i as u64),
+                s.evt.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, i as u64),
             )?;
         }
+        // Backends start unwatched: a device has no work for them before the driver is ready,
+        // and its activation notifies every queue, which arms them.
+        for (i, b) in backends.iter().enumerate() {
+            if let Some(b) = b {
+                epoll.ctl(
+                    ControlOperation::Add,
+                    b.fd,
+                    EpollEvent::new(EventSet::empty(), BACKEND_TOKEN + i as u64),
+                )?;
+            }
+        }
+        Ok(Worker {
+            sources,
+            backends,
+            epoll,
+        })
     }
+}
 
+/// Serves the queues and backends of `transports` (those `worker` was made for) until its
+/// `stop` is signalled.
+pub fn run(worker: Worker, transports: &[Arc<Mutex<MmioTransport>>]) -> io::Result<()> {
+    let Worker {
+        sources,
+        mut backends,
+        epoll,
+    } = worker;
     let mut events = vec![EpollEvent::default(); sources.len() + backends.len() + 1];
     loop {
         let n = match epoll.wait(-1, &mut events) {
@@ -153,7 +177,8 @@ mod tests {
         let stop = EventFd::new(0).unwrap();
         let stop2 = stop.try_clone().unwrap();
         let tr = transports.clone();
-        let h = thread::spawn(move || run(&tr, &stop2));
+        let worker = Worker::new(&transports, &stop2).unwrap();
+        let h = thread::spawn(move || run(worker, &tr));
         // A notification for an inactive device is consumed and ignored.
         lock(&transports[0]).queue_evts()[0].write(1).unwrap();
         thread::sleep(Duration::from_millis(50));

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use super::Stream;
 use crate::devices::lock;
 use crate::host_packages::{self, HostPackageError};
+use crate::seccomp::ThreadKind;
 
 /// The guest's address on passt's network.
 pub const GUEST_ADDR: &str = "10.0.2.15";
@@ -98,8 +99,16 @@ fn args(fd: i32) -> Vec<String> {
     args
 }
 
-/// Starts passt on one end of a new socket pair; returns a link over the other.
-pub fn start() -> Result<Stream, Error> {
+/// Starts passt on one end of a new socket pair; returns a link over the other. `seccomp`:
+/// the thread that drains passt's stderr filters itself (crate::seccomp).
+pub fn start(seccomp: bool) -> Result<Stream, Error> {
+    let (ours, process) = spawn(seccomp)?;
+    Stream::new(ours, Some(process)).map_err(Error::Socket)
+}
+
+/// Starts passt on one end of a new socket pair; returns the other end, and passt, which runs
+/// until the [`Process`] is dropped.
+pub fn spawn(seccomp: bool) -> Result<(UnixStream, Process), Error> {
     host_packages::ensure(PASST, "passt")?;
     let (ours, theirs) = UnixStream::pair().map_err(Error::Socket)?;
     let fd = theirs.as_raw_fd();
@@ -133,10 +142,19 @@ pub fn start() -> Result<Stream, Error> {
     // Drained all along, so that passt never blocks on a full pipe.
     let drain = thread::Builder::new()
         .name("passt-stderr".into())
-        .spawn(move || keep_tail(stderr, &tail));
+        .spawn(move || {
+            // A filter that cannot be installed here cannot be on the VM's own threads either,
+            // and those end the VM; this one keeps draining meanwhile.
+            if seccomp {
+                if let Err(e) = crate::seccomp::apply(ThreadKind::PasstStderr) {
+                    tracing::error!("{e}");
+                }
+            }
+            keep_tail(stderr, &tail)
+        });
     let process = Process { child, stderr_tail };
     drain.map_err(Error::Spawn)?;
-    Stream::new(ours, Some(process)).map_err(Error::Socket)
+    Ok((ours, process))
 }
 
 /// Reads `from` to its end, keeping the last [`STDERR_TAIL`] bytes in `tail`.

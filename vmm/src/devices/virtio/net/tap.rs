@@ -83,14 +83,25 @@ impl Tap {
                 source: io::Error::last_os_error(),
             });
         }
-        Ok(Tap {
+        Ok(Tap::attached(file, name))
+    }
+
+    /// The interface `name` through `file`, a non-blocking descriptor of `/dev/net/tun` already
+    /// attached to it (by [`open`](Self::open), maybe in another process).
+    pub fn attached(file: File, name: &str) -> Self {
+        Tap {
             file,
             name: name.into(),
             rx: vec![0; MAX_FRAME + 1].into_boxed_slice(),
             rx_len: None,
             tx: Vec::with_capacity(MAX_FRAME),
             warned: false,
-        })
+        }
+    }
+
+    /// The descriptor, attached to the interface.
+    pub fn into_file(self) -> File {
+        self.file
     }
 }
 

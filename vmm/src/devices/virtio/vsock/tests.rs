@@ -840,7 +840,8 @@ fn served_by_the_device_thread() {
     let notify = |q: usize| lock(&transports[0]).queue_evts()[q].write(1).unwrap();
     let stop = EventFd::new(0).unwrap();
     let (tr, stop2) = (transports.clone(), stop.try_clone().unwrap());
-    let thread = thread::spawn(move || worker::run(&tr, &stop2));
+    let worker = worker::Worker::new(&transports, &stop2).unwrap();
+    let thread = thread::spawn(move || worker::run(worker, &tr));
 
     let mut client = UnixStream::connect(&uds).unwrap();
     client.set_read_timeout(Some(WAIT)).unwrap();

@@ -1,0 +1,10 @@
+//! The driver side of a live virtio-vsock device, all from the input: descriptor tables
+//! (addresses, lengths, flags, next), available rings and their indices, buffers, host traffic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use nodeos_vm::devices::virtio::harness::{run, Kind, Start};
+
+fuzz_target!(|data: &[u8]| {
+    run(Kind::Vsock, data, Start::Active);
+});

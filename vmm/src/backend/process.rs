@@ -1,0 +1,342 @@
+//! Our VMM in a process of its own: `nodeos-vm vmm`, this binary run again, runs one VM for
+//! its parent, which returns the same [`RunReport`] an in-process [`kvm::run`] would. In a
+//! process of its own the VMM can be jailed (crate::jail) and filtered on every thread
+//! (crate::seccomp), and a VMM that a guest brought down does not take nodeos-vm with it: the
+//! parent reports it as an error, with the last line it wrote on stderr.
+//!
+//! The VMM process's descriptors:
+//! - 0 and 1: the console's input and output; 2: a pipe the parent copies to its own stderr;
+//! - 3 ([`REQUEST_FD`]): the [`Request`] (the spec, and the jail), JSON, read to its end;
+//! - 4 ([`STATUS_FD`]): [`Status`] lines, JSON: `Ready` once the guest's console takes input,
+//!   then how the VM ended;
+//! - 5 ([`STOP_FD`]): the [`StopSignal`]'s eventfd;
+//! - 6 ([`NET_FD`]): the host end of the guest's network link, opened by the parent
+//!   (net::HostEnd), when the spec has one.
+//!
+//! Any other descriptor is closed first thing. The VMM dies with its parent (a parent-death
+//! signal) and ignores the terminal's signals (SIGINT, SIGQUIT, SIGHUP): they are nodeos-vm's.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread;
+
+use nix::fcntl::OFlag;
+use serde::{Deserialize, Serialize};
+
+use super::{kvm, ConsoleIo, RunReport, StopSignal, VmSpec};
+use crate::console::ConsoleReady;
+use crate::devices::virtio::net::{self, HostEnd};
+use crate::jail::{self, Jail};
+use crate::memory;
+
+const REQUEST_FD: RawFd = 3;
+const STATUS_FD: RawFd = 4;
+const STOP_FD: RawFd = 5;
+const NET_FD: RawFd = 6;
+/// The first descriptor the VMM process was not given.
+const FIRST_FREE_FD: RawFd = 7;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("starting the VMM process {exe}")]
+    Spawn {
+        exe: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("setting up the VMM process: {what}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Net(#[from] net::Error),
+    #[error(transparent)]
+    Jail(#[from] jail::Error),
+    /// The VMM's own error, as it said it.
+    #[error("{0}")]
+    Vmm(String),
+    #[error("the VMM process ended without a report ({status}){}", said(.stderr))]
+    Died { status: ExitStatus, stderr: String },
+}
+
+fn said(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("; its last words: {stderr}")
+    }
+}
+
+fn setup(what: &'static str) -> impl FnOnce(io::Error) -> Error {
+    move |source| Error::Setup { what, source }
+}
+
+/// What the parent asks of the VMM process.
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    spec: VmSpec,
+    jail: Option<JailRequest>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct JailRequest {
+    jail: Jail,
+    /// The jail's folder, made by the parent.
+    dir: PathBuf,
+}
+
+/// What the VMM process tells its parent, one JSON line each.
+#[derive(Debug, Serialize, Deserialize)]
+enum Status {
+    Ready,
+    Ended(RunReport),
+    Failed(String),
+}
+
+/// The program that runs as the VMM process.
+#[derive(Debug, Clone)]
+pub struct VmmProgram {
+    exe: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+}
+
+impl VmmProgram {
+    /// This binary again, `nodeos-vm vmm`: what the CLI runs.
+    pub fn this_binary() -> VmmProgram {
+        VmmProgram {
+            exe: "/proc/self/exe".into(),
+            args: vec!["vmm".into()],
+            env: Vec::new(),
+        }
+    }
+
+    /// `exe args...` with `env` added, a program that calls [`vmm_main`] (tests).
+    pub fn new(exe: PathBuf, args: Vec<OsString>, env: Vec<(OsString, OsString)>) -> Self {
+        VmmProgram { exe, args, env }
+    }
+}
+
+/// Boots `spec` in a VMM process started from `program`, jailed when `jail` is given, and
+/// waits until it ends.
+pub fn run(
+    program: &VmmProgram,
+    spec: &VmSpec,
+    console: ConsoleIo,
+    stop: &StopSignal,
+    jail: Option<Jail>,
+) -> Result<RunReport, Error> {
+    let net = spec.net.as_ref().map(HostEnd::open).transpose()?;
+    let host = jail.map(|_| jail::HostSide::prepare(spec)).transpose()?;
+    let request = Request {
+        spec: spec.clone(),
+        jail: jail.zip(host.as_ref()).map(|(jail, host)| JailRequest {
+            jail,
+            dir: host.dir().to_path_buf(),
+        }),
+    };
+    let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| io::Error::from(e));
+    let (request_read, request_write) = pipe().map_err(setup("a pipe for its request"))?;
+    let (status_read, status_write) = pipe().map_err(setup("a pipe for its status"))?;
+    let (stderr_read, stderr_write) = pipe().map_err(setup("a pipe for its stderr"))?;
+
+    let mut moves = vec![
+        (request_read.as_raw_fd(), REQUEST_FD),
+        (status_write.as_raw_fd(), STATUS_FD),
+        (stop.fd(), STOP_FD),
+    ];
+    if let Some(net) = &net {
+        moves.push((net.fd.as_raw_fd(), NET_FD));
+    }
+    let cgroup_procs = host.as_ref().and_then(|h| h.cgroup()).map(|c| c.procs_fd());
+    let mut command = Command::new(&program.exe);
+    command
+        .arg0(std::env::args_os().next().unwrap_or_else(|| "nodeos-vm".into()))
+        .args(&program.args)
+        .envs(program.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::from(console.input))
+        .stdout(Stdio::from(console.output))
+        .stderr(Stdio::from(stderr_write));
+    // SAFETY: the closure only calls async-signal-safe functions (prctl, write, fcntl, dup2)
+    // on descriptors that are open in the child, inherited from us.
+    unsafe { command.pre_exec(move || hand_over(&moves, cgroup_procs)) };
+    let child = command.spawn();
+    // Our copies of the child's ends: its end of each pipe must be the only one.
+    drop((command, request_read, status_write));
+    let mut child = child.map_err(|source| Error::Spawn {
+        exe: program.exe.clone(),
+        source,
+    })?;
+    let stderr = thread::Builder::new()
+        .name("vmm-stderr".into())
+        .spawn(move || relay_stderr(stderr_read))
+        .map_err(setup("a thread for its stderr"))?;
+
+    // A VMM that died before reading it fails the write; its status says more.
+    let _ = serde_json::to_writer(File::from(request_write), &request);
+    let end = read_status(status_read, &console.ready);
+    let status = child.wait().map_err(setup("waiting for it"));
+    console.ready.signal();
+    let last_words = stderr.join().unwrap_or_default();
+    drop((host, net));
+    match (end, status?) {
+        (Some(Status::Ended(report)), _) => Ok(report),
+        (Some(Status::Failed(message)), _) => Err(Error::Vmm(message)),
+        (_, status) => Err(Error::Died {
+            status,
+            stderr: last_words,
+        }),
+    }
+}
+
+/// In the child between fork and exec: dies with the thread that started it, joins the cgroup
+/// and moves the descriptors of `moves` (from, to) where the VMM expects them: first out of the
+/// way of every target (close-on-exec copies from [`FIRST_FREE_FD`] up), then in place.
+fn hand_over(moves: &[(RawFd, RawFd)], cgroup_procs: Option<RawFd>) -> io::Result<()> {
+    let check = |ret: libc::c_int| {
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
+    };
+    // SAFETY: all of these take integers, or a pointer to a one-byte static buffer.
+    unsafe {
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+        if let Some(fd) = cgroup_procs {
+            check(libc::write(fd, b"0".as_ptr().cast(), 1) as libc::c_int)?;
+        }
+        let mut copies = [0; 8];
+        for (copy, (from, _)) in copies.iter_mut().zip(moves) {
+            *copy = check(libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, FIRST_FREE_FD))?;
+        }
+        for (copy, (_, to)) in copies.iter().zip(moves) {
+            check(libc::dup2(*copy, *to))?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies the VMM's stderr to ours, line by line; returns its last non-empty line.
+fn relay_stderr(from: OwnedFd) -> String {
+    let mut last = String::new();
+    for line in BufReader::new(File::from(from)).lines() {
+        let Ok(line) = line else { break };
+        eprintln!("{line}");
+        if !line.trim().is_empty() {
+            last = line;
+        }
+    }
+    last
+}
+
+/// Reads the VMM's status lines to their end, opening the console on `Ready`; returns the last.
+fn read_status(from: OwnedFd, ready: &ConsoleReady) -> Option<Status> {
+    let mut end = None;
+    for line in BufReader::new(File::from(from)).lines() {
+        let Ok(line) = line else { break };
+        match serde_json::from_str(&line) {
+            Ok(Status::Ready) => ready.signal(),
+            Ok(status) => end = Some(status),
+            Err(e) => tracing::warn!("the VMM process said {line:?}: {e}"),
+        }
+    }
+    end
+}
+
+/// `nodeos-vm vmm`: the VMM process (see the top of this module). Returns its exit status.
+pub fn vmm_main() -> u8 {
+    if let Err(e) = jail::close_inherited_fds(FIRST_FREE_FD) {
+        eprintln!("nodeos-vm vmm: {e}");
+        return crate::cli::EXIT_FAILURE;
+    }
+    for signal in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP] {
+        // SAFETY: ignoring a signal installs no handler.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
+    // SAFETY: the parent handed over this descriptor (hand_over) and nothing else owns it.
+    let status = unsafe { File::from_raw_fd(STATUS_FD) };
+    let (end, code) = match serve(&status) {
+        Ok(report) => (Status::Ended(report), 0),
+        Err(e) => (Status::Failed(chain(&e)), crate::cli::EXIT_FAILURE),
+    };
+    send(&status, &end);
+    code
+}
+
+#[derive(Debug, thiserror::Error)]
+enum VmmError {
+    #[error("reading the VMM's request")]
+    Request(#[source] serde_json::Error),
+    #[error("duplicating the status pipe")]
+    Status(#[source] io::Error),
+    #[error(transparent)]
+    Jail(#[from] jail::Error),
+    #[error(transparent)]
+    Kvm(#[from] kvm::Error),
+}
+
+/// `e` and its sources, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+fn send(to: &File, status: &Status) {
+    let mut line = serde_json::to_vec(status).expect("a status serializes");
+    line.push(b'\n');
+    // One write, shorter than PIPE_BUF: lines from two threads never mix. A parent that is
+    // gone takes us with it.
+    let _ = (&*to).write_all(&line);
+}
+
+fn serve(status: &File) -> Result<RunReport, VmmError> {
+    // SAFETY: the parent handed over these descriptors (hand_over; stdin and stdout as the
+    // console) and nothing else in this process owns them. NET_FD is open only with a network.
+    let (request, stop, input, output) = unsafe {
+        (
+            File::from_raw_fd(REQUEST_FD),
+            StopSignal::from_fd(OwnedFd::from_raw_fd(STOP_FD)),
+            OwnedFd::from_raw_fd(libc::STDIN_FILENO),
+            OwnedFd::from_raw_fd(libc::STDOUT_FILENO),
+        )
+    };
+    let request: Request = serde_json::from_reader(request).map_err(VmmError::Request)?;
+    // SAFETY: as above.
+    let net = (request.spec.net.is_some()).then(|| unsafe { OwnedFd::from_raw_fd(NET_FD) });
+    let spec = match &request.jail {
+        Some(j) => jail::enter(&j.jail, &j.dir, &request.spec, memory::keep_smaps_open)?,
+        None => request.spec,
+    };
+    let notify = status.try_clone().map_err(VmmError::Status)?;
+    let console = ConsoleIo {
+        input,
+        output,
+        ready: ConsoleReady::notifying(move || send(&notify, &Status::Ready)),
+    };
+    let confine = request.jail.map(|j| {
+        Box::new(move || jail::drop_privileges(&j.jail))
+            as Box<dyn FnOnce() -> Result<(), jail::Error>>
+    });
+    Ok(kvm::run_given(
+        &spec,
+        console,
+        &stop,
+        kvm::Given { net, confine },
+    )?)
+}
+
+#[cfg(test)]
+mod tests;

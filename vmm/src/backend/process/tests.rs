@@ -1,0 +1,171 @@
+//! The VMM process end to end with tiny PVH guests: this test binary plays `nodeos-vm vmm`
+//! (it runs [`vmm_main`] when started with [`VMM_ENV`]), jailed when the tests run as root.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::backend::VmExit;
+use crate::boot::tests::tiny_elf;
+use crate::kvm::smoke::kvm_usable;
+
+const VMM_ENV: &str = "NODEOS_VM_TEST_VMM";
+const VMM_TEST: &str = "backend::process::tests::vmm_process";
+const LOAD_ADDR: u64 = 0x10_0000;
+
+/// Marks init and the console ready on the boot timer, prints "P" and exits with 7.
+const GUEST: &[u8] = &[
+    0x66, 0xba, 0xf0, 0x03, // mov dx, 0x3f0
+    0xb0, b'I', 0xee, // mov al, 'I'; out dx, al
+    0xb0, b'R', 0xee, // mov al, 'R'; out dx, al
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xb0, b'P', 0xee, // mov al, 'P'; out dx, al
+    0xb0, 7, 0xe6, 0xf4, // mov al, 7; out 0xf4, al
+    0xf4, // hlt
+];
+/// Spins until stopped.
+const SPINNING_GUEST: &[u8] = &[0xeb, 0xfe]; // jmp $
+
+/// Not a test of its own: the VMM process, when this binary is started as one.
+#[test]
+fn vmm_process() {
+    if std::env::var_os(VMM_ENV).is_some() {
+        std::process::exit(vmm_main().into());
+    }
+}
+
+fn this_test_binary() -> VmmProgram {
+    VmmProgram::new(
+        std::env::current_exe().unwrap(),
+        ["--exact", VMM_TEST, "--nocapture", "--test-threads=1"]
+            .map(OsString::from)
+            .into(),
+        vec![(VMM_ENV.into(), "1".into())],
+    )
+}
+
+/// The jail, when these tests run as root.
+fn jail() -> Option<Jail> {
+    // SAFETY: geteuid has no preconditions.
+    (unsafe { libc::geteuid() } == 0).then_some(Jail {
+        uid: jail::DEFAULT_UID,
+        gid: jail::DEFAULT_GID,
+    })
+}
+
+fn file_with(bytes: &[u8]) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(bytes).unwrap();
+    f
+}
+
+fn spec(kernel: &Path, rootfs: &Path) -> VmSpec {
+    VmSpec {
+        kernel: kernel.into(),
+        rootfs: rootfs.into(),
+        upper_disk: None,
+        disks: Vec::new(),
+        agent_socket: None,
+        net: None,
+        memory_mib: 64,
+        cpus: 1,
+        cmdline: "console=ttyS0".into(),
+        seccomp: true,
+    }
+}
+
+struct Outcome {
+    result: Result<RunReport, Error>,
+    /// The harness's own lines come first: only the end is the guest's.
+    console: String,
+}
+
+fn boot(program: &VmmProgram, spec: &VmSpec, stop: &StopSignal, jail: Option<Jail>) -> Outcome {
+    let (output_read, output) = nix::unistd::pipe().unwrap();
+    let (input, _input_write) = nix::unistd::pipe().unwrap();
+    let console = ConsoleIo {
+        input,
+        output,
+        ready: ConsoleReady::default(),
+    };
+    let result = run(program, spec, console, stop, jail);
+    let mut console = String::new();
+    File::from(output_read).read_to_string(&mut console).unwrap();
+    Outcome { result, console }
+}
+
+#[test]
+fn a_guest_runs_in_a_vmm_process_jailed_or_not() {
+    if !kvm_usable() {
+        println!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let kernel = file_with(&tiny_elf(GUEST, LOAD_ADDR, true));
+    let rootfs = file_with(&[0; 4096]);
+    let spec = spec(kernel.path(), rootfs.path());
+    let mut jails = vec![None];
+    jails.extend(jail().map(Some));
+    for jail in jails {
+        let o = boot(&this_test_binary(), &spec, &StopSignal::new().unwrap(), jail);
+        let report = o.result.unwrap_or_else(|e| panic!("jail {jail:?}: {e}"));
+        assert_eq!(report.exit, VmExit::Guest(7), "jail {jail:?}");
+        assert!(report.init_reached.is_some());
+        assert!(report.vmm_overhead_kib.is_some_and(|kib| kib > 0));
+        assert!(o.console.ends_with('P'), "jail {jail:?}: {:?}", o.console);
+    }
+}
+
+#[test]
+fn the_stop_signal_reaches_the_vmm_process() {
+    if !kvm_usable() {
+        println!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let kernel = file_with(&tiny_elf(SPINNING_GUEST, LOAD_ADDR, true));
+    let rootfs = file_with(&[0; 4096]);
+    let stop = StopSignal::new().unwrap();
+    let s = stop.clone();
+    thread::spawn(move || {
+        thread::sleep(Duration::from_millis(500));
+        s.stop();
+    });
+    let o = boot(&this_test_binary(), &spec(kernel.path(), rootfs.path()), &stop, jail());
+    assert_eq!(o.result.unwrap().exit, VmExit::Stopped);
+}
+
+#[test]
+fn a_vmm_error_is_the_error() {
+    if !kvm_usable() {
+        println!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let kernel = file_with(&tiny_elf(GUEST, LOAD_ADDR, true));
+    let spec = spec(kernel.path(), Path::new("/nonexistent/rootfs.img"));
+    let o = boot(&this_test_binary(), &spec, &StopSignal::new().unwrap(), jail());
+    match o.result {
+        Err(Error::Vmm(message)) => assert!(message.contains("/nonexistent/rootfs.img"), "{message}"),
+        other => panic!("{:?}", other.map(|r| r.exit)),
+    }
+}
+
+#[test]
+fn a_vmm_that_dies_is_an_error_with_its_last_words() {
+    let dying = VmmProgram::new(
+        "/bin/sh".into(),
+        ["-c", "echo going >&2; echo gone >&2; kill -KILL $$"]
+            .map(OsString::from)
+            .into(),
+        Vec::new(),
+    );
+    let spec = spec(Path::new("/kernel"), Path::new("/rootfs"));
+    let o = boot(&dying, &spec, &StopSignal::new().unwrap(), None);
+    match o.result {
+        Err(Error::Died { status, stderr }) => {
+            assert_eq!(status.signal(), Some(libc::SIGKILL));
+            assert_eq!(stderr, "gone");
+        }
+        other => panic!("{:?}", other.map(|r| r.exit)),
+    }
+}

@@ -1,0 +1,203 @@
+//! The jail's root: a tmpfs on the jail folder, in the VMM's own mount namespace, holding only
+//! bind mounts of what the VM needs; the VMM pivots into it and the host's root goes.
+//!
+//! ```text
+//! /kernel          the kernel, read-only
+//! /rootfs          the root image, read-only
+//! /upper           the writable upper layer's disk, when there is one
+//! /disk0, ...      the volumes, read-only where the disk is
+//! /dev/kvm
+//! /sock/           the folder of the agent socket: the VMM's listener and the host's
+//!                  `<socket>_<port>` listeners, the same files the host sees
+//! ```
+
+use std::fs;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{c_path, check, Error, Jail};
+use crate::backend::VmSpec;
+
+const KVM_DEVICE: &str = "/dev/kvm";
+/// The tmpfs holds only mount points.
+const TMPFS_OPTIONS: &str = "mode=0755,size=64k,nr_inodes=64";
+
+/// How a file is bind-mounted into the jail.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    ReadOnly,
+    ReadWrite,
+    Device,
+}
+
+/// Builds the jail on `dir` for `spec`, pivots into it, and returns `spec` with the paths the
+/// VM's files have in the jail.
+pub(super) fn build(jail: &Jail, dir: &Path, spec: &VmSpec) -> Result<VmSpec, Error> {
+    // No mount of ours may propagate to the host's namespace.
+    mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    mount(
+        Some(Path::new("tmpfs")),
+        dir,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some(TMPFS_OPTIONS),
+    )?;
+    let mut jailed = spec.clone();
+    jailed.kernel = bind_file(dir, "kernel", &spec.kernel, Access::ReadOnly)?;
+    jailed.rootfs = bind_file(dir, "rootfs", &spec.rootfs, Access::ReadOnly)?;
+    if let Some(upper) = &spec.upper_disk {
+        jailed.upper_disk = Some(bind_file(dir, "upper", upper, Access::ReadWrite)?);
+    }
+    for (i, disk) in jailed.disks.iter_mut().enumerate() {
+        let access = if disk.read_only {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        };
+        disk.path = bind_file(dir, &format!("disk{i}"), &disk.path, access)?;
+    }
+    make_dir(&dir.join("dev"))?;
+    bind_file(dir, "dev/kvm", Path::new(KVM_DEVICE), Access::Device)?;
+    if let Some(socket) = &spec.agent_socket {
+        jailed.agent_socket = Some(bind_socket_dir(jail, dir, socket)?);
+    }
+    pivot(dir)?;
+    // Nothing more is created in the jail but the sockets in /sock, a mount of its own.
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV
+            | libc::MS_NOEXEC,
+        None,
+    )?;
+    Ok(jailed)
+}
+
+/// Bind-mounts the file `source` on `<dir>/<name>`; returns its path in the jail.
+fn bind_file(dir: &Path, name: &str, source: &Path, access: Access) -> Result<PathBuf, Error> {
+    let target = dir.join(name);
+    fs::File::create(&target).map_err(|source| Error::Step {
+        step: format!("creating the mount point {}", target.display()),
+        source,
+    })?;
+    bind(source, &target, access)?;
+    Ok(Path::new("/").join(name))
+}
+
+/// Bind-mounts the folder of the agent socket on `<dir>/sock`, where the VMM (once it is no
+/// longer root) can reach it: the folder is made searchable (`o+x`: not listable) and the host
+/// listeners already there (`<socket>_<port>`) are given to the jail's user, who must be able
+/// to connect to them. Returns the socket's path in the jail.
+fn bind_socket_dir(jail: &Jail, dir: &Path, socket: &Path) -> Result<PathBuf, Error> {
+    let invalid = || Error::Step {
+        step: format!("the agent socket {} has no folder or name", socket.display()),
+        source: std::io::ErrorKind::InvalidInput.into(),
+    };
+    let (folder, name) = match (socket.parent(), socket.file_name()) {
+        (Some(folder), Some(name)) => (folder, name),
+        _ => return Err(invalid()),
+    };
+    let folder = if folder.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        folder
+    };
+    let step = |what: &str, path: &Path| {
+        let step = format!("{what} {}", path.display());
+        move |source| Error::Step { step, source }
+    };
+    let mode = fs::metadata(folder)
+        .map_err(step("reading", folder))?
+        .permissions()
+        .mode();
+    fs::set_permissions(folder, fs::Permissions::from_mode(mode | 0o001))
+        .map_err(step("making searchable", folder))?;
+    let prefix = format!("{}_", name.to_string_lossy());
+    for entry in fs::read_dir(folder).map_err(step("listing", folder))? {
+        let path = entry.map_err(step("listing", folder))?.path();
+        let is_listener = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(&prefix));
+        if is_listener {
+            chown(&path, Some(jail.uid), Some(jail.gid))
+                .map_err(step("giving the jail's user the socket", &path))?;
+        }
+    }
+    let target = dir.join("sock");
+    make_dir(&target)?;
+    bind(folder, &target, Access::ReadWrite)?;
+    Ok(Path::new("/sock").join(name))
+}
+
+fn make_dir(path: &Path) -> Result<(), Error> {
+    fs::create_dir(path).map_err(|source| Error::Step {
+        step: format!("creating {}", path.display()),
+        source,
+    })
+}
+
+/// A bind mount of `source` on `target`, then remounted with the flags of `access`.
+fn bind(source: &Path, target: &Path, access: Access) -> Result<(), Error> {
+    mount(Some(source), target, None, libc::MS_BIND, None)?;
+    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NOEXEC;
+    match access {
+        Access::ReadOnly => flags |= libc::MS_RDONLY | libc::MS_NODEV,
+        Access::ReadWrite => flags |= libc::MS_NODEV,
+        Access::Device => {}
+    }
+    mount(None, target, None, flags, None)
+}
+
+fn mount(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), Error> {
+    let source_c = source.map(c_path).transpose()?;
+    let target_c = c_path(target)?;
+    let fstype_c = fstype.map(|t| std::ffi::CString::new(t).expect("no NUL"));
+    let data_c = data.map(|d| std::ffi::CString::new(d).expect("no NUL"));
+    let ptr = |c: &Option<std::ffi::CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: every pointer is null or a NUL-terminated string that outlives the call.
+    let ret = unsafe {
+        libc::mount(
+            ptr(&source_c),
+            target_c.as_ptr(),
+            ptr(&fstype_c),
+            flags,
+            ptr(&data_c).cast(),
+        )
+    };
+    check(ret, || match source {
+        Some(source) => format!(
+            "mounting {} on {} (flags {flags:#x})",
+            source.display(),
+            target.display()
+        ),
+        None => format!("changing the mount {} (flags {flags:#x})", target.display()),
+    })
+}
+
+/// Makes `dir` the root: `pivot_root(".", ".")` stacks the old root on the new one, and the
+/// lazy unmount takes it away.
+fn pivot(dir: &Path) -> Result<(), Error> {
+    std::env::set_current_dir(dir).map_err(|source| Error::Step {
+        step: format!("entering {}", dir.display()),
+        source,
+    })?;
+    let dot = c".";
+    // SAFETY: both arguments are NUL-terminated strings that outlive the call.
+    let ret = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) };
+    check(ret as libc::c_int, || format!("pivot_root into {}", dir.display()))?;
+    // SAFETY: as above.
+    check(unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) }, || {
+        "detaching the host's root".into()
+    })?;
+    std::env::set_current_dir("/").map_err(|source| Error::Step {
+        step: "entering / in the jail".into(),
+        source,
+    })
+}

@@ -1,0 +1,158 @@
+//! The syscalls each kind of VMM thread may make. Every filter allows [`common`]; each kind
+//! adds its own. A syscall appears at most once per kind: either outright or with argument
+//! rules, one of which must match.
+
+use seccompiler::{
+    BackendError, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule,
+};
+
+use super::ThreadKind;
+
+/// A syscall and the rules its arguments must match (none: any arguments).
+pub(super) type Entry = (i64, Vec<SeccompRule>);
+type Result<T> = std::result::Result<T, BackendError>;
+
+const KVMIO: u32 = 0xae;
+vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
+
+fn any(nr: libc::c_long) -> Entry {
+    (nr, Vec::new())
+}
+
+/// Allowed when any one of `rules` (each a list of conditions that must all hold) matches.
+fn when(nr: libc::c_long, rules: Vec<Vec<SeccompCondition>>) -> Result<Entry> {
+    Ok((
+        nr,
+        rules
+            .into_iter()
+            .map(SeccompRule::new)
+            .collect::<Result<_>>()?,
+    ))
+}
+
+/// Argument `arg` (as a 32-bit value) equals `value`.
+fn eq(arg: u8, value: u64) -> Result<SeccompCondition> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+}
+
+/// None of `bits` is set in argument `arg`.
+fn clear(arg: u8, bits: u64) -> Result<SeccompCondition> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(bits), 0)
+}
+
+/// What any thread of ours does: allocate and free memory (never executable), lock mutexes,
+/// log to stderr, close what it drops, sleep, read clocks (where the vDSO falls back to the
+/// syscall), end, and abort on a panic (tgkill to its own process only).
+fn common() -> Result<Vec<Entry>> {
+    let exec = libc::PROT_EXEC as u64;
+    Ok(vec![
+        when(libc::SYS_mmap, vec![vec![clear(2, exec)?]])?,
+        when(libc::SYS_mprotect, vec![vec![clear(2, exec)?]])?,
+        any(libc::SYS_munmap),
+        any(libc::SYS_mremap),
+        any(libc::SYS_madvise),
+        any(libc::SYS_brk),
+        any(libc::SYS_futex),
+        any(libc::SYS_write),
+        any(libc::SYS_close),
+        any(libc::SYS_clock_gettime),
+        any(libc::SYS_clock_nanosleep),
+        any(libc::SYS_nanosleep),
+        any(libc::SYS_sched_yield),
+        any(libc::SYS_rt_sigreturn),
+        any(libc::SYS_rt_sigprocmask),
+        any(libc::SYS_sigaltstack),
+        any(libc::SYS_getpid),
+        any(libc::SYS_gettid),
+        when(
+            libc::SYS_tgkill,
+            vec![vec![eq(0, std::process::id().into())?]],
+        )?,
+        any(libc::SYS_exit),
+        any(libc::SYS_exit_group),
+    ])
+}
+
+/// Waiting on descriptors.
+fn polls() -> [Entry; 2] {
+    [any(libc::SYS_poll), any(libc::SYS_ppoll)]
+}
+
+fn vmm_main() -> Vec<Entry> {
+    let mut rules = polls().to_vec();
+    // The memory report, from /proc/self/smaps opened before the filter.
+    rules.push(any(libc::SYS_read));
+    rules
+}
+
+/// KVM_RUN, and the ioeventfds a virtio driver's DRIVER_OK or reset attaches and detaches
+/// (register writes are served on the vCPU thread); eventfd reads when a device resets, and
+/// what a vsock reset does to its connections and timer.
+fn vcpu() -> Result<Vec<Entry>> {
+    Ok(vec![
+        when(
+            libc::SYS_ioctl,
+            vec![
+                vec![eq(1, KVM_RUN().into())?],
+                vec![eq(1, KVM_IOEVENTFD().into())?],
+            ],
+        )?,
+        any(libc::SYS_read),
+        any(libc::SYS_epoll_ctl),
+        any(libc::SYS_shutdown),
+        any(libc::SYS_timerfd_settime),
+    ])
+}
+
+/// The device thread: its epoll loop, eventfds, disk I/O, entropy, vsock's Unix sockets
+/// (AF_UNIX only) and the network link.
+fn virtio() -> Result<Vec<Entry>> {
+    Ok(vec![
+        any(libc::SYS_epoll_wait),
+        any(libc::SYS_epoll_pwait),
+        any(libc::SYS_epoll_ctl),
+        any(libc::SYS_read),
+        any(libc::SYS_readv),
+        any(libc::SYS_writev),
+        any(libc::SYS_pread64),
+        any(libc::SYS_pwrite64),
+        any(libc::SYS_preadv),
+        any(libc::SYS_pwritev),
+        any(libc::SYS_fsync),
+        any(libc::SYS_fdatasync),
+        any(libc::SYS_getrandom),
+        when(libc::SYS_socket, vec![vec![eq(0, libc::AF_UNIX as u64)?]])?,
+        any(libc::SYS_connect),
+        any(libc::SYS_accept4),
+        any(libc::SYS_sendto),
+        any(libc::SYS_sendmsg),
+        any(libc::SYS_recvfrom),
+        any(libc::SYS_recvmsg),
+        any(libc::SYS_shutdown),
+        when(libc::SYS_ioctl, vec![vec![eq(1, libc::FIONBIO)?]])?,
+        any(libc::SYS_fcntl),
+        any(libc::SYS_timerfd_settime),
+        // passt's exit status, when it closed its socket.
+        any(libc::SYS_wait4),
+        any(libc::SYS_waitid),
+    ])
+}
+
+/// The filter of `kind`: [`common`] and its own.
+pub(super) fn of(kind: ThreadKind) -> Result<Vec<Entry>> {
+    let mut rules = common()?;
+    rules.extend(match kind {
+        ThreadKind::VmmMain => vmm_main(),
+        ThreadKind::Vcpu => vcpu()?,
+        ThreadKind::Virtio => virtio()?,
+        ThreadKind::ConsoleInput => {
+            let mut rules = polls().to_vec();
+            rules.push(any(libc::SYS_read));
+            rules
+        }
+        ThreadKind::HostStop => polls().to_vec(),
+        ThreadKind::PasstStderr => vec![any(libc::SYS_read)],
+    });
+    Ok(rules)
+}

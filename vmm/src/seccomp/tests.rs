@@ -1,0 +1,158 @@
+//! Each kind's filter in a child process (this test binary run again, filtered to [`child`]):
+//! an allowed syscall of that kind works, a forbidden one ends the process with the line and
+//! the status documented.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Command;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::*;
+
+/// Set in the child process: the name of the kind to filter.
+const CHILD_ENV: &str = "NODEOS_VM_SECCOMP_CHILD";
+const ALLOWED_OK: &str = "allowed syscalls work";
+const SURVIVED: &str = "the forbidden syscall returned";
+
+fn thread_name(kind: ThreadKind) -> &'static str {
+    match kind {
+        ThreadKind::Vcpu => "vcpu0",
+        other => other.name(),
+    }
+}
+
+/// Calls that `kind`'s filter allows, on descriptors opened before it was installed.
+fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd) {
+    let mut byte = [0u8; 1];
+    let mut pfd = libc::pollfd {
+        fd: evt.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    match kind {
+        ThreadKind::VmmMain | ThreadKind::HostStop => {
+            // SAFETY: one valid pollfd.
+            assert_eq!(unsafe { libc::poll(&mut pfd, 1, 0) }, 1);
+        }
+        ThreadKind::Vcpu => {
+            // KVM_RUN passes the filter; on an eventfd the kernel refuses it.
+            // SAFETY: KVM_RUN takes no argument.
+            let rc = unsafe { libc::ioctl(evt.as_raw_fd(), rules::KVM_RUN() as _, 0) };
+            assert_eq!(rc, -1);
+            assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENOTTY));
+            evt.write(1).unwrap();
+        }
+        ThreadKind::Virtio => {
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            agent_proto::sock::send(&a, b"x").unwrap();
+            drop((a, b));
+            // SAFETY: getrandom writes at most one byte into `byte`.
+            assert_eq!(unsafe { libc::getrandom(byte.as_mut_ptr().cast(), 1, 0) }, 1);
+        }
+        ThreadKind::ConsoleInput | ThreadKind::PasstStderr => {
+            // SAFETY: reads at most one byte into `byte`.
+            assert_eq!(unsafe { libc::read(pipe.as_raw_fd(), byte.as_mut_ptr().cast(), 1) }, 1);
+        }
+    }
+}
+
+/// The syscall [`forbidden`] makes for `kind`.
+fn forbidden_syscall(kind: ThreadKind) -> libc::c_long {
+    match kind {
+        ThreadKind::Vcpu => libc::SYS_ioctl,
+        _ => libc::SYS_socket,
+    }
+}
+
+/// A call that `kind`'s filter forbids.
+fn forbidden(kind: ThreadKind, evt: &EventFd) {
+    match kind {
+        // Any ioctl but the vCPU's own: KVM_GET_API_VERSION.
+        ThreadKind::Vcpu => {
+            // SAFETY: the ioctl takes no argument (and is not made).
+            unsafe { libc::ioctl(evt.as_raw_fd(), 0xae00, 0) };
+        }
+        // Sockets of any family but AF_UNIX, even on the device thread.
+        _ => {
+            // SAFETY: socket() takes no pointers.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        }
+    }
+}
+
+/// The child's part (does nothing in a normal test run): a thread named as `kind`'s, filtered.
+#[test]
+fn child() {
+    let Ok(name) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let kind = ThreadKind::ALL
+        .into_iter()
+        .find(|k| k.name() == name)
+        .expect("a thread kind");
+    let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    evt.write(1).unwrap();
+    let (rx, tx) = nix::unistd::pipe().unwrap();
+    nix::unistd::write(&tx, b"x").unwrap();
+    std::thread::Builder::new()
+        .name(thread_name(kind).into())
+        .spawn(move || {
+            apply(kind).unwrap();
+            allowed(kind, &evt, &rx);
+            let _ = std::io::stderr().write_all(format!("{ALLOWED_OK}\n").as_bytes());
+            forbidden(kind, &evt);
+            let _ = std::io::stderr().write_all(format!("{SURVIVED}\n").as_bytes());
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn violation_ends_the_process(kind: ThreadKind) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "seccomp::tests::child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, kind.name())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let syscall = forbidden_syscall(kind);
+    let line = format!(
+        "nodeos-vm: seccomp: thread {} made forbidden syscall {syscall}; the VMM stopped\n",
+        thread_name(kind)
+    );
+    assert!(stderr.contains(ALLOWED_OK), "{kind:?}: {stderr}");
+    assert!(stderr.contains(&line), "{kind:?}: {stderr}");
+    assert!(!stderr.contains(SURVIVED), "{kind:?}: {stderr}");
+    assert_eq!(out.status.code(), Some(VIOLATION_EXIT_STATUS), "{kind:?}: {stderr}");
+}
+
+#[test]
+fn vmm_main_violation_ends_the_process() {
+    violation_ends_the_process(ThreadKind::VmmMain);
+}
+
+#[test]
+fn vcpu_violation_ends_the_process() {
+    violation_ends_the_process(ThreadKind::Vcpu);
+}
+
+#[test]
+fn virtio_violation_ends_the_process() {
+    violation_ends_the_process(ThreadKind::Virtio);
+}
+
+#[test]
+fn console_input_violation_ends_the_process() {
+    violation_ends_the_process(ThreadKind::ConsoleInput);
+}
+
+#[test]
+fn host_stop_violation_ends_the_process() {
+    violation_ends_the_process(ThreadKind::HostStop);
+}
+
+#[test]
+fn passt_stderr_violation_ends_the_process() {
+    violation_ends_the_process(ThreadKind::PasstStderr);
+}
