@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the NodeOS root image: a read-only squashfs with Node.js, npm, the shared libraries
-# Node needs, the guest init and a minimal /etc. Nothing else: no coreutils, and for a shell
-# only the init binary's minimal `sh -c` (/bin/sh).
+# Node needs, the guest init, nsh (the Node shell, JavaScript) and a minimal /etc. Nothing
+# else: no coreutils; /bin/sh is the init binary's minimal `sh -c`.
 #
 # usage: rootfs/build.sh OUT_DIR GUEST_BIN_DIR
 #   GUEST_BIN_DIR holds nodeos-init, built with
@@ -151,7 +151,13 @@ ln -s nodeos-init "$ROOT/sbin/init"
 ln -s ../../sbin/nodeos-init "$ROOT/usr/bin/env"
 install -d -m 0755 "$ROOT/bin"
 ln -s ../sbin/nodeos-init "$ROOT/bin/sh" # npm scripts and exec()/execSync() run `sh -c`
-install -m 0644 "$JS_DIR"/repl.js "$JS_DIR"/spawn-preload.js "$ROOT/usr/lib/nodeos/"
+install -m 0644 "$JS_DIR"/repl.js "$JS_DIR"/control.js "$JS_DIR"/spawn-preload.js "$ROOT/usr/lib/nodeos/"
+# nsh, the Node shell: its modules (not its tests), and /usr/bin/nsh (the script's shebang is
+# `#!/usr/bin/env node`).
+install -d -m 0755 "$ROOT/usr/lib/nodeos/nsh"
+install -m 0644 "$JS_DIR"/nsh/*.js "$ROOT/usr/lib/nodeos/nsh/"
+chmod 0755 "$ROOT/usr/lib/nodeos/nsh/nsh.js"
+ln -s ../lib/nodeos/nsh/nsh.js "$ROOT/usr/bin/nsh"
 
 # Shared libraries, laid out as Debian does (/lib/x86_64-linux-gnu, /lib64/ld-linux-x86-64.so.2).
 DEB_ROOT=$WORK/debs

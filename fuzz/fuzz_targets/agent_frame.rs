@@ -94,12 +94,15 @@ impl From<Rep> for Reply {
     }
 }
 
+type Decode<T> = fn(&[u8]) -> Result<Option<(T, usize)>, FrameError>;
+type Encode<T> = fn(&T) -> Result<Vec<u8>, FrameError>;
+
 /// Decodes `bytes` with `decode`; a decoded frame must re-encode to the bytes it took, and read
 /// the same from a stream with `read`.
 fn check_decode<T: PartialEq + std::fmt::Debug>(
     bytes: &[u8],
-    decode: fn(&[u8]) -> Result<Option<(T, usize)>, FrameError>,
-    encode: fn(&T) -> Result<Vec<u8>, FrameError>,
+    decode: Decode<T>,
+    encode: Encode<T>,
     read: fn(&mut &[u8]) -> Result<Option<T>, FrameError>,
 ) {
     if let Ok(Some((message, len))) = decode(bytes) {
@@ -112,8 +115,8 @@ fn check_decode<T: PartialEq + std::fmt::Debug>(
 /// `message` encodes (unless over the bounds) and decodes back to itself.
 fn check_round_trip<T: PartialEq + std::fmt::Debug>(
     message: T,
-    decode: fn(&[u8]) -> Result<Option<(T, usize)>, FrameError>,
-    encode: fn(&T) -> Result<Vec<u8>, FrameError>,
+    decode: Decode<T>,
+    encode: Encode<T>,
 ) {
     match encode(&message) {
         Ok(bytes) => {
@@ -129,8 +132,12 @@ fn check_round_trip<T: PartialEq + std::fmt::Debug>(
 
 fuzz_target!(|case: Case| match case {
     Case::Bytes(bytes) => {
-        check_decode(&bytes, Request::decode, Request::encode, |r| frame::read_request(r));
-        check_decode(&bytes, Reply::decode, Reply::encode, |r| frame::read_reply(r));
+        check_decode(&bytes, Request::decode, Request::encode, |r| {
+            frame::read_request(r)
+        });
+        check_decode(&bytes, Reply::decode, Reply::encode, |r| {
+            frame::read_reply(r)
+        });
     }
     Case::Request(r) => check_round_trip(Request::from(r), Request::decode, Request::encode),
     Case::Reply(r) => check_round_trip(Reply::from(r), Reply::decode, Reply::encode),

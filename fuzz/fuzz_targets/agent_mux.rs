@@ -50,7 +50,10 @@ fn check_frames(mut out: &[u8]) {
         let op = out[4];
         let len = u32::from_le_bytes(out[5..9].try_into().unwrap()) as usize;
         assert!((1..=6).contains(&op), "op {op}");
-        assert!(len <= MAX_DATA && out.len() >= FRAME_HEADER + len, "length {len}");
+        assert!(
+            len <= MAX_DATA && out.len() >= FRAME_HEADER + len,
+            "length {len}"
+        );
         out = &out[FRAME_HEADER + len..];
     }
 }
@@ -59,10 +62,15 @@ fuzz_target!(|data: &[u8]| {
     let Some((&role, link_in)) = data.split_first() else {
         return;
     };
-    let role = if role & 1 == 0 { Role::Host } else { Role::Guest };
+    let role = if role & 1 == 0 {
+        Role::Host
+    } else {
+        Role::Guest
+    };
     let local = local();
     let (ours, mut peer) = UnixStream::pair().unwrap();
-    peer.write_all(&link_in[..link_in.len().min(MAX_INPUT)]).unwrap();
+    peer.write_all(&link_in[..link_in.len().min(MAX_INPUT)])
+        .unwrap();
     peer.shutdown(Shutdown::Write).unwrap();
     let listener = local.listener.try_clone().unwrap();
     // An error is the multiplexer refusing a peer that broke the protocol.

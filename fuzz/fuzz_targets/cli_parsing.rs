@@ -59,7 +59,10 @@ fn check_volume(spec: &str) {
     assert!(path
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"/._-%".contains(&b)));
-    assert_eq!(PathBuf::from(OsStr::from_bytes(&percent_decode(path))), v.guest);
+    assert_eq!(
+        PathBuf::from(OsStr::from_bytes(&percent_decode(path))),
+        v.guest
+    );
 }
 
 fuzz_target!(|case: Case| match case {

@@ -7,6 +7,10 @@ use nodeos_vm::devices::virtio::harness::{run, Kind, Start};
 
 fuzz_target!(|data: &[u8]| {
     if let Some((&kind, rest)) = data.split_first() {
-        run(Kind::ALL[usize::from(kind) % Kind::ALL.len()], rest, Start::Reset);
+        run(
+            Kind::ALL[usize::from(kind) % Kind::ALL.len()],
+            rest,
+            Start::Reset,
+        );
     }
 });

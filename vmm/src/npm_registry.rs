@@ -97,8 +97,14 @@ mod tests {
             ("http://[::1]:4873/x?y", "http://10.0.2.2:4873/x?y"),
             ("http://me:pw@127.1.2.3:80/", "http://me:pw@10.0.2.2:80/"),
             ("https://registry.npmjs.org/", "https://registry.npmjs.org/"),
-            ("https://npm.example.com:8443/", "https://npm.example.com:8443/"),
-            ("http://127.0.0.1.example.com/", "http://127.0.0.1.example.com/"),
+            (
+                "https://npm.example.com:8443/",
+                "https://npm.example.com:8443/",
+            ),
+            (
+                "http://127.0.0.1.example.com/",
+                "http://127.0.0.1.example.com/",
+            ),
             ("not a url", "not a url"),
         ] {
             assert_eq!(through_gateway(host), guest, "{host}");

@@ -175,6 +175,7 @@ fn app(name: &str, env: &str, body: &str) -> Vec<u8> {
 const ECHO: &str = "console.log('event', JSON.stringify(event)); \
     if (event.throw) throw new TypeError(event.throw); \
     if (event.sleep) await new Promise((r) => setTimeout(r, event.sleep)); \
+    if (event.big) return 'x'.repeat(event.big); \
     return { event, id: context.invocationId, pid: process.pid };";
 
 /// Deploy, invoke, a thrown exception, the Web `fetch` route, listing, logs, metrics, delete,
@@ -218,6 +219,10 @@ fn deploy_invoke_and_clean_shutdown() {
         out["stack"].as_str().unwrap().contains("/app/lib/main.js"),
         "{out}"
     );
+    // An answer over the limit is an error, not a hung call.
+    let (status, out) = serve.invoke("hello", serde_json::json!({"big": 8_000_000}));
+    assert_eq!(status, 500, "{out}");
+    assert!(out["message"].as_str().unwrap().contains("the limit is"), "{out}");
     // An exception does not cost the instance.
     let (status, out) = serve.invoke("hello", serde_json::json!({}));
     assert_eq!((status, &out["pid"]), (200, &pid), "{out}");
@@ -236,8 +241,8 @@ fn deploy_invoke_and_clean_shutdown() {
     for line in [
         "nodeos_serve_instances{app=\"hello\"} 1",
         "nodeos_serve_invocations_total{app=\"hello\",status=\"200\"} 3",
-        "nodeos_serve_invocations_total{app=\"hello\",status=\"500\"} 1",
-        "nodeos_serve_invocation_seconds_count{app=\"hello\"} 5",
+        "nodeos_serve_invocations_total{app=\"hello\",status=\"500\"} 2",
+        "nodeos_serve_invocation_seconds_count{app=\"hello\"} 6",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     }

@@ -34,6 +34,11 @@ function writeFd(fd, text) {
   }
 }
 
+/** A word's text, near enough to what was typed (for error messages). */
+function source(parts) {
+  return parts.map((p) => (p.t === 'lit' ? p.v : p.op ? `\${${p.name}${p.op}${source(p.arg)}}` : `$${p.name}`)).join('');
+}
+
 class Shell {
   constructor({ env = process.env, params = [], arg0 = 'nsh', interactive = false } = {}) {
     this.vars = new Map(Object.entries(env).filter(([, v]) => v !== undefined));
@@ -124,7 +129,7 @@ class Shell {
           return { ...r, target: text };
         }
         const fields = expandWord(r.target, ctx, { split: false });
-        if (fields.length !== 1) throw new ExpansionError(`${expandString(r.target, ctx)}: ambiguous redirect`);
+        if (fields.length !== 1) throw new ExpansionError(`${source(r.target)}: ambiguous redirect`);
         return { ...r, target: fields[0] };
       });
       return { argv, assigns, redirects };

@@ -37,6 +37,8 @@ pub enum Upper {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shell {
     Repl,
+    /// nsh, the Node shell (`node /usr/lib/nodeos/nsh/nsh.js`), with the REPL's contract.
+    Nsh,
     /// Nothing: PID 1 stays our init and only reaps (the agent runs the commands).
     None,
 }
@@ -153,8 +155,9 @@ impl Cmdline {
                 "shell" => {
                     cmdline.shell = match value {
                         "repl" => Shell::Repl,
+                        "nsh" => Shell::Nsh,
                         "none" => Shell::None,
-                        _ => return Err(bad("must be repl or none")),
+                        _ => return Err(bad("must be repl, nsh or none")),
                     }
                 }
                 "agent" => {
@@ -222,9 +225,7 @@ fn parse_volume(value: &str) -> std::result::Result<Volume, String> {
 /// Decodes `%XX` escapes (the host encodes every byte outside `[A-Za-z0-9/._-]`).
 /// `NAME=VALUE`, the value percent-encoded; NAME is a shell variable name.
 fn parse_env(value: &str) -> std::result::Result<Vec<u8>, String> {
-    let (name, encoded) = value
-        .split_once('=')
-        .ok_or("must be NAME=VALUE")?;
+    let (name, encoded) = value.split_once('=').ok_or("must be NAME=VALUE")?;
     let valid_name = name
         .bytes()
         .next()
@@ -370,7 +371,14 @@ mod tests {
                 b"A_1=x y".to_vec()
             ]
         );
-        for bad in ["nodeos.env=NOVALUE", "nodeos.env=1X=y", "nodeos.env==y", "nodeos.env=A-B=y", "nodeos.env=A=%00", "nodeos.env=A=%zz"] {
+        for bad in [
+            "nodeos.env=NOVALUE",
+            "nodeos.env=1X=y",
+            "nodeos.env==y",
+            "nodeos.env=A-B=y",
+            "nodeos.env=A=%00",
+            "nodeos.env=A=%zz",
+        ] {
             assert!(Cmdline::parse(bad).is_err(), "{bad}");
         }
     }
@@ -424,6 +432,19 @@ mod tests {
             raw.volumes[0].mount_point.as_os_str().as_encoded_bytes(),
             b"/x\xff"
         );
+    }
+
+    #[test]
+    fn shell_values() {
+        for (value, shell) in [
+            ("repl", Shell::Repl),
+            ("nsh", Shell::Nsh),
+            ("none", Shell::None),
+        ] {
+            let cmdline = Cmdline::parse(&format!("{BASE} nodeos.shell={value}")).unwrap();
+            assert_eq!(cmdline.shell, shell, "{value}");
+        }
+        assert_eq!(Cmdline::parse(BASE).unwrap().shell, Shell::Repl);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! PID 1: set the machine up, start the agent and the supervisor, then become Node.js (the
-//! REPL), or, with `nodeos.shell=none`, stay our init and only reap.
+//! REPL, or nsh with `nodeos.shell=nsh`), or, with `nodeos.shell=none`, stay our init and only
+//! reap.
 //!
 //! Order matters: the boot-timer mark comes first (the host measures boot by it); every
 //! failure before Node runs prints one line, `nodeos-init: <what failed>: <why>`, and ends the
@@ -25,6 +26,8 @@ use cmdline::{Cmdline, ConsoleMode, Shell};
 /// Node.js and the guest's own JavaScript (rootfs/build.sh puts them there).
 pub const NODE: &str = "/usr/bin/node";
 pub const REPL_JS: &str = "/usr/lib/nodeos/repl.js";
+/// nsh, the Node shell (`nodeos.shell=nsh`).
+pub const NSH_JS: &str = "/usr/lib/nodeos/nsh/nsh.js";
 /// PATH of the REPL and everything it starts: npm's global prefix first.
 pub const PATH: &str = "/home/node/.npm-global/bin:/usr/local/bin:/usr/bin:/bin";
 
@@ -60,7 +63,8 @@ fn boot() -> Result<std::convert::Infallible> {
     }
     let control = supervisor::start(persistent, &user)?;
     match cmdline.shell {
-        Shell::Repl => exec_shell(&cmdline, &user, &groups, control),
+        Shell::Repl => exec_shell(&cmdline, REPL_JS, &user, &groups, control),
+        Shell::Nsh => exec_shell(&cmdline, NSH_JS, &user, &groups, control),
         Shell::None => {
             // PID 1 keeps the control pipe open, so the supervisor never sees it close.
             reap_forever(control)
@@ -82,10 +86,12 @@ fn reap_forever(_control: OwnedFd) -> ! {
     }
 }
 
-/// Drops to `user` and execs Node with repl.js. Returns only errors from before the drop;
-/// a failing exec is reported through the supervisor (PID 1 can no longer use the exit port).
+/// Drops to `user` and execs Node with `script` (repl.js or nsh). Returns only errors from
+/// before the drop; a failing exec is reported through the supervisor (PID 1 can no longer use
+/// the exit port).
 fn exec_shell(
     cmdline: &Cmdline,
+    script: &str,
     user: &user::User,
     groups: &[u32],
     control: OwnedFd,
@@ -119,7 +125,7 @@ fn exec_shell(
         .into_iter()
         .map(|e| sys::cstring(std::ffi::OsString::from_vec(e)))
         .collect::<Result<_>>()?;
-    let argv = [sys::cstring("node")?, sys::cstring(REPL_JS)?];
+    let argv = [sys::cstring("node")?, sys::cstring(script)?];
     let node = sys::cstring(NODE)?;
 
     user::drop_privileges(user.uid, user.gid, groups)?;

@@ -15,6 +15,9 @@ pub struct StartArgs {
     /// Drive the console as plain pipes even on a terminal (no echo, no prompt, ^D at end of input).
     #[arg(long)]
     pipe: bool,
+    /// Run nsh, the Node shell, instead of the REPL (`exit N` ends the VM with status N).
+    #[arg(long, conflicts_with = "detach")]
+    shell: bool,
     /// Print boot timings (to init, to the end) on stderr.
     #[arg(long, hide = true)]
     timings: bool,
@@ -53,7 +56,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
         cmdline: cmdline::build(
             host_console.mode(),
             UpperLayer::of(user.is_some()),
-            &args.vm.cmdline_extra(&[]),
+            &args.vm.cmdline_extra(&shell_params(args.shell)),
         )?,
         seccomp,
     };
@@ -71,6 +74,15 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
             "the guest ended without an exit status: its kernel panicked or it reset \
              (its console output above says why)"
         ),
+    }
+}
+
+/// The guest parameter that makes PID 1 run nsh (docs/guest-contract.md).
+fn shell_params(nsh: bool) -> Vec<String> {
+    if nsh {
+        vec!["nodeos.shell=nsh".to_string()]
+    } else {
+        Vec::new()
     }
 }
 

@@ -45,10 +45,12 @@ pub fn run(command: UsersCommand) -> anyhow::Result<u8> {
             let Some(user) = users.list()?.into_iter().find(|u| u.name == name) else {
                 bail!("user {name:?} has no environment here (`nodeos-vm users ls` lists them)");
             };
-            if !yes && !confirm(&format!(
-                "Delete user {name:?} and everything they stored ({} on this host)?",
-                human(user.used_bytes)
-            ))? {
+            if !yes
+                && !confirm(&format!(
+                    "Delete user {name:?} and everything they stored ({} on this host)?",
+                    human(user.used_bytes)
+                ))?
+            {
                 eprintln!("nodeos-vm: nothing deleted");
                 return Ok(1);
             }

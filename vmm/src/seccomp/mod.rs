@@ -89,18 +89,34 @@ pub enum Error {
     },
 }
 
-/// The compiled filter of `kind`: its syscalls allowed, anything else trapped.
-fn program(kind: ThreadKind) -> Result<BpfProgram, Error> {
+/// The compiled filters of `kind`, in the order they are installed (the second installation
+/// needs prctl and seccomp, which the first lets through): the syscalls refused with EACCES;
+/// then its syscalls allowed, anything else trapped. Of two filters, the kernel takes the
+/// stricter answer.
+fn programs(kind: ThreadKind) -> Result<[BpfProgram; 2], Error> {
     let build = |source| Error::Build { kind, source };
-    let rules = rules::of(kind).map_err(build)?;
-    SeccompFilter::new(
-        rules.into_iter().collect(),
+    let compile = |rules: Vec<rules::Entry>, mismatch, matched| {
+        SeccompFilter::new(
+            rules.into_iter().collect(),
+            mismatch,
+            matched,
+            TargetArch::x86_64,
+        )
+        .and_then(BpfProgram::try_from)
+    };
+    let allowed = compile(
+        rules::of(kind).map_err(build)?,
         SeccompAction::Trap,
         SeccompAction::Allow,
-        TargetArch::x86_64,
     )
-    .and_then(BpfProgram::try_from)
-    .map_err(build)
+    .map_err(build)?;
+    let refused = compile(
+        rules::refused(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+    )
+    .map_err(build)?;
+    Ok([refused, allowed])
 }
 
 /// Blocks every signal but the synchronous ones (faults, SIGSYS) in this thread. (A vCPU
@@ -138,18 +154,21 @@ pub fn apply(kind: ThreadKind) -> Result<(), Error> {
         .name()
         .unwrap_or(kind.name())
         .to_string();
-    let program = program(kind)?;
+    let programs = programs(kind)?;
     trap::install().map_err(Error::Handler)?;
     block_async_signals().map_err(|source| Error::Signals {
         thread: thread.clone(),
         source,
     })?;
     trap::set_thread_name(&thread);
-    seccompiler::apply_filter(&program).map_err(|source| Error::Install {
-        kind,
-        thread,
-        source,
-    })
+    for program in &programs {
+        seccompiler::apply_filter(program).map_err(|source| Error::Install {
+            kind,
+            thread: thread.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

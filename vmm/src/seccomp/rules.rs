@@ -71,7 +71,16 @@ fn common() -> Result<Vec<Entry>> {
         )?,
         any(libc::SYS_exit),
         any(libc::SYS_exit_group),
+        // Let through here, refused with EACCES by the second filter (see `refused`).
+        any(libc::SYS_openat),
     ])
+}
+
+/// Syscalls that fail with EACCES instead of trapping, in a second filter: glibc's malloc
+/// opens /proc/sys/vm/overcommit_memory the first time it shrinks a thread's heap, and
+/// does without it when the open fails.
+pub(super) fn refused() -> Vec<Entry> {
+    vec![any(libc::SYS_openat)]
 }
 
 /// Waiting on descriptors.
@@ -106,7 +115,7 @@ fn vcpu() -> Result<Vec<Entry>> {
 }
 
 /// The device thread: its epoll loop, eventfds, disk I/O, entropy, vsock's Unix sockets
-/// (AF_UNIX only) and the network link.
+/// (AF_UNIX only), the network link, and a broken queue's ioeventfds.
 fn virtio() -> Result<Vec<Entry>> {
     Ok(vec![
         any(libc::SYS_epoll_wait),
@@ -130,7 +139,14 @@ fn virtio() -> Result<Vec<Entry>> {
         any(libc::SYS_recvfrom),
         any(libc::SYS_recvmsg),
         any(libc::SYS_shutdown),
-        when(libc::SYS_ioctl, vec![vec![eq(1, libc::FIONBIO)?]])?,
+        // Non-blocking accepted sockets; ioeventfds detached when a queue breaks.
+        when(
+            libc::SYS_ioctl,
+            vec![
+                vec![eq(1, libc::FIONBIO)?],
+                vec![eq(1, KVM_IOEVENTFD().into())?],
+            ],
+        )?,
         any(libc::SYS_fcntl),
         any(libc::SYS_timerfd_settime),
         // passt's exit status, when it closed its socket.

@@ -44,9 +44,11 @@ fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd) {
             evt.write(1).unwrap();
         }
         ThreadKind::Virtio => {
-            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-            agent_proto::sock::send(&a, b"x").unwrap();
-            drop((a, b));
+            // SAFETY: socket() takes no pointers; the descriptor is closed at once.
+            let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+            assert!(fd >= 0);
+            // SAFETY: as above.
+            unsafe { libc::close(fd) };
             // SAFETY: getrandom writes at most one byte into `byte`.
             assert_eq!(unsafe { libc::getrandom(byte.as_mut_ptr().cast(), 1, 0) }, 1);
         }

@@ -416,8 +416,9 @@ fn parse_message(line: &str) -> Option<Message> {
 #[derive(Default)]
 struct Lines(Vec<u8>);
 
-/// Longest line kept whole; longer ones are cut.
-const MAX_LINE: usize = 1 << 20;
+/// Longest line kept whole; longer ones are cut. Above the runner's largest answer
+/// (MAX_ANSWER_BYTES in runner.js, 6 MiB), so that every answer arrives whole.
+const MAX_LINE: usize = 7 << 20;
 
 impl Lines {
     fn push(&mut self, data: &[u8]) -> Vec<String> {

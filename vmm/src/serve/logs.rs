@@ -9,6 +9,10 @@ use serde::Serialize;
 
 /// Lines kept per app; older ones are dropped.
 const KEPT_LINES: usize = 2000;
+/// Longest line kept; the rest of a longer one is cut (and marked), so that an app's logs
+/// take at most KEPT_LINES * MAX_LINE_BYTES (32 MiB) whatever its handlers print.
+const MAX_LINE_BYTES: usize = 16 << 10;
+const CUT_MARK: &str = " [cut]";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Line {
@@ -38,7 +42,7 @@ impl Logs {
             time_ms,
             invocation,
             stream: stream.to_string(),
-            text: text.strip_suffix('\n').map(str::to_string).unwrap_or(text),
+            text: bounded(text.strip_suffix('\n').unwrap_or(&text)),
         });
     }
 
@@ -54,9 +58,31 @@ impl Logs {
     }
 }
 
+/// `text`, cut at a character boundary when longer than MAX_LINE_BYTES.
+fn bounded(text: &str) -> String {
+    if text.len() <= MAX_LINE_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_LINE_BYTES - CUT_MARK.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{CUT_MARK}", &text[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lines_are_cut() {
+        let logs = Logs::default();
+        logs.push(None, "stdout", format!("{}\n", "é".repeat(MAX_LINE_BYTES)));
+        let line = &logs.lines(None)[0].text;
+        assert!(line.len() <= MAX_LINE_BYTES && line.ends_with(CUT_MARK), "{}", line.len());
+        logs.push(None, "stdout", "short\n".into());
+        assert_eq!(logs.lines(None)[1].text, "short");
+    }
 
     #[test]
     fn keeps_the_last_lines_and_filters() {

@@ -59,14 +59,22 @@ async function invoke(app, request) {
   return { result: result === undefined ? null : result };
 }
 
+// The largest answer sent back (serialized); the host reads lines up to a little more.
+const MAX_ANSWER_BYTES = 6 * 1024 * 1024;
+
 function serve(app, line) {
   const request = JSON.parse(line);
   call.run(request.id, async () => {
+    let answer;
     try {
-      send({ id: request.id, ok: true, ...(await invoke(app, request)) });
+      answer = JSON.stringify({ id: request.id, ok: true, ...(await invoke(app, request)) });
+      if (Buffer.byteLength(answer) > MAX_ANSWER_BYTES) {
+        throw new RangeError(`the answer is ${Buffer.byteLength(answer)} bytes serialized; the limit is ${MAX_ANSWER_BYTES}`);
+      }
     } catch (error) {
-      send({ id: request.id, ok: false, error: describe(error) });
+      answer = JSON.stringify({ id: request.id, ok: false, error: describe(error) });
     }
+    writeOut(answer + '\n');
   });
 }
 

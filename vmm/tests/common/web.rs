@@ -60,7 +60,10 @@ pub fn site(guest_addr: &str) -> Vec<(String, Vec<u8>)> {
 pub fn serve() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let site = site(&format!("10.0.2.2:{}", listener.local_addr().unwrap().port()));
+    let site = site(&format!(
+        "10.0.2.2:{}",
+        listener.local_addr().unwrap().port()
+    ));
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
@@ -75,7 +78,9 @@ pub fn serve() -> String {
                 line.clear();
             }
             let path = request.split_whitespace().nth(1).unwrap_or("");
-            let file = site.iter().find(|(name, _)| Some(name.as_str()) == path.strip_prefix('/'));
+            let file = site
+                .iter()
+                .find(|(name, _)| Some(name.as_str()) == path.strip_prefix('/'));
             let (status, body): (&str, &[u8]) = match file {
                 Some((_, body)) => ("200 OK", body),
                 None => ("404 Not Found", b"not found"),

@@ -52,7 +52,9 @@ pub fn create(kind: Kind, input: &mut Input) -> (Box<dyn VirtioDevice>, Host) {
     match kind {
         Kind::Block => {
             let disk = tempfile::NamedTempFile::new().expect("scratch disk");
-            disk.as_file().set_len(DISK_BYTES).expect("scratch disk size");
+            disk.as_file()
+                .set_len(DISK_BYTES)
+                .expect("scratch disk size");
             let dev = Block::open(disk.path(), input.u8() & 1 != 0, "fuzz").expect("disk");
             // The device keeps the file open; its name goes.
             (Box::new(dev), Host::None)
@@ -61,8 +63,8 @@ pub fn create(kind: Kind, input: &mut Input) -> (Box<dyn VirtioDevice>, Host) {
         Kind::Vsock => {
             let dir = tempfile::tempdir().expect("socket folder");
             let uds = dir.path().join("v");
-            let listener = UnixListener::bind(host_listener_path(&uds, READY_PORT))
-                .expect("host listener");
+            let listener =
+                UnixListener::bind(host_listener_path(&uds, READY_PORT)).expect("host listener");
             listener.set_nonblocking(true).expect("non-blocking");
             let dev = Vsock::new(&uds).expect("vsock device");
             let host = Host::Vsock {

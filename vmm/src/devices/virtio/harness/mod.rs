@@ -30,8 +30,8 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use self::devices::Kind;
-pub use self::ram::Writes;
 use self::input::Input;
+pub use self::ram::Writes;
 use self::ram::{GuardedRam, RAM_END, REGIONS};
 use super::mmio::{MmioTransport, MMIO_MAGIC, MMIO_VERSION};
 use super::{NotifyRegistrar, VIRTIO_F_VERSION_1};
@@ -84,8 +84,14 @@ pub fn run(kind: Kind, data: &[u8], start: Start) -> Stats {
     let ram = GuardedRam::new();
     let (device, mut host) = devices::create(kind, &mut input);
     let irq = IrqLine::new().expect("eventfd");
-    let t = MmioTransport::new(device, ram.memory().clone(), irq, Arc::new(NoIoeventfd), BASE)
-        .expect("transport");
+    let t = MmioTransport::new(
+        device,
+        ram.memory().clone(),
+        irq,
+        Arc::new(NoIoeventfd),
+        BASE,
+    )
+    .expect("transport");
     let mut s = Session {
         t,
         ram: &ram,
@@ -181,7 +187,7 @@ impl Session<'_> {
             self.reg(VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
             offered = offered << 32 | u64::from(self.read_reg(VIRTIO_MMIO_DEVICE_FEATURES));
         }
-        let features = input.u64() & offered | VIRTIO_F_VERSION_1;
+        let features = (input.u64() & offered) | VIRTIO_F_VERSION_1;
         for sel in [0u32, 1] {
             self.reg(VIRTIO_MMIO_DRIVER_FEATURES_SEL, sel);
             self.reg(VIRTIO_MMIO_DRIVER_FEATURES, (features >> (32 * sel)) as u32);
@@ -194,7 +200,7 @@ impl Session<'_> {
             let max = self.read_reg(VIRTIO_MMIO_QUEUE_NUM_MAX);
             let size = (1u32 << (input.u8() % 9)).min(max);
             self.reg(VIRTIO_MMIO_QUEUE_NUM, size);
-            let mut place = |align: u32| u32::from(input.u16()) % low_ram & !(align - 1);
+            let mut place = |align: u32| (u32::from(input.u16()) % low_ram) & !(align - 1);
             let (desc, avail, used) = (place(16), place(2), place(4));
             self.reg(VIRTIO_MMIO_QUEUE_DESC_LOW, desc);
             self.reg(VIRTIO_MMIO_QUEUE_AVAIL_LOW, avail);
@@ -278,7 +284,7 @@ impl Session<'_> {
     }
 
     fn check_read(&self, offset: u64, data: &[u8]) {
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             return;
         }
         let value = u32::from_le_bytes(data.try_into().unwrap());
@@ -295,11 +301,22 @@ impl Session<'_> {
     fn check_status(&mut self) {
         let status = self.t.status();
         if self.t.is_active() {
-            assert_ne!(status & VIRTIO_CONFIG_S_DRIVER_OK, 0, "active without DRIVER_OK");
-            assert_eq!(status & VIRTIO_CONFIG_S_NEEDS_RESET, 0, "active but needs reset");
+            assert_ne!(
+                status & VIRTIO_CONFIG_S_DRIVER_OK,
+                0,
+                "active without DRIVER_OK"
+            );
+            assert_eq!(
+                status & VIRTIO_CONFIG_S_NEEDS_RESET,
+                0,
+                "active but needs reset"
+            );
         }
         let interrupts = self.read_reg(VIRTIO_MMIO_INTERRUPT_STATUS);
-        assert_eq!(interrupts & !(VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG), 0);
+        assert_eq!(
+            interrupts & !(VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG),
+            0
+        );
     }
 }
 

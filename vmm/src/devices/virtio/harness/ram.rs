@@ -111,7 +111,9 @@ fn at(snapshot: &[u8], addr: u64, len: usize) -> Option<&[u8]> {
     for (guest, size) in REGIONS {
         let off = addr.checked_sub(guest).filter(|off| *off < size as u64);
         if let Some(off) = off.map(|off| off as usize) {
-            return snapshot.get(base + off..base + off + len).filter(|_| off + len <= size);
+            return snapshot
+                .get(base + off..base + off + len)
+                .filter(|_| off + len <= size);
         }
         base += size;
     }
@@ -233,8 +235,14 @@ mod tests {
         let ram = GuardedRam::new();
         let mem = ram.memory();
         assert_eq!(mem.num_regions(), 2);
-        assert!(mem.write_obj(1u8, GuestAddress(0x8000)).is_err(), "the hole");
-        assert!(mem.write_obj(1u32, GuestAddress(0x7ffe)).is_err(), "across the hole");
+        assert!(
+            mem.write_obj(1u8, GuestAddress(0x8000)).is_err(),
+            "the hole"
+        );
+        assert!(
+            mem.write_obj(1u32, GuestAddress(0x7ffe)).is_err(),
+            "across the hole"
+        );
         assert!(mem.write_obj(1u8, GuestAddress(RAM_END)).is_err());
         mem.write_obj(7u8, GuestAddress(0x9000)).unwrap();
         let snap = ram.snapshot();
@@ -250,7 +258,8 @@ mod tests {
         // Descriptor 0: 16 device-writable bytes at 0x1000; descriptor 1 readable at 0x2000.
         mem.write_obj(0x1000u64, GuestAddress(0)).unwrap();
         mem.write_obj(16u32, GuestAddress(8)).unwrap();
-        mem.write_obj(VRING_DESC_F_WRITE as u16, GuestAddress(12)).unwrap();
+        mem.write_obj(VRING_DESC_F_WRITE as u16, GuestAddress(12))
+            .unwrap();
         mem.write_obj(0x2000u64, GuestAddress(16)).unwrap();
         mem.write_obj(16u32, GuestAddress(24)).unwrap();
         let before = ram.snapshot();

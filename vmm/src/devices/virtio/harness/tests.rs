@@ -22,7 +22,11 @@ const SESSION_BYTES: usize = 4096;
 fn garbage_sessions(kind: Kind) {
     let mut total = Stats::default();
     for seed in 0..SESSIONS {
-        let start = if seed % 2 == 0 { Start::Reset } else { Start::Active };
+        let start = if seed % 2 == 0 {
+            Start::Reset
+        } else {
+            Start::Active
+        };
         let data = garbage(seed, SESSION_BYTES);
         let s = std::panic::catch_unwind(|| run(kind, &data, start))
             .unwrap_or_else(|_| panic!("{kind:?}, seed {seed}, {start:?}"));
@@ -62,8 +66,8 @@ fn a_device_writing_outside_its_buffers_is_caught() {
     let ram = GuardedRam::new();
     let irq = IrqLine::new().unwrap();
     let rng = Box::new(crate::devices::virtio::rng::Rng::new());
-    let t = MmioTransport::new(rng, ram.memory().clone(), irq, Arc::new(NoIoeventfd), BASE)
-        .unwrap();
+    let t =
+        MmioTransport::new(rng, ram.memory().clone(), irq, Arc::new(NoIoeventfd), BASE).unwrap();
     let mut s = Session {
         t,
         ram: &ram,
