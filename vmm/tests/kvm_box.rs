@@ -44,6 +44,24 @@ kill -TERM $pid; wait $pid; s=$?
 echo "serve exited $s; left: $(ls -A $D/run/nodeos-vm)"
 exit $s"#;
 
+/// A detached VM on the jailed VMM (L1 runs nodeos-vm as root, with cgroup v2), looked at
+/// through /proc from L1, used, stopped; then what is left of its jail.
+const JAIL_SCRIPT: &str = r#"D=/tmp/jailcheck; mkdir -p $D/run; export XDG_RUNTIME_DIR=$D/run
+id=$(/nodeos/nodeos-vm start --detach --backend kvm --kernel KERNEL --rootfs ROOTFS) || exit 1
+for p in /proc/[0-9]*; do [ -e $p/root/kernel ] && vmm=${p#/proc/}; done
+[ -n "$vmm" ] || { echo "no jailed VMM process"; exit 1; }
+echo "root: $(ls /proc/$vmm/root/ | tr '\n' ' ')"
+grep -E '^(Uid|Gid|Groups|NoNewPrivs|CapEff):' /proc/$vmm/status
+for ns in mnt pid net ipc uts; do
+  [ "$(readlink /proc/$vmm/ns/$ns)" != "$(readlink /proc/self/ns/$ns)" ] && echo "own $ns namespace"
+done
+echo "cgroup: $(cat /proc/$vmm/cgroup)"
+g=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/$vmm/cgroup)
+echo "cpu.max: $(cat $g/cpu.max); memory.max: $(cat $g/memory.max)"
+/nodeos/nodeos-vm exec $id -- node -e 'console.log("answer", 6 * 7)'
+/nodeos/nodeos-vm stop $id >/dev/null
+echo "left: $(ls -A $D/run/nodeos-vm | grep jail) $(ls -A /sys/fs/cgroup/nodeos-vm | grep jail)""#;
+
 fn box_checks() -> &'static BTreeMap<String, Check> {
     static CHECKS: OnceLock<BTreeMap<String, Check>> = OnceLock::new();
     CHECKS.get_or_init(|| {
@@ -86,7 +104,8 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
              ip link set lo up; \
              [ -e /sys/class/net/dummy0 ] || ip link add dummy0 type dummy; ip addr add 192.0.2.1/24 dev dummy0 && \
              ip link set dummy0 up && ip route add default via 192.0.2.254 dev dummy0; \
-             mkdir -p /srv && cp {WEB_DIR}/* /srv/ && busybox httpd -p {WEB} -h /srv"
+             mkdir -p /srv && cp {WEB_DIR}/* /srv/ && busybox httpd -p {WEB} -h /srv; \
+             mount -t cgroup2 cgroup2 /sys/fs/cgroup"
         ));
         for case in run_cases::RUN_CASES {
             let dir = format!("/tmp/run/{}", case.name);
@@ -103,6 +122,11 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
                 ),
             );
         }
+        script.check_with_timeout(
+            "jail",
+            Duration::from_secs(240),
+            &JAIL_SCRIPT.replace("KERNEL", KERNEL).replace("ROOTFS", ROOTFS),
+        );
         script.check_with_timeout(
             "serve",
             Duration::from_secs(240),
@@ -230,4 +254,31 @@ fn serve_deploys_and_invokes_on_our_vmm() {
     assert!(out.contains(r#""name":"boxed""#), "{out}");
     assert!(out.contains(r#"{"arch":"x64","sum":42}"#), "{out}");
     assert!(out.trim_end().ends_with("serve exited 0; left:"), "{out}");
+}
+
+/// The jail around our VMM, as root in L1: its own root, namespaces, user, cgroup with the
+/// VM's limits, all gone once the VM stops (docs/security-jail.md).
+#[test]
+fn the_vmm_runs_jailed_as_root() {
+    let jail = check("jail");
+    let out = &jail.output;
+    assert_eq!(jail.status, Some(0), "{out}");
+    assert!(out.contains("root: dev kernel rootfs sock \n"), "{out}");
+    assert!(out.contains("Uid:\t65534\t65534\t65534\t65534"), "{out}");
+    assert!(
+        out.lines().any(|l| l.trim() == "Groups:"),
+        "no groups: {out}"
+    );
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+        assert!(out.contains(&format!("own {ns} namespace")), "{ns}: {out}");
+    }
+    assert!(out.contains("cgroup: 0::/nodeos-vm/jail-"), "{out}");
+    assert!(
+        out.contains("cpu.max: 100000 100000; memory.max: 671088640"),
+        "1 vCPU; 512 MiB + 128 MiB: {out}"
+    );
+    assert!(out.contains("answer 42"), "{out}");
+    assert!(out.trim_end().ends_with("left:"), "{out}");
 }

@@ -292,12 +292,18 @@ impl Machine {
             }
         });
         let c = control.clone();
-        threads.spawn(&control, "host-stop".into(), ThreadKind::HostStop, move || {
-            if crate::poll::first_readable(&[c.stop_evt().as_raw_fd(), stop.fd()], None) == Some(1)
-            {
-                c.stop(Ok(VmExit::Stopped));
-            }
-        });
+        threads.spawn(
+            &control,
+            "host-stop".into(),
+            ThreadKind::HostStop,
+            move || {
+                if crate::poll::first_readable(&[c.stop_evt().as_raw_fd(), stop.fd()], None)
+                    == Some(1)
+                {
+                    c.stop(Ok(VmExit::Stopped));
+                }
+            },
+        );
         let c = control.clone();
         threads.spawn(
             &control,
@@ -894,6 +900,105 @@ mod tests {
             return;
         }
         panic!("the RTC's seconds changed during every read");
+    }
+
+    /// Set in the child process of [`every_vmm_thread_is_filtered`].
+    const FILTER_CHECK_ENV: &str = "NODEOS_VM_FILTER_CHECK";
+
+    /// Each thread's name and seccomp mode (`Seccomp:` in its /proc status).
+    fn thread_modes() -> Vec<(String, String)> {
+        let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+        tasks
+            .filter_map(|t| {
+                let dir = t.ok()?.path();
+                let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+                let status = std::fs::read_to_string(dir.join("status")).ok()?;
+                let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:"))?;
+                Some((name.trim().to_string(), mode.trim().to_string()))
+            })
+            .collect()
+    }
+
+    /// In a child process, alone: while a 2-vCPU guest waits for console input, every VMM
+    /// thread is in seccomp mode 2 (filter); the test's own threads, the caller of `run`
+    /// among them, are not.
+    #[test]
+    fn every_vmm_thread_is_filtered() {
+        if std::env::var_os(FILTER_CHECK_ENV).is_none() {
+            if kvm_usable() {
+                let out = crate::seccomp::tests::run_child(
+                    "backend::kvm::tests::every_vmm_thread_is_filtered",
+                    (FILTER_CHECK_ENV, "1"),
+                );
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    out.status.success(),
+                    "{stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert!(stdout.contains("1 passed"), "{stdout}");
+            }
+            return;
+        }
+        let kernel = file_with(&tiny_elf(PVH_GUEST, LOAD_ADDR, true));
+        let rootfs = file_with(&[b'Q'; 4096]);
+        let spec = VmSpec {
+            kernel: kernel.path().into(),
+            rootfs: rootfs.path().into(),
+            upper_disk: None,
+            disks: Vec::new(),
+            agent_socket: None,
+            net: None,
+            memory_mib: 64,
+            cpus: 2,
+            cmdline: "console=ttyS0".into(),
+            seccomp: true,
+        };
+        let (in_rx, in_tx) = pipe();
+        let (_out_rx, out_tx) = pipe();
+        let console = ConsoleIo {
+            input: in_rx,
+            output: out_tx,
+            ready: ConsoleReady::default(),
+        };
+        let vm = thread::Builder::new()
+            .name("caller".into())
+            .spawn(move || run(&spec, console, &StopSignal::new().unwrap()))
+            .unwrap();
+        let vmm_threads = [
+            "vmm",
+            "vcpu0",
+            "vcpu1",
+            "virtio",
+            "host-stop",
+            "console-input",
+        ];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let modes = loop {
+            let modes = thread_modes();
+            let filtered = |name: &&str| modes.iter().any(|(n, m)| n == name && m == "2");
+            if vmm_threads.iter().all(filtered) || Instant::now() > deadline {
+                break modes;
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        std::fs::File::from(in_tx).write_all(b"Z").unwrap();
+        assert_eq!(vm.join().unwrap().unwrap().exit, VmExit::Guest(b'Z'));
+        for name in vmm_threads {
+            assert!(
+                modes.iter().any(|(n, m)| n == name && m == "2"),
+                "{name}: {modes:?}"
+            );
+        }
+        // KVM's own worker threads (kvm-nx-lpage-recovery) count as the vCPU's that started them.
+        for (name, mode) in modes.iter().filter(|(n, _)| !n.starts_with("kvm-")) {
+            let ours = vmm_threads.contains(&name.as_str());
+            assert_eq!(
+                mode == "2",
+                ours,
+                "{name} is in seccomp mode {mode}: {modes:?}"
+            );
+        }
     }
 
     #[test]

@@ -166,9 +166,13 @@ impl Backend {
         stop: &StopSignal,
     ) -> Result<RunReport, Error> {
         Ok(match self {
-            Backend::Kvm(jail) => {
-                process::run(&process::VmmProgram::this_binary(), spec, console, stop, jail)?
-            }
+            Backend::Kvm(jail) => process::run(
+                &process::VmmProgram::this_binary(),
+                spec,
+                console,
+                stop,
+                jail,
+            )?,
             Backend::Qemu(accel) => qemu::run(spec, console, accel, stop)?,
         })
     }

@@ -142,7 +142,7 @@ pub fn run(
             dir: host.dir().to_path_buf(),
         }),
     };
-    let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| io::Error::from(e));
+    let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from);
     let (request_read, request_write) = pipe().map_err(setup("a pipe for its request"))?;
     let (status_read, status_write) = pipe().map_err(setup("a pipe for its status"))?;
     let (stderr_read, stderr_write) = pipe().map_err(setup("a pipe for its stderr"))?;
@@ -158,7 +158,11 @@ pub fn run(
     let cgroup_procs = host.as_ref().and_then(|h| h.cgroup()).map(|c| c.procs_fd());
     let mut command = Command::new(&program.exe);
     command
-        .arg0(std::env::args_os().next().unwrap_or_else(|| "nodeos-vm".into()))
+        .arg0(
+            std::env::args_os()
+                .next()
+                .unwrap_or_else(|| "nodeos-vm".into()),
+        )
         .args(&program.args)
         .envs(program.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::from(console.input))
@@ -315,7 +319,11 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
     };
     let request: Request = serde_json::from_reader(request).map_err(VmmError::Request)?;
     // SAFETY: as above.
-    let net = (request.spec.net.is_some()).then(|| unsafe { OwnedFd::from_raw_fd(NET_FD) });
+    let net = request
+        .spec
+        .net
+        .is_some()
+        .then(|| unsafe { OwnedFd::from_raw_fd(NET_FD) });
     let spec = match &request.jail {
         Some(j) => jail::enter(&j.jail, &j.dir, &request.spec, memory::keep_smaps_open)?,
         None => request.spec,

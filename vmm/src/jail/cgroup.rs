@@ -78,10 +78,6 @@ impl Cgroup {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// `cgroup.procs`, open for writing: a process that writes `0` to it joins the cgroup.
     pub fn procs_fd(&self) -> RawFd {
         self.procs.as_raw_fd()

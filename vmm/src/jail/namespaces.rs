@@ -60,7 +60,10 @@ fn relay(pid: libc::pid_t) -> ! {
             break;
         }
         if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            eprintln!("nodeos-vm: waiting for the VMM (pid {pid}): {}", std::io::Error::last_os_error());
+            eprintln!(
+                "nodeos-vm: waiting for the VMM (pid {pid}): {}",
+                std::io::Error::last_os_error()
+            );
             std::process::exit(crate::cli::EXIT_FAILURE.into());
         }
     }

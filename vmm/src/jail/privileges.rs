@@ -24,8 +24,12 @@ pub fn drop_privileges(jail: &Jail) -> Result<(), Error> {
         check(libc::setgroups(0, std::ptr::null()), || {
             "dropping the supplementary groups".into()
         })?;
-        check(libc::setresgid(gid, gid, gid), || format!("setting gid {gid}"))?;
-        check(libc::setresuid(uid, uid, uid), || format!("setting uid {uid}"))?;
+        check(libc::setresgid(gid, gid, gid), || {
+            format!("setting gid {gid}")
+        })?;
+        check(libc::setresuid(uid, uid, uid), || {
+            format!("setting uid {uid}")
+        })?;
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), || {
             "setting no_new_privs".into()
         })?;

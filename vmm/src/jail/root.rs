@@ -34,7 +34,13 @@ enum Access {
 /// VM's files have in the jail.
 pub(super) fn build(jail: &Jail, dir: &Path, spec: &VmSpec) -> Result<VmSpec, Error> {
     // No mount of ours may propagate to the host's namespace.
-    mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )?;
     mount(
         Some(Path::new("tmpfs")),
         dir,
@@ -67,7 +73,11 @@ pub(super) fn build(jail: &Jail, dir: &Path, spec: &VmSpec) -> Result<VmSpec, Er
         None,
         Path::new("/"),
         None,
-        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV
+        libc::MS_REMOUNT
+            | libc::MS_BIND
+            | libc::MS_RDONLY
+            | libc::MS_NOSUID
+            | libc::MS_NODEV
             | libc::MS_NOEXEC,
         None,
     )?;
@@ -91,7 +101,10 @@ fn bind_file(dir: &Path, name: &str, source: &Path, access: Access) -> Result<Pa
 /// to connect to them. Returns the socket's path in the jail.
 fn bind_socket_dir(jail: &Jail, dir: &Path, socket: &Path) -> Result<PathBuf, Error> {
     let invalid = || Error::Step {
-        step: format!("the agent socket {} has no folder or name", socket.display()),
+        step: format!(
+            "the agent socket {} has no folder or name",
+            socket.display()
+        ),
         source: std::io::ErrorKind::InvalidInput.into(),
     };
     let (folder, name) = match (socket.parent(), socket.file_name()) {
@@ -191,11 +204,14 @@ fn pivot(dir: &Path) -> Result<(), Error> {
     let dot = c".";
     // SAFETY: both arguments are NUL-terminated strings that outlive the call.
     let ret = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) };
-    check(ret as libc::c_int, || format!("pivot_root into {}", dir.display()))?;
-    // SAFETY: as above.
-    check(unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) }, || {
-        "detaching the host's root".into()
+    check(ret as libc::c_int, || {
+        format!("pivot_root into {}", dir.display())
     })?;
+    // SAFETY: as above.
+    check(
+        unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) },
+        || "detaching the host's root".into(),
+    )?;
     std::env::set_current_dir("/").map_err(|source| Error::Step {
         step: "entering / in the jail".into(),
         source,

@@ -79,7 +79,12 @@ fn probe() {
     // SAFETY: the id getters and prctl take no pointers; fcntl probes descriptor numbers.
     let (ids, groups, pid, no_new_privs, fds) = unsafe {
         (
-            [libc::getuid(), libc::geteuid(), libc::getgid(), libc::getegid()],
+            [
+                libc::getuid(),
+                libc::geteuid(),
+                libc::getgid(),
+                libc::getegid(),
+            ],
             libc::getgroups(0, std::ptr::null_mut()),
             libc::getpid(),
             libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0),
@@ -187,13 +192,16 @@ fn a_jailed_process_sees_only_its_jail() {
     let seen: Seen = BufReader::new(child.stdout.take().unwrap())
         .lines()
         .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix(SEEN).map(|s| serde_json::from_str(s).unwrap()))
+        .find_map(|l| Some(serde_json::from_str(l.split_once(SEEN)?.1).unwrap()))
         .expect("the probe's report");
 
-    // From the host, while it waits: the VMM is the first process's child.
-    let outer = child.id().to_string();
-    let children = fs::read_to_string(format!("/proc/{outer}/task/{outer}/children")).unwrap();
-    let inner = children.split_whitespace().next().expect("the jailed process").to_string();
+    // From the host, while it waits: the jailed process is the child of the first one (of
+    // its test thread).
+    let tasks = fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
+    let inner = tasks
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .find_map(|c| c.split_whitespace().next().map(String::from))
+        .expect("the jailed process");
     let (ours, its) = (ns_links("self"), ns_links(&inner));
     for (ns, link) in &ours {
         assert_ne!(link, &its[ns], "{ns} namespace shared with the host");
@@ -207,7 +215,10 @@ fn a_jailed_process_sees_only_its_jail() {
     );
     let jail_root = names(Path::new(&format!("/proc/{inner}/root")));
     assert_eq!(jail_root, ["dev", "disk0", "kernel", "rootfs", "sock"]);
-    assert!(names(host.dir()).is_empty(), "the host sees the jail folder empty");
+    assert!(
+        names(host.dir()).is_empty(),
+        "the host sees the jail folder empty"
+    );
     let listener_owner = fs::metadata(sockets.path().join("agent.sock_1025")).unwrap();
     assert_eq!(listener_owner.uid(), DEFAULT_UID);
     drop(child.stdin.take());
@@ -216,18 +227,28 @@ fn a_jailed_process_sees_only_its_jail() {
     // From inside.
     assert_eq!(seen.root, jail_root);
     assert_eq!(seen.dev, ["kvm"]);
-    assert_eq!(seen.ids, [DEFAULT_UID, DEFAULT_UID, DEFAULT_GID, DEFAULT_GID]);
+    assert_eq!(
+        seen.ids,
+        [DEFAULT_UID, DEFAULT_UID, DEFAULT_GID, DEFAULT_GID]
+    );
     assert_eq!(seen.groups, 0, "supplementary groups");
     assert_eq!(seen.pid, 1, "PID 1 of its namespace");
     assert_eq!(seen.no_new_privs, 1);
     assert_eq!(seen.fds, [0, 1, 2], "no inherited descriptor");
-    assert!(seen.host_files_opened.is_empty(), "{:?}", seen.host_files_opened);
+    assert!(
+        seen.host_files_opened.is_empty(),
+        "{:?}",
+        seen.host_files_opened
+    );
     assert_eq!(seen.kernel.as_deref(), Some("the kernel"));
     assert!(!seen.kernel_writable && !seen.root_writable);
     assert!(seen.reaches_host_listener, "the host's agent listener");
     assert_eq!(seen.spec.kernel, Path::new("/kernel"));
     assert_eq!(seen.spec.disks[0].path, Path::new("/disk0"));
-    assert_eq!(seen.spec.agent_socket.as_deref(), Some(Path::new("/sock/agent.sock")));
+    assert_eq!(
+        seen.spec.agent_socket.as_deref(),
+        Some(Path::new("/sock/agent.sock"))
+    );
 
     let dir = host.dir().to_path_buf();
     drop(host);

@@ -172,4 +172,4 @@ pub fn apply(kind: ThreadKind) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -2,9 +2,7 @@
 //! adds its own. A syscall appears at most once per kind: either outright or with argument
 //! rules, one of which must match.
 
-use seccompiler::{
-    BackendError, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule,
-};
+use seccompiler::{BackendError, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
 
 use super::ThreadKind;
 
@@ -38,7 +36,12 @@ fn eq(arg: u8, value: u64) -> Result<SeccompCondition> {
 
 /// None of `bits` is set in argument `arg`.
 fn clear(arg: u8, bits: u64) -> Result<SeccompCondition> {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(bits), 0)
+    SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(bits),
+        0,
+    )
 }
 
 /// What any thread of ours does: allocate and free memory (never executable), lock mutexes,
@@ -96,22 +99,22 @@ fn vmm_main() -> Vec<Entry> {
 }
 
 /// KVM_RUN, and the ioeventfds a virtio driver's DRIVER_OK or reset attaches and detaches
-/// (register writes are served on the vCPU thread); eventfd reads when a device resets, and
-/// what a vsock reset does to its connections and timer.
+/// (register writes are served on the vCPU thread); waiting for console output to drain;
+/// eventfd reads when a device resets, and what a vsock reset does to its connections and
+/// timer.
 fn vcpu() -> Result<Vec<Entry>> {
-    Ok(vec![
+    let mut rules = polls().to_vec();
+    rules.extend([
         when(
             libc::SYS_ioctl,
-            vec![
-                vec![eq(1, KVM_RUN().into())?],
-                vec![eq(1, KVM_IOEVENTFD().into())?],
-            ],
+            vec![vec![eq(1, KVM_RUN())?], vec![eq(1, KVM_IOEVENTFD())?]],
         )?,
         any(libc::SYS_read),
         any(libc::SYS_epoll_ctl),
         any(libc::SYS_shutdown),
         any(libc::SYS_timerfd_settime),
-    ])
+    ]);
+    Ok(rules)
 }
 
 /// The device thread: its epoll loop, eventfds, disk I/O, entropy, vsock's Unix sockets
@@ -142,10 +145,7 @@ fn virtio() -> Result<Vec<Entry>> {
         // Non-blocking accepted sockets; ioeventfds detached when a queue breaks.
         when(
             libc::SYS_ioctl,
-            vec![
-                vec![eq(1, libc::FIONBIO)?],
-                vec![eq(1, KVM_IOEVENTFD().into())?],
-            ],
+            vec![vec![eq(1, libc::FIONBIO)?], vec![eq(1, KVM_IOEVENTFD())?]],
         )?,
         any(libc::SYS_fcntl),
         any(libc::SYS_timerfd_settime),

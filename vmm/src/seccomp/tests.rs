@@ -40,7 +40,10 @@ fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd) {
             // SAFETY: KVM_RUN takes no argument.
             let rc = unsafe { libc::ioctl(evt.as_raw_fd(), rules::KVM_RUN() as _, 0) };
             assert_eq!(rc, -1);
-            assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENOTTY));
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::ENOTTY)
+            );
             evt.write(1).unwrap();
         }
         ThreadKind::Virtio => {
@@ -50,11 +53,17 @@ fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd) {
             // SAFETY: as above.
             unsafe { libc::close(fd) };
             // SAFETY: getrandom writes at most one byte into `byte`.
-            assert_eq!(unsafe { libc::getrandom(byte.as_mut_ptr().cast(), 1, 0) }, 1);
+            assert_eq!(
+                unsafe { libc::getrandom(byte.as_mut_ptr().cast(), 1, 0) },
+                1
+            );
         }
         ThreadKind::ConsoleInput | ThreadKind::PasstStderr => {
             // SAFETY: reads at most one byte into `byte`.
-            assert_eq!(unsafe { libc::read(pipe.as_raw_fd(), byte.as_mut_ptr().cast(), 1) }, 1);
+            assert_eq!(
+                unsafe { libc::read(pipe.as_raw_fd(), byte.as_mut_ptr().cast(), 1) },
+                1
+            );
         }
     }
 }
@@ -111,12 +120,17 @@ fn child() {
         .unwrap();
 }
 
-fn violation_ends_the_process(kind: ThreadKind) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "seccomp::tests::child", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, kind.name())
+/// Runs the test `name` of this binary alone in a child process, with `env` set.
+pub(crate) fn run_child(name: &str, env: (&str, &str)) -> std::process::Output {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(env.0, env.1)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn violation_ends_the_process(kind: ThreadKind) {
+    let out = run_child("seccomp::tests::child", (CHILD_ENV, kind.name()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let syscall = forbidden_syscall(kind);
     let line = format!(
@@ -126,7 +140,11 @@ fn violation_ends_the_process(kind: ThreadKind) {
     assert!(stderr.contains(ALLOWED_OK), "{kind:?}: {stderr}");
     assert!(stderr.contains(&line), "{kind:?}: {stderr}");
     assert!(!stderr.contains(SURVIVED), "{kind:?}: {stderr}");
-    assert_eq!(out.status.code(), Some(VIOLATION_EXIT_STATUS), "{kind:?}: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(VIOLATION_EXIT_STATUS),
+        "{kind:?}: {stderr}"
+    );
 }
 
 #[test]

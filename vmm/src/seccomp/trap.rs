@@ -130,6 +130,7 @@ mod tests {
             b"nodeos-vm: seccomp: thread vcpu0 made forbidden syscall 41; the VMM stopped\n"
         );
         let line = violation_line(&[0; NAME_LEN], 0);
-        assert!(line.buf[..line.len].starts_with(b"nodeos-vm: seccomp: thread ? made forbidden syscall 0;"));
+        assert!(line.buf[..line.len]
+            .starts_with(b"nodeos-vm: seccomp: thread ? made forbidden syscall 0;"));
     }
 }

@@ -47,6 +47,14 @@ impl Cursor {
             self.0 += 1;
         }
         queue.set_next_avail(seen_now.0);
+        if let Ok(None) = chain {
+            // The iterator also ends, without a word, at an entry it cannot read: a driver's
+            // available ring that is not all in guest memory. Taken for "no buffers", the
+            // device would wait for ever for the entries the index announces.
+            if queue.avail_idx(mem, Ordering::Acquire)? != self.0 {
+                return Err(Error::InvalidAvailRingIndex);
+            }
+        }
         chain
     }
 
@@ -92,6 +100,29 @@ mod tests {
         assert_eq!(q.next_avail(), 3);
         assert_eq!(head(&mut c, &mut q), None);
         assert_eq!(q.next_avail(), 3);
+    }
+
+    /// Found by the virtio_net fuzz target: the available ring's index is in guest memory,
+    /// its entries are not. Before, `pop` said "no buffers" while the index said there were
+    /// some, and the transport asked the device again, for ever.
+    #[test]
+    fn unreadable_avail_entries_are_an_error() {
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = test_util::memory();
+        let mut q = Queue::new(test_util::QUEUE_SIZE).unwrap();
+        let end = test_util::MEM_SIZE as u64;
+        // flags and idx fit in the last 4 bytes; ring[0] is past the end.
+        let avail = end - 4;
+        q.set_desc_table_address(Some(0x1000), Some(0));
+        q.set_avail_ring_address(Some(avail as u32), Some(0));
+        q.set_used_ring_address(Some(0x2000), Some(0));
+        q.set_ready(true);
+        mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+        let mut c = Cursor::default();
+        assert!(matches!(
+            c.pop(&mut q, &mem),
+            Err(Error::InvalidAvailRingIndex)
+        ));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! for vsock (host clients, and a listener the guest can connect to), the peer end of a socket
 //! pair standing in for passt for net. The driver's input also plays the host side.
 
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use agent_proto::hybrid::host_listener_path;
@@ -38,6 +40,8 @@ impl Kind {
 /// What the host side holds; dropped after the device.
 pub enum Host {
     None,
+    /// The scratch disk (unlinked), to put back to zeroes between sessions.
+    Block(File),
     Vsock {
         dir: tempfile::TempDir,
         /// Where guest connections to host port [`READY_PORT`] arrive.
@@ -47,17 +51,27 @@ pub enum Host {
     Net(Option<UnixStream>),
 }
 
-/// A device of `kind` (read-only or not for block, as `input` says) and its host side.
-pub fn create(kind: Kind, input: &mut Input) -> (Box<dyn VirtioDevice>, Host) {
+/// What in a device of `kind` the input picks once, before the session: for block, whether
+/// it is read-only. Devices that differ in it are kept apart.
+pub fn variant(kind: Kind, input: &mut Input) -> u8 {
+    match kind {
+        Kind::Block => input.u8() & 1,
+        _ => 0,
+    }
+}
+
+/// A device of `kind` and `variant` (see [`variant`]) and its host side.
+pub fn create(kind: Kind, variant: u8) -> (Box<dyn VirtioDevice>, Host) {
     match kind {
         Kind::Block => {
             let disk = tempfile::NamedTempFile::new().expect("scratch disk");
             disk.as_file()
                 .set_len(DISK_BYTES)
                 .expect("scratch disk size");
-            let dev = Block::open(disk.path(), input.u8() & 1 != 0, "fuzz").expect("disk");
+            let dev = Block::open(disk.path(), variant != 0, "fuzz").expect("disk");
             // The device keeps the file open; its name goes.
-            (Box::new(dev), Host::None)
+            let file = disk.into_file();
+            (Box::new(dev), Host::Block(file))
         }
         Kind::Rng => (Box::new(Rng::new()), Host::None),
         Kind::Vsock => {
@@ -85,10 +99,43 @@ pub fn create(kind: Kind, input: &mut Input) -> (Box<dyn VirtioDevice>, Host) {
 }
 
 impl Host {
+    /// Puts the host side back as [`create`] left it, for a device the driver reset, and
+    /// says whether it could: `false` when something on the host side outlives the device's
+    /// reset (host connections to the device's listener, bytes the peer wrote into the
+    /// link's framing, a closed peer), so the device must be made afresh.
+    pub fn reset(&mut self, poked: bool) -> bool {
+        match self {
+            Host::None => true,
+            Host::Block(disk) => {
+                static ZEROES: [u8; DISK_BYTES as usize] = [0; DISK_BYTES as usize];
+                disk.write_all_at(&ZEROES, 0).expect("scratch disk");
+                disk.set_len(DISK_BYTES).expect("scratch disk size");
+                true
+            }
+            Host::Vsock {
+                listener, streams, ..
+            } => {
+                streams.clear();
+                // Connections the guest made to the host: their device ends went with the
+                // reset.
+                while listener.accept().is_ok() {}
+                !poked
+            }
+            Host::Net(peer) => {
+                // What the device sent.
+                if let Some(p) = peer {
+                    let mut sink = [0u8; 4096];
+                    while matches!(p.read(&mut sink), Ok(n) if n > 0) {}
+                }
+                !poked && peer.is_some()
+            }
+        }
+    }
+
     /// Does what the input says on the host side; nothing here blocks.
     pub fn poke(&mut self, input: &mut Input) {
         match self {
-            Host::None => {}
+            Host::None | Host::Block(_) => {}
             Host::Vsock {
                 dir,
                 listener,

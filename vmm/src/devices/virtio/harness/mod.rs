@@ -16,6 +16,7 @@ mod devices;
 mod input;
 mod ram;
 
+use std::cell::RefCell;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,44 +79,97 @@ impl NotifyRegistrar for NoIoeventfd {
     }
 }
 
+/// A device with its transport, guest RAM and host side, kept from one session to the next
+/// of the same thread: making them (a scratch disk, sockets, guarded mappings) costs far more
+/// than a session.
+///
+/// Fields drop in this order: the transport (the device and its clone of guest memory) first,
+/// then the host side, then the RAM, which unmaps only once nothing else holds it.
+struct Fixture {
+    t: MmioTransport,
+    host: devices::Host,
+    ram: GuardedRam,
+}
+
+impl Fixture {
+    fn new(kind: Kind, variant: u8) -> Fixture {
+        let ram = GuardedRam::new();
+        let (device, host) = devices::create(kind, variant);
+        let irq = IrqLine::new().expect("eventfd");
+        let t = MmioTransport::new(
+            device,
+            ram.memory().clone(),
+            irq,
+            Arc::new(NoIoeventfd),
+            BASE,
+        )
+        .expect("transport");
+        Fixture { t, host, ram }
+    }
+}
+
+thread_local! {
+    /// Fixtures between sessions, by kind and variant. One is taken out for a session and put
+    /// back only when it ended well and its host side could be put back as it was.
+    static FIXTURES: RefCell<Vec<((Kind, u8), Fixture)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Runs a session on a device of `kind` as `data` says; panics when a check fails.
+///
+/// The device may be one an earlier session used: the session starts by resetting it through
+/// the status register, as a driver does, checks that the transport reads as reset, and zeroes
+/// guest RAM (and the scratch disk). A device whose host side outlives a reset (host
+/// connections, a closed peer) is dropped after its session.
 pub fn run(kind: Kind, data: &[u8], start: Start) -> Stats {
     let mut input = Input::new(data);
-    let ram = GuardedRam::new();
-    let (device, mut host) = devices::create(kind, &mut input);
-    let irq = IrqLine::new().expect("eventfd");
-    let t = MmioTransport::new(
-        device,
-        ram.memory().clone(),
-        irq,
-        Arc::new(NoIoeventfd),
-        BASE,
-    )
-    .expect("transport");
+    let variant = devices::variant(kind, &mut input);
+    let key = (kind, variant);
+    let kept = FIXTURES.with(|f| {
+        let mut f = f.borrow_mut();
+        let i = f.iter().position(|(k, _)| *k == key)?;
+        Some(f.swap_remove(i).1)
+    });
+    let mut fx = kept.unwrap_or_else(|| Fixture::new(kind, variant));
     let mut s = Session {
-        t,
-        ram: &ram,
+        t: &mut fx.t,
+        ram: &fx.ram,
         stats: Stats::default(),
+        poked: false,
+        before: Vec::new(),
+        after: Vec::new(),
     };
+    s.reset();
+    fx.ram.clear();
     if start == Start::Active {
         s.bring_up(&mut input);
     }
     while !input.is_empty() {
         let op = input.u8();
         let began = Instant::now();
-        s.step(op, &mut input, &mut host);
+        s.step(op, &mut input, &mut fx.host);
         let took = began.elapsed();
         assert!(took < STEP_LIMIT, "step {op:#x} took {took:?}");
         s.check_status();
         s.stats.steps += 1;
     }
-    s.stats
+    let (stats, poked) = (s.stats, s.poked);
+    // Quiet first: nothing the device does between sessions may reach the host side.
+    s.reset();
+    if fx.host.reset(poked) {
+        FIXTURES.with(|f| f.borrow_mut().push((key, fx)));
+    }
+    stats
 }
 
 struct Session<'r> {
-    t: MmioTransport,
+    t: &'r mut MmioTransport,
     ram: &'r GuardedRam,
     stats: Stats,
+    /// The input played the host side.
+    poked: bool,
+    /// Guest RAM around device work, kept for their allocations.
+    before: Vec<u8>,
+    after: Vec<u8>,
 }
 
 impl Session<'_> {
@@ -152,6 +206,7 @@ impl Session<'_> {
                 });
             }
             6 => {
+                self.poked = true;
                 host.poke(input);
                 self.device_work(|t| {
                     t.process_backend();
@@ -173,6 +228,31 @@ impl Session<'_> {
         let mut data = [0u8; 4];
         self.t.read(u64::from(offset), &mut data);
         u32::from_le_bytes(data)
+    }
+
+    /// Writes 0 to the status register, and checks that the device reads as fresh from
+    /// reset: no status, inactive, no interrupt pending, every queue not ready and at its
+    /// largest size.
+    fn reset(&mut self) {
+        self.reg(VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(self.read_reg(VIRTIO_MMIO_STATUS), 0, "status after reset");
+        assert!(!self.t.is_active(), "active after reset");
+        assert_eq!(
+            self.read_reg(VIRTIO_MMIO_INTERRUPT_STATUS),
+            0,
+            "interrupt pending after reset"
+        );
+        for queue in 0..self.t.queues().len() as u32 {
+            self.reg(VIRTIO_MMIO_QUEUE_SEL, queue);
+            assert_eq!(
+                self.read_reg(VIRTIO_MMIO_QUEUE_READY),
+                0,
+                "queue {queue} ready after reset"
+            );
+            let q = &self.t.queues()[queue as usize];
+            assert_eq!(q.size(), q.max_size(), "queue {queue} size after reset");
+        }
+        self.reg(VIRTIO_MMIO_QUEUE_SEL, 0);
     }
 
     /// What Linux does from reset to DRIVER_OK, with the input's features and queue layout.
@@ -273,10 +353,10 @@ impl Session<'_> {
 
     /// Lets the device work, and checks where it wrote.
     fn device_work(&mut self, work: impl FnOnce(&mut MmioTransport)) {
-        let before = self.ram.snapshot();
-        work(&mut self.t);
-        let after = self.ram.snapshot();
-        match ram::check_writes(self.t.queues(), &before, &after) {
+        self.ram.snapshot_into(&mut self.before);
+        work(self.t);
+        self.ram.snapshot_into(&mut self.after);
+        match ram::check_writes(self.t.queues(), &self.before, &self.after) {
             Ok(Writes::Confined) => self.stats.confined += 1,
             Ok(Writes::SelfModifying) => self.stats.self_modifying += 1,
             Err(e) => panic!("{e}"),

@@ -66,12 +66,15 @@ fn a_device_writing_outside_its_buffers_is_caught() {
     let ram = GuardedRam::new();
     let irq = IrqLine::new().unwrap();
     let rng = Box::new(crate::devices::virtio::rng::Rng::new());
-    let t =
+    let mut t =
         MmioTransport::new(rng, ram.memory().clone(), irq, Arc::new(NoIoeventfd), BASE).unwrap();
     let mut s = Session {
-        t,
+        t: &mut t,
         ram: &ram,
         stats: Stats::default(),
+        poked: false,
+        before: Vec::new(),
+        after: Vec::new(),
     };
     // Size 1 (1 << 0), desc 0x0, avail 0x100, used 0x200.
     let setup = [[0u8; 8].as_slice(), &[0], &[0, 0], &[0, 1], &[0, 2]].concat();

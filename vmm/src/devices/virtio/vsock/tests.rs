@@ -841,7 +841,11 @@ fn served_by_the_device_thread() {
     let stop = EventFd::new(0).unwrap();
     let (tr, stop2) = (transports.clone(), stop.try_clone().unwrap());
     let worker = worker::Worker::new(&transports, &stop2).unwrap();
-    let thread = thread::spawn(move || worker::run(worker, &tr));
+    // The device thread as the VMM runs it: under its seccomp filter.
+    let thread = thread::spawn(move || {
+        crate::seccomp::apply(crate::seccomp::ThreadKind::Virtio).unwrap();
+        worker::run(worker, &tr)
+    });
 
     let mut client = UnixStream::connect(&uds).unwrap();
     client.set_read_timeout(Some(WAIT)).unwrap();
