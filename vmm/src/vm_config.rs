@@ -156,7 +156,10 @@ mod tests {
         assert_eq!(disk_size_bytes("2G"), Ok(2 << 30));
         assert_eq!(disk_size_bytes("1T"), Ok(1 << 40));
         for bad in ["16M", "2T", "big", "", "-1G", "99999999999999999999T"] {
-            assert!(matches!(disk_size_bytes(bad), Err(ConfigError::DiskSize(_))), "{bad}");
+            assert!(
+                matches!(disk_size_bytes(bad), Err(ConfigError::DiskSize(_))),
+                "{bad}"
+            );
         }
     }
 

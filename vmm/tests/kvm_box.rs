@@ -52,6 +52,7 @@ for p in /proc/[0-9]*; do [ -e $p/root/kernel ] && vmm=${p#/proc/}; done
 [ -n "$vmm" ] || { echo "no jailed VMM process"; exit 1; }
 echo "root: $(ls /proc/$vmm/root/ | tr '\n' ' ')"
 grep -E '^(Uid|Gid|Groups|NoNewPrivs|CapEff):' /proc/$vmm/status
+for t in /proc/$vmm/task/*; do echo "thread $(cat $t/comm) seccomp $(awk '/^Seccomp:/ {print $2}' $t/status)"; done
 for ns in mnt pid net ipc uts; do
   [ "$(readlink /proc/$vmm/ns/$ns)" != "$(readlink /proc/self/ns/$ns)" ] && echo "own $ns namespace"
 done
@@ -257,7 +258,7 @@ fn serve_deploys_and_invokes_on_our_vmm() {
 }
 
 /// The jail around our VMM, as root in L1: its own root, namespaces, user, cgroup with the
-/// VM's limits, all gone once the VM stops (docs/security-jail.md).
+/// VM's limits, all gone once the VM stops (docs/security.md).
 #[test]
 fn the_vmm_runs_jailed_as_root() {
     let jail = check("jail");
@@ -281,4 +282,20 @@ fn the_vmm_runs_jailed_as_root() {
     );
     assert!(out.contains("answer 42"), "{out}");
     assert!(out.trim_end().ends_with("left:"), "{out}");
+    // Every thread of the VMM process under its seccomp filter (mode 2), its main thread too.
+    let threads: Vec<(&str, &str)> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("thread ")?.rsplit_once(" seccomp "))
+        .collect();
+    for name in [
+        "nodeos-vm",
+        "vmm",
+        "vcpu0",
+        "virtio",
+        "host-stop",
+        "console-input",
+    ] {
+        assert!(threads.iter().any(|(t, _)| *t == name), "{name}: {out}");
+    }
+    assert!(threads.iter().all(|(_, mode)| *mode == "2"), "{out}");
 }

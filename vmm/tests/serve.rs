@@ -222,7 +222,10 @@ fn deploy_invoke_and_clean_shutdown() {
     // An answer over the limit is an error, not a hung call.
     let (status, out) = serve.invoke("hello", serde_json::json!({"big": 8_000_000}));
     assert_eq!(status, 500, "{out}");
-    assert!(out["message"].as_str().unwrap().contains("the limit is"), "{out}");
+    assert!(
+        out["message"].as_str().unwrap().contains("the limit is"),
+        "{out}"
+    );
     // An exception does not cost the instance.
     let (status, out) = serve.invoke("hello", serde_json::json!({}));
     assert_eq!((status, &out["pid"]), (200, &pid), "{out}");

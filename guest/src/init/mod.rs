@@ -14,8 +14,8 @@ pub mod network;
 pub mod user;
 
 use std::ffi::CString;
-use std::os::unix::ffi::OsStringExt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 
 use crate::error::{Context, Error, Result};
 use crate::supervisor::{self, CONTROL_FD, CONTROL_FD_ENV};

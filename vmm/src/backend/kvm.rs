@@ -88,6 +88,10 @@ pub struct Given {
     /// Runs once the VM is built (its files and devices open) and before any of its threads
     /// starts: where a jailed VMM drops its privileges.
     pub confine: Option<Box<dyn FnOnce() -> Result<(), crate::jail::Error>>>,
+    /// The calling thread is the process's own (a VMM process): it installs the
+    /// [`ThreadKind::VmmProcess`] filter too, once the VM's threads run, when the spec asks for
+    /// seccomp.
+    pub filter_caller: bool,
 }
 
 /// [`run`], with what a parent process gave.
@@ -103,7 +107,7 @@ pub fn run_given(
         if let Some(confine) = given.confine {
             confine()?;
         }
-        machine.run(stop.clone())
+        machine.run(stop.clone(), given.filter_caller)
     });
     // The console relay waits for the guest's "ready"; a VM that is gone will not send it.
     ready.signal();
@@ -257,7 +261,7 @@ impl Machine {
         })
     }
 
-    fn run(self, stop: StopSignal) -> Result<RunReport, Error> {
+    fn run(self, stop: StopSignal, filter_caller: bool) -> Result<RunReport, Error> {
         let Machine {
             vcpus,
             vm,
@@ -347,6 +351,11 @@ impl Machine {
         let vmm_overhead_kib = match vmm {
             Ok(h) => {
                 let _ = give.send((threads, smaps));
+                if seccomp && filter_caller {
+                    if let Err(e) = seccomp::apply(ThreadKind::VmmProcess) {
+                        control.stop(Err(e.into()));
+                    }
+                }
                 h.join().ok().flatten()
             }
             Err(source) => {

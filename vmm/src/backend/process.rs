@@ -342,7 +342,11 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
         &spec,
         console,
         &stop,
-        kvm::Given { net, confine },
+        kvm::Given {
+            net,
+            confine,
+            filter_caller: true,
+        },
     )?)
 }
 

@@ -1,4 +1,4 @@
-//! A jail for the VMM process, in the spirit of Firecracker's jailer (docs/security-jail.md).
+//! A jail for the VMM process, in the spirit of Firecracker's jailer (docs/security.md).
 //!
 //! When nodeos-vm runs as root, its VMM process (`backend::process`), while still
 //! single-threaded, after closing every descriptor it was not given:

@@ -3,7 +3,7 @@
 //! of thread makes (ioctl and socket with argument rules). A forbidden syscall raises SIGSYS;
 //! the handler writes `nodeos-vm: seccomp: thread NAME made forbidden syscall N; the VMM
 //! stopped` on stderr and ends the process with [`VIOLATION_EXIT_STATUS`]
-//! (docs/security-seccomp.md).
+//! (docs/security.md).
 //!
 //! Filters are per thread (no TSYNC), and a thread's filter is inherited by the threads it
 //! starts afterwards, so every thread is started before the one starting it installs its own.
@@ -40,16 +40,21 @@ pub enum ThreadKind {
     HostStop,
     /// Keeps the end of passt's stderr.
     PasstStderr,
+    /// The main thread of a VMM in a process of its own (crate::backend::process), once the
+    /// VM's threads run: waits for them, tears the machine down (the vsock socket file goes)
+    /// and writes its report.
+    VmmProcess,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::VmmMain,
         ThreadKind::Vcpu,
         ThreadKind::Virtio,
         ThreadKind::ConsoleInput,
         ThreadKind::HostStop,
         ThreadKind::PasstStderr,
+        ThreadKind::VmmProcess,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +65,7 @@ impl ThreadKind {
             ThreadKind::ConsoleInput => "console-input",
             ThreadKind::HostStop => "host-stop",
             ThreadKind::PasstStderr => "passt-stderr",
+            ThreadKind::VmmProcess => "vmm-process",
         }
     }
 }

@@ -169,6 +169,16 @@ pub(super) fn of(kind: ThreadKind) -> Result<Vec<Entry>> {
         }
         ThreadKind::HostStop => polls().to_vec(),
         ThreadKind::PasstStderr => vec![any(libc::SYS_read)],
+        ThreadKind::VmmProcess => {
+            let mut rules = vmm_main();
+            // Dropping the devices: the vsock listener's socket file, its connections.
+            rules.extend([
+                any(libc::SYS_unlink),
+                any(libc::SYS_unlinkat),
+                any(libc::SYS_shutdown),
+            ]);
+            rules
+        }
     });
     Ok(rules)
 }

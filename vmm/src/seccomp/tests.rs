@@ -31,7 +31,7 @@ fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd) {
         revents: 0,
     };
     match kind {
-        ThreadKind::VmmMain | ThreadKind::HostStop => {
+        ThreadKind::VmmMain | ThreadKind::HostStop | ThreadKind::VmmProcess => {
             // SAFETY: one valid pollfd.
             assert_eq!(unsafe { libc::poll(&mut pfd, 1, 0) }, 1);
         }
@@ -150,6 +150,11 @@ fn violation_ends_the_process(kind: ThreadKind) {
 #[test]
 fn vmm_main_violation_ends_the_process() {
     violation_ends_the_process(ThreadKind::VmmMain);
+}
+
+#[test]
+fn vmm_process_violation_ends_the_process() {
+    violation_ends_the_process(ThreadKind::VmmProcess);
 }
 
 #[test]

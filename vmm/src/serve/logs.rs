@@ -79,7 +79,11 @@ mod tests {
         let logs = Logs::default();
         logs.push(None, "stdout", format!("{}\n", "é".repeat(MAX_LINE_BYTES)));
         let line = &logs.lines(None)[0].text;
-        assert!(line.len() <= MAX_LINE_BYTES && line.ends_with(CUT_MARK), "{}", line.len());
+        assert!(
+            line.len() <= MAX_LINE_BYTES && line.ends_with(CUT_MARK),
+            "{}",
+            line.len()
+        );
         logs.push(None, "stdout", "short\n".into());
         assert_eq!(logs.lines(None)[1].text, "short");
     }

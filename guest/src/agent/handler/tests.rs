@@ -430,7 +430,11 @@ fn base_environment_of_the_node_user_with_the_command_lines_entries() {
         home: PathBuf::from("/home/node"),
         shell: "/usr/bin/node".into(),
     };
-    let cfg = Config::for_user(&user, vec![1000, 29], &[b"PATH=/override".to_vec(), b"EXTRA=1".to_vec()]);
+    let cfg = Config::for_user(
+        &user,
+        vec![1000, 29],
+        &[b"PATH=/override".to_vec(), b"EXTRA=1".to_vec()],
+    );
     let env: Vec<String> = cfg
         .base_env
         .iter()

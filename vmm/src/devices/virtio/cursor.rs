@@ -48,10 +48,13 @@ impl Cursor {
         }
         queue.set_next_avail(seen_now.0);
         if let Ok(None) = chain {
-            // The iterator also ends, without a word, at an entry it cannot read: a driver's
-            // available ring that is not all in guest memory. Taken for "no buffers", the
-            // device would wait for ever for the entries the index announces.
-            if queue.avail_idx(mem, Ordering::Acquire)? != self.0 {
+            // Nothing at the cursor must mean the driver has made nothing more available: the
+            // index is where the cursor is, and so is the queue's position (chains seen are
+            // chains not yet taken). Otherwise the driver moved its index back over chains it
+            // had made available, or the iterator stopped, without a word, at an entry it
+            // cannot read (a ring not all in guest memory). Taken for "no buffers", either
+            // would have the transport ask the device again for ever.
+            if seen != self.0 || queue.avail_idx(mem, Ordering::Acquire)? != self.0 {
                 return Err(Error::InvalidAvailRingIndex);
             }
         }
@@ -119,6 +122,26 @@ mod tests {
         q.set_ready(true);
         mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
         let mut c = Cursor::default();
+        assert!(matches!(
+            c.pop(&mut q, &mem),
+            Err(Error::InvalidAvailRingIndex)
+        ));
+    }
+
+    /// Found by the virtio_net fuzz target: the driver moves the available index back over
+    /// chains the queue has seen. Before, `pop` said "no buffers" while the queue's position
+    /// said there were some, and the transport asked the device again, for ever.
+    #[test]
+    fn an_avail_index_moved_back_is_an_error() {
+        let mem = test_util::memory();
+        let vq = MockSplitQueue::new(&mem, test_util::QUEUE_SIZE);
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut c = Cursor::default();
+        add_chain(&vq, 0, &[(0x1_0000, 16, true)]);
+        add_chain(&vq, 1, &[(0x2_0000, 16, true)]);
+        c.see_all(&mut q, &mem).unwrap();
+        assert!(c.pop(&mut q, &mem).unwrap().is_some());
+        vq.avail().idx().store(1);
         assert!(matches!(
             c.pop(&mut q, &mem),
             Err(Error::InvalidAvailRingIndex)

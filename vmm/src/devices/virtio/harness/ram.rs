@@ -244,7 +244,11 @@ pub fn check_writes(queues: &[Queue], before: &[u8], after: &[u8]) -> Result<Wri
     }
     for start in changed {
         let end = (start + CHUNK).min(before.len());
-        for (i, (x, y)) in before[start..end].iter().zip(&after[start..end]).enumerate() {
+        for (i, (x, y)) in before[start..end]
+            .iter()
+            .zip(&after[start..end])
+            .enumerate()
+        {
             let addr = guest_address(start + i);
             if x != y && !writable.iter().any(|w| w.contains(&addr)) {
                 return Err(format!(
