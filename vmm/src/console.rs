@@ -283,6 +283,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_console_log_file_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let out = capture_to_file(&path).unwrap();
+        let mut out = std::fs::File::from(out);
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..20 {
+            out.write_all(&chunk).unwrap();
+        }
+        out.write_all(b"the end\n").unwrap();
+        drop(out);
+        // The thread ends at end of file; wait for the last line.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read(&path).unwrap().ends_with(b"the end\n") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the last line never came"
+            );
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let now = std::fs::metadata(&path).unwrap().len();
+        let old = std::fs::metadata(path.with_extension("log.1"))
+            .unwrap()
+            .len();
+        assert!(
+            now <= LOG_FILE_BYTES && old <= LOG_FILE_BYTES,
+            "{now} {old}"
+        );
+        assert_eq!(
+            now % (1 << 20),
+            8,
+            "whole writes, then the last line: {now}"
+        );
+    }
+
+    #[test]
     fn escape_sequences() {
         let mut e = Escape::default();
         assert_eq!(e.filter(b"abc"), Some(b"abc".to_vec()));
@@ -310,6 +346,46 @@ pub fn headless(output: OwnedFd) -> Result<ConsoleIo, ConsoleError> {
         ready: ConsoleReady::default(),
     })
 }
+
+/// A console log file that stays bounded whatever the guest writes: at [`LOG_FILE_BYTES`] the
+/// file becomes `<file>.1` (replacing the one before) and a new one starts, so at most twice
+/// that is kept. Returns the write end of a pipe for the console output; a thread appends what
+/// comes through it.
+pub fn capture_to_file(path: &std::path::Path) -> Result<OwnedFd, ConsoleError> {
+    let open = |path: &std::path::Path| {
+        std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(path)
+    };
+    let mut file = open(path).map_err(|e| ConsoleError::Dup("output (console log file)", e))?;
+    let (read, write) = nix::unistd::pipe().map_err(ConsoleError::Pipe)?;
+    let path = path.to_path_buf();
+    thread::Builder::new()
+        .name("console-log".into())
+        .spawn(move || {
+            let mut read = std::fs::File::from(read);
+            let mut buf = [0u8; 4096];
+            let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            while let Ok(n @ 1..) = read.read(&mut buf) {
+                if len + n as u64 > LOG_FILE_BYTES {
+                    let old = path.with_extension("log.1");
+                    match std::fs::rename(&path, &old).and_then(|()| open(&path)) {
+                        Ok(fresh) => (file, len) = (fresh, 0),
+                        Err(e) => tracing::warn!("console log {}: {e}", path.display()),
+                    }
+                }
+                if file.write_all(&buf[..n]).is_ok() {
+                    len += n as u64;
+                }
+            }
+        })
+        .map_err(|e| ConsoleError::Dup("output (console log thread)", e))?;
+    Ok(write)
+}
+
+/// Where a console log file starts again (see [`capture_to_file`]).
+pub const LOG_FILE_BYTES: u64 = 8 << 20;
 
 /// Keeps the last [`TAIL_BYTES`] a console wrote, to explain a VM that failed.
 #[derive(Debug, Clone, Default)]

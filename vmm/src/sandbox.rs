@@ -41,7 +41,7 @@ pub enum Error {
 pub enum ConsoleLog {
     /// Kept in memory, the last part only, to explain failures.
     Tail,
-    /// Appended to a file (a detached VM's log).
+    /// Appended to a file (a detached VM's log), bounded (console::capture_to_file).
     File(PathBuf),
 }
 
@@ -93,12 +93,8 @@ impl Sandbox {
                 (Console::Tail(tail), output)
             }
             ConsoleLog::File(path) => {
-                let file = File::options()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(Error::Setup)?;
-                (Console::File(path), file.into())
+                let output = console::capture_to_file(&path)?;
+                (Console::File(path), output)
             }
         };
         let io = console::headless(output)?;

@@ -288,7 +288,7 @@ fn the_vmm_runs_jailed_as_root() {
         .filter_map(|l| l.strip_prefix("thread ")?.rsplit_once(" seccomp "))
         .collect();
     for name in [
-        "nodeos-vm",
+        "nodeos-vmm",
         "vmm",
         "vcpu0",
         "virtio",

@@ -11,7 +11,6 @@ const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const readline = require('readline');
-const { parse, IncompleteError, ShellSyntaxError } = require('./parse.js');
 const { builtins } = require('./builtins.js');
 const { commandNames } = require('./lookup.js');
 const { writeFd } = require('./exec.js');
@@ -127,26 +126,14 @@ function interactive(sh, ready) {
 
     rl.on('line', async (line) => {
       const text = pending ? `${pending}\n${line}` : line;
-      let list;
-      try {
-        list = parse(text);
-      } catch (err) {
-        if (err instanceof IncompleteError) {
-          pending = text;
-          showPrompt();
-          return;
-        }
-        if (!(err instanceof ShellSyntaxError)) throw err;
-        pending = '';
-        saveLine(file, text);
-        writeFd(2, `nsh: syntax error: ${err.message}\n`);
-        sh.status = 2;
+      const { list, more } = sh.parseInput(text, { lines: true });
+      pending = more ? text : '';
+      if (more) {
         showPrompt();
         return;
       }
-      pending = '';
       if (text.trim()) saveLine(file, text);
-      if (list.length === 0) {
+      if (!list || list.length === 0) {
         showPrompt();
         return;
       }

@@ -11,7 +11,7 @@
 const fs = require('fs');
 const os = require('os');
 const { spawn } = require('child_process');
-const { parse, ShellSyntaxError } = require('./parse.js');
+const { parse, ShellSyntaxError, IncompleteError } = require('./parse.js');
 const { expandWord, expandString, ExpansionError } = require('./expand.js');
 const { resolve, errorText } = require('./lookup.js');
 const { builtins } = require('./builtins.js');
@@ -84,18 +84,27 @@ class Shell {
     return env;
   }
 
-  /** Parses and runs `text`; a syntax error prints `nsh: syntax error: ...` and is status 2. */
-  async runText(text) {
-    let list;
+  /**
+   * Parses `text`. `{ list }` to run; with `lines`, `{ more: true }` when the text goes on
+   * past its last line (an open quote, a trailing `&&`); a syntax error is printed
+   * (`nsh: syntax error: ...`), sets `$?` to 2 and gives `{ list: null }`.
+   */
+  parseInput(text, { lines = false } = {}) {
     try {
-      list = parse(text);
+      return { list: parse(text) };
     } catch (err) {
+      if (lines && err instanceof IncompleteError) return { more: true };
       if (!(err instanceof ShellSyntaxError)) throw err;
       writeFd(2, `nsh: syntax error: ${err.message}\n`);
       this.status = 2;
-      return this.status;
+      return { list: null };
     }
-    return this.run(list);
+  }
+
+  /** Parses and runs a whole script: a syntax error anywhere means nothing runs, status 2. */
+  async runText(text) {
+    const { list } = this.parseInput(text);
+    return list ? this.run(list) : this.status;
   }
 
   /** Runs a parsed list; returns the last status. Stops early after `exit`. */

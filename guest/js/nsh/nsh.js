@@ -18,7 +18,6 @@ const tty = require('tty');
 
 const { pipeMode, ready } = require(path.join(__dirname, '..', 'control.js')).setup();
 const { Shell, writeFd } = require('./exec.js');
-const { parse, IncompleteError, ShellSyntaxError } = require('./parse.js');
 
 const USAGE = 'usage: nsh [-c COMMAND [ARG0 [ARG...]]] [FILE [ARG...]]\n';
 
@@ -33,7 +32,7 @@ async function main(argv) {
       return 2;
     }
     const sh = newShell({ arg0: argv[2] ?? 'nsh', params: argv.slice(3) });
-    return runScript(sh, argv[1]);
+    return sh.runText(argv[1]);
   }
   if (argv[0] === '-s') argv = argv.slice(1);
   else if (argv.length > 0 && argv[0] !== '-') {
@@ -45,7 +44,7 @@ async function main(argv) {
       return 127;
     }
     const sh = newShell({ arg0: argv[0], params: argv.slice(1) });
-    return runScript(sh, text.replace(/^#!.*\n/, '\n'));
+    return sh.runText(text.replace(/^#!.*\n/, '\n'));
   }
   const interactive = !pipeMode && tty.isatty(0);
   const sh = newShell({ arg0: 'nsh', params: argv.filter((a) => a !== '-'), interactive });
@@ -72,19 +71,6 @@ function installSigint(sh) {
   if (sh.interactive) process.on('SIGQUIT', () => {});
 }
 
-/** A whole script (-c or a file): a syntax error anywhere means nothing runs, status 2. */
-async function runScript(sh, text) {
-  let list;
-  try {
-    list = parse(text);
-  } catch (err) {
-    if (!(err instanceof ShellSyntaxError)) throw err;
-    writeFd(2, `nsh: syntax error: ${err.message}\n`);
-    return 2;
-  }
-  return sh.run(list);
-}
-
 /**
  * Commands from stdin, read without reading ahead (a line at a time from a terminal, a byte
  * at a time from a pipe), so that the commands run can read the rest of the input.
@@ -102,21 +88,9 @@ async function readStdin(sh) {
       return sh.status;
     }
     const text = pending ? `${pending}\n${line}` : line;
-    let list;
-    try {
-      list = parse(text);
-    } catch (err) {
-      if (err instanceof IncompleteError) {
-        pending = text;
-        continue;
-      }
-      if (!(err instanceof ShellSyntaxError)) throw err;
-      pending = '';
-      writeFd(2, `nsh: syntax error: ${err.message}\n`);
-      sh.status = 2;
-      continue;
-    }
-    pending = '';
+    const { list, more } = sh.parseInput(text, { lines: true });
+    pending = more ? text : '';
+    if (!list) continue;
     await sh.run(list);
     if (sh.exitRequest !== null) return sh.exitRequest;
   }

@@ -257,6 +257,9 @@ fn read_status(from: OwnedFd, ready: &ConsoleReady) -> Option<Status> {
 
 /// `nodeos-vm vmm`: the VMM process (see the top of this module). Returns its exit status.
 pub fn vmm_main() -> u8 {
+    // Started as /proc/self/exe, the process would be named "exe" in ps and /proc/PID/comm.
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"nodeos-vmm".as_ptr()) };
     if let Err(e) = jail::close_inherited_fds(FIRST_FREE_FD) {
         eprintln!("nodeos-vm vmm: {e}");
         return crate::cli::EXIT_FAILURE;

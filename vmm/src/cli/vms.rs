@@ -361,8 +361,10 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
 /// `nodeos-vm logs ID`: the VM's console output so far.
 pub fn logs(args: IdArg) -> anyhow::Result<u8> {
     let (_, dir) = find(&args.id)?;
-    let log = fs::read(dir.join("console.log")).unwrap_or_default();
-    std::io::stdout().write_all(&log)?;
+    // The older part first, when the log has started again (console::capture_to_file).
+    for file in ["console.log.1", "console.log"] {
+        std::io::stdout().write_all(&fs::read(dir.join(file)).unwrap_or_default())?;
+    }
     Ok(0)
 }
 
