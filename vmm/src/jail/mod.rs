@@ -84,6 +84,10 @@ fn c_path(path: &Path) -> Result<CString, Error> {
     })
 }
 
+/// How often, and how long apart, a busy jail folder is tried again (2 s in all).
+const BUSY_TRIES: u32 = 100;
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The host's side of one jail: its folder (a mount point, seen empty from the host) and its
 /// cgroup, both removed when dropped.
 #[derive(Debug)]
@@ -118,7 +122,19 @@ impl Drop for HostSide {
     fn drop(&mut self) {
         // Not recursive: from the host the folder is empty (the jail's mounts live in the
         // VMM's own mount namespace), and should it not be, nothing in it is ours to delete.
-        if let Err(e) = std::fs::remove_dir(&self.dir) {
+        // The kernel lets go of a dead namespace's mounts a moment after its last process
+        // ended: until then the folder is busy.
+        let mut tries = 0;
+        let result = loop {
+            match std::fs::remove_dir(&self.dir) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < BUSY_TRIES => {
+                    tries += 1;
+                    std::thread::sleep(BUSY_WAIT);
+                }
+                result => break result,
+            }
+        };
+        if let Err(e) = result {
             tracing::warn!("removing the jail folder {}: {e}", self.dir.display());
         }
     }
