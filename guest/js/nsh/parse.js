@@ -90,37 +90,12 @@ class Lexer {
   /** One word, up to an unquoted blank or operator. */
   word() {
     const parts = [];
-    const lit = (v, q) => {
-      const last = parts[parts.length - 1];
-      if (last && last.t === 'lit' && last.q === q) last.v += v;
-      else parts.push({ t: 'lit', v, q });
-    };
+    const lit = literals(parts);
     for (;;) {
       const c = this.peek();
       if (c === undefined || c === ' ' || c === '\t' || c === '\n' || c === '\r' ||
           OPERATOR_CHARS.includes(c)) break;
-      if (c === '\\') {
-        const next = this.peek(1);
-        if (next === undefined) throw new IncompleteError('unexpected end of input after \\');
-        this.i += 2;
-        if (next !== '\n') lit(next, true);
-      } else if (c === "'") {
-        const end = this.s.indexOf("'", this.i + 1);
-        if (end < 0) throw new IncompleteError("unexpected end of input: unmatched '");
-        lit(this.s.slice(this.i + 1, end), true);
-        this.i = end + 1;
-      } else if (c === '"') {
-        this.i++;
-        this.doubleQuoted(parts, lit);
-      } else if (c === '$') {
-        const part = this.dollar(false);
-        if (part) parts.push(part); else lit('$', false);
-      } else if (c === '`') {
-        throw new ShellSyntaxError('command substitution (`...`) is not supported');
-      } else {
-        lit(c, false);
-        this.i++;
-      }
+      this.part(c, parts, lit, false);
     }
     return parts;
   }
@@ -190,37 +165,52 @@ class Lexer {
   /** The word of ${NAME:-word}, up to the closing brace. */
   braceWord(q) {
     const parts = [];
-    const lit = (v, quoted) => {
-      const last = parts[parts.length - 1];
-      if (last && last.t === 'lit' && last.q === quoted) last.v += v;
-      else parts.push({ t: 'lit', v, q: quoted });
-    };
+    const lit = literals(parts);
     for (;;) {
       const c = this.peek();
       if (c === undefined) throw new IncompleteError('unexpected end of input: unmatched ${');
       if (c === '}') { this.i++; return parts; }
-      if (c === '\\') {
-        const next = this.peek(1);
-        if (next === undefined) throw new IncompleteError('unexpected end of input after \\');
-        this.i += 2;
-        lit(next, true);
-      } else if (c === "'" && !q) {
-        const end = this.s.indexOf("'", this.i + 1);
-        if (end < 0) throw new IncompleteError("unexpected end of input: unmatched '");
-        lit(this.s.slice(this.i + 1, end), true);
-        this.i = end + 1;
-      } else if (c === '"') {
-        this.i++;
-        this.doubleQuoted(parts, lit);
-      } else if (c === '$') {
-        const part = this.dollar(q);
-        if (part) parts.push(part); else lit('$', q);
-      } else {
-        lit(c, q);
-        this.i++;
-      }
+      this.part(c, parts, lit, q);
     }
   }
+
+  /**
+   * Takes what starts at `c` into `parts`: an escape, a quoted string, a `$` expansion, or one
+   * plain character. `q`: inside double quotes (a `${...}` word there), where `'` is plain.
+   */
+  part(c, parts, lit, q) {
+    if (c === '\\') {
+      const next = this.peek(1);
+      if (next === undefined) throw new IncompleteError('unexpected end of input after \\');
+      this.i += 2;
+      if (next !== '\n') lit(next, true); // backslash-newline: the line goes on
+    } else if (c === "'" && !q) {
+      const end = this.s.indexOf("'", this.i + 1);
+      if (end < 0) throw new IncompleteError("unexpected end of input: unmatched '");
+      lit(this.s.slice(this.i + 1, end), true);
+      this.i = end + 1;
+    } else if (c === '"') {
+      this.i++;
+      this.doubleQuoted(parts, lit);
+    } else if (c === '$') {
+      const part = this.dollar(q);
+      if (part) parts.push(part); else lit('$', q);
+    } else if (c === '`') {
+      throw new ShellSyntaxError('command substitution (`...`) is not supported');
+    } else {
+      lit(c, q);
+      this.i++;
+    }
+  }
+}
+
+/** Adds literal text to `parts`, joined to the last part when it is literal and quoted alike. */
+function literals(parts) {
+  return (v, q) => {
+    const last = parts[parts.length - 1];
+    if (last && last.t === 'lit' && last.q === q) last.v += v;
+    else parts.push({ t: 'lit', v, q });
+  };
 }
 
 /** The text of a word that is all unquoted literal (for `!` and assignments), else null. */

@@ -203,10 +203,11 @@ impl Machine {
         devices.push(Box::new(Rng::new()));
         // The guest's eth0; it configures its address from the command line.
         if let Some(net) = &spec.net {
-            devices.push(match net_given {
-                Some(fd) => net::attach(net, fd, net::DEFAULT_MAC)?,
-                None => net::create(net, net::DEFAULT_MAC, spec.seccomp)?,
-            });
+            let end = match net_given {
+                Some(fd) => net::HostEnd::given(fd),
+                None => net::HostEnd::open(net, spec.seccomp)?,
+            };
+            devices.push(net::attach(net, end, net::DEFAULT_MAC)?);
         }
         // The guest agent's link; the guest learns which kind it has from the command line.
         let mut base_cmdline = spec.cmdline.clone();
@@ -457,9 +458,10 @@ impl Threads {
 /// `run()` end to end on /dev/kvm, with tiny PVH "kernels" (ELF files with a PVH note whose
 /// code is hand-assembled 32-bit x86): the same path a Linux boot takes, minus Linux.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::{Read, Write};
     use std::os::fd::FromRawFd;
+    use std::path::Path;
 
     use super::*;
     use crate::backend::VmExit;
@@ -753,10 +755,26 @@ mod tests {
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
     }
 
-    fn file_with(bytes: &[u8]) -> tempfile::NamedTempFile {
+    pub(crate) fn file_with(bytes: &[u8]) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(bytes).unwrap();
         f
+    }
+
+    /// A tiny guest's VM: 64 MiB, the serial console, every VMM thread filtered.
+    pub(crate) fn pvh_spec(kernel: &Path, rootfs: &Path, cpus: u8) -> VmSpec {
+        VmSpec {
+            kernel: kernel.into(),
+            rootfs: rootfs.into(),
+            upper_disk: None,
+            disks: Vec::new(),
+            agent_socket: None,
+            net: None,
+            memory_mib: 64,
+            cpus,
+            cmdline: "console=ttyS0".into(),
+            seccomp: true,
+        }
     }
 
     struct Outcome {
@@ -767,18 +785,7 @@ mod tests {
     fn boot(code: &[u8], cpus: u8, input: &[u8]) -> Outcome {
         let kernel = file_with(&tiny_elf(code, LOAD_ADDR, true));
         let rootfs = file_with(&[b'Q'; 4096]);
-        let spec = VmSpec {
-            kernel: kernel.path().into(),
-            rootfs: rootfs.path().into(),
-            upper_disk: None,
-            disks: Vec::new(),
-            agent_socket: None,
-            net: None,
-            memory_mib: 64,
-            cpus,
-            cmdline: "console=ttyS0".into(),
-            seccomp: true,
-        };
+        let spec = pvh_spec(kernel.path(), rootfs.path(), cpus);
         let (in_rx, in_tx) = pipe();
         let (out_rx, out_tx) = pipe();
         std::fs::File::from(in_tx).write_all(input).unwrap();
@@ -951,18 +958,7 @@ mod tests {
         }
         let kernel = file_with(&tiny_elf(PVH_GUEST, LOAD_ADDR, true));
         let rootfs = file_with(&[b'Q'; 4096]);
-        let spec = VmSpec {
-            kernel: kernel.path().into(),
-            rootfs: rootfs.path().into(),
-            upper_disk: None,
-            disks: Vec::new(),
-            agent_socket: None,
-            net: None,
-            memory_mib: 64,
-            cpus: 2,
-            cmdline: "console=ttyS0".into(),
-            seccomp: true,
-        };
+        let spec = pvh_spec(kernel.path(), rootfs.path(), 2);
         let (in_rx, in_tx) = pipe();
         let (_out_rx, out_tx) = pipe();
         let console = ConsoleIo {
@@ -1043,18 +1039,7 @@ mod tests {
             return;
         }
         let kernel = file_with(&tiny_elf(PVH_GUEST, LOAD_ADDR, true));
-        let spec = |cpus, rootfs: &str| VmSpec {
-            kernel: kernel.path().into(),
-            rootfs: rootfs.into(),
-            upper_disk: None,
-            disks: Vec::new(),
-            agent_socket: None,
-            net: None,
-            memory_mib: 64,
-            cpus,
-            cmdline: "console=ttyS0".into(),
-            seccomp: true,
-        };
+        let spec = |cpus, rootfs: &str| pvh_spec(kernel.path(), Path::new(rootfs), cpus);
         let console = || {
             let (rx, _) = pipe();
             let (_, tx) = pipe();

@@ -133,7 +133,12 @@ pub fn run(
     stop: &StopSignal,
     jail: Option<Jail>,
 ) -> Result<RunReport, Error> {
-    let net = spec.net.as_ref().map(HostEnd::open).transpose()?;
+    // passt runs beside us, not in the VMM: its stderr thread is ours, not filtered.
+    let net = spec
+        .net
+        .as_ref()
+        .map(|net| HostEnd::open(net, false))
+        .transpose()?;
     let host = jail.map(|_| jail::HostSide::prepare(spec)).transpose()?;
     let request = Request {
         spec: spec.clone(),

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
+use crate::backend::kvm::tests::{file_with, pvh_spec};
 use crate::backend::VmExit;
 use crate::boot::tests::tiny_elf;
 use crate::kvm::smoke::kvm_usable;
@@ -55,26 +56,9 @@ fn jail() -> Option<Jail> {
     })
 }
 
-fn file_with(bytes: &[u8]) -> tempfile::NamedTempFile {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    f.write_all(bytes).unwrap();
-    f
-}
-
+/// As nodeos-vm runs it: every thread of the VMM process filtered, its main thread too.
 fn spec(kernel: &Path, rootfs: &Path) -> VmSpec {
-    VmSpec {
-        kernel: kernel.into(),
-        rootfs: rootfs.into(),
-        upper_disk: None,
-        disks: Vec::new(),
-        agent_socket: None,
-        net: None,
-        memory_mib: 64,
-        cpus: 1,
-        cmdline: "console=ttyS0".into(),
-        // As nodeos-vm runs it: every thread of the VMM process filtered, its main thread too.
-        seccomp: true,
-    }
+    pvh_spec(kernel, rootfs, 1)
 }
 
 struct Outcome {

@@ -62,50 +62,47 @@ pub enum Error {
     Epoll(#[source] io::Error),
 }
 
-/// The host end of the guest's network link, opened by one process for a VMM in another (a
-/// jailed VMM cannot reach the host's network from its own namespace): passt's socket, with
-/// passt running until this is dropped, or a descriptor attached to the TAP interface.
+/// The host end of the guest's network link: passt's socket, with passt running until this is
+/// dropped (or handed to the device, which then owns it), or a descriptor attached to the TAP
+/// interface. A jailed VMM gets the descriptor from the process that opened it: it cannot reach
+/// the host's network from its own namespace.
 pub struct HostEnd {
     pub fd: OwnedFd,
-    _passt: Option<passt::Process>,
+    passt: Option<passt::Process>,
 }
 
 impl HostEnd {
-    /// Starts passt (its stderr drained by a thread of this process) or attaches to the TAP
-    /// interface, for `spec`.
-    pub fn open(spec: &NetSpec) -> Result<HostEnd, Error> {
+    /// Starts passt (its stderr drained by a thread that filters itself when `seccomp`) or
+    /// attaches to the TAP interface, for `spec`.
+    pub fn open(spec: &NetSpec, seccomp: bool) -> Result<HostEnd, Error> {
         Ok(match spec {
             NetSpec::User => {
-                let (sock, passt) = passt::spawn(false)?;
+                let (sock, passt) = passt::spawn(seccomp)?;
                 HostEnd {
                     fd: sock.into(),
-                    _passt: Some(passt),
+                    passt: Some(passt),
                 }
             }
             NetSpec::Tap(name) => HostEnd {
                 fd: Tap::open(name)?.into_file().into(),
-                _passt: None,
+                passt: None,
             },
         })
     }
+
+    /// A host end another process opened (and where its passt runs).
+    pub fn given(fd: OwnedFd) -> HostEnd {
+        HostEnd { fd, passt: None }
+    }
 }
 
-/// The guest's network device for `spec` over `fd`, a [`HostEnd`] another process opened.
-pub fn attach(spec: &NetSpec, fd: OwnedFd, mac: [u8; 6]) -> Result<Box<dyn VirtioDevice>, Error> {
+/// The guest's network device for `spec` over `end`.
+pub fn attach(spec: &NetSpec, end: HostEnd, mac: [u8; 6]) -> Result<Box<dyn VirtioDevice>, Error> {
     Ok(match spec {
         NetSpec::User => {
-            let stream = Stream::new(fd.into(), None).map_err(passt::Error::Socket)?;
+            let stream = Stream::new(end.fd.into(), end.passt).map_err(passt::Error::Socket)?;
             Box::new(Net::new(stream, mac)?)
         }
-        NetSpec::Tap(name) => Box::new(Net::new(Tap::attached(fd.into(), name), mac)?),
-    })
-}
-
-/// The guest's network device for `spec`, with its backend started (passt) or attached (TAP).
-/// `seccomp`: whether threads it starts filter themselves (crate::seccomp).
-pub fn create(spec: &NetSpec, mac: [u8; 6], seccomp: bool) -> Result<Box<dyn VirtioDevice>, Error> {
-    Ok(match spec {
-        NetSpec::User => Box::new(Net::new(passt::start(seccomp)?, mac)?),
-        NetSpec::Tap(name) => Box::new(Net::new(Tap::open(name)?, mac)?),
+        NetSpec::Tap(name) => Box::new(Net::new(Tap::attached(end.fd.into(), name), mac)?),
     })
 }

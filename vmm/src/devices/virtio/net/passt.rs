@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::Stream;
 use crate::devices::lock;
 use crate::host_packages::{self, HostPackageError};
 use crate::seccomp::ThreadKind;
@@ -99,15 +98,9 @@ fn args(fd: i32) -> Vec<String> {
     args
 }
 
-/// Starts passt on one end of a new socket pair; returns a link over the other. `seccomp`:
-/// the thread that drains passt's stderr filters itself (crate::seccomp).
-pub fn start(seccomp: bool) -> Result<Stream, Error> {
-    let (ours, process) = spawn(seccomp)?;
-    Stream::new(ours, Some(process)).map_err(Error::Socket)
-}
-
 /// Starts passt on one end of a new socket pair; returns the other end, and passt, which runs
-/// until the [`Process`] is dropped.
+/// until the [`Process`] is dropped. `seccomp`: the thread that drains passt's stderr filters
+/// itself (crate::seccomp).
 pub fn spawn(seccomp: bool) -> Result<(UnixStream, Process), Error> {
     host_packages::ensure(PASST, "passt")?;
     let (ours, theirs) = UnixStream::pair().map_err(Error::Socket)?;

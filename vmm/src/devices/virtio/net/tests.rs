@@ -507,7 +507,8 @@ fn passt_answers_arp_and_takes_the_gateway_to_the_host() {
         return;
     }
     let mem = test_util::memory();
-    let dev = Net::new(passt::start(true).unwrap(), DEFAULT_MAC).unwrap();
+    let (sock, process) = passt::spawn(true).unwrap();
+    let dev = Net::new(Stream::new(sock, Some(process)).unwrap(), DEFAULT_MAC).unwrap();
     let vqs = [
         MockSplitQueue::create(&mem, GuestAddress(0), test_util::QUEUE_SIZE),
         MockSplitQueue::create(&mem, GuestAddress(TXQ), test_util::QUEUE_SIZE),
