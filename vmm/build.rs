@@ -24,7 +24,7 @@ fn main() {
     );
     println!(
         "cargo:rerun-if-changed={}",
-        workspace.join("agent-proto/src").display()
+        workspace.join("contract/src").display()
     );
     println!(
         "cargo:rerun-if-changed={}",

@@ -3,7 +3,7 @@
 //! and decoded back to itself.
 #![no_main]
 
-use agent_proto::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
+use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 

@@ -9,9 +9,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use agent_proto::hybrid::host_listener_path;
-use agent_proto::mux::{self, Role, FRAME_HEADER, MAX_DATA};
-use agent_proto::AGENT_PORT;
+use contract::hybrid::host_listener_path;
+use contract::mux::{self, Role, FRAME_HEADER, MAX_DATA};
+use contract::AGENT_PORT;
 use libfuzzer_sys::fuzz_target;
 
 /// Most link bytes per run: they must fit in the socket's buffer, written before the run.

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::poll::first_readable;
 
-use agent_proto::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
-use agent_proto::{hybrid, AGENT_PORT, READY_PORT};
+use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
+use contract::{hybrid, AGENT_PORT, READY_PORT};
 use vmm_sys_util::eventfd::EventFd;
 
 /// What to run in the guest.

@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-use agent_proto::frame::{ErrorKind, Exec};
+use contract::frame::{ErrorKind, Exec};
 
 use super::handler::Config;
 use crate::error::errno_text;

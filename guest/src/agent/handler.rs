@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use agent_proto::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
+use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
 
 use super::command::{self, Child};
 use crate::init::user::User;
@@ -200,7 +200,7 @@ impl Conn {
     fn flush(&mut self) -> io::Result<()> {
         while !self.output.is_empty() {
             let (chunk, _) = self.output.as_slices();
-            match agent_proto::sock::send(self.fd.as_fd(), chunk) {
+            match contract::sock::send(self.fd.as_fd(), chunk) {
                 Ok(n) => {
                     self.output.drain(..n);
                 }

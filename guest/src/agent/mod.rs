@@ -1,5 +1,5 @@
 //! The guest agent: runs the host's commands (`nodeos-vm run`), speaking the agent protocol
-//! (agent_proto::frame, docs/agent-protocol.md) on vsock port 1024.
+//! (contract::frame, docs/agent-protocol.md) on vsock port 1024.
 //!
 //! Forked by init as root when the kernel command line says `nodeos.agent=vsock|serial`. It
 //! lives in a session of its own (the console's signals are not for it) and is a child
@@ -22,8 +22,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
-use agent_proto::frame::{self, Reply};
-use agent_proto::{hybrid, AGENT_PORT, HOST_CID, READY_PORT};
+use contract::frame::{self, Reply};
+use contract::{hybrid, AGENT_PORT, HOST_CID, READY_PORT};
 
 use crate::error::{Context, Error, Result};
 use crate::init::cmdline::AgentTransport;

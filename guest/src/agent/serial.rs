@@ -1,4 +1,4 @@
-//! The serial transport: the channel multiplexer (agent_proto::mux) on the virtio-serial port
+//! The serial transport: the channel multiplexer (contract::mux) on the virtio-serial port
 //! `org.nodeos.agent`, which gives the guest the same hybrid-vsock interface as the VMM's
 //! vsock device gives the host: the agent listens on `<MUX_SOCKET>_1024`, and reaches host
 //! port P by `CONNECT P` on [`MUX_SOCKET`].
@@ -10,8 +10,8 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent_proto::mux::{self, Role};
-use agent_proto::SERIAL_PORT_NAME;
+use contract::mux::{self, Role};
+use contract::SERIAL_PORT_NAME;
 
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Fork};

@@ -28,7 +28,7 @@ pub struct VmSpec {
     /// The host end of the guest agent's link: a Unix socket speaking Firecracker's hybrid
     /// vsock (`CONNECT <port>`; guest connections to host port P reach `<path>_P`). Our VMM
     /// gives the guest a virtio-vsock device (CID 3); QEMU, without vhost-vsock here, a
-    /// virtio-serial port multiplexed the same way (agent_proto::mux). Callers can't tell.
+    /// virtio-serial port multiplexed the same way (contract::mux). Callers can't tell.
     pub agent_socket: Option<PathBuf>,
     /// A network interface for the guest; none at all when `None`.
     pub net: Option<NetSpec>,

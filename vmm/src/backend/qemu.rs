@@ -9,8 +9,8 @@ use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use agent_proto::mux::{self, Role};
-use agent_proto::SERIAL_PORT_NAME;
+use contract::mux::{self, Role};
+use contract::SERIAL_PORT_NAME;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;

@@ -124,7 +124,7 @@ fn probe() {
 }
 
 fn hybrid_listener(socket: &Path) -> PathBuf {
-    agent_proto::hybrid::host_listener_path(socket, agent_proto::READY_PORT)
+    contract::hybrid::host_listener_path(socket, contract::READY_PORT)
 }
 
 fn is_root() -> bool {

@@ -466,8 +466,8 @@ fn request_env_overrides_by_name() {
 
 #[test]
 fn through_the_channel_multiplexer() {
-    use agent_proto::hybrid;
-    use agent_proto::mux::{self, Role};
+    use contract::hybrid;
+    use contract::mux::{self, Role};
     use std::os::unix::net::UnixListener;
 
     let dir = std::env::temp_dir().join(format!("nodeos-agent-mux-{}", std::process::id()));

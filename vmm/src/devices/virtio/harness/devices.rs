@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 
-use agent_proto::hybrid::host_listener_path;
-use agent_proto::READY_PORT;
+use contract::hybrid::host_listener_path;
+use contract::READY_PORT;
 
 use super::input::Input;
 use crate::devices::virtio::block::Block;

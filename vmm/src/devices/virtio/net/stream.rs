@@ -141,7 +141,7 @@ impl Link for Stream {
 
     fn flush(&mut self) -> io::Result<bool> {
         while !self.tx.is_empty() {
-            let n = match agent_proto::sock::send(&self.sock, &self.tx) {
+            let n = match contract::sock::send(&self.sock, &self.tx) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),

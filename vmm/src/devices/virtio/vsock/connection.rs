@@ -195,7 +195,7 @@ impl Connection {
     /// once it is drained after the guest shut its send side.
     pub fn flush(&mut self) -> io::Result<()> {
         while self.has_pending() {
-            match agent_proto::sock::send(&self.stream, &self.pending[self.pending_start..]) {
+            match contract::sock::send(&self.stream, &self.pending[self.pending_start..]) {
                 Ok(n) => {
                     self.pending_start += n;
                     // n <= pending <= BUF_ALLOC.

@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use agent_proto::hybrid::{host_listener_path, ok_line};
-use agent_proto::{GUEST_CID, HOST_CID};
+use contract::hybrid::{host_listener_path, ok_line};
+use contract::{GUEST_CID, HOST_CID};
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -689,7 +689,7 @@ impl Vsock {
 /// Writes the handshake reply to a stream that has had nothing written to it yet, so its
 /// socket buffer takes the whole line.
 fn write_line(conn: &mut Connection, line: &str) -> Result<(), String> {
-    match agent_proto::sock::send(&conn.stream, line.as_bytes()) {
+    match contract::sock::send(&conn.stream, line.as_bytes()) {
         Ok(n) if n == line.len() => Ok(()),
         Ok(n) => Err(format!("the client took {n} bytes of {line:?}")),
         Err(e) => Err(format!("writing {line:?}: {e}")),

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Instant;
 
-use agent_proto::hybrid::{parse_connect, MAX_LINE};
+use contract::hybrid::{parse_connect, MAX_LINE};
 
 /// A host client that connected and has not finished its `CONNECT <port>\n` line.
 pub struct Handshake {
