@@ -1,23 +1,8 @@
+//! `nodeos-vmm`: the VMM process. A nodeos-vm parent starts it with one VM's request on a
+//! descriptor (backend::process); it runs that VM, jailed and filtered, and reports how it ended.
+
 use std::process::ExitCode;
 
-use clap::Parser;
-use nodeos_vm::cli::{self, Cli};
-
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match cli::run(Cli::parse()) {
-        Ok(status) => ExitCode::from(status),
-        Err(err) => {
-            eprintln!("nodeos-vm: error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::from(cli::EXIT_FAILURE)
-        }
-    }
+    ExitCode::from(vmm::backend::process::vmm_main())
 }

@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::{ConsoleIo, RunReport, StopSignal, VmExit, VmSpec};
+use crate::vm::{ConsoleIo, RunReport, StopSignal, VmExit, VmSpec};
 use crate::boot::cmdline::{self, MmioSlot};
 use crate::boot::{self, mptable};
 use crate::cpuid::DEFAULT_HIDDEN;
@@ -179,10 +179,10 @@ impl Machine {
             legacy::CMOS_PORT_LEN,
             shared(Cmos::new()),
         )?;
-        pio.insert(u64::from(super::EXIT_PORT), EXIT_PORT_LEN, shared(ExitPort))?;
+        pio.insert(u64::from(crate::vm::EXIT_PORT), EXIT_PORT_LEN, shared(ExitPort))?;
         let timer = BootTimer::new(started, init_reached.clone(), console.ready.clone());
         pio.insert(
-            u64::from(super::BOOT_TIMER_PORT),
+            u64::from(crate::vm::BOOT_TIMER_PORT),
             BOOT_TIMER_LEN,
             shared(timer),
         )?;
@@ -464,9 +464,9 @@ pub(crate) mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::backend::VmExit;
+    use crate::vm::VmExit;
     use crate::boot::tests::tiny_elf;
-    use crate::console::ConsoleReady;
+    use crate::vm::ConsoleReady;
     use crate::kvm::smoke::kvm_usable;
 
     const LOAD_ADDR: u64 = 0x10_0000;
@@ -728,7 +728,7 @@ pub(crate) mod tests {
             c.len() - 1
         };
         let jumps = [
-            skip(&mut c, u32::from(crate::backend::EXIT_PORT), 0x74), // je
+            skip(&mut c, u32::from(crate::vm::EXIT_PORT), 0x74), // je
             skip(&mut c, 0x64, 0x74),                                 // je
             skip(&mut c, 0x3f8, 0x73),                                // jae
         ];

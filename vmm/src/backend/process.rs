@@ -1,4 +1,4 @@
-//! Our VMM in a process of its own: `nodeos-vm vmm`, this binary run again, runs one VM for
+//! Our VMM in a process of its own: `nodeos-vmm` (this crate's binary) runs one VM for
 //! its parent, which returns the same [`RunReport`] an in-process [`kvm::run`] would. In a
 //! process of its own the VMM can be jailed (crate::jail) and filtered on every thread
 //! (crate::seccomp), and a VMM that a guest brought down does not take nodeos-vm with it: the
@@ -28,11 +28,16 @@ use std::thread;
 use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 
-use super::{kvm, ConsoleIo, RunReport, StopSignal, VmSpec};
-use crate::console::ConsoleReady;
+use super::kvm;
+use crate::vm::{ConsoleIo, ConsoleReady, RunReport, StopSignal, VmSpec};
 use crate::devices::virtio::net::{self, HostEnd};
 use crate::jail::{self, Jail};
 use crate::memory;
+
+/// The VMM process's program, built beside `nodeos-vm`.
+const VMM_BINARY: &str = "nodeos-vmm";
+/// Names another VMM binary than the one beside the running program.
+const VMM_PATH_ENV: &str = "NODEOS_VMM";
 
 const REQUEST_FD: RawFd = 3;
 const STATUS_FD: RawFd = 4;
@@ -49,6 +54,11 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "the VMM program {exe} is missing: build it with `cargo build --release` (it is built \
+         beside nodeos-vm), or point {VMM_PATH_ENV} at it"
+    )]
+    Missing { exe: PathBuf },
     #[error("setting up the VMM process: {what}")]
     Setup {
         what: &'static str,
@@ -109,13 +119,23 @@ pub struct VmmProgram {
 }
 
 impl VmmProgram {
-    /// This binary again, `nodeos-vm vmm`: what the CLI runs.
-    pub fn this_binary() -> VmmProgram {
-        VmmProgram {
-            exe: "/proc/self/exe".into(),
-            args: vec!["vmm".into()],
-            env: Vec::new(),
+    /// `nodeos-vmm`, this crate's binary: beside the running program (where cargo and `cargo
+    /// install` put it), or where `NODEOS_VMM` points.
+    pub fn installed() -> Result<VmmProgram, Error> {
+        let exe = match std::env::var_os(VMM_PATH_ENV) {
+            Some(path) => PathBuf::from(path),
+            None => std::env::current_exe()
+                .map_err(setup("finding the running program"))?
+                .with_file_name(VMM_BINARY),
+        };
+        if !exe.is_file() {
+            return Err(Error::Missing { exe });
         }
+        Ok(VmmProgram {
+            exe,
+            args: Vec::new(),
+            env: Vec::new(),
+        })
     }
 
     /// `exe args...` with `env` added, a program that calls [`vmm_main`] (tests).
@@ -163,11 +183,6 @@ pub fn run(
     let cgroup_procs = host.as_ref().and_then(|h| h.cgroup()).map(|c| c.procs_fd());
     let mut command = Command::new(&program.exe);
     command
-        .arg0(
-            std::env::args_os()
-                .next()
-                .unwrap_or_else(|| "nodeos-vm".into()),
-        )
         .args(&program.args)
         .envs(program.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::from(console.input))
@@ -260,14 +275,14 @@ fn read_status(from: OwnedFd, ready: &ConsoleReady) -> Option<Status> {
     end
 }
 
-/// `nodeos-vm vmm`: the VMM process (see the top of this module). Returns its exit status.
+/// `nodeos-vmm`: the VMM process (see the top of this module). Returns its exit status.
 pub fn vmm_main() -> u8 {
-    // Started as /proc/self/exe, the process would be named "exe" in ps and /proc/PID/comm.
+    // Tests run this from their own binary: the name in ps and /proc/PID/comm stays the same.
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"nodeos-vmm".as_ptr()) };
     if let Err(e) = jail::close_inherited_fds(FIRST_FREE_FD) {
-        eprintln!("nodeos-vm vmm: {e}");
-        return crate::cli::EXIT_FAILURE;
+        eprintln!("nodeos-vmm: {e}");
+        return crate::vm::HOST_FAILURE_STATUS;
     }
     for signal in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP] {
         // SAFETY: ignoring a signal installs no handler.
@@ -277,7 +292,7 @@ pub fn vmm_main() -> u8 {
     let status = unsafe { File::from_raw_fd(STATUS_FD) };
     let (end, code) = match serve(&status) {
         Ok(report) => (Status::Ended(report), 0),
-        Err(e) => (Status::Failed(chain(&e)), crate::cli::EXIT_FAILURE),
+        Err(e) => (Status::Failed(chain(&e)), crate::vm::HOST_FAILURE_STATUS),
     };
     send(&status, &end);
     code

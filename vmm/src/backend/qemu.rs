@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{
+use crate::vm::{
     ConsoleIo, NetSpec, RunReport, StopSignal, VmExit, VmSpec, BOOT_TIMER_PORT, CONSOLE_READY,
     EXIT_PORT, INIT_STARTED,
 };
@@ -269,7 +269,7 @@ fn decode_exit(code: Option<i32>, init_reached: bool) -> Option<VmExit> {
 fn watch_boot_timer(
     timer: UnixListener,
     started: Instant,
-    ready: crate::console::ConsoleReady,
+    ready: crate::vm::ConsoleReady,
     init_reached: Arc<Mutex<Option<Duration>>>,
 ) {
     thread::Builder::new()

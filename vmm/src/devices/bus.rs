@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::backend::VmExit;
+use crate::vm::VmExit;
 
 /// A device on a bus. `offset` is relative to the start of the device's range.
 pub trait BusDevice: Send {

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::VmSpec;
+use crate::vm::VmSpec;
 use crate::runtime;
 
 pub use privileges::{close_inherited_fds, drop_privileges};

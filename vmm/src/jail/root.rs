@@ -16,7 +16,7 @@ use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{c_path, check, Error, Jail};
-use crate::backend::VmSpec;
+use crate::vm::VmSpec;
 
 const KVM_DEVICE: &str = "/dev/kvm";
 /// The tmpfs holds only mount points.

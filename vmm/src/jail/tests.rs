@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::backend::Disk;
+use crate::vm::Disk;
 
 const PROBE_ENV: &str = "NODEOS_VM_JAIL_PROBE";
 const PROBE_TEST: &str = "jail::tests::probe";

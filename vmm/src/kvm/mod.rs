@@ -214,7 +214,7 @@ pub(crate) mod smoke {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::backend::VmExit;
+    use crate::vm::VmExit;
     use crate::devices::bus::{Bus, BusDevice};
     use crate::devices::legacy::ports::ExitPort;
     use crate::devices::legacy::serial::Serial;

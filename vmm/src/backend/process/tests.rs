@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::backend::kvm::tests::{file_with, pvh_spec};
-use crate::backend::VmExit;
+use crate::vm::VmExit;
 use crate::boot::tests::tiny_elf;
 use crate::kvm::smoke::kvm_usable;
 

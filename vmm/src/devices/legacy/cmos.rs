@@ -9,7 +9,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::backend::VmExit;
+use crate::vm::VmExit;
 use crate::devices::bus::BusDevice;
 
 const INDEX_OFFSET: u64 = 0; // port 0x70

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use super::IrqLine;
-use crate::backend::VmExit;
+use crate::vm::VmExit;
 use crate::devices::bus::BusDevice;
 
 const DATA_OFFSET: u64 = 0; // port 0x60

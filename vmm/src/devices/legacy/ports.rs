@@ -5,8 +5,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::backend::{VmExit, CONSOLE_READY, INIT_STARTED};
-use crate::console::ConsoleReady;
+use crate::vm::{VmExit, CONSOLE_READY, INIT_STARTED};
+use crate::vm::ConsoleReady;
 use crate::devices::bus::BusDevice;
 
 /// Port 0xf4: the byte written is the VM's exit status.

@@ -16,7 +16,7 @@ use vm_superio::serial::NoEvents;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::IrqLine;
-use crate::backend::VmExit;
+use crate::vm::VmExit;
 use crate::devices::bus::BusDevice;
 use crate::devices::lock;
 

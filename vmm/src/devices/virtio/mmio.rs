@@ -20,7 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{
     BackendWork, NotifyRegistrar, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::backend::VmExit;
+use crate::vm::VmExit;
 use crate::devices::bus::BusDevice;
 use crate::devices::legacy::IrqLine;
 use crate::memory::{GuestMemory, SharedMemory};

@@ -8,6 +8,7 @@
 
 pub mod block;
 pub mod cursor;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod harness;
 pub mod mmio;
 pub mod net;

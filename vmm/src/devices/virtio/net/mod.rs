@@ -22,7 +22,7 @@ pub use stream::Stream;
 pub use tap::Tap;
 
 use super::VirtioDevice;
-use crate::backend::NetSpec;
+use crate::vm::NetSpec;
 
 /// QEMU's default for user networking: locally administered, so it clashes with no vendor.
 pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];

@@ -8,12 +8,13 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use super::{choose_backend, images, VmArgs};
-use crate::agent::{Command, Outcome};
-use crate::backend::{Disk, VmSpec};
-use crate::cmdline::{self, ConsoleMode, UpperLayer};
-use crate::sandbox::{ConsoleLog, Sandbox, BOOT_TIMEOUT};
-use crate::volume::{Mode, Volume};
-use crate::{runtime, vm_config};
+use sandbox::agent::{Command, Outcome};
+use vmm::vm::{Disk, VmSpec};
+use vmm::vm::cmdline::{self, ConsoleMode, UpperLayer};
+use sandbox::booted::{ConsoleLog, Sandbox, BOOT_TIMEOUT};
+use sandbox::volume::{Mode, Volume};
+use sandbox::vm_config;
+use vmm::runtime;
 
 /// Status for a command that ran out of time (as timeout(1) reports it).
 pub const EXIT_TIMED_OUT: u8 = 124;
@@ -175,14 +176,14 @@ fn humanize(d: Duration) -> String {
 fn check_mount_points(volumes: &[Volume]) -> anyhow::Result<()> {
     for (i, v) in volumes.iter().enumerate() {
         if volumes[..i].iter().any(|w| w.guest == v.guest) {
-            return Err(crate::volume::Error::SameMountPoint(v.guest.clone()).into());
+            return Err(sandbox::volume::Error::SameMountPoint(v.guest.clone()).into());
         }
     }
-    if volumes.len() > crate::volume::MAX_VOLUMES {
+    if volumes.len() > sandbox::volume::MAX_VOLUMES {
         bail!(
             "{} volumes given; a VM takes at most {}",
             volumes.len(),
-            crate::volume::MAX_VOLUMES
+            sandbox::volume::MAX_VOLUMES
         );
     }
     Ok(())

@@ -1,9 +1,9 @@
-//! `nodeos-vm serve`: the function host (see crate::serve).
+//! `nodeos-vm serve`: the function host (see the serve crate).
 
 use std::net::SocketAddr;
 
 use super::{choose_backend, images, BackendChoice, ImageArgs, JailArgs, SeccompArgs};
-use crate::serve::{self, Machine};
+use serve::{self, Machine};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {

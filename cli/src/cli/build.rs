@@ -1,6 +1,6 @@
 //! `nodeos-vm build`: fill the artifact cache.
 
-use crate::artifacts::{Artifact, Store};
+use sandbox::artifacts::{Artifact, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {

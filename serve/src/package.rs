@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::vm_config;
+use sandbox::vm_config;
 
 /// Longest app name.
 const MAX_NAME: usize = 63;

@@ -142,7 +142,7 @@ impl Volume {
         };
         format!(
             "nodeos.vol={device}:{}:{mode}",
-            crate::cmdline::percent_encode(self.guest.as_os_str().as_bytes())
+            vmm::vm::cmdline::percent_encode(self.guest.as_os_str().as_bytes())
         )
     }
 

@@ -12,12 +12,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::logs::Logs;
-use crate::agent::{self, Command, Event, Outcome, Session, Wake};
-use crate::backend::{Backend, Disk, VmSpec};
-use crate::cmdline::{self, ConsoleMode, UpperLayer};
-use crate::runtime;
-use crate::sandbox::{self, ConsoleLog, Sandbox, BOOT_TIMEOUT};
-use crate::volume::Volume;
+use sandbox::agent::{self, Command, Event, Outcome, Session, Wake};
+use vmm::backend::Backend;
+use vmm::vm::{Disk, VmSpec};
+use vmm::vm::cmdline::{self, ConsoleMode, UpperLayer};
+use vmm::runtime;
+use sandbox::booted::{self, ConsoleLog, Sandbox, BOOT_TIMEOUT};
+use sandbox::volume::Volume;
 
 /// Where the app's package is mounted in its VMs, and where the host puts the runner in it.
 pub const APP_DIR: &str = "/app";
@@ -31,7 +32,7 @@ pub enum BootError {
     #[error("creating the instance's runtime folder")]
     Runtime(#[from] runtime::Error),
     #[error("booting the app's microVM")]
-    Vm(#[from] sandbox::Error),
+    Vm(#[from] booted::Error),
     #[error("the app failed to load: {}", .0.message)]
     Load(JsError),
     #[error("the app's runner ended while loading the app: {0}")]
@@ -325,11 +326,11 @@ fn start(
     let ended = sandbox
         .ended()
         .try_clone()
-        .map_err(|e| BootError::Vm(sandbox::Error::Setup(e)))?;
+        .map_err(|e| BootError::Vm(booted::Error::Setup(e)))?;
     std::thread::Builder::new()
         .name(format!("runner-{}", app.name))
         .spawn(move || read_runner(session, ended, tx, &logs, &current))
-        .map_err(|e| BootError::Vm(sandbox::Error::Setup(e)))?;
+        .map_err(|e| BootError::Vm(booted::Error::Setup(e)))?;
     Ok((vm, input))
 }
 

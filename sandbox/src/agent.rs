@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::poll::first_readable;
+use vmm::poll::first_readable;
 
 use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
 use contract::{hybrid, AGENT_PORT, READY_PORT};

@@ -159,6 +159,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             // iproute2's ip (busybox's has no tuntap), ahead of busybox's on L1's PATH.
             .file(BoxFile::with_libs("/usr/bin/ip", "/usr/local/sbin/ip"))
             .file(BoxFile::with_libs(common::BIN, "/nodeos/nodeos-vm"))
+            .file(BoxFile::with_libs(common::vmm_bin(), "/nodeos/nodeos-vmm"))
             .file(BoxFile::new(common::fixture_dir(), FIXTURE))
             .file(BoxFile::new(&serve_app, SERVE_APP))
             .file(BoxFile::same_path("/etc/mke2fs.conf"));

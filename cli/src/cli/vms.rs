@@ -21,10 +21,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::run::{exit_status, ExecOptions};
 use super::{choose_backend, images, VmArgs, EXIT_FAILURE};
-use crate::backend::VmSpec;
-use crate::cmdline::{self, ConsoleMode, UpperLayer};
-use crate::sandbox::{ConsoleLog, Sandbox, BOOT_TIMEOUT};
-use crate::{agent, runtime, vm_config};
+use vmm::vm::VmSpec;
+use vmm::vm::cmdline::{self, ConsoleMode, UpperLayer};
+use sandbox::booted::{ConsoleLog, Sandbox, BOOT_TIMEOUT};
+use sandbox::{agent, vm_config};
+use vmm::runtime;
 
 /// Environment variable naming the descriptor on which the keeper reports readiness.
 const READY_FD_ENV: &str = "NODEOS_VM_READY_FD";
@@ -314,7 +315,7 @@ fn keep_vm(
         // Closing it (end of scope) ends the parent's wait.
         report.write_all(b"ready\n")?;
     }
-    crate::poll::first_readable(&[std::os::fd::AsRawFd::as_raw_fd(sandbox.ended())], None);
+    vmm::poll::first_readable(&[std::os::fd::AsRawFd::as_raw_fd(sandbox.ended())], None);
     sandbox.stop()?;
     Ok(())
 }

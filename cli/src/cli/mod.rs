@@ -13,10 +13,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::artifacts::{check_kernel, check_rootfs, Artifact, Store};
-use crate::backend::{detect, qemu, Backend, NetSpec, GUEST_NET_PARAM};
-use crate::jail::{self, Jail};
-use crate::users::{UserDisk, Users};
+use sandbox::artifacts::{check_kernel, check_rootfs, Artifact, Store};
+use vmm::backend::{detect, qemu, Backend};
+use vmm::vm::{NetSpec, GUEST_NET_PARAM};
+use vmm::jail::{self, Jail};
+use sandbox::users::{UserDisk, Users};
 
 /// Exit status of nodeos-vm's own failures (bad input, a backend that cannot start, a guest
 /// that crashed): what the guest's own statuses (0..=124 in practice) cannot be confused with.
@@ -61,9 +62,6 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Say what this host offers (KVM or not, which backend `auto` picks) and what is cached.
     Doctor,
-    /// (internal) Be the VMM process of a VM on our own VMM (crate::backend::process).
-    #[command(hide = true)]
-    Vmm,
 }
 
 /// Which machine monitor runs the guest.
@@ -83,7 +81,7 @@ pub struct VmArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
     /// Guest memory: 512M, 2G, or MiB.
-    #[arg(long, default_value = crate::vm_config::DEFAULT_MEMORY)]
+    #[arg(long, default_value = sandbox::vm_config::DEFAULT_MEMORY)]
     pub memory: String,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
@@ -107,7 +105,7 @@ pub struct VmArgs {
     pub user: Option<String>,
     /// Size of the user's disk when it is created (default 2G, sparse), or a larger size to
     /// grow it to.
-    #[arg(long, value_name = "SIZE", requires = "user", value_parser = crate::vm_config::disk_size_bytes)]
+    #[arg(long, value_name = "SIZE", requires = "user", value_parser = sandbox::vm_config::disk_size_bytes)]
     pub disk_size: Option<u64>,
 }
 
@@ -126,7 +124,7 @@ impl VmArgs {
         if self.net.is_some() {
             extra.push(GUEST_NET_PARAM.to_string());
         }
-        extra.extend(crate::npm_registry::guest_param(self.net.as_ref()));
+        extra.extend(sandbox::npm_registry::guest_param(self.net.as_ref()));
         extra.push(self.cmdline_extra.clone());
         extra.join(" ")
     }
@@ -267,7 +265,6 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Users(command) => users::run(command),
         Command::Build(args) => build::run(args).map(|()| 0),
         Command::Doctor => doctor::run().map(|()| 0),
-        Command::Vmm => Ok(crate::backend::process::vmm_main()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `nodeos-vm doctor`: what this host offers and what `start` would use.
 
-use crate::artifacts::{Artifact, Store};
-use crate::backend::detect::{self, KvmSupport};
+use sandbox::artifacts::{Artifact, Store};
+use vmm::backend::detect::{self, KvmSupport};
 
 pub fn run() -> anyhow::Result<()> {
     match detect::probe() {

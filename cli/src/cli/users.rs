@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use anyhow::bail;
 
-use crate::users::Users;
+use sandbox::users::Users;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum UsersCommand {
@@ -41,7 +41,7 @@ pub fn run(command: UsersCommand) -> anyhow::Result<u8> {
             Ok(0)
         }
         UsersCommand::Rm { name, yes } => {
-            crate::users::check_name(&name)?;
+            sandbox::users::check_name(&name)?;
             let Some(user) = users.list()?.into_iter().find(|u| u.name == name) else {
                 bail!("user {name:?} has no environment here (`nodeos-vm users ls` lists them)");
             };

@@ -13,7 +13,8 @@ use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::agent::{self, Command, Outcome, Session};
-use crate::backend::{self, Backend, RunReport, StopSignal, VmExit, VmSpec};
+use vmm::backend::{self, Backend};
+use vmm::vm::{RunReport, StopSignal, VmExit, VmSpec};
 use crate::console::{self, ConsoleTail, TAIL_BYTES};
 
 /// How long a guest may take to boot and report its agent ready.

@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use crate::backend::NetSpec;
-use crate::cmdline;
+use vmm::vm::NetSpec;
+use vmm::vm::cmdline;
 
 /// The host's loopback as user networking shows it to the guest (docs/guest-contract.md).
 const HOST_LOOPBACK_FROM_GUEST: &str = "10.0.2.2";

@@ -4,15 +4,16 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::termios::{self, SetArg, Termios};
 
-use crate::backend::ConsoleIo;
-use crate::cmdline::ConsoleMode;
+use vmm::vm::ConsoleIo;
+use vmm::vm::ConsoleReady;
+use vmm::vm::cmdline::ConsoleMode;
 
 /// End of transmission: what the guest's canonical-mode console takes as end of input.
 const EOT: u8 = 0x04;
@@ -27,49 +28,6 @@ pub enum ConsoleError {
     Dup(&'static str, #[source] io::Error),
     #[error("putting the terminal in raw mode")]
     RawMode(#[source] nix::Error),
-}
-
-/// Set once the guest's console can take input (boot-timer byte `R`).
-#[derive(Clone, Default)]
-pub struct ConsoleReady {
-    state: Arc<(Mutex<bool>, Condvar)>,
-    /// Called once, when first signalled: how a VMM process tells its parent.
-    notify: Option<Arc<dyn Fn() + Send + Sync>>,
-}
-
-impl std::fmt::Debug for ConsoleReady {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsoleReady")
-            .field("ready", &*self.state.0.lock().unwrap())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ConsoleReady {
-    /// One that calls `notify` when it is first signalled.
-    pub fn notifying(notify: impl Fn() + Send + Sync + 'static) -> Self {
-        ConsoleReady {
-            state: Arc::default(),
-            notify: Some(Arc::new(notify)),
-        }
-    }
-
-    pub fn signal(&self) {
-        let (lock, cvar) = &*self.state;
-        let was = std::mem::replace(&mut *lock.lock().unwrap(), true);
-        cvar.notify_all();
-        if let (false, Some(notify)) = (was, &self.notify) {
-            notify();
-        }
-    }
-
-    pub fn wait(&self) {
-        let (lock, cvar) = &*self.state;
-        let mut ready = lock.lock().unwrap();
-        while !*ready {
-            ready = cvar.wait(ready).unwrap();
-        }
-    }
 }
 
 /// The host terminal attached to a guest console; restores the terminal when dropped.

@@ -3,10 +3,10 @@
 use anyhow::bail;
 
 use super::{choose_backend, images, vms, VmArgs};
-use crate::backend::{RunReport, StopSignal, VmExit, VmSpec};
-use crate::cmdline::{self, UpperLayer};
-use crate::console::HostConsole;
-use crate::vm_config;
+use vmm::vm::{RunReport, StopSignal, VmExit, VmSpec};
+use vmm::vm::cmdline::{self, UpperLayer};
+use sandbox::console::HostConsole;
+use sandbox::vm_config;
 
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {

@@ -3,6 +3,8 @@
 //! microVMs of its own (`instance`), pooled per app version (`pool`). docs/serve.md and
 //! docs/openapi.yaml describe the API.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub(crate) mod http;
 mod instance;
 mod logs;
@@ -28,8 +30,8 @@ use package::Options;
 use pool::Pool;
 use store::{Meta, Store};
 
-use crate::runtime;
-use crate::volume::{Mode, Volume};
+use vmm::runtime;
+use sandbox::volume::{Mode, Volume};
 
 /// How often idle instances are looked at.
 const REAP_EVERY: Duration = Duration::from_secs(1);
@@ -51,7 +53,7 @@ pub enum DeployError {
     #[error("preparing the app's folder")]
     Runtime(#[from] runtime::Error),
     #[error("packing the app into a volume image")]
-    Pack(#[from] crate::volume::Error),
+    Pack(#[from] sandbox::volume::Error),
     #[error("writing the runner into the app")]
     Runner(#[source] std::io::Error),
     #[error("saving the app")]

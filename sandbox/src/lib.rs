@@ -1,0 +1,17 @@
+//! NodeOS VMs to work in, on top of the VMM core (`vmm`): the kernel and root image
+//! ([`artifacts`], built and cached), `run`'s volumes ([`volume`]), users' disks ([`users`]),
+//! the host side of the guest agent ([`agent`]), the serial console ([`console`]), and a booted
+//! VM that runs commands through its agent ([`booted`]). The CLI and the function host build on
+//! this crate (docs/architecture.md).
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod agent;
+pub mod artifacts;
+pub mod booted;
+pub mod console;
+pub mod data_dir;
+pub mod npm_registry;
+pub mod users;
+pub mod vm_config;
+pub mod volume;
