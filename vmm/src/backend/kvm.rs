@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::vm::{ConsoleIo, RunReport, StopSignal, VmExit, VmSpec};
+use crate::vm::{ConsoleIo, Device, RunReport, StopSignal, VmExit, VmSpec};
 use crate::boot::cmdline::{self, MmioSlot};
 use crate::boot::{self, mptable};
 use crate::cpuid::DEFAULT_HIDDEN;
@@ -187,33 +187,32 @@ impl Machine {
             shared(timer),
         )?;
 
-        // Virtio devices on MMIO, in the order the guest names them: vda, vdb, then the rest.
-        let mut devices: Vec<Box<dyn VirtioDevice>> =
-            vec![Box::new(Block::open(&spec.rootfs, true, "nodeos-root")?)];
-        if let Some(upper) = &spec.upper_disk {
-            devices.push(Box::new(Block::open(upper, false, "nodeos-upper")?));
-        }
-        for disk in &spec.disks {
-            devices.push(Box::new(Block::open(
-                &disk.path,
-                disk.read_only,
-                "nodeos-volume",
-            )?));
-        }
-        devices.push(Box::new(Rng::new()));
-        // The guest's eth0; it configures its address from the command line.
-        if let Some(net) = &spec.net {
-            let end = match net_given {
-                Some(fd) => net::HostEnd::given(fd),
-                None => net::HostEnd::open(net, spec.seccomp)?,
-            };
-            devices.push(net::attach(net, end, net::DEFAULT_MAC)?);
-        }
-        // The guest agent's link; the guest learns which kind it has from the command line.
+        // Virtio devices on MMIO, in the spec's order (the guest's: vda, vdb, ...).
+        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::with_capacity(spec.devices.len());
+        let mut net_given = net_given;
         let mut base_cmdline = spec.cmdline.clone();
-        if let Some(path) = &spec.agent_socket {
-            devices.push(Box::new(Vsock::new(path)?));
-            base_cmdline.push_str(" nodeos.agent=vsock");
+        for (index, device) in spec.devices.iter().enumerate() {
+            devices.push(match device {
+                Device::Block(disk) => Box::new(Block::open(
+                    &disk.path,
+                    disk.read_only,
+                    &format!("nodeos-disk{index}"),
+                )?),
+                Device::Rng => Box::new(Rng::new()),
+                // The guest's eth0; it configures its address from the command line.
+                Device::Net(net) => {
+                    let end = match net_given.take() {
+                        Some(fd) => net::HostEnd::given(fd),
+                        None => net::HostEnd::open(net, spec.seccomp)?,
+                    };
+                    net::attach(net, end, net::DEFAULT_MAC)?
+                }
+                // The guest learns which kind of link it has from the command line.
+                Device::AgentLink(path) => {
+                    base_cmdline.push_str(" nodeos.agent=vsock");
+                    Box::new(Vsock::new(path)?)
+                }
+            });
         }
 
         let mut mmio = Bus::new();
@@ -464,6 +463,7 @@ pub(crate) mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::vm::Disk;
     use crate::vm::VmExit;
     use crate::boot::tests::tiny_elf;
     use crate::vm::ConsoleReady;
@@ -765,14 +765,16 @@ pub(crate) mod tests {
     pub(crate) fn pvh_spec(kernel: &Path, rootfs: &Path, cpus: u8) -> VmSpec {
         VmSpec {
             kernel: kernel.into(),
-            rootfs: rootfs.into(),
-            upper_disk: None,
-            disks: Vec::new(),
-            agent_socket: None,
-            net: None,
             memory_mib: 64,
             cpus,
             cmdline: "console=ttyS0".into(),
+            devices: vec![
+                Device::Block(Disk {
+                    path: rootfs.into(),
+                    read_only: true,
+                }),
+                Device::Rng,
+            ],
             seccomp: true,
         }
     }

@@ -155,8 +155,7 @@ pub fn run(
 ) -> Result<RunReport, Error> {
     // passt runs beside us, not in the VMM: its stderr thread is ours, not filtered.
     let net = spec
-        .net
-        .as_ref()
+        .net()
         .map(|net| HostEnd::open(net, false))
         .transpose()?;
     let host = jail.map(|_| jail::HostSide::prepare(spec)).transpose()?;
@@ -344,7 +343,7 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
     // SAFETY: as above.
     let net = request
         .spec
-        .net
+        .net()
         .is_some()
         .then(|| unsafe { OwnedFd::from_raw_fd(NET_FD) });
     let spec = match &request.jail {

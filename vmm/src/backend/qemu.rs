@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::vm::{
-    ConsoleIo, NetSpec, RunReport, StopSignal, VmExit, VmSpec, BOOT_TIMER_PORT, CONSOLE_READY,
+    ConsoleIo, Device, NetSpec, RunReport, StopSignal, VmExit, VmSpec, BOOT_TIMER_PORT, CONSOLE_READY,
     EXIT_PORT, INIT_STARTED,
 };
 
@@ -65,7 +65,7 @@ pub fn run(
     let timer = UnixListener::bind(&timer_path)
         .map_err(|e| QemuError::TimerSocket(timer_path.clone(), e))?;
     let link_path = dir.path().join("agent-link.sock");
-    let agent = match &spec.agent_socket {
+    let agent = match spec.agent_socket() {
         Some(socket) => Some(AgentMux::listen(&link_path, socket)?),
         None => None,
     };
@@ -339,12 +339,6 @@ fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString, agent_link: &Path) 
         "-device",
         &format!("isa-debugcon,iobase={BOOT_TIMER_PORT:#x},chardev=timer"),
     ]);
-    push(&[
-        "-object",
-        "rng-random,id=rng,filename=/dev/urandom",
-        "-device",
-        "virtio-rng-device,rng=rng",
-    ]);
     a.push("-chardev".into());
     a.push(with_prefix("socket,id=timer,path=", timer_socket));
     a.push("-kernel".into());
@@ -353,58 +347,62 @@ fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString, agent_link: &Path) 
     if accel == Accel::Tcg {
         cmdline = format!("{cmdline} {}", tcg_clock_params(&cpuinfo()));
     }
-    if spec.agent_socket.is_some() {
-        cmdline.push_str(" nodeos.agent=serial");
-        a.extend(["-device", "virtio-serial-device,max_ports=2", "-chardev"].map(OsString::from));
-        a.push(with_prefix(
-            "socket,id=agent,path=",
-            agent_link.as_os_str().to_owned(),
-        ));
-        a.push("-device".into());
-        a.push(format!("virtserialport,chardev=agent,name={SERIAL_PORT_NAME}").into());
+    // QEMU places virtio-mmio devices in the order they are created: the spec's order, which
+    // is the guest's (block devices are /dev/vda, /dev/vdb, ... in this order).
+    for (index, device) in spec.devices.iter().enumerate() {
+        match device {
+            Device::Block(disk) => {
+                let readonly = if disk.read_only { "on" } else { "off" };
+                a.push("-drive".into());
+                a.push(with_prefix(
+                    &format!(
+                        "id=disk{index},format=raw,if=none,cache=writeback,readonly={readonly},file="
+                    ),
+                    disk.path.clone().into_os_string(),
+                ));
+                a.extend([
+                    "-device".into(),
+                    format!("virtio-blk-device,drive=disk{index}").into(),
+                ]);
+            }
+            Device::Rng => a.extend(
+                [
+                    "-object",
+                    "rng-random,id=rng,filename=/dev/urandom",
+                    "-device",
+                    "virtio-rng-device,rng=rng",
+                ]
+                .map(OsString::from),
+            ),
+            Device::Net(net) => {
+                a.push("-netdev".into());
+                a.push(match net {
+                    // Slirp's defaults are the guest contract's: 10.0.2.15/24, host loopback
+                    // at 10.0.2.2, DNS at 10.0.2.3.
+                    NetSpec::User => "user,id=net0,net=10.0.2.0/24".into(),
+                    NetSpec::Tap(name) => {
+                        format!("tap,id=net0,ifname={name},script=no,downscript=no").into()
+                    }
+                });
+                a.extend(["-device", "virtio-net-device,netdev=net0"].map(OsString::from));
+            }
+            Device::AgentLink(_) => {
+                cmdline.push_str(" nodeos.agent=serial");
+                a.extend(
+                    ["-device", "virtio-serial-device,max_ports=2", "-chardev"]
+                        .map(OsString::from),
+                );
+                a.push(with_prefix(
+                    "socket,id=agent,path=",
+                    agent_link.as_os_str().to_owned(),
+                ));
+                a.push("-device".into());
+                a.push(format!("virtserialport,chardev=agent,name={SERIAL_PORT_NAME}").into());
+            }
+        }
     }
     a.push("-append".into());
     a.push(cmdline.into());
-    if let Some(net) = &spec.net {
-        a.push("-netdev".into());
-        a.push(match net {
-            // Slirp's defaults are the guest contract's: 10.0.2.15/24, host loopback at
-            // 10.0.2.2, DNS at 10.0.2.3.
-            NetSpec::User => "user,id=net0,net=10.0.2.0/24".into(),
-            NetSpec::Tap(name) => {
-                format!("tap,id=net0,ifname={name},script=no,downscript=no").into()
-            }
-        });
-        a.extend(["-device", "virtio-net-device,netdev=net0"].map(OsString::from));
-    }
-    // The guest names virtio disks in the order QEMU created them: the root image first
-    // (/dev/vda), then the upper disk (/dev/vdb), then the volumes in order.
-    a.push("-drive".into());
-    a.push(with_prefix(
-        "id=root,format=raw,if=none,readonly=on,file=",
-        spec.rootfs.clone().into_os_string(),
-    ));
-    a.extend(["-device", "virtio-blk-device,drive=root"].map(OsString::from));
-    if let Some(upper) = &spec.upper_disk {
-        a.push("-drive".into());
-        a.push(with_prefix(
-            "id=upper,format=raw,if=none,cache=writeback,file=",
-            upper.clone().into_os_string(),
-        ));
-        a.extend(["-device", "virtio-blk-device,drive=upper"].map(OsString::from));
-    }
-    for (i, disk) in spec.disks.iter().enumerate() {
-        a.push("-drive".into());
-        let readonly = if disk.read_only { "on" } else { "off" };
-        a.push(with_prefix(
-            &format!("id=disk{i},format=raw,if=none,cache=writeback,readonly={readonly},file="),
-            disk.path.clone().into_os_string(),
-        ));
-        a.extend([
-            "-device".into(),
-            format!("virtio-blk-device,drive=disk{i}").into(),
-        ]);
-    }
     if spec.seccomp {
         a.extend(["-sandbox", SANDBOX].map(OsString::from));
     }

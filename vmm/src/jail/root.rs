@@ -3,9 +3,8 @@
 //!
 //! ```text
 //! /kernel          the kernel, read-only
-//! /rootfs          the root image, read-only
-//! /upper           the writable upper layer's disk, when there is one
-//! /disk0, ...      the volumes, read-only where the disk is
+//! /disk0, ...      the block devices in the guest's order (the root image, the user's disk,
+//!                  volumes), read-only where the disk is
 //! /dev/kvm
 //! /sock/           the folder of the agent socket: the VMM's listener and the host's
 //!                  `<socket>_<port>` listeners, the same files the host sees
@@ -16,7 +15,7 @@ use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{c_path, check, Error, Jail};
-use crate::vm::VmSpec;
+use crate::vm::{Device, VmSpec};
 
 const KVM_DEVICE: &str = "/dev/kvm";
 /// The tmpfs holds only mount points.
@@ -50,23 +49,22 @@ pub(super) fn build(jail: &Jail, dir: &Path, spec: &VmSpec) -> Result<VmSpec, Er
     )?;
     let mut jailed = spec.clone();
     jailed.kernel = bind_file(dir, "kernel", &spec.kernel, Access::ReadOnly)?;
-    jailed.rootfs = bind_file(dir, "rootfs", &spec.rootfs, Access::ReadOnly)?;
-    if let Some(upper) = &spec.upper_disk {
-        jailed.upper_disk = Some(bind_file(dir, "upper", upper, Access::ReadWrite)?);
-    }
-    for (i, disk) in jailed.disks.iter_mut().enumerate() {
-        let access = if disk.read_only {
-            Access::ReadOnly
-        } else {
-            Access::ReadWrite
-        };
-        disk.path = bind_file(dir, &format!("disk{i}"), &disk.path, access)?;
+    for (index, device) in jailed.devices.iter_mut().enumerate() {
+        match device {
+            Device::Block(disk) => {
+                let access = if disk.read_only {
+                    Access::ReadOnly
+                } else {
+                    Access::ReadWrite
+                };
+                disk.path = bind_file(dir, &format!("disk{index}"), &disk.path, access)?;
+            }
+            Device::AgentLink(socket) => *socket = bind_socket_dir(jail, dir, socket)?,
+            Device::Rng | Device::Net(_) => {}
+        }
     }
     make_dir(&dir.join("dev"))?;
     bind_file(dir, "dev/kvm", Path::new(KVM_DEVICE), Access::Device)?;
-    if let Some(socket) = &spec.agent_socket {
-        jailed.agent_socket = Some(bind_socket_dir(jail, dir, socket)?);
-    }
     pivot(dir)?;
     // Nothing more is created in the jail but the sockets in /sock, a mount of its own.
     mount(

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::vm::Disk;
+use crate::vm::{Device, Disk};
 
 const PROBE_ENV: &str = "NODEOS_VM_JAIL_PROBE";
 const PROBE_TEST: &str = "jail::tests::probe";
@@ -75,7 +75,7 @@ fn probe() {
     let spec = enter(&JAIL, &request.dir, &request.spec, || Ok(())).unwrap();
     drop_privileges(&JAIL).unwrap();
 
-    let socket = spec.agent_socket.clone().unwrap();
+    let socket = spec.agent_socket().unwrap().to_path_buf();
     // SAFETY: the id getters and prctl take no pointers; fcntl probes descriptor numbers.
     let (ids, groups, pid, no_new_privs, fds) = unsafe {
         (
@@ -156,14 +156,17 @@ fn a_jailed_process_sees_only_its_jail() {
     let _listener = UnixListener::bind(hybrid_listener(&socket)).unwrap();
     let spec = VmSpec {
         kernel: file("vmlinux", "the kernel"),
-        rootfs: file("rootfs.img", "the root"),
-        upper_disk: None,
-        disks: vec![Disk {
-            path: file("volume.img", "a volume"),
-            read_only: true,
-        }],
-        agent_socket: Some(socket.clone()),
-        net: None,
+        devices: vec![
+            Device::Block(Disk {
+                path: file("rootfs.img", "the root"),
+                read_only: true,
+            }),
+            Device::Block(Disk {
+                path: file("volume.img", "a volume"),
+                read_only: true,
+            }),
+            Device::AgentLink(socket.clone()),
+        ],
         memory_mib: 64,
         cpus: 1,
         cmdline: String::new(),
@@ -214,7 +217,7 @@ fn a_jailed_process_sees_only_its_jail() {
         "{uid_line}"
     );
     let jail_root = names(Path::new(&format!("/proc/{inner}/root")));
-    assert_eq!(jail_root, ["dev", "disk0", "kernel", "rootfs", "sock"]);
+    assert_eq!(jail_root, ["dev", "disk0", "disk1", "kernel", "sock"]);
     assert!(
         names(host.dir()).is_empty(),
         "the host sees the jail folder empty"
@@ -244,9 +247,10 @@ fn a_jailed_process_sees_only_its_jail() {
     assert!(!seen.kernel_writable && !seen.root_writable);
     assert!(seen.reaches_host_listener, "the host's agent listener");
     assert_eq!(seen.spec.kernel, Path::new("/kernel"));
-    assert_eq!(seen.spec.disks[0].path, Path::new("/disk0"));
+    let disks: Vec<_> = seen.spec.disks().map(|d| d.path.as_path()).collect();
+    assert_eq!(disks, [Path::new("/disk0"), Path::new("/disk1")]);
     assert_eq!(
-        seen.spec.agent_socket.as_deref(),
+        seen.spec.agent_socket(),
         Some(Path::new("/sock/agent.sock"))
     );
 
