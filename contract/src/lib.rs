@@ -21,11 +21,15 @@
 //! - [`sock`]: non-blocking, SIGPIPE-free sends for both ends of a link.
 //! - The well-known ports and names both sides agree on (below).
 //!
+//! And [`codec`], the one bounded little-endian codec of every binary message here and of the
+//! guest's own spawn protocol.
+//!
 //! The agent's ready handshake: once it listens on [`AGENT_PORT`], the agent connects to host
 //! port [`READY_PORT`], sends [`frame::Reply::Hello`] and closes.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod codec;
 pub mod disks;
 pub mod frame;
 pub mod hybrid;
