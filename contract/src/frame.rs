@@ -12,6 +12,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 use crate::codec::{DecodeError, Decoder, Encoder};
+use crate::status;
 
 /// The protocol version both sides say in their `Hello`.
 pub const VERSION: u32 = 1;
@@ -121,8 +122,10 @@ impl ErrorKind {
     /// for one that could not be run; `None` for failures that are not the command's.
     pub fn shell_status(self) -> Option<u8> {
         match self {
-            ErrorKind::NotFound => Some(127),
-            ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => Some(126),
+            ErrorKind::NotFound => Some(status::NOT_FOUND),
+            ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => {
+                Some(status::CANNOT_RUN)
+            }
             ErrorKind::Protocol | ErrorKind::Version => None,
         }
     }
