@@ -739,4 +739,41 @@ mod tests {
         assert_eq!(ErrorKind::NotExecutable.shell_status(), Some(126));
         assert_eq!(ErrorKind::Protocol.shell_status(), None);
     }
+
+    #[test]
+    fn the_wire_format_is_fixed() {
+        let exec = Request::Exec(Exec {
+            argv: vec![b"a".to_vec()],
+            env: Vec::new(),
+            cwd: Some(b"/".to_vec()),
+            stdin: true,
+            timeout_ms: Some(5),
+        });
+        let payload = [
+            &[1, 0, 0, 0, 1, 0, 0, 0, b'a'][..], // argv
+            &[0, 0, 0, 0],                       // env
+            &[1, 1, 0, 0, 0, b'/'],              // cwd
+            &[1],                                // stdin
+            &[1, 5, 0, 0, 0, 0, 0, 0, 0],        // timeout_ms
+        ]
+        .concat();
+        assert_eq!(exec.encode().unwrap(), frame(kind::EXEC, &payload));
+        assert_eq!(
+            Request::Signal(-1).encode().unwrap(),
+            frame(kind::SIGNAL, &[0xff; 4])
+        );
+        assert_eq!(
+            Reply::Error {
+                kind: ErrorKind::BadCwd,
+                message: "é".into()
+            }
+            .encode()
+            .unwrap(),
+            frame(kind::ERROR, &[4, 2, 0, 0, 0, 0xc3, 0xa9])
+        );
+        assert_eq!(
+            Reply::TimedOut { timeout_ms: 1 }.encode().unwrap(),
+            frame(kind::TIMED_OUT, &[1, 0, 0, 0, 0, 0, 0, 0])
+        );
+    }
 }
