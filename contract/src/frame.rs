@@ -11,6 +11,9 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
+use crate::codec::{DecodeError, Decoder, Encoder};
+use crate::status;
+
 /// The protocol version both sides say in their `Hello`.
 pub const VERSION: u32 = 1;
 /// Largest payload of any frame (the type byte not counted).
@@ -119,8 +122,10 @@ impl ErrorKind {
     /// for one that could not be run; `None` for failures that are not the command's.
     pub fn shell_status(self) -> Option<u8> {
         match self {
-            ErrorKind::NotFound => Some(127),
-            ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => Some(126),
+            ErrorKind::NotFound => Some(status::NOT_FOUND),
+            ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => {
+                Some(status::CANNOT_RUN)
+            }
             ErrorKind::Protocol | ErrorKind::Version => None,
         }
     }
@@ -135,7 +140,8 @@ pub enum FrameError {
     Truncated,
     /// The length field is 0 (a frame has at least its type byte).
     Empty,
-    /// A payload over [`MAX_PAYLOAD`], or a data chunk over [`MAX_CHUNK`].
+    /// A payload over [`MAX_PAYLOAD`], a data chunk over [`MAX_CHUNK`], or a field's length
+    /// over what a payload can hold.
     TooLarge { len: usize, max: usize },
     /// A type byte this direction does not have.
     UnknownType(u8),
@@ -203,32 +209,34 @@ mod kind {
 impl Request {
     /// The whole frame, length prefix included. Errors only for a message over the bounds.
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
-        let mut out = Encoder::new();
+        let mut out = payload_encoder();
         let kind = match self {
             Request::Hello { version } => {
-                out.u32(*version);
+                out.put_u32(*version);
                 kind::HELLO
             }
             Request::Exec(exec) => {
-                out.list(&exec.argv);
-                out.list(&exec.env);
-                out.option(exec.cwd.as_ref(), |out, cwd| out.bytes(cwd));
-                out.u8(u8::from(exec.stdin));
-                out.option(exec.timeout_ms.as_ref(), |out, ms| out.u64(*ms));
+                put_list(&mut out, &exec.argv);
+                put_list(&mut out, &exec.env);
+                put_option(&mut out, exec.cwd.as_ref(), |out, cwd| out.put_bytes(cwd));
+                out.put_bool(exec.stdin);
+                put_option(&mut out, exec.timeout_ms.as_ref(), |out, ms| {
+                    out.put_u64(*ms)
+                });
                 kind::EXEC
             }
             Request::Stdin(data) => {
-                out.raw(data);
+                out.put_raw(data);
                 kind::STDIN
             }
             Request::StdinEof => kind::STDIN_EOF,
             Request::Signal(signal) => {
-                out.u32(*signal as u32);
+                out.put_i32(*signal);
                 kind::SIGNAL
             }
             Request::Poweroff => kind::POWEROFF,
         };
-        out.finish(kind)
+        finish_frame(out, kind)
     }
 
     /// Decodes the first frame of `buf`: `Ok(None)` while `buf` holds only part of it,
@@ -237,23 +245,25 @@ impl Request {
         let Some(raw) = split_frame(buf)? else {
             return Ok(None);
         };
-        let mut d = Decoder::new(raw.payload, "request");
-        let request = match raw.kind {
-            kind::HELLO => Request::Hello { version: d.u32()? },
-            kind::EXEC => Request::Exec(Exec {
-                argv: d.list()?,
-                env: d.list()?,
-                cwd: d.option(|d| d.bytes())?,
-                stdin: d.bool()?,
-                timeout_ms: d.option(|d| d.u64())?,
-            }),
-            kind::STDIN => Request::Stdin(d.chunk()?),
-            kind::STDIN_EOF => Request::StdinEof,
-            kind::SIGNAL => Request::Signal(d.u32()? as i32),
-            kind::POWEROFF => Request::Poweroff,
-            other => return Err(FrameError::UnknownType(other)),
-        };
-        d.end()?;
+        let request = raw.decode("request", |kind, d| {
+            Ok(Some(match kind {
+                kind::HELLO => Request::Hello {
+                    version: d.u32("version")?,
+                },
+                kind::EXEC => Request::Exec(Exec {
+                    argv: list(d, "argv")?,
+                    env: list(d, "env")?,
+                    cwd: option(d, "cwd", |d| Ok(d.bytes("cwd", MAX_PAYLOAD)?.to_vec()))?,
+                    stdin: d.bool("stdin")?,
+                    timeout_ms: option(d, "timeout_ms", |d| d.u64("timeout_ms"))?,
+                }),
+                kind::STDIN => Request::Stdin(d.rest("stdin", MAX_CHUNK)?.to_vec()),
+                kind::STDIN_EOF => Request::StdinEof,
+                kind::SIGNAL => Request::Signal(d.i32("signal")?),
+                kind::POWEROFF => Request::Poweroff,
+                _ => return Ok(None),
+            }))
+        })?;
         Ok(Some((request, raw.len)))
     }
 }
@@ -261,43 +271,43 @@ impl Request {
 impl Reply {
     /// The whole frame, length prefix included. Errors only for a message over the bounds.
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
-        let mut out = Encoder::new();
+        let mut out = payload_encoder();
         let kind = match self {
             Reply::Hello { version } => {
-                out.u32(*version);
+                out.put_u32(*version);
                 kind::R_HELLO
             }
             Reply::Started { pid } => {
-                out.u32(*pid as u32);
+                out.put_i32(*pid);
                 kind::STARTED
             }
             Reply::Stdout(data) => {
-                out.raw(data);
+                out.put_raw(data);
                 kind::STDOUT
             }
             Reply::Stderr(data) => {
-                out.raw(data);
+                out.put_raw(data);
                 kind::STDERR
             }
             Reply::Exited(code) => {
-                out.u32(*code as u32);
+                out.put_i32(*code);
                 kind::EXITED
             }
             Reply::Signaled(signal) => {
-                out.u32(*signal as u32);
+                out.put_i32(*signal);
                 kind::SIGNALED
             }
             Reply::TimedOut { timeout_ms } => {
-                out.u64(*timeout_ms);
+                out.put_u64(*timeout_ms);
                 kind::TIMED_OUT
             }
             Reply::Error { kind, message } => {
-                out.u8(kind.code());
-                out.bytes(message.as_bytes());
+                out.put_u8(kind.code());
+                out.put_str(message);
                 kind::ERROR
             }
         };
-        out.finish(kind)
+        finish_frame(out, kind)
     }
 
     /// Decodes the first frame of `buf`: `Ok(None)` while `buf` holds only part of it,
@@ -306,30 +316,31 @@ impl Reply {
         let Some(raw) = split_frame(buf)? else {
             return Ok(None);
         };
-        let mut d = Decoder::new(raw.payload, "reply");
-        let reply = match raw.kind {
-            kind::R_HELLO => Reply::Hello { version: d.u32()? },
-            kind::STARTED => Reply::Started {
-                pid: d.u32()? as i32,
-            },
-            kind::STDOUT => Reply::Stdout(d.chunk()?),
-            kind::STDERR => Reply::Stderr(d.chunk()?),
-            kind::EXITED => Reply::Exited(d.u32()? as i32),
-            kind::SIGNALED => Reply::Signaled(d.u32()? as i32),
-            kind::TIMED_OUT => Reply::TimedOut {
-                timeout_ms: d.u64()?,
-            },
-            kind::ERROR => {
-                let code = d.u8()?;
-                let kind = ErrorKind::from_code(code)
-                    .ok_or_else(|| d.malformed(format!("unknown error kind {code}")))?;
-                let message = String::from_utf8(d.bytes()?)
-                    .map_err(|_| d.malformed("error message is not UTF-8".into()))?;
-                Reply::Error { kind, message }
-            }
-            other => return Err(FrameError::UnknownType(other)),
-        };
-        d.end()?;
+        let reply = raw.decode("reply", |kind, d| {
+            Ok(Some(match kind {
+                kind::R_HELLO => Reply::Hello {
+                    version: d.u32("version")?,
+                },
+                kind::STARTED => Reply::Started { pid: d.i32("pid")? },
+                kind::STDOUT => Reply::Stdout(d.rest("stdout", MAX_CHUNK)?.to_vec()),
+                kind::STDERR => Reply::Stderr(d.rest("stderr", MAX_CHUNK)?.to_vec()),
+                kind::EXITED => Reply::Exited(d.i32("code")?),
+                kind::SIGNALED => Reply::Signaled(d.i32("signal")?),
+                kind::TIMED_OUT => Reply::TimedOut {
+                    timeout_ms: d.u64("timeout_ms")?,
+                },
+                kind::ERROR => {
+                    let code = d.u8("error kind")?;
+                    let kind = ErrorKind::from_code(code).ok_or_else(|| DecodeError::Invalid {
+                        field: "error kind",
+                        why: format!("unknown error kind {code}"),
+                    })?;
+                    let message = d.str("error message", MAX_PAYLOAD)?.to_string();
+                    Reply::Error { kind, message }
+                }
+                _ => return Ok(None),
+            }))
+        })?;
         Ok(Some((reply, raw.len)))
     }
 
@@ -435,171 +446,85 @@ fn split_frame(buf: &[u8]) -> Result<Option<RawFrame<'_>>, FrameError> {
     }))
 }
 
-struct Encoder {
-    buf: Vec<u8>,
-}
-
-impl Encoder {
-    fn new() -> Self {
-        Encoder {
-            buf: vec![0; HEADER_LEN],
-        }
-    }
-
-    fn u8(&mut self, v: u8) {
-        self.buf.push(v);
-    }
-
-    fn u32(&mut self, v: u32) {
-        self.buf.extend_from_slice(&v.to_le_bytes());
-    }
-
-    fn u64(&mut self, v: u64) {
-        self.buf.extend_from_slice(&v.to_le_bytes());
-    }
-
-    fn raw(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
-    }
-
-    fn bytes(&mut self, data: &[u8]) {
-        self.u32(data.len().min(u32::MAX as usize) as u32);
-        self.raw(data);
-    }
-
-    fn list(&mut self, items: &[Vec<u8>]) {
-        self.u32(items.len().min(u32::MAX as usize) as u32);
-        for item in items {
-            self.bytes(item);
-        }
-    }
-
-    fn option<T>(&mut self, value: Option<&T>, f: impl FnOnce(&mut Self, &T)) {
-        match value {
-            None => self.u8(0),
-            Some(v) => {
-                self.u8(1);
-                f(self, v);
-            }
-        }
-    }
-
-    fn finish(mut self, kind: u8) -> Result<Vec<u8>, FrameError> {
-        let payload = self.buf.len() - HEADER_LEN;
-        let max = match kind {
-            kind::STDIN | kind::STDOUT | kind::STDERR => MAX_CHUNK,
-            _ => MAX_PAYLOAD,
+impl RawFrame<'_> {
+    /// Decodes the payload with `decode`, which gives `None` for a type byte it does not know;
+    /// `what` (request or reply) names the direction in errors.
+    fn decode<T>(
+        &self,
+        what: &'static str,
+        decode: impl FnOnce(u8, &mut Decoder<'_>) -> Result<Option<T>, DecodeError>,
+    ) -> Result<T, FrameError> {
+        let bad = |e: DecodeError| match e {
+            DecodeError::TooLong { len, max, .. } => FrameError::TooLarge { len, max },
+            e => FrameError::Malformed {
+                kind: what,
+                why: e.to_string(),
+            },
         };
-        if payload > max {
-            return Err(FrameError::TooLarge { len: payload, max });
-        }
-        let len = (payload + 1) as u32;
-        self.buf[..4].copy_from_slice(&len.to_le_bytes());
-        self.buf[4] = kind;
-        Ok(self.buf)
+        let mut d = Decoder::new(self.payload);
+        let value = decode(self.kind, &mut d)
+            .map_err(bad)?
+            .ok_or(FrameError::UnknownType(self.kind))?;
+        d.finish().map_err(bad)?;
+        Ok(value)
     }
 }
 
-struct Decoder<'a> {
-    rest: &'a [u8],
-    what: &'static str,
+/// An encoder with room for the frame header, which [`finish_frame`] fills in.
+fn payload_encoder() -> Encoder {
+    Encoder::from_vec(vec![0; HEADER_LEN])
 }
 
-impl<'a> Decoder<'a> {
-    fn new(payload: &'a [u8], what: &'static str) -> Self {
-        Decoder {
-            rest: payload,
-            what,
-        }
+/// The whole frame of a payload from [`payload_encoder`], or an error if it is over its bound.
+fn finish_frame(out: Encoder, kind: u8) -> Result<Vec<u8>, FrameError> {
+    let mut frame = out.into_vec();
+    let payload = frame.len() - HEADER_LEN;
+    let max = match kind {
+        kind::STDIN | kind::STDOUT | kind::STDERR => MAX_CHUNK,
+        _ => MAX_PAYLOAD,
+    };
+    if payload > max {
+        return Err(FrameError::TooLarge { len: payload, max });
     }
+    let len = (payload + 1) as u32;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    frame[4] = kind;
+    Ok(frame)
+}
 
-    fn malformed(&self, why: String) -> FrameError {
-        FrameError::Malformed {
-            kind: self.what,
-            why,
-        }
+/// A count, then each item as [`Encoder::put_bytes`] writes it.
+fn put_list(out: &mut Encoder, items: &[Vec<u8>]) {
+    out.put_u32(u32::try_from(items.len()).unwrap_or(u32::MAX));
+    for item in items {
+        out.put_bytes(item);
     }
+}
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
-        if self.rest.len() < n {
-            return Err(self.malformed(format!("needs {n} more bytes, {} left", self.rest.len())));
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
+fn list(d: &mut Decoder<'_>, field: &'static str) -> Result<Vec<Vec<u8>>, DecodeError> {
+    // Each item takes at least its 4-byte length.
+    let count = d.count(field, MAX_PAYLOAD, 4)?;
+    (0..count)
+        .map(|_| d.bytes(field, MAX_PAYLOAD).map(<[u8]>::to_vec))
+        .collect()
+}
+
+/// A flag byte, then the value when there is one.
+fn put_option<T>(out: &mut Encoder, value: Option<&T>, put: impl FnOnce(&mut Encoder, &T)) {
+    out.put_bool(value.is_some());
+    if let Some(v) = value {
+        put(out, v);
     }
+}
 
-    fn u8(&mut self) -> Result<u8, FrameError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn bool(&mut self) -> Result<bool, FrameError> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            other => Err(self.malformed(format!("flag byte {other} (must be 0 or 1)"))),
-        }
-    }
-
-    fn u32(&mut self) -> Result<u32, FrameError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn u64(&mut self) -> Result<u64, FrameError> {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(b))
-    }
-
-    /// A length-prefixed byte string; the length is checked against what is left.
-    fn bytes(&mut self) -> Result<Vec<u8>, FrameError> {
-        let len = self.u32()? as usize;
-        Ok(self.take(len)?.to_vec())
-    }
-
-    /// A counted list of byte strings; each takes at least 4 bytes, which bounds the count.
-    fn list(&mut self) -> Result<Vec<Vec<u8>>, FrameError> {
-        let count = self.u32()? as usize;
-        if count > self.rest.len() / 4 {
-            return Err(self.malformed(format!(
-                "list of {count} items in {} bytes",
-                self.rest.len()
-            )));
-        }
-        (0..count).map(|_| self.bytes()).collect()
-    }
-
-    fn option<T>(
-        &mut self,
-        f: impl FnOnce(&mut Self) -> Result<T, FrameError>,
-    ) -> Result<Option<T>, FrameError> {
-        if self.bool()? {
-            f(self).map(Some)
-        } else {
-            Ok(None)
-        }
-    }
-
-    /// The rest of the payload as a data chunk.
-    fn chunk(&mut self) -> Result<Vec<u8>, FrameError> {
-        if self.rest.len() > MAX_CHUNK {
-            return Err(FrameError::TooLarge {
-                len: self.rest.len(),
-                max: MAX_CHUNK,
-            });
-        }
-        let data = self.rest.to_vec();
-        self.rest = &[];
-        Ok(data)
-    }
-
-    fn end(&self) -> Result<(), FrameError> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(self.malformed(format!("{} bytes after the message", self.rest.len())))
-        }
+fn option<'a, T>(
+    d: &mut Decoder<'a>,
+    field: &'static str,
+    get: impl FnOnce(&mut Decoder<'a>) -> Result<T, DecodeError>,
+) -> Result<Option<T>, DecodeError> {
+    if d.bool(field)? {
+        get(d).map(Some)
+    } else {
+        Ok(None)
     }
 }
 
@@ -813,5 +738,42 @@ mod tests {
         assert_eq!(ErrorKind::ExecFailed.shell_status(), Some(126));
         assert_eq!(ErrorKind::NotExecutable.shell_status(), Some(126));
         assert_eq!(ErrorKind::Protocol.shell_status(), None);
+    }
+
+    #[test]
+    fn the_wire_format_is_fixed() {
+        let exec = Request::Exec(Exec {
+            argv: vec![b"a".to_vec()],
+            env: Vec::new(),
+            cwd: Some(b"/".to_vec()),
+            stdin: true,
+            timeout_ms: Some(5),
+        });
+        let payload = [
+            &[1, 0, 0, 0, 1, 0, 0, 0, b'a'][..], // argv
+            &[0, 0, 0, 0],                       // env
+            &[1, 1, 0, 0, 0, b'/'],              // cwd
+            &[1],                                // stdin
+            &[1, 5, 0, 0, 0, 0, 0, 0, 0],        // timeout_ms
+        ]
+        .concat();
+        assert_eq!(exec.encode().unwrap(), frame(kind::EXEC, &payload));
+        assert_eq!(
+            Request::Signal(-1).encode().unwrap(),
+            frame(kind::SIGNAL, &[0xff; 4])
+        );
+        assert_eq!(
+            Reply::Error {
+                kind: ErrorKind::BadCwd,
+                message: "é".into()
+            }
+            .encode()
+            .unwrap(),
+            frame(kind::ERROR, &[4, 2, 0, 0, 0, 0xc3, 0xa9])
+        );
+        assert_eq!(
+            Reply::TimedOut { timeout_ms: 1 }.encode().unwrap(),
+            frame(kind::TIMED_OUT, &[1, 0, 0, 0, 0, 0, 0, 0])
+        );
     }
 }

@@ -1,5 +1,15 @@
-//! The host–guest agent link (docs/agent-protocol.md).
+//! The host–guest contract of nodeos-vm: everything both sides must agree on, defined once and
+//! linked by both (the VMM, and the guest's init, statically: so std and libc only).
 //!
+//! Booting (docs/guest-contract.md):
+//! - [`params`]: the `nodeos.*` kernel parameters, as a typed [`params::GuestParams`] the host
+//!   writes and the guest parses, with the guest's checks on both sides.
+//! - [`disks`]: which `/dev/vdX` each virtio-blk disk is (root image, upper layer, volumes).
+//! - [`net`]: the addresses of user-mode networking (guest, gateway = host loopback, DNS).
+//! - [`ports`]: the exit and boot-timer I/O ports and the bytes written to them.
+//! - [`status`]: the exit statuses both sides give a meaning (boot failure, timeout, ...).
+//!
+//! The agent link (docs/agent-protocol.md):
 //! - [`hybrid`]: Firecracker's hybrid vsock handshake over a Unix socket (`CONNECT <port>\n` /
 //!   `OK <host_port>\n`), spoken by our VMM's vsock device and by the channel multiplexer.
 //! - [`frame`]: the agent protocol itself: the host's requests (`Hello`, `Exec`, stdin,
@@ -8,17 +18,27 @@
 //! - [`mux`]: the channel multiplexer, which offers the same hybrid-vsock interface at both
 //!   ends of one byte stream (a virtio-serial port) where there is no vsock device. Host code
 //!   cannot tell the two transports apart.
+//! - [`sock`]: non-blocking, SIGPIPE-free sends for both ends of a link.
 //! - The well-known ports and names both sides agree on (below).
+//!
+//! And [`codec`], the one bounded little-endian codec of every binary message here and of the
+//! guest's own spawn protocol.
 //!
 //! The agent's ready handshake: once it listens on [`AGENT_PORT`], the agent connects to host
 //! port [`READY_PORT`], sends [`frame::Reply::Hello`] and closes.
 
-#![warn(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod codec;
+pub mod disks;
 pub mod frame;
 pub mod hybrid;
 pub mod mux;
+pub mod net;
+pub mod params;
+pub mod ports;
 pub mod sock;
+pub mod status;
 
 /// The guest's context ID on our vsock device.
 pub const GUEST_CID: u32 = 3;

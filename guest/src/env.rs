@@ -7,6 +7,8 @@
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
+use contract::status;
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct Invocation {
     /// The environment the command gets, `NAME=VALUE` entries.
@@ -126,6 +128,10 @@ pub fn split_string(s: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     Ok(words)
 }
 
+/// Status of env's own failures (bad arguments, output that cannot be written), as GNU env
+/// gives them: 125, the number nodeos-vm also gives its own failures.
+const ENV_FAILED: i32 = status::HOST_FAILURE as i32;
+
 pub fn main(args: &[OsString]) -> ! {
     let env: Vec<Vec<u8>> = crate::exec::current_env()
         .into_iter()
@@ -135,7 +141,7 @@ pub fn main(args: &[OsString]) -> ! {
         Ok(invocation) => invocation,
         Err(why) => {
             eprintln!("env: {why}");
-            crate::sys::exit_now(125);
+            crate::sys::exit_now(ENV_FAILED);
         }
     };
     if invocation.command.is_empty() {
@@ -148,7 +154,7 @@ pub fn main(args: &[OsString]) -> ! {
             if crate::sys::write_all(std::os::fd::AsFd::as_fd(&std::io::stdout()), &out).is_ok() {
                 0
             } else {
-                125
+                ENV_FAILED
             };
         crate::sys::exit_now(code);
     }
@@ -162,7 +168,7 @@ pub fn main(args: &[OsString]) -> ! {
         invocation.env.iter().map(to_c).collect::<Option<Vec<_>>>(),
     ) else {
         eprintln!("env: argument contains a NUL byte");
-        crate::sys::exit_now(125);
+        crate::sys::exit_now(ENV_FAILED);
     };
     let err = crate::exec::execvpe(&argv[0], &argv, &env);
     let name = OsString::from_vec(invocation.command[0].clone());
@@ -171,11 +177,12 @@ pub fn main(args: &[OsString]) -> ! {
         name.to_string_lossy(),
         crate::error::errno_text(&err)
     );
-    crate::sys::exit_now(if err.raw_os_error() == Some(libc::ENOENT) {
-        127
+    let code = if err.raw_os_error() == Some(libc::ENOENT) {
+        status::NOT_FOUND
     } else {
-        126
-    })
+        status::CANNOT_RUN
+    };
+    crate::sys::exit_now(i32::from(code))
 }
 
 #[cfg(test)]

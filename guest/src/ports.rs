@@ -1,25 +1,13 @@
-//! The two x86 I/O ports of the host–guest contract (docs/guest-contract.md).
+//! Writing the two x86 I/O ports of the host–guest contract ([`contract::ports`]).
 //!
 //! Port I/O from user space needs `ioperm(2)` (CONFIG_X86_IOPL_IOPERM) and CAP_SYS_RAWIO; where
 //! the kernel lacks ioperm, `/dev/port` (CONFIG_DEVPORT) is tried instead.
 
 use std::io;
 
-use crate::error::{Error, Result};
+use contract::ports::{BOOT_TIMER_PORT, CONSOLE_READY, EXIT_PORT, INIT_STARTED, MAX_EXIT_STATUS};
 
-/// Boot timer: init writes [`BOOT_TIMER_MARK`] here first thing; the VMM timestamps it.
-pub const BOOT_TIMER_PORT: u16 = 0x3f0;
-/// Written to the boot timer port by init, first thing.
-pub const BOOT_TIMER_MARK: u8 = b'I';
-/// Written to the boot timer port when the REPL reads its input (the host may hold console
-/// input until then: what arrives earlier may be echoed or lost while the console is set up).
-pub const REPL_READY_MARK: u8 = b'R';
-/// Exit: the byte written here ends the VM, and is the host command's exit status.
-pub const EXIT_PORT: u16 = 0xf4;
-/// Exit status of a boot failure.
-pub const BOOT_FAILURE_STATUS: u8 = 121;
-/// The highest status the exit port carries; larger codes are reported as this.
-pub const MAX_EXIT_STATUS: u8 = 127;
+use crate::error::{Error, Result};
 
 /// Writes one byte to an I/O port.
 pub fn outb(port: u16, value: u8) -> Result<()> {
@@ -53,14 +41,15 @@ fn dev_port_write(port: u16, value: u8) -> io::Result<()> {
 /// Marks "init started" for the host's boot timer. Best effort: a kernel without port access
 /// still boots, the host just gets no timestamp.
 pub fn mark_boot_timer() {
-    let _ = outb(BOOT_TIMER_PORT, BOOT_TIMER_MARK);
+    let _ = outb(BOOT_TIMER_PORT, INIT_STARTED);
     // Node (PID 1 after exec) must not keep port access.
     let _ = ioperm(BOOT_TIMER_PORT, false);
 }
 
-/// Marks "the REPL is ready for input" for the host. Best effort, like the boot mark.
-pub fn mark_repl_ready() {
-    let _ = outb(BOOT_TIMER_PORT, REPL_READY_MARK);
+/// Marks "the console is ready for input" (the REPL reads it) for the host. Best effort, like
+/// the boot mark.
+pub fn mark_console_ready() {
+    let _ = outb(BOOT_TIMER_PORT, CONSOLE_READY);
 }
 
 /// Maps a process exit code to the byte for the exit port: like a real exit status

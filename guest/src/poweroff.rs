@@ -6,7 +6,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::init::cmdline::{Cmdline, Upper};
+use contract::params::{GuestParams, Upper};
+
 use crate::init::mounts::UPPER_MOUNT;
 use crate::ports;
 use crate::sys;
@@ -19,19 +20,19 @@ const REMOUNT_TRIES: u32 = 30;
 const REMOUNT_RETRY: Duration = Duration::from_millis(10);
 
 /// The mount points of the file systems that outlive the VM and are written in it.
-pub fn persistent_mounts(cmdline: &Cmdline) -> Vec<PathBuf> {
-    let upper = match cmdline.upper {
+pub fn persistent_mounts(params: &GuestParams) -> Vec<PathBuf> {
+    let upper = match params.upper {
         Upper::Disk(_) => Some(PathBuf::from(UPPER_MOUNT)),
         Upper::Tmpfs => None,
     };
     upper
         .into_iter()
         .chain(
-            cmdline
+            params
                 .volumes
                 .iter()
                 .filter(|v| !v.read_only)
-                .map(|v| v.mount_point.clone()),
+                .map(|v| PathBuf::from(&v.mount_point)),
         )
         .collect()
 }
@@ -102,14 +103,14 @@ mod tests {
 
     #[test]
     fn persistent_mounts_are_the_disk_upper_and_rw_volumes() {
-        let cmdline = Cmdline::parse(
+        let params = GuestParams::parse(
             "nodeos.upper=/dev/vdb nodeos.vol=/dev/vdc:/data:rw nodeos.vol=/dev/vdd:/ro:ro",
         )
         .unwrap();
         assert_eq!(
-            persistent_mounts(&cmdline),
+            persistent_mounts(&params),
             vec![PathBuf::from(UPPER_MOUNT), PathBuf::from("/data")]
         );
-        assert!(persistent_mounts(&Cmdline::default()).is_empty());
+        assert!(persistent_mounts(&GuestParams::default()).is_empty());
     }
 }

@@ -501,4 +501,49 @@ mod tests {
         assert!(msg.len() - 5 <= MAX_RESPONSE_BYTES);
         assert!(Response::decode(msg[0], &msg[5..]).is_ok());
     }
+
+    #[test]
+    fn the_wire_format_is_fixed() {
+        let request = Request {
+            file: c("f"),
+            argv: vec![c("a"), c("")],
+            env: vec![c("E=1")],
+            cwd: c("/"),
+            umask: 0o022,
+            fds: vec![1, 0x0102],
+        };
+        let mut expected = b"NSP1".to_vec();
+        expected.extend_from_slice(&[50, 0, 0, 0]); // body length
+        expected.extend_from_slice(&[0x12, 0, 0, 0]); // umask
+        expected.extend_from_slice(&[2, 0, 0, 0, 1, 0, 0, 0, 2, 1, 0, 0]); // fds
+        expected.extend_from_slice(&[1, 0, 0, 0, b'f', 1, 0, 0, 0, b'/']); // file, cwd
+        expected.extend_from_slice(&[2, 0, 0, 0, 1, 0, 0, 0, b'a', 0, 0, 0, 0]); // argv
+        expected.extend_from_slice(&[1, 0, 0, 0, 3, 0, 0, 0, b'E', b'=', b'1']); // env
+        assert_eq!(request.encode().unwrap(), expected);
+        for (response, bytes) in [
+            (
+                Response::Started { pid: 7 },
+                &[TAG_STARTED, 4, 0, 0, 0, 7, 0, 0, 0][..],
+            ),
+            (
+                Response::Exited { code: -1 },
+                &[TAG_EXITED, 4, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+            ),
+            (
+                Response::Failed {
+                    stage: Stage::Chdir,
+                    errno: 2,
+                },
+                &[TAG_FAILED, 5, 0, 0, 0, 1, 2, 0, 0, 0],
+            ),
+            (
+                Response::Refused {
+                    reason: "no".into(),
+                },
+                &[TAG_REFUSED, 2, 0, 0, 0, b'n', b'o'],
+            ),
+        ] {
+            assert_eq!(response.encode(), bytes, "{response:?}");
+        }
+    }
 }

@@ -21,6 +21,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 
+use contract::status;
+
 use crate::error::strerror;
 use crate::fdpass;
 use crate::protocol::{Request, Response, Stage, MAX_FDS, MAX_FD_NUMBER};
@@ -43,9 +45,9 @@ pub const FORWARDED_SIGNALS: [libc::c_int; 9] = [
 ];
 
 /// Exit code when the command could not be found (as shells do).
-const NOT_FOUND: i32 = 127;
+const NOT_FOUND: i32 = status::NOT_FOUND as i32;
 /// Exit code when the command was found but could not be run.
-const CANNOT_RUN: i32 = 126;
+const CANNOT_RUN: i32 = status::CANNOT_RUN as i32;
 
 /// What the shim was asked to run.
 #[derive(Debug, PartialEq, Eq)]
@@ -298,7 +300,7 @@ fn die_by_signal(signal: libc::c_int) -> ! {
     }
     // A signal whose default action is not to terminate (cannot happen for a command that
     // was killed by it, but be safe): exit as a shell reports it.
-    sys::exit_now(128 + signal)
+    sys::exit_now(i32::from(status::SIGNALED_BASE) + signal)
 }
 
 #[cfg(test)]

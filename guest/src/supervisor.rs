@@ -20,6 +20,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use contract::ports::MAX_EXIT_STATUS;
+use contract::status;
+
 use crate::error::{Context, Error, Result};
 use crate::fdpass;
 use crate::init::user::{self, User};
@@ -125,7 +128,7 @@ impl Supervisor {
                 while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=end).collect();
                     match ControlMessage::parse(&line) {
-                        ControlMessage::Ready => ports::mark_repl_ready(),
+                        ControlMessage::Ready => ports::mark_console_ready(),
                         ControlMessage::Exit(code) => {
                             poweroff::power_off(&self.persistent, ports::exit_status_byte(code))
                         }
@@ -134,7 +137,7 @@ impl Supervisor {
                 // PID 1 closing the pipe, or sending garbage, cannot happen through repl.js;
                 // end the VM anyway rather than leave it running with no way out.
                 if n == 0 || pending.len() >= MAX_CONTROL_MESSAGE {
-                    poweroff::power_off(&self.persistent, ports::MAX_EXIT_STATUS);
+                    poweroff::power_off(&self.persistent, MAX_EXIT_STATUS);
                 }
             }
         }
@@ -192,7 +195,7 @@ impl ControlMessage {
         let text = std::str::from_utf8(line).unwrap_or("").trim();
         match text {
             "ready" => ControlMessage::Ready,
-            _ => ControlMessage::Exit(text.parse().unwrap_or(i64::from(ports::MAX_EXIT_STATUS))),
+            _ => ControlMessage::Exit(text.parse().unwrap_or(i64::from(MAX_EXIT_STATUS))),
         }
     }
 }
@@ -353,13 +356,13 @@ fn start_command(request: &Request, fds: Vec<OwnedFd>, session: Session, report:
             drop(report);
             moved
         }
-        Err(_) => sys::exit_now(127),
+        Err(_) => sys::exit_now(i32::from(status::NOT_FOUND)),
     };
     let fail = |stage: Stage, err: io::Error| -> ! {
         let mut msg = vec![stage as u8];
         msg.extend_from_slice(&err.raw_os_error().unwrap_or(libc::EIO).to_le_bytes());
         let _ = sys::write_all(report.as_fd(), &msg);
-        sys::exit_now(127)
+        sys::exit_now(i32::from(status::NOT_FOUND))
     };
     // SAFETY: setsid/setpgid have no memory arguments.
     unsafe {
@@ -435,7 +438,7 @@ fn move_above(fd: &OwnedFd, base: RawFd) -> io::Result<OwnedFd> {
 fn fatal(err: &Error) -> ! {
     eprintln!("nodeos-init: supervisor: {err}");
     poweroff::quiet_console();
-    ports::exit_vm(ports::BOOT_FAILURE_STATUS)
+    ports::exit_vm(status::BOOT_FAILURE)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use contract::frame::{ErrorKind, Exec};
+use contract::status;
 
 use super::handler::Config;
 use crate::error::errno_text;
@@ -173,7 +174,7 @@ fn become_command(prepared: &Prepared, cfg: &Config, stdio: [&OwnedFd; 3], repor
         let mut msg = vec![stage as u8];
         msg.extend_from_slice(&err.raw_os_error().unwrap_or(libc::EIO).to_le_bytes());
         let _ = sys::write_all(report.as_fd(), &msg);
-        sys::exit_now(127)
+        sys::exit_now(i32::from(status::NOT_FOUND))
     };
     // SAFETY: setsid has no memory arguments; a fresh child of the handler is not a group
     // leader, so it cannot fail.

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
+use contract::params::EnvVar;
 
 use super::command::{self, Child};
 use crate::init::user::User;
@@ -47,7 +48,7 @@ pub struct Config {
 
 impl Config {
     /// Commands run as `user`, with a login-like environment and `extra_env` on top.
-    pub fn for_user(user: &User, groups: Vec<u32>, extra_env: &[Vec<u8>]) -> Self {
+    pub fn for_user(user: &User, groups: Vec<u32>, extra_env: &[EnvVar]) -> Self {
         let mut base_env = user.login_env(extra_env);
         base_env.push(b"TERM=dumb".to_vec());
         Config {

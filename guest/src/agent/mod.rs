@@ -23,10 +23,10 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use contract::frame::{self, Reply};
-use contract::{hybrid, AGENT_PORT, HOST_CID, READY_PORT};
+use contract::params::{AgentTransport, EnvVar};
+use contract::{hybrid, status, AGENT_PORT, HOST_CID, READY_PORT};
 
 use crate::error::{Context, Error, Result};
-use crate::init::cmdline::AgentTransport;
 use crate::init::user::User;
 use crate::sys::{self, Fork};
 use crate::{ports, poweroff};
@@ -68,7 +68,7 @@ pub fn start(
     persistent: Vec<PathBuf>,
     user: &User,
     groups: &[u32],
-    extra_env: &[Vec<u8>],
+    extra_env: &[EnvVar],
 ) -> Result<()> {
     let transport = match transport {
         AgentTransport::Vsock => Transport::Vsock(
@@ -165,5 +165,5 @@ fn fatal(err: &Error) -> ! {
     let line = format!("nodeos-init: agent: {err}\n");
     let _ = sys::write_all(io::stderr().as_fd(), line.as_bytes());
     poweroff::quiet_console();
-    ports::exit_vm(ports::BOOT_FAILURE_STATUS)
+    ports::exit_vm(status::BOOT_FAILURE)
 }

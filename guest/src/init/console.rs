@@ -2,7 +2,8 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::cmdline::{Cmdline, ConsoleMode};
+use contract::params::{ConsoleMode, GuestParams};
+
 use crate::error::{Context, Result};
 use crate::sys::{cstring, cvt};
 
@@ -46,8 +47,8 @@ pub fn quiet_kernel() {
 
 /// Makes the console the controlling terminal of a new session led by this process (so Ctrl-C
 /// and job control reach the REPL's children), puts it on fds 0-2 and sets the line
-/// discipline for `cmdline.console`.
-pub fn setup(cmdline: &Cmdline) -> Result<()> {
+/// discipline for `params.console`.
+pub fn setup(params: &GuestParams) -> Result<()> {
     // SAFETY: setsid has no arguments; it fails only if we already lead a process group, in
     // which case we keep the session we have.
     unsafe { libc::setsid() };
@@ -65,8 +66,8 @@ pub fn setup(cmdline: &Cmdline) -> Result<()> {
         cvt(unsafe { libc::dup2(console.as_raw_fd(), target) })
             .context(|| format!("dup2 {CONSOLE} to fd {target}"))?;
     }
-    set_termios(console.as_raw_fd(), cmdline.console)?;
-    if let (Some(cols), Some(rows)) = (cmdline.cols, cmdline.rows) {
+    set_termios(console.as_raw_fd(), params.console)?;
+    if let (Some(cols), Some(rows)) = (params.cols, params.rows) {
         let size = libc::winsize {
             ws_row: rows,
             ws_col: cols,

@@ -7,7 +7,6 @@
 //! VM with status 121 through the exit port. PID 1 never returns or exits (that would panic
 //! the kernel).
 
-pub mod cmdline;
 pub mod console;
 pub mod mounts;
 pub mod network;
@@ -17,11 +16,13 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 
+use contract::params::{ConsoleMode, GuestParams, Shell};
+use contract::status;
+
 use crate::error::{Context, Error, Result};
 use crate::supervisor::{self, CONTROL_FD, CONTROL_FD_ENV};
 use crate::sys::{self, cvt};
 use crate::{agent, ports, poweroff};
-use cmdline::{Cmdline, ConsoleMode, Shell};
 
 /// Node.js and the guest's own JavaScript (rootfs/build.sh puts them there).
 pub const NODE: &str = "/usr/bin/node";
@@ -48,23 +49,23 @@ fn boot() -> Result<std::convert::Infallible> {
     console::ensure_stdio();
     console::quiet_kernel();
     let text = std::fs::read_to_string("/proc/cmdline").context(|| "read /proc/cmdline".into())?;
-    let cmdline = Cmdline::parse(&text)?;
+    let params = GuestParams::parse(&text).map_err(|e| Error::invalid("kernel command line", e))?;
     // As early as possible: from here on the console echoes nothing and, in pipe mode, even a
     // boot failure line is byte-clean.
-    console::setup(&cmdline)?;
-    mounts::build_root(&cmdline.upper)?;
-    mounts::mount_volumes(&cmdline.volumes)?;
-    network::setup(cmdline.net.as_ref())?;
+    console::setup(&params)?;
+    mounts::build_root(&params.upper)?;
+    mounts::mount_volumes(&params.volumes)?;
+    network::setup(params.net.as_ref())?;
     let (user, groups) = user::lookup(user::USER_NAME)?;
-    let persistent = poweroff::persistent_mounts(&cmdline);
+    let persistent = poweroff::persistent_mounts(&params);
     // The agent first: forked before the supervisor, neither holds the other's descriptors.
-    if let Some(transport) = cmdline.agent {
-        agent::start(transport, persistent.clone(), &user, &groups, &cmdline.env)?;
+    if let Some(transport) = params.agent {
+        agent::start(transport, persistent.clone(), &user, &groups, &params.env)?;
     }
     let control = supervisor::start(persistent, &user)?;
-    match cmdline.shell {
-        Shell::Repl => exec_shell(&cmdline, REPL_JS, &user, &groups, control),
-        Shell::Nsh => exec_shell(&cmdline, NSH_JS, &user, &groups, control),
+    match params.shell {
+        Shell::Repl => exec_shell(&params, REPL_JS, &user, &groups, control),
+        Shell::Nsh => exec_shell(&params, NSH_JS, &user, &groups, control),
         Shell::None => {
             // PID 1 keeps the control pipe open, so the supervisor never sees it close.
             reap_forever(control)
@@ -90,7 +91,7 @@ fn reap_forever(_control: OwnedFd) -> ! {
 /// before the drop; a failing exec is reported through the supervisor (PID 1 can no longer use
 /// the exit port).
 fn exec_shell(
-    cmdline: &Cmdline,
+    params: &GuestParams,
     script: &str,
     user: &user::User,
     groups: &[u32],
@@ -109,12 +110,12 @@ fn exec_shell(
     }
     std::env::set_current_dir(&user.home).context(|| format!("chdir {}", user.home.display()))?;
 
-    let mut env = user.login_env(&cmdline.env);
+    let mut env = user.login_env(&params.env);
     env.extend(
         [
-            format!("NODEOS_CONSOLE={}", cmdline.console.as_str()),
+            format!("NODEOS_CONSOLE={}", params.console.as_str()),
             format!("{CONTROL_FD_ENV}={CONTROL_FD}"),
-            match cmdline.console {
+            match params.console {
                 ConsoleMode::Tty => "TERM=linux".to_string(),
                 ConsoleMode::Pipe => "TERM=dumb".to_string(),
             },
@@ -134,10 +135,7 @@ fn exec_shell(
     print_failure(&Error::sys(format!("exec {NODE}"), err));
     // SAFETY: CONTROL_FD is the control pipe's write end, open in this process.
     let control = unsafe { std::os::fd::BorrowedFd::borrow_raw(CONTROL_FD) };
-    let _ = sys::write_all(
-        control,
-        format!("{}\n", ports::BOOT_FAILURE_STATUS).as_bytes(),
-    );
+    let _ = sys::write_all(control, format!("{}\n", status::BOOT_FAILURE).as_bytes());
     park()
 }
 
@@ -145,7 +143,7 @@ fn exec_shell(
 fn fail(err: &Error) -> ! {
     print_failure(err);
     poweroff::quiet_console();
-    ports::exit_vm(ports::BOOT_FAILURE_STATUS)
+    ports::exit_vm(status::BOOT_FAILURE)
 }
 
 fn print_failure(err: &Error) {

@@ -11,7 +11,8 @@ use std::fs;
 use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::cmdline::{Upper, Volume};
+use contract::params::{Upper, Volume};
+
 use super::user;
 use crate::error::{Context, Result};
 use crate::sys::{self, mount, umount};
@@ -64,11 +65,10 @@ pub fn build_root(upper: &Upper) -> Result<()> {
             Some("mode=0755"),
         )?,
         Upper::Disk(device) => {
-            let device = device.to_str().unwrap_or_default();
             // The host makes these disks sparse, so never-written inode tables already read as
             // zeros: no background thread zeroing them (ext4lazyinit) competing with the boot.
             mount(
-                Some(device),
+                Some(device.as_str()),
                 Path::new(STAGE_UPPER),
                 Some("ext4"),
                 libc::MS_NOATIME,
@@ -169,18 +169,19 @@ fn mount_rest() -> Result<()> {
 /// points. Their files already belong to the REPL's user: the host made them so.
 pub fn mount_volumes(volumes: &[Volume]) -> Result<()> {
     for volume in volumes {
+        let mount_point = Path::new(&volume.mount_point);
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
-            .create(&volume.mount_point)
-            .context(|| format!("mkdir {}", volume.mount_point.display()))?;
+            .create(mount_point)
+            .context(|| format!("mkdir {}", volume.mount_point))?;
         let mut flags = libc::MS_NOATIME | libc::MS_NOSUID | libc::MS_NODEV;
         if volume.read_only {
             flags |= libc::MS_RDONLY;
         }
         mount(
-            volume.device.to_str(),
-            &volume.mount_point,
+            Some(volume.device.as_str()),
+            mount_point,
             Some("ext4"),
             flags,
             None,

@@ -4,7 +4,8 @@
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use super::cmdline::NetConfig;
+use contract::params::NetConfig;
+
 use crate::error::{Context, Error, Result};
 use crate::sys::cvt;
 

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use contract::params::EnvVar;
+
 use crate::error::{Context, Error, Result};
 use crate::sys::cvt;
 
@@ -23,8 +25,8 @@ pub struct User {
 
 impl User {
     /// A login's environment for this user (`HOME`, `USER`, `LOGNAME`, `PATH`, `LANG`), then
-    /// `extra` (`NAME=VALUE` entries from the kernel command line) on top.
-    pub fn login_env(&self, extra: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    /// `extra` (the kernel command line's `nodeos.env` entries) on top, as `NAME=VALUE`.
+    pub fn login_env(&self, extra: &[EnvVar]) -> Vec<Vec<u8>> {
         let mut env: Vec<Vec<u8>> = [
             format!("HOME={}", self.home.display()),
             format!("USER={}", self.name),
@@ -35,10 +37,10 @@ impl User {
         .into_iter()
         .map(String::into_bytes)
         .collect();
-        for entry in extra {
-            let name_len = entry.iter().position(|&b| b == b'=').unwrap_or(entry.len()) + 1;
-            env.retain(|e| !e.starts_with(&entry[..name_len]));
-            env.push(entry.clone());
+        for var in extra {
+            let prefix = format!("{}=", var.name);
+            env.retain(|e| !e.starts_with(prefix.as_bytes()));
+            env.push(format!("{prefix}{}", var.value).into_bytes());
         }
         env
     }

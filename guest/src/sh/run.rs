@@ -4,6 +4,8 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use contract::status;
+
 use super::expand::Vars;
 use super::parse::{AndOr, Connector, Pipeline, RedirOp, Redirect, Script, Simple};
 use super::redirect::Plan;
@@ -12,9 +14,9 @@ use crate::error::errno_text;
 use crate::sys::{self, ExitStatus, Fork};
 
 /// Status of a command that was not found.
-pub const NOT_FOUND: i32 = 127;
+pub const NOT_FOUND: i32 = status::NOT_FOUND as i32;
 /// Status of a command that was found but could not be run.
-pub const CANNOT_RUN: i32 = 126;
+pub const CANNOT_RUN: i32 = status::CANNOT_RUN as i32;
 /// Status of a command whose redirections failed.
 const REDIRECT_FAILED: i32 = 1;
 
@@ -88,7 +90,7 @@ fn default_sigpipe() {
 fn status_of(exit: ExitStatus) -> i32 {
     match exit {
         ExitStatus::Code(code) => code,
-        ExitStatus::Signal(signal) => 128 + signal,
+        ExitStatus::Signal(signal) => i32::from(status::SIGNALED_BASE) + signal,
     }
 }
 

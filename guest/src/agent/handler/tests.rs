@@ -433,7 +433,10 @@ fn base_environment_of_the_node_user_with_the_command_lines_entries() {
     let cfg = Config::for_user(
         &user,
         vec![1000, 29],
-        &[b"PATH=/override".to_vec(), b"EXTRA=1".to_vec()],
+        &[
+            EnvVar::new("PATH", "/override").unwrap(),
+            EnvVar::new("EXTRA", "1").unwrap(),
+        ],
     );
     let env: Vec<String> = cfg
         .base_env

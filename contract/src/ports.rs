@@ -1,0 +1,26 @@
+//! The two x86 I/O ports of the contract (docs/guest-contract.md), and the bytes written to
+//! them. The guest writes; the host's backends (KVM and QEMU) watch for these exact values.
+
+/// Exit: the byte the guest writes here ends the VM and is the host command's exit status.
+pub const EXIT_PORT: u16 = 0xf4;
+/// The highest status the exit port carries: the guest reports larger codes as this, so the
+/// statuses above it stay free for the host's own meanings ([`crate::status`]).
+pub const MAX_EXIT_STATUS: u8 = 127;
+
+/// Boot timer: the guest writes [`INIT_STARTED`] here as its first action, then
+/// [`CONSOLE_READY`]; the host timestamps the first and holds console input until the second.
+pub const BOOT_TIMER_PORT: u16 = 0x3f0;
+/// Boot-timer byte: the guest's first userspace instruction ran (init started).
+pub const INIT_STARTED: u8 = b'I';
+/// Boot-timer byte: the guest console is configured and read; input sent from now on is kept
+/// (earlier input may be echoed or lost while the console is set up).
+pub const CONSOLE_READY: u8 = b'R';
+
+// Checked as the crate builds: the boot-timer bytes are told apart, and a guest's boot
+// failure fits the exit port while a signal's status (which the guest clamps) does not.
+const _: () = {
+    assert!(INIT_STARTED != CONSOLE_READY);
+    assert!(EXIT_PORT != BOOT_TIMER_PORT);
+    assert!(crate::status::BOOT_FAILURE <= MAX_EXIT_STATUS);
+    assert!(MAX_EXIT_STATUS < crate::status::SIGNALED_BASE);
+};
