@@ -179,10 +179,10 @@ impl Machine {
             legacy::CMOS_PORT_LEN,
             shared(Cmos::new()),
         )?;
-        pio.insert(u64::from(crate::vm::EXIT_PORT), EXIT_PORT_LEN, shared(ExitPort))?;
+        pio.insert(u64::from(contract::ports::EXIT_PORT), EXIT_PORT_LEN, shared(ExitPort))?;
         let timer = BootTimer::new(started, init_reached.clone(), console.ready.clone());
         pio.insert(
-            u64::from(crate::vm::BOOT_TIMER_PORT),
+            u64::from(contract::ports::BOOT_TIMER_PORT),
             BOOT_TIMER_LEN,
             shared(timer),
         )?;
@@ -190,7 +190,6 @@ impl Machine {
         // Virtio devices on MMIO, in the spec's order (the guest's: vda, vdb, ...).
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::with_capacity(spec.devices.len());
         let mut net_given = net_given;
-        let mut base_cmdline = spec.cmdline.clone();
         for (index, device) in spec.devices.iter().enumerate() {
             devices.push(match device {
                 Device::Block(disk) => Box::new(Block::open(
@@ -207,11 +206,7 @@ impl Machine {
                     };
                     net::attach(net, end, net::DEFAULT_MAC)?
                 }
-                // The guest learns which kind of link it has from the command line.
-                Device::AgentLink(path) => {
-                    base_cmdline.push_str(" nodeos.agent=vsock");
-                    Box::new(Vsock::new(path)?)
-                }
+                Device::AgentLink(path) => Box::new(Vsock::new(path)?),
             });
         }
 
@@ -236,7 +231,7 @@ impl Machine {
             });
         }
 
-        let cmdline = cmdline::assemble(&base_cmdline, &slots)?;
+        let cmdline = cmdline::assemble(&spec.cmdline, &slots)?;
         tracing::debug!("kernel command line: {cmdline:?}");
         let entry = boot::configure(&mem, &kernel, &cmdline, spec.cpus)?;
         tracing::debug!("boot entry: {entry:x?}");
@@ -728,7 +723,7 @@ pub(crate) mod tests {
             c.len() - 1
         };
         let jumps = [
-            skip(&mut c, u32::from(crate::vm::EXIT_PORT), 0x74), // je
+            skip(&mut c, u32::from(contract::ports::EXIT_PORT), 0x74), // je
             skip(&mut c, 0x64, 0x74),                                 // je
             skip(&mut c, 0x3f8, 0x73),                                // jae
         ];

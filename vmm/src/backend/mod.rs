@@ -1,9 +1,12 @@
 //! The two ways to run a guest: our own VMM on KVM, or QEMU's microvm machine (KVM or TCG).
-//! Both take the same [`VmSpec`] and the same console fds and end with the same [`VmExit`],
+//! Both boot the same [`VmConfig`] (built into one [`crate::vm::VmSpec`]) on the same console
+//! fds and end with the same [`crate::vm::VmExit`],
 //! so callers cannot tell them apart (see docs/guest-contract.md).
 
 use crate::jail::Jail;
-use crate::vm::{ConsoleIo, RunReport, StopSignal, VmSpec};
+use contract::params::AgentTransport;
+
+use crate::vm::{ConfigError, ConsoleIo, RunReport, StopSignal, VmConfig};
 
 pub mod detect;
 pub mod kvm;
@@ -22,25 +25,37 @@ pub enum Backend {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
     Vmm(#[from] process::Error),
     #[error(transparent)]
     Qemu(#[from] qemu::QemuError),
 }
 
 impl Backend {
-    /// Boots `spec` and waits until the VM ends.
+    /// Boots the VM `config` describes and waits until it ends.
     pub fn run(
         self,
-        spec: &VmSpec,
+        config: &VmConfig,
         console: ConsoleIo,
         stop: &StopSignal,
     ) -> Result<RunReport, Error> {
+        let spec = &config.spec(self.agent_transport())?;
         Ok(match self {
             Backend::Kvm(jail) => {
                 process::run(&process::VmmProgram::installed()?, spec, console, stop, jail)?
             }
             Backend::Qemu(accel) => qemu::run(spec, console, accel, stop)?,
         })
+    }
+
+    /// How the guest agent's link reaches the guest on this backend: a virtio-vsock device on
+    /// our VMM, a virtio-serial port on QEMU (which has no vhost-vsock on these hosts).
+    pub fn agent_transport(self) -> AgentTransport {
+        match self {
+            Backend::Kvm(_) => AgentTransport::Vsock,
+            Backend::Qemu(_) => AgentTransport::Serial,
+        }
     }
 
     pub fn name(self) -> &'static str {

@@ -281,7 +281,7 @@ pub fn vmm_main() -> u8 {
     unsafe { libc::prctl(libc::PR_SET_NAME, c"nodeos-vmm".as_ptr()) };
     if let Err(e) = jail::close_inherited_fds(FIRST_FREE_FD) {
         eprintln!("nodeos-vmm: {e}");
-        return crate::vm::HOST_FAILURE_STATUS;
+        return contract::status::HOST_FAILURE;
     }
     for signal in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP] {
         // SAFETY: ignoring a signal installs no handler.
@@ -291,7 +291,7 @@ pub fn vmm_main() -> u8 {
     let status = unsafe { File::from_raw_fd(STATUS_FD) };
     let (end, code) = match serve(&status) {
         Ok(report) => (Status::Ended(report), 0),
-        Err(e) => (Status::Failed(chain(&e)), crate::vm::HOST_FAILURE_STATUS),
+        Err(e) => (Status::Failed(chain(&e)), contract::status::HOST_FAILURE),
     };
     send(&status, &end);
     code

@@ -16,10 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::vm::{
-    ConsoleIo, Device, NetSpec, RunReport, StopSignal, VmExit, VmSpec, BOOT_TIMER_PORT, CONSOLE_READY,
-    EXIT_PORT, INIT_STARTED,
-};
+use contract::ports::{BOOT_TIMER_PORT, CONSOLE_READY, EXIT_PORT, INIT_STARTED};
+
+use crate::vm::{ConsoleIo, Device, NetSpec, RunReport, StopSignal, VmExit, VmSpec};
 
 const QEMU: &str = "qemu-system-x86_64";
 /// Most of QEMU's stderr we keep to explain a failure.
@@ -387,7 +386,6 @@ fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString, agent_link: &Path) 
                 a.extend(["-device", "virtio-net-device,netdev=net0"].map(OsString::from));
             }
             Device::AgentLink(_) => {
-                cmdline.push_str(" nodeos.agent=serial");
                 a.extend(
                     ["-device", "virtio-serial-device,max_ports=2", "-chardev"]
                         .map(OsString::from),

@@ -64,7 +64,7 @@ fn relay(pid: libc::pid_t) -> ! {
                 "nodeos-vm: waiting for the VMM (pid {pid}): {}",
                 std::io::Error::last_os_error()
             );
-            std::process::exit(crate::vm::HOST_FAILURE_STATUS.into());
+            std::process::exit(contract::status::HOST_FAILURE.into());
         }
     }
     if libc::WIFSIGNALED(status) {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 /// The guest's serial console: bytes read from `input` go to the UART, UART output goes to
 /// `output`. The caller owns the host terminal (raw mode, EOF translation). The backend calls
-/// `ready.signal()` when the guest writes [`super::CONSOLE_READY`] to the boot-timer port: the host
+/// `ready.signal()` when the guest writes [`contract::ports::CONSOLE_READY`] to the boot-timer port: the host
 /// holds input back until then.
 #[derive(Debug)]
 pub struct ConsoleIo {

@@ -72,16 +72,12 @@ pub struct Disk {
     pub read_only: bool,
 }
 
-/// The guest side of [`NetSpec`]: its address, gateway (the host) and DNS server
-/// (`nodeos.net=`, configured by the guest's init).
-pub const GUEST_NET_PARAM: &str = "nodeos.net=10.0.2.15/24,10.0.2.2,10.0.2.3";
-
 /// How the guest's network interface reaches the outside.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NetSpec {
     /// User-mode NAT, no privileges: `passt` for our VMM, QEMU's user networking (slirp) for
-    /// QEMU. Either way the guest is 10.0.2.15/24, the gateway 10.0.2.2 is the host's
-    /// loopback, and DNS is at 10.0.2.3.
+    /// QEMU. Either way the guest's addresses are contract::net's: it is 10.0.2.15/24, the
+    /// gateway 10.0.2.2 is the host's loopback, and DNS is at 10.0.2.3.
     User,
     /// An existing TAP interface of the host, by name.
     Tap(String),

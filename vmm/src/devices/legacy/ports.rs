@@ -5,7 +5,9 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::vm::{VmExit, CONSOLE_READY, INIT_STARTED};
+use contract::ports::{CONSOLE_READY, INIT_STARTED};
+
+use crate::vm::VmExit;
 use crate::vm::ConsoleReady;
 use crate::devices::bus::BusDevice;
 

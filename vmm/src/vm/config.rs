@@ -1,0 +1,337 @@
+//! One VM as its user asked for it, typed and checked ([`VmConfig`]), and the one place that
+//! turns it into what a backend boots ([`VmConfig::spec`]): the kernel command line, the guest
+//! parameters (contract::params), the disk letters (contract::disks), the network addresses
+//! (contract::net) and the ordered device list.
+
+use std::path::PathBuf;
+
+use contract::disks::{DiskPlan, ROOT_DEVICE};
+use contract::params::{
+    AgentTransport, ConsoleMode, EnvVar, GuestParams, ParamError, Shell, Upper, Volume,
+};
+
+use super::{Device, Disk, NetSpec, VmSpec};
+
+/// Below this, Node.js and npm run out of memory in the guest.
+pub const MIN_MEMORY_MIB: u32 = 128;
+/// The guest kernel is built for at most this many CPUs (kernel/config.fragment).
+pub const MAX_CPUS: u8 = 32;
+/// Most volumes one VM takes.
+pub const MAX_VOLUMES: usize = 8;
+/// Longest command line the x86 boot protocol takes (COMMAND_LINE_SIZE).
+pub const MAX_CMDLINE_LEN: usize = 2048;
+/// Room left on the command line for the backends' `virtio_mmio.device=` entries (about 40
+/// bytes each) and QEMU's TCG clock parameters.
+const BACKEND_CMDLINE_ROOM: usize = 256;
+
+/// Parameters every NodeOS boot needs: serial console, no ACPI (MP tables bring up the vCPUs),
+/// the read-only squashfs root on the first disk, our init, and a VM that ends on a triple
+/// fault instead of rebooting.
+const KERNEL_PARAMS: &str = "console=ttyS0 reboot=t panic=-1 quiet acpi=off \
+8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd tsc=reliable \
+rootfstype=squashfs ro init=/sbin/init";
+
+/// How the host drives the guest's console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Console {
+    /// The host terminal is in raw mode, this size; the REPL edits lines itself.
+    Tty { cols: u16, rows: u16 },
+    /// Host stdin/stdout are pipes: no echo, no prompt, `^D` is end of input.
+    Pipe,
+}
+
+/// A host file the guest mounts as an ext4 volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeDisk {
+    /// The ext4 image.
+    pub image: PathBuf,
+    /// Where the guest mounts it: absolute, not `/`, without `.` or `..`.
+    pub mount_point: String,
+    pub read_only: bool,
+}
+
+/// Everything about one VM that its user chose.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// ELF vmlinux with a PVH entry (or a bzImage, KVM backend only).
+    pub kernel: PathBuf,
+    /// The read-only squashfs root image.
+    pub rootfs: PathBuf,
+    pub memory_mib: u32,
+    pub cpus: u8,
+    pub console: Console,
+    /// What PID 1 runs: the REPL, nsh, or nothing (the agent runs the commands).
+    pub shell: Shell,
+    /// The user's persistent ext4 disk, the overlay's writable layer; tmpfs without one.
+    pub user_disk: Option<PathBuf>,
+    pub volumes: Vec<VolumeDisk>,
+    /// The host end of the guest agent's link; no agent without one.
+    pub agent_socket: Option<PathBuf>,
+    /// The guest's network interface; none at all without one.
+    pub net: Option<NetSpec>,
+    /// Added to the environment of the guest's shell and of every command its agent runs.
+    pub env: Vec<EnvVar>,
+    /// Kernel parameters the user adds, as given.
+    pub cmdline_extra: String,
+    /// Syscall filters on the VMM (off only for debugging).
+    pub seccomp: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{0} volumes given; a VM takes at most {MAX_VOLUMES}")]
+    TooManyVolumes(usize),
+    #[error("two volumes are mounted at {0}; give each its own mount point")]
+    SameMountPoint(String),
+    #[error("a guest parameter the guest would refuse: {0}")]
+    Param(#[from] ParamError),
+    #[error("--cmdline-extra contains a control character (byte {0:#04x})")]
+    ControlChar(u8),
+    #[error("the kernel command line would be {len} bytes; the limit is {MAX_CMDLINE_LEN}")]
+    TooLong { len: usize },
+}
+
+impl VmConfig {
+    /// A VM of `memory_mib` and `cpus` booting `kernel` and `rootfs`, with the defaults
+    /// otherwise: piped console, the REPL, no disks, agent, network or extra parameters.
+    pub fn new(kernel: PathBuf, rootfs: PathBuf, memory_mib: u32, cpus: u8) -> VmConfig {
+        VmConfig {
+            kernel,
+            rootfs,
+            memory_mib,
+            cpus,
+            console: Console::Pipe,
+            shell: Shell::Repl,
+            user_disk: None,
+            volumes: Vec::new(),
+            agent_socket: None,
+            net: None,
+            env: Vec::new(),
+            cmdline_extra: String::new(),
+            seccomp: true,
+        }
+    }
+
+    /// What a backend boots, the guest agent's link (when there is one) of the kind `agent`
+    /// (the backend's): the disks in the plan's order, the guest parameters naming them.
+    pub fn spec(&self, agent: AgentTransport) -> Result<VmSpec, ConfigError> {
+        if self.volumes.len() > MAX_VOLUMES {
+            return Err(ConfigError::TooManyVolumes(self.volumes.len()));
+        }
+        for (i, v) in self.volumes.iter().enumerate() {
+            if self.volumes[..i].iter().any(|w| w.mount_point == v.mount_point) {
+                return Err(ConfigError::SameMountPoint(v.mount_point.clone()));
+            }
+        }
+        let plan = DiskPlan::new(self.user_disk.is_some());
+        let mut devices = vec![Device::Block(Disk {
+            path: self.rootfs.clone(),
+            read_only: true,
+        })];
+        let mut params = GuestParams::default();
+        match self.console {
+            Console::Tty { cols, rows } => {
+                params.console = ConsoleMode::Tty;
+                params.cols = Some(cols);
+                params.rows = Some(rows);
+            }
+            Console::Pipe => params.console = ConsoleMode::Pipe,
+        }
+        params.shell = self.shell;
+        if let (Some(disk), Some(device)) = (&self.user_disk, plan.upper_device()) {
+            params.upper = Upper::disk(device)?;
+            devices.push(Device::Block(Disk {
+                path: disk.clone(),
+                read_only: false,
+            }));
+        }
+        for (i, volume) in self.volumes.iter().enumerate() {
+            params.volumes.push(Volume::new(
+                plan.volume_device(i),
+                volume.mount_point.clone(),
+                volume.read_only,
+            )?);
+            devices.push(Device::Block(Disk {
+                path: volume.image.clone(),
+                read_only: volume.read_only,
+            }));
+        }
+        devices.push(Device::Rng);
+        if let Some(net) = &self.net {
+            params.net = Some(contract::net::USER_NET);
+            devices.push(Device::Net(net.clone()));
+        }
+        if let Some(socket) = &self.agent_socket {
+            params.agent = Some(agent);
+            devices.push(Device::AgentLink(socket.clone()));
+        }
+        params.env = self.env.clone();
+        params.validate()?;
+        Ok(VmSpec {
+            kernel: self.kernel.clone(),
+            memory_mib: self.memory_mib,
+            cpus: self.cpus,
+            cmdline: self.cmdline(&params)?,
+            devices,
+            seccomp: self.seccomp,
+        })
+    }
+
+    fn cmdline(&self, params: &GuestParams) -> Result<String, ConfigError> {
+        if let Some(b) = self.cmdline_extra.bytes().find(|b| b.is_ascii_control()) {
+            return Err(ConfigError::ControlChar(b));
+        }
+        let mut line = format!("{KERNEL_PARAMS} root={ROOT_DEVICE}");
+        for words in [params.to_string().as_str(), self.cmdline_extra.trim()] {
+            if !words.is_empty() {
+                line.push(' ');
+                line.push_str(words);
+            }
+        }
+        let len = line.len() + BACKEND_CMDLINE_ROOM;
+        if len > MAX_CMDLINE_LEN {
+            return Err(ConfigError::TooLong { len });
+        }
+        Ok(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> VmConfig {
+        VmConfig::new("/k".into(), "/root.img".into(), 512, 1)
+    }
+
+    fn params(spec: &VmSpec) -> GuestParams {
+        GuestParams::parse(&spec.cmdline).unwrap()
+    }
+
+    fn disks(spec: &VmSpec) -> Vec<(&str, bool)> {
+        spec.disks()
+            .map(|d| (d.path.to_str().unwrap(), d.read_only))
+            .collect()
+    }
+
+    #[test]
+    fn a_plain_vm_has_the_root_image_and_rng_only() {
+        let spec = config().spec(AgentTransport::Vsock).unwrap();
+        assert_eq!(
+            spec.devices,
+            [
+                Device::Block(Disk {
+                    path: "/root.img".into(),
+                    read_only: true
+                }),
+                Device::Rng
+            ]
+        );
+        assert!(spec.cmdline.starts_with("console=ttyS0 "));
+        assert!(spec.cmdline.contains(" root=/dev/vda "));
+        let p = params(&spec);
+        assert_eq!(p.console, ConsoleMode::Pipe);
+        assert_eq!((p.upper, p.agent, p.net), (Upper::Tmpfs, None, None));
+    }
+
+    #[test]
+    fn disks_get_the_plans_letters_after_the_user_disk() {
+        let mut c = config();
+        c.user_disk = Some("/users/ann.ext4".into());
+        c.volumes = vec![
+            VolumeDisk {
+                image: "/v0.img".into(),
+                mount_point: "/app".into(),
+                read_only: false,
+            },
+            VolumeDisk {
+                image: "/v1.img".into(),
+                mount_point: "/my data/ü".into(),
+                read_only: true,
+            },
+        ];
+        let spec = c.spec(AgentTransport::Serial).unwrap();
+        assert_eq!(
+            disks(&spec),
+            [
+                ("/root.img", true),
+                ("/users/ann.ext4", false),
+                ("/v0.img", false),
+                ("/v1.img", true)
+            ]
+        );
+        let p = params(&spec);
+        assert_eq!(p.upper, Upper::Disk("/dev/vdb".into()));
+        let vols: Vec<_> = p
+            .volumes
+            .iter()
+            .map(|v| (v.device.as_str(), v.mount_point.as_str(), v.read_only))
+            .collect();
+        assert_eq!(
+            vols,
+            [("/dev/vdc", "/app", false), ("/dev/vdd", "/my data/ü", true)]
+        );
+    }
+
+    #[test]
+    fn agent_network_console_shell_and_env_reach_the_guest() {
+        let mut c = config();
+        c.console = Console::Tty {
+            cols: 120,
+            rows: 40,
+        };
+        c.shell = Shell::Nsh;
+        c.agent_socket = Some("/run/agent.sock".into());
+        c.net = Some(NetSpec::User);
+        c.env = vec![EnvVar::new("npm_config_registry", "http://10.0.2.2:4873/").unwrap()];
+        c.cmdline_extra = " loglevel=7 ".into();
+        let spec = c.spec(AgentTransport::Vsock).unwrap();
+        assert_eq!(spec.agent_socket(), Some(std::path::Path::new("/run/agent.sock")));
+        assert_eq!(spec.net(), Some(&NetSpec::User));
+        assert!(spec.cmdline.ends_with(" loglevel=7"));
+        let p = params(&spec);
+        assert_eq!(
+            (p.console, p.cols, p.rows, p.shell),
+            (ConsoleMode::Tty, Some(120), Some(40), Shell::Nsh)
+        );
+        assert_eq!(p.agent, Some(AgentTransport::Vsock));
+        assert_eq!(p.net, Some(contract::net::USER_NET));
+        assert_eq!(p.env, c.env);
+    }
+
+    #[test]
+    fn bad_configs_are_clear_errors() {
+        let volume = |mount_point: &str| VolumeDisk {
+            image: "/v.img".into(),
+            mount_point: mount_point.into(),
+            read_only: true,
+        };
+        let mut c = config();
+        c.volumes = vec![volume("/a"), volume("/a")];
+        assert_eq!(
+            c.spec(AgentTransport::Vsock).unwrap_err(),
+            ConfigError::SameMountPoint("/a".into())
+        );
+        c.volumes = (0..=MAX_VOLUMES).map(|i| volume(&format!("/v{i}"))).collect();
+        assert_eq!(
+            c.spec(AgentTransport::Vsock).unwrap_err(),
+            ConfigError::TooManyVolumes(MAX_VOLUMES + 1)
+        );
+        c.volumes = vec![volume("/a/../etc")];
+        assert!(matches!(
+            c.spec(AgentTransport::Vsock),
+            Err(ConfigError::Param(_))
+        ));
+        let mut c = config();
+        c.cmdline_extra = "a\nb".into();
+        assert_eq!(
+            c.spec(AgentTransport::Vsock).unwrap_err(),
+            ConfigError::ControlChar(b'\n')
+        );
+        c.cmdline_extra = "x".repeat(MAX_CMDLINE_LEN);
+        assert!(matches!(
+            c.spec(AgentTransport::Vsock),
+            Err(ConfigError::TooLong { .. })
+        ));
+    }
+}
