@@ -12,6 +12,8 @@
 use std::ffi::CString;
 use std::fmt;
 
+use contract::codec::{DecodeError, Decoder, Encoder};
+
 pub const MAGIC: [u8; 4] = *b"NSP1";
 /// Header: magic + body length.
 pub const HEADER_LEN: usize = 8;
@@ -42,6 +44,11 @@ pub enum ProtocolError {
     BadFdNumber(u32),
     DuplicateFd(u32),
     UnknownTag(u8),
+    /// A field whose bytes are there but mean nothing.
+    Invalid {
+        what: &'static str,
+        why: String,
+    },
 }
 
 impl fmt::Display for ProtocolError {
@@ -58,11 +65,27 @@ impl fmt::Display for ProtocolError {
             ProtocolError::BadFdNumber(fd) => write!(f, "fd number {fd} is out of range"),
             ProtocolError::DuplicateFd(fd) => write!(f, "fd number {fd} given twice"),
             ProtocolError::UnknownTag(tag) => write!(f, "unknown response tag {tag}"),
+            ProtocolError::Invalid { what, why } => write!(f, "{what}: {why}"),
         }
     }
 }
 
 impl std::error::Error for ProtocolError {}
+
+impl From<DecodeError> for ProtocolError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Truncated { field, .. } => ProtocolError::Truncated(field),
+            DecodeError::TooLong { field, len, max } => ProtocolError::TooLarge {
+                what: field,
+                len,
+                max,
+            },
+            DecodeError::Trailing { len } => ProtocolError::Trailing(len),
+            DecodeError::Invalid { field, why } => ProtocolError::Invalid { what: field, why },
+        }
+    }
+}
 
 /// What to run, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,41 +140,43 @@ const TAG_REFUSED: u8 = 5;
 impl Request {
     /// Header and body, ready to send.
     pub fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
-        let mut body = Vec::new();
-        put_u32(&mut body, self.umask);
-        put_u32(&mut body, self.fds.len() as u32);
+        // The header is filled in once the body's length is known.
+        let mut out = Encoder::from_vec(vec![0; HEADER_LEN]);
+        out.put_u32(self.umask);
+        out.put_u32(self.fds.len() as u32);
         for &fd in &self.fds {
-            put_u32(&mut body, fd);
+            out.put_u32(fd);
         }
-        put_bytes(&mut body, self.file.as_bytes());
-        put_bytes(&mut body, self.cwd.as_bytes());
+        out.put_bytes(self.file.as_bytes());
+        out.put_bytes(self.cwd.as_bytes());
         for list in [&self.argv, &self.env] {
-            put_u32(&mut body, list.len() as u32);
+            out.put_u32(list.len() as u32);
             for s in list {
-                put_bytes(&mut body, s.as_bytes());
+                out.put_bytes(s.as_bytes());
             }
         }
-        if body.len() > MAX_REQUEST_BYTES {
+        let mut msg = out.into_vec();
+        let len = msg.len() - HEADER_LEN;
+        if len > MAX_REQUEST_BYTES {
             return Err(ProtocolError::TooLarge {
                 what: "request",
-                len: body.len(),
+                len,
                 max: MAX_REQUEST_BYTES,
             });
         }
-        let mut msg = Vec::with_capacity(HEADER_LEN + body.len());
-        msg.extend_from_slice(&MAGIC);
-        put_u32(&mut msg, body.len() as u32);
-        msg.extend_from_slice(&body);
+        msg[..4].copy_from_slice(&MAGIC);
+        msg[4..HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
         Ok(msg)
     }
 
     /// Checks a header; returns the body length to read next.
     pub fn body_len(header: &[u8; HEADER_LEN]) -> Result<usize, ProtocolError> {
-        let magic: [u8; 4] = header[..4].try_into().expect("4 bytes");
+        let mut d = Decoder::new(header);
+        let magic: [u8; 4] = d.take("magic", 4)?.try_into().expect("4 bytes");
         if magic != MAGIC {
             return Err(ProtocolError::BadMagic(magic));
         }
-        let len = u32::from_le_bytes(header[4..].try_into().expect("4 bytes")) as usize;
+        let len = d.u32("request length")? as usize;
         if len > MAX_REQUEST_BYTES {
             return Err(ProtocolError::TooLarge {
                 what: "request",
@@ -163,12 +188,12 @@ impl Request {
     }
 
     pub fn decode(body: &[u8]) -> Result<Self, ProtocolError> {
-        let mut r = Reader { buf: body };
-        let umask = r.u32("umask")? & 0o777;
-        let nfds = r.count("fds", MAX_FDS)?;
+        let mut d = Decoder::new(body);
+        let umask = d.u32("umask")? & 0o777;
+        let nfds = d.count("fds", MAX_FDS, 4)?;
         let mut fds = Vec::with_capacity(nfds);
         for _ in 0..nfds {
-            let fd = r.u32("fd")?;
+            let fd = d.u32("fd")?;
             if fd > MAX_FD_NUMBER {
                 return Err(ProtocolError::BadFdNumber(fd));
             }
@@ -177,16 +202,14 @@ impl Request {
             }
             fds.push(fd);
         }
-        let file = r.cstring("file")?;
-        let cwd = r.cstring("cwd")?;
-        let argv = r.cstrings("argv")?;
-        let env = r.cstrings("env")?;
+        let file = cstring(&mut d, "file")?;
+        let cwd = cstring(&mut d, "cwd")?;
+        let argv = cstrings(&mut d, "argv")?;
+        let env = cstrings(&mut d, "env")?;
         if argv.is_empty() {
             return Err(ProtocolError::EmptyArgv);
         }
-        if !r.buf.is_empty() {
-            return Err(ProtocolError::Trailing(r.buf.len()));
-        }
+        d.finish()?;
         Ok(Request {
             file,
             argv,
@@ -200,23 +223,23 @@ impl Request {
 
 impl Response {
     pub fn encode(&self) -> Vec<u8> {
-        let mut payload = Vec::new();
+        let mut payload = Encoder::new();
         let tag = match self {
             Response::Started { pid } => {
-                put_i32(&mut payload, *pid);
+                payload.put_i32(*pid);
                 TAG_STARTED
             }
             Response::Exited { code } => {
-                put_i32(&mut payload, *code);
+                payload.put_i32(*code);
                 TAG_EXITED
             }
             Response::Signaled { signal } => {
-                put_i32(&mut payload, *signal);
+                payload.put_i32(*signal);
                 TAG_SIGNALED
             }
             Response::Failed { stage, errno } => {
-                payload.push(*stage as u8);
-                put_i32(&mut payload, *errno);
+                payload.put_u8(*stage as u8);
+                payload.put_i32(*errno);
                 TAG_FAILED
             }
             Response::Refused { reason } => {
@@ -224,19 +247,21 @@ impl Response {
                 while !reason.is_char_boundary(end) {
                     end -= 1;
                 }
-                payload.extend_from_slice(&reason.as_bytes()[..end]);
+                payload.put_raw(&reason.as_bytes()[..end]);
                 TAG_REFUSED
             }
         };
-        let mut msg = vec![tag];
-        put_u32(&mut msg, payload.len() as u32);
-        msg.extend_from_slice(&payload);
-        msg
+        let payload = payload.into_vec();
+        let mut msg = Encoder::new();
+        msg.put_u8(tag);
+        msg.put_u32(payload.len() as u32);
+        msg.put_raw(&payload);
+        msg.into_vec()
     }
 
     /// Checks a response header (tag, length); returns the payload length to read next.
     pub fn payload_len(header: &[u8; 5]) -> Result<usize, ProtocolError> {
-        let len = u32::from_le_bytes(header[1..].try_into().expect("4 bytes")) as usize;
+        let len = Decoder::new(&header[1..]).u32("response length")? as usize;
         if len > MAX_RESPONSE_BYTES {
             return Err(ProtocolError::TooLarge {
                 what: "response",
@@ -248,98 +273,46 @@ impl Response {
     }
 
     pub fn decode(tag: u8, payload: &[u8]) -> Result<Self, ProtocolError> {
-        let mut r = Reader { buf: payload };
+        let mut d = Decoder::new(payload);
         let response = match tag {
-            TAG_STARTED => Response::Started { pid: r.i32("pid")? },
+            TAG_STARTED => Response::Started { pid: d.i32("pid")? },
             TAG_EXITED => Response::Exited {
-                code: r.i32("code")?,
+                code: d.i32("code")?,
             },
             TAG_SIGNALED => Response::Signaled {
-                signal: r.i32("signal")?,
+                signal: d.i32("signal")?,
             },
             TAG_FAILED => {
-                let stage = Stage::from_u8(r.take(1, "stage")?[0]);
+                let stage = Stage::from_u8(d.u8("stage")?);
                 Response::Failed {
                     stage,
-                    errno: r.i32("errno")?,
+                    errno: d.i32("errno")?,
                 }
             }
             TAG_REFUSED => {
-                let reason = String::from_utf8_lossy(r.buf).into_owned();
-                r.buf = &[];
-                Response::Refused { reason }
+                let reason = d.rest("reason", MAX_RESPONSE_BYTES)?;
+                Response::Refused {
+                    reason: String::from_utf8_lossy(reason).into_owned(),
+                }
             }
             other => return Err(ProtocolError::UnknownTag(other)),
         };
-        if !r.buf.is_empty() {
-            return Err(ProtocolError::Trailing(r.buf.len()));
-        }
+        d.finish()?;
         Ok(response)
     }
 }
 
-fn put_u32(buf: &mut Vec<u8>, v: u32) {
-    buf.extend_from_slice(&v.to_le_bytes());
+/// A length-prefixed string without NUL bytes.
+fn cstring(d: &mut Decoder<'_>, what: &'static str) -> Result<CString, ProtocolError> {
+    let bytes = d.bytes(what, MAX_REQUEST_BYTES)?;
+    CString::new(bytes).map_err(|_| ProtocolError::Nul(what))
 }
 
-fn put_i32(buf: &mut Vec<u8>, v: i32) {
-    buf.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
-    put_u32(buf, bytes.len() as u32);
-    buf.extend_from_slice(bytes);
-}
-
-/// Bounds-checked cursor over a received message.
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], ProtocolError> {
-        if self.buf.len() < n {
-            return Err(ProtocolError::Truncated(what));
-        }
-        let (head, rest) = self.buf.split_at(n);
-        self.buf = rest;
-        Ok(head)
-    }
-
-    fn u32(&mut self, what: &'static str) -> Result<u32, ProtocolError> {
-        Ok(u32::from_le_bytes(
-            self.take(4, what)?.try_into().expect("4 bytes"),
-        ))
-    }
-
-    fn i32(&mut self, what: &'static str) -> Result<i32, ProtocolError> {
-        Ok(i32::from_le_bytes(
-            self.take(4, what)?.try_into().expect("4 bytes"),
-        ))
-    }
-
-    fn count(&mut self, what: &'static str, max: usize) -> Result<usize, ProtocolError> {
-        let n = self.u32(what)? as usize;
-        if n > max {
-            return Err(ProtocolError::TooLarge { what, len: n, max });
-        }
-        Ok(n)
-    }
-
-    fn cstring(&mut self, what: &'static str) -> Result<CString, ProtocolError> {
-        let len = self.u32(what)? as usize;
-        let bytes = self.take(len, what)?;
-        CString::new(bytes).map_err(|_| ProtocolError::Nul(what))
-    }
-
-    fn cstrings(&mut self, what: &'static str) -> Result<Vec<CString>, ProtocolError> {
-        let n = self.count(what, MAX_STRINGS)?;
-        // Each entry takes at least 4 bytes, so a huge count cannot outgrow the message.
-        if n * 4 > self.buf.len() {
-            return Err(ProtocolError::Truncated(what));
-        }
-        (0..n).map(|_| self.cstring(what)).collect()
-    }
+/// A count of at most [`MAX_STRINGS`], then that many strings (each at least its 4-byte
+/// length, so a huge count cannot outgrow the message).
+fn cstrings(d: &mut Decoder<'_>, what: &'static str) -> Result<Vec<CString>, ProtocolError> {
+    let n = d.count(what, MAX_STRINGS, 4)?;
+    (0..n).map(|_| cstring(d, what)).collect()
 }
 
 #[cfg(test)]
@@ -437,23 +410,23 @@ mod tests {
         assert_eq!(Request::decode(&trailing), Err(ProtocolError::Trailing(1)));
 
         // A huge string count in a small message.
-        let mut huge = Vec::new();
-        put_u32(&mut huge, 0);
-        put_u32(&mut huge, 0);
-        put_bytes(&mut huge, b"/bin/x");
-        put_bytes(&mut huge, b"/");
-        put_u32(&mut huge, MAX_STRINGS as u32);
+        let mut huge = Encoder::new();
+        huge.put_u32(0);
+        huge.put_u32(0);
+        huge.put_bytes(b"/bin/x");
+        huge.put_bytes(b"/");
+        huge.put_u32(MAX_STRINGS as u32);
         assert_eq!(
-            Request::decode(&huge),
+            Request::decode(&huge.into_vec()),
             Err(ProtocolError::Truncated("argv"))
         );
 
         // Too many fds, out-of-range and duplicate fd numbers.
-        let mut fds = Vec::new();
-        put_u32(&mut fds, 0);
-        put_u32(&mut fds, MAX_FDS as u32 + 1);
+        let mut fds = Encoder::new();
+        fds.put_u32(0);
+        fds.put_u32(MAX_FDS as u32 + 1);
         assert!(matches!(
-            Request::decode(&fds),
+            Request::decode(&fds.into_vec()),
             Err(ProtocolError::TooLarge { .. })
         ));
         let mut bad = request();
@@ -481,11 +454,14 @@ mod tests {
             Err(ProtocolError::EmptyArgv)
         );
 
-        let mut body = Vec::new();
-        put_u32(&mut body, 0);
-        put_u32(&mut body, 0);
-        put_bytes(&mut body, b"a\0b");
-        assert_eq!(Request::decode(&body), Err(ProtocolError::Nul("file")));
+        let mut body = Encoder::new();
+        body.put_u32(0);
+        body.put_u32(0);
+        body.put_bytes(b"a\0b");
+        assert_eq!(
+            Request::decode(&body.into_vec()),
+            Err(ProtocolError::Nul("file"))
+        );
     }
 
     #[test]

@@ -49,7 +49,7 @@ fn boot() -> Result<std::convert::Infallible> {
     console::ensure_stdio();
     console::quiet_kernel();
     let text = std::fs::read_to_string("/proc/cmdline").context(|| "read /proc/cmdline".into())?;
-    let params = GuestParams::parse(&text).map_err(|e| Error::invalid("kernel command line", e))?;
+    let params = parse_params(&text)?;
     // As early as possible: from here on the console echoes nothing and, in pipe mode, even a
     // boot failure line is byte-clean.
     console::setup(&params)?;
@@ -71,6 +71,12 @@ fn boot() -> Result<std::convert::Infallible> {
             reap_forever(control)
         }
     }
+}
+
+/// The `nodeos.*` parameters in the text of /proc/cmdline; a bad one is a boot failure that
+/// names it (`kernel command line: nodeos.vol=...: <why>`).
+fn parse_params(text: &str) -> Result<GuestParams> {
+    GuestParams::parse(text).map_err(|e| Error::invalid("kernel command line", e))
 }
 
 /// `nodeos.shell=none`: PID 1 stays init, reaping whatever ends up as its child. It never
@@ -156,5 +162,23 @@ fn park() -> ! {
     loop {
         // SAFETY: pause has no preconditions.
         unsafe { libc::pause() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_parameter_is_a_boot_failure_naming_it() {
+        let err = parse_params("quiet nodeos.cols=0 nodeos.shell=none").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel command line: nodeos.cols=0: must be a number 1..=65535"
+        );
+        assert_eq!(
+            parse_params("quiet nodeos.shell=none").unwrap().shell,
+            Shell::None
+        );
     }
 }
