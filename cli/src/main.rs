@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             for cause in err.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            ExitCode::from(cli::EXIT_FAILURE)
+            ExitCode::from(contract::status::HOST_FAILURE)
         }
     }
 }

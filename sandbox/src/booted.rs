@@ -13,9 +13,9 @@ use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::agent::{self, Command, Outcome, Session};
-use vmm::backend::{self, Backend};
-use vmm::vm::{RunReport, StopSignal, VmExit, VmSpec};
 use crate::console::{self, ConsoleTail, TAIL_BYTES};
+use vmm::backend::{self, Backend};
+use vmm::vm::{RunReport, StopSignal, VmConfig, VmExit};
 
 /// How long a guest may take to boot and report its agent ready.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -80,9 +80,9 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Boots `spec`, which must name an agent socket.
-    pub fn boot(backend: Backend, spec: VmSpec, log: ConsoleLog) -> Result<Sandbox, Error> {
-        let socket = spec
+    /// Boots the VM `config` describes, which must have an agent socket.
+    pub fn boot(backend: Backend, config: VmConfig, log: ConsoleLog) -> Result<Sandbox, Error> {
+        let socket = config
             .agent_socket
             .clone()
             .expect("a sandbox VM has an agent socket");
@@ -105,7 +105,7 @@ impl Sandbox {
         let thread = thread::Builder::new()
             .name("vm".into())
             .spawn(move || {
-                let report = backend.run(&spec, io, &s);
+                let report = backend.run(&config, io, &s);
                 let _ = e.write(1);
                 report
             })

@@ -11,9 +11,9 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::termios::{self, SetArg, Termios};
 
+use vmm::vm::Console;
 use vmm::vm::ConsoleIo;
 use vmm::vm::ConsoleReady;
-use vmm::vm::cmdline::ConsoleMode;
 
 /// End of transmission: what the guest's canonical-mode console takes as end of input.
 const EOT: u8 = 0x04;
@@ -32,7 +32,7 @@ pub enum ConsoleError {
 
 /// The host terminal attached to a guest console; restores the terminal when dropped.
 pub struct HostConsole {
-    mode: ConsoleMode,
+    mode: Console,
     saved: Option<Termios>,
     /// stdin's file status flags (O_NONBLOCK), which a backend sharing the terminal may change.
     flags: Option<OFlag>,
@@ -54,9 +54,9 @@ impl HostConsole {
             termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)
                 .map_err(ConsoleError::RawMode)?;
             let (cols, rows) = window_size(&stdout).unwrap_or(DEFAULT_SIZE);
-            (ConsoleMode::Tty { cols, rows }, Some(saved))
+            (Console::Tty { cols, rows }, Some(saved))
         } else {
-            (ConsoleMode::Pipe, None)
+            (Console::Pipe, None)
         };
         let flags = fcntl(stdin.as_raw_fd(), FcntlArg::F_GETFL)
             .ok()
@@ -80,7 +80,7 @@ impl HostConsole {
         ))
     }
 
-    pub fn mode(&self) -> ConsoleMode {
+    pub fn mode(&self) -> Console {
         self.mode
     }
 }
@@ -149,7 +149,7 @@ fn wait_readable(fd: &impl AsFd) {
 /// (twice after a partial line: the first only ends the line). On a terminal, Ctrl-A x ends
 /// nodeos-vm (the VM with it) and Ctrl-A Ctrl-A sends a Ctrl-A. The thread ends with the input
 /// or when the guest goes away (broken pipe); it never holds the VM up.
-fn spawn_relay(mode: ConsoleMode, out: OwnedFd, ready: ConsoleReady, saved: Option<Termios>) {
+fn spawn_relay(mode: Console, out: OwnedFd, ready: ConsoleReady, saved: Option<Termios>) {
     thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
@@ -174,8 +174,8 @@ fn spawn_relay(mode: ConsoleMode, out: OwnedFd, ready: ConsoleReady, saved: Opti
                 };
                 last = buf[n - 1];
                 let data = match mode {
-                    ConsoleMode::Pipe => buf[..n].to_vec(),
-                    ConsoleMode::Tty { .. } => match escape.filter(&buf[..n]) {
+                    Console::Pipe => buf[..n].to_vec(),
+                    Console::Tty { .. } => match escape.filter(&buf[..n]) {
                         Some(data) => data,
                         None => quit(saved.as_ref()),
                     },
@@ -184,7 +184,7 @@ fn spawn_relay(mode: ConsoleMode, out: OwnedFd, ready: ConsoleReady, saved: Opti
                     return;
                 }
             }
-            if mode == ConsoleMode::Pipe {
+            if mode == Console::Pipe {
                 let eof: &[u8] = if last == b'\n' { &[EOT] } else { &[EOT, EOT] };
                 let _ = out.write_all(eof);
             }

@@ -4,16 +4,12 @@
 
 use std::path::PathBuf;
 
+use contract::params::EnvVar;
 use vmm::vm::NetSpec;
-use vmm::vm::cmdline;
 
-/// The host's loopback as user networking shows it to the guest (docs/guest-contract.md).
-const HOST_LOOPBACK_FROM_GUEST: &str = "10.0.2.2";
-
-/// The kernel parameter that points the guest's npm at the host's registry
-/// (`npm_config_registry` in its environment), when the host configures one and the guest has
-/// a network.
-pub fn guest_param(net: Option<&NetSpec>) -> Option<String> {
+/// The guest environment entry that points the guest's npm at the host's registry
+/// (`npm_config_registry`), when the host configures one and the guest has a network.
+pub fn guest_env(net: Option<&NetSpec>) -> Option<EnvVar> {
     let net = net?;
     let url = host_registry()?;
     let url = match net {
@@ -22,7 +18,7 @@ pub fn guest_param(net: Option<&NetSpec>) -> Option<String> {
         // guest can reach.
         NetSpec::Tap(_) => url,
     };
-    Some(cmdline::env_param("npm_config_registry", &url))
+    EnvVar::new("npm_config_registry", url).ok()
 }
 
 /// `npm_config_registry` from the environment (npm reads it in either case), else `registry=`
@@ -81,7 +77,8 @@ fn through_gateway(url: &str) -> String {
         return url.to_string();
     }
     let userinfo = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
-    format!("{scheme}://{userinfo}{HOST_LOOPBACK_FROM_GUEST}{port}{path}")
+    let gateway = contract::net::GATEWAY;
+    format!("{scheme}://{userinfo}{gateway}{port}{path}")
 }
 
 #[cfg(test)]

@@ -3,11 +3,9 @@
 
 use std::time::Duration;
 
+use vmm::vm::{MAX_CPUS, MIN_MEMORY_MIB};
+
 const MIB: u64 = 1024 * 1024;
-/// Below this, Node.js and npm run out of memory in the guest.
-pub const MIN_MEMORY_MIB: u32 = 128;
-/// The guest kernel is built for at most this many CPUs (kernel/config.fragment).
-pub const MAX_CPUS: u8 = 32;
 pub const DEFAULT_MEMORY: &str = "512M";
 /// A user's disk: room for the ext4 journal and metadata, up to what is sane for one user.
 pub const MIN_DISK_MIB: u64 = 32;
@@ -21,8 +19,8 @@ pub enum ConfigError {
     MemoryTooSmall { given: String },
     #[error("--memory {given}: this host has only {host_mib} MiB of memory")]
     MemoryTooLarge { given: String, host_mib: u64 },
-    #[error("--cpus {0}: a VM has 1 to {MAX_CPUS} vCPUs")]
-    Cpus(u32),
+    #[error("--cpus {0:?}: a VM has 1 to {MAX_CPUS} vCPUs")]
+    Cpus(String),
     #[error(
         "--disk-size {0:?}: give {MIN_DISK_MIB}M to {max}G, like 512M or 4G",
         max = MAX_DISK_MIB / 1024
@@ -76,11 +74,14 @@ pub fn disk_size_bytes(given: &str) -> Result<u64, ConfigError> {
         .ok_or_else(|| ConfigError::DiskSize(given.to_string()))
 }
 
-pub fn cpus(n: u32) -> Result<u8, ConfigError> {
-    u8::try_from(n)
+/// Parses `--cpus`: 1 to [`MAX_CPUS`].
+pub fn cpus(given: &str) -> Result<u8, ConfigError> {
+    given
+        .trim()
+        .parse::<u8>()
         .ok()
         .filter(|n| (1..=MAX_CPUS).contains(n))
-        .ok_or(ConfigError::Cpus(n))
+        .ok_or_else(|| ConfigError::Cpus(given.to_string()))
 }
 
 fn host_memory_mib() -> u64 {
@@ -165,11 +166,11 @@ mod tests {
 
     #[test]
     fn cpu_counts() {
-        assert_eq!(cpus(1), Ok(1));
-        assert_eq!(cpus(32), Ok(32));
-        assert_eq!(cpus(0), Err(ConfigError::Cpus(0)));
-        assert_eq!(cpus(33), Err(ConfigError::Cpus(33)));
-        assert_eq!(cpus(1000), Err(ConfigError::Cpus(1000)));
+        assert_eq!(cpus("1"), Ok(1));
+        assert_eq!(cpus("32"), Ok(32));
+        for bad in ["0", "33", "1000", "-1", "two", ""] {
+            assert_eq!(cpus(bad), Err(ConfigError::Cpus(bad.into())), "{bad}");
+        }
     }
 
     #[test]

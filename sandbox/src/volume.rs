@@ -11,11 +11,12 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use vmm::vm::VolumeDisk;
 
 /// The guest's user (`node`), who owns every file of a volume inside the guest.
 const GUEST_UID: u32 = 1000;
@@ -23,8 +24,6 @@ const GUEST_GID: u32 = 1000;
 /// Free space an image gets beyond its files, for what the guest writes.
 const HEADROOM_BYTES: u64 = 256 << 20;
 const BLOCK: u64 = 4096;
-/// Most volumes one VM takes (each is a virtio device with an interrupt line of its own).
-pub const MAX_VOLUMES: usize = 8;
 /// ext4 creates it; it is no file of the user's.
 const LOST_FOUND: &str = "lost+found";
 
@@ -40,7 +39,8 @@ pub enum Mode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Volume {
     pub host: PathBuf,
-    pub guest: PathBuf,
+    /// Where the guest mounts it: absolute, normalized, not `/`.
+    pub guest: String,
     pub mode: Mode,
 }
 
@@ -57,8 +57,6 @@ pub enum Error {
     },
     #[error("--volume {spec:?}: {path} is not a folder (only folders can be mounted)")]
     NotAFolder { spec: String, path: PathBuf },
-    #[error("two volumes at {0}")]
-    SameMountPoint(PathBuf),
     #[error("reading {path} to pack it")]
     Walk {
         path: PathBuf,
@@ -114,6 +112,10 @@ impl Volume {
         if guest.components().count() < 2 {
             return Err(bad("the guest path cannot be /"));
         }
+        let guest: PathBuf = guest.components().collect();
+        let Some(guest) = guest.to_str().map(str::to_string) else {
+            return Err(bad("the guest path must be UTF-8 text"));
+        };
         let folder_err = |source| Error::HostFolder {
             spec: spec.to_string(),
             path: PathBuf::from(host),
@@ -126,24 +128,16 @@ impl Volume {
                 path: host,
             });
         }
-        Ok(Volume {
-            host,
-            guest: guest.components().collect(),
-            mode,
-        })
+        Ok(Volume { host, guest, mode })
     }
 
-    /// The `nodeos.vol=` parameter that mounts this volume from `device` (`/dev/vdc`, ...).
-    pub fn cmdline_param(&self, device: &str) -> String {
-        let mode = if self.mode == Mode::ReadOnly {
-            "ro"
-        } else {
-            "rw"
-        };
-        format!(
-            "nodeos.vol={device}:{}:{mode}",
-            vmm::vm::cmdline::percent_encode(self.guest.as_os_str().as_bytes())
-        )
+    /// The disk the guest mounts it from: `image`, packed by [`Volume::pack`].
+    pub fn disk(&self, image: PathBuf) -> VolumeDisk {
+        VolumeDisk {
+            image,
+            mount_point: self.guest.clone(),
+            read_only: self.mode == Mode::ReadOnly,
+        }
     }
 
     /// Packs the host folder into a fresh ext4 image at `image`.
@@ -379,12 +373,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let host = dir.path().to_str().unwrap();
         let v = Volume::parse(&format!("{host}:/app")).unwrap();
-        assert_eq!(v.guest, PathBuf::from("/app"));
+        assert_eq!(v.guest, "/app");
         assert_eq!(v.mode, Mode::Scratch);
         assert_eq!(v.host, fs::canonicalize(host).unwrap());
         assert_eq!(
             Volume::parse(&format!("{host}:/a/b/:ro")).unwrap().guest,
-            PathBuf::from("/a/b")
+            "/a/b"
         );
         assert_eq!(
             Volume::parse(&format!("{host}:/app:rw")).unwrap().mode,
@@ -409,19 +403,6 @@ mod tests {
             Volume::parse(&format!("{}:/app", file.display())),
             Err(Error::NotAFolder { .. })
         ));
-    }
-
-    #[test]
-    fn cmdline_params_encode_odd_bytes() {
-        let v = Volume {
-            host: PathBuf::from("/x"),
-            guest: PathBuf::from("/my app/ü"),
-            mode: Mode::ReadOnly,
-        };
-        assert_eq!(
-            v.cmdline_param("/dev/vdc"),
-            "nodeos.vol=/dev/vdc:/my%20app/%C3%BC:ro"
-        );
     }
 
     fn tree(root: &Path) -> Vec<(String, String)> {

@@ -12,13 +12,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::logs::Logs;
+use contract::params::Shell;
 use sandbox::agent::{self, Command, Event, Outcome, Session, Wake};
-use vmm::backend::Backend;
-use vmm::vm::{Disk, VmSpec};
-use vmm::vm::cmdline::{self, ConsoleMode, UpperLayer};
-use vmm::runtime;
 use sandbox::booted::{self, ConsoleLog, Sandbox, BOOT_TIMEOUT};
 use sandbox::volume::Volume;
+use vmm::backend::Backend;
+use vmm::runtime;
+use vmm::vm::VmConfig;
 
 /// Where the app's package is mounted in its VMs, and where the host puts the runner in it.
 pub const APP_DIR: &str = "/app";
@@ -71,7 +71,7 @@ pub struct Machine {
     pub backend: Backend,
     pub kernel: PathBuf,
     pub rootfs: PathBuf,
-    /// Whether the VMs' VMM filters its syscalls (`VmSpec::seccomp`).
+    /// Whether the VMs' VMM filters its syscalls (`VmConfig::seccomp`).
     pub seccomp: bool,
 }
 
@@ -284,25 +284,17 @@ fn start(
     current: Arc<Mutex<Option<String>>>,
 ) -> Result<(Vm, agent::Input), BootError> {
     let folder = runtime::scratch_dir("serve")?;
-    // vda is the root image; the app's volume is the only other disk.
-    let extra = format!("nodeos.shell=none {}", app.volume.cmdline_param("/dev/vdb"));
-    let spec = VmSpec {
-        kernel: machine.kernel.clone(),
-        rootfs: machine.rootfs.clone(),
-        upper_disk: None,
-        disks: vec![Disk {
-            path: app.image.clone(),
-            read_only: true,
-        }],
-        agent_socket: Some(folder.path().join("agent.sock")),
-        net: None,
-        memory_mib: app.memory_mib,
-        cpus: app.cpus,
-        cmdline: cmdline::build(ConsoleMode::Pipe, UpperLayer::Tmpfs, &extra)
-            .map_err(|e| BootError::Task(e.to_string()))?,
-        seccomp: machine.seccomp,
-    };
-    let sandbox = Sandbox::boot(machine.backend, spec, ConsoleLog::Tail)?;
+    let mut config = VmConfig::new(
+        machine.kernel.clone(),
+        machine.rootfs.clone(),
+        app.memory_mib,
+        app.cpus,
+    );
+    config.shell = Shell::None;
+    config.volumes = vec![app.volume.disk(app.image.clone())];
+    config.agent_socket = Some(folder.path().join("agent.sock"));
+    config.seccomp = machine.seccomp;
+    let sandbox = Sandbox::boot(machine.backend, config, ConsoleLog::Tail)?;
     let vm = Vm {
         sandbox: Some(sandbox),
         folder: Some(folder),

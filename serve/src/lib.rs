@@ -15,7 +15,6 @@ mod store;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,8 +29,8 @@ use package::Options;
 use pool::Pool;
 use store::{Meta, Store};
 
-use vmm::runtime;
 use sandbox::volume::{Mode, Volume};
+use vmm::runtime;
 
 /// How often idle instances are looked at.
 const REAP_EVERY: Duration = Duration::from_secs(1);
@@ -180,7 +179,7 @@ impl Server {
                 .map_err(DeployError::Runner)?;
             let volume = Volume {
                 host,
-                guest: PathBuf::from(APP_DIR),
+                guest: APP_DIR.to_string(),
                 mode: Mode::ReadOnly,
             };
             volume.pack(&root.join("app.img"))?;

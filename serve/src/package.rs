@@ -127,10 +127,7 @@ impl Options {
                 "memory" => {
                     o.memory_mib = vm_config::memory_mib(value).map_err(|e| bad(e.to_string()))?
                 }
-                "cpus" => {
-                    let n = value.parse().map_err(|_| bad("expected a number".into()))?;
-                    o.cpus = vm_config::cpus(n).map_err(|e| bad(e.to_string()))?;
-                }
+                "cpus" => o.cpus = vm_config::cpus(value).map_err(|e| bad(e.to_string()))?,
                 "timeout" => o.timeout = vm_config::duration(value).map_err(bad)?,
                 "idle" => o.idle = vm_config::duration(value).map_err(bad)?,
                 "min" => o.min = count(MAX_INSTANCES)?,

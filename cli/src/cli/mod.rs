@@ -14,14 +14,11 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use sandbox::artifacts::{check_kernel, check_rootfs, Artifact, Store};
-use vmm::backend::{detect, qemu, Backend};
-use vmm::vm::{NetSpec, GUEST_NET_PARAM};
-use vmm::jail::{self, Jail};
 use sandbox::users::{UserDisk, Users};
-
-/// Exit status of nodeos-vm's own failures (bad input, a backend that cannot start, a guest
-/// that crashed): what the guest's own statuses (0..=124 in practice) cannot be confused with.
-pub const EXIT_FAILURE: u8 = 125;
+use sandbox::vm_config;
+use vmm::backend::{detect, qemu, Backend};
+use vmm::jail::{self, Jail};
+use vmm::vm::{NetSpec, VmConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,11 +78,11 @@ pub struct VmArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
     /// Guest memory: 512M, 2G, or MiB.
-    #[arg(long, default_value = sandbox::vm_config::DEFAULT_MEMORY)]
-    pub memory: String,
+    #[arg(long, value_name = "SIZE", default_value = vm_config::DEFAULT_MEMORY, value_parser = vm_config::memory_mib)]
+    pub memory: u32,
     /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    pub cpus: u32,
+    #[arg(long, default_value = "1", value_parser = vm_config::cpus)]
+    pub cpus: u8,
     #[command(flatten)]
     pub images: ImageArgs,
     /// Extra kernel command-line parameters.
@@ -105,7 +102,7 @@ pub struct VmArgs {
     pub user: Option<String>,
     /// Size of the user's disk when it is created (default 2G, sparse), or a larger size to
     /// grow it to.
-    #[arg(long, value_name = "SIZE", requires = "user", value_parser = sandbox::vm_config::disk_size_bytes)]
+    #[arg(long, value_name = "SIZE", requires = "user", value_parser = vm_config::disk_size_bytes)]
     pub disk_size: Option<u64>,
 }
 
@@ -118,15 +115,21 @@ impl VmArgs {
         Ok(Some(Users::from_env()?.acquire(name, self.disk_size)?))
     }
 
-    /// The guest parameters beyond the console's: `params`, the network's, the user's.
-    pub fn cmdline_extra(&self, params: &[String]) -> String {
-        let mut extra = params.to_vec();
-        if self.net.is_some() {
-            extra.push(GUEST_NET_PARAM.to_string());
-        }
-        extra.extend(sandbox::npm_registry::guest_param(self.net.as_ref()));
-        extra.push(self.cmdline_extra.clone());
-        extra.join(" ")
+    /// The VM these options describe, and the `--user`'s disk locked for it: what every
+    /// command that boots a VM starts from (it sets the console, the shell, volumes and the
+    /// agent). Builds the kernel and image first when they are missing.
+    pub fn config(&self) -> anyhow::Result<(VmConfig, Option<UserDisk>)> {
+        let (kernel, rootfs) = images(&self.images)?;
+        let user = self.user_disk()?;
+        let mut config = VmConfig::new(kernel, rootfs, self.memory, self.cpus);
+        config.user_disk = user.as_ref().map(|u| u.path().to_path_buf());
+        config.net = self.net.clone();
+        config
+            .env
+            .extend(sandbox::npm_registry::guest_env(self.net.as_ref()));
+        config.cmdline_extra = self.cmdline_extra.clone();
+        config.seccomp = !self.seccomp.no_seccomp;
+        Ok((config, user))
     }
 }
 
@@ -169,12 +172,11 @@ pub const NO_SECCOMP_WARNING: &str =
     "nodeos-vm: WARNING: --no-seccomp: the VMM runs WITHOUT syscall filters; use it for debugging only";
 
 impl SeccompArgs {
-    /// Whether the VMM filters its syscalls; says loudly on stderr when it does not.
-    pub fn enabled(&self) -> bool {
+    /// Says loudly on stderr when the VMM will not filter its syscalls.
+    pub fn warn_if_off(&self) {
         if self.no_seccomp {
             eprintln!("{NO_SECCOMP_WARNING}");
         }
-        !self.no_seccomp
     }
 }
 

@@ -7,17 +7,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use super::{choose_backend, images, VmArgs};
+use contract::params::Shell;
+use contract::status;
 use sandbox::agent::{Command, Outcome};
-use vmm::vm::{Disk, VmSpec};
-use vmm::vm::cmdline::{self, ConsoleMode, UpperLayer};
 use sandbox::booted::{ConsoleLog, Sandbox, BOOT_TIMEOUT};
-use sandbox::volume::{Mode, Volume};
 use sandbox::vm_config;
+use sandbox::volume::{Mode, Volume};
 use vmm::runtime;
+use vmm::vm::VmConfig;
 
-/// Status for a command that ran out of time (as timeout(1) reports it).
-pub const EXIT_TIMED_OUT: u8 = 124;
+use super::{choose_backend, VmArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -72,15 +71,20 @@ impl ExecOptions {
 const TIMEOUT_GRACE: Duration = Duration::from_secs(10);
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let seccomp = args.vm.seccomp.enabled();
-    let memory_mib = vm_config::memory_mib(&args.vm.memory)?;
-    let cpus = vm_config::cpus(args.vm.cpus)?;
+    args.vm.seccomp.warn_if_off();
     let volumes = args
         .volumes
         .iter()
         .map(|v| Volume::parse(v))
         .collect::<Result<Vec<_>, _>>()?;
-    check_mount_points(&volumes)?;
+    let dir = runtime::scratch_dir("run")?;
+    let disks: Vec<_> = volumes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v.disk(dir.path().join(format!("volume{i}.img"))))
+        .collect();
+    // Before anything is built or packed: a bad set of volumes costs nothing.
+    VmConfig::check_volumes(&disks)?;
     let command = args
         .exec
         .command(args.command.into_iter().map(OsString::into_vec).collect())?;
@@ -89,39 +93,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         &args.vm.jail,
         !std::io::IsTerminal::is_terminal(&std::io::stderr()),
     )?;
-    let (kernel, rootfs) = images(&args.vm.images)?;
-    let user = args.vm.user_disk()?;
-    let upper = UpperLayer::of(user.is_some());
-
-    let dir = runtime::scratch_dir("run")?;
-    let mut disks = Vec::new();
-    let mut params = vec!["nodeos.shell=none".to_string()];
-    for (i, volume) in volumes.iter().enumerate() {
-        let image = dir.path().join(format!("volume{i}.img"));
-        volume.pack(&image)?;
-        let letter = upper.first_volume_letter() + i as u8;
-        params.push(volume.cmdline_param(&format!("/dev/vd{}", letter as char)));
-        disks.push(Disk {
-            path: image,
-            read_only: volume.mode == Mode::ReadOnly,
-        });
+    let (mut config, _user) = args.vm.config()?;
+    config.shell = Shell::None;
+    config.agent_socket = Some(dir.path().join("agent.sock"));
+    for (volume, disk) in volumes.iter().zip(&disks) {
+        volume.pack(&disk.image)?;
     }
-    let extra = args.vm.cmdline_extra(&params);
-    let agent_socket = dir.path().join("agent.sock");
-    let spec = VmSpec {
-        kernel,
-        rootfs,
-        upper_disk: user.as_ref().map(|u| u.path().to_path_buf()),
-        disks,
-        agent_socket: Some(agent_socket.clone()),
-        net: args.vm.net.clone(),
-        memory_mib,
-        cpus,
-        cmdline: cmdline::build(ConsoleMode::Pipe, upper, &extra)?,
-        seccomp,
-    };
+    config.volumes = disks.clone();
 
-    let vm = Sandbox::boot(backend, spec, ConsoleLog::Tail)?;
+    let vm = Sandbox::boot(backend, config, ConsoleLog::Tail)?;
     let outcome = vm
         .wait_ready(BOOT_TIMEOUT)
         .and_then(|()| vm.exec(&command, command.timeout.map(|t| t + TIMEOUT_GRACE)));
@@ -131,11 +111,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         (Ok(outcome), Ok(_)) => outcome,
         (_, Err(e)) | (Err(e), Ok(_)) => return Err(e.into()),
     };
-    for (i, volume) in volumes.iter().enumerate() {
+    for (i, (volume, disk)) in volumes.iter().zip(&disks).enumerate() {
         if volume.mode == Mode::ReadWrite {
             let scratch = dir.path().join(format!("volume{i}.out"));
             std::fs::create_dir(&scratch).context("creating a folder to unpack a volume")?;
-            volume.copy_back(&dir.path().join(format!("volume{i}.img")), &scratch)?;
+            volume.copy_back(&disk.image, &scratch)?;
         }
     }
     Ok(exit_status(&outcome, &command))
@@ -146,21 +126,21 @@ pub fn exit_status(outcome: &Outcome, command: &Command) -> u8 {
     let name = String::from_utf8_lossy(&command.argv[0]);
     match outcome {
         Outcome::Exited(code) => (*code & 0xff) as u8,
-        Outcome::Signaled(signal) => 128u8.saturating_add(*signal as u8),
+        Outcome::Signaled(signal) => status::SIGNALED_BASE.saturating_add(*signal as u8),
         Outcome::TimedOut(after) => {
             eprintln!(
                 "nodeos-vm: {name} timed out after {}; it was killed",
                 humanize(*after)
             );
-            EXIT_TIMED_OUT
+            status::TIMED_OUT
         }
         Outcome::NotFound(message) => {
             eprintln!("nodeos-vm: {message}");
-            127
+            status::NOT_FOUND
         }
         Outcome::NotExecutable(message) => {
             eprintln!("nodeos-vm: {message}");
-            126
+            status::CANNOT_RUN
         }
     }
 }
@@ -171,22 +151,6 @@ fn humanize(d: Duration) -> String {
     } else {
         format!("{}ms", d.as_millis())
     }
-}
-
-fn check_mount_points(volumes: &[Volume]) -> anyhow::Result<()> {
-    for (i, v) in volumes.iter().enumerate() {
-        if volumes[..i].iter().any(|w| w.guest == v.guest) {
-            return Err(sandbox::volume::Error::SameMountPoint(v.guest.clone()).into());
-        }
-    }
-    if volumes.len() > sandbox::volume::MAX_VOLUMES {
-        bail!(
-            "{} volumes given; a VM takes at most {}",
-            volumes.len(),
-            sandbox::volume::MAX_VOLUMES
-        );
-    }
-    Ok(())
 }
 
 /// `NAME=VALUE`, or `NAME` for this host's value.

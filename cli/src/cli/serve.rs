@@ -21,7 +21,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
-    let seccomp = args.seccomp.enabled();
+    args.seccomp.warn_if_off();
     let backend = choose_backend(args.backend, &args.jail, false)?;
     let (kernel, rootfs) = images(&args.images)?;
     serve::serve(
@@ -30,7 +30,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
             backend,
             kernel,
             rootfs,
-            seccomp,
+            seccomp: !args.seccomp.no_seccomp,
         },
     )?;
     Ok(0)

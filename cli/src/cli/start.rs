@@ -2,11 +2,11 @@
 
 use anyhow::bail;
 
-use super::{choose_backend, images, vms, VmArgs};
-use vmm::vm::{RunReport, StopSignal, VmExit, VmSpec};
-use vmm::vm::cmdline::{self, UpperLayer};
+use contract::params::Shell;
 use sandbox::console::HostConsole;
-use sandbox::vm_config;
+use vmm::vm::{RunReport, StopSignal, VmExit};
+
+use super::{choose_backend, vms, VmArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {
@@ -30,38 +30,20 @@ pub struct StartArgs {
 }
 
 pub fn run(args: StartArgs) -> anyhow::Result<u8> {
-    let seccomp = args.vm.seccomp.enabled();
+    args.vm.seccomp.warn_if_off();
     if let Some(id) = &args.keeper {
         return vms::keep(&args.vm, id);
     }
     if args.detach {
         return vms::detach(&args.vm);
     }
-    let memory_mib = vm_config::memory_mib(&args.vm.memory)?;
-    let cpus = vm_config::cpus(args.vm.cpus)?;
     let backend = choose_backend(args.vm.backend, &args.vm.jail, false)?;
-    let (kernel, rootfs) = images(&args.vm.images)?;
-    let user = args.vm.user_disk()?;
-
+    let (mut config, _user) = args.vm.config()?;
+    config.shell = if args.shell { Shell::Nsh } else { Shell::Repl };
     let (host_console, console) = HostConsole::attach(args.pipe)?;
-    let spec = VmSpec {
-        kernel,
-        rootfs,
-        upper_disk: user.as_ref().map(|u| u.path().to_path_buf()),
-        disks: Vec::new(),
-        agent_socket: None,
-        net: args.vm.net.clone(),
-        memory_mib,
-        cpus,
-        cmdline: cmdline::build(
-            host_console.mode(),
-            UpperLayer::of(user.is_some()),
-            &args.vm.cmdline_extra(&shell_params(args.shell)),
-        )?,
-        seccomp,
-    };
+    config.console = host_console.mode();
     let started = std::time::Instant::now();
-    let report = backend.run(&spec, console, &StopSignal::new()?)?;
+    let report = backend.run(&config, console, &StopSignal::new()?)?;
     drop(host_console);
     if args.timings {
         print_timings(&report, started.elapsed());
@@ -74,15 +56,6 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
             "the guest ended without an exit status: its kernel panicked or it reset \
              (its console output above says why)"
         ),
-    }
-}
-
-/// The guest parameter that makes PID 1 run nsh (docs/guest-contract.md).
-fn shell_params(nsh: bool) -> Vec<String> {
-    if nsh {
-        vec!["nodeos.shell=nsh".to_string()]
-    } else {
-        Vec::new()
     }
 }
 

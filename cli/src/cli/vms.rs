@@ -19,13 +19,14 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{SigSet, Signal};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::run::{exit_status, ExecOptions};
-use super::{choose_backend, images, VmArgs, EXIT_FAILURE};
-use vmm::vm::VmSpec;
-use vmm::vm::cmdline::{self, ConsoleMode, UpperLayer};
+use contract::params::Shell;
+use contract::status;
+use sandbox::agent;
 use sandbox::booted::{ConsoleLog, Sandbox, BOOT_TIMEOUT};
-use sandbox::{agent, vm_config};
 use vmm::runtime;
+
+use super::run::{exit_status, ExecOptions};
+use super::{choose_backend, VmArgs};
 
 /// Environment variable naming the descriptor on which the keeper reports readiness.
 const READY_FD_ENV: &str = "NODEOS_VM_READY_FD";
@@ -163,12 +164,9 @@ fn new_id() -> anyhow::Result<String> {
 
 /// `start --detach`: starts a keeper and waits until its VM's agent is ready.
 pub fn detach(vm: &VmArgs) -> anyhow::Result<u8> {
-    // Fail on bad options here, where the user sees it, not in the keeper.
-    vm_config::memory_mib(&vm.memory)?;
-    vm_config::cpus(vm.cpus)?;
-    images(&vm.images)?;
-    // Creates the user's disk here, with its errors on this terminal; the keeper takes it.
-    drop(vm.user_disk()?);
+    // Fail on bad options here, where the user sees it, not in the keeper: builds what is
+    // missing and creates the user's disk, which the keeper then takes.
+    drop(vm.config()?);
     let id = new_id()?;
     let dir = vms_dir()?.join(&id);
     fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -218,7 +216,7 @@ pub fn detach(vm: &VmArgs) -> anyhow::Result<u8> {
                 report.trim()
             }
         );
-        Ok(EXIT_FAILURE)
+        Ok(status::HOST_FAILURE)
     }
 }
 
@@ -263,15 +261,13 @@ fn keep_vm(
     signals: SigSet,
 ) -> anyhow::Result<()> {
     let dir = vms_dir()?.join(id);
-    let memory_mib = vm_config::memory_mib(&vm.memory)?;
-    let cpus = vm_config::cpus(vm.cpus)?;
     let backend = choose_backend(vm.backend, &vm.jail, true)?;
     let mut record = Record {
         id: id.to_string(),
         pid: std::process::id() as i32,
         backend: backend.name().to_string(),
-        memory_mib,
-        cpus,
+        memory_mib: vm.memory,
+        cpus: vm.cpus,
         started: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -279,23 +275,10 @@ fn keep_vm(
         running: false,
     };
     record.save(&dir).context("writing the VM's state")?;
-    let (kernel, rootfs) = images(&vm.images)?;
-    let user = vm.user_disk()?;
-    let extra = vm.cmdline_extra(&["nodeos.shell=none".to_string()]);
-    let spec = VmSpec {
-        kernel,
-        rootfs,
-        upper_disk: user.as_ref().map(|u| u.path().to_path_buf()),
-        disks: Vec::new(),
-        agent_socket: Some(dir.join("agent.sock")),
-        net: vm.net.clone(),
-        memory_mib,
-        cpus,
-        cmdline: cmdline::build(ConsoleMode::Pipe, UpperLayer::of(user.is_some()), &extra)?,
-        // The keeper's stderr goes nowhere: `start` said it on the user's terminal.
-        seccomp: !vm.seccomp.no_seccomp,
-    };
-    let sandbox = Sandbox::boot(backend, spec, ConsoleLog::File(dir.join("console.log")))?;
+    let (mut config, _user) = vm.config()?;
+    config.shell = Shell::None;
+    config.agent_socket = Some(dir.join("agent.sock"));
+    let sandbox = Sandbox::boot(backend, config, ConsoleLog::File(dir.join("console.log")))?;
     let stop = sandbox.stop_signal().clone();
     std::thread::Builder::new()
         .name("signals".into())

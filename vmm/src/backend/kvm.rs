@@ -13,7 +13,6 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::vm::{ConsoleIo, Device, RunReport, StopSignal, VmExit, VmSpec};
 use crate::boot::cmdline::{self, MmioSlot};
 use crate::boot::{self, mptable};
 use crate::cpuid::DEFAULT_HIDDEN;
@@ -33,6 +32,7 @@ use crate::kvm::vcpu::{self, EndGuard, RunError};
 use crate::kvm::{self, Vcpu, Vm, VmControl};
 use crate::memory::{self, GuestMemory, SharedMemory, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use crate::seccomp::{self, ThreadKind};
+use crate::vm::{ConsoleIo, Device, RunReport, StopSignal, VmExit, VmSpec};
 
 /// The first interrupt line for virtio devices (0-4: timer, keyboard, cascade, COM2, COM1).
 const VIRTIO_IRQ_BASE: u32 = 5;
@@ -179,7 +179,11 @@ impl Machine {
             legacy::CMOS_PORT_LEN,
             shared(Cmos::new()),
         )?;
-        pio.insert(u64::from(contract::ports::EXIT_PORT), EXIT_PORT_LEN, shared(ExitPort))?;
+        pio.insert(
+            u64::from(contract::ports::EXIT_PORT),
+            EXIT_PORT_LEN,
+            shared(ExitPort),
+        )?;
         let timer = BootTimer::new(started, init_reached.clone(), console.ready.clone());
         pio.insert(
             u64::from(contract::ports::BOOT_TIMER_PORT),
@@ -458,11 +462,11 @@ pub(crate) mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::boot::tests::tiny_elf;
+    use crate::kvm::smoke::kvm_usable;
+    use crate::vm::ConsoleReady;
     use crate::vm::Disk;
     use crate::vm::VmExit;
-    use crate::boot::tests::tiny_elf;
-    use crate::vm::ConsoleReady;
-    use crate::kvm::smoke::kvm_usable;
 
     const LOAD_ADDR: u64 = 0x10_0000;
 
@@ -724,8 +728,8 @@ pub(crate) mod tests {
         };
         let jumps = [
             skip(&mut c, u32::from(contract::ports::EXIT_PORT), 0x74), // je
-            skip(&mut c, 0x64, 0x74),                                 // je
-            skip(&mut c, 0x3f8, 0x73),                                // jae
+            skip(&mut c, 0x64, 0x74),                                  // je
+            skip(&mut c, 0x3f8, 0x73),                                 // jae
         ];
         c.push(0xee); // out dx, al
         for at in jumps {

@@ -42,9 +42,13 @@ impl Backend {
     ) -> Result<RunReport, Error> {
         let spec = &config.spec(self.agent_transport())?;
         Ok(match self {
-            Backend::Kvm(jail) => {
-                process::run(&process::VmmProgram::installed()?, spec, console, stop, jail)?
-            }
+            Backend::Kvm(jail) => process::run(
+                &process::VmmProgram::installed()?,
+                spec,
+                console,
+                stop,
+                jail,
+            )?,
             Backend::Qemu(accel) => qemu::run(spec, console, accel, stop)?,
         })
     }

@@ -29,10 +29,10 @@ use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 
 use super::kvm;
-use crate::vm::{ConsoleIo, ConsoleReady, RunReport, StopSignal, VmSpec};
 use crate::devices::virtio::net::{self, HostEnd};
 use crate::jail::{self, Jail};
 use crate::memory;
+use crate::vm::{ConsoleIo, ConsoleReady, RunReport, StopSignal, VmSpec};
 
 /// The VMM process's program, built beside `nodeos-vm`.
 const VMM_BINARY: &str = "nodeos-vmm";

@@ -387,8 +387,7 @@ fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString, agent_link: &Path) 
             }
             Device::AgentLink(_) => {
                 a.extend(
-                    ["-device", "virtio-serial-device,max_ports=2", "-chardev"]
-                        .map(OsString::from),
+                    ["-device", "virtio-serial-device,max_ports=2", "-chardev"].map(OsString::from),
                 );
                 a.push(with_prefix(
                     "socket,id=agent,path=",

@@ -32,8 +32,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::vm::VmSpec;
 use crate::runtime;
+use crate::vm::VmSpec;
 
 pub use privileges::{close_inherited_fds, drop_privileges};
 

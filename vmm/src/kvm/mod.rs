@@ -214,11 +214,11 @@ pub(crate) mod smoke {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::vm::VmExit;
     use crate::devices::bus::{Bus, BusDevice};
     use crate::devices::legacy::ports::ExitPort;
     use crate::devices::legacy::serial::Serial;
     use crate::devices::legacy::IrqLine;
+    use crate::vm::VmExit;
 
     /// False (with the reason printed) when this host has no usable KVM.
     pub(crate) fn kvm_usable() -> bool {

@@ -20,10 +20,10 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, unblock_signal, Killable, SIGRTMIN};
 
 use super::{regs, Error, Vm};
-use crate::vm::VmExit;
 use crate::boot::BootEntry;
 use crate::cpuid::{self, FeatureMask, VcpuCpuid};
 use crate::devices::bus::Bus;
+use crate::vm::VmExit;
 
 /// Why a vCPU ended the VM with an error.
 #[derive(Debug, thiserror::Error)]

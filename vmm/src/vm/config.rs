@@ -115,14 +115,7 @@ impl VmConfig {
     /// What a backend boots, the guest agent's link (when there is one) of the kind `agent`
     /// (the backend's): the disks in the plan's order, the guest parameters naming them.
     pub fn spec(&self, agent: AgentTransport) -> Result<VmSpec, ConfigError> {
-        if self.volumes.len() > MAX_VOLUMES {
-            return Err(ConfigError::TooManyVolumes(self.volumes.len()));
-        }
-        for (i, v) in self.volumes.iter().enumerate() {
-            if self.volumes[..i].iter().any(|w| w.mount_point == v.mount_point) {
-                return Err(ConfigError::SameMountPoint(v.mount_point.clone()));
-            }
-        }
+        Self::check_volumes(&self.volumes)?;
         let plan = DiskPlan::new(self.user_disk.is_some());
         let mut devices = vec![Device::Block(Disk {
             path: self.rootfs.clone(),
@@ -175,6 +168,21 @@ impl VmConfig {
             devices,
             seccomp: self.seccomp,
         })
+    }
+
+    /// Checks a VM's volumes as [`VmConfig::spec`] does: few enough, each mount point once and
+    /// one the guest takes; for callers that would rather fail before preparing them.
+    pub fn check_volumes(volumes: &[VolumeDisk]) -> Result<(), ConfigError> {
+        if volumes.len() > MAX_VOLUMES {
+            return Err(ConfigError::TooManyVolumes(volumes.len()));
+        }
+        for (i, v) in volumes.iter().enumerate() {
+            if volumes[..i].iter().any(|w| w.mount_point == v.mount_point) {
+                return Err(ConfigError::SameMountPoint(v.mount_point.clone()));
+            }
+            Volume::new(ROOT_DEVICE, v.mount_point.clone(), v.read_only)?;
+        }
+        Ok(())
     }
 
     fn cmdline(&self, params: &GuestParams) -> Result<String, ConfigError> {
@@ -269,7 +277,10 @@ mod tests {
             .collect();
         assert_eq!(
             vols,
-            [("/dev/vdc", "/app", false), ("/dev/vdd", "/my data/ü", true)]
+            [
+                ("/dev/vdc", "/app", false),
+                ("/dev/vdd", "/my data/ü", true)
+            ]
         );
     }
 
@@ -286,7 +297,10 @@ mod tests {
         c.env = vec![EnvVar::new("npm_config_registry", "http://10.0.2.2:4873/").unwrap()];
         c.cmdline_extra = " loglevel=7 ".into();
         let spec = c.spec(AgentTransport::Vsock).unwrap();
-        assert_eq!(spec.agent_socket(), Some(std::path::Path::new("/run/agent.sock")));
+        assert_eq!(
+            spec.agent_socket(),
+            Some(std::path::Path::new("/run/agent.sock"))
+        );
         assert_eq!(spec.net(), Some(&NetSpec::User));
         assert!(spec.cmdline.ends_with(" loglevel=7"));
         let p = params(&spec);
@@ -312,7 +326,9 @@ mod tests {
             c.spec(AgentTransport::Vsock).unwrap_err(),
             ConfigError::SameMountPoint("/a".into())
         );
-        c.volumes = (0..=MAX_VOLUMES).map(|i| volume(&format!("/v{i}"))).collect();
+        c.volumes = (0..=MAX_VOLUMES)
+            .map(|i| volume(&format!("/v{i}")))
+            .collect();
         assert_eq!(
             c.spec(AgentTransport::Vsock).unwrap_err(),
             ConfigError::TooManyVolumes(MAX_VOLUMES + 1)

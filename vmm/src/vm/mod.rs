@@ -7,10 +7,10 @@ mod console;
 mod outcome;
 mod spec;
 
-pub use console::{ConsoleIo, ConsoleReady};
-pub use outcome::{RunReport, StopSignal, VmExit};
 pub use config::{
-    Console, ConfigError, VmConfig, VolumeDisk, MAX_CMDLINE_LEN, MAX_CPUS, MAX_VOLUMES,
+    ConfigError, Console, VmConfig, VolumeDisk, MAX_CMDLINE_LEN, MAX_CPUS, MAX_VOLUMES,
     MIN_MEMORY_MIB,
 };
+pub use console::{ConsoleIo, ConsoleReady};
+pub use outcome::{RunReport, StopSignal, VmExit};
 pub use spec::{Device, Disk, NetSpec, VmSpec};

@@ -82,4 +82,3 @@ pub enum NetSpec {
     /// An existing TAP interface of the host, by name.
     Tap(String),
 }
-

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::backend::kvm::tests::{file_with, pvh_spec};
-use crate::vm::VmExit;
 use crate::boot::tests::tiny_elf;
 use crate::kvm::smoke::kvm_usable;
+use crate::vm::VmExit;
 
 const VMM_ENV: &str = "NODEOS_VM_TEST_VMM";
 const VMM_TEST: &str = "backend::process::tests::vmm_process";

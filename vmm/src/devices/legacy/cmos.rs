@@ -9,8 +9,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::vm::VmExit;
 use crate::devices::bus::BusDevice;
+use crate::vm::VmExit;
 
 const INDEX_OFFSET: u64 = 0; // port 0x70
 const DATA_OFFSET: u64 = 1; // port 0x71

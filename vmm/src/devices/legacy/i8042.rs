@@ -5,8 +5,8 @@
 use std::collections::VecDeque;
 
 use super::IrqLine;
-use crate::vm::VmExit;
 use crate::devices::bus::BusDevice;
+use crate::vm::VmExit;
 
 const DATA_OFFSET: u64 = 0; // port 0x60
 const COMMAND_OFFSET: u64 = 4; // port 0x64

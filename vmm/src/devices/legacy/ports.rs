@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use contract::ports::{CONSOLE_READY, INIT_STARTED};
 
-use crate::vm::VmExit;
-use crate::vm::ConsoleReady;
 use crate::devices::bus::BusDevice;
+use crate::vm::ConsoleReady;
+use crate::vm::VmExit;
 
 /// Port 0xf4: the byte written is the VM's exit status.
 #[derive(Debug, Default)]

@@ -16,9 +16,9 @@ use vm_superio::serial::NoEvents;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::IrqLine;
-use crate::vm::VmExit;
 use crate::devices::bus::BusDevice;
 use crate::devices::lock;
+use crate::vm::VmExit;
 
 /// Host input held for the guest beyond the UART's FIFO.
 pub const INPUT_BUFFER_MAX: usize = 64 << 10;

@@ -20,10 +20,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{
     BackendWork, NotifyRegistrar, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::vm::VmExit;
 use crate::devices::bus::BusDevice;
 use crate::devices::legacy::IrqLine;
 use crate::memory::{GuestMemory, SharedMemory};
+use crate::vm::VmExit;
 
 /// "virt" in little endian.
 pub const MMIO_MAGIC: u32 = 0x7472_6976;

@@ -15,17 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use contract::net;
+
 use crate::devices::lock;
 use crate::host_packages::{self, HostPackageError};
 use crate::seccomp::ThreadKind;
 
-/// The guest's address on passt's network.
-pub const GUEST_ADDR: &str = "10.0.2.15";
-pub const PREFIX_LEN: u8 = 24;
-/// The gateway: the host's loopback, as seen from the guest.
-pub const GATEWAY: &str = "10.0.2.2";
-/// Where the guest sends DNS queries; passt forwards them to the host's resolver.
-pub const DNS: &str = "10.0.2.3";
 /// The MTU the guest uses (the kernel's default); passt offers it over DHCP too.
 const MTU: u16 = 1500;
 const PASST: &str = "passt";
@@ -86,10 +81,12 @@ fn args(fd: i32) -> Vec<String> {
         .into();
     for (option, value) in [
         ("--ipv4-only", None),
-        ("--address", Some(GUEST_ADDR.to_string())),
-        ("--netmask", Some(PREFIX_LEN.to_string())),
-        ("--gateway", Some(GATEWAY.to_string())),
-        ("--dns-forward", Some(DNS.to_string())),
+        // The guest's side of the network is the contract's (contract::net): passt's is the
+        // same, so that 10.0.2.2 is the host's loopback and DNS at 10.0.2.3 reaches the host's.
+        ("--address", Some(net::GUEST_ADDRESS.to_string())),
+        ("--netmask", Some(net::PREFIX.to_string())),
+        ("--gateway", Some(net::GATEWAY.to_string())),
+        ("--dns-forward", Some(net::DNS.to_string())),
         ("--mtu", Some(MTU.to_string())),
     ] {
         args.push(option.into());
