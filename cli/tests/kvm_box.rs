@@ -153,20 +153,27 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             ]),
         )
         .unwrap();
+        // Host programs the box runs, installed with apt when missing (as root), like
+        // nodeos-vm installs what it needs: passt for --net, iproute2's ip (busybox's has no
+        // tuntap; ahead of busybox's on L1's PATH), e2fsprogs to pack volumes, read them back
+        // and check users' disks.
+        let program = |name, package| kvm_box::host_program(name, package).unwrap();
+        let passt = program("passt", "passt");
         let mut run = BoxRun::new(script.build())
             .file(BoxFile::new(&web_dir, WEB_DIR))
-            .file(BoxFile::with_libs("/usr/bin/passt", "/usr/bin/passt"))
-            // iproute2's ip (busybox's has no tuntap), ahead of busybox's on L1's PATH.
-            .file(BoxFile::with_libs("/usr/bin/ip", "/usr/local/sbin/ip"))
+            .file(BoxFile::with_libs(&passt, "/usr/bin/passt"))
+            .file(BoxFile::with_libs(
+                program("ip", "iproute2"),
+                "/usr/local/sbin/ip",
+            ))
             .file(BoxFile::with_libs(common::BIN, "/nodeos/nodeos-vm"))
             .file(BoxFile::with_libs(common::vmm_bin(), "/nodeos/nodeos-vmm"))
             .file(BoxFile::new(common::fixture_dir(), FIXTURE))
             .file(BoxFile::new(&serve_app, SERVE_APP))
             .file(BoxFile::same_path("/etc/mke2fs.conf"));
-        // Volumes are packed with mke2fs and read back with debugfs;
-        // Users' disks are checked with e2fsck.
-        for tool in ["/usr/sbin/mke2fs", "/usr/sbin/debugfs", "/usr/sbin/e2fsck"] {
-            run = run.file(BoxFile::with_libs(tool, tool));
+        for tool in ["mke2fs", "debugfs", "e2fsck"] {
+            let path = program(tool, "e2fsprogs");
+            run = run.file(BoxFile::with_libs(&path, path.to_str().unwrap()));
         }
         let run = run
             .file(BoxFile::new(kernel, KERNEL))

@@ -52,19 +52,23 @@ pub(crate) fn in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The host QEMU binary, installed with apt if missing and we are root.
+/// The host QEMU binary (or `$KVM_BOX_QEMU`), installed with apt if missing and we are root.
 pub(crate) fn qemu() -> Result<PathBuf, BoxError> {
-    if let Some(q) = std::env::var_os(QEMU_ENV) {
-        return Ok(PathBuf::from(q));
+    match std::env::var_os(QEMU_ENV) {
+        Some(q) => Ok(PathBuf::from(q)),
+        None => program(QEMU_BIN, QEMU_PACKAGE),
     }
-    if let Some(q) = in_path(QEMU_BIN) {
-        return Ok(q);
+}
+
+/// The host program `name` on PATH, installed from Debian's `package` with apt if missing and
+/// we are root (otherwise the error names the command to run).
+pub fn program(name: &str, package: &str) -> Result<PathBuf, BoxError> {
+    if let Some(path) = in_path(name) {
+        return Ok(path);
     }
-    apt_install(QEMU_PACKAGE)?;
-    in_path(QEMU_BIN).ok_or_else(|| {
-        BoxError::Assets(format!(
-            "{QEMU_PACKAGE} installed but {QEMU_BIN} is not in PATH"
-        ))
+    apt_install(package)?;
+    in_path(name).ok_or_else(|| {
+        BoxError::Assets(format!("{package} installed but {name} is not in PATH"))
     })
 }
 

@@ -1,7 +1,7 @@
 //! The KVM box: runs a shell script inside an L1 Linux VM that QEMU emulates with TCG and an
 //! AMD CPU with SVM and nested paging. Debian's cloud kernel loads kvm and kvm-amd there, so
 //! the script gets a `/dev/kvm` with the semantics of hardware virtualization, on machines
-//! whose own `/dev/kvm` cannot boot Linux (see `shared/notes/kvm-here.md`).
+//! whose own `/dev/kvm` cannot boot Linux (docs/kvm-hosts.md).
 //!
 //! One [`run`] packs an initramfs (static busybox, the KVM modules, an `/init`, the script and
 //! the caller's files, with their shared libraries if asked), boots L1, runs the script with
@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use assets::{ensure as ensure_assets, Assets};
+pub use host::program as host_program;
 pub use error::BoxError;
 pub use script::{parse_checks, shell_quote, Check, Script, DEFAULT_CHECK_TIMEOUT};
 

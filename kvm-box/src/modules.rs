@@ -90,9 +90,9 @@ impl ModuleTree {
 
     /// The module as plain ELF (busybox insmod loads only that), decompressed once if needed.
     fn plain(&self, name: &str, file: &Path) -> Result<PathBuf, BoxError> {
-        let tool = match file.extension().and_then(|e| e.to_str()) {
-            Some("xz") => "xz",
-            Some("zst") => "zstd",
+        let (tool, package) = match file.extension().and_then(|e| e.to_str()) {
+            Some("xz") => ("xz", "xz-utils"),
+            Some("zst") => ("zstd", "zstd"),
             _ => return Ok(file.to_path_buf()),
         };
         let dest = self.plain_dir.join(format!("{name}.ko"));
@@ -103,6 +103,7 @@ impl ModuleTree {
                 .plain_dir
                 .join(format!(".{name}.ko.{}", std::process::id()));
             let out = fs::File::create(&tmp).map_err(BoxError::io("creating", &tmp))?;
+            let tool = host::program(tool, package)?;
             host::output(Command::new(tool).arg("-dc").arg(file).stdout(out))?;
             fs::rename(&tmp, &dest).map_err(BoxError::io("writing", &dest))?;
         }
