@@ -27,8 +27,6 @@
 //! The agent's ready handshake: once it listens on [`AGENT_PORT`], the agent connects to host
 //! port [`READY_PORT`], sends [`frame::Reply::Hello`] and closes.
 
-#![deny(clippy::undocumented_unsafe_blocks)]
-
 pub mod codec;
 pub mod disks;
 pub mod frame;

@@ -6,8 +6,6 @@
 //! - `nodeos-init env ...` or argv[0] `env` (`/usr/bin/env`): a minimal env(1) (env.rs).
 //! - `nodeos-init sh ...` or argv[0] `sh` (`/bin/sh`): a minimal `sh -c` (sh/).
 
-#![deny(clippy::undocumented_unsafe_blocks)]
-
 mod agent;
 mod env;
 mod error;

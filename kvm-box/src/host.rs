@@ -67,9 +67,8 @@ pub fn program(name: &str, package: &str) -> Result<PathBuf, BoxError> {
         return Ok(path);
     }
     apt_install(package)?;
-    in_path(name).ok_or_else(|| {
-        BoxError::Assets(format!("{package} installed but {name} is not in PATH"))
-    })
+    in_path(name)
+        .ok_or_else(|| BoxError::Assets(format!("{package} installed but {name} is not in PATH")))
 }
 
 /// apt-get install, serialised within this process (apt holds a lock; parallel tests would fail).

@@ -32,8 +32,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use assets::{ensure as ensure_assets, Assets};
-pub use host::program as host_program;
 pub use error::BoxError;
+pub use host::program as host_program;
 pub use script::{parse_checks, shell_quote, Check, Script, DEFAULT_CHECK_TIMEOUT};
 
 use initramfs::{Tree, MARK_NO_KVM, MARK_STATUS};

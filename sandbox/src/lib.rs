@@ -4,8 +4,6 @@
 //! VM that runs commands through its agent ([`booted`]). The CLI and the function host build on
 //! this crate (docs/architecture.md).
 
-#![deny(clippy::undocumented_unsafe_blocks)]
-
 pub mod agent;
 pub mod artifacts;
 pub mod booted;

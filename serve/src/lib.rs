@@ -3,8 +3,6 @@
 //! microVMs of its own (`instance`), pooled per app version (`pool`). docs/serve.md and
 //! docs/openapi.yaml describe the API.
 
-#![deny(clippy::undocumented_unsafe_blocks)]
-
 pub(crate) mod http;
 mod instance;
 mod logs;

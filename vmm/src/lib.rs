@@ -4,8 +4,6 @@
 //! a command line or serves HTTP: this crate's binary, `nodeos-vmm`, is the process that runs
 //! jailed (docs/architecture.md).
 
-#![deny(clippy::undocumented_unsafe_blocks)]
-
 pub mod backend;
 pub mod boot;
 pub mod cpuid;

@@ -206,10 +206,8 @@ fn pivot(dir: &Path) -> Result<(), Error> {
         format!("pivot_root into {}", dir.display())
     })?;
     // SAFETY: as above.
-    check(
-        unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) },
-        || "detaching the host's root".into(),
-    )?;
+    let ret = unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) };
+    check(ret, || "detaching the host's root".into())?;
     std::env::set_current_dir("/").map_err(|source| Error::Step {
         step: "entering / in the jail".into(),
         source,

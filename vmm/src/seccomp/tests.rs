@@ -53,17 +53,13 @@ fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd) {
             // SAFETY: as above.
             unsafe { libc::close(fd) };
             // SAFETY: getrandom writes at most one byte into `byte`.
-            assert_eq!(
-                unsafe { libc::getrandom(byte.as_mut_ptr().cast(), 1, 0) },
-                1
-            );
+            let got = unsafe { libc::getrandom(byte.as_mut_ptr().cast(), 1, 0) };
+            assert_eq!(got, 1);
         }
         ThreadKind::ConsoleInput | ThreadKind::PasstStderr => {
             // SAFETY: reads at most one byte into `byte`.
-            assert_eq!(
-                unsafe { libc::read(pipe.as_raw_fd(), byte.as_mut_ptr().cast(), 1) },
-                1
-            );
+            let got = unsafe { libc::read(pipe.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
+            assert_eq!(got, 1);
         }
     }
 }
