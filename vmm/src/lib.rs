@@ -5,14 +5,14 @@
 //! jailed (docs/architecture.md).
 
 pub mod backend;
-pub mod boot;
-pub mod cpuid;
+mod boot;
+mod cpuid;
 pub mod devices;
-pub mod host_packages;
+mod host_packages;
 pub mod jail;
-pub mod kvm;
-pub mod memory;
+mod kvm;
+mod memory;
 pub mod poll;
 pub mod runtime;
-pub mod seccomp;
+mod seccomp;
 pub mod vm;

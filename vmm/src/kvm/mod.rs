@@ -129,10 +129,6 @@ impl Vm {
         })
     }
 
-    pub fn fd(&self) -> &Arc<VmFd> {
-        &self.fd
-    }
-
     /// Most vCPUs KVM runs in one VM.
     pub fn max_vcpus(&self) -> usize {
         self.kvm.get_max_vcpus()

@@ -277,6 +277,7 @@ impl Vcpu {
     }
 
     /// Starts the vCPU in real mode at `ip` with CS base 0 (for tests of tiny guests).
+    #[cfg(test)]
     pub fn set_real_mode_entry(&self, ip: u64) -> Result<(), Error> {
         let setup = |what| {
             move |source| Error::VcpuSetup {

@@ -2,7 +2,7 @@
 //! needs, installs the filter of its [`ThreadKind`], which allows only the syscalls that kind
 //! of thread makes (ioctl and socket with argument rules). A forbidden syscall raises SIGSYS;
 //! the handler writes `nodeos-vm: seccomp: thread NAME made forbidden syscall N; the VMM
-//! stopped` on stderr and ends the process with [`VIOLATION_EXIT_STATUS`]
+//! stopped` on stderr and ends the process with [`trap::VIOLATION_EXIT_STATUS`]
 //! (docs/security.md).
 //!
 //! Filters are per thread (no TSYNC), and a thread's filter is inherited by the threads it
@@ -22,8 +22,6 @@ mod trap;
 use std::io;
 
 use seccompiler::{BackendError, BpfProgram, SeccompAction, SeccompFilter, TargetArch};
-
-pub use trap::VIOLATION_EXIT_STATUS;
 
 /// The kinds of VMM threads, each with its own filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use super::trap::VIOLATION_EXIT_STATUS;
 use super::*;
 
 /// Set in the child process: the name of the kind to filter.
