@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 use sandbox::artifacts::{check_kernel, check_rootfs, Artifact, Store};
 use sandbox::users::{UserDisk, Users};
@@ -59,10 +60,13 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Say what this host offers (KVM or not, which backend `auto` picks) and what is cached.
     Doctor,
+    /// (internal) Keep detached VM ID: boot what `start --detach` asked for and own it.
+    #[command(hide = true)]
+    Keep(vms::IdArg),
 }
 
 /// Which machine monitor runs the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 pub enum BackendChoice {
     /// Our VMM where the host's KVM can run Linux guests, QEMU otherwise.
     Auto,
@@ -73,7 +77,7 @@ pub enum BackendChoice {
 }
 
 /// The VM options of every command that boots one.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, Serialize, Deserialize)]
 pub struct VmArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
@@ -134,7 +138,7 @@ impl VmArgs {
 }
 
 /// Turns the VMM's syscall filters off, for debugging.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, Serialize, Deserialize)]
 pub struct SeccompArgs {
     /// Run without seccomp filters (our VMM's threads; QEMU's -sandbox): debugging only.
     #[arg(long)]
@@ -142,7 +146,7 @@ pub struct SeccompArgs {
 }
 
 /// The VMM's jail (crate::jail; docs/security.md), on by default when nodeos-vm runs as root.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, Serialize, Deserialize)]
 pub struct JailArgs {
     /// Run our VMM without its jail (as root: in the host's namespaces and files, as root).
     #[arg(long)]
@@ -200,7 +204,7 @@ pub fn parse_net(text: &str) -> Result<NetSpec, String> {
 }
 
 /// Kernel and image options shared by the commands that boot a VM.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Args, Serialize, Deserialize)]
 pub struct ImageArgs {
     /// Boot this kernel (ELF vmlinux or bzImage) instead of the cached build.
     #[arg(long, value_name = "PATH")]
@@ -267,6 +271,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Users(command) => users::run(command),
         Command::Build(args) => build::run(args).map(|()| 0),
         Command::Doctor => doctor::run().map(|()| 0),
+        Command::Keep(args) => vms::keep(args),
     }
 }
 

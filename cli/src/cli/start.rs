@@ -24,16 +24,10 @@ pub struct StartArgs {
     /// Run the VM in the background, without a REPL: prints its ID, for `exec`, `logs`, `stop`.
     #[arg(short, long, conflicts_with = "pipe")]
     detach: bool,
-    /// (internal) Be the background process that keeps detached VM ID.
-    #[arg(long, hide = true, value_name = "ID")]
-    keeper: Option<String>,
 }
 
 pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     args.vm.seccomp.warn_if_off();
-    if let Some(id) = &args.keeper {
-        return vms::keep(&args.vm, id);
-    }
     if args.detach {
         return vms::detach(&args.vm);
     }

@@ -2,8 +2,9 @@
 //! `exec ID -- CMD`, `logs ID` and `stop ID` work on them.
 //!
 //! Each VM is a background `nodeos-vm` process (the "keeper", which owns the VM and its agent
-//! socket) and a folder in the runtime folder: `vms/<id>/` with `state` (key=value lines),
-//! `console.log` and `agent.sock`. A folder whose keeper is gone is removed by `ps` and by
+//! socket) and a folder in the runtime folder: `vms/<id>/` with `request.json` (the VM options
+//! `start --detach` was given, which the keeper boots), `state.json`, `console.log` and
+//! `agent.sock`. A folder whose keeper is gone is removed by `ps` and by
 //! every lookup.
 
 use std::ffi::OsString;
@@ -17,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use nix::sys::signal::{SigSet, Signal};
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
 use contract::params::Shell;
@@ -30,6 +32,10 @@ use super::{choose_backend, VmArgs};
 
 /// Environment variable naming the descriptor on which the keeper reports readiness.
 const READY_FD_ENV: &str = "NODEOS_VM_READY_FD";
+/// The VM's state, in its folder (JSON).
+const STATE_FILE: &str = "state.json";
+/// What `start --detach` asked for, in the VM's folder (JSON): the keeper boots that.
+const REQUEST_FILE: &str = "request.json";
 /// How long `stop` waits for a keeper to end before it kills it.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -50,8 +56,8 @@ pub struct IdArg {
     id: String,
 }
 
-/// What a VM's `state` file says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a VM's `state.json` says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
     id: String,
     /// The keeper process.
@@ -64,40 +70,15 @@ struct Record {
 }
 
 impl Record {
-    fn encode(&self) -> String {
-        format!(
-            "id={}\npid={}\nbackend={}\nmemory_mib={}\ncpus={}\nstarted={}\nstate={}\n",
-            self.id,
-            self.pid,
-            self.backend,
-            self.memory_mib,
-            self.cpus,
-            self.started,
-            if self.running { "running" } else { "booting" }
-        )
-    }
-
-    fn decode(text: &str) -> Option<Record> {
-        let get = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        };
-        Some(Record {
-            id: get("id")?.to_string(),
-            pid: get("pid")?.parse().ok()?,
-            backend: get("backend")?.to_string(),
-            memory_mib: get("memory_mib")?.parse().ok()?,
-            cpus: get("cpus")?.parse().ok()?,
-            started: get("started")?.parse().ok()?,
-            running: get("state")? == "running",
-        })
+    fn load(dir: &Path) -> Option<Record> {
+        serde_json::from_slice(&fs::read(dir.join(STATE_FILE)).ok()?).ok()
     }
 
     fn save(&self, dir: &Path) -> std::io::Result<()> {
         // Whole or not at all: readers never see half a file.
-        let tmp = dir.join("state.tmp");
-        fs::write(&tmp, self.encode())?;
-        fs::rename(tmp, dir.join("state"))
+        let tmp = dir.join("state.json.tmp");
+        fs::write(&tmp, serde_json::to_vec(self)?)?;
+        fs::rename(tmp, dir.join(STATE_FILE))
     }
 
     fn keeper_alive(&self) -> bool {
@@ -119,9 +100,7 @@ fn live_vms() -> anyhow::Result<Vec<(Record, PathBuf)>> {
     let mut vms = Vec::new();
     for entry in fs::read_dir(vms_dir()?)? {
         let dir = entry?.path();
-        let record = fs::read_to_string(dir.join("state"))
-            .ok()
-            .and_then(|t| Record::decode(&t));
+        let record = Record::load(&dir);
         match record {
             Some(r) if r.keeper_alive() => vms.push((r, dir)),
             _ => {
@@ -170,19 +149,15 @@ pub fn detach(vm: &VmArgs) -> anyhow::Result<u8> {
     let id = new_id()?;
     let dir = vms_dir()?.join(&id);
     fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::write(dir.join(REQUEST_FILE), serde_json::to_vec(vm)?)
+        .with_context(|| format!("writing the VM's request in {}", dir.display()))?;
 
     let (read, write) = nix::unistd::pipe().context("creating a pipe")?;
     let exe = std::env::current_exe().context("finding nodeos-vm's own binary")?;
     let write_fd = write.into_raw_fd();
     let mut keeper = std::process::Command::new(exe);
     keeper
-        .args(
-            std::env::args_os()
-                .skip(1)
-                .filter(|a| a != "--detach" && a != "-d"),
-        )
-        .arg("--keeper")
-        .arg(&id)
+        .args(["keep", &id])
         .env(READY_FD_ENV, write_fd.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -220,9 +195,11 @@ pub fn detach(vm: &VmArgs) -> anyhow::Result<u8> {
     }
 }
 
-/// The keeper: owns VM `id` until it is stopped or ends. Reports readiness (or the reason it
-/// failed) on the descriptor the parent gave.
-pub fn keep(vm: &VmArgs, id: &str) -> anyhow::Result<u8> {
+/// `nodeos-vm keep ID`, the keeper: boots the VM that `start --detach` asked for in the VM's
+/// folder and owns it until it is stopped or ends. Reports readiness (or the reason it failed)
+/// on the descriptor the parent gave.
+pub fn keep(args: IdArg) -> anyhow::Result<u8> {
+    let id = args.id.as_str();
     let ready_fd: i32 = std::env::var(READY_FD_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -244,7 +221,13 @@ pub fn keep(vm: &VmArgs, id: &str) -> anyhow::Result<u8> {
     }
     signals.thread_block().context("blocking signals")?;
 
-    let result = keep_vm(vm, id, &mut report, signals);
+    let result = vms_dir()
+        .and_then(|dir| {
+            let request =
+                fs::read(dir.join(id).join(REQUEST_FILE)).context("reading the VM's request")?;
+            Ok(serde_json::from_slice::<VmArgs>(&request).context("reading the VM's request")?)
+        })
+        .and_then(|vm| keep_vm(&vm, id, &mut report, signals));
     if let (Err(e), Some(report)) = (&result, report.as_mut()) {
         let _ = write!(report, "{e:#}");
     }
@@ -375,7 +358,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_round_trip() {
+    fn records_round_trip_and_bad_ones_are_none() {
+        let dir = tempfile::tempdir().unwrap();
         let r = Record {
             id: "0123456789ab".into(),
             pid: 42,
@@ -385,8 +369,9 @@ mod tests {
             started: 1_700_000_000,
             running: true,
         };
-        assert_eq!(Record::decode(&r.encode()), Some(r.clone()));
-        assert_eq!(Record::decode("id=x\n"), None);
-        assert_eq!(Record::decode(""), None);
+        r.save(dir.path()).unwrap();
+        assert_eq!(Record::load(dir.path()), Some(r));
+        fs::write(dir.path().join(STATE_FILE), "{\"id\": \"x\"}").unwrap();
+        assert_eq!(Record::load(dir.path()), None);
     }
 }

@@ -256,7 +256,7 @@ pub const RUN_CASES: &[RunCase] = &[
                  $VM exec $id -- node -e 'const fd = fs.openSync(\"/home/node/synced\", \"w\"); fs.writeSync(fd, \"durable\"); fs.fsyncSync(fd)' || exit 1
                  $VM exec $id -- node -e 'for (let i = 0; ; i++) fs.writeFileSync(`/home/node/f${i % 64}`, Buffer.alloc(65536, i))' 2>/dev/null & writer=$!
                  sleep 3
-                 kill -9 $(sed -n 's/^pid=//p' run/nodeos-vm/vms/$id/state); wait $writer
+                 kill -9 $(sed -n 's/.*\"pid\":\\([0-9]*\\).*/\\1/p' run/nodeos-vm/vms/$id/state.json); wait $writer
                  debugfs -R features data/users/gus/disk.ext4 2>/dev/null | grep -o needs_recovery
                  $RUN --user gus -- node -e 'console.log(fs.readFileSync(\"/home/node/synced\", \"utf8\"))'
                  e2fsck -fn data/users/gus/disk.ext4 >/dev/null 2>&1; echo \"fsck $?\"",
