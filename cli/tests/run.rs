@@ -130,8 +130,8 @@ fn detached_vm_lifecycle() {
     let stale = runtime.path().join("nodeos-vm/vms/deadbeef0000");
     std::fs::create_dir_all(&stale).unwrap();
     std::fs::write(
-        stale.join("state"),
-        "id=deadbeef0000\npid=999999999\nbackend=kvm\nmemory_mib=512\ncpus=1\nstarted=0\nstate=running\n",
+        stale.join("state.json"),
+        r#"{"id":"deadbeef0000","pid":999999999,"backend":"kvm","memory_mib":512,"cpus":1,"started":0,"running":true}"#,
     )
     .unwrap();
     let (_, ps, _) = vm(&["ps"]);
