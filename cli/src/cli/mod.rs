@@ -6,20 +6,12 @@ pub(crate) mod run;
 mod serve;
 mod start;
 mod users;
+mod vm_options;
 mod vms;
 
-use std::path::PathBuf;
+use clap::{Parser, Subcommand};
 
-use anyhow::{bail, Context};
-use clap::{Parser, Subcommand, ValueEnum};
-use serde::{Deserialize, Serialize};
-
-use sandbox::artifacts::{check_kernel, check_rootfs, Artifact, Store};
-use sandbox::users::{UserDisk, Users};
-use sandbox::vm_config;
-use vmm::backend::{detect, qemu, Backend};
-use vmm::jail::{self, Jail};
-use vmm::vm::{NetSpec, VmConfig};
+pub use vm_options::NO_SECCOMP_WARNING;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -65,200 +57,6 @@ pub enum Command {
     Keep(vms::IdArg),
 }
 
-/// Which machine monitor runs the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-pub enum BackendChoice {
-    /// Our VMM where the host's KVM can run Linux guests, QEMU otherwise.
-    Auto,
-    /// nodeos-vm's own VMM on /dev/kvm.
-    Kvm,
-    /// QEMU's microvm machine (KVM when usable, TCG otherwise).
-    Qemu,
-}
-
-/// The VM options of every command that boots one.
-#[derive(Debug, clap::Args, Serialize, Deserialize)]
-pub struct VmArgs {
-    #[arg(long, value_enum, default_value = "auto")]
-    pub backend: BackendChoice,
-    /// Guest memory: 512M, 2G, or MiB.
-    #[arg(long, value_name = "SIZE", default_value = vm_config::DEFAULT_MEMORY, value_parser = vm_config::memory_mib)]
-    pub memory: u32,
-    /// Number of vCPUs.
-    #[arg(long, default_value = "1", value_parser = vm_config::cpus)]
-    pub cpus: u8,
-    #[command(flatten)]
-    pub images: ImageArgs,
-    /// Extra kernel command-line parameters.
-    #[arg(long, value_name = "PARAMS", default_value = "")]
-    pub cmdline_extra: String,
-    /// Give the guest a network interface: `user` (NAT to the host's network; the host's
-    /// loopback is 10.0.2.2) or `tap:NAME`. Without it the guest has no network at all.
-    #[arg(long, value_name = "user|tap:NAME", num_args = 0..=1, default_missing_value = "user", value_parser = parse_net)]
-    pub net: Option<NetSpec>,
-    #[command(flatten)]
-    pub seccomp: SeccompArgs,
-    #[command(flatten)]
-    pub jail: JailArgs,
-    /// Boot as user NAME: their own persistent writable layer (created on first use; what
-    /// they write in `/` is there next time; other users never see it). `users ls` lists them.
-    #[arg(long, value_name = "NAME")]
-    pub user: Option<String>,
-    /// Size of the user's disk when it is created (default 2G, sparse), or a larger size to
-    /// grow it to.
-    #[arg(long, value_name = "SIZE", requires = "user", value_parser = vm_config::disk_size_bytes)]
-    pub disk_size: Option<u64>,
-}
-
-impl VmArgs {
-    /// The `--user`'s disk, locked for this VM (created on first use).
-    pub fn user_disk(&self) -> anyhow::Result<Option<UserDisk>> {
-        let Some(name) = &self.user else {
-            return Ok(None);
-        };
-        Ok(Some(Users::from_env()?.acquire(name, self.disk_size)?))
-    }
-
-    /// The VM these options describe, and the `--user`'s disk locked for it: what every
-    /// command that boots a VM starts from (it sets the console, the shell, volumes and the
-    /// agent). Builds the kernel and image first when they are missing.
-    pub fn config(&self) -> anyhow::Result<(VmConfig, Option<UserDisk>)> {
-        let (kernel, rootfs) = images(&self.images)?;
-        let user = self.user_disk()?;
-        let mut config = VmConfig::new(kernel, rootfs, self.memory, self.cpus);
-        config.user_disk = user.as_ref().map(|u| u.path().to_path_buf());
-        config.net = self.net.clone();
-        config
-            .env
-            .extend(sandbox::npm_registry::guest_env(self.net.as_ref()));
-        config.cmdline_extra = self.cmdline_extra.clone();
-        config.seccomp = !self.seccomp.no_seccomp;
-        Ok((config, user))
-    }
-}
-
-/// Turns the VMM's syscall filters off, for debugging.
-#[derive(Debug, clap::Args, Serialize, Deserialize)]
-pub struct SeccompArgs {
-    /// Run without seccomp filters (our VMM's threads; QEMU's -sandbox): debugging only.
-    #[arg(long)]
-    pub no_seccomp: bool,
-}
-
-/// The VMM's jail (crate::jail; docs/security.md), on by default when nodeos-vm runs as root.
-#[derive(Debug, clap::Args, Serialize, Deserialize)]
-pub struct JailArgs {
-    /// Run our VMM without its jail (as root: in the host's namespaces and files, as root).
-    #[arg(long)]
-    pub no_jail: bool,
-    /// The user the jailed VMM runs as.
-    #[arg(long, value_name = "UID", default_value_t = jail::DEFAULT_UID, value_parser = clap::value_parser!(u32).range(1..))]
-    pub jail_uid: u32,
-    /// The group the jailed VMM runs as.
-    #[arg(long, value_name = "GID", default_value_t = jail::DEFAULT_GID, value_parser = clap::value_parser!(u32).range(1..))]
-    pub jail_gid: u32,
-}
-
-impl JailArgs {
-    /// The jail, when nodeos-vm runs as root and `--no-jail` is not given.
-    pub fn jail(&self) -> Option<Jail> {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        (root && !self.no_jail).then_some(Jail {
-            uid: self.jail_uid,
-            gid: self.jail_gid,
-        })
-    }
-}
-
-/// What stderr says when `--no-seccomp` is given.
-pub const NO_SECCOMP_WARNING: &str =
-    "nodeos-vm: WARNING: --no-seccomp: the VMM runs WITHOUT syscall filters; use it for debugging only";
-
-impl SeccompArgs {
-    /// Says loudly on stderr when the VMM will not filter its syscalls.
-    pub fn warn_if_off(&self) {
-        if self.no_seccomp {
-            eprintln!("{NO_SECCOMP_WARNING}");
-        }
-    }
-}
-
-/// `user` or `tap:NAME`.
-pub fn parse_net(text: &str) -> Result<NetSpec, String> {
-    match text.split_once(':') {
-        None if text == "user" => Ok(NetSpec::User),
-        Some(("tap", name))
-            if !name.is_empty()
-                && name.len() < libc::IFNAMSIZ
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) =>
-        {
-            Ok(NetSpec::Tap(name.to_string()))
-        }
-        _ => Err(format!(
-            "{text:?}: write --net (or --net user) for NAT, or --net tap:NAME for a host TAP interface"
-        )),
-    }
-}
-
-/// Kernel and image options shared by the commands that boot a VM.
-#[derive(Debug, clap::Args, Serialize, Deserialize)]
-pub struct ImageArgs {
-    /// Boot this kernel (ELF vmlinux or bzImage) instead of the cached build.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: Option<PathBuf>,
-    /// Boot this squashfs root image instead of the cached build.
-    #[arg(long, value_name = "PATH")]
-    pub rootfs: Option<PathBuf>,
-}
-
-/// The backend for `choice` on this host, our VMM jailed as `jail` says; says so on stderr
-/// when `auto` falls back to TCG, unless `quiet` (commands whose stderr is the guest command's:
-/// `run` into a pipe).
-pub fn choose_backend(
-    choice: BackendChoice,
-    jail: &JailArgs,
-    quiet: bool,
-) -> anyhow::Result<Backend> {
-    let kvm = detect::probe();
-    match (choice, kvm) {
-        (BackendChoice::Kvm, detect::KvmSupport::Unusable(why)) => {
-            bail!("--backend kvm: KVM cannot run Linux guests on this host: {why}; use --backend qemu")
-        }
-        (BackendChoice::Kvm | BackendChoice::Auto, detect::KvmSupport::Usable) => {
-            Ok(Backend::Kvm(jail.jail()))
-        }
-        (BackendChoice::Qemu, detect::KvmSupport::Usable) => Ok(Backend::Qemu(qemu::Accel::Kvm)),
-        (_, detect::KvmSupport::Unusable(why)) => {
-            if quiet {
-                tracing::info!("{why}; using QEMU with TCG (slower)");
-            } else {
-                eprintln!("nodeos-vm: {why}; using QEMU with TCG (slower)");
-            }
-            Ok(Backend::Qemu(qemu::Accel::Tcg))
-        }
-    }
-}
-
-/// The kernel and root image to boot: the user's, checked, or the cached builds (built now
-/// when missing).
-pub fn images(args: &ImageArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let store = || Store::from_env().context("finding the kernel and root image");
-    let kernel = match &args.kernel {
-        Some(path) => path.clone(),
-        None => store()?.ensure(Artifact::Kernel, false)?,
-    };
-    let rootfs = match &args.rootfs {
-        Some(path) => path.clone(),
-        None => store()?.ensure(Artifact::Rootfs, false)?,
-    };
-    check_kernel(&kernel)?;
-    check_rootfs(&rootfs)?;
-    Ok((kernel, rootfs))
-}
-
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Start(args) => start::run(args),
@@ -272,25 +70,5 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Build(args) => build::run(args).map(|()| 0),
         Command::Doctor => doctor::run().map(|()| 0),
         Command::Keep(args) => vms::keep(args),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nets() {
-        assert_eq!(parse_net("user"), Ok(NetSpec::User));
-        assert_eq!(parse_net("tap:tap0"), Ok(NetSpec::Tap("tap0".into())));
-        for bad in [
-            "",
-            "tap:",
-            "tap:a,b",
-            "tap:waytoolonginterfacename",
-            "slirp",
-        ] {
-            assert!(parse_net(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -16,7 +16,7 @@ use sandbox::volume::{Mode, Volume};
 use vmm::runtime;
 use vmm::vm::VmConfig;
 
-use super::{choose_backend, VmArgs};
+use super::vm_options::{choose_backend, VmArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {

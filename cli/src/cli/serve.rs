@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::{choose_backend, images, BackendChoice, ImageArgs, JailArgs, SeccompArgs};
+use super::vm_options::{choose_backend, images, BackendChoice, ImageArgs, JailArgs, SeccompArgs};
 use serve::{self, Machine};
 
 #[derive(Debug, clap::Args)]

@@ -6,7 +6,8 @@ use contract::params::Shell;
 use sandbox::console::HostConsole;
 use vmm::vm::{RunReport, StopSignal, VmExit};
 
-use super::{choose_backend, vms, VmArgs};
+use super::vm_options::{choose_backend, VmArgs};
+use super::vms;
 
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {

@@ -28,7 +28,7 @@ use sandbox::booted::{ConsoleLog, Sandbox, BOOT_TIMEOUT};
 use vmm::runtime;
 
 use super::run::{exit_status, ExecOptions};
-use super::{choose_backend, VmArgs};
+use super::vm_options::{choose_backend, VmArgs};
 
 /// Environment variable naming the descriptor on which the keeper reports readiness.
 const READY_FD_ENV: &str = "NODEOS_VM_READY_FD";
