@@ -596,3 +596,71 @@ fn min_instances_stay_warm() {
     }
     assert_eq!(serve.wait_instances("warm", 2, Duration::ZERO), 2);
 }
+
+/// The resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// The most memory `serve` may hold while one tenant floods: its own (about 30 MiB), the
+/// flooding app's logs (2000 lines of at most 16 KiB) and its queue (8 messages).
+const FLOOD_RSS_LIMIT_MIB: u64 = 160;
+
+/// A tenant whose runner, idle between calls, prints 1 GiB of JSON lines and then answers
+/// nobody asked for: serve's memory stays bounded, another app keeps answering, the flooding
+/// instance is stopped and replaced.
+#[test]
+fn a_flooding_tenant_is_bounded_and_replaced() {
+    let serve = Serve::start();
+    let flood = "const fs = require('fs'); \
+        const noise = JSON.stringify({ noise: 'x'.repeat(65536) }) + '\\n'; \
+        let left = event.bytes; \
+        const burst = () => { \
+          for (let i = 0; i < 16 && left > 0; i++, left -= noise.length) fs.writeSync(1, noise); \
+          if (left > 0) return setImmediate(burst); \
+          for (let i = 0; i < 100; i++) fs.writeSync(1, JSON.stringify({ id: 'nobody', ok: true }) + '\\n'); \
+        }; \
+        setImmediate(burst); \
+        return 'flooding';";
+    for (name, body) in [("flood", flood), ("calm", ECHO)] {
+        let (status, info) = serve.deploy(name, "?max=1", &app(name, "", body));
+        assert_eq!(status, 200, "{info}");
+    }
+    let (status, answer) = serve.json("POST", "/apps/flood/invoke", br#"{"bytes": 1073741824}"#);
+    assert_eq!((status, answer), (200, serde_json::json!("flooding")));
+
+    let pid = serve.child.as_ref().unwrap().id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    let mut most = 0;
+    let stopped = loop {
+        most = most.max(rss_mib(pid));
+        let (status, out) = serve.json("POST", "/apps/calm/invoke", b"{}");
+        assert_eq!(status, 200, "another app answers during the flood: {out}");
+        let (_, logs) = serve.json("GET", "/apps/flood/logs", b"");
+        let lines = logs["lines"].as_array().unwrap();
+        assert!(lines.len() <= 2000, "{}", lines.len());
+        if let Some(stop) = lines.iter().find(|l| l["stream"] == "system") {
+            break stop["text"].as_str().unwrap().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood never ended"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("serve's most resident memory during a 1 GiB flood: {most} MiB");
+    assert!(most < FLOOD_RSS_LIMIT_MIB, "{most} MiB");
+    assert!(stopped.contains("nobody asked for"), "{stopped}");
+    // The flooding instance is gone; the next call gets a new one.
+    let (status, answer, cold) = serve.invoke_cold("flood", serde_json::json!({"bytes": 0}));
+    assert_eq!(
+        (status, answer, cold),
+        (200, serde_json::json!("flooding"), true)
+    );
+}

@@ -3,15 +3,17 @@
 //! One call at a time; an instance whose call timed out or whose runner died is never reused.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use vmm::vm::StopSignal;
+use vmm_sys_util::eventfd::EventFd;
 
-use super::logs::Logs;
+use super::logs::{Logs, Stream};
 use contract::params::Shell;
 use sandbox::agent::{self, Command, Event, Outcome, Session, Wake};
 use sandbox::booted::{self, ConsoleLog, Sandbox, BOOT_TIMEOUT};
@@ -26,6 +28,10 @@ pub const RUNNER_PATH: &str = ".nodeos/runner.js";
 pub const RUNNER_JS: &str = include_str!("runner.js");
 /// How long the runner may take to load the app once the VM is up.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Runner messages queued for the instance's owner. The runner answers one call at a time, so
+/// more than a few queued means it writes messages nobody asked for: it is flooding, and is
+/// stopped rather than held in memory.
+const QUEUED_MESSAGES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -177,11 +183,13 @@ pub struct Instance {
     /// Stopped when the instance is dropped.
     _vm: Vm,
     input: agent::Input,
-    messages: mpsc::UnboundedReceiver<Message>,
+    messages: mpsc::Receiver<Message>,
     /// The call in flight, for output the runner could not tag.
     current: Arc<Mutex<Option<String>>>,
     /// Not to be reused: a call did not end cleanly.
     broken: bool,
+    /// Set when the runner's output ended (its reader is gone): the VM is dead or stopped.
+    ended: Arc<AtomicBool>,
     pub exports: Exports,
     pub last_used: Instant,
     _counted: Counted,
@@ -197,13 +205,17 @@ impl Instance {
         counted: Counted,
     ) -> Result<Instance, BootError> {
         let current = Arc::new(Mutex::new(None));
-        let (tx, mut messages) = mpsc::unbounded_channel();
-        let reader_current = current.clone();
-        let (vm, input) = tokio::task::spawn_blocking(move || {
-            start(&machine, &app, &vms, tx, logs, reader_current)
-        })
-        .await
-        .map_err(|e| BootError::Task(e.to_string()))??;
+        let ended = Arc::new(AtomicBool::new(false));
+        let (tx, mut messages) = mpsc::channel(QUEUED_MESSAGES);
+        let reader = Reader {
+            tx,
+            logs,
+            current: current.clone(),
+            ended: ended.clone(),
+        };
+        let (vm, input) = tokio::task::spawn_blocking(move || start(&machine, &app, &vms, reader))
+            .await
+            .map_err(|e| BootError::Task(e.to_string()))??;
         let first = tokio::time::timeout(LOAD_TIMEOUT, messages.recv()).await;
         let exports = match first {
             Err(_) => return Err(BootError::LoadTimeout),
@@ -220,6 +232,7 @@ impl Instance {
             messages,
             current,
             broken: false,
+            ended,
             exports,
             last_used: Instant::now(),
             _counted: counted,
@@ -268,9 +281,9 @@ impl Instance {
         }
     }
 
-    /// Whether it can take another call.
+    /// Whether it can take another call: its last call ended cleanly and its runner still runs.
     pub fn reusable(&self) -> bool {
-        !self.broken
+        !self.broken && !self.ended.load(Ordering::SeqCst)
     }
 }
 
@@ -279,9 +292,7 @@ fn start(
     machine: &Machine,
     app: &AppSpec,
     vms: &Vms,
-    tx: mpsc::UnboundedSender<Message>,
-    logs: Arc<Logs>,
-    current: Arc<Mutex<Option<String>>>,
+    reader: Reader,
 ) -> Result<(Vm, agent::Input), BootError> {
     let folder = runtime::scratch_dir("serve")?;
     let mut config = VmConfig::new(
@@ -315,55 +326,75 @@ fn start(
         timeout: None,
     })?;
     let input = session.input();
-    let ended = sandbox
+    let vm_ended = sandbox
         .ended()
         .try_clone()
         .map_err(|e| BootError::Vm(booted::Error::Setup(e)))?;
+    let stop = sandbox.stop_signal().clone();
     std::thread::Builder::new()
         .name(format!("runner-{}", app.name))
-        .spawn(move || read_runner(session, ended, tx, &logs, &current))
+        .spawn(move || reader.read(session, vm_ended, &stop))
         .map_err(|e| BootError::Vm(booted::Error::Setup(e)))?;
     Ok((vm, input))
 }
 
-/// Passes the runner's answers on and its tagged output to the app's logs, until it ends.
-fn read_runner(
-    mut session: Session,
-    ended: vmm_sys_util::eventfd::EventFd,
-    tx: mpsc::UnboundedSender<Message>,
-    logs: &Logs,
-    current: &Mutex<Option<String>>,
-) {
-    let (mut out, mut err) = (Lines::default(), Lines::default());
-    let current = || current.lock().unwrap().clone();
-    let why = loop {
-        match session.next(&ended, &[], None) {
-            Ok(Wake::Event(Event::Stdout(data))) => {
-                for line in out.push(&data) {
-                    match parse_message(&line) {
-                        Some(message) => {
-                            let _ = tx.send(message);
+/// The thread that reads one runner: its answers go to the instance's owner, its tagged output
+/// to the app's logs, until it ends.
+struct Reader {
+    tx: mpsc::Sender<Message>,
+    logs: Arc<Logs>,
+    /// The call in flight, for output the runner could not tag.
+    current: Arc<Mutex<Option<String>>>,
+    /// Set when reading ends.
+    ended: Arc<AtomicBool>,
+}
+
+impl Reader {
+    /// Reads until the runner ends; stops the VM (through `stop`) when the runner floods its
+    /// owner with messages nobody reads.
+    fn read(self, mut session: Session, vm_ended: EventFd, stop: &StopSignal) {
+        let (mut out, mut err) = (Lines::default(), Lines::default());
+        let current = || self.current.lock().unwrap().clone();
+        let why = 'read: loop {
+            match session.next(&vm_ended, &[], None) {
+                Ok(Wake::Event(Event::Stdout(data))) => {
+                    for line in out.push(&data) {
+                        let Some(message) = parse_message(&line) else {
+                            self.logs.push(current(), Stream::Stdout, line);
+                            continue;
+                        };
+                        if let Err(TrySendError::Full(_)) = self.tx.try_send(message) {
+                            stop.stop();
+                            break 'read format!(
+                                "the runner wrote more than {QUEUED_MESSAGES} messages nobody \
+                                 asked for; its microVM was stopped"
+                            );
                         }
-                        None => logs.push(current(), "stdout", line),
                     }
                 }
-            }
-            Ok(Wake::Event(Event::Stderr(data))) => {
-                for line in err.push(&data) {
-                    match serde_json::from_str::<Tagged>(&line) {
-                        Ok(t) => logs.push(t.id.or_else(current), t.stream.as_str(), t.text),
-                        Err(_) => logs.push(current(), "stderr", line),
+                Ok(Wake::Event(Event::Stderr(data))) => {
+                    for line in err.push(&data) {
+                        match serde_json::from_str::<Tagged>(&line) {
+                            Ok(t) => self.logs.push(
+                                t.id.or_else(current),
+                                Stream::tagged(&t.stream),
+                                t.text,
+                            ),
+                            Err(_) => self.logs.push(current(), Stream::Stderr, line),
+                        }
                     }
                 }
+                Ok(Wake::Event(Event::Ended(outcome))) => break describe(&outcome),
+                Ok(Wake::Extra(_)) => {}
+                Err(agent::Error::EndedDuringCommand) => break "the microVM ended".to_string(),
+                Err(e) => break e.to_string(),
             }
-            Ok(Wake::Event(Event::Ended(outcome))) => break describe(&outcome),
-            Ok(Wake::Extra(_)) => {}
-            Err(agent::Error::EndedDuringCommand) => break "the microVM ended".to_string(),
-            Err(e) => break e.to_string(),
-        }
-    };
-    logs.push(current(), "system", why.clone());
-    let _ = tx.send(Message::Died(why));
+        };
+        self.ended.store(true, Ordering::SeqCst);
+        self.logs.push(current(), Stream::System, why.clone());
+        // A full queue is read by a call in flight, or dropped with the instance.
+        let _ = self.tx.try_send(Message::Died(why));
+    }
 }
 
 fn describe(outcome: &Outcome) -> String {
@@ -415,12 +446,21 @@ const MAX_LINE: usize = 7 << 20;
 
 impl Lines {
     fn push(&mut self, data: &[u8]) -> Vec<String> {
+        // Only the new bytes can hold a line's end; the buffer is cut once, after the last one.
+        let searched = self.0.len();
         self.0.extend_from_slice(data);
         let mut lines = Vec::new();
-        while let Some(end) = self.0.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.0.drain(..=end).collect();
-            lines.push(String::from_utf8_lossy(&line[..end]).into_owned());
+        let mut start = 0;
+        for (i, _) in self.0[searched..]
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+        {
+            let end = searched + i;
+            lines.push(String::from_utf8_lossy(&self.0[start..end]).into_owned());
+            start = end + 1;
         }
+        self.0.drain(..start);
         if self.0.len() > MAX_LINE {
             lines.push(String::from_utf8_lossy(&std::mem::take(&mut self.0)).into_owned());
         }

@@ -113,7 +113,13 @@ impl Pool {
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        let warm = self.idle.lock().unwrap().pop_back();
+        let warm = {
+            let mut idle = self.idle.lock().unwrap();
+            // One whose runner ended while idle (it crashed, or flooded and was stopped) is
+            // dropped here, not leased.
+            idle.retain(Instance::reusable);
+            idle.pop_back()
+        };
         let (instance, cold) = match warm {
             Some(instance) => (instance, false),
             None => (self.boot().await?, true),
@@ -140,9 +146,11 @@ impl Pool {
         self.idle.lock().unwrap().clear();
     }
 
-    /// Stops the instances idle for longer than `idle`, beyond the `min` kept warm.
+    /// Drops the idle instances whose runner ended, and stops those idle for longer than
+    /// `idle` beyond the `min` kept warm (the server then boots up to `min` again).
     pub fn reap(&self, now: Instant) {
         let mut idle = self.idle.lock().unwrap();
+        idle.retain(Instance::reusable);
         while self.instances.load(Ordering::SeqCst) > self.options.min
             && idle
                 .front()
