@@ -4,3 +4,10 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod cli;
+
+/// What the fuzz targets in fuzz/ reach of this crate's private modules.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::cli::run::{env_entry, workdir};
+}
