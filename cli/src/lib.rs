@@ -2,3 +2,10 @@
 //! VMM crates (docs/architecture.md).
 
 pub mod cli;
+
+/// What the fuzz targets in fuzz/ reach of this crate's private modules.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::cli::run::{env_entry, workdir};
+}

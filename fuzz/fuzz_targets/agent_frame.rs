@@ -3,8 +3,8 @@
 //! and decoded back to itself.
 #![no_main]
 
-use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
 use arbitrary::Arbitrary;
+use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

@@ -10,7 +10,7 @@ use std::path::{Component, Path};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use nodeos_vm::fuzzing::{check_name, invoke_event, unpack, Options};
+use serve::fuzzing::{check_name, invoke_event, unpack, Options};
 
 #[derive(Arbitrary, Debug)]
 enum Case {

@@ -1,18 +1,19 @@
 //! The command line's parsers: volumes (`-v HOST:GUEST[:ro|:rw]`), environment entries, the
-//! working folder, `--net`, memory sizes, durations, vCPU counts. What they accept must be
-//! what the guest expects, and a volume's kernel parameter must carry its guest path intact.
+//! working folder, `--net`, memory and disk sizes, durations, vCPU counts. What they accept must
+//! be what the VMM and the guest take: a volume the CLI accepts passes the VMM's checks, and
+//! its guest parameter reaches the guest with the mount point the user gave.
 #![no_main]
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use arbitrary::Arbitrary;
+use contract::params::{self, GuestParams};
 use libfuzzer_sys::fuzz_target;
-use nodeos_vm::backend::NetSpec;
-use nodeos_vm::fuzzing::{env_entry, parse_net, workdir};
-use nodeos_vm::vm_config;
-use nodeos_vm::volume::Volume;
+use nodeos_vm::cli::parse_net;
+use nodeos_vm::fuzzing::{env_entry, workdir};
+use sandbox::vm_config;
+use sandbox::volume::Volume;
+use vmm::vm::{NetSpec, VmConfig, MAX_CPUS, MIN_MEMORY_MIB};
 
 #[derive(Arbitrary, Debug)]
 enum Case {
@@ -21,25 +22,9 @@ enum Case {
     Workdir(String),
     Net(String),
     Memory(String),
+    DiskSize(String),
     Duration(String),
-    Cpus(u32),
-}
-
-/// Undoes the `%XX` encoding of a kernel parameter.
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
+    Cpus(String),
 }
 
 fn check_volume(spec: &str) {
@@ -47,22 +32,25 @@ fn check_volume(spec: &str) {
         return;
     };
     assert!(v.host.is_dir());
-    assert!(v.guest.is_absolute() && v.guest.components().count() >= 2);
-    assert!(v
-        .guest
+    let guest = Path::new(&v.guest);
+    assert!(guest.is_absolute() && guest.components().count() >= 2);
+    assert!(guest
         .components()
         .all(|c| matches!(c, Component::RootDir | Component::Normal(_))));
-    let param = v.cmdline_param("/dev/vdb");
-    let rest = param.strip_prefix("nodeos.vol=/dev/vdb:").unwrap();
-    let (path, mode) = rest.rsplit_once(':').unwrap();
-    assert!(mode == "ro" || mode == "rw");
-    assert!(path
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/._-%".contains(&b)));
-    assert_eq!(
-        PathBuf::from(OsStr::from_bytes(&percent_decode(path))),
-        v.guest
-    );
+    // The folder the user named, only written the one way.
+    let given = spec.split(':').nth(1).unwrap();
+    assert!(Path::new(given).components().eq(guest.components()));
+    let disk = v.disk(PathBuf::from("/volume.ext4"));
+    assert_eq!(disk.read_only, spec.ends_with(":ro"));
+    VmConfig::check_volumes(std::slice::from_ref(&disk))
+        .unwrap_or_else(|e| panic!("{spec:?} parses, but the VMM refuses it: {e}"));
+    let volume = params::Volume::new("/dev/vdc", disk.mount_point, disk.read_only)
+        .unwrap_or_else(|e| panic!("{spec:?} parses, but the guest refuses it: {e}"));
+    let p = GuestParams {
+        volumes: vec![volume],
+        ..GuestParams::default()
+    };
+    assert_eq!(GuestParams::parse(&p.to_string()), Ok(p));
 }
 
 fuzz_target!(|case: Case| match case {
@@ -85,7 +73,15 @@ fuzz_target!(|case: Case| match case {
     }
     Case::Memory(given) => {
         if let Ok(mib) = vm_config::memory_mib(&given) {
-            assert!(mib >= vm_config::MIN_MEMORY_MIB);
+            assert!(mib >= MIN_MEMORY_MIB);
+            assert_eq!(vm_config::size_mib(&given), Some(u64::from(mib)));
+        }
+    }
+    Case::DiskSize(given) => {
+        if let Ok(bytes) = vm_config::disk_size_bytes(&given) {
+            let mib = bytes >> 20;
+            assert_eq!(mib << 20, bytes);
+            assert!((vm_config::MIN_DISK_MIB..=vm_config::MAX_DISK_MIB).contains(&mib));
         }
     }
     Case::Duration(text) => {
@@ -93,9 +89,10 @@ fuzz_target!(|case: Case| match case {
             assert!(!d.is_zero());
         }
     }
-    Case::Cpus(n) => {
-        if let Ok(c) = vm_config::cpus(n) {
-            assert!((1..=vm_config::MAX_CPUS).contains(&c) && u32::from(c) == n);
+    Case::Cpus(given) => {
+        if let Ok(n) = vm_config::cpus(&given) {
+            assert!((1..=MAX_CPUS).contains(&n));
+            assert_eq!(given.trim().parse::<u64>(), Ok(u64::from(n)));
         }
     }
 });

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nodeos_vm::devices::virtio::harness::{run, Kind, Start};
+use vmm::devices::virtio::harness::{run, Kind, Start};
 
 fuzz_target!(|data: &[u8]| {
     run(Kind::Rng, data, Start::Active);

@@ -11,6 +11,14 @@ pub(crate) mod package;
 mod pool;
 mod store;
 
+/// What the fuzz targets in fuzz/ reach of this crate's private modules.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::http::invoke_event;
+    pub use crate::package::{check_name, unpack, Options};
+}
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
