@@ -16,6 +16,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use contract::disks::ROOT_DEVICE;
+use contract::params;
 use vmm::vm::VolumeDisk;
 
 /// The guest's user (`node`), who owns every file of a volume inside the guest.
@@ -48,6 +50,12 @@ pub struct Volume {
 pub enum Error {
     #[error("--volume {spec:?}: {why} (expected HOST:GUEST[:ro|:rw], e.g. -v $PWD:/app)")]
     Syntax { spec: String, why: &'static str },
+    #[error("--volume {spec:?}: the guest cannot mount there")]
+    GuestPath {
+        spec: String,
+        #[source]
+        source: params::ParamError,
+    },
     #[error("--volume {spec:?}: host folder {path}: {source}")]
     HostFolder {
         spec: String,
@@ -116,6 +124,14 @@ impl Volume {
         let Some(guest) = guest.to_str().map(str::to_string) else {
             return Err(bad("the guest path must be UTF-8 text"));
         };
+        // Whatever else the guest refuses in a mount point (a NUL byte, ...), refused here too:
+        // the same check as the guest's.
+        params::Volume::new(ROOT_DEVICE, guest.as_str(), false).map_err(|source| {
+            Error::GuestPath {
+                spec: spec.to_string(),
+                source,
+            }
+        })?;
         let folder_err = |source| Error::HostFolder {
             spec: spec.to_string(),
             path: PathBuf::from(host),
@@ -391,6 +407,7 @@ mod tests {
             format!("{host}:/a/../b"),
             format!("{host}:/app:rx"),
             format!("{host}:/a:b:ro"),
+            format!("{host}:/a\0b"),
             ":/app".to_string(),
             "/nonexistent/x:/app".to_string(),
         ] {
