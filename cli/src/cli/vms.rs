@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use vmm_sys_util::eventfd::EventFd;
 
 use contract::params::Shell;
@@ -237,12 +239,8 @@ pub fn keep(vm: &VmArgs, id: &str) -> anyhow::Result<u8> {
     )
     .context("setting close-on-exec on the ready descriptor")?;
     let mut report = Some(fs::File::from(report));
-    // Signals are taken by a thread of ours (sigwait): block them before any thread starts.
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        signals.add(s);
-    }
-    signals.thread_block().context("blocking signals")?;
+    // Caught from now on, so that one that comes while the VM boots stops it once booted.
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).context("catching signals")?;
 
     let result = keep_vm(vm, id, &mut report, signals);
     if let (Err(e), Some(report)) = (&result, report.as_mut()) {
@@ -258,7 +256,7 @@ fn keep_vm(
     vm: &VmArgs,
     id: &str,
     report: &mut Option<fs::File>,
-    signals: SigSet,
+    mut signals: Signals,
 ) -> anyhow::Result<()> {
     let dir = vms_dir()?.join(id);
     let backend = choose_backend(vm.backend, &vm.jail, true)?;
@@ -283,7 +281,7 @@ fn keep_vm(
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if signals.wait().is_ok() {
+            if signals.forever().next().is_some() {
                 stop.stop();
             }
         })
