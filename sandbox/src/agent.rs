@@ -375,9 +375,8 @@ impl Drop for SignalForwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_child;
     use std::os::unix::process::ExitStatusExt;
-
-    const CHILD_ENV: &str = "NODEOS_TEST_SIGNALS_CHILD";
 
     #[test]
     fn caught_signals_are_queued_for_the_command() {
@@ -394,7 +393,7 @@ mod tests {
     /// Run alone in a child: forwarding starts and ends, then SIGTERM.
     #[test]
     fn child_forwarded_then_terminated() {
-        if std::env::var_os(CHILD_ENV).is_none() {
+        if !test_child::is_child() {
             return;
         }
         drop(SignalForwarder::install().unwrap());
@@ -404,13 +403,7 @@ mod tests {
 
     #[test]
     fn signals_end_us_again_once_forwarding_ends() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "agent::tests::child_forwarded_then_terminated",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, "1")
+        let out = test_child::command("agent::tests::child_forwarded_then_terminated")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -239,15 +239,14 @@ fn quit(saved: Option<&Termios>) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_child;
     use std::os::unix::process::ExitStatusExt;
-    use std::process::{Command, Stdio};
-
-    const CHILD_ENV: &str = "NODEOS_TEST_CONSOLE_CHILD";
+    use std::process::Stdio;
 
     /// Run alone in a child whose stdin and stdout are a terminal: raw mode, then SIGTERM.
     #[test]
     fn child_attached_then_terminated() {
-        if std::env::var_os(CHILD_ENV).is_none() {
+        if !test_child::is_child() {
             return;
         }
         let _console = HostConsole::attach(false).unwrap();
@@ -260,13 +259,7 @@ mod tests {
         let pty = nix::pty::openpty(None, None).unwrap();
         let cooked = termios::tcgetattr(&pty.slave).unwrap();
         let terminal = || Stdio::from(pty.slave.try_clone().unwrap());
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "console::tests::child_attached_then_terminated",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, "1")
+        let out = test_child::command("console::tests::child_attached_then_terminated")
             .stdin(terminal())
             .stdout(terminal())
             .output()
