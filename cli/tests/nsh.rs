@@ -30,12 +30,7 @@ fn node_binary(scratch: &Path) -> PathBuf {
         return PathBuf::from("node");
     }
     common::artifacts();
-    let cache = std::env::var_os("NODEOS_VM_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("nodeos-vm")))
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/nodeos-vm")
-        });
+    let cache = sandbox::folders::cache_dir().expect("a cache folder");
     let version = common::cases::PINNED_NODE
         .lines()
         .find_map(|l| l.strip_prefix("NODE_VERSION="))

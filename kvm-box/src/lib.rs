@@ -154,19 +154,14 @@ pub enum Stream {
     Output,
 }
 
-/// `KVM_BOX_CACHE`, else `$XDG_CACHE_HOME/nodeos-vm`, else `~/.cache/nodeos-vm`, else
+/// `KVM_BOX_CACHE`, else `nodeos-vm` in the user's cache folder (`dirs`:
+/// `$XDG_CACHE_HOME` when it is an absolute path, else `~/.cache`), else
 /// `/var/tmp/nodeos-vm`. Assets land in its `kvm-box/` (about 105 MB).
 pub fn default_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KVM_BOX_CACHE") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(dir).join("nodeos-vm");
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        return PathBuf::from(home).join(".cache/nodeos-vm");
-    }
-    PathBuf::from("/var/tmp/nodeos-vm")
+    std::env::var_os("KVM_BOX_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| dirs::cache_dir().map(|dir| dir.join("nodeos-vm")))
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/nodeos-vm"))
 }
 
 /// Runs `run` in a box and waits for it; see the crate docs.

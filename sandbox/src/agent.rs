@@ -9,10 +9,14 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::flag;
+use signal_hook::iterator::backend::SignalDelivery;
+use signal_hook::iterator::exfiltrator::SignalOnly;
 use vmm::poll::first_readable;
 
 use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
@@ -70,6 +74,8 @@ pub enum Error {
     Refused(String),
     #[error("the guest agent sent {0} where it should not")]
     Unexpected(&'static str),
+    #[error("catching SIGINT, SIGTERM and SIGHUP to pass them on to the command")]
+    Signals(#[source] io::Error),
 }
 
 /// Listens where the agent says it is ready: `<socket>_1025`.
@@ -262,7 +268,7 @@ pub fn exec(
     if command.stdin {
         forward_stdin(input.clone());
     }
-    let signals = SignalForwarder::install()?;
+    let mut signals = SignalForwarder::install()?;
     let deadline = deadline.map(|d| Instant::now() + d);
     let mut stdout = io::stdout();
     let mut stderr = io::stderr();
@@ -315,58 +321,92 @@ fn forward_stdin(input: Input) {
         .expect("spawning the stdin thread");
 }
 
-/// Our SIGINT/SIGTERM/SIGHUP, caught and queued for the command instead of ending us.
-struct SignalForwarder {
-    read: std::fs::File,
-}
+/// Our SIGINT/SIGTERM/SIGHUP, caught and queued for the command instead of ending us. Once
+/// the last forwarder is dropped, they end us again, as by default.
+struct SignalForwarder(SignalDelivery<UnixStream, SignalOnly>);
 
-/// Write end of the pipe the signal handler writes signal numbers to.
-static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
-const FORWARDED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+const FORWARDED: [libc::c_int; 3] = [SIGINT, SIGTERM, SIGHUP];
 
-extern "C" fn queue_signal(signal: libc::c_int) {
-    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
-    let byte = signal as u8;
-    // SAFETY: write(2) is async-signal-safe; the buffer is one byte on this stack.
-    unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
-}
+/// Whether the forwarded signals take their default action: true while no forwarder is alive.
+static DEFAULT_ACTION: AtomicBool = AtomicBool::new(true);
+/// How many forwarders are alive; `None` until the default actions are registered.
+static FORWARDERS: Mutex<Option<usize>> = Mutex::new(None);
 
 impl SignalForwarder {
     fn install() -> Result<SignalForwarder, Error> {
-        let (read, write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-                .map_err(|e| Error::Connect(e.into()))?;
-        // The write end lives as long as the process: a handler may run at any time.
-        SIGNAL_PIPE.store(
-            std::os::fd::IntoRawFd::into_raw_fd(write),
-            Ordering::Relaxed,
-        );
-        for signal in FORWARDED {
-            // SAFETY: queue_signal only calls write(2), which is async-signal-safe.
-            unsafe { libc::signal(signal, queue_signal as *const () as libc::sighandler_t) };
+        let mut alive = FORWARDERS.lock().unwrap();
+        if alive.is_none() {
+            // signal-hook never gives a signal's default action back once it is caught: this
+            // action, registered once, takes it whenever no forwarder is alive.
+            for signal in FORWARDED {
+                flag::register_conditional_default(signal, &DEFAULT_ACTION)
+                    .map_err(Error::Signals)?;
+            }
         }
-        Ok(SignalForwarder { read: read.into() })
+        let (read, write) = UnixStream::pair().map_err(Error::Signals)?;
+        let delivery = SignalDelivery::with_pipe(read, write, SignalOnly, FORWARDED)
+            .map_err(Error::Signals)?;
+        *alive = Some(alive.unwrap_or(0) + 1);
+        DEFAULT_ACTION.store(false, Ordering::SeqCst);
+        Ok(SignalForwarder(delivery))
     }
 
     fn fd(&self) -> RawFd {
-        self.read.as_raw_fd()
+        self.0.get_read().as_raw_fd()
     }
 
     /// The signals caught since the last call.
-    fn take(&self) -> Vec<i32> {
-        let mut buf = [0u8; 64];
-        match (&self.read).read(&mut buf) {
-            Ok(n) => buf[..n].iter().map(|&b| i32::from(b)).collect(),
-            Err(_) => Vec::new(),
-        }
+    fn take(&mut self) -> Vec<i32> {
+        self.0.pending().collect()
     }
 }
 
 impl Drop for SignalForwarder {
     fn drop(&mut self) {
-        for signal in FORWARDED {
-            // SAFETY: restoring the default disposition.
-            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        let mut alive = FORWARDERS.lock().unwrap();
+        let left = alive.map_or(0, |n| n - 1);
+        *alive = Some(left);
+        if left == 0 {
+            DEFAULT_ACTION.store(true, Ordering::SeqCst);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_child;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn caught_signals_are_queued_for_the_command() {
+        let mut signals = SignalForwarder::install().unwrap();
+        signal_hook::low_level::raise(SIGHUP).unwrap();
+        assert_eq!(
+            first_readable(&[signals.fd()], Some(Duration::from_secs(5))),
+            Some(0)
+        );
+        assert_eq!(signals.take(), vec![SIGHUP]);
+        assert_eq!(signals.take(), Vec::<i32>::new());
+    }
+
+    /// Run alone in a child: forwarding starts and ends, then SIGTERM.
+    #[test]
+    fn child_forwarded_then_terminated() {
+        if !test_child::is_child() {
+            return;
+        }
+        drop(SignalForwarder::install().unwrap());
+        signal_hook::low_level::raise(SIGTERM).unwrap();
+        std::thread::sleep(Duration::from_secs(10));
+    }
+
+    #[test]
+    fn signals_end_us_again_once_forwarding_ends() {
+        let out = test_child::command("agent::tests::child_forwarded_then_terminated")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(SIGTERM), "{stderr}");
     }
 }

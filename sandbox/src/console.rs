@@ -10,6 +10,9 @@ use std::thread;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::termios::{self, SetArg, Termios};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::iterator::Signals;
+use signal_hook::low_level;
 
 use vmm::vm::Console;
 use vmm::vm::ConsoleIo;
@@ -28,6 +31,8 @@ pub enum ConsoleError {
     Dup(&'static str, #[source] io::Error),
     #[error("putting the terminal in raw mode")]
     RawMode(#[source] nix::Error),
+    #[error("catching the signals that end nodeos-vm, to restore the terminal first")]
+    Signals(#[source] io::Error),
 }
 
 /// The host terminal attached to a guest console; restores the terminal when dropped.
@@ -50,7 +55,7 @@ impl HostConsole {
             let saved = termios::tcgetattr(stdin.as_fd()).map_err(ConsoleError::RawMode)?;
             let mut raw = saved.clone();
             termios::cfmakeraw(&mut raw);
-            restore_on_signals(&saved);
+            restore_on_signals(&saved)?;
             termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)
                 .map_err(ConsoleError::RawMode)?;
             let (cols, rows) = window_size(&stdout).unwrap_or(DEFAULT_SIZE);
@@ -97,35 +102,30 @@ impl Drop for HostConsole {
     }
 }
 
-/// The terminal settings to put back if a signal ends nodeos-vm while the terminal is raw.
-static SAVED_TERMIOS: std::sync::OnceLock<libc::termios> = std::sync::OnceLock::new();
 /// Signals that end nodeos-vm by default and may reach it while it owns the terminal.
-const FATAL_SIGNALS: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT];
+const FATAL_SIGNALS: [libc::c_int; 4] = [SIGTERM, SIGHUP, SIGINT, SIGQUIT];
 
-/// `kill nodeos-vm` must not leave the user's terminal in raw mode.
-fn restore_on_signals(saved: &Termios) {
-    if SAVED_TERMIOS
-        .set(libc::termios::from(saved.clone()))
-        .is_err()
-    {
-        return; // installed already
+/// `kill nodeos-vm` must not leave the user's terminal in raw mode: a thread takes these
+/// signals, puts `saved` back, then ends the process as the signal would have. Once per process.
+fn restore_on_signals(saved: &Termios) -> Result<(), ConsoleError> {
+    static INSTALLED: Mutex<bool> = Mutex::new(false);
+    let mut installed = INSTALLED.lock().unwrap();
+    if *installed {
+        return Ok(());
     }
-    extern "C" fn handler(signal: libc::c_int) {
-        if let Some(saved) = SAVED_TERMIOS.get() {
-            // SAFETY: tcsetattr, signal and raise are async-signal-safe; `saved` is a valid
-            // termios that is never written again once set.
-            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
-        }
-        // SAFETY: as above; the default action then ends the process as the signal would have.
-        unsafe {
-            libc::signal(signal, libc::SIG_DFL);
-            libc::raise(signal);
-        }
-    }
-    for signal in FATAL_SIGNALS {
-        // SAFETY: installs a handler that only calls async-signal-safe functions.
-        unsafe { libc::signal(signal, handler as *const () as libc::sighandler_t) };
-    }
+    let mut signals = Signals::new(FATAL_SIGNALS).map_err(ConsoleError::Signals)?;
+    let saved = saved.clone();
+    thread::Builder::new()
+        .name("console-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let _ = termios::tcsetattr(io::stdin().as_fd(), SetArg::TCSANOW, &saved);
+                let _ = low_level::emulate_default_handler(signal);
+            }
+        })
+        .map_err(ConsoleError::Signals)?;
+    *installed = true;
+    Ok(())
 }
 
 fn window_size(stdout: &io::Stdout) -> Option<(u16, u16)> {
@@ -239,6 +239,37 @@ fn quit(saved: Option<&Termios>) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_child;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    /// Run alone in a child whose stdin and stdout are a terminal: raw mode, then SIGTERM.
+    #[test]
+    fn child_attached_then_terminated() {
+        if !test_child::is_child() {
+            return;
+        }
+        let _console = HostConsole::attach(false).unwrap();
+        low_level::raise(SIGTERM).unwrap();
+        thread::sleep(std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_fatal_signal_restores_the_terminal() {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let cooked = termios::tcgetattr(&pty.slave).unwrap();
+        let terminal = || Stdio::from(pty.slave.try_clone().unwrap());
+        let out = test_child::command("console::tests::child_attached_then_terminated")
+            .stdin(terminal())
+            .stdout(terminal())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(SIGTERM), "{stderr}");
+        let after = termios::tcgetattr(&pty.slave).unwrap();
+        assert_eq!(after.local_flags, cooked.local_flags, "{stderr}");
+        assert_eq!(after.input_flags, cooked.input_flags, "{stderr}");
+    }
 
     #[test]
     fn a_console_log_file_stays_bounded() {

@@ -8,8 +8,10 @@ pub mod agent;
 pub mod artifacts;
 pub mod booted;
 pub mod console;
-pub mod data_dir;
+pub mod folders;
 pub mod npm_registry;
+#[cfg(test)]
+mod test_child;
 pub mod users;
 pub mod vm_config;
 pub mod volume;

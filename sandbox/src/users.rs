@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::data_dir::{self, NoDataDir};
+use crate::folders::{self, NoDataDir};
 use crate::volume;
 
 /// Size of a new user's disk when `--disk-size` is not given (sparse: it takes what is used).
@@ -90,7 +90,7 @@ pub struct Users {
 impl Users {
     /// `users/` in the data folder the environment names.
     pub fn from_env() -> Result<Users, Error> {
-        Ok(Users::at(data_dir::data_dir()?.join("users")))
+        Ok(Users::at(folders::data_dir()?.join("users")))
     }
 
     pub fn at(dir: PathBuf) -> Users {

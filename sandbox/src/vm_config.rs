@@ -29,7 +29,8 @@ pub enum ConfigError {
 }
 
 /// Parses a size in MiB: `512`, `512M`, `512MiB`, `2G`, `2GiB`, `1T`, or KiB that make whole
-/// MiB (a bare number is MiB). `None` when it is not one.
+/// MiB (a bare number is MiB). `None` when it is not one. (Not `bytesize`: there `M`, `G` and
+/// `K` are decimal units and a bare number is bytes.)
 pub fn size_mib(given: &str) -> Option<u64> {
     let s = given.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -94,19 +95,15 @@ fn host_memory_mib() -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// `30s`, `5m`, `1h`, `500ms`, or a number of seconds.
+/// `30s`, `5m`, `1h`, `500ms` (humantime's units, combined as in `1m 30s`), or a number of
+/// seconds; whole numbers only, more than 0.
 pub fn duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(digits);
     let bad = || format!("{text:?} is not a duration; write it like 30s, 5m, 1h or 500ms");
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let d = match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
-        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
-        _ => return Err(bad()),
+    let d = match t.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) if t.contains('.') => return Err(bad()),
+        Err(_) => humantime::parse_duration(t).map_err(|_| bad())?,
     };
     if d.is_zero() {
         return Err(format!("{text:?}: the timeout must be more than 0"));
@@ -183,5 +180,18 @@ mod tests {
         for bad in ["", "s", "1x", "-1", "0", "1.5s", "99999999999999999999h"] {
             assert!(duration(bad).is_err(), "{bad}");
         }
+        // humantime's other units, and several at once.
+        assert_eq!(duration(" 45s "), Ok(Duration::from_secs(45)));
+        assert_eq!(duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("2min"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(
+            duration("1x"),
+            Err("\"1x\" is not a duration; write it like 30s, 5m, 1h or 500ms".into())
+        );
+        assert_eq!(
+            duration("0s"),
+            Err("\"0s\": the timeout must be more than 0".into())
+        );
     }
 }

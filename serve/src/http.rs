@@ -178,16 +178,7 @@ async fn logs(
 }
 
 async fn metrics(State(server): State<Arc<Server>>) -> Response {
-    let apps = server.apps();
-    let rows: Vec<_> = apps
-        .iter()
-        .map(|(n, a)| (n.clone(), a.current.pool.instances(), &*a.metrics))
-        .collect();
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        metrics::render(&rows),
-    )
-        .into_response()
+    ([("content-type", metrics::CONTENT_TYPE)], server.metrics()).into_response()
 }
 
 /// `POST /apps/{name}/invoke`: the JSON body is the handler's event; its result the answer.
@@ -221,7 +212,7 @@ async fn invoke(
         Ok(mark_cold(result.into_response(), cold))
     }
     .await;
-    finish(&app, &id, started, answer)
+    finish(&server, &name, &id, started, answer)
 }
 
 /// The event of an invoke call: its body as JSON, `null` for an empty or blank body.
@@ -281,7 +272,7 @@ async fn run(
         Ok(mark_cold(response_of(&answer["response"])?, cold))
     }
     .await;
-    finish(&app, &id, started, answer)
+    finish(&server, &name, &id, started, answer)
 }
 
 /// The HTTP response a `fetch` app's `Response` describes.
@@ -349,13 +340,18 @@ async fn call(app: &App, id: &str, request: Value) -> Result<(Value, bool), ApiE
 }
 
 /// The answer with the call's ID, counted in the app's metrics.
-fn finish(app: &App, id: &str, started: Instant, answer: Result<Response, ApiError>) -> Response {
+fn finish(
+    server: &Server,
+    name: &str,
+    id: &str,
+    started: Instant,
+    answer: Result<Response, ApiError>,
+) -> Response {
     let mut response = match answer {
         Ok(r) => r,
         Err(e) => e.with("invocation", id).into_response(),
     };
-    app.metrics
-        .record(response.status().as_u16(), started.elapsed());
+    server.count(name, response.status().as_u16(), started.elapsed());
     if let Ok(v) = HeaderValue::try_from(id) {
         response.headers_mut().insert(INVOCATION_HEADER, v);
     }

@@ -81,7 +81,6 @@ pub struct Deployment {
 #[derive(Clone)]
 pub struct App {
     pub current: Arc<Deployment>,
-    pub metrics: Arc<Metrics>,
     pub logs: Arc<Logs>,
 }
 
@@ -90,6 +89,7 @@ pub struct Server {
     vms: Vms,
     store: Store,
     apps: RwLock<HashMap<String, App>>,
+    metrics: Metrics,
     /// One deploy or delete at a time.
     changes: tokio::sync::Mutex<()>,
     calls: AtomicU64,
@@ -111,6 +111,25 @@ impl Server {
             .collect();
         apps.sort_by(|a, b| a.0.cmp(&b.0));
         apps
+    }
+
+    /// Counts a call to app `name` answered with `status` after `took`, unless the app was
+    /// deleted meanwhile.
+    pub fn count(&self, name: &str, status: u16, took: Duration) {
+        // Under the lock `delete` forgets the app's series in, so none comes back.
+        let apps = self.apps.read().unwrap();
+        if apps.contains_key(name) {
+            self.metrics.record(name, status, took);
+        }
+    }
+
+    /// The `GET /metrics` text: every app's instances and calls.
+    pub fn metrics(&self) -> String {
+        let apps = self.apps.read().unwrap();
+        self.metrics.render(
+            apps.iter()
+                .map(|(name, app)| (name.as_str(), app.current.pool.instances())),
+        )
     }
 
     /// A fresh ID for a call.
@@ -135,7 +154,7 @@ impl Server {
         let _change = self.changes.lock().await;
         let previous = self.app(name);
         let version = previous.as_ref().map_or(1, |a| a.current.version + 1);
-        let (metrics, logs) = previous.map(|a| (a.metrics, a.logs)).unwrap_or_default();
+        let logs = previous.map(|a| a.logs).unwrap_or_default();
         let (deployment, package) = self
             .prepare(name, options, package, version, logs.clone(), None)
             .await?;
@@ -150,7 +169,6 @@ impl Server {
         store.save(name, &package, &meta)?;
         let app = App {
             current: deployment,
-            metrics,
             logs,
         };
         let old = self
@@ -240,9 +258,12 @@ impl Server {
     /// Removes app `name`; its calls in flight finish. False when there is no such app.
     pub async fn delete(&self, name: &str) -> bool {
         let _change = self.changes.lock().await;
-        let Some(old) = self.apps.write().unwrap().remove(name) else {
+        let mut apps = self.apps.write().unwrap();
+        let Some(old) = apps.remove(name) else {
             return false;
         };
+        self.metrics.forget(name);
+        drop(apps);
         old.current.pool.retire();
         self.store.remove(name);
         true
@@ -270,7 +291,6 @@ impl Server {
                     deployment.deployed_at_ms = meta.deployed_at_ms;
                     let app = App {
                         current: Arc::new(deployment),
-                        metrics: Arc::default(),
                         logs,
                     };
                     self.apps.write().unwrap().insert(name, app);
@@ -312,6 +332,7 @@ pub fn serve(listen: SocketAddr, machine: Machine) -> anyhow::Result<()> {
         vms: Vms::default(),
         store: Store::from_env()?,
         apps: RwLock::default(),
+        metrics: Metrics::default(),
         changes: tokio::sync::Mutex::new(()),
         calls: AtomicU64::new(0),
     });

@@ -14,7 +14,7 @@ use super::package::Options;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    NoDataDir(#[from] sandbox::data_dir::NoDataDir),
+    NoDataDir(#[from] sandbox::folders::NoDataDir),
     #[error("writing {path}")]
     Write {
         path: PathBuf,
@@ -40,7 +40,7 @@ impl Store {
     /// The store in the data folder the environment names.
     pub fn from_env() -> Result<Store, Error> {
         Ok(Store {
-            dir: sandbox::data_dir::data_dir()?.join("apps"),
+            dir: sandbox::folders::data_dir()?.join("apps"),
         })
     }
 

@@ -1,6 +1,6 @@
-//! Where running VMs keep their sockets and state: `$XDG_RUNTIME_DIR/nodeos-vm`, or
-//! `/tmp/nodeos-vm-<uid>` (mode 0700) where there is no runtime dir. Paths stay short: Unix
-//! socket paths are limited to 107 bytes.
+//! Where running VMs keep their sockets and state: `nodeos-vm` in the user's runtime folder
+//! (`dirs`: `$XDG_RUNTIME_DIR` when it is an absolute path), or `/tmp/nodeos-vm-<uid>` (mode
+//! 0700) where there is none. Paths stay short: Unix socket paths are limited to 107 bytes.
 
 use std::fs;
 use std::io;
@@ -19,14 +19,17 @@ pub enum Error {
     NotOurs { path: PathBuf, owner: u32, uid: u32 },
 }
 
+/// The runtime folder of user `uid` (not created here).
+fn path(uid: u32) -> PathBuf {
+    dirs::runtime_dir()
+        .map(|dir| dir.join("nodeos-vm"))
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/nodeos-vm-{uid}")))
+}
+
 /// The runtime folder, created (0700) when missing.
 pub fn base() -> Result<PathBuf, Error> {
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    let path = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("nodeos-vm"),
-        _ => PathBuf::from(format!("/tmp/nodeos-vm-{uid}")),
-    };
+    let uid = nix::unistd::getuid().as_raw();
+    let path = path(uid);
     let create = |source| Error::Create {
         path: path.clone(),
         source,
@@ -58,4 +61,68 @@ pub fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir, Error> {
         .prefix(&format!("{prefix}-"))
         .tempdir_in(&base)
         .map_err(|source| Error::Create { path: base, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHILD_ENV: &str = "NODEOS_VM_RUNTIME_CHILD";
+
+    /// Run alone in a child, which may change its own environment.
+    #[test]
+    fn child_resolves_the_runtime_folder() {
+        if std::env::var_os(CHILD_ENV).is_none() {
+            return;
+        }
+        std::env::set_var("XDG_RUNTIME_DIR", "/run/user/7");
+        assert_eq!(path(7), PathBuf::from("/run/user/7/nodeos-vm"));
+        // None, empty or relative: there is no runtime folder.
+        for value in [None, Some(""), Some("run")] {
+            match value {
+                Some(v) => std::env::set_var("XDG_RUNTIME_DIR", v),
+                None => std::env::remove_var("XDG_RUNTIME_DIR"),
+            }
+            assert_eq!(path(7), PathBuf::from("/tmp/nodeos-vm-7"), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_runtime_folder_follows_the_environment() {
+        let out = crate::seccomp::tests::run_child(
+            "runtime::tests::child_resolves_the_runtime_folder",
+            (CHILD_ENV, "1"),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn the_runtime_folder_is_made_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = crate::seccomp::tests::run_child(
+            "runtime::tests::child_makes_the_runtime_folder",
+            (CHILD_ENV, dir.path().to_str().unwrap()),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta = fs::metadata(dir.path().join("nodeos-vm")).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o700);
+    }
+
+    /// Run alone in a child: makes the runtime folder in the one `CHILD_ENV` names.
+    #[test]
+    fn child_makes_the_runtime_folder() {
+        let Some(dir) = std::env::var_os(CHILD_ENV) else {
+            return;
+        };
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
+        assert_eq!(base().unwrap(), PathBuf::from(dir).join("nodeos-vm"));
+    }
 }

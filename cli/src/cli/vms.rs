@@ -17,8 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use vmm_sys_util::eventfd::EventFd;
 
 use contract::params::Shell;
@@ -214,18 +216,14 @@ pub fn keep(args: IdArg) -> anyhow::Result<u8> {
     )
     .context("setting close-on-exec on the ready descriptor")?;
     let mut report = Some(fs::File::from(report));
-    // Signals are taken by a thread of ours (sigwait): block them before any thread starts.
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        signals.add(s);
-    }
-    signals.thread_block().context("blocking signals")?;
+    // Caught from now on, so that one that comes while the VM boots stops it once booted.
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).context("catching signals")?;
 
     let result = vms_dir()
         .and_then(|dir| {
             let request =
                 fs::read(dir.join(id).join(REQUEST_FILE)).context("reading the VM's request")?;
-            Ok(serde_json::from_slice::<VmArgs>(&request).context("reading the VM's request")?)
+            serde_json::from_slice::<VmArgs>(&request).context("reading the VM's request")
         })
         .and_then(|vm| keep_vm(&vm, id, &mut report, signals));
     if let (Err(e), Some(report)) = (&result, report.as_mut()) {
@@ -241,7 +239,7 @@ fn keep_vm(
     vm: &VmArgs,
     id: &str,
     report: &mut Option<fs::File>,
-    signals: SigSet,
+    mut signals: Signals,
 ) -> anyhow::Result<()> {
     let dir = vms_dir()?.join(id);
     let backend = choose_backend(vm.backend, &vm.jail, true)?;
@@ -266,7 +264,7 @@ fn keep_vm(
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if signals.wait().is_ok() {
+            if signals.forever().next().is_some() {
                 stop.stop();
             }
         })

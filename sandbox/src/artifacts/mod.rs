@@ -127,12 +127,12 @@ pub struct Store {
 
 impl Store {
     /// The store of this user: sources from `NODEOS_VM_SRC` (else the checkout this binary was
-    /// built from), cache in `NODEOS_VM_CACHE`, `XDG_CACHE_HOME/nodeos-vm` or `~/.cache/nodeos-vm`.
+    /// built from), cache in [`folders::cache_dir`](crate::folders::cache_dir).
     pub fn from_env() -> Result<Store> {
         let sources = std::env::var_os("NODEOS_VM_SRC")
             .map(PathBuf::from)
             .unwrap_or_else(|| BUILT_FROM.into());
-        let cache = cache_dir().ok_or(ArtifactError::NoCacheDir)?;
+        let cache = crate::folders::cache_dir().ok_or(ArtifactError::NoCacheDir)?;
         Ok(Store { sources, cache })
     }
 
@@ -251,17 +251,6 @@ impl Store {
             source,
         }
     }
-}
-
-fn cache_dir() -> Option<PathBuf> {
-    let env = |name| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    env("NODEOS_VM_CACHE")
-        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("nodeos-vm")))
-        .or_else(|| env("HOME").map(|d| d.join(".cache/nodeos-vm")))
 }
 
 /// Length-prefixed, so that no two different input sets hash alike.

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Command;
+use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -26,15 +27,12 @@ fn thread_name(kind: ThreadKind) -> &'static str {
 /// Calls that `kind`'s filter allows, on descriptors opened before it was installed.
 fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd) {
     let mut byte = [0u8; 1];
-    let mut pfd = libc::pollfd {
-        fd: evt.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
     match kind {
         ThreadKind::VmmMain | ThreadKind::HostStop | ThreadKind::VmmProcess => {
-            // SAFETY: one valid pollfd.
-            assert_eq!(unsafe { libc::poll(&mut pfd, 1, 0) }, 1);
+            assert_eq!(
+                crate::poll::first_readable(&[evt.as_raw_fd()], Some(Duration::ZERO)),
+                Some(0)
+            );
         }
         ThreadKind::Vcpu => {
             // KVM_RUN passes the filter; on an eventfd the kernel refuses it.

@@ -12,6 +12,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vm_superio::serial::NoEvents;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -125,7 +127,11 @@ impl Write for ConsoleWriter {
                 Some(libc::EINTR) => {}
                 // A non-blocking fd that is full: wait a little for the reader.
                 Some(libc::EAGAIN) => {
-                    poll(&[(self.fd.as_fd(), libc::POLLOUT)], 100)?;
+                    let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLOUT)];
+                    match poll(&mut fds, PollTimeout::from(100u8)) {
+                        Ok(_) | Err(Errno::EINTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 _ => return Err(err),
             }
@@ -140,29 +146,6 @@ impl Write for ConsoleWriter {
     }
 }
 
-/// `poll(2)` on `fds` with `timeout_ms` (-1: forever); returns each fd's revents.
-fn poll<const N: usize>(
-    fds: &[(BorrowedFd<'_>, libc::c_short); N],
-    timeout_ms: libc::c_int,
-) -> io::Result<[libc::c_short; N]> {
-    let mut pfds = fds.map(|(fd, events)| libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events,
-        revents: 0,
-    });
-    loop {
-        // SAFETY: pfds is a valid array of N pollfd structs.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, timeout_ms) };
-        if r >= 0 {
-            return Ok(pfds.map(|p| p.revents));
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
-        }
-    }
-}
-
 /// Feeds the console input to `serial` until `stop` is signalled. Meant for its own thread.
 pub fn forward_input<W: Write>(input: &OwnedFd, serial: &Mutex<Serial<W>>, stop: &EventFd) {
     // SAFETY: the eventfd outlives this function, which is the only user of the borrow.
@@ -171,28 +154,30 @@ pub fn forward_input<W: Write>(input: &OwnedFd, serial: &Mutex<Serial<W>>, stop:
     let mut eof = false;
     loop {
         let room = lock(serial).input_room();
-        let revents = if eof {
-            poll(&[(stop_fd, libc::POLLIN)], -1).map(|[s]| [s, 0])
+        let mut fds = [
+            PollFd::new(stop_fd, PollFlags::POLLIN),
+            PollFd::new(input.as_fd(), PollFlags::POLLIN),
+        ];
+        let (watched, wait) = if eof {
+            (1, PollTimeout::NONE)
         } else if room == 0 {
             // The guest is not reading: look again shortly, without reading the input.
-            poll(&[(stop_fd, libc::POLLIN)], 10).map(|[s]| [s, 0])
+            (1, PollTimeout::from(10u8))
         } else {
-            poll(
-                &[(stop_fd, libc::POLLIN), (input.as_fd(), libc::POLLIN)],
-                -1,
-            )
+            (2, PollTimeout::NONE)
         };
-        let [stop_ev, input_ev] = match revents {
-            Ok(r) => r,
+        match poll(&mut fds[..watched], wait) {
+            Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
                 tracing::warn!("console input: poll failed: {e}");
                 return;
             }
-        };
-        if stop_ev != 0 {
+        }
+        let ready = |fd: &PollFd<'_>| fd.revents() != Some(PollFlags::empty());
+        if ready(&fds[0]) {
             return;
         }
-        if input_ev == 0 {
+        if watched < 2 || !ready(&fds[1]) {
             continue;
         }
         let want = room.min(buf.len());

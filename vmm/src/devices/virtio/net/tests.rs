@@ -53,13 +53,7 @@ fn read_mem(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
 
 /// Whether `fd` is readable within `timeout`.
 fn readable(fd: RawFd, timeout: Duration) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, for the duration of the call.
-    unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) == 1 }
+    crate::poll::first_readable(&[fd], Some(timeout)).is_some()
 }
 
 /// A device over a socket pair, the peer's end, and the device's two queues in `mem`.
