@@ -1,52 +1,92 @@
-//! Builds the guest binaries (`guest/`, a static x86-64 executable) and embeds them in
-//! nodeos-vm, so that the root-image builder always packs the guest code of this very build.
+//! Builds the two programs this crate carries, with cargo, from this workspace:
+//! - the guest binary (`guest/`, a static x86-64 executable), packed into the root image, so
+//!   that the image always holds the guest code of this very build;
+//! - the VMM program (`nodeos-vmm`, the vmm crate's binary), which runs each VM of our own
+//!   backend jailed and filtered, and which links no CLI, async runtime or HTTP stack: carried
+//!   inside nodeos-vm, so that one binary is all there is to run or install.
 
 use std::env;
-use std::path::PathBuf;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use sha2::{Digest, Sha256};
 
 const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 const GUEST_PROFILE: &str = "release-guest";
+const VMM_PROFILE: &str = "release";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
-    let target_dir = out_dir.join("guest-target");
+    for input in [
+        "guest/src",
+        "guest/Cargo.toml",
+        "contract/src",
+        "contract/Cargo.toml",
+        "vmm/src",
+        "vmm/Cargo.toml",
+        "Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={}", workspace.join(input).display());
+    }
 
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace.join("guest/src").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace.join("guest/Cargo.toml").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace.join("contract/src").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace.join("Cargo.lock").display()
-    );
-
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&workspace)
-        .args([
-            "build",
-            "--quiet",
+    let guest_target = out_dir.join("guest-target");
+    // The guest has no dynamic loader of its own at PID 1 time: link glibc statically.
+    cargo_build(
+        &workspace,
+        &guest_target,
+        &[
             "-p",
             "nodeos-guest",
             "--profile",
             GUEST_PROFILE,
-        ])
-        .args(["--target", GUEST_TARGET])
+            "--target",
+            GUEST_TARGET,
+        ],
+        "-Ctarget-feature=+crt-static",
+    );
+    let guest = guest_target
+        .join(GUEST_TARGET)
+        .join(GUEST_PROFILE)
+        .join("nodeos-init");
+    fs::copy(&guest, out_dir.join("nodeos-init")).expect("copying the guest binary");
+
+    let vmm_target = out_dir.join("vmm-target");
+    cargo_build(
+        &workspace,
+        &vmm_target,
+        &[
+            "-p",
+            "nodeos-vmm",
+            "--bin",
+            "nodeos-vmm",
+            "--profile",
+            VMM_PROFILE,
+        ],
+        "",
+    );
+    let vmm =
+        fs::read(vmm_target.join(VMM_PROFILE).join("nodeos-vmm")).expect("reading nodeos-vmm");
+    fs::write(out_dir.join("nodeos-vmm"), &vmm).expect("copying nodeos-vmm");
+    println!(
+        "cargo:rustc-env=NODEOS_VMM_SHA256={}",
+        hex::encode(Sha256::digest(&vmm))
+    );
+}
+
+/// `cargo build --quiet ARGS` in `workspace` into `target_dir`, with `rustflags` alone (not the
+/// flags of the build that runs this script: a fuzzing or coverage build's instrumentation).
+fn cargo_build(workspace: &Path, target_dir: &Path, args: &[&str], rustflags: &str) {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--quiet"])
+        .args(args)
         .arg("--target-dir")
-        .arg(&target_dir)
-        // The guest has no dynamic loader of its own at PID 1 time: link glibc statically.
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static");
+        .arg(target_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
     for var in [
         "RUSTFLAGS",
         "CARGO_TARGET_DIR",
@@ -55,17 +95,6 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd
-        .status()
-        .expect("running cargo to build the guest binaries");
-    assert!(
-        status.success(),
-        "building the guest binaries (guest/) failed"
-    );
-
-    let bin = target_dir
-        .join(GUEST_TARGET)
-        .join(GUEST_PROFILE)
-        .join("nodeos-init");
-    std::fs::copy(&bin, out_dir.join("nodeos-init")).expect("copying the guest binary");
+    let status = cmd.status().expect("running cargo");
+    assert!(status.success(), "cargo build {} failed", args.join(" "));
 }

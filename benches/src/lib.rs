@@ -104,7 +104,7 @@ pub fn artifacts(bin: &Path) -> (PathBuf, PathBuf) {
     (path("kernel:"), path("root image:"))
 }
 
-/// A KVM box run of `script` with nodeos-vm (and its VMM program), the kernel and image under /nodeos, and QEMU:
+/// A KVM box run of `script` with nodeos-vm, the kernel and image under /nodeos, and QEMU:
 /// both backends side by side.
 pub fn side_by_side_box(
     bin: &Path,
@@ -115,10 +115,6 @@ pub fn side_by_side_box(
     use kvm_box::BoxFile;
     kvm_box::BoxRun::new(script)
         .file(BoxFile::with_libs(bin, "/nodeos/nodeos-vm"))
-        .file(BoxFile::with_libs(
-            bin.with_file_name("nodeos-vmm"),
-            "/nodeos/nodeos-vmm",
-        ))
         .file(BoxFile::new(kernel, "/nodeos/vmlinux"))
         .file(BoxFile::new(rootfs, "/nodeos/rootfs.img"))
         .file(BoxFile::with_libs(

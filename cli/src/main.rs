@@ -10,7 +10,20 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match cli::run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print and succeed; a bad argument is our failure (125), so the
+        // guest command's own statuses are never confused with it.
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                contract::status::HOST_FAILURE
+            } else {
+                0
+            });
+        }
+    };
+    match cli::run(cli) {
         Ok(status) => ExitCode::from(status),
         Err(err) => {
             eprintln!("nodeos-vm: error: {err}");

@@ -167,7 +167,6 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
                 "/usr/local/sbin/ip",
             ))
             .file(BoxFile::with_libs(common::BIN, "/nodeos/nodeos-vm"))
-            .file(BoxFile::with_libs(common::vmm_bin(), "/nodeos/nodeos-vmm"))
             .file(BoxFile::new(common::fixture_dir(), FIXTURE))
             .file(BoxFile::new(&serve_app, SERVE_APP))
             .file(BoxFile::same_path("/etc/mke2fs.conf"));

@@ -1,7 +1,8 @@
 //! NodeOS VMs to work in, on top of the VMM core (`vmm`): the kernel and root image
 //! ([`artifacts`], built and cached), `run`'s volumes ([`volume`]), users' disks ([`users`]),
-//! the host side of the guest agent ([`agent`]), the serial console ([`console`]), and a booted
-//! VM that runs commands through its agent ([`booted`]). The CLI and the function host build on
+//! the host side of the guest agent ([`agent`]), the serial console ([`console`]), the VMM
+//! program this build carries ([`vmm_program`]), and a booted VM that runs commands through its
+//! agent ([`booted`]). The CLI and the function host build on
 //! this crate (docs/architecture.md).
 
 pub mod agent;
@@ -14,4 +15,5 @@ pub mod npm_registry;
 mod test_child;
 pub mod users;
 pub mod vm_config;
+pub mod vmm_program;
 pub mod volume;

@@ -305,7 +305,7 @@ fn start(
     config.volumes = vec![app.volume.disk(app.image.clone())];
     config.agent_socket = Some(folder.path().join("agent.sock"));
     config.seccomp = machine.seccomp;
-    let sandbox = Sandbox::boot(machine.backend, config, ConsoleLog::Tail)?;
+    let sandbox = Sandbox::boot(machine.backend.clone(), config, ConsoleLog::Tail)?;
     let vm = Vm {
         sandbox: Some(sandbox),
         folder: Some(folder),

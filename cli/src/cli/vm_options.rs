@@ -177,7 +177,10 @@ pub fn choose_backend(
             bail!("--backend kvm: KVM cannot run Linux guests on this host: {why}; use --backend qemu")
         }
         (BackendChoice::Kvm | BackendChoice::Auto, detect::KvmSupport::Usable) => {
-            Ok(Backend::Kvm(jail.jail()))
+            Ok(Backend::Kvm {
+                jail: jail.jail(),
+                vmm: sandbox::vmm_program::program()?,
+            })
         }
         (BackendChoice::Qemu, detect::KvmSupport::Usable) => Ok(Backend::Qemu(qemu::Accel::Kvm)),
         (_, detect::KvmSupport::Unusable(why)) => {

@@ -63,12 +63,6 @@ use std::sync::OnceLock;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_nodeos-vm");
 
-/// The VMM program nodeos-vm runs from beside itself (the nodeos-vmm crate's binary, which
-/// `cargo test --workspace` builds).
-pub fn vmm_bin() -> PathBuf {
-    std::path::Path::new(BIN).with_file_name("nodeos-vmm")
-}
-
 /// Builds the kernel and root image once for the whole test run (a no-op when cached).
 pub fn artifacts() -> &'static (PathBuf, PathBuf) {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();

@@ -14,11 +14,14 @@ pub mod process;
 pub mod qemu;
 
 /// The machine monitor that runs a VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Backend {
-    /// Our own VMM on /dev/kvm, in a process of its own ([`process`]), jailed when given a
-    /// [`Jail`].
-    Kvm(Option<Jail>),
+    /// Our own VMM on /dev/kvm, in a process of its own running `vmm` ([`process`]), jailed
+    /// when given a [`Jail`].
+    Kvm {
+        jail: Option<Jail>,
+        vmm: process::VmmProgram,
+    },
     Qemu(qemu::Accel),
 }
 
@@ -35,36 +38,30 @@ pub enum Error {
 impl Backend {
     /// Boots the VM `config` describes and waits until it ends.
     pub fn run(
-        self,
+        &self,
         config: &VmConfig,
         console: ConsoleIo,
         stop: &StopSignal,
     ) -> Result<RunReport, Error> {
         let spec = &config.spec(self.agent_transport())?;
         Ok(match self {
-            Backend::Kvm(jail) => process::run(
-                &process::VmmProgram::installed()?,
-                spec,
-                console,
-                stop,
-                jail,
-            )?,
-            Backend::Qemu(accel) => qemu::run(spec, console, accel, stop)?,
+            Backend::Kvm { jail, vmm } => process::run(vmm, spec, console, stop, *jail)?,
+            Backend::Qemu(accel) => qemu::run(spec, console, *accel, stop)?,
         })
     }
 
     /// How the guest agent's link reaches the guest on this backend: a virtio-vsock device on
     /// our VMM, a virtio-serial port on QEMU (which has no vhost-vsock on these hosts).
-    pub fn agent_transport(self) -> AgentTransport {
+    pub fn agent_transport(&self) -> AgentTransport {
         match self {
-            Backend::Kvm(_) => AgentTransport::Vsock,
+            Backend::Kvm { .. } => AgentTransport::Vsock,
             Backend::Qemu(_) => AgentTransport::Serial,
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
-            Backend::Kvm(_) => "kvm",
+            Backend::Kvm { .. } => "kvm",
             Backend::Qemu(qemu::Accel::Kvm) => "qemu-kvm",
             Backend::Qemu(qemu::Accel::Tcg) => "qemu-tcg",
         }

@@ -34,11 +34,6 @@ use crate::jail::{self, Jail};
 use crate::memory;
 use crate::vm::{ConsoleIo, ConsoleReady, RunReport, StopSignal, VmSpec};
 
-/// The VMM process's program, built beside `nodeos-vm`.
-const VMM_BINARY: &str = "nodeos-vmm";
-/// Names another VMM binary than the one beside the running program.
-const VMM_PATH_ENV: &str = "NODEOS_VMM";
-
 const REQUEST_FD: RawFd = 3;
 const STATUS_FD: RawFd = 4;
 const STOP_FD: RawFd = 5;
@@ -54,11 +49,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error(
-        "the VMM program {exe} is missing: build it with `cargo build --release` (it is built \
-         beside nodeos-vm), or point {VMM_PATH_ENV} at it"
-    )]
-    Missing { exe: PathBuf },
     #[error("setting up the VMM process: {what}")]
     Setup {
         what: &'static str,
@@ -119,26 +109,7 @@ pub struct VmmProgram {
 }
 
 impl VmmProgram {
-    /// `nodeos-vmm`, this crate's binary: beside the running program (where cargo and `cargo
-    /// install` put it), or where `NODEOS_VMM` points.
-    pub fn installed() -> Result<VmmProgram, Error> {
-        let exe = match std::env::var_os(VMM_PATH_ENV) {
-            Some(path) => PathBuf::from(path),
-            None => std::env::current_exe()
-                .map_err(setup("finding the running program"))?
-                .with_file_name(VMM_BINARY),
-        };
-        if !exe.is_file() {
-            return Err(Error::Missing { exe });
-        }
-        Ok(VmmProgram {
-            exe,
-            args: Vec::new(),
-            env: Vec::new(),
-        })
-    }
-
-    /// `exe args...` with `env` added, a program that calls [`vmm_main`] (tests).
+    /// `exe args...` with `env` added: `nodeos-vmm`, or a program that calls [`vmm_main`].
     pub fn new(exe: PathBuf, args: Vec<OsString>, env: Vec<(OsString, OsString)>) -> Self {
         VmmProgram { exe, args, env }
     }
