@@ -13,11 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vm_superio::serial::NoEvents;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::IrqLine;
 use crate::devices::bus::BusDevice;
-use crate::devices::lock;
+use crate::devices::{lock, Lifecycle};
 use crate::vm::VmExit;
 
 /// Host input held for the guest beyond the UART's FIFO.
@@ -163,26 +162,34 @@ fn poll<const N: usize>(
     }
 }
 
-/// Feeds the console input to `serial` until `stop` is signalled. Meant for its own thread.
-pub fn forward_input<W: Write>(input: &OwnedFd, serial: &Mutex<Serial<W>>, stop: &EventFd) {
-    // SAFETY: the eventfd outlives this function, which is the only user of the borrow.
-    let stop_fd = unsafe { BorrowedFd::borrow_raw(stop.as_raw_fd()) };
+/// Feeds the console input to `serial` until the VM stops; holds still while it is paused.
+/// Meant for its own thread.
+pub fn forward_input<W: Write>(
+    input: &OwnedFd,
+    serial: &Mutex<Serial<W>>,
+    lifecycle: &dyn Lifecycle,
+) {
+    // SAFETY: both eventfds outlive this function, which is the only user of the borrows.
+    let (stop_fd, pause_fd) = unsafe {
+        (
+            BorrowedFd::borrow_raw(lifecycle.stop_evt().as_raw_fd()),
+            BorrowedFd::borrow_raw(lifecycle.pause_evt().as_raw_fd()),
+        )
+    };
     let mut buf = [0u8; 4096];
     let mut eof = false;
     loop {
         let room = lock(serial).input_room();
+        let control = [(stop_fd, libc::POLLIN), (pause_fd, libc::POLLIN)];
         let revents = if eof {
-            poll(&[(stop_fd, libc::POLLIN)], -1).map(|[s]| [s, 0])
+            poll(&control, -1).map(|[s, p]| [s, p, 0])
         } else if room == 0 {
             // The guest is not reading: look again shortly, without reading the input.
-            poll(&[(stop_fd, libc::POLLIN)], 10).map(|[s]| [s, 0])
+            poll(&control, 10).map(|[s, p]| [s, p, 0])
         } else {
-            poll(
-                &[(stop_fd, libc::POLLIN), (input.as_fd(), libc::POLLIN)],
-                -1,
-            )
+            poll(&[control[0], control[1], (input.as_fd(), libc::POLLIN)], -1)
         };
-        let [stop_ev, input_ev] = match revents {
+        let [stop_ev, pause_ev, input_ev] = match revents {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("console input: poll failed: {e}");
@@ -191,6 +198,10 @@ pub fn forward_input<W: Write>(input: &OwnedFd, serial: &Mutex<Serial<W>>, stop:
         };
         if stop_ev != 0 {
             return;
+        }
+        if pause_ev != 0 {
+            lifecycle.park();
+            continue;
         }
         if input_ev == 0 {
             continue;
@@ -218,6 +229,7 @@ pub fn forward_input<W: Write>(input: &OwnedFd, serial: &Mutex<Serial<W>>, stop:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kvm::VmControl;
     use std::os::fd::FromRawFd;
     use std::thread;
     use std::time::{Duration, Instant};
@@ -282,10 +294,9 @@ mod tests {
     fn forwards_a_pipe_until_stopped() {
         let (rx, tx) = pipe();
         let serial = Arc::new(Mutex::new(Serial::new(IrqLine::new().unwrap(), Vec::new())));
-        let stop = EventFd::new(0).unwrap();
-        let stop2 = stop.try_clone().unwrap();
-        let s2 = serial.clone();
-        let t = thread::spawn(move || forward_input(&rx, &s2, &stop2));
+        let control = Arc::new(VmControl::new(1).unwrap());
+        let (s2, c2) = (serial.clone(), control.clone());
+        let t = thread::spawn(move || forward_input(&rx, &s2, &*c2));
 
         let input: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let writer = {
@@ -307,7 +318,31 @@ mod tests {
         assert!(got == input, "input arrives whole and in order");
         thread::sleep(Duration::from_millis(20));
         assert!(!t.is_finished(), "EOF does not stop the forwarder");
-        stop.write(1).unwrap();
+        control.stop(Ok(VmExit::Stopped));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn input_waits_while_the_vm_is_paused() {
+        let (rx, tx) = pipe();
+        let serial = Arc::new(Mutex::new(Serial::new(IrqLine::new().unwrap(), Vec::new())));
+        let control = Arc::new(VmControl::new(1).unwrap());
+        let (s2, c2) = (serial.clone(), control.clone());
+        let t = thread::spawn(move || forward_input(&rx, &s2, &*c2));
+        control.pause().unwrap();
+        let mut tx = std::fs::File::from(tx);
+        tx.write_all(b"held").unwrap();
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(drain(&mut lock(&serial)), b"", "nothing moves while paused");
+        control.resume().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < 4 && Instant::now() < deadline {
+            got.extend(drain(&mut lock(&serial)));
+            thread::yield_now();
+        }
+        assert_eq!(got, b"held");
+        control.stop(Ok(VmExit::Stopped));
         t.join().unwrap();
     }
 
