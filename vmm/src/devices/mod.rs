@@ -1,8 +1,10 @@
 //! The guest's devices: legacy PC ports (serial console, i8042, exit and boot-timer ports) and
-//! virtio-mmio devices, reached from vCPU exits through a [`bus::Bus`].
+//! virtio-mmio devices, reached from vCPU exits through a [`bus::Bus`]; the state they save for
+//! snapshots ([`persist`]).
 
 pub mod bus;
 pub mod legacy;
+pub mod persist;
 pub mod virtio;
 
 use std::sync::{Mutex, MutexGuard};

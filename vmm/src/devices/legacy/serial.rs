@@ -12,10 +12,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use vm_superio::serial::NoEvents;
 
 use super::IrqLine;
 use crate::devices::bus::BusDevice;
+use crate::devices::persist::{Persist, RestoreError};
 use crate::devices::{lock, Lifecycle};
 use crate::vm::VmExit;
 
@@ -95,6 +97,84 @@ impl<W: Write + Send> BusDevice for Serial<W> {
             }
         }
         None
+    }
+}
+
+/// The serial port's state: vm-superio's 16550A registers and receive FIFO, and the host input
+/// waiting for room in the FIFO.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    /// The receive FIFO.
+    pub fifo: Vec<u8>,
+    pub pending: Vec<u8>,
+}
+
+impl<W: Write> Persist for Serial<W> {
+    type State = SerialState;
+    /// The interrupt line and the console output.
+    type Args = (IrqLine, W);
+
+    fn save(&self) -> SerialState {
+        let uart = self.uart.state();
+        SerialState {
+            baud_divisor_low: uart.baud_divisor_low,
+            baud_divisor_high: uart.baud_divisor_high,
+            interrupt_enable: uart.interrupt_enable,
+            interrupt_identification: uart.interrupt_identification,
+            line_control: uart.line_control,
+            line_status: uart.line_status,
+            modem_control: uart.modem_control,
+            modem_status: uart.modem_status,
+            scratch: uart.scratch,
+            fifo: uart.in_buffer,
+            pending: self.pending.iter().copied().collect(),
+        }
+    }
+
+    /// vm-superio raises the interrupt line again for a FIFO with data or an empty transmitter,
+    /// when the guest enabled those interrupts.
+    fn restore((irq, out): (IrqLine, W), state: &SerialState) -> Result<Self, RestoreError> {
+        let too_long = |what, len, max| RestoreError::TooLong { what, len, max };
+        if state.fifo.len() > FIFO_SIZE {
+            return Err(too_long("serial receive FIFO", state.fifo.len(), FIFO_SIZE));
+        }
+        if state.pending.len() > INPUT_BUFFER_MAX {
+            return Err(too_long(
+                "serial pending input",
+                state.pending.len(),
+                INPUT_BUFFER_MAX,
+            ));
+        }
+        let uart = vm_superio::serial::SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.fifo.clone(),
+        };
+        let uart = match vm_superio::Serial::from_state(&uart, irq, NoEvents, out) {
+            Ok(uart) => uart,
+            // Checked above; IrqLine's trigger cannot fail.
+            Err(_) => return Err(too_long("serial receive FIFO", state.fifo.len(), FIFO_SIZE)),
+        };
+        Ok(Serial {
+            uart,
+            pending: state.pending.iter().copied().collect(),
+        })
     }
 }
 
@@ -288,6 +368,42 @@ mod tests {
         assert_eq!(s.input_room(), FIFO_SIZE, "the FIFO took its share");
         assert_eq!(drain(&mut s).len(), INPUT_BUFFER_MAX);
         assert_eq!(s.input_room(), INPUT_BUFFER_MAX);
+    }
+
+    #[test]
+    fn state_round_trips() {
+        use crate::devices::persist::through_json;
+        const LCR: u64 = 3;
+        const SCRATCH: u64 = 7;
+        let mut s = Serial::new(IrqLine::new().unwrap(), Vec::new());
+        s.write(LCR, &[0x1b]);
+        s.write(SCRATCH, &[0x5a]);
+        s.write(IER, &[1]);
+        let input: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        s.push_input(&input);
+        let state = through_json(&s.save());
+        assert_eq!(
+            (state.fifo.len(), state.pending.len()),
+            (FIFO_SIZE, 300 - FIFO_SIZE)
+        );
+
+        let irq = IrqLine::new().unwrap();
+        let irq_fd = irq.0.try_clone().unwrap();
+        let mut restored = Serial::restore((irq, Vec::new()), &state).unwrap();
+        assert_eq!(restored.save(), state);
+        assert!(
+            irq_fd.read().unwrap() > 0,
+            "data waiting: the interrupt again"
+        );
+        let mut b = [0u8];
+        restored.read(SCRATCH, &mut b);
+        assert_eq!(b[0], 0x5a);
+        assert_eq!(drain(&mut restored), drain(&mut s));
+
+        let mut bad = state.clone();
+        bad.fifo = vec![0; FIFO_SIZE + 1];
+        let err = Serial::restore((IrqLine::new().unwrap(), Vec::new()), &bad).err();
+        assert!(matches!(err, Some(RestoreError::TooLong { .. })), "{err:?}");
     }
 
     #[test]
