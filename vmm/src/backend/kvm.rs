@@ -1,11 +1,19 @@
 //! Our own VMM on KVM: builds the microVM (memory, vCPUs, devices, boot state) the way QEMU's
 //! microvm machine presents it to the guest, runs it, and tears everything down when it ends.
 //!
+//! A [`Vmm`] goes through its lifecycle in one order, each step a method that takes the last
+//! one's result: [`Vmm::build`] gives a `Vmm<Built>` (memory, vCPUs with their boot state,
+//! devices; every file it needs open), [`Vmm::confine`] drops the jail's privileges,
+//! [`Vmm::start`] starts its threads and gives a `Vmm<Running>`, which its [`VmmControl`]
+//! pauses, resumes and stops from any thread, and [`Vmm::wait`] waits for the end and tears it
+//! down. A `Vmm` dropped at any step is torn down too: threads stopped and joined, the VM fd
+//! closed before its memory is unmapped.
+//!
 //! Threads: one per vCPU, one for virtio queues, one for console input, one watching the
-//! host's stop signal, and `vmm`, which waits for the end, stops the others and joins them;
-//! the calling thread waits for `vmm` and tears the machine down, whatever the path. Each of
-//! them but the calling thread installs its seccomp filter first (crate::seccomp), unless
-//! the spec turns seccomp off.
+//! host's stop signal, and `vmm`, which kicks the vCPUs for a pause, waits for the end, stops
+//! the others and joins them; [`Vmm::wait`] waits for `vmm`. Each of them installs its seccomp
+//! filter first (crate::seccomp), unless the spec turns seccomp off; the thread that called
+//! [`Vmm::start`] stays as it was.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -28,7 +36,10 @@ use crate::devices::virtio::net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{self, Vsock};
 use crate::devices::virtio::{worker, VirtioDevice};
-use crate::kvm::vcpu::{self, EndGuard, RunError};
+use crate::devices::Lifecycle;
+use crate::jail::{self, Jail};
+use crate::kvm::control::{EndGuard, RunState, TransitionError};
+use crate::kvm::vcpu::{self, RunError};
 use crate::kvm::{self, Vcpu, Vm, VmControl};
 use crate::memory::{self, GuestMemory, SharedMemory, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use crate::seccomp::{self, ThreadKind};
@@ -38,6 +49,9 @@ use crate::vm::{ConsoleIo, Device, RunReport, StopSignal, VmExit, VmSpec};
 const VIRTIO_IRQ_BASE: u32 = 5;
 const EXIT_PORT_LEN: u64 = 1;
 const BOOT_TIMER_LEN: u64 = 1;
+/// The threads besides the vCPUs that park when the VM pauses: the device thread and console
+/// input.
+const DEVICE_PARTIES: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,7 +72,7 @@ pub enum Error {
     #[error(transparent)]
     Vsock(#[from] vsock::Error),
     #[error(transparent)]
-    Jail(#[from] crate::jail::Error),
+    Jail(#[from] jail::Error),
     #[error("cannot set up the {what}")]
     Device {
         what: &'static str,
@@ -77,46 +91,20 @@ fn device_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 
 /// Boots `spec` and runs it until the guest exits, resets or fails.
 pub fn run(spec: &VmSpec, console: ConsoleIo, stop: &StopSignal) -> Result<RunReport, Error> {
-    run_given(spec, console, stop, Given::default())
-}
-
-/// What a VMM in a process of its own (crate::backend::process) gets besides the spec.
-#[derive(Default)]
-pub struct Given {
-    /// The host end of `spec.net`'s link, which the parent opened (net::HostEnd).
-    pub net: Option<OwnedFd>,
-    /// Runs once the VM is built (its files and devices open) and before any of its threads
-    /// starts: where a jailed VMM drops its privileges.
-    pub confine: Option<Box<dyn FnOnce() -> Result<(), crate::jail::Error>>>,
-    /// The calling thread is the process's own (a VMM process): it installs the
-    /// [`ThreadKind::VmmProcess`] filter too, once the VM's threads run, when the spec asks for
-    /// seccomp.
-    pub filter_caller: bool,
-}
-
-/// [`run`], with what a parent process gave.
-pub fn run_given(
-    spec: &VmSpec,
-    console: ConsoleIo,
-    stop: &StopSignal,
-    given: Given,
-) -> Result<RunReport, Error> {
-    let started = Instant::now();
     let ready = console.ready.clone();
-    let result = Machine::build(spec, console, given.net, started).and_then(|machine| {
-        if let Some(confine) = given.confine {
-            confine()?;
-        }
-        machine.run(stop.clone(), given.filter_caller)
-    });
+    let result = Vmm::build(spec, console, None).and_then(|vmm| vmm.start(stop)?.wait());
     // The console relay waits for the guest's "ready"; a VM that is gone will not send it.
     ready.signal();
     result
 }
 
-/// A built VM, not yet running. Field order is drop order: threads are joined before any of
-/// it is dropped, the VM fd goes before its memory.
-struct Machine {
+/// One VM on KVM, in the lifecycle step `S`: [`Built`] or [`Running`] (see the module doc).
+pub struct Vmm<S> {
+    state: S,
+}
+
+/// A built VM, not yet running. Field order is drop order: the VM fd goes before its memory.
+pub struct Built {
     vcpus: Vec<Vcpu>,
     vm: Vm,
     pio: Arc<Bus>,
@@ -128,16 +116,33 @@ struct Machine {
     init_reached: Arc<OnceLock<Duration>>,
     /// Whether the VMM's threads install their seccomp filters.
     seccomp: bool,
+    mem: SharedMemory,
+}
+
+/// A running VM: the `vmm` thread, which owns the others, and what must outlive them all.
+/// Field order is drop order: threads are joined (see `Drop`) before any of it is dropped, the
+/// VM fd goes before its memory.
+pub struct Running {
+    /// `None` once joined.
+    vmm: Option<JoinHandle<Option<u64>>>,
+    control: Arc<VmControl>,
+    /// Held for the drop order alone, as is `_mem`.
+    _vm: Vm,
+    init_reached: Arc<OnceLock<Duration>>,
     _mem: SharedMemory,
 }
 
-impl Machine {
-    fn build(
+impl Vmm<Built> {
+    /// Builds `spec`'s VM on `console`: guest memory with the kernel and its boot state, the
+    /// vCPUs, the legacy devices and the virtio devices in the spec's order. `net` is the host
+    /// end of the spec's network link when the caller opened it (a VMM process gets it from its
+    /// parent: a jailed VMM cannot reach the host's network); it is opened here otherwise.
+    pub fn build(
         spec: &VmSpec,
         console: ConsoleIo,
-        net_given: Option<OwnedFd>,
-        started: Instant,
-    ) -> Result<Machine, Error> {
+        net: Option<net::HostEnd>,
+    ) -> Result<Vmm<Built>, Error> {
+        let started = Instant::now();
         // Memory first: on an early return the VM fd (declared later) is dropped before it.
         let mem: SharedMemory = Arc::new(memory::create(spec.memory_mib)?);
         let vm = Vm::new()?;
@@ -152,7 +157,8 @@ impl Machine {
         vm.register_memory(&mem)?;
         let kernel = boot::load_kernel(&mem, &spec.kernel)?;
 
-        let control = Arc::new(VmControl::new().map_err(device_err("VM stop event"))?);
+        let parties = usize::from(spec.cpus) + DEVICE_PARTIES;
+        let control = Arc::new(VmControl::new(parties).map_err(device_err("VM control events"))?);
         let init_reached = Arc::new(OnceLock::new());
 
         // Legacy devices on port I/O.
@@ -193,7 +199,7 @@ impl Machine {
 
         // Virtio devices on MMIO, in the spec's order (the guest's: vda, vdb, ...).
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::with_capacity(spec.devices.len());
-        let mut net_given = net_given;
+        let mut net = net;
         for (index, device) in spec.devices.iter().enumerate() {
             devices.push(match device {
                 Device::Block(disk) => Box::new(Block::open(
@@ -203,12 +209,20 @@ impl Machine {
                 )?),
                 Device::Rng => Box::new(Rng::new()),
                 // The guest's eth0; it configures its address from the command line.
-                Device::Net(net) => {
-                    let end = match net_given.take() {
-                        Some(fd) => net::HostEnd::given(fd),
-                        None => net::HostEnd::open(net, spec.seccomp)?,
+                Device::Net(spec_net) => {
+                    let end = match net.take() {
+                        Some(end) => end,
+                        // Its stderr thread is one of the VMM's.
+                        None => net::HostEnd::open(
+                            spec_net,
+                            if spec.seccomp {
+                                net::StderrThread::Filtered
+                            } else {
+                                net::StderrThread::Unfiltered
+                            },
+                        )?,
                     };
-                    net::attach(net, end, net::DEFAULT_MAC)?
+                    net::attach(spec_net, end, net::DEFAULT_MAC)?
                 }
                 Device::AgentLink(path) => Box::new(Vsock::new(path)?),
             });
@@ -245,56 +259,76 @@ impl Machine {
             .collect::<Result<Vec<_>, _>>()?;
         vcpus[0].set_boot_state(&entry)?;
 
-        Ok(Machine {
-            vcpus,
-            vm,
-            pio: Arc::new(pio),
-            mmio: Arc::new(mmio),
-            transports,
-            serial,
-            input: console.input,
-            control,
-            init_reached,
-            seccomp: spec.seccomp,
-            _mem: mem,
+        Ok(Vmm {
+            state: Built {
+                vcpus,
+                vm,
+                pio: Arc::new(pio),
+                mmio: Arc::new(mmio),
+                transports,
+                serial,
+                input: console.input,
+                control,
+                init_reached,
+                seccomp: spec.seccomp,
+                mem,
+            },
         })
     }
 
-    fn run(self, stop: StopSignal, filter_caller: bool) -> Result<RunReport, Error> {
-        let Machine {
-            vcpus,
-            vm,
-            pio,
-            mmio,
-            transports,
-            serial,
-            input,
-            control,
-            init_reached,
-            seccomp,
-            _mem,
-        } = self;
+    /// Drops the process's privileges to `jail`'s (crate::jail): once the VM is built, since
+    /// building it opens what the jailed user could not, and before any of its threads starts,
+    /// since they inherit the process's credentials.
+    pub fn confine(self, jail: &Jail) -> Result<Vmm<Built>, Error> {
+        jail::drop_privileges(jail)?;
+        Ok(self)
+    }
+
+    /// Starts the VM's threads; `stop` ends the VM with [`VmExit::Stopped`] once signalled.
+    pub fn start(self, stop: &StopSignal) -> Result<Vmm<Running>, Error> {
+        // Moved out field by field: on an early return the rest drops in declaration order.
+        let built = self.state;
+        let (control, mem, seccomp) = (built.control, built.mem, built.seccomp);
         // Opened here: the `vmm` thread's filter allows no open.
         let smaps = memory::open_smaps();
         // Set up here: the device thread's filter allows no new descriptors.
-        let worker = worker::Worker::new(&transports, control.stop_evt())
+        let worker = worker::Worker::new(&built.transports, &*control)
             .map_err(device_err("virtio device thread"))?;
+
+        // `vmm` first: if it cannot start, nothing has. It owns the threads once they all run.
+        let (give, take) = mpsc::channel::<(Threads, Option<File>)>();
+        let (c, m) = (control.clone(), mem.clone());
+        let vmm = thread::Builder::new()
+            .name("vmm".into())
+            .spawn(move || {
+                if seccomp {
+                    if let Err(e) = seccomp::apply(ThreadKind::VmmMain) {
+                        c.stop(Err(e.into()));
+                    }
+                }
+                let (threads, smaps) = take.recv().ok()?;
+                supervise(&c, &m, smaps, threads)
+            })
+            .map_err(|source| RunError::Spawn {
+                what: "vmm".into(),
+                source,
+            })?;
+
         let mut threads = Threads {
             handles: Vec::new(),
             seccomp,
         };
-
-        let c = control.clone();
+        let (c, transports) = (control.clone(), built.transports);
         threads.spawn(&control, "virtio".into(), ThreadKind::Virtio, move || {
             let _guard = EndGuard {
                 control: &c,
                 what: "virtio device",
             };
-            if let Err(e) = worker::run(worker, &transports) {
+            if let Err(e) = worker::run(worker, &transports, &*c) {
                 tracing::error!("virtio device thread: {e}");
             }
         });
-        let c = control.clone();
+        let (c, stop) = (control.clone(), stop.clone());
         threads.spawn(
             &control,
             "host-stop".into(),
@@ -307,7 +341,7 @@ impl Machine {
                 }
             },
         );
-        let c = control.clone();
+        let (c, input, serial) = (control.clone(), built.input, built.serial);
         threads.spawn(
             &control,
             "console-input".into(),
@@ -317,14 +351,14 @@ impl Machine {
                     control: &c,
                     what: "console input",
                 };
-                serial::forward_input(&input, &serial, c.stop_evt());
+                serial::forward_input(&input, &serial, &*c);
             },
         );
-        for vcpu in vcpus {
+        for vcpu in built.vcpus {
             if control.is_stopping() {
                 break;
             }
-            let (c, pio, mmio) = (control.clone(), pio.clone(), mmio.clone());
+            let (c, pio, mmio) = (control.clone(), built.pio.clone(), built.mmio.clone());
             let name = format!("vcpu{}", vcpu.index());
             threads.spawn(&control, name, ThreadKind::Vcpu, move || {
                 let _guard = EndGuard {
@@ -334,43 +368,74 @@ impl Machine {
                 vcpu.run(&pio, &mmio, &c);
             });
         }
+        if let Err(mpsc::SendError((threads, _))) = give.send((threads, smaps)) {
+            // `vmm` is gone already (it panicked): the threads are still ours to end.
+            control.stop(Err(RunError::ThreadEnded("vmm")));
+            threads.stop_and_join();
+        }
+        Ok(Vmm {
+            state: Running {
+                vmm: Some(vmm),
+                control,
+                _vm: built.vm,
+                init_reached: built.init_reached,
+                _mem: mem,
+            },
+        })
+    }
+}
 
-        // The threads go to `vmm` once it runs: if it cannot start, they are still ours.
-        let (give, take) = mpsc::channel();
-        let (c, mem) = (control.clone(), _mem.clone());
-        let vmm = thread::Builder::new().name("vmm".into()).spawn(move || {
-            if seccomp {
-                if let Err(e) = seccomp::apply(ThreadKind::VmmMain) {
-                    c.stop(Err(e.into()));
-                }
-            }
-            let (threads, smaps) = take.recv().ok()?;
-            wait_and_join(&c, &mem, smaps, threads)
-        });
-        let vmm_overhead_kib = match vmm {
-            Ok(h) => {
-                let _ = give.send((threads, smaps));
-                if seccomp && filter_caller {
-                    if let Err(e) = seccomp::apply(ThreadKind::VmmProcess) {
-                        control.stop(Err(e.into()));
-                    }
-                }
-                h.join().ok().flatten()
-            }
-            Err(source) => {
-                control.stop(Err(RunError::Spawn {
-                    what: "vmm".into(),
-                    source,
-                }));
-                wait_and_join(&control, &_mem, smaps, threads)
-            }
-        };
-        drop(vm);
+/// The host's hold on a running VM, for any thread: stop, pause, resume. Clones share it.
+#[derive(Clone)]
+pub struct VmmControl(Arc<VmControl>);
 
-        match control.take_outcome() {
+impl VmmControl {
+    /// Ends the VM with [`VmExit::Stopped`], paused or not, unless it has ended already.
+    pub fn stop(&self) {
+        self.0.stop(Ok(VmExit::Stopped));
+    }
+
+    /// Takes the vCPUs out of KVM_RUN and parks them, and parks the device thread and console
+    /// input, each where it holds no device lock: once this returns, neither guest memory nor
+    /// any device changes until [`resume`](Self::resume), so a snapshot reads a consistent
+    /// state. From [`RunState::Running`] only; blocks until every thread is parked (a vCPU busy
+    /// writing to a console that nobody reads parks once the write returns), or fails if the VM
+    /// ends meanwhile.
+    pub fn pause(&self) -> Result<(), TransitionError> {
+        self.0.pause()
+    }
+
+    /// Lets a paused VM go on where it was: from [`RunState::Paused`] only.
+    pub fn resume(&self) -> Result<(), TransitionError> {
+        self.0.resume()
+    }
+
+    pub fn state(&self) -> RunState {
+        self.0.state()
+    }
+}
+
+impl Vmm<Running> {
+    pub fn control(&self) -> VmmControl {
+        VmmControl(self.state.control.clone())
+    }
+
+    /// Ends the VM with `error`, unless it has ended already: for what fails on the host's side
+    /// of a running VM (a VMM process that cannot filter its own main thread).
+    pub(crate) fn fail(&self, error: RunError) {
+        self.state.control.stop(Err(error));
+    }
+
+    /// Waits until the VM ends, tears it down (every thread joined, the VM fd closed, then its
+    /// memory unmapped) and reports how it ended.
+    pub fn wait(mut self) -> Result<RunReport, Error> {
+        let vmm_overhead_kib = self.state.join();
+        let outcome = self.state.control.take_outcome();
+        let init_reached = self.state.init_reached.get().copied();
+        match outcome {
             Some(Ok(exit)) => Ok(RunReport {
                 exit,
-                init_reached: init_reached.get().copied(),
+                init_reached,
                 vmm_overhead_kib,
             }),
             Some(Err(e)) => Err(e.into()),
@@ -379,15 +444,35 @@ impl Machine {
     }
 }
 
-/// The VMM's main loop once its threads run: waits for the VM's end, measures the VMM's
-/// memory (from `smaps`, opened beforehand), then stops and joins the threads.
-fn wait_and_join(
+impl Running {
+    /// Waits for the `vmm` thread, which ends once every other thread is joined; returns its
+    /// measure of the VMM's memory.
+    fn join(&mut self) -> Option<u64> {
+        self.vmm.take()?.join().ok().flatten()
+    }
+}
+
+impl Drop for Running {
+    /// A VM dropped while running (its owner returned early or unwound) is stopped and its
+    /// threads joined before its VM fd and memory go.
+    fn drop(&mut self) {
+        if self.vmm.is_some() {
+            self.control.stop(Ok(VmExit::Stopped));
+            self.join();
+        }
+    }
+}
+
+/// The `vmm` thread's work once the VM's threads run: kicks the vCPUs while a pause waits for
+/// them, waits for the VM's end, measures the VMM's memory (from `smaps`, opened beforehand),
+/// then stops and joins the threads.
+fn supervise(
     control: &VmControl,
     mem: &GuestMemory,
     smaps: Option<File>,
     threads: Threads,
 ) -> Option<u64> {
-    control.wait();
+    control.supervise(|| threads.kick_vcpus());
     let kib = smaps.and_then(|f| memory::vmm_overhead_kib(mem, f));
     threads.stop_and_join();
     kib
@@ -431,16 +516,21 @@ impl Threads {
         }
     }
 
+    /// Kicks every vCPU thread still running out of KVM_RUN.
+    fn kick_vcpus(&self) {
+        for (h, is_vcpu) in &self.handles {
+            if *is_vcpu && !h.is_finished() {
+                vcpu::kick(h);
+            }
+        }
+    }
+
     /// Once the VM is stopping: kicks the vCPUs until every thread has ended, then joins.
     fn stop_and_join(self) {
         let since = Instant::now();
         let mut warned = false;
         while self.handles.iter().any(|(h, _)| !h.is_finished()) {
-            for (h, is_vcpu) in &self.handles {
-                if *is_vcpu && !h.is_finished() {
-                    vcpu::kick(h);
-                }
-            }
+            self.kick_vcpus();
             if !warned && since.elapsed() > Duration::from_secs(5) {
                 tracing::warn!("VM threads are slow to stop");
                 warned = true;
@@ -917,6 +1007,112 @@ pub(crate) mod tests {
             return;
         }
         panic!("the RTC's seconds changed during every read");
+    }
+
+    /// Where [`COUNTING_GUEST`] counts, and the word the host sets to let it exit.
+    const COUNTER: u64 = 0x5_0000;
+    const GO: u64 = 0x5_0004;
+
+    /// Increments the word at [`COUNTER`] in a loop, without a VM exit, until the word at [`GO`]
+    /// is not zero; then exits with 9.
+    const COUNTING_GUEST: &[u8] = &[
+        0xff, 0x05, 0x00, 0x00, 0x05, 0x00, // loop: inc dword [0x50000]
+        0x83, 0x3d, 0x04, 0x00, 0x05, 0x00, 0x00, // cmp dword [0x50004], 0
+        0x74, 0xf1, // je loop
+        0xb0, 9, 0xe6, 0xf4, // mov al, 9; out 0xf4, al
+        0xf4, // hlt
+    ];
+
+    /// A started [`COUNTING_GUEST`] on 2 vCPUs (the second waits for INIT in the kernel), every
+    /// thread filtered, with the console's host ends.
+    fn counting_vmm() -> (Vmm<Running>, OwnedFd, OwnedFd) {
+        let kernel = file_with(&tiny_elf(COUNTING_GUEST, LOAD_ADDR, true));
+        let rootfs = file_with(&[0; 4096]);
+        let spec = pvh_spec(kernel.path(), rootfs.path(), 2);
+        let (in_rx, in_tx) = pipe();
+        let (out_rx, out_tx) = pipe();
+        let console = ConsoleIo {
+            input: in_rx,
+            output: out_tx,
+            ready: ConsoleReady::default(),
+        };
+        let vmm = Vmm::build(&spec, console, None)
+            .unwrap()
+            .start(&StopSignal::new().unwrap())
+            .unwrap();
+        (vmm, in_tx, out_rx)
+    }
+
+    fn counter(vmm: &Vmm<Running>) -> u32 {
+        use vm_memory::{Bytes, GuestAddress};
+        vmm.state._mem.read_obj(GuestAddress(COUNTER)).unwrap()
+    }
+
+    /// Waits until the guest has counted past `from`.
+    fn counts_past(vmm: &Vmm<Running>, from: u32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counter(vmm) == from {
+            assert!(Instant::now() < deadline, "the guest does not count");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_paused_guest_holds_still_and_resumes() {
+        use vm_memory::{Bytes, GuestAddress};
+        if !kvm_usable() {
+            return;
+        }
+        let (vmm, _input, _output) = counting_vmm();
+        let control = vmm.control();
+        counts_past(&vmm, 0);
+        for _ in 0..3 {
+            control.pause().unwrap();
+            assert_eq!(control.state(), RunState::Paused);
+            let held = counter(&vmm);
+            thread::sleep(Duration::from_millis(100));
+            assert_eq!(counter(&vmm), held, "a paused guest made progress");
+            control.resume().unwrap();
+            assert_eq!(control.state(), RunState::Running);
+            counts_past(&vmm, held);
+        }
+        vmm.state._mem.write_obj(1u32, GuestAddress(GO)).unwrap();
+        assert_eq!(vmm.wait().unwrap().exit, VmExit::Guest(9));
+        assert_eq!(control.state(), RunState::Stopping);
+    }
+
+    #[test]
+    fn a_paused_guest_stops_and_a_dropped_one_is_torn_down() {
+        if !kvm_usable() {
+            return;
+        }
+        let (vmm, _input, _output) = counting_vmm();
+        let control = vmm.control();
+        counts_past(&vmm, 0);
+        control.pause().unwrap();
+        assert_eq!(control.resume(), Ok(()));
+        assert_eq!(
+            control.resume().unwrap_err().state,
+            RunState::Running,
+            "resumed twice"
+        );
+        control.pause().unwrap();
+        assert_eq!(control.pause().unwrap_err().state, RunState::Paused);
+        control.stop();
+        assert_eq!(vmm.wait().unwrap().exit, VmExit::Stopped);
+        assert_eq!(control.pause().unwrap_err().state, RunState::Stopping);
+
+        // Dropped while running, or while paused: stopped and joined, not left behind.
+        for pause in [false, true] {
+            let (vmm, _input, _output) = counting_vmm();
+            let control = vmm.control();
+            counts_past(&vmm, 0);
+            if pause {
+                control.pause().unwrap();
+            }
+            drop(vmm);
+            assert_eq!(control.state(), RunState::Stopping);
+        }
     }
 
     /// Set in the child process of [`every_vmm_thread_is_filtered`].

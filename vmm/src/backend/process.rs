@@ -7,8 +7,8 @@
 //! The VMM process's descriptors:
 //! - 0 and 1: the console's input and output; 2: a pipe the parent copies to its own stderr;
 //! - 3 ([`REQUEST_FD`]): the [`Request`] (the spec, and the jail), JSON, read to its end;
-//! - 4 ([`STATUS_FD`]): [`Status`] lines, JSON: `Ready` once the guest's console takes input,
-//!   then how the VM ended;
+//! - 4 ([`STATUS_FD`]): [`Event`] lines, JSON: `Ready` once the guest's console takes input,
+//!   then how the VM ended: its report, or what failed ([`VmmFailure`]);
 //! - 5 ([`STOP_FD`]): the [`StopSignal`]'s eventfd;
 //! - 6 ([`NET_FD`]): the host end of the guest's network link, opened by the parent
 //!   (net::HostEnd), when the spec has one.
@@ -28,10 +28,12 @@ use std::thread;
 use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 
-use super::kvm;
-use crate::devices::virtio::net::{self, HostEnd};
+use super::kvm::{self, Vmm};
+use crate::devices::virtio::net::{self, HostEnd, StderrThread};
 use crate::jail::{self, Jail};
+use crate::kvm::vcpu::RunError;
 use crate::memory;
+use crate::seccomp::{self, ThreadKind};
 use crate::vm::{ConsoleIo, ConsoleReady, RunReport, StopSignal, VmSpec};
 
 const REQUEST_FD: RawFd = 3;
@@ -59,9 +61,9 @@ pub enum Error {
     Net(#[from] net::Error),
     #[error(transparent)]
     Jail(#[from] jail::Error),
-    /// The VMM's own error, as it said it.
-    #[error("{0}")]
-    Vmm(String),
+    /// The VMM's own error, as it reported it.
+    #[error(transparent)]
+    Vmm(#[from] VmmFailure),
     #[error("the VMM process ended without a report ({status}){}", said(.stderr))]
     Died { status: ExitStatus, stderr: String },
 }
@@ -94,10 +96,49 @@ struct JailRequest {
 
 /// What the VMM process tells its parent, one JSON line each.
 #[derive(Debug, Serialize, Deserialize)]
-enum Status {
+enum Event {
+    /// The guest's console takes input.
     Ready,
     Ended(RunReport),
-    Failed(String),
+    Failed(VmmFailure),
+}
+
+/// Why a VMM process failed, as it reports it to its parent: what failed, to match on, and
+/// the error with its causes, on one line (the error itself cannot cross the process boundary).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct VmmFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+/// What failed in a VMM process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// Reading the parent's request, or the descriptors it handed over.
+    Request,
+    /// Entering the jail or dropping privileges in it.
+    Jail,
+    /// Guest memory.
+    Memory,
+    /// The number of vCPUs, for this host.
+    Cpus,
+    /// /dev/kvm: the VM, its vCPUs, their interrupt lines.
+    Kvm,
+    /// Loading the kernel, or its command line and boot parameters.
+    Kernel,
+    /// A disk image.
+    Disk,
+    /// The network link's host end.
+    Network,
+    /// The guest agent's socket.
+    AgentLink,
+    /// Another device, or the devices' layout.
+    Device,
+    /// A thread's syscall filter.
+    Seccomp,
+    /// The running VM: a vCPU or a VMM thread.
+    Run,
 }
 
 /// The program that runs as the VMM process.
@@ -127,7 +168,7 @@ pub fn run(
     // passt runs beside us, not in the VMM: its stderr thread is ours, not filtered.
     let net = spec
         .net()
-        .map(|net| HostEnd::open(net, false))
+        .map(|net| HostEnd::open(net, StderrThread::Unfiltered))
         .transpose()?;
     let host = jail.map(|_| jail::HostSide::prepare(spec)).transpose()?;
     let request = Request {
@@ -175,14 +216,14 @@ pub fn run(
 
     // A VMM that died before reading it fails the write; its status says more.
     let _ = serde_json::to_writer(File::from(request_write), &request);
-    let end = read_status(status_read, &console.ready);
+    let end = read_events(status_read, &console.ready);
     let status = child.wait().map_err(setup("waiting for it"));
     console.ready.signal();
     let last_words = stderr.join().unwrap_or_default();
     drop((host, net));
     match (end, status?) {
-        (Some(Status::Ended(report)), _) => Ok(report),
-        (Some(Status::Failed(message)), _) => Err(Error::Vmm(message)),
+        (Some(Event::Ended(report)), _) => Ok(report),
+        (Some(Event::Failed(failure)), _) => Err(failure.into()),
         (_, status) => Err(Error::Died {
             status,
             stderr: last_words,
@@ -231,14 +272,14 @@ fn relay_stderr(from: OwnedFd) -> String {
     last
 }
 
-/// Reads the VMM's status lines to their end, opening the console on `Ready`; returns the last.
-fn read_status(from: OwnedFd, ready: &ConsoleReady) -> Option<Status> {
+/// Reads the VMM's events to their end, opening the console on `Ready`; returns the last.
+fn read_events(from: OwnedFd, ready: &ConsoleReady) -> Option<Event> {
     let mut end = None;
     for line in BufReader::new(File::from(from)).lines() {
         let Ok(line) = line else { break };
         match serde_json::from_str(&line) {
-            Ok(Status::Ready) => ready.signal(),
-            Ok(status) => end = Some(status),
+            Ok(Event::Ready) => ready.signal(),
+            Ok(event) => end = Some(event),
             Err(e) => tracing::warn!("the VMM process said {line:?}: {e}"),
         }
     }
@@ -261,8 +302,14 @@ pub fn vmm_main() -> u8 {
     // SAFETY: the parent handed over this descriptor (hand_over) and nothing else owns it.
     let status = unsafe { File::from_raw_fd(STATUS_FD) };
     let (end, code) = match serve(&status) {
-        Ok(report) => (Status::Ended(report), 0),
-        Err(e) => (Status::Failed(chain(&e)), contract::status::HOST_FAILURE),
+        Ok(report) => (Event::Ended(report), 0),
+        Err(e) => (
+            Event::Failed(VmmFailure {
+                kind: e.kind(),
+                message: chain(&e),
+            }),
+            contract::status::HOST_FAILURE,
+        ),
     };
     send(&status, &end);
     code
@@ -280,6 +327,29 @@ enum VmmError {
     Kvm(#[from] kvm::Error),
 }
 
+impl VmmError {
+    fn kind(&self) -> FailureKind {
+        use kvm::Error as E;
+        match self {
+            VmmError::Request(_) | VmmError::Status(_) => FailureKind::Request,
+            VmmError::Jail(_) | VmmError::Kvm(E::Jail(_)) => FailureKind::Jail,
+            VmmError::Kvm(e) => match e {
+                E::CpuCount { .. } => FailureKind::Cpus,
+                E::Memory(_) => FailureKind::Memory,
+                E::Kvm(_) => FailureKind::Kvm,
+                E::Boot(_) | E::Cmdline(_) => FailureKind::Kernel,
+                E::Disk(_) => FailureKind::Disk,
+                E::Net(_) => FailureKind::Network,
+                E::Vsock(_) => FailureKind::AgentLink,
+                E::Device { .. } | E::Layout(_) => FailureKind::Device,
+                E::Run(RunError::Seccomp(_)) => FailureKind::Seccomp,
+                E::Run(_) => FailureKind::Run,
+                E::Jail(_) => FailureKind::Jail,
+            },
+        }
+    }
+}
+
 /// `e` and its sources, on one line.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -291,8 +361,8 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn send(to: &File, status: &Status) {
-    let mut line = serde_json::to_vec(status).expect("a status serializes");
+fn send(to: &File, event: &Event) {
+    let mut line = serde_json::to_vec(event).expect("an event serializes");
     line.push(b'\n');
     // One write, shorter than PIPE_BUF: lines from two threads never mix. A parent that is
     // gone takes us with it.
@@ -325,22 +395,21 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
     let console = ConsoleIo {
         input,
         output,
-        ready: ConsoleReady::notifying(move || send(&notify, &Status::Ready)),
+        ready: ConsoleReady::notifying(move || send(&notify, &Event::Ready)),
     };
-    let confine = request.jail.map(|j| {
-        Box::new(move || jail::drop_privileges(&j.jail))
-            as Box<dyn FnOnce() -> Result<(), jail::Error>>
-    });
-    Ok(kvm::run_given(
-        &spec,
-        console,
-        &stop,
-        kvm::Given {
-            net,
-            confine,
-            filter_caller: true,
-        },
-    )?)
+    let mut vmm = Vmm::build(&spec, console, net.map(HostEnd::given))?;
+    if let Some(j) = &request.jail {
+        vmm = vmm.confine(&j.jail)?;
+    }
+    let vmm = vmm.start(&stop)?;
+    // This thread is the process's own: filtered too, once the VM's threads run (they would
+    // inherit its filter).
+    if spec.seccomp {
+        if let Err(e) = seccomp::apply(ThreadKind::VmmProcess) {
+            vmm.fail(e.into());
+        }
+    }
+    Ok(vmm.wait()?)
 }
 
 #[cfg(test)]

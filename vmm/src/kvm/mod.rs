@@ -1,6 +1,7 @@
 //! The VM and its vCPUs on KVM: creating them, giving them memory, interrupt controllers and
 //! their boot state, and running each vCPU on its own thread.
 
+pub mod control;
 pub mod regs;
 pub mod vcpu;
 
@@ -19,7 +20,8 @@ use crate::cpuid::FeatureMask;
 use crate::devices::virtio::NotifyRegistrar;
 use crate::memory::{GuestMemory, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 
-pub use vcpu::{Vcpu, VmControl};
+pub use control::VmControl;
+pub use vcpu::Vcpu;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -266,7 +268,7 @@ pub(crate) mod smoke {
 
         let vcpu = vm.create_vcpu(0, 1, crate::cpuid::DEFAULT_HIDDEN).unwrap();
         vcpu.set_real_mode_entry(0x1000).unwrap();
-        let control = VmControl::new().unwrap();
+        let control = VmControl::new(1).unwrap();
         vcpu.run(&pio, &Bus::new(), &control);
 
         assert!(control.is_stopping());

@@ -1,25 +1,22 @@
 //! One vCPU: its set-up, and the loop that runs it on its own thread, sending port and MMIO
 //! exits to the buses until the VM ends.
 //!
-//! Stopping: whoever ends the VM records the outcome in [`VmControl`] (first one wins), sets
-//! its flag and signals its eventfd; the thread that owns the vCPU threads then kicks each of
+//! Stopping and pausing (super::control): the thread that owns the vCPU threads kicks each of
 //! them with a real-time signal whose handler sets `immediate_exit` in the vCPU's `kvm_run`, so
-//! a vCPU halted in the kernel or about to enter it returns at once.
+//! a vCPU halted in the kernel or about to enter it returns at once; the run loop then clears
+//! `immediate_exit` and looks at why it was kicked: it returns on a stop, parks on a pause.
 
 use std::cell::Cell;
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 
 use kvm_bindings::{
     kvm_run, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, unblock_signal, Killable, SIGRTMIN};
 
-use super::{regs, Error, Vm};
+use super::{regs, Error, Vm, VmControl};
 use crate::boot::BootEntry;
 use crate::cpuid::{self, FeatureMask, VcpuCpuid};
 use crate::devices::bus::Bus;
@@ -67,82 +64,6 @@ fn internal_error_name(suberror: u32) -> &'static str {
         3 => "event delivery failed",
         4 => "unexpected VM exit",
         _ => "unknown",
-    }
-}
-
-/// How the VM ends and who has been told.
-pub struct VmControl {
-    stopping: Arc<AtomicBool>,
-    stop_evt: EventFd,
-    outcome: Mutex<Option<Result<VmExit, RunError>>>,
-}
-
-impl VmControl {
-    pub fn new() -> std::io::Result<Self> {
-        Ok(VmControl {
-            stopping: Arc::new(AtomicBool::new(false)),
-            stop_evt: EventFd::new(libc::EFD_NONBLOCK)?,
-            outcome: Mutex::new(None),
-        })
-    }
-
-    /// Ends the VM with `outcome`, unless it already has one.
-    pub fn stop(&self, outcome: Result<VmExit, RunError>) {
-        let mut slot = crate::devices::lock(&self.outcome);
-        if slot.is_none() {
-            match &outcome {
-                Ok(exit) => tracing::debug!("VM ends: {exit:?}"),
-                Err(e) => tracing::debug!("VM ends: {e}"),
-            }
-            *slot = Some(outcome);
-        }
-        drop(slot);
-        self.stopping.store(true, Ordering::Release);
-        // The eventfd is never read: it stays readable for every thread that watches it.
-        let _ = self.stop_evt.write(1);
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-
-    /// The flag itself, for code that only needs to know (console output).
-    pub fn stopping_flag(&self) -> Arc<AtomicBool> {
-        self.stopping.clone()
-    }
-
-    /// Readable once the VM is stopping.
-    pub fn stop_evt(&self) -> &EventFd {
-        &self.stop_evt
-    }
-
-    /// Blocks until the VM is stopping.
-    pub fn wait(&self) {
-        let mut pfd = libc::pollfd {
-            fd: self.stop_evt.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        while !self.is_stopping() {
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, -1) };
-        }
-    }
-
-    pub fn take_outcome(&self) -> Option<Result<VmExit, RunError>> {
-        crate::devices::lock(&self.outcome).take()
-    }
-}
-
-/// Ends the VM with an error if the thread holding it unwinds or returns without a result.
-pub struct EndGuard<'a> {
-    pub control: &'a VmControl,
-    pub what: &'static str,
-}
-
-impl Drop for EndGuard<'_> {
-    fn drop(&mut self) {
-        self.control.stop(Err(RunError::ThreadEnded(self.what)));
     }
 }
 
@@ -330,9 +251,18 @@ impl Vcpu {
             if control.is_stopping() {
                 return None;
             }
+            if control.park_if_paused() {
+                continue;
+            }
             let exit = match self.fd.run() {
                 Ok(exit) => exit,
-                Err(e) if matches!(e.errno(), libc::EINTR | libc::EAGAIN) => continue,
+                Err(e) if matches!(e.errno(), libc::EINTR | libc::EAGAIN) => {
+                    // Kicked: cleared before the loop looks at why (a stop or a pause, asked
+                    // for before the kick), so a kick that lands after the look still stops
+                    // the next KVM_RUN.
+                    self.fd.set_kvm_immediate_exit(0);
+                    continue;
+                }
                 Err(source) => return Some(Err(RunError::Run { vcpu, source })),
             };
             match exit {
@@ -384,29 +314,6 @@ impl Vcpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn first_outcome_wins() {
-        let c = VmControl::new().unwrap();
-        assert!(!c.is_stopping());
-        c.stop(Ok(VmExit::Guest(3)));
-        c.stop(Ok(VmExit::Reset));
-        c.stop(Err(RunError::ThreadEnded("vCPU")));
-        assert!(c.is_stopping());
-        c.wait(); // returns at once
-        assert_eq!(c.take_outcome().unwrap().unwrap(), VmExit::Guest(3));
-    }
-
-    #[test]
-    fn guard_reports_a_thread_that_ends_early() {
-        let c = VmControl::new().unwrap();
-        drop(EndGuard {
-            control: &c,
-            what: "vCPU",
-        });
-        let err = c.take_outcome().unwrap().unwrap_err();
-        assert_eq!(err.to_string(), "vCPU thread ended without a result");
-    }
 
     #[test]
     fn internal_errors_are_named() {

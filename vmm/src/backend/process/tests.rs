@@ -132,6 +132,8 @@ fn the_stop_signal_reaches_the_vmm_process() {
     assert_eq!(o.result.unwrap().exit, VmExit::Stopped);
 }
 
+/// The VMM's error reaches the parent typed: what failed (a jailed VMM mounts the disk into
+/// its jail, an unjailed one opens it as a device), and the error with its causes.
 #[test]
 fn a_vmm_error_is_the_error() {
     if !kvm_usable() {
@@ -140,17 +142,22 @@ fn a_vmm_error_is_the_error() {
     }
     let kernel = file_with(&tiny_elf(GUEST, LOAD_ADDR, true));
     let spec = spec(kernel.path(), Path::new("/nonexistent/rootfs.img"));
-    let o = boot(
-        &this_test_binary(),
-        &spec,
-        &StopSignal::new().unwrap(),
-        jail(),
-    );
-    match o.result {
-        Err(Error::Vmm(message)) => {
-            assert!(message.contains("/nonexistent/rootfs.img"), "{message}")
+    let mut cases = vec![(None, FailureKind::Disk)];
+    cases.extend(jail().map(|jail| (Some(jail), FailureKind::Jail)));
+    for (jail, expected) in cases {
+        let o = boot(
+            &this_test_binary(),
+            &spec,
+            &StopSignal::new().unwrap(),
+            jail,
+        );
+        match o.result {
+            Err(Error::Vmm(VmmFailure { kind, message })) => {
+                assert_eq!(kind, expected, "jail {jail:?}: {message}");
+                assert!(message.contains("/nonexistent/rootfs.img"), "{message}")
+            }
+            other => panic!("jail {jail:?}: {:?}", other.map(|r| r.exit)),
         }
-        other => panic!("{:?}", other.map(|r| r.exit)),
     }
 }
 

@@ -9,7 +9,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
 use crate::devices::bus::BusDevice;
+use crate::devices::persist::{Persist, RestoreError};
 use crate::vm::VmExit;
 
 const INDEX_OFFSET: u64 = 0; // port 0x70
@@ -208,6 +211,41 @@ impl Cmos {
     }
 }
 
+/// The RTC's state: the selected register and the CMOS RAM (alarms, registers A and B, the
+/// rest). The clock registers are not state: they read the host's clock, then as now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CmosState {
+    pub index: u8,
+    pub ram: Vec<u8>,
+}
+
+impl Persist for Cmos {
+    type State = CmosState;
+    /// The clock it reads: [`DateTime::now`], the host's.
+    type Args = fn() -> DateTime;
+
+    fn save(&self) -> CmosState {
+        CmosState {
+            index: self.index,
+            ram: self.ram.to_vec(),
+        }
+    }
+
+    fn restore(clock: fn() -> DateTime, state: &CmosState) -> Result<Self, RestoreError> {
+        let ram =
+            <[u8; RAM_SIZE]>::try_from(state.ram.as_slice()).map_err(|_| RestoreError::Length {
+                what: "CMOS RAM",
+                len: state.ram.len(),
+                expected: RAM_SIZE,
+            })?;
+        Ok(Cmos {
+            index: state.index & INDEX_MASK,
+            ram,
+            clock,
+        })
+    }
+}
+
 impl BusDevice for Cmos {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         // A wider access is a run of byte accesses to consecutive ports.
@@ -269,6 +307,31 @@ mod tests {
 
     fn fixed() -> Cmos {
         Cmos::with_clock(|| DateTime::from_unix(NOV_26_2026))
+    }
+
+    #[test]
+    fn state_round_trips() {
+        use crate::devices::persist::through_json;
+        let mut c = fixed();
+        write(&mut c, REG_B, REG_B_24H | REG_B_DM_BINARY);
+        write(&mut c, 0x40, 0x99); // CMOS RAM
+        c.write(INDEX_OFFSET, &[REG_SECONDS]);
+        let state = through_json(&c.save());
+        let mut restored = Cmos::restore(|| DateTime::from_unix(NOV_26_2026), &state).unwrap();
+        assert_eq!(restored.save(), state);
+        let mut b = [0];
+        restored.read(DATA_OFFSET, &mut b);
+        assert_eq!(b[0], 7, "the selected register, in binary");
+        assert_eq!(read(&mut restored, 0x40), 0x99);
+
+        let bad = CmosState {
+            index: 0,
+            ram: vec![0; 64],
+        };
+        assert!(matches!(
+            Cmos::restore(DateTime::now, &bad),
+            Err(RestoreError::Length { len: 64, .. })
+        ));
     }
 
     #[test]

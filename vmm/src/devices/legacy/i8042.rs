@@ -4,8 +4,11 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 use super::IrqLine;
 use crate::devices::bus::BusDevice;
+use crate::devices::persist::{Persist, RestoreError};
 use crate::vm::VmExit;
 
 const DATA_OFFSET: u64 = 0; // port 0x60
@@ -160,6 +163,52 @@ impl I8042 {
     }
 }
 
+/// The i8042's state: its configuration byte, output port, the command whose data byte comes
+/// next, and the bytes waiting for the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct I8042State {
+    pub ctr: u8,
+    pub output_port: u8,
+    pub last_was_command: bool,
+    pub pending_command: Option<u8>,
+    pub output: Vec<u8>,
+}
+
+impl Persist for I8042 {
+    type State = I8042State;
+    /// Its interrupt line.
+    type Args = IrqLine;
+
+    fn save(&self) -> I8042State {
+        I8042State {
+            ctr: self.ctr,
+            output_port: self.output_port,
+            last_was_command: self.last_was_command,
+            pending_command: self.pending_command,
+            output: self.output.iter().copied().collect(),
+        }
+    }
+
+    /// Raises no interrupt: one pending is in KVM's interrupt controller's state.
+    fn restore(irq: IrqLine, state: &I8042State) -> Result<Self, RestoreError> {
+        if state.output.len() > OUTPUT_MAX {
+            return Err(RestoreError::TooLong {
+                what: "i8042 output buffer",
+                len: state.output.len(),
+                max: OUTPUT_MAX,
+            });
+        }
+        Ok(I8042 {
+            ctr: state.ctr,
+            output_port: state.output_port,
+            last_was_command: state.last_was_command,
+            pending_command: state.pending_command,
+            output: state.output.iter().copied().collect(),
+            irq,
+        })
+    }
+}
+
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
@@ -284,6 +333,41 @@ mod tests {
         assert_eq!(read(&mut d, COMMAND_OFFSET) & STATUS_OUTPUT_FULL, 0);
         d.write(DATA_OFFSET, &[0xed]); // set LEDs
         assert_eq!(read(&mut d, DATA_OFFSET), KBD_ACK);
+    }
+
+    #[test]
+    fn state_round_trips() {
+        use crate::devices::persist::through_json;
+        let mut d = dev();
+        command(
+            &mut d,
+            CMD_WRITE_CTR,
+            &[CTR_DEFAULT & !CTR_KBD_INTERRUPT],
+            0,
+        )
+        .unwrap();
+        d.write(DATA_OFFSET, &[KBD_CMD_GET_ID]); // three bytes for the guest
+        d.write(COMMAND_OFFSET, &[CMD_WRITE_OUTPUT_PORT]); // its data byte comes next
+        let state = through_json(&d.save());
+        let mut restored = I8042::restore(IrqLine::new().unwrap(), &state).unwrap();
+        assert_eq!(restored.save(), state);
+        for offset in [
+            COMMAND_OFFSET,
+            DATA_OFFSET,
+            DATA_OFFSET,
+            DATA_OFFSET,
+            COMMAND_OFFSET,
+        ] {
+            assert_eq!(read(&mut restored, offset), read(&mut d, offset));
+        }
+        assert_eq!(restored.write(DATA_OFFSET, &[0xfe]), Some(VmExit::Reset));
+
+        let mut bad = state;
+        bad.output = vec![0; OUTPUT_MAX + 1];
+        assert!(matches!(
+            I8042::restore(IrqLine::new().unwrap(), &bad),
+            Err(RestoreError::TooLong { .. })
+        ));
     }
 
     #[test]

@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde::{Deserialize, Serialize};
 use vm_superio::serial::NoEvents;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::IrqLine;
 use crate::devices::bus::BusDevice;
-use crate::devices::lock;
+use crate::devices::persist::{Persist, RestoreError};
+use crate::devices::{lock, Lifecycle};
 use crate::vm::VmExit;
 
 /// Host input held for the guest beyond the UART's FIFO.
@@ -101,6 +102,84 @@ impl<W: Write + Send> BusDevice for Serial<W> {
     }
 }
 
+/// The serial port's state: vm-superio's 16550A registers and receive FIFO, and the host input
+/// waiting for room in the FIFO.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    /// The receive FIFO.
+    pub fifo: Vec<u8>,
+    pub pending: Vec<u8>,
+}
+
+impl<W: Write> Persist for Serial<W> {
+    type State = SerialState;
+    /// The interrupt line and the console output.
+    type Args = (IrqLine, W);
+
+    fn save(&self) -> SerialState {
+        let uart = self.uart.state();
+        SerialState {
+            baud_divisor_low: uart.baud_divisor_low,
+            baud_divisor_high: uart.baud_divisor_high,
+            interrupt_enable: uart.interrupt_enable,
+            interrupt_identification: uart.interrupt_identification,
+            line_control: uart.line_control,
+            line_status: uart.line_status,
+            modem_control: uart.modem_control,
+            modem_status: uart.modem_status,
+            scratch: uart.scratch,
+            fifo: uart.in_buffer,
+            pending: self.pending.iter().copied().collect(),
+        }
+    }
+
+    /// vm-superio raises the interrupt line again for a FIFO with data or an empty transmitter,
+    /// when the guest enabled those interrupts.
+    fn restore((irq, out): (IrqLine, W), state: &SerialState) -> Result<Self, RestoreError> {
+        let too_long = |what, len, max| RestoreError::TooLong { what, len, max };
+        if state.fifo.len() > FIFO_SIZE {
+            return Err(too_long("serial receive FIFO", state.fifo.len(), FIFO_SIZE));
+        }
+        if state.pending.len() > INPUT_BUFFER_MAX {
+            return Err(too_long(
+                "serial pending input",
+                state.pending.len(),
+                INPUT_BUFFER_MAX,
+            ));
+        }
+        let uart = vm_superio::serial::SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.fifo.clone(),
+        };
+        let uart = match vm_superio::Serial::from_state(&uart, irq, NoEvents, out) {
+            Ok(uart) => uart,
+            // Checked above; IrqLine's trigger cannot fail.
+            Err(_) => return Err(too_long("serial receive FIFO", state.fifo.len(), FIFO_SIZE)),
+        };
+        Ok(Serial {
+            uart,
+            pending: state.pending.iter().copied().collect(),
+        })
+    }
+}
+
 /// The console output: writes go straight to the fd. A write blocked on a full pipe or tty
 /// gives up once the VM is stopping, so a stalled reader cannot keep a vCPU from stopping.
 pub struct ConsoleWriter {
@@ -146,25 +225,36 @@ impl Write for ConsoleWriter {
     }
 }
 
-/// Feeds the console input to `serial` until `stop` is signalled. Meant for its own thread.
-pub fn forward_input<W: Write>(input: &OwnedFd, serial: &Mutex<Serial<W>>, stop: &EventFd) {
-    // SAFETY: the eventfd outlives this function, which is the only user of the borrow.
-    let stop_fd = unsafe { BorrowedFd::borrow_raw(stop.as_raw_fd()) };
+/// Feeds the console input to `serial` until the VM stops; holds still while it is paused.
+/// Meant for its own thread.
+pub fn forward_input<W: Write>(
+    input: &OwnedFd,
+    serial: &Mutex<Serial<W>>,
+    lifecycle: &dyn Lifecycle,
+) {
+    // SAFETY: both eventfds outlive this function, which is the only user of the borrows.
+    let (stop_fd, pause_fd) = unsafe {
+        (
+            BorrowedFd::borrow_raw(lifecycle.stop_evt().as_raw_fd()),
+            BorrowedFd::borrow_raw(lifecycle.pause_evt().as_raw_fd()),
+        )
+    };
     let mut buf = [0u8; 4096];
     let mut eof = false;
     loop {
         let room = lock(serial).input_room();
         let mut fds = [
             PollFd::new(stop_fd, PollFlags::POLLIN),
+            PollFd::new(pause_fd, PollFlags::POLLIN),
             PollFd::new(input.as_fd(), PollFlags::POLLIN),
         ];
         let (watched, wait) = if eof {
-            (1, PollTimeout::NONE)
+            (2, PollTimeout::NONE)
         } else if room == 0 {
             // The guest is not reading: look again shortly, without reading the input.
-            (1, PollTimeout::from(10u8))
+            (2, PollTimeout::from(10u8))
         } else {
-            (2, PollTimeout::NONE)
+            (3, PollTimeout::NONE)
         };
         match poll(&mut fds[..watched], wait) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -173,11 +263,15 @@ pub fn forward_input<W: Write>(input: &OwnedFd, serial: &Mutex<Serial<W>>, stop:
                 return;
             }
         }
-        let ready = |fd: &PollFd<'_>| fd.revents() != Some(PollFlags::empty());
+        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
         if ready(&fds[0]) {
             return;
         }
-        if watched < 2 || !ready(&fds[1]) {
+        if ready(&fds[1]) {
+            lifecycle.park();
+            continue;
+        }
+        if watched < 3 || !ready(&fds[2]) {
             continue;
         }
         let want = room.min(buf.len());
@@ -203,6 +297,7 @@ pub fn forward_input<W: Write>(input: &OwnedFd, serial: &Mutex<Serial<W>>, stop:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kvm::VmControl;
     use std::os::fd::FromRawFd;
     use std::thread;
     use std::time::{Duration, Instant};
@@ -264,13 +359,48 @@ mod tests {
     }
 
     #[test]
+    fn state_round_trips() {
+        use crate::devices::persist::through_json;
+        const LCR: u64 = 3;
+        const SCRATCH: u64 = 7;
+        let mut s = Serial::new(IrqLine::new().unwrap(), Vec::new());
+        s.write(LCR, &[0x1b]);
+        s.write(SCRATCH, &[0x5a]);
+        s.write(IER, &[1]);
+        let input: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        s.push_input(&input);
+        let state = through_json(&s.save());
+        assert_eq!(
+            (state.fifo.len(), state.pending.len()),
+            (FIFO_SIZE, 300 - FIFO_SIZE)
+        );
+
+        let irq = IrqLine::new().unwrap();
+        let irq_fd = irq.0.try_clone().unwrap();
+        let mut restored = Serial::restore((irq, Vec::new()), &state).unwrap();
+        assert_eq!(restored.save(), state);
+        assert!(
+            irq_fd.read().unwrap() > 0,
+            "data waiting: the interrupt again"
+        );
+        let mut b = [0u8];
+        restored.read(SCRATCH, &mut b);
+        assert_eq!(b[0], 0x5a);
+        assert_eq!(drain(&mut restored), drain(&mut s));
+
+        let mut bad = state.clone();
+        bad.fifo = vec![0; FIFO_SIZE + 1];
+        let err = Serial::restore((IrqLine::new().unwrap(), Vec::new()), &bad).err();
+        assert!(matches!(err, Some(RestoreError::TooLong { .. })), "{err:?}");
+    }
+
+    #[test]
     fn forwards_a_pipe_until_stopped() {
         let (rx, tx) = pipe();
         let serial = Arc::new(Mutex::new(Serial::new(IrqLine::new().unwrap(), Vec::new())));
-        let stop = EventFd::new(0).unwrap();
-        let stop2 = stop.try_clone().unwrap();
-        let s2 = serial.clone();
-        let t = thread::spawn(move || forward_input(&rx, &s2, &stop2));
+        let control = Arc::new(VmControl::new(1).unwrap());
+        let (s2, c2) = (serial.clone(), control.clone());
+        let t = thread::spawn(move || forward_input(&rx, &s2, &*c2));
 
         let input: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let writer = {
@@ -292,7 +422,31 @@ mod tests {
         assert!(got == input, "input arrives whole and in order");
         thread::sleep(Duration::from_millis(20));
         assert!(!t.is_finished(), "EOF does not stop the forwarder");
-        stop.write(1).unwrap();
+        control.stop(Ok(VmExit::Stopped));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn input_waits_while_the_vm_is_paused() {
+        let (rx, tx) = pipe();
+        let serial = Arc::new(Mutex::new(Serial::new(IrqLine::new().unwrap(), Vec::new())));
+        let control = Arc::new(VmControl::new(1).unwrap());
+        let (s2, c2) = (serial.clone(), control.clone());
+        let t = thread::spawn(move || forward_input(&rx, &s2, &*c2));
+        control.pause().unwrap();
+        let mut tx = std::fs::File::from(tx);
+        tx.write_all(b"held").unwrap();
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(drain(&mut lock(&serial)), b"", "nothing moves while paused");
+        control.resume().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < 4 && Instant::now() < deadline {
+            got.extend(drain(&mut lock(&serial)));
+            thread::yield_now();
+        }
+        assert_eq!(got, b"held");
+        control.stop(Ok(VmExit::Stopped));
         t.join().unwrap();
     }
 

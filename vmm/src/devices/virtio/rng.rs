@@ -7,6 +7,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{DescriptorChain, Writer};
 
 use super::{VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
+use crate::devices::persist::{Persist, RestoreError};
 use crate::memory::GuestMemory;
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -28,6 +29,18 @@ impl Rng {
 impl Default for Rng {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// virtio-rng has no state of its own (its buffer is scratch): the transport's is all there is.
+impl Persist for Rng {
+    type State = ();
+    type Args = ();
+
+    fn save(&self) {}
+
+    fn restore((): (), (): &()) -> Result<Self, RestoreError> {
+        Ok(Rng::new())
     }
 }
 

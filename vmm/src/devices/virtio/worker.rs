@@ -8,9 +8,10 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::MmioTransport;
-use crate::devices::lock;
+use crate::devices::{lock, Lifecycle};
 
 const STOP_TOKEN: u64 = u64::MAX;
+const PAUSE_TOKEN: u64 = u64::MAX - 1;
 /// Tokens at and above this one are backends: `BACKEND_TOKEN + index into transports`.
 const BACKEND_TOKEN: u64 = 1 << 32;
 
@@ -35,9 +36,11 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Watches the queues and backends of `transports`, and `stop` (never read, so every
-    /// thread watching it sees it).
-    pub fn new(transports: &[Arc<Mutex<MmioTransport>>], stop: &EventFd) -> io::Result<Self> {
+    /// Watches the queues and backends of `transports`, and the VM's stop and pause.
+    pub fn new(
+        transports: &[Arc<Mutex<MmioTransport>>],
+        lifecycle: &dyn Lifecycle,
+    ) -> io::Result<Self> {
         let mut sources = Vec::new();
         let mut backends = Vec::new();
         for (index, t) in transports.iter().enumerate() {
@@ -58,11 +61,16 @@ impl Worker {
         }
 
         let epoll = Epoll::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, STOP_TOKEN),
-        )?;
+        for (evt, token) in [
+            (lifecycle.stop_evt(), STOP_TOKEN),
+            (lifecycle.pause_evt(), PAUSE_TOKEN),
+        ] {
+            epoll.ctl(
+                ControlOperation::Add,
+                evt.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, token),
+            )?;
+        }
         for (i, s) in sources.iter().enumerate() {
             epoll.ctl(
                 ControlOperation::Add,
@@ -89,15 +97,19 @@ impl Worker {
     }
 }
 
-/// Serves the queues and backends of `transports` (those `worker` was made for) until its
-/// `stop` is signalled.
-pub fn run(worker: Worker, transports: &[Arc<Mutex<MmioTransport>>]) -> io::Result<()> {
+/// Serves the queues and backends of `transports` (those `worker` was made for) until the VM
+/// stops; parks, between two notifications, while it is paused.
+pub fn run(
+    worker: Worker,
+    transports: &[Arc<Mutex<MmioTransport>>],
+    lifecycle: &dyn Lifecycle,
+) -> io::Result<()> {
     let Worker {
         sources,
         mut backends,
         epoll,
     } = worker;
-    let mut events = vec![EpollEvent::default(); sources.len() + backends.len() + 1];
+    let mut events = vec![EpollEvent::default(); sources.len() + backends.len() + 2];
     loop {
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
@@ -108,6 +120,12 @@ pub fn run(worker: Worker, transports: &[Arc<Mutex<MmioTransport>>]) -> io::Resu
             let token = ev.data();
             if token == STOP_TOKEN {
                 return Ok(());
+            }
+            if token == PAUSE_TOKEN {
+                // The rest of this batch is served once resumed (or seen to stop: a stop ends a
+                // pause, and the pause event stays readable).
+                lifecycle.park();
+                continue;
             }
             let index = if token >= BACKEND_TOKEN {
                 (token - BACKEND_TOKEN) as usize
@@ -160,11 +178,12 @@ mod tests {
     use crate::devices::legacy::IrqLine;
     use crate::devices::virtio::rng::Rng;
     use crate::devices::virtio::test_util;
+    use crate::kvm::VmControl;
+    use crate::vm::VmExit;
     use std::thread;
     use std::time::Duration;
 
-    #[test]
-    fn stops_when_asked() {
+    fn rng_transports() -> Vec<Arc<Mutex<MmioTransport>>> {
         let t = MmioTransport::new(
             Box::new(Rng::new()),
             Arc::new(test_util::memory()),
@@ -173,17 +192,50 @@ mod tests {
             0xd000_0000,
         )
         .unwrap();
-        let transports = vec![Arc::new(Mutex::new(t))];
-        let stop = EventFd::new(0).unwrap();
-        let stop2 = stop.try_clone().unwrap();
-        let tr = transports.clone();
-        let worker = Worker::new(&transports, &stop2).unwrap();
-        let h = thread::spawn(move || run(worker, &tr));
+        vec![Arc::new(Mutex::new(t))]
+    }
+
+    #[test]
+    fn stops_when_asked() {
+        let transports = rng_transports();
+        let control = Arc::new(VmControl::new(1).unwrap());
+        let (tr, c) = (transports.clone(), control.clone());
+        let worker = Worker::new(&transports, &*control).unwrap();
+        let h = thread::spawn(move || run(worker, &tr, &*c));
         // A notification for an inactive device is consumed and ignored.
         lock(&transports[0]).queue_evts()[0].write(1).unwrap();
         thread::sleep(Duration::from_millis(50));
         assert!(!h.is_finished());
-        stop.write(1).unwrap();
+        control.stop(Ok(VmExit::Stopped));
+        h.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn serves_nothing_while_paused() {
+        let transports = rng_transports();
+        let notify = lock(&transports[0]).queue_evts()[0].try_clone().unwrap();
+        let control = Arc::new(VmControl::new(1).unwrap());
+        let (tr, c) = (transports.clone(), control.clone());
+        let worker = Worker::new(&transports, &*control).unwrap();
+        let h = thread::spawn(move || run(worker, &tr, &*c));
+        control.pause().unwrap();
+        notify.write(1).unwrap();
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(notify.read().unwrap(), 1, "the notification waits");
+        notify.write(1).unwrap();
+        control.resume().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while notify.read().is_ok() {
+            notify.write(1).unwrap();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not served once resumed"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        // A stop ends a pause, and the device thread with it.
+        control.pause().unwrap();
+        control.stop(Ok(VmExit::Stopped));
         h.join().unwrap().unwrap();
     }
 }

@@ -18,6 +18,7 @@ use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 
 pub use device::Net;
+pub use passt::StderrThread;
 pub use stream::Stream;
 pub use tap::Tap;
 
@@ -72,12 +73,12 @@ pub struct HostEnd {
 }
 
 impl HostEnd {
-    /// Starts passt (its stderr drained by a thread that filters itself when `seccomp`) or
+    /// Starts passt (its stderr drained by a thread of this process, filtered or not) or
     /// attaches to the TAP interface, for `spec`.
-    pub fn open(spec: &NetSpec, seccomp: bool) -> Result<HostEnd, Error> {
+    pub fn open(spec: &NetSpec, stderr_thread: StderrThread) -> Result<HostEnd, Error> {
         Ok(match spec {
             NetSpec::User => {
-                let (sock, passt) = passt::spawn(seccomp)?;
+                let (sock, passt) = passt::spawn(stderr_thread)?;
                 HostEnd {
                     fd: sock.into(),
                     passt: Some(passt),

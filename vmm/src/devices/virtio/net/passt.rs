@@ -95,10 +95,19 @@ fn args(fd: i32) -> Vec<String> {
     args
 }
 
+/// Whether the thread that drains passt's stderr, which runs in the process that starts passt,
+/// installs its seccomp filter (crate::seccomp): in a VMM whose threads are filtered it does;
+/// in nodeos-vm, which starts passt for a VMM process and whose own threads are not, it does
+/// not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StderrThread {
+    Filtered,
+    Unfiltered,
+}
+
 /// Starts passt on one end of a new socket pair; returns the other end, and passt, which runs
-/// until the [`Process`] is dropped. `seccomp`: the thread that drains passt's stderr filters
-/// itself (crate::seccomp).
-pub fn spawn(seccomp: bool) -> Result<(UnixStream, Process), Error> {
+/// until the [`Process`] is dropped.
+pub fn spawn(stderr_thread: StderrThread) -> Result<(UnixStream, Process), Error> {
     host_packages::ensure(PASST, "passt")?;
     let (ours, theirs) = UnixStream::pair().map_err(Error::Socket)?;
     let fd = theirs.as_raw_fd();
@@ -135,7 +144,7 @@ pub fn spawn(seccomp: bool) -> Result<(UnixStream, Process), Error> {
         .spawn(move || {
             // A filter that cannot be installed here cannot be on the VM's own threads either,
             // and those end the VM; this one keeps draining meanwhile.
-            if seccomp {
+            if stderr_thread == StderrThread::Filtered {
                 if let Err(e) = crate::seccomp::apply(ThreadKind::PasstStderr) {
                     tracing::error!("{e}");
                 }

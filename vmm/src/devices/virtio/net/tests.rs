@@ -501,7 +501,7 @@ fn passt_answers_arp_and_takes_the_gateway_to_the_host() {
         return;
     }
     let mem = test_util::memory();
-    let (sock, process) = passt::spawn(true).unwrap();
+    let (sock, process) = passt::spawn(passt::StderrThread::Filtered).unwrap();
     let dev = Net::new(Stream::new(sock, Some(process)).unwrap(), DEFAULT_MAC).unwrap();
     let vqs = [
         MockSplitQueue::create(&mem, GuestAddress(0), test_util::QUEUE_SIZE),

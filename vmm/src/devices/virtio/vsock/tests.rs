@@ -838,13 +838,13 @@ fn served_by_the_device_thread() {
     test_util::driver_ok(&mut t);
     let transports = vec![Arc::new(Mutex::new(t))];
     let notify = |q: usize| lock(&transports[0]).queue_evts()[q].write(1).unwrap();
-    let stop = EventFd::new(0).unwrap();
-    let (tr, stop2) = (transports.clone(), stop.try_clone().unwrap());
-    let worker = worker::Worker::new(&transports, &stop2).unwrap();
+    let control = Arc::new(crate::kvm::VmControl::new(1).unwrap());
+    let (tr, c) = (transports.clone(), control.clone());
+    let worker = worker::Worker::new(&transports, &*control).unwrap();
     // The device thread as the VMM runs it: under its seccomp filter.
     let thread = thread::spawn(move || {
         crate::seccomp::apply(crate::seccomp::ThreadKind::Virtio).unwrap();
-        worker::run(worker, &tr)
+        worker::run(worker, &tr, &*c)
     });
 
     let mut client = UnixStream::connect(&uds).unwrap();
@@ -900,6 +900,6 @@ fn served_by_the_device_thread() {
     }
     assert!(received == data, "data intact");
     writer.unwrap().join().unwrap();
-    stop.write(1).unwrap();
+    control.stop(Ok(crate::vm::VmExit::Stopped));
     thread.join().unwrap().unwrap();
 }
