@@ -107,6 +107,7 @@ fn describe(name: &str, app: &App) -> Value {
         "exports": d.exports,
         "options": d.pool.options,
         "instances": d.pool.instances(),
+        "warm": d.pool.warm(),
     })
 }
 

@@ -166,6 +166,11 @@ impl Pool {
             && self.instances.load(Ordering::SeqCst) < self.options.min
     }
 
+    /// Instances booted and idle: what the next calls get without a cold start.
+    pub fn warm(&self) -> usize {
+        self.idle.lock().unwrap().len()
+    }
+
     pub fn instances(&self) -> usize {
         self.instances.load(Ordering::SeqCst)
     }
