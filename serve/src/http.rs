@@ -16,9 +16,10 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::instance::CallError;
+use super::metrics;
 use super::package::{self, Options};
 use super::pool::LeaseError;
-use super::{metrics, App, DeployError, Server};
+use super::server::{App, DeployError, Server};
 
 /// Largest package a deploy takes, and largest call body.
 const MAX_PACKAGE_BYTES: usize = 64 << 20;

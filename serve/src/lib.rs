@@ -1,6 +1,6 @@
 //! `nodeos-vm serve`: a function host. Apps (npm packages exporting `handler(event, context)`
 //! or `fetch(request)`) are deployed and called over HTTP (`http`); each app runs only in
-//! microVMs of its own (`instance`), pooled per app version (`pool`). docs/serve.md and
+//! microVMs of its own (`instance`), pooled per app version (`pool`), kept by the `server`. docs/serve.md and
 //! docs/openapi.yaml describe the API.
 
 pub(crate) mod http;
@@ -9,6 +9,7 @@ mod logs;
 mod metrics;
 pub(crate) mod package;
 mod pool;
+mod server;
 mod store;
 
 /// What the fuzz targets in fuzz/ reach of this crate's private modules.
@@ -19,305 +20,19 @@ pub mod fuzzing {
     pub use crate::package::{check_name, unpack, Options};
 }
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
 pub use instance::Machine;
-use instance::{AppSpec, BootError, Exports, Vms, APP_DIR, RUNNER_JS, RUNNER_PATH};
-use logs::Logs;
-use metrics::Metrics;
-use package::Options;
-use pool::Pool;
-use store::{Meta, Store};
-
-use sandbox::volume::{Mode, Volume};
-use vmm::runtime;
+use server::Server;
 
 /// How often idle instances are looked at.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 /// After SIGTERM, how long calls in flight may still run before they are failed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
-/// How long stopping every VM may take at shutdown.
-const STOP_WAIT: Duration = Duration::from_secs(30);
-
-#[derive(Debug, thiserror::Error)]
-pub enum DeployError {
-    #[error(transparent)]
-    Package(#[from] package::Error),
-    #[error("the package does not load in its microVM: {}", .0.message)]
-    DoesNotLoad(instance::JsError),
-    #[error("the app's runner ended while loading the package: {0}")]
-    RunnerDied(String),
-    #[error("starting the app's first instance")]
-    Boot(#[source] BootError),
-    #[error("preparing the app's folder")]
-    Runtime(#[from] runtime::Error),
-    #[error("packing the app into a volume image")]
-    Pack(#[from] sandbox::volume::Error),
-    #[error("writing the runner into the app")]
-    Runner(#[source] std::io::Error),
-    #[error("saving the app")]
-    Store(#[from] store::Error),
-    #[error("the packing task failed: {0}")]
-    Task(String),
-}
-
-/// One version of an app, serving.
-pub struct Deployment {
-    pub version: u64,
-    pub deployed_at_ms: u64,
-    pub exports: Exports,
-    pub pool: Pool,
-    /// The unpacked package and its image, removed when the last call of this version ends.
-    _folder: tempfile::TempDir,
-}
-
-/// An app: its current version, and what outlives versions.
-#[derive(Clone)]
-pub struct App {
-    pub current: Arc<Deployment>,
-    pub logs: Arc<Logs>,
-}
-
-pub struct Server {
-    machine: Arc<Machine>,
-    vms: Vms,
-    store: Store,
-    apps: RwLock<HashMap<String, App>>,
-    metrics: Metrics,
-    /// One deploy or delete at a time.
-    changes: tokio::sync::Mutex<()>,
-    calls: AtomicU64,
-}
-
-impl Server {
-    pub fn app(&self, name: &str) -> Option<App> {
-        self.apps.read().unwrap().get(name).cloned()
-    }
-
-    /// Every app, by name.
-    pub fn apps(&self) -> Vec<(String, App)> {
-        let mut apps: Vec<_> = self
-            .apps
-            .read()
-            .unwrap()
-            .iter()
-            .map(|(n, a)| (n.clone(), a.clone()))
-            .collect();
-        apps.sort_by(|a, b| a.0.cmp(&b.0));
-        apps
-    }
-
-    /// Counts a call to app `name` answered with `status` after `took`, unless the app was
-    /// deleted meanwhile.
-    pub fn count(&self, name: &str, status: u16, took: Duration) {
-        // Under the lock `delete` forgets the app's series in, so none comes back.
-        let apps = self.apps.read().unwrap();
-        if apps.contains_key(name) {
-            self.metrics.record(name, status, took);
-        }
-    }
-
-    /// The `GET /metrics` text: every app's instances and calls.
-    pub fn metrics(&self) -> String {
-        let apps = self.apps.read().unwrap();
-        self.metrics.render(
-            apps.iter()
-                .map(|(name, app)| (name.as_str(), app.current.pool.instances())),
-        )
-    }
-
-    /// A fresh ID for a call.
-    pub fn call_id(&self) -> String {
-        format!(
-            "{:x}-{}",
-            std::process::id(),
-            self.calls.fetch_add(1, Ordering::Relaxed)
-        )
-    }
-
-    /// Deploys `package` as app `name`: unpacked, packed into a volume, verified by booting
-    /// an instance that loads it (which stays warm), saved, then swapped in for the old
-    /// version, whose calls in flight finish on it. Nothing changes on any error.
-    pub async fn deploy(
-        &self,
-        name: &str,
-        options: Options,
-        package: Vec<u8>,
-    ) -> Result<App, DeployError> {
-        package::check_name(name)?;
-        let _change = self.changes.lock().await;
-        let previous = self.app(name);
-        let version = previous.as_ref().map_or(1, |a| a.current.version + 1);
-        let logs = previous.map(|a| a.logs).unwrap_or_default();
-        let (deployment, package) = self
-            .prepare(name, options, package, version, logs.clone(), None)
-            .await?;
-        let deployment = Arc::new(deployment);
-        let meta = Meta {
-            version,
-            deployed_at_ms: deployment.deployed_at_ms,
-            options: deployment.pool.options.clone(),
-            exports: deployment.exports,
-        };
-        let store = &self.store;
-        store.save(name, &package, &meta)?;
-        let app = App {
-            current: deployment,
-            logs,
-        };
-        let old = self
-            .apps
-            .write()
-            .unwrap()
-            .insert(name.to_string(), app.clone());
-        if let Some(old) = old {
-            old.current.pool.retire();
-        }
-        Ok(app)
-    }
-
-    /// Unpacks, packs and (unless `exports` are known from a previous deploy) verifies.
-    async fn prepare(
-        &self,
-        name: &str,
-        options: Options,
-        package: Vec<u8>,
-        version: u64,
-        logs: Arc<Logs>,
-        exports: Option<Exports>,
-    ) -> Result<(Deployment, Vec<u8>), DeployError> {
-        let folder = runtime::scratch_dir("app")?;
-        let root = folder.path().to_path_buf();
-        let (manifest, volume, package) = tokio::task::spawn_blocking(move || {
-            let host = root.join("package");
-            let manifest = package::unpack(&package, &host)?;
-            let runner = host.join(RUNNER_PATH);
-            std::fs::create_dir_all(runner.parent().expect("the runner is in a folder"))
-                .and_then(|()| std::fs::write(&runner, RUNNER_JS))
-                .map_err(DeployError::Runner)?;
-            let volume = Volume {
-                host,
-                guest: APP_DIR.to_string(),
-                mode: Mode::ReadOnly,
-            };
-            volume.pack(&root.join("app.img"))?;
-            Ok::<_, DeployError>((manifest, volume, package))
-        })
-        .await
-        .map_err(|e| DeployError::Task(e.to_string()))??;
-        let spec = AppSpec {
-            name: name.to_string(),
-            image: folder.path().join("app.img"),
-            volume,
-            env: manifest.env,
-            memory_mib: options.memory_mib,
-            cpus: options.cpus,
-        };
-        let pool = Pool::new(
-            options,
-            self.machine.clone(),
-            Arc::new(spec),
-            logs,
-            self.vms.clone(),
-        );
-        let exports = match exports {
-            Some(exports) => exports,
-            None => {
-                let instance = pool.boot().await.map_err(|e| match e {
-                    BootError::Load(js) => DeployError::DoesNotLoad(js),
-                    BootError::Died(why) => DeployError::RunnerDied(why),
-                    e => DeployError::Boot(e),
-                })?;
-                let exports = instance.exports;
-                pool.put(instance);
-                exports
-            }
-        };
-        let deployed_at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        Ok((
-            Deployment {
-                version,
-                deployed_at_ms,
-                exports,
-                pool,
-                _folder: folder,
-            },
-            package,
-        ))
-    }
-
-    /// Removes app `name`; its calls in flight finish. False when there is no such app.
-    pub async fn delete(&self, name: &str) -> bool {
-        let _change = self.changes.lock().await;
-        let mut apps = self.apps.write().unwrap();
-        let Some(old) = apps.remove(name) else {
-            return false;
-        };
-        self.metrics.forget(name);
-        drop(apps);
-        old.current.pool.retire();
-        self.store.remove(name);
-        true
-    }
-
-    /// Brings back the apps saved by an earlier `serve`, without booting them.
-    async fn restore(&self) {
-        for (name, package, meta) in self.store.load() {
-            if package::check_name(&name).is_err() {
-                continue;
-            }
-            let logs = Arc::new(Logs::default());
-            let prepared = self
-                .prepare(
-                    &name,
-                    meta.options,
-                    package,
-                    meta.version,
-                    logs.clone(),
-                    Some(meta.exports),
-                )
-                .await;
-            match prepared {
-                Ok((mut deployment, _)) => {
-                    deployment.deployed_at_ms = meta.deployed_at_ms;
-                    let app = App {
-                        current: Arc::new(deployment),
-                        logs,
-                    };
-                    self.apps.write().unwrap().insert(name, app);
-                }
-                Err(e) => eprintln!("nodeos-vm serve: cannot restore app {name}: {e}"),
-            }
-        }
-    }
-
-    /// Stops idle instances past their time; boots instances up to each app's `min`.
-    fn reap(&self) {
-        let now = Instant::now();
-        for (name, app) in self.apps() {
-            let pool = &app.current.pool;
-            pool.reap(now);
-            if pool.below_min() {
-                let deployment = app.current.clone();
-                tokio::spawn(async move {
-                    match deployment.pool.boot().await {
-                        Ok(instance) => deployment.pool.put(instance),
-                        Err(e) => tracing::warn!("keeping {name} warm: {e}"),
-                    }
-                });
-            }
-        }
-    }
-}
 
 /// Serves on `listen` until SIGTERM or SIGINT, then finishes the calls in flight (for at most
 /// `SHUTDOWN_GRACE`), stops every VM and removes their folders and sockets.
@@ -327,25 +42,11 @@ pub fn serve(listen: SocketAddr, machine: Machine) -> anyhow::Result<()> {
         .thread_name("serve")
         .build()
         .context("starting the async runtime")?;
-    let server = Arc::new(Server {
-        machine: Arc::new(machine),
-        vms: Vms::default(),
-        store: Store::from_env()?,
-        apps: RwLock::default(),
-        metrics: Metrics::default(),
-        changes: tokio::sync::Mutex::new(()),
-        calls: AtomicU64::new(0),
-    });
+    let server = Arc::new(Server::new(machine)?);
     let result = runtime.block_on(run(listen, server.clone()));
     // Calls still running past the grace period end here; their instances stop.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    for (_, app) in server.apps() {
-        app.current.pool.retire();
-    }
-    server.apps.write().unwrap().clear();
-    if !server.vms.wait_none(STOP_WAIT) {
-        eprintln!("nodeos-vm serve: some microVMs did not stop within {STOP_WAIT:?}");
-    }
+    server.shut_down();
     result
 }
 
