@@ -318,13 +318,13 @@ impl Vmm<Built> {
             handles: Vec::new(),
             seccomp,
         };
-        let (c, transports) = (control.clone(), built.transports);
+        let c = control.clone();
         threads.spawn(&control, "virtio".into(), ThreadKind::Virtio, move || {
             let _guard = EndGuard {
                 control: &c,
                 what: "virtio device",
             };
-            if let Err(e) = worker::run(worker, &transports, &*c) {
+            if let Err(e) = worker.run(&*c) {
                 tracing::error!("virtio device thread: {e}");
             }
         });

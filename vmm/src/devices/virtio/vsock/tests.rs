@@ -839,12 +839,12 @@ fn served_by_the_device_thread() {
     let transports = vec![Arc::new(Mutex::new(t))];
     let notify = |q: usize| lock(&transports[0]).queue_evts()[q].write(1).unwrap();
     let control = Arc::new(crate::kvm::VmControl::new(1).unwrap());
-    let (tr, c) = (transports.clone(), control.clone());
+    let c = control.clone();
     let worker = worker::Worker::new(&transports, &*control).unwrap();
     // The device thread as the VMM runs it: under its seccomp filter.
     let thread = thread::spawn(move || {
         crate::seccomp::apply(crate::seccomp::ThreadKind::Virtio).unwrap();
-        worker::run(worker, &tr, &*c)
+        worker.run(&*c)
     });
 
     let mut client = UnixStream::connect(&uds).unwrap();
