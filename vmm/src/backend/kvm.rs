@@ -126,6 +126,11 @@ pub struct Running {
     /// `None` once joined.
     vmm: Option<JoinHandle<Option<u64>>>,
     control: Arc<VmControl>,
+    /// The buses and the devices on them, held so that they are dropped here, on the owner's
+    /// thread, once every VMM thread is joined, and never by the last VMM thread to end: a
+    /// device's drop may do what no VMM thread's filter allows (the vsock device removes its
+    /// socket file).
+    _devices: (Arc<Bus>, Arc<Bus>, Vec<Arc<Mutex<MmioTransport>>>),
     /// Held for the drop order alone, as is `_mem`.
     _vm: Vm,
     init_reached: Arc<OnceLock<Duration>>,
@@ -377,6 +382,7 @@ impl Vmm<Built> {
             state: Running {
                 vmm: Some(vmm),
                 control,
+                _devices: (built.pio, built.mmio, built.transports),
                 _vm: built.vm,
                 init_reached: built.init_reached,
                 _mem: mem,
@@ -905,6 +911,33 @@ pub(crate) mod tests {
         assert_eq!(report.exit, VmExit::Guest(b'Z'));
         assert_eq!(String::from_utf8_lossy(&o.console), "SV\nZ");
         assert!(report.init_reached.is_some());
+    }
+
+    /// The vsock device removes its socket file when dropped, which no VMM thread's filter
+    /// allows: the devices must outlive every VMM thread and go on the owner's thread.
+    #[test]
+    fn devices_are_dropped_by_the_owner_not_a_filtered_thread() {
+        if !kvm_usable() {
+            return;
+        }
+        let kernel = file_with(&tiny_elf(PVH_GUEST, LOAD_ADDR, true));
+        let rootfs = file_with(&[b'Q'; 4096]);
+        let sockets = tempfile::tempdir().unwrap();
+        let socket = sockets.path().join("agent.sock");
+        let mut spec = pvh_spec(kernel.path(), rootfs.path(), 1);
+        spec.devices.push(Device::AgentLink(socket.clone()));
+        let (in_rx, in_tx) = pipe();
+        let (out_rx, out_tx) = pipe();
+        std::fs::File::from(in_tx).write_all(b"Z").unwrap();
+        let console = ConsoleIo {
+            input: in_rx,
+            output: out_tx,
+            ready: ConsoleReady::default(),
+        };
+        let report = run(&spec, console, &StopSignal::new().unwrap()).unwrap();
+        drop(out_rx);
+        assert_eq!(report.exit, VmExit::Guest(b'Z'));
+        assert!(!socket.exists(), "the vsock device's socket is removed");
     }
 
     #[test]
