@@ -223,11 +223,14 @@ impl Session {
                     ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => {
                         Outcome::NotExecutable(message)
                     }
-                    ErrorKind::Protocol | ErrorKind::Version => {
+                    ErrorKind::Protocol | ErrorKind::Version | ErrorKind::Export => {
                         return Err(Error::Refused(message))
                     }
                 }),
                 Reply::Hello { .. } => return Err(Error::Unexpected("a second hello")),
+                Reply::TreeData(_) | Reply::TreeEnd => {
+                    return Err(Error::Unexpected("a folder's tree to a command"))
+                }
             };
             return Ok(Wake::Event(event));
         }
