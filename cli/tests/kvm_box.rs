@@ -155,8 +155,8 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
         .unwrap();
         // Host programs the box runs, installed with apt when missing (as root), like
         // nodeos-vm installs what it needs: passt for --net, iproute2's ip (busybox's has no
-        // tuntap; ahead of busybox's on L1's PATH), e2fsprogs to pack volumes, read them back
-        // and check users' disks.
+        // tuntap; ahead of busybox's on L1's PATH), e2fsprogs to pack volumes and to check
+        // users' disks (debugfs, e2fsck).
         let program = |name, package| kvm_box::host_program(name, package).unwrap();
         let passt = program("passt", "passt");
         let mut run = BoxRun::new(script.build())

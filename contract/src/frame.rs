@@ -15,10 +15,10 @@ use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::status;
 
 /// The protocol version both sides say in their `Hello`.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Largest payload of any frame (the type byte not counted).
 pub const MAX_PAYLOAD: usize = 1 << 20;
-/// Largest `Stdin`, `Stdout` or `Stderr` chunk.
+/// Largest `Stdin`, `Stdout`, `Stderr` or `TreeData` chunk.
 pub const MAX_CHUNK: usize = 64 << 10;
 /// Bytes before the payload: the length and the type byte.
 pub const HEADER_LEN: usize = 5;
@@ -38,6 +38,9 @@ pub enum Request {
     Signal(i32),
     /// Kill every process, make the disks clean and end the VM with status 0.
     Poweroff,
+    /// Send the tree of this guest folder (once per connection, after `Hello`), as
+    /// `TreeData` chunks of a [`crate::tree`] stream and `TreeEnd`.
+    Export { path: Vec<u8> },
 }
 
 /// What to run, and how.
@@ -74,6 +77,10 @@ pub enum Reply {
     TimedOut { timeout_ms: u64 },
     /// Final: the request could not be served.
     Error { kind: ErrorKind, message: String },
+    /// The next bytes of the exported tree's stream (at most [`MAX_CHUNK`]).
+    TreeData(Vec<u8>),
+    /// Final: the exported tree's stream is complete.
+    TreeEnd,
 }
 
 /// Why a request failed.
@@ -91,16 +98,19 @@ pub enum ErrorKind {
     Protocol,
     /// The host's `Hello` named a version this agent does not speak.
     Version,
+    /// The folder to export could not be read.
+    Export,
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 6] = [
+    const ALL: [ErrorKind; 7] = [
         ErrorKind::NotFound,
         ErrorKind::NotExecutable,
         ErrorKind::ExecFailed,
         ErrorKind::BadCwd,
         ErrorKind::Protocol,
         ErrorKind::Version,
+        ErrorKind::Export,
     ];
 
     fn code(self) -> u8 {
@@ -111,6 +121,7 @@ impl ErrorKind {
             ErrorKind::BadCwd => 4,
             ErrorKind::Protocol => 5,
             ErrorKind::Version => 6,
+            ErrorKind::Export => 7,
         }
     }
 
@@ -126,7 +137,7 @@ impl ErrorKind {
             ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => {
                 Some(status::CANNOT_RUN)
             }
-            ErrorKind::Protocol | ErrorKind::Version => None,
+            ErrorKind::Protocol | ErrorKind::Version | ErrorKind::Export => None,
         }
     }
 }
@@ -195,6 +206,7 @@ mod kind {
     pub const STDIN_EOF: u8 = 0x04;
     pub const SIGNAL: u8 = 0x05;
     pub const POWEROFF: u8 = 0x06;
+    pub const EXPORT: u8 = 0x07;
 
     pub const R_HELLO: u8 = 0x81;
     pub const STARTED: u8 = 0x82;
@@ -204,6 +216,8 @@ mod kind {
     pub const SIGNALED: u8 = 0x86;
     pub const TIMED_OUT: u8 = 0x87;
     pub const ERROR: u8 = 0x88;
+    pub const TREE_DATA: u8 = 0x89;
+    pub const TREE_END: u8 = 0x8a;
 }
 
 impl Request {
@@ -235,6 +249,10 @@ impl Request {
                 kind::SIGNAL
             }
             Request::Poweroff => kind::POWEROFF,
+            Request::Export { path } => {
+                out.put_bytes(path);
+                kind::EXPORT
+            }
         };
         finish_frame(out, kind)
     }
@@ -261,6 +279,9 @@ impl Request {
                 kind::STDIN_EOF => Request::StdinEof,
                 kind::SIGNAL => Request::Signal(d.i32("signal")?),
                 kind::POWEROFF => Request::Poweroff,
+                kind::EXPORT => Request::Export {
+                    path: d.bytes("path", MAX_PAYLOAD)?.to_vec(),
+                },
                 _ => return Ok(None),
             }))
         })?;
@@ -306,6 +327,11 @@ impl Reply {
                 out.put_str(message);
                 kind::ERROR
             }
+            Reply::TreeData(data) => {
+                out.put_raw(data);
+                kind::TREE_DATA
+            }
+            Reply::TreeEnd => kind::TREE_END,
         };
         finish_frame(out, kind)
     }
@@ -338,6 +364,8 @@ impl Reply {
                     let message = d.str("error message", MAX_PAYLOAD)?.to_string();
                     Reply::Error { kind, message }
                 }
+                kind::TREE_DATA => Reply::TreeData(d.rest("tree data", MAX_CHUNK)?.to_vec()),
+                kind::TREE_END => Reply::TreeEnd,
                 _ => return Ok(None),
             }))
         })?;
@@ -348,7 +376,11 @@ impl Reply {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            Reply::Exited(_) | Reply::Signaled(_) | Reply::TimedOut { .. } | Reply::Error { .. }
+            Reply::Exited(_)
+                | Reply::Signaled(_)
+                | Reply::TimedOut { .. }
+                | Reply::Error { .. }
+                | Reply::TreeEnd
         )
     }
 }
@@ -480,7 +512,7 @@ fn finish_frame(out: Encoder, kind: u8) -> Result<Vec<u8>, FrameError> {
     let mut frame = out.into_vec();
     let payload = frame.len() - HEADER_LEN;
     let max = match kind {
-        kind::STDIN | kind::STDOUT | kind::STDERR => MAX_CHUNK,
+        kind::STDIN | kind::STDOUT | kind::STDERR | kind::TREE_DATA => MAX_CHUNK,
         _ => MAX_PAYLOAD,
     };
     if payload > max {
@@ -549,6 +581,9 @@ mod tests {
             Request::Signal(15),
             Request::Signal(-1),
             Request::Poweroff,
+            Request::Export {
+                path: b"/app".to_vec(),
+            },
         ]
     }
 
@@ -562,6 +597,9 @@ mod tests {
             Reply::Exited(-3),
             Reply::Signaled(9),
             Reply::TimedOut { timeout_ms: 1500 },
+            Reply::TreeData(vec![1; MAX_CHUNK]),
+            Reply::TreeData(Vec::new()),
+            Reply::TreeEnd,
             Reply::Error {
                 kind: ErrorKind::NotFound,
                 message: "nope: No such file or directory".into(),
@@ -664,7 +702,9 @@ mod tests {
     fn malformed_frames_are_errors() {
         let bad_requests: Vec<Vec<u8>> = vec![
             frame(0x00, &[]),
-            frame(0x07, &[]),
+            frame(0x08, &[]),
+            frame(kind::EXPORT, &[]),
+            frame(kind::EXPORT, &[5, 0, 0, 0, b'/']),
             frame(kind::R_HELLO, &1u32.to_le_bytes()), // a reply type read as a request
             frame(kind::HELLO, &[1, 0, 0]),
             frame(kind::HELLO, &[1, 0, 0, 0, 0]),
@@ -691,7 +731,9 @@ mod tests {
         }
         let bad_replies: Vec<Vec<u8>> = vec![
             frame(kind::HELLO, &1u32.to_le_bytes()),
-            frame(0x89, &[]),
+            frame(0x8b, &[]),
+            frame(kind::TREE_DATA, &[0; MAX_CHUNK + 1]),
+            frame(kind::TREE_END, &[0]),
             frame(kind::STARTED, &[1]),
             frame(kind::TIMED_OUT, &[1, 2, 3, 4]),
             frame(kind::ERROR, &[]),

@@ -13,8 +13,10 @@
 //! - [`hybrid`]: Firecracker's hybrid vsock handshake over a Unix socket (`CONNECT <port>\n` /
 //!   `OK <host_port>\n`), spoken by our VMM's vsock device and by the channel multiplexer.
 //! - [`frame`]: the agent protocol itself: the host's requests (`Hello`, `Exec`, stdin,
-//!   signals, `Poweroff`) and the agent's replies (output, exit status, errors), as
-//!   length-prefixed frames with every bound checked.
+//!   signals, `Poweroff`, `Export`) and the agent's replies (output, exit status, a folder's
+//!   tree, errors), as length-prefixed frames with every bound checked.
+//! - [`tree`]: the stream a folder's tree travels in (`Export`, for `:rw` volumes): folders,
+//!   files as their data extents, symlinks, checked as it is decoded.
 //! - [`mux`]: the channel multiplexer, which offers the same hybrid-vsock interface at both
 //!   ends of one byte stream (a virtio-serial port) where there is no vsock device. Host code
 //!   cannot tell the two transports apart.
@@ -37,6 +39,7 @@ pub mod params;
 pub mod ports;
 pub mod sock;
 pub mod status;
+pub mod tree;
 
 /// The guest's context ID on our vsock device.
 pub const GUEST_CID: u32 = 3;

@@ -1,6 +1,6 @@
 //! The host side of the guest agent (docs/agent-protocol.md): waiting for it to say it is
-//! ready, and running commands through it: a [`Session`] the caller drives, or [`exec`], which
-//! streams a command's output to ours.
+//! ready, running commands through it (a [`Session`] the caller drives, or [`exec`], which
+//! streams a command's output to ours), and receiving a folder's tree ([`TreeExport`]).
 //!
 //! It speaks to the VM's agent socket, which is the same hybrid-vsock Unix socket on both
 //! backends (vsock on ours, the virtio-serial multiplexer on QEMU).
@@ -8,7 +8,7 @@
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -76,6 +76,10 @@ pub enum Error {
     Unexpected(&'static str),
     #[error("catching SIGINT, SIGTERM and SIGHUP to pass them on to the command")]
     Signals(#[source] io::Error),
+    #[error("the guest agent did not finish in the time allowed")]
+    Deadline,
+    #[error("the guest agent could not send the folder: {0}")]
+    Export(String),
 }
 
 /// Listens where the agent says it is ready: `<socket>_1025`.
@@ -101,6 +105,15 @@ pub fn wait_ready(
         Some(Reply::Hello { version }) => check_version(version),
         Some(_) => Err(Error::Unexpected("another message than hello when ready")),
         None => Err(Error::Frame(FrameError::Truncated)),
+    }
+}
+
+/// The agent's answer to our `Hello`.
+fn read_hello(reader: &mut impl Read) -> Result<(), Error> {
+    match frame::read_reply(reader)? {
+        Some(Reply::Hello { version }) => check_version(version),
+        Some(Reply::Error { message, .. }) => Err(Error::Refused(message)),
+        _ => Err(Error::Unexpected("another message than hello")),
     }
 }
 
@@ -157,11 +170,7 @@ impl Session {
                 version: frame::VERSION,
             },
         )?;
-        match frame::read_reply(&mut reader)? {
-            Some(Reply::Hello { version }) => check_version(version)?,
-            Some(Reply::Error { message, .. }) => return Err(Error::Refused(message)),
-            _ => return Err(Error::Unexpected("another message than hello")),
-        }
+        read_hello(&mut reader)?;
         send(
             &writer,
             &Request::Exec(Exec {
@@ -223,11 +232,14 @@ impl Session {
                     ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => {
                         Outcome::NotExecutable(message)
                     }
-                    ErrorKind::Protocol | ErrorKind::Version => {
+                    ErrorKind::Protocol | ErrorKind::Version | ErrorKind::Export => {
                         return Err(Error::Refused(message))
                     }
                 }),
                 Reply::Hello { .. } => return Err(Error::Unexpected("a second hello")),
+                Reply::TreeData(_) | Reply::TreeEnd => {
+                    return Err(Error::Unexpected("a folder's tree to a command"))
+                }
             };
             return Ok(Wake::Event(event));
         }
@@ -251,6 +263,102 @@ impl Input {
     /// Sends `signal` to the command's process group.
     pub fn signal(&self, signal: i32) -> Result<(), Error> {
         send(&self.0, &Request::Signal(signal))
+    }
+}
+
+/// The tree of a guest folder as the agent sends it (`Export`): the chunks of its
+/// `contract::tree` stream, for `volume::Volume::copy_back`. It connects on the first call;
+/// every read gives up at the deadline the caller gives, however the guest trickles its bytes.
+pub struct TreeExport {
+    socket: PathBuf,
+    path: Vec<u8>,
+    conn: Option<BufReader<Timed>>,
+    done: bool,
+}
+
+impl TreeExport {
+    /// The tree of the guest folder `path`, from the agent behind `socket`.
+    pub fn new(socket: &Path, path: &str) -> TreeExport {
+        TreeExport {
+            socket: socket.to_path_buf(),
+            path: path.as_bytes().to_vec(),
+            conn: None,
+            done: false,
+        }
+    }
+
+    fn connect(&self, deadline: Instant) -> Result<BufReader<Timed>, Error> {
+        let mut stream = hybrid::connect(&self.socket, AGENT_PORT).map_err(Error::Connect)?;
+        let requests = [
+            Request::Hello {
+                version: frame::VERSION,
+            },
+            Request::Export {
+                path: self.path.clone(),
+            },
+        ];
+        for request in &requests {
+            frame::write_request(&mut stream, request)
+                .map_err(|e| Error::Frame(FrameError::Io(e)))?;
+        }
+        let mut reader = BufReader::new(Timed { stream, deadline });
+        read_hello(&mut reader).map_err(past_deadline)?;
+        Ok(reader)
+    }
+}
+
+impl crate::volume::TreeSource for TreeExport {
+    fn next_chunk(&mut self, deadline: Instant) -> Result<Option<Vec<u8>>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        let reader = match &mut self.conn {
+            Some(reader) => reader,
+            None => self.conn.insert(self.connect(deadline)?),
+        };
+        reader.get_mut().deadline = deadline;
+        match frame::read_reply(reader).map_err(|e| past_deadline(e.into()))? {
+            Some(Reply::TreeData(chunk)) => Ok(Some(chunk)),
+            Some(Reply::TreeEnd) => {
+                self.done = true;
+                Ok(None)
+            }
+            Some(Reply::Error {
+                kind: ErrorKind::Export,
+                message,
+            }) => Err(Error::Export(message)),
+            Some(Reply::Error { message, .. }) => Err(Error::Refused(message)),
+            Some(_) => Err(Error::Unexpected("another message than a folder's tree")),
+            None => Err(Error::Frame(FrameError::Truncated)),
+        }
+    }
+}
+
+/// A read that ran into the deadline is [`Error::Deadline`].
+fn past_deadline(e: Error) -> Error {
+    match &e {
+        Error::Frame(FrameError::Io(io)) if io.kind() == io::ErrorKind::TimedOut => Error::Deadline,
+        _ => e,
+    }
+}
+
+/// A stream whose every read gives up at `deadline` (`TimedOut`).
+struct Timed {
+    stream: UnixStream,
+    deadline: Instant,
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => io::ErrorKind::TimedOut.into(),
+            _ => e,
+        })
     }
 }
 

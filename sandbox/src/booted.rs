@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::agent::{self, Command, Outcome, Session};
+use crate::agent::{self, Command, Outcome, Session, TreeExport};
 use crate::console::{self, ConsoleTail, TAIL_BYTES};
 use vmm::backend::{self, Backend};
 use vmm::vm::{RunReport, StopSignal, VmConfig, VmExit};
@@ -138,6 +138,12 @@ impl Sandbox {
     /// Starts `command` as a session the caller drives (input, output as it comes).
     pub fn session(&self, command: &Command) -> Result<Session, Error> {
         Session::start(&self.socket, command).map_err(|e| self.explained(e))
+    }
+
+    /// The tree of the guest folder `path` as its agent sends it: a `:rw` volume's changes,
+    /// for `Volume::copy_back`.
+    pub fn export(&self, path: &str) -> TreeExport {
+        TreeExport::new(&self.socket, path)
     }
 
     /// Readable once the VM has ended.

@@ -5,20 +5,35 @@
 //! - default: the guest may write; its writes land in the throwaway image and never reach the
 //!   host.
 //! - `:ro`: mounted read-only.
-//! - `:rw`: after the run the image's tree is mirrored back into the host folder (files
-//!   written, created and deleted by the guest).
+//! - `:rw`: once the command has ended, the guest agent sends the volume's tree (its
+//!   `Export`, a `contract::tree` stream); it is unpacked strictly into a scratch folder
+//!   (unpack.rs) and mirrored into the host folder (mirror.rs): files written, created and
+//!   deleted by the guest. The host never reads the image the guest wrote (docs/security.md).
 
-use std::ffi::OsString;
+mod extents;
+mod folder;
+mod mirror;
+mod unpack;
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use contract::disks::ROOT_DEVICE;
 use contract::params;
+use contract::tree::TreePath;
 use vmm::vm::VolumeDisk;
+
+use folder::Folder;
+use mirror::MirrorError;
+pub use unpack::{Budget, TreeSource, UnpackError};
 
 /// The guest's user (`node`), who owns every file of a volume inside the guest.
 const GUEST_UID: u32 = 1000;
@@ -26,8 +41,8 @@ const GUEST_GID: u32 = 1000;
 /// Free space an image gets beyond its files, for what the guest writes.
 const HEADROOM_BYTES: u64 = 256 << 20;
 const BLOCK: u64 = 4096;
-/// ext4 creates it; it is no file of the user's.
-const LOST_FOUND: &str = "lost+found";
+/// How long the guest may take to send a `:rw` volume's tree.
+pub const COPY_BACK_TIME: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -79,12 +94,48 @@ pub enum Error {
     },
     #[error("{what} failed: {stderr}")]
     ToolFailed { what: String, stderr: String },
-    #[error("copying the guest's changes back to {path}")]
-    CopyBack {
+    #[error("{}: {what}", .path.display())]
+    Io {
+        what: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+    #[error("volume {}:{guest}:rw: the guest's changes were not copied back; the folder is as it was", .host.display())]
+    NotCopiedBack {
+        host: PathBuf,
+        guest: String,
+        #[source]
+        source: UnpackError,
+    },
+    #[error("volume {}:{guest}:rw: copying the guest's changes back stopped half-way; the folder is partly updated", .host.display())]
+    CopyBackStopped {
+        host: PathBuf,
+        guest: String,
+        #[source]
+        source: MirrorError,
+    },
+}
+
+/// A symlink of the guest's that was not copied back: its target leaves the volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Where it would have been on the host.
+    pub path: PathBuf,
+    pub target: String,
+    pub why: &'static str,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: the guest's symlink to {:?} was not copied back: its target {}; left as it was",
+            self.path.display(),
+            self.target,
+            self.why
+        )
+    }
 }
 
 impl Volume {
@@ -156,16 +207,17 @@ impl Volume {
         }
     }
 
-    /// Packs the host folder into a fresh ext4 image at `image`.
-    pub fn pack(&self, image: &Path) -> Result<(), Error> {
+    /// Packs the host folder into a fresh ext4 image at `image`; what a copy-back of it may
+    /// take (the image's size: the guest's whole disk; twice the inodes asked for: mke2fs
+    /// rounds them up to fill its groups).
+    pub fn pack(&self, image: &Path) -> Result<Budget, Error> {
         let usage = Usage::of(&self.host)?;
         let size_blocks = (usage.bytes + HEADROOM_BYTES) / BLOCK;
         let inodes = usage.entries * 2 + 4096;
         let mut command = Command::new("mke2fs");
         command
             .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0"])
-            // No journal: the guest syncs before the VM ends, and copy-back reads the image
-            // with debugfs, which does not replay journals.
+            // No journal: the guest syncs before the VM ends.
             .args(["-O", "^has_journal"])
             .args(["-N", &inodes.to_string()])
             .args(["-E", &format!("root_owner={GUEST_UID}:{GUEST_GID}")])
@@ -176,26 +228,78 @@ impl Volume {
         // The files must belong to the guest's user: mke2fs copies owners from what stat(2)
         // says, so run it where our own uid reads as the guest's.
         as_guest_owner(&mut command);
-        run_tool(command, format!("packing {} (mke2fs)", self.host.display()))
-    }
-
-    /// Mirrors the tree in `image` into the host folder: writes what differs, creates what is
-    /// new, deletes what the guest deleted. `scratch` is an empty folder to unpack into.
-    pub fn copy_back(&self, image: &Path, scratch: &Path) -> Result<(), Error> {
-        let mut command = Command::new("debugfs");
-        command
-            .arg("-R")
-            .arg(OsString::from(format!("rdump / {}", scratch.display())))
-            .arg(image);
-        run_tool(
-            command,
-            format!("reading the volume image of {}", self.host.display()),
-        )?;
-        mirror(scratch, &self.host, true).map_err(|source| Error::CopyBack {
-            path: self.host.clone(),
+        run_tool(command, format!("packing {} (mke2fs)", self.host.display()))?;
+        let image_len = fs::metadata(image).map_err(|source| Error::Io {
+            what: "looking at the packed image",
+            path: image.to_path_buf(),
             source,
+        })?;
+        Ok(Budget {
+            bytes: image_len.len(),
+            entries: inodes * 2,
+            time: COPY_BACK_TIME,
         })
     }
+
+    /// Copies the guest's changes back: unpacks the tree `source` sends into `scratch`, an
+    /// empty folder, within `budget`, then mirrors it into the host folder (writes what
+    /// differs, creates what is new, deletes what the guest deleted). Returns the symlinks it
+    /// refused whose place in the host folder holds something else (left as it was).
+    pub fn copy_back(
+        &self,
+        budget: &Budget,
+        source: &mut dyn TreeSource,
+        scratch: &Path,
+    ) -> Result<Vec<Refusal>, Error> {
+        let open = |path: &Path, what| {
+            Folder::open(path).map_err(|source| Error::Io {
+                what,
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let unpacked = open(scratch, "opening the scratch folder")?;
+        let refused =
+            unpack::unpack(source, &unpacked, budget).map_err(|source| Error::NotCopiedBack {
+                host: self.host.clone(),
+                guest: self.guest.clone(),
+                source,
+            })?;
+        let host = open(&self.host, "opening the volume's host folder")?;
+        let keep: HashSet<Vec<u8>> = refused.iter().map(|r| r.path.as_bytes().to_vec()).collect();
+        mirror::mirror(&unpacked, &host, &keep).map_err(|source| Error::CopyBackStopped {
+            host: self.host.clone(),
+            guest: self.guest.clone(),
+            source,
+        })?;
+        Ok(refused
+            .into_iter()
+            .filter(|r| read_link(&host, &r.path).as_deref() != Some(r.target.as_slice()))
+            .map(|r| Refusal {
+                path: self.host.join(OsStr::from_bytes(r.path.as_bytes())),
+                target: String::from_utf8_lossy(&r.target).into_owned(),
+                why: r.why,
+            })
+            .collect())
+    }
+}
+
+/// The target of the symlink at `path` in `folder`, if there is one.
+fn read_link(folder: &Folder, path: &TreePath) -> Option<Vec<u8>> {
+    let (parent, name) = path.split_last();
+    let mut inner = None;
+    for component in parent.into_iter().flat_map(|p| p.split(|&b| b == b'/')) {
+        let next = inner
+            .as_ref()
+            .unwrap_or(folder)
+            .folder(OsStr::from_bytes(component));
+        inner = Some(next.ok()?);
+    }
+    let target = inner
+        .as_ref()
+        .unwrap_or(folder)
+        .read_link(OsStr::from_bytes(name));
+    target.ok().map(|t| t.as_bytes().to_vec())
 }
 
 /// Bytes (whole blocks) and entries a tree takes.
@@ -285,8 +389,8 @@ pub(crate) fn run_tool(mut command: Command, what: String) -> Result<(), Error> 
             what: what.clone(),
             source,
         })?;
-    // debugfs reports failures on stderr but exits 0; e2fsprogs tools print their banner
-    // ("debugfs 1.47.0 (5-Feb-2023)") there too.
+    // e2fsprogs tools print their banner ("e2fsck 1.47.0 (5-Feb-2023)") on stderr; anything
+    // else there is a complaint, even with a status of 0.
     let banner = format!("{} ", command.get_program().to_string_lossy());
     let stderr = String::from_utf8_lossy(&output.stderr);
     let complaints: Vec<&str> = stderr
@@ -306,212 +410,5 @@ pub(crate) fn run_tool(mut command: Command, what: String) -> Result<(), Error> 
     Ok(())
 }
 
-/// Makes `dst` hold what `src` holds. `top`: skip ext4's lost+found.
-fn mirror(src: &Path, dst: &Path, top: bool) -> io::Result<()> {
-    let mut names = std::collections::HashSet::new();
-    for entry in fs::read_dir(src)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if top && name == LOST_FOUND {
-            continue;
-        }
-        let (from, to) = (entry.path(), dst.join(&name));
-        names.insert(name);
-        let meta = fs::symlink_metadata(&from)?;
-        let existing = fs::symlink_metadata(&to).ok();
-        let kind = meta.file_type();
-        if let Some(old) = &existing {
-            let same_kind = old.file_type().is_dir() == kind.is_dir()
-                && old.file_type().is_symlink() == kind.is_symlink();
-            if !same_kind {
-                remove(&to, old)?;
-            }
-        }
-        let existing = fs::symlink_metadata(&to).ok();
-        if kind.is_dir() {
-            if existing.is_none() {
-                fs::create_dir(&to)?;
-            }
-            mirror(&from, &to, false)?;
-            set_mode(&to, &meta)?;
-        } else if kind.is_symlink() {
-            let target = fs::read_link(&from)?;
-            if existing.is_none() || fs::read_link(&to)? != target {
-                if existing.is_some() {
-                    fs::remove_file(&to)?;
-                }
-                std::os::unix::fs::symlink(&target, &to)?;
-            }
-        } else if kind.is_file() {
-            let changed = match &existing {
-                None => true,
-                Some(old) => old.len() != meta.len() || fs::read(&to)? != fs::read(&from)?,
-            };
-            if changed {
-                // In place: the host file keeps its owner and links.
-                fs::copy(&from, &to)?;
-            }
-            set_mode(&to, &meta)?;
-        }
-    }
-    for entry in fs::read_dir(dst)? {
-        let entry = entry?;
-        if !names.contains(&entry.file_name()) {
-            remove(&entry.path(), &entry.metadata()?)?;
-        }
-    }
-    Ok(())
-}
-
-fn set_mode(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
-    let mode = meta.mode() & 0o7777;
-    if fs::metadata(path)?.mode() & 0o7777 != mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    }
-    Ok(())
-}
-
-fn remove(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
-    if meta.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    }
-}
-
-/// `%XX` for every byte outside `[A-Za-z0-9/._-]` (the guest decodes it).
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn specs() {
-        let dir = tempfile::tempdir().unwrap();
-        let host = dir.path().to_str().unwrap();
-        let v = Volume::parse(&format!("{host}:/app")).unwrap();
-        assert_eq!(v.guest, "/app");
-        assert_eq!(v.mode, Mode::Scratch);
-        assert_eq!(v.host, fs::canonicalize(host).unwrap());
-        assert_eq!(
-            Volume::parse(&format!("{host}:/a/b/:ro")).unwrap().guest,
-            "/a/b"
-        );
-        assert_eq!(
-            Volume::parse(&format!("{host}:/app:rw")).unwrap().mode,
-            Mode::ReadWrite
-        );
-        for bad in [
-            host.to_string(),
-            format!("{host}:app"),
-            format!("{host}:/"),
-            format!("{host}:/a/../b"),
-            format!("{host}:/app:rx"),
-            format!("{host}:/a:b:ro"),
-            format!("{host}:/a\0b"),
-            ":/app".to_string(),
-            "/nonexistent/x:/app".to_string(),
-        ] {
-            let err = Volume::parse(&bad).unwrap_err().to_string();
-            assert!(err.starts_with("--volume "), "{err}");
-        }
-        let file = dir.path().join("f");
-        fs::write(&file, "x").unwrap();
-        assert!(matches!(
-            Volume::parse(&format!("{}:/app", file.display())),
-            Err(Error::NotAFolder { .. })
-        ));
-    }
-
-    fn tree(root: &Path) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            for e in fs::read_dir(&dir).unwrap() {
-                let e = e.unwrap();
-                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
-                let m = fs::symlink_metadata(e.path()).unwrap();
-                let what = if m.is_symlink() {
-                    format!("-> {}", fs::read_link(e.path()).unwrap().display())
-                } else if m.is_dir() {
-                    stack.push(e.path());
-                    format!("dir {:o}", m.mode() & 0o777)
-                } else {
-                    format!(
-                        "{:o} {}",
-                        m.mode() & 0o777,
-                        String::from_utf8_lossy(&fs::read(e.path()).unwrap())
-                    )
-                };
-                out.push((rel, what));
-            }
-        }
-        out.sort();
-        out
-    }
-
-    /// Packs with the real mke2fs, checks owners and contents with debugfs, and mirrors a
-    /// changed tree back.
-    #[test]
-    fn pack_and_copy_back_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let host = dir.path().join("project");
-        fs::create_dir_all(host.join("src/deep")).unwrap();
-        fs::write(host.join("package.json"), "{}").unwrap();
-        fs::write(host.join("src/a.js"), "a").unwrap();
-        fs::write(host.join("src/deep/b.js"), "b").unwrap();
-        fs::set_permissions(host.join("src/a.js"), fs::Permissions::from_mode(0o600)).unwrap();
-        std::os::unix::fs::symlink("a.js", host.join("src/link")).unwrap();
-        let before = tree(&host);
-
-        let v = Volume::parse(&format!("{}:/app:rw", host.display())).unwrap();
-        let image = dir.path().join("vol.img");
-        v.pack(&image).unwrap();
-        let listing = Command::new("debugfs")
-            .args(["-R", "ls -l /src"])
-            .arg(&image)
-            .output()
-            .unwrap();
-        let listing = String::from_utf8_lossy(&listing.stdout);
-        let a = listing.lines().find(|l| l.ends_with(" a.js")).unwrap();
-        assert!(a.contains(" 1000   1000 "), "{listing}");
-
-        // Unchanged image: the mirror changes nothing.
-        let scratch = dir.path().join("s1");
-        fs::create_dir(&scratch).unwrap();
-        v.copy_back(&image, &scratch).unwrap();
-        assert_eq!(tree(&host), before);
-
-        // Edit the image the way a guest would, through debugfs: delete, create, overwrite.
-        let new_file = dir.path().join("new.txt");
-        fs::write(&new_file, "new").unwrap();
-        let script = format!(
-            "rm /src/deep/b.js\nrmdir /src/deep\nrm /package.json\nwrite {} /package.json\nmkdir /out\nwrite {} /out/n.txt\n",
-            new_file.display(),
-            new_file.display()
-        );
-        let script_path = dir.path().join("edit");
-        fs::write(&script_path, script).unwrap();
-        let st = Command::new("debugfs")
-            .arg("-w")
-            .arg("-f")
-            .arg(&script_path)
-            .arg(&image)
-            .output()
-            .unwrap();
-        assert!(st.status.success());
-        let scratch = dir.path().join("s2");
-        fs::create_dir(&scratch).unwrap();
-        v.copy_back(&image, &scratch).unwrap();
-        let after = tree(&host);
-        let names: Vec<&str> = after.iter().map(|(n, _)| n.as_str()).collect();
-        assert!(!names.contains(&"src/deep"), "{after:?}");
-        assert!(names.contains(&"out/n.txt"), "{after:?}");
-        assert!(!names.contains(&"lost+found"), "{after:?}");
-        let pkg = after.iter().find(|(n, _)| n == "package.json").unwrap();
-        assert!(pkg.1.ends_with(" new"), "{pkg:?}");
-        let link = after.iter().find(|(n, _)| n == "src/link").unwrap();
-        assert_eq!(link.1, "-> a.js");
-        let a = after.iter().find(|(n, _)| n == "src/a.js").unwrap();
-        assert_eq!(a.1, "600 a");
-    }
-}
+mod tests;

@@ -3,6 +3,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -12,7 +13,7 @@ use contract::status;
 use sandbox::agent::{Command, Outcome};
 use sandbox::booted::{ConsoleLog, Sandbox, BOOT_TIMEOUT};
 use sandbox::vm_config;
-use sandbox::volume::{Mode, Volume};
+use sandbox::volume::{Budget, Mode, Volume};
 use vmm::runtime;
 use vmm::vm::VmConfig;
 
@@ -96,29 +97,63 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let (mut config, _user) = args.vm.config()?;
     config.shell = Shell::None;
     config.agent_socket = Some(dir.path().join("agent.sock"));
-    for (volume, disk) in volumes.iter().zip(&disks) {
-        volume.pack(&disk.image)?;
-    }
+    let budgets = volumes
+        .iter()
+        .zip(&disks)
+        .map(|(volume, disk)| volume.pack(&disk.image))
+        .collect::<Result<Vec<_>, _>>()?;
     config.volumes = disks.clone();
 
     let vm = Sandbox::boot(backend, config, ConsoleLog::Tail)?;
     let outcome = vm
         .wait_ready(BOOT_TIMEOUT)
         .and_then(|()| vm.exec(&command, command.timeout.map(|t| t + TIMEOUT_GRACE)));
+    // The guest's changes come through its agent, while the VM still runs.
+    let copied_back = outcome.is_err() || copy_back(&vm, &volumes, &budgets, dir.path());
     // A VM that failed explains more than the agent that never answered.
     let report = vm.stop();
     let outcome = match (outcome, report) {
         (Ok(outcome), Ok(_)) => outcome,
         (_, Err(e)) | (Err(e), Ok(_)) => return Err(e.into()),
     };
-    for (i, (volume, disk)) in volumes.iter().zip(&disks).enumerate() {
-        if volume.mode == Mode::ReadWrite {
-            let scratch = dir.path().join(format!("volume{i}.out"));
-            std::fs::create_dir(&scratch).context("creating a folder to unpack a volume")?;
-            volume.copy_back(&disk.image, &scratch)?;
+    let status = exit_status(&outcome, &command);
+    if !copied_back {
+        eprintln!(
+            "nodeos-vm: the command's exit status was {status}; nodeos-vm exits with {} since the guest's changes were not all copied back",
+            status::HOST_FAILURE
+        );
+        return Ok(status::HOST_FAILURE);
+    }
+    Ok(status)
+}
+
+/// Copies each `:rw` volume's changes back from the guest (`Volume::copy_back`), saying on
+/// stderr, one line each, what was refused and what failed. Whether every one was copied.
+fn copy_back(vm: &Sandbox, volumes: &[Volume], budgets: &[Budget], dir: &Path) -> bool {
+    let mut copied = true;
+    for (i, (volume, budget)) in volumes.iter().zip(budgets).enumerate() {
+        if volume.mode != Mode::ReadWrite {
+            continue;
+        }
+        let scratch = dir.join(format!("volume{i}.out"));
+        let result = std::fs::create_dir(&scratch)
+            .context("creating a folder to unpack a volume")
+            .and_then(|()| {
+                Ok(volume.copy_back(budget, &mut vm.export(&volume.guest), &scratch)?)
+            });
+        match result {
+            Ok(refusals) => {
+                for refusal in refusals {
+                    eprintln!("nodeos-vm: {refusal}");
+                }
+            }
+            Err(e) => {
+                eprintln!("nodeos-vm: error: {e:#}");
+                copied = false;
+            }
         }
     }
-    Ok(exit_status(&outcome, &command))
+    copied
 }
 
 /// Our exit status for the command's outcome; says on stderr what a status alone cannot.

@@ -157,6 +157,47 @@ pub const RUN_CASES: &[RunCase] = &[
         check: |o| expect(o, 0, "EROFS\nfrom the guest\ndeleted\n"),
     },
     RunCase {
+        name: "rw_volume_copy_back_is_checked",
+        script: "echo canary > canary
+                 $RUN -v $FIXTURE:/app:rw -- node -e '
+                   const fs = require(\"fs\");
+                   const fd = fs.openSync(\"/app/sparse\", \"w\");
+                   fs.ftruncateSync(fd, 8 * 2 ** 30);
+                   fs.writeSync(fd, Buffer.alloc(4096, 7), 0, 4096, 2 ** 30);
+                   fs.closeSync(fd);
+                   fs.symlinkSync(\"/etc/passwd\", \"/app/passwd\");
+                   fs.symlinkSync(\"../../canary\", \"/app/lib/up\");
+                   fs.symlinkSync(\"../package.json\", \"/app/lib/pkg\");
+                   fs.writeFileSync(\"/app/out.txt\", \"from the guest\");
+                   process.exit(3)'
+                 echo \"status $?\"
+                 set -- $(stat -c '%s %b' $FIXTURE/sparse); echo \"sparse $1\"; [ \"$2\" -le 64 ] && echo 'holes kept'
+                 n=$(dd if=$FIXTURE/sparse bs=4096 skip=262144 count=1 2>/dev/null | tr -d '\\007' | wc -c); echo other bytes $n
+                 [ -L $FIXTURE/passwd ] || echo 'passwd refused'
+                 [ -L $FIXTURE/lib/up ] || echo 'up refused'
+                 readlink $FIXTURE/lib/pkg
+                 cat canary $FIXTURE/out.txt",
+        stdin: "",
+        net: false,
+        root: false,
+        check: |o| {
+            expect(
+                o,
+                0,
+                "status 3\nsparse 8589934592\nholes kept\nother bytes 0\npasswd refused\nup refused\n../package.json\ncanary\nfrom the guest",
+            )?;
+            for refusal in [
+                "/passwd: the guest's symlink to \"/etc/passwd\" was not copied back: its target is absolute; left as it was",
+                "/lib/up: the guest's symlink to \"../../canary\" was not copied back: its target leads out of the volume; left as it was",
+            ] {
+                if !o.stderr.contains(refusal) {
+                    return Err(format!("no {refusal:?} on stderr\n{}", explain(o)));
+                }
+            }
+            Ok(())
+        },
+    },
+    RunCase {
         name: "npm_test_of_a_node_project",
         script: "$RUN -v $FIXTURE:/app -w /app -- npm test > out 2>&1; echo \"status $?\"; grep '^# pass\\|^# fail' out
                  $RUN -v $FIXTURE:/app -w /app -e FIXTURE_FAIL=1 -- npm test > out 2>&1; echo \"status $?\"; grep '^# pass\\|^# fail' out",

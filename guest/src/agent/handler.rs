@@ -1,4 +1,5 @@
-//! One agent connection: `Hello`, then one `Exec` (or `Poweroff`), served in its own process.
+//! One agent connection: `Hello`, then one `Exec` (or `Poweroff`, or `Export`), served in its
+//! own process.
 //!
 //! While the command runs, one poll loop moves everything at once, so no direction can block
 //! another: request frames (stdin, signals) in, stdin to the command, its stdout and stderr
@@ -6,17 +7,23 @@
 //! buffer is bounded; when one is full the loop stops reading what would fill it (backpressure
 //! reaches the host through the connection). The host dropping the connection, or a
 //! malformed frame, ends the command's whole process group.
+//!
+//! `Export` sends a folder's tree (export.rs) as `TreeData` chunks, each written before the
+//! next is read from the disk, then `TreeEnd`.
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
 use contract::params::EnvVar;
 
 use super::command::{self, Child};
+use super::export::{self, Failure};
 use crate::init::user::User;
 use crate::sys::{self, cvt, cvt_size, ExitStatus};
 
@@ -100,10 +107,11 @@ pub fn serve(conn: OwnedFd, cfg: &Config) -> io::Result<Outcome> {
     let exec = match conn.wait_request() {
         Ok(Some(Request::Exec(exec))) => exec,
         Ok(Some(Request::Poweroff)) => return Ok(Outcome::Poweroff),
+        Ok(Some(Request::Export { path })) => return export_tree(&mut conn, &path),
         Ok(Some(other)) => {
             return conn.fail(
                 ErrorKind::Protocol,
-                format!("expected Exec or Poweroff, got {}", name(&other)),
+                format!("expected Exec, Poweroff or Export, got {}", name(&other)),
             )
         }
         Ok(None) => return Ok(Outcome::Done),
@@ -126,6 +134,26 @@ fn name(request: &Request) -> &'static str {
         Request::StdinEof => "StdinEof",
         Request::Signal(_) => "Signal",
         Request::Poweroff => "Poweroff",
+        Request::Export { .. } => "Export",
+    }
+}
+
+/// Sends the tree of the folder `path` as `TreeData` chunks, then `TreeEnd`; a folder that
+/// cannot be read gets `Error { Export }`.
+fn export_tree(conn: &mut Conn, path: &[u8]) -> io::Result<Outcome> {
+    let path = Path::new(OsStr::from_bytes(path));
+    let mut send = |chunk| {
+        conn.queue(&Reply::TreeData(chunk));
+        conn.flush_all()
+    };
+    match export::export(path, &mut send) {
+        Ok(()) => {
+            conn.queue(&Reply::TreeEnd);
+            conn.flush_all()?;
+            Ok(Outcome::Done)
+        }
+        Err(Failure::Read(e)) => conn.fail(ErrorKind::Export, e.to_string()),
+        Err(Failure::Send(e)) => Err(e),
     }
 }
 

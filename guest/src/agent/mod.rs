@@ -10,9 +10,11 @@
 //!
 //! Once it listens, the agent says so: it connects to host port [`READY_PORT`], sends a
 //! `Hello` reply and closes. Each connection is then served by its own forked handler
-//! (handler.rs); a `Poweroff` request ends the VM from there (poweroff.rs).
+//! (handler.rs); a `Poweroff` request ends the VM from there (poweroff.rs); an `Export` request
+//! sends a folder's tree (export.rs).
 
 mod command;
+mod export;
 mod handler;
 mod serial;
 mod vsock;

@@ -518,3 +518,53 @@ fn through_the_channel_multiplexer() {
     session.finish();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `Export`: the folder's tree in `TreeData` chunks, then `TreeEnd`; a folder that cannot be
+/// read is an `Export` error.
+#[test]
+fn export_sends_a_tree_then_its_end() {
+    let file = temp_file(b"exported");
+    let dir = file.with_extension("dir");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::rename(&file, dir.join("f")).unwrap();
+    let mut session = Session::start();
+    session.hello();
+    session.send(&Request::Export {
+        path: dir.as_os_str().as_encoded_bytes().to_vec(),
+    });
+    let mut decoder = contract::tree::TreeDecoder::new();
+    let mut records = Vec::new();
+    loop {
+        match session.recv() {
+            Reply::TreeData(chunk) => {
+                assert!(chunk.len() <= frame::MAX_CHUNK);
+                decoder.push(&chunk).unwrap();
+                while let Some(r) = decoder.next_record().unwrap() {
+                    records.push(format!("{r:?}"));
+                }
+            }
+            Reply::TreeEnd => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    decoder.finish().unwrap();
+    assert_eq!(session.finish(), Outcome::Done);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert!(records[1].contains("[101, 120, 112"), "{records:?}"); // "exp..."
+
+    let mut session = Session::start();
+    session.hello();
+    session.send(&Request::Export {
+        path: b"/nonexistent-export".to_vec(),
+    });
+    let (_, _, last) = session.collect();
+    assert_eq!(
+        last,
+        Reply::Error {
+            kind: ErrorKind::Export,
+            message: "open /nonexistent-export: No such file or directory".into()
+        }
+    );
+    session.finish();
+}
