@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use arbitrary::Arbitrary;
 use contract::params::{self, GuestParams};
 use libfuzzer_sys::fuzz_target;
-use nodeos_vm::cli::parse_net;
+use nodeos_vm::fuzzing::parse_net;
 use nodeos_vm::fuzzing::{env_entry, workdir};
 use sandbox::vm_config;
 use sandbox::volume::Volume;

@@ -6,7 +6,7 @@ pub(crate) mod run;
 mod serve;
 mod start;
 mod users;
-mod vm_options;
+pub(crate) mod vm_options;
 mod vms;
 
 use clap::{Parser, Subcommand};
