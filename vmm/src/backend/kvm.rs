@@ -85,6 +85,8 @@ pub fn run(spec: &VmSpec, console: ConsoleIo, stop: &StopSignal) -> Result<RunRe
 pub struct Given {
     /// The host end of `spec.net`'s link, which the parent opened (net::HostEnd).
     pub net: Option<OwnedFd>,
+    /// The device's part of the agent link's host side, which the parent runs (vsock::host).
+    pub agent: Option<vsock::host::DeviceSide>,
     /// Runs once the VM is built (its files and devices open) and before any of its threads
     /// starts: where a jailed VMM drops its privileges.
     pub confine: Option<Box<dyn FnOnce() -> Result<(), crate::jail::Error>>>,
@@ -103,12 +105,13 @@ pub fn run_given(
 ) -> Result<RunReport, Error> {
     let started = Instant::now();
     let ready = console.ready.clone();
-    let result = Machine::build(spec, console, given.net, started).and_then(|machine| {
-        if let Some(confine) = given.confine {
-            confine()?;
-        }
-        machine.run(stop.clone(), given.filter_caller)
-    });
+    let result =
+        Machine::build(spec, console, given.net, given.agent, started).and_then(|machine| {
+            if let Some(confine) = given.confine {
+                confine()?;
+            }
+            machine.run(stop.clone(), given.filter_caller)
+        });
     // The console relay waits for the guest's "ready"; a VM that is gone will not send it.
     ready.signal();
     result
@@ -136,6 +139,7 @@ impl Machine {
         spec: &VmSpec,
         console: ConsoleIo,
         net_given: Option<OwnedFd>,
+        agent_given: Option<vsock::host::DeviceSide>,
         started: Instant,
     ) -> Result<Machine, Error> {
         // Memory first: on an early return the VM fd (declared later) is dropped before it.
@@ -193,7 +197,7 @@ impl Machine {
 
         // Virtio devices on MMIO, in the spec's order (the guest's: vda, vdb, ...).
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::with_capacity(spec.devices.len());
-        let mut net_given = net_given;
+        let (mut net_given, mut agent_given) = (net_given, agent_given);
         for (index, device) in spec.devices.iter().enumerate() {
             devices.push(match device {
                 Device::Block(disk) => Box::new(Block::open(
@@ -210,7 +214,10 @@ impl Machine {
                     };
                     net::attach(net, end, net::DEFAULT_MAC)?
                 }
-                Device::AgentLink(path) => Box::new(Vsock::new(path)?),
+                Device::AgentLink(path) => Box::new(match agent_given.take() {
+                    Some(device) => Vsock::given(device)?,
+                    None => Vsock::new(path)?,
+                }),
             });
         }
 

@@ -11,7 +11,11 @@
 //!   then how the VM ended;
 //! - 5 ([`STOP_FD`]): the [`StopSignal`]'s eventfd;
 //! - 6 ([`NET_FD`]): the host end of the guest's network link, opened by the parent
-//!   (net::HostEnd), when the spec has one.
+//!   (net::HostEnd), when the spec has one;
+//! - 7 ([`AGENT_LISTENER_FD`]) and 8 ([`AGENT_CONNECTOR_FD`]): the agent link's listening socket
+//!   and the device's end of its connector, when the spec has an agent link: the parent binds
+//!   the socket, removes it afterwards and makes the guest's connections to the host
+//!   (vsock::host).
 //!
 //! Any other descriptor is closed first thing. The VMM dies with its parent (a parent-death
 //! signal) and ignores the terminal's signals (SIGINT, SIGQUIT, SIGHUP): they are nodeos-vm's.
@@ -30,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::kvm;
 use crate::devices::virtio::net::{self, HostEnd};
+use crate::devices::virtio::vsock;
 use crate::jail::{self, Jail};
 use crate::memory;
 use crate::vm::{ConsoleIo, ConsoleReady, RunReport, StopSignal, VmSpec};
@@ -43,8 +48,10 @@ const REQUEST_FD: RawFd = 3;
 const STATUS_FD: RawFd = 4;
 const STOP_FD: RawFd = 5;
 const NET_FD: RawFd = 6;
+const AGENT_LISTENER_FD: RawFd = 7;
+const AGENT_CONNECTOR_FD: RawFd = 8;
 /// The first descriptor the VMM process was not given.
-const FIRST_FREE_FD: RawFd = 7;
+const FIRST_FREE_FD: RawFd = 9;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,6 +74,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Net(#[from] net::Error),
+    #[error(transparent)]
+    Agent(#[from] vsock::Error),
     #[error(transparent)]
     Jail(#[from] jail::Error),
     /// The VMM's own error, as it said it.
@@ -158,6 +167,11 @@ pub fn run(
         .net()
         .map(|net| HostEnd::open(net, false))
         .transpose()?;
+    let (agent_host, agent_device) = spec
+        .agent_socket()
+        .map(vsock::host::open)
+        .transpose()?
+        .unzip();
     let host = jail.map(|_| jail::HostSide::prepare(spec)).transpose()?;
     let request = Request {
         spec: spec.clone(),
@@ -179,6 +193,10 @@ pub fn run(
     if let Some(net) = &net {
         moves.push((net.fd.as_raw_fd(), NET_FD));
     }
+    if let Some(agent) = &agent_device {
+        moves.push((agent.listener.as_raw_fd(), AGENT_LISTENER_FD));
+        moves.push((agent.connector.as_raw_fd(), AGENT_CONNECTOR_FD));
+    }
     let cgroup_procs = host.as_ref().and_then(|h| h.cgroup()).map(|c| c.procs_fd());
     let mut command = Command::new(&program.exe);
     command
@@ -191,8 +209,9 @@ pub fn run(
     // on descriptors that are open in the child, inherited from us.
     unsafe { command.pre_exec(move || hand_over(&moves, cgroup_procs)) };
     let child = command.spawn();
-    // Our copies of the child's ends: its end of each pipe must be the only one.
-    drop((command, request_read, status_write));
+    // Our copies of the child's ends: its end of each pipe and of the connector must be the
+    // only one.
+    drop((command, request_read, status_write, agent_device));
     let mut child = child.map_err(|source| Error::Spawn {
         exe: program.exe.clone(),
         source,
@@ -208,7 +227,7 @@ pub fn run(
     let status = child.wait().map_err(setup("waiting for it"));
     console.ready.signal();
     let last_words = stderr.join().unwrap_or_default();
-    drop((host, net));
+    drop((host, net, agent_host));
     match (end, status?) {
         (Some(Status::Ended(report)), _) => Ok(report),
         (Some(Status::Failed(message)), _) => Err(Error::Vmm(message)),
@@ -346,8 +365,12 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
         .net()
         .is_some()
         .then(|| unsafe { OwnedFd::from_raw_fd(NET_FD) });
+    // SAFETY: as above; these are open only with an agent link.
+    let agent = request.spec.agent_socket().is_some().then(|| unsafe {
+        vsock::host::DeviceSide::from_fds(AGENT_LISTENER_FD, AGENT_CONNECTOR_FD)
+    });
     let spec = match &request.jail {
-        Some(j) => jail::enter(&j.jail, &j.dir, &request.spec, memory::keep_smaps_open)?,
+        Some(j) => jail::enter(&j.dir, &request.spec, memory::keep_smaps_open)?,
         None => request.spec,
     };
     let notify = status.try_clone().map_err(VmmError::Status)?;
@@ -366,6 +389,7 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
         &stop,
         kvm::Given {
             net,
+            agent,
             confine,
             filter_caller: true,
         },

@@ -6,15 +6,15 @@
 //!    PID 1 of a PID namespace of its own; the first process only waits for it and exits as it
 //!    did ([`namespaces`]);
 //! 2. mounts a small tmpfs on its jail folder that holds only what the VM needs, bind-mounted:
-//!    the kernel, the root image and the disks (read-only where the disk is), `/dev/kvm` and
-//!    the folder of the agent socket; pivots into it, detaches the host's root and makes the
-//!    tmpfs read-only ([`root`]);
+//!    the kernel, the root image and the disks (read-only where the disk is) and `/dev/kvm`;
+//!    pivots into it, detaches the host's root and makes the tmpfs read-only ([`root`]);
 //! 3. builds the VM (every file and device opened) and then drops to an unprivileged user and
 //!    group, with no supplementary groups, no capabilities and no way to gain privileges
 //!    ([`privileges`]), before any of its threads starts.
 //!
 //! The parent makes the jail folder and removes it afterwards, opens the network link (the
-//! VMM cannot reach the host's network from its own namespace), and puts the VMM in a cgroup
+//! VMM cannot reach the host's network from its own namespace) and the agent link's socket
+//! and connector (devices::virtio::vsock::host), and puts the VMM in a cgroup
 //! v2 with CPU and memory limits when `/sys/fs/cgroup` is a writable cgroup2 mount
 //! ([`cgroup`]).
 
@@ -145,7 +145,6 @@ impl Drop for HostSide {
 /// returns (it relays the VMM's exit status). `keep` runs in the VMM while the host's files are
 /// still in sight: to open what it reads later (`/proc/self/smaps`).
 pub fn enter(
-    jail: &Jail,
     dir: &Path,
     spec: &VmSpec,
     keep: impl FnOnce() -> io::Result<()>,
@@ -156,5 +155,5 @@ pub fn enter(
         step: "opening /proc/self/smaps before entering the jail".into(),
         source,
     })?;
-    root::build(jail, dir, spec)
+    root::build(dir, spec)
 }

@@ -6,15 +6,15 @@
 //! /disk0, ...      the block devices in the guest's order (the root image, the user's disk,
 //!                  volumes), read-only where the disk is
 //! /dev/kvm
-//! /sock/           the folder of the agent socket: the VMM's listener and the host's
-//!                  `<socket>_<port>` listeners, the same files the host sees
 //! ```
+//!
+//! No socket: the agent link's listener and connections, and the network link, are
+//! descriptors the parent hands over.
 
 use std::fs;
-use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{c_path, check, Error, Jail};
+use super::{c_path, check, Error};
 use crate::vm::{Device, VmSpec};
 
 const KVM_DEVICE: &str = "/dev/kvm";
@@ -31,7 +31,7 @@ enum Access {
 
 /// Builds the jail on `dir` for `spec`, pivots into it, and returns `spec` with the paths the
 /// VM's files have in the jail.
-pub(super) fn build(jail: &Jail, dir: &Path, spec: &VmSpec) -> Result<VmSpec, Error> {
+pub(super) fn build(dir: &Path, spec: &VmSpec) -> Result<VmSpec, Error> {
     // No mount of ours may propagate to the host's namespace.
     mount(
         None,
@@ -59,14 +59,14 @@ pub(super) fn build(jail: &Jail, dir: &Path, spec: &VmSpec) -> Result<VmSpec, Er
                 };
                 disk.path = bind_file(dir, &format!("disk{index}"), &disk.path, access)?;
             }
-            Device::AgentLink(socket) => *socket = bind_socket_dir(jail, dir, socket)?,
-            Device::Rng | Device::Net(_) => {}
+            // The VMM gets its descriptors from the parent (vsock::host, net::HostEnd).
+            Device::AgentLink(_) | Device::Rng | Device::Net(_) => {}
         }
     }
     make_dir(&dir.join("dev"))?;
     bind_file(dir, "dev/kvm", Path::new(KVM_DEVICE), Access::Device)?;
     pivot(dir)?;
-    // Nothing more is created in the jail but the sockets in /sock, a mount of its own.
+    // Nothing more is created in the jail.
     mount(
         None,
         Path::new("/"),
@@ -91,54 +91,6 @@ fn bind_file(dir: &Path, name: &str, source: &Path, access: Access) -> Result<Pa
     })?;
     bind(source, &target, access)?;
     Ok(Path::new("/").join(name))
-}
-
-/// Bind-mounts the folder of the agent socket on `<dir>/sock`, where the VMM (once it is no
-/// longer root) can reach it: the folder is made searchable (`o+x`: not listable) and the host
-/// listeners already there (`<socket>_<port>`) are given to the jail's user, who must be able
-/// to connect to them. Returns the socket's path in the jail.
-fn bind_socket_dir(jail: &Jail, dir: &Path, socket: &Path) -> Result<PathBuf, Error> {
-    let invalid = || Error::Step {
-        step: format!(
-            "the agent socket {} has no folder or name",
-            socket.display()
-        ),
-        source: std::io::ErrorKind::InvalidInput.into(),
-    };
-    let (folder, name) = match (socket.parent(), socket.file_name()) {
-        (Some(folder), Some(name)) => (folder, name),
-        _ => return Err(invalid()),
-    };
-    let folder = if folder.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        folder
-    };
-    let step = |what: &str, path: &Path| {
-        let step = format!("{what} {}", path.display());
-        move |source| Error::Step { step, source }
-    };
-    let mode = fs::metadata(folder)
-        .map_err(step("reading", folder))?
-        .permissions()
-        .mode();
-    fs::set_permissions(folder, fs::Permissions::from_mode(mode | 0o001))
-        .map_err(step("making searchable", folder))?;
-    let prefix = format!("{}_", name.to_string_lossy());
-    for entry in fs::read_dir(folder).map_err(step("listing", folder))? {
-        let path = entry.map_err(step("listing", folder))?.path();
-        let is_listener = path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(&prefix));
-        if is_listener {
-            chown(&path, Some(jail.uid), Some(jail.gid))
-                .map_err(step("giving the jail's user the socket", &path))?;
-        }
-    }
-    let target = dir.join("sock");
-    make_dir(&target)?;
-    bind(folder, &target, Access::ReadWrite)?;
-    Ok(Path::new("/sock").join(name))
 }
 
 fn make_dir(path: &Path) -> Result<(), Error> {

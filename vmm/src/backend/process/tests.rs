@@ -10,7 +10,7 @@ use super::*;
 use crate::backend::kvm::tests::{file_with, pvh_spec};
 use crate::boot::tests::tiny_elf;
 use crate::kvm::smoke::kvm_usable;
-use crate::vm::VmExit;
+use crate::vm::{Device, VmExit};
 
 const VMM_ENV: &str = "NODEOS_VM_TEST_VMM";
 const VMM_TEST: &str = "backend::process::tests::vmm_process";
@@ -172,4 +172,41 @@ fn a_vmm_that_dies_is_an_error_with_its_last_words() {
         }
         other => panic!("{:?}", other.map(|r| r.exit)),
     }
+}
+
+/// The agent link's socket is the parent's: bound before the VMM starts, listening while it
+/// runs (the VMM accepts on the descriptor it was given), removed once it has ended.
+#[test]
+fn the_agent_socket_is_the_parents() {
+    if !kvm_usable() {
+        println!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let kernel = file_with(&tiny_elf(SPINNING_GUEST, LOAD_ADDR, true));
+    let rootfs = file_with(&[0; 4096]);
+    let sockets = tempfile::tempdir().unwrap();
+    let socket = sockets.path().join("agent.sock");
+    let mut spec = spec(kernel.path(), rootfs.path());
+    spec.devices.push(Device::AgentLink(socket.clone()));
+    let stop = StopSignal::new().unwrap();
+    let (s, path) = (stop.clone(), socket.clone());
+    let client = thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let connected = loop {
+            match std::os::unix::net::UnixStream::connect(&path) {
+                Ok(c) => break Ok(c),
+                Err(e) if std::time::Instant::now() > deadline => break Err(e),
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        s.stop();
+        connected.map(drop)
+    });
+    let o = boot(&this_test_binary(), &spec, &stop, jail());
+    assert_eq!(o.result.unwrap().exit, VmExit::Stopped);
+    client
+        .join()
+        .unwrap()
+        .expect("the agent socket takes clients");
+    assert!(!socket.exists(), "the parent removed the agent socket");
 }
