@@ -273,7 +273,7 @@ fn the_vmm_runs_jailed_as_root() {
     let jail = check("jail");
     let out = &jail.output;
     assert_eq!(jail.status, Some(0), "{out}");
-    assert!(out.contains("root: dev kernel rootfs sock \n"), "{out}");
+    assert!(out.contains("root: dev disk0 kernel \n"), "{out}");
     assert!(out.contains("Uid:\t65534\t65534\t65534\t65534"), "{out}");
     assert!(
         out.lines().any(|l| l.trim() == "Groups:"),

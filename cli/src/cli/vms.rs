@@ -225,7 +225,7 @@ pub fn keep(args: IdArg) -> anyhow::Result<u8> {
         .and_then(|dir| {
             let request =
                 fs::read(dir.join(id).join(REQUEST_FILE)).context("reading the VM's request")?;
-            Ok(serde_json::from_slice::<VmArgs>(&request).context("reading the VM's request")?)
+            serde_json::from_slice::<VmArgs>(&request).context("reading the VM's request")
         })
         .and_then(|vm| keep_vm(&vm, id, &mut report, signals));
     if let (Err(e), Some(report)) = (&result, report.as_mut()) {

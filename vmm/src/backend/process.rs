@@ -101,14 +101,7 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> Error {
 #[derive(Debug, Serialize, Deserialize)]
 struct Request {
     spec: VmSpec,
-    jail: Option<JailRequest>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct JailRequest {
-    jail: Jail,
-    /// The jail's folder, made by the parent.
-    dir: PathBuf,
+    jail: Option<jail::Request>,
 }
 
 /// What the VMM process tells its parent, one JSON line each.
@@ -172,13 +165,12 @@ pub fn run(
         .map(vsock::host::open)
         .transpose()?
         .unzip();
-    let host = jail.map(|_| jail::HostSide::prepare(spec)).transpose()?;
+    let host = jail
+        .map(|jail| jail::HostSide::prepare(jail, spec))
+        .transpose()?;
     let request = Request {
         spec: spec.clone(),
-        jail: jail.zip(host.as_ref()).map(|(jail, host)| JailRequest {
-            jail,
-            dir: host.dir().to_path_buf(),
-        }),
+        jail: host.as_ref().map(|host| host.request().clone()),
     };
     let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from);
     let (request_read, request_write) = pipe().map_err(setup("a pipe for its request"))?;
@@ -370,7 +362,7 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
         vsock::host::DeviceSide::from_fds(AGENT_LISTENER_FD, AGENT_CONNECTOR_FD)
     });
     let spec = match &request.jail {
-        Some(j) => jail::enter(&j.dir, &request.spec, memory::keep_smaps_open)?,
+        Some(j) => jail::enter(j, &request.spec, memory::keep_smaps_open)?,
         None => request.spec,
     };
     let notify = status.try_clone().map_err(VmmError::Status)?;

@@ -1,37 +1,19 @@
-//! The jail's root: a tmpfs on the jail folder, in the VMM's own mount namespace, holding only
-//! bind mounts of what the VM needs; the VMM pivots into it and the host's root goes.
-//!
-//! ```text
-//! /kernel          the kernel, read-only
-//! /disk0, ...      the block devices in the guest's order (the root image, the user's disk,
-//!                  volumes), read-only where the disk is
-//! /dev/kvm
-//! ```
-//!
-//! No socket: the agent link's listener and connections, and the network link, are
-//! descriptors the parent hands over.
+//! The jail's root: a tmpfs on the jail folder, in the jailed process's own mount namespace,
+//! holding only the entries of its layout (crate::jail::layout); the process makes it its
+//! root ([`pivot`]) and the host's root goes.
 
 use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::{c_path, check, Error};
-use crate::vm::{Device, VmSpec};
+use super::layout::{Access, Entry};
+use super::{c_path, check, Error, Jail};
 
-const KVM_DEVICE: &str = "/dev/kvm";
-/// The tmpfs holds only mount points.
+/// The tmpfs holds only mount points, folders for them and links.
 const TMPFS_OPTIONS: &str = "mode=0755,size=64k,nr_inodes=64";
 
-/// How a file is bind-mounted into the jail.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
-    ReadOnly,
-    ReadWrite,
-    Device,
-}
-
-/// Builds the jail on `dir` for `spec`, pivots into it, and returns `spec` with the paths the
-/// VM's files have in the jail.
-pub(super) fn build(dir: &Path, spec: &VmSpec) -> Result<VmSpec, Error> {
+/// Builds the jail on `dir` with `entries`, and makes it the root.
+pub(super) fn build(jail: &Jail, dir: &Path, entries: &[Entry]) -> Result<(), Error> {
     // No mount of ours may propagate to the host's namespace.
     mount(
         None,
@@ -40,79 +22,118 @@ pub(super) fn build(dir: &Path, spec: &VmSpec) -> Result<VmSpec, Error> {
         libc::MS_REC | libc::MS_PRIVATE,
         None,
     )?;
+    // As root, device nodes are made on the tmpfs itself: it cannot be `nodev`.
+    let mut flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+    if !matches!(jail, Jail::Root { .. }) {
+        flags |= libc::MS_NODEV;
+    }
     mount(
         Some(Path::new("tmpfs")),
         dir,
         Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        flags,
         Some(TMPFS_OPTIONS),
     )?;
-    let mut jailed = spec.clone();
-    jailed.kernel = bind_file(dir, "kernel", &spec.kernel, Access::ReadOnly)?;
-    for (index, device) in jailed.devices.iter_mut().enumerate() {
-        match device {
-            Device::Block(disk) => {
-                let access = if disk.read_only {
-                    Access::ReadOnly
-                } else {
-                    Access::ReadWrite
-                };
-                disk.path = bind_file(dir, &format!("disk{index}"), &disk.path, access)?;
+    for entry in entries {
+        match entry {
+            Entry::Bind {
+                source,
+                target,
+                access,
+            } => {
+                let at = inside(dir, target)?;
+                match (access, jail) {
+                    (Access::Device, Jail::Root { uid, gid }) => {
+                        make_node(source, &at, *uid, *gid)?
+                    }
+                    _ => {
+                        make_mount_point(source, &at)?;
+                        bind(source, &at, *access)?;
+                    }
+                }
             }
-            // The VMM gets its descriptors from the parent (vsock::host, net::HostEnd).
-            Device::AgentLink(_) | Device::Rng | Device::Net(_) => {}
+            Entry::Link { target, to } => {
+                let at = inside(dir, target)?;
+                symlink(to, &at).map_err(|source| Error::Step {
+                    step: format!("linking {} to {}", at.display(), to.display()),
+                    source,
+                })?;
+            }
         }
     }
-    make_dir(&dir.join("dev"))?;
-    bind_file(dir, "dev/kvm", Path::new(KVM_DEVICE), Access::Device)?;
-    pivot(dir)?;
+    super::pivot::into(dir)?;
     // Nothing more is created in the jail.
     mount(
         None,
         Path::new("/"),
         None,
-        libc::MS_REMOUNT
-            | libc::MS_BIND
-            | libc::MS_RDONLY
-            | libc::MS_NOSUID
-            | libc::MS_NODEV
-            | libc::MS_NOEXEC,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | flags,
         None,
-    )?;
-    Ok(jailed)
+    )
 }
 
-/// Bind-mounts the file `source` on `<dir>/<name>`; returns its path in the jail.
-fn bind_file(dir: &Path, name: &str, source: &Path, access: Access) -> Result<PathBuf, Error> {
-    let target = dir.join(name);
-    fs::File::create(&target).map_err(|source| Error::Step {
-        step: format!("creating the mount point {}", target.display()),
-        source,
+/// Where `target` (absolute in the jail) is on `dir`, its folders made.
+fn inside(dir: &Path, target: &Path) -> Result<PathBuf, Error> {
+    let relative = target.strip_prefix("/").map_err(|_| Error::Step {
+        step: format!("{} is not an absolute path in the jail", target.display()),
+        source: std::io::ErrorKind::InvalidInput.into(),
     })?;
-    bind(source, &target, access)?;
-    Ok(Path::new("/").join(name))
+    let at = dir.join(relative);
+    if let Some(parent) = at.parent() {
+        fs::create_dir_all(parent).map_err(|source| Error::Step {
+            step: format!("creating {}", parent.display()),
+            source,
+        })?;
+    }
+    Ok(at)
 }
 
-fn make_dir(path: &Path) -> Result<(), Error> {
-    fs::create_dir(path).map_err(|source| Error::Step {
-        step: format!("creating {}", path.display()),
+/// An empty file or folder at `at`, as `source` is one or the other.
+fn make_mount_point(source: &Path, at: &Path) -> Result<(), Error> {
+    let made = if source.is_dir() {
+        fs::create_dir(at)
+    } else {
+        fs::File::create(at).map(drop)
+    };
+    made.map_err(|source| Error::Step {
+        step: format!("creating the mount point {}", at.display()),
         source,
     })
+}
+
+/// A node at `at` for the device `source`, read and written by `uid`/`gid` only: the jailed
+/// user opens it once it is no longer root, whatever the host's node allows.
+fn make_node(source: &Path, at: &Path, uid: u32, gid: u32) -> Result<(), Error> {
+    let step = |what: &str, path: &Path| {
+        let step = format!("{what} {}", path.display());
+        move |source| Error::Step { step, source }
+    };
+    let rdev = fs::metadata(source)
+        .map_err(step("reading the device", source))?
+        .rdev();
+    let c = c_path(at)?;
+    // SAFETY: c is a NUL-terminated path that outlives the call.
+    let ret = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, rdev) };
+    check(ret, || {
+        format!("making the device node {} ({rdev:#x})", at.display())
+    })?;
+    std::os::unix::fs::chown(at, Some(uid), Some(gid)).map_err(step("giving the jail's user", at))
 }
 
 /// A bind mount of `source` on `target`, then remounted with the flags of `access`.
 fn bind(source: &Path, target: &Path, access: Access) -> Result<(), Error> {
     mount(Some(source), target, None, libc::MS_BIND, None)?;
-    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NOEXEC;
-    match access {
-        Access::ReadOnly => flags |= libc::MS_RDONLY | libc::MS_NODEV,
-        Access::ReadWrite => flags |= libc::MS_NODEV,
-        Access::Device => {}
-    }
+    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID;
+    flags |= match access {
+        Access::ReadOnly => libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOEXEC,
+        Access::ReadWrite => libc::MS_NODEV | libc::MS_NOEXEC,
+        Access::Device => libc::MS_NOEXEC,
+        Access::Programs => libc::MS_RDONLY | libc::MS_NODEV,
+    };
     mount(None, target, None, flags, None)
 }
 
-fn mount(
+pub(super) fn mount(
     source: Option<&Path>,
     target: &Path,
     fstype: Option<&str>,
@@ -141,27 +162,5 @@ fn mount(
             target.display()
         ),
         None => format!("changing the mount {} (flags {flags:#x})", target.display()),
-    })
-}
-
-/// Makes `dir` the root: `pivot_root(".", ".")` stacks the old root on the new one, and the
-/// lazy unmount takes it away.
-fn pivot(dir: &Path) -> Result<(), Error> {
-    std::env::set_current_dir(dir).map_err(|source| Error::Step {
-        step: format!("entering {}", dir.display()),
-        source,
-    })?;
-    let dot = c".";
-    // SAFETY: both arguments are NUL-terminated strings that outlive the call.
-    let ret = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) };
-    check(ret as libc::c_int, || {
-        format!("pivot_root into {}", dir.display())
-    })?;
-    // SAFETY: as above.
-    let ret = unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) };
-    check(ret, || "detaching the host's root".into())?;
-    std::env::set_current_dir("/").map_err(|source| Error::Step {
-        step: "entering / in the jail".into(),
-        source,
     })
 }

@@ -1,5 +1,5 @@
 //! The VMM process end to end with tiny PVH guests: this test binary plays `nodeos-vm vmm`
-//! (it runs [`vmm_main`] when started with [`VMM_ENV`]), jailed when the tests run as root.
+//! (it runs [`vmm_main`] when started with [`VMM_ENV`]), jailed as whoever runs the tests.
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -29,11 +29,12 @@ const GUEST: &[u8] = &[
 /// Spins until stopped.
 const SPINNING_GUEST: &[u8] = &[0xeb, 0xfe]; // jmp $
 
-/// Not a test of its own: the VMM process, when this binary is started as one.
+/// Not a test of its own: the VMM process, when this binary is started as one (in a child
+/// with one thread, as `nodeos-vmm` has when it enters its jail).
 #[test]
 fn vmm_process() {
     if std::env::var_os(VMM_ENV).is_some() {
-        std::process::exit(vmm_main().into());
+        crate::jail::tests::in_single_threaded_child(|| std::process::exit(vmm_main().into()));
     }
 }
 
@@ -47,13 +48,9 @@ fn this_test_binary() -> VmmProgram {
     )
 }
 
-/// The jail, when these tests run as root.
+/// The jail of whoever runs these tests.
 fn jail() -> Option<Jail> {
-    // SAFETY: geteuid has no preconditions.
-    (unsafe { libc::geteuid() } == 0).then_some(Jail {
-        uid: jail::DEFAULT_UID,
-        gid: jail::DEFAULT_GID,
-    })
+    Some(Jail::for_this_process(jail::DEFAULT_UID, jail::DEFAULT_GID))
 }
 
 /// As nodeos-vm runs it: every thread of the VMM process filtered, its main thread too.
