@@ -188,14 +188,16 @@ pub fn choose_backend(
         (BackendChoice::Kvm | BackendChoice::Auto, detect::KvmSupport::Usable) => {
             Ok(Backend::Kvm(jail.jail()))
         }
-        (BackendChoice::Qemu, detect::KvmSupport::Usable) => Ok(Backend::Qemu(qemu::Accel::Kvm)),
+        (BackendChoice::Qemu, detect::KvmSupport::Usable) => {
+            Ok(Backend::Qemu(qemu::Accel::Kvm, jail.jail()))
+        }
         (_, detect::KvmSupport::Unusable(why)) => {
             if quiet {
                 tracing::info!("{why}; using QEMU with TCG (slower)");
             } else {
                 eprintln!("nodeos-vm: {why}; using QEMU with TCG (slower)");
             }
-            Ok(Backend::Qemu(qemu::Accel::Tcg))
+            Ok(Backend::Qemu(qemu::Accel::Tcg, jail.jail()))
         }
     }
 }

@@ -9,6 +9,7 @@ use contract::params::AgentTransport;
 use crate::vm::{ConfigError, ConsoleIo, RunReport, StopSignal, VmConfig};
 
 pub mod detect;
+mod handover;
 pub mod kvm;
 pub mod process;
 pub mod qemu;
@@ -19,7 +20,8 @@ pub enum Backend {
     /// Our own VMM on /dev/kvm, in a process of its own ([`process`]), jailed when given a
     /// [`Jail`].
     Kvm(Option<Jail>),
-    Qemu(qemu::Accel),
+    /// QEMU, jailed when given a [`Jail`] (started by the jail's helper, `nodeos-vmm`).
+    Qemu(qemu::Accel, Option<Jail>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +51,13 @@ impl Backend {
                 stop,
                 jail,
             )?,
-            Backend::Qemu(accel) => qemu::run(spec, console, accel, stop)?,
+            Backend::Qemu(accel, jail) => {
+                let helper = jail.map(|_| process::VmmProgram::installed()).transpose()?;
+                let jailed = jail
+                    .zip(helper.as_ref())
+                    .map(|(jail, helper)| qemu::Jailed { jail, helper });
+                qemu::run(spec, console, accel, stop, jailed)?
+            }
         })
     }
 
@@ -58,15 +66,15 @@ impl Backend {
     pub fn agent_transport(self) -> AgentTransport {
         match self {
             Backend::Kvm(_) => AgentTransport::Vsock,
-            Backend::Qemu(_) => AgentTransport::Serial,
+            Backend::Qemu(..) => AgentTransport::Serial,
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Backend::Kvm(_) => "kvm",
-            Backend::Qemu(qemu::Accel::Kvm) => "qemu-kvm",
-            Backend::Qemu(qemu::Accel::Tcg) => "qemu-tcg",
+            Backend::Qemu(qemu::Accel::Kvm, _) => "qemu-kvm",
+            Backend::Qemu(qemu::Accel::Tcg, _) => "qemu-tcg",
         }
     }
 }

@@ -32,7 +32,7 @@ use std::thread;
 use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 
-use super::kvm;
+use super::{handover, kvm};
 use crate::devices::virtio::net::{self, HostEnd};
 use crate::devices::virtio::vsock;
 use crate::jail::{self, Jail};
@@ -144,6 +144,15 @@ impl VmmProgram {
     pub fn new(exe: PathBuf, args: Vec<OsString>, env: Vec<(OsString, OsString)>) -> Self {
         VmmProgram { exe, args, env }
     }
+
+    /// The program, to be started.
+    pub(crate) fn command(&self) -> Command {
+        let mut command = Command::new(&self.exe);
+        command
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
 }
 
 /// Boots `spec` in a VMM process started from `program`, jailed when `jail` is given, and
@@ -190,16 +199,14 @@ pub fn run(
         moves.push((agent.connector.as_raw_fd(), AGENT_CONNECTOR_FD));
     }
     let cgroup_procs = host.as_ref().and_then(|h| h.cgroup()).map(|c| c.procs_fd());
-    let mut command = Command::new(&program.exe);
+    let mut command = program.command();
     command
-        .args(&program.args)
-        .envs(program.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::from(console.input))
         .stdout(Stdio::from(console.output))
         .stderr(Stdio::from(stderr_write));
-    // SAFETY: the closure only calls async-signal-safe functions (prctl, write, fcntl, dup2)
-    // on descriptors that are open in the child, inherited from us.
-    unsafe { command.pre_exec(move || hand_over(&moves, cgroup_procs)) };
+    // SAFETY: hand_over only calls async-signal-safe functions (prctl, write, fcntl, dup2) on
+    // descriptors that are open in the child, inherited from us.
+    unsafe { command.pre_exec(move || handover::hand_over(&moves, FIRST_FREE_FD, cgroup_procs)) };
     let child = command.spawn();
     // Our copies of the child's ends: its end of each pipe and of the connector must be the
     // only one.
@@ -228,34 +235,6 @@ pub fn run(
             stderr: last_words,
         }),
     }
-}
-
-/// In the child between fork and exec: dies with the thread that started it, joins the cgroup
-/// and moves the descriptors of `moves` (from, to) where the VMM expects them: first out of the
-/// way of every target (close-on-exec copies from [`FIRST_FREE_FD`] up), then in place.
-fn hand_over(moves: &[(RawFd, RawFd)], cgroup_procs: Option<RawFd>) -> io::Result<()> {
-    let check = |ret: libc::c_int| {
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(ret)
-        }
-    };
-    // SAFETY: all of these take integers, or a pointer to a one-byte static buffer.
-    unsafe {
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
-        if let Some(fd) = cgroup_procs {
-            check(libc::write(fd, b"0".as_ptr().cast(), 1) as libc::c_int)?;
-        }
-        let mut copies = [0; 8];
-        for (copy, (from, _)) in copies.iter_mut().zip(moves) {
-            *copy = check(libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, FIRST_FREE_FD))?;
-        }
-        for (copy, (_, to)) in copies.iter().zip(moves) {
-            check(libc::dup2(*copy, *to))?;
-        }
-    }
-    Ok(())
 }
 
 /// Copies the VMM's stderr to ours, line by line; returns its last non-empty line.
@@ -298,7 +277,7 @@ pub fn vmm_main() -> u8 {
         // SAFETY: ignoring a signal installs no handler.
         unsafe { libc::signal(signal, libc::SIG_IGN) };
     }
-    // SAFETY: the parent handed over this descriptor (hand_over) and nothing else owns it.
+    // SAFETY: the parent handed over this descriptor (handover) and nothing else owns it.
     let status = unsafe { File::from_raw_fd(STATUS_FD) };
     let (end, code) = match serve(&status) {
         Ok(report) => (Status::Ended(report), 0),
@@ -340,7 +319,7 @@ fn send(to: &File, status: &Status) {
 }
 
 fn serve(status: &File) -> Result<RunReport, VmmError> {
-    // SAFETY: the parent handed over these descriptors (hand_over; stdin and stdout as the
+    // SAFETY: the parent handed over these descriptors (handover; stdin and stdout as the
     // console) and nothing else in this process owns them. NET_FD is open only with a network.
     let (request, stop, input, output) = unsafe {
         (

@@ -9,9 +9,11 @@
 //! /dev/kvm
 //! ```
 //! No socket: the agent link's listener and connections, and the network link, are
-//! descriptors the parent hands over.
+//! descriptors the parent hands over. QEMU's jail (crate::backend::qemu) holds its kernel,
+//! `/dev/kvm` where it uses KVM, and the host's programs and libraries ([`programs`]); its
+//! disks and sockets are descriptors too.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -74,11 +76,29 @@ pub fn for_vm(spec: &VmSpec) -> (Vec<Entry>, VmSpec) {
     (entries, jailed)
 }
 
+/// The host's programs and libraries, read-only, for a program the jail starts (QEMU): `/usr`,
+/// and `/bin`, `/sbin`, `/lib`, `/lib64` as links where they are links on the host (a merged
+/// `/usr`), bound in where they are folders.
+pub fn programs() -> Vec<Entry> {
+    let mut entries = vec![Entry::bind("/usr", "/usr", Access::Programs)];
+    for top in ["/bin", "/sbin", "/lib", "/lib64"] {
+        let path = Path::new(top);
+        match std::fs::read_link(path) {
+            Ok(to) => entries.push(Entry::Link {
+                target: path.into(),
+                to,
+            }),
+            Err(_) if path.is_dir() => entries.push(Entry::bind(path, path, Access::Programs)),
+            Err(_) => {}
+        }
+    }
+    entries
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::vm::Disk;
-    use std::path::Path;
 
     #[test]
     fn a_vm_sees_its_files_under_fixed_names() {
@@ -116,5 +136,19 @@ mod tests {
         assert_eq!(disks, [Path::new("/disk0"), Path::new("/disk2")]);
         // The agent link is a descriptor: its path stays the host's, unused in the jail.
         assert_eq!(jailed.agent_socket(), spec.agent_socket());
+    }
+
+    #[test]
+    fn programs_keep_the_hosts_paths() {
+        let entries = programs();
+        assert_eq!(entries[0], Entry::bind("/usr", "/usr", Access::Programs));
+        for top in ["/bin", "/lib"] {
+            assert!(
+                entries.iter().any(|e| match e {
+                    Entry::Link { target, .. } | Entry::Bind { target, .. } => target == top,
+                }),
+                "{top}: {entries:?}"
+            );
+        }
     }
 }

@@ -22,8 +22,12 @@
 //! VMM cannot reach the host's network from its own namespace) and the agent link's socket
 //! and connector (devices::virtio::vsock::host), and puts the VMM in a cgroup v2 with CPU and
 //! memory limits when `/sys/fs/cgroup` is a writable cgroup2 mount ([`cgroup`]).
+//!
+//! A program that cannot enter a jail itself (QEMU) is started by the jail's helper, which does
+//! the same steps with the program's layout and then executes it ([`exec`]).
 
 pub mod cgroup;
+pub mod exec;
 mod landlock;
 pub mod layout;
 mod limits;

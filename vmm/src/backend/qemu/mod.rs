@@ -1,26 +1,37 @@
 //! The fallback backend: QEMU's `microvm` machine, with KVM where the host's KVM can run Linux
 //! guests and TCG elsewhere. It gives the guest the same devices, ports and console as our own
 //! VMM (docs/guest-contract.md), so callers cannot tell the two apart.
+//!
+//! QEMU opens nothing of the host's but its kernel: its disks, sockets and network link are
+//! descriptors we hand over ([`args`]). Jailed (crate::jail), it starts in its own namespaces
+//! and root, unprivileged, through the jail's helper ([`jail`]).
 
-use std::ffi::OsString;
+mod agent;
+mod args;
+mod jail;
+
+use std::fs::OpenOptions;
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-
-use contract::mux::{self, Role};
-use contract::SERIAL_PORT_NAME;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use contract::ports::{BOOT_TIMER_PORT, CONSOLE_READY, EXIT_PORT, INIT_STARTED};
+use contract::ports::{CONSOLE_READY, INIT_STARTED};
 
-use crate::vm::{ConsoleIo, Device, NetSpec, RunReport, StopSignal, VmExit, VmSpec};
+use self::agent::AgentMux;
+use self::args::{Fds, Handed};
+use super::handover::{self, MAX_MOVES};
+use super::process::VmmProgram;
+use crate::devices::virtio::net::{self, HostEnd};
+use crate::jail::exec::{self, FIRST_PROGRAM_FD};
+use crate::jail::{self as jails, Jail};
+use crate::vm::{ConsoleIo, RunReport, StopSignal, VmExit, VmSpec};
 
-const QEMU: &str = "qemu-system-x86_64";
+pub(super) const QEMU: &str = "qemu-system-x86_64";
 /// Most of QEMU's stderr we keep to explain a failure.
 const STDERR_LIMIT: u64 = 64 * 1024;
 
@@ -37,57 +48,106 @@ pub enum QemuError {
     NotInstalled(#[from] crate::host_packages::HostPackageError),
     #[error("starting {QEMU}")]
     Spawn(#[source] io::Error),
-    #[error("creating the boot-timer socket in {0}")]
-    TimerSocket(PathBuf, #[source] io::Error),
+    #[error("creating the boot-timer socket pair")]
+    TimerSocket(#[source] io::Error),
     #[error("creating the guest agent's socket {0}")]
-    AgentSocket(PathBuf, #[source] io::Error),
+    AgentSocket(std::path::PathBuf, #[source] io::Error),
+    #[error("opening the disk {0}")]
+    Disk(std::path::PathBuf, #[source] io::Error),
+    #[error("{QEMU} would be handed {0} descriptors; at most {MAX_MOVES}")]
+    TooManyDescriptors(usize),
+    #[error(transparent)]
+    Net(#[from] net::Error),
+    #[error(transparent)]
+    Jail(#[from] jails::Error),
+    #[error(transparent)]
+    Exec(#[from] exec::Error),
     #[error("waiting for {QEMU}")]
     Wait(#[source] io::Error),
     #[error("{QEMU} failed (exit status {status}): {stderr}")]
     Failed { status: String, stderr: String },
 }
 
-/// Boots `spec` under QEMU and waits for the VM to end.
+/// How QEMU is confined: the jail, and the program that is its helper (`nodeos-vmm`).
+pub struct Jailed<'a> {
+    pub jail: Jail,
+    pub helper: &'a VmmProgram,
+}
+
+/// Boots `spec` under QEMU, in a jail when `jailed` is given, and waits for the VM to end.
 pub fn run(
     spec: &VmSpec,
     console: ConsoleIo,
     accel: Accel,
     stop: &StopSignal,
+    jailed: Option<Jailed<'_>>,
 ) -> Result<RunReport, QemuError> {
-    crate::host_packages::ensure(QEMU, "qemu-system-x86")?;
+    let qemu = crate::host_packages::ensure(QEMU, "qemu-system-x86")?;
     let started = Instant::now();
-    let dir = tempfile::Builder::new()
-        .prefix("nodeos-vm-qemu")
-        .tempdir()
-        .map_err(|e| QemuError::TimerSocket(std::env::temp_dir(), e))?;
-    let timer_path = dir.path().join("timer.sock");
-    let timer = UnixListener::bind(&timer_path)
-        .map_err(|e| QemuError::TimerSocket(timer_path.clone(), e))?;
-    let link_path = dir.path().join("agent-link.sock");
-    let agent = match spec.agent_socket() {
-        Some(socket) => Some(AgentMux::listen(&link_path, socket)?),
-        None => None,
+    let ConsoleIo {
+        input,
+        output,
+        ready,
+    } = console;
+
+    let mut handed = Handed::new(FIRST_PROGRAM_FD);
+    let (timer, qemus_timer) = UnixStream::pair().map_err(QemuError::TimerSocket)?;
+    let timer_fd = handed.push(qemus_timer.into());
+    let mut agent = None;
+    let mut agent_fd = None;
+    if let Some(socket) = spec.agent_socket() {
+        let (mux, qemus) = AgentMux::listen(socket)?;
+        agent = Some(mux);
+        agent_fd = Some(handed.push(qemus));
+    }
+    // passt runs beside us, on the host's network; QEMU gets its socket, or the TAP.
+    let net = spec
+        .net()
+        .map(|net| HostEnd::open(net, false))
+        .transpose()?;
+    let net_fd = net.as_ref().map(|n| handed.push_raw(n.fd.as_raw_fd()));
+    let disks = spec
+        .disks()
+        .map(|disk| {
+            let mut open = |write| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(write)
+                    .open(&disk.path)
+                    .map(|file| handed.push(file.into()))
+                    .map_err(|e| QemuError::Disk(disk.path.clone(), e))
+            };
+            let mut set = vec![open(false)?];
+            if !disk.read_only {
+                set.push(open(true)?);
+            }
+            Ok(set)
+        })
+        .collect::<Result<_, QemuError>>()?;
+    let fds = Fds {
+        timer: timer_fd,
+        agent: agent_fd,
+        net: net_fd,
+        disks,
     };
 
-    let mut command = Command::new(QEMU);
-    // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2),
-    // which is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            // QEMU must not outlive nodeos-vm, however nodeos-vm ends.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command
-        .args(args(spec, accel, timer_path.into_os_string(), &link_path))
-        .stdin(Stdio::from(console.input))
-        .stdout(Stdio::from(console.output))
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(QemuError::Spawn)?;
+    let stdio = (input, output);
+    let (mut child, _jail) = match jailed {
+        None => {
+            let mut command = Command::new(&qemu);
+            command.args(args::args(spec, accel, &spec.kernel, &fds));
+            (
+                spawn(command, handed.moves(), handed.end(), None, stdio)?,
+                None,
+            )
+        }
+        Some(jailed) => {
+            let (child, host) = jail::start(&jailed, spec, accel, &qemu, &handed, &fds, stdio)?;
+            (child, Some(host))
+        }
+    };
+    // QEMU's ends are QEMU's alone now.
+    drop(handed);
     let stderr = child.stderr.take().expect("stderr is piped");
     let stderr = thread::spawn(move || {
         let mut text = String::new();
@@ -95,7 +155,7 @@ pub fn run(
         text
     });
     let init_reached = Arc::new(Mutex::new(None));
-    watch_boot_timer(timer, started, console.ready, Arc::clone(&init_reached));
+    watch_boot_timer(timer, started, ready, Arc::clone(&init_reached));
     let stopper = Stopper::watch(stop, child.id())?;
     let agent = agent.map(AgentMux::serve).transpose()?;
 
@@ -103,6 +163,7 @@ pub fn run(
     if let Some(agent) = agent {
         agent.finish();
     }
+    drop(net);
     if stopper.finish() {
         return Ok(RunReport {
             exit: VmExit::Stopped,
@@ -124,85 +185,29 @@ pub fn run(
     })
 }
 
-/// The host end of the agent link on QEMU: QEMU connects its virtio-serial port's chardev to
-/// `link`, and the multiplexer serves the hybrid-vsock socket the caller asked for over it.
-struct AgentMux {
-    link: UnixListener,
-    socket: UnixListener,
-    socket_path: PathBuf,
-}
-
-/// A running [`AgentMux`].
-struct ServedMux {
-    done: vmm_sys_util::eventfd::EventFd,
-    thread: thread::JoinHandle<()>,
-    socket_path: PathBuf,
-}
-
-impl AgentMux {
-    /// Binds both sockets before QEMU starts: QEMU connects at once, and clients may connect
-    /// as soon as the guest says it is ready.
-    fn listen(link_path: &Path, socket_path: &Path) -> Result<AgentMux, QemuError> {
-        let bind = |path: &Path| {
-            let _ = std::fs::remove_file(path);
-            UnixListener::bind(path).map_err(|e| QemuError::AgentSocket(path.to_path_buf(), e))
-        };
-        Ok(AgentMux {
-            link: bind(link_path)?,
-            socket: bind(socket_path)?,
-            socket_path: socket_path.to_path_buf(),
-        })
+/// Starts `command` (QEMU, or the jail's helper) on the console, its stderr piped, handing it
+/// `moves` (below `first_free`) and putting it in the cgroup whose `cgroup.procs` is open as
+/// `cgroup_procs`.
+pub(super) fn spawn(
+    mut command: Command,
+    moves: &[(std::os::fd::RawFd, std::os::fd::RawFd)],
+    first_free: std::os::fd::RawFd,
+    cgroup_procs: Option<std::os::fd::RawFd>,
+    (input, output): (OwnedFd, OwnedFd),
+) -> Result<Child, QemuError> {
+    if moves.len() > MAX_MOVES {
+        return Err(QemuError::TooManyDescriptors(moves.len()));
     }
-
-    /// Waits (on a thread) for QEMU's connection and multiplexes over it until it closes.
-    fn serve(self) -> Result<ServedMux, QemuError> {
-        let done = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|e| QemuError::AgentSocket(self.socket_path.clone(), e))?;
-        let done_fd = done
-            .try_clone()
-            .map_err(|e| QemuError::AgentSocket(self.socket_path.clone(), e))?;
-        let socket_path = self.socket_path.clone();
-        let thread = thread::Builder::new()
-            .name("agent-mux".into())
-            .spawn(move || {
-                let fds = [self.link.as_raw_fd(), done_fd.as_raw_fd()];
-                if crate::poll::first_readable(&fds, None) != Some(0) {
-                    return; // QEMU ended before it connected.
-                }
-                let Ok((link, _)) = self.link.accept() else {
-                    return;
-                };
-                // SAFETY: done_fd is open for this whole closure; the borrow ends at once.
-                let stop = unsafe { std::os::fd::BorrowedFd::borrow_raw(done_fd.as_raw_fd()) };
-                let Ok(stop) = stop.try_clone_to_owned() else {
-                    return;
-                };
-                if let Err(e) = mux::run(
-                    link.into(),
-                    self.socket,
-                    self.socket_path,
-                    Role::Host,
-                    Some(stop),
-                ) {
-                    tracing::warn!("agent link: {e}");
-                }
-            })
-            .map_err(|e| QemuError::AgentSocket(socket_path.clone(), e))?;
-        Ok(ServedMux {
-            done,
-            thread,
-            socket_path,
-        })
-    }
-}
-
-impl ServedMux {
-    /// QEMU has ended: stops the multiplexer and removes its socket.
-    fn finish(self) {
-        let _ = self.done.write(1);
-        let _ = self.thread.join();
-        let _ = std::fs::remove_file(&self.socket_path);
-    }
+    let moves = moves.to_vec();
+    command
+        .stdin(Stdio::from(input))
+        .stdout(Stdio::from(output))
+        .stderr(Stdio::piped());
+    // SAFETY: hand_over only calls async-signal-safe functions (prctl, write, fcntl, dup2) on
+    // descriptors that are open in the child, inherited from us. Among them, the
+    // parent-death signal: QEMU must not outlive nodeos-vm, however nodeos-vm ends.
+    unsafe { command.pre_exec(move || handover::hand_over(&moves, first_free, cgroup_procs)) };
+    command.spawn().map_err(QemuError::Spawn)
 }
 
 /// Kills QEMU when the host asks the VM to stop.
@@ -266,7 +271,7 @@ fn decode_exit(code: Option<i32>, init_reached: bool) -> Option<VmExit> {
 
 /// Timestamps the guest's first boot-timer byte and opens the console gate on the second.
 fn watch_boot_timer(
-    timer: UnixListener,
+    mut conn: UnixStream,
     started: Instant,
     ready: crate::vm::ConsoleReady,
     init_reached: Arc<Mutex<Option<Duration>>>,
@@ -274,9 +279,6 @@ fn watch_boot_timer(
     thread::Builder::new()
         .name("boot-timer".into())
         .spawn(move || {
-            let Ok((mut conn, _)) = timer.accept() else {
-                return;
-            };
             let mut byte = [0u8; 1];
             while let Ok(1) = conn.read(&mut byte) {
                 match byte[0] {
@@ -296,125 +298,11 @@ fn watch_boot_timer(
         .expect("spawning the boot-timer thread");
 }
 
-fn args(spec: &VmSpec, accel: Accel, timer_socket: OsString, agent_link: &Path) -> Vec<OsString> {
-    let (accel_name, cpu) = match accel {
-        Accel::Kvm => ("kvm", "host"),
-        Accel::Tcg => ("tcg", "max"),
-    };
-    let mut a: Vec<OsString> = Vec::new();
-    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&[
-        "-M",
-        "microvm,acpi=off,x-option-roms=off",
-        "-accel",
-        accel_name,
-        "-cpu",
-        cpu,
-    ]);
-    push(&[
-        "-m",
-        &format!("{}M", spec.memory_mib),
-        "-smp",
-        &spec.cpus.to_string(),
-    ]);
-    push(&[
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ]);
-    push(&[
-        "-chardev",
-        "stdio,id=console,signal=off",
-        "-serial",
-        "chardev:console",
-    ]);
-    push(&[
-        "-device",
-        &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=1"),
-    ]);
-    push(&[
-        "-device",
-        &format!("isa-debugcon,iobase={BOOT_TIMER_PORT:#x},chardev=timer"),
-    ]);
-    a.push("-chardev".into());
-    a.push(with_prefix("socket,id=timer,path=", timer_socket));
-    a.push("-kernel".into());
-    a.push(spec.kernel.clone().into_os_string());
-    let mut cmdline = spec.cmdline.clone();
-    if accel == Accel::Tcg {
-        cmdline = format!("{cmdline} {}", tcg_clock_params(&cpuinfo()));
-    }
-    // QEMU places virtio-mmio devices in the order they are created: the spec's order, which
-    // is the guest's (block devices are /dev/vda, /dev/vdb, ... in this order).
-    for (index, device) in spec.devices.iter().enumerate() {
-        match device {
-            Device::Block(disk) => {
-                let readonly = if disk.read_only { "on" } else { "off" };
-                a.push("-drive".into());
-                a.push(with_prefix(
-                    &format!(
-                        "id=disk{index},format=raw,if=none,cache=writeback,readonly={readonly},file="
-                    ),
-                    disk.path.clone().into_os_string(),
-                ));
-                a.extend([
-                    "-device".into(),
-                    format!("virtio-blk-device,drive=disk{index}").into(),
-                ]);
-            }
-            Device::Rng => a.extend(
-                [
-                    "-object",
-                    "rng-random,id=rng,filename=/dev/urandom",
-                    "-device",
-                    "virtio-rng-device,rng=rng",
-                ]
-                .map(OsString::from),
-            ),
-            Device::Net(net) => {
-                a.push("-netdev".into());
-                a.push(match net {
-                    // Slirp's defaults are the guest contract's: 10.0.2.15/24, host loopback
-                    // at 10.0.2.2, DNS at 10.0.2.3.
-                    NetSpec::User => "user,id=net0,net=10.0.2.0/24".into(),
-                    NetSpec::Tap(name) => {
-                        format!("tap,id=net0,ifname={name},script=no,downscript=no").into()
-                    }
-                });
-                a.extend(["-device", "virtio-net-device,netdev=net0"].map(OsString::from));
-            }
-            Device::AgentLink(_) => {
-                a.extend(
-                    ["-device", "virtio-serial-device,max_ports=2", "-chardev"].map(OsString::from),
-                );
-                a.push(with_prefix(
-                    "socket,id=agent,path=",
-                    agent_link.as_os_str().to_owned(),
-                ));
-                a.push("-device".into());
-                a.push(format!("virtserialport,chardev=agent,name={SERIAL_PORT_NAME}").into());
-            }
-        }
-    }
-    a.push("-append".into());
-    a.push(cmdline.into());
-    if spec.seccomp {
-        a.extend(["-sandbox", SANDBOX].map(OsString::from));
-    }
-    a
-}
-
-/// QEMU's own seccomp filter: no obsolete syscalls, no privilege changes, no new processes,
-/// no scheduling or resource changes.
-const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
-
 /// TCG offers the guest no kvm-clock and no HPET, so its kernel calibrates the TSC, the delay
 /// loop and the local APIC timer against the PIT — about 0.4 s of a sub-second boot — and, when
 /// calibration wobbles on a busy host, falls back to a 10 ms clock. The host knows its TSC
 /// rate; tell the guest. (Under KVM the kernel gets all of this from kvm-clock.)
-fn tcg_clock_params(cpuinfo: &str) -> String {
+pub(super) fn tcg_clock_params(cpuinfo: &str) -> String {
     let mut params = String::from("tsc=reliable no_timer_check noapictimer");
     let mhz = cpuinfo.lines().find_map(|l| {
         l.strip_prefix("cpu MHz")?
@@ -431,21 +319,8 @@ fn tcg_clock_params(cpuinfo: &str) -> String {
     params
 }
 
-fn cpuinfo() -> String {
+pub(super) fn cpuinfo() -> String {
     std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()
-}
-
-/// `prefix` followed by a path, with QEMU's option escaping (`,` doubled).
-fn with_prefix(prefix: &str, path: OsString) -> OsString {
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
-    let mut bytes = prefix.as_bytes().to_vec();
-    for &b in path.as_bytes() {
-        bytes.push(b);
-        if b == b',' {
-            bytes.push(b',');
-        }
-    }
-    OsString::from_vec(bytes)
 }
 
 #[cfg(test)]
@@ -474,14 +349,6 @@ mod tests {
         assert_eq!(
             tcg_clock_params(""),
             "tsc=reliable no_timer_check noapictimer"
-        );
-    }
-
-    #[test]
-    fn paths_with_commas_are_escaped() {
-        assert_eq!(
-            with_prefix("file=", "/a,b".into()),
-            OsString::from("file=/a,,b")
         );
     }
 }
