@@ -23,7 +23,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
@@ -175,7 +175,10 @@ pub fn run(
         .transpose()?
         .unzip();
     let host = jail
-        .map(|jail| jail::HostSide::prepare(jail, spec))
+        .map(|jail| {
+            let allowance = jail::cgroup::VMM_MEMORY_ALLOWANCE_MIB;
+            jail::HostSide::prepare(jail, spec, console.output.as_fd(), allowance)
+        })
         .transpose()?;
     let request = Request {
         spec: spec.clone(),

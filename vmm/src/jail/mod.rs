@@ -138,16 +138,23 @@ pub struct HostSide {
 }
 
 impl HostSide {
-    /// Makes the jail folder of a VM of `spec` in the runtime folder, and its cgroup when
-    /// cgroup v2 is writable here.
-    pub fn prepare(jail: Jail, spec: &VmSpec) -> Result<HostSide, Error> {
-        let limits = Limits::for_spec(spec)?;
+    /// Makes the jail folder of a VM of `spec` (its console written to `console_output`) in
+    /// the runtime folder, and its cgroup when cgroup v2 is writable here, with
+    /// `allowance_mib` beyond the guest's memory for the VMM (cgroup::VMM_MEMORY_ALLOWANCE_MIB,
+    /// cgroup::QEMU_MEMORY_ALLOWANCE_MIB).
+    pub fn prepare(
+        jail: Jail,
+        spec: &VmSpec,
+        console_output: std::os::fd::BorrowedFd<'_>,
+        allowance_mib: u64,
+    ) -> Result<HostSide, Error> {
+        let limits = Limits::for_vm(spec, console_output)?;
         let dir = runtime::scratch_dir("jail")?.keep();
         let id = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let cgroup = cgroup::Cgroup::create(&id, spec.cpus, spec.memory_mib);
+        let cgroup = cgroup::Cgroup::create(&id, spec.cpus, spec.memory_mib, allowance_mib);
         Ok(HostSide {
             request: Request { jail, dir, limits },
             cgroup,

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
@@ -193,6 +194,11 @@ fn jailed_probe(probe: ProbeRequest) {
     let _ = std::io::stdin().read_line(&mut String::new());
 }
 
+/// What a VMM's console is written to, but for `start > file`: a pipe (its write end).
+fn console_pipe() -> std::os::fd::OwnedFd {
+    nix::unistd::pipe().unwrap().1
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -306,7 +312,7 @@ impl Setup {
             request: Request {
                 jail,
                 dir: self.dir.clone(),
-                limits: Limits::for_spec(&self.spec).unwrap(),
+                limits: Limits::for_vm(&self.spec, console_pipe().as_fd()).unwrap(),
             },
             spec: self.spec.clone(),
             chroot: None,
@@ -537,7 +543,10 @@ fn where_pivot_root_is_refused_the_jail_moves_its_root_over_slash() {
 /// The host's side removes its folder once the jailed process is gone.
 #[test]
 fn the_host_side_removes_the_jail_folder() {
-    let host = HostSide::prepare(Jail::User, &Setup::new(None).spec).unwrap();
+    let setup = Setup::new(None);
+    let console = console_pipe();
+    let allowance = cgroup::VMM_MEMORY_ALLOWANCE_MIB;
+    let host = HostSide::prepare(Jail::User, &setup.spec, console.as_fd(), allowance).unwrap();
     let dir = host.request().dir.clone();
     assert!(dir.is_dir());
     drop(host);

@@ -207,3 +207,33 @@ fn the_agent_socket_is_the_parents() {
         .expect("the agent socket takes clients");
     assert!(!socket.exists(), "the parent removed the agent socket");
 }
+
+/// Found in the KVM box: `start > file` writes the guest's console straight to a file, which
+/// grows past any disk's size; the jail's file-size limit must not kill the VMM for it.
+#[test]
+fn a_console_written_to_a_file_is_not_cut_short() {
+    if !kvm_usable() {
+        println!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let kernel = file_with(&tiny_elf(GUEST, LOAD_ADDR, true));
+    let rootfs = file_with(&[0; 4096]);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let (input, _input_write) = nix::unistd::pipe().unwrap();
+    let console = ConsoleIo {
+        input,
+        output: log.reopen().unwrap().into(),
+        ready: ConsoleReady::default(),
+    };
+    let spec = spec(kernel.path(), rootfs.path());
+    let report = run(
+        &this_test_binary(),
+        &spec,
+        console,
+        &StopSignal::new().unwrap(),
+        jail(),
+    )
+    .unwrap();
+    assert_eq!(report.exit, VmExit::Guest(7));
+    assert!(std::fs::read_to_string(log.path()).unwrap().ends_with('P'));
+}

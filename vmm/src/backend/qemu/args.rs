@@ -72,7 +72,9 @@ pub struct Fds {
 pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsString> {
     let (accel_name, cpu) = match accel {
         Accel::Kvm => ("kvm", "host"),
-        Accel::Tcg => ("tcg", "max"),
+        // A translation cache of 256 MiB at most (QEMU's default is 1 GiB), within the
+        // jail's cgroup allowance (jail::cgroup::QEMU_MEMORY_ALLOWANCE_MIB).
+        Accel::Tcg => ("tcg,tb-size=256", "max"),
     };
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));

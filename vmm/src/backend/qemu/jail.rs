@@ -4,12 +4,13 @@
 //! uses KVM, and the host's programs and libraries (read-only), which QEMU needs to start; its
 //! disks, sockets and network are descriptors.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 
 use super::args::{self, Fds, Handed};
 use super::{spawn, Accel, Jailed, QemuError, QEMU};
+use crate::jail::cgroup::QEMU_MEMORY_ALLOWANCE_MIB;
 use crate::jail::exec::{self, Exec, Pipes, HELPER_ARG, REQUEST_FD, STATUS_FD};
 use crate::jail::layout::{self, Access, Entry, KVM_DEVICE};
 use crate::jail::HostSide;
@@ -55,7 +56,8 @@ pub fn start(
     fds: &Fds,
     stdio: (OwnedFd, OwnedFd),
 ) -> Result<(Child, HostSide), QemuError> {
-    let host = HostSide::prepare(jailed.jail, spec)?;
+    let console = stdio.1.as_fd();
+    let host = HostSide::prepare(jailed.jail, spec, console, QEMU_MEMORY_ALLOWANCE_MIB)?;
     let pipes = Pipes::new()?;
     let mut moves = handed.moves().to_vec();
     moves.push((pipes.helper_request.as_raw_fd(), REQUEST_FD));
