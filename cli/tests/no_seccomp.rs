@@ -1,9 +1,9 @@
-//! `--no-seccomp` says loudly that it is on, before anything else happens (here the VM never
-//! boots: its kernel does not exist).
+//! `--no-seccomp` and `--no-jail` say loudly that they are on, before anything else happens
+//! (here the VM never boots: its kernel does not exist).
 
 use std::process::Command;
 
-use nodeos_vm::cli::NO_SECCOMP_WARNING;
+use nodeos_vm::cli::{NO_JAIL_WARNING, NO_SECCOMP_WARNING};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nodeos-vm");
 
@@ -15,6 +15,15 @@ fn stderr_of(args: &[&str]) -> String {
 
 #[test]
 fn no_seccomp_prints_the_warning() {
+    prints_the_warning("--no-seccomp", NO_SECCOMP_WARNING);
+}
+
+#[test]
+fn no_jail_prints_the_warning() {
+    prints_the_warning("--no-jail", NO_JAIL_WARNING);
+}
+
+fn prints_the_warning(option: &str, warning: &str) {
     let images = [
         "--kernel",
         "/nonexistent/vmlinux",
@@ -28,19 +37,15 @@ fn no_seccomp_prints_the_warning() {
         &["serve", "--listen", "127.0.0.1:0"],
     ] {
         let mut args = command.to_vec();
-        args.push("--no-seccomp");
+        args.push(option);
         args.extend(images);
         if command == ["run"] {
             args.extend(["--", "true"]);
         }
         let stderr = stderr_of(&args);
-        assert_eq!(
-            stderr.lines().next(),
-            Some(NO_SECCOMP_WARNING),
-            "{args:?}: {stderr}"
-        );
-        args.retain(|a| *a != "--no-seccomp");
+        assert_eq!(stderr.lines().next(), Some(warning), "{args:?}: {stderr}");
+        args.retain(|a| *a != option);
         let stderr = stderr_of(&args);
-        assert!(!stderr.contains("--no-seccomp"), "{args:?}: {stderr}");
+        assert!(!stderr.contains(option), "{args:?}: {stderr}");
     }
 }

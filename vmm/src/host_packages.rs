@@ -1,7 +1,7 @@
 //! Host programs we need (QEMU): found on PATH, or installed with apt when we can, so that a
 //! fresh Debian machine needs no set-up step before `nodeos-vm start`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,16 +18,18 @@ pub enum HostPackageError {
     },
 }
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-        .unwrap_or(false)
+/// Where `program` is on PATH.
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
 }
 
-/// Makes sure `program` is on PATH, installing Debian's `package` when we are root.
-pub fn ensure(program: &'static str, package: &'static str) -> Result<(), HostPackageError> {
-    if on_path(program) {
-        return Ok(());
+/// Makes sure `program` is on PATH, installing Debian's `package` when we are root; returns
+/// where it is.
+pub fn ensure(program: &'static str, package: &'static str) -> Result<PathBuf, HostPackageError> {
+    if let Some(path) = on_path(program) {
+        return Ok(path);
     }
     let can_install = nix::unistd::geteuid().is_root() && Path::new("/usr/bin/apt-get").exists();
     if !can_install {
@@ -50,9 +52,8 @@ pub fn ensure(program: &'static str, package: &'static str) -> Result<(), HostPa
             .status()
             .is_ok_and(|s| s.success())
             && install());
-    if installed && on_path(program) {
-        Ok(())
-    } else {
-        Err(HostPackageError::InstallFailed { program, package })
+    match on_path(program) {
+        Some(path) if installed => Ok(path),
+        _ => Err(HostPackageError::InstallFailed { program, package }),
     }
 }

@@ -11,7 +11,7 @@ mod vms;
 
 use clap::{Parser, Subcommand};
 
-pub use vm_options::NO_SECCOMP_WARNING;
+pub use vm_options::{NO_JAIL_WARNING, NO_SECCOMP_WARNING};
 
 #[derive(Debug, Parser)]
 #[command(

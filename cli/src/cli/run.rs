@@ -73,6 +73,7 @@ const TIMEOUT_GRACE: Duration = Duration::from_secs(10);
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     args.vm.seccomp.warn_if_off();
+    args.vm.jail.warn_if_off();
     let volumes = args
         .volumes
         .iter()

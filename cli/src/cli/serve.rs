@@ -22,6 +22,7 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     args.seccomp.warn_if_off();
+    args.jail.warn_if_off();
     let backend = choose_backend(args.backend, &args.jail, false)?;
     let (kernel, rootfs) = images(&args.images)?;
     serve::serve(

@@ -29,6 +29,7 @@ pub struct StartArgs {
 
 pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     args.vm.seccomp.warn_if_off();
+    args.vm.jail.warn_if_off();
     if args.detach {
         return vms::detach(&args.vm);
     }

@@ -94,31 +94,40 @@ pub struct SeccompArgs {
     pub no_seccomp: bool,
 }
 
-/// The VMM's jail (crate::jail; docs/security.md), on by default when nodeos-vm runs as root.
+/// The VMM's jail (vmm::jail; docs/security.md), on by default for every user.
 #[derive(Debug, clap::Args, Serialize, Deserialize)]
 pub struct JailArgs {
-    /// Run our VMM without its jail (as root: in the host's namespaces and files, as root).
+    /// Run the VMM (ours or QEMU) without any confinement but its syscall filter: in the
+    /// host's namespaces, with the host's files, as the user nodeos-vm runs as (root too):
+    /// debugging only.
     #[arg(long)]
     pub no_jail: bool,
-    /// The user the jailed VMM runs as.
+    /// The user root's jailed VMM runs as.
     #[arg(long, value_name = "UID", default_value_t = jail::DEFAULT_UID, value_parser = clap::value_parser!(u32).range(1..))]
     pub jail_uid: u32,
-    /// The group the jailed VMM runs as.
+    /// The group root's jailed VMM runs as.
     #[arg(long, value_name = "GID", default_value_t = jail::DEFAULT_GID, value_parser = clap::value_parser!(u32).range(1..))]
     pub jail_gid: u32,
 }
 
 impl JailArgs {
-    /// The jail, when nodeos-vm runs as root and `--no-jail` is not given.
+    /// The jail, unless `--no-jail` is given: as root, one that drops to `--jail-uid` and
+    /// `--jail-gid`; as any other user, that user's own in a user namespace.
     pub fn jail(&self) -> Option<Jail> {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        (root && !self.no_jail).then_some(Jail {
-            uid: self.jail_uid,
-            gid: self.jail_gid,
-        })
+        (!self.no_jail).then(|| Jail::for_this_process(self.jail_uid, self.jail_gid))
+    }
+
+    /// Says loudly on stderr when the VMM will not be confined.
+    pub fn warn_if_off(&self) {
+        if self.no_jail {
+            eprintln!("{NO_JAIL_WARNING}");
+        }
     }
 }
+
+/// What stderr says when `--no-jail` is given.
+pub const NO_JAIL_WARNING: &str =
+    "nodeos-vm: WARNING: --no-jail: the VMM runs WITHOUT its jail (host namespaces, host files, your user); use it for debugging only";
 
 /// What stderr says when `--no-seccomp` is given.
 pub const NO_SECCOMP_WARNING: &str =
@@ -172,26 +181,27 @@ pub fn choose_backend(
     quiet: bool,
 ) -> anyhow::Result<Backend> {
     let kvm = detect::probe();
-    match (choice, kvm) {
+    let accel = match (choice, kvm) {
         (BackendChoice::Kvm, detect::KvmSupport::Unusable(why)) => {
             bail!("--backend kvm: KVM cannot run Linux guests on this host: {why}; use --backend qemu")
         }
-        (BackendChoice::Kvm | BackendChoice::Auto, detect::KvmSupport::Usable) => {
-            Ok(Backend::Kvm {
-                jail: jail.jail(),
-                vmm: sandbox::vmm_program::program()?,
-            })
-        }
-        (BackendChoice::Qemu, detect::KvmSupport::Usable) => Ok(Backend::Qemu(qemu::Accel::Kvm)),
+        (BackendChoice::Kvm | BackendChoice::Auto, detect::KvmSupport::Usable) => None,
+        (BackendChoice::Qemu, detect::KvmSupport::Usable) => Some(qemu::Accel::Kvm),
         (_, detect::KvmSupport::Unusable(why)) => {
             if quiet {
                 tracing::info!("{why}; using QEMU with TCG (slower)");
             } else {
                 eprintln!("nodeos-vm: {why}; using QEMU with TCG (slower)");
             }
-            Ok(Backend::Qemu(qemu::Accel::Tcg))
+            Some(qemu::Accel::Tcg)
         }
-    }
+    };
+    // Our VMM's program: the VMM itself, or the helper that jails QEMU.
+    let (jail, vmm) = (jail.jail(), sandbox::vmm_program::program()?);
+    Ok(match accel {
+        None => Backend::Kvm { jail, vmm },
+        Some(accel) => Backend::Qemu { accel, jail, vmm },
+    })
 }
 
 /// The kernel and root image to boot: the user's, checked, or the cached builds (built now

@@ -111,7 +111,11 @@ pub fn start_with_backend(backend: &str, args: &[&str], input: &str) -> Output {
     // of the test's, its status says what happened.
     let written = child.stdin.take().unwrap().write_all(input.as_bytes());
     if let Err(e) = written {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing the input: {e}");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "writing the input: {e}"
+        );
     }
     let _watchdog = Watchdog::new(child.id(), BOOT_LIMIT);
     child.wait_with_output().expect("waiting for nodeos-vm")

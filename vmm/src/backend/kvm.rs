@@ -92,7 +92,7 @@ fn device_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 /// Boots `spec` and runs it until the guest exits, resets or fails.
 pub fn run(spec: &VmSpec, console: ConsoleIo, stop: &StopSignal) -> Result<RunReport, Error> {
     let ready = console.ready.clone();
-    let result = Vmm::build(spec, console, None).and_then(|vmm| vmm.start(stop)?.wait());
+    let result = Vmm::build(spec, console, None, None).and_then(|vmm| vmm.start(stop)?.wait());
     // The console relay waits for the guest's "ready"; a VM that is gone will not send it.
     ready.signal();
     result
@@ -146,6 +146,7 @@ impl Vmm<Built> {
         spec: &VmSpec,
         console: ConsoleIo,
         net: Option<net::HostEnd>,
+        agent: Option<vsock::host::DeviceSide>,
     ) -> Result<Vmm<Built>, Error> {
         let started = Instant::now();
         // Memory first: on an early return the VM fd (declared later) is dropped before it.
@@ -204,7 +205,7 @@ impl Vmm<Built> {
 
         // Virtio devices on MMIO, in the spec's order (the guest's: vda, vdb, ...).
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::with_capacity(spec.devices.len());
-        let mut net = net;
+        let (mut net, mut agent) = (net, agent);
         for (index, device) in spec.devices.iter().enumerate() {
             devices.push(match device {
                 Device::Block(disk) => Box::new(Block::open(
@@ -229,7 +230,10 @@ impl Vmm<Built> {
                     };
                     net::attach(spec_net, end, net::DEFAULT_MAC)?
                 }
-                Device::AgentLink(path) => Box::new(Vsock::new(path)?),
+                Device::AgentLink(path) => Box::new(match agent.take() {
+                    Some(device) => Vsock::given(device)?,
+                    None => Vsock::new(path)?,
+                }),
             });
         }
 
@@ -1069,7 +1073,7 @@ pub(crate) mod tests {
             output: out_tx,
             ready: ConsoleReady::default(),
         };
-        let vmm = Vmm::build(&spec, console, None)
+        let vmm = Vmm::build(&spec, console, None, None)
             .unwrap()
             .start(&StopSignal::new().unwrap())
             .unwrap();

@@ -9,6 +9,7 @@ use contract::params::AgentTransport;
 use crate::vm::{ConfigError, ConsoleIo, RunReport, StopSignal, VmConfig};
 
 pub mod detect;
+mod handover;
 pub mod kvm;
 pub mod process;
 pub mod qemu;
@@ -22,7 +23,12 @@ pub enum Backend {
         jail: Option<Jail>,
         vmm: process::VmmProgram,
     },
-    Qemu(qemu::Accel),
+    /// QEMU, jailed when given a [`Jail`] (started in it by `vmm`, the jail's helper).
+    Qemu {
+        accel: qemu::Accel,
+        jail: Option<Jail>,
+        vmm: process::VmmProgram,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +52,10 @@ impl Backend {
         let spec = &config.spec(self.agent_transport())?;
         Ok(match self {
             Backend::Kvm { jail, vmm } => process::run(vmm, spec, console, stop, *jail)?,
-            Backend::Qemu(accel) => qemu::run(spec, console, *accel, stop)?,
+            Backend::Qemu { accel, jail, vmm } => {
+                let jailed = jail.map(|jail| qemu::Jailed { jail, helper: vmm });
+                qemu::run(spec, console, *accel, stop, jailed)?
+            }
         })
     }
 
@@ -55,15 +64,21 @@ impl Backend {
     pub fn agent_transport(&self) -> AgentTransport {
         match self {
             Backend::Kvm { .. } => AgentTransport::Vsock,
-            Backend::Qemu(_) => AgentTransport::Serial,
+            Backend::Qemu { .. } => AgentTransport::Serial,
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             Backend::Kvm { .. } => "kvm",
-            Backend::Qemu(qemu::Accel::Kvm) => "qemu-kvm",
-            Backend::Qemu(qemu::Accel::Tcg) => "qemu-tcg",
+            Backend::Qemu {
+                accel: qemu::Accel::Kvm,
+                ..
+            } => "qemu-kvm",
+            Backend::Qemu {
+                accel: qemu::Accel::Tcg,
+                ..
+            } => "qemu-tcg",
         }
     }
 }

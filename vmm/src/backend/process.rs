@@ -11,7 +11,11 @@
 //!   then how the VM ended: its report, or what failed ([`VmmFailure`]);
 //! - 5 ([`STOP_FD`]): the [`StopSignal`]'s eventfd;
 //! - 6 ([`NET_FD`]): the host end of the guest's network link, opened by the parent
-//!   (net::HostEnd), when the spec has one.
+//!   (net::HostEnd), when the spec has one;
+//! - 7 ([`AGENT_LISTENER_FD`]) and 8 ([`AGENT_CONNECTOR_FD`]): the agent link's listening socket
+//!   and the device's end of its connector, when the spec has an agent link: the parent binds
+//!   the socket, removes it afterwards and makes the guest's connections to the host
+//!   (vsock::host).
 //!
 //! Any other descriptor is closed first thing. The VMM dies with its parent (a parent-death
 //! signal) and ignores the terminal's signals (SIGINT, SIGQUIT, SIGHUP): they are nodeos-vm's.
@@ -19,7 +23,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
@@ -28,8 +32,10 @@ use std::thread;
 use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 
+use super::handover;
 use super::kvm::{self, Vmm};
 use crate::devices::virtio::net::{self, HostEnd, StderrThread};
+use crate::devices::virtio::vsock;
 use crate::jail::{self, Jail};
 use crate::kvm::vcpu::RunError;
 use crate::memory;
@@ -40,8 +46,10 @@ const REQUEST_FD: RawFd = 3;
 const STATUS_FD: RawFd = 4;
 const STOP_FD: RawFd = 5;
 const NET_FD: RawFd = 6;
+const AGENT_LISTENER_FD: RawFd = 7;
+const AGENT_CONNECTOR_FD: RawFd = 8;
 /// The first descriptor the VMM process was not given.
-const FIRST_FREE_FD: RawFd = 7;
+const FIRST_FREE_FD: RawFd = 9;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,6 +67,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Net(#[from] net::Error),
+    #[error(transparent)]
+    Agent(#[from] vsock::Error),
     #[error(transparent)]
     Jail(#[from] jail::Error),
     /// The VMM's own error, as it reported it.
@@ -84,14 +94,7 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> Error {
 #[derive(Debug, Serialize, Deserialize)]
 struct Request {
     spec: VmSpec,
-    jail: Option<JailRequest>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct JailRequest {
-    jail: Jail,
-    /// The jail's folder, made by the parent.
-    dir: PathBuf,
+    jail: Option<jail::Request>,
 }
 
 /// What the VMM process tells its parent, one JSON line each.
@@ -154,6 +157,15 @@ impl VmmProgram {
     pub fn new(exe: PathBuf, args: Vec<OsString>, env: Vec<(OsString, OsString)>) -> Self {
         VmmProgram { exe, args, env }
     }
+
+    /// The program, to be started.
+    pub(crate) fn command(&self) -> Command {
+        let mut command = Command::new(&self.exe);
+        command
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
 }
 
 /// Boots `spec` in a VMM process started from `program`, jailed when `jail` is given, and
@@ -170,13 +182,20 @@ pub fn run(
         .net()
         .map(|net| HostEnd::open(net, StderrThread::Unfiltered))
         .transpose()?;
-    let host = jail.map(|_| jail::HostSide::prepare(spec)).transpose()?;
+    let (agent_host, agent_device) = spec
+        .agent_socket()
+        .map(vsock::host::open)
+        .transpose()?
+        .unzip();
+    let host = jail
+        .map(|jail| {
+            let allowance = jail::cgroup::VMM_MEMORY_ALLOWANCE_MIB;
+            jail::HostSide::prepare(jail, spec, console.output.as_fd(), allowance)
+        })
+        .transpose()?;
     let request = Request {
         spec: spec.clone(),
-        jail: jail.zip(host.as_ref()).map(|(jail, host)| JailRequest {
-            jail,
-            dir: host.dir().to_path_buf(),
-        }),
+        jail: host.as_ref().map(|host| host.request().clone()),
     };
     let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from);
     let (request_read, request_write) = pipe().map_err(setup("a pipe for its request"))?;
@@ -191,20 +210,23 @@ pub fn run(
     if let Some(net) = &net {
         moves.push((net.fd.as_raw_fd(), NET_FD));
     }
+    if let Some(agent) = &agent_device {
+        moves.push((agent.listener.as_raw_fd(), AGENT_LISTENER_FD));
+        moves.push((agent.connector.as_raw_fd(), AGENT_CONNECTOR_FD));
+    }
     let cgroup_procs = host.as_ref().and_then(|h| h.cgroup()).map(|c| c.procs_fd());
-    let mut command = Command::new(&program.exe);
+    let mut command = program.command();
     command
-        .args(&program.args)
-        .envs(program.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::from(console.input))
         .stdout(Stdio::from(console.output))
         .stderr(Stdio::from(stderr_write));
-    // SAFETY: the closure only calls async-signal-safe functions (prctl, write, fcntl, dup2)
-    // on descriptors that are open in the child, inherited from us.
-    unsafe { command.pre_exec(move || hand_over(&moves, cgroup_procs)) };
+    // SAFETY: hand_over only calls async-signal-safe functions (prctl, write, fcntl, dup2) on
+    // descriptors that are open in the child, inherited from us.
+    unsafe { command.pre_exec(move || handover::hand_over(&moves, FIRST_FREE_FD, cgroup_procs)) };
     let child = command.spawn();
-    // Our copies of the child's ends: its end of each pipe must be the only one.
-    drop((command, request_read, status_write));
+    // Our copies of the child's ends: its end of each pipe and of the connector must be the
+    // only one.
+    drop((command, request_read, status_write, agent_device));
     let mut child = child.map_err(|source| Error::Spawn {
         exe: program.exe.clone(),
         source,
@@ -220,7 +242,7 @@ pub fn run(
     let status = child.wait().map_err(setup("waiting for it"));
     console.ready.signal();
     let last_words = stderr.join().unwrap_or_default();
-    drop((host, net));
+    drop((host, net, agent_host));
     match (end, status?) {
         (Some(Event::Ended(report)), _) => Ok(report),
         (Some(Event::Failed(failure)), _) => Err(failure.into()),
@@ -229,34 +251,6 @@ pub fn run(
             stderr: last_words,
         }),
     }
-}
-
-/// In the child between fork and exec: dies with the thread that started it, joins the cgroup
-/// and moves the descriptors of `moves` (from, to) where the VMM expects them: first out of the
-/// way of every target (close-on-exec copies from [`FIRST_FREE_FD`] up), then in place.
-fn hand_over(moves: &[(RawFd, RawFd)], cgroup_procs: Option<RawFd>) -> io::Result<()> {
-    let check = |ret: libc::c_int| {
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(ret)
-        }
-    };
-    // SAFETY: all of these take integers, or a pointer to a one-byte static buffer.
-    unsafe {
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
-        if let Some(fd) = cgroup_procs {
-            check(libc::write(fd, b"0".as_ptr().cast(), 1) as libc::c_int)?;
-        }
-        let mut copies = [0; 8];
-        for (copy, (from, _)) in copies.iter_mut().zip(moves) {
-            *copy = check(libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, FIRST_FREE_FD))?;
-        }
-        for (copy, (_, to)) in copies.iter().zip(moves) {
-            check(libc::dup2(*copy, *to))?;
-        }
-    }
-    Ok(())
 }
 
 /// Copies the VMM's stderr to ours, line by line; returns its last non-empty line.
@@ -299,7 +293,7 @@ pub fn vmm_main() -> u8 {
         // SAFETY: ignoring a signal installs no handler.
         unsafe { libc::signal(signal, libc::SIG_IGN) };
     }
-    // SAFETY: the parent handed over this descriptor (hand_over) and nothing else owns it.
+    // SAFETY: the parent handed over this descriptor (handover) and nothing else owns it.
     let status = unsafe { File::from_raw_fd(STATUS_FD) };
     let (end, code) = match serve(&status) {
         Ok(report) => (Event::Ended(report), 0),
@@ -370,7 +364,7 @@ fn send(to: &File, event: &Event) {
 }
 
 fn serve(status: &File) -> Result<RunReport, VmmError> {
-    // SAFETY: the parent handed over these descriptors (hand_over; stdin and stdout as the
+    // SAFETY: the parent handed over these descriptors (handover; stdin and stdout as the
     // console) and nothing else in this process owns them. NET_FD is open only with a network.
     let (request, stop, input, output) = unsafe {
         (
@@ -387,8 +381,12 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
         .net()
         .is_some()
         .then(|| unsafe { OwnedFd::from_raw_fd(NET_FD) });
+    // SAFETY: as above; these are open only with an agent link.
+    let agent = request.spec.agent_socket().is_some().then(|| unsafe {
+        vsock::host::DeviceSide::from_fds(AGENT_LISTENER_FD, AGENT_CONNECTOR_FD)
+    });
     let spec = match &request.jail {
-        Some(j) => jail::enter(&j.jail, &j.dir, &request.spec, memory::keep_smaps_open)?,
+        Some(j) => jail::enter(j, &request.spec, memory::keep_smaps_open)?,
         None => request.spec,
     };
     let notify = status.try_clone().map_err(VmmError::Status)?;
@@ -397,7 +395,7 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
         output,
         ready: ConsoleReady::notifying(move || send(&notify, &Event::Ready)),
     };
-    let mut vmm = Vmm::build(&spec, console, net.map(HostEnd::given))?;
+    let mut vmm = Vmm::build(&spec, console, net.map(HostEnd::given), agent)?;
     if let Some(j) = &request.jail {
         vmm = vmm.confine(&j.jail)?;
     }

@@ -1,5 +1,6 @@
 //! The VMM's cgroup v2, `/sys/fs/cgroup/nodeos-vm/<jail id>`: `cpu.max` from the VM's vCPUs
-//! and `memory.max` from its memory plus [`VMM_MEMORY_ALLOWANCE_MIB`]. Made by the parent
+//! and `memory.max` from its memory plus what the VMM itself needs ([`VMM_MEMORY_ALLOWANCE_MIB`]
+//! for ours, [`QEMU_MEMORY_ALLOWANCE_MIB`] for QEMU). Made by the parent
 //! when `/sys/fs/cgroup` is a writable cgroup2 mount (otherwise the VMM runs without one), the
 //! VMM process joins it between fork and exec, and it is removed once the VMM has ended.
 
@@ -15,6 +16,9 @@ const CGROUP2_SUPER_MAGIC: libc::c_long = 0x6367_7270;
 /// Memory the VMM may use beyond the guest's RAM: its own code, heap and thread stacks, device
 /// buffers, and the page cache of its disk images (which is reclaimed first at the limit).
 pub const VMM_MEMORY_ALLOWANCE_MIB: u64 = 128;
+/// The same for QEMU: its translation cache with TCG (at most 256 MiB: `tb-size`), its own
+/// larger heap and libraries.
+pub const QEMU_MEMORY_ALLOWANCE_MIB: u64 = 512;
 /// `cpu.max`'s period, in microseconds.
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -26,14 +30,14 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// The cgroup `id` for a VM of `cpus` vCPUs and `memory_mib` of RAM; `None` (said at info
-    /// level) when cgroup v2 is not writable here.
-    pub fn create(id: &str, cpus: u8, memory_mib: u32) -> Option<Cgroup> {
+    /// The cgroup `id` for a VM of `cpus` vCPUs and `memory_mib` of RAM, with `allowance_mib`
+    /// for the VMM itself; `None` (said at info level) when cgroup v2 is not writable here.
+    pub fn create(id: &str, cpus: u8, memory_mib: u32, allowance_mib: u64) -> Option<Cgroup> {
         if !is_cgroup2(Path::new(ROOT)) {
             tracing::info!("{ROOT} is not a cgroup2 mount: the VMM runs without a cgroup");
             return None;
         }
-        match Cgroup::try_create(id, cpus, memory_mib) {
+        match Cgroup::try_create(id, cpus, memory_mib, allowance_mib) {
             Ok(cgroup) => Some(cgroup),
             Err(e) => {
                 tracing::info!("the VMM runs without a cgroup: {e}");
@@ -42,7 +46,7 @@ impl Cgroup {
         }
     }
 
-    fn try_create(id: &str, cpus: u8, memory_mib: u32) -> io::Result<Cgroup> {
+    fn try_create(id: &str, cpus: u8, memory_mib: u32, allowance_mib: u64) -> io::Result<Cgroup> {
         let root = Path::new(ROOT);
         let group = root.join(GROUP);
         match fs::create_dir(&group) {
@@ -57,7 +61,10 @@ impl Cgroup {
         fs::create_dir(&path).map_err(|e| at(&path, e))?;
         let limits = [
             ("cpu.max", cpu_max(cpus)),
-            ("memory.max", memory_max(memory_mib).to_string()),
+            (
+                "memory.max",
+                memory_max(memory_mib, allowance_mib).to_string(),
+            ),
         ];
         let opened = limits
             .iter()
@@ -96,8 +103,8 @@ fn cpu_max(cpus: u8) -> String {
     format!("{} {CPU_PERIOD_US}", u64::from(cpus) * CPU_PERIOD_US)
 }
 
-fn memory_max(memory_mib: u32) -> u64 {
-    (u64::from(memory_mib) + VMM_MEMORY_ALLOWANCE_MIB) << 20
+fn memory_max(memory_mib: u32, allowance_mib: u64) -> u64 {
+    (u64::from(memory_mib) + allowance_mib) << 20
 }
 
 fn is_cgroup2(path: &Path) -> bool {
@@ -133,6 +140,10 @@ mod tests {
     fn limits() {
         assert_eq!(cpu_max(1), "100000 100000");
         assert_eq!(cpu_max(4), "400000 100000");
-        assert_eq!(memory_max(512), (512 + VMM_MEMORY_ALLOWANCE_MIB) << 20);
+        assert_eq!(
+            memory_max(512, VMM_MEMORY_ALLOWANCE_MIB),
+            (512 + VMM_MEMORY_ALLOWANCE_MIB) << 20
+        );
+        assert_eq!(memory_max(512, QEMU_MEMORY_ALLOWANCE_MIB), 1024 << 20);
     }
 }

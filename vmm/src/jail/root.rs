@@ -1,37 +1,19 @@
-//! The jail's root: a tmpfs on the jail folder, in the VMM's own mount namespace, holding only
-//! bind mounts of what the VM needs; the VMM pivots into it and the host's root goes.
-//!
-//! ```text
-//! /kernel          the kernel, read-only
-//! /disk0, ...      the block devices in the guest's order (the root image, the user's disk,
-//!                  volumes), read-only where the disk is
-//! /dev/kvm
-//! /sock/           the folder of the agent socket: the VMM's listener and the host's
-//!                  `<socket>_<port>` listeners, the same files the host sees
-//! ```
+//! The jail's root: a tmpfs on the jail folder, in the jailed process's own mount namespace,
+//! holding only the entries of its layout (crate::jail::layout); the process makes it its
+//! root ([`pivot`]) and the host's root goes.
 
 use std::fs;
-use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use super::layout::{Access, Entry};
 use super::{c_path, check, Error, Jail};
-use crate::vm::{Device, VmSpec};
 
-const KVM_DEVICE: &str = "/dev/kvm";
-/// The tmpfs holds only mount points.
+/// The tmpfs holds only mount points, folders for them and links.
 const TMPFS_OPTIONS: &str = "mode=0755,size=64k,nr_inodes=64";
 
-/// How a file is bind-mounted into the jail.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
-    ReadOnly,
-    ReadWrite,
-    Device,
-}
-
-/// Builds the jail on `dir` for `spec`, pivots into it, and returns `spec` with the paths the
-/// VM's files have in the jail.
-pub(super) fn build(jail: &Jail, dir: &Path, spec: &VmSpec) -> Result<VmSpec, Error> {
+/// Builds the jail on `dir` with `entries`, and makes it the root.
+pub(super) fn build(jail: &Jail, dir: &Path, entries: &[Entry]) -> Result<(), Error> {
     // No mount of ours may propagate to the host's namespace.
     mount(
         None,
@@ -40,127 +22,118 @@ pub(super) fn build(jail: &Jail, dir: &Path, spec: &VmSpec) -> Result<VmSpec, Er
         libc::MS_REC | libc::MS_PRIVATE,
         None,
     )?;
+    // As root, device nodes are made on the tmpfs itself: it cannot be `nodev`.
+    let mut flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+    if !matches!(jail, Jail::Root { .. }) {
+        flags |= libc::MS_NODEV;
+    }
     mount(
         Some(Path::new("tmpfs")),
         dir,
         Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        flags,
         Some(TMPFS_OPTIONS),
     )?;
-    let mut jailed = spec.clone();
-    jailed.kernel = bind_file(dir, "kernel", &spec.kernel, Access::ReadOnly)?;
-    for (index, device) in jailed.devices.iter_mut().enumerate() {
-        match device {
-            Device::Block(disk) => {
-                let access = if disk.read_only {
-                    Access::ReadOnly
-                } else {
-                    Access::ReadWrite
-                };
-                disk.path = bind_file(dir, &format!("disk{index}"), &disk.path, access)?;
+    for entry in entries {
+        match entry {
+            Entry::Bind {
+                source,
+                target,
+                access,
+            } => {
+                let at = inside(dir, target)?;
+                match (access, jail) {
+                    (Access::Device, Jail::Root { uid, gid }) => {
+                        make_node(source, &at, *uid, *gid)?
+                    }
+                    _ => {
+                        make_mount_point(source, &at)?;
+                        bind(source, &at, *access)?;
+                    }
+                }
             }
-            Device::AgentLink(socket) => *socket = bind_socket_dir(jail, dir, socket)?,
-            Device::Rng | Device::Net(_) => {}
+            Entry::Link { target, to } => {
+                let at = inside(dir, target)?;
+                symlink(to, &at).map_err(|source| Error::Step {
+                    step: format!("linking {} to {}", at.display(), to.display()),
+                    source,
+                })?;
+            }
         }
     }
-    make_dir(&dir.join("dev"))?;
-    bind_file(dir, "dev/kvm", Path::new(KVM_DEVICE), Access::Device)?;
-    pivot(dir)?;
-    // Nothing more is created in the jail but the sockets in /sock, a mount of its own.
+    super::pivot::into(dir)?;
+    // Nothing more is created in the jail.
     mount(
         None,
         Path::new("/"),
         None,
-        libc::MS_REMOUNT
-            | libc::MS_BIND
-            | libc::MS_RDONLY
-            | libc::MS_NOSUID
-            | libc::MS_NODEV
-            | libc::MS_NOEXEC,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | flags,
         None,
-    )?;
-    Ok(jailed)
+    )
 }
 
-/// Bind-mounts the file `source` on `<dir>/<name>`; returns its path in the jail.
-fn bind_file(dir: &Path, name: &str, source: &Path, access: Access) -> Result<PathBuf, Error> {
-    let target = dir.join(name);
-    fs::File::create(&target).map_err(|source| Error::Step {
-        step: format!("creating the mount point {}", target.display()),
-        source,
-    })?;
-    bind(source, &target, access)?;
-    Ok(Path::new("/").join(name))
-}
-
-/// Bind-mounts the folder of the agent socket on `<dir>/sock`, where the VMM (once it is no
-/// longer root) can reach it: the folder is made searchable (`o+x`: not listable) and the host
-/// listeners already there (`<socket>_<port>`) are given to the jail's user, who must be able
-/// to connect to them. Returns the socket's path in the jail.
-fn bind_socket_dir(jail: &Jail, dir: &Path, socket: &Path) -> Result<PathBuf, Error> {
-    let invalid = || Error::Step {
-        step: format!(
-            "the agent socket {} has no folder or name",
-            socket.display()
-        ),
+/// Where `target` (absolute in the jail) is on `dir`, its folders made.
+fn inside(dir: &Path, target: &Path) -> Result<PathBuf, Error> {
+    let relative = target.strip_prefix("/").map_err(|_| Error::Step {
+        step: format!("{} is not an absolute path in the jail", target.display()),
         source: std::io::ErrorKind::InvalidInput.into(),
-    };
-    let (folder, name) = match (socket.parent(), socket.file_name()) {
-        (Some(folder), Some(name)) => (folder, name),
-        _ => return Err(invalid()),
-    };
-    let folder = if folder.as_os_str().is_empty() {
-        Path::new(".")
+    })?;
+    let at = dir.join(relative);
+    if let Some(parent) = at.parent() {
+        fs::create_dir_all(parent).map_err(|source| Error::Step {
+            step: format!("creating {}", parent.display()),
+            source,
+        })?;
+    }
+    Ok(at)
+}
+
+/// An empty file or folder at `at`, as `source` is one or the other.
+fn make_mount_point(source: &Path, at: &Path) -> Result<(), Error> {
+    let made = if source.is_dir() {
+        fs::create_dir(at)
     } else {
-        folder
+        fs::File::create(at).map(drop)
     };
+    made.map_err(|source| Error::Step {
+        step: format!("creating the mount point {}", at.display()),
+        source,
+    })
+}
+
+/// A node at `at` for the device `source`, read and written by `uid`/`gid` only: the jailed
+/// user opens it once it is no longer root, whatever the host's node allows.
+fn make_node(source: &Path, at: &Path, uid: u32, gid: u32) -> Result<(), Error> {
     let step = |what: &str, path: &Path| {
         let step = format!("{what} {}", path.display());
         move |source| Error::Step { step, source }
     };
-    let mode = fs::metadata(folder)
-        .map_err(step("reading", folder))?
-        .permissions()
-        .mode();
-    fs::set_permissions(folder, fs::Permissions::from_mode(mode | 0o001))
-        .map_err(step("making searchable", folder))?;
-    let prefix = format!("{}_", name.to_string_lossy());
-    for entry in fs::read_dir(folder).map_err(step("listing", folder))? {
-        let path = entry.map_err(step("listing", folder))?.path();
-        let is_listener = path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(&prefix));
-        if is_listener {
-            chown(&path, Some(jail.uid), Some(jail.gid))
-                .map_err(step("giving the jail's user the socket", &path))?;
-        }
-    }
-    let target = dir.join("sock");
-    make_dir(&target)?;
-    bind(folder, &target, Access::ReadWrite)?;
-    Ok(Path::new("/sock").join(name))
-}
-
-fn make_dir(path: &Path) -> Result<(), Error> {
-    fs::create_dir(path).map_err(|source| Error::Step {
-        step: format!("creating {}", path.display()),
-        source,
-    })
+    let rdev = fs::metadata(source)
+        .map_err(step("reading the device", source))?
+        .rdev();
+    let c = c_path(at)?;
+    // SAFETY: c is a NUL-terminated path that outlives the call.
+    let ret = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, rdev) };
+    check(ret, || {
+        format!("making the device node {} ({rdev:#x})", at.display())
+    })?;
+    std::os::unix::fs::chown(at, Some(uid), Some(gid)).map_err(step("giving the jail's user", at))
 }
 
 /// A bind mount of `source` on `target`, then remounted with the flags of `access`.
 fn bind(source: &Path, target: &Path, access: Access) -> Result<(), Error> {
     mount(Some(source), target, None, libc::MS_BIND, None)?;
-    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NOEXEC;
-    match access {
-        Access::ReadOnly => flags |= libc::MS_RDONLY | libc::MS_NODEV,
-        Access::ReadWrite => flags |= libc::MS_NODEV,
-        Access::Device => {}
-    }
+    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID;
+    flags |= match access {
+        Access::ReadOnly => libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOEXEC,
+        Access::ReadWrite => libc::MS_NODEV | libc::MS_NOEXEC,
+        Access::Device => libc::MS_NOEXEC,
+        Access::Programs => libc::MS_RDONLY | libc::MS_NODEV,
+    };
     mount(None, target, None, flags, None)
 }
 
-fn mount(
+pub(super) fn mount(
     source: Option<&Path>,
     target: &Path,
     fstype: Option<&str>,
@@ -189,27 +162,5 @@ fn mount(
             target.display()
         ),
         None => format!("changing the mount {} (flags {flags:#x})", target.display()),
-    })
-}
-
-/// Makes `dir` the root: `pivot_root(".", ".")` stacks the old root on the new one, and the
-/// lazy unmount takes it away.
-fn pivot(dir: &Path) -> Result<(), Error> {
-    std::env::set_current_dir(dir).map_err(|source| Error::Step {
-        step: format!("entering {}", dir.display()),
-        source,
-    })?;
-    let dot = c".";
-    // SAFETY: both arguments are NUL-terminated strings that outlive the call.
-    let ret = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) };
-    check(ret as libc::c_int, || {
-        format!("pivot_root into {}", dir.display())
-    })?;
-    // SAFETY: as above.
-    let ret = unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) };
-    check(ret, || "detaching the host's root".into())?;
-    std::env::set_current_dir("/").map_err(|source| Error::Step {
-        step: "entering / in the jail".into(),
-        source,
     })
 }

@@ -46,11 +46,6 @@ fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd) {
             evt.write(1).unwrap();
         }
         ThreadKind::Virtio => {
-            // SAFETY: socket() takes no pointers; the descriptor is closed at once.
-            let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
-            assert!(fd >= 0);
-            // SAFETY: as above.
-            unsafe { libc::close(fd) };
             // SAFETY: getrandom writes at most one byte into `byte`.
             let got = unsafe { libc::getrandom(byte.as_mut_ptr().cast(), 1, 0) };
             assert_eq!(got, 1);
@@ -67,6 +62,7 @@ fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd) {
 fn forbidden_syscall(kind: ThreadKind) -> libc::c_long {
     match kind {
         ThreadKind::Vcpu => libc::SYS_ioctl,
+        ThreadKind::VmmProcess => libc::SYS_unlink,
         _ => libc::SYS_socket,
     }
 }
@@ -79,10 +75,16 @@ fn forbidden(kind: ThreadKind, evt: &EventFd) {
             // SAFETY: the ioctl takes no argument (and is not made).
             unsafe { libc::ioctl(evt.as_raw_fd(), 0xae00, 0) };
         }
-        // Sockets of any family but AF_UNIX, even on the device thread.
+        // Removing a file: the socket files are the parent's to remove.
+        ThreadKind::VmmProcess => {
+            // SAFETY: unlink reads a NUL-terminated path (and is not made).
+            unsafe { libc::unlink(c"/nonexistent".as_ptr()) };
+        }
+        // Any socket, even a Unix one on the device thread: what it connects to the host
+        // comes from the host side's connector.
         _ => {
             // SAFETY: socket() takes no pointers.
-            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
         }
     }
 }

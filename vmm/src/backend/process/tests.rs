@@ -1,5 +1,5 @@
 //! The VMM process end to end with tiny PVH guests: this test binary plays `nodeos-vm vmm`
-//! (it runs [`vmm_main`] when started with [`VMM_ENV`]), jailed when the tests run as root.
+//! (it runs [`vmm_main`] when started with [`VMM_ENV`]), jailed as whoever runs the tests.
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -10,7 +10,7 @@ use super::*;
 use crate::backend::kvm::tests::{file_with, pvh_spec};
 use crate::boot::tests::tiny_elf;
 use crate::kvm::smoke::kvm_usable;
-use crate::vm::VmExit;
+use crate::vm::{Device, VmExit};
 
 const VMM_ENV: &str = "NODEOS_VM_TEST_VMM";
 const VMM_TEST: &str = "backend::process::tests::vmm_process";
@@ -29,11 +29,12 @@ const GUEST: &[u8] = &[
 /// Spins until stopped.
 const SPINNING_GUEST: &[u8] = &[0xeb, 0xfe]; // jmp $
 
-/// Not a test of its own: the VMM process, when this binary is started as one.
+/// Not a test of its own: the VMM process, when this binary is started as one (in a child
+/// with one thread, as `nodeos-vmm` has when it enters its jail).
 #[test]
 fn vmm_process() {
     if std::env::var_os(VMM_ENV).is_some() {
-        std::process::exit(vmm_main().into());
+        crate::jail::tests::in_single_threaded_child(|| std::process::exit(vmm_main().into()));
     }
 }
 
@@ -47,13 +48,9 @@ fn this_test_binary() -> VmmProgram {
     )
 }
 
-/// The jail, when these tests run as root.
+/// The jail of whoever runs these tests.
 fn jail() -> Option<Jail> {
-    // SAFETY: geteuid has no preconditions.
-    (unsafe { libc::geteuid() } == 0).then_some(Jail {
-        uid: jail::DEFAULT_UID,
-        gid: jail::DEFAULT_GID,
-    })
+    Some(Jail::for_this_process(jail::DEFAULT_UID, jail::DEFAULT_GID))
 }
 
 /// As nodeos-vm runs it: every thread of the VMM process filtered, its main thread too.
@@ -179,4 +176,71 @@ fn a_vmm_that_dies_is_an_error_with_its_last_words() {
         }
         other => panic!("{:?}", other.map(|r| r.exit)),
     }
+}
+
+/// The agent link's socket is the parent's: bound before the VMM starts, listening while it
+/// runs (the VMM accepts on the descriptor it was given), removed once it has ended.
+#[test]
+fn the_agent_socket_is_the_parents() {
+    if !kvm_usable() {
+        println!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let kernel = file_with(&tiny_elf(SPINNING_GUEST, LOAD_ADDR, true));
+    let rootfs = file_with(&[0; 4096]);
+    let sockets = tempfile::tempdir().unwrap();
+    let socket = sockets.path().join("agent.sock");
+    let mut spec = spec(kernel.path(), rootfs.path());
+    spec.devices.push(Device::AgentLink(socket.clone()));
+    let stop = StopSignal::new().unwrap();
+    let (s, path) = (stop.clone(), socket.clone());
+    let client = thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let connected = loop {
+            match std::os::unix::net::UnixStream::connect(&path) {
+                Ok(c) => break Ok(c),
+                Err(e) if std::time::Instant::now() > deadline => break Err(e),
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        s.stop();
+        connected.map(drop)
+    });
+    let o = boot(&this_test_binary(), &spec, &stop, jail());
+    assert_eq!(o.result.unwrap().exit, VmExit::Stopped);
+    client
+        .join()
+        .unwrap()
+        .expect("the agent socket takes clients");
+    assert!(!socket.exists(), "the parent removed the agent socket");
+}
+
+/// Found in the KVM box: `start > file` writes the guest's console straight to a file, which
+/// grows past any disk's size; the jail's file-size limit must not kill the VMM for it.
+#[test]
+fn a_console_written_to_a_file_is_not_cut_short() {
+    if !kvm_usable() {
+        println!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let kernel = file_with(&tiny_elf(GUEST, LOAD_ADDR, true));
+    let rootfs = file_with(&[0; 4096]);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let (input, _input_write) = nix::unistd::pipe().unwrap();
+    let console = ConsoleIo {
+        input,
+        output: log.reopen().unwrap().into(),
+        ready: ConsoleReady::default(),
+    };
+    let spec = spec(kernel.path(), rootfs.path());
+    let report = run(
+        &this_test_binary(),
+        &spec,
+        console,
+        &StopSignal::new().unwrap(),
+        jail(),
+    )
+    .unwrap();
+    assert_eq!(report.exit, VmExit::Guest(7));
+    assert!(std::fs::read_to_string(log.path()).unwrap().ends_with('P'));
 }

@@ -7,6 +7,10 @@
 //!   the guest resets instead.
 //! - Guest to host: a REQUEST to CID 2 port P connects to the Unix socket `<uds_path>_P`.
 //!
+//! The device itself holds no path: it accepts on a listener it was given and gets its
+//! connections to `<uds_path>_P` from the connector of the host side ([`host`]), which runs in
+//! the parent when the VMM has a process of its own.
+//!
 //! The device thread watches one descriptor of the device, an epoll set holding the listener,
 //! every client's stream, a timer for deadlines, and an eventfd saying that packets for the
 //! guest were queued outside [`VirtioDevice::process_backend`]. Host data is read straight into
@@ -15,6 +19,7 @@
 //! packet is answered with a reset or dropped, and every buffer the device keeps is bounded.
 
 mod connection;
+pub mod host;
 mod packet;
 #[cfg(test)]
 mod tests;
@@ -23,13 +28,12 @@ mod unix;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use contract::hybrid::{host_listener_path, ok_line};
+use contract::hybrid::ok_line;
 use contract::{GUEST_CID, HOST_CID};
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
@@ -38,8 +42,9 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use self::connection::{ConnKey, Connection, State};
+use self::host::{Connector, DeviceSide, HostSide};
 use self::packet::{ChainBuffers, Header, Op, HEADER_SIZE, MAX_PAYLOAD, TYPE_STREAM};
-use self::unix::{connect_nonblocking, Handshake};
+use self::unix::Handshake;
 use super::cursor::Cursor;
 use super::{BackendWork, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
@@ -82,6 +87,12 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("cannot start the vsock connector for {path}_<port>")]
+    Connector {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot create the vsock device's {what}")]
     Setup {
         what: &'static str,
@@ -108,8 +119,11 @@ struct Control {
 }
 
 pub struct Vsock {
-    uds_path: PathBuf,
     listener: UnixListener,
+    /// Makes the guest's connections to the host.
+    connector: Connector,
+    /// The host side, when the device runs in the process that listens (in-process use).
+    _host: Option<HostSide>,
     epoll: Epoll,
     /// Signalled when packets for the guest were queued outside `process_backend`.
     kick: EventFd,
@@ -129,26 +143,25 @@ pub struct Vsock {
 }
 
 impl Vsock {
-    /// A vsock device whose host side listens on the Unix socket `uds_path` (a stale socket
-    /// there is replaced).
+    /// A vsock device whose host side, in this process, listens on the Unix socket `uds_path`
+    /// (a stale socket there is replaced, and the socket is removed with the device).
     pub fn new(uds_path: &Path) -> Result<Vsock, Error> {
-        let listen_err = |source| Error::Listen {
-            path: uds_path.to_path_buf(),
-            source,
-        };
+        let (host, device) = host::open(uds_path)?;
+        let mut vsock = Vsock::given(device)?;
+        vsock._host = Some(host);
+        Ok(vsock)
+    }
+
+    /// A vsock device on the device's part of a host side that another process runs.
+    pub fn given(device: DeviceSide) -> Result<Vsock, Error> {
         let setup = |what| move |source| Error::Setup { what, source };
         let epoll = Epoll::new().map_err(setup("epoll set"))?;
         let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?;
         let timer = TimerFd::new()
             .map_err(io::Error::from)
             .map_err(setup("timer"))?;
-        if std::fs::symlink_metadata(uds_path).is_ok_and(|m| m.file_type().is_socket()) {
-            std::fs::remove_file(uds_path).map_err(listen_err)?;
-        }
-        let listener = UnixListener::bind(uds_path).map_err(listen_err)?;
-        listener.set_nonblocking(true).map_err(listen_err)?;
         for (fd, token) in [
-            (listener.as_raw_fd(), LISTENER_TOKEN),
+            (device.listener.as_raw_fd(), LISTENER_TOKEN),
             (kick.as_raw_fd(), KICK_TOKEN),
             (timer.as_raw_fd(), TIMER_TOKEN),
         ] {
@@ -161,8 +174,9 @@ impl Vsock {
                 .map_err(setup("epoll set"))?;
         }
         Ok(Vsock {
-            uds_path: uds_path.to_path_buf(),
-            listener,
+            listener: device.listener,
+            connector: Connector::new(device.connector),
+            _host: None,
             epoll,
             kick,
             kicked: false,
@@ -327,7 +341,7 @@ impl Vsock {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::debug!("virtio-vsock: accept on {}: {e}", self.uds_path.display());
+                    tracing::debug!("virtio-vsock: accept: {e}");
                     return;
                 }
             };
@@ -628,11 +642,13 @@ impl Vsock {
             self.reset_conn(key);
             return;
         }
-        let path = host_listener_path(&self.uds_path, key.local_port);
-        let stream = match connect_nonblocking(&path) {
+        let stream = match self.connector.connect(key.local_port) {
             Ok(stream) => stream,
             Err(e) => {
-                tracing::debug!("virtio-vsock: guest connection to {}: {e}", path.display());
+                tracing::debug!(
+                    "virtio-vsock: guest connection to host port {}: {e}",
+                    key.local_port
+                );
                 self.reset_conn(key);
                 return;
             }
@@ -780,11 +796,5 @@ impl VirtioDevice for Vsock {
             used: if used { 1 << RX_QUEUE } else { 0 },
             starved: starved.then_some(RX_QUEUE),
         })
-    }
-}
-
-impl Drop for Vsock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.uds_path);
     }
 }

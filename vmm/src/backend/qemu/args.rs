@@ -1,0 +1,254 @@
+//! QEMU's command line for a [`VmSpec`], and the descriptors it is handed: QEMU opens no disk,
+//! socket or network of its own (so that a jailed QEMU needs none of them in reach): the
+//! boot timer and the agent link are socket pairs (`-chardev socket,fd=N`), the network is
+//! passt's socket or the TAP descriptor (`-netdev socket,fd=N`, `-netdev tap,fd=N`), each disk
+//! a set of descriptors of its own (`-add-fd`, `file=/dev/fdset/N`): read-only, and for a
+//! writable disk read-write too (QEMU opens a writable image read-only until its device
+//! writes). Only the kernel is a path.
+
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use contract::ports::{BOOT_TIMER_PORT, EXIT_PORT};
+use contract::SERIAL_PORT_NAME;
+
+use super::Accel;
+use crate::vm::{Device, NetSpec, VmSpec};
+
+/// The descriptors QEMU is handed, numbered from the first it is given, in the order added.
+pub struct Handed {
+    first: RawFd,
+    /// Each descriptor as we hold it (the raw ones stay ours: passt's socket, the TAP), and
+    /// the number QEMU knows it by.
+    moves: Vec<(RawFd, RawFd)>,
+    /// Those that are QEMU's only: closed here once it started.
+    owned: Vec<OwnedFd>,
+}
+
+impl Handed {
+    pub fn new(first: RawFd) -> Handed {
+        Handed {
+            first,
+            moves: Vec::new(),
+            owned: Vec::new(),
+        }
+    }
+
+    /// Hands `fd` over; returns its number in QEMU.
+    pub fn push(&mut self, fd: OwnedFd) -> RawFd {
+        let number = self.push_raw(fd.as_raw_fd());
+        self.owned.push(fd);
+        number
+    }
+
+    /// Hands over a descriptor that stays open here too.
+    pub fn push_raw(&mut self, fd: RawFd) -> RawFd {
+        let number = self.end();
+        self.moves.push((fd, number));
+        number
+    }
+
+    /// The first number after QEMU's descriptors.
+    pub fn end(&self) -> RawFd {
+        self.first + self.moves.len() as RawFd
+    }
+
+    /// (ours, QEMU's) for each.
+    pub fn moves(&self) -> &[(RawFd, RawFd)] {
+        &self.moves
+    }
+}
+
+/// The numbers QEMU knows its descriptors by.
+pub struct Fds {
+    pub timer: RawFd,
+    pub agent: Option<RawFd>,
+    pub net: Option<RawFd>,
+    /// The set of each disk, in the spec's order.
+    pub disks: Vec<Vec<RawFd>>,
+}
+
+pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsString> {
+    let (accel_name, cpu) = match accel {
+        Accel::Kvm => ("kvm", "host"),
+        // A translation cache of 256 MiB at most (QEMU's default is 1 GiB), within the
+        // jail's cgroup allowance (jail::cgroup::QEMU_MEMORY_ALLOWANCE_MIB).
+        Accel::Tcg => ("tcg,tb-size=256", "max"),
+    };
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+    push(&[
+        // Guest memory stays out of any core dump.
+        "-M",
+        "microvm,acpi=off,x-option-roms=off,dump-guest-core=off",
+        "-accel",
+        accel_name,
+        "-cpu",
+        cpu,
+    ]);
+    push(&[
+        "-m",
+        &format!("{}M", spec.memory_mib),
+        "-smp",
+        &spec.cpus.to_string(),
+    ]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    push(&[
+        "-chardev",
+        "stdio,id=console,signal=off",
+        "-serial",
+        "chardev:console",
+    ]);
+    push(&[
+        "-device",
+        &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=1"),
+    ]);
+    push(&[
+        "-device",
+        &format!("isa-debugcon,iobase={BOOT_TIMER_PORT:#x},chardev=timer"),
+    ]);
+    push(&["-chardev", &format!("socket,id=timer,fd={}", fds.timer)]);
+    a.push("-kernel".into());
+    a.push(kernel.as_os_str().to_owned());
+    let mut cmdline = spec.cmdline.clone();
+    if accel == Accel::Tcg {
+        cmdline = format!("{cmdline} {}", super::tcg_clock_params(&super::cpuinfo()));
+    }
+    let mut disks = fds.disks.iter();
+    // QEMU places virtio-mmio devices in the order they are created: the spec's order, which
+    // is the guest's (block devices are /dev/vda, /dev/vdb, ... in this order).
+    for (index, device) in spec.devices.iter().enumerate() {
+        let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+        match device {
+            Device::Block(disk) => {
+                let set = disks.next().expect("descriptors for each disk");
+                for fd in set {
+                    push(&["-add-fd", &format!("fd={fd},set={index}")]);
+                }
+                let readonly = if disk.read_only { "on" } else { "off" };
+                push(&[
+                    "-drive",
+                    &format!(
+                        "id=disk{index},format=raw,if=none,cache=writeback,readonly={readonly},\
+                         file=/dev/fdset/{index}"
+                    ),
+                    "-device",
+                    &format!("virtio-blk-device,drive=disk{index}"),
+                ]);
+            }
+            Device::Rng => push(&[
+                "-object",
+                "rng-builtin,id=rng",
+                "-device",
+                "virtio-rng-device,rng=rng",
+            ]),
+            Device::Net(net) => {
+                let fd = fds.net.expect("a descriptor for the network");
+                let kind = match net {
+                    // passt, on the contract's network (contract::net), as on our VMM.
+                    NetSpec::User => "socket",
+                    NetSpec::Tap(_) => "tap",
+                };
+                push(&[
+                    "-netdev",
+                    &format!("{kind},id=net0,fd={fd}"),
+                    "-device",
+                    "virtio-net-device,netdev=net0",
+                ]);
+            }
+            Device::AgentLink(_) => {
+                let fd = fds.agent.expect("a descriptor for the agent link");
+                push(&[
+                    "-device",
+                    "virtio-serial-device,max_ports=2",
+                    "-chardev",
+                    &format!("socket,id=agent,fd={fd}"),
+                    "-device",
+                    &format!("virtserialport,chardev=agent,name={SERIAL_PORT_NAME}"),
+                ]);
+            }
+        }
+    }
+    a.push("-append".into());
+    a.push(cmdline.into());
+    if spec.seccomp {
+        a.extend(["-sandbox", SANDBOX].map(OsString::from));
+    }
+    a
+}
+
+/// QEMU's own seccomp filter: no obsolete syscalls, no privilege changes, no new processes,
+/// no scheduling or resource changes.
+const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::Disk;
+
+    #[test]
+    fn qemu_gets_descriptors_not_paths() {
+        let spec = VmSpec {
+            kernel: "/host/vmlinux".into(),
+            devices: vec![
+                Device::Block(Disk {
+                    path: "/host/rootfs.img".into(),
+                    read_only: true,
+                }),
+                Device::Block(Disk {
+                    path: "/host/user.img".into(),
+                    read_only: false,
+                }),
+                Device::Rng,
+                Device::Net(NetSpec::User),
+                Device::AgentLink("/host/agent.sock".into()),
+            ],
+            memory_mib: 256,
+            cpus: 2,
+            cmdline: "console=ttyS0".into(),
+            seccomp: true,
+        };
+        let fds = Fds {
+            timer: 5,
+            agent: Some(6),
+            net: Some(7),
+            disks: vec![vec![8], vec![9, 10]],
+        };
+        let args: Vec<String> = args(&spec, Accel::Kvm, Path::new("/kernel"), &fds)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let line = args.join(" ");
+        for expected in [
+            "-chardev socket,id=timer,fd=5",
+            "-kernel /kernel",
+            "-add-fd fd=8,set=0 -drive id=disk0,format=raw,if=none,cache=writeback,readonly=on,file=/dev/fdset/0",
+            "-add-fd fd=9,set=1 -add-fd fd=10,set=1 -drive id=disk1,format=raw,if=none,cache=writeback,readonly=off,file=/dev/fdset/1",
+            "-object rng-builtin,id=rng",
+            "-netdev socket,id=net0,fd=7",
+            "-chardev socket,id=agent,fd=6",
+            "dump-guest-core=off",
+            "-sandbox on,",
+        ] {
+            assert!(line.contains(expected), "{expected}: {line}");
+        }
+        assert!(!line.contains("/host/"), "no host path: {line}");
+    }
+
+    #[test]
+    fn descriptors_are_numbered_in_order() {
+        let mut handed = Handed::new(5);
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(handed.push(a.into()), 5);
+        assert_eq!(handed.push_raw(b.as_raw_fd()), 6);
+        assert_eq!(handed.end(), 7);
+        assert_eq!(handed.moves()[1], (b.as_raw_fd(), 6));
+    }
+}

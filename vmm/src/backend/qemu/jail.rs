@@ -1,0 +1,123 @@
+//! QEMU in the jail (crate::jail): started by the jail's helper (`nodeos-vmm exec`), which
+//! enters the jail as our VMM does and gives up its privileges before it executes QEMU. QEMU's
+//! jail holds its kernel, `/dev/null` (its image locking probes with it), `/dev/kvm` when it
+//! uses KVM, and the host's programs and libraries (read-only), which QEMU needs to start; its
+//! disks, sockets and network are descriptors.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+
+use super::args::{self, Fds, Handed};
+use super::{spawn, Accel, Jailed, QemuError, QEMU};
+use crate::jail::cgroup::QEMU_MEMORY_ALLOWANCE_MIB;
+use crate::jail::exec::{self, Exec, Pipes, HELPER_ARG, REQUEST_FD, STATUS_FD};
+use crate::jail::layout::{self, Access, Entry, KVM_DEVICE};
+use crate::jail::HostSide;
+use crate::vm::VmSpec;
+
+/// Where QEMU finds its kernel in the jail.
+pub const KERNEL: &str = "/kernel";
+const NULL_DEVICE: &str = "/dev/null";
+
+/// What QEMU's jail holds, QEMU at `qemu` and its kernel at `kernel` on the host.
+pub fn entries(qemu: &Path, kernel: &Path, accel: Accel) -> Vec<Entry> {
+    let mut entries = vec![
+        Entry::bind(kernel, KERNEL, Access::ReadOnly),
+        Entry::bind(NULL_DEVICE, NULL_DEVICE, Access::Device),
+    ];
+    if accel == Accel::Kvm {
+        entries.push(Entry::bind(KVM_DEVICE, KVM_DEVICE, Access::Device));
+    }
+    let programs = layout::programs();
+    // A QEMU installed elsewhere than the host's programs: its folder too.
+    let folder = qemu.parent().map(PathBuf::from);
+    let covered = |folder: &Path| {
+        programs.iter().any(|e| match e {
+            Entry::Bind { target, .. } | Entry::Link { target, .. } => folder.starts_with(target),
+        })
+    };
+    if let Some(folder) = folder.filter(|f| !covered(f)) {
+        entries.push(Entry::bind(&folder, &folder, Access::Programs));
+    }
+    entries.extend(programs);
+    entries
+}
+
+/// Starts QEMU for `spec` (from `qemu` on the host) in `jailed`'s jail, on the console `stdio`,
+/// handing it `handed` (whose numbers `fds` are): returns once QEMU runs, with the jail's host
+/// side, which is removed when dropped after QEMU ended.
+pub fn start(
+    jailed: &Jailed<'_>,
+    spec: &VmSpec,
+    accel: Accel,
+    qemu: &Path,
+    handed: &Handed,
+    fds: &Fds,
+    stdio: (OwnedFd, OwnedFd),
+) -> Result<(Child, HostSide), QemuError> {
+    let console = stdio.1.as_fd();
+    let host = HostSide::prepare(jailed.jail, spec, console, QEMU_MEMORY_ALLOWANCE_MIB)?;
+    let pipes = Pipes::new()?;
+    let mut moves = handed.moves().to_vec();
+    moves.push((pipes.helper_request.as_raw_fd(), REQUEST_FD));
+    moves.push((pipes.helper_status.as_raw_fd(), STATUS_FD));
+    let mut command = jailed.helper.command();
+    command.arg(HELPER_ARG);
+    let cgroup = host.cgroup().map(|c| c.procs_fd());
+    let mut child = spawn(command, &moves, handed.end(), cgroup, stdio)?;
+    let Pipes {
+        request,
+        status,
+        helper_request,
+        helper_status,
+    } = pipes;
+    // The helper's ends must be the helper's alone: its status ends when it executes QEMU.
+    drop((helper_request, helper_status));
+    let mut qemu_args = vec![QEMU.into()];
+    qemu_args.extend(args::args(spec, accel, KERNEL.as_ref(), fds));
+    let exec = Exec {
+        jail: host.request().clone(),
+        entries: entries(qemu, &spec.kernel, accel),
+        program: qemu.to_path_buf(),
+        args: qemu_args,
+        fds_end: handed.end(),
+    };
+    if let Err(e) = exec::start(request, status, &exec) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e.into());
+    }
+    Ok((child, host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_kvm_and_the_programs() {
+        let kvm = entries(
+            Path::new("/usr/bin/qemu-system-x86_64"),
+            Path::new("/c/vmlinux"),
+            Accel::Kvm,
+        );
+        assert_eq!(kvm[0], Entry::bind("/c/vmlinux", KERNEL, Access::ReadOnly));
+        assert_eq!(
+            kvm[1],
+            Entry::bind(NULL_DEVICE, NULL_DEVICE, Access::Device)
+        );
+        assert_eq!(kvm[2], Entry::bind(KVM_DEVICE, KVM_DEVICE, Access::Device));
+        assert_eq!(kvm[3], Entry::bind("/usr", "/usr", Access::Programs));
+        let tcg = entries(
+            Path::new("/opt/qemu/bin/qemu-system-x86_64"),
+            Path::new("/c/vmlinux"),
+            Accel::Tcg,
+        );
+        assert!(!tcg.contains(&Entry::bind(KVM_DEVICE, KVM_DEVICE, Access::Device)));
+        assert_eq!(
+            tcg[2],
+            Entry::bind("/opt/qemu/bin", "/opt/qemu/bin", Access::Programs)
+        );
+    }
+}

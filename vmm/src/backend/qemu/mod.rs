@@ -1,0 +1,354 @@
+//! The fallback backend: QEMU's `microvm` machine, with KVM where the host's KVM can run Linux
+//! guests and TCG elsewhere. It gives the guest the same devices, ports and console as our own
+//! VMM (docs/guest-contract.md), so callers cannot tell the two apart.
+//!
+//! QEMU opens nothing of the host's but its kernel: its disks, sockets and network link are
+//! descriptors we hand over ([`args`]). Jailed (crate::jail), it starts in its own namespaces
+//! and root, unprivileged, through the jail's helper ([`jail`]).
+
+mod agent;
+mod args;
+mod jail;
+
+use std::fs::OpenOptions;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use contract::ports::{CONSOLE_READY, INIT_STARTED};
+
+use self::agent::AgentMux;
+use self::args::{Fds, Handed};
+use super::handover::{self, MAX_MOVES};
+use super::process::VmmProgram;
+use crate::devices::virtio::net::{self, HostEnd, StderrThread};
+use crate::jail::exec::{self, FIRST_PROGRAM_FD};
+use crate::jail::{self as jails, Jail};
+use crate::vm::{ConsoleIo, RunReport, StopSignal, VmExit, VmSpec};
+
+pub(super) const QEMU: &str = "qemu-system-x86_64";
+/// Most of QEMU's stderr we keep to explain a failure.
+const STDERR_LIMIT: u64 = 64 * 1024;
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error(transparent)]
+    NotInstalled(#[from] crate::host_packages::HostPackageError),
+    #[error("starting {QEMU}")]
+    Spawn(#[source] io::Error),
+    #[error("creating the boot-timer socket pair")]
+    TimerSocket(#[source] io::Error),
+    #[error("creating the guest agent's socket {0}")]
+    AgentSocket(std::path::PathBuf, #[source] io::Error),
+    #[error("opening the disk {0}")]
+    Disk(std::path::PathBuf, #[source] io::Error),
+    #[error("{QEMU} would be handed {0} descriptors; at most {MAX_MOVES}")]
+    TooManyDescriptors(usize),
+    #[error(transparent)]
+    Net(#[from] net::Error),
+    #[error(transparent)]
+    Jail(#[from] jails::Error),
+    #[error(transparent)]
+    Exec(#[from] exec::Error),
+    #[error("waiting for {QEMU}")]
+    Wait(#[source] io::Error),
+    #[error("{QEMU} failed (exit status {status}): {stderr}")]
+    Failed { status: String, stderr: String },
+}
+
+/// How QEMU is confined: the jail, and the program that is its helper (`nodeos-vmm`).
+pub struct Jailed<'a> {
+    pub jail: Jail,
+    pub helper: &'a VmmProgram,
+}
+
+/// Boots `spec` under QEMU, in a jail when `jailed` is given, and waits for the VM to end.
+pub fn run(
+    spec: &VmSpec,
+    console: ConsoleIo,
+    accel: Accel,
+    stop: &StopSignal,
+    jailed: Option<Jailed<'_>>,
+) -> Result<RunReport, QemuError> {
+    let qemu = crate::host_packages::ensure(QEMU, "qemu-system-x86")?;
+    let started = Instant::now();
+    let ConsoleIo {
+        input,
+        output,
+        ready,
+    } = console;
+
+    let mut handed = Handed::new(FIRST_PROGRAM_FD);
+    let (timer, qemus_timer) = UnixStream::pair().map_err(QemuError::TimerSocket)?;
+    let timer_fd = handed.push(qemus_timer.into());
+    let mut agent = None;
+    let mut agent_fd = None;
+    if let Some(socket) = spec.agent_socket() {
+        let (mux, qemus) = AgentMux::listen(socket)?;
+        agent = Some(mux);
+        agent_fd = Some(handed.push(qemus));
+    }
+    // passt runs beside us, on the host's network; QEMU gets its socket, or the TAP.
+    let net = spec
+        .net()
+        .map(|net| HostEnd::open(net, StderrThread::Unfiltered))
+        .transpose()?;
+    let net_fd = net.as_ref().map(|n| handed.push_raw(n.fd.as_raw_fd()));
+    let disks = spec
+        .disks()
+        .map(|disk| {
+            let mut open = |write| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(write)
+                    .open(&disk.path)
+                    .map(|file| handed.push(file.into()))
+                    .map_err(|e| QemuError::Disk(disk.path.clone(), e))
+            };
+            let mut set = vec![open(false)?];
+            if !disk.read_only {
+                set.push(open(true)?);
+            }
+            Ok(set)
+        })
+        .collect::<Result<_, QemuError>>()?;
+    let fds = Fds {
+        timer: timer_fd,
+        agent: agent_fd,
+        net: net_fd,
+        disks,
+    };
+
+    let stdio = (input, output);
+    let (mut child, _jail) = match jailed {
+        None => {
+            let mut command = Command::new(&qemu);
+            command.args(args::args(spec, accel, &spec.kernel, &fds));
+            (
+                spawn(command, handed.moves(), handed.end(), None, stdio)?,
+                None,
+            )
+        }
+        Some(jailed) => {
+            let (child, host) = jail::start(&jailed, spec, accel, &qemu, &handed, &fds, stdio)?;
+            (child, Some(host))
+        }
+    };
+    // QEMU's ends are QEMU's alone now.
+    drop(handed);
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let stderr = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.take(STDERR_LIMIT).read_to_string(&mut text);
+        text
+    });
+    let init_reached = Arc::new(Mutex::new(None));
+    watch_boot_timer(timer, started, ready, Arc::clone(&init_reached));
+    let stopper = Stopper::watch(stop, child.id())?;
+    let agent = agent.map(AgentMux::serve).transpose()?;
+
+    let status = child.wait().map_err(QemuError::Wait)?;
+    if let Some(agent) = agent {
+        agent.finish();
+    }
+    drop(net);
+    if stopper.finish() {
+        return Ok(RunReport {
+            exit: VmExit::Stopped,
+            init_reached: *init_reached.lock().unwrap(),
+            vmm_overhead_kib: None,
+        });
+    }
+    let stderr = stderr.join().unwrap_or_default();
+    let init_reached = *init_reached.lock().unwrap();
+    let exit =
+        decode_exit(status.code(), init_reached.is_some()).ok_or_else(|| QemuError::Failed {
+            status: status.to_string(),
+            stderr: stderr.trim().to_string(),
+        })?;
+    Ok(RunReport {
+        exit,
+        init_reached,
+        vmm_overhead_kib: None,
+    })
+}
+
+/// Starts `command` (QEMU, or the jail's helper) on the console, its stderr piped, handing it
+/// `moves` (below `first_free`) and putting it in the cgroup whose `cgroup.procs` is open as
+/// `cgroup_procs`.
+pub(super) fn spawn(
+    mut command: Command,
+    moves: &[(std::os::fd::RawFd, std::os::fd::RawFd)],
+    first_free: std::os::fd::RawFd,
+    cgroup_procs: Option<std::os::fd::RawFd>,
+    (input, output): (OwnedFd, OwnedFd),
+) -> Result<Child, QemuError> {
+    if moves.len() > MAX_MOVES {
+        return Err(QemuError::TooManyDescriptors(moves.len()));
+    }
+    let moves = moves.to_vec();
+    command
+        .stdin(Stdio::from(input))
+        .stdout(Stdio::from(output))
+        .stderr(Stdio::piped());
+    // SAFETY: hand_over only calls async-signal-safe functions (prctl, write, fcntl, dup2) on
+    // descriptors that are open in the child, inherited from us. Among them, the
+    // parent-death signal: QEMU must not outlive nodeos-vm, however nodeos-vm ends.
+    unsafe { command.pre_exec(move || handover::hand_over(&moves, first_free, cgroup_procs)) };
+    command.spawn().map_err(QemuError::Spawn)
+}
+
+/// Kills QEMU when the host asks the VM to stop.
+struct Stopper {
+    /// Set by the watcher when it killed QEMU; `None` once QEMU was reaped (no more kills).
+    state: Arc<Mutex<Option<bool>>>,
+    done: vmm_sys_util::eventfd::EventFd,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Stopper {
+    fn watch(stop: &StopSignal, pid: u32) -> Result<Stopper, QemuError> {
+        let done =
+            vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(QemuError::Spawn)?;
+        let done_fd = done.try_clone().map_err(QemuError::Spawn)?;
+        let state = Arc::new(Mutex::new(Some(false)));
+        let (s, stop) = (state.clone(), stop.clone());
+        let thread = thread::Builder::new()
+            .name("qemu-stop".into())
+            .spawn(move || {
+                if crate::poll::first_readable(&[done_fd.as_raw_fd(), stop.fd()], None) == Some(1) {
+                    let mut state = s.lock().unwrap();
+                    if let Some(killed) = state.as_mut() {
+                        // QEMU is not reaped yet (state is Some), so the pid is still its own.
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        *killed = true;
+                    }
+                }
+            })
+            .map_err(QemuError::Spawn)?;
+        Ok(Stopper {
+            state,
+            done,
+            thread,
+        })
+    }
+
+    /// QEMU was reaped: ends the watcher. True when the watcher killed it.
+    fn finish(self) -> bool {
+        let killed = self.state.lock().unwrap().take().unwrap_or(false);
+        let _ = self.done.write(1);
+        let _ = self.thread.join();
+        killed
+    }
+}
+
+/// QEMU reports the exit port's byte `b` as process status `(b << 1) | 1`, and a guest reset
+/// (with `-no-reboot`) as 0; it also exits with 1 on its own errors, which we tell from a
+/// guest exit with byte 0 by whether the guest ever reached init.
+fn decode_exit(code: Option<i32>, init_reached: bool) -> Option<VmExit> {
+    match code? {
+        0 => Some(VmExit::Reset),
+        1 if !init_reached => None,
+        c if c & 1 == 1 && (1..=255).contains(&c) => Some(VmExit::Guest((c >> 1) as u8)),
+        _ => None,
+    }
+}
+
+/// Timestamps the guest's first boot-timer byte and opens the console gate on the second.
+fn watch_boot_timer(
+    mut conn: UnixStream,
+    started: Instant,
+    ready: crate::vm::ConsoleReady,
+    init_reached: Arc<Mutex<Option<Duration>>>,
+) {
+    thread::Builder::new()
+        .name("boot-timer".into())
+        .spawn(move || {
+            let mut byte = [0u8; 1];
+            while let Ok(1) = conn.read(&mut byte) {
+                match byte[0] {
+                    INIT_STARTED => {
+                        init_reached
+                            .lock()
+                            .unwrap()
+                            .get_or_insert(started.elapsed());
+                    }
+                    CONSOLE_READY => ready.signal(),
+                    _ => {}
+                }
+            }
+            // The VM is gone: let the console relay run (and end) rather than wait forever.
+            ready.signal();
+        })
+        .expect("spawning the boot-timer thread");
+}
+
+/// TCG offers the guest no kvm-clock and no HPET, so its kernel calibrates the TSC, the delay
+/// loop and the local APIC timer against the PIT — about 0.4 s of a sub-second boot — and, when
+/// calibration wobbles on a busy host, falls back to a 10 ms clock. The host knows its TSC
+/// rate; tell the guest. (Under KVM the kernel gets all of this from kvm-clock.)
+pub(super) fn tcg_clock_params(cpuinfo: &str) -> String {
+    let mut params = String::from("tsc=reliable no_timer_check noapictimer");
+    let mhz = cpuinfo.lines().find_map(|l| {
+        l.strip_prefix("cpu MHz")?
+            .split(':')
+            .nth(1)?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    });
+    if let Some(khz) = mhz.map(|mhz| (mhz * 1000.0) as u64).filter(|&khz| khz > 0) {
+        // loops per jiffy at HZ=100 (kernel/config.fragment)
+        params.push_str(&format!(" tsc_early_khz={khz} lpj={}", khz * 10));
+    }
+    params
+}
+
+pub(super) fn cpuinfo() -> String {
+    std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses() {
+        assert_eq!(decode_exit(Some(1), true), Some(VmExit::Guest(0)));
+        assert_eq!(decode_exit(Some(7), true), Some(VmExit::Guest(3)));
+        assert_eq!(decode_exit(Some(255), true), Some(VmExit::Guest(127)));
+        assert_eq!(decode_exit(Some(0), true), Some(VmExit::Reset));
+        assert_eq!(
+            decode_exit(Some(1), false),
+            None,
+            "QEMU's own error before the guest ran"
+        );
+        assert_eq!(decode_exit(Some(2), true), None);
+        assert_eq!(decode_exit(None, true), None, "killed by a signal");
+    }
+
+    #[test]
+    fn tcg_clock_from_the_host_tsc() {
+        let p = tcg_clock_params("processor\t: 0\ncpu MHz\t\t: 2596.138\n");
+        assert!(p.contains("tsc_early_khz=2596138 lpj=25961380"), "{p}");
+        assert_eq!(
+            tcg_clock_params(""),
+            "tsc=reliable no_timer_check noapictimer"
+        );
+    }
+}
