@@ -8,6 +8,7 @@ pub mod backend;
 mod boot;
 mod cpuid;
 pub mod devices;
+mod error_chain;
 mod host_packages;
 pub mod jail;
 mod kvm;

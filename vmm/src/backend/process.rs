@@ -300,7 +300,7 @@ pub fn vmm_main() -> u8 {
         Err(e) => (
             Event::Failed(VmmFailure {
                 kind: e.kind(),
-                message: chain(&e),
+                message: crate::error_chain::one_line(&e),
             }),
             contract::status::HOST_FAILURE,
         ),
@@ -342,17 +342,6 @@ impl VmmError {
             },
         }
     }
-}
-
-/// `e` and its sources, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }
 
 fn send(to: &File, event: &Event) {

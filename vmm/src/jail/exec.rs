@@ -105,22 +105,14 @@ fn run() -> Result<std::convert::Infallible, String> {
     // SAFETY: as for the status: handed over, owned by nothing else.
     let request = unsafe { File::from_raw_fd(REQUEST_FD) };
     let exec: Exec = serde_json::from_reader(request).map_err(|e| format!("its request: {e}"))?;
-    let chain = |e: &dyn std::error::Error| {
-        let mut text = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            text.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        text
-    };
     // SAFETY: fcntl takes integers; STATUS_FD is open (above).
     if unsafe { libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
         return Err(format!("its status: {}", io::Error::last_os_error()));
     }
-    close_inherited_fds(exec.fds_end).map_err(|e| chain(&e))?;
-    enter_with(&exec.jail, &exec.entries, || Ok(())).map_err(|e| chain(&e))?;
-    drop_privileges(&exec.jail.jail).map_err(|e| chain(&e))?;
+    close_inherited_fds(exec.fds_end).map_err(|e| crate::error_chain::one_line(&e))?;
+    enter_with(&exec.jail, &exec.entries, || Ok(()))
+        .map_err(|e| crate::error_chain::one_line(&e))?;
+    drop_privileges(&exec.jail.jail).map_err(|e| crate::error_chain::one_line(&e))?;
     let mut args = exec.args.iter();
     let mut command = Command::new(&exec.program);
     if let Some(name) = args.next() {
