@@ -132,18 +132,18 @@ impl VmConfig {
         }
         params.shell = self.shell;
         if let (Some(disk), Some(device)) = (&self.user_disk, plan.upper_device()) {
-            params.upper = Upper::disk(device)?;
+            params.upper = Upper::Disk(device);
             devices.push(Device::Block(Disk {
                 path: disk.clone(),
                 read_only: false,
             }));
         }
         for (i, volume) in self.volumes.iter().enumerate() {
-            params.volumes.push(Volume::new(
-                plan.volume_device(i),
-                volume.mount_point.clone(),
-                volume.read_only,
-            )?);
+            params.volumes.push(Volume {
+                device: plan.volume_device(i),
+                mount_point: volume.mount_point.clone(),
+                read_only: volume.read_only,
+            });
             devices.push(Device::Block(Disk {
                 path: volume.image.clone(),
                 read_only: volume.read_only,
@@ -159,6 +159,7 @@ impl VmConfig {
             devices.push(Device::AgentLink(socket.clone()));
         }
         params.env = self.env.clone();
+        // Every parameter checked once, the way the guest will read it.
         params.validate()?;
         Ok(VmSpec {
             kernel: self.kernel.clone(),
