@@ -25,6 +25,7 @@ pub const HEADER_LEN: usize = 5;
 
 /// Host to guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Request {
     /// First frame of every connection.
     Hello { version: u32 },
@@ -45,6 +46,7 @@ pub enum Request {
 
 /// What to run, and how.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Exec {
     /// argv, argv[0] included; argv[0] is looked up in the command's PATH.
     pub argv: Vec<Vec<u8>>,
@@ -60,6 +62,7 @@ pub struct Exec {
 
 /// Guest to host.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Reply {
     /// The answer to the host's `Hello`; also what the agent sends on the ready connection.
     Hello { version: u32 },
@@ -85,6 +88,7 @@ pub enum Reply {
 
 /// Why a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum ErrorKind {
     /// The command was not found (a shell's 127).
     NotFound,
