@@ -138,7 +138,7 @@ async fn deploy(
     match server.deploy(&name, options, package).await {
         Ok(app) => Ok(Json(describe(&name, &app))),
         Err(e) => Err(match e {
-            DeployError::Package(package::Error::TooLarge) => {
+            DeployError::Package(package::Error::TooLarge | package::Error::TooManyEntries) => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e)
             }
             DeployError::Package(ref p) if p.is_bad_input() => {
