@@ -1083,3 +1083,88 @@ fn apps_and_the_admin_api_listen_apart() {
     assert_eq!(list["apps"].as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list["apps"][0]["version"], 1, "{list}");
 }
+
+/// How long the slow app takes to load, in ms: far longer than a deploy of another app.
+const SLOW_LOAD_MS: u64 = 20_000;
+
+/// A deploy is slow while its package loads (here: its module spins for `SLOW_LOAD_MS`), and
+/// holds up nothing else meanwhile: another app deploys, an existing one answers. Two deploys
+/// of one app at once both succeed, with versions of their own, and the app is the higher
+/// one, served and saved.
+#[test]
+fn deploys_hold_up_nothing_else() {
+    let serve = Arc::new(Serve::start());
+    let (status, info) = serve.deploy("steady", "", &app("steady", "", "return 'steady';"));
+    assert_eq!(status, 200, "{info}");
+    let slow_package = common::npm_package(&[
+        ("package.json", r#"{"name": "slow", "main": "index.js"}"#),
+        (
+            "index.js",
+            &format!(
+                "const until = Date.now() + {SLOW_LOAD_MS}; while (Date.now() < until) {{}}\n\
+                 exports.handler = async () => 'slow';\n"
+            ),
+        ),
+    ]);
+    let slow = {
+        let serve = serve.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let (status, info) = serve.deploy("slow", "", &slow_package);
+            (status, info, started.elapsed())
+        })
+    };
+    // The slow deploy has its package by now, and is booting it.
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    let (status, info) = serve.deploy("quick", "", &app("quick", "", "return 'quick';"));
+    let quick = started.elapsed();
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(
+        serve.invoke("steady", serde_json::json!({})),
+        (200, serde_json::json!("steady"))
+    );
+    assert!(
+        !slow.is_finished(),
+        "the deploy of another app waited for the slow one: it took {quick:?}"
+    );
+    let (status, info, took) = slow.join().unwrap();
+    assert_eq!(status, 200, "{info}");
+    assert!(took >= Duration::from_millis(SLOW_LOAD_MS), "{took:?}");
+
+    let twins: Vec<_> = ["left", "right"]
+        .into_iter()
+        .map(|answer| {
+            let serve = serve.clone();
+            std::thread::spawn(move || {
+                let package = app("twin", "", &format!("return '{answer}';"));
+                let (status, info) = serve.deploy("twin", "", &package);
+                assert_eq!(status, 200, "{answer}: {info}");
+                (info["version"].as_u64().unwrap(), answer)
+            })
+        })
+        .collect();
+    let mut versions: Vec<(u64, &str)> = twins.into_iter().map(|t| t.join().unwrap()).collect();
+    versions.sort();
+    assert_eq!((versions[0].0, versions[1].0), (1, 2), "{versions:?}");
+    let last = versions[1].1;
+    let (status, info) = serve.json("GET", "/apps/twin", b"");
+    assert_eq!(
+        (status, &info["version"]),
+        (200, &serde_json::json!(2)),
+        "{info}"
+    );
+    assert_eq!(
+        serve.invoke("twin", serde_json::json!({})),
+        (200, serde_json::json!(last))
+    );
+    let saved = std::fs::read(serve.dir.path().join("data/apps/twin/meta.json")).unwrap();
+    let saved: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+    assert_eq!(saved["version"], 2, "{saved}");
+    let left: Vec<_> = std::fs::read_dir(serve.dir.path().join("data/apps"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "staging folders left: {left:?}");
+}
