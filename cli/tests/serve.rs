@@ -809,10 +809,10 @@ fn a_flooding_tenant_is_bounded_and_replaced() {
     );
 }
 
-/// Runs `serve` with `args` and expects it to refuse to start; its stderr.
-fn refused_start(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let child = serve_command(dir.path(), args).spawn().unwrap();
+/// Runs `serve` with `args` and its folders in `dir`, and expects it to refuse to start; its
+/// stderr.
+fn refused_start(dir: &std::path::Path, args: &[&str]) -> String {
+    let child = serve_command(dir, args).spawn().unwrap();
     let _watchdog = common::Watchdog::new(child.id(), Duration::from_secs(60));
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -855,6 +855,11 @@ fn the_admin_api_needs_the_token() {
         "{}",
         printed[0]
     );
+
+    // A second serve on the same data folder that cannot listen leaves the first's token.
+    let stderr = refused_start(serve.dir.path(), &["--apps-listen", &serve.admin]);
+    assert!(stderr.contains("listening for the apps"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
 
     let package = app("locked", "", "return 'in';");
     let wrong = [
@@ -933,13 +938,13 @@ fn the_operators_token_file() {
         path.to_str().unwrap().to_string()
     };
     let exposed = file("exposed", "0123456789abcdef0123456789abcdef\n", 0o644);
-    let stderr = refused_start(&["--token-file", &exposed]);
+    let stderr = refused_start(dir.path(), &["--token-file", &exposed]);
     assert!(
         stderr.contains(&exposed) && stderr.contains("may be read or written by other users"),
         "{stderr}"
     );
     let empty = file("empty", "\n", 0o600);
-    let stderr = refused_start(&["--token-file", &empty]);
+    let stderr = refused_start(dir.path(), &["--token-file", &empty]);
     assert!(
         stderr.contains(&empty) && stderr.contains("holds no token"),
         "{stderr}"

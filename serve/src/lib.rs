@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-pub use access::{host_name, BadHostName, TOKEN_FILE};
-use access::{Hosts, Token};
+pub use access::{host_name, BadHostName};
+use access::{Hosts, Token, TOKEN_FILE};
 pub use instance::Machine;
 use server::Server;
 
@@ -58,25 +58,14 @@ pub struct Config {
 /// Serves as `config` says until SIGTERM or SIGINT, then finishes the calls in flight (for at
 /// most `SHUTDOWN_GRACE`), stops every VM and removes their folders and sockets.
 pub fn serve(config: Config, machine: Machine) -> anyhow::Result<()> {
-    let (token, announce) = match &config.token_file {
-        Some(path) => (
-            Token::from_file(path)?,
-            format!(
-                "the admin API takes the token in {} (header `Authorization: Bearer <token>`)",
-                path.display()
-            ),
+    // A generated token is saved once serve listens: a second serve that cannot listen must
+    // not replace the first one's.
+    let (token, origin) = match config.token_file.clone() {
+        Some(path) => (Token::from_file(&path)?, TokenOrigin::File(path)),
+        None => (
+            Token::generate()?,
+            TokenOrigin::Generated(sandbox::folders::data_dir()?.join(TOKEN_FILE)),
         ),
-        None => {
-            let token = Token::generate()?;
-            let path = sandbox::folders::data_dir()?.join(TOKEN_FILE);
-            token.save(&path)?;
-            let announce = format!(
-                "admin token {} (saved in {}, mode 0600): send it to the admin API as `Authorization: Bearer <token>`",
-                token.as_str(),
-                path.display()
-            );
-            (token, announce)
-        }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -84,17 +73,26 @@ pub fn serve(config: Config, machine: Machine) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let server = Arc::new(Server::new(machine)?);
-    let result = runtime.block_on(run(config, Arc::new(token), &announce, server.clone()));
+    let result = runtime.block_on(run(config, Arc::new(token), origin, server.clone()));
     // Calls still running past the grace period end here; their instances stop.
     runtime.shutdown_timeout(Duration::from_secs(1));
     server.shut_down();
     result
 }
 
+/// Where the admin token came from.
+enum TokenOrigin {
+    /// Generated at this start, to be saved in this file.
+    Generated(PathBuf),
+    /// The operator's file.
+    File(PathBuf),
+}
+
+/// Listens, saves a generated token, says where to find it, and serves.
 async fn run(
     config: Config,
     token: Arc<Token>,
-    announce: &str,
+    origin: TokenOrigin,
     server: Arc<Server>,
 ) -> anyhow::Result<()> {
     let bind = |address: SocketAddr, what: &'static str| async move {
@@ -108,6 +106,20 @@ async fn run(
     };
     let (admin, admin_address) = bind(config.admin, "the admin API").await?;
     let (apps, apps_address) = bind(config.apps, "the apps").await?;
+    let announce = match &origin {
+        TokenOrigin::Generated(path) => {
+            token.save(path)?;
+            format!(
+                "admin token {} (saved in {}, mode 0600): send it to the admin API as `Authorization: Bearer <token>`",
+                token.as_str(),
+                path.display()
+            )
+        }
+        TokenOrigin::File(path) => format!(
+            "the admin API takes the token in {} (header `Authorization: Bearer <token>`)",
+            path.display()
+        ),
+    };
     server.restore().await;
     let reaper = server.clone();
     tokio::spawn(async move {

@@ -160,8 +160,13 @@ impl Staged {
                     .prefix(STAGING_PREFIX)
                     .tempdir_in(&self.apps)
                     .map_err(swap)?;
-                fs::rename(&target, aside.path().join(&self.name)).map_err(swap)?;
-                fs::rename(staged, &target).map_err(swap)
+                let old = aside.path().join(&self.name);
+                fs::rename(&target, &old).map_err(swap)?;
+                fs::rename(staged, &target).map_err(|e| {
+                    // The old version back: nothing changes on an error.
+                    let _ = fs::rename(&old, &target);
+                    swap(e)
+                })
             }
             Err(errno) => Err(swap(io::Error::from(errno))),
         }
