@@ -22,24 +22,26 @@ const FIXTURE: &str = "/nodeos/fixture";
 const WEB_DIR: &str = "/nodeos/web";
 const WEB: &str = "127.0.0.1:8080";
 const SERVE_APP: &str = "/nodeos/serve-app.tgz";
-/// `nodeos-vm serve --backend kvm` in L1: deploys `SERVE_APP` and calls it over HTTP (busybox
-/// `nc`: L1 has no curl), then SIGTERM. nc's input stays open (a FIFO) until the server
-/// answers and closes: the server drops a request whose client half-closes first.
+/// `nodeos-vm serve --backend kvm` in L1: deploys `SERVE_APP` through the admin API (port
+/// 8090, with the token serve saved) and calls it on the apps' listener (8091) over HTTP
+/// (busybox `nc`: L1 has no curl), then SIGTERM. nc's input stays open (a FIFO) until the
+/// server answers and closes: the server drops a request whose client half-closes first.
 const SERVE_SCRIPT: &str = r#"D=/tmp/serve; mkdir -p $D/run
 XDG_RUNTIME_DIR=$D/run NODEOS_VM_DATA=$D/data /nodeos/nodeos-vm serve --backend kvm \
   --listen 127.0.0.1:8090 --kernel KERNEL --rootfs ROOTFS >$D/url 2>$D/err & pid=$!
-i=0; until [ -s $D/url ]; do i=$((i+1)); [ $i -lt 300 ] || { cat $D/err; exit 1; }; sleep 0.1; done
+i=0; until grep -q '^apps: ' $D/url 2>/dev/null; do i=$((i+1)); [ $i -lt 300 ] || { cat $D/err; exit 1; }; sleep 0.1; done
+token=$(cat $D/data/serve-token)
 http() {
   rm -f $D/fifo; mkfifo $D/fifo
-  nc 127.0.0.1 8090 <$D/fifo & nc=$!
+  nc 127.0.0.1 $1 <$D/fifo & nc=$!
   exec 3>$D/fifo
-  printf '%s %s HTTP/1.1\r\nHost: box\r\nContent-Length: %s\r\nConnection: close\r\n\r\n' "$1" "$2" $(wc -c <"$3") >&3
-  cat "$3" >&3
+  printf '%s %s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nAuthorization: Bearer %s\r\nContent-Length: %s\r\nConnection: close\r\n\r\n' "$2" "$3" $1 $token $(wc -c <"$4") >&3
+  cat "$4" >&3
   wait $nc; exec 3>&-; echo
 }
 printf '{"a": 2, "b": 40}' >$D/event
-http PUT /apps/boxed SERVE_APP
-http POST /apps/boxed/invoke $D/event
+http 8090 PUT /apps/boxed SERVE_APP
+http 8091 POST /apps/boxed/invoke $D/event
 kill -TERM $pid; wait $pid; s=$?
 echo "serve exited $s; left: $(ls -A $D/run/nodeos-vm)"
 exit $s"#;

@@ -117,6 +117,27 @@ fn detached_vm_lifecycle() {
     assert_eq!((status, out.as_str()), (Some(4), "state y\n"), "{err}");
     let (status, _, _) = vm(&["logs", &id]);
     assert_eq!(status, Some(0));
+    // What the guest wrote to its console reaches this terminal escaped, unless --raw: here an
+    // escape sequence that clears the screen and one that sets the window title.
+    let hostile = "\x1b[2J\x1b]0;owned\x07\r\n";
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(
+            runtime
+                .path()
+                .join(format!("nodeos-vm/vms/{id}/console.log")),
+        )
+        .and_then(|mut log| log.write_all(hostile.as_bytes()))
+        .unwrap();
+    let (status, out, err) = vm(&["logs", &id]);
+    assert_eq!(status, Some(0), "{err}");
+    assert!(
+        out.ends_with("\\x1b[2J\\x1b]0;owned\\x07\r\n") && !out.contains('\x1b'),
+        "{out:?}"
+    );
+    let (status, out, err) = vm(&["logs", "--raw", &id]);
+    assert_eq!(status, Some(0), "{err}");
+    assert!(out.ends_with(hostile), "{out:?}");
 
     let (status, out, err) = vm(&["stop", &id]);
     assert_eq!((status, out.trim()), (Some(0), id.as_str()), "{err}");

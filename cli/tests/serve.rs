@@ -7,133 +7,102 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::BIN;
+
+/// What talks to a `serve`: its two listeners and the admin token.
+#[derive(Clone)]
+struct Client {
+    /// The admin API's address (`IP:port`), and the apps'.
+    admin: String,
+    apps: String,
+    token: String,
+}
 
 /// A `serve` process; SIGKILLed if the test ends without stopping it.
 struct Serve {
     child: Option<Child>,
-    addr: String,
+    client: Client,
     dir: tempfile::TempDir,
+    /// What it wrote to stderr so far (also copied to the test's own).
+    stderr: Arc<Mutex<String>>,
+}
+
+impl std::ops::Deref for Serve {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// `nodeos-vm serve` with `args` after the usual ones, its folders in `dir`, stdout piped.
+fn serve_command(dir: &std::path::Path, args: &[&str]) -> Command {
+    let (kernel, rootfs) = common::artifacts();
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            &common::backend(),
+        ])
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--rootfs")
+        .arg(rootfs)
+        .args(args)
+        .env("NODEOS_VM_DATA", dir.join("data"))
+        .env("XDG_RUNTIME_DIR", dir.join("run"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
 }
 
 impl Serve {
     fn start() -> Serve {
-        let (kernel, rootfs) = common::artifacts();
+        Serve::start_with(&[])
+    }
+
+    /// A server started with `args` too; its token is the one it saved in its data folder
+    /// (none with `--token-file`: set `client.token`).
+    fn start_with(args: &[&str]) -> Serve {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("run")).unwrap();
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--backend",
-                &common::backend(),
-            ])
-            .arg("--kernel")
-            .arg(kernel)
-            .arg("--rootfs")
-            .arg(rootfs)
-            .env("NODEOS_VM_DATA", dir.path().join("data"))
-            .env("XDG_RUNTIME_DIR", dir.path().join("run"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
+        let mut child = serve_command(dir.path(), args).spawn().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (pipe, copy) = (child.stderr.take().unwrap(), stderr.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                copy.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut url = |what: &str| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            line.trim()
+                .strip_prefix(&format!("{what}: http://"))
+                .unwrap_or_else(|| panic!("serve printed {line:?} for {what}"))
+                .to_string()
+        };
+        let (admin, apps) = (url("admin"), url("apps"));
+        let token = std::fs::read_to_string(dir.path().join("data/serve-token"))
+            .unwrap_or_default()
             .trim()
-            .strip_prefix("http://")
-            .unwrap_or_else(|| panic!("serve printed {line:?}"))
             .to_string();
         Serve {
             child: Some(child),
-            addr,
+            client: Client { admin, apps, token },
             dir,
+            stderr,
         }
-    }
-
-    /// One request; (status, body).
-    fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-        let (status, _, body) = self.exchange(method, path, body);
-        (status, body)
-    }
-
-    /// One request; (status, head with its header names in lower case, body).
-    fn exchange(&self, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
-        let mut conn = TcpStream::connect(&self.addr).unwrap();
-        conn.set_read_timeout(Some(common::BOOT_LIMIT)).unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.addr,
-            body.len()
-        );
-        conn.write_all(head.as_bytes()).unwrap();
-        // A server that refuses a huge body may close before reading it all.
-        let _ = conn.write_all(body);
-        let mut response = Vec::new();
-        let _ = conn.read_to_end(&mut response);
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("{method} {path}: no HTTP answer: {text:?}"));
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        (status, head.to_ascii_lowercase(), body.to_string())
-    }
-
-    fn json(&self, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-        let (status, text) = self.request(method, path, body);
-        let value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{method} {path} answered {status} {text:?}: {e}"));
-        (status, value)
-    }
-
-    fn invoke(&self, app: &str, event: serde_json::Value) -> (u16, serde_json::Value) {
-        self.json(
-            "POST",
-            &format!("/apps/{app}/invoke"),
-            event.to_string().as_bytes(),
-        )
-    }
-
-    /// A call; (status, answer, whether it booted its instance).
-    fn invoke_cold(&self, app: &str, event: serde_json::Value) -> (u16, serde_json::Value, bool) {
-        let path = format!("/apps/{app}/invoke");
-        let (status, head, text) = self.exchange("POST", &path, event.to_string().as_bytes());
-        let value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("POST {path} answered {status} {text:?}: {e}"));
-        (status, value, head.contains("\r\nx-cold-start: 1"))
-    }
-
-    /// Waits (at most `limit`) until `app` has `n` instances; the last count seen.
-    fn wait_instances(&self, app: &str, n: u64, limit: Duration) -> u64 {
-        self.wait_count(app, "instances", n, limit)
-    }
-
-    /// Waits (at most `limit`) until the app's `field` (`instances`, `warm`) is `n`; the last
-    /// count seen.
-    fn wait_count(&self, app: &str, field: &str, n: u64, limit: Duration) -> u64 {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            let (status, info) = self.json("GET", &format!("/apps/{app}"), b"");
-            assert_eq!(status, 200, "{info}");
-            let count = info[field].as_u64().unwrap();
-            if count == n || std::time::Instant::now() >= deadline {
-                return count;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn deploy(&self, app: &str, query: &str, package: &[u8]) -> (u16, serde_json::Value) {
-        self.json("PUT", &format!("/apps/{app}{query}"), package)
     }
 
     /// SIGTERM; the server's exit status.
@@ -162,6 +131,137 @@ impl Drop for Serve {
     }
 }
 
+/// Which of serve's listeners a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum To {
+    /// The admin API, with the token.
+    Admin,
+    /// The apps' listener, without it.
+    Apps,
+}
+
+/// One request to `addr` with `headers` (nothing else but `Content-Length`, not even `Host`,
+/// unless given); (status, head with its header names in lower case, body).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(common::BOOT_LIMIT)).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    conn.write_all(head.as_bytes()).unwrap();
+    // A server that refuses a huge body may close before reading it all.
+    let _ = conn.write_all(body);
+    let mut response = Vec::new();
+    let _ = conn.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: no HTTP answer: {text:?}"));
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// `text` as JSON, or a panic that says what answered it.
+fn parse(what: &str, status: u16, text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{what} answered {status} {text:?}: {e}"))
+}
+
+impl Client {
+    /// One request as a client would send it: to the listener's own address (`Host`), with
+    /// the token for the admin API; (status, head with its header names in lower case, body).
+    fn exchange(&self, to: To, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
+        let bearer = format!("Bearer {}", self.token);
+        match to {
+            To::Admin => http(
+                &self.admin,
+                method,
+                path,
+                &[("Host", &self.admin), ("Authorization", &bearer)],
+                body,
+            ),
+            To::Apps => http(&self.apps, method, path, &[("Host", &self.apps)], body),
+        }
+    }
+
+    /// One request to the admin API; (status, body).
+    fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let (status, _, body) = self.exchange(To::Admin, method, path, body);
+        (status, body)
+    }
+
+    /// One request to the apps' listener (a `fetch` app's route); (status, body).
+    fn fetch(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let (status, _, body) = self.exchange(To::Apps, method, path, body);
+        (status, body)
+    }
+
+    /// One request to `to`, its answer as JSON.
+    fn json_to(&self, to: To, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let (status, _, text) = self.exchange(to, method, path, body);
+        (status, parse(&format!("{method} {path}"), status, &text))
+    }
+
+    /// One request to the admin API, its answer as JSON.
+    fn json(&self, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        self.json_to(To::Admin, method, path, body)
+    }
+
+    fn invoke(&self, app: &str, event: serde_json::Value) -> (u16, serde_json::Value) {
+        self.json_to(
+            To::Apps,
+            "POST",
+            &format!("/apps/{app}/invoke"),
+            event.to_string().as_bytes(),
+        )
+    }
+
+    /// A call; (status, answer, whether it booted its instance).
+    fn invoke_cold(&self, app: &str, event: serde_json::Value) -> (u16, serde_json::Value, bool) {
+        let path = format!("/apps/{app}/invoke");
+        let (status, head, text) =
+            self.exchange(To::Apps, "POST", &path, event.to_string().as_bytes());
+        let value = parse(&format!("POST {path}"), status, &text);
+        (status, value, head.contains("\r\nx-cold-start: 1"))
+    }
+
+    /// Waits (at most `limit`) until `app` has `n` instances; the last count seen.
+    fn wait_instances(&self, app: &str, n: u64, limit: Duration) -> u64 {
+        self.wait_count(app, "instances", n, limit)
+    }
+
+    /// Waits (at most `limit`) until the app's `field` (`instances`, `warm`) is `n`; the last
+    /// count seen.
+    fn wait_count(&self, app: &str, field: &str, n: u64, limit: Duration) -> u64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (status, info) = self.json("GET", &format!("/apps/{app}"), b"");
+            assert_eq!(status, 200, "{info}");
+            let count = info[field].as_u64().unwrap();
+            if count == n || Instant::now() >= deadline {
+                return count;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn deploy(&self, app: &str, query: &str, package: &[u8]) -> (u16, serde_json::Value) {
+        self.json("PUT", &format!("/apps/{app}{query}"), package)
+    }
+}
+
 /// An app whose handler is `body` (an async function of `event` and `context`).
 fn app(name: &str, env: &str, body: &str) -> Vec<u8> {
     common::npm_package(&[
@@ -176,6 +276,41 @@ fn app(name: &str, env: &str, body: &str) -> Vec<u8> {
             &format!("exports.handler = async (event, context) => {{ {body} }};\n"),
         ),
     ])
+}
+
+/// A valid package beside `count - 2` empty folders and symlinks in the tarball's top folder
+/// (none of them unpacked).
+fn folders_and_links(count: usize) -> Vec<u8> {
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let manifest = br#"{"name": "keep", "main": "index.js"}"#;
+    let index = b"exports.handler = async () => 'v2';\n";
+    for (path, data) in [
+        ("package/package.json", &manifest[..]),
+        ("package/index.js", index),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, path, data).unwrap();
+    }
+    for i in 0..count - 2 {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o755);
+        if i % 2 == 0 {
+            header.set_entry_type(tar::EntryType::Directory);
+            tar.append_data(&mut header, format!("d{i}/"), std::io::empty())
+                .unwrap();
+        } else {
+            header.set_entry_type(tar::EntryType::Symlink);
+            tar.append_link(&mut header, format!("l{i}"), "package")
+                .unwrap();
+        }
+    }
+    tar.into_inner().unwrap().finish().unwrap()
 }
 
 const ECHO: &str = "console.log('event', JSON.stringify(event)); \
@@ -236,7 +371,7 @@ fn deploy_invoke_and_clean_shutdown() {
     let (status, out) = serve.invoke("hello", serde_json::json!({}));
     assert_eq!((status, &out["pid"]), (200, &pid), "{out}");
 
-    let (status, text) = serve.request("POST", "/run/hello/a/b?q=1", b"body!");
+    let (status, text) = serve.fetch("POST", "/run/hello/a/b?q=1", b"body!");
     assert_eq!((status, text.as_str()), (201, "POST /a/b body!"));
 
     let (_, list) = serve.json("GET", "/apps", b"");
@@ -265,15 +400,9 @@ fn deploy_invoke_and_clean_shutdown() {
     assert_eq!(status, 404);
 
     // SIGTERM while a call runs: the call finishes, then every VM stops.
-    let addr = serve.addr.clone();
-    let slow = std::thread::spawn(move || {
-        let s = Serve {
-            child: None,
-            addr,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        s.invoke("hello", serde_json::json!({"sleep": 1500}))
-    });
+    let client = serve.client.clone();
+    let slow =
+        std::thread::spawn(move || client.invoke("hello", serde_json::json!({"sleep": 1500})));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(serve.terminate(), Some(0));
     let (status, out) = slow.join().unwrap();
@@ -331,7 +460,7 @@ fn timeouts_and_crashes_recover() {
     let (status, before) = serve.invoke("fragile", serde_json::json!({}));
     assert_eq!(status, 200);
 
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let (status, out) = serve.invoke("fragile", serde_json::json!({"loop": true}));
     assert_eq!(status, 504, "{out}");
     assert!(
@@ -370,63 +499,64 @@ fn bad_inputs_change_nothing() {
     ]);
     let no_manifest = common::npm_package(&[("index.js", "exports.handler = () => 1;\n")]);
     let huge = vec![0u8; 65 << 20];
-    let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
+    let put = |path: &str, body: &[u8], want: u16, says: &'static str| {
         (
+            To::Admin,
             "PUT",
-            "/apps/keep".into(),
-            b"not a tarball".to_vec(),
-            400,
-            "not a gzipped tarball",
+            path.to_string(),
+            body.to_vec(),
+            want,
+            says,
+        )
+    };
+    let cases = vec![
+        put("/apps/keep", b"not a tarball", 400, "not a gzipped tarball"),
+        put("/apps/keep", &no_manifest, 400, "no package.json"),
+        put("/apps/keep", &no_handler, 422, "exports neither handler"),
+        put("/apps/keep", &huge, 413, "larger than"),
+        put(
+            "/apps/keep",
+            &folders_and_links(100_001),
+            413,
+            "more than 100000 entries",
         ),
-        (
-            "PUT",
-            "/apps/keep".into(),
-            no_manifest,
-            400,
-            "no package.json",
-        ),
-        (
-            "PUT",
-            "/apps/keep".into(),
-            no_handler,
-            422,
-            "exports neither handler",
-        ),
-        ("PUT", "/apps/keep".into(), huge, 413, "larger than"),
-        ("PUT", "/apps/keep?max=0".into(), good.clone(), 400, "max"),
-        (
-            "PUT",
-            "/apps/keep?memory=lots".into(),
-            good.clone(),
-            400,
-            "memory",
-        ),
-        (
-            "PUT",
-            "/apps/keep?color=red".into(),
-            good.clone(),
+        put("/apps/keep?max=0", &good, 400, "max"),
+        put("/apps/keep?memory=lots", &good, 400, "memory"),
+        put(
+            "/apps/keep?color=red",
+            &good,
             400,
             "unknown query parameter",
         ),
-        ("PUT", "/apps/..".into(), good.clone(), 400, "app name"),
+        put("/apps/..", &good, 400, "app name"),
+        put("/apps/a%2F..%2Fb", &good, 400, "app name"),
+        put("/apps/.hidden", &good, 400, "app name"),
         (
-            "PUT",
-            "/apps/a%2F..%2Fb".into(),
-            good.clone(),
-            400,
-            "app name",
-        ),
-        ("PUT", "/apps/.hidden".into(), good.clone(), 400, "app name"),
-        (
+            To::Apps,
             "POST",
             "/apps/nope/invoke".into(),
             b"{}".to_vec(),
             404,
             "no app",
         ),
-        ("GET", "/apps/nope".into(), Vec::new(), 404, "no app"),
-        ("DELETE", "/apps/nope".into(), Vec::new(), 404, "no app"),
         (
+            To::Admin,
+            "GET",
+            "/apps/nope".into(),
+            Vec::new(),
+            404,
+            "no app",
+        ),
+        (
+            To::Admin,
+            "DELETE",
+            "/apps/nope".into(),
+            Vec::new(),
+            404,
+            "no app",
+        ),
+        (
+            To::Apps,
             "POST",
             "/apps/keep/invoke".into(),
             b"{not json".to_vec(),
@@ -434,6 +564,7 @@ fn bad_inputs_change_nothing() {
             "not JSON",
         ),
         (
+            To::Apps,
             "POST",
             "/apps/keep/invoke".into(),
             vec![b' '; 7 << 20],
@@ -441,8 +572,8 @@ fn bad_inputs_change_nothing() {
             "larger than",
         ),
     ];
-    for (method, path, body, want, says) in cases {
-        let (status, out) = serve.json(method, &path, &body);
+    for (to, method, path, body, want, says) in cases {
+        let (status, out) = serve.json_to(to, method, &path, &body);
         assert_eq!(status, want, "{method} {path}: {out}");
         assert!(
             out["error"].as_str().unwrap().contains(says),
@@ -462,10 +593,10 @@ fn bad_inputs_change_nothing() {
 /// version.
 #[test]
 fn redeploy_under_load_drops_nothing() {
-    let serve = std::sync::Arc::new(Serve::start());
+    let serve = Arc::new(Serve::start());
     let (status, _) = serve.deploy("ver", "?max=2", &app("ver", "", "return 1;"));
     assert_eq!(status, 200);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..3)
         .map(|_| {
             let (serve, stop) = (serve.clone(), stop.clone());
@@ -507,7 +638,7 @@ fn redeploy_under_load_drops_nothing() {
 /// calls beyond that get 429 at once.
 #[test]
 fn calls_queue_then_429() {
-    let serve = std::sync::Arc::new(Serve::start());
+    let serve = Arc::new(Serve::start());
     let (status, info) = serve.deploy("busy", "?max=1&queue=2", &app("busy", "", ECHO));
     assert_eq!(status, 200, "{info}");
     const SLEEP_MS: u64 = 1500;
@@ -516,7 +647,7 @@ fn calls_queue_then_429() {
         .map(|n| {
             let serve = serve.clone();
             std::thread::spawn(move || {
-                let started = std::time::Instant::now();
+                let started = Instant::now();
                 let (status, out) =
                     serve.invoke("busy", serde_json::json!({"sleep": SLEEP_MS, "n": n}));
                 (status, out, started.elapsed())
@@ -583,7 +714,7 @@ fn idle_instances_scale_to_zero() {
 /// concurrent calls all find a warm one.
 #[test]
 fn min_instances_stay_warm() {
-    let serve = std::sync::Arc::new(Serve::start());
+    let serve = Arc::new(Serve::start());
     let (status, info) = serve.deploy("warm", "?min=2&max=3&idle=1s", &app("warm", "", ECHO));
     assert_eq!(status, 200, "{info}");
     // Both booted (not only alive: a booting one would make a call cold).
@@ -641,25 +772,22 @@ fn a_flooding_tenant_is_bounded_and_replaced() {
         let (status, info) = serve.deploy(name, "?max=1", &app(name, "", body));
         assert_eq!(status, 200, "{info}");
     }
-    let (status, answer) = serve.json("POST", "/apps/flood/invoke", br#"{"bytes": 1073741824}"#);
+    let (status, answer) = serve.invoke("flood", serde_json::json!({"bytes": 1073741824}));
     assert_eq!((status, answer), (200, serde_json::json!("flooding")));
 
     let pid = serve.child.as_ref().unwrap().id();
-    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(600);
     let mut most = 0;
     // Until the flooding instance is gone (stopped, then dropped by its pool); its logs are
     // read once at the end, so that what is measured is what serve keeps, not an answer.
     loop {
         most = most.max(rss_mib(pid));
-        let (status, out) = serve.json("POST", "/apps/calm/invoke", b"{}");
+        let (status, out) = serve.invoke("calm", serde_json::json!({}));
         assert_eq!(status, 200, "another app answers during the flood: {out}");
         if serve.wait_instances("flood", 0, Duration::ZERO) == 0 {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the flood never ended"
-        );
+        assert!(Instant::now() < deadline, "the flood never ended");
         std::thread::sleep(Duration::from_millis(500));
     }
     let (_, logs) = serve.json("GET", "/apps/flood/logs", b"");
@@ -679,4 +807,369 @@ fn a_flooding_tenant_is_bounded_and_replaced() {
         (status, answer, cold),
         (200, serde_json::json!("flooding"), true)
     );
+}
+
+/// Runs `serve` with `args` and its folders in `dir`, and expects it to refuse to start; its
+/// stderr.
+fn refused_start(dir: &std::path::Path, args: &[&str]) -> String {
+    let child = serve_command(dir, args).spawn().unwrap();
+    let _watchdog = common::Watchdog::new(child.id(), Duration::from_secs(60));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(out.stdout.is_empty(), "it listened: {stderr}");
+    stderr
+}
+
+/// The admin API takes only requests with the token serve printed once at start and saved
+/// (mode 0600) in its data folder: without it, with another or in another scheme, every
+/// endpoint is a 401 JSON error that changes nothing.
+#[test]
+fn the_admin_api_needs_the_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let serve = Serve::start();
+    let token = serve.token.clone();
+    assert!(
+        token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{token:?}"
+    );
+    let file = serve.dir.path().join("data/serve-token");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let printed = loop {
+        let stderr = serve.stderr.lock().unwrap().clone();
+        let lines: Vec<String> = stderr
+            .lines()
+            .filter(|l| l.contains(&token))
+            .map(String::from)
+            .collect();
+        if !lines.is_empty() || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(printed.len(), 1, "{printed:?}");
+    assert!(
+        printed[0].contains("Authorization: Bearer") && printed[0].contains("serve-token"),
+        "{}",
+        printed[0]
+    );
+
+    // A second serve on the same data folder that cannot listen leaves the first's token.
+    let stderr = refused_start(serve.dir.path(), &["--apps-listen", &serve.admin]);
+    assert!(stderr.contains("listening for the apps"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+
+    let package = app("locked", "", "return 'in';");
+    let wrong = [
+        None,
+        Some("Bearer wrong".to_string()),
+        Some(format!("Bearer {token}0")),
+        Some(format!("Bearer {}", &token[1..])),
+        Some(format!("Basic {token}")),
+        Some(token.clone()),
+    ];
+    let endpoints: [(&str, &str, &[u8]); 7] = [
+        ("PUT", "/apps/locked", &package),
+        ("GET", "/apps", b""),
+        ("GET", "/apps/locked", b""),
+        ("GET", "/apps/locked/logs", b""),
+        ("DELETE", "/apps/locked", b""),
+        ("GET", "/metrics", b""),
+        ("GET", "/nowhere", b""),
+    ];
+    let refused = |method: &str, path: &str, body: &[u8]| {
+        for authorization in &wrong {
+            let mut headers = vec![("Host", serve.admin.as_str())];
+            if let Some(value) = authorization {
+                headers.push(("Authorization", value));
+            }
+            let (status, head, text) = http(&serve.admin, method, path, &headers, body);
+            let what = format!("{method} {path} with {authorization:?}");
+            assert_eq!(status, 401, "{what}: {text}");
+            assert!(
+                head.contains("\r\nwww-authenticate: bearer"),
+                "{what}: {head}"
+            );
+            let error = parse(&what, status, &text);
+            assert!(
+                !error["error"].as_str().unwrap().is_empty(),
+                "{what}: {error}"
+            );
+        }
+    };
+    for (method, path, body) in endpoints {
+        refused(method, path, body);
+    }
+    let (status, list) = serve.json("GET", "/apps", b"");
+    assert_eq!(
+        (status, &list["apps"]),
+        (200, &serde_json::json!([])),
+        "{list}"
+    );
+
+    // With the token it works; a delete without it still changes nothing.
+    let (status, info) = serve.deploy("locked", "", &package);
+    assert_eq!(status, 200, "{info}");
+    refused("DELETE", "/apps/locked", b"");
+    let (status, info) = serve.json("GET", "/apps/locked", b"");
+    assert_eq!(
+        (status, &info["version"]),
+        (200, &serde_json::json!(1)),
+        "{info}"
+    );
+    assert_eq!(
+        serve.invoke("locked", serde_json::json!({})),
+        (200, serde_json::json!("in"))
+    );
+}
+
+/// `--token-file`: serve takes the operator's token (and neither prints nor saves one), but
+/// refuses, before it listens, a file other users may read and one that holds no token.
+#[test]
+fn the_operators_token_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str, mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let exposed = file("exposed", "0123456789abcdef0123456789abcdef\n", 0o644);
+    let stderr = refused_start(dir.path(), &["--token-file", &exposed]);
+    assert!(
+        stderr.contains(&exposed) && stderr.contains("may be read or written by other users"),
+        "{stderr}"
+    );
+    let empty = file("empty", "\n", 0o600);
+    let stderr = refused_start(dir.path(), &["--token-file", &empty]);
+    assert!(
+        stderr.contains(&empty) && stderr.contains("holds no token"),
+        "{stderr}"
+    );
+
+    let mine = "operators-own-token-0123456789";
+    let good = file("good", &format!("{mine}\n"), 0o600);
+    let mut serve = Serve::start_with(&["--token-file", &good]);
+    assert!(serve.token.is_empty(), "serve saved a token of its own");
+    assert!(!serve.dir.path().join("data/serve-token").exists());
+    let (status, _) = serve.json("GET", "/apps", b"");
+    assert_eq!(status, 401);
+    serve.client.token = mine.to_string();
+    let (status, list) = serve.json("GET", "/apps", b"");
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(serve.terminate(), Some(0));
+    let stderr = serve.stderr.lock().unwrap().clone();
+    assert!(stderr.contains(&good) && !stderr.contains(mine), "{stderr}");
+}
+
+/// Both listeners take only requests addressed to them — their own address, localhost at
+/// their port, a name given with `--allow-host` — so that a web page whose site rebinds its
+/// name to 127.0.0.1 (DNS rebinding) gets a 421 that changes nothing, token or not.
+#[test]
+fn requests_addressed_to_another_host_are_refused() {
+    let serve = Serve::start_with(&["--allow-host", "Functions.Example"]);
+    let package = app("named", "", "return 1;");
+    for (to, addr) in [(To::Admin, &serve.admin), (To::Apps, &serve.apps)] {
+        let port = addr.rsplit_once(':').unwrap().1;
+        let bearer = format!("Bearer {}", serve.token);
+        let send = |host: Option<&str>| {
+            let mut headers = vec![("Authorization", bearer.as_str())];
+            headers.extend(host.map(|h| ("Host", h)));
+            let (status, _, text) = http(addr, "PUT", "/apps/named", &headers, &package);
+            (status, text)
+        };
+        for host in [
+            "attacker.example".to_string(),
+            format!("attacker.example:{port}"),
+            format!("127.0.0.1.attacker.example:{port}"),
+            format!("127.0.0.2:{port}"),
+            "127.0.0.1:1".to_string(),
+            format!("localhost.:{port}"),
+        ] {
+            let (status, text) = send(Some(&host));
+            assert_eq!(status, 421, "{to:?} {host}: {text}");
+            let error = parse(&host, status, &text);
+            assert!(
+                error["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("is not this server"),
+                "{error}"
+            );
+        }
+        let (status, text) = send(None);
+        assert_eq!(status, 421, "{to:?} without Host: {text}");
+        // Addressed to it: past the check (the apps' listener has no deploy: 404).
+        let expected = if to == To::Admin { 400 } else { 404 };
+        for host in [
+            format!("localhost:{port}"),
+            "functions.example".to_string(),
+            format!("FUNCTIONS.example:{port}"),
+        ] {
+            let (status, _, text) = http(
+                addr,
+                "PUT",
+                "/apps/bad..name",
+                &[("Host", &host), ("Authorization", &bearer)],
+                b"",
+            );
+            assert_eq!(status, expected, "{to:?} {host}: {text}");
+        }
+    }
+    let (status, list) = serve.json("GET", "/apps", b"");
+    assert_eq!(
+        (status, &list["apps"]),
+        (200, &serde_json::json!([])),
+        "{list}"
+    );
+}
+
+/// Apps are called on a listener of their own that serves nothing of the admin API, even
+/// with the token; the admin listener serves no call to an app.
+#[test]
+fn apps_and_the_admin_api_listen_apart() {
+    let serve = Serve::start();
+    assert_ne!(serve.admin, serve.apps);
+    let package = common::npm_package(&[
+        ("package.json", r#"{"name": "both", "main": "index.js"}"#),
+        (
+            "index.js",
+            "exports.handler = async () => 'handled';\n\
+             exports.fetch = async () => new Response('fetched');\n",
+        ),
+    ]);
+    let (status, info) = serve.deploy("both", "", &package);
+    assert_eq!(status, 200, "{info}");
+
+    let bearer = format!("Bearer {}", serve.token);
+    let on_apps = |method: &str, path: &str, body: &[u8]| {
+        let headers = [("Host", serve.apps.as_str()), ("Authorization", &bearer)];
+        let (status, _, text) = http(&serve.apps, method, path, &headers, body);
+        (status, text)
+    };
+    for (method, path, body) in [
+        ("GET", "/apps", &b""[..]),
+        ("GET", "/apps/both", b""),
+        ("PUT", "/apps/both", &package),
+        ("PUT", "/apps/other", &package),
+        ("DELETE", "/apps/both", b""),
+        ("GET", "/apps/both/logs", b""),
+        ("GET", "/metrics", b""),
+    ] {
+        let (status, text) = on_apps(method, path, body);
+        assert_eq!(status, 404, "{method} {path} on the apps' listener: {text}");
+        let error = parse(path, status, &text);
+        assert!(
+            error["error"]
+                .as_str()
+                .unwrap()
+                .contains("admin API listens elsewhere"),
+            "{error}"
+        );
+    }
+    for (method, path) in [("POST", "/apps/both/invoke"), ("GET", "/run/both/x")] {
+        let (status, text) = serve.request(method, path, b"{}");
+        assert_eq!(status, 404, "{method} {path} on the admin listener: {text}");
+    }
+    // Calls need no token there; the app is as it was.
+    assert_eq!(
+        serve.invoke("both", serde_json::json!({})),
+        (200, serde_json::json!("handled"))
+    );
+    assert_eq!(
+        serve.fetch("GET", "/run/both/x", b""),
+        (200, "fetched".to_string())
+    );
+    let (status, list) = serve.json("GET", "/apps", b"");
+    assert_eq!(status, 200);
+    assert_eq!(list["apps"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["apps"][0]["version"], 1, "{list}");
+}
+
+/// How long the slow app takes to load, in ms: far longer than a deploy of another app.
+const SLOW_LOAD_MS: u64 = 20_000;
+
+/// A deploy is slow while its package loads (here: its module spins for `SLOW_LOAD_MS`), and
+/// holds up nothing else meanwhile: another app deploys, an existing one answers. Two deploys
+/// of one app at once both succeed, with versions of their own, and the app is the higher
+/// one, served and saved.
+#[test]
+fn deploys_hold_up_nothing_else() {
+    let serve = Arc::new(Serve::start());
+    let (status, info) = serve.deploy("steady", "", &app("steady", "", "return 'steady';"));
+    assert_eq!(status, 200, "{info}");
+    let slow_package = common::npm_package(&[
+        ("package.json", r#"{"name": "slow", "main": "index.js"}"#),
+        (
+            "index.js",
+            &format!(
+                "const until = Date.now() + {SLOW_LOAD_MS}; while (Date.now() < until) {{}}\n\
+                 exports.handler = async () => 'slow';\n"
+            ),
+        ),
+    ]);
+    let slow = {
+        let serve = serve.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let (status, info) = serve.deploy("slow", "", &slow_package);
+            (status, info, started.elapsed())
+        })
+    };
+    // The slow deploy has its package by now, and is booting it.
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    let (status, info) = serve.deploy("quick", "", &app("quick", "", "return 'quick';"));
+    let quick = started.elapsed();
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(
+        serve.invoke("steady", serde_json::json!({})),
+        (200, serde_json::json!("steady"))
+    );
+    assert!(
+        !slow.is_finished(),
+        "the deploy of another app waited for the slow one: it took {quick:?}"
+    );
+    let (status, info, took) = slow.join().unwrap();
+    assert_eq!(status, 200, "{info}");
+    assert!(took >= Duration::from_millis(SLOW_LOAD_MS), "{took:?}");
+
+    let twins: Vec<_> = ["left", "right"]
+        .into_iter()
+        .map(|answer| {
+            let serve = serve.clone();
+            std::thread::spawn(move || {
+                let package = app("twin", "", &format!("return '{answer}';"));
+                let (status, info) = serve.deploy("twin", "", &package);
+                assert_eq!(status, 200, "{answer}: {info}");
+                (info["version"].as_u64().unwrap(), answer)
+            })
+        })
+        .collect();
+    let mut versions: Vec<(u64, &str)> = twins.into_iter().map(|t| t.join().unwrap()).collect();
+    versions.sort();
+    assert_eq!((versions[0].0, versions[1].0), (1, 2), "{versions:?}");
+    let last = versions[1].1;
+    let (status, info) = serve.json("GET", "/apps/twin", b"");
+    assert_eq!(
+        (status, &info["version"]),
+        (200, &serde_json::json!(2)),
+        "{info}"
+    );
+    assert_eq!(
+        serve.invoke("twin", serde_json::json!({})),
+        (200, serde_json::json!(last))
+    );
+    let saved = std::fs::read(serve.dir.path().join("data/apps/twin/meta.json")).unwrap();
+    let saved: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+    assert_eq!(saved["version"], 2, "{saved}");
+    let left: Vec<_> = std::fs::read_dir(serve.dir.path().join("data/apps"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "staging folders left: {left:?}");
 }

@@ -1,13 +1,19 @@
-//! The HTTP API (docs/openapi.yaml): every answer is JSON (but `/metrics` and what `fetch`
-//! apps return), every error `{"error": "..."}` with a 4xx or 5xx status.
+//! The HTTP API (docs/openapi.yaml), on two listeners: the admin API (deploy, list, show,
+//! delete, logs, metrics), which takes only requests with the admin token, and the apps'
+//! listener (calls: `invoke` and `fetch`), which takes no token and serves nothing of the
+//! admin API. Both take only requests addressed to them (`access::Hosts`). Every answer is
+//! JSON (but `/metrics` and what `fetch` apps return), every error `{"error": "..."}` with a
+//! 4xx or 5xx status.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{to_bytes, Body};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::header::{AUTHORIZATION, HOST, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
@@ -15,6 +21,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use serde_json::{json, Value};
 
+use super::access::{Hosts, Token};
 use super::instance::CallError;
 use super::metrics;
 use super::package::{self, Options};
@@ -29,22 +36,93 @@ const INVOCATION_HEADER: &str = "x-invocation-id";
 /// Set on an answer whose call booted the microVM it ran on (no warm instance was free).
 const COLD_START_HEADER: &str = "x-cold-start";
 
-pub fn router(server: Arc<Server>) -> Router {
+/// The admin listener: every request needs `token` and a Host that `hosts` allows.
+pub fn admin_router(server: Arc<Server>, token: Arc<Token>, hosts: Hosts) -> Router {
     Router::new()
         .route("/apps", get(list))
         .route("/apps/{name}", put(deploy).get(show).delete(delete))
-        .route("/apps/{name}/invoke", post(invoke))
         .route("/apps/{name}/logs", get(logs))
-        .route("/run/{name}", any(run))
-        .route("/run/{name}/{*path}", any(run))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; see docs/openapi.yaml",
+                "no such endpoint of the admin API (apps are called on the apps listener); see docs/openapi.yaml",
             )
         })
         .with_state(server)
+        .layer(middleware::from_fn_with_state(token, require_token))
+        .layer(middleware::from_fn_with_state(hosts, require_host))
+}
+
+/// The apps' listener: calls to the apps, no token; a Host that `hosts` allows.
+pub fn apps_router(server: Arc<Server>, hosts: Hosts) -> Router {
+    Router::new()
+        .route("/apps/{name}/invoke", post(invoke))
+        .route("/run/{name}", any(run))
+        .route("/run/{name}/{*path}", any(run))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint for apps (POST /apps/NAME/invoke, ANY /run/NAME/PATH; the admin API listens elsewhere); see docs/openapi.yaml",
+            )
+        })
+        .with_state(server)
+        .layer(middleware::from_fn_with_state(hosts, require_host))
+}
+
+/// Refuses (421) a request that is not addressed to this listener: no Host, more than one, or
+/// one (or a request target's authority) that `hosts` does not allow.
+async fn require_host(State(hosts): State<Hosts>, request: Request, next: Next) -> Response {
+    let mut named = request.headers().get_all(HOST).iter();
+    let host = match (named.next(), named.next()) {
+        (Some(host), None) => host.to_str().unwrap_or(""),
+        (None, _) => {
+            return ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "the request has no Host header",
+            )
+            .into_response()
+        }
+        (Some(_), Some(_)) => {
+            return ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "the request has more than one Host header",
+            )
+            .into_response()
+        }
+    };
+    let authority = request.uri().authority().map(|a| a.as_str());
+    for name in std::iter::once(host).chain(authority) {
+        if !hosts.allows(name) {
+            return ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "the request is addressed to {name:?}, which is not this server ({}; `nodeos-vm serve --allow-host NAME` allows another name)",
+                    hosts.describe()
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Refuses (401) a request without the admin token.
+async fn require_token(State(token): State<Arc<Token>>, request: Request, next: Next) -> Response {
+    let authorization = request
+        .headers()
+        .get(AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match token.check(authorization) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            let mut response = ApiError::new(StatusCode::UNAUTHORIZED, refusal).into_response();
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
 }
 
 /// An error answer: `{"error": message, ...details}`.
@@ -138,7 +216,7 @@ async fn deploy(
     match server.deploy(&name, options, package).await {
         Ok(app) => Ok(Json(describe(&name, &app))),
         Err(e) => Err(match e {
-            DeployError::Package(package::Error::TooLarge) => {
+            DeployError::Package(package::Error::TooLarge | package::Error::TooManyEntries) => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e)
             }
             DeployError::Package(ref p) if p.is_bad_input() => {

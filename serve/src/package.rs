@@ -2,9 +2,10 @@
 //! package, a gzipped tarball as `npm pack` makes it (every file under one top folder,
 //! `package/`), unpacked with bounds and without leaving the target folder.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -14,9 +15,13 @@ use sandbox::vm_config;
 
 /// Longest app name.
 const MAX_NAME: usize = 63;
-/// Most bytes and files a package may unpack to.
+/// Most bytes a package's tar stream may decompress to: file data, headers, long names and the
+/// data of entries that are never unpacked all count.
 const MAX_UNPACKED_BYTES: u64 = 512 << 20;
-const MAX_FILES: usize = 100_000;
+/// Most entries a package may have, of every kind: files, folders, links and any other.
+const MAX_ENTRIES: usize = 100_000;
+/// How much of a file is copied at a time.
+const COPY_CHUNK: usize = 64 << 10;
 /// Most instances of one app, and most calls waiting for one.
 const MAX_INSTANCES: usize = 64;
 const MAX_QUEUE: usize = 10_000;
@@ -37,8 +42,10 @@ pub enum Error {
     NotTarball(#[source] io::Error),
     #[error("the package entry {path:?} leaves the package folder")]
     Escapes { path: String },
-    #[error("the package unpacks to more than {} MiB or {MAX_FILES} files", MAX_UNPACKED_BYTES >> 20)]
+    #[error("the package unpacks to more than {} MiB (its tar stream, headers included)", MAX_UNPACKED_BYTES >> 20)]
     TooLarge,
+    #[error("the package has more than {MAX_ENTRIES} entries (files, folders, links and every other kind count)")]
+    TooManyEntries,
     #[error("the package has no package.json in its top folder (as npm pack makes it: package/package.json)")]
     NoManifest,
     #[error("package.json: {0}")]
@@ -167,16 +174,36 @@ pub struct Manifest {
 }
 
 /// Unpacks `tgz` (an npm pack tarball) into the empty folder `dest`, dropping the top folder
-/// (`package/`). Links and special files are skipped; nothing lands outside `dest`.
+/// (`package/`). Links and special files are skipped; nothing lands outside `dest`. Every
+/// entry counts against `MAX_ENTRIES` and every byte of the tar stream against
+/// `MAX_UNPACKED_BYTES`, whether it is unpacked or not.
 pub fn unpack(tgz: &[u8], dest: &Path) -> Result<Manifest, Error> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tgz));
-    let (mut bytes, mut files) = (0u64, 0usize);
+    let over = Cell::new(false);
+    let stream = Capped {
+        inner: flate2::read::GzDecoder::new(tgz),
+        left: MAX_UNPACKED_BYTES,
+        over: &over,
+    };
+    let mut archive = tar::Archive::new(stream);
+    // A read that fails where the stream was cut is the cap's doing, not a broken tarball.
+    let broken = |e: io::Error| {
+        if over.get() {
+            Error::TooLarge
+        } else {
+            Error::NotTarball(e)
+        }
+    };
     let unpack_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Unpack { path, source }
     };
-    for entry in archive.entries().map_err(Error::NotTarball)? {
-        let mut entry = entry.map_err(Error::NotTarball)?;
+    let mut entries = 0usize;
+    for entry in archive.entries().map_err(broken)? {
+        let mut entry = entry.map_err(broken)?;
+        entries += 1;
+        if entries > MAX_ENTRIES {
+            return Err(Error::TooManyEntries);
+        }
         let raw = entry.path().map_err(Error::NotTarball)?.into_owned();
         let mut parts = raw.components();
         if !raw
@@ -195,29 +222,22 @@ pub fn unpack(tgz: &[u8], dest: &Path) -> Result<Manifest, Error> {
         }
         let target = dest.join(&relative);
         let kind = entry.header().entry_type();
-        files += 1;
-        if files > MAX_FILES {
-            return Err(Error::TooLarge);
-        }
         if kind.is_dir() {
             fs::create_dir_all(&target).map_err(unpack_err(&target))?;
         } else if kind.is_file() {
-            bytes += entry.size();
-            if bytes > MAX_UNPACKED_BYTES {
-                return Err(Error::TooLarge);
-            }
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).map_err(unpack_err(parent))?;
             }
             let executable = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;
-            let mut data = Vec::with_capacity(entry.size() as usize);
-            // A size that lies is a broken tarball.
-            entry
-                .by_ref()
-                .take(MAX_UNPACKED_BYTES)
-                .read_to_end(&mut data)
-                .map_err(Error::NotTarball)?;
-            fs::write(&target, &data).map_err(unpack_err(&target))?;
+            let mut file = fs::File::create(&target).map_err(unpack_err(&target))?;
+            let mut chunk = vec![0u8; COPY_CHUNK];
+            loop {
+                let n = entry.read(&mut chunk).map_err(broken)?;
+                if n == 0 {
+                    break;
+                }
+                file.write_all(&chunk[..n]).map_err(unpack_err(&target))?;
+            }
             let mode = if executable { 0o755 } else { 0o644 };
             fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(mode))
                 .map_err(unpack_err(&target))?;
@@ -225,6 +245,37 @@ pub fn unpack(tgz: &[u8], dest: &Path) -> Result<Manifest, Error> {
     }
     let manifest = fs::read(dest.join("package.json")).map_err(|_| Error::NoManifest)?;
     parse_manifest(&manifest)
+}
+
+/// A decompressed tar stream cut at `left` bytes: whatever the tar parser reads counts, the
+/// long names and extension records it keeps in memory and the data of the entries it skips
+/// included. A read past the cut fails and sets `over`.
+struct Capped<'a, R> {
+    inner: R,
+    left: u64,
+    over: &'a Cell<bool>,
+}
+
+impl<R: Read> Read for Capped<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            // A stream of exactly the cap ends here; one byte more is over it.
+            if self.inner.read(&mut [0u8; 1])? == 0 {
+                return Ok(0);
+            }
+            self.over.set(true);
+            return Err(io::Error::other(Error::TooLarge));
+        }
+        let room = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = self.inner.read(&mut buf[..room])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 fn parse_manifest(text: &[u8]) -> Result<Manifest, Error> {
@@ -278,6 +329,78 @@ mod tests {
             builder.append(&header, *data).unwrap();
         }
         builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    /// A gzipped tarball of `headers`, each with `size` bytes of zeros as its data.
+    fn tgz_of(headers: impl IntoIterator<Item = (tar::Header, u64)>) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (header, size) in headers {
+            builder.append(&header, io::repeat(0).take(size)).unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    /// A header of `kind` for `path`, saying its data is `size` bytes.
+    fn header(kind: tar::EntryType, path: &str, size: u64) -> (tar::Header, u64) {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_path(path).unwrap();
+        header.set_mode(0o755);
+        header.set_size(size);
+        if kind.is_symlink() {
+            header.set_link_name("package").unwrap();
+        }
+        header.set_cksum();
+        (header, size)
+    }
+
+    /// `count` empty folders and symlinks, half each, in the top folder where nothing is
+    /// unpacked, beside a valid package.
+    fn folders_and_links(count: usize) -> Vec<u8> {
+        let manifest = header(tar::EntryType::Regular, "package/package.json", 0);
+        let others = (0..count - 1).map(|i| {
+            if i % 2 == 0 {
+                header(tar::EntryType::Directory, &format!("d{i}/"), 0)
+            } else {
+                header(tar::EntryType::Symlink, &format!("l{i}"), 0)
+            }
+        });
+        tgz_of(std::iter::once(manifest).chain(others))
+    }
+
+    #[test]
+    fn entries_of_every_kind_count_against_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        // An empty package.json fails to parse: what matters is that it got that far.
+        assert!(matches!(
+            unpack(&folders_and_links(MAX_ENTRIES), dir.path()),
+            Err(Error::Manifest(_))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            unpack(&folders_and_links(MAX_ENTRIES + 1), dir.path()),
+            Err(Error::TooManyEntries)
+        ));
+    }
+
+    #[test]
+    fn data_never_unpacked_counts_against_the_byte_cap() {
+        let over = MAX_UNPACKED_BYTES + (1 << 20);
+        for kind in [tar::EntryType::Directory, tar::EntryType::GNULongName] {
+            let dir = tempfile::tempdir().unwrap();
+            let package = tgz_of([
+                header(kind, "package/big/", over),
+                header(tar::EntryType::Directory, "package/after/", 0),
+            ]);
+            let result = unpack(&package, dir.path());
+            assert!(
+                matches!(result, Err(Error::TooLarge)),
+                "{kind:?}: {result:?}"
+            );
+        }
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub struct Server {
     store: Store,
     apps: RwLock<HashMap<String, App>>,
     metrics: Metrics,
-    /// One deploy or delete at a time.
+    /// Held only while a deploy swaps its version in, or a delete takes an app out.
     changes: tokio::sync::Mutex<()>,
     calls: AtomicU64,
 }
@@ -141,8 +141,11 @@ impl Server {
     }
 
     /// Deploys `package` as app `name`: unpacked, packed into a volume, verified by booting
-    /// an instance that loads it (which stays warm), saved, then swapped in for the old
-    /// version, whose calls in flight finish on it. Nothing changes on any error.
+    /// an instance that loads it (which stays warm) and saved aside, all without a lock, so
+    /// that other deploys, deletes and calls go on meanwhile; then, under the lock, numbered,
+    /// saved (one rename) and swapped in for the old version, whose calls in flight finish on
+    /// it. Of two deploys of one app at once, the one that finishes loading last is the app's
+    /// version (the higher number). Nothing changes on any error.
     pub async fn deploy(
         &self,
         name: &str,
@@ -150,24 +153,28 @@ impl Server {
         package: Vec<u8>,
     ) -> Result<App, DeployError> {
         package::check_name(name)?;
-        let _change = self.changes.lock().await;
-        let previous = self.app(name);
-        let version = previous.as_ref().map_or(1, |a| a.current.version + 1);
-        let logs = previous.map(|a| a.logs).unwrap_or_default();
-        let (deployment, package) = self
-            .prepare(name, options, package, version, logs.clone(), None)
+        // The logs an app's versions share (a new app's start with its first deploy).
+        let logs = self.app(name).map(|a| a.logs).unwrap_or_default();
+        let (mut deployment, package) = self
+            .prepare(name, options, package, logs.clone(), None)
             .await?;
-        let deployment = Arc::new(deployment);
+        let store = self.store.clone();
+        let staging = name.to_string();
+        let staged = tokio::task::spawn_blocking(move || store.stage(&staging, &package))
+            .await
+            .map_err(|e| DeployError::Task(e.to_string()))??;
+
+        let _change = self.changes.lock().await;
+        deployment.version = self.app(name).map_or(1, |a| a.current.version + 1);
         let meta = Meta {
-            version,
+            version: deployment.version,
             deployed_at_ms: deployment.deployed_at_ms,
             options: deployment.pool.options.clone(),
             exports: deployment.exports,
         };
-        let store = &self.store;
-        store.save(name, &package, &meta)?;
+        staged.commit(&meta)?;
         let app = App {
-            current: deployment,
+            current: Arc::new(deployment),
             logs,
         };
         let old = self
@@ -181,13 +188,13 @@ impl Server {
         Ok(app)
     }
 
-    /// Unpacks, packs and (unless `exports` are known from a previous deploy) verifies.
+    /// Unpacks, packs and (unless `exports` are known from a previous deploy) verifies; the
+    /// deployment's version is the caller's to number (0 until then).
     async fn prepare(
         &self,
         name: &str,
         options: Options,
         package: Vec<u8>,
-        version: u64,
         logs: Arc<Logs>,
         exports: Option<Exports>,
     ) -> Result<(Deployment, Vec<u8>), DeployError> {
@@ -244,7 +251,7 @@ impl Server {
             .as_millis() as u64;
         Ok((
             Deployment {
-                version,
+                version: 0,
                 deployed_at_ms,
                 exports,
                 pool,
@@ -280,13 +287,13 @@ impl Server {
                     &name,
                     meta.options,
                     package,
-                    meta.version,
                     logs.clone(),
                     Some(meta.exports),
                 )
                 .await;
             match prepared {
                 Ok((mut deployment, _)) => {
+                    deployment.version = meta.version;
                     deployment.deployed_at_ms = meta.deployed_at_ms;
                     let app = App {
                         current: Arc::new(deployment),

@@ -66,7 +66,7 @@ fn main() {
     std::fs::write(app.join("package/index.js"), HANDLER).unwrap();
     let package = tar_czf(&app);
 
-    let serve = Server::start(
+    let mut serve = Server::start(
         Command::new(&bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--kernel"])
             .arg(&kernel)
@@ -74,7 +74,13 @@ fn main() {
             .arg(&rootfs)
             .env("NODEOS_VM_DATA", dir.path().join("data"))
             .env("XDG_RUNTIME_DIR", dir.path()),
+        &["admin: ", "apps: "],
     );
+    // The admin token serve generated and saved.
+    serve.token = std::fs::read_to_string(dir.path().join("data/serve-token"))
+        .expect("reading serve's token")
+        .trim()
+        .to_string();
 
     // Cold start: an app whose instances stop after COLD_IDLE, called once each time it has none.
     let started = Instant::now();
@@ -85,7 +91,7 @@ fn main() {
     for n in 0..COLD_RUNS {
         serve.wait_instances("cold", 0, SCALE_TO_ZERO_LIMIT);
         let started = Instant::now();
-        let answer = post(&serve.addr, "/apps/cold/invoke", &event(n)).expect("a cold call");
+        let answer = post(&serve.apps, "/apps/cold/invoke", &event(n)).expect("a cold call");
         colds.push(ms(started.elapsed()));
         assert!(answer.cold, "the call found a warm instance");
         check(&answer, n).expect("the cold call's answer");
@@ -98,7 +104,7 @@ fn main() {
     );
     assert_eq!(status, 200, "deploying: {text}");
     serve.wait_instances("bench", instances, WARM_LIMIT);
-    let ours = measure(&serve.addr, "/apps/bench/invoke");
+    let ours = measure(&serve.apps, "/apps/bench/invoke");
 
     let script = dir.path().join("host-server.js");
     std::fs::write(&script, HOST_SERVER).unwrap();
@@ -106,6 +112,7 @@ fn main() {
         Command::new("node")
             .arg(&script)
             .arg(app.join("package/index.js")),
+        &[""],
     );
     let baseline = measure(&host.addr, "/invoke");
     drop(host);
@@ -162,34 +169,48 @@ fn main() {
     assert_eq!(ours.errors + baseline.errors, 0, "calls failed under load");
 }
 
-/// A server process that prints its URL as its first line; SIGKILLed when dropped.
+/// A server process that prints its URLs first, one a line; SIGKILLed when dropped.
 struct Server {
     child: Child,
+    /// The first URL's address (serve's admin API), and the last's (serve's apps).
     addr: String,
+    apps: String,
+    /// What the admin API needs (`Authorization: Bearer`).
+    token: String,
 }
 
 impl Server {
-    fn start(command: &mut Command) -> Server {
+    /// Starts `command`, which prints one line `<prefix>http://ADDR` per prefix.
+    fn start(command: &mut Command, prefixes: &[&str]) -> Server {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting a server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("http://")
-            .unwrap_or_else(|| panic!("the server printed {line:?}"))
-            .to_string();
-        Server { child, addr }
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let addrs: Vec<String> = prefixes
+            .iter()
+            .map(|prefix| {
+                let mut line = String::new();
+                stdout.read_line(&mut line).unwrap();
+                line.trim()
+                    .strip_prefix(&format!("{prefix}http://"))
+                    .unwrap_or_else(|| panic!("the server printed {line:?}"))
+                    .to_string()
+            })
+            .collect();
+        Server {
+            child,
+            addr: addrs[0].clone(),
+            apps: addrs[addrs.len() - 1].clone(),
+            token: String::new(),
+        }
     }
 
     fn deploy(&self, app: &str, query: &str, package: &[u8]) -> (u16, String) {
-        let answer = request(&self.addr, "PUT", &format!("/apps/{app}{query}"), package)
+        let path = format!("/apps/{app}{query}");
+        let answer = request(&self.addr, "PUT", &path, package, Some(&self.token))
             .unwrap_or_else(|e| panic!("deploying {app}: {e}"));
         (answer.status, answer.body)
     }
@@ -198,7 +219,8 @@ impl Server {
     fn wait_instances(&self, app: &str, n: usize, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            let answer = request(&self.addr, "GET", &format!("/apps/{app}"), b"").unwrap();
+            let path = format!("/apps/{app}");
+            let answer = request(&self.addr, "GET", &path, b"", Some(&self.token)).unwrap();
             let info: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
             if info["instances"] == n {
                 return;
@@ -316,17 +338,26 @@ struct Answer {
 }
 
 fn post(addr: &str, path: &str, body: &[u8]) -> Result<Answer, String> {
-    request(addr, "POST", path, body)
+    request(addr, "POST", path, body, None)
 }
 
-/// One HTTP/1.1 request on a connection of its own.
-fn request(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<Answer, String> {
+/// One HTTP/1.1 request on a connection of its own, with `token` as its bearer when given.
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    token: Option<&str>,
+) -> Result<Answer, String> {
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let exchange = || -> std::io::Result<Vec<u8>> {
         let mut conn = TcpStream::connect(addr)?;
         conn.set_read_timeout(Some(HTTP_TIMEOUT))?;
         conn.set_nodelay(true)?;
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Type: application/json\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );

@@ -2,6 +2,7 @@
 
 mod build;
 mod doctor;
+mod printable;
 pub(crate) mod run;
 mod serve;
 mod start;
@@ -37,8 +38,8 @@ pub enum Command {
     Ps,
     /// Run a command in a detached VM.
     Exec(vms::ExecArgs),
-    /// Print a detached VM's console output.
-    Logs(vms::IdArg),
+    /// Print a detached VM's console output (control characters escaped; --raw for the bytes).
+    Logs(vms::LogsArgs),
     /// Stop a detached VM.
     Stop(vms::IdArg),
     /// Host Node apps as functions over HTTP, each app in microVMs of its own (docs/serve.md).

@@ -29,6 +29,7 @@ use sandbox::agent;
 use sandbox::booted::{ConsoleLog, Sandbox, BOOT_TIMEOUT};
 use vmm::runtime;
 
+use super::printable;
 use super::run::{exit_status, ExecOptions};
 use super::vm_options::{choose_backend, VmArgs};
 
@@ -50,6 +51,16 @@ pub struct ExecArgs {
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     command: Vec<OsString>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The VM's ID (or a unique prefix of it).
+    id: String,
+    /// Print the console's bytes as they are, escape sequences included (by default control
+    /// characters are shown as `\x1b`-style escapes: the guest cannot drive this terminal).
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -323,13 +334,21 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
     Ok(exit_status(&outcome, &command))
 }
 
-/// `nodeos-vm logs ID`: the VM's console output so far.
-pub fn logs(args: IdArg) -> anyhow::Result<u8> {
+/// `nodeos-vm logs ID`: the VM's console output so far, its control characters escaped
+/// (`printable`) unless `--raw`.
+pub fn logs(args: LogsArgs) -> anyhow::Result<u8> {
     let (_, dir) = find(&args.id)?;
     // The older part first, when the log has started again (console::capture_to_file).
+    let mut log = Vec::new();
     for file in ["console.log.1", "console.log"] {
-        std::io::stdout().write_all(&fs::read(dir.join(file)).unwrap_or_default())?;
+        log.extend(fs::read(dir.join(file)).unwrap_or_default());
     }
+    let out = if args.raw {
+        log
+    } else {
+        printable::escape(&log)
+    };
+    std::io::stdout().write_all(&out)?;
     Ok(0)
 }
 
