@@ -41,6 +41,7 @@ macro_rules! run_case_tests {
             volume_is_visible_and_host_files_unchanged,
             read_only_and_read_write_volumes,
             rw_volume_copy_back_is_checked,
+            rw_volume_leaves_git_alone,
             npm_test_of_a_node_project,
             no_network_without_net,
             net_reaches_the_host_loopback,

@@ -198,6 +198,34 @@ pub const RUN_CASES: &[RunCase] = &[
         },
     },
     RunCase {
+        name: "rw_volume_leaves_git_alone",
+        script: "mkdir -p $FIXTURE/.git/hooks && printf '[core]\\n' > $FIXTURE/.git/config
+                 for mode in rw rw,git; do
+                   $RUN -v $FIXTURE:/app:$mode -- node -e '
+                     const fs = require(\"fs\");
+                     fs.writeFileSync(\"/app/.git/hooks/pre-commit\", \"touch /tmp/owned\", { mode: 0o755 });
+                     fs.appendFileSync(\"/app/.git/config\", \"\\tpager = sh /app/evil.sh\\n\");
+                     fs.writeFileSync(\"/app/out.txt\", process.argv[1])' $mode
+                   echo \"$mode: status $?\"; ls $FIXTURE/.git/hooks; grep -c pager $FIXTURE/.git/config; cat $FIXTURE/out.txt; echo
+                 done",
+        stdin: "",
+        net: false,
+        root: false,
+        check: |o| {
+            expect(
+                o,
+                0,
+                "rw: status 0\n0\nrw\nrw,git: status 0\npre-commit\n1\nrw,git\n",
+            )?;
+            let refusal = "/node-project: the guest's 2 changes under .git were not copied back: .git/config, .git/hooks/pre-commit; left as it was";
+            if o.stderr.matches(refusal).count() == 1 {
+                Ok(())
+            } else {
+                Err(format!("no {refusal:?} on stderr, once\n{}", explain(o)))
+            }
+        },
+    },
+    RunCase {
         name: "npm_test_of_a_node_project",
         script: "$RUN -v $FIXTURE:/app -w /app -- npm test > out 2>&1; echo \"status $?\"; grep '^# pass\\|^# fail' out
                  $RUN -v $FIXTURE:/app -w /app -e FIXTURE_FAIL=1 -- npm test > out 2>&1; echo \"status $?\"; grep '^# pass\\|^# fail' out",
