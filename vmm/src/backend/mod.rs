@@ -53,7 +53,7 @@ impl Backend {
         Ok(match self {
             Backend::Kvm { jail, vmm } => process::run(vmm, spec, console, stop, *jail)?,
             Backend::Qemu { accel, jail, vmm } => {
-                let jailed = jail.map(|jail| qemu::Jailed { jail, helper: vmm });
+                let jailed = jail.map(|jail| process::Jailed { jail, helper: vmm });
                 qemu::run(spec, console, *accel, stop, jailed)?
             }
         })
