@@ -25,7 +25,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use contract::disks::ROOT_DEVICE;
@@ -458,15 +458,32 @@ pub(crate) fn run_tool(mut command: Command, what: String) -> Result<(), Error> 
             what: what.clone(),
             source,
         })?;
+    check_tool(
+        &output,
+        &command.get_program().to_string_lossy(),
+        &[0],
+        what,
+    )
+}
+
+/// Whether the e2fsprogs tool `program` (its name) did `what`, as its `output` says: ended with
+/// one of the `fine` exit statuses, and complained of nothing.
+pub(crate) fn check_tool(
+    output: &Output,
+    program: &str,
+    fine: &[i32],
+    what: String,
+) -> Result<(), Error> {
     // e2fsprogs tools print their banner ("e2fsck 1.47.0 (5-Feb-2023)") on stderr; anything
     // else there is a complaint, even with a status of 0.
-    let banner = format!("{} ", command.get_program().to_string_lossy());
+    let banner = format!("{program} ");
     let stderr = String::from_utf8_lossy(&output.stderr);
     let complaints: Vec<&str> = stderr
         .lines()
         .filter(|l| !l.starts_with(&banner) && !l.trim().is_empty())
         .collect();
-    if !output.status.success() || !complaints.is_empty() {
+    let status_fine = output.status.code().is_some_and(|c| fine.contains(&c));
+    if !status_fine || !complaints.is_empty() {
         return Err(Error::ToolFailed {
             what,
             stderr: if complaints.is_empty() {

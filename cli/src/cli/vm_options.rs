@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use sandbox::artifacts::{check_kernel, check_rootfs, Artifact, Store};
-use sandbox::users::{UserDisk, Users};
+use sandbox::users::{DiskTools, UserDisk, Users};
 use sandbox::vm_config;
 use vmm::backend::{detect, qemu, Backend};
 use vmm::jail::{IdRange, Jail};
@@ -60,12 +60,18 @@ pub struct VmArgs {
 }
 
 impl VmArgs {
-    /// The `--user`'s disk, locked for this VM (created on first use).
+    /// The `--user`'s disk, locked for this VM (created on first use; grown, by e2fsprogs in
+    /// the VMM's jail, when `--disk-size` asks for more).
     pub fn user_disk(&self) -> anyhow::Result<Option<UserDisk>> {
         let Some(name) = &self.user else {
             return Ok(None);
         };
-        Ok(Some(Users::from_env()?.acquire(name, self.disk_size)?))
+        let tools = DiskTools::new(self.jail.jail())?;
+        Ok(Some(Users::from_env()?.acquire(
+            name,
+            self.disk_size,
+            &tools,
+        )?))
     }
 
     /// The VM these options describe, and the `--user`'s disk locked for it: what every

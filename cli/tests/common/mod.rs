@@ -48,7 +48,7 @@ macro_rules! run_case_tests {
             npm_install_from_the_host_loopback,
             tap_network,
             user_layer_persists_and_is_private,
-            user_disk_full_is_enospc,
+            user_disk_full_is_enospc_and_grows,
             user_vm_killed_keeps_synced_data,
             npm_global_install_is_per_user);
     };

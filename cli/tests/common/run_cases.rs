@@ -306,15 +306,23 @@ pub const RUN_CASES: &[RunCase] = &[
         },
     },
     RunCase {
-        name: "user_disk_full_is_enospc",
+        name: "user_disk_full_is_enospc_and_grows",
         script: "export NODEOS_VM_DATA=$PWD/data
                  $RUN --user dora --disk-size 32M -- node -e 'try { fs.writeFileSync(\"/home/node/big\", Buffer.alloc(64 << 20)) } catch (e) { console.log(e.code) }'
                  echo \"status $?\"
-                 $RUN --user dora -- node -e 'fs.rmSync(\"/home/node/big\", { force: true }); fs.writeFileSync(\"/home/node/small\", \"ok\"); console.log(fs.readFileSync(\"/home/node/small\", \"utf8\"))'",
+                 $RUN --user dora -- node -e 'fs.rmSync(\"/home/node/big\", { force: true }); fs.writeFileSync(\"/home/node/small\", \"ok\"); console.log(fs.readFileSync(\"/home/node/small\", \"utf8\"))'
+                 $RUN --user dora --disk-size 96M -- node -e 'fs.writeFileSync(\"/home/node/big\", Buffer.alloc(64 << 20)); console.log(\"grown\", fs.statSync(\"/home/node/big\").size, fs.readFileSync(\"/home/node/small\", \"utf8\"))'
+                 stat -c %s data/users/dora/disk.ext4",
         stdin: "",
         net: false,
         root: false,
-        check: |o| expect(o, 0, "ENOSPC\nstatus 0\nok\n"),
+        check: |o| {
+            expect(
+                o,
+                0,
+                "ENOSPC\nstatus 0\nok\ngrown 67108864 ok\n100663296\n",
+            )
+        },
     },
     RunCase {
         name: "user_vm_killed_keeps_synced_data",

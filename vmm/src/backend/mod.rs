@@ -9,7 +9,7 @@ use contract::params::AgentTransport;
 use crate::vm::{ConfigError, ConsoleIo, RunReport, StopSignal, VmConfig};
 
 pub mod detect;
-mod handover;
+pub(crate) mod handover;
 pub mod kvm;
 pub mod process;
 pub mod qemu;
