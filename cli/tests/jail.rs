@@ -1,6 +1,7 @@
 //! The VMM process of a `run` — QEMU on this host when `auto` picks it, our VMM where KVM is
 //! real — lives in namespaces of its own, sees only its jail and holds no privilege, whoever
-//! runs nodeos-vm: root, and an unprivileged user (`nobody` when the tests run as root).
+//! runs nodeos-vm: root (each VMM as a user of its own), and an unprivileged user (`nobody` when
+//! the tests run as root).
 //! docs/security.md, "The VMM process and its jail".
 
 #[macro_use]
@@ -96,119 +97,182 @@ fn status_field(pid: u32, key: &str) -> String {
         .to_string()
 }
 
-/// Runs a guest that waits, as `user` when given, and looks at its VMM process meanwhile.
-fn the_vmm_is_jailed(user: Option<(u32, u32)>, expected_ids: (u32, u32), user_ns: bool) {
-    let home = Home::new(user);
-    let mut command = Command::new(&home.bin);
-    command
-        .args(["run", "-i", "--backend", &common::backend(), "--kernel"])
-        .arg(&home.kernel)
-        .arg("--rootfs")
-        .arg(&home.rootfs)
-        .args(["--", "node", "-e", WAITING_GUEST])
-        .env("HOME", home.dir.path())
-        // The VMM program is written into the cache under this home.
-        .env_remove("NODEOS_VM_CACHE")
-        .env_remove("XDG_CACHE_HOME")
-        .env("XDG_RUNTIME_DIR", home.dir.path().join("run"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some((uid, gid)) = user {
-        command.uid(uid).gid(gid);
-    }
-    let mut child = command.spawn().unwrap();
-    let _watchdog = common::Watchdog::new(child.id(), common::BOOT_LIMIT);
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    if line.trim() != "up" {
-        let mut stderr = String::new();
-        let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
-        panic!("the guest did not start: {line:?}; {stderr}");
-    }
-
-    // nodeos-vm, the jail's first process, the VMM: the last of the line.
-    let mut vmm = child.id();
-    while let Some(next) = first_child(vmm) {
-        vmm = next;
-    }
-    assert_ne!(vmm, child.id(), "no VMM process");
-    for ns in ["mnt", "pid", "net", "ipc", "uts"]
-        .into_iter()
-        .chain(user_ns.then_some("user"))
-    {
-        let link = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
-        assert_ne!(
-            link("self"),
-            link(&vmm.to_string()),
-            "{ns} namespace shared"
-        );
-    }
-    let root = PathBuf::from(format!("/proc/{vmm}/root"));
-    let entries: BTreeSet<String> = fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(entries.contains("kernel"), "{entries:?}");
-    assert!(
-        entries.iter().all(|e| JAIL_ENTRIES.contains(&e.as_str())),
-        "only its files: {entries:?}"
-    );
-    let seen_from_the_jail = |path: &Path| root.join(path.strip_prefix("/").unwrap());
-    assert!(
-        !seen_from_the_jail(&home.socket).exists(),
-        "the user's socket is out of its sight"
-    );
-    let (uid, gid) = (expected_ids.0.to_string(), expected_ids.1.to_string());
-    let ids = |key| {
-        status_field(vmm, key)
-            .split_whitespace()
-            .map(String::from)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(ids("Uid:"), [uid.as_str(); 4]);
-    assert_eq!(ids("Gid:"), [gid.as_str(); 4]);
-    assert_eq!(status_field(vmm, "NoNewPrivs:"), "1");
-    assert_eq!(status_field(vmm, "CapEff:"), "0000000000000000");
-    assert_eq!(status_field(vmm, "CapBnd:"), "0000000000000000");
-    assert_eq!(status_field(vmm, "Seccomp:"), "2");
-    let limits = fs::read_to_string(format!("/proc/{vmm}/limits")).unwrap();
-    assert!(
-        limits.lines().any(
-            |l| l.starts_with("Max core file size") && l.split_whitespace().nth(4) == Some("0")
-        ),
-        "{limits}"
-    );
-
-    child.stdin.take().unwrap().write_all(b"").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// A `run` whose guest waits for its input to end, as `user` when given, and its VMM process.
+struct Running {
+    home: Home,
+    child: std::process::Child,
+    /// nodeos-vm, the jail's first process, the VMM: the last of the line.
+    vmm: u32,
+    _watchdog: common::Watchdog,
 }
 
+impl Running {
+    fn start(user: Option<(u32, u32)>) -> Running {
+        let home = Home::new(user);
+        let mut command = Command::new(&home.bin);
+        command
+            .args(["run", "-i", "--backend", &common::backend(), "--kernel"])
+            .arg(&home.kernel)
+            .arg("--rootfs")
+            .arg(&home.rootfs)
+            .args(["--", "node", "-e", WAITING_GUEST])
+            .env("HOME", home.dir.path())
+            // The VMM program is written into the cache under this home.
+            .env_remove("NODEOS_VM_CACHE")
+            .env_remove("XDG_CACHE_HOME")
+            .env("XDG_RUNTIME_DIR", home.dir.path().join("run"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some((uid, gid)) = user {
+            command.uid(uid).gid(gid);
+        }
+        let mut child = command.spawn().unwrap();
+        let watchdog = common::Watchdog::new(child.id(), common::BOOT_LIMIT);
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        if line.trim() != "up" {
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
+            panic!("the guest did not start: {line:?}; {stderr}");
+        }
+        let mut vmm = child.id();
+        while let Some(next) = first_child(vmm) {
+            vmm = next;
+        }
+        assert_ne!(vmm, child.id(), "no VMM process");
+        Running {
+            home,
+            child,
+            vmm,
+            _watchdog: watchdog,
+        }
+    }
+
+    /// Its uid and gid, each the same for real, effective, saved and file system.
+    fn ids(&self) -> (u32, u32) {
+        let id = |key| {
+            let ids: Vec<u32> = status_field(self.vmm, key)
+                .split_whitespace()
+                .map(|id| id.parse().unwrap())
+                .collect();
+            assert!(
+                ids.len() == 4 && ids.iter().all(|&i| i == ids[0]),
+                "{key} {ids:?}"
+            );
+            ids[0]
+        };
+        (id("Uid:"), id("Gid:"))
+    }
+
+    /// In namespaces of its own (a user namespace too, when `user_ns`), seeing only its
+    /// files, without privileges, filtered, with no core dumps.
+    fn check_jailed(&self, user_ns: bool) {
+        let vmm = self.vmm;
+        for ns in ["mnt", "pid", "net", "ipc", "uts"]
+            .into_iter()
+            .chain(user_ns.then_some("user"))
+        {
+            let link = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+            assert_ne!(
+                link("self"),
+                link(&vmm.to_string()),
+                "{ns} namespace shared"
+            );
+        }
+        let root = PathBuf::from(format!("/proc/{vmm}/root"));
+        let entries: BTreeSet<String> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(entries.contains("kernel"), "{entries:?}");
+        assert!(
+            entries.iter().all(|e| JAIL_ENTRIES.contains(&e.as_str())),
+            "only its files: {entries:?}"
+        );
+        let seen_from_the_jail = |path: &Path| root.join(path.strip_prefix("/").unwrap());
+        assert!(
+            !seen_from_the_jail(&self.home.socket).exists(),
+            "the user's socket is out of its sight"
+        );
+        assert_eq!(status_field(vmm, "NoNewPrivs:"), "1");
+        assert_eq!(status_field(vmm, "CapEff:"), "0000000000000000");
+        assert_eq!(status_field(vmm, "CapBnd:"), "0000000000000000");
+        assert_eq!(status_field(vmm, "Seccomp:"), "2");
+        let limits = fs::read_to_string(format!("/proc/{vmm}/limits")).unwrap();
+        assert!(
+            limits
+                .lines()
+                .any(|l| l.starts_with("Max core file size")
+                    && l.split_whitespace().nth(4) == Some("0")),
+            "{limits}"
+        );
+    }
+
+    /// Ends the guest's input: the command, and nodeos-vm, end with status 0.
+    fn finish(mut self) {
+        self.child.stdin.take().unwrap().write_all(b"").unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The ids the host names in `file` (`/etc/passwd`, `/etc/group`).
+fn named_ids(file: &str) -> Vec<u32> {
+    fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .collect()
+}
+
+/// Finding: every VMM root jailed ran as uid 65534, so two VMs' VMMs could signal, trace or
+/// read each other's /proc files. Now each takes a uid and gid of its own, held while it runs.
 #[test]
-fn roots_vmm_is_jailed_as_nobody() {
+fn roots_vmms_are_jailed_each_as_a_user_of_their_own() {
     if !is_root() {
         println!("skipped: root's jail needs root");
         return;
     }
-    the_vmm_is_jailed(None, NOBODY, false);
+    let first = Running::start(None);
+    let second = Running::start(None);
+    let (a, b) = (first.ids(), second.ids());
+    assert_ne!(a.0, b.0, "two VMMs, one uid");
+    let named: Vec<u32> = named_ids("/etc/passwd")
+        .into_iter()
+        .chain(named_ids("/etc/group"))
+        .collect();
+    for (uid, gid) in [a, b] {
+        assert_eq!(uid, gid);
+        assert!(uid >= 100_000, "from the default range: {uid}");
+        assert!(!named.contains(&uid), "{uid} is named by the host");
+    }
+    for vm in [&first, &second] {
+        vm.check_jailed(false);
+        assert_eq!(status_field(vm.vmm, "Groups:"), "");
+    }
+    first.finish();
+    second.finish();
 }
 
 /// Finding: an unprivileged user's VMM was not confined beyond seccomp, and QEMU was never
 /// jailed. Now both live in a user namespace of their own, in their jail.
 #[test]
 fn an_unprivileged_users_vmm_is_jailed_in_a_user_namespace() {
-    if is_root() {
-        the_vmm_is_jailed(Some(NOBODY), NOBODY, true);
+    let (user, ids) = if is_root() {
+        (Some(NOBODY), NOBODY)
     } else {
         // SAFETY: the id getters have no preconditions.
-        let ids = unsafe { (libc::getuid(), libc::getgid()) };
-        the_vmm_is_jailed(None, ids, true);
-    }
+        (None, unsafe { (libc::getuid(), libc::getgid()) })
+    };
+    let vm = Running::start(user);
+    vm.check_jailed(true);
+    assert_eq!(vm.ids(), ids);
+    vm.finish();
 }

@@ -8,6 +8,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Longest handshake line either side accepts, newline included.
 pub const MAX_LINE: usize = 64;
@@ -37,7 +38,28 @@ pub fn host_listener_path(path: &Path, port: u32) -> PathBuf {
 /// Connects to guest port `port` through the hybrid socket at `path`. Errors with
 /// `ConnectionRefused` when nothing listens there in the guest.
 pub fn connect(path: &Path, port: u32) -> io::Result<UnixStream> {
-    let mut stream = UnixStream::connect(path)?;
+    handshake(UnixStream::connect(path)?, port)
+}
+
+/// [`connect`], giving up (`TimedOut`) when the handshake has not ended after `timeout`: the
+/// other end (a VMM a guest may have taken over, or the guest itself) may never answer.
+pub fn connect_timeout(path: &Path, port: u32, timeout: Duration) -> io::Result<UnixStream> {
+    if timeout.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    let stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let stream = handshake(stream, port).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock => io::ErrorKind::TimedOut.into(),
+        _ => e,
+    })?;
+    stream.set_read_timeout(None)?;
+    stream.set_write_timeout(None)?;
+    Ok(stream)
+}
+
+fn handshake(mut stream: UnixStream, port: u32) -> io::Result<UnixStream> {
     stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
     let line = read_line(&mut stream)?;
     match line
@@ -113,6 +135,24 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    /// A VMM or guest that takes the connection and never answers holds it up no longer than
+    /// asked.
+    #[test]
+    fn a_handshake_that_is_never_answered_times_out() {
+        let dir = std::env::temp_dir().join(format!("hybrid-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.sock");
+        let _ = std::fs::remove_file(&path);
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let started = std::time::Instant::now();
+        let err = connect_timeout(&path, 1024, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let err = connect_timeout(&path, 1024, Duration::ZERO).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

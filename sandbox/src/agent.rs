@@ -5,7 +5,7 @@
 //! It speaks to the VM's agent socket, which is the same hybrid-vsock Unix socket on both
 //! backends (vsock on ours, the virtio-serial multiplexer on QEMU).
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -78,6 +78,8 @@ pub enum Error {
     Signals(#[source] io::Error),
     #[error("the guest agent did not finish in the time allowed")]
     Deadline,
+    #[error("the guest agent did not answer our hello within {0:?}")]
+    Handshake(Duration),
     #[error("the guest agent could not send the folder: {0}")]
     Export(String),
 }
@@ -89,32 +91,79 @@ pub fn listen_ready(socket: &Path) -> Result<UnixListener, Error> {
     UnixListener::bind(&path).map_err(|source| Error::Listen { path, source })
 }
 
-/// Waits until the agent connects to `listener` and says hello, the VM ends, or `timeout`.
+/// How long the agent may take to answer our hello (and the hybrid vsock handshake before it)
+/// when the caller gives no earlier deadline: it answers at once when it is well.
+pub const HANDSHAKE_TIME: Duration = Duration::from_secs(30);
+
+/// Waits until the agent connects to `listener` and says hello, the VM ends, or `timeout`
+/// (however slowly the guest sends its hello).
 pub fn wait_ready(
     listener: &UnixListener,
     ended: &EventFd,
     timeout: Duration,
 ) -> Result<(), Error> {
+    let deadline = Instant::now() + timeout;
     match first_readable(&[listener.as_raw_fd(), ended.as_raw_fd()], Some(timeout)) {
         Some(0) => {}
         Some(_) => return Err(Error::EndedBeforeReady),
         None => return Err(Error::NotReady(timeout)),
     }
-    let (mut conn, _) = listener.accept().map_err(Error::Connect)?;
-    match frame::read_reply(&mut conn)? {
-        Some(Reply::Hello { version }) => check_version(version),
-        Some(_) => Err(Error::Unexpected("another message than hello when ready")),
-        None => Err(Error::Frame(FrameError::Truncated)),
+    let (conn, _) = listener.accept().map_err(Error::Connect)?;
+    match Replies::new(conn).next(&[ended.as_raw_fd()], Some(deadline))? {
+        Next::Reply(Reply::Hello { version }) => check_version(version),
+        Next::Reply(_) => Err(Error::Unexpected("another message than hello when ready")),
+        Next::Woken(_) => Err(Error::EndedBeforeReady),
+        Next::TimedOut => Err(Error::NotReady(timeout)),
+        Next::End => Err(Error::Frame(FrameError::Truncated)),
     }
 }
 
-/// The agent's answer to our `Hello`.
-fn read_hello(reader: &mut impl Read) -> Result<(), Error> {
-    match frame::read_reply(reader)? {
-        Some(Reply::Hello { version }) => check_version(version),
-        Some(Reply::Error { message, .. }) => Err(Error::Refused(message)),
-        _ => Err(Error::Unexpected("another message than hello")),
+/// Connects to the agent behind `socket` and says hello, by `deadline` (and
+/// [`HANDSHAKE_TIME`]); the VM's end (`ended`) ends the wait too.
+fn connect(
+    socket: &Path,
+    requests: &[Request],
+    ended: Option<&EventFd>,
+    deadline: Option<Instant>,
+) -> Result<Replies, Error> {
+    let handshake = Instant::now() + HANDSHAKE_TIME;
+    let deadline = deadline.map_or(handshake, |d| d.min(handshake));
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let timed_out = || Error::Handshake(HANDSHAKE_TIME.min(left()));
+    let stream =
+        hybrid::connect_timeout(socket, AGENT_PORT, left()).map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut => timed_out(),
+            _ => Error::Connect(e),
+        })?;
+    let hello = Request::Hello {
+        version: frame::VERSION,
+    };
+    for request in std::iter::once(&hello).chain(requests) {
+        let left = left();
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        stream
+            .set_write_timeout(Some(left))
+            .and_then(|()| frame::write_request(&mut &stream, request))
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(),
+                _ => Error::Frame(FrameError::Io(e)),
+            })?;
     }
+    stream
+        .set_write_timeout(None)
+        .map_err(|e| Error::Frame(FrameError::Io(e)))?;
+    let mut replies = Replies::new(stream);
+    let wake: Vec<RawFd> = ended.iter().map(|e| e.as_raw_fd()).collect();
+    match replies.next(&wake, Some(deadline))? {
+        Next::Reply(Reply::Hello { version }) => check_version(version)?,
+        Next::Reply(Reply::Error { message, .. }) => return Err(Error::Refused(message)),
+        Next::Reply(_) | Next::End => return Err(Error::Unexpected("another message than hello")),
+        Next::Woken(_) => return Err(Error::EndedDuringCommand),
+        Next::TimedOut => return Err(timed_out()),
+    }
+    Ok(replies)
 }
 
 fn check_version(guest: u32) -> Result<(), Error> {
@@ -133,7 +182,7 @@ fn check_version(guest: u32) -> Result<(), Error> {
 /// `serve` (an app's runner) are both built on it.
 pub struct Session {
     writer: Arc<Mutex<UnixStream>>,
-    reader: BufReader<UnixStream>,
+    replies: Replies,
     started: Instant,
 }
 
@@ -159,31 +208,28 @@ pub enum Wake {
 }
 
 impl Session {
-    /// Says hello to the agent behind `socket` and starts `command`.
-    pub fn start(socket: &Path, command: &Command) -> Result<Session, Error> {
-        let stream = hybrid::connect(socket, AGENT_PORT).map_err(Error::Connect)?;
-        let writer = Arc::new(Mutex::new(stream.try_clone().map_err(Error::Connect)?));
-        let mut reader = BufReader::new(stream);
-        send(
-            &writer,
-            &Request::Hello {
-                version: frame::VERSION,
-            },
-        )?;
-        read_hello(&mut reader)?;
-        send(
-            &writer,
-            &Request::Exec(Exec {
-                argv: command.argv.clone(),
-                env: command.env.clone(),
-                cwd: command.cwd.clone(),
-                stdin: command.stdin,
-                timeout_ms: command.timeout.map(|t| t.as_millis() as u64),
-            }),
-        )?;
+    /// Says hello to the agent behind `socket` and starts `command`; gives up at `deadline`
+    /// (or after [`HANDSHAKE_TIME`]) when the agent does not answer, and when the VM ends.
+    pub fn start(
+        socket: &Path,
+        command: &Command,
+        ended: &EventFd,
+        deadline: Option<Instant>,
+    ) -> Result<Session, Error> {
+        let exec = Request::Exec(Exec {
+            argv: command.argv.clone(),
+            env: command.env.clone(),
+            cwd: command.cwd.clone(),
+            stdin: command.stdin,
+            timeout_ms: command.timeout.map(|t| t.as_millis() as u64),
+        });
+        let replies = connect(socket, &[exec], Some(ended), deadline)?;
+        let writer = Arc::new(Mutex::new(
+            replies.stream.try_clone().map_err(Error::Connect)?,
+        ));
         Ok(Session {
             writer,
-            reader,
+            replies,
             started: Instant::now(),
         })
     }
@@ -202,21 +248,14 @@ impl Session {
         extra: &[RawFd],
         deadline: Option<Instant>,
     ) -> Result<Wake, Error> {
+        let mut wake = vec![ended.as_raw_fd()];
+        wake.extend_from_slice(extra);
         loop {
-            // Frames already buffered are read before waiting on the socket again.
-            if self.reader.buffer().is_empty() {
-                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                let mut fds = vec![self.reader.get_ref().as_raw_fd(), ended.as_raw_fd()];
-                fds.extend_from_slice(extra);
-                match first_readable(&fds, left) {
-                    Some(0) => {}
-                    Some(1) => return Err(Error::EndedDuringCommand),
-                    Some(i) => return Ok(Wake::Extra(i - 2)),
-                    None => return Err(Error::NoReport(self.started.elapsed())),
-                }
-            }
-            let Some(reply) = frame::read_reply(&mut self.reader)? else {
-                return Err(Error::EndedDuringCommand);
+            let reply = match self.replies.next(&wake, deadline)? {
+                Next::Reply(reply) => reply,
+                Next::Woken(0) | Next::End => return Err(Error::EndedDuringCommand),
+                Next::Woken(i) => return Ok(Wake::Extra(i - 1)),
+                Next::TimedOut => return Err(Error::NoReport(self.started.elapsed())),
             };
             let event = match reply {
                 Reply::Started { .. } => continue,
@@ -268,11 +307,11 @@ impl Input {
 
 /// The tree of a guest folder as the agent sends it (`Export`): the chunks of its
 /// `contract::tree` stream, for `volume::Volume::copy_back`. It connects on the first call;
-/// every read gives up at the deadline the caller gives, however the guest trickles its bytes.
+/// every wait gives up at the deadline the caller gives, however the guest trickles its bytes.
 pub struct TreeExport {
     socket: PathBuf,
     path: Vec<u8>,
-    conn: Option<BufReader<Timed>>,
+    conn: Option<Replies>,
     done: bool,
 }
 
@@ -286,25 +325,6 @@ impl TreeExport {
             done: false,
         }
     }
-
-    fn connect(&self, deadline: Instant) -> Result<BufReader<Timed>, Error> {
-        let mut stream = hybrid::connect(&self.socket, AGENT_PORT).map_err(Error::Connect)?;
-        let requests = [
-            Request::Hello {
-                version: frame::VERSION,
-            },
-            Request::Export {
-                path: self.path.clone(),
-            },
-        ];
-        for request in &requests {
-            frame::write_request(&mut stream, request)
-                .map_err(|e| Error::Frame(FrameError::Io(e)))?;
-        }
-        let mut reader = BufReader::new(Timed { stream, deadline });
-        read_hello(&mut reader).map_err(past_deadline)?;
-        Ok(reader)
-    }
 }
 
 impl crate::volume::TreeSource for TreeExport {
@@ -312,53 +332,106 @@ impl crate::volume::TreeSource for TreeExport {
         if self.done {
             return Ok(None);
         }
-        let reader = match &mut self.conn {
-            Some(reader) => reader,
-            None => self.conn.insert(self.connect(deadline)?),
+        let replies = match &mut self.conn {
+            Some(replies) => replies,
+            None => {
+                let export = Request::Export {
+                    path: self.path.clone(),
+                };
+                let connected = connect(&self.socket, &[export], None, Some(deadline));
+                self.conn.insert(connected.map_err(|e| match e {
+                    Error::Handshake(_) => Error::Deadline,
+                    e => e,
+                })?)
+            }
         };
-        reader.get_mut().deadline = deadline;
-        match frame::read_reply(reader).map_err(|e| past_deadline(e.into()))? {
-            Some(Reply::TreeData(chunk)) => Ok(Some(chunk)),
-            Some(Reply::TreeEnd) => {
+        match replies.next(&[], Some(deadline))? {
+            Next::Reply(Reply::TreeData(chunk)) => Ok(Some(chunk)),
+            Next::Reply(Reply::TreeEnd) => {
                 self.done = true;
                 Ok(None)
             }
-            Some(Reply::Error {
+            Next::Reply(Reply::Error {
                 kind: ErrorKind::Export,
                 message,
             }) => Err(Error::Export(message)),
-            Some(Reply::Error { message, .. }) => Err(Error::Refused(message)),
-            Some(_) => Err(Error::Unexpected("another message than a folder's tree")),
-            None => Err(Error::Frame(FrameError::Truncated)),
+            Next::Reply(Reply::Error { message, .. }) => Err(Error::Refused(message)),
+            Next::Reply(_) | Next::Woken(_) => {
+                Err(Error::Unexpected("another message than a folder's tree"))
+            }
+            Next::TimedOut => Err(Error::Deadline),
+            Next::End => Err(Error::Frame(FrameError::Truncated)),
         }
     }
 }
 
-/// A read that ran into the deadline is [`Error::Deadline`].
-fn past_deadline(e: Error) -> Error {
-    match &e {
-        Error::Frame(FrameError::Io(io)) if io.kind() == io::ErrorKind::TimedOut => Error::Deadline,
-        _ => e,
-    }
-}
+/// The most bytes one read of the agent's connection takes.
+const READ_CHUNK: usize = 64 << 10;
 
-/// A stream whose every read gives up at `deadline` (`TimedOut`).
-struct Timed {
+/// The agent's replies on one connection, read only when `poll` says there is something to
+/// read and decoded once a frame is whole: a guest that sends part of a frame and stalls holds
+/// up no wait beyond its deadline, nor the other descriptors the caller waits on.
+struct Replies {
     stream: UnixStream,
-    deadline: Instant,
+    /// Bytes read and not yet decoded: at most one frame (its length is checked as soon as
+    /// it has arrived) and one read.
+    buf: Vec<u8>,
+    eof: bool,
 }
 
-impl Read for Timed {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
+/// What [`Replies::next`] found first.
+enum Next {
+    Reply(Reply),
+    /// One of the caller's descriptors (by index) became readable.
+    Woken(usize),
+    /// The deadline passed.
+    TimedOut,
+    /// The connection ended between two frames.
+    End,
+}
+
+impl Replies {
+    fn new(stream: UnixStream) -> Replies {
+        Replies {
+            stream,
+            buf: Vec::new(),
+            eof: false,
         }
-        self.stream.set_read_timeout(Some(left))?;
-        self.stream.read(buf).map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock => io::ErrorKind::TimedOut.into(),
-            _ => e,
-        })
+    }
+
+    /// The next whole reply, unless one of `wake` becomes readable or `deadline` passes first.
+    fn next(&mut self, wake: &[RawFd], deadline: Option<Instant>) -> Result<Next, Error> {
+        let mut fds = vec![self.stream.as_raw_fd()];
+        fds.extend_from_slice(wake);
+        loop {
+            if let Some((reply, used)) = Reply::decode(&self.buf)? {
+                self.buf.drain(..used);
+                return Ok(Next::Reply(reply));
+            }
+            if self.eof {
+                return if self.buf.is_empty() {
+                    Ok(Next::End)
+                } else {
+                    Err(Error::Frame(FrameError::Truncated))
+                };
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match first_readable(&fds, left) {
+                Some(0) => {}
+                Some(i) => return Ok(Next::Woken(i - 1)),
+                None => return Ok(Next::TimedOut),
+            }
+            let at = self.buf.len();
+            self.buf.resize(at + READ_CHUNK, 0);
+            let read = (&self.stream).read(&mut self.buf[at..]);
+            self.buf.truncate(at + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::Frame(FrameError::Io(e))),
+            }
+        }
     }
 }
 
@@ -371,13 +444,13 @@ pub fn exec(
     ended: &EventFd,
     deadline: Option<Duration>,
 ) -> Result<Outcome, Error> {
-    let mut session = Session::start(socket, command)?;
+    let deadline = deadline.map(|d| Instant::now() + d);
+    let mut session = Session::start(socket, command, ended, deadline)?;
     let input = session.input();
     if command.stdin {
         forward_stdin(input.clone());
     }
     let mut signals = SignalForwarder::install()?;
-    let deadline = deadline.map(|d| Instant::now() + d);
     let mut stdout = io::stdout();
     let mut stderr = io::stderr();
     loop {
@@ -485,6 +558,187 @@ mod tests {
     use super::*;
     use crate::test_child;
     use std::os::unix::process::ExitStatusExt;
+
+    /// A whole stdout frame, then the first half of another: its length promises more.
+    fn a_frame_and_a_half() -> Vec<u8> {
+        let frame = Reply::Stdout(b"whole".to_vec()).encode().unwrap();
+        let cut = Reply::Stdout(vec![b'x'; 1000]).encode().unwrap();
+        [frame, cut[..cut.len() / 2].to_vec()].concat()
+    }
+
+    /// `f`'s result, on a thread of its own; fails when it has not returned within 10 s: the
+    /// host must not block on a guest that stalls.
+    fn without_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the host blocked on a guest that sent part of a frame and stalled")
+    }
+
+    /// A session whose agent is `guest`, the other end of a socket pair.
+    fn session() -> (Session, UnixStream) {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let session = Session {
+            writer: Arc::new(Mutex::new(host.try_clone().unwrap())),
+            replies: Replies::new(host),
+            started: Instant::now(),
+        };
+        (session, guest)
+    }
+
+    fn eventfd() -> EventFd {
+        EventFd::new(libc::EFD_NONBLOCK).unwrap()
+    }
+
+    /// Finding: `run --timeout` did not hold when the guest sent part of a frame and stalled:
+    /// the host read the rest of the frame with no deadline.
+    #[test]
+    fn a_frame_cut_short_holds_a_session_no_longer_than_its_deadline() {
+        let (mut session, mut guest) = session();
+        guest.write_all(&a_frame_and_a_half()).unwrap();
+        let (events, took) = without_blocking(move || {
+            let ended = eventfd();
+            let deadline = Some(Instant::now() + Duration::from_millis(300));
+            let first = session.next(&ended, &[], deadline);
+            let started = Instant::now();
+            let second = session.next(&ended, &[], deadline);
+            ((first, second), started.elapsed())
+        });
+        assert!(matches!(events.0, Ok(Wake::Event(Event::Stdout(d))) if d == b"whole"));
+        assert!(
+            matches!(events.1, Err(Error::NoReport(_))),
+            "{:?}",
+            events.1
+        );
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        drop(guest);
+    }
+
+    /// Without a deadline (serve's runners), a frame cut short still lets the VM's end and the
+    /// caller's own descriptors (forwarded signals) through.
+    #[test]
+    fn a_frame_cut_short_lets_the_vms_end_and_signals_through() {
+        let (mut session, mut guest) = session();
+        guest.write_all(&a_frame_and_a_half()).unwrap();
+        let (signal_read, signal_write) = UnixStream::pair().unwrap();
+        let (woken, ended) = without_blocking(move || {
+            let ended = eventfd();
+            let extra = [signal_read.as_raw_fd()];
+            let first = session.next(&ended, &extra, None);
+            (&signal_write).write_all(b"s").unwrap();
+            let woken = session.next(&ended, &extra, None);
+            (&signal_read).read_exact(&mut [0]).unwrap();
+            ended.write(1).unwrap();
+            let after = session.next(&ended, &extra, None);
+            assert!(matches!(first, Ok(Wake::Event(Event::Stdout(_)))));
+            (woken, after)
+        });
+        assert!(matches!(woken, Ok(Wake::Extra(0))), "{woken:?}");
+        assert!(matches!(ended, Err(Error::EndedDuringCommand)), "{ended:?}");
+        drop(guest);
+    }
+
+    /// The rest of the frame, when it comes, is decoded as if it had come at once.
+    #[test]
+    fn a_frame_in_pieces_is_one_reply() {
+        let (mut session, mut guest) = session();
+        let frame = Reply::Exited(3).encode().unwrap();
+        let writer = std::thread::spawn(move || {
+            for byte in frame {
+                guest.write_all(&[byte]).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            guest
+        });
+        let ended = eventfd();
+        let deadline = Some(Instant::now() + Duration::from_secs(10));
+        let event = session.next(&ended, &[], deadline).unwrap();
+        assert!(matches!(
+            event,
+            Wake::Event(Event::Ended(Outcome::Exited(3)))
+        ));
+        drop(writer.join().unwrap());
+        assert!(matches!(
+            session.next(&ended, &[], deadline),
+            Err(Error::EndedDuringCommand)
+        ));
+    }
+
+    /// The agent's hello when ready, cut short: the boot timeout still holds.
+    #[test]
+    fn a_ready_hello_cut_short_holds_no_longer_than_the_boot_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let listener = listen_ready(&socket).unwrap();
+        let mut guest =
+            UnixStream::connect(hybrid::host_listener_path(&socket, READY_PORT)).unwrap();
+        let hello = Reply::Hello {
+            version: frame::VERSION,
+        }
+        .encode()
+        .unwrap();
+        guest.write_all(&hello[..hello.len() - 1]).unwrap();
+        let result =
+            without_blocking(move || wait_ready(&listener, &eventfd(), Duration::from_millis(300)));
+        assert!(matches!(result, Err(Error::NotReady(_))), "{result:?}");
+        drop(guest);
+    }
+
+    /// A fake agent behind the hybrid socket `path`: takes one connection, answers its
+    /// `CONNECT`, sends `answer` and stalls until the host hangs up.
+    fn stalling_agent(path: &Path, answer: Vec<u8>) -> std::thread::JoinHandle<()> {
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            assert_eq!(hybrid::read_line(&mut conn).unwrap(), b"CONNECT 1024");
+            conn.write_all(hybrid::ok_line(1).as_bytes()).unwrap();
+            conn.write_all(&answer).unwrap();
+            let _ = io::copy(&mut conn, &mut io::sink());
+        })
+    }
+
+    /// Saying hello to an agent that answers half a hello: the handshake's deadline holds
+    /// (`run`, `exec`, serve's runners), and so does a copy-back's.
+    #[test]
+    fn a_hello_cut_short_ends_the_handshake_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let hello = Reply::Hello {
+            version: frame::VERSION,
+        }
+        .encode()
+        .unwrap();
+        let half = hello[..hello.len() / 2].to_vec();
+        let socket = dir.path().join("a.sock");
+        let agent = stalling_agent(&socket, half.clone());
+        let command = Command {
+            argv: vec![b"true".to_vec()],
+            env: Vec::new(),
+            cwd: None,
+            stdin: false,
+            timeout: None,
+        };
+        let (result, took) = without_blocking(move || {
+            let started = Instant::now();
+            let deadline = Some(started + Duration::from_millis(300));
+            let result = Session::start(&socket, &command, &eventfd(), deadline).map(drop);
+            (result, started.elapsed())
+        });
+        assert!(matches!(result, Err(Error::Handshake(_))), "{result:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        agent.join().unwrap();
+
+        let socket = dir.path().join("b.sock");
+        let agent = stalling_agent(&socket, [hello, half].concat());
+        let result = without_blocking(move || {
+            let mut export = TreeExport::new(&socket, "/app");
+            let deadline = Instant::now() + Duration::from_millis(300);
+            crate::volume::TreeSource::next_chunk(&mut export, deadline)
+        });
+        assert!(matches!(result, Err(Error::Deadline)), "{result:?}");
+        agent.join().unwrap();
+    }
 
     #[test]
     fn caught_signals_are_queued_for_the_command() {

@@ -137,7 +137,7 @@ impl Sandbox {
 
     /// Starts `command` as a session the caller drives (input, output as it comes).
     pub fn session(&self, command: &Command) -> Result<Session, Error> {
-        Session::start(&self.socket, command).map_err(|e| self.explained(e))
+        Session::start(&self.socket, command, &self.ended, None).map_err(|e| self.explained(e))
     }
 
     /// The tree of the guest folder `path` as its agent sends it: a `:rw` volume's changes,

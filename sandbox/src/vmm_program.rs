@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use vmm::backend::process::VmmProgram;
@@ -56,20 +56,17 @@ fn is_ours(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.len() == VMM.len() as u64)
 }
 
-/// Writes the program at `path`, whole or not at all.
+/// Writes the program at `path`, whole or not at all (through a file of its own: two threads
+/// may install it at once).
 fn install(dir: &Path, path: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".nodeos-vmm.{}", std::process::id()));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o755)
-        .open(&tmp)?;
+    let mut file = tempfile::Builder::new()
+        .prefix(".nodeos-vmm.")
+        .tempfile_in(dir)?;
     file.write_all(VMM)?;
-    file.sync_all()?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
-    fs::rename(&tmp, path)
+    file.as_file().sync_all()?;
+    fs::set_permissions(file.path(), fs::Permissions::from_mode(0o755))?;
+    file.persist(path).map(drop).map_err(|e| e.error)
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //!   `Export`, a `contract::tree` stream); it is unpacked strictly into a scratch folder
 //!   (unpack.rs) and mirrored into the host folder (mirror.rs): files written, created and
 //!   deleted by the guest. The host never reads the image the guest wrote (docs/security.md).
+//!   What is under `.git` stays as the host has it (git would run the hooks and commands a
+//!   guest planted there), unless the volume says `:rw,git`.
 
 mod extents;
 mod folder;
@@ -23,7 +25,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use contract::disks::ROOT_DEVICE;
@@ -32,7 +34,7 @@ use contract::tree::TreePath;
 use vmm::vm::VolumeDisk;
 
 use folder::Folder;
-use mirror::MirrorError;
+use mirror::{Git, GitRefused, MirrorError};
 pub use unpack::{Budget, TreeSource, UnpackError};
 
 /// The guest's user (`node`), who owns every file of a volume inside the guest.
@@ -49,8 +51,11 @@ pub enum Mode {
     /// Writable in the guest, changes thrown away.
     Scratch,
     ReadOnly,
-    /// Changes copied back to the host folder after the run.
-    ReadWrite,
+    /// Changes copied back to the host folder after the run; those under `.git` too when
+    /// `git` (`:rw,git`).
+    ReadWrite {
+        git: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +68,7 @@ pub struct Volume {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("--volume {spec:?}: {why} (expected HOST:GUEST[:ro|:rw], e.g. -v $PWD:/app)")]
+    #[error("--volume {spec:?}: {why} (expected HOST:GUEST[:ro|:rw|:rw,git], e.g. -v $PWD:/app)")]
     Syntax { spec: String, why: &'static str },
     #[error("--volume {spec:?}: the guest cannot mount there")]
     GuestPath {
@@ -117,43 +122,73 @@ pub enum Error {
     },
 }
 
-/// A symlink of the guest's that was not copied back: its target leaves the volume.
+/// A change of the guest's that was not copied back; the rest were.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// Where it would have been on the host.
-    pub path: PathBuf,
-    pub target: String,
-    pub why: &'static str,
+pub enum Refusal {
+    /// A symlink whose target leaves the volume.
+    Symlink {
+        /// Where it would have been on the host.
+        path: PathBuf,
+        target: String,
+        why: &'static str,
+    },
+    /// Changes under `.git` folders (or to `.git` files) of the host folder `host`, whose
+    /// volume is not `:rw,git`: how many, and the first few.
+    Git { host: PathBuf, refused: GitRefused },
 }
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: the guest's symlink to {:?} was not copied back: its target {}; left as it was",
-            self.path.display(),
-            self.target,
-            self.why
-        )
+        match self {
+            Refusal::Symlink { path, target, why } => write!(
+                f,
+                "{}: the guest's symlink to {target:?} was not copied back: its target {why}; \
+                 left as it was",
+                path.display()
+            ),
+            Refusal::Git { host, refused } => {
+                let paths: Vec<String> = refused
+                    .first
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                let more = refused.count - refused.first.len() as u64;
+                let (changes, were) = match refused.count {
+                    1 => ("change".to_string(), "was"),
+                    n => (format!("{n} changes"), "were"),
+                };
+                write!(
+                    f,
+                    "{}: the guest's {changes} under .git {were} not copied back: {}{}; left as \
+                     it was (git would run what a guest puts there; -v HOST:GUEST:rw,git copies \
+                     them)",
+                    host.display(),
+                    paths.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                )
+            }
+        }
     }
 }
 
 impl Volume {
-    /// Parses `HOST:GUEST[:ro|:rw]`; the host folder must exist, the guest path be absolute.
+    /// Parses `HOST:GUEST[:ro|:rw|:rw,git]`; the host folder must exist, the guest path be
+    /// absolute.
     pub fn parse(spec: &str) -> Result<Volume, Error> {
         let bad = |why| Error::Syntax {
             spec: spec.to_string(),
             why,
         };
-        let mut parts: Vec<&str> = spec.split(':').collect();
-        let mode = match parts.last().copied() {
-            Some("ro") if parts.len() == 3 => Mode::ReadOnly,
-            Some("rw") if parts.len() == 3 => Mode::ReadWrite,
-            _ if parts.len() == 2 => Mode::Scratch,
-            _ if parts.len() == 3 => return Err(bad("the mode must be ro or rw")),
+        let parts: Vec<&str> = spec.split(':').collect();
+        let mode = match parts[..] {
+            [_, _] => Mode::Scratch,
+            [_, _, options] => mode(options).map_err(bad)?,
             _ => return Err(bad("HOST and GUEST must not contain ':'")),
         };
-        parts.truncate(2);
         let (host, guest) = (parts[0], parts[1]);
         if host.is_empty() {
             return Err(bad("the host folder is empty"));
@@ -243,8 +278,9 @@ impl Volume {
 
     /// Copies the guest's changes back: unpacks the tree `source` sends into `scratch`, an
     /// empty folder, within `budget`, then mirrors it into the host folder (writes what
-    /// differs, creates what is new, deletes what the guest deleted). Returns the symlinks it
-    /// refused whose place in the host folder holds something else (left as it was).
+    /// differs, creates what is new, deletes what the guest deleted), `.git` entries only when
+    /// the volume is `:rw,git`. Returns the changes it refused: the symlinks whose place in the
+    /// host folder holds something else, and those under `.git` (each left as it was).
     pub fn copy_back(
         &self,
         budget: &Budget,
@@ -267,20 +303,53 @@ impl Volume {
             })?;
         let host = open(&self.host, "opening the volume's host folder")?;
         let keep: HashSet<Vec<u8>> = refused.iter().map(|r| r.path.as_bytes().to_vec()).collect();
-        mirror::mirror(&unpacked, &host, &keep).map_err(|source| Error::CopyBackStopped {
-            host: self.host.clone(),
-            guest: self.guest.clone(),
-            source,
+        let git = match self.mode {
+            Mode::ReadWrite { git: true } => Git::Copied,
+            _ => Git::Protected,
+        };
+        let git_refused = mirror::mirror(&unpacked, &host, &keep, git).map_err(|source| {
+            Error::CopyBackStopped {
+                host: self.host.clone(),
+                guest: self.guest.clone(),
+                source,
+            }
         })?;
-        Ok(refused
+        let mut refusals: Vec<Refusal> = refused
             .into_iter()
             .filter(|r| read_link(&host, &r.path).as_deref() != Some(r.target.as_slice()))
-            .map(|r| Refusal {
+            .map(|r| Refusal::Symlink {
                 path: self.host.join(OsStr::from_bytes(r.path.as_bytes())),
                 target: String::from_utf8_lossy(&r.target).into_owned(),
                 why: r.why,
             })
-            .collect())
+            .collect();
+        if git_refused.count > 0 {
+            refusals.push(Refusal::Git {
+                host: self.host.clone(),
+                refused: git_refused,
+            });
+        }
+        Ok(refusals)
+    }
+}
+
+/// The mode of `-v HOST:GUEST:MODE`: `ro`, `rw`, or `rw,git` (options in any order, docker's
+/// way).
+fn mode(options: &str) -> Result<Mode, &'static str> {
+    let (mut access, mut git) = (None, false);
+    for option in options.split(',') {
+        match option {
+            "ro" | "rw" if access.is_none() => access = Some(option),
+            "git" if !git => git = true,
+            "ro" | "rw" | "git" => return Err("an option is given twice, or both ro and rw"),
+            _ => return Err("the mode must be ro or rw (and git only with rw: rw,git)"),
+        }
+    }
+    match (access, git) {
+        (Some("ro"), false) => Ok(Mode::ReadOnly),
+        (Some("rw"), git) => Ok(Mode::ReadWrite { git }),
+        (Some(_), true) => Err("git is an option of rw volumes only (rw,git)"),
+        _ => Err("the mode must be ro or rw (and git only with rw: rw,git)"),
     }
 }
 
@@ -389,15 +458,32 @@ pub(crate) fn run_tool(mut command: Command, what: String) -> Result<(), Error> 
             what: what.clone(),
             source,
         })?;
+    check_tool(
+        &output,
+        &command.get_program().to_string_lossy(),
+        &[0],
+        what,
+    )
+}
+
+/// Whether the e2fsprogs tool `program` (its name) did `what`, as its `output` says: ended with
+/// one of the `fine` exit statuses, and complained of nothing.
+pub(crate) fn check_tool(
+    output: &Output,
+    program: &str,
+    fine: &[i32],
+    what: String,
+) -> Result<(), Error> {
     // e2fsprogs tools print their banner ("e2fsck 1.47.0 (5-Feb-2023)") on stderr; anything
     // else there is a complaint, even with a status of 0.
-    let banner = format!("{} ", command.get_program().to_string_lossy());
+    let banner = format!("{program} ");
     let stderr = String::from_utf8_lossy(&output.stderr);
     let complaints: Vec<&str> = stderr
         .lines()
         .filter(|l| !l.starts_with(&banner) && !l.trim().is_empty())
         .collect();
-    if !output.status.success() || !complaints.is_empty() {
+    let status_fine = output.status.code().is_some_and(|c| fine.contains(&c));
+    if !status_fine || !complaints.is_empty() {
         return Err(Error::ToolFailed {
             what,
             stderr: if complaints.is_empty() {

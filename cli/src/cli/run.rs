@@ -23,8 +23,10 @@ use super::vm_options::{choose_backend, VmArgs};
 pub struct RunArgs {
     #[command(flatten)]
     vm: VmArgs,
-    /// Mount a host folder: HOST:GUEST[:ro|:rw]. Default: the guest may write, its changes are
-    /// thrown away; ro: read-only; rw: the guest's changes are copied back afterwards.
+    /// Mount a host folder: HOST:GUEST[:ro|:rw|:rw,git]. Default: the guest may write, its
+    /// changes are thrown away; ro: read-only; rw: the guest's changes are copied back
+    /// afterwards, but none under .git (git would run hooks or commands a guest planted there:
+    /// each refusal is said); rw,git: those too.
     #[arg(short, long = "volume", value_name = "HOST:GUEST[:MODE]")]
     volumes: Vec<String>,
     #[command(flatten)]
@@ -133,7 +135,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
 fn copy_back(vm: &Sandbox, volumes: &[Volume], budgets: &[Budget], dir: &Path) -> bool {
     let mut copied = true;
     for (i, (volume, budget)) in volumes.iter().zip(budgets).enumerate() {
-        if volume.mode != Mode::ReadWrite {
+        if !matches!(volume.mode, Mode::ReadWrite { .. }) {
             continue;
         }
         let scratch = dir.join(format!("volume{i}.out"));

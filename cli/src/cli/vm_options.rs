@@ -8,10 +8,10 @@ use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use sandbox::artifacts::{check_kernel, check_rootfs, Artifact, Store};
-use sandbox::users::{UserDisk, Users};
+use sandbox::users::{DiskTools, UserDisk, Users};
 use sandbox::vm_config;
 use vmm::backend::{detect, qemu, Backend};
-use vmm::jail::{self, Jail};
+use vmm::jail::{IdRange, Jail};
 use vmm::vm::{NetSpec, VmConfig};
 
 /// Which machine monitor runs the guest.
@@ -60,12 +60,18 @@ pub struct VmArgs {
 }
 
 impl VmArgs {
-    /// The `--user`'s disk, locked for this VM (created on first use).
+    /// The `--user`'s disk, locked for this VM (created on first use; grown, by e2fsprogs in
+    /// the VMM's jail, when `--disk-size` asks for more).
     pub fn user_disk(&self) -> anyhow::Result<Option<UserDisk>> {
         let Some(name) = &self.user else {
             return Ok(None);
         };
-        Ok(Some(Users::from_env()?.acquire(name, self.disk_size)?))
+        let tools = DiskTools::new(self.jail.jail())?;
+        Ok(Some(Users::from_env()?.acquire(
+            name,
+            self.disk_size,
+            &tools,
+        )?))
     }
 
     /// The VM these options describe, and the `--user`'s disk locked for it: what every
@@ -102,19 +108,18 @@ pub struct JailArgs {
     /// debugging only.
     #[arg(long)]
     pub no_jail: bool,
-    /// The user root's jailed VMM runs as.
-    #[arg(long, value_name = "UID", default_value_t = jail::DEFAULT_UID, value_parser = clap::value_parser!(u32).range(1..))]
-    pub jail_uid: u32,
-    /// The group root's jailed VMM runs as.
-    #[arg(long, value_name = "GID", default_value_t = jail::DEFAULT_GID, value_parser = clap::value_parser!(u32).range(1..))]
-    pub jail_gid: u32,
+    /// As root, each jailed VMM (and disk tool) runs as a uid and gid of its own, the same
+    /// number: the first that no other running jail holds among the 65536 from ID up that the
+    /// host neither names (/etc/passwd, /etc/group) nor delegates (/etc/subuid, /etc/subgid).
+    #[arg(long, value_name = "ID", default_value_t = IdRange::default())]
+    pub jail_id_base: IdRange,
 }
 
 impl JailArgs {
-    /// The jail, unless `--no-jail` is given: as root, one that drops to `--jail-uid` and
-    /// `--jail-gid`; as any other user, that user's own in a user namespace.
+    /// The jail, unless `--no-jail` is given: as root, one whose ids come from
+    /// `--jail-id-base`; as any other user, that user's own in a user namespace.
     pub fn jail(&self) -> Option<Jail> {
-        (!self.no_jail).then(|| Jail::for_this_process(self.jail_uid, self.jail_gid))
+        (!self.no_jail).then(|| Jail::for_this_process(self.jail_id_base))
     }
 
     /// Says loudly on stderr when the VMM will not be confined.

@@ -41,13 +41,14 @@ macro_rules! run_case_tests {
             volume_is_visible_and_host_files_unchanged,
             read_only_and_read_write_volumes,
             rw_volume_copy_back_is_checked,
+            rw_volume_leaves_git_alone,
             npm_test_of_a_node_project,
             no_network_without_net,
             net_reaches_the_host_loopback,
             npm_install_from_the_host_loopback,
             tap_network,
             user_layer_persists_and_is_private,
-            user_disk_full_is_enospc,
+            user_disk_full_is_enospc_and_grows,
             user_vm_killed_keeps_synced_data,
             npm_global_install_is_per_user);
     };

@@ -198,6 +198,34 @@ pub const RUN_CASES: &[RunCase] = &[
         },
     },
     RunCase {
+        name: "rw_volume_leaves_git_alone",
+        script: "mkdir -p $FIXTURE/.git/hooks && printf '[core]\\n' > $FIXTURE/.git/config
+                 for mode in rw rw,git; do
+                   $RUN -v $FIXTURE:/app:$mode -- node -e '
+                     const fs = require(\"fs\");
+                     fs.writeFileSync(\"/app/.git/hooks/pre-commit\", \"touch /tmp/owned\", { mode: 0o755 });
+                     fs.appendFileSync(\"/app/.git/config\", \"\\tpager = sh /app/evil.sh\\n\");
+                     fs.writeFileSync(\"/app/out.txt\", process.argv[1])' $mode
+                   echo \"$mode: status $?\"; ls $FIXTURE/.git/hooks; grep -c pager $FIXTURE/.git/config; cat $FIXTURE/out.txt; echo
+                 done",
+        stdin: "",
+        net: false,
+        root: false,
+        check: |o| {
+            expect(
+                o,
+                0,
+                "rw: status 0\n0\nrw\nrw,git: status 0\npre-commit\n1\nrw,git\n",
+            )?;
+            let refusal = "/node-project: the guest's 2 changes under .git were not copied back: .git/config, .git/hooks/pre-commit; left as it was";
+            if o.stderr.matches(refusal).count() == 1 {
+                Ok(())
+            } else {
+                Err(format!("no {refusal:?} on stderr, once\n{}", explain(o)))
+            }
+        },
+    },
+    RunCase {
         name: "npm_test_of_a_node_project",
         script: "$RUN -v $FIXTURE:/app -w /app -- npm test > out 2>&1; echo \"status $?\"; grep '^# pass\\|^# fail' out
                  $RUN -v $FIXTURE:/app -w /app -e FIXTURE_FAIL=1 -- npm test > out 2>&1; echo \"status $?\"; grep '^# pass\\|^# fail' out",
@@ -278,15 +306,23 @@ pub const RUN_CASES: &[RunCase] = &[
         },
     },
     RunCase {
-        name: "user_disk_full_is_enospc",
+        name: "user_disk_full_is_enospc_and_grows",
         script: "export NODEOS_VM_DATA=$PWD/data
                  $RUN --user dora --disk-size 32M -- node -e 'try { fs.writeFileSync(\"/home/node/big\", Buffer.alloc(64 << 20)) } catch (e) { console.log(e.code) }'
                  echo \"status $?\"
-                 $RUN --user dora -- node -e 'fs.rmSync(\"/home/node/big\", { force: true }); fs.writeFileSync(\"/home/node/small\", \"ok\"); console.log(fs.readFileSync(\"/home/node/small\", \"utf8\"))'",
+                 $RUN --user dora -- node -e 'fs.rmSync(\"/home/node/big\", { force: true }); fs.writeFileSync(\"/home/node/small\", \"ok\"); console.log(fs.readFileSync(\"/home/node/small\", \"utf8\"))'
+                 $RUN --user dora --disk-size 96M -- node -e 'fs.writeFileSync(\"/home/node/big\", Buffer.alloc(64 << 20)); console.log(\"grown\", fs.statSync(\"/home/node/big\").size, fs.readFileSync(\"/home/node/small\", \"utf8\"))'
+                 stat -c %s data/users/dora/disk.ext4",
         stdin: "",
         net: false,
         root: false,
-        check: |o| expect(o, 0, "ENOSPC\nstatus 0\nok\n"),
+        check: |o| {
+            expect(
+                o,
+                0,
+                "ENOSPC\nstatus 0\nok\ngrown 67108864 ok\n100663296\n",
+            )
+        },
     },
     RunCase {
         name: "user_vm_killed_keeps_synced_data",

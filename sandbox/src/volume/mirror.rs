@@ -12,7 +12,12 @@
 //! - modes come from the scratch tree (already masked); an unchanged entry whose mode agrees
 //!   with it under [`MODE_MASK`] keeps its own (a group-writable file stays so);
 //! - FIFOs, sockets and devices of the host folder are left alone, and so are the names in
-//!   `keep` (refused symlinks) and the top's `lost+found`.
+//!   `keep` (refused symlinks) and the top's `lost+found`;
+//! - unless asked to copy them ([`Git::Copied`]), nothing named `.git` (in any case: a folder,
+//!   a file, a symlink, at any depth) is created, changed or removed, nor anything under it:
+//!   git runs what a repository's hooks and config name on the host. What the guest's tree
+//!   would have changed there is counted ([`GitRefused`]) and left as it was; a folder the
+//!   guest removed or replaced keeps the `.git` it holds (and what else is gone, is gone).
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -22,6 +27,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::FileStat;
+use std::fs::File;
 
 use super::extents;
 use super::folder::{Folder, Kind};
@@ -29,6 +35,27 @@ use super::unpack::MODE_MASK;
 
 /// ext4 makes it; no file of the user's.
 const LOST_FOUND: &str = "lost+found";
+/// A git repository's folder (or, in a worktree or submodule, a file naming it).
+const GIT: &str = ".git";
+/// How many of the refused `.git` paths are kept, to be named.
+const GIT_PATHS_NAMED: usize = 5;
+
+/// Whether entries named `.git` are the guest's to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Git {
+    /// Left as they are in the host folder (the default).
+    Protected,
+    /// Mirrored like anything else (`-v HOST:GUEST:rw,git`).
+    Copied,
+}
+
+/// The changes under `.git` that were not made: how many, and the first few (relative to the
+/// host folder).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GitRefused {
+    pub count: u64,
+    pub first: Vec<PathBuf>,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("{what} {}: {source}", .path.display())]
@@ -40,13 +67,28 @@ pub struct MirrorError {
     source: io::Error,
 }
 
-/// Makes `host` hold what `scratch` holds, but for the paths in `keep` (relative, as bytes).
-pub fn mirror(scratch: &Folder, host: &Folder, keep: &HashSet<Vec<u8>>) -> Result<(), MirrorError> {
-    Mirror { keep }.folder(scratch, host, Path::new(""))
+/// Makes `host` hold what `scratch` holds, but for the paths in `keep` (relative, as bytes)
+/// and, unless `git` says they are copied, `.git` entries; returns the changes under `.git`
+/// it did not make.
+pub fn mirror(
+    scratch: &Folder,
+    host: &Folder,
+    keep: &HashSet<Vec<u8>>,
+    git: Git,
+) -> Result<GitRefused, MirrorError> {
+    let mut mirror = Mirror {
+        keep,
+        git,
+        refused: GitRefused::default(),
+    };
+    mirror.folder(scratch, host, Path::new(""))?;
+    Ok(mirror.refused)
 }
 
 struct Mirror<'a> {
     keep: &'a HashSet<Vec<u8>>,
+    git: Git,
+    refused: GitRefused,
 }
 
 /// Adds what was being done, and to what, to an `io::Result`.
@@ -65,10 +107,14 @@ impl<T> Doing<T> for io::Result<T> {
 }
 
 impl Mirror<'_> {
-    fn folder(&self, src: &Folder, dst: &Folder, rel: &Path) -> Result<(), MirrorError> {
+    fn folder(&mut self, src: &Folder, dst: &Folder, rel: &Path) -> Result<(), MirrorError> {
         let names = src.names().doing("listing the scratch copy of", rel)?;
         for name in &names {
             let path = rel.join(name);
+            if self.protects(name) {
+                self.refuse(Some(src), dst, name, &path)?;
+                continue;
+            }
             let st = src
                 .stat(name)
                 .doing("looking at the scratch copy of", &path)?
@@ -77,7 +123,10 @@ impl Mirror<'_> {
             let mut old = dst.stat(name).doing("looking at", &path)?;
             if let Some(o) = &old {
                 if Kind::of(o) != Kind::of(&st) {
-                    dst.remove(name).doing("removing", &path)?;
+                    if !self.remove(dst, name, &path)? {
+                        // A `.git` in it stays: the guest's entry cannot take its place.
+                        continue;
+                    }
                     old = None;
                 }
             }
@@ -97,9 +146,13 @@ impl Mirror<'_> {
             {
                 continue;
             }
+            if self.protects(&name) {
+                self.refuse(None, dst, &name, &path)?;
+                continue;
+            }
             match dst.stat(&name).doing("looking at", &path)? {
                 Some(st) if Kind::of(&st) != Kind::Other => {
-                    dst.remove(&name).doing("removing", &path)?
+                    self.remove(dst, &name, &path)?;
                 }
                 _ => {}
             }
@@ -107,8 +160,102 @@ impl Mirror<'_> {
         Ok(())
     }
 
+    /// Whether `name` is left as the host folder has it.
+    fn protects(&self, name: &OsStr) -> bool {
+        self.git == Git::Protected && name.as_bytes().eq_ignore_ascii_case(GIT.as_bytes())
+    }
+
+    /// Removes `name` from `dst`, but for the `.git` entries it holds, which stay with the
+    /// folders above them (each a refused change). Whether it is gone.
+    fn remove(&mut self, dst: &Folder, name: &OsStr, path: &Path) -> Result<bool, MirrorError> {
+        let is_folder = dst
+            .stat(name)
+            .doing("looking at", path)?
+            .is_some_and(|st| Kind::of(&st) == Kind::Folder);
+        if self.git == Git::Copied || !is_folder {
+            dst.remove(name).doing("removing", path)?;
+            return Ok(true);
+        }
+        let folder = dst.folder(name).doing("opening", path)?;
+        let mut kept = false;
+        for inner in folder.names().doing("listing", path)? {
+            let inner_path = path.join(&inner);
+            if self.protects(&inner) {
+                self.refuse(None, &folder, &inner, &inner_path)?;
+                kept = true;
+            } else if !self.remove(&folder, &inner, &inner_path)? {
+                kept = true;
+            }
+        }
+        if !kept {
+            dst.remove(name).doing("removing", path)?;
+        }
+        Ok(!kept)
+    }
+
+    /// Counts, without making any, the changes the guest's `name` (in `src`; `None`: the guest
+    /// has none) would make to the host folder's (in `dst`), at `path` and below.
+    fn refuse(
+        &mut self,
+        src: Option<&Folder>,
+        dst: &Folder,
+        name: &OsStr,
+        path: &Path,
+    ) -> Result<(), MirrorError> {
+        let new = match src {
+            Some(src) => src
+                .stat(name)
+                .doing("looking at the scratch copy of", path)?,
+            None => None,
+        };
+        let old = dst.stat(name).doing("looking at", path)?;
+        let changed = match (src.zip(new), old) {
+            (None, None) => false,
+            (Some((src, new)), Some(old)) if Kind::of(&new) == Kind::of(&old) => {
+                match Kind::of(&new) {
+                    Kind::Folder => {
+                        let from = src
+                            .folder(name)
+                            .doing("opening the scratch copy of", path)?;
+                        let to = dst.folder(name).doing("opening", path)?;
+                        let mut names = from.names().doing("listing the scratch copy of", path)?;
+                        names.extend(to.names().doing("listing", path)?);
+                        names.sort();
+                        names.dedup();
+                        for inner in names {
+                            self.refuse(Some(&from), &to, &inner, &path.join(&inner))?;
+                        }
+                        old.st_mode & MODE_MASK != new.st_mode & 0o7777
+                    }
+                    Kind::File => {
+                        let from = src
+                            .file(name, false)
+                            .doing("opening the scratch copy of", path)?;
+                        let to = dst.file(name, false).doing("opening", path)?;
+                        unchanged(&from, &to, &new, &old).doing("comparing", path)? != (true, true)
+                    }
+                    Kind::Symlink => {
+                        src.read_link(name)
+                            .doing("reading the scratch copy of", path)?
+                            != dst.read_link(name).doing("reading", path)?
+                    }
+                    // The scratch tree has none.
+                    Kind::Other => false,
+                }
+            }
+            _ => true,
+        };
+        if changed {
+            self.refused.count += 1;
+            if self.refused.first.len() < GIT_PATHS_NAMED {
+                self.refused.first.push(path.to_path_buf());
+            }
+        }
+        Ok(())
+    }
+
     fn subfolder(
-        &self,
+        &mut self,
         src: &Folder,
         dst: &Folder,
         name: &OsStr,
@@ -151,9 +298,7 @@ fn file(
     if let Some(old) = old {
         let in_place = old.st_nlink == 1;
         let to = dst.file(name, in_place).doing("opening", path)?;
-        let same = old.st_size as u64 == size
-            && extents::same(&from, &to, size).doing("comparing", path)?;
-        let same_mode = old.st_mode & MODE_MASK == mode;
+        let (same, same_mode) = unchanged(&from, &to, st, old).doing("comparing", path)?;
         match (same, same_mode, in_place) {
             (true, true, _) => return Ok(()),
             (true, false, true) => {
@@ -173,6 +318,14 @@ fn file(
     }
     let to = dst.create_file(name, mode).doing("creating", path)?;
     extents::copy(&from, &to, size).doing("writing", path)
+}
+
+/// Whether the host's file `to` (`old`) holds the same bytes as the scratch file `from`
+/// (`new`), and whether its mode agrees with the scratch one under [`MODE_MASK`].
+fn unchanged(from: &File, to: &File, new: &FileStat, old: &FileStat) -> io::Result<(bool, bool)> {
+    let size = new.st_size as u64;
+    let same = old.st_size as u64 == size && extents::same(from, to, size)?;
+    Ok((same, old.st_mode & MODE_MASK == new.st_mode & 0o7777))
 }
 
 fn symlink(

@@ -22,14 +22,25 @@ fn specs() {
     );
     assert_eq!(
         Volume::parse(&format!("{host}:/app:rw")).unwrap().mode,
-        Mode::ReadWrite
+        Mode::ReadWrite { git: false }
     );
+    for git in ["rw,git", "git,rw"] {
+        assert_eq!(
+            Volume::parse(&format!("{host}:/app:{git}")).unwrap().mode,
+            Mode::ReadWrite { git: true }
+        );
+    }
     for bad in [
         host.to_string(),
         format!("{host}:app"),
         format!("{host}:/"),
         format!("{host}:/a/../b"),
         format!("{host}:/app:rx"),
+        format!("{host}:/app:git"),
+        format!("{host}:/app:ro,git"),
+        format!("{host}:/app:rw,git,git"),
+        format!("{host}:/app:rw,ro"),
+        format!("{host}:/app:rw,"),
         format!("{host}:/a:b:ro"),
         format!("{host}:/a\0b"),
         ":/app".to_string(),
@@ -593,4 +604,132 @@ fn a_sparse_file_stays_sparse() {
     let f = fs::File::open(s.volume.host.join("sparse")).unwrap();
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, (1 << 30) + 4095).unwrap();
     assert_eq!(byte, [7]);
+}
+
+/// A file record and its data.
+fn file_with(path: &str, mode: u32, data: &[u8]) -> Vec<u8> {
+    [raw::file(path, mode, data.len() as u64), raw::data(0, data)].concat()
+}
+
+/// A `.git` as it is: its tree when it is a folder, its bytes when it is a file.
+fn git_state(path: &Path) -> (Vec<(String, String)>, Option<Vec<u8>>) {
+    if path.is_dir() {
+        (tree(path, &[]), None)
+    } else {
+        (Vec::new(), fs::read(path).ok())
+    }
+}
+
+/// What a guest with a `:rw` volume could do to the next `git` the user runs on the host: a
+/// hook, a config that names a program (core.fsmonitor, core.pager), a `.git` file pointing
+/// elsewhere, a repository of its own, a repository removed.
+fn git_setup(options: &str) -> (Setup, Vec<u8>) {
+    let s = Setup::new();
+    let host = &s.volume.host;
+    fs::create_dir_all(host.join(".git/hooks")).unwrap();
+    fs::write(host.join(".git/config"), "[core]\n").unwrap();
+    fs::write(host.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+    fs::write(host.join(".git/hooks/pre-commit.sample"), "#!/bin/sh\n").unwrap();
+    fs::create_dir_all(host.join("sub")).unwrap();
+    fs::write(host.join("sub/.git"), "gitdir: ../.git/modules/sub\n").unwrap();
+    fs::create_dir_all(host.join("gone/.git")).unwrap();
+    fs::write(host.join("gone/.git/config"), "[core]\n").unwrap();
+    fs::write(host.join("gone/other"), "other").unwrap();
+    let volume = Volume::parse(&format!("{}:/app:{options}", host.display())).unwrap();
+    let s = Setup { volume, ..s };
+    let stream = [
+        raw::dir(".git", 0o755),
+        file_with(".git/HEAD", 0o644, b"ref: refs/heads/main\n"),
+        file_with(
+            ".git/config",
+            0o644,
+            b"[core]\n\tfsmonitor = /app/evil.sh\n\n",
+        ),
+        raw::dir(".git/hooks", 0o755),
+        file_with(".git/hooks/post-checkout", 0o755, b"#!/bin/sh\n"),
+        file_with(".git/hooks/pre-commit.sample", 0o644, b"#!/bin/sh\n"),
+        raw::dir("nested", 0o755),
+        raw::dir("nested/.git", 0o755),
+        file_with("nested/.git/config", 0o644, b"[core]\n"),
+        file_with("out.txt", 0o644, b"out"),
+        file_with("package.json", 0o644, b"new"),
+        raw::dir("src", 0o755),
+        file_with("src/a.js", 0o644, b"a"),
+        raw::dir("sub", 0o755),
+        file_with("sub/.git", 0o644, b"gitdir: /etc\n"),
+        raw::END.to_vec(),
+    ]
+    .concat();
+    (s, stream)
+}
+
+/// Finding: a guest could plant `.git/hooks/*` or `.git/config` through `:rw`, run by the
+/// host's git next time. By default nothing named `.git` changes, one line says what was
+/// refused, and the rest of the guest's changes are copied back.
+#[test]
+fn changes_under_git_are_refused_and_said_the_rest_copied() {
+    let (s, stream) = git_setup("rw");
+    let host = &s.volume.host;
+    let gits = [".git", "sub/.git", "gone/.git"].map(|g| host.join(g));
+    let before: Vec<_> = gits.iter().map(|g| git_state(g)).collect();
+    let refused = s.copy_back(&stream, &Setup::budget()).unwrap();
+    let lines: Vec<String> = refused.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [format!(
+            "{}: the guest's 5 changes under .git were not copied back: .git/config, \
+             .git/hooks/post-checkout, nested/.git, sub/.git, gone/.git; left as it was (git \
+             would run what a guest puts there; -v HOST:GUEST:rw,git copies them)",
+            host.display()
+        )]
+    );
+    let after: Vec<_> = gits.iter().map(|g| git_state(g)).collect();
+    assert_eq!(after, before, "every .git as it was");
+    assert!(!host.join(".git/hooks/post-checkout").exists());
+    assert_eq!(
+        tree(host, &[&host.join(".git"), &host.join("gone/.git")]),
+        [
+            ("gone".into(), "dir 755".into()),
+            ("nested".into(), "dir 755".into()),
+            ("out.txt".into(), "644 out".into()),
+            ("package.json".into(), "644 new".into()),
+            ("src".into(), "dir 755".into()),
+            ("src/a.js".into(), "644 a".into()),
+            ("sub".into(), "dir 755".into()),
+            (
+                "sub/.git".into(),
+                "644 gitdir: ../.git/modules/sub\n".into()
+            ),
+        ],
+        "the rest is the guest's: gone/other removed, out.txt new, package.json rewritten"
+    );
+    assert_eq!(fs::read_to_string(&s.canary).unwrap(), "canary");
+
+    // The host's own tree sent back as it is: nothing refused, nothing said.
+    let same = s.copy_back(&stream_of(host), &Setup::budget()).unwrap();
+    assert_eq!(same, []);
+    assert_eq!(
+        gits.iter().map(|g| git_state(g)).collect::<Vec<_>>(),
+        before
+    );
+}
+
+/// `-v HOST:GUEST:rw,git`: the user lets the guest change its repositories.
+#[test]
+fn rw_git_copies_changes_under_git() {
+    let (s, stream) = git_setup("rw,git");
+    let host = &s.volume.host;
+    let refused = s.copy_back(&stream, &Setup::budget()).unwrap();
+    assert_eq!(refused, []);
+    assert_eq!(
+        fs::read_to_string(host.join(".git/config")).unwrap(),
+        "[core]\n\tfsmonitor = /app/evil.sh\n\n"
+    );
+    assert!(host.join(".git/hooks/post-checkout").is_file());
+    assert!(host.join("nested/.git/config").is_file());
+    assert_eq!(
+        fs::read_to_string(host.join("sub/.git")).unwrap(),
+        "gitdir: /etc\n"
+    );
+    assert!(!host.join("gone").exists());
 }

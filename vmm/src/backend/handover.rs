@@ -4,6 +4,8 @@
 
 use std::io;
 use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
 
 /// The most descriptors one child is handed.
 pub const MAX_MOVES: usize = 32;
@@ -42,4 +44,20 @@ pub fn hand_over(
         }
     }
     Ok(())
+}
+
+/// Starts `command`, handing it `moves` (below `first_free`) and putting it in the cgroup whose
+/// `cgroup.procs` is open as `cgroup_procs` ([`hand_over`]).
+pub fn spawn(
+    mut command: Command,
+    moves: &[(RawFd, RawFd)],
+    first_free: RawFd,
+    cgroup_procs: Option<RawFd>,
+) -> io::Result<Child> {
+    let moves = moves.to_vec();
+    // SAFETY: hand_over only calls async-signal-safe functions (prctl, write, fcntl, dup2) on
+    // descriptors that are open in the child, inherited from us. Among them, the
+    // parent-death signal: the child must not outlive the thread that started it.
+    unsafe { command.pre_exec(move || hand_over(&moves, first_free, cgroup_procs)) };
+    command.spawn()
 }

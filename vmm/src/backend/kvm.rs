@@ -37,7 +37,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{self, Vsock};
 use crate::devices::virtio::{worker, VirtioDevice};
 use crate::devices::Lifecycle;
-use crate::jail::{self, Jail};
+use crate::jail::{self, Identity};
 use crate::kvm::control::{EndGuard, RunState, TransitionError};
 use crate::kvm::vcpu::{self, RunError};
 use crate::kvm::{self, Vcpu, Vm, VmControl};
@@ -285,11 +285,11 @@ impl Vmm<Built> {
         })
     }
 
-    /// Drops the process's privileges to `jail`'s (crate::jail): once the VM is built, since
-    /// building it opens what the jailed user could not, and before any of its threads starts,
-    /// since they inherit the process's credentials.
-    pub fn confine(self, jail: &Jail) -> Result<Vmm<Built>, Error> {
-        jail::drop_privileges(jail)?;
+    /// Drops the process's privileges to `identity`'s (crate::jail): once the VM is built,
+    /// since building it opens what the jailed user could not, and before any of its threads
+    /// starts, since they inherit the process's credentials.
+    pub fn confine(self, identity: &Identity) -> Result<Vmm<Built>, Error> {
+        jail::drop_privileges(identity)?;
         Ok(self)
     }
 

@@ -9,7 +9,7 @@ use contract::params::AgentTransport;
 use crate::vm::{ConfigError, ConsoleIo, RunReport, StopSignal, VmConfig};
 
 pub mod detect;
-mod handover;
+pub(crate) mod handover;
 pub mod kvm;
 pub mod process;
 pub mod qemu;
@@ -53,7 +53,7 @@ impl Backend {
         Ok(match self {
             Backend::Kvm { jail, vmm } => process::run(vmm, spec, console, stop, *jail)?,
             Backend::Qemu { accel, jail, vmm } => {
-                let jailed = jail.map(|jail| qemu::Jailed { jail, helper: vmm });
+                let jailed = jail.map(|jail| process::Jailed { jail, helper: vmm });
                 qemu::run(spec, console, *accel, stop, jailed)?
             }
         })

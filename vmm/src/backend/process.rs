@@ -24,7 +24,6 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
@@ -168,6 +167,14 @@ impl VmmProgram {
     }
 }
 
+/// How a program we start is confined: the jail, and the program that is its helper
+/// (`nodeos-vmm exec`, crate::jail::exec).
+#[derive(Debug, Clone, Copy)]
+pub struct Jailed<'a> {
+    pub jail: Jail,
+    pub helper: &'a VmmProgram,
+}
+
 /// Boots `spec` in a VMM process started from `program`, jailed when `jail` is given, and
 /// waits until it ends.
 pub fn run(
@@ -220,13 +227,10 @@ pub fn run(
         .stdin(Stdio::from(console.input))
         .stdout(Stdio::from(console.output))
         .stderr(Stdio::from(stderr_write));
-    // SAFETY: hand_over only calls async-signal-safe functions (prctl, write, fcntl, dup2) on
-    // descriptors that are open in the child, inherited from us.
-    unsafe { command.pre_exec(move || handover::hand_over(&moves, FIRST_FREE_FD, cgroup_procs)) };
-    let child = command.spawn();
+    let child = handover::spawn(command, &moves, FIRST_FREE_FD, cgroup_procs);
     // Our copies of the child's ends: its end of each pipe and of the connector must be the
     // only one.
-    drop((command, request_read, status_write, agent_device));
+    drop((request_read, status_write, agent_device));
     let mut child = child.map_err(|source| Error::Spawn {
         exe: program.exe.clone(),
         source,
@@ -386,7 +390,7 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
     };
     let mut vmm = Vmm::build(&spec, console, net.map(HostEnd::given), agent)?;
     if let Some(j) = &request.jail {
-        vmm = vmm.confine(&j.jail)?;
+        vmm = vmm.confine(&j.identity)?;
     }
     let vmm = vmm.start(&stop)?;
     // This thread is the process's own: filtered too, once the VM's threads run (they would

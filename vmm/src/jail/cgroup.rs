@@ -30,14 +30,15 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// The cgroup `id` for a VM of `cpus` vCPUs and `memory_mib` of RAM, with `allowance_mib`
-    /// for the VMM itself; `None` (said at info level) when cgroup v2 is not writable here.
-    pub fn create(id: &str, cpus: u8, memory_mib: u32, allowance_mib: u64) -> Option<Cgroup> {
+    /// The cgroup `id` for a jailed process of `cpus` CPUs and `memory_mib` of memory (a VM's
+    /// RAM and the VMM's allowance); `None` (said at info level) when cgroup v2 is not
+    /// writable here.
+    pub fn create(id: &str, cpus: u8, memory_mib: u64) -> Option<Cgroup> {
         if !is_cgroup2(Path::new(ROOT)) {
             tracing::info!("{ROOT} is not a cgroup2 mount: the VMM runs without a cgroup");
             return None;
         }
-        match Cgroup::try_create(id, cpus, memory_mib, allowance_mib) {
+        match Cgroup::try_create(id, cpus, memory_mib) {
             Ok(cgroup) => Some(cgroup),
             Err(e) => {
                 tracing::info!("the VMM runs without a cgroup: {e}");
@@ -46,7 +47,7 @@ impl Cgroup {
         }
     }
 
-    fn try_create(id: &str, cpus: u8, memory_mib: u32, allowance_mib: u64) -> io::Result<Cgroup> {
+    fn try_create(id: &str, cpus: u8, memory_mib: u64) -> io::Result<Cgroup> {
         let root = Path::new(ROOT);
         let group = root.join(GROUP);
         match fs::create_dir(&group) {
@@ -61,10 +62,7 @@ impl Cgroup {
         fs::create_dir(&path).map_err(|e| at(&path, e))?;
         let limits = [
             ("cpu.max", cpu_max(cpus)),
-            (
-                "memory.max",
-                memory_max(memory_mib, allowance_mib).to_string(),
-            ),
+            ("memory.max", (memory_mib << 20).to_string()),
         ];
         let opened = limits
             .iter()
@@ -103,10 +101,6 @@ fn cpu_max(cpus: u8) -> String {
     format!("{} {CPU_PERIOD_US}", u64::from(cpus) * CPU_PERIOD_US)
 }
 
-fn memory_max(memory_mib: u32, allowance_mib: u64) -> u64 {
-    (u64::from(memory_mib) + allowance_mib) << 20
-}
-
 fn is_cgroup2(path: &Path) -> bool {
     let Ok(c) = super::c_path(path) else {
         return false;
@@ -140,10 +134,5 @@ mod tests {
     fn limits() {
         assert_eq!(cpu_max(1), "100000 100000");
         assert_eq!(cpu_max(4), "400000 100000");
-        assert_eq!(
-            memory_max(512, VMM_MEMORY_ALLOWANCE_MIB),
-            (512 + VMM_MEMORY_ALLOWANCE_MIB) << 20
-        );
-        assert_eq!(memory_max(512, QEMU_MEMORY_ALLOWANCE_MIB), 1024 << 20);
     }
 }

@@ -2,7 +2,8 @@
 //! VMM does — limits, namespaces, its root, Landlock, privileges given up — and then executes
 //! the program, which can no longer gain any privilege (`no_new_privs`) and finds only its
 //! jail. QEMU runs this way (crate::backend::qemu): its own `-runas` would change users after
-//! its seccomp filter, which forbids it.
+//! its seccomp filter, which forbids it; and so do the host's tools that read what a guest
+//! wrote (crate::tool: e2fsck, resize2fs).
 //!
 //! The helper's descriptors: 0, 1 and 2 are the program's; 3 ([`REQUEST_FD`]) the [`Exec`]
 //! request, JSON, read to its end; 4 ([`STATUS_FD`]) its status, closed on exec: a line saying
@@ -12,10 +13,10 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command};
 
 use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,8 @@ pub struct Exec {
     /// The program, by its path in the jail, and its arguments (the first is its name).
     pub program: PathBuf,
     pub args: Vec<OsString>,
+    /// Its whole environment.
+    pub env: Vec<(OsString, OsString)>,
     /// The program's descriptors end here: from [`FIRST_PROGRAM_FD`] up to this one.
     pub fds_end: RawFd,
 }
@@ -51,32 +54,34 @@ pub enum Error {
     Failed { program: PathBuf, said: String },
 }
 
-/// The parent's ends of a helper's pipes, and the helper's, to hand over as [`REQUEST_FD`] and
-/// [`STATUS_FD`].
-pub struct Pipes {
-    pub request: OwnedFd,
-    pub status: OwnedFd,
-    pub helper_request: OwnedFd,
-    pub helper_status: OwnedFd,
-}
-
-impl Pipes {
-    pub fn new() -> Result<Pipes, Error> {
-        let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Pipe(e.into()));
-        let (helper_request, request) = pipe()?;
-        let (status, helper_status) = pipe()?;
-        Ok(Pipes {
-            request,
-            status,
-            helper_request,
-            helper_status,
-        })
+/// In the parent: starts the helper with `spawn`, which must hand it the descriptors of the
+/// moves (from, to) it is given (the program's, `moves`, and the helper's request and status
+/// pipes), sends it `exec` and waits until the program runs, or the helper says why it does
+/// not (then it is killed). The helper, whose program runs.
+pub fn start_helper<E: From<Error>>(
+    exec: &Exec,
+    moves: &[(RawFd, RawFd)],
+    spawn: impl FnOnce(&[(RawFd, RawFd)]) -> Result<Child, E>,
+) -> Result<Child, E> {
+    let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Pipe(e.into()));
+    let (helper_request, request) = pipe()?;
+    let (status, helper_status) = pipe()?;
+    let mut moves = moves.to_vec();
+    moves.push((helper_request.as_raw_fd(), REQUEST_FD));
+    moves.push((helper_status.as_raw_fd(), STATUS_FD));
+    let mut child = spawn(&moves)?;
+    // The helper's ends must be the helper's alone: its status ends when it executes.
+    drop((helper_request, helper_status));
+    if let Err(e) = send(request, status, exec) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e.into());
     }
+    Ok(child)
 }
 
-/// In the parent, once the helper started (and the helper's ends of `pipes` are dropped): sends
-/// `exec` and waits until the program runs, or the helper says why it does not.
-pub fn start(request: OwnedFd, status: OwnedFd, exec: &Exec) -> Result<(), Error> {
+/// Sends `exec` to the helper and waits until the program runs, or the helper says why not.
+fn send(request: OwnedFd, status: OwnedFd, exec: &Exec) -> Result<(), Error> {
     // A helper that died before reading it fails the write; its status says more.
     let _ = serde_json::to_writer(File::from(request), exec);
     let mut said = String::new();
@@ -112,12 +117,12 @@ fn run() -> Result<std::convert::Infallible, String> {
     close_inherited_fds(exec.fds_end).map_err(|e| crate::error_chain::one_line(&e))?;
     enter_with(&exec.jail, &exec.entries, || Ok(()))
         .map_err(|e| crate::error_chain::one_line(&e))?;
-    drop_privileges(&exec.jail.jail).map_err(|e| crate::error_chain::one_line(&e))?;
+    drop_privileges(&exec.jail.identity).map_err(|e| crate::error_chain::one_line(&e))?;
     let mut args = exec.args.iter();
     let mut command = Command::new(&exec.program);
     if let Some(name) = args.next() {
         command.arg0(name);
     }
-    let e = command.args(args).env_clear().exec();
+    let e = command.args(args).env_clear().envs(exec.env.clone()).exec();
     Err(format!("executing {}: {e}", exec.program.display()))
 }

@@ -76,10 +76,27 @@ pub fn for_vm(spec: &VmSpec) -> (Vec<Entry>, VmSpec) {
     (entries, jailed)
 }
 
+/// What `program` (a host path) needs to run in a jail: the host's programs and libraries
+/// ([`programs`]) and, when it is installed elsewhere, its own folder first.
+pub fn programs_for(program: &Path) -> Vec<Entry> {
+    let programs = programs();
+    let covered = |folder: &Path| {
+        programs.iter().any(|e| match e {
+            Entry::Bind { target, .. } | Entry::Link { target, .. } => folder.starts_with(target),
+        })
+    };
+    let mut entries = Vec::new();
+    if let Some(folder) = program.parent().filter(|f| !covered(f)) {
+        entries.push(Entry::bind(folder, folder, Access::Programs));
+    }
+    entries.extend(programs);
+    entries
+}
+
 /// The host's programs and libraries, read-only, for a program the jail starts (QEMU): `/usr`,
 /// and `/bin`, `/sbin`, `/lib`, `/lib64` as links where they are links on the host (a merged
 /// `/usr`), bound in where they are folders.
-pub fn programs() -> Vec<Entry> {
+fn programs() -> Vec<Entry> {
     let mut entries = vec![Entry::bind("/usr", "/usr", Access::Programs)];
     for top in ["/bin", "/sbin", "/lib", "/lib64"] {
         let path = Path::new(top);

@@ -1,6 +1,7 @@
 //! A jail for the VMM process, in the spirit of Firecracker's jailer (docs/security.md), for
-//! every user: root's VMM becomes an unprivileged user ([`Jail::Root`]), any other user's keeps
-//! that user in a user namespace of its own ([`Jail::User`]).
+//! every user: root's VMM becomes an unprivileged user of its own, taken from a range for as
+//! long as its jail lives ([`Jail::Root`], [`ids`]), any other user's keeps that user in a user
+//! namespace of its own ([`Jail::User`]).
 //!
 //! The VMM process, while still single-threaded, after closing every descriptor it was not
 //! given:
@@ -28,6 +29,7 @@
 
 pub mod cgroup;
 pub mod exec;
+pub mod ids;
 mod landlock;
 pub mod layout;
 mod limits;
@@ -48,36 +50,43 @@ use serde::{Deserialize, Serialize};
 use crate::runtime;
 use crate::vm::VmSpec;
 
+pub use ids::IdRange;
 use layout::Entry;
 pub use limits::Limits;
 pub use privileges::{close_inherited_fds, drop_privileges};
 
-/// `nobody` and `nogroup` on Debian: the default user and group of root's jailed VMM.
-pub const DEFAULT_UID: u32 = 65534;
-pub const DEFAULT_GID: u32 = 65534;
-
 /// Whose jail it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Jail {
-    /// nodeos-vm runs as root: the VMM becomes `uid` and `gid` (never 0) once its VM is built.
-    Root { uid: u32, gid: u32 },
-    /// nodeos-vm runs as another user: the VMM's namespaces belong to a user namespace of its
-    /// own that maps only that user's uid and gid, and it gives up every capability it has
-    /// there once its VM is built.
+    /// nodeos-vm runs as root: each jail takes a uid and gid of its own from `ids` (never 0),
+    /// which its process becomes once what it opens as root is open.
+    Root { ids: IdRange },
+    /// nodeos-vm runs as another user: the jail's namespaces belong to a user namespace of its
+    /// own that maps only that user's uid and gid, and its process gives up every capability
+    /// it has there once what it opens is open.
     User,
 }
 
 impl Jail {
-    /// The jail of a VMM this process starts: as root, one that drops to `uid` and `gid`; as
-    /// anyone else, [`Jail::User`].
-    pub fn for_this_process(uid: u32, gid: u32) -> Jail {
+    /// The jail of a process this one starts: as root, one whose user and group come from
+    /// `ids`; as anyone else, [`Jail::User`].
+    pub fn for_this_process(ids: IdRange) -> Jail {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
-            Jail::Root { uid, gid }
+            Jail::Root { ids }
         } else {
             Jail::User
         }
     }
+}
+
+/// Who a jailed process is, as its request says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Identity {
+    /// Root's jail: the process becomes `uid` and `gid` (never 0), its jail's own.
+    Root { uid: u32, gid: u32 },
+    /// [`Jail::User`].
+    User,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +99,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Runtime(#[from] runtime::Error),
+    #[error(transparent)]
+    Ids(#[from] ids::Error),
 }
 
 /// An error of `step`, from errno.
@@ -120,21 +131,22 @@ fn c_path(path: &Path) -> Result<CString, Error> {
 const BUSY_TRIES: u32 = 100;
 const BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// What the jailed process is told: whose jail, where, and its limits.
+/// What the jailed process is told: who it is, where its jail is, and its limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
-    pub jail: Jail,
+    pub identity: Identity,
     /// The jail's folder, made by the parent.
     dir: PathBuf,
     limits: Limits,
 }
 
-/// The host's side of one jail: its folder (a mount point, seen empty from the host) and its
-/// cgroup, both removed when dropped.
+/// The host's side of one jail: its folder (a mount point, seen empty from the host), its
+/// cgroup, both removed when dropped, and as root the uid and gid it took, free again then.
 #[derive(Debug)]
 pub struct HostSide {
     request: Request,
     cgroup: Option<cgroup::Cgroup>,
+    _id: Option<ids::TakenId>,
 }
 
 impl HostSide {
@@ -149,15 +161,35 @@ impl HostSide {
         allowance_mib: u64,
     ) -> Result<HostSide, Error> {
         let limits = Limits::for_vm(spec, console_output)?;
+        let memory_mib = u64::from(spec.memory_mib) + allowance_mib;
+        HostSide::new(jail, limits, spec.cpus, memory_mib)
+    }
+
+    /// Makes a jail folder in the runtime folder for a process with `limits`, and its cgroup
+    /// of `cpus` and `memory_mib` when cgroup v2 is writable here; as root, takes its user.
+    pub fn new(jail: Jail, limits: Limits, cpus: u8, memory_mib: u64) -> Result<HostSide, Error> {
+        let (identity, taken) = match jail {
+            Jail::Root { ids } => {
+                let taken = ids.take()?;
+                let id = taken.id();
+                (Identity::Root { uid: id, gid: id }, Some(taken))
+            }
+            Jail::User => (Identity::User, None),
+        };
         let dir = runtime::scratch_dir("jail")?.keep();
-        let id = dir
+        let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let cgroup = cgroup::Cgroup::create(&id, spec.cpus, spec.memory_mib, allowance_mib);
+        let cgroup = cgroup::Cgroup::create(&name, cpus, memory_mib);
         Ok(HostSide {
-            request: Request { jail, dir, limits },
+            request: Request {
+                identity,
+                dir,
+                limits,
+            },
             cgroup,
+            _id: taken,
         })
     }
 
@@ -215,12 +247,12 @@ fn enter_with(
     keep: impl FnOnce() -> io::Result<()>,
 ) -> Result<(), Error> {
     limits::apply(&request.limits)?;
-    namespaces::unshare(&request.jail)?;
+    namespaces::unshare(&request.identity)?;
     namespaces::fork_pid1()?;
     keep().map_err(|source| Error::Step {
         step: "opening /proc/self/smaps before entering the jail".into(),
         source,
     })?;
-    root::build(&request.jail, &request.dir, entries)?;
+    root::build(&request.identity, &request.dir, entries)?;
     landlock::restrict(entries)
 }

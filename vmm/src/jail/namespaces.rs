@@ -1,12 +1,12 @@
 //! Fresh namespaces for the jailed process: mount, IPC, UTS and network for the process itself,
 //! and a PID namespace, which only its children enter: so it forks once, and the child is the
-//! jailed process. For a jail of an unprivileged user ([`Jail::User`]) they all belong to a new
+//! jailed process. For a jail of an unprivileged user ([`Identity::User`]) they all belong to a new
 //! user namespace, which maps only that user's own uid and gid: the process may mount and pivot
 //! there, and nothing it does there reaches anything but what its namespaces hold.
 
 use std::io::Write;
 
-use super::{check, last_error, Error, Jail};
+use super::{check, last_error, Error, Identity};
 
 const NAMESPACES: libc::c_int = libc::CLONE_NEWNS
     | libc::CLONE_NEWIPC
@@ -23,15 +23,15 @@ const USERNS_OFF: &str = "are unprivileged user namespaces allowed? (sysctl \
     kernel.apparmor_restrict_unprivileged_userns); run as root, or with --no-jail to run the VMM \
     without any confinement";
 
-pub(super) fn unshare(jail: &Jail) -> Result<(), Error> {
-    match jail {
-        Jail::Root { .. } => {
+pub(super) fn unshare(identity: &Identity) -> Result<(), Error> {
+    match identity {
+        Identity::Root { .. } => {
             // SAFETY: unshare takes flags only.
             check(unsafe { libc::unshare(NAMESPACES) }, || {
                 "unsharing the mount, IPC, UTS, network and PID namespaces".into()
             })?
         }
-        Jail::User => {
+        Identity::User => {
             // SAFETY: the id getters have no preconditions.
             let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
             // SAFETY: unshare takes flags only.

@@ -6,7 +6,7 @@
 
 use std::os::fd::RawFd;
 
-use super::{check, Error, Jail};
+use super::{check, Error, Identity};
 
 /// Closes every descriptor from `first` up: the process keeps only those it was given below it.
 pub fn close_inherited_fds(first: RawFd) -> Result<(), Error> {
@@ -18,13 +18,13 @@ pub fn close_inherited_fds(first: RawFd) -> Result<(), Error> {
     })
 }
 
-/// Gives up for good what `jail` says, with no new privileges, still dying with the parent.
-pub fn drop_privileges(jail: &Jail) -> Result<(), Error> {
+/// Gives up for good what `identity` says, with no new privileges, still dying with the parent.
+pub fn drop_privileges(identity: &Identity) -> Result<(), Error> {
     // Nothing executed later can gain a capability: none is left in the bounding set.
     drop_bounding_set()?;
-    match *jail {
-        Jail::Root { uid, gid } => become_user(uid, gid)?,
-        Jail::User => drop_capabilities()?,
+    match *identity {
+        Identity::Root { uid, gid } => become_user(uid, gid)?,
+        Identity::User => drop_capabilities()?,
     }
     // SAFETY: prctl with integer arguments.
     unsafe {

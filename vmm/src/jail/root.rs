@@ -7,13 +7,13 @@ use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::layout::{Access, Entry};
-use super::{c_path, check, Error, Jail};
+use super::{c_path, check, Error, Identity};
 
 /// The tmpfs holds only mount points, folders for them and links.
 const TMPFS_OPTIONS: &str = "mode=0755,size=64k,nr_inodes=64";
 
 /// Builds the jail on `dir` with `entries`, and makes it the root.
-pub(super) fn build(jail: &Jail, dir: &Path, entries: &[Entry]) -> Result<(), Error> {
+pub(super) fn build(identity: &Identity, dir: &Path, entries: &[Entry]) -> Result<(), Error> {
     // No mount of ours may propagate to the host's namespace.
     mount(
         None,
@@ -24,7 +24,7 @@ pub(super) fn build(jail: &Jail, dir: &Path, entries: &[Entry]) -> Result<(), Er
     )?;
     // As root, device nodes are made on the tmpfs itself: it cannot be `nodev`.
     let mut flags = libc::MS_NOSUID | libc::MS_NOEXEC;
-    if !matches!(jail, Jail::Root { .. }) {
+    if !matches!(identity, Identity::Root { .. }) {
         flags |= libc::MS_NODEV;
     }
     mount(
@@ -42,8 +42,8 @@ pub(super) fn build(jail: &Jail, dir: &Path, entries: &[Entry]) -> Result<(), Er
                 access,
             } => {
                 let at = inside(dir, target)?;
-                match (access, jail) {
-                    (Access::Device, Jail::Root { uid, gid }) => {
+                match (access, identity) {
+                    (Access::Device, Identity::Root { uid, gid }) => {
                         make_node(source, &at, *uid, *gid)?
                     }
                     _ => {

@@ -25,9 +25,13 @@ const PROBE_ENV: &str = "NODEOS_VM_JAIL_PROBE";
 const PROBE_TEST: &str = "jail::tests::probe";
 /// Marks the probe's report among the test harness's own lines.
 const SEEN: &str = "SEEN ";
-const ROOT_JAIL: Jail = Jail::Root {
-    uid: DEFAULT_UID,
-    gid: DEFAULT_GID,
+/// `nobody` and `nogroup`: the ids the probes of root's jail become (root's jails take theirs
+/// from a range, crate::jail::ids; here the ids are given), and the user an unprivileged probe
+/// runs as when the tests run as root.
+const NOBODY: u32 = 65534;
+const ROOT_JAIL: Identity = Identity::Root {
+    uid: NOBODY,
+    gid: NOBODY,
 };
 /// The size of the writable disk: the most the jailed process may write to a file.
 const VOLUME_BYTES: u64 = 1 << 20;
@@ -148,7 +152,7 @@ fn jailed_probe(probe: ProbeRequest) {
     let writable = |path: &Path| fs::OpenOptions::new().write(true).open(path).is_ok();
     let volume = spec.disks().find(|d| !d.read_only).unwrap().path.clone();
     let (kernel_writable, volume_writable) = (writable(&spec.kernel), writable(&volume));
-    drop_privileges(&probe.request.jail).unwrap();
+    drop_privileges(&probe.request.identity).unwrap();
 
     // SAFETY: the id getters and prctl take no pointers; fcntl probes descriptor numbers.
     let (ids, pid, no_new_privs, fds) = unsafe {
@@ -307,10 +311,10 @@ impl Setup {
         setup
     }
 
-    fn probe_request(&self, jail: Jail) -> ProbeRequest {
+    fn probe_request(&self, identity: Identity) -> ProbeRequest {
         ProbeRequest {
             request: Request {
-                jail,
+                identity,
                 dir: self.dir.clone(),
                 limits: Limits::for_vm(&self.spec, console_pipe().as_fd()).unwrap(),
             },
@@ -464,7 +468,7 @@ fn a_jailed_process_sees_only_its_jail() {
     let setup = Setup::new(None);
     let exe = std::env::current_exe().unwrap();
     let probe = Probe::start(&exe, &setup.probe_request(ROOT_JAIL), None);
-    check_jail(&probe, &setup.dir, (DEFAULT_UID, DEFAULT_GID), false);
+    check_jail(&probe, &setup.dir, (NOBODY, NOBODY), false);
     assert_eq!(probe.proc_line("status", "Groups:"), [] as [String; 0]);
     check_users_things_out_of_reach(&probe.seen, &setup);
     probe.finish();
@@ -476,7 +480,7 @@ fn a_jailed_process_sees_only_its_jail() {
 #[test]
 fn an_unprivileged_users_jailed_process_sees_only_its_jail() {
     let user = if is_root() {
-        (DEFAULT_UID, DEFAULT_GID)
+        (NOBODY, NOBODY)
     } else {
         // SAFETY: the id getters have no preconditions.
         unsafe { (libc::getuid(), libc::getgid()) }
@@ -488,7 +492,7 @@ fn an_unprivileged_users_jailed_process_sees_only_its_jail() {
     fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
     let probe = Probe::start(
         &exe,
-        &setup.probe_request(Jail::User),
+        &setup.probe_request(Identity::User),
         is_root().then_some(user),
     );
     check_jail(&probe, &setup.dir, user, true);
@@ -535,7 +539,7 @@ fn where_pivot_root_is_refused_the_jail_moves_its_root_over_slash() {
     let made = unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o600, rdev) };
     assert_eq!(made, 0);
     let probe = Probe::start(&exe, &request, None);
-    check_jail(&probe, &setup.dir, (DEFAULT_UID, DEFAULT_GID), false);
+    check_jail(&probe, &setup.dir, (NOBODY, NOBODY), false);
     check_users_things_out_of_reach(&probe.seen, &setup);
     probe.finish();
 }

@@ -30,11 +30,16 @@ fn dirs() -> Dirs {
 
 impl Dirs {
     fn mirror(&self, keep: &[&str]) -> Result<(), MirrorError> {
+        self.mirror_git(keep, Git::Copied).map(drop)
+    }
+
+    fn mirror_git(&self, keep: &[&str], git: Git) -> Result<GitRefused, MirrorError> {
         let keep = keep.iter().map(|k| k.as_bytes().to_vec()).collect();
         mirror(
             &Folder::open(&self.scratch).unwrap(),
             &Folder::open(&self.host).unwrap(),
             &keep,
+            git,
         )
     }
 
@@ -145,4 +150,34 @@ fn special_files_lost_found_and_kept_paths_stay() {
     assert_eq!(fs::read_to_string(d.host.join("sub/kept")).unwrap(), "host");
     // Only the top's lost+found is ext4's.
     assert!(!d.host.join("sub").join(LOST_FOUND).exists());
+}
+
+/// A folder the guest replaced by a file, or removed, keeps the `.git` it holds; what else it
+/// held goes. `.GIT` is a `.git` too (a case-insensitive host folder).
+#[test]
+fn a_folder_holding_git_keeps_it_when_the_guest_replaces_or_removes_it() {
+    let d = dirs();
+    for repo in ["replaced", "removed/deep"] {
+        fs::create_dir_all(d.host.join(repo).join(".git")).unwrap();
+        fs::write(d.host.join(repo).join(".git/HEAD"), "ref").unwrap();
+        fs::write(d.host.join(repo).join("x"), "x").unwrap();
+    }
+    fs::create_dir_all(d.host.join("upper/.GIT")).unwrap();
+    fs::write(d.scratch.join("replaced"), "a file now").unwrap();
+    fs::create_dir(d.scratch.join("upper")).unwrap();
+    let refused = d.mirror_git(&[], Git::Protected).unwrap();
+    let paths: Vec<_> = refused
+        .first
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(paths, ["replaced/.git", "upper/.GIT", "removed/deep/.git"]);
+    assert_eq!(refused.count, 3);
+    for repo in ["replaced", "removed/deep"] {
+        let repo = d.host.join(repo);
+        assert_eq!(fs::read_to_string(repo.join(".git/HEAD")).unwrap(), "ref");
+        assert!(!repo.join("x").exists(), "the rest went");
+    }
+    assert!(d.host.join("upper/.GIT").is_dir());
+    d.outside_unchanged();
 }

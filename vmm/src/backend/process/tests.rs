@@ -50,7 +50,7 @@ fn this_test_binary() -> VmmProgram {
 
 /// The jail of whoever runs these tests.
 fn jail() -> Option<Jail> {
-    Some(Jail::for_this_process(jail::DEFAULT_UID, jail::DEFAULT_GID))
+    Some(Jail::for_this_process(jail::IdRange::default()))
 }
 
 /// As nodeos-vm runs it: every thread of the VMM process filtered, its main thread too.

@@ -4,14 +4,14 @@
 //! uses KVM, and the host's programs and libraries (read-only), which QEMU needs to start; its
 //! disks, sockets and network are descriptors.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 use std::process::Child;
 
 use super::args::{self, Fds, Handed};
 use super::{spawn, Accel, Jailed, QemuError, QEMU};
 use crate::jail::cgroup::QEMU_MEMORY_ALLOWANCE_MIB;
-use crate::jail::exec::{self, Exec, Pipes, HELPER_ARG, REQUEST_FD, STATUS_FD};
+use crate::jail::exec::{self, Exec, HELPER_ARG};
 use crate::jail::layout::{self, Access, Entry, KVM_DEVICE};
 use crate::jail::HostSide;
 use crate::vm::VmSpec;
@@ -29,18 +29,7 @@ pub fn entries(qemu: &Path, kernel: &Path, accel: Accel) -> Vec<Entry> {
     if accel == Accel::Kvm {
         entries.push(Entry::bind(KVM_DEVICE, KVM_DEVICE, Access::Device));
     }
-    let programs = layout::programs();
-    // A QEMU installed elsewhere than the host's programs: its folder too.
-    let folder = qemu.parent().map(PathBuf::from);
-    let covered = |folder: &Path| {
-        programs.iter().any(|e| match e {
-            Entry::Bind { target, .. } | Entry::Link { target, .. } => folder.starts_with(target),
-        })
-    };
-    if let Some(folder) = folder.filter(|f| !covered(f)) {
-        entries.push(Entry::bind(&folder, &folder, Access::Programs));
-    }
-    entries.extend(programs);
+    entries.extend(layout::programs_for(qemu));
     entries
 }
 
@@ -58,22 +47,6 @@ pub fn start(
 ) -> Result<(Child, HostSide), QemuError> {
     let console = stdio.1.as_fd();
     let host = HostSide::prepare(jailed.jail, spec, console, QEMU_MEMORY_ALLOWANCE_MIB)?;
-    let pipes = Pipes::new()?;
-    let mut moves = handed.moves().to_vec();
-    moves.push((pipes.helper_request.as_raw_fd(), REQUEST_FD));
-    moves.push((pipes.helper_status.as_raw_fd(), STATUS_FD));
-    let mut command = jailed.helper.command();
-    command.arg(HELPER_ARG);
-    let cgroup = host.cgroup().map(|c| c.procs_fd());
-    let mut child = spawn(command, &moves, handed.end(), cgroup, stdio)?;
-    let Pipes {
-        request,
-        status,
-        helper_request,
-        helper_status,
-    } = pipes;
-    // The helper's ends must be the helper's alone: its status ends when it executes QEMU.
-    drop((helper_request, helper_status));
     let mut qemu_args = vec![QEMU.into()];
     qemu_args.extend(args::args(spec, accel, KERNEL.as_ref(), fds));
     let exec = Exec {
@@ -81,13 +54,15 @@ pub fn start(
         entries: entries(qemu, &spec.kernel, accel),
         program: qemu.to_path_buf(),
         args: qemu_args,
+        env: Vec::new(),
         fds_end: handed.end(),
     };
-    if let Err(e) = exec::start(request, status, &exec) {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(e.into());
-    }
+    let mut command = jailed.helper.command();
+    command.arg(HELPER_ARG);
+    let cgroup = host.cgroup().map(|c| c.procs_fd());
+    let child = exec::start_helper(&exec, handed.moves(), |moves| {
+        spawn(command, moves, handed.end(), cgroup, stdio)
+    })?;
     Ok((child, host))
 }
 

@@ -14,7 +14,6 @@ use std::fs::OpenOptions;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -25,10 +24,10 @@ use contract::ports::{CONSOLE_READY, INIT_STARTED};
 use self::agent::AgentMux;
 use self::args::{Fds, Handed};
 use super::handover::{self, MAX_MOVES};
-use super::process::VmmProgram;
+use super::process::Jailed;
 use crate::devices::virtio::net::{self, HostEnd, StderrThread};
+use crate::jail as jails;
 use crate::jail::exec::{self, FIRST_PROGRAM_FD};
-use crate::jail::{self as jails, Jail};
 use crate::vm::{ConsoleIo, RunReport, StopSignal, VmExit, VmSpec};
 
 pub(super) const QEMU: &str = "qemu-system-x86_64";
@@ -66,12 +65,6 @@ pub enum QemuError {
     Wait(#[source] io::Error),
     #[error("{QEMU} failed (exit status {status}): {stderr}")]
     Failed { status: String, stderr: String },
-}
-
-/// How QEMU is confined: the jail, and the program that is its helper (`nodeos-vmm`).
-pub struct Jailed<'a> {
-    pub jail: Jail,
-    pub helper: &'a VmmProgram,
 }
 
 /// Boots `spec` under QEMU, in a jail when `jailed` is given, and waits for the VM to end.
@@ -187,7 +180,8 @@ pub fn run(
 
 /// Starts `command` (QEMU, or the jail's helper) on the console, its stderr piped, handing it
 /// `moves` (below `first_free`) and putting it in the cgroup whose `cgroup.procs` is open as
-/// `cgroup_procs`.
+/// `cgroup_procs`. QEMU must not outlive nodeos-vm, however nodeos-vm ends: it gets the
+/// parent-death signal.
 pub(super) fn spawn(
     mut command: Command,
     moves: &[(std::os::fd::RawFd, std::os::fd::RawFd)],
@@ -198,16 +192,11 @@ pub(super) fn spawn(
     if moves.len() > MAX_MOVES {
         return Err(QemuError::TooManyDescriptors(moves.len()));
     }
-    let moves = moves.to_vec();
     command
         .stdin(Stdio::from(input))
         .stdout(Stdio::from(output))
         .stderr(Stdio::piped());
-    // SAFETY: hand_over only calls async-signal-safe functions (prctl, write, fcntl, dup2) on
-    // descriptors that are open in the child, inherited from us. Among them, the
-    // parent-death signal: QEMU must not outlive nodeos-vm, however nodeos-vm ends.
-    unsafe { command.pre_exec(move || handover::hand_over(&moves, first_free, cgroup_procs)) };
-    command.spawn().map_err(QemuError::Spawn)
+    handover::spawn(command, moves, first_free, cgroup_procs).map_err(QemuError::Spawn)
 }
 
 /// Kills QEMU when the host asks the VM to stop.
