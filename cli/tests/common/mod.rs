@@ -43,7 +43,7 @@ macro_rules! run_case_tests {
             rw_volume_copy_back_is_checked,
             npm_test_of_a_node_project,
             no_network_without_net,
-            net_reaches_the_host_loopback,
+            host_loopback_is_opt_in,
             npm_install_from_the_host_loopback,
             tap_network,
             user_layer_persists_and_is_private,

@@ -294,7 +294,7 @@ mod tests {
         };
         c.shell = Shell::Nsh;
         c.agent_socket = Some("/run/agent.sock".into());
-        c.net = Some(NetSpec::User);
+        c.net = Some(NetSpec::USER);
         c.env = vec![EnvVar::new("npm_config_registry", "http://10.0.2.2:4873/").unwrap()];
         c.cmdline_extra = " loglevel=7 ".into();
         let spec = c.spec(AgentTransport::Vsock).unwrap();
@@ -302,7 +302,7 @@ mod tests {
             spec.agent_socket(),
             Some(std::path::Path::new("/run/agent.sock"))
         );
-        assert_eq!(spec.net(), Some(&NetSpec::User));
+        assert_eq!(spec.net(), Some(&NetSpec::USER));
         assert!(spec.cmdline.ends_with(" loglevel=7"));
         let p = params(&spec);
         assert_eq!(
