@@ -4,6 +4,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
+use contract::env::EnvVar;
 use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
 use libfuzzer_sys::fuzz_target;
 
@@ -28,6 +29,8 @@ enum Req {
     StdinEof,
     Signal(i32),
     Poweroff,
+    /// The entries the checked constructor accepts.
+    Env(Vec<(String, String)>),
 }
 
 impl From<Req> for Request {
@@ -51,6 +54,11 @@ impl From<Req> for Request {
             Req::StdinEof => Request::StdinEof,
             Req::Signal(s) => Request::Signal(s),
             Req::Poweroff => Request::Poweroff,
+            Req::Env(env) => Request::Env(
+                env.into_iter()
+                    .filter_map(|(name, value)| EnvVar::new(name, value).ok())
+                    .collect(),
+            ),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The host side of the guest agent (docs/agent-protocol.md): waiting for it to say it is
-//! ready, running commands through it (a [`Session`] the caller drives, or [`exec`], which
+//! ready and answering with the guest's environment (which never goes on the kernel command
+//! line: contract::env), running commands through it (a [`Session`] the caller drives, or [`exec`], which
 //! streams a command's output to ours), and receiving a folder's tree ([`TreeExport`]).
 //!
 //! It speaks to the VM's agent socket, which is the same hybrid-vsock Unix socket on both
@@ -11,6 +12,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -19,8 +21,10 @@ use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
 use vmm::poll::first_readable;
 
+use contract::env::EnvVar;
 use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
 use contract::{hybrid, AGENT_PORT, READY_PORT};
+use vmm::vm::StopSignal;
 use vmm_sys_util::eventfd::EventFd;
 
 /// What to run in the guest.
@@ -80,6 +84,10 @@ pub enum Error {
     Deadline,
     #[error("the guest agent could not send the folder: {0}")]
     Export(String),
+    #[error("starting the thread that answers the guest agent's hello")]
+    Handshake(#[source] io::Error),
+    #[error("the thread that answers the guest agent's hello panicked")]
+    HandshakePanicked,
 }
 
 /// Listens where the agent says it is ready: `<socket>_1025`.
@@ -89,11 +97,13 @@ pub fn listen_ready(socket: &Path) -> Result<UnixListener, Error> {
     UnixListener::bind(&path).map_err(|source| Error::Listen { path, source })
 }
 
-/// Waits until the agent connects to `listener` and says hello, the VM ends, or `timeout`.
+/// Waits until the agent connects to `listener` and says hello, the VM ends, or `timeout`;
+/// answers the agent with the guest's environment, `env`.
 pub fn wait_ready(
     listener: &UnixListener,
     ended: &EventFd,
     timeout: Duration,
+    env: &[EnvVar],
 ) -> Result<(), Error> {
     match first_readable(&[listener.as_raw_fd(), ended.as_raw_fd()], Some(timeout)) {
         Some(0) => {}
@@ -102,9 +112,55 @@ pub fn wait_ready(
     }
     let (mut conn, _) = listener.accept().map_err(Error::Connect)?;
     match frame::read_reply(&mut conn)? {
-        Some(Reply::Hello { version }) => check_version(version),
-        Some(_) => Err(Error::Unexpected("another message than hello when ready")),
-        None => Err(Error::Frame(FrameError::Truncated)),
+        Some(Reply::Hello { version }) => check_version(version)?,
+        Some(_) => return Err(Error::Unexpected("another message than hello when ready")),
+        None => return Err(Error::Frame(FrameError::Truncated)),
+    }
+    frame::write_request(&mut conn, &Request::Env(env.to_vec())).map_err(FrameError::Io)?;
+    Ok(())
+}
+
+/// The agent's ready handshake on a thread of its own, for a VM whose agent nothing else
+/// talks to: `start`'s shell gets the guest's environment through it. The VM is stopped when
+/// the agent does not say it is ready in time (its shell would wait for ever).
+pub struct Handshake {
+    thread: JoinHandle<Result<(), Error>>,
+    vm_ended: EventFd,
+}
+
+impl Handshake {
+    /// Listens on `socket`'s ready port now, before the VM boots, and answers with `env`.
+    pub fn spawn(
+        socket: &Path,
+        env: Vec<EnvVar>,
+        timeout: Duration,
+        stop: StopSignal,
+    ) -> Result<Handshake, Error> {
+        let listener = listen_ready(socket)?;
+        let vm_ended = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Handshake)?;
+        let ended = vm_ended.try_clone().map_err(Error::Handshake)?;
+        let thread = thread::Builder::new()
+            .name("agent-ready".into())
+            .spawn(move || {
+                let answered = wait_ready(&listener, &ended, timeout, &env);
+                if answered.is_err() {
+                    stop.stop();
+                }
+                answered
+            })
+            .map_err(Error::Handshake)?;
+        Ok(Handshake { thread, vm_ended })
+    }
+
+    /// Once the VM has ended: whether the agent got its answer. A VM that ended before its
+    /// agent was ready is not this handshake's failure (how the VM ended says why).
+    pub fn finish(self) -> Result<(), Error> {
+        let _ = self.vm_ended.write(1);
+        match self.thread.join() {
+            Ok(Ok(()) | Err(Error::EndedBeforeReady)) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::HandshakePanicked),
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use contract::params::EnvVar;
+use contract::env::EnvVar;
 use vmm::vm::NetSpec;
 
 /// The host's registry, for the guest.

@@ -44,6 +44,7 @@ macro_rules! run_case_tests {
             npm_test_of_a_node_project,
             no_network_without_net,
             host_loopback_is_opt_in,
+            guest_env_is_not_on_the_kernel_command_line,
             npm_install_from_the_host_loopback,
             tap_network,
             user_layer_persists_and_is_private,

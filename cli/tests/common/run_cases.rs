@@ -238,6 +238,25 @@ pub const RUN_CASES: &[RunCase] = &[
         check: |o| expect(o, 0, &format!("ECONNREFUSED at once\n{HELLO}\n{HELLO}\n")),
     },
     RunCase {
+        name: "guest_env_is_not_on_the_kernel_command_line",
+        script: "export npm_config_registry=http://me:s3cret@127.0.0.1:${WEB#*:}/ XDG_RUNTIME_DIR=$PWD/run; mkdir -p run
+                 SHOW='console.log(String(process.env.npm_config_registry).replace(/:[0-9]+[/]/, \":PORT/\"),
+                   require(\"fs\").readFileSync(\"/proc/cmdline\", \"utf8\").includes(\"s3cret\") ? \"on /proc/cmdline\" : \"not on /proc/cmdline\")'
+                 $RUN --net -- node -e \"$SHOW\"
+                 VM=${RUN%% run *}
+                 echo \"$SHOW\" | $VM start ${RUN#* run} --net
+                 id=$($VM start ${RUN#* run} --net --detach) || exit 1
+                 $VM exec $id -- node -e \"$SHOW\"; $VM stop $id >/dev/null",
+        stdin: "",
+        net: true,
+        root: false,
+        check: |o| {
+            let seen = "http://me:s3cret@10.0.2.2:PORT/ not on /proc/cmdline\n";
+            // run's command, the REPL (and the value of its line), a detached VM's exec.
+            expect(o, 0, &format!("{seen}{seen}undefined\n{seen}"))
+        },
+    },
+    RunCase {
         name: "npm_install_from_the_host_loopback",
         script: "$RUN --net user,host-loopback -w /home/node -- sh -c \"npm install --no-audit --no-fund --loglevel=error http://10.0.2.2:${WEB#*:}/greeter.tgz > /dev/null && node -e 'console.log(require(\\\"greeter\\\")(\\\"npm\\\"))'\"",
         stdin: "",
