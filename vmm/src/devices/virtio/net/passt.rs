@@ -45,6 +45,12 @@ pub enum Error {
     Socket(#[source] io::Error),
     #[error("cannot start {PASST}")]
     Spawn(#[source] io::Error),
+    #[error("cannot start the {name} thread that serves {PASST}")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A running passt, killed and reaped when dropped.
@@ -172,25 +178,31 @@ pub fn spawn(
     let process = Process { child, stderr_tail };
     // Drained all along, so that passt never blocks on a full pipe.
     thread::Builder::new()
-        .name("passt-stderr".into())
+        .name(ThreadKind::PasstStderr.name().into())
         .spawn(move || {
             helpers.filter(ThreadKind::PasstStderr);
             keep_tail(stderr, &tail)
         })
-        .map_err(Error::Spawn)?;
+        .map_err(|source| Error::Thread {
+            name: ThreadKind::PasstStderr.name(),
+            source,
+        })?;
     let vm = Stream::new(relay_end, None).map_err(Error::Socket)?;
     let passt = Stream::new(ours, None).map_err(Error::Socket)?;
     let guard = Guard::new(host_loopback.clone());
     // It ends when either side closes: the VM's link, or passt (killed with the Process).
     thread::Builder::new()
-        .name("passt-relay".into())
+        .name(ThreadKind::PasstRelay.name().into())
         .spawn(move || {
             helpers.filter(ThreadKind::PasstRelay);
             if let Err(e) = relay(vm, passt, &guard) {
                 tracing::debug!("passt relay: {e}");
             }
         })
-        .map_err(Error::Spawn)?;
+        .map_err(|source| Error::Thread {
+            name: ThreadKind::PasstRelay.name(),
+            source,
+        })?;
     Ok((vm_end, process))
 }
 
