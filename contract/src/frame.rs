@@ -12,10 +12,11 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 use crate::codec::{DecodeError, Decoder, Encoder};
+use crate::env::EnvVar;
 use crate::status;
 
 /// The protocol version both sides say in their `Hello`.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Largest payload of any frame (the type byte not counted).
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Largest `Stdin`, `Stdout`, `Stderr` or `TreeData` chunk.
@@ -42,6 +43,10 @@ pub enum Request {
     /// Send the tree of this guest folder (once per connection, after `Hello`), as
     /// `TreeData` chunks of a [`crate::tree`] stream and `TreeEnd`.
     Export { path: Vec<u8> },
+    /// The guest's environment (possibly none): the host's answer to the agent's `Hello` on
+    /// the ready connection, and nowhere else. Added to the base environment of every command
+    /// and of the shell PID 1 runs.
+    Env(Vec<EnvVar>),
 }
 
 /// What to run, and how.
@@ -211,6 +216,7 @@ mod kind {
     pub const SIGNAL: u8 = 0x05;
     pub const POWEROFF: u8 = 0x06;
     pub const EXPORT: u8 = 0x07;
+    pub const ENV: u8 = 0x08;
 
     pub const R_HELLO: u8 = 0x81;
     pub const STARTED: u8 = 0x82;
@@ -257,6 +263,11 @@ impl Request {
                 out.put_bytes(path);
                 kind::EXPORT
             }
+            Request::Env(env) => {
+                let entries: Vec<Vec<u8>> = env.iter().map(EnvVar::entry).collect();
+                put_list(&mut out, &entries);
+                kind::ENV
+            }
         };
         finish_frame(out, kind)
     }
@@ -286,6 +297,16 @@ impl Request {
                 kind::EXPORT => Request::Export {
                     path: d.bytes("path", MAX_PAYLOAD)?.to_vec(),
                 },
+                kind::ENV => Request::Env(
+                    list(d, "env")?
+                        .iter()
+                        .map(|entry| EnvVar::parse(entry))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| DecodeError::Invalid {
+                            field: "env",
+                            why: e.to_string(),
+                        })?,
+                ),
                 _ => return Ok(None),
             }))
         })?;
@@ -588,6 +609,11 @@ mod tests {
             Request::Export {
                 path: b"/app".to_vec(),
             },
+            Request::Env(vec![
+                EnvVar::new("npm_config_registry", "http://me:pw@10.0.2.2:4873/").unwrap(),
+                EnvVar::new("EMPTY", "").unwrap(),
+            ]),
+            Request::Env(Vec::new()),
         ]
     }
 
@@ -706,7 +732,16 @@ mod tests {
     fn malformed_frames_are_errors() {
         let bad_requests: Vec<Vec<u8>> = vec![
             frame(0x00, &[]),
-            frame(0x08, &[]),
+            frame(0x09, &[]),
+            frame(kind::ENV, &[]),
+            // one entry without `=`, one with a name the guest refuses
+            frame(
+                kind::ENV,
+                &[
+                    1, 0, 0, 0, 7, 0, 0, 0, b'N', b'O', b'V', b'A', b'L', b'U', b'E',
+                ],
+            ),
+            frame(kind::ENV, &[1, 0, 0, 0, 3, 0, 0, 0, b'1', b'=', b'x']),
             frame(kind::EXPORT, &[]),
             frame(kind::EXPORT, &[5, 0, 0, 0, b'/']),
             frame(kind::R_HELLO, &1u32.to_le_bytes()), // a reply type read as a request

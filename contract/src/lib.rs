@@ -5,7 +5,7 @@
 //! - [`params`]: the `nodeos.*` kernel parameters, as a typed [`params::GuestParams`] the host
 //!   writes and the guest parses, with the guest's checks on both sides.
 //! - [`disks`]: which `/dev/vdX` each virtio-blk disk is (root image, upper layer, volumes).
-//! - [`net`]: the addresses of user-mode networking (guest, gateway = host loopback, DNS).
+//! - [`net`]: the addresses of user-mode networking (guest, gateway, DNS).
 //! - [`ports`]: the exit and boot-timer I/O ports and the bytes written to them.
 //! - [`status`]: the exit statuses both sides give a meaning (boot failure, timeout, ...).
 //!
@@ -13,8 +13,9 @@
 //! - [`hybrid`]: Firecracker's hybrid vsock handshake over a Unix socket (`CONNECT <port>\n` /
 //!   `OK <host_port>\n`), spoken by our VMM's vsock device and by the channel multiplexer.
 //! - [`frame`]: the agent protocol itself: the host's requests (`Hello`, `Exec`, stdin,
-//!   signals, `Poweroff`, `Export`) and the agent's replies (output, exit status, a folder's
-//!   tree, errors), as length-prefixed frames with every bound checked.
+//!   signals, `Poweroff`, `Export`, the guest's environment) and the agent's replies (output,
+//!   exit status, a folder's tree, errors), as length-prefixed frames with every bound checked.
+//! - [`env`]: the guest's environment entries, checked, which travel in the ready handshake.
 //! - [`tree`]: the stream a folder's tree travels in (`Export`, for `:rw` volumes): folders,
 //!   files as their data extents, symlinks, checked as it is decoded.
 //! - [`mux`]: the channel multiplexer, which offers the same hybrid-vsock interface at both
@@ -27,10 +28,12 @@
 //! guest's own spawn protocol.
 //!
 //! The agent's ready handshake: once it listens on [`AGENT_PORT`], the agent connects to host
-//! port [`READY_PORT`], sends [`frame::Reply::Hello`] and closes.
+//! port [`READY_PORT`] and sends [`frame::Reply::Hello`]; the host answers with the guest's
+//! environment, [`frame::Request::Env`].
 
 pub mod codec;
 pub mod disks;
+pub mod env;
 pub mod frame;
 pub mod hybrid;
 pub mod mux;
@@ -47,7 +50,8 @@ pub const GUEST_CID: u32 = 3;
 pub const HOST_CID: u32 = 2;
 /// The guest agent listens here.
 pub const AGENT_PORT: u32 = 1024;
-/// The host listens here (`<uds>_1025`); the agent connects once it is ready and says hello.
+/// The host listens here (`<uds>_1025`); the agent connects once it is ready and says hello,
+/// and the host answers with the guest's environment.
 pub const READY_PORT: u32 = 1025;
 /// Name of the virtio-serial port that carries the multiplexed link where there is no vsock
 /// (the QEMU backend on hosts without vhost-vsock).

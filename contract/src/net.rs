@@ -10,8 +10,9 @@ use crate::params::NetConfig;
 pub const GUEST_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 /// The prefix length of the guest's network (10.0.2.0/24).
 pub const PREFIX: u8 = 24;
-/// The default gateway, which is also the host's loopback as seen from the guest: a host
-/// service on 127.0.0.1:PORT is 10.0.2.2:PORT in the guest.
+/// The default gateway, which is also the host's loopback as seen from the guest where the
+/// user opened it (`--net user,host-loopback`): a host service on 127.0.0.1:PORT is then
+/// 10.0.2.2:PORT in the guest.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 /// The DNS forwarder the guest's /etc/resolv.conf names.
 pub const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);

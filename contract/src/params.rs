@@ -3,7 +3,7 @@
 //!
 //! The host builds a [`GuestParams`] and writes it with `Display`; the guest reads
 //! /proc/cmdline with [`GuestParams::parse`]. Both sides go through the same checks: the
-//! constructors ([`Upper::disk`], [`Volume::new`], [`EnvVar::new`]) and
+//! constructors ([`Upper::disk`], [`Volume::new`]) and
 //! [`GuestParams::validate`] reject exactly what the guest's parser would, so a host bug shows
 //! on the host, not as a guest that fails to boot.
 
@@ -135,27 +135,6 @@ impl NetConfig {
     }
 }
 
-/// An environment entry for the guest's shell and the agent's commands (`nodeos.env`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnvVar {
-    /// A shell variable name: `[A-Za-z_][A-Za-z0-9_]*`.
-    pub name: String,
-    /// Any text without a NUL byte.
-    pub value: String,
-}
-
-impl EnvVar {
-    /// An entry, checked as the guest checks it.
-    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Result<EnvVar, ParamError> {
-        let var = EnvVar {
-            name: name.into(),
-            value: value.into(),
-        };
-        Param::Env(&var).check()?;
-        Ok(var)
-    }
-}
-
 /// All the `nodeos.*` parameters, with the contract's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestParams {
@@ -171,9 +150,6 @@ pub struct GuestParams {
     pub volumes: Vec<Volume>,
     /// Only loopback when absent.
     pub net: Option<NetConfig>,
-    /// Added to the environment of the shell and of the agent's commands, replacing the
-    /// defaults of the same name.
-    pub env: Vec<EnvVar>,
 }
 
 impl Default for GuestParams {
@@ -187,7 +163,6 @@ impl Default for GuestParams {
             agent: None,
             volumes: Vec::new(),
             net: None,
-            env: Vec::new(),
         }
     }
 }
@@ -270,7 +245,6 @@ impl GuestParams {
             }
             "vol" => self.volumes.push(parse_volume(value)?),
             "net" => self.net = Some(parse_net(value)?),
-            "env" => self.env.push(parse_env(value)?),
             _ => {}
         }
         Ok(())
@@ -294,7 +268,6 @@ impl GuestParams {
         params.extend(self.agent.map(Param::Agent));
         params.extend(self.volumes.iter().map(Param::Vol));
         params.extend(self.net.as_ref().map(Param::Net));
-        params.extend(self.env.iter().map(Param::Env));
         params
     }
 }
@@ -323,7 +296,6 @@ enum Param<'a> {
     Agent(AgentTransport),
     Vol(&'a Volume),
     Net(&'a NetConfig),
-    Env(&'a EnvVar),
 }
 
 impl Param<'_> {
@@ -336,7 +308,6 @@ impl Param<'_> {
                 check_volume_device(&volume.device).and(check_mount_point(&volume.mount_point))
             }
             Param::Net(net) => check_prefix(net.prefix),
-            Param::Env(var) => check_env_name(&var.name).and(check_env_value(&var.value)),
             Param::Console(_) | Param::Upper(Upper::Tmpfs) | Param::Shell(_) | Param::Agent(_) => {
                 Ok(())
             }
@@ -369,12 +340,6 @@ impl fmt::Display for Param<'_> {
                 f,
                 "nodeos.net={}/{},{},{}",
                 n.address, n.prefix, n.gateway, n.dns
-            ),
-            Param::Env(var) => write!(
-                f,
-                "nodeos.env={}={}",
-                var.name,
-                percent::Encoded(&var.value)
             ),
         }
     }
@@ -452,38 +417,6 @@ fn check_mount_point(mount_point: &str) -> Result<(), String> {
         return Err(format!(
             "mount point {mount_point}: must be an absolute path other than /, without . or .."
         ));
-    }
-    Ok(())
-}
-
-/// `NAME=VALUE`, the value percent-encoded; NAME is a shell variable name.
-fn parse_env(value: &str) -> Result<EnvVar, String> {
-    let (name, encoded) = value.split_once('=').ok_or("must be NAME=VALUE")?;
-    check_env_name(name)?;
-    let value = String::from_utf8(percent::decode(encoded)?)
-        .map_err(|_| "the value is not UTF-8".to_string())?;
-    check_env_value(&value)?;
-    Ok(EnvVar {
-        name: name.to_string(),
-        value,
-    })
-}
-
-fn check_env_name(name: &str) -> Result<(), String> {
-    let valid = name
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if !valid {
-        return Err(format!("{name:?} is not a variable name"));
-    }
-    Ok(())
-}
-
-fn check_env_value(value: &str) -> Result<(), String> {
-    if value.contains('\0') {
-        return Err("the value contains a NUL byte".into());
     }
     Ok(())
 }

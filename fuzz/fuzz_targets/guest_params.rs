@@ -9,16 +9,15 @@ use std::net::Ipv4Addr;
 
 use arbitrary::Arbitrary;
 use contract::disks::device_path;
-use contract::params::{
-    AgentTransport, ConsoleMode, EnvVar, GuestParams, NetConfig, Shell, Upper, Volume,
-};
+use contract::params::{AgentTransport, ConsoleMode, GuestParams, NetConfig, Shell, Upper, Volume};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
 enum Case {
     /// Any text as /proc/cmdline.
     Text(String),
-    /// `nodeos.KEY=VALUE` words, with the keys the guest knows (and one it does not).
+    /// `nodeos.KEY=VALUE` words, with the keys the guest knows (and two it does not: `env`
+    /// is an old host's, the environment now comes over the agent link).
     Words(Vec<(u8, String)>),
     /// A value the host builds.
     Value(Value),
@@ -45,7 +44,6 @@ struct Value {
     agent: u8,
     volumes: Vec<(Device, String, bool)>,
     net: Option<Net>,
-    env: Vec<(String, String)>,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -72,7 +70,7 @@ impl Device {
     }
 }
 
-/// The value, with the disks, volumes and entries that the constructors accept.
+/// The value, with the disks and volumes that the constructors accept.
 fn build(v: Value) -> GuestParams {
     GuestParams {
         console: if v.pipe {
@@ -101,11 +99,6 @@ fn build(v: Value) -> GuestParams {
             gateway: Ipv4Addr::from(n.gateway),
             dns: Ipv4Addr::from(n.dns),
         }),
-        env: v
-            .env
-            .into_iter()
-            .filter_map(|(name, value)| EnvVar::new(name, value).ok())
-            .collect(),
     }
 }
 

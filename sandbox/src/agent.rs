@@ -1,5 +1,6 @@
 //! The host side of the guest agent (docs/agent-protocol.md): waiting for it to say it is
-//! ready, running commands through it (a [`Session`] the caller drives, or [`exec`], which
+//! ready and answering with the guest's environment (which never goes on the kernel command
+//! line: contract::env), running commands through it (a [`Session`] the caller drives, or [`exec`], which
 //! streams a command's output to ours), and receiving a folder's tree ([`TreeExport`]).
 //!
 //! It speaks to the VM's agent socket, which is the same hybrid-vsock Unix socket on both
@@ -11,6 +12,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -19,8 +21,10 @@ use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
 use vmm::poll::first_readable;
 
+use contract::env::EnvVar;
 use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
 use contract::{hybrid, AGENT_PORT, READY_PORT};
+use vmm::vm::StopSignal;
 use vmm_sys_util::eventfd::EventFd;
 
 /// What to run in the guest.
@@ -82,6 +86,10 @@ pub enum Error {
     Handshake(Duration),
     #[error("the guest agent could not send the folder: {0}")]
     Export(String),
+    #[error("starting the thread that answers the guest agent's hello")]
+    HandshakeThread(#[source] io::Error),
+    #[error("the thread that answers the guest agent's hello panicked")]
+    HandshakePanicked,
 }
 
 /// Listens where the agent says it is ready: `<socket>_1025`.
@@ -96,11 +104,13 @@ pub fn listen_ready(socket: &Path) -> Result<UnixListener, Error> {
 pub const HANDSHAKE_TIME: Duration = Duration::from_secs(30);
 
 /// Waits until the agent connects to `listener` and says hello, the VM ends, or `timeout`
-/// (however slowly the guest sends its hello).
+/// (however slowly the guest sends its hello); answers the agent with the guest's
+/// environment, `env`, by the same deadline.
 pub fn wait_ready(
     listener: &UnixListener,
     ended: &EventFd,
     timeout: Duration,
+    env: &[EnvVar],
 ) -> Result<(), Error> {
     let deadline = Instant::now() + timeout;
     match first_readable(&[listener.as_raw_fd(), ended.as_raw_fd()], Some(timeout)) {
@@ -109,12 +119,64 @@ pub fn wait_ready(
         None => return Err(Error::NotReady(timeout)),
     }
     let (conn, _) = listener.accept().map_err(Error::Connect)?;
+    let mut writer = conn.try_clone().map_err(Error::Connect)?;
     match Replies::new(conn).next(&[ended.as_raw_fd()], Some(deadline))? {
-        Next::Reply(Reply::Hello { version }) => check_version(version),
-        Next::Reply(_) => Err(Error::Unexpected("another message than hello when ready")),
-        Next::Woken(_) => Err(Error::EndedBeforeReady),
-        Next::TimedOut => Err(Error::NotReady(timeout)),
-        Next::End => Err(Error::Frame(FrameError::Truncated)),
+        Next::Reply(Reply::Hello { version }) => check_version(version)?,
+        Next::Reply(_) => return Err(Error::Unexpected("another message than hello when ready")),
+        Next::Woken(_) => return Err(Error::EndedBeforeReady),
+        Next::TimedOut => return Err(Error::NotReady(timeout)),
+        Next::End => return Err(Error::Frame(FrameError::Truncated)),
+    }
+    // A guest that does not read its answer holds us no longer than the deadline.
+    let left = deadline.saturating_duration_since(Instant::now());
+    writer
+        .set_write_timeout(Some(left.max(Duration::from_millis(1))))
+        .map_err(Error::Connect)?;
+    frame::write_request(&mut writer, &Request::Env(env.to_vec())).map_err(FrameError::Io)?;
+    Ok(())
+}
+
+/// The agent's ready handshake on a thread of its own, for a VM whose agent nothing else
+/// talks to: `start`'s shell gets the guest's environment through it. The VM is stopped when
+/// the agent does not say it is ready in time (its shell would wait for ever).
+pub struct Handshake {
+    thread: JoinHandle<Result<(), Error>>,
+    vm_ended: EventFd,
+}
+
+impl Handshake {
+    /// Listens on `socket`'s ready port now, before the VM boots, and answers with `env`.
+    pub fn spawn(
+        socket: &Path,
+        env: Vec<EnvVar>,
+        timeout: Duration,
+        stop: StopSignal,
+    ) -> Result<Handshake, Error> {
+        let listener = listen_ready(socket)?;
+        let vm_ended = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::HandshakeThread)?;
+        let ended = vm_ended.try_clone().map_err(Error::HandshakeThread)?;
+        let thread = thread::Builder::new()
+            .name("agent-ready".into())
+            .spawn(move || {
+                let answered = wait_ready(&listener, &ended, timeout, &env);
+                if answered.is_err() {
+                    stop.stop();
+                }
+                answered
+            })
+            .map_err(Error::HandshakeThread)?;
+        Ok(Handshake { thread, vm_ended })
+    }
+
+    /// Once the VM has ended: whether the agent got its answer. A VM that ended before its
+    /// agent was ready is not this handshake's failure (how the VM ended says why).
+    pub fn finish(self) -> Result<(), Error> {
+        let _ = self.vm_ended.write(1);
+        match self.thread.join() {
+            Ok(Ok(()) | Err(Error::EndedBeforeReady)) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::HandshakePanicked),
+        }
     }
 }
 
@@ -680,8 +742,9 @@ mod tests {
         .encode()
         .unwrap();
         guest.write_all(&hello[..hello.len() - 1]).unwrap();
-        let result =
-            without_blocking(move || wait_ready(&listener, &eventfd(), Duration::from_millis(300)));
+        let result = without_blocking(move || {
+            wait_ready(&listener, &eventfd(), Duration::from_millis(300), &[])
+        });
         assert!(matches!(result, Err(Error::NotReady(_))), "{result:?}");
         drop(guest);
     }

@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::agent::{self, Command, Outcome, Session, TreeExport};
 use crate::console::{self, ConsoleTail, TAIL_BYTES};
+use contract::env::EnvVar;
 use vmm::backend::{self, Backend};
 use vmm::vm::{RunReport, StopSignal, VmConfig, VmExit};
 
@@ -77,6 +78,8 @@ pub struct Sandbox {
     console: Console,
     ready: UnixListener,
     socket: PathBuf,
+    /// The guest's environment, for the agent's ready handshake.
+    env: Vec<EnvVar>,
 }
 
 impl Sandbox {
@@ -88,6 +91,7 @@ impl Sandbox {
             .expect("a sandbox VM has an agent socket");
         // Listen before the guest can say it is ready.
         let ready = agent::listen_ready(&socket)?;
+        let env = config.env.clone();
         let (console, output): (Console, OwnedFd) = match log {
             ConsoleLog::Tail => {
                 let (tail, output) = ConsoleTail::capture()?;
@@ -117,6 +121,7 @@ impl Sandbox {
             console,
             ready,
             socket,
+            env,
         })
     }
 
@@ -124,9 +129,10 @@ impl Sandbox {
         with_console(e.into(), &self.console)
     }
 
-    /// Waits until the guest agent says it is ready.
+    /// Waits until the guest agent says it is ready, and gives it the guest's environment.
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
-        agent::wait_ready(&self.ready, &self.ended, timeout).map_err(|e| self.explained(e))
+        agent::wait_ready(&self.ready, &self.ended, timeout, &self.env)
+            .map_err(|e| self.explained(e))
     }
 
     /// Runs `command` to its end, its output streamed to ours; gives up on a guest that has

@@ -1,24 +1,39 @@
 //! The npm registry configured on the host, as a guest with `--net` reaches it: npm in the VM
 //! uses the same registry (a company mirror, a local Verdaccio) as npm on the host. A registry
-//! on the host's loopback is reached through the guest's gateway to it, 10.0.2.2.
+//! on the host's loopback is reached through the guest's gateway, 10.0.2.2, on its port only:
+//! the caller opens that port of the host's loopback to the guest
+//! ([`vmm::vm::HostLoopback::open_tcp_port`]), and no other.
 
 use std::path::PathBuf;
 
-use contract::params::EnvVar;
+use contract::env::EnvVar;
 use vmm::vm::NetSpec;
 
-/// The guest environment entry that points the guest's npm at the host's registry
-/// (`npm_config_registry`), when the host configures one and the guest has a network.
-pub fn guest_env(net: Option<&NetSpec>) -> Option<EnvVar> {
+/// The host's registry, for the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestRegistry {
+    /// `npm_config_registry`, pointing the guest's npm at it.
+    pub env: EnvVar,
+    /// Where it is on the host's loopback (a TCP port), when it is there.
+    pub loopback_port: Option<u16>,
+}
+
+/// The host's registry as the guest reaches it, when the host configures one and the guest
+/// has a network.
+pub fn guest_registry(net: Option<&NetSpec>) -> Option<GuestRegistry> {
     let net = net?;
     let url = host_registry()?;
-    let url = match net {
-        NetSpec::User => through_gateway(&url),
+    let (url, loopback_port) = match net {
+        NetSpec::User { .. } => match through_gateway(&url) {
+            Some((url, port)) => (url, Some(port)),
+            None => (url, None),
+        },
         // A TAP network is the host's to route: the URL must already name an address the
         // guest can reach.
-        NetSpec::Tap(_) => url,
+        NetSpec::Tap(_) => (url, None),
     };
-    EnvVar::new("npm_config_registry", url).ok()
+    let env = EnvVar::new("npm_config_registry", url).ok()?;
+    Some(GuestRegistry { env, loopback_port })
 }
 
 /// `npm_config_registry` from the environment (npm reads it in either case), else `registry=`
@@ -45,12 +60,11 @@ fn registry_in_npmrc(text: &str) -> Option<String> {
         .rfind(|value| !value.is_empty())
 }
 
-/// `URL` with a loopback host (`localhost`, `127.x.y.z`, `[::1]`) replaced by the address the
-/// guest reaches the host's loopback at.
-fn through_gateway(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
+/// `URL` with its loopback host (`localhost`, `127.x.y.z`, `[::1]`) replaced by the address
+/// the guest reaches the host's loopback at, and the TCP port it names (the scheme's when it
+/// names none); `None` when the URL is not on the loopback (or not a URL).
+fn through_gateway(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
     let (userinfo, host_port) = match authority.rsplit_once('@') {
@@ -74,11 +88,20 @@ fn through_gateway(url: &str) -> String {
             .parse::<std::net::Ipv4Addr>()
             .is_ok_and(|ip| ip.is_loopback());
     if !loopback {
-        return url.to_string();
+        return None;
     }
+    let port_number = match port.strip_prefix(':') {
+        Some(number) => number.parse().ok()?,
+        None if scheme.eq_ignore_ascii_case("http") => 80,
+        None if scheme.eq_ignore_ascii_case("https") => 443,
+        None => return None,
+    };
     let userinfo = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
     let gateway = contract::net::GATEWAY;
-    format!("{scheme}://{userinfo}{gateway}{port}{path}")
+    Some((
+        format!("{scheme}://{userinfo}{gateway}{port}{path}"),
+        port_number,
+    ))
 }
 
 #[cfg(test)]
@@ -88,22 +111,31 @@ mod tests {
     #[test]
     fn loopback_registries_go_through_the_gateway() {
         for (host, guest) in [
-            ("http://127.0.0.1:4873/", "http://10.0.2.2:4873/"),
-            ("http://localhost:4873", "http://10.0.2.2:4873"),
-            ("http://LOCALHOST/npm/", "http://10.0.2.2/npm/"),
-            ("http://[::1]:4873/x?y", "http://10.0.2.2:4873/x?y"),
-            ("http://me:pw@127.1.2.3:80/", "http://me:pw@10.0.2.2:80/"),
-            ("https://registry.npmjs.org/", "https://registry.npmjs.org/"),
             (
-                "https://npm.example.com:8443/",
-                "https://npm.example.com:8443/",
+                "http://127.0.0.1:4873/",
+                Some(("http://10.0.2.2:4873/", 4873)),
             ),
             (
-                "http://127.0.0.1.example.com/",
-                "http://127.0.0.1.example.com/",
+                "http://localhost:4873",
+                Some(("http://10.0.2.2:4873", 4873)),
             ),
-            ("not a url", "not a url"),
+            ("http://LOCALHOST/npm/", Some(("http://10.0.2.2/npm/", 80))),
+            ("https://localhost/", Some(("https://10.0.2.2/", 443))),
+            (
+                "http://[::1]:4873/x?y",
+                Some(("http://10.0.2.2:4873/x?y", 4873)),
+            ),
+            (
+                "http://me:pw@127.1.2.3:81/",
+                Some(("http://me:pw@10.0.2.2:81/", 81)),
+            ),
+            ("https://registry.npmjs.org/", None),
+            ("https://npm.example.com:8443/", None),
+            ("http://127.0.0.1.example.com/", None),
+            ("http://127.0.0.1:99999/", None),
+            ("not a url", None),
         ] {
+            let guest = guest.map(|(url, port)| (url.to_string(), port));
             assert_eq!(through_gateway(host), guest, "{host}");
         }
     }

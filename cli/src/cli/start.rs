@@ -3,7 +3,10 @@
 use anyhow::bail;
 
 use contract::params::Shell;
+use sandbox::agent::Handshake;
+use sandbox::booted::BOOT_TIMEOUT;
 use sandbox::console::HostConsole;
+use vmm::runtime;
 use vmm::vm::{RunReport, StopSignal, VmExit};
 
 use super::vm_options::{choose_backend, VmArgs};
@@ -36,11 +39,27 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     let backend = choose_backend(args.vm.backend, &args.vm.jail, false)?;
     let (mut config, _user) = args.vm.config()?;
     config.shell = if args.shell { Shell::Nsh } else { Shell::Repl };
+    let stop = StopSignal::new()?;
+    // The guest's environment (the host's npm registry, say) reaches the shell over the agent
+    // link, in its ready handshake: never on the kernel command line.
+    let handshake = if config.env.is_empty() {
+        None
+    } else {
+        let dir = runtime::scratch_dir("start")?;
+        let socket = dir.path().join("agent.sock");
+        config.agent_socket = Some(socket.clone());
+        let handshake = Handshake::spawn(&socket, config.env.clone(), BOOT_TIMEOUT, stop.clone())?;
+        Some((dir, handshake))
+    };
     let (host_console, console) = HostConsole::attach(args.pipe)?;
     config.console = host_console.mode();
     let started = std::time::Instant::now();
-    let report = backend.run(&config, console, &StopSignal::new()?)?;
+    let report = backend.run(&config, console, &stop);
     drop(host_console);
+    if let Some((_dir, handshake)) = handshake {
+        handshake.finish()?;
+    }
+    let report = report?;
     if args.timings {
         print_timings(&report, started.elapsed());
     }

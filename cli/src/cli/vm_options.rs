@@ -12,7 +12,7 @@ use sandbox::users::{DiskTools, UserDisk, Users};
 use sandbox::vm_config;
 use vmm::backend::{detect, qemu, Backend};
 use vmm::jail::{IdRange, Jail};
-use vmm::vm::{NetSpec, VmConfig};
+use vmm::vm::{HostLoopback, NetSpec, VmConfig};
 
 /// Which machine monitor runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -41,9 +41,11 @@ pub struct VmArgs {
     /// Extra kernel command-line parameters.
     #[arg(long, value_name = "PARAMS", default_value = "")]
     pub cmdline_extra: String,
-    /// Give the guest a network interface: `user` (NAT to the host's network; the host's
-    /// loopback is 10.0.2.2) or `tap:NAME`. Without it the guest has no network at all.
-    #[arg(long, value_name = "user|tap:NAME", num_args = 0..=1, default_missing_value = "user", value_parser = parse_net)]
+    /// Give the guest a network interface: `user` (NAT to the host's network, but not to this
+    /// host's loopback), `user,host-loopback` (and this host's loopback at 10.0.2.2: every
+    /// service on 127.0.0.1), `user,host-loopback=PORT` (that TCP port of it only; repeatable),
+    /// or `tap:NAME`. Without it the guest has no network at all.
+    #[arg(long, value_name = "user[,host-loopback[=PORT]]|tap:NAME", num_args = 0..=1, default_missing_value = "user", value_parser = parse_net)]
     pub net: Option<NetSpec>,
     #[command(flatten)]
     pub seccomp: SeccompArgs,
@@ -83,12 +85,39 @@ impl VmArgs {
         let mut config = VmConfig::new(kernel, rootfs, self.memory, self.cpus);
         config.user_disk = user.as_ref().map(|u| u.path().to_path_buf());
         config.net = self.net.clone();
-        config
-            .env
-            .extend(sandbox::npm_registry::guest_env(self.net.as_ref()));
+        if let Some(registry) = sandbox::npm_registry::guest_registry(self.net.as_ref()) {
+            if let (Some(port), Some(NetSpec::User { host_loopback })) =
+                (registry.loopback_port, &mut config.net)
+            {
+                open_registry_port(host_loopback, port);
+            }
+            config.env.push(registry.env);
+        }
         config.cmdline_extra = self.cmdline_extra.clone();
         config.seccomp = !self.seccomp.no_seccomp;
         Ok((config, user))
+    }
+}
+
+/// Opens the port of the host's npm registry, which is on the host's loopback, to the guest
+/// (that port only, unless more is open already), and says so: the user configured that
+/// registry for npm, and npm in the guest uses it.
+fn open_registry_port(host_loopback: &mut HostLoopback, port: u16) {
+    let before = host_loopback.clone();
+    host_loopback.open_tcp_port(port);
+    if *host_loopback == before {
+        return;
+    }
+    let note = format!(
+        "nodeos-vm: note: your npm registry is on this host's loopback: the guest reaches it at \
+         {}:{port}, and no other port of the loopback (--net user,host-loopback opens them all)",
+        contract::net::GATEWAY
+    );
+    // On a terminal; a pipe (run's stderr is the command's) gets only what it asked for.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!("{note}");
+    } else {
+        tracing::info!("{note}");
     }
 }
 
@@ -147,23 +176,46 @@ impl SeccompArgs {
     }
 }
 
-/// `user` or `tap:NAME`.
+/// `user[,host-loopback[=PORT]]...` or `tap:NAME`.
 pub fn parse_net(text: &str) -> Result<NetSpec, String> {
-    match text.split_once(':') {
-        None if text == "user" => Ok(NetSpec::User),
-        Some(("tap", name))
-            if !name.is_empty()
-                && name.len() < libc::IFNAMSIZ
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) =>
-        {
-            Ok(NetSpec::Tap(name.to_string()))
+    if let Some(name) = text.strip_prefix("tap:") {
+        let valid = !name.is_empty()
+            && name.len() < libc::IFNAMSIZ
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if valid {
+            return Ok(NetSpec::Tap(name.to_string()));
         }
-        _ => Err(format!(
-            "{text:?}: write --net (or --net user) for NAT, or --net tap:NAME for a host TAP interface"
-        )),
     }
+    let mut options = text.split(',');
+    if options.next() != Some("user") {
+        return Err(format!(
+            "{text:?}: write --net (or --net user) for NAT, --net user,host-loopback to reach \
+             this host's loopback too, or --net tap:NAME for a host TAP interface"
+        ));
+    }
+    let mut host_loopback = HostLoopback::Closed;
+    for option in options {
+        match option.split_once('=') {
+            None if option == "host-loopback" => host_loopback = HostLoopback::All,
+            Some(("host-loopback", port)) => match port.parse::<u16>() {
+                Ok(port) if port > 0 => host_loopback.open_tcp_port(port),
+                _ => {
+                    return Err(format!(
+                        "--net {text}: {port:?} is not a TCP port (1-65535)"
+                    ))
+                }
+            },
+            _ => {
+                return Err(format!(
+                    "--net {text}: unknown option {option:?}; user takes host-loopback (every \
+                     port of this host's loopback) or host-loopback=PORT (that TCP port)"
+                ))
+            }
+        }
+    }
+    Ok(NetSpec::User { host_loopback })
 }
 
 /// Kernel and image options shared by the commands that boot a VM.
@@ -232,7 +284,24 @@ mod tests {
 
     #[test]
     fn nets() {
-        assert_eq!(parse_net("user"), Ok(NetSpec::User));
+        assert_eq!(parse_net("user"), Ok(NetSpec::USER));
+        assert_eq!(
+            parse_net("user,host-loopback"),
+            Ok(NetSpec::User {
+                host_loopback: HostLoopback::All
+            })
+        );
+        assert_eq!(
+            parse_net("user,host-loopback=4873,host-loopback=8080,host-loopback=4873"),
+            Ok(NetSpec::User {
+                host_loopback: HostLoopback::TcpPorts(vec![4873, 8080])
+            })
+        );
+        // Every port includes any one.
+        assert_eq!(
+            parse_net("user,host-loopback=4873,host-loopback"),
+            parse_net("user,host-loopback=80,host-loopback")
+        );
         assert_eq!(parse_net("tap:tap0"), Ok(NetSpec::Tap("tap0".into())));
         for bad in [
             "",
@@ -240,6 +309,13 @@ mod tests {
             "tap:a,b",
             "tap:waytoolonginterfacename",
             "slirp",
+            "user,",
+            "user,host-loopback=",
+            "user,host-loopback=0",
+            "user,host-loopback=65536",
+            "user,host-loopback=http",
+            "user,loopback",
+            "users",
         ] {
             assert!(parse_net(bad).is_err(), "{bad}");
         }

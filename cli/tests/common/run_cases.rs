@@ -3,10 +3,10 @@
 //!
 //! A case is a `sh` script; in it `$RUN` is `nodeos-vm run` with the backend, kernel and image
 //! options, `$FIXTURE` a fresh copy of tests/fixtures/node-project, and `$WEB` the address of
-//! an HTTP server on the host's loopback (`127.0.0.1:PORT`, reached from a guest with `--net`
-//! as `10.0.2.2:PORT`) that serves `/hello` and a tiny npm registry (`greeter`, `hello-cli`;
-//! tests/common/web.rs). `$IPROUTE`, when set, is iproute2's `ip` (a busybox shell runs its own
-//! applet for a plain `ip`). The scripts run in a fresh folder of their own.
+//! an HTTP server on the host's loopback (`127.0.0.1:PORT`, reached from a guest with
+//! `--net user,host-loopback` as `10.0.2.2:PORT`) that serves `/hello` and a tiny npm registry
+//! (`greeter`, `hello-cli`; tests/common/web.rs). `$IPROUTE`, when set, is iproute2's `ip` (a
+//! busybox shell runs its own applet for a plain `ip`). The scripts run in a fresh folder of their own.
 //!
 //! The `user_*` cases keep users' disks in `./data` (NODEOS_VM_DATA); `${RUN%% run *}` is the
 //! nodeos-vm binary and `${RUN#* run}` the backend and image options.
@@ -251,16 +251,42 @@ pub const RUN_CASES: &[RunCase] = &[
         check: |o| expect(o, 0, "lo\nENETUNREACH\n"),
     },
     RunCase {
-        name: "net_reaches_the_host_loopback",
-        script: "$RUN --net -- node -e 'fetch(`http://10.0.2.2:${process.argv[1]}/hello`).then(r => r.text()).then(console.log)' ${WEB#*:}",
+        name: "host_loopback_is_opt_in",
+        script: "$RUN --net -- node -e '
+                   const start = Date.now();
+                   require(\"net\").connect(process.argv[1], \"10.0.2.2\")
+                     .on(\"connect\", () => console.log(\"connected to the host loopback\"))
+                     .on(\"error\", e => console.log(e.code, Date.now() - start < 3000 ? \"at once\" : `after ${Date.now() - start} ms`))' ${WEB#*:}
+                 for net in user,host-loopback user,host-loopback=${WEB#*:}; do
+                   $RUN --net $net -- node -e 'fetch(`http://10.0.2.2:${process.argv[1]}/hello`).then(r => r.text()).then(console.log)' ${WEB#*:}
+                 done",
         stdin: "",
         net: true,
         root: false,
-        check: |o| expect(o, 0, &format!("{HELLO}\n")),
+        check: |o| expect(o, 0, &format!("ECONNREFUSED at once\n{HELLO}\n{HELLO}\n")),
+    },
+    RunCase {
+        name: "guest_env_is_not_on_the_kernel_command_line",
+        script: "export npm_config_registry=http://me:s3cret@127.0.0.1:${WEB#*:}/ XDG_RUNTIME_DIR=$PWD/run; mkdir -p run
+                 SHOW='console.log(String(process.env.npm_config_registry).replace(/:[0-9]+[/]/, \":PORT/\"),
+                   require(\"fs\").readFileSync(\"/proc/cmdline\", \"utf8\").includes(\"s3cret\") ? \"on /proc/cmdline\" : \"not on /proc/cmdline\")'
+                 $RUN --net -- node -e \"$SHOW\"
+                 VM=${RUN%% run *}
+                 echo \"$SHOW\" | $VM start ${RUN#* run} --net
+                 id=$($VM start ${RUN#* run} --net --detach) || exit 1
+                 $VM exec $id -- node -e \"$SHOW\"; $VM stop $id >/dev/null",
+        stdin: "",
+        net: true,
+        root: false,
+        check: |o| {
+            let seen = "http://me:s3cret@10.0.2.2:PORT/ not on /proc/cmdline\n";
+            // run's command, the REPL (and the value of its line), a detached VM's exec.
+            expect(o, 0, &format!("{seen}{seen}undefined\n{seen}"))
+        },
     },
     RunCase {
         name: "npm_install_from_the_host_loopback",
-        script: "$RUN --net -w /home/node -- sh -c \"npm install --no-audit --no-fund --loglevel=error http://10.0.2.2:${WEB#*:}/greeter.tgz > /dev/null && node -e 'console.log(require(\\\"greeter\\\")(\\\"npm\\\"))'\"",
+        script: "$RUN --net user,host-loopback -w /home/node -- sh -c \"npm install --no-audit --no-fund --loglevel=error http://10.0.2.2:${WEB#*:}/greeter.tgz > /dev/null && node -e 'console.log(require(\\\"greeter\\\")(\\\"npm\\\"))'\"",
         stdin: "",
         net: true,
         root: false,

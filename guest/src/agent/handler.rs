@@ -19,8 +19,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use contract::env::EnvVar;
 use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
-use contract::params::EnvVar;
 
 use super::command::{self, Child};
 use super::export::{self, Failure};
@@ -54,7 +54,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Commands run as `user`, with a login-like environment and `extra_env` on top.
+    /// Commands run as `user`, with a login-like environment and `extra_env` (the guest's
+    /// environment, from the host) on top.
     pub fn for_user(user: &User, groups: Vec<u32>, extra_env: &[EnvVar]) -> Self {
         let mut base_env = user.login_env(extra_env);
         base_env.push(b"TERM=dumb".to_vec());
@@ -126,7 +127,7 @@ pub fn serve(conn: OwnedFd, cfg: &Config) -> io::Result<Outcome> {
 }
 
 /// A request's name, for error messages.
-fn name(request: &Request) -> &'static str {
+pub(super) fn name(request: &Request) -> &'static str {
     match request {
         Request::Hello { .. } => "Hello",
         Request::Exec(_) => "Exec",
@@ -135,6 +136,7 @@ fn name(request: &Request) -> &'static str {
         Request::Signal(_) => "Signal",
         Request::Poweroff => "Poweroff",
         Request::Export { .. } => "Export",
+        Request::Env(_) => "Env",
     }
 }
 

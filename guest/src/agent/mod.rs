@@ -8,10 +8,12 @@
 //! - `serial`: the channel multiplexer on the virtio-serial port (serial.rs), a child process;
 //!   the agent listens on `/run/nodeos/vsock_1024`, root only.
 //!
-//! Once it listens, the agent says so: it connects to host port [`READY_PORT`], sends a
-//! `Hello` reply and closes. Each connection is then served by its own forked handler
-//! (handler.rs); a `Poweroff` request ends the VM from there (poweroff.rs); an `Export` request
-//! sends a folder's tree (export.rs).
+//! Once it listens, the agent says so: it connects to host port [`READY_PORT`] and sends a
+//! `Hello` reply; the host answers there with the guest's environment (`Env`), which every
+//! command gets on top of its login environment, and which the agent passes on to init for
+//! the shell PID 1 runs (never on the kernel command line: contract::env). Each connection is
+//! then served by its own forked handler (handler.rs); a `Poweroff` request ends the VM from
+//! there (poweroff.rs); an `Export` request sends a folder's tree (export.rs).
 
 mod command;
 mod export;
@@ -19,13 +21,15 @@ mod handler;
 mod serial;
 mod vsock;
 
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
-use contract::frame::{self, Reply};
-use contract::params::{AgentTransport, EnvVar};
+use contract::env::EnvVar;
+use contract::frame::{self, Reply, Request};
+use contract::params::AgentTransport;
 use contract::{hybrid, status, AGENT_PORT, HOST_CID, READY_PORT};
 
 use crate::error::{Context, Error, Result};
@@ -64,29 +68,61 @@ impl Listener {
 }
 
 /// Opens the transport and forks the agent. Commands run as `user` with `groups`;
-/// `persistent` are the disks a `Poweroff` makes clean.
+/// `persistent` are the disks a `Poweroff` makes clean. With `for_shell`, the agent also hands
+/// the guest's environment on to the shell PID 1 is about to run: the descriptor returned is
+/// where [`read_env`] reads it, once the host has sent it.
 pub fn start(
     transport: AgentTransport,
     persistent: Vec<PathBuf>,
     user: &User,
     groups: &[u32],
-    extra_env: &[EnvVar],
-) -> Result<()> {
+    for_shell: bool,
+) -> Result<Option<OwnedFd>> {
     let transport = match transport {
         AgentTransport::Vsock => Transport::Vsock(
             vsock::listen(AGENT_PORT).context(|| format!("listen on vsock port {AGENT_PORT}"))?,
         ),
         AgentTransport::Serial => Transport::Serial(serial::Mux::open()?),
     };
-    let cfg = Config::for_user(user, groups.to_vec(), extra_env);
+    let (shell_env, to_shell) = if for_shell {
+        let (read, write) = sys::pipe().context(|| "pipe for the shell's environment".into())?;
+        (Some(read), Some(write))
+    } else {
+        (None, None)
+    };
     match sys::fork().context(|| "fork the agent".into())? {
-        Fork::Child => run(transport, &cfg, &persistent),
-        Fork::Parent(_) => Ok(()),
+        Fork::Child => {
+            drop(shell_env);
+            run(transport, user, groups.to_vec(), &persistent, to_shell)
+        }
+        Fork::Parent(_) => Ok(shell_env),
     }
 }
 
-/// The agent process.
-fn run(transport: Transport, cfg: &Config, persistent: &[PathBuf]) -> ! {
+/// The guest's environment, from the agent's descriptor [`start`] returned (an `Env` frame);
+/// waits until the host has sent it.
+pub fn read_env(from: OwnedFd) -> Result<Vec<EnvVar>> {
+    let what = "the guest's environment from the agent";
+    match frame::read_request(&mut File::from(from)) {
+        Ok(Some(Request::Env(env))) => Ok(env),
+        Ok(Some(other)) => Err(Error::invalid(
+            what,
+            format!("got {}", handler::name(&other)),
+        )),
+        Ok(None) => Err(Error::invalid(what, "the agent sent nothing")),
+        Err(e) => Err(Error::invalid(what, e)),
+    }
+}
+
+/// The agent process; `to_shell`, when given, is where the guest's environment goes for the
+/// shell.
+fn run(
+    transport: Transport,
+    user: &User,
+    groups: Vec<u32>,
+    persistent: &[PathBuf],
+    to_shell: Option<OwnedFd>,
+) -> ! {
     // SAFETY: setsid/prctl/signal have no memory arguments.
     unsafe {
         libc::setsid();
@@ -96,7 +132,11 @@ fn run(transport: Transport, cfg: &Config, persistent: &[PathBuf]) -> ! {
     let listener = listen(transport).unwrap_or_else(|e| fatal(&e));
     let children = sys::signalfd(&[libc::SIGCHLD])
         .unwrap_or_else(|e| fatal(&Error::sys("signalfd SIGCHLD", e)));
-    say_ready(&listener).unwrap_or_else(|e| fatal(&e));
+    let env = say_ready(&listener).unwrap_or_else(|e| fatal(&e));
+    if let Some(to_shell) = to_shell {
+        pass_env(to_shell, &env).unwrap_or_else(|e| fatal(&e));
+    }
+    let cfg = Config::for_user(user, groups, &env);
     loop {
         let ready = sys::poll_readable(&[listener.as_fd(), children.as_fd()], -1)
             .unwrap_or_else(|e| fatal(&Error::sys("poll", e)));
@@ -117,7 +157,7 @@ fn run(transport: Transport, cfg: &Config, persistent: &[PathBuf]) -> ! {
                 drop(children);
                 // A bug in one handler ends its connection, not the VM (init's panic hook would).
                 let _ = std::panic::take_hook();
-                match handler::serve(conn, cfg) {
+                match handler::serve(conn, &cfg) {
                     Ok(Outcome::Poweroff) => poweroff::power_off(persistent, 0),
                     Ok(Outcome::Done) => sys::exit_now(0),
                     Err(_) => sys::exit_now(1), // the host went away; nobody to tell
@@ -127,6 +167,14 @@ fn run(transport: Transport, cfg: &Config, persistent: &[PathBuf]) -> ! {
             Ok(Fork::Parent(_)) | Err(_) => drop(conn),
         }
     }
+}
+
+/// Writes the guest's environment where init reads it for the shell.
+fn pass_env(to_shell: OwnedFd, env: &[EnvVar]) -> Result<()> {
+    let frame = Request::Env(env.to_vec())
+        .encode()
+        .map_err(|e| Error::invalid("encode the shell's environment", e))?;
+    sys::write_all(to_shell.as_fd(), &frame).context(|| "pass the shell its environment".into())
 }
 
 /// Starts the transport's moving parts and listens on the agent port.
@@ -141,24 +189,32 @@ fn listen(transport: Transport) -> Result<Listener> {
     }
 }
 
-/// Tells the host the agent listens: `Hello` on a connection to host port [`READY_PORT`].
-fn say_ready(listener: &Listener) -> Result<()> {
+/// Tells the host the agent listens (`Hello` on a connection to host port [`READY_PORT`]) and
+/// reads its answer there: the guest's environment.
+fn say_ready(listener: &Listener) -> Result<Vec<EnvVar>> {
     let hello = Reply::Hello {
         version: frame::VERSION,
     }
     .encode()
     .map_err(|e| Error::invalid("encode Hello", e))?;
     let what = || format!("tell the host the agent is ready (port {READY_PORT})");
-    match listener {
-        Listener::Vsock(_) => {
-            let conn = vsock::connect(HOST_CID, READY_PORT).context(what)?;
-            sys::write_all(conn.as_fd(), &hello).context(what)
-        }
-        Listener::Unix(_) => {
-            let mut conn =
-                hybrid::connect(Path::new(serial::MUX_SOCKET), READY_PORT).context(what)?;
-            conn.write_all(&hello).context(what)
-        }
+    let conn: OwnedFd = match listener {
+        Listener::Vsock(_) => vsock::connect(HOST_CID, READY_PORT).context(what)?,
+        Listener::Unix(_) => hybrid::connect(Path::new(serial::MUX_SOCKET), READY_PORT)
+            .context(what)?
+            .into(),
+    };
+    let mut conn = File::from(conn);
+    conn.write_all(&hello).context(what)?;
+    let what = format!("the guest's environment from the host (port {READY_PORT})");
+    match frame::read_request(&mut conn) {
+        Ok(Some(Request::Env(env))) => Ok(env),
+        Ok(Some(other)) => Err(Error::invalid(
+            what,
+            format!("expected Env, got {}", handler::name(&other)),
+        )),
+        Ok(None) => Err(Error::invalid(what, "the host closed the connection")),
+        Err(e) => Err(Error::invalid(what, e)),
     }
 }
 

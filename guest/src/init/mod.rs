@@ -59,13 +59,16 @@ fn boot() -> Result<std::convert::Infallible> {
     let (user, groups) = user::lookup(user::USER_NAME)?;
     let persistent = poweroff::persistent_mounts(&params);
     // The agent first: forked before the supervisor, neither holds the other's descriptors.
-    if let Some(transport) = params.agent {
-        agent::start(transport, persistent.clone(), &user, &groups, &params.env)?;
-    }
+    // It gets the guest's environment from the host, for its commands and the shell's.
+    let for_shell = params.shell != Shell::None;
+    let shell_env = match params.agent {
+        Some(transport) => agent::start(transport, persistent.clone(), &user, &groups, for_shell)?,
+        None => None,
+    };
     let control = supervisor::start(persistent, &user)?;
     match params.shell {
-        Shell::Repl => exec_shell(&params, REPL_JS, &user, &groups, control),
-        Shell::Nsh => exec_shell(&params, NSH_JS, &user, &groups, control),
+        Shell::Repl => exec_shell(&params, REPL_JS, &user, &groups, control, shell_env),
+        Shell::Nsh => exec_shell(&params, NSH_JS, &user, &groups, control, shell_env),
         Shell::None => {
             // PID 1 keeps the control pipe open, so the supervisor never sees it close.
             reap_forever(control)
@@ -93,15 +96,17 @@ fn reap_forever(_control: OwnedFd) -> ! {
     }
 }
 
-/// Drops to `user` and execs Node with `script` (repl.js or nsh). Returns only errors from
-/// before the drop; a failing exec is reported through the supervisor (PID 1 can no longer use
-/// the exit port).
+/// Drops to `user` and execs Node with `script` (repl.js or nsh), with the guest's environment
+/// read from `env` (the agent's, once the host sent it) when there is an agent. Returns only
+/// errors from before the drop; a failing exec is reported through the supervisor (PID 1 can
+/// no longer use the exit port).
 fn exec_shell(
     params: &GuestParams,
     script: &str,
     user: &user::User,
     groups: &[u32],
     control: OwnedFd,
+    env: Option<OwnedFd>,
 ) -> Result<std::convert::Infallible> {
     // The control pipe goes to Node at a known number, inherited (not close-on-exec).
     if control.as_raw_fd() != CONTROL_FD {
@@ -116,7 +121,8 @@ fn exec_shell(
     }
     std::env::set_current_dir(&user.home).context(|| format!("chdir {}", user.home.display()))?;
 
-    let mut env = user.login_env(&params.env);
+    let extra = env.map(agent::read_env).transpose()?.unwrap_or_default();
+    let mut env = user.login_env(&extra);
     env.extend(
         [
             format!("NODEOS_CONSOLE={}", params.console.as_str()),

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use contract::params::EnvVar;
+use contract::env::EnvVar;
 
 use crate::error::{Context, Error, Result};
 use crate::sys::cvt;
@@ -25,7 +25,8 @@ pub struct User {
 
 impl User {
     /// A login's environment for this user (`HOME`, `USER`, `LOGNAME`, `PATH`, `LANG`), then
-    /// `extra` (the kernel command line's `nodeos.env` entries) on top, as `NAME=VALUE`.
+    /// `extra` (the guest's environment, which the host sends the agent) on top, as
+    /// `NAME=VALUE`.
     pub fn login_env(&self, extra: &[EnvVar]) -> Vec<Vec<u8>> {
         let mut env: Vec<Vec<u8>> = [
             format!("HOME={}", self.home.display()),
@@ -38,9 +39,9 @@ impl User {
         .map(String::into_bytes)
         .collect();
         for var in extra {
-            let prefix = format!("{}=", var.name);
+            let prefix = format!("{}=", var.name());
             env.retain(|e| !e.starts_with(prefix.as_bytes()));
-            env.push(format!("{prefix}{}", var.value).into_bytes());
+            env.push(var.entry());
         }
         env
     }

@@ -218,13 +218,13 @@ impl Vmm<Built> {
                 Device::Net(spec_net) => {
                     let end = match net.take() {
                         Some(end) => end,
-                        // Its stderr thread is one of the VMM's.
+                        // The threads that serve passt are the VMM's.
                         None => net::HostEnd::open(
                             spec_net,
                             if spec.seccomp {
-                                net::StderrThread::Filtered
+                                net::HelperThreads::Filtered
                             } else {
-                                net::StderrThread::Unfiltered
+                                net::HelperThreads::Unfiltered
                             },
                         )?,
                     };

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::handover;
 use super::kvm::{self, Vmm};
-use crate::devices::virtio::net::{self, HostEnd, StderrThread};
+use crate::devices::virtio::net::{self, HelperThreads, HostEnd};
 use crate::devices::virtio::vsock;
 use crate::jail::{self, Jail};
 use crate::kvm::vcpu::RunError;
@@ -187,7 +187,7 @@ pub fn run(
     // passt runs beside us, not in the VMM: its stderr thread is ours, not filtered.
     let net = spec
         .net()
-        .map(|net| HostEnd::open(net, StderrThread::Unfiltered))
+        .map(|net| HostEnd::open(net, HelperThreads::Unfiltered))
         .transpose()?;
     let (agent_host, agent_device) = spec
         .agent_socket()

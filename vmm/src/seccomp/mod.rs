@@ -38,6 +38,9 @@ pub enum ThreadKind {
     HostStop,
     /// Keeps the end of passt's stderr.
     PasstStderr,
+    /// Moves frames between the VM's network link and passt, through the guard on the host's
+    /// loopback (devices::virtio::net::guard).
+    PasstRelay,
     /// The main thread of a VMM in a process of its own (crate::backend::process), once the
     /// VM's threads run: waits for them, tears the machine down (the vsock socket file goes)
     /// and writes its report.
@@ -45,13 +48,14 @@ pub enum ThreadKind {
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 7] = [
+    pub const ALL: [ThreadKind; 8] = [
         ThreadKind::VmmMain,
         ThreadKind::Vcpu,
         ThreadKind::Virtio,
         ThreadKind::ConsoleInput,
         ThreadKind::HostStop,
         ThreadKind::PasstStderr,
+        ThreadKind::PasstRelay,
         ThreadKind::VmmProcess,
     ];
 
@@ -63,6 +67,7 @@ impl ThreadKind {
             ThreadKind::ConsoleInput => "console-input",
             ThreadKind::HostStop => "host-stop",
             ThreadKind::PasstStderr => "passt-stderr",
+            ThreadKind::PasstRelay => "passt-relay",
             ThreadKind::VmmProcess => "vmm-process",
         }
     }

@@ -169,6 +169,12 @@ pub(super) fn of(kind: ThreadKind) -> Result<Vec<Entry>> {
         }
         ThreadKind::HostStop => polls().to_vec(),
         ThreadKind::PasstStderr => vec![any(libc::SYS_read)],
+        // Two non-blocking Unix streams, waited on together.
+        ThreadKind::PasstRelay => {
+            let mut rules = polls().to_vec();
+            rules.extend([any(libc::SYS_recvfrom), any(libc::SYS_sendto)]);
+            rules
+        }
         ThreadKind::VmmProcess => {
             let mut rules = vmm_main();
             // Dropping the devices: vsock connections are shut down. (The socket file is the

@@ -55,6 +55,15 @@ fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd) {
             let got = unsafe { libc::read(pipe.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
             assert_eq!(got, 1);
         }
+        ThreadKind::PasstRelay => {
+            // SAFETY: recv writes at most one byte into `byte` (a pipe is not a socket).
+            let got = unsafe { libc::recv(pipe.as_raw_fd(), byte.as_mut_ptr().cast(), 1, 0) };
+            assert_eq!(got, -1);
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::ENOTSOCK)
+            );
+        }
     }
 }
 
@@ -177,4 +186,9 @@ fn host_stop_violation_ends_the_process() {
 #[test]
 fn passt_stderr_violation_ends_the_process() {
     violation_ends_the_process(ThreadKind::PasstStderr);
+}
+
+#[test]
+fn passt_relay_violation_ends_the_process() {
+    violation_ends_the_process(ThreadKind::PasstRelay);
 }

@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 
 use contract::disks::{DiskPlan, ROOT_DEVICE};
+use contract::env::EnvVar;
 use contract::params::{
-    AgentTransport, ConsoleMode, EnvVar, GuestParams, ParamError, Shell, Upper, Volume,
+    AgentTransport, ConsoleMode, GuestParams, ParamError, Shell, Upper, Volume,
 };
 
 use super::{Device, Disk, NetSpec, VmSpec};
@@ -69,7 +70,9 @@ pub struct VmConfig {
     pub agent_socket: Option<PathBuf>,
     /// The guest's network interface; none at all without one.
     pub net: Option<NetSpec>,
-    /// Added to the environment of the guest's shell and of every command its agent runs.
+    /// Added to the environment of the guest's shell and of every command its agent runs. Never
+    /// on the kernel command line (nor in the VmSpec): whoever runs the VM's agent link sends it
+    /// in the agent's ready handshake (sandbox::agent), so a VM with an environment needs one.
     pub env: Vec<EnvVar>,
     /// Kernel parameters the user adds, as given.
     pub cmdline_extra: String,
@@ -89,6 +92,8 @@ pub enum ConfigError {
     ControlChar(u8),
     #[error("the kernel command line would be {len} bytes; the limit is {MAX_CMDLINE_LEN}")]
     TooLong { len: usize },
+    #[error("the guest's environment ({0}, ...) travels over the agent link, and this VM has none; give it an agent socket")]
+    EnvWithoutAgent(String),
 }
 
 impl VmConfig {
@@ -116,6 +121,9 @@ impl VmConfig {
     /// (the backend's): the disks in the plan's order, the guest parameters naming them.
     pub fn spec(&self, agent: AgentTransport) -> Result<VmSpec, ConfigError> {
         Self::check_volumes(&self.volumes)?;
+        if let (Some(var), None) = (self.env.first(), &self.agent_socket) {
+            return Err(ConfigError::EnvWithoutAgent(var.name().to_string()));
+        }
         let plan = DiskPlan::new(self.user_disk.is_some());
         let mut devices = vec![Device::Block(Disk {
             path: self.rootfs.clone(),
@@ -158,7 +166,6 @@ impl VmConfig {
             params.agent = Some(agent);
             devices.push(Device::AgentLink(socket.clone()));
         }
-        params.env = self.env.clone();
         // Every parameter checked once, the way the guest will read it.
         params.validate()?;
         Ok(VmSpec {
@@ -286,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn agent_network_console_shell_and_env_reach_the_guest() {
+    fn agent_network_console_and_shell_reach_the_guest() {
         let mut c = config();
         c.console = Console::Tty {
             cols: 120,
@@ -294,15 +301,14 @@ mod tests {
         };
         c.shell = Shell::Nsh;
         c.agent_socket = Some("/run/agent.sock".into());
-        c.net = Some(NetSpec::User);
-        c.env = vec![EnvVar::new("npm_config_registry", "http://10.0.2.2:4873/").unwrap()];
+        c.net = Some(NetSpec::USER);
         c.cmdline_extra = " loglevel=7 ".into();
         let spec = c.spec(AgentTransport::Vsock).unwrap();
         assert_eq!(
             spec.agent_socket(),
             Some(std::path::Path::new("/run/agent.sock"))
         );
-        assert_eq!(spec.net(), Some(&NetSpec::User));
+        assert_eq!(spec.net(), Some(&NetSpec::USER));
         assert!(spec.cmdline.ends_with(" loglevel=7"));
         let p = params(&spec);
         assert_eq!(
@@ -311,7 +317,23 @@ mod tests {
         );
         assert_eq!(p.agent, Some(AgentTransport::Vsock));
         assert_eq!(p.net, Some(contract::net::USER_NET));
-        assert_eq!(p.env, c.env);
+    }
+
+    #[test]
+    fn the_environment_stays_off_the_command_line() {
+        let mut c = config();
+        c.env =
+            vec![EnvVar::new("npm_config_registry", "http://me:secret@10.0.2.2:4873/").unwrap()];
+        // It travels over the agent link: without one it could not reach the guest.
+        assert_eq!(
+            c.spec(AgentTransport::Vsock).unwrap_err(),
+            ConfigError::EnvWithoutAgent("npm_config_registry".into())
+        );
+        c.agent_socket = Some("/run/agent.sock".into());
+        let spec = c.spec(AgentTransport::Serial).unwrap();
+        let everything = serde_json::to_string(&spec).unwrap();
+        assert!(!everything.contains("secret"), "{everything}");
+        assert!(!everything.contains("npm_config_registry"), "{everything}");
     }
 
     #[test]

@@ -75,10 +75,42 @@ pub struct Disk {
 /// How the guest's network interface reaches the outside.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NetSpec {
-    /// User-mode NAT, no privileges: `passt` for our VMM, QEMU's user networking (slirp) for
-    /// QEMU. Either way the guest's addresses are contract::net's: it is 10.0.2.15/24, the
-    /// gateway 10.0.2.2 is the host's loopback, and DNS is at 10.0.2.3.
-    User,
+    /// User-mode NAT without privileges: passt, on both backends, on contract::net's addresses
+    /// (the guest is 10.0.2.15/24, its gateway 10.0.2.2, DNS 10.0.2.3). What the guest may
+    /// reach of the host's loopback through the gateway is `host_loopback`; the loopback itself
+    /// (127.0.0.0/8, 0.0.0.0/8) is never a destination (devices::virtio::net::guard).
+    User { host_loopback: HostLoopback },
     /// An existing TAP interface of the host, by name.
     Tap(String),
+}
+
+impl NetSpec {
+    /// User-mode NAT that keeps the host's loopback out of the guest's reach.
+    pub const USER: NetSpec = NetSpec::User {
+        host_loopback: HostLoopback::Closed,
+    };
+}
+
+/// What of the host's loopback (127.0.0.1) a guest with user-mode networking reaches through
+/// its gateway, 10.0.2.2: nothing unless asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum HostLoopback {
+    /// Nothing: a connection to the gateway is refused (a TCP reset), whatever its port.
+    #[default]
+    Closed,
+    /// These TCP ports only (say, the host's npm registry); connections to others are refused.
+    TcpPorts(Vec<u16>),
+    /// Every port, TCP and UDP: the gateway is the host's loopback.
+    All,
+}
+
+impl HostLoopback {
+    /// Adds `port` to what is reachable (nothing changes where every port already is).
+    pub fn open_tcp_port(&mut self, port: u16) {
+        match self {
+            HostLoopback::Closed => *self = HostLoopback::TcpPorts(vec![port]),
+            HostLoopback::TcpPorts(ports) if !ports.contains(&port) => ports.push(port),
+            HostLoopback::TcpPorts(_) | HostLoopback::All => {}
+        }
+    }
 }

@@ -422,7 +422,7 @@ fn poweroff_is_passed_to_the_caller() {
 }
 
 #[test]
-fn base_environment_of_the_node_user_with_the_command_lines_entries() {
+fn base_environment_of_the_node_user_with_the_hosts_entries() {
     let user = User {
         name: "node".into(),
         uid: 1000,

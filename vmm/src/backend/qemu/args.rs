@@ -153,7 +153,7 @@ pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsStri
                 let fd = fds.net.expect("a descriptor for the network");
                 let kind = match net {
                     // passt, on the contract's network (contract::net), as on our VMM.
-                    NetSpec::User => "socket",
+                    NetSpec::User { .. } => "socket",
                     NetSpec::Tap(_) => "tap",
                 };
                 push(&[
@@ -207,7 +207,7 @@ mod tests {
                     read_only: false,
                 }),
                 Device::Rng,
-                Device::Net(NetSpec::User),
+                Device::Net(NetSpec::USER),
                 Device::AgentLink("/host/agent.sock".into()),
             ],
             memory_mib: 256,

@@ -25,7 +25,7 @@ use self::agent::AgentMux;
 use self::args::{Fds, Handed};
 use super::handover::{self, MAX_MOVES};
 use super::process::Jailed;
-use crate::devices::virtio::net::{self, HostEnd, StderrThread};
+use crate::devices::virtio::net::{self, HelperThreads, HostEnd};
 use crate::jail as jails;
 use crate::jail::exec::{self, FIRST_PROGRAM_FD};
 use crate::vm::{ConsoleIo, RunReport, StopSignal, VmExit, VmSpec};
@@ -96,7 +96,7 @@ pub fn run(
     // passt runs beside us, on the host's network; QEMU gets its socket, or the TAP.
     let net = spec
         .net()
-        .map(|net| HostEnd::open(net, StderrThread::Unfiltered))
+        .map(|net| HostEnd::open(net, HelperThreads::Unfiltered))
         .transpose()?;
     let net_fd = net.as_ref().map(|n| handed.push_raw(n.fd.as_raw_fd()));
     let disks = spec

@@ -1,6 +1,7 @@
 //! virtio-net (virtio 1.2 §5.1): one receive and one transmit queue, a fixed MAC address, no
 //! offloads. Frames reach the host through a [`Link`]: passt (user-mode networking, no
-//! privileges; [`passt`]) or an existing TAP interface ([`tap`]).
+//! privileges; [`passt`], behind the [`guard`] on the host's loopback) or an existing TAP
+//! interface ([`tap`]).
 //!
 //! Every frame in either direction is preceded in guest memory by the 12-byte
 //! `virtio_net_hdr_v1`. Without `VIRTIO_NET_F_MRG_RXBUF` each receive chain holds one whole
@@ -8,6 +9,7 @@
 //! as a NIC drops what its ring cannot hold.
 
 mod device;
+pub mod guard;
 pub mod passt;
 mod stream;
 pub mod tap;
@@ -18,7 +20,7 @@ use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 
 pub use device::Net;
-pub use passt::StderrThread;
+pub use passt::HelperThreads;
 pub use stream::Stream;
 pub use tap::Tap;
 
@@ -73,12 +75,12 @@ pub struct HostEnd {
 }
 
 impl HostEnd {
-    /// Starts passt (its stderr drained by a thread of this process, filtered or not) or
-    /// attaches to the TAP interface, for `spec`.
-    pub fn open(spec: &NetSpec, stderr_thread: StderrThread) -> Result<HostEnd, Error> {
+    /// Starts passt (served by threads of this process, filtered or not) or attaches to the
+    /// TAP interface, for `spec`.
+    pub fn open(spec: &NetSpec, helpers: HelperThreads) -> Result<HostEnd, Error> {
         Ok(match spec {
-            NetSpec::User => {
-                let (sock, passt) = passt::spawn(stderr_thread)?;
+            NetSpec::User { host_loopback } => {
+                let (sock, passt) = passt::spawn(host_loopback, helpers)?;
                 HostEnd {
                     fd: sock.into(),
                     passt: Some(passt),
@@ -100,7 +102,7 @@ impl HostEnd {
 /// The guest's network device for `spec` over `end`.
 pub fn attach(spec: &NetSpec, end: HostEnd, mac: [u8; 6]) -> Result<Box<dyn VirtioDevice>, Error> {
     Ok(match spec {
-        NetSpec::User => {
+        NetSpec::User { .. } => {
             let stream = Stream::new(end.fd.into(), end.passt).map_err(passt::Error::Socket)?;
             Box::new(Net::new(stream, mac)?)
         }

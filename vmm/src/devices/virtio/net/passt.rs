@@ -1,13 +1,17 @@
 //! passt, user-mode networking without privileges: it gives the guest 10.0.2.15/24, answers
-//! ARP and DHCP for the network, maps the gateway 10.0.2.2 to the host's loopback (connections
-//! to 10.0.2.2:P reach 127.0.0.1:P on the host) and forwards DNS sent to 10.0.2.3 to the host's
-//! resolver. Everything else leaves through the host's own sockets.
+//! ARP and DHCP for the network, forwards DNS sent to 10.0.2.3 to the host's resolver, and,
+//! only when the user opens the host's loopback ([`HostLoopback`]), maps the gateway 10.0.2.2
+//! to it (connections to 10.0.2.2:P reach 127.0.0.1:P on the host; `--no-map-gw` otherwise).
+//! Everything else leaves through the host's own sockets.
 //!
 //! passt gets one end of a socket pair (`--fd`), so no socket path is involved, and exits when
-//! our end closes; it is killed and reaped with the device anyway, and dies with us.
+//! its other end closes; it is killed and reaped with the device anyway, and dies with us. That
+//! other end is not the VM's: a relay thread moves the frames between the VM's link and passt,
+//! each of the guest's through the [`Guard`] first, which is what keeps the host's loopback
+//! out of reach (guard.rs says why passt's options alone do not).
 
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -16,10 +20,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use contract::net;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use super::guard::{Guard, Verdict};
+use super::{Link, Stream};
 use crate::devices::lock;
 use crate::host_packages::{self, HostPackageError};
 use crate::seccomp::ThreadKind;
+use crate::vm::HostLoopback;
 
 /// The MTU the guest uses (the kernel's default); passt offers it over DHCP too.
 const MTU: u16 = 1500;
@@ -37,6 +45,12 @@ pub enum Error {
     Socket(#[source] io::Error),
     #[error("cannot start {PASST}")]
     Spawn(#[source] io::Error),
+    #[error("cannot start the {name} thread that serves {PASST}")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A running passt, killed and reaped when dropped.
@@ -74,15 +88,16 @@ impl Drop for Process {
     }
 }
 
-/// passt's command line: our network, IPv4 only, talking over descriptor `fd`.
-fn args(fd: i32) -> Vec<String> {
+/// passt's command line: our network, IPv4 only, talking over descriptor `fd`, the gateway
+/// mapped to the host's loopback only when some of it is open.
+fn args(fd: i32, host_loopback: &HostLoopback) -> Vec<String> {
     let mut args: Vec<String> = ["--fd", &fd.to_string(), "--foreground", "--quiet"]
         .map(String::from)
         .into();
     for (option, value) in [
         ("--ipv4-only", None),
         // The guest's side of the network is the contract's (contract::net): passt's is the
-        // same, so that 10.0.2.2 is the host's loopback and DNS at 10.0.2.3 reaches the host's.
+        // same, so that DNS at 10.0.2.3 reaches the host's, and 10.0.2.2 is the gateway.
         ("--address", Some(net::GUEST_ADDRESS.to_string())),
         ("--netmask", Some(net::PREFIX.to_string())),
         ("--gateway", Some(net::GATEWAY.to_string())),
@@ -92,28 +107,50 @@ fn args(fd: i32) -> Vec<String> {
         args.push(option.into());
         args.extend(value);
     }
+    // Which ports of the loopback are open is the guard's to enforce; passt maps them all.
+    if *host_loopback == HostLoopback::Closed {
+        args.push("--no-map-gw".into());
+    }
     args
 }
 
-/// Whether the thread that drains passt's stderr, which runs in the process that starts passt,
-/// installs its seccomp filter (crate::seccomp): in a VMM whose threads are filtered it does;
-/// in nodeos-vm, which starts passt for a VMM process and whose own threads are not, it does
-/// not.
+/// Whether the threads that serve passt, which run in the process that starts it (one that
+/// drains its stderr, the relay), install their seccomp filters (crate::seccomp): in a VMM
+/// whose threads are filtered they do; in nodeos-vm, which starts passt for a VMM process and
+/// whose own threads are not, they do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StderrThread {
+pub enum HelperThreads {
     Filtered,
     Unfiltered,
 }
 
-/// Starts passt on one end of a new socket pair; returns the other end, and passt, which runs
+impl HelperThreads {
+    /// Installs `kind`'s filter on the calling thread when these threads are filtered. A
+    /// filter that cannot be installed here cannot be on the VM's own threads either, and
+    /// those end the VM; this thread goes on meanwhile.
+    fn filter(self, kind: ThreadKind) {
+        if self == HelperThreads::Filtered {
+            if let Err(e) = crate::seccomp::apply(kind) {
+                tracing::error!("{e}");
+            }
+        }
+    }
+}
+
+/// Starts passt for a guest that may reach `host_loopback` of the host's loopback; returns the
+/// VM's end of the link (frames go through the guard to passt, and back), and passt, which runs
 /// until the [`Process`] is dropped.
-pub fn spawn(stderr_thread: StderrThread) -> Result<(UnixStream, Process), Error> {
+pub fn spawn(
+    host_loopback: &HostLoopback,
+    helpers: HelperThreads,
+) -> Result<(UnixStream, Process), Error> {
     host_packages::ensure(PASST, "passt")?;
     let (ours, theirs) = UnixStream::pair().map_err(Error::Socket)?;
+    let (vm_end, relay_end) = UnixStream::pair().map_err(Error::Socket)?;
     let fd = theirs.as_raw_fd();
     let mut command = Command::new(PASST);
     command
-        .args(args(fd))
+        .args(args(fd, host_loopback))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -138,22 +175,83 @@ pub fn spawn(stderr_thread: StderrThread) -> Result<(UnixStream, Process), Error
     let stderr = child.stderr.take().expect("stderr is piped");
     let stderr_tail = Arc::new(Mutex::new(Vec::new()));
     let tail = Arc::clone(&stderr_tail);
-    // Drained all along, so that passt never blocks on a full pipe.
-    let drain = thread::Builder::new()
-        .name("passt-stderr".into())
-        .spawn(move || {
-            // A filter that cannot be installed here cannot be on the VM's own threads either,
-            // and those end the VM; this one keeps draining meanwhile.
-            if stderr_thread == StderrThread::Filtered {
-                if let Err(e) = crate::seccomp::apply(ThreadKind::PasstStderr) {
-                    tracing::error!("{e}");
-                }
-            }
-            keep_tail(stderr, &tail)
-        });
     let process = Process { child, stderr_tail };
-    drain.map_err(Error::Spawn)?;
-    Ok((ours, process))
+    // Drained all along, so that passt never blocks on a full pipe.
+    thread::Builder::new()
+        .name(ThreadKind::PasstStderr.name().into())
+        .spawn(move || {
+            helpers.filter(ThreadKind::PasstStderr);
+            keep_tail(stderr, &tail)
+        })
+        .map_err(|source| Error::Thread {
+            name: ThreadKind::PasstStderr.name(),
+            source,
+        })?;
+    let vm = Stream::new(relay_end, None).map_err(Error::Socket)?;
+    let passt = Stream::new(ours, None).map_err(Error::Socket)?;
+    let guard = Guard::new(host_loopback.clone());
+    // It ends when either side closes: the VM's link, or passt (killed with the Process).
+    thread::Builder::new()
+        .name(ThreadKind::PasstRelay.name().into())
+        .spawn(move || {
+            helpers.filter(ThreadKind::PasstRelay);
+            if let Err(e) = relay(vm, passt, &guard) {
+                tracing::debug!("passt relay: {e}");
+            }
+        })
+        .map_err(|source| Error::Thread {
+            name: ThreadKind::PasstRelay.name(),
+            source,
+        })?;
+    Ok((vm_end, process))
+}
+
+/// Moves frames between the VM's end of the link and passt's until either closes, each of the
+/// guest's through `guard` first (a refused one answered back to the guest). Both directions
+/// are bounded by the streams' buffers: a side that does not read stops what would fill them.
+fn relay(mut vm: Stream, mut passt: Stream, guard: &Guard) -> io::Result<()> {
+    loop {
+        // A guest frame may produce one for either side.
+        while passt.can_queue() && vm.can_queue() {
+            let Some(frame) = vm.recv()? else { break };
+            match guard.check(frame) {
+                Verdict::Pass => passt.queue(frame),
+                Verdict::Drop => {}
+                Verdict::Refuse(answer) => vm.queue(&answer),
+            }
+            vm.consume();
+        }
+        while vm.can_queue() {
+            let Some(frame) = passt.recv()? else { break };
+            vm.queue(frame);
+            passt.consume();
+        }
+        let (vm_pending, passt_pending) = (!vm.flush()?, !passt.flush()?);
+        let flags = |read: bool, write: bool| {
+            let mut flags = PollFlags::empty();
+            flags.set(PollFlags::POLLIN, read);
+            flags.set(PollFlags::POLLOUT, write);
+            flags
+        };
+        let mut fds = [
+            PollFd::new(
+                vm.as_fd(),
+                flags(passt.can_queue() && vm.can_queue(), vm_pending),
+            ),
+            PollFd::new(passt.as_fd(), flags(vm.can_queue(), passt_pending)),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let gone = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
+        if fds
+            .iter()
+            .any(|fd| fd.revents().is_some_and(|r| r.intersects(gone)))
+        {
+            return Ok(());
+        }
+    }
 }
 
 /// Reads `from` to its end, keeping the last [`STDERR_TAIL`] bytes in `tail`.
@@ -171,5 +269,23 @@ fn keep_tail(mut from: impl Read, tail: &Mutex<Vec<u8>>) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_is_mapped_only_when_some_of_the_loopback_is_open() {
+        let closed = args(3, &HostLoopback::Closed);
+        assert_eq!(closed[..2], ["--fd", "3"]);
+        assert!(closed.iter().any(|a| a == "--no-map-gw"), "{closed:?}");
+        for open in [HostLoopback::TcpPorts(vec![4873]), HostLoopback::All] {
+            let args = args(3, &open);
+            assert!(!args.iter().any(|a| a == "--no-map-gw"), "{args:?}");
+        }
+        let gateway = closed.iter().position(|a| a == "--gateway").unwrap();
+        assert_eq!(closed[gateway + 1], "10.0.2.2");
     }
 }

@@ -6,7 +6,7 @@
 //! wait in the other buffer while the peer cannot take them.
 
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use super::passt::Process;
@@ -77,6 +77,12 @@ impl Stream {
             None => "the peer closed the socket".into(),
         };
         io::Error::new(io::ErrorKind::UnexpectedEof, why)
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
     }
 }
 

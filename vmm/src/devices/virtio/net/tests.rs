@@ -19,6 +19,7 @@ use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::test_util::{self, add_chain, used, used_idx};
 use crate::devices::virtio::{BackendWork, VIRTIO_F_VERSION_1};
 use crate::memory::{GuestMemory, SharedMemory};
+use crate::vm::HostLoopback;
 
 /// Queue structures: receive at 0, transmit at 0x4000; buffers from 0x1_0000.
 const TXQ: u64 = 0x4000;
@@ -492,16 +493,23 @@ fn receive(
     read_mem(mem, at + HDR_LEN as u64, len as usize - HDR_LEN)
 }
 
-#[test]
-fn passt_answers_arp_and_takes_the_gateway_to_the_host() {
+/// Whether passt is installed; says the test is skipped when not.
+fn passt_installed() -> bool {
     let on_path = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("passt").is_file()));
     if !on_path {
         println!("skipped: passt is not installed (apt-get install passt)");
+    }
+    on_path
+}
+
+#[test]
+fn passt_answers_arp_and_takes_the_gateway_to_the_host() {
+    if !passt_installed() {
         return;
     }
     let mem = test_util::memory();
-    let (sock, process) = passt::spawn(passt::StderrThread::Filtered).unwrap();
+    let (sock, process) = passt::spawn(&HostLoopback::All, passt::HelperThreads::Filtered).unwrap();
     let dev = Net::new(Stream::new(sock, Some(process)).unwrap(), DEFAULT_MAC).unwrap();
     let vqs = [
         MockSplitQueue::create(&mem, GuestAddress(0), test_util::QUEUE_SIZE),
@@ -557,4 +565,157 @@ fn passt_answers_arp_and_takes_the_gateway_to_the_host() {
         "to the sending port"
     );
     assert_eq!(&answer[42..46], b"pong");
+}
+
+/// Ethernet + IPv4 + TCP SYN from the guest's 10.0.2.15:`sport` to `dst`:`dport`, as a guest
+/// that forges its frames can send it (checksums are not passt's to check).
+fn tcp_syn(dst_mac: &[u8], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = dst_mac.to_vec();
+    f.extend_from_slice(&DEFAULT_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 2, 15]);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&[
+        0, 0, 0x03, 0xe8, 0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0,
+    ]);
+    f
+}
+
+/// The link to a real passt, as the VM's device sees it (frames with their length), behind the
+/// guard.
+struct PasstLink {
+    sock: UnixStream,
+    _passt: passt::Process,
+    gateway_mac: Vec<u8>,
+}
+
+impl PasstLink {
+    fn new(host_loopback: HostLoopback) -> PasstLink {
+        let (sock, passt) = passt::spawn(&host_loopback, passt::HelperThreads::Filtered).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut link = PasstLink {
+            sock,
+            _passt: passt,
+            gateway_mac: Vec::new(),
+        };
+        link.send(&arp_request(contract::net::GATEWAY.octets()));
+        let reply = link
+            .frames_within(Duration::from_secs(10))
+            .into_iter()
+            .find(|f| f[12..14] == [0x08, 0x06])
+            .expect("an ARP reply for the gateway");
+        link.gateway_mac = reply[22..28].to_vec();
+        link
+    }
+
+    fn send(&mut self, frame: &[u8]) {
+        self.sock.write_all(&framed(frame)).unwrap();
+    }
+
+    /// The frames that come back within `wait` (all of them, however long that is, once one
+    /// has come).
+    fn frames_within(&mut self, wait: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + wait;
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 65536];
+        while Instant::now() < deadline {
+            match self.sock.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !bytes.is_empty() {
+                        break;
+                    }
+                }
+                Err(e) => panic!("reading from passt's link: {e}"),
+            }
+        }
+        let mut frames = Vec::new();
+        while bytes.len() >= 4 {
+            let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+            frames.push(bytes[4..4 + len].to_vec());
+            bytes.drain(..4 + len);
+        }
+        frames
+    }
+
+    /// Sends a SYN to `dst`:`port` and says what came back from `dst`: a SYN-ACK (`0x12`), a
+    /// reset (`0x14`), or nothing.
+    fn connect(&mut self, dst: [u8; 4], port: u16, sport: u16) -> Option<u8> {
+        let syn = tcp_syn(&self.gateway_mac.clone(), dst, sport, port);
+        self.send(&syn);
+        self.frames_within(Duration::from_secs(2))
+            .into_iter()
+            .filter(|f| f[12..14] == [0x08, 0x00] && f[23] == 6 && f[26..30] == dst)
+            .filter(|f| f[34..36] == port.to_be_bytes() && f[36..38] == sport.to_be_bytes())
+            .map(|f| f[47])
+            .next()
+    }
+}
+
+/// Whether `listener` has a connection waiting (it is non-blocking).
+fn accepted(listener: &std::net::TcpListener) -> bool {
+    listener.accept().is_ok()
+}
+
+#[test]
+fn forged_frames_never_reach_the_hosts_loopback() {
+    if !passt_installed() {
+        return;
+    }
+    // Nothing of the loopback is open. passt alone (even with --no-map-gw) would connect a
+    // SYN to 127.0.0.1 or 0.0.0.0 to this listener.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut link = PasstLink::new(HostLoopback::Closed);
+    for (i, dst) in [[127, 0, 0, 1], [127, 0, 0, 2], [0, 0, 0, 0]]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(link.connect(dst, port, 40002 + i as u16), None, "{dst:?}");
+    }
+    assert!(
+        !accepted(&listener),
+        "a forged frame reached the host's loopback"
+    );
+    // The gateway refuses at once: a reset (RST, ACK).
+    assert_eq!(
+        link.connect(contract::net::GATEWAY.octets(), port, 40001),
+        Some(0x14)
+    );
+
+    // One port open: that one is the host's loopback, the others are refused, and the
+    // loopback itself is still no destination.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    other.set_nonblocking(true).unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let mut link = PasstLink::new(HostLoopback::TcpPorts(vec![port]));
+    assert_eq!(
+        link.connect(contract::net::GATEWAY.octets(), port, 40010),
+        Some(0x12)
+    );
+    assert!(accepted(&listener));
+    assert_eq!(
+        link.connect(contract::net::GATEWAY.octets(), other_port, 40011),
+        Some(0x14)
+    );
+    assert_eq!(link.connect([127, 0, 0, 1], other_port, 40012), None);
+    assert!(
+        !accepted(&other),
+        "a closed port of the loopback was reached"
+    );
+
+    // All of it open: through the gateway only.
+    let mut link = PasstLink::new(HostLoopback::All);
+    assert_eq!(
+        link.connect(contract::net::GATEWAY.octets(), other_port, 40020),
+        Some(0x12)
+    );
+    assert!(accepted(&other));
+    assert_eq!(link.connect([127, 0, 0, 1], port, 40021), None);
+    assert!(!accepted(&listener));
 }

@@ -1,0 +1,445 @@
+//! What a guest with user-mode networking may send to passt: the host's loopback is out of its
+//! reach unless the user opened it ([`HostLoopback`]). Every frame from the guest goes through
+//! [`Guard::check`] before passt sees it (passt.rs's relay), whatever the backend.
+//!
+//! passt's own `--no-map-gw` is not enough: passt (0.0~git20230309 at least) connects to
+//! whatever address a frame names, so a frame to 127.0.0.1 or 0.0.0.0 reaches the host's
+//! loopback with or without it. Only a guest that forges frames sends those (a guest kernel
+//! never routes them out of eth0), and the guest is not trusted, so:
+//! - IPv4 to 0.0.0.0/8 or 127.0.0.0/8 is dropped, always;
+//! - IPv4 to the gateway (contract::net::GATEWAY, the host's loopback when mapped) passes as
+//!   [`HostLoopback`] says; a TCP segment to a port that is not open is answered with a reset,
+//!   so the guest's connection is refused at once, and anything else to it is dropped;
+//! - ARP passes, and so does other IPv4; every other EtherType (IPv6 among them: passt runs
+//!   IPv4 only) is dropped.
+
+use std::net::Ipv4Addr;
+
+use contract::net::GATEWAY;
+
+use super::ETH_HLEN;
+use crate::vm::HostLoopback;
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_ARP: u16 = 0x0806;
+/// An IPv4 header without options.
+const IPV4_HLEN: usize = 20;
+/// A TCP header without options.
+const TCP_HLEN: usize = 20;
+const PROTO_TCP: u8 = 6;
+/// IPv4's More Fragments flag and fragment offset.
+const FRAGMENT_MASK: u16 = 0x3fff;
+const DONT_FRAGMENT: u16 = 0x4000;
+const TTL: u8 = 64;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// What becomes of one frame from the guest.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// On to passt.
+    Pass,
+    /// Nowhere.
+    Drop,
+    /// Nowhere, and this frame (a TCP reset from the gateway) goes back to the guest.
+    Refuse(Vec<u8>),
+}
+
+/// The policy on the host's loopback for one VM.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    host_loopback: HostLoopback,
+}
+
+impl Guard {
+    pub fn new(host_loopback: HostLoopback) -> Guard {
+        Guard { host_loopback }
+    }
+
+    /// What becomes of `frame`, an Ethernet frame the guest sent.
+    pub fn check(&self, frame: &[u8]) -> Verdict {
+        let Some(ethertype) = frame.get(12..ETH_HLEN) else {
+            return Verdict::Drop;
+        };
+        match u16::from_be_bytes([ethertype[0], ethertype[1]]) {
+            ETHERTYPE_ARP => Verdict::Pass,
+            ETHERTYPE_IPV4 => self.check_ipv4(frame),
+            _ => Verdict::Drop,
+        }
+    }
+
+    fn check_ipv4(&self, frame: &[u8]) -> Verdict {
+        let Some(ip) = Ipv4::parse(&frame[ETH_HLEN..]) else {
+            return Verdict::Drop;
+        };
+        let to_this_host = matches!(ip.destination.octets()[0], 0 | 127);
+        if to_this_host {
+            return Verdict::Drop;
+        }
+        if ip.destination != GATEWAY {
+            return Verdict::Pass;
+        }
+        let tcp_ports = match &self.host_loopback {
+            HostLoopback::All => return Verdict::Pass,
+            HostLoopback::Closed => &[][..],
+            HostLoopback::TcpPorts(ports) => ports.as_slice(),
+        };
+        // Where passt would read the TCP header: also in a fragment, so never one of those.
+        if ip.protocol != PROTO_TCP || ip.fragmented {
+            return Verdict::Drop;
+        }
+        let Some(tcp) = Tcp::parse(ip.payload) else {
+            return Verdict::Drop;
+        };
+        if tcp_ports.contains(&tcp.destination_port) {
+            Verdict::Pass
+        } else if tcp.flags & TCP_RST != 0 {
+            // Never answer a reset (RFC 9293, 3.10.7.1).
+            Verdict::Drop
+        } else {
+            Verdict::Refuse(reset(frame, &ip, &tcp))
+        }
+    }
+}
+
+/// The IPv4 fields the guard looks at.
+struct Ipv4<'a> {
+    source: Ipv4Addr,
+    destination: Ipv4Addr,
+    protocol: u8,
+    fragmented: bool,
+    /// What follows the header, up to the packet's total length.
+    payload: &'a [u8],
+}
+
+impl<'a> Ipv4<'a> {
+    fn parse(packet: &'a [u8]) -> Option<Ipv4<'a>> {
+        let header = packet.get(..IPV4_HLEN)?;
+        let header_len = usize::from(header[0] & 0x0f) * 4;
+        if header[0] >> 4 != 4 || header_len < IPV4_HLEN {
+            return None;
+        }
+        let total_len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        let payload = packet.get(header_len..total_len)?;
+        let address =
+            |at: usize| Ipv4Addr::new(header[at], header[at + 1], header[at + 2], header[at + 3]);
+        Some(Ipv4 {
+            source: address(12),
+            destination: address(16),
+            protocol: header[9],
+            fragmented: u16::from_be_bytes([header[6], header[7]]) & FRAGMENT_MASK != 0,
+            payload,
+        })
+    }
+}
+
+/// The TCP fields a reset needs.
+struct Tcp {
+    source_port: u16,
+    destination_port: u16,
+    sequence: u32,
+    acknowledgment: u32,
+    flags: u8,
+    /// Bytes of data after the header and its options.
+    data_len: u32,
+}
+
+impl Tcp {
+    fn parse(segment: &[u8]) -> Option<Tcp> {
+        let header = segment.get(..TCP_HLEN)?;
+        let header_len = usize::from(header[12] >> 4) * 4;
+        if header_len < TCP_HLEN || header_len > segment.len() {
+            return None;
+        }
+        let word = |at: usize| {
+            u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+        };
+        Some(Tcp {
+            source_port: u16::from_be_bytes([header[0], header[1]]),
+            destination_port: u16::from_be_bytes([header[2], header[3]]),
+            sequence: word(4),
+            acknowledgment: word(8),
+            flags: header[13],
+            data_len: (segment.len() - header_len) as u32,
+        })
+    }
+}
+
+/// The reset that refuses `tcp` (in `ip`, in `frame`), from the gateway to the guest, as a
+/// closed port's (RFC 9293, 3.10.7.1): with the segment's acknowledgment as its sequence
+/// number, or acknowledging the segment when it had none.
+fn reset(frame: &[u8], ip: &Ipv4<'_>, tcp: &Tcp) -> Vec<u8> {
+    let (sequence, acknowledgment, flags) = if tcp.flags & TCP_ACK != 0 {
+        (tcp.acknowledgment, 0, TCP_RST)
+    } else {
+        let length = tcp.data_len
+            + u32::from(tcp.flags & TCP_SYN != 0)
+            + u32::from(tcp.flags & TCP_FIN != 0);
+        (0, tcp.sequence.wrapping_add(length), TCP_RST | TCP_ACK)
+    };
+
+    let mut segment = [0u8; TCP_HLEN];
+    segment[0..2].copy_from_slice(&tcp.destination_port.to_be_bytes());
+    segment[2..4].copy_from_slice(&tcp.source_port.to_be_bytes());
+    segment[4..8].copy_from_slice(&sequence.to_be_bytes());
+    segment[8..12].copy_from_slice(&acknowledgment.to_be_bytes());
+    segment[12] = ((TCP_HLEN / 4) as u8) << 4;
+    segment[13] = flags;
+    let mut pseudo_header = [0u8; 12];
+    pseudo_header[0..4].copy_from_slice(&ip.destination.octets());
+    pseudo_header[4..8].copy_from_slice(&ip.source.octets());
+    pseudo_header[9] = PROTO_TCP;
+    pseudo_header[10..12].copy_from_slice(&(TCP_HLEN as u16).to_be_bytes());
+    let sum = checksum(&[&pseudo_header, &segment]);
+    segment[16..18].copy_from_slice(&sum.to_be_bytes());
+
+    let mut header = [0u8; IPV4_HLEN];
+    header[0] = 0x45;
+    header[2..4].copy_from_slice(&((IPV4_HLEN + TCP_HLEN) as u16).to_be_bytes());
+    header[6..8].copy_from_slice(&DONT_FRAGMENT.to_be_bytes());
+    header[8] = TTL;
+    header[9] = PROTO_TCP;
+    header[12..16].copy_from_slice(&ip.destination.octets());
+    header[16..20].copy_from_slice(&ip.source.octets());
+    let sum = checksum(&[&header]);
+    header[10..12].copy_from_slice(&sum.to_be_bytes());
+
+    let mut out = Vec::with_capacity(ETH_HLEN + IPV4_HLEN + TCP_HLEN);
+    // Back to the guest's MAC address, from the one it sent to (the gateway's).
+    out.extend_from_slice(&frame[6..12]);
+    out.extend_from_slice(&frame[0..6]);
+    out.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&segment);
+    out
+}
+
+/// The Internet checksum (RFC 1071) of `parts` one after the other, each of even length.
+fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = parts
+        .iter()
+        .flat_map(|part| part.chunks(2))
+        .map(|word| u32::from(u16::from_be_bytes([word[0], *word.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    const GATEWAY_MAC: [u8; 6] = [0x02, 0xfc, 0x00, 0x00, 0x00, 0x01];
+    const GUEST: [u8; 4] = [10, 0, 2, 15];
+
+    /// An Ethernet frame with `ethertype` around `payload`, guest to gateway.
+    fn ethernet(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = GATEWAY_MAC.to_vec();
+        f.extend_from_slice(&GUEST_MAC);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// An IPv4 packet from the guest to `dst` of protocol `proto`, flags and fragment offset
+    /// `fragment`.
+    fn ipv4(dst: [u8; 4], proto: u8, fragment: u16, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x45, 0];
+        p.extend_from_slice(&((IPV4_HLEN + payload.len()) as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 1]);
+        p.extend_from_slice(&fragment.to_be_bytes());
+        p.extend_from_slice(&[64, proto, 0, 0]);
+        p.extend_from_slice(&GUEST);
+        p.extend_from_slice(&dst);
+        let sum = checksum(&[&p]);
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// A TCP segment from guest port 40000 to `port`, sequence 1000, acknowledging `ack`.
+    fn tcp(port: u16, flags: u8, ack: u32, data: &[u8]) -> Vec<u8> {
+        let mut s = 40000u16.to_be_bytes().to_vec();
+        s.extend_from_slice(&port.to_be_bytes());
+        s.extend_from_slice(&1000u32.to_be_bytes());
+        s.extend_from_slice(&ack.to_be_bytes());
+        s.extend_from_slice(&[5 << 4, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+        s.extend_from_slice(data);
+        s
+    }
+
+    fn tcp_frame(dst: [u8; 4], port: u16, flags: u8) -> Vec<u8> {
+        ethernet(
+            ETHERTYPE_IPV4,
+            &ipv4(dst, PROTO_TCP, DONT_FRAGMENT, &tcp(port, flags, 0, &[])),
+        )
+    }
+
+    fn gateway() -> [u8; 4] {
+        GATEWAY.octets()
+    }
+
+    #[test]
+    fn the_hosts_loopback_is_never_a_destination() {
+        for host_loopback in [
+            HostLoopback::Closed,
+            HostLoopback::TcpPorts(vec![80]),
+            HostLoopback::All,
+        ] {
+            let guard = Guard::new(host_loopback);
+            for dst in [[127, 0, 0, 1], [127, 1, 2, 3], [0, 0, 0, 0], [0, 1, 2, 3]] {
+                assert_eq!(
+                    guard.check(&tcp_frame(dst, 80, TCP_SYN)),
+                    Verdict::Drop,
+                    "{dst:?}"
+                );
+                let udp = ethernet(ETHERTYPE_IPV4, &ipv4(dst, 17, 0, &[0; 8]));
+                assert_eq!(guard.check(&udp), Verdict::Drop, "{dst:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn other_destinations_and_arp_pass_other_ethertypes_do_not() {
+        let guard = Guard::new(HostLoopback::Closed);
+        for dst in [
+            [93, 184, 216, 34],
+            [192, 0, 2, 2],
+            [10, 0, 2, 3],
+            [255, 255, 255, 255],
+        ] {
+            assert_eq!(
+                guard.check(&tcp_frame(dst, 80, TCP_SYN)),
+                Verdict::Pass,
+                "{dst:?}"
+            );
+        }
+        assert_eq!(
+            guard.check(&ethernet(ETHERTYPE_ARP, &[0; 28])),
+            Verdict::Pass
+        );
+        let ipv6 = ethernet(0x86dd, &[0x60; 60]);
+        assert_eq!(guard.check(&ipv6), Verdict::Drop);
+        assert_eq!(guard.check(&GATEWAY_MAC), Verdict::Drop);
+    }
+
+    #[test]
+    fn malformed_ipv4_is_dropped() {
+        let guard = Guard::new(HostLoopback::All);
+        let good = ipv4([1, 1, 1, 1], PROTO_TCP, 0, &tcp(80, TCP_SYN, 0, &[]));
+        assert_eq!(guard.check(&ethernet(ETHERTYPE_IPV4, &good)), Verdict::Pass);
+        let mut bad_version = good.clone();
+        bad_version[0] = 0x65;
+        let mut short_header = good.clone();
+        short_header[0] = 0x44;
+        let mut too_long = good.clone();
+        too_long[2..4].copy_from_slice(&1500u16.to_be_bytes());
+        for bad in [bad_version, short_header, too_long, good[..19].to_vec()] {
+            assert_eq!(guard.check(&ethernet(ETHERTYPE_IPV4, &bad)), Verdict::Drop);
+        }
+    }
+
+    #[test]
+    fn a_closed_gateway_refuses_tcp_and_drops_the_rest() {
+        let guard = Guard::new(HostLoopback::Closed);
+        assert!(matches!(
+            guard.check(&tcp_frame(gateway(), 4873, TCP_SYN)),
+            Verdict::Refuse(_)
+        ));
+        assert_eq!(
+            guard.check(&tcp_frame(gateway(), 4873, TCP_RST)),
+            Verdict::Drop
+        );
+        let udp = ethernet(ETHERTYPE_IPV4, &ipv4(gateway(), 17, 0, &[0; 8]));
+        assert_eq!(guard.check(&udp), Verdict::Drop);
+        let icmp = ethernet(
+            ETHERTYPE_IPV4,
+            &ipv4(gateway(), 1, 0, &[8, 0, 0, 0, 0, 0, 0, 0]),
+        );
+        assert_eq!(guard.check(&icmp), Verdict::Drop);
+        // A fragment is never read as a TCP header, even one that looks like an open port's.
+        let open = Guard::new(HostLoopback::TcpPorts(vec![4873]));
+        let fragment = ipv4(gateway(), PROTO_TCP, 0x2000, &tcp(4873, TCP_SYN, 0, &[]));
+        assert_eq!(
+            open.check(&ethernet(ETHERTYPE_IPV4, &fragment)),
+            Verdict::Drop
+        );
+    }
+
+    #[test]
+    fn open_ports_pass_others_are_refused() {
+        let guard = Guard::new(HostLoopback::TcpPorts(vec![4873, 8080]));
+        for port in [4873, 8080] {
+            assert_eq!(
+                guard.check(&tcp_frame(gateway(), port, TCP_SYN)),
+                Verdict::Pass
+            );
+            assert_eq!(
+                guard.check(&tcp_frame(gateway(), port, TCP_ACK)),
+                Verdict::Pass
+            );
+        }
+        assert!(matches!(
+            guard.check(&tcp_frame(gateway(), 22, TCP_SYN)),
+            Verdict::Refuse(_)
+        ));
+        let udp = ethernet(ETHERTYPE_IPV4, &ipv4(gateway(), 17, 0, &[0; 8]));
+        assert_eq!(guard.check(&udp), Verdict::Drop);
+        let all = Guard::new(HostLoopback::All);
+        assert_eq!(all.check(&tcp_frame(gateway(), 22, TCP_SYN)), Verdict::Pass);
+        assert_eq!(all.check(&udp), Verdict::Pass);
+    }
+
+    #[test]
+    fn the_reset_answers_the_segment_with_valid_checksums() {
+        let guard = Guard::new(HostLoopback::Closed);
+        // A SYN with 3 bytes of data: acknowledged as 1000 + 1 + 3.
+        let syn = ethernet(
+            ETHERTYPE_IPV4,
+            &ipv4(
+                gateway(),
+                PROTO_TCP,
+                DONT_FRAGMENT,
+                &tcp(4873, TCP_SYN, 0, b"abc"),
+            ),
+        );
+        let Verdict::Refuse(rst) = guard.check(&syn) else {
+            panic!("not refused");
+        };
+        assert_eq!(rst.len(), ETH_HLEN + IPV4_HLEN + TCP_HLEN);
+        assert_eq!(
+            (&rst[0..6], &rst[6..12]),
+            (&GUEST_MAC[..], &GATEWAY_MAC[..])
+        );
+        let ip = &rst[ETH_HLEN..ETH_HLEN + IPV4_HLEN];
+        assert_eq!(checksum(&[ip]), 0, "IPv4 header checksum");
+        assert_eq!((&ip[12..16], &ip[16..20]), (&gateway()[..], &GUEST[..]));
+        assert_eq!(ip[9], PROTO_TCP);
+        let tcp_hdr = &rst[ETH_HLEN + IPV4_HLEN..];
+        let mut pseudo = ip[12..20].to_vec();
+        pseudo.extend_from_slice(&[0, PROTO_TCP, 0, TCP_HLEN as u8]);
+        assert_eq!(checksum(&[&pseudo, tcp_hdr]), 0, "TCP checksum");
+        assert_eq!(u16::from_be_bytes([tcp_hdr[0], tcp_hdr[1]]), 4873);
+        assert_eq!(u16::from_be_bytes([tcp_hdr[2], tcp_hdr[3]]), 40000);
+        assert_eq!(&tcp_hdr[4..8], &0u32.to_be_bytes());
+        assert_eq!(&tcp_hdr[8..12], &1004u32.to_be_bytes());
+        assert_eq!(tcp_hdr[13], TCP_RST | TCP_ACK);
+
+        // A segment with an acknowledgment: the reset takes it as its sequence number.
+        let ack = ethernet(
+            ETHERTYPE_IPV4,
+            &ipv4(gateway(), PROTO_TCP, 0, &tcp(4873, TCP_ACK, 77, &[])),
+        );
+        let Verdict::Refuse(rst) = guard.check(&ack) else {
+            panic!("not refused");
+        };
+        let tcp_hdr = &rst[ETH_HLEN + IPV4_HLEN..];
+        assert_eq!(&tcp_hdr[4..8], &77u32.to_be_bytes());
+        assert_eq!(tcp_hdr[13], TCP_RST);
+    }
+}
