@@ -184,8 +184,8 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
         .unwrap();
         // Host programs the box runs, installed with apt when missing (as root), like
         // nodeos-vm installs what it needs: passt for --net, iproute2's ip (busybox's has no
-        // tuntap; ahead of busybox's on L1's PATH), e2fsprogs to pack volumes and to check
-        // users' disks (debugfs, e2fsck).
+        // tuntap; ahead of busybox's on L1's PATH), e2fsprogs to pack volumes, to check and
+        // grow users' disks (e2fsck, resize2fs) and for the cases to look into one (debugfs).
         let program = |name, package| kvm_box::host_program(name, package).unwrap();
         let passt = program("passt", "passt");
         let mut run = BoxRun::new(script.build())
@@ -199,7 +199,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             .file(BoxFile::new(common::fixture_dir(), FIXTURE))
             .file(BoxFile::new(&serve_app, SERVE_APP))
             .file(BoxFile::same_path("/etc/mke2fs.conf"));
-        for tool in ["mke2fs", "debugfs", "e2fsck"] {
+        for tool in ["mke2fs", "debugfs", "e2fsck", "resize2fs"] {
             let path = program(tool, "e2fsprogs");
             run = run.file(BoxFile::with_libs(&path, path.to_str().unwrap()));
         }
