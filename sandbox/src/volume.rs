@@ -23,6 +23,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -42,6 +43,8 @@ const GUEST_UID: u32 = 1000;
 const GUEST_GID: u32 = 1000;
 /// Free space an image gets beyond its files, for what the guest writes.
 const HEADROOM_BYTES: u64 = 256 << 20;
+/// The folder mke2fs makes at the top of every image.
+const LOST_FOUND: &str = "lost+found";
 const BLOCK: u64 = 4096;
 /// How long the guest may take to send a `:rw` volume's tree.
 pub const COPY_BACK_TIME: Duration = Duration::from_secs(300);
@@ -264,6 +267,7 @@ impl Volume {
         // says, so run it where our own uid reads as the guest's.
         as_guest_owner(&mut command);
         run_tool(command, format!("packing {} (mke2fs)", self.host.display()))?;
+        self.match_top(image)?;
         let image_len = fs::metadata(image).map_err(|source| Error::Io {
             what: "looking at the packed image",
             path: image.to_path_buf(),
@@ -274,6 +278,38 @@ impl Volume {
             entries: inodes * 2,
             time: COPY_BACK_TIME,
         })
+    }
+
+    /// Makes the image's top folder the host folder's: mke2fs leaves its own `lost+found`
+    /// there (unless the host folder has one, whose files it holds then) and gives the top
+    /// folder its own mode and time, where everything below has the host's. Done with
+    /// debugfs on the image mke2fs just made, before any guest has seen it.
+    fn match_top(&self, image: &Path) -> Result<(), Error> {
+        let io = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { what, path, source }
+        };
+        let top = fs::metadata(&self.host).map_err(io("looking at", &self.host))?;
+        let mut requests = String::new();
+        let lost_found = self.host.join(LOST_FOUND);
+        if fs::symlink_metadata(&lost_found).is_err() {
+            requests.push_str(&format!("rmdir {LOST_FOUND}\n"));
+        }
+        requests.push_str(&format!(
+            "set_inode_field / mode 0{:o}\nset_inode_field / mtime @{}\n",
+            libc::S_IFDIR | (top.mode() & 0o7777),
+            top.mtime(),
+        ));
+        let file = image.with_extension("debugfs");
+        fs::write(&file, requests).map_err(io("writing", &file))?;
+        let mut command = Command::new("debugfs");
+        command.arg("-w").arg("-f").arg(&file).arg(image);
+        let done = run_tool(
+            command,
+            format!("packing {} (debugfs)", self.host.display()),
+        );
+        let _ = fs::remove_file(&file);
+        done
     }
 
     /// Copies the guest's changes back: unpacks the tree `source` sends into `scratch`, an

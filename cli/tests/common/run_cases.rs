@@ -140,11 +140,24 @@ pub const RUN_CASES: &[RunCase] = &[
                    fs.writeFileSync(\"new-file\", \"x\");
                    console.log(fs.readFileSync(\"package.json\", \"utf8\"), fs.existsSync(\"lib/invoice.js\"))'
                  after=$(cat $FIXTURE/package.json $FIXTURE/lib/invoice.js | md5sum)
-                 [ \"$before\" = \"$after\" ] && [ ! -e $FIXTURE/new-file ] && echo host unchanged",
+                 [ \"$before\" = \"$after\" ] && [ ! -e $FIXTURE/new-file ] && echo host unchanged
+                 touch -d '2001-09-09 01:46:40' $FIXTURE
+                 inside=$($RUN -v $FIXTURE:/app -- node -e '
+                   const fs = require(\"fs\"), top = fs.statSync(\"/app\");
+                   console.log(fs.readdirSync(\"/app\").sort().join(\",\"),
+                     (top.mode & 0o7777).toString(8), Math.floor(top.mtimeMs / 1000))')
+                 outside=\"$(ls -A $FIXTURE | LC_ALL=C sort | paste -sd, -) $(stat -c '%a %Y' $FIXTURE)\"
+                 [ \"$inside\" = \"$outside\" ] && echo same top folder || echo \"inside: $inside; outside: $outside\"",
         stdin: "",
         net: false,
         root: false,
-        check: |o| expect(o, 0, "fixture-invoices\nrewritten false\nhost unchanged\n"),
+        check: |o| {
+            expect(
+                o,
+                0,
+                "fixture-invoices\nrewritten false\nhost unchanged\nsame top folder\n",
+            )
+        },
     },
     RunCase {
         name: "read_only_and_read_write_volumes",

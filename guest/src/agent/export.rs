@@ -5,9 +5,9 @@
 //! The walk goes from folder descriptor to folder descriptor and never follows a symlink
 //! (dir.rs); a folder comes before what is in it, names in byte order. Regular files travel as
 //! their data extents (`SEEK_DATA`/`SEEK_HOLE`): a sparse file sends its data only. FIFOs,
-//! sockets and devices are left out, and so is the root's `lost+found` (ext4's, not the
-//! user's). An entry that disappears during the walk is left out; one that changes kind is an
-//! error.
+//! sockets and devices are left out (the host packs a volume without ext4's `lost+found`, so
+//! a `lost+found` here is the user's). An entry that disappears during the walk is left out;
+//! one that changes kind is an error.
 
 mod dir;
 
@@ -86,9 +86,6 @@ impl Walk<'_> {
         })?;
         names.sort();
         for name in names {
-            if path.is_none() && name.as_bytes() == b"lost+found" {
-                continue;
-            }
             let child = TreePath::child(path, name.to_bytes())
                 .map_err(|e| Error::invalid(format!("{}/...", self.root.display()), e))?;
             self.entry(dir, &name, child)?;

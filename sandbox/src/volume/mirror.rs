@@ -12,7 +12,7 @@
 //! - modes come from the scratch tree (already masked); an unchanged entry whose mode agrees
 //!   with it under [`MODE_MASK`] keeps its own (a group-writable file stays so);
 //! - FIFOs, sockets and devices of the host folder are left alone, and so are the names in
-//!   `keep` (refused symlinks) and the top's `lost+found`;
+//!   `keep` (refused symlinks);
 //! - unless asked to copy them ([`Git::Copied`]), nothing named `.git` (in any case: a folder,
 //!   a file, a symlink, at any depth) is created, changed or removed, nor anything under it:
 //!   git runs what a repository's hooks and config name on the host. What the guest's tree
@@ -33,8 +33,6 @@ use super::extents;
 use super::folder::{Folder, Kind};
 use super::unpack::MODE_MASK;
 
-/// ext4 makes it; no file of the user's.
-const LOST_FOUND: &str = "lost+found";
 /// A git repository's folder (or, in a worktree or submodule, a file naming it).
 const GIT: &str = ".git";
 /// How many of the refused `.git` paths are kept, to be named.
@@ -140,9 +138,7 @@ impl Mirror<'_> {
         }
         for name in dst.names().doing("listing", rel)? {
             let path = rel.join(&name);
-            if names.binary_search(&name).is_ok()
-                || (rel.as_os_str().is_empty() && name == LOST_FOUND)
-                || self.keep.contains(path.as_os_str().as_bytes())
+            if names.binary_search(&name).is_ok() || self.keep.contains(path.as_os_str().as_bytes())
             {
                 continue;
             }

@@ -261,6 +261,57 @@ fn error_line(err: &dyn std::error::Error) -> String {
     line
 }
 
+/// What debugfs says of `request` in `image`.
+fn debugfs(image: &Path, request: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", request])
+        .arg(image)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The image's top folder is the host folder's: its names (no `lost+found` of ext4's, the
+/// user's own kept with what it holds), its mode, its modification time.
+#[test]
+fn the_images_top_folder_is_the_host_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("project");
+    fs::create_dir(&host).unwrap();
+    fs::write(host.join("a.js"), "a").unwrap();
+    fs::set_permissions(&host, fs::Permissions::from_mode(0o750)).unwrap();
+    let mtime = 1_000_000_000;
+    let times = [libc::timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    }; 2];
+    let c_host = std::ffi::CString::new(host.as_os_str().as_bytes()).unwrap();
+    // SAFETY: c_host is NUL-terminated and times two valid timespecs; both outlive the call.
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c_host.as_ptr(), times.as_ptr(), 0) },
+        0
+    );
+
+    let image = dir.path().join("vol.img");
+    let v = Volume::parse(&format!("{}:/app:ro", host.display())).unwrap();
+    v.pack(&image).unwrap();
+    let names: Vec<String> = debugfs(&image, "ls -p /")
+        .lines()
+        .filter_map(|l| l.split('/').nth(5).map(str::to_string))
+        .filter(|n| !n.is_empty() && n != "." && n != "..")
+        .collect();
+    assert_eq!(names, ["a.js"]);
+    let top = debugfs(&image, "stat /");
+    assert!(top.contains("Mode:  0750"), "{top}");
+    assert!(top.contains(&format!("mtime: {mtime:#x}")), "{top}");
+
+    // A lost+found of the user's stays, with its files.
+    fs::create_dir(host.join("lost+found")).unwrap();
+    fs::write(host.join("lost+found/mine"), "x").unwrap();
+    v.pack(&image).unwrap();
+    assert!(debugfs(&image, "ls -p /lost+found").contains("/mine/"));
+}
+
 /// Packs with the real mke2fs (owners checked with debugfs), then copies back what an
 /// honest guest sends after deleting, creating and overwriting files.
 #[test]

@@ -89,6 +89,7 @@ fn a_tree_with_every_kind_of_entry() {
             format!("data 0 {MAX_DATA} 122"),
             "data 65536 10 122".into(),
             "file empty 644 0".into(),
+            format!("dir lost+found {src_mode:o}"),
             "link passwd -> /etc/passwd".into(),
             format!("dir src {src_mode:o}"),
             "file src/a.js 640 3".into(),
