@@ -163,7 +163,14 @@ ln -s ../lib/nodeos/nsh/nsh.js "$ROOT/usr/bin/nsh"
 DEB_ROOT=$WORK/debs
 mkdir -p "$DEB_ROOT"
 for deb in "${DEBS[@]}"; do dpkg-deb -x "$deb" "$DEB_ROOT"; done
-LIBS=(libc.so.6 libm.so.6 libdl.so.2 libpthread.so.0 ld-linux-x86-64.so.2 libgcc_s.so.1 libstdc++.so.6)
+# glibc's whole runtime set (what prebuilt native addons link against: rollup's needs librt,
+# others libresolv, libutil, libanl, libmvec), its NSS modules, and the C++ runtime.
+LIBS=(
+    ld-linux-x86-64.so.2 libc.so.6 libm.so.6 libmvec.so.1 libdl.so.2 libpthread.so.0 librt.so.1
+    libresolv.so.2 libutil.so.1 libanl.so.1 libBrokenLocale.so.1 libthread_db.so.1
+    libnss_files.so.2 libnss_dns.so.2 libnss_compat.so.2
+    libgcc_s.so.1 libstdc++.so.6
+)
 for lib in "${LIBS[@]}"; do
     src=$(find "$DEB_ROOT" -name "$lib" \( -type f -o -type l \) | head -1)
     [[ -n $src ]] || die "$lib is not in ${DEBS[*]}"

@@ -159,3 +159,59 @@ fn detached_vm_lifecycle() {
     assert!(!ps.contains("deadbeef0000"), "{ps}");
     assert!(!stale.exists());
 }
+
+/// A prebuilt native addon from the npm registry itself loads in the VM: rollup's native
+/// build (`@rollup/rollup-linux-x64-gnu`, which links libdl, librt, libpthread, libgcc_s and
+/// libc), fetched as npm would (its tarball, with curl on the host), used once from a
+/// read-only project.
+#[test]
+fn a_native_addon_from_the_npm_registry_loads() {
+    let (kernel, rootfs) = common::artifacts();
+    let project = tempfile::tempdir().unwrap();
+    let package = project
+        .path()
+        .join("node_modules/@rollup/rollup-linux-x64-gnu");
+    std::fs::create_dir_all(&package).unwrap();
+    let fetched = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "curl -fsSL https://registry.npmjs.org/@rollup/rollup-linux-x64-gnu/-/rollup-linux-x64-gnu-4.69.3.tgz \
+             | tar -xz --strip-components=1",
+        )
+        .current_dir(&package)
+        .output()
+        .unwrap();
+    assert!(
+        fetched.status.success(),
+        "fetching the addon from the npm registry: {}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    let volume = format!("{}:/app:ro", project.path().display());
+    let child = Command::new(BIN)
+        .args(["run", "--backend", &common::backend(), "--kernel"])
+        .arg(kernel)
+        .arg("--rootfs")
+        .arg(rootfs)
+        .args(["-v", &volume, "-w", "/app", "--", "node", "-e"])
+        .arg(
+            "const rollup = require('@rollup/rollup-linux-x64-gnu');
+             console.log(typeof rollup.parse, rollup.xxhashBase16(new Uint8Array([1, 2, 3])).length);",
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _watchdog = common::Watchdog::for_group(child.id(), common::BOOT_LIMIT * 2);
+    let used = child.wait_with_output().unwrap();
+    assert_eq!(
+        (
+            used.status.code(),
+            String::from_utf8_lossy(&used.stdout).as_ref()
+        ),
+        (Some(0), "function 32\n"),
+        "{}",
+        String::from_utf8_lossy(&used.stderr)
+    );
+}
