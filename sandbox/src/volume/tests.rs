@@ -287,10 +287,8 @@ fn the_images_top_folder_is_the_host_folders() {
     }; 2];
     let c_host = std::ffi::CString::new(host.as_os_str().as_bytes()).unwrap();
     // SAFETY: c_host is NUL-terminated and times two valid timespecs; both outlive the call.
-    assert_eq!(
-        unsafe { libc::utimensat(libc::AT_FDCWD, c_host.as_ptr(), times.as_ptr(), 0) },
-        0
-    );
+    let set = unsafe { libc::utimensat(libc::AT_FDCWD, c_host.as_ptr(), times.as_ptr(), 0) };
+    assert_eq!(set, 0);
 
     let image = dir.path().join("vol.img");
     let v = Volume::parse(&format!("{}:/app:ro", host.display())).unwrap();
