@@ -438,6 +438,8 @@ struct Replies {
     /// Bytes read and not yet decoded: at most one frame (its length is checked as soon as
     /// it has arrived) and one read.
     buf: Vec<u8>,
+    /// Where each read lands before its bytes join `buf` (allocated and zeroed once).
+    chunk: Box<[u8]>,
     eof: bool,
 }
 
@@ -457,6 +459,7 @@ impl Replies {
         Replies {
             stream,
             buf: Vec::new(),
+            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             eof: false,
         }
     }
@@ -483,13 +486,9 @@ impl Replies {
                 Some(i) => return Ok(Next::Woken(i - 1)),
                 None => return Ok(Next::TimedOut),
             }
-            let at = self.buf.len();
-            self.buf.resize(at + READ_CHUNK, 0);
-            let read = (&self.stream).read(&mut self.buf[at..]);
-            self.buf.truncate(at + *read.as_ref().unwrap_or(&0));
-            match read {
+            match (&self.stream).read(&mut self.chunk) {
                 Ok(0) => self.eof = true,
-                Ok(_) => {}
+                Ok(n) => self.buf.extend_from_slice(&self.chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::Frame(FrameError::Io(e))),
             }

@@ -20,6 +20,7 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use serde_json::{json, Value};
+use vmm::error_chain::one_line;
 
 use super::access::{Hosts, Token};
 use super::instance::CallError;
@@ -227,7 +228,7 @@ async fn deploy(
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e).with("stack", js.stack)
             }
             DeployError::RunnerDied(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e),
-            e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, chain(&e)),
+            e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, one_line(&e)),
         }),
     }
 }
@@ -398,7 +399,7 @@ async fn call(app: &App, id: &str, request: Value) -> Result<(Value, bool), ApiE
     let deployment = app.current.clone();
     let mut lease = deployment.pool.lease().await.map_err(|e| match e {
         LeaseError::Busy { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e),
-        LeaseError::Boot(_) => ApiError::new(StatusCode::BAD_GATEWAY, chain(&e)),
+        LeaseError::Boot(_) => ApiError::new(StatusCode::BAD_GATEWAY, one_line(&e)),
     })?;
     let cold = lease.cold;
     let instance = lease.instance.as_mut().expect("a lease holds an instance");
@@ -436,16 +437,4 @@ fn finish(
         response.headers_mut().insert(INVOCATION_HEADER, v);
     }
     response
-}
-
-/// An error with its causes, for the client.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }

@@ -1,5 +1,6 @@
 //! An error and its causes on one line (`what: why: deeper why`): how a VMM process or the jail's
-//! helper reports a failure to its parent, which prints it as it came.
+//! helper reports a failure to its parent, which prints it as it came, and how `serve` tells a
+//! client what failed.
 
 use std::error::Error;
 

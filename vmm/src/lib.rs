@@ -9,7 +9,7 @@ pub mod backend;
 mod boot;
 mod cpuid;
 pub mod devices;
-mod error_chain;
+pub mod error_chain;
 pub mod host_packages;
 pub mod jail;
 mod kvm;

@@ -7,6 +7,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::time::Instant;
 
 use contract::tree::{Record, TreeEncoder};
+use vmm::error_chain::one_line;
 
 #[test]
 fn specs() {
@@ -238,7 +239,7 @@ impl Setup {
     fn refused(&self, stream: &[u8], budget: &Budget, why: &str) {
         let before = self.snapshot();
         let err = self.copy_back(stream, budget).unwrap_err();
-        let text = error_line(&err);
+        let text = one_line(&err);
         assert!(
             matches!(err, Error::NotCopiedBack { .. }) && text.contains(why),
             "{text}"
@@ -247,18 +248,6 @@ impl Setup {
         assert_eq!(self.snapshot(), before, "{text}");
         assert_eq!(fs::read_to_string(&self.canary).unwrap(), "canary");
     }
-}
-
-/// An error and its causes on one line, as nodeos-vm prints them.
-fn error_line(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        line.push_str(": ");
-        line.push_str(&c.to_string());
-        cause = c.source();
-    }
-    line
 }
 
 /// What debugfs says of `request` in `image`.
