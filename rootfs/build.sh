@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the NodeOS root image: a read-only squashfs with Node.js, npm, the shared libraries
 # Node needs, the guest init, nsh (the Node shell, JavaScript) and a minimal /etc. Nothing
-# else: no coreutils; /bin/sh is the init binary's minimal `sh -c`.
+# else but the commands package.json scripts call: dash as /bin/sh, GNU coreutils, grep, sed,
+# findutils, diffutils, tar, gzip (Debian's packages, as on a Linux CI runner).
 #
 # usage: rootfs/build.sh OUT_DIR GUEST_BIN_DIR
 #   GUEST_BIN_DIR holds nodeos-init, built with
@@ -94,30 +95,34 @@ NPM_TGZ=$(fetch_npm npm "$NPM_VERSION" "$NPM_INTEGRITY")
 # Debian packages: the pinned version if the archive still has it, else the current one.
 DEB_DIR=$DOWNLOAD_DIR/debs
 mkdir -p "$DEB_DIR"
-DEBS=()
-for spec in $DEBIAN_PACKAGES; do
-    name=${spec%%=*} version=${spec#*=}
+# deb_file NAME=VERSION -> path of the package's .deb in DEB_DIR, downloaded if missing.
+deb_file() {
+    local spec=$1 name=${1%%=*} version=${1#*=} deb
     deb=$(ls "$DEB_DIR/${name}_${version//:/%3a}_amd64.deb" 2>/dev/null || true)
     if [[ -z $deb ]]; then
-        phase "downloading Debian package $spec"
+        phase "downloading Debian package $spec" >&2
         if ! (cd "$DEB_DIR" && apt-get download "$spec") >/dev/null 2>&1; then
             # Maybe only the package lists are stale.
             apt-get update >/dev/null 2>&1 || true
             if ! (cd "$DEB_DIR" && apt-get download "$spec") >/dev/null 2>&1; then
                 echo "rootfs/build.sh: warning: $spec is not in the archive any more; taking the current $name" >&2
-                (cd "$DEB_DIR" && apt-get download "$name") || die "apt-get download $name failed"
+                (cd "$DEB_DIR" && apt-get download "$name") >&2 || die "apt-get download $name failed"
             fi
         fi
         deb=$(ls -t "$DEB_DIR/${name}_"*_amd64.deb | head -1)
     fi
-    DEBS+=("$deb")
-done
+    echo "$deb"
+}
+DEBS=() COMMAND_DEBS=()
+for spec in $DEBIAN_PACKAGES; do DEBS+=("$(deb_file "$spec")"); done
+for spec in $DEBIAN_COMMAND_PACKAGES; do COMMAND_DEBS+=("$(deb_file "$spec")"); done
 
 # ---- staging tree ------------------------------------------------------------------------
 ROOT=$WORK/root
 mkdir -p "$ROOT"
 phase "staging the image in $ROOT"
 install -d -m 0755 "$ROOT"/{proc,sys,dev,run,etc,home,sbin,usr/bin,usr/local/bin,usr/lib/nodeos,lib64}
+ln -s usr/bin "$ROOT/bin" # merged /usr, as Debian 12 has it: /bin/sh is /usr/bin/sh
 install -d -m 1777 "$ROOT/tmp"
 install -d -m 0755 "$ROOT/home/node"
 
@@ -145,12 +150,9 @@ echo "globalconfig=/etc/npmrc" > "$NPM_DIR/npmrc"
 ln -s ../lib/node_modules/npm/bin/npm-cli.js "$ROOT/usr/bin/npm"
 ln -s ../lib/node_modules/npm/bin/npx-cli.js "$ROOT/usr/bin/npx"
 
-# The guest: init (also the spawn shim, env and sh), and its JavaScript.
+# The guest: init (also the spawn shim), and its JavaScript.
 install -m 0755 "$INIT_BIN" "$ROOT/sbin/nodeos-init"
 ln -s nodeos-init "$ROOT/sbin/init"
-ln -s ../../sbin/nodeos-init "$ROOT/usr/bin/env"
-install -d -m 0755 "$ROOT/bin"
-ln -s ../sbin/nodeos-init "$ROOT/bin/sh" # npm scripts and exec()/execSync() run `sh -c`
 install -m 0644 "$JS_DIR"/repl.js "$JS_DIR"/control.js "$JS_DIR"/spawn-preload.js "$ROOT/usr/lib/nodeos/"
 # nsh, the Node shell: its modules (not its tests), and /usr/bin/nsh (the script's shebang is
 # `#!/usr/bin/env node`).
@@ -170,6 +172,7 @@ LIBS=(
     libresolv.so.2 libutil.so.1 libanl.so.1 libBrokenLocale.so.1 libthread_db.so.1
     libnss_files.so.2 libnss_dns.so.2 libnss_compat.so.2
     libgcc_s.so.1 libstdc++.so.6
+    libacl.so.1 libattr.so.1 libselinux.so.1 libpcre2-8.so.0 libgmp.so.10
 )
 for lib in "${LIBS[@]}"; do
     src=$(find "$DEB_ROOT" -name "$lib" \( -type f -o -type l \) | head -1)
@@ -187,11 +190,34 @@ ln -s ../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$ROOT/lib64/ld-linux-x86-64.
 # /etc
 install -m 0644 "$ETC_DIR"/* "$ROOT/etc/"
 
-# Check: every library Node needs resolves inside the image.
-phase "checking Node's libraries"
-needed=$(readelf -d "$ROOT/usr/bin/node" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
-for lib in $needed; do
-    [[ -e $ROOT/lib/x86_64-linux-gnu/$lib || -e $ROOT/usr/lib/x86_64-linux-gnu/$lib ]] || die "node needs $lib, which is not in the image"
+# The commands: every program of the command packages, from their /bin and /usr/bin, into
+# /usr/bin; coreutils' stdbuf preload library beside them.
+CMD_ROOT=$WORK/commands
+mkdir -p "$CMD_ROOT"
+for deb in "${COMMAND_DEBS[@]}"; do dpkg-deb -x "$deb" "$CMD_ROOT"; done
+for dir in "$CMD_ROOT/bin" "$CMD_ROOT/usr/bin"; do
+    for f in "$dir"/*; do
+        [[ -e $ROOT/usr/bin/${f##*/} ]] && die "two command packages have ${f##*/}"
+        cp -P "$f" "$ROOT/usr/bin/"
+    done
+done
+install -d "$ROOT/usr/libexec/coreutils"
+cp -P "$CMD_ROOT"/usr/libexec/coreutils/* "$ROOT/usr/libexec/coreutils/"
+# npm scripts and exec()/execSync() run `/bin/sh -c`: dash, as on Debian and Ubuntu runners
+# (Debian's postinst makes these links; dpkg-deb -x runs no scripts).
+ln -sf dash "$ROOT/usr/bin/sh"
+ln -sf which.debianutils "$ROOT/usr/bin/which"
+
+# Check: every library that node and each command needs resolves inside the image.
+phase "checking the programs' libraries"
+for prog in "$ROOT"/usr/bin/* "$ROOT"/usr/libexec/coreutils/*; do
+    [[ -f $prog && ! -L $prog ]] || continue
+    head -c4 "$prog" | grep -q ELF || continue # shell scripts: gunzip, zgrep, which...
+    needed=$(readelf -d "$prog" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
+    for lib in $needed; do
+        [[ -e $ROOT/lib/x86_64-linux-gnu/$lib || -e $ROOT/usr/lib/x86_64-linux-gnu/$lib ]] \
+            || die "${prog#"$ROOT"} needs $lib, which is not in the image"
+    done
 done
 
 # ---- squashfs ----------------------------------------------------------------------------

@@ -119,7 +119,11 @@ pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsStri
     a.push(kernel.as_os_str().to_owned());
     let mut cmdline = spec.cmdline.clone();
     if accel == Accel::Tcg {
-        cmdline = format!("{cmdline} {}", super::tcg_clock_params(&super::cpuinfo()));
+        cmdline = format!(
+            "{cmdline} {} {}",
+            super::tcg_clock_params(&super::cpuinfo()),
+            super::TCG_FIXED_MAPS
+        );
     }
     let mut disks = fds.disks.iter();
     // QEMU places virtio-mmio devices in the order they are created: the spec's order, which
@@ -240,6 +244,35 @@ mod tests {
             assert!(line.contains(expected), "{expected}: {line}");
         }
         assert!(!line.contains("/host/"), "no host path: {line}");
+    }
+
+    #[test]
+    fn only_tcg_guests_get_fixed_mappings() {
+        let spec = VmSpec {
+            kernel: "/host/vmlinux".into(),
+            devices: vec![],
+            memory_mib: 256,
+            cpus: 1,
+            cmdline: "console=ttyS0".into(),
+            seccomp: false,
+        };
+        let fds = Fds {
+            timer: 5,
+            agent: None,
+            net: None,
+            disks: vec![],
+        };
+        let cmdline = |accel| {
+            let args = args(&spec, accel, Path::new("/kernel"), &fds);
+            let at = args.iter().position(|a| a == "-append").unwrap();
+            args[at + 1].clone().into_string().unwrap()
+        };
+        assert!(
+            cmdline(Accel::Tcg).ends_with(" norandmaps"),
+            "{}",
+            cmdline(Accel::Tcg)
+        );
+        assert!(!cmdline(Accel::Kvm).contains("norandmaps"));
     }
 
     #[test]
