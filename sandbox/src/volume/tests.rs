@@ -299,6 +299,29 @@ fn the_images_top_folder_is_the_host_folders() {
     assert!(debugfs(&image, "ls -p /lost+found").contains("/mine/"));
 }
 
+/// A project without its dependencies gets room for them: `npm ci` in the guest writes tens of
+/// thousands of files and hundreds of MB. The room is free: the image stays sparse.
+#[test]
+fn an_empty_folder_has_room_for_npm_ci() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("project");
+    fs::create_dir(&host).unwrap();
+    let image = dir.path().join("vol.img");
+    Volume::parse(&format!("{}:/app:rw", host.display()))
+        .unwrap()
+        .pack(&image)
+        .unwrap();
+    let stats = debugfs(&image, "stats");
+    let field = |name: &str| -> u64 {
+        let line = stats.lines().find(|l| l.starts_with(name)).unwrap();
+        line[name.len()..].trim().parse().unwrap()
+    };
+    assert!(field("Free inodes:") >= 100_000, "{stats}");
+    assert!(field("Free blocks:") * 4096 >= 1 << 30, "{stats}");
+    let on_disk = fs::metadata(&image).unwrap().blocks() * 512;
+    assert!(on_disk < 16 << 20, "{on_disk} bytes on disk");
+}
+
 /// Packs with the real mke2fs (owners checked with debugfs), then copies back what an
 /// honest guest sends after deleting, creating and overwriting files.
 #[test]
