@@ -2,55 +2,65 @@
 # files; prints a markdown table. Runs anywhere with a POSIX sh and GNU date; in a guest:
 #   ./target/release/nodeos-vm run -v $PWD/benches:/benches:ro -- sh /benches/commands.sh
 # and on the host, for comparison: sh benches/commands.sh
-# Each figure is the median of SAMPLES samples; a sample is one timed loop of BATCH runs of the
-# command launched from this shell, divided by BATCH (so the two `date` calls around a loop
-# weigh 1/BATCH), after one untimed loop (under TCG the first runs of a program translate its
-# code). The command's own work is tiny: it is its start cost (exec, ld.so, libc).
+# A sample of a command is one timed loop of BATCH runs of it launched from this shell, divided
+# by BATCH (so the two `date` calls around a loop weigh 1/BATCH). Each round takes one sample of
+# every command in turn, so a busy moment of the host slows all of them alike; the figures are
+# the median and the least of SAMPLES rounds, after one untimed round (under TCG the first runs
+# of a program translate its code). The commands' own work is tiny: it is their start cost.
 # Usage: sh commands.sh [SAMPLES] [BATCH] [FOLDER]
-samples=${1:-7}
+samples=${1:-11}
 batch=${2:-10}
 dir=$(mktemp -d "${3:-/tmp}/commands.XXXXXX") || exit 1
 cd "$dir" || exit 1
 
+# runs per sample, then the command
+commands="$batch sh -c true
+$batch /usr/bin/true
+$batch ls tree
+$batch cat f
+$batch cp f f2
+$batch rm -f f3
+$batch mkdir -p tree/a
+$batch grep -q 500 f
+$batch sed -n 1p f
+$batch find tree
+$batch xargs -r true
+$batch sort f
+$batch head -1 f
+$batch tar cf /dev/null f"
+if command -v node >/dev/null; then commands="$commands
+1 node -e 0"; fi
+
 now() { date +%s%N; }
 
-# median of the numbers on stdin
-median() { sort -n | sed -n "$(( (samples + 1) / 2 ))p"; }
-
-# measure NAME BATCH COMMAND...: one table row (ms per run)
-measure() {
-  name=$1 n=$2; shift 2
-  i=0
-  while [ $i -lt "$n" ]; do "$@" </dev/null >/dev/null 2>&1; i=$((i + 1)); done # warm-up, not timed
-  s=0
-  while [ $s -lt "$samples" ]; do
+# one round: a line `MICROSECONDS COMMAND` per command
+round() {
+  echo "$commands" | while read -r n cmd; do
     i=0
     t0=$(now)
-    while [ $i -lt "$n" ]; do "$@" </dev/null >/dev/null 2>&1; i=$((i + 1)); done
+    while [ $i -lt "$n" ]; do eval "$cmd" </dev/null >/dev/null 2>&1; i=$((i + 1)); done
     t1=$(now)
-    echo $(( (t1 - t0) / n / 1000 ))
-    s=$((s + 1))
-  done | median | { read us; printf '| `%s` | %d.%02d ms |\n' "$name" $((us / 1000)) $((us % 1000 / 10)); }
+    echo "$(( (t1 - t0) / n / 1000 )) $cmd"
+  done
+}
+
+# ms N: microseconds N as milliseconds with two decimals
+ms() { printf '%d.%02d' $(($1 / 1000)) $(($1 % 1000 / 10)); }
+
+# row NAME COUNT: a table row from the numbers on stdin, COUNT of them: median and least
+row() {
+  sort -n | sed -n "1p;$((($2 + 1) / 2))p" | { read -r lo; read -r med; echo "| \`$1\` | $(ms "$med") ms | $(ms "$lo") ms |"; }
 }
 
 mkdir -p tree/a/b && seq 1 1000 > f && cp f tree/a/b/g
-echo '| command | start cost (median) |'
-echo '|---|---|'
-measure 'sh -c true' "$batch" sh -c true
-measure 'true' "$batch" /usr/bin/true
-measure 'ls' "$batch" ls tree
-measure 'cat' "$batch" cat f
-measure 'cp' "$batch" cp f f2
-measure 'rm' "$batch" rm -f f3
-measure 'mkdir -p' "$batch" mkdir -p tree/a
-measure 'grep' "$batch" grep -q 500 f
-measure 'sed' "$batch" sed -n 1p f
-measure 'find' "$batch" find tree
-measure 'xargs' "$batch" xargs -r true
-measure 'sort' "$batch" sort f
-measure 'head' "$batch" head -1 f
-measure 'tar' "$batch" tar cf /dev/null f
-if command -v node >/dev/null; then measure 'node -e 0' 1 node -e 0; fi
+round >/dev/null
+s=0
+while [ $s -lt "$samples" ]; do round; s=$((s + 1)); done > rounds
+echo '| command | median | least |'
+echo '|---|---|---|'
+echo "$commands" | while read -r n cmd; do
+  while read -r us c; do [ "$c" = "$cmd" ] && echo "$us"; done <rounds | row "$cmd" "$samples"
+done
 
 # rm -rf of 500 packages of 20 files (1 KiB each) in package/lib/: 10,000 files, 1,000 folders
 mkdir -p pkg/lib
@@ -64,5 +74,5 @@ while [ $s -lt 3 ]; do
   t0=$(now); rm -rf node_modules; t1=$(now)
   echo $(( (t1 - t0) / 1000 ))
   s=$((s + 1))
-done | { samples=3; median; } | { read us; printf '| `rm -rf` of 10,000 files in 1,000 folders | %d ms |\n' $((us / 1000)); }
+done | row 'rm -rf node_modules (10,000 files in 1,000 folders)' 3
 cd / && rm -rf "$dir"

@@ -35,3 +35,11 @@ case "a*b" in 'a*b') echo "quoted pattern is literal" ;; esac
 case abc in a\*c) echo wrong ;; a*c) echo "escaped star" ;; esac
 pat='a*'; case abc in $pat) echo "pattern from variable" ;; esac
 while false; do :; done; echo "while never ran $?"
+# The standard's case example (XCU 2.9.4.3)
+for cc in cc gcc c89 c99 tcc; do
+  case $cc in
+    cc|c89) echo "$cc: posix name" ;;
+    c99) echo "$cc: newer" ;;
+    *) echo "$cc: other" ;;
+  esac
+done

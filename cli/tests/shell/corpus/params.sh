@@ -27,3 +27,13 @@ echo '$single' "\$double" \$bare
 echo "a\"b" 'c"d' "e'f"
 x=hello; echo "${x}world" "$x"_suffix
 echo "${x#h}" "${x%o}" "${x#"he"}"
+# The standard's own examples (XCU 2.6.2, 2.6.4)
+x=file.c; echo "${x%.c}.o"
+x=posix/src/std; echo "${x%%/*}"
+x=$HOME/src/cmd; echo "${x#$HOME}"
+x=/one/two/three; echo "${x##*/}"
+unset X; echo "${X:=abc}"
+set -- a b c; echo "${3:+posix}" "${#}"
+HOME_LEN_IS_A_NUMBER=${#HOME}; case $HOME_LEN_IS_A_NUMBER in *[!0-9]*) echo bad;; *) echo "\${#HOME} is a number";; esac
+x=1; echo "$((x += 1)) $x"
+echo "$(( 0x1F )) $(( 017 )) $(( -(3 - 5) )) $(( ~0 )) $(( 6 ^ 3 )) $(( 6 & 3 )) $(( 6 | 3 ))"
