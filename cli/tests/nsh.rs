@@ -82,40 +82,6 @@ fn nsh_unit_tests() {
     assert!(stdout.contains("# fail 0"), "{stdout}");
 }
 
-/// `nodeos-vm run` with `args`: (status, stdout, stderr).
-fn run(args: &[&str]) -> (Option<i32>, String, String) {
-    let (kernel, rootfs) = common::artifacts();
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .args(["--backend", &common::backend()])
-        .arg("--kernel")
-        .arg(kernel)
-        .arg("--rootfs")
-        .arg(rootfs)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _watchdog = common::Watchdog::new(child.id(), common::BOOT_LIMIT);
-    let mut out = String::new();
-    let mut err = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (child.wait().unwrap().code(), out, err)
-}
-
 /// nsh in the image: /usr/bin/nsh, pipes between commands, redirections, builtins, variables,
 /// globbing, statuses and errors, npm-installed commands on PATH.
 #[test]
@@ -137,7 +103,7 @@ fn nsh_runs_commands_in_the_guest() {
         greet 1 "2 3"
         exit 7
     "#;
-    let (status, out, err) = run(&["--", "nsh", "-c", script]);
+    let (status, out, err) = common::run(&["--", "nsh", "-c", script]);
     assert_eq!(status, Some(7), "stdout:\n{out}\nstderr:\n{err}");
     assert_eq!(
         out,
@@ -185,6 +151,42 @@ fn repl_starts_nsh() {
         .filter(|l| !l.is_empty())
         .collect();
     assert_eq!(lines, ["from nsh", "42", "once"], "{stdout}");
+}
+
+/// A command line of the commands npm scripts call (coreutils, grep, sed, find, tar, which):
+/// nsh runs each from PATH, the REPL's `execSync` through the image's /bin/sh.
+const COMMANDS: &str = "cd /tmp && rm -rf t && mkdir -p t/src/lib && echo hello > t/src/a.txt && \
+    cp -r t/src t/out && ls t/out | wc -l && cat t/out/a.txt | tr a-z A-Z && \
+    find t -name '*.txt' | sort && seq 1 5 | head -2 | tail -1 && echo abc | sed s/b/X/ && \
+    grep -c hello t/src/a.txt && tar czf t.tgz t && tar tzf t.tgz | wc -l && rm -rf t t.tgz && \
+    ls /tmp | grep -c '^t$'; which ls sed";
+
+/// What COMMANDS prints.
+const COMMANDS_OUTPUT: [&str; 10] = [
+    "2",
+    "HELLO",
+    "t/out/a.txt",
+    "t/src/a.txt",
+    "2",
+    "aXc",
+    "1",
+    "7",
+    "0",
+    "/usr/bin/ls\n/usr/bin/sed",
+];
+
+/// The image's commands run the same from nsh (`.nsh` in the REPL) and from the REPL's
+/// child_process (`execSync`, which runs /bin/sh -c), in one VM.
+#[test]
+fn nsh_and_the_repl_run_the_image_commands() {
+    let input = format!(
+        ".nsh\n{COMMANDS}\nexit\nprocess.stdout.write(require('child_process').execSync({COMMANDS:?}, {{encoding: 'utf8'}}))\n"
+    );
+    let out = common::start(&[], &input);
+    let stdout = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let want = COMMANDS_OUTPUT.join("\n");
+    assert_eq!(stdout.matches(&want).count(), 2, "{stdout}");
 }
 
 /// `start --shell` on a terminal: prompt, completion, Ctrl-C ends the command and not the shell.

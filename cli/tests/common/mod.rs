@@ -51,7 +51,8 @@ macro_rules! run_case_tests {
             user_layer_persists_and_is_private,
             user_disk_full_is_enospc_and_grows,
             user_vm_killed_keeps_synced_data,
-            npm_global_install_is_per_user);
+            npm_global_install_is_per_user,
+            package_json_idioms);
     };
 }
 
@@ -121,6 +122,32 @@ pub fn start_with_backend(backend: &str, args: &[&str], input: &str) -> Output {
     }
     let _watchdog = Watchdog::new(child.id(), BOOT_LIMIT);
     child.wait_with_output().expect("waiting for nodeos-vm")
+}
+
+/// `nodeos-vm run` with `args` (after the backend, kernel and image options), stdin empty:
+/// (status, stdout, stderr).
+pub fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let (kernel, rootfs) = artifacts();
+    let child = Command::new(BIN)
+        .arg("run")
+        .args(["--backend", &backend()])
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--rootfs")
+        .arg(rootfs)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting nodeos-vm run");
+    let _watchdog = Watchdog::new(child.id(), BOOT_LIMIT);
+    let out = child.wait_with_output().expect("waiting for nodeos-vm run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// tests/fixtures/node-project: a small Node project with tests and a dependency.

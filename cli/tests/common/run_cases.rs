@@ -400,6 +400,19 @@ pub const RUN_CASES: &[RunCase] = &[
         root: false,
         check: |o| expect(o, 0, "installed 0\nhello from a global bin from erin\nhello, registry\nfrank: 127\n"),
     },
+    RunCase {
+        name: "package_json_idioms",
+        // The twelve idioms of tests/shell/idioms.sh in a project folder, in one VM.
+        script: concat!(
+            "mkdir project && cat > project/idioms.sh <<'IDIOMS'\n",
+            include_str!("../shell/idioms.sh"),
+            "IDIOMS\n$RUN -v \"$PWD/project:/app\" -w /app -- sh idioms.sh"
+        ),
+        stdin: "",
+        net: false,
+        root: false,
+        check: |o| expect(o, 0, include_str!("../shell/idioms.out")),
+    },
 ];
 
 pub fn run_case(name: &str) -> &'static RunCase {

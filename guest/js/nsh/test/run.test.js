@@ -9,7 +9,7 @@ const { spawnSync, spawn } = require('child_process');
 
 const NSH = path.join(__dirname, '..', 'nsh.js');
 const NODE = process.execPath;
-// Node first on PATH: the commands in these tests are node scripts (NodeOS has no coreutils).
+// Node first on PATH: the commands in these tests are node scripts, the same on every host.
 const PATH = `${path.dirname(NODE)}:/usr/bin:/bin`;
 
 let dir;
