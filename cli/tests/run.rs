@@ -234,8 +234,9 @@ fn native_addons_project() -> std::path::PathBuf {
         NATIVE_ADDONS.join(" "),
         String::from_utf8_lossy(&installed.stderr)
     );
-    // Complete or not there: a concurrent run that got there first wins.
-    let _ = std::fs::rename(installing.keep(), &project);
+    // Complete or not there: when a concurrent run got there first, its install stays and
+    // this one is removed with `installing`.
+    let _ = std::fs::rename(installing.path(), &project);
     project
 }
 
@@ -243,7 +244,6 @@ fn native_addons_project() -> std::path::PathBuf {
 /// a read-only project: each prints what the same script prints with the host's node.
 #[test]
 fn native_addons_from_the_npm_registry_load() {
-    let (kernel, rootfs) = common::artifacts();
     let project = native_addons_project();
     let on_host = Command::new("node")
         .args(["-e", USE_NATIVE_ADDONS])
@@ -269,12 +269,8 @@ fn native_addons_from_the_npm_registry_load() {
         String::from_utf8_lossy(&on_host.stderr)
     );
     let volume = format!("{}:/app:ro", project.display());
-    let child = Command::new(BIN)
-        .args(["run", "--backend", &common::backend(), "--kernel"])
-        .arg(kernel)
-        .arg("--rootfs")
-        .arg(rootfs)
-        .args([
+    let used = run_vm(
+        &[
             "-v",
             &volume,
             "-w",
@@ -283,7 +279,31 @@ fn native_addons_from_the_npm_registry_load() {
             "node",
             "-e",
             USE_NATIVE_ADDONS,
-        ])
+        ],
+        &[],
+    );
+    assert_eq!(
+        (
+            used.status.code(),
+            String::from_utf8_lossy(&used.stdout).as_ref()
+        ),
+        (Some(0), want.as_str()),
+        "{}",
+        String::from_utf8_lossy(&used.stderr)
+    );
+}
+
+/// `nodeos-vm run` on the test kernel and image with `args` after them and `env` added to its
+/// environment; killed if it outlives the test's limit.
+fn run_vm(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let (kernel, rootfs) = common::artifacts();
+    let child = Command::new(BIN)
+        .args(["run", "--backend", &common::backend(), "--kernel"])
+        .arg(kernel)
+        .arg("--rootfs")
+        .arg(rootfs)
+        .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -291,13 +311,126 @@ fn native_addons_from_the_npm_registry_load() {
         .spawn()
         .unwrap();
     let _watchdog = common::Watchdog::for_group(child.id(), common::BOOT_LIMIT * 2);
-    let used = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// An HTTPS server on the host's loopback (the host's node): serves the files of the folder
+/// `argv[1]` by name, with the key `argv[2]` and certificate chain `argv[3]`; prints its port.
+const HTTPS_SERVER: &str = r#"
+const [dir, key, cert] = process.argv.slice(1);
+const server = require('https').createServer({ key: fs.readFileSync(key), cert: fs.readFileSync(cert) }, (req, res) => {
+  fs.readFile(path.join(dir, path.basename(req.url)), (err, body) => {
+    res.writeHead(err ? 404 : 200);
+    res.end(err ? 'not found' : body);
+  });
+});
+server.listen(0, '127.0.0.1', () => console.log(server.address().port));
+"#;
+
+/// The registry without the CA (the error's code: Node's fetch, as cheap as npm is slow), then
+/// npm with it, and the package it installed in use.
+const NPM_OVER_TLS: &str = "env -u NODE_EXTRA_CA_CERTS node -e 'fetch(process.env.npm_config_registry + \"greeter\").then(() => console.log(\"trusted\"), (e) => console.log(e.cause.code))'
+    npm install --no-audit --no-fund --loglevel=error greeter >/dev/null && node -e 'console.log(require(\"greeter\")(\"over TLS\"))'";
+
+/// Behind a TLS-intercepting proxy, Node and npm in the guest trust the proxy's CA when given
+/// it as docs/guest-contract.md says (a read-only volume and NODE_EXTRA_CA_CERTS), not without:
+/// here the host's npm registry is on HTTPS with a certificate of a CA of the test's own
+/// (openssl), sent with its chain as such a proxy does.
+#[test]
+fn npm_trusts_a_ca_given_to_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, trusted, site) = (
+        dir.path().join("server"),
+        dir.path().join("trusted"),
+        dir.path().join("site"),
+    );
+    for folder in [&server, &trusted, &site] {
+        std::fs::create_dir(folder).unwrap();
+    }
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(args)
+            .current_dir(&server)
+            .output()
+            .expect("running openssl (ca-certificates depends on it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "-subj",
+        "/CN=nodeos-vm test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "-subj",
+        "/CN=10.0.2.2",
+        "-addext",
+        "subjectAltName=IP:10.0.2.2",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.pem",
+    ]);
+    let ca = std::fs::read(server.join("ca.pem")).unwrap();
+    let chain = [std::fs::read(server.join("leaf.pem")).unwrap(), ca.clone()].concat();
+    std::fs::write(server.join("chain.pem"), chain).unwrap();
+    std::fs::write(trusted.join("ca.pem"), ca).unwrap();
+
+    let mut https = Command::new("node")
+        .args(["-e", HTTPS_SERVER])
+        .args([&site, &server.join("key.pem"), &server.join("chain.pem")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running the host's node (.ci/run installs Debian's nodejs)");
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(https.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    let port = port.trim().to_string();
+    for (name, body) in common::web::site_at(&format!("https://10.0.2.2:{port}")) {
+        std::fs::write(site.join(name), body).unwrap();
+    }
+    let volume = format!("{}:/run/host-ca:ro", trusted.display());
+    let ca_file = "NODE_EXTRA_CA_CERTS=/run/host-ca/ca.pem";
+    let used = run_vm(
+        &[
+            "--net",
+            "-v",
+            &volume,
+            "-e",
+            ca_file,
+            "-w",
+            "/home/node",
+            "--",
+            "sh",
+            "-c",
+            NPM_OVER_TLS,
+        ],
+        &[("npm_config_registry", &format!("https://127.0.0.1:{port}/"))],
+    );
+    https.kill().unwrap();
+    https.wait().unwrap();
     assert_eq!(
         (
             used.status.code(),
             String::from_utf8_lossy(&used.stdout).as_ref()
         ),
-        (Some(0), want.as_str()),
+        (Some(0), "SELF_SIGNED_CERT_IN_CHAIN\nhello, over TLS\n"),
         "{}",
         String::from_utf8_lossy(&used.stderr)
     );

@@ -78,6 +78,11 @@ fn pack(package: &Package) -> (Value, Vec<u8>, String) {
 /// Every file the server serves (path without the leading `/`, contents), for a guest that
 /// reaches the server at `guest_addr` (`10.0.2.2:PORT`).
 pub fn site(guest_addr: &str) -> Vec<(String, Vec<u8>)> {
+    site_at(&format!("http://{guest_addr}"))
+}
+
+/// [`site`] for a guest that reaches the server at the URL `guest_base` (`https://...`).
+pub fn site_at(guest_base: &str) -> Vec<(String, Vec<u8>)> {
     let mut files = vec![("hello".to_string(), HELLO.as_bytes().to_vec())];
     let mut locked = serde_json::Map::new();
     locked.insert("".into(), app_root());
@@ -98,7 +103,7 @@ pub fn site(guest_addr: &str) -> Vec<(String, Vec<u8>)> {
         // The registry's document: the package.json of each version, with where its tarball
         // is and its integrity.
         manifest["dist"] =
-            json!({"tarball": format!("http://{guest_addr}/{name}.tgz"), "integrity": integrity});
+            json!({"tarball": format!("{guest_base}/{name}.tgz"), "integrity": integrity});
         let document = json!({
             "name": name,
             "dist-tags": {"latest": version},
