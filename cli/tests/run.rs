@@ -160,43 +160,150 @@ fn detached_vm_lifecycle() {
     assert!(!stale.exists());
 }
 
-/// A prebuilt native addon from the npm registry itself loads in the VM: rollup's native
-/// build (`@rollup/rollup-linux-x64-gnu`, which links libdl, librt, libpthread, libgcc_s and
-/// libc), fetched as npm would (its tarball, with curl on the host), used once from a
-/// read-only project.
-#[test]
-fn a_native_addon_from_the_npm_registry_loads() {
-    let (kernel, rootfs) = common::artifacts();
-    let project = tempfile::tempdir().unwrap();
-    let package = project
-        .path()
-        .join("node_modules/@rollup/rollup-linux-x64-gnu");
-    std::fs::create_dir_all(&package).unwrap();
-    let fetched = Command::new("sh")
-        .arg("-c")
-        .arg(
-            "curl -fsSL https://registry.npmjs.org/@rollup/rollup-linux-x64-gnu/-/rollup-linux-x64-gnu-4.69.3.tgz \
-             | tar -xz --strip-components=1",
-        )
-        .current_dir(&package)
+/// The most used prebuilt native addons, pinned. npm installs each one's build for this
+/// platform (linux-x64, glibc) from the registry itself, an optional dependency:
+/// `@esbuild/linux-x64` (a program), `@rollup/rollup-linux-x64-gnu`, `@swc/core-linux-x64-gnu`,
+/// `lightningcss-linux-x64-gnu`, `@node-rs/bcrypt-linux-x64-gnu` (Rust, N-API) and
+/// `@img/sharp-linux-x64` with `@img/sharp-libvips-linux-x64` (C++, libvips and libstdc++).
+/// sharp 0.34 is the last for Node 18, Debian 12's host node (.ci/run).
+const NATIVE_ADDONS: &[&str] = &[
+    "esbuild@0.28.2",
+    "rollup@4.69.3",
+    "@swc/core@1.16.22",
+    "lightningcss@1.33.0",
+    "@node-rs/bcrypt@2.0.0",
+    "sharp@0.34.5",
+];
+
+/// Uses each of [`NATIVE_ADDONS`] once, a line each (what varies between runs, bcrypt's salt,
+/// is left out).
+const USE_NATIVE_ADDONS: &str = r#"
+const esbuild = require('esbuild');
+console.log('esbuild', esbuild.transformSync('let x: number = 1 + 2', { loader: 'ts', minify: true }).code.trim());
+const { parseAst } = require('rollup/parseAst');
+console.log('rollup', parseAst('export const answer = 6 * 7;').body[0].type);
+const swc = require('@swc/core');
+console.log('swc', swc.transformSync('const f = (a) => a ?? 1;', { jsc: { target: 'es5', parser: { syntax: 'ecmascript' } }, minify: true }).code.trim());
+const css = require('lightningcss');
+console.log('lightningcss', css.transform({ filename: 'a.css', code: Buffer.from('.a { color: #ff0000; margin: 0px 0px; }'), minify: true }).code.toString());
+const bcrypt = require('@node-rs/bcrypt');
+const hash = bcrypt.hashSync('secret', { cost: 4 });
+console.log('bcrypt', hash.slice(0, 7), bcrypt.verifySync('secret', hash), bcrypt.verifySync('wrong', hash));
+const sharp = require('sharp');
+sharp({ create: { width: 3, height: 2, channels: 4, background: '#336699' } }).png().toBuffer()
+  .then((png) => sharp(png).metadata())
+  .then((m) => console.log('sharp', m.format, m.width, m.height, m.channels, sharp.versions.vips));
+"#;
+
+/// A project with [`NATIVE_ADDONS`] installed by the host's npm, from the registry the host is
+/// configured with: kept in the cache folder, one per set of versions, so that reruns fetch
+/// nothing. Install scripts are skipped (they only check the prebuilt binaries; npm 11 skips
+/// them anyway unless approved), so every npm installs the same files.
+fn native_addons_project() -> std::path::PathBuf {
+    use sha2::{Digest, Sha256};
+    let cache = sandbox::folders::cache_dir()
+        .expect("a cache folder: set NODEOS_VM_CACHE, XDG_CACHE_HOME or HOME");
+    let key = hex::encode(&Sha256::digest(NATIVE_ADDONS.join(" "))[..8]);
+    let project = cache.join(format!("test-native-addons-{key}"));
+    if project.exists() {
+        return project;
+    }
+    std::fs::create_dir_all(&cache).unwrap();
+    let installing = tempfile::tempdir_in(&cache).unwrap();
+    std::fs::write(
+        installing.path().join("package.json"),
+        "{\"private\": true}\n",
+    )
+    .unwrap();
+    let installed = Command::new("npm")
+        .args([
+            "install",
+            "--ignore-scripts",
+            "--save-exact",
+            "--no-audit",
+            "--no-fund",
+        ])
+        .args(["--loglevel=error"])
+        .args(NATIVE_ADDONS)
+        .current_dir(installing.path())
         .output()
-        .unwrap();
+        .expect("running the host's npm (.ci/run installs Debian's npm)");
     assert!(
-        fetched.status.success(),
-        "fetching the addon from the npm registry: {}",
-        String::from_utf8_lossy(&fetched.stderr)
+        installed.status.success(),
+        "npm install {}: {}",
+        NATIVE_ADDONS.join(" "),
+        String::from_utf8_lossy(&installed.stderr)
     );
-    let volume = format!("{}:/app:ro", project.path().display());
+    // Complete or not there: when a concurrent run got there first, its install stays and
+    // this one is removed with `installing`.
+    let _ = std::fs::rename(installing.path(), &project);
+    project
+}
+
+/// The most used prebuilt native addons from the npm registry load and work in the VM, from
+/// a read-only project: each prints what the same script prints with the host's node.
+#[test]
+fn native_addons_from_the_npm_registry_load() {
+    let project = native_addons_project();
+    let on_host = Command::new("node")
+        .args(["-e", USE_NATIVE_ADDONS])
+        .current_dir(&project)
+        .output()
+        .expect("running the host's node (.ci/run installs Debian's nodejs)");
+    let want = String::from_utf8_lossy(&on_host.stdout).into_owned();
+    let names: Vec<_> = want.lines().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(
+        (on_host.status.code(), names),
+        (
+            Some(0),
+            vec![
+                "esbuild",
+                "rollup",
+                "swc",
+                "lightningcss",
+                "bcrypt",
+                "sharp"
+            ]
+        ),
+        "on the host: {}",
+        String::from_utf8_lossy(&on_host.stderr)
+    );
+    let volume = format!("{}:/app:ro", project.display());
+    let used = run_vm(
+        &[
+            "-v",
+            &volume,
+            "-w",
+            "/app",
+            "--",
+            "node",
+            "-e",
+            USE_NATIVE_ADDONS,
+        ],
+        &[],
+    );
+    assert_eq!(
+        (
+            used.status.code(),
+            String::from_utf8_lossy(&used.stdout).as_ref()
+        ),
+        (Some(0), want.as_str()),
+        "{}",
+        String::from_utf8_lossy(&used.stderr)
+    );
+}
+
+/// `nodeos-vm run` on the test kernel and image with `args` after them and `env` added to its
+/// environment; killed if it outlives the test's limit.
+fn run_vm(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let (kernel, rootfs) = common::artifacts();
     let child = Command::new(BIN)
         .args(["run", "--backend", &common::backend(), "--kernel"])
         .arg(kernel)
         .arg("--rootfs")
         .arg(rootfs)
-        .args(["-v", &volume, "-w", "/app", "--", "node", "-e"])
-        .arg(
-            "const rollup = require('@rollup/rollup-linux-x64-gnu');
-             console.log(typeof rollup.parse, rollup.xxhashBase16(new Uint8Array([1, 2, 3])).length);",
-        )
+        .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -204,13 +311,126 @@ fn a_native_addon_from_the_npm_registry_loads() {
         .spawn()
         .unwrap();
     let _watchdog = common::Watchdog::for_group(child.id(), common::BOOT_LIMIT * 2);
-    let used = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// An HTTPS server on the host's loopback (the host's node): serves the files of the folder
+/// `argv[1]` by name, with the key `argv[2]` and certificate chain `argv[3]`; prints its port.
+const HTTPS_SERVER: &str = r#"
+const [dir, key, cert] = process.argv.slice(1);
+const server = require('https').createServer({ key: fs.readFileSync(key), cert: fs.readFileSync(cert) }, (req, res) => {
+  fs.readFile(path.join(dir, path.basename(req.url)), (err, body) => {
+    res.writeHead(err ? 404 : 200);
+    res.end(err ? 'not found' : body);
+  });
+});
+server.listen(0, '127.0.0.1', () => console.log(server.address().port));
+"#;
+
+/// The registry without the CA (the error's code: Node's fetch, as cheap as npm is slow), then
+/// npm with it, and the package it installed in use.
+const NPM_OVER_TLS: &str = "env -u NODE_EXTRA_CA_CERTS node -e 'fetch(process.env.npm_config_registry + \"greeter\").then(() => console.log(\"trusted\"), (e) => console.log(e.cause.code))'
+    npm install --no-audit --no-fund --loglevel=error greeter >/dev/null && node -e 'console.log(require(\"greeter\")(\"over TLS\"))'";
+
+/// Behind a TLS-intercepting proxy, Node and npm in the guest trust the proxy's CA when given
+/// it as docs/guest-contract.md says (a read-only volume and NODE_EXTRA_CA_CERTS), not without:
+/// here the host's npm registry is on HTTPS with a certificate of a CA of the test's own
+/// (openssl), sent with its chain as such a proxy does.
+#[test]
+fn npm_trusts_a_ca_given_to_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, trusted, site) = (
+        dir.path().join("server"),
+        dir.path().join("trusted"),
+        dir.path().join("site"),
+    );
+    for folder in [&server, &trusted, &site] {
+        std::fs::create_dir(folder).unwrap();
+    }
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(args)
+            .current_dir(&server)
+            .output()
+            .expect("running openssl (ca-certificates depends on it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "-subj",
+        "/CN=nodeos-vm test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "-subj",
+        "/CN=10.0.2.2",
+        "-addext",
+        "subjectAltName=IP:10.0.2.2",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.pem",
+    ]);
+    let ca = std::fs::read(server.join("ca.pem")).unwrap();
+    let chain = [std::fs::read(server.join("leaf.pem")).unwrap(), ca.clone()].concat();
+    std::fs::write(server.join("chain.pem"), chain).unwrap();
+    std::fs::write(trusted.join("ca.pem"), ca).unwrap();
+
+    let mut https = Command::new("node")
+        .args(["-e", HTTPS_SERVER])
+        .args([&site, &server.join("key.pem"), &server.join("chain.pem")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running the host's node (.ci/run installs Debian's nodejs)");
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(https.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    let port = port.trim().to_string();
+    for (name, body) in common::web::site_at(&format!("https://10.0.2.2:{port}")) {
+        std::fs::write(site.join(name), body).unwrap();
+    }
+    let volume = format!("{}:/run/host-ca:ro", trusted.display());
+    let ca_file = "NODE_EXTRA_CA_CERTS=/run/host-ca/ca.pem";
+    let used = run_vm(
+        &[
+            "--net",
+            "-v",
+            &volume,
+            "-e",
+            ca_file,
+            "-w",
+            "/home/node",
+            "--",
+            "sh",
+            "-c",
+            NPM_OVER_TLS,
+        ],
+        &[("npm_config_registry", &format!("https://127.0.0.1:{port}/"))],
+    );
+    https.kill().unwrap();
+    https.wait().unwrap();
     assert_eq!(
         (
             used.status.code(),
             String::from_utf8_lossy(&used.stdout).as_ref()
         ),
-        (Some(0), "function 32\n"),
+        (Some(0), "SELF_SIGNED_CERT_IN_CHAIN\nhello, over TLS\n"),
         "{}",
         String::from_utf8_lossy(&used.stderr)
     );

@@ -52,7 +52,8 @@ macro_rules! run_case_tests {
             user_disk_full_is_enospc_and_grows,
             user_vm_killed_keeps_synced_data,
             npm_global_install_is_per_user,
-            package_json_idioms);
+            package_json_idioms,
+            npm_ci_of_a_lockfile_with_an_install_script);
     };
 }
 

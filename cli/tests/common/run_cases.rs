@@ -5,8 +5,9 @@
 //! options, `$FIXTURE` a fresh copy of tests/fixtures/node-project, and `$WEB` the address of
 //! an HTTP server on the host's loopback (`127.0.0.1:PORT`, reached from a guest with
 //! `--net user,host-loopback` as `10.0.2.2:PORT`) that serves `/hello` and a tiny npm registry
-//! (`greeter`, `hello-cli`; tests/common/web.rs). `$IPROUTE`, when set, is iproute2's `ip` (a
-//! busybox shell runs its own applet for a plain `ip`). The scripts run in a fresh folder of their own.
+//! (`greeter`, `hello-cli`, `stamper`, and a project locked to them, `/ci-app.tgz`;
+//! tests/common/web.rs). `$IPROUTE`, when set, is iproute2's `ip` (a busybox shell runs its
+//! own applet for a plain `ip`). The scripts run in a fresh folder of their own.
 //!
 //! The `user_*` cases keep users' disks in `./data` (NODEOS_VM_DATA); `${RUN%% run *}` is the
 //! nodeos-vm binary and `${RUN#* run}` the backend and image options.
@@ -412,6 +413,24 @@ pub const RUN_CASES: &[RunCase] = &[
         net: false,
         root: false,
         check: |o| expect(o, 0, include_str!("../shell/idioms.out")),
+    },
+    RunCase {
+        name: "npm_ci_of_a_lockfile_with_an_install_script",
+        script: "busybox wget -qO- http://$WEB/ci-app.tgz | tar -xz && mv package app || exit 1
+                 export NPM_CONFIG_REGISTRY=http://$WEB/
+                 $RUN --net -v $PWD/app:/app:rw -w /app -- npm ci --no-audit --no-fund --loglevel=error >/dev/null; echo \"npm ci: $?\"
+                 ls app/node_modules; readlink app/node_modules/.bin/hello-cli
+                 $RUN -v $PWD/app:/app -w /app -- npm test >out 2>&1; echo \"npm test: $?\"; grep '^hello\\|^# pass\\|^# fail' out",
+        stdin: "",
+        net: true,
+        root: false,
+        check: |o| {
+            expect(
+                o,
+                0,
+                "npm ci: 0\ngreeter\nhello-cli\nstamper\n../hello-cli/cli.js\nnpm test: 0\nhello from a global bin in ci\n# pass 2\n# fail 0\n",
+            )
+        },
     },
 ];
 

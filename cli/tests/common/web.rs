@@ -1,59 +1,144 @@
 //! A small HTTP server on the host's loopback for the network tests, and a tiny npm registry:
-//! `/hello`, npm package tarballs `/NAME.tgz`, and their registry documents `/NAME` (so that
-//! `npm install NAME` works with `registry=http://ADDR/`).
+//! `/hello`, npm package tarballs `/NAME.tgz`, their registry documents `/NAME` (so that
+//! `npm install NAME` works with `registry=http://ADDR/`), and `/ci-app.tgz`, a project whose
+//! lockfile pins the registry's packages (for `npm ci`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 
+use base64::Engine;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha512};
+
 use super::npm_package;
 use super::run_cases::HELLO;
 
-/// The packages the registry holds: `greeter` (a library) and `hello-cli` (a command).
-fn packages() -> Vec<(&'static str, Vec<u8>)> {
-    vec![
-        (
-            "greeter",
-            npm_package(&[
-                (
-                    "package.json",
-                    r#"{"name": "greeter", "version": "1.0.0", "main": "index.js"}"#,
-                ),
-                ("index.js", "module.exports = (who) => `hello, ${who}`;\n"),
-            ]),
-        ),
-        (
-            "hello-cli",
-            npm_package(&[
-                (
-                    "package.json",
-                    r#"{"name": "hello-cli", "version": "1.0.0", "bin": {"hello-cli": "cli.js"}}"#,
-                ),
-                (
-                    "cli.js",
-                    "#!/usr/bin/env node\nconsole.log('hello from a global bin', process.argv.slice(2).join(' '));\n",
-                ),
-            ]),
-        ),
-    ]
+/// A package of the registry: its package.json and its other files.
+struct Package {
+    manifest: &'static str,
+    files: &'static [(&'static str, &'static str)],
+}
+
+/// The packages the registry holds: `greeter` (a library), `hello-cli` (a command) and
+/// `stamper` (a library whose `install` script writes the file it exports, as a native
+/// addon's build does).
+const PACKAGES: &[Package] = &[
+    Package {
+        manifest: r#"{"name": "greeter", "version": "1.0.0", "main": "index.js"}"#,
+        files: &[("index.js", "module.exports = (who) => `hello, ${who}`;\n")],
+    },
+    Package {
+        manifest: r#"{"name": "hello-cli", "version": "1.0.0", "bin": {"hello-cli": "cli.js"}}"#,
+        files: &[(
+            "cli.js",
+            "#!/usr/bin/env node\nconsole.log('hello from a global bin', process.argv.slice(2).join(' '));\n",
+        )],
+    },
+    Package {
+        manifest: r#"{"name": "stamper", "version": "1.0.0", "main": "built.js", "scripts": {"install": "node build.js"}}"#,
+        files: &[(
+            "build.js",
+            "require('fs').writeFileSync('built.js', `module.exports = 'built by its install script with node ${process.version}';\\n`);\n",
+        )],
+    },
+];
+
+/// The project of `/ci-app.tgz`: it depends on every package of the registry, lets `stamper`
+/// run its install script (npm 11 runs a dependency's only when `allowScripts` names it), and
+/// its `npm test` runs `hello-cli` and tests that use the other two.
+const CI_APP: &str = r#"{
+  "name": "ci-app",
+  "version": "1.0.0",
+  "private": true,
+  "scripts": {"test": "hello-cli in ci && node --test --test-reporter=tap"},
+  "dependencies": {"greeter": "^1.0.0", "hello-cli": "^1.0.0", "stamper": "^1.0.0"},
+  "allowScripts": {"stamper@1.0.0": true}
+}
+"#;
+
+const CI_APP_TEST: &str = "const test = require('node:test');
+const assert = require('node:assert');
+test('a dependency from the lockfile', () => assert.strictEqual(require('greeter')('ci'), 'hello, ci'));
+test('what an install script built', () => assert.strictEqual(require('stamper'), `built by its install script with node ${process.version}`));
+";
+
+/// A package's tarball and its `dist.integrity` (as npm writes it: `sha512-` and base64).
+fn pack(package: &Package) -> (Value, Vec<u8>, String) {
+    let manifest: Value = serde_json::from_str(package.manifest).unwrap();
+    let mut files = vec![("package.json", package.manifest)];
+    files.extend_from_slice(package.files);
+    let tarball = npm_package(&files);
+    let integrity = format!(
+        "sha512-{}",
+        base64::engine::general_purpose::STANDARD.encode(Sha512::digest(&tarball))
+    );
+    (manifest, tarball, integrity)
 }
 
 /// Every file the server serves (path without the leading `/`, contents), for a guest that
 /// reaches the server at `guest_addr` (`10.0.2.2:PORT`).
 pub fn site(guest_addr: &str) -> Vec<(String, Vec<u8>)> {
+    site_at(&format!("http://{guest_addr}"))
+}
+
+/// [`site`] for a guest that reaches the server at the URL `guest_base` (`https://...`).
+pub fn site_at(guest_base: &str) -> Vec<(String, Vec<u8>)> {
     let mut files = vec![("hello".to_string(), HELLO.as_bytes().to_vec())];
-    for (name, tarball) in packages() {
-        let document = format!(
-            r#"{{"name": "{name}", "dist-tags": {{"latest": "1.0.0"}}, "versions": {{"1.0.0": {{"name": "{name}", "version": "1.0.0", {bin}"dist": {{"tarball": "http://{guest_addr}/{name}.tgz"}}}}}}}}"#,
-            bin = if name == "hello-cli" {
-                r#""bin": {"hello-cli": "cli.js"}, "#
-            } else {
-                ""
-            }
-        );
-        files.push((name.to_string(), document.into_bytes()));
+    let mut locked = serde_json::Map::new();
+    locked.insert("".into(), app_root());
+    for package in PACKAGES {
+        let (mut manifest, tarball, integrity) = pack(package);
+        let name = manifest["name"].as_str().unwrap().to_string();
+        let version = manifest["version"].clone();
+        // The lockfile's entry, as npm writes it with omit-lockfile-registry-resolved: no
+        // `resolved` URL, so that npm fetches from the registry it is configured with.
+        let mut entry = json!({"version": version, "integrity": integrity});
+        if let Some(bin) = manifest.get("bin") {
+            entry["bin"] = bin.clone();
+        }
+        if manifest.pointer("/scripts/install").is_some() {
+            entry["hasInstallScript"] = json!(true);
+        }
+        locked.insert(format!("node_modules/{name}"), entry);
+        // The registry's document: the package.json of each version, with where its tarball
+        // is and its integrity.
+        manifest["dist"] =
+            json!({"tarball": format!("{guest_base}/{name}.tgz"), "integrity": integrity});
+        let document = json!({
+            "name": name,
+            "dist-tags": {"latest": version},
+            "versions": {version.as_str().unwrap(): manifest},
+        });
+        files.push((name.clone(), document.to_string().into_bytes()));
         files.push((format!("{name}.tgz"), tarball));
     }
+    let lockfile = json!({
+        "name": "ci-app",
+        "version": "1.0.0",
+        "lockfileVersion": 3,
+        "requires": true,
+        "packages": locked,
+    });
+    let lockfile = serde_json::to_string_pretty(&lockfile).unwrap();
+    files.push((
+        "ci-app.tgz".to_string(),
+        npm_package(&[
+            ("package.json", CI_APP),
+            ("package-lock.json", &lockfile),
+            ("app.test.js", CI_APP_TEST),
+        ]),
+    ));
     files
+}
+
+/// The lockfile's entry for the project itself (`packages[""]`).
+fn app_root() -> Value {
+    let app: Value = serde_json::from_str(CI_APP).unwrap();
+    json!({
+        "name": app["name"],
+        "version": app["version"],
+        "dependencies": app["dependencies"],
+    })
 }
 
 /// Serves [`site`] until the process ends; returns `127.0.0.1:PORT`.
