@@ -2,7 +2,7 @@
 # Build the NodeOS root image: a read-only squashfs with Node.js, npm, the shared libraries
 # Node needs, the guest init, nsh (the Node shell, JavaScript) and a minimal /etc. Nothing
 # else but the commands package.json scripts call: dash as /bin/sh, GNU coreutils, grep, sed,
-# findutils, diffutils, tar, gzip (Debian's packages, as on a Linux CI runner).
+# findutils, diffutils, tar, gzip, mawk, bash (Debian's packages, as on a Linux CI runner).
 #
 # usage: rootfs/build.sh OUT_DIR GUEST_BIN_DIR
 #   GUEST_BIN_DIR holds nodeos-init, built with
@@ -172,7 +172,7 @@ LIBS=(
     libresolv.so.2 libutil.so.1 libanl.so.1 libBrokenLocale.so.1 libthread_db.so.1
     libnss_files.so.2 libnss_dns.so.2 libnss_compat.so.2
     libgcc_s.so.1 libstdc++.so.6
-    libacl.so.1 libattr.so.1 libselinux.so.1 libpcre2-8.so.0 libgmp.so.10
+    libacl.so.1 libattr.so.1 libselinux.so.1 libpcre2-8.so.0 libgmp.so.10 libtinfo.so.6
 )
 for lib in "${LIBS[@]}"; do
     src=$(find "$DEB_ROOT" -name "$lib" \( -type f -o -type l \) | head -1)
@@ -207,6 +207,7 @@ cp -P "$CMD_ROOT"/usr/libexec/coreutils/* "$ROOT/usr/libexec/coreutils/"
 # (Debian's postinst makes these links; dpkg-deb -x runs no scripts).
 ln -sf dash "$ROOT/usr/bin/sh"
 ln -sf which.debianutils "$ROOT/usr/bin/which"
+ln -sf mawk "$ROOT/usr/bin/awk"
 
 # Check: every library that node and each command needs resolves inside the image.
 phase "checking the programs' libraries"
