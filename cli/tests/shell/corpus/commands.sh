@@ -102,4 +102,9 @@ expr 2 + 3; expr length abc; timeout 0.2 sleep 5 || echo "timeout status $?"
 printf 'a\tb\n' | expand -t 4; printf '1\n2\n3\n' | paste -sd+; echo 5 | xargs seq | tac | head -2
 stat -c '%s %n' g.txt; du -s --apparent-size -b g.txt | cut -f1; md5sum g.txt; sha256sum < g.txt
 nproc | grep -qE '^[0-9]+$' && echo "nproc is a number"; test -w /dev/null && echo "dev null"
+echo "--- awk bash hostname"
+printf 'a 1\nb 2\nc 3\n' | awk '$2 > 1 { s += $2; n++ } END { print n, s }'
+awk -F: 'NR == 1 { print NF }' < /dev/null; echo "x:y:z" | awk -F: '{ print $NF, toupper($1) }'
+bash -c 'a=(x y z); [[ ${a[1]} == y ]] && echo "bash arrays ${#a[@]}"; echo "${BASH_VERSINFO[0]}" | grep -qE "^[0-9]+$" && echo "bash version"'
+hostname | grep -q . && echo "hostname prints a name"
 echo "--- done"
