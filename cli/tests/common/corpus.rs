@@ -310,14 +310,61 @@ pub fn in_vm(run: &[String], dir: &Path) -> Outcome {
     )
 }
 
-/// The shell the KVM box runs for `project`, carried into L1 at `carried`: `npm test` in a
-/// VM on a fresh copy (the copy is written to), `run` being the `nodeos-vm run ...` prefix.
-pub fn box_shell(run: &str, carried: &str, project: &Project) -> String {
-    let dir = format!("/tmp/corpus/{}", project.name);
-    format!(
-        "mkdir -p /tmp/corpus && cp -a {carried} {dir} && {run} --timeout {}s -v {dir}:/app -w /app -- npm test 2>&1",
-        TEST_LIMIT.as_secs()
-    )
+/// The KVM box side: `npm test` of carried projects in VMs of our VMM inside L1 (one box run
+/// for many projects; see the kvm-box crate).
+pub mod in_box {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use kvm_box::{BoxFile, Check, Script};
+
+    use super::{prepare, Outcome, Project, TEST_LIMIT};
+
+    /// The box check of `project`.
+    pub fn check_name(project: &Project) -> String {
+        format!("corpus.{}", project.name)
+    }
+
+    fn carried(project: &Project) -> String {
+        format!("/nodeos/corpus/{}", project.name)
+    }
+
+    /// The project with its `node_modules`, prepared in `parent`, to carry into L1.
+    pub fn file(project: &Project, parent: &Path) -> BoxFile {
+        BoxFile::new(prepare(project, parent), carried(project))
+    }
+
+    /// What `run -v` needs in L1 to pack a volume: mke2fs and its configuration.
+    pub fn volume_tools() -> Vec<BoxFile> {
+        let mke2fs = kvm_box::host_program("mke2fs", "e2fsprogs").unwrap();
+        vec![
+            BoxFile::with_libs(&mke2fs, mke2fs.to_str().unwrap()),
+            BoxFile::same_path("/etc/mke2fs.conf"),
+        ]
+    }
+
+    /// Adds `project`'s check to `script`: `npm test` in a VM on a fresh copy of the carried
+    /// project (the copy is written to), `run` being the `nodeos-vm run ...` prefix.
+    pub fn add_check(script: &mut Script, run: &str, project: &Project) {
+        let dir = format!("/tmp/corpus/{}", project.name);
+        script.check_with_timeout(
+            &check_name(project),
+            TEST_LIMIT + Duration::from_secs(60),
+            &format!(
+                "mkdir -p /tmp/corpus && cp -a {} {dir} && {run} --timeout {}s -v {dir}:/app -w /app -- npm test 2>&1",
+                carried(project),
+                TEST_LIMIT.as_secs()
+            ),
+        );
+    }
+
+    pub fn outcome(check: &Check) -> Outcome {
+        Outcome {
+            status: check.status,
+            output: check.output.clone(),
+            elapsed: check.elapsed.unwrap_or_default(),
+        }
+    }
 }
 
 /// The VM gave the host's status and counts, and the host the counts the tests are written for.
