@@ -204,7 +204,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             .file(BoxFile::with_libs(common::BIN, "/nodeos/nodeos-vm"))
             .file(BoxFile::new(common::fixture_dir(), FIXTURE))
             .file(BoxFile::new(&serve_app, SERVE_APP));
-        for tool in ["debugfs", "e2fsck", "resize2fs"] {
+        for tool in ["e2fsck", "resize2fs"] {
             let path = program(tool, "e2fsprogs");
             run = run.file(BoxFile::with_libs(&path, path.to_str().unwrap()));
         }
@@ -218,7 +218,8 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             .file(BoxFile::new(kernel, KERNEL))
             .file(BoxFile::new(rootfs, ROOTFS));
         let run = BoxRun {
-            timeout: Duration::from_secs(1200),
+            // The corpus projects add about a minute and a half.
+            timeout: Duration::from_secs(1500),
             modules: vec!["dummy".into(), "tun".into()],
             ..run
         };

@@ -100,6 +100,18 @@ fn main() {
         if let Some(Some(o)) = &boxed {
             same.push(corpus::compare(project, host, o, "in the box").is_ok());
         }
+        for why in [corpus::compare(project, host, vm, "here")]
+            .into_iter()
+            .chain(
+                boxed
+                    .iter()
+                    .flatten()
+                    .map(|o| corpus::compare(project, host, o, "in the box")),
+            )
+            .filter_map(Result::err)
+        {
+            eprintln!("{why}");
+        }
         println!(
             "| {} | {} | {} | {} | {box_cell} | {} |",
             project.name,

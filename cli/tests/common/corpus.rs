@@ -99,7 +99,7 @@ pub const PROJECTS: &[Project] = &[
         name: "vitest",
         reporter: Reporter::Vitest,
         expected: counts(5, 1),
-        in_box: false,
+        in_box: true,
     },
     Project {
         name: "jest",
@@ -334,13 +334,15 @@ pub mod in_box {
         BoxFile::new(prepare(project, parent), carried(project))
     }
 
-    /// What `run -v` needs in L1 to pack a volume: mke2fs and its configuration.
+    /// What `run -v` needs in L1 to pack a volume and read it back: mke2fs, its
+    /// configuration, debugfs.
     pub fn volume_tools() -> Vec<BoxFile> {
-        let mke2fs = kvm_box::host_program("mke2fs", "e2fsprogs").unwrap();
-        vec![
-            BoxFile::with_libs(&mke2fs, mke2fs.to_str().unwrap()),
-            BoxFile::same_path("/etc/mke2fs.conf"),
-        ]
+        let mut files = vec![BoxFile::same_path("/etc/mke2fs.conf")];
+        for tool in ["mke2fs", "debugfs"] {
+            let path = kvm_box::host_program(tool, "e2fsprogs").unwrap();
+            files.push(BoxFile::with_libs(&path, path.to_str().unwrap()));
+        }
+        files
     }
 
     /// Adds `project`'s check to `script`: `npm test` in a VM on a fresh copy of the carried
