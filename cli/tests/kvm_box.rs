@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::cases::{self, Outcome};
+use common::corpus;
 use common::run_cases::{self, RunOutcome};
 use kvm_box::{shell_quote, BoxFile, BoxRun, Check, Script};
 
@@ -145,6 +146,11 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
                 ),
             );
         }
+        let corpus = tempfile::tempdir().unwrap();
+        let box_corpus: Vec<_> = corpus::PROJECTS.iter().filter(|p| p.in_box).collect();
+        for project in &box_corpus {
+            corpus::in_box::add_check(&mut script, &run_cmd, project);
+        }
         script.check_with_timeout(
             "jail",
             Duration::from_secs(240),
@@ -197,17 +203,23 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             ))
             .file(BoxFile::with_libs(common::BIN, "/nodeos/nodeos-vm"))
             .file(BoxFile::new(common::fixture_dir(), FIXTURE))
-            .file(BoxFile::new(&serve_app, SERVE_APP))
-            .file(BoxFile::same_path("/etc/mke2fs.conf"));
-        for tool in ["mke2fs", "debugfs", "e2fsck", "resize2fs"] {
+            .file(BoxFile::new(&serve_app, SERVE_APP));
+        for tool in ["e2fsck", "resize2fs"] {
             let path = program(tool, "e2fsprogs");
             run = run.file(BoxFile::with_libs(&path, path.to_str().unwrap()));
+        }
+        for file in corpus::in_box::volume_tools() {
+            run = run.file(file);
+        }
+        for project in box_corpus {
+            run = run.file(corpus::in_box::file(project, corpus.path()));
         }
         let run = run
             .file(BoxFile::new(kernel, KERNEL))
             .file(BoxFile::new(rootfs, ROOTFS));
         let run = BoxRun {
-            timeout: Duration::from_secs(1200),
+            // The corpus projects add about a minute and a half.
+            timeout: Duration::from_secs(1500),
             modules: vec!["dummy".into(), "tun".into()],
             ..run
         };
@@ -278,6 +290,20 @@ fn auto_picks_our_vmm_where_kvm_is_real() {
         "1",
         "auto printed more than the REPL's answer"
     );
+}
+
+/// The corpus projects marked `in_box` (tests/common/corpus.rs): `npm test` in a VM of our
+/// VMM gives this host's status and pass/fail counts (all of them: benches/src/bin/corpus.rs).
+#[test]
+fn corpus_matches_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    for project in corpus::PROJECTS.iter().filter(|p| p.in_box) {
+        let host = corpus::on_host(&corpus::prepare(project, dir.path()));
+        let vm = corpus::in_box::outcome(check(&corpus::in_box::check_name(project)));
+        if let Err(why) = corpus::compare(project, &host, &vm, "on our VMM in the KVM box") {
+            panic!("{why}");
+        }
+    }
 }
 
 /// `nodeos-vm serve` on our VMM: an app deployed and called over HTTP, then SIGTERM stops its

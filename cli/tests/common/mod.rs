@@ -58,6 +58,7 @@ macro_rules! run_case_tests {
 }
 
 pub mod cases;
+pub mod corpus;
 pub mod run_cases;
 pub mod web;
 
