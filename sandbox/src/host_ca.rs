@@ -1,8 +1,9 @@
 //! CA certificates the host trusts, for Node and npm in the guest (behind a TLS-intercepting
 //! proxy, say): those given with `--ca-file`, and, with a network, the ones the host's npm is
 //! configured with ([`crate::npm_registry::host_cafile`]) and the host's `NODE_EXTRA_CA_CERTS`.
-//! The host reads and checks each (PEM, at most [`MAX_BYTES`] in all), concatenates them into
-//! one file on a read-only volume at [`GUEST_DIR`], and the guest's environment names it in
+//! The host reads and checks each (PEM, at most [`MAX_BYTES`] in all), concatenates their
+//! certificates (and nothing else of them: a PEM file may hold a private key too) into one file
+//! on a read-only volume at [`GUEST_DIR`], and the guest's environment names it in
 //! `NODE_EXTRA_CA_CERTS` (a whole bundle would not fit in a variable: execve takes 128 KiB).
 
 use std::fmt;
@@ -22,8 +23,9 @@ pub const GUEST_DIR: &str = "/run/nodeos/host-ca";
 const FILE_NAME: &str = "ca.pem";
 /// The most bytes of certificates a guest is given, all files together.
 pub const MAX_BYTES: u64 = 4 << 20;
-/// What a PEM file of certificates has at least once.
-const PEM_CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";
+/// Where each certificate of a PEM file begins and ends.
+const PEM_BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
+const PEM_END: &[u8] = b"-----END CERTIFICATE-----";
 /// The variable Node (and npm with it) reads extra CA certificates from.
 const NODE_EXTRA_CA_CERTS: &str = "NODE_EXTRA_CA_CERTS";
 
@@ -127,40 +129,53 @@ fn same_file(a: &Path, b: &Path) -> bool {
     a == b || matches!((fs::canonicalize(a), fs::canonicalize(b)), (Ok(a), Ok(b)) if a == b)
 }
 
-/// The certificates of `files`, each checked (readable, not empty, PEM), one after the other;
-/// `None` when there are none.
+/// The certificates of `files`, each checked (readable, not empty, with a certificate in PEM),
+/// one after the other; `None` when there are none.
 pub fn bundle(files: &[CaFile]) -> Result<Option<Vec<u8>>, Error> {
     let mut bundle = Vec::new();
     for CaFile { origin, path } in files {
         let (origin, path) = (*origin, path.clone());
-        let read = |reason| Error::Read {
-            origin,
-            path: path.clone(),
-            reason,
-        };
-        let room = MAX_BYTES - bundle.len() as u64;
         let mut text = Vec::new();
         fs::File::open(&path)
-            .and_then(|f| f.take(room + 1).read_to_end(&mut text))
-            .map_err(read)?;
-        if text.len() as u64 > room {
+            .and_then(|f| f.take(MAX_BYTES + 1).read_to_end(&mut text))
+            .map_err(|reason| Error::Read {
+                origin,
+                path: path.clone(),
+                reason,
+            })?;
+        if text.len() as u64 > MAX_BYTES {
             return Err(Error::TooBig { origin, path });
         }
         if text.iter().all(u8::is_ascii_whitespace) {
             return Err(Error::Empty { origin, path });
         }
-        if !text
-            .windows(PEM_CERTIFICATE.len())
-            .any(|w| w == PEM_CERTIFICATE)
-        {
+        let certificates = certificates(&text);
+        if certificates.is_empty() {
             return Err(Error::NotPem { origin, path });
         }
-        if !text.ends_with(b"\n") {
-            text.push(b'\n');
+        if (bundle.len() + certificates.len()) as u64 > MAX_BYTES {
+            return Err(Error::TooBig { origin, path });
         }
-        bundle.extend_from_slice(&text);
+        bundle.extend_from_slice(&certificates);
     }
     Ok((!bundle.is_empty()).then_some(bundle))
+}
+
+/// The certificates of a PEM text, each from its BEGIN line to its END line, a newline after
+/// each; nothing else (keys, comments).
+fn certificates(mut text: &[u8]) -> Vec<u8> {
+    let find = |text: &[u8], marker: &[u8]| text.windows(marker.len()).position(|w| w == marker);
+    let mut certificates = Vec::new();
+    while let Some(begin) = find(text, PEM_BEGIN) {
+        text = &text[begin..];
+        let Some(end) = find(text, PEM_END).map(|end| end + PEM_END.len()) else {
+            break;
+        };
+        certificates.extend_from_slice(&text[..end]);
+        certificates.push(b'\n');
+        text = &text[end..];
+    }
+    certificates
 }
 
 /// The certificates packed for a guest: the read-only volume holding them and the variable
@@ -226,7 +241,18 @@ mod tests {
         );
         assert_eq!(
             bundle(&[a, b]).unwrap().unwrap(),
-            format!("{CERT}\n# b\n{CERT}\n").as_bytes()
+            format!("{CERT}\n{CERT}\n").as_bytes()
+        );
+        // A client's key beside its certificate stays on the host.
+        let key = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+        let with_key = given(
+            dir.path(),
+            "client.pem",
+            format!("{key}{CERT}\n{key}").as_bytes(),
+        );
+        assert_eq!(
+            bundle(&[with_key]).unwrap().unwrap(),
+            format!("{CERT}\n").as_bytes()
         );
         assert!(bundle(&[]).unwrap().is_none());
 
@@ -315,9 +341,10 @@ mod tests {
     #[test]
     fn at_most_four_mib_in_all() {
         let dir = tempfile::tempdir().unwrap();
+        let line = format!("{}\n", "A".repeat(63));
         let half = format!(
-            "{CERT}\n{}\n",
-            " ".repeat((MAX_BYTES / 2) as usize - CERT.len())
+            "-----BEGIN CERTIFICATE-----\n{}-----END CERTIFICATE-----",
+            line.repeat((MAX_BYTES / 2) as usize / line.len())
         );
         let (a, b) = (
             given(dir.path(), "a.pem", half.as_bytes()),
@@ -330,5 +357,11 @@ mod tests {
                 .contains("b.pem: the CA certificates given to the guest come to more than 4 MiB"),
             "{too_big}"
         );
+        let huge = given(
+            dir.path(),
+            "huge.pem",
+            format!("{half}\n{half}\n").as_bytes(),
+        );
+        assert!(matches!(bundle(&[huge]), Err(Error::TooBig { .. })));
     }
 }
