@@ -327,24 +327,19 @@ const server = require('https').createServer({ key: fs.readFileSync(key), cert: 
 server.listen(0, '127.0.0.1', () => console.log(server.address().port));
 "#;
 
-/// The registry without the CA (the error's code: Node's fetch, as cheap as npm is slow), then
-/// npm with it, and the package it installed in use.
-const NPM_OVER_TLS: &str = "env -u NODE_EXTRA_CA_CERTS node -e 'fetch(process.env.npm_config_registry + \"greeter\").then(() => console.log(\"trusted\"), (e) => console.log(e.cause.code))'
-    npm install --no-audit --no-fund --loglevel=error greeter >/dev/null && node -e 'console.log(require(\"greeter\")(\"over TLS\"))'";
+/// Node's fetch of the host's registry in the guest: `trusted`, or the error's code (as cheap
+/// as npm is slow).
+const FETCH_REGISTRY: &str = "node -e 'fetch(process.env.npm_config_registry + \"greeter\").then(() => console.log(\"trusted\"), (e) => console.log(e.cause.code))'";
 
 /// Behind a TLS-intercepting proxy, Node and npm in the guest trust the proxy's CA when given
-/// it as docs/guest-contract.md says (a read-only volume and NODE_EXTRA_CA_CERTS), not without:
-/// here the host's npm registry is on HTTPS with a certificate of a CA of the test's own
-/// (openssl), sent with its chain as such a proxy does.
+/// it with `--ca-file` (not without), or when the host's npm config names it (`cafile`): here
+/// the host's npm registry is on HTTPS with a certificate of a CA of the test's own (openssl),
+/// sent with its chain as such a proxy does.
 #[test]
 fn npm_trusts_a_ca_given_to_the_guest() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, trusted, site) = (
-        dir.path().join("server"),
-        dir.path().join("trusted"),
-        dir.path().join("site"),
-    );
-    for folder in [&server, &trusted, &site] {
+    let (server, site) = (dir.path().join("server"), dir.path().join("site"));
+    for folder in [&server, &site] {
         std::fs::create_dir(folder).unwrap();
     }
     let openssl = |args: &[&str]| {
@@ -384,10 +379,13 @@ fn npm_trusts_a_ca_given_to_the_guest() {
         "-out",
         "leaf.pem",
     ]);
-    let ca = std::fs::read(server.join("ca.pem")).unwrap();
-    let chain = [std::fs::read(server.join("leaf.pem")).unwrap(), ca.clone()].concat();
+    let ca = server.join("ca.pem");
+    let chain = [
+        std::fs::read(server.join("leaf.pem")).unwrap(),
+        std::fs::read(&ca).unwrap(),
+    ]
+    .concat();
     std::fs::write(server.join("chain.pem"), chain).unwrap();
-    std::fs::write(trusted.join("ca.pem"), ca).unwrap();
 
     let mut https = Command::new("node")
         .args(["-e", HTTPS_SERVER])
@@ -405,33 +403,96 @@ fn npm_trusts_a_ca_given_to_the_guest() {
     for (name, body) in common::web::site_at(&format!("https://10.0.2.2:{port}")) {
         std::fs::write(site.join(name), body).unwrap();
     }
-    let volume = format!("{}:/run/host-ca:ro", trusted.display());
-    let ca_file = "NODE_EXTRA_CA_CERTS=/run/host-ca/ca.pem";
-    let used = run_vm(
-        &[
-            "--net",
-            "-v",
-            &volume,
-            "-e",
-            ca_file,
-            "-w",
-            "/home/node",
-            "--",
-            "sh",
-            "-c",
-            NPM_OVER_TLS,
-        ],
-        &[("npm_config_registry", &format!("https://127.0.0.1:{port}/"))],
-    );
+    let registry = format!("https://127.0.0.1:{port}/");
+    let ca = ca.to_str().unwrap();
+    // Only the test's CA: none of this host's (it may have a proxy's).
+    let host = [
+        ("npm_config_registry", registry.as_str()),
+        ("NODE_EXTRA_CA_CERTS", ""),
+        ("NPM_CONFIG_USERCONFIG", "/dev/null"),
+    ];
+    let npm_config = [host.as_slice(), &[("npm_config_cafile", ca)]].concat();
+    // Two VMs at once: the test's time is the slower's.
+    let (given, from_npm_config) = std::thread::scope(|scope| {
+        let from_npm_config =
+            scope.spawn(|| run_vm(&["--net", "--", "sh", "-c", FETCH_REGISTRY], &npm_config));
+        let given = run_vm(
+            &[
+                "--net",
+                "--ca-file",
+                ca,
+                "-w",
+                "/home/node",
+                "--",
+                "sh",
+                "-c",
+                &format!(
+                    "env -u NODE_EXTRA_CA_CERTS {FETCH_REGISTRY}
+                    npm install --no-audit --no-fund --loglevel=error greeter >/dev/null && node -e 'console.log(require(\"greeter\")(\"over TLS\"))'"
+                ),
+            ],
+            &host,
+        );
+        (given, from_npm_config.join().unwrap())
+    });
     https.kill().unwrap();
     https.wait().unwrap();
-    assert_eq!(
+    for (used, want) in [
+        (given, "SELF_SIGNED_CERT_IN_CHAIN\nhello, over TLS\n"),
+        (from_npm_config, "trusted\n"),
+    ] {
+        assert_eq!(
+            (
+                used.status.code(),
+                String::from_utf8_lossy(&used.stdout).as_ref()
+            ),
+            (Some(0), want),
+            "{}",
+            String::from_utf8_lossy(&used.stderr)
+        );
+    }
+}
+
+/// A CA file that is missing or not PEM is refused before anything boots, in one line that
+/// names it and where it comes from.
+#[test]
+fn bad_ca_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (der, missing) = (dir.path().join("ca.der"), dir.path().join("missing.pem"));
+    std::fs::write(&der, b"\x30\x82\x01\x0a").unwrap();
+    let (der, missing) = (der.to_str().unwrap(), missing.to_str().unwrap());
+    // The options, npm's cafile on the host, the error.
+    let cases = [
         (
-            used.status.code(),
-            String::from_utf8_lossy(&used.stdout).as_ref()
+            vec!["--ca-file", der],
+            None,
+            format!("--ca-file {der}: not PEM"),
         ),
-        (Some(0), "SELF_SIGNED_CERT_IN_CHAIN\nhello, over TLS\n"),
-        "{}",
-        String::from_utf8_lossy(&used.stderr)
-    );
+        (
+            vec!["--ca-file", missing],
+            None,
+            format!("--ca-file {missing}: No such file"),
+        ),
+        (
+            vec!["--net"],
+            Some(missing),
+            format!("your npm config's cafile {missing}: No such file"),
+        ),
+    ];
+    for (args, npm_cafile, want) in cases {
+        let out = Command::new(BIN)
+            .args(["run", "--kernel", "/nonexistent/vmlinux"])
+            .args(["--rootfs", "/nonexistent/rootfs.squashfs"])
+            .args(args)
+            .args(["--", "true"])
+            .envs(npm_cafile.map(|file| ("npm_config_cafile", file)))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("nodeos-vm: error: {want}")) && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+    }
 }

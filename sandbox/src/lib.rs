@@ -2,14 +2,16 @@
 //! ([`artifacts`], built and cached), `run`'s volumes ([`volume`]), users' disks ([`users`]),
 //! the host side of the guest agent ([`agent`]), the serial console ([`console`]), the VMM
 //! program this build carries ([`vmm_program`]), and a booted VM that runs commands through its
-//! agent ([`booted`]). The CLI and the function host build on
-//! this crate (docs/architecture.md).
+//! agent ([`booted`]), the host's npm registry and CA certificates for the guest
+//! ([`npm_registry`], [`host_ca`]). The CLI and the function host build on this crate
+//! (docs/architecture.md).
 
 pub mod agent;
 pub mod artifacts;
 pub mod booted;
 pub mod console;
 pub mod folders;
+pub mod host_ca;
 pub mod npm_registry;
 #[cfg(test)]
 mod test_child;

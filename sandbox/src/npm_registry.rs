@@ -2,7 +2,8 @@
 //! uses the same registry (a company mirror, a local Verdaccio) as npm on the host. A registry
 //! on the host's loopback is reached through the guest's gateway, 10.0.2.2, on its port only:
 //! the caller opens that port of the host's loopback to the guest
-//! ([`vmm::vm::HostLoopback::open_tcp_port`]), and no other.
+//! ([`vmm::vm::HostLoopback::open_tcp_port`]), and no other. The CA file npm on the host
+//! trusts (`cafile`) goes to the guest too ([`host_cafile`], crate::host_ca).
 
 use std::path::PathBuf;
 
@@ -36,26 +37,42 @@ pub fn guest_registry(net: Option<&NetSpec>) -> Option<GuestRegistry> {
     Some(GuestRegistry { env, loopback_port })
 }
 
-/// `npm_config_registry` from the environment (npm reads it in either case), else `registry=`
-/// in the user's npmrc (`$NPM_CONFIG_USERCONFIG` or `~/.npmrc`).
+/// The CA file the host's npm trusts (`cafile`), for the guest's `NODE_EXTRA_CA_CERTS`
+/// (crate::host_ca); a leading `~/` is the user's home, as npm reads it.
+pub fn host_cafile() -> Option<PathBuf> {
+    let path = host_setting("cafile")?;
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Some(PathBuf::from(home).join(rest)),
+        _ => Some(PathBuf::from(path)),
+    }
+}
+
+/// The registry npm on the host uses.
 fn host_registry() -> Option<String> {
+    host_setting("registry")
+}
+
+/// npm's setting `key` on the host: `npm_config_KEY` from the environment (npm reads it in
+/// either case), else `KEY=` in the user's npmrc (`$NPM_CONFIG_USERCONFIG` or `~/.npmrc`).
+fn host_setting(key: &str) -> Option<String> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    if let Some(url) = var("npm_config_registry").or_else(|| var("NPM_CONFIG_REGISTRY")) {
-        return Some(url.trim().to_string());
+    let lower = format!("npm_config_{key}");
+    if let Some(value) = var(&lower).or_else(|| var(&lower.to_uppercase())) {
+        return Some(value.trim().to_string());
     }
     let npmrc = var("NPM_CONFIG_USERCONFIG")
         .map(PathBuf::from)
         .or_else(|| var("HOME").map(|home| PathBuf::from(home).join(".npmrc")))?;
-    registry_in_npmrc(&std::fs::read_to_string(npmrc).ok()?)
+    npmrc_value(&std::fs::read_to_string(npmrc).ok()?, key)
 }
 
-/// The `registry = URL` line of an npmrc (ini syntax, `;` and `#` comments).
-fn registry_in_npmrc(text: &str) -> Option<String> {
+/// The last non-empty `key = value` of an npmrc (ini syntax, `;` and `#` comments).
+fn npmrc_value(text: &str, key: &str) -> Option<String> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.starts_with(';') && !l.starts_with('#'))
         .filter_map(|l| l.split_once('='))
-        .filter(|(key, _)| key.trim() == "registry")
+        .filter(|(k, _)| k.trim() == key)
         .map(|(_, value)| value.trim().trim_matches('"').to_string())
         .rfind(|value| !value.is_empty())
 }
@@ -144,10 +161,22 @@ mod tests {
     fn npmrc_registry_line() {
         let rc = "; comment\n# registry=http://no/\nfund=false\n registry = \"http://127.0.0.1:4873/\" \n";
         assert_eq!(
-            registry_in_npmrc(rc).as_deref(),
+            npmrc_value(rc, "registry").as_deref(),
             Some("http://127.0.0.1:4873/")
         );
-        assert_eq!(registry_in_npmrc("@scope:registry=http://x/\n"), None);
-        assert_eq!(registry_in_npmrc(""), None);
+        assert_eq!(npmrc_value("@scope:registry=http://x/\n", "registry"), None);
+        assert_eq!(npmrc_value("", "registry"), None);
+    }
+
+    #[test]
+    fn npmrc_cafile_line() {
+        let rc =
+            "registry=https://npm.example.com/\n;cafile=/no.pem\ncafile = /etc/proxy-ca.pem\nca=\n";
+        assert_eq!(
+            npmrc_value(rc, "cafile").as_deref(),
+            Some("/etc/proxy-ca.pem")
+        );
+        assert_eq!(npmrc_value("cafile=\n", "cafile"), None);
+        assert_eq!(npmrc_value(rc, "ca"), None);
     }
 }

@@ -97,7 +97,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         &args.vm.jail,
         !std::io::IsTerminal::is_terminal(&std::io::stderr()),
     )?;
-    let (mut config, _user) = args.vm.config()?;
+    let (mut config, _held) = args.vm.config()?;
     config.shell = Shell::None;
     config.agent_socket = Some(dir.path().join("agent.sock"));
     let budgets = volumes
@@ -105,7 +105,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         .zip(&disks)
         .map(|(volume, disk)| volume.pack(&disk.image))
         .collect::<Result<Vec<_>, _>>()?;
-    config.volumes = disks.clone();
+    config.volumes.extend(disks.iter().cloned());
 
     let vm = Sandbox::boot(backend, config, ConsoleLog::Tail)?;
     let outcome = vm

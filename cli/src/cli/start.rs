@@ -37,7 +37,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
         return vms::detach(&args.vm);
     }
     let backend = choose_backend(args.vm.backend, &args.vm.jail, false)?;
-    let (mut config, _user) = args.vm.config()?;
+    let (mut config, _held) = args.vm.config()?;
     config.shell = if args.shell { Shell::Nsh } else { Shell::Repl };
     let stop = StopSignal::new()?;
     // The guest's environment (the host's npm registry, say) reaches the shell over the agent

@@ -8,6 +8,7 @@ use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use sandbox::artifacts::{check_kernel, check_rootfs, Artifact, Store};
+use sandbox::host_ca::{self, GuestCa};
 use sandbox::users::{DiskTools, UserDisk, Users};
 use sandbox::vm_config;
 use vmm::backend::{detect, qemu, Backend};
@@ -47,6 +48,15 @@ pub struct VmArgs {
     /// or `tap:NAME`. Without it the guest has no network at all.
     #[arg(long, value_name = "user[,host-loopback[=PORT]]|tap:NAME", num_args = 0..=1, default_missing_value = "user", value_parser = parse_net)]
     pub net: Option<NetSpec>,
+    /// Trust the CA certificates of this PEM file in the guest (a TLS-intercepting proxy's):
+    /// Node and npm read them from NODE_EXTRA_CA_CERTS, a read-only file. Repeatable. With
+    /// --net, the CA file of this host's npm config (cafile) and this host's
+    /// NODE_EXTRA_CA_CERTS go too.
+    #[arg(long = "ca-file", value_name = "PATH")]
+    pub ca_files: Vec<PathBuf>,
+    /// With --net, leave this host's npm cafile and NODE_EXTRA_CA_CERTS out of the guest.
+    #[arg(long)]
+    pub no_host_ca: bool,
     #[command(flatten)]
     pub seccomp: SeccompArgs,
     #[command(flatten)]
@@ -76,13 +86,21 @@ impl VmArgs {
         )?))
     }
 
-    /// The VM these options describe, and the `--user`'s disk locked for it: what every
+    /// The VM these options describe, and what it holds on the host while it runs: what every
     /// command that boots a VM starts from (it sets the console, the shell, volumes and the
     /// agent). Builds the kernel and image first when they are missing.
-    pub fn config(&self) -> anyhow::Result<(VmConfig, Option<UserDisk>)> {
+    pub fn config(&self) -> anyhow::Result<(VmConfig, Held)> {
+        // Before anything is built: a bad CA file costs nothing.
+        let carry_host_ca = self.net.is_some() && !self.no_host_ca;
+        let ca = host_ca::bundle(&host_ca::ca_files(&self.ca_files, carry_host_ca))?;
         let (kernel, rootfs) = images(&self.images)?;
         let user = self.user_disk()?;
         let mut config = VmConfig::new(kernel, rootfs, self.memory, self.cpus);
+        let ca = ca.map(|bundle| GuestCa::pack(&bundle)).transpose()?;
+        if let Some(ca) = &ca {
+            config.volumes.push(ca.disk.clone());
+            config.env.push(ca.env.clone());
+        }
         config.user_disk = user.as_ref().map(|u| u.path().to_path_buf());
         config.net = self.net.clone();
         if let Some(registry) = sandbox::npm_registry::guest_registry(self.net.as_ref()) {
@@ -95,8 +113,22 @@ impl VmArgs {
         }
         config.cmdline_extra = self.cmdline_extra.clone();
         config.seccomp = !self.seccomp.no_seccomp;
-        Ok((config, user))
+        Ok((
+            config,
+            Held {
+                _user: user,
+                _ca: ca,
+            },
+        ))
     }
+}
+
+/// What a VM of [`VmArgs::config`] holds on the host until it is dropped: the `--user`'s disk,
+/// locked, and the guest's CA certificates' volume.
+#[derive(Debug)]
+pub struct Held {
+    _user: Option<UserDisk>,
+    _ca: Option<GuestCa>,
 }
 
 /// Opens the port of the host's npm registry, which is on the host's loopback, to the guest

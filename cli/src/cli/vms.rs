@@ -267,7 +267,7 @@ fn keep_vm(
         running: false,
     };
     record.save(&dir).context("writing the VM's state")?;
-    let (mut config, _user) = vm.config()?;
+    let (mut config, _held) = vm.config()?;
     config.shell = Shell::None;
     config.agent_socket = Some(dir.join("agent.sock"));
     let sandbox = Sandbox::boot(backend, config, ConsoleLog::File(dir.join("console.log")))?;
