@@ -41,13 +41,16 @@ pub use unpack::{Budget, TreeSource, UnpackError};
 /// The guest's user (`node`), who owns every file of a volume inside the guest.
 const GUEST_UID: u32 = 1000;
 const GUEST_GID: u32 = 1000;
-/// Free space an image gets beyond its files, for what the guest writes: room for an `npm ci`
-/// (a `node_modules` of a few hundred MB and tens of thousands of files) in a project that has
-/// none yet. The image is sparse and its inode tables are left unwritten (the guest mounts it
-/// `noinit_itable`): room the guest does not use costs the host nothing.
-const HEADROOM_BYTES: u64 = 2 << 30;
-/// One free inode for each this many bytes of headroom (131072 for 2 GiB).
-const HEADROOM_BYTES_PER_INODE: u64 = 16 << 10;
+/// Free space a writable volume's image gets beyond its files, for what the guest writes: room
+/// for an `npm ci` (a `node_modules` of a few hundred MB and tens of thousands of files) in a
+/// project that has none yet. The image is sparse and its inode tables are left unwritten (the
+/// guest mounts it `noinit_itable`): room the guest does not use costs the host nothing.
+const RW_HEADROOM_BYTES: u64 = 2 << 30;
+/// One free inode for each this many bytes of that room (131072 for 2 GiB).
+const RW_HEADROOM_BYTES_PER_INODE: u64 = 16 << 10;
+/// A read-only volume's image: its files and mke2fs's own metadata.
+const RO_HEADROOM_BYTES: u64 = 256 << 20;
+const RO_HEADROOM_INODES: u64 = 4096;
 /// The folder mke2fs makes at the top of every image.
 const LOST_FOUND: &str = "lost+found";
 const BLOCK: u64 = 4096;
@@ -255,8 +258,15 @@ impl Volume {
     /// rounds them up to fill its groups).
     pub fn pack(&self, image: &Path) -> Result<Budget, Error> {
         let usage = Usage::of(&self.host)?;
-        let size_blocks = (usage.bytes + HEADROOM_BYTES) / BLOCK;
-        let inodes = usage.entries * 2 + HEADROOM_BYTES / HEADROOM_BYTES_PER_INODE;
+        let (headroom, free_inodes) = match self.mode {
+            Mode::ReadOnly => (RO_HEADROOM_BYTES, RO_HEADROOM_INODES),
+            _ => (
+                RW_HEADROOM_BYTES,
+                RW_HEADROOM_BYTES / RW_HEADROOM_BYTES_PER_INODE,
+            ),
+        };
+        let size_blocks = (usage.bytes + headroom) / BLOCK;
+        let inodes = usage.entries * 2 + free_inodes;
         let mut command = Command::new("mke2fs");
         command
             .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0"])
