@@ -12,6 +12,7 @@
 //! Shared by tests/corpus.rs (QEMU/TCG here), tests/kvm_box.rs (our VMM in the KVM box) and
 //! the bench benches/src/bin/corpus.rs, so it needs nothing but std and the kvm-box crate.
 
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -194,13 +195,6 @@ pub fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/tests/corpus")
 }
 
-/// FNV-1a, 64 bits: a hash that stays the same across Rust versions, for cache keys.
-fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
@@ -225,7 +219,8 @@ fn installed(project: &Project) -> PathBuf {
     let mut manifests = read(&src.join("package.json"));
     manifests.extend(read(&src.join("package-lock.json")));
     let cache = kvm_box::default_cache_dir().join("test-corpus");
-    let dir = cache.join(format!("{}-{:016x}", project.name, fnv1a(&manifests)));
+    let key = hex::encode(&sha2::Sha256::digest(&manifests)[..8]);
+    let dir = cache.join(format!("{}-{key}", project.name));
     if dir.join("node_modules").is_dir() {
         return dir;
     }
