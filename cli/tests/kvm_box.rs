@@ -208,7 +208,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             let path = program(tool, "e2fsprogs");
             run = run.file(BoxFile::with_libs(&path, path.to_str().unwrap()));
         }
-        for file in corpus::in_box::volume_tools() {
+        for file in kvm_box::volume_tools().expect("e2fsprogs for the KVM box") {
             run = run.file(file);
         }
         for project in box_corpus {

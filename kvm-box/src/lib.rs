@@ -84,6 +84,19 @@ impl BoxFile {
     }
 }
 
+/// What `nodeos-vm run -v` needs in L1 to pack a volume and read one back: e2fsprogs' mke2fs
+/// (busybox's lacks the options it uses) with its configuration, and debugfs, at their host
+/// paths.
+pub fn volume_tools() -> Result<Vec<BoxFile>, BoxError> {
+    let mut files = vec![BoxFile::same_path("/etc/mke2fs.conf")];
+    for tool in ["mke2fs", "debugfs"] {
+        let path = host::program(tool, "e2fsprogs")?;
+        let guest = path.to_string_lossy().into_owned();
+        files.push(BoxFile::with_libs(path, guest));
+    }
+    Ok(files)
+}
+
 /// One box run.
 #[derive(Debug, Clone)]
 pub struct BoxRun {

@@ -62,6 +62,9 @@ fn main() {
     }
     // `sh -c true` in the bench: dash, as in the image.
     run = run.file(BoxFile::with_libs("/usr/bin/dash", "/gnu/sh"));
+    for file in kvm_box::volume_tools().expect("e2fsprogs for the KVM box") {
+        run = run.file(file);
+    }
     let result = kvm_box::run(&kvm_box::default_cache_dir(), &run).expect("KVM box run");
     let checks = result.checks();
     println!("## In the KVM box: benches/commands.sh {samples} {batch}\n");

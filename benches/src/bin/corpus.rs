@@ -55,7 +55,7 @@ fn main() {
             .file(BoxFile::with_libs(&bin, "/nodeos/nodeos-vm"))
             .file(BoxFile::new(&kernel, "/nodeos/vmlinux"))
             .file(BoxFile::new(&rootfs, "/nodeos/rootfs.img"));
-        for file in corpus::in_box::volume_tools() {
+        for file in kvm_box::volume_tools().expect("e2fsprogs for the KVM box") {
             run = run.file(file);
         }
         for project in &projects {

@@ -329,17 +329,6 @@ pub mod in_box {
         BoxFile::new(prepare(project, parent), carried(project))
     }
 
-    /// What `run -v` needs in L1 to pack a volume and read it back: mke2fs, its
-    /// configuration, debugfs.
-    pub fn volume_tools() -> Vec<BoxFile> {
-        let mut files = vec![BoxFile::same_path("/etc/mke2fs.conf")];
-        for tool in ["mke2fs", "debugfs"] {
-            let path = kvm_box::host_program(tool, "e2fsprogs").unwrap();
-            files.push(BoxFile::with_libs(&path, path.to_str().unwrap()));
-        }
-        files
-    }
-
     /// Adds `project`'s check to `script`: `npm test` in a VM on a fresh copy of the carried
     /// project (the copy is written to), `run` being the `nodeos-vm run ...` prefix.
     pub fn add_check(script: &mut Script, run: &str, project: &Project) {
