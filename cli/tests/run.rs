@@ -26,6 +26,8 @@ fn run_on_host(name: &str) {
         return;
     }
     let (kernel, rootfs) = common::artifacts();
+    // The scripts' host side: busybox's wget and httpd.
+    common::host_program("busybox", "busybox-static");
     let dir = tempfile::tempdir().unwrap();
     let fixture = common::fixture_copy(dir.path());
     let run = format!(
@@ -215,7 +217,7 @@ fn native_addons_project() -> std::path::PathBuf {
         "{\"private\": true}\n",
     )
     .unwrap();
-    let installed = Command::new("npm")
+    let installed = Command::new(common::host_program("npm", "npm"))
         .args([
             "install",
             "--ignore-scripts",
@@ -245,7 +247,7 @@ fn native_addons_project() -> std::path::PathBuf {
 #[test]
 fn native_addons_from_the_npm_registry_load() {
     let project = native_addons_project();
-    let on_host = Command::new("node")
+    let on_host = Command::new(common::host_program("node", "nodejs"))
         .args(["-e", USE_NATIVE_ADDONS])
         .current_dir(&project)
         .output()
@@ -343,7 +345,7 @@ fn npm_trusts_a_ca_given_to_the_guest() {
         std::fs::create_dir(folder).unwrap();
     }
     let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
+        let out = Command::new(common::host_program("openssl", "openssl"))
             .args([
                 "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
             ])
@@ -387,7 +389,7 @@ fn npm_trusts_a_ca_given_to_the_guest() {
     .concat();
     std::fs::write(server.join("chain.pem"), chain).unwrap();
 
-    let mut https = Command::new("node")
+    let mut https = Command::new(common::host_program("node", "nodejs"))
         .args(["-e", HTTPS_SERVER])
         .args([&site, &server.join("key.pem"), &server.join("chain.pem")])
         .stdout(Stdio::piped())

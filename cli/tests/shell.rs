@@ -82,7 +82,7 @@ fn corpus_runs_the_same_under_the_guest_sh_and_host_dash() {
         .count();
     assert!(scripts >= 10, "corpus scripts in {}", dir.display());
 
-    let host = Command::new("dash")
+    let host = Command::new(common::host_program("dash", "dash"))
         .arg(dir.join("run-corpus.sh"))
         .arg("dash")
         .arg(dir.join("corpus"))

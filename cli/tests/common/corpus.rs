@@ -199,6 +199,11 @@ fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
+/// The host's npm (Debian's, with its nodejs, installed with apt when missing, as root).
+fn npm() -> PathBuf {
+    kvm_box::host_program("npm", "npm").unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// `cmd`, which must succeed.
 fn must(cmd: &mut Command) {
     let out = cmd
@@ -232,7 +237,7 @@ fn installed(project: &Project) -> PathBuf {
         std::fs::copy(src.join(file), work.path().join(file)).unwrap();
     }
     must(
-        Command::new("npm")
+        Command::new(npm())
             .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
             .current_dir(work.path()),
     );
@@ -285,7 +290,8 @@ pub fn on_host(dir: &Path) -> Outcome {
     timed(
         Command::new("timeout")
             .arg(TEST_LIMIT.as_secs().to_string())
-            .args(["npm", "test"])
+            .arg(npm())
+            .arg("test")
             .current_dir(dir),
     )
 }

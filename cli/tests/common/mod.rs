@@ -69,6 +69,12 @@ use std::sync::OnceLock;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_nodeos-vm");
 
+/// The host program `name`, installed from Debian's `package` with apt when it is missing (as
+/// root; otherwise the panic names the command to run), the way `start` installs what it needs.
+pub fn host_program(name: &str, package: &str) -> std::path::PathBuf {
+    kvm_box::host_program(name, package).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Builds the kernel and root image once for the whole test run (a no-op when cached).
 pub fn artifacts() -> &'static (PathBuf, PathBuf) {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
