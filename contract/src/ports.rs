@@ -15,11 +15,16 @@ pub const INIT_STARTED: u8 = b'I';
 /// Boot-timer byte: the guest console is configured and read; input sent from now on is kept
 /// (earlier input may be echoed or lost while the console is set up).
 pub const CONSOLE_READY: u8 = b'R';
+/// Boot-timer byte: the guest is at its template point: booted, its agent listening for the
+/// host's `Activate`, nothing of the VM's own set up yet, no Node.js process. A snapshot taken
+/// from here serves any VM of the same kernel, image and shape.
+pub const TEMPLATE_READY: u8 = b'T';
 
 // Checked as the crate builds: the boot-timer bytes are told apart, and a guest's boot
 // failure fits the exit port while a signal's status (which the guest clamps) does not.
 const _: () = {
     assert!(INIT_STARTED != CONSOLE_READY);
+    assert!(TEMPLATE_READY != INIT_STARTED && TEMPLATE_READY != CONSOLE_READY);
     assert!(EXIT_PORT != BOOT_TIMER_PORT);
     assert!(crate::status::BOOT_FAILURE <= MAX_EXIT_STATUS);
     assert!(MAX_EXIT_STATUS < crate::status::SIGNALED_BASE);

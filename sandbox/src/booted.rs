@@ -174,7 +174,7 @@ impl Sandbox {
             .map_err(|_| Error::Panicked)?
             .map_err(|e| explained(e.into()))?;
         match report.exit {
-            VmExit::Stopped | VmExit::Guest(_) => Ok(report),
+            VmExit::Stopped | VmExit::Saved | VmExit::Guest(_) => Ok(report),
             VmExit::Reset => Err(explained(Error::Reset)),
         }
     }

@@ -65,8 +65,8 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     }
     match report.exit {
         VmExit::Guest(status) => Ok(status),
-        // Nothing stops a foreground `start` but the guest itself.
-        VmExit::Stopped => Ok(0),
+        // Nothing stops (nor saves) a foreground `start` but the guest itself.
+        VmExit::Stopped | VmExit::Saved => Ok(0),
         VmExit::Reset => bail!(
             "the guest ended without an exit status: its kernel panicked or it reset \
              (its console output above says why)"

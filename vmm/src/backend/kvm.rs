@@ -875,6 +875,7 @@ pub(crate) mod tests {
                 Device::Rng,
             ],
             seccomp: true,
+            start: Default::default(),
         }
     }
 

@@ -137,6 +137,7 @@ mod tests {
             cpus: 1,
             cmdline: String::new(),
             seccomp: true,
+            start: Default::default(),
         };
         let (entries, jailed) = for_vm(&spec);
         assert_eq!(

@@ -104,6 +104,7 @@ mod tests {
             cpus: 1,
             cmdline: String::new(),
             seccomp: true,
+            start: Default::default(),
         };
         let limit = |spec: &VmSpec| Limits::for_vm(spec, pipe.as_fd()).unwrap().file_size;
         assert_eq!(limit(&spec), Some(1 << 20));

@@ -277,6 +277,7 @@ impl Setup {
             cpus: 1,
             cmdline: String::new(),
             seccomp: true,
+            start: Default::default(),
         };
         let home_socket = home.path().join("ssh-agent.sock");
         static SETUPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -175,6 +175,7 @@ impl VmConfig {
             cmdline: self.cmdline(&params)?,
             devices,
             seccomp: self.seccomp,
+            start: Default::default(),
         })
     }
 

@@ -17,6 +17,8 @@ pub enum VmExit {
     Reset,
     /// The host ended it through its [`StopSignal`].
     Stopped,
+    /// Saved whole to a snapshot, as its spec asked (`Start::Save`), and ended.
+    Saved,
 }
 
 /// Lets the host end a running VM at once (`nodeos-vm run` once its command is done): the

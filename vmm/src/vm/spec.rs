@@ -21,6 +21,30 @@ pub struct VmSpec {
     /// Syscall filtering: seccomp-BPF on every thread of our VMM (crate::seccomp), QEMU's
     /// `-sandbox on`. Off only for debugging (`--no-seccomp`).
     pub seccomp: bool,
+    /// Whether the VM boots, boots and is saved, or is restored from a snapshot.
+    pub start: Start,
+}
+
+/// How a VM comes up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Start {
+    /// A cold boot of the kernel.
+    #[default]
+    Boot,
+    /// A cold boot that ends in a snapshot: when the guest writes `at` to the boot-timer port
+    /// (contract::ports), the VM is paused, saved whole to `to` and ended
+    /// ([`super::VmExit::Saved`]). `identity` is stored in the snapshot: a restore asking for
+    /// another one is refused.
+    Save {
+        to: PathBuf,
+        at: u8,
+        identity: String,
+    },
+    /// The VM `from` holds, with this spec's devices attached where the saved VM had the same
+    /// kinds of devices in the same order (disks may be other files, of other sizes). Refused,
+    /// with one line, when the snapshot is not one of this backend's, not `identity`'s, or not
+    /// whole.
+    Restore { from: PathBuf, identity: String },
 }
 
 /// One virtio device of a [`VmSpec`].

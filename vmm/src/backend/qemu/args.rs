@@ -218,6 +218,7 @@ mod tests {
             cpus: 2,
             cmdline: "console=ttyS0".into(),
             seccomp: true,
+            start: Default::default(),
         };
         let fds = Fds {
             timer: 5,
@@ -255,6 +256,7 @@ mod tests {
             cpus: 1,
             cmdline: "console=ttyS0".into(),
             seccomp: false,
+            start: Default::default(),
         };
         let fds = Fds {
             timer: 5,
