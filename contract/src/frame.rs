@@ -12,7 +12,9 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 use crate::codec::{DecodeError, Decoder, Encoder};
+use crate::activation::{Activation, MAX_ENTROPY, MAX_HOSTNAME};
 use crate::env::EnvVar;
+use crate::params::GuestParams;
 use crate::status;
 
 /// The protocol version both sides say in their `Hello`.
@@ -43,10 +45,10 @@ pub enum Request {
     /// Send the tree of this guest folder (once per connection, after `Hello`), as
     /// `TreeData` chunks of a [`crate::tree`] stream and `TreeEnd`.
     Export { path: Vec<u8> },
-    /// The guest's environment (possibly none): the host's answer to the agent's `Hello` on
-    /// the ready connection, and nowhere else. Added to the base environment of every command
-    /// and of the shell PID 1 runs.
-    Env(Vec<EnvVar>),
+    /// Makes the guest waiting at its template point this VM (crate::activation): the first
+    /// request of the first connection, answered `Hello` once the guest is set up, and
+    /// refused anywhere else.
+    Activate(Box<Activation>),
 }
 
 /// What to run, and how.
@@ -109,10 +111,13 @@ pub enum ErrorKind {
     Version,
     /// The folder to export could not be read.
     Export,
+    /// The guest could not be set up as the `Activate` asked (a disk that would not mount,
+    /// say); the guest then ends.
+    Activate,
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 7] = [
+    const ALL: [ErrorKind; 8] = [
         ErrorKind::NotFound,
         ErrorKind::NotExecutable,
         ErrorKind::ExecFailed,
@@ -120,6 +125,7 @@ impl ErrorKind {
         ErrorKind::Protocol,
         ErrorKind::Version,
         ErrorKind::Export,
+        ErrorKind::Activate,
     ];
 
     fn code(self) -> u8 {
@@ -131,6 +137,7 @@ impl ErrorKind {
             ErrorKind::Protocol => 5,
             ErrorKind::Version => 6,
             ErrorKind::Export => 7,
+            ErrorKind::Activate => 8,
         }
     }
 
@@ -146,7 +153,9 @@ impl ErrorKind {
             ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => {
                 Some(status::CANNOT_RUN)
             }
-            ErrorKind::Protocol | ErrorKind::Version | ErrorKind::Export => None,
+            ErrorKind::Protocol | ErrorKind::Version | ErrorKind::Export | ErrorKind::Activate => {
+                None
+            }
         }
     }
 }
@@ -216,7 +225,7 @@ mod kind {
     pub const SIGNAL: u8 = 0x05;
     pub const POWEROFF: u8 = 0x06;
     pub const EXPORT: u8 = 0x07;
-    pub const ENV: u8 = 0x08;
+    pub const ACTIVATE: u8 = 0x08;
 
     pub const R_HELLO: u8 = 0x81;
     pub const STARTED: u8 = 0x82;
@@ -263,10 +272,15 @@ impl Request {
                 out.put_bytes(path);
                 kind::EXPORT
             }
-            Request::Env(env) => {
-                let entries: Vec<Vec<u8>> = env.iter().map(EnvVar::entry).collect();
+            Request::Activate(activation) => {
+                out.put_bytes(activation.params.to_string().as_bytes());
+                let entries: Vec<Vec<u8>> = activation.env.iter().map(EnvVar::entry).collect();
                 put_list(&mut out, &entries);
-                kind::ENV
+                out.put_bytes(&activation.entropy);
+                out.put_u64(activation.clock.0);
+                out.put_u32(activation.clock.1);
+                out.put_bytes(activation.hostname.as_bytes());
+                kind::ACTIVATE
             }
         };
         finish_frame(out, kind)
@@ -297,16 +311,7 @@ impl Request {
                 kind::EXPORT => Request::Export {
                     path: d.bytes("path", MAX_PAYLOAD)?.to_vec(),
                 },
-                kind::ENV => Request::Env(
-                    list(d, "env")?
-                        .iter()
-                        .map(|entry| EnvVar::parse(entry))
-                        .collect::<Result<_, _>>()
-                        .map_err(|e| DecodeError::Invalid {
-                            field: "env",
-                            why: e.to_string(),
-                        })?,
-                ),
+                kind::ACTIVATE => Request::Activate(Box::new(activation(d)?)),
                 _ => return Ok(None),
             }))
         })?;
@@ -550,6 +555,29 @@ fn finish_frame(out: Encoder, kind: u8) -> Result<Vec<u8>, FrameError> {
 }
 
 /// A count, then each item as [`Encoder::put_bytes`] writes it.
+/// An [`Activation`], checked as the guest takes it.
+fn activation(d: &mut Decoder<'_>) -> Result<Activation, DecodeError> {
+    let invalid = |field, why: String| DecodeError::Invalid { field, why };
+    let params = d.str("params", MAX_PAYLOAD)?;
+    let params = GuestParams::parse(params).map_err(|e| invalid("params", e.to_string()))?;
+    let env = list(d, "env")?
+        .iter()
+        .map(|entry| EnvVar::parse(entry))
+        .collect::<Result<_, _>>()
+        .map_err(|e| invalid("env", e.to_string()))?;
+    let activation = Activation {
+        params,
+        env,
+        entropy: d.bytes("entropy", MAX_ENTROPY)?.to_vec(),
+        clock: (d.u64("clock")?, d.u32("clock nanoseconds")?),
+        hostname: d.str("hostname", MAX_HOSTNAME)?.to_string(),
+    };
+    activation
+        .validate()
+        .map_err(|e| invalid("activation", e.to_string()))?;
+    Ok(activation)
+}
+
 fn put_list(out: &mut Encoder, items: &[Vec<u8>]) {
     out.put_u32(u32::try_from(items.len()).unwrap_or(u32::MAX));
     for item in items {
@@ -609,11 +637,19 @@ mod tests {
             Request::Export {
                 path: b"/app".to_vec(),
             },
-            Request::Env(vec![
-                EnvVar::new("npm_config_registry", "http://me:pw@10.0.2.2:4873/").unwrap(),
-                EnvVar::new("EMPTY", "").unwrap(),
-            ]),
-            Request::Env(Vec::new()),
+            Request::Activate(Box::new(Activation {
+                params: GuestParams::parse(
+                    "nodeos.console=pipe nodeos.upper=/dev/vdb nodeos.vol=/dev/vdc:/my%20app:rw",
+                )
+                .unwrap(),
+                env: vec![
+                    EnvVar::new("npm_config_registry", "http://me:pw@10.0.2.2:4873/").unwrap(),
+                    EnvVar::new("EMPTY", "").unwrap(),
+                ],
+                entropy: vec![0xa5; MAX_ENTROPY],
+                clock: (u64::MAX, 999_999_999),
+                hostname: "nodeos-7f3a".into(),
+            })),
         ]
     }
 
@@ -683,6 +719,18 @@ mod tests {
         assert_eq!(second, Request::StdinEof);
     }
 
+    /// An `Activate` frame of these fields, checked or not.
+    fn activate(params: &str, entry: &[u8], entropy: usize, nanos: u32, host: &str) -> Vec<u8> {
+        let mut out = crate::codec::Encoder::new();
+        out.put_bytes(params.as_bytes());
+        put_list(&mut out, &[entry.to_vec()]);
+        out.put_bytes(&vec![1; entropy]);
+        out.put_u64(0);
+        out.put_u32(nanos);
+        out.put_bytes(host.as_bytes());
+        frame(kind::ACTIVATE, &out.into_vec())
+    }
+
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
         let mut f = ((payload.len() + 1) as u32).to_le_bytes().to_vec();
         f.push(kind);
@@ -733,15 +781,15 @@ mod tests {
         let bad_requests: Vec<Vec<u8>> = vec![
             frame(0x00, &[]),
             frame(0x09, &[]),
-            frame(kind::ENV, &[]),
-            // one entry without `=`, one with a name the guest refuses
-            frame(
-                kind::ENV,
-                &[
-                    1, 0, 0, 0, 7, 0, 0, 0, b'N', b'O', b'V', b'A', b'L', b'U', b'E',
-                ],
-            ),
-            frame(kind::ENV, &[1, 0, 0, 0, 3, 0, 0, 0, b'1', b'=', b'x']),
+            frame(kind::ACTIVATE, &[]),
+            activate("nodeos.cols=0", b"A=1", 32, 0, "h"),
+            // an entry without `=`, one with a name the guest refuses
+            activate("", b"NOVALUE", 32, 0, "h"),
+            activate("", b"1=x", 32, 0, "h"),
+            activate("", b"A=1", 31, 0, "h"),
+            activate("", b"A=1", 32, 1_000_000_000, "h"),
+            activate("", b"A=1", 32, 0, ""),
+            activate("", b"A=1", 32, 0, "a/b"),
             frame(kind::EXPORT, &[]),
             frame(kind::EXPORT, &[5, 0, 0, 0, b'/']),
             frame(kind::R_HELLO, &1u32.to_le_bytes()), // a reply type read as a request

@@ -27,10 +27,12 @@
 //! And [`codec`], the one bounded little-endian codec of every binary message here and of the
 //! guest's own spawn protocol.
 //!
-//! The agent's ready handshake: once it listens on [`AGENT_PORT`], the agent connects to host
-//! port [`READY_PORT`] and sends [`frame::Reply::Hello`]; the host answers with the guest's
-//! environment, [`frame::Request::Env`].
+//! The agent's activation: once it listens on [`AGENT_PORT`], the guest writes
+//! [`ports::TEMPLATE_READY`] to the boot-timer port and waits, at the point a template snapshot
+//! is taken; the host connects and sends [`frame::Request::Activate`] ([`activation`]), which
+//! the agent answers with [`frame::Reply::Hello`] once the guest is that VM.
 
+pub mod activation;
 pub mod codec;
 pub mod disks;
 pub mod env;
@@ -50,9 +52,6 @@ pub const GUEST_CID: u32 = 3;
 pub const HOST_CID: u32 = 2;
 /// The guest agent listens here.
 pub const AGENT_PORT: u32 = 1024;
-/// The host listens here (`<uds>_1025`); the agent connects once it is ready and says hello,
-/// and the host answers with the guest's environment.
-pub const READY_PORT: u32 = 1025;
 /// Name of the virtio-serial port that carries the multiplexed link where there is no vsock
 /// (the QEMU backend on hosts without vhost-vsock).
 pub const SERIAL_PORT_NAME: &str = "org.nodeos.agent";

@@ -5,7 +5,9 @@
 
 use std::io;
 
-use contract::ports::{BOOT_TIMER_PORT, CONSOLE_READY, EXIT_PORT, INIT_STARTED, MAX_EXIT_STATUS};
+use contract::ports::{
+    BOOT_TIMER_PORT, CONSOLE_READY, EXIT_PORT, INIT_STARTED, MAX_EXIT_STATUS, TEMPLATE_READY,
+};
 
 use crate::error::{Error, Result};
 
@@ -50,6 +52,13 @@ pub fn mark_boot_timer() {
 /// the boot mark.
 pub fn mark_console_ready() {
     let _ = outb(BOOT_TIMER_PORT, CONSOLE_READY);
+}
+
+/// Marks the template point (the agent listens, nothing of the VM's own is set up): a
+/// snapshot may be taken from here. Best effort, like the boot mark.
+pub fn mark_template_ready() {
+    let _ = outb(BOOT_TIMER_PORT, TEMPLATE_READY);
+    let _ = ioperm(BOOT_TIMER_PORT, false);
 }
 
 /// Maps a process exit code to the byte for the exit port: like a real exit status

@@ -333,6 +333,7 @@ pub fn headless(output: OwnedFd) -> Result<ConsoleIo, ConsoleError> {
         input,
         output,
         ready: ConsoleReady::default(),
+        template: ConsoleReady::default(),
     })
 }
 

@@ -54,6 +54,31 @@ pub fn base() -> Result<PathBuf, Error> {
     Ok(path)
 }
 
+/// An empty, read-only file in the runtime folder: the backing of a VM's unused disk slots
+/// (a disk of capacity 0, which a snapshot's VMs fill on restore).
+pub fn empty_disk() -> Result<PathBuf, Error> {
+    let path = base()?.join("empty-disk");
+    let create = |source| Error::Create {
+        path: path.clone(),
+        source,
+    };
+    match fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_file() && meta.len() == 0 => return Ok(path),
+        Ok(_) => fs::remove_file(&path).map_err(create)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(create(e)),
+    }
+    // Made under a name of its own and renamed, so no one sees it half made.
+    let base = base()?;
+    let file = tempfile::Builder::new()
+        .prefix(".empty-disk-")
+        .permissions(fs::Permissions::from_mode(0o444))
+        .tempfile_in(&base)
+        .map_err(create)?;
+    file.persist(&path).map_err(|e| create(e.error))?;
+    Ok(path)
+}
+
 /// A fresh folder in the runtime folder, removed with everything in it when dropped.
 pub fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir, Error> {
     let base = base()?;

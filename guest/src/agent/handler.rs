@@ -136,7 +136,7 @@ pub(super) fn name(request: &Request) -> &'static str {
         Request::Signal(_) => "Signal",
         Request::Poweroff => "Poweroff",
         Request::Export { .. } => "Export",
-        Request::Env(_) => "Env",
+        Request::Activate(_) => "Activate",
     }
 }
 

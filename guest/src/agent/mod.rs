@@ -8,13 +8,14 @@
 //! - `serial`: the channel multiplexer on the virtio-serial port (serial.rs), a child process;
 //!   the agent listens on `/run/nodeos/vsock_1024`, root only.
 //!
-//! Once it listens, the agent says so: it connects to host port [`READY_PORT`] and sends a
-//! `Hello` reply; the host answers there with the guest's environment (`Env`), which every
-//! command gets on top of its login environment, and which the agent passes on to init for
-//! the shell PID 1 runs (never on the kernel command line: contract::env). Each connection is
-//! then served by its own forked handler (handler.rs); a `Poweroff` request ends the VM from
-//! there (poweroff.rs); an `Export` request sends a folder's tree (export.rs).
+//! Once it listens, the agent marks the template point (contract::ports::TEMPLATE_READY) and
+//! waits for the host's first connection, whose one request is `Activate`
+//! (contract::activation): it makes the guest that VM (activate.rs), hands the activation on
+//! to init for the shell PID 1 runs, and answers `Hello`. Each later connection is served by
+//! its own forked handler (handler.rs); a `Poweroff` request ends the VM from there
+//! (poweroff.rs); an `Export` request sends a folder's tree (export.rs).
 
+mod activate;
 mod command;
 mod export;
 mod handler;
@@ -25,12 +26,12 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use contract::env::EnvVar;
-use contract::frame::{self, Reply, Request};
+use contract::activation::Activation;
+use contract::frame::{self, ErrorKind, Reply, Request};
 use contract::params::AgentTransport;
-use contract::{hybrid, status, AGENT_PORT, HOST_CID, READY_PORT};
+use contract::{hybrid, status, AGENT_PORT};
 
 use crate::error::{Context, Error, Result};
 use crate::init::user::User;
@@ -67,44 +68,31 @@ impl Listener {
     }
 }
 
-/// Opens the transport and forks the agent. Commands run as `user` with `groups`;
-/// `persistent` are the disks a `Poweroff` makes clean. With `for_shell`, the agent also hands
-/// the guest's environment on to the shell PID 1 is about to run: the descriptor returned is
-/// where [`read_env`] reads it, once the host has sent it.
-pub fn start(
-    transport: AgentTransport,
-    persistent: Vec<PathBuf>,
-    user: &User,
-    groups: &[u32],
-    for_shell: bool,
-) -> Result<Option<OwnedFd>> {
+/// Opens the transport and forks the agent, whose commands run as `user` with `groups`.
+/// Returns where [`read_activation`] reads the host's activation once the agent has applied it.
+pub fn start(transport: AgentTransport, user: &User, groups: &[u32]) -> Result<OwnedFd> {
     let transport = match transport {
         AgentTransport::Vsock => Transport::Vsock(
             vsock::listen(AGENT_PORT).context(|| format!("listen on vsock port {AGENT_PORT}"))?,
         ),
         AgentTransport::Serial => Transport::Serial(serial::Mux::open()?),
     };
-    let (shell_env, to_shell) = if for_shell {
-        let (read, write) = sys::pipe().context(|| "pipe for the shell's environment".into())?;
-        (Some(read), Some(write))
-    } else {
-        (None, None)
-    };
+    let (activated, to_init) = sys::pipe().context(|| "pipe for the activation".into())?;
     match sys::fork().context(|| "fork the agent".into())? {
         Fork::Child => {
-            drop(shell_env);
-            run(transport, user, groups.to_vec(), &persistent, to_shell)
+            drop(activated);
+            run(transport, user, groups.to_vec(), to_init)
         }
-        Fork::Parent(_) => Ok(shell_env),
+        Fork::Parent(_) => Ok(activated),
     }
 }
 
-/// The guest's environment, from the agent's descriptor [`start`] returned (an `Env` frame);
-/// waits until the host has sent it.
-pub fn read_env(from: OwnedFd) -> Result<Vec<EnvVar>> {
-    let what = "the guest's environment from the agent";
+/// The host's activation, from the descriptor [`start`] returned; waits until the agent has
+/// applied it.
+pub fn read_activation(from: OwnedFd) -> Result<Activation> {
+    let what = "the activation from the agent";
     match frame::read_request(&mut File::from(from)) {
-        Ok(Some(Request::Env(env))) => Ok(env),
+        Ok(Some(Request::Activate(activation))) => Ok(*activation),
         Ok(Some(other)) => Err(Error::invalid(
             what,
             format!("got {}", handler::name(&other)),
@@ -114,15 +102,8 @@ pub fn read_env(from: OwnedFd) -> Result<Vec<EnvVar>> {
     }
 }
 
-/// The agent process; `to_shell`, when given, is where the guest's environment goes for the
-/// shell.
-fn run(
-    transport: Transport,
-    user: &User,
-    groups: Vec<u32>,
-    persistent: &[PathBuf],
-    to_shell: Option<OwnedFd>,
-) -> ! {
+/// The agent process; the activation goes to init through `to_init`.
+fn run(transport: Transport, user: &User, groups: Vec<u32>, to_init: OwnedFd) -> ! {
     // SAFETY: setsid/prctl/signal have no memory arguments.
     unsafe {
         libc::setsid();
@@ -132,11 +113,9 @@ fn run(
     let listener = listen(transport).unwrap_or_else(|e| fatal(&e));
     let children = sys::signalfd(&[libc::SIGCHLD])
         .unwrap_or_else(|e| fatal(&Error::sys("signalfd SIGCHLD", e)));
-    let env = say_ready(&listener).unwrap_or_else(|e| fatal(&e));
-    if let Some(to_shell) = to_shell {
-        pass_env(to_shell, &env).unwrap_or_else(|e| fatal(&e));
-    }
-    let cfg = Config::for_user(user, groups, &env);
+    let activation = activate(&listener, to_init).unwrap_or_else(|e| fatal(&e));
+    let persistent = poweroff::persistent_mounts(&activation.params);
+    let cfg = Config::for_user(user, groups, &activation.env);
     loop {
         let ready = sys::poll_readable(&[listener.as_fd(), children.as_fd()], -1)
             .unwrap_or_else(|e| fatal(&Error::sys("poll", e)));
@@ -158,7 +137,7 @@ fn run(
                 // A bug in one handler ends its connection, not the VM (init's panic hook would).
                 let _ = std::panic::take_hook();
                 match handler::serve(conn, &cfg) {
-                    Ok(Outcome::Poweroff) => poweroff::power_off(persistent, 0),
+                    Ok(Outcome::Poweroff) => poweroff::power_off(&persistent, 0),
                     Ok(Outcome::Done) => sys::exit_now(0),
                     Err(_) => sys::exit_now(1), // the host went away; nobody to tell
                 }
@@ -167,14 +146,6 @@ fn run(
             Ok(Fork::Parent(_)) | Err(_) => drop(conn),
         }
     }
-}
-
-/// Writes the guest's environment where init reads it for the shell.
-fn pass_env(to_shell: OwnedFd, env: &[EnvVar]) -> Result<()> {
-    let frame = Request::Env(env.to_vec())
-        .encode()
-        .map_err(|e| Error::invalid("encode the shell's environment", e))?;
-    sys::write_all(to_shell.as_fd(), &frame).context(|| "pass the shell its environment".into())
 }
 
 /// Starts the transport's moving parts and listens on the agent port.
@@ -189,33 +160,54 @@ fn listen(transport: Transport) -> Result<Listener> {
     }
 }
 
-/// Tells the host the agent listens (`Hello` on a connection to host port [`READY_PORT`]) and
-/// reads its answer there: the guest's environment.
-fn say_ready(listener: &Listener) -> Result<Vec<EnvVar>> {
-    let hello = Reply::Hello {
-        version: frame::VERSION,
+/// Marks the template point and waits for the host's activation: the first request of the
+/// first connection that sends one. Applies it, hands it to init and answers `Hello`; a
+/// connection that asks for anything else is refused and the wait goes on. An activation that
+/// cannot be applied is answered with the reason and is the agent's end.
+fn activate(listener: &Listener, to_init: OwnedFd) -> Result<Activation> {
+    ports::mark_template_ready();
+    loop {
+        // ECONNABORTED and the like: that host connection is gone; the next one may work.
+        let Ok(conn) = listener.accept() else {
+            continue;
+        };
+        let mut conn = File::from(conn);
+        let activation = match frame::read_request(&mut conn) {
+            Ok(Some(Request::Activate(activation))) => activation,
+            Ok(Some(other)) => {
+                let message = format!("expected Activate, got {}", handler::name(&other));
+                let _ = reply(&mut conn, &error_reply(ErrorKind::Protocol, message));
+                continue;
+            }
+            Ok(None) | Err(_) => continue,
+        };
+        if let Err(e) = activate::apply(&activation) {
+            let _ = reply(&mut conn, &error_reply(ErrorKind::Activate, e.to_string()));
+            return Err(e);
+        }
+        let frame = Request::Activate(activation.clone())
+            .encode()
+            .map_err(|e| Error::invalid("encode the activation for init", e))?;
+        sys::write_all(to_init.as_fd(), &frame).context(|| "hand init the activation".into())?;
+        let hello = Reply::Hello {
+            version: frame::VERSION,
+        };
+        // A host gone before the answer finds the guest activated all the same.
+        let _ = reply(&mut conn, &hello);
+        return Ok(*activation);
     }
-    .encode()
-    .map_err(|e| Error::invalid("encode Hello", e))?;
-    let what = || format!("tell the host the agent is ready (port {READY_PORT})");
-    let conn: OwnedFd = match listener {
-        Listener::Vsock(_) => vsock::connect(HOST_CID, READY_PORT).context(what)?,
-        Listener::Unix(_) => hybrid::connect(Path::new(serial::MUX_SOCKET), READY_PORT)
-            .context(what)?
-            .into(),
-    };
-    let mut conn = File::from(conn);
-    conn.write_all(&hello).context(what)?;
-    let what = format!("the guest's environment from the host (port {READY_PORT})");
-    match frame::read_request(&mut conn) {
-        Ok(Some(Request::Env(env))) => Ok(env),
-        Ok(Some(other)) => Err(Error::invalid(
-            what,
-            format!("expected Env, got {}", handler::name(&other)),
-        )),
-        Ok(None) => Err(Error::invalid(what, "the host closed the connection")),
-        Err(e) => Err(Error::invalid(what, e)),
-    }
+}
+
+fn error_reply(kind: ErrorKind, message: String) -> Reply {
+    Reply::Error { kind, message }
+}
+
+fn reply(conn: &mut File, reply: &Reply) -> Result<()> {
+    let frame = reply
+        .encode()
+        .map_err(|e| Error::invalid("encode a reply", e))?;
+    conn.write_all(&frame)
+        .context(|| "answer the activation".into())
 }
 
 /// Without its agent, the host could only wait: end the VM the way a boot failure does.

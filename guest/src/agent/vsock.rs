@@ -1,4 +1,4 @@
-//! AF_VSOCK sockets (std has none): the agent's listener and its ready connection to the host.
+//! AF_VSOCK sockets (std has none): the agent's listener.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -54,21 +54,4 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     })?;
     // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Connects to `port` of context `cid`.
-pub fn connect(cid: u32, port: u32) -> io::Result<OwnedFd> {
-    let sock = socket()?;
-    let addr = address(cid, port);
-    crate::sys::retry(|| {
-        // SAFETY: addr is a valid sockaddr_vm of ADDRESS_LEN bytes.
-        cvt(unsafe {
-            libc::connect(
-                sock.as_raw_fd(),
-                (&addr as *const libc::sockaddr_vm).cast(),
-                ADDRESS_LEN,
-            )
-        })
-    })?;
-    Ok(sock)
 }

@@ -1,6 +1,7 @@
 //! PID 1: set the machine up, start the agent and the supervisor, then become Node.js (the
 //! REPL, or nsh with `nodeos.shell=nsh`), or, with `nodeos.shell=none`, stay our init and only
-//! reap.
+//! reap. With an agent, the machine is set up as the host's activation says, once it comes
+//! (the agent's template point: agent/mod.rs); without, as the kernel command line says.
 //!
 //! Order matters: the boot-timer mark comes first (the host measures boot by it); every
 //! failure before Node runs prints one line, `nodeos-init: <what failed>: <why>`, and ends the
@@ -16,6 +17,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 
+use contract::env::EnvVar;
 use contract::params::{ConsoleMode, GuestParams, Shell};
 use contract::status;
 
@@ -50,25 +52,30 @@ fn boot() -> Result<std::convert::Infallible> {
     console::quiet_kernel();
     let text = std::fs::read_to_string("/proc/cmdline").context(|| "read /proc/cmdline".into())?;
     let params = parse_params(&text)?;
-    // As early as possible: from here on the console echoes nothing and, in pipe mode, even a
-    // boot failure line is byte-clean.
-    console::setup(&params)?;
-    mounts::build_root(&params.upper)?;
-    mounts::mount_volumes(&params.volumes)?;
-    network::setup(params.net.as_ref())?;
     let (user, groups) = user::lookup(user::USER_NAME)?;
-    let persistent = poweroff::persistent_mounts(&params);
-    // The agent first: forked before the supervisor, neither holds the other's descriptors.
-    // It gets the guest's environment from the host, for its commands and the shell's.
-    let for_shell = params.shell != Shell::None;
-    let shell_env = match params.agent {
-        Some(transport) => agent::start(transport, persistent.clone(), &user, &groups, for_shell)?,
-        None => None,
+    // With an agent, everything of the VM's own comes from the host's activation: the guest
+    // waits for it at its template point, where a snapshot may be taken. Without one, from the
+    // command line.
+    let (params, env) = match params.agent {
+        Some(transport) => {
+            let activated = agent::start(transport, &user, &groups)?;
+            let activation = agent::read_activation(activated)?;
+            (activation.params, activation.env)
+        }
+        None => {
+            mounts::build_root(&params.upper)?;
+            mounts::mount_volumes(&params.volumes)?;
+            network::setup(params.net.as_ref())?;
+            (params, Vec::new())
+        }
     };
-    let control = supervisor::start(persistent, &user)?;
+    // From here on the console echoes nothing and, in pipe mode, even a failure line is
+    // byte-clean.
+    console::setup(&params)?;
+    let control = supervisor::start(poweroff::persistent_mounts(&params), &user)?;
     match params.shell {
-        Shell::Repl => exec_shell(&params, REPL_JS, &user, &groups, control, shell_env),
-        Shell::Nsh => exec_shell(&params, NSH_JS, &user, &groups, control, shell_env),
+        Shell::Repl => exec_shell(&params, REPL_JS, &user, &groups, control, &env),
+        Shell::Nsh => exec_shell(&params, NSH_JS, &user, &groups, control, &env),
         Shell::None => {
             // PID 1 keeps the control pipe open, so the supervisor never sees it close.
             reap_forever(control)
@@ -97,16 +104,15 @@ fn reap_forever(_control: OwnedFd) -> ! {
 }
 
 /// Drops to `user` and execs Node with `script` (repl.js or nsh), with the guest's environment
-/// read from `env` (the agent's, once the host sent it) when there is an agent. Returns only
-/// errors from before the drop; a failing exec is reported through the supervisor (PID 1 can
-/// no longer use the exit port).
+/// `extra` added. Returns only errors from before the drop; a failing exec is reported through
+/// the supervisor (PID 1 can no longer use the exit port).
 fn exec_shell(
     params: &GuestParams,
     script: &str,
     user: &user::User,
     groups: &[u32],
     control: OwnedFd,
-    env: Option<OwnedFd>,
+    extra: &[EnvVar],
 ) -> Result<std::convert::Infallible> {
     // The control pipe goes to Node at a known number, inherited (not close-on-exec).
     if control.as_raw_fd() != CONTROL_FD {
@@ -121,8 +127,7 @@ fn exec_shell(
     }
     std::env::set_current_dir(&user.home).context(|| format!("chdir {}", user.home.display()))?;
 
-    let extra = env.map(agent::read_env).transpose()?.unwrap_or_default();
-    let mut env = user.login_env(&extra);
+    let mut env = user.login_env(extra);
     env.extend(
         [
             format!("NODEOS_CONSOLE={}", params.console.as_str()),

@@ -1,5 +1,8 @@
-//! The file system tree: the kernel mounted the read-only image as `/`; init turns it into an
-//! OverlayFS root (image below, tmpfs or ext4 above) and pivots into it.
+//! The file system tree: the kernel mounted the read-only image as `/`; init mounts a tmpfs
+//! on its `/run` first ([`mount_early`]: the agent's sockets live there from the template
+//! point on), and once it knows the VM's upper layer turns the image into an OverlayFS root
+//! (image below, tmpfs or ext4 above) and pivots into it, taking that `/run` along: every
+//! process started before (the agent, its multiplexer) moves with the pivot.
 //!
 //! After [`build_root`]:
 //! - `/` is the overlay; writes land in the upper layer.
@@ -22,17 +25,20 @@ pub const LOWER_DIR: &str = "/run/nodeos/lower";
 /// The upper layer's file system, seen from the new root.
 pub const UPPER_MOUNT: &str = "/run/nodeos/upper";
 
-/// Staging area on the image's /run, before the pivot.
-const STAGE: &str = "/run";
-const STAGE_UPPER: &str = "/run/upper";
-const STAGE_ROOT: &str = "/run/root";
+/// Staging area on the image's /tmp, before the pivot.
+const STAGE: &str = "/tmp";
+const STAGE_UPPER: &str = "/tmp/upper";
+const STAGE_ROOT: &str = "/tmp/root";
+/// Where the early tmpfs is mounted, on the image and then in the new root.
+const RUN: &str = "/run";
 /// The gid devpts gives new ptys when /etc/group has no `tty` group.
 const DEFAULT_TTY_GID: u32 = 5;
 
 const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
 /// /proc, /sys and /dev on the image, needed before anything else (the command line, the
-/// console). devtmpfs may already be there (CONFIG_DEVTMPFS_MOUNT).
+/// console; devtmpfs may already be there: CONFIG_DEVTMPFS_MOUNT), and a tmpfs on /run with
+/// `/run/nodeos`, which the root built later keeps.
 pub fn mount_early() -> Result<()> {
     mount_unless_mounted("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, None)?;
     mount_unless_mounted("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, None)?;
@@ -43,7 +49,14 @@ pub fn mount_early() -> Result<()> {
         libc::MS_NOSUID,
         Some("mode=0755"),
     )?;
-    Ok(())
+    mount_unless_mounted(
+        "tmpfs",
+        RUN,
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    mkdir("/run/nodeos", 0o755)
 }
 
 /// Builds the overlay root and pivots into it (see the module docs for the result).
@@ -92,14 +105,8 @@ pub fn build_root(upper: &Upper) -> Result<()> {
         Some(&options),
     )?;
 
-    let new_run = format!("{STAGE_ROOT}/run");
-    mount(
-        Some("tmpfs"),
-        Path::new(&new_run),
-        Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV,
-        Some("mode=0755"),
-    )?;
+    // The early /run, with the agent's sockets, is the new root's.
+    move_mount(RUN, &format!("{STAGE_ROOT}{RUN}"))?;
     let put_old = format!("{STAGE_ROOT}{LOWER_DIR}");
     let new_upper = format!("{STAGE_ROOT}{UPPER_MOUNT}");
     mkdir(&put_old, 0o755)?;
@@ -113,7 +120,7 @@ pub fn build_root(upper: &Upper) -> Result<()> {
         move_mount(&format!("{LOWER_DIR}{dir}"), dir)?;
     }
     // The staging tmpfs is empty now (its mounts moved away); the image stays read-only.
-    umount(&Path::new(LOWER_DIR).join("run"), libc::MNT_DETACH)?;
+    umount(&Path::new(LOWER_DIR).join("tmp"), libc::MNT_DETACH)?;
     mount(
         None,
         Path::new(LOWER_DIR),
@@ -161,7 +168,6 @@ fn mount_rest() -> Result<()> {
     ] {
         symlink_if_missing(target, link)?;
     }
-    mkdir("/run/nodeos", 0o755)?;
     Ok(())
 }
 

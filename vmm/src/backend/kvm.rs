@@ -196,7 +196,12 @@ impl Vmm<Built> {
             EXIT_PORT_LEN,
             shared(ExitPort),
         )?;
-        let timer = BootTimer::new(started, init_reached.clone(), console.ready.clone());
+        let timer = BootTimer::new(
+            started,
+            init_reached.clone(),
+            console.ready.clone(),
+            console.template.clone(),
+        );
         pio.insert(
             u64::from(contract::ports::BOOT_TIMER_PORT),
             BOOT_TIMER_LEN,
@@ -895,6 +900,7 @@ pub(crate) mod tests {
             input: in_rx,
             output: out_tx,
             ready: ConsoleReady::default(),
+            template: ConsoleReady::default(),
         };
         let result = run(&spec, console, &StopSignal::new().unwrap());
         let mut out = Vec::new();
@@ -938,6 +944,7 @@ pub(crate) mod tests {
             input: in_rx,
             output: out_tx,
             ready: ConsoleReady::default(),
+            template: ConsoleReady::default(),
         };
         let report = run(&spec, console, &StopSignal::new().unwrap()).unwrap();
         drop(out_rx);
@@ -1073,6 +1080,7 @@ pub(crate) mod tests {
             input: in_rx,
             output: out_tx,
             ready: ConsoleReady::default(),
+            template: ConsoleReady::default(),
         };
         let vmm = Vmm::build(&spec, console, None, None)
             .unwrap()
@@ -1200,6 +1208,7 @@ pub(crate) mod tests {
             input: in_rx,
             output: out_tx,
             ready: ConsoleReady::default(),
+            template: ConsoleReady::default(),
         };
         let vm = thread::Builder::new()
             .name("caller".into())
@@ -1282,6 +1291,7 @@ pub(crate) mod tests {
                 input: rx,
                 output: tx,
                 ready: ConsoleReady::default(),
+                template: ConsoleReady::default(),
             }
         };
         let err = run(

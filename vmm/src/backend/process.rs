@@ -101,6 +101,8 @@ struct Request {
 enum Event {
     /// The guest's console takes input.
     Ready,
+    /// The guest is at its template point.
+    TemplateReady,
     Ended(RunReport),
     Failed(VmmFailure),
 }
@@ -242,7 +244,7 @@ pub fn run(
 
     // A VMM that died before reading it fails the write; its status says more.
     let _ = serde_json::to_writer(File::from(request_write), &request);
-    let end = read_events(status_read, &console.ready);
+    let end = read_events(status_read, &console.ready, &console.template);
     let status = child.wait().map_err(setup("waiting for it"));
     console.ready.signal();
     let last_words = stderr.join().unwrap_or_default();
@@ -270,13 +272,15 @@ fn relay_stderr(from: OwnedFd) -> String {
     last
 }
 
-/// Reads the VMM's events to their end, opening the console on `Ready`; returns the last.
-fn read_events(from: OwnedFd, ready: &ConsoleReady) -> Option<Event> {
+/// Reads the VMM's events to their end, opening the console on `Ready` and signalling
+/// `template` on `TemplateReady`; returns the last.
+fn read_events(from: OwnedFd, ready: &ConsoleReady, template: &ConsoleReady) -> Option<Event> {
     let mut end = None;
     for line in BufReader::new(File::from(from)).lines() {
         let Ok(line) = line else { break };
         match serde_json::from_str(&line) {
             Ok(Event::Ready) => ready.signal(),
+            Ok(Event::TemplateReady) => template.signal(),
             Ok(event) => end = Some(event),
             Err(e) => tracing::warn!("the VMM process said {line:?}: {e}"),
         }
@@ -383,10 +387,12 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
         None => request.spec,
     };
     let notify = status.try_clone().map_err(VmmError::Status)?;
+    let notify_template = status.try_clone().map_err(VmmError::Status)?;
     let console = ConsoleIo {
         input,
         output,
         ready: ConsoleReady::notifying(move || send(&notify, &Event::Ready)),
+        template: ConsoleReady::notifying(move || send(&notify_template, &Event::TemplateReady)),
     };
     let mut vmm = Vmm::build(&spec, console, net.map(HostEnd::given), agent)?;
     if let Some(j) = &request.jail {

@@ -11,7 +11,7 @@ use contract::params::{
     AgentTransport, ConsoleMode, GuestParams, ParamError, Shell, Upper, Volume,
 };
 
-use super::{Device, Disk, NetSpec, VmSpec};
+use super::{Device, Disk, NetSpec, Start, VmSpec};
 
 /// Below this, Node.js and npm run out of memory in the guest.
 pub const MIN_MEMORY_MIB: u32 = 128;
@@ -78,6 +78,8 @@ pub struct VmConfig {
     pub cmdline_extra: String,
     /// Syscall filters on the VMM (off only for debugging).
     pub seccomp: bool,
+    /// A cold boot, one that ends in a template snapshot, or a restore.
+    pub start: Start,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -94,6 +96,8 @@ pub enum ConfigError {
     TooLong { len: usize },
     #[error("the guest's environment ({0}, ...) travels over the agent link, and this VM has none; give it an agent socket")]
     EnvWithoutAgent(String),
+    #[error("making the empty disk of unused disk slots: {0}")]
+    EmptyDisk(String),
 }
 
 impl VmConfig {
@@ -114,21 +118,79 @@ impl VmConfig {
             env: Vec::new(),
             cmdline_extra: String::new(),
             seccomp: true,
+            start: Start::Boot,
         }
     }
 
     /// What a backend boots, the guest agent's link (when there is one) of the kind `agent`
     /// (the backend's): the disks in the plan's order, the guest parameters naming them.
+    ///
+    /// A VM with an agent gets its parameters from the host's activation
+    /// ([`VmConfig::guest_params`]), not from its command line, and has every disk slot a VM
+    /// can have — the upper layer's and [`MAX_VOLUMES`] volumes' — filled or empty (an empty
+    /// file), so that one template snapshot serves every VM of its kernel, image and shape.
     pub fn spec(&self, agent: AgentTransport) -> Result<VmSpec, ConfigError> {
         Self::check_volumes(&self.volumes)?;
         if let (Some(var), None) = (self.env.first(), &self.agent_socket) {
             return Err(ConfigError::EnvWithoutAgent(var.name().to_string()));
         }
-        let plan = DiskPlan::new(self.user_disk.is_some());
-        let mut devices = vec![Device::Block(Disk {
-            path: self.rootfs.clone(),
-            read_only: true,
-        })];
+        let params = self.guest_params();
+        // Every parameter checked once, the way the guest will read it.
+        params.validate()?;
+        let disk = |path: &PathBuf, read_only| {
+            Device::Block(Disk {
+                path: path.clone(),
+                read_only,
+            })
+        };
+        let mut devices = vec![disk(&self.rootfs, true)];
+        let volumes = self.volumes.iter().map(|v| (&v.image, v.read_only));
+        let cmdline_params = match &self.agent_socket {
+            None => {
+                devices.extend(self.user_disk.iter().map(|d| disk(d, false)));
+                devices.extend(volumes.map(|(image, read_only)| disk(image, read_only)));
+                params
+            }
+            Some(_) => {
+                let empty = crate::runtime::empty_disk()
+                    .map_err(|e| ConfigError::EmptyDisk(e.to_string()))?;
+                // A template's slots are writable, so any VM may fill them either way.
+                let saving = matches!(self.start, Start::Save { .. });
+                let mut slots: Vec<(&PathBuf, bool)> = vec![match &self.user_disk {
+                    Some(d) => (d, false),
+                    None => (&empty, !saving),
+                }];
+                slots.extend(volumes);
+                slots.resize(1 + MAX_VOLUMES, (&empty, !saving));
+                devices.extend(slots.into_iter().map(|(path, ro)| disk(path, ro)));
+                GuestParams {
+                    agent: Some(agent),
+                    ..GuestParams::default()
+                }
+            }
+        };
+        devices.push(Device::Rng);
+        if let Some(net) = &self.net {
+            devices.push(Device::Net(net.clone()));
+        }
+        if let Some(socket) = &self.agent_socket {
+            devices.push(Device::AgentLink(socket.clone()));
+        }
+        Ok(VmSpec {
+            kernel: self.kernel.clone(),
+            memory_mib: self.memory_mib,
+            cpus: self.cpus,
+            cmdline: self.cmdline(&cmdline_params)?,
+            devices,
+            seccomp: self.seccomp,
+            start: self.start.clone(),
+        })
+    }
+
+    /// The guest parameters of this VM (without its agent's transport): on the kernel command
+    /// line of a VM without agent, in the host's activation of one with.
+    pub fn guest_params(&self) -> GuestParams {
+        let plan = DiskPlan::new(self.user_disk.is_some() || self.agent_socket.is_some());
         let mut params = GuestParams::default();
         match self.console {
             Console::Tty { cols, rows } => {
@@ -139,12 +201,8 @@ impl VmConfig {
             Console::Pipe => params.console = ConsoleMode::Pipe,
         }
         params.shell = self.shell;
-        if let (Some(disk), Some(device)) = (&self.user_disk, plan.upper_device()) {
+        if let (Some(_), Some(device)) = (&self.user_disk, plan.upper_device()) {
             params.upper = Upper::Disk(device);
-            devices.push(Device::Block(Disk {
-                path: disk.clone(),
-                read_only: false,
-            }));
         }
         for (i, volume) in self.volumes.iter().enumerate() {
             params.volumes.push(Volume {
@@ -152,31 +210,11 @@ impl VmConfig {
                 mount_point: volume.mount_point.clone(),
                 read_only: volume.read_only,
             });
-            devices.push(Device::Block(Disk {
-                path: volume.image.clone(),
-                read_only: volume.read_only,
-            }));
         }
-        devices.push(Device::Rng);
-        if let Some(net) = &self.net {
+        if self.net.is_some() {
             params.net = Some(contract::net::USER_NET);
-            devices.push(Device::Net(net.clone()));
         }
-        if let Some(socket) = &self.agent_socket {
-            params.agent = Some(agent);
-            devices.push(Device::AgentLink(socket.clone()));
-        }
-        // Every parameter checked once, the way the guest will read it.
-        params.validate()?;
-        Ok(VmSpec {
-            kernel: self.kernel.clone(),
-            memory_mib: self.memory_mib,
-            cpus: self.cpus,
-            cmdline: self.cmdline(&params)?,
-            devices,
-            seccomp: self.seccomp,
-            start: Default::default(),
-        })
+        params
     }
 
     /// Checks a VM's volumes as [`VmConfig::spec`] does: few enough, each mount point once and

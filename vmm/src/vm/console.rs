@@ -7,15 +7,18 @@ use std::sync::{Arc, Condvar, Mutex};
 /// The guest's serial console: bytes read from `input` go to the UART, UART output goes to
 /// `output`. The caller owns the host terminal (raw mode, EOF translation). The backend calls
 /// `ready.signal()` when the guest writes [`contract::ports::CONSOLE_READY`] to the boot-timer port: the host
-/// holds input back until then.
+/// holds input back until then. It calls `template.signal()` when the guest writes
+/// [`contract::ports::TEMPLATE_READY`]: its agent waits for the host's activation.
 #[derive(Debug)]
 pub struct ConsoleIo {
     pub input: OwnedFd,
     pub output: OwnedFd,
     pub ready: ConsoleReady,
+    pub template: ConsoleReady,
 }
 
-/// Set once the guest's console can take input (boot-timer byte `R`).
+/// Set once the guest wrote a boot-timer byte: `R` (its console takes input), or `T` (it is at
+/// its template point).
 #[derive(Clone, Default)]
 pub struct ConsoleReady {
     state: Arc<(Mutex<bool>, Condvar)>,

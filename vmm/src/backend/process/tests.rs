@@ -71,6 +71,7 @@ fn boot(program: &VmmProgram, spec: &VmSpec, stop: &StopSignal, jail: Option<Jai
         input,
         output,
         ready: ConsoleReady::default(),
+        template: ConsoleReady::default(),
     };
     let result = run(program, spec, console, stop, jail);
     let mut console = String::new();
@@ -231,6 +232,7 @@ fn a_console_written_to_a_file_is_not_cut_short() {
         input,
         output: log.reopen().unwrap().into(),
         ready: ConsoleReady::default(),
+        template: ConsoleReady::default(),
     };
     let spec = spec(kernel.path(), rootfs.path());
     let report = run(

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use contract::ports::{CONSOLE_READY, INIT_STARTED};
+use contract::ports::{CONSOLE_READY, INIT_STARTED, TEMPLATE_READY};
 
 use self::agent::AgentMux;
 use self::args::{Fds, Handed};
@@ -28,7 +28,7 @@ use super::process::Jailed;
 use crate::devices::virtio::net::{self, HelperThreads, HostEnd};
 use crate::jail as jails;
 use crate::jail::exec::{self, FIRST_PROGRAM_FD};
-use crate::vm::{ConsoleIo, RunReport, StopSignal, VmExit, VmSpec};
+use crate::vm::{ConsoleIo, ConsoleReady, RunReport, StopSignal, VmExit, VmSpec};
 
 pub(super) const QEMU: &str = "qemu-system-x86_64";
 /// Most of QEMU's stderr we keep to explain a failure.
@@ -81,6 +81,7 @@ pub fn run(
         input,
         output,
         ready,
+        template,
     } = console;
 
     let mut handed = Handed::new(FIRST_PROGRAM_FD);
@@ -148,7 +149,7 @@ pub fn run(
         text
     });
     let init_reached = Arc::new(Mutex::new(None));
-    watch_boot_timer(timer, started, ready, Arc::clone(&init_reached));
+    watch_boot_timer(timer, started, (ready, template), Arc::clone(&init_reached));
     let stopper = Stopper::watch(stop, child.id())?;
     let agent = agent.map(AgentMux::serve).transpose()?;
 
@@ -258,11 +259,12 @@ fn decode_exit(code: Option<i32>, init_reached: bool) -> Option<VmExit> {
     }
 }
 
-/// Timestamps the guest's first boot-timer byte and opens the console gate on the second.
+/// Timestamps the guest's first boot-timer byte, opens the console gate on `R` and signals
+/// `template` on `T`.
 fn watch_boot_timer(
     mut conn: UnixStream,
     started: Instant,
-    ready: crate::vm::ConsoleReady,
+    (ready, template): (ConsoleReady, ConsoleReady),
     init_reached: Arc<Mutex<Option<Duration>>>,
 ) {
     thread::Builder::new()
@@ -278,6 +280,7 @@ fn watch_boot_timer(
                             .get_or_insert(started.elapsed());
                     }
                     CONSOLE_READY => ready.signal(),
+                    TEMPLATE_READY => template.signal(),
                     _ => {}
                 }
             }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use contract::ports::{CONSOLE_READY, INIT_STARTED};
+use contract::ports::{CONSOLE_READY, INIT_STARTED, TEMPLATE_READY};
 
 use crate::devices::bus::BusDevice;
 use crate::vm::ConsoleReady;
@@ -26,20 +26,28 @@ impl BusDevice for ExitPort {
     }
 }
 
-/// Port 0x3f0: records the time since `start` at the first `I`; opens the console on `R`.
+/// Port 0x3f0: records the time since `start` at the first `I`; opens the console on `R`;
+/// signals `template` on `T`.
 #[derive(Debug)]
 pub struct BootTimer {
     start: Instant,
     reached: Arc<OnceLock<Duration>>,
     ready: ConsoleReady,
+    template: ConsoleReady,
 }
 
 impl BootTimer {
-    pub fn new(start: Instant, reached: Arc<OnceLock<Duration>>, ready: ConsoleReady) -> Self {
+    pub fn new(
+        start: Instant,
+        reached: Arc<OnceLock<Duration>>,
+        ready: ConsoleReady,
+        template: ConsoleReady,
+    ) -> Self {
         BootTimer {
             start,
             reached,
             ready,
+            template,
         }
     }
 }
@@ -58,6 +66,7 @@ impl BusDevice for BootTimer {
                 }
             }
             Some(&CONSOLE_READY) => self.ready.signal(),
+            Some(&TEMPLATE_READY) => self.template.signal(),
             _ => {}
         }
         None
@@ -92,7 +101,12 @@ mod tests {
     #[test]
     fn boot_timer_opens_the_console() {
         let ready = ConsoleReady::default();
-        let mut t = BootTimer::new(Instant::now(), Arc::new(OnceLock::new()), ready.clone());
+        let mut t = BootTimer::new(
+            Instant::now(),
+            Arc::new(OnceLock::new()),
+            ready.clone(),
+            ConsoleReady::default(),
+        );
         let waiter = std::thread::spawn(move || ready.wait());
         std::thread::sleep(Duration::from_millis(10));
         assert!(!waiter.is_finished());
