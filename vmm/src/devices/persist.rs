@@ -65,6 +65,8 @@ pub enum RestoreError {
     Features { driver: u64, offered: u64 },
     #[error("virtio-mmio: cannot set up the transport")]
     Transport(#[source] std::io::Error),
+    #[error("the state of a {saved} device saved for a device of type {device}")]
+    DeviceKind { saved: &'static str, device: u32 },
 }
 
 /// `state` through JSON and back, as a snapshot file would carry it.

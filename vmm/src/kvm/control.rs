@@ -181,10 +181,15 @@ impl VmControl {
         Ok(())
     }
 
+    /// Whether a pause is asked for (one atomic load), for a party that must get ready to park.
+    pub fn pause_requested(&self) -> bool {
+        self.pause_requested.load(Ordering::Acquire)
+    }
+
     /// For a party: holds the calling thread while a pause is asked for (and the VM is not
     /// stopping). Returns whether it parked. Costs one atomic load when no pause is asked for.
     pub fn park_if_paused(&self) -> bool {
-        if !self.pause_requested.load(Ordering::Acquire) {
+        if !self.pause_requested() {
             return false;
         }
         let mut gate = self.gate();

@@ -1,11 +1,14 @@
 //! The two ports of the guest contract (docs/guest-contract.md): the exit port, whose one-byte
 //! write ends the VM with that status, and the boot timer, where init writes `I` as its first
 //! action (timestamped) and `R` once its console takes input (the host then releases input).
+//! A VM that is to be saved (`Start::Save`) is saved when the byte its spec names comes.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use contract::ports::{CONSOLE_READY, INIT_STARTED};
+
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::BusDevice;
 use crate::vm::ConsoleReady;
@@ -26,20 +29,36 @@ impl BusDevice for ExitPort {
     }
 }
 
-/// Port 0x3f0: records the time since `start` at the first `I`; opens the console on `R`.
+/// Port 0x3f0: records the time since `start` at the first `I`; opens the console on `R`;
+/// signals the save trigger on its byte.
 #[derive(Debug)]
 pub struct BootTimer {
     start: Instant,
     reached: Arc<OnceLock<Duration>>,
     ready: ConsoleReady,
+    save: Option<SaveTrigger>,
+}
+
+/// The byte at which the VM is saved, and the eventfd the save waits on
+/// (crate::snapshot::save).
+#[derive(Debug)]
+pub struct SaveTrigger {
+    pub at: u8,
+    pub evt: EventFd,
 }
 
 impl BootTimer {
-    pub fn new(start: Instant, reached: Arc<OnceLock<Duration>>, ready: ConsoleReady) -> Self {
+    pub fn new(
+        start: Instant,
+        reached: Arc<OnceLock<Duration>>,
+        ready: ConsoleReady,
+        save: Option<SaveTrigger>,
+    ) -> Self {
         BootTimer {
             start,
             reached,
             ready,
+            save,
         }
     }
 }
@@ -60,6 +79,11 @@ impl BusDevice for BootTimer {
             Some(&CONSOLE_READY) => self.ready.signal(),
             _ => {}
         }
+        if let (Some(save), Some(&byte)) = (&self.save, data.first()) {
+            if byte == save.at {
+                let _ = save.evt.write(1);
+            }
+        }
         None
     }
 }
@@ -79,7 +103,7 @@ mod tests {
     #[test]
     fn boot_timer_keeps_the_first_init_byte() {
         let reached = Arc::new(OnceLock::new());
-        let mut t = BootTimer::new(Instant::now(), reached.clone(), ConsoleReady::default());
+        let mut t = BootTimer::new(Instant::now(), reached.clone(), ConsoleReady::default(), None);
         t.write(0, b"x");
         assert!(reached.get().is_none(), "only `I` marks init");
         assert_eq!(t.write(0, b"I"), None);
@@ -92,11 +116,31 @@ mod tests {
     #[test]
     fn boot_timer_opens_the_console() {
         let ready = ConsoleReady::default();
-        let mut t = BootTimer::new(Instant::now(), Arc::new(OnceLock::new()), ready.clone());
+        let mut t = BootTimer::new(Instant::now(), Arc::new(OnceLock::new()), ready.clone(), None);
         let waiter = std::thread::spawn(move || ready.wait());
         std::thread::sleep(Duration::from_millis(10));
         assert!(!waiter.is_finished());
         t.write(0, b"R");
         waiter.join().unwrap();
+    }
+
+    #[test]
+    fn boot_timer_triggers_the_save_at_its_byte() {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let save = SaveTrigger {
+            at: b'T',
+            evt: evt.try_clone().unwrap(),
+        };
+        let mut t = BootTimer::new(
+            Instant::now(),
+            Arc::new(OnceLock::new()),
+            ConsoleReady::default(),
+            Some(save),
+        );
+        t.write(0, b"I");
+        t.write(0, b"R");
+        assert!(evt.read().is_err(), "not at other bytes");
+        assert_eq!(t.write(0, b"T"), None, "the VM goes on until the save pauses it");
+        assert_eq!(evt.read().unwrap(), 1);
     }
 }

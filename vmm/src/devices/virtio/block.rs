@@ -16,7 +16,8 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 
-use super::{read_config_bytes, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
+use super::{read_config_bytes, VirtioDevice, VirtioState, RING_FEATURES, VIRTIO_F_VERSION_1};
+use crate::devices::persist::RestoreError;
 use crate::memory::GuestMemory;
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -213,6 +214,23 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
+    }
+
+    /// Nothing beyond the transport's: a request is served whole while the VM runs.
+    fn save_state(&self) -> Option<VirtioState> {
+        Some(VirtioState::Block)
+    }
+
+    /// The disk stays this device's file, with its own capacity: a driver that probes the
+    /// device again (after a reset) sees the new size.
+    fn restore_state(&mut self, state: &VirtioState) -> Result<(), RestoreError> {
+        match state {
+            VirtioState::Block => Ok(()),
+            other => Err(RestoreError::DeviceKind {
+                saved: other.kind(),
+                device: self.device_type(),
+            }),
+        }
     }
 
     /// Serves one request; returns the number of bytes written into the chain.
