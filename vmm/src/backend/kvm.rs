@@ -727,7 +727,6 @@ pub(crate) mod tests {
     use super::*;
     use crate::boot::tests::tiny_elf;
     use crate::kvm::smoke::kvm_usable;
-    use crate::vm::ConsoleReady;
     use crate::vm::Disk;
     use crate::vm::VmExit;
 
@@ -1050,7 +1049,11 @@ pub(crate) mod tests {
     fn boot(code: &[u8], cpus: u8, input: &[u8]) -> Outcome {
         let kernel = file_with(&tiny_elf(code, LOAD_ADDR, true));
         let rootfs = file_with(&[b'Q'; 4096]);
-        let spec = pvh_spec(kernel.path(), rootfs.path(), cpus);
+        run_with(&pvh_spec(kernel.path(), rootfs.path(), cpus), input)
+    }
+
+    /// Runs `spec` with `input` on the console.
+    fn run_with(spec: &VmSpec, input: &[u8]) -> Outcome {
         let (in_rx, in_tx) = pipe();
         let (out_rx, out_tx) = pipe();
         std::fs::File::from(in_tx).write_all(input).unwrap();
@@ -1059,7 +1062,7 @@ pub(crate) mod tests {
             output: out_tx,
             ready: ConsoleReady::default(),
         };
-        let result = run(&spec, console, &StopSignal::new().unwrap());
+        let result = run(spec, console, &StopSignal::new().unwrap());
         let mut out = Vec::new();
         // run() closed the write end: this reads to EOF.
         std::fs::File::from(out_rx).read_to_end(&mut out).unwrap();
@@ -1208,6 +1211,64 @@ pub(crate) mod tests {
             return;
         }
         panic!("the RTC's seconds changed during every read");
+    }
+
+    /// [`PVH_GUEST`] on 2 vCPUs (the second waits for INIT in the kernel), saved where it
+    /// marks its console ready, then restored twice from the one file: each restored VM goes
+    /// on from there (reads its console, echoes, exits with the byte) without booting again.
+    #[test]
+    fn a_saved_guest_goes_on_in_each_restored_vm() {
+        if !kvm_usable() {
+            return;
+        }
+        let kernel = file_with(&tiny_elf(PVH_GUEST, LOAD_ADDR, true));
+        let rootfs = file_with(&[b'Q'; 4096]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vm.snapshot");
+        let mut spec = pvh_spec(kernel.path(), rootfs.path(), 2);
+        spec.start = Start::Save {
+            to: file.clone(),
+            at: contract::ports::CONSOLE_READY,
+            identity: "tiny".into(),
+        };
+        let saved = run_with(&spec, b"");
+        assert_eq!(saved.result.unwrap().exit, VmExit::Saved);
+        assert_eq!(saved.console, b"SV\n");
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&file).unwrap();
+        assert!(meta.len() > 64 << 20, "64 MiB of memory: {}", meta.len());
+        assert!(
+            meta.blocks() * 512 < 8 << 20,
+            "mostly holes: {} bytes allocated",
+            meta.blocks() * 512
+        );
+
+        let restore = |identity: &str| Start::Restore {
+            from: file.clone(),
+            identity: identity.into(),
+        };
+        for input in [b"Z", b"Y"] {
+            spec.start = restore("tiny");
+            let o = run_with(&spec, input);
+            let report = o.result.unwrap();
+            assert_eq!(report.exit, VmExit::Guest(input[0]));
+            assert_eq!(o.console, input, "no boot again: only the echo");
+            assert!(report.init_reached.is_some(), "the restore time");
+        }
+
+        spec.start = restore("another");
+        let err = run_with(&spec, b"Z").result.unwrap_err();
+        assert!(
+            matches!(err, Error::Snapshot(snapshot::Error::Identity { .. })),
+            "{err}"
+        );
+        spec.start = restore("tiny");
+        spec.devices.pop();
+        let err = run_with(&spec, b"Z").result.unwrap_err();
+        assert!(
+            matches!(err, Error::Snapshot(snapshot::Error::Devices { .. })),
+            "{err}"
+        );
     }
 
     /// Where [`COUNTING_GUEST`] counts, and the word the host sets to let it exit.

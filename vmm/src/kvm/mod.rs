@@ -144,12 +144,21 @@ impl Vm {
         })
     }
 
-    /// SHA-256 of the host's CPUID as KVM reports it (KVM_GET_SUPPORTED_CPUID), in hex: a
-    /// snapshot is restored only where it is the same.
+    /// SHA-256 of the host's CPUID as KVM reports it (KVM_GET_SUPPORTED_CPUID), in hex, as
+    /// this VMM gives it to a vCPU (crate::cpuid::normalize, for vCPU 0 of 1): a snapshot is
+    /// restored only where it is the same. Normalized first since KVM reports some fields
+    /// (APIC IDs) of whichever host CPU answered.
     pub fn host_cpuid_hash(&self) -> String {
         use sha2::{Digest, Sha256};
+        let mut entries = self.supported_cpuid.as_slice().to_vec();
+        let vcpu = crate::cpuid::VcpuCpuid {
+            index: 0,
+            count: 1,
+            tsc_deadline: self.tsc_deadline,
+        };
+        crate::cpuid::normalize(&mut entries, vcpu, crate::cpuid::DEFAULT_HIDDEN);
         let mut hash = Sha256::new();
-        for e in self.supported_cpuid.as_slice() {
+        for e in &entries {
             for word in [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] {
                 hash.update(word.to_le_bytes());
             }
