@@ -177,3 +177,223 @@ pub fn read(file: &File) -> Result<Loaded, Error> {
         memory_offset: preamble.memory_offset,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::devices::legacy::cmos::Cmos;
+    use crate::devices::legacy::i8042::I8042;
+    use crate::devices::legacy::serial::Serial;
+    use crate::devices::legacy::IrqLine;
+    use crate::devices::persist::Persist;
+    use crate::devices::virtio::mmio::MmioTransport;
+    use crate::devices::virtio::rng::Rng;
+    use crate::devices::virtio::test_util::NoIoeventfd;
+    use crate::devices::virtio::VirtioState;
+    use crate::kvm::state::{VcpuState, VmState};
+    use crate::snapshot::{DeviceKind, DevicesState, Header, VirtioDeviceState};
+
+    const MIB: u32 = crate::memory::MIN_MEMORY_MIB;
+
+    fn header() -> Header {
+        Header {
+            vmm_version: crate::snapshot::VMM_VERSION.into(),
+            host_cpuid: "cpu".into(),
+            identity: "template".into(),
+            memory_mib: MIB,
+            cpus: 1,
+            devices: vec![DeviceKind::Rng],
+        }
+    }
+
+    /// A snapshot of a 1-vCPU VM with one virtio-rng, its memory with a marker in one page.
+    fn sample() -> (Snapshot, GuestMemory) {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), (MIB as usize) << 20)]).unwrap();
+        mem.write_slice(b"marker", GuestAddress(0x1_2345)).unwrap();
+        let irq = || IrqLine::new().unwrap();
+        let transport = MmioTransport::new(
+            Box::new(Rng::new()),
+            Arc::new(mem.clone()),
+            irq(),
+            Arc::new(NoIoeventfd),
+            0xd000_0000,
+        )
+        .unwrap();
+        let mut regs = kvm_bindings::kvm_regs::default();
+        regs.rip = 0x10_0000;
+        let snapshot = Snapshot {
+            header: header(),
+            vm: VmState {
+                pic_master: Default::default(),
+                pic_slave: Default::default(),
+                ioapic: Default::default(),
+                pit: Default::default(),
+                clock: Default::default(),
+            },
+            vcpus: vec![VcpuState {
+                mp_state: Default::default(),
+                regs,
+                sregs: Default::default(),
+                xsave: Default::default(),
+                xcrs: Default::default(),
+                debug_regs: Default::default(),
+                lapic: Default::default(),
+                msrs: vec![kvm_bindings::kvm_msr_entry {
+                    index: 0x4b56_4d01,
+                    data: 0x1234,
+                    ..Default::default()
+                }],
+                events: Default::default(),
+            }],
+            devices: DevicesState {
+                serial: Serial::new(irq(), Vec::new()).save(),
+                i8042: I8042::new(irq()).save(),
+                cmos: Cmos::new().save(),
+                virtio: vec![VirtioDeviceState {
+                    transport: transport.save(),
+                    device: VirtioState::Rng,
+                }],
+            },
+        };
+        (snapshot, mem)
+    }
+
+    fn saved() -> File {
+        let (snapshot, mem) = sample();
+        let file = tempfile::tempfile().unwrap();
+        let written = write(&file, &snapshot, &mem).unwrap();
+        assert_eq!(written, memory::PAGE as u64, "one page is not zero");
+        file
+    }
+
+    fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+        serde_json::to_value(v).unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let file = saved();
+        let loaded = read(&file).unwrap();
+        let (snapshot, _) = sample();
+        assert_eq!(json(&loaded.snapshot), json(&snapshot));
+        assert_eq!(loaded.memory_offset % MEMORY_ALIGN, 0);
+        // Mapped back copy-on-write: the guest's writes stay out of the file.
+        let mem = crate::memory::from_snapshot(MIB, &file, loaded.memory_offset).unwrap();
+        let mut marker = [0u8; 6];
+        mem.read_slice(&mut marker, GuestAddress(0x1_2345)).unwrap();
+        assert_eq!(&marker, b"marker");
+        mem.write_slice(b"guest!", GuestAddress(0x1_2345)).unwrap();
+        mem.write_slice(b"hole", GuestAddress(0x30_0000)).unwrap();
+        file.read_exact_at(&mut marker, loaded.memory_offset + 0x1_2345)
+            .unwrap();
+        assert_eq!(&marker, b"marker", "the file is unchanged");
+        assert_eq!(
+            file.metadata().unwrap().len(),
+            loaded.memory_offset + (u64::from(MIB) << 20)
+        );
+    }
+
+    #[test]
+    fn a_truncated_file_is_refused() {
+        let file = saved();
+        let len = file.metadata().unwrap().len();
+        file.set_len(len - 4096).unwrap();
+        let err = read(&file).err().unwrap();
+        assert!(matches!(err, Error::Size { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "snapshot: truncated or overlong: {} bytes, {len} expected",
+                len - 4096
+            )
+        );
+        file.set_len(100).unwrap();
+        assert!(matches!(read(&file), Err(Error::Size { .. })));
+    }
+
+    #[test]
+    fn a_corrupted_byte_is_refused() {
+        let file = saved();
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, STATE_OFFSET + 20).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x01], STATE_OFFSET + 20)
+            .unwrap();
+        let err = read(&file).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "snapshot: corrupted: the SHA-256 of the preamble and state does not match"
+        );
+        let file = saved();
+        file.write_all_at(&[0x01], 20).unwrap(); // the state's length
+        assert!(matches!(read(&file), Err(Error::Corrupted(_))));
+        let file = saved();
+        file.write_all_at(b"X", 0).unwrap();
+        assert!(matches!(read(&file), Err(Error::Magic)));
+    }
+
+    #[test]
+    fn another_format_version_is_refused() {
+        let file = saved();
+        file.write_all_at(&(FORMAT_VERSION + 1).to_le_bytes(), 8)
+            .unwrap();
+        let err = read(&file).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "snapshot: format version {}; this VMM reads version {FORMAT_VERSION}",
+                FORMAT_VERSION + 1
+            )
+        );
+    }
+
+    /// What a restore expects against what was saved: each difference refused, named.
+    #[test]
+    fn a_header_that_differs_is_refused() {
+        let saved = header();
+        assert!(saved.check(&header()).is_ok());
+        let refused = |change: fn(&mut Header)| {
+            let mut expected = header();
+            change(&mut expected);
+            expected.check(&saved).unwrap_err()
+        };
+        let err = refused(|h| h.identity = "other".into());
+        assert_eq!(
+            err.to_string(),
+            r#"snapshot: saved for identity "template", not "other""#
+        );
+        let err = refused(|h| h.host_cpuid = "another cpu".into());
+        assert_eq!(
+            err.to_string(),
+            "snapshot: taken on another CPU (host CPUID hash cpu, this host's another cpu)"
+        );
+        let err = refused(|h| h.vmm_version = "0.0.0+other".into());
+        assert!(matches!(err, Error::VmmVersion { .. }), "{err}");
+        let err = refused(|h| h.devices = vec![DeviceKind::Block, DeviceKind::Rng]);
+        assert_eq!(
+            err.to_string(),
+            "snapshot: devices [Rng] saved, the VM has [Block, Rng]"
+        );
+        let err = refused(|h| h.memory_mib = 4096);
+        assert!(matches!(err, Error::Memory { spec: 4096, .. }), "{err}");
+        let err = refused(|h| h.cpus = 2);
+        assert!(matches!(err, Error::Cpus { saved: 1, spec: 2 }), "{err}");
+    }
+
+    /// A state that checks out but whose parts disagree with its header is refused.
+    #[test]
+    fn a_state_at_odds_with_its_header_is_refused() {
+        let (mut snapshot, mem) = sample();
+        snapshot.vcpus.clear();
+        let file = tempfile::tempfile().unwrap();
+        write(&file, &snapshot, &mem).unwrap();
+        let err = read(&file).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "snapshot: corrupted: 0 vCPU states for 1 vCPUs"
+        );
+    }
+}
