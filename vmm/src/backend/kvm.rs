@@ -33,8 +33,8 @@ use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::ports::{BootTimer, ExitPort, SaveTrigger};
 use crate::devices::legacy::serial::{self, ConsoleWriter, Serial};
 use crate::devices::legacy::{self, IrqLine};
-use crate::devices::virtio::block::{self, Block};
 use crate::devices::persist::{Persist, RestoreError};
+use crate::devices::virtio::block::{self, Block};
 use crate::devices::virtio::mmio::{MmioTransport, TransportArgs};
 use crate::devices::virtio::net;
 use crate::devices::virtio::rng::Rng;
@@ -223,9 +223,9 @@ impl Vmm<Built> {
         }
         let header = match &spec.start {
             Start::Boot => None,
-            Start::Save { identity, .. } | Start::Restore { identity, .. } => Some(
-                snapshot::Header::new(spec, identity, vm.host_cpuid_hash()),
-            ),
+            Start::Save { identity, .. } | Start::Restore { identity, .. } => {
+                Some(snapshot::Header::new(spec, identity, vm.host_cpuid_hash()))
+            }
         };
         let saved = match (&restoring, &header) {
             (Some(loaded), Some(header)) => {
@@ -293,13 +293,19 @@ impl Vmm<Built> {
                     SaveTrigger {
                         at: *at,
                         evt: timer_evt,
+                        control: control.clone(),
                     },
                 ))
             }
             _ => None,
         };
         let (trigger, save_at) = trigger.unzip();
-        let timer = BootTimer::new(started, init_reached.clone(), console.ready.clone(), save_at);
+        let timer = BootTimer::new(
+            started,
+            init_reached.clone(),
+            console.ready.clone(),
+            save_at,
+        );
         pio.insert(
             u64::from(contract::ports::BOOT_TIMER_PORT),
             BOOT_TIMER_LEN,
@@ -397,6 +403,9 @@ impl Vmm<Built> {
         }
 
         let vcpu_states = Arc::new(VcpuStates::new(spec.cpus));
+        if trigger.is_some() {
+            vcpu_states.want();
+        }
         let saver = match (trigger, header, snapshot) {
             (Some(trigger), Some(header), Some(file)) => Some(Saver {
                 file,

@@ -420,8 +420,8 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
         vsock::host::DeviceSide::from_fds(AGENT_LISTENER_FD, AGENT_CONNECTOR_FD)
     });
     // SAFETY: as above; open only when the spec saves or restores a snapshot.
-    let snapshot = (request.spec.start != Start::Boot)
-        .then(|| unsafe { File::from_raw_fd(SNAPSHOT_FD) });
+    let snapshot =
+        (request.spec.start != Start::Boot).then(|| unsafe { File::from_raw_fd(SNAPSHOT_FD) });
     let spec = match &request.jail {
         Some(j) => jail::enter(j, &request.spec, memory::keep_smaps_open)?,
         None => request.spec,

@@ -125,7 +125,10 @@ mod tests {
             identity: "t".into(),
         };
         let snapshot = limit(&spec).unwrap();
-        assert!(snapshot > 64 << 20, "room for 64 MiB of memory and the state: {snapshot}");
+        assert!(
+            snapshot > 64 << 20,
+            "room for 64 MiB of memory and the state: {snapshot}"
+        );
         spec.start = crate::vm::Start::Boot;
         spec.devices.push(Device::Block(Disk {
             path: dir.path().join("missing"),

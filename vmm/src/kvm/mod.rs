@@ -163,10 +163,7 @@ impl Vm {
                 hash.update(word.to_le_bytes());
             }
         }
-        hash.finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Most vCPUs KVM runs in one VM.

@@ -51,13 +51,7 @@ impl Vcpu {
     /// it may deliver pending LAPIC events), the events last (other reads may change them).
     pub fn save_state(&self) -> Result<VcpuState, Error> {
         let vcpu = self.index();
-        let err = |what| {
-            move |source| Error::VcpuSetup {
-                vcpu,
-                what,
-                source,
-            }
-        };
+        let err = |what| move |source| Error::VcpuSetup { vcpu, what, source };
         let mp_state = self.fd.get_mp_state().map_err(err("read the MP state"))?;
         let regs = self.fd.get_regs().map_err(err("read the registers"))?;
         let sregs = self
@@ -121,13 +115,7 @@ impl Vcpu {
     /// Puts `state` into this fresh vCPU (created with its CPUID), in Firecracker's order.
     pub fn restore_state(&self, state: &VcpuState) -> Result<(), Error> {
         let vcpu = self.index();
-        let err = |what| {
-            move |source| Error::VcpuSetup {
-                vcpu,
-                what,
-                source,
-            }
-        };
+        let err = |what| move |source| Error::VcpuSetup { vcpu, what, source };
         self.fd
             .set_mp_state(state.mp_state)
             .map_err(err("set the MP state"))?;
@@ -209,9 +197,7 @@ impl Vm {
                 .set_irqchip(chip)
                 .map_err(ioctl("set an interrupt controller"))?;
         }
-        self.fd
-            .set_pit2(&state.pit)
-            .map_err(ioctl("set the PIT"))?;
+        self.fd.set_pit2(&state.pit).map_err(ioctl("set the PIT"))?;
         self.fd
             .set_clock(&state.clock)
             .map_err(ioctl("set the clock"))?;
@@ -255,9 +241,8 @@ impl VcpuStates {
             .iter_mut()
             .enumerate()
             .map(|(index, slot)| {
-                slot.take().unwrap_or(Err(Error::VcpuNotSaved {
-                    vcpu: index as u8,
-                }))
+                slot.take()
+                    .unwrap_or(Err(Error::VcpuNotSaved { vcpu: index as u8 }))
             })
             .collect()
     }

@@ -23,11 +23,7 @@ use crate::kvm::state::{VcpuState, VmState};
 use crate::vm::{Device, VmSpec};
 
 /// This VMM's version and build: the crate's version and a hash of its sources (build.rs).
-pub const VMM_VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    "+",
-    env!("NODEOS_VMM_BUILD")
-);
+pub const VMM_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("NODEOS_VMM_BUILD"));
 
 /// Why a snapshot was not saved or not restored: one line each.
 #[derive(Debug, thiserror::Error)]

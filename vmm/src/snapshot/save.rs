@@ -1,7 +1,8 @@
-//! Saving a running VM (`Start::Save`): on its own thread, which waits for the guest's byte on
-//! the boot-timer port, pauses the VM (every vCPU leaves its state as it parks,
-//! crate::kvm::state::VcpuStates), reads KVM's and the devices' state, writes the file and ends
-//! the VM with [`VmExit::Saved`].
+//! Saving a running VM (`Start::Save`): the vCPU that writes the save byte to the boot-timer
+//! port asks for a pause (devices::legacy::ports::SaveTrigger) and parks right after the
+//! write; the save, on its own thread, waits until every vCPU has parked (each leaves its state
+//! as it does, crate::kvm::state::VcpuStates), reads KVM's and the devices' state, writes the
+//! file and ends the VM with [`VmExit::Saved`].
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -40,15 +41,14 @@ pub struct Saver {
 }
 
 impl Saver {
-    /// Waits for the trigger, or the VM's end; then pauses the VM, saves it and ends it: with
-    /// [`VmExit::Saved`] once the file is on disk, with the error otherwise.
+    /// Waits for the trigger, or the VM's end; then for the pause to hold, saves the VM and
+    /// ends it: with [`VmExit::Saved`] once the file is on disk, with the error otherwise.
     pub fn run(self, control: &VmControl) {
         let watched = [control.stop_evt().as_raw_fd(), self.trigger.as_raw_fd()];
         if crate::poll::first_readable(&watched, None) != Some(1) {
             return;
         }
-        self.vcpus.want();
-        if control.pause().is_err() {
+        if control.wait_paused().is_err() {
             // The VM ended meanwhile: its outcome stands.
             return;
         }

@@ -11,6 +11,7 @@ use contract::ports::{CONSOLE_READY, INIT_STARTED};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::BusDevice;
+use crate::kvm::VmControl;
 use crate::vm::ConsoleReady;
 use crate::vm::VmExit;
 
@@ -39,12 +40,18 @@ pub struct BootTimer {
     save: Option<SaveTrigger>,
 }
 
-/// The byte at which the VM is saved, and the eventfd the save waits on
-/// (crate::snapshot::save).
-#[derive(Debug)]
+/// The byte at which the VM is saved: the vCPU that writes it asks for a pause (and so parks
+/// right after the write) and wakes the save (crate::snapshot::save) through `evt`.
 pub struct SaveTrigger {
     pub at: u8,
     pub evt: EventFd,
+    pub control: Arc<VmControl>,
+}
+
+impl std::fmt::Debug for SaveTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaveTrigger").field("at", &self.at).finish()
+    }
 }
 
 impl BootTimer {
@@ -81,7 +88,10 @@ impl BusDevice for BootTimer {
         }
         if let (Some(save), Some(&byte)) = (&self.save, data.first()) {
             if byte == save.at {
-                let _ = save.evt.write(1);
+                // A VM already pausing or stopping is left to that.
+                if save.control.request_pause().is_ok() {
+                    let _ = save.evt.write(1);
+                }
             }
         }
         None
@@ -103,7 +113,12 @@ mod tests {
     #[test]
     fn boot_timer_keeps_the_first_init_byte() {
         let reached = Arc::new(OnceLock::new());
-        let mut t = BootTimer::new(Instant::now(), reached.clone(), ConsoleReady::default(), None);
+        let mut t = BootTimer::new(
+            Instant::now(),
+            reached.clone(),
+            ConsoleReady::default(),
+            None,
+        );
         t.write(0, b"x");
         assert!(reached.get().is_none(), "only `I` marks init");
         assert_eq!(t.write(0, b"I"), None);
@@ -116,7 +131,12 @@ mod tests {
     #[test]
     fn boot_timer_opens_the_console() {
         let ready = ConsoleReady::default();
-        let mut t = BootTimer::new(Instant::now(), Arc::new(OnceLock::new()), ready.clone(), None);
+        let mut t = BootTimer::new(
+            Instant::now(),
+            Arc::new(OnceLock::new()),
+            ready.clone(),
+            None,
+        );
         let waiter = std::thread::spawn(move || ready.wait());
         std::thread::sleep(Duration::from_millis(10));
         assert!(!waiter.is_finished());
@@ -127,9 +147,11 @@ mod tests {
     #[test]
     fn boot_timer_triggers_the_save_at_its_byte() {
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let control = Arc::new(VmControl::new(0).unwrap());
         let save = SaveTrigger {
             at: b'T',
             evt: evt.try_clone().unwrap(),
+            control: control.clone(),
         };
         let mut t = BootTimer::new(
             Instant::now(),
@@ -140,7 +162,13 @@ mod tests {
         t.write(0, b"I");
         t.write(0, b"R");
         assert!(evt.read().is_err(), "not at other bytes");
-        assert_eq!(t.write(0, b"T"), None, "the VM goes on until the save pauses it");
+        assert_eq!(control.state(), crate::kvm::control::RunState::Running);
+        assert_eq!(t.write(0, b"T"), None, "the VM ends once saved");
         assert_eq!(evt.read().unwrap(), 1);
+        assert_eq!(
+            control.state(),
+            crate::kvm::control::RunState::Paused,
+            "paused at once (this VM has no parties)"
+        );
     }
 }
