@@ -435,7 +435,7 @@ impl Vmm<Built> {
                 seccomp: spec.seccomp,
                 vcpu_states,
                 saver,
-                restored: saved.is_some().then(|| (started, console.ready)),
+                restored: saved.is_some().then_some((started, console.ready)),
                 mem,
             },
         })

@@ -223,8 +223,10 @@ mod tests {
             0xd000_0000,
         )
         .unwrap();
-        let mut regs = kvm_bindings::kvm_regs::default();
-        regs.rip = 0x10_0000;
+        let regs = kvm_bindings::kvm_regs {
+            rip: 0x10_0000,
+            ..Default::default()
+        };
         let snapshot = Snapshot {
             header: header(),
             vm: VmState {
