@@ -17,5 +17,6 @@ mod memory;
 pub mod poll;
 pub mod runtime;
 mod seccomp;
+pub mod snapshot;
 pub mod tool;
 pub mod vm;

@@ -105,6 +105,18 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
 
 /// Maps anonymous guest memory of `mib` MiB with the layout of [`ram_ranges`].
 pub fn create(mib: u32) -> Result<GuestMemory, Error> {
+    build(mib, None)
+}
+
+/// Maps guest memory of `mib` MiB from a snapshot: the regions of [`ram_ranges`] one after the
+/// other in `file` from `offset`, private and copy-on-write. Nothing is read now: the guest's
+/// first touch of a page reads it (through the host's page cache, which VMs restored from one
+/// file share), and its first write copies it; a hole reads as zeros.
+pub fn from_snapshot(mib: u32, file: &std::fs::File, offset: u64) -> Result<GuestMemory, Error> {
+    build(mib, Some((file, offset)))
+}
+
+fn build(mib: u32, file: Option<(&std::fs::File, u64)>) -> Result<GuestMemory, Error> {
     if mib < MIN_MEMORY_MIB {
         return Err(Error::TooSmall {
             mib,
@@ -116,10 +128,13 @@ pub fn create(mib: u32) -> Result<GuestMemory, Error> {
         .map(|(start, len)| (start, len as usize))
         .collect();
     let map_err = |source| Error::Map { mib, source };
+    let mut file_offset = file.map(|(_, offset)| offset);
     let regions = ranges
         .iter()
         .map(|&(start, len)| {
-            let host = map_aligned(len).map_err(map_err)?;
+            let backing = file.zip(file_offset).map(|((f, _), offset)| (f, offset));
+            file_offset = file_offset.map(|o| o + len as u64);
+            let host = map_aligned(len, backing).map_err(map_err)?;
             // SAFETY: `host` is the start of a fresh private mapping of `len` bytes that
             // nothing else refers to; it stays mapped for the life of the process (see
             // `map_aligned`), so for as long as any region built on it.
@@ -142,7 +157,8 @@ const RAM_PROT: i32 = libc::PROT_READ | libc::PROT_WRITE;
 const RAM_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
 
 /// Maps `len` bytes of anonymous memory at a 2 MiB-aligned address, as transparent huge pages
-/// where the host allows them.
+/// where the host allows them; or, given `file` and an offset, those bytes of the file there,
+/// private (copy-on-write) over the same aligned range.
 ///
 /// KVM maps guest memory with 2 MiB pages only where a host huge page backs a guest-physical
 /// 2 MiB frame, which needs host and guest addresses aligned alike (QEMU aligns its RAM the
@@ -156,7 +172,7 @@ const RAM_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORES
 ///
 /// The mapping is never unmapped: vm-memory leaves alone a region it did not map itself, and a
 /// VMM process runs one VM, whose memory goes when the process does.
-fn map_aligned(len: usize) -> std::io::Result<*mut u8> {
+fn map_aligned(len: usize, file: Option<(&std::fs::File, u64)>) -> std::io::Result<*mut u8> {
     let reserve = len
         .checked_add(HUGE_PAGE_SIZE)
         .ok_or_else(|| std::io::Error::other(format!("{len} bytes of RAM overflow")))?;
@@ -179,6 +195,26 @@ fn map_aligned(len: usize) -> std::io::Result<*mut u8> {
         }
         // Advice only: where THP is off or "never", this fails and the pages stay small.
         libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+    }
+    if let Some((file, offset)) = file {
+        use std::os::fd::AsRawFd;
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::other(format!("file offset {offset:#x} overflows")))?;
+        // SAFETY: replaces (MAP_FIXED) exactly the range reserved above, which nothing else
+        // refers to yet, with a private mapping of the file.
+        let mapped = unsafe {
+            libc::mmap(
+                aligned as *mut libc::c_void,
+                len,
+                RAM_PROT,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                file.as_raw_fd(),
+                offset,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
     }
     // SAFETY: the range is the mapping just made.
     if unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_DONTDUMP) } < 0 {

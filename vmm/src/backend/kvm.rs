@@ -17,21 +17,25 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::cmdline::{self, MmioSlot};
 use crate::boot::{self, mptable};
 use crate::cpuid::DEFAULT_HIDDEN;
 use crate::devices::bus::{Bus, BusDevice, OverlapError};
-use crate::devices::legacy::cmos::Cmos;
+use crate::devices::legacy::cmos::{Cmos, DateTime};
 use crate::devices::legacy::i8042::I8042;
-use crate::devices::legacy::ports::{BootTimer, ExitPort};
+use crate::devices::legacy::ports::{BootTimer, ExitPort, SaveTrigger};
 use crate::devices::legacy::serial::{self, ConsoleWriter, Serial};
 use crate::devices::legacy::{self, IrqLine};
+use crate::devices::persist::{Persist, RestoreError};
 use crate::devices::virtio::block::{self, Block};
-use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::mmio::{MmioTransport, TransportArgs};
 use crate::devices::virtio::net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{self, Vsock};
@@ -39,11 +43,13 @@ use crate::devices::virtio::{worker, VirtioDevice};
 use crate::devices::Lifecycle;
 use crate::jail::{self, Identity};
 use crate::kvm::control::{EndGuard, RunState, TransitionError};
+use crate::kvm::state::VcpuStates;
 use crate::kvm::vcpu::{self, RunError};
 use crate::kvm::{self, Vcpu, Vm, VmControl};
 use crate::memory::{self, GuestMemory, SharedMemory, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use crate::seccomp::{self, ThreadKind};
-use crate::vm::{ConsoleIo, Device, RunReport, StopSignal, VmExit, VmSpec};
+use crate::snapshot::{self, save::Saver};
+use crate::vm::{ConsoleIo, ConsoleReady, Device, RunReport, Start, StopSignal, VmExit, VmSpec};
 
 /// The first interrupt line for virtio devices (0-4: timer, keyboard, cascade, COM2, COM1).
 const VIRTIO_IRQ_BASE: u32 = 5;
@@ -83,16 +89,30 @@ pub enum Error {
     Layout(#[from] OverlapError),
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error("cannot open the snapshot {path}")]
+    SnapshotFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::Error),
 }
 
 fn device_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Device { what, source }
 }
 
-/// Boots `spec` and runs it until the guest exits, resets or fails.
+fn legacy_err(what: &'static str) -> impl FnOnce(RestoreError) -> Error {
+    move |source| snapshot::Error::Legacy { what, source }.into()
+}
+
+/// Boots `spec` (or saves or restores it, as `spec.start` says) and runs it until the guest
+/// exits, resets or fails, or it is saved.
 pub fn run(spec: &VmSpec, console: ConsoleIo, stop: &StopSignal) -> Result<RunReport, Error> {
     let ready = console.ready.clone();
-    let result = Vmm::build(spec, console, None, None).and_then(|vmm| vmm.start(stop)?.wait());
+    let result =
+        Vmm::build(spec, console, None, None, None).and_then(|vmm| vmm.start(stop)?.wait());
     // The console relay waits for the guest's "ready"; a VM that is gone will not send it.
     ready.signal();
     result
@@ -106,7 +126,7 @@ pub struct Vmm<S> {
 /// A built VM, not yet running. Field order is drop order: the VM fd goes before its memory.
 pub struct Built {
     vcpus: Vec<Vcpu>,
-    vm: Vm,
+    vm: Arc<Vm>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     transports: Vec<Arc<Mutex<MmioTransport>>>,
@@ -116,6 +136,13 @@ pub struct Built {
     init_reached: Arc<OnceLock<Duration>>,
     /// Whether the VMM's threads install their seccomp filters.
     seccomp: bool,
+    /// Where the vCPUs leave their state for a save.
+    vcpu_states: Arc<VcpuStates>,
+    /// The save, for `Start::Save`.
+    saver: Option<Saver>,
+    /// For a restored VM: when building it began, and the console's "ready", which the guest
+    /// sent before it was saved (its console takes input at once).
+    restored: Option<(Instant, ConsoleReady)>,
     mem: SharedMemory,
 }
 
@@ -132,26 +159,61 @@ pub struct Running {
     /// socket file).
     _devices: (Arc<Bus>, Arc<Bus>, Vec<Arc<Mutex<MmioTransport>>>),
     /// Held for the drop order alone, as is `_mem`.
-    _vm: Vm,
+    _vm: Arc<Vm>,
     init_reached: Arc<OnceLock<Duration>>,
     _mem: SharedMemory,
 }
 
 impl Vmm<Built> {
     /// Builds `spec`'s VM on `console`: guest memory with the kernel and its boot state, the
-    /// vCPUs, the legacy devices and the virtio devices in the spec's order. `net` is the host
+    /// vCPUs, the legacy devices and the virtio devices in the spec's order; or, for
+    /// `Start::Restore`, the same machine put back as the snapshot holds it. `net` is the host
     /// end of the spec's network link when the caller opened it (a VMM process gets it from its
     /// parent: a jailed VMM cannot reach the host's network); it is opened here otherwise.
+    /// `snapshot` is the file `spec.start` names, when the caller opened it (a jailed VMM has
+    /// no path to it): written by a save, read by a restore.
     pub fn build(
         spec: &VmSpec,
         console: ConsoleIo,
         net: Option<net::HostEnd>,
         agent: Option<vsock::host::DeviceSide>,
+        snapshot: Option<File>,
     ) -> Result<Vmm<Built>, Error> {
         let started = Instant::now();
+        let snapshot = match (&spec.start, snapshot) {
+            (Start::Boot, _) => None,
+            (_, Some(file)) => Some(file),
+            (Start::Save { to, .. }, None) => Some(
+                File::options()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(to)
+                    .map_err(|source| Error::SnapshotFile {
+                        path: to.clone(),
+                        source,
+                    })?,
+            ),
+            (Start::Restore { from, .. }, None) => {
+                Some(File::open(from).map_err(|source| Error::SnapshotFile {
+                    path: from.clone(),
+                    source,
+                })?)
+            }
+        };
+        let restoring = match (&spec.start, &snapshot) {
+            (Start::Restore { .. }, Some(file)) => Some(snapshot::format::read(file)?),
+            _ => None,
+        };
         // Memory first: on an early return the VM fd (declared later) is dropped before it.
-        let mem: SharedMemory = Arc::new(memory::create(spec.memory_mib)?);
-        let vm = Vm::new()?;
+        let mem: SharedMemory = Arc::new(match (&restoring, &snapshot) {
+            (Some(loaded), Some(file)) => {
+                memory::from_snapshot(spec.memory_mib, file, loaded.memory_offset)?
+            }
+            _ => memory::create(spec.memory_mib)?,
+        });
+        let vm = Arc::new(Vm::new()?);
         let max = vm.max_vcpus().min(usize::from(mptable::MAX_CPUS));
         if spec.cpus == 0 || usize::from(spec.cpus) > max {
             return Err(Error::CpuCount {
@@ -159,9 +221,25 @@ impl Vmm<Built> {
                 max,
             });
         }
+        let header = match &spec.start {
+            Start::Boot => None,
+            Start::Save { identity, .. } | Start::Restore { identity, .. } => {
+                Some(snapshot::Header::new(spec, identity, vm.host_cpuid_hash()))
+            }
+        };
+        let saved = match (&restoring, &header) {
+            (Some(loaded), Some(header)) => {
+                header.check(&loaded.snapshot.header)?;
+                Some(&loaded.snapshot)
+            }
+            _ => None,
+        };
         vcpu::install_kick_handler()?;
         vm.register_memory(&mem)?;
-        let kernel = boot::load_kernel(&mem, &spec.kernel)?;
+        let kernel = match saved {
+            None => Some(boot::load_kernel(&mem, &spec.kernel)?),
+            Some(_) => None,
+        };
 
         let parties = usize::from(spec.cpus) + DEVICE_PARTIES;
         let control = Arc::new(VmControl::new(parties).map_err(device_err("VM control events"))?);
@@ -172,7 +250,11 @@ impl Vmm<Built> {
         let serial_irq = IrqLine::new().map_err(device_err("serial interrupt"))?;
         vm.register_irqfd(&serial_irq.0, legacy::SERIAL_IRQ)?;
         let out = ConsoleWriter::new(console.output, control.stopping_flag());
-        let serial = Arc::new(Mutex::new(Serial::new(serial_irq, out)));
+        let serial = Arc::new(Mutex::new(match saved {
+            None => Serial::new(serial_irq, out),
+            Some(s) => Serial::restore((serial_irq, out), &s.devices.serial)
+                .map_err(legacy_err("serial port"))?,
+        }));
         pio.insert(
             legacy::SERIAL_PORT_BASE,
             legacy::SERIAL_PORT_LEN,
@@ -180,27 +262,50 @@ impl Vmm<Built> {
         )?;
         let kbd_irq = IrqLine::new().map_err(device_err("i8042 interrupt"))?;
         vm.register_irqfd(&kbd_irq.0, legacy::I8042_IRQ)?;
+        let i8042 = Arc::new(Mutex::new(match saved {
+            None => I8042::new(kbd_irq),
+            Some(s) => I8042::restore(kbd_irq, &s.devices.i8042).map_err(legacy_err("i8042"))?,
+        }));
         pio.insert(
             legacy::I8042_PORT_BASE,
             legacy::I8042_PORT_LEN,
-            shared(I8042::new(kbd_irq)),
+            i8042.clone(),
         )?;
         // The wall clock Linux reads at boot when kvm-clock does not give it one.
-        pio.insert(
-            legacy::CMOS_PORT_BASE,
-            legacy::CMOS_PORT_LEN,
-            shared(Cmos::new()),
-        )?;
+        let cmos = Arc::new(Mutex::new(match saved {
+            None => Cmos::new(),
+            Some(s) => {
+                Cmos::restore(DateTime::now, &s.devices.cmos).map_err(legacy_err("CMOS RTC"))?
+            }
+        }));
+        pio.insert(legacy::CMOS_PORT_BASE, legacy::CMOS_PORT_LEN, cmos.clone())?;
         pio.insert(
             u64::from(contract::ports::EXIT_PORT),
             EXIT_PORT_LEN,
             shared(ExitPort),
         )?;
+        let trigger = match &spec.start {
+            Start::Save { at, .. } => {
+                let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("save trigger"))?;
+                let timer_evt = evt.try_clone().map_err(device_err("save trigger"))?;
+                Some((
+                    evt,
+                    SaveTrigger {
+                        at: *at,
+                        evt: timer_evt,
+                        control: control.clone(),
+                    },
+                ))
+            }
+            _ => None,
+        };
+        let (trigger, save_at) = trigger.unzip();
         let timer = BootTimer::new(
             started,
             init_reached.clone(),
             console.ready.clone(),
             console.template.clone(),
+            save_at,
         );
         pio.insert(
             u64::from(contract::ports::BOOT_TIMER_PORT),
@@ -246,13 +351,28 @@ impl Vmm<Built> {
         let mut slots = Vec::new();
         let mut transports = Vec::new();
         let notify = vm.notify_registrar();
-        for (i, device) in devices.into_iter().enumerate() {
+        for (i, mut device) in devices.into_iter().enumerate() {
             let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
             let irq = VIRTIO_IRQ_BASE + i as u32;
             let line = IrqLine::new().map_err(device_err("virtio interrupt"))?;
             vm.register_irqfd(&line.0, irq)?;
-            let transport = MmioTransport::new(device, mem.clone(), line, notify.clone(), base)
-                .map_err(device_err("virtio-mmio transport"))?;
+            let transport = match saved {
+                None => MmioTransport::new(device, mem.clone(), line, notify.clone(), base)
+                    .map_err(device_err("virtio-mmio transport"))?,
+                Some(s) => {
+                    let state = &s.devices.virtio[i];
+                    let restore_err = |source| snapshot::Error::Device { index: i, source };
+                    device.restore_state(&state.device).map_err(restore_err)?;
+                    let args = TransportArgs {
+                        device,
+                        mem: mem.clone(),
+                        irq: line,
+                        notify: notify.clone(),
+                        base,
+                    };
+                    MmioTransport::restore(args, &state.transport).map_err(restore_err)?
+                }
+            };
             let transport = Arc::new(Mutex::new(transport));
             mmio.insert(base, VIRTIO_MMIO_SIZE, transport.clone())?;
             transports.push(transport);
@@ -263,16 +383,45 @@ impl Vmm<Built> {
             });
         }
 
-        let cmdline = cmdline::assemble(&spec.cmdline, &slots)?;
-        tracing::debug!("kernel command line: {cmdline:?}");
-        let entry = boot::configure(&mem, &kernel, &cmdline, spec.cpus)?;
-        tracing::debug!("boot entry: {entry:x?}");
-
         let vcpus = (0..spec.cpus)
             .map(|i| vm.create_vcpu(i, spec.cpus, DEFAULT_HIDDEN))
             .collect::<Result<Vec<_>, _>>()?;
-        vcpus[0].set_boot_state(&entry)?;
+        match (saved, kernel) {
+            (Some(s), _) => {
+                for (vcpu, state) in vcpus.iter().zip(&s.vcpus) {
+                    vcpu.restore_state(state)?;
+                }
+                vm.restore_state(&s.vm)?;
+            }
+            (None, Some(kernel)) => {
+                let cmdline = cmdline::assemble(&spec.cmdline, &slots)?;
+                tracing::debug!("kernel command line: {cmdline:?}");
+                let entry = boot::configure(&mem, &kernel, &cmdline, spec.cpus)?;
+                tracing::debug!("boot entry: {entry:x?}");
+                vcpus[0].set_boot_state(&entry)?;
+            }
+            (None, None) => unreachable!("a kernel is loaded unless the VM is restored"),
+        }
 
+        let vcpu_states = Arc::new(VcpuStates::new(spec.cpus));
+        if trigger.is_some() {
+            vcpu_states.want();
+        }
+        let saver = match (trigger, header, snapshot) {
+            (Some(trigger), Some(header), Some(file)) => Some(Saver {
+                file,
+                header,
+                trigger,
+                vm: vm.clone(),
+                vcpus: vcpu_states.clone(),
+                serial: serial.clone(),
+                i8042,
+                cmos,
+                transports: transports.clone(),
+                mem: mem.clone(),
+            }),
+            _ => None,
+        };
         Ok(Vmm {
             state: Built {
                 vcpus,
@@ -285,6 +434,9 @@ impl Vmm<Built> {
                 control,
                 init_reached,
                 seccomp: spec.seccomp,
+                vcpu_states,
+                saver,
+                restored: saved.is_some().then_some((started, console.ready)),
                 mem,
             },
         })
@@ -368,19 +520,35 @@ impl Vmm<Built> {
                 serial::forward_input(&input, &serial, &*c);
             },
         );
+        if let Some(saver) = built.saver {
+            let c = control.clone();
+            threads.spawn(
+                &control,
+                "snapshot".into(),
+                ThreadKind::Snapshot,
+                move || saver.run(&c),
+            );
+        }
         for vcpu in built.vcpus {
             if control.is_stopping() {
                 break;
             }
             let (c, pio, mmio) = (control.clone(), built.pio.clone(), built.mmio.clone());
+            let states = built.vcpu_states.clone();
             let name = format!("vcpu{}", vcpu.index());
             threads.spawn(&control, name, ThreadKind::Vcpu, move || {
                 let _guard = EndGuard {
                     control: &c,
                     what: "vCPU",
                 };
-                vcpu.run(&pio, &mmio, &c);
+                vcpu.run(&pio, &mmio, &c, &states);
             });
+        }
+        if let Some((since, ready)) = built.restored {
+            let elapsed = since.elapsed();
+            tracing::debug!("VM restored in {elapsed:?}");
+            let _ = built.init_reached.set(elapsed);
+            ready.signal();
         }
         if let Err(mpsc::SendError((threads, _))) = give.send((threads, smaps)) {
             // `vmm` is gone already (it panicked): the threads are still ours to end.
@@ -569,7 +737,6 @@ pub(crate) mod tests {
     use super::*;
     use crate::boot::tests::tiny_elf;
     use crate::kvm::smoke::kvm_usable;
-    use crate::vm::ConsoleReady;
     use crate::vm::Disk;
     use crate::vm::VmExit;
 
@@ -892,7 +1059,11 @@ pub(crate) mod tests {
     fn boot(code: &[u8], cpus: u8, input: &[u8]) -> Outcome {
         let kernel = file_with(&tiny_elf(code, LOAD_ADDR, true));
         let rootfs = file_with(&[b'Q'; 4096]);
-        let spec = pvh_spec(kernel.path(), rootfs.path(), cpus);
+        run_with(&pvh_spec(kernel.path(), rootfs.path(), cpus), input)
+    }
+
+    /// Runs `spec` with `input` on the console.
+    fn run_with(spec: &VmSpec, input: &[u8]) -> Outcome {
         let (in_rx, in_tx) = pipe();
         let (out_rx, out_tx) = pipe();
         std::fs::File::from(in_tx).write_all(input).unwrap();
@@ -902,7 +1073,7 @@ pub(crate) mod tests {
             ready: ConsoleReady::default(),
             template: ConsoleReady::default(),
         };
-        let result = run(&spec, console, &StopSignal::new().unwrap());
+        let result = run(spec, console, &StopSignal::new().unwrap());
         let mut out = Vec::new();
         // run() closed the write end: this reads to EOF.
         std::fs::File::from(out_rx).read_to_end(&mut out).unwrap();
@@ -1054,6 +1225,64 @@ pub(crate) mod tests {
         panic!("the RTC's seconds changed during every read");
     }
 
+    /// [`PVH_GUEST`] on 2 vCPUs (the second waits for INIT in the kernel), saved where it
+    /// marks its console ready, then restored twice from the one file: each restored VM goes
+    /// on from there (reads its console, echoes, exits with the byte) without booting again.
+    #[test]
+    fn a_saved_guest_goes_on_in_each_restored_vm() {
+        if !kvm_usable() {
+            return;
+        }
+        let kernel = file_with(&tiny_elf(PVH_GUEST, LOAD_ADDR, true));
+        let rootfs = file_with(&[b'Q'; 4096]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vm.snapshot");
+        let mut spec = pvh_spec(kernel.path(), rootfs.path(), 2);
+        spec.start = Start::Save {
+            to: file.clone(),
+            at: contract::ports::CONSOLE_READY,
+            identity: "tiny".into(),
+        };
+        let saved = run_with(&spec, b"");
+        assert_eq!(saved.result.unwrap().exit, VmExit::Saved);
+        assert_eq!(saved.console, b"SV\n");
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&file).unwrap();
+        assert!(meta.len() > 64 << 20, "64 MiB of memory: {}", meta.len());
+        assert!(
+            meta.blocks() * 512 < 8 << 20,
+            "mostly holes: {} bytes allocated",
+            meta.blocks() * 512
+        );
+
+        let restore = |identity: &str| Start::Restore {
+            from: file.clone(),
+            identity: identity.into(),
+        };
+        for input in [b"Z", b"Y"] {
+            spec.start = restore("tiny");
+            let o = run_with(&spec, input);
+            let report = o.result.unwrap();
+            assert_eq!(report.exit, VmExit::Guest(input[0]));
+            assert_eq!(o.console, input, "no boot again: only the echo");
+            assert!(report.init_reached.is_some(), "the restore time");
+        }
+
+        spec.start = restore("another");
+        let err = run_with(&spec, b"Z").result.unwrap_err();
+        assert!(
+            matches!(err, Error::Snapshot(snapshot::Error::Identity { .. })),
+            "{err}"
+        );
+        spec.start = restore("tiny");
+        spec.devices.pop();
+        let err = run_with(&spec, b"Z").result.unwrap_err();
+        assert!(
+            matches!(err, Error::Snapshot(snapshot::Error::Devices { .. })),
+            "{err}"
+        );
+    }
+
     /// Where [`COUNTING_GUEST`] counts, and the word the host sets to let it exit.
     const COUNTER: u64 = 0x5_0000;
     const GO: u64 = 0x5_0004;
@@ -1082,7 +1311,7 @@ pub(crate) mod tests {
             ready: ConsoleReady::default(),
             template: ConsoleReady::default(),
         };
-        let vmm = Vmm::build(&spec, console, None, None)
+        let vmm = Vmm::build(&spec, console, None, None, None)
             .unwrap()
             .start(&StopSignal::new().unwrap())
             .unwrap();

@@ -16,6 +16,9 @@
 //!   and the device's end of its connector, when the spec has an agent link: the parent binds
 //!   the socket, removes it afterwards and makes the guest's connections to the host
 //!   (vsock::host).
+//! - 9 ([`SNAPSHOT_FD`]): the snapshot file `spec.start` names, when it names one: opened by
+//!   the parent (created and emptied for a save, read-only for a restore), so that a jailed
+//!   VMM needs no path to it.
 //!
 //! Any other descriptor is closed first thing. The VMM dies with its parent (a parent-death
 //! signal) and ignores the terminal's signals (SIGINT, SIGQUIT, SIGHUP): they are nodeos-vm's.
@@ -39,7 +42,7 @@ use crate::jail::{self, Jail};
 use crate::kvm::vcpu::RunError;
 use crate::memory;
 use crate::seccomp::{self, ThreadKind};
-use crate::vm::{ConsoleIo, ConsoleReady, RunReport, StopSignal, VmSpec};
+use crate::vm::{ConsoleIo, ConsoleReady, RunReport, Start, StopSignal, VmSpec};
 
 const REQUEST_FD: RawFd = 3;
 const STATUS_FD: RawFd = 4;
@@ -47,8 +50,9 @@ const STOP_FD: RawFd = 5;
 const NET_FD: RawFd = 6;
 const AGENT_LISTENER_FD: RawFd = 7;
 const AGENT_CONNECTOR_FD: RawFd = 8;
+const SNAPSHOT_FD: RawFd = 9;
 /// The first descriptor the VMM process was not given.
-const FIRST_FREE_FD: RawFd = 9;
+const FIRST_FREE_FD: RawFd = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -68,6 +72,12 @@ pub enum Error {
     Net(#[from] net::Error),
     #[error(transparent)]
     Agent(#[from] vsock::Error),
+    #[error("cannot open the snapshot {path}")]
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error(transparent)]
     Jail(#[from] jail::Error),
     /// The VMM's own error, as it reported it.
@@ -139,6 +149,8 @@ pub enum FailureKind {
     AgentLink,
     /// Another device, or the devices' layout.
     Device,
+    /// Saving or restoring a snapshot, or its file.
+    Snapshot,
     /// A thread's syscall filter.
     Seccomp,
     /// The running VM: a vCPU or a VMM thread.
@@ -196,6 +208,7 @@ pub fn run(
         .map(vsock::host::open)
         .transpose()?
         .unzip();
+    let snapshot = snapshot_file(spec)?;
     let host = jail
         .map(|jail| {
             let allowance = jail::cgroup::VMM_MEMORY_ALLOWANCE_MIB;
@@ -223,6 +236,9 @@ pub fn run(
         moves.push((agent.listener.as_raw_fd(), AGENT_LISTENER_FD));
         moves.push((agent.connector.as_raw_fd(), AGENT_CONNECTOR_FD));
     }
+    if let Some(file) = &snapshot {
+        moves.push((file.as_raw_fd(), SNAPSHOT_FD));
+    }
     let cgroup_procs = host.as_ref().and_then(|h| h.cgroup()).map(|c| c.procs_fd());
     let mut command = program.command();
     command
@@ -232,7 +248,7 @@ pub fn run(
     let child = handover::spawn(command, &moves, FIRST_FREE_FD, cgroup_procs);
     // Our copies of the child's ends: its end of each pipe and of the connector must be the
     // only one.
-    drop((request_read, status_write, agent_device));
+    drop((request_read, status_write, agent_device, snapshot));
     let mut child = child.map_err(|source| Error::Spawn {
         exe: program.exe.clone(),
         source,
@@ -257,6 +273,28 @@ pub fn run(
             stderr: last_words,
         }),
     }
+}
+
+/// The snapshot file `spec.start` names, opened for the VMM: created (or emptied) for a save,
+/// read-only for a restore.
+fn snapshot_file(spec: &VmSpec) -> Result<Option<File>, Error> {
+    let (path, file) = match &spec.start {
+        Start::Boot => return Ok(None),
+        Start::Save { to, .. } => (
+            to,
+            File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(to),
+        ),
+        Start::Restore { from, .. } => (from, File::open(from)),
+    };
+    file.map(Some).map_err(|source| Error::Snapshot {
+        path: path.clone(),
+        source,
+    })
 }
 
 /// Copies the VMM's stderr to ours, line by line; returns its last non-empty line.
@@ -345,6 +383,9 @@ impl VmmError {
                 E::Vsock(_) => FailureKind::AgentLink,
                 E::Device { .. } | E::Layout(_) => FailureKind::Device,
                 E::Run(RunError::Seccomp(_)) => FailureKind::Seccomp,
+                E::SnapshotFile { .. } | E::Snapshot(_) | E::Run(RunError::Snapshot(_)) => {
+                    FailureKind::Snapshot
+                }
                 E::Run(_) => FailureKind::Run,
                 E::Jail(_) => FailureKind::Jail,
             },
@@ -382,6 +423,9 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
     let agent = request.spec.agent_socket().is_some().then(|| unsafe {
         vsock::host::DeviceSide::from_fds(AGENT_LISTENER_FD, AGENT_CONNECTOR_FD)
     });
+    // SAFETY: as above; open only when the spec saves or restores a snapshot.
+    let snapshot =
+        (request.spec.start != Start::Boot).then(|| unsafe { File::from_raw_fd(SNAPSHOT_FD) });
     let spec = match &request.jail {
         Some(j) => jail::enter(j, &request.spec, memory::keep_smaps_open)?,
         None => request.spec,
@@ -394,7 +438,7 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
         ready: ConsoleReady::notifying(move || send(&notify, &Event::Ready)),
         template: ConsoleReady::notifying(move || send(&notify_template, &Event::TemplateReady)),
     };
-    let mut vmm = Vmm::build(&spec, console, net.map(HostEnd::given), agent)?;
+    let mut vmm = Vmm::build(&spec, console, net.map(HostEnd::given), agent, snapshot)?;
     if let Some(j) = &request.jail {
         vmm = vmm.confine(&j.identity)?;
     }

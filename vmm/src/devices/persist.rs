@@ -11,12 +11,16 @@
 //! queue's size, ring addresses, ready flag and ring positions). The exit port and the boot
 //! timer hold no guest state: the boot timer's marks are the host's run report.
 //!
-//! Not covered yet (the snapshot issue's): the state of the devices behind a transport other
-//! than virtio-rng (virtio-blk's, virtio-net's receive cursor and its link to passt or a TAP
-//! interface, virtio-vsock's connections, credits and timer, none of which implements
-//! [`Persist`]), KVM's state (vCPU registers, LAPICs, IOAPIC, PIC, PIT, the clock), pending
-//! interrupts (they live in KVM's interrupt controllers), and guest memory. A state is taken
-//! from a paused VM (backend::kvm's `VmmControl::pause`), when no device changes.
+//! The devices behind a transport, which it holds boxed, save through
+//! `VirtioDevice::save_state` and `restore_state` (devices::virtio::VirtioState): virtio-net its
+//! receive and transmit cursors (its link is the restoring spec's, and frames in flight are
+//! lost), virtio-vsock its receive cursor (connections are not kept: a restored device has none,
+//! and resets any the guest still names), virtio-blk nothing (the disk is the restoring spec's
+//! file, with its own size), virtio-rng nothing.
+//!
+//! The rest of a snapshot is not here: KVM's state (vCPUs, PIC, IOAPIC, PIT, clock, and with
+//! them pending interrupts) is crate::kvm::state's, guest memory and the file crate::snapshot's.
+//! A state is taken from a paused VM (crate::kvm::control), when no device changes.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -65,6 +69,8 @@ pub enum RestoreError {
     Features { driver: u64, offered: u64 },
     #[error("virtio-mmio: cannot set up the transport")]
     Transport(#[source] std::io::Error),
+    #[error("the state of a {saved} device saved for a device of type {device}")]
+    DeviceKind { saved: &'static str, device: u32 },
 }
 
 /// `state` through JSON and back, as a snapshot file would carry it.

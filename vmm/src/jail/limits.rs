@@ -1,9 +1,9 @@
 //! Resource limits of the jailed process, set before anything else of the jail: no core dumps
 //! (guest memory must not land on the host's disk), a bounded number of descriptors, and no
 //! file written past what it must write: the largest of the VM's writable disks, which it
-//! writes in place (a disk never grows) — unless the guest's console goes straight to a file
-//! (`start > file`), which grows with whatever the guest prints: then file sizes are not
-//! limited.
+//! writes in place (a disk never grows), or the snapshot it saves, whichever is larger — unless
+//! the guest's console goes straight to a file (`start > file`), which grows with whatever the
+//! guest prints: then file sizes are not limited.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{check, Error};
-use crate::vm::VmSpec;
+use crate::vm::{Start, VmSpec};
 
 /// The most descriptors the jailed process may hold: our VMM holds its own (KVM, one per vCPU,
 /// eventfds, disks: under 200 with 32 vCPUs) and at most 256 vsock connections and 64 pending
@@ -21,8 +21,8 @@ pub const OPEN_FILES: u64 = 1024;
 /// The limits that depend on the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
-    /// RLIMIT_FSIZE: the size of the largest writable disk (0 without one); `None` (no limit)
-    /// when the console is written to a file.
+    /// RLIMIT_FSIZE: the size of the largest writable disk (0 without one), or of the snapshot
+    /// it saves if larger; `None` (no limit) when the console is written to a file.
     pub file_size: Option<u64>,
 }
 
@@ -38,11 +38,15 @@ impl Limits {
         if console.st_mode & libc::S_IFMT == libc::S_IFREG {
             return Ok(Limits { file_size: None });
         }
-        let sizes = spec
+        let mut sizes = spec
             .disks()
             .filter(|d| !d.read_only)
             .map(|d| size(&d.path))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Start::Save { .. } = spec.start {
+            let memory = u64::from(spec.memory_mib) << 20;
+            sizes.push(crate::snapshot::format::max_file_len(memory));
+        }
         Ok(Limits {
             file_size: Some(sizes.into_iter().max().unwrap_or(0)),
         })
@@ -115,6 +119,17 @@ mod tests {
         spec.devices
             .retain(|d| matches!(d, Device::Block(d) if d.read_only));
         assert_eq!(limit(&spec), Some(0));
+        spec.start = crate::vm::Start::Save {
+            to: dir.path().join("snap"),
+            at: b'R',
+            identity: "t".into(),
+        };
+        let snapshot = limit(&spec).unwrap();
+        assert!(
+            snapshot > 64 << 20,
+            "room for 64 MiB of memory and the state: {snapshot}"
+        );
+        spec.start = crate::vm::Start::Boot;
         spec.devices.push(Device::Block(Disk {
             path: dir.path().join("missing"),
             read_only: false,

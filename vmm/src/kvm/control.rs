@@ -137,6 +137,14 @@ impl VmControl {
     /// Returns an error if the VM stops meanwhile. A party busy in a device (a vCPU writing to
     /// a console nobody reads) parks once that returns.
     pub fn pause(&self) -> Result<(), TransitionError> {
+        self.request_pause()?;
+        self.wait_paused()
+    }
+
+    /// Asks the VM's parties to park, without waiting for them: from `Running` only. A vCPU
+    /// that asks while serving an exit (the boot timer's save byte) parks before it runs the
+    /// guest's next instruction.
+    pub fn request_pause(&self) -> Result<(), TransitionError> {
         let mut gate = self.gate();
         let state = Self::state_of(&gate, self.is_stopping());
         if state != RunState::Running {
@@ -149,13 +157,20 @@ impl VmControl {
         self.pause_requested.store(true, Ordering::Release);
         let _ = self.pause_evt.write(1);
         self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Waits until every party has parked for the pause asked for; an error if the VM stops
+    /// first, or if no pause is asked for.
+    pub fn wait_paused(&self) -> Result<(), TransitionError> {
+        let mut gate = self.gate();
         loop {
             match Self::state_of(&gate, self.is_stopping()) {
                 RunState::Paused => return Ok(()),
                 RunState::Pausing => gate = wait(&self.changed, gate, None),
                 state => {
                     return Err(TransitionError {
-                        asked: "pause",
+                        asked: "wait for a pause",
                         state,
                     })
                 }
@@ -181,10 +196,15 @@ impl VmControl {
         Ok(())
     }
 
+    /// Whether a pause is asked for (one atomic load), for a party that must get ready to park.
+    pub fn pause_requested(&self) -> bool {
+        self.pause_requested.load(Ordering::Acquire)
+    }
+
     /// For a party: holds the calling thread while a pause is asked for (and the VM is not
     /// stopping). Returns whether it parked. Costs one atomic load when no pause is asked for.
     pub fn park_if_paused(&self) -> bool {
-        if !self.pause_requested.load(Ordering::Acquire) {
+        if !self.pause_requested() {
             return false;
         }
         let mut gate = self.gate();

@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod regs;
+pub mod state;
 pub mod vcpu;
 
 use std::io;
@@ -67,6 +68,12 @@ pub enum Error {
     },
     #[error("vCPU {vcpu}: the CPUID table has too many entries")]
     CpuidTooLong { vcpu: u8 },
+    #[error("cannot read KVM's list of MSRs")]
+    MsrList(#[source] kvm_ioctls::Error),
+    #[error("vCPU {vcpu} did not save its state when the VM paused")]
+    VcpuNotSaved { vcpu: u8 },
+    #[error("interrupt controller {saved} saved where controller {expected} belongs")]
+    ChipId { saved: u32, expected: u32 },
 }
 
 fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -79,6 +86,9 @@ pub struct Vm {
     fd: Arc<VmFd>,
     supported_cpuid: CpuId,
     tsc_deadline: bool,
+    /// The MSRs KVM saves and restores for a vCPU (KVM_GET_MSR_INDEX_LIST), read here since
+    /// no VMM thread's filter allows asking /dev/kvm later.
+    msr_indices: Arc<[u32]>,
 }
 
 impl Vm {
@@ -104,6 +114,8 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl("get the supported CPUID"))?;
         let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        let msr_indices = kvm.get_msr_index_list().map_err(Error::MsrList)?;
+        let msr_indices = msr_indices.as_slice().into();
 
         let fd = kvm.create_vm().map_err(ioctl("create a VM"))?;
         // Both addresses sit in the MMIO gap, clear of RAM and devices; KVM needs them before
@@ -128,7 +140,30 @@ impl Vm {
             fd: Arc::new(fd),
             supported_cpuid,
             tsc_deadline,
+            msr_indices,
         })
+    }
+
+    /// SHA-256 of the host's CPUID as KVM reports it (KVM_GET_SUPPORTED_CPUID), in hex, as
+    /// this VMM gives it to a vCPU (crate::cpuid::normalize, for vCPU 0 of 1): a snapshot is
+    /// restored only where it is the same. Normalized first since KVM reports some fields
+    /// (APIC IDs) of whichever host CPU answered.
+    pub fn host_cpuid_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut entries = self.supported_cpuid.as_slice().to_vec();
+        let vcpu = crate::cpuid::VcpuCpuid {
+            index: 0,
+            count: 1,
+            tsc_deadline: self.tsc_deadline,
+        };
+        crate::cpuid::normalize(&mut entries, vcpu, crate::cpuid::DEFAULT_HIDDEN);
+        let mut hash = Sha256::new();
+        for e in &entries {
+            for word in [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] {
+                hash.update(word.to_le_bytes());
+            }
+        }
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Most vCPUs KVM runs in one VM.
@@ -269,7 +304,7 @@ pub(crate) mod smoke {
         let vcpu = vm.create_vcpu(0, 1, crate::cpuid::DEFAULT_HIDDEN).unwrap();
         vcpu.set_real_mode_entry(0x1000).unwrap();
         let control = VmControl::new(1).unwrap();
-        vcpu.run(&pio, &Bus::new(), &control);
+        vcpu.run(&pio, &Bus::new(), &control, &state::VcpuStates::new(1));
 
         assert!(control.is_stopping());
         assert_eq!(control.take_outcome().unwrap().unwrap(), VmExit::Guest(42));

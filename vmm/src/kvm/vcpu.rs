@@ -7,7 +7,7 @@
 //! `immediate_exit` and looks at why it was kicked: it returns on a stop, parks on a pause.
 
 use std::cell::Cell;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use kvm_bindings::{
@@ -16,6 +16,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, unblock_signal, Killable, SIGRTMIN};
 
+use super::state::VcpuStates;
 use super::{regs, Error, Vm, VmControl};
 use crate::boot::BootEntry;
 use crate::cpuid::{self, FeatureMask, VcpuCpuid};
@@ -46,6 +47,8 @@ pub enum RunError {
     },
     #[error("{0} thread ended without a result")]
     ThreadEnded(&'static str),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::Error),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::Error),
     #[error("cannot start the {what} thread")]
@@ -106,7 +109,11 @@ pub fn kick(thread: &JoinHandle<()>) {
 
 pub struct Vcpu {
     index: u8,
-    fd: VcpuFd,
+    pub(super) fd: VcpuFd,
+    /// The MSRs a snapshot saves (super::state).
+    pub(super) msr_indices: Arc<[u32]>,
+    /// The last exit was port or MMIO I/O, which KVM completes on the next KVM_RUN.
+    io_pending: bool,
 }
 
 impl Vcpu {
@@ -168,7 +175,12 @@ impl Vcpu {
         regs::set_lint(&mut lapic);
         fd.set_lapic(&lapic)
             .map_err(setup("set the LAPIC local interrupts"))?;
-        Ok(Vcpu { index, fd })
+        Ok(Vcpu {
+            index,
+            fd,
+            msr_indices: vm.msr_indices.clone(),
+            io_pending: false,
+        })
     }
 
     pub fn index(&self) -> u8 {
@@ -227,12 +239,13 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Runs the vCPU until the VM stops; records why it ended the VM, if it did.
-    pub fn run(mut self, pio: &Bus, mmio: &Bus, control: &VmControl) {
+    /// Runs the vCPU until the VM stops; records why it ended the VM, if it did. At a pause it
+    /// leaves its state in `states` when a snapshot wants it.
+    pub fn run(mut self, pio: &Bus, mmio: &Bus, control: &VmControl, states: &VcpuStates) {
         let _ = unblock_signal(kick_signal());
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
         tracing::debug!(vcpu = self.index, "vCPU running");
-        let outcome = self.run_loop(pio, mmio, control);
+        let outcome = self.run_loop(pio, mmio, control, states);
         KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
         if let Some(outcome) = outcome {
             control.stop(outcome);
@@ -245,14 +258,26 @@ impl Vcpu {
         pio: &Bus,
         mmio: &Bus,
         control: &VmControl,
+        states: &VcpuStates,
     ) -> Option<Result<VmExit, RunError>> {
         let vcpu = self.index;
         loop {
             if control.is_stopping() {
                 return None;
             }
-            if control.park_if_paused() {
-                continue;
+            if control.pause_requested() {
+                if self.io_pending {
+                    // Parks only once KVM has finished the instruction: this KVM_RUN completes
+                    // the I/O and returns at once.
+                    self.fd.set_kvm_immediate_exit(1);
+                } else {
+                    if states.wanted() {
+                        states.put(vcpu, self.save_state());
+                    }
+                    if control.park_if_paused() {
+                        continue;
+                    }
+                }
             }
             let exit = match self.fd.run() {
                 Ok(exit) => exit,
@@ -261,10 +286,18 @@ impl Vcpu {
                     // for before the kick), so a kick that lands after the look still stops
                     // the next KVM_RUN.
                     self.fd.set_kvm_immediate_exit(0);
+                    self.io_pending = false;
                     continue;
                 }
                 Err(source) => return Some(Err(RunError::Run { vcpu, source })),
             };
+            self.io_pending = matches!(
+                exit,
+                VcpuExit::IoIn(..)
+                    | VcpuExit::IoOut(..)
+                    | VcpuExit::MmioRead(..)
+                    | VcpuExit::MmioWrite(..)
+            );
             match exit {
                 VcpuExit::IoIn(port, data) => pio.read(u64::from(port), data),
                 VcpuExit::IoOut(port, data) => {

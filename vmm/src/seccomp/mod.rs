@@ -41,6 +41,9 @@ pub enum ThreadKind {
     /// Moves frames between the VM's network link and passt, through the guard on the host's
     /// loopback (devices::virtio::net::guard).
     PasstRelay,
+    /// Saves the VM when the guest asks for it (crate::snapshot::save): KVM's VM state, the
+    /// snapshot file.
+    Snapshot,
     /// The main thread of a VMM in a process of its own (crate::backend::process), once the
     /// VM's threads run: waits for them, tears the machine down (the vsock socket file goes)
     /// and writes its report.
@@ -48,7 +51,7 @@ pub enum ThreadKind {
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::VmmMain,
         ThreadKind::Vcpu,
         ThreadKind::Virtio,
@@ -56,6 +59,7 @@ impl ThreadKind {
         ThreadKind::HostStop,
         ThreadKind::PasstStderr,
         ThreadKind::PasstRelay,
+        ThreadKind::Snapshot,
         ThreadKind::VmmProcess,
     ];
 
@@ -68,6 +72,7 @@ impl ThreadKind {
             ThreadKind::HostStop => "host-stop",
             ThreadKind::PasstStderr => "passt-stderr",
             ThreadKind::PasstRelay => "passt-relay",
+            ThreadKind::Snapshot => "snapshot",
             ThreadKind::VmmProcess => "vmm-process",
         }
     }

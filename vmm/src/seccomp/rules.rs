@@ -13,6 +13,25 @@ type Result<T> = std::result::Result<T, BackendError>;
 const KVMIO: u32 = 0xae;
 vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
+// A snapshot's reads of a paused VM's state (crate::kvm::state): each vCPU its own, the
+// snapshot thread the VM's.
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_bindings::kvm_regs);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_bindings::kvm_sregs);
+vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_bindings::kvm_msrs);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_bindings::kvm_lapic_state);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_bindings::kvm_mp_state);
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_VCPU_EVENTS,
+    KVMIO,
+    0x9f,
+    kvm_bindings::kvm_vcpu_events
+);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_bindings::kvm_debugregs);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_bindings::kvm_xsave);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_bindings::kvm_xcrs);
+vmm_sys_util::ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_bindings::kvm_irqchip);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_bindings::kvm_pit_state2);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_bindings::kvm_clock_data);
 
 fn any(nr: libc::c_long) -> Entry {
     (nr, Vec::new())
@@ -99,16 +118,27 @@ fn vmm_main() -> Vec<Entry> {
 }
 
 /// KVM_RUN, and the ioeventfds a virtio driver's DRIVER_OK or reset attaches and detaches
-/// (register writes are served on the vCPU thread); waiting for console output to drain;
-/// eventfd reads when a device resets, and what a vsock reset does to its connections and
-/// timer.
+/// (register writes are served on the vCPU thread); reading its own state for a snapshot;
+/// waiting for console output to drain; eventfd reads when a device resets, and what a vsock
+/// reset does to its connections and timer.
 fn vcpu() -> Result<Vec<Entry>> {
     let mut rules = polls().to_vec();
+    let mut ioctls = vec![vec![eq(1, KVM_RUN())?], vec![eq(1, KVM_IOEVENTFD())?]];
+    for request in [
+        KVM_GET_MP_STATE(),
+        KVM_GET_REGS(),
+        KVM_GET_SREGS(),
+        KVM_GET_XSAVE(),
+        KVM_GET_XCRS(),
+        KVM_GET_DEBUGREGS(),
+        KVM_GET_LAPIC(),
+        KVM_GET_MSRS(),
+        KVM_GET_VCPU_EVENTS(),
+    ] {
+        ioctls.push(vec![eq(1, request)?]);
+    }
     rules.extend([
-        when(
-            libc::SYS_ioctl,
-            vec![vec![eq(1, KVM_RUN())?], vec![eq(1, KVM_IOEVENTFD())?]],
-        )?,
+        when(libc::SYS_ioctl, ioctls)?,
         any(libc::SYS_read),
         any(libc::SYS_epoll_ctl),
         any(libc::SYS_shutdown),
@@ -155,6 +185,27 @@ fn virtio() -> Result<Vec<Entry>> {
     ])
 }
 
+/// The snapshot thread: waits for the save byte or the VM's end, reads the VM's interrupt
+/// controllers, PIT and clock, and writes the snapshot file it was given (positioned writes,
+/// truncation to empty and to its length, fsync): it opens nothing.
+fn snapshot() -> Result<Vec<Entry>> {
+    let mut rules = polls().to_vec();
+    rules.extend([
+        when(
+            libc::SYS_ioctl,
+            vec![
+                vec![eq(1, KVM_GET_IRQCHIP())?],
+                vec![eq(1, KVM_GET_PIT2())?],
+                vec![eq(1, KVM_GET_CLOCK())?],
+            ],
+        )?,
+        any(libc::SYS_pwrite64),
+        any(libc::SYS_ftruncate),
+        any(libc::SYS_fsync),
+    ]);
+    Ok(rules)
+}
+
 /// The filter of `kind`: [`common`] and its own.
 pub(super) fn of(kind: ThreadKind) -> Result<Vec<Entry>> {
     let mut rules = common()?;
@@ -175,6 +226,7 @@ pub(super) fn of(kind: ThreadKind) -> Result<Vec<Entry>> {
             rules.extend([any(libc::SYS_recvfrom), any(libc::SYS_sendto)]);
             rules
         }
+        ThreadKind::Snapshot => snapshot()?,
         ThreadKind::VmmProcess => {
             let mut rules = vmm_main();
             // Dropping the devices: vsock connections are shut down. (The socket file is the

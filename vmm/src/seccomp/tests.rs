@@ -43,7 +43,33 @@ fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd) {
                 std::io::Error::last_os_error().raw_os_error(),
                 Some(libc::ENOTTY)
             );
+            // So does reading its state for a snapshot.
+            // SAFETY: the kernel refuses the ioctl before it writes to the null pointer.
+            let rc = unsafe { libc::ioctl(evt.as_raw_fd(), rules::KVM_GET_REGS() as _, 0) };
+            assert_eq!(rc, -1);
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::ENOTTY)
+            );
             evt.write(1).unwrap();
+        }
+        ThreadKind::Snapshot => {
+            // The VM's clock (refused by the kernel on an eventfd), and a positioned write
+            // (refused on a pipe).
+            // SAFETY: the kernel refuses the ioctl before it writes to the null pointer.
+            let rc = unsafe { libc::ioctl(evt.as_raw_fd(), rules::KVM_GET_CLOCK() as _, 0) };
+            assert_eq!(rc, -1);
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::ENOTTY)
+            );
+            // SAFETY: pwrite reads one byte from `byte`.
+            let rc = unsafe { libc::pwrite(pipe.as_raw_fd(), byte.as_ptr().cast(), 1, 0) };
+            assert_eq!(rc, -1);
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::ESPIPE)
+            );
         }
         ThreadKind::Virtio => {
             // SAFETY: getrandom writes at most one byte into `byte`.
@@ -70,7 +96,7 @@ fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd) {
 /// The syscall [`forbidden`] makes for `kind`.
 fn forbidden_syscall(kind: ThreadKind) -> libc::c_long {
     match kind {
-        ThreadKind::Vcpu => libc::SYS_ioctl,
+        ThreadKind::Vcpu | ThreadKind::Snapshot => libc::SYS_ioctl,
         ThreadKind::VmmProcess => libc::SYS_unlink,
         _ => libc::SYS_socket,
     }
@@ -83,6 +109,11 @@ fn forbidden(kind: ThreadKind, evt: &EventFd) {
         ThreadKind::Vcpu => {
             // SAFETY: the ioctl takes no argument (and is not made).
             unsafe { libc::ioctl(evt.as_raw_fd(), 0xae00, 0) };
+        }
+        // Running a vCPU: the snapshot thread only reads the VM's state.
+        ThreadKind::Snapshot => {
+            // SAFETY: KVM_RUN takes no argument (and is not made).
+            unsafe { libc::ioctl(evt.as_raw_fd(), rules::KVM_RUN() as _, 0) };
         }
         // Removing a file: the socket files are the parent's to remove.
         ThreadKind::VmmProcess => {
@@ -191,4 +222,9 @@ fn passt_stderr_violation_ends_the_process() {
 #[test]
 fn passt_relay_violation_ends_the_process() {
     violation_ends_the_process(ThreadKind::PasstRelay);
+}
+
+#[test]
+fn snapshot_violation_ends_the_process() {
+    violation_ends_the_process(ThreadKind::Snapshot);
 }

@@ -10,7 +10,7 @@ use super::*;
 use crate::backend::kvm::tests::{file_with, pvh_spec};
 use crate::boot::tests::tiny_elf;
 use crate::kvm::smoke::kvm_usable;
-use crate::vm::{Device, VmExit};
+use crate::vm::{Device, Start, VmExit};
 
 const VMM_ENV: &str = "NODEOS_VM_TEST_VMM";
 const VMM_TEST: &str = "backend::process::tests::vmm_process";
@@ -105,6 +105,75 @@ fn a_guest_runs_in_a_vmm_process_jailed_or_not() {
         assert!(report.vmm_overhead_kib.is_some_and(|kib| kib > 0));
         assert!(o.console.ends_with('P'), "jail {jail:?}: {:?}", o.console);
     }
+}
+
+/// Saved in a VMM process right after the guest marks its console ready, jailed and not, and
+/// restored from each snapshot into fresh VMM processes, jailed and not: the guest goes on from
+/// the write after the mark (it prints "P" and exits) in each. A corrupted snapshot is refused
+/// with the one line that says so.
+#[test]
+fn a_guest_saved_in_a_vmm_process_goes_on_in_others() {
+    if !kvm_usable() {
+        println!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let kernel = file_with(&tiny_elf(GUEST, LOAD_ADDR, true));
+    let rootfs = file_with(&[0; 4096]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut jails = vec![None];
+    jails.extend(jail().map(Some));
+    for saved_in in &jails {
+        let file = dir.path().join("vm.snapshot");
+        let mut spec = spec(kernel.path(), rootfs.path());
+        spec.start = Start::Save {
+            to: file.clone(),
+            at: contract::ports::CONSOLE_READY,
+            identity: "tiny".into(),
+        };
+        let stop = StopSignal::new().unwrap();
+        let o = boot(&this_test_binary(), &spec, &stop, *saved_in);
+        let report = o
+            .result
+            .unwrap_or_else(|e| panic!("saved in {saved_in:?}: {e}"));
+        assert_eq!(report.exit, VmExit::Saved, "saved in {saved_in:?}");
+        assert!(!o.console.ends_with('P'), "{:?}", o.console);
+        spec.start = Start::Restore {
+            from: file.clone(),
+            identity: "tiny".into(),
+        };
+        for jail in &jails {
+            let o = boot(&this_test_binary(), &spec, &stop, *jail);
+            let report = o
+                .result
+                .unwrap_or_else(|e| panic!("saved in {saved_in:?}, restored in {jail:?}: {e}"));
+            assert_eq!(report.exit, VmExit::Guest(7), "restored in {jail:?}");
+            assert!(o.console.ends_with('P'), "{jail:?}: {:?}", o.console);
+        }
+    }
+    let file = dir.path().join("vm.snapshot");
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"?", 4096 + 2).unwrap();
+    let mut spec = spec(kernel.path(), rootfs.path());
+    spec.start = Start::Restore {
+        from: file,
+        identity: "tiny".into(),
+    };
+    let err = boot(
+        &this_test_binary(),
+        &spec,
+        &StopSignal::new().unwrap(),
+        None,
+    )
+    .result
+    .unwrap_err();
+    let Error::Vmm(failure) = err else {
+        panic!("{err}");
+    };
+    assert_eq!(failure.kind, FailureKind::Snapshot);
+    assert_eq!(
+        failure.message,
+        "snapshot: corrupted: the SHA-256 of the preamble and state does not match"
+    );
 }
 
 #[test]

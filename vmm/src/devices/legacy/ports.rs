@@ -1,13 +1,17 @@
 //! The two ports of the guest contract (docs/guest-contract.md): the exit port, whose one-byte
 //! write ends the VM with that status, and the boot timer, where init writes `I` as its first
 //! action (timestamped) and `R` once its console takes input (the host then releases input).
+//! A VM that is to be saved (`Start::Save`) is saved when the byte its spec names comes.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use contract::ports::{CONSOLE_READY, INIT_STARTED, TEMPLATE_READY};
 
+use vmm_sys_util::eventfd::EventFd;
+
 use crate::devices::bus::BusDevice;
+use crate::kvm::VmControl;
 use crate::vm::ConsoleReady;
 use crate::vm::VmExit;
 
@@ -27,13 +31,28 @@ impl BusDevice for ExitPort {
 }
 
 /// Port 0x3f0: records the time since `start` at the first `I`; opens the console on `R`;
-/// signals `template` on `T`.
+/// signals `template` on `T`; signals the save trigger on its byte.
 #[derive(Debug)]
 pub struct BootTimer {
     start: Instant,
     reached: Arc<OnceLock<Duration>>,
     ready: ConsoleReady,
     template: ConsoleReady,
+    save: Option<SaveTrigger>,
+}
+
+/// The byte at which the VM is saved: the vCPU that writes it asks for a pause (and so parks
+/// right after the write) and wakes the save (crate::snapshot::save) through `evt`.
+pub struct SaveTrigger {
+    pub at: u8,
+    pub evt: EventFd,
+    pub control: Arc<VmControl>,
+}
+
+impl std::fmt::Debug for SaveTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaveTrigger").field("at", &self.at).finish()
+    }
 }
 
 impl BootTimer {
@@ -42,12 +61,14 @@ impl BootTimer {
         reached: Arc<OnceLock<Duration>>,
         ready: ConsoleReady,
         template: ConsoleReady,
+        save: Option<SaveTrigger>,
     ) -> Self {
         BootTimer {
             start,
             reached,
             ready,
             template,
+            save,
         }
     }
 }
@@ -69,6 +90,14 @@ impl BusDevice for BootTimer {
             Some(&TEMPLATE_READY) => self.template.signal(),
             _ => {}
         }
+        if let (Some(save), Some(&byte)) = (&self.save, data.first()) {
+            if byte == save.at {
+                // A VM already pausing or stopping is left to that.
+                if save.control.request_pause().is_ok() {
+                    let _ = save.evt.write(1);
+                }
+            }
+        }
         None
     }
 }
@@ -88,7 +117,12 @@ mod tests {
     #[test]
     fn boot_timer_keeps_the_first_init_byte() {
         let reached = Arc::new(OnceLock::new());
-        let mut t = BootTimer::new(Instant::now(), reached.clone(), ConsoleReady::default());
+        let mut t = BootTimer::new(
+            Instant::now(),
+            reached.clone(),
+            ConsoleReady::default(),
+            None,
+        );
         t.write(0, b"x");
         assert!(reached.get().is_none(), "only `I` marks init");
         assert_eq!(t.write(0, b"I"), None);
@@ -106,11 +140,41 @@ mod tests {
             Arc::new(OnceLock::new()),
             ready.clone(),
             ConsoleReady::default(),
+            None,
         );
         let waiter = std::thread::spawn(move || ready.wait());
         std::thread::sleep(Duration::from_millis(10));
         assert!(!waiter.is_finished());
         t.write(0, b"R");
         waiter.join().unwrap();
+    }
+
+    #[test]
+    fn boot_timer_triggers_the_save_at_its_byte() {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let control = Arc::new(VmControl::new(0).unwrap());
+        let save = SaveTrigger {
+            at: b'T',
+            evt: evt.try_clone().unwrap(),
+            control: control.clone(),
+        };
+        let mut t = BootTimer::new(
+            Instant::now(),
+            Arc::new(OnceLock::new()),
+            ConsoleReady::default(),
+            ConsoleReady::default(),
+            Some(save),
+        );
+        t.write(0, b"I");
+        t.write(0, b"R");
+        assert!(evt.read().is_err(), "not at other bytes");
+        assert_eq!(control.state(), crate::kvm::control::RunState::Running);
+        assert_eq!(t.write(0, b"T"), None, "the VM ends once saved");
+        assert_eq!(evt.read().unwrap(), 1);
+        assert_eq!(
+            control.state(),
+            crate::kvm::control::RunState::Paused,
+            "paused at once (this VM has no parties)"
+        );
     }
 }

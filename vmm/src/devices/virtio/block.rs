@@ -16,7 +16,8 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 
-use super::{read_config_bytes, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
+use super::{read_config_bytes, VirtioDevice, VirtioState, RING_FEATURES, VIRTIO_F_VERSION_1};
+use crate::devices::persist::RestoreError;
 use crate::memory::GuestMemory;
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -213,6 +214,23 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
+    }
+
+    /// Nothing beyond the transport's: a request is served whole while the VM runs.
+    fn save_state(&self) -> Option<VirtioState> {
+        Some(VirtioState::Block)
+    }
+
+    /// The disk stays this device's file, with its own capacity: a driver that probes the
+    /// device again (after a reset) sees the new size.
+    fn restore_state(&mut self, state: &VirtioState) -> Result<(), RestoreError> {
+        match state {
+            VirtioState::Block => Ok(()),
+            other => Err(RestoreError::DeviceKind {
+                saved: other.kind(),
+                device: self.device_type(),
+            }),
+        }
     }
 
     /// Serves one request; returns the number of bytes written into the chain.
@@ -669,5 +687,67 @@ mod tests {
         assert_eq!(serve_one(&s, true, &vq), (0, STATUS_UNTOUCHED));
         header(&s.mem, VIRTIO_BLK_T_IN, 0);
         assert_eq!(run_indirect(&s, &good, 0x10_0000), (0, STATUS_UNTOUCHED));
+    }
+
+    /// A disk restored from a snapshot on another, larger file: the driver that resets the
+    /// device and initializes it again (an unbind and bind in the guest) reads the new size,
+    /// and the device serves the new file.
+    #[test]
+    fn a_restored_disk_is_the_new_file_after_a_reset() {
+        use std::sync::Arc;
+
+        use crate::devices::bus::BusDevice;
+        use crate::devices::legacy::IrqLine;
+        use crate::devices::persist::{through_json, Persist};
+        use crate::devices::virtio::mmio::{MmioTransport, TransportArgs};
+        use crate::devices::virtio::test_util::NoIoeventfd;
+        use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_STATUS};
+
+        let s = setup();
+        let mem = Arc::new(s.mem.clone());
+        let layout = [(test_util::QUEUE_SIZE, 0, 0x1000, 0x2000)];
+        let transport = |device: Block| {
+            MmioTransport::new(
+                Box::new(device),
+                mem.clone(),
+                IrqLine::new().unwrap(),
+                Arc::new(NoIoeventfd),
+                0xd000_0000,
+            )
+            .unwrap()
+        };
+        let mut old = transport(Block::open(s.disk.path(), false, "old").unwrap());
+        test_util::configure(&mut old, &layout);
+        test_util::driver_ok(&mut old);
+        let saved = through_json(&old.save());
+        let device_state = through_json(&old.device_state().unwrap());
+
+        let bigger = tempfile::NamedTempFile::new().unwrap();
+        bigger
+            .as_file()
+            .set_len(4 * DISK_SECTORS * SECTOR_SIZE)
+            .unwrap();
+        let mut device = Block::open(bigger.path(), false, "new").unwrap();
+        device.restore_state(&device_state).unwrap();
+        let args = TransportArgs {
+            device: Box::new(device),
+            mem: mem.clone(),
+            irq: IrqLine::new().unwrap(),
+            notify: Arc::new(NoIoeventfd),
+            base: 0xd000_0000,
+        };
+        let mut t = MmioTransport::restore(args, &saved).unwrap();
+        assert!(t.is_active(), "live again as saved");
+        t.write(u64::from(VIRTIO_MMIO_STATUS), &0u32.to_le_bytes());
+        assert!(!t.is_active());
+        test_util::configure(&mut t, &layout);
+        test_util::driver_ok(&mut t);
+        let mut capacity = [0u8; 8];
+        t.read(u64::from(VIRTIO_MMIO_CONFIG), &mut capacity);
+        assert_eq!(u64::from_le_bytes(capacity), 4 * DISK_SECTORS);
+        assert!(Block::open(s.disk.path(), false, "x")
+            .unwrap()
+            .restore_state(&VirtioState::Rng)
+            .is_err());
     }
 }

@@ -66,6 +66,17 @@ impl Cursor {
         self.0 -= 1;
     }
 
+    /// Where the cursor is in the available ring, for a snapshot.
+    pub fn position(&self) -> u16 {
+        self.0 .0
+    }
+
+    /// A cursor at `position`, as a snapshot saved it. A position the queue cannot have makes
+    /// [`pop`](Self::pop) fail, as a driver's bad index does.
+    pub fn at(position: u16) -> Self {
+        Cursor(Wrapping(position))
+    }
+
     /// The queue was reset: its rings start again at 0.
     pub fn reset(&mut self) {
         self.0 = Wrapping(0);

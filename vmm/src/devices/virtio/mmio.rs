@@ -115,6 +115,12 @@ impl MmioTransport {
         self.active
     }
 
+    /// The state of the device behind the transport, for a snapshot (`None`: it cannot be
+    /// saved).
+    pub fn device_state(&self) -> Option<super::VirtioState> {
+        self.device.save_state()
+    }
+
     pub fn status(&self) -> u32 {
         self.status
     }

@@ -22,6 +22,9 @@ use std::os::fd::RawFd;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
+use serde::{Deserialize, Serialize};
+
+use crate::devices::persist::RestoreError;
 use crate::memory::GuestMemory;
 
 /// Feature bit 32: virtio 1.x semantics (the only ones this transport offers).
@@ -70,6 +73,19 @@ pub trait VirtioDevice: Send {
     ) -> Result<bool, virtio_queue::Error> {
         serve_available(self, index, queue, mem)
     }
+    /// What a snapshot keeps of the device besides its transport (crate::devices::persist);
+    /// `None` for a device that cannot be saved.
+    fn save_state(&self) -> Option<VirtioState> {
+        None
+    }
+    /// Takes back `state` into this fresh device (before its transport is restored); refuses a
+    /// state of another kind of device, or one it could not be in.
+    fn restore_state(&mut self, state: &VirtioState) -> Result<(), RestoreError> {
+        Err(RestoreError::DeviceKind {
+            saved: state.kind(),
+            device: self.device_type(),
+        })
+    }
     /// The driver set DRIVER_OK: the queues are set up and the device may start its backend.
     fn activate(&mut self) {}
     /// The driver reset the device.
@@ -91,6 +107,28 @@ pub trait VirtioDevice: Send {
         _mem: &GuestMemory,
     ) -> Result<BackendWork, virtio_queue::Error> {
         Ok(BackendWork::default())
+    }
+}
+
+/// The state of the device behind a transport, by kind of device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VirtioState {
+    /// Nothing: the disk is the restoring spec's file, its capacity that file's.
+    Block,
+    Rng,
+    Net(net::NetState),
+    Vsock(vsock::VsockState),
+}
+
+impl VirtioState {
+    /// The device kind, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VirtioState::Block => "virtio-blk",
+            VirtioState::Rng => "virtio-rng",
+            VirtioState::Net(_) => "virtio-net",
+            VirtioState::Vsock(_) => "virtio-vsock",
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{DescriptorChain, Writer};
 
-use super::{VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
+use super::{VirtioDevice, VirtioState, RING_FEATURES, VIRTIO_F_VERSION_1};
 use crate::devices::persist::{Persist, RestoreError};
 use crate::memory::GuestMemory;
 
@@ -74,6 +74,20 @@ impl VirtioDevice for Rng {
 
     fn features(&self) -> u64 {
         VIRTIO_F_VERSION_1 | RING_FEATURES
+    }
+
+    fn save_state(&self) -> Option<VirtioState> {
+        Some(VirtioState::Rng)
+    }
+
+    fn restore_state(&mut self, state: &VirtioState) -> Result<(), RestoreError> {
+        match state {
+            VirtioState::Rng => Ok(()),
+            other => Err(RestoreError::DeviceKind {
+                saved: other.kind(),
+                device: self.device_type(),
+            }),
+        }
     }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {

@@ -8,15 +8,17 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::{Error, Link, ETH_HLEN, MAX_FRAME};
+use crate::devices::persist::RestoreError;
 use crate::devices::virtio::cursor::Cursor;
 use crate::devices::virtio::{
-    read_config_bytes, BackendWork, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1,
+    read_config_bytes, BackendWork, VirtioDevice, VirtioState, RING_FEATURES, VIRTIO_F_VERSION_1,
 };
 use crate::memory::GuestMemory;
 
@@ -45,6 +47,15 @@ pub struct Net<L: Link> {
     tx: Cursor,
     /// The frame of the transmit chain being served.
     frame: Vec<u8>,
+}
+
+/// What a snapshot keeps of the device: how far it took each queue's buffers (the transport's
+/// queue state says how far it has seen them). The link is the restoring spec's; frames on
+/// their way through the old one are lost, as on a wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetState {
+    pub rx_cursor: u16,
+    pub tx_cursor: u16,
 }
 
 /// What became of a receive chain offered a frame.
@@ -303,6 +314,27 @@ impl<L: Link> VirtioDevice for Net<L> {
             RX => self.rx.see_all(queue, mem).map(|()| false),
             TX => self.serve_tx(queue, mem),
             _ => Ok(false),
+        }
+    }
+
+    fn save_state(&self) -> Option<VirtioState> {
+        Some(VirtioState::Net(NetState {
+            rx_cursor: self.rx.position(),
+            tx_cursor: self.tx.position(),
+        }))
+    }
+
+    fn restore_state(&mut self, state: &VirtioState) -> Result<(), RestoreError> {
+        match state {
+            VirtioState::Net(s) => {
+                self.rx = Cursor::at(s.rx_cursor);
+                self.tx = Cursor::at(s.tx_cursor);
+                Ok(())
+            }
+            other => Err(RestoreError::DeviceKind {
+                saved: other.kind(),
+                device: self.device_type(),
+            }),
         }
     }
 

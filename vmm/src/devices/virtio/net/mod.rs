@@ -19,7 +19,7 @@ mod tests;
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 
-pub use device::Net;
+pub use device::{Net, NetState};
 pub use passt::HelperThreads;
 pub use stream::Stream;
 pub use tap::Tap;

@@ -719,3 +719,26 @@ fn forged_frames_never_reach_the_hosts_loopback() {
     assert_eq!(link.connect([127, 0, 0, 1], port, 40021), None);
     assert!(!accepted(&listener));
 }
+
+/// A snapshot keeps the device's cursors (through JSON, as the file does), and a state of
+/// another kind of device is refused.
+#[test]
+fn cursors_round_trip_through_a_snapshot() {
+    use crate::devices::persist::{through_json, RestoreError};
+    use crate::devices::virtio::{VirtioDevice, VirtioState};
+    let mem = test_util::memory();
+    let (mut dev, _peer, _queues) = device(&mem);
+    let state = VirtioState::Net(NetState {
+        rx_cursor: 5,
+        tx_cursor: 65_535,
+    });
+    dev.restore_state(&through_json(&state)).unwrap();
+    assert_eq!(dev.save_state(), Some(state));
+    let (mut fresh, _peer, _queues) = device(&mem);
+    let err = fresh.restore_state(&VirtioState::Rng).unwrap_err();
+    assert!(matches!(err, RestoreError::DeviceKind { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "the state of a virtio-rng device saved for a device of type 1"
+    );
+}

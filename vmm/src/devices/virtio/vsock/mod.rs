@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use contract::hybrid::ok_line;
 use contract::{GUEST_CID, HOST_CID};
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -46,7 +47,8 @@ use self::host::{Connector, DeviceSide, HostSide};
 use self::packet::{ChainBuffers, Header, Op, HEADER_SIZE, MAX_PAYLOAD, TYPE_STREAM};
 use self::unix::Handshake;
 use super::cursor::Cursor;
-use super::{BackendWork, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
+use super::{BackendWork, VirtioDevice, VirtioState, RING_FEATURES, VIRTIO_F_VERSION_1};
+use crate::devices::persist::RestoreError;
 use crate::memory::GuestMemory;
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -116,6 +118,15 @@ struct Control {
     conn: Option<u64>,
     op: Op,
     flags: u32,
+}
+
+/// What a snapshot keeps of the device: how far it took the receive queue's buffers.
+/// Connections are not kept: a restored device has none, and answers a guest packet for one
+/// it does not know with a reset, as for any unknown connection. (A snapshot is taken where
+/// the guest has listeners only.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockState {
+    pub rx_cursor: u16,
 }
 
 pub struct Vsock {
@@ -757,6 +768,25 @@ impl VirtioDevice for Vsock {
             _ => queue.avail_idx(mem, Ordering::Acquire).map(|idx| {
                 queue.set_next_avail(idx.0);
                 false
+            }),
+        }
+    }
+
+    fn save_state(&self) -> Option<VirtioState> {
+        Some(VirtioState::Vsock(VsockState {
+            rx_cursor: self.rx_cursor.position(),
+        }))
+    }
+
+    fn restore_state(&mut self, state: &VirtioState) -> Result<(), RestoreError> {
+        match state {
+            VirtioState::Vsock(s) => {
+                self.rx_cursor = Cursor::at(s.rx_cursor);
+                Ok(())
+            }
+            other => Err(RestoreError::DeviceKind {
+                saved: other.kind(),
+                device: self.device_type(),
             }),
         }
     }

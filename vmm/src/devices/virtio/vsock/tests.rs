@@ -903,3 +903,18 @@ fn served_by_the_device_thread() {
     control.stop(Ok(crate::vm::VmExit::Stopped));
     thread.join().unwrap().unwrap();
 }
+
+/// A snapshot keeps the receive cursor (through JSON, as the file does); a state of another
+/// kind of device is refused.
+#[test]
+fn the_receive_cursor_round_trips_through_a_snapshot() {
+    use crate::devices::persist::{through_json, RestoreError};
+    use crate::devices::virtio::VirtioState;
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = Vsock::new(&dir.path().join("v.sock")).unwrap();
+    let state = VirtioState::Vsock(VsockState { rx_cursor: 300 });
+    dev.restore_state(&through_json(&state)).unwrap();
+    assert_eq!(dev.save_state(), Some(state));
+    let err = dev.restore_state(&VirtioState::Block).unwrap_err();
+    assert!(matches!(err, RestoreError::DeviceKind { .. }), "{err}");
+}

@@ -1,0 +1,212 @@
+//! Snapshots of a whole VM on our VMM (`Start::Save`, `Start::Restore`): what KVM holds
+//! (crate::kvm::state), every device's state (crate::devices::persist) and guest memory, in
+//! one file ([`format`]) that a restore maps instead of reading ([`memory`]).
+//!
+//! A snapshot is restored only by the VMM build that saved it, on a host with the same CPUID,
+//! for the identity it was saved for, into a VM of the same memory size, vCPU count and kinds
+//! of devices in the same order ([`Header`]); anything else is refused with one line naming
+//! what differs ([`Error`]).
+
+pub mod format;
+pub mod memory;
+pub mod save;
+
+use serde::{Deserialize, Serialize};
+
+use crate::devices::legacy::cmos::CmosState;
+use crate::devices::legacy::i8042::I8042State;
+use crate::devices::legacy::serial::SerialState;
+use crate::devices::persist::RestoreError;
+use crate::devices::virtio::mmio::TransportState;
+use crate::devices::virtio::VirtioState;
+use crate::kvm::state::{VcpuState, VmState};
+use crate::vm::{Device, VmSpec};
+
+/// This VMM's version and build: the crate's version and a hash of its sources (build.rs).
+pub const VMM_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("NODEOS_VMM_BUILD"));
+
+/// Why a snapshot was not saved or not restored: one line each.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("snapshot: cannot {what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("snapshot: not a snapshot of this VMM (no nodeos-vm snapshot magic)")]
+    Magic,
+    #[error("snapshot: format version {found}; this VMM reads version {supported}")]
+    Version { found: u32, supported: u32 },
+    #[error("snapshot: truncated or overlong: {len} bytes, {expected} expected")]
+    Size { len: u64, expected: u64 },
+    #[error("snapshot: corrupted: {0}")]
+    Corrupted(String),
+    #[error("snapshot: saved by VMM {saved}; this is VMM {this}")]
+    VmmVersion { saved: String, this: String },
+    #[error("snapshot: taken on another CPU (host CPUID hash {saved}, this host's {this})")]
+    Cpu { saved: String, this: String },
+    #[error("snapshot: saved for identity {saved:?}, not {asked:?}")]
+    Identity { saved: String, asked: String },
+    #[error("snapshot: {saved} MiB of memory saved, the VM has {spec} MiB")]
+    Memory { saved: u32, spec: u32 },
+    #[error("snapshot: {saved} vCPUs saved, the VM has {spec}")]
+    Cpus { saved: u8, spec: u8 },
+    #[error("snapshot: devices {saved:?} saved, the VM has {spec:?}")]
+    Devices {
+        saved: Vec<DeviceKind>,
+        spec: Vec<DeviceKind>,
+    },
+    #[error("snapshot: virtio device {index} (type {device_type}) cannot be saved")]
+    NotSaveable { index: usize, device_type: u32 },
+    #[error("snapshot: restoring virtio device {index}")]
+    Device {
+        index: usize,
+        #[source]
+        source: RestoreError,
+    },
+    #[error("snapshot: restoring the {what}")]
+    Legacy {
+        what: &'static str,
+        #[source]
+        source: RestoreError,
+    },
+    #[error("snapshot: KVM state")]
+    Kvm(#[from] crate::kvm::Error),
+}
+
+/// A kind of device of a [`VmSpec`], in a snapshot's device list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceKind {
+    Block,
+    Rng,
+    Net,
+    AgentLink,
+}
+
+impl From<&Device> for DeviceKind {
+    fn from(device: &Device) -> Self {
+        match device {
+            Device::Block(_) => DeviceKind::Block,
+            Device::Rng => DeviceKind::Rng,
+            Device::Net(_) => DeviceKind::Net,
+            Device::AgentLink(_) => DeviceKind::AgentLink,
+        }
+    }
+}
+
+/// What a snapshot was taken of, and by whom: checked before anything else is restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub vmm_version: String,
+    /// SHA-256 of KVM_GET_SUPPORTED_CPUID (crate::kvm::Vm::host_cpuid_hash).
+    pub host_cpuid: String,
+    pub identity: String,
+    pub memory_mib: u32,
+    pub cpus: u8,
+    pub devices: Vec<DeviceKind>,
+}
+
+impl Header {
+    /// The header of a snapshot of `spec`'s VM for `identity`, by this VMM on this host.
+    pub fn new(spec: &VmSpec, identity: &str, host_cpuid: String) -> Header {
+        Header {
+            vmm_version: VMM_VERSION.to_string(),
+            host_cpuid,
+            identity: identity.to_string(),
+            memory_mib: spec.memory_mib,
+            cpus: spec.cpus,
+            devices: spec.devices.iter().map(DeviceKind::from).collect(),
+        }
+    }
+
+    /// Refuses `saved` where it differs from this one (what the restore expects): names the
+    /// first difference.
+    pub fn check(&self, saved: &Header) -> Result<(), Error> {
+        if saved.vmm_version != self.vmm_version {
+            return Err(Error::VmmVersion {
+                saved: saved.vmm_version.clone(),
+                this: self.vmm_version.clone(),
+            });
+        }
+        if saved.host_cpuid != self.host_cpuid {
+            return Err(Error::Cpu {
+                saved: saved.host_cpuid.clone(),
+                this: self.host_cpuid.clone(),
+            });
+        }
+        if saved.identity != self.identity {
+            return Err(Error::Identity {
+                saved: saved.identity.clone(),
+                asked: self.identity.clone(),
+            });
+        }
+        if saved.memory_mib != self.memory_mib {
+            return Err(Error::Memory {
+                saved: saved.memory_mib,
+                spec: self.memory_mib,
+            });
+        }
+        if saved.cpus != self.cpus {
+            return Err(Error::Cpus {
+                saved: saved.cpus,
+                spec: self.cpus,
+            });
+        }
+        if saved.devices != self.devices {
+            return Err(Error::Devices {
+                saved: saved.devices.clone(),
+                spec: self.devices.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Everything of a VM but its memory.
+#[derive(Serialize, Deserialize)]
+pub struct Snapshot {
+    pub header: Header,
+    pub vm: VmState,
+    pub vcpus: Vec<VcpuState>,
+    pub devices: DevicesState,
+}
+
+impl Snapshot {
+    /// Refuses a snapshot whose parts disagree with its own header (a state that checks out
+    /// but was put together wrongly).
+    fn check_consistent(&self) -> Result<(), Error> {
+        let corrupted = |what: String| Err(Error::Corrupted(what));
+        if self.vcpus.len() != usize::from(self.header.cpus) {
+            return corrupted(format!(
+                "{} vCPU states for {} vCPUs",
+                self.vcpus.len(),
+                self.header.cpus
+            ));
+        }
+        if self.devices.virtio.len() != self.header.devices.len() {
+            return corrupted(format!(
+                "{} device states for {} devices",
+                self.devices.virtio.len(),
+                self.header.devices.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The devices' states: the legacy ones, then each virtio device's transport and device, in
+/// the spec's order.
+#[derive(Serialize, Deserialize)]
+pub struct DevicesState {
+    pub serial: SerialState,
+    pub i8042: I8042State,
+    pub cmos: CmosState,
+    pub virtio: Vec<VirtioDeviceState>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct VirtioDeviceState {
+    pub transport: TransportState,
+    pub device: VirtioState,
+}

@@ -1,0 +1,97 @@
+//! Saving a running VM (`Start::Save`): the vCPU that writes the save byte to the boot-timer
+//! port asks for a pause (devices::legacy::ports::SaveTrigger) and parks right after the
+//! write; the save, on its own thread, waits until every vCPU has parked (each leaves its state
+//! as it does, crate::kvm::state::VcpuStates), reads KVM's and the devices' state, writes the
+//! file and ends the VM with [`VmExit::Saved`].
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{format, DevicesState, Error, Header, Snapshot, VirtioDeviceState};
+use crate::devices::legacy::cmos::Cmos;
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::serial::{ConsoleWriter, Serial};
+use crate::devices::persist::Persist;
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::{lock, Lifecycle};
+use crate::kvm::state::VcpuStates;
+use crate::kvm::vcpu::RunError;
+use crate::kvm::{Vm, VmControl};
+use crate::memory::SharedMemory;
+use crate::vm::VmExit;
+
+/// What a save reads, and where it writes.
+pub struct Saver {
+    /// Where the snapshot goes: the caller's file, written from its start.
+    pub file: File,
+    pub header: Header,
+    /// Readable once the guest wrote the save byte (devices::legacy::ports::BootTimer).
+    pub trigger: EventFd,
+    pub vm: Arc<Vm>,
+    pub vcpus: Arc<VcpuStates>,
+    pub serial: Arc<Mutex<Serial<ConsoleWriter>>>,
+    pub i8042: Arc<Mutex<I8042>>,
+    pub cmos: Arc<Mutex<Cmos>>,
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub mem: SharedMemory,
+}
+
+impl Saver {
+    /// Waits for the trigger, or the VM's end; then for the pause to hold, saves the VM and
+    /// ends it: with [`VmExit::Saved`] once the file is on disk, with the error otherwise.
+    pub fn run(self, control: &VmControl) {
+        let watched = [control.stop_evt().as_raw_fd(), self.trigger.as_raw_fd()];
+        if crate::poll::first_readable(&watched, None) != Some(1) {
+            return;
+        }
+        if control.wait_paused().is_err() {
+            // The VM ended meanwhile: its outcome stands.
+            return;
+        }
+        let started = Instant::now();
+        control.stop(match self.save() {
+            Ok(written) => {
+                tracing::debug!(
+                    "snapshot saved in {:?}: {written} bytes of memory written",
+                    started.elapsed()
+                );
+                Ok(VmExit::Saved)
+            }
+            Err(e) => Err(RunError::Snapshot(e)),
+        });
+    }
+
+    /// Writes the paused VM to the file; returns the bytes of memory written.
+    fn save(&self) -> Result<u64, Error> {
+        let virtio = self
+            .transports
+            .iter()
+            .enumerate()
+            .map(|(index, t)| {
+                let t = lock(t);
+                let transport = t.save();
+                let device = t.device_state().ok_or(Error::NotSaveable {
+                    index,
+                    device_type: transport.device_type,
+                })?;
+                Ok(VirtioDeviceState { transport, device })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let snapshot = Snapshot {
+            header: self.header.clone(),
+            vm: self.vm.save_state()?,
+            vcpus: self.vcpus.take()?,
+            devices: DevicesState {
+                serial: lock(&self.serial).save(),
+                i8042: lock(&self.i8042).save(),
+                cmos: lock(&self.cmos).save(),
+                virtio,
+            },
+        };
+        format::write(&self.file, &snapshot, &self.mem)
+    }
+}
