@@ -55,8 +55,7 @@ impl std::error::Error for ActivationError {}
 impl<'a> arbitrary::Arbitrary<'a> for Activation {
     fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
         let params: String = u.arbitrary()?;
-        let params =
-            GuestParams::parse(&params).map_err(|_| arbitrary::Error::IncorrectFormat)?;
+        let params = GuestParams::parse(&params).map_err(|_| arbitrary::Error::IncorrectFormat)?;
         let entropy_len = u.int_in_range(MIN_ENTROPY..=MAX_ENTROPY)?;
         let activation = Activation {
             params,

@@ -11,8 +11,8 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
-use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::activation::{Activation, MAX_ENTROPY, MAX_HOSTNAME};
+use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::env::EnvVar;
 use crate::params::GuestParams;
 use crate::status;

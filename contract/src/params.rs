@@ -146,6 +146,9 @@ pub struct GuestParams {
     pub shell: Shell,
     /// No agent when absent.
     pub agent: Option<AgentTransport>,
+    /// Run Node.js and npm once before the template point (`nodeos.warm`), so that a snapshot
+    /// taken there holds them in its page cache.
+    pub warm: bool,
     /// Mounted in this order.
     pub volumes: Vec<Volume>,
     /// Only loopback when absent.
@@ -161,6 +164,7 @@ impl Default for GuestParams {
             upper: Upper::Tmpfs,
             shell: Shell::Repl,
             agent: None,
+            warm: false,
             volumes: Vec::new(),
             net: None,
         }
@@ -243,6 +247,10 @@ impl GuestParams {
                     _ => return Err("must be vsock or serial".into()),
                 }
             }
+            "warm" => match value {
+                "" => self.warm = true,
+                _ => return Err("takes no value".into()),
+            },
             "vol" => self.volumes.push(parse_volume(value)?),
             "net" => self.net = Some(parse_net(value)?),
             _ => {}
@@ -266,6 +274,9 @@ impl GuestParams {
             params.push(Param::Shell(self.shell));
         }
         params.extend(self.agent.map(Param::Agent));
+        if self.warm {
+            params.push(Param::Warm);
+        }
         params.extend(self.volumes.iter().map(Param::Vol));
         params.extend(self.net.as_ref().map(Param::Net));
         params
@@ -294,6 +305,7 @@ enum Param<'a> {
     Upper(&'a Upper),
     Shell(Shell),
     Agent(AgentTransport),
+    Warm,
     Vol(&'a Volume),
     Net(&'a NetConfig),
 }
@@ -308,9 +320,11 @@ impl Param<'_> {
                 check_volume_device(&volume.device).and(check_mount_point(&volume.mount_point))
             }
             Param::Net(net) => check_prefix(net.prefix),
-            Param::Console(_) | Param::Upper(Upper::Tmpfs) | Param::Shell(_) | Param::Agent(_) => {
-                Ok(())
-            }
+            Param::Console(_)
+            | Param::Upper(Upper::Tmpfs)
+            | Param::Shell(_)
+            | Param::Agent(_)
+            | Param::Warm => Ok(()),
         };
         checked.map_err(|why| ParamError {
             word: self.to_string(),
@@ -329,6 +343,7 @@ impl fmt::Display for Param<'_> {
             Param::Upper(Upper::Disk(device)) => write!(f, "nodeos.upper={device}"),
             Param::Shell(shell) => write!(f, "nodeos.shell={}", shell.as_str()),
             Param::Agent(agent) => write!(f, "nodeos.agent={}", agent.as_str()),
+            Param::Warm => write!(f, "nodeos.warm"),
             Param::Vol(v) => write!(
                 f,
                 "nodeos.vol={}:{}:{}",

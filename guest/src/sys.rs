@@ -82,14 +82,6 @@ pub fn umount(target: &Path, flags: libc::c_int) -> Result<()> {
         .map_err(|e| Error::sys(format!("unmount {}", target.display()), e))
 }
 
-/// Sets the hostname.
-pub fn sethostname(name: &str) -> Result<()> {
-    // SAFETY: the pointer and length are `name`'s, alive during the call.
-    cvt(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
-        .map(drop)
-        .map_err(|e| Error::sys(format!("set the hostname to {name}"), e))
-}
-
 /// pivot_root(2): `new_root` becomes `/`, the old root is moved to `put_old`.
 pub fn pivot_root(new_root: &Path, put_old: &Path) -> Result<()> {
     let c_new = cstring(new_root)?;

@@ -1,6 +1,6 @@
-//! The host side of the guest agent (docs/agent-protocol.md): waiting for it to say it is
-//! ready and answering with the guest's environment (which never goes on the kernel command
-//! line: contract::env), running commands through it (a [`Session`] the caller drives, or [`exec`], which
+//! The host side of the guest agent (docs/agent-protocol.md): activating the guest once it
+//! waits at its template point (its parameters and environment, which never go on the kernel
+//! command line: contract::activation), running commands through it (a [`Session`] the caller drives, or [`exec`], which
 //! streams a command's output to ours), and receiving a folder's tree ([`TreeExport`]).
 //!
 //! It speaks to the VM's agent socket, which is the same hybrid-vsock Unix socket on both
@@ -8,7 +8,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,10 +21,12 @@ use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
 use vmm::poll::first_readable;
 
+use crate::activation;
 use contract::env::EnvVar;
 use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
-use contract::{hybrid, AGENT_PORT, READY_PORT};
-use vmm::vm::StopSignal;
+use contract::params::GuestParams;
+use contract::{hybrid, AGENT_PORT};
+use vmm::vm::{ConsoleReady, StopSignal};
 use vmm_sys_util::eventfd::EventFd;
 
 /// What to run in the guest.
@@ -54,12 +56,6 @@ pub enum Outcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("listening for the guest agent on {path}")]
-    Listen {
-        path: std::path::PathBuf,
-        #[source]
-        source: io::Error,
-    },
     #[error("the VM ended before its agent was ready")]
     EndedBeforeReady,
     #[error("the guest agent was not ready after {0:?}")]
@@ -86,89 +82,120 @@ pub enum Error {
     Handshake(Duration),
     #[error("the guest agent could not send the folder: {0}")]
     Export(String),
-    #[error("starting the thread that answers the guest agent's hello")]
+    #[error("starting the thread that activates the guest")]
     HandshakeThread(#[source] io::Error),
-    #[error("the thread that answers the guest agent's hello panicked")]
+    #[error("the thread that activates the guest panicked")]
     HandshakePanicked,
-}
-
-/// Listens where the agent says it is ready: `<socket>_1025`.
-pub fn listen_ready(socket: &Path) -> Result<UnixListener, Error> {
-    let path = hybrid::host_listener_path(socket, READY_PORT);
-    let _ = std::fs::remove_file(&path);
-    UnixListener::bind(&path).map_err(|source| Error::Listen { path, source })
+    #[error(transparent)]
+    Entropy(#[from] activation::EntropyError),
+    #[error("the guest could not be set up: {0}")]
+    Activation(String),
 }
 
 /// How long the agent may take to answer our hello (and the hybrid vsock handshake before it)
 /// when the caller gives no earlier deadline: it answers at once when it is well.
 pub const HANDSHAKE_TIME: Duration = Duration::from_secs(30);
 
-/// Waits until the agent connects to `listener` and says hello, the VM ends, or `timeout`
-/// (however slowly the guest sends its hello); answers the agent with the guest's
-/// environment, `env`, by the same deadline.
-pub fn wait_ready(
-    listener: &UnixListener,
-    ended: &EventFd,
-    timeout: Duration,
-    env: &[EnvVar],
-) -> Result<(), Error> {
-    let deadline = Instant::now() + timeout;
-    match first_readable(&[listener.as_raw_fd(), ended.as_raw_fd()], Some(timeout)) {
-        Some(0) => {}
-        Some(_) => return Err(Error::EndedBeforeReady),
-        None => return Err(Error::NotReady(timeout)),
-    }
-    let (conn, _) = listener.accept().map_err(Error::Connect)?;
-    let mut writer = conn.try_clone().map_err(Error::Connect)?;
-    match Replies::new(conn).next(&[ended.as_raw_fd()], Some(deadline))? {
-        Next::Reply(Reply::Hello { version }) => check_version(version)?,
-        Next::Reply(_) => return Err(Error::Unexpected("another message than hello when ready")),
-        Next::Woken(_) => return Err(Error::EndedBeforeReady),
-        Next::TimedOut => return Err(Error::NotReady(timeout)),
-        Next::End => return Err(Error::Frame(FrameError::Truncated)),
-    }
-    // A guest that does not read its answer holds us no longer than the deadline.
-    let left = deadline.saturating_duration_since(Instant::now());
-    writer
-        .set_write_timeout(Some(left.max(Duration::from_millis(1))))
-        .map_err(Error::Connect)?;
-    frame::write_request(&mut writer, &Request::Env(env.to_vec())).map_err(FrameError::Io)?;
-    Ok(())
+/// How often a restored VM's agent socket is looked for until its backend has made it.
+const SOCKET_POLL: Duration = Duration::from_millis(2);
+
+/// The guest's template point, as the host learns of it.
+pub enum TemplatePoint {
+    /// Readable once the guest has reached it (the boot timer's `T`): a cold boot.
+    Ahead(EventFd),
+    /// Passed already: a VM restored from a snapshot taken there.
+    Passed,
 }
 
-/// The agent's ready handshake on a thread of its own, for a VM whose agent nothing else
-/// talks to: `start`'s shell gets the guest's environment through it. The VM is stopped when
-/// the agent does not say it is ready in time (its shell would wait for ever).
+impl TemplatePoint {
+    /// One for a VM that boots, and the gate its backend signals.
+    pub fn ahead() -> Result<(TemplatePoint, ConsoleReady), Error> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::HandshakeThread)?;
+        let signal = evt.try_clone().map_err(Error::HandshakeThread)?;
+        let gate = ConsoleReady::notifying(move || {
+            let _ = signal.write(1);
+        });
+        Ok((TemplatePoint::Ahead(evt), gate))
+    }
+}
+
+/// Waits until the guest behind `socket` is at its template point, the VM ends, or `timeout`;
+/// then activates it as a VM of `params` and `env`, by the same deadline.
+pub fn activate(
+    socket: &Path,
+    point: &TemplatePoint,
+    ended: &EventFd,
+    timeout: Duration,
+    (params, env): (&GuestParams, &[EnvVar]),
+) -> Result<(), Error> {
+    let deadline = Instant::now() + timeout;
+    if let TemplatePoint::Ahead(reached) = point {
+        match first_readable(&[reached.as_raw_fd(), ended.as_raw_fd()], Some(timeout)) {
+            Some(0) => {}
+            Some(_) => return Err(Error::EndedBeforeReady),
+            None => return Err(Error::NotReady(timeout)),
+        }
+    }
+    let activation = activation::new(params.clone(), env.to_vec())?;
+    let request = [Request::Activate(Box::new(activation))];
+    let mut connected = connect(socket, &request, Some(ended), Some(deadline));
+    // A restored VM's backend may not have made its socket yet.
+    while let Err(Error::Connect(e)) = &connected {
+        let early = matches!(
+            e.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+        );
+        if !early
+            || Instant::now() > deadline
+            || first_readable(&[ended.as_raw_fd()], Some(SOCKET_POLL)).is_some()
+        {
+            break;
+        }
+        connected = connect(socket, &request, Some(ended), Some(deadline));
+    }
+    match connected {
+        Ok(_) => Ok(()),
+        Err(Error::Refused(why)) => Err(Error::Activation(why)),
+        Err(Error::EndedDuringCommand) => Err(Error::EndedBeforeReady),
+        Err(e) => Err(e),
+    }
+}
+
+/// The guest's activation on a thread of its own, for a VM whose agent nothing else talks
+/// to: `start`'s shell waits for it. The VM is stopped when the guest cannot be activated in
+/// time (its shell would wait for ever).
 pub struct Handshake {
     thread: JoinHandle<Result<(), Error>>,
     vm_ended: EventFd,
 }
 
 impl Handshake {
-    /// Listens on `socket`'s ready port now, before the VM boots, and answers with `env`.
+    /// Activates the guest behind `socket` once `point` is reached, as a VM of `params` and
+    /// `env`.
     pub fn spawn(
         socket: &Path,
-        env: Vec<EnvVar>,
+        point: TemplatePoint,
+        (params, env): (GuestParams, Vec<EnvVar>),
         timeout: Duration,
         stop: StopSignal,
     ) -> Result<Handshake, Error> {
-        let listener = listen_ready(socket)?;
         let vm_ended = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::HandshakeThread)?;
         let ended = vm_ended.try_clone().map_err(Error::HandshakeThread)?;
+        let socket = socket.to_path_buf();
         let thread = thread::Builder::new()
-            .name("agent-ready".into())
+            .name("agent-activate".into())
             .spawn(move || {
-                let answered = wait_ready(&listener, &ended, timeout, &env);
-                if answered.is_err() {
+                let activated = activate(&socket, &point, &ended, timeout, (&params, &env));
+                if activated.is_err() {
                     stop.stop();
                 }
-                answered
+                activated
             })
             .map_err(Error::HandshakeThread)?;
         Ok(Handshake { thread, vm_ended })
     }
 
-    /// Once the VM has ended: whether the agent got its answer. A VM that ended before its
+    /// Once the VM has ended: whether the guest was activated. A VM that ended before its
     /// agent was ready is not this handshake's failure (how the VM ended says why).
     pub fn finish(self) -> Result<(), Error> {
         let _ = self.vm_ended.write(1);
@@ -333,9 +360,10 @@ impl Session {
                     ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => {
                         Outcome::NotExecutable(message)
                     }
-                    ErrorKind::Protocol | ErrorKind::Version | ErrorKind::Export => {
-                        return Err(Error::Refused(message))
-                    }
+                    ErrorKind::Protocol
+                    | ErrorKind::Version
+                    | ErrorKind::Export
+                    | ErrorKind::Activate => return Err(Error::Refused(message)),
                 }),
                 Reply::Hello { .. } => return Err(Error::Unexpected("a second hello")),
                 Reply::TreeData(_) | Reply::TreeEnd => {
@@ -727,31 +755,93 @@ mod tests {
         ));
     }
 
-    /// The agent's hello when ready, cut short: the boot timeout still holds.
+    /// A guest that never reaches its template point holds the activation no longer than its
+    /// timeout; a VM that ends ends the wait.
     #[test]
-    fn a_ready_hello_cut_short_holds_no_longer_than_the_boot_timeout() {
+    fn the_template_point_is_awaited_no_longer_than_the_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
-        let listener = listen_ready(&socket).unwrap();
-        let mut guest =
-            UnixStream::connect(hybrid::host_listener_path(&socket, READY_PORT)).unwrap();
+        let params = GuestParams::default();
+        let (point, _gate) = TemplatePoint::ahead().unwrap();
+        let (s, p) = (socket.clone(), params.clone());
+        let result = without_blocking(move || {
+            activate(
+                &s,
+                &point,
+                &eventfd(),
+                Duration::from_millis(300),
+                (&p, &[]),
+            )
+        });
+        assert!(matches!(result, Err(Error::NotReady(_))), "{result:?}");
+        let (point, _gate) = TemplatePoint::ahead().unwrap();
+        let ended = eventfd();
+        ended.write(1).unwrap();
+        let result = activate(
+            &socket,
+            &point,
+            &ended,
+            Duration::from_secs(60),
+            (&params, &[]),
+        );
+        assert!(matches!(result, Err(Error::EndedBeforeReady)), "{result:?}");
+    }
+
+    /// The guest's answers to an activation: half a hello holds no longer than the timeout;
+    /// an error is the reason the guest could not be set up.
+    #[test]
+    fn activation_answers() {
+        let dir = tempfile::tempdir().unwrap();
         let hello = Reply::Hello {
             version: frame::VERSION,
         }
         .encode()
         .unwrap();
-        guest.write_all(&hello[..hello.len() - 1]).unwrap();
+        let socket = dir.path().join("a.sock");
+        let agent = stalling_agent(&socket, hello[..hello.len() - 1].to_vec());
         let result = without_blocking(move || {
-            wait_ready(&listener, &eventfd(), Duration::from_millis(300), &[])
+            let params = GuestParams::default();
+            let point = TemplatePoint::Passed;
+            activate(
+                &socket,
+                &point,
+                &eventfd(),
+                Duration::from_millis(300),
+                (&params, &[]),
+            )
         });
-        assert!(matches!(result, Err(Error::NotReady(_))), "{result:?}");
-        drop(guest);
+        assert!(matches!(result, Err(Error::Handshake(_))), "{result:?}");
+        agent.join().unwrap();
+
+        let socket = dir.path().join("b.sock");
+        let refusal = Reply::Error {
+            kind: ErrorKind::Activate,
+            message: "mount /dev/vdc on /app: Invalid argument".into(),
+        };
+        let agent = stalling_agent(&socket, refusal.encode().unwrap());
+        let result = without_blocking(move || {
+            let params = GuestParams::default();
+            let point = TemplatePoint::Passed;
+            activate(
+                &socket,
+                &point,
+                &eventfd(),
+                Duration::from_millis(300),
+                (&params, &[]),
+            )
+        });
+        let err = result.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the guest could not be set up: mount /dev/vdc on /app: Invalid argument"
+        );
+        agent.join().unwrap();
     }
 
     /// A fake agent behind the hybrid socket `path`: takes one connection, answers its
     /// `CONNECT`, sends `answer` and stalls until the host hangs up.
     fn stalling_agent(path: &Path, answer: Vec<u8>) -> std::thread::JoinHandle<()> {
-        let listener = UnixListener::bind(path).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
         std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
             assert_eq!(hybrid::read_line(&mut conn).unwrap(), b"CONNECT 1024");

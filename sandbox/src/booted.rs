@@ -5,18 +5,18 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::agent::{self, Command, Outcome, Session, TreeExport};
+use crate::agent::{self, Command, Outcome, Session, TemplatePoint, TreeExport};
 use crate::console::{self, ConsoleTail, TAIL_BYTES};
 use contract::env::EnvVar;
+use contract::params::GuestParams;
 use vmm::backend::{self, Backend};
-use vmm::vm::{RunReport, StopSignal, VmConfig, VmExit};
+use vmm::vm::{RunReport, Start, StopSignal, VmConfig, VmExit};
 
 /// How long a guest may take to boot and report its agent ready.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -76,9 +76,11 @@ pub struct Sandbox {
     /// Signalled when the VM has ended, whatever the reason.
     ended: EventFd,
     console: Console,
-    ready: UnixListener,
+    /// Where the guest is: booting towards its template point, or restored past it.
+    point: TemplatePoint,
     socket: PathBuf,
-    /// The guest's environment, for the agent's ready handshake.
+    /// The VM's guest parameters and environment, for its activation.
+    params: GuestParams,
     env: Vec<EnvVar>,
 }
 
@@ -89,8 +91,7 @@ impl Sandbox {
             .agent_socket
             .clone()
             .expect("a sandbox VM has an agent socket");
-        // Listen before the guest can say it is ready.
-        let ready = agent::listen_ready(&socket)?;
+        let params = config.guest_params();
         let env = config.env.clone();
         let (console, output): (Console, OwnedFd) = match log {
             ConsoleLog::Tail => {
@@ -102,7 +103,15 @@ impl Sandbox {
                 (Console::File(path), output)
             }
         };
-        let io = console::headless(output)?;
+        let mut io = console::headless(output)?;
+        let point = match config.start {
+            Start::Restore { .. } => TemplatePoint::Passed,
+            Start::Boot | Start::Save { .. } => {
+                let (point, gate) = TemplatePoint::ahead()?;
+                io.template = gate;
+                point
+            }
+        };
         let stop = StopSignal::new().map_err(Error::Setup)?;
         let ended = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Setup)?;
         let (s, e) = (stop.clone(), ended.try_clone().map_err(Error::Setup)?);
@@ -119,8 +128,9 @@ impl Sandbox {
             stop,
             ended,
             console,
-            ready,
+            point,
             socket,
+            params,
             env,
         })
     }
@@ -129,9 +139,10 @@ impl Sandbox {
         with_console(e.into(), &self.console)
     }
 
-    /// Waits until the guest agent says it is ready, and gives it the guest's environment.
+    /// Waits until the guest is at its template point and activates it as this VM.
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
-        agent::wait_ready(&self.ready, &self.ended, timeout, &self.env)
+        let vm = (&self.params, &self.env[..]);
+        agent::activate(&self.socket, &self.point, &self.ended, timeout, vm)
             .map_err(|e| self.explained(e))
     }
 

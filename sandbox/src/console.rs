@@ -81,6 +81,7 @@ impl HostConsole {
                 input: guest_in,
                 output,
                 ready,
+                template: ConsoleReady::default(),
             },
         ))
     }

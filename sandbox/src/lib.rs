@@ -6,6 +6,7 @@
 //! ([`npm_registry`], [`host_ca`]). The CLI and the function host build on this crate
 //! (docs/architecture.md).
 
+pub mod activation;
 pub mod agent;
 pub mod artifacts;
 pub mod booted;
@@ -13,6 +14,7 @@ pub mod console;
 pub mod folders;
 pub mod host_ca;
 pub mod npm_registry;
+pub mod templates;
 #[cfg(test)]
 mod test_child;
 pub mod users;

@@ -17,6 +17,7 @@ use super::logs::{Logs, Stream};
 use contract::params::Shell;
 use sandbox::agent::{self, Command, Event, Outcome, Session, Wake};
 use sandbox::booted::{self, ConsoleLog, Sandbox, BOOT_TIMEOUT};
+use sandbox::templates::Templates;
 use sandbox::volume::Volume;
 use vmm::backend::Backend;
 use vmm::runtime;
@@ -79,6 +80,8 @@ pub struct Machine {
     pub rootfs: PathBuf,
     /// Whether the VMs' VMM filters its syscalls (`VmConfig::seccomp`).
     pub seccomp: bool,
+    /// Where the VMs' template snapshots are; none to boot them cold.
+    pub templates: Option<Templates>,
 }
 
 /// One version of one app, as its VMs boot it.
@@ -305,6 +308,9 @@ fn start(
     config.volumes = vec![app.volume.disk(app.image.clone())];
     config.agent_socket = Some(folder.path().join("agent.sock"));
     config.seccomp = machine.seccomp;
+    if let Some(templates) = &machine.templates {
+        templates.restore(&machine.backend, &mut config);
+    }
     let sandbox = Sandbox::boot(machine.backend.clone(), config, ConsoleLog::Tail)?;
     let vm = Vm {
         sandbox: Some(sandbox),

@@ -106,6 +106,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         .map(|(volume, disk)| volume.pack(&disk.image))
         .collect::<Result<Vec<_>, _>>()?;
     config.volumes.extend(disks.iter().cloned());
+    args.vm.restore_or_boot(&backend, &mut config)?;
 
     let vm = Sandbox::boot(backend, config, ConsoleLog::Tail)?;
     let outcome = vm

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 
 use super::vm_options::{choose_backend, images, BackendChoice, ImageArgs, JailArgs, SeccompArgs};
+use sandbox::artifacts::Store;
+use sandbox::templates::Templates;
 use serve::{self, Machine};
 
 #[derive(Debug, clap::Args)]
@@ -35,6 +37,10 @@ pub struct ServeArgs {
     seccomp: SeccompArgs,
     #[command(flatten)]
     jail: JailArgs,
+    /// Boot each app's VMs cold instead of restoring a snapshot of a booted VM (made once per
+    /// image and VM size, in the artifact cache).
+    #[arg(long)]
+    no_snapshot: bool,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
@@ -55,6 +61,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
             kernel,
             rootfs,
             seccomp: !args.seccomp.no_seccomp,
+            templates: (!args.no_snapshot)
+                .then(|| Store::from_env().map(|s| Templates::in_cache(s.cache_dir())))
+                .transpose()?,
         },
     )?;
     Ok(0)

@@ -3,11 +3,11 @@
 use anyhow::bail;
 
 use contract::params::Shell;
-use sandbox::agent::Handshake;
+use sandbox::agent::{Handshake, TemplatePoint};
 use sandbox::booted::BOOT_TIMEOUT;
 use sandbox::console::HostConsole;
 use vmm::runtime;
-use vmm::vm::{RunReport, StopSignal, VmExit};
+use vmm::vm::{RunReport, Start, StopSignal, VmExit};
 
 use super::vm_options::{choose_backend, VmArgs};
 use super::vms;
@@ -40,25 +40,29 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     let (mut config, _held) = args.vm.config()?;
     config.shell = if args.shell { Shell::Nsh } else { Shell::Repl };
     let stop = StopSignal::new()?;
-    // The guest's environment (the host's npm registry, say) reaches the shell over the agent
-    // link, in its ready handshake: never on the kernel command line.
-    let handshake = if config.env.is_empty() {
-        None
-    } else {
-        let dir = runtime::scratch_dir("start")?;
-        let socket = dir.path().join("agent.sock");
-        config.agent_socket = Some(socket.clone());
-        let handshake = Handshake::spawn(&socket, config.env.clone(), BOOT_TIMEOUT, stop.clone())?;
-        Some((dir, handshake))
-    };
-    let (host_console, console) = HostConsole::attach(args.pipe)?;
+    let (host_console, mut console) = HostConsole::attach(args.pipe)?;
     config.console = host_console.mode();
+    // The guest waits for its activation (its console, shell and environment: never on the
+    // kernel command line) at its template point.
+    let dir = runtime::scratch_dir("start")?;
+    let socket = dir.path().join("agent.sock");
+    config.agent_socket = Some(socket.clone());
+    args.vm.restore_or_boot(&backend, &mut config)?;
+    let point = match config.start {
+        Start::Restore { .. } => TemplatePoint::Passed,
+        Start::Boot | Start::Save { .. } => {
+            let (point, gate) = TemplatePoint::ahead()?;
+            console.template = gate;
+            point
+        }
+    };
+    let vm = (config.guest_params(), config.env.clone());
+    let handshake = Handshake::spawn(&socket, point, vm, BOOT_TIMEOUT, stop.clone())?;
     let started = std::time::Instant::now();
     let report = backend.run(&config, console, &stop);
     drop(host_console);
-    if let Some((_dir, handshake)) = handshake {
-        handshake.finish()?;
-    }
+    handshake.finish()?;
+    drop(dir);
     let report = report?;
     if args.timings {
         print_timings(&report, started.elapsed());

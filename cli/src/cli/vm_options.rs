@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use sandbox::artifacts::{check_kernel, check_rootfs, Artifact, Store};
 use sandbox::host_ca::{self, GuestCa};
+use sandbox::templates::Templates;
 use sandbox::users::{DiskTools, UserDisk, Users};
 use sandbox::vm_config;
 use vmm::backend::{detect, qemu, Backend};
@@ -69,9 +70,22 @@ pub struct VmArgs {
     /// grow it to.
     #[arg(long, value_name = "SIZE", requires = "user", value_parser = vm_config::disk_size_bytes)]
     pub disk_size: Option<u64>,
+    /// Boot the kernel cold instead of restoring a snapshot of a booted VM (made once per
+    /// image and VM size, in the artifact cache).
+    #[arg(long)]
+    pub no_snapshot: bool,
 }
 
 impl VmArgs {
+    /// Makes `config` a restore of its template snapshot on `backend` (made first when
+    /// missing), unless `--no-snapshot`.
+    pub fn restore_or_boot(&self, backend: &Backend, config: &mut VmConfig) -> anyhow::Result<()> {
+        if !self.no_snapshot {
+            Templates::in_cache(Store::from_env()?.cache_dir()).restore(backend, config);
+        }
+        Ok(())
+    }
+
     /// The `--user`'s disk, locked for this VM (created on first use; grown, by e2fsprogs in
     /// the VMM's jail, when `--disk-size` asks for more).
     pub fn user_disk(&self) -> anyhow::Result<Option<UserDisk>> {

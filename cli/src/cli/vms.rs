@@ -270,6 +270,7 @@ fn keep_vm(
     let (mut config, _held) = vm.config()?;
     config.shell = Shell::None;
     config.agent_socket = Some(dir.join("agent.sock"));
+    vm.restore_or_boot(&backend, &mut config)?;
     let sandbox = Sandbox::boot(backend, config, ConsoleLog::File(dir.join("console.log")))?;
     let stop = sandbox.stop_signal().clone();
     std::thread::Builder::new()

@@ -30,6 +30,7 @@ fn all_parameters() {
             upper: Upper::Disk("/dev/vdb".into()),
             shell: Shell::Repl,
             agent: None,
+            warm: false,
             volumes: Vec::new(),
             net: None,
         }
@@ -181,6 +182,7 @@ fn rich() -> GuestParams {
         upper: Upper::disk("/dev/vdb").unwrap(),
         shell: Shell::Nsh,
         agent: Some(AgentTransport::Serial),
+        warm: true,
         volumes: vec![
             vol("/dev/vdc", "/data", false),
             vol("/dev/vdd", "/mnt/my files:%/ü/\"q\"/tab\there", true),
@@ -318,4 +320,14 @@ fn errors_name_the_word_and_why() {
     );
     let err: Box<dyn std::error::Error> = Box::new(err);
     assert!(err.source().is_none());
+}
+
+#[test]
+fn a_template_is_warmed_when_asked() {
+    let params = GuestParams::parse("nodeos.agent=vsock nodeos.warm").unwrap();
+    assert!(params.warm);
+    assert_eq!(params.to_string(), "nodeos.agent=vsock nodeos.warm");
+    assert!(!GuestParams::parse("nodeos.agent=vsock").unwrap().warm);
+    let err = GuestParams::parse("nodeos.warm=1").unwrap_err();
+    assert_eq!(err.to_string(), "nodeos.warm=1: takes no value");
 }

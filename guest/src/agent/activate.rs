@@ -4,12 +4,11 @@
 //! 1. the wall clock is set from the host's;
 //! 2. the kernel's RNG gets the host's entropy and is reseeded at once (`RNDADDENTROPY`,
 //!    `RNDRESEEDCRNG`), so no two VMs restored from one snapshot draw the same numbers;
-//! 3. the hostname is set;
-//! 4. each disk the VM uses is attached: a snapshot's disk slots were empty (capacity 0) when
+//! 3. each disk the VM uses is attached: a snapshot's disk slots were empty (capacity 0) when
 //!    the guest probed them, so a slot that still reads empty is unbound from virtio_blk and
 //!    bound again, and the driver reads its capacity anew;
-//! 5. the root is built on the VM's upper layer, its volumes mounted, its network set up
-//!    (init::mounts, init::network, as from a kernel command line).
+//! 4. the root is built on the VM's upper layer, its volumes mounted, its hostname set and its
+//!    network set up (init::mounts, init::network, as from a kernel command line).
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -20,7 +19,7 @@ use contract::params::Upper;
 
 use crate::error::{Context, Error, Result};
 use crate::init::{mounts, network};
-use crate::sys::{self, cvt};
+use crate::sys::cvt;
 
 /// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])`.
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
@@ -32,7 +31,6 @@ const VIRTIO_BLK_DRIVER: &str = "/sys/bus/virtio/drivers/virtio_blk";
 pub fn apply(activation: &Activation) -> Result<()> {
     set_clock(activation.clock)?;
     reseed(&activation.entropy)?;
-    sys::sethostname(&activation.hostname)?;
     let params = &activation.params;
     let disks = match &params.upper {
         Upper::Disk(device) => Some(device.as_str()),
@@ -46,7 +44,7 @@ pub fn apply(activation: &Activation) -> Result<()> {
     }
     mounts::build_root(&params.upper)?;
     mounts::mount_volumes(&params.volumes)?;
-    network::setup(params.net.as_ref())
+    network::setup(&activation.hostname, params.net.as_ref())
 }
 
 fn set_clock((secs, nanos): (u64, u32)) -> Result<()> {

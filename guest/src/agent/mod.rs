@@ -172,7 +172,12 @@ fn activate(listener: &Listener, to_init: OwnedFd) -> Result<Activation> {
             continue;
         };
         let mut conn = File::from(conn);
-        let activation = match frame::read_request(&mut conn) {
+        // Past the connection's `Hello` (the host checks versions on the answer).
+        let request = match frame::read_request(&mut conn) {
+            Ok(Some(Request::Hello { .. })) => frame::read_request(&mut conn),
+            other => other,
+        };
+        let activation = match request {
             Ok(Some(Request::Activate(activation))) => activation,
             Ok(Some(other)) => {
                 let message = format!("expected Activate, got {}", handler::name(&other));

@@ -12,6 +12,7 @@ pub mod console;
 pub mod mounts;
 pub mod network;
 pub mod user;
+pub mod warm;
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -58,6 +59,9 @@ fn boot() -> Result<std::convert::Infallible> {
     // command line.
     let (params, env) = match params.agent {
         Some(transport) => {
+            if params.warm {
+                warm::page_cache(&user, &groups);
+            }
             let activated = agent::start(transport, &user, &groups)?;
             let activation = agent::read_activation(activated)?;
             (activation.params, activation.env)
@@ -65,7 +69,7 @@ fn boot() -> Result<std::convert::Infallible> {
         None => {
             mounts::build_root(&params.upper)?;
             mounts::mount_volumes(&params.volumes)?;
-            network::setup(params.net.as_ref())?;
+            network::setup(network::HOSTNAME, params.net.as_ref())?;
             (params, Vec::new())
         }
     };

@@ -9,14 +9,15 @@ use contract::params::NetConfig;
 use crate::error::{Context, Error, Result};
 use crate::sys::cvt;
 
+/// The host name of a VM whose host names none (one booted from its command line).
 pub const HOSTNAME: &str = "nodeos";
 const LOOPBACK: &str = "lo";
 /// The one NIC of a VM with a network.
 const ETHERNET: &str = "eth0";
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 
-pub fn setup(net: Option<&NetConfig>) -> Result<()> {
-    set_hostname(HOSTNAME)?;
+pub fn setup(hostname: &str, net: Option<&NetConfig>) -> Result<()> {
+    set_hostname(hostname)?;
     let sock = inet_socket().context(|| "socket for network set-up".into())?;
     bring_up(&sock, LOOPBACK)?;
     if let Some(net) = net {

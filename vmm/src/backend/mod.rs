@@ -68,6 +68,15 @@ impl Backend {
         }
     }
 
+    /// What a snapshot this backend saves depends on besides the VM: its name, and for QEMU
+    /// the build on PATH (a migration stream is QEMU's own format).
+    pub fn snapshot_identity(&self) -> String {
+        match self {
+            Backend::Kvm { .. } => self.name().to_string(),
+            Backend::Qemu { .. } => format!("{} {}", self.name(), qemu::build()),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Backend::Kvm { .. } => "kvm",

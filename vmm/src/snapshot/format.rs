@@ -72,30 +72,42 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
+/// Where the payload (guest memory, or another backend's stream) of a snapshot whose state is
+/// `state_len` bytes starts.
+pub fn payload_offset(state_len: usize) -> u64 {
+    (STATE_OFFSET + state_len as u64).next_multiple_of(MEMORY_ALIGN)
+}
+
 /// Writes `snapshot` and `mem` to `file` (emptied first) and flushes it to disk. Returns the
 /// bytes of memory written (the rest are holes).
 pub fn write(file: &File, snapshot: &Snapshot, mem: &GuestMemory) -> Result<u64, Error> {
     let state = serde_json::to_vec(snapshot).map_err(|e| io("serialize the state")(e.into()))?;
-    let memory_offset = (STATE_OFFSET + state.len() as u64).next_multiple_of(MEMORY_ALIGN);
-    let preamble = Preamble {
-        state_len: state.len() as u64,
-        memory_offset,
-        memory_len: memory::len(mem),
-    };
+    let memory_offset = payload_offset(state.len());
     file.set_len(0).map_err(io("empty the file"))?;
     let written = memory::write(file, mem, memory_offset).map_err(io("write guest memory"))?;
-    file.write_all_at(&state, STATE_OFFSET)
+    finish(file, &state, memory::len(mem))?;
+    Ok(written)
+}
+
+/// Completes a snapshot whose payload of `payload_len` bytes is in `file` at
+/// [`payload_offset`]: writes the state and, last, the preamble, and flushes the file to disk.
+pub fn finish(file: &File, state: &[u8], payload_len: u64) -> Result<(), Error> {
+    let preamble = Preamble {
+        state_len: state.len() as u64,
+        memory_offset: payload_offset(state.len()),
+        memory_len: payload_len,
+    };
+    file.write_all_at(state, STATE_OFFSET)
         .map_err(io("write the state"))?;
-    file.set_len(memory_offset + preamble.memory_len)
+    file.set_len(preamble.memory_offset + preamble.memory_len)
         .map_err(io("set the file's length"))?;
     let fields = preamble.fields(FORMAT_VERSION);
     let mut head = [0u8; PREAMBLE_LEN];
     head[..FIELDS_LEN].copy_from_slice(&fields);
-    head[FIELDS_LEN..].copy_from_slice(&checksum(&fields, &state));
+    head[FIELDS_LEN..].copy_from_slice(&checksum(&fields, state));
     file.write_all_at(&head, 0)
         .map_err(io("write the preamble"))?;
-    file.sync_all().map_err(io("flush the file to disk"))?;
-    Ok(written)
+    file.sync_all().map_err(io("flush the file to disk"))
 }
 
 /// A snapshot read and checked, and where its memory is in the file.
@@ -108,6 +120,33 @@ pub struct Loaded {
 /// corrupted, or whose memory does not match its header. The header is the caller's to check
 /// against what it restores ([`super::Header::check`]).
 pub fn read(file: &File) -> Result<Loaded, Error> {
+    let parts = read_parts(file)?;
+    let snapshot: Snapshot = serde_json::from_slice(&parts.state)
+        .map_err(|e| Error::Corrupted(format!("the state does not parse: {e}")))?;
+    let memory_mib = u64::from(snapshot.header.memory_mib);
+    if parts.payload_len != memory_mib << 20 {
+        return Err(Error::Corrupted(format!(
+            "{} bytes of memory for {memory_mib} MiB",
+            parts.payload_len
+        )));
+    }
+    snapshot.check_consistent()?;
+    Ok(Loaded {
+        snapshot,
+        memory_offset: parts.payload_offset,
+    })
+}
+
+/// The checked state of a snapshot file and where its payload lies.
+pub struct Parts {
+    pub state: Vec<u8>,
+    pub payload_offset: u64,
+    pub payload_len: u64,
+}
+
+/// Reads the preamble and state of `file`, refusing another format version, a truncated or
+/// overlong file and a state whose checksum does not match.
+pub fn read_parts(file: &File) -> Result<Parts, Error> {
     let len = file.metadata().map_err(io("read the file's size"))?.len();
     let mut head = [0u8; PREAMBLE_LEN];
     if len < STATE_OFFSET {
@@ -140,7 +179,7 @@ pub fn read(file: &File) -> Result<Loaded, Error> {
             preamble.state_len
         )));
     }
-    let expected_offset = (STATE_OFFSET + preamble.state_len).next_multiple_of(MEMORY_ALIGN);
+    let expected_offset = payload_offset(preamble.state_len as usize);
     if preamble.memory_offset != expected_offset {
         return Err(Error::Corrupted(format!(
             "memory at {:#x}, not {expected_offset:#x}",
@@ -162,19 +201,10 @@ pub fn read(file: &File) -> Result<Loaded, Error> {
             "the SHA-256 of the preamble and state does not match".into(),
         ));
     }
-    let snapshot: Snapshot = serde_json::from_slice(&state)
-        .map_err(|e| Error::Corrupted(format!("the state does not parse: {e}")))?;
-    let memory_mib = u64::from(snapshot.header.memory_mib);
-    if preamble.memory_len != memory_mib << 20 {
-        return Err(Error::Corrupted(format!(
-            "{} bytes of memory for {memory_mib} MiB",
-            preamble.memory_len
-        )));
-    }
-    snapshot.check_consistent()?;
-    Ok(Loaded {
-        snapshot,
-        memory_offset: preamble.memory_offset,
+    Ok(Parts {
+        state,
+        payload_offset: preamble.memory_offset,
+        payload_len: preamble.memory_len,
     })
 }
 
@@ -202,7 +232,7 @@ mod tests {
     fn header() -> Header {
         Header {
             vmm_version: crate::snapshot::VMM_VERSION.into(),
-            host_cpuid: "cpu".into(),
+            host: "cpu".into(),
             identity: "template".into(),
             memory_mib: MIB,
             cpus: 1,
@@ -367,10 +397,10 @@ mod tests {
             err.to_string(),
             r#"snapshot: saved for identity "template", not "other""#
         );
-        let err = refused(|h| h.host_cpuid = "another cpu".into());
+        let err = refused(|h| h.host = "another cpu".into());
         assert_eq!(
             err.to_string(),
-            "snapshot: taken on another CPU (host CPUID hash cpu, this host's another cpu)"
+            "snapshot: taken on another CPU or machine monitor (cpu; this host runs another cpu)"
         );
         let err = refused(|h| h.vmm_version = "0.0.0+other".into());
         assert!(matches!(err, Error::VmmVersion { .. }), "{err}");

@@ -44,8 +44,8 @@ pub enum Error {
     Corrupted(String),
     #[error("snapshot: saved by VMM {saved}; this is VMM {this}")]
     VmmVersion { saved: String, this: String },
-    #[error("snapshot: taken on another CPU (host CPUID hash {saved}, this host's {this})")]
-    Cpu { saved: String, this: String },
+    #[error("snapshot: taken on another CPU or machine monitor ({saved}; this host runs {this})")]
+    Host { saved: String, this: String },
     #[error("snapshot: saved for identity {saved:?}, not {asked:?}")]
     Identity { saved: String, asked: String },
     #[error("snapshot: {saved} MiB of memory saved, the VM has {spec} MiB")]
@@ -75,6 +75,23 @@ pub enum Error {
     Kvm(#[from] crate::kvm::Error),
 }
 
+/// The header of the snapshot in `file`, once its preamble and state read back whole: what a
+/// cache checks before it uses a snapshot, whichever backend saved it.
+pub fn saved_header(file: &std::fs::File) -> Result<Header, Error> {
+    header_of(&format::read_parts(file)?.state)
+}
+
+/// The header of a snapshot's state (every backend's state is an object with a `header`).
+pub fn header_of(state: &[u8]) -> Result<Header, Error> {
+    #[derive(Deserialize)]
+    struct Headed {
+        header: Header,
+    }
+    serde_json::from_slice::<Headed>(state)
+        .map(|h| h.header)
+        .map_err(|e| Error::Corrupted(format!("the state has no header: {e}")))
+}
+
 /// A kind of device of a [`VmSpec`], in a snapshot's device list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceKind {
@@ -99,8 +116,9 @@ impl From<&Device> for DeviceKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     pub vmm_version: String,
-    /// SHA-256 of KVM_GET_SUPPORTED_CPUID (crate::kvm::Vm::host_cpuid_hash).
-    pub host_cpuid: String,
+    /// What the guest ran on: for our VMM, the SHA-256 of the CPUID it gives the guest
+    /// (crate::kvm::Vm::host_cpuid_hash); for QEMU, its build and accelerator.
+    pub host: String,
     pub identity: String,
     pub memory_mib: u32,
     pub cpus: u8,
@@ -109,10 +127,10 @@ pub struct Header {
 
 impl Header {
     /// The header of a snapshot of `spec`'s VM for `identity`, by this VMM on this host.
-    pub fn new(spec: &VmSpec, identity: &str, host_cpuid: String) -> Header {
+    pub fn new(spec: &VmSpec, identity: &str, host: String) -> Header {
         Header {
             vmm_version: VMM_VERSION.to_string(),
-            host_cpuid,
+            host,
             identity: identity.to_string(),
             memory_mib: spec.memory_mib,
             cpus: spec.cpus,
@@ -129,10 +147,10 @@ impl Header {
                 this: self.vmm_version.clone(),
             });
         }
-        if saved.host_cpuid != self.host_cpuid {
-            return Err(Error::Cpu {
-                saved: saved.host_cpuid.clone(),
-                this: self.host_cpuid.clone(),
+        if saved.host != self.host {
+            return Err(Error::Host {
+                saved: saved.host.clone(),
+                this: self.host.clone(),
             });
         }
         if saved.identity != self.identity {

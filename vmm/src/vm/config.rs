@@ -17,8 +17,11 @@ use super::{Device, Disk, NetSpec, Start, VmSpec};
 pub const MIN_MEMORY_MIB: u32 = 128;
 /// The guest kernel is built for at most this many CPUs (kernel/config.fragment).
 pub const MAX_CPUS: u8 = 32;
-/// Most volumes one VM takes.
-pub const MAX_VOLUMES: usize = 8;
+/// Most virtio devices one VM has: QEMU's microvm machine has eight virtio-mmio transports.
+pub const MAX_VIRTIO_DEVICES: usize = 8;
+/// Most volumes one VM takes: every transport but the root image's, the RNG's and the agent
+/// link's. Fewer fit beside a network interface or a user disk ([`ConfigError::TooManyDisks`]).
+pub const MAX_VOLUMES: usize = MAX_VIRTIO_DEVICES - 3;
 /// Longest command line the x86 boot protocol takes (COMMAND_LINE_SIZE).
 pub const MAX_CMDLINE_LEN: usize = 2048;
 /// Room left on the command line for the backends' `virtio_mmio.device=` entries (about 40
@@ -98,6 +101,14 @@ pub enum ConfigError {
     EnvWithoutAgent(String),
     #[error("making the empty disk of unused disk slots: {0}")]
     EmptyDisk(String),
+    #[error(
+        "{disks} disks (volumes, and the user's disk) given; a VM takes at most {slots}{with}"
+    )]
+    TooManyDisks {
+        disks: usize,
+        slots: usize,
+        with: &'static str,
+    },
 }
 
 impl VmConfig {
@@ -126,9 +137,9 @@ impl VmConfig {
     /// (the backend's): the disks in the plan's order, the guest parameters naming them.
     ///
     /// A VM with an agent gets its parameters from the host's activation
-    /// ([`VmConfig::guest_params`]), not from its command line, and has every disk slot a VM
-    /// can have — the upper layer's and [`MAX_VOLUMES`] volumes' — filled or empty (an empty
-    /// file), so that one template snapshot serves every VM of its kernel, image and shape.
+    /// ([`VmConfig::guest_params`]), not from its command line, and has every disk slot it can
+    /// have, filled (its user disk, then its volumes) or empty (an empty file), so that one
+    /// template snapshot serves every VM of its kernel, image and shape.
     pub fn spec(&self, agent: AgentTransport) -> Result<VmSpec, ConfigError> {
         Self::check_volumes(&self.volumes)?;
         if let (Some(var), None) = (self.env.first(), &self.agent_socket) {
@@ -144,6 +155,7 @@ impl VmConfig {
             })
         };
         let mut devices = vec![disk(&self.rootfs, true)];
+        let slots = self.disk_slots()?;
         let volumes = self.volumes.iter().map(|v| (&v.image, v.read_only));
         let cmdline_params = match &self.agent_socket {
             None => {
@@ -156,15 +168,15 @@ impl VmConfig {
                     .map_err(|e| ConfigError::EmptyDisk(e.to_string()))?;
                 // A template's slots are writable, so any VM may fill them either way.
                 let saving = matches!(self.start, Start::Save { .. });
-                let mut slots: Vec<(&PathBuf, bool)> = vec![match &self.user_disk {
-                    Some(d) => (d, false),
-                    None => (&empty, !saving),
-                }];
-                slots.extend(volumes);
-                slots.resize(1 + MAX_VOLUMES, (&empty, !saving));
-                devices.extend(slots.into_iter().map(|(path, ro)| disk(path, ro)));
+                let mut disks: Vec<(&PathBuf, bool)> =
+                    self.user_disk.iter().map(|d| (d, false)).collect();
+                disks.extend(volumes);
+                disks.resize(slots, (&empty, !saving));
+                devices.extend(disks.into_iter().map(|(path, ro)| disk(path, ro)));
                 GuestParams {
                     agent: Some(agent),
+                    // A template is warmed before it is saved; a cold boot goes straight on.
+                    warm: saving,
                     ..GuestParams::default()
                 }
             }
@@ -187,10 +199,30 @@ impl VmConfig {
         })
     }
 
+    /// How many disks besides the root image this VM has room for; refuses more given.
+    fn disk_slots(&self) -> Result<usize, ConfigError> {
+        let fixed = 2 + usize::from(self.net.is_some()) + usize::from(self.agent_socket.is_some());
+        let slots = MAX_VIRTIO_DEVICES - fixed;
+        let disks = self.volumes.len() + usize::from(self.user_disk.is_some());
+        if disks > slots {
+            return Err(ConfigError::TooManyDisks {
+                disks,
+                slots,
+                with: match (self.net.is_some(), self.agent_socket.is_some()) {
+                    (true, true) => " beside its network and agent link",
+                    (true, false) => " beside its network",
+                    (false, true) => " beside its agent link",
+                    (false, false) => "",
+                },
+            });
+        }
+        Ok(slots)
+    }
+
     /// The guest parameters of this VM (without its agent's transport): on the kernel command
     /// line of a VM without agent, in the host's activation of one with.
     pub fn guest_params(&self) -> GuestParams {
-        let plan = DiskPlan::new(self.user_disk.is_some() || self.agent_socket.is_some());
+        let plan = DiskPlan::new(self.user_disk.is_some());
         let mut params = GuestParams::default();
         match self.console {
             Console::Tty { cols, rows } => {
@@ -332,7 +364,7 @@ mod tests {
     }
 
     #[test]
-    fn agent_network_console_and_shell_reach_the_guest() {
+    fn a_vm_with_an_agent_gets_its_parameters_by_activation_and_every_slot() {
         let mut c = config();
         c.console = Console::Tty {
             cols: 120,
@@ -342,6 +374,12 @@ mod tests {
         c.agent_socket = Some("/run/agent.sock".into());
         c.net = Some(NetSpec::USER);
         c.cmdline_extra = " loglevel=7 ".into();
+        c.user_disk = Some("/users/ann.ext4".into());
+        c.volumes = vec![VolumeDisk {
+            image: "/v0.img".into(),
+            mount_point: "/app".into(),
+            read_only: true,
+        }];
         let spec = c.spec(AgentTransport::Vsock).unwrap();
         assert_eq!(
             spec.agent_socket(),
@@ -349,13 +387,66 @@ mod tests {
         );
         assert_eq!(spec.net(), Some(&NetSpec::USER));
         assert!(spec.cmdline.ends_with(" loglevel=7"));
-        let p = params(&spec);
+        // Only the agent's transport is on the command line: the rest is the activation's.
+        let on_cmdline = params(&spec);
+        assert_eq!(
+            on_cmdline,
+            GuestParams {
+                agent: Some(AgentTransport::Vsock),
+                ..GuestParams::default()
+            }
+        );
+        let p = c.guest_params();
         assert_eq!(
             (p.console, p.cols, p.rows, p.shell),
             (ConsoleMode::Tty, Some(120), Some(40), Shell::Nsh)
         );
-        assert_eq!(p.agent, Some(AgentTransport::Vsock));
+        assert_eq!(p.upper, Upper::Disk("/dev/vdb".into()));
+        assert_eq!(p.volumes[0].device, "/dev/vdc");
         assert_eq!(p.net, Some(contract::net::USER_NET));
+        // The root, then every slot: 8 devices less root, RNG, network and agent link.
+        let empty = crate::runtime::empty_disk().unwrap();
+        let empty = empty.to_str().unwrap();
+        assert_eq!(
+            disks(&spec),
+            [
+                ("/root.img", true),
+                ("/users/ann.ext4", false),
+                ("/v0.img", true),
+                (empty, true),
+                (empty, true),
+            ]
+        );
+        assert_eq!(spec.devices.len(), MAX_VIRTIO_DEVICES);
+        // A template's empty slots are writable: any VM may fill them either way.
+        c.start = Start::Save {
+            to: "/t".into(),
+            at: b'T',
+            identity: "i".into(),
+        };
+        let template = c.spec(AgentTransport::Vsock).unwrap();
+        assert_eq!(disks(&template)[3], (empty, false));
+        assert!(params(&template).warm, "a template is warmed");
+        assert!(!on_cmdline.warm, "a cold boot is not");
+    }
+
+    #[test]
+    fn disks_beyond_the_slots_are_refused() {
+        let volume = |i| VolumeDisk {
+            image: "/v.img".into(),
+            mount_point: format!("/v{i}"),
+            read_only: true,
+        };
+        let mut c = config();
+        c.agent_socket = Some("/run/agent.sock".into());
+        c.volumes = (0..MAX_VOLUMES).map(volume).collect();
+        assert!(c.spec(AgentTransport::Serial).is_ok());
+        c.net = Some(NetSpec::USER);
+        assert_eq!(
+            c.spec(AgentTransport::Serial).unwrap_err().to_string(),
+            "5 disks (volumes, and the user's disk) given; a VM takes at most 4 beside its \
+             network and agent link"
+        );
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct Fds {
     pub net: Option<RawFd>,
     /// The set of each disk, in the spec's order.
     pub disks: Vec<Vec<RawFd>>,
+    /// QEMU's end of its monitor (QMP), for a snapshot's save or restore.
+    pub qmp: Option<RawFd>,
+    /// The snapshot QEMU restores, at its stream.
+    pub incoming: Option<RawFd>,
 }
 
 pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsString> {
@@ -126,6 +130,8 @@ pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsStri
         );
     }
     let mut disks = fds.disks.iter();
+    // QEMU's image locks are off: the slots a VM leaves empty share one empty file, and the
+    // disks VMs could share are locked by nodeos-vm (a user's disk) or only read (the image).
     // QEMU places virtio-mmio devices in the order they are created: the spec's order, which
     // is the guest's (block devices are /dev/vda, /dev/vdb, ... in this order).
     for (index, device) in spec.devices.iter().enumerate() {
@@ -141,7 +147,7 @@ pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsStri
                     "-drive",
                     &format!(
                         "id=disk{index},format=raw,if=none,cache=writeback,readonly={readonly},\
-                         file=/dev/fdset/{index}"
+                         file=/dev/fdset/{index},file.locking=off"
                     ),
                     "-device",
                     &format!("virtio-blk-device,drive=disk{index}"),
@@ -182,6 +188,18 @@ pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsStri
     }
     a.push("-append".into());
     a.push(cmdline.into());
+    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+    if let Some(fd) = fds.qmp {
+        push(&[
+            "-chardev",
+            &format!("socket,id=qmp,fd={fd}"),
+            "-mon",
+            "chardev=qmp,mode=control",
+        ]);
+    }
+    if let Some(fd) = fds.incoming {
+        push(&["-incoming", &format!("fd:{fd}")]);
+    }
     if spec.seccomp {
         a.extend(["-sandbox", SANDBOX].map(OsString::from));
     }
@@ -225,6 +243,8 @@ mod tests {
             agent: Some(6),
             net: Some(7),
             disks: vec![vec![8], vec![9, 10]],
+            qmp: Some(11),
+            incoming: Some(12),
         };
         let args: Vec<String> = args(&spec, Accel::Kvm, Path::new("/kernel"), &fds)
             .into_iter()
@@ -234,13 +254,15 @@ mod tests {
         for expected in [
             "-chardev socket,id=timer,fd=5",
             "-kernel /kernel",
-            "-add-fd fd=8,set=0 -drive id=disk0,format=raw,if=none,cache=writeback,readonly=on,file=/dev/fdset/0",
-            "-add-fd fd=9,set=1 -add-fd fd=10,set=1 -drive id=disk1,format=raw,if=none,cache=writeback,readonly=off,file=/dev/fdset/1",
+            "-add-fd fd=8,set=0 -drive id=disk0,format=raw,if=none,cache=writeback,readonly=on,file=/dev/fdset/0,file.locking=off",
+            "-add-fd fd=9,set=1 -add-fd fd=10,set=1 -drive id=disk1,format=raw,if=none,cache=writeback,readonly=off,file=/dev/fdset/1,file.locking=off",
             "-object rng-builtin,id=rng",
             "-netdev socket,id=net0,fd=7",
             "-chardev socket,id=agent,fd=6",
             "dump-guest-core=off",
             "-sandbox on,",
+            "-chardev socket,id=qmp,fd=11 -mon chardev=qmp,mode=control",
+            "-incoming fd:12",
         ] {
             assert!(line.contains(expected), "{expected}: {line}");
         }
@@ -263,6 +285,8 @@ mod tests {
             agent: None,
             net: None,
             disks: vec![],
+            qmp: None,
+            incoming: None,
         };
         let cmdline = |accel| {
             let args = args(&spec, accel, Path::new("/kernel"), &fds);

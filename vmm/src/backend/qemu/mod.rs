@@ -9,6 +9,8 @@
 mod agent;
 mod args;
 mod jail;
+mod qmp;
+mod snapshot;
 
 use std::fs::OpenOptions;
 use std::io::{self, Read};
@@ -23,6 +25,7 @@ use contract::ports::{CONSOLE_READY, INIT_STARTED, TEMPLATE_READY};
 
 use self::agent::AgentMux;
 use self::args::{Fds, Handed};
+use self::snapshot::{Done, SaveTrigger, Snapshot, SnapshotError};
 use super::handover::{self, MAX_MOVES};
 use super::process::Jailed;
 use crate::devices::virtio::net::{self, HelperThreads, HostEnd};
@@ -63,6 +66,8 @@ pub enum QemuError {
     Exec(#[from] exec::Error),
     #[error("waiting for {QEMU}")]
     Wait(#[source] io::Error),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     #[error("{QEMU} failed (exit status {status}): {stderr}")]
     Failed { status: String, stderr: String },
 }
@@ -100,6 +105,7 @@ pub fn run(
         .map(|net| HostEnd::open(net, HelperThreads::Unfiltered))
         .transpose()?;
     let net_fd = net.as_ref().map(|n| handed.push_raw(n.fd.as_raw_fd()));
+    let snapshot = Snapshot::prepare(spec, accel, &mut handed)?;
     let disks = spec
         .disks()
         .map(|disk| {
@@ -123,6 +129,8 @@ pub fn run(
         agent: agent_fd,
         net: net_fd,
         disks,
+        qmp: snapshot.as_ref().map(|s| s.qmp_fd),
+        incoming: snapshot.as_ref().and_then(|s| s.incoming_fd),
     };
 
     let stdio = (input, output);
@@ -149,8 +157,21 @@ pub fn run(
         text
     });
     let init_reached = Arc::new(Mutex::new(None));
-    watch_boot_timer(timer, started, (ready, template), Arc::clone(&init_reached));
-    let stopper = Stopper::watch(stop, child.id())?;
+    let failed = StopSignal::new().map_err(QemuError::Spawn)?;
+    let (save_at, snapshot) = match snapshot {
+        Some(s) => {
+            let (save_at, thread) = s.start(failed.clone())?;
+            (save_at, Some(thread))
+        }
+        None => (None, None),
+    };
+    let marks = Marks {
+        ready,
+        template,
+        save_at,
+    };
+    watch_boot_timer(timer, started, marks, Arc::clone(&init_reached));
+    let stopper = Stopper::watch(&[stop, &failed], child.id())?;
     let agent = agent.map(AgentMux::serve).transpose()?;
 
     let status = child.wait().map_err(QemuError::Wait)?;
@@ -158,7 +179,22 @@ pub fn run(
         agent.finish();
     }
     drop(net);
-    if stopper.finish() {
+    let killed = stopper.finish();
+    // The boot timer's thread has ended with QEMU: a save still waiting for its byte gives up.
+    let snapshot = snapshot.map(|t| t.join().unwrap_or(Err(SnapshotError::NoSavePoint)));
+    match snapshot {
+        // QEMU or the guest ended first: how they ended says why.
+        Some(Err(e)) if !e.qemu_ended() => return Err(QemuError::Snapshot(e)),
+        _ => {}
+    }
+    if let (Some(Ok(Done::Saved)), Some(0)) = (&snapshot, status.code()) {
+        return Ok(RunReport {
+            exit: VmExit::Saved,
+            init_reached: *init_reached.lock().unwrap(),
+            vmm_overhead_kib: None,
+        });
+    }
+    if killed {
         return Ok(RunReport {
             exit: VmExit::Stopped,
             init_reached: *init_reached.lock().unwrap(),
@@ -200,7 +236,8 @@ pub(super) fn spawn(
     handover::spawn(command, moves, first_free, cgroup_procs).map_err(QemuError::Spawn)
 }
 
-/// Kills QEMU when the host asks the VM to stop.
+/// Kills QEMU when the host asks the VM to stop, or when a snapshot fails (QEMU would be left
+/// stopped or loading for ever).
 struct Stopper {
     /// Set by the watcher when it killed QEMU; `None` once QEMU was reaped (no more kills).
     state: Arc<Mutex<Option<bool>>>,
@@ -209,16 +246,21 @@ struct Stopper {
 }
 
 impl Stopper {
-    fn watch(stop: &StopSignal, pid: u32) -> Result<Stopper, QemuError> {
+    fn watch(stops: &[&StopSignal], pid: u32) -> Result<Stopper, QemuError> {
         let done =
             vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(QemuError::Spawn)?;
         let done_fd = done.try_clone().map_err(QemuError::Spawn)?;
         let state = Arc::new(Mutex::new(Some(false)));
-        let (s, stop) = (state.clone(), stop.clone());
+        let s = state.clone();
+        let mut fds = vec![done_fd.as_raw_fd()];
+        fds.extend(stops.iter().map(|stop| stop.fd()));
+        let stops: Vec<StopSignal> = stops.iter().map(|&stop| stop.clone()).collect();
         let thread = thread::Builder::new()
             .name("qemu-stop".into())
             .spawn(move || {
-                if crate::poll::first_readable(&[done_fd.as_raw_fd(), stop.fd()], None) == Some(1) {
+                // The signals' descriptors stay open with them.
+                let _stops = stops;
+                if crate::poll::first_readable(&fds, None).is_some_and(|i| i > 0) {
                     let mut state = s.lock().unwrap();
                     if let Some(killed) = state.as_mut() {
                         // QEMU is not reaped yet (state is Some), so the pid is still its own.
@@ -259,12 +301,21 @@ fn decode_exit(code: Option<i32>, init_reached: bool) -> Option<VmExit> {
     }
 }
 
-/// Timestamps the guest's first boot-timer byte, opens the console gate on `R` and signals
-/// `template` on `T`.
+/// Who hears of the guest's boot-timer bytes.
+struct Marks {
+    /// Opened at `R`.
+    ready: ConsoleReady,
+    /// Signalled at `T`.
+    template: ConsoleReady,
+    /// Told when its byte comes.
+    save_at: Option<SaveTrigger>,
+}
+
+/// Timestamps the guest's first boot-timer byte and tells `marks` of the others.
 fn watch_boot_timer(
     mut conn: UnixStream,
     started: Instant,
-    (ready, template): (ConsoleReady, ConsoleReady),
+    marks: Marks,
     init_reached: Arc<Mutex<Option<Duration>>>,
 ) {
     thread::Builder::new()
@@ -272,6 +323,11 @@ fn watch_boot_timer(
         .spawn(move || {
             let mut byte = [0u8; 1];
             while let Ok(1) = conn.read(&mut byte) {
+                if let Some((at, trigger)) = &marks.save_at {
+                    if byte[0] == *at {
+                        let _ = trigger.send(());
+                    }
+                }
                 match byte[0] {
                     INIT_STARTED => {
                         init_reached
@@ -279,13 +335,13 @@ fn watch_boot_timer(
                             .unwrap()
                             .get_or_insert(started.elapsed());
                     }
-                    CONSOLE_READY => ready.signal(),
-                    TEMPLATE_READY => template.signal(),
+                    CONSOLE_READY => marks.ready.signal(),
+                    TEMPLATE_READY => marks.template.signal(),
                     _ => {}
                 }
             }
             // The VM is gone: let the console relay run (and end) rather than wait forever.
-            ready.signal();
+            marks.ready.signal();
         })
         .expect("spawning the boot-timer thread");
 }
@@ -318,6 +374,18 @@ pub(super) fn tcg_clock_params(cpuinfo: &str) -> String {
         params.push_str(&format!(" tsc_early_khz={khz} lpj={}", khz * 10));
     }
     params
+}
+
+/// The QEMU on PATH, as its file (size, modification time): what a migration stream's format
+/// follows.
+pub fn build() -> String {
+    crate::host_packages::on_path(QEMU)
+        .and_then(|path| std::fs::metadata(path).ok())
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            format!("{}-{}", m.len(), m.mtime())
+        })
+        .unwrap_or_else(|| "(none)".into())
 }
 
 pub(super) fn cpuinfo() -> String {

@@ -121,6 +121,7 @@ mod tests {
             Instant::now(),
             reached.clone(),
             ConsoleReady::default(),
+            ConsoleReady::default(),
             None,
         );
         t.write(0, b"x");

@@ -9,9 +9,11 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use contract::hybrid::host_listener_path;
-use contract::READY_PORT;
 
 use super::input::Input;
+
+/// The host port the harness listens on (the corpus's guest packets connect to it).
+const HOST_PORT: u32 = 1025;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::net::{Net, Stream, DEFAULT_MAC};
 use crate::devices::virtio::rng::Rng;
@@ -44,7 +46,7 @@ pub enum Host {
     Block(File),
     Vsock {
         dir: tempfile::TempDir,
-        /// Where guest connections to host port [`READY_PORT`] arrive.
+        /// Where guest connections to host port [`HOST_PORT`] arrive.
         listener: UnixListener,
         streams: Vec<UnixStream>,
     },
@@ -78,7 +80,7 @@ pub fn create(kind: Kind, variant: u8) -> (Box<dyn VirtioDevice>, Host) {
             let dir = tempfile::tempdir().expect("socket folder");
             let uds = dir.path().join("v");
             let listener =
-                UnixListener::bind(host_listener_path(&uds, READY_PORT)).expect("host listener");
+                UnixListener::bind(host_listener_path(&uds, HOST_PORT)).expect("host listener");
             listener.set_nonblocking(true).expect("non-blocking");
             let dev = Vsock::new(&uds).expect("vsock device");
             let host = Host::Vsock {

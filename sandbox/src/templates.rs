@@ -1,0 +1,275 @@
+//! Template snapshots: for each backend, kernel, image and VM shape (memory, vCPUs, network or
+//! not), a VM booted once to its template point — kernel up, init done, agent listening, no
+//! Node.js process — and saved into the artifact cache. VMs are restored from it, then
+//! activated (contract::activation) exactly as a cold-booted VM is, so nothing of a VM's own is
+//! ever in a template.
+//!
+//! A template is keyed by a hash of everything that shapes the saved VM ([`identity`]), which
+//! its snapshot also records: a restore checks it. It is written under a temporary name,
+//! flushed, then renamed, so a maker killed half-way leaves nothing that is used; one process
+//! makes a template while the others wait on its lock; one that does not read back whole (a
+//! truncated or corrupted file, another VMM's) is made again. Where none can be made (the cache
+//! read-only or full), VMs boot cold, and the reason is said once.
+
+use std::fs::{self, File};
+use std::io::IsTerminal;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use sha2::{Digest, Sha256};
+
+use crate::booted::BOOT_TIMEOUT;
+use crate::console::{self, ConsoleTail};
+use contract::params::Shell;
+use contract::ports::TEMPLATE_READY;
+use vmm::backend::Backend;
+use vmm::runtime;
+use vmm::snapshot;
+use vmm::vm::{Console, NetSpec, Start, StopSignal, VmConfig, VmExit};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the snapshot folder {0}")]
+    Folder(PathBuf, #[source] std::io::Error),
+    #[error("reading {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Runtime(#[from] runtime::Error),
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
+    #[error(transparent)]
+    Config(#[from] vmm::vm::ConfigError),
+    #[error("booting the VM to snapshot")]
+    Boot(#[source] vmm::backend::Error),
+    #[error("the VM to snapshot ended ({0:?}) before it was saved; its console said:\n{1}")]
+    NotSaved(VmExit, String),
+    #[error("the VM to snapshot was not saved within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// The template snapshots in a cache folder.
+pub struct Templates {
+    dir: PathBuf,
+}
+
+impl Templates {
+    /// The templates kept in `cache` (the artifact cache).
+    pub fn in_cache(cache: &Path) -> Templates {
+        Templates {
+            dir: cache.join("templates"),
+        }
+    }
+
+    /// Makes `config` a restore of its template, made first when there is none. Where no
+    /// template can be made, `config` boots cold, and why is said on stderr.
+    pub fn restore(&self, backend: &Backend, config: &mut VmConfig) {
+        match self.ensure(backend, config) {
+            Ok((from, identity)) => config.start = Start::Restore { from, identity },
+            Err(e) => eprintln!(
+                "nodeos-vm: booting without a snapshot: {}",
+                vmm::error_chain::one_line(&e)
+            ),
+        }
+    }
+
+    /// The template of `config`'s VM on `backend`, and its identity: made now when missing
+    /// or unreadable.
+    pub fn ensure(&self, backend: &Backend, config: &VmConfig) -> Result<(PathBuf, String), Error> {
+        let identity = identity(backend, config);
+        let key = hex::encode(&Sha256::digest(identity.as_bytes())[..8]);
+        let path = self.dir.join(format!("{key}.snap"));
+        if readable(&path, &identity) {
+            return Ok((path, identity));
+        }
+        let folder = |e| Error::Folder(self.dir.clone(), e);
+        fs::create_dir_all(&self.dir).map_err(folder)?;
+        let lock = File::create(self.dir.join(format!("{key}.lock"))).map_err(folder)?;
+        let _lock =
+            Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| folder(e.into()))?;
+        // Another process may have made it while this one waited.
+        if !readable(&path, &identity) {
+            self.make(backend, config, &key, &path, &identity)?;
+        }
+        Ok((path, identity))
+    }
+
+    /// Boots `config`'s template and saves it as `path`.
+    fn make(
+        &self,
+        backend: &Backend,
+        config: &VmConfig,
+        key: &str,
+        path: &Path,
+        identity: &str,
+    ) -> Result<(), Error> {
+        let started = Instant::now();
+        if std::io::stderr().is_terminal() {
+            eprintln!(
+                "nodeos-vm: booting a {} MiB VM to snapshot it (once per image and VM size)",
+                config.memory_mib
+            );
+        }
+        let folder = |e| Error::Folder(self.dir.clone(), e);
+        // What a maker killed half-way left (this lock is held: no one else writes them).
+        for entry in fs::read_dir(&self.dir).map_err(folder)?.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with(&format!(".{key}.")) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
+        let scratch = runtime::scratch_dir("template")?;
+        let template = template_config(config, scratch.path().join("agent.sock"), &tmp, identity);
+        let saved = save(backend, &template);
+        match saved {
+            Ok(()) => {
+                fs::rename(&tmp, path).map_err(folder)?;
+                File::open(&self.dir)
+                    .and_then(|dir| dir.sync_all())
+                    .map_err(folder)?;
+                tracing::info!(
+                    "made the template {} in {:.0?}",
+                    path.display(),
+                    started.elapsed()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The VM a template of `config` saves: its kernel, image, memory, vCPUs, kernel parameters
+/// and whether it has a network, nothing of its own, an agent at `socket`.
+fn template_config(config: &VmConfig, socket: PathBuf, to: &Path, identity: &str) -> VmConfig {
+    let mut t = VmConfig::new(
+        config.kernel.clone(),
+        config.rootfs.clone(),
+        config.memory_mib,
+        config.cpus,
+    );
+    t.console = Console::Pipe;
+    t.shell = Shell::None;
+    t.agent_socket = Some(socket);
+    // A network device, of whatever kind: a restored VM attaches its own.
+    t.net = config.net.as_ref().map(|_| NetSpec::USER);
+    t.cmdline_extra = config.cmdline_extra.clone();
+    t.seccomp = config.seccomp;
+    t.start = Start::Save {
+        to: to.to_path_buf(),
+        at: TEMPLATE_READY,
+        identity: identity.to_string(),
+    };
+    t
+}
+
+/// Boots `template` until it is saved, for at most [`BOOT_TIMEOUT`].
+fn save(backend: &Backend, template: &VmConfig) -> Result<(), Error> {
+    let (tail, output) = ConsoleTail::capture()?;
+    let io = console::headless(output)?;
+    let stop = StopSignal::new().map_err(|e| Error::Folder("(a stop signal)".into(), e))?;
+    let (done, finished) = mpsc::channel::<()>();
+    let watchdog = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let timed_out = matches!(
+                finished.recv_timeout(BOOT_TIMEOUT),
+                Err(mpsc::RecvTimeoutError::Timeout)
+            );
+            if timed_out {
+                stop.stop();
+            }
+            timed_out
+        })
+    };
+    let report = backend.run(template, io, &stop);
+    drop(done);
+    if watchdog.join().unwrap_or(false) {
+        return Err(Error::TimedOut(BOOT_TIMEOUT));
+    }
+    match report.map_err(Error::Boot)?.exit {
+        VmExit::Saved => Ok(()),
+        other => Err(Error::NotSaved(other, tail.text())),
+    }
+}
+
+/// Whether the template at `path` reads back whole, and is `identity`'s.
+fn readable(path: &Path, identity: &str) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    match snapshot::saved_header(&file) {
+        Ok(header) => header.identity == identity,
+        Err(e) => {
+            tracing::warn!(
+                "the template {} is unusable, made again: {e}",
+                path.display()
+            );
+            false
+        }
+    }
+}
+
+/// Everything that shapes a template of `config`'s VM on `backend`: the VMM build, the
+/// backend (and its QEMU's build), the kernel and image files, memory, vCPUs, the kernel
+/// parameters added, and whether it has a network.
+pub fn identity(backend: &Backend, config: &VmConfig) -> String {
+    let file = |path: &Path| match fs::metadata(path) {
+        Ok(m) => format!("{} {} {} {}", path.display(), m.len(), m.mtime(), m.ino()),
+        Err(_) => path.display().to_string(),
+    };
+    format!(
+        "nodeos-vm template\nvmm {}\nbackend {}\nkernel {}\nrootfs {}\nmemory {} MiB\ncpus {}\n\
+         network {}\nkernel parameters {}\n",
+        snapshot::VMM_VERSION,
+        backend.snapshot_identity(),
+        file(&config.kernel),
+        file(&config.rootfs),
+        config.memory_mib,
+        config.cpus,
+        config.net.is_some(),
+        config.cmdline_extra.trim(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_templates_identity_follows_its_shape_only() {
+        let backend = Backend::Qemu {
+            accel: vmm::backend::qemu::Accel::Tcg,
+            jail: None,
+            vmm: vmm::backend::process::VmmProgram::new("/bin/true".into(), vec![], vec![]),
+        };
+        let config = VmConfig::new("/k".into(), "/r".into(), 512, 1);
+        let base = identity(&backend, &config);
+        let mut other = config.clone();
+        other.env = vec![contract::env::EnvVar::new("A", "1").unwrap()];
+        other.console = Console::Tty { cols: 80, rows: 24 };
+        other.shell = Shell::Nsh;
+        assert_eq!(
+            identity(&backend, &other),
+            base,
+            "what activation sets is not shape"
+        );
+        for change in [
+            |c: &mut VmConfig| c.memory_mib = 1024,
+            |c: &mut VmConfig| c.cpus = 2,
+            |c: &mut VmConfig| c.net = Some(NetSpec::USER),
+            |c: &mut VmConfig| c.cmdline_extra = "loglevel=7".into(),
+            |c: &mut VmConfig| c.rootfs = "/r2".into(),
+        ] {
+            let mut c = config.clone();
+            change(&mut c);
+            assert_ne!(identity(&backend, &c), base);
+        }
+    }
+}
