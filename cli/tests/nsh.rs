@@ -221,8 +221,17 @@ fn start_shell_on_a_terminal() {
             );
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
+        seen[start..].to_string()
     };
-    wait_for(&mut master, "node@nodeos:~$ ");
+    // The prompt names the VM's own host name, `nodeos-` and six hex digits.
+    let prompt = wait_for(&mut master, ":~$ ");
+    let host = prompt.rsplit("node@").next().unwrap().split(':').next().unwrap();
+    assert!(
+        host.len() == 13
+            && host.starts_with("nodeos-")
+            && host[7..].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{prompt:?}"
+    );
     master.write_all(b"ech\t").unwrap();
     wait_for(&mut master, "echo ");
     master.write_all(b"\"sum $((1))\"\r").unwrap(); // a syntax error nsh reports
@@ -232,10 +241,10 @@ fn start_shell_on_a_terminal() {
         .unwrap();
     wait_for(&mut master, "running");
     master.write_all(b"\x03").unwrap();
-    wait_for(&mut master, "node@nodeos:~$ ");
+    wait_for(&mut master, ":~$ ");
     master.write_all(b"echo \"status $?\"\r").unwrap();
     wait_for(&mut master, "status 130");
-    wait_for(&mut master, "node@nodeos:~$ ");
+    wait_for(&mut master, ":~$ ");
     master.write_all(b"exit 6\r").unwrap();
     let status = child.wait().unwrap();
     let mut err = String::new();

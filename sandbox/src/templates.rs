@@ -66,7 +66,7 @@ impl Templates {
     /// Makes `config` a restore of its template, made first when there is none. Where no
     /// template can be made, `config` boots cold, and why is said on stderr.
     pub fn restore(&self, backend: &Backend, config: &mut VmConfig) {
-        match self.ensure(backend, config) {
+        match self.ensure(backend, config, false) {
             Ok((from, identity)) => config.start = Start::Restore { from, identity },
             Err(e) => eprintln!(
                 "nodeos-vm: booting without a snapshot: {}",
@@ -76,12 +76,17 @@ impl Templates {
     }
 
     /// The template of `config`'s VM on `backend`, and its identity: made now when missing
-    /// or unreadable.
-    pub fn ensure(&self, backend: &Backend, config: &VmConfig) -> Result<(PathBuf, String), Error> {
+    /// or unreadable, or when `remake`.
+    pub fn ensure(
+        &self,
+        backend: &Backend,
+        config: &VmConfig,
+        remake: bool,
+    ) -> Result<(PathBuf, String), Error> {
         let identity = identity(backend, config);
         let key = hex::encode(&Sha256::digest(identity.as_bytes())[..8]);
         let path = self.dir.join(format!("{key}.snap"));
-        if readable(&path, &identity) {
+        if !remake && readable(&path, &identity) {
             return Ok((path, identity));
         }
         let folder = |e| Error::Folder(self.dir.clone(), e);
@@ -90,7 +95,7 @@ impl Templates {
         let _lock =
             Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| folder(e.into()))?;
         // Another process may have made it while this one waited.
-        if !readable(&path, &identity) {
+        if remake || !readable(&path, &identity) {
             self.make(backend, config, &key, &path, &identity)?;
         }
         Ok((path, identity))

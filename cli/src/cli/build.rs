@@ -1,6 +1,12 @@
-//! `nodeos-vm build`: fill the artifact cache.
+//! `nodeos-vm build`: fill the artifact cache: the kernel, the root image, and the template
+//! snapshots of a booted VM of the default size, with a network and without.
 
 use sandbox::artifacts::{Artifact, Store};
+use sandbox::templates::Templates;
+use sandbox::vm_config;
+use vmm::vm::{NetSpec, VmConfig};
+
+use super::vm_options::{choose_backend, BackendChoice, JailArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
@@ -13,6 +19,14 @@ pub struct BuildArgs {
     /// Build only the root image.
     #[arg(long)]
     rootfs_only: bool,
+    /// Make no snapshot of a booted VM.
+    #[arg(long)]
+    no_snapshot: bool,
+    /// The backend whose snapshots to make.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    #[command(flatten)]
+    jail: JailArgs,
 }
 
 pub fn run(args: BuildArgs) -> anyhow::Result<()> {
@@ -22,15 +36,34 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         (_, true) => &[Artifact::Rootfs],
         _ => &[Artifact::Kernel, Artifact::Rootfs],
     };
+    let mut built = Vec::new();
     for &artifact in wanted {
         let path = store.ensure(artifact, args.force)?;
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        println!(
-            "{}: {} ({:.1} MB)",
-            artifact.name(),
-            path.display(),
-            size as f64 / 1e6
-        );
+        print_file(artifact.name(), &path, "");
+        built.push(path);
+    }
+    if let ([kernel, rootfs], false) = (&built[..], args.no_snapshot) {
+        let backend = choose_backend(args.backend, &args.jail, true)?;
+        let templates = Templates::in_cache(store.cache_dir());
+        let memory = vm_config::memory_mib(vm_config::DEFAULT_MEMORY)
+            .map_err(anyhow::Error::msg)?;
+        for net in [None, Some(NetSpec::USER)] {
+            let mut config = VmConfig::new(kernel.clone(), rootfs.clone(), memory, 1);
+            let with = if net.is_some() { ", with a network" } else { "" };
+            config.net = net;
+            let (path, _) = templates.ensure(&backend, &config, args.force)?;
+            let shape = format!(" ({memory} MiB, 1 vCPU{with}, {})", backend.name());
+            print_file("snapshot", &path, &shape);
+        }
     }
     Ok(())
+}
+
+fn print_file(what: &str, path: &std::path::Path, shape: &str) {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "{what}: {} ({:.1} MB){shape}",
+        path.display(),
+        size as f64 / 1e6
+    );
 }

@@ -160,7 +160,7 @@ pub fn run(
     let failed = StopSignal::new().map_err(QemuError::Spawn)?;
     let (save_at, snapshot) = match snapshot {
         Some(s) => {
-            let (save_at, thread) = s.start(failed.clone())?;
+            let (save_at, thread) = s.start(failed.clone(), Arc::clone(&init_reached), started)?;
             (save_at, Some(thread))
         }
         None => (None, None),

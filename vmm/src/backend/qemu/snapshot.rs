@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -109,8 +109,14 @@ impl Snapshot {
 
     /// Runs the job on a thread of its own, once QEMU has started: a save waits for its byte
     /// (the trigger returned, for the boot timer), a restore runs the VM once QEMU has loaded
-    /// it. A job that fails signals `failed`, which ends QEMU.
-    pub fn start(self, failed: StopSignal) -> Result<(Option<SaveTrigger>, JobThread), QemuError> {
+    /// it and records when in `running` (a restored guest's init ran long ago). A job that
+    /// fails signals `failed`, which ends QEMU.
+    pub fn start(
+        self,
+        failed: StopSignal,
+        running: Arc<Mutex<Option<Duration>>>,
+        started: Instant,
+    ) -> Result<(Option<SaveTrigger>, JobThread), QemuError> {
         let (trigger, triggered) = mpsc::channel();
         let save_at = match &self.job {
             Job::Save { at, .. } => Some((*at, trigger)),
@@ -120,6 +126,9 @@ impl Snapshot {
             .name("qemu-snapshot".into())
             .spawn(move || {
                 let done = self.run(triggered);
+                if let Ok(Done::Restored) = done {
+                    running.lock().unwrap().get_or_insert(started.elapsed());
+                }
                 if matches!(&done, Err(e) if !e.qemu_ended()) {
                     failed.stop();
                 }
