@@ -67,7 +67,10 @@ impl Templates {
     /// template can be made, `config` boots cold, and why is said on stderr.
     pub fn restore(&self, backend: &Backend, config: &mut VmConfig) {
         match self.ensure(backend, config, false) {
-            Ok((from, identity)) => config.start = Start::Restore { from, identity },
+            Ok((from, identity)) => {
+                tracing::info!("restoring {}", from.display());
+                config.start = Start::Restore { from, identity };
+            }
             Err(e) => eprintln!(
                 "nodeos-vm: booting without a snapshot: {}",
                 vmm::error_chain::one_line(&e)

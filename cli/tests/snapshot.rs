@@ -1,0 +1,186 @@
+//! Template snapshots on the test backend (QEMU with TCG on hosts whose KVM cannot run Linux;
+//! our VMM's are in kvm_box.rs): VMs restored from one template share nothing of their own, and
+//! a template that is missing, broken, or being made by another process is never used wrongly.
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::{artifacts, backend, Watchdog, BIN, BOOT_LIMIT};
+
+/// What a restored VM says of itself: its randomness, identities and clock.
+const IDENTITY_JS: &str = r#"
+const fs = require('fs'), crypto = require('crypto');
+console.log(JSON.stringify({
+  bytes: crypto.randomBytes(16).toString('hex'),
+  uuid: crypto.randomUUID(),
+  math: Math.random(),
+  kernel_uuid: fs.readFileSync('/proc/sys/kernel/random/uuid', 'utf8').trim(),
+  boot_id: fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(),
+  hostname: require('os').hostname(),
+  now: Date.now(),
+}));
+"#;
+
+/// `nodeos-vm run ARGS -- CMD...` with the test's kernel and image and the cache `cache`
+/// (the default one when `None`): (status, stdout, stderr).
+fn run_in(cache: Option<&Path>, args: &[&str], cmd: &[&str]) -> (Option<i32>, String, String) {
+    let (kernel, rootfs) = artifacts();
+    let mut command = Command::new(BIN);
+    command
+        .arg("run")
+        .args(["--backend", &backend()])
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--rootfs")
+        .arg(rootfs)
+        .args(args)
+        .arg("--")
+        .args(cmd)
+        .env("RUST_LOG", "sandbox=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(cache) = cache {
+        command.env("NODEOS_VM_CACHE", cache);
+    }
+    let child = command.spawn().expect("starting nodeos-vm run");
+    let _watchdog = Watchdog::new(child.id(), BOOT_LIMIT);
+    let out = child.wait_with_output().expect("waiting for nodeos-vm run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The template snapshots in `cache`.
+fn templates(cache: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(cache.join("templates")) else {
+        return Vec::new();
+    };
+    let mut snaps: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .collect();
+    snaps.sort();
+    snaps
+}
+
+fn identity(cache: Option<&Path>) -> serde_json::Value {
+    let (status, out, err) = run_in(cache, &[], &["node", "-e", IDENTITY_JS]);
+    assert_eq!(status, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("restoring "), "not restored: {err}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Two VMs restored from one template: every random source and identity differs, and the
+/// clock is the host's.
+#[test]
+fn restored_vms_share_no_randomness_nor_identity() {
+    let (a, b) = (identity(None), identity(None));
+    for field in ["bytes", "uuid", "math", "kernel_uuid", "boot_id", "hostname"] {
+        assert_ne!(a[field], b[field], "{field}: {a} {b}");
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for vm in [&a, &b] {
+        let skew = (now - vm["now"].as_i64().unwrap()).abs();
+        assert!(skew < 60_000, "the guest's clock is {skew} ms off: {vm}");
+    }
+}
+
+/// `--no-snapshot` boots cold and makes no template.
+#[test]
+fn no_snapshot_boots_cold() {
+    let cache = tempfile::tempdir().unwrap();
+    let (status, out, err) = run_in(Some(cache.path()), &["--no-snapshot"], &["echo", "cold"]);
+    assert_eq!((status, out.as_str()), (Some(0), "cold\n"), "{err}");
+    assert!(!err.contains("restoring"), "{err}");
+    assert!(templates(cache.path()).is_empty());
+}
+
+/// A template that does not read back whole (cut short, one byte changed) is made again, and
+/// the VM runs all the same.
+#[test]
+fn a_broken_template_is_made_again() {
+    let cache = tempfile::tempdir().unwrap();
+    let echo = |what: &str| run_in(Some(cache.path()), &[], &["echo", what]);
+    let (status, out, err) = echo("first");
+    assert_eq!((status, out.as_str()), (Some(0), "first\n"), "{err}");
+    assert!(err.contains("made the template"), "{err}");
+    let [snap] = &templates(cache.path())[..] else {
+        panic!("one template: {:?}", templates(cache.path()));
+    };
+    let whole = std::fs::read(snap).unwrap();
+    let breakages: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 3] = [
+        ("cut short", Box::new(|b| b.truncate(b.len() / 2))),
+        ("a byte of its state changed", Box::new(|b| b[4096 + 10] ^= 0x20)),
+        ("emptied", Box::new(|b| b.clear())),
+    ];
+    for (what, break_it) in breakages {
+        let mut broken = whole.clone();
+        break_it(&mut broken);
+        std::fs::write(snap, &broken).unwrap();
+        let (status, out, err) = echo(what);
+        assert_eq!((status, out.trim()), (Some(0), what), "{what}: {err}");
+        assert!(err.contains("is unusable, made again"), "{what}: {err}");
+        assert!(err.contains("made the template"), "{what}: {err}");
+        assert_eq!(std::fs::metadata(snap).unwrap().len(), whole.len() as u64);
+        let (_, _, err) = echo("again");
+        assert!(!err.contains("made the template"), "{what}, then: {err}");
+    }
+}
+
+/// Two first runs at once: one makes the template, the other waits for it; both restore.
+#[test]
+fn concurrent_first_runs_make_one_template() {
+    let cache = tempfile::tempdir().unwrap();
+    let path = cache.path().to_path_buf();
+    let runs: Vec<_> = (0..2)
+        .map(|i| {
+            let cache = path.clone();
+            std::thread::spawn(move || run_in(Some(&cache), &[], &["echo", &format!("run {i}")]))
+        })
+        .collect();
+    let results: Vec<_> = runs.into_iter().map(|r| r.join().unwrap()).collect();
+    let mut made = 0;
+    for (i, (status, out, err)) in results.iter().enumerate() {
+        assert_eq!((*status, out.trim()), (Some(0), format!("run {i}").as_str()), "{err}");
+        assert!(err.contains("restoring "), "{err}");
+        made += err.matches("made the template").count();
+    }
+    assert_eq!(made, 1, "{results:?}");
+    assert_eq!(templates(cache.path()).len(), 1);
+    let left: BTreeSet<String> = std::fs::read_dir(cache.path().join("templates"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A cache where no template can be made: the VM boots cold, and one line says why.
+#[test]
+fn an_unusable_cache_boots_cold_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a folder").unwrap();
+    let cache = file.join("cache");
+    let (status, out, err) = run_in(Some(&cache), &[], &["echo", "cold"]);
+    assert_eq!((status, out.as_str()), (Some(0), "cold\n"), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("booting without a snapshot"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("Not a directory"), "{err}");
+}
