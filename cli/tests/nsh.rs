@@ -225,7 +225,13 @@ fn start_shell_on_a_terminal() {
     };
     // The prompt names the VM's own host name, `nodeos-` and six hex digits.
     let prompt = wait_for(&mut master, ":~$ ");
-    let host = prompt.rsplit("node@").next().unwrap().split(':').next().unwrap();
+    let host = prompt
+        .rsplit("node@")
+        .next()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap();
     assert!(
         host.len() == 13
             && host.starts_with("nodeos-")

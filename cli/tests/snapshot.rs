@@ -84,7 +84,14 @@ fn identity(cache: Option<&Path>) -> serde_json::Value {
 #[test]
 fn restored_vms_share_no_randomness_nor_identity() {
     let (a, b) = (identity(None), identity(None));
-    for field in ["bytes", "uuid", "math", "kernel_uuid", "boot_id", "hostname"] {
+    for field in [
+        "bytes",
+        "uuid",
+        "math",
+        "kernel_uuid",
+        "boot_id",
+        "hostname",
+    ] {
         assert_ne!(a[field], b[field], "{field}: {a} {b}");
     }
     let now = SystemTime::now()
@@ -122,7 +129,10 @@ fn a_broken_template_is_made_again() {
     let whole = std::fs::read(snap).unwrap();
     let breakages: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 3] = [
         ("cut short", Box::new(|b| b.truncate(b.len() / 2))),
-        ("a byte of its state changed", Box::new(|b| b[4096 + 10] ^= 0x20)),
+        (
+            "a byte of its state changed",
+            Box::new(|b| b[4096 + 10] ^= 0x20),
+        ),
         ("emptied", Box::new(|b| b.clear())),
     ];
     for (what, break_it) in breakages {
@@ -133,7 +143,12 @@ fn a_broken_template_is_made_again() {
         assert_eq!((status, out.trim()), (Some(0), what), "{what}: {err}");
         assert!(err.contains("is unusable, made again"), "{what}: {err}");
         assert!(err.contains("made the template"), "{what}: {err}");
-        assert_eq!(std::fs::metadata(snap).unwrap().len(), whole.len() as u64);
+        // Made again whole (its stream is not byte for byte the same each time).
+        let len = std::fs::metadata(snap).unwrap().len() as f64;
+        assert!(
+            (len / whole.len() as f64 - 1.0).abs() < 0.05,
+            "{what}: {len} bytes"
+        );
         let (_, _, err) = echo("again");
         assert!(!err.contains("made the template"), "{what}, then: {err}");
     }
@@ -153,7 +168,11 @@ fn concurrent_first_runs_make_one_template() {
     let results: Vec<_> = runs.into_iter().map(|r| r.join().unwrap()).collect();
     let mut made = 0;
     for (i, (status, out, err)) in results.iter().enumerate() {
-        assert_eq!((*status, out.trim()), (Some(0), format!("run {i}").as_str()), "{err}");
+        assert_eq!(
+            (*status, out.trim()),
+            (Some(0), format!("run {i}").as_str()),
+            "{err}"
+        );
         assert!(err.contains("restoring "), "{err}");
         made += err.matches("made the template").count();
     }
@@ -171,16 +190,14 @@ fn concurrent_first_runs_make_one_template() {
 /// A cache where no template can be made: the VM boots cold, and one line says why.
 #[test]
 fn an_unusable_cache_boots_cold_with_one_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("a-file");
-    std::fs::write(&file, "not a folder").unwrap();
-    let cache = file.join("cache");
-    let (status, out, err) = run_in(Some(&cache), &[], &["echo", "cold"]);
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::write(cache.path().join("templates"), "not a folder").unwrap();
+    let (status, out, err) = run_in(Some(cache.path()), &[], &["echo", "cold"]);
     assert_eq!((status, out.as_str()), (Some(0), "cold\n"), "{err}");
     let lines: Vec<&str> = err
         .lines()
         .filter(|l| l.contains("booting without a snapshot"))
         .collect();
     assert_eq!(lines.len(), 1, "{err}");
-    assert!(lines[0].contains("Not a directory"), "{err}");
+    assert!(lines[0].contains("the snapshot folder"), "{err}");
 }

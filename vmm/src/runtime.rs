@@ -4,8 +4,8 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -54,28 +54,22 @@ pub fn base() -> Result<PathBuf, Error> {
     Ok(path)
 }
 
-/// An empty, read-only file in the runtime folder: the backing of a VM's unused disk slots
-/// (a disk of capacity 0, which a snapshot's VMs fill on restore).
-pub fn empty_disk() -> Result<PathBuf, Error> {
-    let path = base()?.join("empty-disk");
-    let create = |source| Error::Create {
-        path: path.clone(),
-        source,
-    };
+/// An empty, read-only file in `dir` (a VM's own folder, where its agent socket is): the
+/// backing of the VM's unused disk slots (disks of capacity 0, which a snapshot's VMs fill on
+/// restore). Gone with the folder.
+pub fn empty_disk(dir: &Path) -> io::Result<PathBuf> {
+    let path = dir.join("empty-disk");
     match fs::symlink_metadata(&path) {
         Ok(meta) if meta.is_file() && meta.len() == 0 => return Ok(path),
-        Ok(_) => fs::remove_file(&path).map_err(create)?,
+        Ok(_) => fs::remove_file(&path)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(create(e)),
+        Err(e) => return Err(e),
     }
-    // Made under a name of its own and renamed, so no one sees it half made.
-    let base = base()?;
-    let file = tempfile::Builder::new()
-        .prefix(".empty-disk-")
-        .permissions(fs::Permissions::from_mode(0o444))
-        .tempfile_in(&base)
-        .map_err(create)?;
-    file.persist(&path).map_err(|e| create(e.error))?;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&path)?;
     Ok(path)
 }
 

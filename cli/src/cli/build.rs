@@ -45,11 +45,15 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     if let ([kernel, rootfs], false) = (&built[..], args.no_snapshot) {
         let backend = choose_backend(args.backend, &args.jail, true)?;
         let templates = Templates::in_cache(store.cache_dir());
-        let memory = vm_config::memory_mib(vm_config::DEFAULT_MEMORY)
-            .map_err(anyhow::Error::msg)?;
+        let memory =
+            vm_config::memory_mib(vm_config::DEFAULT_MEMORY).map_err(anyhow::Error::msg)?;
         for net in [None, Some(NetSpec::USER)] {
             let mut config = VmConfig::new(kernel.clone(), rootfs.clone(), memory, 1);
-            let with = if net.is_some() { ", with a network" } else { "" };
+            let with = if net.is_some() {
+                ", with a network"
+            } else {
+                ""
+            };
             config.net = net;
             let (path, _) = templates.ensure(&backend, &config, args.force)?;
             let shape = format!(" ({memory} MiB, 1 vCPU{with}, {})", backend.name());

@@ -163,8 +163,9 @@ impl VmConfig {
                 devices.extend(volumes.map(|(image, read_only)| disk(image, read_only)));
                 params
             }
-            Some(_) => {
-                let empty = crate::runtime::empty_disk()
+            Some(socket) => {
+                let folder = socket.parent().unwrap_or(std::path::Path::new("/"));
+                let empty = crate::runtime::empty_disk(folder)
                     .map_err(|e| ConfigError::EmptyDisk(e.to_string()))?;
                 // A template's slots are writable, so any VM may fill them either way.
                 let saving = matches!(self.start, Start::Save { .. });
@@ -371,7 +372,9 @@ mod tests {
             rows: 40,
         };
         c.shell = Shell::Nsh;
-        c.agent_socket = Some("/run/agent.sock".into());
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        c.agent_socket = Some(socket.clone());
         c.net = Some(NetSpec::USER);
         c.cmdline_extra = " loglevel=7 ".into();
         c.user_disk = Some("/users/ann.ext4".into());
@@ -381,10 +384,7 @@ mod tests {
             read_only: true,
         }];
         let spec = c.spec(AgentTransport::Vsock).unwrap();
-        assert_eq!(
-            spec.agent_socket(),
-            Some(std::path::Path::new("/run/agent.sock"))
-        );
+        assert_eq!(spec.agent_socket(), Some(socket.as_path()));
         assert_eq!(spec.net(), Some(&NetSpec::USER));
         assert!(spec.cmdline.ends_with(" loglevel=7"));
         // Only the agent's transport is on the command line: the rest is the activation's.
@@ -405,7 +405,7 @@ mod tests {
         assert_eq!(p.volumes[0].device, "/dev/vdc");
         assert_eq!(p.net, Some(contract::net::USER_NET));
         // The root, then every slot: 8 devices less root, RNG, network and agent link.
-        let empty = crate::runtime::empty_disk().unwrap();
+        let empty = dir.path().join("empty-disk");
         let empty = empty.to_str().unwrap();
         assert_eq!(
             disks(&spec),
@@ -438,7 +438,8 @@ mod tests {
             read_only: true,
         };
         let mut c = config();
-        c.agent_socket = Some("/run/agent.sock".into());
+        let dir = tempfile::tempdir().unwrap();
+        c.agent_socket = Some(dir.path().join("agent.sock"));
         c.volumes = (0..MAX_VOLUMES).map(volume).collect();
         assert!(c.spec(AgentTransport::Serial).is_ok());
         c.net = Some(NetSpec::USER);
@@ -459,7 +460,8 @@ mod tests {
             c.spec(AgentTransport::Vsock).unwrap_err(),
             ConfigError::EnvWithoutAgent("npm_config_registry".into())
         );
-        c.agent_socket = Some("/run/agent.sock".into());
+        let dir = tempfile::tempdir().unwrap();
+        c.agent_socket = Some(dir.path().join("agent.sock"));
         let spec = c.spec(AgentTransport::Serial).unwrap();
         let everything = serde_json::to_string(&spec).unwrap();
         assert!(!everything.contains("secret"), "{everything}");

@@ -258,8 +258,8 @@ impl Stopper {
         let thread = thread::Builder::new()
             .name("qemu-stop".into())
             .spawn(move || {
-                // The signals' descriptors stay open with them.
-                let _stops = stops;
+                // The descriptors polled stay open with their owners.
+                let _open = (done_fd, stops);
                 if crate::poll::first_readable(&fds, None).is_some_and(|i| i > 0) {
                     let mut state = s.lock().unwrap();
                     if let Some(killed) = state.as_mut() {
