@@ -127,7 +127,9 @@ fn a_broken_template_is_made_again() {
         panic!("one template: {:?}", templates(cache.path()));
     };
     let whole = std::fs::read(snap).unwrap();
-    let breakages: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 3] = [
+    /// What was done to the file, and how.
+    type Breakage = (&'static str, Box<dyn Fn(&mut Vec<u8>)>);
+    let breakages: [Breakage; 3] = [
         ("cut short", Box::new(|b| b.truncate(b.len() / 2))),
         (
             "a byte of its state changed",

@@ -13,7 +13,7 @@ pub mod error_chain;
 pub mod host_packages;
 pub mod jail;
 mod kvm;
-mod memory;
+pub mod memory;
 pub mod poll;
 pub mod runtime;
 mod seccomp;

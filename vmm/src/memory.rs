@@ -17,8 +17,11 @@
 //! 0x1_0000_0000  the rest of RAM, when the guest has more than 3 GiB
 //! ```
 
+pub mod huge_pages;
+
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 /// Guest memory as the VMM uses it: shared by vCPU set-up and device threads.
@@ -103,9 +106,51 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
     }
 }
 
-/// Maps anonymous guest memory of `mib` MiB with the layout of [`ram_ranges`].
-pub fn create(mib: u32) -> Result<GuestMemory, Error> {
-    build(mib, None)
+/// What backs a VM's guest RAM in the VMM process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backing {
+    /// 2 MiB pages of the host's hugetlb pool, all reserved when mapped ([`huge_pages`]).
+    HugePages,
+    /// Anonymous memory advised for transparent huge pages: 2 MiB pages where the kernel
+    /// finds them, 4 KiB pages otherwise.
+    Transparent,
+    /// A snapshot file, mapped private (copy-on-write).
+    Snapshot,
+}
+
+impl std::fmt::Display for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backing::HugePages => "2 MiB huge pages",
+            Backing::Transparent => "transparent huge pages",
+            Backing::Snapshot => "the snapshot file, copy-on-write",
+        })
+    }
+}
+
+/// Maps anonymous guest memory of `mib` MiB with the layout of [`ram_ranges`], for a cold boot:
+/// on 2 MiB huge pages when the host's pool has room for all of it (see [`huge_pages`]), on
+/// transparent huge pages otherwise.
+pub fn create(mib: u32) -> Result<(GuestMemory, Backing), Error> {
+    let needed = huge_pages::pages_for(u64::from(mib) * MIB);
+    create_on(
+        mib,
+        huge_pages::choose(huge_pages::enabled(), huge_pages::Pool::read(), needed),
+    )
+}
+
+/// [`create`], on huge pages if `huge` is `Ok` and the pool then reserves them all.
+fn create_on(mib: u32, huge: Result<(), String>) -> Result<(GuestMemory, Backing), Error> {
+    let why_not = match huge {
+        Ok(()) => match build(mib, Source::HugePages) {
+            Ok(mem) => return Ok((mem, Backing::HugePages)),
+            Err(Error::Map { source, .. }) => format!("reserving them: {source}"),
+            Err(e) => return Err(e),
+        },
+        Err(why) => why,
+    };
+    tracing::debug!("guest RAM not on 2 MiB huge pages: {why_not}");
+    Ok((build(mib, Source::Anonymous)?, Backing::Transparent))
 }
 
 /// Maps guest memory of `mib` MiB from a snapshot: the regions of [`ram_ranges`] one after the
@@ -113,10 +158,21 @@ pub fn create(mib: u32) -> Result<GuestMemory, Error> {
 /// first touch of a page reads it (through the host's page cache, which VMs restored from one
 /// file share), and its first write copies it; a hole reads as zeros.
 pub fn from_snapshot(mib: u32, file: &std::fs::File, offset: u64) -> Result<GuestMemory, Error> {
-    build(mib, Some((file, offset)))
+    build(mib, Source::File(file, offset))
 }
 
-fn build(mib: u32, file: Option<(&std::fs::File, u64)>) -> Result<GuestMemory, Error> {
+/// Where guest RAM comes from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// Anonymous, THP-advised.
+    Anonymous,
+    /// Anonymous, on the hugetlb pool.
+    HugePages,
+    /// A file, from an offset.
+    File(&'a std::fs::File, u64),
+}
+
+fn build(mib: u32, source: Source) -> Result<GuestMemory, Error> {
     if mib < MIN_MEMORY_MIB {
         return Err(Error::TooSmall {
             mib,
@@ -128,16 +184,29 @@ fn build(mib: u32, file: Option<(&std::fs::File, u64)>) -> Result<GuestMemory, E
         .map(|(start, len)| (start, len as usize))
         .collect();
     let map_err = |source| Error::Map { mib, source };
-    let mut file_offset = file.map(|(_, offset)| offset);
+    let mut hosts = Vec::with_capacity(ranges.len());
+    let mut region_source = source;
+    for &(_, len) in &ranges {
+        match map_region(len, region_source) {
+            Ok(host) => hosts.push(host),
+            Err(e) => {
+                for (&host, &(_, len)) in hosts.iter().zip(&ranges) {
+                    unmap_region(host, len, source);
+                }
+                return Err(map_err(e));
+            }
+        }
+        if let Source::File(file, offset) = region_source {
+            region_source = Source::File(file, offset + len as u64);
+        }
+    }
     let regions = ranges
         .iter()
-        .map(|&(start, len)| {
-            let backing = file.zip(file_offset).map(|((f, _), offset)| (f, offset));
-            file_offset = file_offset.map(|o| o + len as u64);
-            let host = map_aligned(len, backing).map_err(map_err)?;
+        .zip(hosts)
+        .map(|(&(start, len), host)| {
             // SAFETY: `host` is the start of a fresh private mapping of `len` bytes that
             // nothing else refers to; it stays mapped for the life of the process (see
-            // `map_aligned`), so for as long as any region built on it.
+            // `map_region`), so for as long as any region built on it.
             let region = unsafe { MmapRegion::build_raw(host, len, RAM_PROT, RAM_FLAGS) }
                 .map_err(|e| map_err(std::io::Error::other(e)))?;
             GuestRegionMmap::new(region, start).ok_or_else(|| {
@@ -156,6 +225,42 @@ pub const HUGE_PAGE_SIZE: usize = 2 << 20;
 const RAM_PROT: i32 = libc::PROT_READ | libc::PROT_WRITE;
 const RAM_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
 
+/// Maps one region of `len` bytes from `source`, 2 MiB-aligned, left out of core dumps.
+///
+/// Guest memory is left out of core dumps (`MADV_DONTDUMP`): whatever the guest holds (its
+/// secrets, a tenant's data) must not land on the host's disk should the VMM crash.
+///
+/// The mapping is never unmapped once the VM is built: vm-memory leaves alone a region it did
+/// not map itself, and a VMM process runs one VM, whose memory goes when the process does.
+fn map_region(len: usize, source: Source) -> std::io::Result<*mut u8> {
+    let host = match source {
+        Source::HugePages => huge_pages::map(len)?,
+        Source::Anonymous => map_aligned(len, None)?,
+        Source::File(file, offset) => map_aligned(len, Some((file, offset)))?,
+    };
+    // SAFETY: the range is the mapping just made.
+    if unsafe { libc::madvise(host.cast(), len, libc::MADV_DONTDUMP) } < 0 {
+        let e = std::io::Error::last_os_error();
+        unmap_region(host, len, source);
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("leaving guest memory out of core dumps (MADV_DONTDUMP): {e}"),
+        ));
+    }
+    Ok(host)
+}
+
+/// Undoes [`map_region`] of `len` bytes from `source` at `host`, when building fails.
+fn unmap_region(host: *mut u8, len: usize, source: Source) {
+    let len = match source {
+        Source::HugePages => huge_pages::mapped_len(len),
+        Source::Anonymous | Source::File(..) => len,
+    };
+    // SAFETY: `host` is a mapping of `len` bytes that `map_region` made and no region refers
+    // to yet.
+    unsafe { libc::munmap(host.cast(), len) };
+}
+
 /// Maps `len` bytes of anonymous memory at a 2 MiB-aligned address, as transparent huge pages
 /// where the host allows them; or, given `file` and an offset, those bytes of the file there,
 /// private (copy-on-write) over the same aligned range.
@@ -166,12 +271,6 @@ const RAM_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORES
 /// costs its own nested-paging fault: under nested virtualization, where each such exit is
 /// expensive, that made filling the page cache (reading Node from the root image) about a
 /// quarter slower than under QEMU.
-///
-/// Guest memory is left out of core dumps (`MADV_DONTDUMP`): whatever the guest holds (its
-/// secrets, a tenant's data) must not land on the host's disk should the VMM crash.
-///
-/// The mapping is never unmapped: vm-memory leaves alone a region it did not map itself, and a
-/// VMM process runs one VM, whose memory goes when the process does.
 fn map_aligned(len: usize, file: Option<(&std::fs::File, u64)>) -> std::io::Result<*mut u8> {
     let reserve = len
         .checked_add(HUGE_PAGE_SIZE)
@@ -215,14 +314,6 @@ fn map_aligned(len: usize, file: Option<(&std::fs::File, u64)>) -> std::io::Resu
         if mapped == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-    }
-    // SAFETY: the range is the mapping just made.
-    if unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_DONTDUMP) } < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(std::io::Error::new(
-            e.kind(),
-            format!("leaving guest memory out of core dumps (MADV_DONTDUMP): {e}"),
-        ));
     }
     Ok(aligned as *mut u8)
 }
@@ -317,7 +408,7 @@ mod tests {
 
     #[test]
     fn overhead_of_this_process_is_measured() {
-        let mem = create(MIN_MEMORY_MIB).unwrap();
+        let (mem, _) = create(MIN_MEMORY_MIB).unwrap();
         let kib = vmm_overhead_kib(&mem, std::fs::File::open(SMAPS).unwrap()).unwrap();
         assert!(kib > 0, "{kib}");
     }
@@ -344,7 +435,7 @@ mod tests {
 
     #[test]
     fn create_maps_regions() {
-        let mem = create(64).unwrap();
+        let (mem, _) = create(64).unwrap();
         assert_eq!(mem.num_regions(), 1);
         assert_eq!(mem.iter().next().unwrap().len(), 64 * MIB);
         assert!(matches!(create(4), Err(Error::TooSmall { .. })));
@@ -354,7 +445,7 @@ mod tests {
     fn ram_is_huge_page_aligned_in_the_vmm() {
         use vm_memory::{Bytes, MemoryRegionAddress};
         // Over 3 GiB: two regions, each aligned (nothing is touched, so nothing is allocated).
-        let mem = create(4096).unwrap();
+        let (mem, _) = create(4096).unwrap();
         assert_eq!(mem.num_regions(), 2);
         for r in mem.iter() {
             let host = r.get_host_address(MemoryRegionAddress(0)).unwrap() as usize;
@@ -370,7 +461,7 @@ mod tests {
     #[test]
     fn guest_ram_is_left_out_of_core_dumps() {
         use vm_memory::MemoryRegionAddress;
-        let mem = create(64).unwrap();
+        let (mem, _) = create(64).unwrap();
         let host = mem
             .iter()
             .next()
@@ -384,6 +475,32 @@ mod tests {
             .find_map(|l| l.strip_prefix("VmFlags:"))
             .unwrap_or_else(|| panic!("guest RAM at {host:x} in {SMAPS}"));
         assert!(flags.split_whitespace().any(|f| f == "dd"), "{flags}");
+    }
+
+    #[test]
+    fn a_pool_without_room_leaves_ram_on_transparent_huge_pages() {
+        use vm_memory::Bytes;
+        let (mem, backing) = create_on(64, Err("no pool".into())).unwrap();
+        assert_eq!(backing, Backing::Transparent);
+        mem.write_obj(7u64, GuestAddress(63 * MIB)).unwrap();
+        assert_eq!(mem.read_obj::<u64>(GuestAddress(63 * MIB)).unwrap(), 7);
+    }
+
+    /// A hugetlb mapping whose pages the pool cannot give must fail at `mmap`, not with a
+    /// SIGBUS when the guest first touches a page: asked for more pages than the pool has
+    /// available, the mapping is refused and RAM falls back to transparent huge pages.
+    #[test]
+    fn a_short_pool_fails_at_mmap_and_falls_back() {
+        use vm_memory::Bytes;
+        let available = huge_pages::Pool::read().map_or(0, |p| p.available());
+        let mib = u32::try_from((available + 1) * 2)
+            .unwrap()
+            .max(MIN_MEMORY_MIB);
+        let (mem, backing) = create_on(mib, Ok(())).unwrap();
+        assert_eq!(backing, Backing::Transparent, "{available} pages available");
+        let last = GuestAddress(u64::from(mib) * MIB - 8);
+        mem.write_obj(1u64, last).unwrap();
+        assert_eq!(mem.read_obj::<u64>(last).unwrap(), 1);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Our VMM against QEMU microvm, side by side in one KVM box run: same L1, same kernel, same
-//! root image, same memory and vCPUs, runs interleaved. Absolute times in the box are emulated
-//! (not hardware times); the ratio ours/QEMU is the figure that matters.
+//! root image, same memory and vCPUs, runs interleaved. Ours runs twice per round: with guest
+//! RAM on 2 MiB huge pages from L1's pool (set aside by the script), and with the pool turned
+//! off by `NODEOS_VM_HUGE_PAGES=off` (transparent huge pages, as QEMU's RAM). Absolute times in
+//! the box are emulated (not hardware times); the ratios are the figures that matter.
 //!
 //! cargo build --release && cargo run --release -p nodeos-vm-benches --bin kvm_box -- [RUNS]
 
@@ -9,7 +11,20 @@ use std::time::Duration;
 use kvm_box::{BoxRun, Script};
 use nodeos_vm_benches::{artifacts, nodeos_vm_bin, parse_timings, side_by_side_box, stats};
 
-const BACKENDS: [&str; 2] = ["kvm", "qemu"];
+/// Each case: its name, the environment it adds, its backend, and the backing its timings
+/// line must name (our VMM's; `None` for QEMU).
+const CASES: [(&str, &str, &str, Option<&str>); 3] = [
+    ("kvm-huge", "", "kvm", Some("2 MiB huge pages")),
+    (
+        "kvm-thp",
+        "NODEOS_VM_HUGE_PAGES=off ",
+        "kvm",
+        Some("transparent huge pages"),
+    ),
+    ("qemu", "", "qemu", None),
+];
+/// L1's pool: one 512 MiB guest (256 pages) at a time, and some room.
+const L1_HUGE_PAGES: u32 = 300;
 
 fn main() {
     let runs: usize = std::env::args()
@@ -20,14 +35,16 @@ fn main() {
     let (kernel, rootfs) = artifacts(&bin);
 
     let mut script = Script::new();
+    script.setup(&format!("echo {L1_HUGE_PAGES} > /proc/sys/vm/nr_hugepages"));
+    script.check("pool", "grep HugePages_ /proc/meminfo");
     for i in 0..runs {
-        for backend in BACKENDS {
+        for (name, env, backend, _) in CASES {
             script.check_with_timeout(
-                &format!("{backend}.{i}"),
+                &format!("{name}.{i}"),
                 Duration::from_secs(120),
                 &format!(
-                    "printf '6*7\\n' | /nodeos/nodeos-vm start --pipe --timings --backend {backend} \
-                     --kernel /nodeos/vmlinux --rootfs /nodeos/rootfs.img 2>&1"
+                    "printf '6*7\\n' | {env}/nodeos/nodeos-vm start --pipe --timings --no-snapshot \
+                     --backend {backend} --kernel /nodeos/vmlinux --rootfs /nodeos/rootfs.img 2>&1"
                 ),
             );
         }
@@ -40,25 +57,35 @@ fn main() {
     };
     let result = kvm_box::run(&kvm_box::default_cache_dir(), &run).expect("KVM box run");
     let checks = result.checks();
+    if let Some(pool) = checks.get("pool") {
+        eprintln!("L1's pool:\n{}", pool.output);
+    }
 
     println!(
-        "## In the KVM box: nodeos-vm start, our VMM (kvm) vs QEMU microvm (qemu, -accel kvm)\n"
+        "## In the KVM box: nodeos-vm start, our VMM (kvm) on huge pages and on THP vs QEMU microvm (qemu, -accel kvm)\n"
     );
-    println!("{runs} runs each, interleaved; 1 vCPU, 512 MiB; `6*7` piped to the REPL, then end of input.\n");
-    println!("| backend | to init | boot + REPL answers + VM ends | whole command (L1 clock) |");
+    println!("{runs} runs each, interleaved; 1 vCPU, 512 MiB, cold boots (`--no-snapshot`); `6*7` piped to the REPL, then end of input.\n");
+    println!("| case | to init | boot + REPL answers + VM ends | whole command (L1 clock) |");
     println!("|---|---|---|---|");
     let mut medians = Vec::new();
     let mut memory = Vec::new();
-    for backend in BACKENDS {
+    for (name, _, _, backing) in CASES {
         let (mut init, mut total, mut wall, mut overhead) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in 0..runs {
-            let Some(check) = checks.get(&format!("{backend}.{i}")) else {
+            let Some(check) = checks.get(&format!("{name}.{i}")) else {
                 continue;
             };
             if !check.passed() || !check.output.lines().any(|l| l.trim() == "42") {
-                eprintln!("{backend}.{i} failed: {}", check.output);
+                eprintln!("{name}.{i} failed: {}", check.output);
                 continue;
+            }
+            if let Some(backing) = backing {
+                let line = format!("guest RAM on {backing}");
+                if !check.output.contains(&line) {
+                    eprintln!("{name}.{i} left out: no {line:?} in {}", check.output);
+                    continue;
+                }
             }
             if let Some((a, b)) = parse_timings(&check.output) {
                 init.push(a);
@@ -76,17 +103,22 @@ fn main() {
             }
         }
         let (init, total, wall) = (stats(&init), stats(&total), stats(&wall));
-        println!("| {backend} | {init} | {total} | {wall} |");
+        println!("| {name} | {init} | {total} | {wall} |");
         if !overhead.is_empty() {
-            memory.push((backend, stats(&overhead)));
+            memory.push((name, stats(&overhead)));
         }
         medians.push((init.median, total.median));
     }
-    println!(
-        "\nratio ours/QEMU: to init {:.2}, boot + REPL + end {:.2}",
-        medians[0].0 / medians[1].0,
-        medians[0].1 / medians[1].1
-    );
+    let ratio = |a: usize, b: usize| {
+        format!(
+            "to init {:.2}, boot + REPL + end {:.2}",
+            medians[a].0 / medians[b].0,
+            medians[a].1 / medians[b].1
+        )
+    };
+    println!("\nratio kvm-huge/kvm-thp: {}", ratio(0, 1));
+    println!("ratio kvm-huge/QEMU: {}", ratio(0, 2));
+    println!("ratio kvm-thp/QEMU: {}", ratio(1, 2));
     for (backend, mib) in memory {
         println!("{backend}: VMM memory overhead besides guest RAM: median {:.1} MiB (min {:.1}, max {:.1})", mib.median, mib.min, mib.max);
     }

@@ -97,4 +97,7 @@ fn print_timings(report: &RunReport, total: std::time::Duration) {
             kib as f64 / 1024.0
         );
     }
+    if let Some(backing) = report.memory {
+        eprintln!("nodeos-vm: memory: guest RAM on {backing}");
+    }
 }

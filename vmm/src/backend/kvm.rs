@@ -46,7 +46,7 @@ use crate::kvm::control::{EndGuard, RunState, TransitionError};
 use crate::kvm::state::VcpuStates;
 use crate::kvm::vcpu::{self, RunError};
 use crate::kvm::{self, Vcpu, Vm, VmControl};
-use crate::memory::{self, GuestMemory, SharedMemory, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use crate::memory::{self, Backing, GuestMemory, SharedMemory, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use crate::seccomp::{self, ThreadKind};
 use crate::snapshot::{self, save::Saver};
 use crate::vm::{ConsoleIo, ConsoleReady, Device, RunReport, Start, StopSignal, VmExit, VmSpec};
@@ -144,6 +144,8 @@ pub struct Built {
     /// sent before it was saved (its console takes input at once).
     restored: Option<(Instant, ConsoleReady)>,
     mem: SharedMemory,
+    /// What backs `mem`.
+    backing: Backing,
 }
 
 /// A running VM: the `vmm` thread, which owns the others, and what must outlive them all.
@@ -161,6 +163,7 @@ pub struct Running {
     /// Held for the drop order alone, as is `_mem`.
     _vm: Arc<Vm>,
     init_reached: Arc<OnceLock<Duration>>,
+    backing: Backing,
     _mem: SharedMemory,
 }
 
@@ -207,12 +210,15 @@ impl Vmm<Built> {
             _ => None,
         };
         // Memory first: on an early return the VM fd (declared later) is dropped before it.
-        let mem: SharedMemory = Arc::new(match (&restoring, &snapshot) {
-            (Some(loaded), Some(file)) => {
-                memory::from_snapshot(spec.memory_mib, file, loaded.memory_offset)?
-            }
+        let (mem, backing) = match (&restoring, &snapshot) {
+            (Some(loaded), Some(file)) => (
+                memory::from_snapshot(spec.memory_mib, file, loaded.memory_offset)?,
+                Backing::Snapshot,
+            ),
             _ => memory::create(spec.memory_mib)?,
-        });
+        };
+        tracing::info!(memory_mib = spec.memory_mib, "guest RAM on {backing}");
+        let mem: SharedMemory = Arc::new(mem);
         let vm = Arc::new(Vm::new()?);
         let max = vm.max_vcpus().min(usize::from(mptable::MAX_CPUS));
         if spec.cpus == 0 || usize::from(spec.cpus) > max {
@@ -438,6 +444,7 @@ impl Vmm<Built> {
                 saver,
                 restored: saved.is_some().then_some((started, console.ready)),
                 mem,
+                backing,
             },
         })
     }
@@ -562,6 +569,7 @@ impl Vmm<Built> {
                 _devices: (built.pio, built.mmio, built.transports),
                 _vm: built.vm,
                 init_reached: built.init_reached,
+                backing: built.backing,
                 _mem: mem,
             },
         })
@@ -620,6 +628,7 @@ impl Vmm<Running> {
                 exit,
                 init_reached,
                 vmm_overhead_kib,
+                memory: Some(self.state.backing),
             }),
             Some(Err(e)) => Err(e.into()),
             None => Err(RunError::ThreadEnded("VM").into()),

@@ -95,7 +95,7 @@ mod tests {
 
     #[test]
     fn vmlinux_zero_page() {
-        let mem = crate::memory::create(128).unwrap();
+        let mem = crate::memory::create(128).unwrap().0;
         let map = guest_memory_map(&mem);
         assert_eq!(
             write(&mem, None, 42, &map).unwrap(),

@@ -258,7 +258,7 @@ pub(crate) mod tests {
 
     #[test]
     fn elf_with_pvh_note_boots_through_pvh() {
-        let mem = crate::memory::create(64).unwrap();
+        let mem = crate::memory::create(64).unwrap().0;
         let f = kernel_file(&tiny_elf(&[0xf4; 32], 0x20_0000, true));
         let kernel = load_kernel(&mem, f.path()).unwrap();
         assert!(matches!(kernel, Kernel::Pvh { entry: 0x20_0000 }));
@@ -289,7 +289,7 @@ pub(crate) mod tests {
 
     #[test]
     fn elf_without_note_boots_in_long_mode() {
-        let mem = crate::memory::create(64).unwrap();
+        let mem = crate::memory::create(64).unwrap().0;
         let f = kernel_file(&tiny_elf(&[0x90; 16], 0x100_0000, false));
         let kernel = load_kernel(&mem, f.path()).unwrap();
         assert!(matches!(kernel, Kernel::Vmlinux64 { entry: 0x100_0000 }));
@@ -311,7 +311,7 @@ pub(crate) mod tests {
 
     #[test]
     fn garbage_kernel_is_a_clear_error() {
-        let mem = crate::memory::create(32).unwrap();
+        let mem = crate::memory::create(32).unwrap().0;
         let f = kernel_file(&[0u8; 4096]);
         let err = load_kernel(&mem, f.path()).unwrap_err();
         assert!(
@@ -330,7 +330,7 @@ pub(crate) mod tests {
 
     #[test]
     fn kernel_beyond_memory_is_an_error() {
-        let mem = crate::memory::create(32).unwrap();
+        let mem = crate::memory::create(32).unwrap().0;
         let f = kernel_file(&tiny_elf(&[0x90; 16], 0x4000_0000, true));
         assert!(matches!(
             load_kernel(&mem, f.path()),

@@ -27,7 +27,7 @@ mod tests {
 
     #[test]
     fn maps_first_gigabyte() {
-        let mem = crate::memory::create(32).unwrap();
+        let mem = crate::memory::create(32).unwrap().0;
         assert_eq!(write(&mem).unwrap(), PML4_START);
         assert_eq!(
             mem.read_obj::<u64>(GuestAddress(PML4_START)).unwrap(),

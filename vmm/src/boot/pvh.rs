@@ -57,7 +57,7 @@ mod tests {
 
     #[test]
     fn start_info_in_guest_memory() {
-        let mem = crate::memory::create(64).unwrap();
+        let mem = crate::memory::create(64).unwrap().0;
         let map = guest_memory_map(&mem);
         assert_eq!(write(&mem, &map).unwrap(), GuestAddress(PVH_INFO_START));
 

@@ -283,7 +283,7 @@ pub(crate) mod smoke {
         if !kvm_usable() {
             return;
         }
-        let mem = crate::memory::create(32).unwrap();
+        let mem = crate::memory::create(32).unwrap().0;
         let vm = Vm::new().unwrap();
         vm.register_memory(&mem).unwrap();
         mem.write_slice(REAL_MODE_GUEST, GuestAddress(0x1000))

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::memory::Backing;
 use vmm_sys_util::eventfd::EventFd;
 
 /// How a VM ended.
@@ -57,4 +59,7 @@ pub struct RunReport {
     pub init_reached: Option<Duration>,
     /// Memory the VMM process holds besides guest RAM, in KiB, when the backend can tell.
     pub vmm_overhead_kib: Option<u64>,
+    /// What backs guest RAM in our VMM (crate::memory); `None` from QEMU.
+    #[serde(default)]
+    pub memory: Option<Backing>,
 }

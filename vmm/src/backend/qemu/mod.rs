@@ -192,6 +192,7 @@ pub fn run(
             exit: VmExit::Saved,
             init_reached: *init_reached.lock().unwrap(),
             vmm_overhead_kib: None,
+            memory: None,
         });
     }
     if killed {
@@ -199,6 +200,7 @@ pub fn run(
             exit: VmExit::Stopped,
             init_reached: *init_reached.lock().unwrap(),
             vmm_overhead_kib: None,
+            memory: None,
         });
     }
     let stderr = stderr.join().unwrap_or_default();
@@ -212,6 +214,7 @@ pub fn run(
         exit,
         init_reached,
         vmm_overhead_kib: None,
+        memory: None,
     })
 }
 
