@@ -18,7 +18,7 @@ use crate::params::GuestParams;
 use crate::status;
 
 /// The protocol version both sides say in their `Hello`.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Largest payload of any frame (the type byte not counted).
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Largest `Stdin`, `Stdout`, `Stderr` or `TreeData` chunk.

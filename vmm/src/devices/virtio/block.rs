@@ -202,14 +202,18 @@ impl VirtioDevice for Block {
         &[QUEUE_SIZE]
     }
 
+    /// FLUSH whether read-only or not (a no-op then): a snapshot's disk slot, negotiated
+    /// writable, may be restored read-only, and a restore refuses a device that no longer
+    /// offers what its driver took.
     fn features(&self) -> u64 {
-        let mut f = VIRTIO_F_VERSION_1 | RING_FEATURES | (1 << VIRTIO_BLK_F_SEG_MAX);
-        f |= if self.read_only {
-            1 << VIRTIO_BLK_F_RO
-        } else {
-            1 << VIRTIO_BLK_F_FLUSH
-        };
-        f
+        let f = VIRTIO_F_VERSION_1
+            | RING_FEATURES
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_FLUSH);
+        match self.read_only {
+            true => f | (1 << VIRTIO_BLK_F_RO),
+            false => f,
+        }
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -346,10 +350,10 @@ mod tests {
         ro.read_config(12, &mut seg);
         assert_eq!(u32::from_le_bytes(seg), SEG_MAX);
         assert_ne!(ro.features() & (1 << VIRTIO_BLK_F_RO), 0);
-        assert_eq!(ro.features() & (1 << VIRTIO_BLK_F_FLUSH), 0);
         let rw = Block::open(s.disk.path(), false, "x").unwrap();
         assert_eq!(rw.features() & (1 << VIRTIO_BLK_F_RO), 0);
-        assert_ne!(rw.features() & (1 << VIRTIO_BLK_F_FLUSH), 0);
+        // What a writable slot's driver took, a read-only one offers too (but RO).
+        assert_eq!(rw.features() & !ro.features(), 0);
         assert_ne!(rw.features() & VIRTIO_F_VERSION_1, 0);
     }
 
