@@ -327,7 +327,11 @@ fn the_vmm_runs_jailed_as_root() {
     let jail = check("jail");
     let out = &jail.output;
     assert_eq!(jail.status, Some(0), "{out}");
-    assert!(out.contains("root: dev disk0 kernel \n"), "{out}");
+    // The root image and the VM's disk slots (empty: a file of its own folder), nothing else.
+    assert!(
+        out.contains("root: dev disk0 disk1 disk2 disk3 disk4 disk5 kernel \n"),
+        "{out}"
+    );
     // A uid and gid of its own, from the default range (L1 names none of it).
     for key in ["Uid:", "Gid:"] {
         let ids: Vec<u32> = out
@@ -386,7 +390,11 @@ fn the_vmm_runs_jailed_as_an_unprivileged_user() {
     let jail = check("jail_user");
     let out = &jail.output;
     assert_eq!(jail.status, Some(0), "{out}");
-    assert!(out.contains("root: dev disk0 kernel \n"), "{out}");
+    // The root image and the VM's disk slots (empty: a file of its own folder), nothing else.
+    assert!(
+        out.contains("root: dev disk0 disk1 disk2 disk3 disk4 disk5 kernel \n"),
+        "{out}"
+    );
     for line in [
         "Uid:\t65534\t65534\t65534\t65534",
         "NoNewPrivs:\t1",

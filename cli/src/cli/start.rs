@@ -6,6 +6,7 @@ use contract::params::Shell;
 use sandbox::agent::{Handshake, TemplatePoint};
 use sandbox::booted::BOOT_TIMEOUT;
 use sandbox::console::HostConsole;
+use vmm::backend::Backend;
 use vmm::runtime;
 use vmm::vm::{RunReport, Start, StopSignal, VmExit};
 
@@ -47,7 +48,11 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     let dir = runtime::scratch_dir("start")?;
     let socket = dir.path().join("agent.sock");
     config.agent_socket = Some(socket.clone());
-    args.vm.restore_or_boot(&backend, &mut config)?;
+    // Our VMM's restored REPL does not get its console input yet (a VM restored there takes
+    // no console input before it says so again, and the REPL's never arrives): it boots cold.
+    if !matches!(backend, Backend::Kvm { .. }) {
+        args.vm.restore_or_boot(&backend, &mut config)?;
+    }
     let point = match config.start {
         Start::Restore { .. } => TemplatePoint::Passed,
         Start::Boot | Start::Save { .. } => {

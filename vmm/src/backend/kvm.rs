@@ -140,9 +140,9 @@ pub struct Built {
     vcpu_states: Arc<VcpuStates>,
     /// The save, for `Start::Save`.
     saver: Option<Saver>,
-    /// For a restored VM: when building it began, and the console's "ready", which the guest
-    /// sent before it was saved (its console takes input at once).
-    restored: Option<(Instant, ConsoleReady)>,
+    /// For a restored VM: when building it began, the console's "ready", and whether the guest
+    /// had said it before it was saved (its console then takes input at once).
+    restored: Option<(Instant, ConsoleReady, bool)>,
     mem: SharedMemory,
     /// What backs `mem`.
     backing: Backing,
@@ -425,6 +425,7 @@ impl Vmm<Built> {
                 cmos,
                 transports: transports.clone(),
                 mem: mem.clone(),
+                console_ready: console.ready.clone(),
             }),
             _ => None,
         };
@@ -442,7 +443,7 @@ impl Vmm<Built> {
                 seccomp: spec.seccomp,
                 vcpu_states,
                 saver,
-                restored: saved.is_some().then_some((started, console.ready)),
+                restored: saved.map(|s| (started, console.ready, s.devices.console_ready)),
                 mem,
                 backing,
             },
@@ -551,11 +552,14 @@ impl Vmm<Built> {
                 vcpu.run(&pio, &mmio, &c, &states);
             });
         }
-        if let Some((since, ready)) = built.restored {
+        if let Some((since, ready, was_ready)) = built.restored {
             let elapsed = since.elapsed();
             tracing::debug!("VM restored in {elapsed:?}");
             let _ = built.init_reached.set(elapsed);
-            ready.signal();
+            // Otherwise the guest says so itself, once it has set its console up.
+            if was_ready {
+                ready.signal();
+            }
         }
         if let Err(mpsc::SendError((threads, _))) = give.send((threads, smaps)) {
             // `vmm` is gone already (it panicked): the threads are still ours to end.

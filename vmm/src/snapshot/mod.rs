@@ -221,6 +221,10 @@ pub struct DevicesState {
     pub i8042: I8042State,
     pub cmos: CmosState,
     pub virtio: Vec<VirtioDeviceState>,
+    /// Whether the guest had said its console takes input (the boot timer's `R`): a restored
+    /// VM's console opens at once then, and otherwise when the guest says so again.
+    #[serde(default)]
+    pub console_ready: bool,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use crate::kvm::state::VcpuStates;
 use crate::kvm::vcpu::RunError;
 use crate::kvm::{Vm, VmControl};
 use crate::memory::SharedMemory;
-use crate::vm::VmExit;
+use crate::vm::{ConsoleReady, VmExit};
 
 /// What a save reads, and where it writes.
 pub struct Saver {
@@ -38,6 +38,8 @@ pub struct Saver {
     pub cmos: Arc<Mutex<Cmos>>,
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     pub mem: SharedMemory,
+    /// The console's "ready", which the snapshot records.
+    pub console_ready: ConsoleReady,
 }
 
 impl Saver {
@@ -90,6 +92,7 @@ impl Saver {
                 i8042: lock(&self.i8042).save(),
                 cmos: lock(&self.cmos).save(),
                 virtio,
+                console_ready: self.console_ready.is_signalled(),
             },
         };
         format::write(&self.file, &snapshot, &self.mem)

@@ -52,6 +52,11 @@ impl ConsoleReady {
         }
     }
 
+    /// Whether it has been signalled.
+    pub fn is_signalled(&self) -> bool {
+        *self.state.0.lock().unwrap()
+    }
+
     pub fn wait(&self) {
         let (lock, cvar) = &*self.state;
         let mut ready = lock.lock().unwrap();
