@@ -289,6 +289,7 @@ mod tests {
                     transport: transport.save(),
                     device: VirtioState::Rng,
                 }],
+                console_ready: true,
             },
         };
         (snapshot, mem)
