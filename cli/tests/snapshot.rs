@@ -6,11 +6,9 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use common::{artifacts, backend, Watchdog, BIN, BOOT_LIMIT};
 
 /// What a restored VM says of itself: its randomness, identities and clock.
 const IDENTITY_JS: &str = r#"
@@ -27,35 +25,14 @@ console.log(JSON.stringify({
 "#;
 
 /// `nodeos-vm run ARGS -- CMD...` with the test's kernel and image and the cache `cache`
-/// (the default one when `None`): (status, stdout, stderr).
+/// (the default one when `None`), saying what it restores: (status, stdout, stderr).
 fn run_in(cache: Option<&Path>, args: &[&str], cmd: &[&str]) -> (Option<i32>, String, String) {
-    let (kernel, rootfs) = artifacts();
-    let mut command = Command::new(BIN);
-    command
-        .arg("run")
-        .args(["--backend", &backend()])
-        .arg("--kernel")
-        .arg(kernel)
-        .arg("--rootfs")
-        .arg(rootfs)
-        .args(args)
-        .arg("--")
-        .args(cmd)
-        .env("RUST_LOG", "sandbox=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(cache) = cache {
-        command.env("NODEOS_VM_CACHE", cache);
-    }
-    let child = command.spawn().expect("starting nodeos-vm run");
-    let _watchdog = Watchdog::new(child.id(), BOOT_LIMIT);
-    let out = child.wait_with_output().expect("waiting for nodeos-vm run");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = args.to_vec();
+    all.push("--");
+    all.extend(cmd);
+    let mut env = vec![("RUST_LOG", OsStr::new("sandbox=info"))];
+    env.extend(cache.map(|c| ("NODEOS_VM_CACHE", c.as_os_str())));
+    common::run_with_env(&all, &env)
 }
 
 /// The template snapshots in `cache`.

@@ -26,7 +26,7 @@ use contract::env::EnvVar;
 use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
 use contract::params::GuestParams;
 use contract::{hybrid, AGENT_PORT};
-use vmm::vm::{ConsoleReady, StopSignal};
+use vmm::vm::{ConsoleIo, ConsoleReady, Start, StopSignal};
 use vmm_sys_util::eventfd::EventFd;
 
 /// What to run in the guest.
@@ -108,6 +108,19 @@ pub enum TemplatePoint {
 }
 
 impl TemplatePoint {
+    /// Where the guest of a VM that comes up as `start` says is: ahead of a boot, whose gate
+    /// `console` gets for its backend to signal; passed for a restore.
+    pub fn of(start: &Start, console: &mut ConsoleIo) -> Result<TemplatePoint, Error> {
+        Ok(match start {
+            Start::Restore { .. } => TemplatePoint::Passed,
+            Start::Boot | Start::Save { .. } => {
+                let (point, gate) = TemplatePoint::ahead()?;
+                console.template = gate;
+                point
+            }
+        })
+    }
+
     /// One for a VM that boots, and the gate its backend signals.
     pub fn ahead() -> Result<(TemplatePoint, ConsoleReady), Error> {
         let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::HandshakeThread)?;

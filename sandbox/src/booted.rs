@@ -16,7 +16,7 @@ use crate::console::{self, ConsoleTail, TAIL_BYTES};
 use contract::env::EnvVar;
 use contract::params::GuestParams;
 use vmm::backend::{self, Backend};
-use vmm::vm::{RunReport, Start, StopSignal, VmConfig, VmExit};
+use vmm::vm::{RunReport, StopSignal, VmConfig, VmExit};
 
 /// How long a guest may take to boot and report its agent ready.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -104,14 +104,7 @@ impl Sandbox {
             }
         };
         let mut io = console::headless(output)?;
-        let point = match config.start {
-            Start::Restore { .. } => TemplatePoint::Passed,
-            Start::Boot | Start::Save { .. } => {
-                let (point, gate) = TemplatePoint::ahead()?;
-                io.template = gate;
-                point
-            }
-        };
+        let point = TemplatePoint::of(&config.start, &mut io)?;
         let stop = StopSignal::new().map_err(Error::Setup)?;
         let ended = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Setup)?;
         let (s, e) = (stop.clone(), ended.try_clone().map_err(Error::Setup)?);

@@ -128,6 +128,7 @@ impl Templates {
                 let _ = fs::remove_file(entry.path());
             }
         }
+        self.remove_stale();
         let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
         let scratch = runtime::scratch_dir("template")?;
         let template = template_config(config, scratch.path().join("agent.sock"), &tmp, identity);
@@ -150,6 +151,49 @@ impl Templates {
                 Err(e)
             }
         }
+    }
+
+    /// Removes the templates whose kernel or image file has changed or gone since they were
+    /// made (each rebuild of the image would otherwise leave its templates behind).
+    fn remove_stale(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.extension().is_none_or(|e| e != "snap") {
+                continue;
+            }
+            let header = File::open(&path).map(|f| snapshot::saved_header(&f));
+            if let Ok(Ok(header)) = header {
+                if !files_unchanged(&header.identity) {
+                    tracing::info!("removing the stale template {}", path.display());
+                    let _ = fs::remove_file(&path);
+                    let _ = fs::remove_file(path.with_extension("lock"));
+                }
+            }
+        }
+    }
+}
+
+/// Whether the kernel and image an [`identity`] names are still the files it names.
+fn files_unchanged(identity: &str) -> bool {
+    identity
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("kernel ")
+                .or_else(|| l.strip_prefix("rootfs "))
+        })
+        .all(|named| {
+            let path = named.rsplitn(4, ' ').nth(3).unwrap_or(named);
+            file_identity(Path::new(path)) == named
+        })
+}
+
+/// A file as an [`identity`] names it: path, size, modification time, inode.
+fn file_identity(path: &Path) -> String {
+    match fs::metadata(path) {
+        Ok(m) => format!("{} {} {} {}", path.display(), m.len(), m.mtime(), m.ino()),
+        Err(_) => path.display().to_string(),
     }
 }
 
@@ -228,10 +272,7 @@ fn readable(path: &Path, identity: &str) -> bool {
 /// backend (and its QEMU's build), the kernel and image files, memory, vCPUs, the kernel
 /// parameters added, and whether it has a network.
 pub fn identity(backend: &Backend, config: &VmConfig) -> String {
-    let file = |path: &Path| match fs::metadata(path) {
-        Ok(m) => format!("{} {} {} {}", path.display(), m.len(), m.mtime(), m.ino()),
-        Err(_) => path.display().to_string(),
-    };
+    let file = file_identity;
     format!(
         "nodeos-vm template\nvmm {}\nbackend {}\nkernel {}\nrootfs {}\nmemory {} MiB\ncpus {}\n\
          network {}\nkernel parameters {}\n",
@@ -249,6 +290,25 @@ pub fn identity(backend: &Backend, config: &VmConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_template_of_changed_files_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kernel, rootfs) = (dir.path().join("my vmlinux"), dir.path().join("rootfs.img"));
+        fs::write(&kernel, "k").unwrap();
+        fs::write(&rootfs, "r").unwrap();
+        let backend = Backend::Qemu {
+            accel: vmm::backend::qemu::Accel::Tcg,
+            jail: None,
+            vmm: vmm::backend::process::VmmProgram::new("/bin/true".into(), vec![], vec![]),
+        };
+        let id = identity(&backend, &VmConfig::new(kernel, rootfs.clone(), 512, 1));
+        assert!(files_unchanged(&id), "{id}");
+        fs::write(&rootfs, "rebuilt").unwrap();
+        assert!(!files_unchanged(&id));
+        fs::remove_file(&rootfs).unwrap();
+        assert!(!files_unchanged(&id));
+    }
 
     #[test]
     fn a_templates_identity_follows_its_shape_only() {

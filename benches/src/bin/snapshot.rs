@@ -38,12 +38,20 @@ fn main() {
 }
 
 fn on_host(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
-    let images = format!("--kernel {} --rootfs {}", kernel.display(), rootfs.display());
+    let images = format!(
+        "--kernel {} --rootfs {}",
+        kernel.display(),
+        rootfs.display()
+    );
     let run = |options: &str| {
         let script = format!("{} run {images} {options} {NODE_ARGS}", bin.display());
         let started = Instant::now();
         let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         ms(started.elapsed())
     };
     // The templates are made (once) before anything is timed.
@@ -84,12 +92,7 @@ fn repl_answer(bin: &Path, images: &str, options: &str) -> f64 {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"6*7\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"6*7\n").unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let mut answered = None;
     for line in stdout.lines() {
@@ -142,7 +145,10 @@ fn in_box(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
         script.check_with_timeout(
             &format!("{backend}.template"),
             Duration::from_secs(600),
-            &format!("{}; ls -l /root/.cache/nodeos-vm/templates", run(backend, "")),
+            &format!(
+                "{}; ls -l /root/.cache/nodeos-vm/templates",
+                run(backend, "")
+            ),
         );
     }
     for i in 0..runs {
@@ -239,7 +245,10 @@ fn in_box(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
         "QEMU restored / QEMU cold: {}",
         ratio(("qemu", "restored"), ("qemu", "cold"))
     );
-    println!("(L1 boot {:?}, whole box run {:?})", result.boot, result.wall);
+    println!(
+        "(L1 boot {:?}, whole box run {:?})",
+        result.boot, result.wall
+    );
 }
 
 /// VMs started at once for the density figure.

@@ -8,7 +8,7 @@ use sandbox::booted::BOOT_TIMEOUT;
 use sandbox::console::HostConsole;
 use vmm::backend::Backend;
 use vmm::runtime;
-use vmm::vm::{RunReport, Start, StopSignal, VmExit};
+use vmm::vm::{RunReport, StopSignal, VmExit};
 
 use super::vm_options::{choose_backend, VmArgs};
 use super::vms;
@@ -53,14 +53,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     if !matches!(backend, Backend::Kvm { .. }) {
         args.vm.restore_or_boot(&backend, &mut config)?;
     }
-    let point = match config.start {
-        Start::Restore { .. } => TemplatePoint::Passed,
-        Start::Boot | Start::Save { .. } => {
-            let (point, gate) = TemplatePoint::ahead()?;
-            console.template = gate;
-            point
-        }
-    };
+    let point = TemplatePoint::of(&config.start, &mut console)?;
     let vm = (config.guest_params(), config.env.clone());
     let handshake = Handshake::spawn(&socket, point, vm, BOOT_TIMEOUT, stop.clone())?;
     let started = std::time::Instant::now();

@@ -135,6 +135,14 @@ pub fn start_with_backend(backend: &str, args: &[&str], input: &str) -> Output {
 /// `nodeos-vm run` with `args` (after the backend, kernel and image options), stdin empty:
 /// (status, stdout, stderr).
 pub fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    run_with_env(args, &[])
+}
+
+/// [`run`] with these variables added to its environment.
+pub fn run_with_env(
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Option<i32>, String, String) {
     let (kernel, rootfs) = artifacts();
     let child = Command::new(BIN)
         .arg("run")
@@ -144,6 +152,7 @@ pub fn run(args: &[&str]) -> (Option<i32>, String, String) {
         .arg("--rootfs")
         .arg(rootfs)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
