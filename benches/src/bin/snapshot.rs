@@ -264,7 +264,7 @@ fn density(backend: &str, images: &str, options: &str) -> String {
     format!(
         "ids=; for i in $(seq {DENSITY}); do id=$(/nodeos/nodeos-vm start --detach --backend {backend} {images} {options}) || exit 1; ids=\"$ids $id\"; done
 sleep 10; total=0
-for p in $(pgrep -x {process}); do k=$(awk '/^Pss:/ {{print $2}}' /proc/$p/smaps_rollup); total=$((total + k)); done
+for p in $(pidof {process}); do k=$(awk '/^Pss:/ {{print $2}}' /proc/$p/smaps_rollup); total=$((total + k)); done
 echo \"pss_kib $total\"
 for id in $ids; do /nodeos/nodeos-vm stop $id >/dev/null; done"
     )

@@ -6,6 +6,7 @@ use contract::params::Shell;
 use sandbox::agent::{Handshake, TemplatePoint};
 use sandbox::booted::BOOT_TIMEOUT;
 use sandbox::console::HostConsole;
+use vmm::backend::qemu::Accel;
 use vmm::backend::Backend;
 use vmm::runtime;
 use vmm::vm::{RunReport, StopSignal, VmExit};
@@ -48,9 +49,16 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     let dir = runtime::scratch_dir("start")?;
     let socket = dir.path().join("agent.sock");
     config.agent_socket = Some(socket.clone());
-    // Our VMM's restored REPL does not get its console input yet (a VM restored there takes
-    // no console input before it says so again, and the REPL's never arrives): it boots cold.
-    if !matches!(backend, Backend::Kvm { .. }) {
+    // Under KVM (our VMM, or QEMU's) a restored guest's serial console stalls once the REPL
+    // uses it (its UART interrupt does not come back through KVM's irqchip; `run`, `exec` and
+    // `serve`, which do not use the console, restore there): the REPL boots cold there.
+    if matches!(
+        backend,
+        Backend::Qemu {
+            accel: Accel::Tcg,
+            ..
+        }
+    ) {
         args.vm.restore_or_boot(&backend, &mut config)?;
     }
     let point = TemplatePoint::of(&config.start, &mut console)?;
