@@ -74,6 +74,17 @@ pub fn parse_timings(output: &str) -> Option<(f64, f64)> {
 }
 
 /// The `nodeos-vm` binary built beside this benchmark.
+/// A bench's two arguments: where it runs (`host` unless given) and how many rounds (5).
+pub fn mode_and_runs() -> (String, usize) {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| "host".into());
+    let runs = args
+        .next()
+        .map(|a| a.parse().expect("RUNS is a number"))
+        .unwrap_or(5);
+    (mode, runs)
+}
+
 pub fn nodeos_vm_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let bin = exe.parent().unwrap().join("nodeos-vm");

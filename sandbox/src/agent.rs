@@ -800,6 +800,21 @@ mod tests {
         assert!(matches!(result, Err(Error::EndedBeforeReady)), "{result:?}");
     }
 
+    /// Activates a restored guest behind `socket`, allowing 300 ms.
+    fn activate_restored(socket: std::path::PathBuf) -> Result<(), Error> {
+        without_blocking(move || {
+            let params = GuestParams::default();
+            let point = TemplatePoint::Passed;
+            activate(
+                &socket,
+                &point,
+                &eventfd(),
+                Duration::from_millis(300),
+                (&params, &[]),
+            )
+        })
+    }
+
     /// The guest's answers to an activation: half a hello holds no longer than the timeout;
     /// an error is the reason the guest could not be set up.
     #[test]
@@ -812,17 +827,7 @@ mod tests {
         .unwrap();
         let socket = dir.path().join("a.sock");
         let agent = stalling_agent(&socket, hello[..hello.len() - 1].to_vec());
-        let result = without_blocking(move || {
-            let params = GuestParams::default();
-            let point = TemplatePoint::Passed;
-            activate(
-                &socket,
-                &point,
-                &eventfd(),
-                Duration::from_millis(300),
-                (&params, &[]),
-            )
-        });
+        let result = activate_restored(socket);
         assert!(matches!(result, Err(Error::Handshake(_))), "{result:?}");
         agent.join().unwrap();
 
@@ -832,17 +837,7 @@ mod tests {
             message: "mount /dev/vdc on /app: Invalid argument".into(),
         };
         let agent = stalling_agent(&socket, refusal.encode().unwrap());
-        let result = without_blocking(move || {
-            let params = GuestParams::default();
-            let point = TemplatePoint::Passed;
-            activate(
-                &socket,
-                &point,
-                &eventfd(),
-                Duration::from_millis(300),
-                (&params, &[]),
-            )
-        });
+        let result = activate_restored(socket);
         let err = result.unwrap_err();
         assert_eq!(
             err.to_string(),

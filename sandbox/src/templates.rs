@@ -34,8 +34,6 @@ use vmm::vm::{Console, NetSpec, Start, StopSignal, VmConfig, VmExit};
 pub enum Error {
     #[error("the snapshot folder {0}")]
     Folder(PathBuf, #[source] std::io::Error),
-    #[error("reading {0}")]
-    Read(PathBuf, #[source] std::io::Error),
     #[error(transparent)]
     Runtime(#[from] runtime::Error),
     #[error(transparent)]
@@ -272,14 +270,13 @@ fn readable(path: &Path, identity: &str) -> bool {
 /// backend (and its QEMU's build), the kernel and image files, memory, vCPUs, the kernel
 /// parameters added, and whether it has a network.
 pub fn identity(backend: &Backend, config: &VmConfig) -> String {
-    let file = file_identity;
     format!(
         "nodeos-vm template\nvmm {}\nbackend {}\nkernel {}\nrootfs {}\nmemory {} MiB\ncpus {}\n\
          network {}\nkernel parameters {}\n",
         snapshot::VMM_VERSION,
         backend.snapshot_identity(),
-        file(&config.kernel),
-        file(&config.rootfs),
+        file_identity(&config.kernel),
+        file_identity(&config.rootfs),
         config.memory_mib,
         config.cpus,
         config.net.is_some(),

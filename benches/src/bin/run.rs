@@ -12,18 +12,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvm_box::{BoxRun, Script};
-use nodeos_vm_benches::{artifacts, nodeos_vm_bin, side_by_side_box, stats};
+use nodeos_vm_benches::{artifacts, mode_and_runs, nodeos_vm_bin, side_by_side_box, stats};
 
 const PARALLEL: usize = 10;
 const NODE_ARGS: &str = "-- node -e 'console.log(1)'";
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let mode = args.next().unwrap_or_else(|| "host".into());
-    let runs: usize = args
-        .next()
-        .map(|a| a.parse().expect("RUNS is a number"))
-        .unwrap_or(5);
+    let (mode, runs) = mode_and_runs();
     let bin = nodeos_vm_bin();
     let (kernel, rootfs) = artifacts(&bin);
     match mode.as_str() {

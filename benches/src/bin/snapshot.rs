@@ -15,19 +15,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kvm_box::{BoxRun, Script};
-use nodeos_vm_benches::{artifacts, nodeos_vm_bin, side_by_side_box, stats, Stats};
+use nodeos_vm_benches::{artifacts, mode_and_runs, nodeos_vm_bin, side_by_side_box, stats, Stats};
 
 const NODE_ARGS: &str = "-- node -e 'console.log(1)'";
 /// The two ways a VM comes up, as `run`/`start` options.
 const MODES: [(&str, &str); 2] = [("restored", ""), ("cold", "--no-snapshot")];
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let mode = args.next().unwrap_or_else(|| "host".into());
-    let runs: usize = args
-        .next()
-        .map(|a| a.parse().expect("RUNS is a number"))
-        .unwrap_or(5);
+    let (mode, runs) = mode_and_runs();
     let bin = nodeos_vm_bin();
     let (kernel, rootfs) = artifacts(&bin);
     match mode.as_str() {
@@ -78,7 +73,7 @@ fn on_host(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
         medians[0].0 / medians[1].0,
         medians[0].1 / medians[1].1
     );
-    templates_in_cache();
+    templates_in_cache(kernel);
 }
 
 /// Milliseconds from starting `nodeos-vm start --pipe` to the REPL's answer to `6*7`.
@@ -105,11 +100,9 @@ fn repl_answer(bin: &Path, images: &str, options: &str) -> f64 {
     ms(answered.expect("the REPL answered 42"))
 }
 
-fn templates_in_cache() {
-    let Some(cache) = std::env::var_os("NODEOS_VM_CACHE")
-        .map(std::path::PathBuf::from)
-        .or_else(|| dirs_cache().map(|c| c.join("nodeos-vm")))
-    else {
+/// The templates in the cache the kernel `kernel` (`<cache>/vmlinux-<key>/vmlinux`) is in.
+fn templates_in_cache(kernel: &Path) {
+    let Some(cache) = kernel.parent().and_then(Path::parent) else {
         return;
     };
     let Ok(entries) = std::fs::read_dir(cache.join("templates")) else {
@@ -122,12 +115,6 @@ fn templates_in_cache() {
             println!("template {}: {:.1} MB", path.display(), size as f64 / 1e6);
         }
     }
-}
-
-fn dirs_cache() -> Option<std::path::PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(Into::into)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
 }
 
 fn in_box(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
