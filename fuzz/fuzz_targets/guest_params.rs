@@ -23,8 +23,8 @@ enum Case {
     Value(Value),
 }
 
-const KEYS: [&str; 10] = [
-    "console", "cols", "rows", "upper", "shell", "agent", "vol", "net", "env", "other",
+const KEYS: [&str; 11] = [
+    "console", "cols", "rows", "upper", "shell", "agent", "warm", "vol", "net", "env", "other",
 ];
 const SHELLS: [Shell; 3] = [Shell::Repl, Shell::Nsh, Shell::None];
 const AGENTS: [Option<AgentTransport>; 3] = [
@@ -42,6 +42,7 @@ struct Value {
     upper: Option<Device>,
     shell: u8,
     agent: u8,
+    warm: bool,
     volumes: Vec<(Device, String, bool)>,
     net: Option<Net>,
 }
@@ -86,6 +87,7 @@ fn build(v: Value) -> GuestParams {
             .unwrap_or(Upper::Tmpfs),
         shell: SHELLS[usize::from(v.shell) % SHELLS.len()],
         agent: AGENTS[usize::from(v.agent) % AGENTS.len()],
+        warm: v.warm,
         volumes: v
             .volumes
             .into_iter()
