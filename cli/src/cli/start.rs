@@ -49,13 +49,14 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     let dir = runtime::scratch_dir("start")?;
     let socket = dir.path().join("agent.sock");
     config.agent_socket = Some(socket.clone());
-    // Under KVM (our VMM, or QEMU's) a restored guest's serial console stalls once the REPL
-    // uses it (its UART interrupt does not come back through KVM's irqchip; `run`, `exec` and
-    // `serve`, which do not use the console, restore there): the REPL boots cold there.
-    if matches!(
+    // QEMU under KVM boots the REPL cold: the guest's console marks and its exit status are
+    // port writes from user space, which fault in a guest QEMU restored on an SVM host that
+    // checks the task register's type (the KVM box; our VMM restores it as SVM stores it, see
+    // vmm::kvm::state). `run`, `exec` and `serve` answer over the agent and restore there too.
+    if !matches!(
         backend,
         Backend::Qemu {
-            accel: Accel::Tcg,
+            accel: Accel::Kvm,
             ..
         }
     ) {
