@@ -258,8 +258,9 @@ pub fn run(
         .spawn(move || relay_stderr(stderr_read))
         .map_err(setup("a thread for its stderr"))?;
 
-    // A VMM that died before reading it fails the write; its status says more.
-    let _ = serde_json::to_writer(File::from(request_write), &request);
+    // A VMM that died before reading it fails the write; its status says more. Buffered: one
+    // write, not one per JSON token.
+    let _ = serde_json::to_writer(io::BufWriter::new(File::from(request_write)), &request);
     let end = read_events(status_read, &console.ready, &console.template);
     let status = child.wait().map_err(setup("waiting for it"));
     console.ready.signal();
@@ -412,7 +413,9 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
             OwnedFd::from_raw_fd(libc::STDOUT_FILENO),
         )
     };
-    let request: Request = serde_json::from_reader(request).map_err(VmmError::Request)?;
+    // Buffered: serde_json reads a byte at a time.
+    let request: Request =
+        serde_json::from_reader(BufReader::new(request)).map_err(VmmError::Request)?;
     // SAFETY: as above.
     let net = request
         .spec

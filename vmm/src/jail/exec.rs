@@ -83,7 +83,7 @@ pub fn start_helper<E: From<Error>>(
 /// Sends `exec` to the helper and waits until the program runs, or the helper says why not.
 fn send(request: OwnedFd, status: OwnedFd, exec: &Exec) -> Result<(), Error> {
     // A helper that died before reading it fails the write; its status says more.
-    let _ = serde_json::to_writer(File::from(request), exec);
+    let _ = serde_json::to_writer(std::io::BufWriter::new(File::from(request)), exec);
     let mut said = String::new();
     let _ = File::from(status).read_to_string(&mut said);
     if said.is_empty() {
@@ -109,7 +109,9 @@ pub fn main() -> u8 {
 fn run() -> Result<std::convert::Infallible, String> {
     // SAFETY: as for the status: handed over, owned by nothing else.
     let request = unsafe { File::from_raw_fd(REQUEST_FD) };
-    let exec: Exec = serde_json::from_reader(request).map_err(|e| format!("its request: {e}"))?;
+    // Buffered: serde_json reads a byte at a time.
+    let exec: Exec = serde_json::from_reader(std::io::BufReader::new(request))
+        .map_err(|e| format!("its request: {e}"))?;
     // SAFETY: fcntl takes integers; STATUS_FD is open (above).
     if unsafe { libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
         return Err(format!("its status: {}", io::Error::last_os_error()));
