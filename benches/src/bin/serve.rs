@@ -1,5 +1,6 @@
 //! `nodeos-vm serve` on the loopback: a small handler app deployed, then its cold start (no
-//! warm instance to the first answer), warm latency with one client, and a bounded load test
+//! warm instance to the first answer; instances restored from the template, and booted cold by
+//! a `serve --no-snapshot` in the same run), warm latency with one client, and a bounded load test
 //! (20 concurrent clients, 500 calls, no error allowed); the same handler in a Node HTTP
 //! server on the host, called by the same client, is the in-process baseline of the same run.
 //!
@@ -66,36 +67,32 @@ fn main() {
     std::fs::write(app.join("package/index.js"), HANDLER).unwrap();
     let package = tar_czf(&app);
 
-    let mut serve = Server::start(
-        Command::new(&bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--kernel"])
-            .arg(&kernel)
-            .arg("--rootfs")
-            .arg(&rootfs)
-            .env("NODEOS_VM_DATA", dir.path().join("data"))
-            .env("XDG_RUNTIME_DIR", dir.path()),
-        &["admin: ", "apps: "],
-    );
-    // The admin token serve generated and saved.
-    serve.token = std::fs::read_to_string(dir.path().join("data/serve-token"))
-        .expect("reading serve's token")
-        .trim()
-        .to_string();
-
-    // Cold start: an app whose instances stop after COLD_IDLE, called once each time it has none.
-    let started = Instant::now();
-    let (status, text) = serve.deploy("cold", &format!("?idle={COLD_IDLE}"), &package);
-    assert_eq!(status, 200, "deploying: {text}");
-    let deploy = ms(started.elapsed());
-    let mut colds = Vec::new();
-    for n in 0..COLD_RUNS {
-        serve.wait_instances("cold", 0, SCALE_TO_ZERO_LIMIT);
-        let started = Instant::now();
-        let answer = post(&serve.apps, "/apps/cold/invoke", &event(n)).expect("a cold call");
-        colds.push(ms(started.elapsed()));
-        assert!(answer.cold, "the call found a warm instance");
-        check(&answer, n).expect("the cold call's answer");
-    }
+    let data = |name: &str| dir.path().join(name);
+    let start_serve = |options: &[&str], data: &Path| {
+        let mut serve = Server::start(
+            Command::new(&bin)
+                .args(["serve", "--listen", "127.0.0.1:0", "--kernel"])
+                .arg(&kernel)
+                .arg("--rootfs")
+                .arg(&rootfs)
+                .args(options)
+                .env("NODEOS_VM_DATA", data)
+                .env("XDG_RUNTIME_DIR", dir.path()),
+            &["admin: ", "apps: "],
+        );
+        // The admin token serve generated and saved.
+        serve.token = std::fs::read_to_string(data.join("serve-token"))
+            .expect("reading serve's token")
+            .trim()
+            .to_string();
+        serve
+    };
+    // Cold starts of instances booted cold (`--no-snapshot`), the baseline of restored ones.
+    let booted = start_serve(&["--no-snapshot"], &data("data-cold"));
+    let (_, booted_colds) = cold_starts(&booted, &package);
+    booted.terminate();
+    let serve = start_serve(&[], &data("data"));
+    let (deploy, colds) = cold_starts(&serve, &package);
 
     let (status, text) = serve.deploy(
         "bench",
@@ -147,14 +144,22 @@ fn main() {
         ours.errors.to_string(),
         baseline.errors.to_string(),
     );
-    row(
-        &format!("cold start, no warm instance → first answer (median of {COLD_RUNS})"),
+    let spread = |v: &[f64]| {
         format!(
             "{:.1} ms (min {:.1}, max {:.1})",
-            percentile(&colds, 50.0),
-            percentile(&colds, 0.0),
-            percentile(&colds, 100.0)
-        ),
+            percentile(v, 50.0),
+            percentile(v, 0.0),
+            percentile(v, 100.0)
+        )
+    };
+    row(
+        &format!("cold start, no warm instance → first answer (median of {COLD_RUNS})"),
+        spread(&colds),
+        "—".into(),
+    );
+    row(
+        "cold start, instances booted cold (`--no-snapshot`)",
+        spread(&booted_colds),
         "—".into(),
     );
     row(
@@ -163,10 +168,33 @@ fn main() {
         "—".into(),
     );
     println!(
-        "\nwarm overhead over in-process, p50 with 1 client: {:.1} ms",
+        "\ncold start restored / booted cold: {:.2}",
+        percentile(&colds, 50.0) / percentile(&booted_colds, 50.0)
+    );
+    println!(
+        "warm overhead over in-process, p50 with 1 client: {:.1} ms",
         percentile(&ours.sequential, 50.0) - percentile(&baseline.sequential, 50.0)
     );
     assert_eq!(ours.errors + baseline.errors, 0, "calls failed under load");
+}
+
+/// Deploys an app whose instances stop after [`COLD_IDLE`] on `serve` and calls it [`COLD_RUNS`]
+/// times, each once it has no instance left: how long the deploy took, and each call.
+fn cold_starts(serve: &Server, package: &[u8]) -> (f64, Vec<f64>) {
+    let started = Instant::now();
+    let (status, text) = serve.deploy("cold", &format!("?idle={COLD_IDLE}"), package);
+    assert_eq!(status, 200, "deploying: {text}");
+    let deploy = ms(started.elapsed());
+    let mut colds = Vec::new();
+    for n in 0..COLD_RUNS {
+        serve.wait_instances("cold", 0, SCALE_TO_ZERO_LIMIT);
+        let started = Instant::now();
+        let answer = post(&serve.apps, "/apps/cold/invoke", &event(n)).expect("a cold call");
+        colds.push(ms(started.elapsed()));
+        assert!(answer.cold, "the call found a warm instance");
+        check(&answer, n).expect("the cold call's answer");
+    }
+    (deploy, colds)
 }
 
 /// A server process that prints its URLs first, one a line; SIGKILLed when dropped.

@@ -159,7 +159,7 @@ fn in_box(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
     let run = side_by_side_box(bin, kernel, rootfs, script.build());
     let run = BoxRun {
         timeout: Duration::from_secs(3000),
-        memory_mib: 4096,
+        memory_mib: 8192,
         cpus: 2,
         ..run
     };
@@ -239,14 +239,14 @@ fn in_box(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
 }
 
 /// VMs started at once for the density figure.
-const DENSITY: usize = 10;
+const DENSITY: usize = 20;
 
 /// Starts [`DENSITY`] detached VMs, lets them settle, prints the sum of their VMM processes'
 /// proportional set sizes (`pss_kib N`), and stops them.
 fn density(backend: &str, images: &str, options: &str) -> String {
     let process = match backend {
         "kvm" => "nodeos-vmm",
-        _ => "qemu-system-x86",
+        _ => "qemu-system-x86_64",
     };
     format!(
         "ids=; for i in $(seq {DENSITY}); do id=$(/nodeos/nodeos-vm start --detach --backend {backend} {images} {options}) || exit 1; ids=\"$ids $id\"; done

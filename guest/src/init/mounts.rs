@@ -225,6 +225,13 @@ fn move_mount(from: &str, to: &str) -> Result<()> {
     mount(Some(from), Path::new(to), None, libc::MS_MOVE, None)
 }
 
+/// A folder of `user`'s own (mode 0700) at `path`, on a file system mounted already.
+pub fn user_dir(path: &str, user: &super::user::User) -> Result<()> {
+    mkdir(path, 0o700)?;
+    std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))
+        .context(|| format!("chown {path} to {}", user.name))
+}
+
 /// mkdir -p with `mode` on the last component (kept if it already exists).
 fn mkdir(path: &str, mode: u32) -> Result<()> {
     let path = PathBuf::from(path);

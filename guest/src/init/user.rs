@@ -24,9 +24,9 @@ pub struct User {
 }
 
 impl User {
-    /// A login's environment for this user (`HOME`, `USER`, `LOGNAME`, `PATH`, `LANG`), then
-    /// `extra` (the guest's environment, which the host sends the agent) on top, as
-    /// `NAME=VALUE`.
+    /// A login's environment for this user (`HOME`, `USER`, `LOGNAME`, `PATH`, `LANG`,
+    /// `NODE_COMPILE_CACHE`), then `extra` (the guest's environment, which the host sends the
+    /// agent) on top, as `NAME=VALUE`.
     pub fn login_env(&self, extra: &[EnvVar]) -> Vec<Vec<u8>> {
         let mut env: Vec<Vec<u8>> = [
             format!("HOME={}", self.home.display()),
@@ -34,6 +34,7 @@ impl User {
             format!("LOGNAME={}", self.name),
             format!("PATH={}", super::PATH),
             "LANG=C.UTF-8".to_string(),
+            format!("NODE_COMPILE_CACHE={}", super::COMPILE_CACHE),
         ]
         .into_iter()
         .map(String::into_bytes)

@@ -12,14 +12,16 @@ use super::user::{self, User};
 use super::{NODE, PATH};
 use crate::sys::{self, Fork};
 
-/// What runs: Node alone, then npm's command line.
-const RUNS: [&[&str]; 2] = [
+/// What runs: Node alone, npm's command line, nsh running a command. Their modules' compiled
+/// code lands in Node's compile cache ([`super::COMPILE_CACHE`]).
+const RUNS: [&[&str]; 3] = [
     &["node", "-e", "0"],
     &[
         "node",
         "/usr/lib/node_modules/npm/bin/npm-cli.js",
         "--version",
     ],
+    &["node", super::NSH_JS, "-c", "true"],
 ];
 
 /// Runs each of [`RUNS`] as `user` to its end. Best effort: a run that fails only leaves the
@@ -52,7 +54,11 @@ fn run(argv: &[&str], user: &User, groups: &[u32], null: OwnedFd) -> ! {
     };
     let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
     // The image's own home is read-only here: nothing is written.
-    let env = [format!("PATH={PATH}"), "HOME=/nonexistent".to_string()];
+    let env = [
+        format!("PATH={PATH}"),
+        "HOME=/nonexistent".to_string(),
+        format!("NODE_COMPILE_CACHE={}", super::COMPILE_CACHE),
+    ];
     let (Some(argv), Some(env), Ok(node)) = (cstrings(&argv), cstrings(&env), CString::new(NODE))
     else {
         sys::exit_now(127)

@@ -450,6 +450,7 @@ fn base_environment_of_the_node_user_with_the_hosts_entries() {
             "USER=node",
             "LOGNAME=node",
             "LANG=C.UTF-8",
+            "NODE_COMPILE_CACHE=/run/nodeos/compile-cache",
             // The kernel command line's entries replace the defaults of the same name.
             "PATH=/override",
             "EXTRA=1",
