@@ -20,6 +20,7 @@ console.log(JSON.stringify({
   kernel_uuid: fs.readFileSync('/proc/sys/kernel/random/uuid', 'utf8').trim(),
   boot_id: fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(),
   hostname: require('os').hostname(),
+  mac: fs.readFileSync('/sys/class/net/eth0/address', 'utf8').trim(),
   now: Date.now(),
 }));
 "#;
@@ -49,15 +50,16 @@ fn templates(cache: &Path) -> Vec<PathBuf> {
     snaps
 }
 
+/// What a VM restored with a network (`--net`) says of itself.
 fn identity(cache: Option<&Path>) -> serde_json::Value {
-    let (status, out, err) = run_in(cache, &[], &["node", "-e", IDENTITY_JS]);
+    let (status, out, err) = run_in(cache, &["--net"], &["node", "-e", IDENTITY_JS]);
     assert_eq!(status, Some(0), "stdout:\n{out}\nstderr:\n{err}");
     assert!(err.contains("restoring "), "not restored: {err}");
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-/// Two VMs restored from one template: every random source and identity differs, and the
-/// clock is the host's.
+/// Two VMs restored from one template: every random source and identity (the Ethernet address
+/// too: locally administered) differs, and the clock is the host's.
 #[test]
 fn restored_vms_share_no_randomness_nor_identity() {
     let (a, b) = (identity(None), identity(None));
@@ -68,8 +70,13 @@ fn restored_vms_share_no_randomness_nor_identity() {
         "kernel_uuid",
         "boot_id",
         "hostname",
+        "mac",
     ] {
         assert_ne!(a[field], b[field], "{field}: {a} {b}");
+    }
+    for vm in [&a, &b] {
+        let first = u8::from_str_radix(&vm["mac"].as_str().unwrap()[..2], 16).unwrap();
+        assert_eq!(first & 0x03, 0x02, "not a local unicast address: {vm}");
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -4,8 +4,8 @@
 //!
 //! Everything that differs from one VM to the next travels here, never on the kernel command
 //! line nor in a snapshot: the guest parameters (console, shell, overlay disk, volumes,
-//! network), the environment, fresh entropy for the kernel's RNG, the wall clock and the
-//! hostname. A template can therefore serve every VM of its kernel, image and shape, and two
+//! network), the environment, fresh entropy for the kernel's RNG, the wall clock, the
+//! hostname and the Ethernet address. A template can therefore serve every VM of its kernel, image and shape, and two
 //! VMs restored from one snapshot share no secret and no identity.
 
 use std::fmt;
@@ -36,6 +36,8 @@ pub struct Activation {
     pub clock: (u64, u32),
     /// The guest's hostname: 1..=[`MAX_HOSTNAME`] letters, digits, `-` and `.`.
     pub hostname: String,
+    /// The Ethernet address of its network interface (when it has one): unicast, not zero.
+    pub mac: [u8; 6],
 }
 
 /// A field of an [`Activation`] the guest does not take.
@@ -63,6 +65,7 @@ impl<'a> arbitrary::Arbitrary<'a> for Activation {
             entropy: u.bytes(entropy_len)?.to_vec(),
             clock: (u.arbitrary()?, u.int_in_range(0..=999_999_999)?),
             hostname: format!("h{}", u.arbitrary::<u32>()?),
+            mac: u.arbitrary()?,
         };
         activation
             .validate()
@@ -90,8 +93,25 @@ impl Activation {
                 self.clock.1
             )));
         }
-        check_hostname(&self.hostname).map_err(ActivationError)
+        check_hostname(&self.hostname).map_err(ActivationError)?;
+        check_mac(&self.mac).map_err(ActivationError)
     }
+}
+
+fn check_mac(mac: &[u8; 6]) -> Result<(), String> {
+    if mac[0] & 1 == 1 || mac == &[0; 6] {
+        return Err(format!(
+            "Ethernet address {} is not a unicast one",
+            mac_text(mac)
+        ));
+    }
+    Ok(())
+}
+
+/// An Ethernet address as `02:1f:2e:3d:4c:5b`.
+pub fn mac_text(mac: &[u8; 6]) -> String {
+    let bytes: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    bytes.join(":")
 }
 
 fn check_hostname(name: &str) -> Result<(), String> {
@@ -121,6 +141,7 @@ mod tests {
             entropy: vec![7; MIN_ENTROPY],
             clock: (1_764_900_000, 999_999_999),
             hostname: "nodeos-1f2e".into(),
+            mac: [0x02, 0x1f, 0x2e, 0x3d, 0x4c, 0x5b],
         }
     }
 
@@ -137,6 +158,8 @@ mod tests {
         assert!(bad(|a| a.clock.1 = 1_000_000_000).contains("nanoseconds"));
         assert!(bad(|a| a.hostname.clear()).contains("hostname of 0 bytes"));
         assert!(bad(|a| a.hostname = "a".repeat(65)).contains("hostname of 65 bytes"));
+        assert!(bad(|a| a.mac[0] = 0x03).contains("03:1f:2e:3d:4c:5b is not a unicast"));
+        assert!(bad(|a| a.mac = [0; 6]).contains("00:00:00:00:00:00"));
         assert!(bad(|a| a.hostname = "a b".into()).contains("0x20"));
         assert!(bad(|a| a.params.cols = Some(0)).contains("nodeos.cols=0"));
     }

@@ -18,7 +18,7 @@ use crate::params::GuestParams;
 use crate::status;
 
 /// The protocol version both sides say in their `Hello`.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// Largest payload of any frame (the type byte not counted).
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Largest `Stdin`, `Stdout`, `Stderr` or `TreeData` chunk.
@@ -280,6 +280,7 @@ impl Request {
                 out.put_u64(activation.clock.0);
                 out.put_u32(activation.clock.1);
                 out.put_bytes(activation.hostname.as_bytes());
+                out.put_bytes(&activation.mac);
                 kind::ACTIVATE
             }
         };
@@ -571,6 +572,10 @@ fn activation(d: &mut Decoder<'_>) -> Result<Activation, DecodeError> {
         entropy: d.bytes("entropy", MAX_ENTROPY)?.to_vec(),
         clock: (d.u64("clock")?, d.u32("clock nanoseconds")?),
         hostname: d.str("hostname", MAX_HOSTNAME)?.to_string(),
+        mac: d
+            .bytes("mac", 6)?
+            .try_into()
+            .map_err(|_| invalid("mac", "not 6 bytes".into()))?,
     };
     activation
         .validate()
@@ -649,6 +654,7 @@ mod tests {
                 entropy: vec![0xa5; MAX_ENTROPY],
                 clock: (u64::MAX, 999_999_999),
                 hostname: "nodeos-7f3a".into(),
+                mac: [0x02, 0x7f, 0x3a, 0, 0, 1],
             })),
         ]
     }

@@ -1,6 +1,6 @@
 //! The host's activation of a guest (contract::activation), made at the moment it is sent: the
-//! VM's parameters and environment, fresh entropy from the host, the host's clock and a hostname
-//! of the VM's own.
+//! VM's parameters and environment, fresh entropy from the host, the host's clock, and a
+//! hostname and an Ethernet address of the VM's own.
 
 use std::time::SystemTime;
 
@@ -29,6 +29,10 @@ pub fn new(params: GuestParams, env: Vec<EnvVar>) -> Result<Activation, EntropyE
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     );
+    let mut mac = [0u8; 6];
+    getrandom::fill(&mut mac).map_err(EntropyError)?;
+    // Locally administered, unicast.
+    mac[0] = (mac[0] & 0xfc) | 0x02;
     // The hostname's bytes are public; the guest's RNG gets fresh ones in their place.
     getrandom::fill(&mut entropy[..3]).map_err(EntropyError)?;
     Ok(Activation {
@@ -37,6 +41,7 @@ pub fn new(params: GuestParams, env: Vec<EnvVar>) -> Result<Activation, EntropyE
         entropy,
         clock: (now.as_secs(), now.subsec_nanos()),
         hostname,
+        mac,
     })
 }
 
@@ -51,6 +56,8 @@ mod tests {
         assert_eq!(a.validate(), Ok(()));
         assert_ne!(a.entropy, b.entropy);
         assert_ne!(a.hostname, b.hostname);
+        assert_ne!(a.mac, b.mac);
+        assert_eq!(a.mac[0] & 0x03, 0x02, "locally administered, unicast");
         assert!(a.hostname.starts_with("nodeos-") && a.hostname.len() == 13);
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

@@ -44,7 +44,10 @@ pub fn apply(activation: &Activation) -> Result<()> {
     }
     mounts::build_root(&params.upper)?;
     mounts::mount_volumes(&params.volumes)?;
-    network::setup(&activation.hostname, params.net.as_ref())
+    network::setup(
+        &activation.hostname,
+        params.net.as_ref().map(|net| (net, Some(activation.mac))),
+    )
 }
 
 fn set_clock((secs, nanos): (u64, u32)) -> Result<()> {

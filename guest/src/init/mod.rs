@@ -74,7 +74,10 @@ fn boot() -> Result<std::convert::Infallible> {
         None => {
             mounts::build_root(&params.upper)?;
             mounts::mount_volumes(&params.volumes)?;
-            network::setup(network::HOSTNAME, params.net.as_ref())?;
+            network::setup(
+                network::HOSTNAME,
+                params.net.as_ref().map(|net| (net, None)),
+            )?;
             (params, Vec::new())
         }
     };

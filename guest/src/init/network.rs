@@ -16,11 +16,16 @@ const LOOPBACK: &str = "lo";
 const ETHERNET: &str = "eth0";
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 
-pub fn setup(hostname: &str, net: Option<&NetConfig>) -> Result<()> {
+/// Sets the hostname, brings the loopback up and, given a network, configures eth0 for it (with
+/// the Ethernet address given, or the device's own).
+pub fn setup(hostname: &str, net: Option<(&NetConfig, Option<[u8; 6]>)>) -> Result<()> {
     set_hostname(hostname)?;
     let sock = inet_socket().context(|| "socket for network set-up".into())?;
     bring_up(&sock, LOOPBACK)?;
-    if let Some(net) = net {
+    if let Some((net, mac)) = net {
+        if let Some(mac) = mac {
+            set_mac(&sock, ETHERNET, mac)?;
+        }
         configure(&sock, ETHERNET, net)?;
         std::fs::write(RESOLV_CONF, resolv_conf(net)).context(|| format!("write {RESOLV_CONF}"))?;
     }
@@ -68,6 +73,27 @@ fn bring_up(sock: &OwnedFd, interface: &str) -> Result<()> {
     unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
     // SAFETY: SIOCSIFFLAGS reads the name and flags from req, a valid ifreq.
     cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).context(what)?;
+    Ok(())
+}
+
+/// Sets an interface's Ethernet address (while it is down).
+fn set_mac(sock: &OwnedFd, interface: &str, mac: [u8; 6]) -> Result<()> {
+    let mut req = ifreq(interface)?;
+    let mut addr = libc::sockaddr {
+        sa_family: libc::ARPHRD_ETHER,
+        sa_data: [0; 14],
+    };
+    for (to, byte) in addr.sa_data.iter_mut().zip(mac) {
+        *to = byte as libc::c_char;
+    }
+    req.ifr_ifru.ifru_hwaddr = addr;
+    // SAFETY: SIOCSIFHWADDR reads the name and ifru_hwaddr from req, a valid ifreq.
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFHWADDR, &req) }).context(|| {
+        format!(
+            "set {interface} Ethernet address {}",
+            contract::activation::mac_text(&mac)
+        )
+    })?;
     Ok(())
 }
 
