@@ -1,6 +1,7 @@
 //! Template snapshots against cold boots: `nodeos-vm run -- node -e 'console.log(1)'` end to
-//! end and `start` → the REPL answering `6*7` (then ending), restored (the default) vs cold
-//! (`--no-snapshot`), rounds interleaved.
+//! end, `start` → the REPL answering `6*7` (then ending), and the backend's start → the guest
+//! running (`start --timings`: a restored VM's vCPUs resumed, a cold one's init started),
+//! restored (the default) vs cold (`--no-snapshot`), rounds interleaved.
 //!
 //! - `snapshot host [RUNS]`: on this host, with the backend `auto` picks (QEMU/TCG where KVM is
 //!   PVM).
@@ -18,6 +19,9 @@ use kvm_box::{BoxRun, Script};
 use nodeos_vm_benches::{artifacts, mode_and_runs, nodeos_vm_bin, side_by_side_box, stats, Stats};
 
 const NODE_ARGS: &str = "-- node -e 'console.log(1)'";
+/// The tables' header.
+const HEADER: &str = "| VM | `run -- node -e 'console.log(1)'`, end to end | `start` → REPL answers \
+    `6*7`, VM ended | backend start → guest running (restored: vCPUs resumed; cold: init) |";
 /// The two ways a VM comes up, as `run`/`start` options.
 const MODES: [(&str, &str); 2] = [("restored", ""), ("cold", "--no-snapshot")];
 
@@ -52,20 +56,26 @@ fn on_host(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
     // The templates are made (once) before anything is timed.
     run("");
     repl_answer(bin, &images, "");
-    let mut times: Vec<[Vec<f64>; 2]> = vec![Default::default(), Default::default()];
+    let mut times: Vec<[Vec<f64>; 3]> = vec![Default::default(), Default::default()];
     for _ in 0..runs {
         for (i, (_, options)) in MODES.iter().enumerate() {
             times[i][0].push(run(options));
-            times[i][1].push(repl_answer(bin, &images, options));
+            let (answer, running) = repl_answer(bin, &images, options);
+            times[i][1].push(answer);
+            times[i][2].push(running);
         }
     }
     println!("## This host: restored vs cold (backend auto)\n");
-    println!("| VM | `run {NODE_ARGS}`, end to end | `start` → REPL answers `6*7` |");
-    println!("|---|---|---|");
+    println!("{HEADER}");
+    println!("|---|---|---|---|");
     let mut medians = Vec::new();
     for (i, (name, _)) in MODES.iter().enumerate() {
-        let (run, repl) = (stats(&times[i][0]), stats(&times[i][1]));
-        println!("| {name} | {run} | {repl} |");
+        let (run, repl, running) = (
+            stats(&times[i][0]),
+            stats(&times[i][1]),
+            stats(&times[i][2]),
+        );
+        println!("| {name} | {run} | {repl} | {running} |");
         medians.push((run.median, repl.median));
     }
     println!(
@@ -76,15 +86,19 @@ fn on_host(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
     templates_in_cache(kernel);
 }
 
-/// Milliseconds from starting `nodeos-vm start --pipe` to the REPL's answer to `6*7`.
-fn repl_answer(bin: &Path, images: &str, options: &str) -> f64 {
+/// Milliseconds from starting `nodeos-vm start --pipe --timings` to the REPL's answer to
+/// `6*7`, and the guest-running time it reports.
+fn repl_answer(bin: &Path, images: &str, options: &str) -> (f64, f64) {
     let started = Instant::now();
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(format!("{} start --pipe {images} {options}", bin.display()))
+        .arg(format!(
+            "{} start --pipe --timings {images} {options}",
+            bin.display()
+        ))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(b"6*7\n").unwrap();
@@ -96,8 +110,26 @@ fn repl_answer(bin: &Path, images: &str, options: &str) -> f64 {
             break;
         }
     }
-    child.wait().unwrap();
-    ms(answered.expect("the REPL answered 42"))
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (
+        ms(answered.expect("the REPL answered 42")),
+        guest_running(&stderr),
+    )
+}
+
+/// The milliseconds `start --timings` printed as `timings: init N ms` in `text`; NaN if none.
+fn guest_running(text: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.split_once("timings: init ")?
+                .1
+                .split_once(" ms")?
+                .0
+                .parse()
+                .ok()
+        })
+        .unwrap_or(f64::NAN)
 }
 
 /// The templates in the cache the kernel `kernel` (`<cache>/vmlinux-<key>/vmlinux`) is in.
@@ -124,7 +156,7 @@ fn in_box(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
     };
     let repl = |backend: &str, options: &str| {
         format!(
-            "printf '6*7\\n' | /nodeos/nodeos-vm start --pipe --backend {backend} {images} {options} | grep -qx 42"
+            "printf '6*7\\n' | /nodeos/nodeos-vm start --pipe --timings --backend {backend} {images} {options} 2>/tmp/t | grep -qx 42; s=$?; cat /tmp/t; exit $s"
         )
     };
     let mut script = Script::new();
@@ -171,8 +203,8 @@ fn in_box(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
         }
     }
     println!("\n## In the KVM box (L1: 2 vCPUs): restored vs cold, ours vs QEMU microvm\n");
-    println!("| VM | `run {NODE_ARGS}`, end to end | `start` → REPL answers `6*7`, VM ended |");
-    println!("|---|---|---|");
+    println!("{HEADER}");
+    println!("|---|---|---|---|");
     let mut medians = std::collections::BTreeMap::new();
     for backend in ["kvm", "qemu"] {
         for (mode, _) in MODES {
@@ -190,7 +222,13 @@ fn in_box(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
                 stats(&values)
             };
             let (run, repl) = (times("run"), times("repl"));
-            println!("| {backend} {mode} | {run} | {repl} |");
+            let running: Vec<f64> = (0..runs)
+                .filter_map(|i| checks.get(&format!("{backend}.{mode}.repl.{i}")))
+                .filter(|c| c.passed())
+                .map(|c| guest_running(&c.output))
+                .collect();
+            let running = stats(&running);
+            println!("| {backend} {mode} | {run} | {repl} | {running} |");
             medians.insert((backend, mode), (run.median, repl.median));
         }
     }
