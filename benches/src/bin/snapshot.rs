@@ -16,11 +16,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kvm_box::{BoxRun, Script};
-use nodeos_vm_benches::{artifacts, mode_and_runs, nodeos_vm_bin, side_by_side_box, stats, Stats};
+use nodeos_vm_benches::{
+    artifacts, mode_and_runs, nodeos_vm_bin, parse_timings, side_by_side_box, stats, Stats,
+};
 
 const NODE_ARGS: &str = "-- node -e 'console.log(1)'";
 /// The tables' header.
-const HEADER: &str = "| VM | `run -- node -e 'console.log(1)'`, end to end | `start` → REPL answers \
+const HEADER: &str =
+    "| VM | `run -- node -e 'console.log(1)'`, end to end | `start` → REPL answers \
     `6*7`, VM ended | backend start → guest running (restored: vCPUs resumed; cold: init) |";
 /// The two ways a VM comes up, as `run`/`start` options.
 const MODES: [(&str, &str); 2] = [("restored", ""), ("cold", "--no-snapshot")];
@@ -118,18 +121,9 @@ fn repl_answer(bin: &Path, images: &str, options: &str) -> (f64, f64) {
     )
 }
 
-/// The milliseconds `start --timings` printed as `timings: init N ms` in `text`; NaN if none.
+/// The milliseconds to the guest running that `start --timings` printed in `text`; NaN if none.
 fn guest_running(text: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.split_once("timings: init ")?
-                .1
-                .split_once(" ms")?
-                .0
-                .parse()
-                .ok()
-        })
-        .unwrap_or(f64::NAN)
+    parse_timings(text).map_or(f64::NAN, |(init, _)| init)
 }
 
 /// The templates in the cache the kernel `kernel` (`<cache>/vmlinux-<key>/vmlinux`) is in.
