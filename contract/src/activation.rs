@@ -5,8 +5,8 @@
 //! Everything that differs from one VM to the next travels here, never on the kernel command
 //! line nor in a snapshot: the guest parameters (console, shell, overlay disk, volumes,
 //! network), the environment, fresh entropy for the kernel's RNG, the wall clock, the
-//! hostname and the Ethernet address. A template can therefore serve every VM of its kernel, image and shape, and two
-//! VMs restored from one snapshot share no secret and no identity.
+//! hostname and the Ethernet address. A template can therefore serve every VM of its kernel,
+//! image and shape, and two VMs restored from one snapshot share no secret and no identity.
 
 use std::fmt;
 
