@@ -68,7 +68,14 @@ fuzz_target!(|input: Input| {
         entries: 64,
         time: Duration::from_secs(5),
     };
-    let mut source = Chunks(input.chunks.into_iter().take(64).collect::<Vec<_>>().into_iter());
+    let mut source = Chunks(
+        input
+            .chunks
+            .into_iter()
+            .take(64)
+            .collect::<Vec<_>>()
+            .into_iter(),
+    );
     let _ = volume.copy_back(&budget, &mut source, &scratch);
     assert_eq!(listing(&outside), before, "nothing outside changes");
     assert_eq!(fs::read(outside.join("canary")).unwrap(), b"untouched");
