@@ -19,7 +19,6 @@ use kvm_bindings::{
 use serde::{Deserialize, Serialize};
 
 use super::{ioctl, Error, Vcpu, Vm};
-use crate::cpuid;
 use crate::devices::lock;
 
 /// One vCPU as KVM holds it. The CPUID is not saved: a restore gives the vCPU the one this VMM
@@ -123,12 +122,8 @@ impl Vcpu {
         self.fd
             .set_regs(&state.regs)
             .map_err(err("set the registers"))?;
-        let sregs = match self.vendor {
-            cpuid::Vendor::Amd => sregs_as_svm_holds(&state.sregs),
-            _ => state.sregs,
-        };
         self.fd
-            .set_sregs(&sregs)
+            .set_sregs(&state.sregs)
             .map_err(err("set the special registers"))?;
         // SAFETY: a kvm_xsave is the legacy 4 KiB area KVM_SET_XSAVE reads, and the vCPU's
         // CPUID has no feature (AMX) whose state would need a larger one.
@@ -250,42 +245,5 @@ impl VcpuStates {
                     .unwrap_or(Err(Error::VcpuNotSaved { vcpu: index as u8 }))
             })
             .collect()
-    }
-}
-
-/// A 64-bit TSS descriptor's type: available (9), or busy (11) once loaded.
-const TSS_AVAILABLE: u8 = 0b1001;
-const TSS_BUSY: u8 = TSS_AVAILABLE | 0b10;
-
-/// `sregs` with the task register as AMD's SVM keeps it. An SVM VMCB stores TR with the type the
-/// TSS descriptor had when it was loaded (available), and KVM marks it busy when it reports it
-/// (as Intel's VMX keeps it, and requires it). Writing the busy type back is what real AMD CPUs
-/// accept, but a CPU that checks the type (QEMU's TCG, on which the KVM box runs SVM, allows
-/// port I/O from user space only through an available TSS) then refuses every `ioperm` port of a
-/// restored guest: its boot-timer and exit writes fault. So a restore hands SVM the type it
-/// stored.
-fn sregs_as_svm_holds(sregs: &kvm_sregs) -> kvm_sregs {
-    let mut sregs = *sregs;
-    if sregs.tr.type_ == TSS_BUSY {
-        sregs.tr.type_ = TSS_AVAILABLE;
-    }
-    sregs
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn svm_gets_the_task_register_type_it_stored() {
-        let mut sregs = kvm_sregs::default();
-        sregs.tr.type_ = TSS_BUSY;
-        sregs.tr.limit = 0x4087;
-        let restored = sregs_as_svm_holds(&sregs);
-        assert_eq!(restored.tr.type_, TSS_AVAILABLE);
-        assert_eq!(restored.tr.limit, 0x4087);
-        // Anything else (a 32-bit guest's busy 16-bit TSS, type 3) is left as it was.
-        sregs.tr.type_ = 3;
-        assert_eq!(sregs_as_svm_holds(&sregs).tr.type_, 3);
     }
 }

@@ -114,8 +114,6 @@ pub struct Vcpu {
     pub(super) msr_indices: Arc<[u32]>,
     /// The last exit was port or MMIO I/O, which KVM completes on the next KVM_RUN.
     io_pending: bool,
-    /// The CPU vendor its CPUID names (super::state restores AMD's task register its own way).
-    pub(super) vendor: cpuid::Vendor,
 }
 
 impl Vcpu {
@@ -164,8 +162,7 @@ impl Vcpu {
             });
         }
 
-        let vendor = cpuid::vendor(&entries);
-        if vendor == cpuid::Vendor::Amd {
+        if cpuid::vendor(&entries) == cpuid::Vendor::Amd {
             // TscFreqSel, as AMD firmware sets it (Linux otherwise warns of a firmware bug).
             // Best effort: older KVMs refuse the bit, which changes nothing else.
             let hwcr = regs::amd_hwcr();
@@ -183,7 +180,6 @@ impl Vcpu {
             fd,
             msr_indices: vm.msr_indices.clone(),
             io_pending: false,
-            vendor,
         })
     }
 
