@@ -57,7 +57,9 @@ fn is_ours(path: &Path) -> bool {
 }
 
 /// Writes the program at `path`, whole or not at all (through a file of its own: two threads
-/// may install it at once).
+/// may install it at once). The file is closed before it takes its name: a program that is
+/// open for writing cannot be executed (ETXTBSY), and another nodeos-vm may run it as soon as
+/// it is there.
 fn install(dir: &Path, path: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let mut file = tempfile::Builder::new()
@@ -66,7 +68,7 @@ fn install(dir: &Path, path: &Path) -> io::Result<()> {
     file.write_all(VMM)?;
     file.as_file().sync_all()?;
     fs::set_permissions(file.path(), fs::Permissions::from_mode(0o755))?;
-    file.persist(path).map(drop).map_err(|e| e.error)
+    file.into_temp_path().persist(path).map_err(|e| e.error)
 }
 
 #[cfg(test)]
