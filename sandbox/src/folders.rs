@@ -5,9 +5,13 @@
 //!   `${NODEOS_VM_DATA:-${XDG_DATA_HOME:-~/.local/share}/nodeos-vm}`;
 //! - cache — the kernel and root image, built once:
 //!   `${NODEOS_VM_CACHE:-${XDG_CACHE_HOME:-~/.cache}/nodeos-vm}`.
+//!
+//! The cache keeps what newer builds replace only for a while: [`beyond_newest`] names what
+//! its owners remove.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 #[derive(Debug, thiserror::Error)]
 #[error("no folder for nodeos-vm's data: set NODEOS_VM_DATA, XDG_DATA_HOME or HOME")]
@@ -31,10 +35,46 @@ fn ours(named: Option<OsString>, base: Option<PathBuf>) -> Option<PathBuf> {
         .or_else(|| base.map(|b| b.join("nodeos-vm")))
 }
 
+/// Of `paths`, those beyond the `keep` last modified (the most recent first kept), oldest
+/// last; a path that cannot be read counts as the oldest.
+pub fn beyond_newest(paths: impl IntoIterator<Item = PathBuf>, keep: usize) -> Vec<PathBuf> {
+    let mut dated: Vec<(SystemTime, PathBuf)> = paths
+        .into_iter()
+        .map(|p| {
+            let modified = p.metadata().and_then(|m| m.modified());
+            (modified.unwrap_or(SystemTime::UNIX_EPOCH), p)
+        })
+        .collect();
+    dated.sort_by_key(|d| std::cmp::Reverse(d.0));
+    dated.into_iter().skip(keep).map(|(_, p)| p).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_child;
+
+    #[test]
+    fn beyond_the_newest_are_the_older_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let paths: Vec<PathBuf> = (0..4u32)
+            .map(|age| {
+                let path = dir.path().join(format!("aged-{age}"));
+                let file = std::fs::File::create(&path).unwrap();
+                file.set_modified(SystemTime::now() - day * age).unwrap();
+                path
+            })
+            .collect();
+        let gone = dir.path().join("gone");
+        let all = || paths.iter().cloned().rev().chain([gone.clone()]);
+        assert_eq!(
+            beyond_newest(all(), 2),
+            vec![paths[2].clone(), paths[3].clone(), gone.clone()]
+        );
+        assert!(beyond_newest(all(), 5).is_empty());
+        assert_eq!(beyond_newest(all(), 0).len(), 5);
+    }
 
     #[test]
     fn our_variable_wins_unless_empty() {

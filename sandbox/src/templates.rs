@@ -9,7 +9,8 @@
 //! flushed, then renamed, so a maker killed half-way leaves nothing that is used; one process
 //! makes a template while the others wait on its lock; one that does not read back whole (a
 //! truncated or corrupted file, another VMM's) is made again. Where none can be made (the cache
-//! read-only or full), VMs boot cold, and the reason is said once.
+//! read-only or full), VMs boot cold, and the reason is said once. Making one removes those of
+//! changed kernels or images and the least recently used beyond a dozen.
 
 use std::fs::{self, File};
 use std::io::IsTerminal;
@@ -47,6 +48,10 @@ pub enum Error {
     #[error("the VM to snapshot was not saved within {0:?}")]
     TimedOut(Duration),
 }
+
+/// How many templates the cache keeps, the most recently used: one per backend and VM shape in
+/// use, and some of other images or versions of nodeos-vm.
+const KEPT_TEMPLATES: usize = 12;
 
 /// The template snapshots in a cache folder.
 pub struct Templates {
@@ -88,6 +93,7 @@ impl Templates {
         let key = hex::encode(&Sha256::digest(identity.as_bytes())[..8]);
         let path = self.dir.join(format!("{key}.snap"));
         if !remake && readable(&path, &identity) {
+            mark_used(&path);
             return Ok((path, identity));
         }
         let folder = |e| Error::Folder(self.dir.clone(), e);
@@ -152,25 +158,47 @@ impl Templates {
     }
 
     /// Removes the templates whose kernel or image file has changed or gone since they were
-    /// made (each rebuild of the image would otherwise leave its templates behind).
+    /// made (each rebuild of the image would otherwise leave its templates behind), then the
+    /// least recently used beyond [`KEPT_TEMPLATES`], leaving room for the one being made
+    /// (templates of other versions of nodeos-vm go that way).
     fn remove_stale(&self) {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
-        for path in entries.flatten().map(|e| e.path()) {
-            if path.extension().is_none_or(|e| e != "snap") {
-                continue;
-            }
+        let snaps = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "snap"));
+        let mut kept = Vec::new();
+        for path in snaps {
             let header = File::open(&path).map(|f| snapshot::saved_header(&f));
-            if let Ok(Ok(header)) = header {
-                if !files_unchanged(&header.identity) {
+            match header {
+                Ok(Ok(header)) if !files_unchanged(&header.identity) => {
                     tracing::info!("removing the stale template {}", path.display());
-                    let _ = fs::remove_file(&path);
-                    let _ = fs::remove_file(path.with_extension("lock"));
+                    remove_template(&path);
                 }
+                _ => kept.push(path),
             }
         }
+        for path in crate::folders::beyond_newest(kept, KEPT_TEMPLATES - 1) {
+            tracing::info!(
+                "removing the least recently used template {}",
+                path.display()
+            );
+            remove_template(&path);
+        }
     }
+}
+
+/// Says that the template at `path` was used now (its modification time): the least recently
+/// used are removed first. Best effort: a read-only cache keeps its templates.
+fn mark_used(path: &Path) {
+    let _ = File::open(path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+}
+
+fn remove_template(path: &Path) {
+    let _ = fs::remove_file(path);
+    let _ = fs::remove_file(path.with_extension("lock"));
 }
 
 /// Whether the kernel and image an [`identity`] names are still the files it names.
@@ -287,6 +315,32 @@ pub fn identity(backend: &Backend, config: &VmConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn making_a_template_keeps_the_most_recently_used() {
+        let cache = tempfile::tempdir().unwrap();
+        let templates = Templates::in_cache(cache.path());
+        fs::create_dir(&templates.dir).unwrap();
+        let day = Duration::from_secs(86_400);
+        let snaps: Vec<PathBuf> = (0..KEPT_TEMPLATES as u32 + 2)
+            .map(|age| {
+                let path = templates.dir.join(format!("{age:02}.snap"));
+                fs::write(path.with_extension("lock"), "").unwrap();
+                let file = File::create(&path).unwrap();
+                file.set_modified(std::time::SystemTime::now() - day * (age + 1))
+                    .unwrap();
+                path
+            })
+            .collect();
+        // The oldest is restored from: it is the most recently used now.
+        mark_used(snaps.last().unwrap());
+        templates.remove_stale();
+        let left = |path: &PathBuf| path.exists() && path.with_extension("lock").exists();
+        let kept: Vec<bool> = snaps.iter().map(left).collect();
+        let mut expected = vec![true; KEPT_TEMPLATES - 2];
+        expected.extend([false, false, false, true]);
+        assert_eq!(kept, expected);
+    }
 
     #[test]
     fn a_template_of_changed_files_is_stale() {

@@ -19,6 +19,9 @@ use progress::BuildProgress;
 
 /// The guest binaries of this very build (see build.rs): packed into the root image.
 const GUEST_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nodeos-init"));
+/// How many builds of each artifact the cache keeps, the newest: another checkout or another
+/// version of nodeos-vm that shares the cache may still use an older one.
+const KEPT_BUILDS: usize = 3;
 /// Where this binary was built from: the kernel/ and rootfs/ builders live there.
 const BUILT_FROM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
@@ -204,7 +207,29 @@ impl Store {
         }
         fs::rename(&out, &entry).map_err(|e| self.cache_error(e))?;
         tracing::info!("built the {} in {:.0?}", artifact.name(), started.elapsed());
+        self.remove_older_builds(artifact, &entry);
         Ok(entry.join(artifact.file_name()))
+    }
+
+    /// Removes the builds of `artifact` older than the [`KEPT_BUILDS`] newest, `current` (just
+    /// built) among them: each change of its inputs would otherwise leave one more behind.
+    fn remove_older_builds(&self, artifact: Artifact, current: &Path) {
+        let prefix = format!("{}-", artifact.file_name());
+        let Ok(entries) = fs::read_dir(&self.cache) else {
+            return;
+        };
+        let others = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .filter(|p| p != current);
+        for old in crate::folders::beyond_newest(others, KEPT_BUILDS - 1) {
+            tracing::info!("removing the older build {}", old.display());
+            if let Err(e) = fs::remove_dir_all(&old) {
+                tracing::warn!("removing {}: {e}", old.display());
+            }
+        }
     }
 
     fn entry(&self, artifact: Artifact, key: &str) -> PathBuf {
@@ -363,4 +388,44 @@ fn forward_lines(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_new_build_removes_all_but_the_newest_builds_of_its_artifact() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = Store {
+            sources: cache.path().into(),
+            cache: cache.path().into(),
+        };
+        let day = Duration::from_secs(86_400);
+        let build = |name: &str, age: u32| {
+            let dir = cache.path().join(name);
+            fs::create_dir(&dir).unwrap();
+            fs::write(dir.join("rootfs.img"), name).unwrap();
+            File::open(&dir)
+                .unwrap()
+                .set_modified(SystemTime::now() - day * age)
+                .unwrap();
+            dir
+        };
+        let current = build("rootfs.img-new", 0);
+        let kept = [build("rootfs.img-b", 1), build("rootfs.img-c", 2)];
+        let removed = [build("rootfs.img-d", 3), build("rootfs.img-e", 9)];
+        let other = [build("vmlinux-old", 9), build("build-rootfs.img-x", 9)];
+        fs::write(cache.path().join("rootfs.img.log"), "log").unwrap();
+
+        store.remove_older_builds(Artifact::Rootfs, &current);
+        for dir in kept.iter().chain(&other).chain([&current]) {
+            assert!(dir.is_dir(), "{} removed", dir.display());
+        }
+        for dir in &removed {
+            assert!(!dir.exists(), "{} kept", dir.display());
+        }
+        assert!(cache.path().join("rootfs.img.log").is_file());
+    }
 }
