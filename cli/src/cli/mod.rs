@@ -2,6 +2,7 @@
 
 mod build;
 mod doctor;
+mod image;
 mod printable;
 pub(crate) mod run;
 mod serve;
@@ -51,6 +52,10 @@ pub enum Command {
     Users(users::UsersCommand),
     /// Build the kernel and root image into the cache (only what is missing, unless --force).
     Build(build::BuildArgs),
+    /// The root image for other engines: `export` writes it as an OCI image (containerd,
+    /// Docker, Podman).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Say what this host offers (KVM or not, which backend `auto` picks) and what is cached.
     Doctor,
     /// (internal) Keep detached VM ID: boot what `start --detach` asked for and own it.
@@ -69,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Serve(args) => serve::run(args),
         Command::Users(command) => users::run(command),
         Command::Build(args) => build::run(args).map(|()| 0),
+        Command::Image(command) => image::run(command).map(|()| 0),
         Command::Doctor => doctor::run().map(|()| 0),
         Command::Keep(args) => vms::keep(args),
     }
