@@ -36,7 +36,7 @@ OUT_DIR=$(cd "$1" && pwd)
 phase "checking build dependencies"
 missing=()
 [[ -n ${LINUX_TARBALL:-} || -f $TARBALL ]] || missing+=(linux-source-6.1)
-for tool in gcc:gcc make:make bc:bc flex:flex bison:bison xz:xz-utils tar:tar perl:perl; do
+for tool in gcc:gcc make:make bc:bc flex:flex bison:bison xz:xz-utils tar:tar perl:perl patch:patch; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 [[ -f /usr/include/libelf.h || -f /usr/include/libelf/libelf.h ]] || missing+=(libelf-dev)
@@ -83,6 +83,18 @@ else
     tar -xf "$TARBALL" -C "$WORK_DIR" || die "cannot extract $TARBALL"
     [[ -f $SRC/Makefile ]] || die "$TARBALL does not contain $SRC_NAME/Makefile"
 fi
+
+# ---- patches ----------------------------------------------------------------------------
+# kernel/patches/*.patch, in name order; a reused tree may have them already.
+for patch in "$SCRIPT_DIR"/patches/*.patch; do
+    [[ -e $patch ]] || continue
+    if patch -d "$SRC" -p1 -R --dry-run --silent <"$patch" >/dev/null 2>&1; then
+        phase "patch $(basename "$patch"): applied already"
+    else
+        phase "patch $(basename "$patch")"
+        patch -d "$SRC" -p1 --forward --silent <"$patch" || die "cannot apply $patch"
+    fi
+done
 
 # ---- configure ----------------------------------------------------------------------
 phase "configuring (tinyconfig + $(basename "$FRAGMENT"))"

@@ -1,7 +1,10 @@
 //! Writing the two x86 I/O ports of the host–guest contract ([`contract::ports`]).
 //!
-//! Port I/O from user space needs `ioperm(2)` (CONFIG_X86_IOPL_IOPERM) and CAP_SYS_RAWIO; where
-//! the kernel lacks ioperm, `/dev/port` (CONFIG_DEVPORT) is tried instead.
+//! Through `/dev/port` (CONFIG_DEVPORT), where the kernel executes the `out`; else from this
+//! process with `ioperm(2)` (CONFIG_X86_IOPL_IOPERM). Both need CAP_SYS_RAWIO. The kernel's way
+//! first: a user-space `out` is checked against the TSS's I/O bitmap, and QEMU's TCG (which runs
+//! the KVM box's SVM) refuses that check in a guest KVM restored from a snapshot, whose task
+//! register comes back as a busy TSS (kernel/patches/devport-without-pci.patch).
 
 use std::io;
 
@@ -13,18 +16,16 @@ use crate::error::{Error, Result};
 
 /// Writes one byte to an I/O port.
 pub fn outb(port: u16, value: u8) -> Result<()> {
-    match ioperm(port, true) {
-        Ok(()) => {
-            // SAFETY: ioperm granted this process access to exactly this port, so `out` does not
-            // fault; writing to these ports has no effect on this process's memory.
-            unsafe {
-                std::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
-            };
-            Ok(())
-        }
-        Err(ioperm_err) => dev_port_write(port, value)
-            .map_err(|_| Error::sys(format!("write to I/O port {port:#x}"), ioperm_err)),
+    if dev_port_write(port, value).is_ok() {
+        return Ok(());
     }
+    ioperm(port, true).map_err(|e| Error::sys(format!("write to I/O port {port:#x}"), e))?;
+    // SAFETY: ioperm granted this process access to exactly this port, so `out` does not
+    // fault; writing to these ports has no effect on this process's memory.
+    unsafe {
+        std::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    };
+    Ok(())
 }
 
 /// Grants or revokes access to one port (revoking needs no privilege).

@@ -6,8 +6,6 @@ use contract::params::Shell;
 use sandbox::agent::{Handshake, TemplatePoint};
 use sandbox::booted::BOOT_TIMEOUT;
 use sandbox::console::HostConsole;
-use vmm::backend::qemu::Accel;
-use vmm::backend::Backend;
 use vmm::runtime;
 use vmm::vm::{RunReport, StopSignal, VmExit};
 
@@ -49,21 +47,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     let dir = runtime::scratch_dir("start")?;
     let socket = dir.path().join("agent.sock");
     config.agent_socket = Some(socket.clone());
-    // Under KVM the REPL boots cold: its console marks and exit status are port writes from
-    // user space, which fault in a guest restored in the KVM box (QEMU's TCG, which runs the
-    // box's SVM, allows them only through an available TSS, and KVM restores the busy one;
-    // writing the available type back made restored guests hang now and then: see
-    // docs/architecture.md, "Snapshots"). `run`, `exec` and `serve` answer over the agent and
-    // restore there too.
-    if matches!(
-        backend,
-        Backend::Qemu {
-            accel: Accel::Tcg,
-            ..
-        }
-    ) {
-        args.vm.restore_or_boot(&backend, &mut config)?;
-    }
+    args.vm.restore_or_boot(&backend, &mut config)?;
     let point = TemplatePoint::of(&config.start, &mut console)?;
     let vm = (config.guest_params(), config.env.clone());
     let handshake = Handshake::spawn(&socket, point, vm, BOOT_TIMEOUT, stop.clone())?;
