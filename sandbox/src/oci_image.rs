@@ -115,8 +115,9 @@ fn is_registry(first: &str) -> bool {
 pub struct Exported {
     /// The manifest's digest (`sha256:...`): the image's identity.
     pub digest: String,
-    /// The layer's size, compressed, and the archive's.
+    /// The layer's size, compressed.
     pub layer_bytes: u64,
+    /// The archive's size.
     pub archive_bytes: u64,
 }
 
@@ -131,13 +132,14 @@ pub fn export(rootfs: &Path, name: &ImageName, to: &Path) -> Result<Exported, Er
         _ => Path::new("."),
     };
     let mut layer = tempfile::tempfile_in(dir).map_err(write_err)?;
-    let diff_id = write_layer(&image, &mut layer).map_err(|e| match e {
+    let Layer {
+        diff_id,
+        digest: layer_digest,
+        bytes: layer_bytes,
+    } = write_layer(&image, &mut layer).map_err(|e| match e {
         LayerError::Read(path, e) => Error::ReadFile(path, e),
         LayerError::Write(e) => write_err(e),
     })?;
-    let layer_bytes = layer.stream_position().map_err(write_err)?;
-    layer.rewind().map_err(write_err)?;
-    let layer_digest = sha256_of(&mut layer).map_err(write_err)?;
     layer.rewind().map_err(write_err)?;
 
     let created = humantime::format_rfc3339_seconds(
@@ -244,10 +246,20 @@ enum LayerError {
     Write(io::Error),
 }
 
-/// Writes the image's tree as a gzipped tar into `to`; returns the digest of the tar (the
-/// layer's `diff_id`).
-fn write_layer(image: &FilesystemReader, to: &mut File) -> Result<String, LayerError> {
-    let gz = GzEncoder::new(BufWriter::new(to), flate2::Compression::default());
+/// A layer as written: the digest of its tar (`diff_id`), and the digest and size of the
+/// gzipped tar (its blob).
+struct Layer {
+    diff_id: String,
+    digest: String,
+    bytes: u64,
+}
+
+/// Writes the image's tree as a gzipped tar into `to`, hashing both streams as they pass.
+fn write_layer(image: &FilesystemReader, to: &mut File) -> Result<Layer, LayerError> {
+    let gz = GzEncoder::new(
+        Hashing::new(BufWriter::new(to)),
+        flate2::Compression::default(),
+    );
     let mut tar = tar::Builder::new(Hashing::new(gz));
     for node in image.files() {
         let Ok(path) = node.fullpath.strip_prefix("/") else {
@@ -293,13 +305,17 @@ fn write_layer(image: &FilesystemReader, to: &mut File) -> Result<String, LayerE
         };
         appended.map_err(LayerError::Write)?;
     }
-    let hashing = tar.into_inner().map_err(LayerError::Write)?;
-    let diff_id = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
-    let buffered = hashing.inner.finish().map_err(LayerError::Write)?;
+    let (gz, diff_id, _) = tar.into_inner().map_err(LayerError::Write)?.finish();
+    let compressed = gz.finish().map_err(LayerError::Write)?;
+    let (buffered, digest, bytes) = compressed.finish();
     buffered
         .into_inner()
         .map_err(|e| LayerError::Write(e.into_error()))?;
-    Ok(diff_id)
+    Ok(Layer {
+        diff_id,
+        digest,
+        bytes,
+    })
 }
 
 /// A reader that remembers its error, to tell a damaged image from a failed write.
@@ -316,10 +332,11 @@ impl<R: io::Read> io::Read for ReadErrors<R> {
     }
 }
 
-/// A writer that hashes what passes through it.
+/// A writer that hashes and counts what passes through it.
 struct Hashing<W> {
     inner: W,
     hasher: Sha256,
+    bytes: u64,
 }
 
 impl<W> Hashing<W> {
@@ -327,7 +344,14 @@ impl<W> Hashing<W> {
         Hashing {
             inner,
             hasher: Sha256::new(),
+            bytes: 0,
         }
+    }
+
+    /// The writer back, with the digest (`sha256:...`) and size of what was written.
+    fn finish(self) -> (W, String, u64) {
+        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        (self.inner, digest, self.bytes)
     }
 }
 
@@ -335,6 +359,7 @@ impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
         Ok(n)
     }
 
@@ -345,12 +370,6 @@ impl<W: Write> Write for Hashing<W> {
 
 fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-fn sha256_of(file: &mut File) -> io::Result<String> {
-    let mut hashing = Hashing::new(io::sink());
-    io::copy(file, &mut hashing)?;
-    Ok(format!("sha256:{}", hex::encode(hashing.hasher.finalize())))
 }
 
 /// Where a blob of `digest` lies in the layout.
