@@ -1,14 +1,14 @@
 //! `nodeos-vm image export`: the archive is an OCI image layout and a `docker load` archive
 //! whose one layer is the root image, file for file (checked against squashfs-tools' own
-//! listing); Debian's containerd imports it and runs it with runc, Node as user `node`.
+//! listing). Debian's containerd imports it and runs it with runc and with our shim in
+//! shim/tests/containerd.rs.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -202,126 +202,4 @@ fn a_bad_name_or_folder_is_one_clear_line_and_writes_nothing() {
     assert!(!out.status.success());
     assert!(err.contains(missing.to_str().unwrap()), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-}
-
-/// A containerd of the test's own: its root, state and socket in a temporary folder.
-struct Containerd {
-    dir: tempfile::TempDir,
-    daemon: Child,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        let containerd = common::host_program("containerd", "containerd");
-        common::host_program("runc", "runc");
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config.toml");
-        let p = dir.path().display();
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{p}/root\"\nstate = \"{p}/state\"\n\
-                 [grpc]\naddress = \"{p}/containerd.sock\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\ndisable = true\n"
-            ),
-        )
-        .unwrap();
-        let daemon = Command::new(containerd)
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("containerd.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let ours = Containerd { dir, daemon };
-        let until = Instant::now() + Duration::from_secs(30);
-        while !ours.ctr(&["version"]).status.success() {
-            assert!(
-                Instant::now() < until,
-                "containerd did not start: {}",
-                ours.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        ours
-    }
-
-    fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("ctr");
-        command
-            .arg("--address")
-            .arg(self.dir.path().join("containerd.sock"))
-            .args(["--namespace", "nodeos-test"])
-            .args(args);
-        command
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        self.ctr_command(args).output().unwrap()
-    }
-
-    /// `ctr args`, which must succeed: its stdout.
-    fn ctr_ok(&self, args: &[&str], input: &str) -> String {
-        let mut child = self
-            .ctr_command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "ctr {args:?}: {stdout}{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        stdout
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        // Whatever of its snapshots is still mounted (a failed test's container) goes too.
-        let _ = Command::new("umount")
-            .args(["--recursive", "--lazy"])
-            .arg(self.dir.path().join("root"))
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-#[test]
-fn containerd_imports_the_image_and_runc_runs_node_in_it() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("skipped: a containerd of the test's own needs root");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let archive = exported(dir.path(), "nodeos");
-    let containerd = Containerd::start();
-    let imported = containerd.ctr_ok(&["image", "import", archive.to_str().unwrap()], "");
-    assert!(
-        imported.contains("docker.io/library/nodeos:latest"),
-        "{imported}"
-    );
-    let images = containerd.ctr_ok(&["image", "ls", "--quiet"], "");
-    assert_eq!(images.trim(), "docker.io/library/nodeos:latest");
-
-    let image = "docker.io/library/nodeos:latest";
-    let js = "const os = require('os'); \
-              console.log(6 * 7, process.getuid(), os.userInfo().username, process.cwd())";
-    let out = containerd.ctr_ok(&["run", "--rm", image, "node-e", "node", "-e", js], "");
-    assert_eq!(out.trim(), "42 1000 node /home/node");
-    let out = containerd.ctr_ok(&["run", "--rm", image, "npm", "npm", "--version"], "");
-    assert!(out.trim().split('.').count() == 3, "{out}");
 }

@@ -18,7 +18,7 @@ use crate::params::GuestParams;
 use crate::status;
 
 /// The protocol version both sides say in their `Hello`.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// Largest payload of any frame (the type byte not counted).
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Largest `Stdin`, `Stdout`, `Stderr` or `TreeData` chunk.
@@ -49,6 +49,8 @@ pub enum Request {
     /// request of the first connection, answered `Hello` once the guest is set up, and
     /// refused anywhere else.
     Activate(Box<Activation>),
+    /// The command's terminal has this size now (commands run with `tty` only).
+    Resize(WinSize),
 }
 
 /// What to run, and how.
@@ -65,6 +67,31 @@ pub struct Exec {
     pub stdin: bool,
     /// Kill the command's process group after this long.
     pub timeout_ms: Option<u64>,
+    /// Run it as a container's process rather than as the guest's user (see [`Container`]).
+    pub container: Option<Container>,
+    /// Run it on a terminal of this size: its stdin, stdout and stderr are the terminal, whose
+    /// output comes as `Stdout` frames (no `Stderr`), and `Resize` changes its size.
+    pub tty: Option<WinSize>,
+}
+
+/// A container's process: in a mount namespace of its own whose root is `root` (a guest
+/// folder, pivot_root'ed into, with /proc, /sys and a minimal /dev mounted in it), as `uid`,
+/// `gid` and `groups`, with the request's environment only (none of the agent's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Container {
+    pub root: Vec<u8>,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// A terminal's size, in character cells.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct WinSize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// Guest to host.
@@ -226,6 +253,7 @@ mod kind {
     pub const POWEROFF: u8 = 0x06;
     pub const EXPORT: u8 = 0x07;
     pub const ACTIVATE: u8 = 0x08;
+    pub const RESIZE: u8 = 0x09;
 
     pub const R_HELLO: u8 = 0x81;
     pub const STARTED: u8 = 0x82;
@@ -256,6 +284,16 @@ impl Request {
                 put_option(&mut out, exec.timeout_ms.as_ref(), |out, ms| {
                     out.put_u64(*ms)
                 });
+                put_option(&mut out, exec.container.as_ref(), |out, container| {
+                    out.put_bytes(&container.root);
+                    out.put_u32(container.uid);
+                    out.put_u32(container.gid);
+                    out.put_u32(container.groups.len() as u32);
+                    for group in &container.groups {
+                        out.put_u32(*group);
+                    }
+                });
+                put_option(&mut out, exec.tty.as_ref(), put_winsize);
                 kind::EXEC
             }
             Request::Stdin(data) => {
@@ -283,6 +321,10 @@ impl Request {
                 out.put_bytes(&activation.mac);
                 kind::ACTIVATE
             }
+            Request::Resize(size) => {
+                put_winsize(&mut out, size);
+                kind::RESIZE
+            }
         };
         finish_frame(out, kind)
     }
@@ -304,6 +346,8 @@ impl Request {
                     cwd: option(d, "cwd", |d| Ok(d.bytes("cwd", MAX_PAYLOAD)?.to_vec()))?,
                     stdin: d.bool("stdin")?,
                     timeout_ms: option(d, "timeout_ms", |d| d.u64("timeout_ms"))?,
+                    container: option(d, "container", container)?,
+                    tty: option(d, "tty", winsize)?,
                 }),
                 kind::STDIN => Request::Stdin(d.rest("stdin", MAX_CHUNK)?.to_vec()),
                 kind::STDIN_EOF => Request::StdinEof,
@@ -313,6 +357,7 @@ impl Request {
                     path: d.bytes("path", MAX_PAYLOAD)?.to_vec(),
                 },
                 kind::ACTIVATE => Request::Activate(Box::new(activation(d)?)),
+                kind::RESIZE => Request::Resize(winsize(d)?),
                 _ => return Ok(None),
             }))
         })?;
@@ -556,6 +601,44 @@ fn finish_frame(out: Encoder, kind: u8) -> Result<Vec<u8>, FrameError> {
 }
 
 /// A count, then each item as [`Encoder::put_bytes`] writes it.
+/// Most supplementary groups of a container's process (the kernel's `NGROUPS_MAX`).
+pub const MAX_GROUPS: usize = 65536;
+
+fn put_winsize(out: &mut Encoder, size: &WinSize) {
+    out.put_u32(u32::from(size.rows));
+    out.put_u32(u32::from(size.cols));
+}
+
+fn winsize(d: &mut Decoder<'_>) -> Result<WinSize, DecodeError> {
+    let cells = |d: &mut Decoder<'_>, field| {
+        let n = d.u32(field)?;
+        u16::try_from(n).map_err(|_| DecodeError::Invalid {
+            field,
+            why: format!("{n} is over 65535"),
+        })
+    };
+    Ok(WinSize {
+        rows: cells(d, "rows")?,
+        cols: cells(d, "cols")?,
+    })
+}
+
+fn container(d: &mut Decoder<'_>) -> Result<Container, DecodeError> {
+    let root = d.bytes("container root", MAX_PAYLOAD)?.to_vec();
+    let uid = d.u32("uid")?;
+    let gid = d.u32("gid")?;
+    let count = d.count("groups", MAX_GROUPS, 4)?;
+    let groups = (0..count)
+        .map(|_| d.u32("group"))
+        .collect::<Result<_, _>>()?;
+    Ok(Container {
+        root,
+        uid,
+        gid,
+        groups,
+    })
+}
+
 /// An [`Activation`], checked as the guest takes it.
 fn activation(d: &mut Decoder<'_>) -> Result<Activation, DecodeError> {
     let invalid = |field, why: String| DecodeError::Invalid { field, why };
@@ -631,8 +714,22 @@ mod tests {
                 cwd: Some(b"/tmp".to_vec()),
                 stdin: true,
                 timeout_ms: Some(u64::MAX),
+                container: Some(Container {
+                    root: b"/run/container".to_vec(),
+                    uid: 0,
+                    gid: u32::MAX,
+                    groups: vec![10, 1000],
+                }),
+                tty: Some(WinSize {
+                    rows: 24,
+                    cols: u16::MAX,
+                }),
             }),
             Request::Exec(Exec::default()),
+            Request::Resize(WinSize {
+                rows: 50,
+                cols: 132,
+            }),
             Request::Stdin(vec![7; MAX_CHUNK]),
             Request::Stdin(Vec::new()),
             Request::StdinEof,
@@ -815,8 +912,19 @@ mod tests {
             frame(kind::EXEC, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0]),
             // timeout flag set but no u64
             frame(kind::EXEC, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1]),
+            // container flag set but nothing after it
+            frame(kind::EXEC, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            // a container whose groups claim 2^32-1 items
+            frame(
+                kind::EXEC,
+                &[
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff,
+                    0xff, 0xff, 0xff, 0,
+                ],
+            ),
             // trailing byte
-            frame(kind::EXEC, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            frame(kind::EXEC, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            frame(kind::RESIZE, &[24, 0, 0, 0]),
         ];
         for bad in &bad_requests {
             assert!(Request::decode(bad).is_err(), "{bad:?}");
@@ -838,7 +946,7 @@ mod tests {
             assert!(Reply::decode(bad).is_err(), "{bad:?}");
         }
         // The smallest valid Exec, for contrast.
-        let ok = frame(kind::EXEC, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let ok = frame(kind::EXEC, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(
             Request::decode(&ok).unwrap().unwrap().0,
             Request::Exec(Exec::default())
@@ -868,6 +976,13 @@ mod tests {
     }
 
     #[test]
+    fn a_terminal_wider_than_u16_is_refused() {
+        let frame = frame(kind::RESIZE, &[24, 0, 0, 0, 0, 0, 1, 0]);
+        let err = Request::decode(&frame).unwrap_err();
+        assert!(err.to_string().contains("over 65535"), "{err}");
+    }
+
+    #[test]
     fn shell_statuses() {
         assert_eq!(ErrorKind::NotFound.shell_status(), Some(127));
         assert_eq!(ErrorKind::ExecFailed.shell_status(), Some(126));
@@ -883,6 +998,13 @@ mod tests {
             cwd: Some(b"/".to_vec()),
             stdin: true,
             timeout_ms: Some(5),
+            container: Some(Container {
+                root: b"/r".to_vec(),
+                uid: 1,
+                gid: 2,
+                groups: vec![3],
+            }),
+            tty: Some(WinSize { rows: 24, cols: 80 }),
         });
         let payload = [
             &[1, 0, 0, 0, 1, 0, 0, 0, b'a'][..], // argv
@@ -890,6 +1012,10 @@ mod tests {
             &[1, 1, 0, 0, 0, b'/'],              // cwd
             &[1],                                // stdin
             &[1, 5, 0, 0, 0, 0, 0, 0, 0],        // timeout_ms
+            &[1, 2, 0, 0, 0, b'/', b'r'],        // container: root
+            &[1, 0, 0, 0, 2, 0, 0, 0],           // uid, gid
+            &[1, 0, 0, 0, 3, 0, 0, 0],           // groups
+            &[1, 24, 0, 0, 0, 80, 0, 0, 0],      // tty
         ]
         .concat();
         assert_eq!(exec.encode().unwrap(), frame(kind::EXEC, &payload));

@@ -23,7 +23,7 @@ use vmm::poll::first_readable;
 
 use crate::activation;
 use contract::env::EnvVar;
-use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
+use contract::frame::{self, Container, ErrorKind, Exec, FrameError, Reply, Request, WinSize};
 use contract::params::GuestParams;
 use contract::{hybrid, AGENT_PORT};
 use vmm::vm::{ConsoleIo, ConsoleReady, Start, StopSignal};
@@ -39,6 +39,10 @@ pub struct Command {
     /// Forward our standard input.
     pub stdin: bool,
     pub timeout: Option<Duration>,
+    /// Run it as a container's process (in that root, as that user, with `env` only).
+    pub container: Option<Container>,
+    /// Run it on a terminal of this size.
+    pub tty: Option<WinSize>,
 }
 
 /// How a command ended.
@@ -295,6 +299,8 @@ pub struct Input(Arc<Mutex<UnixStream>>);
 /// What a session's command did next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// The command runs, as this process of the guest.
+    Started(i32),
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     /// Final: nothing follows.
@@ -324,6 +330,8 @@ impl Session {
             cwd: command.cwd.clone(),
             stdin: command.stdin,
             timeout_ms: command.timeout.map(|t| t.as_millis() as u64),
+            container: command.container.clone(),
+            tty: command.tty,
         });
         let replies = connect(socket, &[exec], Some(ended), deadline)?;
         let writer = Arc::new(Mutex::new(
@@ -352,39 +360,37 @@ impl Session {
     ) -> Result<Wake, Error> {
         let mut wake = vec![ended.as_raw_fd()];
         wake.extend_from_slice(extra);
-        loop {
-            let reply = match self.replies.next(&wake, deadline)? {
-                Next::Reply(reply) => reply,
-                Next::Woken(0) | Next::End => return Err(Error::EndedDuringCommand),
-                Next::Woken(i) => return Ok(Wake::Extra(i - 1)),
-                Next::TimedOut => return Err(Error::NoReport(self.started.elapsed())),
-            };
-            let event = match reply {
-                Reply::Started { .. } => continue,
-                Reply::Stdout(data) => Event::Stdout(data),
-                Reply::Stderr(data) => Event::Stderr(data),
-                Reply::Exited(code) => Event::Ended(Outcome::Exited(code)),
-                Reply::Signaled(signal) => Event::Ended(Outcome::Signaled(signal)),
-                Reply::TimedOut { timeout_ms } => {
-                    Event::Ended(Outcome::TimedOut(Duration::from_millis(timeout_ms)))
+        let reply = match self.replies.next(&wake, deadline)? {
+            Next::Reply(reply) => reply,
+            Next::Woken(0) | Next::End => return Err(Error::EndedDuringCommand),
+            Next::Woken(i) => return Ok(Wake::Extra(i - 1)),
+            Next::TimedOut => return Err(Error::NoReport(self.started.elapsed())),
+        };
+        let event = match reply {
+            Reply::Started { pid } => Event::Started(pid),
+            Reply::Stdout(data) => Event::Stdout(data),
+            Reply::Stderr(data) => Event::Stderr(data),
+            Reply::Exited(code) => Event::Ended(Outcome::Exited(code)),
+            Reply::Signaled(signal) => Event::Ended(Outcome::Signaled(signal)),
+            Reply::TimedOut { timeout_ms } => {
+                Event::Ended(Outcome::TimedOut(Duration::from_millis(timeout_ms)))
+            }
+            Reply::Error { kind, message } => Event::Ended(match kind {
+                ErrorKind::NotFound => Outcome::NotFound(message),
+                ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => {
+                    Outcome::NotExecutable(message)
                 }
-                Reply::Error { kind, message } => Event::Ended(match kind {
-                    ErrorKind::NotFound => Outcome::NotFound(message),
-                    ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => {
-                        Outcome::NotExecutable(message)
-                    }
-                    ErrorKind::Protocol
-                    | ErrorKind::Version
-                    | ErrorKind::Export
-                    | ErrorKind::Activate => return Err(Error::Refused(message)),
-                }),
-                Reply::Hello { .. } => return Err(Error::Unexpected("a second hello")),
-                Reply::TreeData(_) | Reply::TreeEnd => {
-                    return Err(Error::Unexpected("a folder's tree to a command"))
-                }
-            };
-            return Ok(Wake::Event(event));
-        }
+                ErrorKind::Protocol
+                | ErrorKind::Version
+                | ErrorKind::Export
+                | ErrorKind::Activate => return Err(Error::Refused(message)),
+            }),
+            Reply::Hello { .. } => return Err(Error::Unexpected("a second hello")),
+            Reply::TreeData(_) | Reply::TreeEnd => {
+                return Err(Error::Unexpected("a folder's tree to a command"))
+            }
+        };
+        Ok(Wake::Event(event))
     }
 }
 
@@ -405,6 +411,11 @@ impl Input {
     /// Sends `signal` to the command's process group.
     pub fn signal(&self, signal: i32) -> Result<(), Error> {
         send(&self.0, &Request::Signal(signal))
+    }
+
+    /// Gives the command's terminal this size.
+    pub fn resize(&self, size: WinSize) -> Result<(), Error> {
+        send(&self.0, &Request::Resize(size))
     }
 }
 
@@ -562,6 +573,7 @@ pub fn exec(
                     input.signal(signal)?;
                 }
             }
+            Wake::Event(Event::Started(_)) => {}
             // A host stdout or stderr that went away must not stop the command: drop output.
             Wake::Event(Event::Stdout(data)) => {
                 let _ = stdout.write_all(&data).and_then(|()| stdout.flush());
@@ -878,6 +890,8 @@ mod tests {
             cwd: None,
             stdin: false,
             timeout: None,
+            container: None,
+            tty: None,
         };
         let (result, took) = without_blocking(move || {
             let started = Instant::now();

@@ -265,24 +265,13 @@ impl Volume {
                 RW_HEADROOM_BYTES / RW_HEADROOM_BYTES_PER_INODE,
             ),
         };
-        let size_blocks = (usage.bytes + headroom) / BLOCK;
-        let inodes = usage.entries * 2 + free_inodes;
-        let mut command = Command::new("mke2fs");
-        command
-            .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0"])
-            // No journal: the guest syncs before the VM ends.
-            .args(["-O", "^has_journal"])
-            .args(["-N", &inodes.to_string()])
-            .args(["-E", &format!("root_owner={GUEST_UID}:{GUEST_GID}")])
-            .arg("-d")
-            .arg(&self.host)
-            .arg(image)
-            .arg(size_blocks.to_string());
+        let owner = (GUEST_UID, GUEST_GID);
+        let (mut command, inodes) = mke2fs(&self.host, image, &usage, owner, headroom, free_inodes);
         // The files must belong to the guest's user: mke2fs copies owners from what stat(2)
         // says, so run it where our own uid reads as the guest's.
         as_guest_owner(&mut command);
         run_tool(command, format!("packing {} (mke2fs)", self.host.display()))?;
-        self.match_top(image)?;
+        match_top(&self.host, image)?;
         let image_len = fs::metadata(image).map_err(|source| Error::Io {
             what: "looking at the packed image",
             path: image.to_path_buf(),
@@ -293,38 +282,6 @@ impl Volume {
             entries: inodes * 2,
             time: COPY_BACK_TIME,
         })
-    }
-
-    /// Makes the image's top folder the host folder's: mke2fs leaves its own `lost+found`
-    /// there (unless the host folder has one, whose files it holds then) and gives the top
-    /// folder its own mode and time, where everything below has the host's. Done with
-    /// debugfs on the image mke2fs just made, before any guest has seen it.
-    fn match_top(&self, image: &Path) -> Result<(), Error> {
-        let io = |what, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { what, path, source }
-        };
-        let top = fs::metadata(&self.host).map_err(io("looking at", &self.host))?;
-        let mut requests = String::new();
-        let lost_found = self.host.join(LOST_FOUND);
-        if fs::symlink_metadata(&lost_found).is_err() {
-            requests.push_str(&format!("rmdir {LOST_FOUND}\n"));
-        }
-        requests.push_str(&format!(
-            "set_inode_field / mode 0{:o}\nset_inode_field / mtime @{}\n",
-            libc::S_IFDIR | (top.mode() & 0o7777),
-            top.mtime(),
-        ));
-        let file = image.with_extension("debugfs");
-        fs::write(&file, requests).map_err(io("writing", &file))?;
-        let mut command = Command::new("debugfs");
-        command.arg("-w").arg("-f").arg(&file).arg(image);
-        let done = run_tool(
-            command,
-            format!("packing {} (debugfs)", self.host.display()),
-        );
-        let _ = fs::remove_file(&file);
-        done
     }
 
     /// Copies the guest's changes back: unpacks the tree `source` sends into `scratch`, an
@@ -420,6 +377,81 @@ fn read_link(folder: &Folder, path: &TreePath) -> Option<Vec<u8>> {
         .unwrap_or(folder)
         .read_link(OsStr::from_bytes(name));
     target.ok().map(|t| t.as_bytes().to_vec())
+}
+
+/// Packs the folder `tree` into a fresh ext4 image at `image` as it is (owners, modes, times,
+/// device nodes as the host has them: a container's root file system), with `headroom` bytes
+/// and one inode per 16 KiB of it free for what the guest writes (sparse: unused room costs
+/// the host nothing).
+pub fn pack_as_is(tree: &Path, image: &Path, headroom: u64) -> Result<(), Error> {
+    let usage = Usage::of(tree)?;
+    let free_inodes = headroom / RW_HEADROOM_BYTES_PER_INODE;
+    // The top folder too keeps its owner, not mke2fs's.
+    let top = fs::metadata(tree).map_err(|source| Error::Io {
+        what: "looking at",
+        path: tree.to_path_buf(),
+        source,
+    })?;
+    let owner = (top.uid(), top.gid());
+    let (command, _) = mke2fs(tree, image, &usage, owner, headroom, free_inodes);
+    run_tool(command, format!("packing {} (mke2fs)", tree.display()))?;
+    match_top(tree, image)
+}
+
+/// Makes the image's top folder the host folder's: mke2fs leaves its own `lost+found`
+/// there (unless the host folder has one, whose files it holds then) and gives the top
+/// folder its own mode and time, where everything below has the host's. Done with
+/// debugfs on the image mke2fs just made, before any guest has seen it.
+fn match_top(tree: &Path, image: &Path) -> Result<(), Error> {
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { what, path, source }
+    };
+    let top = fs::metadata(tree).map_err(io("looking at", tree))?;
+    let mut requests = String::new();
+    let lost_found = tree.join(LOST_FOUND);
+    if fs::symlink_metadata(&lost_found).is_err() {
+        requests.push_str(&format!("rmdir {LOST_FOUND}\n"));
+    }
+    requests.push_str(&format!(
+        "set_inode_field / mode 0{:o}\nset_inode_field / mtime @{}\n",
+        libc::S_IFDIR | (top.mode() & 0o7777),
+        top.mtime(),
+    ));
+    let file = image.with_extension("debugfs");
+    fs::write(&file, requests).map_err(io("writing", &file))?;
+    let mut command = Command::new("debugfs");
+    command.arg("-w").arg("-f").arg(&file).arg(image);
+    let done = run_tool(command, format!("packing {} (debugfs)", tree.display()));
+    let _ = fs::remove_file(&file);
+    done
+}
+
+/// The mke2fs command that packs `tree` (which takes `usage`) into `image`, its top folder
+/// owned by `root_owner`, with `headroom` bytes and `free_inodes` inodes to spare; and the
+/// inodes it asks for.
+fn mke2fs(
+    tree: &Path,
+    image: &Path,
+    usage: &Usage,
+    (uid, gid): (u32, u32),
+    headroom: u64,
+    free_inodes: u64,
+) -> (Command, u64) {
+    let size_blocks = (usage.bytes + headroom) / BLOCK;
+    let inodes = usage.entries * 2 + free_inodes;
+    let mut command = Command::new("mke2fs");
+    command
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0"])
+        // No journal: the guest syncs before the VM ends.
+        .args(["-O", "^has_journal"])
+        .args(["-N", &inodes.to_string()])
+        .args(["-E", &format!("root_owner={uid}:{gid}")])
+        .arg("-d")
+        .arg(tree)
+        .arg(image)
+        .arg(size_blocks.to_string());
+    (command, inodes)
 }
 
 /// Bytes (whole blocks) and entries a tree takes.

@@ -330,6 +330,8 @@ fn start(
         cwd: Some(APP_DIR.as_bytes().to_vec()),
         stdin: true,
         timeout: None,
+        container: None,
+        tty: None,
     })?;
     let input = session.input();
     let vm_ended = sandbox
@@ -391,7 +393,7 @@ impl Reader {
                     }
                 }
                 Ok(Wake::Event(Event::Ended(outcome))) => break describe(&outcome),
-                Ok(Wake::Extra(_)) => {}
+                Ok(Wake::Extra(_) | Wake::Event(Event::Started(_))) => {}
                 Err(agent::Error::EndedDuringCommand) => break "the microVM ended".to_string(),
                 Err(e) => break e.to_string(),
             }

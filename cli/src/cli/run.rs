@@ -66,6 +66,8 @@ impl ExecOptions {
             cwd: self.workdir.clone().map(workdir).transpose()?,
             stdin: self.interactive,
             timeout: self.timeout,
+            container: None,
+            tty: None,
         })
     }
 }

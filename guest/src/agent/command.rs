@@ -1,26 +1,35 @@
 //! Starting the command of an `Exec` request: its own session and process group, the agent's
-//! user, pipes for its output (and stdin), and exec failures reported back through a
-//! close-on-exec pipe, as the supervisor does for the spawn shim.
+//! user (or a container's root and user: container.rs), pipes for its output and stdin (or a
+//! terminal: tty.rs), and exec failures reported back through a close-on-exec pipe, as the
+//! supervisor does for the spawn shim.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 
 use contract::frame::{ErrorKind, Exec};
 use contract::status;
 
+use super::container;
 use super::handler::Config;
+use super::tty::Terminal;
 use crate::error::errno_text;
 use crate::fdpass;
 use crate::init::user;
 use crate::sys::{self, cvt, Fork};
 
-/// A started command: its pid (also its process group and session) and our ends of its pipes.
+/// A started command: its pid (also its process group and session) and our ends of its pipes
+/// (of its terminal, when it has one).
 pub struct Child {
     pub pid: libc::pid_t,
-    /// Absent when the request asked for no stdin (the command reads /dev/null).
+    /// Absent when the request asked for no stdin (the command reads /dev/null, or a
+    /// terminal nobody types into).
     pub stdin: Option<OwnedFd>,
     pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
+    /// Absent on a terminal, where stderr is stdout.
+    pub stderr: Option<OwnedFd>,
+    /// The terminal's side the agent sizes.
+    pub terminal: Option<Terminal>,
 }
 
 /// Why the command did not start, as the reply says it.
@@ -45,6 +54,7 @@ enum Stage {
     Setup = 0,
     Chdir = 1,
     Exec = 2,
+    Root = 3,
 }
 
 /// What the child needs, prepared before the fork.
@@ -52,6 +62,8 @@ struct Prepared {
     argv: Vec<CString>,
     env: Vec<CString>,
     cwd: CString,
+    /// Who it runs as.
+    ids: (u32, u32, Vec<u32>),
 }
 
 /// The environment of the command: `base` with `extra`'s `NAME=VALUE` entries added or
@@ -98,15 +110,71 @@ fn prepare(exec: &Exec, cfg: &Config) -> Result<Prepared, Failure> {
         .iter()
         .map(|a| cstring(a, "argument"))
         .collect::<Result<_, _>>()?;
-    let env = merge_env(&cfg.base_env, &exec.env)?
+    // A container's process gets the request's environment only.
+    let base: &[Vec<u8>] = match exec.container {
+        Some(_) => &[],
+        None => &cfg.base_env,
+    };
+    let env = merge_env(base, &exec.env)?
         .iter()
         .map(|e| cstring(e, "environment entry"))
         .collect::<Result<_, _>>()?;
-    let cwd = match &exec.cwd {
-        Some(cwd) => cstring(cwd, "working directory")?,
-        None => cstring(cfg.home.as_os_str().as_encoded_bytes(), "home")?,
+    let cwd = match (&exec.cwd, &exec.container) {
+        (Some(cwd), _) => cstring(cwd, "working directory")?,
+        (None, Some(_)) => cstring(b"/", "working directory")?,
+        (None, None) => cstring(cfg.home.as_os_str().as_encoded_bytes(), "home")?,
     };
-    Ok(Prepared { argv, env, cwd })
+    let ids = match &exec.container {
+        Some(c) => (c.uid, c.gid, c.groups.clone()),
+        None => (cfg.uid, cfg.gid, cfg.groups.clone()),
+    };
+    Ok(Prepared {
+        argv,
+        env,
+        cwd,
+        ids,
+    })
+}
+
+/// The command's side of its standard streams, and the agent's.
+struct Stdio {
+    /// What becomes its descriptors 0, 1 and 2.
+    child: [OwnedFd; 3],
+    stdin: Option<OwnedFd>,
+    stdout: OwnedFd,
+    stderr: Option<OwnedFd>,
+    terminal: Option<Terminal>,
+}
+
+impl Stdio {
+    fn pipes(exec: &Exec) -> std::io::Result<Stdio> {
+        let (stdin_read, stdin_write) = if exec.stdin {
+            let (r, w) = sys::pipe()?;
+            (r, Some(w))
+        } else {
+            (OwnedFd::from(std::fs::File::open("/dev/null")?), None)
+        };
+        let (stdout_read, stdout_write) = sys::pipe()?;
+        let (stderr_read, stderr_write) = sys::pipe()?;
+        Ok(Stdio {
+            child: [stdin_read, stdout_write, stderr_write],
+            stdin: stdin_write,
+            stdout: stdout_read,
+            stderr: Some(stderr_read),
+            terminal: None,
+        })
+    }
+
+    fn terminal(exec: &Exec, size: contract::frame::WinSize) -> std::io::Result<Stdio> {
+        let (terminal, peer) = Terminal::open(size)?;
+        Ok(Stdio {
+            child: [peer.try_clone()?, peer.try_clone()?, peer],
+            stdin: exec.stdin.then(|| terminal.master()).transpose()?,
+            stdout: terminal.master()?,
+            stderr: None,
+            terminal: Some(terminal),
+        })
+    }
 }
 
 /// Starts the command. Returns once it runs (its exec succeeded) or failed to start.
@@ -115,37 +183,41 @@ pub fn spawn(exec: &Exec, cfg: &Config) -> Result<Child, Failure> {
     let sys_failure = |what: &str, e: std::io::Error| {
         Failure::new(ErrorKind::ExecFailed, format!("{what}: {}", errno_text(&e)))
     };
-    let (stdin_read, stdin_write) = if exec.stdin {
-        let (r, w) = sys::pipe().map_err(|e| sys_failure("pipe", e))?;
-        (r, Some(w))
-    } else {
-        let null =
-            std::fs::File::open("/dev/null").map_err(|e| sys_failure("open /dev/null", e))?;
-        (OwnedFd::from(null), None)
-    };
-    let (stdout_read, stdout_write) = sys::pipe().map_err(|e| sys_failure("pipe", e))?;
-    let (stderr_read, stderr_write) = sys::pipe().map_err(|e| sys_failure("pipe", e))?;
+    let stdio = match exec.tty {
+        Some(size) => Stdio::terminal(exec, size).map_err(|e| sys_failure("open a terminal", e)),
+        None => Stdio::pipes(exec).map_err(|e| sys_failure("make pipes", e)),
+    }?;
     let (report_read, report_write) = sys::pipe().map_err(|e| sys_failure("pipe", e))?;
 
+    let root = exec.container.as_ref().map(|c| &c.root[..]);
     let pid = match sys::fork().map_err(|e| sys_failure("fork", e))? {
         Fork::Child => become_command(
             &prepared,
-            cfg,
-            [&stdin_read, &stdout_write, &stderr_write],
+            root,
+            &stdio.child,
+            stdio.terminal.is_some(),
             &report_write,
         ),
         Fork::Parent(pid) => pid,
     };
-    drop((stdin_read, stdout_write, stderr_write, report_write));
+    let Stdio {
+        child,
+        stdin,
+        stdout,
+        stderr,
+        terminal,
+    } = stdio;
+    drop((child, report_write));
 
     // The exec succeeded when the close-on-exec report pipe closes without a word.
     let mut report = [0u8; 5];
     if !fdpass::read_exact_or_eof(report_read.as_fd(), &mut report).unwrap_or(false) {
         return Ok(Child {
             pid,
-            stdin: stdin_write,
-            stdout: stdout_read,
-            stderr: stderr_read,
+            stdin,
+            stdout,
+            stderr,
+            terminal,
         });
     }
     let _ = sys::waitpid(pid, 0);
@@ -164,12 +236,26 @@ pub fn spawn(exec: &Exec, cfg: &Config) -> Result<Child, Failure> {
             ErrorKind::BadCwd,
             format!("chdir {}: {why}", prepared.cwd.to_string_lossy()),
         ),
+        s if s == Stage::Root as u8 => Failure::new(
+            ErrorKind::ExecFailed,
+            format!(
+                "entering the container root {}: {why}",
+                String::from_utf8_lossy(root.unwrap_or_default())
+            ),
+        ),
         _ => Failure::new(ErrorKind::ExecFailed, format!("{file}: set-up: {why}")),
     })
 }
 
-/// In the forked child: become the command, or report why not and exit.
-fn become_command(prepared: &Prepared, cfg: &Config, stdio: [&OwnedFd; 3], report: &OwnedFd) -> ! {
+/// In the forked child: become the command (in the container `root` when there is one; its
+/// stdio a terminal, its controlling one, when `tty`), or report why not and exit.
+fn become_command(
+    prepared: &Prepared,
+    root: Option<&[u8]>,
+    stdio: &[OwnedFd; 3],
+    tty: bool,
+    report: &OwnedFd,
+) -> ! {
     let fail = |stage: Stage, err: std::io::Error| -> ! {
         let mut msg = vec![stage as u8];
         msg.extend_from_slice(&err.raw_os_error().unwrap_or(libc::EIO).to_le_bytes());
@@ -181,15 +267,26 @@ fn become_command(prepared: &Prepared, cfg: &Config, stdio: [&OwnedFd; 3], repor
     unsafe { libc::setsid() };
     // Descriptors 0-2 are always open in the agent (init made sure of it), so the pipes are
     // numbered above them and no dup2 below clobbers another source.
-    for (target, fd) in stdio.into_iter().enumerate() {
+    for (target, fd) in stdio.iter().enumerate() {
         if let Err(e) = install(fd, target as RawFd) {
             fail(Stage::Setup, e);
         }
     }
+    // SAFETY: TIOCSCTTY takes an int; descriptor 0 is the terminal of this new session.
+    if tty && unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        fail(Stage::Setup, std::io::Error::last_os_error());
+    }
+    if let Some(root) = root {
+        if let Err(e) = container::enter(std::path::Path::new(OsStr::from_bytes(root))) {
+            let errno = e.errno().unwrap_or(libc::ENOTDIR);
+            fail(Stage::Root, std::io::Error::from_raw_os_error(errno));
+        }
+    }
+    let (uid, gid, groups) = &prepared.ids;
     // SAFETY: geteuid/getegid cannot fail.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    if euid != cfg.uid || egid != cfg.gid {
-        if let Err(e) = user::drop_privileges(cfg.uid, cfg.gid, &cfg.groups) {
+    if euid != *uid || egid != *gid || root.is_some() {
+        if let Err(e) = user::drop_privileges(*uid, *gid, groups) {
             let errno = e.errno().unwrap_or(libc::EPERM);
             fail(Stage::Setup, std::io::Error::from_raw_os_error(errno));
         }

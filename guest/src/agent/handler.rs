@@ -24,6 +24,7 @@ use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
 
 use super::command::{self, Child};
 use super::export::{self, Failure};
+use super::tty::Terminal;
 use crate::init::user::User;
 use crate::sys::{self, cvt, cvt_size, ExitStatus};
 
@@ -137,6 +138,7 @@ pub(super) fn name(request: &Request) -> &'static str {
         Request::Poweroff => "Poweroff",
         Request::Export { .. } => "Export",
         Request::Activate(_) => "Activate",
+        Request::Resize(_) => "Resize",
     }
 }
 
@@ -279,6 +281,7 @@ struct Running {
     stdin_eof: bool,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
+    terminal: Option<Terminal>,
     timeout: Option<(u64, Instant)>,
     timed_out: bool,
     /// The main process's end, and until when its output is still read.
@@ -296,7 +299,7 @@ impl Running {
     fn new(child: Child, exec: &Exec) -> Self {
         for fd in [
             Some(&child.stdout),
-            Some(&child.stderr),
+            child.stderr.as_ref(),
             child.stdin.as_ref(),
         ]
         .into_iter()
@@ -313,7 +316,8 @@ impl Running {
             stdin_buf: VecDeque::new(),
             stdin_eof: false,
             stdout: Some(child.stdout),
-            stderr: Some(child.stderr),
+            stderr: child.stderr,
+            terminal: child.terminal,
             timeout: exec.timeout_ms.map(|ms| {
                 let deadline = Instant::now()
                     .checked_add(Duration::from_millis(ms))
@@ -376,6 +380,12 @@ impl Running {
                 }
                 Ok(Some(Request::StdinEof)) => self.stdin_eof = true,
                 Ok(Some(Request::Signal(signal))) => command::kill_group(self.pid, signal),
+                Ok(Some(Request::Resize(size))) => {
+                    // A command without a terminal has no size to change.
+                    if let Some(terminal) = &self.terminal {
+                        let _ = terminal.resize(size);
+                    }
+                }
                 Ok(Some(Request::Poweroff)) => return Verdict::Poweroff,
                 Ok(Some(other)) => {
                     return Verdict::Protocol(format!("{} while a command runs", name(&other)))

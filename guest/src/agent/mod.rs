@@ -17,9 +17,11 @@
 
 mod activate;
 mod command;
+mod container;
 mod export;
 mod handler;
 mod serial;
+mod tty;
 mod vsock;
 
 use std::fs::File;

@@ -6,6 +6,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 
+use contract::frame::{Container, WinSize};
+
 fn config(home: &str) -> Config {
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -568,4 +570,140 @@ fn export_sends_a_tree_then_its_end() {
         }
     );
     session.finish();
+}
+
+#[test]
+fn a_terminal_carries_both_streams_and_takes_its_size() {
+    let (out, err, last) = run(Exec {
+        argv: argv(&["sh", "-c", "tty; stty size; echo to-stderr >&2"]),
+        tty: Some(WinSize { rows: 24, cols: 91 }),
+        ..Exec::default()
+    });
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(last, Reply::Exited(0));
+    assert!(err.is_empty(), "{err:?}");
+    assert!(out.starts_with("/dev/pts/"), "{out}");
+    // The terminal's line discipline turns each \n into \r\n.
+    assert!(out.contains("24 91\r\nto-stderr\r\n"), "{out}");
+}
+
+#[test]
+fn a_resize_reaches_the_command_as_sigwinch() {
+    let mut session = Session::exec(Exec {
+        argv: argv(&[
+            "sh",
+            "-c",
+            "trap 'stty size; exit 0' WINCH; echo ready; while :; do sleep 0.05; done",
+        ]),
+        tty: Some(WinSize { rows: 24, cols: 80 }),
+        ..Exec::default()
+    });
+    let mut out = Vec::new();
+    while !out.ends_with(b"ready\r\n") {
+        match session.recv() {
+            Reply::Started { .. } => {}
+            Reply::Stdout(data) => out.extend(data),
+            other => panic!("{other:?}"),
+        }
+    }
+    session.send(&Request::Resize(WinSize {
+        rows: 50,
+        cols: 132,
+    }));
+    let (rest, _, last) = session.collect();
+    assert_eq!(last, Reply::Exited(0));
+    assert_eq!(String::from_utf8(rest).unwrap(), "50 132\r\n");
+    session.finish();
+}
+
+/// A container root holding a static busybox as `/bin/sh`, an `/etc` without `passwd`, and a
+/// symlink that points out of it by an absolute path.
+fn container_root() -> PathBuf {
+    let root = temp_file(b"");
+    std::fs::remove_file(&root).unwrap();
+    for dir in ["bin", "etc", "work"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    std::fs::write(root.join("etc/hostname"), "inside\n").unwrap();
+    std::os::unix::fs::symlink("/etc", root.join("escape")).unwrap();
+    root
+}
+
+/// Whether this test process may make mount namespaces (root, outside a locked-down sandbox).
+fn can_unshare_mounts() -> bool {
+    std::process::Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_container_process_sees_only_its_root_as_its_user_with_its_env() {
+    if !can_unshare_mounts() {
+        eprintln!("skipped: mount namespaces need root");
+        return;
+    }
+    let root = container_root();
+    let script = "echo /*; \
+        [ -e /escape/passwd ] && echo escaped; cat /escape/hostname; \
+        id -u; id -g; id -G; pwd; env | sort; \
+        [ -c /dev/null ] && [ -c /dev/urandom ] && echo devices; \
+        cat /proc/self/mountinfo | wc -l";
+    let (out, err, last) = run(Exec {
+        argv: argv(&["sh", "-c", script]),
+        env: vec![b"PATH=/bin".to_vec(), b"ONLY=this".to_vec()],
+        cwd: Some(b"/work".to_vec()),
+        container: Some(Container {
+            root: root.as_os_str().as_bytes().to_vec(),
+            uid: 4321,
+            gid: 4322,
+            groups: vec![4323],
+        }),
+        ..Exec::default()
+    });
+    let out = String::from_utf8(out).unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    assert_eq!(last, Reply::Exited(0), "{}", String::from_utf8_lossy(&err));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "/bin /dev /escape /etc /proc /sys /work", "{out}");
+    assert_eq!(lines[1], "inside", "{out}");
+    assert_eq!(
+        &lines[2..6],
+        ["4321", "4322", "4322 4323", "/work"],
+        "{out}"
+    );
+    // busybox's env adds PWD and SHLVL, as a shell does; nothing of the agent's.
+    assert!(
+        !out.contains("HOME=") && !out.contains("LANG="),
+        "the agent's environment leaked: {out}"
+    );
+    assert!(out.contains("ONLY=this\nPATH=/bin\n"), "{out}");
+    assert!(out.contains("devices\n"), "{out}");
+}
+
+#[test]
+fn a_missing_container_root_is_one_clear_error() {
+    if !can_unshare_mounts() {
+        eprintln!("skipped: mount namespaces need root");
+        return;
+    }
+    let (_, _, last) = run(Exec {
+        argv: argv(&["sh"]),
+        container: Some(Container {
+            root: b"/nonexistent-container-root".to_vec(),
+            ..Container::default()
+        }),
+        ..Exec::default()
+    });
+    assert_eq!(
+        last,
+        Reply::Error {
+            kind: ErrorKind::ExecFailed,
+            message:
+                "entering the container root /nonexistent-container-root: No such file or directory"
+                    .into()
+        }
+    );
 }

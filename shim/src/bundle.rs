@@ -1,0 +1,236 @@
+//! A container's OCI bundle as containerd hands it over: its `config.json` (the runtime spec)
+//! and its root file system, packed into an ext4 disk for the microVM.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use containerd_shim::protos::api::Mount;
+use contract::frame::{Container, WinSize};
+use nix::mount::MsFlags;
+use oci_spec::runtime::{Process, Spec};
+use sandbox::agent::Command;
+use sandbox::volume;
+use vmm::vm::{MAX_CPUS, MIN_MEMORY_MIB};
+
+/// Where the guest mounts the container's root file system.
+pub const GUEST_ROOT: &str = "/run/container";
+/// Room a container's disk gets beyond its files, for what its processes write (sparse).
+const WRITABLE_BYTES: u64 = 1 << 30;
+/// The largest VM a container gets.
+const MAX_MEMORY_MIB: u32 = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading the bundle's config.json in {path}: {source}")]
+    Spec {
+        path: PathBuf,
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
+    #[error("the container's spec has no process to run")]
+    NoProcess,
+    #[error("the container's process has no arguments")]
+    NoArgs,
+    #[error("the container's process: {0}")]
+    BadProcess(String),
+    #[error("the container's root file system {path} is missing: {source}")]
+    MissingRoot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mounting the container's root file system on {path}: {why}")]
+    Mount { path: PathBuf, why: String },
+    #[error("packing the container's root file system into a disk: {0}")]
+    Pack(#[from] volume::Error),
+}
+
+/// A container's bundle, read.
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub spec: Spec,
+}
+
+impl Bundle {
+    pub fn read(dir: &Path) -> Result<Bundle, Error> {
+        let path = dir.join("config.json");
+        let spec = Spec::load(&path).map_err(|source| Error::Spec { path, source })?;
+        Ok(Bundle {
+            dir: dir.to_path_buf(),
+            spec,
+        })
+    }
+
+    /// The container's main process.
+    pub fn process(&self) -> Result<&Process, Error> {
+        self.spec.process().as_ref().ok_or(Error::NoProcess)
+    }
+
+    /// Its root file system on the host: `root.path` of the spec, relative to the bundle.
+    pub fn root(&self) -> PathBuf {
+        let path = self
+            .spec
+            .root()
+            .as_ref()
+            .map(|root| root.path().clone())
+            .unwrap_or_else(|| PathBuf::from("rootfs"));
+        self.dir.join(path)
+    }
+
+    /// The VM's memory: the container's memory limit (`linux.resources.memory.limit`), within
+    /// what a VM can be; `None` without a limit.
+    pub fn memory_mib(&self) -> Option<u32> {
+        let limit = self
+            .spec
+            .linux()
+            .as_ref()?
+            .resources()
+            .as_ref()?
+            .memory()
+            .as_ref()?
+            .limit()?;
+        let mib = u64::try_from(limit).ok()?.div_ceil(1 << 20);
+        Some(mib.clamp(u64::from(MIN_MEMORY_MIB), u64::from(MAX_MEMORY_MIB)) as u32)
+    }
+
+    /// The VM's vCPUs: the container's CPU quota over its period, rounded up; `None` without a
+    /// quota.
+    pub fn cpus(&self) -> Option<u8> {
+        let cpu = self
+            .spec
+            .linux()
+            .as_ref()?
+            .resources()
+            .as_ref()?
+            .cpu()
+            .as_ref()?;
+        let quota = u64::try_from(cpu.quota()?).ok()?;
+        let period = cpu.period().filter(|p| *p > 0)?;
+        Some(quota.div_ceil(period).clamp(1, u64::from(MAX_CPUS)) as u8)
+    }
+}
+
+/// The agent's command for an OCI process: its args, env, cwd and user, in the container's
+/// root, on a terminal when it asks for one.
+pub fn command(process: &Process) -> Result<Command, Error> {
+    let args = process.args().as_ref().filter(|a| !a.is_empty());
+    let args = args.ok_or(Error::NoArgs)?;
+    let cwd = process.cwd();
+    if !cwd.is_absolute() {
+        return Err(Error::BadProcess(format!(
+            "its cwd {} is not an absolute path",
+            cwd.display()
+        )));
+    }
+    let user = process.user();
+    let tty = process.terminal().unwrap_or(false).then(|| {
+        let size = process.console_size();
+        WinSize {
+            rows: size.map_or(24, |s| s.height() as u16),
+            cols: size.map_or(80, |s| s.width() as u16),
+        }
+    });
+    Ok(Command {
+        argv: args.iter().map(|a| a.clone().into_bytes()).collect(),
+        env: process
+            .env()
+            .iter()
+            .flatten()
+            .map(|e| e.clone().into_bytes())
+            .collect(),
+        cwd: Some(cwd.as_os_str().as_encoded_bytes().to_vec()),
+        stdin: false,
+        timeout: None,
+        container: Some(Container {
+            root: GUEST_ROOT.as_bytes().to_vec(),
+            uid: user.uid(),
+            gid: user.gid(),
+            groups: user.additional_gids().clone().unwrap_or_default(),
+        }),
+        tty,
+    })
+}
+
+/// Packs the container's root file system into a fresh ext4 image at `image`: the
+/// snapshotter's `mounts` mounted on `root` for the while, or `root` as it is without them.
+pub fn pack_root(root: &Path, mounts: &[Mount], image: &Path) -> Result<(), Error> {
+    fs::metadata(root).map_err(|source| Error::MissingRoot {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let mounted = mount_all(root, mounts)?;
+    let packed = volume::pack_as_is(root, image, WRITABLE_BYTES);
+    for target in mounted.iter().rev() {
+        if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+            log::warn!("unmounting {}: {e}", target.display());
+        }
+    }
+    Ok(packed?)
+}
+
+/// Mounts each of `mounts` on `root` (the snapshotter's overlay, or a bind mount); the
+/// targets mounted, for unmounting.
+fn mount_all(root: &Path, mounts: &[Mount]) -> Result<Vec<PathBuf>, Error> {
+    let mut mounted = Vec::new();
+    for mount in mounts {
+        let target = root.join(mount.target.trim_start_matches('/'));
+        let (flags, data) = mount_options(&mount.options);
+        let fstype = (!mount.type_.is_empty() && mount.type_ != "bind").then_some(&mount.type_[..]);
+        let done = nix::mount::mount(
+            Some(mount.source.as_str()),
+            &target,
+            fstype,
+            flags,
+            (!data.is_empty()).then_some(data.as_str()),
+        );
+        if let Err(e) = done {
+            for target in mounted.iter().rev() {
+                let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+            }
+            return Err(Error::Mount {
+                path: target,
+                why: format!("{} {}: {e}", mount.type_, mount.source),
+            });
+        }
+        mounted.push(target);
+    }
+    Ok(mounted)
+}
+
+/// mount(8)'s options as mount(2) takes them: the flags, and the file system's own options.
+fn mount_options(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for option in options {
+        match option.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => flags &= !MsFlags::MS_RDONLY,
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            other => data.push(other),
+        }
+    }
+    (flags, data.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_options_split_into_flags_and_data() {
+        let options: Vec<String> = ["ro", "rbind", "index=off", "lowerdir=/a:/b"]
+            .iter()
+            .map(|o| o.to_string())
+            .collect();
+        let (flags, data) = mount_options(&options);
+        assert_eq!(
+            flags,
+            MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC
+        );
+        assert_eq!(data, "index=off,lowerdir=/a:/b");
+    }
+}

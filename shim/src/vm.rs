@@ -1,0 +1,77 @@
+//! The microVM a container runs in: NodeOS's kernel and image (built into the cache when
+//! missing), the container's root file system as a disk, our VMM where KVM can run Linux and
+//! QEMU with TCG elsewhere, jailed and filtered as `nodeos-vm run` runs it, restored from the
+//! template snapshot of its shape.
+
+use std::path::{Path, PathBuf};
+
+use contract::params::Shell;
+use sandbox::artifacts::{self, Artifact, Store};
+use sandbox::booted::{self, ConsoleLog, Sandbox, BOOT_TIMEOUT};
+use sandbox::templates::Templates;
+use sandbox::vm_config;
+use vmm::backend::{detect, qemu, Backend};
+use vmm::jail::{IdRange, Jail};
+use vmm::vm::{VmConfig, VolumeDisk};
+
+use crate::bundle::GUEST_ROOT;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the NodeOS kernel and image: {0}")]
+    Artifacts(#[from] artifacts::ArtifactError),
+    #[error("the VMM program: {0}")]
+    Vmm(#[from] sandbox::vmm_program::Error),
+    #[error("booting the microVM: {0}")]
+    Boot(#[from] booted::Error),
+}
+
+/// What the container's VM is made of.
+pub struct Shape {
+    /// Its root file system's disk.
+    pub disk: PathBuf,
+    pub memory_mib: Option<u32>,
+    pub cpus: Option<u8>,
+}
+
+/// Boots the container's VM and waits until its agent is ready; its console goes to
+/// `console`, its agent's socket is made in `scratch`.
+pub fn boot(shape: Shape, scratch: &Path, console: PathBuf) -> Result<Sandbox, Error> {
+    let store = Store::from_env()?;
+    let kernel = store.ensure(Artifact::Kernel, false)?;
+    let rootfs = store.ensure(Artifact::Rootfs, false)?;
+    let backend = backend()?;
+    let memory = shape
+        .memory_mib
+        .unwrap_or_else(|| vm_config::memory_mib(vm_config::DEFAULT_MEMORY).expect("valid"));
+    let mut config = VmConfig::new(kernel, rootfs, memory, shape.cpus.unwrap_or(1));
+    config.shell = Shell::None;
+    config.agent_socket = Some(scratch.join("agent.sock"));
+    config.volumes.push(VolumeDisk {
+        image: shape.disk,
+        mount_point: GUEST_ROOT.into(),
+        read_only: false,
+    });
+    config.seccomp = true;
+    Templates::in_cache(store.cache_dir()).restore(&backend, &mut config);
+    let vm = Sandbox::boot(backend, config, ConsoleLog::File(console))?;
+    vm.wait_ready(BOOT_TIMEOUT)?;
+    Ok(vm)
+}
+
+/// Our VMM where this host's KVM can run Linux guests, QEMU with TCG otherwise; jailed.
+fn backend() -> Result<Backend, Error> {
+    let jail = Some(Jail::for_this_process(IdRange::default()));
+    let vmm = sandbox::vmm_program::program()?;
+    Ok(match detect::probe() {
+        detect::KvmSupport::Usable => Backend::Kvm { jail, vmm },
+        detect::KvmSupport::Unusable(why) => {
+            log::info!("{why}; using QEMU with TCG");
+            Backend::Qemu {
+                accel: qemu::Accel::Tcg,
+                jail,
+                vmm,
+            }
+        }
+    })
+}
