@@ -1,4 +1,7 @@
-//! Shared pieces of the benchmarks: timing a `nodeos-vm start` to its REPL, and statistics.
+//! Shared pieces of the benchmarks: timing a `nodeos-vm start` to its REPL, statistics, and
+//! a containerd of our own ([`containerd`], also for the shim's tests).
+
+pub mod containerd;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -73,7 +76,6 @@ pub fn parse_timings(output: &str) -> Option<(f64, f64)> {
     ))
 }
 
-/// The `nodeos-vm` binary built beside this benchmark.
 /// A bench's two arguments: where it runs (`host` unless given) and how many rounds (5).
 pub fn mode_and_runs() -> (String, usize) {
     let mut args = std::env::args().skip(1);
@@ -85,6 +87,7 @@ pub fn mode_and_runs() -> (String, usize) {
     (mode, runs)
 }
 
+/// The `nodeos-vm` binary built beside this benchmark.
 pub fn nodeos_vm_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let bin = exe.parent().unwrap().join("nodeos-vm");

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use containerd_shim::api::{self, Status as TaskStatus};
 use containerd_shim::event::Event;
@@ -30,6 +30,8 @@ use crate::vm::{self, Shape};
 
 /// The runtime's name, as containerd knows it (`--runtime io.containerd.nodeos.v2`).
 pub const RUNTIME: &str = "io.containerd.nodeos.v2";
+/// The daemon's pid, in the bundle's folder, for `delete` to end it.
+const PID_FILE: &str = "shim.pid";
 /// The exit status containerd gets for a container deleted without having run.
 const NEVER_RAN: u32 = 255;
 
@@ -75,14 +77,29 @@ impl containerd_shim::Shim for Service {
         }
     }
 
+    /// Starts the shim's daemon (in the bundle's folder) and says where it listens; the
+    /// address goes in the bundle too, where a restarted containerd finds it again.
     fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
         let grouping = opts.id.clone();
-        let (_, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        let (pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        containerd_shim::util::write_address(&address)?;
+        fs::write(PID_FILE, pid.to_string())
+            .map_err(|e| containerd_shim::Error::Other(format!("writing {PID_FILE}: {e}")))?;
         Ok(address)
     }
 
-    /// After the shim has gone (ended, killed or crashed): what it left is removed.
+    /// Once containerd has lost the shim (ended, killed, crashed, or not answering): its
+    /// daemon, if it is still there, is killed (its microVM with it), and what it left is
+    /// removed.
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
+        if let Some(pid) = fs::read_to_string(PID_FILE)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+            .filter(|pid| is_shim_of(*pid, &self.namespace, &self.id))
+        {
+            // SAFETY: kill has no memory arguments.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         if let Some(dir) = scratch_dir(&self.namespace, &self.id) {
             let _ = fs::remove_dir_all(dir);
         }
@@ -102,6 +119,22 @@ impl containerd_shim::Shim for Service {
             ..self.clone()
         }
     }
+}
+
+/// Whether the process `pid` is our shim's daemon for the container `id` of `namespace`
+/// (not some other process that took the pid since).
+fn is_shim_of(pid: i32, namespace: &str, id: &str) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let exe = std::env::current_exe().ok();
+    let same_program = fs::read_link(format!("/proc/{pid}/exe")).ok() == exe;
+    same_program
+        && args
+            .windows(2)
+            .any(|w| w == [b"-namespace", namespace.as_bytes()])
+        && args.windows(2).any(|w| w == [b"-id", id.as_bytes()])
 }
 
 /// Where a container's disk, agent socket and console log go: in the artifact cache (a
@@ -155,14 +188,18 @@ impl Service {
             .ok_or("no cache folder for the container's disk: set NODEOS_VM_CACHE or HOME")?;
         fs::create_dir_all(&scratch).map_err(|e| format!("creating {}: {e}", scratch.display()))?;
         let disk = scratch.join("rootfs.img");
+        let started = Instant::now();
         bundle::pack_root(&bundle.root(), &req.rootfs, &disk).map_err(|e| e.to_string())?;
+        log::info!("{}: root file system packed in {:?}", req.id, started.elapsed());
         let shape = Shape {
             disk,
             memory_mib: bundle.memory_mib(),
             cpus: bundle.cpus(),
         };
+        let started = Instant::now();
         let vm = vm::boot(shape, &scratch, scratch.join("console.log"))
             .map_err(|e| vmm::error_chain::one_line(&e))?;
+        log::info!("{}: microVM ready in {:?}", req.id, started.elapsed());
         let stdio = Stdio {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -489,9 +526,11 @@ impl containerd_shim::Task for Service {
         if req.exec_id.is_empty() {
             // The container goes: its VM, its disk, its socket, its log.
             if let Some(vm) = container.vm.take() {
+                let started = Instant::now();
                 if let Err(e) = vm.stop() {
                     log::warn!("stopping the microVM: {e}");
                 }
+                log::info!("{}: microVM stopped in {:?}", req.id, started.elapsed());
             }
             *guard = None;
             if let Some(dir) = scratch_dir(&self.namespace, &req.id) {

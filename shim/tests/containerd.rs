@@ -4,18 +4,13 @@
 //! (`--runtime io.containerd.nodeos.v2`), whose microVMs run on this host's backend.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use nodeos_vm_benches::containerd::{processes_naming, Containerd, IMAGE, NAMESPACE, RUNTIME};
 use sandbox::artifacts::{Artifact, Store};
 use sandbox::oci_image::{self, ImageName};
-
-const IMAGE: &str = "docker.io/library/nodeos:latest";
-const RUNTIME: &str = "io.containerd.nodeos.v2";
-const NAMESPACE: &str = "nodeos-test";
-/// The most any one `ctr` command may take (a microVM's boot under TCG included).
-const CTR_TIME: &str = "180";
 
 /// The NodeOS image as an archive, exported once per root image (kept in the target folder).
 fn image_archive() -> &'static Path {
@@ -40,6 +35,14 @@ fn image_archive() -> &'static Path {
     })
 }
 
+/// A containerd of the test's own, with the NodeOS image and this build's shim.
+fn containerd() -> Containerd {
+    vmm::host_packages::ensure("containerd", "containerd").unwrap();
+    vmm::host_packages::ensure("runc", "runc").unwrap();
+    let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-nodeos-v2"));
+    Containerd::start(shim.parent().unwrap(), image_archive())
+}
+
 /// Whether this test may run containerd of its own (it needs root); says why not.
 fn can_run_containerd() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -48,148 +51,6 @@ fn can_run_containerd() -> bool {
         println!("skipped: a containerd of the test's own needs root");
     }
     root
-}
-
-/// A containerd of the test's own, with the NodeOS image imported and our shim on its PATH.
-struct Containerd {
-    dir: tempfile::TempDir,
-    daemon: Child,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        let containerd = vmm::host_packages::ensure("containerd", "containerd").unwrap();
-        vmm::host_packages::ensure("runc", "runc").unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config.toml");
-        let p = dir.path().display();
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{p}/root\"\nstate = \"{p}/state\"\n\
-                 [grpc]\naddress = \"{p}/containerd.sock\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\ndisable = true\n"
-            ),
-        )
-        .unwrap();
-        // containerd finds a runtime's shim on its PATH: ours is this build's.
-        let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-nodeos-v2"))
-            .parent()
-            .unwrap();
-        let path = format!(
-            "{}:{}",
-            shim_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let daemon = Command::new(containerd)
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("containerd.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let ours = Containerd { dir, daemon };
-        let until = Instant::now() + Duration::from_secs(30);
-        while !ours.ctr(&["version"]).status.success() {
-            assert!(
-                Instant::now() < until,
-                "containerd did not start: {}",
-                ours.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let archive = image_archive().to_str().unwrap();
-        let imported = ours.ctr_ok(&["image", "import", archive]);
-        assert!(imported.contains(IMAGE), "{imported}");
-        ours
-    }
-
-    fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("timeout");
-        command
-            .args([CTR_TIME, "ctr", "--address"])
-            .arg(self.dir.path().join("containerd.sock"))
-            .args(["--namespace", NAMESPACE])
-            .args(args)
-            .stdin(Stdio::null());
-        command
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        self.ctr_command(args).output().unwrap()
-    }
-
-    /// `ctr args`, which must succeed: its stdout.
-    fn ctr_ok(&self, args: &[&str]) -> String {
-        let out = self.ctr(args);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "ctr {args:?}: {stdout}{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        stdout
-    }
-
-    /// `ctr run` of the NodeOS image in a microVM: `options` before the image, then the
-    /// container's id and its command.
-    fn run(&self, options: &[&str], id: &str, command: &[&str]) -> Output {
-        let mut args = vec!["run", "--runtime", RUNTIME];
-        args.extend_from_slice(options);
-        args.extend_from_slice(&[IMAGE, id]);
-        args.extend_from_slice(command);
-        self.ctr(&args)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        // Its shims first (each stops its microVM as it goes), then containerd.
-        for pid in processes_naming(&format!("-namespace {NAMESPACE} -id")) {
-            if shim_of(pid, self.dir.path()) {
-                // SAFETY: kill has no memory arguments.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        // Whatever of its snapshots is still mounted (a failed test's container) goes too.
-        let _ = Command::new("umount")
-            .args(["--recursive", "--lazy"])
-            .arg(self.dir.path().join("root"))
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// Whether the shim `pid` is one of the containerd whose folder is `dir`.
-fn shim_of(pid: i32, dir: &Path) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()))
-}
-
-/// The processes whose command line (arguments joined by spaces) contains `text`.
-fn processes_naming(text: &str) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let joined = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if joined.contains(text) && pid != std::process::id() as i32 {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// The folder of the container `id`'s disk, agent socket and console log.
@@ -234,7 +95,7 @@ fn runc_runs_the_nodeos_image() {
     if !can_run_containerd() {
         return;
     }
-    let containerd = Containerd::start();
+    let containerd = containerd();
     let js = "const os = require('os'); \
               console.log(6 * 7, process.getuid(), os.userInfo().username, process.cwd())";
     let out = containerd.ctr_ok(&["run", "--rm", IMAGE, "node-e", "node", "-e", js]);
@@ -248,7 +109,7 @@ fn a_container_runs_in_a_microvm_with_its_user_and_exit_status() {
     if !can_run_containerd() {
         return;
     }
-    let containerd = Containerd::start();
+    let containerd = containerd();
     // Our kernel (built as nodeos@nodeos-vm), not the host's; the image's user and folder;
     // processes of the microVM's own (containerd's pid there is not containerd); stdout and
     // stderr apart.
@@ -260,7 +121,7 @@ fn a_container_runs_in_a_microvm_with_its_user_and_exit_status() {
          console.log(host.includes('containerd')); \
          console.log(fs.readdirSync('/').join(' ')); \
          console.error('to stderr'); process.exit(3)",
-        containerd.daemon.id()
+        containerd.pid()
     );
     let out = containerd.run(&["--rm"], "hello", &["node", "-e", &js]);
     let text = stdout(&out);
@@ -296,7 +157,7 @@ fn exec_kill_and_delete_two_containers_at_once() {
     if !can_run_containerd() {
         return;
     }
-    let containerd = Containerd::start();
+    let containerd = containerd();
     let forever = ["node", "-e", "setInterval(() => {}, 1000)"];
     for id in ["one", "two"] {
         containerd.ctr_ok(&[
@@ -380,7 +241,7 @@ fn a_terminal_session_and_a_memory_limit() {
     if !can_run_containerd() {
         return;
     }
-    let containerd = Containerd::start();
+    let containerd = containerd();
     // `ctr run -t` wants a terminal: script(1) gives it one, of this size.
     let js = "const mib = Math.round(require('os').totalmem() / 2 ** 20); \
               console.log([process.stdout.isTTY, process.stdout.columns, process.stdout.rows, mib].join(' '))";
@@ -423,11 +284,11 @@ fn a_terminal_session_and_a_memory_limit() {
 }
 
 #[test]
-fn a_killed_shim_leaves_nothing_behind() {
+fn a_restarted_containerd_finds_its_task_and_a_killed_shim_leaves_nothing_behind() {
     if !can_run_containerd() {
         return;
     }
-    let containerd = Containerd::start();
+    let mut containerd = containerd();
     containerd.ctr_ok(&[
         "run",
         "--runtime",
@@ -439,6 +300,23 @@ fn a_killed_shim_leaves_nothing_behind() {
         "-e",
         "setInterval(() => {}, 1000)",
     ]);
+    // The shim keeps its task while containerd is away, and containerd finds it again.
+    containerd.restart();
+    let tasks = containerd.ctr_ok(&["task", "ls"]);
+    assert!(tasks.contains("RUNNING"), "{tasks}");
+    let js = "console.log('after the restart')";
+    let out = containerd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "doomed",
+        "node",
+        "-e",
+        js,
+    ]);
+    assert_eq!(out.trim(), "after the restart");
+
     let shims = processes_naming(&format!("-namespace {NAMESPACE} -id doomed"));
     assert_eq!(shims.len(), 1, "{shims:?}");
     // SAFETY: kill has no memory arguments.

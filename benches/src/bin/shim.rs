@@ -1,0 +1,91 @@
+//! The containerd shim against runc and against `nodeos-vm run`, on this host: a hello
+//! container end to end (`ctr run --rm IMAGE ID node -e 'console.log(1)'`) with runc
+//! (Debian's) and with `--runtime io.containerd.nodeos.v2` (a microVM on this host's backend),
+//! and the same command through `nodeos-vm run`; rounds interleaved, medians and ratios. Uses a
+//! containerd of its own (needs root).
+//!
+//! cargo build --release --workspace && ./target/release/shim [RUNS]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use nodeos_vm_benches::containerd::{Containerd, IMAGE, RUNTIME};
+use nodeos_vm_benches::{artifacts, nodeos_vm_bin, stats};
+
+const JS: &str = "console.log(1)";
+
+fn main() {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("RUNS is a number"))
+        .unwrap_or(5);
+    let bin = nodeos_vm_bin();
+    let here = bin.parent().unwrap();
+    assert!(
+        here.join("containerd-shim-nodeos-v2").is_file(),
+        "build the shim first: cargo build --release --workspace"
+    );
+    artifacts(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("nodeos.tar");
+    let exported = Command::new(&bin)
+        .args(["image", "export", "-o"])
+        .arg(&archive)
+        .status()
+        .unwrap();
+    assert!(exported.success(), "nodeos-vm image export failed");
+    let containerd = Containerd::start(here, &archive);
+
+    let ways: [(&str, Box<dyn Fn(usize) -> bool>); 3] = [
+        (
+            "ctr run, runc",
+            Box::new(|i| ctr_run(&containerd, &[], &format!("runc-{i}"))),
+        ),
+        (
+            "ctr run, nodeos shim",
+            Box::new(|i| ctr_run(&containerd, &["--runtime", RUNTIME], &format!("vm-{i}"))),
+        ),
+        ("nodeos-vm run", Box::new(|_| nodeos_vm_run(&bin))),
+    ];
+    let mut samples = vec![Vec::new(); ways.len()];
+    // One round first, not counted: caches warm (the template snapshot, the page cache).
+    for i in 0..=runs {
+        for (n, (name, way)) in ways.iter().enumerate() {
+            let started = Instant::now();
+            assert!(way(i), "{name} failed");
+            if i > 0 {
+                samples[n].push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    println!("## A hello container end to end, this host ({runs} rounds, interleaved)\n");
+    println!("| how | median (min–max) | / runc | / nodeos-vm run |\n|---|---|---|---|");
+    let medians: Vec<f64> = samples.iter().map(|s| stats(s).median).collect();
+    for ((name, _), s) in ways.iter().zip(&samples) {
+        let median = stats(s).median;
+        println!(
+            "| {name} | {} | {:.2} | {:.2} |",
+            stats(s),
+            median / medians[0],
+            median / medians[2]
+        );
+    }
+}
+
+/// `ctr run --rm` of the hello command with `options`; whether it printed its line.
+fn ctr_run(containerd: &Containerd, options: &[&str], id: &str) -> bool {
+    let mut args = vec!["run", "--rm"];
+    args.extend_from_slice(options);
+    args.extend_from_slice(&[IMAGE, id, "node", "-e", JS]);
+    let out = containerd.ctr(&args);
+    out.status.success() && out.stdout == b"1\n"
+}
+
+fn nodeos_vm_run(bin: &Path) -> bool {
+    let out = Command::new(bin)
+        .args(["run", "--", "node", "-e", JS])
+        .output()
+        .unwrap();
+    out.status.success() && out.stdout == b"1\n"
+}
