@@ -190,7 +190,11 @@ impl Service {
         let disk = scratch.join("rootfs.img");
         let started = Instant::now();
         bundle::pack_root(&bundle.root(), &req.rootfs, &disk).map_err(|e| e.to_string())?;
-        log::info!("{}: root file system packed in {:?}", req.id, started.elapsed());
+        log::info!(
+            "{}: root file system packed in {:?}",
+            req.id,
+            started.elapsed()
+        );
         let shape = Shape {
             disk,
             memory_mib: bundle.memory_mib(),

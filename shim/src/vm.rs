@@ -20,6 +20,8 @@ use crate::bundle::GUEST_ROOT;
 pub enum Error {
     #[error("the NodeOS kernel and image: {0}")]
     Artifacts(#[from] artifacts::ArtifactError),
+    #[error("${0}: {1}")]
+    Given(&'static str, #[source] artifacts::CheckError),
     #[error("the VMM program: {0}")]
     Vmm(#[from] sandbox::vmm_program::Error),
     #[error("booting the microVM: {0}")]
@@ -34,12 +36,27 @@ pub struct Shape {
     pub cpus: Option<u8>,
 }
 
+/// Names the kernel to boot instead of the cached build (containerd passes its environment on).
+const KERNEL_ENV: &str = "NODEOS_VM_KERNEL";
+/// Names the root image to boot instead of the cached build.
+const ROOTFS_ENV: &str = "NODEOS_VM_ROOTFS";
+
 /// Boots the container's VM and waits until its agent is ready; its console goes to
 /// `console`, its agent's socket is made in `scratch`.
 pub fn boot(shape: Shape, scratch: &Path, console: PathBuf) -> Result<Sandbox, Error> {
     let store = Store::from_env()?;
-    let kernel = store.ensure(Artifact::Kernel, false)?;
-    let rootfs = store.ensure(Artifact::Rootfs, false)?;
+    let kernel = artifact(
+        &store,
+        Artifact::Kernel,
+        KERNEL_ENV,
+        artifacts::check_kernel,
+    )?;
+    let rootfs = artifact(
+        &store,
+        Artifact::Rootfs,
+        ROOTFS_ENV,
+        artifacts::check_rootfs,
+    )?;
     let backend = backend()?;
     let memory = shape
         .memory_mib
@@ -57,6 +74,24 @@ pub fn boot(shape: Shape, scratch: &Path, console: PathBuf) -> Result<Sandbox, E
     let vm = Sandbox::boot(backend, config, ConsoleLog::File(console))?;
     vm.wait_ready(BOOT_TIMEOUT)?;
     Ok(vm)
+}
+
+/// The file the environment variable `env` names, checked by `check`; else the cached build
+/// of `artifact` (built first when missing).
+fn artifact(
+    store: &Store,
+    artifact: Artifact,
+    env: &'static str,
+    check: fn(&Path) -> Result<(), artifacts::CheckError>,
+) -> Result<PathBuf, Error> {
+    match std::env::var_os(env).filter(|v| !v.is_empty()) {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            check(&path).map_err(|e| Error::Given(env, e))?;
+            Ok(path)
+        }
+        None => Ok(store.ensure(artifact, false)?),
+    }
 }
 
 /// Our VMM where this host's KVM can run Linux guests, QEMU with TCG otherwise; jailed.

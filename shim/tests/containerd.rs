@@ -5,42 +5,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use nodeos_vm_benches::containerd::{processes_naming, Containerd, IMAGE, NAMESPACE, RUNTIME};
-use sandbox::artifacts::{Artifact, Store};
-use sandbox::oci_image::{self, ImageName};
+mod common;
 
-/// The NodeOS image as an archive, exported once per root image (kept in the target folder).
-fn image_archive() -> &'static Path {
-    static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
-    ARCHIVE.get_or_init(|| {
-        let rootfs = Store::from_env()
-            .unwrap()
-            .ensure(Artifact::Rootfs, false)
-            .unwrap();
-        let build = rootfs
-            .parent()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_string_lossy();
-        let archive = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nodeos-{build}.tar"));
-        if !archive.exists() {
-            let name = ImageName::parse("nodeos").unwrap();
-            oci_image::export(&rootfs, &name, &archive).unwrap();
-        }
-        archive
-    })
-}
+use nodeos_vm_benches::containerd::{processes_naming, Containerd, IMAGE, NAMESPACE, RUNTIME};
 
 /// A containerd of the test's own, with the NodeOS image and this build's shim.
 fn containerd() -> Containerd {
     vmm::host_packages::ensure("containerd", "containerd").unwrap();
     vmm::host_packages::ensure("runc", "runc").unwrap();
     let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-nodeos-v2"));
-    Containerd::start(shim.parent().unwrap(), image_archive())
+    Containerd::start(shim.parent().unwrap(), common::image_archive())
 }
 
 /// Whether this test may run containerd of its own (it needs root); says why not.
