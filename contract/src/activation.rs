@@ -114,7 +114,9 @@ pub fn mac_text(mac: &[u8; 6]) -> String {
     bytes.join(":")
 }
 
-fn check_hostname(name: &str) -> Result<(), String> {
+/// Whether `name` is a hostname the guest takes: 1..=[`MAX_HOSTNAME`] letters, digits, `-` and
+/// `.`; why not when it is not.
+pub fn check_hostname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_HOSTNAME {
         return Err(format!(
             "hostname of {} bytes; 1..={MAX_HOSTNAME} expected",

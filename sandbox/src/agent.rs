@@ -21,10 +21,8 @@ use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
 use vmm::poll::first_readable;
 
-use crate::activation;
-use contract::env::EnvVar;
+use crate::activation::{self, Identity};
 use contract::frame::{self, Container, ErrorKind, Exec, FrameError, Reply, Request, WinSize};
-use contract::params::GuestParams;
 use contract::{hybrid, AGENT_PORT};
 use vmm::vm::{ConsoleIo, ConsoleReady, Start, StopSignal};
 use vmm_sys_util::eventfd::EventFd;
@@ -137,13 +135,13 @@ impl TemplatePoint {
 }
 
 /// Waits until the guest behind `socket` is at its template point, the VM ends, or `timeout`;
-/// then activates it as a VM of `params` and `env`, by the same deadline.
+/// then activates it as the VM `identity` describes, by the same deadline.
 pub fn activate(
     socket: &Path,
     point: &TemplatePoint,
     ended: &EventFd,
     timeout: Duration,
-    (params, env): (&GuestParams, &[EnvVar]),
+    identity: &Identity,
 ) -> Result<(), Error> {
     let deadline = Instant::now() + timeout;
     if let TemplatePoint::Ahead(reached) = point {
@@ -153,7 +151,7 @@ pub fn activate(
             None => return Err(Error::NotReady(timeout)),
         }
     }
-    let activation = activation::new(params.clone(), env.to_vec())?;
+    let activation = activation::new(identity)?;
     let request = [Request::Activate(Box::new(activation))];
     let mut connected = connect(socket, &request, Some(ended), Some(deadline));
     // A restored VM's backend may not have made its socket yet.
@@ -187,12 +185,12 @@ pub struct Handshake {
 }
 
 impl Handshake {
-    /// Activates the guest behind `socket` once `point` is reached, as a VM of `params` and
-    /// `env`.
+    /// Activates the guest behind `socket` once `point` is reached, as the VM `identity`
+    /// describes.
     pub fn spawn(
         socket: &Path,
         point: TemplatePoint,
-        (params, env): (GuestParams, Vec<EnvVar>),
+        identity: Identity,
         timeout: Duration,
         stop: StopSignal,
     ) -> Result<Handshake, Error> {
@@ -202,7 +200,7 @@ impl Handshake {
         let thread = thread::Builder::new()
             .name("agent-activate".into())
             .spawn(move || {
-                let activated = activate(&socket, &point, &ended, timeout, (&params, &env));
+                let activated = activate(&socket, &point, &ended, timeout, &identity);
                 if activated.is_err() {
                     stop.stop();
                 }
@@ -786,16 +784,15 @@ mod tests {
     fn the_template_point_is_awaited_no_longer_than_the_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
-        let params = GuestParams::default();
         let (point, _gate) = TemplatePoint::ahead().unwrap();
-        let (s, p) = (socket.clone(), params.clone());
+        let s = socket.clone();
         let result = without_blocking(move || {
             activate(
                 &s,
                 &point,
                 &eventfd(),
                 Duration::from_millis(300),
-                (&p, &[]),
+                &Identity::default(),
             )
         });
         assert!(matches!(result, Err(Error::NotReady(_))), "{result:?}");
@@ -807,7 +804,7 @@ mod tests {
             &point,
             &ended,
             Duration::from_secs(60),
-            (&params, &[]),
+            &Identity::default(),
         );
         assert!(matches!(result, Err(Error::EndedBeforeReady)), "{result:?}");
     }
@@ -815,14 +812,13 @@ mod tests {
     /// Activates a restored guest behind `socket`, allowing 300 ms.
     fn activate_restored(socket: std::path::PathBuf) -> Result<(), Error> {
         without_blocking(move || {
-            let params = GuestParams::default();
             let point = TemplatePoint::Passed;
             activate(
                 &socket,
                 &point,
                 &eventfd(),
                 Duration::from_millis(300),
-                (&params, &[]),
+                &Identity::default(),
             )
         })
     }

@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::activation::Identity;
 use crate::agent::{self, Command, Outcome, Session, TemplatePoint, TreeExport};
 use crate::console::{self, ConsoleTail, TAIL_BYTES};
-use contract::env::EnvVar;
-use contract::params::GuestParams;
 use vmm::backend::{self, Backend};
 use vmm::vm::{RunReport, StopSignal, VmConfig, VmExit};
 
@@ -79,9 +78,8 @@ pub struct Sandbox {
     /// Where the guest is: booting towards its template point, or restored past it.
     point: TemplatePoint,
     socket: PathBuf,
-    /// The VM's guest parameters and environment, for its activation.
-    params: GuestParams,
-    env: Vec<EnvVar>,
+    /// What its configuration makes the VM, for its activation.
+    identity: Identity,
 }
 
 impl Sandbox {
@@ -91,8 +89,7 @@ impl Sandbox {
             .agent_socket
             .clone()
             .expect("a sandbox VM has an agent socket");
-        let params = config.guest_params();
-        let env = config.env.clone();
+        let identity = Identity::of(&config);
         let (console, output): (Console, OwnedFd) = match log {
             ConsoleLog::Tail => {
                 let (tail, output) = ConsoleTail::capture()?;
@@ -123,8 +120,7 @@ impl Sandbox {
             console,
             point,
             socket,
-            params,
-            env,
+            identity,
         })
     }
 
@@ -134,9 +130,14 @@ impl Sandbox {
 
     /// Waits until the guest is at its template point and activates it as this VM.
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
-        let vm = (&self.params, &self.env[..]);
-        agent::activate(&self.socket, &self.point, &self.ended, timeout, vm)
-            .map_err(|e| self.explained(e))
+        agent::activate(
+            &self.socket,
+            &self.point,
+            &self.ended,
+            timeout,
+            &self.identity,
+        )
+        .map_err(|e| self.explained(e))
     }
 
     /// Runs `command` to its end, its output streamed to ours; gives up on a guest that has

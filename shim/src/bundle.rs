@@ -77,6 +77,19 @@ impl Bundle {
         self.dir.join(path)
     }
 
+    /// The container's hostname, when the guest can take it (a name of letters, digits, `-`
+    /// and `.`); a VM without one has a name of its own.
+    pub fn hostname(&self) -> Option<String> {
+        let name = self.spec.hostname().as_ref().filter(|h| !h.is_empty())?;
+        match contract::activation::check_hostname(name) {
+            Ok(()) => Some(name.clone()),
+            Err(why) => {
+                log::warn!("the spec's hostname {name:?} is not the guest's: {why}");
+                None
+            }
+        }
+    }
+
     /// The VM's memory: the container's memory limit (`linux.resources.memory.limit`), within
     /// what a VM can be; `None` without a limit.
     pub fn memory_mib(&self) -> Option<u32> {
@@ -219,6 +232,85 @@ fn mount_options(options: &[String]) -> (MsFlags, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bundle whose config.json is `spec`'s JSON, in a temporary folder.
+    fn bundle_of(spec: serde_json::Value) -> (tempfile::TempDir, Bundle) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), spec.to_string()).unwrap();
+        let bundle = Bundle::read(dir.path()).unwrap();
+        (dir, bundle)
+    }
+
+    #[test]
+    fn the_spec_makes_the_vm_and_the_command() {
+        let (_dir, bundle) = bundle_of(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "hostname": "web-1",
+            "root": {"path": "rootfs"},
+            "process": {
+                "args": ["node", "-e", "1"],
+                "env": ["PATH=/usr/bin", "A=b"],
+                "cwd": "/app",
+                "user": {"uid": 1000, "gid": 1001, "additionalGids": [20]},
+                "terminal": true,
+                "consoleSize": {"height": 50, "width": 132}
+            },
+            "linux": {"resources": {
+                "memory": {"limit": 300 * 1024 * 1024 + 1},
+                "cpu": {"quota": 150000, "period": 100000}
+            }}
+        }));
+        assert_eq!(bundle.hostname().as_deref(), Some("web-1"));
+        assert_eq!(bundle.memory_mib(), Some(301));
+        assert_eq!(bundle.cpus(), Some(2));
+        assert_eq!(bundle.root(), bundle.dir.join("rootfs"));
+        let command = command(bundle.process().unwrap()).unwrap();
+        assert_eq!(command.argv, [&b"node"[..], b"-e", b"1"]);
+        assert_eq!(command.env, [&b"PATH=/usr/bin"[..], b"A=b"]);
+        assert_eq!(command.cwd.as_deref(), Some(&b"/app"[..]));
+        let container = command.container.unwrap();
+        assert_eq!(container.root, GUEST_ROOT.as_bytes());
+        assert_eq!(
+            (container.uid, container.gid, container.groups),
+            (1000, 1001, vec![20])
+        );
+        assert_eq!(
+            command.tty,
+            Some(WinSize {
+                rows: 50,
+                cols: 132
+            })
+        );
+    }
+
+    #[test]
+    fn what_a_vm_cannot_be_is_left_out_or_refused() {
+        let (_dir, bundle) = bundle_of(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "hostname": "not_a_hostname",
+            "process": {"args": [], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"resources": {"memory": {"limit": 1024}}}
+        }));
+        assert_eq!(bundle.hostname(), None);
+        assert_eq!(bundle.memory_mib(), Some(MIN_MEMORY_MIB));
+        assert_eq!(bundle.cpus(), None);
+        assert!(matches!(
+            command(bundle.process().unwrap()),
+            Err(Error::NoArgs)
+        ));
+        let (_dir, bundle) = bundle_of(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "cwd": "relative", "user": {"uid": 0, "gid": 0}}
+        }));
+        let err = command(bundle.process().unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the container's process: its cwd relative is not an absolute path"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let err = Bundle::read(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("config.json"), "{err}");
+    }
 
     #[test]
     fn mount_options_split_into_flags_and_data() {

@@ -199,6 +199,7 @@ impl Service {
             disk,
             memory_mib: bundle.memory_mib(),
             cpus: bundle.cpus(),
+            hostname: bundle.hostname(),
         };
         let started = Instant::now();
         let vm = vm::boot(shape, &scratch, scratch.join("console.log"))

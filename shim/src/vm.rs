@@ -34,6 +34,8 @@ pub struct Shape {
     pub disk: PathBuf,
     pub memory_mib: Option<u32>,
     pub cpus: Option<u8>,
+    /// The spec's hostname, when the guest takes it.
+    pub hostname: Option<String>,
 }
 
 /// Names the kernel to boot instead of the cached build (containerd passes its environment on).
@@ -70,6 +72,7 @@ pub fn boot(shape: Shape, scratch: &Path, console: PathBuf) -> Result<Sandbox, E
         read_only: false,
     });
     config.seccomp = true;
+    config.hostname = shape.hostname;
     Templates::in_cache(store.cache_dir()).restore(&backend, &mut config);
     let vm = Sandbox::boot(backend, config, ConsoleLog::File(console))?;
     vm.wait_ready(BOOT_TIMEOUT)?;

@@ -15,6 +15,9 @@ use nodeos_vm_benches::{artifacts, nodeos_vm_bin, stats};
 
 const JS: &str = "console.log(1)";
 
+/// One way of running the hello container, given the round: whether it printed its line.
+type Way<'a> = Box<dyn Fn(usize) -> bool + 'a>;
+
 fn main() {
     let runs: usize = std::env::args()
         .nth(1)
@@ -37,7 +40,7 @@ fn main() {
     assert!(exported.success(), "nodeos-vm image export failed");
     let containerd = Containerd::start(here, &archive);
 
-    let ways: [(&str, Box<dyn Fn(usize) -> bool>); 3] = [
+    let ways: [(&str, Way); 3] = [
         (
             "ctr run, runc",
             Box::new(|i| ctr_run(&containerd, &[], &format!("runc-{i}"))),

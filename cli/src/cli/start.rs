@@ -3,6 +3,7 @@
 use anyhow::bail;
 
 use contract::params::Shell;
+use sandbox::activation::Identity;
 use sandbox::agent::{Handshake, TemplatePoint};
 use sandbox::booted::BOOT_TIMEOUT;
 use sandbox::console::HostConsole;
@@ -62,8 +63,8 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
         args.vm.restore_or_boot(&backend, &mut config)?;
     }
     let point = TemplatePoint::of(&config.start, &mut console)?;
-    let vm = (config.guest_params(), config.env.clone());
-    let handshake = Handshake::spawn(&socket, point, vm, BOOT_TIMEOUT, stop.clone())?;
+    let identity = Identity::of(&config);
+    let handshake = Handshake::spawn(&socket, point, identity, BOOT_TIMEOUT, stop.clone())?;
     let started = std::time::Instant::now();
     let report = backend.run(&config, console, &stop);
     drop(host_console);

@@ -77,6 +77,9 @@ pub struct VmConfig {
     /// on the kernel command line (nor in the VmSpec): whoever runs the VM's agent link sends it
     /// in the agent's ready handshake (sandbox::agent), so a VM with an environment needs one.
     pub env: Vec<EnvVar>,
+    /// The guest's hostname (a container's, say); one of its own without. Sent in the
+    /// activation, like the environment.
+    pub hostname: Option<String>,
     /// Kernel parameters the user adds, as given.
     pub cmdline_extra: String,
     /// Syscall filters on the VMM (off only for debugging).
@@ -127,6 +130,7 @@ impl VmConfig {
             agent_socket: None,
             net: None,
             env: Vec::new(),
+            hostname: None,
             cmdline_extra: String::new(),
             seccomp: true,
             start: Start::Boot,
