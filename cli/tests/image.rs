@@ -112,11 +112,20 @@ fn the_archive_is_an_oci_layout_and_a_docker_archive_of_the_root_image() {
     );
 
     // The layer is the image: every entry squashfs-tools lists but the device nodes (a
-    // container runtime makes /dev), with its owner and mode.
+    // container runtime makes /dev), with its owner and mode; and one file of its own, the
+    // image's SHA-256, which tells the containerd shim the image is the guest's.
+    let (_, rootfs) = common::artifacts();
     let mut entries = BTreeMap::new();
     let mut tar = tar::Archive::new(&layer[..]);
     for entry in tar.entries().unwrap() {
-        let entry = entry.unwrap();
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap() == Path::new("usr/lib/nodeos/image.sha256") {
+            let mut mark = String::new();
+            entry.read_to_string(&mut mark).unwrap();
+            let image = std::fs::read(rootfs).unwrap();
+            assert_eq!(mark, format!("{}\n", hex::encode(Sha256::digest(&image))));
+            continue;
+        }
         let header = entry.header();
         let path = entry.path().unwrap().to_string_lossy().into_owned();
         let path = path.trim_end_matches('/').to_string();
@@ -129,7 +138,6 @@ fn the_archive_is_an_oci_layout_and_a_docker_archive_of_the_root_image() {
             "{path} twice"
         );
     }
-    let (_, rootfs) = common::artifacts();
     let listing = Command::new(common::host_program("unsquashfs", "squashfs-tools"))
         .args(["-lln", "-d", ""])
         .arg(rootfs)

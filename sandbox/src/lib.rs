@@ -3,7 +3,8 @@
 //! the host side of the guest agent ([`agent`]), the serial console ([`console`]), the VMM
 //! program this build carries ([`vmm_program`]), and a booted VM that runs commands through its
 //! agent ([`booted`]), the host's npm registry and CA certificates for the guest
-//! ([`npm_registry`], [`host_ca`]), and the root image as an OCI image ([`oci_image`]). The CLI and the function host build on this crate
+//! ([`npm_registry`], [`host_ca`]), and the root image as an OCI image ([`oci_image`]) and
+//! recognised in a container's root ([`image_tree`]). The CLI and the function host build on this crate
 //! (docs/architecture.md).
 
 pub mod activation;
@@ -13,6 +14,7 @@ pub mod booted;
 pub mod console;
 pub mod folders;
 pub mod host_ca;
+pub mod image_tree;
 pub mod npm_registry;
 pub mod oci_image;
 pub mod templates;

@@ -16,6 +16,8 @@ use flate2::write::GzEncoder;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::image_tree;
+
 /// What the image runs, as the VM's REPL does.
 const USER: &str = "node";
 const HOME: &str = "/home/node";
@@ -132,11 +134,12 @@ pub fn export(rootfs: &Path, name: &ImageName, to: &Path) -> Result<Exported, Er
         _ => Path::new("."),
     };
     let mut layer = tempfile::tempfile_in(dir).map_err(write_err)?;
+    let mark = image_tree::file_sha256(rootfs).map_err(|e| Error::ReadFile(rootfs.into(), e))?;
     let Layer {
         diff_id,
         digest: layer_digest,
         bytes: layer_bytes,
-    } = write_layer(&image, &mut layer).map_err(|e| match e {
+    } = write_layer(&image, &mark, &mut layer).map_err(|e| match e {
         LayerError::Read(path, e) => Error::ReadFile(path, e),
         LayerError::Write(e) => write_err(e),
     })?;
@@ -254,8 +257,9 @@ struct Layer {
     bytes: u64,
 }
 
-/// Writes the image's tree as a gzipped tar into `to`, hashing both streams as they pass.
-fn write_layer(image: &FilesystemReader, to: &mut File) -> Result<Layer, LayerError> {
+/// Writes the image's tree as a gzipped tar into `to`, hashing both streams as they pass,
+/// with the image's `mark` ([`image_tree::MARK`]) last.
+fn write_layer(image: &FilesystemReader, mark: &str, to: &mut File) -> Result<Layer, LayerError> {
     let gz = GzEncoder::new(
         Hashing::new(BufWriter::new(to)),
         flate2::Compression::default(),
@@ -305,6 +309,14 @@ fn write_layer(image: &FilesystemReader, to: &mut File) -> Result<Layer, LayerEr
         };
         appended.map_err(LayerError::Write)?;
     }
+    let mark = format!("{mark}\n");
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o644);
+    header.set_mtime(image.mod_time.into());
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(mark.len() as u64);
+    tar.append_data(&mut header, image_tree::MARK, mark.as_bytes())
+        .map_err(LayerError::Write)?;
     let (gz, diff_id, _) = tar.into_inner().map_err(LayerError::Write)?.finish();
     let compressed = gz.finish().map_err(LayerError::Write)?;
     let (buffered, digest, bytes) = compressed.finish();

@@ -9,10 +9,10 @@ use contract::frame::{Container, WinSize};
 use nix::mount::MsFlags;
 use oci_spec::runtime::{Process, Spec};
 use sandbox::agent::Command;
-use sandbox::volume;
+use sandbox::{image_tree, volume};
 use vmm::vm::{MAX_CPUS, MIN_MEMORY_MIB};
 
-/// Where the guest mounts the container's root file system.
+/// Where the guest mounts the container's root file system when it has a disk of its own.
 pub const GUEST_ROOT: &str = "/run/container";
 /// Room a container's disk gets beyond its files, for what its processes write (sparse).
 const WRITABLE_BYTES: u64 = 1 << 30;
@@ -43,6 +43,30 @@ pub enum Error {
     Mount { path: PathBuf, why: String },
     #[error("packing the container's root file system into a disk: {0}")]
     Pack(#[from] volume::Error),
+    #[error("looking at the container's root file system: {0}")]
+    Tree(#[from] image_tree::Error),
+}
+
+/// How a container's root file system reaches its VM.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Root {
+    /// It is the guest's own root image, file for file (an image `nodeos-vm image export`
+    /// wrote of the image the VM boots, alone): the container runs on the guest's root, whose
+    /// files the template has read once already. What it writes lands in the guest's
+    /// writable layer.
+    Guest,
+    /// Packed into this disk, mounted at [`GUEST_ROOT`].
+    Disk(PathBuf),
+}
+
+impl Root {
+    /// Where in the guest the container's processes have their root.
+    pub fn in_guest(&self) -> &'static str {
+        match self {
+            Root::Guest => "/",
+            Root::Disk(_) => GUEST_ROOT,
+        }
+    }
 }
 
 /// A container's bundle, read.
@@ -124,8 +148,8 @@ impl Bundle {
 }
 
 /// The agent's command for an OCI process: its args, env, cwd and user, in the container's
-/// root, on a terminal when it asks for one.
-pub fn command(process: &Process) -> Result<Command, Error> {
+/// root (`root`, in the guest), on a terminal when it asks for one.
+pub fn command(process: &Process, root: &str) -> Result<Command, Error> {
     let args = process.args().as_ref().filter(|a| !a.is_empty());
     let args = args.ok_or(Error::NoArgs)?;
     let cwd = process.cwd();
@@ -155,7 +179,7 @@ pub fn command(process: &Process) -> Result<Command, Error> {
         stdin: false,
         timeout: None,
         container: Some(Container {
-            root: GUEST_ROOT.as_bytes().to_vec(),
+            root: root.as_bytes().to_vec(),
             uid: user.uid(),
             gid: user.gid(),
             groups: user.additional_gids().clone().unwrap_or_default(),
@@ -164,21 +188,35 @@ pub fn command(process: &Process) -> Result<Command, Error> {
     })
 }
 
-/// Packs the container's root file system into a fresh ext4 image at `image`: the
-/// snapshotter's `mounts` mounted on `root` for the while, or `root` as it is without them.
-pub fn pack_root(root: &Path, mounts: &[Mount], image: &Path) -> Result<(), Error> {
+/// The container's root file system for its VM: the snapshotter's `mounts` mounted on
+/// `root` for the while (or `root` as it is without them), recognised as the guest's image
+/// `guest_rootfs` or else packed into a fresh ext4 image at `disk`.
+pub fn prepare_root(
+    root: &Path,
+    mounts: &[Mount],
+    guest_rootfs: &Path,
+    disk: &Path,
+) -> Result<Root, Error> {
     fs::metadata(root).map_err(|source| Error::MissingRoot {
         path: root.to_path_buf(),
         source,
     })?;
     let mounted = mount_all(root, mounts)?;
-    let packed = volume::pack_as_is(root, image, WRITABLE_BYTES);
+    let prepared = match image_tree::of_image(guest_rootfs)
+        .and_then(|image| Ok(image == image_tree::of_folder(root)?))
+    {
+        Ok(true) => Ok(Root::Guest),
+        Ok(false) => volume::pack_as_is(root, disk, WRITABLE_BYTES)
+            .map(|()| Root::Disk(disk.to_path_buf()))
+            .map_err(Error::from),
+        Err(e) => Err(e.into()),
+    };
     for target in mounted.iter().rev() {
         if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
             log::warn!("unmounting {}: {e}", target.display());
         }
     }
-    Ok(packed?)
+    prepared
 }
 
 /// Mounts each of `mounts` on `root` (the snapshotter's overlay, or a bind mount); the
@@ -264,7 +302,7 @@ mod tests {
         assert_eq!(bundle.memory_mib(), Some(301));
         assert_eq!(bundle.cpus(), Some(2));
         assert_eq!(bundle.root(), bundle.dir.join("rootfs"));
-        let command = command(bundle.process().unwrap()).unwrap();
+        let command = command(bundle.process().unwrap(), GUEST_ROOT).unwrap();
         assert_eq!(command.argv, [&b"node"[..], b"-e", b"1"]);
         assert_eq!(command.env, [&b"PATH=/usr/bin"[..], b"A=b"]);
         assert_eq!(command.cwd.as_deref(), Some(&b"/app"[..]));
@@ -295,14 +333,14 @@ mod tests {
         assert_eq!(bundle.memory_mib(), Some(MIN_MEMORY_MIB));
         assert_eq!(bundle.cpus(), None);
         assert!(matches!(
-            command(bundle.process().unwrap()),
+            command(bundle.process().unwrap(), "/"),
             Err(Error::NoArgs)
         ));
         let (_dir, bundle) = bundle_of(serde_json::json!({
             "ociVersion": "1.0.2",
             "process": {"args": ["sh"], "cwd": "relative", "user": {"uid": 0, "gid": 0}}
         }));
-        let err = command(bundle.process().unwrap()).unwrap_err();
+        let err = command(bundle.process().unwrap(), "/").unwrap_err();
         assert_eq!(
             err.to_string(),
             "the container's process: its cwd relative is not an absolute path"

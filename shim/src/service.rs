@@ -24,7 +24,7 @@ use contract::frame::WinSize;
 use oci_spec::runtime::Process as OciProcess;
 use sandbox::booted::Sandbox;
 
-use crate::bundle::{self, Bundle};
+use crate::bundle::{self, Bundle, Root};
 use crate::process::{Process, Status, Stdio};
 use crate::vm::{self, Shape};
 
@@ -39,6 +39,8 @@ const NEVER_RAN: u32 = 255;
 struct Container {
     bundle: PathBuf,
     vm: Option<Sandbox>,
+    /// Where its root is, for the processes `exec`ed in it.
+    root: Root,
     init: Arc<Process>,
     execs: HashMap<String, Arc<Process>>,
 }
@@ -182,21 +184,29 @@ impl Service {
 
     fn create_container(&self, req: &api::CreateTaskRequest) -> Result<Container, String> {
         let bundle = Bundle::read(Path::new(&req.bundle)).map_err(|e| e.to_string())?;
-        let command = bundle::command(bundle.process().map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+        let process = bundle.process().map_err(|e| e.to_string())?;
+        // Checked before anything is mounted or packed.
+        bundle::command(process, "/").map_err(|e| e.to_string())?;
         let scratch = scratch_dir(&self.namespace, &req.id)
             .ok_or("no cache folder for the container's disk: set NODEOS_VM_CACHE or HOME")?;
         fs::create_dir_all(&scratch).map_err(|e| format!("creating {}: {e}", scratch.display()))?;
-        let disk = scratch.join("rootfs.img");
+        let images = vm::images().map_err(|e| vmm::error_chain::one_line(&e))?;
         let started = Instant::now();
-        bundle::pack_root(&bundle.root(), &req.rootfs, &disk).map_err(|e| e.to_string())?;
-        log::info!(
-            "{}: root file system packed in {:?}",
-            req.id,
-            started.elapsed()
-        );
+        let root = bundle::prepare_root(
+            &bundle.root(),
+            &req.rootfs,
+            &images.1,
+            &scratch.join("rootfs.img"),
+        )
+        .map_err(|e| e.to_string())?;
+        log::info!("{}: root {root:?} in {:?}", req.id, started.elapsed());
+        let command = bundle::command(process, root.in_guest()).map_err(|e| e.to_string())?;
         let shape = Shape {
-            disk,
+            images,
+            disk: match &root {
+                Root::Disk(disk) => Some(disk.clone()),
+                Root::Guest => None,
+            },
             memory_mib: bundle.memory_mib(),
             cpus: bundle.cpus(),
             hostname: bundle.hostname(),
@@ -214,6 +224,7 @@ impl Service {
         Ok(Container {
             bundle: bundle.dir,
             vm: Some(vm),
+            root,
             init: Process::new(command, stdio),
             execs: HashMap::new(),
         })
@@ -427,9 +438,9 @@ impl containerd_shim::Task for Service {
                 format!("the exec's process spec: {e}"),
             )
         })?;
-        let command =
-            bundle::command(&oci).map_err(|e| error(Code::INVALID_ARGUMENT, e.to_string()))?;
         self.with(|container| {
+            let command = bundle::command(&oci, container.root.in_guest())
+                .map_err(|e| error(Code::INVALID_ARGUMENT, e.to_string()))?;
             if container.execs.contains_key(&req.exec_id) {
                 return Err(error(
                     Code::ALREADY_EXISTS,

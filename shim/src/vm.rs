@@ -30,8 +30,10 @@ pub enum Error {
 
 /// What the container's VM is made of.
 pub struct Shape {
-    /// Its root file system's disk.
-    pub disk: PathBuf,
+    /// The kernel and root image it boots.
+    pub images: (PathBuf, PathBuf),
+    /// Its root file system's disk, unless it runs on the guest's root.
+    pub disk: Option<PathBuf>,
     pub memory_mib: Option<u32>,
     pub cpus: Option<u8>,
     /// The spec's hostname, when the guest takes it.
@@ -46,19 +48,8 @@ const ROOTFS_ENV: &str = "NODEOS_VM_ROOTFS";
 /// Boots the container's VM and waits until its agent is ready; its console goes to
 /// `console`, its agent's socket is made in `scratch`.
 pub fn boot(shape: Shape, scratch: &Path, console: PathBuf) -> Result<Sandbox, Error> {
+    let (kernel, rootfs) = shape.images;
     let store = Store::from_env()?;
-    let kernel = artifact(
-        &store,
-        Artifact::Kernel,
-        KERNEL_ENV,
-        artifacts::check_kernel,
-    )?;
-    let rootfs = artifact(
-        &store,
-        Artifact::Rootfs,
-        ROOTFS_ENV,
-        artifacts::check_rootfs,
-    )?;
     let backend = backend()?;
     let memory = shape
         .memory_mib
@@ -66,17 +57,37 @@ pub fn boot(shape: Shape, scratch: &Path, console: PathBuf) -> Result<Sandbox, E
     let mut config = VmConfig::new(kernel, rootfs, memory, shape.cpus.unwrap_or(1));
     config.shell = Shell::None;
     config.agent_socket = Some(scratch.join("agent.sock"));
-    config.volumes.push(VolumeDisk {
-        image: shape.disk,
+    config.volumes.extend(shape.disk.map(|image| VolumeDisk {
+        image,
         mount_point: GUEST_ROOT.into(),
         read_only: false,
-    });
+    }));
     config.seccomp = true;
     config.hostname = shape.hostname;
     Templates::in_cache(store.cache_dir()).restore(&backend, &mut config);
     let vm = Sandbox::boot(backend, config, ConsoleLog::File(console))?;
     vm.wait_ready(BOOT_TIMEOUT)?;
     Ok(vm)
+}
+
+/// The kernel and root image containers' VMs boot: `$NODEOS_VM_KERNEL` and
+/// `$NODEOS_VM_ROOTFS`, else the cached builds (built first when missing).
+pub fn images() -> Result<(PathBuf, PathBuf), Error> {
+    let store = Store::from_env()?;
+    Ok((
+        artifact(
+            &store,
+            Artifact::Kernel,
+            KERNEL_ENV,
+            artifacts::check_kernel,
+        )?,
+        artifact(
+            &store,
+            Artifact::Rootfs,
+            ROOTFS_ENV,
+            artifacts::check_rootfs,
+        )?,
+    ))
 }
 
 /// The file the environment variable `env` names, checked by `check`; else the cached build

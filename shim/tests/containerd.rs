@@ -80,6 +80,83 @@ fn runc_runs_the_nodeos_image() {
     assert!(out.trim().split('.').count() == 3, "{out}");
 }
 
+/// An image of busybox alone, not the guest's: a squashfs of a folder holding it (with a
+/// `node` user, as the export's config names one, and a symlink out of the root by an
+/// absolute path), exported as `busybox:latest`. Its root file system is packed into a disk.
+fn busybox_image(dir: &Path) -> PathBuf {
+    let root = dir.join("busybox-root");
+    for sub in ["bin", "etc", "home/node"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let busybox = vmm::host_packages::ensure("busybox", "busybox-static").unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "ls", "cat", "id", "echo"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "node:x:1000:1000::/home/node:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "node:x:1000:\n").unwrap();
+    std::fs::write(root.join("etc/hostname"), "inside\n").unwrap();
+    std::os::unix::fs::symlink("/etc", root.join("escape")).unwrap();
+    let squashfs = dir.join("busybox.img");
+    let mksquashfs = vmm::host_packages::ensure("mksquashfs", "squashfs-tools").unwrap();
+    let made = Command::new(mksquashfs)
+        .arg(&root)
+        .arg(&squashfs)
+        .args(["-noappend", "-quiet"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let archive = dir.join("busybox.tar");
+    let name = sandbox::oci_image::ImageName::parse("busybox").unwrap();
+    sandbox::oci_image::export(&squashfs, &name, &archive).unwrap();
+    archive
+}
+
+#[test]
+fn an_image_of_its_own_gets_a_disk_and_stays_inside_it() {
+    if !can_run_containerd() {
+        return;
+    }
+    let containerd = containerd();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = busybox_image(dir.path());
+    containerd.ctr_ok(&["image", "import", archive.to_str().unwrap()]);
+    let script = "id -u; ls /; cat /escape/hostname; cat /proc/version; cat /proc/self/mountinfo";
+    let out = containerd.ctr(&[
+        "run",
+        "--runtime",
+        RUNTIME,
+        "--rm",
+        "docker.io/library/busybox:latest",
+        "busybox",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "1000", "{text}");
+    // Its own files (the image's mark among them), the container's /dev, /proc and /sys.
+    assert_eq!(lines[1], "bin", "{text}");
+    assert_eq!(
+        lines[2..7],
+        ["dev", "escape", "etc", "home", "proc"],
+        "{text}"
+    );
+    // The absolute symlink resolves inside the container's root.
+    assert!(text.contains("inside\n"), "{text}");
+    assert!(text.contains("nodeos@nodeos-vm"), "{text}");
+    // Its root is its disk's ext4.
+    let root = text.lines().find(|l| l.split(' ').nth(4) == Some("/"));
+    assert!(root.is_some_and(|l| l.contains(" - ext4 ")), "{text}");
+    assert_nothing_left_of("busybox");
+}
+
 #[test]
 fn a_container_runs_in_a_microvm_with_its_user_and_exit_status() {
     if !can_run_containerd() {
@@ -96,6 +173,9 @@ fn a_container_runs_in_a_microvm_with_its_user_and_exit_status() {
          let host = ''; try {{ host = fs.readFileSync('/proc/{}/cmdline', 'utf8') }} catch {{}} \
          console.log(host.includes('containerd')); \
          console.log(fs.readdirSync('/').join(' ')); \
+         const root = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\\n') \
+             .find(l => l.split(' ')[4] === '/'); \
+         console.log(root.split(' - ')[1].split(' ')[0]); \
          console.error('to stderr'); process.exit(3)",
         containerd.pid()
     );
@@ -114,6 +194,9 @@ fn a_container_runs_in_a_microvm_with_its_user_and_exit_status() {
         lines[3], "bin dev etc home lib lib64 proc run sbin sys tmp usr",
         "{text}"
     );
+    // The image is the guest's own, recognised: the container runs on the guest's root (its
+    // overlay), nothing packed.
+    assert_eq!(lines[4], "overlay", "{text}");
     assert!(stderr(&out).contains("to stderr"), "{}", stderr(&out));
     assert_nothing_left_of("hello");
 

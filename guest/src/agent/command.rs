@@ -57,6 +57,9 @@ enum Stage {
     Root = 3,
 }
 
+/// Most bytes of the child's account of a failed container set-up that are read.
+const MAX_DETAIL: usize = 1024;
+
 /// What the child needs, prepared before the fork.
 struct Prepared {
     argv: Vec<CString>,
@@ -220,6 +223,9 @@ pub fn spawn(exec: &Exec, cfg: &Config) -> Result<Child, Failure> {
             terminal,
         });
     }
+    let mut detail = vec![0u8; MAX_DETAIL];
+    let detail_len = sys::read(report_read.as_fd(), &mut detail).unwrap_or(0);
+    detail.truncate(detail_len);
     let _ = sys::waitpid(pid, 0);
     let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
     let why = crate::error::strerror(errno);
@@ -239,8 +245,9 @@ pub fn spawn(exec: &Exec, cfg: &Config) -> Result<Child, Failure> {
         s if s == Stage::Root as u8 => Failure::new(
             ErrorKind::ExecFailed,
             format!(
-                "entering the container root {}: {why}",
-                String::from_utf8_lossy(root.unwrap_or_default())
+                "entering the container root {}: {}",
+                String::from_utf8_lossy(root.unwrap_or_default()),
+                String::from_utf8_lossy(&detail)
             ),
         ),
         _ => Failure::new(ErrorKind::ExecFailed, format!("{file}: set-up: {why}")),
@@ -278,8 +285,12 @@ fn become_command(
     }
     if let Some(root) = root {
         if let Err(e) = container::enter(std::path::Path::new(OsStr::from_bytes(root))) {
-            let errno = e.errno().unwrap_or(libc::ENOTDIR);
-            fail(Stage::Root, std::io::Error::from_raw_os_error(errno));
+            // The step that failed follows the errno: the parent says it.
+            let mut msg = vec![Stage::Root as u8];
+            msg.extend_from_slice(&e.errno().unwrap_or(libc::ENOTDIR).to_le_bytes());
+            msg.extend_from_slice(e.to_string().as_bytes());
+            let _ = sys::write_all(report.as_fd(), &msg);
+            sys::exit_now(i32::from(status::NOT_FOUND))
         }
     }
     let (uid, gid, groups) = &prepared.ids;

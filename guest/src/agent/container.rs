@@ -22,9 +22,12 @@ const DEV_LINKS: [(&str, &str); 5] = [
     ("stderr", "/proc/self/fd/2"),
     ("ptmx", "pts/ptmx"),
 ];
+/// Where a container whose root is the guest's own (`/`) finds it, in its mount namespace.
+const GUEST_ROOT_VIEW: &str = "/run/nodeos/container-root";
 const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
 /// Makes `root` this process's `/`, in a new mount namespace; the working directory is `/`.
+/// `root` may be `/`: the guest's own root file system then, without what is mounted on it.
 pub fn enter(root: &Path) -> Result<()> {
     // SAFETY: unshare has no memory arguments.
     cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) })
@@ -37,20 +40,24 @@ pub fn enter(root: &Path) -> Result<()> {
         libc::MS_REC | libc::MS_PRIVATE,
         None,
     )?;
-    let root_text = root.to_str().ok_or_else(|| {
-        Error::invalid(
-            "the container root",
-            format!("{} is not UTF-8", root.display()),
-        )
-    })?;
-    // pivot_root wants a mount point.
-    sys::mount(
-        Some(root_text),
-        root,
-        None,
-        libc::MS_BIND | libc::MS_REC,
-        None,
-    )?;
+    let root = if root == Path::new("/") {
+        // The guest's own root: a bind of it elsewhere (its submounts not carried), as the
+        // root itself cannot be pivoted into.
+        let view = Path::new(GUEST_ROOT_VIEW);
+        make_dir(view)?;
+        sys::mount(Some("/"), view, None, libc::MS_BIND, None)?;
+        view
+    } else {
+        // pivot_root wants a mount point.
+        let text = root.to_str().ok_or_else(|| {
+            Error::invalid(
+                "the container root",
+                format!("{} is not UTF-8", root.display()),
+            )
+        })?;
+        sys::mount(Some(text), root, None, libc::MS_BIND | libc::MS_REC, None)?;
+        root
+    };
     mount_in(root, "proc", "proc", NOSUID_NODEV_NOEXEC, None)?;
     mount_in(
         root,
@@ -60,7 +67,8 @@ pub fn enter(root: &Path) -> Result<()> {
         None,
     )?;
     populate_dev(root)?;
-    std::env::set_current_dir(root).map_err(|e| Error::sys(format!("chdir {root_text}"), e))?;
+    std::env::set_current_dir(root)
+        .map_err(|e| Error::sys(format!("chdir {}", root.display()), e))?;
     // The runc way: the old root goes on top of the new one and is detached at once.
     sys::pivot_root(Path::new("."), Path::new("."))?;
     sys::umount(Path::new("."), libc::MNT_DETACH)?;

@@ -6,7 +6,8 @@ use std::sync::OnceLock;
 use sandbox::artifacts::{Artifact, Store};
 use sandbox::oci_image::{self, ImageName};
 
-/// The NodeOS image as an archive, exported once per root image (kept in the target folder).
+/// The NodeOS image as an archive, exported once per root image and test build (kept in the
+/// target folder; older ones removed).
 pub fn image_archive() -> &'static Path {
     static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
     ARCHIVE.get_or_init(|| {
@@ -17,8 +18,22 @@ pub fn image_archive() -> &'static Path {
             .file_name()
             .unwrap()
             .to_string_lossy();
-        let archive = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nodeos-{build}.tar"));
+        // The export's format is this build's: a rebuilt test exports anew.
+        let exe = std::env::current_exe().unwrap();
+        let built = exe.metadata().unwrap().modified().unwrap();
+        let built = built
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let archive = dir.join(format!("nodeos-{build}-{built}.tar"));
         if !archive.exists() {
+            for old in std::fs::read_dir(dir).unwrap().flatten() {
+                let name = old.file_name().to_string_lossy().into_owned();
+                if name.starts_with("nodeos-") && name.ends_with(".tar") {
+                    let _ = std::fs::remove_file(old.path());
+                }
+            }
             let name = ImageName::parse("nodeos").unwrap();
             oci_image::export(&rootfs, &name, &archive).unwrap();
         }

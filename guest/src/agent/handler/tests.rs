@@ -701,9 +701,10 @@ fn a_missing_container_root_is_one_clear_error() {
         last,
         Reply::Error {
             kind: ErrorKind::ExecFailed,
-            message:
-                "entering the container root /nonexistent-container-root: No such file or directory"
-                    .into()
+            message: "entering the container root /nonexistent-container-root: mount \
+                      /nonexistent-container-root on /nonexistent-container-root: No such file \
+                      or directory"
+                .into()
         }
     );
 }
