@@ -5,16 +5,52 @@ use sandbox::vm_config;
 use vmm::backend::detect::{self, KvmSupport};
 use vmm::memory::huge_pages::{self, Pool};
 
-pub fn run() -> anyhow::Result<()> {
-    match detect::probe() {
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// One JSON object (kvm_usable, kvm_unusable_why, auto_backend, huge_pages_free,
+    /// default_vms_on_huge_pages, cache, kernel, root_image) instead of lines.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
+    let kvm = detect::probe();
+    let pool = Pool::read();
+    let default_mib = vm_config::memory_mib(vm_config::DEFAULT_MEMORY).unwrap_or(512);
+    let (free_pages, vms_on_huge_pages) = match &pool {
+        Ok(pool) => (Some(pool.available()), pool.guests_of(default_mib)),
+        Err(_) => (None, 0),
+    };
+    let huge_pages = huge_pages_line(pool);
+    let store = Store::from_env()?;
+    let kernel = store.cached(Artifact::Kernel)?;
+    let rootfs = store.cached(Artifact::Rootfs)?;
+    if args.json {
+        let (usable, why) = match &kvm {
+            KvmSupport::Usable => (true, None),
+            KvmSupport::Unusable(why) => (false, Some(why.clone())),
+        };
+        let report = serde_json::json!({
+            "kvm_usable": usable,
+            "kvm_unusable_why": why,
+            "auto_backend": if usable { "kvm" } else { "qemu-tcg" },
+            "huge_pages_free": free_pages,
+            "default_vms_on_huge_pages": vms_on_huge_pages,
+            "cache": store.cache_dir(),
+            "kernel": kernel,
+            "root_image": rootfs,
+        });
+        println!("{report}");
+        return Ok(());
+    }
+    match kvm {
         KvmSupport::Usable => println!("kvm: usable (hardware virtualization)\nauto backend: kvm"),
         KvmSupport::Unusable(why) => println!("kvm: unusable: {why}\nauto backend: qemu (TCG)"),
     }
-    println!("{}", huge_pages_line(Pool::read()));
-    let store = Store::from_env()?;
+    println!("{huge_pages}");
     println!("cache: {}", store.cache_dir().display());
-    for artifact in [Artifact::Kernel, Artifact::Rootfs] {
-        match store.cached(artifact)? {
+    for (artifact, path) in [(Artifact::Kernel, kernel), (Artifact::Rootfs, rootfs)] {
+        match path {
             Some(path) => println!("{}: built, {}", artifact.name(), path.display()),
             None => println!("{}: not built yet (`nodeos-vm build`)", artifact.name()),
         }

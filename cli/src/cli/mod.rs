@@ -2,12 +2,14 @@
 
 mod build;
 mod doctor;
+mod generated;
 mod image;
 mod printable;
 pub(crate) mod run;
 mod serve;
 mod start;
 mod users;
+mod version;
 pub(crate) mod vm_options;
 mod vms;
 
@@ -36,7 +38,7 @@ pub enum Command {
     /// Example: nodeos-vm run -v $PWD:/app -w /app -- npm test
     Run(run::RunArgs),
     /// List the detached VMs (`start --detach`) that are running.
-    Ps,
+    Ps(vms::PsArgs),
     /// Run a command in a detached VM.
     Exec(vms::ExecArgs),
     /// Print a detached VM's console output (control characters escaped; --raw for the bytes).
@@ -57,7 +59,15 @@ pub enum Command {
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// Say what this host offers (KVM or not, which backend `auto` picks) and what is cached.
-    Doctor,
+    Doctor(doctor::DoctorArgs),
+    /// Print this build's version and the kernel, root image and Node.js it boots.
+    Version(version::VersionArgs),
+    /// Print a shell completion script for nodeos-vm.
+    Completions(generated::CompletionsArgs),
+    /// Print nodeos-vm's man page (roff), every subcommand included.
+    ///
+    /// Example: nodeos-vm man > /usr/local/share/man/man1/nodeos-vm.1
+    Man,
     /// (internal) Keep detached VM ID: boot what `start --detach` asked for and own it.
     #[command(hide = true)]
     Keep(vms::IdArg),
@@ -67,7 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Start(args) => start::run(args),
         Command::Run(args) => run::run(args),
-        Command::Ps => vms::ps(),
+        Command::Ps(args) => vms::ps(args),
         Command::Exec(args) => vms::exec(args),
         Command::Logs(args) => vms::logs(args),
         Command::Stop(args) => vms::stop(args),
@@ -75,7 +85,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Users(command) => users::run(command),
         Command::Build(args) => build::run(args).map(|()| 0),
         Command::Image(command) => image::run(command).map(|()| 0),
-        Command::Doctor => doctor::run().map(|()| 0),
+        Command::Doctor(args) => doctor::run(args).map(|()| 0),
+        Command::Version(args) => version::run(args).map(|()| 0),
+        Command::Completions(args) => generated::completions(args).map(|()| 0),
+        Command::Man => generated::man().map(|()| 0),
         Command::Keep(args) => vms::keep(args),
     }
 }

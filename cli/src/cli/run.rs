@@ -31,6 +31,11 @@ pub struct RunArgs {
     volumes: Vec<String>,
     #[command(flatten)]
     exec: ExecOptions,
+    /// When the command has ended, write how on stderr as one JSON line, after its own
+    /// output: {"exit_status": N, "outcome": "exited"|"signaled"|"timed_out"|"not_found"|
+    /// "not_executable", "code"|"signal"|"timeout_ms"|"message": ...}.
+    #[arg(long)]
+    json_status: bool,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -123,6 +128,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         (_, Err(e)) | (Err(e), Ok(_)) => return Err(e.into()),
     };
     let status = exit_status(&outcome, &command);
+    if args.json_status {
+        eprintln!("{}", json_status(&outcome, status));
+    }
     if !copied_back {
         eprintln!(
             "nodeos-vm: the command's exit status was {status}; nodeos-vm exits with {} since the guest's changes were not all copied back",
@@ -186,6 +194,27 @@ pub fn exit_status(outcome: &Outcome, command: &Command) -> u8 {
     }
 }
 
+/// `run --json-status`'s line for `outcome`, whose exit status is `status`.
+fn json_status(outcome: &Outcome, status: u8) -> serde_json::Value {
+    let (kind, detail) = match outcome {
+        Outcome::Exited(code) => ("exited", serde_json::json!({ "code": code })),
+        Outcome::Signaled(signal) => ("signaled", serde_json::json!({ "signal": signal })),
+        Outcome::TimedOut(after) => (
+            "timed_out",
+            serde_json::json!({ "timeout_ms": after.as_millis() as u64 }),
+        ),
+        Outcome::NotFound(message) => ("not_found", serde_json::json!({ "message": message })),
+        Outcome::NotExecutable(message) => {
+            ("not_executable", serde_json::json!({ "message": message }))
+        }
+    };
+    let mut line = serde_json::json!({ "exit_status": status, "outcome": kind });
+    if let (Some(line), Some(detail)) = (line.as_object_mut(), detail.as_object()) {
+        line.extend(detail.clone());
+    }
+    line
+}
+
 fn humanize(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
@@ -233,6 +262,21 @@ mod tests {
         );
         assert!(env_entry("=x").is_err());
         assert!(env_entry("NODEOS_VM_SURELY_UNSET_VAR").is_err());
+    }
+
+    #[test]
+    fn json_statuses() {
+        assert_eq!(
+            json_status(&Outcome::Exited(3), 3).to_string(),
+            r#"{"code":3,"exit_status":3,"outcome":"exited"}"#
+        );
+        assert_eq!(
+            json_status(&Outcome::Signaled(9), 137).to_string(),
+            r#"{"exit_status":137,"outcome":"signaled","signal":9}"#
+        );
+        let line = json_status(&Outcome::NotFound("nope: not found".into()), 127);
+        assert_eq!(line["outcome"], "not_found");
+        assert_eq!(line["message"], "nope: not found");
     }
 
     #[test]

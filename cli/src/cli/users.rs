@@ -10,7 +10,12 @@ use sandbox::users::Users;
 #[derive(Debug, clap::Subcommand)]
 pub enum UsersCommand {
     /// List the users with an environment: disk size, space used on the host, whether a VM has it.
-    Ls,
+    Ls {
+        /// A JSON array (name, size_bytes, used_bytes, in_use, last_used: seconds since the
+        /// epoch or null) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a user's environment: everything they wrote, their npm packages, their history.
     Rm {
         name: String,
@@ -23,7 +28,26 @@ pub enum UsersCommand {
 pub fn run(command: UsersCommand) -> anyhow::Result<u8> {
     let users = Users::from_env()?;
     match command {
-        UsersCommand::Ls => {
+        UsersCommand::Ls { json: true } => {
+            let list: Vec<_> = users
+                .list()?
+                .into_iter()
+                .map(|u| {
+                    serde_json::json!({
+                        "name": u.name,
+                        "size_bytes": u.size_bytes,
+                        "used_bytes": u.used_bytes,
+                        "in_use": u.in_use,
+                        "last_used": u.last_used.and_then(|t| {
+                            t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs())
+                        }),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(list));
+            Ok(0)
+        }
+        UsersCommand::Ls { json: false } => {
             println!(
                 "{:<32}  {:>8}  {:>8}  {:<7}  LAST USED",
                 "NAME", "SIZE", "USED", "STATE"

@@ -296,8 +296,21 @@ fn keep_vm(
     Ok(())
 }
 
-/// `nodeos-vm ps`.
-pub fn ps() -> anyhow::Result<u8> {
+#[derive(Debug, clap::Args)]
+pub struct PsArgs {
+    /// A JSON array of the VMs (id, pid, backend, memory_mib, cpus, started, running) instead
+    /// of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `nodeos-vm ps [--json]`.
+pub fn ps(args: PsArgs) -> anyhow::Result<u8> {
+    let vms: Vec<Record> = live_vms()?.into_iter().map(|(r, _)| r).collect();
+    if args.json {
+        println!("{}", serde_json::to_string(&vms)?);
+        return Ok(0);
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -306,7 +319,7 @@ pub fn ps() -> anyhow::Result<u8> {
         "{:<12}  {:<8}  {:>6}  {:>4}  {:>8}  {:>7}",
         "ID", "BACKEND", "MEMORY", "CPUS", "UP", "STATE"
     );
-    for (r, _) in live_vms()? {
+    for r in vms {
         println!(
             "{:<12}  {:<8}  {:>5}M  {:>4}  {:>7}s  {:>7}",
             r.id,

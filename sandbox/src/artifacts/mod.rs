@@ -143,6 +143,11 @@ impl Store {
         &self.cache
     }
 
+    /// The checkout the artifacts are built from.
+    pub fn sources(&self) -> &Path {
+        &self.sources
+    }
+
     /// The cached artifact for the current inputs, if it was built.
     pub fn cached(&self, artifact: Artifact) -> Result<Option<PathBuf>> {
         let path = self
