@@ -162,6 +162,18 @@ fn ps_users_and_doctor_speak_json() {
     );
     assert_eq!(doctor["kvm_unusable_why"].is_string(), !usable);
     assert!(doctor["cache"].is_string());
+    // Without the sources, what is built cannot be told: said, not an error.
+    let nowhere = [("NODEOS_VM_SRC", std::path::Path::new("/nonexistent"))];
+    let text = String::from_utf8(nodeos_vm(&["doctor"], &nowhere).stdout).unwrap();
+    assert!(text.contains("auto backend: "), "{text}");
+    assert!(
+        text.contains("kernel: unknown: reading the kernel inputs"),
+        "{text}"
+    );
+    let doctor = json(&nodeos_vm(&["doctor", "--json"], &nowhere));
+    assert!(doctor["kernel"]["unknown"].is_string(), "{doctor}");
+    let versions = json(&nodeos_vm(&["version", "--json"], &nowhere));
+    assert_eq!(versions["kernel"], Value::Null, "{versions}");
 }
 
 #[test]

@@ -8,7 +8,8 @@ use vmm::memory::huge_pages::{self, Pool};
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
     /// One JSON object (kvm_usable, kvm_unusable_why, auto_backend, huge_pages_free,
-    /// default_vms_on_huge_pages, cache, kernel, root_image) instead of lines.
+    /// default_vms_on_huge_pages, cache, kernel, root_image: a path, null when not built, or
+    /// {"unknown": why}) instead of lines.
     #[arg(long)]
     json: bool,
 }
@@ -23,9 +24,18 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     };
     let huge_pages = huge_pages_line(pool);
     let store = Store::from_env()?;
-    let kernel = store.cached(Artifact::Kernel)?;
-    let rootfs = store.cached(Artifact::Rootfs)?;
+    // Without the sources (a binary copied elsewhere), what is built cannot be told: said so.
+    let cached = |artifact| {
+        store
+            .cached(artifact)
+            .map_err(|e| vmm::error_chain::one_line(&e))
+    };
+    let (kernel, rootfs) = (cached(Artifact::Kernel), cached(Artifact::Rootfs));
     if args.json {
+        let path = |p: &Result<Option<std::path::PathBuf>, String>| match p {
+            Ok(path) => serde_json::json!(path),
+            Err(why) => serde_json::json!({ "unknown": why }),
+        };
         let (usable, why) = match &kvm {
             KvmSupport::Usable => (true, None),
             KvmSupport::Unusable(why) => (false, Some(why.clone())),
@@ -37,8 +47,8 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             "huge_pages_free": free_pages,
             "default_vms_on_huge_pages": vms_on_huge_pages,
             "cache": store.cache_dir(),
-            "kernel": kernel,
-            "root_image": rootfs,
+            "kernel": path(&kernel),
+            "root_image": path(&rootfs),
         });
         println!("{report}");
         return Ok(());
@@ -51,8 +61,9 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     println!("cache: {}", store.cache_dir().display());
     for (artifact, path) in [(Artifact::Kernel, kernel), (Artifact::Rootfs, rootfs)] {
         match path {
-            Some(path) => println!("{}: built, {}", artifact.name(), path.display()),
-            None => println!("{}: not built yet (`nodeos-vm build`)", artifact.name()),
+            Ok(Some(path)) => println!("{}: built, {}", artifact.name(), path.display()),
+            Ok(None) => println!("{}: not built yet (`nodeos-vm build`)", artifact.name()),
+            Err(why) => println!("{}: unknown: {why}", artifact.name()),
         }
     }
     Ok(())
