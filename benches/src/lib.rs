@@ -76,6 +76,14 @@ pub fn parse_timings(output: &str) -> Option<(f64, f64)> {
     ))
 }
 
+/// A bench's one argument, a count (how many rounds, instances, ...): `default` when absent.
+pub fn count_arg(default: usize) -> usize {
+    std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("the argument is a number"))
+        .unwrap_or(default)
+}
+
 /// A bench's two arguments: where it runs (`host` unless given) and how many rounds (5).
 pub fn mode_and_runs() -> (String, usize) {
     let mut args = std::env::args().skip(1);

@@ -7,6 +7,7 @@
 mod bundle;
 mod process;
 mod service;
+mod stats;
 mod vm;
 
 fn main() {

@@ -26,6 +26,7 @@ use sandbox::booted::Sandbox;
 
 use crate::bundle::{self, Bundle, Root};
 use crate::process::{Process, Status, Stdio};
+use crate::stats;
 use crate::vm::{self, Shape};
 
 /// The runtime's name, as containerd knows it (`--runtime io.containerd.nodeos.v2`).
@@ -571,6 +572,28 @@ impl containerd_shim::Task for Service {
             pid,
             exit_status: code,
             exited_at: MessageField::some(timestamp(at)),
+            ..Default::default()
+        })
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let metrics = self.with(|container| {
+            let vm = container.vm.as_ref().ok_or_else(|| {
+                error(
+                    Code::FAILED_PRECONDITION,
+                    "the container's microVM has ended",
+                )
+            })?;
+            stats::collect(vm).map_err(|why| error(Code::UNAVAILABLE, why))
+        })?;
+        let stats = containerd_shim::util::convert_to_any(Box::new(metrics))
+            .map_err(|e| error(Code::INTERNAL, e.to_string()))?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(stats),
             ..Default::default()
         })
     }

@@ -19,14 +19,14 @@ fn containerd() -> Containerd {
     Containerd::start(shim.parent().unwrap(), common::image_archive())
 }
 
-/// Whether this test may run containerd of its own (it needs root); says why not.
-fn can_run_containerd() -> bool {
+/// [`containerd`], where this test may run one of its own (it needs root); says why not.
+fn containerd_if_root() -> Option<Containerd> {
     // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
+    if unsafe { libc::geteuid() } != 0 {
         println!("skipped: a containerd of the test's own needs root");
+        return None;
     }
-    root
+    Some(containerd())
 }
 
 /// The folder of the container `id`'s disk, agent socket and console log.
@@ -68,10 +68,9 @@ fn stderr(out: &Output) -> String {
 
 #[test]
 fn runc_runs_the_nodeos_image() {
-    if !can_run_containerd() {
+    let Some(containerd) = containerd_if_root() else {
         return;
-    }
-    let containerd = containerd();
+    };
     let js = "const os = require('os'); \
               console.log(6 * 7, process.getuid(), os.userInfo().username, process.cwd())";
     let out = containerd.ctr_ok(&["run", "--rm", IMAGE, "node-e", "node", "-e", js]);
@@ -118,10 +117,9 @@ fn busybox_image(dir: &Path) -> PathBuf {
 
 #[test]
 fn an_image_of_its_own_gets_a_disk_and_stays_inside_it() {
-    if !can_run_containerd() {
+    let Some(containerd) = containerd_if_root() else {
         return;
-    }
-    let containerd = containerd();
+    };
     let dir = tempfile::tempdir().unwrap();
     let archive = busybox_image(dir.path());
     containerd.ctr_ok(&["image", "import", archive.to_str().unwrap()]);
@@ -159,10 +157,9 @@ fn an_image_of_its_own_gets_a_disk_and_stays_inside_it() {
 
 #[test]
 fn a_container_runs_in_a_microvm_with_its_user_and_exit_status() {
-    if !can_run_containerd() {
+    let Some(containerd) = containerd_if_root() else {
         return;
-    }
-    let containerd = containerd();
+    };
     // Our kernel (built as nodeos@nodeos-vm), not the host's; the image's user and folder;
     // processes of the microVM's own (containerd's pid there is not containerd); stdout and
     // stderr apart.
@@ -213,10 +210,9 @@ fn a_container_runs_in_a_microvm_with_its_user_and_exit_status() {
 
 #[test]
 fn exec_kill_and_delete_two_containers_at_once() {
-    if !can_run_containerd() {
+    let Some(containerd) = containerd_if_root() else {
         return;
-    }
-    let containerd = containerd();
+    };
     let forever = ["node", "-e", "setInterval(() => {}, 1000)"];
     for id in ["one", "two"] {
         containerd.ctr_ok(&[
@@ -275,6 +271,28 @@ fn exec_kill_and_delete_two_containers_at_once() {
 
     let ps = containerd.ctr_ok(&["task", "ps", "one"]);
     assert_eq!(ps.lines().count(), 2, "{ps}");
+    // The microVM's counters as containerd's metrics: its 512 MiB the limit, some of it used,
+    // CPU time spent, the guest's processes.
+    let metrics = containerd.ctr_ok(&["task", "metrics", "one"]);
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    let limit = value("memory.limit_in_bytes");
+    assert!((400 << 20..=512 << 20).contains(&limit), "{metrics}");
+    let used = value("memory.usage_in_bytes");
+    assert!(used > 10 << 20 && used < limit, "{metrics}");
+    assert!(value("memory.stat.cache") > 0, "{metrics}");
+    assert!(value("cpuacct.usage") > 0, "{metrics}");
+    assert!(value("pids.current") > 2, "{metrics}");
 
     // SIGTERM ends node (143); SIGKILL the other.
     containerd.ctr_ok(&["task", "kill", "one"]);
@@ -297,10 +315,9 @@ fn exec_kill_and_delete_two_containers_at_once() {
 
 #[test]
 fn a_terminal_session_and_a_memory_limit() {
-    if !can_run_containerd() {
+    let Some(containerd) = containerd_if_root() else {
         return;
-    }
-    let containerd = containerd();
+    };
     // `ctr run -t` wants a terminal: script(1) gives it one, of this size.
     let js = "const mib = Math.round(require('os').totalmem() / 2 ** 20); \
               console.log([process.stdout.isTTY, process.stdout.columns, process.stdout.rows, mib].join(' '))";
@@ -344,10 +361,9 @@ fn a_terminal_session_and_a_memory_limit() {
 
 #[test]
 fn a_restarted_containerd_finds_its_task_and_a_killed_shim_leaves_nothing_behind() {
-    if !can_run_containerd() {
+    let Some(mut containerd) = containerd_if_root() else {
         return;
-    }
-    let mut containerd = containerd();
+    };
     containerd.ctr_ok(&[
         "run",
         "--runtime",

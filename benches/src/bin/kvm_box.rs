@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use kvm_box::{BoxRun, Script};
-use nodeos_vm_benches::{artifacts, nodeos_vm_bin, parse_timings, side_by_side_box, stats};
+use nodeos_vm_benches::{
+    artifacts, count_arg, nodeos_vm_bin, parse_timings, side_by_side_box, stats,
+};
 
 /// Each case: its name, the environment it adds, its backend, and the backing its timings
 /// line must name (our VMM's; `None` for QEMU).
@@ -27,10 +29,7 @@ const CASES: [(&str, &str, &str, Option<&str>); 3] = [
 const L1_HUGE_PAGES: u32 = 300;
 
 fn main() {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse().expect("RUNS is a number"))
-        .unwrap_or(5);
+    let runs = count_arg(5);
     let bin = nodeos_vm_bin();
     let (kernel, rootfs) = artifacts(&bin);
 

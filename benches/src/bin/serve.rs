@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nodeos_vm_benches::{artifacts, nodeos_vm_bin, percentile};
+use nodeos_vm_benches::{artifacts, count_arg, nodeos_vm_bin, percentile};
 
 const CLIENTS: usize = 20;
 const CALLS: usize = 500;
@@ -50,10 +50,7 @@ server.listen(0, '127.0.0.1', () => console.log(`http://127.0.0.1:${server.addre
 "#;
 
 fn main() {
-    let instances: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse().expect("INSTANCES is a number"))
-        .unwrap_or(2);
+    let instances = count_arg(2);
     let bin = nodeos_vm_bin();
     let (kernel, rootfs) = artifacts(&bin);
     let dir = tempfile::tempdir().expect("a scratch folder");

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use nodeos_vm_benches::containerd::{Containerd, IMAGE, RUNTIME};
-use nodeos_vm_benches::{artifacts, nodeos_vm_bin, stats};
+use nodeos_vm_benches::{artifacts, count_arg, nodeos_vm_bin, stats};
 
 const JS: &str = "console.log(1)";
 
@@ -19,10 +19,7 @@ const JS: &str = "console.log(1)";
 type Way<'a> = Box<dyn Fn(usize) -> bool + 'a>;
 
 fn main() {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse().expect("RUNS is a number"))
-        .unwrap_or(5);
+    let runs = count_arg(5);
     let bin = nodeos_vm_bin();
     let here = bin.parent().unwrap();
     assert!(

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use nodeos_vm_benches::{artifacts, boot, nodeos_vm_bin, stats};
+use nodeos_vm_benches::{artifacts, boot, count_arg, nodeos_vm_bin, stats};
 
 const PACKAGE: &str = "hello-cli";
 /// Times `npm install -g <tarball>` from inside Node, so that only the install is measured.
@@ -19,10 +19,7 @@ require('child_process').execFileSync('npm', ['install', '-g', '--no-audit', '--
 console.log(Number(process.hrtime.bigint() - t) / 1e6)";
 
 fn main() {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse().expect("RUNS is a number"))
-        .unwrap_or(5);
+    let runs = count_arg(5);
     let bin = nodeos_vm_bin();
     let (kernel, rootfs) = artifacts(&bin);
     let work = tempfile::tempdir().unwrap();
