@@ -277,6 +277,14 @@ impl Request {
                 kind::HELLO
             }
             Request::Exec(exec) => {
+                if let Some(container) = &exec.container {
+                    if container.groups.len() > MAX_GROUPS {
+                        return Err(FrameError::TooLarge {
+                            len: container.groups.len(),
+                            max: MAX_GROUPS,
+                        });
+                    }
+                }
                 put_list(&mut out, &exec.argv);
                 put_list(&mut out, &exec.env);
                 put_option(&mut out, exec.cwd.as_ref(), |out, cwd| out.put_bytes(cwd));
@@ -973,6 +981,21 @@ mod tests {
         assert!(err.to_string().starts_with("malformed agent request frame"));
         let io: io::Error = err.into();
         assert_eq!(io.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn more_groups_than_the_kernel_takes_do_not_encode() {
+        let exec = Request::Exec(Exec {
+            container: Some(Container {
+                groups: vec![1; MAX_GROUPS + 1],
+                ..Container::default()
+            }),
+            ..Exec::default()
+        });
+        assert!(matches!(
+            exec.encode(),
+            Err(FrameError::TooLarge { max: MAX_GROUPS, .. })
+        ));
     }
 
     #[test]
