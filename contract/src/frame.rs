@@ -994,7 +994,10 @@ mod tests {
         });
         assert!(matches!(
             exec.encode(),
-            Err(FrameError::TooLarge { max: MAX_GROUPS, .. })
+            Err(FrameError::TooLarge {
+                max: MAX_GROUPS,
+                ..
+            })
         ));
     }
 

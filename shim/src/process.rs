@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use contract::frame::WinSize;
 use contract::status;
@@ -17,6 +17,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// The exit status containerd gets when the VM ended under a process (runc's "unknown").
 const LOST: u32 = 255;
+/// How long the guest has to say a process runs (a Node start under TCG takes a second).
+const START_TIME: Duration = Duration::from_secs(60);
 
 /// containerd's FIFOs for a process's stdio: paths, empty when absent.
 #[derive(Debug, Clone, Default)]
@@ -88,10 +90,21 @@ impl Process {
             process.pump(session, &vm_ended);
             on_exit(&process);
         });
+        // A guest that never says the process runs must not hold the task API up.
+        let deadline = Instant::now() + START_TIME;
         let mut shared = self.shared.lock().unwrap();
         loop {
             match shared.status {
-                Status::Created => shared = self.changed.wait(shared).unwrap(),
+                Status::Created => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(format!(
+                            "the guest did not start it within {}s",
+                            START_TIME.as_secs()
+                        ));
+                    }
+                    shared = self.changed.wait_timeout(shared, left).unwrap().0;
+                }
                 Status::Running { pid } => return Ok(pid),
                 Status::Stopped { .. } => {
                     return Err(shared

@@ -3,6 +3,8 @@
 //! `/proc/stat`, the pids in `/proc`) and given to containerd as cgroups v1 `Metrics`, the
 //! kind a runc shim sends. The whole VM is the container's: its memory limit is the VM's.
 
+use std::time::{Duration, Instant};
+
 use containerd_shim::protos::cgroups::metrics::{
     CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
 };
@@ -16,6 +18,8 @@ const USER_HZ: u64 = 100;
 const SCRIPT: &str = "cat /proc/meminfo /proc/stat; echo pids; ls /proc";
 /// Most output read (a few KiB are expected).
 const MAX_OUTPUT: usize = 256 << 10;
+/// How long the guest has to answer; it is not trusted to answer at all.
+const ANSWER_TIME: Duration = Duration::from_secs(15);
 
 /// The metrics of the VM `vm`.
 pub fn collect(vm: &Sandbox) -> Result<Metrics, String> {
@@ -24,17 +28,16 @@ pub fn collect(vm: &Sandbox) -> Result<Metrics, String> {
         env: Vec::new(),
         cwd: None,
         stdin: false,
-        timeout: Some(std::time::Duration::from_secs(10)),
+        timeout: Some(ANSWER_TIME),
         container: None,
         tty: None,
     };
+    let deadline = Instant::now() + ANSWER_TIME;
     let mut session = vm.session(&command).map_err(|e| e.to_string())?;
     let mut output = Vec::new();
     loop {
-        match session
-            .next(vm.ended(), &[], None)
-            .map_err(|e| e.to_string())?
-        {
+        let wake = session.next(vm.ended(), &[], Some(deadline));
+        match wake.map_err(|e| e.to_string())? {
             Wake::Event(Event::Stdout(data)) if output.len() < MAX_OUTPUT => output.extend(data),
             Wake::Event(Event::Ended(Outcome::Exited(0))) => break,
             Wake::Event(Event::Ended(outcome)) => {
@@ -46,13 +49,13 @@ pub fn collect(vm: &Sandbox) -> Result<Metrics, String> {
     Ok(parse(&String::from_utf8_lossy(&output)))
 }
 
-/// Metrics from the script's output.
+/// Metrics from the script's output (the guest's: any numbers at all, none overflowing).
 fn parse(text: &str) -> Metrics {
     let kib = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
             .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .map_or(0, |v| v * 1024)
+            .map_or(0, |v| v.saturating_mul(1024))
     };
     let (total, available) = (kib("MemTotal"), kib("MemAvailable"));
     let memory = MemoryStat {
@@ -86,7 +89,7 @@ fn parse(text: &str) -> Metrics {
         ..Default::default()
     };
     // `cpu  user nice system idle iowait irq softirq ...` in ticks, then one line per CPU.
-    let ns = |ticks: u64| ticks * (1_000_000_000 / USER_HZ);
+    let ns = |ticks: u64| ticks.saturating_mul(1_000_000_000 / USER_HZ);
     let times = |line: &str| -> (u64, u64) {
         let t: Vec<u64> = line
             .split_whitespace()
@@ -94,7 +97,10 @@ fn parse(text: &str) -> Metrics {
             .map(|v| v.parse().unwrap_or(0))
             .collect();
         let at = |i: usize| t.get(i).copied().unwrap_or(0);
-        (at(0) + at(1), at(2) + at(5) + at(6))
+        (
+            at(0).saturating_add(at(1)),
+            at(2).saturating_add(at(5)).saturating_add(at(6)),
+        )
     };
     let mut usage = CPUUsage::default();
     for line in text.lines() {
@@ -102,11 +108,11 @@ fn parse(text: &str) -> Metrics {
             let (user, kernel) = times(line);
             usage.user = ns(user);
             usage.kernel = ns(kernel);
-            usage.total = ns(user + kernel);
+            usage.total = ns(user.saturating_add(kernel));
         } else if line.starts_with("cpu") && line.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
         {
             let (user, kernel) = times(line);
-            usage.per_cpu.push(ns(user + kernel));
+            usage.per_cpu.push(ns(user.saturating_add(kernel)));
         }
     }
     let pids = text.split_once("\npids\n").map_or(0, |(_, list)| {
@@ -153,5 +159,9 @@ mod tests {
         assert_eq!(usage.total, 153 * 10_000_000);
         assert_eq!(usage.per_cpu, [92 * 10_000_000, 61 * 10_000_000]);
         assert_eq!(m.pids.current, 3);
+        // A guest's absurd numbers saturate.
+        let m = parse("MemTotal: 18446744073709551615 kB\ncpu  18446744073709551615 5 0 0\n");
+        assert_eq!(m.memory.unwrap().usage.limit, u64::MAX);
+        assert_eq!(m.cpu.unwrap().usage.unwrap().total, u64::MAX);
     }
 }

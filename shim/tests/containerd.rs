@@ -58,6 +58,23 @@ fn assert_nothing_left_of(id: &str) {
     }
 }
 
+/// Starts the container `id`, detached, in a microVM: Node waiting for ever.
+fn run_detached_forever(containerd: &Containerd, id: &str) {
+    let forever = "setInterval(() => {}, 1000)";
+    let args = [
+        "run",
+        "--runtime",
+        RUNTIME,
+        "-d",
+        IMAGE,
+        id,
+        "node",
+        "-e",
+        forever,
+    ];
+    containerd.ctr_ok(&args);
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -213,19 +230,8 @@ fn exec_kill_and_delete_two_containers_at_once() {
     let Some(containerd) = containerd_if_root() else {
         return;
     };
-    let forever = ["node", "-e", "setInterval(() => {}, 1000)"];
     for id in ["one", "two"] {
-        containerd.ctr_ok(&[
-            "run",
-            "--runtime",
-            RUNTIME,
-            "-d",
-            IMAGE,
-            id,
-            forever[0],
-            forever[1],
-            forever[2],
-        ]);
+        run_detached_forever(&containerd, id);
     }
     let tasks = containerd.ctr_ok(&["task", "ls"]);
     assert_eq!(tasks.matches("RUNNING").count(), 2, "{tasks}");
@@ -364,17 +370,7 @@ fn a_restarted_containerd_finds_its_task_and_a_killed_shim_leaves_nothing_behind
     let Some(mut containerd) = containerd_if_root() else {
         return;
     };
-    containerd.ctr_ok(&[
-        "run",
-        "--runtime",
-        RUNTIME,
-        "-d",
-        IMAGE,
-        "doomed",
-        "node",
-        "-e",
-        "setInterval(() => {}, 1000)",
-    ]);
+    run_detached_forever(&containerd, "doomed");
     // The shim keeps its task while containerd is away, and containerd finds it again.
     containerd.restart();
     let tasks = containerd.ctr_ok(&["task", "ls"]);
