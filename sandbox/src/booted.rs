@@ -157,6 +157,12 @@ impl Sandbox {
         TreeExport::new(&self.socket, path)
     }
 
+    /// The host end of its agent's link, for sessions opened without borrowing the VM
+    /// ([`Session::start`]).
+    pub fn agent_socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
     /// Readable once the VM has ended.
     pub fn ended(&self) -> &EventFd {
         &self.ended

@@ -39,6 +39,8 @@ pub enum Status {
 /// What the main thread needs while the process runs: its state and its input.
 struct Shared {
     status: Status,
+    /// A start has been asked for (a second is refused).
+    claimed: bool,
     input: Option<Input>,
     /// Why it could not be started, when it could not.
     failure: Option<String>,
@@ -59,6 +61,7 @@ impl Process {
             stdio,
             shared: Mutex::new(Shared {
                 status: Status::Created,
+                claimed: false,
                 input: None,
                 failure: None,
             }),
@@ -68,6 +71,14 @@ impl Process {
 
     pub fn status(&self) -> Status {
         self.shared.lock().unwrap().status
+    }
+
+    /// Takes the right to start it: false when it was taken already or it has stopped.
+    pub fn claim(&self) -> bool {
+        let mut shared = self.shared.lock().unwrap();
+        let free = shared.status == Status::Created && !shared.claimed;
+        shared.claimed = true;
+        free
     }
 
     /// Starts the process on `session` (the agent's, just opened for its command); `vm_ended`

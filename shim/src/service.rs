@@ -22,7 +22,9 @@ use containerd_shim::{
 };
 use contract::frame::WinSize;
 use oci_spec::runtime::Process as OciProcess;
+use sandbox::agent::Session;
 use sandbox::booted::Sandbox;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::bundle::{self, Bundle, Root};
 use crate::process::{Process, Status, Stdio};
@@ -47,6 +49,22 @@ struct Container {
 }
 
 impl Container {
+    /// What an agent session in its VM needs: the agent's socket and the VM's end, taken
+    /// under the lock and used without it (a guest slow to answer holds nothing up).
+    fn agent_link(&self) -> TtrpcResult<(PathBuf, EventFd)> {
+        let vm = self.vm.as_ref().ok_or_else(|| {
+            error(
+                Code::FAILED_PRECONDITION,
+                "the container's microVM has ended",
+            )
+        })?;
+        let ended = vm
+            .ended()
+            .try_clone()
+            .map_err(|e| error(Code::INTERNAL, e.to_string()))?;
+        Ok((vm.agent_socket().to_path_buf(), ended))
+    }
+
     fn process(&self, exec_id: &str) -> TtrpcResult<&Arc<Process>> {
         if exec_id.is_empty() {
             return Ok(&self.init);
@@ -231,26 +249,16 @@ impl Service {
         })
     }
 
-    /// Starts `process` in the container's VM; publishes its exit when it ends.
+    /// Starts `process` in the container's VM, whose agent is behind `socket` (`ended`:
+    /// readable once the VM has ended); publishes its exit when it ends.
     fn start_process(
         &self,
-        container: &Container,
+        (socket, ended): (PathBuf, EventFd),
         exec_id: &str,
         process: &Arc<Process>,
     ) -> TtrpcResult<u32> {
-        let vm = container.vm.as_ref().ok_or_else(|| {
-            error(
-                Code::FAILED_PRECONDITION,
-                "the container's microVM has ended",
-            )
-        })?;
-        let session = vm
-            .session(&process.command)
+        let session = Session::start(&socket, &process.command, &ended, None)
             .map_err(|e| error(Code::UNKNOWN, vmm::error_chain::one_line(&e)))?;
-        let ended = vm
-            .ended()
-            .try_clone()
-            .map_err(|e| error(Code::INTERNAL, e.to_string()))?;
         let (service, id, exec_id_owned) = (self.clone(), self.id.clone(), exec_id.to_string());
         let on_exit = move |process: &Process| {
             if let Status::Stopped { pid, code, at } = process.status() {
@@ -325,17 +333,17 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        // Under the lock: nothing the starting process does takes it.
-        let pid = self.with(|container| {
+        let (process, link) = self.with(|container| {
             let process = container.process(&req.exec_id)?.clone();
-            if process.status() != Status::Created {
+            if !process.claim() {
                 return Err(error(
                     Code::FAILED_PRECONDITION,
                     "the process was started already",
                 ));
             }
-            self.start_process(container, &req.exec_id, &process)
+            Ok((process, container.agent_link()?))
         })?;
+        let pid = self.start_process(link, &req.exec_id, &process)?;
         if req.exec_id.is_empty() {
             let event = TaskStart {
                 container_id: req.id.clone(),
@@ -581,15 +589,9 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         _req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let metrics = self.with(|container| {
-            let vm = container.vm.as_ref().ok_or_else(|| {
-                error(
-                    Code::FAILED_PRECONDITION,
-                    "the container's microVM has ended",
-                )
-            })?;
-            stats::collect(vm).map_err(|why| error(Code::UNAVAILABLE, why))
-        })?;
+        let (socket, ended) = self.with(|container| container.agent_link())?;
+        let metrics =
+            stats::collect(&socket, &ended).map_err(|why| error(Code::UNAVAILABLE, why))?;
         let stats = containerd_shim::util::convert_to_any(Box::new(metrics))
             .map_err(|e| error(Code::INTERNAL, e.to_string()))?;
         Ok(api::StatsResponse {

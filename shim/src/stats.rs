@@ -3,14 +3,15 @@
 //! `/proc/stat`, the pids in `/proc`) and given to containerd as cgroups v1 `Metrics`, the
 //! kind a runc shim sends. The whole VM is the container's: its memory limit is the VM's.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use containerd_shim::protos::cgroups::metrics::{
     CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
 };
 use containerd_shim::protos::protobuf::MessageField;
-use sandbox::agent::{Command, Event, Outcome, Wake};
-use sandbox::booted::Sandbox;
+use sandbox::agent::{Command, Event, Outcome, Session, Wake};
+use vmm_sys_util::eventfd::EventFd;
 
 /// The guest kernel's clock ticks per second (`USER_HZ`, 100 on every Linux architecture).
 const USER_HZ: u64 = 100;
@@ -21,8 +22,8 @@ const MAX_OUTPUT: usize = 256 << 10;
 /// How long the guest has to answer; it is not trusted to answer at all.
 const ANSWER_TIME: Duration = Duration::from_secs(15);
 
-/// The metrics of the VM `vm`.
-pub fn collect(vm: &Sandbox) -> Result<Metrics, String> {
+/// The metrics of the VM whose agent is behind `socket`; `ended` is readable once it ended.
+pub fn collect(socket: &Path, ended: &EventFd) -> Result<Metrics, String> {
     let command = Command {
         argv: ["sh", "-c", SCRIPT].map(|a| a.as_bytes().to_vec()).into(),
         env: Vec::new(),
@@ -33,10 +34,11 @@ pub fn collect(vm: &Sandbox) -> Result<Metrics, String> {
         tty: None,
     };
     let deadline = Instant::now() + ANSWER_TIME;
-    let mut session = vm.session(&command).map_err(|e| e.to_string())?;
+    let mut session =
+        Session::start(socket, &command, ended, Some(deadline)).map_err(|e| e.to_string())?;
     let mut output = Vec::new();
     loop {
-        let wake = session.next(vm.ended(), &[], Some(deadline));
+        let wake = session.next(ended, &[], Some(deadline));
         match wake.map_err(|e| e.to_string())? {
             Wake::Event(Event::Stdout(data)) if output.len() < MAX_OUTPUT => output.extend(data),
             Wake::Event(Event::Ended(Outcome::Exited(0))) => break,
