@@ -1,14 +1,14 @@
-//! Recognising the root image in a container's root file system. The image's layer
-//! ([`crate::oci_image`]) carries one file the image has not, [`MARK`]: the SHA-256 of the
-//! squashfs image it was read from. A digest of a tree — every entry by path, kind,
-//! permissions, owner, a file's size and time, a symlink's target (device nodes and other
-//! special files left out, as the layer leaves them), with the mark's content — is computed
-//! alike from the squashfs image (its own hash as the mark) and from a folder holding what a
-//! container runtime unpacked from a layer. Equal digests: the folder is that very image's
-//! export, nothing added or taken away (an older build's export differs by its mark, even
-//! where sizes and times are the same); the containerd shim then runs the container on the
-//! guest's own root instead of packing a copy of it into a disk. A layer made to pass for the
-//! image, mark and all, gets the image itself: nothing it did not ask for.
+//! Recognising the root image in a container's root file system ([`is_image`]). The image's
+//! layer ([`crate::oci_image`]) carries one file the image has not, [`MARK`]: the SHA-256 of
+//! the squashfs image it was read from. A folder is the image when its mark is the image's
+//! hash (read first, without following a symlink: any other image stops there, unwalked) and
+//! a digest of its tree — every entry by path, kind, permissions, owner, a file's size and
+//! time, a symlink's target (device nodes and other special files left out, as the layer
+//! leaves them) — is the image's own: nothing added or taken away (an older build's export
+//! differs by its mark, even where sizes and times are the same). The containerd shim then
+//! runs the container on the guest's own root instead of packing a copy of it into a disk. A
+//! layer made to pass for the image, mark and all, gets the image itself: nothing it did not
+//! ask for.
 
 use std::fs;
 use std::io;
@@ -19,9 +19,13 @@ use std::path::{Path, PathBuf};
 use backhand::{FilesystemReader, InnerNode};
 use sha2::{Digest, Sha256};
 
-/// The file next to a cached root image that holds its digest; its name changes whenever what
-/// the digest covers does, so that no digest of another kind is ever read back.
-const DIGEST_FILE: &str = "tree-2.sha256";
+use crate::volume::folder::Folder;
+
+/// The file next to a cached root image that holds its hash and tree digest; its name changes
+/// whenever what it holds does, so that nothing of another kind is ever read back.
+const IDENTITY_FILE: &str = "tree-3.sha256";
+/// A mark is 64 hex digits and a newline; more is not a mark.
+const MARK_MAX: u64 = 128;
 /// The layer's one file of its own: the SHA-256 (hex) of the squashfs image it was read from.
 pub const MARK: &str = "usr/lib/nodeos/image.sha256";
 
@@ -44,10 +48,9 @@ struct Entry {
     gid: u32,
 }
 
-fn digest(mut entries: Vec<Entry>, mark: &str) -> String {
+fn digest(mut entries: Vec<Entry>) -> String {
     entries.sort();
     let mut hash = Sha256::new();
-    hash.update(format!("{mark}\n"));
     for e in &entries {
         hash.update(&e.path);
         hash.update(format!(
@@ -58,20 +61,51 @@ fn digest(mut entries: Vec<Entry>, mark: &str) -> String {
     hex::encode(hash.finalize())
 }
 
-/// The digest of the squashfs image `rootfs`, kept beside it once computed (the image of a
+/// Whether the folder `root` holds exactly the squashfs image `rootfs`, as its export unpacks.
+pub fn is_image(root: &Path, rootfs: &Path) -> Result<bool, Error> {
+    let Some(mark) = read_mark(root) else {
+        return Ok(false);
+    };
+    let (hash, tree) = identity(rootfs)?;
+    Ok(mark == hash && of_folder(root)? == tree)
+}
+
+/// The [`MARK`] in the folder `root`: a regular file reached through no symlink, read up to
+/// [`MARK_MAX`] bytes (a container's image may put anything in its place).
+fn read_mark(root: &Path) -> Option<String> {
+    let file = Folder::open(root)
+        .and_then(|folder| folder.file(std::ffi::OsStr::new(MARK), false))
+        .ok()?;
+    let mut mark = String::new();
+    io::Read::read_to_string(&mut io::Read::take(file, MARK_MAX), &mut mark).ok()?;
+    Some(mark.trim().to_string())
+}
+
+/// The image `rootfs`'s SHA-256 and tree digest, kept beside it once computed (the image of a
 /// cache folder never changes; one given by path is read each time).
-pub fn of_image(rootfs: &Path) -> Result<String, Error> {
-    let kept = rootfs.with_file_name(DIGEST_FILE);
+fn identity(rootfs: &Path) -> Result<(String, String), Error> {
+    let kept = rootfs.with_file_name(IDENTITY_FILE);
     let cached_build = rootfs.parent().is_some_and(|dir| {
         dir.file_name()
             .is_some_and(|n| n.as_bytes().starts_with(b"rootfs.img-"))
     });
     if cached_build {
-        if let Ok(text) = fs::read_to_string(&kept) {
-            return Ok(text.trim().to_string());
+        let text = fs::read_to_string(&kept).unwrap_or_default();
+        if let Some((hash, tree)) = text.trim().split_once(' ') {
+            return Ok((hash.into(), tree.into()));
         }
     }
-    let mark = file_sha256(rootfs).map_err(|e| Error::Io(rootfs.into(), e))?;
+    let hash = file_sha256(rootfs).map_err(|e| Error::Io(rootfs.into(), e))?;
+    let tree = of_image(rootfs)?;
+    if cached_build {
+        // A cache that cannot be written costs the next shim the same reading.
+        let _ = write_atomically(&kept, &format!("{hash} {tree}\n"));
+    }
+    Ok((hash, tree))
+}
+
+/// The tree digest of the squashfs image `rootfs`.
+fn of_image(rootfs: &Path) -> Result<String, Error> {
     let file = fs::File::open(rootfs).map_err(|e| Error::Io(rootfs.into(), e))?;
     let image = FilesystemReader::from_reader(io::BufReader::new(file))
         .map_err(|e| Error::Image(rootfs.into(), e))?;
@@ -102,12 +136,7 @@ pub fn of_image(rootfs: &Path) -> Result<String, Error> {
             gid: node.header.gid,
         });
     }
-    let digest = digest(entries, &mark);
-    if cached_build {
-        // A cache that cannot be written costs the next shim the same reading.
-        let _ = write_atomically(&kept, &digest);
-    }
-    Ok(digest)
+    Ok(digest(entries))
 }
 
 /// The SHA-256 of a file's bytes, in hex: the mark of the image `path`.
@@ -124,11 +153,8 @@ fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
     file.persist(path).map(drop).map_err(|e| e.error)
 }
 
-/// The digest of the tree under the folder `root` (not following symlinks), its [`MARK`]'s
-/// content as the mark (none without one).
-pub fn of_folder(root: &Path) -> Result<String, Error> {
-    let mark = fs::read(root.join(MARK)).unwrap_or_default();
-    let mark = String::from_utf8_lossy(&mark).trim().to_string();
+/// The tree digest of the folder `root`, its [`MARK`] left out (not following symlinks).
+fn of_folder(root: &Path) -> Result<String, Error> {
     let mut entries = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(relative) = stack.pop() {
@@ -164,7 +190,7 @@ pub fn of_folder(root: &Path) -> Result<String, Error> {
             });
         }
     }
-    Ok(digest(entries, &mark))
+    Ok(digest(entries))
 }
 
 #[cfg(test)]
@@ -193,28 +219,33 @@ mod tests {
         std::os::unix::fs::symlink("/usr/lib", tree.join("lib")).unwrap();
         let image = dir.path().join("rootfs.img");
         squashfs_of(&tree, &image);
-        let of_image = of_image(&image).unwrap();
 
         // Unpacked with its mark: the image.
         let mark = tree.join(MARK);
         fs::write(&mark, format!("{}\n", file_sha256(&image).unwrap())).unwrap();
-        assert_eq!(of_folder(&tree).unwrap(), of_image);
-        // Without its mark, with another's, or with a file more: not the image.
+        assert!(is_image(&tree, &image).unwrap());
+        // Without its mark, with another's, as a symlink to it, or with a file more: not the
+        // image.
         fs::write(&mark, "0".repeat(64)).unwrap();
-        assert_ne!(of_folder(&tree).unwrap(), of_image);
+        assert!(!is_image(&tree, &image).unwrap());
         fs::remove_file(&mark).unwrap();
-        assert_ne!(of_folder(&tree).unwrap(), of_image);
+        assert!(!is_image(&tree, &image).unwrap());
+        let elsewhere = dir.path().join("mark-elsewhere");
+        fs::write(&elsewhere, file_sha256(&image).unwrap()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &mark).unwrap();
+        assert!(!is_image(&tree, &image).unwrap());
+        fs::remove_file(&mark).unwrap();
         fs::write(&mark, file_sha256(&image).unwrap()).unwrap();
         fs::write(tree.join("home/node/extra"), "x").unwrap();
-        assert_ne!(of_folder(&tree).unwrap(), of_image);
+        assert!(!is_image(&tree, &image).unwrap());
         fs::remove_file(tree.join("home/node/extra")).unwrap();
-        assert_eq!(of_folder(&tree).unwrap(), of_image);
+        assert!(is_image(&tree, &image).unwrap());
         // Another mode is another tree.
         fs::set_permissions(
             tree.join("usr/lib/nodeos/repl.js"),
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )
         .unwrap();
-        assert_ne!(of_folder(&tree).unwrap(), of_image);
+        assert!(!is_image(&tree, &image).unwrap());
     }
 }

@@ -9,6 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use vmm::backend::process::VmmProgram;
+use vmm::backend::{qemu, Backend};
+use vmm::jail::Jail;
 
 use crate::folders;
 
@@ -29,6 +31,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// The backend that runs VMs with this build's VMM program: our VMM on KVM (`accel` none) or
+/// QEMU with `accel` (which that program jails), confined by `jail` unless it is none.
+pub fn backend(accel: Option<qemu::Accel>, jail: Option<Jail>) -> Result<Backend, Error> {
+    let vmm = program()?;
+    Ok(match accel {
+        None => Backend::Kvm { jail, vmm },
+        Some(accel) => Backend::Qemu { accel, jail, vmm },
+    })
 }
 
 /// The VMM program to run: `$NODEOS_VMM`, else the one this build carries, written into the

@@ -13,7 +13,7 @@
 //!   guest planted there), unless the volume says `:rw,git`.
 
 mod extents;
-mod folder;
+pub(crate) mod folder;
 mod mirror;
 mod unpack;
 

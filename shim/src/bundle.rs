@@ -202,9 +202,7 @@ pub fn prepare_root(
         source,
     })?;
     let mounted = mount_all(root, mounts)?;
-    let prepared = match image_tree::of_image(guest_rootfs)
-        .and_then(|image| Ok(image == image_tree::of_folder(root)?))
-    {
+    let prepared = match image_tree::is_image(root, guest_rootfs) {
         Ok(true) => Ok(Root::Guest),
         Ok(false) => volume::pack_as_is(root, disk, WRITABLE_BYTES)
             .map(|()| Root::Disk(disk.to_path_buf()))

@@ -62,7 +62,6 @@ pub fn boot(shape: Shape, scratch: &Path, console: PathBuf) -> Result<Sandbox, E
         mount_point: GUEST_ROOT.into(),
         read_only: false,
     }));
-    config.seccomp = true;
     config.hostname = shape.hostname;
     Templates::in_cache(store.cache_dir()).restore(&backend, &mut config);
     let vm = Sandbox::boot(backend, config, ConsoleLog::File(console))?;
@@ -110,17 +109,13 @@ fn artifact(
 
 /// Our VMM where this host's KVM can run Linux guests, QEMU with TCG otherwise; jailed.
 fn backend() -> Result<Backend, Error> {
-    let jail = Some(Jail::for_this_process(IdRange::default()));
-    let vmm = sandbox::vmm_program::program()?;
-    Ok(match detect::probe() {
-        detect::KvmSupport::Usable => Backend::Kvm { jail, vmm },
+    let accel = match detect::probe() {
+        detect::KvmSupport::Usable => None,
         detect::KvmSupport::Unusable(why) => {
             log::info!("{why}; using QEMU with TCG");
-            Backend::Qemu {
-                accel: qemu::Accel::Tcg,
-                jail,
-                vmm,
-            }
+            Some(qemu::Accel::Tcg)
         }
-    })
+    };
+    let jail = Jail::for_this_process(IdRange::default());
+    Ok(sandbox::vmm_program::backend(accel, Some(jail))?)
 }

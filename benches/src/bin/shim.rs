@@ -35,6 +35,9 @@ fn main() {
         .status()
         .unwrap();
     assert!(exported.success(), "nodeos-vm image export failed");
+    for (program, package) in [("containerd", "containerd"), ("runc", "runc")] {
+        kvm_box::host_program(program, package).expect("containerd and runc, as root");
+    }
     let containerd = Containerd::start(here, &archive);
 
     let ways: [(&str, Way); 3] = [

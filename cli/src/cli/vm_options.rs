@@ -300,11 +300,7 @@ pub fn choose_backend(
         }
     };
     // Our VMM's program: the VMM itself, or the helper that jails QEMU.
-    let (jail, vmm) = (jail.jail(), sandbox::vmm_program::program()?);
-    Ok(match accel {
-        None => Backend::Kvm { jail, vmm },
-        Some(accel) => Backend::Qemu { accel, jail, vmm },
-    })
+    Ok(sandbox::vmm_program::backend(accel, jail.jail())?)
 }
 
 /// The kernel and root image to boot: the user's, checked, or the cached builds (built now
