@@ -7,10 +7,10 @@
 //!   `${NODEOS_VM_CACHE:-${XDG_CACHE_HOME:-~/.cache}/nodeos-vm}`.
 //!
 //! The cache keeps what newer builds replace only for a while: [`beyond_newest`] names what
-//! its owners remove.
+//! its owners remove, [`remove_older`] removes the older builds of one kind.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,26 @@ pub fn beyond_newest(paths: impl IntoIterator<Item = PathBuf>, keep: usize) -> V
     dated.into_iter().skip(keep).map(|(_, p)| p).collect()
 }
 
+/// Removes the folders in `dir` whose names start with `prefix`, `current` aside, beyond the
+/// `keep` last modified (logged; one that cannot be removed is left).
+pub fn remove_older(dir: &Path, prefix: &str, current: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let others = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .filter(|p| p != current);
+    for old in beyond_newest(others, keep) {
+        tracing::info!("removing the older build {}", old.display());
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            tracing::warn!("removing {}: {e}", old.display());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +94,30 @@ mod tests {
         );
         assert!(beyond_newest(all(), 5).is_empty());
         assert_eq!(beyond_newest(all(), 0).len(), 5);
+    }
+
+    #[test]
+    fn older_folders_of_one_prefix_are_removed_but_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        for (age, name) in ["vmm-a", "vmm-b", "vmm-c", "vmm-d", "kernel-e"]
+            .iter()
+            .enumerate()
+        {
+            let path = dir.path().join(name);
+            std::fs::create_dir(&path).unwrap();
+            let file = std::fs::File::open(&path).unwrap();
+            file.set_modified(SystemTime::now() - day * age as u32)
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("vmm-file"), "").unwrap();
+        remove_older(dir.path(), "vmm-", &dir.path().join("vmm-d"), 1);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["kernel-e", "vmm-a", "vmm-d", "vmm-file"]);
     }
 
     #[test]

@@ -20,6 +20,9 @@ const VMM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nodeos-vmm"));
 const VMM_SHA256: &str = env!("NODEOS_VMM_SHA256");
 /// Names another VMM program to run instead (debugging a VMM built on its own).
 const VMM_PATH_ENV: &str = "NODEOS_VMM";
+/// How many programs of other builds the cache keeps (each 2 MB; nodeos-vm of another build
+/// writes its own again when it is gone).
+const KEPT_OTHERS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,15 +52,15 @@ pub fn program() -> Result<VmmProgram, Error> {
     if let Some(path) = std::env::var_os(VMM_PATH_ENV).filter(|p| !p.is_empty()) {
         return Ok(VmmProgram::new(PathBuf::from(path), Vec::new(), Vec::new()));
     }
-    let dir = folders::cache_dir()
-        .ok_or(Error::NoCacheDir)?
-        .join(format!("vmm-{}", &VMM_SHA256[..16]));
+    let cache = folders::cache_dir().ok_or(Error::NoCacheDir)?;
+    let dir = cache.join(format!("vmm-{}", &VMM_SHA256[..16]));
     let path = dir.join("nodeos-vmm");
     if !is_ours(&path) {
         install(&dir, &path).map_err(|source| Error::Write {
             path: path.clone(),
             source,
         })?;
+        folders::remove_older(&cache, "vmm-", &dir, KEPT_OTHERS);
     }
     Ok(VmmProgram::new(path, Vec::new(), Vec::new()))
 }

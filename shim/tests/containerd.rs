@@ -4,7 +4,7 @@
 //! (`--runtime io.containerd.nodeos.v2`), whose microVMs run on this host's backend.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -324,7 +324,7 @@ fn a_terminal_session_and_a_memory_limit() {
     let Some(containerd) = containerd_if_root() else {
         return;
     };
-    // `ctr run -t` wants a terminal: script(1) gives it one, of this size.
+    // `ctr run -t` wants a terminal: a pseudo-terminal of this size.
     let js = "const mib = Math.round(require('os').totalmem() / 2 ** 20); \
               console.log([process.stdout.isTTY, process.stdout.columns, process.stdout.rows, mib].join(' '))";
     let ctr = containerd.ctr_command(&[
@@ -341,21 +341,8 @@ fn a_terminal_session_and_a_memory_limit() {
         "-e",
         js,
     ]);
-    let line = format!(
-        "stty cols 101 rows 33; {}",
-        std::iter::once(ctr.get_program())
-            .chain(ctr.get_args())
-            .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', r"'\''")))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let out = Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = stdout(&out);
-    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let (status, text) = on_a_terminal(ctr, 101, 33, Duration::from_secs(240));
+    assert!(status.success(), "{status}: {text:?}");
     // ctr types a NUL into every terminal it starts (runc's too), which the terminal echoes.
     let fields: Vec<&str> = text.trim_start_matches("^@").split_whitespace().collect();
     assert_eq!(fields[..3], ["true", "101", "33"], "{text:?}");
@@ -363,6 +350,72 @@ fn a_terminal_session_and_a_memory_limit() {
     let total: u64 = fields[3].parse().unwrap();
     assert!((200..=300).contains(&total), "{text:?}");
     assert_nothing_left_of("tty");
+}
+
+/// Runs `command` as the session leader of a new pseudo-terminal of `cols` × `rows`, and
+/// gives its exit status and all it wrote on the terminal (killed after `limit`).
+fn on_a_terminal(
+    mut command: Command,
+    cols: u16,
+    rows: u16,
+    limit: Duration,
+) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::sync::{Arc, Mutex};
+
+    let size = nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    command
+        .stdin(pty.slave.try_clone().unwrap())
+        .stdout(pty.slave.try_clone().unwrap())
+        .stderr(pty.slave);
+    // SAFETY: between fork and exec the child only makes itself a session leader and takes
+    // its standard input, the terminal, as its controlling terminal: both async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    // The terminal's other end stays open only in the child.
+    drop(command);
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let written = Arc::clone(&written);
+        let mut master = std::fs::File::from(pty.master);
+        // Reads until every holder of the other end has gone (EIO).
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = master.read(&mut buf) {
+                written.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let text = || String::from_utf8_lossy(&written.lock().unwrap()).into_owned();
+    let until = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {limit:?}: {:?}", text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    reader.join().unwrap();
+    (status, text())
 }
 
 #[test]

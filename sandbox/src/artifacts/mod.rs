@@ -220,21 +220,7 @@ impl Store {
     /// built) among them: each change of its inputs would otherwise leave one more behind.
     fn remove_older_builds(&self, artifact: Artifact, current: &Path) {
         let prefix = format!("{}-", artifact.file_name());
-        let Ok(entries) = fs::read_dir(&self.cache) else {
-            return;
-        };
-        let others = entries
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .filter(|p| p != current);
-        for old in crate::folders::beyond_newest(others, KEPT_BUILDS - 1) {
-            tracing::info!("removing the older build {}", old.display());
-            if let Err(e) = fs::remove_dir_all(&old) {
-                tracing::warn!("removing {}: {e}", old.display());
-            }
-        }
+        crate::folders::remove_older(&self.cache, &prefix, current, KEPT_BUILDS - 1);
     }
 
     fn entry(&self, artifact: Artifact, key: &str) -> PathBuf {
