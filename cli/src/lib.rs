@@ -8,5 +8,5 @@ pub mod cli;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::cli::run::{env_entry, workdir};
-    pub use crate::cli::vm_options::parse_net;
+    pub use crate::cli::vm_options::{parse_net, parse_publish};
 }

@@ -47,6 +47,16 @@ kill -TERM $pid; wait $pid; s=$?
 echo "serve exited $s; left: $(ls -A $D/run/nodeos-vm)"
 exit $s"#;
 
+/// `run -p` on our VMM: a Node server on the guest's port 80, run as its user, answers L1
+/// through the published port once it listens (busybox `wget`), then exits, and so does `run`.
+const PUBLISH_SCRIPT: &str = r#"D=/tmp/publish; mkdir -p $D
+/nodeos/nodeos-vm run --backend kvm --kernel KERNEL --rootfs ROOTFS -p 127.0.0.1:18080:80 -- node -e "
+  const s = require('http').createServer((q, r) => { r.end('hi from the guest'); s.close(); })
+    .listen(80, () => console.log('listening as uid', process.getuid()))" >$D/out 2>$D/err & r=$!
+i=0; until grep -q listening $D/out 2>/dev/null; do i=$((i+1)); [ $i -lt 900 ] || { cat $D/out $D/err; exit 1; }; sleep 0.1; done
+echo "got: $(wget -q -O - http://127.0.0.1:18080/)"
+wait $r; echo "run exited $?"; cat $D/out $D/err"#;
+
 /// A detached VM on the jailed VMM (L1 runs nodeos-vm as root, with cgroup v2), looked at
 /// through /proc from L1, used, stopped; then what is left of its jail.
 const JAIL_SCRIPT: &str = r#"D=/tmp/jailcheck; mkdir -p $D/run; export XDG_RUNTIME_DIR=$D/run
@@ -163,6 +173,13 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             "jail_user",
             Duration::from_secs(240),
             &JAIL_USER_SCRIPT
+                .replace("KERNEL", KERNEL)
+                .replace("ROOTFS", ROOTFS),
+        );
+        script.check_with_timeout(
+            "publish",
+            Duration::from_secs(240),
+            &PUBLISH_SCRIPT
                 .replace("KERNEL", KERNEL)
                 .replace("ROOTFS", ROOTFS),
         );
@@ -322,6 +339,20 @@ fn serve_deploys_and_invokes_on_our_vmm() {
     assert!(out.contains(r#""name":"boxed""#), "{out}");
     assert!(out.contains(r#"{"arch":"x64","sum":42}"#), "{out}");
     assert!(out.trim_end().ends_with("serve exited 0; left:"), "{out}");
+}
+
+/// `-p` on our VMM (passt and the guard are nodeos-vm's, as on QEMU; the virtio-net device is
+/// ours): L1 reaches a Node server in the guest through the published port.
+#[test]
+fn a_published_port_reaches_our_vmm() {
+    let publish = check("publish");
+    let out = &publish.output;
+    assert_eq!(publish.status, Some(0), "{out}");
+    assert!(
+        out.contains("got: hi from the guest\nrun exited 0\n"),
+        "{out}"
+    );
+    assert!(out.contains("listening as uid 1000"), "{out}");
 }
 
 /// The jail around our VMM, as root in L1: its own root, namespaces, user, cgroup with the

@@ -73,16 +73,7 @@ fn detached_vm_lifecycle() {
     let (kernel, rootfs) = common::artifacts();
     let runtime = tempfile::tempdir().unwrap();
     let vm = |args: &[&str]| {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).env("XDG_RUNTIME_DIR", runtime.path());
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _watchdog = common::Watchdog::new(child.id(), common::BOOT_LIMIT);
-        let out = child.wait_with_output().unwrap();
+        let out = common::run_in(runtime.path(), args);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -1,7 +1,8 @@
 //! The command line's parsers: volumes (`-v HOST:GUEST[:ro|:rw]`), environment entries, the
-//! working folder, `--net`, memory and disk sizes, durations, vCPU counts. What they accept must
-//! be what the VMM and the guest take: a volume the CLI accepts passes the VMM's checks, and
-//! its guest parameter reaches the guest with the mount point the user gave.
+//! working folder, `--net`, `--publish`, memory and disk sizes, durations, vCPU counts. What
+//! they accept must be what the VMM and the guest take: a volume the CLI accepts passes the
+//! VMM's checks, and its guest parameter reaches the guest with the mount point the user gave;
+//! a published port reads back as it is written.
 #![no_main]
 
 use std::path::{Component, Path, PathBuf};
@@ -9,8 +10,8 @@ use std::path::{Component, Path, PathBuf};
 use arbitrary::Arbitrary;
 use contract::params::{self, GuestParams};
 use libfuzzer_sys::fuzz_target;
-use nodeos_vm::fuzzing::parse_net;
 use nodeos_vm::fuzzing::{env_entry, workdir};
+use nodeos_vm::fuzzing::{parse_net, parse_publish};
 use sandbox::vm_config;
 use sandbox::volume::Volume;
 use vmm::vm::{NetSpec, VmConfig, MAX_CPUS, MIN_MEMORY_MIB};
@@ -21,6 +22,7 @@ enum Case {
     Env(String),
     Workdir(String),
     Net(String),
+    Publish(String),
     Memory(String),
     DiskSize(String),
     Duration(String),
@@ -69,6 +71,13 @@ fuzz_target!(|case: Case| match case {
     Case::Net(text) => {
         if let Ok(NetSpec::Tap(name)) = parse_net(&text) {
             assert!(!name.is_empty() && name.len() < 16 && !name.contains(['/', ' ', '\0']));
+        }
+    }
+    Case::Publish(text) => {
+        // What is accepted is written back the one way, and read again the same.
+        if let Ok(port) = parse_publish(&text) {
+            assert!(port.host.port() > 0 && port.guest_port > 0);
+            assert_eq!(parse_publish(&port.to_string()), Ok(port));
         }
     }
     Case::Memory(given) => {

@@ -13,6 +13,8 @@ pub mod artifacts;
 pub mod booted;
 pub mod console;
 pub mod folders;
+pub mod guest_copy;
+pub mod guest_files;
 pub mod host_ca;
 pub mod image_tree;
 pub mod npm_registry;

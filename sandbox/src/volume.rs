@@ -36,7 +36,7 @@ use vmm::vm::VolumeDisk;
 
 use folder::Folder;
 use mirror::{Git, GitRefused, MirrorError};
-pub use unpack::{Budget, TreeSource, UnpackError};
+pub use unpack::{Budget, Refused, TreeSource, UnpackError};
 
 /// The guest's user (`node`), who owns every file of a volume inside the guest.
 const GUEST_UID: u32 = 1000;
@@ -110,6 +110,8 @@ pub enum Error {
     },
     #[error("{what} failed: {stderr}")]
     ToolFailed { what: String, stderr: String },
+    #[error("unpacking the guest's tree")]
+    Unpack(#[source] UnpackError),
     #[error("{}: {what}", .path.display())]
     Io {
         what: &'static str,
@@ -377,6 +379,22 @@ fn read_link(folder: &Folder, path: &TreePath) -> Option<Vec<u8>> {
         .unwrap_or(folder)
         .read_link(OsStr::from_bytes(name));
     target.ok().map(|t| t.as_bytes().to_vec())
+}
+
+/// Unpacks the tree `source` sends into the empty folder `scratch`, as strictly as a `:rw`
+/// volume's (unpack.rs): how `nodeos-vm cp` takes a folder out of a VM. The symlinks it
+/// refused.
+pub fn unpack_tree(
+    source: &mut dyn TreeSource,
+    scratch: &Path,
+    budget: &Budget,
+) -> Result<Vec<Refused>, Error> {
+    let folder = Folder::open(scratch).map_err(|source| Error::Io {
+        what: "opening the scratch folder",
+        path: scratch.to_path_buf(),
+        source,
+    })?;
+    unpack::unpack(source, &folder, budget).map_err(Error::Unpack)
 }
 
 /// Packs the folder `tree` into a fresh ext4 image at `image` as it is (owners, modes, times,

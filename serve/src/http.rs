@@ -1,15 +1,16 @@
 //! The HTTP API (docs/openapi.yaml), on two listeners: the admin API (deploy, list, show,
-//! delete, logs, metrics), which takes only requests with the admin token, and the apps'
-//! listener (calls: `invoke` and `fetch`), which takes no token and serves nothing of the
-//! admin API. Both take only requests addressed to them (`access::Hosts`). Every answer is
-//! JSON (but `/metrics` and what `fetch` apps return), every error `{"error": "..."}` with a
-//! 4xx or 5xx status.
+//! delete, logs, metrics; the sandboxes, `sandbox_api`), which takes only requests with the
+//! admin token but for the web console's fixed files (`console`), and the apps' listener
+//! (calls: `invoke` and `fetch`), which takes no token and serves nothing of the admin API.
+//! Both take only requests addressed to them (`access::Hosts`). Every answer is JSON (but
+//! `/metrics`, the console's files, the sandboxes' streams and files, and what `fetch` apps
+//! return), every error `{"error": "..."}` with a 4xx or 5xx status.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::header::{AUTHORIZATION, HOST, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -23,10 +24,13 @@ use serde_json::{json, Value};
 use vmm::error_chain::one_line;
 
 use super::access::{Hosts, Token};
+use super::answer::{read_body, ApiError};
 use super::instance::CallError;
+use super::logs::Select;
 use super::metrics;
 use super::package::{self, Options};
 use super::pool::LeaseError;
+use super::sandbox_api;
 use super::server::{App, DeployError, Server};
 
 /// Largest package a deploy takes, and largest call body.
@@ -37,13 +41,15 @@ const INVOCATION_HEADER: &str = "x-invocation-id";
 /// Set on an answer whose call booted the microVM it ran on (no warm instance was free).
 const COLD_START_HEADER: &str = "x-cold-start";
 
-/// The admin listener: every request needs `token` and a Host that `hosts` allows.
+/// The admin listener: every request needs a Host that `hosts` allows, and `token` but for
+/// the console's fixed files.
 pub fn admin_router(server: Arc<Server>, token: Arc<Token>, hosts: Hosts) -> Router {
     Router::new()
         .route("/apps", get(list))
         .route("/apps/{name}", put(deploy).get(show).delete(delete))
         .route("/apps/{name}/logs", get(logs))
         .route("/metrics", get(metrics))
+        .merge(sandbox_api::routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -52,6 +58,7 @@ pub fn admin_router(server: Arc<Server>, token: Arc<Token>, hosts: Hosts) -> Rou
         })
         .with_state(server)
         .layer(middleware::from_fn_with_state(token, require_token))
+        .merge(super::console::router())
         .layer(middleware::from_fn_with_state(hosts, require_host))
 }
 
@@ -126,48 +133,6 @@ async fn require_token(State(token): State<Arc<Token>>, request: Request, next: 
     }
 }
 
-/// An error answer: `{"error": message, ...details}`.
-struct ApiError {
-    status: StatusCode,
-    body: Value,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl std::fmt::Display) -> ApiError {
-        ApiError {
-            status,
-            body: json!({ "error": message.to_string() }),
-        }
-    }
-
-    fn with(mut self, key: &str, value: impl serde::Serialize) -> ApiError {
-        self.body[key] = json!(value);
-        self
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
-    }
-}
-
-/// The whole body, at most `limit` bytes.
-async fn read_body(body: Body, limit: usize, what: &str) -> Result<Vec<u8>, ApiError> {
-    to_bytes(body, limit).await.map(Vec::from).map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the {what} is larger than {} MiB", limit >> 20),
-            )
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("reading the {what}: {e}"))
-        }
-    })
-}
-
 fn find(server: &Server, name: &str) -> Result<App, ApiError> {
     package::check_name(name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     server.app(name).ok_or_else(|| {
@@ -187,6 +152,7 @@ fn describe(name: &str, app: &App) -> Value {
         "exports": d.exports,
         "options": d.pool.options,
         "instances": d.pool.instances(),
+        "instance_list": d.pool.roster(),
         "warm": d.pool.warm(),
     })
 }
@@ -254,7 +220,34 @@ async fn logs(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let app = find(&server, &name)?;
-    let lines = app.logs.lines(query.get("invocation").map(String::as_str));
+    let number = |key: &str| {
+        query
+            .get(key)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("{key}={v:?}: give a whole number"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    if let Some(unknown) = query
+        .keys()
+        .find(|k| !["invocation", "after", "limit"].contains(&k.as_str()))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("unknown query parameter {unknown:?} (known: invocation, after, limit)"),
+        ));
+    }
+    let select = Select {
+        invocation: query.get("invocation").map(String::as_str),
+        after: number("after")?.unwrap_or(0),
+        limit: number("limit")?.map(|n| n as usize),
+    };
+    let lines = app.logs.lines(select);
     Ok(Json(json!({ "app": name, "lines": lines })))
 }
 

@@ -3,8 +3,8 @@
 //! One call at a time; an instance whose call timed out or whose runner died is never reused.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -14,14 +14,11 @@ use vmm::vm::StopSignal;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::logs::{Logs, Stream};
-use contract::params::Shell;
+use super::roster::Member;
+use super::vm::{self, Machine, Vm, Vms};
 use sandbox::agent::{self, Command, Event, Outcome, Session, Wake};
-use sandbox::booted::{self, ConsoleLog, Sandbox, BOOT_TIMEOUT};
-use sandbox::templates::Templates;
+use sandbox::booted;
 use sandbox::volume::Volume;
-use vmm::backend::Backend;
-use vmm::runtime;
-use vmm::vm::VmConfig;
 
 /// Where the app's package is mounted in its VMs, and where the host puts the runner in it.
 pub const APP_DIR: &str = "/app";
@@ -36,8 +33,8 @@ const QUEUED_MESSAGES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("creating the instance's runtime folder")]
-    Runtime(#[from] runtime::Error),
+    #[error("starting the app's microVM")]
+    Start(#[from] vm::Error),
     #[error("booting the app's microVM")]
     Vm(#[from] booted::Error),
     #[error("the app failed to load: {}", .0.message)]
@@ -73,17 +70,6 @@ pub struct Exports {
     pub fetch: bool,
 }
 
-/// The host's part of every VM: backend and images.
-pub struct Machine {
-    pub backend: Backend,
-    pub kernel: PathBuf,
-    pub rootfs: PathBuf,
-    /// Whether the VMs' VMM filters its syscalls (`VmConfig::seccomp`).
-    pub seccomp: bool,
-    /// Where the VMs' template snapshots are; none to boot them cold.
-    pub templates: Option<Templates>,
-}
-
 /// One version of one app, as its VMs boot it.
 pub struct AppSpec {
     pub name: String,
@@ -93,82 +79,6 @@ pub struct AppSpec {
     pub env: Vec<(String, String)>,
     pub memory_mib: u32,
     pub cpus: u8,
-}
-
-/// Counts the VMs alive in this process, so that shutdown can wait until every one stopped.
-#[derive(Clone, Default)]
-pub struct Vms(Arc<(Mutex<usize>, Condvar)>);
-
-impl Vms {
-    fn enter(&self) -> VmToken {
-        *self.0 .0.lock().unwrap() += 1;
-        VmToken(self.clone())
-    }
-
-    /// Waits until no VM is alive, at most `timeout`; true when none is.
-    pub fn wait_none(&self, timeout: Duration) -> bool {
-        let (count, changed) = &*self.0;
-        let guard = count.lock().unwrap();
-        let (guard, _) = changed
-            .wait_timeout_while(guard, timeout, |n| *n > 0)
-            .unwrap();
-        *guard == 0
-    }
-}
-
-struct VmToken(Vms);
-
-impl Drop for VmToken {
-    fn drop(&mut self) {
-        let (count, changed) = &*(self.0).0;
-        *count.lock().unwrap() -= 1;
-        changed.notify_all();
-    }
-}
-
-/// A counter of a pool's instances that this instance counts in while it lives.
-pub struct Counted(Arc<AtomicUsize>);
-
-impl Counted {
-    pub fn new(counter: &Arc<AtomicUsize>) -> Counted {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Counted(counter.clone())
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// A running VM: stopped (on a thread of its own: stopping waits for the VM) when dropped,
-/// its runtime folder and sockets removed after.
-struct Vm {
-    sandbox: Option<Sandbox>,
-    folder: Option<tempfile::TempDir>,
-    token: Option<VmToken>,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let (sandbox, folder, token) = (self.sandbox.take(), self.folder.take(), self.token.take());
-        let stop = move || {
-            if let Some(sandbox) = sandbox {
-                if let Err(e) = sandbox.stop() {
-                    tracing::debug!("stopping an app's VM: {e}");
-                }
-            }
-            drop(folder);
-            drop(token);
-        };
-        let spawned = std::thread::Builder::new()
-            .name("vm-stop".into())
-            .spawn(stop);
-        if let Err(e) = spawned {
-            tracing::warn!("no thread to stop a VM ({e}); it ends with us");
-        }
-    }
 }
 
 /// What the runner said, as the reader thread passes it on.
@@ -195,7 +105,8 @@ pub struct Instance {
     ended: Arc<AtomicBool>,
     pub exports: Exports,
     pub last_used: Instant,
-    _counted: Counted,
+    /// Its entry in its pool's roster.
+    pub member: Member,
 }
 
 impl Instance {
@@ -205,7 +116,7 @@ impl Instance {
         app: Arc<AppSpec>,
         logs: Arc<Logs>,
         vms: Vms,
-        counted: Counted,
+        member: Member,
     ) -> Result<Instance, BootError> {
         let current = Arc::new(Mutex::new(None));
         let ended = Arc::new(AtomicBool::new(false));
@@ -238,7 +149,7 @@ impl Instance {
             ended,
             exports,
             last_used: Instant::now(),
-            _counted: counted,
+            member,
         })
     }
 
@@ -297,28 +208,10 @@ fn start(
     vms: &Vms,
     reader: Reader,
 ) -> Result<(Vm, agent::Input), BootError> {
-    let folder = runtime::scratch_dir("serve")?;
-    let mut config = VmConfig::new(
-        machine.kernel.clone(),
-        machine.rootfs.clone(),
-        app.memory_mib,
-        app.cpus,
-    );
-    config.shell = Shell::None;
-    config.volumes = vec![app.volume.disk(app.image.clone())];
-    config.agent_socket = Some(folder.path().join("agent.sock"));
-    config.seccomp = machine.seccomp;
-    if let Some(templates) = &machine.templates {
-        templates.restore(&machine.backend, &mut config);
-    }
-    let sandbox = Sandbox::boot(machine.backend.clone(), config, ConsoleLog::Tail)?;
-    let vm = Vm {
-        sandbox: Some(sandbox),
-        folder: Some(folder),
-        token: Some(vms.enter()),
-    };
-    let sandbox = vm.sandbox.as_ref().expect("just set");
-    sandbox.wait_ready(BOOT_TIMEOUT)?;
+    let vm = Vm::boot(machine, vms, app.memory_mib, app.cpus, |config| {
+        config.volumes = vec![app.volume.disk(app.image.clone())];
+    })?;
+    let sandbox = vm.sandbox();
     let mut env = vec![format!("NODEOS_APP={}", app.name).into_bytes()];
     env.extend(app.env.iter().map(|(k, v)| format!("{k}={v}").into_bytes()));
     let session = sandbox.session(&Command {

@@ -1,18 +1,27 @@
 //! `nodeos-vm serve`: a function host. Apps (npm packages exporting `handler(event, context)`
 //! or `fetch(request)`) are deployed and called over HTTP (`http`): deployed through the admin
 //! API, which needs a token (`access`), and called on a listener of their own; each app runs
-//! only in microVMs of its own (`instance`), pooled per app version (`pool`), kept by the
-//! `server`. docs/serve.md and docs/openapi.yaml describe the API.
+//! only in microVMs of its own (`instance`, `vm`), pooled per app version (`pool`), kept by
+//! the `server`. The same admin API hands out sandboxes, microVMs a program drives
+//! (`sandboxes`, `sandbox_exec`, `sandbox_api`), and serves a web console (`console`).
+//! docs/serve.md and docs/openapi.yaml describe the API.
 
 mod access;
+mod answer;
+mod console;
 pub(crate) mod http;
 mod instance;
 mod logs;
 mod metrics;
 pub(crate) mod package;
 mod pool;
+mod roster;
+mod sandbox_api;
+mod sandbox_exec;
+mod sandboxes;
 mod server;
 mod store;
+mod vm;
 
 /// What the fuzz targets in fuzz/ reach of this crate's private modules.
 #[cfg(feature = "fuzzing")]
@@ -32,8 +41,8 @@ use anyhow::Context;
 
 pub use access::{host_name, BadHostName};
 use access::{Hosts, Token, TOKEN_FILE};
-pub use instance::Machine;
 use server::Server;
+pub use vm::Machine;
 
 /// How often idle instances are looked at.
 const REAP_EVERY: Duration = Duration::from_secs(1);

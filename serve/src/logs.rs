@@ -40,6 +40,8 @@ impl Stream {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Line {
+    /// Its number in the app's logs, from 1 up: `after` takes the last one seen.
+    pub seq: u64,
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
     /// The call's ID (`x-invocation-id`); none for output outside any call.
@@ -49,7 +51,25 @@ pub struct Line {
 }
 
 #[derive(Default)]
-pub struct Logs(Mutex<VecDeque<Line>>);
+pub struct Logs(Mutex<Kept>);
+
+#[derive(Default)]
+struct Kept {
+    lines: VecDeque<Line>,
+    /// The number of the last line pushed.
+    seq: u64,
+}
+
+/// Which of the kept lines a reader wants.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Select<'a> {
+    /// Only those of this call.
+    pub invocation: Option<&'a str>,
+    /// Only those after this number.
+    pub after: u64,
+    /// Only the last this many (of those the other fields select).
+    pub limit: Option<usize>,
+}
 
 impl Logs {
     pub fn push(&self, invocation: Option<String>, stream: Stream, text: String) {
@@ -57,11 +77,14 @@ impl Logs {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
-        let mut lines = self.0.lock().unwrap();
-        if lines.len() == KEPT_LINES {
-            lines.pop_front();
+        let mut kept = self.0.lock().unwrap();
+        if kept.lines.len() == KEPT_LINES {
+            kept.lines.pop_front();
         }
-        lines.push_back(Line {
+        kept.seq += 1;
+        let seq = kept.seq;
+        kept.lines.push_back(Line {
+            seq,
             time_ms,
             invocation: invocation.map(|id| bounded(&id, MAX_INVOCATION_BYTES)),
             stream,
@@ -69,15 +92,19 @@ impl Logs {
         });
     }
 
-    /// The kept lines, oldest first; only those of `invocation` when given.
-    pub fn lines(&self, invocation: Option<&str>) -> Vec<Line> {
-        self.0
-            .lock()
-            .unwrap()
+    /// The kept lines `select` picks, oldest first.
+    pub fn lines(&self, select: Select) -> Vec<Line> {
+        let kept = self.0.lock().unwrap();
+        let mut picked: Vec<&Line> = kept
+            .lines
             .iter()
-            .filter(|l| invocation.is_none() || l.invocation.as_deref() == invocation)
-            .cloned()
-            .collect()
+            .filter(|l| l.seq > select.after)
+            .filter(|l| select.invocation.is_none() || l.invocation.as_deref() == select.invocation)
+            .collect();
+        if let Some(limit) = select.limit {
+            picked.drain(..picked.len().saturating_sub(limit));
+        }
+        picked.into_iter().cloned().collect()
     }
 }
 
@@ -105,7 +132,7 @@ mod tests {
             Stream::Stdout,
             format!("{}\n", "é".repeat(MAX_LINE_BYTES)),
         );
-        let line = &logs.lines(None)[0];
+        let line = &logs.lines(Select::default())[0];
         assert!(
             line.text.len() <= MAX_LINE_BYTES && line.text.ends_with(CUT_MARK),
             "{}",
@@ -114,7 +141,7 @@ mod tests {
         let id = line.invocation.as_ref().unwrap();
         assert!(id.len() <= MAX_INVOCATION_BYTES && id.ends_with(CUT_MARK));
         logs.push(None, Stream::Stdout, "short\n".into());
-        assert_eq!(logs.lines(None)[1].text, "short");
+        assert_eq!(logs.lines(Select::default())[1].text, "short");
     }
 
     #[test]
@@ -127,14 +154,34 @@ mod tests {
                 format!("{i}\n"),
             );
         }
-        let all = logs.lines(None);
+        let all = logs.lines(Select::default());
         assert_eq!(all.len(), KEPT_LINES);
         assert_eq!(all[0].text, "5");
+        let c1 = Select {
+            invocation: Some("c1"),
+            ..Select::default()
+        };
         assert!(logs
-            .lines(Some("c1"))
+            .lines(c1)
             .iter()
             .all(|l| l.invocation.as_deref() == Some("c1")));
-        assert_eq!(logs.lines(Some("c1")).len(), KEPT_LINES / 2);
+        assert_eq!(logs.lines(c1).len(), KEPT_LINES / 2);
+        // The last few, and those after the last one seen.
+        let last = all.last().unwrap().seq;
+        let tail = logs.lines(Select {
+            limit: Some(3),
+            ..c1
+        });
+        assert_eq!(tail.len(), 3);
+        // The last line is c0's; c1's are every other one.
+        let seqs: Vec<u64> = tail.iter().map(|l| l.seq).collect();
+        assert_eq!(seqs, [last - 5, last - 3, last - 1]);
+        let after = logs.lines(Select {
+            after: last - 4,
+            ..Select::default()
+        });
+        let seqs: Vec<u64> = after.iter().map(|l| l.seq).collect();
+        assert_eq!(seqs, [last - 3, last - 2, last - 1, last]);
     }
 
     #[test]

@@ -10,9 +10,11 @@ use std::time::Instant;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::instance::{AppSpec, BootError, Counted, Instance, Machine, Vms};
+use super::instance::{AppSpec, BootError, Instance};
 use super::logs::Logs;
 use super::package::Options;
+use super::roster::{self, Roster, State};
+use super::vm::{Machine, Vms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -33,7 +35,7 @@ pub struct Pool {
     /// Calls waiting for an instance or running.
     calls: AtomicUsize,
     /// Instances alive: idle, busy or booting.
-    instances: Arc<AtomicUsize>,
+    roster: Arc<Roster>,
     retired: AtomicBool,
 }
 
@@ -80,7 +82,7 @@ impl Pool {
             vms,
             idle: Mutex::new(VecDeque::new()),
             calls: AtomicUsize::new(0),
-            instances: Arc::new(AtomicUsize::new(0)),
+            roster: Arc::default(),
             retired: AtomicBool::new(false),
         }
     }
@@ -92,7 +94,7 @@ impl Pool {
             self.app.clone(),
             self.logs.clone(),
             self.vms.clone(),
-            Counted::new(&self.instances),
+            self.roster.join(),
         )
         .await
     }
@@ -124,6 +126,7 @@ impl Pool {
             Some(instance) => (instance, false),
             None => (self.boot().await?, true),
         };
+        instance.member.set(State::Busy);
         Ok(Lease {
             pool: self,
             instance: Some(instance),
@@ -136,6 +139,7 @@ impl Pool {
     /// Takes `instance` back (idle), or lets it stop when it is broken or the pool retired.
     pub fn put(&self, instance: Instance) {
         if instance.reusable() && !self.retired.load(Ordering::SeqCst) {
+            instance.member.set(State::Idle);
             self.idle.lock().unwrap().push_back(instance);
         }
     }
@@ -151,7 +155,7 @@ impl Pool {
     pub fn reap(&self, now: Instant) {
         let mut idle = self.idle.lock().unwrap();
         idle.retain(Instance::reusable);
-        while self.instances.load(Ordering::SeqCst) > self.options.min
+        while self.roster.len() > self.options.min
             && idle
                 .front()
                 .is_some_and(|i| now.duration_since(i.last_used) >= self.options.idle)
@@ -162,8 +166,7 @@ impl Pool {
 
     /// Whether fewer than `min` instances run (and the pool still serves).
     pub fn below_min(&self) -> bool {
-        !self.retired.load(Ordering::SeqCst)
-            && self.instances.load(Ordering::SeqCst) < self.options.min
+        !self.retired.load(Ordering::SeqCst) && self.roster.len() < self.options.min
     }
 
     /// Instances booted and idle: what the next calls get without a cold start.
@@ -172,6 +175,11 @@ impl Pool {
     }
 
     pub fn instances(&self) -> usize {
-        self.instances.load(Ordering::SeqCst)
+        self.roster.len()
+    }
+
+    /// Every instance alive, oldest first.
+    pub fn roster(&self) -> Vec<roster::Entry> {
+        self.roster.list()
     }
 }

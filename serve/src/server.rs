@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::instance::{self, Machine};
-use super::instance::{AppSpec, BootError, Exports, Vms, APP_DIR, RUNNER_JS, RUNNER_PATH};
+use super::instance::{self, AppSpec, BootError, Exports, APP_DIR, RUNNER_JS, RUNNER_PATH};
 use super::logs::Logs;
 use super::metrics::Metrics;
 use super::package::{self, Options};
 use super::pool::Pool;
+use super::sandboxes::Sandboxes;
 use super::store::{self, Meta, Store};
+use super::vm::{Machine, Vms};
 
 use sandbox::volume::{Mode, Volume};
 use vmm::runtime;
@@ -68,14 +69,18 @@ pub struct Server {
     /// Held only while a deploy swaps its version in, or a delete takes an app out.
     changes: tokio::sync::Mutex<()>,
     calls: AtomicU64,
+    /// The sandbox API's microVMs.
+    pub sandboxes: Sandboxes,
 }
 
 impl Server {
     /// A server of no app yet, booting VMs as `machine` says.
     pub fn new(machine: Machine) -> anyhow::Result<Server> {
+        let (machine, vms) = (Arc::new(machine), Vms::default());
         Ok(Server {
-            machine: Arc::new(machine),
-            vms: Vms::default(),
+            sandboxes: Sandboxes::new(machine.clone(), vms.clone()),
+            machine,
+            vms,
             store: Store::from_env()?,
             apps: RwLock::default(),
             metrics: Metrics::default(),
@@ -84,12 +89,14 @@ impl Server {
         })
     }
 
-    /// Retires every app and waits (at most `STOP_WAIT`) until no VM is left.
+    /// Retires every app, deletes every sandbox and waits (at most `STOP_WAIT`) until no VM
+    /// is left.
     pub fn shut_down(&self) {
         for (_, app) in self.apps() {
             app.current.pool.retire();
         }
         self.apps.write().unwrap().clear();
+        self.sandboxes.clear();
         if !self.vms.wait_none(STOP_WAIT) {
             eprintln!("nodeos-vm serve: some microVMs did not stop within {STOP_WAIT:?}");
         }
@@ -308,6 +315,7 @@ impl Server {
 
     /// Stops idle instances past their time; boots instances up to each app's `min`.
     pub fn reap(&self) {
+        self.sandboxes.reap();
         let now = Instant::now();
         for (name, app) in self.apps() {
             let pool = &app.current.pool;

@@ -1,6 +1,7 @@
 //! The `nodeos-vm` command line.
 
 mod build;
+mod cp;
 mod doctor;
 mod generated;
 mod image;
@@ -45,6 +46,8 @@ pub enum Command {
     Logs(vms::LogsArgs),
     /// Stop a detached VM.
     Stop(vms::IdArg),
+    /// Copy files between the host and a detached VM (ID:/PATH on one side).
+    Cp(cp::CpArgs),
     /// Host Node apps as functions over HTTP, each app in microVMs of its own (docs/serve.md).
     ///
     /// Example: nodeos-vm serve --listen 127.0.0.1:8080
@@ -81,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Exec(args) => vms::exec(args),
         Command::Logs(args) => vms::logs(args),
         Command::Stop(args) => vms::stop(args),
+        Command::Cp(args) => cp::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Users(command) => users::run(command),
         Command::Build(args) => build::run(args).map(|()| 0),

@@ -1,6 +1,7 @@
 //! The options every command that boots a VM shares (backend, memory, vCPUs, images,
 //! network, user, seccomp, jail), parsed and typed by clap, and the [`VmConfig`] they make.
 
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -13,8 +14,9 @@ use sandbox::templates::Templates;
 use sandbox::users::{DiskTools, UserDisk, Users};
 use sandbox::vm_config;
 use vmm::backend::{detect, qemu, Backend};
+use vmm::devices::virtio::net::passt;
 use vmm::jail::{IdRange, Jail};
-use vmm::vm::{HostLoopback, NetSpec, VmConfig};
+use vmm::vm::{HostLoopback, NetSpec, PublishedPort, VmConfig};
 
 /// Which machine monitor runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -49,6 +51,13 @@ pub struct VmArgs {
     /// or `tap:NAME`. Without it the guest has no network at all.
     #[arg(long, value_name = "user[,host-loopback[=PORT]]|tap:NAME", num_args = 0..=1, default_missing_value = "user", value_parser = parse_net)]
     pub net: Option<NetSpec>,
+    /// Publish a TCP port of the guest on this host, as docker's -p: a connection to
+    /// HOST_IP:HOST_PORT reaches a server listening on GUEST_PORT in the guest. HOST_IP is
+    /// 127.0.0.1 unless given (0.0.0.0: every address of this host). TCP only. Repeatable.
+    /// Without --net it turns on --net user (the guest then reaches the network too, as with
+    /// --net); not with --net tap. A host port in use is refused before the VM boots.
+    #[arg(short = 'p', long = "publish", value_name = "[HOST_IP:]HOST_PORT:GUEST_PORT", value_parser = parse_publish)]
+    pub publish: Vec<PublishedPort>,
     /// Trust the CA certificates of this PEM file in the guest (a TLS-intercepting proxy's):
     /// Node and npm read them from NODE_EXTRA_CA_CERTS, a read-only file. Repeatable. With
     /// --net, the CA file of this host's npm config (cafile) and this host's
@@ -104,8 +113,9 @@ impl VmArgs {
     /// command that boots a VM starts from (it sets the console, the shell, volumes and the
     /// agent). Builds the kernel and image first when they are missing.
     pub fn config(&self) -> anyhow::Result<(VmConfig, Held)> {
-        // Before anything is built: a bad CA file costs nothing.
-        let carry_host_ca = self.net.is_some() && !self.no_host_ca;
+        // Before anything is built: a bad CA file or a busy port costs nothing.
+        let net = self.net()?;
+        let carry_host_ca = net.is_some() && !self.no_host_ca;
         let ca = host_ca::bundle(&host_ca::ca_files(&self.ca_files, carry_host_ca))?;
         let (kernel, rootfs) = images(&self.images)?;
         let user = self.user_disk()?;
@@ -116,9 +126,9 @@ impl VmArgs {
             config.env.push(ca.env.clone());
         }
         config.user_disk = user.as_ref().map(|u| u.path().to_path_buf());
-        config.net = self.net.clone();
-        if let Some(registry) = sandbox::npm_registry::guest_registry(self.net.as_ref()) {
-            if let (Some(port), Some(NetSpec::User { host_loopback })) =
+        config.net = net;
+        if let Some(registry) = sandbox::npm_registry::guest_registry(config.net.as_ref()) {
+            if let (Some(port), Some(NetSpec::User { host_loopback, .. })) =
                 (registry.loopback_port, &mut config.net)
             {
                 open_registry_port(host_loopback, port);
@@ -134,6 +144,24 @@ impl VmArgs {
                 _ca: ca,
             },
         ))
+    }
+
+    /// The guest's network: `--net`'s, with the `--publish`ed ports (`--net user` when only
+    /// those are given), their host ports checked free.
+    fn net(&self) -> anyhow::Result<Option<NetSpec>> {
+        if self.publish.is_empty() {
+            return Ok(self.net.clone());
+        }
+        let mut net = self.net.clone().unwrap_or(NetSpec::USER);
+        match &mut net {
+            NetSpec::User { published, .. } => published.clone_from(&self.publish),
+            NetSpec::Tap(name) => bail!(
+                "--publish forwards ports through --net user; with --net tap:{name}, forward them \
+                 to the guest's address on this host yourself"
+            ),
+        }
+        passt::check_host_ports(&self.publish)?;
+        Ok(Some(net))
     }
 }
 
@@ -261,7 +289,50 @@ pub fn parse_net(text: &str) -> Result<NetSpec, String> {
             }
         }
     }
-    Ok(NetSpec::User { host_loopback })
+    Ok(NetSpec::User {
+        host_loopback,
+        published: Vec::new(),
+    })
+}
+
+/// The host address `--publish` listens on when none is given: this host's loopback, as
+/// nothing else of this host should reach the guest unless asked for.
+const PUBLISH_ADDRESS: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// `[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp]`. (clap names the value and the option before the
+/// message.)
+pub fn parse_publish(text: &str) -> Result<PublishedPort, String> {
+    const USAGE: &str = "write [HOST_IP:]HOST_PORT:GUEST_PORT, e.g. 8080:80 or 0.0.0.0:8080:80";
+    let spec = match text.rsplit_once('/') {
+        None => text,
+        Some((spec, "tcp")) => spec,
+        Some((_, "udp" | "sctp")) => {
+            return Err("only TCP ports are published (no UDP, no SCTP)".into())
+        }
+        Some(_) => return Err(USAGE.into()),
+    };
+    let port = |what: &str, port: &str| match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(format!(
+            "{what} {port:?} is not a TCP port (1-65535); {USAGE}"
+        )),
+    };
+    let (ip, host_port, guest_port) = match spec.split(':').collect::<Vec<_>>()[..] {
+        [host_port, guest_port] => (PUBLISH_ADDRESS, host_port, guest_port),
+        [ip, host_port, guest_port] => match ip.parse::<Ipv4Addr>() {
+            Ok(ip) => (ip, host_port, guest_port),
+            Err(_) => {
+                return Err(format!(
+                    "{ip:?} is not an IPv4 address (the guest's network is IPv4 only); {USAGE}"
+                ))
+            }
+        },
+        _ => return Err(USAGE.into()),
+    };
+    Ok(PublishedPort {
+        host: SocketAddrV4::new(ip, port("host port", host_port)?),
+        guest_port: port("guest port", guest_port)?,
+    })
 }
 
 /// Kernel and image options shared by the commands that boot a VM.
@@ -330,13 +401,15 @@ mod tests {
         assert_eq!(
             parse_net("user,host-loopback"),
             Ok(NetSpec::User {
-                host_loopback: HostLoopback::All
+                host_loopback: HostLoopback::All,
+                published: Vec::new(),
             })
         );
         assert_eq!(
             parse_net("user,host-loopback=4873,host-loopback=8080,host-loopback=4873"),
             Ok(NetSpec::User {
-                host_loopback: HostLoopback::TcpPorts(vec![4873, 8080])
+                host_loopback: HostLoopback::TcpPorts(vec![4873, 8080]),
+                published: Vec::new(),
             })
         );
         // Every port includes any one.
@@ -361,5 +434,50 @@ mod tests {
         ] {
             assert!(parse_net(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn published_ports() {
+        let published = |ip: [u8; 4], host_port, guest_port| PublishedPort {
+            host: SocketAddrV4::new(ip.into(), host_port),
+            guest_port,
+        };
+        assert_eq!(
+            parse_publish("8080:80"),
+            Ok(published([127, 0, 0, 1], 8080, 80))
+        );
+        assert_eq!(
+            parse_publish("0.0.0.0:3000:3000/tcp"),
+            Ok(published([0, 0, 0, 0], 3000, 3000))
+        );
+        assert_eq!(
+            parse_publish("192.168.1.5:65535:1"),
+            Ok(published([192, 168, 1, 5], 65535, 1))
+        );
+        assert_eq!(
+            parse_publish("127.0.0.1:8080:80").unwrap().to_string(),
+            "127.0.0.1:8080:80"
+        );
+        for bad in [
+            "",
+            "80",
+            "70000:80",
+            "80:70000",
+            "0:80",
+            "80:0",
+            "a:b",
+            "8080:",
+            ":80",
+            "localhost:8080:80",
+            "::1:8080:80",
+            "[::1]:8080:80",
+            "1.2.3.4:5:6:7",
+            "8080:80/tcp/tcp",
+            "8080:80/http",
+        ] {
+            assert!(parse_publish(bad).is_err(), "{bad}");
+        }
+        let udp = parse_publish("5353:53/udp").unwrap_err();
+        assert!(udp.contains("only TCP"), "{udp}");
     }
 }

@@ -335,17 +335,23 @@ pub fn ps(args: PsArgs) -> anyhow::Result<u8> {
 
 /// `nodeos-vm exec ID -- CMD`.
 pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
-    let (record, dir) = find(&args.id)?;
-    if !record.running {
-        bail!("VM {} is still booting; try again in a moment", record.id);
-    }
+    let socket = agent_socket(&args.id)?;
     let command = args
         .options
         .command(args.command.into_iter().map(OsString::into_vec).collect())?;
     // The keeper's end is seen as the agent connection closing.
     let never = EventFd::new(libc::EFD_NONBLOCK)?;
-    let outcome = agent::exec(&dir.join("agent.sock"), &command, &never, None)?;
+    let outcome = agent::exec(&socket, &command, &never, None)?;
     Ok(exit_status(&outcome, &command))
+}
+
+/// The agent socket of running VM `id` (a unique prefix of its ID).
+pub fn agent_socket(id: &str) -> anyhow::Result<PathBuf> {
+    let (record, dir) = find(id)?;
+    if !record.running {
+        bail!("VM {} is still booting; try again in a moment", record.id);
+    }
+    Ok(dir.join("agent.sock"))
 }
 
 /// `nodeos-vm logs ID`: the VM's console output so far, its control characters escaped

@@ -60,6 +60,7 @@ macro_rules! run_case_tests {
 pub mod cases;
 pub mod corpus;
 pub mod run_cases;
+pub mod serve;
 pub mod web;
 
 use std::io::Write;
@@ -242,4 +243,24 @@ pub fn npm_package(files: &[(&str, &str)]) -> Vec<u8> {
         .unwrap();
     assert!(status.success(), "tar czf failed");
     std::fs::read(tgz).unwrap()
+}
+
+/// `nodeos-vm ARGS` with its runtime folder in `runtime` (where detached VMs live), stdin
+/// empty, stdout and stderr piped; not waited for.
+pub fn spawn_in(runtime: &std::path::Path, args: &[&str]) -> std::process::Child {
+    Command::new(BIN)
+        .args(args)
+        .env("XDG_RUNTIME_DIR", runtime)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// [`spawn_in`], run to its end (killed after [`BOOT_LIMIT`]): its output.
+pub fn run_in(runtime: &std::path::Path, args: &[&str]) -> Output {
+    let child = spawn_in(runtime, args);
+    let _watchdog = Watchdog::new(child.id(), BOOT_LIMIT);
+    child.wait_with_output().unwrap()
 }

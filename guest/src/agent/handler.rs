@@ -41,6 +41,8 @@ const INPUT_MAX: usize = 4 + 1 + frame::MAX_PAYLOAD;
 const MAX_MESSAGE: usize = 4096;
 /// Without a pidfd (kernel < 5.3), how often the command is checked for its end.
 const EXIT_CHECK: Duration = Duration::from_millis(50);
+/// How long a finished exchange waits for the host to close its side (`Conn::linger`).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Who commands run as, and what they start with.
 #[derive(Debug, Clone)]
@@ -80,9 +82,18 @@ pub enum Outcome {
 }
 
 /// Serves one connection. Errors are the connection's own (the host went away while the
-/// agent was writing); everything else is answered on the connection.
+/// agent was writing); everything else is answered on the connection, which is then closed
+/// without losing the last reply ([`Conn::linger`]).
 pub fn serve(conn: OwnedFd, cfg: &Config) -> io::Result<Outcome> {
     let mut conn = Conn::new(conn)?;
+    let outcome = exchange(&mut conn, cfg)?;
+    if outcome == Outcome::Done {
+        conn.linger();
+    }
+    Ok(outcome)
+}
+
+fn exchange(conn: &mut Conn, cfg: &Config) -> io::Result<Outcome> {
     match conn.wait_request() {
         Ok(Some(Request::Hello {
             version: frame::VERSION,
@@ -109,7 +120,7 @@ pub fn serve(conn: OwnedFd, cfg: &Config) -> io::Result<Outcome> {
     let exec = match conn.wait_request() {
         Ok(Some(Request::Exec(exec))) => exec,
         Ok(Some(Request::Poweroff)) => return Ok(Outcome::Poweroff),
-        Ok(Some(Request::Export { path })) => return export_tree(&mut conn, &path),
+        Ok(Some(Request::Export { path })) => return export_tree(conn, &path),
         Ok(Some(other)) => {
             return conn.fail(
                 ErrorKind::Protocol,
@@ -124,7 +135,7 @@ pub fn serve(conn: OwnedFd, cfg: &Config) -> io::Result<Outcome> {
         Err(failure) => return conn.fail(failure.kind, failure.message),
     };
     conn.queue(&Reply::Started { pid: child.pid });
-    Running::new(child, &exec).run(&mut conn)
+    Running::new(child, &exec).run(conn)
 }
 
 /// A request's name, for error messages.
@@ -252,6 +263,34 @@ impl Conn {
                 return Ok(());
             }
             poll(&mut [pollfd(self.fd.as_fd(), libc::POLLOUT)], None)?;
+        }
+    }
+
+    /// Ends the exchange without losing its last reply: a socket closed with bytes it has not
+    /// read is reset, and the reset may discard the reply before the host reads it (a command
+    /// that exits while the host still sends its stdin). So the agent's side is shut for
+    /// writing (the host reads the reply, then the end), and what the host still sends is read
+    /// and dropped until it closes, for at most [`LINGER`].
+    fn linger(&mut self) {
+        // SAFETY: shutdown only changes the state of this socket.
+        if unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR) } != 0 {
+            return;
+        }
+        let deadline = Instant::now() + LINGER;
+        let mut buf = vec![0u8; frame::MAX_CHUNK];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero()
+                || poll(&mut [pollfd(self.fd.as_fd(), libc::POLLIN)], Some(left)).is_err()
+            {
+                return;
+            }
+            match sys::read(self.fd.as_fd(), &mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
         }
     }
 

@@ -15,21 +15,38 @@ const LOOPBACK: &str = "lo";
 /// The one NIC of a VM with a network.
 const ETHERNET: &str = "eth0";
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// The first port the guest's unprivileged user may listen on. 0: every port, as in a
+/// container (Docker's default too), so that a server on port 80 runs as `node`; there is no
+/// other user in the guest to keep the low ports from.
+const UNPRIVILEGED_PORT_START: (&str, &str) =
+    ("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
 
-/// Sets the hostname, brings the loopback up and, given a network, configures eth0 for it (with
-/// the Ethernet address given, or the device's own).
+/// Sets the hostname, lets the user listen on every port, brings the loopback up and, given a
+/// network, configures eth0 for it (with the Ethernet address given, or the device's own).
 pub fn setup(hostname: &str, net: Option<(&NetConfig, Option<[u8; 6]>)>) -> Result<()> {
     set_hostname(hostname)?;
+    sysctl(UNPRIVILEGED_PORT_START)?;
     let sock = inet_socket().context(|| "socket for network set-up".into())?;
     bring_up(&sock, LOOPBACK)?;
     if let Some((net, mac)) = net {
         if let Some(mac) = mac {
             set_mac(&sock, ETHERNET, mac)?;
         }
+        // The host's user-mode network (passt) sends a connection to a published port to the
+        // guest's Ethernet address, which it learns from the guest's first frame: eth0 says
+        // who it is (a gratuitous ARP) as it comes up, so a guest that has sent nothing yet
+        // is reached too.
+        let arp_notify = format!("/proc/sys/net/ipv4/conf/{ETHERNET}/arp_notify");
+        sysctl((&arp_notify, "1"))?;
         configure(&sock, ETHERNET, net)?;
         std::fs::write(RESOLV_CONF, resolv_conf(net)).context(|| format!("write {RESOLV_CONF}"))?;
     }
     Ok(())
+}
+
+/// Writes `value` to the kernel parameter at `path` (under /proc/sys).
+fn sysctl((path, value): (&str, &str)) -> Result<()> {
+    std::fs::write(path, value).context(|| format!("write {value} to {path}"))
 }
 
 fn set_hostname(name: &str) -> Result<()> {

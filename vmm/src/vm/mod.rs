@@ -13,4 +13,4 @@ pub use config::{
 };
 pub use console::{ConsoleIo, ConsoleReady};
 pub use outcome::{RunReport, StopSignal, VmExit};
-pub use spec::{Device, Disk, HostLoopback, NetSpec, Start, VmSpec};
+pub use spec::{Device, Disk, HostLoopback, NetSpec, PublishedPort, Start, VmSpec};

@@ -1,6 +1,8 @@
 //! What a backend boots: a kernel, its command line, memory, vCPUs and an ordered list of
 //! devices. Built from a [`super::VmConfig`], which decides every guest-visible detail.
 
+use std::fmt;
+use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -103,16 +105,39 @@ pub enum NetSpec {
     /// (the guest is 10.0.2.15/24, its gateway 10.0.2.2, DNS 10.0.2.3). What the guest may
     /// reach of the host's loopback through the gateway is `host_loopback`; the loopback itself
     /// (127.0.0.0/8, 0.0.0.0/8) is never a destination (devices::virtio::net::guard).
-    User { host_loopback: HostLoopback },
+    /// `published`: the host's TCP ports that passt listens on and forwards to the guest's.
+    User {
+        host_loopback: HostLoopback,
+        published: Vec<PublishedPort>,
+    },
     /// An existing TAP interface of the host, by name.
     Tap(String),
 }
 
 impl NetSpec {
-    /// User-mode NAT that keeps the host's loopback out of the guest's reach.
+    /// User-mode NAT that keeps the host's loopback out of the guest's reach, and publishes
+    /// no port.
     pub const USER: NetSpec = NetSpec::User {
         host_loopback: HostLoopback::Closed,
+        published: Vec::new(),
     };
+}
+
+/// A TCP port of the host forwarded to one of the guest's (`--publish`): a connection to `host`
+/// reaches the guest's `guest_port`. Inbound only: what the guest may reach is
+/// [`HostLoopback`]'s and the NAT's, whatever is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    /// The address and port passt listens on (127.0.0.1 unless the user names another).
+    pub host: SocketAddrV4,
+    pub guest_port: u16,
+}
+
+impl fmt::Display for PublishedPort {
+    /// As `--publish` takes it: `HOST_IP:HOST_PORT:GUEST_PORT`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.guest_port)
+    }
 }
 
 /// What of the host's loopback (127.0.0.1) a guest with user-mode networking reaches through

@@ -93,7 +93,7 @@ impl Session {
     }
 
     fn finish(self) -> Outcome {
-        // The connection closes after the final reply.
+        // The agent's side ends after the final reply; it then waits for ours to close.
         let mut rest = Vec::new();
         (&self.host).read_to_end(&mut rest).unwrap();
         assert!(
@@ -101,6 +101,7 @@ impl Session {
             "{} bytes after the final reply",
             rest.len()
         );
+        drop(self.host);
         self.server.join().unwrap().unwrap()
     }
 }
@@ -470,35 +471,47 @@ fn request_env_overrides_by_name() {
     assert!(command::merge_env(&base, &argv(&["=x"])).is_err());
 }
 
+impl Session {
+    /// A connection through the channel multiplexer (the virtio-serial transport), its two
+    /// ends linked by a socket pair, its sockets in `dir`.
+    fn through_mux(dir: &Path) -> Self {
+        use contract::hybrid;
+        use contract::mux::{self, Role};
+        use std::os::unix::net::UnixListener;
+
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+        let (host_link, guest_link) = UnixStream::pair().unwrap();
+        let host_path = dir.join("agent.sock");
+        let guest_path = dir.join("vsock");
+        for (link, path, role) in [
+            (host_link, host_path.clone(), Role::Host),
+            (guest_link, guest_path.clone(), Role::Guest),
+        ] {
+            let listener = UnixListener::bind(&path).unwrap();
+            thread::spawn(move || mux::run(link.into(), listener, path, role, None));
+        }
+        // The agent's side: one connection, served.
+        let agent = UnixListener::bind(hybrid::host_listener_path(&guest_path, 1024)).unwrap();
+        let server = thread::spawn(move || {
+            let (conn, _) = agent.accept().unwrap();
+            serve(conn.into(), &config("/"))
+        });
+        let host = hybrid::connect(&host_path, 1024).unwrap();
+        host.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        Session { host, server }
+    }
+}
+
+fn mux_dir(test: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("nodeos-agent-{test}-{}", std::process::id()))
+}
+
 #[test]
 fn through_the_channel_multiplexer() {
-    use contract::hybrid;
-    use contract::mux::{self, Role};
-    use std::os::unix::net::UnixListener;
-
-    let dir = std::env::temp_dir().join(format!("nodeos-agent-mux-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (host_link, guest_link) = UnixStream::pair().unwrap();
-    let host_path = dir.join("agent.sock");
-    let guest_path = dir.join("vsock");
-    for (link, path, role) in [
-        (host_link, host_path.clone(), Role::Host),
-        (guest_link, guest_path.clone(), Role::Guest),
-    ] {
-        let listener = UnixListener::bind(&path).unwrap();
-        thread::spawn(move || mux::run(link.into(), listener, path, role, None));
-    }
-    // The agent's side: one connection, served.
-    let agent = UnixListener::bind(hybrid::host_listener_path(&guest_path, 1024)).unwrap();
-    let server = thread::spawn(move || {
-        let (conn, _) = agent.accept().unwrap();
-        serve(conn.into(), &config("/"))
-    });
-    let host = hybrid::connect(&host_path, 1024).unwrap();
-    host.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let mut session = Session { host, server };
+    let dir = mux_dir("mux");
+    let mut session = Session::through_mux(&dir);
     session.hello();
     session.send(&Request::Exec(Exec {
         argv: argv(&["sh", "-c", "cat; echo done >&2; exit 5"]),
@@ -519,6 +532,37 @@ fn through_the_channel_multiplexer() {
     assert!(out == data, "{} of {} bytes", out.len(), data.len());
     assert_eq!((err, last), (b"done\n".to_vec(), Reply::Exited(5)));
     session.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A command that exits while the host still sends its stdin, through the multiplexer: the
+/// host gets the exit status all the same (the agent reads and drops the rest before it
+/// closes: a connection closed with unread bytes is torn down, its reply with it).
+#[test]
+fn the_end_reaches_a_host_still_sending_stdin() {
+    let dir = mux_dir("linger");
+    for _ in 0..10 {
+        let mut session = Session::through_mux(&dir);
+        session.hello();
+        session.send(&Request::Exec(Exec {
+            stdin: true,
+            ..sh("exit 3")
+        }));
+        let mut writer = session.host.try_clone().unwrap();
+        let feeder = thread::spawn(move || {
+            let chunk = vec![7u8; frame::MAX_CHUNK];
+            for _ in 0..(8 << 20) / frame::MAX_CHUNK {
+                if frame::write_request(&mut writer, &Request::Stdin(chunk.clone())).is_err() {
+                    return;
+                }
+            }
+        });
+        let (_, _, last) = session.collect();
+        assert_eq!(last, Reply::Exited(3));
+        drop(session.host);
+        feeder.join().unwrap();
+        assert_eq!(session.server.join().unwrap().unwrap(), Outcome::Done);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -10,6 +10,13 @@
 //! - IPv4 to the gateway (contract::net::GATEWAY, the host's loopback when mapped) passes as
 //!   [`HostLoopback`] says; a TCP segment to a port that is not open is answered with a reset,
 //!   so the guest's connection is refused at once, and anything else to it is dropped;
+//! - but the guest's side of a connection made to a published port ([`PublishedPort`]) passes:
+//!   passt presents a connection from the host's loopback (or from the host's own address) as
+//!   one from the gateway, so the guest answers the gateway from the published port. What
+//!   passes so is every TCP segment from a published port but a SYN without ACK: passt opens a
+//!   connection to the host only for that one (`tcp_tap_handler`), and takes any other segment
+//!   for a connection it already has (one from a host client to the published port) or
+//!   ignores it, so nothing of the loopback opens through a published port;
 //! - ARP passes, and so does other IPv4; every other EtherType (IPv6 among them: passt runs
 //!   IPv4 only) is dropped.
 
@@ -18,7 +25,7 @@ use std::net::Ipv4Addr;
 use contract::net::GATEWAY;
 
 use super::ETH_HLEN;
-use crate::vm::HostLoopback;
+use crate::vm::{HostLoopback, PublishedPort};
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_ARP: u16 = 0x0806;
@@ -51,11 +58,16 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct Guard {
     host_loopback: HostLoopback,
+    /// The guest's ports that connections from the host reach (`published`'s guest ports).
+    published: Vec<u16>,
 }
 
 impl Guard {
-    pub fn new(host_loopback: HostLoopback) -> Guard {
-        Guard { host_loopback }
+    pub fn new(host_loopback: HostLoopback, published: &[PublishedPort]) -> Guard {
+        Guard {
+            host_loopback,
+            published: published.iter().map(|p| p.guest_port).collect(),
+        }
     }
 
     /// What becomes of `frame`, an Ethernet frame the guest sent.
@@ -93,7 +105,7 @@ impl Guard {
         let Some(tcp) = Tcp::parse(ip.payload) else {
             return Verdict::Drop;
         };
-        if tcp_ports.contains(&tcp.destination_port) {
+        if tcp_ports.contains(&tcp.destination_port) || self.answers_a_published_port(&tcp) {
             Verdict::Pass
         } else if tcp.flags & TCP_RST != 0 {
             // Never answer a reset (RFC 9293, 3.10.7.1).
@@ -101,6 +113,13 @@ impl Guard {
         } else {
             Verdict::Refuse(reset(frame, &ip, &tcp))
         }
+    }
+
+    /// Whether `tcp` is the guest's side of a connection to one of its published ports: from
+    /// such a port, and anything but the SYN that would open a connection of its own.
+    fn answers_a_published_port(&self, tcp: &Tcp) -> bool {
+        let opens = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        self.published.contains(&tcp.source_port) && !opens
     }
 }
 
@@ -284,6 +303,16 @@ mod tests {
         GATEWAY.octets()
     }
 
+    /// A TCP segment from the guest's port `sport` to the gateway's `port`.
+    fn from_port(sport: u16, port: u16, flags: u8) -> Vec<u8> {
+        let mut segment = tcp(port, flags, 0, &[]);
+        segment[0..2].copy_from_slice(&sport.to_be_bytes());
+        ethernet(
+            ETHERTYPE_IPV4,
+            &ipv4(gateway(), PROTO_TCP, DONT_FRAGMENT, &segment),
+        )
+    }
+
     #[test]
     fn the_hosts_loopback_is_never_a_destination() {
         for host_loopback in [
@@ -291,7 +320,7 @@ mod tests {
             HostLoopback::TcpPorts(vec![80]),
             HostLoopback::All,
         ] {
-            let guard = Guard::new(host_loopback);
+            let guard = Guard::new(host_loopback, &[]);
             for dst in [[127, 0, 0, 1], [127, 1, 2, 3], [0, 0, 0, 0], [0, 1, 2, 3]] {
                 assert_eq!(
                     guard.check(&tcp_frame(dst, 80, TCP_SYN)),
@@ -306,7 +335,7 @@ mod tests {
 
     #[test]
     fn other_destinations_and_arp_pass_other_ethertypes_do_not() {
-        let guard = Guard::new(HostLoopback::Closed);
+        let guard = Guard::new(HostLoopback::Closed, &[]);
         for dst in [
             [93, 184, 216, 34],
             [192, 0, 2, 2],
@@ -330,7 +359,7 @@ mod tests {
 
     #[test]
     fn malformed_ipv4_is_dropped() {
-        let guard = Guard::new(HostLoopback::All);
+        let guard = Guard::new(HostLoopback::All, &[]);
         let good = ipv4([1, 1, 1, 1], PROTO_TCP, 0, &tcp(80, TCP_SYN, 0, &[]));
         assert_eq!(guard.check(&ethernet(ETHERTYPE_IPV4, &good)), Verdict::Pass);
         let mut bad_version = good.clone();
@@ -346,7 +375,7 @@ mod tests {
 
     #[test]
     fn a_closed_gateway_refuses_tcp_and_drops_the_rest() {
-        let guard = Guard::new(HostLoopback::Closed);
+        let guard = Guard::new(HostLoopback::Closed, &[]);
         assert!(matches!(
             guard.check(&tcp_frame(gateway(), 4873, TCP_SYN)),
             Verdict::Refuse(_)
@@ -363,7 +392,7 @@ mod tests {
         );
         assert_eq!(guard.check(&icmp), Verdict::Drop);
         // A fragment is never read as a TCP header, even one that looks like an open port's.
-        let open = Guard::new(HostLoopback::TcpPorts(vec![4873]));
+        let open = Guard::new(HostLoopback::TcpPorts(vec![4873]), &[]);
         let fragment = ipv4(gateway(), PROTO_TCP, 0x2000, &tcp(4873, TCP_SYN, 0, &[]));
         assert_eq!(
             open.check(&ethernet(ETHERTYPE_IPV4, &fragment)),
@@ -373,7 +402,7 @@ mod tests {
 
     #[test]
     fn open_ports_pass_others_are_refused() {
-        let guard = Guard::new(HostLoopback::TcpPorts(vec![4873, 8080]));
+        let guard = Guard::new(HostLoopback::TcpPorts(vec![4873, 8080]), &[]);
         for port in [4873, 8080] {
             assert_eq!(
                 guard.check(&tcp_frame(gateway(), port, TCP_SYN)),
@@ -390,14 +419,63 @@ mod tests {
         ));
         let udp = ethernet(ETHERTYPE_IPV4, &ipv4(gateway(), 17, 0, &[0; 8]));
         assert_eq!(guard.check(&udp), Verdict::Drop);
-        let all = Guard::new(HostLoopback::All);
+        let all = Guard::new(HostLoopback::All, &[]);
         assert_eq!(all.check(&tcp_frame(gateway(), 22, TCP_SYN)), Verdict::Pass);
         assert_eq!(all.check(&udp), Verdict::Pass);
     }
 
     #[test]
+    fn a_published_port_answers_the_gateway_and_opens_nothing() {
+        let published = [PublishedPort {
+            host: "127.0.0.1:8080".parse().unwrap(),
+            guest_port: 80,
+        }];
+        for host_loopback in [HostLoopback::Closed, HostLoopback::TcpPorts(vec![4873])] {
+            let guard = Guard::new(host_loopback, &published);
+            // The guest's side of a connection from the host: its SYN-ACK, ACKs, data, FIN
+            // and resets.
+            for flags in [
+                TCP_SYN | TCP_ACK,
+                TCP_ACK,
+                TCP_ACK | TCP_FIN,
+                TCP_RST,
+                TCP_RST | TCP_ACK,
+            ] {
+                assert_eq!(
+                    guard.check(&from_port(80, 51000, flags)),
+                    Verdict::Pass,
+                    "{flags:#x}"
+                );
+            }
+            // A connection of the guest's own, from the published port or any other: refused.
+            assert!(matches!(
+                guard.check(&from_port(80, 22, TCP_SYN)),
+                Verdict::Refuse(_)
+            ));
+            assert!(matches!(
+                guard.check(&from_port(81, 51000, TCP_ACK)),
+                Verdict::Refuse(_)
+            ));
+            // Nor does anything but TCP pass from it.
+            let mut udp = [0u8; 8];
+            udp[0..2].copy_from_slice(&80u16.to_be_bytes());
+            let udp = ethernet(ETHERTYPE_IPV4, &ipv4(gateway(), 17, 0, &udp));
+            assert_eq!(guard.check(&udp), Verdict::Drop);
+        }
+        // The loopback itself is still no destination.
+        let guard = Guard::new(HostLoopback::Closed, &published);
+        let mut segment = tcp(51000, TCP_ACK, 0, &[]);
+        segment[0..2].copy_from_slice(&80u16.to_be_bytes());
+        let to_loopback = ethernet(
+            ETHERTYPE_IPV4,
+            &ipv4([127, 0, 0, 1], PROTO_TCP, DONT_FRAGMENT, &segment),
+        );
+        assert_eq!(guard.check(&to_loopback), Verdict::Drop);
+    }
+
+    #[test]
     fn the_reset_answers_the_segment_with_valid_checksums() {
-        let guard = Guard::new(HostLoopback::Closed);
+        let guard = Guard::new(HostLoopback::Closed, &[]);
         // A SYN with 3 bytes of data: acknowledged as 1000 + 1 + 3.
         let syn = ethernet(
             ETHERTYPE_IPV4,

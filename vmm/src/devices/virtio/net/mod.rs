@@ -79,8 +79,11 @@ impl HostEnd {
     /// TAP interface, for `spec`.
     pub fn open(spec: &NetSpec, helpers: HelperThreads) -> Result<HostEnd, Error> {
         Ok(match spec {
-            NetSpec::User { host_loopback } => {
-                let (sock, passt) = passt::spawn(host_loopback, helpers)?;
+            NetSpec::User {
+                host_loopback,
+                published,
+            } => {
+                let (sock, passt) = passt::spawn(host_loopback, published, helpers)?;
                 HostEnd {
                     fd: sock.into(),
                     passt: Some(passt),

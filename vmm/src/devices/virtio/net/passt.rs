@@ -2,7 +2,9 @@
 //! ARP and DHCP for the network, forwards DNS sent to 10.0.2.3 to the host's resolver, and,
 //! only when the user opens the host's loopback ([`HostLoopback`]), maps the gateway 10.0.2.2
 //! to it (connections to 10.0.2.2:P reach 127.0.0.1:P on the host; `--no-map-gw` otherwise).
-//! Everything else leaves through the host's own sockets.
+//! Everything else leaves through the host's own sockets. Inbound, it listens on the host
+//! addresses of the published ports ([`PublishedPort`], `-t ADDR/PORT:GUEST_PORT`) and makes
+//! each connection there one to the guest's port.
 //!
 //! passt gets one end of a socket pair (`--fd`), so no socket path is involved, and exits when
 //! its other end closes; it is killed and reaped with the device anyway, and dies with us. That
@@ -10,7 +12,9 @@
 //! each of the guest's through the [`Guard`] first, which is what keeps the host's loopback
 //! out of reach (guard.rs says why passt's options alone do not).
 
+use std::collections::HashSet;
 use std::io::{self, Read};
+use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -27,7 +31,7 @@ use super::{Link, Stream};
 use crate::devices::lock;
 use crate::host_packages::{self, HostPackageError};
 use crate::seccomp::ThreadKind;
-use crate::vm::HostLoopback;
+use crate::vm::{HostLoopback, PublishedPort};
 
 /// The MTU the guest uses (the kernel's default); passt offers it over DHCP too.
 const MTU: u16 = 1500;
@@ -51,6 +55,20 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "cannot publish {port}: host port {} is already in use; stop what listens there or \
+         publish another host port",
+        port.host
+    )]
+    PortBusy { port: PublishedPort },
+    #[error("cannot publish {port}: cannot listen on {} on this host", port.host)]
+    CannotListen {
+        port: PublishedPort,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot publish {port}: host port {} is published twice", port.host.port())]
+    PublishedTwice { port: PublishedPort },
 }
 
 /// A running passt, killed and reaped when dropped.
@@ -88,9 +106,30 @@ impl Drop for Process {
     }
 }
 
+/// Checks that passt can listen on the host side of every port of `published`, by listening
+/// there (and closing at once), before anything is started: passt would exit on the first it
+/// cannot bind, leaving the guest without a network. passt takes each host port once, whatever
+/// its address.
+pub fn check_host_ports(published: &[PublishedPort]) -> Result<(), Error> {
+    let mut seen = HashSet::new();
+    for &port in published {
+        if !seen.insert(port.host.port()) {
+            return Err(Error::PublishedTwice { port });
+        }
+        // std sets SO_REUSEADDR, as passt does: a port with connections still in TIME_WAIT is
+        // free to both.
+        match TcpListener::bind(port.host) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(Error::PortBusy { port }),
+            Err(source) => return Err(Error::CannotListen { port, source }),
+        }
+    }
+    Ok(())
+}
+
 /// passt's command line: our network, IPv4 only, talking over descriptor `fd`, the gateway
-/// mapped to the host's loopback only when some of it is open.
-fn args(fd: i32, host_loopback: &HostLoopback) -> Vec<String> {
+/// mapped to the host's loopback only when some of it is open, and the published ports.
+fn args(fd: i32, host_loopback: &HostLoopback, published: &[PublishedPort]) -> Vec<String> {
     let mut args: Vec<String> = ["--fd", &fd.to_string(), "--foreground", "--quiet"]
         .map(String::from)
         .into();
@@ -110,6 +149,15 @@ fn args(fd: i32, host_loopback: &HostLoopback) -> Vec<String> {
     // Which ports of the loopback are open is the guard's to enforce; passt maps them all.
     if *host_loopback == HostLoopback::Closed {
         args.push("--no-map-gw".into());
+    }
+    for port in published {
+        args.push("--tcp-ports".into());
+        args.push(format!(
+            "{}/{}:{}",
+            port.host.ip(),
+            port.host.port(),
+            port.guest_port
+        ));
     }
     args
 }
@@ -137,20 +185,23 @@ impl HelperThreads {
     }
 }
 
-/// Starts passt for a guest that may reach `host_loopback` of the host's loopback; returns the
-/// VM's end of the link (frames go through the guard to passt, and back), and passt, which runs
-/// until the [`Process`] is dropped.
+/// Starts passt for a guest that may reach `host_loopback` of the host's loopback, with
+/// `published` forwarded to it; returns the VM's end of the link (frames go through the guard
+/// to passt, and back), and passt, which runs until the [`Process`] is dropped.
 pub fn spawn(
     host_loopback: &HostLoopback,
+    published: &[PublishedPort],
     helpers: HelperThreads,
 ) -> Result<(UnixStream, Process), Error> {
     host_packages::ensure(PASST, "passt")?;
+    // Once more, right before passt binds them: the caller's check was maybe long ago.
+    check_host_ports(published)?;
     let (ours, theirs) = UnixStream::pair().map_err(Error::Socket)?;
     let (vm_end, relay_end) = UnixStream::pair().map_err(Error::Socket)?;
     let fd = theirs.as_raw_fd();
     let mut command = Command::new(PASST);
     command
-        .args(args(fd, host_loopback))
+        .args(args(fd, host_loopback, published))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -189,7 +240,7 @@ pub fn spawn(
         })?;
     let vm = Stream::new(relay_end, None).map_err(Error::Socket)?;
     let passt = Stream::new(ours, None).map_err(Error::Socket)?;
-    let guard = Guard::new(host_loopback.clone());
+    let guard = Guard::new(host_loopback.clone(), published);
     // It ends when either side closes: the VM's link, or passt (killed with the Process).
     thread::Builder::new()
         .name(ThreadKind::PasstRelay.name().into())
@@ -278,14 +329,73 @@ mod tests {
 
     #[test]
     fn the_gateway_is_mapped_only_when_some_of_the_loopback_is_open() {
-        let closed = args(3, &HostLoopback::Closed);
+        let closed = args(3, &HostLoopback::Closed, &[]);
         assert_eq!(closed[..2], ["--fd", "3"]);
         assert!(closed.iter().any(|a| a == "--no-map-gw"), "{closed:?}");
         for open in [HostLoopback::TcpPorts(vec![4873]), HostLoopback::All] {
-            let args = args(3, &open);
+            let args = args(3, &open, &[]);
             assert!(!args.iter().any(|a| a == "--no-map-gw"), "{args:?}");
         }
         let gateway = closed.iter().position(|a| a == "--gateway").unwrap();
         assert_eq!(closed[gateway + 1], "10.0.2.2");
+        assert!(!closed.iter().any(|a| a == "--tcp-ports"), "{closed:?}");
+    }
+
+    #[test]
+    fn published_ports_are_passts_tcp_ports() {
+        let published = [
+            PublishedPort {
+                host: "127.0.0.1:8080".parse().unwrap(),
+                guest_port: 80,
+            },
+            PublishedPort {
+                host: "0.0.0.0:3000".parse().unwrap(),
+                guest_port: 3000,
+            },
+        ];
+        let args = args(3, &HostLoopback::Closed, &published);
+        let ports: Vec<_> = args
+            .windows(2)
+            .filter(|w| w[0] == "--tcp-ports")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(ports, ["127.0.0.1/8080:80", "0.0.0.0/3000:3000"]);
+    }
+
+    #[test]
+    fn a_host_port_in_use_or_published_twice_is_refused() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = PublishedPort {
+            host: match taken.local_addr().unwrap() {
+                std::net::SocketAddr::V4(addr) => addr,
+                other => panic!("{other}"),
+            },
+            guest_port: 80,
+        };
+        let err = check_host_ports(&[busy]).unwrap_err();
+        assert!(matches!(err, Error::PortBusy { .. }), "{err}");
+        let port = busy.host.port();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot publish 127.0.0.1:{port}:80: host port 127.0.0.1:{port} is already in \
+                 use; stop what listens there or publish another host port"
+            )
+        );
+        drop(taken);
+        check_host_ports(&[busy]).unwrap();
+        let elsewhere = PublishedPort {
+            host: format!("0.0.0.0:{port}").parse().unwrap(),
+            guest_port: 81,
+        };
+        let err = check_host_ports(&[busy, elsewhere]).unwrap_err();
+        assert!(matches!(err, Error::PublishedTwice { .. }), "{err}");
+        // An address this host does not have.
+        let foreign = PublishedPort {
+            host: "192.0.2.1:8080".parse().unwrap(),
+            guest_port: 80,
+        };
+        let err = check_host_ports(&[foreign]).unwrap_err();
+        assert!(matches!(err, Error::CannotListen { .. }), "{err}");
     }
 }

@@ -19,7 +19,7 @@ use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::test_util::{self, add_chain, used, used_idx};
 use crate::devices::virtio::{BackendWork, VIRTIO_F_VERSION_1};
 use crate::memory::{GuestMemory, SharedMemory};
-use crate::vm::HostLoopback;
+use crate::vm::{HostLoopback, PublishedPort};
 
 /// Queue structures: receive at 0, transmit at 0x4000; buffers from 0x1_0000.
 const TXQ: u64 = 0x4000;
@@ -509,7 +509,8 @@ fn passt_answers_arp_and_takes_the_gateway_to_the_host() {
         return;
     }
     let mem = test_util::memory();
-    let (sock, process) = passt::spawn(&HostLoopback::All, passt::HelperThreads::Filtered).unwrap();
+    let (sock, process) =
+        passt::spawn(&HostLoopback::All, &[], passt::HelperThreads::Filtered).unwrap();
     let dev = Net::new(Stream::new(sock, Some(process)).unwrap(), DEFAULT_MAC).unwrap();
     let vqs = [
         MockSplitQueue::create(&mem, GuestAddress(0), test_util::QUEUE_SIZE),
@@ -570,16 +571,35 @@ fn passt_answers_arp_and_takes_the_gateway_to_the_host() {
 /// Ethernet + IPv4 + TCP SYN from the guest's 10.0.2.15:`sport` to `dst`:`dport`, as a guest
 /// that forges its frames can send it (checksums are not passt's to check).
 fn tcp_syn(dst_mac: &[u8], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    tcp_segment(dst_mac, dst, (sport, dport), (1000, 0), TCP_SYN, &[])
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_PSH: u8 = 0x08;
+const TCP_ACK: u8 = 0x10;
+
+/// Ethernet + IPv4 + TCP from the guest's 10.0.2.15:`ports.0` to `dst`:`ports.1`, with sequence
+/// and acknowledgment numbers `numbers`, `flags` and `data` (checksums left out, as above).
+fn tcp_segment(
+    dst_mac: &[u8],
+    dst: [u8; 4],
+    ports: (u16, u16),
+    numbers: (u32, u32),
+    flags: u8,
+    data: &[u8],
+) -> Vec<u8> {
     let mut f = dst_mac.to_vec();
     f.extend_from_slice(&DEFAULT_MAC);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.extend_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 2, 15]);
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+    f.extend_from_slice(&((40 + data.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 2, 15]);
     f.extend_from_slice(&dst);
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&[
-        0, 0, 0x03, 0xe8, 0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0,
-    ]);
+    f.extend_from_slice(&ports.0.to_be_bytes());
+    f.extend_from_slice(&ports.1.to_be_bytes());
+    f.extend_from_slice(&numbers.0.to_be_bytes());
+    f.extend_from_slice(&numbers.1.to_be_bytes());
+    f.extend_from_slice(&[0x50, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+    f.extend_from_slice(data);
     f
 }
 
@@ -593,7 +613,15 @@ struct PasstLink {
 
 impl PasstLink {
     fn new(host_loopback: HostLoopback) -> PasstLink {
-        let (sock, passt) = passt::spawn(&host_loopback, passt::HelperThreads::Filtered).unwrap();
+        PasstLink::publishing(host_loopback, &[])
+    }
+
+    /// A link whose passt forwards `published` to the guest (which sends the first frame, an
+    /// ARP request, as a guest does when it comes up: passt sends to the guest's Ethernet
+    /// address once it has seen it).
+    fn publishing(host_loopback: HostLoopback, published: &[PublishedPort]) -> PasstLink {
+        let (sock, passt) =
+            passt::spawn(&host_loopback, published, passt::HelperThreads::Filtered).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let mut link = PasstLink {
@@ -718,6 +746,65 @@ fn forged_frames_never_reach_the_hosts_loopback() {
     assert!(accepted(&other));
     assert_eq!(link.connect([127, 0, 0, 1], port, 40021), None);
     assert!(!accepted(&listener));
+}
+
+/// A connection to a published port of the host reaches the guest's port, from the gateway,
+/// and the guest's answers from that port reach the host's client; the port opens nothing of
+/// the host's loopback to the guest.
+#[test]
+fn a_published_port_reaches_the_guest_and_opens_nothing() {
+    if !passt_installed() {
+        return;
+    }
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = match free.local_addr().unwrap() {
+        std::net::SocketAddr::V4(addr) => addr,
+        other => panic!("{other}"),
+    };
+    drop(free);
+    let guest_port = 8080;
+    let mut link =
+        PasstLink::publishing(HostLoopback::Closed, &[PublishedPort { host, guest_port }]);
+    let client = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(host).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = [0u8; 17];
+        stream.read_exact(&mut answer).unwrap();
+        answer
+    });
+    let gateway = contract::net::GATEWAY.octets();
+    let syn = link
+        .frames_within(Duration::from_secs(10))
+        .into_iter()
+        .find(|f| f[12..14] == [0x08, 0x00] && f[23] == 6 && f[47] == TCP_SYN)
+        .expect("passt's SYN to the guest");
+    assert_eq!(syn[26..30], gateway, "from the gateway");
+    assert_eq!(syn[30..34], [10, 0, 2, 15], "to the guest");
+    assert_eq!(syn[36..38], guest_port.to_be_bytes(), "to its port");
+    let their_port = u16::from_be_bytes([syn[34], syn[35]]);
+    let their_seq = u32::from_be_bytes(syn[38..42].try_into().unwrap());
+    let gateway_mac = link.gateway_mac.clone();
+    let ports = (guest_port, their_port);
+    let answer = |numbers, flags, data: &[u8]| {
+        tcp_segment(&gateway_mac, gateway, ports, numbers, flags, data)
+    };
+    link.send(&answer((5000, their_seq + 1), TCP_SYN | TCP_ACK, &[]));
+    link.send(&answer(
+        (5001, their_seq + 1),
+        TCP_PSH | TCP_ACK,
+        b"hi from the guest",
+    ));
+    assert_eq!(&client.join().unwrap(), b"hi from the guest");
+
+    // From the published port, the guest still opens no connection to the loopback.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert_eq!(link.connect(gateway, port, guest_port), Some(0x14));
+    assert_eq!(link.connect([127, 0, 0, 1], port, guest_port), None);
+    assert!(!accepted(&listener), "the loopback was reached");
 }
 
 /// A snapshot keeps the device's cursors (through JSON, as the file does), and a state of

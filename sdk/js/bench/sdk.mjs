@@ -1,0 +1,158 @@
+// The SDK's costs against `nodeos-vm run`, on one host and backend: a serve of its own is started.
+//
+//   node sdk/js/bench/sdk.mjs [RUNS] [SANDBOXES]      (after cargo build --release)
+//
+// 1. Create a sandbox and run `node -e 'console.log(1)'` in it through the SDK, to its first
+//    output and to the end (sandbox deleted), against `nodeos-vm run -- node -e 'console.log(1)'`
+//    from spawning it to its first output and to its exit; RUNS rounds (default 5) interleaved
+//    after one uncounted warm-up of each; medians, min-max, and the ratio SDK / run.
+// 2. 20 concurrent SDK clients, each running 50 commands (`echo`) one after the other, in
+//    SANDBOXES sandboxes (default 1): errors (a rejection, a status other than 0 or the wrong
+//    output), latency p50/p99, and commands per second.
+//
+// NODEOS_VM_BIN names the binary (default target/release/nodeos-vm of this repository).
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+import { Client, Sandbox } from '../index.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const bin = process.env.NODEOS_VM_BIN || path.join(here, '../../../target/release/nodeos-vm');
+const runs = Number(process.argv[2] || 5);
+const sandboxes = Number(process.argv[3] || 1);
+const CLIENTS = 20;
+const EXECS = 50;
+const COMMAND = ['node', '-e', 'console.log(1)'];
+
+const median = (v) => percentile(v, 50);
+function percentile(values, p) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const rank = (p / 100) * (sorted.length - 1);
+  const low = Math.floor(rank);
+  const high = Math.ceil(rank);
+  return sorted[low] + (sorted[high] - sorted[low]) * (rank - low);
+}
+const ms = (v) => `${v.toFixed(1)} ms`;
+const spread = (v) => `${ms(median(v))} (${Math.min(...v).toFixed(1)}–${Math.max(...v).toFixed(1)})`;
+
+/** A serve of the bench's own; its client. */
+async function startServe(dir) {
+  const child = spawn(bin, ['serve', '--listen', '127.0.0.1:0'], {
+    env: { ...process.env, NODEOS_VM_DATA: path.join(dir, 'data'), XDG_RUNTIME_DIR: dir },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  child.stderr.on('data', (d) => {
+    if (process.env.BENCH_VERBOSE) process.stderr.write(d);
+  });
+  const lines = readline.createInterface({ input: child.stdout });
+  const urls = {};
+  for await (const line of lines) {
+    const [what, url] = line.split(': ');
+    urls[what] = url;
+    if (urls.admin && urls.apps) break;
+  }
+  const token = fs.readFileSync(path.join(dir, 'data/serve-token'), 'utf8').trim();
+  return { child, token, client: new Client({ url: urls.admin, appsUrl: urls.apps, token }) };
+}
+
+/** The SDK: create, run, first output, end, delete; [to first output, to the end] in ms. */
+async function sdkRound(client) {
+  const start = performance.now();
+  let first;
+  const sandbox = await Sandbox.create({ client });
+  const result = await sandbox.commands.run(COMMAND, {
+    onStdout: () => {
+      first ??= performance.now() - start;
+    },
+  });
+  await sandbox.kill();
+  if (result.stdout !== '1\n') throw new Error(`the SDK's command printed ${JSON.stringify(result.stdout)}`);
+  return [first, performance.now() - start];
+}
+
+/** `nodeos-vm run`: [to first output, to its exit] in ms. */
+function runRound() {
+  return new Promise((resolve, reject) => {
+    const start = performance.now();
+    let first;
+    let out = '';
+    const child = spawn(bin, ['run', '--', ...COMMAND], { stdio: ['ignore', 'pipe', 'inherit'] });
+    child.stdout.on('data', (d) => {
+      first ??= performance.now() - start;
+      out += d;
+    });
+    child.on('error', reject);
+    child.on('close', (code) => {
+      if (code !== 0 || out !== '1\n') reject(new Error(`nodeos-vm run: ${code} ${JSON.stringify(out)}`));
+      else resolve([first, performance.now() - start]);
+    });
+  });
+}
+
+async function load(client, token) {
+  const boxes = await Promise.all(Array.from({ length: sandboxes }, () => Sandbox.create({ client })));
+  // One command in each first: what is measured is commands, not a sandbox's first one.
+  await Promise.all(boxes.map((b) => b.commands.run('true')));
+  const latencies = [];
+  const errors = [];
+  const start = performance.now();
+  await Promise.all(
+    Array.from({ length: CLIENTS }, async (_, n) => {
+      const own = new Client({ url: client.url, appsUrl: client.appsUrl, token });
+      const sandbox = await Sandbox.connect(boxes[n % boxes.length].id, { client: own });
+      for (let i = 0; i < EXECS; i++) {
+        const t = performance.now();
+        try {
+          const r = await sandbox.commands.run(['echo', `client ${n} exec ${i}`]);
+          if (r.exitCode !== 0 || r.stdout !== `client ${n} exec ${i}\n`) {
+            errors.push(`client ${n} exec ${i}: ${JSON.stringify(r)}`);
+          }
+        } catch (error) {
+          errors.push(`client ${n} exec ${i}: ${error}`);
+        }
+        latencies.push(performance.now() - t);
+      }
+    }),
+  );
+  const seconds = (performance.now() - start) / 1000;
+  await Promise.all(boxes.map((b) => b.kill()));
+  return { latencies, errors, throughput: latencies.length / seconds };
+}
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodeos-vm-sdk-bench-'));
+const { child, client, token } = await startServe(dir);
+try {
+  await sdkRound(client);
+  await runRound();
+  const sdk = { first: [], end: [] };
+  const run = { first: [], end: [] };
+  for (let i = 0; i < runs; i++) {
+    const [a, b] = await sdkRound(client);
+    sdk.first.push(a);
+    sdk.end.push(b);
+    const [c, d] = await runRound();
+    run.first.push(c);
+    run.end.push(d);
+  }
+  const result = await load(client, token);
+
+  console.log(`## The SDK against \`nodeos-vm run\` (${os.cpus().length} cores, backend auto, ${runs} rounds)\n`);
+  console.log('| what | SDK (Sandbox.create + commands.run) | nodeos-vm run | SDK / run |');
+  console.log('|---|---|---|---|');
+  console.log(`| to the first output of \`node -e 'console.log(1)'\` | ${spread(sdk.first)} | ${spread(run.first)} | ${(median(sdk.first) / median(run.first)).toFixed(2)} |`);
+  console.log(`| to the end (SDK: sandbox deleted; run: exited) | ${spread(sdk.end)} | ${spread(run.end)} | ${(median(sdk.end) / median(run.end)).toFixed(2)} |`);
+  console.log(`\n## ${CLIENTS} SDK clients × ${EXECS} commands (\`echo\`) in ${sandboxes} sandbox(es)\n`);
+  console.log('| commands | errors | p50 | p99 | commands/s |');
+  console.log('|---|---|---|---|---|');
+  console.log(`| ${result.latencies.length} | ${result.errors.length} | ${ms(percentile(result.latencies, 50))} | ${ms(percentile(result.latencies, 99))} | ${result.throughput.toFixed(1)} |`);
+  for (const error of result.errors.slice(0, 10)) console.error(error);
+  process.exitCode = result.errors.length ? 1 : 0;
+} finally {
+  child.kill('SIGTERM');
+  await new Promise((resolve) => child.once('close', resolve));
+  fs.rmSync(dir, { recursive: true, force: true });
+}

@@ -1,0 +1,338 @@
+//! Sandboxes: microVMs a client creates through the admin API (`sandbox_api`), runs commands
+//! in (`sandbox_exec`) and reads and writes the files of (`sandbox::guest_files`), until it deletes
+//! them or they pass their idle or lifetime limit. Each is a VM of its own, like an app's
+//! instance, restored from the template when there is one; with a `user`, that user's
+//! persistent disk is its writable layer, as with `nodeos-vm start --user`.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use vmm::backend::Backend;
+use vmm::vm::NetSpec;
+
+use super::vm::{self, Machine, Vm, Vms};
+use sandbox::agent::{Input, Outcome};
+use sandbox::users::{self, DiskTools, UserDisk, Users};
+
+/// How many sandboxes one serve runs at most.
+pub const MAX_SANDBOXES: usize = 64;
+/// How many commands run at once in one sandbox at most.
+pub const MAX_RUNNING_EXECS: usize = 32;
+/// How many ended commands a sandbox remembers (for `GET /sandboxes/{id}`).
+const KEPT_ENDED_EXECS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("this server runs {MAX_SANDBOXES} sandboxes already; delete one first")]
+    Full,
+    #[error("the sandbox's user")]
+    User(#[from] users::Error),
+    #[error(transparent)]
+    Vm(#[from] vm::Error),
+    #[error("the boot task failed: {0}")]
+    Task(String),
+}
+
+/// What a sandbox is made of, as its creator asked.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Options {
+    pub memory_mib: u32,
+    pub cpus: u8,
+    /// The persistent user whose disk is its writable layer; none for a fresh one.
+    pub user: Option<String>,
+    /// A network interface (NAT to the host's network, not to its loopback).
+    pub net: bool,
+    /// `NAME=VALUE` added to every command's environment.
+    #[serde(skip)]
+    pub env: Vec<(String, String)>,
+    /// Deleted when no command or transfer has run for this long.
+    #[serde(serialize_with = "millis", rename = "idleTimeoutMs")]
+    pub idle: Duration,
+    /// Deleted this long after its creation, whatever it does.
+    #[serde(serialize_with = "millis", rename = "timeoutMs")]
+    pub lifetime: Duration,
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+/// The sandboxes of one server.
+pub struct Sandboxes {
+    machine: Arc<Machine>,
+    vms: Vms,
+    all: Mutex<HashMap<String, Arc<Sandbox>>>,
+    /// Sandboxes being created (counted against [`MAX_SANDBOXES`]).
+    creating: Mutex<usize>,
+}
+
+/// One sandbox: its VM, stopped when the last handle on it is dropped.
+pub struct Sandbox {
+    pub id: String,
+    pub options: Options,
+    pub created_ms: u64,
+    created: Instant,
+    vm: Vm,
+    activity: Mutex<Activity>,
+    execs: Mutex<Execs>,
+    /// Held (locked) while the sandbox lives.
+    _user: Option<UserDisk>,
+}
+
+/// When it was last used, and how many commands or transfers use it now.
+struct Activity {
+    last: Instant,
+    last_ms: u64,
+    busy: usize,
+}
+
+/// A command of a sandbox, as listed.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecInfo {
+    pub id: String,
+    pub argv: Vec<String>,
+    pub started_ms: u64,
+    /// `running`, `exited`, `signaled`, `timedOut`, `notFound` or `failed`.
+    pub state: &'static str,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+#[derive(Default)]
+struct Execs {
+    next: u64,
+    running: HashMap<String, (ExecInfo, Input)>,
+    ended: VecDeque<ExecInfo>,
+}
+
+/// Marks its sandbox busy while it lives (a command or transfer in progress).
+pub struct Busy(Arc<Sandbox>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut activity = self.0.activity.lock().unwrap();
+        activity.busy -= 1;
+        activity.touch();
+    }
+}
+
+impl Activity {
+    fn touch(&mut self) {
+        self.last = Instant::now();
+        self.last_ms = now_ms();
+    }
+}
+
+impl Sandboxes {
+    pub fn new(machine: Arc<Machine>, vms: Vms) -> Sandboxes {
+        Sandboxes {
+            machine,
+            vms,
+            all: Mutex::default(),
+            creating: Mutex::new(0),
+        }
+    }
+
+    /// Creates a sandbox as `options` say and waits until it is ready for commands.
+    pub async fn create(&self, options: Options) -> Result<Arc<Sandbox>, Error> {
+        {
+            let mut creating = self.creating.lock().unwrap();
+            if self.all.lock().unwrap().len() + *creating >= MAX_SANDBOXES {
+                return Err(Error::Full);
+            }
+            *creating += 1;
+        }
+        let (machine, vms) = (self.machine.clone(), self.vms.clone());
+        let booted = tokio::task::spawn_blocking(move || boot(&machine, &vms, options)).await;
+        *self.creating.lock().unwrap() -= 1;
+        let sandbox = Arc::new(booted.map_err(|e| Error::Task(e.to_string()))??);
+        self.all
+            .lock()
+            .unwrap()
+            .insert(sandbox.id.clone(), sandbox.clone());
+        Ok(sandbox)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Sandbox>> {
+        self.all.lock().unwrap().get(id).cloned()
+    }
+
+    /// Every sandbox, oldest first.
+    pub fn list(&self) -> Vec<Arc<Sandbox>> {
+        let mut all: Vec<_> = self.all.lock().unwrap().values().cloned().collect();
+        all.sort_by_key(|s| s.created);
+        all
+    }
+
+    /// Takes sandbox `id` out; its VM stops once the requests using it have ended (their
+    /// commands are killed with it).
+    pub fn delete(&self, id: &str) -> Option<Arc<Sandbox>> {
+        let sandbox = self.all.lock().unwrap().remove(id)?;
+        sandbox.kill_all();
+        Some(sandbox)
+    }
+
+    /// Deletes the sandboxes past their idle or lifetime limit, and those whose VM ended.
+    pub fn reap(&self) {
+        let now = Instant::now();
+        let gone: Vec<(String, &'static str)> = self
+            .all
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|s| s.expired(now).map(|why| (s.id.clone(), why)))
+            .collect();
+        for (id, why) in gone {
+            tracing::info!("sandbox {id}: {why}; deleted");
+            self.delete(&id);
+        }
+    }
+
+    /// Deletes every sandbox (at shutdown).
+    pub fn clear(&self) {
+        let all: Vec<_> = self.all.lock().unwrap().drain().collect();
+        for (_, sandbox) in all {
+            sandbox.kill_all();
+        }
+    }
+}
+
+/// Boots the VM of a new sandbox (blocking).
+fn boot(machine: &Machine, vms: &Vms, options: Options) -> Result<Sandbox, Error> {
+    let user = match &options.user {
+        Some(name) => {
+            let jail = match &machine.backend {
+                Backend::Kvm { jail, .. } | Backend::Qemu { jail, .. } => *jail,
+            };
+            Some(Users::from_env()?.acquire(name, None, &DiskTools::new(jail)?)?)
+        }
+        None => None,
+    };
+    let vm = Vm::boot(machine, vms, options.memory_mib, options.cpus, |config| {
+        config.user_disk = user.as_ref().map(|u| u.path().to_path_buf());
+        config.net = options.net.then_some(NetSpec::USER);
+    })?;
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).map_err(|e| Error::Task(format!("no random ID: {e}")))?;
+    let created_ms = now_ms();
+    Ok(Sandbox {
+        id: hex::encode(id),
+        options,
+        created_ms,
+        created: Instant::now(),
+        vm,
+        activity: Mutex::new(Activity {
+            last: Instant::now(),
+            last_ms: created_ms,
+            busy: 0,
+        }),
+        execs: Mutex::default(),
+        _user: user,
+    })
+}
+
+impl Sandbox {
+    /// The booted VM, to run commands in.
+    pub fn vm(&self) -> &sandbox::booted::Sandbox {
+        self.vm.sandbox()
+    }
+
+    /// Marks it busy until the handle is dropped.
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        let mut activity = self.activity.lock().unwrap();
+        activity.busy += 1;
+        activity.touch();
+        Busy(self.clone())
+    }
+
+    pub fn last_activity_ms(&self) -> u64 {
+        self.activity.lock().unwrap().last_ms
+    }
+
+    /// Why it should go, if it should.
+    fn expired(&self, now: Instant) -> Option<&'static str> {
+        let activity = self.activity.lock().unwrap();
+        if now.duration_since(self.created) >= self.options.lifetime {
+            Some("past its lifetime (timeoutMs)")
+        } else if activity.busy == 0 && now.duration_since(activity.last) >= self.options.idle {
+            Some("idle past its idleTimeoutMs")
+        } else if vmm::poll::first_readable(&[self.vm().ended().as_raw_fd()], Some(Duration::ZERO))
+            .is_some()
+        {
+            Some("its microVM ended")
+        } else {
+            None
+        }
+    }
+
+    /// Registers a command that has started, shown as `argv`, with the handle that feeds and
+    /// signals it; its ID, or none when too many run already.
+    pub fn exec_started(&self, argv: Vec<String>, input: Input) -> Option<String> {
+        let mut execs = self.execs.lock().unwrap();
+        if execs.running.len() >= MAX_RUNNING_EXECS {
+            return None;
+        }
+        execs.next += 1;
+        let id = format!("e{}", execs.next);
+        let info = ExecInfo {
+            id: id.clone(),
+            argv,
+            started_ms: now_ms(),
+            state: "running",
+            exit_code: None,
+            signal: None,
+        };
+        execs.running.insert(id.clone(), (info, input));
+        Some(id)
+    }
+
+    /// Records how command `id` ended.
+    pub fn exec_ended(&self, id: &str, outcome: Option<&Outcome>) {
+        let mut execs = self.execs.lock().unwrap();
+        let Some((mut info, _)) = execs.running.remove(id) else {
+            return;
+        };
+        (info.state, info.exit_code, info.signal) = match outcome {
+            Some(Outcome::Exited(code)) => ("exited", Some(*code), None),
+            Some(Outcome::Signaled(signal)) => ("signaled", None, Some(*signal)),
+            Some(Outcome::TimedOut(_)) => ("timedOut", None, None),
+            Some(Outcome::NotFound(_)) => ("notFound", Some(127), None),
+            Some(Outcome::NotExecutable(_)) | None => ("failed", Some(126), None),
+        };
+        execs.ended.push_back(info);
+        while execs.ended.len() > KEPT_ENDED_EXECS {
+            execs.ended.pop_front();
+        }
+    }
+
+    /// The handle of running command `id`.
+    pub fn exec_input(&self, id: &str) -> Option<Input> {
+        let execs = self.execs.lock().unwrap();
+        execs.running.get(id).map(|(_, input)| input.clone())
+    }
+
+    /// Its commands: those that ended (the last few), then those that run.
+    pub fn execs(&self) -> Vec<ExecInfo> {
+        let execs = self.execs.lock().unwrap();
+        let mut running: Vec<ExecInfo> = execs.running.values().map(|(i, _)| i.clone()).collect();
+        running.sort_by_key(|i| i.started_ms);
+        execs.ended.iter().cloned().chain(running).collect()
+    }
+
+    /// Kills every command it runs (their requests end; the VM stops with the last handle).
+    fn kill_all(&self) {
+        self.vm().stop_signal().stop();
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

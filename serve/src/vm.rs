@@ -1,0 +1,136 @@
+//! The microVMs serve runs, apps' instances and sandboxes alike: the host's part of every VM
+//! (`Machine`), booting one (`Vm::boot`: restored from its template when there are templates,
+//! activated), and stopping it when dropped, counted in `Vms` until it has stopped.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use contract::params::Shell;
+use sandbox::booted::{self, ConsoleLog, Sandbox, BOOT_TIMEOUT};
+use sandbox::templates::Templates;
+use vmm::backend::Backend;
+use vmm::runtime;
+use vmm::vm::VmConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("creating the microVM's runtime folder")]
+    Runtime(#[from] runtime::Error),
+    #[error("booting the microVM")]
+    Boot(#[from] booted::Error),
+}
+
+/// The host's part of every VM: backend and images.
+pub struct Machine {
+    pub backend: Backend,
+    pub kernel: PathBuf,
+    pub rootfs: PathBuf,
+    /// Whether the VMs' VMM filters its syscalls (`VmConfig::seccomp`).
+    pub seccomp: bool,
+    /// Where the VMs' template snapshots are; none to boot them cold.
+    pub templates: Option<Templates>,
+}
+
+/// Counts the VMs alive in this process, so that shutdown can wait until every one stopped.
+#[derive(Clone, Default)]
+pub struct Vms(Arc<(Mutex<usize>, Condvar)>);
+
+impl Vms {
+    fn enter(&self) -> VmToken {
+        *self.0 .0.lock().unwrap() += 1;
+        VmToken(self.clone())
+    }
+
+    /// Waits until no VM is alive, at most `timeout`; true when none is.
+    pub fn wait_none(&self, timeout: Duration) -> bool {
+        let (count, changed) = &*self.0;
+        let guard = count.lock().unwrap();
+        let (guard, _) = changed
+            .wait_timeout_while(guard, timeout, |n| *n > 0)
+            .unwrap();
+        *guard == 0
+    }
+}
+
+struct VmToken(Vms);
+
+impl Drop for VmToken {
+    fn drop(&mut self) {
+        let (count, changed) = &*(self.0).0;
+        *count.lock().unwrap() -= 1;
+        changed.notify_all();
+    }
+}
+
+/// A running VM: stopped (on a thread of its own: stopping waits for the VM) when dropped,
+/// its runtime folder and sockets removed after.
+pub struct Vm {
+    sandbox: Option<Sandbox>,
+    folder: Option<tempfile::TempDir>,
+    token: Option<VmToken>,
+}
+
+impl Vm {
+    /// Boots (blocking) a VM of `memory_mib` and `cpus` with no shell and an agent, which
+    /// `shape` may give more (volumes, a network, a user's disk), and waits until its agent is
+    /// ready.
+    pub fn boot(
+        machine: &Machine,
+        vms: &Vms,
+        memory_mib: u32,
+        cpus: u8,
+        shape: impl FnOnce(&mut VmConfig),
+    ) -> Result<Vm, Error> {
+        let folder = runtime::scratch_dir("serve")?;
+        let mut config = VmConfig::new(
+            machine.kernel.clone(),
+            machine.rootfs.clone(),
+            memory_mib,
+            cpus,
+        );
+        config.shell = Shell::None;
+        config.agent_socket = Some(folder.path().join("agent.sock"));
+        config.seccomp = machine.seccomp;
+        shape(&mut config);
+        if let Some(templates) = &machine.templates {
+            templates.restore(&machine.backend, &mut config);
+        }
+        let sandbox = Sandbox::boot(machine.backend.clone(), config, ConsoleLog::Tail)?;
+        let vm = Vm {
+            sandbox: Some(sandbox),
+            folder: Some(folder),
+            token: Some(vms.enter()),
+        };
+        vm.sandbox().wait_ready(BOOT_TIMEOUT)?;
+        Ok(vm)
+    }
+
+    /// The booted VM, to run commands in.
+    pub fn sandbox(&self) -> &Sandbox {
+        self.sandbox
+            .as_ref()
+            .expect("a VM's sandbox is taken only when it is dropped")
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let (sandbox, folder, token) = (self.sandbox.take(), self.folder.take(), self.token.take());
+        let stop = move || {
+            if let Some(sandbox) = sandbox {
+                if let Err(e) = sandbox.stop() {
+                    tracing::debug!("stopping a VM: {e}");
+                }
+            }
+            drop(folder);
+            drop(token);
+        };
+        let spawned = std::thread::Builder::new()
+            .name("vm-stop".into())
+            .spawn(stop);
+        if let Err(e) = spawned {
+            tracing::warn!("no thread to stop a VM ({e}); it ends with us");
+        }
+    }
+}
