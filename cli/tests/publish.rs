@@ -182,6 +182,10 @@ fn a_detached_vm_publishes_its_ports_until_stopped() {
     let out = common::run_in(runtime.path(), &args);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let id = text(&out.stdout).trim().to_string();
+    // `ps` lists them, as docker does.
+    let ps = text(&common::run_in(runtime.path(), &["ps"]).stdout);
+    let shown = format!("127.0.0.1:{port}->8080/tcp, 0.0.0.0:{every_address}->8080/tcp");
+    assert!(ps.contains(&shown), "{ps}");
 
     let outside = outside_address();
     let requests = if outside.is_some() { 3 } else { 2 };

@@ -28,6 +28,7 @@ use contract::status;
 use sandbox::agent;
 use sandbox::booted::{ConsoleLog, Sandbox, BOOT_TIMEOUT};
 use vmm::runtime;
+use vmm::vm::PublishedPort;
 
 use super::printable;
 use super::run::{exit_status, ExecOptions};
@@ -80,6 +81,9 @@ struct Record {
     cpus: u8,
     started: u64,
     running: bool,
+    /// Its published ports (`-p`).
+    #[serde(default)]
+    ports: Vec<PublishedPort>,
 }
 
 impl Record {
@@ -265,6 +269,7 @@ fn keep_vm(
             .unwrap_or_default()
             .as_secs(),
         running: false,
+        ports: vm.publish.clone(),
     };
     record.save(&dir).context("writing the VM's state")?;
     let (mut config, _held) = vm.config()?;
@@ -298,8 +303,8 @@ fn keep_vm(
 
 #[derive(Debug, clap::Args)]
 pub struct PsArgs {
-    /// A JSON array of the VMs (id, pid, backend, memory_mib, cpus, started, running) instead
-    /// of a table.
+    /// A JSON array of the VMs (id, pid, backend, memory_mib, cpus, started, running, ports)
+    /// instead of a table.
     #[arg(long)]
     json: bool,
 }
@@ -316,18 +321,23 @@ pub fn ps(args: PsArgs) -> anyhow::Result<u8> {
         .unwrap_or_default()
         .as_secs();
     println!(
-        "{:<12}  {:<8}  {:>6}  {:>4}  {:>8}  {:>7}",
+        "{:<12}  {:<8}  {:>6}  {:>4}  {:>8}  {:>7}  PORTS",
         "ID", "BACKEND", "MEMORY", "CPUS", "UP", "STATE"
     );
     for r in vms {
         println!(
-            "{:<12}  {:<8}  {:>5}M  {:>4}  {:>7}s  {:>7}",
+            "{:<12}  {:<8}  {:>5}M  {:>4}  {:>7}s  {:>7}  {}",
             r.id,
             r.backend,
             r.memory_mib,
             r.cpus,
             now.saturating_sub(r.started),
-            if r.running { "running" } else { "booting" }
+            if r.running { "running" } else { "booting" },
+            r.ports
+                .iter()
+                .map(|p| format!("{}->{}/tcp", p.host, p.guest_port))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(0)
@@ -405,6 +415,10 @@ mod tests {
             cpus: 2,
             started: 1_700_000_000,
             running: true,
+            ports: vec![PublishedPort {
+                host: "127.0.0.1:8080".parse().unwrap(),
+                guest_port: 80,
+            }],
         };
         r.save(dir.path()).unwrap();
         assert_eq!(Record::load(dir.path()), Some(r));
