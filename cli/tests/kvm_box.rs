@@ -25,21 +25,12 @@ const WEB: &str = "127.0.0.1:8080";
 const SERVE_APP: &str = "/nodeos/serve-app.tgz";
 /// `nodeos-vm serve --backend kvm` in L1: deploys `SERVE_APP` through the admin API (port
 /// 8090, with the token serve saved) and calls it on the apps' listener (8091) over HTTP
-/// (busybox `nc`: L1 has no curl), then SIGTERM. nc's input stays open (a FIFO) until the
-/// server answers and closes: the server drops a request whose client half-closes first.
+/// (`kvm_box::HTTP_CLIENT`), then SIGTERM.
 const SERVE_SCRIPT: &str = r#"D=/tmp/serve; mkdir -p $D/run
 XDG_RUNTIME_DIR=$D/run NODEOS_VM_DATA=$D/data /nodeos/nodeos-vm serve --backend kvm \
   --listen 127.0.0.1:8090 --kernel KERNEL --rootfs ROOTFS >$D/url 2>$D/err & pid=$!
 i=0; until grep -q '^apps: ' $D/url 2>/dev/null; do i=$((i+1)); [ $i -lt 300 ] || { cat $D/err; exit 1; }; sleep 0.1; done
-token=$(cat $D/data/serve-token)
-http() {
-  rm -f $D/fifo; mkfifo $D/fifo
-  nc 127.0.0.1 $1 <$D/fifo & nc=$!
-  exec 3>$D/fifo
-  printf '%s %s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nAuthorization: Bearer %s\r\nContent-Length: %s\r\nConnection: close\r\n\r\n' "$2" "$3" $1 $token $(wc -c <"$4") >&3
-  cat "$4" >&3
-  wait $nc; exec 3>&-; echo
-}
+TOKEN=$(cat $D/data/serve-token)
 printf '{"a": 2, "b": 40}' >$D/event
 http 8090 PUT /apps/boxed SERVE_APP
 http 8091 POST /apps/boxed/invoke $D/event
@@ -186,10 +177,14 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
         script.check_with_timeout(
             "serve",
             Duration::from_secs(240),
-            &SERVE_SCRIPT
-                .replace("KERNEL", KERNEL)
-                .replace("ROOTFS", ROOTFS)
-                .replace("SERVE_APP", SERVE_APP),
+            &format!(
+                "{}\n{}",
+                kvm_box::HTTP_CLIENT,
+                SERVE_SCRIPT
+                    .replace("KERNEL", KERNEL)
+                    .replace("ROOTFS", ROOTFS)
+                    .replace("SERVE_APP", SERVE_APP)
+            ),
         );
         let web = tempfile::tempdir().unwrap();
         let web_dir = web.path().join("web");

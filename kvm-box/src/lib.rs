@@ -34,7 +34,7 @@ use std::time::Duration;
 pub use assets::{ensure as ensure_assets, Assets};
 pub use error::BoxError;
 pub use host::program as host_program;
-pub use script::{parse_checks, shell_quote, Check, Script, DEFAULT_CHECK_TIMEOUT};
+pub use script::{parse_checks, shell_quote, Check, Script, DEFAULT_CHECK_TIMEOUT, HTTP_CLIENT};
 
 use initramfs::{Tree, MARK_NO_KVM, MARK_STATUS};
 

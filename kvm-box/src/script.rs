@@ -18,6 +18,20 @@ use std::time::Duration;
 const BEGIN: &str = "@@KVM-BOX-CHECK-BEGIN ";
 const END: &str = "@@KVM-BOX-CHECK-END ";
 
+/// A shell function for L1, which has busybox `nc` but no curl: `http PORT METHOD PATH FILE`
+/// sends one HTTP/1.1 request to 127.0.0.1:PORT with FILE as its body (and `$TOKEN`, when
+/// set, as its bearer token) and prints the whole answer, head included. nc's input stays
+/// open (a FIFO) until the server answers and closes: a server may drop a request whose client
+/// half-closes first.
+pub const HTTP_CLIENT: &str = r#"http() {
+  f=/tmp/http.$$; rm -f $f; mkfifo $f
+  nc 127.0.0.1 $1 <$f & nc=$!
+  exec 3>$f
+  printf '%s %s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nAuthorization: Bearer %s\r\nContent-Length: %s\r\nConnection: close\r\n\r\n' "$2" "$3" $1 "$TOKEN" $(wc -c <"$4") >&3
+  cat "$4" >&3
+  wait $nc; exec 3>&-; rm -f $f; echo
+}"#;
+
 /// Each check's default time limit inside L1; a hung check then costs only itself.
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(120);
 

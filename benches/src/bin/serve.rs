@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nodeos_vm_benches::{artifacts, count_arg, nodeos_vm_bin, percentile};
+use nodeos_vm_benches::{artifacts, count_arg, nodeos_vm_bin, npm_pack, percentile};
 
 const CLIENTS: usize = 20;
 const CALLS: usize = 500;
@@ -62,7 +62,7 @@ fn main() {
     )
     .unwrap();
     std::fs::write(app.join("package/index.js"), HANDLER).unwrap();
-    let package = tar_czf(&app);
+    let package = npm_pack(&app);
 
     let data = |name: &str| dir.path().join(name);
     let start_serve = |options: &[&str], data: &Path| {
@@ -406,20 +406,6 @@ fn request(
         body: body.to_string(),
         cold: head.to_ascii_lowercase().contains("\r\nx-cold-start: 1"),
     })
-}
-
-fn tar_czf(dir: &Path) -> Vec<u8> {
-    let tgz = dir.join("app.tgz");
-    let status = Command::new("tar")
-        .arg("czf")
-        .arg(&tgz)
-        .arg("-C")
-        .arg(dir)
-        .arg("package")
-        .status()
-        .expect("running tar");
-    assert!(status.success(), "tar czf failed");
-    std::fs::read(tgz).unwrap()
 }
 
 fn ms(d: Duration) -> f64 {
