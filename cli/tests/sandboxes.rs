@@ -525,6 +525,28 @@ fn a_gone_client_kills_its_command_and_idle_sandboxes_go() {
     assert!(wait_until(Duration::from_secs(30), || no_vm_left(&serve)));
 }
 
+/// SIGTERM ends serve with its sandboxes at once: their commands killed, their VMs stopped,
+/// nothing left in the runtime folder.
+#[test]
+fn shutdown_stops_every_sandbox() {
+    let mut serve = Serve::start();
+    let ids: Vec<String> = (0..2).map(|_| create(&serve, json!({}))).collect();
+    let (mut reader, _) = start_streaming(&serve, &ids[0], json!({"argv": ["sleep", "1000"]}));
+    let stopping = Instant::now();
+    assert_eq!(serve.terminate(), Some(0));
+    // Not held up by the command's open stream (calls in flight get 60 s to finish).
+    assert!(
+        stopping.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        stopping.elapsed()
+    );
+    // The command's stream ends with the VM.
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+    assert!(!rest.contains("\"exit\""), "{rest}");
+    assert!(no_vm_left(&serve));
+}
+
 /// Sandboxes side by side, each running commands from several clients at once: none fails,
 /// none sees another's files.
 #[test]

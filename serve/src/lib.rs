@@ -64,8 +64,9 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
 }
 
-/// Serves as `config` says until SIGTERM or SIGINT, then finishes the calls in flight (for at
-/// most `SHUTDOWN_GRACE`), stops every VM and removes their folders and sockets.
+/// Serves as `config` says until SIGTERM or SIGINT, then deletes every sandbox, finishes the
+/// calls in flight (for at most `SHUTDOWN_GRACE`), stops every VM and removes their folders
+/// and sockets.
 pub fn serve(config: Config, machine: Machine) -> anyhow::Result<()> {
     // A generated token is saved once serve listens: a second serve that cannot listen must
     // not replace the first one's.
@@ -144,9 +145,12 @@ async fn run(
     println!("admin: http://{admin_address}");
     println!("apps: http://{apps_address}");
     let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let sandboxes = server.clone();
     tokio::spawn(async move {
         signalled.await;
         let _ = stopping.send(true);
+        // Calls in flight may finish; a sandbox's commands end with it, now.
+        sandboxes.sandboxes.clear();
     });
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|s| *s).await;
