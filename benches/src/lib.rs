@@ -192,6 +192,21 @@ impl std::fmt::Display for Stats {
     }
 }
 
+/// The folder `dir/package` as `npm pack` makes a package: a gzipped tar of `package/`.
+pub fn npm_pack(dir: &Path) -> Vec<u8> {
+    let tgz = dir.join("app.tgz");
+    let status = std::process::Command::new("tar")
+        .arg("czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(dir)
+        .arg("package")
+        .status()
+        .expect("running tar");
+    assert!(status.success(), "tar czf failed");
+    std::fs::read(tgz).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,19 +234,4 @@ mod tests {
         assert_eq!(t, (512.5, 900.0));
         assert!(parse_timings("nothing").is_none());
     }
-}
-
-/// The folder `dir/package` as `npm pack` makes a package: a gzipped tar of `package/`.
-pub fn npm_pack(dir: &Path) -> Vec<u8> {
-    let tgz = dir.join("app.tgz");
-    let status = std::process::Command::new("tar")
-        .arg("czf")
-        .arg(&tgz)
-        .arg("-C")
-        .arg(dir)
-        .arg("package")
-        .status()
-        .expect("running tar");
-    assert!(status.success(), "tar czf failed");
-    std::fs::read(tgz).unwrap()
 }
