@@ -8,6 +8,7 @@
 
 mod access;
 mod answer;
+mod clock;
 mod console;
 pub(crate) mod http;
 mod instance;

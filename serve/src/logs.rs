@@ -3,9 +3,10 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+use super::clock::now_ms;
 
 /// Lines kept per app; older ones are dropped.
 const KEPT_LINES: usize = 2000;
@@ -73,10 +74,7 @@ pub struct Select<'a> {
 
 impl Logs {
     pub fn push(&self, invocation: Option<String>, stream: Stream, text: String) {
-        let time_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
+        let time_ms = now_ms();
         let mut kept = self.0.lock().unwrap();
         if kept.lines.len() == KEPT_LINES {
             kept.lines.pop_front();

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+use super::clock::now_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -40,14 +41,10 @@ impl Roster {
     /// A new instance, booting.
     pub fn join(self: &Arc<Self>) -> Member {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let started_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         let entry = Entry {
             id,
             state: State::Booting,
-            started_ms,
+            started_ms: now_ms(),
         };
         self.live.lock().unwrap().insert(id, entry);
         Member {

@@ -82,11 +82,12 @@ fn start_blocking(
     let busy = sandbox.busy();
     let gone = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Thread)?;
     let reader_gone = gone.try_clone().map_err(Error::Thread)?;
-    let session = sandbox.vm().session(&command)?;
+    let id = sandbox.exec_reserved(shown).ok_or(Error::TooMany)?;
+    let session = sandbox.vm().session(&command).inspect_err(|_| {
+        sandbox.exec_ended(&id, None);
+    })?;
     let input = session.input();
-    let id = sandbox
-        .exec_started(shown, input.clone())
-        .ok_or(Error::TooMany)?;
+    sandbox.exec_attached(&id, input.clone());
     let (tx, rx) = mpsc::channel(QUEUED_EVENTS);
     let pump = Pump {
         id: id.clone(),
@@ -97,10 +98,15 @@ fn start_blocking(
         timeout: command.timeout,
         _busy: busy,
     };
+    let owner = sandbox.clone();
     std::thread::Builder::new()
         .name(format!("exec-{id}"))
-        .spawn(move || pump.run(&sandbox))
-        .map_err(Error::Thread)?;
+        .spawn(move || pump.run(&owner))
+        .map_err(|e| {
+            // The session is dropped with the pump: the agent kills the command.
+            sandbox.exec_ended(&id, None);
+            Error::Thread(e)
+        })?;
     Ok(Running {
         id,
         events: Events { rx, gone },

@@ -7,12 +7,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use vmm::backend::Backend;
 use vmm::vm::NetSpec;
 
+use super::clock::now_ms;
 use super::vm::{self, Machine, Vm, Vms};
 use sandbox::agent::{Input, Outcome};
 use sandbox::users::{self, DiskTools, UserDisk, Users};
@@ -37,8 +38,7 @@ pub enum Error {
 }
 
 /// What a sandbox is made of, as its creator asked.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub memory_mib: u32,
     pub cpus: u8,
@@ -47,18 +47,11 @@ pub struct Options {
     /// A network interface (NAT to the host's network, not to its loopback).
     pub net: bool,
     /// `NAME=VALUE` added to every command's environment.
-    #[serde(skip)]
     pub env: Vec<(String, String)>,
     /// Deleted when no command or transfer has run for this long.
-    #[serde(serialize_with = "millis", rename = "idleTimeoutMs")]
     pub idle: Duration,
     /// Deleted this long after its creation, whatever it does.
-    #[serde(serialize_with = "millis", rename = "timeoutMs")]
     pub lifetime: Duration,
-}
-
-fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.as_millis() as u64)
 }
 
 /// The sandboxes of one server.
@@ -106,7 +99,8 @@ pub struct ExecInfo {
 #[derive(Default)]
 struct Execs {
     next: u64,
-    running: HashMap<String, (ExecInfo, Input)>,
+    /// With the handle that feeds and signals it, once it has started.
+    running: HashMap<String, (ExecInfo, Option<Input>)>,
     ended: VecDeque<ExecInfo>,
 }
 
@@ -270,9 +264,9 @@ impl Sandbox {
         }
     }
 
-    /// Registers a command that has started, shown as `argv`, with the handle that feeds and
-    /// signals it; its ID, or none when too many run already.
-    pub fn exec_started(&self, argv: Vec<String>, input: Input) -> Option<String> {
+    /// Registers a command about to start, shown as `argv`: its ID, or none when too many run
+    /// already (then it is not started at all).
+    pub fn exec_reserved(&self, argv: Vec<String>) -> Option<String> {
         let mut execs = self.execs.lock().unwrap();
         if execs.running.len() >= MAX_RUNNING_EXECS {
             return None;
@@ -287,8 +281,15 @@ impl Sandbox {
             exit_code: None,
             signal: None,
         };
-        execs.running.insert(id.clone(), (info, input));
+        execs.running.insert(id.clone(), (info, None));
         Some(id)
+    }
+
+    /// Command `id` runs, fed and signalled through `input`.
+    pub fn exec_attached(&self, id: &str, input: Input) {
+        if let Some((_, slot)) = self.execs.lock().unwrap().running.get_mut(id) {
+            *slot = Some(input);
+        }
     }
 
     /// Records how command `id` ended.
@@ -313,7 +314,7 @@ impl Sandbox {
     /// The handle of running command `id`.
     pub fn exec_input(&self, id: &str) -> Option<Input> {
         let execs = self.execs.lock().unwrap();
-        execs.running.get(id).map(|(_, input)| input.clone())
+        execs.running.get(id).and_then(|(_, input)| input.clone())
     }
 
     /// Its commands: those that ended (the last few), then those that run.
@@ -328,11 +329,4 @@ impl Sandbox {
     fn kill_all(&self) {
         self.vm().stop_signal().stop();
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

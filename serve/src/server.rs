@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use super::clock::now_ms;
 use super::instance::{self, AppSpec, BootError, Exports, APP_DIR, RUNNER_JS, RUNNER_PATH};
 use super::logs::Logs;
 use super::metrics::Metrics;
@@ -252,10 +253,7 @@ impl Server {
                 exports
             }
         };
-        let deployed_at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
+        let deployed_at_ms = now_ms();
         Ok((
             Deployment {
                 version: 0,
