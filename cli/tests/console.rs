@@ -368,6 +368,26 @@ fn the_console_shows_apps_logs_and_metrics() {
                    ?.textContent.includes('node -e 1 exited, exit 0')"
             ),
         );
+        // Its state, and the buttons that pause and resume it (with the token, as every call).
+        let sandbox = format!("document.querySelector('#sandboxes tr[data-sandbox={id:?}]')");
+        let shows = |state: &str, action: &str| {
+            format!(
+                "{sandbox}?.querySelector('[data-field=state]').textContent === '{state}' && \
+                   {sandbox}.querySelector('button[data-action={action}]') !== null"
+            )
+        };
+        let click = |action: &str| {
+            format!("{sandbox}.querySelector('button[data-action={action}]').click()")
+        };
+        browser.wait_for("the sandbox running", &shows("running", "pause"));
+        browser.evaluate(&click("pause"));
+        browser.wait_for("the sandbox paused", &shows("paused", "resume"));
+        let (status, info) = serve.json("GET", &format!("/sandboxes/{id}"), b"");
+        assert_eq!((status, &info["state"]), (200, &json!("paused")), "{info}");
+        browser.evaluate(&click("resume"));
+        browser.wait_for("the sandbox running again", &shows("running", "pause"));
+        let (status, info) = serve.json("GET", &format!("/sandboxes/{id}"), b"");
+        assert_eq!((status, &info["pausedAt"]), (200, &Value::Null), "{info}");
     }
 
     let shot = browser.call("Page.captureScreenshot", json!({"format": "png"}));

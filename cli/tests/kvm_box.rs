@@ -49,7 +49,8 @@ echo "got: $(wget -q -O - http://127.0.0.1:18080/)"
 wait $r; echo "run exited $?"; cat $D/out $D/err"#;
 
 /// A detached VM on the jailed VMM (L1 runs nodeos-vm as root, with cgroup v2), looked at
-/// through /proc from L1, used, stopped; then what is left of its jail.
+/// through /proc from L1, used, paused while a command prints, unpaused, stopped; then what is
+/// left of its jail.
 const JAIL_SCRIPT: &str = r#"D=/tmp/jailcheck; mkdir -p $D/run; export XDG_RUNTIME_DIR=$D/run
 id=$(/nodeos/nodeos-vm start --detach --backend kvm --kernel KERNEL --rootfs ROOTFS) || exit 1
 for p in /proc/[0-9]*; do [ -e $p/root/kernel ] && vmm=${p#/proc/}; done
@@ -64,6 +65,14 @@ echo "cgroup: $(cat /proc/$vmm/cgroup)"
 g=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/$vmm/cgroup)
 echo "cpu.max: $(cat $g/cpu.max); memory.max: $(cat $g/memory.max)"
 /nodeos/nodeos-vm exec $id -- node -e 'console.log("answer", 6 * 7)'
+/nodeos/nodeos-vm exec $id -- node -e 'let i = 0; setInterval(() => console.log(i++), 100)' >$D/ticks & t=$!
+ticks() { wc -l <$D/ticks; }
+i=0; until [ $(ticks) -ge 3 ]; do i=$((i+1)); [ $i -lt 600 ] || break; sleep 0.1; done
+/nodeos/nodeos-vm pause $id >/dev/null && sleep 0.5 && a=$(ticks) && sleep 2 && b=$(ticks)
+echo "paused: $(/nodeos/nodeos-vm ps | grep -c paused); ticks while paused: $((b - a))"
+/nodeos/nodeos-vm unpause $id >/dev/null
+i=0; until [ $(ticks) -gt $((b + 2)) ]; do i=$((i+1)); [ $i -lt 600 ] || break; sleep 0.1; done
+echo "ticks after unpause: $(($(ticks) - b))"; kill $t
 /nodeos/nodeos-vm stop $id >/dev/null
 echo "left: $(ls -A $D/run/nodeos-vm | grep jail)$([ -e $g ] && echo " $g")""#;
 
@@ -394,6 +403,14 @@ fn the_vmm_runs_jailed_as_root() {
         "1 vCPU; 512 MiB + 128 MiB: {out}"
     );
     assert!(out.contains("answer 42"), "{out}");
+    // Paused, the guest prints nothing; unpaused, it goes on.
+    assert!(out.contains("paused: 1; ticks while paused: 0\n"), "{out}");
+    let after: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ticks after unpause: "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    assert!(after > 2, "{out}");
     assert!(out.trim_end().ends_with("left:"), "{out}");
     // Every thread of the VMM process under its seccomp filter (mode 2), its main thread too.
     let threads: Vec<(&str, &str)> = out
@@ -405,7 +422,7 @@ fn the_vmm_runs_jailed_as_root() {
         "vmm",
         "vcpu0",
         "virtio",
-        "host-stop",
+        "host-control",
         "console-input",
     ] {
         assert!(threads.iter().any(|(t, _)| *t == name), "{name}: {out}");

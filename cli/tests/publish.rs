@@ -13,6 +13,77 @@ use std::time::{Duration, Instant};
 
 const ANSWER: &str = "hi from the guest";
 
+/// `run -p 127.0.0.1:PORT:53/udp` of a Node UDP echo server: a datagram from this host's
+/// loopback reaches the guest's port 53 (as the guest's user) and the answer comes back, from
+/// several clients; the guest's answers reach nothing else of the host's loopback (the guard);
+/// TCP on the same port is not published.
+#[test]
+fn run_publishes_a_udp_port() {
+    let runtime = tempfile::tempdir().unwrap();
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publish = format!("127.0.0.1:{port}:53/udp");
+    let mut args = vec!["run"];
+    let options = vm_options();
+    args.extend(options.iter().map(String::as_str));
+    args.extend(["-p", &publish, "--", "node", "-e"]);
+    // Echoes each datagram, and also sends one to port 9 of its sender's address (another
+    // port of the host's loopback, which it must not reach); exits after two.
+    let code = "let left = 2; const s = require('dgram').createSocket('udp4');
+        s.on('message', (m, r) => {
+          s.send('echo ' + m, r.port, r.address);
+          s.send('escape', 9, r.address);
+          if (--left === 0) setTimeout(() => process.exit(0), 500);
+        });
+        s.bind(53, () => console.log('listening on', s.address().port, 'as uid', process.getuid()))";
+    args.push(code);
+    let mut vm = common::spawn_in(runtime.path(), &args);
+    let _watchdog = common::Watchdog::new(vm.id(), common::BOOT_LIMIT);
+    let stdout = Stdout::of(&mut vm);
+    let listening = stdout.listening();
+    // Port 9 of the loopback: what must get nothing.
+    let discard = UdpSocket::bind("127.0.0.1:9").ok();
+    let ask = |datagram: &str| {
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        client
+            .send_to(datagram.as_bytes(), ("127.0.0.1", port))
+            .unwrap();
+        let mut buf = [0; 64];
+        let (n, from) = client.recv_from(&mut buf).ok()?;
+        Some((text(&buf[..n]), from.port()))
+    };
+    let answers = listening.as_ref().map(|_| (ask("one"), ask("two")));
+    let out = vm.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        listening.as_deref(),
+        Some("listening on 53 as uid 1000"),
+        "{stderr}"
+    );
+    let (one, two) = answers.unwrap();
+    assert_eq!(one, Some(("echo one".into(), port)), "{stderr}");
+    assert_eq!(two, Some(("echo two".into(), port)), "{stderr}");
+    if let Some(discard) = discard {
+        discard.set_nonblocking(true).unwrap();
+        let mut buf = [0; 64];
+        assert!(
+            discard.recv_from(&mut buf).is_err(),
+            "the guest reached another port of the host's loopback"
+        );
+    }
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "TCP port {port} was published too"
+    );
+}
+
 /// A port of this host's loopback that nothing listens on (bound, then closed).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -274,14 +345,14 @@ fn bad_publish_values_are_refused() {
     let runtime = tempfile::tempdir().unwrap();
     for (value, says) in [
         ("80", "write [HOST_IP:]HOST_PORT:GUEST_PORT"),
-        (
-            "70000:80",
-            "host port \"70000\" is not a TCP port (1-65535)",
-        ),
-        ("a:b", "host port \"a\" is not a TCP port"),
-        ("8080:0", "guest port \"0\" is not a TCP port"),
+        ("70000:80", "host port \"70000\" is not a port (1-65535)"),
+        ("a:b", "host port \"a\" is not a port"),
+        ("8080:0", "guest port \"0\" is not a port"),
         ("localhost:8080:80", "\"localhost\" is not an IPv4 address"),
-        ("5353:53/udp", "only TCP ports are published"),
+        (
+            "5353:53/sctp",
+            "SCTP ports are not published (TCP and UDP are)",
+        ),
     ] {
         let out = common::run_in(runtime.path(), &["run", "-p", value, "--", "true"]);
         let stderr = text(&out.stderr);

@@ -66,8 +66,84 @@ fn run_on_host(name: &str) {
 
 run_case_tests!(run_on_host);
 
-/// `start --detach` prints an ID once the VM is ready; `ps`, `exec`, `logs` and `stop` work on
-/// it; a VM whose process is gone is cleaned up.
+/// `pause` and `unpause` of detached VM `id`: while it is paused a command that prints every
+/// 100 ms (its output streamed by `exec`) prints nothing, `ps` says so, `exec` and a second
+/// `pause` are refused with what to do; unpaused, the command goes on.
+fn paused_and_unpaused(runtime: &std::path::Path, id: &str) {
+    use std::io::{BufRead, BufReader};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let js = "let i = 0; setInterval(() => console.log(i++), 100)";
+    let mut ticker = common::spawn_in(runtime, &["exec", id, "--", "node", "-e", js]);
+    let _watchdog = common::Watchdog::new(ticker.id(), common::BOOT_LIMIT);
+    let printed = Arc::new(AtomicUsize::new(0));
+    let counted = printed.clone();
+    let stdout = ticker.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for _ in BufReader::new(stdout).lines().map_while(Result::ok) {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let count = || printed.load(Ordering::Relaxed);
+    let grows_past = |from: usize| {
+        let until = Instant::now() + Duration::from_secs(60);
+        while count() <= from + 2 {
+            assert!(
+                Instant::now() < until,
+                "the command printed {} lines",
+                count()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    grows_past(0);
+    let vm = |args: &[&str]| {
+        let out = common::run_in(runtime, args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (status, out, err) = vm(&["pause", id]);
+    assert_eq!((status, out.trim()), (Some(0), id), "{err}");
+    std::thread::sleep(Duration::from_millis(300));
+    let held = count();
+    let (_, ps, _) = vm(&["ps"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(id) && l.contains("paused")),
+        "{ps}"
+    );
+    let (status, _, err) = vm(&["exec", id, "--", "true"]);
+    assert_eq!(status, Some(125), "{err}");
+    assert!(
+        err.contains(&format!("`nodeos-vm unpause {id}` first")),
+        "{err}"
+    );
+    let (status, _, err) = vm(&["pause", id]);
+    assert_ne!(status, Some(0));
+    assert!(err.contains("it is not running"), "{err}");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(count(), held, "a paused VM printed");
+
+    let (status, out, err) = vm(&["unpause", id]);
+    assert_eq!((status, out.trim()), (Some(0), id), "{err}");
+    grows_past(held);
+    let (_, ps, _) = vm(&["ps"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(id) && l.contains("running")),
+        "{ps}"
+    );
+    let _ = ticker.kill();
+    let _ = ticker.wait();
+    reader.join().unwrap();
+}
+
+/// `start --detach` prints an ID once the VM is ready; `ps`, `exec`, `logs`, `pause`,
+/// `unpause` and `stop` work on it; a VM whose process is gone is cleaned up.
 #[test]
 fn detached_vm_lifecycle() {
     let (kernel, rootfs) = common::artifacts();
@@ -131,6 +207,8 @@ fn detached_vm_lifecycle() {
     let (status, out, err) = vm(&["logs", "--raw", &id]);
     assert_eq!(status, Some(0), "{err}");
     assert!(out.ends_with(hostile), "{out:?}");
+
+    paused_and_unpaused(runtime.path(), &id);
 
     let (status, out, err) = vm(&["stop", &id]);
     assert_eq!((status, out.trim()), (Some(0), id.as_str()), "{err}");

@@ -586,3 +586,150 @@ fn concurrent_clients_and_sandboxes() {
         assert_eq!(body, format!("{n}").as_bytes());
     }
 }
+
+/// Paused, a sandbox holds still: a command that prints every 100 ms prints nothing, and new
+/// commands, files and stdin are refused with 409 until it is resumed, when the command goes
+/// on; its idle limit does not count while it is paused (it does again once resumed). A paused
+/// sandbox is deleted like any other: nothing left.
+#[test]
+fn a_paused_sandbox_holds_still_and_resumes() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let serve = Serve::start();
+    let id = create(&serve, json!({}));
+    let idle = create(&serve, json!({"idleTimeoutMs": 2000}));
+    let (status, paused) = call(
+        &serve,
+        "POST",
+        &format!("/sandboxes/{idle}/pause"),
+        Value::Null,
+    );
+    assert_eq!(status, 200, "{paused}");
+
+    let js = "let i = 0; setInterval(() => console.log(i++), 100)";
+    let (mut reader, first) = start_streaming(
+        &serve,
+        &id,
+        json!({"argv": ["node", "-e", js], "stdin": true}),
+    );
+    let exec_id = first["id"].as_str().unwrap().to_string();
+    let printed = Arc::new(AtomicUsize::new(0));
+    let counted = printed.clone();
+    let counter = std::thread::spawn(move || {
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if line.contains("\"stdout\"") {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+            line.clear();
+        }
+    });
+    let count = || printed.load(Ordering::Relaxed);
+    assert!(wait_until(Duration::from_secs(60), || count() >= 3));
+
+    let (status, paused) = call(
+        &serve,
+        "POST",
+        &format!("/sandboxes/{id}/pause"),
+        Value::Null,
+    );
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["state"], "paused");
+    assert!(paused["pausedAt"].as_u64().is_some(), "{paused}");
+    std::thread::sleep(Duration::from_millis(300));
+    let held = count();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(count(), held, "a paused sandbox printed");
+
+    let (status, again) = call(
+        &serve,
+        "POST",
+        &format!("/sandboxes/{id}/pause"),
+        Value::Null,
+    );
+    assert_eq!(status, 409, "{again}");
+    let refused = [
+        (
+            "POST",
+            format!("/sandboxes/{id}/exec"),
+            json!({"argv": ["true"]}),
+        ),
+        (
+            "GET",
+            format!("/sandboxes/{id}/files?path=/tmp/x"),
+            Value::Null,
+        ),
+        (
+            "POST",
+            format!("/sandboxes/{id}/execs/{exec_id}/stdin"),
+            json!("x"),
+        ),
+    ];
+    for (method, path, body) in refused {
+        let (status, answer) = call(&serve, method, &path, body);
+        assert_eq!(status, 409, "{method} {path}: {answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("is paused: resume it first"),
+            "{answer}"
+        );
+    }
+    let (_, shown) = call(&serve, "GET", &format!("/sandboxes/{id}"), Value::Null);
+    assert_eq!(shown["state"], "paused");
+
+    let (status, resumed) = call(
+        &serve,
+        "POST",
+        &format!("/sandboxes/{id}/resume"),
+        Value::Null,
+    );
+    assert_eq!(status, 200, "{resumed}");
+    assert_eq!(resumed["state"], "running");
+    assert!(resumed["pausedAt"].is_null());
+    assert!(wait_until(Duration::from_secs(20), || count() > held + 2));
+    let (status, again) = call(
+        &serve,
+        "POST",
+        &format!("/sandboxes/{id}/resume"),
+        Value::Null,
+    );
+    assert_eq!(status, 409, "{again}");
+    // The guest's wall clock is the host's again (QEMU's stood still for the 2 s paused).
+    let ran = exec(&serve, &id, json!({"argv": ["node", "-p", "Date.now()"]}));
+    let host_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let guest_ms: i64 = ran.stdout.trim().parse().unwrap();
+    assert!(
+        (host_ms - guest_ms).abs() < 1000,
+        "guest {guest_ms} host {host_ms}"
+    );
+
+    // Paused past its idle limit, the other one is still there; resumed, it goes.
+    let (status, _) = call(&serve, "GET", &format!("/sandboxes/{idle}"), Value::Null);
+    assert_eq!(status, 200, "a paused sandbox was taken for idle");
+    let (status, _) = call(
+        &serve,
+        "POST",
+        &format!("/sandboxes/{idle}/resume"),
+        Value::Null,
+    );
+    assert_eq!(status, 200);
+    let gone = || call(&serve, "GET", &format!("/sandboxes/{idle}"), Value::Null).0 == 404;
+    assert!(wait_until(Duration::from_secs(30), gone));
+
+    let (status, _) = call(
+        &serve,
+        "POST",
+        &format!("/sandboxes/{id}/pause"),
+        Value::Null,
+    );
+    assert_eq!(status, 200);
+    let (status, _) = call(&serve, "DELETE", &format!("/sandboxes/{id}"), Value::Null);
+    assert_eq!(status, 204);
+    counter.join().unwrap();
+    assert!(wait_until(Duration::from_secs(30), || no_vm_left(&serve)));
+}

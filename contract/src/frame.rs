@@ -14,11 +14,13 @@ use std::io::{self, Read, Write};
 use crate::activation::{Activation, MAX_ENTROPY, MAX_HOSTNAME};
 use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::env::EnvVar;
+use crate::mount::{Mount, MountKind, MAX_MOUNTS};
 use crate::params::GuestParams;
+use crate::rlimit::{Rlimit, MAX_RLIMITS};
 use crate::status;
 
 /// The protocol version both sides say in their `Hello`.
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 /// Largest payload of any frame (the type byte not counted).
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Largest `Stdin`, `Stdout`, `Stderr` or `TreeData` chunk.
@@ -51,6 +53,11 @@ pub enum Request {
     Activate(Box<Activation>),
     /// The command's terminal has this size now (commands run with `tty` only).
     Resize(WinSize),
+    /// Set the guest's wall clock to the host's (seconds and nanoseconds since the Unix
+    /// epoch; nanoseconds of a second or more are refused by the guest's kernel), answered
+    /// `ClockSet`: after a pause, on a backend whose guest clock stood still
+    /// (once per connection, after `Hello`).
+    SetClock { secs: u64, nanos: u32 },
 }
 
 /// What to run, and how.
@@ -75,8 +82,9 @@ pub struct Exec {
 }
 
 /// A container's process: in a mount namespace of its own whose root is `root` (a guest
-/// folder, pivot_root'ed into, with /proc, /sys and a minimal /dev mounted in it), as `uid`,
-/// `gid` and `groups`, with the request's environment only (none of the agent's).
+/// folder, pivot_root'ed into, with /proc, /sys, a minimal /dev and `mounts` mounted in it), as `uid`,
+/// `gid` and `groups`, with `rlimits` set and the request's environment only (none of the
+/// agent's). While it runs, the agent reports the guest kernel's OOM kills (`OomKilled`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Container {
@@ -84,6 +92,11 @@ pub struct Container {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
+    /// Resource limits set before it runs (at most one per resource, [`MAX_RLIMITS`]).
+    pub rlimits: Vec<Rlimit>,
+    /// File systems of its own, mounted in this order after /dev (at most [`MAX_MOUNTS`],
+    /// each [`Mount::check`]ed).
+    pub mounts: Vec<Mount>,
 }
 
 /// A terminal's size, in character cells.
@@ -118,6 +131,12 @@ pub enum Reply {
     TreeData(Vec<u8>),
     /// Final: the exported tree's stream is complete.
     TreeEnd,
+    /// While the command runs: the guest's kernel killed process `pid` for lack of
+    /// memory; `seq` numbers the kernel log's record of it (the same kill has the same number
+    /// on every connection, a later one a larger number).
+    OomKilled { seq: u64, pid: i32 },
+    /// Final: the guest's wall clock is set (`SetClock`).
+    ClockSet,
 }
 
 /// Why a request failed.
@@ -254,6 +273,7 @@ mod kind {
     pub const EXPORT: u8 = 0x07;
     pub const ACTIVATE: u8 = 0x08;
     pub const RESIZE: u8 = 0x09;
+    pub const SET_CLOCK: u8 = 0x0a;
 
     pub const R_HELLO: u8 = 0x81;
     pub const STARTED: u8 = 0x82;
@@ -265,6 +285,8 @@ mod kind {
     pub const ERROR: u8 = 0x88;
     pub const TREE_DATA: u8 = 0x89;
     pub const TREE_END: u8 = 0x8a;
+    pub const OOM_KILLED: u8 = 0x8b;
+    pub const CLOCK_SET: u8 = 0x8c;
 }
 
 impl Request {
@@ -284,6 +306,18 @@ impl Request {
                             max: MAX_GROUPS,
                         });
                     }
+                    if container.rlimits.len() > MAX_RLIMITS {
+                        return Err(FrameError::TooLarge {
+                            len: container.rlimits.len(),
+                            max: MAX_RLIMITS,
+                        });
+                    }
+                    if container.mounts.len() > MAX_MOUNTS {
+                        return Err(FrameError::TooLarge {
+                            len: container.mounts.len(),
+                            max: MAX_MOUNTS,
+                        });
+                    }
                 }
                 put_list(&mut out, &exec.argv);
                 put_list(&mut out, &exec.env);
@@ -299,6 +333,16 @@ impl Request {
                     out.put_u32(container.groups.len() as u32);
                     for group in &container.groups {
                         out.put_u32(*group);
+                    }
+                    out.put_u32(container.rlimits.len() as u32);
+                    for limit in &container.rlimits {
+                        out.put_u32(limit.resource);
+                        out.put_u64(limit.soft);
+                        out.put_u64(limit.hard);
+                    }
+                    out.put_u32(container.mounts.len() as u32);
+                    for mount in &container.mounts {
+                        put_mount(out, mount);
                     }
                 });
                 put_option(&mut out, exec.tty.as_ref(), put_winsize);
@@ -333,6 +377,11 @@ impl Request {
                 put_winsize(&mut out, size);
                 kind::RESIZE
             }
+            Request::SetClock { secs, nanos } => {
+                out.put_u64(*secs);
+                out.put_u32(*nanos);
+                kind::SET_CLOCK
+            }
         };
         finish_frame(out, kind)
     }
@@ -366,6 +415,10 @@ impl Request {
                 },
                 kind::ACTIVATE => Request::Activate(Box::new(activation(d)?)),
                 kind::RESIZE => Request::Resize(winsize(d)?),
+                kind::SET_CLOCK => Request::SetClock {
+                    secs: d.u64("seconds")?,
+                    nanos: d.u32("nanoseconds")?,
+                },
                 _ => return Ok(None),
             }))
         })?;
@@ -416,6 +469,12 @@ impl Reply {
                 kind::TREE_DATA
             }
             Reply::TreeEnd => kind::TREE_END,
+            Reply::OomKilled { seq, pid } => {
+                out.put_u64(*seq);
+                out.put_i32(*pid);
+                kind::OOM_KILLED
+            }
+            Reply::ClockSet => kind::CLOCK_SET,
         };
         finish_frame(out, kind)
     }
@@ -450,6 +509,11 @@ impl Reply {
                 }
                 kind::TREE_DATA => Reply::TreeData(d.rest("tree data", MAX_CHUNK)?.to_vec()),
                 kind::TREE_END => Reply::TreeEnd,
+                kind::OOM_KILLED => Reply::OomKilled {
+                    seq: d.u64("seq")?,
+                    pid: d.i32("pid")?,
+                },
+                kind::CLOCK_SET => Reply::ClockSet,
                 _ => return Ok(None),
             }))
         })?;
@@ -465,6 +529,7 @@ impl Reply {
                 | Reply::TimedOut { .. }
                 | Reply::Error { .. }
                 | Reply::TreeEnd
+                | Reply::ClockSet
         )
     }
 }
@@ -611,6 +676,8 @@ fn finish_frame(out: Encoder, kind: u8) -> Result<Vec<u8>, FrameError> {
 /// A count, then each item as [`Encoder::put_bytes`] writes it.
 /// Most supplementary groups of a container's process (the kernel's `NGROUPS_MAX`).
 pub const MAX_GROUPS: usize = 65536;
+/// Bytes of one encoded [`Rlimit`]: its resource, soft and hard limits.
+const RLIMIT_LEN: usize = 4 + 8 + 8;
 
 fn put_winsize(out: &mut Encoder, size: &WinSize) {
     out.put_u32(u32::from(size.rows));
@@ -639,12 +706,75 @@ fn container(d: &mut Decoder<'_>) -> Result<Container, DecodeError> {
     let groups = (0..count)
         .map(|_| d.u32("group"))
         .collect::<Result<_, _>>()?;
+    let count = d.count("rlimits", MAX_RLIMITS, RLIMIT_LEN)?;
+    let rlimits = (0..count)
+        .map(|_| {
+            Ok(Rlimit {
+                resource: d.u32("rlimit resource")?,
+                soft: d.u64("rlimit soft")?,
+                hard: d.u64("rlimit hard")?,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    // Each takes at least its destination's length, kind, source's length and flags.
+    let count = d.count("mounts", MAX_MOUNTS, 4 + 1 + 4 + 1)?;
+    let mounts = (0..count).map(|_| mount(d)).collect::<Result<_, _>>()?;
     Ok(Container {
         root,
         uid,
         gid,
         groups,
+        rlimits,
+        mounts,
     })
+}
+
+/// The type byte of a [`MountKind`].
+const MOUNT_BIND: u8 = 0;
+const MOUNT_TMPFS: u8 = 1;
+
+fn put_mount(out: &mut Encoder, mount: &Mount) {
+    out.put_bytes(&mount.destination);
+    match &mount.kind {
+        MountKind::Bind { source } => {
+            out.put_u8(MOUNT_BIND);
+            out.put_bytes(source);
+        }
+        MountKind::Tmpfs { options } => {
+            out.put_u8(MOUNT_TMPFS);
+            out.put_bytes(options);
+        }
+    }
+    out.put_u8(mount.flags());
+}
+
+/// A [`Mount`], checked as the agent takes it.
+fn mount(d: &mut Decoder<'_>) -> Result<Mount, DecodeError> {
+    let invalid = |why: String| DecodeError::Invalid {
+        field: "mount",
+        why,
+    };
+    let destination = d.bytes("mount destination", MAX_PAYLOAD)?.to_vec();
+    let kind = match d.u8("mount kind")? {
+        MOUNT_BIND => MountKind::Bind {
+            source: d.bytes("mount source", MAX_PAYLOAD)?.to_vec(),
+        },
+        MOUNT_TMPFS => MountKind::Tmpfs {
+            options: d.bytes("tmpfs options", MAX_PAYLOAD)?.to_vec(),
+        },
+        other => return Err(invalid(format!("unknown kind {other}"))),
+    };
+    let mut mount = Mount {
+        destination,
+        kind,
+        ..Mount::default()
+    };
+    let flags = d.u8("mount flags")?;
+    if !mount.set_flags(flags) {
+        return Err(invalid(format!("unknown flags {flags:#04x}")));
+    }
+    mount.check().map_err(|e| invalid(e.to_string()))?;
+    Ok(mount)
 }
 
 /// An [`Activation`], checked as the guest takes it.
@@ -727,6 +857,39 @@ mod tests {
                     uid: 0,
                     gid: u32::MAX,
                     groups: vec![10, 1000],
+                    rlimits: vec![
+                        Rlimit {
+                            resource: 7,
+                            soft: 1024,
+                            hard: 1024,
+                        },
+                        // Not checked on the wire: the agent refuses it when it starts.
+                        Rlimit {
+                            resource: u32::MAX,
+                            soft: u64::MAX,
+                            hard: 0,
+                        },
+                    ],
+                    mounts: vec![
+                        Mount {
+                            destination: b"/etc/hosts".to_vec(),
+                            kind: MountKind::Bind {
+                                source: b"/run/container-mounts/0/hosts".to_vec(),
+                            },
+                            read_only: true,
+                            nosuid: true,
+                            nodev: false,
+                            noexec: true,
+                        },
+                        Mount {
+                            destination: b"/scratch".to_vec(),
+                            kind: MountKind::Tmpfs {
+                                options: b"size=1m".to_vec(),
+                            },
+                            nodev: true,
+                            ..Mount::default()
+                        },
+                    ],
                 }),
                 tty: Some(WinSize {
                     rows: 24,
@@ -761,6 +924,10 @@ mod tests {
                 hostname: "nodeos-7f3a".into(),
                 mac: [0x02, 0x7f, 0x3a, 0, 0, 1],
             })),
+            Request::SetClock {
+                secs: u64::MAX,
+                nanos: 999_999_999,
+            },
         ]
     }
 
@@ -777,6 +944,11 @@ mod tests {
             Reply::TreeData(vec![1; MAX_CHUNK]),
             Reply::TreeData(Vec::new()),
             Reply::TreeEnd,
+            Reply::OomKilled {
+                seq: u64::MAX,
+                pid: 212,
+            },
+            Reply::ClockSet,
             Reply::Error {
                 kind: ErrorKind::NotFound,
                 message: "nope: No such file or directory".into(),
@@ -930,9 +1102,53 @@ mod tests {
                     0xff, 0xff, 0xff, 0,
                 ],
             ),
+            // a container whose rlimits claim 17 items, one more than Linux has
+            frame(
+                kind::EXEC,
+                &[
+                    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    0, 0, 17, 0, 0, 0, 0,
+                ],
+            ),
+            // a container whose one rlimit lacks its hard limit
+            frame(
+                kind::EXEC,
+                &[
+                    &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1][..],
+                    &[0; 16],
+                    &[1, 0, 0, 0, 7, 0, 0, 0],
+                    &[0; 8],
+                    &[0],
+                ]
+                .concat(),
+            ),
+            // a container whose one mount is a tmpfs at a relative path
+            frame(
+                kind::EXEC,
+                &[
+                    &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1][..],
+                    &[0; 20],
+                    &[1, 0, 0, 0, 1, 0, 0, 0, b'x', 1, 0, 0, 0, 0, 0],
+                    &[0],
+                ]
+                .concat(),
+            ),
+            // a container whose one mount has a flag that means nothing
+            frame(
+                kind::EXEC,
+                &[
+                    &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1][..],
+                    &[0; 20],
+                    &[1, 0, 0, 0, 2, 0, 0, 0, b'/', b'x', 1, 0, 0, 0, 0, 0x10],
+                    &[0],
+                ]
+                .concat(),
+            ),
             // trailing byte
             frame(kind::EXEC, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             frame(kind::RESIZE, &[24, 0, 0, 0]),
+            frame(kind::SET_CLOCK, &[0; 11]),
+            frame(kind::SET_CLOCK, &[0; 13]),
         ];
         for bad in &bad_requests {
             assert!(Request::decode(bad).is_err(), "{bad:?}");
@@ -940,7 +1156,10 @@ mod tests {
         }
         let bad_replies: Vec<Vec<u8>> = vec![
             frame(kind::HELLO, &1u32.to_le_bytes()),
-            frame(0x8b, &[]),
+            frame(0x8d, &[]),
+            frame(kind::CLOCK_SET, &[0]),
+            frame(kind::OOM_KILLED, &[0; 8]),
+            frame(kind::OOM_KILLED, &[0; 13]),
             frame(kind::TREE_DATA, &[0; MAX_CHUNK + 1]),
             frame(kind::TREE_END, &[0]),
             frame(kind::STARTED, &[1]),
@@ -1002,6 +1221,36 @@ mod tests {
     }
 
     #[test]
+    fn more_rlimits_or_mounts_than_a_container_takes_do_not_encode() {
+        let too_many = [
+            (
+                Container {
+                    rlimits: vec![Rlimit::default(); MAX_RLIMITS + 1],
+                    ..Container::default()
+                },
+                MAX_RLIMITS,
+            ),
+            (
+                Container {
+                    mounts: vec![Mount::default(); MAX_MOUNTS + 1],
+                    ..Container::default()
+                },
+                MAX_MOUNTS,
+            ),
+        ];
+        for (container, most) in too_many {
+            let exec = Request::Exec(Exec {
+                container: Some(container),
+                ..Exec::default()
+            });
+            assert!(matches!(
+                exec.encode(),
+                Err(FrameError::TooLarge { max, .. }) if max == most
+            ));
+        }
+    }
+
+    #[test]
     fn a_terminal_wider_than_u16_is_refused() {
         let frame = frame(kind::RESIZE, &[24, 0, 0, 0, 0, 0, 1, 0]);
         let err = Request::decode(&frame).unwrap_err();
@@ -1029,19 +1278,40 @@ mod tests {
                 uid: 1,
                 gid: 2,
                 groups: vec![3],
+                rlimits: vec![Rlimit {
+                    resource: 7,
+                    soft: 4,
+                    hard: 5,
+                }],
+                mounts: vec![Mount {
+                    destination: b"/d".to_vec(),
+                    kind: MountKind::Tmpfs {
+                        options: b"size=1m".to_vec(),
+                    },
+                    read_only: true,
+                    noexec: true,
+                    ..Mount::default()
+                }],
             }),
             tty: Some(WinSize { rows: 24, cols: 80 }),
         });
         let payload = [
-            &[1, 0, 0, 0, 1, 0, 0, 0, b'a'][..], // argv
-            &[0, 0, 0, 0],                       // env
-            &[1, 1, 0, 0, 0, b'/'],              // cwd
-            &[1],                                // stdin
-            &[1, 5, 0, 0, 0, 0, 0, 0, 0],        // timeout_ms
-            &[1, 2, 0, 0, 0, b'/', b'r'],        // container: root
-            &[1, 0, 0, 0, 2, 0, 0, 0],           // uid, gid
-            &[1, 0, 0, 0, 3, 0, 0, 0],           // groups
-            &[1, 24, 0, 0, 0, 80, 0, 0, 0],      // tty
+            &[1, 0, 0, 0, 1, 0, 0, 0, b'a'][..],   // argv
+            &[0, 0, 0, 0],                         // env
+            &[1, 1, 0, 0, 0, b'/'],                // cwd
+            &[1],                                  // stdin
+            &[1, 5, 0, 0, 0, 0, 0, 0, 0],          // timeout_ms
+            &[1, 2, 0, 0, 0, b'/', b'r'],          // container: root
+            &[1, 0, 0, 0, 2, 0, 0, 0],             // uid, gid
+            &[1, 0, 0, 0, 3, 0, 0, 0],             // groups
+            &[1, 0, 0, 0, 7, 0, 0, 0],             // rlimits: RLIMIT_NOFILE
+            &[4, 0, 0, 0, 0, 0, 0, 0],             // soft
+            &[5, 0, 0, 0, 0, 0, 0, 0],             // hard
+            &[1, 0, 0, 0, 2, 0, 0, 0, b'/', b'd'], // mounts: destination
+            &[1, 7, 0, 0, 0],                      // a tmpfs, its options
+            b"size=1m",
+            &[0b1001],                      // read-only, noexec
+            &[1, 24, 0, 0, 0, 80, 0, 0, 0], // tty
         ]
         .concat();
         assert_eq!(exec.encode().unwrap(), frame(kind::EXEC, &payload));
@@ -1061,6 +1331,13 @@ mod tests {
         assert_eq!(
             Reply::TimedOut { timeout_ms: 1 }.encode().unwrap(),
             frame(kind::TIMED_OUT, &[1, 0, 0, 0, 0, 0, 0, 0])
+        );
+        assert_eq!(
+            Reply::OomKilled { seq: 2, pid: -1 }.encode().unwrap(),
+            frame(
+                kind::OOM_KILLED,
+                &[2, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]
+            )
         );
     }
 }

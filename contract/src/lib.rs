@@ -16,6 +16,8 @@
 //!   signals, `Poweroff`, `Export`, the guest's environment) and the agent's replies (output,
 //!   exit status, a folder's tree, errors), as length-prefixed frames with every bound checked.
 //! - [`env`]: the guest's environment entries, checked, which travel in the ready handshake.
+//! - [`rlimit`]: a container's process's resource limits, which travel in its `Exec`.
+//! - [`mount`]: a container's own file systems (binds, `tmpfs`es), which travel there too.
 //! - [`tree`]: the stream a folder's tree travels in (`Export`, for `:rw` volumes): folders,
 //!   files as their data extents, symlinks, checked as it is decoded.
 //! - [`mux`]: the channel multiplexer, which offers the same hybrid-vsock interface at both
@@ -38,10 +40,12 @@ pub mod disks;
 pub mod env;
 pub mod frame;
 pub mod hybrid;
+pub mod mount;
 pub mod mux;
 pub mod net;
 pub mod params;
 pub mod ports;
+pub mod rlimit;
 pub mod sock;
 pub mod status;
 pub mod tree;

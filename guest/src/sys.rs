@@ -101,6 +101,31 @@ pub fn pivot_root(new_root: &Path, put_old: &Path) -> Result<()> {
     })
 }
 
+/// openat2(2): `path` opened relative to the folder `dir` with `flags` (`O_*`), its
+/// resolution restricted by `resolve` (`RESOLVE_*`).
+pub fn openat2(dir: BorrowedFd<'_>, path: &Path, flags: u64, resolve: u64) -> io::Result<OwnedFd> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_how is plain integers, for which all zeroes is a value (mode 0).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = flags;
+    how.resolve = resolve;
+    // SAFETY: c_path is NUL-terminated and `how` a valid open_how whose size is passed; both
+    // outlive the call, which only reads them.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c_path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    cvt(fd as libc::c_int)?;
+    // SAFETY: openat2 succeeded: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// The device of a path, to tell whether something is mounted on it.
 pub fn device_of(path: &Path) -> Result<u64> {
     use std::os::unix::fs::MetadataExt;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::flag;
@@ -222,6 +222,27 @@ impl Handshake {
     }
 }
 
+/// Sets the guest's wall clock to the host's, through the agent behind `socket` (after a pause
+/// on a backend whose guest clock stood still); `ended` ends the wait.
+pub fn set_clock(socket: &Path, ended: &EventFd) -> Result<(), Error> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let request = Request::SetClock {
+        secs: now.as_secs(),
+        nanos: now.subsec_nanos(),
+    };
+    let deadline = Instant::now() + HANDSHAKE_TIME;
+    let mut replies = connect(socket, &[request], Some(ended), Some(deadline))?;
+    match replies.next(&[ended.as_raw_fd()], Some(deadline))? {
+        Next::Reply(Reply::ClockSet) => Ok(()),
+        Next::Reply(Reply::Error { message, .. }) => Err(Error::Refused(message)),
+        Next::Woken(_) => Err(Error::EndedDuringCommand),
+        Next::TimedOut => Err(Error::Handshake(HANDSHAKE_TIME)),
+        Next::Reply(_) | Next::End => Err(Error::Unexpected("another message than ClockSet")),
+    }
+}
+
 /// Connects to the agent behind `socket` and says hello, by `deadline` (and
 /// [`HANDSHAKE_TIME`]); the VM's end (`ended`) ends the wait too.
 fn connect(
@@ -288,6 +309,19 @@ pub struct Session {
     writer: Arc<Mutex<UnixStream>>,
     replies: Replies,
     started: Instant,
+    /// Told of each OOM kill the agent reports ([`Session::on_oom_kill`]).
+    on_oom_kill: Option<Box<dyn FnMut(OomKill) + Send>>,
+}
+
+/// A process the guest's kernel killed for lack of memory while a command ran (the agent
+/// follows the guest kernel's log: docs/agent-protocol.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OomKill {
+    /// Its pid in the guest.
+    pub pid: i32,
+    /// The number of the guest kernel log's record of it: every session that sees the same
+    /// kill has the same number, and a later kill a larger one.
+    pub seq: u64,
 }
 
 /// Sends to a session's command from any thread.
@@ -339,7 +373,15 @@ impl Session {
             writer,
             replies,
             started: Instant::now(),
+            on_oom_kill: None,
         })
+    }
+
+    /// Calls `hook` (on the thread that calls [`Session::next`]) for each process the guest's
+    /// kernel kills for lack of memory while the command runs, before [`Session::next`] goes
+    /// on to the next event; without a hook they are passed over.
+    pub fn on_oom_kill(&mut self, hook: impl FnMut(OomKill) + Send + 'static) {
+        self.on_oom_kill = Some(Box::new(hook));
     }
 
     /// The handle that writes to the command's stdin and signals it.
@@ -358,35 +400,44 @@ impl Session {
     ) -> Result<Wake, Error> {
         let mut wake = vec![ended.as_raw_fd()];
         wake.extend_from_slice(extra);
-        let reply = match self.replies.next(&wake, deadline)? {
-            Next::Reply(reply) => reply,
-            Next::Woken(0) | Next::End => return Err(Error::EndedDuringCommand),
-            Next::Woken(i) => return Ok(Wake::Extra(i - 1)),
-            Next::TimedOut => return Err(Error::NoReport(self.started.elapsed())),
-        };
-        let event = match reply {
-            Reply::Started { pid } => Event::Started(pid),
-            Reply::Stdout(data) => Event::Stdout(data),
-            Reply::Stderr(data) => Event::Stderr(data),
-            Reply::Exited(code) => Event::Ended(Outcome::Exited(code)),
-            Reply::Signaled(signal) => Event::Ended(Outcome::Signaled(signal)),
-            Reply::TimedOut { timeout_ms } => {
-                Event::Ended(Outcome::TimedOut(Duration::from_millis(timeout_ms)))
-            }
-            Reply::Error { kind, message } => Event::Ended(match kind {
-                ErrorKind::NotFound => Outcome::NotFound(message),
-                ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => {
-                    Outcome::NotExecutable(message)
+        let event = loop {
+            let reply = match self.replies.next(&wake, deadline)? {
+                Next::Reply(reply) => reply,
+                Next::Woken(0) | Next::End => return Err(Error::EndedDuringCommand),
+                Next::Woken(i) => return Ok(Wake::Extra(i - 1)),
+                Next::TimedOut => return Err(Error::NoReport(self.started.elapsed())),
+            };
+            break match reply {
+                Reply::OomKilled { seq, pid } => {
+                    if let Some(hook) = &mut self.on_oom_kill {
+                        hook(OomKill { pid, seq });
+                    }
+                    continue;
                 }
-                ErrorKind::Protocol
-                | ErrorKind::Version
-                | ErrorKind::Export
-                | ErrorKind::Activate => return Err(Error::Refused(message)),
-            }),
-            Reply::Hello { .. } => return Err(Error::Unexpected("a second hello")),
-            Reply::TreeData(_) | Reply::TreeEnd => {
-                return Err(Error::Unexpected("a folder's tree to a command"))
-            }
+                Reply::Started { pid } => Event::Started(pid),
+                Reply::Stdout(data) => Event::Stdout(data),
+                Reply::Stderr(data) => Event::Stderr(data),
+                Reply::Exited(code) => Event::Ended(Outcome::Exited(code)),
+                Reply::Signaled(signal) => Event::Ended(Outcome::Signaled(signal)),
+                Reply::TimedOut { timeout_ms } => {
+                    Event::Ended(Outcome::TimedOut(Duration::from_millis(timeout_ms)))
+                }
+                Reply::Error { kind, message } => Event::Ended(match kind {
+                    ErrorKind::NotFound => Outcome::NotFound(message),
+                    ErrorKind::NotExecutable | ErrorKind::ExecFailed | ErrorKind::BadCwd => {
+                        Outcome::NotExecutable(message)
+                    }
+                    ErrorKind::Protocol
+                    | ErrorKind::Version
+                    | ErrorKind::Export
+                    | ErrorKind::Activate => return Err(Error::Refused(message)),
+                }),
+                Reply::Hello { .. } => return Err(Error::Unexpected("a second hello")),
+                Reply::TreeData(_) | Reply::TreeEnd => {
+                    return Err(Error::Unexpected("a folder's tree to a command"))
+                }
+                Reply::ClockSet => return Err(Error::Unexpected("ClockSet to a command")),
+            };
         };
         Ok(Wake::Event(event))
     }
@@ -547,8 +598,9 @@ impl Replies {
 }
 
 /// Runs `command` through the agent behind `socket`, writing its output to our stdout and
-/// stderr as it comes. Our SIGINT, SIGTERM and SIGHUP are passed on to it. `ended` is the VM's
-/// end; `deadline` how long to wait at most before giving up on the guest.
+/// stderr as it comes, and what the guest's OOM killer ends meanwhile to our stderr. Our
+/// SIGINT, SIGTERM and SIGHUP are passed on to it. `ended` is the VM's end; `deadline` how long
+/// to wait at most before giving up on the guest.
 pub fn exec(
     socket: &Path,
     command: &Command,
@@ -557,6 +609,14 @@ pub fn exec(
 ) -> Result<Outcome, Error> {
     let deadline = deadline.map(|d| Instant::now() + d);
     let mut session = Session::start(socket, command, ended, deadline)?;
+    // Said as it happens: a command that dies of it gets a status of 137 and nothing else.
+    session.on_oom_kill(|kill| {
+        eprintln!(
+            "nodeos-vm: the guest ran out of memory: its kernel killed process {}; give the VM \
+             more with --memory",
+            kill.pid
+        );
+    });
     let input = session.input();
     if command.stdin {
         forward_stdin(input.clone());
@@ -696,8 +756,43 @@ mod tests {
             writer: Arc::new(Mutex::new(host.try_clone().unwrap())),
             replies: Replies::new(host),
             started: Instant::now(),
+            on_oom_kill: None,
         };
         (session, guest)
+    }
+
+    #[test]
+    fn oom_kills_go_to_the_hook_between_the_events() {
+        let ended = eventfd();
+        let replies = [
+            Reply::OomKilled { seq: 5, pid: 9 },
+            Reply::Stdout(b"x".to_vec()),
+            Reply::OomKilled { seq: 6, pid: 10 },
+            Reply::Signaled(9),
+        ];
+        let (mut hooked, mut guest) = session();
+        let kills = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&kills);
+        hooked.on_oom_kill(move |kill| seen.lock().unwrap().push(kill));
+        for reply in &replies {
+            frame::write_reply(&mut guest, reply).unwrap();
+        }
+        let next = hooked.next(&ended, &[], None).unwrap();
+        assert!(matches!(next, Wake::Event(Event::Stdout(d)) if d == b"x"));
+        assert_eq!(*kills.lock().unwrap(), [OomKill { pid: 9, seq: 5 }]);
+        let next = hooked.next(&ended, &[], None).unwrap();
+        assert!(matches!(
+            next,
+            Wake::Event(Event::Ended(Outcome::Signaled(9)))
+        ));
+        assert_eq!(kills.lock().unwrap().len(), 2);
+        // Without a hook they are passed over.
+        let (mut hookless, mut guest) = session();
+        for reply in &replies {
+            frame::write_reply(&mut guest, reply).unwrap();
+        }
+        let next = hookless.next(&ended, &[], None).unwrap();
+        assert!(matches!(next, Wake::Event(Event::Stdout(_))));
     }
 
     fn eventfd() -> EventFd {

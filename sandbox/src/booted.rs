@@ -15,7 +15,7 @@ use crate::activation::Identity;
 use crate::agent::{self, Command, Outcome, Session, TemplatePoint, TreeExport};
 use crate::console::{self, ConsoleTail, TAIL_BYTES};
 use vmm::backend::{self, Backend};
-use vmm::vm::{RunReport, StopSignal, VmConfig, VmExit};
+use vmm::vm::{pause_link, PauseError, PauseSwitch, RunReport, StopSignal, VmConfig, VmExit};
 
 /// How long a guest may take to boot and report its agent ready.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -36,6 +36,8 @@ pub enum Error {
     Panicked,
     #[error("the guest's kernel panicked or the guest reset")]
     Reset,
+    #[error(transparent)]
+    Pause(#[from] PauseError),
 }
 
 /// Where the guest's console output goes.
@@ -72,6 +74,9 @@ impl Console {
 pub struct Sandbox {
     thread: thread::JoinHandle<Result<RunReport, backend::Error>>,
     stop: StopSignal,
+    pause: PauseSwitch,
+    /// Whether its guest's clock stands still while it is paused (set again on resume).
+    clock_stops_when_paused: bool,
     /// Signalled when the VM has ended, whatever the reason.
     ended: EventFd,
     console: Console,
@@ -103,12 +108,14 @@ impl Sandbox {
         let mut io = console::headless(output)?;
         let point = TemplatePoint::of(&config.start, &mut io)?;
         let stop = StopSignal::new().map_err(Error::Setup)?;
+        let (pause, link) = pause_link().map_err(Error::Setup)?;
+        let clock_stops_when_paused = backend.guest_clock_stops_when_paused();
         let ended = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Setup)?;
         let (s, e) = (stop.clone(), ended.try_clone().map_err(Error::Setup)?);
         let thread = thread::Builder::new()
             .name("vm".into())
             .spawn(move || {
-                let report = backend.run(&config, io, &s);
+                let report = backend.run(&config, io, &s, Some(link));
                 let _ = e.write(1);
                 report
             })
@@ -116,6 +123,8 @@ impl Sandbox {
         Ok(Sandbox {
             thread,
             stop,
+            pause,
+            clock_stops_when_paused,
             ended,
             console,
             point,
@@ -171,6 +180,21 @@ impl Sandbox {
     /// The handle that ends the VM.
     pub fn stop_signal(&self) -> &StopSignal {
         &self.stop
+    }
+
+    /// Pauses the VM (its vCPUs and devices hold still, its memory stays); commands, their
+    /// streams and the agent wait until [`resume`](Self::resume).
+    pub fn pause(&self) -> Result<(), Error> {
+        Ok(self.pause.pause()?)
+    }
+
+    /// Lets a paused VM go on where it was, its wall clock the host's.
+    pub fn resume(&self) -> Result<(), Error> {
+        self.pause.resume()?;
+        if self.clock_stops_when_paused {
+            agent::set_clock(&self.socket, &self.ended).map_err(|e| self.explained(e))?;
+        }
+        Ok(())
     }
 
     /// Ends the VM (if it has not ended) and reports how it went.

@@ -266,7 +266,7 @@ fn save(backend: &Backend, template: &VmConfig) -> Result<(), Error> {
             timed_out
         })
     };
-    let report = backend.run(template, io, &stop);
+    let report = backend.run(template, io, &stop, None);
     drop(done);
     if watchdog.join().unwrap_or(false) {
         return Err(Error::TimedOut(BOOT_TIMEOUT));

@@ -256,8 +256,7 @@ impl Volume {
     }
 
     /// Packs the host folder into a fresh ext4 image at `image`; what a copy-back of it may
-    /// take (the image's size: the guest's whole disk; twice the inodes asked for: mke2fs
-    /// rounds them up to fill its groups).
+    /// take ([`copy_back_budget`]).
     pub fn pack(&self, image: &Path) -> Result<Budget, Error> {
         let usage = Usage::of(&self.host)?;
         let (headroom, free_inodes) = match self.mode {
@@ -274,16 +273,7 @@ impl Volume {
         as_guest_owner(&mut command);
         run_tool(command, format!("packing {} (mke2fs)", self.host.display()))?;
         match_top(&self.host, image)?;
-        let image_len = fs::metadata(image).map_err(|source| Error::Io {
-            what: "looking at the packed image",
-            path: image.to_path_buf(),
-            source,
-        })?;
-        Ok(Budget {
-            bytes: image_len.len(),
-            entries: inodes * 2,
-            time: COPY_BACK_TIME,
-        })
+        copy_back_budget(image, inodes)
     }
 
     /// Copies the guest's changes back: unpacks the tree `source` sends into `scratch`, an
@@ -397,11 +387,27 @@ pub fn unpack_tree(
     unpack::unpack(source, &folder, budget).map_err(Error::Unpack)
 }
 
+/// What a copy-back of the image at `image`, made with `inodes` inodes, may take: the image's
+/// size (the guest's whole disk) and twice the inodes (mke2fs rounds them up to fill its
+/// groups).
+fn copy_back_budget(image: &Path, inodes: u64) -> Result<Budget, Error> {
+    let image_len = fs::metadata(image).map_err(|source| Error::Io {
+        what: "looking at the packed image",
+        path: image.to_path_buf(),
+        source,
+    })?;
+    Ok(Budget {
+        bytes: image_len.len(),
+        entries: inodes * 2,
+        time: COPY_BACK_TIME,
+    })
+}
+
 /// Packs the folder `tree` into a fresh ext4 image at `image` as it is (owners, modes, times,
 /// device nodes as the host has them: a container's root file system), with `headroom` bytes
 /// and one inode per 16 KiB of it free for what the guest writes (sparse: unused room costs
-/// the host nothing).
-pub fn pack_as_is(tree: &Path, image: &Path, headroom: u64) -> Result<(), Error> {
+/// the host nothing); what a copy-back of a folder in it may take.
+pub fn pack_as_is(tree: &Path, image: &Path, headroom: u64) -> Result<Budget, Error> {
     let usage = Usage::of(tree)?;
     let free_inodes = headroom / RW_HEADROOM_BYTES_PER_INODE;
     // The top folder too keeps its owner, not mke2fs's.
@@ -411,9 +417,10 @@ pub fn pack_as_is(tree: &Path, image: &Path, headroom: u64) -> Result<(), Error>
         source,
     })?;
     let owner = (top.uid(), top.gid());
-    let (command, _) = mke2fs(tree, image, &usage, owner, headroom, free_inodes);
+    let (command, inodes) = mke2fs(tree, image, &usage, owner, headroom, free_inodes);
     run_tool(command, format!("packing {} (mke2fs)", tree.display()))?;
-    match_top(tree, image)
+    match_top(tree, image)?;
+    copy_back_budget(image, inodes)
 }
 
 /// Makes the image's top folder the host folder's: mke2fs leaves its own `lost+found`

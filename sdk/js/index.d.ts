@@ -88,7 +88,10 @@ export interface ExecInfo {
 
 export interface SandboxInfo {
   id: string;
-  state: 'running';
+  /** 'paused' between pause() and resume(). */
+  state: 'running' | 'paused';
+  /** ms since the epoch: when it was paused; null while it runs. */
+  pausedAt: number | null;
   memoryMib: number;
   cpus: number;
   user: string | null;
@@ -123,6 +126,15 @@ export declare class Sandbox {
   info(options?: { signal?: AbortSignal }): Promise<SandboxInfo>;
   /** Deletes it: its commands killed, its VM stopped. NotFoundError when it is gone. */
   kill(options?: { signal?: AbortSignal }): Promise<void>;
+  /**
+   * Stops its vCPUs, its memory and processes kept (not saved to disk): running commands stall;
+   * new commands, stdin, signals and file operations are a ConflictError until resume(). Its
+   * idle limit does not count meanwhile, its lifetime does. ConflictError when it is paused
+   * already.
+   */
+  pause(options?: { signal?: AbortSignal }): Promise<SandboxInfo>;
+  /** Goes on where it stopped. ConflictError when it is not paused. */
+  resume(options?: { signal?: AbortSignal }): Promise<SandboxInfo>;
 }
 
 export interface RunOptions {
@@ -344,7 +356,7 @@ export declare class ForbiddenError extends NodeosVmError {}
 export declare class NotFoundError extends NodeosVmError {}
 /** 400, and 422 (a package that does not load); also bad arguments found before sending. */
 export declare class InvalidArgumentError extends NodeosVmError {}
-/** 409 */
+/** 409: a paused sandbox (resume it first), a folder where a file is needed or the other way round. */
 export declare class ConflictError extends NodeosVmError {}
 /** 413 */
 export declare class PayloadTooLargeError extends NodeosVmError {}

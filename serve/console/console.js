@@ -88,8 +88,9 @@
 
   class Refused extends Error {}
 
-  async function api(path) {
+  async function api(path, method = 'GET') {
     const response = await fetch(path, {
+      method,
       headers: { Authorization: `Bearer ${state.token}` },
       cache: 'no-store',
       credentials: 'omit',
@@ -158,9 +159,13 @@
       }
       status(`updated ${clock(now)}`);
     } catch (error) {
-      if (error instanceof Refused) signIn(`The server refused the token: ${error.message}`);
-      else status(error.message, true);
+      failed(error);
     }
+  }
+
+  function failed(error) {
+    if (error instanceof Refused) signIn(`The server refused the token: ${error.message}`);
+    else status(error.message, true);
   }
 
   function status(text, bad = false) {
@@ -461,21 +466,41 @@
     await expect(response, 'GET /sandboxes');
     const { sandboxes } = await response.json();
     if (!Array.isArray(sandboxes) || !sandboxes.length) return none();
-    const heads = ['Sandbox', 'State', 'Memory', 'vCPUs', 'Created', 'Last activity', 'Commands'];
+    const heads = ['Sandbox', 'State', '', 'Memory', 'vCPUs', 'Created', 'Last activity', 'Commands'];
     return panel.replaceChildren(el('table', {},
       el('thead', {}, el('tr', {}, ...heads.map((h) => el('th', {}, h)))),
       el('tbody', {}, ...sandboxes.map(sandboxRow))));
   }
 
   function sandboxRow(s) {
-    return el('tr', { 'data-sandbox': s.id },
+    const paused = s.state === 'paused';
+    const action = paused ? 'resume' : 'pause';
+    const button = el('button', { type: 'button', 'data-action': action,
+      title: paused ? 'run its vCPUs again: its commands go on' : 'stop its vCPUs, its memory kept' },
+    paused ? 'Resume' : 'Pause');
+    button.addEventListener('click', () => act(button, s.id, action));
+    return el('tr', { 'data-sandbox': s.id, class: paused ? 'paused' : null },
       el('td', {}, s.id),
-      el('td', {}, s.state),
+      el('td', { 'data-field': 'state', title: paused ? `paused at ${when(s.pausedAt)}` : null }, s.state),
+      el('td', {}, button),
       el('td', {}, `${s.memoryMib} MiB`),
       el('td', {}, s.cpus),
       el('td', {}, when(s.createdAt)),
       el('td', {}, when(s.lastActivityAt)),
       el('td', {}, el('ul', { class: 'execs' }, ...(s.execs || []).map(execItem))));
+  }
+
+  /** POST /sandboxes/{id}/pause or /resume, then the sandboxes asked again. */
+  async function act(button, id, action) {
+    button.disabled = true;
+    const path = `/sandboxes/${encodeURIComponent(id)}/${action}`;
+    try {
+      await expect(await api(path, 'POST'), `POST ${path}`);
+      schedule(0);
+    } catch (error) {
+      button.disabled = false;
+      failed(error);
+    }
   }
 
   function execItem(e) {

@@ -57,6 +57,8 @@ pub fn routes() -> Router<Arc<Server>> {
     Router::new()
         .route("/sandboxes", post(create).get(list))
         .route("/sandboxes/{id}", get(show).delete(delete))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/exec", post(exec))
         .route("/sandboxes/{id}/execs/{exec}/stdin", post(stdin))
         .route("/sandboxes/{id}/execs/{exec}/signal", post(signal))
@@ -147,7 +149,8 @@ async fn json_body<T: Default + serde::de::DeserializeOwned>(body: Body) -> Resu
 fn describe(sandbox: &Sandbox) -> Value {
     json!({
         "id": sandbox.id,
-        "state": "running",
+        "state": if sandbox.paused_ms().is_some() { "paused" } else { "running" },
+        "pausedAt": sandbox.paused_ms(),
         "memoryMib": sandbox.options.memory_mib,
         "cpus": sandbox.options.cpus,
         "user": sandbox.options.user,
@@ -167,6 +170,64 @@ fn find(server: &Server, id: &str) -> Result<Arc<Sandbox>, ApiError> {
             format!("no sandbox {id:?} (deleted, or past its idle or lifetime limit)"),
         )
     })
+}
+
+/// Sandbox `id`, to run something in: refused while it is paused.
+fn find_running(server: &Server, id: &str) -> Result<Arc<Sandbox>, ApiError> {
+    let sandbox = find(server, id)?;
+    if sandbox.paused_ms().is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("sandbox {id} is paused: resume it first (POST /sandboxes/{id}/resume)"),
+        ));
+    }
+    Ok(sandbox)
+}
+
+async fn pause(
+    State(server): State<Arc<Server>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    switch(&server, &id, Sandbox::pause).await
+}
+
+async fn resume(
+    State(server): State<Arc<Server>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    switch(&server, &id, Sandbox::resume).await
+}
+
+/// Pauses or resumes sandbox `id` (blocking, off the async threads): its description after,
+/// or 409 when it is not in the state to.
+async fn switch(
+    server: &Server,
+    id: &str,
+    change: fn(&Sandbox) -> Result<(), sandboxes::Error>,
+) -> Result<Json<Value>, ApiError> {
+    let sandbox = find(server, id)?;
+    let s = sandbox.clone();
+    match tokio::task::spawn_blocking(move || change(&s)).await {
+        Ok(Ok(())) => Ok(Json(describe(&sandbox))),
+        Ok(Err(e)) => {
+            let refused = matches!(
+                &e,
+                sandboxes::Error::Pause(sandbox::booted::Error::Pause(
+                    vmm::vm::PauseError::Refused(_)
+                ))
+            );
+            let status = if refused {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            Err(ApiError::new(status, format!("sandbox {id}: {e}")))
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
+    }
 }
 
 async fn create(State(server): State<Arc<Server>>, body: Body) -> Result<Response, ApiError> {
@@ -325,7 +386,7 @@ async fn exec(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let sandbox = find(&server, &id)?;
+    let sandbox = find_running(&server, &id)?;
     let request: ExecRequest = json_body(body).await?;
     let command = request.command(&sandbox)?;
     let shown = command
@@ -384,7 +445,7 @@ async fn stdin(
     Query(query): Query<StdinQuery>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let sandbox = find(&server, &id)?;
+    let sandbox = find_running(&server, &id)?;
     let input = running(&sandbox, &exec)?;
     let data = read_body(body, MAX_STDIN_BYTES, "stdin chunk").await?;
     send("the command's stdin", move || {
@@ -454,7 +515,7 @@ async fn signal(
     Path((id, exec)): Path<(String, String)>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let sandbox = find(&server, &id)?;
+    let sandbox = find_running(&server, &id)?;
     let input = running(&sandbox, &exec)?;
     let bytes = read_body(body, MAX_REQUEST_BYTES, "request").await?;
     let request: SignalRequest = serde_json::from_slice(&bytes)
@@ -484,7 +545,7 @@ fn refusal(refusal: Refusal) -> ApiError {
 
 /// Starts file operation `op` on the query's path in sandbox `id`.
 async fn start_op(server: &Server, id: &str, op: Op, path: &str) -> Result<Running, ApiError> {
-    let sandbox = find(server, id)?;
+    let sandbox = find_running(server, id)?;
     let path = guest_files::check_path(path).map_err(refusal)?;
     let shown = vec![format!("({})", op.name()), path.to_string()];
     sandbox_exec::start(&sandbox, guest_files::command(op, path), shown)

@@ -2,7 +2,9 @@
 //! in (`sandbox_exec`) and reads and writes the files of (`sandbox::guest_files`), until it deletes
 //! them or they pass their idle or lifetime limit. Each is a VM of its own, like an app's
 //! instance, restored from the template when there is one; with a `user`, that user's
-//! persistent disk is its writable layer, as with `nodeos-vm start --user`.
+//! persistent disk is its writable layer, as with `nodeos-vm start --user`. A sandbox can be
+//! paused (its VM's vCPUs stop, its memory and processes stay) and resumed; its idle limit
+//! does not count while it is paused, its lifetime does.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsRawFd;
@@ -35,6 +37,8 @@ pub enum Error {
     Vm(#[from] vm::Error),
     #[error("the boot task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Pause(#[from] sandbox::booted::Error),
 }
 
 /// What a sandbox is made of, as its creator asked.
@@ -71,16 +75,20 @@ pub struct Sandbox {
     created: Instant,
     vm: Vm,
     activity: Mutex<Activity>,
+    /// Held while the VM pauses or resumes: one at a time.
+    pausing: Mutex<()>,
     execs: Mutex<Execs>,
     /// Held (locked) while the sandbox lives.
     _user: Option<UserDisk>,
 }
 
-/// When it was last used, and how many commands or transfers use it now.
+/// When it was last used, how many commands or transfers use it now, and since when it is
+/// paused.
 struct Activity {
     last: Instant,
     last_ms: u64,
     busy: usize,
+    paused_ms: Option<u64>,
 }
 
 /// A command of a sandbox, as listed.
@@ -224,7 +232,9 @@ fn boot(machine: &Machine, vms: &Vms, options: Options) -> Result<Sandbox, Error
             last: Instant::now(),
             last_ms: created_ms,
             busy: 0,
+            paused_ms: None,
         }),
+        pausing: Mutex::new(()),
         execs: Mutex::default(),
         _user: user,
     })
@@ -248,12 +258,39 @@ impl Sandbox {
         self.activity.lock().unwrap().last_ms
     }
 
+    /// Since when it is paused, if it is.
+    pub fn paused_ms(&self) -> Option<u64> {
+        self.activity.lock().unwrap().paused_ms
+    }
+
+    /// Pauses its VM (blocking until every vCPU is stopped): commands and transfers under way
+    /// stall until [`resume`](Self::resume).
+    pub fn pause(&self) -> Result<(), Error> {
+        let _one = self.pausing.lock().unwrap();
+        self.vm().pause()?;
+        self.activity.lock().unwrap().paused_ms = Some(now_ms());
+        Ok(())
+    }
+
+    /// Lets its paused VM go on; its idle time counts from now.
+    pub fn resume(&self) -> Result<(), Error> {
+        let _one = self.pausing.lock().unwrap();
+        self.vm().resume()?;
+        let mut activity = self.activity.lock().unwrap();
+        activity.paused_ms = None;
+        activity.touch();
+        Ok(())
+    }
+
     /// Why it should go, if it should.
     fn expired(&self, now: Instant) -> Option<&'static str> {
         let activity = self.activity.lock().unwrap();
         if now.duration_since(self.created) >= self.options.lifetime {
             Some("past its lifetime (timeoutMs)")
-        } else if activity.busy == 0 && now.duration_since(activity.last) >= self.options.idle {
+        } else if activity.busy == 0
+            && activity.paused_ms.is_none()
+            && now.duration_since(activity.last) >= self.options.idle
+        {
             Some("idle past its idleTimeoutMs")
         } else if vmm::poll::first_readable(&[self.vm().ended().as_raw_fd()], Some(Duration::ZERO))
             .is_some()

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::api::Mount;
 use contract::frame::{Container, WinSize};
+use contract::mount::Mount as ContainerMount;
+use contract::rlimit::{Rlimit, RlimitError};
 use nix::mount::MsFlags;
 use oci_spec::runtime::{Process, Spec};
 use sandbox::agent::Command;
@@ -21,7 +23,8 @@ const MAX_MEMORY_MIB: u32 = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("reading the bundle's config.json in {path}: {source}")]
+    // oci-spec's own words ("serde failed") say little: its sources say what is wrong.
+    #[error("reading the bundle's config.json in {path}: {}", vmm::error_chain::one_line(.source))]
     Spec {
         path: PathBuf,
         #[source]
@@ -33,6 +36,12 @@ pub enum Error {
     NoArgs,
     #[error("the container's process: {0}")]
     BadProcess(String),
+    #[error("the container's process: its rlimits: {0} is not a resource Linux limits")]
+    UnknownRlimit(String),
+    #[error("the container's process: its rlimits give {0} more than once")]
+    RlimitTwice(String),
+    #[error("the container's process: its rlimits: {0}")]
+    BadRlimit(#[source] RlimitError),
     #[error("the container's root file system {path} is missing: {source}")]
     MissingRoot {
         path: PathBuf,
@@ -147,9 +156,10 @@ impl Bundle {
     }
 }
 
-/// The agent's command for an OCI process: its args, env, cwd and user, in the container's
-/// root (`root`, in the guest), on a terminal when it asks for one.
-pub fn command(process: &Process, root: &str) -> Result<Command, Error> {
+/// The agent's command for an OCI process: its args, env, cwd, user and rlimits, in the
+/// container's root (`root`, in the guest) with its `mounts`, on a terminal when it asks for
+/// one.
+pub fn command(process: &Process, root: &str, mounts: &[ContainerMount]) -> Result<Command, Error> {
     let args = process.args().as_ref().filter(|a| !a.is_empty());
     let args = args.ok_or(Error::NoArgs)?;
     let cwd = process.cwd();
@@ -183,9 +193,32 @@ pub fn command(process: &Process, root: &str) -> Result<Command, Error> {
             uid: user.uid(),
             gid: user.gid(),
             groups: user.additional_gids().clone().unwrap_or_default(),
+            rlimits: rlimits(process)?,
+            mounts: mounts.to_vec(),
         }),
         tty,
     })
+}
+
+/// The process's `rlimits`, checked as the runtime spec asks (each type once, each a limit
+/// Linux has, soft at most hard): an error here is the container's, before anything starts.
+fn rlimits(process: &Process) -> Result<Vec<Rlimit>, Error> {
+    let mut limits: Vec<Rlimit> = Vec::new();
+    for limit in process.rlimits().iter().flatten() {
+        let name = limit.typ().to_string();
+        let resource = Rlimit::resource_named(&name).ok_or(Error::UnknownRlimit(name.clone()))?;
+        if limits.iter().any(|l| l.resource == resource) {
+            return Err(Error::RlimitTwice(name));
+        }
+        let limit = Rlimit {
+            resource,
+            soft: limit.soft(),
+            hard: limit.hard(),
+        };
+        limit.check().map_err(Error::BadRlimit)?;
+        limits.push(limit);
+    }
+    Ok(limits)
 }
 
 /// The container's root file system for its VM: the snapshotter's `mounts` mounted on
@@ -205,7 +238,7 @@ pub fn prepare_root(
     let prepared = match image_tree::is_image(root, guest_rootfs) {
         Ok(true) => Ok(Root::Guest),
         Ok(false) => volume::pack_as_is(root, disk, WRITABLE_BYTES)
-            .map(|()| Root::Disk(disk.to_path_buf()))
+            .map(|_| Root::Disk(disk.to_path_buf()))
             .map_err(Error::from),
         Err(e) => Err(e.into()),
     };
@@ -289,7 +322,11 @@ mod tests {
                 "cwd": "/app",
                 "user": {"uid": 1000, "gid": 1001, "additionalGids": [20]},
                 "terminal": true,
-                "consoleSize": {"height": 50, "width": 132}
+                "consoleSize": {"height": 50, "width": 132},
+                "rlimits": [
+                    {"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024},
+                    {"type": "RLIMIT_CORE", "soft": 0, "hard": u64::MAX}
+                ]
             },
             "linux": {"resources": {
                 "memory": {"limit": 300 * 1024 * 1024 + 1},
@@ -300,7 +337,7 @@ mod tests {
         assert_eq!(bundle.memory_mib(), Some(301));
         assert_eq!(bundle.cpus(), Some(2));
         assert_eq!(bundle.root(), bundle.dir.join("rootfs"));
-        let command = command(bundle.process().unwrap(), GUEST_ROOT).unwrap();
+        let command = command(bundle.process().unwrap(), GUEST_ROOT, &[]).unwrap();
         assert_eq!(command.argv, [&b"node"[..], b"-e", b"1"]);
         assert_eq!(command.env, [&b"PATH=/usr/bin"[..], b"A=b"]);
         assert_eq!(command.cwd.as_deref(), Some(&b"/app"[..]));
@@ -309,6 +346,21 @@ mod tests {
         assert_eq!(
             (container.uid, container.gid, container.groups),
             (1000, 1001, vec![20])
+        );
+        assert_eq!(
+            container.rlimits,
+            [
+                Rlimit {
+                    resource: libc::RLIMIT_NOFILE,
+                    soft: 1024,
+                    hard: 1024
+                },
+                Rlimit {
+                    resource: libc::RLIMIT_CORE,
+                    soft: 0,
+                    hard: contract::rlimit::UNLIMITED
+                }
+            ]
         );
         assert_eq!(
             command.tty,
@@ -331,14 +383,14 @@ mod tests {
         assert_eq!(bundle.memory_mib(), Some(MIN_MEMORY_MIB));
         assert_eq!(bundle.cpus(), None);
         assert!(matches!(
-            command(bundle.process().unwrap(), "/"),
+            command(bundle.process().unwrap(), "/", &[]),
             Err(Error::NoArgs)
         ));
         let (_dir, bundle) = bundle_of(serde_json::json!({
             "ociVersion": "1.0.2",
             "process": {"args": ["sh"], "cwd": "relative", "user": {"uid": 0, "gid": 0}}
         }));
-        let err = command(bundle.process().unwrap(), "/").unwrap_err();
+        let err = command(bundle.process().unwrap(), "/", &[]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "the container's process: its cwd relative is not an absolute path"
@@ -346,6 +398,52 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = Bundle::read(dir.path()).err().unwrap();
         assert!(err.to_string().contains("config.json"), "{err}");
+    }
+
+    /// The command of a process whose `rlimits` are `rlimits` (JSON).
+    fn command_with_rlimits(rlimits: serde_json::Value) -> Result<Command, Error> {
+        let (_dir, bundle) = bundle_of(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                        "rlimits": rlimits}
+        }));
+        command(bundle.process().unwrap(), "/", &[])
+    }
+
+    #[test]
+    fn rlimits_linux_would_refuse_are_refused_before_anything_starts() {
+        let none = command_with_rlimits(serde_json::json!([])).unwrap();
+        assert_eq!(none.container.unwrap().rlimits, []);
+        let err = command_with_rlimits(serde_json::json!([
+            {"type": "RLIMIT_NOFILE", "soft": 2048, "hard": 1024}
+        ]))
+        .err()
+        .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "the container's process: its rlimits: RLIMIT_NOFILE 2048/1024: the soft limit is \
+             above the hard one"
+        );
+        let err = command_with_rlimits(serde_json::json!([
+            {"type": "RLIMIT_NPROC", "soft": 1, "hard": 2},
+            {"type": "RLIMIT_NPROC", "soft": 1, "hard": 1}
+        ]))
+        .err()
+        .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "the container's process: its rlimits give RLIMIT_NPROC more than once"
+        );
+        // A type the runtime spec does not have: the spec itself is refused, naming it.
+        let dir = tempfile::tempdir().unwrap();
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                        "rlimits": [{"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}]}
+        });
+        std::fs::write(dir.path().join("config.json"), spec.to_string()).unwrap();
+        let err = Bundle::read(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("RLIMIT_BOGUS"), "{err}");
     }
 
     #[test]

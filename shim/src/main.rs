@@ -1,10 +1,11 @@
 //! `containerd-shim-nodeos-v2`: containerd's runtime v2 shim for NodeOS microVMs
 //! (`ctr run --runtime io.containerd.nodeos.v2`, a Kubernetes RuntimeClass). Each container
 //! runs in a microVM of its own: its root file system packed into a disk, its processes
-//! started by the guest agent in that root, with the spec's user, environment and working
-//! directory (docs/kubernetes.md).
+//! started by the guest agent in that root, with the spec's user, environment, working
+//! directory and mounts (binds carried as copies; docs/kubernetes.md).
 
 mod bundle;
+mod mounts;
 mod process;
 mod service;
 mod stats;

@@ -82,12 +82,14 @@ impl Process {
     }
 
     /// Starts the process on `session` (the agent's, just opened for its command); `vm_ended`
-    /// is readable once the VM has ended, and `on_exit` runs once it has stopped. Returns its
-    /// pid in the guest once it runs, or why it could not be started.
+    /// is readable once the VM has ended; `settle` runs once it has ended, before it reads as
+    /// stopped (and a `wait` returns), and `on_exit` once it has stopped. Returns its pid in
+    /// the guest once it runs, or why it could not be started.
     pub fn start(
         self: &Arc<Self>,
         session: Session,
         vm_ended: EventFd,
+        settle: impl FnOnce() + Send + 'static,
         on_exit: impl FnOnce(&Process) + Send + 'static,
     ) -> Result<u32, String> {
         let input = session.input();
@@ -98,7 +100,7 @@ impl Process {
         }
         let process = self.clone();
         thread::spawn(move || {
-            process.pump(session, &vm_ended);
+            process.pump(session, &vm_ended, settle);
             on_exit(&process);
         });
         // A guest that never says the process runs must not hold the task API up.
@@ -127,8 +129,9 @@ impl Process {
         }
     }
 
-    /// Moves the command's output to containerd's FIFOs until it ends; then records how.
-    fn pump(&self, mut session: Session, vm_ended: &EventFd) {
+    /// Moves the command's output to containerd's FIFOs until it ends; then runs `settle` and
+    /// records how it ended.
+    fn pump(&self, mut session: Session, vm_ended: &EventFd, settle: impl FnOnce()) {
         let mut stdout = open_output(&self.stdio.stdout);
         let mut stderr = open_output(&self.stdio.stderr);
         let mut pid = 0;
@@ -150,6 +153,7 @@ impl Process {
             log::warn!("{}: {why}", self.name());
         }
         let at = SystemTime::now();
+        settle();
         self.set(Status::Stopped { pid, code, at }, failure);
     }
 

@@ -1,17 +1,26 @@
 //! The shim's two faces: the `start`/`delete` commands containerd runs (containerd_shim::Shim)
 //! and the task service it talks to over ttrpc (containerd_shim::Task), for one container
 //! whose processes run in one microVM.
+//!
+//! Pausing a task pauses its microVM: every vCPU (and, on our VMM, every device thread) holds
+//! still, its memory and devices' state are kept, and all of its processes — the task's and
+//! those `exec`ed beside it — make no progress until it is resumed.
+//!
+//! A process of the container that the guest's OOM killer ends, as the agent reports it, is
+//! published as `/tasks/oom` (`Service::oom_killed`), before that process's exit.
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use containerd_shim::api::{self, Status as TaskStatus};
 use containerd_shim::event::Event;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
@@ -22,11 +31,13 @@ use containerd_shim::{
 };
 use contract::frame::WinSize;
 use oci_spec::runtime::Process as OciProcess;
-use sandbox::agent::Session;
-use sandbox::booted::Sandbox;
+use sandbox::agent::{OomKill, Session};
+use sandbox::booted::{self, Sandbox};
+use vmm::vm::PauseError;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bundle::{self, Bundle, Root};
+use crate::mounts::{self, Carried};
 use crate::process::{Process, Status, Stdio};
 use crate::stats;
 use crate::vm::{self, Shape};
@@ -44,20 +55,32 @@ struct Container {
     vm: Option<Sandbox>,
     /// Where its root is, for the processes `exec`ed in it.
     root: Root,
+    /// Its own mounts (the spec's), for those processes too, and its writable binds to copy
+    /// back when its task's process ends.
+    mounts: Arc<Carried>,
+    /// Its disks, socket and console log.
+    scratch: PathBuf,
     init: Arc<Process>,
     execs: HashMap<String, Arc<Process>>,
+    /// Its VM is paused (`Pause`, until `Resume`): its running processes are PAUSED.
+    paused: bool,
 }
 
 impl Container {
-    /// What an agent session in its VM needs: the agent's socket and the VM's end, taken
-    /// under the lock and used without it (a guest slow to answer holds nothing up).
-    fn agent_link(&self) -> TtrpcResult<(PathBuf, EventFd)> {
-        let vm = self.vm.as_ref().ok_or_else(|| {
+    /// Its VM, until the container is deleted.
+    fn vm(&self) -> TtrpcResult<&Sandbox> {
+        self.vm.as_ref().ok_or_else(|| {
             error(
                 Code::FAILED_PRECONDITION,
                 "the container's microVM has ended",
             )
-        })?;
+        })
+    }
+
+    /// What an agent session in its VM needs: the agent's socket and the VM's end, taken
+    /// under the lock and used without it (a guest slow to answer holds nothing up).
+    fn agent_link(&self) -> TtrpcResult<(PathBuf, EventFd)> {
+        let vm = self.vm()?;
         let ended = vm
             .ended()
             .try_clone()
@@ -73,6 +96,61 @@ impl Container {
             .get(exec_id)
             .ok_or_else(|| error(Code::NOT_FOUND, format!("no process {exec_id:?}")))
     }
+
+    /// Refuses what needs the guest to run (a new process, its metrics) while it is paused.
+    fn refuse_if_paused(&self, what: &str) -> TtrpcResult<()> {
+        if self.paused {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!("cannot {what}: the task is paused; resume it first"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Pauses its VM, whose task must be running: returns once every vCPU holds still.
+    fn pause(&mut self) -> TtrpcResult<()> {
+        if !matches!(self.init.status(), Status::Running { .. }) {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                "cannot pause the task: it is not running",
+            ));
+        }
+        if self.paused {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                "cannot pause the task: it is paused already",
+            ));
+        }
+        self.vm()?.pause().map_err(pause_error)?;
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Lets its paused VM go on where it was.
+    fn resume(&mut self) -> TtrpcResult<()> {
+        if !self.paused {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                "cannot resume the task: it is not paused",
+            ));
+        }
+        self.vm()?.resume().map_err(pause_error)?;
+        self.paused = false;
+        Ok(())
+    }
+}
+
+/// A VM's failed pause or resume as the task API's error: one that is refused (not running,
+/// not paused) or that ended is the task's state, anything else the shim's failure.
+fn pause_error(e: booted::Error) -> ttrpc::Error {
+    let code = match &e {
+        booted::Error::Pause(PauseError::Refused(_) | PauseError::Ended(_)) => {
+            Code::FAILED_PRECONDITION
+        }
+        _ => Code::UNKNOWN,
+    };
+    error(code, format!("nodeos: {}", vmm::error_chain::one_line(&e)))
 }
 
 #[derive(Clone)]
@@ -83,6 +161,8 @@ pub struct Service {
     id: String,
     publisher: Option<Arc<RemotePublisher>>,
     container: Arc<Mutex<Option<Container>>>,
+    /// One past the guest kernel log's number of the newest OOM kill published (0: none).
+    oom_published: Arc<AtomicU64>,
 }
 
 impl containerd_shim::Shim for Service {
@@ -95,6 +175,7 @@ impl containerd_shim::Shim for Service {
             id: args.id.clone(),
             publisher: None,
             container: Arc::new(Mutex::new(None)),
+            oom_published: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -193,6 +274,49 @@ impl Service {
         }
     }
 
+    fn publish_paused(&self, paused: bool) {
+        let container_id = self.id.clone();
+        if paused {
+            let event = TaskPaused {
+                container_id,
+                ..Default::default()
+            };
+            let topic = containerd_shim::protos::topics::TASK_PAUSED_EVENT_TOPIC;
+            self.publish(topic, Box::new(event));
+        } else {
+            let event = TaskResumed {
+                container_id,
+                ..Default::default()
+            };
+            let topic = containerd_shim::protos::topics::TASK_RESUMED_EVENT_TOPIC;
+            self.publish(topic, Box::new(event));
+        }
+    }
+
+    /// The guest's kernel killed a process of the container (the VM is the container's alone)
+    /// for lack of memory: `/tasks/oom`, before the exit of the process that saw it. Every
+    /// session of the container's processes hears of the same kill, with the same number in
+    /// the kernel's log: a kill no newer than one published already is not published again.
+    fn oom_killed(&self, kill: OomKill) {
+        let newest = kill.seq.saturating_add(1);
+        if self.oom_published.fetch_max(newest, Ordering::SeqCst) >= newest {
+            return;
+        }
+        log::warn!(
+            "{}: the guest's kernel killed process {} (its pid in the microVM) for lack of memory",
+            self.id,
+            kill.pid
+        );
+        let event = TaskOOM {
+            container_id: self.id.clone(),
+            ..Default::default()
+        };
+        self.publish(
+            containerd_shim::protos::topics::TASK_OOM_EVENT_TOPIC,
+            Box::new(event),
+        );
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Container) -> TtrpcResult<T>) -> TtrpcResult<T> {
         let mut container = self.container.lock().unwrap();
         match container.as_mut() {
@@ -205,10 +329,20 @@ impl Service {
         let bundle = Bundle::read(Path::new(&req.bundle)).map_err(|e| e.to_string())?;
         let process = bundle.process().map_err(|e| e.to_string())?;
         // Checked before anything is mounted or packed.
-        bundle::command(process, "/").map_err(|e| e.to_string())?;
+        bundle::command(process, "/", &[]).map_err(|e| e.to_string())?;
         let scratch = scratch_dir(&self.namespace, &req.id)
             .ok_or("no cache folder for the container's disk: set NODEOS_VM_CACHE or HOME")?;
         fs::create_dir_all(&scratch).map_err(|e| format!("creating {}: {e}", scratch.display()))?;
+        let started = Instant::now();
+        let spec_mounts = bundle.spec.mounts().as_deref().unwrap_or_default();
+        let carried = mounts::carry(spec_mounts, &scratch.join("mounts.img"))
+            .map_err(|e| vmm::error_chain::one_line(&e))?;
+        log::info!(
+            "{}: {} mounts in {:?}",
+            req.id,
+            carried.mounts.len(),
+            started.elapsed()
+        );
         let images = vm::images().map_err(|e| vmm::error_chain::one_line(&e))?;
         let started = Instant::now();
         let root = bundle::prepare_root(
@@ -219,13 +353,15 @@ impl Service {
         )
         .map_err(|e| e.to_string())?;
         log::info!("{}: root {root:?} in {:?}", req.id, started.elapsed());
-        let command = bundle::command(process, root.in_guest()).map_err(|e| e.to_string())?;
+        let command = bundle::command(process, root.in_guest(), &carried.mounts)
+            .map_err(|e| e.to_string())?;
         let shape = Shape {
             images,
             disk: match &root {
                 Root::Disk(disk) => Some(disk.clone()),
                 Root::Guest => None,
             },
+            mounts_disk: carried.disk.clone(),
             memory_mib: bundle.memory_mib(),
             cpus: bundle.cpus(),
             hostname: bundle.hostname(),
@@ -244,21 +380,27 @@ impl Service {
             bundle: bundle.dir,
             vm: Some(vm),
             root,
+            mounts: Arc::new(carried),
+            scratch,
             init: Process::new(command, stdio),
             execs: HashMap::new(),
+            paused: false,
         })
     }
 
     /// Starts `process` in the container's VM, whose agent is behind `socket` (`ended`:
-    /// readable once the VM has ended); publishes its exit when it ends.
+    /// readable once the VM has ended); runs `settle` when it ends, then publishes its exit.
     fn start_process(
         &self,
         (socket, ended): (PathBuf, EventFd),
         exec_id: &str,
         process: &Arc<Process>,
+        settle: impl FnOnce() + Send + 'static,
     ) -> TtrpcResult<u32> {
-        let session = Session::start(&socket, &process.command, &ended, None)
+        let mut session = Session::start(&socket, &process.command, &ended, None)
             .map_err(|e| error(Code::UNKNOWN, vmm::error_chain::one_line(&e)))?;
+        let service = self.clone();
+        session.on_oom_kill(move |kill| service.oom_killed(kill));
         let (service, id, exec_id_owned) = (self.clone(), self.id.clone(), exec_id.to_string());
         let on_exit = move |process: &Process| {
             if let Status::Stopped { pid, code, at } = process.status() {
@@ -281,7 +423,7 @@ impl Service {
             }
         };
         process
-            .start(session, ended, on_exit)
+            .start(session, ended, settle, on_exit)
             .map_err(|why| error(Code::FAILED_PRECONDITION, why))
     }
 }
@@ -333,7 +475,9 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        let (process, link) = self.with(|container| {
+        let (process, link, settle) = self.with(|container| {
+            // The guest could not start it before it runs again.
+            container.refuse_if_paused("start a process in the task")?;
             let process = container.process(&req.exec_id)?.clone();
             if !process.claim() {
                 return Err(error(
@@ -341,9 +485,19 @@ impl containerd_shim::Task for Service {
                     "the process was started already",
                 ));
             }
-            Ok((process, container.agent_link()?))
+            let link = container.agent_link()?;
+            // The task's process ends: its writable binds' changes are copied back before it
+            // reads as stopped (while the VM still runs), so that a `wait` finds them there.
+            let settle: Box<dyn FnOnce() + Send> = if req.exec_id.is_empty() {
+                let (mounts, scratch) = (container.mounts.clone(), container.scratch.clone());
+                let socket = link.0.clone();
+                Box::new(move || mounts.copy_back(&socket, &scratch))
+            } else {
+                Box::new(|| {})
+            };
+            Ok((process, link, settle))
         })?;
-        let pid = self.start_process(link, &req.exec_id, &process)?;
+        let pid = self.start_process(link, &req.exec_id, &process, settle)?;
         if req.exec_id.is_empty() {
             let event = TaskStart {
                 container_id: req.id.clone(),
@@ -391,9 +545,14 @@ impl containerd_shim::Task for Service {
             };
             let status = match process.status() {
                 Status::Created => TaskStatus::CREATED,
+                // Every process of a paused VM is paused (runc's execs too, with their task).
                 Status::Running { pid } => {
                     response.pid = pid;
-                    TaskStatus::RUNNING
+                    if container.paused {
+                        TaskStatus::PAUSED
+                    } else {
+                        TaskStatus::RUNNING
+                    }
                 }
                 Status::Stopped { pid, code, at } => {
                     response.pid = pid;
@@ -418,10 +577,24 @@ impl containerd_shim::Task for Service {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        self.with(|container| {
+        let resumed = self.with(|container| {
             let mut processes = vec![container.process(&req.exec_id)?.clone()];
             if req.all && req.exec_id.is_empty() {
                 processes.extend(container.execs.values().cloned());
+            }
+            // A paused guest acts on no signal: its agent reads the request only once the VM
+            // runs again. A SIGKILL of the task's own process must end the task now (`ctr task
+            // delete --force`, a stop after its grace period), so a paused task is resumed
+            // first, then killed (TaskResumed is published: it is no longer paused). Any other
+            // signal, and any signal to an exec'ed process alone, is sent as it is and waits
+            // for the guest, the task still paused, until it is resumed: as Docker does, and
+            // as the processes of a frozen cgroup get theirs once thawed.
+            let resume = container.paused
+                && req.signal == libc::SIGKILL as u32
+                && req.exec_id.is_empty()
+                && matches!(container.init.status(), Status::Running { .. });
+            if resume {
+                container.resume()?;
             }
             for process in processes {
                 let stopped = matches!(process.status(), Status::Stopped { .. });
@@ -432,8 +605,12 @@ impl containerd_shim::Task for Service {
                     Err(why) => return Err(error(Code::FAILED_PRECONDITION, why)),
                 }
             }
-            Ok(api::Empty::new())
-        })
+            Ok(resume)
+        })?;
+        if resumed {
+            self.publish_paused(false);
+        }
+        Ok(api::Empty::new())
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
@@ -448,8 +625,10 @@ impl containerd_shim::Task for Service {
             )
         })?;
         self.with(|container| {
-            let command = bundle::command(&oci, container.root.in_guest())
-                .map_err(|e| error(Code::INVALID_ARGUMENT, e.to_string()))?;
+            container.refuse_if_paused("exec in the task")?;
+            let command =
+                bundle::command(&oci, container.root.in_guest(), &container.mounts.mounts)
+                    .map_err(|e| error(Code::INVALID_ARGUMENT, e.to_string()))?;
             if container.execs.contains_key(&req.exec_id) {
                 return Err(error(
                     Code::ALREADY_EXISTS,
@@ -589,7 +768,11 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         _req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let (socket, ended) = self.with(|container| container.agent_link())?;
+        let (socket, ended) = self.with(|container| {
+            // The guest's kernel counts them: it cannot answer before it runs again.
+            container.refuse_if_paused("read the task's metrics")?;
+            container.agent_link()
+        })?;
         let metrics =
             stats::collect(&socket, &ended).map_err(|why| error(Code::UNAVAILABLE, why))?;
         let stats = containerd_shim::util::convert_to_any(Box::new(metrics))
@@ -605,6 +788,18 @@ impl containerd_shim::Task for Service {
             Code::UNIMPLEMENTED,
             "nodeos: a running microVM's memory and vCPUs cannot change; recreate the container",
         ))
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        self.with(|container| container.pause())?;
+        self.publish_paused(true);
+        Ok(api::Empty::new())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        self.with(|container| container.resume())?;
+        self.publish_paused(false);
+        Ok(api::Empty::new())
     }
 
     fn connect(

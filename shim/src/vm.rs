@@ -1,7 +1,7 @@
 //! The microVM a container runs in: NodeOS's kernel and image (built into the cache when
-//! missing), the container's root file system as a disk, our VMM where KVM can run Linux and
-//! QEMU with TCG elsewhere, jailed and filtered as `nodeos-vm run` runs it, restored from the
-//! template snapshot of its shape.
+//! missing), the container's root file system and its binds' copies as disks, our VMM where
+//! KVM can run Linux and QEMU with TCG elsewhere, jailed and filtered as `nodeos-vm run` runs
+//! it, restored from the template snapshot of its shape.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +15,7 @@ use vmm::jail::{IdRange, Jail};
 use vmm::vm::{VmConfig, VolumeDisk};
 
 use crate::bundle::GUEST_ROOT;
+use crate::mounts::GUEST_MOUNTS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,6 +35,8 @@ pub struct Shape {
     pub images: (PathBuf, PathBuf),
     /// Its root file system's disk, unless it runs on the guest's root.
     pub disk: Option<PathBuf>,
+    /// The disk of the copies of its bind mounts, when it has some.
+    pub mounts_disk: Option<PathBuf>,
     pub memory_mib: Option<u32>,
     pub cpus: Option<u8>,
     /// The spec's hostname, when the guest takes it.
@@ -62,6 +65,13 @@ pub fn boot(shape: Shape, scratch: &Path, console: PathBuf) -> Result<Sandbox, E
         mount_point: GUEST_ROOT.into(),
         read_only: false,
     }));
+    config
+        .volumes
+        .extend(shape.mounts_disk.map(|image| VolumeDisk {
+            image,
+            mount_point: GUEST_MOUNTS.into(),
+            read_only: false,
+        }));
     config.hostname = shape.hostname;
     Templates::in_cache(store.cache_dir()).restore(&backend, &mut config);
     let vm = Sandbox::boot(backend, config, ConsoleLog::File(console))?;

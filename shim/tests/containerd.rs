@@ -4,7 +4,7 @@
 //! (`--runtime io.containerd.nodeos.v2`), whose microVMs run on this host's backend.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -73,6 +73,15 @@ fn run_detached_forever(containerd: &Containerd, id: &str) {
         forever,
     ];
     containerd.ctr_ok(&args);
+}
+
+/// Waits until `done` holds, `limit` at most; `what` says what failed.
+fn wait_for(limit: Duration, what: impl Fn() -> String, done: impl Fn() -> bool) {
+    let until = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < until, "after {limit:?}: {}", what());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn stdout(out: &Output) -> String {
@@ -458,4 +467,338 @@ fn a_restarted_containerd_finds_its_task_and_a_killed_shim_leaves_nothing_behind
     assert_nothing_left_of("doomed");
     let _ = containerd.ctr(&["task", "delete", "doomed"]);
     containerd.ctr_ok(&["container", "delete", "doomed"]);
+}
+
+#[test]
+fn a_paused_task_makes_no_progress_and_resumes_where_it_was() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::{Arc, Mutex};
+
+    let Some(containerd) = containerd_if_root() else {
+        return;
+    };
+    // Node counts on its stdout every 100 ms; `ctr run`, attached, hands it to the test.
+    let js = "let n = 0; setInterval(() => console.log(++n), 100)";
+    let mut ctr = containerd.ctr_command(&[
+        "run",
+        "--runtime",
+        RUNTIME,
+        "--rm",
+        IMAGE,
+        "paused",
+        "node",
+        "-e",
+        js,
+    ]);
+    let mut run = ctr.stdout(Stdio::piped()).spawn().unwrap();
+    let counted = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let reader = {
+        let counted = Arc::clone(&counted);
+        let out = BufReader::new(run.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                counted.lock().unwrap().push(line.trim().parse().unwrap());
+            }
+        })
+    };
+    let count = || counted.lock().unwrap().len();
+    let seen = || format!("{:?}", counted.lock().unwrap());
+    let state = || {
+        let tasks = containerd.ctr_ok(&["task", "ls"]);
+        let line = tasks.lines().find(|l| l.starts_with("paused "));
+        line.map(|l| l.split_whitespace().last().unwrap_or_default().to_string())
+    };
+    wait_for(Duration::from_secs(120), seen, || count() >= 3);
+
+    containerd.ctr_ok(&["task", "pause", "paused"]);
+    assert_eq!(state().as_deref(), Some("PAUSED"));
+    // What the guest wrote before its vCPUs stopped still arrives; then nothing more.
+    std::thread::sleep(Duration::from_millis(300));
+    let at_pause = count();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(), at_pause, "it counted while paused: {}", seen());
+    // What needs the guest to run is refused, and saying so.
+    for args in [
+        &["task", "pause", "paused"][..],
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "paused",
+            "node",
+            "-e",
+            "1",
+        ],
+    ] {
+        let out = containerd.ctr(args);
+        assert!(!out.status.success(), "ctr {args:?}");
+        let err = stderr(&out);
+        assert!(err.contains("paused"), "ctr {args:?}: {err}");
+    }
+
+    containerd.ctr_ok(&["task", "resume", "paused"]);
+    assert_eq!(state().as_deref(), Some("RUNNING"));
+    wait_for(Duration::from_secs(30), seen, || count() >= at_pause + 3);
+    // Its memory was kept: the count goes on where it stopped.
+    let numbers = counted.lock().unwrap().clone();
+    assert!(
+        numbers.iter().copied().eq(1..=numbers.len() as u64),
+        "{numbers:?}"
+    );
+
+    // SIGKILL still ends a paused task (the shim resumes it to deliver it), and `ctr run
+    // --rm` then deletes it, its microVM with it.
+    containerd.ctr_ok(&["task", "pause", "paused"]);
+    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "paused"]);
+    let until = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < until, "ctr run still runs: {:?}", state());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(137), "{status}");
+    reader.join().unwrap();
+    assert_nothing_left_of("paused");
+}
+
+#[test]
+fn the_specs_rlimits_are_its_processs() {
+    let Some(containerd) = containerd_if_root() else {
+        return;
+    };
+    // ctr's default spec limits open files to 1024 (soft and hard); the guest's own limit is
+    // 4096, to which Node raises its soft limit as it starts.
+    let js = "const limits = require('fs').readFileSync('/proc/self/limits', 'utf8'); \
+              console.log(limits.split('\\n').find(l => l.startsWith('Max open files')))";
+    let out = containerd.run(&["--rm"], "limits", &["node", "-e", js]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(fields, ["Max", "open", "files", "1024", "1024", "files"]);
+    assert_nothing_left_of("limits");
+}
+
+/// `ctr events` in the background: what containerd publishes from its start on, a line each.
+struct Events {
+    ctr: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Events {
+    /// Follows `containerd`'s events; returns once they reach us (an image label's change).
+    fn follow(containerd: &Containerd) -> Events {
+        use std::io::{BufRead, BufReader};
+
+        let mut ctr = containerd
+            .ctr_command(&["events"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+        let out = BufReader::new(ctr.stdout.take().unwrap());
+        let seen = std::sync::Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                seen.lock().unwrap().push(line);
+            }
+        });
+        let events = Events { ctr, lines };
+        let until = Instant::now() + Duration::from_secs(30);
+        let mut n = 0;
+        loop {
+            n += 1;
+            containerd.ctr_ok(&["image", "label", IMAGE, &format!("probe={n}")]);
+            let probed = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < probed {
+                if events.position(|l| l.contains("/images/update")).is_some() {
+                    return events;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(Instant::now() < until, "ctr events shows nothing");
+        }
+    }
+
+    /// The index of the first line that `matches`.
+    fn position(&self, matches: impl Fn(&str) -> bool) -> Option<usize> {
+        self.lines.lock().unwrap().iter().position(|l| matches(l))
+    }
+
+    fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        // `timeout` passes SIGTERM on to ctr.
+        // SAFETY: kill has no memory arguments.
+        unsafe { libc::kill(self.ctr.id() as i32, libc::SIGTERM) };
+        let _ = self.ctr.wait();
+    }
+}
+
+#[test]
+fn a_process_the_guests_oom_killer_ends_is_an_oom_event() {
+    let Some(containerd) = containerd_if_root() else {
+        return;
+    };
+    let events = Events::follow(&containerd);
+    // Buffers live outside V8's heap, whose own limit is never reached: each is filled, so
+    // that its pages are the guest's, until the guest's kernel has none left to give.
+    let js = "const kept = []; for (;;) kept.push(Buffer.alloc(16 << 20, 1))";
+    let limit = (300u64 << 20).to_string();
+    let out = containerd.run(
+        &["--memory-limit", &limit, "--rm"],
+        "oom",
+        &["node", "-e", js],
+    );
+    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+    // containerd hears of the OOM kill, once, before the task's exit.
+    let oom = |l: &str| l.contains("/tasks/oom") && l.contains(r#""container_id":"oom""#);
+    let exit = |l: &str| l.contains("/tasks/exit") && l.contains(r#""container_id":"oom""#);
+    wait_for(
+        Duration::from_secs(10),
+        || events.text(),
+        || events.position(exit).is_some(),
+    );
+    let at = events.position(oom);
+    assert!(
+        at.is_some_and(|at| Some(at) < events.position(exit)),
+        "{}",
+        events.text()
+    );
+    assert_eq!(
+        events.text().lines().filter(|l| oom(l)).count(),
+        1,
+        "{}",
+        events.text()
+    );
+    assert_nothing_left_of("oom");
+}
+
+/// `ctr run` of the NodeOS image in a microVM with `mounts` (`--mount` values), running `sh -c
+/// script`.
+fn run_with_mounts(containerd: &Containerd, id: &str, mounts: &[String], script: &str) -> Output {
+    let mut args = vec!["run", "--runtime", RUNTIME, "--rm"];
+    for mount in mounts {
+        args.extend(["--mount", mount.as_str()]);
+    }
+    args.extend([IMAGE, id, "sh", "-c", script]);
+    containerd.ctr(&args)
+}
+
+#[test]
+fn bind_mounts_are_copies_read_only_where_asked_and_a_tmpfs_is_the_containers() {
+    let Some(containerd) = containerd_if_root() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("config");
+    std::fs::create_dir(&folder).unwrap();
+    // Writable by anyone: a write that fails fails for the mount's being read-only.
+    std::fs::set_permissions(&folder, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::write(folder.join("app.json"), "{\"a\": 1}\n").unwrap();
+    let file = dir.path().join("hosts");
+    std::fs::write(&file, "10.0.0.7 db\n").unwrap();
+    let mounts = [
+        format!(
+            "type=bind,src={},dst=/data,options=rbind:ro",
+            folder.display()
+        ),
+        format!(
+            "type=bind,src={},dst=/etc/hosts,options=rbind:ro",
+            file.display()
+        ),
+        "type=tmpfs,dst=/scratch,options=size=1m".to_string(),
+    ];
+    let script = "cat /data/app.json /etc/hosts; echo x > /data/new || echo refused; \
+                  echo y > /scratch/z && cat /scratch/z; grep ' /scratch ' /proc/mounts";
+    let out = run_with_mounts(&containerd, "binds", &mounts, script);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[..4],
+        ["{\"a\": 1}", "10.0.0.7 db", "refused", "y"],
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        lines[4].starts_with("tmpfs /scratch tmpfs rw,") && lines[4].contains("size=1024k"),
+        "{text}"
+    );
+    assert!(!folder.join("new").exists());
+    assert_nothing_left_of("binds");
+}
+
+#[test]
+fn a_writable_bind_is_copied_back_when_the_task_ends_and_its_symlinks_stay_inside() {
+    let Some(containerd) = containerd_if_root() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("data");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::set_permissions(&folder, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::write(folder.join("old"), "old\n").unwrap();
+    // A file of its own, as the kubelet's termination log.
+    let log = dir.path().join("termination-log");
+    std::fs::write(&log, "").unwrap();
+    std::fs::set_permissions(&log, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let mounts = [
+        format!(
+            "type=bind,src={},dst=/data,options=rbind:rw",
+            folder.display()
+        ),
+        format!(
+            "type=bind,src={},dst=/dev/termination-log,options=rbind:rw",
+            log.display()
+        ),
+    ];
+    let script = "echo written > /data/new && rm /data/old && ln -s /etc/passwd /data/out && \
+                  ln -s new /data/in && echo bye > /dev/termination-log && echo done";
+    let out = run_with_mounts(&containerd, "emptydir", &mounts, script);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(stdout(&out).trim(), "done");
+    // On the host once `ctr run` has returned: the task's end waited for the copy-back.
+    assert_eq!(
+        std::fs::read_to_string(folder.join("new")).unwrap(),
+        "written\n"
+    );
+    assert!(!folder.join("old").exists());
+    assert_eq!(
+        std::fs::read_link(folder.join("in")).unwrap(),
+        Path::new("new")
+    );
+    // The symlink out of the folder is refused, not made on the host.
+    assert!(std::fs::symlink_metadata(folder.join("out")).is_err());
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "bye\n");
+    assert_nothing_left_of("emptydir");
+}
+
+#[test]
+fn a_bind_mount_of_a_missing_source_fails_the_create_and_leaves_nothing() {
+    let Some(containerd) = containerd_if_root() else {
+        return;
+    };
+    let mounts = ["type=bind,src=/nonexistent/nodeos-src,dst=/data,options=rbind:ro".to_string()];
+    let out = run_with_mounts(&containerd, "missing", &mounts, "true");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "the spec's mount at /data: its source /nonexistent/nodeos-src: No such file or \
+             directory"
+        ),
+        "{err}"
+    );
+    assert_nothing_left_of("missing");
 }

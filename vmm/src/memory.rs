@@ -222,6 +222,8 @@ fn build(mib: u32, source: Source) -> Result<GuestMemory, Error> {
 
 /// Alignment of guest RAM in the VMM's address space: the size of a transparent huge page.
 pub const HUGE_PAGE_SIZE: usize = 2 << 20;
+/// The host's page size, which `mmap` works in.
+const PAGE_SIZE: usize = 4 << 10;
 const RAM_PROT: i32 = libc::PROT_READ | libc::PROT_WRITE;
 const RAM_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
 
@@ -314,8 +316,74 @@ fn map_aligned(len: usize, file: Option<(&std::fs::File, u64)>) -> std::io::Resu
         if mapped == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
+        anonymous_over_holes(file, offset, aligned, len)?;
     }
     Ok(aligned as *mut u8)
+}
+
+/// Maps anonymous memory over the parts of the file mapping at `aligned` (`len` bytes of
+/// `file` from `offset`) that are holes in the file: the guest's never-written RAM, which a
+/// snapshot leaves out. Through the file, a page of a hole that the guest touches first is read
+/// into the file's page cache as zeros and then copied, if written: on tmpfs (a cache there,
+/// the KVM box's) those page-cache pages can never be reclaimed and are charged to the VMM's
+/// cgroup, so a guest that fills its RAM would cost it twice and the jail's memory limit would
+/// kill its VMM. Anonymous, a hole's pages are zero pages until written, once.
+fn anonymous_over_holes(
+    file: &std::fs::File,
+    offset: libc::off_t,
+    aligned: usize,
+    len: usize,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let end = offset + len as libc::off_t;
+    let page = PAGE_SIZE as libc::off_t;
+    // SAFETY: lseek has no memory arguments; the position is put back below.
+    let kept = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+    let mut at = offset;
+    let result = loop {
+        if at >= end {
+            break Ok(());
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, at, libc::SEEK_HOLE) };
+        if hole < 0 || hole >= end {
+            // No hole left in the range (or the file system cannot say: then none is assumed).
+            break Ok(());
+        }
+        // SAFETY: as above.
+        let data = unsafe { libc::lseek(fd, hole, libc::SEEK_DATA) };
+        // ENXIO: no data past the hole.
+        let hole_end = if data < 0 { end } else { data.min(end) };
+        let (start, stop) = ((hole + page - 1) / page * page, hole_end / page * page);
+        if stop > start {
+            let at_host = aligned + (start - offset) as usize;
+            let size = (stop - start) as usize;
+            // SAFETY: replaces (MAP_FIXED) a page-aligned part of the file mapping made above,
+            // which nothing else refers to yet, with private anonymous memory.
+            let mapped = unsafe {
+                libc::mmap(
+                    at_host as *mut libc::c_void,
+                    size,
+                    RAM_PROT,
+                    RAM_FLAGS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if mapped == libc::MAP_FAILED {
+                break Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: advice on the mapping just made. Only advice: see map_aligned.
+            unsafe { libc::madvise(mapped, size, libc::MADV_HUGEPAGE) };
+        }
+        at = hole_end;
+    };
+    if kept >= 0 {
+        // SAFETY: as above.
+        unsafe { libc::lseek(fd, kept, libc::SEEK_SET) };
+    }
+    result
 }
 
 /// Where [`vmm_overhead_kib`] reads the mappings of this process.
@@ -431,6 +499,54 @@ mod tests {
                 (GuestAddress(MMIO_GAP_END), 4096 * MIB - MMIO_GAP_START)
             ]
         );
+    }
+
+    /// A snapshot's holes (RAM the guest never wrote) are mapped as anonymous memory, its data
+    /// from the file; both read as the file says, and the file's position is kept.
+    #[test]
+    fn a_snapshots_holes_are_anonymous_memory() {
+        use std::io::{Seek, SeekFrom, Write};
+        use vm_memory::{Bytes, GuestAddress, MemoryRegionAddress};
+        let offset = 8 * 4096;
+        let mut file = tempfile::tempfile().unwrap();
+        file.set_len(offset + 128 * MIB).unwrap();
+        let data_at = [0, 64 * MIB];
+        for (i, at) in data_at.iter().enumerate() {
+            file.seek(SeekFrom::Start(offset + at)).unwrap();
+            file.write_all(&[b'A' + i as u8; 4096]).unwrap();
+        }
+        file.seek(SeekFrom::Start(5)).unwrap();
+        let mem = from_snapshot(128, &file, offset).unwrap();
+        assert_eq!(file.stream_position().unwrap(), 5);
+        let byte = |at: u64| mem.read_obj::<u8>(GuestAddress(at)).unwrap();
+        assert_eq!((byte(0), byte(4095)), (b'A', b'A'));
+        assert_eq!(byte(64 * MIB), b'B');
+        assert_eq!((byte(4096), byte(100 * MIB)), (0, 0));
+        // In this process's map: the RAM's range is the file's around its data, anonymous
+        // (inode 0) elsewhere, where the file system tells holes apart (tmpfs and ext4 do).
+        let region = mem.iter().next().unwrap();
+        let host = region.get_host_address(MemoryRegionAddress(0)).unwrap() as usize;
+        let (start, end) = (host, host + 128 * MIB as usize);
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let inodes: Vec<(usize, &str)> = maps
+            .lines()
+            .filter_map(|l| {
+                let mut fields = l.split_whitespace();
+                let (from, _) = fields.next()?.split_once('-')?;
+                let from = usize::from_str_radix(from, 16).ok()?;
+                let inode = fields.nth(3)?;
+                (start..end).contains(&from).then_some((from, inode))
+            })
+            .collect();
+        assert!(inodes.iter().any(|(_, inode)| *inode == "0"), "{inodes:?}");
+        assert!(inodes.iter().any(|(_, inode)| *inode != "0"), "{inodes:?}");
+        // The data's pages are the file's.
+        let data_page = inodes
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= start)
+            .unwrap();
+        assert_ne!(data_page.1, "0", "{inodes:?}");
     }
 
     #[test]

@@ -46,6 +46,11 @@ pub enum Command {
     Logs(vms::LogsArgs),
     /// Stop a detached VM.
     Stop(vms::IdArg),
+    /// Pause a detached VM: its vCPUs stop, its memory, processes and connections stay (in
+    /// memory, not saved to disk) until `unpause`.
+    Pause(vms::IdArg),
+    /// Let a paused VM go on where it was.
+    Unpause(vms::IdArg),
     /// Copy files between the host and a detached VM (ID:/PATH on one side).
     Cp(cp::CpArgs),
     /// Host Node apps as functions over HTTP, each app in microVMs of its own (docs/serve.md).
@@ -84,6 +89,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Exec(args) => vms::exec(args),
         Command::Logs(args) => vms::logs(args),
         Command::Stop(args) => vms::stop(args),
+        Command::Pause(args) => vms::pause(args),
+        Command::Unpause(args) => vms::unpause(args),
         Command::Cp(args) => cp::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Users(command) => users::run(command),

@@ -66,7 +66,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     let identity = Identity::of(&config);
     let handshake = Handshake::spawn(&socket, point, identity, BOOT_TIMEOUT, stop.clone())?;
     let started = std::time::Instant::now();
-    let report = backend.run(&config, console, &stop);
+    let report = backend.run(&config, console, &stop, None);
     drop(host_console);
     handshake.finish()?;
     drop(dir);

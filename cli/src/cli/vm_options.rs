@@ -16,7 +16,7 @@ use sandbox::vm_config;
 use vmm::backend::{detect, qemu, Backend};
 use vmm::devices::virtio::net::passt;
 use vmm::jail::{IdRange, Jail};
-use vmm::vm::{HostLoopback, NetSpec, PublishedPort, VmConfig};
+use vmm::vm::{HostLoopback, NetSpec, Protocol, PublishedPort, VmConfig};
 
 /// Which machine monitor runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -299,23 +299,21 @@ pub fn parse_net(text: &str) -> Result<NetSpec, String> {
 /// nothing else of this host should reach the guest unless asked for.
 const PUBLISH_ADDRESS: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-/// `[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp]`. (clap names the value and the option before the
-/// message.)
+/// `[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]`. (clap names the value and the option before
+/// the message.)
 pub fn parse_publish(text: &str) -> Result<PublishedPort, String> {
-    const USAGE: &str = "write [HOST_IP:]HOST_PORT:GUEST_PORT, e.g. 8080:80 or 0.0.0.0:8080:80";
-    let spec = match text.rsplit_once('/') {
-        None => text,
-        Some((spec, "tcp")) => spec,
-        Some((_, "udp" | "sctp")) => {
-            return Err("only TCP ports are published (no UDP, no SCTP)".into())
-        }
+    const USAGE: &str =
+        "write [HOST_IP:]HOST_PORT:GUEST_PORT[/udp], e.g. 8080:80, 0.0.0.0:8080:80 or 5353:53/udp";
+    let (spec, protocol) = match text.rsplit_once('/') {
+        None => (text, Protocol::Tcp),
+        Some((spec, "tcp")) => (spec, Protocol::Tcp),
+        Some((spec, "udp")) => (spec, Protocol::Udp),
+        Some((_, "sctp")) => return Err("SCTP ports are not published (TCP and UDP are)".into()),
         Some(_) => return Err(USAGE.into()),
     };
     let port = |what: &str, port: &str| match port.parse::<u16>() {
         Ok(port) if port > 0 => Ok(port),
-        _ => Err(format!(
-            "{what} {port:?} is not a TCP port (1-65535); {USAGE}"
-        )),
+        _ => Err(format!("{what} {port:?} is not a port (1-65535); {USAGE}")),
     };
     let (ip, host_port, guest_port) = match spec.split(':').collect::<Vec<_>>()[..] {
         [host_port, guest_port] => (PUBLISH_ADDRESS, host_port, guest_port),
@@ -332,6 +330,7 @@ pub fn parse_publish(text: &str) -> Result<PublishedPort, String> {
     Ok(PublishedPort {
         host: SocketAddrV4::new(ip, port("host port", host_port)?),
         guest_port: port("guest port", guest_port)?,
+        protocol,
     })
 }
 
@@ -441,6 +440,7 @@ mod tests {
         let published = |ip: [u8; 4], host_port, guest_port| PublishedPort {
             host: SocketAddrV4::new(ip.into(), host_port),
             guest_port,
+            protocol: Protocol::Tcp,
         };
         assert_eq!(
             parse_publish("8080:80"),
@@ -477,7 +477,10 @@ mod tests {
         ] {
             assert!(parse_publish(bad).is_err(), "{bad}");
         }
-        let udp = parse_publish("5353:53/udp").unwrap_err();
-        assert!(udp.contains("only TCP"), "{udp}");
+        let udp = parse_publish("5353:53/udp").unwrap();
+        assert_eq!(udp.protocol, Protocol::Udp);
+        assert_eq!(udp.to_string(), "127.0.0.1:5353:53/udp");
+        let sctp = parse_publish("5353:53/sctp").unwrap_err();
+        assert!(sctp.contains("TCP and UDP are"), "{sctp}");
     }
 }

@@ -1,17 +1,19 @@
 //! Long-lived VMs: `start --detach` boots one in the background and prints its ID; `ps`,
-//! `exec ID -- CMD`, `logs ID` and `stop ID` work on them.
+//! `exec ID -- CMD`, `logs ID`, `pause ID`, `unpause ID` and `stop ID` work on them.
 //!
 //! Each VM is a background `nodeos-vm` process (the "keeper", which owns the VM and its agent
 //! socket) and a folder in the runtime folder: `vms/<id>/` with `request.json` (the VM options
-//! `start --detach` was given, which the keeper boots), `state.json`, `console.log` and
-//! `agent.sock`. A folder whose keeper is gone is removed by `ps` and by
+//! `start --detach` was given, which the keeper boots), `state.json`, `console.log`,
+//! `agent.sock` and `control.sock` (where the keeper takes `pause` and `resume`, a line each,
+//! and answers `ok` or `error: ...`). A folder whose keeper is gone is removed by `ps` and by
 //! every lookup.
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -42,6 +44,10 @@ const STATE_FILE: &str = "state.json";
 const REQUEST_FILE: &str = "request.json";
 /// How long `stop` waits for a keeper to end before it kills it.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// The keeper's control socket, in the VM's folder.
+const CONTROL_SOCKET: &str = "control.sock";
+/// How long `pause` and `unpause` wait for the keeper's answer (a pause waits for every vCPU).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(40);
 
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
@@ -84,6 +90,9 @@ struct Record {
     /// Its published ports (`-p`).
     #[serde(default)]
     ports: Vec<PublishedPort>,
+    /// Paused (`nodeos-vm pause`): its vCPUs stopped, its memory kept.
+    #[serde(default)]
+    paused: bool,
 }
 
 impl Record {
@@ -270,6 +279,7 @@ fn keep_vm(
             .as_secs(),
         running: false,
         ports: vm.publish.clone(),
+        paused: false,
     };
     record.save(&dir).context("writing the VM's state")?;
     let (mut config, _held) = vm.config()?;
@@ -292,19 +302,94 @@ fn keep_vm(
     }
     record.running = true;
     record.save(&dir).context("writing the VM's state")?;
+    let control =
+        UnixListener::bind(dir.join(CONTROL_SOCKET)).context("creating the VM's control socket")?;
     if let Some(mut report) = report.take() {
         // Closing it (end of scope) ends the parent's wait.
         report.write_all(b"ready\n")?;
     }
-    vmm::poll::first_readable(&[std::os::fd::AsRawFd::as_raw_fd(sandbox.ended())], None);
+    // Until the VM ends.
+    serve_control(&control, &sandbox, &mut record, &dir);
     sandbox.stop()?;
     Ok(())
 }
 
+/// The keeper's work while its VM runs: takes `pause` and `resume` on `control`, one client at
+/// a time, recording the VM's state for `ps`; returns once the VM has ended.
+fn serve_control(control: &UnixListener, sandbox: &Sandbox, record: &mut Record, dir: &Path) {
+    use std::os::fd::AsRawFd;
+    let fds = [sandbox.ended().as_raw_fd(), control.as_raw_fd()];
+    while vmm::poll::first_readable(&fds, None) == Some(1) {
+        let Ok((conn, _)) = control.accept() else {
+            continue;
+        };
+        let _ = conn.set_read_timeout(Some(CONTROL_TIMEOUT));
+        let mut line = String::new();
+        let _ = BufReader::new(&conn).take(64).read_line(&mut line);
+        let done = match line.trim() {
+            "pause" => sandbox.pause().map(|()| true),
+            "resume" => sandbox.resume().map(|()| false),
+            other => {
+                let _ = writeln!(&conn, "error: unknown request {other:?}");
+                continue;
+            }
+        };
+        let answer = match done {
+            Ok(paused) => {
+                record.paused = paused;
+                match record.save(dir) {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => format!("error: writing the VM's state: {e}"),
+                }
+            }
+            Err(e) => format!("error: {}", vmm::error_chain::one_line(&e)),
+        };
+        let _ = writeln!(&conn, "{answer}");
+    }
+}
+
+/// `nodeos-vm pause ID`: stops the VM's vCPUs; its memory, processes and connections stay.
+pub fn pause(args: IdArg) -> anyhow::Result<u8> {
+    ask_keeper(&args.id, "pause")
+}
+
+/// `nodeos-vm unpause ID`: lets a paused VM go on.
+pub fn unpause(args: IdArg) -> anyhow::Result<u8> {
+    ask_keeper(&args.id, "resume")
+}
+
+/// Sends `request` to the keeper of VM `id` and prints the ID once it is done.
+fn ask_keeper(id: &str, request: &str) -> anyhow::Result<u8> {
+    let (record, dir) = find(id)?;
+    if !record.running {
+        bail!("VM {} is still booting; try again in a moment", record.id);
+    }
+    let conn = UnixStream::connect(dir.join(CONTROL_SOCKET))
+        .with_context(|| format!("reaching the keeper of VM {}", record.id))?;
+    conn.set_read_timeout(Some(CONTROL_TIMEOUT))?;
+    writeln!(&conn, "{request}")?;
+    let mut answer = String::new();
+    BufReader::new(&conn)
+        .read_line(&mut answer)
+        .with_context(|| format!("waiting for the keeper of VM {}", record.id))?;
+    match answer.trim() {
+        "ok" => {
+            println!("{}", record.id);
+            Ok(0)
+        }
+        "" => bail!("the keeper of VM {} ended without an answer", record.id),
+        said => bail!(
+            "VM {}: {}",
+            record.id,
+            said.strip_prefix("error: ").unwrap_or(said)
+        ),
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct PsArgs {
-    /// A JSON array of the VMs (id, pid, backend, memory_mib, cpus, started, running, ports)
-    /// instead of a table.
+    /// A JSON array of the VMs (id, pid, backend, memory_mib, cpus, started, running, ports,
+    /// paused) instead of a table.
     #[arg(long)]
     json: bool,
 }
@@ -332,10 +417,14 @@ pub fn ps(args: PsArgs) -> anyhow::Result<u8> {
             r.memory_mib,
             r.cpus,
             now.saturating_sub(r.started),
-            if r.running { "running" } else { "booting" },
+            match (r.running, r.paused) {
+                (_, true) => "paused",
+                (true, false) => "running",
+                (false, false) => "booting",
+            },
             r.ports
                 .iter()
-                .map(|p| format!("{}->{}/tcp", p.host, p.guest_port))
+                .map(|p| format!("{}->{}/{}", p.host, p.guest_port, p.protocol))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -360,6 +449,12 @@ pub fn agent_socket(id: &str) -> anyhow::Result<PathBuf> {
     let (record, dir) = find(id)?;
     if !record.running {
         bail!("VM {} is still booting; try again in a moment", record.id);
+    }
+    if record.paused {
+        bail!(
+            "VM {id} is paused; `nodeos-vm unpause {id}` first",
+            id = record.id
+        );
     }
     Ok(dir.join("agent.sock"))
 }
@@ -403,6 +498,7 @@ pub fn stop(args: IdArg) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmm::vm::Protocol;
 
     #[test]
     fn records_round_trip_and_bad_ones_are_none() {
@@ -418,7 +514,9 @@ mod tests {
             ports: vec![PublishedPort {
                 host: "127.0.0.1:8080".parse().unwrap(),
                 guest_port: 80,
+                protocol: Protocol::Tcp,
             }],
+            paused: true,
         };
         r.save(dir.path()).unwrap();
         assert_eq!(Record::load(dir.path()), Some(r));

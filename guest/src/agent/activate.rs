@@ -50,7 +50,8 @@ pub fn apply(activation: &Activation) -> Result<()> {
     )
 }
 
-fn set_clock((secs, nanos): (u64, u32)) -> Result<()> {
+/// Sets the wall clock (also on the host's `SetClock`, after a pause: handler.rs).
+pub(super) fn set_clock((secs, nanos): (u64, u32)) -> Result<()> {
     let time = libc::timespec {
         tv_sec: secs as libc::time_t,
         tv_nsec: nanos as libc::c_long,

@@ -1,13 +1,15 @@
 //! Starting the command of an `Exec` request: its own session and process group, the agent's
-//! user (or a container's root and user: container.rs), pipes for its output and stdin (or a
-//! terminal: tty.rs), and exec failures reported back through a close-on-exec pipe, as the
-//! supervisor does for the spawn shim.
+//! user (or a container's root, resource limits and user: container.rs), pipes for its output
+//! and stdin (or a terminal: tty.rs), and exec failures reported back through a close-on-exec
+//! pipe, as the supervisor does for the spawn shim.
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use contract::frame::{ErrorKind, Exec};
+use contract::mount::Mount;
+use contract::rlimit::Rlimit;
 use contract::status;
 
 use super::container;
@@ -55,6 +57,7 @@ enum Stage {
     Chdir = 1,
     Exec = 2,
     Root = 3,
+    Rlimit = 4,
 }
 
 /// Most bytes of the child's account of a failed container set-up that are read.
@@ -67,6 +70,10 @@ struct Prepared {
     cwd: CString,
     /// Who it runs as.
     ids: (u32, u32, Vec<u32>),
+    /// Its resource limits (a container's), checked.
+    rlimits: Vec<Rlimit>,
+    /// Its file systems of its own (a container's), checked as they were decoded.
+    mounts: Vec<Mount>,
 }
 
 /// The environment of the command: `base` with `extra`'s `NAME=VALUE` entries added or
@@ -131,11 +138,26 @@ fn prepare(exec: &Exec, cfg: &Config) -> Result<Prepared, Failure> {
         Some(c) => (c.uid, c.gid, c.groups.clone()),
         None => (cfg.uid, cfg.gid, cfg.groups.clone()),
     };
+    let rlimits = exec
+        .container
+        .as_ref()
+        .map_or(Vec::new(), |c| c.rlimits.clone());
+    for limit in &rlimits {
+        limit
+            .check()
+            .map_err(|e| Failure::new(ErrorKind::ExecFailed, format!("a resource limit: {e}")))?;
+    }
+    let mounts = exec
+        .container
+        .as_ref()
+        .map_or(Vec::new(), |c| c.mounts.clone());
     Ok(Prepared {
         argv,
         env,
         cwd,
         ids,
+        rlimits,
+        mounts,
     })
 }
 
@@ -242,6 +264,10 @@ pub fn spawn(exec: &Exec, cfg: &Config) -> Result<Child, Failure> {
             ErrorKind::BadCwd,
             format!("chdir {}: {why}", prepared.cwd.to_string_lossy()),
         ),
+        s if s == Stage::Rlimit as u8 => Failure::new(
+            ErrorKind::ExecFailed,
+            format!("setting {}: {why}", String::from_utf8_lossy(&detail)),
+        ),
         s if s == Stage::Root as u8 => Failure::new(
             ErrorKind::ExecFailed,
             format!(
@@ -263,11 +289,16 @@ fn become_command(
     tty: bool,
     report: &OwnedFd,
 ) -> ! {
-    let fail = |stage: Stage, err: std::io::Error| -> ! {
+    // The stage, the errno, and what the parent's message names (the step that failed).
+    let fail_with = |stage: Stage, errno: i32, detail: &str| -> ! {
         let mut msg = vec![stage as u8];
-        msg.extend_from_slice(&err.raw_os_error().unwrap_or(libc::EIO).to_le_bytes());
+        msg.extend_from_slice(&errno.to_le_bytes());
+        msg.extend_from_slice(detail.as_bytes());
         let _ = sys::write_all(report.as_fd(), &msg);
         sys::exit_now(i32::from(status::NOT_FOUND))
+    };
+    let fail = |stage: Stage, err: std::io::Error| -> ! {
+        fail_with(stage, err.raw_os_error().unwrap_or(libc::EIO), "")
     };
     // SAFETY: setsid has no memory arguments; a fresh child of the handler is not a group
     // leader, so it cannot fail.
@@ -284,13 +315,29 @@ fn become_command(
         fail(Stage::Setup, std::io::Error::last_os_error());
     }
     if let Some(root) = root {
-        if let Err(e) = container::enter(std::path::Path::new(OsStr::from_bytes(root))) {
-            // The step that failed follows the errno: the parent says it.
-            let mut msg = vec![Stage::Root as u8];
-            msg.extend_from_slice(&e.errno().unwrap_or(libc::ENOTDIR).to_le_bytes());
-            msg.extend_from_slice(e.to_string().as_bytes());
-            let _ = sys::write_all(report.as_fd(), &msg);
-            sys::exit_now(i32::from(status::NOT_FOUND))
+        let root = std::path::Path::new(OsStr::from_bytes(root));
+        if let Err(e) = container::enter(root, &prepared.mounts) {
+            fail_with(
+                Stage::Root,
+                e.errno().unwrap_or(libc::ENOTDIR),
+                &e.to_string(),
+            );
+        }
+    }
+    // As root still, so that a hard limit may be raised too.
+    for limit in &prepared.rlimits {
+        let value = libc::rlimit {
+            rlim_cur: limit.soft,
+            rlim_max: limit.hard,
+        };
+        // SAFETY: setrlimit reads the rlimit structure `value`, which outlives the call.
+        if unsafe { libc::setrlimit(limit.resource as _, &value) } != 0 {
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            fail_with(
+                Stage::Rlimit,
+                errno.unwrap_or(libc::EINVAL),
+                &limit.to_string(),
+            );
         }
     }
     let (uid, gid, groups) = &prepared.ids;

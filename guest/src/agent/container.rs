@@ -1,13 +1,18 @@
 //! A container's view of the guest (contract::frame::Container): what the child of an `Exec`
 //! with a container root does, as root, before it drops to the container's user. In a mount
 //! namespace of its own, the root folder gets the file systems a process expects (`/proc`,
-//! `/sys`, a minimal `/dev`) and becomes `/` through `pivot_root`; the guest's own tree is
-//! detached from the view, so an absolute symlink in the container's files resolves inside
-//! them.
+//! `/sys`, a minimal `/dev`), then the container's own (contract::mount: binds of the shim's
+//! copies, `tmpfs`es), and becomes `/` through `pivot_root`; the guest's own tree is detached
+//! from the view, so an absolute symlink in the container's files resolves inside them.
 
+use std::ffi::{CString, OsStr};
 use std::fs;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use contract::mount::{Mount, MountKind};
 
 use crate::error::{Error, Result};
 use crate::sys::{self, cvt};
@@ -26,9 +31,10 @@ const DEV_LINKS: [(&str, &str); 5] = [
 const GUEST_ROOT_VIEW: &str = "/run/nodeos/container-root";
 const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
-/// Makes `root` this process's `/`, in a new mount namespace; the working directory is `/`.
-/// `root` may be `/`: the guest's own root file system then, without what is mounted on it.
-pub fn enter(root: &Path) -> Result<()> {
+/// Makes `root` this process's `/`, in a new mount namespace, with `mounts` mounted in it; the
+/// working directory is `/`. `root` may be `/`: the guest's own root file system then, without
+/// what is mounted on it.
+pub fn enter(root: &Path, mounts: &[Mount]) -> Result<()> {
     // SAFETY: unshare has no memory arguments.
     cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) })
         .map_err(|e| Error::sys("unshare the mount namespace", e))?;
@@ -67,6 +73,9 @@ pub fn enter(root: &Path) -> Result<()> {
         None,
     )?;
     populate_dev(root)?;
+    for mount in mounts {
+        mount_own(root, mount)?;
+    }
     std::env::set_current_dir(root)
         .map_err(|e| Error::sys(format!("chdir {}", root.display()), e))?;
     // The runc way: the old root goes on top of the new one and is detached at once.
@@ -134,4 +143,110 @@ fn make_dir(path: &Path) -> Result<()> {
             fs::create_dir(path).map_err(|e| Error::sys(format!("create {}", path.display()), e))
         }
     }
+}
+
+/// Mounts one of the container's own file systems at its destination in `root`.
+fn mount_own(root: &Path, mount: &Mount) -> Result<()> {
+    let mut flags = 0;
+    for (set, flag) in [
+        (mount.read_only, libc::MS_RDONLY),
+        (mount.nosuid, libc::MS_NOSUID),
+        (mount.nodev, libc::MS_NODEV),
+        (mount.noexec, libc::MS_NOEXEC),
+    ] {
+        if set {
+            flags |= flag;
+        }
+    }
+    match &mount.kind {
+        MountKind::Bind { source } => {
+            let source = Path::new(OsStr::from_bytes(source));
+            let text = utf8(source)?;
+            let meta = fs::metadata(source)
+                .map_err(|e| Error::sys(format!("stat {}", source.display()), e))?;
+            // The bind's flags are set on a bind of the source onto itself (in this namespace
+            // only), which the bind to the destination copies; the volume's own nosuid, nodev
+            // and noatime are kept, as a remount would clear them.
+            sys::mount(Some(text), source, None, libc::MS_BIND, None)?;
+            let kept = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+            sys::mount(
+                None,
+                source,
+                None,
+                libc::MS_BIND | libc::MS_REMOUNT | kept | flags,
+                None,
+            )?;
+            let target = place(root, &mount.destination, meta.is_dir())?;
+            sys::mount(Some(text), &fd_path(&target), None, libc::MS_BIND, None)
+        }
+        MountKind::Tmpfs { options } => {
+            let options = std::str::from_utf8(options)
+                .map_err(|_| Error::invalid("the tmpfs options", "are not UTF-8"))?;
+            let target = place(root, &mount.destination, true)?;
+            sys::mount(
+                Some("tmpfs"),
+                &fd_path(&target),
+                Some("tmpfs"),
+                flags,
+                (!options.is_empty()).then_some(options),
+            )
+        }
+    }
+}
+
+/// The path through which a descriptor's file is reached (and mounted on).
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+fn utf8(path: &Path) -> Result<&str> {
+    path.to_str()
+        .ok_or_else(|| Error::invalid(path.display().to_string(), "is not UTF-8"))
+}
+
+/// `destination` in `root`, as an `O_PATH` descriptor: symlinks on the way resolve inside
+/// `root` (openat2's `RESOLVE_IN_ROOT`, as runc resolves them), and what is missing is made —
+/// folders, and the last an empty file unless `dir`.
+fn place(root: &Path, destination: &[u8], dir: bool) -> Result<OwnedFd> {
+    let shown = String::from_utf8_lossy(destination);
+    let open_err = |e| Error::sys(format!("open the container's {shown}"), e);
+    let root_dir =
+        fs::File::open(root).map_err(|e| Error::sys(format!("open {}", root.display()), e))?;
+    let flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    let names: Vec<&[u8]> = destination
+        .split(|&b| b == b'/')
+        .filter(|name| !name.is_empty())
+        .collect();
+    let mut at = OwnedFd::from(root_dir.try_clone().map_err(open_err)?);
+    let mut path = PathBuf::new();
+    for (i, name) in names.iter().enumerate() {
+        path.push(OsStr::from_bytes(name));
+        let open = || sys::openat2(root_dir.as_fd(), &path, flags, libc::RESOLVE_IN_ROOT);
+        at = match open() {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let last = i + 1 == names.len();
+                make(&at, name, dir || !last)
+                    .map_err(|e| Error::sys(format!("make the container's {shown}"), e))?;
+                open().map_err(open_err)?
+            }
+            Err(e) => return Err(open_err(e)),
+        };
+    }
+    Ok(at)
+}
+
+/// Makes `name` in the folder `at`: a folder, or an empty file.
+fn make(at: &OwnedFd, name: &[u8], dir: bool) -> std::io::Result<()> {
+    let name = CString::new(name).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    if dir {
+        // SAFETY: name is NUL-terminated and outlives the call; `at` is an open folder.
+        return cvt(unsafe { libc::mkdirat(at.as_raw_fd(), name.as_ptr(), 0o755) }).map(drop);
+    }
+    let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: as above; the descriptor openat returns is closed at once.
+    let fd = cvt(unsafe { libc::openat(at.as_raw_fd(), name.as_ptr(), flags, 0o644) })?;
+    // SAFETY: fd was just opened and is owned here alone.
+    unsafe { libc::close(fd) };
+    Ok(())
 }

@@ -1,5 +1,5 @@
-//! One agent connection: `Hello`, then one `Exec` (or `Poweroff`, or `Export`), served in its
-//! own process.
+//! One agent connection: `Hello`, then one `Exec` (or `Poweroff`, `Export` or `SetClock`),
+//! served in its own process.
 //!
 //! While the command runs, one poll loop moves everything at once, so no direction can block
 //! another: request frames (stdin, signals) in, stdin to the command, its stdout and stderr
@@ -10,6 +10,9 @@
 //!
 //! `Export` sends a folder's tree (export.rs) as `TreeData` chunks, each written before the
 //! next is read from the disk, then `TreeEnd`.
+//!
+//! While the command runs, the kernel's log is followed too, and each OOM kill it
+//! tells of is sent as `OomKilled` (oom.rs), the last ones just before the final reply.
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
@@ -24,6 +27,7 @@ use contract::frame::{self, ErrorKind, Exec, FrameError, Reply, Request};
 
 use super::command::{self, Child};
 use super::export::{self, Failure};
+use super::oom::{self, OomWatch};
 use super::tty::Terminal;
 use crate::init::user::User;
 use crate::sys::{self, cvt, cvt_size, ExitStatus};
@@ -54,6 +58,8 @@ pub struct Config {
     pub home: PathBuf,
     /// `NAME=VALUE` entries; the request's entries are added to them.
     pub base_env: Vec<Vec<u8>>,
+    /// The kernel's log, where a container's OOM kills are read (oom.rs).
+    pub kernel_log: PathBuf,
 }
 
 impl Config {
@@ -68,6 +74,7 @@ impl Config {
             groups,
             home: user.home.clone(),
             base_env,
+            kernel_log: PathBuf::from(oom::KERNEL_LOG),
         }
     }
 }
@@ -121,21 +128,35 @@ fn exchange(conn: &mut Conn, cfg: &Config) -> io::Result<Outcome> {
         Ok(Some(Request::Exec(exec))) => exec,
         Ok(Some(Request::Poweroff)) => return Ok(Outcome::Poweroff),
         Ok(Some(Request::Export { path })) => return export_tree(conn, &path),
+        Ok(Some(Request::SetClock { secs, nanos })) => {
+            return match super::activate::set_clock((secs, nanos)) {
+                Ok(()) => {
+                    conn.queue(&Reply::ClockSet);
+                    conn.flush_all().map(|()| Outcome::Done)
+                }
+                Err(e) => conn.fail(ErrorKind::ExecFailed, e.to_string()),
+            }
+        }
         Ok(Some(other)) => {
             return conn.fail(
                 ErrorKind::Protocol,
-                format!("expected Exec, Poweroff or Export, got {}", name(&other)),
+                format!(
+                    "expected Exec, Poweroff, Export or SetClock, got {}",
+                    name(&other)
+                ),
             )
         }
         Ok(None) => return Ok(Outcome::Done),
         Err(e) => return conn.fail(ErrorKind::Protocol, e.to_string()),
     };
+    // OOM kills count from before the command starts.
+    let oom = OomWatch::open(&cfg.kernel_log);
     let child = match command::spawn(&exec, cfg) {
         Ok(child) => child,
         Err(failure) => return conn.fail(failure.kind, failure.message),
     };
     conn.queue(&Reply::Started { pid: child.pid });
-    Running::new(child, &exec).run(conn)
+    Running::new(child, &exec, oom).run(conn)
 }
 
 /// A request's name, for error messages.
@@ -150,6 +171,7 @@ pub(super) fn name(request: &Request) -> &'static str {
         Request::Export { .. } => "Export",
         Request::Activate(_) => "Activate",
         Request::Resize(_) => "Resize",
+        Request::SetClock { .. } => "SetClock",
     }
 }
 
@@ -325,6 +347,8 @@ struct Running {
     timed_out: bool,
     /// The main process's end, and until when its output is still read.
     exited: Option<(ExitStatus, Instant)>,
+    /// The kernel's log, followed for OOM kills (a container's process only).
+    oom: Option<OomWatch>,
 }
 
 /// What one pass over the received requests decided.
@@ -335,7 +359,7 @@ enum Verdict {
 }
 
 impl Running {
-    fn new(child: Child, exec: &Exec) -> Self {
+    fn new(child: Child, exec: &Exec, oom: Option<OomWatch>) -> Self {
         for fd in [
             Some(&child.stdout),
             child.stderr.as_ref(),
@@ -365,6 +389,7 @@ impl Running {
             }),
             timed_out: false,
             exited: None,
+            oom,
         }
     }
 
@@ -472,7 +497,7 @@ impl Running {
 
     /// Waits for something to do, and does the reading. `Ok(false)` when the host has gone.
     fn wait(&mut self, conn: &mut Conn) -> io::Result<bool> {
-        let mut fds = Vec::with_capacity(5);
+        let mut fds = Vec::with_capacity(6);
         let mut conn_events = libc::POLLRDHUP;
         if self.stdin_buf.len() < STDIN_HIGH && conn.input.len() < INPUT_MAX {
             conn_events |= libc::POLLIN;
@@ -494,6 +519,10 @@ impl Running {
         fds.push(pipe_pollfd(self.stdin.as_ref(), stdin_events));
         let pidfd = self.pidfd.as_ref().filter(|_| self.exited.is_none());
         fds.push(pipe_pollfd(pidfd, libc::POLLIN));
+        fds.push(match &self.oom {
+            Some(watch) => pollfd(watch.fd(), libc::POLLIN),
+            None => pipe_pollfd(None, 0),
+        });
 
         let now = Instant::now();
         let mut wake = [
@@ -527,7 +556,26 @@ impl Running {
         if fds[2].revents != 0 {
             self.read_output(conn, true);
         }
+        if fds[5].revents != 0 {
+            self.report_oom_kills(conn);
+        }
         Ok(true)
+    }
+
+    /// Sends the OOM kills the kernel's log tells of since the last look; stops following a
+    /// log that cannot be read on.
+    fn report_oom_kills(&mut self, conn: &mut Conn) {
+        let Some(watch) = &mut self.oom else { return };
+        let logged = watch.read();
+        for kill in logged.kills {
+            conn.queue(&Reply::OomKilled {
+                seq: kill.seq,
+                pid: kill.pid,
+            });
+        }
+        if logged.ended {
+            self.oom = None;
+        }
     }
 
     /// Reads one chunk from stdout or stderr and queues it; closes the pipe at its end.
@@ -555,12 +603,15 @@ impl Running {
     }
 
     /// The main process has exited and its output is read: end what is left of its group,
-    /// make its writes durable, and send the final reply.
-    fn finish(self, conn: &mut Conn, status: ExitStatus) -> io::Result<Outcome> {
+    /// make its writes durable, send the OOM kills logged meanwhile and the final reply.
+    fn finish(mut self, conn: &mut Conn, status: ExitStatus) -> io::Result<Outcome> {
         command::kill_group(self.pid, libc::SIGKILL);
         // The host may end the VM as soon as it has the reply: volumes must be on disk.
         // SAFETY: sync has no arguments.
         unsafe { libc::sync() };
+        // The OOM killer logs a kill just after it sends its SIGKILL, so the victim's end may
+        // be seen first; by now (its output drained, the disks synced) the record is there.
+        self.report_oom_kills(conn);
         let reply = match (self.timeout, self.timed_out, status) {
             (Some((timeout_ms, _)), true, _) => Reply::TimedOut { timeout_ms },
             (_, _, ExitStatus::Code(code)) => Reply::Exited(code),

@@ -13,13 +13,15 @@
 //! (contract::activation): it makes the guest that VM (activate.rs), hands the activation on
 //! to init for the shell PID 1 runs, and answers `Hello`. Each later connection is served by
 //! its own forked handler (handler.rs); a `Poweroff` request ends the VM from there
-//! (poweroff.rs); an `Export` request sends a folder's tree (export.rs).
+//! (poweroff.rs); an `Export` request sends a folder's tree (export.rs). While a container's
+//! process runs, its handler reports the kernel's OOM kills (oom.rs).
 
 mod activate;
 mod command;
 mod container;
 mod export;
 mod handler;
+mod oom;
 mod serial;
 mod tty;
 mod vsock;

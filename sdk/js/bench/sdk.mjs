@@ -9,6 +9,9 @@
 // 2. 20 concurrent SDK clients, each running 50 commands (`echo`) one after the other, in
 //    SANDBOXES sandboxes (default 1): errors (a rejection, a status other than 0 or the wrong
 //    output), latency p50/p99, and commands per second.
+// 3. Pause and resume: RUNS rounds of `sandbox.pause()` then `sandbox.resume()` on a sandbox
+//    whose command prints every 10 ms, each timed to its answer, and from the resume's answer
+//    to the command's next line (the guest running again).
 //
 // NODEOS_VM_BIN names the binary (default target/release/nodeos-vm of this repository).
 import { spawn } from 'node:child_process';
@@ -123,6 +126,40 @@ async function load(client, token) {
   return { latencies, errors, throughput: latencies.length / seconds };
 }
 
+/** [pause, resume, resume to the next line] in ms, `runs` times, on one sandbox. */
+async function pauses(client) {
+  const sandbox = await Sandbox.create({ client });
+  let lines = 0;
+  let onLine = () => {};
+  const ticking = sandbox.commands.run(['node', '-e', 'setInterval(() => console.log(1), 10)'], {
+    onStdout: () => {
+      lines++;
+      onLine();
+    },
+  });
+  ticking.catch(() => {});
+  while (lines === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+  const times = { pause: [], resume: [], next: [] };
+  for (let i = 0; i < runs; i++) {
+    let t = performance.now();
+    await sandbox.pause();
+    times.pause.push(performance.now() - t);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const held = lines;
+    t = performance.now();
+    const next = new Promise((resolve) => {
+      onLine = () => lines > held && resolve(performance.now());
+    });
+    await sandbox.resume();
+    const resumed = performance.now();
+    times.resume.push(resumed - t);
+    times.next.push(Math.max(0, (await next) - resumed));
+    onLine = () => {};
+  }
+  await sandbox.kill();
+  return times;
+}
+
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodeos-vm-sdk-bench-'));
 const { child, client, token } = await startServe(dir);
 try {
@@ -139,6 +176,7 @@ try {
     run.end.push(d);
   }
   const result = await load(client, token);
+  const paused = await pauses(client);
 
   console.log(`## The SDK against \`nodeos-vm run\` (${os.cpus().length} cores, backend auto, ${runs} rounds)\n`);
   console.log('| what | SDK (Sandbox.create + commands.run) | nodeos-vm run | SDK / run |');
@@ -149,6 +187,10 @@ try {
   console.log('| commands | errors | p50 | p99 | commands/s |');
   console.log('|---|---|---|---|---|');
   console.log(`| ${result.latencies.length} | ${result.errors.length} | ${ms(percentile(result.latencies, 50))} | ${ms(percentile(result.latencies, 99))} | ${result.throughput.toFixed(1)} |`);
+  console.log(`\n## Pause and resume (${runs} rounds)\n`);
+  console.log('| sandbox.pause() | sandbox.resume() | resume answered → next output |');
+  console.log('|---|---|---|');
+  console.log(`| ${spread(paused.pause)} | ${spread(paused.resume)} | ${spread(paused.next)} |`);
   for (const error of result.errors.slice(0, 10)) console.error(error);
   process.exitCode = result.errors.length ? 1 : 0;
 } finally {

@@ -25,7 +25,11 @@ class ForbiddenError extends NodeosVmError {}
 class NotFoundError extends NodeosVmError {}
 /** 400 (bad request) and 422 (a package that does not load). */
 class InvalidArgumentError extends NodeosVmError {}
-/** 409: a folder where a file is needed (or the other way round), a user's VM already running. */
+/**
+ * 409: a paused sandbox (a command, stdin, signal or file operation before `resume()`; `pause()` of one paused
+ * already, `resume()` of one that is not), a folder where a file is needed (or the other way
+ * round), a user's VM already running.
+ */
 class ConflictError extends NodeosVmError {}
 /** 413: an upload or package over the server's limits. */
 class PayloadTooLargeError extends NodeosVmError {}

@@ -119,6 +119,26 @@ class Sandbox {
   async kill(options = {}) {
     await this.client.request('DELETE', this.path, { signal: options.signal });
   }
+
+  /**
+   * Pauses it: its vCPUs stop, its memory and processes are kept (in the host's memory, not
+   * saved to disk). Its running commands stall (their output streams stay open); new commands,
+   * stdin, signals and file operations are refused with a ConflictError until `resume()`. Its
+   * idle limit does not count while it is paused; its lifetime does. ConflictError when it is
+   * paused already.
+   * @returns {Promise<import('../index').SandboxInfo>} its state, paused
+   */
+  async pause(options = {}) {
+    return this.client.json('POST', `${this.path}/pause`, { signal: options.signal });
+  }
+
+  /**
+   * Resumes it where it stopped: its stalled commands go on. ConflictError when it is not paused.
+   * @returns {Promise<import('../index').SandboxInfo>} its state, running
+   */
+  async resume(options = {}) {
+    return this.client.json('POST', `${this.path}/resume`, { signal: options.signal });
+  }
 }
 
 /** `sandbox.commands`: run commands as the guest's user (uid 1000). */

@@ -8,12 +8,14 @@ import {
   AuthError,
   NotFoundError,
   InvalidArgumentError,
+  ConflictError,
   CommandExitError,
   CommandHandle,
 } from 'nodeos-vm';
 import helpers from './helpers.cjs';
 
 const { server, SKIP, until } = helpers;
+const delay = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const options = { skip: SKIP };
 let sandbox;
 
@@ -156,6 +158,43 @@ test('commands.start, then an abort: the command is killed, the sandbox lives on
     await until(20_000, async () => (await execs()).some((e) => e.id === handle.id && e.signal === 9)),
   );
   assert.equal((await sandbox.commands.run(['echo', 'still here'])).stdout, 'still here\n');
+});
+
+test('pause stops the guest, commands and files wait for resume, which goes on', options, async () => {
+  // A line every 100 ms.
+  let lines = 0;
+  const counter = await sandbox.commands.start('while :; do echo tick; sleep 0.1; done', {
+    onStdout: (text) => {
+      lines += text.split('\n').length - 1;
+    },
+  });
+  const refusedAsPaused = (error) => error instanceof ConflictError && error.status === 409 && /paused/.test(error.message);
+  try {
+    assert.ok(await until(20_000, () => lines >= 3), `${lines} lines`);
+    const info = await sandbox.pause();
+    assert.equal(info.state, 'paused');
+    assert.equal(typeof info.pausedAt, 'number');
+    // What the guest wrote before it stopped may still be on its way.
+    await delay(300);
+    const atPause = lines;
+    await delay(1000);
+    assert.equal(lines, atPause, 'the command went on while paused');
+    assert.equal(counter.ended, false);
+    assert.equal((await sandbox.info()).state, 'paused');
+    await assert.rejects(sandbox.commands.run('true'), refusedAsPaused);
+    await assert.rejects(sandbox.files.read('/etc/hostname'), refusedAsPaused);
+    await assert.rejects(sandbox.pause(), ConflictError);
+
+    const resumed = await sandbox.resume();
+    assert.deepEqual([resumed.state, resumed.pausedAt], ['running', null]);
+    assert.ok(await until(20_000, () => lines > atPause), `still ${lines} lines`);
+    assert.equal((await sandbox.commands.run(['echo', 'after'])).stdout, 'after\n');
+    await assert.rejects(sandbox.resume(), ConflictError);
+  } finally {
+    if ((await sandbox.info()).state === 'paused') await sandbox.resume();
+    await counter.kill();
+  }
+  assert.equal((await counter.wait()).signal, 9);
 });
 
 test('bad input: InvalidArgumentError, from the server or before sending', options, async () => {

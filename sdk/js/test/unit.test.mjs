@@ -29,6 +29,10 @@ before(async () => {
     } else if (req.url === '/sandboxes/s1') {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ id: 's1', state: 'running', execs: [] }));
+    } else if (req.method === 'POST' && /^\/sandboxes\/s1\/(pause|resume)$/.test(req.url)) {
+      const paused = req.url.endsWith('/pause');
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ id: 's1', state: paused ? 'paused' : 'running', pausedAt: paused ? 1234 : null, execs: [] }));
     } else if (req.url === '/sandboxes/s1/exec') {
       res.writeHead(200, { 'content-type': 'application/x-ndjson' });
       for (const piece of execPieces) {
@@ -170,6 +174,16 @@ test('pack(): an npm-pack-like tarball, node_modules and litter left out', async
   assert.ok(bundled.includes('package/node_modules/dep/node_modules/sub/index.js'), bundled.join());
   fs.rmSync(dir, { recursive: true });
   await assert.rejects(pack(os.tmpdir() + '/nodeos-vm-no-such-dir'), sdk.InvalidArgumentError);
+});
+
+test('pause and resume: a POST each, the sandbox as the server describes it after', async () => {
+  const sandbox = await Sandbox.connect('s1', { url, token: 't' });
+  const paused = await sandbox.pause();
+  assert.deepEqual([lastRequest.method, lastRequest.url], ['POST', '/sandboxes/s1/pause']);
+  assert.deepEqual([paused.state, paused.pausedAt], ['paused', 1234]);
+  const running = await sandbox.resume();
+  assert.deepEqual([lastRequest.method, lastRequest.url], ['POST', '/sandboxes/s1/resume']);
+  assert.deepEqual([running.state, running.pausedAt], ['running', null]);
 });
 
 test('the ES module and CommonJS entries are one implementation', async () => {

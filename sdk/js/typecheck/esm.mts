@@ -4,6 +4,7 @@ import sdk, {
   Sandbox,
   CommandHandle,
   NotFoundError,
+  ConflictError,
   CommandExitError,
   NodeosVmError,
   deploy,
@@ -37,6 +38,9 @@ export async function example(): Promise<void> {
   const entries: EntryInfo[] = await sandbox.files.list('/home/node');
   await sandbox.files.uploadTar('/home/node/x', await sandbox.files.downloadTar('/home/node'));
   const info: SandboxInfo = await sandbox.info();
+  const paused: SandboxInfo = await sandbox.pause();
+  const pausedAt: number | null = paused.pausedAt;
+  const state: 'running' | 'paused' = (await sandbox.resume()).state;
   const all: SandboxInfo[] = await Sandbox.list();
   const again: Sandbox = await Sandbox.connect(id, { client: new Client() });
   await again.kill();
@@ -45,6 +49,7 @@ export async function example(): Promise<void> {
   } catch (error) {
     if (error instanceof CommandExitError) void error.result.stderr;
     if (error instanceof NotFoundError) void error.status;
+    if (error instanceof ConflictError) void error.message;
     if (error instanceof NodeosVmError) void error.body;
   }
   const app = await deploy({ url: 'http://127.0.0.1:8080' }, 'hello', './hello', { max: 4, timeout: 10_000, memory: '256M' });
@@ -53,6 +58,6 @@ export async function example(): Promise<void> {
   const tgz: Uint8Array = await pack('./hello');
   const client = new Client({ url: 'http://127.0.0.1:8080', token: 't', appsUrl: 'http://127.0.0.1:8081' });
   const response: Response = await client.fetchApp('hello', '/x?y=1', { method: 'POST', body: '{}' });
-  void [code, sent, ended, text, bytes, stream, entries, info, all, app, answer.greeting, details.coldStart, tgz, response];
+  void [code, sent, ended, text, bytes, stream, entries, info, pausedAt, state, all, app, answer.greeting, details.coldStart, tgz, response];
   void sdk.Sandbox.create;
 }

@@ -10,7 +10,7 @@
 //! closed before its memory is unmapped.
 //!
 //! Threads: one per vCPU, one for virtio queues, one for console input, one watching the
-//! host's stop signal, and `vmm`, which kicks the vCPUs for a pause, waits for the end, stops
+//! host's stop signal and serving its pause requests, and `vmm`, which kicks the vCPUs for a pause, waits for the end, stops
 //! the others and joins them; [`Vmm::wait`] waits for `vmm`. Each of them installs its seccomp
 //! filter first (crate::seccomp), unless the spec turns seccomp off; the thread that called
 //! [`Vmm::start`] stays as it was.
@@ -49,7 +49,10 @@ use crate::kvm::{self, Vcpu, Vm, VmControl};
 use crate::memory::{self, Backing, GuestMemory, SharedMemory, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use crate::seccomp::{self, ThreadKind};
 use crate::snapshot::{self, save::Saver};
-use crate::vm::{ConsoleIo, ConsoleReady, Device, RunReport, Start, StopSignal, VmExit, VmSpec};
+use crate::vm::{
+    ConsoleIo, ConsoleReady, Device, PauseLink, PauseRequest, RunReport, Start, StopSignal, VmExit,
+    VmSpec,
+};
 
 /// The first interrupt line for virtio devices (0-4: timer, keyboard, cascade, COM2, COM1).
 const VIRTIO_IRQ_BASE: u32 = 5;
@@ -112,7 +115,7 @@ fn legacy_err(what: &'static str) -> impl FnOnce(RestoreError) -> Error {
 pub fn run(spec: &VmSpec, console: ConsoleIo, stop: &StopSignal) -> Result<RunReport, Error> {
     let ready = console.ready.clone();
     let result =
-        Vmm::build(spec, console, None, None, None).and_then(|vmm| vmm.start(stop)?.wait());
+        Vmm::build(spec, console, None, None, None).and_then(|vmm| vmm.start(stop, None)?.wait());
     // The console relay waits for the guest's "ready"; a VM that is gone will not send it.
     ready.signal();
     result
@@ -458,8 +461,9 @@ impl Vmm<Built> {
         Ok(self)
     }
 
-    /// Starts the VM's threads; `stop` ends the VM with [`VmExit::Stopped`] once signalled.
-    pub fn start(self, stop: &StopSignal) -> Result<Vmm<Running>, Error> {
+    /// Starts the VM's threads; `stop` ends the VM with [`VmExit::Stopped`] once signalled,
+    /// `pause` pauses and resumes it on the owner's requests.
+    pub fn start(self, stop: &StopSignal, pause: Option<PauseLink>) -> Result<Vmm<Running>, Error> {
         // Moved out field by field: on an early return the rest drops in declaration order.
         let built = self.state;
         let (control, mem, seccomp) = (built.control, built.mem, built.seccomp);
@@ -505,15 +509,9 @@ impl Vmm<Built> {
         let (c, stop) = (control.clone(), stop.clone());
         threads.spawn(
             &control,
-            "host-stop".into(),
-            ThreadKind::HostStop,
-            move || {
-                if crate::poll::first_readable(&[c.stop_evt().as_raw_fd(), stop.fd()], None)
-                    == Some(1)
-                {
-                    c.stop(Ok(VmExit::Stopped));
-                }
-            },
+            "host-control".into(),
+            ThreadKind::HostControl,
+            move || serve_host(&c, &stop, pause),
         );
         let (c, input, serial) = (control.clone(), built.input, built.serial);
         threads.spawn(
@@ -655,6 +653,35 @@ impl Drop for Running {
         if self.vmm.is_some() {
             self.control.stop(Ok(VmExit::Stopped));
             self.join();
+        }
+    }
+}
+
+/// The `host-control` thread's work: ends the VM when the host's `stop` fires, and pauses and
+/// resumes it as the owner of `pause` asks, until the VM ends.
+fn serve_host(control: &VmControl, stop: &StopSignal, mut pause: Option<PauseLink>) {
+    loop {
+        let mut fds = vec![control.stop_evt().as_raw_fd(), stop.fd()];
+        fds.extend(pause.as_ref().map(PauseLink::fd));
+        match crate::poll::first_readable(&fds, None) {
+            Some(1) => return control.stop(Ok(VmExit::Stopped)),
+            Some(2) => {
+                let link = pause.as_ref().expect("polled only while open");
+                let done = match link.next() {
+                    Some(PauseRequest::Pause) => control.pause(),
+                    Some(PauseRequest::Resume) => control.resume(),
+                    // Its owner has gone: the VM runs on, as it is.
+                    None => {
+                        pause = None;
+                        continue;
+                    }
+                };
+                if let Err(e) = &done {
+                    tracing::info!("{e}");
+                }
+                link.answer(done.is_ok());
+            }
+            _ => return,
         }
     }
 }
@@ -1312,7 +1339,7 @@ pub(crate) mod tests {
 
     /// A started [`COUNTING_GUEST`] on 2 vCPUs (the second waits for INIT in the kernel), every
     /// thread filtered, with the console's host ends.
-    fn counting_vmm() -> (Vmm<Running>, OwnedFd, OwnedFd) {
+    fn counting_vmm(pause: Option<PauseLink>) -> (Vmm<Running>, OwnedFd, OwnedFd) {
         let kernel = file_with(&tiny_elf(COUNTING_GUEST, LOAD_ADDR, true));
         let rootfs = file_with(&[0; 4096]);
         let spec = pvh_spec(kernel.path(), rootfs.path(), 2);
@@ -1326,7 +1353,7 @@ pub(crate) mod tests {
         };
         let vmm = Vmm::build(&spec, console, None, None, None)
             .unwrap()
-            .start(&StopSignal::new().unwrap())
+            .start(&StopSignal::new().unwrap(), pause)
             .unwrap();
         (vmm, in_tx, out_rx)
     }
@@ -1351,7 +1378,7 @@ pub(crate) mod tests {
         if !kvm_usable() {
             return;
         }
-        let (vmm, _input, _output) = counting_vmm();
+        let (vmm, _input, _output) = counting_vmm(None);
         let control = vmm.control();
         counts_past(&vmm, 0);
         for _ in 0..3 {
@@ -1370,11 +1397,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_hosts_pause_link_pauses_and_resumes_a_filtered_vmm() {
+        use crate::vm::{pause_link, PauseError};
+        use vm_memory::{Bytes, GuestAddress};
+        if !kvm_usable() {
+            return;
+        }
+        let (switch, link) = pause_link().unwrap();
+        let (vmm, _input, _output) = counting_vmm(Some(link));
+        counts_past(&vmm, 0);
+        switch.pause().unwrap();
+        let held = counter(&vmm);
+        thread::sleep(Duration::from_millis(100));
+        assert_eq!(counter(&vmm), held, "a paused guest made progress");
+        let refused = switch.pause().unwrap_err();
+        assert!(matches!(refused, PauseError::Refused(_)), "{refused}");
+        switch.resume().unwrap();
+        counts_past(&vmm, held);
+        // Its owner gone, the VM runs on.
+        drop(switch);
+        let now = counter(&vmm);
+        counts_past(&vmm, now);
+        vmm.state._mem.write_obj(1u32, GuestAddress(GO)).unwrap();
+        assert_eq!(vmm.wait().unwrap().exit, VmExit::Guest(9));
+    }
+
+    #[test]
     fn a_paused_guest_stops_and_a_dropped_one_is_torn_down() {
         if !kvm_usable() {
             return;
         }
-        let (vmm, _input, _output) = counting_vmm();
+        let (vmm, _input, _output) = counting_vmm(None);
         let control = vmm.control();
         counts_past(&vmm, 0);
         control.pause().unwrap();
@@ -1392,7 +1445,7 @@ pub(crate) mod tests {
 
         // Dropped while running, or while paused: stopped and joined, not left behind.
         for pause in [false, true] {
-            let (vmm, _input, _output) = counting_vmm();
+            let (vmm, _input, _output) = counting_vmm(None);
             let control = vmm.control();
             counts_past(&vmm, 0);
             if pause {
@@ -1461,7 +1514,7 @@ pub(crate) mod tests {
             "vcpu0",
             "vcpu1",
             "virtio",
-            "host-stop",
+            "host-control",
             "console-input",
         ];
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -6,7 +6,7 @@
 use crate::jail::Jail;
 use contract::params::AgentTransport;
 
-use crate::vm::{ConfigError, ConsoleIo, RunReport, StopSignal, VmConfig};
+use crate::vm::{ConfigError, ConsoleIo, PauseLink, RunReport, StopSignal, VmConfig};
 
 pub mod detect;
 pub(crate) mod handover;
@@ -42,19 +42,21 @@ pub enum Error {
 }
 
 impl Backend {
-    /// Boots the VM `config` describes and waits until it ends.
+    /// Boots the VM `config` describes and waits until it ends: `stop` ends it, `pause`'s
+    /// owner pauses and resumes it.
     pub fn run(
         &self,
         config: &VmConfig,
         console: ConsoleIo,
         stop: &StopSignal,
+        pause: Option<PauseLink>,
     ) -> Result<RunReport, Error> {
         let spec = &config.spec(self.agent_transport())?;
         Ok(match self {
-            Backend::Kvm { jail, vmm } => process::run(vmm, spec, console, stop, *jail)?,
+            Backend::Kvm { jail, vmm } => process::run(vmm, spec, console, stop, pause, *jail)?,
             Backend::Qemu { accel, jail, vmm } => {
                 let jailed = jail.map(|jail| process::Jailed { jail, helper: vmm });
-                qemu::run(spec, console, *accel, stop, jailed)?
+                qemu::run(spec, console, *accel, stop, pause, jailed)?
             }
         })
     }
@@ -66,6 +68,13 @@ impl Backend {
             Backend::Kvm { .. } => AgentTransport::Vsock,
             Backend::Qemu { .. } => AgentTransport::Serial,
         }
+    }
+
+    /// Whether a paused guest's wall clock stands still (QEMU stops its virtual clock with the
+    /// VM), so that it lags by the paused time once resumed; on our VMM kvmclock follows the
+    /// host's.
+    pub fn guest_clock_stops_when_paused(&self) -> bool {
+        matches!(self, Backend::Qemu { .. })
     }
 
     /// What a snapshot this backend saves depends on besides the VM: its name, and for QEMU

@@ -19,6 +19,7 @@
 //! - 9 ([`SNAPSHOT_FD`]): the snapshot file `spec.start` names, when it names one: opened by
 //!   the parent (created and emptied for a save, read-only for a restore), so that a jailed
 //!   VMM needs no path to it.
+//! - 10 ([`PAUSE_FD`]): the VM's end of the owner's pause link (vm::PauseLink), when it has one.
 //!
 //! Any other descriptor is closed first thing. The VMM dies with its parent (a parent-death
 //! signal) and ignores the terminal's signals (SIGINT, SIGQUIT, SIGHUP): they are nodeos-vm's.
@@ -42,7 +43,7 @@ use crate::jail::{self, Jail};
 use crate::kvm::vcpu::RunError;
 use crate::memory;
 use crate::seccomp::{self, ThreadKind};
-use crate::vm::{ConsoleIo, ConsoleReady, RunReport, Start, StopSignal, VmSpec};
+use crate::vm::{ConsoleIo, ConsoleReady, PauseLink, RunReport, Start, StopSignal, VmSpec};
 
 const REQUEST_FD: RawFd = 3;
 const STATUS_FD: RawFd = 4;
@@ -51,8 +52,9 @@ const NET_FD: RawFd = 6;
 const AGENT_LISTENER_FD: RawFd = 7;
 const AGENT_CONNECTOR_FD: RawFd = 8;
 const SNAPSHOT_FD: RawFd = 9;
+const PAUSE_FD: RawFd = 10;
 /// The first descriptor the VMM process was not given.
-const FIRST_FREE_FD: RawFd = 10;
+const FIRST_FREE_FD: RawFd = 11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -104,6 +106,8 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> Error {
 struct Request {
     spec: VmSpec,
     jail: Option<jail::Request>,
+    /// Whether it was handed a pause link.
+    pause: bool,
 }
 
 /// What the VMM process tells its parent, one JSON line each.
@@ -189,13 +193,14 @@ pub struct Jailed<'a> {
     pub helper: &'a VmmProgram,
 }
 
-/// Boots `spec` in a VMM process started from `program`, jailed when `jail` is given, and
-/// waits until it ends.
+/// Boots `spec` in a VMM process started from `program`, jailed when `jail` is given, pausing
+/// it on the requests of `pause`'s owner, and waits until it ends.
 pub fn run(
     program: &VmmProgram,
     spec: &VmSpec,
     console: ConsoleIo,
     stop: &StopSignal,
+    pause: Option<PauseLink>,
     jail: Option<Jail>,
 ) -> Result<RunReport, Error> {
     // passt runs beside us, not in the VMM: its stderr thread is ours, not filtered.
@@ -218,6 +223,7 @@ pub fn run(
     let request = Request {
         spec: spec.clone(),
         jail: host.as_ref().map(|host| host.request().clone()),
+        pause: pause.is_some(),
     };
     let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from);
     let (request_read, request_write) = pipe().map_err(setup("a pipe for its request"))?;
@@ -239,6 +245,9 @@ pub fn run(
     if let Some(file) = &snapshot {
         moves.push((file.as_raw_fd(), SNAPSHOT_FD));
     }
+    if let Some(link) = &pause {
+        moves.push((link.fd(), PAUSE_FD));
+    }
     let cgroup_procs = host.as_ref().and_then(|h| h.cgroup()).map(|c| c.procs_fd());
     let mut command = program.command();
     command
@@ -248,7 +257,8 @@ pub fn run(
     let child = handover::spawn(command, &moves, FIRST_FREE_FD, cgroup_procs);
     // Our copies of the child's ends: its end of each pipe and of the connector must be the
     // only one.
-    drop((request_read, status_write, agent_device, snapshot));
+    // The pause link's too: the owner sees the VM's end when the VMM process's goes.
+    drop((request_read, status_write, agent_device, snapshot, pause));
     let mut child = child.map_err(|source| Error::Spawn {
         exe: program.exe.clone(),
         source,
@@ -429,6 +439,10 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
     // SAFETY: as above; open only when the spec saves or restores a snapshot.
     let snapshot =
         (request.spec.start != Start::Boot).then(|| unsafe { File::from_raw_fd(SNAPSHOT_FD) });
+    // SAFETY: as above; open only when the request says so.
+    let pause = request
+        .pause
+        .then(|| PauseLink::from_fd(unsafe { OwnedFd::from_raw_fd(PAUSE_FD) }));
     let spec = match &request.jail {
         Some(j) => jail::enter(j, &request.spec, memory::keep_smaps_open)?,
         None => request.spec,
@@ -445,7 +459,7 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
     if let Some(j) = &request.jail {
         vmm = vmm.confine(&j.identity)?;
     }
-    let vmm = vmm.start(&stop)?;
+    let vmm = vmm.start(&stop, pause)?;
     // This thread is the process's own: filtered too, once the VM's threads run (they would
     // inherit its filter).
     if spec.seccomp {

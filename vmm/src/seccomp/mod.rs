@@ -34,8 +34,9 @@ pub enum ThreadKind {
     Virtio,
     /// Moves console input into the serial port.
     ConsoleInput,
-    /// Ends the VM when the host asks for it.
-    HostStop,
+    /// Ends the VM when the host asks for it, and pauses and resumes it on the owner's
+    /// requests (vm::PauseLink).
+    HostControl,
     /// Keeps the end of passt's stderr.
     PasstStderr,
     /// Moves frames between the VM's network link and passt, through the guard on the host's
@@ -56,7 +57,7 @@ impl ThreadKind {
         ThreadKind::Vcpu,
         ThreadKind::Virtio,
         ThreadKind::ConsoleInput,
-        ThreadKind::HostStop,
+        ThreadKind::HostControl,
         ThreadKind::PasstStderr,
         ThreadKind::PasstRelay,
         ThreadKind::Snapshot,
@@ -69,7 +70,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Virtio => "virtio",
             ThreadKind::ConsoleInput => "console-input",
-            ThreadKind::HostStop => "host-stop",
+            ThreadKind::HostControl => "host-control",
             ThreadKind::PasstStderr => "passt-stderr",
             ThreadKind::PasstRelay => "passt-relay",
             ThreadKind::Snapshot => "snapshot",

@@ -218,7 +218,12 @@ pub(super) fn of(kind: ThreadKind) -> Result<Vec<Entry>> {
             rules.push(any(libc::SYS_read));
             rules
         }
-        ThreadKind::HostStop => polls().to_vec(),
+        // The pause link's requests, read once polled; its answers are writes.
+        ThreadKind::HostControl => {
+            let mut rules = polls().to_vec();
+            rules.push(any(libc::SYS_read));
+            rules
+        }
         ThreadKind::PasstStderr => vec![any(libc::SYS_read)],
         // Two non-blocking Unix streams, waited on together.
         ThreadKind::PasstRelay => {

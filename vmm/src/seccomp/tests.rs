@@ -28,11 +28,14 @@ fn thread_name(kind: ThreadKind) -> &'static str {
 fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd) {
     let mut byte = [0u8; 1];
     match kind {
-        ThreadKind::VmmMain | ThreadKind::HostStop | ThreadKind::VmmProcess => {
+        ThreadKind::VmmMain | ThreadKind::HostControl | ThreadKind::VmmProcess => {
             assert_eq!(
                 crate::poll::first_readable(&[evt.as_raw_fd()], Some(Duration::ZERO)),
                 Some(0)
             );
+            // SAFETY: reads at most one byte into `byte`.
+            let got = unsafe { libc::read(pipe.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
+            assert_eq!(got, 1);
         }
         ThreadKind::Vcpu => {
             // KVM_RUN passes the filter; on an eventfd the kernel refuses it.
@@ -210,8 +213,8 @@ fn console_input_violation_ends_the_process() {
 }
 
 #[test]
-fn host_stop_violation_ends_the_process() {
-    violation_ends_the_process(ThreadKind::HostStop);
+fn host_control_violation_ends_the_process() {
+    violation_ends_the_process(ThreadKind::HostControl);
 }
 
 #[test]

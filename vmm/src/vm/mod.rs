@@ -1,10 +1,11 @@
 //! One microVM as its user chose it ([`VmConfig`]) and as a backend boots it ([`VmSpec`], a
-//! kernel, its command line and an ordered device list), the console a backend drives, and how a VM ends: the types below the backends, the
-//! devices and the jail.
+//! kernel, its command line and an ordered device list), the console a backend drives, how a
+//! VM ends and how the host pauses it: the types below the backends, the devices and the jail.
 
 mod config;
 mod console;
 mod outcome;
+mod pause;
 mod spec;
 
 pub use config::{
@@ -13,4 +14,5 @@ pub use config::{
 };
 pub use console::{ConsoleIo, ConsoleReady};
 pub use outcome::{RunReport, StopSignal, VmExit};
-pub use spec::{Device, Disk, HostLoopback, NetSpec, PublishedPort, Start, VmSpec};
+pub use pause::{pause_link, PauseError, PauseLink, PauseRequest, PauseSwitch};
+pub use spec::{Device, Disk, HostLoopback, NetSpec, Protocol, PublishedPort, Start, VmSpec};

@@ -105,7 +105,8 @@ pub enum NetSpec {
     /// (the guest is 10.0.2.15/24, its gateway 10.0.2.2, DNS 10.0.2.3). What the guest may
     /// reach of the host's loopback through the gateway is `host_loopback`; the loopback itself
     /// (127.0.0.0/8, 0.0.0.0/8) is never a destination (devices::virtio::net::guard).
-    /// `published`: the host's TCP ports that passt listens on and forwards to the guest's.
+    /// `published`: the host's TCP and UDP ports that passt listens on and forwards to the
+    /// guest's.
     User {
         host_loopback: HostLoopback,
         published: Vec<PublishedPort>,
@@ -123,20 +124,45 @@ impl NetSpec {
     };
 }
 
-/// A TCP port of the host forwarded to one of the guest's (`--publish`): a connection to `host`
-/// reaches the guest's `guest_port`. Inbound only: what the guest may reach is
+/// A port of the host forwarded to one of the guest's (`--publish`): a TCP connection to
+/// `host` reaches the guest's `guest_port`, or a UDP datagram sent there does, and the guest's
+/// answers from that port go back. Inbound only: what the guest may reach is
 /// [`HostLoopback`]'s and the NAT's, whatever is published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishedPort {
     /// The address and port passt listens on (127.0.0.1 unless the user names another).
     pub host: SocketAddrV4,
     pub guest_port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// The transport of a [`PublishedPort`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
 }
 
 impl fmt::Display for PublishedPort {
-    /// As `--publish` takes it: `HOST_IP:HOST_PORT:GUEST_PORT`.
+    /// As `--publish` takes it: `HOST_IP:HOST_PORT:GUEST_PORT`, and `/udp` for UDP.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.host, self.guest_port)
+        write!(f, "{}:{}", self.host, self.guest_port)?;
+        match self.protocol {
+            Protocol::Tcp => Ok(()),
+            Protocol::Udp => f.write_str("/udp"),
+        }
     }
 }
 

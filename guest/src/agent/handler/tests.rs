@@ -2,11 +2,13 @@
 
 use super::*;
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 
 use contract::frame::{Container, WinSize};
+use contract::rlimit::{Rlimit, UNLIMITED};
 
 fn config(home: &str) -> Config {
     // SAFETY: getuid/getgid cannot fail.
@@ -21,6 +23,8 @@ fn config(home: &str) -> Config {
             b"HOME=/nonexistent-home".to_vec(),
             b"LANG=C.UTF-8".to_vec(),
         ],
+        // Not the test machine's own log: its OOM kills are not the tests'.
+        kernel_log: PathBuf::from("/nonexistent-kernel-log"),
     }
 }
 
@@ -704,6 +708,8 @@ fn a_container_process_sees_only_its_root_as_its_user_with_its_env() {
             uid: 4321,
             gid: 4322,
             groups: vec![4323],
+            rlimits: Vec::new(),
+            mounts: Vec::new(),
         }),
         ..Exec::default()
     });
@@ -725,6 +731,86 @@ fn a_container_process_sees_only_its_root_as_its_user_with_its_env() {
     );
     assert!(out.contains("ONLY=this\nPATH=/bin\n"), "{out}");
     assert!(out.contains("devices\n"), "{out}");
+}
+
+#[test]
+fn a_containers_own_mounts_are_in_its_view_only() {
+    if !can_unshare_mounts() {
+        eprintln!("skipped: mount namespaces need root");
+        return;
+    }
+    use contract::mount::{Mount, MountKind};
+    use std::os::unix::fs::PermissionsExt;
+    let root = container_root();
+    let shared = temp_file(b"");
+    std::fs::remove_file(&shared).unwrap();
+    std::fs::create_dir(&shared).unwrap();
+    let folder = shared.join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(folder.join("f"), "in the folder\n").unwrap();
+    let file = shared.join("file");
+    std::fs::write(&file, "a file\n").unwrap();
+    let bind = |source: &Path, destination: &str, read_only| Mount {
+        destination: destination.into(),
+        kind: MountKind::Bind {
+            source: source.as_os_str().as_bytes().to_vec(),
+        },
+        read_only,
+        ..Mount::default()
+    };
+    let mounts = vec![
+        // Through the image's symlink /escape -> /etc: inside the root, made there.
+        bind(&folder, "/escape/data", true),
+        bind(&file, "/work/deep/file", false),
+        Mount {
+            destination: b"/scratch".to_vec(),
+            kind: MountKind::Tmpfs {
+                options: b"size=1m,mode=1777".to_vec(),
+            },
+            nodev: true,
+            ..Mount::default()
+        },
+    ];
+    let script = "cat /etc/data/f; echo no > /etc/data/g || echo refused; cat /work/deep/file; \
+        echo yes > /scratch/z && cat /scratch/z; grep ' /scratch ' /proc/mounts";
+    let (out, err, last) = run(Exec {
+        argv: argv(&["sh", "-c", script]),
+        env: vec![b"PATH=/bin".to_vec()],
+        container: Some(Container {
+            root: root.as_os_str().as_bytes().to_vec(),
+            uid: 4321,
+            gid: 4321,
+            mounts,
+            ..Container::default()
+        }),
+        ..Exec::default()
+    });
+    let out = String::from_utf8(out).unwrap();
+    let err = String::from_utf8_lossy(&err).into_owned();
+    let made = (
+        root.join("etc/data").is_dir(),
+        root.join("work/deep/file").is_file(),
+    );
+    let _ = std::fs::remove_dir_all(&root);
+    let wrote = folder.join("g").exists();
+    let _ = std::fs::remove_dir_all(&shared);
+    assert_eq!(last, Reply::Exited(0), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..4],
+        ["in the folder", "refused", "a file", "yes"],
+        "{out}{err}"
+    );
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(
+        lines[4].starts_with("tmpfs /scratch tmpfs rw,nodev,") && lines[4].contains("size=1024k"),
+        "{out}"
+    );
+    assert!(!wrote);
+    // The mount points were made in the container's root, the guest's own tree untouched.
+    assert_eq!(made, (true, true));
+    assert!(!Path::new("/escape").exists() && !Path::new("/etc/data").exists());
 }
 
 #[test]
@@ -751,4 +837,156 @@ fn a_missing_container_root_is_one_clear_error() {
                 .into()
         }
     );
+}
+
+/// A container of [`container_root`] running `script` as uid 4321 with `rlimits`.
+fn in_container(script: &str, rlimits: Vec<Rlimit>) -> (PathBuf, Exec) {
+    let root = container_root();
+    let exec = Exec {
+        argv: argv(&["sh", "-c", script]),
+        env: vec![b"PATH=/bin".to_vec()],
+        container: Some(Container {
+            root: root.as_os_str().as_bytes().to_vec(),
+            uid: 4321,
+            gid: 4321,
+            groups: Vec::new(),
+            rlimits,
+            mounts: Vec::new(),
+        }),
+        ..Exec::default()
+    };
+    (root, exec)
+}
+
+const NOFILE: u32 = libc::RLIMIT_NOFILE;
+
+#[test]
+fn a_containers_rlimits_are_set_before_it_runs() {
+    if !can_unshare_mounts() {
+        eprintln!("skipped: mount namespaces need root");
+        return;
+    }
+    // Its hard limit the test's own, which needs no privilege to keep (raising it needs
+    // CAP_SYS_RESOURCE, which the agent has in the guest).
+    let mut own = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the rlimit structure `own`.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) }, 0);
+    let hard = own.rlim_max;
+    let limits = vec![
+        Rlimit {
+            resource: NOFILE,
+            soft: 1000,
+            hard,
+        },
+        Rlimit {
+            resource: libc::RLIMIT_FSIZE,
+            soft: UNLIMITED,
+            hard: UNLIMITED,
+        },
+    ];
+    let (root, exec) = in_container("ulimit -S -n; ulimit -H -n; ulimit -f; id -u", limits);
+    let (out, err, last) = run(exec);
+    let _ = std::fs::remove_dir_all(&root);
+    assert_eq!(last, Reply::Exited(0), "{}", String::from_utf8_lossy(&err));
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!("1000\n{hard}\nunlimited\n4321\n")
+    );
+}
+
+#[test]
+fn a_limit_linux_refuses_is_one_clear_error_and_nothing_runs() {
+    if !can_unshare_mounts() {
+        eprintln!("skipped: mount namespaces need root");
+        return;
+    }
+    let mark = temp_file(b"");
+    std::fs::remove_file(&mark).unwrap();
+    let script = format!("touch {}", mark.display());
+    // Refused before the fork: the soft limit above the hard one.
+    let backwards = vec![Rlimit {
+        resource: NOFILE,
+        soft: 5,
+        hard: 4,
+    }];
+    let (root, exec) = in_container(&script, backwards);
+    let (_, _, last) = run(exec);
+    let _ = std::fs::remove_dir_all(&root);
+    assert_eq!(
+        last,
+        Reply::Error {
+            kind: ErrorKind::ExecFailed,
+            message: "a resource limit: RLIMIT_NOFILE 5/4: the soft limit is above the hard one"
+                .into()
+        }
+    );
+    // Refused by the kernel in the child: more descriptors than fs.nr_open allows.
+    let too_many = vec![Rlimit {
+        resource: NOFILE,
+        soft: 1 << 40,
+        hard: 1 << 40,
+    }];
+    let (root, exec) = in_container(&script, too_many);
+    let (_, _, last) = run(exec);
+    let _ = std::fs::remove_dir_all(&root);
+    assert_eq!(
+        last,
+        Reply::Error {
+            kind: ErrorKind::ExecFailed,
+            message: "setting RLIMIT_NOFILE 1099511627776/1099511627776: Operation not permitted"
+                .into()
+        }
+    );
+    assert!(!mark.exists());
+}
+
+#[test]
+fn a_containers_oom_kills_are_reported_while_it_runs() {
+    if !can_unshare_mounts() {
+        eprintln!("skipped: mount namespaces need root");
+        return;
+    }
+    // The kernel's log is a FIFO the test writes records into, as /dev/kmsg gives them.
+    let log = temp_file(b"");
+    std::fs::remove_file(&log).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&log)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut cfg = config("/");
+    cfg.kernel_log = log.clone();
+    let mut session = Session::start_with(cfg);
+    session.hello();
+    let (root, mut exec) = in_container("read line; echo $line", Vec::new());
+    exec.stdin = true;
+    session.send(&Request::Exec(exec));
+    assert!(matches!(session.recv(), Reply::Started { .. }));
+    // The agent opened the log before it started the command.
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&log)
+        .unwrap();
+    writer
+        .write_all(
+            b"6,10,1,-;eth0: link up\n\
+              3,11,2,-;Out of memory: Killed process 42 (node) total-vm:1024kB\n\
+              \x20SUBSYSTEM=memory\n\
+              14,12,3,-;Out of memory: Killed process 1 (init)\n",
+        )
+        .unwrap();
+    // The log's end (the writer gone) ends its watch, not the command.
+    drop(writer);
+    assert_eq!(session.recv(), Reply::OomKilled { seq: 11, pid: 42 });
+    session.send(&Request::Stdin(b"still here\n".to_vec()));
+    let (out, _, last) = session.collect();
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(last, Reply::Exited(0));
+    assert_eq!(out, b"still here\n");
+    session.finish();
 }

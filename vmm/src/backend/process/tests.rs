@@ -28,6 +28,12 @@ const GUEST: &[u8] = &[
 ];
 /// Spins until stopped.
 const SPINNING_GUEST: &[u8] = &[0xeb, 0xfe]; // jmp $
+/// Prints dots until stopped.
+const DOTTING_GUEST: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xb0, b'.', 0xee, // loop: mov al, '.'; out dx, al
+    0xeb, 0xfb, // jmp loop
+];
 
 /// Not a test of its own: the VMM process, when this binary is started as one (in a child
 /// with one thread, as `nodeos-vmm` has when it enters its jail).
@@ -53,6 +59,11 @@ fn jail() -> Option<Jail> {
     Some(Jail::for_this_process(jail::IdRange::default()))
 }
 
+/// No jail, then the jail of whoever runs these tests (when there is one).
+fn unjailed_and_jailed() -> Vec<Option<Jail>> {
+    std::iter::once(None).chain(jail().map(Some)).collect()
+}
+
 /// As nodeos-vm runs it: every thread of the VMM process filtered, its main thread too.
 fn spec(kernel: &Path, rootfs: &Path) -> VmSpec {
     pvh_spec(kernel, rootfs, 1)
@@ -73,7 +84,7 @@ fn boot(program: &VmmProgram, spec: &VmSpec, stop: &StopSignal, jail: Option<Jai
         ready: ConsoleReady::default(),
         template: ConsoleReady::default(),
     };
-    let result = run(program, spec, console, stop, jail);
+    let result = run(program, spec, console, stop, None, jail);
     let mut console = String::new();
     File::from(output_read)
         .read_to_string(&mut console)
@@ -90,9 +101,7 @@ fn a_guest_runs_in_a_vmm_process_jailed_or_not() {
     let kernel = file_with(&tiny_elf(GUEST, LOAD_ADDR, true));
     let rootfs = file_with(&[0; 4096]);
     let spec = spec(kernel.path(), rootfs.path());
-    let mut jails = vec![None];
-    jails.extend(jail().map(Some));
-    for jail in jails {
+    for jail in unjailed_and_jailed() {
         let o = boot(
             &this_test_binary(),
             &spec,
@@ -120,8 +129,7 @@ fn a_guest_saved_in_a_vmm_process_goes_on_in_others() {
     let kernel = file_with(&tiny_elf(GUEST, LOAD_ADDR, true));
     let rootfs = file_with(&[0; 4096]);
     let dir = tempfile::tempdir().unwrap();
-    let mut jails = vec![None];
-    jails.extend(jail().map(Some));
+    let jails = unjailed_and_jailed();
     for saved_in in &jails {
         let file = dir.path().join("vm.snapshot");
         let mut spec = spec(kernel.path(), rootfs.path());
@@ -309,9 +317,100 @@ fn a_console_written_to_a_file_is_not_cut_short() {
         &spec,
         console,
         &StopSignal::new().unwrap(),
+        None,
         jail(),
     )
     .unwrap();
     assert_eq!(report.exit, VmExit::Guest(7));
     assert!(std::fs::read_to_string(log.path()).unwrap().ends_with('P'));
+}
+
+/// Paused and resumed by its owner through the pause link, jailed and not: a paused guest
+/// writes nothing, a resumed one goes on, a second pause is refused, and once the VM is stopped
+/// the owner hears that it has ended.
+#[test]
+fn a_vmm_process_pauses_and_resumes_on_its_owners_requests() {
+    use crate::vm::{pause_link, PauseError};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    if !kvm_usable() {
+        println!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let kernel = file_with(&tiny_elf(DOTTING_GUEST, LOAD_ADDR, true));
+    let rootfs = file_with(&[0; 4096]);
+    for jail in unjailed_and_jailed() {
+        let spec = spec(kernel.path(), rootfs.path());
+        let (output_read, output) = nix::unistd::pipe().unwrap();
+        let (input, _input_write) = nix::unistd::pipe().unwrap();
+        let console = ConsoleIo {
+            input,
+            output,
+            ready: ConsoleReady::default(),
+            template: ConsoleReady::default(),
+        };
+        let dots = Arc::new(AtomicUsize::new(0));
+        let counted = dots.clone();
+        let reader = thread::spawn(move || {
+            let mut out = File::from(output_read);
+            let mut buf = [0; 65536];
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                let n = buf[..n].iter().filter(|&&b| b == b'.').count();
+                counted.fetch_add(n, Ordering::Relaxed);
+            }
+        });
+        let (switch, link) = pause_link().unwrap();
+        let stop = StopSignal::new().unwrap();
+        let stopper = stop.clone();
+        let vm = thread::spawn(move || {
+            run(
+                &this_test_binary(),
+                &spec,
+                console,
+                &stopper,
+                Some(link),
+                jail,
+            )
+        });
+        let grows_past = |from: usize| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while dots.load(Ordering::Relaxed) <= from {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "jail {jail:?}: no dots"
+                );
+                thread::sleep(Duration::from_millis(5));
+            }
+        };
+        grows_past(0);
+        for _ in 0..2 {
+            switch
+                .pause()
+                .unwrap_or_else(|e| panic!("jail {jail:?}: {e}"));
+            // What was written before the pause is read by now.
+            thread::sleep(Duration::from_millis(50));
+            let held = dots.load(Ordering::Relaxed);
+            thread::sleep(Duration::from_millis(200));
+            assert_eq!(
+                dots.load(Ordering::Relaxed),
+                held,
+                "jail {jail:?}: printed while paused"
+            );
+            let again = switch.pause().unwrap_err();
+            assert!(matches!(again, PauseError::Refused(_)), "{again}");
+            switch.resume().unwrap();
+            grows_past(held);
+        }
+        switch.pause().unwrap();
+        // A paused VM stops.
+        stop.stop();
+        let report = vm
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("jail {jail:?}: {e}"));
+        assert_eq!(report.exit, VmExit::Stopped);
+        let ended = switch.resume().unwrap_err();
+        assert!(matches!(ended, PauseError::Ended(_)), "{ended}");
+        reader.join().unwrap();
+    }
 }

@@ -71,6 +71,8 @@ pub struct Fds {
     pub qmp: Option<RawFd>,
     /// The snapshot QEMU restores, at its stream.
     pub incoming: Option<RawFd>,
+    /// QEMU's end of the monitor its owner pauses it through (qemu::pause).
+    pub pause_monitor: Option<RawFd>,
 }
 
 pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsString> {
@@ -197,6 +199,14 @@ pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsStri
             "chardev=qmp,mode=control",
         ]);
     }
+    if let Some(fd) = fds.pause_monitor {
+        push(&[
+            "-chardev",
+            &format!("socket,id=pause,fd={fd}"),
+            "-mon",
+            "chardev=pause,mode=control",
+        ]);
+    }
     if let Some(fd) = fds.incoming {
         push(&["-incoming", &format!("fd:{fd}")]);
     }
@@ -245,6 +255,7 @@ mod tests {
             disks: vec![vec![8], vec![9, 10]],
             qmp: Some(11),
             incoming: Some(12),
+            pause_monitor: Some(13),
         };
         let args: Vec<String> = args(&spec, Accel::Kvm, Path::new("/kernel"), &fds)
             .into_iter()
@@ -263,6 +274,7 @@ mod tests {
             "-sandbox on,",
             "-chardev socket,id=qmp,fd=11 -mon chardev=qmp,mode=control",
             "-incoming fd:12",
+            "-chardev socket,id=pause,fd=13 -mon chardev=pause,mode=control",
         ] {
             assert!(line.contains(expected), "{expected}: {line}");
         }
@@ -287,6 +299,7 @@ mod tests {
             disks: vec![],
             qmp: None,
             incoming: None,
+            pause_monitor: None,
         };
         let cmdline = |accel| {
             let args = args(&spec, accel, Path::new("/kernel"), &fds);

@@ -9,6 +9,7 @@
 mod agent;
 mod args;
 mod jail;
+mod pause;
 mod qmp;
 mod snapshot;
 
@@ -25,13 +26,14 @@ use contract::ports::{CONSOLE_READY, INIT_STARTED, TEMPLATE_READY};
 
 use self::agent::AgentMux;
 use self::args::{Fds, Handed};
+use self::pause::Pauser;
 use self::snapshot::{Done, SaveTrigger, Snapshot, SnapshotError};
 use super::handover::{self, MAX_MOVES};
 use super::process::Jailed;
 use crate::devices::virtio::net::{self, HelperThreads, HostEnd};
 use crate::jail as jails;
 use crate::jail::exec::{self, FIRST_PROGRAM_FD};
-use crate::vm::{ConsoleIo, ConsoleReady, RunReport, StopSignal, VmExit, VmSpec};
+use crate::vm::{ConsoleIo, ConsoleReady, PauseLink, RunReport, StopSignal, VmExit, VmSpec};
 
 pub(super) const QEMU: &str = "qemu-system-x86_64";
 /// Most of QEMU's stderr we keep to explain a failure.
@@ -72,12 +74,14 @@ pub enum QemuError {
     Failed { status: String, stderr: String },
 }
 
-/// Boots `spec` under QEMU, in a jail when `jailed` is given, and waits for the VM to end.
+/// Boots `spec` under QEMU, in a jail when `jailed` is given, pausing it on the requests of
+/// `pause`'s owner, and waits for the VM to end.
 pub fn run(
     spec: &VmSpec,
     console: ConsoleIo,
     accel: Accel,
     stop: &StopSignal,
+    pause: Option<PauseLink>,
     jailed: Option<Jailed<'_>>,
 ) -> Result<RunReport, QemuError> {
     let qemu = crate::host_packages::ensure(QEMU, "qemu-system-x86")?;
@@ -106,6 +110,9 @@ pub fn run(
         .transpose()?;
     let net_fd = net.as_ref().map(|n| handed.push_raw(n.fd.as_raw_fd()));
     let snapshot = Snapshot::prepare(spec, accel, &mut handed)?;
+    let pauser = pause
+        .map(|link| Pauser::prepare(link, &mut handed))
+        .transpose()?;
     let disks = spec
         .disks()
         .map(|disk| {
@@ -131,6 +138,7 @@ pub fn run(
         disks,
         qmp: snapshot.as_ref().map(|s| s.qmp_fd),
         incoming: snapshot.as_ref().and_then(|s| s.incoming_fd),
+        pause_monitor: pauser.as_ref().map(|p| p.monitor_fd),
     };
 
     let stdio = (input, output);
@@ -173,8 +181,12 @@ pub fn run(
     watch_boot_timer(timer, started, marks, Arc::clone(&init_reached));
     let stopper = Stopper::watch(&[stop, &failed], child.id())?;
     let agent = agent.map(AgentMux::serve).transpose()?;
+    let pauser = pauser.map(Pauser::serve).transpose()?;
 
     let status = child.wait().map_err(QemuError::Wait)?;
+    if let Some(pauser) = pauser {
+        pauser.finish();
+    }
     if let Some(agent) = agent {
         agent.finish();
     }

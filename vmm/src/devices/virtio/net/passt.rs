@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::io::{self, Read};
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -31,7 +31,7 @@ use super::{Link, Stream};
 use crate::devices::lock;
 use crate::host_packages::{self, HostPackageError};
 use crate::seccomp::ThreadKind;
-use crate::vm::{HostLoopback, PublishedPort};
+use crate::vm::{HostLoopback, Protocol, PublishedPort};
 
 /// The MTU the guest uses (the kernel's default); passt offers it over DHCP too.
 const MTU: u16 = 1500;
@@ -106,20 +106,24 @@ impl Drop for Process {
     }
 }
 
-/// Checks that passt can listen on the host side of every port of `published`, by listening
+/// Checks that passt can listen on the host side of every port of `published`, by binding
 /// there (and closing at once), before anything is started: passt would exit on the first it
-/// cannot bind, leaving the guest without a network. passt takes each host port once, whatever
-/// its address.
+/// cannot bind, leaving the guest without a network. passt takes each host port of a protocol
+/// once, whatever its address.
 pub fn check_host_ports(published: &[PublishedPort]) -> Result<(), Error> {
     let mut seen = HashSet::new();
     for &port in published {
-        if !seen.insert(port.host.port()) {
+        if !seen.insert((port.protocol, port.host.port())) {
             return Err(Error::PublishedTwice { port });
         }
-        // std sets SO_REUSEADDR, as passt does: a port with connections still in TIME_WAIT is
-        // free to both.
-        match TcpListener::bind(port.host) {
-            Ok(_) => {}
+        // std sets SO_REUSEADDR on a TCP listener, as passt does: a port with connections
+        // still in TIME_WAIT is free to both.
+        let bound = match port.protocol {
+            Protocol::Tcp => TcpListener::bind(port.host).map(drop),
+            Protocol::Udp => UdpSocket::bind(port.host).map(drop),
+        };
+        match bound {
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(Error::PortBusy { port }),
             Err(source) => return Err(Error::CannotListen { port, source }),
         }
@@ -128,7 +132,8 @@ pub fn check_host_ports(published: &[PublishedPort]) -> Result<(), Error> {
 }
 
 /// passt's command line: our network, IPv4 only, talking over descriptor `fd`, the gateway
-/// mapped to the host's loopback only when some of it is open, and the published ports.
+/// mapped to the host's loopback only when some of it is open or a UDP port is published, and
+/// the published ports.
 fn args(fd: i32, host_loopback: &HostLoopback, published: &[PublishedPort]) -> Vec<String> {
     let mut args: Vec<String> = ["--fd", &fd.to_string(), "--foreground", "--quiet"]
         .map(String::from)
@@ -147,11 +152,21 @@ fn args(fd: i32, host_loopback: &HostLoopback, published: &[PublishedPort]) -> V
         args.extend(value);
     }
     // Which ports of the loopback are open is the guard's to enforce; passt maps them all.
-    if *host_loopback == HostLoopback::Closed {
+    // Unmapped, passt sends the guest's answers from a published UDP port to the gateway
+    // itself rather than to the host client on the loopback that it presented as the gateway:
+    // those flows are the guard's to keep apart too.
+    let udp_published = published.iter().any(|p| p.protocol == Protocol::Udp);
+    if *host_loopback == HostLoopback::Closed && !udp_published {
         args.push("--no-map-gw".into());
     }
     for port in published {
-        args.push("--tcp-ports".into());
+        args.push(
+            match port.protocol {
+                Protocol::Tcp => "--tcp-ports",
+                Protocol::Udp => "--udp-ports",
+            }
+            .into(),
+        );
         args.push(format!(
             "{}/{}:{}",
             port.host.ip(),
@@ -240,13 +255,13 @@ pub fn spawn(
         })?;
     let vm = Stream::new(relay_end, None).map_err(Error::Socket)?;
     let passt = Stream::new(ours, None).map_err(Error::Socket)?;
-    let guard = Guard::new(host_loopback.clone(), published);
+    let mut guard = Guard::new(host_loopback.clone(), published);
     // It ends when either side closes: the VM's link, or passt (killed with the Process).
     thread::Builder::new()
         .name(ThreadKind::PasstRelay.name().into())
         .spawn(move || {
             helpers.filter(ThreadKind::PasstRelay);
-            if let Err(e) = relay(vm, passt, &guard) {
+            if let Err(e) = relay(vm, passt, &mut guard) {
                 tracing::debug!("passt relay: {e}");
             }
         })
@@ -258,14 +273,16 @@ pub fn spawn(
 }
 
 /// Moves frames between the VM's end of the link and passt's until either closes, each of the
-/// guest's through `guard` first (a refused one answered back to the guest). Both directions
-/// are bounded by the streams' buffers: a side that does not read stops what would fill them.
-fn relay(mut vm: Stream, mut passt: Stream, guard: &Guard) -> io::Result<()> {
+/// guest's through `guard` first (a refused one answered back to the guest), each of passt's
+/// shown to it. Both directions are bounded by the streams' buffers: a side that does not read
+/// stops what would fill them.
+fn relay(mut vm: Stream, mut passt: Stream, guard: &mut Guard) -> io::Result<()> {
     loop {
+        let now = Instant::now();
         // A guest frame may produce one for either side.
         while passt.can_queue() && vm.can_queue() {
             let Some(frame) = vm.recv()? else { break };
-            match guard.check(frame) {
+            match guard.check(frame, now) {
                 Verdict::Pass => passt.queue(frame),
                 Verdict::Drop => {}
                 Verdict::Refuse(answer) => vm.queue(&answer),
@@ -274,6 +291,7 @@ fn relay(mut vm: Stream, mut passt: Stream, guard: &Guard) -> io::Result<()> {
         }
         while vm.can_queue() {
             let Some(frame) = passt.recv()? else { break };
+            guard.saw_from_passt(frame, now);
             vm.queue(frame);
             passt.consume();
         }
@@ -342,24 +360,35 @@ mod tests {
     }
 
     #[test]
-    fn published_ports_are_passts_tcp_ports() {
-        let published = [
-            PublishedPort {
-                host: "127.0.0.1:8080".parse().unwrap(),
-                guest_port: 80,
-            },
-            PublishedPort {
-                host: "0.0.0.0:3000".parse().unwrap(),
-                guest_port: 3000,
-            },
+    fn published_ports_are_passts_tcp_and_udp_ports() {
+        let port = |host: &str, guest_port, protocol| PublishedPort {
+            host: host.parse().unwrap(),
+            guest_port,
+            protocol,
+        };
+        let tcp = [
+            port("127.0.0.1:8080", 80, Protocol::Tcp),
+            port("0.0.0.0:3000", 3000, Protocol::Tcp),
         ];
-        let args = args(3, &HostLoopback::Closed, &published);
-        let ports: Vec<_> = args
-            .windows(2)
-            .filter(|w| w[0] == "--tcp-ports")
-            .map(|w| w[1].as_str())
-            .collect();
-        assert_eq!(ports, ["127.0.0.1/8080:80", "0.0.0.0/3000:3000"]);
+        let options = |args: &[String], option: &str| -> Vec<String> {
+            args.windows(2)
+                .filter(|w| w[0] == option)
+                .map(|w| w[1].clone())
+                .collect()
+        };
+        let args = args(3, &HostLoopback::Closed, &tcp);
+        assert_eq!(
+            options(&args, "--tcp-ports"),
+            ["127.0.0.1/8080:80", "0.0.0.0/3000:3000"]
+        );
+        assert!(args.iter().any(|a| a == "--no-map-gw"), "{args:?}");
+        // With a UDP port, passt maps the gateway (its answers reach the host's clients), and
+        // the guard keeps the rest of the loopback closed.
+        let both = [tcp[0], port("127.0.0.1:5353", 53, Protocol::Udp)];
+        let args = super::args(3, &HostLoopback::Closed, &both);
+        assert_eq!(options(&args, "--tcp-ports"), ["127.0.0.1/8080:80"]);
+        assert_eq!(options(&args, "--udp-ports"), ["127.0.0.1/5353:53"]);
+        assert!(!args.iter().any(|a| a == "--no-map-gw"), "{args:?}");
     }
 
     #[test]
@@ -371,6 +400,7 @@ mod tests {
                 other => panic!("{other}"),
             },
             guest_port: 80,
+            protocol: Protocol::Tcp,
         };
         let err = check_host_ports(&[busy]).unwrap_err();
         assert!(matches!(err, Error::PortBusy { .. }), "{err}");
@@ -387,13 +417,25 @@ mod tests {
         let elsewhere = PublishedPort {
             host: format!("0.0.0.0:{port}").parse().unwrap(),
             guest_port: 81,
+            protocol: Protocol::Tcp,
         };
         let err = check_host_ports(&[busy, elsewhere]).unwrap_err();
         assert!(matches!(err, Error::PublishedTwice { .. }), "{err}");
+        // The same port over UDP is another port, busy or not as UDP says.
+        let udp = PublishedPort {
+            protocol: Protocol::Udp,
+            ..busy
+        };
+        check_host_ports(&[busy, udp]).unwrap();
+        let taken = UdpSocket::bind(udp.host).unwrap();
+        let err = check_host_ports(&[udp]).unwrap_err();
+        assert!(matches!(err, Error::PortBusy { .. }), "{err}");
+        drop(taken);
         // An address this host does not have.
         let foreign = PublishedPort {
             host: "192.0.2.1:8080".parse().unwrap(),
             guest_port: 80,
+            protocol: Protocol::Tcp,
         };
         let err = check_host_ports(&[foreign]).unwrap_err();
         assert!(matches!(err, Error::CannotListen { .. }), "{err}");

@@ -19,7 +19,7 @@ use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::test_util::{self, add_chain, used, used_idx};
 use crate::devices::virtio::{BackendWork, VIRTIO_F_VERSION_1};
 use crate::memory::{GuestMemory, SharedMemory};
-use crate::vm::{HostLoopback, PublishedPort};
+use crate::vm::{HostLoopback, Protocol, PublishedPort};
 
 /// Queue structures: receive at 0, transmit at 0x4000; buffers from 0x1_0000.
 const TXQ: u64 = 0x4000;
@@ -763,8 +763,14 @@ fn a_published_port_reaches_the_guest_and_opens_nothing() {
     };
     drop(free);
     let guest_port = 8080;
-    let mut link =
-        PasstLink::publishing(HostLoopback::Closed, &[PublishedPort { host, guest_port }]);
+    let mut link = PasstLink::publishing(
+        HostLoopback::Closed,
+        &[PublishedPort {
+            host,
+            guest_port,
+            protocol: Protocol::Tcp,
+        }],
+    );
     let client = std::thread::spawn(move || {
         let mut stream = std::net::TcpStream::connect(host).unwrap();
         stream
