@@ -115,42 +115,121 @@ pub fn copy_in(socket: &Path, host: &Path, guest: &str) -> Result<String, Error>
     };
     let target = guest_files::check_path(&target)?.to_string();
     let (folder, entry) = split(&target);
-    let mut session = start(socket, &guest_files::command(Op::TarIn, folder))?;
-    let input = session.input();
     let (host, entry_name) = (host.to_path_buf(), entry.to_string());
-    let packer = std::thread::spawn(move || {
-        let packed = pack(&host, &entry_name, &input);
-        // The end of the archive, or of what could be sent: the guest sees it either way.
-        let _ = input.close();
-        packed
-    });
-    // tar -x writes nothing on stdout: a guest that does is bounded like any answer.
-    let ended = finish(&mut session, MAX_ANSWER);
-    let packed = packer
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("the packing thread panicked")));
-    ended?;
-    packed.map_err(io_error("packing", Path::new(&target)))?;
+    let command = guest_files::command(Op::TarIn, folder);
+    tar_into(socket, &command, |tar| {
+        if std::fs::symlink_metadata(&host)?.is_dir() {
+            tar.append_dir_all(&entry_name, &host)
+        } else {
+            tar.append_path_with_name(&host, &entry_name)
+        }
+    })
+    .map_err(|e| match e {
+        TarInError::Guest(e) => e,
+        TarInError::Pack(e) => io_error("packing", Path::new(&target))(e),
+    })?;
     Ok(target)
 }
 
-/// Writes a tar archive of `host` named `name` to `input`.
-fn pack(host: &Path, name: &str, input: &Input) -> io::Result<()> {
-    let mut tar = tar::Builder::new(InputWriter(input));
-    tar.follow_symlinks(false);
-    tar.mode(tar::HeaderMode::Complete);
-    if std::fs::symlink_metadata(host)?.is_dir() {
-        tar.append_dir_all(name, host)?;
-    } else {
-        tar.append_path_with_name(host, name)?;
+/// A tar archive into a VM that failed: in the guest, or in what the host packed.
+#[derive(Debug, thiserror::Error)]
+pub enum TarInError {
+    #[error(transparent)]
+    Guest(#[from] Error),
+    #[error("packing the archive")]
+    Pack(#[source] io::Error),
+}
+
+/// Extracts the tar archive that `pack` appends to into the guest folder `folder` of the VM
+/// behind `socket`, as the guest's root: owners, modes and special files as the archive has
+/// them. For what the host itself puts into a VM (a pod member's root file system), never
+/// for what a user names: [`copy_in`] extracts as the guest's user.
+pub fn extract_as_root<F>(socket: &Path, folder: &str, pack: F) -> Result<(), TarInError>
+where
+    F: FnOnce(&mut tar::Builder<InputWriter>) -> io::Result<()> + Send,
+{
+    let folder = guest_files::check_path(folder).map_err(Error::from)?;
+    let argv = [
+        "tar",
+        "-x",
+        "-p",
+        "--numeric-owner",
+        "-f",
+        "-",
+        "-C",
+        folder,
+    ];
+    tar_into(socket, &as_root(&argv, folder, true), pack)
+}
+
+/// Removes the guest's `path` and all in it, as the guest's root (what
+/// [`extract_as_root`] made).
+pub fn remove_as_root(socket: &Path, path: &str) -> Result<(), Error> {
+    let path = guest_files::check_path(path)?;
+    let (folder, _) = split(path);
+    let mut session = start(socket, &as_root(&["rm", "-rf", path], folder, false))?;
+    finish(&mut session, MAX_ANSWER).map(drop)
+}
+
+/// The guest's root running `argv` in the guest's own tree, with the guest folder `folder`
+/// in its view (a container of the guest's root sees none of the guest's mounts but those it
+/// is given).
+fn as_root(argv: &[&str], folder: &str, stdin: bool) -> Command {
+    let folder = folder.as_bytes().to_vec();
+    Command {
+        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        env: Vec::new(),
+        cwd: None,
+        stdin,
+        timeout: Some(COPY_TIME),
+        container: Some(contract::frame::Container {
+            root: b"/".to_vec(),
+            uid: 0,
+            gid: 0,
+            mounts: vec![contract::mount::Mount {
+                destination: folder.clone(),
+                kind: contract::mount::MountKind::Bind { source: folder },
+                ..contract::mount::Mount::default()
+            }],
+            ..contract::frame::Container::default()
+        }),
+        tty: None,
     }
-    tar.into_inner()?.flush()
+}
+
+/// Runs `command` (a guest `tar -x` reading its stdin) with the archive `pack` appends to
+/// (symlinks kept as links, owners, modes and times kept) as its input.
+fn tar_into<F>(socket: &Path, command: &Command, pack: F) -> Result<(), TarInError>
+where
+    F: FnOnce(&mut tar::Builder<InputWriter>) -> io::Result<()> + Send,
+{
+    let mut session = start(socket, command)?;
+    let input = session.input();
+    let (ended, packed) = std::thread::scope(|scope| {
+        let packer = scope.spawn(|| {
+            let mut tar = tar::Builder::new(InputWriter(input.clone()));
+            tar.follow_symlinks(false);
+            tar.mode(tar::HeaderMode::Complete);
+            let packed = pack(&mut tar).and_then(|()| tar.into_inner()?.flush());
+            // The end of the archive, or of what could be sent: the guest sees it either way.
+            let _ = input.close();
+            packed
+        });
+        // tar -x writes nothing on stdout: a guest that does is bounded like any answer.
+        let ended = finish(&mut session, MAX_ANSWER);
+        let packed = packer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the packing thread panicked")));
+        (ended, packed)
+    });
+    ended?;
+    packed.map_err(TarInError::Pack)
 }
 
 /// A command's stdin as a writer.
-struct InputWriter<'a>(&'a Input);
+pub struct InputWriter(Input);
 
-impl Write for InputWriter<'_> {
+impl Write for InputWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.write(buf).map_err(io::Error::other)?;
         Ok(buf.len())

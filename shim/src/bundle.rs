@@ -20,6 +20,10 @@ pub const GUEST_ROOT: &str = "/run/container";
 const WRITABLE_BYTES: u64 = 1 << 30;
 /// The largest VM a container gets.
 const MAX_MEMORY_MIB: u32 = 64 << 10;
+/// The pod's limits, as containerd's CRI annotates a pod's sandbox container (1.7 and later).
+const SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+const SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+const SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -66,14 +70,17 @@ pub enum Root {
     Guest,
     /// Packed into this disk, mounted at [`GUEST_ROOT`].
     Disk(PathBuf),
+    /// Unpacked into this folder of its pod's VM (crate::pod).
+    InPod(String),
 }
 
 impl Root {
     /// Where in the guest the container's processes have their root.
-    pub fn in_guest(&self) -> &'static str {
+    pub fn in_guest(&self) -> &str {
         match self {
             Root::Guest => "/",
             Root::Disk(_) => GUEST_ROOT,
+            Root::InPod(folder) => folder,
         }
     }
 }
@@ -123,36 +130,48 @@ impl Bundle {
         }
     }
 
-    /// The VM's memory: the container's memory limit (`linux.resources.memory.limit`), within
-    /// what a VM can be; `None` without a limit.
+    /// The VM's memory: the pod's limit where containerd's CRI gives it to a pod's sandbox
+    /// container (containerd 1.7 and later: the sum of its containers' limits), else the
+    /// container's memory limit (`linux.resources.memory.limit`), within what a VM can be;
+    /// `None` without a limit.
     pub fn memory_mib(&self) -> Option<u32> {
-        let limit = self
-            .spec
-            .linux()
-            .as_ref()?
-            .resources()
-            .as_ref()?
-            .memory()
-            .as_ref()?
-            .limit()?;
-        let mib = u64::try_from(limit).ok()?.div_ceil(1 << 20);
+        let limit = match self.annotation(SANDBOX_MEMORY) {
+            Some(limit) => limit,
+            None => {
+                let memory = self.resources()?.memory().as_ref()?;
+                u64::try_from(memory.limit()?).ok()?
+            }
+        };
+        let mib = limit.div_ceil(1 << 20);
         Some(mib.clamp(u64::from(MIN_MEMORY_MIB), u64::from(MAX_MEMORY_MIB)) as u32)
     }
 
-    /// The VM's vCPUs: the container's CPU quota over its period, rounded up; `None` without a
+    /// The VM's vCPUs: the pod's CPU quota over its period where containerd's CRI gives them
+    /// to a pod's sandbox container, else the container's, rounded up; `None` without a
     /// quota.
     pub fn cpus(&self) -> Option<u8> {
-        let cpu = self
-            .spec
-            .linux()
-            .as_ref()?
-            .resources()
-            .as_ref()?
-            .cpu()
-            .as_ref()?;
-        let quota = u64::try_from(cpu.quota()?).ok()?;
-        let period = cpu.period().filter(|p| *p > 0)?;
+        let (quota, period) = match (
+            self.annotation(SANDBOX_CPU_QUOTA),
+            self.annotation(SANDBOX_CPU_PERIOD),
+        ) {
+            (Some(quota), Some(period)) => (quota, period),
+            _ => {
+                let cpu = self.resources()?.cpu().as_ref()?;
+                (u64::try_from(cpu.quota()?).ok()?, cpu.period()?)
+            }
+        };
+        let period = Some(period).filter(|p| *p > 0)?;
         Some(quota.div_ceil(period).clamp(1, u64::from(MAX_CPUS)) as u8)
+    }
+
+    fn resources(&self) -> Option<&oci_spec::runtime::LinuxResources> {
+        self.spec.linux().as_ref()?.resources().as_ref()
+    }
+
+    /// The spec's annotation `key`, when it is a positive number.
+    fn annotation(&self, key: &str) -> Option<u64> {
+        let annotations = self.spec.annotations().as_ref()?;
+        annotations.get(key)?.parse().ok().filter(|n| *n > 0)
     }
 }
 
@@ -230,24 +249,43 @@ pub fn prepare_root(
     guest_rootfs: &Path,
     disk: &Path,
 ) -> Result<Root, Error> {
+    with_root(
+        root,
+        mounts,
+        guest_rootfs,
+        |is_guest| -> Result<Root, Error> {
+            if is_guest {
+                return Ok(Root::Guest);
+            }
+            volume::pack_as_is(root, disk, WRITABLE_BYTES)?;
+            Ok(Root::Disk(disk.to_path_buf()))
+        },
+    )
+}
+
+/// Runs `use_root` on the container's root file system `root`, with the snapshotter's
+/// `mounts` mounted on it for the while (or as it is without them), telling it whether the
+/// root is the guest's image `guest_rootfs` file for file.
+pub fn with_root<T, E: From<Error>>(
+    root: &Path,
+    mounts: &[Mount],
+    guest_rootfs: &Path,
+    use_root: impl FnOnce(bool) -> Result<T, E>,
+) -> Result<T, E> {
     fs::metadata(root).map_err(|source| Error::MissingRoot {
         path: root.to_path_buf(),
         source,
     })?;
     let mounted = mount_all(root, mounts)?;
-    let prepared = match image_tree::is_image(root, guest_rootfs) {
-        Ok(true) => Ok(Root::Guest),
-        Ok(false) => volume::pack_as_is(root, disk, WRITABLE_BYTES)
-            .map(|_| Root::Disk(disk.to_path_buf()))
-            .map_err(Error::from),
-        Err(e) => Err(e.into()),
-    };
+    let used = image_tree::is_image(root, guest_rootfs)
+        .map_err(|e| E::from(Error::from(e)))
+        .and_then(use_root);
     for target in mounted.iter().rev() {
         if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
             log::warn!("unmounting {}: {e}", target.display());
         }
     }
-    prepared
+    used
 }
 
 /// Mounts each of `mounts` on `root` (the snapshotter's overlay, or a bind mount); the
@@ -369,6 +407,29 @@ mod tests {
                 cols: 132
             })
         );
+    }
+
+    #[test]
+    fn a_pods_sandbox_is_sized_by_the_pods_limits() {
+        let (_dir, bundle) = bundle_of(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {
+                "io.kubernetes.cri.sandbox-memory": (768u64 << 20).to_string(),
+                "io.kubernetes.cri.sandbox-cpu-quota": "250000",
+                "io.kubernetes.cri.sandbox-cpu-period": "100000"
+            },
+            "linux": {"resources": {"memory": {"limit": 64 << 20}}}
+        }));
+        assert_eq!(bundle.memory_mib(), Some(768));
+        assert_eq!(bundle.cpus(), Some(3));
+        // Unset (containerd 1.6) or not a number: the container's own.
+        let (_dir, bundle) = bundle_of(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.kubernetes.cri.sandbox-memory": "lots"},
+            "linux": {"resources": {"memory": {"limit": 300 << 20}}}
+        }));
+        assert_eq!(bundle.memory_mib(), Some(300));
+        assert_eq!(bundle.cpus(), None);
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! `containerd-shim-nodeos-v2`: containerd's runtime v2 shim for NodeOS microVMs
 //! (`ctr run --runtime io.containerd.nodeos.v2`, a Kubernetes RuntimeClass). Each container
-//! runs in a microVM of its own: its root file system packed into a disk, its processes
-//! started by the guest agent in that root, with the spec's user, environment, working
-//! directory and mounts (binds carried as copies; docs/kubernetes.md).
+//! runs in a microVM of its own — or, for a Kubernetes pod, its containers in the pod's — its
+//! root file system packed into a disk (unpacked into the pod's), its processes started by the
+//! guest agent in that root, with the spec's user, environment, working directory and mounts
+//! (binds carried as copies; docs/kubernetes.md).
 
 mod bundle;
 mod mounts;
+mod pod;
 mod process;
 mod service;
 mod stats;

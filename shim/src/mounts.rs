@@ -85,22 +85,27 @@ struct Plan {
 /// The spec's mounts, carried.
 #[derive(Debug, Default)]
 pub struct Carried {
-    /// The disk of the binds' copies, mounted at [`GUEST_MOUNTS`]; none without binds.
+    /// The disk of the binds' copies, mounted at [`GUEST_MOUNTS`]; none without binds, nor
+    /// when the copies go into a running VM ([`in_folder`]).
     pub disk: Option<PathBuf>,
     /// The container's own mounts, as the agent takes them.
     pub mounts: Vec<Mount>,
     binds: Vec<Bind>,
-    /// What a copy-back of a folder of the disk may take.
+    /// The guest folder of the copies.
+    copies: String,
+    /// What a copy-back of a folder of the copies may take.
     budget: Option<Budget>,
 }
 
 /// Carries the spec's `mounts` (`root` excepted): checks them, and packs the sources of the
 /// binds into a disk at `disk`. An error names the mount; nothing is left but `disk`.
 pub fn carry(spec: &[oci_spec::runtime::Mount], disk: &Path) -> Result<Carried, Error> {
-    let plan = plan(spec)?;
+    let plan = plan(spec, GUEST_MOUNTS)?;
+    let copies = GUEST_MOUNTS.to_string();
     if plan.binds.is_empty() {
         return Ok(Carried {
             mounts: plan.mounts,
+            copies,
             ..Carried::default()
         });
     }
@@ -109,12 +114,32 @@ pub fn carry(spec: &[oci_spec::runtime::Mount], disk: &Path) -> Result<Carried, 
         disk: Some(disk.to_path_buf()),
         mounts: plan.mounts,
         binds: plan.binds,
+        copies,
         budget: Some(budget),
     })
 }
 
-/// The agent's mounts and the binds' sources, checked; what is left out is logged.
-fn plan(spec: &[oci_spec::runtime::Mount]) -> Result<Plan, Error> {
+/// Carries the spec's `mounts` (`root` excepted) into the guest folder `copies` of a VM that
+/// runs already: checks them; the binds' sources are written into it by [`Carried::append_to`],
+/// and a copy-back of one of them may take `budget`.
+pub fn in_folder(
+    spec: &[oci_spec::runtime::Mount],
+    copies: &str,
+    budget: Budget,
+) -> Result<Carried, Error> {
+    let plan = plan(spec, copies)?;
+    Ok(Carried {
+        disk: None,
+        mounts: plan.mounts,
+        binds: plan.binds,
+        copies: copies.to_string(),
+        budget: Some(budget),
+    })
+}
+
+/// The agent's mounts and the binds' sources, their copies in the guest folder `copies`,
+/// checked; what is left out is logged.
+fn plan(spec: &[oci_spec::runtime::Mount], copies: &str) -> Result<Plan, Error> {
     let mut plan = Plan::default();
     for mount in spec {
         let destination = mount.destination().to_string_lossy().into_owned();
@@ -150,7 +175,7 @@ fn plan(spec: &[oci_spec::runtime::Mount]) -> Result<Plan, Error> {
                     path: host,
                 });
             }
-            let copy = format!("{GUEST_MOUNTS}/{}", plan.binds.len());
+            let copy = format!("{copies}/{}", plan.binds.len());
             carried.kind = MountKind::Bind {
                 source: if meta.is_dir() {
                     copy
@@ -287,6 +312,30 @@ fn private_mounts() -> io::Result<()> {
 }
 
 impl Carried {
+    /// Appends the binds' sources to `tar`, below its folder `folder` (which is extracted as the
+    /// copies' guest folder): folders as they are (owners, modes, symlinks as links), each file
+    /// in a folder of its own (made by the guest's tar on the way).
+    pub fn append_to<W: io::Write>(
+        &self,
+        tar: &mut tar::Builder<W>,
+        folder: &str,
+    ) -> Result<(), Error> {
+        for (i, bind) in self.binds.iter().enumerate() {
+            let name = format!("{folder}/{i}");
+            let appended = if bind.is_dir {
+                tar.append_dir_all(&name, &bind.host)
+            } else {
+                tar.append_path_with_name(&bind.host, format!("{name}/{FILE}"))
+            };
+            appended.map_err(|source| Error::Stage {
+                what: "reading",
+                path: bind.host.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Copies the changes of the writable binds back from the VM whose agent is behind
     /// `socket` (the task's process has ended; the VM still runs), unpacking in folders made
     /// in `scratch`. What fails or is refused is logged: containerd has no one to tell.
@@ -298,7 +347,7 @@ impl Carried {
             if !bind.writable {
                 continue;
             }
-            let guest = format!("{GUEST_MOUNTS}/{i}");
+            let guest = format!("{}/{i}", self.copies);
             let out = scratch.join(format!("copy-back-{i}"));
             let done = fs::create_dir(&out)
                 .map_err(|e| format!("creating {}: {e}", out.display()))
@@ -372,6 +421,10 @@ mod tests {
         serde_json::from_value(mounts).unwrap()
     }
 
+    fn plan_here(spec: &[oci_spec::runtime::Mount]) -> Result<Plan, Error> {
+        plan(spec, GUEST_MOUNTS)
+    }
+
     #[test]
     fn binds_and_tmpfses_are_carried_the_agents_own_and_the_rest_left_out() {
         let dir = tempfile::tempdir().unwrap();
@@ -379,7 +432,7 @@ mod tests {
         fs::create_dir(&folder).unwrap();
         let file = dir.path().join("hosts");
         fs::write(&file, "127.0.0.1 localhost\n").unwrap();
-        let plan = plan(&spec_mounts(serde_json::json!([
+        let plan = plan_here(&spec_mounts(serde_json::json!([
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
@@ -444,7 +497,7 @@ mod tests {
 
     #[test]
     fn a_source_that_cannot_be_copied_or_a_bad_destination_is_one_clear_error() {
-        let err = plan(&spec_mounts(serde_json::json!([
+        let err = plan_here(&spec_mounts(serde_json::json!([
             {"destination": "/data", "type": "bind", "source": "/nonexistent/x",
              "options": ["rbind", "ro"]}
         ])))
@@ -454,7 +507,7 @@ mod tests {
             "the spec's mount at /data: its source /nonexistent/x: No such file or directory \
              (os error 2)"
         );
-        let err = plan(&spec_mounts(serde_json::json!([
+        let err = plan_here(&spec_mounts(serde_json::json!([
             {"destination": "/null", "type": "bind", "source": "/dev/null", "options": ["bind"]}
         ])))
         .unwrap_err();
@@ -463,7 +516,7 @@ mod tests {
             "the spec's mount at /null: its source /dev/null is neither a file nor a folder \
              (only those are copied into the microVM)"
         );
-        let err = plan(&spec_mounts(serde_json::json!([
+        let err = plan_here(&spec_mounts(serde_json::json!([
             {"destination": "/a/../b", "type": "tmpfs", "source": "tmpfs"}
         ])))
         .unwrap_err();
@@ -475,7 +528,7 @@ mod tests {
         let many: Vec<serde_json::Value> = (0..=MAX_MOUNTS)
             .map(|i| serde_json::json!({"destination": format!("/t{i}"), "type": "tmpfs"}))
             .collect();
-        let err = plan(&spec_mounts(serde_json::Value::Array(many))).unwrap_err();
+        let err = plan_here(&spec_mounts(serde_json::Value::Array(many))).unwrap_err();
         assert!(matches!(err, Error::TooMany(65)), "{err}");
     }
 

@@ -1,10 +1,12 @@
 //! The shim's two faces: the `start`/`delete` commands containerd runs (containerd_shim::Shim)
 //! and the task service it talks to over ttrpc (containerd_shim::Task), for one container
-//! whose processes run in one microVM.
+//! whose processes run in a microVM of its own, or for the containers of a Kubernetes pod,
+//! which share the pod's (crate::pod).
 //!
 //! Pausing a task pauses its microVM: every vCPU (and, on our VMM, every device thread) holds
 //! still, its memory and devices' state are kept, and all of its processes — the task's and
-//! those `exec`ed beside it — make no progress until it is resumed.
+//! those `exec`ed beside it — make no progress until it is resumed. A container sharing its
+//! pod's microVM with others is not paused alone: that would pause them all.
 //!
 //! A process of the container that the guest's OOM killer ends, as the agent reports it, is
 //! published as `/tasks/oom` (`Service::oom_killed`), before that process's exit.
@@ -12,7 +14,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -38,6 +40,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bundle::{self, Bundle, Root};
 use crate::mounts::{self, Carried};
+use crate::pod::{self, Role};
 use crate::process::{Process, Status, Stdio};
 use crate::stats;
 use crate::vm::{self, Shape};
@@ -49,26 +52,65 @@ const PID_FILE: &str = "shim.pid";
 /// The exit status containerd gets for a container deleted without having run.
 const NEVER_RAN: u32 = 255;
 
+/// A microVM, and what its containers share of it: a container's own, or a pod's. It stops
+/// when the last of its containers lets it go.
+struct Vm {
+    /// The VM, until it is dropped.
+    sandbox: Option<Sandbox>,
+    /// Its disks, agent socket and console log (its first container's folder), removed once
+    /// it has stopped.
+    scratch: PathBuf,
+    /// It has the pod's disk: members of the pod may join it.
+    pod: bool,
+    /// Paused (`Pause`, until `Resume`): its running processes are PAUSED.
+    paused: AtomicBool,
+    /// One past the guest kernel log's number of the newest OOM kill published (0: none).
+    oom_published: AtomicU64,
+}
+
+impl Vm {
+    fn sandbox(&self) -> &Sandbox {
+        self.sandbox.as_ref().expect("a VM until it is dropped")
+    }
+
+    fn paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(vm) = self.sandbox.take() {
+            let started = Instant::now();
+            if let Err(e) = vm.stop() {
+                log::warn!("stopping the microVM: {e}");
+            }
+            log::info!("microVM stopped in {:?}", started.elapsed());
+        }
+        let _ = fs::remove_dir_all(&self.scratch);
+    }
+}
+
 /// A container and its microVM.
 struct Container {
     bundle: PathBuf,
-    vm: Option<Sandbox>,
+    vm: Option<Arc<Vm>>,
     /// Where its root is, for the processes `exec`ed in it.
     root: Root,
     /// Its own mounts (the spec's), for those processes too, and its writable binds to copy
     /// back when its task's process ends.
     mounts: Arc<Carried>,
-    /// Its disks, socket and console log.
+    /// Its own files on the host: its VM's, unless it joined its pod's (copy-backs then).
     scratch: PathBuf,
+    /// It joined its pod's VM, where its files are its own.
+    member: bool,
     init: Arc<Process>,
     execs: HashMap<String, Arc<Process>>,
-    /// Its VM is paused (`Pause`, until `Resume`): its running processes are PAUSED.
-    paused: bool,
 }
 
 impl Container {
     /// Its VM, until the container is deleted.
-    fn vm(&self) -> TtrpcResult<&Sandbox> {
+    fn vm(&self) -> TtrpcResult<&Arc<Vm>> {
         self.vm.as_ref().ok_or_else(|| {
             error(
                 Code::FAILED_PRECONDITION,
@@ -77,10 +119,19 @@ impl Container {
         })
     }
 
+    fn paused(&self) -> bool {
+        self.vm.as_ref().is_some_and(|vm| vm.paused())
+    }
+
+    /// Its processes, the task's first.
+    fn processes(&self) -> impl Iterator<Item = &Arc<Process>> {
+        std::iter::once(&self.init).chain(self.execs.values())
+    }
+
     /// What an agent session in its VM needs: the agent's socket and the VM's end, taken
     /// under the lock and used without it (a guest slow to answer holds nothing up).
     fn agent_link(&self) -> TtrpcResult<(PathBuf, EventFd)> {
-        let vm = self.vm()?;
+        let vm = self.vm()?.sandbox();
         let ended = vm
             .ended()
             .try_clone()
@@ -99,7 +150,7 @@ impl Container {
 
     /// Refuses what needs the guest to run (a new process, its metrics) while it is paused.
     fn refuse_if_paused(&self, what: &str) -> TtrpcResult<()> {
-        if self.paused {
+        if self.paused() {
             return Err(error(
                 Code::FAILED_PRECONDITION,
                 format!("cannot {what}: the task is paused; resume it first"),
@@ -109,34 +160,42 @@ impl Container {
     }
 
     /// Pauses its VM, whose task must be running: returns once every vCPU holds still.
-    fn pause(&mut self) -> TtrpcResult<()> {
+    fn pause(&self) -> TtrpcResult<()> {
         if !matches!(self.init.status(), Status::Running { .. }) {
             return Err(error(
                 Code::FAILED_PRECONDITION,
                 "cannot pause the task: it is not running",
             ));
         }
-        if self.paused {
+        if self.paused() {
             return Err(error(
                 Code::FAILED_PRECONDITION,
                 "cannot pause the task: it is paused already",
             ));
         }
-        self.vm()?.pause().map_err(pause_error)?;
-        self.paused = true;
+        let vm = self.vm()?;
+        if Arc::strong_count(vm) > 1 {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                "cannot pause the task: its pod's microVM runs other containers too",
+            ));
+        }
+        vm.sandbox().pause().map_err(pause_error)?;
+        vm.paused.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     /// Lets its paused VM go on where it was.
-    fn resume(&mut self) -> TtrpcResult<()> {
-        if !self.paused {
+    fn resume(&self) -> TtrpcResult<()> {
+        if !self.paused() {
             return Err(error(
                 Code::FAILED_PRECONDITION,
                 "cannot resume the task: it is not paused",
             ));
         }
-        self.vm()?.resume().map_err(pause_error)?;
-        self.paused = false;
+        let vm = self.vm()?;
+        vm.sandbox().resume().map_err(pause_error)?;
+        vm.paused.store(false, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -157,12 +216,11 @@ fn pause_error(e: booted::Error) -> ttrpc::Error {
 pub struct Service {
     exit: Arc<ExitSignal>,
     namespace: String,
-    /// The container's id (the shim serves one).
+    /// The id containerd started the shim with (for `delete`: the container it cleans up).
     id: String,
     publisher: Option<Arc<RemotePublisher>>,
-    container: Arc<Mutex<Option<Container>>>,
-    /// One past the guest kernel log's number of the newest OOM kill published (0: none).
-    oom_published: Arc<AtomicU64>,
+    /// The containers it serves, by id: one, or a pod's.
+    containers: Arc<Mutex<HashMap<String, Container>>>,
 }
 
 impl containerd_shim::Shim for Service {
@@ -174,36 +232,48 @@ impl containerd_shim::Shim for Service {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
             publisher: None,
-            container: Arc::new(Mutex::new(None)),
-            oom_published: Arc::new(AtomicU64::new(0)),
+            containers: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
     /// Starts the shim's daemon (in the bundle's folder) and says where it listens; the
-    /// address goes in the bundle too, where a restarted containerd finds it again.
+    /// address goes in the bundle too, where a restarted containerd finds it again. A pod's
+    /// member is served by its pod's daemon, already running (0 is its pid then: a member's
+    /// `delete` leaves the daemon to its pod's sandbox).
     fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
-        let grouping = opts.id.clone();
+        // A spec that does not read fails the create, which says why.
+        let role = Bundle::read(Path::new("."))
+            .map(|bundle| Role::of(&bundle.spec))
+            .unwrap_or(Role::Alone);
+        let grouping = role.grouping(&opts.id).to_string();
         let (pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
         containerd_shim::util::write_address(&address)?;
-        fs::write(PID_FILE, pid.to_string())
-            .map_err(|e| containerd_shim::Error::Other(format!("writing {PID_FILE}: {e}")))?;
+        if pid != 0 {
+            fs::write(PID_FILE, pid.to_string())
+                .map_err(|e| containerd_shim::Error::Other(format!("writing {PID_FILE}: {e}")))?;
+        }
         Ok(address)
     }
 
-    /// Once containerd has lost the shim (ended, killed, crashed, or not answering): its
-    /// daemon, if it is still there, is killed (its microVM with it), and what it left is
-    /// removed.
+    /// Once containerd has lost the container (it ended and was deleted, or its shim was
+    /// killed, crashed, or does not answer): unless the shim's daemon answers that it lives
+    /// on without it (a pod's other containers keep it, and the pod's microVM), the daemon,
+    /// if it is still there, is killed (its microVM with it), and what it left is removed.
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
-        if let Some(pid) = fs::read_to_string(PID_FILE)
-            .ok()
-            .and_then(|text| text.trim().parse::<i32>().ok())
-            .filter(|pid| is_shim_of(*pid, &self.namespace, &self.id))
-        {
-            // SAFETY: kill has no memory arguments.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        if let Some(dir) = scratch_dir(&self.namespace, &self.id) {
-            let _ = fs::remove_dir_all(dir);
+        if daemon_has(&self.id) == Some(false) {
+            log::info!("{}: deleted; the shim serves its pod's others", self.id);
+        } else {
+            if let Some(pid) = fs::read_to_string(PID_FILE)
+                .ok()
+                .and_then(|text| text.trim().parse::<i32>().ok())
+                .filter(|pid| is_shim_of(*pid, &self.namespace, &self.id))
+            {
+                // SAFETY: kill has no memory arguments.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if let Some(dir) = scratch_dir(&self.namespace, &self.id) {
+                let _ = fs::remove_dir_all(dir);
+            }
         }
         let mut response = DeleteResponse::new();
         response.exit_status = NEVER_RAN;
@@ -220,6 +290,23 @@ impl containerd_shim::Shim for Service {
             publisher: Some(Arc::new(publisher)),
             ..self.clone()
         }
+    }
+}
+
+/// Whether the shim's daemon at the bundle's address says, within a second, that it has the
+/// container `id` (`Some(false)`: it lives on without it); `None` when it does not answer.
+fn daemon_has(id: &str) -> Option<bool> {
+    let address = containerd_shim::util::read_address().ok()?;
+    let client = containerd_shim::protos::Client::connect(&address).ok()?;
+    let tasks = containerd_shim::protos::TaskClient::new(client);
+    let request = api::StateRequest {
+        id: id.to_string(),
+        ..Default::default()
+    };
+    match tasks.state(ttrpc::context::with_timeout(1_000_000_000), &request) {
+        Ok(_) => Some(true),
+        Err(ttrpc::Error::RpcStatus(status)) if status.code() == Code::NOT_FOUND => Some(false),
+        Err(_) => None,
     }
 }
 
@@ -274,8 +361,8 @@ impl Service {
         }
     }
 
-    fn publish_paused(&self, paused: bool) {
-        let container_id = self.id.clone();
+    fn publish_paused(&self, container_id: &str, paused: bool) {
+        let container_id = container_id.to_string();
         if paused {
             let event = TaskPaused {
                 container_id,
@@ -293,22 +380,51 @@ impl Service {
         }
     }
 
-    /// The guest's kernel killed a process of the container (the VM is the container's alone)
-    /// for lack of memory: `/tasks/oom`, before the exit of the process that saw it. Every
-    /// session of the container's processes hears of the same kill, with the same number in
-    /// the kernel's log: a kill no newer than one published already is not published again.
-    fn oom_killed(&self, kill: OomKill) {
-        let newest = kill.seq.saturating_add(1);
-        if self.oom_published.fetch_max(newest, Ordering::SeqCst) >= newest {
-            return;
-        }
+    /// The guest's kernel killed a process for lack of memory, as a session of the container
+    /// `id` heard: `/tasks/oom` of the container whose process it was, before the exit of the
+    /// process that saw it. In a VM of one container, that container's; in a pod's, the
+    /// container one of whose processes has the pid killed (a child of one of them is
+    /// logged only). Every session in a VM hears of the same kill, with the same number in the
+    /// kernel's log: a kill no newer than one published already is not published again.
+    fn oom_killed(&self, id: &str, kill: OomKill) {
+        let owner = {
+            let containers = self.containers.lock().unwrap();
+            let Some(vm) = containers.get(id).and_then(|c| c.vm.clone()) else {
+                return;
+            };
+            let newest = kill.seq.saturating_add(1);
+            if vm.oom_published.fetch_max(newest, Ordering::SeqCst) >= newest {
+                return;
+            }
+            let sharing: Vec<(&String, &Container)> = containers
+                .iter()
+                .filter(|(_, c)| c.vm.as_ref().is_some_and(|v| Arc::ptr_eq(v, &vm)))
+                .collect();
+            let has_pid = |c: &Container| {
+                c.processes()
+                    .any(|p| matches!(p.status(), Status::Running { pid } if i64::from(pid) == i64::from(kill.pid)))
+            };
+            match sharing[..] {
+                [(only, _)] => Some(only.clone()),
+                _ => sharing
+                    .iter()
+                    .find(|(_, c)| has_pid(c))
+                    .map(|(id, _)| (*id).clone()),
+            }
+        };
         log::warn!(
-            "{}: the guest's kernel killed process {} (its pid in the microVM) for lack of memory",
-            self.id,
-            kill.pid
+            "the guest's kernel killed process {} (its pid in the microVM) for lack of memory; \
+             of container {}",
+            kill.pid,
+            owner
+                .as_deref()
+                .unwrap_or("none: a child process of the pod's")
         );
+        let Some(container_id) = owner else {
+            return;
+        };
         let event = TaskOOM {
-            container_id: self.id.clone(),
+            container_id,
             ..Default::default()
         };
         self.publish(
@@ -317,11 +433,15 @@ impl Service {
         );
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Container) -> TtrpcResult<T>) -> TtrpcResult<T> {
-        let mut container = self.container.lock().unwrap();
-        match container.as_mut() {
+    fn with<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Container) -> TtrpcResult<T>,
+    ) -> TtrpcResult<T> {
+        let mut containers = self.containers.lock().unwrap();
+        match containers.get_mut(id) {
             Some(container) => f(container),
-            None => Err(error(Code::NOT_FOUND, format!("no container {}", self.id))),
+            None => Err(error(Code::NOT_FOUND, format!("no container {id}"))),
         }
     }
 
@@ -333,43 +453,13 @@ impl Service {
         let scratch = scratch_dir(&self.namespace, &req.id)
             .ok_or("no cache folder for the container's disk: set NODEOS_VM_CACHE or HOME")?;
         fs::create_dir_all(&scratch).map_err(|e| format!("creating {}: {e}", scratch.display()))?;
-        let started = Instant::now();
-        let spec_mounts = bundle.spec.mounts().as_deref().unwrap_or_default();
-        let carried = mounts::carry(spec_mounts, &scratch.join("mounts.img"))
-            .map_err(|e| vmm::error_chain::one_line(&e))?;
-        log::info!(
-            "{}: {} mounts in {:?}",
-            req.id,
-            carried.mounts.len(),
-            started.elapsed()
-        );
-        let images = vm::images().map_err(|e| vmm::error_chain::one_line(&e))?;
-        let started = Instant::now();
-        let root = bundle::prepare_root(
-            &bundle.root(),
-            &req.rootfs,
-            &images.1,
-            &scratch.join("rootfs.img"),
-        )
-        .map_err(|e| e.to_string())?;
-        log::info!("{}: root {root:?} in {:?}", req.id, started.elapsed());
+        let role = Role::of(&bundle.spec);
+        let (vm, root, carried) = match &role {
+            Role::Member(pod) => self.join_pod(pod, &req.id, &bundle, &req.rootfs)?,
+            Role::Alone | Role::Sandbox => boot_vm(req, &bundle, &scratch, role == Role::Sandbox)?,
+        };
         let command = bundle::command(process, root.in_guest(), &carried.mounts)
             .map_err(|e| e.to_string())?;
-        let shape = Shape {
-            images,
-            disk: match &root {
-                Root::Disk(disk) => Some(disk.clone()),
-                Root::Guest => None,
-            },
-            mounts_disk: carried.disk.clone(),
-            memory_mib: bundle.memory_mib(),
-            cpus: bundle.cpus(),
-            hostname: bundle.hostname(),
-        };
-        let started = Instant::now();
-        let vm = vm::boot(shape, &scratch, scratch.join("console.log"))
-            .map_err(|e| vmm::error_chain::one_line(&e))?;
-        log::info!("{}: microVM ready in {:?}", req.id, started.elapsed());
         let stdio = Stdio {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -382,10 +472,53 @@ impl Service {
             root,
             mounts: Arc::new(carried),
             scratch,
+            member: matches!(role, Role::Member(_)),
             init: Process::new(command, stdio),
             execs: HashMap::new(),
-            paused: false,
         })
+    }
+
+    /// The pod `pod`'s VM, which the member `id` of `bundle` (its root file system with the
+    /// snapshotter's `rootfs` mounts) joins: its files carried into it.
+    fn join_pod(
+        &self,
+        pod: &str,
+        id: &str,
+        bundle: &Bundle,
+        rootfs: &[containerd_shim::protos::api::Mount],
+    ) -> Result<(Arc<Vm>, Root, Carried), String> {
+        let vm = {
+            let containers = self.containers.lock().unwrap();
+            let sandbox = containers.get(pod).ok_or_else(|| {
+                format!(
+                    "the pod's sandbox container {pod} is not running in this shim: create it \
+                     first (its spec annotated io.kubernetes.cri.container-type=sandbox)"
+                )
+            })?;
+            let vm = sandbox.vm.clone().filter(|vm| vm.pod).ok_or_else(|| {
+                format!("container {pod} is not a pod's sandbox: its microVM takes no other")
+            })?;
+            if vm.paused() {
+                return Err(format!("the pod's microVM is paused: resume {pod} first"));
+            }
+            vm
+        };
+        if bundle.memory_mib().is_some() || bundle.cpus().is_some() {
+            log::info!("{id}: its memory and CPU limits are those of its pod's microVM");
+        }
+        let images = vm::images().map_err(|e| vmm::error_chain::one_line(&e))?;
+        let socket = vm.sandbox().agent_socket().to_path_buf();
+        let started = Instant::now();
+        let (root, carried) =
+            pod::carry_in(&socket, id, bundle, rootfs, &images.1).map_err(|e| {
+                pod::remove(&socket, id);
+                vmm::error_chain::one_line(&e)
+            })?;
+        log::info!(
+            "{id}: root {root:?} in pod {pod}'s microVM in {:?}",
+            started.elapsed()
+        );
+        Ok((vm, root, carried))
     }
 
     /// Starts `process` in the container's VM, whose agent is behind `socket` (`ended`:
@@ -393,15 +526,15 @@ impl Service {
     fn start_process(
         &self,
         (socket, ended): (PathBuf, EventFd),
-        exec_id: &str,
+        (id, exec_id): (&str, &str),
         process: &Arc<Process>,
         settle: impl FnOnce() + Send + 'static,
     ) -> TtrpcResult<u32> {
         let mut session = Session::start(&socket, &process.command, &ended, None)
             .map_err(|e| error(Code::UNKNOWN, vmm::error_chain::one_line(&e)))?;
-        let service = self.clone();
-        session.on_oom_kill(move |kill| service.oom_killed(kill));
-        let (service, id, exec_id_owned) = (self.clone(), self.id.clone(), exec_id.to_string());
+        let (service, container_id) = (self.clone(), id.to_string());
+        session.on_oom_kill(move |kill| service.oom_killed(&container_id, kill));
+        let (service, id, exec_id_owned) = (self.clone(), id.to_string(), exec_id.to_string());
         let on_exit = move |process: &Process| {
             if let Status::Stopped { pid, code, at } = process.status() {
                 let event = TaskExit {
@@ -428,13 +561,75 @@ impl Service {
     }
 }
 
+/// A microVM of its own for the container of `bundle` created by `req`, its files (its root
+/// file system, its binds' copies) in disks in `scratch`; with the pod's disk too when it is a
+/// pod's sandbox (`pod`).
+fn boot_vm(
+    req: &api::CreateTaskRequest,
+    bundle: &Bundle,
+    scratch: &Path,
+    pod: bool,
+) -> Result<(Arc<Vm>, Root, Carried), String> {
+    let started = Instant::now();
+    let spec_mounts = bundle.spec.mounts().as_deref().unwrap_or_default();
+    let carried = mounts::carry(spec_mounts, &scratch.join("mounts.img"))
+        .map_err(|e| vmm::error_chain::one_line(&e))?;
+    log::info!(
+        "{}: {} mounts in {:?}",
+        req.id,
+        carried.mounts.len(),
+        started.elapsed()
+    );
+    let images = vm::images().map_err(|e| vmm::error_chain::one_line(&e))?;
+    let started = Instant::now();
+    let root = bundle::prepare_root(
+        &bundle.root(),
+        &req.rootfs,
+        &images.1,
+        &scratch.join("rootfs.img"),
+    )
+    .map_err(|e| e.to_string())?;
+    log::info!("{}: root {root:?} in {:?}", req.id, started.elapsed());
+    let pod_disk = if pod {
+        let disk = scratch.join("pod.img");
+        pod::make_disk(&disk).map_err(|e| vmm::error_chain::one_line(&e))?;
+        Some(disk)
+    } else {
+        None
+    };
+    let shape = Shape {
+        images,
+        disk: match &root {
+            Root::Disk(disk) => Some(disk.clone()),
+            Root::Guest | Root::InPod(_) => None,
+        },
+        mounts_disk: carried.disk.clone(),
+        pod_disk,
+        memory_mib: bundle.memory_mib(),
+        cpus: bundle.cpus(),
+        hostname: bundle.hostname(),
+    };
+    let started = Instant::now();
+    let sandbox = vm::boot(shape, scratch, scratch.join("console.log"))
+        .map_err(|e| vmm::error_chain::one_line(&e))?;
+    log::info!("{}: microVM ready in {:?}", req.id, started.elapsed());
+    let vm = Vm {
+        sandbox: Some(sandbox),
+        scratch: scratch.to_path_buf(),
+        pod,
+        paused: AtomicBool::new(false),
+        oom_published: AtomicU64::new(0),
+    };
+    Ok((Arc::new(vm), root, carried))
+}
+
 impl containerd_shim::Task for Service {
     fn create(
         &self,
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        if self.container.lock().unwrap().is_some() {
+        if self.containers.lock().unwrap().contains_key(&req.id) {
             return Err(error(
                 Code::ALREADY_EXISTS,
                 format!("container {} exists", req.id),
@@ -446,7 +641,10 @@ impl containerd_shim::Task for Service {
             }
             error(Code::FAILED_PRECONDITION, format!("nodeos: {why}"))
         })?;
-        *self.container.lock().unwrap() = Some(container);
+        self.containers
+            .lock()
+            .unwrap()
+            .insert(req.id.clone(), container);
         let event = TaskCreate {
             container_id: req.id.clone(),
             bundle: req.bundle.clone(),
@@ -475,7 +673,7 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        let (process, link, settle) = self.with(|container| {
+        let (process, link, settle) = self.with(&req.id, |container| {
             // The guest could not start it before it runs again.
             container.refuse_if_paused("start a process in the task")?;
             let process = container.process(&req.exec_id)?.clone();
@@ -497,7 +695,7 @@ impl containerd_shim::Task for Service {
             };
             Ok((process, link, settle))
         })?;
-        let pid = self.start_process(link, &req.exec_id, &process, settle)?;
+        let pid = self.start_process(link, (&req.id, &req.exec_id), &process, settle)?;
         if req.exec_id.is_empty() {
             let event = TaskStart {
                 container_id: req.id.clone(),
@@ -531,7 +729,7 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        self.with(|container| {
+        self.with(&req.id, |container| {
             let process = container.process(&req.exec_id)?;
             let mut response = api::StateResponse {
                 id: req.id.clone(),
@@ -548,7 +746,7 @@ impl containerd_shim::Task for Service {
                 // Every process of a paused VM is paused (runc's execs too, with their task).
                 Status::Running { pid } => {
                     response.pid = pid;
-                    if container.paused {
+                    if container.paused() {
                         TaskStatus::PAUSED
                     } else {
                         TaskStatus::RUNNING
@@ -567,7 +765,9 @@ impl containerd_shim::Task for Service {
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        let process = self.with(|container| Ok(container.process(&req.exec_id)?.clone()))?;
+        let process = self.with(&req.id, |container| {
+            Ok(container.process(&req.exec_id)?.clone())
+        })?;
         let (code, at) = process.wait();
         Ok(api::WaitResponse {
             exit_status: code,
@@ -577,7 +777,7 @@ impl containerd_shim::Task for Service {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        let resumed = self.with(|container| {
+        let resumed = self.with(&req.id, |container| {
             let mut processes = vec![container.process(&req.exec_id)?.clone()];
             if req.all && req.exec_id.is_empty() {
                 processes.extend(container.execs.values().cloned());
@@ -589,7 +789,7 @@ impl containerd_shim::Task for Service {
             // signal, and any signal to an exec'ed process alone, is sent as it is and waits
             // for the guest, the task still paused, until it is resumed: as Docker does, and
             // as the processes of a frozen cgroup get theirs once thawed.
-            let resume = container.paused
+            let resume = container.paused()
                 && req.signal == libc::SIGKILL as u32
                 && req.exec_id.is_empty()
                 && matches!(container.init.status(), Status::Running { .. });
@@ -608,7 +808,7 @@ impl containerd_shim::Task for Service {
             Ok(resume)
         })?;
         if resumed {
-            self.publish_paused(false);
+            self.publish_paused(&req.id, false);
         }
         Ok(api::Empty::new())
     }
@@ -624,7 +824,7 @@ impl containerd_shim::Task for Service {
                 format!("the exec's process spec: {e}"),
             )
         })?;
-        self.with(|container| {
+        self.with(&req.id, |container| {
             container.refuse_if_paused("exec in the task")?;
             let command =
                 bundle::command(&oci, container.root.in_guest(), &container.mounts.mounts)
@@ -667,7 +867,7 @@ impl containerd_shim::Task for Service {
             rows: req.height.min(u32::from(u16::MAX)) as u16,
             cols: req.width.min(u32::from(u16::MAX)) as u16,
         };
-        self.with(|container| {
+        self.with(&req.id, |container| {
             container
                 .process(&req.exec_id)?
                 .resize(size)
@@ -677,7 +877,7 @@ impl containerd_shim::Task for Service {
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        self.with(|container| {
+        self.with(&req.id, |container| {
             if req.stdin {
                 container
                     .process(&req.exec_id)?
@@ -688,10 +888,10 @@ impl containerd_shim::Task for Service {
         })
     }
 
-    fn pids(&self, _ctx: &TtrpcContext, _req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        self.with(|container| {
-            let processes = std::iter::once(&container.init)
-                .chain(container.execs.values())
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        self.with(&req.id, |container| {
+            let processes = container
+                .processes()
                 .filter_map(|p| match p.status() {
                     Status::Running { pid } => Some(containerd_shim::protos::api::ProcessInfo {
                         pid,
@@ -712,9 +912,9 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        let mut guard = self.container.lock().unwrap();
-        let container = guard
-            .as_mut()
+        let mut containers = self.containers.lock().unwrap();
+        let container = containers
+            .get_mut(&req.id)
             .ok_or_else(|| error(Code::NOT_FOUND, format!("no container {}", req.id)))?;
         let process = container.process(&req.exec_id)?.clone();
         let (pid, code, at) = match process.status() {
@@ -728,17 +928,17 @@ impl containerd_shim::Task for Service {
             }
         };
         if req.exec_id.is_empty() {
-            // The container goes: its VM, its disk, its socket, its log.
-            if let Some(vm) = container.vm.take() {
-                let started = Instant::now();
-                if let Err(e) = vm.stop() {
-                    log::warn!("stopping the microVM: {e}");
+            // The container goes: its files, and its VM with the last container in it.
+            let container = containers.remove(&req.id).expect("found above");
+            drop(containers);
+            if let Some(vm) = container.vm {
+                if container.member && !vm.paused() {
+                    pod::remove(vm.sandbox().agent_socket(), &req.id);
                 }
-                log::info!("{}: microVM stopped in {:?}", req.id, started.elapsed());
-            }
-            *guard = None;
-            if let Some(dir) = scratch_dir(&self.namespace, &req.id) {
-                let _ = fs::remove_dir_all(dir);
+                // The VM's own folder goes with it.
+                if vm.scratch != container.scratch {
+                    let _ = fs::remove_dir_all(&container.scratch);
+                }
             }
             let event = TaskDelete {
                 container_id: req.id.clone(),
@@ -747,7 +947,6 @@ impl containerd_shim::Task for Service {
                 exited_at: MessageField::some(timestamp(at)),
                 ..Default::default()
             };
-            drop(guard);
             self.publish(
                 containerd_shim::protos::topics::TASK_DELETE_EVENT_TOPIC,
                 Box::new(event),
@@ -766,9 +965,9 @@ impl containerd_shim::Task for Service {
     fn stats(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::StatsRequest,
+        req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let (socket, ended) = self.with(|container| {
+        let (socket, ended) = self.with(&req.id, |container| {
             // The guest's kernel counts them: it cannot answer before it runs again.
             container.refuse_if_paused("read the task's metrics")?;
             container.agent_link()
@@ -790,28 +989,28 @@ impl containerd_shim::Task for Service {
         ))
     }
 
-    fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        self.with(|container| container.pause())?;
-        self.publish_paused(true);
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        self.with(&req.id, |container| container.pause())?;
+        self.publish_paused(&req.id, true);
         Ok(api::Empty::new())
     }
 
-    fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        self.with(|container| container.resume())?;
-        self.publish_paused(false);
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        self.with(&req.id, |container| container.resume())?;
+        self.publish_paused(&req.id, false);
         Ok(api::Empty::new())
     }
 
     fn connect(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::ConnectRequest,
+        req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
         let task_pid = self
-            .container
+            .containers
             .lock()
             .unwrap()
-            .as_ref()
+            .get(&req.id)
             .and_then(|c| match c.init.status() {
                 Status::Running { pid } | Status::Stopped { pid, .. } => Some(pid),
                 Status::Created => None,
@@ -825,9 +1024,12 @@ impl containerd_shim::Task for Service {
         })
     }
 
-    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        // containerd asks once the container is deleted; a container still here keeps the shim.
-        if self.container.lock().unwrap().is_none() {
+    fn shutdown(&self, _ctx: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        // containerd asks once a container is deleted; a container still here (the pod's
+        // others) keeps the shim.
+        let left = self.containers.lock().unwrap().len();
+        log::info!("shutdown asked for {}: {left} containers left", req.id);
+        if left == 0 {
             self.exit.signal();
         }
         Ok(api::Empty::new())

@@ -1,5 +1,6 @@
-//! The microVM a container runs in: NodeOS's kernel and image (built into the cache when
-//! missing), the container's root file system and its binds' copies as disks, our VMM where
+//! The microVM a container (or a pod) runs in: NodeOS's kernel and image (built into the cache
+//! when missing), the container's root file system, its binds' copies and the pod's disk as
+//! disks, our VMM where
 //! KVM can run Linux and QEMU with TCG elsewhere, jailed and filtered as `nodeos-vm run` runs
 //! it, restored from the template snapshot of its shape.
 
@@ -16,6 +17,7 @@ use vmm::vm::{VmConfig, VolumeDisk};
 
 use crate::bundle::GUEST_ROOT;
 use crate::mounts::GUEST_MOUNTS;
+use crate::pod::GUEST_POD;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -37,6 +39,8 @@ pub struct Shape {
     pub disk: Option<PathBuf>,
     /// The disk of the copies of its bind mounts, when it has some.
     pub mounts_disk: Option<PathBuf>,
+    /// The pod's disk, when it is a pod's VM.
+    pub pod_disk: Option<PathBuf>,
     pub memory_mib: Option<u32>,
     pub cpus: Option<u8>,
     /// The spec's hostname, when the guest takes it.
@@ -70,6 +74,13 @@ pub fn boot(shape: Shape, scratch: &Path, console: PathBuf) -> Result<Sandbox, E
         .extend(shape.mounts_disk.map(|image| VolumeDisk {
             image,
             mount_point: GUEST_MOUNTS.into(),
+            read_only: false,
+        }));
+    config
+        .volumes
+        .extend(shape.pod_disk.map(|image| VolumeDisk {
+            image,
+            mount_point: GUEST_POD.into(),
             read_only: false,
         }));
     config.hostname = shape.hostname;

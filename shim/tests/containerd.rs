@@ -328,6 +328,165 @@ fn exec_kill_and_delete_two_containers_at_once() {
     }
 }
 
+/// The `ctr run` options that mark a container as containerd's CRI marks a pod's: its sandbox
+/// (`sandbox`) or one of its members (`container`), of the pod whose sandbox is `pod`.
+fn in_pod(kind: &str, pod: &str) -> Vec<String> {
+    vec![
+        "--annotation".into(),
+        format!("io.kubernetes.cri.container-type={kind}"),
+        "--annotation".into(),
+        format!("io.kubernetes.cri.sandbox-id={pod}"),
+    ]
+}
+
+/// The guest kernel's boot id, as the container `id`'s process `exec_id` reads it.
+fn boot_id_in(containerd: &Containerd, id: &str, exec_id: &str) -> String {
+    let js = "console.log(require('fs').readFileSync('/proc/sys/kernel/random/boot_id', 'utf8'))";
+    let out = containerd.ctr_ok(&["task", "exec", "--exec-id", exec_id, id, "node", "-e", js]);
+    out.trim().to_string()
+}
+
+#[test]
+fn a_pods_containers_share_its_microvm_each_in_a_root_of_its_own() {
+    let Some(containerd) = containerd_if_root() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let archive = busybox_image(dir.path());
+    containerd.ctr_ok(&["image", "import", archive.to_str().unwrap()]);
+
+    // The pod's sandbox container (Kubernetes' would be `pause`), then a member on the NodeOS
+    // image: a web server on the pod's localhost.
+    let sandbox = in_pod("sandbox", "pod1");
+    let mut options: Vec<&str> = sandbox.iter().map(String::as_str).collect();
+    options.push("-d");
+    let out = containerd.run(
+        &options,
+        "pod1",
+        &["node", "-e", "setInterval(() => {}, 1000)"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let member = in_pod("container", "pod1");
+    let mut options: Vec<&str> = member.iter().map(String::as_str).collect();
+    options.push("-d");
+    let server = "require('http').createServer((q, s) => s.end('hi from web\\n'))\
+                  .listen(8080, '127.0.0.1')";
+    let out = containerd.run(&options, "web", &["node", "-e", server]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let boot_id = boot_id_in(&containerd, "pod1", "b1");
+    assert_eq!(boot_id.len(), 36, "{boot_id}");
+    assert_eq!(boot_id_in(&containerd, "web", "b2"), boot_id, "one kernel");
+    // One shim, the pod's: its member has no daemon of its own.
+    let shim_of = |id: &str| {
+        processes_naming(&format!(
+            "containerd-shim-nodeos-v2 -namespace {NAMESPACE} -id {id} "
+        ))
+    };
+    assert_eq!(shim_of("pod1").len(), 1);
+    assert!(shim_of("web").is_empty(), "{:?}", shim_of("web"));
+    // Pausing one container of the pod would pause the others: refused.
+    let out = containerd.ctr(&["task", "pause", "web"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("runs other containers too"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A member of an image of its own, with a read-only and a writable bind: its files are
+    // unpacked into the pod's microVM; it reaches the web member on localhost.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("note"), "from the host\n").unwrap();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::os::unix::fs::chown(&out_dir, Some(1000), Some(1000)).unwrap();
+    let script = "cat /proc/sys/kernel/random/boot_id; id -u; ls /; cat /escape/hostname; \
+                  cat /etc/shared/note; echo made > /out/result; \
+                  for i in 1 2 3 4 5 6 7 8 9 10; do \
+                    busybox wget -q -O - http://127.0.0.1:8080/ && break; busybox sleep 1; \
+                  done";
+    let mut args: Vec<String> = ["run", "--runtime", RUNTIME, "--rm"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.extend(member.iter().cloned());
+    for mount in [
+        format!(
+            "type=bind,src={},dst=/etc/shared,options=rbind:ro",
+            shared.display()
+        ),
+        format!(
+            "type=bind,src={},dst=/out,options=rbind:rw",
+            out_dir.display()
+        ),
+    ] {
+        args.extend(["--mount".to_string(), mount]);
+    }
+    args.extend(["docker.io/library/busybox:latest", "bb", "sh", "-c", script].map(String::from));
+    let out = containerd.ctr(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], boot_id, "{text}");
+    assert_eq!(lines[1], "1000", "{text}");
+    // Its own files (its writable bind's folder among them), and the absolute symlink
+    // resolves inside them.
+    assert_eq!(
+        lines[2..9],
+        ["bin", "dev", "escape", "etc", "home", "out", "proc"],
+        "{text}"
+    );
+    assert!(text.contains("inside\nfrom the host\n"), "{text}");
+    assert!(text.ends_with("hi from web\n"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("result")).unwrap(),
+        "made\n"
+    );
+    assert_nothing_left_of("bb");
+
+    // A member of a pod this shim does not run: one error, nothing left.
+    let lost = in_pod("container", "nopod");
+    let mut options: Vec<&str> = lost.iter().map(String::as_str).collect();
+    options.push("--rm");
+    let out = containerd.run(&options, "lost", &["node", "-e", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("sandbox container nopod is not running in this shim"),
+        "{}",
+        stderr(&out)
+    );
+    assert_nothing_left_of("lost");
+
+    // The sandbox goes first, as Kubernetes may stop it: the pod's VM lives on with its
+    // member, and goes with the last of them.
+    for id in ["pod1", "web"] {
+        containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", id]);
+        wait_for(
+            Duration::from_secs(60),
+            || containerd.ctr_ok(&["task", "ls"]),
+            || {
+                let tasks = containerd.ctr_ok(&["task", "ls"]);
+                tasks
+                    .lines()
+                    .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+            },
+        );
+        containerd.ctr_ok(&["task", "delete", id]);
+        containerd.ctr_ok(&["container", "delete", id]);
+        if id == "pod1" {
+            assert_eq!(
+                boot_id_in(&containerd, "web", "b3"),
+                boot_id,
+                "the pod's VM ended"
+            );
+        }
+    }
+    for id in ["pod1", "web"] {
+        assert_nothing_left_of(id);
+    }
+}
+
 #[test]
 fn a_terminal_session_and_a_memory_limit() {
     let Some(containerd) = containerd_if_root() else {

@@ -53,6 +53,24 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
                  sleep 1; echo \"left: $(ls -A /tmp/cache/shim) $(ps | grep -c '[n]odeos-vmm')\""
             ),
         );
+        let pod = "--annotation io.kubernetes.cri.sandbox-id=pod \
+                   --annotation io.kubernetes.cri.container-type";
+        let boot_id = "require(\"fs\").readFileSync(\"/proc/sys/kernel/random/boot_id\", \"utf8\").trim()";
+        script.check_with_timeout(
+            "pod",
+            Duration::from_secs(300),
+            &format!(
+                "{run} -d {pod}=sandbox {IMAGE} pod node -e 'setInterval(() => {{}}, 1000)' || exit 1
+                 mkdir -p /tmp/share && echo shared note >/tmp/share/note
+                 {run} --rm {pod}=container --mount type=bind,src=/tmp/share,dst=/share,options=rbind:ro \
+                   {IMAGE} member node -e 'console.log(\"member\", {boot_id}, require(\"fs\").readFileSync(\"/share/note\", \"utf8\").trim())' || exit 1
+                 {CTR} task exec --exec-id b pod node -e 'console.log(\"sandbox\", {boot_id})' || exit 1
+                 {CTR} task kill --signal SIGKILL pod
+                 i=0; until {CTR} task ls | grep -q STOPPED; do i=$((i+1)); [ $i -lt 300 ] || exit 1; sleep 0.1; done
+                 {CTR} task delete pod && {CTR} container delete pod
+                 sleep 1; echo \"left: $(ls -A /tmp/cache/shim) $(ps | grep -c '[n]odeos-vmm')\""
+            ),
+        );
         script.check("log", "tail -n 30 /tmp/ct/log");
         let mut run = BoxRun::new(script.build())
             .file(BoxFile::with_libs(
@@ -129,5 +147,18 @@ fn exec_kill_and_delete_on_our_vmm() {
         "{out}"
     );
     assert!(out.contains("exec 1000"), "{out}");
+    assert!(out.contains("left:  0"), "{out}");
+}
+
+#[test]
+fn a_pods_containers_share_one_microvm_on_our_vmm() {
+    let out = passed("pod");
+    let id_of = |who: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(who)?.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {who} line: {out}"))
+    };
+    assert_eq!(id_of("member "), id_of("sandbox "), "one kernel: {out}");
+    assert!(out.contains("shared note"), "{out}");
     assert!(out.contains("left:  0"), "{out}");
 }

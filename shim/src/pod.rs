@@ -1,0 +1,194 @@
+//! A Kubernetes pod's containers in one microVM, as Kata Containers runs them. containerd's
+//! CRI marks each container's spec: `io.kubernetes.cri.container-type` is `sandbox` for the
+//! pod's own container (the `pause` one) and `container` for its members, and
+//! `io.kubernetes.cri.sandbox-id` names the pod's sandbox container. The shim serving a pod's
+//! sandbox serves its members too (containerd starts one shim per group: the pod's id, from
+//! `Shim::start_shim`), and the sandbox's microVM is the pod's: it has one more disk, the
+//! pod's, mounted at [`GUEST_POD`]. A member's root file system and its binds' copies are
+//! unpacked into a folder of its own there, while the VM runs, by the guest's root through the
+//! agent (owners and modes kept); its processes run in that root. The pod's containers share
+//! its kernel, its network (one `localhost`), its memory and vCPUs; each has its own root,
+//! mounts, user and processes.
+
+use std::fs;
+use std::path::Path;
+
+use containerd_shim::protos::api::Mount;
+use oci_spec::runtime::Spec;
+use sandbox::guest_copy::{self, TarInError};
+use sandbox::volume::{self, Budget, COPY_BACK_TIME};
+
+use crate::bundle::{self, Bundle, Root};
+use crate::mounts::{self, Carried};
+
+/// Where the guest mounts the pod's disk.
+pub const GUEST_POD: &str = "/run/pod";
+/// The annotations containerd's CRI gives each container of a pod.
+const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// The pod disk's room for its members' files (sparse: what they do not use costs the host
+/// nothing).
+const POD_BYTES: u64 = 16 << 30;
+/// What a copy-back of a member's writable bind may take.
+const COPY_BACK: Budget = Budget {
+    bytes: POD_BYTES,
+    entries: 1 << 20,
+    time: COPY_BACK_TIME,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Bundle(#[from] bundle::Error),
+    #[error(transparent)]
+    Mounts(#[from] mounts::Error),
+    #[error("unpacking the container's files into its pod's microVM")]
+    Unpack(#[from] TarInError),
+    #[error("making the pod's disk")]
+    Disk(#[from] volume::Error),
+    #[error("making the pod's disk: {what} {}", .path.display())]
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a container is to its pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// A container of its own (`ctr run`): its VM is its alone.
+    Alone,
+    /// A pod's sandbox container: its VM is the pod's, whose id is its own.
+    Sandbox,
+    /// A member of the pod whose sandbox container this names: it runs in that pod's VM.
+    Member(String),
+}
+
+impl Role {
+    /// A container's role, from its spec's annotations.
+    pub fn of(spec: &Spec) -> Role {
+        let annotations = spec.annotations().as_ref();
+        let get = |key| annotations.and_then(|a| a.get(key)).map(String::as_str);
+        match (get(CONTAINER_TYPE), get(SANDBOX_ID)) {
+            (Some("sandbox"), _) => Role::Sandbox,
+            (Some("container"), Some(pod)) if !pod.is_empty() => Role::Member(pod.to_string()),
+            _ => Role::Alone,
+        }
+    }
+
+    /// The id of the shim the container `id` belongs to: its pod's, or its own.
+    pub fn grouping<'a>(&'a self, id: &'a str) -> &'a str {
+        match self {
+            Role::Member(pod) => pod,
+            Role::Alone | Role::Sandbox => id,
+        }
+    }
+}
+
+/// Makes the pod's disk, an empty ext4 image, at `disk`.
+pub fn make_disk(disk: &Path) -> Result<(), Error> {
+    let empty = disk.with_extension("empty");
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { what, path, source }
+    };
+    fs::create_dir(&empty).map_err(io("creating", &empty))?;
+    let made = volume::pack_as_is(&empty, disk, POD_BYTES);
+    fs::remove_dir(&empty).map_err(io("removing", &empty))?;
+    made?;
+    Ok(())
+}
+
+/// The folder of the member `id` in its pod's VM.
+fn folder_of(id: &str) -> String {
+    format!("{GUEST_POD}/{id}")
+}
+
+/// Carries the member `id` of `bundle` into its pod's running VM, whose agent is behind
+/// `socket`: its spec's mounts (binds copied into `<folder>/mounts`), and its root file system
+/// (`bundle`'s, with the snapshotter's `mounts` mounted on it) unpacked into
+/// `<folder>/rootfs` — unless it is the guest's image `guest_rootfs`, which the VM runs on
+/// already. Where its root is, and its mounts.
+pub fn carry_in(
+    socket: &Path,
+    id: &str,
+    bundle: &Bundle,
+    mounts: &[Mount],
+    guest_rootfs: &Path,
+) -> Result<(Root, Carried), Error> {
+    let folder = folder_of(id);
+    let spec_mounts = bundle.spec.mounts().as_deref().unwrap_or_default();
+    let carried = mounts::in_folder(spec_mounts, &format!("{folder}/mounts"), COPY_BACK)?;
+    let root = bundle.root();
+    bundle::with_root(&root, mounts, guest_rootfs, |is_guest| {
+        // The archive's folders are made by the guest's tar, on the way to what is in them.
+        guest_copy::extract_as_root(socket, GUEST_POD, |tar| {
+            carried
+                .append_to(tar, &format!("{id}/mounts"))
+                .map_err(std::io::Error::other)?;
+            if !is_guest {
+                tar.append_dir_all(format!("{id}/rootfs"), &root)?;
+            }
+            Ok(())
+        })?;
+        Ok::<_, Error>(if is_guest {
+            Root::Guest
+        } else {
+            Root::InPod(format!("{folder}/rootfs"))
+        })
+    })
+    .map(|root| (root, carried))
+}
+
+/// Removes what [`carry_in`] put in the pod's VM for the member `id`.
+pub fn remove(socket: &Path, id: &str) {
+    if let Err(e) = guest_copy::remove_as_root(socket, &folder_of(id)) {
+        log::warn!(
+            "removing {id}'s files from its pod's microVM: {}",
+            vmm::error_chain::one_line(&e)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(annotations: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": annotations
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_cri_annotations_say_which_pod_a_container_is_in() {
+        let sandbox = spec(serde_json::json!({
+            "io.kubernetes.cri.container-type": "sandbox",
+            "io.kubernetes.cri.sandbox-id": "pod1"
+        }));
+        assert_eq!(Role::of(&sandbox), Role::Sandbox);
+        assert_eq!(Role::of(&sandbox).grouping("pod1"), "pod1");
+        let member = spec(serde_json::json!({
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.sandbox-id": "pod1"
+        }));
+        assert_eq!(Role::of(&member), Role::Member("pod1".into()));
+        assert_eq!(Role::of(&member).grouping("app"), "pod1");
+        for alone in [
+            serde_json::json!({}),
+            serde_json::json!({"io.kubernetes.cri.container-type": "container"}),
+            serde_json::json!({"io.kubernetes.cri.container-type": "container",
+                               "io.kubernetes.cri.sandbox-id": ""}),
+            serde_json::json!({"io.kubernetes.cri.container-type": "other",
+                               "io.kubernetes.cri.sandbox-id": "pod1"}),
+        ] {
+            let spec = spec(alone);
+            assert_eq!(Role::of(&spec), Role::Alone);
+            assert_eq!(Role::of(&spec).grouping("c"), "c");
+        }
+    }
+}
