@@ -10,6 +10,7 @@
 //! agent's own; anything else (`cgroup`, `mqueue`, an unknown type) is left out with a log
 //! line.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -72,6 +73,8 @@ struct Bind {
     host: PathBuf,
     is_dir: bool,
     writable: bool,
+    /// The guest folder of its copy.
+    copy: String,
 }
 
 /// What the spec's mounts become: the agent's mounts, and the host files and folders to copy
@@ -91,8 +94,6 @@ pub struct Carried {
     /// The container's own mounts, as the agent takes them.
     pub mounts: Vec<Mount>,
     binds: Vec<Bind>,
-    /// The guest folder of the copies.
-    copies: String,
     /// What a copy-back of a folder of the copies may take.
     budget: Option<Budget>,
 }
@@ -100,12 +101,10 @@ pub struct Carried {
 /// Carries the spec's `mounts` (`root` excepted): checks them, and packs the sources of the
 /// binds into a disk at `disk`. An error names the mount; nothing is left but `disk`.
 pub fn carry(spec: &[oci_spec::runtime::Mount], disk: &Path) -> Result<Carried, Error> {
-    let plan = plan(spec, GUEST_MOUNTS)?;
-    let copies = GUEST_MOUNTS.to_string();
+    let plan = plan(spec, &|i, _| format!("{GUEST_MOUNTS}/{i}"))?;
     if plan.binds.is_empty() {
         return Ok(Carried {
             mounts: plan.mounts,
-            copies,
             ..Carried::default()
         });
     }
@@ -114,32 +113,42 @@ pub fn carry(spec: &[oci_spec::runtime::Mount], disk: &Path) -> Result<Carried, 
         disk: Some(disk.to_path_buf()),
         mounts: plan.mounts,
         binds: plan.binds,
-        copies,
         budget: Some(budget),
     })
 }
 
 /// Carries the spec's `mounts` (`root` excepted) into the guest folder `copies` of a VM that
-/// runs already: checks them; the binds' sources are written into it by [`Carried::append_to`],
-/// and a copy-back of one of them may take `budget`.
+/// runs already, where the copy of a host file or folder is named by its path (so that the
+/// containers of a VM that bind the same source share one copy): checks them; the binds'
+/// sources are written into it by [`Carried::append_to`], and a copy-back of one of them may
+/// take `budget`.
 pub fn in_folder(
     spec: &[oci_spec::runtime::Mount],
     copies: &str,
     budget: Budget,
 ) -> Result<Carried, Error> {
-    let plan = plan(spec, copies)?;
+    let plan = plan(spec, &|_, host| format!("{copies}/{}", name_of(host)))?;
     Ok(Carried {
         disk: None,
         mounts: plan.mounts,
         binds: plan.binds,
-        copies: copies.to_string(),
         budget: Some(budget),
     })
 }
 
-/// The agent's mounts and the binds' sources, their copies in the guest folder `copies`,
-/// checked; what is left out is logged.
-fn plan(spec: &[oci_spec::runtime::Mount], copies: &str) -> Result<Plan, Error> {
+/// A name for the copy of the host path `host`: 32 hex digits of its SHA-256.
+fn name_of(host: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(host.as_os_str().as_encoded_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The agent's mounts and the binds' sources, the copy of the `i`th bind (of the host path)
+/// in the guest folder `copy_of(i, path)`, checked; what is left out is logged.
+fn plan(
+    spec: &[oci_spec::runtime::Mount],
+    copy_of: &dyn Fn(usize, &Path) -> String,
+) -> Result<Plan, Error> {
     let mut plan = Plan::default();
     for mount in spec {
         let destination = mount.destination().to_string_lossy().into_owned();
@@ -175,10 +184,10 @@ fn plan(spec: &[oci_spec::runtime::Mount], copies: &str) -> Result<Plan, Error> 
                     path: host,
                 });
             }
-            let copy = format!("{copies}/{}", plan.binds.len());
+            let copy = copy_of(plan.binds.len(), &host);
             carried.kind = MountKind::Bind {
                 source: if meta.is_dir() {
-                    copy
+                    copy.clone()
                 } else {
                     format!("{copy}/{FILE}")
                 }
@@ -188,6 +197,7 @@ fn plan(spec: &[oci_spec::runtime::Mount], copies: &str) -> Result<Plan, Error> 
                 host,
                 is_dir: meta.is_dir(),
                 writable: !carried.read_only,
+                copy,
             });
         } else if typ == "tmpfs" {
             carried.kind = MountKind::Tmpfs {
@@ -312,28 +322,39 @@ fn private_mounts() -> io::Result<()> {
 }
 
 impl Carried {
-    /// Appends the binds' sources to `tar`, below its folder `folder` (which is extracted as the
-    /// copies' guest folder): folders as they are (owners, modes, symlinks as links), each file
-    /// in a folder of its own (made by the guest's tar on the way).
+    /// Appends the binds' sources to `tar`, which is extracted in the guest folder `at`,
+    /// except those in `skip` (their copies are there already): folders as they are (owners,
+    /// modes, symlinks as links), each file in a folder of its own (made by the guest's tar on
+    /// the way). The host paths it appended.
     pub fn append_to<W: io::Write>(
         &self,
         tar: &mut tar::Builder<W>,
-        folder: &str,
-    ) -> Result<(), Error> {
-        for (i, bind) in self.binds.iter().enumerate() {
-            let name = format!("{folder}/{i}");
-            let appended = if bind.is_dir {
-                tar.append_dir_all(&name, &bind.host)
+        at: &str,
+        skip: &HashSet<PathBuf>,
+    ) -> Result<Vec<PathBuf>, Error> {
+        let mut appended: Vec<PathBuf> = Vec::new();
+        for bind in &self.binds {
+            if skip.contains(&bind.host) || appended.contains(&bind.host) {
+                continue;
+            }
+            let name = bind
+                .copy
+                .strip_prefix(at)
+                .and_then(|name| name.strip_prefix('/'))
+                .expect("the copies are below where the archive is extracted");
+            let done = if bind.is_dir {
+                tar.append_dir_all(name, &bind.host)
             } else {
                 tar.append_path_with_name(&bind.host, format!("{name}/{FILE}"))
             };
-            appended.map_err(|source| Error::Stage {
+            done.map_err(|source| Error::Stage {
                 what: "reading",
                 path: bind.host.clone(),
                 source,
             })?;
+            appended.push(bind.host.clone());
         }
-        Ok(())
+        Ok(appended)
     }
 
     /// Copies the changes of the writable binds back from the VM whose agent is behind
@@ -347,11 +368,10 @@ impl Carried {
             if !bind.writable {
                 continue;
             }
-            let guest = format!("{}/{i}", self.copies);
             let out = scratch.join(format!("copy-back-{i}"));
             let done = fs::create_dir(&out)
                 .map_err(|e| format!("creating {}: {e}", out.display()))
-                .and_then(|()| copy_back_one(bind, &guest, socket, &out, budget));
+                .and_then(|()| copy_back_one(bind, &bind.copy, socket, &out, budget));
             match done {
                 Ok(()) => log::info!("copied the changes back to {}", bind.host.display()),
                 Err(why) => log::warn!(
@@ -422,7 +442,7 @@ mod tests {
     }
 
     fn plan_here(spec: &[oci_spec::runtime::Mount]) -> Result<Plan, Error> {
-        plan(spec, GUEST_MOUNTS)
+        plan(spec, &|i, _| format!("{GUEST_MOUNTS}/{i}"))
     }
 
     #[test]
@@ -483,16 +503,67 @@ mod tests {
                     Bind {
                         host: canonical(&file),
                         is_dir: false,
-                        writable: true
+                        writable: true,
+                        copy: "/run/container-mounts/0".into(),
                     },
                     Bind {
                         host: canonical(&folder),
                         is_dir: true,
-                        writable: false
+                        writable: false,
+                        copy: "/run/container-mounts/1".into(),
                     },
                 ],
             }
         );
+    }
+
+    #[test]
+    fn in_a_running_vm_the_copy_of_a_source_is_named_by_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+        fs::create_dir(&one).unwrap();
+        fs::create_dir(&two).unwrap();
+        let budget = Budget {
+            bytes: 1,
+            entries: 1,
+            time: COPY_BACK_TIME,
+        };
+        let carried = in_folder(
+            &spec_mounts(serde_json::json!([
+                {"destination": "/a", "type": "bind", "source": one, "options": ["rbind"]},
+                {"destination": "/b", "type": "bind", "source": two, "options": ["rbind", "ro"]},
+                {"destination": "/c", "type": "bind", "source": one, "options": ["rbind", "ro"]}
+            ])),
+            "/run/pod/binds",
+            budget,
+        )
+        .unwrap();
+        let copies: Vec<&str> = carried.binds.iter().map(|b| &b.copy[..]).collect();
+        // One source, one copy; each mount has its own flags.
+        assert_eq!(copies[0], copies[2]);
+        assert_ne!(copies[0], copies[1]);
+        assert!(copies[1].starts_with("/run/pod/binds/") && copies[1].len() == 15 + 32);
+        assert_eq!(
+            carried
+                .mounts
+                .iter()
+                .map(|m| m.read_only)
+                .collect::<Vec<_>>(),
+            [false, true, true]
+        );
+        // The sources appended once each, those there already not at all.
+        let mut tar = tar::Builder::new(Vec::new());
+        let skip = HashSet::from([fs::canonicalize(&two).unwrap()]);
+        let appended = carried.append_to(&mut tar, "/run/pod", &skip).unwrap();
+        assert_eq!(appended, [fs::canonicalize(&one).unwrap()]);
+        let archive = tar.into_inner().unwrap();
+        let mut entries = tar::Archive::new(&archive[..]);
+        let names: Vec<String> = entries
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, [format!("{}/", &copies[0]["/run/pod/".len()..])]);
     }
 
     #[test]

@@ -4,14 +4,17 @@
 //! `io.kubernetes.cri.sandbox-id` names the pod's sandbox container. The shim serving a pod's
 //! sandbox serves its members too (containerd starts one shim per group: the pod's id, from
 //! `Shim::start_shim`), and the sandbox's microVM is the pod's: it has one more disk, the
-//! pod's, mounted at [`GUEST_POD`]. A member's root file system and its binds' copies are
-//! unpacked into a folder of its own there, while the VM runs, by the guest's root through the
-//! agent (owners and modes kept); its processes run in that root. The pod's containers share
-//! its kernel, its network (one `localhost`), its memory and vCPUs; each has its own root,
-//! mounts, user and processes.
+//! pod's, mounted at [`GUEST_POD`]. A member's root file system is unpacked into a folder of
+//! its own there, while the VM runs, by the guest's root through the agent (owners and modes
+//! kept), and so are the copies of its binds' sources, one per source in the VM; its processes
+//! run in that root. The pod's containers share its kernel, its network (one `localhost`), its
+//! memory and vCPUs, and the copies of what they bind alike (an emptyDir); each has its own
+//! root, mounts, user and processes.
 
+use std::collections::HashSet;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use containerd_shim::protos::api::Mount;
 use oci_spec::runtime::Spec;
@@ -23,6 +26,10 @@ use crate::mounts::{self, Carried};
 
 /// Where the guest mounts the pod's disk.
 pub const GUEST_POD: &str = "/run/pod";
+/// Its folders: of its members' root file systems (by container id), and of the copies of
+/// their binds' sources (by host path).
+const CONTAINERS: &str = "containers";
+const BINDS: &str = "binds";
 /// The annotations containerd's CRI gives each container of a pod.
 const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
@@ -101,50 +108,57 @@ pub fn make_disk(disk: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// The folder of the member `id` in its pod's VM.
-fn folder_of(id: &str) -> String {
-    format!("{GUEST_POD}/{id}")
+/// The folder of the member `id`'s root file system in its pod's VM.
+fn root_of(id: &str) -> String {
+    format!("{GUEST_POD}/{CONTAINERS}/{id}")
 }
 
 /// Carries the member `id` of `bundle` into its pod's running VM, whose agent is behind
-/// `socket`: its spec's mounts (binds copied into `<folder>/mounts`), and its root file system
-/// (`bundle`'s, with the snapshotter's `mounts` mounted on it) unpacked into
-/// `<folder>/rootfs` — unless it is the guest's image `guest_rootfs`, which the VM runs on
-/// already. Where its root is, and its mounts.
+/// `socket`: its spec's mounts, the copies of its binds' sources into the pod's folder of
+/// copies (where the VM's containers that bind the same source share one: an emptyDir two
+/// containers of a pod mount is one folder in the VM, as on a node), but those of the sources
+/// in `in_vm` (there already; those it copies are added); and its root file system
+/// (`bundle`'s, with the snapshotter's `mounts` mounted on it) unpacked into a folder of its
+/// own — unless it is the guest's image `guest_rootfs`, which the VM runs on already. Where
+/// its root is, and its mounts.
 pub fn carry_in(
     socket: &Path,
-    id: &str,
-    bundle: &Bundle,
+    (id, bundle): (&str, &Bundle),
     mounts: &[Mount],
     guest_rootfs: &Path,
+    in_vm: &Mutex<HashSet<PathBuf>>,
 ) -> Result<(Root, Carried), Error> {
-    let folder = folder_of(id);
     let spec_mounts = bundle.spec.mounts().as_deref().unwrap_or_default();
-    let carried = mounts::in_folder(spec_mounts, &format!("{folder}/mounts"), COPY_BACK)?;
+    let copies = format!("{GUEST_POD}/{BINDS}");
+    let carried = mounts::in_folder(spec_mounts, &copies, COPY_BACK)?;
     let root = bundle.root();
-    bundle::with_root(&root, mounts, guest_rootfs, |is_guest| {
+    let there = in_vm.lock().unwrap().clone();
+    let mut appended = Vec::new();
+    let in_guest = bundle::with_root(&root, mounts, guest_rootfs, |is_guest| {
         // The archive's folders are made by the guest's tar, on the way to what is in them.
         guest_copy::extract_as_root(socket, GUEST_POD, |tar| {
-            carried
-                .append_to(tar, &format!("{id}/mounts"))
+            appended = carried
+                .append_to(tar, GUEST_POD, &there)
                 .map_err(std::io::Error::other)?;
             if !is_guest {
-                tar.append_dir_all(format!("{id}/rootfs"), &root)?;
+                tar.append_dir_all(format!("{CONTAINERS}/{id}"), &root)?;
             }
             Ok(())
         })?;
         Ok::<_, Error>(if is_guest {
             Root::Guest
         } else {
-            Root::InPod(format!("{folder}/rootfs"))
+            Root::InPod(root_of(id))
         })
-    })
-    .map(|root| (root, carried))
+    })?;
+    in_vm.lock().unwrap().extend(appended);
+    Ok((in_guest, carried))
 }
 
-/// Removes what [`carry_in`] put in the pod's VM for the member `id`.
+/// Removes the root file system [`carry_in`] put in the pod's VM for the member `id` (the
+/// copies of binds stay for the VM's other containers).
 pub fn remove(socket: &Path, id: &str) {
-    if let Err(e) = guest_copy::remove_as_root(socket, &folder_of(id)) {
+    if let Err(e) = guest_copy::remove_as_root(socket, &root_of(id)) {
         log::warn!(
             "removing {id}'s files from its pod's microVM: {}",
             vmm::error_chain::one_line(&e)

@@ -11,7 +11,7 @@
 //! A process of the container that the guest's OOM killer ends, as the agent reports it, is
 //! published as `/tasks/oom` (`Service::oom_killed`), before that process's exit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,6 +62,8 @@ struct Vm {
     scratch: PathBuf,
     /// It has the pod's disk: members of the pod may join it.
     pod: bool,
+    /// The host files and folders whose copies are in its pod's disk.
+    pod_binds: Mutex<HashSet<PathBuf>>,
     /// Paused (`Pause`, until `Resume`): its running processes are PAUSED.
     paused: AtomicBool,
     /// One past the guest kernel log's number of the newest OOM kill published (0: none).
@@ -510,10 +512,12 @@ impl Service {
         let socket = vm.sandbox().agent_socket().to_path_buf();
         let started = Instant::now();
         let (root, carried) =
-            pod::carry_in(&socket, id, bundle, rootfs, &images.1).map_err(|e| {
-                pod::remove(&socket, id);
-                vmm::error_chain::one_line(&e)
-            })?;
+            pod::carry_in(&socket, (id, bundle), rootfs, &images.1, &vm.pod_binds).map_err(
+                |e| {
+                    pod::remove(&socket, id);
+                    vmm::error_chain::one_line(&e)
+                },
+            )?;
         log::info!(
             "{id}: root {root:?} in pod {pod}'s microVM in {:?}",
             started.elapsed()
@@ -617,6 +621,7 @@ fn boot_vm(
         sandbox: Some(sandbox),
         scratch: scratch.to_path_buf(),
         pod,
+        pod_binds: Mutex::new(HashSet::new()),
         paused: AtomicBool::new(false),
         oom_published: AtomicU64::new(0),
     };

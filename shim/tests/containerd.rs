@@ -366,10 +366,19 @@ fn a_pods_containers_share_its_microvm_each_in_a_root_of_its_own() {
         &["node", "-e", "setInterval(() => {}, 1000)"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    // A folder two members bind, as an emptyDir: one copy in the pod's VM, which both see.
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let cache_mount = format!(
+        "type=bind,src={},dst=/cache,options=rbind:rw",
+        cache.display()
+    );
     let member = in_pod("container", "pod1");
     let mut options: Vec<&str> = member.iter().map(String::as_str).collect();
-    options.push("-d");
-    let server = "require('http').createServer((q, s) => s.end('hi from web\\n'))\
+    options.extend(["-d", "--mount", &cache_mount]);
+    let server = "require('fs').writeFileSync('/cache/from-web', 'cached by web\\n'); \
+                  require('http').createServer((q, s) => s.end('hi from web\\n'))\
                   .listen(8080, '127.0.0.1')";
     let out = containerd.run(&options, "web", &["node", "-e", server]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -402,7 +411,7 @@ fn a_pods_containers_share_its_microvm_each_in_a_root_of_its_own() {
     std::fs::create_dir(&out_dir).unwrap();
     std::os::unix::fs::chown(&out_dir, Some(1000), Some(1000)).unwrap();
     let script = "cat /proc/sys/kernel/random/boot_id; id -u; ls /; cat /escape/hostname; \
-                  cat /etc/shared/note; echo made > /out/result; \
+                  cat /etc/shared/note; cat /cache/from-web; echo made > /out/result; \
                   for i in 1 2 3 4 5 6 7 8 9 10; do \
                     busybox wget -q -O - http://127.0.0.1:8080/ && break; busybox sleep 1; \
                   done";
@@ -420,6 +429,7 @@ fn a_pods_containers_share_its_microvm_each_in_a_root_of_its_own() {
             "type=bind,src={},dst=/out,options=rbind:rw",
             out_dir.display()
         ),
+        cache_mount.clone(),
     ] {
         args.extend(["--mount".to_string(), mount]);
     }
@@ -430,15 +440,23 @@ fn a_pods_containers_share_its_microvm_each_in_a_root_of_its_own() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], boot_id, "{text}");
     assert_eq!(lines[1], "1000", "{text}");
-    // Its own files (its writable bind's folder among them), and the absolute symlink
+    // Its own files (its writable binds' folders among them), and the absolute symlink
     // resolves inside them.
     assert_eq!(
-        lines[2..9],
-        ["bin", "dev", "escape", "etc", "home", "out", "proc"],
+        lines[2..10],
+        ["bin", "cache", "dev", "escape", "etc", "home", "out", "proc"],
         "{text}"
     );
-    assert!(text.contains("inside\nfrom the host\n"), "{text}");
+    assert!(
+        text.contains("inside\nfrom the host\ncached by web\n"),
+        "{text}"
+    );
     assert!(text.ends_with("hi from web\n"), "{text}");
+    // Its writable binds copied back when it ended: the shared one with what web wrote.
+    assert_eq!(
+        std::fs::read_to_string(cache.join("from-web")).unwrap(),
+        "cached by web\n"
+    );
     assert_eq!(
         std::fs::read_to_string(out_dir.join("result")).unwrap(),
         "made\n"
