@@ -12,6 +12,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 use crate::activation::{Activation, MAX_ENTROPY, MAX_HOSTNAME};
+use crate::caps::Capabilities;
 use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::env::EnvVar;
 use crate::mount::{Mount, MountKind, MAX_MOUNTS};
@@ -20,7 +21,7 @@ use crate::rlimit::{Rlimit, MAX_RLIMITS};
 use crate::status;
 
 /// The protocol version both sides say in their `Hello`.
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 8;
 /// Largest payload of any frame (the type byte not counted).
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Largest `Stdin`, `Stdout`, `Stderr` or `TreeData` chunk.
@@ -83,8 +84,9 @@ pub struct Exec {
 
 /// A container's process: in a mount namespace of its own whose root is `root` (a guest
 /// folder, pivot_root'ed into, with /proc, /sys, a minimal /dev and `mounts` mounted in it), as `uid`,
-/// `gid` and `groups`, with `rlimits` set and the request's environment only (none of the
-/// agent's). While it runs, the agent reports the guest kernel's OOM kills (`OomKilled`).
+/// `gid` and `groups`, with `rlimits` set, its `capabilities` (else those of its uid), and the
+/// request's environment only (none of the agent's). While it runs, the agent reports the
+/// guest kernel's OOM kills (`OomKilled`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Container {
@@ -97,6 +99,12 @@ pub struct Container {
     /// File systems of its own, mounted in this order after /dev (at most [`MAX_MOUNTS`],
     /// each [`Mount::check`]ed).
     pub mounts: Vec<Mount>,
+    /// Its capability sets ([`Capabilities::check`]ed); without, those of its uid. (Boxed: an
+    /// `Exec` is the largest request as it is.)
+    pub capabilities: Option<Box<Capabilities>>,
+    /// `PR_SET_NO_NEW_PRIVS`: nothing it executes gains privileges (setuid bits, file
+    /// capabilities).
+    pub no_new_privileges: bool,
 }
 
 /// A terminal's size, in character cells.
@@ -344,6 +352,18 @@ impl Request {
                     for mount in &container.mounts {
                         put_mount(out, mount);
                     }
+                    put_option(out, container.capabilities.as_ref(), |out, caps| {
+                        for mask in [
+                            caps.bounding,
+                            caps.effective,
+                            caps.permitted,
+                            caps.inheritable,
+                            caps.ambient,
+                        ] {
+                            out.put_u64(mask);
+                        }
+                    });
+                    out.put_bool(container.no_new_privileges);
                 });
                 put_option(&mut out, exec.tty.as_ref(), put_winsize);
                 kind::EXEC
@@ -719,6 +739,8 @@ fn container(d: &mut Decoder<'_>) -> Result<Container, DecodeError> {
     // Each takes at least its destination's length, kind, source's length and flags.
     let count = d.count("mounts", MAX_MOUNTS, 4 + 1 + 4 + 1)?;
     let mounts = (0..count).map(|_| mount(d)).collect::<Result<_, _>>()?;
+    let capabilities = option(d, "capabilities", capabilities)?.map(Box::new);
+    let no_new_privileges = d.bool("no_new_privileges")?;
     Ok(Container {
         root,
         uid,
@@ -726,12 +748,31 @@ fn container(d: &mut Decoder<'_>) -> Result<Container, DecodeError> {
         groups,
         rlimits,
         mounts,
+        capabilities,
+        no_new_privileges,
     })
+}
+
+fn capabilities(d: &mut Decoder<'_>) -> Result<Capabilities, DecodeError> {
+    let caps = Capabilities {
+        bounding: d.u64("bounding capabilities")?,
+        effective: d.u64("effective capabilities")?,
+        permitted: d.u64("permitted capabilities")?,
+        inheritable: d.u64("inheritable capabilities")?,
+        ambient: d.u64("ambient capabilities")?,
+    };
+    caps.check().map_err(|e| DecodeError::Invalid {
+        field: e.set,
+        why: e.to_string(),
+    })?;
+    Ok(caps)
 }
 
 /// The type byte of a [`MountKind`].
 const MOUNT_BIND: u8 = 0;
 const MOUNT_TMPFS: u8 = 1;
+const MOUNT_MASK: u8 = 2;
+const MOUNT_READ_ONLY: u8 = 3;
 
 fn put_mount(out: &mut Encoder, mount: &Mount) {
     out.put_bytes(&mount.destination);
@@ -743,6 +784,15 @@ fn put_mount(out: &mut Encoder, mount: &Mount) {
         MountKind::Tmpfs { options } => {
             out.put_u8(MOUNT_TMPFS);
             out.put_bytes(options);
+        }
+        // Nothing of their own: an empty field, as every kind has one.
+        MountKind::Mask => {
+            out.put_u8(MOUNT_MASK);
+            out.put_bytes(&[]);
+        }
+        MountKind::ReadOnly => {
+            out.put_u8(MOUNT_READ_ONLY);
+            out.put_bytes(&[]);
         }
     }
     out.put_u8(mount.flags());
@@ -762,6 +812,15 @@ fn mount(d: &mut Decoder<'_>) -> Result<Mount, DecodeError> {
         MOUNT_TMPFS => MountKind::Tmpfs {
             options: d.bytes("tmpfs options", MAX_PAYLOAD)?.to_vec(),
         },
+        kind @ (MOUNT_MASK | MOUNT_READ_ONLY) => {
+            // Empty: a mask or a read-only path has no source or options.
+            d.bytes("mount field", 0)?;
+            if kind == MOUNT_MASK {
+                MountKind::Mask
+            } else {
+                MountKind::ReadOnly
+            }
+        }
         other => return Err(invalid(format!("unknown kind {other}"))),
     };
     let mut mount = Mount {
@@ -889,7 +948,25 @@ mod tests {
                             nodev: true,
                             ..Mount::default()
                         },
+                        Mount {
+                            destination: b"/proc/kcore".to_vec(),
+                            kind: MountKind::Mask,
+                            ..Mount::default()
+                        },
+                        Mount {
+                            destination: b"/proc/sys".to_vec(),
+                            kind: MountKind::ReadOnly,
+                            ..Mount::default()
+                        },
                     ],
+                    capabilities: Some(Box::new(Capabilities {
+                        bounding: crate::caps::ALL,
+                        effective: 1 << 21,
+                        permitted: 1 << 21 | 1,
+                        inheritable: 0,
+                        ambient: 1,
+                    })),
+                    no_new_privileges: true,
                 }),
                 tty: Some(WinSize {
                     rows: 24,
@@ -1144,6 +1221,18 @@ mod tests {
                 ]
                 .concat(),
             ),
+            // a container whose bounding capabilities name bit 41, which no capability has
+            frame(
+                kind::EXEC,
+                &[
+                    &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1][..],
+                    &[0; 24],
+                    &[1, 0, 0, 0, 0, 0, 2, 0, 0],
+                    &[0; 32],
+                    &[0, 0],
+                ]
+                .concat(),
+            ),
             // trailing byte
             frame(kind::EXEC, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             frame(kind::RESIZE, &[24, 0, 0, 0]),
@@ -1292,6 +1381,14 @@ mod tests {
                     noexec: true,
                     ..Mount::default()
                 }],
+                capabilities: Some(Box::new(Capabilities {
+                    bounding: 0xa80425fb,
+                    effective: 1,
+                    permitted: 2,
+                    inheritable: 3,
+                    ambient: 4,
+                })),
+                no_new_privileges: true,
             }),
             tty: Some(WinSize { rows: 24, cols: 80 }),
         });
@@ -1310,8 +1407,14 @@ mod tests {
             &[1, 0, 0, 0, 2, 0, 0, 0, b'/', b'd'], // mounts: destination
             &[1, 7, 0, 0, 0],                      // a tmpfs, its options
             b"size=1m",
-            &[0b1001],                      // read-only, noexec
-            &[1, 24, 0, 0, 0, 80, 0, 0, 0], // tty
+            &[0b1001],                                // read-only, noexec
+            &[1, 0xfb, 0x25, 0x04, 0xa8, 0, 0, 0, 0], // capabilities: bounding
+            &[1, 0, 0, 0, 0, 0, 0, 0],                // effective
+            &[2, 0, 0, 0, 0, 0, 0, 0],                // permitted
+            &[3, 0, 0, 0, 0, 0, 0, 0],                // inheritable
+            &[4, 0, 0, 0, 0, 0, 0, 0],                // ambient
+            &[1],                                     // no new privileges
+            &[1, 24, 0, 0, 0, 80, 0, 0, 0],           // tty
         ]
         .concat();
         assert_eq!(exec.encode().unwrap(), frame(kind::EXEC, &payload));

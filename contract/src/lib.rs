@@ -18,6 +18,7 @@
 //! - [`env`]: the guest's environment entries, checked, which travel in the ready handshake.
 //! - [`rlimit`]: a container's process's resource limits, which travel in its `Exec`.
 //! - [`mount`]: a container's own file systems (binds, `tmpfs`es), which travel there too.
+//! - [`caps`]: a container's process's capability sets, which travel there too.
 //! - [`tree`]: the stream a folder's tree travels in (`Export`, for `:rw` volumes): folders,
 //!   files as their data extents, symlinks, checked as it is decoded.
 //! - [`mux`]: the channel multiplexer, which offers the same hybrid-vsock interface at both
@@ -35,6 +36,7 @@
 //! the agent answers with [`frame::Reply::Hello`] once the guest is that VM.
 
 pub mod activation;
+pub mod caps;
 pub mod codec;
 pub mod disks;
 pub mod env;

@@ -1,7 +1,8 @@
 //! The file systems of a container's own (the OCI runtime spec's `mounts`, as the containerd
 //! shim carries them), in an `Exec`'s container ([`crate::frame::Container`]): binds of guest
-//! files and folders (the shim's copies of host ones) and fresh `tmpfs`es, mounted in the
-//! process's view, in order, before it becomes its root. The host checks each before anything
+//! files and folders (the shim's copies of host ones) and fresh `tmpfs`es, and the spec's
+//! masked and read-only paths, mounted in the process's view, in order, before it becomes its
+//! root. The host checks each before anything
 //! starts; the agent checks them again as it decodes them.
 
 use std::fmt;
@@ -38,6 +39,13 @@ pub enum MountKind {
     /// [`TMPFS_OPTIONS`], each value letters, digits and `%` (`size=1m,mode=1777`); may be
     /// empty.
     Tmpfs { options: Vec<u8> },
+    /// What is at the destination hidden (the spec's `linux.maskedPaths`): a folder under an
+    /// empty read-only `tmpfs`, anything else under `/dev/null`. Nothing when the destination
+    /// does not exist (a path the guest's kernel does not have).
+    Mask,
+    /// What is at the destination made read-only (the spec's `linux.readonlyPaths`): bound
+    /// onto itself read-only. Nothing when the destination does not exist.
+    ReadOnly,
 }
 
 impl Default for MountKind {
@@ -96,6 +104,7 @@ impl Mount {
         match &self.kind {
             MountKind::Bind { source } => check_path("source", source),
             MountKind::Tmpfs { options } => check_tmpfs_options(options),
+            MountKind::Mask | MountKind::ReadOnly => Ok(()),
         }
     }
 

@@ -5,8 +5,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::api::Mount;
+use contract::caps::{self, Capabilities};
 use contract::frame::{Container, WinSize};
-use contract::mount::Mount as ContainerMount;
+use contract::mount::{Mount as ContainerMount, MountKind};
 use contract::rlimit::{Rlimit, RlimitError};
 use nix::mount::MsFlags;
 use oci_spec::runtime::{Process, Spec};
@@ -46,6 +47,14 @@ pub enum Error {
     RlimitTwice(String),
     #[error("the container's process: its rlimits: {0}")]
     BadRlimit(#[source] RlimitError),
+    #[error("the container's process: its capabilities: {0} is not a capability of Linux")]
+    UnknownCapability(String),
+    #[error("the spec's masked or read-only path {path}: {source}")]
+    BadPath {
+        path: String,
+        #[source]
+        source: contract::mount::MountError,
+    },
     #[error("the container's root file system {path} is missing: {source}")]
     MissingRoot {
         path: PathBuf,
@@ -164,6 +173,32 @@ impl Bundle {
         Some(quota.div_ceil(period).clamp(1, u64::from(MAX_CPUS)) as u8)
     }
 
+    /// The spec's `linux.maskedPaths` and `linux.readonlyPaths`, as the agent's mounts (after
+    /// the container's own, as runc mounts them).
+    pub fn protected_paths(&self) -> Result<Vec<ContainerMount>, Error> {
+        let Some(linux) = self.spec.linux() else {
+            return Ok(Vec::new());
+        };
+        let masked = linux.masked_paths().iter().flatten();
+        let read_only = linux.readonly_paths().iter().flatten();
+        masked
+            .map(|path| (path, MountKind::Mask))
+            .chain(read_only.map(|path| (path, MountKind::ReadOnly)))
+            .map(|(path, kind)| {
+                let mount = ContainerMount {
+                    destination: path.clone().into_bytes(),
+                    kind,
+                    ..ContainerMount::default()
+                };
+                mount.check().map_err(|source| Error::BadPath {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(mount)
+            })
+            .collect()
+    }
+
     fn resources(&self) -> Option<&oci_spec::runtime::LinuxResources> {
         self.spec.linux().as_ref()?.resources().as_ref()
     }
@@ -214,9 +249,38 @@ pub fn command(process: &Process, root: &str, mounts: &[ContainerMount]) -> Resu
             groups: user.additional_gids().clone().unwrap_or_default(),
             rlimits: rlimits(process)?,
             mounts: mounts.to_vec(),
+            capabilities: capabilities(process)?.map(Box::new),
+            no_new_privileges: process.no_new_privileges().unwrap_or(false),
         }),
         tty,
     })
+}
+
+/// The process's capability sets, when its spec gives them (a set it leaves out is empty).
+fn capabilities(process: &Process) -> Result<Option<Capabilities>, Error> {
+    let Some(sets) = process.capabilities() else {
+        return Ok(None);
+    };
+    let mask = |set: &Option<oci_spec::runtime::Capabilities>| -> Result<u64, Error> {
+        // The spec's names, as its JSON has them (`CAP_SYS_ADMIN`).
+        let names: Vec<String> = set
+            .iter()
+            .flatten()
+            .map(|cap| match serde_json::to_value(cap) {
+                Ok(serde_json::Value::String(name)) => name,
+                _ => format!("{cap:?}"),
+            })
+            .collect();
+        caps::mask(names.iter().map(String::as_str))
+            .map_err(|name| Error::UnknownCapability(name.to_string()))
+    };
+    Ok(Some(Capabilities {
+        bounding: mask(sets.bounding())?,
+        effective: mask(sets.effective())?,
+        permitted: mask(sets.permitted())?,
+        inheritable: mask(sets.inheritable())?,
+        ambient: mask(sets.ambient())?,
+    }))
 }
 
 /// The process's `rlimits`, checked as the runtime spec asks (each type once, each a limit
@@ -364,14 +428,38 @@ mod tests {
                 "rlimits": [
                     {"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024},
                     {"type": "RLIMIT_CORE", "soft": 0, "hard": u64::MAX}
-                ]
+                ],
+                "capabilities": {
+                    "bounding": ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                    "effective": ["CAP_KILL"],
+                    "permitted": ["CAP_KILL", "CAP_NET_BIND_SERVICE"]
+                },
+                "noNewPrivileges": true
             },
-            "linux": {"resources": {
-                "memory": {"limit": 300 * 1024 * 1024 + 1},
-                "cpu": {"quota": 150000, "period": 100000}
-            }}
+            "linux": {
+                "resources": {
+                    "memory": {"limit": 300 * 1024 * 1024 + 1},
+                    "cpu": {"quota": 150000, "period": 100000}
+                },
+                "maskedPaths": ["/proc/kcore", "/sys/firmware"],
+                "readonlyPaths": ["/proc/sys"]
+            }
         }));
         assert_eq!(bundle.hostname().as_deref(), Some("web-1"));
+        let kinds: Vec<(Vec<u8>, MountKind)> = bundle
+            .protected_paths()
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.destination, m.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (b"/proc/kcore".to_vec(), MountKind::Mask),
+                (b"/sys/firmware".to_vec(), MountKind::Mask),
+                (b"/proc/sys".to_vec(), MountKind::ReadOnly)
+            ]
+        );
         assert_eq!(bundle.memory_mib(), Some(301));
         assert_eq!(bundle.cpus(), Some(2));
         assert_eq!(bundle.root(), bundle.dir.join("rootfs"));
@@ -400,6 +488,17 @@ mod tests {
                 }
             ]
         );
+        assert_eq!(
+            container.capabilities.as_deref(),
+            Some(&Capabilities {
+                bounding: 1 | 1 << 5 | 1 << 10,
+                effective: 1 << 5,
+                permitted: 1 << 5 | 1 << 10,
+                inheritable: 0,
+                ambient: 0,
+            })
+        );
+        assert!(container.no_new_privileges);
         assert_eq!(
             command.tty,
             Some(WinSize {

@@ -322,6 +322,18 @@ fn private_mounts() -> io::Result<()> {
 }
 
 impl Carried {
+    /// Adds the spec's masked and read-only `paths` ([`Bundle::protected_paths`]) after the
+    /// container's own mounts.
+    ///
+    /// [`Bundle::protected_paths`]: crate::bundle::Bundle::protected_paths
+    pub fn protect(&mut self, paths: Vec<Mount>) -> Result<(), Error> {
+        self.mounts.extend(paths);
+        if self.mounts.len() > MAX_MOUNTS {
+            return Err(Error::TooMany(self.mounts.len()));
+        }
+        Ok(())
+    }
+
     /// Appends the binds' sources to `tar`, which is extracted in the guest folder `at`,
     /// except those in `skip` (their copies are there already): folders as they are (owners,
     /// modes, symlinks as links), each file in a folder of its own (made by the guest's tar on

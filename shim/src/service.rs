@@ -456,10 +456,18 @@ impl Service {
             .ok_or("no cache folder for the container's disk: set NODEOS_VM_CACHE or HOME")?;
         fs::create_dir_all(&scratch).map_err(|e| format!("creating {}: {e}", scratch.display()))?;
         let role = Role::of(&bundle.spec);
-        let (vm, root, carried) = match &role {
+        // Checked before anything is packed or booted.
+        let protected = bundle.protected_paths().map_err(|e| e.to_string())?;
+        let (vm, root, mut carried) = match &role {
             Role::Member(pod) => self.join_pod(pod, &req.id, &bundle, &req.rootfs)?,
             Role::Alone | Role::Sandbox => boot_vm(req, &bundle, &scratch, role == Role::Sandbox)?,
         };
+        carried.protect(protected).map_err(|e| {
+            if role != Role::Alone && role != Role::Sandbox {
+                pod::remove(vm.sandbox().agent_socket(), &req.id);
+            }
+            vmm::error_chain::one_line(&e)
+        })?;
         let command = bundle::command(process, root.in_guest(), &carried.mounts)
             .map_err(|e| e.to_string())?;
         let stdio = Stdio {

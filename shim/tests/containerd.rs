@@ -328,6 +328,79 @@ fn exec_kill_and_delete_two_containers_at_once() {
     }
 }
 
+#[test]
+fn the_specs_capabilities_bound_its_processes() {
+    let Some(containerd) = containerd_if_root() else {
+        return;
+    };
+    let status = "grep -E '^(CapEff|CapBnd)' /proc/self/status | tr -s '\\t' ' '";
+    run_detached_forever(&containerd, "caps");
+    // Its user (uid 1000): containerd's default bounding set, nothing effective.
+    let out = containerd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "caps",
+        "sh",
+        "-c",
+        status,
+    ]);
+    assert_eq!(out, "CapEff: 0000000000000000\nCapBnd: 00000000a80425fb\n");
+    // Root in it: the default set, without CAP_SYS_TIME to set the clock with; the spec's
+    // read-only paths read-only (no sysrq), a device node it makes opens nothing (nodev).
+    let script = format!(
+        "{status}; date -s @0 >/dev/null 2>&1 || echo refused; \
+         echo s > /proc/sysrq-trigger 2>/dev/null || echo no sysrq; \
+         grep -c ' /proc/sys ro,' /proc/self/mountinfo; \
+         mknod /tmp/null c 1 3 && {{ echo x > /tmp/null 2>/dev/null && echo wrote || echo nodev; }}"
+    );
+    let out = containerd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e2",
+        "--user",
+        "0",
+        "caps",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(
+        out,
+        "CapEff: 00000000a80425fb\nCapBnd: 00000000a80425fb\nrefused\nno sysrq\n1\nnodev\n"
+    );
+    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "caps"]);
+    wait_for(
+        Duration::from_secs(60),
+        || containerd.ctr_ok(&["task", "ls"]),
+        || containerd.ctr_ok(&["task", "ls"]).contains("STOPPED"),
+    );
+    containerd.ctr_ok(&["task", "delete", "caps"]);
+    containerd.ctr_ok(&["container", "delete", "caps"]);
+    // Privileged: every capability containerd has itself (its bounding set is ours).
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = ours
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let out = containerd.run(
+        &["--rm", "--privileged"],
+        "privileged",
+        &["sh", "-c", status],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("CapEff: 0000000000000000\nCapBnd: {bounding}\n")
+    );
+    assert_nothing_left_of("caps");
+    assert_nothing_left_of("privileged");
+}
+
 /// The `ctr run` options that mark a container as containerd's CRI marks a pod's: its sandbox
 /// (`sandbox`) or one of its members (`container`), of the pod whose sandbox is `pod`.
 fn in_pod(kind: &str, pod: &str) -> Vec<String> {

@@ -7,14 +7,15 @@ use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
+use contract::caps::Capabilities;
 use contract::frame::{ErrorKind, Exec};
 use contract::mount::Mount;
 use contract::rlimit::Rlimit;
 use contract::status;
 
-use super::container;
 use super::handler::Config;
 use super::tty::Terminal;
+use super::{caps, container};
 use crate::error::errno_text;
 use crate::fdpass;
 use crate::init::user;
@@ -58,6 +59,7 @@ enum Stage {
     Exec = 2,
     Root = 3,
     Rlimit = 4,
+    Capabilities = 5,
 }
 
 /// Most bytes of the child's account of a failed container set-up that are read.
@@ -74,6 +76,11 @@ struct Prepared {
     rlimits: Vec<Rlimit>,
     /// Its file systems of its own (a container's), checked as they were decoded.
     mounts: Vec<Mount>,
+    /// Its capabilities (a container's, when its spec gives them), checked as they were
+    /// decoded.
+    capabilities: Option<Capabilities>,
+    /// No program it executes gains privileges.
+    no_new_privileges: bool,
 }
 
 /// The environment of the command: `base` with `extra`'s `NAME=VALUE` entries added or
@@ -158,6 +165,11 @@ fn prepare(exec: &Exec, cfg: &Config) -> Result<Prepared, Failure> {
         ids,
         rlimits,
         mounts,
+        capabilities: exec
+            .container
+            .as_ref()
+            .and_then(|c| c.capabilities.as_deref().copied()),
+        no_new_privileges: exec.container.as_ref().is_some_and(|c| c.no_new_privileges),
     })
 }
 
@@ -264,7 +276,7 @@ pub fn spawn(exec: &Exec, cfg: &Config) -> Result<Child, Failure> {
             ErrorKind::BadCwd,
             format!("chdir {}: {why}", prepared.cwd.to_string_lossy()),
         ),
-        s if s == Stage::Rlimit as u8 => Failure::new(
+        s if s == Stage::Rlimit as u8 || s == Stage::Capabilities as u8 => Failure::new(
             ErrorKind::ExecFailed,
             format!("setting {}: {why}", String::from_utf8_lossy(&detail)),
         ),
@@ -340,6 +352,16 @@ fn become_command(
             );
         }
     }
+    let caps_failed = |what: &str, e: std::io::Error| -> ! {
+        let errno = e.raw_os_error().unwrap_or(libc::EPERM);
+        fail_with(Stage::Capabilities, errno, what)
+    };
+    // As root still: the bounding set, and the permitted one kept across the switch of user.
+    if let Some(caps) = &prepared.capabilities {
+        if let Err(e) = caps::bound(caps) {
+            caps_failed("the bounding capabilities", e);
+        }
+    }
     let (uid, gid, groups) = &prepared.ids;
     // SAFETY: geteuid/getegid cannot fail.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -347,6 +369,16 @@ fn become_command(
         if let Err(e) = user::drop_privileges(*uid, *gid, groups) {
             let errno = e.errno().unwrap_or(libc::EPERM);
             fail(Stage::Setup, std::io::Error::from_raw_os_error(errno));
+        }
+    }
+    if let Some(caps) = &prepared.capabilities {
+        if let Err(e) = caps::set(caps) {
+            caps_failed("the capabilities", e);
+        }
+    }
+    if prepared.no_new_privileges {
+        if let Err(e) = caps::no_new_privileges() {
+            caps_failed("no new privileges", e);
         }
     }
     // SAFETY: cwd is a NUL-terminated path.

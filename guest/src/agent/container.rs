@@ -52,6 +52,15 @@ pub fn enter(root: &Path, mounts: &[Mount]) -> Result<()> {
         let view = Path::new(GUEST_ROOT_VIEW);
         make_dir(view)?;
         sys::mount(Some("/"), view, None, libc::MS_BIND, None)?;
+        // No device node a process makes there opens a device: those it has are in /dev.
+        let flags = flags_of(view)? | libc::MS_NODEV;
+        sys::mount(
+            None,
+            view,
+            None,
+            libc::MS_BIND | libc::MS_REMOUNT | flags,
+            None,
+        )?;
         view
     } else {
         // pivot_root wants a mount point.
@@ -87,11 +96,13 @@ pub fn enter(root: &Path, mounts: &[Mount]) -> Result<()> {
 /// A `tmpfs` on `root/dev` with the usual devices, the guest's terminals and a `/dev/shm`.
 fn populate_dev(root: &Path) -> Result<()> {
     let dev = root.join("dev");
+    // nodev: the devices below are binds of the guest's, each a mount of its own; a node the
+    // process makes here (CAP_MKNOD) opens nothing.
     mount_in(
         root,
         "dev",
         "tmpfs",
-        libc::MS_NOSUID | libc::MS_NOEXEC,
+        NOSUID_NODEV_NOEXEC,
         Some("mode=755,size=65536k"),
     )?;
     for name in DEVICES {
@@ -183,15 +194,105 @@ fn mount_own(root: &Path, mount: &Mount) -> Result<()> {
             let options = std::str::from_utf8(options)
                 .map_err(|_| Error::invalid("the tmpfs options", "are not UTF-8"))?;
             let target = place(root, &mount.destination, true)?;
+            // nodev always: the container's devices are those in its /dev.
             sys::mount(
                 Some("tmpfs"),
                 &fd_path(&target),
                 Some("tmpfs"),
-                flags,
+                flags | libc::MS_NODEV,
                 (!options.is_empty()).then_some(options),
             )
         }
+        MountKind::Mask => {
+            let Some(target) = existing(root, &mount.destination)? else {
+                return Ok(());
+            };
+            let target = fd_path(&target);
+            if target.is_dir() {
+                sys::mount(
+                    Some("tmpfs"),
+                    &target,
+                    Some("tmpfs"),
+                    libc::MS_RDONLY | NOSUID_NODEV_NOEXEC,
+                    Some("size=0"),
+                )
+            } else {
+                sys::mount(Some("/dev/null"), &target, None, libc::MS_BIND, None)
+            }
+        }
+        MountKind::ReadOnly => {
+            let Some(target) = existing(root, &mount.destination)? else {
+                return Ok(());
+            };
+            let path = fd_path(&target);
+            let text = utf8(&path)?.to_string();
+            sys::mount(Some(&text), &path, None, libc::MS_BIND | libc::MS_REC, None)?;
+            // The bind, now on top: remounted read-only with the flags it has.
+            let bound = existing(root, &mount.destination)?.ok_or_else(|| {
+                Error::invalid(String::from_utf8_lossy(&mount.destination), "went away")
+            })?;
+            let bound = fd_path(&bound);
+            let flags = flags_of(&bound)? | libc::MS_RDONLY;
+            sys::mount(
+                None,
+                &bound,
+                None,
+                libc::MS_BIND | libc::MS_REMOUNT | flags,
+                None,
+            )
+        }
     }
+}
+
+/// `destination` in `root`, as an `O_PATH` descriptor, when it exists there (symlinks on the
+/// way resolving inside `root`); nothing is made.
+fn existing(root: &Path, destination: &[u8]) -> Result<Option<OwnedFd>> {
+    let root_dir =
+        fs::File::open(root).map_err(|e| Error::sys(format!("open {}", root.display()), e))?;
+    let path: PathBuf = destination
+        .split(|&b| b == b'/')
+        .filter(|name| !name.is_empty())
+        .map(OsStr::from_bytes)
+        .collect();
+    let flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    match sys::openat2(root_dir.as_fd(), &path, flags, libc::RESOLVE_IN_ROOT) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(Error::sys(
+            format!(
+                "open the container's {}",
+                String::from_utf8_lossy(destination)
+            ),
+            e,
+        )),
+    }
+}
+
+/// The per-mount flags of the mount at `path` (as a remount must give them again, or clear
+/// them).
+fn flags_of(path: &Path) -> Result<libc::c_ulong> {
+    let text = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid(path.display().to_string(), "contains a NUL byte"))?;
+    // SAFETY: statvfs is plain integers, for which all zeroes is a value.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: text is NUL-terminated and `stat` is writable; both outlive the call.
+    cvt(unsafe { libc::statvfs(text.as_ptr(), &mut stat) })
+        .map_err(|e| Error::sys(format!("statvfs {}", path.display()), e))?;
+    let mut flags = 0;
+    for (st, ms) in [
+        (libc::ST_RDONLY, libc::MS_RDONLY),
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if stat.f_flag & st != 0 {
+            flags |= ms;
+        }
+    }
+    Ok(flags)
 }
 
 /// The path through which a descriptor's file is reached (and mounted on).

@@ -17,6 +17,7 @@
 //! process runs, its handler reports the kernel's OOM kills (oom.rs).
 
 mod activate;
+mod caps;
 mod command;
 mod container;
 mod export;

@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 
+use contract::caps::Capabilities;
 use contract::frame::{Container, WinSize};
 use contract::rlimit::{Rlimit, UNLIMITED};
 
@@ -708,8 +709,7 @@ fn a_container_process_sees_only_its_root_as_its_user_with_its_env() {
             uid: 4321,
             gid: 4322,
             groups: vec![4323],
-            rlimits: Vec::new(),
-            mounts: Vec::new(),
+            ..Container::default()
         }),
         ..Exec::default()
     });
@@ -813,6 +813,118 @@ fn a_containers_own_mounts_are_in_its_view_only() {
     assert!(!Path::new("/escape").exists() && !Path::new("/etc/data").exists());
 }
 
+/// The capability lines and `NoNewPrivs` of a container process of `uid` with `caps`.
+fn capabilities_in_container(uid: u32, caps: Capabilities) -> Vec<String> {
+    let script = "grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs):' /proc/self/status";
+    let (root, mut exec) = in_container(script, Vec::new());
+    let container = exec.container.as_mut().unwrap();
+    container.uid = uid;
+    container.capabilities = Some(Box::new(caps));
+    container.no_new_privileges = true;
+    let (out, err, last) = run(exec);
+    let _ = std::fs::remove_dir_all(&root);
+    assert_eq!(last, Reply::Exited(0), "{}", String::from_utf8_lossy(&err));
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn a_containers_capabilities_are_its_specs() {
+    if !can_unshare_mounts() {
+        eprintln!("skipped: mount namespaces need root");
+        return;
+    }
+    // CAP_KILL (5) and CAP_NET_BIND_SERVICE (10); inheritable beyond the bounding set is
+    // left out, as the kernel would refuse it.
+    let caps = Capabilities {
+        bounding: 1 << 5 | 1 << 10,
+        effective: 1 << 5 | 1 << 10,
+        permitted: 1 << 5 | 1 << 10,
+        inheritable: 1 << 10 | 1 << 21,
+        ambient: 0,
+    };
+    // Root: what the bounding set allows, and no more.
+    assert_eq!(
+        capabilities_in_container(0, caps),
+        [
+            "CapInh: 0000000000000400",
+            "CapPrm: 0000000000000420",
+            "CapEff: 0000000000000420",
+            "CapBnd: 0000000000000420",
+            "CapAmb: 0000000000000000",
+            "NoNewPrivs: 1"
+        ]
+    );
+    // Another user keeps across its exec only the ambient ones.
+    let ambient = Capabilities {
+        ambient: 1 << 10,
+        ..caps
+    };
+    assert_eq!(
+        capabilities_in_container(4321, ambient),
+        [
+            "CapInh: 0000000000000400",
+            "CapPrm: 0000000000000400",
+            "CapEff: 0000000000000400",
+            "CapBnd: 0000000000000420",
+            "CapAmb: 0000000000000400",
+            "NoNewPrivs: 1"
+        ]
+    );
+}
+
+#[test]
+fn a_containers_devices_are_its_devs_and_its_masked_paths_are_hidden() {
+    if !can_unshare_mounts() {
+        eprintln!("skipped: mount namespaces need root");
+        return;
+    }
+    use contract::mount::{Mount, MountKind};
+    let path = |destination: &str, kind| Mount {
+        destination: destination.into(),
+        kind,
+        ..Mount::default()
+    };
+    // Root, with every capability (CAP_MKNOD among them); paths this kernel lacks are
+    // passed over.
+    let script =
+        "mknod /dev/blk b 7 0 && { cat /dev/blk >/dev/null 2>&1 && echo read || echo refused; }; \
+        mknod /work/blk b 7 0 && { cat /work/blk >/dev/null 2>&1 && echo read || echo refused; }; \
+        wc -c < /proc/timer_list; ls -A /sys/firmware | wc -l; \
+        grep -c ' /proc/sys ro,' /proc/self/mountinfo";
+    let (root, mut exec) = in_container(script, Vec::new());
+    let container = exec.container.as_mut().unwrap();
+    container.uid = 0;
+    container.gid = 0;
+    container.mounts = vec![
+        path("/proc/timer_list", MountKind::Mask),
+        path("/sys/firmware", MountKind::Mask),
+        path("/proc/no-such-file", MountKind::Mask),
+        path("/proc/sys", MountKind::ReadOnly),
+        path("/proc/no-such-folder", MountKind::ReadOnly),
+        Mount {
+            destination: b"/work".to_vec(),
+            kind: MountKind::Tmpfs {
+                options: Vec::new(),
+            },
+            ..Mount::default()
+        },
+    ];
+    let (out, err, last) = run(exec);
+    let _ = std::fs::remove_dir_all(&root);
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(
+        last,
+        Reply::Exited(0),
+        "{out}{}",
+        String::from_utf8_lossy(&err)
+    );
+    assert_eq!(out, "refused\nrefused\n0\n0\n1\n");
+}
+
 #[test]
 fn a_missing_container_root_is_one_clear_error() {
     if !can_unshare_mounts() {
@@ -849,9 +961,8 @@ fn in_container(script: &str, rlimits: Vec<Rlimit>) -> (PathBuf, Exec) {
             root: root.as_os_str().as_bytes().to_vec(),
             uid: 4321,
             gid: 4321,
-            groups: Vec::new(),
             rlimits,
-            mounts: Vec::new(),
+            ..Container::default()
         }),
         ..Exec::default()
     };
