@@ -18,6 +18,7 @@ use crate::env::EnvVar;
 use crate::mount::{Mount, MountKind, MAX_MOUNTS};
 use crate::params::GuestParams;
 use crate::rlimit::{Rlimit, MAX_RLIMITS};
+use crate::seccomp::{Filter, MAX_INSTRUCTIONS};
 use crate::status;
 
 /// The protocol version both sides say in their `Hello`.
@@ -76,7 +77,8 @@ pub struct Exec {
     /// Kill the command's process group after this long.
     pub timeout_ms: Option<u64>,
     /// Run it as a container's process rather than as the guest's user (see [`Container`]).
-    pub container: Option<Container>,
+    /// (Boxed: the largest request as it is.)
+    pub container: Option<Box<Container>>,
     /// Run it on a terminal of this size: its stdin, stdout and stderr are the terminal, whose
     /// output comes as `Stdout` frames (no `Stderr`), and `Resize` changes its size.
     pub tty: Option<WinSize>,
@@ -99,12 +101,13 @@ pub struct Container {
     /// File systems of its own, mounted in this order after /dev (at most [`MAX_MOUNTS`],
     /// each [`Mount::check`]ed).
     pub mounts: Vec<Mount>,
-    /// Its capability sets ([`Capabilities::check`]ed); without, those of its uid. (Boxed: an
-    /// `Exec` is the largest request as it is.)
-    pub capabilities: Option<Box<Capabilities>>,
+    /// Its capability sets ([`Capabilities::check`]ed); without, those of its uid.
+    pub capabilities: Option<Capabilities>,
     /// `PR_SET_NO_NEW_PRIVS`: nothing it executes gains privileges (setuid bits, file
     /// capabilities).
     pub no_new_privileges: bool,
+    /// Its seccomp filter, installed last.
+    pub seccomp: Option<Filter>,
 }
 
 /// A terminal's size, in character cells.
@@ -364,6 +367,9 @@ impl Request {
                         }
                     });
                     out.put_bool(container.no_new_privileges);
+                    put_option(out, container.seccomp.as_ref(), |out, filter| {
+                        out.put_bytes(filter.as_bytes())
+                    });
                 });
                 put_option(&mut out, exec.tty.as_ref(), put_winsize);
                 kind::EXEC
@@ -423,7 +429,7 @@ impl Request {
                     cwd: option(d, "cwd", |d| Ok(d.bytes("cwd", MAX_PAYLOAD)?.to_vec()))?,
                     stdin: d.bool("stdin")?,
                     timeout_ms: option(d, "timeout_ms", |d| d.u64("timeout_ms"))?,
-                    container: option(d, "container", container)?,
+                    container: option(d, "container", container)?.map(Box::new),
                     tty: option(d, "tty", winsize)?,
                 }),
                 kind::STDIN => Request::Stdin(d.rest("stdin", MAX_CHUNK)?.to_vec()),
@@ -739,8 +745,15 @@ fn container(d: &mut Decoder<'_>) -> Result<Container, DecodeError> {
     // Each takes at least its destination's length, kind, source's length and flags.
     let count = d.count("mounts", MAX_MOUNTS, 4 + 1 + 4 + 1)?;
     let mounts = (0..count).map(|_| mount(d)).collect::<Result<_, _>>()?;
-    let capabilities = option(d, "capabilities", capabilities)?.map(Box::new);
+    let capabilities = option(d, "capabilities", capabilities)?;
     let no_new_privileges = d.bool("no_new_privileges")?;
+    let seccomp = option(d, "seccomp", |d| {
+        let bytes = d.bytes("seccomp", MAX_INSTRUCTIONS * 8)?;
+        Filter::from_bytes(bytes).ok_or_else(|| DecodeError::Invalid {
+            field: "seccomp",
+            why: "is not whole filter instructions".into(),
+        })
+    })?;
     Ok(Container {
         root,
         uid,
@@ -750,6 +763,7 @@ fn container(d: &mut Decoder<'_>) -> Result<Container, DecodeError> {
         mounts,
         capabilities,
         no_new_privileges,
+        seccomp,
     })
 }
 
@@ -911,7 +925,7 @@ mod tests {
                 cwd: Some(b"/tmp".to_vec()),
                 stdin: true,
                 timeout_ms: Some(u64::MAX),
-                container: Some(Container {
+                container: Some(Box::new(Container {
                     root: b"/run/container".to_vec(),
                     uid: 0,
                     gid: u32::MAX,
@@ -959,15 +973,21 @@ mod tests {
                             ..Mount::default()
                         },
                     ],
-                    capabilities: Some(Box::new(Capabilities {
+                    capabilities: Some(Capabilities {
                         bounding: crate::caps::ALL,
                         effective: 1 << 21,
                         permitted: 1 << 21 | 1,
                         inheritable: 0,
                         ambient: 1,
-                    })),
+                    }),
                     no_new_privileges: true,
-                }),
+                    seccomp: Filter::new(&[libc::sock_filter {
+                        code: 0x06,
+                        jt: 0,
+                        jf: 0,
+                        k: 0x7fff_0000,
+                    }]),
+                })),
                 tty: Some(WinSize {
                     rows: 24,
                     cols: u16::MAX,
@@ -1294,10 +1314,10 @@ mod tests {
     #[test]
     fn more_groups_than_the_kernel_takes_do_not_encode() {
         let exec = Request::Exec(Exec {
-            container: Some(Container {
+            container: Some(Box::new(Container {
                 groups: vec![1; MAX_GROUPS + 1],
                 ..Container::default()
-            }),
+            })),
             ..Exec::default()
         });
         assert!(matches!(
@@ -1329,7 +1349,7 @@ mod tests {
         ];
         for (container, most) in too_many {
             let exec = Request::Exec(Exec {
-                container: Some(container),
+                container: Some(Box::new(container)),
                 ..Exec::default()
             });
             assert!(matches!(
@@ -1362,7 +1382,7 @@ mod tests {
             cwd: Some(b"/".to_vec()),
             stdin: true,
             timeout_ms: Some(5),
-            container: Some(Container {
+            container: Some(Box::new(Container {
                 root: b"/r".to_vec(),
                 uid: 1,
                 gid: 2,
@@ -1381,15 +1401,16 @@ mod tests {
                     noexec: true,
                     ..Mount::default()
                 }],
-                capabilities: Some(Box::new(Capabilities {
+                capabilities: Some(Capabilities {
                     bounding: 0xa80425fb,
                     effective: 1,
                     permitted: 2,
                     inheritable: 3,
                     ambient: 4,
-                })),
+                }),
                 no_new_privileges: true,
-            }),
+                seccomp: None,
+            })),
             tty: Some(WinSize { rows: 24, cols: 80 }),
         });
         let payload = [
@@ -1414,6 +1435,7 @@ mod tests {
             &[3, 0, 0, 0, 0, 0, 0, 0],                // inheritable
             &[4, 0, 0, 0, 0, 0, 0, 0],                // ambient
             &[1],                                     // no new privileges
+            &[0],                                     // no seccomp filter
             &[1, 24, 0, 0, 0, 80, 0, 0, 0],           // tty
         ]
         .concat();

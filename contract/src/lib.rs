@@ -19,6 +19,7 @@
 //! - [`rlimit`]: a container's process's resource limits, which travel in its `Exec`.
 //! - [`mount`]: a container's own file systems (binds, `tmpfs`es), which travel there too.
 //! - [`caps`]: a container's process's capability sets, which travel there too.
+//! - [`seccomp`]: a container's process's seccomp filter, which travels there too.
 //! - [`tree`]: the stream a folder's tree travels in (`Export`, for `:rw` volumes): folders,
 //!   files as their data extents, symlinks, checked as it is decoded.
 //! - [`mux`]: the channel multiplexer, which offers the same hybrid-vsock interface at both
@@ -48,6 +49,7 @@ pub mod net;
 pub mod params;
 pub mod ports;
 pub mod rlimit;
+pub mod seccomp;
 pub mod sock;
 pub mod status;
 pub mod tree;

@@ -362,7 +362,7 @@ impl Session {
             cwd: command.cwd.clone(),
             stdin: command.stdin,
             timeout_ms: command.timeout.map(|t| t.as_millis() as u64),
-            container: command.container.clone(),
+            container: command.container.clone().map(Box::new),
             tty: command.tty,
         });
         let replies = connect(socket, &[exec], Some(ended), deadline)?;

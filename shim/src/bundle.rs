@@ -9,10 +9,13 @@ use contract::caps::{self, Capabilities};
 use contract::frame::{Container, WinSize};
 use contract::mount::{Mount as ContainerMount, MountKind};
 use contract::rlimit::{Rlimit, RlimitError};
+use contract::seccomp::Filter;
 use nix::mount::MsFlags;
 use oci_spec::runtime::{Process, Spec};
 use sandbox::agent::Command;
 use sandbox::{image_tree, volume};
+
+use crate::seccomp;
 use vmm::vm::{MAX_CPUS, MIN_MEMORY_MIB};
 
 /// Where the guest mounts the container's root file system when it has a disk of its own.
@@ -49,6 +52,8 @@ pub enum Error {
     BadRlimit(#[source] RlimitError),
     #[error("the container's process: its capabilities: {0} is not a capability of Linux")]
     UnknownCapability(String),
+    #[error("the spec's seccomp profile: {0}")]
+    Seccomp(#[from] seccomp::Error),
     #[error("the spec's masked or read-only path {path}: {source}")]
     BadPath {
         path: String,
@@ -173,6 +178,22 @@ impl Bundle {
         Some(quota.div_ceil(period).clamp(1, u64::from(MAX_CPUS)) as u8)
     }
 
+    /// The spec's `linux.seccomp` profile, compiled for the guest's kernel.
+    pub fn seccomp(&self) -> Result<Option<Filter>, Error> {
+        let Some(profile) = self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+        else {
+            return Ok(None);
+        };
+        if profile.flags().as_ref().is_some_and(|f| !f.is_empty()) {
+            log::info!("the spec's seccomp flags are left out: the guest's filter takes none");
+        }
+        Ok(Some(seccomp::compile(profile)?))
+    }
+
     /// The spec's `linux.maskedPaths` and `linux.readonlyPaths`, as the agent's mounts (after
     /// the container's own, as runc mounts them).
     pub fn protected_paths(&self) -> Result<Vec<ContainerMount>, Error> {
@@ -210,10 +231,15 @@ impl Bundle {
     }
 }
 
-/// The agent's command for an OCI process: its args, env, cwd, user and rlimits, in the
-/// container's root (`root`, in the guest) with its `mounts`, on a terminal when it asks for
-/// one.
-pub fn command(process: &Process, root: &str, mounts: &[ContainerMount]) -> Result<Command, Error> {
+/// The agent's command for an OCI process: its args, env, cwd, user, rlimits and capabilities,
+/// in the container's root (`root`, in the guest) with its `mounts` and `seccomp` filter, on a
+/// terminal when it asks for one.
+pub fn command(
+    process: &Process,
+    root: &str,
+    mounts: &[ContainerMount],
+    seccomp: Option<&Filter>,
+) -> Result<Command, Error> {
     let args = process.args().as_ref().filter(|a| !a.is_empty());
     let args = args.ok_or(Error::NoArgs)?;
     let cwd = process.cwd();
@@ -249,8 +275,9 @@ pub fn command(process: &Process, root: &str, mounts: &[ContainerMount]) -> Resu
             groups: user.additional_gids().clone().unwrap_or_default(),
             rlimits: rlimits(process)?,
             mounts: mounts.to_vec(),
-            capabilities: capabilities(process)?.map(Box::new),
+            capabilities: capabilities(process)?,
             no_new_privileges: process.no_new_privileges().unwrap_or(false),
+            seccomp: seccomp.cloned(),
         }),
         tty,
     })
@@ -463,7 +490,7 @@ mod tests {
         assert_eq!(bundle.memory_mib(), Some(301));
         assert_eq!(bundle.cpus(), Some(2));
         assert_eq!(bundle.root(), bundle.dir.join("rootfs"));
-        let command = command(bundle.process().unwrap(), GUEST_ROOT, &[]).unwrap();
+        let command = command(bundle.process().unwrap(), GUEST_ROOT, &[], None).unwrap();
         assert_eq!(command.argv, [&b"node"[..], b"-e", b"1"]);
         assert_eq!(command.env, [&b"PATH=/usr/bin"[..], b"A=b"]);
         assert_eq!(command.cwd.as_deref(), Some(&b"/app"[..]));
@@ -489,8 +516,8 @@ mod tests {
             ]
         );
         assert_eq!(
-            container.capabilities.as_deref(),
-            Some(&Capabilities {
+            container.capabilities,
+            Some(Capabilities {
                 bounding: 1 | 1 << 5 | 1 << 10,
                 effective: 1 << 5,
                 permitted: 1 << 5 | 1 << 10,
@@ -543,14 +570,14 @@ mod tests {
         assert_eq!(bundle.memory_mib(), Some(MIN_MEMORY_MIB));
         assert_eq!(bundle.cpus(), None);
         assert!(matches!(
-            command(bundle.process().unwrap(), "/", &[]),
+            command(bundle.process().unwrap(), "/", &[], None),
             Err(Error::NoArgs)
         ));
         let (_dir, bundle) = bundle_of(serde_json::json!({
             "ociVersion": "1.0.2",
             "process": {"args": ["sh"], "cwd": "relative", "user": {"uid": 0, "gid": 0}}
         }));
-        let err = command(bundle.process().unwrap(), "/", &[]).unwrap_err();
+        let err = command(bundle.process().unwrap(), "/", &[], None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "the container's process: its cwd relative is not an absolute path"
@@ -567,7 +594,7 @@ mod tests {
             "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
                         "rlimits": rlimits}
         }));
-        command(bundle.process().unwrap(), "/", &[])
+        command(bundle.process().unwrap(), "/", &[], None)
     }
 
     #[test]

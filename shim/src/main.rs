@@ -9,6 +9,7 @@ mod bundle;
 mod mounts;
 mod pod;
 mod process;
+mod seccomp;
 mod service;
 mod stats;
 mod vm;

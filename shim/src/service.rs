@@ -32,6 +32,7 @@ use containerd_shim::{
     Config, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult,
 };
 use contract::frame::WinSize;
+use contract::seccomp::Filter;
 use oci_spec::runtime::Process as OciProcess;
 use sandbox::agent::{OomKill, Session};
 use sandbox::booted::{self, Sandbox};
@@ -106,6 +107,8 @@ struct Container {
     scratch: PathBuf,
     /// It joined its pod's VM, where its files are its own.
     member: bool,
+    /// Its processes' seccomp filter (the spec's profile), the `exec`ed ones' too.
+    seccomp: Option<Filter>,
     init: Arc<Process>,
     execs: HashMap<String, Arc<Process>>,
 }
@@ -451,7 +454,8 @@ impl Service {
         let bundle = Bundle::read(Path::new(&req.bundle)).map_err(|e| e.to_string())?;
         let process = bundle.process().map_err(|e| e.to_string())?;
         // Checked before anything is mounted or packed.
-        bundle::command(process, "/", &[]).map_err(|e| e.to_string())?;
+        bundle::command(process, "/", &[], None).map_err(|e| e.to_string())?;
+        let seccomp = bundle.seccomp().map_err(|e| e.to_string())?;
         let scratch = scratch_dir(&self.namespace, &req.id)
             .ok_or("no cache folder for the container's disk: set NODEOS_VM_CACHE or HOME")?;
         fs::create_dir_all(&scratch).map_err(|e| format!("creating {}: {e}", scratch.display()))?;
@@ -468,7 +472,7 @@ impl Service {
             }
             vmm::error_chain::one_line(&e)
         })?;
-        let command = bundle::command(process, root.in_guest(), &carried.mounts)
+        let command = bundle::command(process, root.in_guest(), &carried.mounts, seccomp.as_ref())
             .map_err(|e| e.to_string())?;
         let stdio = Stdio {
             stdin: req.stdin.clone(),
@@ -483,6 +487,7 @@ impl Service {
             mounts: Arc::new(carried),
             scratch,
             member: matches!(role, Role::Member(_)),
+            seccomp,
             init: Process::new(command, stdio),
             execs: HashMap::new(),
         })
@@ -839,9 +844,13 @@ impl containerd_shim::Task for Service {
         })?;
         self.with(&req.id, |container| {
             container.refuse_if_paused("exec in the task")?;
-            let command =
-                bundle::command(&oci, container.root.in_guest(), &container.mounts.mounts)
-                    .map_err(|e| error(Code::INVALID_ARGUMENT, e.to_string()))?;
+            let command = bundle::command(
+                &oci,
+                container.root.in_guest(),
+                &container.mounts.mounts,
+                container.seccomp.as_ref(),
+            )
+            .map_err(|e| error(Code::INVALID_ARGUMENT, e.to_string()))?;
             if container.execs.contains_key(&req.exec_id) {
                 return Err(error(
                     Code::ALREADY_EXISTS,

@@ -401,6 +401,80 @@ fn the_specs_capabilities_bound_its_processes() {
     assert_nothing_left_of("privileged");
 }
 
+#[test]
+fn a_seccomp_profile_filters_the_containers_processes() {
+    let Some(containerd) = containerd_if_root() else {
+        return;
+    };
+    // containerd's default profile (an allow list): Node runs under it.
+    let out = containerd.run(
+        &["--rm", "--seccomp"],
+        "default-profile",
+        &["node", "-e", "console.log(6 * 7)"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "42\n");
+    // A profile of its own: making folders denied, for the task and what is exec'ed in it.
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("profile.json");
+    let json = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                      "errnoRet": libc::EACCES}]
+    });
+    std::fs::write(&profile, json.to_string()).unwrap();
+    let options = [
+        "-d",
+        "--seccomp",
+        "--seccomp-profile",
+        profile.to_str().unwrap(),
+    ];
+    let out = containerd.run(
+        &options,
+        "own-profile",
+        &["node", "-e", "setInterval(() => {}, 1000)"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = "mkdir /tmp/made 2>&1 || echo denied; touch /tmp/touched && echo touched";
+    let out = containerd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "own-profile",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(
+        out,
+        "mkdir: cannot create directory '/tmp/made': Permission denied\ndenied\ntouched\n"
+    );
+    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "own-profile"]);
+    wait_for(
+        Duration::from_secs(60),
+        || containerd.ctr_ok(&["task", "ls"]),
+        || containerd.ctr_ok(&["task", "ls"]).contains("STOPPED"),
+    );
+    containerd.ctr_ok(&["task", "delete", "own-profile"]);
+    containerd.ctr_ok(&["container", "delete", "own-profile"]);
+    // A profile the guest cannot take: one error, nothing left.
+    let notify = dir.path().join("notify.json");
+    std::fs::write(&notify, r#"{"defaultAction": "SCMP_ACT_NOTIFY"}"#).unwrap();
+    let options = [
+        "--rm",
+        "--seccomp",
+        "--seccomp-profile",
+        notify.to_str().unwrap(),
+    ];
+    let out = containerd.run(&options, "notify", &["node", "-e", "0"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("SCMP_ACT_NOTIFY"), "{}", stderr(&out));
+    for id in ["default-profile", "own-profile", "notify"] {
+        assert_nothing_left_of(id);
+    }
+}
+
 /// The `ctr run` options that mark a container as containerd's CRI marks a pod's: its sandbox
 /// (`sandbox`) or one of its members (`container`), of the pod whose sandbox is `pod`.
 fn in_pod(kind: &str, pod: &str) -> Vec<String> {

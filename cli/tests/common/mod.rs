@@ -38,6 +38,7 @@ macro_rules! run_case_tests {
             stdin_piped_in,
             timeout_kills_the_command,
             command_not_found,
+            out_of_memory_is_said,
             volume_is_visible_and_host_files_unchanged,
             read_only_and_read_write_volumes,
             rw_volume_copy_back_is_checked,

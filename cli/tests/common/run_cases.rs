@@ -93,6 +93,23 @@ pub const RUN_CASES: &[RunCase] = &[
         },
     },
     RunCase {
+        name: "out_of_memory_is_said",
+        // Buffers live outside V8's heap, whose own limit is never reached: each is filled, so
+        // that its pages are the guest's, until the guest's kernel has none left to give.
+        script: "$RUN -- node -e 'const kept = []; for (;;) kept.push(Buffer.alloc(16 << 20, 1))'; echo \"status $?\"",
+        stdin: "",
+        net: false,
+        root: false,
+        check: |o| {
+            let said = "nodeos-vm: the guest ran out of memory: its kernel killed process ";
+            if o.stdout == "status 137\n" && o.stderr.contains(said) && o.stderr.contains("--memory") {
+                Ok(())
+            } else {
+                Err(explain(o))
+            }
+        },
+    },
+    RunCase {
         name: "stdin_piped_in",
         script: "$RUN -i -- node -e 'let n = 0; process.stdin.on(\"data\", d => n += d.length).on(\"end\", () => console.log(n))'
                  printf 'one\\ntwo\\n' | $RUN -i -- node -e 'process.stdin.pipe(process.stdout)'

@@ -1,7 +1,8 @@
-//! A container's process's capabilities (contract::caps), set in its forked child as runc sets
-//! them: the bounding set dropped to the spec's and the permitted set kept across the switch
-//! of user ([`bound`], as root), then the effective, permitted and inheritable sets and the
-//! ambient capabilities ([`set`], as the container's user).
+//! A container's process's privileges, set in its forked child as runc sets them: its
+//! capabilities (contract::caps) — the bounding set dropped to the spec's and the permitted set
+//! kept across the switch of user ([`bound`], as root), then the effective, permitted and
+//! inheritable sets and the ambient capabilities ([`set`], as the container's user) — no new
+//! privileges, and its seccomp filter (contract::seccomp).
 
 use std::io;
 
@@ -100,4 +101,26 @@ pub fn set(caps: &Capabilities) -> io::Result<()> {
 /// No program the process executes gains privileges (`PR_SET_NO_NEW_PRIVS`).
 pub fn no_new_privileges() -> io::Result<()> {
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1)
+}
+
+/// Installs the seccomp `filter` on the calling thread (the process's only one): after
+/// [`no_new_privileges`], or while it is still root (installing one takes either).
+pub fn install_filter(filter: &[libc::sock_filter]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: seccomp reads `prog` and the instructions it points to, which outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

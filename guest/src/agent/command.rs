@@ -59,7 +59,7 @@ enum Stage {
     Exec = 2,
     Root = 3,
     Rlimit = 4,
-    Capabilities = 5,
+    Privileges = 5,
 }
 
 /// Most bytes of the child's account of a failed container set-up that are read.
@@ -81,6 +81,8 @@ struct Prepared {
     capabilities: Option<Capabilities>,
     /// No program it executes gains privileges.
     no_new_privileges: bool,
+    /// Its seccomp filter's instructions (a container's, when its spec has a profile).
+    seccomp: Option<Vec<libc::sock_filter>>,
 }
 
 /// The environment of the command: `base` with `extra`'s `NAME=VALUE` entries added or
@@ -165,11 +167,13 @@ fn prepare(exec: &Exec, cfg: &Config) -> Result<Prepared, Failure> {
         ids,
         rlimits,
         mounts,
-        capabilities: exec
+        capabilities: exec.container.as_ref().and_then(|c| c.capabilities),
+        no_new_privileges: exec.container.as_ref().is_some_and(|c| c.no_new_privileges),
+        seccomp: exec
             .container
             .as_ref()
-            .and_then(|c| c.capabilities.as_deref().copied()),
-        no_new_privileges: exec.container.as_ref().is_some_and(|c| c.no_new_privileges),
+            .and_then(|c| c.seccomp.as_ref())
+            .map(|f| f.instructions()),
     })
 }
 
@@ -276,7 +280,7 @@ pub fn spawn(exec: &Exec, cfg: &Config) -> Result<Child, Failure> {
             ErrorKind::BadCwd,
             format!("chdir {}: {why}", prepared.cwd.to_string_lossy()),
         ),
-        s if s == Stage::Rlimit as u8 || s == Stage::Capabilities as u8 => Failure::new(
+        s if s == Stage::Rlimit as u8 || s == Stage::Privileges as u8 => Failure::new(
             ErrorKind::ExecFailed,
             format!("setting {}: {why}", String::from_utf8_lossy(&detail)),
         ),
@@ -354,8 +358,17 @@ fn become_command(
     }
     let caps_failed = |what: &str, e: std::io::Error| -> ! {
         let errno = e.raw_os_error().unwrap_or(libc::EPERM);
-        fail_with(Stage::Capabilities, errno, what)
+        fail_with(Stage::Privileges, errno, what)
     };
+    let filter = |filter: &[libc::sock_filter]| {
+        if let Err(e) = caps::install_filter(filter) {
+            caps_failed("the seccomp filter", e);
+        }
+    };
+    // Without no new privileges, installing a filter takes CAP_SYS_ADMIN: while still root.
+    if let (false, Some(program)) = (prepared.no_new_privileges, &prepared.seccomp) {
+        filter(program);
+    }
     // As root still: the bounding set, and the permitted one kept across the switch of user.
     if let Some(caps) = &prepared.capabilities {
         if let Err(e) = caps::bound(caps) {
@@ -379,6 +392,9 @@ fn become_command(
     if prepared.no_new_privileges {
         if let Err(e) = caps::no_new_privileges() {
             caps_failed("no new privileges", e);
+        }
+        if let Some(program) = &prepared.seccomp {
+            filter(program);
         }
     }
     // SAFETY: cwd is a NUL-terminated path.

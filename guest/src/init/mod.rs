@@ -9,6 +9,7 @@
 //! the kernel).
 
 pub mod console;
+pub mod memory;
 pub mod mounts;
 pub mod network;
 pub mod user;
@@ -53,6 +54,7 @@ pub fn main() -> ! {
 
 fn boot() -> Result<std::convert::Infallible> {
     mounts::mount_early()?;
+    memory::keep_working_set()?;
     console::ensure_stdio();
     console::quiet_kernel();
     let text = std::fs::read_to_string("/proc/cmdline").context(|| "read /proc/cmdline".into())?;

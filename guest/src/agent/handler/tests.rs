@@ -704,13 +704,13 @@ fn a_container_process_sees_only_its_root_as_its_user_with_its_env() {
         argv: argv(&["sh", "-c", script]),
         env: vec![b"PATH=/bin".to_vec(), b"ONLY=this".to_vec()],
         cwd: Some(b"/work".to_vec()),
-        container: Some(Container {
+        container: Some(Box::new(Container {
             root: root.as_os_str().as_bytes().to_vec(),
             uid: 4321,
             gid: 4322,
             groups: vec![4323],
             ..Container::default()
-        }),
+        })),
         ..Exec::default()
     });
     let out = String::from_utf8(out).unwrap();
@@ -777,13 +777,13 @@ fn a_containers_own_mounts_are_in_its_view_only() {
     let (out, err, last) = run(Exec {
         argv: argv(&["sh", "-c", script]),
         env: vec![b"PATH=/bin".to_vec()],
-        container: Some(Container {
+        container: Some(Box::new(Container {
             root: root.as_os_str().as_bytes().to_vec(),
             uid: 4321,
             gid: 4321,
             mounts,
             ..Container::default()
-        }),
+        })),
         ..Exec::default()
     });
     let out = String::from_utf8(out).unwrap();
@@ -819,7 +819,7 @@ fn capabilities_in_container(uid: u32, caps: Capabilities) -> Vec<String> {
     let (root, mut exec) = in_container(script, Vec::new());
     let container = exec.container.as_mut().unwrap();
     container.uid = uid;
-    container.capabilities = Some(Box::new(caps));
+    container.capabilities = Some(caps);
     container.no_new_privileges = true;
     let (out, err, last) = run(exec);
     let _ = std::fs::remove_dir_all(&root);
@@ -925,6 +925,55 @@ fn a_containers_devices_are_its_devs_and_its_masked_paths_are_hidden() {
     assert_eq!(out, "refused\nrefused\n0\n0\n1\n");
 }
 
+/// A seccomp filter that fails mkdir(2) and mkdirat(2) with EACCES and allows the rest.
+fn no_mkdir() -> contract::seccomp::Filter {
+    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let ret_errno = 0x0005_0000 | libc::EACCES as u32;
+    contract::seccomp::Filter::new(&[
+        insn(0x20, 0, 0, 0),
+        insn(0x15, 2, 0, libc::SYS_mkdir as u32),
+        insn(0x15, 1, 0, libc::SYS_mkdirat as u32),
+        insn(0x06, 0, 0, 0x7fff_0000),
+        insn(0x06, 0, 0, ret_errno),
+    ])
+    .unwrap()
+}
+
+#[test]
+fn a_containers_seccomp_filter_is_installed_with_or_without_new_privileges() {
+    if !can_unshare_mounts() {
+        eprintln!("skipped: mount namespaces need root");
+        return;
+    }
+    // A folder anyone may make folders in: what fails is the filter's.
+    let scratch = contract::mount::Mount {
+        destination: b"/scratch".to_vec(),
+        kind: contract::mount::MountKind::Tmpfs {
+            options: b"mode=1777".to_vec(),
+        },
+        ..contract::mount::Mount::default()
+    };
+    let script = "mkdir /scratch/made 2>/dev/null || echo denied; \
+        grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\t' ' '";
+    for (uid, no_new_privileges) in [(4321, true), (0, false)] {
+        let (root, mut exec) = in_container(script, Vec::new());
+        let container = exec.container.as_mut().unwrap();
+        container.uid = uid;
+        container.no_new_privileges = no_new_privileges;
+        container.seccomp = Some(no_mkdir());
+        container.mounts = vec![scratch.clone()];
+        let (out, err, last) = run(exec);
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(last, Reply::Exited(0), "{}", String::from_utf8_lossy(&err));
+        let nnp = u8::from(no_new_privileges);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("denied\nNoNewPrivs: {nnp}\nSeccomp: 2\n"),
+            "uid {uid}"
+        );
+    }
+}
+
 #[test]
 fn a_missing_container_root_is_one_clear_error() {
     if !can_unshare_mounts() {
@@ -933,10 +982,10 @@ fn a_missing_container_root_is_one_clear_error() {
     }
     let (_, _, last) = run(Exec {
         argv: argv(&["sh"]),
-        container: Some(Container {
+        container: Some(Box::new(Container {
             root: b"/nonexistent-container-root".to_vec(),
             ..Container::default()
-        }),
+        })),
         ..Exec::default()
     });
     assert_eq!(
@@ -957,13 +1006,13 @@ fn in_container(script: &str, rlimits: Vec<Rlimit>) -> (PathBuf, Exec) {
     let exec = Exec {
         argv: argv(&["sh", "-c", script]),
         env: vec![b"PATH=/bin".to_vec()],
-        container: Some(Container {
+        container: Some(Box::new(Container {
             root: root.as_os_str().as_bytes().to_vec(),
             uid: 4321,
             gid: 4321,
             rlimits,
             ..Container::default()
-        }),
+        })),
         ..Exec::default()
     };
     (root, exec)
