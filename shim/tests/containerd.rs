@@ -75,6 +75,25 @@ fn run_detached_forever(containerd: &Containerd, id: &str) {
     containerd.ctr_ok(&args);
 }
 
+/// Kills the task of the container `id` (SIGKILL), waits until it has stopped, and deletes
+/// the task and the container.
+fn kill_and_delete(containerd: &Containerd, id: &str) {
+    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", id]);
+    let stopped = || {
+        let tasks = containerd.ctr_ok(&["task", "ls"]);
+        tasks
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(id) && l.contains("STOPPED"))
+    };
+    wait_for(
+        Duration::from_secs(60),
+        || containerd.ctr_ok(&["task", "ls"]),
+        stopped,
+    );
+    containerd.ctr_ok(&["task", "delete", id]);
+    containerd.ctr_ok(&["container", "delete", id]);
+}
+
 /// Waits until `done` holds, `limit` at most; `what` says what failed.
 fn wait_for(limit: Duration, what: impl Fn() -> String, done: impl Fn() -> bool) {
     let until = Instant::now() + limit;
@@ -371,14 +390,7 @@ fn the_specs_capabilities_bound_its_processes() {
         out,
         "CapEff: 00000000a80425fb\nCapBnd: 00000000a80425fb\nrefused\nno sysrq\n1\nnodev\n"
     );
-    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "caps"]);
-    wait_for(
-        Duration::from_secs(60),
-        || containerd.ctr_ok(&["task", "ls"]),
-        || containerd.ctr_ok(&["task", "ls"]).contains("STOPPED"),
-    );
-    containerd.ctr_ok(&["task", "delete", "caps"]);
-    containerd.ctr_ok(&["container", "delete", "caps"]);
+    kill_and_delete(&containerd, "caps");
     // Privileged: every capability containerd has itself (its bounding set is ours).
     let ours = std::fs::read_to_string("/proc/self/status").unwrap();
     let bounding = ours
@@ -450,14 +462,7 @@ fn a_seccomp_profile_filters_the_containers_processes() {
         out,
         "mkdir: cannot create directory '/tmp/made': Permission denied\ndenied\ntouched\n"
     );
-    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "own-profile"]);
-    wait_for(
-        Duration::from_secs(60),
-        || containerd.ctr_ok(&["task", "ls"]),
-        || containerd.ctr_ok(&["task", "ls"]).contains("STOPPED"),
-    );
-    containerd.ctr_ok(&["task", "delete", "own-profile"]);
-    containerd.ctr_ok(&["container", "delete", "own-profile"]);
+    kill_and_delete(&containerd, "own-profile");
     // A profile the guest cannot take: one error, nothing left.
     let notify = dir.path().join("notify.json");
     std::fs::write(&notify, r#"{"defaultAction": "SCMP_ACT_NOTIFY"}"#).unwrap();
@@ -626,19 +631,7 @@ fn a_pods_containers_share_its_microvm_each_in_a_root_of_its_own() {
     // The sandbox goes first, as Kubernetes may stop it: the pod's VM lives on with its
     // member, and goes with the last of them.
     for id in ["pod1", "web"] {
-        containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", id]);
-        wait_for(
-            Duration::from_secs(60),
-            || containerd.ctr_ok(&["task", "ls"]),
-            || {
-                let tasks = containerd.ctr_ok(&["task", "ls"]);
-                tasks
-                    .lines()
-                    .any(|l| l.starts_with(id) && l.contains("STOPPED"))
-            },
-        );
-        containerd.ctr_ok(&["task", "delete", id]);
-        containerd.ctr_ok(&["container", "delete", id]);
+        kill_and_delete(&containerd, id);
         if id == "pod1" {
             assert_eq!(
                 boot_id_in(&containerd, "web", "b3"),
