@@ -741,7 +741,6 @@ fn a_containers_own_mounts_are_in_its_view_only() {
     }
     use contract::mount::{Mount, MountKind};
     use std::os::unix::fs::PermissionsExt;
-    let root = container_root();
     let shared = temp_file(b"");
     std::fs::remove_file(&shared).unwrap();
     std::fs::create_dir(&shared).unwrap();
@@ -774,18 +773,9 @@ fn a_containers_own_mounts_are_in_its_view_only() {
     ];
     let script = "cat /etc/data/f; echo no > /etc/data/g || echo refused; cat /work/deep/file; \
         echo yes > /scratch/z && cat /scratch/z; grep ' /scratch ' /proc/mounts";
-    let (out, err, last) = run(Exec {
-        argv: argv(&["sh", "-c", script]),
-        env: vec![b"PATH=/bin".to_vec()],
-        container: Some(Box::new(Container {
-            root: root.as_os_str().as_bytes().to_vec(),
-            uid: 4321,
-            gid: 4321,
-            mounts,
-            ..Container::default()
-        })),
-        ..Exec::default()
-    });
+    let (root, mut exec) = in_container(script, Vec::new());
+    exec.container.as_mut().unwrap().mounts = mounts;
+    let (out, err, last) = run(exec);
     let out = String::from_utf8(out).unwrap();
     let err = String::from_utf8_lossy(&err).into_owned();
     let made = (
