@@ -11,7 +11,6 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::SystemTime;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -142,7 +141,7 @@ impl Users {
                     Some(size) => size,
                     None => default_size(),
                 };
-                create(&disk, size)?;
+                volume::create_empty(&disk, size, "nodeos-user")?;
             }
             Err(e) => return Err(io_err("reading", &disk)(e)),
         }
@@ -239,25 +238,6 @@ fn lock(name: &str, dir: &Path) -> Result<Flock<File>, Error> {
             io_err("locking", &path)(errno.into())
         }
     })
-}
-
-/// A fresh ext4 file system with a journal (so a VM killed mid-write comes back consistent).
-fn create(disk: &Path, size_bytes: u64) -> Result<(), Error> {
-    let part = disk.with_extension("ext4.part");
-    let file = File::create(&part).map_err(io_err("creating", &part))?;
-    file.set_len(size_bytes).map_err(io_err("sizing", &part))?;
-    drop(file);
-    let mut mke2fs = Command::new("mke2fs");
-    mke2fs
-        .args(["-q", "-F", "-t", "ext4", "-m", "0", "-L", "nodeos-user"])
-        // The file is new and sparse, so its unwritten blocks already read as zeros.
-        .args([
-            "-E",
-            "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",
-        ])
-        .arg(&part);
-    volume::run_tool(mke2fs, format!("creating {} (mke2fs)", disk.display()))?;
-    fs::rename(&part, disk).map_err(io_err("renaming", &part))
 }
 
 /// e2fsck and resize2fs, as they run on a user's disk: in a jail of their own (vmm::tool; the
@@ -577,7 +557,7 @@ printf 'uid %s gid %s passwd %s data %s.' "$(id -u)" "$(id -g)" $passwd $data |
             "lent to the tools' jail and given back"
         );
         assert_eq!(fs::metadata(grown.path()).unwrap().len(), 96 << 20);
-        let dumpe2fs = Command::new("dumpe2fs")
+        let dumpe2fs = std::process::Command::new("dumpe2fs")
             .arg("-h")
             .arg(grown.path())
             .output()

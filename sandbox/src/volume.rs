@@ -423,6 +423,31 @@ pub fn pack_as_is(tree: &Path, image: &Path, headroom: u64) -> Result<Budget, Er
     copy_back_budget(image, inodes)
 }
 
+/// Makes a fresh, empty ext4 file system of `size_bytes` (sparse) at `disk`, labelled
+/// `label`, with a journal (so a VM killed mid-write comes back consistent); the file appears
+/// at `disk` only once it is whole.
+pub fn create_empty(disk: &Path, size_bytes: u64, label: &str) -> Result<(), Error> {
+    let part = disk.with_extension("ext4.part");
+    let io_err = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { what, path, source }
+    };
+    let file = fs::File::create(&part).map_err(io_err("creating", &part))?;
+    file.set_len(size_bytes).map_err(io_err("sizing", &part))?;
+    drop(file);
+    let mut mke2fs = Command::new("mke2fs");
+    mke2fs
+        .args(["-q", "-F", "-t", "ext4", "-m", "0", "-L", label])
+        // The file is new and sparse, so its unwritten blocks already read as zeros.
+        .args([
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",
+        ])
+        .arg(&part);
+    run_tool(mke2fs, format!("creating {} (mke2fs)", disk.display()))?;
+    fs::rename(&part, disk).map_err(io_err("renaming", &part))
+}
+
 /// Makes the image's top folder the host folder's: mke2fs leaves its own `lost+found`
 /// there (unless the host folder has one, whose files it holds then) and gives the top
 /// folder its own mode and time, where everything below has the host's. Done with

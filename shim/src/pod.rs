@@ -12,7 +12,6 @@
 //! root, mounts, user and processes.
 
 use std::collections::HashSet;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -53,13 +52,6 @@ pub enum Error {
     Unpack(#[from] TarInError),
     #[error("making the pod's disk")]
     Disk(#[from] volume::Error),
-    #[error("making the pod's disk: {what} {}", .path.display())]
-    Io {
-        what: &'static str,
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// What a container is to its pod.
@@ -96,16 +88,7 @@ impl Role {
 
 /// Makes the pod's disk, an empty ext4 image, at `disk`.
 pub fn make_disk(disk: &Path) -> Result<(), Error> {
-    let empty = disk.with_extension("empty");
-    let io = |what, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { what, path, source }
-    };
-    fs::create_dir(&empty).map_err(io("creating", &empty))?;
-    let made = volume::pack_as_is(&empty, disk, POD_BYTES);
-    fs::remove_dir(&empty).map_err(io("removing", &empty))?;
-    made?;
-    Ok(())
+    Ok(volume::create_empty(disk, POD_BYTES, "nodeos-pod")?)
 }
 
 /// The folder of the member `id`'s root file system in its pod's VM.

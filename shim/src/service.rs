@@ -466,14 +466,20 @@ impl Service {
             Role::Member(pod) => self.join_pod(pod, &req.id, &bundle, &req.rootfs)?,
             Role::Alone | Role::Sandbox => boot_vm(req, &bundle, &scratch, role == Role::Sandbox)?,
         };
-        carried.protect(protected).map_err(|e| {
-            if role != Role::Alone && role != Role::Sandbox {
-                pod::remove(vm.sandbox().agent_socket(), &req.id);
-            }
-            vmm::error_chain::one_line(&e)
-        })?;
-        let command = bundle::command(process, root.in_guest(), &carried.mounts, seccomp.as_ref())
-            .map_err(|e| e.to_string())?;
+        let member = matches!(role, Role::Member(_));
+        let command = carried
+            .protect(protected)
+            .map_err(|e| vmm::error_chain::one_line(&e))
+            .and_then(|()| {
+                bundle::command(process, root.in_guest(), &carried.mounts, seccomp.as_ref())
+                    .map_err(|e| e.to_string())
+            })
+            .inspect_err(|_| {
+                // What it put in its pod's VM goes with it (its own VM goes as it drops).
+                if member {
+                    pod::remove(vm.sandbox().agent_socket(), &req.id);
+                }
+            })?;
         let stdio = Stdio {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -486,7 +492,7 @@ impl Service {
             root,
             mounts: Arc::new(carried),
             scratch,
-            member: matches!(role, Role::Member(_)),
+            member,
             seccomp,
             init: Process::new(command, stdio),
             execs: HashMap::new(),
@@ -1050,7 +1056,7 @@ impl containerd_shim::Task for Service {
         // containerd asks once a container is deleted; a container still here (the pod's
         // others) keeps the shim.
         let left = self.containers.lock().unwrap().len();
-        log::info!("shutdown asked for {}: {left} containers left", req.id);
+        log::debug!("shutdown asked for {}: {left} containers left", req.id);
         if left == 0 {
             self.exit.signal();
         }
