@@ -35,6 +35,19 @@ const DOTTING_GUEST: &[u8] = &[
     0xeb, 0xfb, // jmp loop
 ];
 
+/// The kernel of a tiny guest running `code` and an empty root disk, for a test VM; `None` (the
+/// test is skipped, and says so) where /dev/kvm cannot run it.
+fn tiny_guest(code: &[u8]) -> Option<(tempfile::NamedTempFile, tempfile::NamedTempFile)> {
+    if !kvm_usable() {
+        println!("skipped: /dev/kvm is not usable here");
+        return None;
+    }
+    Some((
+        file_with(&tiny_elf(code, LOAD_ADDR, true)),
+        file_with(&[0; 4096]),
+    ))
+}
+
 /// Not a test of its own: the VMM process, when this binary is started as one (in a child
 /// with one thread, as `nodeos-vmm` has when it enters its jail).
 #[test]
@@ -94,12 +107,9 @@ fn boot(program: &VmmProgram, spec: &VmSpec, stop: &StopSignal, jail: Option<Jai
 
 #[test]
 fn a_guest_runs_in_a_vmm_process_jailed_or_not() {
-    if !kvm_usable() {
-        println!("skipped: /dev/kvm is not usable here");
+    let Some((kernel, rootfs)) = tiny_guest(GUEST) else {
         return;
-    }
-    let kernel = file_with(&tiny_elf(GUEST, LOAD_ADDR, true));
-    let rootfs = file_with(&[0; 4096]);
+    };
     let spec = spec(kernel.path(), rootfs.path());
     for jail in unjailed_and_jailed() {
         let o = boot(
@@ -122,12 +132,9 @@ fn a_guest_runs_in_a_vmm_process_jailed_or_not() {
 /// with the one line that says so.
 #[test]
 fn a_guest_saved_in_a_vmm_process_goes_on_in_others() {
-    if !kvm_usable() {
-        println!("skipped: /dev/kvm is not usable here");
+    let Some((kernel, rootfs)) = tiny_guest(GUEST) else {
         return;
-    }
-    let kernel = file_with(&tiny_elf(GUEST, LOAD_ADDR, true));
-    let rootfs = file_with(&[0; 4096]);
+    };
     let dir = tempfile::tempdir().unwrap();
     let jails = unjailed_and_jailed();
     for saved_in in &jails {
@@ -186,12 +193,9 @@ fn a_guest_saved_in_a_vmm_process_goes_on_in_others() {
 
 #[test]
 fn the_stop_signal_reaches_the_vmm_process() {
-    if !kvm_usable() {
-        println!("skipped: /dev/kvm is not usable here");
+    let Some((kernel, rootfs)) = tiny_guest(SPINNING_GUEST) else {
         return;
-    }
-    let kernel = file_with(&tiny_elf(SPINNING_GUEST, LOAD_ADDR, true));
-    let rootfs = file_with(&[0; 4096]);
+    };
     let stop = StopSignal::new().unwrap();
     let s = stop.clone();
     thread::spawn(move || {
@@ -211,11 +215,9 @@ fn the_stop_signal_reaches_the_vmm_process() {
 /// its jail, an unjailed one opens it as a device), and the error with its causes.
 #[test]
 fn a_vmm_error_is_the_error() {
-    if !kvm_usable() {
-        println!("skipped: /dev/kvm is not usable here");
+    let Some((kernel, _rootfs)) = tiny_guest(GUEST) else {
         return;
-    }
-    let kernel = file_with(&tiny_elf(GUEST, LOAD_ADDR, true));
+    };
     let spec = spec(kernel.path(), Path::new("/nonexistent/rootfs.img"));
     let mut cases = vec![(None, FailureKind::Disk)];
     cases.extend(jail().map(|jail| (Some(jail), FailureKind::Jail)));
@@ -260,12 +262,9 @@ fn a_vmm_that_dies_is_an_error_with_its_last_words() {
 /// runs (the VMM accepts on the descriptor it was given), removed once it has ended.
 #[test]
 fn the_agent_socket_is_the_parents() {
-    if !kvm_usable() {
-        println!("skipped: /dev/kvm is not usable here");
+    let Some((kernel, rootfs)) = tiny_guest(SPINNING_GUEST) else {
         return;
-    }
-    let kernel = file_with(&tiny_elf(SPINNING_GUEST, LOAD_ADDR, true));
-    let rootfs = file_with(&[0; 4096]);
+    };
     let sockets = tempfile::tempdir().unwrap();
     let socket = sockets.path().join("agent.sock");
     let mut spec = spec(kernel.path(), rootfs.path());
@@ -297,12 +296,9 @@ fn the_agent_socket_is_the_parents() {
 /// grows past any disk's size; the jail's file-size limit must not kill the VMM for it.
 #[test]
 fn a_console_written_to_a_file_is_not_cut_short() {
-    if !kvm_usable() {
-        println!("skipped: /dev/kvm is not usable here");
+    let Some((kernel, rootfs)) = tiny_guest(GUEST) else {
         return;
-    }
-    let kernel = file_with(&tiny_elf(GUEST, LOAD_ADDR, true));
-    let rootfs = file_with(&[0; 4096]);
+    };
     let log = tempfile::NamedTempFile::new().unwrap();
     let (input, _input_write) = nix::unistd::pipe().unwrap();
     let console = ConsoleIo {
@@ -333,12 +329,9 @@ fn a_vmm_process_pauses_and_resumes_on_its_owners_requests() {
     use crate::vm::{pause_link, PauseError};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    if !kvm_usable() {
-        println!("skipped: /dev/kvm is not usable here");
+    let Some((kernel, rootfs)) = tiny_guest(DOTTING_GUEST) else {
         return;
-    }
-    let kernel = file_with(&tiny_elf(DOTTING_GUEST, LOAD_ADDR, true));
-    let rootfs = file_with(&[0; 4096]);
+    };
     for jail in unjailed_and_jailed() {
         let spec = spec(kernel.path(), rootfs.path());
         let (output_read, output) = nix::unistd::pipe().unwrap();
