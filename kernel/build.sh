@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Build the nodeos-vm guest kernel: an ELF vmlinux with a PVH entry point, from
-# Debian's linux-source-6.1 package and kernel/config.fragment.
+# Build the nodeos-vm guest kernel from Debian's linux-source-6.1 package,
+# kernel/config.fragment and kernel/config-ARCH.fragment: for x86_64 an ELF vmlinux with a
+# PVH entry point, for arm64 an Image (cross-built with gcc-aarch64-linux-gnu).
 #
-# usage: kernel/build.sh OUT_DIR
-#   writes OUT_DIR/vmlinux and OUT_DIR/config (the final .config)
+# usage: kernel/build.sh OUT_DIR [x86_64|arm64]
+#   writes OUT_DIR/vmlinux (x86_64, the default) or OUT_DIR/Image (arm64), and OUT_DIR/config
+#   (the final .config)
 #
 # environment:
 #   WORK_DIR=dir   scratch dir (default: a fresh mktemp -d). If it already holds
@@ -19,16 +21,27 @@ set -euo pipefail
 die() { echo "kernel/build.sh: error: $*" >&2; exit 1; }
 phase() { echo "==> $*"; }
 
-[[ $# -eq 1 ]] || die "usage: kernel/build.sh OUT_DIR"
+[[ $# -eq 1 || $# -eq 2 ]] || die "usage: kernel/build.sh OUT_DIR [x86_64|arm64]"
+ARCH=${2:-x86_64}
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-FRAGMENT=$SCRIPT_DIR/config.fragment
+FRAGMENTS=("$SCRIPT_DIR/config.fragment" "$SCRIPT_DIR/config-$ARCH.fragment")
 TARBALL=${LINUX_TARBALL:-/usr/src/linux-source-6.1.tar.xz}
 SRC_NAME=linux-source-6.1
 JOBS=${JOBS:-$(nproc)}
-KMAKE=(make ARCH=x86_64 KBUILD_BUILD_USER=nodeos KBUILD_BUILD_HOST=nodeos-vm)
+# ARCH=x86_64, not x86: with ARCH=x86 (the default on an x86_64 host) tinyconfig, being an
+# allnoconfig, would answer "no" to 64BIT and give a 32-bit kernel.
+case $ARCH in
+    x86_64) TARGET=vmlinux BUILT=vmlinux CROSS=() CROSS_GCC=gcc:gcc ;;
+    arm64)
+        TARGET=Image BUILT=arch/arm64/boot/Image CROSS=(CROSS_COMPILE=aarch64-linux-gnu-)
+        CROSS_GCC=aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu
+        ;;
+    *) die "unknown architecture $ARCH: x86_64 or arm64" ;;
+esac
+KMAKE=(make ARCH="$ARCH" "${CROSS[@]}" KBUILD_BUILD_USER=nodeos KBUILD_BUILD_HOST=nodeos-vm)
 
-[[ -f $FRAGMENT ]] || die "missing $FRAGMENT"
+for fragment in "${FRAGMENTS[@]}"; do [[ -f $fragment ]] || die "missing $fragment"; done
 mkdir -p "$1" || die "cannot create output dir $1"
 OUT_DIR=$(cd "$1" && pwd)
 
@@ -36,7 +49,7 @@ OUT_DIR=$(cd "$1" && pwd)
 phase "checking build dependencies"
 missing=()
 [[ -n ${LINUX_TARBALL:-} || -f $TARBALL ]] || missing+=(linux-source-6.1)
-for tool in gcc:gcc make:make bc:bc flex:flex bison:bison xz:xz-utils tar:tar perl:perl patch:patch; do
+for tool in gcc:gcc "$CROSS_GCC" make:make bc:bc flex:flex bison:bison xz:xz-utils tar:tar perl:perl patch:patch; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 [[ -f /usr/include/libelf.h || -f /usr/include/libelf/libelf.h ]] || missing+=(libelf-dev)
@@ -97,16 +110,14 @@ for patch in "$SCRIPT_DIR"/patches/*.patch; do
 done
 
 # ---- configure ----------------------------------------------------------------------
-phase "configuring (tinyconfig + $(basename "$FRAGMENT"))"
-# ARCH=x86_64 everywhere: with ARCH=x86 (the default on an x86_64 host) tinyconfig,
-# being an allnoconfig, would answer "no" to 64BIT and give a 32-bit kernel.
+phase "configuring (tinyconfig + config.fragment + config-$ARCH.fragment)"
 "${KMAKE[@]}" -C "$SRC" tinyconfig || die "make tinyconfig failed"
-(cd "$SRC" && ARCH=x86_64 scripts/kconfig/merge_config.sh -m .config "$FRAGMENT") ||
+(cd "$SRC" && ARCH=$ARCH scripts/kconfig/merge_config.sh -m .config "${FRAGMENTS[@]}") ||
     die "merge_config.sh failed"
 "${KMAKE[@]}" -C "$SRC" olddefconfig || die "make olddefconfig failed"
 
 # Kconfig silently drops a symbol whose dependencies are unmet: check every line.
-phase "checking the final .config against the fragment"
+phase "checking the final .config against the fragments"
 bad=()
 while IFS= read -r line; do
     if [[ $line =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
@@ -116,19 +127,19 @@ while IFS= read -r line; do
         ! grep -qE "^${BASH_REMATCH[1]}=" "$SRC/.config" ||
             bad+=("$line (got: $(grep -E "^${BASH_REMATCH[1]}=" "$SRC/.config"))")
     fi
-done <"$FRAGMENT"
+done < <(cat "${FRAGMENTS[@]}")
 if ((${#bad[@]})); then
-    echo "kernel/build.sh: error: the final .config does not match $FRAGMENT:" >&2
+    echo "kernel/build.sh: error: the final .config does not match the fragments:" >&2
     printf '  %s\n' "${bad[@]}" >&2
     exit 1
 fi
 
 # ---- compile --------------------------------------------------------------------------
-phase "compiling vmlinux (make -j$JOBS)"
-"${KMAKE[@]}" -C "$SRC" -j"$JOBS" vmlinux || die "make vmlinux failed"
+phase "compiling $TARGET for $ARCH (make -j$JOBS)"
+"${KMAKE[@]}" -C "$SRC" -j"$JOBS" "$TARGET" || die "make $TARGET failed"
 
 # ---- output -----------------------------------------------------------------------------
-phase "writing $OUT_DIR/vmlinux and $OUT_DIR/config"
-cp "$SRC/vmlinux" "$OUT_DIR/vmlinux.tmp" && mv "$OUT_DIR/vmlinux.tmp" "$OUT_DIR/vmlinux"
+phase "writing $OUT_DIR/$TARGET and $OUT_DIR/config"
+cp "$SRC/$BUILT" "$OUT_DIR/$TARGET.tmp" && mv "$OUT_DIR/$TARGET.tmp" "$OUT_DIR/$TARGET"
 cp "$SRC/.config" "$OUT_DIR/config"
-phase "done: $OUT_DIR/vmlinux ($(($(stat -c %s "$OUT_DIR/vmlinux") / 1024)) KiB)"
+phase "done: $OUT_DIR/$TARGET ($(($(stat -c %s "$OUT_DIR/$TARGET") / 1024)) KiB)"

@@ -4,9 +4,12 @@
 # else but the commands package.json scripts call: dash as /bin/sh, GNU coreutils, grep, sed,
 # findutils, diffutils, tar, gzip, mawk, bash (Debian's packages, as on a Linux CI runner).
 #
-# usage: rootfs/build.sh OUT_DIR GUEST_BIN_DIR
-#   GUEST_BIN_DIR holds nodeos-init, built with
+# usage: rootfs/build.sh OUT_DIR GUEST_BIN_DIR [amd64|arm64]
+#   the image's architecture, by Debian's name: amd64 (the default) or arm64.
+#   GUEST_BIN_DIR holds nodeos-init for that architecture, built with
 #     RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile release-guest -p nodeos-guest
+#   or, when it holds none and the architecture is not this host's, gets it from guest/build.sh
+#   (cross-built; CARGO_TARGET_DIR passes through).
 #   writes OUT_DIR/rootfs.img; the last line of stdout is "image size: N bytes (X MB)".
 #
 # environment:
@@ -22,7 +25,15 @@ umask 022
 die() { echo "rootfs/build.sh: error: $*" >&2; exit 1; }
 phase() { echo "==> $*"; }
 
-[[ $# -eq 2 ]] || die "usage: rootfs/build.sh OUT_DIR GUEST_BIN_DIR"
+[[ $# -eq 2 || $# -eq 3 ]] || die "usage: rootfs/build.sh OUT_DIR GUEST_BIN_DIR [amd64|arm64]"
+DEB_ARCH=${3:-amd64}
+# Per architecture: the GNU triplet of Debian's library folders, the dynamic loader (and the
+# folder of its well-known path), what `file` says of the guest binary, the binutils prefix.
+case $DEB_ARCH in
+    amd64) TRIPLET=x86_64-linux-gnu LOADER=ld-linux-x86-64.so.2 LOADER_DIR=lib64 ELF_ARCH=x86-64 TOOLS= ;;
+    arm64) TRIPLET=aarch64-linux-gnu LOADER=ld-linux-aarch64.so.1 LOADER_DIR=lib ELF_ARCH=aarch64 TOOLS=aarch64-linux-gnu- ;;
+    *) die "unknown architecture $DEB_ARCH: amd64 or arm64" ;;
+esac
 # Root is needed for the owners in the image (mksquashfs's -all-root would override the
 # pseudo definition that gives /home/node to uid 1000) and for installing missing tools.
 [[ $(id -u) -eq 0 ]] || die "run as root (file ownership in the image)"
@@ -39,17 +50,21 @@ mkdir -p "$1" || die "cannot create OUT_DIR $1"
 OUT_DIR=$(cd "$1" && pwd)
 GUEST_BIN_DIR=$(cd "$2" 2>/dev/null && pwd) || die "GUEST_BIN_DIR $2 does not exist"
 INIT_BIN=$GUEST_BIN_DIR/nodeos-init
+if [[ ! -e $INIT_BIN && $DEB_ARCH != "$(dpkg --print-architecture)" ]]; then
+    bash "$REPO/guest/build.sh" "${ELF_ARCH/x86-64/x86_64}" "$GUEST_BIN_DIR" || die "guest/build.sh failed"
+fi
 [[ -x $INIT_BIN ]] || die "$INIT_BIN not found: build it first (see the usage at the top of this script)"
 if file "$INIT_BIN" 2>/dev/null | grep -q "dynamically linked"; then
     die "$INIT_BIN is dynamically linked: build it with RUSTFLAGS=\"-C target-feature=+crt-static\""
 fi
+file "$INIT_BIN" | grep -q "$ELF_ARCH" || die "$INIT_BIN is not an $DEB_ARCH program: $(file -b "$INIT_BIN")"
 JS_DIR=$REPO/guest/js
 ETC_DIR=$SCRIPT_DIR/etc
 
 # ---- build dependencies ---------------------------------------------------------------
 phase "checking build dependencies"
 missing=()
-for tool in mksquashfs:squashfs-tools curl:curl openssl:openssl dpkg-deb:dpkg strip:binutils tar:tar gzip:gzip; do
+for tool in mksquashfs:squashfs-tools curl:curl openssl:openssl dpkg-deb:dpkg "${TOOLS}strip:binutils${TOOLS:+-${TOOLS%-}}" tar:tar gzip:gzip file:file; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then
@@ -89,27 +104,43 @@ fetch_npm() {
     echo "$file"
 }
 
-NODE_TGZ=$(fetch_npm "$NODE_PACKAGE" "$NODE_VERSION" "$NODE_INTEGRITY")
+node_package=NODE_PACKAGE_$DEB_ARCH node_integrity=NODE_INTEGRITY_$DEB_ARCH
+NODE_TGZ=$(fetch_npm "${!node_package}" "$NODE_VERSION" "${!node_integrity}")
 NPM_TGZ=$(fetch_npm npm "$NPM_VERSION" "$NPM_INTEGRITY")
 
 # Debian packages: the pinned version if the archive still has it, else the current one.
 DEB_DIR=$DOWNLOAD_DIR/debs
 mkdir -p "$DEB_DIR"
+# Another architecture's packages come through package lists of its own, kept in DOWNLOAD_DIR:
+# the host's apt configuration and dpkg's architectures stay as they are.
+APT=(apt-get)
+if [[ $DEB_ARCH != "$(dpkg --print-architecture)" ]]; then
+    APT_STATE=$DOWNLOAD_DIR/apt-$DEB_ARCH
+    mkdir -p "$APT_STATE/lists/partial" "$APT_STATE/cache/archives/partial"
+    touch "$APT_STATE/status"
+    APT+=(-o "APT::Architecture=$DEB_ARCH" -o "APT::Architectures::=$DEB_ARCH"
+        -o "Dir::State::Lists=$APT_STATE/lists" -o "Dir::Cache=$APT_STATE/cache"
+        -o "Dir::State::status=$APT_STATE/status")
+    if ! compgen -G "$APT_STATE/lists/*_Packages" >/dev/null; then
+        phase "downloading Debian's $DEB_ARCH package lists"
+        "${APT[@]}" update >/dev/null || die "apt-get update for $DEB_ARCH failed"
+    fi
+fi
 # deb_file NAME=VERSION -> path of the package's .deb in DEB_DIR, downloaded if missing.
 deb_file() {
     local spec=$1 name=${1%%=*} version=${1#*=} deb
-    deb=$(ls "$DEB_DIR/${name}_${version//:/%3a}_amd64.deb" 2>/dev/null || true)
+    deb=$(ls "$DEB_DIR/${name}_${version//:/%3a}_$DEB_ARCH.deb" 2>/dev/null || true)
     if [[ -z $deb ]]; then
-        phase "downloading Debian package $spec" >&2
-        if ! (cd "$DEB_DIR" && apt-get download "$spec") >/dev/null 2>&1; then
+        phase "downloading Debian package $spec ($DEB_ARCH)" >&2
+        if ! (cd "$DEB_DIR" && "${APT[@]}" download "$spec") >/dev/null 2>&1; then
             # Maybe only the package lists are stale.
-            apt-get update >/dev/null 2>&1 || true
-            if ! (cd "$DEB_DIR" && apt-get download "$spec") >/dev/null 2>&1; then
+            "${APT[@]}" update >/dev/null 2>&1 || true
+            if ! (cd "$DEB_DIR" && "${APT[@]}" download "$spec") >/dev/null 2>&1; then
                 echo "rootfs/build.sh: warning: $spec is not in the archive any more; taking the current $name" >&2
-                (cd "$DEB_DIR" && apt-get download "$name") >&2 || die "apt-get download $name failed"
+                (cd "$DEB_DIR" && "${APT[@]}" download "$name") >&2 || die "apt-get download $name failed"
             fi
         fi
-        deb=$(ls -t "$DEB_DIR/${name}_"*_amd64.deb | head -1)
+        deb=$(ls -t "$DEB_DIR/${name}_"*_"$DEB_ARCH".deb | head -1)
     fi
     echo "$deb"
 }
@@ -121,7 +152,7 @@ for spec in $DEBIAN_COMMAND_PACKAGES; do COMMAND_DEBS+=("$(deb_file "$spec")"); 
 ROOT=$WORK/root
 mkdir -p "$ROOT"
 phase "staging the image in $ROOT"
-install -d -m 0755 "$ROOT"/{proc,sys,dev,run,etc,home,sbin,usr/bin,usr/local/bin,usr/lib/nodeos,lib64}
+install -d -m 0755 "$ROOT"/{proc,sys,dev,run,etc,home,sbin,usr/bin,usr/local/bin,usr/lib/nodeos,$LOADER_DIR}
 ln -s usr/bin "$ROOT/bin" # merged /usr, as Debian 12 has it: /bin/sh is /usr/bin/sh
 install -d -m 1777 "$ROOT/tmp"
 install -d -m 0755 "$ROOT/home/node"
@@ -130,7 +161,7 @@ install -d -m 0755 "$ROOT/home/node"
 tar -xzf "$NODE_TGZ" -C "$WORK" package/bin/node
 mv "$WORK/package/bin/node" "$ROOT/usr/bin/node"
 rm -rf "$WORK/package"
-strip --strip-all "$ROOT/usr/bin/node"
+"${TOOLS}strip" --strip-all "$ROOT/usr/bin/node"
 chmod 0755 "$ROOT/usr/bin/node"
 
 # npm, without documentation, Windows launchers, type declarations, and node-gyp's Python gyp
@@ -161,31 +192,34 @@ install -m 0644 "$JS_DIR"/nsh/*.js "$ROOT/usr/lib/nodeos/nsh/"
 chmod 0755 "$ROOT/usr/lib/nodeos/nsh/nsh.js"
 ln -s ../lib/nodeos/nsh/nsh.js "$ROOT/usr/bin/nsh"
 
-# Shared libraries, laid out as Debian does (/lib/x86_64-linux-gnu, /lib64/ld-linux-x86-64.so.2).
+# Shared libraries, laid out as Debian does (/lib/x86_64-linux-gnu, /lib64/ld-linux-x86-64.so.2;
+# /lib/aarch64-linux-gnu, /lib/ld-linux-aarch64.so.1).
 DEB_ROOT=$WORK/debs
 mkdir -p "$DEB_ROOT"
 for deb in "${DEBS[@]}"; do dpkg-deb -x "$deb" "$DEB_ROOT"; done
 # glibc's whole runtime set (what prebuilt native addons link against: rollup's needs librt,
 # others libresolv, libutil, libanl, libmvec), its NSS modules, and the C++ runtime.
 LIBS=(
-    ld-linux-x86-64.so.2 libc.so.6 libm.so.6 libmvec.so.1 libdl.so.2 libpthread.so.0 librt.so.1
+    "$LOADER" libc.so.6 libm.so.6 libdl.so.2 libpthread.so.0 librt.so.1
     libresolv.so.2 libutil.so.1 libanl.so.1 libBrokenLocale.so.1 libthread_db.so.1
     libnss_files.so.2 libnss_dns.so.2 libnss_compat.so.2
     libgcc_s.so.1 libstdc++.so.6
     libacl.so.1 libattr.so.1 libselinux.so.1 libpcre2-8.so.0 libgmp.so.10 libtinfo.so.6
 )
+# glibc's vector math library exists for x86-64 only (in Debian 12's glibc).
+[[ $DEB_ARCH != amd64 ]] || LIBS+=(libmvec.so.1)
 for lib in "${LIBS[@]}"; do
     src=$(find "$DEB_ROOT" -name "$lib" \( -type f -o -type l \) | head -1)
     [[ -n $src ]] || die "$lib is not in ${DEBS[*]}"
     dir=$(dirname "${src#"$DEB_ROOT"}")
-    case $dir in /usr/lib/x86_64-linux-gnu|/lib/x86_64-linux-gnu) ;; *) continue ;; esac
+    case $dir in "/usr/lib/$TRIPLET" | "/lib/$TRIPLET") ;; *) continue ;; esac
     install -d "$ROOT$dir"
     cp -P "$src" "$ROOT$dir/"
     if [[ -L $src ]]; then # copy what the symlink points to as well
         cp -P "$(dirname "$src")/$(readlink "$src")" "$ROOT$dir/"
     fi
 done
-ln -s ../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$ROOT/lib64/ld-linux-x86-64.so.2"
+ln -s "../lib/$TRIPLET/$LOADER" "$ROOT/$LOADER_DIR/$LOADER"
 
 # /etc
 install -m 0644 "$ETC_DIR"/* "$ROOT/etc/"
@@ -216,7 +250,7 @@ for prog in "$ROOT"/usr/bin/* "$ROOT"/usr/libexec/coreutils/*; do
     head -c4 "$prog" | grep -q ELF || continue # shell scripts: gunzip, zgrep, which...
     needed=$(readelf -d "$prog" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
     for lib in $needed; do
-        [[ -e $ROOT/lib/x86_64-linux-gnu/$lib || -e $ROOT/usr/lib/x86_64-linux-gnu/$lib ]] \
+        [[ -e $ROOT/lib/$TRIPLET/$lib || -e $ROOT/usr/lib/$TRIPLET/$lib ]] \
             || die "${prog#"$ROOT"} needs $lib, which is not in the image"
     done
 done

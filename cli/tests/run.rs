@@ -8,60 +8,19 @@ mod common;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
-use common::run_cases::{self, RunOutcome};
+use common::run_cases;
 use common::BIN;
 
-fn web() -> &'static str {
-    static WEB: OnceLock<String> = OnceLock::new();
-    WEB.get_or_init(common::web::serve)
-}
-
 fn run_on_host(name: &str) {
-    let case = run_cases::run_case(name);
-    // SAFETY: geteuid has no preconditions.
-    if case.root && unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: {name} creates a TAP interface, which needs root");
-        return;
-    }
     let (kernel, rootfs) = common::artifacts();
-    // The scripts' host side: busybox's wget and httpd.
-    common::host_program("busybox", "busybox-static");
-    let dir = tempfile::tempdir().unwrap();
-    let fixture = common::fixture_copy(dir.path());
     let run = format!(
         "{BIN} run --backend {} --kernel {} --rootfs {}",
         common::backend(),
         kernel.display(),
         rootfs.display()
     );
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(case.script)
-        .current_dir(dir.path())
-        .env("RUN", run)
-        .env("FIXTURE", &fixture)
-        .env("WEB", web())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(case.stdin.as_bytes()).unwrap();
-    drop(stdin);
-    let _watchdog = common::Watchdog::for_group(child.id(), common::BOOT_LIMIT * 2);
-    let out = child.wait_with_output().unwrap();
-    let outcome = RunOutcome {
-        status: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    if let Err(why) = (case.check)(&outcome) {
-        panic!("{name}: {why}");
-    }
+    run_cases::run_here(name, &run);
 }
 
 run_case_tests!(run_on_host);

@@ -10,40 +10,12 @@ use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cases::{self, Outcome};
+use common::cases;
 use common::BIN;
 
 fn run_on_host(name: &str) {
-    let case = cases::case(name);
     let (kernel, rootfs) = common::artifacts();
-    let dir = tempfile::tempdir().unwrap();
-    let truncated = dir.path().join("truncated.img");
-    let image = std::fs::read(rootfs).unwrap();
-    std::fs::write(&truncated, &image[..image.len() / 2]).unwrap();
-    let outcomes: Vec<Outcome> = case
-        .boots
-        .iter()
-        .map(|boot| {
-            let args = cases::args(
-                boot,
-                kernel.to_str().unwrap(),
-                rootfs.to_str().unwrap(),
-                truncated.to_str().unwrap(),
-            );
-            let out = common::start(
-                &args.iter().map(String::as_str).collect::<Vec<_>>(),
-                boot.input,
-            );
-            Outcome {
-                status: out.status.code(),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            }
-        })
-        .collect();
-    if let Err(why) = (case.check)(&outcomes) {
-        panic!("{name}: {why}");
-    }
+    cases::start_here(name, &["--backend", &common::backend()], kernel, rootfs);
 }
 
 case_tests!(run_on_host);

@@ -6,7 +6,9 @@
 //!   writes and the guest parses, with the guest's checks on both sides.
 //! - [`disks`]: which `/dev/vdX` each virtio-blk disk is (root image, upper layer, volumes).
 //! - [`net`]: the addresses of user-mode networking (guest, gateway, DNS).
-//! - [`ports`]: the exit and boot-timer I/O ports and the bytes written to them.
+//! - [`arch`]: the guest architectures (x86-64, arm64).
+//! - [`ports`]: the exit and boot-timer I/O ports and the bytes written to them (on arm64, to
+//!   a virtio-serial port).
 //! - [`status`]: the exit statuses both sides give a meaning (boot failure, timeout, ...).
 //!
 //! The agent link (docs/agent-protocol.md):
@@ -37,6 +39,7 @@
 //! the agent answers with [`frame::Reply::Hello`] once the guest is that VM.
 
 pub mod activation;
+pub mod arch;
 pub mod caps;
 pub mod codec;
 pub mod disks;

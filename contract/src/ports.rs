@@ -1,5 +1,9 @@
 //! The two x86 I/O ports of the contract (docs/guest-contract.md), and the bytes written to
 //! them. The guest writes; the host's backends (KVM and QEMU) watch for these exact values.
+//!
+//! A machine without I/O ports (arm64) carries the same bytes on a virtio-serial port of its
+//! own, [`MARKS_PORT_NAME`]: the boot-timer bytes as they are, and the exit status as
+//! [`EXIT_MARK`] followed by the status byte, after which the guest powers off (PSCI).
 
 /// Exit: the byte the guest writes here ends the VM and is the host command's exit status.
 pub const EXIT_PORT: u16 = 0xf4;
@@ -20,11 +24,19 @@ pub const CONSOLE_READY: u8 = b'R';
 /// from here serves any VM of the same kernel, image and shape.
 pub const TEMPLATE_READY: u8 = b'T';
 
+/// The virtio-serial port that carries the boot-timer bytes and the exit status where there
+/// are no I/O ports (the guest finds it by this name in sysfs, like the agent's).
+pub const MARKS_PORT_NAME: &str = "org.nodeos.marks";
+/// On the marks port: the byte after this one is the guest's exit status (0..=
+/// [`MAX_EXIT_STATUS`]); the guest powers off next.
+pub const EXIT_MARK: u8 = b'X';
+
 // Checked as the crate builds: the boot-timer bytes are told apart, and a guest's boot
 // failure fits the exit port while a signal's status (which the guest clamps) does not.
 const _: () = {
     assert!(INIT_STARTED != CONSOLE_READY);
     assert!(TEMPLATE_READY != INIT_STARTED && TEMPLATE_READY != CONSOLE_READY);
+    assert!(EXIT_MARK != INIT_STARTED && EXIT_MARK != CONSOLE_READY && EXIT_MARK != TEMPLATE_READY);
     assert!(EXIT_PORT != BOOT_TIMER_PORT);
     assert!(crate::status::BOOT_FAILURE <= MAX_EXIT_STATUS);
     assert!(MAX_EXIT_STATUS < crate::status::SIGNALED_BASE);

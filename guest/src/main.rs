@@ -15,6 +15,7 @@ mod protocol;
 mod spawn;
 mod supervisor;
 mod sys;
+mod virtio_ports;
 
 use std::ffi::OsString;
 use std::path::Path;

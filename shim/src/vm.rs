@@ -95,12 +95,9 @@ pub fn boot(shape: Shape, scratch: &Path, console: PathBuf) -> Result<Sandbox, E
 pub fn images() -> Result<(PathBuf, PathBuf), Error> {
     let store = Store::from_env()?;
     Ok((
-        artifact(
-            &store,
-            Artifact::Kernel,
-            KERNEL_ENV,
-            artifacts::check_kernel,
-        )?,
+        artifact(&store, Artifact::Kernel, KERNEL_ENV, |path| {
+            artifacts::check_kernel(path, contract::arch::Arch::host())
+        })?,
         artifact(
             &store,
             Artifact::Rootfs,

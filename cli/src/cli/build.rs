@@ -1,12 +1,13 @@
 //! `nodeos-vm build`: fill the artifact cache: the kernel, the root image, and the template
 //! snapshots of a booted VM of the default size, with a network and without.
 
+use contract::arch::Arch;
 use sandbox::artifacts::{Artifact, Store};
 use sandbox::templates::Templates;
 use sandbox::vm_config;
 use vmm::vm::{NetSpec, VmConfig};
 
-use super::vm_options::{choose_backend, BackendChoice, JailArgs};
+use super::vm_options::{choose_backend, ArchChoice, BackendChoice, JailArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
@@ -25,12 +26,17 @@ pub struct BuildArgs {
     /// The backend whose snapshots to make.
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
+    /// Build the kernel and root image of this guest architecture (another than this host's
+    /// gets no snapshots: its VMs boot cold).
+    #[arg(long, value_enum, default_value_t = ArchChoice::host())]
+    arch: ArchChoice,
     #[command(flatten)]
     jail: JailArgs,
 }
 
 pub fn run(args: BuildArgs) -> anyhow::Result<()> {
-    let store = Store::from_env()?;
+    let arch = Arch::from(args.arch);
+    let store = Store::from_env()?.for_arch(arch);
     let wanted: &[Artifact] = match (args.kernel_only, args.rootfs_only) {
         (true, _) => &[Artifact::Kernel],
         (_, true) => &[Artifact::Rootfs],
@@ -42,8 +48,8 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         print_file(artifact.name(), &path, "");
         built.push(path);
     }
-    if let ([kernel, rootfs], false) = (&built[..], args.no_snapshot) {
-        let backend = choose_backend(args.backend, &args.jail, true)?;
+    if let ([kernel, rootfs], false) = (&built[..], args.no_snapshot || arch != Arch::host()) {
+        let backend = choose_backend(args.backend, args.arch, &args.jail, true)?;
         let templates = Templates::in_cache(store.cache_dir());
         let memory =
             vm_config::memory_mib(vm_config::DEFAULT_MEMORY).map_err(anyhow::Error::msg)?;

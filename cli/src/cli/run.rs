@@ -101,6 +101,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         .command(args.command.into_iter().map(OsString::into_vec).collect())?;
     let backend = choose_backend(
         args.vm.backend,
+        args.vm.arch,
         &args.vm.jail,
         !std::io::IsTerminal::is_terminal(&std::io::stderr()),
     )?;

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use super::vm_options::{choose_backend, images, BackendChoice, ImageArgs, JailArgs, SeccompArgs};
+use super::vm_options::{
+    choose_backend, images, ArchChoice, BackendChoice, ImageArgs, JailArgs, SeccompArgs,
+};
 use sandbox::artifacts::Store;
 use sandbox::templates::Templates;
 use serve::{self, Machine};
@@ -47,8 +49,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let apps = apps_address(args.listen, args.apps_listen)?;
     args.seccomp.warn_if_off();
     args.jail.warn_if_off();
-    let backend = choose_backend(args.backend, &args.jail, false)?;
-    let (kernel, rootfs) = images(&args.images)?;
+    let backend = choose_backend(args.backend, ArchChoice::host(), &args.jail, false)?;
+    let (kernel, rootfs) = images(&args.images, contract::arch::Arch::host())?;
     serve::serve(
         serve::Config {
             admin: args.listen,

@@ -39,7 +39,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     if args.detach {
         return vms::detach(&args.vm);
     }
-    let backend = choose_backend(args.vm.backend, &args.vm.jail, false)?;
+    let backend = choose_backend(args.vm.backend, args.vm.arch, &args.vm.jail, false)?;
     let (mut config, _held) = args.vm.config()?;
     config.shell = if args.shell { Shell::Nsh } else { Shell::Repl };
     let stop = StopSignal::new()?;

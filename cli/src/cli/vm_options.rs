@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
+use contract::arch::Arch;
 use sandbox::artifacts::{check_kernel, check_rootfs, Artifact, Store};
 use sandbox::host_ca::{self, GuestCa};
 use sandbox::templates::Templates;
@@ -29,11 +30,50 @@ pub enum BackendChoice {
     Qemu,
 }
 
+/// A guest architecture, as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+pub enum ArchChoice {
+    /// x86-64.
+    #[value(name = "x86_64", alias = "amd64")]
+    X86_64,
+    /// arm64.
+    #[value(name = "aarch64", alias = "arm64")]
+    Aarch64,
+}
+
+impl ArchChoice {
+    pub fn host() -> ArchChoice {
+        ArchChoice::from(Arch::host())
+    }
+}
+
+impl From<ArchChoice> for Arch {
+    fn from(choice: ArchChoice) -> Arch {
+        match choice {
+            ArchChoice::X86_64 => Arch::X86_64,
+            ArchChoice::Aarch64 => Arch::Aarch64,
+        }
+    }
+}
+
+impl From<Arch> for ArchChoice {
+    fn from(arch: Arch) -> ArchChoice {
+        match arch {
+            Arch::X86_64 => ArchChoice::X86_64,
+            Arch::Aarch64 => ArchChoice::Aarch64,
+        }
+    }
+}
+
 /// The VM options of every command that boots one.
 #[derive(Debug, clap::Args, Serialize, Deserialize)]
 pub struct VmArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
+    /// The guest's architecture. Another than this host's runs under QEMU's emulation (TCG),
+    /// booted cold; its kernel and image are built once, like this host's.
+    #[arg(long, value_enum, default_value_t = ArchChoice::host())]
+    pub arch: ArchChoice,
     /// Guest memory: 512M, 2G, or MiB.
     #[arg(long, value_name = "SIZE", default_value = vm_config::DEFAULT_MEMORY, value_parser = vm_config::memory_mib)]
     pub memory: u32,
@@ -89,7 +129,8 @@ impl VmArgs {
     /// Makes `config` a restore of its template snapshot on `backend` (made first when
     /// missing), unless `--no-snapshot`.
     pub fn restore_or_boot(&self, backend: &Backend, config: &mut VmConfig) -> anyhow::Result<()> {
-        if !self.no_snapshot {
+        // Templates are made for the host's architecture; another one boots cold.
+        if !self.no_snapshot && config.arch == Arch::host() {
             Templates::in_cache(Store::from_env()?.cache_dir()).restore(backend, config);
         }
         Ok(())
@@ -117,9 +158,11 @@ impl VmArgs {
         let net = self.net()?;
         let carry_host_ca = net.is_some() && !self.no_host_ca;
         let ca = host_ca::bundle(&host_ca::ca_files(&self.ca_files, carry_host_ca))?;
-        let (kernel, rootfs) = images(&self.images)?;
+        let arch = Arch::from(self.arch);
+        let (kernel, rootfs) = images(&self.images, arch)?;
         let user = self.user_disk()?;
         let mut config = VmConfig::new(kernel, rootfs, self.memory, self.cpus);
+        config.arch = arch;
         let ca = ca.map(|bundle| GuestCa::pack(&bundle)).transpose()?;
         if let Some(ca) = &ca {
             config.volumes.push(ca.disk.clone());
@@ -337,7 +380,8 @@ pub fn parse_publish(text: &str) -> Result<PublishedPort, String> {
 /// Kernel and image options shared by the commands that boot a VM.
 #[derive(Debug, clap::Args, Serialize, Deserialize)]
 pub struct ImageArgs {
-    /// Boot this kernel (ELF vmlinux or bzImage) instead of the cached build.
+    /// Boot this kernel (ELF vmlinux or bzImage; for --arch aarch64 an Image) instead of the
+    /// cached build.
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
     /// Boot this squashfs root image instead of the cached build.
@@ -350,9 +394,25 @@ pub struct ImageArgs {
 /// `run` into a pipe).
 pub fn choose_backend(
     choice: BackendChoice,
+    arch: ArchChoice,
     jail: &JailArgs,
     quiet: bool,
 ) -> anyhow::Result<Backend> {
+    let arch = Arch::from(arch);
+    if arch != Arch::host() {
+        // KVM runs the host's own instruction set only: another one is emulated.
+        if choice == BackendChoice::Kvm {
+            bail!(
+                "--backend kvm runs {} guests on this host; an {arch} guest runs under QEMU's \
+                 emulation: leave --backend out, or give --backend qemu",
+                Arch::host()
+            );
+        }
+        return Ok(sandbox::vmm_program::backend(
+            Some(qemu::Accel::Tcg),
+            jail.jail(),
+        )?);
+    }
     let kvm = detect::probe();
     let accel = match (choice, kvm) {
         (BackendChoice::Kvm, detect::KvmSupport::Unusable(why)) => {
@@ -373,10 +433,14 @@ pub fn choose_backend(
     Ok(sandbox::vmm_program::backend(accel, jail.jail())?)
 }
 
-/// The kernel and root image to boot: the user's, checked, or the cached builds (built now
-/// when missing).
-pub fn images(args: &ImageArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let store = || Store::from_env().context("finding the kernel and root image");
+/// The kernel and root image to boot, for `arch`: the user's, checked, or the cached builds
+/// (built now when missing).
+pub fn images(args: &ImageArgs, arch: Arch) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let store = || {
+        Store::from_env()
+            .map(|store| store.for_arch(arch))
+            .context("finding the kernel and root image")
+    };
     let kernel = match &args.kernel {
         Some(path) => path.clone(),
         None => store()?.ensure(Artifact::Kernel, false)?,
@@ -385,7 +449,7 @@ pub fn images(args: &ImageArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
         Some(path) => path.clone(),
         None => store()?.ensure(Artifact::Rootfs, false)?,
     };
-    check_kernel(&kernel)?;
+    check_kernel(&kernel, arch)?;
     check_rootfs(&rootfs)?;
     Ok((kernel, rootfs))
 }

@@ -266,7 +266,7 @@ fn keep_vm(
     mut signals: Signals,
 ) -> anyhow::Result<()> {
     let dir = vms_dir()?.join(id);
-    let backend = choose_backend(vm.backend, &vm.jail, true)?;
+    let backend = choose_backend(vm.backend, vm.arch, &vm.jail, true)?;
     let mut record = Record {
         id: id.to_string(),
         pid: std::process::id() as i32,

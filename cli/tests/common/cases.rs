@@ -198,3 +198,44 @@ fn every_case_has_a_test() {
         );
     }
 }
+
+/// Runs the case `name` on this host, each boot `nodeos-vm start OPTIONS ARGS` with `kernel`
+/// and `rootfs` for the case's; panics with the check's complaint.
+pub fn start_here(
+    name: &str,
+    options: &[&str],
+    kernel: &std::path::Path,
+    rootfs: &std::path::Path,
+) {
+    let case = case(name);
+    let dir = tempfile::tempdir().unwrap();
+    let truncated = dir.path().join("truncated.img");
+    let image = std::fs::read(rootfs).unwrap();
+    std::fs::write(&truncated, &image[..image.len() / 2]).unwrap();
+    let outcomes: Vec<Outcome> = case
+        .boots
+        .iter()
+        .map(|boot| {
+            let args = args(
+                boot,
+                kernel.to_str().unwrap(),
+                rootfs.to_str().unwrap(),
+                truncated.to_str().unwrap(),
+            );
+            let args: Vec<&str> = options
+                .iter()
+                .copied()
+                .chain(args.iter().map(String::as_str))
+                .collect();
+            let out = super::start_with(&args, boot.input);
+            Outcome {
+                status: out.status.code(),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        })
+        .collect();
+    if let Err(why) = (case.check)(&outcomes) {
+        panic!("{name}: {why}");
+    }
+}

@@ -111,9 +111,17 @@ pub fn start(args: &[&str], input: &str) -> Output {
 /// `nodeos-vm start --backend <backend>` with `args` and `input` piped in.
 pub fn start_with_backend(backend: &str, args: &[&str], input: &str) -> Output {
     artifacts();
+    let args: Vec<&str> = ["--backend", backend]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    start_with(&args, input)
+}
+
+/// `nodeos-vm start ARGS` (all of its options in `args`) with `input` piped in.
+pub fn start_with(args: &[&str], input: &str) -> Output {
     let mut child = Command::new(BIN)
         .arg("start")
-        .args(["--backend", backend])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

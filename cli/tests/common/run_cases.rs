@@ -457,3 +457,54 @@ pub fn run_case(name: &str) -> &'static RunCase {
         .find(|c| c.name == name)
         .unwrap_or_else(|| panic!("no run case {name}"))
 }
+
+/// The test's web server (tests/common/web.rs), started once.
+fn web() -> &'static str {
+    static WEB: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    WEB.get_or_init(super::web::serve)
+}
+
+/// Runs the case `name` on this host with `run` (`nodeos-vm run` and its backend, kernel and
+/// image options) as its `$RUN`; panics with the check's complaint.
+pub fn run_here(name: &str, run: &str) {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    let case = run_case(name);
+    // SAFETY: geteuid has no preconditions.
+    if case.root && unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: {name} creates a TAP interface, which needs root");
+        return;
+    }
+    // The scripts' host side: busybox's wget and httpd.
+    super::host_program("busybox", "busybox-static");
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = super::fixture_copy(dir.path());
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(case.script)
+        .current_dir(dir.path())
+        .env("RUN", run)
+        .env("FIXTURE", &fixture)
+        .env("WEB", web())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(case.stdin.as_bytes()).unwrap();
+    drop(stdin);
+    let _watchdog = super::Watchdog::for_group(child.id(), super::BOOT_LIMIT * 2);
+    let out = child.wait_with_output().unwrap();
+    let outcome = RunOutcome {
+        status: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    if let Err(why) = (case.check)(&outcome) {
+        panic!("{name}: {why}");
+    }
+}

@@ -8,48 +8,28 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use contract::mux::{self, Role};
 use contract::SERIAL_PORT_NAME;
 
 use crate::error::{Context, Error, Result};
 use crate::sys::{self, Fork};
+use crate::virtio_ports;
 
 /// The guest's hybrid-vsock socket: guest-to-host connections start here, and host-to-guest
 /// connections to port P reach `<MUX_SOCKET>_P`.
 pub const MUX_SOCKET: &str = "/run/nodeos/vsock";
-/// Where virtio-serial ports show their names (there is no udev to make /dev/virtio-ports/).
-const PORTS_DIR: &str = "/sys/class/virtio-ports";
 /// The virtio-console driver adds ports asynchronously after its probe: how long to wait.
 const PORT_WAIT: Duration = Duration::from_secs(5);
-const PORT_RETRY: Duration = Duration::from_millis(10);
 
 /// Finds the agent's port (`/dev/vportNpM`) by its name, waiting a little for it to appear.
 pub fn find_port() -> Result<PathBuf> {
-    let deadline = Instant::now() + PORT_WAIT;
-    loop {
-        if let Some(port) = port_named(Path::new(PORTS_DIR), SERIAL_PORT_NAME) {
-            let device = Path::new("/dev").join(port);
-            if device.exists() {
-                return Ok(device);
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::invalid(
-                format!("virtio-serial port {SERIAL_PORT_NAME}"),
-                format!("not in {PORTS_DIR}"),
-            ));
-        }
-        std::thread::sleep(PORT_RETRY);
-    }
-}
-
-/// The entry of `dir` whose `name` file holds `name`.
-fn port_named(dir: &Path, name: &str) -> Option<String> {
-    fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
-        let text = fs::read_to_string(entry.path().join("name")).ok()?;
-        (text.trim_end() == name).then(|| entry.file_name().to_string_lossy().into_owned())
+    virtio_ports::find(SERIAL_PORT_NAME, PORT_WAIT).ok_or_else(|| {
+        Error::invalid(
+            format!("virtio-serial port {SERIAL_PORT_NAME}"),
+            format!("not in {}", virtio_ports::ports_dir()),
+        )
     })
 }
 
@@ -107,30 +87,5 @@ impl Mux {
             }
             Fork::Parent(_) => Ok(()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_are_found_by_name() {
-        let dir = std::env::temp_dir().join(format!("nodeos-ports-{}", std::process::id()));
-        for (port, name) in [
-            ("vport0p1", "org.other\n"),
-            ("vport1p2", "org.nodeos.agent\n"),
-        ] {
-            fs::create_dir_all(dir.join(port)).unwrap();
-            fs::write(dir.join(port).join("name"), name).unwrap();
-        }
-        fs::create_dir_all(dir.join("vport2p0")).unwrap(); // a port without a name
-        assert_eq!(
-            port_named(&dir, SERIAL_PORT_NAME).as_deref(),
-            Some("vport1p2")
-        );
-        assert_eq!(port_named(&dir, "org.missing"), None);
-        assert_eq!(port_named(Path::new("/nonexistent"), "x"), None);
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

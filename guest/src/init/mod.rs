@@ -41,7 +41,6 @@ pub const PATH: &str = "/home/node/.npm-global/bin:/usr/local/bin:/usr/bin:/bin"
 pub const COMPILE_CACHE: &str = "/run/nodeos/compile-cache";
 
 pub fn main() -> ! {
-    ports::mark_boot_timer();
     // A bug here must still end the VM the documented way, not panic the kernel.
     std::panic::set_hook(Box::new(|info| {
         fail(&Error::invalid("internal error", info))
@@ -54,6 +53,8 @@ pub fn main() -> ! {
 
 fn boot() -> Result<std::convert::Infallible> {
     mounts::mount_early()?;
+    // As early as it can go: on arm64 the marks port is found by its name in sysfs.
+    ports::mark_boot_timer();
     memory::keep_working_set()?;
     console::ensure_stdio();
     console::quiet_kernel();

@@ -5,9 +5,15 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use contract::arch::Arch;
+
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const ELFCLASS64: u8 = 2;
 const EM_X86_64: u16 = 62;
+const EM_AARCH64: u16 = 183;
+/// arm64 `Image`: "ARM\x64" at 0x38 (Documentation/arm64/booting.rst).
+const ARM64_MAGIC_OFFSET: usize = 0x38;
+const ARM64_MAGIC: &[u8; 4] = b"ARM\x64";
 const PT_LOAD: u32 = 1;
 /// bzImage: "HdrS" at 0x202, setup sectors at 0x1f1, protected-mode size in 16-byte units at 0x1f4.
 const BZ_MAGIC_OFFSET: usize = 0x202;
@@ -28,9 +34,19 @@ pub enum CheckError {
         source: io::Error,
     },
     #[error(
-        "the kernel {path} is not an x86-64 Linux kernel (neither an ELF vmlinux nor a bzImage)"
+        "the kernel {path} is not a Linux kernel we boot (an x86-64 ELF vmlinux or bzImage, or \
+         an arm64 Image)"
     )]
     NotAKernel { path: PathBuf },
+    #[error(
+        "the kernel {path} is an {found} kernel and this VM is {wanted}: give an {wanted} \
+         kernel, or boot it with --arch {found}"
+    )]
+    WrongArch {
+        path: PathBuf,
+        found: Arch,
+        wanted: Arch,
+    },
     #[error("the {what} {path} is truncated or corrupt: {detail}; rebuild it with `nodeos-vm build --force`")]
     Corrupt {
         what: &'static str,
@@ -73,20 +89,29 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-/// An ELF vmlinux whose loadable segments all lie inside the file, or a complete bzImage.
-pub fn check_kernel(path: &Path) -> Result<(), CheckError> {
+/// A kernel for `arch`: for x86-64 an ELF vmlinux whose loadable segments all lie inside the
+/// file, or a complete bzImage; for arm64 an `Image`.
+pub fn check_kernel(path: &Path, arch: Arch) -> Result<(), CheckError> {
     let (h, len) = read_header("kernel", path)?;
+    let found = kernel_arch(&h).ok_or_else(|| CheckError::NotAKernel {
+        path: path.to_path_buf(),
+    })?;
+    if found != arch {
+        return Err(CheckError::WrongArch {
+            path: path.to_path_buf(),
+            found,
+            wanted: arch,
+        });
+    }
+    if arch == Arch::Aarch64 {
+        return Ok(());
+    }
     let corrupt = |detail: String| CheckError::Corrupt {
         what: "kernel",
         path: path.to_path_buf(),
         detail,
     };
     if h.starts_with(ELF_MAGIC) {
-        if h.get(4) != Some(&ELFCLASS64) || u16_at(&h, 18) != Some(EM_X86_64) {
-            return Err(CheckError::NotAKernel {
-                path: path.to_path_buf(),
-            });
-        }
         let (phoff, phentsize, phnum) = (u64_at(&h, 32), u16_at(&h, 54), u16_at(&h, 56));
         let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else {
             return Err(corrupt("the ELF header is cut short".into()));
@@ -125,6 +150,22 @@ pub fn check_kernel(path: &Path) -> Result<(), CheckError> {
     Err(CheckError::NotAKernel {
         path: path.to_path_buf(),
     })
+}
+
+/// Which architecture's kernel the file starts like.
+fn kernel_arch(h: &[u8]) -> Option<Arch> {
+    if h.starts_with(ELF_MAGIC) && h.get(4) == Some(&ELFCLASS64) {
+        return match u16_at(h, 18)? {
+            EM_X86_64 => Some(Arch::X86_64),
+            EM_AARCH64 => Some(Arch::Aarch64),
+            _ => None,
+        };
+    }
+    if h.get(BZ_MAGIC_OFFSET..BZ_MAGIC_OFFSET + 4) == Some(b"HdrS") {
+        return Some(Arch::X86_64);
+    }
+    (h.get(ARM64_MAGIC_OFFSET..ARM64_MAGIC_OFFSET + 4) == Some(ARM64_MAGIC))
+        .then_some(Arch::Aarch64)
 }
 
 /// A squashfs image as long as its superblock says.
@@ -171,21 +212,53 @@ mod tests {
         b
     }
 
+    fn arm64_image() -> Vec<u8> {
+        let mut b = vec![0u8; 4096];
+        b[ARM64_MAGIC_OFFSET..ARM64_MAGIC_OFFSET + 4].copy_from_slice(ARM64_MAGIC);
+        b
+    }
+
     #[test]
     fn kernel_checks() {
-        assert!(check_kernel(file(&elf(1000, 1000)).path()).is_ok());
+        let x86 = Arch::X86_64;
+        assert!(check_kernel(file(&elf(1000, 1000)).path(), x86).is_ok());
         assert!(matches!(
-            check_kernel(file(&elf(5000, 1000)).path()),
+            check_kernel(file(&elf(5000, 1000)).path(), x86),
             Err(CheckError::Corrupt { .. })
         ));
         assert!(matches!(
-            check_kernel(file(b"hello").path()),
+            check_kernel(file(b"hello").path(), x86),
             Err(CheckError::NotAKernel { .. })
         ));
         assert!(matches!(
-            check_kernel(Path::new("/nonexistent/vmlinux")),
+            check_kernel(Path::new("/nonexistent/vmlinux"), x86),
             Err(CheckError::Missing { .. })
         ));
+        assert!(check_kernel(file(&arm64_image()).path(), Arch::Aarch64).is_ok());
+    }
+
+    #[test]
+    fn a_kernel_of_the_other_architecture_is_refused_in_one_line() {
+        let err = check_kernel(file(&arm64_image()).path(), Arch::X86_64).unwrap_err();
+        assert!(matches!(
+            err,
+            CheckError::WrongArch {
+                found: Arch::Aarch64,
+                wanted: Arch::X86_64,
+                ..
+            }
+        ));
+        let line = err.to_string();
+        assert!(
+            line.contains("--arch aarch64") && !line.contains('\n'),
+            "{line}"
+        );
+        let err = check_kernel(file(&elf(1000, 1000)).path(), Arch::Aarch64).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is an x86_64 kernel and this VM is aarch64"),
+            "{err}"
+        );
     }
 
     #[test]

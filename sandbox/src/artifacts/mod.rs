@@ -12,12 +12,14 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
 
+use contract::arch::Arch;
 use sha2::{Digest, Sha256};
 
 pub use check::{check_kernel, check_rootfs, CheckError};
 use progress::BuildProgress;
 
-/// The guest binaries of this very build (see build.rs): packed into the root image.
+/// The guest binaries of this very build (see build.rs), for the host's architecture: packed
+/// into its root image. Another architecture's are built with guest/build.sh.
 const GUEST_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nodeos-init"));
 /// How many builds of each artifact the cache keeps, the newest: another checkout or another
 /// version of nodeos-vm that shares the cache may still use an older one.
@@ -82,10 +84,21 @@ impl Artifact {
         }
     }
 
-    fn file_name(self) -> &'static str {
-        match self {
-            Artifact::Kernel => "vmlinux",
-            Artifact::Rootfs => "rootfs.img",
+    /// The file the build writes, and the cache keeps.
+    fn file_name(self, arch: Arch) -> &'static str {
+        match (self, arch) {
+            (Artifact::Kernel, Arch::X86_64) => "vmlinux",
+            (Artifact::Kernel, Arch::Aarch64) => "Image",
+            (Artifact::Rootfs, _) => "rootfs.img",
+        }
+    }
+
+    /// What the cache's entries (`NAME-KEY/`), lock, log and progress file of this artifact
+    /// are named after.
+    fn cache_name(self, arch: Arch) -> &'static str {
+        match (self, arch) {
+            (Artifact::Rootfs, Arch::Aarch64) => "rootfs-arm64.img",
+            _ => self.file_name(arch),
         }
     }
 
@@ -96,11 +109,23 @@ impl Artifact {
         }
     }
 
-    /// Source folders whose every file is an input.
-    fn input_dirs(self) -> &'static [&'static str] {
+    /// Source files, and folders whose every file is, that are inputs. The host's root image
+    /// has its guest binary as an input too (it is built with nodeos-vm, [`GUEST_INIT`]);
+    /// another architecture's has the sources guest/build.sh builds it from.
+    fn inputs(self, arch: Arch) -> &'static [&'static str] {
         match self {
             Artifact::Kernel => &["kernel"],
-            Artifact::Rootfs => &["rootfs", "guest/js"],
+            Artifact::Rootfs if arch == Arch::host() => &["rootfs", "guest/js"],
+            Artifact::Rootfs => &[
+                "rootfs",
+                "guest/js",
+                "guest/src",
+                "guest/Cargo.toml",
+                "guest/build.sh",
+                "contract/src",
+                "contract/Cargo.toml",
+                "Cargo.lock",
+            ],
         }
     }
 
@@ -121,11 +146,12 @@ impl Artifact {
     }
 }
 
-/// Builds and finds the artifacts.
+/// Builds and finds the artifacts of one guest architecture.
 #[derive(Debug, Clone)]
 pub struct Store {
     sources: PathBuf,
     cache: PathBuf,
+    arch: Arch,
 }
 
 impl Store {
@@ -136,7 +162,16 @@ impl Store {
             .map(PathBuf::from)
             .unwrap_or_else(|| BUILT_FROM.into());
         let cache = crate::folders::cache_dir().ok_or(ArtifactError::NoCacheDir)?;
-        Ok(Store { sources, cache })
+        Ok(Store {
+            sources,
+            cache,
+            arch: Arch::host(),
+        })
+    }
+
+    /// The same store, for guests of `arch` (the host's architecture unless told).
+    pub fn for_arch(self, arch: Arch) -> Store {
+        Store { arch, ..self }
     }
 
     pub fn cache_dir(&self) -> &Path {
@@ -152,7 +187,7 @@ impl Store {
     pub fn cached(&self, artifact: Artifact) -> Result<Option<PathBuf>> {
         let path = self
             .entry(artifact, &self.key(artifact)?)
-            .join(artifact.file_name());
+            .join(artifact.file_name(self.arch));
         Ok(path.is_file().then_some(path))
     }
 
@@ -160,8 +195,11 @@ impl Store {
     pub fn ensure(&self, artifact: Artifact, force: bool) -> Result<PathBuf> {
         fs::create_dir_all(&self.cache).map_err(|e| self.cache_error(e))?;
         // Several nodeos-vm processes (parallel tests) may want the same artifact: one builds.
-        let lock = File::create(self.cache.join(format!("{}.lock", artifact.file_name())))
-            .map_err(|e| self.cache_error(e))?;
+        let lock = File::create(
+            self.cache
+                .join(format!("{}.lock", artifact.cache_name(self.arch))),
+        )
+        .map_err(|e| self.cache_error(e))?;
         let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| self.cache_error(e.into()))?;
         if !force {
@@ -178,27 +216,40 @@ impl Store {
             return Err(ArtifactError::NoSources(self.sources.clone()));
         }
         let work = tempfile::Builder::new()
-            .prefix(&format!("build-{}-", artifact.file_name()))
+            .prefix(&format!("build-{}-", artifact.cache_name(self.arch)))
             .tempdir_in(&self.cache)
             .map_err(|e| self.cache_error(e))?;
         let out = work.path().join("out");
         fs::create_dir(&out).map_err(|e| self.cache_error(e))?;
+        let log_path = self
+            .cache
+            .join(format!("{}.log", artifact.cache_name(self.arch)));
         let mut cmd = Command::new("bash");
         cmd.arg(&script).arg(&out);
-        if artifact == Artifact::Rootfs {
-            let guest = work.path().join("guest");
-            fs::create_dir(&guest).map_err(|e| self.cache_error(e))?;
-            write_executable(&guest.join("nodeos-init"), GUEST_INIT)
-                .map_err(|e| self.cache_error(e))?;
-            cmd.arg(&guest);
+        match artifact {
+            Artifact::Kernel => {
+                cmd.arg(self.arch.linux());
+            }
+            Artifact::Rootfs => {
+                let guest = work.path().join("guest");
+                fs::create_dir(&guest).map_err(|e| self.cache_error(e))?;
+                // Another architecture's guest binary: built by rootfs/build.sh (guest/build.sh)
+                // into the empty folder, in a cargo target folder the cache keeps.
+                if self.arch == Arch::host() {
+                    write_executable(&guest.join("nodeos-init"), GUEST_INIT)
+                        .map_err(|e| self.cache_error(e))?;
+                }
+                cmd.arg(&guest)
+                    .arg(self.arch.debian())
+                    .env("CARGO_TARGET_DIR", self.cache.join("guest-target"));
+            }
         }
         cmd.env("DOWNLOAD_DIR", self.cache.join("downloads"));
 
-        let log_path = self.cache.join(format!("{}.log", artifact.file_name()));
         let started = Instant::now();
-        run_logged(artifact, cmd, &script, &log_path, &self.cache)?;
+        run_logged(artifact, self.arch, cmd, &script, &log_path, &self.cache)?;
 
-        let built = out.join(artifact.file_name());
+        let built = out.join(artifact.file_name(self.arch));
         if !built.is_file() {
             return Err(ArtifactError::NoOutput {
                 what: artifact.name(),
@@ -213,29 +264,31 @@ impl Store {
         fs::rename(&out, &entry).map_err(|e| self.cache_error(e))?;
         tracing::info!("built the {} in {:.0?}", artifact.name(), started.elapsed());
         self.remove_older_builds(artifact, &entry);
-        Ok(entry.join(artifact.file_name()))
+        Ok(entry.join(artifact.file_name(self.arch)))
     }
 
     /// Removes the builds of `artifact` older than the [`KEPT_BUILDS`] newest, `current` (just
     /// built) among them: each change of its inputs would otherwise leave one more behind.
     fn remove_older_builds(&self, artifact: Artifact, current: &Path) {
-        let prefix = format!("{}-", artifact.file_name());
+        let prefix = format!("{}-", artifact.cache_name(self.arch));
         crate::folders::remove_older(&self.cache, &prefix, current, KEPT_BUILDS - 1);
     }
 
     fn entry(&self, artifact: Artifact, key: &str) -> PathBuf {
-        self.cache.join(format!("{}-{key}", artifact.file_name()))
+        self.cache
+            .join(format!("{}-{key}", artifact.cache_name(self.arch)))
     }
 
     /// A hash of everything the artifact is built from.
     pub fn key(&self, artifact: Artifact) -> Result<String> {
         let mut hasher = Sha256::new();
-        for dir in artifact.input_dirs() {
+        hash_field(&mut hasher, self.arch.name().as_bytes());
+        for input in artifact.inputs(self.arch) {
             let mut files = Vec::new();
-            list_files(&self.sources.join(dir), &mut files).map_err(|source| {
+            list_files(&self.sources.join(input), &mut files).map_err(|source| {
                 ArtifactError::ReadInput {
                     what: artifact.name(),
-                    path: self.sources.join(dir),
+                    path: self.sources.join(input),
                     source,
                 }
             })?;
@@ -255,7 +308,7 @@ impl Store {
             hash_field(&mut hasher, package.as_bytes());
             hash_field(&mut hasher, installed_version(package).as_bytes());
         }
-        if artifact == Artifact::Rootfs {
+        if artifact == Artifact::Rootfs && self.arch == Arch::host() {
             hash_field(&mut hasher, GUEST_INIT);
         }
         Ok(hex::encode(&hasher.finalize()[..8]))
@@ -275,8 +328,13 @@ fn hash_field(hasher: &mut Sha256, data: &[u8]) {
     hasher.update(data);
 }
 
-fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
+/// `path` itself when it is a file, else every file under it.
+fn list_files(path: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    if !fs::metadata(path)?.is_dir() {
+        out.push(path.to_path_buf());
+        return Ok(());
+    }
+    for entry in fs::read_dir(path)? {
         let entry = entry?;
         let path = entry.path();
         if entry.file_type()?.is_dir() {
@@ -313,6 +371,7 @@ fn write_executable(path: &Path, data: &[u8]) -> io::Result<()> {
 /// Runs a build script with its output in a log file and its progress on the terminal.
 fn run_logged(
     artifact: Artifact,
+    arch: Arch,
     mut cmd: Command,
     script: &Path,
     log_path: &Path,
@@ -338,7 +397,7 @@ fn run_logged(
         forward_lines(child.stdout.take().expect("piped"), tx.clone()),
         forward_lines(child.stderr.take().expect("piped"), tx),
     ];
-    let mut progress = BuildProgress::start(artifact, cache);
+    let mut progress = BuildProgress::start(artifact, artifact.cache_name(arch), cache);
     let mut tail = std::collections::VecDeque::new();
     for line in rx {
         let _ = writeln!(log, "{line}");
@@ -392,6 +451,7 @@ mod tests {
         let store = Store {
             sources: cache.path().into(),
             cache: cache.path().into(),
+            arch: Arch::X86_64,
         };
         let day = Duration::from_secs(86_400);
         let build = |name: &str, age: u32| {

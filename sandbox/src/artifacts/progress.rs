@@ -22,8 +22,8 @@ pub(super) struct BuildProgress {
 }
 
 impl BuildProgress {
-    pub(super) fn start(artifact: Artifact, cache: &Path) -> BuildProgress {
-        let lines_file = cache.join(format!("{}.lines", artifact.file_name()));
+    pub(super) fn start(artifact: Artifact, cache_name: &str, cache: &Path) -> BuildProgress {
+        let lines_file = cache.join(format!("{cache_name}.lines"));
         let expected = std::fs::read_to_string(&lines_file)
             .ok()
             .and_then(|s| s.trim().parse().ok())

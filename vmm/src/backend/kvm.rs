@@ -1075,6 +1075,7 @@ pub(crate) mod tests {
     /// A tiny guest's VM: 64 MiB, the serial console, every VMM thread filtered.
     pub(crate) fn pvh_spec(kernel: &Path, rootfs: &Path, cpus: u8) -> VmSpec {
         VmSpec {
+            arch: contract::arch::Arch::X86_64,
             kernel: kernel.into(),
             memory_mib: 64,
             cpus,

@@ -4,6 +4,7 @@
 //! so callers cannot tell them apart (see docs/guest-contract.md).
 
 use crate::jail::Jail;
+use contract::arch::Arch;
 use contract::params::AgentTransport;
 
 use crate::vm::{ConfigError, ConsoleIo, PauseLink, RunReport, StopSignal, VmConfig};
@@ -39,6 +40,11 @@ pub enum Error {
     Vmm(#[from] process::Error),
     #[error(transparent)]
     Qemu(#[from] qemu::QemuError),
+    #[error(
+        "this host runs {host} guests on KVM; an {guest} guest runs under QEMU's emulation \
+         (--backend qemu, or auto)"
+    )]
+    ForeignArch { guest: Arch, host: Arch },
 }
 
 impl Backend {
@@ -52,6 +58,20 @@ impl Backend {
         pause: Option<PauseLink>,
     ) -> Result<RunReport, Error> {
         let spec = &config.spec(self.agent_transport())?;
+        // KVM runs the host's own instruction set only.
+        let emulated = matches!(
+            self,
+            Backend::Qemu {
+                accel: qemu::Accel::Tcg,
+                ..
+            }
+        );
+        if spec.arch != Arch::host() && !emulated {
+            return Err(Error::ForeignArch {
+                guest: spec.arch,
+                host: Arch::host(),
+            });
+        }
         Ok(match self {
             Backend::Kvm { jail, vmm } => process::run(vmm, spec, console, stop, pause, *jail)?,
             Backend::Qemu { accel, jail, vmm } => {

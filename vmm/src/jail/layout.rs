@@ -120,6 +120,7 @@ mod tests {
     #[test]
     fn a_vm_sees_its_files_under_fixed_names() {
         let spec = VmSpec {
+            arch: contract::arch::Arch::X86_64,
             kernel: "/k/vmlinux".into(),
             devices: vec![
                 Device::Block(Disk {

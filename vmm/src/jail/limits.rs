@@ -102,6 +102,7 @@ mod tests {
             Device::Block(Disk { path, read_only })
         };
         let mut spec = VmSpec {
+            arch: contract::arch::Arch::X86_64,
             kernel: "/kernel".into(),
             devices: vec![disk("root", 1 << 30, true), disk("user", 1 << 20, false)],
             memory_mib: 64,

@@ -261,6 +261,7 @@ impl Setup {
             .set_len(VOLUME_BYTES)
             .unwrap();
         let spec = VmSpec {
+            arch: contract::arch::Arch::X86_64,
             kernel: file("vmlinux", "the kernel"),
             devices: vec![
                 Device::Block(Disk {

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use contract::arch::Arch;
 use contract::disks::{DiskPlan, ROOT_DEVICE};
 use contract::env::EnvVar;
 use contract::params::{
@@ -28,12 +29,23 @@ pub const MAX_CMDLINE_LEN: usize = 2048;
 /// bytes each) and QEMU's TCG clock parameters.
 const BACKEND_CMDLINE_ROOM: usize = 256;
 
-/// Parameters every NodeOS boot needs: serial console, no ACPI (MP tables bring up the vCPUs),
-/// the read-only squashfs root on the first disk, our init, and a VM that ends on a triple
-/// fault instead of rebooting.
-const KERNEL_PARAMS: &str = "console=ttyS0 reboot=t panic=-1 quiet acpi=off \
+/// Parameters every NodeOS boot needs, on x86-64: serial console, no ACPI (MP tables bring up
+/// the vCPUs), the read-only squashfs root on the first disk, our init, and a VM that ends on a
+/// triple fault instead of rebooting.
+const X86_64_KERNEL_PARAMS: &str = "console=ttyS0 reboot=t panic=-1 quiet acpi=off \
 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd tsc=reliable \
 rootfstype=squashfs ro init=/sbin/init";
+/// The same on arm64: the PL011 console, a panic that resets (which ends the VM, as on x86),
+/// the CPU mitigations off as the x86 kernel has them off (kernel/config-arm64.fragment).
+const AARCH64_KERNEL_PARAMS: &str = "console=ttyAMA0 panic=-1 quiet mitigations=off \
+rootfstype=squashfs ro init=/sbin/init";
+
+fn kernel_params(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => X86_64_KERNEL_PARAMS,
+        Arch::Aarch64 => AARCH64_KERNEL_PARAMS,
+    }
+}
 
 /// How the host drives the guest's console.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +69,9 @@ pub struct VolumeDisk {
 /// Everything about one VM that its user chose.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
-    /// ELF vmlinux with a PVH entry (or a bzImage, KVM backend only).
+    /// The guest's architecture: the host's unless told (another one runs under QEMU's TCG).
+    pub arch: Arch,
+    /// ELF vmlinux with a PVH entry (or a bzImage, KVM backend only); an arm64 `Image`.
     pub kernel: PathBuf,
     /// The read-only squashfs root image.
     pub rootfs: PathBuf,
@@ -119,6 +133,7 @@ impl VmConfig {
     /// otherwise: piped console, the REPL, no disks, agent, network or extra parameters.
     pub fn new(kernel: PathBuf, rootfs: PathBuf, memory_mib: u32, cpus: u8) -> VmConfig {
         VmConfig {
+            arch: Arch::host(),
             kernel,
             rootfs,
             memory_mib,
@@ -194,6 +209,7 @@ impl VmConfig {
             devices.push(Device::AgentLink(socket.clone()));
         }
         Ok(VmSpec {
+            arch: self.arch,
             kernel: self.kernel.clone(),
             memory_mib: self.memory_mib,
             cpus: self.cpus,
@@ -273,7 +289,7 @@ impl VmConfig {
         if let Some(b) = self.cmdline_extra.bytes().find(|b| b.is_ascii_control()) {
             return Err(ConfigError::ControlChar(b));
         }
-        let mut line = format!("{KERNEL_PARAMS} root={ROOT_DEVICE}");
+        let mut line = format!("{} root={ROOT_DEVICE}", kernel_params(self.arch));
         for words in [params.to_string().as_str(), self.cmdline_extra.trim()] {
             if !words.is_empty() {
                 line.push(' ');
@@ -304,6 +320,27 @@ mod tests {
         spec.disks()
             .map(|d| (d.path.to_str().unwrap(), d.read_only))
             .collect()
+    }
+
+    #[test]
+    fn an_arm64_vm_boots_with_arm64s_console_and_the_same_guest_parameters() {
+        let mut c = config();
+        c.arch = Arch::Aarch64;
+        let spec = c.spec(AgentTransport::Serial).unwrap();
+        assert_eq!(spec.arch, Arch::Aarch64);
+        assert!(
+            spec.cmdline.starts_with("console=ttyAMA0 "),
+            "{}",
+            spec.cmdline
+        );
+        assert!(spec.cmdline.contains(" root=/dev/vda "));
+        for x86 in ["ttyS0", "i8042", "8250", "acpi", "reboot=t", "tsc"] {
+            assert!(!spec.cmdline.contains(x86), "{x86}: {}", spec.cmdline);
+        }
+        assert_eq!(
+            params(&spec),
+            params(&config().spec(AgentTransport::Serial).unwrap())
+        );
     }
 
     #[test]

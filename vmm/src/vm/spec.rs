@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 /// Everything needed to boot one microVM, whatever the backend.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmSpec {
-    /// ELF vmlinux with a PVH entry (or a bzImage, KVM backend only).
+    #[serde(with = "arch_name")]
+    pub arch: contract::arch::Arch,
+    /// ELF vmlinux with a PVH entry (or a bzImage, KVM backend only); an arm64 `Image`.
     pub kernel: PathBuf,
     pub memory_mib: u32,
     pub cpus: u8,
@@ -25,6 +27,22 @@ pub struct VmSpec {
     pub seccomp: bool,
     /// Whether the VM boots, boots and is saved, or is restored from a snapshot.
     pub start: Start,
+}
+
+/// An architecture as its name (the contract crate has no serde).
+mod arch_name {
+    use contract::arch::Arch;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(arch: &Arch, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(arch.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arch, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// How a VM comes up.

@@ -10,7 +10,8 @@ use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use contract::ports::{BOOT_TIMER_PORT, EXIT_PORT};
+use contract::arch::Arch;
+use contract::ports::{BOOT_TIMER_PORT, EXIT_PORT, MARKS_PORT_NAME};
 use contract::SERIAL_PORT_NAME;
 
 use super::Accel;
@@ -76,23 +77,24 @@ pub struct Fds {
 }
 
 pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsString> {
-    let (accel_name, cpu) = match accel {
-        Accel::Kvm => ("kvm", "host"),
+    let (accel_name, cpu) = match (accel, spec.arch) {
+        (Accel::Kvm, _) => ("kvm", "host"),
         // A translation cache of 256 MiB at most (QEMU's default is 1 GiB), within the
         // jail's cgroup allowance (jail::cgroup::QEMU_MEMORY_ALLOWANCE_MIB).
-        Accel::Tcg => ("tcg,tb-size=256", "max"),
+        (Accel::Tcg, Arch::X86_64) => ("tcg,tb-size=256", "max"),
+        // Pointer authentication with QEMU's own cheap algorithm, not the architected one
+        // (which TCG computes at a cost on every signed return).
+        (Accel::Tcg, Arch::Aarch64) => ("tcg,tb-size=256", "max,pauth-impdef=on"),
+    };
+    // Guest memory stays out of any core dump.
+    let machine = match spec.arch {
+        Arch::X86_64 => "microvm,acpi=off,x-option-roms=off,dump-guest-core=off",
+        // The GIC the host has under KVM; under TCG v3, which takes more than 8 vCPUs.
+        Arch::Aarch64 => "virt,gic-version=max,dump-guest-core=off",
     };
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&[
-        // Guest memory stays out of any core dump.
-        "-M",
-        "microvm,acpi=off,x-option-roms=off,dump-guest-core=off",
-        "-accel",
-        accel_name,
-        "-cpu",
-        cpu,
-    ]);
+    push(&["-M", machine, "-accel", accel_name, "-cpu", cpu]);
     push(&[
         "-m",
         &format!("{}M", spec.memory_mib),
@@ -112,35 +114,67 @@ pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsStri
         "-serial",
         "chardev:console",
     ]);
-    push(&[
-        "-device",
-        &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=1"),
-    ]);
-    push(&[
-        "-device",
-        &format!("isa-debugcon,iobase={BOOT_TIMER_PORT:#x},chardev=timer"),
-    ]);
     push(&["-chardev", &format!("socket,id=timer,fd={}", fds.timer)]);
+    match spec.arch {
+        Arch::X86_64 => {
+            push(&[
+                "-device",
+                &format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=1"),
+            ]);
+            push(&[
+                "-device",
+                &format!("isa-debugcon,iobase={BOOT_TIMER_PORT:#x},chardev=timer"),
+            ]);
+        }
+        // No I/O ports: the marks port, on the virtio-serial device the agent's port (when
+        // there is one) shares.
+        Arch::Aarch64 => push(&[
+            "-device",
+            &format!("{SERIAL_DEVICE_WITH_MARKS},id=serial0"),
+            "-device",
+            &format!("virtserialport,bus=serial0.0,chardev=timer,name={MARKS_PORT_NAME}"),
+        ]),
+    }
     a.push("-kernel".into());
     a.push(kernel.as_os_str().to_owned());
     let mut cmdline = spec.cmdline.clone();
-    if accel == Accel::Tcg {
+    // The TSC parameters are x86's.
+    if accel == Accel::Tcg && spec.arch == Arch::X86_64 {
         cmdline = format!(
             "{cmdline} {} {}",
             super::tcg_clock_params(&super::cpuinfo()),
             super::TCG_FIXED_MAPS
         );
     }
-    let mut disks = fds.disks.iter();
+    if accel == Accel::Tcg && spec.arch != Arch::X86_64 {
+        cmdline = format!("{cmdline} {}", super::TCG_FIXED_MAPS);
+    }
+    // Each device with its disk's descriptors, in the spec's order.
+    let mut sets = fds.disks.iter();
+    let mut devices: Vec<_> = spec
+        .devices
+        .iter()
+        .enumerate()
+        .map(|(index, device)| {
+            let set = matches!(device, Device::Block(_))
+                .then(|| sets.next().expect("descriptors for each disk"));
+            (index, device, set)
+        })
+        .collect();
+    // The guest must find the devices in the spec's order (block devices are /dev/vda,
+    // /dev/vdb, ... in this order). microvm places virtio-mmio devices in the order they are
+    // created; virt fills its transports from the highest address down, and Linux names them
+    // from the lowest up: there they are created in reverse.
+    if spec.arch == Arch::Aarch64 {
+        devices.reverse();
+    }
     // QEMU's image locks are off: the slots a VM leaves empty share one empty file, and the
     // disks VMs could share are locked by nodeos-vm (a user's disk) or only read (the image).
-    // QEMU places virtio-mmio devices in the order they are created: the spec's order, which
-    // is the guest's (block devices are /dev/vda, /dev/vdb, ... in this order).
-    for (index, device) in spec.devices.iter().enumerate() {
+    for (index, device, set) in devices {
         let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
         match device {
             Device::Block(disk) => {
-                let set = disks.next().expect("descriptors for each disk");
+                let set = set.expect("descriptors for each disk");
                 for fd in set {
                     push(&["-add-fd", &format!("fd={fd},set={index}")]);
                 }
@@ -177,9 +211,10 @@ pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsStri
             }
             Device::AgentLink(_) => {
                 let fd = fds.agent.expect("a descriptor for the agent link");
+                if spec.arch == Arch::X86_64 {
+                    push(&["-device", SERIAL_DEVICE]);
+                }
                 push(&[
-                    "-device",
-                    "virtio-serial-device,max_ports=2",
                     "-chardev",
                     &format!("socket,id=agent,fd={fd}"),
                     "-device",
@@ -216,6 +251,11 @@ pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsStri
     a
 }
 
+/// The virtio-serial device of the agent's port (port 0 is kept for a console).
+const SERIAL_DEVICE: &str = "virtio-serial-device,max_ports=2";
+/// On arm64, of the marks port and the agent's.
+const SERIAL_DEVICE_WITH_MARKS: &str = "virtio-serial-device,max_ports=3";
+
 /// QEMU's own seccomp filter: no obsolete syscalls, no privilege changes, no new processes,
 /// no scheduling or resource changes.
 const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
@@ -228,6 +268,7 @@ mod tests {
     #[test]
     fn qemu_gets_descriptors_not_paths() {
         let spec = VmSpec {
+            arch: contract::arch::Arch::X86_64,
             kernel: "/host/vmlinux".into(),
             devices: vec![
                 Device::Block(Disk {
@@ -282,8 +323,66 @@ mod tests {
     }
 
     #[test]
+    fn an_arm64_guest_gets_virt_the_marks_port_and_its_disks_in_reverse() {
+        let disk = |path: &str| {
+            Device::Block(Disk {
+                path: path.into(),
+                read_only: true,
+            })
+        };
+        let spec = VmSpec {
+            arch: contract::arch::Arch::Aarch64,
+            kernel: "/host/Image".into(),
+            devices: vec![
+                disk("/host/rootfs.img"),
+                disk("/host/volume.img"),
+                Device::AgentLink("/host/agent.sock".into()),
+            ],
+            memory_mib: 256,
+            cpus: 1,
+            cmdline: "console=ttyAMA0".into(),
+            seccomp: true,
+            start: Default::default(),
+        };
+        let fds = Fds {
+            timer: 5,
+            agent: Some(6),
+            net: None,
+            disks: vec![vec![8], vec![9]],
+            qmp: None,
+            incoming: None,
+            pause_monitor: None,
+        };
+        let line = args(&spec, Accel::Tcg, Path::new("/kernel"), &fds)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect::<Vec<_>>()
+            .join(" ");
+        for expected in [
+            "-M virt,",
+            "-cpu max,pauth-impdef=on",
+            "-device virtio-serial-device,max_ports=3,id=serial0 -device virtserialport,bus=serial0.0,chardev=timer,name=org.nodeos.marks",
+            "-chardev socket,id=agent,fd=6 -device virtserialport,chardev=agent,name=org.nodeos.agent",
+            "console=ttyAMA0 norandmaps",
+        ] {
+            assert!(line.contains(expected), "{expected}: {line}");
+        }
+        for absent in ["isa-", "tsc", "microvm"] {
+            assert!(!line.contains(absent), "{absent}: {line}");
+        }
+        // virt's transports are filled from the top: the root image's device comes last, so
+        // that the guest finds it first (/dev/vda), with the descriptors of its own set.
+        let volume = line.find("file=/dev/fdset/1").unwrap();
+        let root = line.find("file=/dev/fdset/0").unwrap();
+        assert!(volume < root, "{line}");
+        assert!(line.contains("-add-fd fd=8,set=0"), "{line}");
+        assert!(line.contains("-add-fd fd=9,set=1"), "{line}");
+    }
+
+    #[test]
     fn only_tcg_guests_get_fixed_mappings() {
         let spec = VmSpec {
+            arch: contract::arch::Arch::X86_64,
             kernel: "/host/vmlinux".into(),
             devices: vec![],
             memory_mib: 256,

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Child;
 
 use super::args::{self, Fds, Handed};
-use super::{spawn, Accel, Jailed, QemuError, QEMU};
+use super::{spawn, Accel, Jailed, QemuError};
 use crate::jail::cgroup::QEMU_MEMORY_ALLOWANCE_MIB;
 use crate::jail::exec::{self, Exec, HELPER_ARG};
 use crate::jail::layout::{self, Access, Entry, KVM_DEVICE};
@@ -47,7 +47,7 @@ pub fn start(
 ) -> Result<(Child, HostSide), QemuError> {
     let console = stdio.1.as_fd();
     let host = HostSide::prepare(jailed.jail, spec, console, QEMU_MEMORY_ALLOWANCE_MIB)?;
-    let mut qemu_args = vec![QEMU.into()];
+    let mut qemu_args = vec![super::emulator(spec.arch).0.into()];
     qemu_args.extend(args::args(spec, accel, KERNEL.as_ref(), fds));
     let exec = Exec {
         jail: host.request().clone(),

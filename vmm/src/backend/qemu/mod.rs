@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use contract::ports::{CONSOLE_READY, INIT_STARTED, TEMPLATE_READY};
+use contract::arch::Arch;
+use contract::ports::{CONSOLE_READY, EXIT_MARK, INIT_STARTED, TEMPLATE_READY};
 
 use self::agent::AgentMux;
 use self::args::{Fds, Handed};
@@ -35,7 +36,15 @@ use crate::jail as jails;
 use crate::jail::exec::{self, FIRST_PROGRAM_FD};
 use crate::vm::{ConsoleIo, ConsoleReady, PauseLink, RunReport, StopSignal, VmExit, VmSpec};
 
-pub(super) const QEMU: &str = "qemu-system-x86_64";
+/// QEMU's system emulator for guests of `arch`, and Debian's package of it.
+pub(super) fn emulator(arch: Arch) -> (&'static str, &'static str) {
+    match arch {
+        Arch::X86_64 => ("qemu-system-x86_64", "qemu-system-x86"),
+        Arch::Aarch64 => ("qemu-system-aarch64", "qemu-system-arm"),
+    }
+}
+/// How long, after QEMU ended, the marks thread may take to hand over the exit status it read.
+const EXIT_MARK_WAIT: Duration = Duration::from_secs(1);
 /// Most of QEMU's stderr we keep to explain a failure.
 const STDERR_LIMIT: u64 = 64 * 1024;
 
@@ -50,7 +59,7 @@ pub enum Accel {
 pub enum QemuError {
     #[error(transparent)]
     NotInstalled(#[from] crate::host_packages::HostPackageError),
-    #[error("starting {QEMU}")]
+    #[error("starting QEMU")]
     Spawn(#[source] io::Error),
     #[error("creating the boot-timer socket pair")]
     TimerSocket(#[source] io::Error),
@@ -58,7 +67,7 @@ pub enum QemuError {
     AgentSocket(std::path::PathBuf, #[source] io::Error),
     #[error("opening the disk {0}")]
     Disk(std::path::PathBuf, #[source] io::Error),
-    #[error("{QEMU} would be handed {0} descriptors; at most {MAX_MOVES}")]
+    #[error("QEMU would be handed {0} descriptors; at most {MAX_MOVES}")]
     TooManyDescriptors(usize),
     #[error(transparent)]
     Net(#[from] net::Error),
@@ -66,11 +75,11 @@ pub enum QemuError {
     Jail(#[from] jails::Error),
     #[error(transparent)]
     Exec(#[from] exec::Error),
-    #[error("waiting for {QEMU}")]
+    #[error("waiting for QEMU")]
     Wait(#[source] io::Error),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
-    #[error("{QEMU} failed (exit status {status}): {stderr}")]
+    #[error("QEMU failed (exit status {status}): {stderr}")]
     Failed { status: String, stderr: String },
 }
 
@@ -84,7 +93,8 @@ pub fn run(
     pause: Option<PauseLink>,
     jailed: Option<Jailed<'_>>,
 ) -> Result<RunReport, QemuError> {
-    let qemu = crate::host_packages::ensure(QEMU, "qemu-system-x86")?;
+    let (program, package) = emulator(spec.arch);
+    let qemu = crate::host_packages::ensure(program, package)?;
     let started = Instant::now();
     let ConsoleIo {
         input,
@@ -178,7 +188,7 @@ pub fn run(
         template,
         save_at,
     };
-    watch_boot_timer(timer, started, marks, Arc::clone(&init_reached));
+    let exit_mark = watch_boot_timer(timer, started, marks, Arc::clone(&init_reached));
     let stopper = Stopper::watch(&[stop, &failed], child.id())?;
     let agent = agent.map(AgentMux::serve).transpose()?;
     let pauser = pauser.map(Pauser::serve).transpose()?;
@@ -217,11 +227,19 @@ pub fn run(
     }
     let stderr = stderr.join().unwrap_or_default();
     let init_reached = *init_reached.lock().unwrap();
-    let exit =
-        decode_exit(status.code(), init_reached.is_some()).ok_or_else(|| QemuError::Failed {
-            status: status.to_string(),
-            stderr: stderr.trim().to_string(),
-        })?;
+    let exit = match spec.arch {
+        Arch::X86_64 => decode_exit(status.code(), init_reached.is_some()),
+        // The guest said its status on the marks port, then powered off (QEMU's status 0).
+        Arch::Aarch64 => match (status.code(), exit_mark.recv_timeout(EXIT_MARK_WAIT)) {
+            (Some(0), Ok(code)) => Some(VmExit::Guest(code)),
+            (Some(0), Err(_)) => Some(VmExit::Reset),
+            _ => None,
+        },
+    };
+    let exit = exit.ok_or_else(|| QemuError::Failed {
+        status: status.to_string(),
+        stderr: stderr.trim().to_string(),
+    })?;
     Ok(RunReport {
         exit,
         init_reached,
@@ -326,18 +344,27 @@ struct Marks {
     save_at: Option<SaveTrigger>,
 }
 
-/// Timestamps the guest's first boot-timer byte and tells `marks` of the others.
+/// Timestamps the guest's first boot-timer byte and tells `marks` of the others. Where the
+/// boot-timer bytes come on the marks port (arm64), so does the exit status, after
+/// [`EXIT_MARK`]: the receiver gets it.
 fn watch_boot_timer(
     mut conn: UnixStream,
     started: Instant,
     marks: Marks,
     init_reached: Arc<Mutex<Option<Duration>>>,
-) {
+) -> std::sync::mpsc::Receiver<u8> {
+    let (exit_tx, exit_rx) = std::sync::mpsc::channel();
     thread::Builder::new()
         .name("boot-timer".into())
         .spawn(move || {
             let mut byte = [0u8; 1];
+            let mut exit_next = false;
             while let Ok(1) = conn.read(&mut byte) {
+                if exit_next {
+                    exit_next = false;
+                    let _ = exit_tx.send(byte[0]);
+                    continue;
+                }
                 if let Some((at, trigger)) = &marks.save_at {
                     if byte[0] == *at {
                         let _ = trigger.send(());
@@ -352,6 +379,7 @@ fn watch_boot_timer(
                     }
                     CONSOLE_READY => marks.ready.signal(),
                     TEMPLATE_READY => marks.template.signal(),
+                    EXIT_MARK => exit_next = true,
                     _ => {}
                 }
             }
@@ -359,6 +387,7 @@ fn watch_boot_timer(
             marks.ready.signal();
         })
         .expect("spawning the boot-timer thread");
+    exit_rx
 }
 
 /// QEMU's translation cache is keyed by virtual address as well as physical: with the guest's
@@ -394,7 +423,7 @@ pub(super) fn tcg_clock_params(cpuinfo: &str) -> String {
 /// The QEMU on PATH, as its file (size, modification time): what a migration stream's format
 /// follows.
 pub fn build() -> String {
-    crate::host_packages::on_path(QEMU)
+    crate::host_packages::on_path(emulator(Arch::host()).0)
         .and_then(|path| std::fs::metadata(path).ok())
         .map(|m| {
             use std::os::unix::fs::MetadataExt;
