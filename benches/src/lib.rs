@@ -109,8 +109,14 @@ pub fn nodeos_vm_bin() -> PathBuf {
 
 /// Builds (or finds cached) the kernel and root image: `(kernel, rootfs)`.
 pub fn artifacts(bin: &Path) -> (PathBuf, PathBuf) {
+    artifacts_with(bin, &[])
+}
+
+/// [`artifacts`] with more options for `nodeos-vm build` (`--arch aarch64`).
+pub fn artifacts_with(bin: &Path, options: &[&str]) -> (PathBuf, PathBuf) {
     let out = Command::new(bin)
         .arg("build")
+        .args(options)
         .stderr(Stdio::inherit())
         .output()
         .expect("nodeos-vm build");
