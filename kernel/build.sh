@@ -5,7 +5,7 @@
 #
 # usage: kernel/build.sh OUT_DIR [x86_64|arm64]
 #   writes OUT_DIR/vmlinux (x86_64, the default) or OUT_DIR/Image (arm64), and OUT_DIR/config
-#   (the final .config)
+#   (the final .config); for arm64 also the Raspberry Pi boards' device trees, OUT_DIR/dtbs/
 #
 # environment:
 #   WORK_DIR=dir   scratch dir (default: a fresh mktemp -d). If it already holds
@@ -32,10 +32,12 @@ JOBS=${JOBS:-$(nproc)}
 # ARCH=x86_64, not x86: with ARCH=x86 (the default on an x86_64 host) tinyconfig, being an
 # allnoconfig, would answer "no" to 64BIT and give a 32-bit kernel.
 case $ARCH in
-    x86_64) TARGET=vmlinux BUILT=vmlinux CROSS=() CROSS_GCC=gcc:gcc ;;
+    x86_64) TARGET=vmlinux BUILT=vmlinux CROSS=() CROSS_GCC=gcc:gcc DTBS=() ;;
     arm64)
         TARGET=Image BUILT=arch/arm64/boot/Image CROSS=(CROSS_COMPILE=aarch64-linux-gnu-)
         CROSS_GCC=aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu
+        # The boards `nodeos-vm image export --format rpi` is for: Pi 3 B, 3 B+, 4 B.
+        DTBS=(broadcom/bcm2837-rpi-3-b.dtb broadcom/bcm2837-rpi-3-b-plus.dtb broadcom/bcm2711-rpi-4-b.dtb)
         ;;
     *) die "unknown architecture $ARCH: x86_64 or arm64" ;;
 esac
@@ -142,4 +144,10 @@ phase "compiling $TARGET for $ARCH (make -j$JOBS)"
 phase "writing $OUT_DIR/$TARGET and $OUT_DIR/config"
 cp "$SRC/$BUILT" "$OUT_DIR/$TARGET.tmp" && mv "$OUT_DIR/$TARGET.tmp" "$OUT_DIR/$TARGET"
 cp "$SRC/.config" "$OUT_DIR/config"
+if ((${#DTBS[@]})); then
+    phase "compiling the device trees ${DTBS[*]}"
+    "${KMAKE[@]}" -C "$SRC" "${DTBS[@]}" || die "make ${DTBS[*]} failed"
+    mkdir -p "$OUT_DIR/dtbs"
+    for dtb in "${DTBS[@]}"; do cp "$SRC/arch/arm64/boot/dts/$dtb" "$OUT_DIR/dtbs/"; done
+fi
 phase "done: $OUT_DIR/$TARGET ($(($(stat -c %s "$OUT_DIR/$TARGET") / 1024)) KiB)"

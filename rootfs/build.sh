@@ -108,42 +108,9 @@ node_package=NODE_PACKAGE_$DEB_ARCH node_integrity=NODE_INTEGRITY_$DEB_ARCH
 NODE_TGZ=$(fetch_npm "${!node_package}" "$NODE_VERSION" "${!node_integrity}")
 NPM_TGZ=$(fetch_npm npm "$NPM_VERSION" "$NPM_INTEGRITY")
 
-# Debian packages: the pinned version if the archive still has it, else the current one.
-DEB_DIR=$DOWNLOAD_DIR/debs
-mkdir -p "$DEB_DIR"
-# Another architecture's packages come through package lists of its own, kept in DOWNLOAD_DIR:
-# the host's apt configuration and dpkg's architectures stay as they are.
-APT=(apt-get)
-if [[ $DEB_ARCH != "$(dpkg --print-architecture)" ]]; then
-    APT_STATE=$DOWNLOAD_DIR/apt-$DEB_ARCH
-    mkdir -p "$APT_STATE/lists/partial" "$APT_STATE/cache/archives/partial"
-    touch "$APT_STATE/status"
-    APT+=(-o "APT::Architecture=$DEB_ARCH" -o "APT::Architectures::=$DEB_ARCH"
-        -o "Dir::State::Lists=$APT_STATE/lists" -o "Dir::Cache=$APT_STATE/cache"
-        -o "Dir::State::status=$APT_STATE/status")
-    if ! compgen -G "$APT_STATE/lists/*_Packages" >/dev/null; then
-        phase "downloading Debian's $DEB_ARCH package lists"
-        "${APT[@]}" update >/dev/null || die "apt-get update for $DEB_ARCH failed"
-    fi
-fi
-# deb_file NAME=VERSION -> path of the package's .deb in DEB_DIR, downloaded if missing.
-deb_file() {
-    local spec=$1 name=${1%%=*} version=${1#*=} deb
-    deb=$(ls "$DEB_DIR/${name}_${version//:/%3a}_$DEB_ARCH.deb" 2>/dev/null || true)
-    if [[ -z $deb ]]; then
-        phase "downloading Debian package $spec ($DEB_ARCH)" >&2
-        if ! (cd "$DEB_DIR" && "${APT[@]}" download "$spec") >/dev/null 2>&1; then
-            # Maybe only the package lists are stale.
-            "${APT[@]}" update >/dev/null 2>&1 || true
-            if ! (cd "$DEB_DIR" && "${APT[@]}" download "$spec") >/dev/null 2>&1; then
-                echo "rootfs/build.sh: warning: $spec is not in the archive any more; taking the current $name" >&2
-                (cd "$DEB_DIR" && "${APT[@]}" download "$name") >&2 || die "apt-get download $name failed"
-            fi
-        fi
-        deb=$(ls -t "$DEB_DIR/${name}_"*_"$DEB_ARCH".deb | head -1)
-    fi
-    echo "$deb"
-}
+# Debian packages of DEB_ARCH: deb_file (rootfs/debs.sh).
+# shellcheck source=debs.sh
+source "$SCRIPT_DIR/debs.sh"
 DEBS=() COMMAND_DEBS=()
 for spec in $DEBIAN_PACKAGES; do DEBS+=("$(deb_file "$spec")"); done
 for spec in $DEBIAN_COMMAND_PACKAGES; do COMMAND_DEBS+=("$(deb_file "$spec")"); done

@@ -8,11 +8,22 @@ use std::time::{Duration, Instant};
 
 /// Where virtio-serial ports show their names.
 const PORTS_DIR: &str = "/sys/class/virtio-ports";
+/// The virtio-serial devices the driver took (`virtioN` links).
+const DEVICES_DIR: &str = "/sys/bus/virtio/drivers/virtio_console";
 const RETRY: Duration = Duration::from_millis(2);
 
 /// The device of the port named `name`, waiting up to `wait` for it to appear: the
-/// virtio-console driver adds ports asynchronously after its probe. None without sysfs.
+/// virtio-console driver adds ports asynchronously after its probe. None at once on a machine
+/// without a virtio-serial device (a Raspberry Pi), or without sysfs.
 pub fn find(name: &str, wait: Duration) -> Option<PathBuf> {
+    let has_device = fs::read_dir(DEVICES_DIR).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("virtio"))
+    });
+    if !has_device {
+        return None;
+    }
     let deadline = Instant::now() + wait;
     loop {
         if let Some(port) = port_named(Path::new(PORTS_DIR), name) {

@@ -19,6 +19,7 @@ pub mod host_ca;
 pub mod image_tree;
 pub mod npm_registry;
 pub mod oci_image;
+pub mod rpi_card;
 pub mod templates;
 #[cfg(test)]
 mod test_child;

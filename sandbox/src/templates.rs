@@ -232,6 +232,7 @@ fn template_config(config: &VmConfig, socket: PathBuf, to: &Path, identity: &str
         config.memory_mib,
         config.cpus,
     );
+    t.arch = config.arch;
     t.console = Console::Pipe;
     t.shell = Shell::None;
     t.agent_socket = Some(socket);
@@ -302,7 +303,7 @@ pub fn identity(backend: &Backend, config: &VmConfig) -> String {
         "nodeos-vm template\nvmm {}\nbackend {}\nkernel {}\nrootfs {}\nmemory {} MiB\ncpus {}\n\
          network {}\nkernel parameters {}\n",
         snapshot::VMM_VERSION,
-        backend.snapshot_identity(),
+        backend.snapshot_identity(config.arch),
         file_identity(&config.kernel),
         file_identity(&config.rootfs),
         config.memory_mib,

@@ -1,7 +1,6 @@
-//! The arm64 guest against the x86-64 guest on this host, both under QEMU's TCG and booted cold
-//! (an arm64 guest has no template snapshots yet), rounds interleaved: `start` to the REPL
-//! answering `6*7`, and `run -- node -e 'console.log(1)'` end to end. The x86 guest restored
-//! from its template is there for reference. Image sizes too.
+//! The arm64 guest against the x86-64 guest on this host, both under QEMU's TCG, booted cold
+//! and restored from their templates, rounds interleaved: `start` to the REPL answering `6*7`,
+//! and `run -- node -e 'console.log(1)'` end to end. Image sizes too.
 //!
 //! cargo build --release && ./target/release/arch 5
 
@@ -26,14 +25,17 @@ fn main() {
             rootfs.display().to_string(),
         ]
     };
-    let mut x86 = images("x86_64", &x86_kernel, &x86_rootfs);
-    let x86_restored = x86.clone();
-    x86.push("--no-snapshot".into());
+    let cold = |mut args: Vec<String>| {
+        args.push("--no-snapshot".into());
+        args
+    };
+    let x86 = images("x86_64", &x86_kernel, &x86_rootfs);
     let arm = images("aarch64", &arm_kernel, &arm_rootfs);
     let variants = [
-        ("x86-64 guest, cold", x86),
-        ("arm64 guest, cold", arm),
-        ("x86-64 guest, restored", x86_restored),
+        ("x86-64 guest, cold", cold(x86.clone())),
+        ("arm64 guest, cold", cold(arm.clone())),
+        ("x86-64 guest, restored", x86),
+        ("arm64 guest, restored", arm),
     ];
     let mut init = vec![Vec::new(); variants.len()];
     let mut repl = vec![Vec::new(); variants.len()];
@@ -59,12 +61,13 @@ fn main() {
         );
     }
     let median = |v: &[f64]| stats(v).median;
-    println!(
-        "\narm64 / x86-64, both cold: to init {:.2}, REPL {:.2}, run {:.2}",
-        median(&init[1]) / median(&init[0]),
-        median(&repl[1]) / median(&repl[0]),
-        median(&run[1]) / median(&run[0])
-    );
+    for (what, x86, arm) in [("cold", 0, 1), ("restored", 2, 3)] {
+        println!(
+            "\narm64 / x86-64, both {what}: REPL {:.2}, run {:.2}",
+            median(&repl[arm]) / median(&repl[x86]),
+            median(&run[arm]) / median(&run[x86])
+        );
+    }
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
     println!(
         "root images: x86-64 {:.1} MB, arm64 {:.1} MB ({:+.1}%); kernels: vmlinux {:.1} MB, Image {:.1} MB",

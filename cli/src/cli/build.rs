@@ -26,8 +26,7 @@ pub struct BuildArgs {
     /// The backend whose snapshots to make.
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
-    /// Build the kernel and root image of this guest architecture (another than this host's
-    /// gets no snapshots: its VMs boot cold).
+    /// Build the kernel, root image and snapshots of this guest architecture.
     #[arg(long, value_enum, default_value_t = ArchChoice::host())]
     arch: ArchChoice,
     #[command(flatten)]
@@ -48,13 +47,14 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         print_file(artifact.name(), &path, "");
         built.push(path);
     }
-    if let ([kernel, rootfs], false) = (&built[..], args.no_snapshot || arch != Arch::host()) {
+    if let ([kernel, rootfs], false) = (&built[..], args.no_snapshot) {
         let backend = choose_backend(args.backend, args.arch, &args.jail, true)?;
         let templates = Templates::in_cache(store.cache_dir());
         let memory =
             vm_config::memory_mib(vm_config::DEFAULT_MEMORY).map_err(anyhow::Error::msg)?;
         for net in [None, Some(NetSpec::USER)] {
             let mut config = VmConfig::new(kernel.clone(), rootfs.clone(), memory, 1);
+            config.arch = arch;
             let with = if net.is_some() {
                 ", with a network"
             } else {

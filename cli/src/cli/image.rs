@@ -1,16 +1,20 @@
-//! `nodeos-vm image`: the root image for other engines — `export` writes it as an OCI image
-//! (sandbox::oci_image) that `ctr image import`, `docker load` and `podman load` take.
+//! `nodeos-vm image`: the root image for other engines and machines — `export` writes it as an
+//! OCI image (sandbox::oci_image) that `ctr image import`, `docker load` and `podman load` take,
+//! or as a Raspberry Pi SD card image (sandbox::rpi_card).
 
 use std::path::PathBuf;
 
 use sandbox::artifacts::{Artifact, Store};
 use sandbox::oci_image::{self, ImageName};
+use sandbox::rpi_card;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ImageCommand {
-    /// Write the root image as a container image archive (builds the image first if missing).
+    /// Write the root image as a container image archive, or a Raspberry Pi SD card image
+    /// (builds what it needs first if missing).
     ///
     /// Example: nodeos-vm image export -o nodeos.tar && ctr image import nodeos.tar
+    ///          nodeos-vm image export --format rpi -o nodeos-rpi.img && dd if=nodeos-rpi.img of=/dev/sdX bs=4M
     Export(ExportArgs),
 }
 
@@ -18,6 +22,10 @@ pub enum ImageCommand {
 enum Format {
     /// An OCI image layout that is also `docker load`'s format (as `docker save` writes it).
     Oci,
+    /// An SD card image for the Raspberry Pi 3 B, 3 B+ and 4 B: the REPL as PID 1 on the
+    /// serial console (GPIO 14/15, 115200 baud), the writable layer on the card (`--name` is
+    /// not used).
+    Rpi,
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,7 +48,18 @@ pub fn run(command: ImageCommand) -> anyhow::Result<()> {
 }
 
 fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let Format::Oci = args.format;
+    if let Format::Rpi = args.format {
+        rpi_card::export(&Store::from_env()?, &args.output)?;
+        let size = std::fs::metadata(&args.output)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        println!(
+            "Raspberry Pi SD card image: {} ({:.0} MiB); write it to a card with dd",
+            args.output.display(),
+            size as f64 / (1 << 20) as f64
+        );
+        return Ok(());
+    }
     let name = ImageName::parse(&args.name)?;
     let rootfs = Store::from_env()?.ensure(Artifact::Rootfs, false)?;
     let exported = oci_image::export(&rootfs, &name, &args.output)?;

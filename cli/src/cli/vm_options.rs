@@ -129,8 +129,7 @@ impl VmArgs {
     /// Makes `config` a restore of its template snapshot on `backend` (made first when
     /// missing), unless `--no-snapshot`.
     pub fn restore_or_boot(&self, backend: &Backend, config: &mut VmConfig) -> anyhow::Result<()> {
-        // Templates are made for the host's architecture; another one boots cold.
-        if !self.no_snapshot && config.arch == Arch::host() {
+        if !self.no_snapshot {
             Templates::in_cache(Store::from_env()?.cache_dir()).restore(backend, config);
         }
         Ok(())

@@ -97,12 +97,13 @@ impl Backend {
         matches!(self, Backend::Qemu { .. })
     }
 
-    /// What a snapshot this backend saves depends on besides the VM: its name, and for QEMU
-    /// the build on PATH (a migration stream is QEMU's own format).
-    pub fn snapshot_identity(&self) -> String {
+    /// What a snapshot of an `arch` guest this backend saves depends on besides the VM: its
+    /// name, and for QEMU the build on PATH of that architecture's emulator (a migration
+    /// stream is QEMU's own format).
+    pub fn snapshot_identity(&self, arch: Arch) -> String {
         match self {
             Backend::Kvm { .. } => self.name().to_string(),
-            Backend::Qemu { .. } => format!("{} {}", self.name(), qemu::build()),
+            Backend::Qemu { .. } => format!("{} {}", self.name(), qemu::build(arch)),
         }
     }
 

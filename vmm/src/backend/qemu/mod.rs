@@ -420,10 +420,10 @@ pub(super) fn tcg_clock_params(cpuinfo: &str) -> String {
     params
 }
 
-/// The QEMU on PATH, as its file (size, modification time): what a migration stream's format
-/// follows.
-pub fn build() -> String {
-    crate::host_packages::on_path(emulator(Arch::host()).0)
+/// The QEMU for `arch` guests on PATH, as its file (size, modification time): what a migration
+/// stream's format follows.
+pub fn build(arch: Arch) -> String {
+    crate::host_packages::on_path(emulator(arch).0)
         .and_then(|path| std::fs::metadata(path).ok())
         .map(|m| {
             use std::os::unix::fs::MetadataExt;

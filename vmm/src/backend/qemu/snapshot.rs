@@ -169,7 +169,7 @@ impl SnapshotError {
 /// What a snapshot of `spec` by this QEMU (with `accel`) says it is.
 fn header(spec: &VmSpec, identity: &str, accel: Accel) -> Header {
     // QEMU's migration format follows its build; under KVM the guest saw the host's CPU too.
-    let build = super::build();
+    let build = super::build(spec.arch);
     let host = match accel {
         Accel::Tcg => format!("qemu {build} tcg"),
         Accel::Kvm => format!("qemu {build} kvm on {}", cpu_model()),
