@@ -6,6 +6,7 @@
 #[macro_use]
 mod common;
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -34,26 +35,7 @@ run_case_tests!(run_case);
 /// The arm64 kernel and root image, built once for the test run (a no-op when cached).
 fn arm64_artifacts() -> &'static (PathBuf, PathBuf) {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let out = Command::new(BIN)
-            .args(["build", "--arch", "aarch64"])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running nodeos-vm build --arch aarch64");
-        assert!(
-            out.status.success(),
-            "nodeos-vm build --arch aarch64 failed"
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let path_of = |prefix: &str| {
-            let line = text
-                .lines()
-                .find(|l| l.starts_with(prefix))
-                .unwrap_or_else(|| panic!("{prefix} in {text}"));
-            PathBuf::from(line[prefix.len()..].rsplit_once(" (").unwrap().0.trim())
-        };
-        (path_of("kernel:"), path_of("root image:"))
-    })
+    BUILT.get_or_init(|| common::build(&["--arch", "aarch64"]))
 }
 
 /// `nodeos-vm SUBCOMMAND --arch aarch64 --kernel K --rootfs R ARGS`, `input` piped in.
@@ -130,21 +112,32 @@ fn an_arm64_run_gives_its_output_exit_status_and_volume() {
     assert_eq!(written, "arm64\n");
 }
 
-#[test]
-fn a_kernel_of_the_other_architecture_is_refused_in_one_line() {
-    let (x86_kernel, _) = common::artifacts();
-    let (_, arm64_rootfs) = arm64_artifacts();
+/// `nodeos-vm run ARGS -- true`, which must be refused before anything boots: its stderr.
+fn refused_run(args: &[&OsStr]) -> String {
     let out = Command::new(BIN)
-        .args(["run", "--arch", "aarch64", "--kernel"])
-        .arg(x86_kernel)
-        .arg("--rootfs")
-        .arg(arm64_rootfs)
+        .arg("run")
+        .args(args)
         .args(["--", "true"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
+    stderr
+}
+
+#[test]
+fn a_kernel_of_the_other_architecture_is_refused_in_one_line() {
+    let (x86_kernel, _) = common::artifacts();
+    let (_, arm64_rootfs) = arm64_artifacts();
+    let stderr = refused_run(&[
+        "--arch".as_ref(),
+        "aarch64".as_ref(),
+        "--kernel".as_ref(),
+        x86_kernel.as_os_str(),
+        "--rootfs".as_ref(),
+        arm64_rootfs.as_os_str(),
+    ]);
     assert!(
         stderr.contains("is an x86_64 kernel and this VM is aarch64"),
         "stderr: {stderr}"
@@ -154,13 +147,8 @@ fn a_kernel_of_the_other_architecture_is_refused_in_one_line() {
 
 #[test]
 fn kvm_is_refused_for_another_architecture() {
-    let out = Command::new(BIN)
-        .args(["run", "--arch", "aarch64", "--backend", "kvm", "--", "true"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
+    let args = ["--arch", "aarch64", "--backend", "kvm"].map(OsStr::new);
+    let stderr = refused_run(&args);
     assert!(
         stderr.contains("an aarch64 guest runs under QEMU's emulation"),
         "stderr: {stderr}"

@@ -80,23 +80,27 @@ pub fn host_program(name: &str, package: &str) -> std::path::PathBuf {
 /// Builds the kernel and root image once for the whole test run (a no-op when cached).
 pub fn artifacts() -> &'static (PathBuf, PathBuf) {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let out = Command::new(BIN)
-            .arg("build")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running nodeos-vm build");
-        assert!(out.status.success(), "nodeos-vm build failed");
-        let text = String::from_utf8(out.stdout).unwrap();
-        let path_of = |prefix: &str| {
-            let line = text
-                .lines()
-                .find(|l| l.starts_with(prefix))
-                .unwrap_or_else(|| panic!("{prefix} in {text}"));
-            PathBuf::from(line[prefix.len()..].rsplit_once(" (").unwrap().0.trim())
-        };
-        (path_of("kernel:"), path_of("root image:"))
-    })
+    BUILT.get_or_init(|| build(&[]))
+}
+
+/// `nodeos-vm build OPTIONS`: the kernel and root image it names.
+pub fn build(options: &[&str]) -> (PathBuf, PathBuf) {
+    let out = Command::new(BIN)
+        .arg("build")
+        .args(options)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running nodeos-vm build");
+    assert!(out.status.success(), "nodeos-vm build {options:?} failed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let path_of = |prefix: &str| {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} in {text}"));
+        PathBuf::from(line[prefix.len()..].rsplit_once(" (").unwrap().0.trim())
+    };
+    (path_of("kernel:"), path_of("root image:"))
 }
 
 pub fn backend() -> String {

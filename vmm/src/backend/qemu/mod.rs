@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use contract::arch::Arch;
-use contract::ports::{CONSOLE_READY, EXIT_MARK, INIT_STARTED, TEMPLATE_READY};
+use contract::ports::{CONSOLE_READY, EXIT_MARK, INIT_STARTED, MAX_EXIT_STATUS, TEMPLATE_READY};
 
 use self::agent::AgentMux;
 use self::args::{Fds, Handed};
@@ -229,12 +229,9 @@ pub fn run(
     let init_reached = *init_reached.lock().unwrap();
     let exit = match spec.arch {
         Arch::X86_64 => decode_exit(status.code(), init_reached.is_some()),
-        // The guest said its status on the marks port, then powered off (QEMU's status 0).
-        Arch::Aarch64 => match (status.code(), exit_mark.recv_timeout(EXIT_MARK_WAIT)) {
-            (Some(0), Ok(code)) => Some(VmExit::Guest(code)),
-            (Some(0), Err(_)) => Some(VmExit::Reset),
-            _ => None,
-        },
+        Arch::Aarch64 => {
+            decode_marked_exit(status.code(), exit_mark.recv_timeout(EXIT_MARK_WAIT).ok())
+        }
     };
     let exit = exit.ok_or_else(|| QemuError::Failed {
         status: status.to_string(),
@@ -330,6 +327,18 @@ fn decode_exit(code: Option<i32>, init_reached: bool) -> Option<VmExit> {
         0 => Some(VmExit::Reset),
         1 if !init_reached => None,
         c if c & 1 == 1 && (1..=255).contains(&c) => Some(VmExit::Guest((c >> 1) as u8)),
+        _ => None,
+    }
+}
+
+/// Where the guest says its exit status on the marks port (arm64) and then powers off: QEMU's
+/// status 0 with the status it said (`marked`) is the guest's exit, within the contract's
+/// range as x86's exit device gives it (the statuses above are the host's own); without one a
+/// reset or power-off of its own; any other status is QEMU's failure.
+fn decode_marked_exit(code: Option<i32>, marked: Option<u8>) -> Option<VmExit> {
+    match (code?, marked) {
+        (0, Some(status)) => Some(VmExit::Guest(status.min(MAX_EXIT_STATUS))),
+        (0, None) => Some(VmExit::Reset),
         _ => None,
     }
 }
@@ -439,6 +448,20 @@ pub(super) fn cpuinfo() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn marked_exit_statuses() {
+        assert_eq!(decode_marked_exit(Some(0), Some(3)), Some(VmExit::Guest(3)));
+        assert_eq!(decode_marked_exit(Some(0), Some(0)), Some(VmExit::Guest(0)));
+        // A hostile guest's byte cannot pass for one of the host's statuses.
+        assert_eq!(
+            decode_marked_exit(Some(0), Some(200)),
+            Some(VmExit::Guest(127))
+        );
+        assert_eq!(decode_marked_exit(Some(0), None), Some(VmExit::Reset));
+        assert_eq!(decode_marked_exit(Some(1), Some(3)), None);
+        assert_eq!(decode_marked_exit(None, None), None);
+    }
 
     #[test]
     fn exit_statuses() {
