@@ -256,3 +256,26 @@ fn the_raspberry_pi_card_boots_to_the_repl_on_qemus_raspi3b() {
         "kept:42",
     );
 }
+
+/// `serve --arch aarch64`: an app deployed and invoked runs on the arm64 guest.
+#[test]
+fn serve_runs_apps_on_the_arm64_guest() {
+    let (kernel, rootfs) = arm64_artifacts();
+    let mut serve = common::serve::Serve::start_on(kernel, rootfs, &["--arch", "aarch64"]);
+    let package = common::npm_package(&[
+        (
+            "package.json",
+            r#"{"name": "where", "version": "1.0.0", "main": "index.js"}"#,
+        ),
+        (
+            "index.js",
+            "exports.handler = async (event) => ({ arch: process.arch, twice: event.n * 2 });\n",
+        ),
+    ]);
+    let (status, info) = serve.deploy("where", "", &package);
+    assert_eq!(status, 200, "{info}");
+    let (status, answer) = serve.invoke("where", serde_json::json!({ "n": 21 }));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, serde_json::json!({ "arch": "arm64", "twice": 42 }));
+    assert_eq!(serve.terminate(), Some(0));
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use contract::arch::Arch;
 use contract::params::Shell;
 use sandbox::booted::{self, ConsoleLog, Sandbox, BOOT_TIMEOUT};
 use sandbox::templates::Templates;
@@ -24,6 +25,8 @@ pub enum Error {
 /// The host's part of every VM: backend and images.
 pub struct Machine {
     pub backend: Backend,
+    /// The guests' architecture, which `kernel` and `rootfs` are built for.
+    pub arch: Arch,
     pub kernel: PathBuf,
     pub rootfs: PathBuf,
     /// Whether the VMs' VMM filters its syscalls (`VmConfig::seccomp`).
@@ -89,6 +92,7 @@ impl Vm {
             memory_mib,
             cpus,
         );
+        config.arch = machine.arch;
         config.shell = Shell::None;
         config.agent_socket = Some(folder.path().join("agent.sock"));
         config.seccomp = machine.seccomp;

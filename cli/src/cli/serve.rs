@@ -33,6 +33,10 @@ pub struct ServeArgs {
     allow_hosts: Vec<String>,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
+    /// The apps' VMs' architecture. Another than this host's runs under QEMU's emulation
+    /// (TCG), as with `run --arch`.
+    #[arg(long, value_enum, default_value_t = ArchChoice::host())]
+    arch: ArchChoice,
     #[command(flatten)]
     images: ImageArgs,
     #[command(flatten)]
@@ -49,8 +53,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let apps = apps_address(args.listen, args.apps_listen)?;
     args.seccomp.warn_if_off();
     args.jail.warn_if_off();
-    let backend = choose_backend(args.backend, ArchChoice::host(), &args.jail, false)?;
-    let (kernel, rootfs) = images(&args.images, contract::arch::Arch::host())?;
+    let backend = choose_backend(args.backend, args.arch, &args.jail, false)?;
+    let arch = contract::arch::Arch::from(args.arch);
+    let (kernel, rootfs) = images(&args.images, arch)?;
     serve::serve(
         serve::Config {
             admin: args.listen,
@@ -60,6 +65,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         },
         Machine {
             backend,
+            arch,
             kernel,
             rootfs,
             seccomp: !args.seccomp.no_seccomp,

@@ -38,6 +38,16 @@ impl std::ops::Deref for Serve {
 /// `nodeos-vm serve` with `args` after the usual ones, its folders in `dir`, stdout piped.
 pub fn serve_command(dir: &std::path::Path, args: &[&str]) -> Command {
     let (kernel, rootfs) = super::artifacts();
+    serve_command_on(dir, kernel, rootfs, args)
+}
+
+/// [`serve_command`] with this kernel and image.
+pub fn serve_command_on(
+    dir: &std::path::Path,
+    kernel: &std::path::Path,
+    rootfs: &std::path::Path,
+    args: &[&str],
+) -> Command {
     std::fs::create_dir_all(dir.join("run")).unwrap();
     let mut command = Command::new(BIN);
     command
@@ -69,8 +79,16 @@ impl Serve {
     /// A server started with `args` too; its token is the one it saved in its data folder
     /// (none with `--token-file`: set `client.token`).
     pub fn start_with(args: &[&str]) -> Serve {
+        let (kernel, rootfs) = super::artifacts();
+        Serve::start_on(kernel, rootfs, args)
+    }
+
+    /// [`Serve::start_with`] with this kernel and image.
+    pub fn start_on(kernel: &std::path::Path, rootfs: &std::path::Path, args: &[&str]) -> Serve {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = serve_command(dir.path(), args).spawn().unwrap();
+        let mut child = serve_command_on(dir.path(), kernel, rootfs, args)
+            .spawn()
+            .unwrap();
         let stderr = Arc::new(Mutex::new(String::new()));
         let (pipe, copy) = (child.stderr.take().unwrap(), stderr.clone());
         std::thread::spawn(move || {
