@@ -41,20 +41,16 @@ fn arm64_artifacts() -> &'static (PathBuf, PathBuf) {
 /// `nodeos-vm SUBCOMMAND --arch aarch64 --kernel K --rootfs R ARGS`, `input` piped in.
 fn arm64(subcommand: &str, args: &[&str], input: &str) -> Output {
     let (kernel, rootfs) = arm64_artifacts();
-    let mut child = Command::new(BIN)
-        .args([subcommand, "--arch", "aarch64", "--kernel"])
-        .arg(kernel)
-        .arg("--rootfs")
-        .arg(rootfs)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting nodeos-vm");
-    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
-    let _watchdog = Watchdog::new(child.id(), BOOT_LIMIT);
-    child.wait_with_output().expect("waiting for nodeos-vm")
+    let images = [
+        "--arch",
+        "aarch64",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+    ];
+    let all: Vec<&str> = images.into_iter().chain(args.iter().copied()).collect();
+    common::piped(subcommand, &all, input)
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -124,8 +124,13 @@ pub fn start_with_backend(backend: &str, args: &[&str], input: &str) -> Output {
 
 /// `nodeos-vm start ARGS` (all of its options in `args`) with `input` piped in.
 pub fn start_with(args: &[&str], input: &str) -> Output {
+    piped("start", args, input)
+}
+
+/// `nodeos-vm SUBCOMMAND ARGS` with `input` piped in, killed if it outlives [`BOOT_LIMIT`].
+pub fn piped(subcommand: &str, args: &[&str], input: &str) -> Output {
     let mut child = Command::new(BIN)
-        .arg("start")
+        .arg(subcommand)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
