@@ -450,6 +450,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_host_without_the_guests_emulator_is_told_what_to_install() {
+        let (program, package) = emulator(Arch::Aarch64);
+        assert_eq!(
+            (program, package),
+            ("qemu-system-aarch64", "qemu-system-arm")
+        );
+        let missing = crate::host_packages::HostPackageError::Missing { program, package };
+        assert_eq!(
+            missing.to_string(),
+            "qemu-system-aarch64 is not installed; install it with `sudo apt-get install \
+             qemu-system-arm`"
+        );
+        assert_eq!(
+            emulator(Arch::X86_64),
+            ("qemu-system-x86_64", "qemu-system-x86")
+        );
+    }
+
+    #[test]
     fn marked_exit_statuses() {
         assert_eq!(decode_marked_exit(Some(0), Some(3)), Some(VmExit::Guest(3)));
         assert_eq!(decode_marked_exit(Some(0), Some(0)), Some(VmExit::Guest(0)));
