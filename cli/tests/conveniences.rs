@@ -162,6 +162,16 @@ fn ps_users_and_doctor_speak_json() {
     );
     assert_eq!(doctor["kvm_unusable_why"].is_string(), !usable);
     assert!(doctor["cache"].is_string());
+    // The other architecture's guests: under emulation, with their own kernel and image.
+    let arm64 = &doctor["emulated"]["aarch64"];
+    assert!(
+        arm64["emulator"].is_string() || arm64["emulator"].is_null(),
+        "{doctor}"
+    );
+    assert!(
+        arm64.get("kernel").is_some() && arm64.get("root_image").is_some(),
+        "{doctor}"
+    );
     // Without the sources, what is built cannot be told: said, not an error.
     let nowhere = [("NODEOS_VM_SRC", std::path::Path::new("/nonexistent"))];
     let text = String::from_utf8(nodeos_vm(&["doctor"], &nowhere).stdout).unwrap();
@@ -170,6 +180,11 @@ fn ps_users_and_doctor_speak_json() {
         text.contains("kernel: unknown: reading the kernel inputs"),
         "{text}"
     );
+    assert!(
+        text.contains("aarch64 guests (--arch aarch64): QEMU's emulation"),
+        "{text}"
+    );
+    assert!(text.contains("aarch64 kernel: unknown: "), "{text}");
     let doctor = json(&nodeos_vm(&["doctor", "--json"], &nowhere));
     assert!(doctor["kernel"]["unknown"].is_string(), "{doctor}");
     let versions = json(&nodeos_vm(&["version", "--json"], &nowhere));

@@ -1,15 +1,18 @@
 //! `nodeos-vm doctor`: what this host offers and what `start` would use.
 
+use contract::arch::Arch;
 use sandbox::artifacts::{Artifact, Store};
 use sandbox::vm_config;
 use vmm::backend::detect::{self, KvmSupport};
+use vmm::backend::qemu;
 use vmm::memory::huge_pages::{self, Pool};
 
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
     /// One JSON object (kvm_usable, kvm_unusable_why, auto_backend, huge_pages_free,
     /// default_vms_on_huge_pages, cache, kernel, root_image: a path, null when not built, or
-    /// {"unknown": why}) instead of lines.
+    /// {"unknown": why}; emulated: for each other guest architecture, its emulator's path or
+    /// null, its kernel and root image) instead of lines.
     #[arg(long)]
     json: bool,
 }
@@ -31,6 +34,25 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             .map_err(|e| vmm::error_chain::one_line(&e))
     };
     let (kernel, rootfs) = (cached(Artifact::Kernel), cached(Artifact::Rootfs));
+    // The other architectures' guests: under QEMU's emulation, their own kernel and image.
+    let emulated: Vec<_> = Arch::ALL
+        .into_iter()
+        .filter(|&arch| arch != Arch::host())
+        .map(|arch| {
+            let store = store.clone().for_arch(arch);
+            let cached = |artifact| {
+                store
+                    .cached(artifact)
+                    .map_err(|e| vmm::error_chain::one_line(&e))
+            };
+            Emulated {
+                arch,
+                emulator: qemu::emulator_path(arch),
+                kernel: cached(Artifact::Kernel),
+                rootfs: cached(Artifact::Rootfs),
+            }
+        })
+        .collect();
     if args.json {
         let path = |p: &Result<Option<std::path::PathBuf>, String>| match p {
             Ok(path) => serde_json::json!(path),
@@ -49,6 +71,11 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             "cache": store.cache_dir(),
             "kernel": path(&kernel),
             "root_image": path(&rootfs),
+            "emulated": emulated.iter().map(|e| (e.arch.name().to_string(), serde_json::json!({
+                "emulator": e.emulator,
+                "kernel": path(&e.kernel),
+                "root_image": path(&e.rootfs),
+            }))).collect::<serde_json::Map<_, _>>(),
         });
         println!("{report}");
         return Ok(());
@@ -59,14 +86,52 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     }
     println!("{huge_pages}");
     println!("cache: {}", store.cache_dir().display());
-    for (artifact, path) in [(Artifact::Kernel, kernel), (Artifact::Rootfs, rootfs)] {
-        match path {
-            Ok(Some(path)) => println!("{}: built, {}", artifact.name(), path.display()),
-            Ok(None) => println!("{}: not built yet (`nodeos-vm build`)", artifact.name()),
-            Err(why) => println!("{}: unknown: {why}", artifact.name()),
+    print_artifacts("", kernel, rootfs, "nodeos-vm build");
+    for e in emulated {
+        let (program, package) = qemu::emulator(e.arch);
+        match &e.emulator {
+            Some(path) => println!(
+                "{} guests (--arch {}): QEMU's emulation, {}",
+                e.arch,
+                e.arch,
+                path.display()
+            ),
+            None => println!(
+                "{} guests (--arch {}): QEMU's emulation, {program} not installed (as root it \
+                 is installed on first use; else `sudo apt-get install {package}`)",
+                e.arch, e.arch
+            ),
         }
+        let build = format!("nodeos-vm build --arch {}", e.arch);
+        print_artifacts(&format!("{} ", e.arch), e.kernel, e.rootfs, &build);
     }
     Ok(())
+}
+
+/// Another architecture's guests as this host runs them.
+struct Emulated {
+    arch: Arch,
+    emulator: Option<std::path::PathBuf>,
+    kernel: Result<Option<std::path::PathBuf>, String>,
+    rootfs: Result<Option<std::path::PathBuf>, String>,
+}
+
+/// A line for each of the kernel and root image, named after `prefix`: built (where), not yet
+/// (and the `build` command that builds them), or unknown (why).
+fn print_artifacts(
+    prefix: &str,
+    kernel: Result<Option<std::path::PathBuf>, String>,
+    rootfs: Result<Option<std::path::PathBuf>, String>,
+    build: &str,
+) {
+    for (artifact, path) in [(Artifact::Kernel, kernel), (Artifact::Rootfs, rootfs)] {
+        let name = artifact.name();
+        match path {
+            Ok(Some(path)) => println!("{prefix}{name}: built, {}", path.display()),
+            Ok(None) => println!("{prefix}{name}: not built yet (`{build}`)"),
+            Err(why) => println!("{prefix}{name}: unknown: {why}"),
+        }
+    }
 }
 
 /// Whether cold-booted VMs of the default size get 2 MiB huge pages (vmm::memory::huge_pages).

@@ -37,7 +37,7 @@ use crate::jail::exec::{self, FIRST_PROGRAM_FD};
 use crate::vm::{ConsoleIo, ConsoleReady, PauseLink, RunReport, StopSignal, VmExit, VmSpec};
 
 /// QEMU's system emulator for guests of `arch`, and Debian's package of it.
-pub(super) fn emulator(arch: Arch) -> (&'static str, &'static str) {
+pub fn emulator(arch: Arch) -> (&'static str, &'static str) {
     match arch {
         Arch::X86_64 => ("qemu-system-x86_64", "qemu-system-x86"),
         Arch::Aarch64 => ("qemu-system-aarch64", "qemu-system-arm"),
@@ -429,10 +429,15 @@ pub(super) fn tcg_clock_params(cpuinfo: &str) -> String {
     params
 }
 
+/// Where the emulator for `arch` guests is on PATH, if it is.
+pub fn emulator_path(arch: Arch) -> Option<std::path::PathBuf> {
+    crate::host_packages::on_path(emulator(arch).0)
+}
+
 /// The QEMU for `arch` guests on PATH, as its file (size, modification time): what a migration
 /// stream's format follows.
 pub fn build(arch: Arch) -> String {
-    crate::host_packages::on_path(emulator(arch).0)
+    emulator_path(arch)
         .and_then(|path| std::fs::metadata(path).ok())
         .map(|m| {
             use std::os::unix::fs::MetadataExt;
