@@ -32,10 +32,10 @@ JOBS=${JOBS:-$(nproc)}
 # ARCH=x86_64, not x86: with ARCH=x86 (the default on an x86_64 host) tinyconfig, being an
 # allnoconfig, would answer "no" to 64BIT and give a 32-bit kernel.
 case $ARCH in
-    x86_64) TARGET=vmlinux BUILT=vmlinux CROSS=() CROSS_GCC=gcc:gcc DTBS=() ;;
+    x86_64) TARGET=vmlinux BUILT=vmlinux CROSS=() CROSS_TOOLS=() DTBS=() ;;
     arm64)
         TARGET=Image BUILT=arch/arm64/boot/Image CROSS=(CROSS_COMPILE=aarch64-linux-gnu-)
-        CROSS_GCC=aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu
+        CROSS_TOOLS=(aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu)
         # The boards `nodeos-vm image export --format rpi` is for: Pi 3 B, 3 B+, 4 B.
         DTBS=(broadcom/bcm2837-rpi-3-b.dtb broadcom/bcm2837-rpi-3-b-plus.dtb broadcom/bcm2711-rpi-4-b.dtb)
         ;;
@@ -51,7 +51,7 @@ OUT_DIR=$(cd "$1" && pwd)
 phase "checking build dependencies"
 missing=()
 [[ -n ${LINUX_TARBALL:-} || -f $TARBALL ]] || missing+=(linux-source-6.1)
-for tool in gcc:gcc "$CROSS_GCC" make:make bc:bc flex:flex bison:bison xz:xz-utils tar:tar perl:perl patch:patch; do
+for tool in gcc:gcc "${CROSS_TOOLS[@]}" make:make bc:bc flex:flex bison:bison xz:xz-utils tar:tar perl:perl patch:patch; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 [[ -f /usr/include/libelf.h || -f /usr/include/libelf/libelf.h ]] || missing+=(libelf-dev)

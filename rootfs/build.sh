@@ -24,6 +24,10 @@ umask 022
 
 die() { echo "rootfs/build.sh: error: $*" >&2; exit 1; }
 phase() { echo "==> $*"; }
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# ensure_tools, debs_init, deb_file
+# shellcheck source=debs.sh
+source "$SCRIPT_DIR/debs.sh"
 
 [[ $# -eq 2 || $# -eq 3 ]] || die "usage: rootfs/build.sh OUT_DIR GUEST_BIN_DIR [amd64|arm64]"
 DEB_ARCH=${3:-amd64}
@@ -37,7 +41,6 @@ esac
 # Root is needed for the owners in the image (mksquashfs's -all-root would override the
 # pseudo definition that gives /home/node to uid 1000) and for installing missing tools.
 [[ $(id -u) -eq 0 ]] || die "run as root (file ownership in the image)"
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$SCRIPT_DIR")
 # The caller's SQUASHFS_* win over rootfs/versions (for measuring other compressions).
 env_comp=${SQUASHFS_COMP-} env_comp_opts=${SQUASHFS_COMP_OPTS-} env_block=${SQUASHFS_BLOCK-}
@@ -63,17 +66,8 @@ ETC_DIR=$SCRIPT_DIR/etc
 
 # ---- build dependencies ---------------------------------------------------------------
 phase "checking build dependencies"
-missing=()
-for tool in mksquashfs:squashfs-tools curl:curl openssl:openssl dpkg-deb:dpkg "${TOOLS}strip:binutils${TOOLS:+-${TOOLS%-}}" tar:tar gzip:gzip file:file; do
-    command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
-done
-if ((${#missing[@]})); then
-    [[ $(id -u) -eq 0 ]] || die "missing build dependencies; run: sudo apt-get install -y ${missing[*]}"
-    phase "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y "${missing[@]}" || { apt-get update && apt-get install -y "${missing[@]}"; } \
-        || die "apt-get install -y ${missing[*]} failed"
-fi
+ensure_tools mksquashfs:squashfs-tools curl:curl openssl:openssl dpkg-deb:dpkg \
+    "${TOOLS}strip:binutils${TOOLS:+-${TOOLS%-}}" tar:tar gzip:gzip file:file
 
 # ---- scratch and download dirs -----------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/nodeos-rootfs.XXXXXX")
@@ -108,9 +102,7 @@ node_package=NODE_PACKAGE_$DEB_ARCH node_integrity=NODE_INTEGRITY_$DEB_ARCH
 NODE_TGZ=$(fetch_npm "${!node_package}" "$NODE_VERSION" "${!node_integrity}")
 NPM_TGZ=$(fetch_npm npm "$NPM_VERSION" "$NPM_INTEGRITY")
 
-# Debian packages of DEB_ARCH: deb_file (rootfs/debs.sh).
-# shellcheck source=debs.sh
-source "$SCRIPT_DIR/debs.sh"
+debs_init
 DEBS=() COMMAND_DEBS=()
 for spec in $DEBIAN_PACKAGES; do DEBS+=("$(deb_file "$spec")"); done
 for spec in $DEBIAN_COMMAND_PACKAGES; do COMMAND_DEBS+=("$(deb_file "$spec")"); done

@@ -7,7 +7,8 @@
 #
 # usage: rootfs/rpi-card.sh OUT_FILE KERNEL_DIR ROOTFS CMDLINE
 #   KERNEL_DIR holds the arm64 Image and dtbs/ (kernel/build.sh OUT_DIR arm64); ROOTFS is the
-#   arm64 root image; CMDLINE the kernel command line (cmdline.txt). OUT_FILE is replaced.
+#   arm64 root image; CMDLINE the kernel command line (cmdline.txt). OUT_FILE is replaced once
+#   the card is whole.
 #
 # environment:
 #   DOWNLOAD_DIR=dir   cache for downloaded .debs and package lists (default: a temporary dir)
@@ -18,9 +19,12 @@ umask 022
 
 die() { echo "rootfs/rpi-card.sh: error: $*" >&2; exit 1; }
 phase() { echo "==> $*"; }
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# ensure_tools, debs_init, deb_file
+# shellcheck source=debs.sh
+source "$SCRIPT_DIR/debs.sh"
 
 [[ $# -eq 4 ]] || die "usage: rootfs/rpi-card.sh OUT_FILE KERNEL_DIR ROOTFS CMDLINE"
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 OUT_FILE=$1 KERNEL_DIR=$2 ROOTFS=$3 CMDLINE=$4
 [[ -f $KERNEL_DIR/Image && -d $KERNEL_DIR/dtbs ]] || die "$KERNEL_DIR has no Image and dtbs/"
 [[ -f $ROOTFS ]] || die "no root image $ROOTFS"
@@ -31,25 +35,16 @@ BOOT_START_MIB=4
 BOOT_MIB=64
 
 phase "checking the tools"
-missing=()
-for tool in sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools mkfs.ext4:e2fsprogs dpkg-deb:dpkg; do
-    command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
-done
-if ((${#missing[@]})); then
-    [[ $(id -u) -eq 0 ]] || die "missing tools; run: sudo apt-get install -y ${missing[*]}"
-    phase "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y "${missing[@]}" || { apt-get update && apt-get install -y "${missing[@]}"; } \
-        || die "apt-get install -y ${missing[*]} failed"
-fi
+ensure_tools sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools mkfs.ext4:e2fsprogs dpkg-deb:dpkg
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/nodeos-rpi.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+# The card is written beside OUT_FILE under a temporary name and renamed when whole.
+CARD=$OUT_FILE.part
+trap 'rm -rf "$WORK" "$CARD"' EXIT
 DOWNLOAD_DIR=${DOWNLOAD_DIR:-$WORK/downloads}
 mkdir -p "$DOWNLOAD_DIR"
 DEB_ARCH=arm64
-# shellcheck source=debs.sh
-source "$SCRIPT_DIR/debs.sh"
+debs_init
 FIRMWARE_DEB=$(deb_file "$RASPI_FIRMWARE")
 dpkg-deb -x "$FIRMWARE_DEB" "$WORK/firmware"
 FIRMWARE=$WORK/firmware/usr/lib/raspi-firmware
@@ -93,7 +88,7 @@ phase "the writable layer's partition (ext4, $data_mib MiB)"
 mkfs.ext4 -q -L nodeos-data "$WORK/data.img" "${data_mib}M" >/dev/null
 
 phase "the card: $CARD_MIB MiB, MBR with boot, root ($root_mib MiB) and data partitions"
-CARD=$WORK/card.img
+rm -f "$CARD"
 truncate -s "${CARD_MIB}M" "$CARD"
 sfdisk --quiet "$CARD" <<TABLE
 label: dos

@@ -41,11 +41,11 @@ pub fn exit_status_byte(code: i64) -> u8 {
 /// Ends the VM with `status`. Falls back to a reboot or power-off (which the host's backends
 /// take as the VM's end) when the status cannot be written, and never returns.
 pub fn exit_vm(status: u8) -> ! {
-    let _ = write_exit(status);
+    let _ = machine::write_exit(status);
     // Still here (x86: no exit device, or no port access), or done writing (arm64).
     // SAFETY: reboot(2) with a valid command; needs CAP_SYS_BOOT, which init and the supervisor have.
     unsafe {
-        libc::reboot(END_VM);
+        libc::reboot(machine::END_VM);
     }
     loop {
         // SAFETY: pause has no preconditions; PID 1 must never return or exit.
@@ -53,14 +53,40 @@ pub fn exit_vm(status: u8) -> ! {
     }
 }
 
+// Each machine's way, with the same four items.
+#[cfg(target_arch = "aarch64")]
+use self::marks_port as machine;
+#[cfg(target_arch = "x86_64")]
+use self::x86 as machine;
+use machine::{drop_port_access, write_mark};
+
+/// x86: the contract's two I/O ports.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::io;
 
+    use contract::ports::{BOOT_TIMER_PORT, EXIT_PORT};
+
     use crate::error::{Error, Result};
 
+    /// The `reboot(2)` command that ends the VM when the exit port could not: a reset, which
+    /// the contract's `reboot=t` and QEMU's `-no-reboot` make the end.
+    pub const END_VM: libc::c_int = libc::RB_AUTOBOOT;
+
+    pub fn write_mark(byte: u8) -> Result<()> {
+        outb(BOOT_TIMER_PORT, byte)
+    }
+
+    pub fn write_exit(status: u8) -> Result<()> {
+        outb(EXIT_PORT, status)
+    }
+
+    pub fn drop_port_access() {
+        let _ = ioperm(BOOT_TIMER_PORT, false);
+    }
+
     /// Writes one byte to an I/O port.
-    pub fn outb(port: u16, value: u8) -> Result<()> {
+    fn outb(port: u16, value: u8) -> Result<()> {
         if dev_port_write(port, value).is_ok() {
             return Ok(());
         }
@@ -74,7 +100,7 @@ mod x86 {
     }
 
     /// Grants or revokes access to one port (revoking needs no privilege).
-    pub fn ioperm(port: u16, on: bool) -> io::Result<()> {
+    fn ioperm(port: u16, on: bool) -> io::Result<()> {
         // SAFETY: ioperm changes only this thread's I/O permission bitmap.
         let ret = unsafe { libc::ioperm(libc::c_ulong::from(port), 1, libc::c_int::from(on)) };
         crate::sys::cvt(ret).map(drop)
@@ -87,57 +113,20 @@ mod x86 {
     }
 }
 
-/// The `reboot(2)` command that ends the VM when the exit port could not: a reset, which the
-/// contract's `reboot=t` and QEMU's `-no-reboot` make the end.
-#[cfg(target_arch = "x86_64")]
-const END_VM: libc::c_int = libc::RB_AUTOBOOT;
-
-#[cfg(target_arch = "x86_64")]
-fn write_mark(byte: u8) -> crate::error::Result<()> {
-    x86::outb(contract::ports::BOOT_TIMER_PORT, byte)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn write_exit(status: u8) -> crate::error::Result<()> {
-    x86::outb(contract::ports::EXIT_PORT, status)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn drop_port_access() {
-    let _ = x86::ioperm(contract::ports::BOOT_TIMER_PORT, false);
-}
-
-/// The `reboot(2)` command that ends the VM after its status went out: a PSCI power-off.
-#[cfg(target_arch = "aarch64")]
-const END_VM: libc::c_int = libc::RB_POWER_OFF;
-
-#[cfg(target_arch = "aarch64")]
-fn write_mark(byte: u8) -> crate::error::Result<()> {
-    marks_port::write(&[byte])
-}
-
-#[cfg(target_arch = "aarch64")]
-fn write_exit(status: u8) -> crate::error::Result<()> {
-    // The power-off's own line ("reboot: Power down", an emergency message) must not reach
-    // the console, which is the user's output: console level 0 prints nothing at all.
-    let _ = std::fs::write("/proc/sys/kernel/printk", "0");
-    marks_port::write(&[contract::ports::EXIT_MARK, status])
-}
-
-#[cfg(target_arch = "aarch64")]
-fn drop_port_access() {}
-
+/// arm64: the marks port, a virtio-serial port ([`contract::ports::MARKS_PORT_NAME`]).
 #[cfg(target_arch = "aarch64")]
 mod marks_port {
     use std::io::{self, Write};
     use std::os::unix::fs::OpenOptionsExt;
     use std::time::{Duration, Instant};
 
-    use contract::ports::MARKS_PORT_NAME;
+    use contract::ports::{EXIT_MARK, MARKS_PORT_NAME};
 
     use crate::error::{Error, Result};
     use crate::virtio_ports;
 
+    /// The `reboot(2)` command that ends the VM after its status went out: a PSCI power-off.
+    pub const END_VM: libc::c_int = libc::RB_POWER_OFF;
     /// How long a write waits for the port: to appear (its driver adds it after the device's
     /// probe), to be free (one writer at a time: another guest process may be writing), and
     /// for the host to take the bytes. A host that never reads the port costs the guest this
@@ -145,15 +134,24 @@ mod marks_port {
     const WAIT: Duration = Duration::from_millis(500);
     const RETRY: Duration = Duration::from_millis(2);
 
+    pub fn write_mark(byte: u8) -> Result<()> {
+        write(&[byte])
+    }
+
+    pub fn write_exit(status: u8) -> Result<()> {
+        // The power-off's own line ("reboot: Power down", an emergency message) must not
+        // reach the console, which is the user's output: console level 0 prints nothing.
+        let _ = std::fs::write("/proc/sys/kernel/printk", "0");
+        write(&[EXIT_MARK, status])
+    }
+
+    /// Nothing to drop: the port is a file, opened for each write.
+    pub fn drop_port_access() {}
+
     /// Writes `bytes` to the marks port (found in sysfs: after the early mounts).
-    pub fn write(bytes: &[u8]) -> Result<()> {
+    fn write(bytes: &[u8]) -> Result<()> {
         let deadline = Instant::now() + WAIT;
-        let device = virtio_ports::find(MARKS_PORT_NAME, WAIT).ok_or_else(|| {
-            Error::invalid(
-                format!("virtio-serial port {MARKS_PORT_NAME}"),
-                format!("not in {}", virtio_ports::ports_dir()),
-            )
-        })?;
+        let device = virtio_ports::find(MARKS_PORT_NAME, WAIT)?;
         let failed = |what: &str, e| Error::sys(format!("{what} {}", device.display()), e);
         let mut port = loop {
             let opened = std::fs::OpenOptions::new()

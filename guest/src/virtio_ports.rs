@@ -6,6 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::error::{Error, Result};
+
 /// Where virtio-serial ports show their names.
 const PORTS_DIR: &str = "/sys/class/virtio-ports";
 /// The virtio-serial devices the driver took (`virtioN` links).
@@ -13,9 +15,18 @@ const DEVICES_DIR: &str = "/sys/bus/virtio/drivers/virtio_console";
 const RETRY: Duration = Duration::from_millis(2);
 
 /// The device of the port named `name`, waiting up to `wait` for it to appear: the
-/// virtio-console driver adds ports asynchronously after its probe. None at once on a machine
-/// without a virtio-serial device (a Raspberry Pi), or without sysfs.
-pub fn find(name: &str, wait: Duration) -> Option<PathBuf> {
+/// virtio-console driver adds ports asynchronously after its probe. An error at once on a
+/// machine without a virtio-serial device (a Raspberry Pi), or without sysfs.
+pub fn find(name: &str, wait: Duration) -> Result<PathBuf> {
+    wait_for(name, wait).ok_or_else(|| {
+        Error::invalid(
+            format!("virtio-serial port {name}"),
+            format!("not in {PORTS_DIR}"),
+        )
+    })
+}
+
+fn wait_for(name: &str, wait: Duration) -> Option<PathBuf> {
     let has_device = fs::read_dir(DEVICES_DIR).is_ok_and(|entries| {
         entries
             .flatten()
@@ -37,11 +48,6 @@ pub fn find(name: &str, wait: Duration) -> Option<PathBuf> {
         }
         std::thread::sleep(RETRY);
     }
-}
-
-/// Where [`find`] looks, for messages.
-pub fn ports_dir() -> &'static str {
-    PORTS_DIR
 }
 
 /// The entry of `dir` whose `name` file holds `name`.

@@ -15,8 +15,8 @@ use contract::params::{GuestParams, Upper};
 use crate::artifacts::{Artifact, ArtifactError, Store};
 
 /// The card's partitions as the board's kernel names them (rootfs/rpi-card.sh lays them out).
-pub const ROOT_PARTITION: &str = "/dev/mmcblk0p2";
-pub const DATA_PARTITION: &str = "/dev/mmcblk0p3";
+const ROOT_PARTITION: &str = "/dev/mmcblk0p2";
+const DATA_PARTITION: &str = "/dev/mmcblk0p3";
 /// The kernel's parameters on a board: the mini UART on GPIO 14/15 as the console (the PL011
 /// is the Bluetooth chip's on the Pi 3 and 4), the root image on the card, waited for (the SD
 /// card is probed asynchronously), our init.

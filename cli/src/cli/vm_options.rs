@@ -70,8 +70,8 @@ impl From<Arch> for ArchChoice {
 pub struct VmArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
-    /// The guest's architecture. Another than this host's runs under QEMU's emulation (TCG),
-    /// booted cold; its kernel and image are built once, like this host's.
+    /// The guest's architecture. Another than this host's runs under QEMU's emulation (TCG);
+    /// its kernel, image and template snapshots are built once, like this host's.
     #[arg(long, value_enum, default_value_t = ArchChoice::host())]
     pub arch: ArchChoice,
     /// Guest memory: 512M, 2G, or MiB.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use contract::mux::{self, Role};
 use contract::SERIAL_PORT_NAME;
 
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Result};
 use crate::sys::{self, Fork};
 use crate::virtio_ports;
 
@@ -25,12 +25,7 @@ const PORT_WAIT: Duration = Duration::from_secs(5);
 
 /// Finds the agent's port (`/dev/vportNpM`) by its name, waiting a little for it to appear.
 pub fn find_port() -> Result<PathBuf> {
-    virtio_ports::find(SERIAL_PORT_NAME, PORT_WAIT).ok_or_else(|| {
-        Error::invalid(
-            format!("virtio-serial port {SERIAL_PORT_NAME}"),
-            format!("not in {}", virtio_ports::ports_dir()),
-        )
-    })
+    virtio_ports::find(SERIAL_PORT_NAME, PORT_WAIT)
 }
 
 /// Binds a Unix socket only root may connect to.

@@ -93,8 +93,7 @@ impl Artifact {
         }
     }
 
-    /// What the cache's entries (`NAME-KEY/`), lock, log and progress file of this artifact
-    /// are named after.
+    /// What the cache names an `arch` build of this artifact after ([`Store::name`]).
     fn cache_name(self, arch: Arch) -> &'static str {
         match (self, arch) {
             (Artifact::Rootfs, Arch::Aarch64) => "rootfs-arm64.img",
@@ -109,15 +108,36 @@ impl Artifact {
         }
     }
 
-    /// Source files, and folders whose every file is, that are inputs. The host's root image
-    /// has its guest binary as an input too (it is built with nodeos-vm, [`GUEST_INIT`]);
-    /// another architecture's has the sources guest/build.sh builds it from.
+    /// Source files, and folders whose every file is, that are inputs: what the build reads,
+    /// not the documentation beside it. The host's root image has its guest binary as an input
+    /// too (it is built with nodeos-vm, [`GUEST_INIT`]); another architecture's has the
+    /// sources guest/build.sh builds it from.
     fn inputs(self, arch: Arch) -> &'static [&'static str] {
-        match self {
-            Artifact::Kernel => &["kernel"],
-            Artifact::Rootfs if arch == Arch::host() => &["rootfs", "guest/js"],
-            Artifact::Rootfs => &[
-                "rootfs",
+        match (self, arch) {
+            (Artifact::Kernel, Arch::X86_64) => &[
+                "kernel/build.sh",
+                "kernel/patches",
+                "kernel/config.fragment",
+                "kernel/config-x86_64.fragment",
+            ],
+            (Artifact::Kernel, Arch::Aarch64) => &[
+                "kernel/build.sh",
+                "kernel/patches",
+                "kernel/config.fragment",
+                "kernel/config-arm64.fragment",
+            ],
+            (Artifact::Rootfs, arch) if arch == Arch::host() => &[
+                "rootfs/build.sh",
+                "rootfs/debs.sh",
+                "rootfs/versions",
+                "rootfs/etc",
+                "guest/js",
+            ],
+            (Artifact::Rootfs, _) => &[
+                "rootfs/build.sh",
+                "rootfs/debs.sh",
+                "rootfs/versions",
+                "rootfs/etc",
                 "guest/js",
                 "guest/src",
                 "guest/Cargo.toml",
@@ -195,11 +215,8 @@ impl Store {
     pub fn ensure(&self, artifact: Artifact, force: bool) -> Result<PathBuf> {
         fs::create_dir_all(&self.cache).map_err(|e| self.cache_error(e))?;
         // Several nodeos-vm processes (parallel tests) may want the same artifact: one builds.
-        let lock = File::create(
-            self.cache
-                .join(format!("{}.lock", artifact.cache_name(self.arch))),
-        )
-        .map_err(|e| self.cache_error(e))?;
+        let lock = File::create(self.cache.join(format!("{}.lock", self.name(artifact))))
+            .map_err(|e| self.cache_error(e))?;
         let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| self.cache_error(e.into()))?;
         if !force {
@@ -216,14 +233,12 @@ impl Store {
             return Err(ArtifactError::NoSources(self.sources.clone()));
         }
         let work = tempfile::Builder::new()
-            .prefix(&format!("build-{}-", artifact.cache_name(self.arch)))
+            .prefix(&format!("build-{}-", self.name(artifact)))
             .tempdir_in(&self.cache)
             .map_err(|e| self.cache_error(e))?;
         let out = work.path().join("out");
         fs::create_dir(&out).map_err(|e| self.cache_error(e))?;
-        let log_path = self
-            .cache
-            .join(format!("{}.log", artifact.cache_name(self.arch)));
+        let log_path = self.cache.join(format!("{}.log", self.name(artifact)));
         let mut cmd = Command::new("bash");
         cmd.arg(&script).arg(&out);
         match artifact {
@@ -247,7 +262,14 @@ impl Store {
         cmd.env("DOWNLOAD_DIR", self.cache.join("downloads"));
 
         let started = Instant::now();
-        run_logged(artifact, self.arch, cmd, &script, &log_path, &self.cache)?;
+        run_logged(
+            artifact,
+            self.name(artifact),
+            cmd,
+            &script,
+            &log_path,
+            &self.cache,
+        )?;
 
         let built = out.join(artifact.file_name(self.arch));
         if !built.is_file() {
@@ -270,13 +292,18 @@ impl Store {
     /// Removes the builds of `artifact` older than the [`KEPT_BUILDS`] newest, `current` (just
     /// built) among them: each change of its inputs would otherwise leave one more behind.
     fn remove_older_builds(&self, artifact: Artifact, current: &Path) {
-        let prefix = format!("{}-", artifact.cache_name(self.arch));
+        let prefix = format!("{}-", self.name(artifact));
         crate::folders::remove_older(&self.cache, &prefix, current, KEPT_BUILDS - 1);
     }
 
+    /// What the cache's entries (`NAME-KEY/`), lock, log and progress file of `artifact` are
+    /// named after, for this store's architecture.
+    fn name(&self, artifact: Artifact) -> &'static str {
+        artifact.cache_name(self.arch)
+    }
+
     fn entry(&self, artifact: Artifact, key: &str) -> PathBuf {
-        self.cache
-            .join(format!("{}-{key}", artifact.cache_name(self.arch)))
+        self.cache.join(format!("{}-{key}", self.name(artifact)))
     }
 
     /// A hash of everything the artifact is built from.
@@ -371,7 +398,7 @@ fn write_executable(path: &Path, data: &[u8]) -> io::Result<()> {
 /// Runs a build script with its output in a log file and its progress on the terminal.
 fn run_logged(
     artifact: Artifact,
-    arch: Arch,
+    name: &str,
     mut cmd: Command,
     script: &Path,
     log_path: &Path,
@@ -397,7 +424,7 @@ fn run_logged(
         forward_lines(child.stdout.take().expect("piped"), tx.clone()),
         forward_lines(child.stderr.take().expect("piped"), tx),
     ];
-    let mut progress = BuildProgress::start(artifact, artifact.cache_name(arch), cache);
+    let mut progress = BuildProgress::start(artifact, name, cache);
     let mut tail = std::collections::VecDeque::new();
     for line in rx {
         let _ = writeln!(log, "{line}");
@@ -444,6 +471,48 @@ fn forward_lines(
 mod tests {
     use super::*;
     use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_kernel_key_follows_what_its_build_reads_for_its_architecture_alone() {
+        let sources = tempfile::tempdir().unwrap();
+        let file = |path: &str, text: &str| {
+            let path = sources.path().join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, text).unwrap();
+        };
+        for path in [
+            "kernel/build.sh",
+            "kernel/patches/a.patch",
+            "kernel/config.fragment",
+            "kernel/config-x86_64.fragment",
+            "kernel/config-arm64.fragment",
+            "kernel/README.md",
+        ] {
+            file(path, path);
+        }
+        let store = |arch| Store {
+            sources: sources.path().into(),
+            cache: sources.path().into(),
+            arch,
+        };
+        let keys =
+            || [Arch::X86_64, Arch::Aarch64].map(|arch| store(arch).key(Artifact::Kernel).unwrap());
+        let before = keys();
+        assert_ne!(before[0], before[1]);
+        file("kernel/README.md", "documentation changed");
+        assert_eq!(keys(), before, "documentation is no input");
+        file("kernel/config-arm64.fragment", "CONFIG_X=y");
+        let after = keys();
+        assert_eq!(
+            after[0], before[0],
+            "arm64's fragment is no input of x86's kernel"
+        );
+        assert_ne!(after[1], before[1]);
+        file("kernel/config.fragment", "CONFIG_Y=y");
+        let common = keys();
+        assert_ne!(common[0], after[0]);
+        assert_ne!(common[1], after[1]);
+    }
 
     #[test]
     fn a_new_build_removes_all_but_the_newest_builds_of_its_artifact() {

@@ -77,14 +77,18 @@ pub struct Fds {
 }
 
 pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsString> {
-    let (accel_name, cpu) = match (accel, spec.arch) {
-        (Accel::Kvm, _) => ("kvm", "host"),
+    let accel_name = match accel {
+        Accel::Kvm => "kvm",
         // A translation cache of 256 MiB at most (QEMU's default is 1 GiB), within the
         // jail's cgroup allowance (jail::cgroup::QEMU_MEMORY_ALLOWANCE_MIB).
-        (Accel::Tcg, Arch::X86_64) => ("tcg,tb-size=256", "max"),
+        Accel::Tcg => "tcg,tb-size=256",
+    };
+    let cpu = match (accel, spec.arch) {
+        (Accel::Kvm, _) => "host",
+        (Accel::Tcg, Arch::X86_64) => "max",
         // Pointer authentication with QEMU's own cheap algorithm, not the architected one
         // (which TCG computes at a cost on every signed return).
-        (Accel::Tcg, Arch::Aarch64) => ("tcg,tb-size=256", "max,pauth-impdef=on"),
+        (Accel::Tcg, Arch::Aarch64) => "max,pauth-impdef=on",
     };
     // Guest memory stays out of any core dump.
     let machine = match spec.arch {
@@ -138,15 +142,11 @@ pub fn args(spec: &VmSpec, accel: Accel, kernel: &Path, fds: &Fds) -> Vec<OsStri
     a.push("-kernel".into());
     a.push(kernel.as_os_str().to_owned());
     let mut cmdline = spec.cmdline.clone();
-    // The TSC parameters are x86's.
-    if accel == Accel::Tcg && spec.arch == Arch::X86_64 {
-        cmdline = format!(
-            "{cmdline} {} {}",
-            super::tcg_clock_params(&super::cpuinfo()),
-            super::TCG_FIXED_MAPS
-        );
-    }
-    if accel == Accel::Tcg && spec.arch != Arch::X86_64 {
+    if accel == Accel::Tcg {
+        // The TSC parameters are x86's.
+        if spec.arch == Arch::X86_64 {
+            cmdline = format!("{cmdline} {}", super::tcg_clock_params(&super::cpuinfo()));
+        }
         cmdline = format!("{cmdline} {}", super::TCG_FIXED_MAPS);
     }
     // Each device with its disk's descriptors, in the spec's order.

@@ -18,7 +18,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -355,14 +355,14 @@ struct Marks {
 
 /// Timestamps the guest's first boot-timer byte and tells `marks` of the others. Where the
 /// boot-timer bytes come on the marks port (arm64), so does the exit status, after
-/// [`EXIT_MARK`]: the receiver gets it.
+/// [`EXIT_MARK`]: the receiver gets the first one (a guest that says more is not queued).
 fn watch_boot_timer(
     mut conn: UnixStream,
     started: Instant,
     marks: Marks,
     init_reached: Arc<Mutex<Option<Duration>>>,
-) -> std::sync::mpsc::Receiver<u8> {
-    let (exit_tx, exit_rx) = std::sync::mpsc::channel();
+) -> mpsc::Receiver<u8> {
+    let (exit_tx, exit_rx) = mpsc::sync_channel(1);
     thread::Builder::new()
         .name("boot-timer".into())
         .spawn(move || {
@@ -371,7 +371,7 @@ fn watch_boot_timer(
             while let Ok(1) = conn.read(&mut byte) {
                 if exit_next {
                     exit_next = false;
-                    let _ = exit_tx.send(byte[0]);
+                    let _ = exit_tx.try_send(byte[0]);
                     continue;
                 }
                 if let Some((at, trigger)) = &marks.save_at {
