@@ -1,9 +1,12 @@
 //! Builds the two programs this crate carries, with cargo, from this workspace:
-//! - the guest binary (`guest/`, a static x86-64 executable), packed into the root image, so
-//!   that the image always holds the guest code of this very build;
+//! - the guest binary (`guest/`, a static executable for the architecture this build is for),
+//!   packed into the root image, so that the image always holds the guest code of this build;
 //! - the VMM program (`nodeos-vmm`, the vmm crate's binary), which runs each VM of our own
 //!   backend jailed and filtered, and which links no CLI, async runtime or HTTP stack: carried
 //!   inside nodeos-vm, so that one binary is all there is to run or install.
+//!
+//! Both are built for this build's target: a cross build of nodeos-vm (for an arm64 host)
+//! carries an arm64 VMM and guest.
 
 use std::env;
 use std::fs;
@@ -12,7 +15,6 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 const GUEST_PROFILE: &str = "release-guest";
 const VMM_PROFILE: &str = "release";
 
@@ -20,6 +22,7 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let target = env::var("TARGET").unwrap();
     for input in [
         "guest/src",
         "guest/Cargo.toml",
@@ -43,12 +46,12 @@ fn main() {
             "--profile",
             GUEST_PROFILE,
             "--target",
-            GUEST_TARGET,
+            &target,
         ],
         "-Ctarget-feature=+crt-static",
     );
     let guest = guest_target
-        .join(GUEST_TARGET)
+        .join(&target)
         .join(GUEST_PROFILE)
         .join("nodeos-init");
     fs::copy(&guest, out_dir.join("nodeos-init")).expect("copying the guest binary");
@@ -64,11 +67,18 @@ fn main() {
             "nodeos-vmm",
             "--profile",
             VMM_PROFILE,
+            "--target",
+            &target,
         ],
         "",
     );
-    let vmm =
-        fs::read(vmm_target.join(VMM_PROFILE).join("nodeos-vmm")).expect("reading nodeos-vmm");
+    let vmm = fs::read(
+        vmm_target
+            .join(&target)
+            .join(VMM_PROFILE)
+            .join("nodeos-vmm"),
+    )
+    .expect("reading nodeos-vmm");
     fs::write(out_dir.join("nodeos-vmm"), &vmm).expect("copying nodeos-vmm");
     println!(
         "cargo:rustc-env=NODEOS_VMM_SHA256={}",

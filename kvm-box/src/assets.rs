@@ -1,21 +1,23 @@
-//! What L1 is made of, fetched once with apt and cached: Debian's cloud kernel with its
-//! modules, and a static busybox.
+//! What L1 is made of, fetched once with apt and cached: Debian's cloud kernel of L1's
+//! architecture with its modules, and a static busybox.
 //!
-//! Layout: `<cache>/kvm-box/<package>_<version>/` holding the files and a `complete` marker. A
-//! version is staged in a temporary directory beside it and renamed into place, so parallel
-//! runs sharing a cache never see half a download. `<cache>/kvm-box/current` names the
-//! versions in use; delete it to look for newer packages at once.
+//! Layout: `<asset dir>/<package>_<version>/` holding the files and a `complete` marker, where
+//! the asset dir is `<cache>/kvm-box` for x86-64 and `<cache>/kvm-box/arm64` for arm64 (whose
+//! packages come through a private apt state there, [`Apt::private`]). A version is staged in a
+//! temporary directory beside it and renamed into place, so parallel runs sharing a cache
+//! never see half a download. `<asset dir>/current` names the versions in use; delete it to
+//! look for newer packages at once.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use crate::host;
+use contract::arch::Arch;
+
+use crate::apt::{self, Apt};
+use crate::platform::Platform;
 use crate::BoxError;
 
-/// The metapackage whose dependency is the current cloud kernel.
-const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
 const BUSYBOX_PACKAGE: &str = "busybox-static";
 const COMPLETE: &str = "complete";
 
@@ -24,7 +26,7 @@ const KERNEL_LAYOUT: &str = "box2";
 
 #[derive(Debug, Clone)]
 pub struct Assets {
-    /// The L1 kernel (bzImage).
+    /// The L1 kernel (x86-64: a bzImage; arm64: an Image).
     pub vmlinuz: PathBuf,
     /// The kernel's `lib/modules/<version>` tree.
     pub module_dir: PathBuf,
@@ -34,7 +36,7 @@ pub struct Assets {
     pub busybox: PathBuf,
     /// The names of busybox's applets (`sh`, `mount`, ...).
     pub applets: Vec<String>,
-    /// For logs and reports: `linux-image-6.1.0-56-cloud-amd64_6.1.192-2`.
+    /// For logs and reports: `linux-image-6.1.0-56-cloud-amd64_6.1.192-2-box2`.
     pub kernel_version: String,
     pub busybox_version: String,
 }
@@ -44,9 +46,10 @@ pub struct Assets {
 const CURRENT: &str = "current";
 const RESOLVE_EVERY: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Makes sure the assets are in `cache_dir`, downloading them the first time.
-pub fn ensure(cache_dir: &Path) -> Result<Assets, BoxError> {
-    let root = cache_dir.join("kvm-box");
+/// Makes sure the assets of `arch`'s L1 are in `cache_dir`, downloading them the first time.
+pub fn ensure(cache_dir: &Path, arch: Arch) -> Result<Assets, BoxError> {
+    let platform = Platform::of(arch);
+    let root = platform.asset_dir(cache_dir);
     fs::create_dir_all(&root).map_err(BoxError::io("creating", &root))?;
     let current = root.join(CURRENT);
     let fresh = fs::metadata(&current)
@@ -61,7 +64,9 @@ pub fn ensure(cache_dir: &Path) -> Result<Assets, BoxError> {
             return Ok(assets);
         }
     }
-    let assets = match fetch(&root) {
+    let fetched = Apt::for_arch(arch, &platform.arch_dir(cache_dir).join("apt"))
+        .and_then(|apt| fetch(&root, platform, &apt));
+    let assets = match fetched {
         Ok(assets) => assets,
         Err(err) => {
             // Offline, or apt broken: a stale cache still makes a working box.
@@ -110,15 +115,14 @@ fn load(root: &Path, keys: &str) -> Option<Assets> {
 }
 
 /// Resolves the current packages with apt and downloads what the cache lacks.
-fn fetch(root: &Path) -> Result<Assets, BoxError> {
-    let (kernel_pkg, kernel_ver) = resolve(KERNEL_METAPACKAGE, true)?;
-    let kernel_key = format!("{}-{KERNEL_LAYOUT}", cache_key(&kernel_pkg, &kernel_ver));
+fn fetch(root: &Path, platform: &Platform, apt: &Apt) -> Result<Assets, BoxError> {
+    let metapackage = platform.kernel_metapackage;
+    let kernel = apt.with_lists(metapackage, || apt.dependency(metapackage, "linux-image-"))?;
+    let kernel_key = format!("{}-{KERNEL_LAYOUT}", kernel.key());
     cached(root, &kernel_key, |stage| {
-        let deb = host::apt_download(&kernel_pkg, &kernel_ver, stage)?;
         let tree = stage.join("deb");
-        extract_deb(&deb, &tree)?;
-        let boot = tree.join("boot");
-        let vmlinuz = find_prefixed(&boot, "vmlinuz-")?;
+        let deb = download_into(apt, &kernel, stage, &tree)?;
+        let vmlinuz = find_prefixed(&tree.join("boot"), "vmlinuz-")?;
         rename(&vmlinuz, &stage.join("vmlinuz"))?;
         // All of them (about 90 MB): a run may ask for tun, vhost_vsock, ...
         rename(
@@ -129,18 +133,19 @@ fn fetch(root: &Path) -> Result<Assets, BoxError> {
         remove_file(&deb)
     })?;
 
-    let (busybox_pkg, busybox_ver) = resolve(BUSYBOX_PACKAGE, false)?;
-    let busybox_key = cache_key(&busybox_pkg, &busybox_ver);
+    let busybox = apt.with_lists(BUSYBOX_PACKAGE, || apt.candidate(BUSYBOX_PACKAGE))?;
+    let busybox_key = busybox.key();
     cached(root, &busybox_key, |stage| {
-        let deb = host::apt_download(&busybox_pkg, &busybox_ver, stage)?;
         let tree = stage.join("deb");
-        extract_deb(&deb, &tree)?;
-        let busybox = stage.join("busybox");
-        rename(&tree.join("bin/busybox"), &busybox)?;
-        // The static binary runs here as well as in L1: ask it for its applets once.
-        let list = host::stdout(Command::new(&busybox).arg("--list"))?;
-        fs::write(stage.join("applets"), list)
-            .map_err(BoxError::io("writing", stage.join("applets")))?;
+        let deb = download_into(apt, &busybox, stage, &tree)?;
+        let binary = stage.join("busybox");
+        rename(&tree.join("bin/busybox"), &binary)?;
+        // Read from the binary, which may be another architecture's: no running it here.
+        let bytes = fs::read(&binary).map_err(BoxError::io("reading", &binary))?;
+        let applets = busybox_applets(&bytes)
+            .ok_or_else(|| BoxError::Assets(format!("no applet table in {}", binary.display())))?;
+        let list = stage.join("applets");
+        fs::write(&list, applets.join("\n") + "\n").map_err(BoxError::io("writing", &list))?;
         remove_all(&tree)?;
         remove_file(&deb)
     })?;
@@ -149,63 +154,31 @@ fn fetch(root: &Path) -> Result<Assets, BoxError> {
         .ok_or_else(|| BoxError::Assets(format!("the assets in {} are incomplete", root.display())))
 }
 
-/// `(package, candidate version)`; for a metapackage, of the package it depends on. Runs
-/// `apt-get update` once if apt does not know the package (a fresh machine has no lists).
-fn resolve(package: &str, metapackage: bool) -> Result<(String, String), BoxError> {
-    let once = || -> Result<(String, String), BoxError> {
-        let package = if metapackage {
-            depends_on(package)?
-        } else {
-            package.to_string()
-        };
-        let version = candidate(&package)?;
-        Ok((package, version))
-    };
-    once().or_else(|first| {
-        tracing::info!(error = %first, "apt does not know {package}; running apt-get update");
-        host::apt_update()?;
-        once()
-    })
+/// Downloads `package` into `stage` and unpacks it into `tree`; returns the .deb.
+fn download_into(
+    apt: &Apt,
+    package: &apt::Package,
+    stage: &Path,
+    tree: &Path,
+) -> Result<PathBuf, BoxError> {
+    let deb = apt
+        .download(std::slice::from_ref(package), stage)?
+        .remove(0);
+    apt::extract(&deb, tree)?;
+    Ok(deb)
 }
 
-fn depends_on(metapackage: &str) -> Result<String, BoxError> {
-    let out = host::stdout(Command::new("apt-cache").args(["depends", metapackage]))?;
-    parse_depends(&out, "linux-image-").ok_or_else(|| {
-        BoxError::Assets(format!(
-            "`apt-cache depends {metapackage}` names no linux-image package:\n{out}"
-        ))
-    })
-}
-
-fn candidate(package: &str) -> Result<String, BoxError> {
-    let out = host::stdout(Command::new("apt-cache").args(["policy", package]))?;
-    parse_candidate(&out).ok_or_else(|| {
-        BoxError::Assets(format!(
-            "apt has no installable version of {package}:\n{out}"
-        ))
-    })
-}
-
-/// The first `Depends: <prefix>...` of `apt-cache depends` output.
-fn parse_depends(out: &str, prefix: &str) -> Option<String> {
-    out.lines()
-        .filter_map(|l| l.trim().trim_start_matches('|').strip_prefix("Depends:"))
-        .map(str::trim)
-        .find(|dep| dep.starts_with(prefix) && !dep.starts_with('<'))
-        .map(String::from)
-}
-
-fn parse_candidate(out: &str) -> Option<String> {
-    out.lines()
-        .filter_map(|l| l.trim().strip_prefix("Candidate:"))
-        .map(str::trim)
-        .find(|v| !v.is_empty() && *v != "(none)")
-        .map(String::from)
-}
-
-fn cache_key(package: &str, version: &str) -> String {
-    // Epochs (`1:1.35.0`) have a colon; keep directory names plain.
-    format!("{package}_{}", version.replace(':', "%3a"))
+/// The applet names of a busybox binary, from the table `busybox --list` prints: one string
+/// of NUL-terminated names in order (`[`, `[[`, `acpid`, ...), ended by an empty one.
+fn busybox_applets(binary: &[u8]) -> Option<Vec<String>> {
+    const START: &[u8] = b"\0[\0[[\0";
+    let at = binary.windows(START.len()).position(|w| w == START)? + 1;
+    let table = &binary[at..];
+    let end = table.windows(2).position(|w| w == b"\0\0")?;
+    table[..end]
+        .split(|&b| b == 0)
+        .map(|name| String::from_utf8(name.to_vec()).ok())
+        .collect()
 }
 
 /// `root/key`, made by `fill` (given an empty staging directory) if not there yet.
@@ -239,11 +212,6 @@ fn cached(
         }
     }
     Ok(dir)
-}
-
-fn extract_deb(deb: &Path, into: &Path) -> Result<(), BoxError> {
-    host::output(Command::new("dpkg-deb").arg("-x").arg(deb).arg(into))?;
-    Ok(())
 }
 
 fn find_prefixed(dir: &Path, prefix: &str) -> Result<PathBuf, BoxError> {
@@ -285,29 +253,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn depends_and_candidate_parse() {
-        let depends = "linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-56-cloud-amd64\n";
+    fn busybox_applets_are_read_from_the_binary() {
+        // The host's busybox, whatever its build, against its own `--list`.
+        let Some(busybox) = crate::host::in_path("busybox") else {
+            panic!("this test reads the host's busybox: apt-get install busybox");
+        };
+        let listed = crate::host::output(std::process::Command::new(&busybox).arg("--list"))
+            .unwrap()
+            .stdout;
+        let listed = String::from_utf8(listed).unwrap();
+        let read = busybox_applets(&fs::read(&busybox).unwrap()).unwrap();
+        assert_eq!(read, listed.lines().collect::<Vec<_>>());
         assert_eq!(
-            parse_depends(depends, "linux-image-").as_deref(),
-            Some("linux-image-6.1.0-56-cloud-amd64")
+            busybox_applets(b"junk\0[\0[[\0ash\0sh\0\0more").unwrap(),
+            ["[", "[[", "ash", "sh"]
         );
-        assert_eq!(
-            parse_depends("x\n  Depends: <virtual>\n", "linux-image-"),
-            None
-        );
-
-        let policy = "busybox-static:\n  Installed: (none)\n  Candidate: 1:1.35.0-4+deb12u1+b1\n  Version table:\n";
-        assert_eq!(
-            parse_candidate(policy).as_deref(),
-            Some("1:1.35.0-4+deb12u1+b1")
-        );
-        assert_eq!(
-            parse_candidate("p:\n  Installed: (none)\n  Candidate: (none)\n"),
-            None
-        );
-        assert_eq!(
-            cache_key("busybox-static", "1:1.35.0"),
-            "busybox-static_1%3a1.35.0"
-        );
+        assert_eq!(busybox_applets(b"no table"), None);
     }
 }

@@ -45,7 +45,14 @@ pub enum BoxError {
         memory_mib: u32,
     },
 
-    #[error("L1 has no /dev/kvm after loading kvm and kvm-amd; console tail:\n{}", tail(.console))]
+    #[error("{path}: {source}")]
+    Elf {
+        path: PathBuf,
+        #[source]
+        source: crate::elf::ElfError,
+    },
+
+    #[error("L1 has no /dev/kvm after loading its KVM modules; console tail:\n{}", tail(.console))]
     NoKvm { console: String },
 
     #[error(

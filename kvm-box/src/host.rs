@@ -1,15 +1,12 @@
-//! Host tools the box needs: running commands with readable errors, and apt.
+//! Host tools the box needs: running commands with readable errors, installing programs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
+use crate::apt::Apt;
+use crate::platform::Platform;
 use crate::BoxError;
-
-/// The QEMU that runs L1: `KVM_BOX_QEMU` or `qemu-system-x86_64` from PATH.
-pub(crate) const QEMU_ENV: &str = "KVM_BOX_QEMU";
-const QEMU_BIN: &str = "qemu-system-x86_64";
-const QEMU_PACKAGE: &str = "qemu-system-x86";
 
 /// Runs `cmd`, returning its output if it exited 0.
 pub(crate) fn output(cmd: &mut Command) -> Result<Output, BoxError> {
@@ -32,10 +29,6 @@ pub(crate) fn output(cmd: &mut Command) -> Result<Output, BoxError> {
     Ok(out)
 }
 
-pub(crate) fn stdout(cmd: &mut Command) -> Result<String, BoxError> {
-    Ok(String::from_utf8_lossy(&output(cmd)?.stdout).into_owned())
-}
-
 pub(crate) fn describe(cmd: &Command) -> String {
     let mut line = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
@@ -52,11 +45,12 @@ pub(crate) fn in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The host QEMU binary (or `$KVM_BOX_QEMU`), installed with apt if missing and we are root.
-pub(crate) fn qemu() -> Result<PathBuf, BoxError> {
-    match std::env::var_os(QEMU_ENV) {
+/// The host QEMU that runs `platform`'s L1: its environment variable's value, or its program
+/// from PATH (installed with apt if missing and we are root).
+pub(crate) fn qemu(platform: &Platform) -> Result<PathBuf, BoxError> {
+    match std::env::var_os(platform.qemu_env) {
         Some(q) => Ok(PathBuf::from(q)),
-        None => program(QEMU_BIN, QEMU_PACKAGE),
+        None => program(platform.qemu, platform.qemu_package),
     }
 }
 
@@ -89,39 +83,10 @@ pub(crate) fn apt_install(package: &str) -> Result<(), BoxError> {
         )
     };
     if install().is_err() {
-        apt_update()?;
+        Apt::host().update()?;
         install()?;
     }
     Ok(())
-}
-
-pub(crate) fn apt_update() -> Result<(), BoxError> {
-    tracing::info!("apt-get update");
-    output(Command::new("apt-get").arg("update"))?;
-    Ok(())
-}
-
-/// `apt-get download PACKAGE=VERSION` into `dir`; returns the .deb's path.
-pub(crate) fn apt_download(package: &str, version: &str, dir: &Path) -> Result<PathBuf, BoxError> {
-    tracing::info!(package, version, "apt-get download");
-    output(
-        Command::new("apt-get")
-            .arg("download")
-            .arg(format!("{package}={version}"))
-            .current_dir(dir),
-    )?;
-    let entries = std::fs::read_dir(dir).map_err(BoxError::io("reading", dir))?;
-    for entry in entries {
-        let path = entry.map_err(BoxError::io("reading", dir))?.path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if name.starts_with(package) && name.ends_with(".deb") {
-            return Ok(path);
-        }
-    }
-    Err(BoxError::Assets(format!(
-        "apt-get download {package} left no .deb in {}",
-        dir.display()
-    )))
 }
 
 fn is_root() -> bool {

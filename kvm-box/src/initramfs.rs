@@ -1,4 +1,5 @@
-//! L1's initramfs: busybox, the KVM modules, `/init`, the script and the caller's files.
+//! L1's initramfs: busybox, the KVM and output modules, `/init`, the script and the caller's
+//! files.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -9,6 +10,8 @@ use std::process::Command;
 
 use crate::assets::Assets;
 use crate::cpio::CpioWriter;
+use crate::platform::Platform;
+use crate::sysroot::Sysroot;
 use crate::{host, BoxError, BoxFile};
 
 /// Where the box's own files live in L1; callers may not put files there.
@@ -19,9 +22,6 @@ pub(crate) const SCRIPT_PATH: &str = "/kvm-box/script.sh";
 pub(crate) const MARK_READY: &str = "KVM-BOX-READY";
 pub(crate) const MARK_NO_KVM: &str = "KVM-BOX-NO-KVM";
 pub(crate) const MARK_STATUS: &str = "KVM-BOX-STATUS ";
-
-/// The script's stdout and stderr go to the second UART; the first carries the kernel console.
-pub(crate) const OUTPUT_TTY: &str = "/dev/ttyS1";
 
 #[derive(Debug)]
 enum Entry {
@@ -43,6 +43,7 @@ impl Tree {
     /// `modules`: `(name, file)` in load order.
     pub(crate) fn base(
         assets: &Assets,
+        platform: &Platform,
         modules: &[(String, PathBuf)],
         script: &str,
     ) -> Result<Self, BoxError> {
@@ -71,7 +72,7 @@ impl Tree {
             tree.host_file(&format!("{BOX_DIR}/modules/{name}.ko"), path, 0o644)?;
         }
         let names: Vec<&str> = modules.iter().map(|(name, _)| name.as_str()).collect();
-        tree.bytes("/init", init_script(&names).into_bytes(), 0o755);
+        tree.bytes("/init", init_script(platform, &names).into_bytes(), 0o755);
         tree.bytes(SCRIPT_PATH, script.as_bytes().to_vec(), 0o755);
         tree.bytes(
             "/etc/passwd",
@@ -82,8 +83,13 @@ impl Tree {
         Ok(tree)
     }
 
-    /// Adds a caller's file (or directory, recursively), with its shared libraries if asked.
-    pub(crate) fn add(&mut self, file: &BoxFile) -> Result<(), BoxError> {
+    /// Adds a caller's file (or directory, recursively), with its shared libraries if asked:
+    /// from `sysroot` when given (a box of another architecture), else from the host's `ldd`.
+    pub(crate) fn add(
+        &mut self,
+        file: &BoxFile,
+        sysroot: Option<&Sysroot>,
+    ) -> Result<(), BoxError> {
         let guest = normalize_guest(&file.guest)?;
         if guest == "/init" || guest == BOX_DIR || guest.starts_with(&format!("{BOX_DIR}/")) {
             return Err(BoxError::BadFile {
@@ -103,9 +109,12 @@ impl Tree {
         }
         self.host_file(&guest, &file.host, meta.permissions().mode())?;
         if file.with_libs {
-            for lib in shared_libraries(&file.host)? {
-                let guest_lib = normalize_guest(&lib.to_string_lossy())?;
-                self.host_file(&guest_lib, &lib, 0o755)?;
+            let libraries = match sysroot {
+                Some(sysroot) => sysroot.libraries(&file.host)?,
+                None => shared_libraries(&file.host)?,
+            };
+            for (guest_lib, host_lib) in libraries {
+                self.host_file(&normalize_guest(&guest_lib)?, &host_lib, 0o755)?;
             }
         }
         Ok(())
@@ -238,8 +247,9 @@ fn normalize_guest(guest: &str) -> Result<String, BoxError> {
     Ok(out)
 }
 
-/// The shared libraries (and the dynamic loader) `binary` needs, from `ldd`.
-fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, BoxError> {
+/// The shared libraries (and the dynamic loader) `binary` needs, from `ldd`, each at its host
+/// path: `(path in L1, host file)`.
+fn shared_libraries(binary: &Path) -> Result<Vec<(String, PathBuf)>, BoxError> {
     let mut cmd = Command::new("ldd");
     cmd.arg(binary);
     let line = host::describe(&cmd);
@@ -262,10 +272,14 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, BoxError> {
             stderr: stderr.into_owned(),
         });
     }
-    parse_ldd(&stdout).map_err(|missing| BoxError::BadFile {
+    let libraries = parse_ldd(&stdout).map_err(|missing| BoxError::BadFile {
         guest: binary.display().to_string(),
         reason: format!("ldd cannot find its libraries: {}", missing.join(", ")),
-    })
+    })?;
+    Ok(libraries
+        .into_iter()
+        .map(|lib| (lib.to_string_lossy().into_owned(), lib))
+        .collect())
 }
 
 /// Paths from `ldd` output: `libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)` and the
@@ -298,11 +312,17 @@ fn parse_ldd(out: &str) -> Result<Vec<PathBuf>, Vec<String>> {
     }
 }
 
+/// How long `/init` waits for the output device to appear (a virtio console appears when its
+/// driver has talked to QEMU, shortly after the module loaded).
+const OUTPUT_WAIT_CENTISECONDS: u32 = 500;
+
 /// PID 1 of L1 (busybox sh).
-fn init_script(modules: &[&str]) -> String {
+fn init_script(platform: &Platform, modules: &[&str]) -> String {
+    let console = platform.console_tty;
+    let output = platform.output_tty;
     format!(
         r#"#!/bin/sh
-# kvm-box /init: mount, load KVM, run the script on {OUTPUT_TTY}, report its status, power off.
+# kvm-box /init: mount, load KVM, run the script on {output}, report its status, power off.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb
 # First move to a root that is a real mount (a tmpfs), as on any host: programs that sandbox
 # themselves with pivot_root (passt) fail on the initramfs's rootfs.
@@ -332,18 +352,24 @@ if [ ! -c /dev/kvm ]; then
     echo "{MARK_NO_KVM}"
     exec poweroff -f
 fi
+i=0
+while [ ! -c {output} ] && [ $i -lt {OUTPUT_WAIT_CENTISECONDS} ]; do sleep 0.01; i=$((i + 1)); done
+if [ ! -c {output} ]; then
+    echo "kvm-box: no {output} for the script's output"
+    exec poweroff -f
+fi
 echo "{MARK_READY}"
 cd /root
 # Raw: the script's bytes reach the host as they are (no \n -> \r\n).
-{{ stty -F {OUTPUT_TTY} raw -echo; sh {SCRIPT_PATH} </dev/null; }} >{OUTPUT_TTY} 2>&1
+{{ stty -F {output} raw -echo; sh {SCRIPT_PATH} </dev/null; }} >{output} 2>&1
 status=$?
-# Stop what the script left running, then open and close each UART: the last close waits
-# until the UART has sent everything, before the power goes.
+# Stop what the script left running, then open and close each tty: the last close waits
+# until it has sent everything, before the power goes.
 kill -KILL -1 2>/dev/null
 sleep 0.05
 exec </dev/null >/dev/null 2>&1
-: >{OUTPUT_TTY}
-echo "{MARK_STATUS}$status" >/dev/ttyS0
+: >{output}
+echo "{MARK_STATUS}$status" >{console}
 exec poweroff -f
 "#,
         modules = modules.join(" "),

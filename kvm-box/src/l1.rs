@@ -1,4 +1,5 @@
-//! Running L1: QEMU TCG with an AMD CPU that has SVM and nested paging, so that L1's KVM works.
+//! Running L1: QEMU TCG emulating a CPU that virtualizes (see [`Platform`]), so that L1's KVM
+//! works; its console and the script's output are files read as they grow.
 
 use std::fs::File;
 use std::io::Read;
@@ -7,23 +8,19 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::initramfs::MARK_READY;
+use crate::platform::Platform;
 use crate::{host, BoxError, Stream};
 
-/// SVM with nested paging: what kvm-amd needs to offer /dev/kvm with NPT.
-const L1_CPU: &str = "EPYC,+svm,+npt";
-/// qboot starts a `-kernel` boot faster than SeaBIOS; used when the host has it.
-const QBOOT: &str = "/usr/share/qemu/qboot.rom";
-/// `quiet` keeps the kernel's console short; `panic=-1` with `-no-reboot` ends QEMU on a panic.
-const L1_CMDLINE: &str = "console=ttyS0 quiet panic=-1 tsc=reliable";
 const POLL: Duration = Duration::from_millis(20);
 
 pub(crate) struct L1<'a> {
+    pub platform: &'a Platform,
     pub qemu: &'a Path,
-    pub vmlinuz: &'a Path,
+    pub kernel: &'a Path,
     pub initrd: &'a Path,
     pub memory_mib: u32,
     pub cpus: u8,
-    /// Where the two UARTs and QEMU's stderr are written.
+    /// Where the console, the script's output and QEMU's stderr are written.
     pub work_dir: &'a Path,
 }
 
@@ -83,7 +80,7 @@ impl Tail {
     fn text(&self) -> String {
         let text = String::from_utf8_lossy(&self.data);
         match self.stream {
-            // The console UART is a cooked tty: \n went out as \r\n.
+            // The console is a cooked tty: \n went out as \r\n.
             Stream::Console => text.replace("\r\n", "\n"),
             Stream::Output => text.into_owned(),
         }
@@ -93,32 +90,14 @@ impl Tail {
 impl L1<'_> {
     fn command(&self, console: &Path, output: &Path) -> Command {
         let mut cmd = Command::new(self.qemu);
-        cmd.args(["-M", "pc", "-accel", "tcg", "-cpu", L1_CPU])
-            .args([
-                "-m",
-                &self.memory_mib.to_string(),
-                "-smp",
-                &self.cpus.max(1).to_string(),
-            ])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-            ]);
-        if Path::new(QBOOT).exists() {
-            cmd.args(["-bios", QBOOT]);
-        }
-        cmd.arg("-kernel")
-            .arg(self.vmlinuz)
-            .arg("-initrd")
-            .arg(self.initrd);
-        cmd.args(["-append", L1_CMDLINE]);
-        cmd.arg("-serial")
-            .arg(chardev_file(console))
-            .arg("-serial")
-            .arg(chardev_file(output));
+        cmd.args(self.platform.qemu_args(
+            self.memory_mib,
+            self.cpus,
+            self.kernel,
+            self.initrd,
+            console,
+            output,
+        ));
         cmd
     }
 
@@ -181,10 +160,6 @@ impl L1<'_> {
             wall,
         })
     }
-}
-
-fn chardev_file(path: &Path) -> String {
-    format!("file:{}", path.display())
 }
 
 fn contains_line(data: &[u8], line: &str) -> bool {

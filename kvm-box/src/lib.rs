@@ -1,42 +1,53 @@
-//! The KVM box: runs a shell script inside an L1 Linux VM that QEMU emulates with TCG and an
-//! AMD CPU with SVM and nested paging. Debian's cloud kernel loads kvm and kvm-amd there, so
-//! the script gets a `/dev/kvm` with the semantics of hardware virtualization, on machines
-//! whose own `/dev/kvm` cannot boot Linux (docs/kvm-hosts.md).
+//! The KVM box: runs a shell script inside an L1 Linux VM that QEMU emulates with TCG and a CPU
+//! that virtualizes: on x86-64 an AMD CPU with SVM and nested paging, whose kvm-amd Debian's
+//! cloud kernel loads; on arm64 ([`BoxRun::arch`]) QEMU's `virt` machine with EL2, whose KVM
+//! Debian's arm64 cloud kernel has built in. So the script gets a `/dev/kvm` with the
+//! semantics of hardware virtualization, on machines whose own `/dev/kvm` cannot boot Linux
+//! (docs/kvm-hosts.md).
 //!
 //! One [`run`] packs an initramfs (static busybox, the KVM modules, an `/init`, the script and
 //! the caller's files, with their shared libraries if asked), boots L1, runs the script with
-//! `sh`, and returns its output and exit status. The script's stdout and stderr go to L1's
-//! second UART, the kernel's console to the first, so kernel noise never mixes into what the
-//! script prints. A box costs a few seconds; batch many checks into one run with [`Script`].
+//! `sh`, and returns its output and exit status. The script's stdout and stderr go to their
+//! own device (x86-64: L1's second UART; arm64: a virtio console), the kernel's console to the
+//! first UART, so kernel noise never mixes into what the script prints. A box costs a few
+//! seconds; batch many checks into one run with [`Script`].
 //!
 //! Absolute times inside the box are not hardware times (everything is emulated); compare
 //! ratios between runs in the same box.
 //!
 //! Environment: `KVM_BOX_CACHE` (assets cache, see [`default_cache_dir`]), `KVM_BOX_QEMU`
-//! (the host QEMU), `KVM_BOX_KEEP=1` (keep each run's work directory: initramfs, logs),
-//! `KVM_BOX_JOBS` (boxes run at once by one process; default half the host's CPUs, at least 1:
-//! a TCG vCPU keeps a host core busy, and parallel tests would otherwise slow each other into
-//! their timeouts).
+//! and `KVM_BOX_QEMU_AARCH64` (the host QEMU for each architecture's L1), `KVM_BOX_KEEP=1`
+//! (keep each run's work directory: initramfs, logs), `KVM_BOX_JOBS` (boxes run at once by one
+//! process; default half the host's CPUs, at least 1: a TCG vCPU keeps a host core busy, and
+//! parallel tests would otherwise slow each other into their timeouts).
 
+mod apt;
 mod assets;
 mod cpio;
+mod elf;
 mod error;
 mod host;
 mod initramfs;
 mod jobs;
 mod l1;
 mod modules;
+mod platform;
 mod script;
+mod sysroot;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use assets::{ensure as ensure_assets, Assets};
+pub use contract::arch::Arch;
+pub use elf::ElfError;
 pub use error::BoxError;
 pub use host::program as host_program;
 pub use script::{parse_checks, shell_quote, Check, Script, DEFAULT_CHECK_TIMEOUT, HTTP_CLIENT};
+pub use sysroot::{Sysroot, BASE_PACKAGES};
 
 use initramfs::{Tree, MARK_NO_KVM, MARK_STATUS};
+use platform::Platform;
 
 pub const DEFAULT_MEMORY_MIB: u32 = 2048;
 /// One vCPU: on a busy 2-core host, L1 with 2 vCPUs (MTTCG) used ~50% more host CPU and
@@ -54,8 +65,11 @@ pub struct BoxFile {
     pub host: PathBuf,
     /// Absolute path inside L1.
     pub guest: String,
-    /// Also pack the shared libraries `ldd` lists for it, and the dynamic loader, at their
-    /// host paths. For an executable file only.
+    /// Also pack the shared libraries it needs and the dynamic loader: in a box of the host's
+    /// architecture those `ldd` lists, at their host paths; in another architecture's, those
+    /// its ELF names found in that architecture's [`Sysroot`] (which has [`BASE_PACKAGES`];
+    /// add a program's other libraries there with [`Sysroot::ensure`]), at their paths on the
+    /// target. For an executable file only.
     pub with_libs: bool,
 }
 
@@ -100,13 +114,15 @@ pub fn volume_tools() -> Result<Vec<BoxFile>, BoxError> {
 /// One box run.
 #[derive(Debug, Clone)]
 pub struct BoxRun {
+    /// L1's architecture: x86-64 (the default) or arm64.
+    pub arch: Arch,
     pub files: Vec<BoxFile>,
     /// Run by busybox `sh` in `/root`, stdin `/dev/null`. `/tmp` is a tmpfs; the root is one too.
     pub script: String,
     /// L1's RAM; the packed files must fit in half of it (see [`BoxError::TooBig`]).
     pub memory_mib: u32,
     pub cpus: u8,
-    /// Modules of L1's kernel to load after kvm-amd (`tun`, `vhost_vsock`, `vhost_net`, ...),
+    /// Modules of L1's kernel to load after its own (`tun`, `vhost_vsock`, `vhost_net`, ...),
     /// with their dependencies.
     pub modules: Vec<String>,
     /// For the whole run, L1's boot included; QEMU is killed after it.
@@ -116,6 +132,7 @@ pub struct BoxRun {
 impl BoxRun {
     pub fn new(script: impl Into<String>) -> Self {
         Self {
+            arch: Arch::X86_64,
             files: Vec::new(),
             script: script.into(),
             memory_mib: DEFAULT_MEMORY_MIB,
@@ -129,6 +146,11 @@ impl BoxRun {
         self.files.push(file);
         self
     }
+
+    pub fn arch(mut self, arch: Arch) -> Self {
+        self.arch = arch;
+        self
+    }
 }
 
 impl Default for BoxRun {
@@ -139,7 +161,7 @@ impl Default for BoxRun {
 
 #[derive(Debug, Clone)]
 pub struct BoxOutput {
-    /// The script's stdout and stderr (L1's second UART, in raw mode: bytes as written).
+    /// The script's stdout and stderr (their own tty in L1, in raw mode: bytes as written).
     pub output: String,
     /// L1's kernel console and `/init`'s own lines (first UART).
     pub console: String,
@@ -158,7 +180,7 @@ impl BoxOutput {
     }
 }
 
-/// Which UART a chunk of live output came from.
+/// Which of L1's ttys a chunk of live output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
     /// The kernel's console and `/init`'s messages.
@@ -169,7 +191,8 @@ pub enum Stream {
 
 /// `KVM_BOX_CACHE`, else `nodeos-vm` in the user's cache folder (`dirs`:
 /// `$XDG_CACHE_HOME` when it is an absolute path, else `~/.cache`), else
-/// `/var/tmp/nodeos-vm`. Assets land in its `kvm-box/` (about 105 MB).
+/// `/var/tmp/nodeos-vm`. Assets land in its `kvm-box/` (x86-64's: about 105 MB) and
+/// `kvm-box/arm64/` (about 90 MB, with the arm64 apt state and sysroot).
 pub fn default_cache_dir() -> PathBuf {
     std::env::var_os("KVM_BOX_CACHE")
         .map(PathBuf::from)
@@ -188,17 +211,23 @@ pub fn run_streaming(
     run: &BoxRun,
     sink: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<BoxOutput, BoxError> {
-    let qemu = host::qemu()?;
-    let assets = assets::ensure(cache_dir)?;
+    let platform = Platform::of(run.arch);
+    let qemu = host::qemu(platform)?;
+    let assets = assets::ensure(cache_dir, run.arch)?;
 
     let module_tree = modules::ModuleTree::open(&assets.module_dir, &assets.plain_module_dir)?;
-    let mut wanted = vec![modules::KVM_MODULE.to_string()];
+    let mut wanted: Vec<String> = platform.modules.iter().map(|m| m.to_string()).collect();
     wanted.extend(run.modules.iter().cloned());
     let load_order = module_tree.load_order(&wanted)?;
 
-    let mut tree = Tree::base(&assets, &load_order, &run.script)?;
+    let sysroot = if run.arch != Arch::host() && run.files.iter().any(|f| f.with_libs) {
+        Some(Sysroot::ensure(cache_dir, run.arch, BASE_PACKAGES)?)
+    } else {
+        None
+    };
+    let mut tree = Tree::base(&assets, platform, &load_order, &run.script)?;
     for file in &run.files {
-        tree.add(file)?;
+        tree.add(file, sysroot.as_ref())?;
     }
     let work = tempfile::Builder::new()
         .prefix("kvm-box.")
@@ -217,12 +246,13 @@ pub fn run_streaming(
             memory_mib: run.memory_mib,
         });
     }
-    tracing::debug!(initramfs_bytes, kernel = %assets.kernel_version, "booting L1");
+    tracing::debug!(initramfs_bytes, kernel = %assets.kernel_version, arch = %run.arch, "booting L1");
 
     let _slot = jobs::acquire();
     let l1 = l1::L1 {
+        platform,
         qemu: &qemu,
-        vmlinuz: &assets.vmlinuz,
+        kernel: &assets.vmlinuz,
         initrd: &initrd,
         memory_mib: run.memory_mib,
         cpus: run.cpus,
@@ -275,7 +305,7 @@ fn status_marker(text: &str) -> Option<i32> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-/// QEMU's stderr without the warnings every run prints (features TCG does not emulate).
+/// QEMU's stderr without the warnings every x86-64 run prints (features TCG does not emulate).
 fn relevant_stderr(stderr: &str) -> String {
     stderr
         .lines()

@@ -1,6 +1,6 @@
 //! `kvm-box`: run a shell script in a KVM box, for developers.
 //!
-//! kvm-box [--mem MIB] [--cpus N] [--timeout SECS] [--cache DIR] [--console]
+//! kvm-box [--arch ARCH] [--mem MIB] [--cpus N] [--timeout SECS] [--cache DIR] [--console]
 //!         [--file HOST:GUEST[:libs]]... [--module NAME]... -- SCRIPT...
 
 use std::io::Write;
@@ -14,14 +14,17 @@ const USAGE: &str = "\
 usage: kvm-box [OPTIONS] -- SCRIPT...
 
 Runs SCRIPT (joined with spaces, run by busybox sh) in an L1 VM under QEMU TCG whose /dev/kvm
-works (nested SVM), and exits with the script's status (125 if the box itself failed).
+works (nested SVM on x86_64, EL2 on aarch64), and exits with the script's status (125 if the
+box itself failed).
 
 options:
+  --arch ARCH                 L1's architecture: x86_64 (default) or aarch64 (arm64)
   --mem MIB                   L1's RAM (default 2048); packed files must fit in half of it
   --cpus N                    L1's vCPUs (default 1)
   --timeout SECS              kill the box after SECS (default 600)
   --file HOST:GUEST[:libs]    put HOST (file or directory) at GUEST in L1; `:libs` also packs
-                              the shared libraries ldd lists for it
+                              the shared libraries it needs (ldd's, or for aarch64 from the
+                              arm64 sysroot in the cache)
   --module NAME               also load this module of L1's kernel (tun, vhost_vsock, ...)
   --cache DIR                 assets cache (default: $KVM_BOX_CACHE or ~/.cache/nodeos-vm)
   --console                   also print L1's kernel console (to stderr)
@@ -44,6 +47,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
+            "--arch" => {
+                run.arch = value("--arch")?
+                    .parse()
+                    .map_err(|e| format!("--arch: {e}"))?
+            }
             "--mem" => {
                 run.memory_mib = value("--mem")?.parse().map_err(|e| format!("--mem: {e}"))?
             }
@@ -160,9 +168,19 @@ mod tests {
     }
 
     #[test]
+    fn arch_parses() {
+        let args = ["--arch", "arm64", "--", "true"].map(String::from);
+        let parsed = parse_args(args.into_iter()).ok().unwrap();
+        assert_eq!(parsed.run.arch, kvm_box::Arch::Aarch64);
+        let args = ["--arch", "mips", "--", "true"].map(String::from);
+        assert!(parse_args(args.into_iter()).is_err());
+    }
+
+    #[test]
     fn args_parse() {
         let args = ["--mem", "1024", "--file", "a:/a", "--", "echo", "hi"].map(String::from);
         let parsed = parse_args(args.into_iter()).ok().unwrap();
+        assert_eq!(parsed.run.arch, kvm_box::Arch::X86_64);
         assert_eq!(parsed.run.memory_mib, 1024);
         assert_eq!(parsed.run.script, "echo hi");
         assert_eq!(parsed.run.files.len(), 1);

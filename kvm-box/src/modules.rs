@@ -1,5 +1,6 @@
-//! L1's kernel modules: kvm-amd always, and whatever else a run asks for (`tun`,
-//! `vhost_vsock`, ...), each with the modules it depends on, in an order `insmod` can load.
+//! L1's kernel modules: its platform's (kvm-amd on x86-64; virtio-mmio and the virtio console
+//! on arm64, whose KVM is built in), and whatever else a run asks for (`tun`, `vhost_vsock`,
+//! ...), each with the modules it depends on, in an order `insmod` can load.
 //!
 //! Dependencies come from each module's `.modinfo` (`depends=a,b`), so neither `depmod` on the
 //! host nor `modprobe` in L1 is needed.
@@ -10,9 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::{host, BoxError};
-
-/// What makes `/dev/kvm` on L1's AMD CPU (it pulls in kvm and irqbypass).
-pub(crate) const KVM_MODULE: &str = "kvm_amd";
 
 /// A kernel's `lib/modules/<version>` tree, indexed by module name.
 pub(crate) struct ModuleTree {

@@ -67,8 +67,13 @@ impl Templates {
     }
 
     /// Makes `config` a restore of its template, made first when there is none. Where no
-    /// template can be made, `config` boots cold, and why is said on stderr.
+    /// template can be made, `config` boots cold, and why is said on stderr; on a backend
+    /// without snapshots it boots cold, and that is all.
     pub fn restore(&self, backend: &Backend, config: &mut VmConfig) {
+        if !backend.snapshots() {
+            tracing::debug!("{} saves no snapshots: booting cold", backend.name());
+            return;
+        }
         match self.ensure(backend, config, false) {
             Ok((from, identity)) => {
                 tracing::info!("restoring {}", from.display());

@@ -7,6 +7,7 @@
 
 pub mod backend;
 mod boot;
+#[cfg(target_arch = "x86_64")]
 mod cpuid;
 pub mod devices;
 pub mod error_chain;

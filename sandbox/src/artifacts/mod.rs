@@ -142,6 +142,7 @@ impl Artifact {
                 "guest/src",
                 "guest/Cargo.toml",
                 "guest/build.sh",
+                "guest/cross-toolchain.sh",
                 "contract/src",
                 "contract/Cargo.toml",
                 "Cargo.lock",

@@ -55,7 +55,8 @@ fn classify(
             "{KVM_DEVICE} is the paravirtual PVM flavour of KVM ({PVM_MODULE}), which cannot run Linux guests"
         ));
     }
-    if !has_hw_virt(cpuinfo) {
+    // arm64 names no such flag: its /dev/kvm exists only where the kernel booted at EL2.
+    if cfg!(target_arch = "x86_64") && !has_hw_virt(cpuinfo) {
         return KvmSupport::Unusable(format!(
             "the CPU has no hardware virtualization (no vmx or svm flag in {CPUINFO}) behind {KVM_DEVICE}"
         ));

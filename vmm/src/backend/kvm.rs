@@ -22,19 +22,38 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+#[cfg(target_arch = "x86_64")]
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::boot;
 use crate::boot::cmdline::{self, MmioSlot};
-use crate::boot::{self, mptable};
+#[cfg(target_arch = "aarch64")]
+use crate::boot::fdt;
+#[cfg(target_arch = "x86_64")]
+use crate::boot::mptable;
+#[cfg(target_arch = "x86_64")]
 use crate::cpuid::DEFAULT_HIDDEN;
 use crate::devices::bus::{Bus, BusDevice, OverlapError};
+#[cfg(target_arch = "x86_64")]
+use crate::devices::legacy;
+#[cfg(target_arch = "x86_64")]
 use crate::devices::legacy::cmos::{Cmos, DateTime};
+#[cfg(target_arch = "x86_64")]
 use crate::devices::legacy::i8042::I8042;
-use crate::devices::legacy::ports::{BootTimer, ExitPort, SaveTrigger};
+use crate::devices::legacy::ports::BootTimer;
+#[cfg(target_arch = "aarch64")]
+use crate::devices::legacy::ports::MarksPort;
+#[cfg(target_arch = "x86_64")]
+use crate::devices::legacy::ports::{ExitPort, SaveTrigger};
+#[cfg(target_arch = "aarch64")]
+use crate::devices::legacy::rtc::Pl031;
 use crate::devices::legacy::serial::{self, ConsoleWriter, Serial};
-use crate::devices::legacy::{self, IrqLine};
+use crate::devices::legacy::IrqLine;
+#[cfg(target_arch = "x86_64")]
 use crate::devices::persist::{Persist, RestoreError};
 use crate::devices::virtio::block::{self, Block};
+#[cfg(target_arch = "aarch64")]
+use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioTransport, TransportArgs};
 use crate::devices::virtio::net;
 use crate::devices::virtio::rng::Rng;
@@ -43,21 +62,38 @@ use crate::devices::virtio::{worker, VirtioDevice};
 use crate::devices::Lifecycle;
 use crate::jail::{self, Identity};
 use crate::kvm::control::{EndGuard, RunState, TransitionError};
+#[cfg(target_arch = "aarch64")]
+use crate::kvm::gic::{self, Gic};
+#[cfg(target_arch = "x86_64")]
 use crate::kvm::state::VcpuStates;
 use crate::kvm::vcpu::{self, RunError};
 use crate::kvm::{self, Vcpu, Vm, VmControl};
 use crate::memory::{self, Backing, GuestMemory, SharedMemory, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+#[cfg(target_arch = "aarch64")]
+use crate::memory::{RTC_MMIO_BASE, RTC_MMIO_SIZE, SERIAL_MMIO_BASE, SERIAL_MMIO_SIZE};
 use crate::seccomp::{self, ThreadKind};
-use crate::snapshot::{self, save::Saver};
+use crate::snapshot;
+#[cfg(target_arch = "x86_64")]
+use crate::snapshot::save::Saver;
 use crate::vm::{
     ConsoleIo, ConsoleReady, Device, PauseLink, PauseRequest, RunReport, Start, StopSignal, VmExit,
     VmSpec,
 };
 
 /// The first interrupt line for virtio devices (0-4: timer, keyboard, cascade, COM2, COM1).
+#[cfg(target_arch = "x86_64")]
 const VIRTIO_IRQ_BASE: u32 = 5;
+#[cfg(target_arch = "x86_64")]
 const EXIT_PORT_LEN: u64 = 1;
+#[cfg(target_arch = "x86_64")]
 const BOOT_TIMER_LEN: u64 = 1;
+/// The console UART's and the RTC's SPIs, then the virtio devices' (arm64).
+#[cfg(target_arch = "aarch64")]
+const SERIAL_SPI: u32 = 0;
+#[cfg(target_arch = "aarch64")]
+const RTC_SPI: u32 = 1;
+#[cfg(target_arch = "aarch64")]
+const VIRTIO_SPI_BASE: u32 = 2;
 /// The threads besides the vCPUs that park when the VM pauses: the device thread and console
 /// input.
 const DEVICE_PARTIES: usize = 2;
@@ -100,12 +136,18 @@ pub enum Error {
     },
     #[error(transparent)]
     Snapshot(#[from] snapshot::Error),
+    #[cfg(target_arch = "aarch64")]
+    #[error(
+        "snapshots of a VM on arm64 KVM are not supported yet: boot it (or use --backend qemu)"
+    )]
+    SnapshotOnArm64,
 }
 
 fn device_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Device { what, source }
 }
 
+#[cfg(target_arch = "x86_64")]
 fn legacy_err(what: &'static str) -> impl FnOnce(RestoreError) -> Error {
     move |source| snapshot::Error::Legacy { what, source }.into()
 }
@@ -140,9 +182,14 @@ pub struct Built {
     /// Whether the VMM's threads install their seccomp filters.
     seccomp: bool,
     /// Where the vCPUs leave their state for a save.
+    #[cfg(target_arch = "x86_64")]
     vcpu_states: Arc<VcpuStates>,
     /// The save, for `Start::Save`.
+    #[cfg(target_arch = "x86_64")]
     saver: Option<Saver>,
+    /// The in-kernel interrupt controller, held as long as the VM.
+    #[cfg(target_arch = "aarch64")]
+    _gic: Gic,
     /// For a restored VM: when building it began, the console's "ready", and whether the guest
     /// had said it before it was saved (its console then takes input at once).
     restored: Option<(Instant, ConsoleReady, bool)>,
@@ -178,6 +225,7 @@ impl Vmm<Built> {
     /// parent: a jailed VMM cannot reach the host's network); it is opened here otherwise.
     /// `snapshot` is the file `spec.start` names, when the caller opened it (a jailed VMM has
     /// no path to it): written by a save, read by a restore.
+    #[cfg(target_arch = "x86_64")]
     pub fn build(
         spec: &VmSpec,
         console: ConsoleIo,
@@ -223,13 +271,7 @@ impl Vmm<Built> {
         tracing::info!(memory_mib = spec.memory_mib, "guest RAM on {backing}");
         let mem: SharedMemory = Arc::new(mem);
         let vm = Arc::new(Vm::new()?);
-        let max = vm.max_vcpus().min(usize::from(mptable::MAX_CPUS));
-        if spec.cpus == 0 || usize::from(spec.cpus) > max {
-            return Err(Error::CpuCount {
-                requested: spec.cpus,
-                max,
-            });
-        }
+        check_cpus(&vm, spec.cpus, usize::from(mptable::MAX_CPUS))?;
         let header = match &spec.start {
             Start::Boot => None,
             Start::Save { identity, .. } | Start::Restore { identity, .. } => {
@@ -256,9 +298,7 @@ impl Vmm<Built> {
 
         // Legacy devices on port I/O.
         let mut pio = Bus::new();
-        let serial_irq = IrqLine::new().map_err(device_err("serial interrupt"))?;
-        vm.register_irqfd(&serial_irq.0, legacy::SERIAL_IRQ)?;
-        let out = ConsoleWriter::new(console.output, control.stopping_flag());
+        let (serial_irq, out) = console_line(&vm, legacy::SERIAL_IRQ, console.output, &control)?;
         let serial = Arc::new(Mutex::new(match saved {
             None => Serial::new(serial_irq, out),
             Some(s) => Serial::restore((serial_irq, out), &s.devices.serial)
@@ -323,74 +363,28 @@ impl Vmm<Built> {
         )?;
 
         // Virtio devices on MMIO, in the spec's order (the guest's: vda, vdb, ...).
-        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::with_capacity(spec.devices.len());
-        let (mut net, mut agent) = (net, agent);
-        for (index, device) in spec.devices.iter().enumerate() {
-            devices.push(match device {
-                Device::Block(disk) => Box::new(Block::open(
-                    &disk.path,
-                    disk.read_only,
-                    &format!("nodeos-disk{index}"),
-                )?),
-                Device::Rng => Box::new(Rng::new()),
-                // The guest's eth0; it configures its address from the command line.
-                Device::Net(spec_net) => {
-                    let end = match net.take() {
-                        Some(end) => end,
-                        // The threads that serve passt are the VMM's.
-                        None => net::HostEnd::open(
-                            spec_net,
-                            if spec.seccomp {
-                                net::HelperThreads::Filtered
-                            } else {
-                                net::HelperThreads::Unfiltered
-                            },
-                        )?,
-                    };
-                    net::attach(spec_net, end, net::DEFAULT_MAC)?
-                }
-                Device::AgentLink(path) => Box::new(match agent.take() {
-                    Some(device) => Vsock::given(device)?,
-                    None => Vsock::new(path)?,
-                }),
-            });
-        }
-
+        let devices = open_devices(spec, net, agent)?;
         let mut mmio = Bus::new();
-        let mut slots = Vec::new();
-        let mut transports = Vec::new();
-        let notify = vm.notify_registrar();
-        for (i, mut device) in devices.into_iter().enumerate() {
-            let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
-            let irq = VIRTIO_IRQ_BASE + i as u32;
-            let line = IrqLine::new().map_err(device_err("virtio interrupt"))?;
-            vm.register_irqfd(&line.0, irq)?;
-            let transport = match saved {
-                None => MmioTransport::new(device, mem.clone(), line, notify.clone(), base)
-                    .map_err(device_err("virtio-mmio transport"))?,
+        let (transports, slots) = attach_virtio(
+            &vm,
+            &mem,
+            &mut mmio,
+            devices,
+            VIRTIO_IRQ_BASE,
+            |i, args| match saved {
+                None => MmioTransport::new(args.device, args.mem, args.irq, args.notify, args.base)
+                    .map_err(device_err("virtio-mmio transport")),
                 Some(s) => {
                     let state = &s.devices.virtio[i];
                     let restore_err = |source| snapshot::Error::Device { index: i, source };
-                    device.restore_state(&state.device).map_err(restore_err)?;
-                    let args = TransportArgs {
-                        device,
-                        mem: mem.clone(),
-                        irq: line,
-                        notify: notify.clone(),
-                        base,
-                    };
-                    MmioTransport::restore(args, &state.transport).map_err(restore_err)?
+                    let mut args = args;
+                    args.device
+                        .restore_state(&state.device)
+                        .map_err(restore_err)?;
+                    Ok(MmioTransport::restore(args, &state.transport).map_err(restore_err)?)
                 }
-            };
-            let transport = Arc::new(Mutex::new(transport));
-            mmio.insert(base, VIRTIO_MMIO_SIZE, transport.clone())?;
-            transports.push(transport);
-            slots.push(MmioSlot {
-                base,
-                size: VIRTIO_MMIO_SIZE,
-                irq,
-            });
-        }
+            },
+        )?;
 
         let vcpus = (0..spec.cpus)
             .map(|i| vm.create_vcpu(i, spec.cpus, DEFAULT_HIDDEN))
@@ -447,6 +441,135 @@ impl Vmm<Built> {
                 vcpu_states,
                 saver,
                 restored: saved.map(|s| (started, console.ready, s.devices.console_ready)),
+                mem,
+                backing,
+            },
+        })
+    }
+
+    /// Builds `spec`'s VM on arm64 KVM: guest memory with the `Image` and its device tree, the
+    /// vCPUs and their GIC, the console UART and the RTC on MMIO, the virtio devices in the
+    /// spec's order and, last, the marks port (docs/guest-contract.md, "Architectures"). Only
+    /// `Start::Boot`: snapshots on arm64 are not supported yet.
+    #[cfg(target_arch = "aarch64")]
+    pub fn build(
+        spec: &VmSpec,
+        console: ConsoleIo,
+        net: Option<net::HostEnd>,
+        agent: Option<vsock::host::DeviceSide>,
+        _snapshot: Option<File>,
+    ) -> Result<Vmm<Built>, Error> {
+        let started = Instant::now();
+        if !matches!(spec.start, Start::Boot) {
+            return Err(Error::SnapshotOnArm64);
+        }
+        // Memory first: on an early return the VM fd (declared later) is dropped before it.
+        let (mem, backing) = memory::create(spec.memory_mib)?;
+        tracing::info!(memory_mib = spec.memory_mib, "guest RAM on {backing}");
+        let mem: SharedMemory = Arc::new(mem);
+        let vm = Arc::new(Vm::new()?);
+        check_cpus(&vm, spec.cpus, usize::from(u8::MAX))?;
+        vcpu::install_kick_handler()?;
+        vm.register_memory(&mem)?;
+        let kernel = boot::load_kernel(&mem, &spec.kernel)?;
+        let vcpus = (0..spec.cpus)
+            .map(|i| vm.create_vcpu(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let gic = vm.create_gic(spec.cpus)?;
+
+        let parties = usize::from(spec.cpus) + DEVICE_PARTIES;
+        let control = Arc::new(VmControl::new(parties).map_err(device_err("VM control events"))?);
+        let init_reached = Arc::new(OnceLock::new());
+
+        let mut mmio = Bus::new();
+        let (serial_irq, out) = console_line(&vm, SERIAL_SPI, console.output, &control)?;
+        let serial = Arc::new(Mutex::new(Serial::new(serial_irq, out)));
+        mmio.insert(SERIAL_MMIO_BASE, SERIAL_MMIO_SIZE, serial.clone())?;
+        // The wall clock at boot. Its alarm interrupt never fires.
+        mmio.insert(RTC_MMIO_BASE, RTC_MMIO_SIZE, shared(Pl031::new()))?;
+
+        let mut devices = open_devices(spec, net, agent)?;
+        let timer = BootTimer::new(
+            started,
+            init_reached.clone(),
+            console.ready.clone(),
+            console.template.clone(),
+            None,
+        );
+        let marks = MarksPort::new(timer, control.clone());
+        devices.push(Box::new(
+            Console::new(contract::ports::MARKS_PORT_NAME, Box::new(marks)).map_err(|e| {
+                Error::Device {
+                    what: "marks port",
+                    source: std::io::Error::other(e),
+                }
+            })?,
+        ));
+        let marks_index = devices.len() - 1;
+        let (transports, slots) =
+            attach_virtio(&vm, &mem, &mut mmio, devices, VIRTIO_SPI_BASE, |i, args| {
+                let transport =
+                    MmioTransport::new(args.device, args.mem, args.irq, args.notify, args.base)
+                        .map_err(device_err("virtio-mmio transport"))?;
+                // The guest powers off right after writing its exit status: it must have
+                // counted by then.
+                Ok(if i == marks_index {
+                    transport.serve_on_vcpu()
+                } else {
+                    transport
+                })
+            })?;
+        if slots.last().is_some_and(|s| s.irq >= gic::MAX_SPI) {
+            return Err(Error::Device {
+                what: "virtio interrupts",
+                source: std::io::Error::other(format!(
+                    "{} devices need more than the GIC's {} SPIs",
+                    slots.len(),
+                    gic::MAX_SPI
+                )),
+            });
+        }
+
+        let cmdline = cmdline::assemble(&spec.cmdline, &[])?;
+        tracing::debug!("kernel command line: {cmdline:?}");
+        let mpidrs = vcpus
+            .iter()
+            .map(Vcpu::mpidr)
+            .collect::<Result<Vec<_>, _>>()?;
+        let machine = fdt::Machine {
+            cmdline: &cmdline.to_string_lossy(),
+            memory: (memory::DRAM_START, u64::from(spec.memory_mib) * memory::MIB),
+            mpidrs: &mpidrs,
+            gic: gic.layout,
+            serial: MmioSlot {
+                base: SERIAL_MMIO_BASE,
+                size: SERIAL_MMIO_SIZE,
+                irq: SERIAL_SPI,
+            },
+            rtc: MmioSlot {
+                base: RTC_MMIO_BASE,
+                size: RTC_MMIO_SIZE,
+                irq: RTC_SPI,
+            },
+            virtio: &slots,
+        };
+        let entry = boot::configure(&mem, &kernel, &machine)?;
+        tracing::debug!("boot entry: {entry:x?}");
+        vcpus[0].set_boot_state(&entry)?;
+        Ok(Vmm {
+            state: Built {
+                vcpus,
+                vm,
+                pio: Arc::new(Bus::new()),
+                mmio: Arc::new(mmio),
+                transports,
+                serial,
+                input: console.input,
+                control,
+                init_reached,
+                seccomp: spec.seccomp,
+                _gic: gic,
+                restored: None,
                 mem,
                 backing,
             },
@@ -526,6 +649,7 @@ impl Vmm<Built> {
                 serial::forward_input(&input, &serial, &*c);
             },
         );
+        #[cfg(target_arch = "x86_64")]
         if let Some(saver) = built.saver {
             let c = control.clone();
             threads.spawn(
@@ -540,6 +664,7 @@ impl Vmm<Built> {
                 break;
             }
             let (c, pio, mmio) = (control.clone(), built.pio.clone(), built.mmio.clone());
+            #[cfg(target_arch = "x86_64")]
             let states = built.vcpu_states.clone();
             let name = format!("vcpu{}", vcpu.index());
             threads.spawn(&control, name, ThreadKind::Vcpu, move || {
@@ -547,7 +672,13 @@ impl Vmm<Built> {
                     control: &c,
                     what: "vCPU",
                 };
-                vcpu.run(&pio, &mmio, &c, &states);
+                vcpu.run(
+                    &pio,
+                    &mmio,
+                    &c,
+                    #[cfg(target_arch = "x86_64")]
+                    &states,
+                );
             });
         }
         if let Some((since, ready, was_ready)) = built.restored {
@@ -701,6 +832,112 @@ fn supervise(
     kib
 }
 
+/// Refuses a vCPU count KVM (or the machine's tables: `limit`) cannot run.
+fn check_cpus(vm: &Vm, cpus: u8, limit: usize) -> Result<(), Error> {
+    let max = vm.max_vcpus().min(limit);
+    if cpus == 0 || usize::from(cpus) > max {
+        return Err(Error::CpuCount {
+            requested: cpus,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// The console UART's interrupt line (irqfd `gsi`) and output.
+fn console_line(
+    vm: &Vm,
+    gsi: u32,
+    output: OwnedFd,
+    control: &VmControl,
+) -> Result<(IrqLine, ConsoleWriter), Error> {
+    let irq = IrqLine::new().map_err(device_err("serial interrupt"))?;
+    vm.register_irqfd(&irq.0, gsi)?;
+    Ok((irq, ConsoleWriter::new(output, control.stopping_flag())))
+}
+
+/// Opens `spec`'s virtio devices, in its order. `net` and `agent` are the host ends of the
+/// network link and agent socket when the caller opened them (see [`Vmm::build`]).
+fn open_devices(
+    spec: &VmSpec,
+    net: Option<net::HostEnd>,
+    agent: Option<vsock::host::DeviceSide>,
+) -> Result<Vec<Box<dyn VirtioDevice>>, Error> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::with_capacity(spec.devices.len());
+    let (mut net, mut agent) = (net, agent);
+    for (index, device) in spec.devices.iter().enumerate() {
+        devices.push(match device {
+            Device::Block(disk) => Box::new(Block::open(
+                &disk.path,
+                disk.read_only,
+                &format!("nodeos-disk{index}"),
+            )?),
+            Device::Rng => Box::new(Rng::new()),
+            // The guest's eth0; it configures its address from the command line.
+            Device::Net(spec_net) => {
+                let end = match net.take() {
+                    Some(end) => end,
+                    // The threads that serve passt are the VMM's.
+                    None => net::HostEnd::open(
+                        spec_net,
+                        if spec.seccomp {
+                            net::HelperThreads::Filtered
+                        } else {
+                            net::HelperThreads::Unfiltered
+                        },
+                    )?,
+                };
+                net::attach(spec_net, end, net::DEFAULT_MAC)?
+            }
+            Device::AgentLink(path) => Box::new(match agent.take() {
+                Some(device) => Vsock::given(device)?,
+                None => Vsock::new(path)?,
+            }),
+        });
+    }
+    Ok(devices)
+}
+
+type Transports = Vec<Arc<Mutex<MmioTransport>>>;
+
+/// Puts each device behind a virtio-mmio transport on `mmio`: the `i`-th at
+/// `VIRTIO_MMIO_BASE` + `i` windows, on interrupt line `first_irq + i`. `make` builds
+/// transport `i` from its arguments (new, or restored from a snapshot).
+fn attach_virtio(
+    vm: &Vm,
+    mem: &SharedMemory,
+    mmio: &mut Bus,
+    devices: Vec<Box<dyn VirtioDevice>>,
+    first_irq: u32,
+    mut make: impl FnMut(usize, TransportArgs) -> Result<MmioTransport, Error>,
+) -> Result<(Transports, Vec<MmioSlot>), Error> {
+    let notify = vm.notify_registrar();
+    let mut transports = Vec::with_capacity(devices.len());
+    let mut slots = Vec::with_capacity(devices.len());
+    for (i, device) in devices.into_iter().enumerate() {
+        let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
+        let irq = first_irq + i as u32;
+        let line = IrqLine::new().map_err(device_err("virtio interrupt"))?;
+        vm.register_irqfd(&line.0, irq)?;
+        let args = TransportArgs {
+            device,
+            mem: mem.clone(),
+            irq: line,
+            notify: notify.clone(),
+            base,
+        };
+        let transport = Arc::new(Mutex::new(make(i, args)?));
+        mmio.insert(base, VIRTIO_MMIO_SIZE, transport.clone())?;
+        transports.push(transport);
+        slots.push(MmioSlot {
+            base,
+            size: VIRTIO_MMIO_SIZE,
+            irq,
+        });
+    }
+    Ok((transports, slots))
+}
+
 fn shared<D: BusDevice + 'static>(device: D) -> Arc<Mutex<dyn BusDevice>> {
     Arc::new(Mutex::new(device))
 }
@@ -768,7 +1005,7 @@ impl Threads {
 
 /// `run()` end to end on /dev/kvm, with tiny PVH "kernels" (ELF files with a PVH note whose
 /// code is hand-assembled 32-bit x86): the same path a Linux boot takes, minus Linux.
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 pub(crate) mod tests {
     use std::io::{Read, Write};
     use std::os::fd::FromRawFd;

@@ -397,6 +397,8 @@ impl VmmError {
                 E::SnapshotFile { .. } | E::Snapshot(_) | E::Run(RunError::Snapshot(_)) => {
                     FailureKind::Snapshot
                 }
+                #[cfg(target_arch = "aarch64")]
+                E::SnapshotOnArm64 => FailureKind::Snapshot,
                 E::Run(_) => FailureKind::Run,
                 E::Jail(_) => FailureKind::Jail,
             },
@@ -470,5 +472,5 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
     Ok(vmm.wait()?)
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests;

@@ -261,7 +261,7 @@ impl Setup {
             .set_len(VOLUME_BYTES)
             .unwrap();
         let spec = VmSpec {
-            arch: contract::arch::Arch::X86_64,
+            arch: contract::arch::Arch::host(),
             kernel: file("vmlinux", "the kernel"),
             devices: vec![
                 Device::Block(Disk {

@@ -1,25 +1,33 @@
 //! The VM and its vCPUs on KVM: creating them, giving them memory, interrupt controllers and
 //! their boot state, and running each vCPU on its own thread.
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 pub mod control;
+#[cfg(target_arch = "aarch64")]
+pub mod gic;
+#[cfg(target_arch = "x86_64")]
 pub mod regs;
+#[cfg(target_arch = "x86_64")]
 pub mod state;
 pub mod vcpu;
 
 use std::io;
 use std::sync::Arc;
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_API_VERSION, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY,
-};
+#[cfg(target_arch = "x86_64")]
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_API_VERSION};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+#[cfg(target_arch = "x86_64")]
 use crate::cpuid::FeatureMask;
 use crate::devices::virtio::NotifyRegistrar;
-use crate::memory::{GuestMemory, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::memory::GuestMemory;
+#[cfg(target_arch = "x86_64")]
+use crate::memory::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 
 pub use control::VmControl;
 pub use vcpu::Vcpu;
@@ -59,6 +67,7 @@ pub enum Error {
         #[source]
         source: kvm_ioctls::Error,
     },
+    #[cfg(target_arch = "x86_64")]
     #[error("vCPU {vcpu}: KVM took {set} of the {total} boot MSRs; MSR {index:#x} was refused")]
     Msrs {
         vcpu: u8,
@@ -66,12 +75,16 @@ pub enum Error {
         total: usize,
         index: u32,
     },
+    #[cfg(target_arch = "x86_64")]
     #[error("vCPU {vcpu}: the CPUID table has too many entries")]
     CpuidTooLong { vcpu: u8 },
+    #[cfg(target_arch = "x86_64")]
     #[error("cannot read KVM's list of MSRs")]
     MsrList(#[source] kvm_ioctls::Error),
+    #[cfg(target_arch = "x86_64")]
     #[error("vCPU {vcpu} did not save its state when the VM paused")]
     VcpuNotSaved { vcpu: u8 },
+    #[cfg(target_arch = "x86_64")]
     #[error("interrupt controller {saved} saved where controller {expected} belongs")]
     ChipId { saved: u32, expected: u32 },
 }
@@ -81,6 +94,7 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 }
 
 /// A KVM VM with the in-kernel LAPICs, IOAPIC, PIC and PIT of a PC.
+#[cfg(target_arch = "x86_64")]
 pub struct Vm {
     kvm: Kvm,
     fd: Arc<VmFd>,
@@ -91,6 +105,37 @@ pub struct Vm {
     msr_indices: Arc<[u32]>,
 }
 
+/// A KVM VM on arm64; its GIC comes once its vCPUs exist ([`gic::Gic`]).
+#[cfg(target_arch = "aarch64")]
+pub struct Vm {
+    kvm: Kvm,
+    fd: Arc<VmFd>,
+}
+
+#[cfg(target_arch = "aarch64")]
+impl Vm {
+    pub fn new() -> Result<Self, Error> {
+        let kvm = Kvm::new().map_err(Error::Open)?;
+        let fd = aarch64::create(&kvm)?;
+        Ok(Vm {
+            kvm,
+            fd: Arc::new(fd),
+        })
+    }
+
+    /// Creates vCPU `index`: vCPU 0 runnable once given its entry state, the others off until
+    /// the guest starts them (PSCI CPU_ON).
+    pub fn create_vcpu(&self, index: u8) -> Result<Vcpu, Error> {
+        Vcpu::new(self, index)
+    }
+
+    /// Creates the GIC, once every vCPU exists.
+    pub fn create_gic(&self, vcpus: u8) -> Result<gic::Gic, Error> {
+        gic::Gic::create(&self.fd, vcpus)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
 impl Vm {
     pub fn new() -> Result<Self, Error> {
         let kvm = Kvm::new().map_err(Error::Open)?;
@@ -166,6 +211,15 @@ impl Vm {
         hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// Creates vCPU `index` of `count` with its CPUID, MSRs, FPU and LAPIC set up; it is
+    /// runnable (the boot vCPU, once given its entry state) or waits for INIT/SIPI (the
+    /// others: KVM's in-kernel LAPIC holds them).
+    pub fn create_vcpu(&self, index: u8, count: u8, hidden: &[FeatureMask]) -> Result<Vcpu, Error> {
+        Vcpu::new(self, index, count, hidden)
+    }
+}
+
+impl Vm {
     /// Most vCPUs KVM runs in one VM.
     pub fn max_vcpus(&self) -> usize {
         self.kvm.get_max_vcpus()
@@ -201,18 +255,12 @@ impl Vm {
         Ok(())
     }
 
-    /// Makes a write to `evt` raise interrupt line `gsi` (IOAPIC pin, and PIC for 0..15).
+    /// Makes a write to `evt` raise interrupt line `gsi` (x86: IOAPIC pin, and PIC for 0..15;
+    /// arm64: SPI `gsi`).
     pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), Error> {
         self.fd
             .register_irqfd(evt, gsi)
             .map_err(|source| Error::Irqfd { gsi, source })
-    }
-
-    /// Creates vCPU `index` of `count` with its CPUID, MSRs, FPU and LAPIC set up; it is
-    /// runnable (the boot vCPU, once given its entry state) or waits for INIT/SIPI (the
-    /// others: KVM's in-kernel LAPIC holds them).
-    pub fn create_vcpu(&self, index: u8, count: u8, hidden: &[FeatureMask]) -> Result<Vcpu, Error> {
-        Vcpu::new(self, index, count, hidden)
     }
 
     /// An ioeventfd registrar for virtio-mmio transports.
@@ -240,7 +288,7 @@ impl NotifyRegistrar for IoEvents {
 
 /// Tests on the host's /dev/kvm, with tiny hand-assembled guests: they run wherever KVM can
 /// run real-mode and 32-bit code (this includes paravirtual KVM hosts that cannot boot Linux).
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 pub(crate) mod smoke {
     use std::sync::Mutex;
 

@@ -7,18 +7,26 @@
 //! `immediate_exit` and looks at why it was kicked: it returns on a stop, parks on a pause.
 
 use std::cell::Cell;
-use std::sync::{Arc, OnceLock};
+#[cfg(target_arch = "x86_64")]
+use std::sync::Arc;
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 
 use kvm_bindings::{
-    kvm_run, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
+#[cfg(target_arch = "x86_64")]
+use kvm_bindings::{CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, unblock_signal, Killable, SIGRTMIN};
 
-use super::state::VcpuStates;
-use super::{regs, Error, Vm, VmControl};
+#[cfg(target_arch = "aarch64")]
+use super::aarch64;
+#[cfg(target_arch = "x86_64")]
+use super::{regs, state::VcpuStates};
+use super::{Error, Vm, VmControl};
 use crate::boot::BootEntry;
+#[cfg(target_arch = "x86_64")]
 use crate::cpuid::{self, FeatureMask, VcpuCpuid};
 use crate::devices::bus::Bus;
 use crate::vm::VmExit;
@@ -111,11 +119,43 @@ pub struct Vcpu {
     index: u8,
     pub(super) fd: VcpuFd,
     /// The MSRs a snapshot saves (super::state).
+    #[cfg(target_arch = "x86_64")]
     pub(super) msr_indices: Arc<[u32]>,
     /// The last exit was port or MMIO I/O, which KVM completes on the next KVM_RUN.
     io_pending: bool,
 }
 
+#[cfg(target_arch = "aarch64")]
+impl Vcpu {
+    pub(super) fn new(vm: &Vm, index: u8) -> Result<Self, Error> {
+        let fd = vm
+            .fd
+            .create_vcpu(u64::from(index))
+            .map_err(|source| Error::VcpuSetup {
+                vcpu: index,
+                what: "create the vCPU",
+                source,
+            })?;
+        aarch64::init_vcpu(&vm.fd, &fd, index)?;
+        Ok(Vcpu {
+            index,
+            fd,
+            io_pending: false,
+        })
+    }
+
+    /// Its MPIDR_EL1: how the device tree and PSCI name it.
+    pub fn mpidr(&self) -> Result<u64, Error> {
+        aarch64::mpidr(&self.fd, self.index)
+    }
+
+    /// Gives the boot vCPU its kernel entry state.
+    pub fn set_boot_state(&self, boot: &BootEntry) -> Result<(), Error> {
+        aarch64::set_boot_regs(&self.fd, self.index, boot)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
 impl Vcpu {
     pub(super) fn new(
         vm: &Vm,
@@ -183,10 +223,6 @@ impl Vcpu {
         })
     }
 
-    pub fn index(&self) -> u8 {
-        self.index
-    }
-
     /// Gives the boot vCPU its kernel entry state.
     pub fn set_boot_state(&self, boot: &BootEntry) -> Result<(), Error> {
         let setup = |what| {
@@ -238,14 +274,32 @@ impl Vcpu {
             .map_err(setup("set the registers"))?;
         Ok(())
     }
+}
+
+impl Vcpu {
+    pub fn index(&self) -> u8 {
+        self.index
+    }
 
     /// Runs the vCPU until the VM stops; records why it ended the VM, if it did. At a pause it
-    /// leaves its state in `states` when a snapshot wants it.
-    pub fn run(mut self, pio: &Bus, mmio: &Bus, control: &VmControl, states: &VcpuStates) {
+    /// leaves its state in `states` when a snapshot wants it (x86-64).
+    pub fn run(
+        mut self,
+        pio: &Bus,
+        mmio: &Bus,
+        control: &VmControl,
+        #[cfg(target_arch = "x86_64")] states: &VcpuStates,
+    ) {
         let _ = unblock_signal(kick_signal());
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
         tracing::debug!(vcpu = self.index, "vCPU running");
-        let outcome = self.run_loop(pio, mmio, control, states);
+        let outcome = self.run_loop(
+            pio,
+            mmio,
+            control,
+            #[cfg(target_arch = "x86_64")]
+            states,
+        );
         KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
         if let Some(outcome) = outcome {
             control.stop(outcome);
@@ -258,7 +312,7 @@ impl Vcpu {
         pio: &Bus,
         mmio: &Bus,
         control: &VmControl,
-        states: &VcpuStates,
+        #[cfg(target_arch = "x86_64")] states: &VcpuStates,
     ) -> Option<Result<VmExit, RunError>> {
         let vcpu = self.index;
         loop {
@@ -271,6 +325,7 @@ impl Vcpu {
                     // the I/O and returns at once.
                     self.fd.set_kvm_immediate_exit(1);
                 } else {
+                    #[cfg(target_arch = "x86_64")]
                     if states.wanted() {
                         states.put(vcpu, self.save_state());
                     }
@@ -313,6 +368,10 @@ impl Vcpu {
                 }
                 // Triple fault (`reboot=t`, or a crash before the IDT is up).
                 VcpuExit::Shutdown => return Some(Ok(VmExit::Reset)),
+                // arm64: PSCI SYSTEM_OFF and SYSTEM_RESET. The exit status a guest gives before
+                // it powers off has ended the VM already (its marks port is served on the
+                // vCPU that writes to it), so this outcome only counts for a guest that gave
+                // none.
                 VcpuExit::SystemEvent(
                     KVM_SYSTEM_EVENT_SHUTDOWN | KVM_SYSTEM_EVENT_RESET | KVM_SYSTEM_EVENT_CRASH,
                     _,

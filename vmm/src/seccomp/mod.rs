@@ -43,7 +43,8 @@ pub enum ThreadKind {
     /// loopback (devices::virtio::net::guard).
     PasstRelay,
     /// Saves the VM when the guest asks for it (crate::snapshot::save): KVM's VM state, the
-    /// snapshot file.
+    /// snapshot file. x86-64 only: on arm64 (no snapshots yet) its filter is the
+    /// common part alone.
     Snapshot,
     /// The main thread of a VMM in a process of its own (crate::backend::process), once the
     /// VM's threads run: waits for them, tears the machine down (the vsock socket file goes)
@@ -104,6 +105,13 @@ pub enum Error {
     },
 }
 
+/// The architecture the filters are compiled for: a filter checks it first, and kills a
+/// thread whose syscall comes from another (syscall numbers differ between architectures).
+#[cfg(target_arch = "x86_64")]
+const TARGET_ARCH: TargetArch = TargetArch::x86_64;
+#[cfg(target_arch = "aarch64")]
+const TARGET_ARCH: TargetArch = TargetArch::aarch64;
+
 /// The compiled filters of `kind`, in the order they are installed (the second installation
 /// needs prctl and seccomp, which the first lets through): the syscalls refused with EACCES;
 /// then its syscalls allowed, anything else trapped. Of two filters, the kernel takes the
@@ -111,13 +119,8 @@ pub enum Error {
 fn programs(kind: ThreadKind) -> Result<[BpfProgram; 2], Error> {
     let build = |source| Error::Build { kind, source };
     let compile = |rules: Vec<rules::Entry>, mismatch, matched| {
-        SeccompFilter::new(
-            rules.into_iter().collect(),
-            mismatch,
-            matched,
-            TargetArch::x86_64,
-        )
-        .and_then(BpfProgram::try_from)
+        SeccompFilter::new(rules.into_iter().collect(), mismatch, matched, TARGET_ARCH)
+            .and_then(BpfProgram::try_from)
     };
     let allowed = compile(
         rules::of(kind).map_err(build)?,

@@ -14,24 +14,32 @@ const KVMIO: u32 = 0xae;
 vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
 // A snapshot's reads of a paused VM's state (crate::kvm::state): each vCPU its own, the
-// snapshot thread the VM's.
-vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_bindings::kvm_regs);
-vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_bindings::kvm_sregs);
-vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_bindings::kvm_msrs);
-vmm_sys_util::ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_bindings::kvm_lapic_state);
-vmm_sys_util::ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_bindings::kvm_mp_state);
-vmm_sys_util::ioctl_ior_nr!(
-    KVM_GET_VCPU_EVENTS,
-    KVMIO,
-    0x9f,
-    kvm_bindings::kvm_vcpu_events
-);
-vmm_sys_util::ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_bindings::kvm_debugregs);
-vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_bindings::kvm_xsave);
-vmm_sys_util::ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_bindings::kvm_xcrs);
-vmm_sys_util::ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_bindings::kvm_irqchip);
-vmm_sys_util::ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_bindings::kvm_pit_state2);
-vmm_sys_util::ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_bindings::kvm_clock_data);
+// snapshot thread the VM's. x86-64 only: arm64 VMs have no snapshots (yet), and most of these
+// structures do not exist there.
+#[cfg(target_arch = "x86_64")]
+mod state_ioctls {
+    use super::KVMIO;
+
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_bindings::kvm_regs);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_bindings::kvm_sregs);
+    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_bindings::kvm_msrs);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_bindings::kvm_lapic_state);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_bindings::kvm_mp_state);
+    vmm_sys_util::ioctl_ior_nr!(
+        KVM_GET_VCPU_EVENTS,
+        KVMIO,
+        0x9f,
+        kvm_bindings::kvm_vcpu_events
+    );
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_bindings::kvm_debugregs);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_bindings::kvm_xsave);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_bindings::kvm_xcrs);
+    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_bindings::kvm_irqchip);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_bindings::kvm_pit_state2);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_bindings::kvm_clock_data);
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use state_ioctls::*;
 
 fn any(nr: libc::c_long) -> Entry {
     (nr, Vec::new())
@@ -105,25 +113,33 @@ pub(super) fn refused() -> Vec<Entry> {
     vec![any(libc::SYS_openat)]
 }
 
-/// Waiting on descriptors.
-fn polls() -> [Entry; 2] {
-    [any(libc::SYS_poll), any(libc::SYS_ppoll)]
+/// Waiting on descriptors (crate::poll, through glibc's poll(3)): arm64 has no poll(2), and
+/// glibc makes it a ppoll(2) there.
+fn polls() -> Vec<Entry> {
+    vec![
+        #[cfg(target_arch = "x86_64")]
+        any(libc::SYS_poll),
+        any(libc::SYS_ppoll),
+    ]
 }
 
 fn vmm_main() -> Vec<Entry> {
-    let mut rules = polls().to_vec();
+    let mut rules = polls();
     // The memory report, from /proc/self/smaps opened before the filter.
     rules.push(any(libc::SYS_read));
     rules
 }
 
 /// KVM_RUN, and the ioeventfds a virtio driver's DRIVER_OK or reset attaches and detaches
-/// (register writes are served on the vCPU thread); reading its own state for a snapshot;
-/// waiting for console output to drain; eventfd reads when a device resets, and what a vsock
-/// reset does to its connections and timer.
+/// (register writes are served on the vCPU thread); reading its own state for a snapshot
+/// (x86-64 only); waiting for console output to drain; eventfd reads when a device resets,
+/// and what a vsock reset does to its connections and timer. (An arm64 vCPU's set-up,
+/// KVM_ARM_VCPU_INIT and its registers, is done before its thread starts.)
 fn vcpu() -> Result<Vec<Entry>> {
-    let mut rules = polls().to_vec();
+    let mut rules = polls();
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut ioctls = vec![vec![eq(1, KVM_RUN())?], vec![eq(1, KVM_IOEVENTFD())?]];
+    #[cfg(target_arch = "x86_64")]
     for request in [
         KVM_GET_MP_STATE(),
         KVM_GET_REGS(),
@@ -153,6 +169,8 @@ fn vcpu() -> Result<Vec<Entry>> {
 /// queue's ioeventfds.
 fn virtio() -> Result<Vec<Entry>> {
     Ok(vec![
+        // glibc's epoll_wait(3), an epoll_pwait(2) on arm64, which has no epoll_wait(2).
+        #[cfg(target_arch = "x86_64")]
         any(libc::SYS_epoll_wait),
         any(libc::SYS_epoll_pwait),
         any(libc::SYS_epoll_ctl),
@@ -188,8 +206,9 @@ fn virtio() -> Result<Vec<Entry>> {
 /// The snapshot thread: waits for the save byte or the VM's end, reads the VM's interrupt
 /// controllers, PIT and clock, and writes the snapshot file it was given (positioned writes,
 /// truncation to empty and to its length, fsync): it opens nothing.
+#[cfg(target_arch = "x86_64")]
 fn snapshot() -> Result<Vec<Entry>> {
-    let mut rules = polls().to_vec();
+    let mut rules = polls();
     rules.extend([
         when(
             libc::SYS_ioctl,
@@ -206,6 +225,13 @@ fn snapshot() -> Result<Vec<Entry>> {
     Ok(rules)
 }
 
+/// No snapshots of arm64 VMs (yet), hence no snapshot thread: should one start, it gets no
+/// more than [`common`].
+#[cfg(not(target_arch = "x86_64"))]
+fn snapshot() -> Result<Vec<Entry>> {
+    Ok(Vec::new())
+}
+
 /// The filter of `kind`: [`common`] and its own.
 pub(super) fn of(kind: ThreadKind) -> Result<Vec<Entry>> {
     let mut rules = common()?;
@@ -214,20 +240,20 @@ pub(super) fn of(kind: ThreadKind) -> Result<Vec<Entry>> {
         ThreadKind::Vcpu => vcpu()?,
         ThreadKind::Virtio => virtio()?,
         ThreadKind::ConsoleInput => {
-            let mut rules = polls().to_vec();
+            let mut rules = polls();
             rules.push(any(libc::SYS_read));
             rules
         }
         // The pause link's requests, read once polled; its answers are writes.
         ThreadKind::HostControl => {
-            let mut rules = polls().to_vec();
+            let mut rules = polls();
             rules.push(any(libc::SYS_read));
             rules
         }
         ThreadKind::PasstStderr => vec![any(libc::SYS_read)],
         // Two non-blocking Unix streams, waited on together.
         ThreadKind::PasstRelay => {
-            let mut rules = polls().to_vec();
+            let mut rules = polls();
             rules.extend([any(libc::SYS_recvfrom), any(libc::SYS_sendto)]);
             rules
         }

@@ -12,8 +12,9 @@ pub const VIOLATION_EXIT_STATUS: i32 = 128 + libc::SIGSYS;
 
 /// Longest thread name kept (Linux's own limit is 15 bytes).
 const NAME_LEN: usize = 16;
-/// Byte offset of `si_syscall` in a SIGSYS `siginfo_t` on x86-64: after `si_signo`,
-/// `si_errno`, `si_code` and padding (16 bytes), then `si_call_addr` (8 bytes).
+/// Byte offset of `si_syscall` in a SIGSYS `siginfo_t` on 64-bit Linux, x86-64 and arm64
+/// alike: after `si_signo`, `si_errno`, `si_code` and padding (16 bytes), then `si_call_addr`
+/// (8 bytes).
 const SI_SYSCALL_OFFSET: usize = 24;
 
 thread_local! {

@@ -8,17 +8,19 @@
 //! what differs ([`Error`]).
 
 pub mod format;
+#[cfg(target_arch = "x86_64")]
 pub mod memory;
+#[cfg(target_arch = "x86_64")]
 pub mod save;
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::legacy::cmos::CmosState;
-use crate::devices::legacy::i8042::I8042State;
-use crate::devices::legacy::serial::SerialState;
+#[cfg(target_arch = "x86_64")]
+use crate::devices::legacy::{cmos::CmosState, i8042::I8042State, serial::SerialState};
 use crate::devices::persist::RestoreError;
-use crate::devices::virtio::mmio::TransportState;
-use crate::devices::virtio::VirtioState;
+#[cfg(target_arch = "x86_64")]
+use crate::devices::virtio::{mmio::TransportState, VirtioState};
+#[cfg(target_arch = "x86_64")]
 use crate::kvm::state::{VcpuState, VmState};
 use crate::vm::{Device, VmSpec};
 
@@ -181,6 +183,7 @@ impl Header {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Everything of a VM but its memory.
 #[derive(Serialize, Deserialize)]
 pub struct Snapshot {
@@ -190,6 +193,7 @@ pub struct Snapshot {
     pub devices: DevicesState,
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Snapshot {
     /// Refuses a snapshot whose parts disagree with its own header (a state that checks out
     /// but was put together wrongly).
@@ -213,6 +217,7 @@ impl Snapshot {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// The devices' states: the legacy ones, then each virtio device's transport and device, in
 /// the spec's order.
 #[derive(Serialize, Deserialize)]
@@ -227,6 +232,7 @@ pub struct DevicesState {
     pub console_ready: bool,
 }
 
+#[cfg(target_arch = "x86_64")]
 #[derive(Serialize, Deserialize)]
 pub struct VirtioDeviceState {
     pub transport: TransportState,

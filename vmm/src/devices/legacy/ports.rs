@@ -2,10 +2,14 @@
 //! write ends the VM with that status, and the boot timer, where init writes `I` as its first
 //! action (timestamped) and `R` once its console takes input (the host then releases input).
 //! A VM that is to be saved (`Start::Save`) is saved when the byte its spec names comes.
+//! On arm64, which has no I/O ports, both come as one byte stream on the marks port
+//! ([`MarksPort`], behind a virtio-console port).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+#[cfg(any(target_arch = "aarch64", test))]
+use contract::ports::EXIT_MARK;
 use contract::ports::{CONSOLE_READY, INIT_STARTED, TEMPLATE_READY};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -16,9 +20,11 @@ use crate::vm::ConsoleReady;
 use crate::vm::VmExit;
 
 /// Port 0xf4: the byte written is the VM's exit status.
+#[cfg(target_arch = "x86_64")]
 #[derive(Debug, Default)]
 pub struct ExitPort;
 
+#[cfg(target_arch = "x86_64")]
 impl BusDevice for ExitPort {
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
@@ -102,11 +108,76 @@ impl BusDevice for BootTimer {
     }
 }
 
+/// The marks port's byte stream (arm64): the boot timer's bytes as they are, and
+/// [`EXIT_MARK`] followed by the status byte, which ends the VM with that status.
+#[cfg(any(target_arch = "aarch64", test))]
+pub struct MarksPort {
+    timer: BootTimer,
+    control: Arc<VmControl>,
+    /// The next byte is the exit status.
+    status_next: bool,
+}
+
+#[cfg(any(target_arch = "aarch64", test))]
+impl MarksPort {
+    pub fn new(timer: BootTimer, control: Arc<VmControl>) -> Self {
+        MarksPort {
+            timer,
+            control,
+            status_next: false,
+        }
+    }
+}
+
+#[cfg(any(target_arch = "aarch64", test))]
+impl crate::devices::virtio::console::PortSink for MarksPort {
+    fn receive(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if std::mem::take(&mut self.status_next) {
+                self.control.stop(Ok(VmExit::Guest(byte)));
+            } else if byte == EXIT_MARK {
+                self.status_next = true;
+            } else {
+                self.timer.write(0, &[byte]);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::console::PortSink;
 
     #[test]
+    fn the_marks_port_times_init_and_ends_the_vm_with_the_status_after_its_mark() {
+        let reached = Arc::new(OnceLock::new());
+        let ready = ConsoleReady::default();
+        let timer = BootTimer::new(
+            Instant::now(),
+            reached.clone(),
+            ready.clone(),
+            ConsoleReady::default(),
+            None,
+        );
+        let control = Arc::new(VmControl::new(1).unwrap());
+        let mut port = MarksPort::new(timer, control.clone());
+        port.receive(b"I");
+        assert!(reached.get().is_some());
+        // The status may come in a write of its own; an `I` as the status is a status.
+        port.receive(b"RX");
+        assert!(ready.is_signalled());
+        assert!(!control.is_stopping());
+        port.receive(b"I");
+        assert!(control.is_stopping());
+        assert_eq!(
+            control.take_outcome().unwrap().unwrap(),
+            VmExit::Guest(b'I')
+        );
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
     fn exit_port_reports_the_byte() {
         let mut p = ExitPort;
         assert_eq!(p.write(0, &[42]), Some(VmExit::Guest(42)));

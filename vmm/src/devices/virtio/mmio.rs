@@ -63,6 +63,9 @@ pub struct MmioTransport {
     notify_attached: bool,
     /// DRIVER_OK accepted: the device thread may process queues.
     active: bool,
+    /// Queues are served on the vCPU that notifies, before its write returns to the guest
+    /// ([`serve_on_vcpu`](Self::serve_on_vcpu)), not by the device thread.
+    on_vcpu: bool,
 }
 
 impl MmioTransport {
@@ -103,7 +106,19 @@ impl MmioTransport {
             config_generation: 0,
             notify_attached: false,
             active: false,
+            on_vcpu: false,
         })
+    }
+
+    /// Serves this transport's queues, and then its backend, on the vCPU that notifies, within
+    /// its QueueNotify write: for a device whose requests must take effect before the guest
+    /// goes on (the marks port of an arm64 guest, which powers off right after writing its exit
+    /// status). No ioeventfd is attached; the device thread never sees a notification, and so
+    /// never watches the backend either.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub fn serve_on_vcpu(mut self) -> Self {
+        self.on_vcpu = true;
+        self
     }
 
     /// The eventfd signalled when the guest notifies queue `i` (watched by the device thread).
@@ -237,6 +252,26 @@ impl MmioTransport {
         }
     }
 
+    /// Queue `index` has buffers: served now on the vCPU ([`serve_on_vcpu`](Self::serve_on_vcpu)),
+    /// or passed to the device thread through the queue's eventfd.
+    fn notified(&mut self, index: usize) {
+        /// Passes over a queue whose driver keeps adding buffers: the rest waits for its next
+        /// notification, so a guest cannot hold its vCPU here.
+        const MAX_PASSES: usize = 16;
+        if self.on_vcpu {
+            for _ in 0..MAX_PASSES {
+                if !self.process_queue(index) {
+                    break;
+                }
+            }
+            // And what the device has for the driver now (the device thread, which would
+            // otherwise do it, never hears of this transport).
+            self.process_backend();
+        } else if let Some(evt) = self.queue_evts.get(index) {
+            let _ = evt.write(1);
+        }
+    }
+
     fn raise(&mut self, reason: u32) {
         self.interrupt_status |= reason;
         self.irq.trigger();
@@ -251,6 +286,9 @@ impl MmioTransport {
     }
 
     fn attach_notifications(&mut self) {
+        if self.on_vcpu {
+            return;
+        }
         for (i, evt) in self.queue_evts.iter().enumerate() {
             if let Err(e) = self.notify.register(evt, self.notify_addr, i as u32) {
                 // QueueNotify writes then exit to the VMM, which signals the eventfd itself.
@@ -288,8 +326,8 @@ impl MmioTransport {
         self.active = true;
         self.device.activate();
         // Serve whatever the driver queued before DRIVER_OK.
-        for evt in &self.queue_evts {
-            let _ = evt.write(1);
+        for i in 0..self.queues.len() {
+            self.notified(i);
         }
         true
     }
@@ -450,9 +488,7 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_NOTIFY => {
                 // Only reached when no ioeventfd caught the write.
                 if self.active {
-                    if let Some(evt) = self.queue_evts.get(value as usize) {
-                        let _ = evt.write(1);
-                    }
+                    self.notified(value as usize);
                 }
             }
             VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt_status &= !value,
@@ -887,6 +923,34 @@ mod tests {
         assert_eq!(rd(t, VIRTIO_MMIO_QUEUE_NUM_MAX), 0);
         wr(t, VIRTIO_MMIO_QUEUE_READY, 1);
         assert_eq!(rd(t, VIRTIO_MMIO_QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn a_transport_served_on_the_vcpu_serves_within_the_notify_write() {
+        let mut f = fixture();
+        f.t = f.t.serve_on_vcpu();
+        negotiate(&mut f.t, VIRTIO_F_VERSION_1);
+        setup_queue0(&mut f.t);
+        wr(
+            &mut f.t,
+            VIRTIO_MMIO_STATUS,
+            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+        );
+        assert!(f.t.is_active());
+        assert!(f.regs.0.lock().unwrap().is_empty(), "no ioeventfd attached");
+        // DRIVER_OK served what was queued before it; each notification is served at once.
+        assert_eq!(*f.processed.lock().unwrap(), vec![0]);
+        wr(&mut f.t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        assert_eq!(*f.processed.lock().unwrap(), vec![0, 0]);
+        assert_eq!(
+            f.t.queue_evts()[0].read().ok(),
+            None,
+            "nothing for the device thread"
+        );
+        // A queue that is not set up, or does not exist, is not served.
+        wr(&mut f.t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
+        wr(&mut f.t, VIRTIO_MMIO_QUEUE_NOTIFY, 7);
+        assert_eq!(f.processed.lock().unwrap().len(), 2);
     }
 
     #[test]

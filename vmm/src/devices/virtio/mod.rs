@@ -7,6 +7,8 @@
 //! vCPU threads on the data path.
 
 pub mod block;
+#[cfg(any(target_arch = "aarch64", test, feature = "fuzzing"))]
+pub mod console;
 pub mod cursor;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod harness;

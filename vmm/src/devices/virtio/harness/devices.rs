@@ -1,7 +1,8 @@
 //! The devices under test, each with its host side: a scratch disk for block (unlinked once
 //! open), Unix sockets
 //! for vsock (host clients, and a listener the guest can connect to), the peer end of a socket
-//! pair standing in for passt for net. The driver's input also plays the host side.
+//! pair standing in for passt for net, a sink that drops what the guest writes for console. The
+//! driver's input also plays the host side.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -15,6 +16,7 @@ use super::input::Input;
 /// The host port the harness listens on (the corpus's guest packets connect to it).
 const HOST_PORT: u32 = 1025;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::console::{Console, PortSink};
 use crate::devices::virtio::net::{Net, Stream, DEFAULT_MAC};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
@@ -33,10 +35,24 @@ pub enum Kind {
     Rng,
     Vsock,
     Net,
+    Console,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Block, Kind::Rng, Kind::Vsock, Kind::Net];
+    pub const ALL: [Kind; 5] = [
+        Kind::Block,
+        Kind::Rng,
+        Kind::Vsock,
+        Kind::Net,
+        Kind::Console,
+    ];
+}
+
+/// The console port's host side: takes the guest's bytes and drops them.
+struct Drop;
+
+impl PortSink for Drop {
+    fn receive(&mut self, _bytes: &[u8]) {}
 }
 
 /// What the host side holds; dropped after the device.
@@ -76,6 +92,11 @@ pub fn create(kind: Kind, variant: u8) -> (Box<dyn VirtioDevice>, Host) {
             (Box::new(dev), Host::Block(file))
         }
         Kind::Rng => (Box::new(Rng::new()), Host::None),
+        Kind::Console => {
+            let dev = Console::new(contract::ports::MARKS_PORT_NAME, Box::new(Drop))
+                .expect("console device");
+            (Box::new(dev), Host::None)
+        }
         Kind::Vsock => {
             let dir = tempfile::tempdir().expect("socket folder");
             let uds = dir.path().join("v");

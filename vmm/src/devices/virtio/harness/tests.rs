@@ -60,6 +60,11 @@ fn garbage_to_net() {
 }
 
 #[test]
+fn garbage_to_console() {
+    garbage_sessions(Kind::Console);
+}
+
+#[test]
 fn a_device_writing_outside_its_buffers_is_caught() {
     // Queue 0 of an rng brought up at desc 0x0, avail 0x100, used 0x200 (size 1), one
     // writable buffer at 0x1000; then the "device" also scribbles at 0x3000.
