@@ -152,6 +152,32 @@ pub fn side_by_side_box(
         .file(BoxFile::same_path("/usr/share/qemu"))
 }
 
+/// The arm64 side-by-side box: [`side_by_side_box`] for an arm64 L1, with nodeos-vm built for
+/// aarch64 (`kvm_box::nodeos_vm_for`, release, cached), the arm64 kernel and image that `host_bin`
+/// builds, and Debian's arm64 QEMU with its libraries and data (from the box's arm64 sysroot).
+pub fn side_by_side_box_arm64(host_bin: &Path, script: String) -> kvm_box::BoxRun {
+    use kvm_box::{Arch, BoxFile, Sysroot};
+    let (kernel, rootfs) = artifacts_with(host_bin, &["--arch", "aarch64"]);
+    let cache = kvm_box::default_cache_dir();
+    let bin = kvm_box::nodeos_vm_for(&cache, Arch::Aarch64, "release")
+        .unwrap_or_else(|e| panic!("nodeos-vm for aarch64: {e}"));
+    let sysroot = Sysroot::ensure(&cache, Arch::Aarch64, &["qemu-system-arm"])
+        .unwrap_or_else(|e| panic!("the arm64 QEMU: {e}"));
+    kvm_box::BoxRun::new(script)
+        .arch(Arch::Aarch64)
+        .file(BoxFile::with_libs(bin, "/nodeos/nodeos-vm"))
+        .file(BoxFile::new(kernel, "/nodeos/vmlinux"))
+        .file(BoxFile::new(rootfs, "/nodeos/rootfs.img"))
+        .file(BoxFile::with_libs(
+            sysroot.path().join("usr/bin/qemu-system-aarch64"),
+            "/usr/bin/qemu-system-aarch64",
+        ))
+        .file(BoxFile::new(
+            sysroot.path().join("usr/share/qemu"),
+            "/usr/share/qemu",
+        ))
+}
+
 /// Median and spread of a sample.
 #[derive(Debug, Clone, Copy)]
 pub struct Stats {

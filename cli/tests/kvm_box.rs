@@ -22,22 +22,6 @@ const STDERR_MARK: &str = "@@STDERR@@";
 const FIXTURE: &str = "/nodeos/fixture";
 const WEB_DIR: &str = "/nodeos/web";
 const WEB: &str = "127.0.0.1:8080";
-const SERVE_APP: &str = "/nodeos/serve-app.tgz";
-/// `nodeos-vm serve --backend kvm` in L1: deploys `SERVE_APP` through the admin API (port
-/// 8090, with the token serve saved) and calls it on the apps' listener (8091) over HTTP
-/// (`kvm_box::HTTP_CLIENT`), then SIGTERM.
-const SERVE_SCRIPT: &str = r#"D=/tmp/serve; mkdir -p $D/run
-XDG_RUNTIME_DIR=$D/run NODEOS_VM_DATA=$D/data /nodeos/nodeos-vm serve --backend kvm \
-  --listen 127.0.0.1:8090 --kernel KERNEL --rootfs ROOTFS >$D/url 2>$D/err & pid=$!
-i=0; until grep -q '^apps: ' $D/url 2>/dev/null; do i=$((i+1)); [ $i -lt 300 ] || { cat $D/err; exit 1; }; sleep 0.1; done
-TOKEN=$(cat $D/data/serve-token)
-printf '{"a": 2, "b": 40}' >$D/event
-http 8090 PUT /apps/boxed SERVE_APP
-http 8091 POST /apps/boxed/invoke $D/event
-kill -TERM $pid; wait $pid; s=$?
-echo "serve exited $s; left: $(ls -A $D/run/nodeos-vm)"
-exit $s"#;
-
 /// `run -p` on our VMM: a Node server on the guest's port 80, run as its user, answers L1
 /// through the published port once it listens (busybox `wget`), then exits, and so does `run`.
 const PUBLISH_SCRIPT: &str = r#"D=/tmp/publish; mkdir -p $D
@@ -186,14 +170,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
         script.check_with_timeout(
             "serve",
             Duration::from_secs(240),
-            &format!(
-                "{}\n{}",
-                kvm_box::HTTP_CLIENT,
-                SERVE_SCRIPT
-                    .replace("KERNEL", KERNEL)
-                    .replace("ROOTFS", ROOTFS)
-                    .replace("SERVE_APP", SERVE_APP)
-            ),
+            &common::serve::box_script(KERNEL, ROOTFS),
         );
         let web = tempfile::tempdir().unwrap();
         let web_dir = web.path().join("web");
@@ -202,16 +179,6 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
         for (name, body) in common::web::site(&guest_web) {
             std::fs::write(web_dir.join(name), body).unwrap();
         }
-        let serve_app = web.path().join("serve-app.tgz");
-        let handler = "exports.handler = async (e) => ({ sum: e.a + e.b, arch: process.arch });\n";
-        std::fs::write(
-            &serve_app,
-            common::npm_package(&[
-                ("package.json", r#"{"name": "boxed", "main": "index.js"}"#),
-                ("index.js", handler),
-            ]),
-        )
-        .unwrap();
         // Host programs the box runs, installed with apt when missing (as root), like
         // nodeos-vm installs what it needs: passt for --net, iproute2's ip (busybox's has no
         // tuntap; ahead of busybox's on L1's PATH), e2fsprogs to pack volumes, to check and
@@ -227,7 +194,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             ))
             .file(BoxFile::with_libs(common::BIN, "/nodeos/nodeos-vm"))
             .file(BoxFile::new(common::fixture_dir(), FIXTURE))
-            .file(BoxFile::new(&serve_app, SERVE_APP));
+            .file(common::serve::box_app(web.path()));
         for tool in ["e2fsck", "resize2fs"] {
             let path = program(tool, "e2fsprogs");
             run = run.file(BoxFile::with_libs(&path, path.to_str().unwrap()));
@@ -336,13 +303,7 @@ fn corpus_matches_the_host() {
 /// microVM and leaves nothing behind.
 #[test]
 fn serve_deploys_and_invokes_on_our_vmm() {
-    let serve = check("serve");
-    let out = &serve.output;
-    assert_eq!(serve.status, Some(0), "{out}");
-    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
-    assert!(out.contains(r#""name":"boxed""#), "{out}");
-    assert!(out.contains(r#"{"arch":"x64","sum":42}"#), "{out}");
-    assert!(out.trim_end().ends_with("serve exited 0; left:"), "{out}");
+    common::serve::check_box_output(check("serve"), "x64");
 }
 
 /// `-p` on our VMM (passt and the guard are nodeos-vm's, as on QEMU; the virtio-net device is

@@ -1,45 +1,28 @@
 //! Our VMM on arm64 KVM: nodeos-vm cross-built for aarch64 (cli/cross-build.sh) boots the arm64
 //! guest with `--backend kvm` inside the arm64 KVM box — an arm64 L1 Linux under QEMU's TCG with
 //! EL2 emulated (`-M virt,virtualization=on`), whose /dev/kvm is Debian's arm64 KVM. Every
-//! `start` case (tests/common/cases.rs) and the run cases that need no volume or network run
-//! there; one box run serves all the tests of this file.
+//! `start` case (tests/common/cases.rs), `run` cases (volumes among them: Debian's arm64
+//! e2fsprogs packed from the box's sysroot) and a `serve` app run there, and a REPL on QEMU's `virt` with `-accel kvm` (the QEMU backend on an arm64 host:
+//! Debian's arm64 QEMU, from the box's arm64 sysroot); one box run serves all the tests of this
+//! file.
 
 #[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::cases::{self, Outcome};
 use common::run_cases::{self, RunOutcome};
-use kvm_box::{shell_quote, Arch, BoxFile, BoxRun, Check, Script};
+use kvm_box::{shell_quote, Arch, BoxFile, BoxRun, Check, Script, Sysroot};
 
 const KERNEL: &str = "/nodeos/Image";
 const ROOTFS: &str = "/nodeos/rootfs.img";
 const TRUNCATED: &str = "/tmp/truncated.img";
 const STDERR_MARK: &str = "@@STDERR@@";
 const NODEOS_VM: &str = "/nodeos/nodeos-vm";
-
-/// nodeos-vm for aarch64, built once (cached in the cache's cross-target folder): the CLI in
-/// the dev profile (it does little), the VMM program it carries in release, as always.
-fn nodeos_vm_aarch64() -> PathBuf {
-    let cache = kvm_box::default_cache_dir();
-    let out = cache.join("cross-aarch64");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/cross-build.sh");
-    let status = Command::new("bash")
-        .arg(script)
-        .args(["aarch64"])
-        .arg(&out)
-        .arg("dev")
-        .env("CARGO_TARGET_DIR", cache.join("cross-target"))
-        .status()
-        .expect("running cli/cross-build.sh");
-    assert!(status.success(), "cli/cross-build.sh aarch64 failed");
-    out.join("nodeos-vm")
-}
+const FIXTURE: &str = "/nodeos/fixture";
 
 fn box_checks() -> &'static BTreeMap<String, Check> {
     static CHECKS: OnceLock<BTreeMap<String, Check>> = OnceLock::new();
@@ -50,6 +33,14 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             "head -c $(( $(wc -c < {ROOTFS}) / 2 )) {ROOTFS} > {TRUNCATED}"
         ));
         script.check("doctor", &format!("{NODEOS_VM} doctor"));
+        script.check_with_timeout(
+            "qemu_kvm",
+            Duration::from_secs(120),
+            &format!(
+                "printf 'console.log(6 * 7, process.arch)\\n' | {NODEOS_VM} start --backend qemu \
+                 --no-snapshot --kernel {KERNEL} --rootfs {ROOTFS} 2>&1"
+            ),
+        );
         for case in cases::CASES {
             for (i, boot) in case.boots.iter().enumerate() {
                 let mut args = cases::args(boot, KERNEL, ROOTFS, TRUNCATED);
@@ -78,8 +69,9 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
                 &format!("run.{name}"),
                 Duration::from_secs(240),
                 &format!(
-                    "mkdir -p /tmp/run/{name} && cd /tmp/run/{name} && \
-                     printf %s {} | RUN={} sh -c {} >/tmp/o 2>/tmp/e; s=$?; \
+                    "mkdir -p /tmp/run/{name} && cp -r {FIXTURE} /tmp/run/{name}/node-project && \
+                     cd /tmp/run/{name} && \
+                     printf %s {} | RUN={} FIXTURE=/tmp/run/{name}/node-project sh -c {} >/tmp/o 2>/tmp/e; s=$?; \
                      cd /root; cat /tmp/o; echo {STDERR_MARK}; cat /tmp/e; exit $s",
                     shell_quote(case.stdin),
                     shell_quote(&run_cmd),
@@ -87,11 +79,43 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
                 ),
             );
         }
+        script.check_with_timeout(
+            "serve",
+            Duration::from_secs(240),
+            &common::serve::box_script(KERNEL, ROOTFS),
+        );
+        let app = tempfile::tempdir().unwrap();
+        let sysroot = Sysroot::ensure(
+            &kvm_box::default_cache_dir(),
+            Arch::Aarch64,
+            &["qemu-system-arm", "e2fsprogs"],
+        )
+        .unwrap_or_else(|e| panic!("the arm64 QEMU and e2fsprogs: {e}"));
         let run = BoxRun::new(script.build())
             .arch(Arch::Aarch64)
-            .file(BoxFile::with_libs(nodeos_vm_aarch64(), NODEOS_VM))
+            .file(BoxFile::with_libs(
+                // The CLI in the dev profile (it does little); its VMM program is built in
+                // release, as always.
+                kvm_box::nodeos_vm_for(&kvm_box::default_cache_dir(), Arch::Aarch64, "dev")
+                    .unwrap_or_else(|e| panic!("nodeos-vm for aarch64: {e}")),
+                NODEOS_VM,
+            ))
+            .file(BoxFile::with_libs(
+                sysroot.path().join("usr/bin/qemu-system-aarch64"),
+                "/usr/bin/qemu-system-aarch64",
+            ))
+            .file(BoxFile::new(
+                sysroot.path().join("usr/share/qemu"),
+                "/usr/share/qemu",
+            ))
+            .file(common::serve::box_app(app.path()))
+            .file(BoxFile::new(common::fixture_dir(), FIXTURE))
             .file(BoxFile::new(kernel, KERNEL))
             .file(BoxFile::new(rootfs, ROOTFS));
+        let run = kvm_box::sysroot_volume_tools(&sysroot)
+            .expect("e2fsprogs for the arm64 box")
+            .into_iter()
+            .fold(run, BoxRun::file);
         let run = BoxRun {
             timeout: Duration::from_secs(1800),
             ..run
@@ -106,14 +130,15 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
     })
 }
 
-/// The run cases that need neither volumes (their ext4 tools are the host's, x86-64) nor a
-/// network in the box.
+/// The run cases that need no network in the box.
 const RUN_CASES: &[&str] = &[
     "exit_codes_and_signals",
     "stdout_and_stderr_apart_and_in_order",
     "stdin_piped_in",
     "timeout_kills_the_command",
     "command_not_found",
+    "volume_is_visible_and_host_files_unchanged",
+    "npm_test_of_a_node_project",
 ];
 
 fn check(name: &str) -> &'static Check {
@@ -171,12 +196,35 @@ mod run {
         stdout_and_stderr_apart_and_in_order,
         stdin_piped_in,
         timeout_kills_the_command,
-        command_not_found);
+        command_not_found,
+        volume_is_visible_and_host_files_unchanged,
+        npm_test_of_a_node_project);
+}
+
+/// `nodeos-vm serve` on our VMM on arm64: an app deployed and called over HTTP, then SIGTERM
+/// stops its microVM and leaves nothing behind.
+#[test]
+fn serve_deploys_and_invokes_on_arm64_kvm() {
+    common::serve::check_box_output(check("serve"), "arm64");
+}
+
+/// The QEMU backend on an arm64 host: `virt` on KVM.
+#[test]
+fn qemu_runs_the_guest_on_arm64_kvm() {
+    let c = check("qemu_kvm");
+    assert_eq!(c.status, Some(0), "{}", c.output);
+    assert!(c.output.contains("42 arm64"), "{}", c.output);
 }
 
 #[test]
 fn doctor_finds_kvm_usable_on_arm64() {
     let c = check("doctor");
     assert_eq!(c.status, Some(0), "{}", c.output);
-    assert!(c.output.contains("aarch64"), "{}", c.output);
+    for line in [
+        "kvm: usable (hardware virtualization)",
+        "auto backend: kvm",
+        "x86_64 guests (--arch x86_64): QEMU's emulation",
+    ] {
+        assert!(c.output.contains(line), "{line}: {}", c.output);
+    }
 }

@@ -36,6 +36,7 @@ mod script;
 mod sysroot;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 pub use assets::{ensure as ensure_assets, Assets};
@@ -109,6 +110,46 @@ pub fn volume_tools() -> Result<Vec<BoxFile>, BoxError> {
         files.push(BoxFile::with_libs(path, guest));
     }
     Ok(files)
+}
+
+/// [`volume_tools`] for an arm64 box, and the tools that check and grow users' disks (e2fsck,
+/// resize2fs): Debian's arm64 e2fsprogs from `sysroot` (which must hold it), at /usr/sbin,
+/// ahead of busybox's applets on L1's PATH.
+pub fn sysroot_volume_tools(sysroot: &Sysroot) -> Result<Vec<BoxFile>, BoxError> {
+    let found = |guest: &str| {
+        sysroot.resolve(guest).ok_or_else(|| BoxError::BadFile {
+            guest: guest.to_string(),
+            reason: format!(
+                "not in the sysroot {} (e2fsprogs)",
+                sysroot.path().display()
+            ),
+        })
+    };
+    let mut files = vec![BoxFile::new(found("/etc/mke2fs.conf")?, "/etc/mke2fs.conf")];
+    for tool in ["mke2fs", "debugfs", "e2fsck", "resize2fs"] {
+        files.push(BoxFile::with_libs(
+            found(&format!("/sbin/{tool}"))?,
+            format!("/usr/sbin/{tool}"),
+        ));
+    }
+    Ok(files)
+}
+
+/// This workspace's nodeos-vm built for `arch` in `profile` (`dev` or `release`), for a box of
+/// that architecture: `cli/cross-build.sh`, into `<cache>/cross-<arch>-<profile>/nodeos-vm`,
+/// cargo's build kept in `<cache>/cross-target` between runs.
+pub fn nodeos_vm_for(cache: &Path, arch: Arch, profile: &str) -> Result<PathBuf, BoxError> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/cross-build.sh");
+    let out = cache.join(format!("cross-{}-{profile}", arch.name()));
+    host::output(
+        Command::new("bash")
+            .arg(script)
+            .arg(arch.name())
+            .arg(&out)
+            .arg(profile)
+            .env("CARGO_TARGET_DIR", cache.join("cross-target")),
+    )?;
+    Ok(out.join("nodeos-vm"))
 }
 
 /// One box run.

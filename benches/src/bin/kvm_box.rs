@@ -4,13 +4,17 @@
 //! off by `NODEOS_VM_HUGE_PAGES=off` (transparent huge pages, as QEMU's RAM). Absolute times in
 //! the box are emulated (not hardware times); the ratios are the figures that matter.
 //!
-//! cargo build --release && cargo run --release -p nodeos-vm-benches --bin kvm_box -- [RUNS]
+//! With `aarch64`, the same in the arm64 KVM box: nodeos-vm built for aarch64, the arm64 guest,
+//! our VMM on arm64 KVM against QEMU's `virt` machine (-accel kvm).
+//!
+//! cargo build --release && cargo run --release -p nodeos-vm-benches --bin kvm_box -- [RUNS] [aarch64]
 
 use std::time::Duration;
 
 use kvm_box::{BoxRun, Script};
 use nodeos_vm_benches::{
-    artifacts, count_arg, nodeos_vm_bin, parse_timings, side_by_side_box, stats,
+    artifacts, count_arg, nodeos_vm_bin, parse_timings, side_by_side_box, side_by_side_box_arm64,
+    stats,
 };
 
 /// Each case: its name, the environment it adds, its backend, and the backing its timings
@@ -30,8 +34,8 @@ const L1_HUGE_PAGES: u32 = 300;
 
 fn main() {
     let runs = count_arg(5);
+    let arm64 = std::env::args().nth(2).is_some_and(|a| a == "aarch64");
     let bin = nodeos_vm_bin();
-    let (kernel, rootfs) = artifacts(&bin);
 
     let mut script = Script::new();
     script.setup(&format!("echo {L1_HUGE_PAGES} > /proc/sys/vm/nr_hugepages"));
@@ -48,7 +52,12 @@ fn main() {
             );
         }
     }
-    let run = side_by_side_box(&bin, &kernel, &rootfs, script.build());
+    let run = if arm64 {
+        side_by_side_box_arm64(&bin, script.build())
+    } else {
+        let (kernel, rootfs) = artifacts(&bin);
+        side_by_side_box(&bin, &kernel, &rootfs, script.build())
+    };
     let run = BoxRun {
         timeout: Duration::from_secs(1800),
         memory_mib: 3072,
@@ -60,8 +69,13 @@ fn main() {
         eprintln!("L1's pool:\n{}", pool.output);
     }
 
+    let (machine, qemu) = if arm64 {
+        ("the arm64 KVM box", "QEMU virt")
+    } else {
+        ("the KVM box", "QEMU microvm")
+    };
     println!(
-        "## In the KVM box: nodeos-vm start, our VMM (kvm) on huge pages and on THP vs QEMU microvm (qemu, -accel kvm)\n"
+        "## In {machine}: nodeos-vm start, our VMM (kvm) on huge pages and on THP vs {qemu} (qemu, -accel kvm)\n"
     );
     println!("{runs} runs each, interleaved; 1 vCPU, 512 MiB, cold boots (`--no-snapshot`); `6*7` piped to the REPL, then end of input.\n");
     println!("| case | to init | boot + REPL answers + VM ends | whole command (L1 clock) |");

@@ -286,3 +286,61 @@ impl Client {
         self.json("PUT", &format!("/apps/{app}{query}"), package)
     }
 }
+
+/// Where [`box_app`] puts the app in a KVM box.
+const BOX_APP: &str = "/nodeos/serve-app.tgz";
+
+/// `nodeos-vm serve --backend kvm` in a KVM box's L1 (at /nodeos/nodeos-vm, the guest's
+/// `kernel` and `rootfs` at those paths): deploys [`box_app`] through the admin API (port
+/// 8090, with the token serve saved) and calls it on the apps' listener (8091) over HTTP
+/// (`kvm_box::HTTP_CLIENT`), then SIGTERM. [`check_box_output`] reads its output.
+pub fn box_script(kernel: &str, rootfs: &str) -> String {
+    let script = r#"D=/tmp/serve; mkdir -p $D/run
+XDG_RUNTIME_DIR=$D/run NODEOS_VM_DATA=$D/data /nodeos/nodeos-vm serve --backend kvm \
+  --listen 127.0.0.1:8090 --kernel KERNEL --rootfs ROOTFS >$D/url 2>$D/err & pid=$!
+i=0; until grep -q '^apps: ' $D/url 2>/dev/null; do i=$((i+1)); [ $i -lt 300 ] || { cat $D/err; exit 1; }; sleep 0.1; done
+TOKEN=$(cat $D/data/serve-token)
+printf '{"a": 2, "b": 40}' >$D/event
+http 8090 PUT /apps/boxed BOX_APP
+http 8091 POST /apps/boxed/invoke $D/event
+kill -TERM $pid; wait $pid; s=$?
+echo "serve exited $s; left: $(ls -A $D/run/nodeos-vm)"
+exit $s"#;
+    format!(
+        "{}\n{}",
+        kvm_box::HTTP_CLIENT,
+        script
+            .replace("KERNEL", kernel)
+            .replace("ROOTFS", rootfs)
+            .replace("BOX_APP", BOX_APP)
+    )
+}
+
+/// The app [`box_script`] deploys, an npm package written into `dir`, for the box.
+pub fn box_app(dir: &std::path::Path) -> kvm_box::BoxFile {
+    let path = dir.join("serve-app.tgz");
+    let handler = "exports.handler = async (e) => ({ sum: e.a + e.b, arch: process.arch });\n";
+    std::fs::write(
+        &path,
+        super::npm_package(&[
+            ("package.json", r#"{"name": "boxed", "main": "index.js"}"#),
+            ("index.js", handler),
+        ]),
+    )
+    .unwrap();
+    kvm_box::BoxFile::new(path, BOX_APP)
+}
+
+/// [`box_script`]'s check passed: the app deployed, answered on `arch` (Node's name), and
+/// serve ended on SIGTERM leaving nothing in its runtime folder.
+pub fn check_box_output(check: &kvm_box::Check, arch: &str) {
+    let out = &check.output;
+    assert_eq!(check.status, Some(0), "{out}");
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+    assert!(out.contains(r#""name":"boxed""#), "{out}");
+    assert!(
+        out.contains(&format!(r#"{{"arch":"{arch}","sum":42}}"#)),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("serve exited 0; left:"), "{out}");
+}
