@@ -4,7 +4,7 @@
 # it in the arm64 KVM box.
 #
 # usage: cli/cross-build.sh ARCH OUT_DIR [PROFILE]
-#   ARCH: aarch64 (Rust's name); PROFILE: release (default) or dev; writes OUT_DIR/nodeos-vm
+#   ARCH: aarch64 or x86_64 (Rust's names), not this host's; PROFILE: release (default) or dev; writes OUT_DIR/nodeos-vm
 #
 # environment:
 #   CARGO_TARGET_DIR   where cargo builds (default: OUT_DIR/target)

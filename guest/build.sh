@@ -4,14 +4,13 @@
 # own architecture's binary is built by the sandbox crate's build script, with nodeos-vm.)
 #
 # usage: guest/build.sh ARCH OUT_DIR
-#   ARCH: aarch64 (Rust's name); writes OUT_DIR/nodeos-init
+#   ARCH: aarch64 or x86_64 (Rust's names), not this host's; writes OUT_DIR/nodeos-init
 #
 # environment:
 #   CARGO_TARGET_DIR   where cargo builds (default: OUT_DIR/target)
 #
-# Installs what is missing: the Rust target (rustup target add), and, as root, the cross
-# linker and C library (gcc-aarch64-linux-gnu, libc6-dev-arm64-cross); otherwise prints the
-# command to run.
+# Installs what is missing (guest/cross-toolchain.sh): the Rust target, and, as root, Debian's
+# cross linker and C library; otherwise prints the command to run.
 set -euo pipefail
 
 die() { echo "guest/build.sh: error: $*" >&2; exit 1; }

@@ -32,15 +32,20 @@ JOBS=${JOBS:-$(nproc)}
 # ARCH=x86_64, not x86: with ARCH=x86 (the default on an x86_64 host) tinyconfig, being an
 # allnoconfig, would answer "no" to 64BIT and give a 32-bit kernel.
 case $ARCH in
-    x86_64) TARGET=vmlinux BUILT=vmlinux CROSS=() CROSS_TOOLS=() DTBS=() ;;
+    x86_64) TARGET=vmlinux BUILT=vmlinux DTBS=() MACHINE=x86_64 CROSS_PACKAGE=gcc-x86-64-linux-gnu ;;
     arm64)
-        TARGET=Image BUILT=arch/arm64/boot/Image CROSS=(CROSS_COMPILE=aarch64-linux-gnu-)
-        CROSS_TOOLS=(aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu)
+        TARGET=Image BUILT=arch/arm64/boot/Image MACHINE=aarch64 CROSS_PACKAGE=gcc-aarch64-linux-gnu
         # The boards `nodeos-vm image export --format rpi` is for: Pi 3 B, 3 B+, 4 B.
         DTBS=(broadcom/bcm2837-rpi-3-b.dtb broadcom/bcm2837-rpi-3-b-plus.dtb broadcom/bcm2711-rpi-4-b.dtb)
         ;;
     *) die "unknown architecture $ARCH: x86_64 or arm64" ;;
 esac
+# The host's own gcc for its own architecture; Debian's cross compiler for the other.
+if [[ $(uname -m) == "$MACHINE" ]]; then
+    CROSS=() CROSS_TOOLS=()
+else
+    CROSS=(CROSS_COMPILE="$MACHINE-linux-gnu-") CROSS_TOOLS=("$MACHINE-linux-gnu-gcc:$CROSS_PACKAGE")
+fi
 KMAKE=(make ARCH="$ARCH" "${CROSS[@]}" KBUILD_BUILD_USER=nodeos KBUILD_BUILD_HOST=nodeos-vm)
 
 for fragment in "${FRAGMENTS[@]}"; do [[ -f $fragment ]] || die "missing $fragment"; done

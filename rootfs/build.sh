@@ -32,12 +32,14 @@ source "$SCRIPT_DIR/debs.sh"
 [[ $# -eq 2 || $# -eq 3 ]] || die "usage: rootfs/build.sh OUT_DIR GUEST_BIN_DIR [amd64|arm64]"
 DEB_ARCH=${3:-amd64}
 # Per architecture: the GNU triplet of Debian's library folders, the dynamic loader (and the
-# folder of its well-known path), what `file` says of the guest binary, the binutils prefix.
+# folder of its well-known path), what `file` says of the guest binary.
 case $DEB_ARCH in
-    amd64) TRIPLET=x86_64-linux-gnu LOADER=ld-linux-x86-64.so.2 LOADER_DIR=lib64 ELF_ARCH=x86-64 TOOLS= ;;
-    arm64) TRIPLET=aarch64-linux-gnu LOADER=ld-linux-aarch64.so.1 LOADER_DIR=lib ELF_ARCH=aarch64 TOOLS=aarch64-linux-gnu- ;;
+    amd64) TRIPLET=x86_64-linux-gnu LOADER=ld-linux-x86-64.so.2 LOADER_DIR=lib64 ELF_ARCH=x86-64 ;;
+    arm64) TRIPLET=aarch64-linux-gnu LOADER=ld-linux-aarch64.so.1 LOADER_DIR=lib ELF_ARCH=aarch64 ;;
     *) die "unknown architecture $DEB_ARCH: amd64 or arm64" ;;
 esac
+# Binutils for the image's architecture: the host's own, or Debian's cross ones.
+if [[ $(uname -m) == "${TRIPLET%%-*}" ]]; then TOOLS=; else TOOLS=$TRIPLET-; fi
 # Root is needed for the owners in the image (mksquashfs's -all-root would override the
 # pseudo definition that gives /home/node to uid 1000) and for installing missing tools.
 [[ $(id -u) -eq 0 ]] || die "run as root (file ownership in the image)"
@@ -67,7 +69,7 @@ ETC_DIR=$SCRIPT_DIR/etc
 # ---- build dependencies ---------------------------------------------------------------
 phase "checking build dependencies"
 ensure_tools mksquashfs:squashfs-tools curl:curl openssl:openssl dpkg-deb:dpkg \
-    "${TOOLS}strip:binutils${TOOLS:+-${TOOLS%-}}" tar:tar gzip:gzip file:file
+    "${TOOLS}strip:binutils${TOOLS:+-${TRIPLET//_/-}}" tar:tar gzip:gzip file:file
 
 # ---- scratch and download dirs -----------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/nodeos-rootfs.XXXXXX")

@@ -139,6 +139,7 @@ const RUN_CASES: &[&str] = &[
     "command_not_found",
     "volume_is_visible_and_host_files_unchanged",
     "npm_test_of_a_node_project",
+    "user_layer_persists_and_is_private",
 ];
 
 fn check(name: &str) -> &'static Check {
@@ -198,7 +199,8 @@ mod run {
         timeout_kills_the_command,
         command_not_found,
         volume_is_visible_and_host_files_unchanged,
-        npm_test_of_a_node_project);
+        npm_test_of_a_node_project,
+        user_layer_persists_and_is_private);
 }
 
 /// `nodeos-vm serve` on our VMM on arm64: an app deployed and called over HTTP, then SIGTERM
