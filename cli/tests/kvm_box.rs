@@ -20,8 +20,7 @@ const ROOTFS: &str = "/nodeos/rootfs.img";
 const TRUNCATED: &str = "/tmp/truncated.img";
 const STDERR_MARK: &str = "@@STDERR@@";
 const FIXTURE: &str = "/nodeos/fixture";
-const WEB_DIR: &str = "/nodeos/web";
-const WEB: &str = "127.0.0.1:8080";
+const WEB: &str = common::web::BOX_WEB;
 /// `run -p` on our VMM: a Node server on the guest's port 80, run as its user, answers L1
 /// through the published port once it listens (busybox `wget`), then exits, and so does `run`.
 const PUBLISH_SCRIPT: &str = r#"D=/tmp/publish; mkdir -p $D
@@ -116,18 +115,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             }
         }
         let run_cmd = format!("/nodeos/nodeos-vm run --backend kvm --kernel {KERNEL} --rootfs {ROOTFS}");
-        // For --net: passt needs a default route to pick its outbound interface (L1 has no
-        // network of its own: a dummy one does) and, run as root, the user `nobody` to drop
-        // to; the web server listens on L1's loopback.
-        script.setup(&format!(
-            "echo nobody:x:65534:65534:nobody:/:/bin/false >> /etc/passwd; \
-             echo nogroup:x:65534: >> /etc/group; \
-             ip link set lo up; \
-             [ -e /sys/class/net/dummy0 ] || ip link add dummy0 type dummy; ip addr add 192.0.2.1/24 dev dummy0 && \
-             ip link set dummy0 up && ip route add default via 192.0.2.254 dev dummy0; \
-             mkdir -p /srv && cp {WEB_DIR}/* /srv/ && busybox httpd -p {WEB} -h /srv; \
-             mount -t cgroup2 cgroup2 /sys/fs/cgroup"
-        ));
+        script.setup(&common::web::box_setup());
         for case in run_cases::RUN_CASES {
             let dir = format!("/tmp/run/{}", case.name);
             script.check_with_timeout(
@@ -173,12 +161,6 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             &common::serve::box_script(KERNEL, ROOTFS),
         );
         let web = tempfile::tempdir().unwrap();
-        let web_dir = web.path().join("web");
-        std::fs::create_dir(&web_dir).unwrap();
-        let guest_web = format!("10.0.2.2:{}", WEB.rsplit_once(':').unwrap().1);
-        for (name, body) in common::web::site(&guest_web) {
-            std::fs::write(web_dir.join(name), body).unwrap();
-        }
         // Host programs the box runs, installed with apt when missing (as root), like
         // nodeos-vm installs what it needs: passt for --net, iproute2's ip (busybox's has no
         // tuntap; ahead of busybox's on L1's PATH), e2fsprogs to pack volumes, to check and
@@ -186,7 +168,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
         let program = |name, package| kvm_box::host_program(name, package).unwrap();
         let passt = program("passt", "passt");
         let mut run = BoxRun::new(script.build())
-            .file(BoxFile::new(&web_dir, WEB_DIR))
+            .file(common::web::box_site(web.path()))
             .file(BoxFile::with_libs(&passt, "/usr/bin/passt"))
             .file(BoxFile::with_libs(
                 program("ip", "iproute2"),

@@ -1,8 +1,9 @@
 //! Our VMM on arm64 KVM: nodeos-vm cross-built for aarch64 (cli/cross-build.sh) boots the arm64
 //! guest with `--backend kvm` inside the arm64 KVM box — an arm64 L1 Linux under QEMU's TCG with
 //! EL2 emulated (`-M virt,virtualization=on`), whose /dev/kvm is Debian's arm64 KVM. Every
-//! `start` case (tests/common/cases.rs), `run` cases (volumes among them: Debian's arm64
-//! e2fsprogs packed from the box's sysroot) and a `serve` app run there, and a REPL on QEMU's `virt` with `-accel kvm` (the QEMU backend on an arm64 host:
+//! `start` case (tests/common/cases.rs), `run` cases (volumes, users and `--net` among them:
+//! Debian's arm64 e2fsprogs, passt and iproute2 packed from the box's sysroot) and a `serve`
+//! app run there, and a REPL on QEMU's `virt` with `-accel kvm` (the QEMU backend on an arm64 host:
 //! Debian's arm64 QEMU, from the box's arm64 sysroot); one box run serves all the tests of this
 //! file.
 
@@ -63,6 +64,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             }
         }
         let run_cmd = format!("{NODEOS_VM} run --backend kvm --kernel {KERNEL} --rootfs {ROOTFS}");
+        script.setup(&common::web::box_setup());
         for name in RUN_CASES {
             let case = run_cases::run_case(name);
             script.check_with_timeout(
@@ -71,10 +73,12 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
                 &format!(
                     "mkdir -p /tmp/run/{name} && cp -r {FIXTURE} /tmp/run/{name}/node-project && \
                      cd /tmp/run/{name} && \
-                     printf %s {} | RUN={} FIXTURE=/tmp/run/{name}/node-project sh -c {} >/tmp/o 2>/tmp/e; s=$?; \
+                     printf %s {} | RUN={} FIXTURE=/tmp/run/{name}/node-project WEB={} \
+                     IPROUTE=/usr/local/sbin/ip sh -c {} >/tmp/o 2>/tmp/e; s=$?; \
                      cd /root; cat /tmp/o; echo {STDERR_MARK}; cat /tmp/e; exit $s",
                     shell_quote(case.stdin),
                     shell_quote(&run_cmd),
+                    common::web::BOX_WEB,
                     shell_quote(case.script),
                 ),
             );
@@ -88,9 +92,14 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
         let sysroot = Sysroot::ensure(
             &kvm_box::default_cache_dir(),
             Arch::Aarch64,
-            &["qemu-system-arm", "e2fsprogs"],
+            &["qemu-system-arm", "e2fsprogs", "passt", "iproute2"],
         )
-        .unwrap_or_else(|e| panic!("the arm64 QEMU and e2fsprogs: {e}"));
+        .unwrap_or_else(|e| panic!("arm64 packages for the box: {e}"));
+        let from_sysroot = |path: &str| {
+            sysroot
+                .resolve(path)
+                .unwrap_or_else(|| panic!("{path} is not in the arm64 sysroot"))
+        };
         let run = BoxRun::new(script.build())
             .arch(Arch::Aarch64)
             .file(BoxFile::with_libs(
@@ -110,6 +119,16 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             ))
             .file(common::serve::box_app(app.path()))
             .file(BoxFile::new(common::fixture_dir(), FIXTURE))
+            .file(common::web::box_site(app.path()))
+            // --net: passt; iproute2's ip ahead of busybox's on L1's PATH (it has tuntap).
+            .file(BoxFile::with_libs(
+                from_sysroot("/usr/bin/passt"),
+                "/usr/bin/passt",
+            ))
+            .file(BoxFile::with_libs(
+                from_sysroot("/bin/ip"),
+                "/usr/local/sbin/ip",
+            ))
             .file(BoxFile::new(kernel, KERNEL))
             .file(BoxFile::new(rootfs, ROOTFS));
         let run = kvm_box::sysroot_volume_tools(&sysroot)
@@ -118,6 +137,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             .fold(run, BoxRun::file);
         let run = BoxRun {
             timeout: Duration::from_secs(1800),
+            modules: vec!["dummy".into(), "tun".into()],
             ..run
         };
         let out = kvm_box::run(&kvm_box::default_cache_dir(), &run)
@@ -130,7 +150,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
     })
 }
 
-/// The run cases that need no network in the box.
+/// The run cases: all but the ones that need a TAP interface, the host's npm, or a long time.
 const RUN_CASES: &[&str] = &[
     "exit_codes_and_signals",
     "stdout_and_stderr_apart_and_in_order",
@@ -140,6 +160,8 @@ const RUN_CASES: &[&str] = &[
     "volume_is_visible_and_host_files_unchanged",
     "npm_test_of_a_node_project",
     "user_layer_persists_and_is_private",
+    "no_network_without_net",
+    "host_loopback_is_opt_in",
 ];
 
 fn check(name: &str) -> &'static Check {
@@ -200,7 +222,9 @@ mod run {
         command_not_found,
         volume_is_visible_and_host_files_unchanged,
         npm_test_of_a_node_project,
-        user_layer_persists_and_is_private);
+        user_layer_persists_and_is_private,
+        no_network_without_net,
+        host_loopback_is_opt_in);
 }
 
 /// `nodeos-vm serve` on our VMM on arm64: an app deployed and called over HTTP, then SIGTERM

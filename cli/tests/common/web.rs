@@ -182,3 +182,35 @@ pub fn serve() -> String {
     });
     addr
 }
+
+/// Where the KVM boxes' L1 serves [`site`] (busybox httpd), and where its files are packed.
+pub const BOX_WEB: &str = "127.0.0.1:8080";
+const BOX_WEB_DIR: &str = "/nodeos/web";
+
+/// L1's set-up for the boxes' `--net` cases: passt needs a default route to pick its outbound
+/// interface (L1 has no network of its own: a dummy one does; the `dummy` module) and, run as
+/// root, the user `nobody` to drop to; [`site`] served on L1's loopback at [`BOX_WEB`]; cgroup
+/// v2 mounted for the jail. `ip` is iproute2's (busybox's has no tuntap).
+pub fn box_setup() -> String {
+    format!(
+        "echo nobody:x:65534:65534:nobody:/:/bin/false >> /etc/passwd; \
+         echo nogroup:x:65534: >> /etc/group; \
+         ip link set lo up; \
+         [ -e /sys/class/net/dummy0 ] || ip link add dummy0 type dummy; ip addr add 192.0.2.1/24 dev dummy0 && \
+         ip link set dummy0 up && ip route add default via 192.0.2.254 dev dummy0; \
+         mkdir -p /srv && cp {BOX_WEB_DIR}/* /srv/ && busybox httpd -p {BOX_WEB} -h /srv; \
+         mount -t cgroup2 cgroup2 /sys/fs/cgroup"
+    )
+}
+
+/// [`site`] as the guest sees L1's loopback (passt's 10.0.2.2), written into `dir`, for the
+/// box.
+pub fn box_site(dir: &std::path::Path) -> kvm_box::BoxFile {
+    let web_dir = dir.join("web");
+    std::fs::create_dir_all(&web_dir).unwrap();
+    let guest_web = format!("10.0.2.2:{}", BOX_WEB.rsplit_once(':').unwrap().1);
+    for (name, body) in site(&guest_web) {
+        std::fs::write(web_dir.join(name), body).unwrap();
+    }
+    kvm_box::BoxFile::new(web_dir, BOX_WEB_DIR)
+}
