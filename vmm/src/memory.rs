@@ -1,4 +1,4 @@
-//! Guest physical memory: its layout on each architecture ([`x86_64`], [`aarch64`]: where RAM
+//! Guest physical memory: its layout on each architecture (`x86_64`, `aarch64`: where RAM
 //! lives, and where the boot structures and devices go), and mapping it in the VMM process.
 
 #[cfg(target_arch = "aarch64")]
