@@ -163,19 +163,15 @@ pub fn side_by_side_box_arm64(host_bin: &Path, script: String) -> kvm_box::BoxRu
         .unwrap_or_else(|e| panic!("nodeos-vm for aarch64: {e}"));
     let sysroot = Sysroot::ensure(&cache, Arch::Aarch64, &["qemu-system-arm"])
         .unwrap_or_else(|e| panic!("the arm64 QEMU: {e}"));
-    kvm_box::BoxRun::new(script)
+    let run = kvm_box::BoxRun::new(script)
         .arch(Arch::Aarch64)
         .file(BoxFile::with_libs(bin, "/nodeos/nodeos-vm"))
         .file(BoxFile::new(kernel, "/nodeos/vmlinux"))
-        .file(BoxFile::new(rootfs, "/nodeos/rootfs.img"))
-        .file(BoxFile::with_libs(
-            sysroot.path().join("usr/bin/qemu-system-aarch64"),
-            "/usr/bin/qemu-system-aarch64",
-        ))
-        .file(BoxFile::new(
-            sysroot.path().join("usr/share/qemu"),
-            "/usr/share/qemu",
-        ))
+        .file(BoxFile::new(rootfs, "/nodeos/rootfs.img"));
+    kvm_box::sysroot_qemu(&sysroot)
+        .unwrap_or_else(|e| panic!("the arm64 QEMU: {e}"))
+        .into_iter()
+        .fold(run, kvm_box::BoxRun::file)
 }
 
 /// Median and spread of a sample.

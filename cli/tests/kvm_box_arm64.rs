@@ -109,14 +109,6 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
                     .unwrap_or_else(|e| panic!("nodeos-vm for aarch64: {e}")),
                 NODEOS_VM,
             ))
-            .file(BoxFile::with_libs(
-                sysroot.path().join("usr/bin/qemu-system-aarch64"),
-                "/usr/bin/qemu-system-aarch64",
-            ))
-            .file(BoxFile::new(
-                sysroot.path().join("usr/share/qemu"),
-                "/usr/share/qemu",
-            ))
             .file(common::serve::box_app(app.path()))
             .file(BoxFile::new(common::fixture_dir(), FIXTURE))
             .file(common::web::box_site(app.path()))
@@ -132,7 +124,11 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             .file(BoxFile::new(kernel, KERNEL))
             .file(BoxFile::new(rootfs, ROOTFS));
         let run = kvm_box::sysroot_volume_tools(&sysroot)
-            .expect("e2fsprogs for the arm64 box")
+            .and_then(|mut files| {
+                files.extend(kvm_box::sysroot_qemu(&sysroot)?);
+                Ok(files)
+            })
+            .expect("e2fsprogs and QEMU for the arm64 box")
             .into_iter()
             .fold(run, BoxRun::file);
         let run = BoxRun {

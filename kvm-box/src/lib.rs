@@ -116,23 +116,41 @@ pub fn volume_tools() -> Result<Vec<BoxFile>, BoxError> {
 /// resize2fs): Debian's arm64 e2fsprogs from `sysroot` (which must hold it), at /usr/sbin,
 /// ahead of busybox's applets on L1's PATH.
 pub fn sysroot_volume_tools(sysroot: &Sysroot) -> Result<Vec<BoxFile>, BoxError> {
-    let found = |guest: &str| {
-        sysroot.resolve(guest).ok_or_else(|| BoxError::BadFile {
-            guest: guest.to_string(),
-            reason: format!(
-                "not in the sysroot {} (e2fsprogs)",
-                sysroot.path().display()
-            ),
-        })
-    };
-    let mut files = vec![BoxFile::new(found("/etc/mke2fs.conf")?, "/etc/mke2fs.conf")];
+    let mut files = vec![BoxFile::new(
+        in_sysroot(sysroot, "/etc/mke2fs.conf", "e2fsprogs")?,
+        "/etc/mke2fs.conf",
+    )];
     for tool in ["mke2fs", "debugfs", "e2fsck", "resize2fs"] {
         files.push(BoxFile::with_libs(
-            found(&format!("/sbin/{tool}"))?,
+            in_sysroot(sysroot, &format!("/sbin/{tool}"), "e2fsprogs")?,
             format!("/usr/sbin/{tool}"),
         ));
     }
     Ok(files)
+}
+
+/// Debian's arm64 QEMU from `sysroot` (which must hold `qemu-system-arm`), with its libraries
+/// and its data (firmware, keymaps), at the paths it has in Debian.
+pub fn sysroot_qemu(sysroot: &Sysroot) -> Result<Vec<BoxFile>, BoxError> {
+    let qemu = "/usr/bin/qemu-system-aarch64";
+    Ok(vec![
+        BoxFile::with_libs(in_sysroot(sysroot, qemu, "qemu-system-arm")?, qemu),
+        BoxFile::new(
+            in_sysroot(sysroot, "/usr/share/qemu", "qemu-system-arm")?,
+            "/usr/share/qemu",
+        ),
+    ])
+}
+
+/// The file of `sysroot` at `guest`, which `package` brings.
+fn in_sysroot(sysroot: &Sysroot, guest: &str, package: &str) -> Result<PathBuf, BoxError> {
+    sysroot.resolve(guest).ok_or_else(|| BoxError::BadFile {
+        guest: guest.to_string(),
+        reason: format!(
+            "not in the sysroot {} (its package: {package})",
+            sysroot.path().display()
+        ),
+    })
 }
 
 /// This workspace's nodeos-vm built for `arch` in `profile` (`dev` or `release`), for a box of

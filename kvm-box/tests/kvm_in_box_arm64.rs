@@ -135,7 +135,6 @@ fn newest_build(prefix: &str, file: &str) -> PathBuf {
 fn qemu_boots_the_arm64_guest_on_kvm_in_the_box() {
     let sysroot = kvm_box::Sysroot::ensure(&common::cache(), Arch::Aarch64, &["qemu-system-arm"])
         .unwrap_or_else(|e| panic!("{e}"));
-    let qemu = sysroot.path().join("usr/bin/qemu-system-aarch64");
     let kernel = newest_build("Image-", "Image");
     let rootfs = newest_build("rootfs-arm64.img-", "rootfs.img");
     let params = "console=ttyAMA0 panic=-1 quiet mitigations=off rootfstype=squashfs ro \
@@ -171,13 +170,16 @@ echo "qemu-exit $? $(since)"
         .check("console", "cat /tmp/console")
         .check("marks", "cat /tmp/marks")
         .check("qemu-stderr", "cat /tmp/qemu.err");
+    let run = BoxRun::new(script.build())
+        .arch(Arch::Aarch64)
+        .file(BoxFile::new(&kernel, "/l2/Image"))
+        .file(BoxFile::new(&rootfs, "/l2/rootfs.img"));
     let run = BoxRun {
         memory_mib: 3072,
-        ..BoxRun::new(script.build())
-            .arch(Arch::Aarch64)
-            .file(BoxFile::with_libs(&qemu, "/usr/bin/qemu-system-aarch64"))
-            .file(BoxFile::new(&kernel, "/l2/Image"))
-            .file(BoxFile::new(&rootfs, "/l2/rootfs.img"))
+        ..kvm_box::sysroot_qemu(&sysroot)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .fold(run, BoxRun::file)
     };
     let out = kvm_box::run(&common::cache(), &run).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(

@@ -23,9 +23,9 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::cursor::Cursor;
+use super::kick::Kick;
 use super::{BackendWork, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemory;
 
@@ -96,9 +96,8 @@ pub struct Console {
     control_rx: Cursor,
     /// Position in the port's receiveq, whose buffers are only ever seen.
     port_rx: Cursor,
-    /// Readable while messages were queued outside `process_backend`.
-    kick: EventFd,
-    kicked: bool,
+    /// Raised while messages were queued outside `process_backend`.
+    kick: Kick,
 }
 
 impl Console {
@@ -107,7 +106,7 @@ impl Console {
         if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains('\0') {
             return Err(Error::Name(name.to_owned()));
         }
-        let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Eventfd)?;
+        let kick = Kick::new().map_err(Error::Eventfd)?;
         let mut config = [0u8; 12];
         // cols (le16) and rows (le16) stay 0: no console size; then max_nr_ports (le32), and
         // emerg_wr (le32), which is 0 without VIRTIO_CONSOLE_F_EMERG_WRITE.
@@ -120,7 +119,6 @@ impl Console {
             control_rx: Cursor::default(),
             port_rx: Cursor::default(),
             kick,
-            kicked: false,
         })
     }
 
@@ -299,8 +297,8 @@ impl VirtioDevice for Console {
             CONTROL_TX => {
                 let used = super::serve_available(self, index, queue, mem)?;
                 // The answers go into the control receiveq: the device thread comes back.
-                if !self.pending.is_empty() && !self.kicked {
-                    self.kicked = self.kick.write(1).is_ok();
+                if !self.pending.is_empty() {
+                    self.kick.raise();
                 }
                 Ok(used)
             }
@@ -312,8 +310,7 @@ impl VirtioDevice for Console {
         self.pending.clear();
         self.control_rx.reset();
         self.port_rx.reset();
-        let _ = self.kick.read();
-        self.kicked = false;
+        self.kick.clear();
     }
 
     fn backend_fd(&self) -> Option<RawFd> {
@@ -326,18 +323,12 @@ impl VirtioDevice for Console {
         queues: &mut [Queue],
         mem: &GuestMemory,
     ) -> Result<BackendWork, virtio_queue::Error> {
-        if self.kicked {
-            let _ = self.kick.read();
-            self.kicked = false;
-        }
+        self.kick.clear();
         let Some(queue) = queues.get_mut(CONTROL_RX) else {
             return Ok(BackendWork::default());
         };
         let (used, starved) = self.deliver(queue, mem)?;
-        Ok(BackendWork {
-            used: if used { 1 << CONTROL_RX } else { 0 },
-            starved: starved.then_some(CONTROL_RX),
-        })
+        Ok(BackendWork::on_queue(CONTROL_RX, used, starved))
     }
 }
 
@@ -354,6 +345,7 @@ mod tests {
     use virtio_bindings::virtio_mmio::*;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
     use crate::devices::bus::BusDevice;

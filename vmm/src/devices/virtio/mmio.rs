@@ -803,6 +803,17 @@ mod tests {
         wr(t, VIRTIO_MMIO_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
     }
 
+    /// [`negotiate`], [`setup_queue0`], then DRIVER_OK.
+    fn bring_up(t: &mut MmioTransport) {
+        negotiate(t, VIRTIO_F_VERSION_1);
+        setup_queue0(t);
+        wr(
+            t,
+            VIRTIO_MMIO_STATUS,
+            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+        );
+    }
+
     fn setup_queue0(t: &mut MmioTransport) {
         wr(t, VIRTIO_MMIO_QUEUE_SEL, 0);
         wr(t, VIRTIO_MMIO_QUEUE_NUM, 16);
@@ -929,13 +940,7 @@ mod tests {
     fn a_transport_served_on_the_vcpu_serves_within_the_notify_write() {
         let mut f = fixture();
         f.t = f.t.serve_on_vcpu();
-        negotiate(&mut f.t, VIRTIO_F_VERSION_1);
-        setup_queue0(&mut f.t);
-        wr(
-            &mut f.t,
-            VIRTIO_MMIO_STATUS,
-            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
-        );
+        bring_up(&mut f.t);
         assert!(f.t.is_active());
         assert!(f.regs.0.lock().unwrap().is_empty(), "no ioeventfd attached");
         // DRIVER_OK served what was queued before it; each notification is served at once.
@@ -956,13 +961,7 @@ mod tests {
     #[test]
     fn driver_ok_attaches_notifications_and_reset_detaches() {
         let mut f = fixture();
-        negotiate(&mut f.t, VIRTIO_F_VERSION_1);
-        setup_queue0(&mut f.t);
-        wr(
-            &mut f.t,
-            VIRTIO_MMIO_STATUS,
-            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
-        );
+        bring_up(&mut f.t);
         assert!(f.t.is_active());
         let notify = BASE + 0x50;
         assert_eq!(
@@ -1032,13 +1031,7 @@ mod tests {
             VIRTIO_MMIO_INT_CONFIG
         );
         // A reset recovers.
-        negotiate(&mut f.t, VIRTIO_F_VERSION_1);
-        setup_queue0(&mut f.t);
-        wr(
-            &mut f.t,
-            VIRTIO_MMIO_STATUS,
-            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
-        );
+        bring_up(&mut f.t);
         assert!(f.t.is_active());
         assert_eq!(
             rd(&mut f.t, VIRTIO_MMIO_STATUS),
@@ -1311,13 +1304,7 @@ mod tests {
     #[test]
     fn a_queue_not_ready_is_left_alone() {
         let mut f = fixture();
-        negotiate(&mut f.t, VIRTIO_F_VERSION_1);
-        setup_queue0(&mut f.t);
-        wr(
-            &mut f.t,
-            VIRTIO_MMIO_STATUS,
-            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
-        );
+        bring_up(&mut f.t);
         // Queue 1 was never set up: a notification for it neither breaks the device nor
         // touches guest memory at the queue's default (zero) addresses.
         assert!(!f.t.process_queue(1));

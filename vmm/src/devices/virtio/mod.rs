@@ -12,6 +12,7 @@ pub mod console;
 pub mod cursor;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod harness;
+pub mod kick;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -166,6 +167,17 @@ pub struct BackendWork {
     /// watching the backend until the driver's next notification (the backend descriptor
     /// would stay readable and spin).
     pub starved: Option<usize>,
+}
+
+impl BackendWork {
+    /// The work of a pass that fills queue `queue` alone: whether it used buffers of it, and
+    /// whether it was left with data and no buffers.
+    pub fn on_queue(queue: usize, used: bool, starved: bool) -> BackendWork {
+        BackendWork {
+            used: if used { 1 << queue } else { 0 },
+            starved: starved.then_some(queue),
+        }
+    }
 }
 
 /// Ties a queue's eventfd to guest writes of the queue's index to `addr` (KVM ioeventfd).

@@ -39,7 +39,6 @@ use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use self::connection::{ConnKey, Connection, State};
@@ -47,6 +46,7 @@ use self::host::{Connector, DeviceSide, HostSide};
 use self::packet::{ChainBuffers, Header, Op, HEADER_SIZE, MAX_PAYLOAD, TYPE_STREAM};
 use self::unix::Handshake;
 use super::cursor::Cursor;
+use super::kick::Kick;
 use super::{BackendWork, VirtioDevice, VirtioState, RING_FEATURES, VIRTIO_F_VERSION_1};
 use crate::devices::persist::RestoreError;
 use crate::memory::GuestMemory;
@@ -137,8 +137,7 @@ pub struct Vsock {
     _host: Option<HostSide>,
     epoll: Epoll,
     /// Signalled when packets for the guest were queued outside `process_backend`.
-    kick: EventFd,
-    kicked: bool,
+    kick: Kick,
     timer: TimerFd,
     timer_armed: bool,
     config: [u8; 8],
@@ -167,7 +166,7 @@ impl Vsock {
     pub fn given(device: DeviceSide) -> Result<Vsock, Error> {
         let setup = |what| move |source| Error::Setup { what, source };
         let epoll = Epoll::new().map_err(setup("epoll set"))?;
-        let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?;
+        let kick = Kick::new().map_err(setup("eventfd"))?;
         let timer = TimerFd::new()
             .map_err(io::Error::from)
             .map_err(setup("timer"))?;
@@ -190,7 +189,6 @@ impl Vsock {
             _host: None,
             epoll,
             kick,
-            kicked: false,
             timer,
             timer_armed: false,
             config: u64::from(GUEST_CID).to_le_bytes(),
@@ -212,8 +210,8 @@ impl Vsock {
     /// Makes the epoll set readable, so that the device thread comes back for work queued
     /// outside `process_backend`.
     fn kick(&mut self) {
-        if !self.kicked && self.has_rx_work() {
-            self.kicked = self.kick.write(1).is_ok();
+        if self.has_rx_work() {
+            self.kick.raise();
         }
     }
 
@@ -797,8 +795,7 @@ impl VirtioDevice for Vsock {
         self.control.clear();
         self.rx_pending.clear();
         self.rx_cursor.reset();
-        let _ = self.kick.read();
-        self.kicked = false;
+        self.kick.clear();
         if self.timer_armed {
             self.timer_armed = self.timer.clear().is_err();
         }
@@ -813,18 +810,12 @@ impl VirtioDevice for Vsock {
         queues: &mut [Queue],
         mem: &GuestMemory,
     ) -> Result<BackendWork, virtio_queue::Error> {
-        if self.kicked {
-            let _ = self.kick.read();
-            self.kicked = false;
-        }
+        self.kick.clear();
         self.poll_events();
         let Some(rx) = queues.get_mut(RX_QUEUE) else {
             return Ok(BackendWork::default());
         };
         let (used, starved) = self.fill_rx(rx, mem)?;
-        Ok(BackendWork {
-            used: if used { 1 << RX_QUEUE } else { 0 },
-            starved: starved.then_some(RX_QUEUE),
-        })
+        Ok(BackendWork::on_queue(RX_QUEUE, used, starved))
     }
 }
