@@ -142,9 +142,13 @@ pub fn sysroot_qemu(sysroot: &Sysroot) -> Result<Vec<BoxFile>, BoxError> {
     ])
 }
 
-/// The file of `sysroot` at `guest`, which `package` brings.
+/// The file (or the folder, as it is) of `sysroot` at `guest`, which `package` brings.
 fn in_sysroot(sysroot: &Sysroot, guest: &str, package: &str) -> Result<PathBuf, BoxError> {
-    sysroot.resolve(guest).ok_or_else(|| BoxError::BadFile {
+    let folder = sysroot.path().join(guest.trim_start_matches('/'));
+    let found = sysroot
+        .resolve(guest)
+        .or_else(|| folder.is_dir().then_some(folder));
+    found.ok_or_else(|| BoxError::BadFile {
         guest: guest.to_string(),
         reason: format!(
             "not in the sysroot {} (its package: {package})",
