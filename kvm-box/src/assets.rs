@@ -182,7 +182,7 @@ fn busybox_applets(binary: &[u8]) -> Option<Vec<String>> {
 }
 
 /// `root/key`, made by `fill` (given an empty staging directory) if not there yet.
-fn cached(
+pub(crate) fn cached(
     root: &Path,
     key: &str,
     fill: impl FnOnce(&Path) -> Result<(), BoxError>,

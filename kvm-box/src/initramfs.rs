@@ -12,7 +12,7 @@ use crate::assets::Assets;
 use crate::cpio::CpioWriter;
 use crate::platform::Platform;
 use crate::sysroot::Sysroot;
-use crate::{host, BoxError, BoxFile};
+use crate::{holder, host, BoxError, BoxFile};
 
 /// Where the box's own files live in L1; callers may not put files there.
 pub(crate) const BOX_DIR: &str = "/kvm-box";
@@ -39,12 +39,13 @@ pub(crate) struct Tree {
 }
 
 impl Tree {
-    /// The fixed part of every box: busybox and its applets, modules, `/init`, mount points.
-    /// `modules`: `(name, file)` in load order.
+    /// The fixed part of every box: busybox and its applets, modules, the VM holder if the
+    /// platform has one, `/init`, mount points. `modules`: `(name, file)` in load order.
     pub(crate) fn base(
         assets: &Assets,
         platform: &Platform,
         modules: &[(String, PathBuf)],
+        holder: Option<&Path>,
         script: &str,
     ) -> Result<Self, BoxError> {
         let mut tree = Tree::default();
@@ -71,8 +72,12 @@ impl Tree {
         for (name, path) in modules {
             tree.host_file(&format!("{BOX_DIR}/modules/{name}.ko"), path, 0o644)?;
         }
+        if let Some(holder) = holder {
+            tree.host_file(&format!("{BOX_DIR}/{}", holder::NAME), holder, 0o755)?;
+        }
         let names: Vec<&str> = modules.iter().map(|(name, _)| name.as_str()).collect();
-        tree.bytes("/init", init_script(platform, &names).into_bytes(), 0o755);
+        let init = init_script(platform, &names, holder.is_some());
+        tree.bytes("/init", init.into_bytes(), 0o755);
         tree.bytes(SCRIPT_PATH, script.as_bytes().to_vec(), 0o755);
         tree.bytes(
             "/etc/passwd",
@@ -316,10 +321,25 @@ fn parse_ldd(out: &str) -> Result<Vec<PathBuf>, Vec<String>> {
 /// driver has talked to QEMU, shortly after the module loaded).
 const OUTPUT_WAIT_CENTISECONDS: u32 = 500;
 
+/// How long `/init` waits for the VM holder to hold its VM (it takes milliseconds).
+const HOLDER_WAIT_CENTISECONDS: u32 = 500;
+
 /// PID 1 of L1 (busybox sh).
-fn init_script(platform: &Platform, modules: &[&str]) -> String {
+fn init_script(platform: &Platform, modules: &[&str], holds_a_vm: bool) -> String {
     let console = platform.console_tty;
     let output = platform.output_tty;
+    // Started before the script and waited for, killed with what the script leaves (`holder`).
+    let hold = if holds_a_vm {
+        let name = holder::NAME;
+        format!(
+            r#"{BOX_DIR}/{name} /run/{name}.ready &
+i=0
+while [ ! -e /run/{name}.ready ] && [ $i -lt {HOLDER_WAIT_CENTISECONDS} ]; do sleep 0.01; i=$((i + 1)); done
+[ -e /run/{name}.ready ] || echo "kvm-box: {name} holds no VM: L1 may patch its text under the script's VMs""#
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"#!/bin/sh
 # kvm-box /init: mount, load KVM, run the script on {output}, report its status, power off.
@@ -352,6 +372,7 @@ if [ ! -c /dev/kvm ]; then
     echo "{MARK_NO_KVM}"
     exec poweroff -f
 fi
+{hold}
 i=0
 while [ ! -c {output} ] && [ $i -lt {OUTPUT_WAIT_CENTISECONDS} ]; do sleep 0.01; i=$((i + 1)); done
 if [ ! -c {output} ]; then

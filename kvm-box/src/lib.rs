@@ -26,6 +26,7 @@ mod assets;
 mod cpio;
 mod elf;
 mod error;
+mod holder;
 mod host;
 mod initramfs;
 mod jobs;
@@ -288,7 +289,14 @@ pub fn run_streaming(
     } else {
         None
     };
-    let mut tree = Tree::base(&assets, platform, &load_order, &run.script)?;
+    let holder = holder::ensure(cache_dir, platform)?;
+    let mut tree = Tree::base(
+        &assets,
+        platform,
+        &load_order,
+        holder.as_deref(),
+        &run.script,
+    )?;
     for file in &run.files {
         tree.add(file, sysroot.as_ref())?;
     }

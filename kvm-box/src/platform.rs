@@ -38,6 +38,9 @@ pub(crate) struct Platform {
     pub modules: &'static [&'static str],
     /// Debian's multiarch directory name: `/lib/<multiarch>` holds the libraries.
     pub multiarch: &'static str,
+    /// Whether `/init` keeps one VM open for the whole run, so that L1 never patches its text
+    /// between the script's VMs (`holder`: TCG can loop for good on an x86-64 text patch).
+    pub holds_a_vm: bool,
 }
 
 /// `quiet` keeps the kernel's console short; `panic=-1` with `-no-reboot` ends QEMU on a panic.
@@ -58,6 +61,7 @@ pub(crate) static X86_64: Platform = Platform {
     // It pulls in kvm and irqbypass.
     modules: &["kvm_amd"],
     multiarch: "x86_64-linux-gnu",
+    holds_a_vm: true,
 };
 
 pub(crate) static AARCH64: Platform = Platform {
@@ -84,6 +88,7 @@ pub(crate) static AARCH64: Platform = Platform {
     kernel_metapackage: "linux-image-cloud-arm64",
     modules: &["kvm", "virtio_mmio", "virtio_console"],
     multiarch: "aarch64-linux-gnu",
+    holds_a_vm: false,
 };
 
 impl Platform {

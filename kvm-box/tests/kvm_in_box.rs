@@ -1,5 +1,6 @@
 //! The box gives a working /dev/kvm with nested paging, and its harness behaves: statuses
-//! and bytes pass through, checks are sectioned, extra modules load, a hung box is killed.
+//! and bytes pass through, checks are sectioned, extra modules load, one VM is held all along
+//! (so that L1 never patches its text under a script's VMs), a hung box is killed.
 
 mod common;
 
@@ -16,7 +17,11 @@ fn dev_kvm_exists_with_nested_paging() {
         .check("fails", "echo oops >&2; exit 3")
         .check_with_timeout("hangs", Duration::from_secs(1), "sleep 30")
         .check("after-hang", "echo still here")
-        .check("vhost-vsock", "test -c /dev/vhost-vsock");
+        .check("vhost-vsock", "test -c /dev/vhost-vsock")
+        .check(
+            "held-vms",
+            "for fd in /proc/[0-9]*/fd/*; do readlink $fd; done | grep -c '^anon_inode:kvm-vm$'",
+        );
     let run = BoxRun {
         modules: vec!["vhost_vsock".into()],
         ..BoxRun::new(script.build())
@@ -48,6 +53,12 @@ fn dev_kvm_exists_with_nested_paging() {
     assert!(
         checks["vhost-vsock"].passed(),
         "an extra module loads with its dependencies:\n{}",
+        out.console
+    );
+    assert_eq!(
+        checks["held-vms"].output,
+        "1\n",
+        "the box's VM holder holds one VM before the script starts:\n{}",
         out.console
     );
     assert_eq!(out.script_status, 0);

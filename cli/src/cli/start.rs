@@ -7,8 +7,6 @@ use sandbox::activation::Identity;
 use sandbox::agent::{Handshake, TemplatePoint};
 use sandbox::booted::BOOT_TIMEOUT;
 use sandbox::console::HostConsole;
-use vmm::backend::qemu::Accel;
-use vmm::backend::Backend;
 use vmm::runtime;
 use vmm::vm::{RunReport, StopSignal, VmExit};
 
@@ -50,18 +48,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     let dir = runtime::scratch_dir("start")?;
     let socket = dir.path().join("agent.sock");
     config.agent_socket = Some(socket.clone());
-    // Under KVM the REPL boots cold: in the KVM box, a restored `start` froze the whole box
-    // now and then (docs/architecture.md, "Snapshots"), where restored `run`s did not. `run`,
-    // `exec` and `serve` restore under KVM too.
-    if matches!(
-        backend,
-        Backend::Qemu {
-            accel: Accel::Tcg,
-            ..
-        }
-    ) {
-        args.vm.restore_or_boot(&backend, &mut config)?;
-    }
+    args.vm.restore_or_boot(&backend, &mut config)?;
     let point = TemplatePoint::of(&config.start, &mut console)?;
     let identity = Identity::of(&config);
     let handshake = Handshake::spawn(&socket, point, identity, BOOT_TIMEOUT, stop.clone())?;
