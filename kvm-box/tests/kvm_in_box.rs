@@ -56,8 +56,7 @@ fn dev_kvm_exists_with_nested_paging() {
         out.console
     );
     assert_eq!(
-        checks["held-vms"].output,
-        "1\n",
+        checks["held-vms"].output, "1\n",
         "the box's VM holder holds one VM before the script starts:\n{}",
         out.console
     );
