@@ -1,5 +1,6 @@
 //! `nodeos-vm serve` in the KVM box: our VMM (`--backend kvm`) against QEMU microvm with KVM
-//! (`--backend qemu`), one serve of each in one box run, rounds interleaved. Per round: a
+//! (`--backend qemu`), and our VMM with instances booted cold (`--no-snapshot`: how serve started
+//! instances before template snapshots), one serve of each in one box run, rounds interleaved. Per round: a
 //! deploy (its package packed, an instance restored from the template and the app loaded:
 //! ready to answer), a warm call, and a cold call (the instance stopped at its 1 s idle limit,
 //! the call restores one: `x-cold-start: 1`). Templates are made before timing. Times are
@@ -12,7 +13,12 @@ use std::time::Duration;
 use kvm_box::{BoxFile, BoxRun, Script, HTTP_CLIENT};
 use nodeos_vm_benches::{artifacts, count_arg, nodeos_vm_bin, npm_pack, side_by_side_box, stats};
 
-const BACKENDS: [(&str, u16); 2] = [("kvm", 8090), ("qemu", 8092)];
+/// Each serve: its name, its backend and options, its admin port (the apps' port is the next).
+const SERVES: [(&str, &str, u16); 3] = [
+    ("kvm", "--backend kvm", 8090),
+    ("qemu", "--backend qemu", 8092),
+    ("kvm-cold", "--backend kvm --no-snapshot", 8094),
+];
 const APP: &str = "/nodeos/bench-app.tgz";
 const HANDLER: &str = "exports.handler = async (event) => ({ n: event.n + 1 });\n";
 
@@ -32,11 +38,11 @@ fn main() {
     std::fs::write(&app, npm_pack(dir.path())).unwrap();
 
     let mut script = Script::new();
-    // One serve per backend, on ports of its own; its token and helpers for the checks.
-    for (backend, port) in BACKENDS {
+    // One serve each, on ports of its own; its token and helpers for the checks.
+    for (backend, options, port) in SERVES {
         script.setup(&format!(
             "D=/tmp/{backend}; mkdir -p $D/run
-XDG_RUNTIME_DIR=$D/run NODEOS_VM_DATA=$D/data /nodeos/nodeos-vm serve --backend {backend} \
+XDG_RUNTIME_DIR=$D/run NODEOS_VM_DATA=$D/data /nodeos/nodeos-vm serve {options} \
   --listen 127.0.0.1:{port} --kernel /nodeos/vmlinux --rootfs /nodeos/rootfs.img >$D/url 2>$D/err &
 i=0; until grep -q '^apps: ' $D/url 2>/dev/null; do i=$((i+1)); [ $i -lt 600 ] || break; sleep 0.1; done"
         ));
@@ -45,7 +51,7 @@ i=0; until grep -q '^apps: ' $D/url 2>/dev/null; do i=$((i+1)); [ $i -lt 600 ] |
         "cat >/tmp/bench.sh <<'EOF'\n{HTTP_CLIENT}\nprintf '{{\"n\": 41}}' >/tmp/event\nEOF"
     ));
     let long = Duration::from_secs(600);
-    for (backend, port) in BACKENDS {
+    for (backend, _, port) in SERVES {
         // The template of the apps' VMs, made by a first deploy, and a first cold start.
         script.check_with_timeout(
             &format!("{backend}.warmup"),
@@ -54,7 +60,7 @@ i=0; until grep -q '^apps: ' $D/url 2>/dev/null; do i=$((i+1)); [ $i -lt 600 ] |
         );
     }
     for i in 0..runs {
-        for (backend, port) in BACKENDS {
+        for (backend, _, port) in SERVES {
             let app = format!("bench{i}");
             let calls = port + 1;
             script.check_with_timeout(
@@ -101,12 +107,13 @@ i=0; until grep -q '^apps: ' $D/url 2>/dev/null; do i=$((i+1)); [ $i -lt 600 ] |
     let checks = result.checks();
 
     println!(
-        "## In the KVM box (L1: 2 vCPUs): `nodeos-vm serve`, ours vs QEMU microvm, {runs} rounds\n"
+        "## In the KVM box (L1: 2 vCPUs): `nodeos-vm serve`, ours vs QEMU microvm vs ours booting \
+         instances cold, {runs} rounds\n"
     );
-    println!("| backend | deploy → ready | warm call | cold call (instance restored) |");
+    println!("| serve | deploy → ready | warm call | cold call (an instance started) |");
     println!("|---|---|---|---|");
     let mut medians = Vec::new();
-    for (backend, _) in BACKENDS {
+    for (backend, _, _) in SERVES {
         let times = |what: &str, answer: Option<&str>| -> Vec<f64> {
             (0..runs)
                 .filter_map(|i| checks.get(&format!("{backend}.{what}.{i}")))
@@ -126,10 +133,14 @@ i=0; until grep -q '^apps: ' $D/url 2>/dev/null; do i=$((i+1)); [ $i -lt 600 ] |
         println!("| {backend} | {deploy} | {warm} | {cold} |");
         medians.push((deploy.median, cold.median));
     }
+    let [ours, qemu, ours_cold] = [medians[0], medians[1], medians[2]];
     println!(
-        "\nratio ours/QEMU: deploy {:.2}, cold call {:.2} (medians; L1's clock, 10 ms steps)",
-        medians[0].0 / medians[1].0,
-        medians[0].1 / medians[1].1
+        "\nratio ours/QEMU: deploy {:.2}, cold call {:.2}; ours restored / ours booted cold: \
+         deploy {:.2}, cold call {:.2} (medians; L1's clock, 10 ms steps)",
+        ours.0 / qemu.0,
+        ours.1 / qemu.1,
+        ours.0 / ours_cold.0,
+        ours.1 / ours_cold.1
     );
     println!(
         "(L1 boot {:?}, whole box run {:?})",
