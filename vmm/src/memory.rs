@@ -350,15 +350,18 @@ pub fn open_smaps() -> Option<std::fs::File> {
 }
 
 /// What this process holds in RAM besides the guest's own memory: the VMM's overhead, in
-/// KiB, from [`SMAPS`] (the resident size of every mapping but guest RAM's). `smaps` may have
-/// been opened long before (its text is made as it is read), so that a thread whose seccomp
-/// filter allows no `open` can read it: only read(2) is used.
+/// KiB, from [`SMAPS`] (the resident size of every mapping outside guest RAM's ranges: a
+/// restored VM's RAM is many mappings, the snapshot file's around its data and anonymous memory
+/// over its holes). `smaps` may have been opened long before (its text is made as it is read),
+/// so that a thread whose seccomp filter allows no `open` can read it: only read(2) is used.
 pub fn vmm_overhead_kib(mem: &GuestMemory, mut smaps: impl std::io::Read) -> Option<u64> {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-    let guest: Vec<u64> = mem
+    let guest: Vec<std::ops::Range<u64>> = mem
         .iter()
-        .filter_map(|r| r.get_host_address(vm_memory::MemoryRegionAddress(0)).ok())
-        .map(|p| p as u64)
+        .filter_map(|r| {
+            let start = r.get_host_address(vm_memory::MemoryRegionAddress(0)).ok()? as u64;
+            Some(start..start + r.len())
+        })
         .collect();
     let mut text = Vec::new();
     let mut chunk = vec![0; 64 << 10];
@@ -373,7 +376,8 @@ pub fn vmm_overhead_kib(mem: &GuestMemory, mut smaps: impl std::io::Read) -> Opt
     Some(overhead_from_smaps(&String::from_utf8_lossy(&text), &guest))
 }
 
-fn overhead_from_smaps(smaps: &str, guest_starts: &[u64]) -> u64 {
+/// The `Rss` of every mapping of `smaps` that starts outside `guest` (host address ranges).
+fn overhead_from_smaps(smaps: &str, guest: &[std::ops::Range<u64>]) -> u64 {
     let mut total = 0;
     let mut in_guest = false;
     for line in smaps.lines() {
@@ -390,7 +394,7 @@ fn overhead_from_smaps(smaps: &str, guest_starts: &[u64]) -> u64 {
         } else if let Some((range, _)) = line.split_once(' ') {
             if let Some((start, _)) = range.split_once('-') {
                 if let Ok(start) = u64::from_str_radix(start, 16) {
-                    in_guest = guest_starts.contains(&start);
+                    in_guest = guest.iter().any(|r| r.contains(&start));
                 }
             }
         }
@@ -408,8 +412,24 @@ mod tests {
         let smaps = "7f00-7f10 rw-p 00000000 00:00 0\nSize: 64 kB\nRss: 40 kB\n\
                      7e00-7e80 rw-p 00000000 00:00 0\nRss: 500 kB\nLocked: 0 kB\n\
                      5500-5510 r-xp 00000000 08:01 12 /usr/bin/nodeos-vm\nRss: 12 kB\n";
-        assert_eq!(overhead_from_smaps(smaps, &[0x7e00]), 52);
+        // Guest RAM in two regions (below and above a gap), as x86-64's larger guests have.
+        assert_eq!(
+            overhead_from_smaps(smaps, &[0x7e00..0x7e80, 0x9000..0x9800]),
+            52
+        );
         assert_eq!(overhead_from_smaps(smaps, &[]), 552);
+    }
+
+    /// A restored VM's RAM is several mappings (the snapshot's data, anonymous holes): all of
+    /// them are guest RAM, none the VMM's overhead.
+    #[test]
+    fn overhead_leaves_out_every_mapping_of_guest_ram() {
+        let smaps = "7e00-7e40 rw-p 00000000 00:05 7 /templates/a.snap\nRss: 300 kB\n\
+                     7e40-7e60 rw-p 00000000 00:00 0\nRss: 100 kB\n\
+                     7e60-7e80 rw-p 00060000 00:05 7 /templates/a.snap\nRss: 100 kB\n\
+                     7e80-7e90 rw-p 00000000 00:00 0\nRss: 64 kB\n";
+        let ram = 0x7e00..0x7e80;
+        assert_eq!(overhead_from_smaps(smaps, std::slice::from_ref(&ram)), 64);
     }
 
     #[test]
