@@ -1,10 +1,10 @@
 //! `nodeos-vm serve` in the KVM box: our VMM (`--backend kvm`) against QEMU microvm with KVM
-//! (`--backend qemu`), and our VMM with instances booted cold (`--no-snapshot`: how serve started
-//! instances before template snapshots), one serve of each in one box run, rounds interleaved. Per round: a
-//! deploy (its package packed, an instance restored from the template and the app loaded:
-//! ready to answer), a warm call, and a cold call (the instance stopped at its 1 s idle limit,
-//! the call restores one: `x-cold-start: 1`). Templates are made before timing. Times are
-//! L1's (emulated); the ratio is what counts.
+//! (`--backend qemu`), and our VMM with instances booted cold (`--no-snapshot`: how serve
+//! started instances before template snapshots), one serve of each in one box run, rounds
+//! interleaved. Per round: a deploy (its package packed, an instance started and the app
+//! loaded: ready to answer), a warm call, and a cold call (the instance stopped at its 1 s idle
+//! limit, the call starts one: `x-cold-start: 1`). Templates are made before timing. Times are
+//! L1's (emulated); the ratios are what count.
 //!
 //! cargo build --release && ./target/release/serve_box [RUNS]
 
