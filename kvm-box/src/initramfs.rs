@@ -317,12 +317,10 @@ fn parse_ldd(out: &str) -> Result<Vec<PathBuf>, Vec<String>> {
     }
 }
 
-/// How long `/init` waits for the output device to appear (a virtio console appears when its
-/// driver has talked to QEMU, shortly after the module loaded).
-const OUTPUT_WAIT_CENTISECONDS: u32 = 500;
-
-/// How long `/init` waits for the VM holder to hold its VM (it takes milliseconds).
-const HOLDER_WAIT_CENTISECONDS: u32 = 500;
+/// How long `/init` waits for what it starts to be there (`wait_for`): the output device (a
+/// virtio console appears when its driver has talked to QEMU, shortly after the module
+/// loaded), the VM holder's VM (it takes milliseconds).
+const WAIT_CENTISECONDS: u32 = 500;
 
 /// PID 1 of L1 (busybox sh).
 fn init_script(platform: &Platform, modules: &[&str], holds_a_vm: bool) -> String {
@@ -333,9 +331,8 @@ fn init_script(platform: &Platform, modules: &[&str], holds_a_vm: bool) -> Strin
         let name = holder::NAME;
         format!(
             r#"{BOX_DIR}/{name} /run/{name}.ready &
-i=0
-while [ ! -e /run/{name}.ready ] && [ $i -lt {HOLDER_WAIT_CENTISECONDS} ]; do sleep 0.01; i=$((i + 1)); done
-[ -e /run/{name}.ready ] || echo "kvm-box: {name} holds no VM: L1 may patch its text under the script's VMs""#
+wait_for -e /run/{name}.ready ||
+    echo "kvm-box: {name} holds no VM: L1 may patch its text under the script's VMs""#
         )
     } else {
         String::new()
@@ -364,6 +361,12 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 ip link set lo up 2>/dev/null
+# wait_for TEST PATH: until `test TEST PATH` holds, or {WAIT_CENTISECONDS} centiseconds.
+wait_for() {{
+    i=0
+    while ! test "$1" "$2" && [ $i -lt {WAIT_CENTISECONDS} ]; do sleep 0.01; i=$((i + 1)); done
+    test "$1" "$2"
+}}
 for m in {modules}; do
     insmod {BOX_DIR}/modules/$m.ko || echo "kvm-box: insmod $m failed"
 done
@@ -373,9 +376,7 @@ if [ ! -c /dev/kvm ]; then
     exec poweroff -f
 fi
 {hold}
-i=0
-while [ ! -c {output} ] && [ $i -lt {OUTPUT_WAIT_CENTISECONDS} ]; do sleep 0.01; i=$((i + 1)); done
-if [ ! -c {output} ]; then
+if ! wait_for -c {output}; then
     echo "kvm-box: no {output} for the script's output"
     exec poweroff -f
 fi

@@ -90,6 +90,18 @@ impl Vmm<Built> {
             })?,
         ));
         let marks_index = devices.len() - 1;
+        // Checked before any interrupt is registered for them.
+        let needed = VIRTIO_SPI_BASE as usize + devices.len();
+        if needed > gic::MAX_SPI as usize {
+            return Err(Error::Device {
+                what: "virtio interrupts",
+                source: std::io::Error::other(format!(
+                    "{} devices need {needed} SPIs, more than the GIC's {}",
+                    devices.len(),
+                    gic::MAX_SPI
+                )),
+            });
+        }
         let (transports, slots) =
             attach_virtio(&vm, &mem, &mut mmio, devices, VIRTIO_SPI_BASE, |i, args| {
                 let transport =
@@ -103,16 +115,6 @@ impl Vmm<Built> {
                     transport
                 })
             })?;
-        if slots.last().is_some_and(|s| s.irq >= gic::MAX_SPI) {
-            return Err(Error::Device {
-                what: "virtio interrupts",
-                source: std::io::Error::other(format!(
-                    "{} devices need more than the GIC's {} SPIs",
-                    slots.len(),
-                    gic::MAX_SPI
-                )),
-            });
-        }
 
         let cmdline = cmdline::assemble(&spec.cmdline, &[])?;
         tracing::debug!("kernel command line: {cmdline:?}");
