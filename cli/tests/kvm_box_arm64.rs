@@ -4,8 +4,8 @@
 //! `start` case (tests/common/cases.rs), `run` cases (volumes, users and `--net` among them:
 //! Debian's arm64 e2fsprogs, passt and iproute2 packed from the box's sysroot) and a `serve`
 //! app run there, and a REPL on QEMU's `virt` with `-accel kvm` (the QEMU backend on an arm64 host:
-//! Debian's arm64 QEMU, from the box's arm64 sysroot); one box run serves all the tests of this
-//! file.
+//! Debian's arm64 QEMU, from the box's arm64 sysroot), booted cold and restored from its template;
+//! one box run serves all the tests of this file.
 
 #[macro_use]
 mod common;
@@ -40,6 +40,20 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             &format!(
                 "printf 'console.log(6 * 7, process.arch)\\n' | {NODEOS_VM} start --backend qemu \
                  --no-snapshot --kernel {KERNEL} --rootfs {ROOTFS} 2>&1"
+            ),
+        );
+        // The first makes QEMU's template (our VMM boots cold on arm64), then each restores.
+        let qemu_run = format!(
+            "RUST_LOG=sandbox=info {NODEOS_VM} run --backend qemu --kernel {KERNEL} \
+             --rootfs {ROOTFS} -- node -e 'console.log(require(\"crypto\").randomUUID())' 2>&1"
+        );
+        script.check_with_timeout(
+            "qemu_kvm_restored",
+            Duration::from_secs(240),
+            &format!(
+                "printf 'console.log(6 * 7, process.arch)\\n' | RUST_LOG=sandbox=info {NODEOS_VM} \
+                 start --backend qemu --kernel {KERNEL} --rootfs {ROOTFS} 2>&1 && {qemu_run} && \
+                 {qemu_run}"
             ),
         );
         for case in cases::CASES {
@@ -236,6 +250,23 @@ fn qemu_runs_the_guest_on_arm64_kvm() {
     let c = check("qemu_kvm");
     assert_eq!(c.status, Some(0), "{}", c.output);
     assert!(c.output.contains("42 arm64"), "{}", c.output);
+}
+
+/// QEMU's snapshots on arm64 KVM: its template made once, `start` and `run` restored from it,
+/// and two restored VMs' random UUIDs differ.
+#[test]
+fn qemu_restores_the_guest_on_arm64_kvm() {
+    let c = check("qemu_kvm_restored");
+    assert_eq!(c.status, Some(0), "{}", c.output);
+    assert!(c.output.contains("42 arm64"), "{}", c.output);
+    assert_eq!(c.output.matches("restoring ").count(), 3, "{}", c.output);
+    let uuids: Vec<&str> = c
+        .output
+        .lines()
+        .filter(|l| l.len() == 36 && l.matches('-').count() == 4)
+        .collect();
+    assert_eq!(uuids.len(), 2, "{}", c.output);
+    assert_ne!(uuids[0], uuids[1], "{}", c.output);
 }
 
 #[test]

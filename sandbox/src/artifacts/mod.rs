@@ -2,6 +2,7 @@
 //! under a key that hashes every input, and checked before each boot.
 
 mod check;
+mod installed;
 mod progress;
 
 use std::fs::{self, File};
@@ -332,9 +333,10 @@ impl Store {
                 hash_field(&mut hasher, &data);
             }
         }
-        for package in artifact.packages() {
+        let packages = artifact.packages();
+        for (package, version) in packages.iter().zip(installed::versions(packages)) {
             hash_field(&mut hasher, package.as_bytes());
-            hash_field(&mut hasher, installed_version(package).as_bytes());
+            hash_field(&mut hasher, version.as_bytes());
         }
         if artifact == Artifact::Rootfs && self.arch == Arch::host() {
             hash_field(&mut hasher, GUEST_INIT);
@@ -372,18 +374,6 @@ fn list_files(path: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The installed version of a Debian package, or `absent`.
-fn installed_version(package: &str) -> String {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Version}", package])
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_else(|| "absent".into())
 }
 
 fn write_executable(path: &Path, data: &[u8]) -> io::Result<()> {
