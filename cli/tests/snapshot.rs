@@ -187,3 +187,36 @@ fn an_unusable_cache_boots_cold_with_one_line() {
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].contains("the snapshot folder"), "{err}");
 }
+
+/// `doctor` names the templates of the default size (`nodeos-vm build` made them), the one a
+/// default `run` restores from first.
+#[test]
+fn doctor_names_the_template_a_default_run_restores() {
+    // Another backend's templates are not the ones doctor reports (the auto backend's).
+    if common::backend() != "auto" {
+        return;
+    }
+    let (status, _, err) = run_in(None, &[], &["true"]);
+    assert_eq!(status, Some(0), "{err}");
+    let restored = err
+        .lines()
+        .find_map(|l| Some(l.split("restoring ").nth(1)?.trim().to_string()))
+        .unwrap_or_else(|| panic!("not restored: {err}"));
+    let out = std::process::Command::new(common::BIN)
+        .args(["doctor", "--json"])
+        .output()
+        .expect("running nodeos-vm doctor");
+    let doctor: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let templates = doctor["templates"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{doctor}"));
+    assert_eq!(templates.len(), 2, "{doctor}");
+    assert_eq!(templates[0]["path"].as_str(), Some(&*restored), "{doctor}");
+    let shapes: Vec<&str> = templates
+        .iter()
+        .map(|t| t["shape"].as_str().unwrap_or_default())
+        .collect();
+    assert!(shapes[0].starts_with("512 MiB, 1 vCPU, "), "{doctor}");
+    assert!(shapes[1].contains(", with a network, "), "{doctor}");
+    assert!(templates[1]["path"].is_string(), "{doctor}");
+}

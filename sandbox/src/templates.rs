@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::booted::BOOT_TIMEOUT;
 use crate::console::{self, ConsoleTail};
+use contract::arch::Arch;
 use contract::params::Shell;
 use contract::ports::TEMPLATE_READY;
 use vmm::backend::Backend;
@@ -71,7 +72,7 @@ impl Templates {
     /// without snapshots it boots cold, and that is all.
     pub fn restore(&self, backend: &Backend, config: &mut VmConfig) {
         if !backend.snapshots() {
-            tracing::debug!("{} saves no snapshots: booting cold", backend.name());
+            tracing::debug!("{}", none_on(backend));
             return;
         }
         match self.ensure(backend, config, false) {
@@ -86,6 +87,18 @@ impl Templates {
         }
     }
 
+    /// The template of `config`'s VM on `backend` when it is made and reads back whole; none
+    /// is made.
+    pub fn made(&self, backend: &Backend, config: &VmConfig) -> Option<PathBuf> {
+        let (key, identity) = key(backend, config);
+        let path = self.path(&key);
+        readable(&path, &identity).then_some(path)
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.snap"))
+    }
+
     /// The template of `config`'s VM on `backend`, and its identity: made now when missing
     /// or unreadable, or when `remake`.
     pub fn ensure(
@@ -94,9 +107,8 @@ impl Templates {
         config: &VmConfig,
         remake: bool,
     ) -> Result<(PathBuf, String), Error> {
-        let identity = identity(backend, config);
-        let key = hex::encode(&Sha256::digest(identity.as_bytes())[..8]);
-        let path = self.dir.join(format!("{key}.snap"));
+        let (key, identity) = key(backend, config);
+        let path = self.path(&key);
         if !remake && readable(&path, &identity) {
             mark_used(&path);
             return Ok((path, identity));
@@ -298,6 +310,51 @@ fn readable(path: &Path, identity: &str) -> bool {
             false
         }
     }
+}
+
+/// The key a template of `config`'s VM on `backend` is named after, and its identity.
+fn key(backend: &Backend, config: &VmConfig) -> (String, String) {
+    let identity = identity(backend, config);
+    (
+        hex::encode(&Sha256::digest(identity.as_bytes())[..8]),
+        identity,
+    )
+}
+
+/// The VMs of the default size (`memory_mib`, 1 vCPU) whose templates `nodeos-vm build`
+/// makes: without a network and with one.
+pub fn default_shapes(kernel: &Path, rootfs: &Path, arch: Arch, memory_mib: u32) -> [VmConfig; 2] {
+    [None, Some(NetSpec::USER)].map(|net| {
+        let mut config = VmConfig::new(kernel.to_path_buf(), rootfs.to_path_buf(), memory_mib, 1);
+        config.arch = arch;
+        config.net = net;
+        config
+    })
+}
+
+/// Why a VM on `backend` has no template, for people (it saves no snapshots).
+pub fn none_on(backend: &Backend) -> String {
+    format!(
+        "{} saves no snapshots on this host yet: VMs boot cold",
+        backend.name()
+    )
+}
+
+/// What a template of `config` on `backend` is of, for people: "512 MiB, 1 vCPU, with a
+/// network, qemu-tcg".
+pub fn shape(backend: &Backend, config: &VmConfig) -> String {
+    let net = if config.net.is_some() {
+        ", with a network"
+    } else {
+        ""
+    };
+    let cpus = if config.cpus == 1 { "vCPU" } else { "vCPUs" };
+    format!(
+        "{} MiB, {} {cpus}{net}, {}",
+        config.memory_mib,
+        config.cpus,
+        backend.name()
+    )
 }
 
 /// Everything that shapes a template of `config`'s VM on `backend`: the VMM build, the

@@ -3,9 +3,8 @@
 
 use contract::arch::Arch;
 use sandbox::artifacts::{Artifact, Store};
-use sandbox::templates::Templates;
+use sandbox::templates::{self, Templates};
 use sandbox::vm_config;
-use vmm::vm::{NetSpec, VmConfig};
 
 use super::vm_options::{choose_backend, ArchChoice, BackendChoice, JailArgs};
 
@@ -50,26 +49,15 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     if let ([kernel, rootfs], false) = (&built[..], args.no_snapshot) {
         let backend = choose_backend(args.backend, args.arch, &args.jail, true)?;
         if !backend.snapshots() {
-            println!(
-                "snapshot: none ({} saves no snapshots on this host yet: VMs boot cold)",
-                backend.name()
-            );
+            println!("snapshot: none ({})", templates::none_on(&backend));
             return Ok(());
         }
         let templates = Templates::in_cache(store.cache_dir());
         let memory =
             vm_config::memory_mib(vm_config::DEFAULT_MEMORY).map_err(anyhow::Error::msg)?;
-        for net in [None, Some(NetSpec::USER)] {
-            let mut config = VmConfig::new(kernel.clone(), rootfs.clone(), memory, 1);
-            config.arch = arch;
-            let with = if net.is_some() {
-                ", with a network"
-            } else {
-                ""
-            };
-            config.net = net;
+        for config in templates::default_shapes(kernel, rootfs, arch, memory) {
             let (path, _) = templates.ensure(&backend, &config, args.force)?;
-            let shape = format!(" ({memory} MiB, 1 vCPU{with}, {})", backend.name());
+            let shape = format!(" ({})", templates::shape(&backend, &config));
             print_file("snapshot", &path, &shape);
         }
     }

@@ -1,18 +1,25 @@
 //! `nodeos-vm doctor`: what this host offers and what `start` would use.
 
+use std::path::PathBuf;
+
 use contract::arch::Arch;
 use sandbox::artifacts::{Artifact, Store};
+use sandbox::templates::{self, Templates};
 use sandbox::vm_config;
 use vmm::backend::detect::{self, KvmSupport};
 use vmm::backend::qemu;
+use vmm::jail::IdRange;
 use vmm::memory::huge_pages::{self, Pool};
+
+use super::vm_options::{choose_backend, ArchChoice, BackendChoice, JailArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
     /// One JSON object (kvm_usable, kvm_unusable_why, auto_backend, huge_pages_free,
     /// default_vms_on_huge_pages, cache, kernel, root_image: a path, null when not built, or
-    /// {"unknown": why}; emulated: for each other guest architecture, its emulator's path or
-    /// null, its kernel and root image) instead of lines.
+    /// {"unknown": why}; templates: for each VM shape `nodeos-vm build` makes a template of,
+    /// its shape and its file or null, or {"none": why}; emulated: for each other guest
+    /// architecture, its emulator's path or null, its kernel and root image) instead of lines.
     #[arg(long)]
     json: bool,
 }
@@ -34,6 +41,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             .map_err(|e| vmm::error_chain::one_line(&e))
     };
     let (kernel, rootfs) = (cached(Artifact::Kernel), cached(Artifact::Rootfs));
+    let templates = default_templates(&store, &kernel, &rootfs);
     // The other architectures' guests: under QEMU's emulation, their own kernel and image.
     let emulated: Vec<_> = Arch::ALL
         .into_iter()
@@ -71,6 +79,13 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             "cache": store.cache_dir(),
             "kernel": path(&kernel),
             "root_image": path(&rootfs),
+            "templates": match &templates {
+                Ok(made) => serde_json::json!(made
+                    .iter()
+                    .map(|(shape, path)| serde_json::json!({ "shape": shape, "path": path }))
+                    .collect::<Vec<_>>()),
+                Err(why) => serde_json::json!({ "none": why }),
+            },
             "emulated": emulated.iter().map(|e| (e.arch.name().to_string(), serde_json::json!({
                 "emulator": e.emulator,
                 "kernel": path(&e.kernel),
@@ -87,6 +102,27 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     println!("{huge_pages}");
     println!("cache: {}", store.cache_dir().display());
     print_artifacts("", kernel, rootfs, "nodeos-vm build");
+    match templates {
+        Ok(made) => {
+            for (shape, path) in made {
+                match path {
+                    Some(path) => {
+                        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+                        println!(
+                            "snapshot: made, {} ({:.1} MB) ({shape})",
+                            path.display(),
+                            size as f64 / 1e6
+                        );
+                    }
+                    None => println!(
+                        "snapshot: not made yet ({shape}): the first VM of that shape makes it, \
+                         or `nodeos-vm build`"
+                    ),
+                }
+            }
+        }
+        Err(why) => println!("snapshot: none ({why})"),
+    }
     for e in emulated {
         let (program, package) = qemu::emulator(e.arch);
         match &e.emulator {
@@ -106,6 +142,41 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         print_artifacts(&format!("{} ", e.arch), e.kernel, e.rootfs, &build);
     }
     Ok(())
+}
+
+/// The templates VMs of the default size restore from on the auto backend: for each shape
+/// `nodeos-vm build` makes one of, the shape and its file when made (none is made here); or
+/// why there are none.
+fn default_templates(
+    store: &Store,
+    kernel: &Result<Option<PathBuf>, String>,
+    rootfs: &Result<Option<PathBuf>, String>,
+) -> Result<Vec<(String, Option<PathBuf>)>, String> {
+    let (Ok(Some(kernel)), Ok(Some(rootfs))) = (kernel, rootfs) else {
+        return Err("the kernel and root image are not built yet, or not known here".into());
+    };
+    let jail = JailArgs {
+        no_jail: false,
+        jail_id_base: IdRange::default(),
+    };
+    let backend = choose_backend(BackendChoice::Auto, ArchChoice::host(), &jail, true)
+        .map_err(|e| format!("{e:#}"))?;
+    if !backend.snapshots() {
+        return Err(templates::none_on(&backend));
+    }
+    let memory = vm_config::memory_mib(vm_config::DEFAULT_MEMORY).map_err(|e| e.to_string())?;
+    let cache = Templates::in_cache(store.cache_dir());
+    Ok(
+        templates::default_shapes(kernel, rootfs, Arch::host(), memory)
+            .iter()
+            .map(|config| {
+                (
+                    templates::shape(&backend, config),
+                    cache.made(&backend, config),
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Another architecture's guests as this host runs them.
