@@ -220,3 +220,68 @@ fn doctor_names_the_template_a_default_run_restores() {
     assert!(shapes[1].contains(", with a network, "), "{doctor}");
     assert!(templates[1]["path"].is_string(), "{doctor}");
 }
+
+/// A template maker killed half-way (SIGKILL, its template's file begun) leaves nothing that
+/// is used: the next run makes the template again and restores from it, and no temporary file
+/// is left.
+#[test]
+fn a_template_maker_killed_half_way_leaves_nothing_used() {
+    let cache = tempfile::tempdir().unwrap();
+    let (kernel, rootfs) = common::artifacts();
+    let mut maker = std::process::Command::new(common::BIN)
+        .args(["run", "--backend", &common::backend()])
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--rootfs")
+        .arg(rootfs)
+        .args(["--", "true"])
+        .env("NODEOS_VM_CACHE", cache.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting nodeos-vm run");
+    let begun = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let dir = cache.path().join("templates");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while begun(&dir).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no template begun in {}",
+            dir.display()
+        );
+        assert!(
+            maker.try_wait().unwrap().is_none(),
+            "the maker ended before its template was begun"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    maker.kill().unwrap();
+    maker.wait().unwrap();
+    assert!(
+        templates(cache.path()).is_empty(),
+        "{:?}",
+        templates(cache.path())
+    );
+    assert_eq!(
+        begun(&dir).len(),
+        1,
+        "the half-made template is left behind"
+    );
+
+    let (status, out, err) = run_in(Some(cache.path()), &[], &["echo", "after"]);
+    assert_eq!((status, out.as_str()), (Some(0), "after\n"), "{err}");
+    assert!(err.contains("made the template"), "{err}");
+    assert!(err.contains("restoring "), "{err}");
+    assert_eq!(templates(cache.path()).len(), 1);
+    assert!(begun(&dir).is_empty(), "{:?}", begun(&dir));
+}
