@@ -285,3 +285,37 @@ fn a_template_maker_killed_half_way_leaves_nothing_used() {
     assert_eq!(templates(cache.path()).len(), 1);
     assert!(begun(&dir).is_empty(), "{:?}", begun(&dir));
 }
+
+/// A cache without room for a template: refused before any template boot, the VM boots cold,
+/// and one line says how much room it takes. (Mounting a small file system takes root.)
+#[test]
+fn a_cache_without_room_boots_cold_without_trying() {
+    let cache = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
+        .arg(cache.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: mounting a tmpfs takes root");
+        return;
+    }
+    let (status, out, err) = run_in(Some(cache.path()), &[], &["echo", "cold"]);
+    let _ = std::process::Command::new("umount")
+        .arg(cache.path())
+        .status();
+    assert_eq!((status, out.as_str()), (Some(0), "cold\n"), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("booting without a snapshot"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("MB free; a template of this 512 MiB VM takes up to 556 MB"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("booting the VM to snapshot"),
+        "a template boot was tried: {err}"
+    );
+}

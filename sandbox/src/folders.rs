@@ -35,6 +35,12 @@ fn ours(named: Option<OsString>, base: Option<PathBuf>) -> Option<PathBuf> {
         .or_else(|| base.map(|b| b.join("nodeos-vm")))
 }
 
+/// Free bytes for an unprivileged writer in `folder`'s file system.
+pub fn free_space(folder: &Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(folder)?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
 /// Of `paths`, those beyond the `keep` last modified (the most recent first kept), oldest
 /// last; a path that cannot be read counts as the oldest.
 pub fn beyond_newest(paths: impl IntoIterator<Item = PathBuf>, keep: usize) -> Vec<PathBuf> {

@@ -266,7 +266,8 @@ pub fn copy_out(socket: &Path, guest: &str, host: &Path) -> Result<CopiedOut, Er
     if !parent.is_dir() {
         return Err(Error::NoHostFolder(parent.to_path_buf()));
     }
-    let space = free_space(parent)?;
+    let space = crate::folders::free_space(parent)
+        .map_err(io_error("reading the free space of", parent))?;
     match kind {
         GuestKind::None => Err(Error::NoSuchGuestPath(guest.to_string())),
         GuestKind::Other => Err(Error::NotCopyable(guest.to_string())),
@@ -355,13 +356,6 @@ fn umask() -> u32 {
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     nix::sys::stat::umask(old);
     old.bits()
-}
-
-/// Free bytes for an unprivileged writer in `folder`'s file system.
-fn free_space(folder: &Path) -> Result<u64, Error> {
-    let stat = nix::sys::statvfs::statvfs(folder)
-        .map_err(|e| io_error("reading the free space of", folder)(e.into()))?;
-    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
 
 /// What the guest's user sees at `path`.

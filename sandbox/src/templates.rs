@@ -9,8 +9,10 @@
 //! flushed, then renamed, so a maker killed half-way leaves nothing that is used; one process
 //! makes a template while the others wait on its lock; one that does not read back whole (a
 //! truncated or corrupted file, another VMM's) is made again. Where none can be made (the cache
-//! read-only or full), VMs boot cold, and the reason is said once. Making one removes those of
-//! changed kernels or images and the least recently used beyond a dozen.
+//! read-only or full), VMs boot cold, and the reason is said once; a cache without room for
+//! the VM's memory is refused before the template's boot, which would be wasted on every run.
+//! Making one removes those of changed kernels or images and the least recently used beyond a
+//! dozen.
 
 use std::fs::{self, File};
 use std::io::IsTerminal;
@@ -36,6 +38,18 @@ use vmm::vm::{Console, NetSpec, Start, StopSignal, VmConfig, VmExit};
 pub enum Error {
     #[error("the snapshot folder {0}")]
     Folder(PathBuf, #[source] std::io::Error),
+    #[error(
+        "the snapshot folder {dir} has {} MB free; a template of this {memory_mib} MiB VM takes \
+         up to {} MB: free some space there (or pass --no-snapshot)",
+        free / 1_000_000,
+        needed.div_ceil(1_000_000)
+    )]
+    NoRoom {
+        dir: PathBuf,
+        memory_mib: u32,
+        free: u64,
+        needed: u64,
+    },
     #[error(transparent)]
     Runtime(#[from] runtime::Error),
     #[error(transparent)]
@@ -150,6 +164,18 @@ impl Templates {
             }
         }
         self.remove_stale();
+        // A save into a folder without room for it fails only after a whole boot, on every
+        // run: refused before.
+        let needed = snapshot::format::max_file_len(u64::from(config.memory_mib) << 20);
+        let free = crate::folders::free_space(&self.dir).map_err(folder)?;
+        if free < needed {
+            return Err(Error::NoRoom {
+                dir: self.dir.clone(),
+                memory_mib: config.memory_mib,
+                free,
+                needed,
+            });
+        }
         let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
         let scratch = runtime::scratch_dir("template")?;
         let template = template_config(config, scratch.path().join("agent.sock"), &tmp, identity);

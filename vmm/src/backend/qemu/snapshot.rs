@@ -37,7 +37,7 @@ pub enum SnapshotError {
     Qmp(#[from] QmpError),
     #[error("snapshot {0}")]
     Open(std::path::PathBuf, #[source] std::io::Error),
-    #[error("snapshot: QEMU's migration ended {0}")]
+    #[error("snapshot: QEMU's migration {0}")]
     Migration(String),
     #[error("snapshot: QEMU took more than {0:?}")]
     TimedOut(Duration),
