@@ -178,14 +178,25 @@ fn concurrent_first_runs_make_one_template() {
 fn an_unusable_cache_boots_cold_with_one_line() {
     let cache = tempfile::tempdir().unwrap();
     std::fs::write(cache.path().join("templates"), "not a folder").unwrap();
-    let (status, out, err) = run_in(Some(cache.path()), &[], &["echo", "cold"]);
+    let why = booted_cold_with_one_line(cache.path());
+    assert!(why.contains("the snapshot folder"), "{why}");
+}
+
+/// `run -- echo cold` with the cache `cache`, which must boot cold and say why in one line:
+/// that line.
+fn booted_cold_with_one_line(cache: &Path) -> String {
+    let (status, out, err) = run_in(Some(cache), &[], &["echo", "cold"]);
     assert_eq!((status, out.as_str()), (Some(0), "cold\n"), "{err}");
     let lines: Vec<&str> = err
         .lines()
         .filter(|l| l.contains("booting without a snapshot"))
         .collect();
     assert_eq!(lines.len(), 1, "{err}");
-    assert!(lines[0].contains("the snapshot folder"), "{err}");
+    assert!(
+        !err.contains("booting the VM to snapshot"),
+        "a template boot was tried: {err}"
+    );
+    lines[0].to_string()
 }
 
 /// `doctor` names the templates of the default size (`nodeos-vm build` made them), the one a
@@ -300,22 +311,17 @@ fn a_cache_without_room_boots_cold_without_trying() {
         eprintln!("skipped: mounting a tmpfs takes root");
         return;
     }
-    let (status, out, err) = run_in(Some(cache.path()), &[], &["echo", "cold"]);
-    let _ = std::process::Command::new("umount")
-        .arg(cache.path())
-        .status();
-    assert_eq!((status, out.as_str()), (Some(0), "cold\n"), "{err}");
-    let lines: Vec<&str> = err
-        .lines()
-        .filter(|l| l.contains("booting without a snapshot"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{err}");
+    /// Unmounts its folder when dropped, the test failed or not.
+    struct Mounted<'a>(&'a Path);
+    impl Drop for Mounted<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _mounted = Mounted(cache.path());
+    let why = booted_cold_with_one_line(cache.path());
     assert!(
-        lines[0].contains("MB free; a template of this 512 MiB VM takes up to 556 MB"),
-        "{err}"
-    );
-    assert!(
-        !err.contains("booting the VM to snapshot"),
-        "a template boot was tried: {err}"
+        why.contains("MB free; a template of this 512 MiB VM takes up to 556 MB"),
+        "{why}"
     );
 }
