@@ -302,26 +302,74 @@ fn a_template_maker_killed_half_way_leaves_nothing_used() {
 #[test]
 fn a_cache_without_room_boots_cold_without_trying() {
     let cache = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
-        .arg(cache.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(_mounted) = Tmpfs::mount(cache.path(), "size=40m") else {
         eprintln!("skipped: mounting a tmpfs takes root");
         return;
-    }
-    /// Unmounts its folder when dropped, the test failed or not.
-    struct Mounted<'a>(&'a Path);
-    impl Drop for Mounted<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _mounted = Mounted(cache.path());
+    };
     let why = booted_cold_with_one_line(cache.path());
     assert!(
         why.contains("MB free; a template of this 512 MiB VM takes up to 556 MB"),
         "{why}"
     );
+}
+
+/// A read-only cache: its templates are restored from, a missing one is not made (the VM boots
+/// cold, one line says why). (Mounting a file system takes root.)
+#[test]
+fn a_read_only_cache_restores_what_it_has() {
+    let cache = tempfile::tempdir().unwrap();
+    let Some(mounted) = Tmpfs::mount(cache.path(), "size=600m") else {
+        eprintln!("skipped: mounting a tmpfs takes root");
+        return;
+    };
+    let (status, out, err) = run_in(Some(cache.path()), &[], &["echo", "made"]);
+    assert_eq!((status, out.as_str()), (Some(0), "made\n"), "{err}");
+    assert!(err.contains("made the template"), "{err}");
+    mounted.read_only();
+    let (status, out, err) = run_in(Some(cache.path()), &[], &["echo", "restored"]);
+    assert_eq!((status, out.as_str()), (Some(0), "restored\n"), "{err}");
+    assert!(err.contains("restoring "), "{err}");
+    // With a network: another template, which cannot be made.
+    let (status, out, err) = run_in(Some(cache.path()), &["--net"], &["echo", "cold"]);
+    assert_eq!((status, out.as_str()), (Some(0), "cold\n"), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("booting without a snapshot"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("Read-only file system"), "{err}");
+}
+
+/// A tmpfs mounted on a folder for a test, unmounted when dropped (the test failed or not).
+struct Tmpfs<'a>(&'a Path);
+
+impl<'a> Tmpfs<'a> {
+    /// Mounts one with `options` on `folder`; none where this process may not mount.
+    fn mount(folder: &'a Path, options: &str) -> Option<Tmpfs<'a>> {
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(folder)
+            .status()
+            .is_ok_and(|s| s.success())
+            .then_some(Tmpfs(folder))
+    }
+
+    fn read_only(&self) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(self.0)
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "remounting {} read-only",
+            self.0.display()
+        );
+    }
+}
+
+impl Drop for Tmpfs<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0).status();
+    }
 }
