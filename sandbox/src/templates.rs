@@ -9,8 +9,8 @@
 //! flushed, then renamed, so a maker killed half-way leaves nothing that is used; one process
 //! makes a template while the others wait on its lock; one that does not read back whole (a
 //! truncated or corrupted file, another VMM's) is made again. Where none can be made (the cache
-//! read-only or full), VMs boot cold, and the reason is said once; a cache without room for
-//! the VM's memory is refused before the template's boot, which would be wasted on every run.
+//! read-only or full), VMs boot cold, and the reason is said once; a cache too full for any
+//! template is refused before the template's boot, which would be wasted on every run.
 //! Making one removes those of changed kernels or images and the least recently used beyond a
 //! dozen.
 
@@ -39,14 +39,13 @@ pub enum Error {
     #[error("the snapshot folder {0}")]
     Folder(PathBuf, #[source] std::io::Error),
     #[error(
-        "the snapshot folder {dir} has {} MB free; a template of this {memory_mib} MiB VM takes \
-         up to {} MB: free some space there (or pass --no-snapshot)",
+        "the snapshot folder {dir} has {} MB free; a template is made only where {} MB or more \
+         are: free some space there (or pass --no-snapshot)",
         free / 1_000_000,
         needed.div_ceil(1_000_000)
     )]
     NoRoom {
         dir: PathBuf,
-        memory_mib: u32,
         free: u64,
         needed: u64,
     },
@@ -67,6 +66,11 @@ pub enum Error {
 /// How many templates the cache keeps, the most recently used: one per backend and VM shape in
 /// use, and some of other images or versions of nodeos-vm.
 const KEPT_TEMPLATES: usize = 12;
+/// The least free space in the templates' folder for a template to be made (or the most a
+/// template of the VM could take, when less). A template holds what the guest wrote before its
+/// template point, about 130 MB for the default VM and more for larger ones: a folder with
+/// less free cannot take one.
+const MIN_FREE_FOR_TEMPLATE: u64 = 256_000_000;
 
 /// The template snapshots in a cache folder.
 pub struct Templates {
@@ -166,12 +170,13 @@ impl Templates {
         self.remove_stale();
         // A save into a folder without room for it fails only after a whole boot, on every
         // run: refused before.
-        let needed = snapshot::format::max_file_len(u64::from(config.memory_mib) << 20);
+        let needed = MIN_FREE_FOR_TEMPLATE.min(snapshot::format::max_file_len(
+            u64::from(config.memory_mib) << 20,
+        ));
         let free = crate::folders::free_space(&self.dir).map_err(folder)?;
         if free < needed {
             return Err(Error::NoRoom {
                 dir: self.dir.clone(),
-                memory_mib: config.memory_mib,
                 free,
                 needed,
             });
