@@ -199,20 +199,25 @@ fn booted_cold_with_one_line(cache: &Path, args: &[&str]) -> String {
     lines[0].to_string()
 }
 
-/// `doctor` names the templates of the default size (`nodeos-vm build` made them), the one a
-/// default `run` restores from first.
+/// `doctor` names the templates of the default size, without and with a network: the ones
+/// `run` restores from.
 #[test]
-fn doctor_names_the_template_a_default_run_restores() {
+fn doctor_names_the_templates_runs_restore_from() {
     // Another backend's templates are not the ones doctor reports (the auto backend's).
     if common::backend() != "auto" {
         return;
     }
-    let (status, _, err) = run_in(None, &[], &["true"]);
-    assert_eq!(status, Some(0), "{err}");
-    let restored = err
-        .lines()
-        .find_map(|l| Some(l.split("restoring ").nth(1)?.trim().to_string()))
-        .unwrap_or_else(|| panic!("not restored: {err}"));
+    // Each run uses its template last: none is the least recently used when doctor looks.
+    let restored: Vec<String> = [&[][..], &["--net"][..]]
+        .into_iter()
+        .map(|args| {
+            let (status, _, err) = run_in(None, args, &["true"]);
+            assert_eq!(status, Some(0), "{err}");
+            err.lines()
+                .find_map(|l| Some(l.split("restoring ").nth(1)?.trim().to_string()))
+                .unwrap_or_else(|| panic!("not restored: {err}"))
+        })
+        .collect();
     let out = std::process::Command::new(common::BIN)
         .args(["doctor", "--json"])
         .output()
@@ -221,15 +226,24 @@ fn doctor_names_the_template_a_default_run_restores() {
     let templates = doctor["templates"]
         .as_array()
         .unwrap_or_else(|| panic!("{doctor}"));
-    assert_eq!(templates.len(), 2, "{doctor}");
-    assert_eq!(templates[0]["path"].as_str(), Some(&*restored), "{doctor}");
-    let shapes: Vec<&str> = templates
+    let named: Vec<(&str, &str)> = templates
         .iter()
-        .map(|t| t["shape"].as_str().unwrap_or_default())
+        .map(|t| {
+            (
+                t["shape"].as_str().unwrap_or_default(),
+                t["path"].as_str().unwrap_or_default(),
+            )
+        })
         .collect();
-    assert!(shapes[0].starts_with("512 MiB, 1 vCPU, "), "{doctor}");
-    assert!(shapes[1].contains(", with a network, "), "{doctor}");
-    assert!(templates[1]["path"].is_string(), "{doctor}");
+    assert_eq!(named.len(), 2, "{doctor}");
+    assert!(named[0].0.starts_with("512 MiB, 1 vCPU, "), "{doctor}");
+    assert!(!named[0].0.contains("network"), "{doctor}");
+    assert!(named[1].0.contains(", with a network, "), "{doctor}");
+    assert_eq!(
+        [named[0].1, named[1].1],
+        [&*restored[0], &*restored[1]],
+        "{doctor}"
+    );
 }
 
 /// A template maker killed half-way (SIGKILL, its template's file begun) leaves nothing that
