@@ -315,9 +315,7 @@ fn a_template_maker_killed_half_way_leaves_nothing_used() {
 /// and one line says how much room it takes. (Mounting a small file system takes root.)
 #[test]
 fn a_cache_without_room_boots_cold_without_trying() {
-    let cache = tempfile::tempdir().unwrap();
-    let Some(_mounted) = Tmpfs::mount(cache.path(), "size=40m") else {
-        eprintln!("skipped: mounting a tmpfs takes root");
+    let Some(cache) = Tmpfs::mount("size=40m") else {
         return;
     };
     let why = booted_cold_with_one_line(cache.path(), &[]);
@@ -331,15 +329,13 @@ fn a_cache_without_room_boots_cold_without_trying() {
 /// cold, one line says why). (Mounting a file system takes root.)
 #[test]
 fn a_read_only_cache_restores_what_it_has() {
-    let cache = tempfile::tempdir().unwrap();
-    let Some(mounted) = Tmpfs::mount(cache.path(), "size=600m") else {
-        eprintln!("skipped: mounting a tmpfs takes root");
+    let Some(cache) = Tmpfs::mount("size=600m") else {
         return;
     };
     let (status, out, err) = run_in(Some(cache.path()), &[], &["echo", "made"]);
     assert_eq!((status, out.as_str()), (Some(0), "made\n"), "{err}");
     assert!(err.contains("made the template"), "{err}");
-    mounted.read_only();
+    cache.read_only();
     let (status, out, err) = run_in(Some(cache.path()), &[], &["echo", "restored"]);
     assert_eq!((status, out.as_str()), (Some(0), "restored\n"), "{err}");
     assert!(err.contains("restoring "), "{err}");
@@ -348,36 +344,48 @@ fn a_read_only_cache_restores_what_it_has() {
     assert!(why.contains("Read-only file system"), "{why}");
 }
 
-/// A tmpfs mounted on a folder for a test, unmounted when dropped (the test failed or not).
-struct Tmpfs<'a>(&'a Path);
+/// A tmpfs mounted on a folder of its own for a test, unmounted when dropped (the test failed
+/// or not).
+struct Tmpfs(tempfile::TempDir);
 
-impl<'a> Tmpfs<'a> {
-    /// Mounts one with `options` on `folder`; none where this process may not mount.
-    fn mount(folder: &'a Path, options: &str) -> Option<Tmpfs<'a>> {
-        std::process::Command::new("mount")
+impl Tmpfs {
+    /// One mounted with `options`; none, said on stderr, where this process may not mount
+    /// (it takes root).
+    fn mount(options: &str) -> Option<Tmpfs> {
+        let folder = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(folder)
+            .arg(folder.path())
             .status()
-            .is_ok_and(|s| s.success())
-            .then_some(Tmpfs(folder))
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: mounting a tmpfs takes root");
+        }
+        mounted.then_some(Tmpfs(folder))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 
     fn read_only(&self) {
         let status = std::process::Command::new("mount")
             .args(["-o", "remount,ro"])
-            .arg(self.0)
+            .arg(self.path())
             .status()
             .expect("running mount");
         assert!(
             status.success(),
             "remounting {} read-only",
-            self.0.display()
+            self.path().display()
         );
     }
 }
 
-impl Drop for Tmpfs<'_> {
+impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(self.0).status();
+        let _ = std::process::Command::new("umount")
+            .arg(self.path())
+            .status();
     }
 }

@@ -37,8 +37,7 @@ pub(crate) fn ensure(cache_dir: &Path, platform: &Platform) -> Result<Option<Pat
     }
     let root = platform.asset_dir(cache_dir);
     fs::create_dir_all(&root).map_err(BoxError::io("creating", &root))?;
-    let digest = Sha256::digest(SOURCE.as_bytes());
-    let version: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let version = hex::encode(&Sha256::digest(SOURCE.as_bytes())[..8]);
     let key = format!("{NAME}-{version}");
     let dir = assets::cached(&root, &key, |stage| {
         let source = stage.join("kvm_hold.c");

@@ -1,8 +1,9 @@
 /* kvm-hold READY: keeps one KVM VM, with an in-kernel irqchip and one never-run vCPU, open
- * until it is killed; creates the file READY once it holds them. L1's kernel turns static keys on when its first VM (or local APIC) is made and off
- * when the last one goes, patching its own text each time; holding one VM for the whole box run
- * keeps those keys on, so that L1 never patches its text between two of the script's VMs
- * (kvm-box/src/holder.rs says why that matters under TCG). */
+ * until it is killed; creates the file READY once it holds them. L1's kernel turns static keys
+ * on when its first VM (or local APIC) is made and off when the last one goes, patching its own
+ * text each time; holding one VM for the whole box run keeps those keys on, so that L1 never
+ * patches its text between two of the script's VMs (kvm-box/src/holder.rs says why that matters
+ * under TCG). */
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <stdio.h>
