@@ -11,6 +11,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -37,25 +38,16 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
         script.check_with_timeout(
             "qemu_kvm",
             Duration::from_secs(120),
-            &format!(
-                "printf 'console.log(6 * 7, process.arch)\\n' | {NODEOS_VM} start --backend qemu \
-                 --no-snapshot --kernel {KERNEL} --rootfs {ROOTFS} 2>&1"
-            ),
+            &repl("qemu --no-snapshot"),
         );
-        // The first makes QEMU's template (our VMM boots cold on arm64), then each restores.
-        let qemu_run = format!(
-            "RUST_LOG=sandbox=info {NODEOS_VM} run --backend qemu --kernel {KERNEL} \
-             --rootfs {ROOTFS} -- node -e 'console.log(require(\"crypto\").randomUUID())' 2>&1"
-        );
-        script.check_with_timeout(
-            "qemu_kvm_restored",
-            Duration::from_secs(240),
-            &format!(
-                "printf 'console.log(6 * 7, process.arch)\\n' | RUST_LOG=sandbox=info {NODEOS_VM} \
-                 start --backend qemu --kernel {KERNEL} --rootfs {ROOTFS} 2>&1 && {qemu_run} && \
-                 {qemu_run}"
-            ),
-        );
+        // Each backend's first `start` makes its template, then it and each run restore.
+        for backend in ["qemu", "kvm"] {
+            script.check_with_timeout(
+                &format!("{backend}_kvm_restored"),
+                Duration::from_secs(240),
+                &restored_twice(backend),
+            );
+        }
         for case in cases::CASES {
             for (i, boot) in case.boots.iter().enumerate() {
                 let mut args = cases::args(boot, KERNEL, ROOTFS, TRUNCATED);
@@ -114,15 +106,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
                 .resolve(path)
                 .unwrap_or_else(|| panic!("{path} is not in the arm64 sysroot"))
         };
-        let run = BoxRun::new(script.build())
-            .arch(Arch::Aarch64)
-            .file(BoxFile::with_libs(
-                // The CLI in the dev profile (it does little); its VMM program is built in
-                // release, as always.
-                kvm_box::nodeos_vm_for(&kvm_box::default_cache_dir(), Arch::Aarch64, "dev")
-                    .unwrap_or_else(|e| panic!("nodeos-vm for aarch64: {e}")),
-                NODEOS_VM,
-            ))
+        let run = arm64_box(script, kernel, rootfs)
             .file(common::serve::box_app(app.path()))
             .file(BoxFile::new(common::fixture_dir(), FIXTURE))
             .file(common::web::box_site(app.path()))
@@ -134,9 +118,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             .file(BoxFile::with_libs(
                 from_sysroot("/bin/ip"),
                 "/usr/local/sbin/ip",
-            ))
-            .file(BoxFile::new(kernel, KERNEL))
-            .file(BoxFile::new(rootfs, ROOTFS));
+            ));
         let run = kvm_box::sysroot_volume_tools(&sysroot)
             .and_then(|mut files| {
                 files.extend(kvm_box::sysroot_qemu(&sysroot)?);
@@ -157,6 +139,59 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
             out.boot, out.wall
         );
         out.checks()
+    })
+}
+
+/// `start` answering `6 * 7` on `backend`, then two `run`s printing a random UUID each, with
+/// the template cache's log lines.
+fn restored_twice(backend: &str) -> String {
+    let run = format!(
+        "RUST_LOG=sandbox=info {NODEOS_VM} run --backend {backend} --kernel {KERNEL} \
+         --rootfs {ROOTFS} -- node -e 'console.log(require(\"crypto\").randomUUID())' 2>&1"
+    );
+    format!("{} && {run} && {run}", repl(backend))
+}
+
+/// An arm64 box run of `script` with nodeos-vm (the CLI in the dev profile: it does little; its
+/// VMM program is built in release, as always), the arm64 kernel and image.
+fn arm64_box(script: Script, kernel: PathBuf, rootfs: PathBuf) -> BoxRun {
+    BoxRun::new(script.build())
+        .arch(Arch::Aarch64)
+        .file(BoxFile::with_libs(
+            kvm_box::nodeos_vm_for(&kvm_box::default_cache_dir(), Arch::Aarch64, "dev")
+                .unwrap_or_else(|e| panic!("nodeos-vm for aarch64: {e}")),
+            NODEOS_VM,
+        ))
+        .file(BoxFile::new(kernel, KERNEL))
+        .file(BoxFile::new(rootfs, ROOTFS))
+}
+
+/// `start --backend BACKEND` answering `6 * 7` (BACKEND may carry options), with the template
+/// cache's log lines.
+fn repl(backend: &str) -> String {
+    format!(
+        "printf 'console.log(6 * 7, process.arch)\\n' | RUST_LOG=sandbox=info {NODEOS_VM} \
+         start --backend {backend} --kernel {KERNEL} --rootfs {ROOTFS} 2>&1"
+    )
+}
+
+/// A box run whose L1 has a GICv2, as a Raspberry Pi has: its KVM gives our VMM a vGICv2.
+fn gic_v2_checks() -> &'static BTreeMap<String, Check> {
+    static CHECKS: OnceLock<BTreeMap<String, Check>> = OnceLock::new();
+    CHECKS.get_or_init(|| {
+        let (kernel, rootfs) = common::build(&["--arch", "aarch64"]);
+        let mut script = Script::new();
+        script.check("gic", "dmesg | grep -E 'GIC|vgic'");
+        script.check_with_timeout("cold", Duration::from_secs(120), &repl("kvm --no-snapshot"));
+        script.check_with_timeout("restored", Duration::from_secs(240), &restored_twice("kvm"));
+        let run = BoxRun {
+            gic_v2: true,
+            timeout: Duration::from_secs(900),
+            ..arm64_box(script, kernel, rootfs)
+        };
+        kvm_box::run(&kvm_box::default_cache_dir(), &run)
+            .expect("the arm64 KVM box run (GICv2) failed")
+            .checks()
     })
 }
 
@@ -252,13 +287,17 @@ fn qemu_runs_the_guest_on_arm64_kvm() {
     assert!(c.output.contains("42 arm64"), "{}", c.output);
 }
 
-/// QEMU's snapshots on arm64 KVM: its template made once, `start` and `run` restored from it,
-/// and two restored VMs' random UUIDs differ.
-#[test]
-fn qemu_restores_the_guest_on_arm64_kvm() {
-    let c = check("qemu_kvm_restored");
+/// A [`restored_twice`] check's template made once (by its `start`), `start` and both `run`s
+/// restored from it, and the two restored VMs' random UUIDs different.
+fn assert_restored_twice(c: &Check) {
     assert_eq!(c.status, Some(0), "{}", c.output);
     assert!(c.output.contains("42 arm64"), "{}", c.output);
+    assert_eq!(
+        c.output.matches("made the template ").count(),
+        1,
+        "{}",
+        c.output
+    );
     assert_eq!(c.output.matches("restoring ").count(), 3, "{}", c.output);
     let uuids: Vec<&str> = c
         .output
@@ -267,6 +306,32 @@ fn qemu_restores_the_guest_on_arm64_kvm() {
         .collect();
     assert_eq!(uuids.len(), 2, "{}", c.output);
     assert_ne!(uuids[0], uuids[1], "{}", c.output);
+}
+
+/// QEMU's snapshots on arm64 KVM (`virt` with KVM).
+#[test]
+fn qemu_restores_the_guest_on_arm64_kvm() {
+    assert_restored_twice(check("qemu_kvm_restored"));
+}
+
+/// Our VMM's snapshots on arm64 KVM with a GICv3: the vCPUs' registers, the GIC, the PL031,
+/// the marks port.
+#[test]
+fn our_vmm_restores_the_guest_on_arm64_kvm() {
+    assert_restored_twice(check("kvm_kvm_restored"));
+}
+
+/// Our VMM on a host with a GICv2 (a Raspberry Pi's): booted cold, then its template made and
+/// restored, the vGICv2's registers saved and put back.
+#[test]
+fn our_vmm_boots_and_restores_on_a_gicv2_host() {
+    let checks = gic_v2_checks();
+    let gic = &checks["gic"];
+    assert!(gic.output.contains("GICv2"), "L1's GIC: {}", gic.output);
+    let cold = &checks["cold"];
+    assert_eq!(cold.status, Some(0), "{}", cold.output);
+    assert!(cold.output.contains("42 arm64"), "{}", cold.output);
+    assert_restored_twice(&checks["restored"]);
 }
 
 #[test]

@@ -20,6 +20,8 @@ pub(crate) struct L1<'a> {
     pub initrd: &'a Path,
     pub memory_mib: u32,
     pub cpus: u8,
+    /// arm64: a GICv2 instead of a GICv3.
+    pub gic_v2: bool,
     /// Where the console, the script's output and QEMU's stderr are written.
     pub work_dir: &'a Path,
 }
@@ -91,6 +93,7 @@ impl L1<'_> {
     fn command(&self, console: &Path, output: &Path) -> Command {
         let mut cmd = Command::new(self.qemu);
         cmd.args(self.platform.qemu_args(
+            self.gic_v2,
             self.memory_mib,
             self.cpus,
             self.kernel,

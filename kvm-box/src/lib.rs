@@ -186,6 +186,9 @@ pub struct BoxRun {
     /// L1's RAM; the packed files must fit in half of it (see [`BoxError::TooBig`]).
     pub memory_mib: u32,
     pub cpus: u8,
+    /// arm64: L1's interrupt controller a GICv2 (as a Raspberry Pi's), whose KVM gives its
+    /// guests a vGICv2, instead of a GICv3. Ignored on x86-64.
+    pub gic_v2: bool,
     /// Modules of L1's kernel to load after its own (`tun`, `vhost_vsock`, `vhost_net`, ...),
     /// with their dependencies.
     pub modules: Vec<String>,
@@ -201,6 +204,7 @@ impl BoxRun {
             script: script.into(),
             memory_mib: DEFAULT_MEMORY_MIB,
             cpus: DEFAULT_CPUS,
+            gic_v2: false,
             modules: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
         }
@@ -327,6 +331,7 @@ pub fn run_streaming(
         initrd: &initrd,
         memory_mib: run.memory_mib,
         cpus: run.cpus,
+        gic_v2: run.gic_v2,
         work_dir: work.path(),
     };
     let result = l1.run(run.timeout, sink);

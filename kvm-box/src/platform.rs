@@ -24,6 +24,8 @@ pub(crate) struct Platform {
     pub qemu_env: &'static str,
     /// `-M ... -accel tcg -cpu ...`.
     pub machine: &'static [&'static str],
+    /// The machine with a GICv2 instead (arm64 only: a Raspberry Pi's interrupt controller).
+    pub machine_gic_v2: Option<&'static [&'static str]>,
     /// A `-bios` to use when the host has it.
     pub firmware: Option<&'static str>,
     pub cmdline: &'static str,
@@ -51,6 +53,7 @@ pub(crate) static X86_64: Platform = Platform {
     qemu_env: "KVM_BOX_QEMU",
     // SVM with nested paging: what kvm-amd needs to offer /dev/kvm with NPT.
     machine: &["-M", "pc", "-accel", "tcg", "-cpu", "EPYC,+svm,+npt"],
+    machine_gic_v2: None,
     // qboot starts a `-kernel` boot faster than SeaBIOS.
     firmware: Some("/usr/share/qemu/qboot.rom"),
     cmdline: "console=ttyS0 quiet panic=-1 tsc=reliable",
@@ -79,6 +82,15 @@ pub(crate) static AARCH64: Platform = Platform {
         "-cpu",
         "max,pauth-impdef=on",
     ],
+    // KVM on a GICv2 host gives its guests a vGICv2.
+    machine_gic_v2: Some(&[
+        "-M",
+        "virt,virtualization=on,gic-version=2",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max,pauth-impdef=on",
+    ]),
     firmware: None,
     cmdline: "console=ttyAMA0 quiet panic=-1",
     console_tty: "/dev/ttyAMA0",
@@ -125,9 +137,12 @@ impl Platform {
     }
 
     /// QEMU's arguments for L1, `-M` to the output device: `console` and `output` are the
-    /// files the kernel console and the script's output go to.
+    /// files the kernel console and the script's output go to; `gic_v2` picks
+    /// [`Platform::machine_gic_v2`] where there is one.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn qemu_args(
         &self,
+        gic_v2: bool,
         memory_mib: u32,
         cpus: u8,
         kernel: &Path,
@@ -135,7 +150,11 @@ impl Platform {
         console: &Path,
         output: &Path,
     ) -> Vec<String> {
-        let mut args: Vec<String> = self.machine.iter().map(|a| a.to_string()).collect();
+        let machine = match self.machine_gic_v2 {
+            Some(machine) if gic_v2 => machine,
+            _ => self.machine,
+        };
+        let mut args: Vec<String> = machine.iter().map(|a| a.to_string()).collect();
         let plain = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         args.extend(plain(&[
             "-m",
@@ -187,6 +206,7 @@ mod tests {
     fn args(platform: &Platform) -> String {
         platform
             .qemu_args(
+                false,
                 1024,
                 2,
                 Path::new("/k"),
@@ -209,6 +229,25 @@ mod tests {
                 "-kernel /k -initrd /i -append console=ttyS0 quiet panic=-1 tsc=reliable \
                  -serial file:/c.log -serial file:/o.log"
             ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn an_arm64_l1_may_have_a_gicv2() {
+        let line = AARCH64
+            .qemu_args(
+                true,
+                1024,
+                2,
+                Path::new("/k"),
+                Path::new("/i"),
+                Path::new("/c.log"),
+                Path::new("/o.log"),
+            )
+            .join(" ");
+        assert!(
+            line.starts_with("-M virt,virtualization=on,gic-version=2 -accel tcg"),
             "{line}"
         );
     }

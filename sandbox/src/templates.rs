@@ -86,13 +86,8 @@ impl Templates {
     }
 
     /// Makes `config` a restore of its template, made first when there is none. Where no
-    /// template can be made, `config` boots cold, and why is said on stderr; on a backend
-    /// without snapshots it boots cold, and that is all.
+    /// template can be made, `config` boots cold, and why is said on stderr.
     pub fn restore(&self, backend: &Backend, config: &mut VmConfig) {
-        if !backend.snapshots() {
-            tracing::debug!("{}", none_on(backend));
-            return;
-        }
         match self.ensure(backend, config, false) {
             Ok((from, identity)) => {
                 tracing::info!("restoring {}", from.display());
@@ -361,14 +356,6 @@ pub fn default_shapes(kernel: &Path, rootfs: &Path, arch: Arch, memory_mib: u32)
         config.net = net;
         config
     })
-}
-
-/// Why a VM on `backend` has no template, for people (it saves no snapshots).
-pub fn none_on(backend: &Backend) -> String {
-    format!(
-        "{} saves no snapshots on this host yet: VMs boot cold",
-        backend.name()
-    )
 }
 
 /// What a template of `config` on `backend` is of, for people: "512 MiB, 1 vCPU, with a

@@ -7,6 +7,8 @@
 //!   PVM).
 //! - `snapshot box [RUNS]`: in one KVM box run, our VMM and QEMU microvm with KVM, each
 //!   restored and cold; the templates are made first, outside the timings.
+//! - `snapshot box-arm64 [RUNS]`: the same in one arm64 KVM box run, against QEMU `virt` with
+//!   KVM (nodeos-vm cross-built for aarch64, the arm64 guest).
 //!
 //! cargo build --release && ./target/release/snapshot host 5
 
@@ -15,9 +17,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kvm_box::{BoxRun, Script};
+use kvm_box::{Arch, BoxRun, Script};
 use nodeos_vm_benches::{
-    artifacts, mode_and_runs, nodeos_vm_bin, parse_timings, side_by_side_box, stats, Stats,
+    artifacts, mode_and_runs, nodeos_vm_bin, parse_timings, side_by_side_box,
+    side_by_side_box_arm64, stats, Stats,
 };
 
 const NODE_ARGS: &str = "-- node -e 'console.log(1)'";
@@ -34,8 +37,13 @@ fn main() {
     let (kernel, rootfs) = artifacts(&bin);
     match mode.as_str() {
         "host" => on_host(&bin, &kernel, &rootfs, runs),
-        "box" => in_box(&bin, &kernel, &rootfs, runs),
-        _ => panic!("usage: snapshot host|box [RUNS]"),
+        "box" => in_box(runs, Arch::X86_64, |script| {
+            side_by_side_box(&bin, &kernel, &rootfs, script)
+        }),
+        "box-arm64" => in_box(runs, Arch::Aarch64, |script| {
+            side_by_side_box_arm64(&bin, script)
+        }),
+        _ => panic!("usage: snapshot host|box|box-arm64 [RUNS]"),
     }
 }
 
@@ -143,7 +151,8 @@ fn templates_in_cache(kernel: &Path) {
     }
 }
 
-fn in_box(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
+/// The box bench on `arch`'s KVM box, whose run `make_run` makes of the script.
+fn in_box(runs: usize, arch: Arch, make_run: impl FnOnce(String) -> BoxRun) {
     let images = "--kernel /nodeos/vmlinux --rootfs /nodeos/rootfs.img";
     let run = |backend: &str, options: &str| {
         format!("/nodeos/nodeos-vm run --backend {backend} {images} {options} {NODE_ARGS}")
@@ -178,11 +187,11 @@ fn in_box(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
     for backend in ["kvm", "qemu"] {
         for (mode, options) in MODES {
             let name = format!("{backend}.{mode}.density");
-            let script_text = density(backend, images, options);
+            let script_text = density(backend, arch, images, options);
             script.check_with_timeout(&name, Duration::from_secs(900), &script_text);
         }
     }
-    let run = side_by_side_box(bin, kernel, rootfs, script.build());
+    let run = make_run(script.build());
     let run = BoxRun {
         timeout: Duration::from_secs(3000),
         memory_mib: 8192,
@@ -196,7 +205,7 @@ fn in_box(bin: &Path, kernel: &Path, rootfs: &Path, runs: usize) {
             println!("{backend} template: {}", c.output.trim());
         }
     }
-    println!("\n## In the KVM box (L1: 2 vCPUs): restored vs cold, ours vs QEMU microvm\n");
+    println!("\n## In the {arch} KVM box (L1: 2 vCPUs): restored vs cold, ours vs QEMU\n");
     println!("{HEADER}");
     println!("|---|---|---|---|");
     let mut medians = std::collections::BTreeMap::new();
@@ -275,10 +284,11 @@ const DENSITY: usize = 20;
 
 /// Starts [`DENSITY`] detached VMs, lets them settle, prints the sum of their VMM processes'
 /// proportional set sizes (`pss_kib N`), and stops them.
-fn density(backend: &str, images: &str, options: &str) -> String {
-    let process = match backend {
-        "kvm" => "nodeos-vmm",
-        _ => "qemu-system-x86_64",
+fn density(backend: &str, arch: Arch, images: &str, options: &str) -> String {
+    let process = match (backend, arch) {
+        ("kvm", _) => "nodeos-vmm",
+        (_, Arch::X86_64) => "qemu-system-x86_64",
+        (_, Arch::Aarch64) => "qemu-system-aarch64",
     };
     format!(
         "ids=; for i in $(seq {DENSITY}); do id=$(/nodeos/nodeos-vm start --detach --backend {backend} {images} {options}) || exit 1; ids=\"$ids $id\"; done

@@ -161,9 +161,6 @@ fn default_templates(
     };
     let backend = choose_backend(BackendChoice::Auto, ArchChoice::host(), &jail, true)
         .map_err(|e| format!("{e:#}"))?;
-    if !backend.snapshots() {
-        return Err(templates::none_on(&backend));
-    }
     let memory = vm_config::memory_mib(vm_config::DEFAULT_MEMORY).map_err(|e| e.to_string())?;
     let cache = Templates::in_cache(store.cache_dir());
     Ok(

@@ -97,11 +97,6 @@ impl Backend {
         matches!(self, Backend::Qemu { .. })
     }
 
-    /// Whether this backend saves and restores snapshots: all but our VMM on arm64, for now.
-    pub fn snapshots(&self) -> bool {
-        !(cfg!(target_arch = "aarch64") && matches!(self, Backend::Kvm { .. }))
-    }
-
     /// What a snapshot of an `arch` guest this backend saves depends on besides the VM: its
     /// name, and for QEMU the build on PATH of that architecture's emulator (a migration
     /// stream is QEMU's own format).

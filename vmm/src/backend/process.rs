@@ -397,8 +397,6 @@ impl VmmError {
                 E::SnapshotFile { .. } | E::Snapshot(_) | E::Run(RunError::Snapshot(_)) => {
                     FailureKind::Snapshot
                 }
-                #[cfg(target_arch = "aarch64")]
-                E::SnapshotOnArm64 => FailureKind::Snapshot,
                 E::Run(_) => FailureKind::Run,
                 E::Jail(_) => FailureKind::Jail,
             },

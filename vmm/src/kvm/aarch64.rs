@@ -6,15 +6,19 @@
 use std::mem::offset_of;
 
 use kvm_bindings::{
-    kvm_regs, kvm_vcpu_init, user_pt_regs, PSR_MODE_EL1h, KVM_API_VERSION, KVM_ARM_VCPU_POWER_OFF,
-    KVM_ARM_VCPU_PSCI_0_2, KVM_REG_ARM64, KVM_REG_ARM64_SYSREG, KVM_REG_ARM64_SYSREG_CRM_SHIFT,
-    KVM_REG_ARM64_SYSREG_CRN_SHIFT, KVM_REG_ARM64_SYSREG_OP0_SHIFT, KVM_REG_ARM64_SYSREG_OP1_SHIFT,
-    KVM_REG_ARM64_SYSREG_OP2_SHIFT, KVM_REG_ARM_CORE, KVM_REG_SIZE_U64, PSR_A_BIT, PSR_D_BIT,
-    PSR_F_BIT, PSR_I_BIT,
+    kvm_regs, kvm_vcpu_init, user_pt_regs, PSR_MODE_EL1h, RegList, KVM_API_VERSION,
+    KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_REG_ARM64, KVM_REG_ARM64_SYSREG,
+    KVM_REG_ARM64_SYSREG_CRM_SHIFT, KVM_REG_ARM64_SYSREG_CRN_MASK, KVM_REG_ARM64_SYSREG_CRN_SHIFT,
+    KVM_REG_ARM64_SYSREG_OP0_MASK, KVM_REG_ARM64_SYSREG_OP0_SHIFT, KVM_REG_ARM64_SYSREG_OP1_MASK,
+    KVM_REG_ARM64_SYSREG_OP1_SHIFT, KVM_REG_ARM64_SYSREG_OP2_SHIFT, KVM_REG_ARM_CORE,
+    KVM_REG_SIZE_U64, PSR_A_BIT, PSR_D_BIT, PSR_F_BIT, PSR_I_BIT,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd};
 
 use super::{ioctl, Error};
+
+/// The most registers a vCPU's list holds (kvm-bindings' bound; Linux 6.1 lists about 250).
+const ARM64_REGS_MAX: usize = 500;
 use crate::boot::BootEntry;
 
 /// The capabilities this VMM needs of arm64 KVM.
@@ -68,20 +72,50 @@ fn core_reg(offset: usize) -> u64 {
     KVM_REG_ARM64 | KVM_REG_SIZE_U64 | u64::from(KVM_REG_ARM_CORE) | (offset / 4) as u64
 }
 
-/// The ONE_REG id of MPIDR_EL1 (op0 3, op1 0, CRn 0, CRm 0, op2 5).
-fn mpidr_reg() -> u64 {
-    let encoding: u32 = (3 << KVM_REG_ARM64_SYSREG_OP0_SHIFT)
-        | (0 << KVM_REG_ARM64_SYSREG_OP1_SHIFT)
-        | (0 << KVM_REG_ARM64_SYSREG_CRN_SHIFT)
-        | (0 << KVM_REG_ARM64_SYSREG_CRM_SHIFT)
-        | (5 << KVM_REG_ARM64_SYSREG_OP2_SHIFT);
-    KVM_REG_ARM64 | KVM_REG_SIZE_U64 | u64::from(KVM_REG_ARM64_SYSREG) | u64::from(encoding)
+/// A system register's encoding (op0, op1, CRn, CRm, op2) as KVM packs it, in the low 16 bits
+/// of a ONE_REG id and of a GICv3 CPU-interface attribute.
+pub(super) fn sysreg((op0, op1, crn, crm, op2): (u64, u64, u64, u64, u64)) -> u64 {
+    (op0 << KVM_REG_ARM64_SYSREG_OP0_SHIFT)
+        | (op1 << KVM_REG_ARM64_SYSREG_OP1_SHIFT)
+        | (crn << KVM_REG_ARM64_SYSREG_CRN_SHIFT)
+        | (crm << KVM_REG_ARM64_SYSREG_CRM_SHIFT)
+        | (op2 << KVM_REG_ARM64_SYSREG_OP2_SHIFT)
+}
+
+/// The ONE_REG id of the 64-bit system register `encoding`.
+fn sysreg_id(encoding: (u64, u64, u64, u64, u64)) -> u64 {
+    KVM_REG_ARM64 | KVM_REG_SIZE_U64 | u64::from(KVM_REG_ARM64_SYSREG) | sysreg(encoding)
+}
+
+/// MPIDR_EL1.
+const MPIDR_EL1: (u64, u64, u64, u64, u64) = (3, 0, 0, 0, 5);
+
+/// The ONE_REG ids of every register KVM has for the (initialized) vCPU: what a snapshot saves.
+pub(super) fn reg_ids(fd: &VcpuFd, index: u8) -> Result<Vec<u64>, Error> {
+    let mut list = RegList::new(ARM64_REGS_MAX).expect("the list's size is within its bound");
+    fd.get_reg_list(&mut list)
+        .map_err(|source| Error::VcpuSetup {
+            vcpu: index,
+            what: "list its registers",
+            source,
+        })?;
+    Ok(list.as_slice().to_vec())
+}
+
+/// Whether `id` is one of the ID registers (op0 3, op1 0, CRn 0) that describe the CPU the
+/// guest sees, MPIDR_EL1 (which names the vCPU) aside.
+pub(super) fn is_cpu_id(id: u64) -> bool {
+    const SYSREG: u64 = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM64_SYSREG as u64;
+    const ID_SPACE: u64 = (KVM_REG_ARM64_SYSREG_OP0_MASK
+        | KVM_REG_ARM64_SYSREG_OP1_MASK
+        | KVM_REG_ARM64_SYSREG_CRN_MASK) as u64;
+    id & !0xffff == SYSREG && id & ID_SPACE == sysreg((3, 0, 0, 0, 0)) && id != sysreg_id(MPIDR_EL1)
 }
 
 /// The vCPU's MPIDR_EL1, which names it in the device tree and to PSCI.
 pub(super) fn mpidr(fd: &VcpuFd, index: u8) -> Result<u64, Error> {
     let mut value = [0u8; 8];
-    fd.get_one_reg(mpidr_reg(), &mut value)
+    fd.get_one_reg(sysreg_id(MPIDR_EL1), &mut value)
         .map_err(|source| Error::VcpuSetup {
             vcpu: index,
             what: "read MPIDR_EL1",

@@ -2,13 +2,12 @@
 //! their boot state, and running each vCPU on its own thread.
 
 #[cfg(target_arch = "aarch64")]
-mod aarch64;
+pub(crate) mod aarch64;
 pub mod control;
 #[cfg(target_arch = "aarch64")]
 pub mod gic;
 #[cfg(target_arch = "x86_64")]
 pub mod regs;
-#[cfg(target_arch = "x86_64")]
 pub mod state;
 pub mod vcpu;
 
@@ -81,12 +80,39 @@ pub enum Error {
     #[cfg(target_arch = "x86_64")]
     #[error("cannot read KVM's list of MSRs")]
     MsrList(#[source] kvm_ioctls::Error),
-    #[cfg(target_arch = "x86_64")]
     #[error("vCPU {vcpu} did not save its state when the VM paused")]
     VcpuNotSaved { vcpu: u8 },
     #[cfg(target_arch = "x86_64")]
     #[error("interrupt controller {saved} saved where controller {expected} belongs")]
     ChipId { saved: u32, expected: u32 },
+    #[cfg(target_arch = "aarch64")]
+    #[error("vCPU {vcpu}: cannot read or set register {id:#x}")]
+    Reg {
+        vcpu: u8,
+        id: u64,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[cfg(target_arch = "aarch64")]
+    #[error("vCPU {vcpu} has no register {id:#x} of the size saved")]
+    RegUnknown { vcpu: u8, id: u64 },
+    #[cfg(target_arch = "aarch64")]
+    #[error("GIC: cannot read or set attribute {attr:#x} of group {group}")]
+    GicReg {
+        group: u32,
+        attr: u64,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[cfg(target_arch = "aarch64")]
+    #[error("GIC: a GICv{} saved, this VM has the other", if *saved_v3 { 3 } else { 2 })]
+    GicVersion { saved_v3: bool },
+    #[cfg(target_arch = "aarch64")]
+    #[error("GIC: attribute group {0} is not a register group")]
+    GicGroup(u32),
+    #[cfg(target_arch = "aarch64")]
+    #[error("GIC: value {value:#x} of 32-bit attribute {attr:#x} is too wide")]
+    GicValue { attr: u64, value: u64 },
 }
 
 fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -208,7 +234,7 @@ impl Vm {
                 hash.update(word.to_le_bytes());
             }
         }
-        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(hash.finalize())
     }
 
     /// Creates vCPU `index` of `count` with its CPUID, MSRs, FPU and LAPIC set up; it is
@@ -352,7 +378,12 @@ pub(crate) mod smoke {
         let vcpu = vm.create_vcpu(0, 1, crate::cpuid::DEFAULT_HIDDEN).unwrap();
         vcpu.set_real_mode_entry(0x1000).unwrap();
         let control = VmControl::new(1).unwrap();
-        vcpu.run(&pio, &Bus::new(), &control, &state::VcpuStates::new(1));
+        vcpu.run(
+            &pio,
+            &Bus::new(),
+            &control,
+            &state::VcpuStates::new(1, false),
+        );
 
         assert!(control.is_stopping());
         assert_eq!(control.take_outcome().unwrap().unwrap(), VmExit::Guest(42));

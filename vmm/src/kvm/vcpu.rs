@@ -23,7 +23,8 @@ use vmm_sys_util::signal::{register_signal_handler, unblock_signal, Killable, SI
 #[cfg(target_arch = "aarch64")]
 use super::aarch64;
 #[cfg(target_arch = "x86_64")]
-use super::{regs, state::VcpuStates};
+use super::regs;
+use super::state::VcpuStates;
 use super::{Error, Vm, VmControl};
 use crate::boot::BootEntry;
 #[cfg(target_arch = "x86_64")]
@@ -121,6 +122,10 @@ pub struct Vcpu {
     /// The MSRs a snapshot saves (super::state).
     #[cfg(target_arch = "x86_64")]
     pub(super) msr_indices: Arc<[u32]>,
+    /// The registers a snapshot saves: every one KVM lists for the vCPU, read at its creation
+    /// (no vCPU thread's filter allows listing them later).
+    #[cfg(target_arch = "aarch64")]
+    pub(super) reg_ids: Vec<u64>,
     /// The last exit was port or MMIO I/O, which KVM completes on the next KVM_RUN.
     io_pending: bool,
 }
@@ -137,9 +142,11 @@ impl Vcpu {
                 source,
             })?;
         aarch64::init_vcpu(&vm.fd, &fd, index)?;
+        let reg_ids = aarch64::reg_ids(&fd, index)?;
         Ok(Vcpu {
             index,
             fd,
+            reg_ids,
             io_pending: false,
         })
     }
@@ -282,24 +289,12 @@ impl Vcpu {
     }
 
     /// Runs the vCPU until the VM stops; records why it ended the VM, if it did. At a pause it
-    /// leaves its state in `states` when a snapshot wants it (x86-64).
-    pub fn run(
-        mut self,
-        pio: &Bus,
-        mmio: &Bus,
-        control: &VmControl,
-        #[cfg(target_arch = "x86_64")] states: &VcpuStates,
-    ) {
+    /// leaves its state in `states` when a snapshot wants it.
+    pub fn run(mut self, pio: &Bus, mmio: &Bus, control: &VmControl, states: &VcpuStates) {
         let _ = unblock_signal(kick_signal());
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
         tracing::debug!(vcpu = self.index, "vCPU running");
-        let outcome = self.run_loop(
-            pio,
-            mmio,
-            control,
-            #[cfg(target_arch = "x86_64")]
-            states,
-        );
+        let outcome = self.run_loop(pio, mmio, control, states);
         KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
         if let Some(outcome) = outcome {
             control.stop(outcome);
@@ -312,7 +307,7 @@ impl Vcpu {
         pio: &Bus,
         mmio: &Bus,
         control: &VmControl,
-        #[cfg(target_arch = "x86_64")] states: &VcpuStates,
+        states: &VcpuStates,
     ) -> Option<Result<VmExit, RunError>> {
         let vcpu = self.index;
         loop {
@@ -325,7 +320,6 @@ impl Vcpu {
                     // the I/O and returns at once.
                     self.fd.set_kvm_immediate_exit(1);
                 } else {
-                    #[cfg(target_arch = "x86_64")]
                     if states.wanted() {
                         states.put(vcpu, self.save_state());
                     }

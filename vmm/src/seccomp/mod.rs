@@ -43,8 +43,7 @@ pub enum ThreadKind {
     /// loopback (devices::virtio::net::guard).
     PasstRelay,
     /// Saves the VM when the guest asks for it (crate::snapshot::save): KVM's VM state, the
-    /// snapshot file. x86-64 only: on arm64 (no snapshots yet) its filter is the
-    /// common part alone.
+    /// snapshot file.
     Snapshot,
     /// The main thread of a VMM in a process of its own (crate::backend::process), once the
     /// VM's threads run: waits for them, tears the machine down (the vsock socket file goes)

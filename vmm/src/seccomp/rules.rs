@@ -14,8 +14,7 @@ const KVMIO: u32 = 0xae;
 vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
 // A snapshot's reads of a paused VM's state (crate::kvm::state): each vCPU its own, the
-// snapshot thread the VM's. x86-64 only: arm64 VMs have no snapshots (yet), and most of these
-// structures do not exist there.
+// snapshot thread the VM's.
 #[cfg(target_arch = "x86_64")]
 mod state_ioctls {
     use super::KVMIO;
@@ -38,7 +37,19 @@ mod state_ioctls {
     vmm_sys_util::ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_bindings::kvm_pit_state2);
     vmm_sys_util::ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_bindings::kvm_clock_data);
 }
-#[cfg(target_arch = "x86_64")]
+#[cfg(target_arch = "aarch64")]
+mod state_ioctls {
+    use super::KVMIO;
+
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_bindings::kvm_mp_state);
+    vmm_sys_util::ioctl_iow_nr!(KVM_GET_ONE_REG, KVMIO, 0xab, kvm_bindings::kvm_one_reg);
+    vmm_sys_util::ioctl_iow_nr!(
+        KVM_GET_DEVICE_ATTR,
+        KVMIO,
+        0xe2,
+        kvm_bindings::kvm_device_attr
+    );
+}
 pub(super) use state_ioctls::*;
 
 fn any(nr: libc::c_long) -> Entry {
@@ -131,14 +142,17 @@ fn vmm_main() -> Vec<Entry> {
 }
 
 /// KVM_RUN, and the ioeventfds a virtio driver's DRIVER_OK or reset attaches and detaches
-/// (register writes are served on the vCPU thread); reading its own state for a snapshot
-/// (x86-64 only); waiting for console output to drain; eventfd reads when a device resets,
+/// (register writes are served on the vCPU thread); reading its own state for a snapshot;
+/// waiting for console output to drain; eventfd reads when a device resets,
 /// and what a vsock reset does to its connections and timer. (An arm64 vCPU's set-up,
 /// KVM_ARM_VCPU_INIT and its registers, is done before its thread starts.)
 fn vcpu() -> Result<Vec<Entry>> {
     let mut rules = polls();
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut ioctls = vec![vec![eq(1, KVM_RUN())?], vec![eq(1, KVM_IOEVENTFD())?]];
+    #[cfg(target_arch = "aarch64")]
+    for request in [KVM_GET_MP_STATE(), KVM_GET_ONE_REG()] {
+        ioctls.push(vec![eq(1, request)?]);
+    }
     #[cfg(target_arch = "x86_64")]
     for request in [
         KVM_GET_MP_STATE(),
@@ -204,32 +218,25 @@ fn virtio() -> Result<Vec<Entry>> {
 }
 
 /// The snapshot thread: waits for the save byte or the VM's end, reads the VM's interrupt
-/// controllers, PIT and clock, and writes the snapshot file it was given (positioned writes,
-/// truncation to empty and to its length, fsync): it opens nothing.
-#[cfg(target_arch = "x86_64")]
+/// controllers (x86-64: and PIT and clock), and writes the snapshot file it was given
+/// (positioned writes, truncation to empty and to its length, fsync): it opens nothing.
 fn snapshot() -> Result<Vec<Entry>> {
+    #[cfg(target_arch = "x86_64")]
+    let reads = vec![
+        vec![eq(1, KVM_GET_IRQCHIP())?],
+        vec![eq(1, KVM_GET_PIT2())?],
+        vec![eq(1, KVM_GET_CLOCK())?],
+    ];
+    #[cfg(target_arch = "aarch64")]
+    let reads = vec![vec![eq(1, KVM_GET_DEVICE_ATTR())?]];
     let mut rules = polls();
     rules.extend([
-        when(
-            libc::SYS_ioctl,
-            vec![
-                vec![eq(1, KVM_GET_IRQCHIP())?],
-                vec![eq(1, KVM_GET_PIT2())?],
-                vec![eq(1, KVM_GET_CLOCK())?],
-            ],
-        )?,
+        when(libc::SYS_ioctl, reads)?,
         any(libc::SYS_pwrite64),
         any(libc::SYS_ftruncate),
         any(libc::SYS_fsync),
     ]);
     Ok(rules)
-}
-
-/// No snapshots of arm64 VMs (yet), hence no snapshot thread: should one start, it gets no
-/// more than [`common`].
-#[cfg(not(target_arch = "x86_64"))]
-fn snapshot() -> Result<Vec<Entry>> {
-    Ok(Vec::new())
 }
 
 /// The filter of `kind`: [`common`] and its own.

@@ -48,28 +48,31 @@ fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd, epoll: &Epoll) {
                 std::io::Error::last_os_error().raw_os_error(),
                 Some(libc::ENOTTY)
             );
-            // So does reading its state for a snapshot (x86-64 only).
+            // So does reading its state for a snapshot.
             #[cfg(target_arch = "x86_64")]
-            {
-                // SAFETY: the kernel refuses the ioctl before it writes to the null pointer.
-                let rc = unsafe { libc::ioctl(evt.as_raw_fd(), rules::KVM_GET_REGS() as _, 0) };
-                assert_eq!(rc, -1);
-                assert_eq!(
-                    std::io::Error::last_os_error().raw_os_error(),
-                    Some(libc::ENOTTY)
-                );
-            }
+            let read_state = rules::KVM_GET_REGS();
+            #[cfg(target_arch = "aarch64")]
+            let read_state = rules::KVM_GET_ONE_REG();
+            // SAFETY: the kernel refuses the ioctl before it reads or writes through the null
+            // pointer.
+            let rc = unsafe { libc::ioctl(evt.as_raw_fd(), read_state as _, 0) };
+            assert_eq!(rc, -1);
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::ENOTTY)
+            );
             evt.write(1).unwrap();
         }
-        // Nothing of its own on arm64, which has no snapshots.
-        #[cfg(not(target_arch = "x86_64"))]
-        ThreadKind::Snapshot => {}
-        #[cfg(target_arch = "x86_64")]
         ThreadKind::Snapshot => {
-            // The VM's clock (refused by the kernel on an eventfd), and a positioned write
-            // (refused on a pipe).
-            // SAFETY: the kernel refuses the ioctl before it writes to the null pointer.
-            let rc = unsafe { libc::ioctl(evt.as_raw_fd(), rules::KVM_GET_CLOCK() as _, 0) };
+            // The VM's state (x86-64: its clock; arm64: a GIC attribute), refused by the kernel
+            // on an eventfd, and a positioned write (refused on a pipe).
+            #[cfg(target_arch = "x86_64")]
+            let read_state = rules::KVM_GET_CLOCK();
+            #[cfg(target_arch = "aarch64")]
+            let read_state = rules::KVM_GET_DEVICE_ATTR();
+            // SAFETY: the kernel refuses the ioctl before it reads or writes through the null
+            // pointer.
+            let rc = unsafe { libc::ioctl(evt.as_raw_fd(), read_state as _, 0) };
             assert_eq!(rc, -1);
             assert_eq!(
                 std::io::Error::last_os_error().raw_os_error(),

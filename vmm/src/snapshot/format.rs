@@ -20,10 +20,7 @@ use std::os::unix::fs::FileExt;
 
 use sha2::{Digest, Sha256};
 
-use super::Error;
-#[cfg(target_arch = "x86_64")]
-use super::{memory, Snapshot};
-#[cfg(target_arch = "x86_64")]
+use super::{memory, Error, Snapshot};
 use crate::memory::GuestMemory;
 
 /// The version of this layout; a file of another version is refused.
@@ -81,7 +78,6 @@ pub fn payload_offset(state_len: usize) -> u64 {
     (STATE_OFFSET + state_len as u64).next_multiple_of(MEMORY_ALIGN)
 }
 
-#[cfg(target_arch = "x86_64")]
 /// Writes `snapshot` and `mem` to `file` (emptied first) and flushes it to disk. Returns the
 /// bytes of memory written (the rest are holes).
 pub fn write(file: &File, snapshot: &Snapshot, mem: &GuestMemory) -> Result<u64, Error> {
@@ -114,14 +110,12 @@ pub fn finish(file: &File, state: &[u8], payload_len: u64) -> Result<(), Error> 
     file.sync_all().map_err(io("flush the file to disk"))
 }
 
-#[cfg(target_arch = "x86_64")]
 /// A snapshot read and checked, and where its memory is in the file.
 pub struct Loaded {
     pub snapshot: Snapshot,
     pub memory_offset: u64,
 }
 
-#[cfg(target_arch = "x86_64")]
 /// Reads the snapshot in `file`, refusing one of another format version, truncated or
 /// corrupted, or whose memory does not match its header. The header is the caller's to check
 /// against what it restores ([`super::Header::check`]).

@@ -8,19 +8,18 @@
 //! what differs ([`Error`]).
 
 pub mod format;
-#[cfg(target_arch = "x86_64")]
 pub mod memory;
-#[cfg(target_arch = "x86_64")]
 pub mod save;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(target_arch = "aarch64")]
+use crate::devices::legacy::rtc::Pl031State;
+use crate::devices::legacy::serial::SerialState;
 #[cfg(target_arch = "x86_64")]
-use crate::devices::legacy::{cmos::CmosState, i8042::I8042State, serial::SerialState};
+use crate::devices::legacy::{cmos::CmosState, i8042::I8042State};
 use crate::devices::persist::RestoreError;
-#[cfg(target_arch = "x86_64")]
 use crate::devices::virtio::{mmio::TransportState, VirtioState};
-#[cfg(target_arch = "x86_64")]
 use crate::kvm::state::{VcpuState, VmState};
 use crate::vm::{Device, VmSpec};
 
@@ -183,7 +182,6 @@ impl Header {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 /// Everything of a VM but its memory.
 #[derive(Serialize, Deserialize)]
 pub struct Snapshot {
@@ -193,7 +191,6 @@ pub struct Snapshot {
     pub devices: DevicesState,
 }
 
-#[cfg(target_arch = "x86_64")]
 impl Snapshot {
     /// Refuses a snapshot whose parts disagree with its own header (a state that checks out
     /// but was put together wrongly).
@@ -206,25 +203,35 @@ impl Snapshot {
                 self.header.cpus
             ));
         }
-        if self.devices.virtio.len() != self.header.devices.len() {
+        let devices = self.header.devices.len() + EXTRA_VIRTIO_DEVICES;
+        if self.devices.virtio.len() != devices {
             return corrupted(format!(
-                "{} device states for {} devices",
+                "{} device states for {devices} devices",
                 self.devices.virtio.len(),
-                self.header.devices.len()
             ));
         }
         Ok(())
     }
 }
 
+/// The virtio devices a VM has besides its spec's: on arm64 the marks port, after them.
 #[cfg(target_arch = "x86_64")]
-/// The devices' states: the legacy ones, then each virtio device's transport and device, in
-/// the spec's order.
+pub const EXTRA_VIRTIO_DEVICES: usize = 0;
+#[cfg(target_arch = "aarch64")]
+pub const EXTRA_VIRTIO_DEVICES: usize = 1;
+
+/// The devices' states: the legacy ones (x86-64: the serial port, i8042 and CMOS RTC; arm64:
+/// the serial port and the PL031 RTC), then each virtio device's transport and device, in the
+/// spec's order, then those the VMM adds ([`EXTRA_VIRTIO_DEVICES`]).
 #[derive(Serialize, Deserialize)]
 pub struct DevicesState {
     pub serial: SerialState,
+    #[cfg(target_arch = "x86_64")]
     pub i8042: I8042State,
+    #[cfg(target_arch = "x86_64")]
     pub cmos: CmosState,
+    #[cfg(target_arch = "aarch64")]
+    pub rtc: Pl031State,
     pub virtio: Vec<VirtioDeviceState>,
     /// Whether the guest had said its console takes input (the boot timer's `R`): a restored
     /// VM's console opens at once then, and otherwise when the guest says so again.
@@ -232,7 +239,6 @@ pub struct DevicesState {
     pub console_ready: bool,
 }
 
-#[cfg(target_arch = "x86_64")]
 #[derive(Serialize, Deserialize)]
 pub struct VirtioDeviceState {
     pub transport: TransportState,

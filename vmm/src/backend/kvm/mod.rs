@@ -28,11 +28,15 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use vmm_sys_util::eventfd::EventFd;
+
 use crate::boot;
 use crate::boot::cmdline::{self, MmioSlot};
-use crate::devices::bus::{Bus, BusDevice, OverlapError};
+use crate::devices::bus::{Bus, OverlapError};
+use crate::devices::legacy::ports::SaveTrigger;
 use crate::devices::legacy::serial::{self, ConsoleWriter, Serial};
 use crate::devices::legacy::IrqLine;
+use crate::devices::persist::{Persist, RestoreError};
 use crate::devices::virtio::block::{self, Block};
 use crate::devices::virtio::mmio::{MmioTransport, TransportArgs};
 use crate::devices::virtio::net;
@@ -44,17 +48,15 @@ use crate::jail::{self, Identity};
 use crate::kvm::control::{EndGuard, RunState, TransitionError};
 #[cfg(target_arch = "aarch64")]
 use crate::kvm::gic::Gic;
-#[cfg(target_arch = "x86_64")]
 use crate::kvm::state::VcpuStates;
 use crate::kvm::vcpu::{self, RunError};
 use crate::kvm::{self, Vcpu, Vm, VmControl};
 use crate::memory::{self, Backing, GuestMemory, SharedMemory, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use crate::seccomp::{self, ThreadKind};
-use crate::snapshot;
-#[cfg(target_arch = "x86_64")]
-use crate::snapshot::save::Saver;
+use crate::snapshot::{self, format::Loaded, save::Saver, Header, Snapshot};
 use crate::vm::{
-    ConsoleIo, ConsoleReady, Device, PauseLink, PauseRequest, RunReport, StopSignal, VmExit, VmSpec,
+    ConsoleIo, ConsoleReady, Device, PauseLink, PauseRequest, RunReport, Start, StopSignal, VmExit,
+    VmSpec,
 };
 
 /// The threads besides the vCPUs that park when the VM pauses: the device thread and console
@@ -99,11 +101,6 @@ pub enum Error {
     },
     #[error(transparent)]
     Snapshot(#[from] snapshot::Error),
-    #[cfg(target_arch = "aarch64")]
-    #[error(
-        "snapshots of a VM on arm64 KVM are not supported yet: boot it (or use --backend qemu)"
-    )]
-    SnapshotOnArm64,
 }
 
 fn device_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
@@ -140,14 +137,12 @@ pub struct Built {
     /// Whether the VMM's threads install their seccomp filters.
     seccomp: bool,
     /// Where the vCPUs leave their state for a save.
-    #[cfg(target_arch = "x86_64")]
     vcpu_states: Arc<VcpuStates>,
     /// The save, for `Start::Save`.
-    #[cfg(target_arch = "x86_64")]
     saver: Option<Saver>,
     /// The in-kernel interrupt controller, held as long as the VM.
     #[cfg(target_arch = "aarch64")]
-    _gic: Gic,
+    _gic: Arc<Gic>,
     /// For a restored VM: when building it began, the console's "ready", and whether the guest
     /// had said it before it was saved (its console then takes input at once).
     restored: Option<(Instant, ConsoleReady, bool)>,
@@ -249,7 +244,6 @@ impl Vmm<Built> {
                 serial::forward_input(&input, &serial, &*c);
             },
         );
-        #[cfg(target_arch = "x86_64")]
         if let Some(saver) = built.saver {
             let c = control.clone();
             threads.spawn(
@@ -264,7 +258,6 @@ impl Vmm<Built> {
                 break;
             }
             let (c, pio, mmio) = (control.clone(), built.pio.clone(), built.mmio.clone());
-            #[cfg(target_arch = "x86_64")]
             let states = built.vcpu_states.clone();
             let name = format!("vcpu{}", vcpu.index());
             threads.spawn(&control, name, ThreadKind::Vcpu, move || {
@@ -272,13 +265,7 @@ impl Vmm<Built> {
                     control: &c,
                     what: "vCPU",
                 };
-                vcpu.run(
-                    &pio,
-                    &mmio,
-                    &c,
-                    #[cfg(target_arch = "x86_64")]
-                    &states,
-                );
+                vcpu.run(&pio, &mmio, &c, &states);
             });
         }
         if let Some((since, ready, was_ready)) = built.restored {
@@ -432,6 +419,124 @@ fn supervise(
     kib
 }
 
+/// The snapshot file `spec.start` names — `given` when the caller opened it (a jailed VMM has
+/// no path to it) — and, for a restore, what it holds, read and checked (but for its header,
+/// which [`saved`] checks); neither for a boot.
+fn open_snapshot(
+    spec: &VmSpec,
+    given: Option<File>,
+) -> Result<(Option<File>, Option<Loaded>), Error> {
+    let file = match (&spec.start, given) {
+        (Start::Boot, _) => return Ok((None, None)),
+        (_, Some(file)) => file,
+        (Start::Save { to, .. }, None) => File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(to)
+            .map_err(|source| Error::SnapshotFile {
+                path: to.clone(),
+                source,
+            })?,
+        (Start::Restore { from, .. }, None) => {
+            File::open(from).map_err(|source| Error::SnapshotFile {
+                path: from.clone(),
+                source,
+            })?
+        }
+    };
+    let loaded = match spec.start {
+        Start::Restore { .. } => Some(snapshot::format::read(&file)?),
+        _ => None,
+    };
+    Ok((Some(file), loaded))
+}
+
+/// Guest memory: mapped from the snapshot `loaded` came from, or new.
+fn guest_memory(
+    spec: &VmSpec,
+    file: Option<&File>,
+    loaded: Option<&Loaded>,
+) -> Result<(SharedMemory, Backing), Error> {
+    let (mem, backing) = match (loaded, file) {
+        (Some(loaded), Some(file)) => (
+            memory::from_snapshot(spec.memory_mib, file, loaded.memory_offset)?,
+            Backing::Snapshot,
+        ),
+        _ => memory::create(spec.memory_mib)?,
+    };
+    tracing::info!(memory_mib = spec.memory_mib, "guest RAM on {backing}");
+    Ok((Arc::new(mem), backing))
+}
+
+/// The header a save writes and a restore expects, for a VM that runs on a CPU whose hash is
+/// `host`; none for a boot.
+fn snapshot_header(
+    spec: &VmSpec,
+    host: impl FnOnce() -> Result<String, kvm::Error>,
+) -> Result<Option<Header>, Error> {
+    Ok(match &spec.start {
+        Start::Boot => None,
+        Start::Save { identity, .. } | Start::Restore { identity, .. } => {
+            Some(Header::new(spec, identity, host()?))
+        }
+    })
+}
+
+/// The snapshot to restore, once its header is the one expected.
+fn saved<'a>(
+    loaded: Option<&'a Loaded>,
+    header: Option<&Header>,
+) -> Result<Option<&'a Snapshot>, Error> {
+    match (loaded, header) {
+        (Some(loaded), Some(header)) => {
+            header.check(&loaded.snapshot.header)?;
+            Ok(Some(&loaded.snapshot))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Restores virtio device `i` of `saved` behind a transport made of `args`.
+fn restore_transport(
+    saved: &Snapshot,
+    i: usize,
+    mut args: TransportArgs,
+) -> Result<MmioTransport, Error> {
+    let state = &saved.devices.virtio[i];
+    let restore_err = |source| snapshot::Error::Device { index: i, source };
+    args.device
+        .restore_state(&state.device)
+        .map_err(restore_err)?;
+    Ok(MmioTransport::restore(args, &state.transport).map_err(restore_err)?)
+}
+
+/// A save trigger for `Start::Save`: the eventfd the save waits on, and what the boot timer
+/// fires when the guest writes the save byte.
+fn save_trigger(
+    spec: &VmSpec,
+    control: &Arc<VmControl>,
+) -> Result<(Option<EventFd>, Option<SaveTrigger>), Error> {
+    let Start::Save { at, .. } = &spec.start else {
+        return Ok((None, None));
+    };
+    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("save trigger"))?;
+    let timer_evt = evt.try_clone().map_err(device_err("save trigger"))?;
+    Ok((
+        Some(evt),
+        Some(SaveTrigger {
+            at: *at,
+            evt: timer_evt,
+            control: control.clone(),
+        }),
+    ))
+}
+
+fn legacy_err(what: &'static str) -> impl FnOnce(RestoreError) -> Error {
+    move |source| snapshot::Error::Legacy { what, source }.into()
+}
+
 /// Refuses a vCPU count KVM (or the machine's tables: `limit`) cannot run.
 fn check_cpus(vm: &Vm, cpus: u8, limit: usize) -> Result<(), Error> {
     let max = vm.max_vcpus().min(limit);
@@ -536,10 +641,6 @@ fn attach_virtio(
         });
     }
     Ok((transports, slots))
-}
-
-fn shared<D: BusDevice + 'static>(device: D) -> Arc<Mutex<dyn BusDevice>> {
-    Arc::new(Mutex::new(device))
 }
 
 struct Threads {

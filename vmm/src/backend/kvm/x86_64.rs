@@ -6,30 +6,28 @@ use std::fs::File;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use vmm_sys_util::eventfd::EventFd;
-
 use super::{
-    attach_virtio, check_cpus, console_line, device_err, open_devices, shared, Built, Error, Vmm,
+    attach_virtio, check_cpus, console_line, device_err, guest_memory, legacy_err, open_devices,
+    open_snapshot, restore_transport, save_trigger, saved, snapshot_header, Built, Error, Vmm,
     DEVICE_PARTIES,
 };
 use crate::boot::cmdline;
 use crate::boot::{self, mptable};
 use crate::cpuid::DEFAULT_HIDDEN;
-use crate::devices::bus::Bus;
+use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::legacy::cmos::{Cmos, DateTime};
 use crate::devices::legacy::i8042::I8042;
-use crate::devices::legacy::ports::{BootTimer, ExitPort, SaveTrigger};
+use crate::devices::legacy::ports::{BootTimer, ExitPort};
 use crate::devices::legacy::serial::Serial;
 use crate::devices::legacy::{self, IrqLine};
-use crate::devices::persist::{Persist, RestoreError};
+use crate::devices::persist::Persist;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::{net, vsock};
 use crate::kvm::state::VcpuStates;
 use crate::kvm::vcpu;
 use crate::kvm::{Vm, VmControl};
-use crate::memory::{self, Backing, SharedMemory};
-use crate::snapshot::{self, save::Saver};
-use crate::vm::{ConsoleIo, Start, VmSpec};
+use crate::snapshot::save::Saver;
+use crate::vm::{ConsoleIo, VmSpec};
 
 /// The first interrupt line for virtio devices (0-4: timer, keyboard, cascade, COM2, COM1).
 const VIRTIO_IRQ_BASE: u32 = 5;
@@ -52,57 +50,13 @@ impl Vmm<Built> {
         snapshot: Option<File>,
     ) -> Result<Vmm<Built>, Error> {
         let started = Instant::now();
-        let snapshot = match (&spec.start, snapshot) {
-            (Start::Boot, _) => None,
-            (_, Some(file)) => Some(file),
-            (Start::Save { to, .. }, None) => Some(
-                File::options()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(to)
-                    .map_err(|source| Error::SnapshotFile {
-                        path: to.clone(),
-                        source,
-                    })?,
-            ),
-            (Start::Restore { from, .. }, None) => {
-                Some(File::open(from).map_err(|source| Error::SnapshotFile {
-                    path: from.clone(),
-                    source,
-                })?)
-            }
-        };
-        let restoring = match (&spec.start, &snapshot) {
-            (Start::Restore { .. }, Some(file)) => Some(snapshot::format::read(file)?),
-            _ => None,
-        };
+        let (snapshot, restoring) = open_snapshot(spec, snapshot)?;
         // Memory first: on an early return the VM fd (declared later) is dropped before it.
-        let (mem, backing) = match (&restoring, &snapshot) {
-            (Some(loaded), Some(file)) => (
-                memory::from_snapshot(spec.memory_mib, file, loaded.memory_offset)?,
-                Backing::Snapshot,
-            ),
-            _ => memory::create(spec.memory_mib)?,
-        };
-        tracing::info!(memory_mib = spec.memory_mib, "guest RAM on {backing}");
-        let mem: SharedMemory = Arc::new(mem);
+        let (mem, backing) = guest_memory(spec, snapshot.as_ref(), restoring.as_ref())?;
         let vm = Arc::new(Vm::new()?);
         check_cpus(&vm, spec.cpus, usize::from(mptable::MAX_CPUS))?;
-        let header = match &spec.start {
-            Start::Boot => None,
-            Start::Save { identity, .. } | Start::Restore { identity, .. } => {
-                Some(snapshot::Header::new(spec, identity, vm.host_cpuid_hash()))
-            }
-        };
-        let saved = match (&restoring, &header) {
-            (Some(loaded), Some(header)) => {
-                header.check(&loaded.snapshot.header)?;
-                Some(&loaded.snapshot)
-            }
-            _ => None,
-        };
+        let header = snapshot_header(spec, || Ok(vm.host_cpuid_hash()))?;
+        let saved = saved(restoring.as_ref(), header.as_ref())?;
         vcpu::install_kick_handler()?;
         vm.register_memory(&mem)?;
         let kernel = match saved {
@@ -151,22 +105,7 @@ impl Vmm<Built> {
             EXIT_PORT_LEN,
             shared(ExitPort),
         )?;
-        let trigger = match &spec.start {
-            Start::Save { at, .. } => {
-                let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("save trigger"))?;
-                let timer_evt = evt.try_clone().map_err(device_err("save trigger"))?;
-                Some((
-                    evt,
-                    SaveTrigger {
-                        at: *at,
-                        evt: timer_evt,
-                        control: control.clone(),
-                    },
-                ))
-            }
-            _ => None,
-        };
-        let (trigger, save_at) = trigger.unzip();
+        let (trigger, save_at) = save_trigger(spec, &control)?;
         let timer = BootTimer::new(
             started,
             init_reached.clone(),
@@ -192,15 +131,7 @@ impl Vmm<Built> {
             |i, args| match saved {
                 None => MmioTransport::new(args.device, args.mem, args.irq, args.notify, args.base)
                     .map_err(device_err("virtio-mmio transport")),
-                Some(s) => {
-                    let state = &s.devices.virtio[i];
-                    let restore_err = |source| snapshot::Error::Device { index: i, source };
-                    let mut args = args;
-                    args.device
-                        .restore_state(&state.device)
-                        .map_err(restore_err)?;
-                    Ok(MmioTransport::restore(args, &state.transport).map_err(restore_err)?)
-                }
+                Some(s) => restore_transport(s, i, args),
             },
         )?;
 
@@ -224,10 +155,7 @@ impl Vmm<Built> {
             (None, None) => unreachable!("a kernel is loaded unless the VM is restored"),
         }
 
-        let vcpu_states = Arc::new(VcpuStates::new(spec.cpus));
-        if trigger.is_some() {
-            vcpu_states.want();
-        }
+        let vcpu_states = Arc::new(VcpuStates::new(spec.cpus, trigger.is_some()));
         let saver = match (trigger, header, snapshot) {
             (Some(trigger), Some(header), Some(file)) => Some(Saver {
                 file,
@@ -266,6 +194,6 @@ impl Vmm<Built> {
     }
 }
 
-fn legacy_err(what: &'static str) -> impl FnOnce(RestoreError) -> Error {
-    move |source| snapshot::Error::Legacy { what, source }.into()
+fn shared<D: BusDevice + 'static>(device: D) -> Arc<Mutex<dyn BusDevice>> {
+    Arc::new(Mutex::new(device))
 }

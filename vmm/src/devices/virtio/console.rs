@@ -21,12 +21,14 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 
 use super::cursor::Cursor;
 use super::kick::Kick;
-use super::{BackendWork, VirtioDevice, RING_FEATURES, VIRTIO_F_VERSION_1};
+use super::{BackendWork, VirtioDevice, VirtioState, RING_FEATURES, VIRTIO_F_VERSION_1};
+use crate::devices::persist::RestoreError;
 use crate::memory::GuestMemory;
 
 /// Feature bit 1: more than one port, and the control queues (virtio-bindings has no console
@@ -80,11 +82,20 @@ pub enum Error {
 }
 
 /// A control message for the driver, about port 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Message {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
     Add,
     Name,
     Open,
+}
+
+/// What a snapshot keeps of the device: the control messages the driver has not taken yet and
+/// where it is in the receive queues. Its port's name and sink are the restoring VM's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleState {
+    pub pending: Vec<Message>,
+    pub control_rx: u16,
+    pub port_rx: u16,
 }
 
 pub struct Console {
@@ -304,6 +315,38 @@ impl VirtioDevice for Console {
             }
             _ => Ok(false),
         }
+    }
+
+    fn save_state(&self) -> Option<VirtioState> {
+        Some(VirtioState::Console(ConsoleState {
+            pending: self.pending.iter().copied().collect(),
+            control_rx: self.control_rx.position(),
+            port_rx: self.port_rx.position(),
+        }))
+    }
+
+    fn restore_state(&mut self, state: &VirtioState) -> Result<(), RestoreError> {
+        let VirtioState::Console(s) = state else {
+            return Err(RestoreError::DeviceKind {
+                saved: state.kind(),
+                device: self.device_type(),
+            });
+        };
+        if s.pending.len() > MAX_PENDING {
+            return Err(RestoreError::TooLong {
+                what: "virtio-console control messages",
+                len: s.pending.len(),
+                max: MAX_PENDING,
+            });
+        }
+        self.pending = s.pending.iter().copied().collect();
+        self.control_rx = Cursor::at(s.control_rx);
+        self.port_rx = Cursor::at(s.port_rx);
+        // Messages still for the driver: the device thread delivers them once it runs.
+        if !self.pending.is_empty() {
+            self.kick.raise();
+        }
+        Ok(())
     }
 
     fn reset(&mut self) {
@@ -702,7 +745,41 @@ mod tests {
         dev.read_config(0, &mut config);
         // cols, rows, max_nr_ports = 1, emerg_wr; nothing past it.
         assert_eq!(config, [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert!(dev.save_state().is_none());
+    }
+
+    #[test]
+    fn a_restored_device_delivers_the_messages_the_driver_had_not_taken() {
+        let mut dev = Console::new(NAME, Box::new(Collect::default())).unwrap();
+        dev.queue(&[Message::Name, Message::Open]);
+        dev.control_rx = Cursor::at(7);
+        dev.port_rx = Cursor::at(65_535);
+        let saved = dev.save_state().unwrap();
+        let VirtioState::Console(state) = &saved else {
+            panic!("{saved:?} is not a console's state");
+        };
+        let saved_state = crate::devices::persist::through_json(state);
+
+        let mut back = Console::new(NAME, Box::new(Collect::default())).unwrap();
+        back.restore_state(&VirtioState::Console(saved_state.clone()))
+            .unwrap();
+        assert_eq!(back.save_state(), Some(saved));
+        let mut fds = [libc::pollfd {
+            fd: back.backend_fd().unwrap(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: `fds` is one valid pollfd for the call's length.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+        assert_eq!(
+            ready, 1,
+            "the device thread is called back for the messages"
+        );
+
+        let mut flood = saved_state;
+        flood.pending = vec![Message::Add; MAX_PENDING + 1];
+        let mut fresh = Console::new(NAME, Box::new(Collect::default())).unwrap();
+        assert!(fresh.restore_state(&VirtioState::Console(flood)).is_err());
+        assert!(fresh.restore_state(&VirtioState::Rng).is_err());
     }
 
     #[test]

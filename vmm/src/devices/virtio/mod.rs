@@ -121,6 +121,9 @@ pub enum VirtioState {
     Rng,
     Net(net::NetState),
     Vsock(vsock::VsockState),
+    /// The arm64 guest's marks port.
+    #[cfg(any(target_arch = "aarch64", test, feature = "fuzzing"))]
+    Console(console::ConsoleState),
 }
 
 impl VirtioState {
@@ -131,6 +134,8 @@ impl VirtioState {
             VirtioState::Rng => "virtio-rng",
             VirtioState::Net(_) => "virtio-net",
             VirtioState::Vsock(_) => "virtio-vsock",
+            #[cfg(any(target_arch = "aarch64", test, feature = "fuzzing"))]
+            VirtioState::Console(_) => "virtio-console",
         }
     }
 }

@@ -1,14 +1,6 @@
-//! What KVM holds of a VM, for snapshots: each vCPU's registers, FPU and extended state,
-//! LAPIC, MSRs (the kvmclock ones among them), pending events and run state, and the VM's
-//! in-kernel PIC, IOAPIC, PIT and clock. Saved from a paused VM (super::control), restored
-//! into a fresh one before its vCPUs first run, after Firecracker's `vstate`.
-//!
-//! A vCPU's state is read on its own thread, as it parks for the pause
-//! ([`VcpuStates`]): KVM finishes an I/O exit only on the vCPU's next KVM_RUN, so the vCPU
-//! first re-enters with `immediate_exit` set, and what it saves is never half an instruction.
-
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+//! What KVM holds of an x86-64 VM: each vCPU's registers, FPU and extended state, LAPIC, MSRs
+//! (the kvmclock ones among them), pending events and run state, and the VM's in-kernel PIC,
+//! IOAPIC, PIT and clock.
 
 use kvm_bindings::{
     kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
@@ -18,8 +10,7 @@ use kvm_bindings::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ioctl, Error, Vcpu, Vm};
-use crate::devices::lock;
+use crate::kvm::{ioctl, Error, Vcpu, Vm};
 
 /// One vCPU as KVM holds it. The CPUID is not saved: a restore gives the vCPU the one this VMM
 /// computes for it, which is the saved one on the same host CPU (snapshot's CPUID check).
@@ -202,48 +193,5 @@ impl Vm {
             .set_clock(&state.clock)
             .map_err(ioctl("set the clock"))?;
         Ok(())
-    }
-}
-
-/// Where the vCPUs leave their state when they park for a pause that a snapshot asked for
-/// ([`want`](Self::want) before the pause, [`take`](Self::take) once it holds).
-pub struct VcpuStates {
-    wanted: AtomicBool,
-    saved: Mutex<Vec<Option<Result<VcpuState, Error>>>>,
-}
-
-impl VcpuStates {
-    pub fn new(count: u8) -> Self {
-        VcpuStates {
-            wanted: AtomicBool::new(false),
-            saved: Mutex::new((0..count).map(|_| None).collect()),
-        }
-    }
-
-    /// The vCPUs save their state at the next pause.
-    pub fn want(&self) {
-        self.wanted.store(true, Ordering::Release);
-    }
-
-    pub(super) fn wanted(&self) -> bool {
-        self.wanted.load(Ordering::Acquire)
-    }
-
-    pub(super) fn put(&self, index: u8, state: Result<VcpuState, Error>) {
-        if let Some(slot) = lock(&self.saved).get_mut(usize::from(index)) {
-            *slot = Some(state);
-        }
-    }
-
-    /// Every vCPU's state, in vCPU order: from a pause asked for after [`want`](Self::want).
-    pub fn take(&self) -> Result<Vec<VcpuState>, Error> {
-        lock(&self.saved)
-            .iter_mut()
-            .enumerate()
-            .map(|(index, slot)| {
-                slot.take()
-                    .unwrap_or(Err(Error::VcpuNotSaved { vcpu: index as u8 }))
-            })
-            .collect()
     }
 }
