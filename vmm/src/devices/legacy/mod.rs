@@ -6,7 +6,7 @@ pub mod cmos;
 #[cfg(target_arch = "x86_64")]
 pub mod i8042;
 pub mod ports;
-#[cfg(target_arch = "aarch64")]
+#[cfg(any(target_arch = "aarch64", test))]
 pub mod rtc;
 pub mod serial;
 
