@@ -25,6 +25,19 @@ fn thread_name(kind: ThreadKind) -> &'static str {
     }
 }
 
+/// Makes KVM ioctl `request` on `evt`: the filter lets it through (the process is not killed),
+/// and the kernel refuses it (an eventfd is no KVM descriptor).
+fn kernel_refuses_kvm_ioctl(evt: &EventFd, request: u64) {
+    // SAFETY: the kernel refuses the ioctl on an eventfd before it reads or writes through its
+    // null argument.
+    let rc = unsafe { libc::ioctl(evt.as_raw_fd(), request as _, 0) };
+    assert_eq!(rc, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENOTTY)
+    );
+}
+
 /// Calls that `kind`'s filter allows, on descriptors opened before it was installed: `evt` is
 /// readable, and so is `pipe`; `epoll` watches `evt`.
 fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd, epoll: &Epoll) {
@@ -41,43 +54,21 @@ fn allowed(kind: ThreadKind, evt: &EventFd, pipe: &OwnedFd, epoll: &Epoll) {
         }
         ThreadKind::Vcpu => {
             // KVM_RUN passes the filter; on an eventfd the kernel refuses it.
-            // SAFETY: KVM_RUN takes no argument.
-            let rc = unsafe { libc::ioctl(evt.as_raw_fd(), rules::KVM_RUN() as _, 0) };
-            assert_eq!(rc, -1);
-            assert_eq!(
-                std::io::Error::last_os_error().raw_os_error(),
-                Some(libc::ENOTTY)
-            );
+            kernel_refuses_kvm_ioctl(evt, rules::KVM_RUN());
             // So does reading its state for a snapshot.
             #[cfg(target_arch = "x86_64")]
-            let read_state = rules::KVM_GET_REGS();
+            kernel_refuses_kvm_ioctl(evt, rules::KVM_GET_REGS());
             #[cfg(target_arch = "aarch64")]
-            let read_state = rules::KVM_GET_ONE_REG();
-            // SAFETY: the kernel refuses the ioctl before it reads or writes through the null
-            // pointer.
-            let rc = unsafe { libc::ioctl(evt.as_raw_fd(), read_state as _, 0) };
-            assert_eq!(rc, -1);
-            assert_eq!(
-                std::io::Error::last_os_error().raw_os_error(),
-                Some(libc::ENOTTY)
-            );
+            kernel_refuses_kvm_ioctl(evt, rules::KVM_GET_ONE_REG());
             evt.write(1).unwrap();
         }
         ThreadKind::Snapshot => {
             // The VM's state (x86-64: its clock; arm64: a GIC attribute), refused by the kernel
             // on an eventfd, and a positioned write (refused on a pipe).
             #[cfg(target_arch = "x86_64")]
-            let read_state = rules::KVM_GET_CLOCK();
+            kernel_refuses_kvm_ioctl(evt, rules::KVM_GET_CLOCK());
             #[cfg(target_arch = "aarch64")]
-            let read_state = rules::KVM_GET_DEVICE_ATTR();
-            // SAFETY: the kernel refuses the ioctl before it reads or writes through the null
-            // pointer.
-            let rc = unsafe { libc::ioctl(evt.as_raw_fd(), read_state as _, 0) };
-            assert_eq!(rc, -1);
-            assert_eq!(
-                std::io::Error::last_os_error().raw_os_error(),
-                Some(libc::ENOTTY)
-            );
+            kernel_refuses_kvm_ioctl(evt, rules::KVM_GET_DEVICE_ATTR());
             // SAFETY: pwrite reads one byte from `byte`.
             let rc = unsafe { libc::pwrite(pipe.as_raw_fd(), byte.as_ptr().cast(), 1, 0) };
             assert_eq!(rc, -1);
