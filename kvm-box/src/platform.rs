@@ -204,9 +204,13 @@ mod tests {
     use super::*;
 
     fn args(platform: &Platform) -> String {
+        args_with(platform, false)
+    }
+
+    fn args_with(platform: &Platform, gic_v2: bool) -> String {
         platform
             .qemu_args(
-                false,
+                gic_v2,
                 1024,
                 2,
                 Path::new("/k"),
@@ -235,17 +239,7 @@ mod tests {
 
     #[test]
     fn an_arm64_l1_may_have_a_gicv2() {
-        let line = AARCH64
-            .qemu_args(
-                true,
-                1024,
-                2,
-                Path::new("/k"),
-                Path::new("/i"),
-                Path::new("/c.log"),
-                Path::new("/o.log"),
-            )
-            .join(" ");
+        let line = args_with(&AARCH64, true);
         assert!(
             line.starts_with("-M virt,virtualization=on,gic-version=2 -accel tcg"),
             "{line}"
