@@ -160,14 +160,16 @@ impl Gic {
             regs.push(GicReg { group, attr, value });
             Ok(value)
         };
+        // The distributor's own registers and those of the SPIs (cpu interface 0's view, on
+        // a GICv2).
         let dist = KVM_DEV_ARM_VGIC_GRP_DIST_REGS;
-        if self.is_v3() {
-            read(dist, GICD_CTLR)?;
-            for (base, bits) in PER_IRQ {
-                for offset in words(base, bits, spis.clone()) {
-                    read(dist, offset)?;
-                }
+        read(dist, GICD_CTLR)?;
+        for (base, bits) in PER_IRQ {
+            for offset in words(base, bits, spis.clone()) {
+                read(dist, offset)?;
             }
+        }
+        if self.is_v3() {
             for irq in spis.clone() {
                 read(dist, GICD_IROUTER + irq * 8)?;
                 read(dist, GICD_IROUTER + irq * 8 + 4)?;
@@ -202,12 +204,6 @@ impl Gic {
                 }
             }
         } else {
-            read(dist, GICD_CTLR)?;
-            for (base, bits) in PER_IRQ {
-                for offset in words(base, bits, spis.clone()) {
-                    read(dist, offset)?;
-                }
-            }
             for offset in words(GICD_ITARGETSR, 8, spis) {
                 read(dist, offset)?;
             }
