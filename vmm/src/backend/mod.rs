@@ -98,11 +98,17 @@ impl Backend {
     }
 
     /// What a snapshot of an `arch` guest this backend saves depends on besides the VM: its
-    /// name, and for QEMU the build on PATH of that architecture's emulator (a migration
-    /// stream is QEMU's own format).
+    /// name; for our VMM the host's CPU as a vCPU sees it (crate::kvm::host_cpu_hash: a
+    /// snapshot restores only there, so a cache shared by two machines, or a host whose KVM
+    /// changed, keeps a template for each instead of failing to restore one); for QEMU the
+    /// build on PATH of that architecture's emulator (a migration stream is QEMU's own format).
     pub fn snapshot_identity(&self, arch: Arch) -> String {
         match self {
-            Backend::Kvm { .. } => self.name().to_string(),
+            Backend::Kvm { .. } => match crate::kvm::host_cpu_hash() {
+                Ok(cpu) => format!("{} cpu {cpu}", self.name()),
+                // KVM cannot run a VM here either: the VM's start says why.
+                Err(e) => format!("{} cpu unknown ({e})", self.name()),
+            },
             Backend::Qemu { .. } => format!("{} {}", self.name(), qemu::build(arch)),
         }
     }

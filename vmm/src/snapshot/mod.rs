@@ -117,8 +117,9 @@ impl From<&Device> for DeviceKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     pub vmm_version: String,
-    /// What the guest ran on: for our VMM, the SHA-256 of the CPUID it gives the guest
-    /// (crate::kvm::Vm::host_cpuid_hash); for QEMU, its build and accelerator.
+    /// What the guest ran on: for our VMM, the SHA-256 of the CPU it gives the guest
+    /// (crate::kvm::host_cpu_hash: x86-64's CPUID, arm64's ID registers); for QEMU, its build
+    /// and accelerator.
     pub host: String,
     pub identity: String,
     pub memory_mib: u32,
