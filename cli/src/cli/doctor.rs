@@ -146,7 +146,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
 
 /// The templates VMs of the default size restore from on the auto backend: for each shape
 /// `nodeos-vm build` makes one of, the shape and its file when made (none is made here); or
-/// why there are none.
+/// why they are not known.
 fn default_templates(
     store: &Store,
     kernel: &Result<Option<PathBuf>, String>,
