@@ -259,6 +259,10 @@ fn map_aligned(len: usize, file: Option<(&std::fs::File, u64)>) -> std::io::Resu
     Ok(aligned as *mut u8)
 }
 
+/// The smallest hole of a snapshot that [`anonymous_over_holes`] maps anonymous: a huge page,
+/// the least that transparent huge pages can back.
+const MIN_ANONYMOUS_HOLE: libc::off_t = HUGE_PAGE_SIZE as libc::off_t;
+
 /// Maps anonymous memory over the parts of the file mapping at `aligned` (`len` bytes of
 /// `file` from `offset`) that are holes in the file: the guest's never-written RAM, which a
 /// snapshot leaves out. Through the file, a page of a hole that the guest touches first is read
@@ -266,6 +270,13 @@ fn map_aligned(len: usize, file: Option<(&std::fs::File, u64)>) -> std::io::Resu
 /// the KVM box's) those page-cache pages can never be reclaimed and are charged to the VMM's
 /// cgroup, so a guest that fills its RAM would cost it twice and the jail's memory limit would
 /// kill its VMM. Anonymous, a hole's pages are zero pages until written, once.
+///
+/// Only holes of [`MIN_ANONYMOUS_HOLE`] or more: in a template, nearly all of the holes'
+/// bytes are in a few large ones (measured: 387 MiB in 3 holes, 7.5 MiB in 319 smaller ones),
+/// and each mapping of its own cost the restore two more system calls and the VMM a mapping
+/// (one that every page fault's lookup and every read of its memory map walks past). A small
+/// hole's touched pages cost the page cache at most the small holes' size, shared by every VM
+/// restored from the file.
 fn anonymous_over_holes(
     file: &std::fs::File,
     offset: libc::off_t,
@@ -294,7 +305,7 @@ fn anonymous_over_holes(
         // ENXIO: no data past the hole.
         let hole_end = if data < 0 { end } else { data.min(end) };
         let (start, stop) = ((hole + page - 1) / page * page, hole_end / page * page);
-        if stop > start {
+        if stop - start >= MIN_ANONYMOUS_HOLE {
             let at_host = aligned + (start - offset) as usize;
             let size = (stop - start) as usize;
             // SAFETY: replaces (MAP_FIXED) a page-aligned part of the file mapping made above,
@@ -462,7 +473,8 @@ mod tests {
     }
 
     /// A snapshot's holes (RAM the guest never wrote) are mapped as anonymous memory, its data
-    /// from the file; both read as the file says, and the file's position is kept.
+    /// and its small holes from the file; all read as the file says, and the file's position is
+    /// kept.
     #[test]
     fn a_snapshots_holes_are_anonymous_memory() {
         use std::io::{Seek, SeekFrom, Write};
@@ -470,7 +482,8 @@ mod tests {
         let offset = 8 * 4096;
         let mut file = tempfile::tempfile().unwrap();
         file.set_len(offset + 128 * MIB).unwrap();
-        let data_at = [0, 64 * MIB];
+        // A 4 KiB hole between the first two pages of data, a large one after them.
+        let data_at = [0, 8192, 64 * MIB];
         for (i, at) in data_at.iter().enumerate() {
             file.seek(SeekFrom::Start(offset + at)).unwrap();
             file.write_all(&[b'A' + i as u8; 4096]).unwrap();
@@ -479,8 +492,8 @@ mod tests {
         let mem = from_snapshot(128, &file, offset).unwrap();
         assert_eq!(file.stream_position().unwrap(), 5);
         let byte = |at: u64| mem.read_obj::<u8>(GuestAddress(at)).unwrap();
-        assert_eq!((byte(0), byte(4095)), (b'A', b'A'));
-        assert_eq!(byte(64 * MIB), b'B');
+        assert_eq!((byte(0), byte(4095), byte(8192)), (b'A', b'A', b'B'));
+        assert_eq!(byte(64 * MIB), b'C');
         assert_eq!((byte(4096), byte(100 * MIB)), (0, 0));
         // In this process's map: the RAM's range is the file's around its data, anonymous
         // (inode 0) elsewhere, where the file system tells holes apart (tmpfs and ext4 do).
@@ -500,13 +513,11 @@ mod tests {
             .collect();
         assert!(inodes.iter().any(|(_, inode)| *inode == "0"), "{inodes:?}");
         assert!(inodes.iter().any(|(_, inode)| *inode != "0"), "{inodes:?}");
-        // The data's pages are the file's.
-        let data_page = inodes
-            .iter()
-            .rev()
-            .find(|(from, _)| *from <= start)
-            .unwrap();
-        assert_ne!(data_page.1, "0", "{inodes:?}");
+        // The data's pages and the small hole's are the file's; the large hole's anonymous.
+        let inode_at = |at: usize| inodes.iter().rev().find(|(from, _)| *from <= at).unwrap().1;
+        assert_ne!(inode_at(start), "0", "{inodes:?}");
+        assert_ne!(inode_at(start + 4096), "0", "{inodes:?}");
+        assert_eq!(inode_at(start + 32 * MIB as usize), "0", "{inodes:?}");
     }
 
     #[test]

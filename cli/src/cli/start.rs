@@ -23,7 +23,8 @@ pub struct StartArgs {
     /// Run nsh, the Node shell, instead of the REPL (`exit N` ends the VM with status N).
     #[arg(long, conflicts_with = "detach")]
     shell: bool,
-    /// Print boot timings (to init, to the end) on stderr.
+    /// Print boot timings (to init, to the end) and, with our VMM, its memory besides guest RAM
+    /// on stderr.
     #[arg(long, hide = true)]
     timings: bool,
     /// Run the VM in the background, without a REPL: prints its ID, for `exec`, `logs`, `stop`.
@@ -40,6 +41,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     let backend = choose_backend(args.vm.backend, args.vm.arch, &args.vm.jail, false)?;
     let (mut config, _held) = args.vm.config()?;
     config.shell = if args.shell { Shell::Nsh } else { Shell::Repl };
+    config.measure_overhead = args.timings;
     let stop = StopSignal::new()?;
     let (host_console, mut console) = HostConsole::attach(args.pipe)?;
     config.console = host_console.mode();

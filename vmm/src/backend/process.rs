@@ -444,7 +444,10 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
         .pause
         .then(|| PauseLink::from_fd(unsafe { OwnedFd::from_raw_fd(PAUSE_FD) }));
     let spec = match &request.jail {
-        Some(j) => jail::enter(j, &request.spec, memory::keep_smaps_open)?,
+        Some(j) => jail::enter(j, &request.spec, || match request.spec.measure_overhead {
+            true => memory::keep_smaps_open(),
+            false => Ok(()),
+        })?,
         None => request.spec,
     };
     let notify = status.try_clone().map_err(VmmError::Status)?;

@@ -139,6 +139,7 @@ mod tests {
             cmdline: String::new(),
             seccomp: true,
             start: Default::default(),
+            measure_overhead: false,
         };
         let (entries, jailed) = for_vm(&spec);
         assert_eq!(

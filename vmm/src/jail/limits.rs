@@ -110,6 +110,7 @@ mod tests {
             cmdline: String::new(),
             seccomp: true,
             start: Default::default(),
+            measure_overhead: false,
         };
         let limit = |spec: &VmSpec| Limits::for_vm(spec, pipe.as_fd()).unwrap().file_size;
         assert_eq!(limit(&spec), Some(1 << 20));

@@ -279,6 +279,7 @@ impl Setup {
             cmdline: String::new(),
             seccomp: true,
             start: Default::default(),
+            measure_overhead: false,
         };
         let home_socket = home.path().join("ssh-agent.sock");
         static SETUPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -101,6 +101,8 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// A cold boot, one that ends in a template snapshot, or a restore.
     pub start: Start,
+    /// Whether our VMM measures its own memory as the VM ends (`VmSpec::measure_overhead`).
+    pub measure_overhead: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -150,6 +152,7 @@ impl VmConfig {
             cmdline_extra: String::new(),
             seccomp: true,
             start: Start::Boot,
+            measure_overhead: false,
         }
     }
 
@@ -218,6 +221,7 @@ impl VmConfig {
             devices,
             seccomp: self.seccomp,
             start: self.start.clone(),
+            measure_overhead: self.measure_overhead,
         })
     }
 

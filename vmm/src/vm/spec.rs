@@ -27,6 +27,11 @@ pub struct VmSpec {
     pub seccomp: bool,
     /// Whether the VM boots, boots and is saved, or is restored from a snapshot.
     pub start: Start,
+    /// Whether our VMM measures, as the VM ends, the memory it holds besides guest RAM
+    /// (`RunReport::vmm_overhead_kib`): it reads its own memory map, which costs the end of a
+    /// restored VM (hundreds of mappings) tens of milliseconds in a nested KVM host.
+    #[serde(default)]
+    pub measure_overhead: bool,
 }
 
 /// An architecture as its name (the contract crate has no serde).

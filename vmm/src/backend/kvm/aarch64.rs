@@ -201,6 +201,7 @@ impl Vmm<Built> {
                 control,
                 init_reached,
                 seccomp: spec.seccomp,
+                measure_overhead: spec.measure_overhead,
                 vcpu_states,
                 saver,
                 _gic: gic,

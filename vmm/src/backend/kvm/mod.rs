@@ -136,6 +136,8 @@ pub struct Built {
     init_reached: Arc<OnceLock<Duration>>,
     /// Whether the VMM's threads install their seccomp filters.
     seccomp: bool,
+    /// Whether the VMM measures its own memory as the VM ends (`VmSpec::measure_overhead`).
+    measure_overhead: bool,
     /// Where the vCPUs leave their state for a save.
     vcpu_states: Arc<VcpuStates>,
     /// The save, for `Start::Save`.
@@ -186,7 +188,7 @@ impl Vmm<Built> {
         let built = self.state;
         let (control, mem, seccomp) = (built.control, built.mem, built.seccomp);
         // Opened here: the `vmm` thread's filter allows no open.
-        let smaps = memory::open_smaps();
+        let smaps = built.measure_overhead.then(memory::open_smaps).flatten();
         // Set up here: the device thread's filter allows no new descriptors.
         let worker = worker::Worker::new(&built.transports, &*control)
             .map_err(device_err("virtio device thread"))?;

@@ -316,6 +316,7 @@ pub(crate) fn pvh_spec(kernel: &Path, rootfs: &Path, cpus: u8) -> VmSpec {
         ],
         seccomp: true,
         start: Default::default(),
+        measure_overhead: false,
     }
 }
 

@@ -184,6 +184,7 @@ impl Vmm<Built> {
                 control,
                 init_reached,
                 seccomp: spec.seccomp,
+                measure_overhead: spec.measure_overhead,
                 vcpu_states,
                 saver,
                 restored: saved.map(|s| (started, console.ready, s.devices.console_ready)),

@@ -110,7 +110,8 @@ fn a_guest_runs_in_a_vmm_process_jailed_or_not() {
     let Some((kernel, rootfs)) = tiny_guest(GUEST) else {
         return;
     };
-    let spec = spec(kernel.path(), rootfs.path());
+    let mut spec = spec(kernel.path(), rootfs.path());
+    spec.measure_overhead = true;
     for jail in unjailed_and_jailed() {
         let o = boot(
             &this_test_binary(),
@@ -124,6 +125,17 @@ fn a_guest_runs_in_a_vmm_process_jailed_or_not() {
         assert!(report.vmm_overhead_kib.is_some_and(|kib| kib > 0));
         assert!(o.console.ends_with('P'), "jail {jail:?}: {:?}", o.console);
     }
+    // Unless asked, the VMM does not read its memory map at the end.
+    spec.measure_overhead = false;
+    let o = boot(
+        &this_test_binary(),
+        &spec,
+        &StopSignal::new().unwrap(),
+        None,
+    );
+    let report = o.result.unwrap();
+    assert_eq!(report.exit, VmExit::Guest(7));
+    assert_eq!(report.vmm_overhead_kib, None);
 }
 
 /// Saved in a VMM process right after the guest marks its console ready, jailed and not, and

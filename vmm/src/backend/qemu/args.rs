@@ -288,6 +288,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             seccomp: true,
             start: Default::default(),
+            measure_overhead: false,
         };
         let fds = Fds {
             timer: 5,
@@ -343,6 +344,7 @@ mod tests {
             cmdline: "console=ttyAMA0".into(),
             seccomp: true,
             start: Default::default(),
+            measure_overhead: false,
         };
         let fds = Fds {
             timer: 5,
@@ -390,6 +392,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             seccomp: false,
             start: Default::default(),
+            measure_overhead: false,
         };
         let fds = Fds {
             timer: 5,
