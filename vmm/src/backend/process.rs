@@ -444,9 +444,12 @@ fn serve(status: &File) -> Result<RunReport, VmmError> {
         .pause
         .then(|| PauseLink::from_fd(unsafe { OwnedFd::from_raw_fd(PAUSE_FD) }));
     let spec = match &request.jail {
-        Some(j) => jail::enter(j, &request.spec, || match request.spec.measure_overhead {
-            true => memory::keep_smaps_open(),
-            false => Ok(()),
+        Some(j) => jail::enter(j, &request.spec, || {
+            if request.spec.measure_overhead {
+                memory::keep_smaps_open()
+            } else {
+                Ok(())
+            }
         })?,
         None => request.spec,
     };
