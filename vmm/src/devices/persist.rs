@@ -6,9 +6,10 @@
 //!
 //! Saved here: the serial port (the UART's registers and receive FIFO, and the host input it
 //! holds beyond the FIFO), the i8042, the CMOS RTC (index and RAM; the clock is the host's),
-//! arm64's PL031 RTC (its registers and its clock's offset from the host's), virtio-rng (which has no state of its own), and the virtio-mmio transport (feature
-//! selectors and the driver's features, status, interrupt status, config generation, and each
-//! queue's size, ring addresses, ready flag and ring positions). The exit port and the boot
+//! arm64's PL031 RTC (its registers and its clock's offset from the host's), virtio-rng (which
+//! has no state of its own), and the virtio-mmio transport (feature selectors and the driver's
+//! features, status, interrupt status, config generation, and each queue's size, ring
+//! addresses, ready flag and ring positions). The exit port and the boot
 //! timer hold no guest state: the boot timer's marks are the host's run report.
 //!
 //! The devices behind a transport, which it holds boxed, save through
@@ -20,8 +21,8 @@
 //! messages the driver has not taken and its receive cursors.
 //!
 //! The rest of a snapshot is not here: KVM's state (vCPUs; x86-64's PIC, IOAPIC, PIT and clock,
-//! arm64's GIC; and with them pending interrupts) is crate::kvm::state's, guest memory and the file crate::snapshot's.
-//! A state is taken from a paused VM (crate::kvm::control), when no device changes.
+//! arm64's GIC; and with them pending interrupts) is crate::kvm::state's, guest memory and the
+//! file crate::snapshot's. A state is taken from a paused VM (crate::kvm::control), when no device changes.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -16,10 +16,10 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VcpuFd};
 
 use super::{ioctl, Error};
+use crate::boot::BootEntry;
 
 /// The most registers a vCPU's list holds (kvm-bindings' bound; Linux 6.1 lists about 250).
 const ARM64_REGS_MAX: usize = 500;
-use crate::boot::BootEntry;
 
 /// The capabilities this VMM needs of arm64 KVM.
 pub(super) const CAPABILITIES: [Cap; 5] = [

@@ -1,8 +1,8 @@
 //! Saving a running VM (`Start::Save`): the vCPU that writes the save byte to the boot-timer
 //! port (arm64: the marks port) asks for a pause (devices::legacy::ports::SaveTrigger) and
-//! parks right after the write; the save, on its own thread, waits until every vCPU has parked (each leaves its state
-//! as it does, crate::kvm::state::VcpuStates), reads KVM's and the devices' state, writes the
-//! file and ends the VM with [`VmExit::Saved`].
+//! parks right after the write; the save, on its own thread, waits until every vCPU has parked
+//! (each leaves its state as it does, crate::kvm::state::VcpuStates), reads KVM's and the
+//! devices' state, writes the file and ends the VM with [`VmExit::Saved`].
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

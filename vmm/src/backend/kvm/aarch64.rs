@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use super::{
-    attach_virtio, check_cpus, console_line, device_err, guest_memory, legacy_err, open_devices,
-    open_snapshot, restore_transport, save_trigger, saved, snapshot_header, Built, Error, Vmm,
+    attach_virtio, check_cpus, console_serial, device_err, guest_memory, legacy_err, open_devices,
+    open_snapshot, save_trigger, saved, snapshot_header, transport, Built, Error, Vmm,
     DEVICE_PARTIES,
 };
 use crate::boot::cmdline::{self, MmioSlot};
@@ -16,10 +16,8 @@ use crate::boot::{self, fdt};
 use crate::devices::bus::Bus;
 use crate::devices::legacy::ports::{BootTimer, MarksPort};
 use crate::devices::legacy::rtc::Pl031;
-use crate::devices::legacy::serial::Serial;
 use crate::devices::persist::Persist;
 use crate::devices::virtio::console::Console;
-use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::{net, vsock};
 use crate::kvm::gic;
 use crate::kvm::state::VcpuStates;
@@ -84,12 +82,7 @@ impl Vmm<Built> {
         let init_reached = Arc::new(OnceLock::new());
 
         let mut mmio = Bus::new();
-        let (serial_irq, out) = console_line(&vm, SERIAL_SPI, console.output, &control)?;
-        let serial = Arc::new(Mutex::new(match saved {
-            None => Serial::new(serial_irq, out),
-            Some(s) => Serial::restore((serial_irq, out), &s.devices.serial)
-                .map_err(legacy_err("serial port"))?,
-        }));
+        let serial = console_serial(&vm, SERIAL_SPI, console.output, &control, saved)?;
         mmio.insert(SERIAL_MMIO_BASE, SERIAL_MMIO_SIZE, serial.clone())?;
         // The wall clock at boot. Its alarm interrupt never fires.
         let rtc = Arc::new(Mutex::new(match saved {
@@ -131,13 +124,7 @@ impl Vmm<Built> {
         }
         let (transports, slots) =
             attach_virtio(&vm, &mem, &mut mmio, devices, VIRTIO_SPI_BASE, |i, args| {
-                let transport = match saved {
-                    None => {
-                        MmioTransport::new(args.device, args.mem, args.irq, args.notify, args.base)
-                            .map_err(device_err("virtio-mmio transport"))?
-                    }
-                    Some(s) => restore_transport(s, i, args)?,
-                };
+                let transport = transport(saved, i, args)?;
                 // The guest powers off right after writing its exit status: it must have
                 // counted by then.
                 Ok(if i == marks_index {

@@ -500,12 +500,17 @@ fn saved<'a>(
     }
 }
 
-/// Restores virtio device `i` of `saved` behind a transport made of `args`.
-fn restore_transport(
-    saved: &Snapshot,
+/// The transport of virtio device `i`, made of `args`: new, or with the device as `saved`
+/// holds them.
+fn transport(
+    saved: Option<&Snapshot>,
     i: usize,
     mut args: TransportArgs,
 ) -> Result<MmioTransport, Error> {
+    let Some(saved) = saved else {
+        return MmioTransport::new(args.device, args.mem, args.irq, args.notify, args.base)
+            .map_err(device_err("virtio-mmio transport"));
+    };
     let state = &saved.devices.virtio[i];
     let restore_err = |source| snapshot::Error::Device { index: i, source };
     args.device
@@ -551,16 +556,24 @@ fn check_cpus(vm: &Vm, cpus: u8, limit: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// The console UART's interrupt line (irqfd `gsi`) and output.
-fn console_line(
+/// The console UART, its interrupt line on irqfd `gsi`, writing to `output`: new, or as `saved`
+/// holds it.
+fn console_serial(
     vm: &Vm,
     gsi: u32,
     output: OwnedFd,
     control: &VmControl,
-) -> Result<(IrqLine, ConsoleWriter), Error> {
+    saved: Option<&Snapshot>,
+) -> Result<Arc<Mutex<Serial<ConsoleWriter>>>, Error> {
     let irq = IrqLine::new().map_err(device_err("serial interrupt"))?;
     vm.register_irqfd(&irq.0, gsi)?;
-    Ok((irq, ConsoleWriter::new(output, control.stopping_flag())))
+    let out = ConsoleWriter::new(output, control.stopping_flag());
+    Ok(Arc::new(Mutex::new(match saved {
+        None => Serial::new(irq, out),
+        Some(s) => {
+            Serial::restore((irq, out), &s.devices.serial).map_err(legacy_err("serial port"))?
+        }
+    })))
 }
 
 /// Opens `spec`'s virtio devices, in its order. `net` and `agent` are the host ends of the

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use super::{
-    attach_virtio, check_cpus, console_line, device_err, guest_memory, legacy_err, open_devices,
-    open_snapshot, restore_transport, save_trigger, saved, snapshot_header, Built, Error, Vmm,
+    attach_virtio, check_cpus, console_serial, device_err, guest_memory, legacy_err, open_devices,
+    open_snapshot, save_trigger, saved, snapshot_header, transport, Built, Error, Vmm,
     DEVICE_PARTIES,
 };
 use crate::boot::cmdline;
@@ -18,10 +18,8 @@ use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::legacy::cmos::{Cmos, DateTime};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::ports::{BootTimer, ExitPort};
-use crate::devices::legacy::serial::Serial;
 use crate::devices::legacy::{self, IrqLine};
 use crate::devices::persist::Persist;
-use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::{net, vsock};
 use crate::kvm::state::VcpuStates;
 use crate::kvm::vcpu;
@@ -70,12 +68,7 @@ impl Vmm<Built> {
 
         // Legacy devices on port I/O.
         let mut pio = Bus::new();
-        let (serial_irq, out) = console_line(&vm, legacy::SERIAL_IRQ, console.output, &control)?;
-        let serial = Arc::new(Mutex::new(match saved {
-            None => Serial::new(serial_irq, out),
-            Some(s) => Serial::restore((serial_irq, out), &s.devices.serial)
-                .map_err(legacy_err("serial port"))?,
-        }));
+        let serial = console_serial(&vm, legacy::SERIAL_IRQ, console.output, &control, saved)?;
         pio.insert(
             legacy::SERIAL_PORT_BASE,
             legacy::SERIAL_PORT_LEN,
@@ -122,18 +115,10 @@ impl Vmm<Built> {
         // Virtio devices on MMIO, in the spec's order (the guest's: vda, vdb, ...).
         let devices = open_devices(spec, net, agent)?;
         let mut mmio = Bus::new();
-        let (transports, slots) = attach_virtio(
-            &vm,
-            &mem,
-            &mut mmio,
-            devices,
-            VIRTIO_IRQ_BASE,
-            |i, args| match saved {
-                None => MmioTransport::new(args.device, args.mem, args.irq, args.notify, args.base)
-                    .map_err(device_err("virtio-mmio transport")),
-                Some(s) => restore_transport(s, i, args),
-            },
-        )?;
+        let (transports, slots) =
+            attach_virtio(&vm, &mem, &mut mmio, devices, VIRTIO_IRQ_BASE, |i, args| {
+                transport(saved, i, args)
+            })?;
 
         let vcpus = (0..spec.cpus)
             .map(|i| vm.create_vcpu(i, spec.cpus, DEFAULT_HIDDEN))
