@@ -432,8 +432,10 @@ fn calls_queue_then_429() {
     }
 }
 
-/// An instance idle for the app's `idle` time is stopped, down to none; the next call boots
-/// a fresh one (marked `x-cold-start`) and works, and the one after is warm.
+/// An instance idle for the app's `idle` time is stopped, down to none; the next call starts
+/// one (marked `x-cold-start`) in the app's standby VM, booted meanwhile, and works; the call
+/// after is warm, and another standby VM is booted. With `standby=false` no VM is kept booted:
+/// a cold start boots its own.
 #[test]
 fn idle_instances_scale_to_zero() {
     let serve = Serve::start();
@@ -451,10 +453,76 @@ fn idle_instances_scale_to_zero() {
             .any(|l| l == "nodeos_serve_instances{app=\"nap\"} 0"),
         "{metrics}"
     );
+    let booted = serde_json::json!("booted");
+    assert_eq!(
+        serve.wait_value("nap", "standby", &booted, common::BOOT_LIMIT),
+        booted
+    );
     let first = serve.invoke_cold("nap", serde_json::json!({}));
     assert_eq!(first, (200, serde_json::json!("up"), true));
+    let (_, info) = serve.json("GET", "/apps/nap", b"");
+    assert_eq!(info["instance_list"][0]["standby"], true, "{info}");
     let second = serve.invoke_cold("nap", serde_json::json!({}));
     assert_eq!(second, (200, serde_json::json!("up"), false));
+    assert_eq!(
+        serve.wait_value("nap", "standby", &booted, common::BOOT_LIMIT),
+        booted
+    );
+
+    let (status, info) = serve.deploy(
+        "bare",
+        "?idle=1s&standby=false",
+        &app("bare", "", "return 'up';"),
+    );
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(serve.wait_instances("bare", 0, Duration::from_secs(15)), 0);
+    let (_, info) = serve.json("GET", "/apps/bare", b"");
+    assert!(info["standby"].is_null(), "{info}");
+    let cold = serve.invoke_cold("bare", serde_json::json!({}));
+    assert_eq!(cold, (200, serde_json::json!("up"), true));
+    let (_, info) = serve.json("GET", "/apps/bare", b"");
+    assert_eq!(info["instance_list"][0]["standby"], false, "{info}");
+}
+
+/// ES modules are apps too: one whose module awaits at its top level (which `require` cannot
+/// load: the runner imports it), and one whose functions are its default export.
+#[test]
+fn es_modules_are_apps() {
+    let serve = Serve::start();
+    let awaits = common::npm_package(&[
+        (
+            "package.json",
+            r#"{"name": "tla", "type": "module", "main": "index.js"}"#,
+        ),
+        (
+            "index.js",
+            "const base = await Promise.resolve(40);\n\
+             export async function handler(event) { return base + event.n; }\n",
+        ),
+    ]);
+    let (status, info) = serve.deploy("tla", "", &awaits);
+    let exports = serde_json::json!({"handler": true, "fetch": false});
+    assert_eq!((status, &info["exports"]), (200, &exports), "{info}");
+    assert_eq!(
+        serve.invoke("tla", serde_json::json!({"n": 2})),
+        (200, serde_json::json!(42))
+    );
+    let default = common::npm_package(&[
+        ("package.json", r#"{"name": "esm", "main": "main.mjs"}"#),
+        (
+            "main.mjs",
+            "export default {\n\
+               async fetch(request) { return new Response(`esm ${new URL(request.url).pathname}`); },\n\
+             };\n",
+        ),
+    ]);
+    let (status, info) = serve.deploy("esm", "", &default);
+    let exports = serde_json::json!({"handler": false, "fetch": true});
+    assert_eq!((status, &info["exports"]), (200, &exports), "{info}");
+    assert_eq!(
+        serve.fetch("GET", "/run/esm/x", b""),
+        (200, "esm /x".to_string())
+    );
 }
 
 /// `min` instances are booted after the deploy and kept past the idle time: that many

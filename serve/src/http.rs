@@ -154,6 +154,7 @@ fn describe(name: &str, app: &App) -> Value {
         "instances": d.pool.instances(),
         "instance_list": d.pool.roster(),
         "warm": d.pool.warm(),
+        "standby": d.pool.standby(),
     })
 }
 

@@ -20,9 +20,10 @@ use sandbox::agent::{self, Command, Event, Outcome, Session, Wake};
 use sandbox::booted;
 use sandbox::volume::Volume;
 
-/// Where the app's package is mounted in its VMs, and where the host puts the runner in it.
+/// Where the app's package is mounted in its VMs, and where the host puts the runner in it
+/// (`.cjs`: CommonJS also in a package of `"type": "module"`).
 pub const APP_DIR: &str = "/app";
-pub const RUNNER_PATH: &str = ".nodeos/runner.js";
+pub const RUNNER_PATH: &str = ".nodeos/runner.cjs";
 pub const RUNNER_JS: &str = include_str!("runner.js");
 /// How long the runner may take to load the app once the VM is up.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -118,6 +119,17 @@ impl Instance {
         vms: Vms,
         member: Member,
     ) -> Result<Instance, BootError> {
+        let vm = boot_vm(machine, app.clone(), vms).await?;
+        Instance::start(vm, app, logs, member).await
+    }
+
+    /// Starts the runner in `vm` (booted by [`boot_vm`]) and waits until it has loaded the app.
+    pub async fn start(
+        vm: Vm,
+        app: Arc<AppSpec>,
+        logs: Arc<Logs>,
+        member: Member,
+    ) -> Result<Instance, BootError> {
         let current = Arc::new(Mutex::new(None));
         let ended = Arc::new(AtomicBool::new(false));
         let (tx, mut messages) = mpsc::channel(QUEUED_MESSAGES);
@@ -127,9 +139,12 @@ impl Instance {
             current: current.clone(),
             ended: ended.clone(),
         };
-        let (vm, input) = tokio::task::spawn_blocking(move || start(&machine, &app, &vms, reader))
-            .await
-            .map_err(|e| BootError::Task(e.to_string()))??;
+        let input = tokio::task::spawn_blocking(move || {
+            start_runner(&vm, &app, reader).map(|input| (vm, input))
+        })
+        .await
+        .map_err(|e| BootError::Task(e.to_string()))?;
+        let (vm, input) = input?;
         let first = tokio::time::timeout(LOAD_TIMEOUT, messages.recv()).await;
         let exports = match first {
             Err(_) => return Err(BootError::LoadTimeout),
@@ -201,16 +216,18 @@ impl Instance {
     }
 }
 
-/// Boots the VM, starts the runner and the thread that reads it (blocking).
-fn start(
-    machine: &Machine,
-    app: &AppSpec,
-    vms: &Vms,
-    reader: Reader,
-) -> Result<(Vm, agent::Input), BootError> {
-    let vm = Vm::boot(machine, vms, app.memory_mib, app.cpus, |config| {
-        config.volumes = vec![app.volume.disk(app.image.clone())];
-    })?;
+/// Boots a VM for `app`: its package at /app, no runner yet.
+pub async fn boot_vm(machine: Arc<Machine>, app: Arc<AppSpec>, vms: Vms) -> Result<Vm, BootError> {
+    let vm = tokio::task::spawn_blocking(move || {
+        Vm::boot(&machine, &vms, app.memory_mib, app.cpus, |config| {
+            config.volumes = vec![app.volume.disk(app.image.clone())];
+        })
+    });
+    Ok(vm.await.map_err(|e| BootError::Task(e.to_string()))??)
+}
+
+/// Starts the runner in `vm` and the thread that reads it (blocking).
+fn start_runner(vm: &Vm, app: &AppSpec, reader: Reader) -> Result<agent::Input, BootError> {
     let sandbox = vm.sandbox();
     let mut env = vec![format!("NODEOS_APP={}", app.name).into_bytes()];
     env.extend(app.env.iter().map(|(k, v)| format!("{k}={v}").into_bytes()));
@@ -236,7 +253,7 @@ fn start(
         .name(format!("runner-{}", app.name))
         .spawn(move || reader.read(session, vm_ended, &stop))
         .map_err(|e| BootError::Vm(booted::Error::Setup(e)))?;
-    Ok((vm, input))
+    Ok(input)
 }
 
 /// The thread that reads one runner: its answers go to the instance's owner, its tagged output

@@ -96,6 +96,14 @@ pub struct Options {
     pub idle: Duration,
     /// Most calls waiting for an instance; beyond that, 429.
     pub queue: usize,
+    /// A VM kept booted for the app without a runner (its package mounted), so that a cold
+    /// start only starts the runner; booted again after each use.
+    #[serde(default = "standby_default")]
+    pub standby: bool,
+}
+
+fn standby_default() -> bool {
+    true
 }
 
 impl Default for Options {
@@ -108,13 +116,14 @@ impl Default for Options {
             max: 2,
             idle: Duration::from_secs(300),
             queue: 64,
+            standby: standby_default(),
         }
     }
 }
 
 impl Options {
-    /// The defaults with the query's `memory`, `cpus`, `timeout`, `min`, `max`, `idle` and
-    /// `queue` applied.
+    /// The defaults with the query's `memory`, `cpus`, `timeout`, `min`, `max`, `idle`,
+    /// `queue` and `standby` applied.
     pub fn from_query(query: &HashMap<String, String>) -> Result<Options, Error> {
         let mut o = Options::default();
         for (name, value) in query {
@@ -140,6 +149,11 @@ impl Options {
                 "min" => o.min = count(MAX_INSTANCES)?,
                 "max" => o.max = count(MAX_INSTANCES)?,
                 "queue" => o.queue = count(MAX_QUEUE)?,
+                "standby" => {
+                    o.standby = value
+                        .parse()
+                        .map_err(|_| bad("expected true or false".into()))?
+                }
                 _ => return Err(Error::UnknownOption(name.clone())),
             }
         }
@@ -467,14 +481,16 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            (o.memory_mib, o.timeout, o.min, o.max),
-            (512, Duration::from_secs(2), 1, 3)
+            (o.memory_mib, o.timeout, o.min, o.max, o.standby),
+            (512, Duration::from_secs(2), 1, 3, true)
         );
+        assert!(!q(&[("standby", "false")]).unwrap().standby);
         for bad in [
             &[("max", "0")][..],
             &[("min", "3"), ("max", "2")],
             &[("cpus", "0")],
             &[("idle", "soon")],
+            &[("standby", "1")],
             &[("colour", "red")],
         ] {
             assert!(q(bad).is_err(), "{bad:?}");

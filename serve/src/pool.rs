@@ -2,6 +2,11 @@
 //! new ones booted while fewer than `max` run, calls queued beyond that up to `queue` (then
 //! 429), idle ones beyond `min` stopped after `idle`. A retired pool (the app was redeployed
 //! or deleted) serves the calls it already took and keeps no instance afterwards.
+//!
+//! With `standby` (the default), the pool also keeps one VM booted without a runner, its
+//! package mounted: a cold start takes it and only starts the runner. It is booted while no
+//! call waits or runs (so that it never competes with one for the CPU), and belongs to this
+//! version of this app alone, like an instance.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -9,12 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::task::JoinHandle;
+use vmm::error_chain::one_line;
 
-use super::instance::{AppSpec, BootError, Instance};
+use super::instance::{self, AppSpec, BootError, Instance};
 use super::logs::Logs;
 use super::package::Options;
 use super::roster::{self, Roster, State};
-use super::vm::{Machine, Vms};
+use super::vm::{Machine, Vm, Vms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -37,6 +44,8 @@ pub struct Pool {
     /// Instances alive: idle, busy or booting.
     roster: Arc<Roster>,
     retired: AtomicBool,
+    /// The standby VM, booting or booted.
+    standby: Mutex<Option<JoinHandle<Result<Vm, BootError>>>>,
 }
 
 /// An instance lent to one call; back to the pool when dropped, unless it is broken.
@@ -84,6 +93,7 @@ impl Pool {
             calls: AtomicUsize::new(0),
             roster: Arc::default(),
             retired: AtomicBool::new(false),
+            standby: Mutex::new(None),
         }
     }
 
@@ -94,9 +104,60 @@ impl Pool {
             self.app.clone(),
             self.logs.clone(),
             self.vms.clone(),
-            self.roster.join(),
+            self.roster.join(false),
         )
         .await
+    }
+
+    /// An instance booted for a call: in the standby VM when there is one (waiting for it if
+    /// it still boots), else in a VM booted now.
+    async fn cold_start(&self) -> Result<Instance, BootError> {
+        match self.take_standby().await {
+            Some(vm) => {
+                let member = self.roster.join(true);
+                Instance::start(vm, self.app.clone(), self.logs.clone(), member).await
+            }
+            None => self.boot().await,
+        }
+    }
+
+    /// The standby VM, unless there is none or it failed to boot or has ended since.
+    async fn take_standby(&self) -> Option<Vm> {
+        let booting = self.standby.lock().unwrap().take()?;
+        let why = match booting.await {
+            Ok(Ok(vm)) if !vm.has_ended() => return Some(vm),
+            Ok(Ok(_)) => "it has ended".to_string(),
+            Ok(Err(e)) => one_line(&e),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!("{}: not using its standby VM: {why}", self.app.name);
+        None
+    }
+
+    /// Starts booting the standby VM when the pool wants one and has none, while no call waits
+    /// or runs; whether it did.
+    pub fn prepare_standby(&self) -> bool {
+        if !self.options.standby
+            || self.retired.load(Ordering::SeqCst)
+            || self.calls.load(Ordering::SeqCst) > 0
+        {
+            return false;
+        }
+        let mut standby = self.standby.lock().unwrap();
+        if standby.is_some() {
+            return false;
+        }
+        let boot = instance::boot_vm(self.machine.clone(), self.app.clone(), self.vms.clone());
+        *standby = Some(tokio::spawn(boot));
+        true
+    }
+
+    /// Whether a standby VM is booting (`"booting"`) or booted (`"booted"`), if there is one.
+    pub fn standby(&self) -> Option<&'static str> {
+        let standby = self.standby.lock().unwrap();
+        standby
+            .as_ref()
+            .map(|b| if b.is_finished() { "booted" } else { "booting" })
     }
 
     /// An instance for one call: a warm one, a new one, or, when `max` are busy, the first
@@ -124,7 +185,7 @@ impl Pool {
         };
         let (instance, cold) = match warm {
             Some(instance) => (instance, false),
-            None => (self.boot().await?, true),
+            None => (self.cold_start().await?, true),
         };
         instance.member.set(State::Busy);
         Ok(Lease {
@@ -148,6 +209,8 @@ impl Pool {
     pub fn retire(&self) {
         self.retired.store(true, Ordering::SeqCst);
         self.idle.lock().unwrap().clear();
+        // Its VM stops once booted (the task's result, dropped unread).
+        self.standby.lock().unwrap().take();
     }
 
     /// Drops the idle instances whose runner ended, and stops those idle for longer than

@@ -23,6 +23,8 @@ pub struct Entry {
     pub id: u64,
     pub state: State,
     pub started_ms: u64,
+    /// It started in the pool's standby VM (booted ahead), not in a VM booted for it.
+    pub standby: bool,
 }
 
 #[derive(Default)]
@@ -38,13 +40,14 @@ pub struct Member {
 }
 
 impl Roster {
-    /// A new instance, booting.
-    pub fn join(self: &Arc<Self>) -> Member {
+    /// A new instance, booting (in the standby VM, with `standby`).
+    pub fn join(self: &Arc<Self>, standby: bool) -> Member {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Entry {
             id,
             state: State::Booting,
             started_ms: now_ms(),
+            standby,
         };
         self.live.lock().unwrap().insert(id, entry);
         Member {
@@ -85,8 +88,8 @@ mod tests {
     #[test]
     fn members_are_listed_with_their_state_until_dropped() {
         let roster = Arc::new(Roster::default());
-        let a = roster.join();
-        let b = roster.join();
+        let a = roster.join(false);
+        let b = roster.join(false);
         b.set(State::Busy);
         let listed: Vec<(u64, State)> = roster.list().iter().map(|e| (e.id, e.state)).collect();
         assert_eq!(listed, [(1, State::Booting), (2, State::Busy)]);

@@ -29,9 +29,18 @@ const describe = (error) => ({
   stack: error?.stack ?? null,
 });
 
+// require() loads CommonJS and ES modules alike without starting Node's ESM loader, which
+// costs a cold start ~50 ms under emulation; an ES module graph with top-level await needs
+// import().
 async function load() {
   const main = require.resolve(APP_DIR);
-  const mod = await import(pathToFileURL(main).href);
+  let mod;
+  try {
+    mod = require(main);
+  } catch (error) {
+    if (error?.code !== 'ERR_REQUIRE_ASYNC_MODULE') throw error;
+    mod = await import(pathToFileURL(main).href);
+  }
   const pick = (name) =>
     typeof mod[name] === 'function' ? mod[name]
       : typeof mod.default?.[name] === 'function' ? mod.default[name].bind(mod.default)

@@ -311,13 +311,20 @@ impl Server {
         }
     }
 
-    /// Stops idle instances past their time; boots instances up to each app's `min`.
+    /// Stops idle instances past their time; boots instances up to each app's `min`, and the
+    /// apps' standby VMs one at a time (a restart that restores many apps, or many deploys,
+    /// does not start all their VMs at once).
     pub fn reap(&self) {
         self.sandboxes.reap();
         let now = Instant::now();
-        for (name, app) in self.apps() {
+        let apps = self.apps();
+        let mut booting = apps
+            .iter()
+            .any(|(_, app)| app.current.pool.standby() == Some("booting"));
+        for (name, app) in apps {
             let pool = &app.current.pool;
             pool.reap(now);
+            booting = booting || pool.prepare_standby();
             if pool.below_min() {
                 let deployment = app.current.clone();
                 tokio::spawn(async move {

@@ -2,6 +2,7 @@
 //! (`Machine`), booting one (`Vm::boot`: restored from its template when there are templates,
 //! activated), and stopping it when dropped, counted in `Vms` until it has stopped.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use contract::params::Shell;
 use sandbox::booted::{self, ConsoleLog, Sandbox, BOOT_TIMEOUT};
 use sandbox::templates::Templates;
 use vmm::backend::Backend;
+use vmm::poll::first_readable;
 use vmm::runtime;
 use vmm::vm::VmConfig;
 
@@ -100,14 +102,21 @@ impl Vm {
         if let Some(templates) = &machine.templates {
             templates.restore(&machine.backend, &mut config);
         }
+        // Counted from before its VMM starts, so that a shutdown also waits for VMs booting.
+        let token = vms.enter();
         let sandbox = Sandbox::boot(machine.backend.clone(), config, ConsoleLog::Tail)?;
         let vm = Vm {
             sandbox: Some(sandbox),
             folder: Some(folder),
-            token: Some(vms.enter()),
+            token: Some(token),
         };
         vm.sandbox().wait_ready(BOOT_TIMEOUT)?;
         Ok(vm)
+    }
+
+    /// Whether the VM has ended (its guest stopped, crashed or was killed).
+    pub fn has_ended(&self) -> bool {
+        first_readable(&[self.sandbox().ended().as_raw_fd()], Some(Duration::ZERO)).is_some()
     }
 
     /// The booted VM, to run commands in.

@@ -1,6 +1,7 @@
 //! `nodeos-vm serve` on the loopback: a small handler app deployed, then its cold start (no
-//! warm instance to the first answer; instances restored from the template, and booted cold by
-//! a `serve --no-snapshot` in the same run), warm latency with one client, and a bounded load test
+//! warm instance to the first answer; instances in the app's standby VM, restored from the
+//! template, and booted cold by a `serve --no-snapshot`, the last two without a standby VM
+//! (`standby=false`), in the same run), warm latency with one client, and a bounded load test
 //! (20 concurrent clients, 500 calls, no error allowed); the same handler in a Node HTTP
 //! server on the host, called by the same client, is the in-process baseline of the same run.
 //!
@@ -86,14 +87,16 @@ fn main() {
     };
     // Cold starts of instances booted cold (`--no-snapshot`), the baseline of restored ones.
     let booted = start_serve(&["--no-snapshot"], &data("data-cold"));
-    let (_, booted_colds) = cold_starts(&booted, &package);
+    let (_, booted_colds) = cold_starts(&booted, &package, false);
     booted.terminate();
     let serve = start_serve(&[], &data("data"));
-    let (deploy, colds) = cold_starts(&serve, &package);
+    let (_, restored_colds) = cold_starts(&serve, &package, false);
+    let (deploy, colds) = cold_starts(&serve, &package, true);
 
     let (status, text) = serve.deploy(
         "bench",
-        &format!("?min={instances}&max={instances}"),
+        // No standby VM: it would boot during the timed calls, and `min` instances are warm.
+        &format!("?min={instances}&max={instances}&standby=false"),
         &package,
     );
     assert_eq!(status, 200, "deploying: {text}");
@@ -150,12 +153,19 @@ fn main() {
         )
     };
     row(
-        &format!("cold start, no warm instance → first answer (median of {COLD_RUNS})"),
+        &format!(
+            "cold start, no warm instance → first answer, in the standby VM (median of {COLD_RUNS})"
+        ),
         spread(&colds),
         "—".into(),
     );
     row(
-        "cold start, instances booted cold (`--no-snapshot`)",
+        "cold start, instances restored (`standby=false`)",
+        spread(&restored_colds),
+        "—".into(),
+    );
+    row(
+        "cold start, instances booted cold (`--no-snapshot`, `standby=false`)",
         spread(&booted_colds),
         "—".into(),
     );
@@ -165,8 +175,9 @@ fn main() {
         "—".into(),
     );
     println!(
-        "\ncold start restored / booted cold: {:.2}",
-        percentile(&colds, 50.0) / percentile(&booted_colds, 50.0)
+        "\ncold start / booted cold: {:.2} in the standby VM, {:.2} restored",
+        percentile(&colds, 50.0) / percentile(&booted_colds, 50.0),
+        percentile(&restored_colds, 50.0) / percentile(&booted_colds, 50.0)
     );
     println!(
         "warm overhead over in-process, p50 with 1 client: {:.1} ms",
@@ -175,18 +186,24 @@ fn main() {
     assert_eq!(ours.errors + baseline.errors, 0, "calls failed under load");
 }
 
-/// Deploys an app whose instances stop after [`COLD_IDLE`] on `serve` and calls it [`COLD_RUNS`]
-/// times, each once it has no instance left: how long the deploy took, and each call.
-fn cold_starts(serve: &Server, package: &[u8]) -> (f64, Vec<f64>) {
+/// Deploys an app whose instances stop after [`COLD_IDLE`] on `serve`, with a standby VM or
+/// not, and calls it [`COLD_RUNS`] times, each once it has no instance left (and its standby VM
+/// is booted): how long the deploy took, and each call.
+fn cold_starts(serve: &Server, package: &[u8], standby: bool) -> (f64, Vec<f64>) {
+    let app = if standby { "cold" } else { "bare" };
     let started = Instant::now();
-    let (status, text) = serve.deploy("cold", &format!("?idle={COLD_IDLE}"), package);
+    let query = format!("?idle={COLD_IDLE}&standby={standby}");
+    let (status, text) = serve.deploy(app, &query, package);
     assert_eq!(status, 200, "deploying: {text}");
     let deploy = ms(started.elapsed());
     let mut colds = Vec::new();
     for n in 0..COLD_RUNS {
-        serve.wait_instances("cold", 0, SCALE_TO_ZERO_LIMIT);
+        serve.wait_until(app, "no instance", SCALE_TO_ZERO_LIMIT, |info| {
+            info["instances"] == 0 && (!standby || info["standby"] == "booted")
+        });
         let started = Instant::now();
-        let answer = post(&serve.apps, "/apps/cold/invoke", &event(n)).expect("a cold call");
+        let path = format!("/apps/{app}/invoke");
+        let answer = post(&serve.apps, &path, &event(n)).expect("a cold call");
         colds.push(ms(started.elapsed()));
         assert!(answer.cold, "the call found a warm instance");
         check(&answer, n).expect("the cold call's answer");
@@ -242,18 +259,27 @@ impl Server {
 
     /// Waits until `app` has `n` instances.
     fn wait_instances(&self, app: &str, n: usize, limit: Duration) {
+        let what = format!("{n} instances");
+        self.wait_until(app, &what, limit, |info| info["instances"] == n);
+    }
+
+    /// Waits (at most `limit`) until `app`'s description satisfies `done` (`what` it waits for).
+    fn wait_until(
+        &self,
+        app: &str,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) {
         let deadline = Instant::now() + limit;
         loop {
             let path = format!("/apps/{app}");
             let answer = request(&self.addr, "GET", &path, b"", Some(&self.token)).unwrap();
             let info: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
-            if info["instances"] == n {
+            if done(&info) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{app} never had {n} instances: {info}"
-            );
+            assert!(Instant::now() < deadline, "{app} never had {what}: {info}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }

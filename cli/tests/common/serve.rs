@@ -270,13 +270,24 @@ impl Client {
     /// Waits (at most `limit`) until the app's `field` (`instances`, `warm`) is `n`; the last
     /// count seen.
     pub fn wait_count(&self, app: &str, field: &str, n: u64, limit: Duration) -> u64 {
+        let count = self.wait_value(app, field, &serde_json::json!(n), limit);
+        count.as_u64().unwrap()
+    }
+
+    /// Waits (at most `limit`) until the app's `field` is `value`; the last value seen.
+    pub fn wait_value(
+        &self,
+        app: &str,
+        field: &str,
+        value: &serde_json::Value,
+        limit: Duration,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + limit;
         loop {
             let (status, info) = self.json("GET", &format!("/apps/{app}"), b"");
             assert_eq!(status, 200, "{info}");
-            let count = info[field].as_u64().unwrap();
-            if count == n || Instant::now() >= deadline {
-                return count;
+            if &info[field] == value || Instant::now() >= deadline {
+                return info[field].clone();
             }
             std::thread::sleep(Duration::from_millis(200));
         }
