@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use serde::Serialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinHandle;
 use vmm::error_chain::one_line;
@@ -46,6 +47,15 @@ pub struct Pool {
     retired: AtomicBool,
     /// The standby VM, booting or booted.
     standby: Mutex<Option<JoinHandle<Result<Vm, BootError>>>>,
+}
+
+/// A pool's standby VM, as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Standby {
+    Booting,
+    /// Its boot ended (a failed one is found out when a cold start takes it).
+    Booted,
 }
 
 /// An instance lent to one call; back to the pool when dropped, unless it is broken.
@@ -152,12 +162,16 @@ impl Pool {
         true
     }
 
-    /// Whether a standby VM is booting (`"booting"`) or booted (`"booted"`), if there is one.
-    pub fn standby(&self) -> Option<&'static str> {
+    /// Where the standby VM is, if there is one.
+    pub fn standby(&self) -> Option<Standby> {
         let standby = self.standby.lock().unwrap();
-        standby
-            .as_ref()
-            .map(|b| if b.is_finished() { "booted" } else { "booting" })
+        standby.as_ref().map(|boot| {
+            if boot.is_finished() {
+                Standby::Booted
+            } else {
+                Standby::Booting
+            }
+        })
     }
 
     /// An instance for one call: a warm one, a new one, or, when `max` are busy, the first

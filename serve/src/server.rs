@@ -11,7 +11,7 @@ use super::instance::{self, AppSpec, BootError, Exports, APP_DIR, RUNNER_JS, RUN
 use super::logs::Logs;
 use super::metrics::Metrics;
 use super::package::{self, Options};
-use super::pool::Pool;
+use super::pool::{Pool, Standby};
 use super::sandboxes::Sandboxes;
 use super::store::{self, Meta, Store};
 use super::vm::{Machine, Vms};
@@ -320,7 +320,7 @@ impl Server {
         let apps = self.apps();
         let mut booting = apps
             .iter()
-            .any(|(_, app)| app.current.pool.standby() == Some("booting"));
+            .any(|(_, app)| app.current.pool.standby() == Some(Standby::Booting));
         for (name, app) in apps {
             let pool = &app.current.pool;
             pool.reap(now);
