@@ -305,6 +305,14 @@ fn the_console_shows_apps_logs_and_metrics() {
              /^#1 idle, up \\d+ s$/.test({row}.querySelector('[data-field=roster]').textContent)"
         ),
     );
+    // Its standby VM, booted once the calls ended, counts in the memory its VMs are given.
+    browser.wait_for(
+        "its standby VM",
+        &format!(
+            "{row}.querySelector('[data-field=standby]').textContent === 'booted' && \
+             {row}.querySelector('[data-field=memory]').textContent === '512 MiB'"
+        ),
+    );
     // The token left the address bar; the tab keeps it.
     assert_eq!(browser.evaluate("location.hash"), json!(""));
     assert_eq!(

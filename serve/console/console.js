@@ -311,8 +311,11 @@
             `#${i.id} ${i.state}, up ${ago(now - i.started_ms)}`),
         ),
       ),
-      cell('memory', `${app.instances * o.memory_mib} MiB`, {
-        title: `${o.memory_mib} MiB and ${o.cpus} vCPU per instance`,
+      cell('standby', app.standby || '—', {
+        title: 'a VM booted ahead, its package mounted: a cold start only starts the runner in it',
+      }),
+      cell('memory', `${(app.instances + (app.standby ? 1 : 0)) * o.memory_mib} MiB`, {
+        title: `${o.memory_mib} MiB and ${o.cpus} vCPU per instance and for the standby VM`,
       }),
       cell('scale', `${o.min} / ${o.max}`),
       cell('calls', f.calls),
