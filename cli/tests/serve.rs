@@ -98,6 +98,12 @@ fn deploy_invoke_and_clean_shutdown() {
     // Warm: the same runner answers.
     let (status, out) = serve.invoke("hello", serde_json::json!({"n": 2}));
     assert_eq!((status, &out["pid"]), (200, &pid), "{out}");
+    // A call of 2 MB reaches the runner in many reads, its three-byte characters split between
+    // some of them, and is one call.
+    let text = "€".repeat(700_000);
+    let (status, out) = serve.invoke("hello", serde_json::json!({ "text": text }));
+    assert_eq!((status, &out["pid"]), (200, &pid));
+    assert!(out["event"]["text"] == text.as_str());
 
     let (status, out) = serve.invoke("hello", serde_json::json!({"throw": "bad input"}));
     assert_eq!(status, 500, "{out}");
@@ -131,9 +137,9 @@ fn deploy_invoke_and_clean_shutdown() {
     assert_eq!(status, 200);
     for line in [
         "nodeos_serve_instances{app=\"hello\"} 1",
-        "nodeos_serve_invocations_total{app=\"hello\",status=\"200\"} 3",
+        "nodeos_serve_invocations_total{app=\"hello\",status=\"200\"} 4",
         "nodeos_serve_invocations_total{app=\"hello\",status=\"500\"} 2",
-        "nodeos_serve_invocation_seconds_count{app=\"hello\"} 6",
+        "nodeos_serve_invocation_seconds_count{app=\"hello\"} 7",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     }
