@@ -139,12 +139,11 @@ impl Instance {
             current: current.clone(),
             ended: ended.clone(),
         };
-        let input = tokio::task::spawn_blocking(move || {
+        let (vm, input) = tokio::task::spawn_blocking(move || {
             start_runner(&vm, &app, reader).map(|input| (vm, input))
         })
         .await
-        .map_err(|e| BootError::Task(e.to_string()))?;
-        let (vm, input) = input?;
+        .map_err(|e| BootError::Task(e.to_string()))??;
         let first = tokio::time::timeout(LOAD_TIMEOUT, messages.recv()).await;
         let exports = match first {
             Err(_) => return Err(BootError::LoadTimeout),
