@@ -66,6 +66,13 @@ pub enum BoxError {
     },
 
     #[error(
+        "L1 stalled twice, each time idle with no timer to wake it and deaf to an NMI (an emulator fault): \
+         run the box again\n--- console tail ---\n{}\n--- script output tail ---\n{}",
+        tail(.console), tail(.output)
+    )]
+    Stalled { console: String, output: String },
+
+    #[error(
         "L1 ended without the status marker (QEMU {qemu_status}){}\n--- console tail ---\n{}\n--- script output tail ---\n{}",
         stderr_suffix(.qemu_stderr), tail(.console), tail(.output)
     )]

@@ -35,6 +35,7 @@ mod modules;
 mod platform;
 mod script;
 mod sysroot;
+mod watchdog;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -274,6 +275,8 @@ pub fn run(cache_dir: &Path, run: &BoxRun) -> Result<BoxOutput, BoxError> {
 }
 
 /// [`run`], passing output to `sink` as it arrives (polled every few tens of milliseconds).
+/// An L1 that stalls for good (an emulator fault, see the crate's README) is run once more from
+/// the start, its output passed to `sink` anew, each try with `run.timeout`.
 pub fn run_streaming(
     cache_dir: &Path,
     run: &BoxRun,
@@ -334,7 +337,15 @@ pub fn run_streaming(
         gic_v2: run.gic_v2,
         work_dir: work.path(),
     };
-    let result = l1.run(run.timeout, sink);
+    let mut result = l1.run(run.timeout, sink);
+    if result
+        .as_ref()
+        .is_ok_and(|r| matches!(r.ended, l1::Ended::Stalled))
+    {
+        // L1 is fresh each time: nothing of the first try is left in the second.
+        eprintln!("kvm-box: L1 stalled and no NMI woke it (an emulator fault): running the box again from the start");
+        result = l1.run(run.timeout, sink);
+    }
     if std::env::var_os("KVM_BOX_KEEP").is_some_and(|v| v != "0") {
         let kept = work.keep();
         eprintln!("kvm-box: kept the work directory {}", kept.display());
@@ -345,6 +356,12 @@ pub fn run_streaming(
         l1::Ended::TimedOut => {
             return Err(BoxError::Timeout {
                 timeout: run.timeout,
+                console: result.console,
+                output: result.output,
+            })
+        }
+        l1::Ended::Stalled => {
+            return Err(BoxError::Stalled {
                 console: result.console,
                 output: result.output,
             })
