@@ -66,11 +66,15 @@ pub enum BoxError {
     },
 
     #[error(
-        "L1 stalled twice, each time idle with no timer to wake it and deaf to an NMI (an emulator fault): \
+        "L1 stalled in each of {tries} tries, QEMU idle for good (an emulator fault, see kvm-box's README): \
          run the box again\n--- console tail ---\n{}\n--- script output tail ---\n{}",
         tail(.console), tail(.output)
     )]
-    Stalled { console: String, output: String },
+    Stalled {
+        tries: u32,
+        console: String,
+        output: String,
+    },
 
     #[error(
         "L1 ended without the status marker (QEMU {qemu_status}){}\n--- console tail ---\n{}\n--- script output tail ---\n{}",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::initramfs::MARK_READY;
 use crate::platform::Platform;
-use crate::watchdog::{self, Verdict, Watchdog};
+use crate::watchdog::{self, Watchdog};
 use crate::{host, BoxError, Stream};
 
 const POLL: Duration = Duration::from_millis(20);
@@ -30,7 +30,7 @@ pub(crate) struct L1<'a> {
 pub(crate) enum Ended {
     Exited(ExitStatus),
     TimedOut,
-    /// L1 stopped running and no NMI woke it ([`Watchdog`]).
+    /// L1 stopped running for good ([`Watchdog`]).
     Stalled,
 }
 
@@ -93,10 +93,8 @@ impl Tail {
 }
 
 impl L1<'_> {
-    fn command(&self, console: &Path, output: &Path, monitor: &Path) -> Command {
+    fn command(&self, console: &Path, output: &Path) -> Command {
         let mut cmd = Command::new(self.qemu);
-        cmd.arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", monitor.display()));
         cmd.args(self.platform.qemu_args(
             self.gic_v2,
             self.memory_mib,
@@ -117,12 +115,11 @@ impl L1<'_> {
         let console_path = self.work_dir.join("console.log");
         let output_path = self.work_dir.join("output.log");
         let stderr_path = self.work_dir.join("qemu.stderr");
-        let monitor_path = self.work_dir.join("qmp.sock");
         let mut console = Tail::create(&console_path, Stream::Console)?;
         let mut output = Tail::create(&output_path, Stream::Output)?;
         let stderr = File::create(&stderr_path).map_err(BoxError::io("creating", &stderr_path))?;
 
-        let mut cmd = self.command(&console_path, &output_path, &monitor_path);
+        let mut cmd = self.command(&console_path, &output_path);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
@@ -134,7 +131,7 @@ impl L1<'_> {
                 .map_err(|source| BoxError::Spawn { cmd: line, source })?,
         );
 
-        let mut watchdog = Watchdog::new(child.0.id(), &monitor_path, watchdog::STALL);
+        let mut watchdog = Watchdog::new(child.0.id(), watchdog::STALL);
         let mut ready_after = None;
         let ended = loop {
             let status = child.0.try_wait().map_err(|source| BoxError::Io {
@@ -150,7 +147,7 @@ impl L1<'_> {
             if let Some(status) = status {
                 break Ended::Exited(status);
             }
-            if watchdog.poll() == Verdict::Dead {
+            if watchdog.stalled() {
                 break Ended::Stalled;
             }
             if start.elapsed() > timeout {

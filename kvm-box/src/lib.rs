@@ -274,9 +274,13 @@ pub fn run(cache_dir: &Path, run: &BoxRun) -> Result<BoxOutput, BoxError> {
     run_streaming(cache_dir, run, &mut |_, _| {})
 }
 
+/// How many times a box whose L1 stalls for good is run.
+const STALLED_TRIES: u32 = 4;
+
 /// [`run`], passing output to `sink` as it arrives (polled every few tens of milliseconds).
-/// An L1 that stalls for good (an emulator fault, see the crate's README) is run once more from
-/// the start, its output passed to `sink` anew, each try with `run.timeout`.
+/// A box whose L1 stalls for good (an emulator fault, see the crate's README) is run again from
+/// the start, [`STALLED_TRIES`] times in all, its output passed to `sink` anew, each try with
+/// `run.timeout`.
 pub fn run_streaming(
     cache_dir: &Path,
     run: &BoxRun,
@@ -338,12 +342,15 @@ pub fn run_streaming(
         work_dir: work.path(),
     };
     let mut result = l1.run(run.timeout, sink);
-    if result
-        .as_ref()
-        .is_ok_and(|r| matches!(r.ended, l1::Ended::Stalled))
-    {
-        // L1 is fresh each time: nothing of the first try is left in the second.
-        eprintln!("kvm-box: L1 stalled and no NMI woke it (an emulator fault): running the box again from the start");
+    for _ in 1..STALLED_TRIES {
+        if !result
+            .as_ref()
+            .is_ok_and(|r| matches!(r.ended, l1::Ended::Stalled))
+        {
+            break;
+        }
+        // L1 is fresh each time: nothing of the try before is left.
+        eprintln!("kvm-box: L1 stalled (QEMU used no CPU for {:?}: an emulator fault); running the box again from the start", watchdog::STALL);
         result = l1.run(run.timeout, sink);
     }
     if std::env::var_os("KVM_BOX_KEEP").is_some_and(|v| v != "0") {
@@ -362,6 +369,7 @@ pub fn run_streaming(
         }
         l1::Ended::Stalled => {
             return Err(BoxError::Stalled {
+                tries: STALLED_TRIES,
                 console: result.console,
                 output: result.output,
             })
