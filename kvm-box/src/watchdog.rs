@@ -1,12 +1,12 @@
-//! L1 stalls: QEMU's TCG x86-64 at times leaves L1's only vCPU halted for good (in about half
-//! of the box runs of one evening here, none in a few runs before or after; mostly while L1's
-//! fifth VM of the run starts, ~25 s into the script, once ~115 s in): QEMU idle at 0% CPU, its
-//! main loop asleep until the emulated RTC's next alarm, no APIC timer armed, L1's own
-//! `timeout`s never firing. Not our VMM's doing: L1's kernel, whatever its processes wait for,
-//! keeps timers armed. An NMI injected through QEMU's monitor did not wake it (L1 logged
-//! nothing), so the box does not try to revive L1: it runs the box again (see `run_streaming`).
-//! A running L1, even an idle one, uses some CPU every few seconds (`sleep 50` as the script:
-//! never stalled); QEMU that used none for [`STALL`] is stalled.
+//! L1 stalls: QEMU's TCG x86-64 at times leaves L1's only vCPU halted for good, with the
+//! interrupt that should wake it pending in its local APIC (the timer's vector in the IRR,
+//! interrupts enabled, nothing in service) and never delivered: QEMU idle at 0% CPU, its main
+//! loop asleep until the emulated RTC's next alarm, L1's own `timeout`s never firing. Seen in a
+//! third to a half of this project's x86-64 box runs on some evenings, in none on others, at any
+//! point of a run (~25 s to ~180 s in). An NMI injected through QEMU's monitor did not wake it,
+//! so the box does not try to revive L1: it runs the box again (see `run_streaming`). A running
+//! L1, even an idle one, uses some CPU every few seconds (`sleep 50` as the script: never
+//! stalled); QEMU that used no CPU for [`STALL`] has stalled.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -84,27 +84,38 @@ mod tests {
         false
     }
 
+    /// A child process killed when dropped, an assertion failing included.
+    struct Child(std::process::Child);
+
+    impl Child {
+        fn spawn(program: &str, args: &[&str]) -> Self {
+            Child(
+                std::process::Command::new(program)
+                    .args(args)
+                    .spawn()
+                    .unwrap(),
+            )
+        }
+    }
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     /// A process that runs never stalls; one that sleeps has stalled once it has used no CPU
     /// for the stall period.
     #[test]
     fn a_sleeping_process_stalls_and_a_spinning_one_does_not() {
         let stall = Duration::from_secs(1);
-        let mut spinning = std::process::Command::new("sh")
-            .args(["-c", "while :; do :; done"])
-            .spawn()
-            .unwrap();
-        let mut sleeping = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let mut running = Watchdog::new(spinning.id(), stall);
-        let mut idle = Watchdog::new(sleeping.id(), stall);
+        let spinning = Child::spawn("sh", &["-c", "while :; do :; done"]);
+        let sleeping = Child::spawn("sleep", &["30"]);
+        let mut running = Watchdog::new(spinning.0.id(), stall);
+        let mut idle = Watchdog::new(sleeping.0.id(), stall);
         assert!(!stalls_within(&mut running, stall * 3));
         assert!(stalls_within(&mut idle, stall * 3));
-        for child in [&mut spinning, &mut sleeping] {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
     }
 
     #[test]
