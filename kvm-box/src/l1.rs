@@ -44,8 +44,8 @@ pub(crate) struct L1Result {
     pub wall: Duration,
 }
 
-/// Kills QEMU on every way out, panics included.
-struct KillOnDrop(Child);
+/// Kills a child (QEMU, or a test's process) on every way out, panics included.
+pub(crate) struct KillOnDrop(pub(crate) Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

@@ -71,6 +71,7 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::l1::KillOnDrop;
 
     /// Whether `watchdog` says stalled within `time`.
     fn stalls_within(watchdog: &mut Watchdog, time: Duration) -> bool {
@@ -84,25 +85,14 @@ mod tests {
         false
     }
 
-    /// A child process killed when dropped, an assertion failing included.
-    struct Child(std::process::Child);
-
-    impl Child {
-        fn spawn(program: &str, args: &[&str]) -> Self {
-            Child(
-                std::process::Command::new(program)
-                    .args(args)
-                    .spawn()
-                    .unwrap(),
-            )
-        }
-    }
-
-    impl Drop for Child {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+    /// `program` with `args`, killed when dropped (an assertion failing included).
+    fn spawn(program: &str, args: &[&str]) -> KillOnDrop {
+        KillOnDrop(
+            std::process::Command::new(program)
+                .args(args)
+                .spawn()
+                .unwrap(),
+        )
     }
 
     /// A process that runs never stalls; one that sleeps has stalled once it has used no CPU
@@ -110,8 +100,8 @@ mod tests {
     #[test]
     fn a_sleeping_process_stalls_and_a_spinning_one_does_not() {
         let stall = Duration::from_secs(1);
-        let spinning = Child::spawn("sh", &["-c", "while :; do :; done"]);
-        let sleeping = Child::spawn("sleep", &["30"]);
+        let spinning = spawn("sh", &["-c", "while :; do :; done"]);
+        let sleeping = spawn("sleep", &["30"]);
         let mut running = Watchdog::new(spinning.0.id(), stall);
         let mut idle = Watchdog::new(sleeping.0.id(), stall);
         assert!(!stalls_within(&mut running, stall * 3));
