@@ -17,9 +17,9 @@
 //!
 //! Environment: `KVM_BOX_CACHE` (assets cache, see [`default_cache_dir`]), `KVM_BOX_QEMU`
 //! and `KVM_BOX_QEMU_AARCH64` (the host QEMU for each architecture's L1), `KVM_BOX_KEEP=1`
-//! (keep each run's work directory: initramfs, logs), `KVM_BOX_JOBS` (boxes run at once by one
-//! process; default half the host's CPUs, at least 1: a TCG vCPU keeps a host core busy, and
-//! parallel tests would otherwise slow each other into their timeouts).
+//! (keep each run's work directory: initramfs, logs), `KVM_BOX_CPUS` (host cores the boxes
+//! of one process use at once, one per L1 vCPU; default all of them: a TCG vCPU keeps a host
+//! core busy, and boxes sharing a core would slow each other into their timeouts).
 
 mod apt;
 mod assets;
@@ -330,7 +330,7 @@ pub fn run_streaming(
     }
     tracing::debug!(initramfs_bytes, kernel = %assets.kernel_version, arch = %run.arch, "booting L1");
 
-    let _slot = jobs::acquire();
+    let _slot = jobs::acquire(run.cpus);
     let l1 = l1::L1 {
         platform,
         qemu: &qemu,
