@@ -2,7 +2,7 @@
 //! on this host and in a microVM with `nodeos-vm run -v DIR:/app -w /app -- npm test`, on the
 //! backend `auto` picks here (or `NODEOS_VM_TEST_BACKEND`), one VM per project as a user runs
 //! it. Same exit status and pass/fail counts required. The KVM box runs a subset on our VMM
-//! (tests/kvm_box.rs); benches/src/bin/corpus.rs prints the table of all three.
+//! (tests/kvm_box/x86_64.rs); benches/src/bin/corpus.rs prints the table of all three.
 
 mod common;
 

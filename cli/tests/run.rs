@@ -1,6 +1,6 @@
 //! `nodeos-vm run` on this host: commands in fresh microVMs on the backend `auto` picks here
 //! (or `NODEOS_VM_TEST_BACKEND`); the same cases run on our VMM inside the KVM box
-//! (tests/kvm_box.rs).
+//! (tests/kvm_box/).
 
 #[macro_use]
 mod common;

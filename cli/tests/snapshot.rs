@@ -1,5 +1,5 @@
 //! Template snapshots on the test backend (QEMU with TCG on hosts whose KVM cannot run Linux;
-//! our VMM's are in kvm_box.rs): VMs restored from one template share nothing of their own, and
+//! our VMM's are in kvm_box/): VMs restored from one template share nothing of their own, and
 //! a template that is missing, broken, or being made by another process is never used wrongly.
 
 #[macro_use]

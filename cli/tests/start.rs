@@ -1,6 +1,6 @@
 //! `nodeos-vm start` on this host: the Node.js REPL is PID 1 of a fresh microVM. Each test
 //! boots real guests on the backend `auto` picks here (or `NODEOS_VM_TEST_BACKEND`); the same
-//! cases run on our VMM inside the KVM box (tests/kvm_box.rs).
+//! cases run on our VMM inside the KVM box (tests/kvm_box/x86_64.rs).
 
 #[macro_use]
 mod common;

@@ -2,7 +2,7 @@
 //! host, in a microVM here (`nodeos-vm run -v DIR:/app -w /app -- npm test`, the backend
 //! `auto` picks: QEMU/TCG where KVM is PVM) and in a VM of our VMM inside one KVM box run;
 //! pass/fail counts, exit status and time of each. The tests (cli/tests/corpus.rs,
-//! cli/tests/kvm_box.rs) assert the same; this prints all of it, every project in the box.
+//! cli/tests/kvm_box/x86_64.rs) assert the same; this prints all of it, every project in the box.
 //!
 //! cargo build --release && ./target/release/corpus [--no-box] [PROJECT...]
 

@@ -1,5 +1,5 @@
 //! The behaviours of `nodeos-vm start` that every backend must show, written once and run
-//! both on this host (tests/start.rs) and inside the KVM box (tests/kvm_box.rs).
+//! both on this host (tests/start.rs) and inside the KVM box (tests/kvm_box/).
 //!
 //! A case is one or more boots, each `nodeos-vm start <args>` with `input` piped to the REPL,
 //! and a check of what came back. In `args`, `{kernel}`, `{rootfs}` and `{truncated_rootfs}`

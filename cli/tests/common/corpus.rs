@@ -9,7 +9,7 @@
 //! as for any user) once per lockfile, into `<nodeos-vm cache>/test-corpus/<project>-<hash>`;
 //! every run gets a fresh copy of the project with that `node_modules`.
 //!
-//! Shared by tests/corpus.rs (QEMU/TCG here), tests/kvm_box.rs (our VMM in the KVM box) and
+//! Shared by tests/corpus.rs (QEMU/TCG here), tests/kvm_box/x86_64.rs (our VMM in the KVM box) and
 //! the bench benches/src/bin/corpus.rs, so it needs nothing but std and the kvm-box crate.
 
 use sha2::Digest;

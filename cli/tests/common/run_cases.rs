@@ -1,5 +1,5 @@
 //! The behaviours of `nodeos-vm run` that every backend must show, written once and run both
-//! on this host (tests/run.rs) and inside the KVM box (tests/kvm_box.rs).
+//! on this host (tests/run.rs) and inside the KVM box (tests/kvm_box/).
 //!
 //! A case is a `sh` script; in it `$RUN` is `nodeos-vm run` with the backend, kernel and image
 //! options, `$FIXTURE` a fresh copy of tests/fixtures/node-project, and `$WEB` the address of

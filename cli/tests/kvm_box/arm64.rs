@@ -7,14 +7,12 @@
 //! Debian's arm64 QEMU, from the box's arm64 sysroot), booted cold and restored from its template;
 //! one box run serves all the tests of this file.
 
-#[macro_use]
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::common;
 use common::cases::{self, Outcome};
 use common::run_cases::{self, RunOutcome};
 use kvm_box::{shell_quote, Arch, BoxFile, BoxRun, Check, Script, Sysroot};
@@ -26,7 +24,7 @@ const STDERR_MARK: &str = "@@STDERR@@";
 const NODEOS_VM: &str = "/nodeos/nodeos-vm";
 const FIXTURE: &str = "/nodeos/fixture";
 
-fn box_checks() -> &'static BTreeMap<String, Check> {
+pub(crate) fn box_checks() -> &'static BTreeMap<String, Check> {
     static CHECKS: OnceLock<BTreeMap<String, Check>> = OnceLock::new();
     CHECKS.get_or_init(|| {
         let (kernel, rootfs) = common::build(&["--arch", "aarch64"]);
@@ -210,6 +208,7 @@ const RUN_CASES: &[&str] = &[
 ];
 
 fn check(name: &str) -> &'static Check {
+    super::start_both_boxes();
     box_checks()
         .get(name)
         .unwrap_or_else(|| panic!("the box printed no section {name}: the box ended early"))

@@ -3,13 +3,11 @@
 //! nested paging, whose /dev/kvm behaves like hardware KVM. No QEMU is packed into the box:
 //! what boots there is our VMM alone. One box run serves all the tests of this file.
 
-#[macro_use]
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::common;
 use common::cases::{self, Outcome};
 use common::corpus;
 use common::run_cases::{self, RunOutcome};
@@ -79,12 +77,35 @@ done
 grep -E '^Max (core file size|open files)' /proc/$vmm/limits
 wait $r; echo "run exited $?"; cat $D/out $D/err"#;
 
-fn box_checks() -> &'static BTreeMap<String, Check> {
+/// Waits for the `nodeos-vm start` whose pid is `$1`; one still running after `$2` seconds is
+/// said hung, with what the threads of every nodeos-vm process do (state, user and system
+/// clock ticks; 3 s later again, with their kernel stacks), and then stopped: a VM that
+/// never answers leaves what it was doing in the check's output.
+const HANG_WATCH: &str = r#"p=$1; i=0
+while [ -e /proc/$p ] && [ $i -lt $(($2 * 10)) ]; do sleep 0.1; i=$((i+1)); done
+[ -e /proc/$p ] || exit 0
+echo "hung: still running after $2 s; threads (state utime stime):"
+for round in 1 2; do
+  for d in /proc/[0-9]*; do
+    case "$(cat $d/comm 2>/dev/null)" in nodeos*) ;; *) continue ;; esac
+    echo "process ${d#/proc/} $(cat $d/comm)"
+    for t in $d/task/*; do
+      echo "  $(cat $t/comm) $(cut -d' ' -f3,14,15 $t/stat)"
+      [ $round = 1 ] || sed 's/^/    /' $t/stack
+    done
+  done
+  [ $round = 2 ] || sleep 3
+done
+kill -TERM $p; sleep 3; kill -KILL $p 2>/dev/null"#;
+const HANG_WATCH_PATH: &str = "/tmp/hang-watch";
+
+pub(crate) fn box_checks() -> &'static BTreeMap<String, Check> {
     static CHECKS: OnceLock<BTreeMap<String, Check>> = OnceLock::new();
     CHECKS.get_or_init(|| {
         let (kernel, rootfs) = common::artifacts();
         let mut script = Script::new();
         script.setup(&format!("head -c $(( $(wc -c < {ROOTFS}) / 2 )) {ROOTFS} > {TRUNCATED}"));
+        script.setup(&format!("cat > {HANG_WATCH_PATH} <<'EOF'\n{HANG_WATCH}\nEOF"));
         script.check("doctor", "/nodeos/nodeos-vm doctor");
         script.check(
             "auto_backend",
@@ -106,7 +127,8 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
                     &format!("{}.{i}", case.name),
                     Duration::from_secs(90),
                     &format!(
-                        "printf %s {} | /nodeos/nodeos-vm start --backend kvm {} >/tmp/o 2>/tmp/e; s=$?; \
+                        "printf %s {} | /nodeos/nodeos-vm start --backend kvm {} >/tmp/o 2>/tmp/e & p=$!; \
+                         sh {HANG_WATCH_PATH} $p 75; wait $p; s=$?; \
                          cat /tmp/o; echo {STDERR_MARK}; cat /tmp/e; exit $s",
                         shell_quote(boot.input),
                         args.join(" ")
@@ -203,6 +225,7 @@ fn box_checks() -> &'static BTreeMap<String, Check> {
 }
 
 fn check(name: &str) -> &'static Check {
+    super::start_both_boxes();
     box_checks()
         .get(name)
         .unwrap_or_else(|| panic!("the box printed no section {name}: the box ended early"))
