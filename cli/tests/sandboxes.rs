@@ -134,11 +134,32 @@ fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
-/// Whether no VM of `serve` is left: its runtime folder holds no VM's folder.
+/// How many folders whose name starts with `prefix` `serve`'s runtime folder holds: a VM has a
+/// `serve-` folder, and a `jail-` folder when its VMM is jailed.
+fn folders(serve: &Serve, prefix: &str) -> usize {
+    std::fs::read_dir(serve.runtime_dir()).map_or(0, |d| {
+        d.filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        })
+        .count()
+    })
+}
+
+/// How many VMs `serve` has.
+fn vms(serve: &Serve) -> usize {
+    folders(serve, "serve-")
+}
+
+/// Its standby VM's state (`booting`, `booted`, or null when it keeps none).
+fn standby(serve: &Serve) -> Value {
+    call(serve, "GET", "/sandboxes", Value::Null).1["standby"].clone()
+}
+
+/// Whether no sandbox's VM is left: no VM or jail but the standby VM's, when serve keeps one.
 fn no_vm_left(serve: &Serve) -> bool {
-    std::fs::read_dir(serve.runtime_dir())
-        .map(|d| d.count() == 0)
-        .unwrap_or(true)
+    let standby = usize::from(!standby(serve).is_null());
+    vms(serve) == standby && folders(serve, "jail-") <= standby
 }
 
 /// Create, commands with output, status, environment, folder, stdin, a signal and a timeout,
@@ -544,7 +565,73 @@ fn shutdown_stops_every_sandbox() {
     let mut rest = String::new();
     let _ = reader.read_to_string(&mut rest);
     assert!(!rest.contains("\"exit\""), "{rest}");
-    assert!(no_vm_left(&serve));
+    // The standby VM (kept after the creates) stopped too.
+    assert_eq!(folders(&serve, ""), 0);
+}
+
+/// After a sandbox of the default shape, serve keeps one more booted, Node warmed up in it (its
+/// standby VM): the next create of that shape takes it, one of another shape does not. A
+/// sandbox made of it is a VM of its own (boot id, kernel and Node random numbers its own) with
+/// its creator's environment; the standby stops with serve. `--no-sandbox-standby` keeps none.
+#[test]
+fn the_next_sandbox_takes_the_standby_vm() {
+    let mut serve = Serve::start();
+    assert_eq!(standby(&serve), Value::Null, "one before any sandbox");
+    let first = create(&serve, json!({}));
+    let booted = || standby(&serve) == "booted";
+    assert!(
+        wait_until(Duration::from_secs(120), booted),
+        "{}",
+        standby(&serve)
+    );
+    assert_eq!(vms(&serve), 2);
+    // With a network: not the standby's shape.
+    let networked = create(&serve, json!({"net": true}));
+    assert_eq!(
+        standby(&serve),
+        "booted",
+        "a create of another shape took it"
+    );
+    assert_eq!(vms(&serve), 3);
+    let second = create(&serve, json!({"env": {"GREETING": "hello"}}));
+    // Taken: none, or the next one booting (restoring and warming up take over a second).
+    assert_ne!(standby(&serve), "booted", "the create did not take it");
+    let probe = json!({"argv": ["sh", "-c", "cat /proc/sys/kernel/random/boot_id /proc/sys/kernel/random/uuid; \
+        node -p 'process.env.GREETING + \" \" + crypto.randomUUID() + \" \" + Math.random()'"]});
+    let outputs: Vec<String> = [&first, &networked, &second]
+        .iter()
+        .map(|id| {
+            let ran = exec(&serve, id, probe.clone());
+            assert_eq!(ran.exit["exitCode"], 0, "{ran:?}");
+            ran.stdout
+        })
+        .collect();
+    assert!(outputs[2].contains("\nhello "), "{}", outputs[2]);
+    // The environment's word aside, every line differs from the others'.
+    let lines: std::collections::BTreeSet<&str> = outputs
+        .iter()
+        .flat_map(|o| o.lines())
+        .map(|l| {
+            l.trim_start_matches("undefined ")
+                .trim_start_matches("hello ")
+        })
+        .collect();
+    assert_eq!(lines.len(), 9, "{outputs:?}");
+    assert!(
+        wait_until(Duration::from_secs(120), booted),
+        "{}",
+        standby(&serve)
+    );
+    assert_eq!(serve.terminate(), Some(0));
+    assert_eq!(folders(&serve, ""), 0);
+
+    // `--no-sandbox-standby`: none kept.
+    let serve = Serve::start_with(&["--no-sandbox-standby"]);
+    let id = create(&serve, json!({}));
+    assert_eq!(exec(&serve, &id, json!({"argv": ["true"]})).exit["exitCode"], 0);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(standby(&serve), Value::Null);
+    assert_eq!(vms(&serve), 1);
 }
 
 /// Sandboxes side by side, each running commands from several clients at once: none fails,

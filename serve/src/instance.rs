@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc::{self, error::TrySendError};
+use vmm::error_chain::one_line;
 use vmm::vm::StopSignal;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -213,6 +214,23 @@ impl Instance {
     pub fn reusable(&self) -> bool {
         !self.broken && !self.ended.load(Ordering::SeqCst)
     }
+}
+
+/// Boots a standby VM for `app` ([`boot_vm`]) and warms Node up in it ([`Vm::warm_up`]). A
+/// warm-up that fails is said and the VM kept: its runner only starts slower.
+pub async fn boot_standby(
+    machine: Arc<Machine>,
+    app: Arc<AppSpec>,
+    vms: Vms,
+) -> Result<Vm, BootError> {
+    let vm = boot_vm(machine, app.clone(), vms).await?;
+    let warmed = tokio::task::spawn_blocking(move || {
+        if let Err(e) = vm.warm_up() {
+            tracing::warn!("{}: standby VM: {}", app.name, one_line(&e));
+        }
+        vm
+    });
+    warmed.await.map_err(|e| BootError::Task(e.to_string()))
 }
 
 /// Boots a VM for `app`: its package at /app, no runner yet.

@@ -63,6 +63,9 @@ pub struct Config {
     /// Names (`host_name`) requests may be addressed to, beside the listeners' own addresses
     /// and `localhost`.
     pub allowed_hosts: Vec<String>,
+    /// Keep a VM ready for the next sandbox of the default shape once one was made
+    /// (`sandboxes`).
+    pub sandbox_standby: bool,
 }
 
 /// Serves as `config` says until SIGTERM or SIGINT, then deletes every sandbox, finishes the
@@ -83,7 +86,7 @@ pub fn serve(config: Config, machine: Machine) -> anyhow::Result<()> {
         .thread_name("serve")
         .build()
         .context("starting the async runtime")?;
-    let server = Arc::new(Server::new(machine)?);
+    let server = Arc::new(Server::new(machine, config.sandbox_standby)?);
     let result = runtime.block_on(run(config, Arc::new(token), origin, server.clone()));
     // Calls still running past the grace period end here; their instances stop.
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde::Serialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinHandle;
 use vmm::error_chain::one_line;
@@ -22,7 +21,7 @@ use super::instance::{self, AppSpec, BootError, Instance};
 use super::logs::Logs;
 use super::package::Options;
 use super::roster::{self, Roster, State};
-use super::vm::{Machine, Vm, Vms};
+use super::vm::{Machine, Standby, Vm, Vms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -47,15 +46,6 @@ pub struct Pool {
     retired: AtomicBool,
     /// The standby VM, booting or booted.
     standby: Mutex<Option<JoinHandle<Result<Vm, BootError>>>>,
-}
-
-/// A pool's standby VM, as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Standby {
-    Booting,
-    /// Its boot ended (a failed one is found out when a cold start takes it).
-    Booted,
 }
 
 /// An instance lent to one call; back to the pool when dropped, unless it is broken.
@@ -157,21 +147,14 @@ impl Pool {
         if standby.is_some() {
             return false;
         }
-        let boot = instance::boot_vm(self.machine.clone(), self.app.clone(), self.vms.clone());
+        let boot = instance::boot_standby(self.machine.clone(), self.app.clone(), self.vms.clone());
         *standby = Some(tokio::spawn(boot));
         true
     }
 
     /// Where the standby VM is, if there is one.
     pub fn standby(&self) -> Option<Standby> {
-        let standby = self.standby.lock().unwrap();
-        standby.as_ref().map(|boot| {
-            if boot.is_finished() {
-                Standby::Booted
-            } else {
-                Standby::Booting
-            }
-        })
+        self.standby.lock().unwrap().as_ref().map(Standby::of)
     }
 
     /// An instance for one call: a warm one, a new one, or, when `max` are busy, the first

@@ -92,7 +92,7 @@ impl CreateRequest {
         let memory_mib =
             vm_config::memory_mib(memory.as_deref().unwrap_or(vm_config::DEFAULT_MEMORY))
                 .map_err(|e| bad(format!("memoryMib: {e}")))?;
-        let cpus = vm_config::cpus(&self.cpus.unwrap_or(1).to_string())
+        let cpus = vm_config::cpus(&self.cpus.unwrap_or(sandboxes::DEFAULT_CPUS).to_string())
             .map_err(|e| bad(format!("cpus: {e}")))?;
         if let Some(user) = &self.user {
             sandbox::users::check_name(user).map_err(|e| bad(format!("user: {e}")))?;
@@ -253,7 +253,7 @@ async fn list(State(server): State<Arc<Server>>) -> Json<Value> {
         .iter()
         .map(|s| describe(s))
         .collect();
-    Json(json!({ "sandboxes": all }))
+    Json(json!({ "sandboxes": all, "standby": server.sandboxes.standby() }))
 }
 
 async fn show(

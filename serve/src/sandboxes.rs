@@ -5,6 +5,13 @@
 //! persistent disk is its writable layer, as with `nodeos-vm start --user`. A sandbox can be
 //! paused (its VM's vCPUs stop, its memory and processes stay) and resumed; its idle limit
 //! does not count while it is paused, its lifetime does.
+//!
+//! Once a sandbox of the default shape (the default memory and vCPUs, no user, no network) has
+//! been asked for, one more is kept ready: a standby VM, restored and its Node warmed up
+//! ([`Vm::warm_up`]) while no sandbox runs a command, that the next such create takes at once;
+//! [`STANDBY_KEPT`] after the last such create, it stops.
+//! It belongs to nobody until then: no command, file or setting of a tenant reaches it before
+//! it is handed out, and a tenant's `env` is added to each command (`sandbox_api`), not to it.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsRawFd;
@@ -12,13 +19,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::task::JoinHandle;
 use vmm::backend::Backend;
+use vmm::error_chain::one_line;
 use vmm::vm::NetSpec;
 
 use super::clock::now_ms;
-use super::vm::{self, Machine, Vm, Vms};
+use super::vm::{self, Machine, Standby, Vm, Vms};
 use sandbox::agent::{Input, Outcome};
 use sandbox::users::{self, DiskTools, UserDisk, Users};
+use sandbox::vm_config;
 
 /// How many sandboxes one serve runs at most.
 pub const MAX_SANDBOXES: usize = 64;
@@ -26,6 +36,10 @@ pub const MAX_SANDBOXES: usize = 64;
 pub const MAX_RUNNING_EXECS: usize = 32;
 /// How many ended commands a sandbox remembers (for `GET /sandboxes/{id}`).
 const KEPT_ENDED_EXECS: usize = 16;
+/// How long after the last create of the default shape a standby VM is kept.
+const STANDBY_KEPT: Duration = Duration::from_secs(600);
+/// A sandbox's vCPUs when its creator names none.
+pub const DEFAULT_CPUS: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,6 +72,17 @@ pub struct Options {
     pub lifetime: Duration,
 }
 
+impl Options {
+    /// Whether the standby VM fits it: the default memory and vCPUs, no user, no network.
+    fn standby_shaped(&self) -> bool {
+        let default_memory = vm_config::memory_mib(vm_config::DEFAULT_MEMORY).ok();
+        self.user.is_none()
+            && !self.net
+            && Some(self.memory_mib) == default_memory
+            && self.cpus == DEFAULT_CPUS
+    }
+}
+
 /// The sandboxes of one server.
 pub struct Sandboxes {
     machine: Arc<Machine>,
@@ -65,6 +90,18 @@ pub struct Sandboxes {
     all: Mutex<HashMap<String, Arc<Sandbox>>>,
     /// Sandboxes being created (counted against [`MAX_SANDBOXES`]).
     creating: Mutex<usize>,
+    standby: Mutex<Spare>,
+    /// Whether a standby VM is kept at all.
+    keeps_standby: bool,
+}
+
+/// The VM of the default shape kept ready for the next create that fits it.
+#[derive(Default)]
+struct Spare {
+    /// Until when one is kept: [`STANDBY_KEPT`] after the last create that fit it.
+    wanted_until: Option<Instant>,
+    /// Booting and warming up, or ready.
+    vm: Option<JoinHandle<Result<Vm, vm::Error>>>,
 }
 
 /// One sandbox: its VM, stopped when the last handle on it is dropped.
@@ -131,12 +168,14 @@ impl Activity {
 }
 
 impl Sandboxes {
-    pub fn new(machine: Arc<Machine>, vms: Vms) -> Sandboxes {
+    pub fn new(machine: Arc<Machine>, vms: Vms, keeps_standby: bool) -> Sandboxes {
         Sandboxes {
             machine,
             vms,
             all: Mutex::default(),
             creating: Mutex::new(0),
+            standby: Mutex::default(),
+            keeps_standby,
         }
     }
 
@@ -149,8 +188,13 @@ impl Sandboxes {
             }
             *creating += 1;
         }
+        let standby = match self.keeps_standby && options.standby_shaped() {
+            true => self.take_standby().await,
+            false => None,
+        };
         let (machine, vms) = (self.machine.clone(), self.vms.clone());
-        let booted = tokio::task::spawn_blocking(move || boot(&machine, &vms, options)).await;
+        let booted =
+            tokio::task::spawn_blocking(move || boot(&machine, &vms, options, standby)).await;
         *self.creating.lock().unwrap() -= 1;
         let sandbox = Arc::new(booted.map_err(|e| Error::Task(e.to_string()))??);
         self.all
@@ -158,6 +202,65 @@ impl Sandboxes {
             .unwrap()
             .insert(sandbox.id.clone(), sandbox.clone());
         Ok(sandbox)
+    }
+
+    /// The standby VM, waited for if it still boots; none when there is none or it failed or
+    /// has ended since. From now on one is kept.
+    async fn take_standby(&self) -> Option<Vm> {
+        let booting = {
+            let mut standby = self.standby.lock().unwrap();
+            standby.wanted_until = Some(Instant::now() + STANDBY_KEPT);
+            standby.vm.take()?
+        };
+        let why = match booting.await {
+            Ok(Ok(vm)) if !vm.has_ended() => return Some(vm),
+            Ok(Ok(_)) => "it has ended".to_string(),
+            Ok(Err(e)) => one_line(&e),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!("not using the sandboxes' standby VM: {why}");
+        None
+    }
+
+    /// Starts booting the standby VM when one is wanted and there is none, while no sandbox
+    /// is being created and none runs a command or transfer (it never competes with them);
+    /// stops it once none is wanted any more.
+    fn prepare_standby(&self, now: Instant) {
+        let mut standby = self.standby.lock().unwrap();
+        if standby.wanted_until.is_some_and(|until| now >= until) {
+            // Its VM stops once booted (the task's result, dropped unread).
+            *standby = Spare::default();
+        }
+        if standby.wanted_until.is_none()
+            || standby.vm.is_some()
+            || *self.creating.lock().unwrap() > 0
+        {
+            return;
+        }
+        if self
+            .all
+            .lock()
+            .unwrap()
+            .values()
+            .any(|s| s.activity.lock().unwrap().busy > 0)
+        {
+            return;
+        }
+        let (machine, vms) = (self.machine.clone(), self.vms.clone());
+        standby.vm = Some(tokio::task::spawn_blocking(move || {
+            let memory_mib = vm_config::memory_mib(vm_config::DEFAULT_MEMORY)
+                .expect("the default memory size is valid");
+            let vm = Vm::boot(&machine, &vms, memory_mib, DEFAULT_CPUS, |_| {})?;
+            if let Err(e) = vm.warm_up() {
+                tracing::warn!("the sandboxes' standby VM: {}", one_line(&e));
+            }
+            Ok(vm)
+        }));
+    }
+
+    /// Where the standby VM is, if there is one.
+    pub fn standby(&self) -> Option<Standby> {
+        self.standby.lock().unwrap().vm.as_ref().map(Standby::of)
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Sandbox>> {
@@ -193,10 +296,13 @@ impl Sandboxes {
             tracing::info!("sandbox {id}: {why}; deleted");
             self.delete(&id);
         }
+        self.prepare_standby(now);
     }
 
-    /// Deletes every sandbox (at shutdown).
+    /// Deletes every sandbox, and stops the standby VM (at shutdown).
     pub fn clear(&self) {
+        // Its VM stops once booted (the task's result, dropped unread).
+        *self.standby.lock().unwrap() = Spare::default();
         let all: Vec<_> = self.all.lock().unwrap().drain().collect();
         for (_, sandbox) in all {
             sandbox.kill_all();
@@ -204,8 +310,13 @@ impl Sandboxes {
     }
 }
 
-/// Boots the VM of a new sandbox (blocking).
-fn boot(machine: &Machine, vms: &Vms, options: Options) -> Result<Sandbox, Error> {
+/// Boots the VM of a new sandbox (blocking), or makes it of `standby` (which fits `options`).
+fn boot(
+    machine: &Machine,
+    vms: &Vms,
+    options: Options,
+    standby: Option<Vm>,
+) -> Result<Sandbox, Error> {
     let user = match &options.user {
         Some(name) => {
             let jail = match &machine.backend {
@@ -215,10 +326,13 @@ fn boot(machine: &Machine, vms: &Vms, options: Options) -> Result<Sandbox, Error
         }
         None => None,
     };
-    let vm = Vm::boot(machine, vms, options.memory_mib, options.cpus, |config| {
-        config.user_disk = user.as_ref().map(|u| u.path().to_path_buf());
-        config.net = options.net.then_some(NetSpec::USER);
-    })?;
+    let vm = match standby {
+        Some(vm) => vm,
+        None => Vm::boot(machine, vms, options.memory_mib, options.cpus, |config| {
+            config.user_disk = user.as_ref().map(|u| u.path().to_path_buf());
+            config.net = options.net.then_some(NetSpec::USER);
+        })?,
+    };
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).map_err(|e| Error::Task(format!("no random ID: {e}")))?;
     let created_ms = now_ms();

@@ -11,9 +11,10 @@ use super::instance::{self, AppSpec, BootError, Exports, APP_DIR, RUNNER_JS, RUN
 use super::logs::Logs;
 use super::metrics::Metrics;
 use super::package::{self, Options};
-use super::pool::{Pool, Standby};
+use super::pool::Pool;
 use super::sandboxes::Sandboxes;
 use super::store::{self, Meta, Store};
+use super::vm::Standby;
 use super::vm::{Machine, Vms};
 
 use sandbox::volume::{Mode, Volume};
@@ -75,11 +76,12 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server of no app yet, booting VMs as `machine` says.
-    pub fn new(machine: Machine) -> anyhow::Result<Server> {
+    /// A server of no app yet, booting VMs as `machine` says, and a standby VM for sandboxes
+    /// when `sandbox_standby`.
+    pub fn new(machine: Machine, sandbox_standby: bool) -> anyhow::Result<Server> {
         let (machine, vms) = (Arc::new(machine), Vms::default());
         Ok(Server {
-            sandboxes: Sandboxes::new(machine.clone(), vms.clone()),
+            sandboxes: Sandboxes::new(machine.clone(), vms.clone(), sandbox_standby),
             machine,
             vms,
             store: Store::from_env()?,

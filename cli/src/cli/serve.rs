@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// image and VM size, in the artifact cache).
     #[arg(long)]
     no_snapshot: bool,
+    /// Keep no VM ready for the next sandbox: by default, once a sandbox of the default shape
+    /// was created, one more is kept booted (one idle VM's memory) for the next such create,
+    /// until none came for 10 minutes.
+    #[arg(long)]
+    no_sandbox_standby: bool,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
@@ -62,6 +67,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
             apps,
             token_file: args.token_file,
             allowed_hosts: args.allow_hosts,
+            sandbox_standby: !args.no_sandbox_standby,
         },
         Machine {
             backend,

@@ -3,9 +3,12 @@
 //   node sdk/js/bench/sdk.mjs [RUNS] [SANDBOXES]      (after cargo build --release)
 //
 // 1. Create a sandbox and run `node -e 'console.log(1)'` in it through the SDK, to its first
-//    output and to the end (sandbox deleted), against `nodeos-vm run -- node -e 'console.log(1)'`
-//    from spawning it to its first output and to its exit; RUNS rounds (default 5) interleaved
-//    after one uncounted warm-up of each; medians, min-max, and the ratio SDK / run.
+//    output and to the end (sandbox deleted), against the same on a serve that keeps no standby
+//    VM (`--no-sandbox-standby`: each create restores a VM) and against
+//    `nodeos-vm run -- node -e 'console.log(1)'` from spawning it to its first output and to
+//    its exit; RUNS rounds (default 5) interleaved after one uncounted warm-up of each, each
+//    once the first serve's standby sandbox VM has booted (the create takes it); medians,
+//    min-max, and the ratios to run.
 // 2. 20 concurrent SDK clients, each running 50 commands (`echo`) one after the other, in
 //    SANDBOXES sandboxes (default 1): errors (a rejection, a status other than 0 or the wrong
 //    output), latency p50/p99, and commands per second.
@@ -43,8 +46,8 @@ const ms = (v) => `${v.toFixed(1)} ms`;
 const spread = (v) => `${ms(median(v))} (${Math.min(...v).toFixed(1)}–${Math.max(...v).toFixed(1)})`;
 
 /** A serve of the bench's own; its client. */
-async function startServe(dir) {
-  const child = spawn(bin, ['serve', '--listen', '127.0.0.1:0'], {
+async function startServe(dir, ...args) {
+  const child = spawn(bin, ['serve', '--listen', '127.0.0.1:0', ...args], {
     env: { ...process.env, NODEOS_VM_DATA: path.join(dir, 'data'), XDG_RUNTIME_DIR: dir },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -75,6 +78,20 @@ async function sdkRound(client) {
   await sandbox.kill();
   if (result.stdout !== '1\n') throw new Error(`the SDK's command printed ${JSON.stringify(result.stdout)}`);
   return [first, performance.now() - start];
+}
+
+/**
+ * Waits until serve's standby sandbox VM (kept once a sandbox of the default shape was made)
+ * has booted, so that each round's create finds it as a user's create spaced out from the last
+ * one would, and no `nodeos-vm run` round shares the host with its boot.
+ */
+async function standbyBooted(client) {
+  for (let i = 0; i < 600; i++) {
+    const { standby } = await client.json('GET', '/sandboxes');
+    if (standby === 'booted') return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error("serve's standby sandbox VM did not boot within 60 s");
 }
 
 /** `nodeos-vm run`: [to first output, to its exit] in ms. */
@@ -161,28 +178,39 @@ async function pauses(client) {
 }
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodeos-vm-sdk-bench-'));
+const bare = fs.mkdtempSync(path.join(os.tmpdir(), 'nodeos-vm-sdk-bench-'));
 const { child, client, token } = await startServe(dir);
+const noStandby = await startServe(bare, '--no-sandbox-standby');
 try {
   await sdkRound(client);
+  await sdkRound(noStandby.client);
   await runRound();
   const sdk = { first: [], end: [] };
+  const cold = { first: [], end: [] };
   const run = { first: [], end: [] };
+  const rounds = [
+    [sdk, () => sdkRound(client)],
+    [cold, () => sdkRound(noStandby.client)],
+    [run, runRound],
+  ];
   for (let i = 0; i < runs; i++) {
-    const [a, b] = await sdkRound(client);
-    sdk.first.push(a);
-    sdk.end.push(b);
-    const [c, d] = await runRound();
-    run.first.push(c);
-    run.end.push(d);
+    for (const [times, round] of rounds) {
+      await standbyBooted(client);
+      const [first, end] = await round();
+      times.first.push(first);
+      times.end.push(end);
+    }
   }
   const result = await load(client, token);
   const paused = await pauses(client);
 
   console.log(`## The SDK against \`nodeos-vm run\` (${os.cpus().length} cores, backend auto, ${runs} rounds)\n`);
-  console.log('| what | SDK (Sandbox.create + commands.run) | nodeos-vm run | SDK / run |');
-  console.log('|---|---|---|---|');
-  console.log(`| to the first output of \`node -e 'console.log(1)'\` | ${spread(sdk.first)} | ${spread(run.first)} | ${(median(sdk.first) / median(run.first)).toFixed(2)} |`);
-  console.log(`| to the end (SDK: sandbox deleted; run: exited) | ${spread(sdk.end)} | ${spread(run.end)} | ${(median(sdk.end) / median(run.end)).toFixed(2)} |`);
+  const ratio = (a, b) => (median(a) / median(b)).toFixed(2);
+  console.log('| what | SDK (Sandbox.create + commands.run) | SDK, no standby VM | nodeos-vm run | SDK / run | no standby / run |');
+  console.log('|---|---|---|---|---|---|');
+  for (const [what, key] of [["to the first output of `node -e 'console.log(1)'`", 'first'], ['to the end (SDK: sandbox deleted; run: exited)', 'end']]) {
+    console.log(`| ${what} | ${spread(sdk[key])} | ${spread(cold[key])} | ${spread(run[key])} | ${ratio(sdk[key], run[key])} | ${ratio(cold[key], run[key])} |`);
+  }
   console.log(`\n## ${CLIENTS} SDK clients × ${EXECS} commands (\`echo\`) in ${sandboxes} sandbox(es)\n`);
   console.log('| commands | errors | p50 | p99 | commands/s |');
   console.log('|---|---|---|---|---|');
@@ -194,7 +222,9 @@ try {
   for (const error of result.errors.slice(0, 10)) console.error(error);
   process.exitCode = result.errors.length ? 1 : 0;
 } finally {
-  child.kill('SIGTERM');
-  await new Promise((resolve) => child.once('close', resolve));
-  fs.rmSync(dir, { recursive: true, force: true });
+  for (const serve of [child, noStandby.child]) {
+    serve.kill('SIGTERM');
+    await new Promise((resolve) => serve.once('close', resolve));
+  }
+  for (const folder of [dir, bare]) fs.rmSync(folder, { recursive: true, force: true });
 }
