@@ -628,7 +628,10 @@ fn the_next_sandbox_takes_the_standby_vm() {
     // `--no-sandbox-standby`: none kept.
     let serve = Serve::start_with(&["--no-sandbox-standby"]);
     let id = create(&serve, json!({}));
-    assert_eq!(exec(&serve, &id, json!({"argv": ["true"]})).exit["exitCode"], 0);
+    assert_eq!(
+        exec(&serve, &id, json!({"argv": ["true"]})).exit["exitCode"],
+        0
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(standby(&serve), Value::Null);
     assert_eq!(vms(&serve), 1);

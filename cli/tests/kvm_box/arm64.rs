@@ -13,25 +13,18 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::common;
-use common::cases::{self, Outcome};
-use common::run_cases::{self, RunOutcome};
-use kvm_box::{shell_quote, Arch, BoxFile, BoxRun, Check, Script, Sysroot};
+use common::run_cases;
+use kvm_box::{Arch, BoxFile, BoxRun, Check, Script, Sysroot};
+
+use super::{FIXTURE, NODEOS_VM, ROOTFS};
 
 const KERNEL: &str = "/nodeos/Image";
-const ROOTFS: &str = "/nodeos/rootfs.img";
-const TRUNCATED: &str = "/tmp/truncated.img";
-const STDERR_MARK: &str = "@@STDERR@@";
-const NODEOS_VM: &str = "/nodeos/nodeos-vm";
-const FIXTURE: &str = "/nodeos/fixture";
 
 pub(crate) fn box_checks() -> &'static BTreeMap<String, Check> {
     static CHECKS: OnceLock<BTreeMap<String, Check>> = OnceLock::new();
     CHECKS.get_or_init(|| {
         let (kernel, rootfs) = common::build(&["--arch", "aarch64"]);
         let mut script = Script::new();
-        script.setup(&format!(
-            "head -c $(( $(wc -c < {ROOTFS}) / 2 )) {ROOTFS} > {TRUNCATED}"
-        ));
         script.check("doctor", &format!("{NODEOS_VM} doctor"));
         script.check_with_timeout(
             "qemu_kvm",
@@ -46,47 +39,12 @@ pub(crate) fn box_checks() -> &'static BTreeMap<String, Check> {
                 &restored_twice(backend),
             );
         }
-        for case in cases::CASES {
-            for (i, boot) in case.boots.iter().enumerate() {
-                let mut args = cases::args(boot, KERNEL, ROOTFS, TRUNCATED);
-                for (flag, default) in [("--kernel", KERNEL), ("--rootfs", ROOTFS)] {
-                    if !args.iter().any(|a| a == flag) {
-                        args.extend([flag.to_string(), default.to_string()]);
-                    }
-                }
-                let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
-                script.check_with_timeout(
-                    &format!("{}.{i}", case.name),
-                    Duration::from_secs(120),
-                    &format!(
-                        "printf %s {} | {NODEOS_VM} start --backend kvm {} >/tmp/o 2>/tmp/e; s=$?; \
-                         cat /tmp/o; echo {STDERR_MARK}; cat /tmp/e; exit $s",
-                        shell_quote(boot.input),
-                        args.join(" ")
-                    ),
-                );
-            }
-        }
-        let run_cmd = format!("{NODEOS_VM} run --backend kvm --kernel {KERNEL} --rootfs {ROOTFS}");
-        script.setup(&common::web::box_setup());
-        for name in RUN_CASES {
-            let case = run_cases::run_case(name);
-            script.check_with_timeout(
-                &format!("run.{name}"),
-                Duration::from_secs(240),
-                &format!(
-                    "mkdir -p /tmp/run/{name} && cp -r {FIXTURE} /tmp/run/{name}/node-project && \
-                     cd /tmp/run/{name} && \
-                     printf %s {} | RUN={} FIXTURE=/tmp/run/{name}/node-project WEB={} \
-                     IPROUTE=/usr/local/sbin/ip sh -c {} >/tmp/o 2>/tmp/e; s=$?; \
-                     cd /root; cat /tmp/o; echo {STDERR_MARK}; cat /tmp/e; exit $s",
-                    shell_quote(case.stdin),
-                    shell_quote(&run_cmd),
-                    common::web::BOX_WEB,
-                    shell_quote(case.script),
-                ),
-            );
-        }
+        super::add_start_cases(&mut script, KERNEL, Duration::from_secs(120));
+        super::add_run_cases(
+            &mut script,
+            KERNEL,
+            RUN_CASES.iter().map(|name| run_cases::run_case(name)),
+        );
         script.check_with_timeout(
             "serve",
             Duration::from_secs(240),
@@ -208,52 +166,17 @@ const RUN_CASES: &[&str] = &[
 ];
 
 fn check(name: &str) -> &'static Check {
-    super::start_both_boxes();
-    box_checks()
-        .get(name)
-        .unwrap_or_else(|| panic!("the box printed no section {name}: the box ended early"))
-}
-
-fn split(c: &Check) -> (String, String) {
-    let (stdout, stderr) = c.output.split_once(STDERR_MARK).unwrap_or((&c.output, ""));
-    (
-        stdout.to_string(),
-        stderr.trim_start_matches('\n').to_string(),
-    )
+    super::check(box_checks, name)
 }
 
 fn run_in_box(name: &str) {
-    let case = cases::case(name);
-    let outcomes: Vec<Outcome> = (0..case.boots.len())
-        .map(|i| {
-            let c = check(&format!("{name}.{i}"));
-            let (stdout, stderr) = split(c);
-            Outcome {
-                status: c.status,
-                stdout,
-                stderr,
-            }
-        })
-        .collect();
-    if let Err(why) = (case.check)(&outcomes) {
-        panic!("{name} (our VMM, in the arm64 KVM box): {why}");
-    }
+    super::start_case(name, check, "our VMM, in the arm64 KVM box");
 }
 
 case_tests!(run_in_box);
 
 fn run_case_in_box(name: &str) {
-    let case = run_cases::run_case(name);
-    let c = check(&format!("run.{name}"));
-    let (stdout, stderr) = split(c);
-    let outcome = RunOutcome {
-        status: c.status,
-        stdout,
-        stderr,
-    };
-    if let Err(why) = (case.check)(&outcome) {
-        panic!("run {name} (our VMM, in the arm64 KVM box): {why}");
-    }
+    super::run_case(name, check, "our VMM, in the arm64 KVM box");
 }
 
 mod run {

@@ -8,17 +8,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::common;
-use common::cases::{self, Outcome};
 use common::corpus;
-use common::run_cases::{self, RunOutcome};
-use kvm_box::{shell_quote, BoxFile, BoxRun, Check, Script};
+use common::run_cases;
+use kvm_box::{BoxFile, BoxRun, Check, Script};
+
+use super::{FIXTURE, NODEOS_VM, ROOTFS, STDERR_MARK};
 
 const KERNEL: &str = "/nodeos/vmlinux";
-const ROOTFS: &str = "/nodeos/rootfs.img";
-const TRUNCATED: &str = "/tmp/truncated.img";
-const STDERR_MARK: &str = "@@STDERR@@";
-const FIXTURE: &str = "/nodeos/fixture";
-const WEB: &str = common::web::BOX_WEB;
 /// `run -p` on our VMM: a Node server on the guest's port 80, run as its user, answers L1
 /// through the published port once it listens (busybox `wget`), then exits, and so does `run`.
 const PUBLISH_SCRIPT: &str = r#"D=/tmp/publish; mkdir -p $D
@@ -77,82 +73,22 @@ done
 grep -E '^Max (core file size|open files)' /proc/$vmm/limits
 wait $r; echo "run exited $?"; cat $D/out $D/err"#;
 
-/// Waits for the `nodeos-vm start` whose pid is `$1`; one still running after `$2` seconds is
-/// said hung, with what the threads of every nodeos-vm process do (state, user and system
-/// clock ticks; 3 s later again, with their kernel stacks), and then stopped: a VM that
-/// never answers leaves what it was doing in the check's output.
-const HANG_WATCH: &str = r#"p=$1; i=0
-while [ -e /proc/$p ] && [ $i -lt $(($2 * 10)) ]; do sleep 0.1; i=$((i+1)); done
-[ -e /proc/$p ] || exit 0
-echo "hung: still running after $2 s; threads (state utime stime):"
-for round in 1 2; do
-  for d in /proc/[0-9]*; do
-    case "$(cat $d/comm 2>/dev/null)" in nodeos*) ;; *) continue ;; esac
-    echo "process ${d#/proc/} $(cat $d/comm)"
-    for t in $d/task/*; do
-      echo "  $(cat $t/comm) $(cut -d' ' -f3,14,15 $t/stat)"
-      [ $round = 1 ] || sed 's/^/    /' $t/stack
-    done
-  done
-  [ $round = 2 ] || sleep 3
-done
-kill -TERM $p; sleep 3; kill -KILL $p 2>/dev/null"#;
-const HANG_WATCH_PATH: &str = "/tmp/hang-watch";
-
 pub(crate) fn box_checks() -> &'static BTreeMap<String, Check> {
     static CHECKS: OnceLock<BTreeMap<String, Check>> = OnceLock::new();
     CHECKS.get_or_init(|| {
         let (kernel, rootfs) = common::artifacts();
         let mut script = Script::new();
-        script.setup(&format!("head -c $(( $(wc -c < {ROOTFS}) / 2 )) {ROOTFS} > {TRUNCATED}"));
-        script.setup(&format!("cat > {HANG_WATCH_PATH} <<'EOF'\n{HANG_WATCH}\nEOF"));
-        script.check("doctor", "/nodeos/nodeos-vm doctor");
+        script.check("doctor", &format!("{NODEOS_VM} doctor"));
         script.check(
             "auto_backend",
             &format!(
-                "echo process.pid | /nodeos/nodeos-vm start --kernel {KERNEL} --rootfs {ROOTFS} 2>/tmp/e; s=$?; \
+                "echo process.pid | {NODEOS_VM} start --kernel {KERNEL} --rootfs {ROOTFS} 2>/tmp/e; s=$?; \
                  echo {STDERR_MARK}; cat /tmp/e; exit $s"
             ),
         );
-        for case in cases::CASES {
-            for (i, boot) in case.boots.iter().enumerate() {
-                let mut args = cases::args(boot, KERNEL, ROOTFS, TRUNCATED);
-                for (flag, default) in [("--kernel", KERNEL), ("--rootfs", ROOTFS)] {
-                    if !args.iter().any(|a| a == flag) {
-                        args.extend([flag.to_string(), default.to_string()]);
-                    }
-                }
-                let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
-                script.check_with_timeout(
-                    &format!("{}.{i}", case.name),
-                    Duration::from_secs(90),
-                    &format!(
-                        "printf %s {} | /nodeos/nodeos-vm start --backend kvm {} >/tmp/o 2>/tmp/e & p=$!; \
-                         sh {HANG_WATCH_PATH} $p 75; wait $p; s=$?; \
-                         cat /tmp/o; echo {STDERR_MARK}; cat /tmp/e; exit $s",
-                        shell_quote(boot.input),
-                        args.join(" ")
-                    ),
-                );
-            }
-        }
-        let run_cmd = format!("/nodeos/nodeos-vm run --backend kvm --kernel {KERNEL} --rootfs {ROOTFS}");
-        script.setup(&common::web::box_setup());
-        for case in run_cases::RUN_CASES {
-            let dir = format!("/tmp/run/{}", case.name);
-            script.check_with_timeout(
-                &format!("run.{}", case.name),
-                Duration::from_secs(240),
-                &format!(
-                    "mkdir -p {dir} && cp -r {FIXTURE} {dir}/node-project && cd {dir} && \
-                     printf %s {} | RUN={} FIXTURE={dir}/node-project WEB={WEB} IPROUTE=/usr/local/sbin/ip sh -c {} >/tmp/o 2>/tmp/e; s=$?; \
-                     cd /root; cat /tmp/o; echo {STDERR_MARK}; cat /tmp/e; exit $s",
-                    shell_quote(case.stdin),
-                    shell_quote(&run_cmd),
-                    shell_quote(case.script),
-                ),
-            );
-        }
+        super::add_start_cases(&mut script, KERNEL, Duration::from_secs(90));
+        super::add_run_cases(&mut script, KERNEL, run_cases::RUN_CASES);
+        let run_cmd = format!("{NODEOS_VM} run --backend kvm --kernel {KERNEL} --rootfs {ROOTFS}");
         let corpus = tempfile::tempdir().unwrap();
         let box_corpus: Vec<_> = corpus::PROJECTS.iter().filter(|p| p.in_box).collect();
         for project in &box_corpus {
@@ -225,44 +161,17 @@ pub(crate) fn box_checks() -> &'static BTreeMap<String, Check> {
 }
 
 fn check(name: &str) -> &'static Check {
-    super::start_both_boxes();
-    box_checks()
-        .get(name)
-        .unwrap_or_else(|| panic!("the box printed no section {name}: the box ended early"))
+    super::check(box_checks, name)
 }
 
 fn run_in_box(name: &str) {
-    let case = cases::case(name);
-    let outcomes: Vec<Outcome> = (0..case.boots.len())
-        .map(|i| {
-            let c = check(&format!("{name}.{i}"));
-            let (stdout, stderr) = c.output.split_once(STDERR_MARK).unwrap_or((&c.output, ""));
-            Outcome {
-                status: c.status,
-                stdout: stdout.to_string(),
-                stderr: stderr.trim_start_matches('\n').to_string(),
-            }
-        })
-        .collect();
-    if let Err(why) = (case.check)(&outcomes) {
-        panic!("{name} (our VMM, in the KVM box): {why}");
-    }
+    super::start_case(name, check, "our VMM, in the KVM box");
 }
 
 case_tests!(run_in_box);
 
 fn run_case_in_box(name: &str) {
-    let case = run_cases::run_case(name);
-    let c = check(&format!("run.{name}"));
-    let (stdout, stderr) = c.output.split_once(STDERR_MARK).unwrap_or((&c.output, ""));
-    let outcome = RunOutcome {
-        status: c.status,
-        stdout: stdout.to_string(),
-        stderr: stderr.trim_start_matches('\n').to_string(),
-    };
-    if let Err(why) = (case.check)(&outcome) {
-        panic!("run {name} (our VMM, in the KVM box): {why}");
-    }
+    super::run_case(name, check, "our VMM, in the KVM box");
 }
 
 mod run {
