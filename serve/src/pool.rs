@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinHandle;
-use vmm::error_chain::one_line;
 
 use super::instance::{self, AppSpec, BootError, Instance};
 use super::logs::Logs;
@@ -124,14 +123,7 @@ impl Pool {
     /// The standby VM, unless there is none or it failed to boot or has ended since.
     async fn take_standby(&self) -> Option<Vm> {
         let booting = self.standby.lock().unwrap().take()?;
-        let why = match booting.await {
-            Ok(Ok(vm)) if !vm.has_ended() => return Some(vm),
-            Ok(Ok(_)) => "it has ended".to_string(),
-            Ok(Err(e)) => one_line(&e),
-            Err(e) => e.to_string(),
-        };
-        tracing::warn!("{}: not using its standby VM: {why}", self.app.name);
-        None
+        Standby::take(booting, &format!("{}'s", self.app.name)).await
     }
 
     /// Starts booting the standby VM when the pool wants one and has none, while no call waits

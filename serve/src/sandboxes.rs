@@ -75,12 +75,16 @@ pub struct Options {
 impl Options {
     /// Whether the standby VM fits it: the default memory and vCPUs, no user, no network.
     fn standby_shaped(&self) -> bool {
-        let default_memory = vm_config::memory_mib(vm_config::DEFAULT_MEMORY).ok();
         self.user.is_none()
             && !self.net
-            && Some(self.memory_mib) == default_memory
+            && self.memory_mib == default_memory_mib()
             && self.cpus == DEFAULT_CPUS
     }
+}
+
+/// A sandbox's memory when its creator names none, in MiB.
+fn default_memory_mib() -> u32 {
+    vm_config::memory_mib(vm_config::DEFAULT_MEMORY).expect("the default memory size is valid")
 }
 
 /// The sandboxes of one server.
@@ -212,14 +216,7 @@ impl Sandboxes {
             standby.wanted_until = Some(Instant::now() + STANDBY_KEPT);
             standby.vm.take()?
         };
-        let why = match booting.await {
-            Ok(Ok(vm)) if !vm.has_ended() => return Some(vm),
-            Ok(Ok(_)) => "it has ended".to_string(),
-            Ok(Err(e)) => one_line(&e),
-            Err(e) => e.to_string(),
-        };
-        tracing::warn!("not using the sandboxes' standby VM: {why}");
-        None
+        Standby::take(booting, "the sandboxes'").await
     }
 
     /// Starts booting the standby VM when one is wanted and there is none, while no sandbox
@@ -248,9 +245,7 @@ impl Sandboxes {
         }
         let (machine, vms) = (self.machine.clone(), self.vms.clone());
         standby.vm = Some(tokio::task::spawn_blocking(move || {
-            let memory_mib = vm_config::memory_mib(vm_config::DEFAULT_MEMORY)
-                .expect("the default memory size is valid");
-            let vm = Vm::boot(&machine, &vms, memory_mib, DEFAULT_CPUS, |_| {})?;
+            let vm = Vm::boot(&machine, &vms, default_memory_mib(), DEFAULT_CPUS, |_| {})?;
             if let Err(e) = vm.warm_up() {
                 tracing::warn!("the sandboxes' standby VM: {}", one_line(&e));
             }

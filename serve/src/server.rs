@@ -14,8 +14,7 @@ use super::package::{self, Options};
 use super::pool::Pool;
 use super::sandboxes::Sandboxes;
 use super::store::{self, Meta, Store};
-use super::vm::Standby;
-use super::vm::{Machine, Vms};
+use super::vm::{Machine, Standby, Vms};
 
 use sandbox::volume::{Mode, Volume};
 use vmm::runtime;

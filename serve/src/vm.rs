@@ -15,6 +15,7 @@ use sandbox::templates::Templates;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use vmm::backend::Backend;
+use vmm::error_chain::one_line;
 use vmm::poll::first_readable;
 use vmm::runtime;
 use vmm::vm::VmConfig;
@@ -50,6 +51,22 @@ impl Standby {
         } else {
             Standby::Booting
         }
+    }
+
+    /// The VM the task `boot` booted, waited for if it still boots; none (said, as `whose`
+    /// standby VM) when it failed or its VM has ended since.
+    pub async fn take<E: std::error::Error>(
+        boot: JoinHandle<Result<Vm, E>>,
+        whose: &str,
+    ) -> Option<Vm> {
+        let why = match boot.await {
+            Ok(Ok(vm)) if !vm.has_ended() => return Some(vm),
+            Ok(Ok(_)) => "it has ended".to_string(),
+            Ok(Err(e)) => one_line(&e),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!("not using {whose} standby VM: {why}");
+        None
     }
 }
 
