@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc::{self, error::TrySendError};
-use vmm::error_chain::one_line;
 use vmm::vm::StopSignal;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -216,20 +215,14 @@ impl Instance {
     }
 }
 
-/// Boots a standby VM for `app` ([`boot_vm`]) and warms Node up in it ([`Vm::warm_up`]). A
-/// warm-up that fails is said and the VM kept: its runner only starts slower.
+/// Boots a standby VM for `app` ([`boot_vm`]), Node warmed up in it ([`Vm::warmed_up`]).
 pub async fn boot_standby(
     machine: Arc<Machine>,
     app: Arc<AppSpec>,
     vms: Vms,
 ) -> Result<Vm, BootError> {
     let vm = boot_vm(machine, app.clone(), vms).await?;
-    let warmed = tokio::task::spawn_blocking(move || {
-        if let Err(e) = vm.warm_up() {
-            tracing::warn!("{}: standby VM: {}", app.name, one_line(&e));
-        }
-        vm
-    });
+    let warmed = tokio::task::spawn_blocking(move || vm.warmed_up(&format!("{}'s", app.name)));
     warmed.await.map_err(|e| BootError::Task(e.to_string()))
 }
 

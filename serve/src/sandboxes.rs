@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use vmm::backend::Backend;
-use vmm::error_chain::one_line;
 use vmm::vm::NetSpec;
 
 use super::clock::now_ms;
@@ -246,10 +245,7 @@ impl Sandboxes {
         let (machine, vms) = (self.machine.clone(), self.vms.clone());
         standby.vm = Some(tokio::task::spawn_blocking(move || {
             let vm = Vm::boot(&machine, &vms, default_memory_mib(), DEFAULT_CPUS, |_| {})?;
-            if let Err(e) = vm.warm_up() {
-                tracing::warn!("the sandboxes' standby VM: {}", one_line(&e));
-            }
-            Ok(vm)
+            Ok(vm.warmed_up("the sandboxes'"))
         }));
     }
 

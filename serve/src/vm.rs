@@ -192,6 +192,15 @@ impl Vm {
         }
     }
 
+    /// The VM, Node warmed up in it ([`Vm::warm_up`]); a warm-up that fails is said (as `whose`
+    /// standby VM) and the VM kept: its first Node only starts slower.
+    pub fn warmed_up(self, whose: &str) -> Vm {
+        if let Err(e) = self.warm_up() {
+            tracing::warn!("{whose} standby VM: {}", one_line(&e));
+        }
+        self
+    }
+
     /// Whether the VM has ended (its guest stopped, crashed or was killed).
     pub fn has_ended(&self) -> bool {
         first_readable(&[self.sandbox().ended().as_raw_fd()], Some(Duration::ZERO)).is_some()

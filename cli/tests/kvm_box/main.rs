@@ -31,11 +31,13 @@ const STDERR_MARK: &str = "@@STDERR@@";
 /// How long before a `start` case's check is killed its watch says it hung.
 const HANG_NOTICE: Duration = Duration::from_secs(15);
 
-/// Run beside the `nodeos-vm start` whose pid is `$1` (and killed once it ended): one still
-/// running after `$2` seconds is said hung, with what the threads of every nodeos-vm process do
+/// Run beside the `nodeos-vm start` whose pid is `$1` (and killed once it ended, its `sleep`
+/// with it): one still running after `$2` seconds is said hung, with what the threads of every nodeos-vm process do
 /// (state, user and system clock ticks; 3 s later again, with their kernel stacks), and then
 /// stopped: a VM that never answers leaves what it was doing in the check's output.
-const HANG_WATCH: &str = r#"p=$1; sleep $2
+const HANG_WATCH: &str = r#"p=$1; sleep $2 & s=$!
+trap 'kill $s; exit 0' TERM
+wait $s
 [ -e /proc/$p ] || exit 0
 echo "hung: still running after $2 s; threads (state utime stime):"
 for round in 1 2; do
