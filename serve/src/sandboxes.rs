@@ -219,7 +219,8 @@ impl Sandboxes {
     }
 
     /// Starts booting the standby VM when one is wanted and there is none, while no sandbox
-    /// is being created and none runs a command or transfer (it never competes with them);
+    /// is being created and none runs a command or transfer (so that its boot does not start
+    /// beside theirs);
     /// stops it once none is wanted any more.
     fn prepare_standby(&self, now: Instant) {
         let mut standby = self.standby.lock().unwrap();

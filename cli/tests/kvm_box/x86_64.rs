@@ -94,25 +94,14 @@ pub(crate) fn box_checks() -> &'static BTreeMap<String, Check> {
         for project in &box_corpus {
             corpus::in_box::add_check(&mut script, &run_cmd, project);
         }
-        script.check_with_timeout(
-            "jail",
-            Duration::from_secs(240),
-            &JAIL_SCRIPT.replace("KERNEL", KERNEL).replace("ROOTFS", ROOTFS),
-        );
-        script.check_with_timeout(
-            "jail_user",
-            Duration::from_secs(240),
-            &JAIL_USER_SCRIPT
-                .replace("KERNEL", KERNEL)
-                .replace("ROOTFS", ROOTFS),
-        );
-        script.check_with_timeout(
-            "publish",
-            Duration::from_secs(240),
-            &PUBLISH_SCRIPT
-                .replace("KERNEL", KERNEL)
-                .replace("ROOTFS", ROOTFS),
-        );
+        for (name, text) in [
+            ("jail", JAIL_SCRIPT),
+            ("jail_user", JAIL_USER_SCRIPT),
+            ("publish", PUBLISH_SCRIPT),
+        ] {
+            let text = text.replace("KERNEL", KERNEL).replace("ROOTFS", ROOTFS);
+            script.check_with_timeout(name, Duration::from_secs(240), &text);
+        }
         script.check_with_timeout(
             "serve",
             Duration::from_secs(240),
